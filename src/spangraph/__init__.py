@@ -1,0 +1,5 @@
+"""spangraph: agent and workflow observability on OpenTelemetry."""
+
+from ._version import __version__
+
+__all__ = ["__version__"]

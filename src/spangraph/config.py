@@ -1,0 +1,176 @@
+"""Settings: the one place that reads the environment.
+
+Every setting has an environment variable and a keyword of :func:`spangraph.configure`;
+a keyword wins over the variable, the variable over the default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from .exceptions import ConfigurationError
+
+ENV_GRAPH_URL: Final = "SPANGRAPH_GRAPH_URL"
+"""Graph store: ``embedded``, ``falkordb://host:port/graph``, ``neo4j://``, ``neo4j+s://``,
+``bolt://`` … Default ``embedded``, or ``NEO4J_URI`` when that is set."""
+ENV_REDIS_URL: Final = "SPANGRAPH_REDIS_URL"
+"""Redis for live events: ``embedded``, ``redis://…``, ``rediss://…`` or ``off``."""
+ENV_HOME: Final = "SPANGRAPH_HOME"
+"""Data directory of the embedded server. Default: the platform's user data dir."""
+ENV_PROJECT: Final = "SPANGRAPH_PROJECT"
+"""Project id stamped on every span. Default ``default``."""
+ENV_JAEGER_URL: Final = "SPANGRAPH_JAEGER_URL"
+"""Base URL for "open in Jaeger" links. Default ``http://localhost:16686``."""
+ENV_API_TOKEN: Final = "SPANGRAPH_API_TOKEN"
+"""Bearer token the HTTP service requires when set."""
+ENV_NEO4J_URI: Final = "NEO4J_URI"
+"""Neo4j URI users already have; used as the graph URL when ``SPANGRAPH_GRAPH_URL`` is unset."""
+ENV_NEO4J_USER: Final = "NEO4J_USER"
+"""Neo4j user name. Default ``neo4j``."""
+ENV_NEO4J_PASSWORD: Final = "NEO4J_PASSWORD"
+"""Neo4j password."""
+ENV_NEO4J_DATABASE: Final = "NEO4J_DATABASE"
+"""Neo4j database. Default: the server's default database."""
+
+EMBEDDED: Final = "embedded"
+OFF: Final = "off"
+DEFAULT_PROJECT: Final = "default"
+DEFAULT_JAEGER_URL: Final = "http://localhost:16686"
+DEFAULT_FALKORDB_GRAPH: Final = "spangraph"
+
+GRAPH_SCHEMES: Final = ("falkordb", "redis", "neo4j", "neo4j+s", "neo4j+ssc", "bolt", "bolt+s", "bolt+ssc")
+NEO4J_SCHEMES: Final = ("neo4j", "neo4j+s", "neo4j+ssc", "bolt", "bolt+s", "bolt+ssc")
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+
+
+def default_home() -> Path:
+    """The platform's user data dir for spangraph (e.g. ``~/.local/share/spangraph``)."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("spangraph", appauthor=False))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated settings. Build with :meth:`from_env`; every field is also a keyword
+    of :func:`spangraph.configure`."""
+
+    graph_url: str = EMBEDDED
+    redis_url: str = EMBEDDED
+    home: Path = field(default_factory=default_home)
+    project: str = DEFAULT_PROJECT
+    jaeger_url: str = DEFAULT_JAEGER_URL
+    api_token: str | None = None
+    neo4j_user: str = "neo4j"
+    neo4j_password: str | None = None
+    neo4j_database: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_graph_url(self.graph_url)
+        _check_redis_url(self.redis_url)
+        if not self.project or not isinstance(self.project, str):
+            raise ConfigurationError(ENV_PROJECT, f"must be a non-empty string, got {self.project!r}")
+        if not str(self.jaeger_url).startswith(("http://", "https://")):
+            raise ConfigurationError(
+                ENV_JAEGER_URL, f"must be an http:// or https:// URL, got {self.jaeger_url!r}"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from ``env`` (default ``os.environ``); ``overrides`` that are not
+        ``None`` win. Unknown override names raise :class:`TypeError`."""
+        env = os.environ if env is None else env
+        unknown = set(overrides) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        graph = env.get(ENV_GRAPH_URL) or env.get(ENV_NEO4J_URI)
+        pairs = {
+            "graph_url": graph,
+            "redis_url": env.get(ENV_REDIS_URL),
+            "home": env.get(ENV_HOME),
+            "project": env.get(ENV_PROJECT),
+            "jaeger_url": env.get(ENV_JAEGER_URL),
+            "api_token": env.get(ENV_API_TOKEN),
+            "neo4j_user": env.get(ENV_NEO4J_USER),
+            "neo4j_password": env.get(ENV_NEO4J_PASSWORD),
+            "neo4j_database": env.get(ENV_NEO4J_DATABASE),
+        }
+        for key, value in pairs.items():
+            if value:
+                values[key] = value
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "home" in values:
+            values["home"] = Path(values["home"]).expanduser()
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (and validated)."""
+        return replace(self, **changes)
+
+    @property
+    def graph_is_embedded(self) -> bool:
+        return self.graph_url == EMBEDDED
+
+    @property
+    def redis_is_embedded(self) -> bool:
+        return self.redis_url == EMBEDDED
+
+    @property
+    def live_enabled(self) -> bool:
+        return self.redis_url != OFF
+
+    @property
+    def graph_is_neo4j(self) -> bool:
+        return urlsplit(self.graph_url).scheme in NEO4J_SCHEMES
+
+
+def _check_port(setting: str, url: str) -> None:
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        raise ConfigurationError(setting, f"bad port in {url!r}") from None
+    if port == 0:
+        raise ConfigurationError(setting, f"bad port in {url!r}")
+
+
+def _check_graph_url(url: str) -> None:
+    if url == EMBEDDED:
+        return
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            ENV_GRAPH_URL,
+            f"expected 'embedded' or a URL such as falkordb://localhost:6379/spangraph "
+            f"or neo4j://localhost:7687, got {url!r}",
+        )
+    scheme = urlsplit(url).scheme
+    if scheme not in GRAPH_SCHEMES:
+        raise ConfigurationError(
+            ENV_GRAPH_URL,
+            f"unknown scheme {scheme!r} in {url!r}; expected one of: embedded, "
+            + ", ".join(f"{s}://" for s in GRAPH_SCHEMES),
+        )
+    if not urlsplit(url).hostname:
+        raise ConfigurationError(ENV_GRAPH_URL, f"no host in {url!r}")
+    _check_port(ENV_GRAPH_URL, url)
+
+
+def _check_redis_url(url: str) -> None:
+    if url in (EMBEDDED, OFF):
+        return
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            ENV_REDIS_URL, f"expected 'embedded', 'off' or a redis:// URL, got {url!r}"
+        )
+    scheme = urlsplit(url).scheme
+    if scheme not in REDIS_SCHEMES:
+        raise ConfigurationError(
+            ENV_REDIS_URL,
+            f"unknown scheme {scheme!r} in {url!r}; expected embedded, off, redis://, rediss://",
+        )
+    _check_port(ENV_REDIS_URL, url)

@@ -1,0 +1,54 @@
+"""Errors raised by spangraph.
+
+The tree::
+
+    SpangraphError                  base of everything spangraph raises on purpose
+    ├── ConfigurationError          a setting is invalid (names the setting)  — also a ValueError
+    ├── StoreError                  the graph store answered with an error
+    │   └── StoreUnavailableError   the graph store cannot be reached (transient: retried)
+    ├── LiveUnavailableError        the Redis for live events cannot be reached (transient)
+    └── EmbeddedServerError         the embedded FalkorDB/Redis server cannot start or stop
+
+Span processors never raise any of these into user code: they count, log and retry.
+They reach users only from explicit calls such as :func:`spangraph.configure`,
+the query library and the CLI.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "EmbeddedServerError",
+    "LiveUnavailableError",
+    "SpangraphError",
+    "StoreError",
+    "StoreUnavailableError",
+]
+
+
+class SpangraphError(Exception):
+    """Base class of every error spangraph raises on purpose."""
+
+
+class ConfigurationError(SpangraphError, ValueError):
+    """A setting is invalid. The message names the setting and the bad value."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        self.setting = setting
+        super().__init__(f"{setting}: {message}")
+
+
+class StoreError(SpangraphError):
+    """The graph store rejected a statement (not retried)."""
+
+
+class StoreUnavailableError(StoreError):
+    """The graph store cannot be reached right now (retried with backoff)."""
+
+
+class LiveUnavailableError(SpangraphError):
+    """The Redis server for live events cannot be reached right now."""
+
+
+class EmbeddedServerError(SpangraphError):
+    """The embedded FalkorDB/Redis server could not be started, found or stopped."""

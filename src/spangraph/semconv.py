@@ -1,0 +1,240 @@
+"""Semantic conventions: every attribute key, event name and kind spangraph writes.
+
+Each name is a constant with a docstring under it; ``docs/semantic-conventions.md``
+lists them all. Attribute keys in the ``spangraph.*`` namespace are spangraph's own;
+the ``gen_ai.*`` keys are OpenTelemetry's GenAI conventions, redeclared here so that
+spangraph depends on no incubating semconv module.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- spangraph attributes -------------------------------------------------------------
+
+KIND: Final = "spangraph.kind"
+"""What a span stands for: one of :data:`KINDS`."""
+
+WORKFLOW_ID: Final = "spangraph.workflow.id"
+"""Id of one workflow run (a UUIDv7 or the caller's id); inherited by every descendant."""
+
+WORKFLOW_NAME: Final = "spangraph.workflow.name"
+"""Name of the workflow a span belongs to."""
+
+EXECUTION_ID: Final = "spangraph.execution.id"
+"""Id of one logical execution, which may span several traces (retries, resumes)."""
+
+BRANCH_ID: Final = "spangraph.branch.id"
+"""Id of the branch a span runs in; inherited by every descendant."""
+
+PROJECT_ID: Final = "spangraph.project.id"
+"""Project the span belongs to (``SPANGRAPH_PROJECT``), for filtering."""
+
+AGENT_ID: Final = "spangraph.agent.id"
+"""Id of the agent that produced the span."""
+
+USER_ID: Final = "spangraph.user.id"
+"""Id of the end user on whose behalf the run happens."""
+
+STEP_ATTEMPT: Final = "spangraph.step.attempt"
+"""Attempt number of a step, starting at 1."""
+
+STEP_MAX_ATTEMPTS: Final = "spangraph.step.max_attempts"
+"""How many attempts a step with ``retries=`` may make in all."""
+
+TIMEOUT_S: Final = "spangraph.timeout_s"
+"""Timeout of a step or workflow in seconds, when one was set."""
+
+STATE: Final = "spangraph.state"
+"""Final state set by spangraph's own spans: ``completed``, ``failed`` or ``cancelled``."""
+
+DECISION_OPTIONS: Final = "spangraph.decision.options"
+"""Names of all options offered at a decision."""
+
+DECISION_CHOSEN: Final = "spangraph.decision.chosen"
+"""Name of the option chosen at a decision."""
+
+DECISION_REASON: Final = "spangraph.decision.reason"
+"""Why the chosen option was chosen."""
+
+LINK_TYPE: Final = "spangraph.link.type"
+"""On span links: one of :data:`LINK_TYPES`."""
+
+# --- kinds ----------------------------------------------------------------------------
+
+KIND_WORKFLOW: Final = "workflow"
+"""A workflow run: the root of a run's tree."""
+KIND_STEP: Final = "step"
+"""One step of a workflow (one attempt of it, when it is retried)."""
+KIND_DECISION: Final = "decision"
+"""A decision point with options."""
+KIND_OPTION: Final = "option"
+"""One option of a decision."""
+KIND_BRANCH: Final = "branch"
+"""A branch of a run; its id is inherited by every span inside it."""
+KIND_AGENT: Final = "agent"
+"""An agent invocation."""
+KIND_LLM: Final = "llm"
+"""A call to a language model."""
+KIND_TOOL: Final = "tool"
+"""A tool call."""
+KIND_INGEST_JOB: Final = "ingest_job"
+"""A data ingestion job."""
+KIND_MONITOR: Final = "monitor"
+"""A span that watches another span or branch."""
+KIND_SPAN: Final = "span"
+"""Any other span (from another instrumentation): no kind label in the graph."""
+
+KINDS: Final = (
+    KIND_WORKFLOW,
+    KIND_STEP,
+    KIND_DECISION,
+    KIND_OPTION,
+    KIND_BRANCH,
+    KIND_AGENT,
+    KIND_LLM,
+    KIND_TOOL,
+    KIND_INGEST_JOB,
+    KIND_MONITOR,
+)
+"""Every kind that carries a graph label."""
+
+KIND_LABELS: Final = {
+    KIND_WORKFLOW: "Workflow",
+    KIND_STEP: "Step",
+    KIND_DECISION: "Decision",
+    KIND_OPTION: "Option",
+    KIND_BRANCH: "Branch",
+    KIND_AGENT: "Agent",
+    KIND_LLM: "LLM",
+    KIND_TOOL: "Tool",
+    KIND_INGEST_JOB: "IngestJob",
+    KIND_MONITOR: "Monitor",
+}
+"""Graph label of each kind (labels come only from this fixed map, never from input)."""
+
+# --- link types -----------------------------------------------------------------------
+
+LINK_MONITORS: Final = "monitors"
+"""The span watches the linked span or branch."""
+LINK_RETRY_OF: Final = "retry_of"
+"""The span is a new attempt of the linked (failed) span."""
+LINK_RESUMED_FROM: Final = "resumed_from"
+"""The span resumes the linked (paused or crashed) span."""
+LINK_CHOSEN_OPTION: Final = "chosen_option"
+"""The decision chose the linked option span."""
+
+LINK_TYPES: Final = (LINK_MONITORS, LINK_RETRY_OF, LINK_RESUMED_FROM, LINK_CHOSEN_OPTION)
+"""Every link type."""
+
+# --- states ---------------------------------------------------------------------------
+
+STATE_RUNNING: Final = "running"
+"""The span has started and not (yet) ended; stays so if its process died."""
+STATE_COMPLETED: Final = "completed"
+"""The span ended without error."""
+STATE_FAILED: Final = "failed"
+"""The span ended with an error."""
+STATE_CANCELLED: Final = "cancelled"
+"""The span was cancelled (``asyncio.CancelledError``, ``KeyboardInterrupt``)."""
+
+# --- lifecycle event names ------------------------------------------------------------
+
+WORKFLOW_STARTED: Final = "workflow.started"
+"""A workflow run began."""
+WORKFLOW_QUEUED: Final = "workflow.queued"
+"""A workflow run was queued to start later."""
+WORKFLOW_COMPLETED: Final = "workflow.completed"
+"""A workflow run finished without error."""
+WORKFLOW_FAILED: Final = "workflow.failed"
+"""A workflow run finished with an error."""
+WORKFLOW_PAUSED: Final = "workflow.paused"
+"""A workflow run paused (e.g. waiting for a person)."""
+WORKFLOW_RESUMED: Final = "workflow.resumed"
+"""A paused workflow run resumed."""
+WORKFLOW_CANCELLED: Final = "workflow.cancelled"
+"""A workflow run was cancelled."""
+STEP_STARTED: Final = "step.started"
+"""A step (attempt) began."""
+STEP_COMPLETED: Final = "step.completed"
+"""A step (attempt) finished without error."""
+STEP_FAILED: Final = "step.failed"
+"""A step (attempt) finished with an error."""
+RETRY_SCHEDULED: Final = "retry.scheduled"
+"""A failed attempt will be retried after ``delay_ms``."""
+RETRY_EXHAUSTED: Final = "retry.exhausted"
+"""A failed attempt was the last one allowed."""
+SLEEP_STARTED: Final = "sleep.started"
+""":func:`spangraph.sleep` began waiting."""
+SLEEP_COMPLETED: Final = "sleep.completed"
+""":func:`spangraph.sleep` finished waiting."""
+TIMEOUT_SET: Final = "timeout.set"
+"""A timeout was armed."""
+TIMEOUT_EXCEEDED: Final = "timeout.exceeded"
+"""A timeout fired."""
+LLM_COMPLETE: Final = "llm.complete"
+"""A language-model call returned its complete message."""
+TOOL_CALL: Final = "tool.call"
+"""A tool was called."""
+TOOL_RESPONSE: Final = "tool.response"
+"""A tool answered."""
+AGENT_MESSAGE_APPENDED: Final = "agent.message.appended"
+"""An agent appended a message to its conversation."""
+INGEST_JOB_CREATED: Final = "ingest.job.created"
+"""An ingest job was created."""
+INGEST_JOB_UPDATED: Final = "ingest.job.updated"
+"""An ingest job reported progress."""
+INGEST_JOB_COMPLETED: Final = "ingest.job.completed"
+"""An ingest job finished."""
+INGEST_JOB_FAILED: Final = "ingest.job.failed"
+"""An ingest job failed."""
+INGEST_JOB_CANCELLED: Final = "ingest.job.cancelled"
+"""An ingest job was cancelled."""
+TOKEN: Final = "token"
+"""A streamed LLM token: a live-only event, never written to the graph."""
+
+# --- lifecycle event attributes -------------------------------------------------------
+
+EVENT_ATTEMPT: Final = "attempt"
+"""Attempt number the event refers to."""
+EVENT_DELAY_MS: Final = "delay_ms"
+"""Delay before the next attempt, or the length of a sleep, in milliseconds."""
+EVENT_DURATION_MS: Final = "duration_ms"
+"""Duration of what ended, in milliseconds."""
+EVENT_TIMEOUT_MS: Final = "timeout_ms"
+"""The timeout that was set or exceeded, in milliseconds."""
+ERROR_TYPE: Final = "error.type"
+"""Fully qualified type of the error (OpenTelemetry's ``error.type``)."""
+ERROR_MESSAGE: Final = "error.message"
+"""Message of the error."""
+
+# --- live-only message types ----------------------------------------------------------
+
+SPAN_STARTED: Final = "span.started"
+"""Live message type sent when a span starts."""
+SPAN_ENDED: Final = "span.ended"
+"""Live message type sent when a span ends."""
+
+# --- GenAI conventions (OpenTelemetry) ------------------------------------------------
+
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+"""GenAI operation: ``invoke_workflow``, ``invoke_agent``, ``execute_tool``, ``chat`` …"""
+GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
+"""Name of the agent."""
+GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
+"""Name of the tool."""
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+"""Model provider (``openai``, ``anthropic`` …)."""
+GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
+"""Model asked for."""
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+"""Tokens in the prompt."""
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+"""Tokens in the answer."""
+
+# --- resource attributes read by spangraph ---------------------------------------------
+
+SERVICE_NAME: Final = "service.name"
+"""Resource attribute: the service; stored as ``service`` on nodes and messages."""
+DEPLOYMENT_ENVIRONMENT: Final = "deployment.environment.name"
+"""Resource attribute: the environment; stored as ``env`` on nodes and messages."""

@@ -1,0 +1,74 @@
+"""The GraphStore protocol and the batch it writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+Row = dict[str, Any]
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Rows for one round trip to the store, grouped by the statement that writes them.
+
+    ``starts`` and ``ends`` are keyed by graph label (``None`` for spans without a kind
+    label); ``links`` by relationship type. Labels and relationship types come only from
+    the fixed maps in :mod:`spangraph.semconv` and :mod:`spangraph.stores.cypher`.
+    """
+
+    starts: dict[str | None, list[Row]] = field(default_factory=dict)
+    ends: dict[str | None, list[Row]] = field(default_factory=dict)
+    parents: list[Row] = field(default_factory=list)
+    events: list[Row] = field(default_factory=list)
+    links: dict[str, list[Row]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.starts.values()) + sum(
+            len(r) for r in self.ends.values()
+        )
+
+    def statements(self) -> list[tuple[str, dict[str, Any]]]:
+        """The (cypher, params) pairs that write this batch, in a safe order."""
+        from . import cypher
+
+        out: list[tuple[str, dict[str, Any]]] = []
+        for label, rows in self.starts.items():
+            out.append((cypher.upsert_started(label), {"rows": rows}))
+        for label, rows in self.ends.items():
+            out.append((cypher.upsert_ended(label), {"rows": rows}))
+        if self.parents:
+            out.append((cypher.MERGE_PARENT_EDGES, {"rows": self.parents}))
+        if self.events:
+            out.append((cypher.MERGE_EVENTS, {"rows": self.events}))
+        for rel, rows in self.links.items():
+            out.append((cypher.merge_links(rel), {"rows": rows}))
+        return out
+
+
+@runtime_checkable
+class GraphStore(Protocol):
+    """Where spans are kept. Implementations: FalkorDB (embedded default) and Neo4j.
+
+    ``write`` raises :class:`~spangraph.exceptions.StoreUnavailableError` when the store
+    cannot be reached (the caller retries) and :class:`~spangraph.exceptions.StoreError`
+    when it rejects a statement (the caller drops the batch and counts it).
+    """
+
+    name: str
+
+    def ensure_schema(self) -> None:
+        """Create indexes and constraints if missing (idempotent)."""
+
+    def write(self, batch: WriteBatch) -> None:
+        """Write one batch in one round trip where the store allows it."""
+
+    def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a read statement; rows as dicts keyed by the RETURN names."""
+        ...
+
+    def ping(self) -> None:
+        """Raise StoreUnavailableError unless the store answers."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,127 @@
+"""The Cypher statements spangraph sends, shared by FalkorDB and Neo4j 5.
+
+Only the openCypher subset both stores run is used here (UNWIND, MERGE, SET +=, FOREACH,
+CASE). Labels and relationship types are interpolated only from the fixed maps below,
+never from input; every value travels as a parameter. DDL lives in each store's dialect.
+
+:func:`all_statements` lists every statement the project can send; the test suite lints
+each with Neo4j's own Cypher linter.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Final
+
+from .. import semconv
+
+LABELS: Final = tuple(semconv.KIND_LABELS.values())
+"""Every kind label a span node may carry besides ``:Span``."""
+
+LINK_RELATIONSHIPS: Final = {
+    semconv.LINK_MONITORS: "MONITORS",
+    semconv.LINK_RETRY_OF: "RETRY_OF",
+    semconv.LINK_RESUMED_FROM: "RESUMED_FROM",
+    semconv.LINK_CHOSEN_OPTION: "CHOSEN_OPTION",
+}
+"""Relationship type written for each span-link type."""
+
+RELATIONSHIPS: Final = ("PARENT_OF", "HAS_EVENT", "OPTION_OF", *LINK_RELATIONSHIPS.values())
+"""Every relationship type in the graph."""
+
+
+def _label_clause(label: str | None) -> str:
+    if label is None:
+        return ""
+    if label not in LABELS:
+        raise ValueError(f"unknown label {label!r}")
+    return f", s:{label}"
+
+
+@cache
+def upsert_started(label: str | None) -> str:
+    """Write span-start rows ``{span_id, props}``: the node becomes ``running``.
+
+    A start row that arrives after the end row (a replay, or spans from other hosts) only
+    adds the label: the ended node keeps its final properties.
+    """
+    set_label = f"SET s:{label}\n" if label else ""
+    if label is not None and label not in LABELS:
+        raise ValueError(f"unknown label {label!r}")
+    return (
+        "UNWIND $rows AS row\n"
+        "MERGE (s:Span {span_id: row.span_id})\n"
+        f"{set_label}"
+        "FOREACH (_ IN CASE WHEN s.end_ns IS NULL THEN [1] ELSE [] END |\n"
+        "  SET s += row.props, s.state = 'running')"
+    )
+
+
+@cache
+def upsert_ended(label: str | None) -> str:
+    """Write span-end rows ``{span_id, props}``: final state, status, duration."""
+    return (
+        "UNWIND $rows AS row\n"
+        "MERGE (s:Span {span_id: row.span_id})\n"
+        f"SET s += row.props{_label_clause(label)}"
+    )
+
+
+MERGE_PARENT_EDGES: Final = (
+    "UNWIND $rows AS row\n"
+    "MERGE (c:Span {span_id: row.span_id})\n"
+    "MERGE (p:Span {span_id: row.parent_span_id})\n"
+    "ON CREATE SET p.trace_id = row.trace_id, p.workflow_id = row.workflow_id\n"
+    "MERGE (p)-[:PARENT_OF]->(c)"
+)
+"""Rows ``{span_id, parent_span_id, trace_id, workflow_id}``. A parent not written yet is
+created as a placeholder carrying only its ids; its own start row fills it in later."""
+
+MERGE_EVENTS: Final = (
+    "UNWIND $rows AS row\n"
+    "MERGE (s:Span {span_id: row.span_id})\n"
+    "MERGE (e:Event {span_id: row.span_id, seq: row.seq})\n"
+    "SET e.name = row.name, e.time_ns = row.time_ns, e.attributes = row.attributes\n"
+    "MERGE (s)-[:HAS_EVENT]->(e)"
+)
+"""Rows ``{span_id, seq, name, time_ns, attributes}``; ``seq`` is the event's index in
+its span, so a replayed batch writes nothing new."""
+
+
+@cache
+def merge_links(link_type: str) -> str:
+    """Rows ``{span_id, target_span_id}`` for one link type: ``(span)-[:REL]->(target)``.
+
+    A target that has not arrived (or never will) becomes a placeholder node.
+    """
+    rel = LINK_RELATIONSHIPS[link_type]
+    return (
+        "UNWIND $rows AS row\n"
+        "MERGE (a:Span {span_id: row.span_id})\n"
+        "MERGE (b:Span {span_id: row.target_span_id})\n"
+        f"MERGE (a)-[:{rel}]->(b)"
+    )
+
+
+def write_statements() -> dict[str, str]:
+    """Every write statement, by a descriptive name."""
+    out: dict[str, str] = {}
+    for label in (None, *LABELS):
+        out[f"upsert_started[{label}]"] = upsert_started(label)
+        out[f"upsert_ended[{label}]"] = upsert_ended(label)
+    out["merge_parent_edges"] = MERGE_PARENT_EDGES
+    out["merge_events"] = MERGE_EVENTS
+    for link_type in LINK_RELATIONSHIPS:
+        out[f"merge_links[{link_type}]"] = merge_links(link_type)
+    return out
+
+
+def all_statements() -> dict[str, str]:
+    """Every Cypher statement the project can send to either store (writes and queries),
+    by name. DDL is listed per dialect by :func:`spangraph.stores.falkordb.ddl` and
+    ``spangraph.stores.neo4j.DDL``."""
+    from .. import queries
+
+    out = write_statements()
+    out.update({f"query:{k}": v for k, v in queries.statements().items()})
+    return out

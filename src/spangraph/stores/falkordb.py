@@ -1,0 +1,182 @@
+"""FalkorDB graph store (the embedded default), over the ``falkordb`` client."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+import redis
+from falkordb import FalkorDB
+from falkordb.helpers import stringify_param_value
+
+from ..config import DEFAULT_FALKORDB_GRAPH
+from ..exceptions import ConfigurationError, StoreError, StoreUnavailableError
+from ._base import WriteBatch
+
+_log = logging.getLogger(__name__)
+
+DDL: Final = (
+    "CREATE INDEX FOR (s:Span) ON (s.span_id)",
+    "CREATE INDEX FOR (s:Span) ON (s.workflow_id)",
+    "CREATE INDEX FOR (s:Span) ON (s.trace_id)",
+    "CREATE INDEX FOR (s:Span) ON (s.branch_id)",
+    "CREATE INDEX FOR (s:Span) ON (s.execution_id)",
+    "CREATE INDEX FOR (e:Event) ON (e.span_id)",
+)
+"""FalkorDB index statements (FalkorDB's dialect; not sent to Neo4j)."""
+
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def _params_header(params: dict[str, Any] | None) -> str:
+    if not params:
+        return ""
+    return "CYPHER " + " ".join(f"{k}={stringify_param_value(v)}" for k, v in params.items()) + " "
+
+
+def _plain(value: Any) -> Any:
+    """Turn falkordb result objects into plain Python values."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    props = getattr(value, "properties", None)
+    if isinstance(props, dict):
+        return {k: _plain(v) for k, v in props.items()}
+    return value
+
+
+class FalkorDBStore:
+    """A :class:`~spangraph.stores.GraphStore` on FalkorDB.
+
+    A batch is written as one pipeline of ``GRAPH.QUERY`` commands: one round trip.
+    """
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 6379,
+        graph: str = DEFAULT_FALKORDB_GRAPH,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ssl: bool = False,
+        socket_timeout: float = 10.0,
+    ) -> None:
+        if not graph:
+            raise ConfigurationError("SPANGRAPH_GRAPH_URL", "graph name must not be empty")
+        self.name = "falkordb"
+        self.graph_name = graph
+        self.url = f"falkordb://{host}:{port}/{graph}"
+        self._db = FalkorDB(
+            host=host,
+            port=port,
+            username=username,
+            password=password,
+            ssl=ssl,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=min(socket_timeout, 5.0),
+        )
+        self._graph = self._db.select_graph(graph)
+        self._schema_ready = False
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> FalkorDBStore:
+        """``falkordb://[user:password@]host:port/graph`` (``redis://`` also accepted)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("falkordb", "falkordbs", "redis", "rediss"):
+            raise ConfigurationError("SPANGRAPH_GRAPH_URL", f"not a FalkorDB URL: {url!r}")
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise ConfigurationError("SPANGRAPH_GRAPH_URL", f"bad port in {url!r}") from None
+        graph = unquote(parts.path.lstrip("/")) or DEFAULT_FALKORDB_GRAPH
+        return cls(
+            parts.hostname or "localhost",
+            port,
+            graph,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            ssl=parts.scheme in ("falkordbs", "rediss"),
+            **kwargs,
+        )
+
+    # -- GraphStore ---------------------------------------------------------------------
+
+    def ping(self) -> None:
+        try:
+            self._db.connection.ping()
+        except _TRANSIENT as exc:
+            raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
+
+    def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        conn = self._db.connection
+        try:
+            for statement in DDL:
+                try:
+                    conn.execute_command("GRAPH.QUERY", self.graph_name, statement)
+                except redis.ResponseError as exc:
+                    if "already indexed" not in str(exc):
+                        raise
+            try:
+                conn.execute_command(
+                    "GRAPH.CONSTRAINT", "CREATE", self.graph_name,
+                    "UNIQUE", "NODE", "Span", "PROPERTIES", "1", "span_id",
+                )
+            except redis.ResponseError as exc:
+                if "already exists" not in str(exc).lower():
+                    raise
+        except _TRANSIENT as exc:
+            raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
+        except redis.ResponseError as exc:
+            raise StoreError(f"FalkorDB rejected the schema: {exc}") from exc
+        self._schema_ready = True
+
+    def write(self, batch: WriteBatch) -> None:
+        statements = batch.statements()
+        if not statements:
+            return
+        self.execute_many(statements)
+
+    def execute_many(self, statements: list[tuple[str, dict[str, Any]]]) -> None:
+        """Send several write statements in one pipeline (one round trip)."""
+        if not self._schema_ready:
+            self.ensure_schema()
+        pipe = self._db.connection.pipeline(transaction=False)
+        for cypher, params in statements:
+            pipe.execute_command(
+                "GRAPH.QUERY", self.graph_name, _params_header(params) + cypher, "--compact"
+            )
+        try:
+            pipe.execute()
+        except _TRANSIENT as exc:
+            raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
+        except redis.ResponseError as exc:
+            raise StoreError(f"FalkorDB rejected a write: {exc}") from exc
+
+    def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        try:
+            result = self._graph.ro_query(cypher, params or None)
+        except _TRANSIENT as exc:
+            raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
+        except redis.ResponseError as exc:
+            raise StoreError(f"FalkorDB rejected a query: {exc}") from exc
+        names = [h[1] if isinstance(h, list | tuple) else h for h in result.header]
+        return [dict(zip(names, map(_plain, row), strict=True)) for row in result.result_set]
+
+    def delete_all(self) -> None:
+        """Drop the whole graph (tests and ``spangraph`` maintenance only)."""
+        try:
+            self._graph.delete()
+        except redis.ResponseError:
+            pass
+        self._schema_ready = False
+
+    def close(self) -> None:
+        try:
+            self._db.connection.close()
+        except Exception:  # pragma: no cover - best effort
+            _log.debug("closing FalkorDB connection failed", exc_info=True)
