@@ -1,5 +1,31 @@
-"""spangraph: agent and workflow observability on OpenTelemetry."""
+"""spangraph: agent and workflow observability on OpenTelemetry.
 
+Workflows, steps and events become OpenTelemetry spans; spangraph's processors write
+them into a graph database as parent-child graphs and stream them live through Redis,
+beside the standard OTLP path.
+
+>>> import spangraph
+>>> spangraph.configure()                       # doctest: +SKIP
+>>> @spangraph.workflow
+... def answer(question: str) -> str: ...
+"""
+
+from . import semconv, testing
+from ._sdk import Spangraph, configure, flush, shutdown
 from ._version import __version__
+from .instrument import asleep, event, sleep, step, workflow
 
-__all__ = ["__version__"]
+__all__ = [
+    "Spangraph",
+    "__version__",
+    "asleep",
+    "configure",
+    "event",
+    "flush",
+    "semconv",
+    "shutdown",
+    "sleep",
+    "step",
+    "testing",
+    "workflow",
+]

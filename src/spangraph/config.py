@@ -43,7 +43,16 @@ DEFAULT_PROJECT: Final = "default"
 DEFAULT_JAEGER_URL: Final = "http://localhost:16686"
 DEFAULT_FALKORDB_GRAPH: Final = "spangraph"
 
-GRAPH_SCHEMES: Final = ("falkordb", "redis", "neo4j", "neo4j+s", "neo4j+ssc", "bolt", "bolt+s", "bolt+ssc")
+GRAPH_SCHEMES: Final = (
+    "falkordb",
+    "redis",
+    "neo4j",
+    "neo4j+s",
+    "neo4j+ssc",
+    "bolt",
+    "bolt+s",
+    "bolt+ssc",
+)
 NEO4J_SCHEMES: Final = ("neo4j", "neo4j+s", "neo4j+ssc", "bolt", "bolt+s", "bolt+ssc")
 REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 
@@ -74,7 +83,9 @@ class Settings:
         _check_graph_url(self.graph_url)
         _check_redis_url(self.redis_url)
         if not self.project or not isinstance(self.project, str):
-            raise ConfigurationError(ENV_PROJECT, f"must be a non-empty string, got {self.project!r}")
+            raise ConfigurationError(
+                ENV_PROJECT, f"must be a non-empty string, got {self.project!r}"
+            )
         if not str(self.jaeger_url).startswith(("http://", "https://")):
             raise ConfigurationError(
                 ENV_JAEGER_URL, f"must be an http:// or https:// URL, got {self.jaeger_url!r}"

@@ -24,9 +24,7 @@ class WriteBatch:
     links: dict[str, list[Row]] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return sum(len(r) for r in self.starts.values()) + sum(
-            len(r) for r in self.ends.values()
-        )
+        return sum(len(r) for r in self.starts.values()) + sum(len(r) for r in self.ends.values())
 
     def statements(self) -> list[tuple[str, dict[str, Any]]]:
         """The (cypher, params) pairs that write this batch, in a safe order."""

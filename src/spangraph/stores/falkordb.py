@@ -123,8 +123,15 @@ class FalkorDBStore:
                         raise
             try:
                 conn.execute_command(
-                    "GRAPH.CONSTRAINT", "CREATE", self.graph_name,
-                    "UNIQUE", "NODE", "Span", "PROPERTIES", "1", "span_id",
+                    "GRAPH.CONSTRAINT",
+                    "CREATE",
+                    self.graph_name,
+                    "UNIQUE",
+                    "NODE",
+                    "Span",
+                    "PROPERTIES",
+                    "1",
+                    "span_id",
                 )
             except redis.ResponseError as exc:
                 if "already exists" not in str(exc).lower():

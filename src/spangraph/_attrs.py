@@ -1,0 +1,57 @@
+"""Attribute values of any type, made safe for OpenTelemetry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+MAX_VALUE_CHARS: Final = 8192
+"""Longer string values are cut to this many characters, with a marker."""
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def truncate(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[truncated {len(text) - limit} chars]"
+
+
+def clean_value(value: Any) -> Any:
+    """An OTel attribute value for ``value``: primitives pass, homogeneous sequences of
+    primitives become tuples, everything else becomes (truncated) text. ``None`` stays
+    ``None`` (the caller leaves the key out)."""
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        return value if _INT64[0] <= value <= _INT64[1] else str(value)
+    if isinstance(value, str):
+        return truncate(value)
+    if isinstance(value, list | tuple):
+        items = [clean_value(v) for v in value]
+        kinds = {type(v) for v in items}
+        if len(kinds) <= 1 and not kinds & {list, tuple, type(None)}:
+            return tuple(items)
+        return truncate(json.dumps(value, default=str, ensure_ascii=False))
+    if isinstance(value, Mapping):
+        try:
+            return truncate(json.dumps(value, default=str, ensure_ascii=False))
+        except (TypeError, ValueError):
+            return truncate(str(value))
+    try:
+        return truncate(str(value))
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def clean(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Clean every value; keys become ``str``; ``None`` values are left out."""
+    if not attributes:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        cleaned = clean_value(value)
+        if cleaned is not None:
+            out[str(key)] = cleaned
+    return out

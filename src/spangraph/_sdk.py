@@ -1,0 +1,257 @@
+"""configure / flush / shutdown: wiring spangraph into an OpenTelemetry TracerProvider."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+from . import _state
+from ._version import __version__
+from .config import ENV_GRAPH_URL, ENV_REDIS_URL, Settings
+from .embedded import EmbeddedServer
+from .exceptions import ConfigurationError, StoreError
+from .processors.graph import GraphSpanProcessor
+from .processors.live import LiveEventProcessor, RedisPublisher
+from .stores import GraphStore, open_store
+
+_log = logging.getLogger("spangraph")
+
+
+@dataclass
+class Spangraph:
+    """One configured spangraph: its settings, provider, store and processors.
+
+    :func:`configure` makes the process-wide one; tests and embedders may make their own
+    by calling it with ``tracer_provider=``.
+    """
+
+    settings: Settings
+    tracer_provider: TracerProvider
+    store: GraphStore | None = None
+    graph_processor: GraphSpanProcessor | None = None
+    live_processor: LiveEventProcessor | None = None
+    redis_url: str | None = None
+    owns_provider: bool = False
+    extra_processors: list[SpanProcessor] = field(default_factory=list)
+
+    @property
+    def processors(self) -> list[SpanProcessor]:
+        return [p for p in (self.graph_processor, self.live_processor) if p is not None]
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        ok = True
+        for processor in self.processors + self.extra_processors:
+            ok = processor.force_flush(int(timeout * 1000)) and ok
+        return ok
+
+    def shutdown(self) -> None:
+        for processor in self.processors + self.extra_processors:
+            try:
+                processor.shutdown()
+            except Exception:  # pragma: no cover - best effort
+                _log.exception("spangraph: shutting down %r failed", processor)
+        if self.store is not None:
+            self.store.close()
+        if self.live_processor is not None:
+            self.live_processor.publisher.close()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Counters of each processor: queued, sent, dropped, failed batches, retries."""
+        out = {}
+        if self.graph_processor is not None:
+            out["graph"] = self.graph_processor.stats()
+        if self.live_processor is not None:
+            out["live"] = self.live_processor.stats()
+        return out
+
+
+_current: Spangraph | None = None
+_lock = threading.Lock()
+_atexit_registered = False
+_threading_instrumented = False
+
+
+def _provider(
+    given: TracerProvider | None, service_name: str | None
+) -> tuple[TracerProvider, bool]:
+    if given is not None:
+        if not hasattr(given, "add_span_processor"):
+            raise ConfigurationError(
+                "tracer_provider", "must be an OpenTelemetry SDK TracerProvider"
+            )
+        return given, False
+    existing = trace.get_tracer_provider()
+    if hasattr(existing, "add_span_processor"):
+        return existing, False  # the user's own provider: add to it, never replace it
+    attrs = {"service.name": service_name} if service_name else {}
+    provider = TracerProvider(resource=Resource.create(attrs))
+    trace.set_tracer_provider(provider)
+    return provider, True
+
+
+def _otlp_processor() -> SpanProcessor | None:
+    """The standard OTLP/HTTP exporter when ``OTEL_EXPORTER_OTLP_*ENDPOINT`` is set."""
+    if not (
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        return None
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        _log.warning(
+            "spangraph: OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is "
+            "not installed: pip install 'spangraph[otlp]'"
+        )
+        return None
+    return BatchSpanProcessor(OTLPSpanExporter())
+
+
+def _instrument_threads() -> None:
+    global _threading_instrumented
+    if _threading_instrumented:
+        return
+    from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+
+    instrumentor = ThreadingInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+    _threading_instrumented = True
+
+
+def _open_store(settings: Settings) -> GraphStore:
+    try:
+        store = open_store(settings)
+        store.ping()
+        store.ensure_schema()
+    except StoreError as exc:
+        raise ConfigurationError(ENV_GRAPH_URL, f"cannot use {settings.graph_url}: {exc}") from exc
+    return store
+
+
+def _open_publisher(url: str) -> RedisPublisher:
+    publisher = RedisPublisher.from_url(url)
+    try:
+        publisher.client.ping()
+    except Exception as exc:
+        publisher.close()
+        raise ConfigurationError(ENV_REDIS_URL, f"cannot reach Redis at {url}: {exc}") from exc
+    return publisher
+
+
+def configure(
+    *,
+    graph_url: str | None = None,
+    redis_url: str | None = None,
+    home: str | os.PathLike[str] | None = None,
+    project: str | None = None,
+    jaeger_url: str | None = None,
+    api_token: str | None = None,
+    service_name: str | None = None,
+    tracer_provider: TracerProvider | None = None,
+    graph: bool = True,
+    live: bool = True,
+    instrument_threads: bool = True,
+    max_queue_size: int = 65_536,
+) -> Spangraph:
+    """Add spangraph's processors to the OpenTelemetry TracerProvider and return them.
+
+    With no arguments: the embedded store (started if needed) for both the graph and live
+    events, the project from ``SPANGRAPH_PROJECT``. Every keyword overrides its
+    environment variable (see ``spangraph.config``). The user's own TracerProvider is used
+    when one is set; otherwise one is created and set globally (with the standard OTLP
+    exporter too when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set). Calling it again replaces
+    the previous configuration. Raises :class:`~spangraph.exceptions.ConfigurationError`,
+    naming the setting, for invalid settings or unreachable servers.
+    """
+    global _current, _atexit_registered
+    settings = Settings.from_env(
+        graph_url=graph_url,
+        redis_url=redis_url,
+        home=home,
+        project=project,
+        jaeger_url=jaeger_url,
+        api_token=api_token,
+    )
+    with _lock:
+        if _current is not None:
+            _current.shutdown()
+            _current = None
+        provider, owns = _provider(tracer_provider, service_name)
+        server = None
+        if (graph and settings.graph_is_embedded) or (live and settings.redis_is_embedded):
+            server = EmbeddedServer(settings.home).ensure_running()
+        store = None
+        if graph:
+            chosen = (
+                settings.replace(graph_url=server.graph_url)
+                if settings.graph_is_embedded and server
+                else settings
+            )
+            store = _open_store(chosen)
+        instance = Spangraph(
+            settings=settings, tracer_provider=provider, store=store, owns_provider=owns
+        )
+        if live and settings.live_enabled:
+            url = server.redis_url if settings.redis_is_embedded and server else settings.redis_url
+            publisher = _open_publisher(url)
+            instance.redis_url = url
+            instance.live_processor = LiveEventProcessor(
+                publisher, project=settings.project, max_queue_size=max_queue_size
+            )
+        if store is not None:
+            instance.graph_processor = GraphSpanProcessor(
+                store, project=settings.project, max_queue_size=max_queue_size
+            )
+        for processor in instance.processors:
+            provider.add_span_processor(processor)
+        if owns:
+            otlp = _otlp_processor()
+            if otlp is not None:
+                provider.add_span_processor(otlp)
+                instance.extra_processors.append(otlp)
+        _state.tracer = provider.get_tracer(_state.INSTRUMENTATION_NAME, __version__)
+        _state.project = settings.project
+        if instrument_threads:
+            _instrument_threads()
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        _current = instance
+        return instance
+
+
+def current() -> Spangraph | None:
+    """The configuration made by the last :func:`configure`, or ``None``."""
+    return _current
+
+
+def flush(timeout: float = 30.0) -> bool:
+    """Wait until every span and event so far is written and published (or ``timeout``
+    seconds pass); ``False`` on timeout. Safe to call when not configured."""
+    instance = _current
+    return True if instance is None else instance.flush(timeout)
+
+
+def shutdown() -> None:
+    """Flush, then stop spangraph's processors and close its connections. The embedded
+    server keeps running for other processes (``spangraph down`` stops it)."""
+    global _current
+    with _lock:
+        instance, _current = _current, None
+    if instance is not None:
+        instance.shutdown()
+        _state.tracer = trace.get_tracer(_state.INSTRUMENTATION_NAME, __version__)
+
+
+def _status() -> dict[str, Any]:  # pragma: no cover - used by the CLI
+    return {} if _current is None else _current.stats()

@@ -1,0 +1,16 @@
+"""Process-wide state set by :func:`spangraph.configure` (one default instance)."""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+
+from ._version import __version__
+
+INSTRUMENTATION_NAME = "spangraph"
+
+tracer: trace.Tracer = trace.get_tracer(INSTRUMENTATION_NAME, __version__)
+"""The tracer spangraph's own spans come from; follows the global provider until
+``configure`` points it at a specific one."""
+
+project: str = "default"
+"""Project id stamped on spangraph's own spans."""

