@@ -1,0 +1,171 @@
+"""``spangraph demo``: a small research agent run on the embedded default, watched live,
+then read back from the graph."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import redis
+
+from . import _sdk, queries
+from . import instrument as sg
+from ._ids import uuid7
+from .processors.live import workflow_channel
+
+# -- the agent ------------------------------------------------------------------------------
+
+_fetch_calls = {"n": 0}
+
+
+@sg.step("plan")
+def plan(question: str) -> list[str]:
+    sg.event("agent.message.appended", role="user", content=question)
+    return ["arxiv", "wikipedia", "news"]
+
+
+@sg.step("search")
+async def search(source: str) -> dict[str, Any]:
+    await asyncio.sleep(0.02 + random.random() * 0.03)
+    sg.event("tool.call", tool=f"search_{source}", query="graph databases for agent traces")
+    return {"source": source, "hits": 3}
+
+
+@sg.step("fetch-page", retries=2, backoff=0.05)
+def fetch_page(url: str) -> str:
+    _fetch_calls["n"] += 1
+    if _fetch_calls["n"] == 1:
+        raise ConnectionError(f"connection reset while fetching {url}")
+    return "<html>…</html>"
+
+
+@sg.step("summarize-with-large-model", timeout=0.15)
+async def summarize_large(texts: list[str]) -> str:
+    await asyncio.sleep(1.0)  # the large model is slow today: the timeout fires
+    return "long summary"
+
+
+@sg.step("summarize-with-small-model")
+async def summarize_small(texts: list[str]) -> str:
+    await asyncio.sleep(0.03)
+    sg.event("llm.complete", model="small-model", output_tokens=42)
+    return "short summary"
+
+
+@sg.step("draft-answer")
+def draft(summary: str) -> str:
+    with sg.step("outline"):
+        outline = ["intro", "findings"]
+    with sg.step("write-sections") as s:
+        for section in outline:
+            with sg.step(f"write-{section}"):
+                time.sleep(0.01)
+        s.set(sections=len(outline))
+    return f"answer based on {summary}"
+
+
+async def research(question: str, workflow_id: str) -> str:
+    async with sg.workflow("research-assistant", workflow_id=workflow_id) as run:
+        run.set(question=question)
+        sources = plan(question)
+        with sg.step("gather"):
+            results = await asyncio.gather(*(search(s) for s in sources))
+        fetch_page("https://example.org/paper")
+        try:
+            summary = await summarize_large([str(r) for r in results])
+        except TimeoutError:
+            sg.event("fallback", reason="large model timed out", to="small-model")
+            summary = await summarize_small([str(r) for r in results])
+        await sg.asleep(0.1, reason="rate limit")
+        return draft(summary)
+
+
+# -- watching and printing -------------------------------------------------------------------
+
+
+class _LiveTail(threading.Thread):
+    """Prints live events of one workflow as they arrive on its Redis channel."""
+
+    def __init__(self, url: str, workflow_id: str, out: Callable[[str], None]) -> None:
+        super().__init__(name="spangraph-demo-tail", daemon=True)
+        self._client = redis.Redis.from_url(url)
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(workflow_channel(workflow_id))
+        self._out = out
+        self._t0 = time.monotonic()
+        self.count = 0
+        self.done = threading.Event()
+        self.seqs: list[int] = []
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            message = self._pubsub.get_message(timeout=0.1)
+            if not message:
+                continue
+            event = json.loads(message["data"])
+            self.count += 1
+            self.seqs.append(event["seq"])
+            self._out(
+                f"  +{time.monotonic() - self._t0:6.3f}s  #{event['seq']:<3} "
+                f"{event['type']:<26} {event['kind']:<9} {event['name']}"
+            )
+            if event["type"] == "span.ended" and event["kind"] == "workflow":
+                self.done.set()
+        self._pubsub.close()
+        self._client.close()
+
+
+def _fmt_ms(value: Any) -> str:
+    return f"{value:9.1f} ms" if isinstance(value, int | float) else "      …   "
+
+
+def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> None:
+    for root in roots:
+        for depth, node in root.walk():
+            span = node.span
+            out(
+                f"  {'  ' * depth}{span.get('kind', '?'):<9} {node.name:<{40 - 2 * depth}} "
+                f"{span.get('state', '?'):<10} {_fmt_ms(span.get('duration_ms'))}"
+            )
+
+
+def run_demo(out: TextIO, *, home: str | None = None) -> int:
+    def say(line: str = "") -> None:
+        print(line, file=out, flush=True)
+
+    instance = _sdk.configure(home=home, service_name="spangraph-demo")
+    if instance.store is None or instance.redis_url is None:  # pragma: no cover
+        raise RuntimeError("the demo needs both the graph store and live events")
+    workflow_id = uuid7()
+    say(f"spangraph demo — graph store: {instance.settings.graph_url}, "
+        f"live events: {instance.redis_url}")
+    say(f"running workflow 'research-assistant' (workflow_id {workflow_id})\n")
+    say("live events, as they arrive from Redis:")
+    tail = _LiveTail(instance.redis_url, workflow_id, say)
+    tail.start()
+    answer = asyncio.run(research("How do agents branch?", workflow_id))
+    _sdk.flush()
+    tail.done.wait(5.0)
+    tail.done.set()
+    tail.join(2.0)
+    say(f"\nanswer: {answer}")
+    say(f"{tail.count} live events received, seq {min(tail.seqs, default=0)}–"
+        f"{max(tail.seqs, default=0)}\n")
+    say("the run, read back from the graph:")
+    print_tree(queries.tree(instance.store, workflow_id), say)
+    stats = instance.stats()
+    say(f"\ngraph: {stats['graph']['sent']} span writes (starts and ends), "
+        f"{stats['graph']['dropped']} dropped; live: {stats['live']['sent']} events sent, "
+        f"{stats['live']['dropped']} dropped")
+    say("\nexplore it in Cypher (spangraph query cypher \"…\"):")
+    say(f"  MATCH (w:Workflow {{workflow_id: '{workflow_id}'}})-[:PARENT_OF*]->(s:Step)\n"
+        f"  RETURN s.name, s.state, s.duration_ms ORDER BY s.start_ns")
+    say(f"  MATCH (s:Span {{workflow_id: '{workflow_id}', state: 'failed'}})-[:HAS_EVENT]->"
+        f"(e:Event)\n  RETURN s.name, e.name, e.attributes ORDER BY e.time_ns")
+    _sdk.shutdown()
+    return 0
