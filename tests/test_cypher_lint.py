@@ -2,7 +2,8 @@
 
 The linter is the npm package ``@neo4j-cypher/language-support`` (pinned in
 ``tests/cypher_lint/package.json``), run by ``tests/cypher_lint/lint.mjs`` under Node.js.
-Install it with ``npm ci --prefix tests/cypher_lint``.
+The test installs it on first use with ``npm ci --prefix tests/cypher_lint`` (from the
+lock file); it is skipped only where Node.js is missing.
 
 Warning policy: ``lint.mjs`` gives the linter no database schema, so it performs no
 schema-based checks (unknown labels, relationship types, properties or functions) and
@@ -37,16 +38,37 @@ ALLOWED_WARNINGS: frozenset[tuple[str, str]] = frozenset()
 purpose. Empty: no current statement triggers any warning."""
 
 
+def _ensure_linter_installed() -> None:
+    """Install the pinned linter from package-lock.json on first use (``npm ci``)."""
+    if (LINT_DIR / "node_modules" / "@neo4j-cypher" / "language-support").is_dir():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail(
+            f"{LINT_DIR}/node_modules is missing and npm is not on PATH: "
+            "run `npm ci --prefix tests/cypher_lint`",
+            pytrace=False,
+        )
+    proc = subprocess.run(
+        [npm, "ci", "--prefix", str(LINT_DIR), "--no-audit", "--no-fund"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            f"`npm ci --prefix tests/cypher_lint` failed ({proc.returncode}):\n{proc.stderr}",
+            pytrace=False,
+        )
+
+
 def run_linter(statements: dict[str, str]) -> Diagnostics:
     """Lint ``statements`` (name -> Cypher) in one Node process; name -> diagnostics."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("Node.js (`node`) is not on PATH: cannot run Neo4j's Cypher linter")
-    if not (LINT_DIR / "node_modules" / "@neo4j-cypher" / "language-support").is_dir():
-        pytest.fail(
-            f"{LINT_DIR}/node_modules is missing: run `npm ci --prefix tests/cypher_lint`",
-            pytrace=False,
-        )
+    _ensure_linter_installed()
     proc = subprocess.run(
         [node, str(LINT_SCRIPT)],
         input=json.dumps(statements),
