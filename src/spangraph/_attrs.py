@@ -21,7 +21,14 @@ def truncate(text: str, limit: int = MAX_VALUE_CHARS) -> str:
 def clean_value(value: Any) -> Any:
     """An OTel attribute value for ``value``: primitives pass, homogeneous sequences of
     primitives become tuples, everything else becomes (truncated) text. ``None`` stays
-    ``None`` (the caller leaves the key out)."""
+    ``None`` (the caller leaves the key out). Never raises."""
+    try:
+        return _clean_value(value)
+    except Exception:  # e.g. a self-referencing list (RecursionError)
+        return _text(value)
+
+
+def _clean_value(value: Any) -> Any:
     if value is None or isinstance(value, bool | float):
         return value
     if isinstance(value, int):
@@ -29,16 +36,25 @@ def clean_value(value: Any) -> Any:
     if isinstance(value, str):
         return truncate(value)
     if isinstance(value, list | tuple):
-        items = [clean_value(v) for v in value]
+        items = [_clean_value(v) for v in value]
         kinds = {type(v) for v in items}
         if len(kinds) <= 1 and not kinds & {list, tuple, type(None)}:
             return tuple(items)
-        return truncate(json.dumps(value, default=str, ensure_ascii=False))
+        return _text(value)
     if isinstance(value, Mapping):
-        try:
-            return truncate(json.dumps(value, default=str, ensure_ascii=False))
-        except (TypeError, ValueError):
-            return truncate(str(value))
+        return _text(value)
+    return _str(value)
+
+
+def _text(value: Any) -> str:
+    """JSON for ``value`` when it has one, else its (truncated) ``str``."""
+    try:
+        return truncate(json.dumps(value, default=str, ensure_ascii=False))
+    except Exception:  # unserializable keys, circular data, a __str__ that raises
+        return _str(value)
+
+
+def _str(value: Any) -> str:
     try:
         return truncate(str(value))
     except Exception:

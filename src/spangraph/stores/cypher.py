@@ -118,10 +118,13 @@ def write_statements() -> dict[str, str]:
 
 def all_statements() -> dict[str, str]:
     """Every Cypher statement the project can send to either store (writes and queries),
-    by name. DDL is listed per dialect by :func:`spangraph.stores.falkordb.ddl` and
-    ``spangraph.stores.neo4j.DDL``."""
+    by name, with Neo4j's DDL (FalkorDB's own DDL, ``stores.falkordb.DDL``, is not sent
+    to Neo4j)."""
     from .. import queries
+
+    from .neo4j import DDL as NEO4J_DDL
 
     out = write_statements()
     out.update({f"query:{k}": v for k, v in queries.statements().items()})
+    out.update({f"neo4j_ddl[{i}]": v for i, v in enumerate(NEO4J_DDL)})
     return out

@@ -1,0 +1,149 @@
+"""Neo4j 5 graph store (production), over the official ``neo4j`` driver.
+
+Same Cypher as FalkorDB (:mod:`spangraph.stores.cypher`); only the DDL below is Neo4j's
+own. A batch is written in one managed write transaction (retried by the driver on
+transient errors); reads run as managed read queries. The driver pools connections.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from ..exceptions import ConfigurationError, StoreError, StoreUnavailableError
+from ._base import WriteBatch
+
+_log = logging.getLogger(__name__)
+
+DDL: Final = (
+    "CREATE CONSTRAINT spangraph_span_id IF NOT EXISTS FOR (s:Span) REQUIRE s.span_id IS UNIQUE",
+    "CREATE INDEX spangraph_span_workflow_id IF NOT EXISTS FOR (s:Span) ON (s.workflow_id)",
+    "CREATE INDEX spangraph_span_trace_id IF NOT EXISTS FOR (s:Span) ON (s.trace_id)",
+    "CREATE INDEX spangraph_span_branch_id IF NOT EXISTS FOR (s:Span) ON (s.branch_id)",
+    "CREATE INDEX spangraph_span_execution_id IF NOT EXISTS FOR (s:Span) ON (s.execution_id)",
+    "CREATE INDEX spangraph_event_span IF NOT EXISTS FOR (e:Event) ON (e.span_id, e.seq)",
+)
+"""Neo4j 5 constraint and index statements (idempotent)."""
+
+
+def _plain(value: Any) -> Any:
+    """Neo4j driver values (nodes, relationships, lists) as plain Python values."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    items = getattr(value, "items", None)
+    if callable(items) and hasattr(value, "element_id"):
+        return {k: _plain(v) for k, v in items()}
+    return value
+
+
+class Neo4jStore:
+    """A :class:`~spangraph.stores.GraphStore` on Neo4j 5 (``neo4j://``, ``neo4j+s://``,
+    ``bolt://`` …), with user, password and database from the ``NEO4J_*`` settings."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        user: str = "neo4j",
+        password: str | None = None,
+        database: str | None = None,
+        max_connection_pool_size: int = 16,
+        connection_timeout: float = 5.0,
+    ) -> None:
+        try:
+            import neo4j
+        except ImportError:
+            raise ConfigurationError(
+                "SPANGRAPH_GRAPH_URL",
+                f"{uri} needs the Neo4j driver: pip install 'spangraph[neo4j]'",
+            ) from None
+        try:
+            urlsplit(uri).port
+        except ValueError:
+            raise ConfigurationError("SPANGRAPH_GRAPH_URL", f"bad port in {uri!r}") from None
+        self._neo4j = neo4j
+        self.name = "neo4j"
+        self.url = uri
+        self.database = database
+        auth = (user, password) if password is not None else None
+        try:
+            self._driver = neo4j.GraphDatabase.driver(
+                uri,
+                auth=auth,
+                max_connection_pool_size=max_connection_pool_size,
+                connection_timeout=connection_timeout,
+            )
+        except (ValueError, neo4j.exceptions.ConfigurationError) as exc:
+            raise ConfigurationError("SPANGRAPH_GRAPH_URL", f"bad Neo4j URI {uri!r}: {exc}") from exc
+        self._schema_ready = False
+
+    def _translate(self, exc: Exception, what: str) -> StoreError:
+        errors = self._neo4j.exceptions
+        transient = (errors.ServiceUnavailable, errors.SessionExpired, errors.TransientError,
+                     OSError)
+        if isinstance(exc, transient):
+            return StoreUnavailableError(f"Neo4j at {self.url} is unavailable: {exc}")
+        if isinstance(exc, errors.AuthError):
+            return StoreError(f"Neo4j at {self.url} refused the credentials (NEO4J_USER, "
+                              f"NEO4J_PASSWORD): {exc}")
+        return StoreError(f"Neo4j rejected {what}: {exc}")
+
+    def ping(self) -> None:
+        try:
+            self._driver.verify_connectivity()
+        except Exception as exc:
+            raise self._translate(exc, "the connection") from exc
+
+    def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        try:
+            for statement in DDL:
+                self._driver.execute_query(statement, database_=self.database)
+        except Exception as exc:
+            raise self._translate(exc, "the schema") from exc
+        self._schema_ready = True
+
+    def write(self, batch: WriteBatch) -> None:
+        statements = batch.statements()
+        if statements:
+            self.execute_many(statements)
+
+    def execute_many(self, statements: list[tuple[str, dict[str, Any]]]) -> None:
+        """Run several write statements in one managed transaction."""
+        if not self._schema_ready:
+            self.ensure_schema()
+
+        def work(tx: Any) -> None:
+            for cypher, params in statements:
+                tx.run(cypher, params).consume()
+
+        try:
+            with self._driver.session(database=self.database) as session:
+                session.execute_write(work)
+        except Exception as exc:
+            raise self._translate(exc, "a write") from exc
+
+    def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        try:
+            records, _, _ = self._driver.execute_query(
+                cypher, params or {}, database_=self.database,
+                routing_=self._neo4j.RoutingControl.READ,
+            )
+        except Exception as exc:
+            raise self._translate(exc, "a query") from exc
+        return [{k: _plain(v) for k, v in record.items()} for record in records]
+
+    def delete_all(self) -> None:
+        """Delete every spangraph node (tests and maintenance only)."""
+        self._driver.execute_query(
+            "MATCH (n) WHERE n:Span OR n:Event DETACH DELETE n", database_=self.database)
+
+    def close(self) -> None:
+        try:
+            self._driver.close()
+        except Exception:  # pragma: no cover - best effort
+            _log.debug("closing the Neo4j driver failed", exc_info=True)

@@ -1,0 +1,112 @@
+"""Neo4jStore: error paths here; the full round trip against a real Neo4j 5 when
+NEO4J_URI is set (tests marked ``neo4j``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+import spangraph
+from spangraph import queries
+from spangraph.exceptions import ConfigurationError, StoreUnavailableError
+from spangraph.stores import WriteBatch
+from spangraph.stores.neo4j import Neo4jStore
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_server_is_unavailable() -> None:
+    store = Neo4jStore(f"bolt://127.0.0.1:{_closed_port()}", password="x", connection_timeout=1)
+    with pytest.raises(StoreUnavailableError, match="unavailable"):
+        store.ping()
+    store.close()
+
+
+def test_bad_uri_names_the_setting() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Neo4jStore("neo4j://host:notaport")
+    assert info.value.setting == "SPANGRAPH_GRAPH_URL"
+
+
+def test_configure_with_unreachable_neo4j_names_the_setting() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        spangraph.configure(
+            tracer_provider=TracerProvider(),
+            graph_url=f"bolt://127.0.0.1:{_closed_port()}",
+            redis_url="off",
+        )
+    assert info.value.setting == "SPANGRAPH_GRAPH_URL"
+
+
+@pytest.fixture
+def neo4j_store() -> Iterator[Neo4jStore]:
+    store = Neo4jStore(
+        os.environ["NEO4J_URI"],
+        user=os.environ.get("NEO4J_USER", "neo4j"),
+        password=os.environ.get("NEO4J_PASSWORD"),
+        database=os.environ.get("NEO4J_DATABASE"),
+    )
+    store.ensure_schema()
+    store.delete_all()
+    yield store
+    store.delete_all()
+    store.close()
+
+
+def _row(span_id: str, **props: object) -> dict[str, object]:
+    return {"span_id": span_id, "props": {"trace_id": "a" * 32, "workflow_id": "wf", **props}}
+
+
+@pytest.mark.neo4j
+def test_neo4j_round_trip_is_idempotent(neo4j_store: Neo4jStore) -> None:
+    batch = WriteBatch(
+        starts={"Workflow": [_row("0000000000000001", name="w", kind="workflow", start_ns=1)]},
+        ends={"Step": [_row("0000000000000002", name="s", kind="step", state="completed",
+                            start_ns=2, end_ns=3, parent_span_id="0000000000000001")]},
+        parents=[{"span_id": "0000000000000002", "parent_span_id": "0000000000000001",
+                  "trace_id": "a" * 32, "workflow_id": "wf"}],
+        events=[{"span_id": "0000000000000002", "seq": 0, "name": "step.completed",
+                 "time_ns": 3, "attributes": "{}"}],
+    )
+    neo4j_store.write(batch)
+    neo4j_store.write(batch)
+    counts = neo4j_store.query(
+        "MATCH (s:Span) WITH count(s) AS spans "
+        "MATCH (:Span)-[r:PARENT_OF]->(:Span) WITH spans, count(r) AS edges "
+        "MATCH (e:Event) RETURN spans, edges, count(e) AS events"
+    )
+    assert counts == [{"spans": 2, "edges": 1, "events": 1}]
+    roots = queries.tree(neo4j_store, "wf")
+    assert [r.name for r in roots] == ["w"]
+    assert [c.name for c in roots[0].children] == ["s"]
+    assert roots[0].span["state"] == "running"
+    assert [p["span_id"] for p in queries.path_to_root(neo4j_store, "0000000000000002")] == [
+        "0000000000000001",
+        "0000000000000002",
+    ]
+
+
+@pytest.mark.neo4j
+def test_workflow_through_configure_lands_in_neo4j(neo4j_store: Neo4jStore) -> None:
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    sg = spangraph.configure(tracer_provider=TracerProvider(), graph_url=os.environ["NEO4J_URI"],
+                             redis_url="off", project=project)
+    try:
+        with spangraph.workflow("neo4j-run") as run, spangraph.step("one"):
+            pass
+        assert spangraph.flush(10)
+        assert sg.stats()["graph"]["dropped"] == 0
+        roots = queries.tree(neo4j_store, run.workflow_id or "")
+        assert [(r.name, r.span["state"]) for r in roots] == [("neo4j-run", "completed")]
+        assert [c.name for c in roots[0].children] == ["one"]
+    finally:
+        spangraph.shutdown()
