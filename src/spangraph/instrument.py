@@ -273,7 +273,7 @@ class Scope:
         return frame.handle
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        frame = self._frames.pop()
+        frame = self._pop_frame()
         try:
             frame.finish(exc)
         finally:
@@ -290,7 +290,7 @@ class Scope:
         return frame.handle
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool | None:
-        frame = self._frames.pop()
+        frame = self._pop_frame()
         try:
             if frame.timeout_cm is not None:
                 try:
@@ -302,6 +302,18 @@ class Scope:
         finally:
             frame.detach()
         return None
+
+    def _pop_frame(self) -> _Frame:
+        # One Scope object may be open in several tasks or threads at once
+        # (``s = step("x")`` reused), so blocks do not close in LIFO order across them:
+        # the frame to close is the one whose span is current here.
+        frames = self._frames
+        current = trace.get_current_span()
+        for frame in reversed(frames):
+            if frame.handle.span is current:
+                frames.remove(frame)
+                return frame
+        return frames.pop()
 
     def _first_attempt(self) -> int | None:
         return 1 if self._opts.kind == sc.KIND_STEP else None
@@ -460,6 +472,9 @@ def _wrap_gen(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
                 frame.attach()
                 try:
                     gen.close()
+                except BaseException as exc:  # its cleanup failed: the span still ends
+                    frame.finish(exc)
+                    raise
                 finally:
                     frame.detach()
                 frame.finish(None)
@@ -501,6 +516,9 @@ def _wrap_async_gen(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any
                 frame.attach()
                 try:
                     await agen.aclose()
+                except BaseException as exc:  # its cleanup failed: the span still ends
+                    frame.finish(exc)
+                    raise
                 finally:
                     frame.detach()
                 frame.finish(None)

@@ -95,6 +95,10 @@ class BatchWorker(Generic[T, P]):
 
     def _at_fork_reinit(self) -> None:
         # In a forked child the worker thread is gone and the queue belongs to the parent.
+        if self._closed:  # shut down in the parent: stays shut down (no thread) in the child
+            self._queue = collections.deque()
+            self._drop_lock = threading.Lock()
+            return
         self._init_thread()
 
     # -- user threads ---------------------------------------------------------------------
