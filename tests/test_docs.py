@@ -1,0 +1,105 @@
+"""The docs say what the code does: names, runnable examples, pasteable Cypher."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import spangraph
+from spangraph import queries, semconv
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def _blocks(path: Path, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def test_semantic_conventions_page_lists_every_constant() -> None:
+    page = (DOCS / "semantic-conventions.md").read_text()
+    constants = {
+        name: value
+        for name, value in vars(semconv).items()
+        if name.isupper() and isinstance(value, str)
+    }
+    assert len(constants) > 60
+    missing = [f"{n} = {v}" for n, v in constants.items() if f"| `{n}` | `{v}` |" not in page]
+    assert not missing, f"docs/semantic-conventions.md lacks: {missing}"
+
+
+def test_readme_usage_example_runs(tmp_path: Path) -> None:
+    """The README's Python example, as written, on the embedded default."""
+    [example] = [b for b in _blocks(ROOT / "README.md", "python") if "configure()" in b]
+    script = tmp_path / "example.py"
+    script.write_text(example)
+    env = {**os.environ, "SPANGRAPH_HOME": str(tmp_path / "home")}
+    env.pop("SPANGRAPH_GRAPH_URL", None)
+    env.pop("NEO4J_URI", None)
+    try:
+        proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        check = (
+            "import spangraph, json; from spangraph import queries; from spangraph.stores "
+            "import open_store; from spangraph.config import Settings; "
+            "s = open_store(Settings.from_env()); "
+            "print(json.dumps([(w['name'], w['state']) for w in queries.workflows(s)]))"
+        )
+        out = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        assert '["research", "completed"]' in out
+    finally:
+        subprocess.run([sys.executable, "-m", "spangraph.cli", "down"], env=env,
+                       capture_output=True, timeout=60, check=False)
+
+
+def _graph_model_queries() -> list[str]:
+    return _blocks(DOCS / "graph-model.md", "cypher")
+
+
+def test_graph_model_cypher_passes_neo4j_linter() -> None:
+    from test_cypher_lint import failures, run_linter
+
+    statements = {f"graph-model.md[{i}]": q for i, q in enumerate(_graph_model_queries())}
+    assert len(statements) >= 5
+    bad = failures(run_linter(statements))
+    assert not bad, bad
+
+
+def test_graph_model_cypher_answers_on_a_real_run(sg: spangraph.Spangraph) -> None:
+    calls = {"n": 0}
+
+    @spangraph.step("flaky", retries=1, backoff=0.001)
+    def flaky() -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("first try fails")
+
+    with spangraph.workflow("docs-run") as run:
+        flaky()
+    assert spangraph.flush(10)
+    assert sg.store is not None
+    workflow_id = run.workflow_id
+    [root] = queries.tree(sg.store, workflow_id or "")
+    leaf = root.children[-1].span["span_id"]
+    params = {"workflow_id": workflow_id, "span_id": leaf}
+    answers = [sg.store.query(q, params) for q in _graph_model_queries()]
+    tree_rows, path_rows, failed_rows, retry_rows, running_rows = answers
+    assert [r["s.name"] for r in tree_rows] == ["docs-run", "flaky", "flaky"]
+    assert path_rows == [{"path": ["docs-run", "flaky"]}]
+    assert {"s.name": "flaky", "failures": 1} in failed_rows
+    assert [(r["first.name"], r["last.state"]) for r in retry_rows] == [("flaky", "completed")]
+    assert all(r["w.workflow_id"] != workflow_id for r in running_rows)
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
+def test_docs_links_resolve(page: str) -> None:
+    text = (DOCS / page).read_text()
+    for target in re.findall(r"\]\(([^)#]+\.md)\)", text):
+        assert (DOCS / target).exists(), f"{page} links to missing {target}"
