@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from . import _state
 from ._version import __version__
-from .config import ENV_GRAPH_URL, ENV_REDIS_URL, Settings
+from .config import DEFAULT_PROJECT, ENV_GRAPH_URL, ENV_REDIS_URL, Settings
 from .embedded import EmbeddedServer
 from .exceptions import ConfigurationError, StoreError
 from .processors.graph import GraphSpanProcessor
@@ -47,12 +47,15 @@ class Spangraph:
         return [p for p in (self.graph_processor, self.live_processor) if p is not None]
 
     def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every processor has sent what was queued before this call (or the
+        ``timeout`` in seconds passes, each); ``False`` on timeout."""
         ok = True
         for processor in self.processors + self.extra_processors:
             ok = processor.force_flush(int(timeout * 1000)) and ok
         return ok
 
     def shutdown(self) -> None:
+        """Flush and stop this configuration's processors and close its connections."""
         for processor in self.processors + self.extra_processors:
             try:
                 processor.shutdown()
@@ -251,6 +254,7 @@ def shutdown() -> None:
     if instance is not None:
         instance.shutdown()
         _state.tracer = trace.get_tracer(_state.INSTRUMENTATION_NAME, __version__)
+        _state.project = DEFAULT_PROJECT
 
 
 def _status() -> dict[str, Any]:  # pragma: no cover - used by the CLI

@@ -219,8 +219,12 @@ class _Frame:
             span.set_attribute(sc.STATE, sc.STATE_FAILED)
             now = time.time_ns()
             span.record_exception(exc, timestamp=now)
-            emit_event(span, "exception", {"exception.type": type(exc).__qualname__,
-                                           "exception.message": str(exc)}, now)
+            emit_event(
+                span,
+                "exception",
+                {"exception.type": type(exc).__qualname__, "exception.message": str(exc)},
+                now,
+            )
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             if self.lifecycle:
                 _add_event(span, f"{self.kind}.failed", {**common, **_error_attrs(exc)})

@@ -1,0 +1,190 @@
+"""_attrs: attribute values of any type made safe for OpenTelemetry, never raising."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import spangraph
+from spangraph._attrs import MAX_VALUE_CHARS, clean, clean_value, truncate
+from spangraph.testing import capture
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr either")
+
+
+class Named:
+    def __str__(self) -> str:
+        return "Named!"
+
+
+@pytest.mark.parametrize("value", [True, False, 0, -5, 2**63 - 1, -(2**63), 1.5, "text", ""])
+def test_primitives_pass_unchanged(value: Any) -> None:
+    out = clean_value(value)
+    assert out == value
+    assert type(out) is type(value)
+
+
+def test_none_stays_none() -> None:
+    assert clean_value(None) is None
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 10**30])
+def test_huge_ints_become_text(value: int) -> None:
+    assert clean_value(value) == str(value)
+
+
+def test_long_strings_are_truncated_with_marker() -> None:
+    text = "a" * (MAX_VALUE_CHARS + 123)
+    out = clean_value(text)
+    assert out == "a" * MAX_VALUE_CHARS + "…[truncated 123 chars]"
+    assert clean_value("b" * MAX_VALUE_CHARS) == "b" * MAX_VALUE_CHARS
+
+
+def test_truncate_limit() -> None:
+    assert truncate("abcdef", 3) == "abc…[truncated 3 chars]"
+    assert truncate("abc", 3) == "abc"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ([1, 2, 3], (1, 2, 3)),
+        (("a", "b"), ("a", "b")),
+        ([1.5, 2.5], (1.5, 2.5)),
+        ([True, False], (True, False)),
+        ([], ()),
+    ],
+)
+def test_homogeneous_sequences_become_tuples(value: Any, expected: tuple[Any, ...]) -> None:
+    out = clean_value(value)
+    assert out == expected
+    assert isinstance(out, tuple)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [[1, "a"], [1, None], [[1, 2], [3]], [True, 1], [1, 2.0]],
+)
+def test_mixed_or_nested_sequences_become_json(value: Any) -> None:
+    out = clean_value(value)
+    assert isinstance(out, str)
+    assert json.loads(out) == value
+
+
+def test_sequence_of_objects_becomes_text() -> None:
+    out = clean_value([Named(), Named()])
+    assert out == ("Named!", "Named!")
+    mixed = clean_value([Named(), 1])
+    assert mixed == '["Named!", 1]'
+
+
+def test_dicts_become_json() -> None:
+    out = clean_value({"a": 1, "b": [1, 2], "c": {"d": None}, "e": "é"})
+    assert isinstance(out, str)
+    assert json.loads(out) == {"a": 1, "b": [1, 2], "c": {"d": None}, "e": "é"}
+    assert "é" in out  # not escaped
+
+
+def test_dict_with_objects_uses_their_str() -> None:
+    assert json.loads(clean_value({"x": Named()})) == {"x": "Named!"}
+
+
+def test_dict_with_unserializable_keys_falls_back_to_str() -> None:
+    out = clean_value({(1, 2): "tuple key"})
+    assert out == str({(1, 2): "tuple key"})
+
+
+def test_objects_become_str() -> None:
+    assert clean_value(Named()) == "Named!"
+    assert clean_value(b"bytes") == "b'bytes'"
+    assert clean_value(object()).startswith("<object object at")
+
+
+def test_huge_json_is_truncated() -> None:
+    out = clean_value({"k": "v" * 20000})
+    assert isinstance(out, str)
+    assert len(out) < 20000
+    assert "…[truncated " in out
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        Unprintable(),
+        [Unprintable(), 1],
+        [Unprintable(), Unprintable()],
+        {"a": Unprintable()},
+        {(1, 2): Unprintable()},
+        [{(1, 2): 3}, 1],
+    ],
+)
+def test_unprintable_values_never_raise(value: Any) -> None:
+    out = clean_value(value)
+    assert isinstance(out, str | tuple)
+
+
+def test_unprintable_object_has_a_marker() -> None:
+    assert clean_value(Unprintable()) == "<unprintable Unprintable>"
+
+
+def test_self_referencing_values_never_raise() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    assert clean_value(loop) == "[[...]]"
+    d: dict[str, Any] = {}
+    d["self"] = d
+    assert clean_value(d) == "{'self': {...}}"
+
+
+def test_clean_drops_none_and_stringifies_keys() -> None:
+    out = clean({"a": 1, "b": None, 3: "x", "l": [1, 2]})
+    assert out == {"a": 1, "3": "x", "l": (1, 2)}
+
+
+def test_clean_empty() -> None:
+    assert clean(None) == {}
+    assert clean({}) == {}
+
+
+def test_event_with_odd_values_end_to_end() -> None:
+    with capture() as cap:
+        with spangraph.step("s"):
+            ok = spangraph.event(
+                "x",
+                obj=object(),
+                d={"a": 1},
+                big="x" * 20000,
+                bad=Unprintable(),
+                mixed=[Unprintable(), 1],
+                huge=2**100,
+                nothing=None,
+            )
+        assert ok is True
+    (ev,) = cap.events("x")
+    attrs = ev.attributes
+    assert set(attrs) == {"obj", "d", "big", "bad", "mixed", "huge"}
+    assert all(isinstance(v, str) for v in attrs.values())
+    assert json.loads(attrs["d"]) == {"a": 1}
+    assert attrs["big"].endswith(f"…[truncated {20000 - MAX_VALUE_CHARS} chars]")
+    assert attrs["huge"] == str(2**100)
+    assert attrs["bad"] == "<unprintable Unprintable>"
+
+
+def test_step_attributes_and_handle_set_are_cleaned() -> None:
+    attributes = {"cfg": {"k": [1, 2]}, "o": Named()}
+    with capture() as cap, spangraph.step("s", attributes=attributes) as s:
+        s.set(rows=[1, 2, 3], bad=Unprintable(), skip=None)
+    attrs = dict(cap.find("s")[0].attributes or {})
+    assert json.loads(attrs["cfg"]) == {"k": [1, 2]}
+    assert attrs["o"] == "Named!"
+    assert attrs["rows"] == (1, 2, 3)
+    assert attrs["bad"] == "<unprintable Unprintable>"
+    assert "skip" not in attrs

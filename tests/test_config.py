@@ -1,0 +1,243 @@
+"""Settings.from_env and configure()'s validation (no server needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+import spangraph
+from spangraph import _state
+from spangraph.config import (
+    ENV_GRAPH_URL,
+    ENV_JAEGER_URL,
+    ENV_PROJECT,
+    ENV_REDIS_URL,
+    Settings,
+)
+from spangraph.exceptions import ConfigurationError, SpangraphError
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.graph_url == "embedded"
+    assert s.redis_url == "embedded"
+    assert s.project == "default"
+    assert s.jaeger_url == "http://localhost:16686"
+    assert s.api_token is None
+    assert s.neo4j_user == "neo4j"
+    assert s.neo4j_password is None
+    assert s.neo4j_database is None
+    assert isinstance(s.home, Path)
+    assert s.graph_is_embedded and s.redis_is_embedded and s.live_enabled
+    assert not s.graph_is_neo4j
+
+
+def test_env_values_are_read() -> None:
+    s = Settings.from_env(
+        {
+            "SPANGRAPH_GRAPH_URL": "falkordb://db.example:6380/runs",
+            "SPANGRAPH_REDIS_URL": "redis://cache:6379/1",
+            "SPANGRAPH_HOME": "~/sg-home",
+            "SPANGRAPH_PROJECT": "acme",
+            "SPANGRAPH_JAEGER_URL": "https://jaeger.example",
+            "SPANGRAPH_API_TOKEN": "secret",
+            "NEO4J_USER": "bob",
+            "NEO4J_PASSWORD": "pw",
+            "NEO4J_DATABASE": "graphs",
+        }
+    )
+    assert s.graph_url == "falkordb://db.example:6380/runs"
+    assert s.redis_url == "redis://cache:6379/1"
+    assert s.home == Path("~/sg-home").expanduser()
+    assert s.project == "acme"
+    assert s.jaeger_url == "https://jaeger.example"
+    assert s.api_token == "secret"
+    assert (s.neo4j_user, s.neo4j_password, s.neo4j_database) == ("bob", "pw", "graphs")
+    assert not s.graph_is_embedded and not s.redis_is_embedded
+
+
+def test_empty_env_values_mean_default() -> None:
+    s = Settings.from_env({"SPANGRAPH_PROJECT": "", "SPANGRAPH_GRAPH_URL": ""})
+    assert s.project == "default"
+    assert s.graph_url == "embedded"
+
+
+def test_neo4j_uri_used_when_graph_url_unset() -> None:
+    s = Settings.from_env({"NEO4J_URI": "neo4j+s://abc.databases.neo4j.io"})
+    assert s.graph_url == "neo4j+s://abc.databases.neo4j.io"
+    assert s.graph_is_neo4j
+
+
+def test_graph_url_wins_over_neo4j_uri() -> None:
+    s = Settings.from_env(
+        {"NEO4J_URI": "bolt://neo:7687", "SPANGRAPH_GRAPH_URL": "falkordb://f:6379/g"}
+    )
+    assert s.graph_url == "falkordb://f:6379/g"
+    assert not s.graph_is_neo4j
+
+
+def test_overrides_win_over_env() -> None:
+    env = {"SPANGRAPH_PROJECT": "from-env", "SPANGRAPH_REDIS_URL": "redis://a:1"}
+    s = Settings.from_env(env, project="from-kwarg", redis_url="off", graph_url=None)
+    assert s.project == "from-kwarg"
+    assert s.redis_url == "off"
+    assert not s.live_enabled
+    assert s.graph_url == "embedded"  # None override means "not given"
+
+
+def test_home_override_is_a_path() -> None:
+    s = Settings.from_env({}, home="~/x")
+    assert s.home == Path("~/x").expanduser()
+
+
+def test_from_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPANGRAPH_PROJECT", "from-os")
+    assert Settings.from_env().project == "from-os"
+
+
+def test_unknown_override_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="colour"):
+        Settings.from_env({}, colour="red")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "embedded",
+        "falkordb://localhost:6379/spangraph",
+        "falkordb://localhost",
+        "redis://localhost:6379",
+        "neo4j://localhost:7687",
+        "neo4j+s://x.databases.neo4j.io",
+        "neo4j+ssc://host",
+        "bolt://127.0.0.1:7687",
+        "bolt+s://host:7687",
+    ],
+)
+def test_good_graph_urls(url: str) -> None:
+    assert Settings.from_env({}, graph_url=url).graph_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("nope://x", ["unknown scheme", "nope"]),
+        ("http://host:1", ["unknown scheme"]),
+        ("localhost:6379", ["expected"]),
+        ("falkordb://localhost:99999/g", ["bad port"]),
+        ("falkordb://localhost:abc/g", ["bad port"]),
+        ("falkordb://localhost:0/g", ["bad port"]),
+        ("falkordb:///graph", ["no host"]),
+        ("neo4j://:7687", ["no host"]),
+    ],
+)
+def test_bad_graph_urls(url: str, words: list[str]) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({}, graph_url=url)
+    err = info.value
+    assert err.setting == ENV_GRAPH_URL
+    assert str(err).startswith(f"{ENV_GRAPH_URL}: ")
+    for word in words:
+        assert word in str(err)
+
+
+def test_bad_graph_url_from_env_names_the_setting() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"NEO4J_URI": "mysql://h"})
+    assert info.value.setting == ENV_GRAPH_URL
+
+
+@pytest.mark.parametrize(
+    "url", ["embedded", "off", "redis://h:6379/0", "rediss://h:6380", "unix:///tmp/r.sock"]
+)
+def test_good_redis_urls(url: str) -> None:
+    assert Settings.from_env({}, redis_url=url).redis_url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://h:abc", "redis://h:70000", "memcached://h:1", "localhost"]
+)
+def test_bad_redis_urls(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({}, redis_url=url)
+    assert info.value.setting == ENV_REDIS_URL
+    assert ENV_REDIS_URL in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["localhost:16686", "ftp://jaeger", ""])
+def test_bad_jaeger_url(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({}, jaeger_url=url)
+    assert info.value.setting == ENV_JAEGER_URL
+
+
+def test_empty_project() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({}, project="")
+    assert info.value.setting == ENV_PROJECT
+
+
+def test_configuration_error_is_a_value_error() -> None:
+    err = ConfigurationError("SOME_SETTING", "is bad")
+    assert isinstance(err, ValueError)
+    assert isinstance(err, SpangraphError)
+    assert err.setting == "SOME_SETTING"
+    assert str(err) == "SOME_SETTING: is bad"
+    with pytest.raises(ValueError):
+        Settings.from_env({}, graph_url="nope://x")
+
+
+def test_replace_validates() -> None:
+    s = Settings.from_env({})
+    assert s.replace(project="p2").project == "p2"
+    with pytest.raises(ConfigurationError) as info:
+        s.replace(graph_url="nope://x")
+    assert info.value.setting == ENV_GRAPH_URL
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings.from_env({})
+    with pytest.raises(AttributeError):
+        s.project = "x"  # type: ignore[misc]
+
+
+# -- configure() ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_state() -> Any:
+    tracer, project = _state.tracer, _state.project
+    yield
+    _state.tracer, _state.project = tracer, project
+
+
+@pytest.mark.usefixtures("restore_state")
+def test_configure_unreachable_graph_names_the_setting() -> None:
+    provider = TracerProvider()
+    tracer_before = _state.tracer
+    with pytest.raises(ConfigurationError) as info:
+        spangraph.configure(
+            graph_url="falkordb://127.0.0.1:1/x", redis_url="off", tracer_provider=provider
+        )
+    assert info.value.setting == ENV_GRAPH_URL
+    assert "127.0.0.1:1" in str(info.value)
+    assert _state.tracer is tracer_before  # nothing half-configured
+    provider.shutdown()
+
+
+@pytest.mark.usefixtures("restore_state")
+def test_configure_bad_scheme_names_the_setting() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        spangraph.configure(graph_url="nope://x")
+    assert info.value.setting == ENV_GRAPH_URL
+    assert "nope" in str(info.value)
+
+
+@pytest.mark.usefixtures("restore_state")
+def test_configure_bad_redis_url_names_the_setting() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        spangraph.configure(graph_url="falkordb://127.0.0.1:1/x", redis_url="redis://h:abc")
+    assert info.value.setting == ENV_REDIS_URL

@@ -1,0 +1,1095 @@
+"""spangraph.workflow / spangraph.step in every form, their lifecycle events, retries,
+timeouts, sleeps, cancellation and input checks (in memory, no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import StatusCode
+
+import spangraph
+from spangraph import _state
+from spangraph import semconv as sc
+from spangraph.instrument import Handle, Scope, WorkflowRun, current_run
+from spangraph.testing import SpanCapture, capture
+
+
+@pytest.fixture
+def cap() -> Iterator[SpanCapture]:
+    with capture() as c:
+        yield c
+
+
+class MyError(Exception):
+    pass
+
+
+def attrs(span: ReadableSpan) -> dict[str, Any]:
+    return dict(span.attributes or {})
+
+
+def names(span: ReadableSpan) -> list[str]:
+    return [e.name for e in span.events]
+
+
+def event(span: ReadableSpan, name: str) -> dict[str, Any]:
+    found = [dict(e.attributes or {}) for e in span.events if e.name == name]
+    assert len(found) == 1, f"{name} occurs {len(found)} times in {names(span)}"
+    return found[0]
+
+
+def one(cap: SpanCapture, name: str) -> ReadableSpan:
+    found = cap.find(name)
+    assert len(found) == 1, [s.name for s in cap.spans]
+    return found[0]
+
+
+def is_child(child: ReadableSpan, parent: ReadableSpan) -> bool:
+    return child.parent is not None and child.parent.span_id == parent.context.span_id
+
+
+def is_uuid7(text: str) -> bool:
+    u = uuid.UUID(text)
+    return u.version == 7 and str(u) == text
+
+
+def assert_completed(span: ReadableSpan, kind: str) -> None:
+    assert attrs(span)[sc.STATE] == sc.STATE_COMPLETED
+    assert span.status.status_code is StatusCode.UNSET
+    assert span.end_time is not None
+    assert names(span) == [f"{kind}.started", f"{kind}.completed"]
+
+
+def assert_failed(span: ReadableSpan, kind: str, exc: BaseException) -> None:
+    assert attrs(span)[sc.STATE] == sc.STATE_FAILED
+    assert span.status.status_code is StatusCode.ERROR
+    assert names(span)[0] == f"{kind}.started"
+    assert names(span)[-2:] == ["exception", f"{kind}.failed"]
+    failed = event(span, f"{kind}.failed")
+    assert failed[sc.ERROR_MESSAGE] == str(exc)
+    assert failed[sc.ERROR_TYPE].endswith(type(exc).__qualname__)
+    assert failed[sc.EVENT_DURATION_MS] >= 0
+
+
+def assert_cancelled(span: ReadableSpan) -> None:
+    assert attrs(span)[sc.STATE] == sc.STATE_CANCELLED
+    assert span.status.status_code is not StatusCode.ERROR
+    assert span.end_time is not None
+    assert not any(n.endswith((".failed", ".completed")) for n in names(span))
+
+
+# -- forms ----------------------------------------------------------------------------
+
+
+def test_bare_decorators_sync(cap: SpanCapture) -> None:
+    @spangraph.step
+    def double(x: int) -> int:
+        """Doubles."""
+        return 2 * x
+
+    @spangraph.workflow
+    def pipeline(x: int) -> int:
+        return double(x) + double(1)
+
+    assert pipeline(5) == 12
+    assert double.__name__ == "double" and double.__doc__ == "Doubles."
+
+    wf = one(cap, pipeline.__qualname__)
+    steps = cap.find(double.__qualname__)
+    assert len(steps) == 2
+    assert attrs(wf)[sc.KIND] == sc.KIND_WORKFLOW
+    assert attrs(wf)[sc.GEN_AI_OPERATION_NAME] == "invoke_workflow"
+    assert wf.parent is None
+    assert_completed(wf, "workflow")
+    wid = attrs(wf)[sc.WORKFLOW_ID]
+    assert is_uuid7(wid)
+    assert attrs(wf)[sc.EXECUTION_ID] == wid
+    assert attrs(wf)[sc.WORKFLOW_NAME] == pipeline.__qualname__
+    for s in steps:
+        a = attrs(s)
+        assert a[sc.KIND] == sc.KIND_STEP
+        assert a[sc.STEP_ATTEMPT] == 1
+        assert sc.STEP_MAX_ATTEMPTS not in a
+        assert a[sc.WORKFLOW_ID] == wid
+        assert a[sc.EXECUTION_ID] == wid
+        assert a[sc.WORKFLOW_NAME] == pipeline.__qualname__
+        assert is_child(s, wf)
+        assert s.context.trace_id == wf.context.trace_id
+        assert_completed(s, "step")
+        assert event(s, sc.STEP_STARTED) == {sc.EVENT_ATTEMPT: 1}
+        assert event(s, sc.STEP_COMPLETED)[sc.EVENT_ATTEMPT] == 1
+    assert steps[0].context.span_id != steps[1].context.span_id
+
+
+def test_decorator_with_name_and_attributes(cap: SpanCapture) -> None:
+    @spangraph.step("fetch", attributes={"source": "web", "n": 3, "skip": None})
+    def fetch() -> str:
+        return "ok"
+
+    @spangraph.workflow("daily-report", workflow_id="job-42", execution_id="exec-1")
+    def report() -> str:
+        return fetch()
+
+    assert report() == "ok"
+    wf, st = one(cap, "daily-report"), one(cap, "fetch")
+    assert attrs(wf)[sc.WORKFLOW_ID] == "job-42"
+    assert attrs(wf)[sc.EXECUTION_ID] == "exec-1"
+    assert attrs(wf)[sc.WORKFLOW_NAME] == "daily-report"
+    assert attrs(st)["source"] == "web"
+    assert attrs(st)["n"] == 3
+    assert "skip" not in attrs(st)
+    assert attrs(st)[sc.WORKFLOW_ID] == "job-42"
+    assert attrs(st)[sc.EXECUTION_ID] == "exec-1"
+    assert is_child(st, wf)
+
+
+def test_decorator_with_kwargs_only_uses_qualname(cap: SpanCapture) -> None:
+    @spangraph.step(attributes={"a": 1})
+    def plain() -> int:
+        return 1
+
+    assert plain() == 1
+    s = one(cap, plain.__qualname__)
+    assert attrs(s)["a"] == 1
+
+
+def test_project_id_is_stamped(cap: SpanCapture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_state, "project", "proj-x")
+    with spangraph.workflow("w"), spangraph.step("s"):
+        pass
+    assert {attrs(s)[sc.PROJECT_ID] for s in cap.spans} == {"proj-x"}
+
+
+def test_with_blocks(cap: SpanCapture) -> None:
+    with spangraph.workflow("w") as run:
+        assert isinstance(run, WorkflowRun)
+        assert current_run() is not None and current_run().workflow_id == run.workflow_id
+        with spangraph.step("s") as s:
+            assert isinstance(s, Handle) and not isinstance(s, WorkflowRun)
+            assert s.workflow_id == run.workflow_id
+            assert s.attempt == 1
+            assert s.kind == sc.KIND_STEP
+            s.set(rows=10, obj=object())
+            s.event("checkpoint", at=3)
+    assert current_run() is None
+    wf, st = one(cap, "w"), one(cap, "s")
+    assert is_uuid7(run.workflow_id)
+    assert run.span_id == format(wf.context.span_id, "016x")
+    assert run.trace_id == format(wf.context.trace_id, "032x")
+    assert len(run.span_id) == 16 and len(run.trace_id) == 32
+    assert is_child(st, wf)
+    assert attrs(st)[sc.WORKFLOW_ID] == run.workflow_id
+    assert attrs(st)["rows"] == 10
+    assert isinstance(attrs(st)["obj"], str)
+    assert names(st) == ["step.started", "checkpoint", "step.completed"]
+    assert event(st, "checkpoint") == {"at": 3}
+    assert_completed(wf, "workflow")
+
+
+async def test_async_with_blocks(cap: SpanCapture) -> None:
+    async with spangraph.workflow("aw", workflow_id="given") as run, spangraph.step("as") as s:
+        await asyncio.sleep(0)
+        assert s.workflow_id == "given"
+    wf, st = one(cap, "aw"), one(cap, "as")
+    assert run.workflow_id == "given"
+    assert is_child(st, wf)
+    assert attrs(st)[sc.WORKFLOW_ID] == "given"
+    assert_completed(wf, "workflow")
+    assert_completed(st, "step")
+
+
+async def test_async_decorators(cap: SpanCapture) -> None:
+    @spangraph.step("inner")
+    async def inner(x: int) -> int:
+        await asyncio.sleep(0)
+        return x + 1
+
+    @spangraph.workflow
+    async def outer() -> int:
+        return await inner(1) + await inner(2)
+
+    assert await outer() == 5
+    wf = one(cap, outer.__qualname__)
+    steps = cap.find("inner")
+    assert len(steps) == 2
+    assert all(is_child(s, wf) for s in steps)
+    assert {attrs(s)[sc.WORKFLOW_ID] for s in steps} == {attrs(wf)[sc.WORKFLOW_ID]}
+    assert_completed(wf, "workflow")
+    for s in steps:
+        assert_completed(s, "step")
+
+
+def test_generator_decorator(cap: SpanCapture) -> None:
+    @spangraph.step("gen")
+    def gen(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    with spangraph.workflow("w"):
+        it = gen(3)
+        assert next(it) == 0
+        assert cap.find("gen") == []  # still running
+        assert list(it) == [1, 2]
+    st, wf = one(cap, "gen"), one(cap, "w")
+    assert is_child(st, wf)
+    assert attrs(st)[sc.WORKFLOW_ID] == attrs(wf)[sc.WORKFLOW_ID]
+    assert_completed(st, "step")
+
+
+async def test_async_generator_decorator(cap: SpanCapture) -> None:
+    @spangraph.step
+    async def agen(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i
+
+    async with spangraph.workflow("w"):
+        assert [x async for x in agen(3)] == [0, 1, 2]
+    st, wf = one(cap, agen.__qualname__), one(cap, "w")
+    assert is_child(st, wf)
+    assert attrs(st)[sc.WORKFLOW_ID] == attrs(wf)[sc.WORKFLOW_ID]
+    assert_completed(st, "step")
+
+
+def test_step_outside_workflow_has_no_run_ids(cap: SpanCapture) -> None:
+    with spangraph.step("lonely") as s:
+        assert s.workflow_id is None
+    a = attrs(one(cap, "lonely"))
+    assert sc.WORKFLOW_ID not in a and sc.EXECUTION_ID not in a
+    assert a[sc.KIND] == sc.KIND_STEP
+
+
+def test_nested_workflow_gets_its_own_id(cap: SpanCapture) -> None:
+    with spangraph.workflow("outer") as outer:
+        with spangraph.workflow("inner") as inner, spangraph.step("s"):
+            pass
+        with spangraph.step("after"):
+            pass
+    assert inner.workflow_id != outer.workflow_id
+    assert attrs(one(cap, "s"))[sc.WORKFLOW_ID] == inner.workflow_id
+    assert attrs(one(cap, "after"))[sc.WORKFLOW_ID] == outer.workflow_id
+    assert is_child(one(cap, "inner"), one(cap, "outer"))
+
+
+def test_workflow_ids_are_unique_and_sortable(cap: SpanCapture) -> None:
+    ids = []
+    for _ in range(20):
+        with spangraph.workflow("w") as run:
+            ids.append(run.workflow_id)
+    assert len(set(ids)) == 20
+    assert ids == sorted(ids)
+
+
+# -- workflow handle events -------------------------------------------------------------
+
+
+def test_workflow_queued_paused_resumed(cap: SpanCapture) -> None:
+    with spangraph.workflow("w") as run:
+        run.queued(queue="default")
+        run.paused(reason="waiting for approval", by="alice")
+        run.resumed(approved=True)
+    wf = one(cap, "w")
+    assert names(wf) == [
+        "workflow.started",
+        "workflow.queued",
+        "workflow.paused",
+        "workflow.resumed",
+        "workflow.completed",
+    ]
+    assert event(wf, sc.WORKFLOW_QUEUED) == {"queue": "default"}
+    assert event(wf, sc.WORKFLOW_PAUSED) == {"reason": "waiting for approval", "by": "alice"}
+    assert event(wf, sc.WORKFLOW_RESUMED) == {"approved": True}
+    assert cap.has_event("workflow.paused", reason="waiting for approval")
+
+
+def test_paused_without_reason_leaves_it_out(cap: SpanCapture) -> None:
+    with spangraph.workflow("w") as run:
+        run.paused()
+    assert event(one(cap, "w"), sc.WORKFLOW_PAUSED) == {}
+
+
+def test_workflow_completed_event_has_duration(cap: SpanCapture) -> None:
+    with spangraph.workflow("w"):
+        spangraph.sleep(0.01)
+    done = event(one(cap, "w"), sc.WORKFLOW_COMPLETED)
+    assert done[sc.EVENT_DURATION_MS] >= 10
+    assert sc.EVENT_ATTEMPT not in done
+
+
+# -- failures ---------------------------------------------------------------------------
+
+
+def test_sync_failure_reraises_same_object(cap: SpanCapture) -> None:
+    boom = MyError("boom")
+
+    @spangraph.step
+    def bad() -> None:
+        raise boom
+
+    @spangraph.workflow("w")
+    def wf() -> None:
+        bad()
+
+    with pytest.raises(MyError) as info:
+        wf()
+    assert info.value is boom
+    st, w = one(cap, bad.__qualname__), one(cap, "w")
+    assert_failed(st, "step", boom)
+    assert_failed(w, "workflow", boom)
+    failed = event(st, sc.STEP_FAILED)
+    assert failed[sc.ERROR_TYPE] == f"{MyError.__module__}.MyError"
+    assert failed[sc.EVENT_ATTEMPT] == 1
+    assert st.status.description == "MyError: boom"
+
+
+def test_builtin_error_type_is_unqualified(cap: SpanCapture) -> None:
+    with pytest.raises(KeyError), spangraph.step("s"):
+        raise KeyError("k")
+    assert event(one(cap, "s"), sc.STEP_FAILED)[sc.ERROR_TYPE] == "KeyError"
+
+
+async def test_async_failure_reraises_same_object(cap: SpanCapture) -> None:
+    boom = ValueError("async boom")
+
+    @spangraph.step
+    async def bad() -> None:
+        await asyncio.sleep(0)
+        raise boom
+
+    with pytest.raises(ValueError) as info:
+        async with spangraph.workflow("w"):
+            await bad()
+    assert info.value is boom
+    assert_failed(one(cap, bad.__qualname__), "step", boom)
+    assert_failed(one(cap, "w"), "workflow", boom)
+
+
+def test_with_block_failure(cap: SpanCapture) -> None:
+    boom = RuntimeError("x")
+    with pytest.raises(RuntimeError) as info, spangraph.workflow("w"):
+        raise boom
+    assert info.value is boom
+    assert_failed(one(cap, "w"), "workflow", boom)
+
+
+async def test_cancelled_task_ends_spans_cancelled(cap: SpanCapture) -> None:
+    started = asyncio.Event()
+
+    @spangraph.step
+    async def waits() -> None:
+        started.set()
+        await asyncio.sleep(10)
+
+    @spangraph.workflow("w")
+    async def wf() -> None:
+        await waits()
+
+    task = asyncio.create_task(wf())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    st, w = one(cap, waits.__qualname__), one(cap, "w")
+    assert_cancelled(st)
+    assert_cancelled(w)
+    assert names(st) == ["step.started"]
+    assert names(w) == ["workflow.started", "workflow.cancelled"]
+    cancelled = event(w, sc.WORKFLOW_CANCELLED)
+    assert cancelled[sc.ERROR_TYPE] == "asyncio.exceptions.CancelledError"
+    assert cancelled[sc.EVENT_DURATION_MS] >= 0
+
+
+async def test_cancelled_async_with_block(cap: SpanCapture) -> None:
+    async def body() -> None:
+        async with spangraph.workflow("w"):
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(body())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert_cancelled(one(cap, "w"))
+    assert cap.has_event("workflow.cancelled")
+
+
+def test_keyboard_interrupt_is_cancelled(cap: SpanCapture) -> None:
+    interrupt = KeyboardInterrupt()
+
+    @spangraph.step
+    def stop() -> None:
+        raise interrupt
+
+    with pytest.raises(KeyboardInterrupt) as info, spangraph.workflow("w"):
+        stop()
+    assert info.value is interrupt
+    assert_cancelled(one(cap, stop.__qualname__))
+    assert_cancelled(one(cap, "w"))
+    assert event(one(cap, "w"), sc.WORKFLOW_CANCELLED)[sc.ERROR_TYPE] == "KeyboardInterrupt"
+    assert not cap.has_event("exception")
+
+
+# -- retries ----------------------------------------------------------------------------
+
+
+def _link_types(span: ReadableSpan) -> list[tuple[int, Any]]:
+    return [
+        (link.context.span_id, (link.attributes or {}).get(sc.LINK_TYPE)) for link in span.links
+    ]
+
+
+def test_retries_then_success(cap: SpanCapture) -> None:
+    calls: list[int] = []
+    errors = [ConnectionError("first"), ConnectionError("second")]
+
+    @spangraph.step("flaky", retries=3, backoff=0.002)
+    def flaky(x: int) -> int:
+        calls.append(x)
+        if errors:
+            raise errors.pop(0)
+        return x * 10
+
+    with spangraph.workflow("w") as run:
+        assert flaky(4) == 40
+    assert calls == [4, 4, 4]
+    attempts = sorted(cap.find("flaky"), key=lambda s: attrs(s)[sc.STEP_ATTEMPT])
+    wf = one(cap, "w")
+    assert [attrs(s)[sc.STEP_ATTEMPT] for s in attempts] == [1, 2, 3]
+    assert {attrs(s)[sc.STEP_MAX_ATTEMPTS] for s in attempts} == {4}
+    assert all(is_child(s, wf) for s in attempts)
+    assert {attrs(s)[sc.WORKFLOW_ID] for s in attempts} == {run.workflow_id}
+    # each attempt links to the one before it
+    assert _link_types(attempts[0]) == []
+    assert _link_types(attempts[1]) == [(attempts[0].context.span_id, sc.LINK_RETRY_OF)]
+    assert _link_types(attempts[2]) == [(attempts[1].context.span_id, sc.LINK_RETRY_OF)]
+    # events of the failed attempts
+    for n, span in enumerate(attempts[:2], start=1):
+        assert names(span) == ["step.started", "retry.scheduled", "exception", "step.failed"]
+        sched = event(span, sc.RETRY_SCHEDULED)
+        assert sched == {
+            sc.EVENT_ATTEMPT: n,
+            sc.EVENT_DELAY_MS: pytest.approx(2.0 * 2 ** (n - 1)),
+            sc.ERROR_TYPE: "ConnectionError",
+            sc.ERROR_MESSAGE: ["first", "second"][n - 1],
+        }
+        assert attrs(span)[sc.STATE] == sc.STATE_FAILED
+        assert event(span, sc.STEP_STARTED) == {sc.EVENT_ATTEMPT: n}
+    assert_completed(attempts[2], "step")
+    assert event(attempts[2], sc.STEP_STARTED) == {sc.EVENT_ATTEMPT: 3}
+    assert not cap.has_event("retry.exhausted")
+    assert_completed(wf, "workflow")
+
+
+def test_retries_exhausted(cap: SpanCapture) -> None:
+    raised: list[BaseException] = []
+
+    @spangraph.step(retries=2, backoff=0)
+    def always() -> None:
+        exc = ValueError(f"fail {len(raised) + 1}")
+        raised.append(exc)
+        raise exc
+
+    with pytest.raises(ValueError) as info:
+        always()
+    assert len(raised) == 3
+    assert info.value is raised[-1]
+    attempts = sorted(cap.find(always.__qualname__), key=lambda s: attrs(s)[sc.STEP_ATTEMPT])
+    assert len(attempts) == 3
+    assert [len(cap.events("retry.scheduled")), len(cap.events("retry.exhausted"))] == [2, 1]
+    last = attempts[-1]
+    assert names(last) == ["step.started", "retry.exhausted", "exception", "step.failed"]
+    assert event(last, sc.RETRY_EXHAUSTED) == {
+        sc.EVENT_ATTEMPT: 3,
+        sc.ERROR_TYPE: "ValueError",
+        sc.ERROR_MESSAGE: "fail 3",
+    }
+    assert _link_types(last) == [(attempts[1].context.span_id, sc.LINK_RETRY_OF)]
+    for span in attempts:
+        assert_failed(span, "step", raised[attrs(span)[sc.STEP_ATTEMPT] - 1])
+
+
+def test_backoff_is_exponential_and_capped(cap: SpanCapture) -> None:
+    @spangraph.step(retries=4, backoff=0.001, backoff_max=0.003)
+    def always() -> None:
+        raise OSError("down")
+
+    with pytest.raises(OSError):
+        always()
+    delays = [e.attributes[sc.EVENT_DELAY_MS] for e in cap.events("retry.scheduled")]
+    assert delays == pytest.approx([1.0, 2.0, 3.0, 3.0])
+
+
+def test_retry_on_filters_errors(cap: SpanCapture) -> None:
+    calls = 0
+
+    @spangraph.step(retries=3, backoff=0, retry_on=ConnectionError)
+    def wrong_kind() -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError("not retried")
+
+    with pytest.raises(ValueError):
+        wrong_kind()
+    assert calls == 1
+    assert len(cap.spans) == 1
+    assert not cap.has_event("retry.*")
+
+
+def test_retry_on_tuple(cap: SpanCapture) -> None:
+    seen: list[type[BaseException]] = []
+    queue: list[BaseException] = [KeyError("a"), IndexError("b")]
+
+    @spangraph.step(retries=3, backoff=0, retry_on=(KeyError, IndexError))
+    def f() -> str:
+        if queue:
+            exc = queue.pop(0)
+            seen.append(type(exc))
+            raise exc
+        return "done"
+
+    assert f() == "done"
+    assert seen == [KeyError, IndexError]
+    assert len(cap.find(f.__qualname__)) == 3
+
+
+async def test_async_retries(cap: SpanCapture) -> None:
+    left = [2]
+
+    @spangraph.step("aflaky", retries=2, backoff=0.001)
+    async def aflaky() -> str:
+        await asyncio.sleep(0)
+        if left[0]:
+            left[0] -= 1
+            raise TimeoutError("slow")
+        return "ok"
+
+    async with spangraph.workflow("w"):
+        assert await aflaky() == "ok"
+    attempts = sorted(cap.find("aflaky"), key=lambda s: attrs(s)[sc.STEP_ATTEMPT])
+    assert [attrs(s)[sc.STEP_ATTEMPT] for s in attempts] == [1, 2, 3]
+    assert _link_types(attempts[2]) == [(attempts[1].context.span_id, sc.LINK_RETRY_OF)]
+    assert [e.attributes[sc.EVENT_ATTEMPT] for e in cap.events("retry.scheduled")] == [1, 2]
+    assert_completed(attempts[2], "step")
+
+
+async def test_cancellation_is_not_retried(cap: SpanCapture) -> None:
+    calls = 0
+
+    @spangraph.step(retries=5, backoff=0, retry_on=BaseException)
+    async def slow() -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(slow())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert calls == 1
+    assert_cancelled(one(cap, slow.__qualname__))
+    assert not cap.has_event("retry.*")
+
+
+# -- timeouts ---------------------------------------------------------------------------
+
+
+async def test_timeout_decorator_exceeded(cap: SpanCapture) -> None:
+    @spangraph.step(timeout=0.05)
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    with pytest.raises(TimeoutError):
+        await slow()
+    st = one(cap, slow.__qualname__)
+    assert attrs(st)[sc.TIMEOUT_S] == 0.05
+    assert names(st) == [
+        "step.started",
+        "timeout.set",
+        "timeout.exceeded",
+        "exception",
+        "step.failed",
+    ]
+    assert event(st, sc.TIMEOUT_SET) == {sc.EVENT_TIMEOUT_MS: 50.0}
+    assert event(st, sc.TIMEOUT_EXCEEDED) == {sc.EVENT_TIMEOUT_MS: 50.0}
+    assert event(st, sc.STEP_FAILED)[sc.ERROR_TYPE] == "TimeoutError"
+    assert attrs(st)[sc.STATE] == sc.STATE_FAILED
+
+
+async def test_timeout_not_exceeded(cap: SpanCapture) -> None:
+    @spangraph.step(timeout=5)
+    async def quick() -> int:
+        return 1
+
+    assert await quick() == 1
+    st = one(cap, quick.__qualname__)
+    assert names(st) == ["step.started", "timeout.set", "step.completed"]
+
+
+async def test_own_timeout_error_is_not_timeout_exceeded(cap: SpanCapture) -> None:
+    @spangraph.step(timeout=5)
+    async def raises_timeout() -> None:
+        raise TimeoutError("from the code itself")
+
+    with pytest.raises(TimeoutError, match="from the code itself"):
+        await raises_timeout()
+    assert not cap.has_event("timeout.exceeded")
+    assert cap.has_event("step.failed", **{sc.ERROR_MESSAGE: "from the code itself"})
+
+
+async def test_timeout_async_with_block(cap: SpanCapture) -> None:
+    with pytest.raises(TimeoutError):
+        async with spangraph.step("blk", timeout=0.05):
+            await asyncio.sleep(5)
+    st = one(cap, "blk")
+    assert names(st) == [
+        "step.started",
+        "timeout.set",
+        "timeout.exceeded",
+        "exception",
+        "step.failed",
+    ]
+    assert attrs(st)[sc.STATE] == sc.STATE_FAILED
+
+
+async def test_timeout_async_with_block_not_exceeded(cap: SpanCapture) -> None:
+    async with spangraph.step("blk", timeout=5):
+        await asyncio.sleep(0)
+    assert names(one(cap, "blk")) == ["step.started", "timeout.set", "step.completed"]
+
+
+async def test_timeout_with_retries_retries_timeouts(cap: SpanCapture) -> None:
+    calls = 0
+
+    @spangraph.step(timeout=0.03, retries=1, backoff=0)
+    async def slow_then_fast() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(5)
+        return "fast"
+
+    assert await slow_then_fast() == "fast"
+    assert calls == 2
+    assert len(cap.events("timeout.exceeded")) == 1
+    assert len(cap.events("retry.scheduled")) == 1
+
+
+async def test_workflow_timeout(cap: SpanCapture) -> None:
+    @spangraph.workflow(timeout=0.03)
+    async def wf() -> None:
+        await asyncio.sleep(5)
+
+    with pytest.raises(TimeoutError):
+        await wf()
+    w = one(cap, wf.__qualname__)
+    assert names(w)[:3] == ["workflow.started", "timeout.set", "timeout.exceeded"]
+    assert names(w)[-1] == "workflow.failed"
+
+
+# -- sleep and event --------------------------------------------------------------------
+
+
+def test_sleep_records_events(cap: SpanCapture) -> None:
+    with spangraph.step("s"):
+        spangraph.sleep(0.01, reason="rate limit")
+    st = one(cap, "s")
+    assert names(st) == ["step.started", "sleep.started", "sleep.completed", "step.completed"]
+    assert event(st, sc.SLEEP_STARTED) == {sc.EVENT_DELAY_MS: 10.0, "reason": "rate limit"}
+    assert event(st, sc.SLEEP_COMPLETED)[sc.EVENT_DURATION_MS] >= 10
+
+
+async def test_asleep_records_events(cap: SpanCapture) -> None:
+    async with spangraph.step("s"):
+        await spangraph.asleep(0.01)
+    st = one(cap, "s")
+    assert names(st) == ["step.started", "sleep.started", "sleep.completed", "step.completed"]
+    assert event(st, sc.SLEEP_STARTED) == {sc.EVENT_DELAY_MS: 10.0}
+    assert event(st, sc.SLEEP_COMPLETED)[sc.EVENT_DURATION_MS] >= 10
+
+
+async def test_sleep_outside_span_just_sleeps(cap: SpanCapture) -> None:
+    assert spangraph.sleep(0) is None
+    assert await spangraph.asleep(0) is None
+    assert cap.spans == []
+
+
+@pytest.mark.parametrize("seconds", [-1, "1", None])
+async def test_sleep_rejects_bad_seconds(seconds: Any) -> None:
+    with pytest.raises(ValueError, match="seconds"):
+        spangraph.sleep(seconds)
+    with pytest.raises(ValueError, match="seconds"):
+        await spangraph.asleep(seconds)
+
+
+def test_event_inside_and_outside(cap: SpanCapture) -> None:
+    assert spangraph.event("nothing.here", a=1) is False
+    with spangraph.step("s"):
+        assert spangraph.event("custom.thing", count=2, label="x", missing=None) is True
+    assert spangraph.event("nothing.here") is False
+    st = one(cap, "s")
+    assert names(st) == ["step.started", "custom.thing", "step.completed"]
+    assert event(st, "custom.thing") == {"count": 2, "label": "x"}
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None, 3])
+def test_event_rejects_bad_names(cap: SpanCapture, bad: Any) -> None:
+    with spangraph.step("s"), pytest.raises(ValueError, match="event name"):
+        spangraph.event(bad)
+    with spangraph.step("t") as s, pytest.raises(ValueError, match="event name"):
+        s.event(bad)
+
+
+# -- generators -------------------------------------------------------------------------
+
+
+def test_generator_return_send_and_throw(cap: SpanCapture) -> None:
+    received: list[Any] = []
+
+    @spangraph.step("conv")
+    def conv() -> Iterator[int]:
+        received.append((yield 1))
+        try:
+            yield 2
+        except KeyError as exc:
+            received.append(exc)
+            yield 3
+        return "the end"
+
+    g = conv()
+    assert next(g) == 1
+    assert g.send("hello") == 2
+    err = KeyError("k")
+    assert g.throw(err) == 3
+    with pytest.raises(StopIteration) as stop:
+        next(g)
+    assert stop.value.value == "the end"
+    assert received == ["hello", err]
+    assert_completed(one(cap, "conv"), "step")
+
+
+def test_generator_throw_unhandled_fails_span(cap: SpanCapture) -> None:
+    @spangraph.step("g")
+    def g() -> Iterator[int]:
+        yield 1
+        yield 2
+
+    it = g()
+    next(it)
+    boom = ValueError("thrown in")
+    with pytest.raises(ValueError) as info:
+        it.throw(boom)
+    assert info.value is boom
+    assert_failed(one(cap, "g"), "step", boom)
+
+
+def test_generator_raising_fails_span(cap: SpanCapture) -> None:
+    boom = MyError("mid-iteration")
+
+    @spangraph.step("g")
+    def g() -> Iterator[int]:
+        yield 1
+        raise boom
+
+    with pytest.raises(MyError) as info:
+        list(g())
+    assert info.value is boom
+    assert_failed(one(cap, "g"), "step", boom)
+
+
+def test_generator_early_close_ends_span(cap: SpanCapture) -> None:
+    cleaned: list[bool] = []
+
+    @spangraph.step("g")
+    def g() -> Iterator[int]:
+        try:
+            yield from range(100)
+        finally:
+            cleaned.append(True)
+
+    with spangraph.workflow("w"):
+        for x in g():
+            if x == 2:
+                break
+        # the loop dropped the generator: closed at once, span ended
+        assert cleaned == [True]
+        assert len(cap.find("g")) == 1
+    assert_completed(one(cap, "g"), "step")
+    assert is_child(one(cap, "g"), one(cap, "w"))
+
+
+def test_generator_explicit_close(cap: SpanCapture) -> None:
+    @spangraph.step("g")
+    def g() -> Iterator[int]:
+        yield 1
+        yield 2
+
+    it = g()
+    next(it)
+    it.close()
+    assert_completed(one(cap, "g"), "step")
+    it.close()  # idempotent
+    assert len(cap.spans) == 1
+
+
+def test_generator_never_started_makes_no_span(cap: SpanCapture) -> None:
+    @spangraph.step("g")
+    def g() -> Iterator[int]:
+        yield 1
+
+    it = g()
+    it.close()
+    assert cap.spans == []
+
+
+def test_generator_failing_cleanup_still_ends_span(cap: SpanCapture) -> None:
+    boom = RuntimeError("cleanup failed")
+
+    @spangraph.step("g")
+    def g() -> Iterator[int]:
+        try:
+            yield 1
+        finally:
+            raise boom
+
+    it = g()
+    next(it)
+    with pytest.raises(RuntimeError) as info:
+        it.close()
+    assert info.value is boom
+    assert_failed(one(cap, "g"), "step", boom)
+
+
+async def test_async_generator_asend_athrow_aclose(cap: SpanCapture) -> None:
+    received: list[Any] = []
+    closed: list[bool] = []
+
+    @spangraph.step("ag")
+    async def ag() -> AsyncIterator[int]:
+        try:
+            received.append((yield 1))
+            try:
+                yield 2
+            except KeyError as exc:
+                received.append(exc)
+                yield 3
+            yield 4
+        finally:
+            closed.append(True)
+
+    it = ag()
+    assert await it.__anext__() == 1
+    assert await it.asend("hi") == 2
+    err = KeyError("k")
+    assert await it.athrow(err) == 3
+    assert cap.spans == []
+    await it.aclose()
+    assert received == ["hi", err]
+    assert closed == [True]
+    assert_completed(one(cap, "ag"), "step")
+
+
+async def test_async_generator_exhausted(cap: SpanCapture) -> None:
+    @spangraph.step("ag")
+    async def ag() -> AsyncIterator[int]:
+        yield 1
+
+    it = ag()
+    assert await it.__anext__() == 1
+    with pytest.raises(StopAsyncIteration):
+        await it.__anext__()
+    assert_completed(one(cap, "ag"), "step")
+
+
+async def test_async_generator_athrow_unhandled(cap: SpanCapture) -> None:
+    @spangraph.step("ag")
+    async def ag() -> AsyncIterator[int]:
+        yield 1
+        yield 2
+
+    it = ag()
+    await it.__anext__()
+    boom = ValueError("in")
+    with pytest.raises(ValueError) as info:
+        await it.athrow(boom)
+    assert info.value is boom
+    assert_failed(one(cap, "ag"), "step", boom)
+
+
+async def test_async_generator_raising(cap: SpanCapture) -> None:
+    boom = MyError("agen")
+
+    @spangraph.step("ag")
+    async def ag() -> AsyncIterator[int]:
+        yield 1
+        raise boom
+
+    with pytest.raises(MyError) as info:
+        async for _ in ag():
+            pass
+    assert info.value is boom
+    assert_failed(one(cap, "ag"), "step", boom)
+
+
+async def test_async_generator_break_with_aclosing(cap: SpanCapture) -> None:
+    @spangraph.step("ag")
+    async def ag() -> AsyncIterator[int]:
+        for i in range(100):
+            yield i
+
+    async with spangraph.workflow("w"):
+        async with contextlib.aclosing(ag()) as it:
+            async for x in it:
+                if x == 3:
+                    break
+        assert len(cap.find("ag")) == 1
+    assert_completed(one(cap, "ag"), "step")
+    assert is_child(one(cap, "ag"), one(cap, "w"))
+
+
+async def test_async_generator_failing_cleanup_still_ends_span(cap: SpanCapture) -> None:
+    boom = RuntimeError("async cleanup failed")
+
+    @spangraph.step("ag")
+    async def ag() -> AsyncIterator[int]:
+        try:
+            yield 1
+        finally:
+            raise boom
+
+    it = ag()
+    await it.__anext__()
+    with pytest.raises(RuntimeError) as info:
+        await it.aclose()
+    assert info.value is boom
+    assert_failed(one(cap, "ag"), "step", boom)
+
+
+async def test_async_generator_cancelled(cap: SpanCapture) -> None:
+    @spangraph.step("ag")
+    async def ag() -> AsyncIterator[int]:
+        yield 1
+        await asyncio.sleep(10)
+        yield 2
+
+    async def consume() -> None:
+        async for _ in ag():
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert_cancelled(one(cap, "ag"))
+
+
+# -- bad input --------------------------------------------------------------------------
+
+
+def test_timeout_on_sync_function_is_rejected_at_decoration() -> None:
+    with pytest.raises(TypeError, match="timeout"):
+
+        @spangraph.step(timeout=1)
+        def sync() -> None:
+            pass
+
+    with pytest.raises(TypeError, match="timeout"):
+
+        @spangraph.workflow(timeout=1)
+        def sync_wf() -> None:
+            pass
+
+
+def test_timeout_in_sync_with_block_is_rejected() -> None:
+    with pytest.raises(TypeError, match="timeout"), spangraph.step("s", timeout=1):
+        pass
+
+
+@pytest.mark.parametrize("kwargs", [{"retries": 1}, {"timeout": 1}])
+def test_generator_options_are_rejected(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
+
+        @spangraph.step(**kwargs)
+        def gen() -> Iterator[int]:
+            yield 1
+
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
+
+        @spangraph.step(**kwargs)
+        async def agen() -> AsyncIterator[int]:
+            yield 1
+
+
+def test_retries_in_with_block_is_rejected(cap: SpanCapture) -> None:
+    with pytest.raises(TypeError, match="retries"), spangraph.step("s", retries=2):
+        pass
+    assert cap.spans == []
+
+
+async def test_retries_in_async_with_block_is_rejected(cap: SpanCapture) -> None:
+    with pytest.raises(TypeError, match="retries"):
+        async with spangraph.step("s", retries=2):
+            pass
+    assert cap.spans == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "word"),
+    [
+        ({"retries": -1}, "retries"),
+        ({"retries": 1.5}, "retries"),
+        ({"backoff": -0.1}, "backoff"),
+        ({"backoff_max": -1}, "backoff_max"),
+        ({"backoff": "1"}, "backoff"),
+        ({"timeout": -1}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": "5"}, "timeout"),
+    ],
+)
+def test_bad_numbers_raise_value_error(kwargs: dict[str, Any], word: str) -> None:
+    with pytest.raises(ValueError, match=word):
+        spangraph.step("s", **kwargs)
+
+
+def test_negative_workflow_timeout() -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        spangraph.workflow("w", timeout=-1)
+
+
+@pytest.mark.parametrize("factory", [spangraph.step, spangraph.workflow])
+def test_unknown_kwarg_raises_type_error(factory: Any) -> None:
+    with pytest.raises(TypeError, match="colour"):
+        factory("x", colour="red")
+
+
+def test_workflow_does_not_take_retries() -> None:
+    with pytest.raises(TypeError, match="retries"):
+        spangraph.workflow("w", retries=2)
+
+
+@pytest.mark.parametrize("bad", ["", "  "])
+def test_empty_names_are_rejected(bad: str) -> None:
+    with pytest.raises(ValueError, match="name"):
+        spangraph.step(bad)
+    with pytest.raises(ValueError, match="name"):
+        spangraph.workflow(bad)
+
+
+def test_non_callable_is_rejected() -> None:
+    with pytest.raises(TypeError):
+        spangraph.step(42)
+    with pytest.raises(TypeError):
+        spangraph.step("s")(42)
+
+
+def test_block_without_name_is_rejected() -> None:
+    scope = spangraph.step()
+    assert isinstance(scope, Scope)
+    with pytest.raises(TypeError, match="name"), scope:
+        pass

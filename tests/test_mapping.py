@@ -1,0 +1,472 @@
+"""mapping: real SDK spans to graph rows and live messages (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.trace import Link, Status, StatusCode
+
+import spangraph
+from spangraph import semconv as sc
+from spangraph.mapping import (
+    PROMOTED,
+    Lineage,
+    Resources,
+    SpanMapper,
+    iso_time,
+    kind_of,
+    label_of,
+    live_message,
+    state_of,
+)
+from spangraph.testing import SpanCapture, capture
+
+DESIGN_MESSAGE_KEYS = [
+    "type",
+    "seq",
+    "workflow_id",
+    "project_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "kind",
+    "name",
+    "timestamp",
+    "time_unix_nano",
+    "attributes",
+    "service",
+    "env",
+]
+
+
+@pytest.fixture
+def provider() -> Iterator[TracerProvider]:
+    tp = TracerProvider(
+        resource=Resource.create(
+            {"service.name": "billing", "deployment.environment.name": "staging"}
+        )
+    )
+    yield tp
+    tp.shutdown()
+
+
+@pytest.fixture
+def cap(provider: TracerProvider) -> Iterator[SpanCapture]:
+    with capture(provider) as c:
+        yield c
+
+
+def one(cap: SpanCapture, name: str) -> ReadableSpan:
+    (span,) = cap.find(name)
+    return span
+
+
+def hex16(span: ReadableSpan) -> str:
+    return format(span.context.span_id, "016x")
+
+
+def hex32(span: ReadableSpan) -> str:
+    return format(span.context.trace_id, "032x")
+
+
+# -- node_props -------------------------------------------------------------------------
+
+
+def test_node_props_at_start(provider: TracerProvider, cap: SpanCapture) -> None:
+    mapper = SpanMapper("proj-default")
+    with spangraph.workflow("w", workflow_id="wf-1") as run:
+        live = run.span  # the SDK span is a ReadableSpan while it runs
+        label, props = mapper.node_props(live, ended=False)
+    assert label == "Workflow"
+    assert props["span_id"] == run.span_id
+    assert props["trace_id"] == run.trace_id
+    assert props["workflow_id"] == "wf-1"
+    assert props["execution_id"] == "wf-1"
+    assert props["kind"] == "workflow"
+    assert props["name"] == "w"
+    assert props["service"] == "billing"
+    assert props["env"] == "staging"
+    assert props["start_ns"] == live.start_time
+    # the store sets state 'running' on the start write; node_props leaves ends out
+    for key in ("state", "status", "status_message", "end_ns", "duration_ms"):
+        assert key not in props
+    # None values are left out (a root has no parent)
+    assert "parent_span_id" not in props
+    assert "branch_id" not in props
+    assert None not in props.values()
+
+
+def test_node_props_at_end_completed(cap: SpanCapture) -> None:
+    mapper = SpanMapper("p")
+    with spangraph.workflow("w"), spangraph.step("s"):
+        pass
+    wf, st = one(cap, "w"), one(cap, "s")
+    mapper.node_props(wf, ended=True)
+    label, props = mapper.node_props(st, ended=True)
+    assert label == "Step"
+    assert props["state"] == "completed"
+    assert props["status"] == "UNSET"
+    assert "status_message" not in props
+    assert props["end_ns"] == st.end_time
+    assert props["start_ns"] == st.start_time
+    assert props["duration_ms"] == round((st.end_time - st.start_time) / 1e6, 3)
+    assert props["parent_span_id"] == hex16(wf)
+    assert props["workflow_id"] == wf.attributes[sc.WORKFLOW_ID]
+
+
+def test_node_props_ended_false_ignores_end(cap: SpanCapture) -> None:
+    with spangraph.step("s"):
+        pass
+    _, props = SpanMapper("p").node_props(one(cap, "s"), ended=False)
+    assert "state" not in props and "end_ns" not in props
+
+
+def test_node_props_at_end_failed(cap: SpanCapture) -> None:
+    with pytest.raises(ValueError), spangraph.step("s"):
+        raise ValueError("boom")
+    _, props = SpanMapper("p").node_props(one(cap, "s"), ended=True)
+    assert props["state"] == "failed"
+    assert props["status"] == "ERROR"
+    assert props["status_message"] == "ValueError: boom"
+
+
+def test_node_props_cancelled(cap: SpanCapture) -> None:
+    with pytest.raises(KeyboardInterrupt), spangraph.step("s"):
+        raise KeyboardInterrupt
+    _, props = SpanMapper("p").node_props(one(cap, "s"), ended=True)
+    assert props["state"] == "cancelled"
+    assert props["status"] == "UNSET"
+
+
+def test_promoted_attributes_not_in_attributes_json(cap: SpanCapture) -> None:
+    with spangraph.workflow("w"), spangraph.step("s", attributes={"custom": "v", "n": [1, 2]}):
+        pass
+    st = one(cap, "s")
+    _, props = SpanMapper("p").node_props(st, ended=True)
+    rest = json.loads(props["attributes"])
+    assert not set(rest) & PROMOTED
+    for key in (sc.KIND, sc.WORKFLOW_ID, sc.EXECUTION_ID, sc.PROJECT_ID, sc.STATE):
+        assert key in st.attributes  # the span has them ...
+        assert key not in rest  # ... the JSON does not
+    assert rest["custom"] == "v"
+    assert rest["n"] == [1, 2]
+    assert rest[sc.WORKFLOW_NAME] == "w"
+    assert rest[sc.STEP_ATTEMPT] == 1
+    assert props["project_id"] == st.attributes[sc.PROJECT_ID]
+
+
+def test_promoted_set_matches_contract() -> None:
+    assert {
+        sc.KIND,
+        sc.WORKFLOW_ID,
+        sc.EXECUTION_ID,
+        sc.BRANCH_ID,
+        sc.PROJECT_ID,
+        sc.STATE,
+    } == PROMOTED
+
+
+def test_foreign_child_inherits_run_ids_via_lineage(
+    provider: TracerProvider, cap: SpanCapture
+) -> None:
+    other = provider.get_tracer("some.http.client")
+    with (
+        spangraph.workflow("w", workflow_id="wf-9", execution_id="ex-9"),
+        spangraph.step("s"),
+        other.start_as_current_span("GET /"),
+        other.start_as_current_span("socket"),
+    ):
+        pass
+    mapper = SpanMapper("default-project")
+    # parents first, as the processors see them start
+    for name in ("w", "s", "GET /", "socket"):
+        mapper.node_props(one(cap, name), ended=True)
+    label, props = mapper.node_props(one(cap, "socket"), ended=True)
+    assert label is None
+    assert props["kind"] == "span"
+    assert props["workflow_id"] == "wf-9"
+    assert props["execution_id"] == "ex-9"
+    assert props["project_id"] == "default-project"
+    assert props["parent_span_id"] == hex16(one(cap, "GET /"))
+    assert props["state"] == "completed"
+
+
+def test_span_without_run_falls_back_to_trace_id(provider: TracerProvider) -> None:
+    span = provider.get_tracer("x").start_span("orphan")
+    span.set_status(Status(StatusCode.ERROR, "bad"))
+    span.end()
+    _, props = SpanMapper("p").node_props(span, ended=True)
+    assert props["workflow_id"] == hex32(span)
+    assert len(props["workflow_id"]) == 32
+    assert "execution_id" not in props
+    assert props["state"] == "failed"  # no spangraph.state: from the status
+    assert props["status"] == "ERROR"
+    assert props["status_message"] == "bad"
+
+
+def test_child_with_unknown_parent_uses_trace_id(provider: TracerProvider) -> None:
+    tracer = provider.get_tracer("x")
+    with tracer.start_as_current_span("parent") as parent:
+        child = tracer.start_span("child")
+        child.end()
+    mapper = SpanMapper("p")
+    _, props = mapper.node_props(child, ended=True)  # parent never seen
+    assert props["workflow_id"] == format(parent.get_span_context().trace_id, "032x")
+
+
+def test_branch_id_inherited_even_when_workflow_id_is_set() -> None:
+    lineage = Lineage()
+    assert lineage.resolve("p", None, "t" * 32, {sc.WORKFLOW_ID: "w", sc.BRANCH_ID: "b1"}) == (
+        "w",
+        None,
+        "b1",
+    )
+    assert lineage.resolve("c", "p", "t" * 32, {sc.WORKFLOW_ID: "w"}) == ("w", None, "b1")
+    assert lineage.resolve("g", "c", "t" * 32, {}) == ("w", None, "b1")
+
+
+def test_lineage_is_bounded() -> None:
+    lineage = Lineage(max_entries=2)
+    lineage.resolve("a", None, "T", {sc.WORKFLOW_ID: "wa"})
+    lineage.resolve("b", None, "T", {sc.WORKFLOW_ID: "wb"})
+    lineage.resolve("c", None, "T", {sc.WORKFLOW_ID: "wc"})
+    assert lineage.resolve("x", "a", "T", {})[0] == "T"  # 'a' was evicted
+    assert lineage.resolve("y", "c", "T", {})[0] == "wc"
+
+
+def test_project_id_default_and_attribute(provider: TracerProvider) -> None:
+    tracer = provider.get_tracer("x")
+    a = tracer.start_span("a", attributes={sc.PROJECT_ID: "proj-a"})
+    b = tracer.start_span("b")
+    a.end()
+    b.end()
+    mapper = SpanMapper("fallback")
+    assert mapper.node_props(a, ended=True)[1]["project_id"] == "proj-a"
+    assert mapper.node_props(b, ended=True)[1]["project_id"] == "fallback"
+
+
+# -- kinds and labels -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attributes", "kind"),
+    [
+        ({sc.KIND: "step"}, "step"),
+        ({sc.KIND: "ingest_job"}, "ingest_job"),
+        ({sc.GEN_AI_OPERATION_NAME: "chat"}, "llm"),
+        ({sc.GEN_AI_OPERATION_NAME: "text_completion"}, "llm"),
+        ({sc.GEN_AI_OPERATION_NAME: "embeddings"}, "llm"),
+        ({sc.GEN_AI_OPERATION_NAME: "execute_tool"}, "tool"),
+        ({sc.GEN_AI_OPERATION_NAME: "invoke_agent"}, "agent"),
+        ({sc.GEN_AI_OPERATION_NAME: "create_agent"}, "agent"),
+        ({sc.GEN_AI_OPERATION_NAME: "invoke_workflow"}, "workflow"),
+        ({sc.GEN_AI_OPERATION_NAME: "something_new"}, "span"),
+        ({sc.KIND: "tool", sc.GEN_AI_OPERATION_NAME: "chat"}, "tool"),
+        ({sc.KIND: "not-a-kind", sc.GEN_AI_OPERATION_NAME: "chat"}, "llm"),
+        ({sc.KIND: "not-a-kind"}, "span"),
+        ({}, "span"),
+    ],
+)
+def test_kind_of(attributes: dict[str, str], kind: str) -> None:
+    assert kind_of(attributes) == kind
+
+
+def test_kind_from_gen_ai_on_real_span(provider: TracerProvider) -> None:
+    span = provider.get_tracer("openai").start_span(
+        "chat gpt-4o", attributes={sc.GEN_AI_OPERATION_NAME: "chat"}
+    )
+    span.end()
+    label, props = SpanMapper("p").node_props(span, ended=True)
+    assert (label, props["kind"]) == ("LLM", "llm")
+
+
+def test_label_of() -> None:
+    for kind in sc.KINDS:
+        assert label_of(kind) == sc.KIND_LABELS[kind]
+    assert label_of("span") is None
+    assert label_of("Workflow") is None
+    assert label_of("workflow") == "Workflow"
+    assert label_of("llm") == "LLM"
+    assert label_of("ingest_job") == "IngestJob"
+
+
+def test_state_of_prefers_attribute(provider: TracerProvider) -> None:
+    span = provider.get_tracer("x").start_span("s", attributes={sc.STATE: "cancelled"})
+    span.set_status(Status(StatusCode.ERROR))
+    span.end()
+    assert state_of(span, span.attributes) == "cancelled"
+    assert state_of(span, {sc.STATE: "weird"}) == "failed"
+    assert state_of(span, {}) == "failed"
+
+
+# -- resources --------------------------------------------------------------------------
+
+
+def test_service_env_from_resource() -> None:
+    res = Resources()
+    old_style = TracerProvider(
+        resource=Resource.create({"service.name": "svc", "deployment.environment": "prod"})
+    )
+    bare = TracerProvider(resource=Resource.get_empty())
+    a = old_style.get_tracer("x").start_span("a")
+    b = bare.get_tracer("x").start_span("b")
+    a.end()
+    b.end()
+    assert res.service_env(a) == ("svc", "prod")
+    assert res.service_env(a) == ("svc", "prod")  # cached
+    assert res.service_env(b) == (None, None)
+    _, props = SpanMapper("p").node_props(b, ended=True)
+    assert "service" not in props and "env" not in props
+    old_style.shutdown()
+    bare.shutdown()
+
+
+# -- events and links -------------------------------------------------------------------
+
+
+def test_event_rows_skip_token_events(provider: TracerProvider) -> None:
+    span = provider.get_tracer("x").start_span("llm")
+    span.add_event("llm.start", {"a": 1})
+    span.add_event("token", {"text": "Hel"})
+    span.add_event("token", {"text": "lo"})
+    span.add_event("llm.complete", {"tokens": (1, 2)})
+    span.end()
+    sid = format(span.context.span_id, "016x")
+    rows = SpanMapper.event_rows(span, sid)
+    assert [r["name"] for r in rows] == ["llm.start", "llm.complete"]
+    assert all(r["span_id"] == sid for r in rows)
+    seqs = [r["seq"] for r in rows]
+    assert seqs == sorted(set(seqs))
+    assert json.loads(rows[0]["attributes"]) == {"a": 1}
+    assert json.loads(rows[1]["attributes"]) == {"tokens": [1, 2]}
+    assert rows[0]["time_ns"] == span.events[0].timestamp
+
+
+def test_event_rows_of_spangraph_step(cap: SpanCapture) -> None:
+    with spangraph.step("s"):
+        spangraph.event("token", text="x")
+        spangraph.event("note", n=1)
+    st = one(cap, "s")
+    rows = SpanMapper.event_rows(st, hex16(st))
+    assert [r["name"] for r in rows] == ["step.started", "note", "step.completed"]
+
+
+def test_link_rows_only_for_spangraph_links(provider: TracerProvider) -> None:
+    tracer = provider.get_tracer("x")
+    a = tracer.start_span("a")
+    b = tracer.start_span("b")
+    c = tracer.start_span("c")
+    for s in (a, b, c):
+        s.end()
+    span = tracer.start_span(
+        "linked",
+        links=[
+            Link(a.get_span_context(), {sc.LINK_TYPE: sc.LINK_RETRY_OF}),
+            Link(b.get_span_context(), {sc.LINK_TYPE: "something-else"}),
+            Link(c.get_span_context()),
+            Link(c.get_span_context(), {sc.LINK_TYPE: sc.LINK_MONITORS}),
+        ],
+    )
+    span.end()
+    rows = SpanMapper.link_rows(span, "me")
+    assert rows == [
+        ("retry_of", {"span_id": "me", "target_span_id": format(a.context.span_id, "016x")}),
+        ("monitors", {"span_id": "me", "target_span_id": format(c.context.span_id, "016x")}),
+    ]
+
+
+def test_link_rows_of_retried_step(cap: SpanCapture) -> None:
+    calls = [0]
+
+    @spangraph.step("r", retries=1, backoff=0)
+    def r() -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise ValueError("once")
+
+    r()
+    first, second = sorted(cap.find("r"), key=lambda s: s.attributes[sc.STEP_ATTEMPT])
+    assert SpanMapper.link_rows(first, hex16(first)) == []
+    assert SpanMapper.link_rows(second, hex16(second)) == [
+        ("retry_of", {"span_id": hex16(second), "target_span_id": hex16(first)})
+    ]
+
+
+# -- live messages ----------------------------------------------------------------------
+
+
+def _message(head: str, tail: str, seq: int) -> dict[str, object]:
+    return json.loads(head + str(seq) + tail)
+
+
+def test_live_message_is_json_with_design_keys_in_order(cap: SpanCapture) -> None:
+    with spangraph.workflow("w", workflow_id="wf-live"), spangraph.step("s"):
+        pass
+    mapper = SpanMapper("default")
+    wf, st = one(cap, "w"), one(cap, "s")
+    mapper.common(wf, wf.attributes)
+    common = mapper.common(st, st.attributes)
+    t = 1_700_000_000_123_456_789
+    head, tail = live_message("step.started", common, t, {"attempt": 1, "tags": ("a", "b")})
+    for seq in (1, 42, 10**12):
+        msg = _message(head, tail, seq)
+        assert list(msg) == DESIGN_MESSAGE_KEYS
+        assert msg["seq"] == seq
+    msg = _message(head, tail, 7)
+    assert msg["type"] == "step.started"
+    assert msg["workflow_id"] == "wf-live"
+    assert msg["project_id"] == st.attributes[sc.PROJECT_ID]
+    assert msg["trace_id"] == hex32(st)
+    assert msg["span_id"] == hex16(st)
+    assert msg["parent_span_id"] == hex16(wf)
+    assert msg["kind"] == "step"
+    assert msg["name"] == "s"
+    assert msg["time_unix_nano"] == t
+    assert msg["attributes"] == {"attempt": 1, "tags": ["a", "b"]}
+    assert msg["service"] == "billing"
+    assert msg["env"] == "staging"
+    ts = msg["timestamp"]
+    assert isinstance(ts, str) and ts.endswith("Z")
+    parsed = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    assert abs(parsed.timestamp() * 1e9 - t) < 2_000  # microsecond precision
+
+
+def test_live_message_of_root_and_odd_attributes(provider: TracerProvider) -> None:
+    span = provider.get_tracer("x").start_span("root")
+    span.end()
+    common = SpanMapper("p").common(span, {})
+    head, tail = live_message("span.ended", common, 0, None)
+    msg = _message(head, tail, 1)
+    assert list(msg) == DESIGN_MESSAGE_KEYS
+    assert msg["parent_span_id"] is None
+    assert msg["attributes"] == {}
+    assert msg["timestamp"] == "1970-01-01T00:00:00.000000Z"
+    head, tail = live_message('weird "type"\n', common, 0, ["not", "a", "mapping"])
+    msg = _message(head, tail, 2)
+    assert msg["type"] == 'weird "type"\n'
+    assert msg["attributes"] == {}
+    head, tail = live_message("x", common, 0, {"text": "héllo ✓", "obj": object()})
+    msg = _message(head, tail, 3)
+    assert msg["attributes"]["text"] == "héllo ✓"
+    assert isinstance(msg["attributes"]["obj"], str)
+
+
+def test_iso_time() -> None:
+    assert iso_time(0) == "1970-01-01T00:00:00.000000Z"
+    assert iso_time(1_500_000_000_000_000) == "1970-01-18T08:40:00.000000Z"
+    assert iso_time(1_700_000_000_500_000_000) == "2023-11-14T22:13:20.500000Z"
+
+
+def test_common_is_consistent_with_current_span(provider: TracerProvider) -> None:
+    tracer = provider.get_tracer("x")
+    with tracer.start_as_current_span("a") as a:
+        ctx = trace.get_current_span().get_span_context()
+    common = SpanMapper("p").common(a, {})
+    assert common["span_id"] == format(ctx.span_id, "016x")
+    assert common["trace_id"] == format(ctx.trace_id, "032x")

@@ -1,0 +1,386 @@
+"""BatchWorker: the bounded queue and worker thread behind both span processors,
+driven with plain in-memory prepare/send callables."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import context as otel_context
+
+from spangraph.processors._worker import BatchWorker
+
+
+class Transient(Exception):
+    pass
+
+
+class Sink:
+    """A send callable that records batches; can be made to fail or to block."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.lock = threading.Lock()
+        self.fail_with: list[BaseException] = []
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+        self.suppressed: list[object] = []
+
+    def __call__(self, payload: list[Any]) -> None:
+        self.suppressed.append(otel_context.get_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY))
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        with self.lock:
+            if self.fail_with:
+                raise self.fail_with.pop(0)
+            self.batches.append(list(payload))
+
+    @property
+    def items(self) -> list[Any]:
+        with self.lock:
+            return [i for b in self.batches for i in b]
+
+
+def prepare(items: list[Any]) -> tuple[list[Any], int]:
+    return list(items), len(items)
+
+
+@pytest.fixture
+def make() -> Iterator[Callable[..., tuple[BatchWorker[Any, Any], Any]]]:
+    made: list[tuple[BatchWorker[Any, Any], Any]] = []
+
+    def factory(**kwargs: Any) -> tuple[BatchWorker[Any, Any], Any]:
+        sink = kwargs.pop("sink", None) or Sink()
+        kwargs.setdefault("transient", (Transient,))
+        kwargs.setdefault("retry_initial", 0.001)
+        w: BatchWorker[Any, Any] = BatchWorker(
+            "test", kwargs.pop("prepare", prepare), sink, **kwargs
+        )
+        made.append((w, sink))
+        return w, sink
+
+    yield factory
+    for w, sink in made:
+        if isinstance(sink, Sink) and sink.gate is not None:
+            sink.gate.set()
+        w.shutdown(timeout=2)
+
+
+def test_items_delivered_in_order_in_bounded_batches(make: Any) -> None:
+    w, sink = make(max_batch_size=7, schedule_delay=0.01)
+    for i in range(100):
+        assert w.put(i) is True
+    assert w.flush(5)
+    assert sink.items == list(range(100))
+    assert all(1 <= len(b) <= 7 for b in sink.batches)
+    assert w.sent == 100
+    assert w.stats() == {"queued": 0, "sent": 100, "dropped": 0, "failed": 0, "retries": 0}
+
+
+def test_batches_fill_up_to_max_when_items_wait(make: Any) -> None:
+    w, sink = make(max_batch_size=10, schedule_delay=0.01)
+    sink.gate = threading.Event()
+    w.put(-1)
+    assert sink.entered.wait(5)  # worker is busy with the first batch
+    for i in range(35):
+        w.put(i)
+    sink.gate.set()
+    assert w.flush(5)
+    assert sink.items == [-1, *range(35)]
+    assert [len(b) for b in sink.batches] == [1, 10, 10, 10, 5]
+
+
+def test_flush_waits_for_everything_queued_before_it(make: Any) -> None:
+    w, sink = make(max_batch_size=3, schedule_delay=5.0)  # would wait 5 s without flush
+    for i in range(10):
+        w.put(i)
+    t0 = time.monotonic()
+    assert w.flush(5)
+    assert time.monotonic() - t0 < 2
+    assert sink.items == list(range(10))
+    assert w.qsize() == 0
+
+
+def test_flush_with_slow_send(make: Any) -> None:
+    got: list[Any] = []
+
+    def slow_send(payload: list[Any]) -> None:
+        time.sleep(0.02)
+        got.extend(payload)
+
+    w, _ = make(max_batch_size=2, schedule_delay=0.01, sink=slow_send)
+    for i in range(6):
+        w.put(i)
+    assert w.flush(5)
+    assert got == list(range(6))
+
+
+def test_flush_times_out_while_send_blocks(make: Any) -> None:
+    w, sink = make(schedule_delay=0.01, eager=True)
+    sink.gate = threading.Event()
+    w.put(1)
+    assert sink.entered.wait(5)
+    assert w.flush(0.05) is False
+    sink.gate.set()
+    assert w.flush(5) is True
+    assert sink.items == [1]
+
+
+def test_eager_worker_sends_at_once(make: Any) -> None:
+    w, sink = make(schedule_delay=10.0, eager=True)
+    w.put("x")
+    deadline = time.monotonic() + 5
+    while not sink.items and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert sink.items == ["x"]
+
+
+def test_queue_full_drops_and_counts(make: Any, caplog: pytest.LogCaptureFixture) -> None:
+    w, sink = make(max_queue_size=3, max_batch_size=1, schedule_delay=0.01, eager=True)
+    sink.gate = threading.Event()
+    assert w.put(0)
+    assert sink.entered.wait(5)  # the worker holds item 0 in send
+    with caplog.at_level(logging.WARNING, logger="spangraph"):
+        assert [w.put(i) for i in (1, 2, 3)] == [True, True, True]
+        assert w.put(4) is False
+        assert w.put(5) is False
+    assert w.dropped == 2
+    assert w.stats()["dropped"] == 2
+    assert any(
+        "dropped" in r.getMessage() and "queue full" in r.getMessage() for r in caplog.records
+    )
+    sink.gate.set()
+    assert w.flush(5)
+    assert sink.items == [0, 1, 2, 3]
+
+
+def test_drop_warnings_are_rate_limited(make: Any, caplog: pytest.LogCaptureFixture) -> None:
+    w, sink = make(max_queue_size=1, max_batch_size=1, schedule_delay=0.01, eager=True)
+    sink.gate = threading.Event()
+    w.put(0)
+    assert sink.entered.wait(5)
+    w.put(1)
+    with caplog.at_level(logging.WARNING, logger="spangraph"):
+        for i in range(100):
+            assert w.put(i) is False
+    assert w.dropped == 100
+    assert len([r for r in caplog.records if "dropped" in r.getMessage()]) == 1
+    sink.gate.set()
+
+
+def test_transient_errors_are_retried_then_delivered(
+    make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    w, sink = make(schedule_delay=0.01, retry_initial=0.005, retry_max=0.02)
+    sink.fail_with = [Transient("down 1"), Transient("down 2")]
+    with caplog.at_level(logging.WARNING, logger="spangraph"):
+        for i in range(5):
+            w.put(i)
+        assert w.flush(5)
+    assert sink.items == [0, 1, 2, 3, 4]
+    assert w.retries == 2
+    assert w.sent == 5
+    assert w.dropped == 0 and w.failed == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("unavailable" in m for m in messages)
+    assert any("available again" in m for m in messages)
+
+
+def test_retry_backoff_grows(make: Any) -> None:
+    times: list[float] = []
+    fails = [3]
+
+    def send(payload: list[Any]) -> None:
+        times.append(time.monotonic())
+        if fails[0]:
+            fails[0] -= 1
+            raise Transient("down")
+
+    w, _ = make(sink=send, schedule_delay=0.01, retry_initial=0.02, retry_max=1.0)
+    w.put(1)
+    assert w.flush(5)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(gaps) == 3
+    assert gaps[0] >= 0.015
+    assert gaps[1] >= 0.035  # doubled
+    assert gaps[2] >= 0.075
+
+
+def test_non_transient_error_drops_batch_and_continues(
+    make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    w, sink = make(schedule_delay=0.01)
+    sink.fail_with = [ValueError("rejected")]
+    with caplog.at_level(logging.WARNING, logger="spangraph"):
+        w.put("a")
+        w.put("b")
+        assert w.flush(5)
+        w.put("c")
+        assert w.flush(5)
+    assert sink.items == ["c"]
+    assert w.failed == 1
+    assert w.dropped == 2
+    assert w.retries == 0
+    assert w.sent == 1
+    assert any("rejected" in r.getMessage() for r in caplog.records)
+
+
+def test_prepare_error_drops_items_and_continues(make: Any) -> None:
+    def bad_prepare(items: list[Any]) -> tuple[list[Any], int]:
+        if "poison" in items:
+            raise RuntimeError("cannot map")
+        return list(items), len(items)
+
+    w, sink = make(prepare=bad_prepare, schedule_delay=0.01)
+    w.put("poison")
+    assert w.flush(5)
+    w.put("ok")
+    assert w.flush(5)
+    assert sink.items == ["ok"]
+    assert w.dropped == 1
+
+
+def test_prepare_returning_nothing_skips_send(make: Any) -> None:
+    w, sink = make(prepare=lambda items: ([], 0), schedule_delay=0.01)
+    w.put(1)
+    assert w.flush(5)
+    assert sink.batches == []
+    assert w.sent == 0 and w.dropped == 0
+
+
+def test_give_up_after_budget(make: Any, caplog: pytest.LogCaptureFixture) -> None:
+    calls = [0]
+
+    def send(payload: list[Any]) -> None:
+        calls[0] += 1
+        raise Transient("still down")
+
+    w, _ = make(sink=send, schedule_delay=0.01, retry_initial=0.01, give_up_after=0.1)
+    w.put(1)
+    w.put(2)
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="spangraph"):
+        assert w.flush(5)
+    elapsed = time.monotonic() - t0
+    assert 0.09 <= elapsed < 2
+    assert w.failed == 1
+    assert w.dropped == 2
+    assert w.sent == 0
+    assert calls[0] >= 2
+    assert w.retries == calls[0] - 1
+
+
+def test_shutdown_flushes_and_later_puts_are_dropped(make: Any) -> None:
+    w, sink = make(schedule_delay=5.0)
+    for i in range(20):
+        w.put(i)
+    assert w.shutdown(timeout=5) is True
+    assert sink.items == list(range(20))
+    assert not w._thread.is_alive()
+    assert w.put(99) is False
+    assert w.put(100) is False
+    assert w.dropped == 2
+    assert sink.items == list(range(20))
+    assert w.shutdown() is True  # idempotent
+    assert w.flush(1) is True
+
+
+def test_shutdown_gives_up_on_a_dead_store(make: Any) -> None:
+    def send(payload: list[Any]) -> None:
+        raise Transient("down")
+
+    w, _ = make(sink=send, schedule_delay=0.01, retry_initial=0.01)
+    w.put(1)
+    t0 = time.monotonic()
+    assert w.shutdown(timeout=0.2) is False
+    assert time.monotonic() - t0 < 5
+    assert w.dropped == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "word"),
+    [
+        ({"max_queue_size": 0}, "max_queue_size"),
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_queue_size": 4, "max_batch_size": 5}, "max_batch_size"),
+        ({"schedule_delay": 0}, "schedule_delay"),
+        ({"schedule_delay": -1}, "schedule_delay"),
+    ],
+)
+def test_constructor_validation(kwargs: dict[str, Any], word: str) -> None:
+    with pytest.raises(ValueError, match=word):
+        BatchWorker("bad", prepare, Sink(), transient=(Transient,), **kwargs)
+
+
+def test_worker_thread_runs_with_instrumentation_suppressed(make: Any) -> None:
+    assert otel_context.get_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY) is None
+    w, sink = make(schedule_delay=0.01)
+    w.put(1)
+    assert w.flush(5)
+    assert sink.suppressed == [True]
+    # the caller's context is untouched
+    assert otel_context.get_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY) is None
+
+
+def test_worker_thread_is_a_named_daemon(make: Any) -> None:
+    w, _ = make(schedule_delay=0.01)
+    assert w._thread.daemon
+    assert w._thread.name == "spangraph-test"
+
+
+def test_put_from_many_threads(make: Any) -> None:
+    w, sink = make(max_batch_size=64, schedule_delay=0.01)
+
+    def produce(base: int) -> None:
+        for i in range(500):
+            w.put(base + i)
+
+    threads = [threading.Thread(target=produce, args=(n * 1000,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert w.flush(5)
+    items = sink.items
+    assert sorted(items) == sorted(n * 1000 + i for n in range(4) for i in range(500))
+    for n in range(4):  # each producer's items stay in its order
+        mine = [i for i in items if n * 1000 <= i < n * 1000 + 500]
+        assert mine == sorted(mine)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="needs os.fork")
+def test_forked_child_gets_a_working_worker(make: Any) -> None:
+    w, sink = make(schedule_delay=0.01)
+    closed, _ = make(schedule_delay=0.01)
+    w.put("parent")
+    assert w.flush(5)
+    assert closed.shutdown(timeout=2)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            ok = (
+                w._thread.is_alive()
+                and w.put("child")
+                and w.flush(5)
+                and sink.items[-1] == "child"
+                and closed.put("x") is False  # shut down in the parent: stays shut down
+                and not closed._thread.is_alive()
+            )
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # the parent's worker is unaffected
+    assert w.put("after fork")
+    assert w.flush(5)
+    assert sink.items == ["parent", "after fork"]
