@@ -100,8 +100,8 @@ def test_bare_decorators_sync(cap: SpanCapture) -> None:
     assert pipeline(5) == 12
     assert double.__name__ == "double" and double.__doc__ == "Doubles."
 
-    wf = one(cap, pipeline.__qualname__)
-    steps = cap.find(double.__qualname__)
+    wf = one(cap, pipeline.__name__)
+    steps = cap.find(double.__name__)
     assert len(steps) == 2
     assert attrs(wf)[sc.KIND] == sc.KIND_WORKFLOW
     assert attrs(wf)[sc.GEN_AI_OPERATION_NAME] == "invoke_workflow"
@@ -110,7 +110,7 @@ def test_bare_decorators_sync(cap: SpanCapture) -> None:
     wid = attrs(wf)[sc.WORKFLOW_ID]
     assert is_uuid7(wid)
     assert attrs(wf)[sc.EXECUTION_ID] == wid
-    assert attrs(wf)[sc.WORKFLOW_NAME] == pipeline.__qualname__
+    assert attrs(wf)[sc.WORKFLOW_NAME] == pipeline.__name__
     for s in steps:
         a = attrs(s)
         assert a[sc.KIND] == sc.KIND_STEP
@@ -118,7 +118,7 @@ def test_bare_decorators_sync(cap: SpanCapture) -> None:
         assert sc.STEP_MAX_ATTEMPTS not in a
         assert a[sc.WORKFLOW_ID] == wid
         assert a[sc.EXECUTION_ID] == wid
-        assert a[sc.WORKFLOW_NAME] == pipeline.__qualname__
+        assert a[sc.WORKFLOW_NAME] == pipeline.__name__
         assert is_child(s, wf)
         assert s.context.trace_id == wf.context.trace_id
         assert_completed(s, "step")
@@ -155,7 +155,7 @@ def test_decorator_with_kwargs_only_uses_qualname(cap: SpanCapture) -> None:
         return 1
 
     assert plain() == 1
-    s = one(cap, plain.__qualname__)
+    s = one(cap, plain.__name__)
     assert attrs(s)["a"] == 1
 
 
@@ -215,7 +215,7 @@ async def test_async_decorators(cap: SpanCapture) -> None:
         return await inner(1) + await inner(2)
 
     assert await outer() == 5
-    wf = one(cap, outer.__qualname__)
+    wf = one(cap, outer.__name__)
     steps = cap.find("inner")
     assert len(steps) == 2
     assert all(is_child(s, wf) for s in steps)
@@ -250,7 +250,7 @@ async def test_async_generator_decorator(cap: SpanCapture) -> None:
 
     async with spangraph.workflow("w"):
         assert [x async for x in agen(3)] == [0, 1, 2]
-    st, wf = one(cap, agen.__qualname__), one(cap, "w")
+    st, wf = one(cap, agen.__name__), one(cap, "w")
     assert is_child(st, wf)
     assert attrs(st)[sc.WORKFLOW_ID] == attrs(wf)[sc.WORKFLOW_ID]
     assert_completed(st, "step")
@@ -338,7 +338,7 @@ def test_sync_failure_reraises_same_object(cap: SpanCapture) -> None:
     with pytest.raises(MyError) as info:
         wf()
     assert info.value is boom
-    st, w = one(cap, bad.__qualname__), one(cap, "w")
+    st, w = one(cap, bad.__name__), one(cap, "w")
     assert_failed(st, "step", boom)
     assert_failed(w, "workflow", boom)
     failed = event(st, sc.STEP_FAILED)
@@ -365,7 +365,7 @@ async def test_async_failure_reraises_same_object(cap: SpanCapture) -> None:
         async with spangraph.workflow("w"):
             await bad()
     assert info.value is boom
-    assert_failed(one(cap, bad.__qualname__), "step", boom)
+    assert_failed(one(cap, bad.__name__), "step", boom)
     assert_failed(one(cap, "w"), "workflow", boom)
 
 
@@ -394,7 +394,7 @@ async def test_cancelled_task_ends_spans_cancelled(cap: SpanCapture) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    st, w = one(cap, waits.__qualname__), one(cap, "w")
+    st, w = one(cap, waits.__name__), one(cap, "w")
     assert_cancelled(st)
     assert_cancelled(w)
     assert names(st) == ["step.started"]
@@ -428,7 +428,7 @@ def test_keyboard_interrupt_is_cancelled(cap: SpanCapture) -> None:
     with pytest.raises(KeyboardInterrupt) as info, spangraph.workflow("w"):
         stop()
     assert info.value is interrupt
-    assert_cancelled(one(cap, stop.__qualname__))
+    assert_cancelled(one(cap, stop.__name__))
     assert_cancelled(one(cap, "w"))
     assert event(one(cap, "w"), sc.WORKFLOW_CANCELLED)[sc.ERROR_TYPE] == "KeyboardInterrupt"
     assert not cap.has_event("exception")
@@ -498,7 +498,7 @@ def test_retries_exhausted(cap: SpanCapture) -> None:
         always()
     assert len(raised) == 3
     assert info.value is raised[-1]
-    attempts = sorted(cap.find(always.__qualname__), key=lambda s: attrs(s)[sc.STEP_ATTEMPT])
+    attempts = sorted(cap.find(always.__name__), key=lambda s: attrs(s)[sc.STEP_ATTEMPT])
     assert len(attempts) == 3
     assert [len(cap.events("retry.scheduled")), len(cap.events("retry.exhausted"))] == [2, 1]
     last = attempts[-1]
@@ -554,7 +554,7 @@ def test_retry_on_tuple(cap: SpanCapture) -> None:
 
     assert f() == "done"
     assert seen == [KeyError, IndexError]
-    assert len(cap.find(f.__qualname__)) == 3
+    assert len(cap.find(f.__name__)) == 3
 
 
 async def test_async_retries(cap: SpanCapture) -> None:
@@ -592,7 +592,7 @@ async def test_cancellation_is_not_retried(cap: SpanCapture) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert calls == 1
-    assert_cancelled(one(cap, slow.__qualname__))
+    assert_cancelled(one(cap, slow.__name__))
     assert not cap.has_event("retry.*")
 
 
@@ -606,7 +606,7 @@ async def test_timeout_decorator_exceeded(cap: SpanCapture) -> None:
 
     with pytest.raises(TimeoutError):
         await slow()
-    st = one(cap, slow.__qualname__)
+    st = one(cap, slow.__name__)
     assert attrs(st)[sc.TIMEOUT_S] == 0.05
     assert names(st) == [
         "step.started",
@@ -627,7 +627,7 @@ async def test_timeout_not_exceeded(cap: SpanCapture) -> None:
         return 1
 
     assert await quick() == 1
-    st = one(cap, quick.__qualname__)
+    st = one(cap, quick.__name__)
     assert names(st) == ["step.started", "timeout.set", "step.completed"]
 
 
@@ -687,7 +687,7 @@ async def test_workflow_timeout(cap: SpanCapture) -> None:
 
     with pytest.raises(TimeoutError):
         await wf()
-    w = one(cap, wf.__qualname__)
+    w = one(cap, wf.__name__)
     assert names(w)[:3] == ["workflow.started", "timeout.set", "timeout.exceeded"]
     assert names(w)[-1] == "workflow.failed"
 

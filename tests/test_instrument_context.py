@@ -86,7 +86,7 @@ def test_generator_context_inside_and_between_next_calls(cap: SpanCapture) -> No
             assert current_id() == outer
     assert current_id() == 0  # nothing left attached after the workflow
 
-    steps = cap.find(gen.__qualname__)
+    steps = cap.find(gen.__name__)
     assert len(steps) == 2
     ids = {sid(s) for s in steps}
     # every next() of a generator ran under that generator's own span
@@ -167,7 +167,7 @@ async def test_async_generator_context(cap: SpanCapture) -> None:
         assert current_id() == outer
         await b.aclose()
         assert current_id() == outer
-    steps = cap.find(agen.__qualname__)
+    steps = cap.find(agen.__name__)
     assert len(steps) == 2
     assert len(set(seen["a"])) == 1 and len(set(seen["b"])) == 1
     assert {seen["a"][0], seen["b"][0]} == {sid(s) for s in steps}
@@ -213,7 +213,7 @@ async def test_gather_and_create_task_children(cap: SpanCapture) -> None:
         task = asyncio.create_task(child(9))
         created = await task
     wf, fan = one(cap, "w"), one(cap, "fan-out")
-    children = cap.find(child.__qualname__)
+    children = cap.find(child.__name__)
     assert len(children) == 4
     by_id = {sid(s): s for s in children}
     assert set(gathered) | {created} == set(by_id)
@@ -304,7 +304,7 @@ def test_thread_children_have_the_right_parent(cap: SpanCapture) -> None:
         t.start()
         t.join(10)
     assert results == [run.workflow_id]
-    child = one(cap, in_thread.__qualname__)
+    child = one(cap, in_thread.__name__)
     assert parent_id(child) == sid(one(cap, "spawn"))
     assert child.attributes[sc.WORKFLOW_ID] == run.workflow_id
     assert child.context.trace_id == one(cap, "w").context.trace_id
@@ -324,7 +324,7 @@ def test_thread_pool_children_have_the_right_parent(cap: SpanCapture) -> None:
             submitted = pool.submit(task, 7).result()
     assert squares == [0, 1, 4, 9, 16, 25]
     assert submitted == 49
-    children = cap.find(task.__qualname__)
+    children = cap.find(task.__name__)
     assert len(children) == 7
     wf, inner = one(cap, "w"), one(cap, "inner")
     parents = sorted(parent_id(c) for c in children)

@@ -154,7 +154,7 @@ def run_demo(out: TextIO, *, home: str | None = None) -> int:
     tail.done.set()
     tail.join(2.0)
     say(f"\nanswer: {answer}")
-    say(f"{tail.count} live events received, seq {min(tail.seqs, default=0)}–"
+    say(f"{tail.count} live events received, seq {min(tail.seqs, default=0)} to "
         f"{max(tail.seqs, default=0)}\n")
     say("the run, read back from the graph:")
     print_tree(queries.tree(instance.store, workflow_id), say)

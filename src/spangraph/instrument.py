@@ -10,236 +10,29 @@ the span's never leaks out.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any, Final, TypeVar, overload
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, overload
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, Status, StatusCode
+from opentelemetry.trace import Span
 
-from . import _state
 from . import semconv as sc
-from ._attrs import clean
-from ._ids import uuid7
-from .processors.live import emit_event
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-_RUN_KEY: Final = otel_context.create_key("spangraph-run")
-
-_CANCELLED: Final = (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)
-"""Exceptions that end a span as ``cancelled`` rather than ``failed``."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunIds:
-    """Ids of the run a span belongs to, carried in the OpenTelemetry context."""
-
-    workflow_id: str
-    execution_id: str
-    workflow_name: str
-    branch_id: str | None = None
-
-
-def current_run() -> RunIds | None:
-    """Ids of the workflow run the current code executes in, or ``None``."""
-    value = otel_context.get_value(_RUN_KEY)
-    return value if isinstance(value, RunIds) else None
-
-
-def _add_event(span: Span, name: str, attributes: Mapping[str, Any] | None = None) -> None:
-    attrs = clean(attributes)
-    now = time.time_ns()
-    span.add_event(name, attrs, timestamp=now)
-    emit_event(span, name, attrs, now)
-
-
-def _error_attrs(exc: BaseException) -> dict[str, Any]:
-    cls = type(exc)
-    qualname = (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-    return {sc.ERROR_TYPE: qualname, sc.ERROR_MESSAGE: str(exc)}
-
-
-class Handle:
-    """The running span of a :func:`step` (what ``with step(...) as s`` gives)."""
-
-    __slots__ = ("_t0", "attempt", "kind", "run", "span")
-
-    def __init__(self, span: Span, kind: str, run: RunIds | None, attempt: int | None) -> None:
-        self.span = span
-        self.kind = kind
-        self.run = run
-        self.attempt = attempt
-        self._t0 = time.perf_counter()
-
-    @property
-    def workflow_id(self) -> str | None:
-        return self.run.workflow_id if self.run else None
-
-    @property
-    def span_id(self) -> str:
-        return format(self.span.get_span_context().span_id, "016x")
-
-    @property
-    def trace_id(self) -> str:
-        return format(self.span.get_span_context().trace_id, "032x")
-
-    def event(self, name: str, /, **attributes: Any) -> None:
-        """Add an event to this span (also sent live at once)."""
-        _check_name(name, "event name")
-        _add_event(self.span, name, attributes)
-
-    def set(self, **attributes: Any) -> None:
-        """Set attributes on this span (values of any type; see the docs)."""
-        self.span.set_attributes(clean(attributes))
-
-    def _elapsed_ms(self) -> float:
-        return round((time.perf_counter() - self._t0) * 1000, 3)
-
-
-class WorkflowRun(Handle):
-    """The running span of a :func:`workflow`, with its explicit lifecycle events."""
-
-    __slots__ = ()
-
-    def queued(self, **attributes: Any) -> None:
-        """Record ``workflow.queued``."""
-        _add_event(self.span, sc.WORKFLOW_QUEUED, attributes)
-
-    def paused(self, reason: str | None = None, **attributes: Any) -> None:
-        """Record ``workflow.paused`` (e.g. waiting for a person)."""
-        _add_event(self.span, sc.WORKFLOW_PAUSED, {"reason": reason, **attributes})
-
-    def resumed(self, **attributes: Any) -> None:
-        """Record ``workflow.resumed``."""
-        _add_event(self.span, sc.WORKFLOW_RESUMED, attributes)
-
-
-def _check_name(name: object, what: str) -> None:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{what} must be a non-empty string, got {name!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class _Options:
-    kind: str
-    name: str | None
-    attributes: Mapping[str, Any]
-    workflow_id: str | None = None
-    execution_id: str | None = None
-    retries: int = 0
-    backoff: float = 0.1
-    backoff_max: float = 30.0
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
-    timeout: float | None = None
-    links: tuple[Link, ...] = ()
-
-
-class _Frame:
-    """One open span of a scope: started, attached or not, then finished once."""
-
-    __slots__ = ("ctx", "handle", "kind", "lifecycle", "timeout_cm", "token")
-
-    def __init__(self, opts: _Options, name: str, attempt: int | None, links: tuple[Link, ...]):
-        kind = opts.kind
-        parent_run = current_run()
-        attrs: dict[str, Any] = {sc.KIND: kind, sc.PROJECT_ID: _state.project}
-        if kind == sc.KIND_WORKFLOW:
-            workflow_id = opts.workflow_id or uuid7()
-            run = RunIds(
-                workflow_id=workflow_id,
-                execution_id=opts.execution_id or workflow_id,
-                workflow_name=name,
-                branch_id=None,
-            )
-            attrs[sc.GEN_AI_OPERATION_NAME] = "invoke_workflow"
-        else:
-            run = parent_run
-        if run is not None:
-            attrs[sc.WORKFLOW_ID] = run.workflow_id
-            attrs[sc.EXECUTION_ID] = run.execution_id
-            attrs[sc.WORKFLOW_NAME] = run.workflow_name
-            if run.branch_id:
-                attrs[sc.BRANCH_ID] = run.branch_id
-        if attempt is not None:
-            attrs[sc.STEP_ATTEMPT] = attempt
-            if opts.retries:
-                attrs[sc.STEP_MAX_ATTEMPTS] = opts.retries + 1
-        if opts.timeout is not None:
-            attrs[sc.TIMEOUT_S] = opts.timeout
-        attrs.update(clean(opts.attributes))
-        span = _state.tracer.start_span(name, attributes=attrs, links=links or None)
-        ctx = trace.set_span_in_context(span)
-        if run is not parent_run and run is not None:
-            ctx = otel_context.set_value(_RUN_KEY, run, ctx)
-        self.ctx = ctx
-        self.kind = kind
-        self.lifecycle = kind in (sc.KIND_WORKFLOW, sc.KIND_STEP)
-        handle_cls = WorkflowRun if kind == sc.KIND_WORKFLOW else Handle
-        self.handle = handle_cls(span, kind, run, attempt)
-        self.token: object | None = None
-        self.timeout_cm: Any = None
-        if self.lifecycle:
-            _add_event(span, f"{kind}.started", {sc.EVENT_ATTEMPT: attempt})
-        if opts.timeout is not None:
-            _add_event(span, sc.TIMEOUT_SET, {sc.EVENT_TIMEOUT_MS: opts.timeout * 1000})
-
-    def attach(self) -> None:
-        self.token = otel_context.attach(self.ctx)
-
-    def detach(self) -> None:
-        if self.token is not None:
-            otel_context.detach(self.token)
-            self.token = None
-
-    def finish(self, exc: BaseException | None, *, timed_out: float | None = None) -> None:
-        handle = self.handle
-        span = handle.span
-        if not span.is_recording():
-            return
-        duration = handle._elapsed_ms()
-        common = {sc.EVENT_DURATION_MS: duration, sc.EVENT_ATTEMPT: handle.attempt}
-        if timed_out is not None:
-            _add_event(span, sc.TIMEOUT_EXCEEDED, {sc.EVENT_TIMEOUT_MS: timed_out * 1000})
-        if exc is None:
-            span.set_attribute(sc.STATE, sc.STATE_COMPLETED)
-            if self.lifecycle:
-                _add_event(span, f"{self.kind}.completed", common)
-        elif isinstance(exc, _CANCELLED):
-            span.set_attribute(sc.STATE, sc.STATE_CANCELLED)
-            if self.kind == sc.KIND_WORKFLOW:
-                _add_event(span, sc.WORKFLOW_CANCELLED, {**common, **_error_attrs(exc)})
-        else:
-            span.set_attribute(sc.STATE, sc.STATE_FAILED)
-            now = time.time_ns()
-            span.record_exception(exc, timestamp=now)
-            emit_event(
-                span,
-                "exception",
-                {"exception.type": type(exc).__qualname__, "exception.message": str(exc)},
-                now,
-            )
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-            if self.lifecycle:
-                _add_event(span, f"{self.kind}.failed", {**common, **_error_attrs(exc)})
-        span.end()
-
-
-def _retry_delay(opts: _Options, attempt: int) -> float:
-    return min(opts.backoff * (2 ** (attempt - 1)), opts.backoff_max)
-
-
-def _timed_out(frame: _Frame, exc: BaseException | None, timeout: float | None) -> float | None:
-    cm = frame.timeout_cm
-    if timeout is not None and cm is not None and isinstance(exc, TimeoutError) and cm.expired():
-        return timeout
-    return None
+from ._spans import (
+    F,
+    Handle,
+    RunIds,
+    WorkflowRun,
+    _add_event,
+    _check_name,
+    _default_name,
+    _Frame,
+    _Options,
+    current_run,
+)
+from ._wrappers import _no_retry_timeout, _wrap_async, _wrap_async_gen, _wrap_gen, _wrap_sync
 
 
 class Scope:
@@ -327,7 +120,7 @@ class Scope:
     def __call__(self, fn: F) -> F:
         if not callable(fn):
             raise TypeError(f"{self._opts.kind}() decorates a function, got {fn!r}")
-        opts = self._opts if self._opts.name else replace(self._opts, name=fn.__qualname__)
+        opts = self._opts if self._opts.name else replace(self._opts, name=_default_name(fn))
         if inspect.isasyncgenfunction(fn):
             _no_retry_timeout(opts, "async generator", allow_timeout=False)
             return _wrap_async_gen(opts, fn)  # type: ignore[return-value]
@@ -339,198 +132,9 @@ class Scope:
         if opts.timeout is not None:
             raise TypeError(
                 "timeout= works with async functions only: sync code cannot be "
-                f"interrupted safely ({fn.__qualname__})"
+                f"interrupted safely ({_default_name(fn)})"
             )
         return _wrap_sync(opts, fn)  # type: ignore[return-value]
-
-
-def _no_retry_timeout(opts: _Options, what: str, *, allow_timeout: bool) -> None:
-    if opts.retries:
-        raise TypeError(f"retries= cannot be used on a {what} function: it cannot be re-run safely")
-    if opts.timeout is not None and not allow_timeout:
-        raise TypeError(f"timeout= cannot be used on a {what} function")
-
-
-def _retry_link(previous: _Frame | None) -> tuple[Link, ...]:
-    if previous is None:
-        return ()
-    return (Link(previous.handle.span.get_span_context(), {sc.LINK_TYPE: sc.LINK_RETRY_OF}),)
-
-
-def _on_failure(opts: _Options, frame: _Frame, attempt: int, exc: BaseException) -> float | None:
-    """Record retry events for a failed attempt; the delay before the next one, or None."""
-    span = frame.handle.span
-    retryable = isinstance(exc, opts.retry_on) and not isinstance(exc, _CANCELLED)
-    if not opts.retries or not retryable:
-        return None
-    if attempt <= opts.retries:
-        delay = _retry_delay(opts, attempt)
-        _add_event(
-            span,
-            sc.RETRY_SCHEDULED,
-            {sc.EVENT_ATTEMPT: attempt, sc.EVENT_DELAY_MS: delay * 1000, **_error_attrs(exc)},
-        )
-        return delay
-    _add_event(span, sc.RETRY_EXHAUSTED, {sc.EVENT_ATTEMPT: attempt, **_error_attrs(exc)})
-    return None
-
-
-def _attempt_number(opts: _Options, attempt: int) -> int | None:
-    return attempt if opts.kind == sc.KIND_STEP else None
-
-
-def _wrap_sync(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
-    name = opts.name or fn.__qualname__
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        previous: _Frame | None = None
-        attempt = 1
-        while True:
-            frame = _Frame(
-                opts, name, _attempt_number(opts, attempt), opts.links + _retry_link(previous)
-            )
-            frame.attach()
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                delay = _on_failure(opts, frame, attempt, exc)
-                frame.finish(exc)
-                frame.detach()
-                if delay is None:
-                    raise
-                time.sleep(delay)
-                previous, attempt = frame, attempt + 1
-                continue
-            frame.finish(None)
-            frame.detach()
-            return result
-
-    return wrapper
-
-
-def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
-    name = opts.name or fn.__qualname__
-
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        previous: _Frame | None = None
-        attempt = 1
-        while True:
-            frame = _Frame(
-                opts, name, _attempt_number(opts, attempt), opts.links + _retry_link(previous)
-            )
-            frame.attach()
-            try:
-                if opts.timeout is not None:
-                    frame.timeout_cm = asyncio.timeout(opts.timeout)
-                    async with frame.timeout_cm:
-                        result = await fn(*args, **kwargs)
-                else:
-                    result = await fn(*args, **kwargs)
-            except BaseException as exc:
-                timed_out = _timed_out(frame, exc, opts.timeout)
-                delay = _on_failure(opts, frame, attempt, exc)
-                frame.finish(exc, timed_out=timed_out)
-                frame.detach()
-                if delay is None:
-                    raise
-                await asyncio.sleep(delay)
-                previous, attempt = frame, attempt + 1
-                continue
-            frame.finish(None)
-            frame.detach()
-            return result
-
-    return wrapper
-
-
-def _wrap_gen(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
-    name = opts.name or fn.__qualname__
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        gen = fn(*args, **kwargs)
-        frame = _Frame(opts, name, _attempt_number(opts, 1), opts.links)
-        to_send: Any = None
-        to_throw: BaseException | None = None
-        while True:
-            frame.attach()
-            try:
-                if to_throw is not None:
-                    exc, to_throw = to_throw, None
-                    value = gen.throw(exc)
-                else:
-                    value = gen.send(to_send)
-            except StopIteration as stop:
-                frame.finish(None)
-                return stop.value
-            except BaseException as exc:
-                frame.finish(exc)
-                raise
-            finally:
-                frame.detach()
-            try:
-                to_send = yield value
-            except GeneratorExit:
-                frame.attach()
-                try:
-                    gen.close()
-                except BaseException as exc:  # its cleanup failed: the span still ends
-                    frame.finish(exc)
-                    raise
-                finally:
-                    frame.detach()
-                frame.finish(None)
-                raise
-            except BaseException as exc:
-                to_throw = exc
-
-    return wrapper
-
-
-def _wrap_async_gen(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
-    name = opts.name or fn.__qualname__
-
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        agen = fn(*args, **kwargs)
-        frame = _Frame(opts, name, _attempt_number(opts, 1), opts.links)
-        to_send: Any = None
-        to_throw: BaseException | None = None
-        while True:
-            frame.attach()
-            try:
-                if to_throw is not None:
-                    exc, to_throw = to_throw, None
-                    value = await agen.athrow(exc)
-                else:
-                    value = await agen.asend(to_send)
-            except StopAsyncIteration:
-                frame.finish(None)
-                return
-            except BaseException as exc:
-                frame.finish(exc)
-                raise
-            finally:
-                frame.detach()
-            try:
-                to_send = yield value
-            except GeneratorExit:
-                frame.attach()
-                try:
-                    await agen.aclose()
-                except BaseException as exc:  # its cleanup failed: the span still ends
-                    frame.finish(exc)
-                    raise
-                finally:
-                    frame.detach()
-                frame.finish(None)
-                raise
-            except BaseException as exc:
-                to_throw = exc
-
-    return wrapper
 
 
 # -- public factories -------------------------------------------------------------------

@@ -61,7 +61,7 @@ class Neo4jStore:
                 f"{uri} needs the Neo4j driver: pip install 'spangraph[neo4j]'",
             ) from None
         try:
-            urlsplit(uri).port
+            _ = urlsplit(uri).port
         except ValueError:
             raise ConfigurationError("SPANGRAPH_GRAPH_URL", f"bad port in {uri!r}") from None
         self._neo4j = neo4j

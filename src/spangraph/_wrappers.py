@@ -1,0 +1,216 @@
+"""Decorator wrappers for sync, async, generator and async-generator functions.
+
+Each attaches its span's context around every call, ``next()`` and ``anext()`` of the
+wrapped code and detaches it after, and runs retries and timeouts for whole calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry.trace import Link
+
+from . import semconv as sc
+from ._spans import (
+    _CANCELLED,
+    _add_event,
+    _default_name,
+    _error_attrs,
+    _Frame,
+    _Options,
+    _retry_delay,
+    _timed_out,
+)
+
+
+def _no_retry_timeout(opts: _Options, what: str, *, allow_timeout: bool) -> None:
+    if opts.retries:
+        raise TypeError(f"retries= cannot be used on a {what} function: it cannot be re-run safely")
+    if opts.timeout is not None and not allow_timeout:
+        raise TypeError(f"timeout= cannot be used on a {what} function")
+
+
+def _retry_link(previous: _Frame | None) -> tuple[Link, ...]:
+    if previous is None:
+        return ()
+    return (Link(previous.handle.span.get_span_context(), {sc.LINK_TYPE: sc.LINK_RETRY_OF}),)
+
+
+def _on_failure(opts: _Options, frame: _Frame, attempt: int, exc: BaseException) -> float | None:
+    """Record retry events for a failed attempt; the delay before the next one, or None."""
+    span = frame.handle.span
+    retryable = isinstance(exc, opts.retry_on) and not isinstance(exc, _CANCELLED)
+    if not opts.retries or not retryable:
+        return None
+    if attempt <= opts.retries:
+        delay = _retry_delay(opts, attempt)
+        _add_event(
+            span,
+            sc.RETRY_SCHEDULED,
+            {sc.EVENT_ATTEMPT: attempt, sc.EVENT_DELAY_MS: delay * 1000, **_error_attrs(exc)},
+        )
+        return delay
+    _add_event(span, sc.RETRY_EXHAUSTED, {sc.EVENT_ATTEMPT: attempt, **_error_attrs(exc)})
+    return None
+
+
+def _attempt_number(opts: _Options, attempt: int) -> int | None:
+    return attempt if opts.kind == sc.KIND_STEP else None
+
+
+def _wrap_sync(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
+    name = opts.name or _default_name(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous: _Frame | None = None
+        attempt = 1
+        while True:
+            frame = _Frame(
+                opts, name, _attempt_number(opts, attempt), opts.links + _retry_link(previous)
+            )
+            frame.attach()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                delay = _on_failure(opts, frame, attempt, exc)
+                frame.finish(exc)
+                frame.detach()
+                if delay is None:
+                    raise
+                time.sleep(delay)
+                previous, attempt = frame, attempt + 1
+                continue
+            frame.finish(None)
+            frame.detach()
+            return result
+
+    return wrapper
+
+
+def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
+    name = opts.name or _default_name(fn)
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous: _Frame | None = None
+        attempt = 1
+        while True:
+            frame = _Frame(
+                opts, name, _attempt_number(opts, attempt), opts.links + _retry_link(previous)
+            )
+            frame.attach()
+            try:
+                if opts.timeout is not None:
+                    frame.timeout_cm = asyncio.timeout(opts.timeout)
+                    async with frame.timeout_cm:
+                        result = await fn(*args, **kwargs)
+                else:
+                    result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                timed_out = _timed_out(frame, exc, opts.timeout)
+                delay = _on_failure(opts, frame, attempt, exc)
+                frame.finish(exc, timed_out=timed_out)
+                frame.detach()
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                previous, attempt = frame, attempt + 1
+                continue
+            frame.finish(None)
+            frame.detach()
+            return result
+
+    return wrapper
+
+
+def _wrap_gen(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
+    name = opts.name or _default_name(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        gen = fn(*args, **kwargs)
+        frame = _Frame(opts, name, _attempt_number(opts, 1), opts.links)
+        to_send: Any = None
+        to_throw: BaseException | None = None
+        while True:
+            frame.attach()
+            try:
+                if to_throw is not None:
+                    exc, to_throw = to_throw, None
+                    value = gen.throw(exc)
+                else:
+                    value = gen.send(to_send)
+            except StopIteration as stop:
+                frame.finish(None)
+                return stop.value
+            except BaseException as exc:
+                frame.finish(exc)
+                raise
+            finally:
+                frame.detach()
+            try:
+                to_send = yield value
+            except GeneratorExit:
+                frame.attach()
+                try:
+                    gen.close()
+                except BaseException as exc:  # its cleanup failed: the span still ends
+                    frame.finish(exc)
+                    raise
+                finally:
+                    frame.detach()
+                frame.finish(None)
+                raise
+            except BaseException as exc:
+                to_throw = exc
+
+    return wrapper
+
+
+def _wrap_async_gen(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
+    name = opts.name or _default_name(fn)
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        agen = fn(*args, **kwargs)
+        frame = _Frame(opts, name, _attempt_number(opts, 1), opts.links)
+        to_send: Any = None
+        to_throw: BaseException | None = None
+        while True:
+            frame.attach()
+            try:
+                if to_throw is not None:
+                    exc, to_throw = to_throw, None
+                    value = await agen.athrow(exc)
+                else:
+                    value = await agen.asend(to_send)
+            except StopAsyncIteration:
+                frame.finish(None)
+                return
+            except BaseException as exc:
+                frame.finish(exc)
+                raise
+            finally:
+                frame.detach()
+            try:
+                to_send = yield value
+            except GeneratorExit:
+                frame.attach()
+                try:
+                    await agen.aclose()
+                except BaseException as exc:  # its cleanup failed: the span still ends
+                    frame.finish(exc)
+                    raise
+                finally:
+                    frame.detach()
+                frame.finish(None)
+                raise
+            except BaseException as exc:
+                to_throw = exc
+
+    return wrapper
