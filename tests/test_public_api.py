@@ -18,14 +18,19 @@ PUBLIC = [
     "Spangraph",
     "__version__",
     "asleep",
+    "branch",
     "configure",
+    "decision",
     "event",
     "flush",
+    "llm",
+    "monitor",
     "semconv",
     "shutdown",
     "sleep",
     "step",
     "testing",
+    "tool",
     "workflow",
 ]
 
@@ -111,6 +116,7 @@ DESIGN_LABELS = (
 )
 DESIGN_LINK_TYPES = ("monitors", "retry_of", "resumed_from", "chosen_option")
 DESIGN_STATES = {"running", "completed", "failed", "cancelled"}
+"""Span states; option nodes that were never explored are ``unexplored``."""
 
 
 def test_all_is_pinned() -> None:
@@ -125,7 +131,14 @@ def test_version_is_a_string() -> None:
 
 def _public_callables() -> list[tuple[str, Any]]:
     out = []
-    for module in (spangraph, spangraph.instrument, spangraph.testing, spangraph.exceptions):
+    for module in (
+        spangraph,
+        spangraph.instrument,
+        spangraph.branching,
+        spangraph.genai,
+        spangraph.testing,
+        spangraph.exceptions,
+    ):
         for name in module.__all__:
             obj = getattr(module, name)
             if callable(obj):

@@ -13,19 +13,26 @@ beside the standard OTLP path.
 from . import semconv, testing
 from ._sdk import Spangraph, configure, flush, shutdown
 from ._version import __version__
+from .branching import branch, decision, monitor
+from .genai import llm, tool
 from .instrument import asleep, event, sleep, step, workflow
 
 __all__ = [
     "Spangraph",
     "__version__",
     "asleep",
+    "branch",
     "configure",
+    "decision",
     "event",
     "flush",
+    "llm",
+    "monitor",
     "semconv",
     "shutdown",
     "sleep",
     "step",
     "testing",
+    "tool",
     "workflow",
 ]

@@ -4,14 +4,15 @@ starts, attaches, detaches and finishes one span with its lifecycle events."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, TraceFlags
 
 from . import _state
 from . import semconv as sc
@@ -20,6 +21,8 @@ from ._ids import uuid7
 from .processors.live import emit_event
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_log = logging.getLogger("spangraph")
 
 _RUN_KEY: Final = otel_context.create_key("spangraph-run")
 
@@ -50,6 +53,41 @@ def _add_event(span: Span, name: str, attributes: Mapping[str, Any] | None = Non
     emit_event(span, name, attrs, now)
 
 
+def span_context_of(target: Any) -> SpanContext:
+    """The SpanContext of a handle, span, SpanContext or ``"{trace_id}-{span_id}"`` ref."""
+    if isinstance(target, Handle):
+        return target.span.get_span_context()
+    if isinstance(target, SpanContext):
+        return target
+    if isinstance(target, str):
+        trace_hex, _, span_hex = target.strip().partition("-")
+        try:
+            if len(trace_hex) != 32 or len(span_hex) != 16:
+                raise ValueError
+            ctx = SpanContext(
+                int(trace_hex, 16),
+                int(span_hex, 16),
+                is_remote=True,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+        except ValueError:
+            raise ValueError(
+                f"expected a span ref '<32 hex trace id>-<16 hex span id>', got {target!r}"
+            ) from None
+        if not ctx.is_valid:
+            raise ValueError(f"not a valid span ref: {target!r}")
+        return ctx
+    get_ctx = getattr(target, "get_span_context", None)
+    if callable(get_ctx):
+        return get_ctx()
+    raise TypeError(f"expected a spangraph handle, a span, a SpanContext or a ref, got {target!r}")
+
+
+def link_to(target: Any, link_type: str) -> Link:
+    """A span link of ``spangraph.link.type`` ``link_type`` to ``target``."""
+    return Link(span_context_of(target), {sc.LINK_TYPE: link_type})
+
+
 def _error_attrs(exc: BaseException) -> dict[str, Any]:
     cls = type(exc)
     qualname = (
@@ -59,7 +97,7 @@ def _error_attrs(exc: BaseException) -> dict[str, Any]:
 
 
 class Handle:
-    """The running span of a :func:`step` (what ``with step(...) as s`` gives)."""
+    """A running span of spangraph's (what ``with step(...) as s`` gives)."""
 
     __slots__ = ("_t0", "attempt", "kind", "run", "span")
 
@@ -75,12 +113,26 @@ class Handle:
         return self.run.workflow_id if self.run else None
 
     @property
+    def name(self) -> str:
+        return str(getattr(self.span, "name", ""))
+
+    @property
+    def branch_id(self) -> str | None:
+        return self.run.branch_id if self.run else None
+
+    @property
     def span_id(self) -> str:
         return format(self.span.get_span_context().span_id, "016x")
 
     @property
     def trace_id(self) -> str:
         return format(self.span.get_span_context().trace_id, "032x")
+
+    @property
+    def ref(self) -> str:
+        """``"{trace_id}-{span_id}"``: store it to link a later run to this span
+        (``workflow(resumed_from=ref)``, ``step(retry_of=ref)``, ``monitor(ref)``)."""
+        return f"{self.trace_id}-{self.span_id}"
 
     def event(self, name: str, /, **attributes: Any) -> None:
         """Add an event to this span (also sent live at once)."""
@@ -136,12 +188,18 @@ class _Options:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     timeout: float | None = None
     links: tuple[Link, ...] = ()
+    branch_id: str | None = None
+    handle_cls: type[Handle] | None = None
+    on_enter: Callable[[Any], None] | None = None
+    """Called with the new handle right after its span starts."""
+    on_finish: Callable[[Any, BaseException | None], None] | None = None
+    """Called with the handle and the outcome right before its span ends."""
 
 
 class _Frame:
     """One open span of a scope: started, attached or not, then finished once."""
 
-    __slots__ = ("ctx", "handle", "kind", "lifecycle", "timeout_cm", "token")
+    __slots__ = ("ctx", "handle", "kind", "lifecycle", "on_finish", "timeout_cm", "token")
 
     def __init__(self, opts: _Options, name: str, attempt: int | None, links: tuple[Link, ...]):
         kind = opts.kind
@@ -156,12 +214,16 @@ class _Frame:
                 branch_id=None,
             )
             attrs[sc.GEN_AI_OPERATION_NAME] = "invoke_workflow"
+        elif kind == sc.KIND_BRANCH:
+            base = parent_run or RunIds(workflow_id="", execution_id="", workflow_name="")
+            run = replace(base, branch_id=opts.branch_id or uuid7())
         else:
             run = parent_run
         if run is not None:
-            attrs[sc.WORKFLOW_ID] = run.workflow_id
-            attrs[sc.EXECUTION_ID] = run.execution_id
-            attrs[sc.WORKFLOW_NAME] = run.workflow_name
+            if run.workflow_id:
+                attrs[sc.WORKFLOW_ID] = run.workflow_id
+                attrs[sc.EXECUTION_ID] = run.execution_id
+                attrs[sc.WORKFLOW_NAME] = run.workflow_name
             if run.branch_id:
                 attrs[sc.BRANCH_ID] = run.branch_id
         if attempt is not None:
@@ -178,14 +240,17 @@ class _Frame:
         self.ctx = ctx
         self.kind = kind
         self.lifecycle = kind in (sc.KIND_WORKFLOW, sc.KIND_STEP)
-        handle_cls = WorkflowRun if kind == sc.KIND_WORKFLOW else Handle
+        handle_cls = opts.handle_cls or (WorkflowRun if kind == sc.KIND_WORKFLOW else Handle)
         self.handle = handle_cls(span, kind, run, attempt)
+        self.on_finish = opts.on_finish
         self.token: object | None = None
         self.timeout_cm: Any = None
         if self.lifecycle:
             _add_event(span, f"{kind}.started", {sc.EVENT_ATTEMPT: attempt})
         if opts.timeout is not None:
             _add_event(span, sc.TIMEOUT_SET, {sc.EVENT_TIMEOUT_MS: opts.timeout * 1000})
+        if opts.on_enter is not None:
+            opts.on_enter(self.handle)
 
     def attach(self) -> None:
         self.token = otel_context.attach(self.ctx)
@@ -200,6 +265,11 @@ class _Frame:
         span = handle.span
         if not span.is_recording():
             return
+        if self.on_finish is not None:
+            try:
+                self.on_finish(handle, exc)
+            except Exception:  # a hook must not turn a result into an error
+                _log.exception("spangraph: finishing %s %r failed", self.kind, handle.name)
         duration = handle._elapsed_ms()
         common = {sc.EVENT_DURATION_MS: duration, sc.EVENT_ATTEMPT: handle.attempt}
         if timed_out is not None:

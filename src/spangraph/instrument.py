@@ -31,6 +31,7 @@ from ._spans import (
     _Frame,
     _Options,
     current_run,
+    link_to,
 )
 from ._wrappers import _no_retry_timeout, _wrap_async, _wrap_async_gen, _wrap_gen, _wrap_sync
 
@@ -159,6 +160,13 @@ def _make(kind: str, name_or_fn: Any, kwargs: dict[str, Any]) -> Any:
     retry_on = kwargs.get("retry_on")
     if retry_on is not None:
         kwargs["retry_on"] = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    links = []
+    for key, link_type in (("resumed_from", sc.LINK_RESUMED_FROM), ("retry_of", sc.LINK_RETRY_OF)):
+        target = kwargs.pop(key, None)
+        if target is not None:
+            links.append(link_to(target, link_type))
+    if links:
+        kwargs["links"] = tuple(links)
     opts = _Options(kind=kind, name=name, attributes=dict(attributes), **kwargs)
     scope = Scope(opts)
     if callable(name_or_fn) and not isinstance(name_or_fn, str):
@@ -175,6 +183,7 @@ def workflow(
     *,
     workflow_id: str | None = None,
     execution_id: str | None = None,
+    resumed_from: Any = None,
     timeout: float | None = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> Scope: ...
@@ -185,9 +194,15 @@ def workflow(name_or_fn: Any = None, /, **kwargs: Any) -> Any:
     Use as ``@workflow``, ``@workflow("name")``, ``with workflow("name") as run:`` or
     ``async with``. Records ``workflow.started`` and ``workflow.completed | failed |
     cancelled``; ``run.queued()``, ``run.paused()`` and ``run.resumed()`` record the rest.
-    ``execution_id`` groups several runs (traces) into one logical execution.
+    ``execution_id`` groups several runs (traces) into one logical execution;
+    ``resumed_from`` (a handle or its ``ref``) links this run to the one it resumes
+    (``resumed_from``, a ``RESUMED_FROM`` edge), e.g. after a crash or a long pause.
     """
-    _only(kwargs, {"name", "workflow_id", "execution_id", "timeout", "attributes"}, "workflow")
+    _only(
+        kwargs,
+        {"name", "workflow_id", "execution_id", "resumed_from", "timeout", "attributes"},
+        "workflow",
+    )
     return _make(sc.KIND_WORKFLOW, name_or_fn, kwargs)
 
 
@@ -203,6 +218,7 @@ def step(
     backoff_max: float = 30.0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     timeout: float | None = None,
+    retry_of: Any = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> Scope: ...
 def step(name_or_fn: Any = None, /, **kwargs: Any) -> Any:
@@ -214,10 +230,21 @@ def step(name_or_fn: Any = None, /, **kwargs: Any) -> Any:
     ``backoff * 2**(attempt-1)`` seconds (at most ``backoff_max``) in between, and records
     ``retry.scheduled`` / ``retry.exhausted``. ``timeout=`` (async only) cancels the step
     after that many seconds, records ``timeout.exceeded`` and raises ``TimeoutError``.
+    ``retry_of`` (a handle or its ``ref``) links a step re-run in another trace or process
+    to the attempt it retries.
     """
     _only(
         kwargs,
-        {"name", "retries", "backoff", "backoff_max", "retry_on", "timeout", "attributes"},
+        {
+            "name",
+            "retries",
+            "backoff",
+            "backoff_max",
+            "retry_on",
+            "timeout",
+            "retry_of",
+            "attributes",
+        },
         "step",
     )
     return _make(sc.KIND_STEP, name_or_fn, kwargs)

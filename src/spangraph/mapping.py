@@ -6,6 +6,7 @@ thread that starts or ends a span.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -210,6 +211,41 @@ class SpanMapper:
         ]
 
     @staticmethod
+    def option_rows(
+        span: ReadableSpan, props: Mapping[str, Any], span_id: str
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
+        """For an ended decision: (rows of option nodes that were never explored, edges).
+
+        Edges are ``option_of`` to every option node and ``chosen_option`` to the chosen
+        one. An unexplored option gets a node of its own whose id is derived from the
+        decision's id and the option's name, so replays write the same node.
+        """
+        attributes = span.attributes or {}
+        options = attributes.get(sc.DECISION_OPTIONS) or ()
+        explored = attributes.get(sc.DECISION_OPTION_SPAN_IDS) or ()
+        chosen = attributes.get(sc.DECISION_CHOSEN)
+        nodes: list[dict[str, Any]] = []
+        edges: list[tuple[str, dict[str, Any]]] = []
+        for i, name in enumerate(options):
+            option_id = explored[i] if i < len(explored) and explored[i] else None
+            if option_id is None:
+                option_id = unexplored_option_id(span_id, str(name))
+                node = {k: props[k] for k in _OPTION_INHERITS if props.get(k) is not None}
+                node.update(
+                    kind=sc.KIND_OPTION,
+                    name=str(name),
+                    state=sc.STATE_UNEXPLORED,
+                    parent_span_id=span_id,
+                    attributes="{}",
+                )
+                nodes.append({"span_id": option_id, "props": node})
+            row = {"span_id": span_id, "target_span_id": option_id}
+            edges.append(("option_of", row))
+            if name == chosen:
+                edges.append((sc.LINK_CHOSEN_OPTION, row))
+        return nodes, edges
+
+    @staticmethod
     def link_rows(span: ReadableSpan, span_id: str) -> list[tuple[str, dict[str, Any]]]:
         """(link type, row) for each span link that carries a ``spangraph.link.type``."""
         out = []
@@ -219,6 +255,25 @@ class SpanMapper:
                 target = hex_span_id(link.context.span_id)
                 out.append((str(link_type), {"span_id": span_id, "target_span_id": target}))
         return out
+
+
+_OPTION_INHERITS: Final = (
+    "trace_id",
+    "workflow_id",
+    "execution_id",
+    "branch_id",
+    "project_id",
+    "service",
+    "env",
+    "start_ns",
+)
+
+
+def unexplored_option_id(decision_span_id: str, option: str) -> str:
+    """Node id of an option that was offered but not explored: 16 hex chars derived from
+    the decision's span id and the option's name."""
+    digest = hashlib.blake2b(f"{decision_span_id}\0{option}".encode(), digest_size=8)
+    return digest.hexdigest()
 
 
 def live_message(

@@ -57,6 +57,13 @@ DECISION_CHOSEN: Final = "spangraph.decision.chosen"
 DECISION_REASON: Final = "spangraph.decision.reason"
 """Why the chosen option was chosen."""
 
+DECISION_SCORE: Final = "spangraph.decision.score"
+"""Score of the chosen option, when the chooser gave one."""
+
+DECISION_OPTION_SPAN_IDS: Final = "spangraph.decision.option_span_ids"
+"""Span id of each option's span, in the order of ``spangraph.decision.options``; empty
+for options that were named but not explored."""
+
 LINK_TYPE: Final = "spangraph.link.type"
 """On span links: one of :data:`LINK_TYPES`."""
 
@@ -137,6 +144,8 @@ STATE_FAILED: Final = "failed"
 """The span ended with an error."""
 STATE_CANCELLED: Final = "cancelled"
 """The span was cancelled (``asyncio.CancelledError``, ``KeyboardInterrupt``)."""
+STATE_UNEXPLORED: Final = "unexplored"
+"""An option node that was offered at a decision but never explored (no span of its own)."""
 
 # --- lifecycle event names ------------------------------------------------------------
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ..exceptions import StoreUnavailableError
-from ..mapping import SpanMapper
+from ..mapping import SpanMapper, hex_span_id, hex_trace_id
 from ..stores._base import GraphStore, WriteBatch
 from ._worker import BatchWorker
 
@@ -17,6 +18,16 @@ _log = logging.getLogger("spangraph")
 
 _START = 0
 _END = 1
+
+
+def _attributes_view(span: Any) -> Mapping[str, Any]:
+    """The span's attributes, to read a few keys from: the SDK's own dict behind the
+    read-only ``span.attributes`` proxy when it is there (whose reads go through
+    Python-level ``Mapping`` methods), else the public API."""
+    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    if type(inner) is dict:
+        return inner
+    return span.attributes or {}
 
 
 class GraphSpanProcessor(SpanProcessor):
@@ -51,7 +62,7 @@ class GraphSpanProcessor(SpanProcessor):
             store.write,
             transient=(StoreUnavailableError,),
             max_queue_size=max_queue_size,
-            max_batch_size=max_batch_size,
+            max_batch_size=min(max_batch_size, max_queue_size),  # a batch fits the queue
             schedule_delay=schedule_delay,
         )
         self._put = self._worker.put
@@ -75,31 +86,68 @@ class GraphSpanProcessor(SpanProcessor):
     def _prepare(self, items: list[tuple[int, ReadableSpan]]) -> tuple[WriteBatch, int]:
         ended = {span.context.span_id for what, span in items if what == _END}
         batch = WriteBatch()
+        starts, ends, parents, events, links = (
+            batch.starts,
+            batch.ends,
+            batch.parents,
+            batch.events,
+            batch.links,
+        )
         mapper = self._mapper
+        resolve = mapper.lineage.resolve
+        node_props = mapper.node_props
         for what, span in items:
-            if what == _START and span.context.span_id in ended:
-                continue  # started and ended within this batch: write it once
+            is_end = what == _END
+            if not is_end:
+                ctx = span.context
+                if ctx.span_id in ended:
+                    # Started and ended within this batch: write it once, at its end. Its
+                    # run ids are resolved now all the same, so that spans from other
+                    # instrumentations under it (whose rows come before its end) inherit
+                    # them.
+                    try:
+                        parent = span.parent
+                        resolve(
+                            hex_span_id(ctx.span_id),
+                            hex_span_id(parent.span_id) if parent is not None else None,
+                            hex_trace_id(ctx.trace_id),
+                            _attributes_view(span),
+                        )
+                    except Exception:
+                        _log.exception("spangraph graph: could not map span %r", span.name)
+                    continue
             try:
-                label, props = mapper.node_props(span, ended=what == _END)
+                label, props = node_props(span, ended=is_end)
             except Exception:
                 _log.exception("spangraph graph: could not map span %r; skipped", span.name)
                 continue
             span_id = props.pop("span_id")
-            row = {"span_id": span_id, "props": props}
-            (batch.ends if what == _END else batch.starts).setdefault(label, []).append(row)
-            if props.get("parent_span_id"):
-                batch.parents.append(
+            rows = (ends if is_end else starts).get(label)
+            if rows is None:
+                rows = (ends if is_end else starts)[label] = []
+            rows.append({"span_id": span_id, "props": props})
+            parent_id = props.get("parent_span_id")
+            if parent_id:
+                parents.append(
                     {
                         "span_id": span_id,
-                        "parent_span_id": props["parent_span_id"],
+                        "parent_span_id": parent_id,
                         "trace_id": props["trace_id"],
                         "workflow_id": props["workflow_id"],
                     }
                 )
-            if what == _END:
-                batch.events.extend(mapper.event_rows(span, span_id))
-                for link_type, link_row in mapper.link_rows(span, span_id):
-                    batch.links.setdefault(link_type, []).append(link_row)
+            if is_end:
+                if span.events:
+                    events.extend(mapper.event_rows(span, span_id))
+                if span.links:
+                    for link_type, link_row in mapper.link_rows(span, span_id):
+                        links.setdefault(link_type, []).append(link_row)
+                if label == "Decision":
+                    options, edges = mapper.option_rows(span, props, span_id)
+                    if options:
+                        ends.setdefault("Option", []).extend(options)
+                    for edge_type, edge_row in edges:
+                        links.setdefault(edge_type, []).append(edge_row)
         return batch, len(items)
 
     # -- SpanProcessor ------------------------------------------------------------------

@@ -1,0 +1,149 @@
+"""Decisions with their options, branches, and monitors between branches.
+
+A :func:`decision` span names every option offered; options that are explored get a
+child span of their own (:meth:`Decision.option`), and :meth:`Decision.choose` records
+the choice — also the options that were *not* taken appear in the graph. A
+:func:`branch` gives every span inside it (in other tasks and threads too) its
+``spangraph.branch.id``. A :func:`monitor` span watches another span or branch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from . import semconv as sc
+from ._attrs import clean_value
+from ._spans import Handle, _check_name, _Options, link_to
+from .instrument import Scope
+
+__all__ = ["Branch", "Decision", "branch", "decision", "monitor"]
+
+
+class Decision(Handle):
+    """A running decision (what ``with decision(...) as d`` gives)."""
+
+    __slots__ = ("_explored", "chosen", "options")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.options: tuple[str, ...] = ()
+        self._explored: dict[str, Handle] = {}
+        self.chosen: str | None = None
+
+    def _check_offered(self, option: str) -> None:
+        if option not in self.options:
+            raise ValueError(
+                f"option {option!r} was not offered at decision {self.name!r}; "
+                f"offered: {', '.join(map(repr, self.options))}"
+            )
+
+    def option(self, name: str, **attributes: Any) -> Scope:
+        """A ``with`` block (or decorator) in which option ``name`` is explored: an
+        ``option`` span, child of the current span."""
+        _check_name(name, "option name")
+        self._check_offered(name)
+
+        def explored(handle: Handle) -> None:
+            self._explored.setdefault(name, handle)
+
+        return Scope(
+            _Options(kind=sc.KIND_OPTION, name=name, attributes=attributes, on_enter=explored)
+        )
+
+    def choose(self, option: str, *, reason: str | None = None, score: float | None = None) -> None:
+        """Record the chosen option (with a ``chosen_option`` link to its span when it
+        was explored). Choosing again replaces the choice."""
+        self._check_offered(option)
+        self.chosen = option
+        attrs: dict[str, Any] = {sc.DECISION_CHOSEN: option}
+        if reason is not None:
+            attrs[sc.DECISION_REASON] = clean_value(reason)
+        if score is not None:
+            if not isinstance(score, int | float) or isinstance(score, bool):
+                raise ValueError(f"score must be a number, got {score!r}")
+            attrs[sc.DECISION_SCORE] = float(score)
+        self.span.set_attributes(attrs)
+        explored = self._explored.get(option)
+        if explored is not None:
+            link = link_to(explored, sc.LINK_CHOSEN_OPTION)
+            self.span.add_link(link.context, link.attributes)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        ids = tuple(self._explored[o].span_id if o in self._explored else "" for o in self.options)
+        self.span.set_attribute(sc.DECISION_OPTION_SPAN_IDS, ids)
+
+
+def decision(
+    name: str, /, options: Iterable[str], *, attributes: Mapping[str, Any] | None = None
+) -> Scope:
+    """A decision point offering ``options``: ``with decision("route", options=[...]) as d:``
+    then ``with d.option("a"): ...`` to explore one and ``d.choose("a", reason=...)``.
+
+    Leaving a decision without a choice is allowed (``spangraph.decision.chosen`` absent).
+    """
+    _check_name(name, "decision name")
+    if isinstance(options, str):
+        raise TypeError("options must be a list of names, not a single string")
+    offered = tuple(options)
+    if not offered:
+        raise ValueError(f"decision {name!r} needs at least one option")
+    for option in offered:
+        _check_name(option, "option name")
+    if len(set(offered)) != len(offered):
+        raise ValueError(f"decision {name!r} offers the same option twice: {offered!r}")
+
+    def start(handle: Decision) -> None:
+        handle.options = offered
+
+    attrs = {**(attributes or {}), sc.DECISION_OPTIONS: list(offered)}
+    return Scope(
+        _Options(
+            kind=sc.KIND_DECISION,
+            name=name,
+            attributes=attrs,
+            handle_cls=Decision,
+            on_enter=start,
+            on_finish=lambda h, exc: h._finish(exc),
+        )
+    )
+
+
+class Branch(Handle):
+    """A running branch (what ``with branch(...) as b`` gives); ``b.branch_id``."""
+
+    __slots__ = ()
+
+
+def branch(
+    name: str, /, *, branch_id: str | None = None, attributes: Mapping[str, Any] | None = None
+) -> Scope:
+    """A branch of a run. Every span inside it — in other asyncio tasks and threads
+    started from inside it too — carries its ``spangraph.branch.id`` (a new UUIDv7
+    unless one is given). Use as ``with``, ``async with`` or a decorator."""
+    _check_name(name, "branch name")
+    if branch_id is not None:
+        _check_name(branch_id, "branch_id")
+    return Scope(
+        _Options(
+            kind=sc.KIND_BRANCH,
+            name=name,
+            attributes=dict(attributes or {}),
+            branch_id=branch_id,
+            handle_cls=Branch,
+        )
+    )
+
+
+def monitor(
+    target: Any, /, name: str | None = None, *, attributes: Mapping[str, Any] | None = None
+) -> Scope:
+    """A ``monitor`` span that watches ``target`` — a branch, any spangraph handle, an
+    OTel span or SpanContext, or a ``handle.ref`` string — through a span link of type
+    ``monitors`` (a ``MONITORS`` edge in the graph)."""
+    link = link_to(target, sc.LINK_MONITORS)
+    label = name or (f"monitor {target.name}" if isinstance(target, Handle) else "monitor")
+    _check_name(label, "monitor name")
+    return Scope(
+        _Options(kind=sc.KIND_MONITOR, name=label, attributes=dict(attributes or {}), links=(link,))
+    )

@@ -1,0 +1,226 @@
+"""LLM and tool calls as GenAI spans, with streamed tokens sent live only.
+
+``llm(...)`` follows OpenTelemetry's GenAI conventions (``gen_ai.operation.name``,
+``gen_ai.request.model``, ``gen_ai.provider.name``, ``gen_ai.usage.*``). Tokens streamed
+with :meth:`LLMCall.token` go to live subscribers as ``token`` events and are never
+written to the graph; the complete message is recorded once, as ``llm.complete`` — stream
+tokens, persist complete messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from opentelemetry import trace
+
+from . import semconv as sc
+from ._attrs import clean, clean_value
+from ._spans import Handle, _add_event, _check_name, _Options
+from .instrument import Scope
+from .processors.live import emit_event
+
+__all__ = ["LLMCall", "ToolCall", "llm", "tool"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LLMCall(Handle):
+    """A running model call (what ``with llm(...) as call`` gives)."""
+
+    __slots__ = ("_completed", "_parts", "tokens")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._parts: list[str] = []
+        self._completed = False
+        self.tokens = 0
+
+    def token(self, text: str) -> None:
+        """Stream one token (or chunk) to live subscribers; kept to build the message."""
+        text = str(text)
+        self._parts.append(text)
+        self.tokens += 1
+        emit_event(self.span, sc.TOKEN, {"text": text, "index": self.tokens - 1}, time.time_ns())
+
+    def usage(self, *, input_tokens: int | None = None, output_tokens: int | None = None) -> None:
+        """Record token usage (``gen_ai.usage.input_tokens`` / ``output_tokens``)."""
+        attrs = {
+            sc.GEN_AI_USAGE_INPUT_TOKENS: input_tokens,
+            sc.GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens,
+        }
+        self.span.set_attributes({k: int(v) for k, v in attrs.items() if v is not None})
+
+    def complete(
+        self, message: str | None = None, *, finish_reason: str | None = None, **attributes: Any
+    ) -> None:
+        """Record the complete message once (``llm.complete``); without ``message``, the
+        streamed tokens joined. Called for you at the end when tokens were streamed."""
+        if self._completed:
+            return
+        self._completed = True
+        text = "".join(self._parts) if message is None else message
+        _add_event(
+            self.span,
+            sc.LLM_COMPLETE,
+            {
+                "message": text,
+                "finish_reason": finish_reason,
+                "streamed_tokens": self.tokens or None,
+                **attributes,
+            },
+        )
+        if finish_reason is not None:
+            self.span.set_attribute("gen_ai.response.finish_reasons", (str(finish_reason),))
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self._parts and not self._completed:
+            self.complete(finish_reason=None if exc is None else "error")
+
+
+def llm(
+    model: str,
+    /,
+    *,
+    provider: str | None = None,
+    operation: str = "chat",
+    name: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Scope:
+    """A model call: ``with llm("gpt-4o", provider="openai") as call:`` then
+    ``call.token(chunk)`` while streaming, ``call.usage(input_tokens=…, output_tokens=…)``
+    and ``call.complete(message)``. The span is named ``"{operation} {model}"``."""
+    _check_name(model, "model")
+    _check_name(operation, "operation")
+    attrs: dict[str, Any] = {sc.GEN_AI_OPERATION_NAME: operation, sc.GEN_AI_REQUEST_MODEL: model}
+    if provider is not None:
+        attrs[sc.GEN_AI_PROVIDER_NAME] = provider
+    attrs.update(attributes or {})
+    return Scope(
+        _Options(
+            kind=sc.KIND_LLM,
+            name=name or f"{operation} {model}",
+            attributes=attrs,
+            handle_cls=LLMCall,
+            on_finish=lambda h, exc: h._finish(exc),
+        )
+    )
+
+
+class ToolCall(Handle):
+    """A running tool call (what ``with tool(...) as call`` gives)."""
+
+    __slots__ = ("_responded",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._responded = False
+
+    def respond(self, result: Any, **attributes: Any) -> None:
+        """Record the tool's answer (``tool.response``)."""
+        self._responded = True
+        _add_event(self.span, sc.TOOL_RESPONSE, {"result": clean_value(result), **attributes})
+
+
+def _tool_options(
+    name: str | None,
+    attributes: Mapping[str, Any] | None,
+    on_enter: Callable[[Any], None] | None = None,
+) -> _Options:
+    attrs: dict[str, Any] = {sc.GEN_AI_OPERATION_NAME: "execute_tool", **(attributes or {})}
+    if name is not None:
+        attrs[sc.GEN_AI_TOOL_NAME] = name
+    return _Options(
+        kind=sc.KIND_TOOL,
+        name=None if name is None else f"execute_tool {name}",
+        attributes=attrs,
+        handle_cls=ToolCall,
+        on_enter=on_enter,
+    )
+
+
+def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``fn`` so that its arguments and result become tool.call / tool.response."""
+    signature = inspect.signature(fn)
+
+    def call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            bound = signature.bind(*args, **kwargs).arguments
+        except TypeError:
+            bound = {}
+        arguments = {f"arguments.{k}": v for k, v in bound.items()}
+        _add_event(trace.get_current_span(), sc.TOOL_CALL, {"tool": name, **arguments})
+
+    def respond(result: Any) -> None:
+        _add_event(trace.get_current_span(), sc.TOOL_RESPONSE, {"result": clean_value(result)})
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_inner(*args: Any, **kwargs: Any) -> Any:
+            call(args, kwargs)
+            result = await fn(*args, **kwargs)
+            respond(result)
+            return result
+
+        return async_inner
+
+    @functools.wraps(fn)
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        call(args, kwargs)
+        result = fn(*args, **kwargs)
+        respond(result)
+        return result
+
+    return inner
+
+
+class _ToolScope(Scope):
+    """``tool("name")``: a block that records ``tool.call`` with ``arguments``, or a
+    decorator that records the call's arguments and result."""
+
+    __slots__ = ("_tool_attrs", "_tool_name")
+
+    def __init__(
+        self,
+        name: str | None,
+        arguments: Mapping[str, Any] | None,
+        attributes: Mapping[str, Any] | None,
+    ) -> None:
+        def called(handle: ToolCall) -> None:
+            _add_event(handle.span, sc.TOOL_CALL, {"tool": name, **clean(arguments)})
+
+        super().__init__(_tool_options(name, attributes, called))
+        self._tool_name = name
+        self._tool_attrs = attributes
+
+    def __call__(self, fn: F) -> F:
+        if not callable(fn):
+            raise TypeError(f"tool() decorates a function, got {fn!r}")
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                "tool() cannot decorate a generator: its result is not known when it returns"
+            )
+        name = self._tool_name or fn.__name__
+        scope = Scope(_tool_options(name, self._tool_attrs))
+        return scope(_record_io(name, fn))  # type: ignore[return-value]
+
+
+def tool(
+    name_or_fn: Any = None,
+    /,
+    *,
+    arguments: Mapping[str, Any] | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Any:
+    """A tool call (``execute_tool`` span). As a decorator (``@tool``, ``@tool("search")``)
+    it records the call's arguments (``tool.call``) and its result (``tool.response``);
+    as a block, ``with tool("search", arguments={...}) as call: … call.respond(result)``."""
+    if callable(name_or_fn) and not isinstance(name_or_fn, str):
+        return _ToolScope(None, None, attributes)(name_or_fn)
+    if name_or_fn is not None:
+        _check_name(name_or_fn, "tool name")
+    return _ToolScope(name_or_fn, arguments, attributes)
