@@ -7,7 +7,9 @@ values passed as parameters only. Unknown ids give an empty answer, never an err
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -62,6 +64,7 @@ def statements() -> dict[str, str]:
         "list_workflows": LIST_WORKFLOWS,
         "path_to_root": PATH_TO_ROOT,
         "workflow_events": WORKFLOW_EVENTS,
+        **_MORE_STATEMENTS,
     }
 
 
@@ -179,3 +182,326 @@ def workflow_events(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]
         ORDER BY e.time_ns, s.span_id, e.seq
     """
     return [_decode(r) for r in store.query(WORKFLOW_EVENTS, {"workflow_id": workflow_id})]
+
+
+# -- decisions, branches, monitors ------------------------------------------------------
+
+DECISIONS: Final = (
+    "MATCH (d:Decision {workflow_id: $workflow_id})\n"
+    "OPTIONAL MATCH (d)-[:OPTION_OF]->(o:Span)\n"
+    "WITH d, collect(o.name) AS option_names, collect(o.state) AS option_states,\n"
+    "     collect(o.span_id) AS option_ids\n"
+    "OPTIONAL MATCH (d)-[:CHOSEN_OPTION]->(c:Span)\n"
+    "RETURN d.span_id AS span_id, d.name AS name, d.state AS state, d.start_ns AS start_ns,\n"
+    "       d.branch_id AS branch_id, d.attributes AS attributes, option_names,\n"
+    "       option_states, option_ids, c.name AS chosen\n"
+    "ORDER BY d.start_ns"
+)
+
+BRANCHES: Final = (
+    "MATCH (b:Branch {workflow_id: $workflow_id})\n"
+    "OPTIONAL MATCH (s:Span {branch_id: b.branch_id})\n"
+    "RETURN b.span_id AS span_id, b.name AS name, b.branch_id AS branch_id,\n"
+    "       b.state AS state, b.start_ns AS start_ns, b.duration_ms AS duration_ms,\n"
+    "       count(s) AS nodes,\n"
+    "       sum(CASE WHEN s.state = 'failed' THEN 1 ELSE 0 END) AS failed\n"
+    "ORDER BY b.start_ns"
+)
+
+BRANCH_SPANS: Final = (
+    "MATCH (s:Span {branch_id: $branch_id})\n"
+    "OPTIONAL MATCH (s)-[:HAS_EVENT]->(e:Event)\n"
+    "WITH s, e ORDER BY e.seq\n"
+    f"RETURN s.span_id AS {_SPAN_FIELDS},\n"
+    "       collect(e.name) AS events\n"
+    "ORDER BY start_ns, span_id"
+)
+
+MONITORS: Final = (
+    "MATCH (m:Span {workflow_id: $workflow_id})-[:MONITORS]->(t:Span)\n"
+    "RETURN m.span_id AS monitor_span_id, m.name AS monitor, m.branch_id AS monitor_branch_id,\n"
+    "       t.span_id AS target_span_id, t.name AS target, t.kind AS target_kind,\n"
+    "       t.branch_id AS target_branch_id\n"
+    "ORDER BY m.start_ns, t.span_id"
+)
+
+DECISION_ANALYTICS: Final = (
+    "MATCH (d:Decision {name: $name})-[:CHOSEN_OPTION]->(o:Span)\n"
+    "WHERE $project_id IS NULL OR d.project_id = $project_id\n"
+    "MATCH (w:Workflow)\n"
+    "WHERE w.workflow_id = d.workflow_id\n"
+    "RETURN o.name AS option, count(w) AS chosen,\n"
+    "       sum(CASE WHEN w.state = 'completed' THEN 1 ELSE 0 END) AS succeeded,\n"
+    "       avg(w.duration_ms) AS mean_duration_ms\n"
+    "ORDER BY chosen DESC, option"
+)
+
+ABANDONED: Final = (
+    "MATCH (s:Span {state: 'running'})\n"
+    "WHERE s.start_ns < $started_before_ns\n"
+    "  AND ($project_id IS NULL OR s.project_id = $project_id)\n"
+    f"RETURN s.span_id AS {_SPAN_FIELDS}\n"
+    "ORDER BY s.start_ns\n"
+    "LIMIT $limit"
+)
+
+_MORE_STATEMENTS: Final = {
+    "decisions": DECISIONS,
+    "branches": BRANCHES,
+    "branch_spans": BRANCH_SPANS,
+    "monitors": MONITORS,
+    "decision_analytics": DECISION_ANALYTICS,
+    "abandoned": ABANDONED,
+}
+
+
+def _attrs_of(row: dict[str, Any]) -> dict[str, Any]:
+    raw = row.get("attributes")
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, str):
+        with contextlib.suppress(ValueError):
+            value = json.loads(raw)
+            return value if isinstance(value, dict) else {}
+    return {}
+
+
+def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
+    """Every decision of a run with all its options (explored or not), the chosen one,
+    the reason and the score, in time order.
+
+    .. code-block:: cypher
+
+        MATCH (d:Decision {workflow_id: $workflow_id})
+        OPTIONAL MATCH (d)-[:OPTION_OF]->(o:Span)
+        WITH d, collect(o.name) AS option_names, collect(o.state) AS option_states, ...
+        OPTIONAL MATCH (d)-[:CHOSEN_OPTION]->(c:Span)
+        RETURN d.span_id AS span_id, d.name AS name, ..., c.name AS chosen
+    """
+    out = []
+    for row in store.query(DECISIONS, {"workflow_id": workflow_id}):
+        attrs = _attrs_of(row)
+        offered = list(attrs.get("spangraph.decision.options") or [])
+        found = {
+            n: {"name": n, "state": s, "span_id": i, "explored": s != "unexplored"}
+            for n, s, i in zip(
+                row["option_names"], row["option_states"], row["option_ids"], strict=False
+            )
+            if n is not None
+        }
+        order = offered + sorted(n for n in found if n not in offered)
+        options = [
+            found.get(n, {"name": n, "state": None, "span_id": None, "explored": False})
+            for n in order
+        ]
+        chosen = row.get("chosen") or attrs.get("spangraph.decision.chosen")
+        for option in options:
+            option["chosen"] = option["name"] == chosen
+        out.append(
+            {
+                "span_id": row["span_id"],
+                "name": row["name"],
+                "state": row["state"],
+                "branch_id": row.get("branch_id"),
+                "start_ns": row["start_ns"],
+                "options": options,
+                "chosen": chosen,
+                "reason": attrs.get("spangraph.decision.reason"),
+                "score": attrs.get("spangraph.decision.score"),
+            }
+        )
+    return out
+
+
+def branches(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
+    """The branches of a run: name, id, state, duration, how many nodes ran in each and
+    how many failed.
+
+    .. code-block:: cypher
+
+        MATCH (b:Branch {workflow_id: $workflow_id})
+        OPTIONAL MATCH (s:Span {branch_id: b.branch_id})
+        RETURN b.span_id AS span_id, b.name AS name, ..., count(s) AS nodes,
+               sum(CASE WHEN s.state = 'failed' THEN 1 ELSE 0 END) AS failed
+    """
+    rows = store.query(BRANCHES, {"workflow_id": workflow_id})
+    for row in rows:
+        row["nodes"], row["failed"] = int(row["nodes"] or 0), int(row["failed"] or 0)
+    return rows
+
+
+def branch_summary(store: GraphStore, branch_id: str) -> dict[str, Any] | None:
+    """One branch: its nodes in time order, each with its events' names, and totals.
+    ``None`` for an unknown branch.
+
+    .. code-block:: cypher
+
+        MATCH (s:Span {branch_id: $branch_id})
+        OPTIONAL MATCH (s)-[:HAS_EVENT]->(e:Event)
+        WITH s, e ORDER BY e.seq
+        RETURN s.span_id AS span_id, ..., collect(e.name) AS events ORDER BY start_ns
+    """
+    nodes = [_decode(r) for r in store.query(BRANCH_SPANS, {"branch_id": branch_id})]
+    if not nodes:
+        return None
+    head = next((n for n in nodes if n.get("kind") == "branch"), nodes[0])
+    states: dict[str, int] = {}
+    for node in nodes:
+        states[str(node.get("state"))] = states.get(str(node.get("state")), 0) + 1
+    return {
+        "branch_id": branch_id,
+        "name": head.get("name"),
+        "workflow_id": head.get("workflow_id"),
+        "state": head.get("state"),
+        "duration_ms": head.get("duration_ms"),
+        "states": states,
+        "nodes": nodes,
+    }
+
+
+def monitors(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
+    """Cross-branch monitors of a run: each monitor span, what it watches, and the
+    branches of both.
+
+    .. code-block:: cypher
+
+        MATCH (m:Span {workflow_id: $workflow_id})-[:MONITORS]->(t:Span)
+        RETURN m.span_id AS monitor_span_id, m.name AS monitor, m.branch_id AS ...,
+               t.span_id AS target_span_id, t.name AS target, t.branch_id AS ...
+    """
+    return store.query(MONITORS, {"workflow_id": workflow_id})
+
+
+def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
+    """A run as the ordered list of messages a live subscriber would have seen
+    (``span.started``, every event, ``span.ended``), numbered by ``seq`` — ready to
+    re-render the run. Built from :func:`workflow_spans` and :func:`workflow_events`."""
+    spans = {s["span_id"]: s for s in workflow_spans(store, workflow_id)}
+    messages: list[tuple[int, int, dict[str, Any]]] = []
+
+    def message(kind: str, span: dict[str, Any], time_ns: int, attributes: Any) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "workflow_id": workflow_id,
+            "project_id": span.get("project_id"),
+            "trace_id": span.get("trace_id"),
+            "span_id": span["span_id"],
+            "parent_span_id": span.get("parent_span_id"),
+            "kind": span.get("kind"),
+            "name": span.get("name"),
+            "time_unix_nano": time_ns,
+            "attributes": attributes if isinstance(attributes, dict) else {},
+            "service": span.get("service"),
+            "env": span.get("env"),
+        }
+
+    for span in spans.values():
+        if span.get("state") == "unexplored" or span.get("start_ns") is None:
+            continue
+        messages.append(
+            (
+                span["start_ns"],
+                0,
+                message("span.started", span, span["start_ns"], span.get("attributes")),
+            )
+        )
+        if span.get("end_ns") is not None:
+            attrs = {
+                **(span.get("attributes") or {}),
+                "state": span.get("state"),
+                "duration_ms": span.get("duration_ms"),
+            }
+            messages.append((span["end_ns"], 2, message("span.ended", span, span["end_ns"], attrs)))
+    for event in workflow_events(store, workflow_id):
+        span = spans.get(event["span_id"])
+        if span is not None:
+            messages.append(
+                (
+                    event["time_ns"],
+                    1,
+                    message(event["name"], span, event["time_ns"], event.get("attributes")),
+                )
+            )
+    messages.sort(key=lambda m: (m[0], m[1]))
+    out = []
+    for seq, (_, _, msg) in enumerate(messages, start=1):
+        msg["seq"] = seq
+        out.append(msg)
+    return out
+
+
+def decision_analytics(
+    store: GraphStore, name: str, *, project_id: str | None = None
+) -> list[dict[str, Any]]:
+    """For the decision named ``name``, across runs: how often each option was chosen,
+    and the success rate and mean duration of the runs after each choice.
+
+    .. code-block:: cypher
+
+        MATCH (d:Decision {name: $name})-[:CHOSEN_OPTION]->(o:Span)
+        WHERE $project_id IS NULL OR d.project_id = $project_id
+        MATCH (w:Workflow) WHERE w.workflow_id = d.workflow_id
+        RETURN o.name AS option, count(w) AS chosen,
+               sum(CASE WHEN w.state = 'completed' THEN 1 ELSE 0 END) AS succeeded,
+               avg(w.duration_ms) AS mean_duration_ms
+        ORDER BY chosen DESC, option
+    """
+    rows = store.query(DECISION_ANALYTICS, {"name": name, "project_id": project_id})
+    for row in rows:
+        row["chosen"], row["succeeded"] = int(row["chosen"]), int(row["succeeded"] or 0)
+        row["success_rate"] = round(row["succeeded"] / row["chosen"], 4) if row["chosen"] else None
+        if row.get("mean_duration_ms") is not None:
+            row["mean_duration_ms"] = round(float(row["mean_duration_ms"]), 3)
+    return rows
+
+
+def abandoned(
+    store: GraphStore,
+    *,
+    older_than_s: float = 3600.0,
+    project_id: str | None = None,
+    limit: int = 100,
+    now_ns: int | None = None,
+) -> list[dict[str, Any]]:
+    """Spans still ``running`` that started more than ``older_than_s`` seconds ago: their
+    process most likely died (a killed process leaves its partial tree running).
+
+    .. code-block:: cypher
+
+        MATCH (s:Span {state: 'running'})
+        WHERE s.start_ns < $started_before_ns
+          AND ($project_id IS NULL OR s.project_id = $project_id)
+        RETURN s.span_id AS span_id, ... ORDER BY s.start_ns LIMIT $limit
+    """
+    if older_than_s < 0:
+        raise ValueError(f"older_than_s must be >= 0, got {older_than_s}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    now = time.time_ns() if now_ns is None else now_ns
+    params = {
+        "started_before_ns": now - int(older_than_s * 1e9),
+        "project_id": project_id,
+        "limit": int(limit),
+    }
+    return [_decode(r) for r in store.query(ABANDONED, params)]
+
+
+def diff(store: GraphStore, a: str, b: str, *, branches: bool = False) -> dict[str, Any]:
+    """Structural diff of two runs (workflow ids), or of two branches (branch ids with
+    ``branches=True``): the first point where they diverge (a different step, or a
+    different chosen option at the same decision), the steps found in only one of them,
+    and the duration difference of every step found in both (``delta_ms`` = b - a).
+
+    Spans are compared by their path of names from the run's (or branch's) root, in
+    depth-first order with siblings by start time. Built from :func:`workflow_spans`
+    (or the spans of :func:`branch_summary`).
+    """
+    from ._diff import diff as structural_diff
+
+    def spans_of(key: str) -> list[dict[str, Any]]:
+        if branches:
+            summary = branch_summary(store, key)
+            return summary["nodes"] if summary else []
+        return workflow_spans(store, key)
+
+    return structural_diff(a, spans_of(a), b, spans_of(b)).to_dict()
