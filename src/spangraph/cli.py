@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -67,39 +68,176 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _cmd_query(args: argparse.Namespace) -> int:
+def _decision_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def label(option: dict[str, Any]) -> str:
+        mark = "*" if option["chosen"] else ""
+        return f"{option['name']}{mark}" + ("" if option["explored"] else " (unexplored)")
+
+    return [
+        {
+            "decision": r["name"],
+            "options": ", ".join(label(o) for o in r["options"]),
+            "chosen": r["chosen"],
+            "reason": r["reason"],
+            "score": r["score"],
+            "span_id": r["span_id"],
+        }
+        for r in rows
+    ]
+
+
+def _run_query(args: argparse.Namespace, store: Any) -> int:
     from . import queries
+
+    what = args.what
+    rows: Any
+    if what == "workflows":
+        rows = queries.workflows(
+            store, project_id=args.project, state=args.state, name=args.name, limit=args.limit
+        )
+        if not args.json:
+            keep = ("workflow_id", "name", "state", "duration_ms", "start_ns", "project_id")
+            rows = [{k: r.get(k) for k in keep} for r in rows]
+    elif what == "tree":
+        if args.json:
+            rows = queries.workflow_spans(store, args.id)
+        else:
+            from ._demo import print_tree
+
+            roots = queries.tree(store, args.id)
+            if not roots:
+                print(f"no spans for workflow {args.id}", file=sys.stderr)
+                return 1
+            print_tree(roots, print)
+            return 0
+    elif what == "path":
+        rows = queries.path_to_root(store, args.id)
+    elif what == "events":
+        rows = queries.workflow_events(store, args.id)
+    elif what == "replay":
+        rows = queries.replay(store, args.id)
+        if not args.json:
+            rows = [{k: m[k] for k in ("seq", "type", "kind", "name", "span_id")} for m in rows]
+    elif what == "decisions":
+        rows = queries.decisions(store, args.id)
+        rows = rows if args.json else _decision_rows(rows)
+    elif what == "branches":
+        rows = queries.branches(store, args.id)
+    elif what == "branch":
+        summary = queries.branch_summary(store, args.id)
+        if summary is None:
+            print(f"no branch {args.id}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(summary, indent=2, default=str))
+            return 0
+        print(
+            f"branch {summary['name']} ({summary['state']}, {summary['duration_ms']} ms): "
+            + ", ".join(f"{n} {s}" for s, n in summary["states"].items())
+        )
+        rows = [
+            {k: n.get(k) for k in ("kind", "name", "state", "duration_ms", "events")}
+            for n in summary["nodes"]
+        ]
+    elif what == "monitors":
+        rows = queries.monitors(store, args.id)
+    elif what == "analytics":
+        rows = queries.decision_analytics(store, args.id, project_id=args.project)
+    elif what == "diff":
+        result = queries.diff(store, args.a, args.b, branches=args.branches)
+        if args.json:
+            print(json.dumps(result, indent=2, default=str))
+            return 0
+        _print_diff(result)
+        return 0
+    elif what == "abandoned":
+        rows = queries.abandoned(
+            store, older_than_s=args.older_than, project_id=args.project, limit=args.limit
+        )
+        if not args.json:
+            keep = ("span_id", "kind", "name", "workflow_id", "start_ns", "service")
+            rows = [{k: r.get(k) for k in keep} for r in rows]
+    else:  # cypher
+        rows = store.query(args.text)
+    _print_rows(rows, args.json)
+    return 0
+
+
+def _print_diff(result: dict[str, Any]) -> None:
+    first = result["first_divergence"]
+    if first is None:
+        print("the two have the same structure")
+    else:
+        a, b = first["a"] or {}, first["b"] or {}
+        detail = (
+            f"chose {a.get('chosen')!r} vs {b.get('chosen')!r}"
+            if first["reason"] == "different choice"
+            else f"{a.get('path')!r} vs {b.get('path')!r}"
+        )
+        print(f"first divergence at step {first['index']}: {first['reason']} ({detail})")
+    print(f"only in {result['a']}: {', '.join(result['only_in_a']) or '-'}")
+    print(f"only in {result['b']}: {', '.join(result['only_in_b']) or '-'}")
+    if result["durations"]:
+        print()
+        _print_rows(result["durations"], False)
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
     from .stores import open_store
 
     store = open_store(Settings.from_env(home=args.home))
     try:
-        if args.what == "workflows":
-            rows = queries.workflows(store, project_id=args.project, state=args.state,
-                                     name=args.name, limit=args.limit)
-            keep = ("workflow_id", "name", "state", "duration_ms", "start_ns", "project_id")
-            rows = [{k: r.get(k) for k in keep} for r in rows]
-        elif args.what == "tree":
-            if args.json:
-                rows = queries.workflow_spans(store, args.id)
-            else:
-                from ._demo import print_tree
-
-                roots = queries.tree(store, args.id)
-                if not roots:
-                    print(f"no spans for workflow {args.id}")
-                    return 1
-                print_tree(roots, print)
-                return 0
-        elif args.what == "path":
-            rows = queries.path_to_root(store, args.id)
-        elif args.what == "events":
-            rows = queries.workflow_events(store, args.id)
-        else:  # cypher
-            rows = store.query(args.id)
-        _print_rows(rows, args.json)
-        return 0
+        return _run_query(args, store)
     finally:
         store.close()
+
+
+def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    sub = q.add_subparsers(dest="what", required=True, metavar="QUESTION")
+
+    def add(name: str, help_text: str, *args: tuple[str, str]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        for arg, arg_help in args:
+            p.add_argument(arg, help=arg_help)
+        return p
+
+    w = add("workflows", "recent runs, newest first")
+    w.add_argument("--project", help="only this project")
+    w.add_argument("--state", help="only this state (running, completed, failed, cancelled)")
+    w.add_argument("--name", help="only this workflow name")
+    w.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    add("tree", "one run as a tree", ("id", "workflow id"))
+    add("path", "the path from a span to its root", ("id", "span id"))
+    add("events", "every event of a run, in time order", ("id", "workflow id"))
+    add("replay", "a run as the ordered live messages", ("id", "workflow id"))
+    add("decisions", "decision points with all options and the choice", ("id", "workflow id"))
+    add("branches", "the branches of a run", ("id", "workflow id"))
+    add("branch", "one branch: its nodes in time order", ("id", "branch id"))
+    add("monitors", "cross-branch monitors of a run", ("id", "workflow id"))
+    a = add(
+        "analytics",
+        "how often each option of a decision was chosen, and how runs fared",
+        ("id", "decision name"),
+    )
+    a.add_argument("--project", help="only this project")
+    d = add(
+        "diff",
+        "structural diff of two runs (or branches)",
+        ("a", "first workflow id"),
+        ("b", "second workflow id"),
+    )
+    d.add_argument("--branches", action="store_true", help="a and b are branch ids")
+    ab = add("abandoned", "spans still running long after they started")
+    ab.add_argument(
+        "--older-than",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="started more than this many seconds ago (default 3600)",
+    )
+    ab.add_argument("--project", help="only this project")
+    ab.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    add("cypher", "run a read-only Cypher statement", ("text", "the Cypher text"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,39 +255,36 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--home", help="data dir of the embedded server (SPANGRAPH_HOME)")
         return p
 
-    add("demo", "run a small agent workflow, watch it live, print it from the graph"
-        ).set_defaults(func=_cmd_demo)
+    add("demo", "run a small agent workflow, watch it live, print it from the graph").set_defaults(
+        func=_cmd_demo
+    )
     add("up", "start the embedded server (or show the running one)").set_defaults(func=_cmd_up)
     add("down", "stop the embedded server (its data stays)").set_defaults(func=_cmd_down)
     add("status", "is the embedded server running?").set_defaults(func=_cmd_status)
-    q = add("query", "ask the graph: workflows, tree ID, path SPAN_ID, events ID, cypher TEXT")
-    q.add_argument("what", choices=["workflows", "tree", "path", "events", "cypher"])
-    q.add_argument("id", nargs="?", help="workflow id, span id, or the Cypher text")
-    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    q.add_argument("--project", help="workflows: only this project")
-    q.add_argument("--state", help="workflows: only this state")
-    q.add_argument("--name", help="workflows: only this workflow name")
-    q.add_argument("--limit", type=int, default=50, help="workflows: at most this many")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", help="data dir of the embedded server (SPANGRAPH_HOME)")
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q = sub.add_parser(
+        "query",
+        help="ask the graph (see spangraph query -h)",
+        description="Ask the graph about runs, decisions and branches.",
+    )
+    _add_query_parsers(q, common)
     q.set_defaults(func=_cmd_query)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # argparse cannot match an optional positional after an option ("query cypher
-    # --home H 'MATCH …'"): take a single leftover word as that positional.
-    if args.command == "query" and not args.id and len(extra) == 1 and not extra[0].startswith("-"):
-        args.id, extra = extra[0], []
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "query" and args.what != "workflows" and not args.id:
-        parser.error(f"query {args.what} needs an argument")
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except SpangraphError as exc:
         print(f"spangraph: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
