@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import redis
 
-from . import _sdk, queries
+from . import _sdk, branching, genai, queries
 from . import instrument as sg
 from ._ids import uuid7
 from .processors.live import workflow_channel
@@ -53,36 +53,75 @@ async def summarize_large(texts: list[str]) -> str:
 @sg.step("summarize-with-small-model")
 async def summarize_small(texts: list[str]) -> str:
     await asyncio.sleep(0.03)
-    sg.event("llm.complete", model="small-model", output_tokens=42)
     return "short summary"
 
 
-@sg.step("draft-answer")
-def draft(summary: str) -> str:
-    with sg.step("outline"):
-        outline = ["intro", "findings"]
-    with sg.step("write-sections") as s:
-        for section in outline:
+async def summarize(texts: list[str]) -> str:
+    """A decision with three options: two explored, one chosen, one never tried."""
+    options = ["large-model", "small-model", "extractive"]
+    with branching.decision("choose-summarizer", options=options) as choice:
+        async with choice.option("large-model"):
+            try:
+                summary = await summarize_large(texts)
+            except TimeoutError:
+                summary = None
+        if summary is not None:
+            choice.choose("large-model", reason="best quality", score=0.9)
+            return summary
+        async with choice.option("small-model"):
+            summary = await summarize_small(texts)
+        choice.choose("small-model", reason="large model timed out", score=0.7)
+        return summary
+
+
+@genai.tool("cite-sources")
+def cite_sources(summary: str) -> list[str]:
+    return ["arxiv:2401.00001", "wikipedia:Graph_database"]
+
+
+async def write_draft(style: str, summary: str) -> branching.Branch:
+    """One drafting branch: a streamed model answer, plus citations when detailed."""
+    async with branching.branch(f"draft-{style}") as draft:
+        with sg.step("outline"):
+            sections = ["findings"] if style == "concise" else ["intro", "findings", "limits"]
+        async with genai.llm("small-model", provider="local") as call:
+            for token in f"A {style} answer about {summary}.".split(" "):
+                call.token(token + " ")
+                await asyncio.sleep(0.005)
+            call.usage(input_tokens=120, output_tokens=len(sections) * 40)
+        for section in sections:
             with sg.step(f"write-{section}"):
-                time.sleep(0.01)
-        s.set(sections=len(outline))
-    return f"answer based on {summary}"
+                await asyncio.sleep(0.01)
+        if style == "detailed":
+            cite_sources(summary)
+        draft.set(sections=len(sections))
+        return draft
 
 
-async def research(question: str, workflow_id: str) -> str:
+async def review(target: branching.Branch) -> None:
+    """A third branch that watches the detailed draft."""
+    async with branching.branch("review"):
+        with branching.monitor(target, name=f"watch {target.name}"), sg.step("check-claims"):
+            await asyncio.sleep(0.02)
+
+
+async def research(question: str, workflow_id: str) -> dict[str, Any]:
     async with sg.workflow("research-assistant", workflow_id=workflow_id) as run:
         run.set(question=question)
         sources = plan(question)
         with sg.step("gather"):
             results = await asyncio.gather(*(search(s) for s in sources))
         fetch_page("https://example.org/paper")
-        try:
-            summary = await summarize_large([str(r) for r in results])
-        except TimeoutError:
-            sg.event("fallback", reason="large model timed out", to="small-model")
-            summary = await summarize_small([str(r) for r in results])
+        summary = await summarize([str(r) for r in results])
         await sg.asleep(0.1, reason="rate limit")
-        return draft(summary)
+        concise, detailed = await asyncio.gather(
+            write_draft("concise", summary), write_draft("detailed", summary)
+        )
+        await review(detailed)
+        return {
+            "answer": f"answer based on {summary}",
+            "branches": (concise.branch_id, detailed.branch_id),
+        }
 
 
 # -- watching and printing -------------------------------------------------------------------
@@ -142,30 +181,71 @@ def run_demo(out: TextIO, *, home: str | None = None) -> int:
     if instance.store is None or instance.redis_url is None:  # pragma: no cover
         raise RuntimeError("the demo needs both the graph store and live events")
     workflow_id = uuid7()
-    say(f"spangraph demo — graph store: {instance.settings.graph_url}, "
-        f"live events: {instance.redis_url}")
+    say(
+        f"spangraph demo — graph store: {instance.settings.graph_url}, "
+        f"live events: {instance.redis_url}"
+    )
     say(f"running workflow 'research-assistant' (workflow_id {workflow_id})\n")
     say("live events, as they arrive from Redis:")
     tail = _LiveTail(instance.redis_url, workflow_id, say)
     tail.start()
-    answer = asyncio.run(research("How do agents branch?", workflow_id))
+    result = asyncio.run(research("How do agents branch?", workflow_id))
     _sdk.flush()
     tail.done.wait(5.0)
     tail.done.set()
     tail.join(2.0)
-    say(f"\nanswer: {answer}")
-    say(f"{tail.count} live events received, seq {min(tail.seqs, default=0)} to "
-        f"{max(tail.seqs, default=0)}\n")
+    say(f"\nanswer: {result['answer']}")
+    say(
+        f"{tail.count} live events received, seq {min(tail.seqs, default=0)} to "
+        f"{max(tail.seqs, default=0)}\n"
+    )
+    store = instance.store
     say("the run, read back from the graph:")
-    print_tree(queries.tree(instance.store, workflow_id), say)
+    print_tree(queries.tree(store, workflow_id), say)
+    say("\ndecisions (spangraph query decisions):")
+    for decision in queries.decisions(store, workflow_id):
+        say(
+            f"  {decision['name']}: chose {decision['chosen']!r} "
+            f"(reason: {decision['reason']}, score {decision['score']})"
+        )
+        for option in decision["options"]:
+            mark = "→" if option["chosen"] else " "
+            explored = option["state"] if option["explored"] else "never explored"
+            say(f"    {mark} {option['name']:<14} {explored}")
+    say("\nbranches and monitors (spangraph query branches / monitors):")
+    for b in queries.branches(store, workflow_id):
+        say(f"  {b['name']:<16} {b['state']:<10} {b['nodes']} nodes, {b['failed']} failed")
+    for m in queries.monitors(store, workflow_id):
+        say(f"  {m['monitor']!r} watches {m['target_kind']} {m['target']!r}")
+    concise, detailed = result["branches"]
+    diff = queries.diff(store, concise, detailed, branches=True)
+    say("\ndraft-concise vs draft-detailed (spangraph query diff --branches):")
+    first = diff["first_divergence"]
+    if first is not None:
+        say(
+            f"  first divergence: {first['reason']} at "
+            f"{(first['a'] or {}).get('path')!r} vs {(first['b'] or {}).get('path')!r}"
+        )
+    say(f"  only in draft-detailed: {', '.join(diff['only_in_b']) or '-'}")
+    say(f"  only in draft-concise: {', '.join(diff['only_in_a']) or '-'}")
     stats = instance.stats()
-    say(f"\ngraph: {stats['graph']['sent']} span writes (starts and ends), "
+    say(
+        f"\ngraph: {stats['graph']['sent']} span writes (starts and ends), "
         f"{stats['graph']['dropped']} dropped; live: {stats['live']['sent']} events sent, "
-        f"{stats['live']['dropped']} dropped")
-    say("\nexplore it in Cypher (spangraph query cypher \"…\"):")
-    say(f"  MATCH (w:Workflow {{workflow_id: '{workflow_id}'}})-[:PARENT_OF*]->(s:Step)\n"
-        f"  RETURN s.name, s.state, s.duration_ms ORDER BY s.start_ns")
-    say(f"  MATCH (s:Span {{workflow_id: '{workflow_id}', state: 'failed'}})-[:HAS_EVENT]->"
-        f"(e:Event)\n  RETURN s.name, e.name, e.attributes ORDER BY e.time_ns")
+        f"{stats['live']['dropped']} dropped"
+    )
+    say('\nexplore it in Cypher (spangraph query cypher "…"):')
+    say(
+        f"  MATCH (w:Workflow {{workflow_id: '{workflow_id}'}})-[:PARENT_OF*]->(s:Step)\n"
+        f"  RETURN s.name, s.state, s.duration_ms ORDER BY s.start_ns"
+    )
+    say(
+        f"  MATCH (s:Span {{workflow_id: '{workflow_id}', state: 'failed'}})-[:HAS_EVENT]->"
+        f"(e:Event)\n  RETURN s.name, e.name, e.attributes ORDER BY e.time_ns"
+    )
+    say(
+        f"  MATCH (d:Decision {{workflow_id: '{workflow_id}'}})-[:OPTION_OF]->(o:Option)\n"
+        f"  RETURN d.name, o.name, o.state"
+    )
     _sdk.shutdown()
     return 0

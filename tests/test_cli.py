@@ -1,0 +1,229 @@
+"""The ``spangraph`` command line, run for real in subprocesses on a temp SPANGRAPH_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from spangraph.embedded import EmbeddedServer
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).with_name("spangraph")
+    if script.exists():
+        return [str(script)]  # the installed entry point
+    found = shutil.which("spangraph")
+    return [found] if found else [sys.executable, "-m", "spangraph.cli"]
+
+
+SPANGRAPH = _command()
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SPANGRAPH_", "NEO4J_", "OTEL_"))
+    }
+    env["SPANGRAPH_HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def cli(home: Path, *args: str, timeout: float = 60, **env: str) -> Result:
+    proc = subprocess.run(
+        [*SPANGRAPH, *args],
+        env=clean_env(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass
+class Demo:
+    home: Path
+    result: Result
+
+    @property
+    def workflow_id(self) -> str:
+        match = re.search(r"workflow_id ([0-9a-f-]{36})", self.result.out)
+        assert match, self.result.out
+        return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """``spangraph demo`` run once in a fresh home; the server is stopped afterwards."""
+    home = tmp_path_factory.mktemp("cli-home")
+    try:
+        yield Demo(home, cli(home, "demo", timeout=120))
+    finally:
+        down = cli(home, "down")
+        EmbeddedServer(home).stop()  # in case `down` itself is broken
+        assert down.code == 0, down.err
+
+
+def test_demo_runs(demo: Demo) -> None:
+    result = demo.result
+    assert result.code == 0, result.err
+    out = result.out
+    for event in ("span.started", "workflow.started", "step.started", "retry.scheduled",
+                  "timeout.set", "timeout.exceeded", "sleep.started", "sleep.completed",
+                  "step.failed", "workflow.completed", "span.ended"):  # fmt: skip
+        assert event in out, event
+    # the live events are numbered 1..N without gaps
+    seqs = [int(n) for n in re.findall(r"^\s+\+\s*[\d.]+s\s+#(\d+)", out, flags=re.M)]
+    assert seqs and seqs == list(range(1, len(seqs) + 1))
+    received = re.search(r"(\d+) live events received", out)
+    assert received and int(received.group(1)) == len(seqs)
+    # the tree read back from the graph: failed and completed steps
+    tree = out.split("read back from the graph:", 1)[1]
+    assert re.search(r"workflow\s+research-assistant\s+completed", tree)
+    assert re.search(r"step\s+fetch-page\s+failed", tree)
+    assert re.search(r"step\s+fetch-page\s+completed", tree)
+    assert re.search(r"step\s+summarize-with-large-model\s+failed", tree)
+    assert re.search(r"step\s+write-findings\s+completed", tree)
+    assert "0 dropped" in out
+
+
+def printed_cypher(out: str) -> list[str]:
+    """The Cypher statements the demo prints: each starts at a MATCH line."""
+    section = out.split("explore it in Cypher", 1)[1].splitlines()[1:]
+    statements: list[str] = []
+    for line in section:
+        text = line.strip()
+        if text.startswith("MATCH"):
+            statements.append(text)
+        elif text and statements:
+            statements[-1] += " " + text
+    return statements
+
+
+def test_demo_cypher_runs(demo: Demo) -> None:
+    statements = printed_cypher(demo.result.out)
+    assert len(statements) >= 2
+    answers = []
+    for statement in statements:
+        result = cli(demo.home, "query", "cypher", statement, "--json")
+        assert result.code == 0, (statement, result.err)
+        rows = json.loads(result.out)
+        assert rows, statement
+        answers.append(rows)
+    steps = {(r["s.name"], r["s.state"]) for r in answers[0]}
+    assert {("fetch-page", "failed"), ("fetch-page", "completed"), ("plan", "completed")} <= steps
+    failed_events = {(r["s.name"], r["e.name"]) for r in answers[1]}
+    assert ("fetch-page", "retry.scheduled") in failed_events
+    assert ("summarize-with-large-model", "timeout.exceeded") in failed_events
+
+
+def test_query_commands(demo: Demo) -> None:
+    workflow_id = demo.workflow_id
+    listed = cli(demo.home, "query", "workflows", "--json")
+    assert listed.code == 0, listed.err
+    rows = json.loads(listed.out)
+    assert [(r["workflow_id"], r["name"], r["state"]) for r in rows] == [
+        (workflow_id, "research-assistant", "completed")
+    ]
+    table = cli(demo.home, "query", "workflows", "--state", "failed")
+    assert table.code == 0 and "(no rows)" in table.out
+
+    tree = cli(demo.home, "query", "tree", workflow_id)
+    assert tree.code == 0, tree.err
+    assert re.search(r"step\s+fetch-page\s+failed", tree.out)
+    spans = json.loads(cli(demo.home, "query", "tree", workflow_id, "--json").out)
+    deepest = next(s for s in spans if s["name"] == "write-findings")
+
+    path = cli(demo.home, "query", "path", deepest["span_id"], "--json")
+    assert path.code == 0, path.err
+    assert [p["name"] for p in json.loads(path.out)] == [
+        "research-assistant", "draft-answer", "write-sections", "write-findings",
+    ]  # fmt: skip
+    events = cli(demo.home, "query", "events", workflow_id, "--json")
+    names = [e["name"] for e in json.loads(events.out)]
+    assert names[0] == "workflow.started" and names[-1] == "workflow.completed"
+
+
+def test_query_errors(demo: Demo) -> None:
+    unknown = cli(demo.home, "query", "tree", "no-such-workflow")
+    assert unknown.code != 0
+    assert "no spans for workflow no-such-workflow" in unknown.out + unknown.err
+
+    missing = cli(demo.home, "query", "tree")
+    assert missing.code == 2 and "arguments are required: id" in missing.err
+
+    rejected = cli(demo.home, "query", "cypher", "THIS IS NOT CYPHER")
+    assert rejected.code == 2
+    assert rejected.err.startswith("spangraph: error:") and "Traceback" not in rejected.err
+
+
+@pytest.mark.parametrize(
+    "url", ["not-a-url", "ftp://127.0.0.1:21/x", "falkordb://127.0.0.1:notaport/g"]
+)
+def test_bad_graph_url_names_the_setting(tmp_path: Path, url: str) -> None:
+    result = cli(tmp_path, "query", "workflows", SPANGRAPH_GRAPH_URL=url)
+    assert result.code == 2
+    assert "SPANGRAPH_GRAPH_URL" in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "server.json").exists()  # nothing was started
+
+
+def test_unreachable_graph_is_a_clean_error(tmp_path: Path, closed_port: int) -> None:
+    url = f"falkordb://127.0.0.1:{closed_port}/g"
+    result = cli(tmp_path, "query", "workflows", SPANGRAPH_GRAPH_URL=url)
+    assert result.code == 2
+    assert "unreachable" in result.err and "Traceback" not in result.err
+
+
+def test_up_status_down(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    try:
+        status = cli(home, "status")
+        assert status.code == 1 and "not running" in status.out
+
+        up = cli(home, "up")
+        assert up.code == 0, up.err
+        match = re.search(r"pid (\d+), redis://127\.0\.0\.1:(\d+)/0", up.out)
+        assert match, up.out
+        again = cli(home, "up")
+        assert again.code == 0 and f"pid {match.group(1)}," in again.out  # reused
+
+        status = cli(home, "status")
+        assert status.code == 0 and f"pid {match.group(1)}" in status.out
+        assert str(home) in status.out
+
+        empty = cli(home, "query", "workflows", "--json")  # nothing written yet
+        assert empty.code == 0, empty.err
+        assert json.loads(empty.out) == []
+
+        down = cli(home, "down")
+        assert down.code == 0 and "stopped" in down.out
+        status = cli(home, "status")
+        assert status.code == 1 and "not running" in status.out
+        down = cli(home, "down")
+        assert down.code == 0 and "was not running" in down.out
+    finally:
+        EmbeddedServer(home).stop()
+
+
+def test_version_and_help(tmp_path: Path) -> None:
+    from spangraph import __version__
+
+    version = cli(tmp_path, "--version")
+    assert version.code == 0 and __version__ in version.out
+    assert cli(tmp_path, "--help").code == 0
+    assert cli(tmp_path).code == 2  # a command is required
