@@ -83,19 +83,37 @@ def test_graph_model_cypher_answers_on_a_real_run(sg: spangraph.Spangraph) -> No
 
     with spangraph.workflow("docs-run") as run:
         flaky()
+        with spangraph.decision("docs-decision", options=["x", "y"]) as d:
+            with d.option("x"):
+                pass
+            d.choose("x")
+        with spangraph.branch("left") as left:
+            pass
+        with spangraph.branch("right"), spangraph.monitor(left, name="watch-left"):
+            pass
     assert spangraph.flush(10)
     assert sg.store is not None
     workflow_id = run.workflow_id
     [root] = queries.tree(sg.store, workflow_id or "")
-    leaf = root.children[-1].span["span_id"]
+    leaf = next(c for c in root.children if c.name == "flaky").span["span_id"]
     params = {"workflow_id": workflow_id, "span_id": leaf}
+    params.update(name="docs-decision", execution_id=workflow_id)
     answers = [sg.store.query(q, params) for q in _graph_model_queries()]
-    tree_rows, path_rows, failed_rows, retry_rows, running_rows = answers
-    assert [r["s.name"] for r in tree_rows] == ["docs-run", "flaky", "flaky"]
+    tree_rows, path_rows, failed_rows, retry_rows, running_rows = answers[:5]
+    assert [r["s.name"] for r in tree_rows][:3] == ["docs-run", "flaky", "flaky"]
     assert path_rows == [{"path": ["docs-run", "flaky"]}]
     assert {"s.name": "flaky", "failures": 1} in failed_rows
     assert [(r["first.name"], r["last.state"]) for r in retry_rows] == [("flaky", "completed")]
     assert all(r["w.workflow_id"] != workflow_id for r in running_rows)
+    decision_rows, branch_rows, monitor_rows, analytics_rows, resumed_rows = answers[5:]
+    assert [(r["o.name"], r["o.state"], r["chosen"]) for r in decision_rows] == [
+        ("x", "completed", True),
+        ("y", "unexplored", False),
+    ]
+    assert [(r["b.name"], r["nodes"]) for r in branch_rows] == [("left", 1), ("right", 2)]
+    assert [(r["monitor"], r["target"]) for r in monitor_rows] == [("watch-left", "left")]
+    assert [(r["option"], r["chosen"]) for r in analytics_rows] == [("x", 1)]
+    assert resumed_rows == []
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
