@@ -135,6 +135,13 @@ def machine() -> dict[str, str]:
     }
 
 
+def loadavg() -> str:
+    try:
+        return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    except OSError:
+        return "?"
+
+
 def ok(flag: bool) -> str:
     return "met" if flag else "MISSED"
 
@@ -233,7 +240,9 @@ def timed_round(setup: Setup, n: int, server_pid: int, tag: str) -> None:
     bsp_lost = spans - (setup.exporter.exported - exported0)
     if lost or bsp_lost:
         setup.invalid_rounds += 1
-        print(f"  ! {setup.name}: {lost} dropped by spangraph, {bsp_lost} by the BSP; round not counted")
+        print(
+            f"  ! {setup.name}: {lost} dropped by spangraph, {bsp_lost} by the BSP; round not counted"
+        )
         return
     setup.loop_us.append((t1 - t0) / spans * 1e6)
     setup.main_cpu_us.append((th1 - th0) / spans * 1e6)
@@ -247,10 +256,16 @@ def part1(info: ServerInfo, n: int, rounds: int) -> dict[str, Setup]:
     setups = {name: make_setup(name, info) for name in CONFIGS}
     try:
         for s in setups.values():  # warm-up: imports, caches, script load, connections
-            workload(s.provider, min(2000, n), "warmup")
+            warm = min(2000, n)
+            workload(s.provider, warm, "warmup")
             s.drain()
+            if s.exporter.exported != warm + 1:
+                print(
+                    f"  (warm-up: the BatchSpanProcessor of {s.name} dropped"
+                    f" {warm + 1 - s.exporter.exported} spans)"
+                )
         for r in range(rounds):
-            order = CONFIGS[r % len(CONFIGS):] + CONFIGS[: r % len(CONFIGS)]
+            order = CONFIGS[r % len(CONFIGS) :] + CONFIGS[: r % len(CONFIGS)]
             for name in order:
                 timed_round(setups[name], n, info.pid, f"{name}-{r}")
             line = "  ".join(
@@ -308,7 +323,9 @@ def record_workflows(spans: int, per_workflow: int) -> list[tuple[bool, Span]]:
 
 
 def ingest_spangraph(info: ServerInfo, calls: list[tuple[bool, Span]]) -> dict[str, float]:
-    store = FalkorDBStore.from_url(f"falkordb://127.0.0.1:{info.port}/ingest_sg_{uuid.uuid4().hex[:8]}")
+    store = FalkorDBStore.from_url(
+        f"falkordb://127.0.0.1:{info.port}/ingest_sg_{uuid.uuid4().hex[:8]}"
+    )
     store.ensure_schema()
     write_s = [0.0]
     batches = [0]
@@ -398,7 +415,9 @@ def ingest_raw(info: ServerInfo, rows: list[dict[str, Any]], batch_size: int) ->
 
 
 def part2(info: ServerInfo, spans: int, per_workflow: int, rounds: int) -> dict[str, Any]:
-    print(f"\n## 2. Graph ingest: {spans} spans in workflows of {per_workflow}, {rounds} round(s)\n")
+    print(
+        f"\n## 2. Graph ingest: {spans} spans in workflows of {per_workflow}, {rounds} round(s)\n"
+    )
     calls = record_workflows(spans, per_workflow)
     mapper = SpanMapper(PROJECT)
     rows = []
@@ -413,7 +432,9 @@ def part2(info: ServerInfo, spans: int, per_workflow: int, rounds: int) -> dict[
     sg_runs: list[dict[str, float]] = []
     raw_runs: list[dict[str, float]] = []
     for r in range(rounds):
-        first, second = (ingest_spangraph, ingest_raw) if r % 2 == 0 else (ingest_raw, ingest_spangraph)
+        first, second = (
+            (ingest_spangraph, ingest_raw) if r % 2 == 0 else (ingest_raw, ingest_spangraph)
+        )
         for fn in (first, second):
             if fn is ingest_spangraph:
                 res = ingest_spangraph(info, calls)
@@ -503,7 +524,8 @@ def report(setups: dict[str, Setup], ingest: dict[str, Any], args: argparse.Name
     m = machine()
     print("\n## Markdown table\n")
     print(
-        f"Machine: {m['cpus']} CPUs, {m['cpu']}, Python {m['python']}. Command:"
+        f"Machine: {m['cpus']} CPUs, {m['cpu']}, Python {m['python']}"
+        f" (load average {loadavg()} at the end). Command:"
         f" `python bench/overhead.py{' --quick' if args.quick else ''}"
         f"{f' --spans {args.spans}' if args.spans_given else ''}`;"
         f" {args.rounds} rounds x {args.spans} spans (overhead),"
@@ -511,7 +533,9 @@ def report(setups: dict[str, Setup], ingest: dict[str, Any], args: argparse.Name
         + ("" if valid and not sg_drop else " **Some rounds dropped spans: figures invalid.**")
     )
     print()
-    print("| setup | loop µs/span | ratio vs bare | main-thread CPU µs/span | process CPU µs/span (loop+drain) | ratio vs bare |")
+    print(
+        "| setup | loop µs/span | ratio vs bare | main-thread CPU µs/span | process CPU µs/span (loop+drain) | ratio vs bare |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     labels = {
         "bare": "OTel SDK + BatchSpanProcessor (no-op exporter)",
@@ -528,7 +552,9 @@ def report(setups: dict[str, Setup], ingest: dict[str, Any], args: argparse.Name
     print()
     print("| graph ingest | spans/s | ratio | target |")
     print("|---|---:|---:|---|")
-    print(f"| raw `UNWIND … MERGE … SET s += row.props`, batches of {ingest['batch_size']} | {raw_rate:.0f} | 1.00 | |")
+    print(
+        f"| raw `UNWIND … MERGE … SET s += row.props`, batches of {ingest['batch_size']} | {raw_rate:.0f} | 1.00 | |"
+    )
     print(
         f"| GraphSpanProcessor (first on_start → force_flush done) | {sg_rate:.0f} | {ing_ratio:.2f} |"
         f" ratio ≥ {TARGET_INGEST_RATIO}: {ok(ing_ratio >= TARGET_INGEST_RATIO)};"
@@ -544,11 +570,27 @@ def report(setups: dict[str, Setup], ingest: dict[str, Any], args: argparse.Name
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--spans", type=int, default=None, help="child spans per round (default 20000; 5000 with --quick)")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds per setup (default 5; 3 with --quick)")
-    ap.add_argument("--ingest-spans", type=int, default=None, help="spans for the ingest test (default 50000; 10000 with --quick)")
-    ap.add_argument("--ingest-rounds", type=int, default=None, help="ingest rounds (default 2; 1 with --quick)")
-    ap.add_argument("--per-workflow", type=int, default=100, help="spans per workflow in the ingest test")
+    ap.add_argument(
+        "--spans",
+        type=int,
+        default=None,
+        help="child spans per round (default 20000; 5000 with --quick)",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=None, help="rounds per setup (default 5; 3 with --quick)"
+    )
+    ap.add_argument(
+        "--ingest-spans",
+        type=int,
+        default=None,
+        help="spans for the ingest test (default 50000; 10000 with --quick)",
+    )
+    ap.add_argument(
+        "--ingest-rounds", type=int, default=None, help="ingest rounds (default 2; 1 with --quick)"
+    )
+    ap.add_argument(
+        "--per-workflow", type=int, default=100, help="spans per workflow in the ingest test"
+    )
     ap.add_argument("--quick", action="store_true", help="small run (< 20 s)")
     args = ap.parse_args(argv)
     args.spans_given = args.spans is not None
@@ -562,22 +604,23 @@ def main(argv: list[str] | None = None) -> int:
         args.ingest_rounds = 1 if args.quick else 2
 
     m = machine()
-    print(f"# spangraph overhead benchmark\n\n{m['cpus']} CPUs, {m['cpu']}, Python {m['python']}, {m['platform']}")
+    print(
+        f"# spangraph overhead benchmark\n\n{m['cpus']} CPUs, {m['cpu']}, Python {m['python']}, {m['platform']}"
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="spangraph-bench-") as home:
         server = EmbeddedServer(home)
         info = server.ensure_running()
-        print(f"embedded server pid {info.pid} on port {info.port}")
+        print(f"embedded server pid {info.pid} on port {info.port}; load average {loadavg()}")
         try:
             setups = part1(info, args.spans, args.rounds)
             ingest = part2(info, args.ingest_spans, args.per_workflow, args.ingest_rounds)
             code = report(setups, ingest, args)
         finally:
             server.stop()
-    print(f"\n(total {time.perf_counter() - started:.0f} s)")
+    print(f"\n(total {time.perf_counter() - started:.0f} s; load average at the end {loadavg()})")
     return code
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import spangraph
 from spangraph.embedded import EmbeddedServer, ServerInfo
@@ -49,8 +55,11 @@ def redis_client(embedded_server: ServerInfo) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def provider() -> Iterator[TracerProvider]:
-    tp = TracerProvider(resource=Resource.create({"service.name": "spangraph-tests",
-                                                  "deployment.environment.name": "test"}))
+    tp = TracerProvider(
+        resource=Resource.create(
+            {"service.name": "spangraph-tests", "deployment.environment.name": "test"}
+        )
+    )
     yield tp
     tp.shutdown()
 
@@ -77,7 +86,100 @@ def sg(
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("NEO4J_URI"):
         return
-    skip = pytest.mark.skip(reason="needs a Neo4j server: set NEO4J_URI (and NEO4J_USER, NEO4J_PASSWORD)")
+    skip = pytest.mark.skip(
+        reason="needs a Neo4j server: set NEO4J_URI (and NEO4J_USER, NEO4J_PASSWORD)"
+    )
     for item in items:
         if "neo4j" in item.keywords:
             item.add_marker(skip)
+
+
+# -- private servers (integration tests that stop, restart or break a server) -------------
+
+
+class PrivateServers:
+    """Embedded servers in their own temp homes, each stopped at teardown.
+
+    ``restart_on_port`` starts a stopped server's redis-server again on the *same* port
+    and data directory (``EmbeddedServer`` always picks a new free port), as a client
+    configured with the old URL would need after an outage.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._servers: list[EmbeddedServer] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str | None = None) -> tuple[EmbeddedServer, ServerInfo]:
+        server = EmbeddedServer(self.root / (name or f"home-{len(self._servers)}"))
+        self._servers.append(server)
+        return server, server.ensure_running()
+
+    def restart_on_port(
+        self, server: EmbeddedServer, port: int, *extra: str
+    ) -> subprocess.Popen[bytes]:
+        from spangraph.embedded import binaries
+
+        redis_server, module = binaries()
+        args = [
+            redis_server,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(server.data_dir),
+            "--appendonly", "yes",
+            "--save", "",
+            "--logfile", str(server.home / "restart.log"),
+            "--loadmodule", module,
+            *extra,
+        ]  # fmt: skip
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self._procs.append(proc)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"redis-server exited: {server.home / 'restart.log'}"
+            client = redis.Redis(
+                port=port, socket_connect_timeout=0.5, socket_timeout=2, retry=Retry(NoBackoff(), 0)
+            )
+            try:
+                if client.ping():
+                    return proc
+            except (redis.RedisError, OSError):
+                time.sleep(0.05)
+            finally:
+                client.close()
+        raise AssertionError(f"redis-server did not answer on port {port}")
+
+    @staticmethod
+    def kill(proc: subprocess.Popen[bytes]) -> None:
+        """Stop a server started by :meth:`restart_on_port` (SIGTERM, then wait)."""
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        for proc in self._procs:
+            self.kill(proc)
+        for server in self._servers:
+            server.stop()
+
+
+@pytest.fixture
+def private_servers(tmp_path: Path) -> Iterator[PrivateServers]:
+    """Start embedded servers of the test's own (stopped at teardown)."""
+    servers = PrivateServers(tmp_path / "servers")
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A local TCP port nothing listens on (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

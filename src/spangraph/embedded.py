@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .config import DEFAULT_FALKORDB_GRAPH
 from .exceptions import EmbeddedServerError
@@ -34,6 +36,9 @@ _STATE_FILE = "server.json"
 _LOCK_FILE = "server.lock"
 _LOG_FILE = "server.log"
 _DATA_DIR = "data"
+_NO_RETRY = Retry(NoBackoff(), 0)
+"""redis-py retries a refused connection ~10 times with backoff (seconds) by default;
+these probes poll on their own and must fail fast."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +97,18 @@ def _pid_alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """True for a process that has exited but is not reaped yet by a parent that is not
+    us: a server started by another (finished) process is reparented to PID 1, which in a
+    container may reap late or never. Linux only (``/proc``); elsewhere ``False``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].startswith("Z")
 
 
 class EmbeddedServer:
@@ -134,7 +150,7 @@ class EmbeddedServer:
         """True when ``info`` is a live server serving this home's data directory."""
         if not _pid_alive(info.pid):
             return False
-        client = redis.Redis(host="127.0.0.1", port=info.port, socket_timeout=2)
+        client = redis.Redis(host="127.0.0.1", port=info.port, socket_timeout=2, retry=_NO_RETRY)
         try:
             served = client.config_get("dir").get("dir")
             return served is not None and Path(served).resolve() == self.data_dir
@@ -213,7 +229,11 @@ class EmbeddedServer:
     @staticmethod
     def _ping(port: int) -> bool:
         client = redis.Redis(
-            host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1
+            host="127.0.0.1",
+            port=port,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            retry=_NO_RETRY,
         )
         try:
             return bool(client.ping())

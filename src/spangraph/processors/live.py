@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -28,18 +29,39 @@ KEY_TTL_S: Final = 7 * 24 * 3600
 """Seconds a workflow's stream and sequence counter live after its last event."""
 
 _PUBLISH_LUA: Final = """
-local seq = redis.call('INCR', KEYS[1])
-local msg = ARGV[1] .. seq .. ARGV[2]
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'data', msg)
-redis.call('PUBLISH', ARGV[3], msg)
-redis.call('PUBLISH', ARGV[4], msg)
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-return seq
+local maxlen, ttl = ARGV[1], ARGV[2]
+local nw = tonumber(ARGV[3])
+local pbase = 4 + nw
+local used = {}
+for i = pbase + tonumber(ARGV[pbase]) + 1, #ARGV, 4 do
+  local w = tonumber(ARGV[i])
+  local seq = redis.call('INCR', KEYS[2 * w - 1])
+  local msg = ARGV[i + 2] .. seq .. ARGV[i + 3]
+  redis.call('XADD', KEYS[2 * w], 'MAXLEN', '~', maxlen, seq .. '-0', 'data', msg)
+  redis.call('PUBLISH', ARGV[3 + w], msg)
+  redis.call('PUBLISH', ARGV[pbase + tonumber(ARGV[i + 1])], msg)
+  used[w] = true
+end
+for w in pairs(used) do
+  redis.call('EXPIRE', KEYS[2 * w - 1], ttl)
+  redis.call('EXPIRE', KEYS[2 * w], ttl)
+end
+return 0
 """
-"""One atomic step per message: number it (INCR), keep it (XADD, stream id ``seq-0``),
-publish it on the workflow and project channels. Several hosts of one run therefore
-still produce one gap-free ``seq`` order."""
+"""For each message in order: number it (INCR), keep it (XADD, stream id ``seq-0``),
+publish it on the workflow and project channels; then renew the TTL of the keys it
+touched. Several hosts of one run therefore still produce one gap-free ``seq`` order.
+
+One call carries up to :data:`_CHUNK` messages (a call per message cost about as much
+again in the client and in Redis as the work itself). ``KEYS``: the seq and stream key of
+each workflow of the call, in pairs. ``ARGV``: maxlen, ttl, the number of workflows and
+their channels, the number of projects and their channels, then four values a message:
+workflow index, project index (both 1-based), head and tail of the message."""
+
+_CHUNK: Final = 256
+"""Most messages one script call publishes (bounds how long Redis runs one call)."""
+
+_PUBLISH_SHA: Final = hashlib.sha1(_PUBLISH_LUA.encode(), usedforsecurity=False).hexdigest()
 
 
 def workflow_channel(workflow_id: str) -> str:
@@ -58,34 +80,82 @@ def seq_key(workflow_id: str) -> str:
     return f"spangraph:seq:{workflow_id}"
 
 
+def _script_args(messages: list[tuple[str, str, str, str]]) -> tuple[Any, ...]:
+    """``numkeys, *KEYS, *ARGV`` of one call of :data:`_PUBLISH_LUA`."""
+    workflows: dict[str, int] = {}
+    projects: dict[str, int] = {}
+    keys: list[str] = []
+    body: list[Any] = []
+    for workflow_id, project_id, head, tail in messages:
+        w = workflows.get(workflow_id)
+        if w is None:
+            w = workflows[workflow_id] = len(workflows) + 1
+            keys += (seq_key(workflow_id), stream_key(workflow_id))
+        p = projects.get(project_id)
+        if p is None:
+            p = projects[project_id] = len(projects) + 1
+        body += (w, p, head, tail)
+    return (
+        len(keys),
+        *keys,
+        STREAM_MAXLEN,
+        KEY_TTL_S,
+        len(workflows),
+        *map(workflow_channel, workflows),
+        len(projects),
+        *map(project_channel, projects),
+        *body,
+    )
+
+
+def _attributes_of(span: Any) -> dict[str, Any]:
+    """A plain-dict copy of the span's attributes.
+
+    ``span.attributes`` is a read-only proxy of the SDK's ``BoundedAttributes``, whose
+    every read goes through Python-level ``Mapping`` methods (``dict()`` of it costs about
+    1 µs for five attributes). The SDK's own dict behind it is copied in one C call, which
+    is also atomic with respect to a user thread still setting attributes on a running
+    span. Falls back to the public API if the SDK's internals ever change."""
+    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    if type(inner) is dict:
+        return inner.copy()
+    return dict(span.attributes or {})
+
+
 class RedisPublisher:
     """Sends prepared live messages to Redis in one pipeline per batch."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._script = client.register_script(_PUBLISH_LUA)
 
     @classmethod
     def from_url(cls, url: str) -> RedisPublisher:
         return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2))
 
     def publish(self, messages: list[tuple[str, str, str, str]]) -> None:
-        """``messages``: (workflow_id, project_id, head, tail) each."""
-        pipe = self.client.pipeline(transaction=False)
-        for workflow_id, project_id, head, tail in messages:
-            self._script(
-                keys=[seq_key(workflow_id), stream_key(workflow_id)],
-                args=[
-                    head,
-                    tail,
-                    workflow_channel(workflow_id),
-                    project_channel(project_id),
-                    STREAM_MAXLEN,
-                    KEY_TTL_S,
-                ],
-                client=pipe,
-            )
-        pipe.execute()
+        """``messages``: (workflow_id, project_id, head, tail) each, published in order."""
+        calls = [_script_args(messages[i : i + _CHUNK]) for i in range(0, len(messages), _CHUNK)]
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for args in calls:
+                pipe.evalsha(_PUBLISH_SHA, *args)
+            results = pipe.execute(raise_on_error=False)
+            missing = [
+                args
+                for args, result in zip(calls, results, strict=True)
+                if isinstance(result, redis.exceptions.NoScriptError)
+            ]
+            for result in results:
+                if isinstance(result, Exception) and not isinstance(
+                    result, redis.exceptions.NoScriptError
+                ):
+                    raise result
+            if not missing:
+                return
+            if attempt == 0:  # a new or restarted Redis: load the script, send those again
+                self.client.script_load(_PUBLISH_LUA)
+                calls = missing
+        raise redis.exceptions.NoScriptError("the publish script could not be loaded")
 
     def close(self) -> None:
         self.client.close()
@@ -130,13 +200,14 @@ class LiveEventProcessor(SpanProcessor):
         self.publisher = publisher
         self._mapper = SpanMapper(project)
         self._sent_live: dict[int, set[tuple[str, int]]] = {}
+        self._open: set[int] = set()  # spans whose start this processor saw (worker only)
         self._worker: BatchWorker[tuple[Any, ...], list[tuple[str, str, str, str]]] = BatchWorker(
             "live",
             self._prepare,
             publisher.publish,
             transient=(redis.ConnectionError, redis.TimeoutError, OSError),
             max_queue_size=max_queue_size,
-            max_batch_size=max_batch_size,
+            max_batch_size=min(max_batch_size, max_queue_size),  # a batch fits the queue
             schedule_delay=0.05,
             eager=True,
             give_up_after=give_up_after,
@@ -173,23 +244,43 @@ class LiveEventProcessor(SpanProcessor):
         mapper = self._mapper
         out: list[tuple[str, str, str, str]] = []
         sent_live = self._sent_live
+        open_spans = self._open
+        # A span that ends within this batch has its final attributes for all its items
+        # here: map them once (the end item, its last, takes the mapping).
+        ending = {item[1].context.span_id for item in items if item[0] == _END}
+        mapped: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         for item in items:
             what, span, time_ns = item[0], item[1], item[2]
+            if what == _EVENT and span.context.span_id not in open_spans:
+                # emit_event() reaches every live processor in the process: this span is
+                # not one of this processor's TracerProvider (or its start was dropped).
+                # Its own processor publishes the event; otherwise it goes out at the end.
+                continue
             try:
-                common = mapper.common(span, span.attributes or {})
+                span_id = span.context.span_id
+                hit = mapped.pop(span_id, None) if what == _END else mapped.get(span_id)
+                if hit is None:
+                    attributes = _attributes_of(span)
+                    common = mapper.common(span, attributes)
+                    if what != _END and span_id in ending:
+                        mapped[span_id] = (attributes, common)
+                else:
+                    attributes, common = hit
                 if what == _START:
-                    msgs = [live_message(sc.SPAN_STARTED, common, time_ns, span.attributes)]
+                    open_spans.add(span_id)
+                    msgs = [live_message(sc.SPAN_STARTED, common, time_ns, attributes)]
                 elif what == _EVENT:
-                    sent_live.setdefault(span.context.span_id, set()).add((item[3], time_ns))
+                    sent_live.setdefault(span_id, set()).add((item[3], time_ns))
                     msgs = [live_message(item[3], common, time_ns, item[4])]
                 else:
-                    already = sent_live.pop(span.context.span_id, ())
+                    open_spans.discard(span_id)
+                    already = sent_live.pop(span_id, ())
                     msgs = [
                         live_message(e.name, common, e.timestamp, e.attributes)
                         for e in span.events
                         if (e.name, e.timestamp) not in already
                     ]
-                    attrs = dict(span.attributes or {})
+                    attrs = attributes  # a copy of its own, used last here: free to extend
                     attrs["state"] = state_of(span, attrs)
                     attrs["duration_ms"] = round(
                         ((span.end_time or 0) - (span.start_time or 0)) / 1e6, 3
@@ -207,6 +298,8 @@ class LiveEventProcessor(SpanProcessor):
             out.extend((wf, project, head, tail) for head, tail in msgs)
         if len(sent_live) > 100_000:  # spans that never ended (dropped ends): forget them
             sent_live.clear()
+        if len(open_spans) > 100_000:
+            open_spans.clear()
         return out, len(out)
 
     # -- SpanProcessor ------------------------------------------------------------------

@@ -77,18 +77,25 @@ class Neo4jStore:
                 connection_timeout=connection_timeout,
             )
         except (ValueError, neo4j.exceptions.ConfigurationError) as exc:
-            raise ConfigurationError("SPANGRAPH_GRAPH_URL", f"bad Neo4j URI {uri!r}: {exc}") from exc
+            raise ConfigurationError(
+                "SPANGRAPH_GRAPH_URL", f"bad Neo4j URI {uri!r}: {exc}"
+            ) from exc
         self._schema_ready = False
 
     def _translate(self, exc: Exception, what: str) -> StoreError:
         errors = self._neo4j.exceptions
-        transient = (errors.ServiceUnavailable, errors.SessionExpired, errors.TransientError,
-                     OSError)
+        transient = (
+            errors.ServiceUnavailable,
+            errors.SessionExpired,
+            errors.TransientError,
+            OSError,
+        )
         if isinstance(exc, transient):
             return StoreUnavailableError(f"Neo4j at {self.url} is unavailable: {exc}")
         if isinstance(exc, errors.AuthError):
-            return StoreError(f"Neo4j at {self.url} refused the credentials (NEO4J_USER, "
-                              f"NEO4J_PASSWORD): {exc}")
+            return StoreError(
+                f"Neo4j at {self.url} refused the credentials (NEO4J_USER, NEO4J_PASSWORD): {exc}"
+            )
         return StoreError(f"Neo4j rejected {what}: {exc}")
 
     def ping(self) -> None:
@@ -130,7 +137,9 @@ class Neo4jStore:
     def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         try:
             records, _, _ = self._driver.execute_query(
-                cypher, params or {}, database_=self.database,
+                cypher,
+                params or {},
+                database_=self.database,
                 routing_=self._neo4j.RoutingControl.READ,
             )
         except Exception as exc:
@@ -140,7 +149,8 @@ class Neo4jStore:
     def delete_all(self) -> None:
         """Delete every spangraph node (tests and maintenance only)."""
         self._driver.execute_query(
-            "MATCH (n) WHERE n:Span OR n:Event DETACH DELETE n", database_=self.database)
+            "MATCH (n) WHERE n:Span OR n:Event DETACH DELETE n", database_=self.database
+        )
 
     def close(self) -> None:
         try:

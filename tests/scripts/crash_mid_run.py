@@ -1,0 +1,37 @@
+"""Start a workflow and a step, write them to the graph, say READY, then hang until the
+test kills this process with SIGKILL (no shutdown, no flush, no span end).
+
+Usage: python crash_mid_run.py GRAPH_URL PROJECT
+Prints one line: ``READY {"workflow_id": ..., "workflow_span_id": ..., "step_span_id": ...}``
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from opentelemetry.sdk.trace import TracerProvider
+
+import spangraph
+
+
+def main() -> None:
+    graph_url, project = sys.argv[1], sys.argv[2]
+    spangraph.configure(
+        tracer_provider=TracerProvider(), graph_url=graph_url, redis_url="off", project=project
+    )
+    with spangraph.workflow("doomed-run") as run, spangraph.step("never-ends") as step:
+        if not spangraph.flush(10):
+            sys.exit("flush timed out")
+        ready = {
+            "workflow_id": run.workflow_id,
+            "workflow_span_id": run.span_id,
+            "step_span_id": step.span_id,
+        }
+        print("READY " + json.dumps(ready), flush=True)
+        time.sleep(120)
+
+
+if __name__ == "__main__":
+    main()

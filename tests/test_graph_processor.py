@@ -1,0 +1,495 @@
+"""GraphSpanProcessor end to end: workflows run through the public API on a real
+TracerProvider, written to a real FalkorDB graph, read back with Cypher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.trace import Link
+
+import spangraph
+from spangraph import queries
+from spangraph.processors import GraphSpanProcessor
+from spangraph.stores import FalkorDBStore, WriteBatch
+
+HEX16 = re.compile(r"^[0-9a-f]{16}$")
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def spans_of(store: Any, workflow_id: str) -> dict[str, dict[str, Any]]:
+    """name -> node properties (plus labels) of every span of a run."""
+    rows = store.query(
+        "MATCH (s:Span {workflow_id: $wf}) RETURN s AS s, labels(s) AS labels",
+        {"wf": workflow_id},
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        props = {**row["s"], "_labels": sorted(row["labels"])}
+        assert props["name"] not in out, f"two spans named {props['name']}"
+        out[props["name"]] = props
+    return out
+
+
+def edges(store: Any, rel: str, workflow_id: str) -> set[tuple[str, str]]:
+    rows = store.query(
+        f"MATCH (a:Span {{workflow_id: $wf}})-[:{rel}]->(b:Span) RETURN a.name AS a, b.name AS b",
+        {"wf": workflow_id},
+    )
+    return {(r["a"], r["b"]) for r in rows}
+
+
+def events_of(store: Any, span_id: str) -> list[dict[str, Any]]:
+    return store.query(
+        "MATCH (:Span {span_id: $id})-[:HAS_EVENT]->(e:Event) "
+        "RETURN e.seq AS seq, e.name AS name, e.time_ns AS time_ns, e.attributes AS attributes "
+        "ORDER BY e.seq",
+        {"id": span_id},
+    )
+
+
+def flush() -> None:
+    assert spangraph.flush(10), "flush timed out"
+
+
+# -- shape of a run -------------------------------------------------------------------------
+
+
+def test_workflow_tree_is_written_as_a_graph(sg: spangraph.Spangraph) -> None:
+    @spangraph.step("fetch")
+    def fetch() -> int:
+        spangraph.event("custom.thing", n=1, text="x")
+        return 1
+
+    with spangraph.workflow("wf-shape") as run:
+        fetch()
+        with spangraph.step("outer"), spangraph.step("inner"):
+            pass
+    flush()
+
+    spans = spans_of(sg.store, run.workflow_id)
+    assert set(spans) == {"wf-shape", "fetch", "outer", "inner"}
+    wf = spans["wf-shape"]
+    assert wf["_labels"] == ["Span", "Workflow"] and wf["kind"] == "workflow"
+    for name in ("fetch", "outer", "inner"):
+        assert spans[name]["_labels"] == ["Span", "Step"] and spans[name]["kind"] == "step"
+
+    # ids: lower-case hex as OTel prints them; span_id unique; one trace
+    for props in spans.values():
+        assert HEX16.match(props["span_id"]) and HEX32.match(props["trace_id"])
+        assert props["trace_id"] == run.trace_id
+    assert wf["span_id"] == run.span_id
+    assert (
+        sg.store.query("MATCH (s:Span) WITH s.span_id AS id, count(*) AS n WHERE n > 1 RETURN id")
+        == []
+    )
+
+    # the tree: PARENT_OF edges follow the spans, the root has no parent
+    assert edges(sg.store, "PARENT_OF", run.workflow_id) == {
+        ("wf-shape", "fetch"), ("wf-shape", "outer"), ("outer", "inner"),
+    }  # fmt: skip
+    for name, parent in (("fetch", "wf-shape"), ("outer", "wf-shape"), ("inner", "outer")):
+        assert spans[name]["parent_span_id"] == spans[parent]["span_id"]
+    assert "parent_span_id" not in wf
+    roots = sg.store.query(
+        "MATCH (s:Span {workflow_id: $wf}) WHERE NOT ()-[:PARENT_OF]->(s) RETURN s.name AS n",
+        {"wf": run.workflow_id},
+    )
+    assert roots == [{"n": "wf-shape"}]
+
+    # run properties on every node
+    for props in spans.values():
+        assert props["workflow_id"] == run.workflow_id
+        assert props["execution_id"] == run.workflow_id
+        assert props["project_id"] == sg.settings.project
+        assert props["service"] == "spangraph-tests"
+        assert props["env"] == "test"
+        assert props["state"] == "completed"
+        assert props["status"] == "UNSET"
+        assert props["end_ns"] >= props["start_ns"]
+        assert props["duration_ms"] == pytest.approx(
+            (props["end_ns"] - props["start_ns"]) / 1e6, abs=0.001
+        )
+    assert wf["start_ns"] <= spans["fetch"]["start_ns"] <= spans["outer"]["start_ns"]
+    assert wf["end_ns"] >= spans["outer"]["end_ns"] >= spans["inner"]["end_ns"]
+
+    # remaining attributes as a JSON string, promoted ones left out
+    attrs = json.loads(wf["attributes"])
+    assert attrs["spangraph.workflow.name"] == "wf-shape"
+    assert attrs["gen_ai.operation.name"] == "invoke_workflow"
+    assert not {"spangraph.workflow.id", "spangraph.kind", "spangraph.project.id"} & set(attrs)
+    assert json.loads(spans["fetch"]["attributes"])["spangraph.step.attempt"] == 1
+
+    # events, in order, with their attributes as JSON
+    fetch_events = events_of(sg.store, spans["fetch"]["span_id"])
+    assert [(e["seq"], e["name"]) for e in fetch_events] == [
+        (0, "step.started"), (1, "custom.thing"), (2, "step.completed"),
+    ]  # fmt: skip
+    times = [e["time_ns"] for e in fetch_events]
+    assert times == sorted(times)
+    assert spans["fetch"]["start_ns"] <= times[0] and times[-1] <= spans["fetch"]["end_ns"]
+    assert json.loads(fetch_events[1]["attributes"]) == {"n": 1, "text": "x"}
+    assert json.loads(fetch_events[0]["attributes"]) == {"attempt": 1}
+    assert "duration_ms" in json.loads(fetch_events[2]["attributes"])
+    assert [e["name"] for e in events_of(sg.store, wf["span_id"])] == [
+        "workflow.started", "workflow.completed",
+    ]  # fmt: skip
+
+
+def test_failed_and_cancelled_states(sg: spangraph.Spangraph) -> None:
+    @spangraph.step("breaks")
+    def breaks() -> None:
+        raise ValueError("boom")
+
+    async def run_it() -> str:
+        async with spangraph.workflow("wf-states") as run:
+            with contextlib.suppress(ValueError):
+                breaks()
+
+            async def slow() -> None:
+                async with spangraph.step("slow"):
+                    await asyncio.sleep(10)
+
+            task = asyncio.create_task(slow())
+            await asyncio.sleep(0.01)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return run.workflow_id
+
+    workflow_id = asyncio.run(run_it())
+    with pytest.raises(RuntimeError), spangraph.workflow("wf-fails") as failing:
+        raise RuntimeError("the run failed")
+    flush()
+
+    spans = spans_of(sg.store, workflow_id)
+    assert spans["wf-states"]["state"] == "completed"
+    assert spans["breaks"]["state"] == "failed"
+    assert spans["breaks"]["status"] == "ERROR"
+    assert "ValueError: boom" in spans["breaks"]["status_message"]
+    names = [e["name"] for e in events_of(sg.store, spans["breaks"]["span_id"])]
+    assert names == ["step.started", "exception", "step.failed"]
+    failed_event = events_of(sg.store, spans["breaks"]["span_id"])[2]
+    assert json.loads(failed_event["attributes"])["error.type"] == "ValueError"
+    assert spans["slow"]["state"] == "cancelled"
+    assert spans["slow"]["duration_ms"] < 5_000
+
+    failed_wf = spans_of(sg.store, failing.workflow_id)["wf-fails"]
+    assert failed_wf["state"] == "failed" and failed_wf["status"] == "ERROR"
+    assert "RuntimeError: the run failed" in failed_wf["status_message"]
+
+
+def test_retry_attempts_are_linked(sg: spangraph.Spangraph) -> None:
+    calls = {"n": 0}
+
+    @spangraph.step("flaky", retries=3, backoff=0)
+    def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise ConnectionError(f"attempt {calls['n']} failed")
+        return "ok"
+
+    with spangraph.workflow("wf-retry") as run:
+        assert flaky() == "ok"
+    flush()
+
+    rows = sg.store.query(
+        "MATCH (s:Step {workflow_id: $wf, name: 'flaky'}) "
+        "RETURN s.span_id AS id, s.state AS state, s.attributes AS a ORDER BY s.start_ns",
+        {"wf": run.workflow_id},
+    )
+    assert [r["state"] for r in rows] == ["failed", "failed", "completed"]
+    assert [json.loads(r["a"])["spangraph.step.attempt"] for r in rows] == [1, 2, 3]
+    ids = [r["id"] for r in rows]
+    retry_edges = sg.store.query(
+        "MATCH (a:Span {workflow_id: $wf})-[:RETRY_OF]->(b:Span) "
+        "RETURN a.span_id AS a, b.span_id AS b",
+        {"wf": run.workflow_id},
+    )
+    assert {(r["a"], r["b"]) for r in retry_edges} == {(ids[1], ids[0]), (ids[2], ids[1])}
+    # every attempt is a child of the workflow
+    children = sg.store.query(
+        "MATCH (w:Workflow {workflow_id: $wf})-[:PARENT_OF]->(s:Step) RETURN s.span_id AS id",
+        {"wf": run.workflow_id},
+    )
+    assert sorted(r["id"] for r in children) == sorted(ids)
+    scheduled = [e for e in events_of(sg.store, ids[0]) if e["name"] == "retry.scheduled"]
+    assert len(scheduled) == 1 and json.loads(scheduled[0]["attributes"])["attempt"] == 1
+
+
+def test_open_span_is_running_then_completed(sg: spangraph.Spangraph) -> None:
+    def state(span_id: str) -> dict[str, Any]:
+        rows = sg.store.query(
+            "MATCH (s:Span {span_id: $id}) RETURN s.state AS state, s.end_ns AS end_ns, "
+            "s.name AS name, labels(s) AS labels",
+            {"id": span_id},
+        )
+        assert len(rows) == 1
+        return rows[0]
+
+    with spangraph.workflow("wf-open") as run:
+        with spangraph.step("long") as step:
+            flush()
+            seen = state(step.span_id)
+            assert seen["state"] == "running" and seen["end_ns"] is None
+            assert seen["name"] == "long" and "Step" in seen["labels"]
+            assert state(run.span_id)["state"] == "running"
+        flush()
+        assert state(step.span_id)["state"] == "completed"
+        assert state(step.span_id)["end_ns"] is not None
+        assert state(run.span_id)["state"] == "running"
+    flush()
+    assert state(run.span_id)["state"] == "completed"
+    assert len(spans_of(sg.store, run.workflow_id)) == 2
+
+
+def test_many_spans_across_batches(sg: spangraph.Spangraph) -> None:
+    """More span starts and ends than one batch holds (1024): all written, none twice."""
+    with spangraph.workflow("wf-many") as run:
+        for i in range(700):
+            with spangraph.step(f"s{i}"):
+                pass
+    flush()
+    rows = sg.store.query(
+        "MATCH (w:Workflow {workflow_id: $wf})-[:PARENT_OF]->(s:Step) "
+        "RETURN count(s) AS n, collect(DISTINCT s.state) AS states",
+        {"wf": run.workflow_id},
+    )
+    assert rows == [{"n": 700, "states": ["completed"]}]
+    assert sg.stats()["graph"]["dropped"] == 0
+
+
+# -- what the worker writes -----------------------------------------------------------------
+
+
+class RecordingStore(FalkorDBStore):
+    """A real FalkorDBStore that keeps a copy of every batch it is given, and behaves like
+    an auto-instrumented client: it makes a span per write unless instrumentation is
+    suppressed (what opentelemetry-instrumentation-redis checks)."""
+
+    tracer: trace.Tracer | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[WriteBatch] = []
+        self.suppressed: list[bool] = []
+        self.threads: list[str] = []
+
+    def write(self, batch: WriteBatch) -> None:
+        self.batches.append(
+            WriteBatch(
+                starts={k: list(v) for k, v in batch.starts.items()},
+                ends={k: list(v) for k, v in batch.ends.items()},
+                parents=list(batch.parents),
+                events=list(batch.events),
+                links={k: list(v) for k, v in batch.links.items()},
+            )
+        )
+        self.suppressed.append(not is_instrumentation_enabled())
+        self.threads.append(threading.current_thread().name)
+        if self.tracer is not None and is_instrumentation_enabled():
+            self.tracer.start_span("GRAPH.QUERY redis").end()
+        super().write(batch)
+
+    def written(self, where: str) -> dict[str, int]:
+        """span_id -> how many rows for it went into ``starts`` or ``ends``."""
+        out: dict[str, int] = {}
+        for batch in self.batches:
+            for rows in getattr(batch, where).values():
+                for row in rows:
+                    out[row["span_id"]] = out.get(row["span_id"], 0) + 1
+        return out
+
+
+class SpanNames(SpanProcessor):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.names.append(span.name)
+
+
+@pytest.fixture
+def recording(
+    sg: spangraph.Spangraph, provider: TracerProvider, embedded_server: Any
+) -> Iterator[tuple[RecordingStore, GraphSpanProcessor]]:
+    """A second GraphSpanProcessor on the test's provider, writing through a
+    RecordingStore into a graph of its own; its worker wakes only on flush."""
+    store = RecordingStore.from_url(
+        f"falkordb://127.0.0.1:{embedded_server.port}/rec_{uuid.uuid4().hex[:10]}"
+    )
+    processor = GraphSpanProcessor(store, project=sg.settings.project, schedule_delay=60)
+    provider.add_span_processor(processor)
+    try:
+        yield store, processor
+    finally:
+        processor.shutdown()
+        store.delete_all()
+        store.close()
+
+
+def test_span_started_and_ended_in_one_batch_is_written_once(
+    sg: spangraph.Spangraph, recording: tuple[RecordingStore, GraphSpanProcessor]
+) -> None:
+    store, processor = recording
+    with spangraph.workflow("wf-once") as run:
+        with spangraph.step("quick"):
+            pass
+        with spangraph.step("spans-a-flush") as open_step:
+            assert processor.force_flush(10_000)
+        with spangraph.step("quick-2"):
+            pass
+    assert processor.force_flush(10_000)
+
+    assert len(store.batches) == 2
+    starts, ends = store.written("starts"), store.written("ends")
+    spans = spans_of(store, run.workflow_id)
+    ids = {name: props["span_id"] for name, props in spans.items()}
+    # spans that started and ended within a batch: one end row, no start row
+    for name in ("quick", "quick-2"):
+        assert starts.get(ids[name], 0) == 0 and ends[ids[name]] == 1, name
+    # spans open across a batch boundary: a start row in the first, an end row in the second
+    first = store.batches[0]
+    assert {r["span_id"] for rows in first.starts.values() for r in rows} == {
+        run.span_id, open_step.span_id,
+    }  # fmt: skip
+    assert starts[run.span_id] == 1 and ends[run.span_id] == 1
+    assert starts[open_step.span_id] == 1 and ends[open_step.span_id] == 1
+    assert all(s["state"] == "completed" for s in spans.values())
+    # events go with the end rows only, once each
+    event_keys = [(r["span_id"], r["seq"]) for b in store.batches for r in b.events]
+    assert len(event_keys) == len(set(event_keys)) == 8  # started+completed of 4 spans
+
+
+def test_store_calls_are_not_traced(
+    sg: spangraph.Spangraph,
+    provider: TracerProvider,
+    recording: tuple[RecordingStore, GraphSpanProcessor],
+) -> None:
+    store, processor = recording
+    names = SpanNames()
+    provider.add_span_processor(names)
+    store.tracer = provider.get_tracer("fake-redis-instrumentation")
+    try:
+        with spangraph.workflow("wf-untraced"), spangraph.step("a"):
+            pass
+        assert processor.force_flush(10_000)
+        assert store.batches, "nothing was written"
+        assert all(store.suppressed)
+        assert set(store.threads) == {"spangraph-graph"}
+        assert sorted(names.names) == ["a", "wf-untraced"]
+
+        # control: the same write outside the worker thread is traced
+        store.write(WriteBatch())
+        assert names.names[-1] == "GRAPH.QUERY redis"
+    finally:
+        store.tracer = None
+
+
+# -- spans from other instrumentations ------------------------------------------------------
+
+
+def test_plain_otel_spans_inherit_the_workflow_id(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    tracer = provider.get_tracer("some.other.library")
+    with spangraph.workflow("wf-mixed") as run:
+        with tracer.start_as_current_span("http GET"), tracer.start_as_current_span("dns"):
+            pass
+        with spangraph.step("step-under-plain"):
+            pass
+    flush()
+    spans = spans_of(sg.store, run.workflow_id)
+    assert set(spans) == {"wf-mixed", "http GET", "dns", "step-under-plain"}
+    for name in ("http GET", "dns"):
+        assert spans[name]["_labels"] == ["Span"] and spans[name]["kind"] == "span"
+        assert spans[name]["state"] == "completed"
+    assert edges(sg.store, "PARENT_OF", run.workflow_id) == {
+        ("wf-mixed", "http GET"), ("http GET", "dns"), ("wf-mixed", "step-under-plain"),
+    }  # fmt: skip
+
+
+def test_plain_otel_span_open_across_a_flush_inherits_the_workflow_id(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    tracer = provider.get_tracer("some.other.library")
+    with spangraph.workflow("wf-mixed-open") as run, tracer.start_as_current_span("outer-plain"):
+        flush()
+        with tracer.start_as_current_span("inner-plain"):
+            pass
+    flush()
+    spans = spans_of(sg.store, run.workflow_id)
+    assert {"outer-plain", "inner-plain"} <= set(spans)
+
+
+def test_plain_root_span_uses_its_trace_id(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    tracer = provider.get_tracer("some.other.library")
+    with tracer.start_as_current_span("lonely") as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    flush()
+    spans = spans_of(sg.store, trace_id)
+    assert set(spans) == {"lonely"} and spans["lonely"]["project_id"] == sg.settings.project
+
+
+def test_genai_spans_and_links_from_other_instrumentations(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    tracer = provider.get_tracer("genai.lib")
+    with spangraph.workflow("wf-genai") as run:
+        with tracer.start_as_current_span(
+            "chat small-model", attributes={"gen_ai.operation.name": "chat"}
+        ) as chat:
+            pass
+        with tracer.start_as_current_span(
+            "execute_tool search", attributes={"gen_ai.operation.name": "execute_tool"}
+        ):
+            pass
+        with tracer.start_as_current_span(
+            "watcher",
+            attributes={"spangraph.kind": "monitor"},
+            links=[Link(chat.get_span_context(), {"spangraph.link.type": "monitors"})],
+        ):
+            pass
+    flush()
+    spans = spans_of(sg.store, run.workflow_id)
+    assert spans["chat small-model"]["_labels"] == ["LLM", "Span"]
+    assert spans["chat small-model"]["kind"] == "llm"
+    assert spans["execute_tool search"]["_labels"] == ["Span", "Tool"]
+    assert spans["watcher"]["_labels"] == ["Monitor", "Span"]
+    assert edges(sg.store, "MONITORS", run.workflow_id) == {("watcher", "chat small-model")}
+
+
+# -- reading it back ------------------------------------------------------------------------
+
+
+def test_tree_query_returns_the_structure(sg: spangraph.Spangraph) -> None:
+    with spangraph.workflow("wf-tree") as run:
+        with spangraph.step("first"):
+            with spangraph.step("first.a"):
+                pass
+            with spangraph.step("first.b"):
+                pass
+        with spangraph.step("second"):
+            pass
+    flush()
+    roots = queries.tree(sg.store, run.workflow_id)
+    assert len(roots) == 1
+    shape = [(depth, node.name) for depth, node in roots[0].walk()]
+    assert shape == [
+        (0, "wf-tree"), (1, "first"), (2, "first.a"), (2, "first.b"), (1, "second"),
+    ]  # fmt: skip
+    assert roots[0].span["span_id"] == run.span_id
+    assert isinstance(roots[0].span["attributes"], dict)  # decoded from JSON
+    assert all(node.span["state"] == "completed" for _, node in roots[0].walk())

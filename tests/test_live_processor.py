@@ -1,0 +1,329 @@
+"""LiveEventProcessor end to end: real Redis Pub/Sub subscribers and streams, watching
+workflows while they run."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+import redis
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+
+import spangraph
+from spangraph.embedded import ServerInfo
+from spangraph.processors import LiveEventProcessor, RedisPublisher
+from spangraph.processors import live as live_module
+from spangraph.processors.live import project_channel, stream_key, workflow_channel
+
+KEYS = [
+    "type", "seq", "workflow_id", "project_id", "trace_id", "span_id", "parent_span_id",
+    "kind", "name", "timestamp", "time_unix_nano", "attributes", "service", "env",
+]  # fmt: skip
+
+
+class Listener:
+    """A real Pub/Sub subscriber, subscribed (confirmed by the server) on creation."""
+
+    def __init__(self, client: redis.Redis, *channels: str) -> None:
+        self.pubsub = client.pubsub()
+        self.pubsub.subscribe(*channels)
+        confirmed, deadline = 0, time.monotonic() + 5
+        while confirmed < len(channels):
+            assert time.monotonic() < deadline, "subscription not confirmed"
+            message = self.pubsub.get_message(timeout=1)
+            if message and message["type"] == "subscribe":
+                confirmed += 1
+        self.received: list[tuple[str, dict[str, Any], bytes]] = []
+
+    def until(self, done: Callable[[dict[str, Any]], bool], timeout: float = 10) -> list[dict]:
+        """Read messages until one satisfies ``done``; all messages read so far."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = self.pubsub.get_message(timeout=0.1)
+            if not message or message["type"] != "message":
+                continue
+            data = json.loads(message["data"])
+            self.received.append((message["channel"].decode(), data, message["data"]))
+            if done(data):
+                return self.messages()
+        raise AssertionError(f"timed out; received {[m['type'] for m in self.messages()]}")
+
+    def messages(self, channel: str | None = None) -> list[dict[str, Any]]:
+        return [m for c, m, _ in self.received if channel is None or c == channel]
+
+    def close(self) -> None:
+        self.pubsub.close()
+
+
+def workflow_ended(data: dict[str, Any]) -> bool:
+    return data["type"] == "span.ended" and data["kind"] == "workflow"
+
+
+@pytest.fixture
+def listen(redis_client: redis.Redis) -> Iterator[Callable[..., Listener]]:
+    made: list[Listener] = []
+
+    def make(*channels: str) -> Listener:
+        listener = Listener(redis_client, *channels)
+        made.append(listener)
+        return listener
+
+    yield make
+    for listener in made:
+        listener.close()
+
+
+def test_messages_are_numbered_and_shaped_as_designed(
+    sg: spangraph.Spangraph, listen: Callable[..., Listener], redis_client: redis.Redis
+) -> None:
+    workflow_id = f"wf-{uuid.uuid4()}"
+    project = sg.settings.project
+    listener = listen(workflow_channel(workflow_id), project_channel(project))
+
+    with spangraph.workflow("wf-live-shape", workflow_id=workflow_id) as run:
+        with spangraph.step("step-1") as step:
+            spangraph.event("custom.event", answer=42, text="hé")
+        with spangraph.step("step-2"):
+            pass
+
+    # every message goes to the workflow channel, then to the project channel: read until
+    # the project channel's copy of the workflow's span.ended
+    listener.until(lambda m: workflow_ended(m) and len(listener.received) % 2 == 0)
+    on_wf = listener.messages(workflow_channel(workflow_id))
+    assert listener.messages(project_channel(project)) == on_wf
+
+    assert [m["seq"] for m in on_wf] == list(range(1, len(on_wf) + 1))
+    assert [(m["type"], m["name"]) for m in on_wf] == [
+        ("span.started", "wf-live-shape"),
+        ("workflow.started", "wf-live-shape"),
+        ("span.started", "step-1"),
+        ("step.started", "step-1"),
+        ("custom.event", "step-1"),
+        ("step.completed", "step-1"),
+        ("span.ended", "step-1"),
+        ("span.started", "step-2"),
+        ("step.started", "step-2"),
+        ("step.completed", "step-2"),
+        ("span.ended", "step-2"),
+        ("workflow.completed", "wf-live-shape"),
+        ("span.ended", "wf-live-shape"),
+    ]
+    for m in on_wf:
+        assert list(m) == KEYS
+        assert m["workflow_id"] == workflow_id
+        assert m["project_id"] == project
+        assert m["trace_id"] == run.trace_id
+        assert m["service"] == "spangraph-tests" and m["env"] == "test"
+        assert m["timestamp"].endswith("Z")
+        parsed = datetime.fromisoformat(m["timestamp"].replace("Z", "+00:00"))
+        assert parsed.tzinfo is not None and parsed.utcoffset().total_seconds() == 0
+        assert abs(parsed.timestamp() - m["time_unix_nano"] / 1e9) < 1e-5
+        assert isinstance(m["attributes"], dict)
+    times = [m["time_unix_nano"] for m in on_wf]
+    assert times == sorted(times)
+
+    wf_msgs = [m for m in on_wf if m["name"] == "wf-live-shape"]
+    assert all(m["span_id"] == run.span_id and m["parent_span_id"] is None for m in wf_msgs)
+    assert all(m["kind"] == "workflow" for m in wf_msgs)
+    step_msgs = [m for m in on_wf if m["name"] == "step-1"]
+    assert all(m["span_id"] == step.span_id for m in step_msgs)
+    assert all(m["parent_span_id"] == run.span_id and m["kind"] == "step" for m in step_msgs)
+
+    custom = next(m for m in on_wf if m["type"] == "custom.event")
+    assert custom["attributes"] == {"answer": 42, "text": "hé"}
+    ended = on_wf[-1]
+    assert ended["attributes"]["state"] == "completed"
+    assert ended["attributes"]["duration_ms"] >= 0
+    assert ended["attributes"]["spangraph.workflow.id"] == workflow_id
+    started = on_wf[0]
+    assert started["attributes"]["spangraph.kind"] == "workflow"
+
+    # the stream holds the same messages, byte for byte, with ids seq-0
+    raw_published = [raw for c, _, raw in listener.received if c == workflow_channel(workflow_id)]
+    entries = redis_client.xrange(stream_key(workflow_id))
+    assert [e[0].decode() for e in entries] == [f"{n}-0" for n in range(1, len(on_wf) + 1)]
+    assert [e[1][b"data"] for e in entries] == raw_published
+    # the stream and the counter expire some time after the run
+    assert 0 < redis_client.ttl(stream_key(workflow_id)) <= live_module.KEY_TTL_S
+    assert int(redis_client.get(live_module.seq_key(workflow_id))) == len(on_wf)
+
+
+def test_events_are_delivered_while_the_workflow_runs(
+    sg: spangraph.Spangraph, listen: Callable[..., Listener]
+) -> None:
+    """The step emits an event, then waits until the test has *received* that event from
+    Redis: only live delivery lets the workflow finish."""
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    release = threading.Event()
+    released_in_time: list[bool] = []
+
+    def body() -> None:
+        with spangraph.workflow("wf-liveness", workflow_id=workflow_id), spangraph.step("waits"):
+            spangraph.event("progress", pct=50)
+            released_in_time.append(release.wait(10))
+
+    worker = threading.Thread(target=body)
+    worker.start()
+    try:
+        before = listener.until(lambda m: m["type"] == "progress")
+        assert worker.is_alive(), "the workflow finished before its event was seen"
+        assert [m["type"] for m in before] == [
+            "span.started", "workflow.started", "span.started", "step.started", "progress",
+        ]  # fmt: skip
+        assert before[-1]["attributes"] == {"pct": 50}
+    finally:
+        release.set()
+        worker.join(10)
+    assert released_in_time == [True]
+    after = listener.until(workflow_ended)
+    assert [m["seq"] for m in after] == list(range(1, len(after) + 1))
+    assert after[-1]["type"] == "span.ended" and after[-1]["kind"] == "workflow"
+    assert [m["type"] for m in after].count("progress") == 1
+
+
+def test_failed_step_events_and_end_state(
+    sg: spangraph.Spangraph, listen: Callable[..., Listener]
+) -> None:
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    with spangraph.workflow("wf-live-fail", workflow_id=workflow_id):
+        try:
+            with spangraph.step("breaks"):
+                raise KeyError("nope")
+        except KeyError:
+            pass
+    msgs = listener.until(workflow_ended)
+    step_msgs = [(m["type"], m["attributes"]) for m in msgs if m["name"] == "breaks"]
+    assert [t for t, _ in step_msgs] == [
+        "span.started", "step.started", "exception", "step.failed", "span.ended",
+    ]  # fmt: skip
+    assert step_msgs[3][1]["error.type"] == "KeyError"
+    assert step_msgs[-1][1]["state"] == "failed"
+
+
+def test_events_added_by_other_code_go_out_at_span_end_once(
+    sg: spangraph.Spangraph, listen: Callable[..., Listener]
+) -> None:
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    with spangraph.workflow("wf-mixed-events", workflow_id=workflow_id), spangraph.step("s"):
+        trace.get_current_span().add_event("otel.event", {"k": "v"})
+        spangraph.event("sg.event")
+    msgs = listener.until(workflow_ended)
+    types = [m["type"] for m in msgs if m["name"] == "s"]
+    assert types.count("otel.event") == 1 and types.count("sg.event") == 1
+    assert types.count("step.started") == 1 and types.count("step.completed") == 1
+    assert types[0] == "span.started" and types[-1] == "span.ended"
+    otel_event = next(m for m in msgs if m["type"] == "otel.event")
+    assert otel_event["attributes"] == {"k": "v"}
+    assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
+
+
+def test_token_events_are_live_only(
+    sg: spangraph.Spangraph, listen: Callable[..., Listener]
+) -> None:
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    with (
+        spangraph.workflow("wf-tokens", workflow_id=workflow_id),
+        spangraph.step("generate") as step,
+    ):
+        for text in ("hi", " there"):
+            spangraph.event("token", text=text)
+        spangraph.event("llm.complete", output_tokens=2)
+    msgs = listener.until(workflow_ended)
+    tokens = [m for m in msgs if m["type"] == "token"]
+    assert [m["attributes"] for m in tokens] == [{"text": "hi"}, {"text": " there"}]
+    assert all(m["span_id"] == step.span_id for m in tokens)
+
+    assert spangraph.flush(10)
+    names = sg.store.query(
+        "MATCH (:Span {span_id: $id})-[:HAS_EVENT]->(e:Event) RETURN e.name AS n ORDER BY e.seq",
+        {"id": step.span_id},
+    )
+    assert [r["n"] for r in names] == ["step.started", "llm.complete", "step.completed"]
+    assert sg.store.query("MATCH (e:Event {name: 'token'}) RETURN count(e) AS c") == [{"c": 0}]
+
+
+def test_stream_length_is_capped(sg: spangraph.Spangraph, redis_client: redis.Redis) -> None:
+    assert live_module.STREAM_MAXLEN == 10_000
+    workflow_id = f"wf-{uuid.uuid4()}"
+    total = live_module.STREAM_MAXLEN + 1_500
+    with spangraph.workflow("wf-many-events", workflow_id=workflow_id), spangraph.step("chatty"):
+        for i in range(total):
+            spangraph.event("token", i=i)
+    assert spangraph.flush(30)
+    published = int(redis_client.get(live_module.seq_key(workflow_id)))
+    assert published == total + 8  # + 2 span.started, 2 x.started, 2 x.completed, 2 span.ended
+    length = redis_client.xlen(stream_key(workflow_id))
+    # approximate trimming (MAXLEN ~): at least the cap, at most one stream node more
+    assert live_module.STREAM_MAXLEN <= length <= live_module.STREAM_MAXLEN + 200
+    newest = redis_client.xrevrange(stream_key(workflow_id), count=1)[0]
+    assert newest[0].decode() == f"{published}-0"
+    oldest = redis_client.xrange(stream_key(workflow_id), count=1)[0]
+    assert int(oldest[0].decode().split("-")[0]) == published - length + 1
+    assert sg.stats()["live"]["dropped"] == 0
+
+
+def test_two_hosts_share_one_sequence(
+    embedded_server: ServerInfo, redis_client: redis.Redis
+) -> None:
+    """Two TracerProviders, each with its own LiveEventProcessor and Redis connection (two
+    hosts of one run), publish concurrently for one workflow id: Redis numbers their
+    messages as one gap-free sequence, and each message is published exactly once."""
+    workflow_id = f"wf-{uuid.uuid4()}"
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    hosts = []
+    for host in ("host-a", "host-b"):
+        provider = TracerProvider(resource=Resource.create({"service.name": host}))
+        processor = LiveEventProcessor(
+            RedisPublisher.from_url(embedded_server.redis_url), project=project
+        )
+        provider.add_span_processor(processor)
+        hosts.append((host, provider, processor))
+    spans_per_host = 40
+    barrier = threading.Barrier(len(hosts))
+
+    def work(host: str, provider: TracerProvider) -> None:
+        tracer = provider.get_tracer(host)
+        attrs = {"spangraph.workflow.id": workflow_id, "spangraph.kind": "step"}
+        barrier.wait()
+        for i in range(spans_per_host):
+            with tracer.start_as_current_span(f"{host}-{i}", attributes=attrs):
+                spangraph.event("work.done", i=i)  # published live, by this host only
+                trace.get_current_span().add_event("otel.note")  # published at the end
+
+    try:
+        threads = [threading.Thread(target=work, args=(h, p)) for h, p, _ in hosts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        for _, _, processor in hosts:
+            assert processor.force_flush(10_000)
+        entries = redis_client.xrange(stream_key(workflow_id))
+        messages = [json.loads(e[1][b"data"]) for e in entries]
+        per_host = {h: [m for m in messages if m["service"] == h] for h, _, _ in hosts}
+        for host, msgs in per_host.items():
+            # span.started, work.done, otel.note, span.ended for each span
+            assert len(msgs) == 4 * spans_per_host, host
+            for i in range(spans_per_host):
+                types = [m["type"] for m in msgs if m["name"] == f"{host}-{i}"]
+                assert types == ["span.started", "work.done", "otel.note", "span.ended"]
+        assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+        assert [e[0].decode() for e in entries] == [f"{m['seq']}-0" for m in messages]
+        assert int(redis_client.get(live_module.seq_key(workflow_id))) == len(messages)
+        assert len(messages) == 2 * 4 * spans_per_host
+    finally:
+        for _, provider, processor in hosts:
+            provider.shutdown()
+            processor.publisher.close()

@@ -1,0 +1,187 @@
+"""The query library on real graphs written by real runs."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+import spangraph
+from spangraph import queries
+
+
+def flush() -> None:
+    assert spangraph.flush(10)
+
+
+@pytest.fixture
+def runs(sg: spangraph.Spangraph, provider: TracerProvider) -> dict[str, str]:
+    """Four runs of the test's project (alpha, beta, failing alpha, nested) started in this
+    order, plus one workflow of another project; name -> workflow_id."""
+    out: dict[str, str] = {}
+    with spangraph.workflow("alpha") as run, spangraph.step("a1"):
+        pass
+    out["alpha"] = run.workflow_id
+    time.sleep(0.002)
+    with spangraph.workflow("beta") as run:
+        pass
+    out["beta"] = run.workflow_id
+    time.sleep(0.002)
+    with contextlib.suppress(RuntimeError), spangraph.workflow("alpha") as run:
+        raise RuntimeError("alpha failed this time")
+    out["alpha-failed"] = run.workflow_id
+    time.sleep(0.002)
+    with spangraph.workflow("nested") as run:
+        spangraph.event("wf.first")
+        with spangraph.step("outer"):
+            spangraph.event("outer.event", k="v")
+            with spangraph.step("inner"):
+                spangraph.event("inner.event")
+        spangraph.event("wf.last")
+    out["nested"] = run.workflow_id
+    # a workflow from elsewhere (another project), as another instrumentation sends it
+    other = f"other-{uuid.uuid4().hex[:6]}"
+    tracer = provider.get_tracer("elsewhere")
+    with tracer.start_as_current_span(
+        "alpha",
+        attributes={"spangraph.kind": "workflow", "spangraph.project.id": other,
+                    "spangraph.workflow.id": "wf-elsewhere"},
+    ):  # fmt: skip
+        pass
+    out["other-project"] = other
+    flush()
+    return out
+
+
+def test_workflows_newest_first_and_filters(sg: spangraph.Spangraph, runs: dict[str, str]) -> None:
+    project = sg.settings.project
+    mine = queries.workflows(sg.store, project_id=project)
+    assert [w["workflow_id"] for w in mine] == [
+        runs["nested"], runs["alpha-failed"], runs["beta"], runs["alpha"],
+    ]  # fmt: skip
+    starts = [w["start_ns"] for w in mine]
+    assert starts == sorted(starts, reverse=True)
+    assert all(w["kind"] == "workflow" and w["project_id"] == project for w in mine)
+    assert isinstance(mine[0]["attributes"], dict)
+
+    everything = queries.workflows(sg.store)
+    assert len(everything) == 5
+    assert everything[0]["workflow_id"] == "wf-elsewhere"  # started last
+    other = queries.workflows(sg.store, project_id=runs["other-project"])
+    assert [w["workflow_id"] for w in other] == ["wf-elsewhere"]
+
+    alphas = queries.workflows(sg.store, project_id=project, name="alpha")
+    assert [w["workflow_id"] for w in alphas] == [runs["alpha-failed"], runs["alpha"]]
+    failed = queries.workflows(sg.store, state="failed")
+    assert [(w["workflow_id"], w["status"]) for w in failed] == [(runs["alpha-failed"], "ERROR")]
+    assert queries.workflows(sg.store, project_id=project, state="running") == []
+    assert [w["name"] for w in queries.workflows(sg.store, name="alpha", state="completed")] == [
+        "alpha", "alpha",
+    ]  # fmt: skip
+
+    since = mine[1]["start_ns"]  # alpha-failed
+    recent = queries.workflows(sg.store, project_id=project, since_ns=since)
+    assert [w["workflow_id"] for w in recent] == [runs["nested"], runs["alpha-failed"]]
+
+
+def test_workflows_limit(sg: spangraph.Spangraph, runs: dict[str, str]) -> None:
+    project = sg.settings.project
+    assert [w["workflow_id"] for w in queries.workflows(sg.store, project_id=project, limit=2)] == [
+        runs["nested"], runs["alpha-failed"],
+    ]  # fmt: skip
+    assert len(queries.workflows(sg.store, project_id=project, limit=1)) == 1
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="limit"):
+            queries.workflows(sg.store, limit=bad)
+
+
+def test_tree(sg: spangraph.Spangraph, runs: dict[str, str]) -> None:
+    (root,) = queries.tree(sg.store, runs["nested"])
+    assert [(d, n.name) for d, n in root.walk()] == [(0, "nested"), (1, "outer"), (2, "inner")]
+    (alpha,) = queries.tree(sg.store, runs["alpha"])
+    assert [(d, n.name) for d, n in alpha.walk()] == [(0, "alpha"), (1, "a1")]
+    spans = queries.workflow_spans(sg.store, runs["nested"])
+    assert [s["name"] for s in spans] == ["nested", "outer", "inner"]
+
+
+def test_path_to_root(sg: spangraph.Spangraph, runs: dict[str, str]) -> None:
+    spans = {s["name"]: s for s in queries.workflow_spans(sg.store, runs["nested"])}
+    path = queries.path_to_root(sg.store, spans["inner"]["span_id"])
+    assert [(p["name"], p["kind"]) for p in path] == [
+        ("nested", "workflow"), ("outer", "step"), ("inner", "step"),
+    ]  # fmt: skip
+    assert [p["span_id"] for p in path] == [
+        spans["nested"]["span_id"], spans["outer"]["span_id"], spans["inner"]["span_id"],
+    ]  # fmt: skip
+    root_only = queries.path_to_root(sg.store, spans["nested"]["span_id"])
+    assert [p["name"] for p in root_only] == ["nested"]
+
+
+def test_workflow_events_in_time_order(sg: spangraph.Spangraph, runs: dict[str, str]) -> None:
+    events = queries.workflow_events(sg.store, runs["nested"])
+    assert [(e["span_name"], e["name"]) for e in events] == [
+        ("nested", "workflow.started"),
+        ("nested", "wf.first"),
+        ("outer", "step.started"),
+        ("outer", "outer.event"),
+        ("inner", "step.started"),
+        ("inner", "inner.event"),
+        ("inner", "step.completed"),
+        ("outer", "step.completed"),
+        ("nested", "wf.last"),
+        ("nested", "workflow.completed"),
+    ]
+    times = [e["time_ns"] for e in events]
+    assert times == sorted(times)
+    outer_event = next(e for e in events if e["name"] == "outer.event")
+    assert outer_event["attributes"] == {"k": "v"} and outer_event["kind"] == "step"
+
+
+def test_unknown_ids_give_empty_answers(sg: spangraph.Spangraph, runs: dict[str, str]) -> None:
+    assert queries.tree(sg.store, "no-such-workflow") == []
+    assert queries.workflow_spans(sg.store, "no-such-workflow") == []
+    assert queries.path_to_root(sg.store, "ffffffffffffffff") == []
+    assert queries.workflow_events(sg.store, "no-such-workflow") == []
+    assert queries.workflows(sg.store, project_id="no-such-project") == []
+    assert queries.workflows(sg.store, name="no-such-name") == []
+
+
+def test_queries_on_an_empty_graph(store) -> None:
+    """Nothing written yet (not even the schema): answers are empty, not errors."""
+    store.delete_all()
+    assert queries.workflows(store) == []
+    assert queries.tree(store, "x") == []
+    assert queries.path_to_root(store, "x") == []
+    assert queries.workflow_events(store, "x") == []
+
+
+def test_span_with_a_remote_parent(sg: spangraph.Spangraph, provider: TracerProvider) -> None:
+    """A span whose parent was never written (a remote caller) hangs under a placeholder
+    node of the run: a root without name or state."""
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    remote = SpanContext(trace_id=0x1234, span_id=0xABCD, is_remote=True, trace_flags=TraceFlags(1))
+    tracer = provider.get_tracer("remote-child")
+    with tracer.start_as_current_span(
+        "child-of-remote",
+        context=trace.set_span_in_context(NonRecordingSpan(remote)),
+        attributes={"spangraph.workflow.id": "wf-orphan"},
+    ):
+        pass
+    with spangraph.workflow("wf-orphan-run", workflow_id="wf-orphan"):
+        pass
+    flush()
+    roots = {r.span["span_id"]: r for r in queries.tree(sg.store, "wf-orphan")}
+    placeholder = roots.pop(format(0xABCD, "016x"))
+    assert placeholder.span["name"] is None and placeholder.span["state"] is None
+    assert placeholder.span["trace_id"] == format(0x1234, "032x")
+    assert [c.name for c in placeholder.children] == ["child-of-remote"]
+    assert [r.name for r in roots.values()] == ["wf-orphan-run"]
+    path = queries.path_to_root(sg.store, placeholder.children[0].span["span_id"])
+    assert [p["span_id"] for p in path] == [
+        format(0xABCD, "016x"), placeholder.children[0].span["span_id"],
+    ]  # fmt: skip

@@ -1,0 +1,271 @@
+"""Failures of real servers and processes: the store goes away and comes back, a process
+is killed mid-run, the queue overflows, Redis goes away and comes back. User code never
+blocks or sees an exception; what cannot be kept is counted and logged."""
+
+from __future__ import annotations
+
+import json
+import logging
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from opentelemetry.sdk.trace import TracerProvider
+
+import spangraph
+from spangraph import queries
+from spangraph.processors.live import workflow_channel
+from spangraph.stores import FalkorDBStore
+
+SCRIPTS = Path(__file__).parent / "scripts"
+QUICK_S = 1.0
+"""A workflow run while a server is down must return within this (a functional bound:
+on_start/on_end only append to a queue; without it a run would wait on the network)."""
+
+
+def run_workflow(name: str) -> str:
+    """A workflow with two steps and an event: three spans."""
+    with spangraph.workflow(name) as run:
+        with spangraph.step("a"):
+            spangraph.event("progress", n=1)
+        with spangraph.step("b"):
+            pass
+    return run.workflow_id
+
+
+def timed_run(name: str) -> str:
+    started = time.perf_counter()
+    workflow_id = run_workflow(name)
+    elapsed = time.perf_counter() - started
+    assert elapsed < QUICK_S, f"a workflow took {elapsed:.2f}s while a server was down"
+    return workflow_id
+
+
+def span_states(store: FalkorDBStore, workflow_id: str) -> list[str]:
+    rows = store.query(
+        "MATCH (s:Span {workflow_id: $wf}) RETURN s.state AS state ORDER BY s.name",
+        {"wf": workflow_id},
+    )
+    return [r["state"] for r in rows]
+
+
+@pytest.fixture
+def configured() -> Iterator[list[spangraph.Spangraph]]:
+    """Shut spangraph down after the test (the test configures it)."""
+    made: list[spangraph.Spangraph] = []
+    yield made
+    spangraph.shutdown()
+    for instance in made:
+        instance.tracer_provider.shutdown()
+
+
+@pytest.mark.slow
+def test_store_outage_and_recovery(private_servers, tmp_path: Path, configured: list) -> None:
+    server, info = private_servers.start()
+    sg = spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=info.graph_url,
+        redis_url=info.redis_url,
+        home=str(tmp_path),
+        project=f"p-{uuid.uuid4().hex[:8]}",
+    )
+    configured.append(sg)
+    before = [run_workflow(f"before-{i}") for i in range(3)]
+    assert spangraph.flush(10)
+
+    server.stop()
+    during = [timed_run(f"during-{i}") for i in range(5)]
+    deadline = time.monotonic() + 5
+    while sg.stats()["graph"]["retries"] == 0:  # the worker keeps the batch and retries
+        assert time.monotonic() - deadline < 0, sg.stats()
+        time.sleep(0.02)
+
+    private_servers.restart_on_port(server, info.port)
+    assert spangraph.flush(30)
+
+    store = sg.store
+    assert isinstance(store, FalkorDBStore)
+    for workflow_id in before + during:
+        assert span_states(store, workflow_id) == ["completed"] * 3, workflow_id
+    assert sg.stats()["graph"]["dropped"] == 0
+    # the graph written before the outage survived the restart (append-only file)
+    assert len(queries.workflows(store, project_id=sg.settings.project)) == 8
+
+
+@pytest.mark.slow
+def test_killed_process_leaves_running_nodes(store: FalkorDBStore, graph_url: str) -> None:
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "crash_mid_run.py"), graph_url, project],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "the script did not get ready"
+        line = proc.stdout.readline()
+        assert line.startswith("READY "), line + (proc.stderr.read() if proc.stderr else "")
+        ids = json.loads(line[len("READY ") :])
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+
+    rows = store.query(
+        "MATCH (s:Span {workflow_id: $wf}) "
+        "RETURN s.span_id AS id, s.name AS name, s.state AS state, s.end_ns AS end_ns, "
+        "s.start_ns AS start_ns ORDER BY s.start_ns",
+        {"wf": ids["workflow_id"]},
+    )
+    assert [(r["id"], r["name"], r["state"], r["end_ns"]) for r in rows] == [
+        (ids["workflow_span_id"], "doomed-run", "running", None),
+        (ids["step_span_id"], "never-ends", "running", None),
+    ]
+    assert all(isinstance(r["start_ns"], int) for r in rows)
+    # the query library reports the run as running
+    listed = queries.workflows(store, project_id=project, state="running")
+    assert [w["workflow_id"] for w in listed] == [ids["workflow_id"]]
+    (root,) = queries.tree(store, ids["workflow_id"])
+    assert [(n.name, n.span["state"]) for _, n in root.walk()] == [
+        ("doomed-run", "running"), ("never-ends", "running"),
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_full_queue_drops_counts_and_warns(
+    private_servers, tmp_path: Path, configured: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="spangraph")
+    max_queue = 8
+    server, info = private_servers.start()
+    sg = spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=info.graph_url,
+        redis_url="off",
+        home=str(tmp_path),
+        max_queue_size=max_queue,
+    )
+    configured.append(sg)
+    server.stop()
+
+    runs = 20
+    for i in range(runs):
+        started = time.perf_counter()
+        with spangraph.workflow(f"w-{i}"):
+            pass
+        assert time.perf_counter() - started < QUICK_S
+    items = 2 * runs  # a start and an end per span
+    stats = sg.stats()["graph"]
+    # at most one batch (<= the queue size) is held by the worker and one queue is full
+    assert stats["dropped"] >= items - 2 * max_queue
+    assert stats["queued"] <= max_queue
+    drops = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert drops and drops[0].levelno == logging.WARNING
+    assert "queue full" in drops[0].getMessage()
+
+    private_servers.restart_on_port(server, info.port)
+    assert spangraph.flush(30)
+    stats = sg.stats()["graph"]
+    assert stats["sent"] + stats["dropped"] == items  # everything accounted for
+    assert stats["sent"] > 0
+    assert any("available again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_redis_outage_for_live_events(
+    private_servers,
+    store: FalkorDBStore,
+    graph_url: str,
+    tmp_path: Path,
+    configured: list,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis for live events goes away: user code neither blocks nor raises, the graph
+    (another server) still gets everything, live drops are counted; once Redis is back,
+    new events are published again over a new connection."""
+    caplog.set_level(logging.WARNING, logger="spangraph")
+    redis_server, rinfo = private_servers.start("redis-home")
+    sg = spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=graph_url,
+        redis_url=rinfo.redis_url,
+        home=str(tmp_path),
+        project=f"p-{uuid.uuid4().hex[:8]}",
+    )
+    configured.append(sg)
+    run_workflow("warm-up")  # the publisher's connection is open and in use
+    assert spangraph.flush(10)
+    assert sg.stats()["live"]["sent"] > 0
+
+    redis_server.stop()
+    during = [timed_run(f"no-redis-{i}") for i in range(3)]
+    deadline = time.monotonic() + 15
+    while sg.stats()["live"]["dropped"] == 0:  # given up after give_up_after seconds
+        assert time.monotonic() < deadline, sg.stats()
+        time.sleep(0.05)
+    assert spangraph.flush(30)
+    for workflow_id in during:  # the graph is on another server: unaffected
+        assert span_states(store, workflow_id) == ["completed"] * 3
+    assert any("unavailable" in r.getMessage() for r in caplog.records)
+
+    private_servers.restart_on_port(redis_server, rinfo.port)
+    sent_before = sg.stats()["live"]["sent"]
+    client = redis.Redis(port=rinfo.port)
+    pubsub = client.pubsub()
+    try:
+        workflow_id = f"after-{uuid.uuid4()}"
+        pubsub.subscribe(workflow_channel(workflow_id))
+        confirmation = pubsub.get_message(timeout=5)
+        assert confirmation and confirmation["type"] == "subscribe"
+        with spangraph.workflow("after-outage", workflow_id=workflow_id):
+            spangraph.event("back", ok=True)
+        got: list[dict] = []
+        deadline = time.monotonic() + 10
+        while not got or got[-1]["type"] != "span.ended":
+            assert time.monotonic() < deadline, got
+            message = pubsub.get_message(timeout=0.1)
+            if message and message["type"] == "message":
+                got.append(json.loads(message["data"]))
+        assert [m["type"] for m in got] == [
+            "span.started", "workflow.started", "back", "workflow.completed", "span.ended",
+        ]  # fmt: skip
+        assert [m["seq"] for m in got] == [1, 2, 3, 4, 5]
+    finally:
+        pubsub.close()
+        client.close()
+    assert sg.stats()["live"]["sent"] >= sent_before + 5
+
+
+def test_configure_with_unreachable_servers_names_the_setting(
+    closed_port: int, graph_url: str
+) -> None:
+    from spangraph.exceptions import ConfigurationError
+
+    provider = TracerProvider()
+    try:
+        with pytest.raises(ConfigurationError) as err:
+            spangraph.configure(
+                tracer_provider=provider,
+                graph_url=f"falkordb://127.0.0.1:{closed_port}/g",
+                redis_url="off",
+            )
+        assert err.value.setting == "SPANGRAPH_GRAPH_URL"
+        with pytest.raises(ConfigurationError) as err:
+            spangraph.configure(
+                tracer_provider=provider,
+                graph_url=graph_url,
+                redis_url=f"redis://127.0.0.1:{closed_port}/0",
+            )
+        assert err.value.setting == "SPANGRAPH_REDIS_URL"
+    finally:
+        spangraph.shutdown()
+        provider.shutdown()
