@@ -159,8 +159,8 @@ def test_queries_on_an_empty_graph(store) -> None:
 
 
 def test_span_with_a_remote_parent(sg: spangraph.Spangraph, provider: TracerProvider) -> None:
-    """A span whose parent was never written (a remote caller) hangs under a placeholder
-    node of the run: a root without name or state."""
+    """A span whose parent was never written (a remote caller) becomes a root of the
+    run's tree; the placeholder parent (ids only) stays in the graph for path queries."""
     from opentelemetry import trace
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
@@ -175,13 +175,15 @@ def test_span_with_a_remote_parent(sg: spangraph.Spangraph, provider: TracerProv
     with spangraph.workflow("wf-orphan-run", workflow_id="wf-orphan"):
         pass
     flush()
-    roots = {r.span["span_id"]: r for r in queries.tree(sg.store, "wf-orphan")}
-    placeholder = roots.pop(format(0xABCD, "016x"))
-    assert placeholder.span["name"] is None and placeholder.span["state"] is None
-    assert placeholder.span["trace_id"] == format(0x1234, "032x")
-    assert [c.name for c in placeholder.children] == ["child-of-remote"]
-    assert [r.name for r in roots.values()] == ["wf-orphan-run"]
-    path = queries.path_to_root(sg.store, placeholder.children[0].span["span_id"])
-    assert [p["span_id"] for p in path] == [
-        format(0xABCD, "016x"), placeholder.children[0].span["span_id"],
-    ]  # fmt: skip
+    roots = {r.name: r for r in queries.tree(sg.store, "wf-orphan")}
+    assert sorted(roots) == ["child-of-remote", "wf-orphan-run"]
+    child = roots["child-of-remote"]
+    assert child.span["parent_span_id"] == format(0xABCD, "016x")
+    [placeholder] = sg.store.query(
+        "MATCH (p:Span {span_id: $id}) RETURN p.name AS name, p.state AS state, "
+        "p.trace_id AS trace_id",
+        {"id": format(0xABCD, "016x")},
+    )
+    assert placeholder == {"name": None, "state": None, "trace_id": format(0x1234, "032x")}
+    path = queries.path_to_root(sg.store, child.span["span_id"])
+    assert [p["span_id"] for p in path] == [format(0xABCD, "016x"), child.span["span_id"]]

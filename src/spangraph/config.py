@@ -45,7 +45,9 @@ DEFAULT_FALKORDB_GRAPH: Final = "spangraph"
 
 GRAPH_SCHEMES: Final = (
     "falkordb",
+    "falkordbs",
     "redis",
+    "rediss",
     "neo4j",
     "neo4j+s",
     "neo4j+ssc",

@@ -202,7 +202,10 @@ class EmbeddedServer:
             deadline = time.monotonic() + self.start_timeout
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
-                    last_error = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    last_error = ""
+                    if proc.stderr:
+                        last_error = proc.stderr.read().decode(errors="replace")
+                        proc.stderr.close()
                     last_error += self._log_tail()
                     break
                 if self._ping(port):

@@ -113,7 +113,9 @@ def tree(store: GraphStore, workflow_id: str) -> list[TreeNode]:
     Built from :func:`workflow_spans`; a span whose parent is outside the run (or not
     written yet) becomes a root.
     """
-    spans = workflow_spans(store, workflow_id)
+    # A parent that was never written (e.g. a caller in another service) is only a
+    # placeholder node with ids: leave it out, so its children become roots.
+    spans = [s for s in workflow_spans(store, workflow_id) if s.get("name") is not None]
     nodes = {s["span_id"]: TreeNode(s) for s in spans}
     roots: list[TreeNode] = []
     for node in nodes.values():

@@ -53,6 +53,7 @@ class GraphSpanProcessor(SpanProcessor):
         max_queue_size: int = 65_536,
         max_batch_size: int = 1024,
         schedule_delay: float = 0.2,
+        shutdown_timeout: float = 5.0,
     ) -> None:
         self.store = store
         self._mapper = SpanMapper(project)
@@ -66,6 +67,7 @@ class GraphSpanProcessor(SpanProcessor):
             schedule_delay=schedule_delay,
         )
         self._put = self._worker.put
+        self._shutdown_timeout = shutdown_timeout
 
     # -- hot path -------------------------------------------------------------------------
 
@@ -156,8 +158,17 @@ class GraphSpanProcessor(SpanProcessor):
         return self._worker.flush(timeout_millis / 1000)
 
     def shutdown(self) -> None:
-        self._worker.shutdown()
+        """Send what is queued within ``shutdown_timeout`` seconds (what is left is counted
+        as dropped), then stop the worker; spans after this are ignored."""
+        # Processors cannot be removed from a TracerProvider: once shut down (or replaced by
+        # a new configure()), ignore spans instead of counting them as drops.
+        self._put = _ignore
+        self._worker.shutdown(self._shutdown_timeout)
 
     def stats(self) -> dict[str, Any]:
         """Counters: queued, sent, dropped, failed batches, retries."""
         return self._worker.stats()
+
+
+def _ignore(item: object) -> bool:
+    return False

@@ -196,6 +196,7 @@ class LiveEventProcessor(SpanProcessor):
         max_queue_size: int = 65_536,
         max_batch_size: int = 512,
         give_up_after: float = 2.0,
+        shutdown_timeout: float = 5.0,
     ) -> None:
         self.publisher = publisher
         self._mapper = SpanMapper(project)
@@ -213,6 +214,7 @@ class LiveEventProcessor(SpanProcessor):
             give_up_after=give_up_after,
         )
         self._put = self._worker.put
+        self._shutdown_timeout = shutdown_timeout
         with _listeners_lock:
             _listeners.append(self)
 
@@ -311,8 +313,15 @@ class LiveEventProcessor(SpanProcessor):
         with _listeners_lock:
             if self in _listeners:
                 _listeners.remove(self)
-        self._worker.shutdown()
+        # Processors cannot be removed from a TracerProvider: once shut down (or replaced by
+        # a new configure()), ignore spans instead of counting them as drops.
+        self._put = _ignore
+        self._worker.shutdown(self._shutdown_timeout)
 
     def stats(self) -> dict[str, Any]:
         """Counters: queued, sent, dropped, failed batches, retries."""
         return self._worker.stats()
+
+
+def _ignore(item: object) -> bool:
+    return False
