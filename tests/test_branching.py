@@ -65,7 +65,9 @@ def is_uuid7(text: str) -> bool:
 
 
 def links_of(span: ReadableSpan) -> list[tuple[str | None, int]]:
-    return [((link.attributes or {}).get(sc.LINK_TYPE), link.context.span_id) for link in span.links]
+    return [
+        ((link.attributes or {}).get(sc.LINK_TYPE), link.context.span_id) for link in span.links
+    ]
 
 
 def flush() -> None:
@@ -79,7 +81,9 @@ def q(sg: spangraph.Spangraph, cypher: str, **params: Any) -> list[dict[str, Any
 
 def edges(sg: spangraph.Spangraph, rel: str, span_id: str) -> list[str]:
     """Target span ids of ``(span_id)-[:REL]->(target)``, sorted."""
-    rows = q(sg, f"MATCH (a:Span {{span_id: $id}})-[:{rel}]->(b:Span) RETURN b.span_id AS t", id=span_id)
+    rows = q(
+        sg, f"MATCH (a:Span {{span_id: $id}})-[:{rel}]->(b:Span) RETURN b.span_id AS t", id=span_id
+    )
     return sorted(r["t"] for r in rows)
 
 
@@ -191,13 +195,6 @@ def test_bad_score_is_refused(cap: SpanCapture) -> None:
     assert sc.DECISION_CHOSEN not in attrs(one(cap, "route"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "branching.py Decision.choose() sets self.chosen (line 58) before validating score "
-        "(lines 62-64): a refused choose() leaves d.chosen set while the span records no choice"
-    ),
-)
 def test_refused_choose_leaves_no_choice(cap: SpanCapture) -> None:
     with spangraph.decision("route", options=["a", "b"]) as d:
         with pytest.raises(ValueError, match="score"):
@@ -273,9 +270,12 @@ def test_choosing_an_unexplored_option_gives_a_chosen_edge(sg: spangraph.Spangra
 
 
 def test_no_choice_no_chosen_edge(sg: spangraph.Spangraph) -> None:
-    with spangraph.workflow("wf") as run, spangraph.decision("route", options=["a", "b"]) as d:
-        with d.option("b"):
-            pass
+    with (
+        spangraph.workflow("wf") as run,
+        spangraph.decision("route", options=["a", "b"]) as d,
+        d.option("b"),
+    ):
+        pass
     flush()
     assert edges(sg, "CHOSEN_OPTION", d.span_id) == []
     assert len(edges(sg, "OPTION_OF", d.span_id)) == 2
@@ -284,14 +284,6 @@ def test_no_choice_no_chosen_edge(sg: spangraph.Spangraph) -> None:
     assert [o["chosen"] for o in found["options"]] == [False, False]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "branching.py Decision.choose() (line ~67-70) adds the chosen_option span link at "
-        "once; choosing again cannot remove it, so a re-choice leaves two CHOSEN_OPTION "
-        "edges and queries.decisions() returns the decision twice"
-    ),
-)
 def test_choosing_again_replaces_the_chosen_edge(sg: spangraph.Spangraph) -> None:
     with spangraph.workflow("wf") as run, spangraph.decision("route", options=["a", "b"]) as d:
         with d.option("a"):
@@ -306,13 +298,6 @@ def test_choosing_again_replaces_the_chosen_edge(sg: spangraph.Spangraph) -> Non
     assert [x["chosen"] for x in found] == ["b"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "branching.py Decision.choose() sets spangraph.decision.reason/score only when "
-        "given: choosing again without them keeps the previous choice's reason and score"
-    ),
-)
 def test_choosing_again_replaces_reason_and_score(cap: SpanCapture) -> None:
     with spangraph.decision("route", options=["a", "b"]) as d:
         d.choose("a", reason="looked best", score=0.9)
@@ -464,9 +449,12 @@ def test_branch_ids_in_graph(sg: spangraph.Spangraph) -> None:
         with spangraph.step(name):
             pass
 
-    with spangraph.workflow("wf") as run, spangraph.branch("b") as b:
-        with ThreadPoolExecutor(2) as pool:  # configure() instruments threading
-            list(pool.map(work, ["p1", "p2"]))
+    with (
+        spangraph.workflow("wf") as run,
+        spangraph.branch("b") as b,
+        ThreadPoolExecutor(2) as pool,  # configure() instruments threading
+    ):
+        list(pool.map(work, ["p1", "p2"]))
     flush()
     rows = q(
         sg,
@@ -630,9 +618,12 @@ def test_resumed_from_handle_is_a_span_link(cap: SpanCapture) -> None:
 
 
 def test_retry_of_edge(sg: spangraph.Spangraph) -> None:
-    with contextlib.suppress(RuntimeError), spangraph.workflow("job"):
-        with spangraph.step("fetch") as attempt1:
-            raise RuntimeError("flaky")
+    with (
+        contextlib.suppress(RuntimeError),
+        spangraph.workflow("job"),
+        spangraph.step("fetch") as attempt1,
+    ):
+        raise RuntimeError("flaky")
     with spangraph.workflow("job"), spangraph.step("fetch", retry_of=attempt1.ref) as attempt2:
         pass
     flush()
@@ -659,7 +650,7 @@ WEIRD = [
 
 
 def test_awkward_names_round_trip(sg: spangraph.Spangraph) -> None:
-    with spangraph.workflow("wf ✓ \"quoted\"") as run:
+    with spangraph.workflow('wf ✓ "quoted"') as run:
         with spangraph.decision(WEIRD[0], options=WEIRD) as d:
             with d.option(WEIRD[5]):
                 pass
@@ -676,7 +667,7 @@ def test_awkward_names_round_trip(sg: spangraph.Spangraph) -> None:
     assert found["chosen"] == WEIRD[7]
     assert found["reason"] == WEIRD[6]
     (root,) = queries.tree(sg.store, run.workflow_id)
-    assert root.name == "wf ✓ \"quoted\""
+    assert root.name == 'wf ✓ "quoted"'
     branches_and_decision = [c.name for c in root.children]
     assert branches_and_decision == [WEIRD[0], *WEIRD]
     for child in root.children[1:]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
-
 import spangraph
 from spangraph import queries
 from spangraph._diff import RunDiff, diff, entries
@@ -107,7 +105,9 @@ def test_different_choice() -> None:
     a, b = Run(), Run()
     for run, choice, json_attrs in ((a, "x", False), (b, "y", True)):
         run.add("plan", run.root)
-        d = run.add("route", run.root, kind="decision", chosen=choice, attributes_as_json=json_attrs)
+        d = run.add(
+            "route", run.root, kind="decision", chosen=choice, attributes_as_json=json_attrs
+        )
         run.add(choice, d, kind="option")
         run.add("unexplored-z", d, kind="option", state="unexplored", duration_ms=None)
     result = diff("A", a.spans, "B", b.spans)
@@ -141,7 +141,7 @@ def test_unexplored_options_are_ignored_everywhere() -> None:
     result = diff("A", a.spans, "B", b.spans)
     assert result.first_divergence is None
     assert (result.only_in_a, result.only_in_b) == ([], [])
-    assert [e.path for e in entries(a.spans)] == ["wf", "wf/route", "wf/route/x"]
+    assert [e.path for e in entries(a.spans)] == ["(root)", "route", "route/x"]
 
 
 def test_one_run_longer() -> None:
@@ -211,7 +211,7 @@ def test_siblings_by_start_time_not_input_order() -> None:
     b.add("second", b.root)
     b.spans.reverse()  # the store's order must not matter
     assert diff("A", a.spans, "B", b.spans).first_divergence is None
-    assert [e.path for e in entries(b.spans)] == ["wf", "wf/first", "wf/second"]
+    assert [e.path for e in entries(b.spans)] == ["(root)", "first", "second"]
 
 
 def test_roots_of_different_names_compare() -> None:
@@ -241,15 +241,6 @@ def test_empty_sides() -> None:
     assert one_sided.only_in_a == ["(root)", "s"]
 
 
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "_diff.py _strip_root (line ~593) strips the root by partition('/') on the joined "
-        "path: a root whose own name contains '/' leaves part of its name in every path, "
-        "so runs whose roots differ in name no longer compare"
-    ),
-)
 def test_root_names_with_a_slash_still_compare() -> None:
     a, b = Run("etl/daily"), Run("etl-nightly")
     a.add("load", a.root)

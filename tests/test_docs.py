@@ -42,8 +42,14 @@ def test_readme_usage_example_runs(tmp_path: Path) -> None:
     env.pop("SPANGRAPH_GRAPH_URL", None)
     env.pop("NEO4J_URI", None)
     try:
-        proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                              text=True, timeout=120, check=False)
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         check = (
             "import spangraph, json; from spangraph import queries; from spangraph.stores "
@@ -51,12 +57,23 @@ def test_readme_usage_example_runs(tmp_path: Path) -> None:
             "s = open_store(Settings.from_env()); "
             "print(json.dumps([(w['name'], w['state']) for w in queries.workflows(s)]))"
         )
-        out = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True,
-                             text=True, timeout=60, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", check],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         assert '["research", "completed"]' in out
     finally:
-        subprocess.run([sys.executable, "-m", "spangraph.cli", "down"], env=env,
-                       capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            [sys.executable, "-m", "spangraph.cli", "down"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
 
 def _graph_model_queries() -> list[str]:

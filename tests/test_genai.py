@@ -61,7 +61,8 @@ class Subscriber:
                 break
         self.messages: list[dict[str, Any]] = []
 
-    def until_workflow_ended(self, timeout: float = 10) -> list[dict[str, Any]]:
+    def until(self, done: Any, timeout: float = 10) -> list[dict[str, Any]]:
+        """Read messages until one satisfies ``done``; all messages read so far."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             message = self.pubsub.get_message(timeout=0.1)
@@ -69,9 +70,12 @@ class Subscriber:
                 continue
             data = json.loads(message["data"])
             self.messages.append(data)
-            if data["type"] == "span.ended" and data["kind"] == "workflow":
+            if done(data):
                 return self.messages
         raise AssertionError(f"timed out; got {[m['type'] for m in self.messages]}")
+
+    def until_workflow_ended(self) -> list[dict[str, Any]]:
+        return self.until(lambda m: m["type"] == "span.ended" and m["kind"] == "workflow")
 
     def close(self) -> None:
         self.pubsub.close()
@@ -217,7 +221,11 @@ def test_tokens_live_only_and_complete_once_in_graph(
     sub = subscribe(workflow_id)
     tokens = ["The", " graph", " is", " live", " 🚀", ' "q"']
     with spangraph.workflow("chat", workflow_id=workflow_id), spangraph.llm("m") as call:
-        for t in tokens:
+        call.token(tokens[0])
+        # live: the first token reaches the subscriber while the call is still running
+        sub.until(lambda m: m["type"] == "token", timeout=5)
+        assert call.span.is_recording()
+        for t in tokens[1:]:
             call.token(t)
     messages = sub.until_workflow_ended()
     live_tokens = [m for m in messages if m["type"] == "token"]
@@ -350,15 +358,6 @@ def test_tool_block(cap: SpanCapture) -> None:
     assert events(span, "tool.response") == [{"result": ("r1", "r2"), "cached": True}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "genai.py _ToolScope.__init__ (line 343) records the block form's arguments "
-        "unprefixed ({'tool': name, **arguments}) while the decorator records "
-        "'arguments.<param>': the two forms disagree and an argument named 'tool' "
-        "overwrites the tool name"
-    ),
-)
 def test_tool_block_arguments_like_the_decorator(cap: SpanCapture) -> None:
     with spangraph.tool("search", arguments={"q": "x", "tool": "other"}):
         pass

@@ -100,12 +100,14 @@ def branched(sg: spangraph.Spangraph) -> dict[str, Any]:
                 pass
             with contextlib.suppress(Boom), spangraph.step("boom"):
                 raise Boom("step failed")
-        with contextlib.suppress(Boom), spangraph.branch("crash") as crash:
-            with spangraph.step("fatal"):
-                raise Boom("branch failed")
-        with spangraph.branch("review") as review, spangraph.monitor(good) as mon:
-            with spangraph.step("check"):
-                pass
+        with contextlib.suppress(Boom), spangraph.branch("crash") as crash, spangraph.step("fatal"):
+            raise Boom("branch failed")
+        with (
+            spangraph.branch("review") as review,
+            spangraph.monitor(good) as mon,
+            spangraph.step("check"),
+        ):
+            pass
         with spangraph.step("outside"):
             pass
     flush()
@@ -116,8 +118,7 @@ def branched(sg: spangraph.Spangraph) -> dict[str, Any]:
 def test_branches(sg: spangraph.Spangraph, branched: dict[str, Any]) -> None:
     rows = queries.branches(store(sg), branched["run"].workflow_id)
     summary = [
-        (r["name"], r["branch_id"], r["span_id"], r["state"], r["nodes"], r["failed"])
-        for r in rows
+        (r["name"], r["branch_id"], r["span_id"], r["state"], r["nodes"], r["failed"]) for r in rows
     ]
     assert summary == [
         ("good", branched["good"].branch_id, branched["good"].span_id, "completed", 3, 0),
@@ -264,6 +265,27 @@ def test_replay_rich_run(sg: spangraph.Spangraph) -> None:
     }
 
 
+def test_replay_orders_ties_started_event_ended(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    # spans from another instrumentation, with their own (equal) timestamps
+    tracer = provider.get_tracer("elsewhere")
+    t = time.time_ns()
+    ids = {sc.WORKFLOW_ID: "wf-ties", sc.KIND: sc.KIND_WORKFLOW}
+    root = tracer.start_span("root", start_time=t, attributes=ids)
+    root.add_event("at start", timestamp=t)
+    root.add_event("at end", timestamp=t + 5)
+    root.end(end_time=t + 5)
+    flush()
+    messages = queries.replay(store(sg), "wf-ties")
+    assert [(m["seq"], m["type"], m["time_unix_nano"]) for m in messages] == [
+        (1, "span.started", t),
+        (2, "at start", t),
+        (3, "at end", t + 5),
+        (4, "span.ended", t + 5),
+    ]
+
+
 # -- decision analytics -----------------------------------------------------------------
 
 
@@ -312,9 +334,7 @@ def test_decision_analytics(sg: spangraph.Spangraph, monkeypatch: pytest.MonkeyP
         ("a", 3, 2),
         ("b", 2, 2),
     ]
-    assert everywhere[1]["mean_duration_ms"] == pytest.approx(
-        mean([*b_runs, elsewhere]), abs=0.002
-    )
+    assert everywhere[1]["mean_duration_ms"] == pytest.approx(mean([*b_runs, elsewhere]), abs=0.002)
     only_elsewhere = queries.decision_analytics(store(sg), "pick", project_id="another-project")
     assert [(r["option"], r["chosen"]) for r in only_elsewhere] == [("b", 1)]
     assert queries.decision_analytics(store(sg), "no such decision") == []
@@ -427,39 +447,30 @@ def test_project_filter_of_workflows(
     assert len(queries.workflows(store(sg))) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "queries.py BRANCHES (line ~203) matches (s:Span {branch_id: b.branch_id}) without "
-        "s.workflow_id = b.workflow_id: with a caller-given branch_id reused across runs, "
-        "branches(run) counts nodes (and failures) of the other runs"
-    ),
-)
 def test_branches_count_only_the_runs_own_nodes(sg: spangraph.Spangraph) -> None:
     runs = []
     for fail in (False, True):
-        with contextlib.suppress(Boom), spangraph.workflow("wf") as run:
-            with spangraph.branch("retrieval", branch_id="retrieval"), spangraph.step("s"):
-                if fail:
-                    raise Boom("second run fails")
+        with (
+            contextlib.suppress(Boom),
+            spangraph.workflow("wf") as run,
+            spangraph.branch("retrieval", branch_id="retrieval"),
+            spangraph.step("s"),
+        ):
+            if fail:
+                raise Boom("second run fails")
         runs.append(run)
     flush()
     (first,) = queries.branches(store(sg), runs[0].workflow_id)
     assert (first["nodes"], first["failed"]) == (2, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "queries.py BRANCHES counts every node with the branch id, including the "
-        "'unexplored' option nodes a decision writes (they inherit branch_id), so 'nodes' "
-        "is not how many nodes ran in the branch (replay and diff leave them out)"
-    ),
-)
 def test_branch_nodes_leave_out_unexplored_options(sg: spangraph.Spangraph) -> None:
-    with spangraph.workflow("wf") as run, spangraph.branch("b"):
-        with spangraph.decision("d", options=["a", "b", "c"]) as d:
-            d.choose("a")
+    with (
+        spangraph.workflow("wf") as run,
+        spangraph.branch("b"),
+        spangraph.decision("d", options=["a", "b", "c"]) as d,
+    ):
+        d.choose("a")
     flush()
     (row,) = queries.branches(store(sg), run.workflow_id)
     assert row["nodes"] == 2  # the branch and the decision

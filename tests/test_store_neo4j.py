@@ -70,12 +70,36 @@ def _row(span_id: str, **props: object) -> dict[str, object]:
 def test_neo4j_round_trip_is_idempotent(neo4j_store: Neo4jStore) -> None:
     batch = WriteBatch(
         starts={"Workflow": [_row("0000000000000001", name="w", kind="workflow", start_ns=1)]},
-        ends={"Step": [_row("0000000000000002", name="s", kind="step", state="completed",
-                            start_ns=2, end_ns=3, parent_span_id="0000000000000001")]},
-        parents=[{"span_id": "0000000000000002", "parent_span_id": "0000000000000001",
-                  "trace_id": "a" * 32, "workflow_id": "wf"}],
-        events=[{"span_id": "0000000000000002", "seq": 0, "name": "step.completed",
-                 "time_ns": 3, "attributes": "{}"}],
+        ends={
+            "Step": [
+                _row(
+                    "0000000000000002",
+                    name="s",
+                    kind="step",
+                    state="completed",
+                    start_ns=2,
+                    end_ns=3,
+                    parent_span_id="0000000000000001",
+                )
+            ]
+        },
+        parents=[
+            {
+                "span_id": "0000000000000002",
+                "parent_span_id": "0000000000000001",
+                "trace_id": "a" * 32,
+                "workflow_id": "wf",
+            }
+        ],
+        events=[
+            {
+                "span_id": "0000000000000002",
+                "seq": 0,
+                "name": "step.completed",
+                "time_ns": 3,
+                "attributes": "{}",
+            }
+        ],
     )
     neo4j_store.write(batch)
     neo4j_store.write(batch)
@@ -98,8 +122,12 @@ def test_neo4j_round_trip_is_idempotent(neo4j_store: Neo4jStore) -> None:
 @pytest.mark.neo4j
 def test_workflow_through_configure_lands_in_neo4j(neo4j_store: Neo4jStore) -> None:
     project = f"p-{uuid.uuid4().hex[:8]}"
-    sg = spangraph.configure(tracer_provider=TracerProvider(), graph_url=os.environ["NEO4J_URI"],
-                             redis_url="off", project=project)
+    sg = spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=os.environ["NEO4J_URI"],
+        redis_url="off",
+        project=project,
+    )
     try:
         with spangraph.workflow("neo4j-run") as run, spangraph.step("one"):
             pass

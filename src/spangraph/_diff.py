@@ -48,7 +48,8 @@ def _chosen(span: dict[str, Any]) -> str | None:
 
 def entries(spans: list[dict[str, Any]]) -> list[Entry]:
     """The spans (options never explored left out) in depth-first order, siblings by
-    start time, each named by its path from the root of this set."""
+    start time, each named by its path of names below its root (the root is ``(root)``),
+    so runs whose roots have different names still compare."""
     spans = [s for s in spans if s.get("state") != "unexplored"]
     by_id = {s["span_id"]: s for s in spans}
     children: dict[str | None, list[dict[str, Any]]] = {}
@@ -59,11 +60,13 @@ def entries(spans: list[dict[str, Any]]) -> list[Entry]:
         group.sort(key=lambda s: (s.get("start_ns") or 0, s["span_id"]))
     out: list[Entry] = []
 
-    def walk(span: dict[str, Any], prefix: str) -> None:
-        path = f"{prefix}/{span.get('name')}" if prefix else str(span.get("name"))
+    def walk(span: dict[str, Any], names: tuple[str, ...]) -> None:
+        path = (*names, str(span.get("name")))
+        # the root itself is "(root)"; below it, names from the root down (without it)
+        label = "/".join(path[1:]) or "(root)"
         out.append(
             Entry(
-                path,
+                label,
                 span.get("kind"),
                 span.get("state"),
                 span.get("duration_ms"),
@@ -75,21 +78,12 @@ def entries(spans: list[dict[str, Any]]) -> list[Entry]:
             walk(child, path)
 
     for root in children.get(None, []):
-        walk(root, "")
-    return out
-
-
-def _strip_root(items: list[Entry]) -> list[Entry]:
-    """Paths relative to the root, so runs of differently named roots still compare."""
-    out = []
-    for e in items:
-        _, _, rest = e.path.partition("/")
-        out.append(Entry(rest or "(root)", e.kind, e.state, e.duration_ms, e.chosen, e.span_id))
+        walk(root, ())
     return out
 
 
 def diff(a_id: str, a: list[dict[str, Any]], b_id: str, b: list[dict[str, Any]]) -> RunDiff:
-    ea, eb = _strip_root(entries(a)), _strip_root(entries(b))
+    ea, eb = entries(a), entries(b)
     first: dict[str, Any] | None = None
     for i, (x, y) in enumerate(zip(ea, eb, strict=False)):
         if x.path != y.path:

@@ -23,13 +23,15 @@ __all__ = ["Branch", "Decision", "branch", "decision", "monitor"]
 class Decision(Handle):
     """A running decision (what ``with decision(...) as d`` gives)."""
 
-    __slots__ = ("_explored", "chosen", "options")
+    __slots__ = ("_explored", "_reason", "_score", "chosen", "options")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.options: tuple[str, ...] = ()
         self._explored: dict[str, Handle] = {}
         self.chosen: str | None = None
+        self._reason: Any = None
+        self._score: float | None = None
 
     def _check_offered(self, option: str) -> None:
         if option not in self.options:
@@ -52,26 +54,30 @@ class Decision(Handle):
         )
 
     def choose(self, option: str, *, reason: str | None = None, score: float | None = None) -> None:
-        """Record the chosen option (with a ``chosen_option`` link to its span when it
-        was explored). Choosing again replaces the choice."""
+        """Record the chosen option. Choosing again replaces the choice (option, reason
+        and score); the decision span carries the final one when it ends, with a
+        ``chosen_option`` link to the option's span when it was explored."""
         self._check_offered(option)
+        if score is not None and (not isinstance(score, int | float) or isinstance(score, bool)):
+            raise ValueError(f"score must be a number, got {score!r}")
         self.chosen = option
-        attrs: dict[str, Any] = {sc.DECISION_CHOSEN: option}
-        if reason is not None:
-            attrs[sc.DECISION_REASON] = clean_value(reason)
-        if score is not None:
-            if not isinstance(score, int | float) or isinstance(score, bool):
-                raise ValueError(f"score must be a number, got {score!r}")
-            attrs[sc.DECISION_SCORE] = float(score)
-        self.span.set_attributes(attrs)
-        explored = self._explored.get(option)
-        if explored is not None:
-            link = link_to(explored, sc.LINK_CHOSEN_OPTION)
-            self.span.add_link(link.context, link.attributes)
+        self._reason = None if reason is None else clean_value(reason)
+        self._score = None if score is None else float(score)
 
     def _finish(self, exc: BaseException | None) -> None:
         ids = tuple(self._explored[o].span_id if o in self._explored else "" for o in self.options)
-        self.span.set_attribute(sc.DECISION_OPTION_SPAN_IDS, ids)
+        attrs: dict[str, Any] = {sc.DECISION_OPTION_SPAN_IDS: ids}
+        if self.chosen is not None:
+            attrs[sc.DECISION_CHOSEN] = self.chosen
+            if self._reason is not None:
+                attrs[sc.DECISION_REASON] = self._reason
+            if self._score is not None:
+                attrs[sc.DECISION_SCORE] = self._score
+            explored = self._explored.get(self.chosen)
+            if explored is not None:
+                link = link_to(explored, sc.LINK_CHOSEN_OPTION)
+                self.span.add_link(link.context, link.attributes)
+        self.span.set_attributes(attrs)
 
 
 def decision(

@@ -191,7 +191,8 @@ class _ToolScope(Scope):
         attributes: Mapping[str, Any] | None,
     ) -> None:
         def called(handle: ToolCall) -> None:
-            _add_event(handle.span, sc.TOOL_CALL, {"tool": name, **clean(arguments)})
+            args = {f"arguments.{k}": v for k, v in clean(arguments).items()}
+            _add_event(handle.span, sc.TOOL_CALL, {"tool": name, **args})
 
         super().__init__(_tool_options(name, attributes, called))
         self._tool_name = name

@@ -202,7 +202,8 @@ DECISIONS: Final = (
 
 BRANCHES: Final = (
     "MATCH (b:Branch {workflow_id: $workflow_id})\n"
-    "OPTIONAL MATCH (s:Span {branch_id: b.branch_id})\n"
+    "OPTIONAL MATCH (s:Span {branch_id: b.branch_id, workflow_id: b.workflow_id})\n"
+    "WHERE s.state <> 'unexplored'\n"
     "RETURN b.span_id AS span_id, b.name AS name, b.branch_id AS branch_id,\n"
     "       b.state AS state, b.start_ns AS start_ns, b.duration_ms AS duration_ms,\n"
     "       count(s) AS nodes,\n"
@@ -322,7 +323,8 @@ def branches(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     .. code-block:: cypher
 
         MATCH (b:Branch {workflow_id: $workflow_id})
-        OPTIONAL MATCH (s:Span {branch_id: b.branch_id})
+        OPTIONAL MATCH (s:Span {branch_id: b.branch_id, workflow_id: b.workflow_id})
+        WHERE s.state <> 'unexplored'
         RETURN b.span_id AS span_id, b.name AS name, ..., count(s) AS nodes,
                sum(CASE WHEN s.state = 'failed' THEN 1 ELSE 0 END) AS failed
     """
