@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -64,23 +65,43 @@ def provider() -> Iterator[TracerProvider]:
     tp.shutdown()
 
 
-@pytest.fixture
+@pytest.fixture(params=["falkordb", pytest.param("neo4j", marks=pytest.mark.neo4j)])
 def sg(
-    provider: TracerProvider, graph_url: str, embedded_server: ServerInfo, tmp_path
+    request: pytest.FixtureRequest,
+    provider: TracerProvider,
+    graph_url: str,
+    embedded_server: ServerInfo,
+    tmp_path,
 ) -> Iterator[spangraph.Spangraph]:
     """spangraph configured on a private TracerProvider, a fresh graph and the session
-    Redis, with a project id unique to the test."""
+    Redis, with a project id unique to the test. Every test that uses it runs on the
+    embedded FalkorDB and, when ``NEO4J_URI`` is set, on that Neo4j too (emptied first)."""
+    url = graph_url
+    if request.param == "neo4j":
+        from spangraph.stores.neo4j import Neo4jStore
+
+        url = os.environ["NEO4J_URI"]
+        cleaner = Neo4jStore(
+            url,
+            user=os.environ.get("NEO4J_USER", "neo4j"),
+            password=os.environ.get("NEO4J_PASSWORD"),
+            database=os.environ.get("NEO4J_DATABASE"),
+        )
+        cleaner.delete_all()
+        cleaner.close()
     instance = spangraph.configure(
         tracer_provider=provider,
-        graph_url=graph_url,
+        graph_url=url,
         redis_url=embedded_server.redis_url,
         home=str(tmp_path),
         project=f"p-{uuid.uuid4().hex[:8]}",
     )
     yield instance
-    spangraph.shutdown()
+    spangraph.flush(10)
     if instance.store is not None:
-        instance.store.delete_all()  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):  # the test may have closed it already
+            instance.store.delete_all()  # type: ignore[attr-defined]
+    spangraph.shutdown()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
