@@ -509,3 +509,31 @@ def diff(store: GraphStore, a: str, b: str, *, branches: bool = False) -> dict[s
         return workflow_spans(store, key)
 
     return structural_diff(a, spans_of(a), b, spans_of(b)).to_dict()
+
+
+NODE: Final = f"MATCH (s:Span {{span_id: $span_id}})\nRETURN s.span_id AS {_SPAN_FIELDS}"
+
+NODE_EVENTS: Final = (
+    "MATCH (s:Span {span_id: $span_id})-[:HAS_EVENT]->(e:Event)\n"
+    "RETURN e.seq AS seq, e.name AS name, e.time_ns AS time_ns, e.attributes AS attributes\n"
+    "ORDER BY e.seq"
+)
+
+_MORE_STATEMENTS.update({"node": NODE, "node_events": NODE_EVENTS})
+
+
+def node(store: GraphStore, span_id: str) -> dict[str, Any] | None:
+    """One span with its events (in order), or ``None`` when unknown.
+
+    .. code-block:: cypher
+
+        MATCH (s:Span {span_id: $span_id}) RETURN s.span_id AS span_id, ...
+        MATCH (s:Span {span_id: $span_id})-[:HAS_EVENT]->(e:Event)
+        RETURN e.seq AS seq, e.name AS name, ... ORDER BY e.seq
+    """
+    rows = store.query(NODE, {"span_id": span_id})
+    if not rows:
+        return None
+    found = _decode(rows[0])
+    found["events"] = [_decode(e) for e in store.query(NODE_EVENTS, {"span_id": span_id})]
+    return found

@@ -1,0 +1,136 @@
+"""Response models: what the API answers (and what /openapi.json describes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok or error")
+    component: str
+    detail: str | None = None
+
+
+class HealthAll(BaseModel):
+    status: str
+    graph: Health
+    redis: Health
+
+
+class Node(BaseModel):
+    """One span of a run, as stored in the graph."""
+
+    span_id: str
+    trace_id: str | None = None
+    parent_span_id: str | None = None
+    workflow_id: str | None = None
+    execution_id: str | None = None
+    branch_id: str | None = None
+    project_id: str | None = None
+    kind: str | None = None
+    name: str | None = None
+    state: str | None = None
+    status: str | None = None
+    status_message: str | None = None
+    start_ns: int | None = None
+    end_ns: int | None = None
+    duration_ms: float | None = None
+    service: str | None = None
+    env: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    jaeger_url: str | None = Field(default=None, description="open this span in Jaeger")
+
+
+class TreeNode(Node):
+    children: list[TreeNode] = Field(default_factory=list)
+
+
+class Event(BaseModel):
+    seq: int
+    name: str
+    time_ns: int
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class NodeDetail(Node):
+    events: list[Event] = Field(default_factory=list)
+
+
+class PathStep(BaseModel):
+    span_id: str
+    name: str | None = None
+    kind: str | None = None
+
+
+class Option(BaseModel):
+    name: str
+    state: str | None = None
+    span_id: str | None = None
+    explored: bool
+    chosen: bool
+
+
+class Decision(BaseModel):
+    span_id: str
+    name: str
+    state: str | None = None
+    branch_id: str | None = None
+    start_ns: int | None = None
+    options: list[Option]
+    chosen: str | None = None
+    reason: Any = None
+    score: float | None = None
+    jaeger_url: str | None = None
+
+
+class Branch(BaseModel):
+    span_id: str
+    name: str | None = None
+    branch_id: str | None = None
+    state: str | None = None
+    start_ns: int | None = None
+    duration_ms: float | None = None
+    nodes: int
+    failed: int
+    jaeger_url: str | None = None
+
+
+class BranchSummary(BaseModel):
+    branch_id: str
+    name: str | None = None
+    workflow_id: str | None = None
+    state: str | None = None
+    duration_ms: float | None = None
+    states: dict[str, int]
+    nodes: list[Node]
+
+
+class Monitor(BaseModel):
+    monitor_span_id: str
+    monitor: str | None = None
+    monitor_branch_id: str | None = None
+    target_span_id: str
+    target: str | None = None
+    target_kind: str | None = None
+    target_branch_id: str | None = None
+    jaeger_url: str | None = None
+
+
+class LiveMessage(BaseModel):
+    """One message of a run, as live subscribers get it (DESIGN wire format)."""
+
+    type: str
+    seq: int
+    workflow_id: str
+    project_id: str | None = None
+    trace_id: str | None = None
+    span_id: str
+    parent_span_id: str | None = None
+    kind: str | None = None
+    name: str | None = None
+    time_unix_nano: int
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    service: str | None = None
+    env: str | None = None

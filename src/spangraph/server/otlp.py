@@ -1,0 +1,5 @@
+"""OTLP/HTTP receiver (placeholder)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,144 @@
+"""Query routes: thin wrappers over :mod:`spangraph.queries`, every node with its
+``jaeger_url``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+
+from ... import queries
+from ..deps import SettingsDep, StoreDep, jaeger_url
+from ..models import (
+    Branch,
+    BranchSummary,
+    Decision,
+    LiveMessage,
+    Monitor,
+    Node,
+    NodeDetail,
+    PathStep,
+    TreeNode,
+)
+
+router = APIRouter(prefix="/api", tags=["runs"])
+
+_STATES = "^(running|completed|failed|cancelled)$"
+
+
+def _node(settings: Any, row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    if not isinstance(out.get("attributes"), dict):
+        out["attributes"] = {}
+    out["jaeger_url"] = jaeger_url(settings, out.get("trace_id"), out.get("span_id"))
+    return out
+
+
+def _tree(settings: Any, node: queries.TreeNode) -> TreeNode:
+    return TreeNode(
+        **_node(settings, node.span), children=[_tree(settings, c) for c in node.children]
+    )
+
+
+@router.get("/workflows", response_model=list[Node])
+def list_workflows(
+    settings: SettingsDep,
+    store: StoreDep,
+    project_id: str | None = None,
+    state: Annotated[str | None, Query(pattern=_STATES)] = None,
+    name: str | None = None,
+    since_ns: Annotated[int | None, Query(ge=0)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> list[dict[str, Any]]:
+    """Runs (workflow spans), newest first, filtered by project, state, name, start."""
+    rows = queries.workflows(
+        store, project_id=project_id, state=state, name=name, since_ns=since_ns, limit=limit
+    )
+    return [_node(settings, r) for r in rows]
+
+
+@router.get("/workflows/{workflow_id}/tree", response_model=list[TreeNode])
+def workflow_tree(workflow_id: str, settings: SettingsDep, store: StoreDep) -> list[TreeNode]:
+    """A run as a forest (normally one root: the workflow span). 404 for an unknown run."""
+    roots = queries.tree(store, workflow_id)
+    if not roots:
+        raise HTTPException(404, detail=f"no run with workflow_id {workflow_id!r}")
+    return [_tree(settings, r) for r in roots]
+
+
+@router.get("/nodes/{span_id}", response_model=NodeDetail)
+def get_node(span_id: str, settings: SettingsDep, store: StoreDep) -> dict[str, Any]:
+    """One span with its attributes and events. 404 for an unknown span."""
+    found = queries.node(store, span_id)
+    if found is None:
+        raise HTTPException(404, detail=f"no span {span_id!r}")
+    return _node(settings, found)
+
+
+@router.get("/nodes/{span_id}/path", response_model=list[PathStep])
+def node_path(span_id: str, store: StoreDep) -> list[dict[str, Any]]:
+    """The spans from the root of the span's tree down to it. 404 for an unknown span."""
+    path = queries.path_to_root(store, span_id)
+    if not path:
+        raise HTTPException(404, detail=f"no span {span_id!r}")
+    return path
+
+
+@router.get("/workflows/{workflow_id}/decisions", response_model=list[Decision])
+def workflow_decisions(
+    workflow_id: str, settings: SettingsDep, store: StoreDep
+) -> list[dict[str, Any]]:
+    """Decision points of a run with all options, the chosen one, reason and score."""
+    rows = queries.decisions(store, workflow_id)
+    traces = {r["span_id"]: r.get("trace_id") for r in queries.workflow_spans(store, workflow_id)}
+    return [
+        {**r, "jaeger_url": jaeger_url(settings, traces.get(r["span_id"]), r["span_id"])}
+        for r in rows
+    ]
+
+
+@router.get("/workflows/{workflow_id}/branches", response_model=list[Branch])
+def workflow_branches(
+    workflow_id: str, settings: SettingsDep, store: StoreDep
+) -> list[dict[str, Any]]:
+    """Branches of a run with node and failure counts."""
+    rows = queries.branches(store, workflow_id)
+    traces = {r["span_id"]: r.get("trace_id") for r in queries.workflow_spans(store, workflow_id)}
+    return [
+        {**r, "jaeger_url": jaeger_url(settings, traces.get(r["span_id"]), r["span_id"])}
+        for r in rows
+    ]
+
+
+@router.get("/branches/{branch_id}/summary", response_model=BranchSummary)
+def branch_summary(branch_id: str, settings: SettingsDep, store: StoreDep) -> dict[str, Any]:
+    """A branch's nodes in time order, with totals. 404 for an unknown branch."""
+    summary = queries.branch_summary(store, branch_id)
+    if summary is None:
+        raise HTTPException(404, detail=f"no branch {branch_id!r}")
+    summary["nodes"] = [_node(settings, n) for n in summary["nodes"]]
+    return summary
+
+
+@router.get("/workflows/{workflow_id}/monitors", response_model=list[Monitor])
+def workflow_monitors(
+    workflow_id: str, settings: SettingsDep, store: StoreDep
+) -> list[dict[str, Any]]:
+    """Cross-branch monitors of a run: monitor, target, both branches."""
+    rows = queries.monitors(store, workflow_id)
+    traces = {r["span_id"]: r.get("trace_id") for r in queries.workflow_spans(store, workflow_id)}
+    return [
+        {
+            **r,
+            "jaeger_url": jaeger_url(
+                settings, traces.get(r["monitor_span_id"]), r["monitor_span_id"]
+            ),
+        }
+        for r in rows
+    ]
+
+
+@router.get("/workflows/{workflow_id}/events", response_model=list[LiveMessage])
+def workflow_events(workflow_id: str, store: StoreDep) -> list[dict[str, Any]]:
+    """Replay: the run as the ordered messages a live subscriber would have seen."""
+    return queries.replay(store, workflow_id)

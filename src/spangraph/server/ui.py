@@ -1,0 +1,5 @@
+"""Web UI (placeholder)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
