@@ -21,7 +21,60 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return run_demo(sys.stdout, home=args.home)
+    code = run_demo(sys.stdout, home=args.home)
+    if code or not args.serve:
+        return code
+    print(
+        f"\nopen http://{args.host}:{args.port}/ to see the run in the web UI (Ctrl-C to stop)",
+        flush=True,
+    )
+    return _serve(args.host, args.port, home=args.home)
+
+
+def _serve(
+    host: str,
+    port: int,
+    *,
+    reload: bool = False,
+    cors: list[str] | None = None,
+    home: str | None = None,
+) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        print(
+            "spangraph: error: serve needs the server extra: pip install 'spangraph[server]'",
+            file=sys.stderr,
+        )
+        return 2
+    if home:
+        os.environ["SPANGRAPH_HOME"] = home
+    if cors:
+        os.environ["SPANGRAPH_CORS_ORIGINS"] = ",".join(cors)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"spangraph: serving on {host}: reachable from other machines"
+            + (
+                ""
+                if os.environ.get("SPANGRAPH_API_TOKEN")
+                else " WITHOUT a token (set SPANGRAPH_API_TOKEN)"
+            ),
+            file=sys.stderr,
+        )
+    print(f"spangraph: web UI and API on http://{host}:{port}/ (docs: /docs)", flush=True)
+    uvicorn.run(
+        "spangraph.server.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        reload=reload,
+        log_level="info",
+    )
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    return _serve(args.host, args.port, reload=args.reload, cors=args.cors_origin, home=args.home)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -255,9 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--home", help="data dir of the embedded server (SPANGRAPH_HOME)")
         return p
 
-    add("demo", "run a small agent workflow, watch it live, print it from the graph").set_defaults(
-        func=_cmd_demo
+    demo = add("demo", "run a small agent workflow, watch it live, print it from the graph")
+    demo.add_argument(
+        "--serve", action="store_true", help="then keep the web UI running to explore the run"
     )
+    demo.add_argument("--host", default="127.0.0.1", help="with --serve (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="with --serve (default 8000)")
+    demo.set_defaults(func=_cmd_demo)
+    serve = add("serve", "the HTTP service: query API, live streams, OTLP receiver, web UI")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--reload", action="store_true", help="restart on code changes (dev)")
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="allow this origin by CORS (repeatable); CORS is off by default",
+    )
+    serve.set_defaults(func=_cmd_serve)
     add("up", "start the embedded server (or show the running one)").set_defaults(func=_cmd_up)
     add("down", "stop the embedded server (its data stays)").set_defaults(func=_cmd_down)
     add("status", "is the embedded server running?").set_defaults(func=_cmd_status)

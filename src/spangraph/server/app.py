@@ -3,20 +3,70 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from .._version import __version__
 from ..config import Settings
-from ..stores import open_store
+from ..exceptions import StoreError, StoreUnavailableError
+from ..stores import GraphStore, open_store
 from .deps import require_token
 from .routes import health, runs
 
 _log = logging.getLogger("spangraph.server")
+
+
+class LazyStore:
+    """A GraphStore opened on first use (and again after a failed open), so the service
+    starts, and answers health checks with 503, while its store is still down."""
+
+    name = "lazy"
+
+    def __init__(self, factory: Callable[[], GraphStore]) -> None:
+        self._factory = factory
+        self._store: GraphStore | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> GraphStore:
+        store = self._store
+        if store is None:
+            with self._lock:
+                if self._store is None:
+                    try:
+                        self._store = self._factory()
+                    except StoreError:
+                        raise
+                    except Exception as exc:
+                        raise StoreUnavailableError(f"cannot open the graph store: {exc}") from exc
+                store = self._store
+        return store
+
+    @property
+    def url(self) -> str | None:
+        return getattr(self._store, "url", None)
+
+    def ensure_schema(self) -> None:
+        self._get().ensure_schema()
+
+    def write(self, batch: Any) -> None:
+        self._get().write(batch)
+
+    def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self._get().query(cypher, params)
+
+    def ping(self) -> None:
+        self._get().ping()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 def _redis_url(settings: Settings, server: Any) -> str | None:
@@ -56,7 +106,7 @@ def create_app(
             if settings.graph_is_embedded and server
             else settings
         )
-        store = await run_in_threadpool(open_store, chosen)
+        store = LazyStore(lambda: open_store(chosen))
         try:
             await run_in_threadpool(store.ensure_schema)
         except Exception as exc:  # the store may come up later: health says so
@@ -86,6 +136,17 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+
+    @app.exception_handler(StoreUnavailableError)
+    async def store_unavailable(request: Request, exc: StoreUnavailableError) -> JSONResponse:
+        _log.warning("%s %s: graph store unavailable: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": f"graph store unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, exc: StoreError) -> JSONResponse:
+        _log.error("%s %s: graph store error: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": f"graph store error: {exc}"}, status_code=502)
+
     auth = [Depends(require_token)]
     app.include_router(health.router, dependencies=auth)
     app.include_router(runs.router, dependencies=auth)
@@ -105,3 +166,13 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     return app
+
+
+ENV_CORS_ORIGINS = "SPANGRAPH_CORS_ORIGINS"
+"""Comma-separated origins allowed by CORS (service only); CORS is off when unset."""
+
+
+def app_from_env() -> FastAPI:
+    """The app with settings from the environment (``uvicorn --factory`` entry point)."""
+    origins = [o.strip() for o in os.environ.get(ENV_CORS_ORIGINS, "").split(",") if o.strip()]
+    return create_app(Settings.from_env(), cors_origins=origins or None)
