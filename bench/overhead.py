@@ -56,6 +56,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+import spangraph
 from spangraph.embedded import EmbeddedServer, ServerInfo
 from spangraph.mapping import SpanMapper
 from spangraph.processors import GraphSpanProcessor, LiveEventProcessor, RedisPublisher
@@ -612,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         server = EmbeddedServer(home)
         info = server.ensure_running()
         print(f"embedded server pid {info.pid} on port {info.port}; load average {loadavg()}")
+        print(f"spangraph imported from {os.path.dirname(spangraph.__file__)}")
         try:
             setups = part1(info, args.spans, args.rounds)
             ingest = part2(info, args.ingest_spans, args.per_workflow, args.ingest_rounds)
