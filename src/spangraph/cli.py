@@ -77,6 +77,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return _serve(args.host, args.port, reload=args.reload, cors=args.cors_origin, home=args.home)
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    command = list(args.cmd)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print(
+            "spangraph: error: run needs a command: spangraph run -- python app.py", file=sys.stderr
+        )
+        return 2
+    os.environ.setdefault("OTEL_PYTHON_DISTRO", "spangraph")
+    os.environ.setdefault("OTEL_PYTHON_CONFIGURATOR", "spangraph")
+    if args.home:
+        os.environ["SPANGRAPH_HOME"] = args.home
+    from opentelemetry.instrumentation.auto_instrumentation import run
+
+    sys.argv = ["opentelemetry-instrument", *command]
+    run()  # replaces this process with the command, its imports instrumented
+    return 0  # pragma: no cover
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     info = EmbeddedServer(_settings(args).home).ensure_running()
     print(f"embedded server running: pid {info.pid}, {info.redis_url} (graph {info.graph_url})")
@@ -326,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow this origin by CORS (repeatable); CORS is off by default",
     )
     serve.set_defaults(func=_cmd_serve)
+    run = add("run", "run a program with spangraph configured (like opentelemetry-instrument)")
+    run.add_argument(
+        "cmd",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND ...",
+        help="the program and its arguments, after --",
+    )
+    run.set_defaults(func=_cmd_run)
     add("up", "start the embedded server (or show the running one)").set_defaults(func=_cmd_up)
     add("down", "stop the embedded server (its data stays)").set_defaults(func=_cmd_down)
     add("status", "is the embedded server running?").set_defaults(func=_cmd_status)

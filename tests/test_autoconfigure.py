@@ -1,0 +1,204 @@
+"""Zero-code setup in real subprocesses: the spangraph traces exporter, the distro and
+configurator under opentelemetry-instrument, `spangraph run`, and OTLP export to a real
+receiver beside the graph (the Jaeger path)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from spangraph import queries
+from spangraph.embedded import ServerInfo
+from spangraph.stores import FalkorDBStore
+
+APP = """
+import spangraph
+with spangraph.workflow("auto-{tag}") as run:
+    with spangraph.step("inside"):
+        pass
+print("WORKFLOW", run.workflow_id, run.trace_id)
+"""
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def env(graph_url: str, embedded_server: ServerInfo, tmp_path: Path) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SPANGRAPH_"))}
+    out.update(
+        SPANGRAPH_GRAPH_URL=graph_url,
+        SPANGRAPH_REDIS_URL=embedded_server.redis_url,
+        SPANGRAPH_HOME=str(tmp_path / "home"),
+        PYTHONUNBUFFERED="1",
+    )
+    out.pop("NEO4J_URI", None)
+    return out
+
+
+def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[str, str]:
+    proc = subprocess.run(
+        cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    [line] = [x for x in proc.stdout.splitlines() if x.startswith("WORKFLOW ")]
+    _, workflow_id, trace_id = line.split()
+    return workflow_id, trace_id
+
+
+def _assert_in_graph(graph_url: str, workflow_id: str, name: str) -> None:
+    store = FalkorDBStore.from_url(graph_url)
+    try:
+        [root] = queries.tree(store, workflow_id)
+        assert (root.name, root.span["state"]) == (name, "completed")
+        assert [c.name for c in root.children] == ["inside"]
+    finally:
+        store.close()
+
+
+def _app(tmp_path: Path, tag: str) -> Path:
+    script = tmp_path / "app.py"
+    script.write_text(APP.replace("{tag}", tag))
+    return script
+
+
+def test_traces_exporter_entry_point(env: dict[str, str], graph_url: str, tmp_path: Path) -> None:
+    script = _app(tmp_path, "exporter")
+    env = {
+        **env,
+        "OTEL_TRACES_EXPORTER": "spangraph",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+    }
+    workflow_id, _ = _run(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, str(script)], env, tmp_path
+    )
+    _assert_in_graph(graph_url, workflow_id, "auto-exporter")
+
+
+def test_distro_and_configurator(env: dict[str, str], graph_url: str, tmp_path: Path) -> None:
+    script = _app(tmp_path, "distro")
+    env = {**env, "OTEL_PYTHON_DISTRO": "spangraph", "OTEL_PYTHON_CONFIGURATOR": "spangraph"}
+    proc_env = dict(env)
+    workflow_id, _ = _run(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, str(script)], proc_env, tmp_path
+    )
+    _assert_in_graph(graph_url, workflow_id, "auto-distro")
+
+
+def test_spangraph_run(env: dict[str, str], graph_url: str, tmp_path: Path) -> None:
+    script = _app(tmp_path, "run")
+    workflow_id, _ = _run(
+        [str(BIN / "spangraph"), "run", "--", sys.executable, str(script)], env, tmp_path
+    )
+    _assert_in_graph(graph_url, workflow_id, "auto-run")
+
+
+def test_spangraph_run_needs_a_command(env: dict[str, str], tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(BIN / "spangraph"), "run"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "needs a command" in proc.stderr
+
+
+class _Receiver:
+    """A small real OTLP/HTTP traces receiver: decodes protobuf, remembers span ids."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str, str]] = []
+        received = self.spans
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                request = ExportTraceServiceRequest.FromString(body)
+                for rs in request.resource_spans:
+                    for ss in rs.scope_spans:
+                        for span in ss.spans:
+                            received.append((span.trace_id.hex(), span.span_id.hex(), span.name))
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[_Receiver]:
+    r = _Receiver()
+    yield r
+    r.close()
+
+
+def test_otlp_export_beside_the_graph(
+    env: dict[str, str], graph_url: str, tmp_path: Path, receiver: _Receiver
+) -> None:
+    """configure() adds the standard OTLP exporter when OTEL_EXPORTER_OTLP_* is set: the
+    same trace and span ids reach the OTLP receiver (Jaeger's path) and the graph."""
+    script = tmp_path / "app.py"
+    script.write_text(
+        APP.replace("{tag}", "jaeger").replace(
+            "import spangraph\n", "import spangraph\nspangraph.configure()\n"
+        )
+        + "spangraph.shutdown()\n"
+    )
+    env = {
+        **env,
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{receiver.port}/v1/traces",
+        "OTEL_SERVICE_NAME": f"svc-{uuid.uuid4().hex[:6]}",
+    }
+    workflow_id, trace_id = _run([sys.executable, str(script)], env, tmp_path)
+    assert {(t, n) for t, _, n in receiver.spans} == {
+        (trace_id, "auto-jaeger"),
+        (trace_id, "inside"),
+    }
+    store = FalkorDBStore.from_url(graph_url)
+    try:
+        stored = {s["span_id"] for s in queries.workflow_spans(store, workflow_id)}
+    finally:
+        store.close()
+    assert stored == {s for _, s, _ in receiver.spans}
+
+
+def test_instrumentor_entry_points_are_registered() -> None:
+    from importlib.metadata import entry_points
+
+    def names(group: str) -> set[str]:
+        return {ep.name for ep in entry_points(group=group) if ep.value.startswith("spangraph")}
+
+    assert names("opentelemetry_traces_exporter") == {"spangraph"}
+    assert names("opentelemetry_distro") == {"spangraph"}
+    assert names("opentelemetry_configurator") == {"spangraph"}
