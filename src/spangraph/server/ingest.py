@@ -1,13 +1,663 @@
-"""OTLP ingest pipeline (placeholder)."""
+"""OTLP ingest: decode ``ExportTraceServiceRequest`` bodies into SDK spans and feed them to
+spangraph's own span processors, so spans from any language land in the graph and go out
+live exactly as spans made in this process do.
+
+Everything here is synchronous and CPU-bound (decompress, parse, convert); the HTTP
+router (:mod:`spangraph.server.otlp`) runs it in the thread pool. Nothing here waits for
+the graph store or Redis: the processors queue and write on their worker threads. When
+the graph queue has no room for a request, the request is refused as a whole
+(:class:`Overloaded`, answered 503 so that the client retries), so a span is either queued
+or the client knows it was not.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import binascii
+import json
+import logging
+import re
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from .. import semconv as sc
+from ..mapping import PROMOTED, to_json
+from ..processors import GraphSpanProcessor, LiveEventProcessor, RedisPublisher
+
+_log = logging.getLogger("spangraph.server.otlp")
+
+MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+"""Largest request body accepted, before and after decompression (413 above it)."""
+MAX_QUEUE_SIZE: Final = 131_072
+"""Items the graph processor may hold (two a span: its start and its end)."""
+MAX_SPANS_PER_REQUEST: Final = MAX_QUEUE_SIZE // 2
+"""Most spans one request may carry (413 above it: the client must send smaller batches)."""
+
+_MAX_TIME_NS: Final = 2**63 - 1
+"""Timestamps above this do not fit the stores' 64-bit signed integers."""
+_MAX_DEPTH: Final = 32
+"""Nesting of array / kvlist attribute values kept; deeper values become ``None``."""
+
+_SPAN_KINDS: Final = {
+    1: SpanKind.INTERNAL,
+    2: SpanKind.SERVER,
+    3: SpanKind.CLIENT,
+    4: SpanKind.PRODUCER,
+    5: SpanKind.CONSUMER,
+}
+"""OTLP ``Span.SpanKind`` (UNSPECIFIED = 0 reads as INTERNAL) -> the API's SpanKind."""
+
+_UNSET = Status(StatusCode.UNSET)
+_OK = Status(StatusCode.OK)
+
+_FLAGS_HAS_IS_REMOTE: Final = 0x100
+_FLAGS_IS_REMOTE: Final = 0x200
+
+PROTOBUF: Final = "protobuf"
+JSON: Final = "json"
+
+_HEX = re.compile(r"[0-9a-fA-F]*")
+
+
+class RateLimitedLog:
+    """Warnings about bad requests: at most one line a ``period`` per kind, with the count
+    of the ones left out, so a misbehaving client cannot flood the log."""
+
+    def __init__(self, logger: logging.Logger, period: float = 1.0) -> None:
+        self._log = logger
+        self._period = period
+        self._last: dict[Any, float] = {}
+        self._suppressed: dict[Any, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, kind: Any, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(kind, -1e9) < self._period:
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                return
+            self._last[kind] = now
+            suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            msg += " (%d similar left out)"
+            args = (*args, suppressed)
+        self._log.warning(msg, *args)
+
+
+warn = RateLimitedLog(_log)
+"""The receiver's warnings about refused requests and rejected spans."""
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class IngestError(Exception):
+    """A request that is not accepted; ``status`` is the HTTP status to answer with."""
+
+    status = 400
+
+
+class BadRequest(IngestError):
+    """The body cannot be decompressed or decoded (400: the client must not retry)."""
+
+    status = 400
+
+
+class PayloadTooLarge(IngestError):
+    """The body, decompressed, or its span count is over the cap (413)."""
+
+    status = 413
+
+
+class UnsupportedMediaType(IngestError):
+    """A content type or content encoding the receiver does not speak (415)."""
+
+    status = 415
+
+
+class Overloaded(IngestError):
+    """The graph queue has no room for the request now (503: retry later)."""
+
+    status = 503
+
+
+class IngestClosed(IngestError):
+    """The pipeline has been shut down (503)."""
+
+    status = 503
+
+
+# -- decompression --------------------------------------------------------------------------
+
+
+def decompress(body: bytes, encoding: str, limit: int = MAX_BODY_BYTES) -> bytes:
+    """``body`` decoded per its ``Content-Encoding`` (``identity``, ``gzip``, ``deflate``),
+    never more than ``limit`` bytes of output (:class:`PayloadTooLarge` above it, so a zip
+    bomb costs at most ``limit`` bytes of memory). Concatenated gzip members are read as
+    one body, as Go's and Python's gzip readers do."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding in ("", "identity"):
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body of {len(body)} bytes is over the {limit} byte limit")
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        return _inflate(body, 16 + zlib.MAX_WBITS, limit, members=True)
+    if encoding == "deflate":
+        # RFC 9110 "deflate" is the zlib format; some clients send raw deflate.
+        try:
+            return _inflate(body, zlib.MAX_WBITS, limit, members=False)
+        except BadRequest:
+            return _inflate(body, -zlib.MAX_WBITS, limit, members=False)
+    raise UnsupportedMediaType(
+        f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or identity"
+    )
+
+
+def _inflate(data: bytes, wbits: int, limit: int, *, members: bool) -> bytes:
+    out = bytearray()
+    first = True
+    while data or first:
+        first = False
+        d = zlib.decompressobj(wbits)
+        try:
+            chunk = d.decompress(data, limit + 1 - len(out))
+            out += chunk
+            while d.unconsumed_tail and len(out) <= limit:
+                out += d.decompress(d.unconsumed_tail, limit + 1 - len(out))
+            if len(out) > limit:
+                raise PayloadTooLarge(f"decompressed body is over the {limit} byte limit")
+            out += d.flush()
+        except zlib.error as exc:
+            raise BadRequest(f"body is not valid {_wbits_name(wbits)} data: {exc}") from None
+        if len(out) > limit:
+            raise PayloadTooLarge(f"decompressed body is over the {limit} byte limit")
+        if not d.eof:
+            raise BadRequest(f"{_wbits_name(wbits)} body is truncated")
+        data = d.unused_data
+        if data and not members:
+            raise BadRequest(f"trailing bytes after the {_wbits_name(wbits)} stream")
+        if data and not data.strip(b"\0"):  # padding some writers leave: ignore it
+            break
+    return bytes(out)
+
+
+def _wbits_name(wbits: int) -> str:
+    return "gzip" if wbits > zlib.MAX_WBITS else "deflate"
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+
+def _request_type() -> Any:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    return ExportTraceServiceRequest
+
+
+def decode_protobuf(body: bytes) -> Any:
+    """An ``ExportTraceServiceRequest`` from its protobuf encoding (:class:`BadRequest`)."""
+    request = _request_type()()
+    try:
+        request.ParseFromString(body)
+    except Exception as exc:  # DecodeError, RecursionError, ... : all mean a bad body
+        raise BadRequest(f"body is not a valid protobuf ExportTraceServiceRequest: {exc}") from None
+    return request
+
+
+def decode_json(body: bytes) -> Any:
+    """An ``ExportTraceServiceRequest`` from OTLP/JSON (:class:`BadRequest`).
+
+    OTLP/JSON is proto3's JSON mapping except that trace and span ids are hex strings,
+    not base64: they are turned into base64 before ``json_format.ParseDict``. An id that
+    is neither hex nor base64 becomes an invalid id, so that its span is rejected alone.
+    Unknown fields are ignored, as the OTLP specification requires.
+    """
+    from google.protobuf import json_format
+
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise BadRequest("body is not a JSON object (an ExportTraceServiceRequest)")
+    for span in _json_spans(document):
+        _fix_ids(span, ("traceId", "trace_id", "spanId", "span_id"), "")
+        _fix_ids(span, ("parentSpanId", "parent_span_id"), "AA==")
+        links = span.get("links")
+        if isinstance(links, list):
+            for link in links:
+                if isinstance(link, dict):
+                    _fix_ids(link, ("traceId", "trace_id", "spanId", "span_id"), "")
+    request = _request_type()()
+    try:
+        json_format.ParseDict(document, request, ignore_unknown_fields=True)
+    except Exception as exc:  # ParseError, RecursionError, ... : all mean a bad body
+        raise BadRequest(
+            f"body is not a valid OTLP/JSON ExportTraceServiceRequest: {exc}"
+        ) from None
+    return request
+
+
+def _items(obj: Any, *names: str) -> list[Any]:
+    for name in names:
+        value = obj.get(name)
+        if isinstance(value, list):
+            return value
+    return []
+
+
+def _json_spans(document: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    for rs in _items(document, "resourceSpans", "resource_spans"):
+        if not isinstance(rs, dict):
+            continue
+        for ss in _items(rs, "scopeSpans", "scope_spans"):
+            if not isinstance(ss, dict):
+                continue
+            for span in _items(ss, "spans"):
+                if isinstance(span, dict):
+                    yield span
+
+
+def _fix_ids(obj: dict[str, Any], names: Sequence[str], invalid: str) -> None:
+    """Hex ids -> base64 in place; ids that are neither hex nor base64 -> ``invalid``."""
+    for name in names:
+        value = obj.get(name)
+        if not isinstance(value, str):
+            continue  # absent, or a type ParseDict reports itself
+        if len(value) % 2 == 0 and _HEX.fullmatch(value):
+            obj[name] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
+            continue
+        try:  # lenient: some old clients sent proto3's base64
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            obj[name] = invalid
+
+
+# -- conversion -----------------------------------------------------------------------------
+
+
+def _any_value(value: Any, depth: int = 0) -> Any:
+    """An OTLP ``AnyValue`` as a Python attribute value (``None`` when empty)."""
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return value.string_value
+    if which == "int_value":
+        return value.int_value
+    if which == "bool_value":
+        return value.bool_value
+    if which == "double_value":
+        return value.double_value
+    if which == "bytes_value":  # as OTLP/JSON and the Collector print bytes: base64
+        return base64.b64encode(value.bytes_value).decode("ascii")
+    if depth >= _MAX_DEPTH:
+        return None
+    if which == "array_value":
+        items = [_any_value(v, depth + 1) for v in value.array_value.values]
+        return tuple(v for v in items if v is not None)
+    if which == "kvlist_value":
+        out = {}
+        for kv in value.kvlist_value.values:
+            v = _any_value(kv.value, depth + 1)
+            if v is not None:
+                out[kv.key] = v
+        return out
+    return None
+
+
+def _attributes(key_values: Iterable[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in key_values:
+        value = _any_value(kv.value)
+        if value is not None:
+            out[kv.key] = value
+    return out
+
+
+def _span_attributes(key_values: Iterable[Any]) -> dict[str, Any]:
+    """Attributes of a span, with spangraph's own keys made safe for the mapping: the
+    keys that become node properties are strings, and the decision's option lists are
+    tuples of strings (other values there would reach the store as they are)."""
+    attrs = _attributes(key_values)
+    for key in PROMOTED.intersection(attrs):
+        value = attrs[key]
+        if not isinstance(value, str):
+            attrs[key] = to_json(value) if isinstance(value, tuple | dict) else str(value)
+    for key in (sc.DECISION_OPTIONS, sc.DECISION_OPTION_SPAN_IDS):
+        value = attrs.get(key)
+        if value is not None:
+            if isinstance(value, tuple):
+                attrs[key] = tuple(v if isinstance(v, str) else to_json(v) for v in value)
+            else:
+                del attrs[key]
+    return attrs
+
+
+class InvalidSpan(ValueError):
+    """A span that cannot be ingested (bad ids, timestamps out of range)."""
+
+
+def _ids(trace_id: bytes, span_id: bytes, what: str) -> tuple[int, int]:
+    if len(trace_id) != 16:
+        raise InvalidSpan(f"{what} trace_id has {len(trace_id)} bytes, not 16")
+    if len(span_id) != 8:
+        raise InvalidSpan(f"{what} span_id has {len(span_id)} bytes, not 8")
+    tid = int.from_bytes(trace_id, "big")
+    sid = int.from_bytes(span_id, "big")
+    if not tid:
+        raise InvalidSpan(f"{what} trace_id is all zero")
+    if not sid:
+        raise InvalidSpan(f"{what} span_id is all zero")
+    return tid, sid
+
+
+def _time(value: int, what: str) -> int:
+    if value > _MAX_TIME_NS:
+        raise InvalidSpan(f"{what} is out of range")
+    return value
+
+
+@dataclass(slots=True)
+class Decoded:
+    """Spans of one request, and what was rejected."""
+
+    spans: list[ReadableSpan]
+    rejected: int = 0
+    error: str | None = None
+    dropped_links: int = 0
+
+
+def to_spans(request: Any) -> Decoded:
+    """SDK ``ReadableSpan`` objects of an ``ExportTraceServiceRequest``.
+
+    Spans whose ids are invalid (wrong length, all zero) or whose timestamps do not fit a
+    signed 64-bit integer are left out and counted; links with invalid ids are left out
+    of their span. The spans come back parents first (within the request), so that
+    spans without spangraph's ids inherit them from their parents.
+    """
+    out = Decoded(spans=[])
+    spans = out.spans
+    for rs in request.resource_spans:
+        resource = Resource(_attributes(rs.resource.attributes), rs.schema_url or None)
+        for ss in rs.scope_spans:
+            scope = ss.scope
+            instrumentation_scope = InstrumentationScope(
+                scope.name,
+                scope.version or None,
+                ss.schema_url or None,
+                _attributes(scope.attributes) or None,
+            )
+            for pb in ss.spans:
+                try:
+                    span, dropped = _span(pb, resource, instrumentation_scope)
+                except InvalidSpan as exc:
+                    out.rejected += 1
+                    if out.error is None:
+                        out.error = f"span {pb.name[:200]!r}: {exc}"
+                    continue
+                out.dropped_links += dropped
+                spans.append(span)
+    if len(spans) > 1:
+        out.spans = parents_first(spans)
+    return out
+
+
+def _span(pb: Any, resource: Resource, scope: InstrumentationScope) -> tuple[ReadableSpan, int]:
+    trace_id, span_id = _ids(pb.trace_id, pb.span_id, "")
+    flags = pb.flags
+    trace_flags = TraceFlags((flags & 0xFF) or TraceFlags.SAMPLED)
+    parent = None
+    parent_id = pb.parent_span_id
+    if parent_id:
+        if len(parent_id) != 8:
+            raise InvalidSpan(f"parent_span_id has {len(parent_id)} bytes, not 8")
+        pid = int.from_bytes(parent_id, "big")
+        if pid == span_id:
+            raise InvalidSpan("parent_span_id is the span's own id")
+        if pid:  # an all-zero parent id reads as "no parent"
+            parent = SpanContext(
+                trace_id,
+                pid,
+                is_remote=bool(flags & _FLAGS_IS_REMOTE) if flags & _FLAGS_HAS_IS_REMOTE else False,
+                trace_flags=trace_flags,
+            )
+    start = _time(pb.start_time_unix_nano, "start_time_unix_nano")
+    end = _time(pb.end_time_unix_nano, "end_time_unix_nano") or start
+    events = [
+        Event(
+            e.name,
+            _attributes(e.attributes),
+            _time(e.time_unix_nano, "an event's time_unix_nano"),
+        )
+        for e in pb.events
+    ]
+    links = []
+    dropped = 0
+    for link in pb.links:
+        try:
+            ltid, lsid = _ids(link.trace_id, link.span_id, "link")
+        except InvalidSpan:
+            dropped += 1
+            continue
+        links.append(
+            Link(
+                SpanContext(ltid, lsid, is_remote=True, trace_flags=TraceFlags(link.flags & 0xFF)),
+                _attributes(link.attributes),
+            )
+        )
+    code = pb.status.code
+    if code == 2:
+        status = Status(StatusCode.ERROR, pb.status.message or None)
+    elif code == 1:
+        status = _OK
+    else:
+        status = _UNSET
+    span = ReadableSpan(
+        name=pb.name,
+        context=SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace_flags),
+        parent=parent,
+        resource=resource,
+        attributes=_span_attributes(pb.attributes),
+        events=events,
+        links=links,
+        kind=_SPAN_KINDS.get(pb.kind, SpanKind.INTERNAL),
+        status=status,
+        start_time=start,
+        end_time=end,
+        instrumentation_scope=scope,
+    )
+    return span, dropped
+
+
+def parents_first(spans: list[ReadableSpan]) -> list[ReadableSpan]:
+    """``spans`` ordered so that a parent in the list comes before its children (a stable
+    sort by depth within the list; cycles are cut anywhere)."""
+    by_id = {s.context.span_id: s for s in spans}
+    depth: dict[int, int] = {}
+    for s in spans:
+        chain: list[int] = []
+        seen: set[int] = set()
+        cur: int | None = s.context.span_id
+        while cur in by_id and cur not in depth and cur not in seen:
+            seen.add(cur)
+            chain.append(cur)
+            parent = by_id[cur].parent
+            cur = parent.span_id if parent is not None else None
+        base = depth.get(cur, -1) if cur is not None else -1
+        for i, sid in enumerate(reversed(chain)):
+            depth[sid] = base + 1 + i
+    return sorted(spans, key=lambda s: depth[s.context.span_id])
+
+
+# -- the pipeline ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ExportResult:
+    """What one request came to."""
+
+    accepted: int
+    rejected: int
+    error: str | None = None
 
 
 class OTLPIngest:
-    def __init__(self, settings: Any, store: Any, redis_url: str | None) -> None:
+    """The OTLP receiver's pipeline: its own :class:`GraphSpanProcessor` on ``store`` and,
+    when ``redis_url`` is set, its own :class:`LiveEventProcessor`.
+
+    :meth:`handle` decodes a request body and :meth:`ingest` queues its spans: each span
+    goes through ``on_start`` and ``on_end`` of both processors, so the graph writes it
+    once (start and end coalesce in one batch) and live subscribers get
+    ``span.started``, its events and ``span.ended``. Thread-safe; never waits for the
+    graph store or Redis.
+    """
+
+    def __init__(
+        self,
+        settings: Any,
+        store: Any,
+        redis_url: str | None,
+        *,
+        max_queue_size: int = MAX_QUEUE_SIZE,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        shutdown_timeout: float = 15.0,
+    ) -> None:
         self.settings = settings
+        self.max_body_bytes = max_body_bytes
+        self.max_queue_size = max_queue_size
+        self.max_spans_per_request = max_queue_size // 2
+        project = getattr(settings, "project", None) or "default"
+        self.graph = GraphSpanProcessor(
+            store,
+            project=project,
+            max_queue_size=max_queue_size,
+            shutdown_timeout=shutdown_timeout,
+        )
+        self.live: LiveEventProcessor | None = None
+        self._publisher: RedisPublisher | None = None
+        if redis_url is not None:
+            self._publisher = RedisPublisher.from_url(redis_url)
+            self.live = LiveEventProcessor(
+                self._publisher,
+                project=project,
+                max_queue_size=max_queue_size,
+                shutdown_timeout=min(shutdown_timeout, 5.0),
+            )
+        self._lock = threading.Lock()
+        self._closed = False
+        self._counters = {
+            "requests": 0,
+            "spans_accepted": 0,
+            "spans_rejected": 0,
+            "links_dropped": 0,
+            "requests_overloaded": 0,
+        }
+        self._errors: dict[int, int] = {}
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def handle(self, body: bytes, fmt: str, encoding: str = "identity") -> ExportResult:
+        """Decompress, decode and ingest one request body (``fmt``: :data:`PROTOBUF` or
+        :data:`JSON`). Raises an :class:`IngestError` for a request that is refused as a
+        whole; spans rejected one by one are counted in the result."""
+        raw = decompress(body, encoding, self.max_body_bytes)
+        request = decode_json(raw) if fmt == JSON else decode_protobuf(raw)
+        decoded = to_spans(request)
+        if decoded.rejected:
+            warn.warning(
+                "rejected-spans",
+                "OTLP: rejected %d span(s) of a request (%d accepted); first: %s",
+                decoded.rejected,
+                len(decoded.spans),
+                decoded.error,
+            )
+        accepted = self.ingest(decoded.spans)
+        with self._lock:
+            self._counters["requests"] += 1
+            self._counters["spans_rejected"] += decoded.rejected
+            self._counters["links_dropped"] += decoded.dropped_links
+        return ExportResult(accepted, decoded.rejected, decoded.error)
+
+    def ingest(self, spans: Sequence[ReadableSpan]) -> int:
+        """Queue ``spans`` (already ended) on the processors; the number queued.
+
+        All or nothing: raises :class:`Overloaded` when the graph queue has no room for
+        all of them (nothing is queued then), :class:`PayloadTooLarge` when they could
+        never fit, :class:`IngestClosed` after :meth:`shutdown`. The live processor is
+        best effort: what its full queue drops is counted in :meth:`stats`."""
+        n = len(spans)
+        if not n:
+            return 0
+        if n > self.max_spans_per_request:
+            raise PayloadTooLarge(
+                f"{n} spans in one request; at most {self.max_spans_per_request}: "
+                "send smaller batches"
+            )
+        graph, live = self.graph, self.live
+        with self._lock:
+            if self._closed:
+                raise IngestClosed("the OTLP receiver is shutting down")
+            room = self.max_queue_size - graph.stats()["queued"]
+            if room < 2 * n:
+                self._counters["requests_overloaded"] += 1
+                raise Overloaded(
+                    f"the graph write queue is full ({self.max_queue_size - room} items "
+                    "queued); retry later"
+                )
+            for span in spans:
+                graph.on_start(span, None)  # type: ignore[arg-type]
+                graph.on_end(span)
+                if live is not None:
+                    live.on_start(span, None)  # type: ignore[arg-type]
+                    live.on_end(span)
+            self._counters["spans_accepted"] += n
+        return n
+
+    def record_error(self, status: int) -> None:
+        """Count a request the router refused with ``status``."""
+        with self._lock:
+            self._errors[status] = self._errors.get(status, 0) + 1
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every span queued before this call is written and published."""
+        ok = self.graph.force_flush(int(timeout * 1000))
+        if self.live is not None:
+            ok = self.live.force_flush(int(timeout * 1000)) and ok
+        return ok
 
     def shutdown(self) -> None:
-        return None
+        """Refuse new requests, write what is queued (within the shutdown timeout), stop
+        the workers. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self.graph.shutdown()
+        finally:
+            if self.live is not None:
+                self.live.shutdown()
+            if self._publisher is not None:
+                self._publisher.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: requests, spans accepted and rejected, links dropped, requests refused
+        as overloaded, refused requests by HTTP status, and each processor's queue."""
+        with self._lock:
+            out: dict[str, Any] = dict(self._counters)
+            out["requests_refused"] = dict(self._errors)
+        out["graph"] = self.graph.stats()
+        out["live"] = self.live.stats() if self.live is not None else None
+        return out

@@ -1,0 +1,926 @@
+"""The OTLP/HTTP receiver (POST /v1/traces) end to end: the app in a real uvicorn server on
+a free port, fed by the official OTLPSpanExporter (protobuf, gzip), by hand-made OTLP/JSON
+and by broken, oversized and random bodies; spans read back from a real FalkorDB graph and
+live events from the session's Redis."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import json
+import random
+import socket
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from fastapi import FastAPI
+from google.rpc import status_pb2
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from spangraph.config import Settings
+from spangraph.embedded import ServerInfo
+from spangraph.server import create_app
+from spangraph.server import ingest as ingest_mod
+from spangraph.server.ingest import OTLPIngest, Overloaded
+from spangraph.stores import FalkorDBStore, WriteBatch
+
+MiB = 1024 * 1024
+PROTO = {"Content-Type": "application/x-protobuf"}
+JSON_CT = {"Content-Type": "application/json"}
+
+
+# -- a real server ----------------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    app: FastAPI
+    url: str
+    store: FalkorDBStore
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def traces_url(self) -> str:
+        return f"{self.url}/v1/traces"
+
+    @property
+    def ingest(self) -> OTLPIngest:
+        return self.app.state.ingest  # type: ignore[no-any-return]
+
+    def flush(self) -> None:
+        assert self.ingest.flush(10), "the ingest pipeline did not flush in time"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "uvicorn did not stop"
+
+
+@contextlib.contextmanager
+def serve(settings: Settings, graph_url: str) -> Iterator[Running]:
+    """create_app(settings) in a real uvicorn server (own thread, own event loop)."""
+    app = create_app(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive(), "uvicorn exited during startup"
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    store = FalkorDBStore.from_url(graph_url)
+    running = Running(app, f"http://127.0.0.1:{port}", store, server, thread)
+    try:
+        yield running
+    finally:
+        if thread.is_alive():
+            running.stop()
+        sock.close()
+        with contextlib.suppress(Exception):
+            store.delete_all()
+        store.close()
+
+
+def make_settings(
+    graph_url: str, embedded_server: ServerInfo, tmp_path: Path, **extra: Any
+) -> Settings:
+    return Settings.from_env(
+        {},
+        graph_url=graph_url,
+        redis_url=embedded_server.redis_url,
+        home=str(tmp_path),
+        **extra,
+    )
+
+
+@pytest.fixture
+def running(graph_url: str, embedded_server: ServerInfo, tmp_path: Path) -> Iterator[Running]:
+    with serve(make_settings(graph_url, embedded_server, tmp_path), graph_url) as r:
+        yield r
+
+
+@pytest.fixture
+def http(running: Running) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=running.url, timeout=30) as client:
+        yield client
+
+
+# -- reading the graph ------------------------------------------------------------------------
+
+
+def nodes_of(store: FalkorDBStore, trace_id: str) -> dict[str, dict[str, Any]]:
+    rows = store.query(
+        "MATCH (s:Span {trace_id: $t}) RETURN s AS s, labels(s) AS labels", {"t": trace_id}
+    )
+    return {r["s"]["name"]: {**r["s"], "_labels": sorted(r["labels"])} for r in rows}
+
+
+def edges_of(store: FalkorDBStore, rel: str, trace_id: str) -> set[tuple[str, str]]:
+    rows = store.query(
+        f"MATCH (a:Span {{trace_id: $t}})-[:{rel}]->(b:Span) RETURN a.name AS a, b.name AS b",
+        {"t": trace_id},
+    )
+    return {(r["a"], r["b"]) for r in rows}
+
+
+def events_of(store: FalkorDBStore, span_id: str) -> list[dict[str, Any]]:
+    return store.query(
+        "MATCH (:Span {span_id: $id})-[:HAS_EVENT]->(e:Event) "
+        "RETURN e.name AS name, e.time_ns AS time_ns, e.attributes AS attributes ORDER BY e.seq",
+        {"id": span_id},
+    )
+
+
+def wait_for(
+    check: Callable[[], Any], what: str, timeout: float = 15.0, interval: float = 0.05
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+def wait_for_nodes(running: Running, trace_id: str, names: set[str]) -> dict[str, dict[str, Any]]:
+    """Poll the graph until every span of ``names`` is there and has ended."""
+
+    def check() -> dict[str, dict[str, Any]] | None:
+        nodes = nodes_of(running.store, trace_id)
+        if names <= set(nodes) and all(nodes[n].get("end_ns") for n in names):
+            return nodes
+        return None
+
+    return wait_for(check, f"spans {sorted(names)} of trace {trace_id}")  # type: ignore[no-any-return]
+
+
+# -- the client side: the official exporter ---------------------------------------------------
+
+
+def client_provider(running: Running, *, batch: bool = True, **exporter_kw: Any) -> TracerProvider:
+    exporter = OTLPSpanExporter(endpoint=running.traces_url, timeout=10, **exporter_kw)
+    provider = TracerProvider(
+        resource=Resource.create(
+            {"service.name": "otlp-client", "deployment.environment.name": "otlp-test"}
+        )
+    )
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
+    )
+    return provider
+
+
+def make_tree(provider: TracerProvider) -> dict[str, Any]:
+    """A small run from "another service": no spangraph ids, a failed grandchild, an event
+    and a monitor linked to the step it watches. Returns the SDK's ids, hex."""
+    tracer = provider.get_tracer("otlp-test-client", "1.2.3")
+    ids: dict[str, Any] = {}
+    with tracer.start_as_current_span("otlp-root", kind=SpanKind.SERVER) as root:
+        with tracer.start_as_current_span(
+            "child-a",
+            attributes={
+                "http.request.method": "GET",
+                "count": 3,
+                "ratio": 0.5,
+                "flag": True,
+                "tags": ["x", "y"],
+                "spangraph.kind": "step",
+            },
+        ) as child:
+            child.add_event("cache.miss", {"key": "k1", "size": 42})
+            with tracer.start_as_current_span("grandchild") as grand:
+                grand.set_status(Status(StatusCode.ERROR, "boom"))
+            ids["grandchild"] = grand.get_span_context().span_id
+        with tracer.start_as_current_span(
+            "watcher",
+            links=[
+                Link(child.get_span_context(), {"spangraph.link.type": "monitors"}),
+            ],
+            attributes={"spangraph.kind": "monitor"},
+        ) as watcher:
+            pass
+    ids["otlp-root"] = root.get_span_context().span_id
+    ids["child-a"] = child.get_span_context().span_id
+    ids["watcher"] = watcher.get_span_context().span_id
+    out = {name: format(sid, "016x") for name, sid in ids.items()}
+    out["trace_id"] = format(root.get_span_context().trace_id, "032x")
+    return out
+
+
+TREE_NAMES = {"otlp-root", "child-a", "grandchild", "watcher"}
+
+
+def assert_tree(running: Running, ids: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    trace_id = ids["trace_id"]
+    nodes = wait_for_nodes(running, trace_id, TREE_NAMES)
+    assert set(nodes) == TREE_NAMES
+    for name in TREE_NAMES:
+        node = nodes[name]
+        assert node["span_id"] == ids[name]
+        assert node["trace_id"] == trace_id
+        assert node["workflow_id"] == trace_id  # no workflow id: the trace is the run
+        assert node["service"] == "otlp-client"
+        assert node["env"] == "otlp-test"
+        assert node["end_ns"] >= node["start_ns"] > 0
+    assert nodes["otlp-root"].get("parent_span_id") is None
+    assert nodes["child-a"]["parent_span_id"] == ids["otlp-root"]
+    assert nodes["grandchild"]["parent_span_id"] == ids["child-a"]
+    assert nodes["grandchild"]["state"] == "failed"
+    assert nodes["grandchild"]["status"] == "ERROR"
+    assert nodes["grandchild"]["status_message"] == "boom"
+    assert {nodes[n]["state"] for n in TREE_NAMES - {"grandchild"}} == {"completed"}
+    assert "Step" in nodes["child-a"]["_labels"]
+    assert "Monitor" in nodes["watcher"]["_labels"]
+    attributes = json.loads(nodes["child-a"]["attributes"])
+    assert attributes == {
+        "http.request.method": "GET",
+        "count": 3,
+        "ratio": 0.5,
+        "flag": True,
+        "tags": ["x", "y"],
+    }
+    assert edges_of(running.store, "PARENT_OF", trace_id) == {
+        ("otlp-root", "child-a"),
+        ("child-a", "grandchild"),
+        ("otlp-root", "watcher"),
+    }
+    assert edges_of(running.store, "MONITORS", trace_id) == {("watcher", "child-a")}
+    events = events_of(running.store, ids["child-a"])
+    assert [e["name"] for e in events] == ["cache.miss"]
+    assert json.loads(events[0]["attributes"]) == {"key": "k1", "size": 42}
+    assert events[0]["time_ns"] >= nodes["child-a"]["start_ns"]
+    return nodes
+
+
+# -- the official exporter --------------------------------------------------------------------
+
+
+def test_protobuf_from_the_official_exporter(running: Running) -> None:
+    provider = client_provider(running)
+    ids = make_tree(provider)
+    assert provider.force_flush(10_000)
+    provider.shutdown()
+    running.flush()
+    assert_tree(running, ids)
+    stats = running.ingest.stats()
+    assert stats["spans_accepted"] == 4
+    assert stats["spans_rejected"] == 0
+    assert stats["graph"]["dropped"] == 0
+
+
+def test_gzip_span_by_span(running: Running) -> None:
+    """A gzip client that sends each span on its own (children before their parents)."""
+    provider = client_provider(running, batch=False, compression=Compression.Gzip)
+    ids = make_tree(provider)
+    provider.shutdown()
+    assert_tree(running, ids)
+    assert running.ingest.stats()["requests"] == 4
+
+
+def test_gzip_and_deflate_bodies(running: Running, http: httpx.Client) -> None:
+    doc, ids = json_document()
+    body = json.dumps(doc).encode()
+    for encoding, data in (
+        ("gzip", gzip.compress(body)),
+        ("deflate", zlib.compress(body)),
+        ("deflate", zlib.compress(body)[2:-4]),  # raw deflate, as some clients send it
+    ):
+        r = http.post("/v1/traces", content=data, headers={**JSON_CT, "Content-Encoding": encoding})
+        assert r.status_code == 200, (encoding, r.text)
+    assert_json_tree(running, ids)
+
+
+def test_shutdown_writes_what_was_accepted(
+    graph_url: str, embedded_server: ServerInfo, tmp_path: Path
+) -> None:
+    """Spans answered 200 are written even if the server stops right after."""
+    with serve(make_settings(graph_url, embedded_server, tmp_path), graph_url) as running:
+        provider = client_provider(running)
+        ids = make_tree(provider)
+        assert provider.force_flush(10_000)
+        provider.shutdown()
+        running.stop()  # no flush: the lifespan's shutdown must write them
+        nodes = nodes_of(running.store, ids["trace_id"])
+        assert set(nodes) == TREE_NAMES
+        assert all(n["end_ns"] for n in nodes.values())
+
+
+# -- OTLP/JSON --------------------------------------------------------------------------------
+
+
+def json_document() -> tuple[dict[str, Any], dict[str, str]]:
+    """An OTLP/JSON request written by hand: hex ids, enums as numbers and names, every
+    kind of attribute value, plus one span with an invalid trace id."""
+    trace_id = uuid.uuid4().hex
+    ids = {
+        "trace_id": trace_id,
+        "root": uuid.uuid4().hex[:16],
+        "tool": uuid.uuid4().hex[:16],
+        "judge": uuid.uuid4().hex[:16],
+    }
+    t0 = time.time_ns()
+
+    def s(v: str) -> dict[str, Any]:
+        return {"stringValue": v}
+
+    doc = {
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": [
+                        {"key": "service.name", "value": s("json-svc")},
+                        {"key": "deployment.environment.name", "value": s("staging")},
+                    ]
+                },
+                "scopeSpans": [
+                    {
+                        "scope": {"name": "hand-made", "version": "0.1"},
+                        "spans": [
+                            {  # a child before its parent, as exporters send them
+                                "traceId": ids["trace_id"],
+                                "spanId": ids["tool"],
+                                "parentSpanId": ids["root"],
+                                "name": "tool-call",
+                                "kind": "SPAN_KIND_CLIENT",
+                                "startTimeUnixNano": str(t0 + 1_000_000),
+                                "endTimeUnixNano": str(t0 + 5_000_000),
+                                "attributes": [
+                                    {"key": "gen_ai.operation.name", "value": s("execute_tool")},
+                                    {"key": "gen_ai.tool.name", "value": s("search")},
+                                    {"key": "retries", "value": {"intValue": "2"}},
+                                    {"key": "big", "value": {"intValue": 9007199254740993}},
+                                    {"key": "score", "value": {"doubleValue": 0.25}},
+                                    {"key": "ok", "value": {"boolValue": False}},
+                                    {
+                                        "key": "list",
+                                        "value": {
+                                            "arrayValue": {
+                                                "values": [{"intValue": "1"}, {"intValue": 2}]
+                                            }
+                                        },
+                                    },
+                                    {
+                                        "key": "map",
+                                        "value": {
+                                            "kvlistValue": {
+                                                "values": [{"key": "a", "value": s("b")}]
+                                            }
+                                        },
+                                    },
+                                    {"key": "raw", "value": {"bytesValue": "AQID"}},
+                                    {"key": "empty", "value": {}},
+                                ],
+                                "events": [
+                                    {
+                                        "timeUnixNano": str(t0 + 2_000_000),
+                                        "name": "tool.call",
+                                        "attributes": [{"key": "q", "value": s("cats")}],
+                                    },
+                                    {"timeUnixNano": str(t0 + 4_000_000), "name": "tool.response"},
+                                ],
+                                "status": {"code": 2, "message": "tool failed"},
+                            },
+                            {
+                                "traceId": ids["trace_id"].upper(),  # hex of either case
+                                "spanId": ids["root"],
+                                "name": "json-root",
+                                "kind": 2,
+                                "startTimeUnixNano": t0,
+                                "endTimeUnixNano": str(t0 + 9_000_000),
+                                "status": {"code": "STATUS_CODE_OK"},
+                            },
+                            {
+                                "traceId": ids["trace_id"],
+                                "spanId": ids["judge"],
+                                "parentSpanId": ids["root"],
+                                "name": "judge",
+                                "startTimeUnixNano": str(t0 + 6_000_000),
+                                "endTimeUnixNano": str(t0 + 8_000_000),
+                                "links": [
+                                    {
+                                        "traceId": ids["trace_id"],
+                                        "spanId": ids["tool"],
+                                        "attributes": [
+                                            {"key": "spangraph.link.type", "value": s("monitors")}
+                                        ],
+                                    },
+                                    {"traceId": "zz", "spanId": "00"},  # dropped, not fatal
+                                ],
+                                "someFutureField": {"x": 1},  # unknown fields are ignored
+                            },
+                            {  # all-zero trace id: rejected alone
+                                "traceId": "0" * 32,
+                                "spanId": uuid.uuid4().hex[:16],
+                                "name": "bad-ids",
+                                "startTimeUnixNano": str(t0),
+                                "endTimeUnixNano": str(t0 + 1),
+                            },
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+    return doc, ids
+
+
+def assert_json_tree(running: Running, ids: dict[str, str]) -> None:
+    trace_id = ids["trace_id"]
+    nodes = wait_for_nodes(running, trace_id, {"json-root", "tool-call", "judge"})
+    assert "bad-ids" not in nodes
+    root, tool, judge = nodes["json-root"], nodes["tool-call"], nodes["judge"]
+    assert (root["span_id"], tool["span_id"], judge["span_id"]) == (
+        ids["root"],
+        ids["tool"],
+        ids["judge"],
+    )
+    assert {n["workflow_id"] for n in nodes.values()} == {trace_id}
+    assert (root["service"], root["env"]) == ("json-svc", "staging")
+    assert tool["state"] == "failed" and tool["status_message"] == "tool failed"
+    assert root["state"] == "completed" and root["status"] == "OK"
+    assert tool["kind"] == "tool" and "Tool" in tool["_labels"]
+    assert tool["duration_ms"] == 4.0
+    attributes = json.loads(tool["attributes"])
+    assert attributes["retries"] == 2
+    assert attributes["big"] == 9007199254740993
+    assert attributes["score"] == 0.25
+    assert attributes["ok"] is False
+    assert attributes["list"] == [1, 2]
+    assert attributes["map"] == {"a": "b"}
+    assert attributes["raw"] == "AQID"
+    assert "empty" not in attributes
+    assert edges_of(running.store, "PARENT_OF", trace_id) == {
+        ("json-root", "tool-call"),
+        ("json-root", "judge"),
+    }
+    assert edges_of(running.store, "MONITORS", trace_id) == {("judge", "tool-call")}
+    events = events_of(running.store, ids["tool"])
+    assert [e["name"] for e in events] == ["tool.call", "tool.response"]
+    assert json.loads(events[0]["attributes"]) == {"q": "cats"}
+
+
+def test_json_by_hand(running: Running, http: httpx.Client) -> None:
+    doc, ids = json_document()
+    r = http.post("/v1/traces", content=json.dumps(doc), headers=JSON_CT)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    partial = r.json()["partialSuccess"]
+    assert int(partial["rejectedSpans"]) == 1
+    assert "trace_id" in partial["errorMessage"]
+    assert_json_tree(running, ids)
+    stats = running.ingest.stats()
+    assert (stats["spans_accepted"], stats["spans_rejected"], stats["links_dropped"]) == (3, 1, 1)
+
+    # all accepted: an empty response; a JSON charset parameter is fine
+    doc["resourceSpans"][0]["scopeSpans"][0]["spans"].pop()
+    r = http.post(
+        "/v1/traces",
+        content=json.dumps(doc),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+    assert (r.status_code, r.json()) == (200, {})
+
+
+def test_protobuf_partial_success(running: Running, http: httpx.Client) -> None:
+    trace_id = uuid.uuid4().bytes
+    t0 = time.time_ns()
+    good = PbSpan(
+        trace_id=trace_id,
+        span_id=b"\x01" * 8,
+        name="good",
+        start_time_unix_nano=t0,
+        end_time_unix_nano=t0 + 10,
+        attributes=[KeyValue(key="k", value=AnyValue(string_value="v"))],
+    )
+    bad = [
+        PbSpan(trace_id=trace_id[:15], span_id=b"\x02" * 8, name="short-trace"),
+        PbSpan(trace_id=trace_id, span_id=b"\x00" * 8, name="zero-span"),
+        PbSpan(trace_id=trace_id, span_id=b"\x03" * 8, parent_span_id=b"\x01", name="bad-parent"),
+        PbSpan(trace_id=trace_id, span_id=b"\x04" * 8, start_time_unix_nano=2**64 - 1, name="t"),
+    ]
+    request = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[good, *bad])])]
+    )
+    r = http.post("/v1/traces", content=request.SerializeToString(), headers=PROTO)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/x-protobuf"
+    response = ExportTraceServiceResponse.FromString(r.content)
+    assert response.partial_success.rejected_spans == 4
+    assert "short-trace" in response.partial_success.error_message
+    nodes = wait_for_nodes(running, trace_id.hex(), {"good"})
+    assert set(nodes) == {"good"}
+    assert nodes["good"]["span_id"] == "01" * 8
+
+    # everything accepted: an empty ExportTraceServiceResponse; an empty request is fine
+    for req in (ExportTraceServiceRequest(resource_spans=request.resource_spans[:0]), request):
+        if req is request:
+            del req.resource_spans[0].scope_spans[0].spans[1:]
+        r = http.post("/v1/traces", content=req.SerializeToString(), headers=PROTO)
+        assert (r.status_code, r.content) == (200, b"")
+
+
+# -- live events ------------------------------------------------------------------------------
+
+
+def test_live_events_for_otlp_spans(running: Running, redis_client: redis.Redis) -> None:
+    """OTLP spans without a workflow id are published on their trace's channel."""
+    provider = client_provider(running)
+    tracer = provider.get_tracer("live-client")
+    with tracer.start_as_current_span("live-root") as root:
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        pubsub = redis_client.pubsub()
+        pubsub.subscribe(f"spangraph:workflow:{trace_id}")
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+        with tracer.start_as_current_span("live-child") as child:
+            child.add_event("step.started", {"attempt": 1})
+    assert provider.force_flush(10_000)
+    provider.shutdown()
+
+    messages: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 15
+    while sum(m["type"] == "span.ended" for m in messages) < 2:
+        assert time.monotonic() < deadline, f"live messages missing: {messages}"
+        raw = pubsub.get_message(timeout=1)
+        if raw and raw["type"] == "message":
+            messages.append(json.loads(raw["data"]))
+    pubsub.close()
+
+    by_span: dict[str, list[str]] = {}
+    for m in messages:
+        assert m["workflow_id"] == trace_id
+        assert m["trace_id"] == trace_id
+        assert m["service"] == "otlp-client"
+        by_span.setdefault(m["name"], []).append(m["type"])
+    assert by_span["live-child"] == ["span.started", "step.started", "span.ended"]
+    assert by_span["live-root"] == ["span.started", "span.ended"]
+    # the parent is published first although the exporter sent the child first
+    assert messages[0]["name"] == "live-root"
+    seqs = [m["seq"] for m in messages]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+# -- refused requests -------------------------------------------------------------------------
+
+
+def rpc_status(r: httpx.Response) -> status_pb2.Status:
+    assert r.headers["content-type"] == "application/x-protobuf"
+    return status_pb2.Status.FromString(r.content)
+
+
+def test_malformed_protobuf_is_400(http: httpx.Client) -> None:
+    r = http.post("/v1/traces", content=b"\xff\xff\xff\xff", headers=PROTO)
+    assert r.status_code == 400
+    assert "protobuf" in rpc_status(r).message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[]",
+        b'{"resourceSpans": 5}',
+        b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"startTimeUnixNano": "x"}]}]}]}',
+        b"\xff\xfe\x00",
+        b"",
+        b"[" * 100_000,
+    ],
+)
+def test_malformed_json_is_400(http: httpx.Client, body: bytes) -> None:
+    r = http.post("/v1/traces", content=body, headers=JSON_CT)
+    assert r.status_code == 400
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json()["message"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/xml", None])
+def test_other_content_types_are_415(http: httpx.Client, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = http.post("/v1/traces", content=b"{}", headers=headers)
+    assert r.status_code == 415
+    assert "Content-Type" in rpc_status(r).message
+
+
+def test_other_content_encodings_are_415(http: httpx.Client) -> None:
+    r = http.post("/v1/traces", content=b"", headers={**PROTO, "Content-Encoding": "br"})
+    assert r.status_code == 415
+
+
+def test_corrupt_gzip_is_400(http: httpx.Client) -> None:
+    body = gzip.compress(ExportTraceServiceRequest().SerializeToString() + b"x" * 100)
+    for data in (b"not gzip at all", body[:-5], body + b"trailing junk"):
+        r = http.post("/v1/traces", content=data, headers={**PROTO, "Content-Encoding": "gzip"})
+        assert r.status_code == 400, data
+
+
+def test_oversized_bodies_are_413(running: Running, http: httpx.Client) -> None:
+    big = b"\0" * (16 * MiB + 1)
+    # Content-Length over the cap
+    r = http.post("/v1/traces", content=big, headers=PROTO)
+    assert r.status_code == 413
+    assert "limit" in rpc_status(r).message
+
+    # no Content-Length (chunked): the bytes read are counted
+    def chunks() -> Iterator[bytes]:
+        for _ in range(17):
+            yield b"\0" * MiB
+
+    r = http.post("/v1/traces", content=chunks(), headers=PROTO)
+    assert r.status_code == 413
+    # a gzip bomb: 17 KiB that inflate to 17 MiB
+    bomb = gzip.compress(b"\0" * (17 * MiB))
+    assert len(bomb) < 100_000
+    r = http.post("/v1/traces", content=bomb, headers={**PROTO, "Content-Encoding": "gzip"})
+    assert r.status_code == 413
+    # a deflate bomb, as JSON
+    r = http.post(
+        "/v1/traces",
+        content=zlib.compress(b" " * (17 * MiB)),
+        headers={**JSON_CT, "Content-Encoding": "deflate"},
+    )
+    assert r.status_code == 413
+    assert running.ingest.stats()["requests_refused"][413] == 4
+    # the server still answers
+    r = http.post("/v1/traces", content=b"", headers=PROTO)
+    assert r.status_code == 200
+
+
+def test_bearer_token(graph_url: str, embedded_server: ServerInfo, tmp_path: Path) -> None:
+    settings = make_settings(graph_url, embedded_server, tmp_path, api_token="s3cret")
+    with serve(settings, graph_url) as running, httpx.Client(base_url=running.url) as http:
+        body = ExportTraceServiceRequest().SerializeToString()
+        assert http.post("/v1/traces", content=body, headers=PROTO).status_code == 401
+        r = http.post("/v1/traces", content=body, headers={**PROTO, "Authorization": "Bearer nope"})
+        assert r.status_code == 401
+        r = http.post(
+            "/v1/traces", content=body, headers={**PROTO, "Authorization": "Bearer s3cret"}
+        )
+        assert r.status_code == 200
+        # the official exporter with the token
+        provider = client_provider(running, headers={"Authorization": "Bearer s3cret"})
+        ids = make_tree(provider)
+        assert provider.force_flush(10_000)
+        provider.shutdown()
+        assert_tree(running, ids)
+
+
+class BlockingStore:
+    """A graph store whose writes wait until released (a slow or stuck database)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.written = 0
+
+    def write(self, batch: WriteBatch) -> None:
+        self.release.wait(30)
+        self.written += sum(len(rows) for rows in batch.ends.values())
+
+
+def test_full_queue_is_503_and_nothing_is_lost(running: Running, http: httpx.Client) -> None:
+    """While the graph cannot keep up, requests are refused whole (503 + Retry-After, the
+    client retries) instead of being accepted and dropped."""
+    store = BlockingStore()
+    small = OTLPIngest(running.app.state.settings, store, None, max_queue_size=8)
+    real, running.app.state.ingest = running.app.state.ingest, small
+    try:
+        spans = [
+            PbSpan(
+                trace_id=b"\x0a" * 16,
+                span_id=i.to_bytes(8, "big"),
+                name=f"s{i}",
+                start_time_unix_nano=1,
+                end_time_unix_nano=2,
+            )
+            for i in range(1, 4)
+        ]
+        body = ExportTraceServiceRequest(
+            resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
+        ).SerializeToString()
+        assert http.post("/v1/traces", content=body, headers=PROTO).status_code == 200
+        # the worker holds up to a batch while the store blocks; the queue fills up
+        deadline = time.monotonic() + 10
+        refused = None
+        while refused is None:
+            r = http.post("/v1/traces", content=body, headers=PROTO)
+            if r.status_code == 503:
+                refused = r
+            else:
+                assert r.status_code == 200
+                assert time.monotonic() < deadline, "never refused"
+        assert refused.headers["retry-after"]
+        assert "queue" in rpc_status(refused).message
+        # more spans than the queue can ever hold: 413, not a retry loop
+        many = ExportTraceServiceRequest(
+            resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans * 2)])]
+        ).SerializeToString()
+        assert http.post("/v1/traces", content=many, headers=PROTO).status_code == 413
+        accepted = small.stats()["spans_accepted"]
+        store.release.set()
+        assert small.flush(10)
+        assert store.written == accepted
+        assert small.stats()["graph"]["dropped"] == 0
+    finally:
+        store.release.set()
+        running.app.state.ingest = real
+        small.shutdown()
+    with pytest.raises(ingest_mod.IngestClosed):
+        small.ingest([object()])  # type: ignore[list-item]
+
+
+# -- fuzzing ----------------------------------------------------------------------------------
+
+
+def test_fuzz_never_5xx(running: Running, http: httpx.Client) -> None:
+    rng = random.Random(20260101)
+    # accepted before the fuzzing
+    provider = client_provider(running)
+    before = make_tree(provider)
+    assert provider.force_flush(10_000)
+    provider.shutdown()
+    running.flush()
+    nodes_before = assert_tree(running, before)
+
+    # a valid body of another trace, to truncate and mutate
+    doc, _ = json_document()
+    json_body = json.dumps(doc).encode()
+    t0 = time.time_ns()
+    tid = uuid.uuid4().bytes
+    valid = ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(
+                scope_spans=[
+                    ScopeSpans(
+                        spans=[
+                            PbSpan(
+                                trace_id=tid,
+                                span_id=rng.randbytes(8),
+                                parent_span_id=rng.randbytes(8),
+                                name=f"fuzz-{i}",
+                                kind=rng.randrange(6),
+                                start_time_unix_nano=t0,
+                                end_time_unix_nano=t0 + 1000,
+                                attributes=[
+                                    KeyValue(key="a", value=AnyValue(string_value="x" * i)),
+                                    KeyValue(key="n", value=AnyValue(int_value=i)),
+                                ],
+                                events=[PbSpan.Event(name="e", time_unix_nano=t0)],
+                                links=[PbSpan.Link(trace_id=tid, span_id=rng.randbytes(8))],
+                            )
+                            for i in range(8)
+                        ]
+                    )
+                ]
+            )
+        ]
+    ).SerializeToString()
+
+    bodies: list[tuple[bytes, dict[str, str]]] = []
+    for _ in range(250):
+        bodies.append((rng.randbytes(rng.randrange(0, 400)), PROTO))
+    for cut in sorted(rng.sample(range(len(valid)), 120)):
+        bodies.append((valid[:cut], PROTO))
+    for _ in range(60):
+        mutated = bytearray(valid)
+        for _ in range(rng.randrange(1, 6)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        bodies.append((bytes(mutated), PROTO))
+    for _ in range(40):
+        cut = rng.randrange(len(json_body))
+        bodies.append((json_body[:cut], JSON_CT))
+        mutated = bytearray(json_body)
+        mutated[rng.randrange(len(mutated))] = rng.choice(b'{}[]",:0a\\')
+        bodies.append((bytes(mutated), JSON_CT))
+    for _ in range(30):
+        bodies.append((gzip.compress(rng.randbytes(200))[: rng.randrange(1, 60)], PROTO))
+    statuses: dict[int, int] = {}
+    for body, headers in bodies:
+        if body[:2] == b"\x1f\x8b":
+            headers = {**headers, "Content-Encoding": "gzip"}
+        r = http.post("/v1/traces", content=body, headers=headers)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        assert r.status_code in (200, 400), (r.status_code, body[:80], r.content[:200])
+    assert statuses.get(400, 0) > 100 and statuses.get(200, 0) > 0
+
+    # the server still takes a valid request, and nothing accepted before is lost
+    provider = client_provider(running)
+    after = make_tree(provider)
+    assert provider.force_flush(10_000)
+    provider.shutdown()
+    assert_tree(running, after)
+    running.flush()
+    again = nodes_of(running.store, before["trace_id"])
+    for name, node in nodes_before.items():
+        assert again[name]["span_id"] == node["span_id"]
+        assert again[name]["state"] == node["state"]
+        assert again[name]["end_ns"] == node["end_ns"]
+    stats = running.ingest.stats()
+    assert stats["graph"]["failed"] == 0, stats
+    assert stats["requests_refused"].get(500) is None
+
+
+# -- decoding units ---------------------------------------------------------------------------
+
+
+def test_decompress_multi_member_gzip_and_caps() -> None:
+    body = gzip.compress(b"abc") + gzip.compress(b"def")
+    assert ingest_mod.decompress(body, "gzip") == b"abcdef"
+    assert ingest_mod.decompress(b"xyz", "identity") == b"xyz"
+    assert ingest_mod.decompress(zlib.compress(b"q" * 100), "deflate", limit=100) == b"q" * 100
+    with pytest.raises(ingest_mod.PayloadTooLarge):
+        ingest_mod.decompress(zlib.compress(b"q" * 101), "deflate", limit=100)
+    with pytest.raises(ingest_mod.PayloadTooLarge):
+        ingest_mod.decompress(gzip.compress(b"q" * 60) * 2, "gzip", limit=100)
+    with pytest.raises(ingest_mod.BadRequest):
+        ingest_mod.decompress(b"", "gzip")
+    with pytest.raises(ingest_mod.UnsupportedMediaType):
+        ingest_mod.decompress(b"", "zstd")
+
+
+def test_json_ids_hex_and_lenient_base64() -> None:
+    tid, sid = uuid.uuid4().bytes, b"\x12" * 8
+    span = {"traceId": base64.b64encode(tid).decode(), "spanId": sid.hex(), "name": "x"}
+    doc = {"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}
+    request = ingest_mod.decode_json(json.dumps(doc).encode())
+    decoded = ingest_mod.to_spans(request)
+    assert decoded.rejected == 0
+    (got,) = decoded.spans
+    assert got.context.trace_id == int.from_bytes(tid, "big")
+    assert got.context.span_id == int.from_bytes(sid, "big")
+    span["spanId"] = "not an id!"
+    decoded = ingest_mod.to_spans(ingest_mod.decode_json(json.dumps(doc).encode()))
+    assert (decoded.spans, decoded.rejected) == ([], 1)
+
+
+def test_parents_first_orders_within_a_request() -> None:
+    ctx = lambda sid: type("C", (), {"span_id": sid})()  # noqa: E731
+    spans = [
+        type("S", (), {"context": ctx(3), "parent": ctx(2)})(),
+        type("S", (), {"context": ctx(2), "parent": ctx(1)})(),
+        type("S", (), {"context": ctx(9), "parent": ctx(8)})(),  # parent elsewhere
+        type("S", (), {"context": ctx(1), "parent": None})(),
+        type("S", (), {"context": ctx(5), "parent": ctx(6)})(),  # a cycle: kept, any order
+        type("S", (), {"context": ctx(6), "parent": ctx(5)})(),
+    ]
+    ordered = [s.context.span_id for s in ingest_mod.parents_first(spans)]  # type: ignore[arg-type]
+    assert sorted(ordered) == [1, 2, 3, 5, 6, 9]
+    assert ordered.index(1) < ordered.index(2) < ordered.index(3)
+
+
+def test_overloaded_is_all_or_nothing(tmp_path: Path) -> None:
+    store = BlockingStore()
+    ingest = OTLPIngest(Settings.from_env({}, home=str(tmp_path)), store, None, max_queue_size=4)
+    try:
+        spans = ingest_mod.to_spans(
+            ExportTraceServiceRequest(
+                resource_spans=[
+                    ResourceSpans(
+                        scope_spans=[
+                            ScopeSpans(
+                                spans=[
+                                    PbSpan(trace_id=b"\x01" * 16, span_id=bytes([0] * 7 + [i]))
+                                    for i in (1, 2, 3)
+                                ]
+                            )
+                        ]
+                    )
+                ]
+            )
+        ).spans
+        with pytest.raises(ingest_mod.PayloadTooLarge):
+            ingest.ingest(spans)  # 6 items can never fit a queue of 4
+        assert ingest.ingest(spans[:2]) == 2
+        with pytest.raises(Overloaded):  # the first batch is stuck in the store
+            wait_for(lambda: ingest.ingest(spans[:2]) and False, "overload", timeout=5)
+        assert ingest.stats()["graph"]["dropped"] == 0
+    finally:
+        store.release.set()
+        ingest.shutdown()
