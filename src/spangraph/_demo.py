@@ -201,7 +201,11 @@ def run_demo(out: TextIO, *, home: str | None = None) -> int:
     )
     store = instance.store
     say("the run, read back from the graph:")
-    print_tree(queries.tree(store, workflow_id), say)
+    roots = queries.tree(store, workflow_id)
+    print_tree(roots, say)
+    if roots:
+        link = instance.settings.jaeger_link(roots[0].span.get("trace_id"))
+        say(f"  open in Jaeger (when it receives your OTLP export): {link}")
     say("\ndecisions (spangraph query decisions):")
     for decision in queries.decisions(store, workflow_id):
         say(

@@ -138,6 +138,8 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 def _cell(value: Any) -> str:
     text = json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
+    if text.startswith(("http://", "https://")):
+        return text  # links stay whole, to click or copy
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -168,8 +170,11 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         rows = queries.workflows(
             store, project_id=args.project, state=args.state, name=args.name, limit=args.limit
         )
+        settings = Settings.from_env(home=args.home)
+        for r in rows:
+            r["jaeger_url"] = settings.jaeger_link(r.get("trace_id"), r.get("span_id"))
         if not args.json:
-            keep = ("workflow_id", "name", "state", "duration_ms", "start_ns", "project_id")
+            keep = ("workflow_id", "name", "state", "duration_ms", "start_ns", "jaeger_url")
             rows = [{k: r.get(k) for k in keep} for r in rows]
     elif what == "tree":
         if args.json:
@@ -181,6 +186,8 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             if not roots:
                 print(f"no spans for workflow {args.id}", file=sys.stderr)
                 return 1
+            link = Settings.from_env(home=args.home).jaeger_link(roots[0].span.get("trace_id"))
+            print(f"open in Jaeger: {link}")
             print_tree(roots, print)
             return 0
     elif what == "path":

@@ -126,6 +126,13 @@ class Settings:
         """A copy with ``changes`` applied (and validated)."""
         return replace(self, **changes)
 
+    def jaeger_link(self, trace_id: str | None, span_id: str | None = None) -> str | None:
+        """``SPANGRAPH_JAEGER_URL/trace/{trace_id}?uiFind={span_id}`` (None without a trace)."""
+        if not trace_id:
+            return None
+        base = self.jaeger_url.rstrip("/")
+        return f"{base}/trace/{trace_id}" + (f"?uiFind={span_id}" if span_id else "")
+
     @property
     def graph_is_embedded(self) -> bool:
         return self.graph_url == EMBEDDED

@@ -63,7 +63,4 @@ def require_token(
 
 def jaeger_url(settings: Settings, trace_id: str | None, span_id: str | None) -> str | None:
     """``SPANGRAPH_JAEGER_URL/trace/{trace_id}?uiFind={span_id}``."""
-    if not trace_id:
-        return None
-    base = settings.jaeger_url.rstrip("/")
-    return f"{base}/trace/{trace_id}" + (f"?uiFind={span_id}" if span_id else "")
+    return settings.jaeger_link(trace_id, span_id)
