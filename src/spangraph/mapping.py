@@ -34,6 +34,49 @@ GEN_AI_KINDS: Final = {
 }
 """Kind of a span that has no ``spangraph.kind`` but a GenAI operation name."""
 
+OPENINFERENCE_KINDS: Final = {
+    "LLM": sc.KIND_LLM,
+    "EMBEDDING": sc.KIND_LLM,
+    "TOOL": sc.KIND_TOOL,
+    "AGENT": sc.KIND_AGENT,
+    "CHAIN": sc.KIND_STEP,
+    "RETRIEVER": sc.KIND_STEP,
+    "RERANKER": sc.KIND_STEP,
+    "GUARDRAIL": sc.KIND_STEP,
+    "EVALUATOR": sc.KIND_STEP,
+    "PROMPT": sc.KIND_STEP,
+}
+"""Kind of a span by OpenInference's ``openinference.span.kind`` (``UNKNOWN``: none)."""
+
+TRACELOOP_KINDS: Final = {
+    "workflow": sc.KIND_WORKFLOW,
+    "task": sc.KIND_STEP,
+    "agent": sc.KIND_AGENT,
+    "tool": sc.KIND_TOOL,
+}
+"""Kind of a span by OpenLLMetry's ``traceloop.span.kind`` (``unknown``: none)."""
+
+LLM_REQUEST_KINDS: Final = {
+    "chat": sc.KIND_LLM,
+    "completion": sc.KIND_LLM,
+    "embedding": sc.KIND_LLM,
+    "rerank": sc.KIND_STEP,
+}
+"""Kind of a span by OpenLLMetry's ``llm.request.type`` on model calls."""
+
+
+def _any_case(table: Mapping[str, str]) -> dict[str, str]:
+    return {**{k.lower(): v for k, v in table.items()}, **{k.upper(): v for k, v in table.items()}}
+
+
+_FOREIGN_KINDS: Final = (
+    (sc.GEN_AI_OPERATION_NAME, GEN_AI_KINDS),
+    (sc.OPENINFERENCE_SPAN_KIND, _any_case(OPENINFERENCE_KINDS)),
+    (sc.TRACELOOP_SPAN_KIND, _any_case(TRACELOOP_KINDS)),
+    (sc.LLM_REQUEST_TYPE, _any_case(LLM_REQUEST_KINDS)),
+)
+"""(attribute key, value -> kind) in the order :func:`kind_of` consults them."""
+
 LIVE_ONLY_EVENTS: Final = frozenset({sc.TOKEN})
 """Events streamed live but never written to the graph."""
 
@@ -63,11 +106,22 @@ def to_json(value: Any) -> str:
 
 
 def kind_of(attributes: Mapping[str, Any]) -> str:
+    """The spangraph kind of a span: its ``spangraph.kind``; else the first of
+    ``gen_ai.operation.name``, ``openinference.span.kind``, ``traceloop.span.kind`` and
+    ``llm.request.type`` whose value names a kind; else ``span`` (no label).
+
+    Runs on the worker for every span: a handful of dict look-ups, no string work."""
     kind = attributes.get(sc.KIND)
-    if kind in sc.KIND_LABELS:
+    if kind is not None and kind in sc.KIND_LABELS:
         return str(kind)
-    op = attributes.get(sc.GEN_AI_OPERATION_NAME)
-    return GEN_AI_KINDS.get(str(op), sc.KIND_SPAN) if op is not None else sc.KIND_SPAN
+    get = attributes.get
+    for key, table in _FOREIGN_KINDS:
+        value = get(key)
+        if value is not None and type(value) is str:
+            found = table.get(value)
+            if found is not None:
+                return found
+    return sc.KIND_SPAN
 
 
 def label_of(kind: str) -> str | None:

@@ -240,6 +240,30 @@ GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 """Tokens in the prompt."""
 GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 """Tokens in the answer."""
+GEN_AI_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
+"""Sampling temperature asked for."""
+GEN_AI_REQUEST_TOP_P: Final = "gen_ai.request.top_p"
+"""Nucleus-sampling ``top_p`` asked for."""
+GEN_AI_REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
+"""Most tokens the answer may have, as asked for."""
+GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
+"""Id the provider gave the answer (``chatcmpl-…``, ``resp_…``)."""
+GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
+"""Model that answered (often a dated version of the one asked for)."""
+GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+"""Why the model stopped, one reason per choice (``stop``, ``length``, ``tool_calls`` …)."""
+
+# --- other instrumentations' span kinds (read by the mapping, never written) ----------
+
+OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
+"""OpenInference's span kind (``LLM``, ``TOOL``, ``AGENT``, ``CHAIN`` …): sets the
+spangraph kind of a span that has no ``spangraph.kind`` (see ``mapping.kind_of``)."""
+TRACELOOP_SPAN_KIND: Final = "traceloop.span.kind"
+"""OpenLLMetry's span kind (``workflow``, ``task``, ``agent``, ``tool``): sets the
+spangraph kind of a span that has no ``spangraph.kind``."""
+LLM_REQUEST_TYPE: Final = "llm.request.type"
+"""OpenLLMetry's request type on model calls (``chat``, ``completion``, ``embedding`` …):
+makes the span an ``llm`` span."""
 
 # --- resource attributes read by spangraph ---------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Auto-instrumentors that turn third-party libraries' calls into spangraph spans."""

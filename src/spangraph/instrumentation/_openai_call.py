@@ -1,0 +1,303 @@
+"""One OpenAI call as a GenAI ``chat`` span: what is recorded from the request, from a
+response, and from each streamed chunk or event, and how the span ends (exactly once)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+from .. import _state
+from .. import semconv as sc
+from .._attrs import clean
+from .._spans import _error_attrs, current_run
+from ..processors.live import emit_event
+
+_log = logging.getLogger("spangraph")
+
+CHAT: Final = "chat.completions"
+"""``client.chat.completions.create``."""
+RESPONSES: Final = "responses"
+"""``client.responses.create``."""
+
+PROVIDER: Final = "openai"
+
+_CANCELLED: Final = (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)
+
+_REQUEST_PARAMS: Final = (
+    ("temperature", sc.GEN_AI_REQUEST_TEMPERATURE, float),
+    ("top_p", sc.GEN_AI_REQUEST_TOP_P, float),
+    ("max_tokens", sc.GEN_AI_REQUEST_MAX_TOKENS, int),
+    ("max_completion_tokens", sc.GEN_AI_REQUEST_MAX_TOKENS, int),
+    ("max_output_tokens", sc.GEN_AI_REQUEST_MAX_TOKENS, int),
+)
+"""(keyword of ``create``, GenAI attribute, type): request parameters that are recorded."""
+
+_INCOMPLETE_REASONS: Final = {"max_output_tokens": "length", "content_filter": "content_filter"}
+"""A Responses-API ``incomplete_details.reason`` as a chat-style finish reason."""
+
+
+def _number(value: Any, kind: type) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None  # Omit / NotGiven / None / anything odd
+    return kind(value)
+
+
+class Call:
+    """The span of one ``create`` call and what its answer has told so far.
+
+    ``finish`` ends the span exactly once, whichever of exhaustion, ``close()``, an
+    error, or garbage collection of an abandoned stream comes first (from any thread).
+    """
+
+    __slots__ = (
+        "_error",
+        "_last_ns",
+        "_once",
+        "_reasons",
+        "_texts",
+        "_tokens",
+        "_tool_calls",
+        "api",
+        "input_tokens",
+        "output_tokens",
+        "response_id",
+        "response_model",
+        "span",
+    )
+
+    def __init__(self, tracer: Tracer | None, api: str, kwargs: Mapping[str, Any]) -> None:
+        model = kwargs.get("model")
+        model = model if isinstance(model, str) and model else None
+        attrs: dict[str, Any] = {
+            sc.KIND: sc.KIND_LLM,
+            sc.PROJECT_ID: _state.project,
+            sc.GEN_AI_OPERATION_NAME: "chat",
+            sc.GEN_AI_PROVIDER_NAME: PROVIDER,
+        }
+        if model is not None:
+            attrs[sc.GEN_AI_REQUEST_MODEL] = model
+        for param, key, kind in _REQUEST_PARAMS:
+            value = _number(kwargs.get(param), kind)
+            if value is not None:
+                attrs[key] = value
+        run = current_run()
+        if run is not None:
+            if run.workflow_id:
+                attrs[sc.WORKFLOW_ID] = run.workflow_id
+                attrs[sc.EXECUTION_ID] = run.execution_id
+                attrs[sc.WORKFLOW_NAME] = run.workflow_name
+            if run.branch_id:
+                attrs[sc.BRANCH_ID] = run.branch_id
+        self.api = api
+        self.span = (tracer or _state.tracer).start_span(
+            f"chat {model}" if model else "chat", kind=SpanKind.CLIENT, attributes=attrs
+        )
+        self._once = threading.Lock()  # acquired once, never released: "already ended"
+        self._texts: dict[int, list[str]] = {}
+        self._reasons: dict[int, str] = {}
+        self._tool_calls: list[str] = []
+        self._tokens = 0
+        self._error: tuple[str, str] | None = None
+        self._last_ns = time.time_ns()
+        self.response_id: str | None = None
+        self.response_model: str | None = None
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self._once.locked()
+
+    def touch(self) -> None:
+        """Note that the answer is alive now (an abandoned stream's span ends at the last
+        such moment)."""
+        self._last_ns = time.time_ns()
+
+    # -- answers --------------------------------------------------------------------------
+
+    def record(self, result: Any) -> None:
+        """A complete (non-streamed) answer: ``ChatCompletion`` or ``Response``."""
+        if self.api == CHAT:
+            self._chat_meta(result)
+            for choice in getattr(result, "choices", None) or ():
+                index = getattr(choice, "index", 0) or 0
+                message = getattr(choice, "message", None)
+                content = getattr(message, "content", None)
+                if isinstance(content, str):
+                    self._texts.setdefault(index, []).append(content)
+                else:
+                    self._texts.setdefault(index, [])
+                for tool_call in getattr(message, "tool_calls", None) or ():
+                    self._tool_call(getattr(tool_call, "function", None))
+                reason = getattr(choice, "finish_reason", None)
+                if reason:
+                    self._reasons[index] = str(reason)
+        else:
+            self._response(result)
+            text = getattr(result, "output_text", None)
+            self._texts[0] = [text] if isinstance(text, str) else []
+
+    def _chat_meta(self, result: Any) -> None:
+        if self.response_id is None:
+            self.response_id = getattr(result, "id", None) or None
+            self.response_model = getattr(result, "model", None) or None
+        usage = getattr(result, "usage", None)
+        if usage is not None:
+            self.input_tokens = getattr(usage, "prompt_tokens", None)
+            self.output_tokens = getattr(usage, "completion_tokens", None)
+
+    def _tool_call(self, function: Any) -> None:
+        name = getattr(function, "name", None)
+        if name:
+            self._tool_calls.append(str(name))
+
+    def _response(self, response: Any) -> None:
+        """A Responses-API ``Response`` (complete, or carried by a stream event)."""
+        self.response_id = getattr(response, "id", None) or self.response_id
+        self.response_model = getattr(response, "model", None) or self.response_model
+        usage = getattr(response, "usage", None)
+        if usage is not None:
+            self.input_tokens = getattr(usage, "input_tokens", None)
+            self.output_tokens = getattr(usage, "output_tokens", None)
+        status = getattr(response, "status", None)
+        output = getattr(response, "output", None) or ()
+        names = [getattr(item, "name", None) for item in output if _type(item) == "function_call"]
+        if status == "completed":
+            self._reasons[0] = "tool_calls" if names else "stop"
+            self._tool_calls = [str(n) for n in names if n]
+        elif status == "incomplete":
+            reason = getattr(getattr(response, "incomplete_details", None), "reason", None)
+            self._reasons[0] = _INCOMPLETE_REASONS.get(reason, reason or "incomplete")
+        elif status in ("failed", "cancelled"):
+            self._reasons[0] = "error" if status == "failed" else "cancelled"
+            error = getattr(response, "error", None)
+            if status == "failed":
+                self._error = (
+                    str(getattr(error, "code", None) or "response_failed"),
+                    str(getattr(error, "message", None) or "the response failed"),
+                )
+
+    # -- streams --------------------------------------------------------------------------
+
+    def on_chunk(self, chunk: Any) -> None:
+        """One streamed ``ChatCompletionChunk`` or Responses-API stream event."""
+        self._last_ns = now = time.time_ns()
+        if self.api == CHAT:
+            self._chat_meta(chunk)
+            for choice in chunk.choices:
+                index = choice.index or 0
+                delta = choice.delta
+                if delta is not None:
+                    content = delta.content
+                    if content:
+                        self._token(content, index, now)
+                    if delta.tool_calls:
+                        for tool_call in delta.tool_calls:
+                            self._tool_call(tool_call.function)
+                if choice.finish_reason:
+                    self._reasons[index] = str(choice.finish_reason)
+            return
+        kind = getattr(chunk, "type", None)
+        if kind == "response.output_text.delta":
+            if chunk.delta:
+                self._token(chunk.delta, 0, now)
+        elif kind in ("response.created", "response.in_progress", "response.queued"):
+            response = getattr(chunk, "response", None)
+            self.response_id = getattr(response, "id", None) or self.response_id
+            self.response_model = getattr(response, "model", None) or self.response_model
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            self._response(chunk.response)
+        elif kind == "error":
+            self._error = (
+                str(getattr(chunk, "code", None) or "error"),
+                str(getattr(chunk, "message", None) or "the stream reported an error"),
+            )
+
+    def _token(self, text: str, index: int, now: int) -> None:
+        """A text delta: kept for the complete message and sent live as ``token``."""
+        self._texts.setdefault(index, []).append(text)
+        attrs: dict[str, Any] = {"text": text, "index": self._tokens}
+        if index:
+            attrs["choice"] = index
+        self._tokens += 1
+        emit_event(self.span, sc.TOKEN, attrs, now)
+
+    # -- the end --------------------------------------------------------------------------
+
+    def finish(
+        self, exc: BaseException | None = None, *, exhausted: bool = False, abandoned: bool = False
+    ) -> None:
+        """End the span, once. ``exhausted``: the answer was read to its end (else only
+        what was received is recorded); ``abandoned``: ended by garbage collection, at the
+        time of the last chunk."""
+        if not self._once.acquire(blocking=False):
+            return
+        try:
+            self._end(exc, exhausted, self._last_ns if abandoned else None)
+        except Exception:  # never break the caller, a finalizer or the reaper
+            _log.exception("spangraph: ending the OpenAI span %r failed", self.span)
+            self.span.end()
+
+    def _end(self, exc: BaseException | None, exhausted: bool, end_ns: int | None) -> None:
+        span = self.span
+        attrs: dict[str, Any] = {
+            sc.GEN_AI_RESPONSE_ID: self.response_id,
+            sc.GEN_AI_RESPONSE_MODEL: self.response_model,
+            sc.GEN_AI_USAGE_INPUT_TOKENS: self.input_tokens,
+            sc.GEN_AI_USAGE_OUTPUT_TOKENS: self.output_tokens,
+        }
+        if self._reasons:
+            attrs[sc.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(
+                self._reasons[i] for i in sorted(self._reasons)
+            )
+        span.set_attributes(clean(attrs))
+        if exhausted or self._tokens:
+            self._complete(end_ns)
+        if exc is None and self._error is None:
+            span.set_attribute(sc.STATE, sc.STATE_COMPLETED)
+        elif isinstance(exc, _CANCELLED):
+            span.set_attribute(sc.STATE, sc.STATE_CANCELLED)
+        else:
+            span.set_attribute(sc.STATE, sc.STATE_FAILED)
+            stamp = end_ns or time.time_ns()
+            if exc is not None:
+                error_type = _error_attrs(exc)[sc.ERROR_TYPE]
+                message = f"{type(exc).__name__}: {exc}"
+                span.record_exception(exc, timestamp=stamp)
+                emit_event(
+                    span,
+                    "exception",
+                    {"exception.type": type(exc).__qualname__, "exception.message": str(exc)},
+                    stamp,
+                )
+            else:
+                error_type, message = self._error or ("error", "")
+            span.set_attribute(sc.ERROR_TYPE, error_type)
+            span.set_status(Status(StatusCode.ERROR, message))
+        span.end(end_time=end_ns)
+
+    def _complete(self, end_ns: int | None) -> None:
+        """``llm.complete``: the message (choice 0), once; every choice when there are more."""
+        texts = {i: "".join(parts) for i, parts in sorted(self._texts.items())}
+        attrs: dict[str, Any] = {
+            "message": texts.get(0, next(iter(texts.values()), "")),
+            "finish_reason": self._reasons.get(0),
+            "streamed_tokens": self._tokens or None,
+            "tool_calls": tuple(self._tool_calls) or None,
+        }
+        if len(texts) > 1:
+            attrs["choices"] = tuple(texts.values())
+        attrs = clean(attrs)
+        stamp = end_ns or time.time_ns()
+        self.span.add_event(sc.LLM_COMPLETE, attrs, timestamp=stamp)
+        emit_event(self.span, sc.LLM_COMPLETE, attrs, stamp)
+
+
+def _type(item: Any) -> Any:
+    return getattr(item, "type", None)

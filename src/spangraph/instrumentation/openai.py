@@ -1,0 +1,180 @@
+"""OpenAI Python SDK instrumentation: model calls as GenAI ``chat`` spans.
+
+>>> from spangraph.instrumentation.openai import OpenAIInstrumentor
+>>> OpenAIInstrumentor().instrument()          # doctest: +SKIP
+
+Covers ``client.chat.completions.create`` and ``client.responses.create`` on ``OpenAI``
+and ``AsyncOpenAI`` (so also the ``.stream()`` and ``.parse()`` helpers built on them),
+streaming or not. Each call is one span named ``chat {model}`` with ``spangraph.kind =
+llm``, ``gen_ai.operation.name = chat``, ``gen_ai.provider.name = openai``, the request
+and response model, the response id, token usage and finish reasons. Streamed text
+deltas go to live subscribers as ``token`` events and are never written to the graph;
+the complete message is recorded once, as ``llm.complete``. A stream's span ends when it
+is exhausted, fails, is closed, or is garbage-collected after being abandoned.
+
+Content: prompts are never recorded. The answer's text is recorded once, in the
+``llm.complete`` event's ``message`` (cut to spangraph's attribute limit), with the
+names (not the arguments) of the tools the model called.
+
+Without ``tracer_provider=``, spans come from spangraph's tracer: the provider that
+:func:`spangraph.configure` was given (or the global one), followed at call time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Collection
+from typing import Any, Final
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
+from opentelemetry.trace import Tracer
+
+from .._version import __version__
+from ._openai_call import CHAT, RESPONSES, Call
+from ._openai_stream import TracedAsyncStream, TracedStream, wait_reaped
+
+__all__ = ["OpenAIInstrumentor", "wait_reaped"]
+
+_log = logging.getLogger("spangraph")
+
+INSTRUMENTATION_NAME: Final = "spangraph.instrumentation.openai"
+
+_instruments: Final = ("openai >= 1.66",)
+"""The SDK versions supported: ``client.responses`` arrived in 1.66."""
+
+_TARGETS: Final = (
+    ("openai.resources.chat.completions", "Completions", CHAT, False),
+    ("openai.resources.chat.completions", "AsyncCompletions", CHAT, True),
+    ("openai.resources.responses", "Responses", RESPONSES, False),
+    ("openai.resources.responses", "AsyncResponses", RESPONSES, True),
+)
+"""(module, resource class, API, async): each class's ``create`` is wrapped."""
+
+
+def _start(tracer: Tracer | None, api: str, kwargs: dict[str, Any]) -> Call | None:
+    if not is_instrumentation_enabled():
+        return None
+    try:
+        return Call(tracer, api, kwargs)
+    except Exception:  # never break the user's call
+        _log.exception("spangraph: starting an OpenAI span failed")
+        return None
+
+
+class _Types:
+    """The SDK's classes that answers are told apart by (resolved at ``instrument``)."""
+
+    __slots__ = ("answers", "async_stream", "stream")
+
+    def __init__(self, openai: Any) -> None:
+        from openai.types.chat import ChatCompletion
+
+        answers: list[type] = [ChatCompletion]
+        try:
+            from openai.types.responses import Response
+
+            answers.append(Response)
+        except ImportError:  # pragma: no cover - an SDK without the Responses API
+            pass
+        self.answers = tuple(answers)
+        self.stream = openai.Stream
+        self.async_stream = openai.AsyncStream
+
+
+def _result(call: Call, result: Any, types: _Types) -> Any:
+    """Wrap a stream (its span ends later); record a complete answer and end now.
+
+    A raw response (``with_raw_response``, ``with_streaming_response``) has nothing
+    parsed yet: its span covers the request only."""
+    answered = False
+    try:
+        if isinstance(result, types.stream):
+            if call.span.is_recording():
+                return TracedStream(result, call)
+        elif isinstance(result, types.async_stream):
+            if call.span.is_recording():
+                return TracedAsyncStream(result, call)
+        elif isinstance(result, types.answers):
+            call.record(result)
+            answered = True
+    except Exception:
+        _log.exception("spangraph: recording an OpenAI answer failed")
+    call.finish(None, exhausted=answered)
+    return result
+
+
+def _sync_wrapper(tracer: Tracer | None, api: str, types: _Types) -> Callable[..., Any]:
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        call = _start(tracer, api, kwargs)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        token = otel_context.attach(trace.set_span_in_context(call.span))
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.finish(exc)
+            raise
+        finally:
+            otel_context.detach(token)
+        return _result(call, result, types)
+
+    return wrapper
+
+
+def _async_wrapper(tracer: Tracer | None, api: str, types: _Types) -> Callable[..., Any]:
+    async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        call = _start(tracer, api, kwargs)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        token = otel_context.attach(trace.set_span_in_context(call.span))
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.finish(exc)
+            raise
+        finally:
+            otel_context.detach(token)
+        return _result(call, result, types)
+
+    return wrapper
+
+
+class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Instruments the OpenAI Python SDK (see the module's docstring).
+
+    ``instrument(tracer_provider=...)`` takes spans from that provider; without it they
+    come from spangraph's tracer. ``uninstrument()`` restores the SDK's methods.
+    """
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        import openai
+
+        provider = kwargs.get("tracer_provider")
+        tracer = (
+            trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider=provider)
+            if provider is not None
+            else None
+        )
+        types = _Types(openai)
+        self._patched: list[tuple[type, str]] = []
+        for module_name, class_name, api, is_async in _TARGETS:
+            try:
+                cls = getattr(importlib.import_module(module_name), class_name)
+            except (ImportError, AttributeError):  # an SDK without this API
+                continue
+            make = _async_wrapper if is_async else _sync_wrapper
+            wrapt.wrap_function_wrapper(cls, "create", make(tracer, api, types))
+            self._patched.append((cls, "create"))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        for cls, name in getattr(self, "_patched", ()):
+            unwrap(cls, name)
+        self._patched = []

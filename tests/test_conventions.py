@@ -1,0 +1,263 @@
+"""Spans from other instrumentations (OpenInference, OpenLLMetry, plain GenAI) get
+spangraph kinds: ``kind_of`` unit tests, then spans made with a plain OpenTelemetry
+tracer written through spangraph into the real graph and read back by label."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+import spangraph
+from spangraph import semconv as sc
+from spangraph.mapping import (
+    LLM_REQUEST_KINDS,
+    OPENINFERENCE_KINDS,
+    TRACELOOP_KINDS,
+    kind_of,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+OI = sc.OPENINFERENCE_SPAN_KIND
+TL = sc.TRACELOOP_SPAN_KIND
+REQ = sc.LLM_REQUEST_TYPE
+OP = sc.GEN_AI_OPERATION_NAME
+
+LABELS = {
+    "workflow": "Workflow",
+    "step": "Step",
+    "agent": "Agent",
+    "llm": "LLM",
+    "tool": "Tool",
+}
+
+
+# -- kind_of ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ("LLM", "llm"),
+        ("EMBEDDING", "llm"),
+        ("TOOL", "tool"),
+        ("AGENT", "agent"),
+        ("CHAIN", "step"),
+        ("RETRIEVER", "step"),
+        ("RERANKER", "step"),
+        ("GUARDRAIL", "step"),
+        ("EVALUATOR", "step"),
+        ("PROMPT", "step"),
+        ("llm", "llm"),  # either case
+        ("Tool", "span"),  # but not mixed case
+        ("UNKNOWN", "span"),
+        ("SOMETHING_NEW", "span"),
+    ],
+)
+def test_openinference(value: str, kind: str) -> None:
+    assert kind_of({OI: value}) == kind
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ("workflow", "workflow"),
+        ("task", "step"),
+        ("agent", "agent"),
+        ("tool", "tool"),
+        ("WORKFLOW", "workflow"),
+        ("unknown", "span"),
+    ],
+)
+def test_openllmetry_span_kind(value: str, kind: str) -> None:
+    assert kind_of({TL: value}) == kind
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ("chat", "llm"),
+        ("completion", "llm"),
+        ("embedding", "llm"),
+        ("rerank", "step"),
+        ("unknown", "span"),
+    ],
+)
+def test_openllmetry_request_type(value: str, kind: str) -> None:
+    assert kind_of({REQ: value, "llm.is_streaming": False}) == kind
+
+
+@pytest.mark.parametrize(
+    ("attributes", "kind"),
+    [
+        ({sc.KIND: "decision", OI: "LLM", TL: "tool", REQ: "chat"}, "decision"),
+        ({OP: "chat", OI: "AGENT"}, "llm"),  # GenAI first
+        ({OP: "retrieval_v9", OI: "RETRIEVER"}, "step"),  # an unknown GenAI op falls through
+        ({OI: "TOOL", TL: "workflow"}, "tool"),  # OpenInference before OpenLLMetry
+        ({OI: "UNKNOWN", TL: "agent"}, "agent"),
+        ({TL: "task", REQ: "chat"}, "step"),  # the span kind before the request type
+        ({TL: "unknown", REQ: "chat"}, "llm"),
+        ({sc.KIND: "not-a-kind", OI: "LLM"}, "llm"),
+        ({OI: ("LLM",)}, "span"),  # not a string
+        ({TL: 3}, "span"),
+        ({"http.request.method": "GET", "url.full": "http://x"}, "span"),
+        ({}, "span"),
+    ],
+)
+def test_precedence(attributes: dict[str, Any], kind: str) -> None:
+    assert kind_of(attributes) == kind
+
+
+def test_every_table_value_is_a_labelled_kind() -> None:
+    for table in (OPENINFERENCE_KINDS, TRACELOOP_KINDS, LLM_REQUEST_KINDS):
+        assert set(table.values()) <= set(sc.KIND_LABELS)
+
+
+def test_kind_of_is_cheap() -> None:
+    """It runs on the worker for every span: a plain span with many attributes takes a
+    few dict look-ups (well under a microsecond here; the bound is generous for CI)."""
+    plain = {f"http.attr{i}": "x" for i in range(30)}
+    n = 20_000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        kind_of(plain)
+    per_call = (time.perf_counter() - t0) / n
+    assert per_call < 20e-6, f"{per_call * 1e6:.2f} µs per call"
+
+
+# -- in the graph -------------------------------------------------------------------------
+
+TREE: list[tuple[str, str | None, dict[str, Any], str]] = [
+    # (name, parent name, attributes, expected kind)
+    ("research", None, {TL: "workflow", "traceloop.entity.name": "research"}, "workflow"),
+    ("planner", "research", {OI: "AGENT"}, "agent"),
+    ("ChatOpenAI", "planner", {OI: "LLM", "llm.model_name": "gpt-4o-mini"}, "llm"),
+    ("embed", "planner", {OI: "EMBEDDING"}, "llm"),
+    ("retrieve", "planner", {OI: "RETRIEVER"}, "step"),
+    ("rerank", "planner", {OI: "RERANKER"}, "step"),
+    ("guard", "planner", {OI: "GUARDRAIL"}, "step"),
+    ("judge", "planner", {OI: "EVALUATOR"}, "step"),
+    ("chain", "planner", {OI: "CHAIN"}, "step"),
+    ("lookup", "planner", {OI: "TOOL", "tool.name": "lookup"}, "tool"),
+    ("summarize", "research", {TL: "task"}, "step"),
+    ("openai.chat", "summarize", {REQ: "chat", "gen_ai.request.model": "gpt-4o"}, "llm"),
+    ("openai.completion", "summarize", {REQ: "completion"}, "llm"),
+    ("helper", "research", {TL: "agent"}, "agent"),
+    ("search", "helper", {TL: "tool"}, "tool"),
+    ("execute_tool calc", "helper", {OP: "execute_tool", sc.GEN_AI_TOOL_NAME: "calc"}, "tool"),
+    ("chat gpt-4o", "helper", {OP: "chat"}, "llm"),
+    ("invoke_agent critic", "research", {OP: "invoke_agent"}, "agent"),
+    ("GET /search", "search", {"http.request.method": "GET"}, "span"),
+]
+
+
+def _make_tree(provider: TracerProvider) -> str:
+    """Start and end the spans of TREE with a plain OTel tracer; the trace id."""
+    tracer = provider.get_tracer("other-instrumentation")
+    spans: dict[str, Any] = {}
+    for name, parent, attributes, _ in TREE:
+        ctx = trace.set_span_in_context(spans[parent]) if parent else None
+        spans[name] = tracer.start_span(name, context=ctx, attributes=attributes)
+    for name, *_ in reversed(TREE):
+        spans[name].end()
+    return format(spans["research"].get_span_context().trace_id, "032x")
+
+
+def test_foreign_spans_get_kinds_in_the_graph(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    trace_id = _make_tree(provider)
+    assert spangraph.flush(10)
+    assert sg.store is not None
+    rows = sg.store.query(
+        "MATCH (s:Span {trace_id: $t}) RETURN s AS s, labels(s) AS labels", {"t": trace_id}
+    )
+    nodes = {r["s"]["name"]: {**r["s"], "_labels": sorted(r["labels"])} for r in rows}
+    assert set(nodes) == {name for name, *_ in TREE}
+    for name, _, _, kind in TREE:
+        node = nodes[name]
+        expected = sorted(["Span", LABELS[kind]]) if kind != "span" else ["Span"]
+        assert (name, node["kind"], node["_labels"]) == (name, kind, expected)
+        assert node["workflow_id"] == trace_id  # no spangraph workflow: the trace id
+        assert node["state"] == "completed"
+    edges = sg.store.query(
+        "MATCH (a:Span {trace_id: $t})-[:PARENT_OF]->(b:Span) RETURN a.name AS a, b.name AS b",
+        {"t": trace_id},
+    )
+    assert {(e["a"], e["b"]) for e in edges} == {(p, n) for n, p, _, _ in TREE if p}
+    kept = json.loads(nodes["ChatOpenAI"]["attributes"])
+    assert kept[OI] == "LLM" and kept["llm.model_name"] == "gpt-4o-mini"
+
+
+def test_foreign_spans_inside_a_spangraph_workflow(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    """Inside a spangraph workflow, foreign spans take its run id and their own kinds."""
+    tracer = provider.get_tracer("openinference.instrumentation.langchain")
+    with (
+        spangraph.workflow("agentic") as run,
+        tracer.start_as_current_span("RunnableSequence", attributes={OI: "CHAIN"}),
+        tracer.start_as_current_span("ChatAnthropic", attributes={OI: "LLM"}),
+    ):
+        pass
+    assert spangraph.flush(10)
+    assert sg.store is not None
+    rows = sg.store.query(
+        "MATCH (s:Span {workflow_id: $wf}) RETURN s.name AS name, s.kind AS kind, "
+        "labels(s) AS labels",
+        {"wf": run.workflow_id},
+    )
+    got = {r["name"]: (r["kind"], sorted(r["labels"])) for r in rows}
+    assert got == {
+        "agentic": ("workflow", ["Span", "Workflow"]),
+        "RunnableSequence": ("step", ["Span", "Step"]),
+        "ChatAnthropic": ("llm", ["LLM", "Span"]),
+    }
+
+
+# -- the docs' example --------------------------------------------------------------------
+
+
+def _section_example(heading: str) -> str:
+    text = (ROOT / "docs" / "integrations.md").read_text()
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return block
+
+
+def test_docs_example_runs(
+    tmp_path: Path, graph_url: str, embedded_server: Any, store: Any
+) -> None:
+    script = tmp_path / "example.py"
+    script.write_text(_section_example("## Spans from other instrumentations"))
+    env = {
+        **os.environ,
+        "SPANGRAPH_GRAPH_URL": graph_url,
+        "SPANGRAPH_REDIS_URL": embedded_server.redis_url,
+        "SPANGRAPH_HOME": str(tmp_path / "home"),
+    }
+    env.pop("NEO4J_URI", None)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = store.query("MATCH (s:Span) RETURN s.name AS name, labels(s) AS labels")
+    got = {r["name"]: sorted(r["labels"]) for r in rows}
+    assert got == {
+        "research": ["Span", "Workflow"],
+        "planner": ["Agent", "Span"],
+        "ChatOpenAI": ["LLM", "Span"],
+        "search": ["Span", "Tool"],
+        "summarize": ["Span", "Step"],
+        "openai.chat": ["LLM", "Span"],
+    }

@@ -1,0 +1,895 @@
+"""OpenAIInstrumentor against a local fake OpenAI API (no network) that replays recorded
+responses: JSON answers, ``text/event-stream`` streams, an HTTP 500. Spans are checked in
+memory, in the real graph and as live messages on a real Redis subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redis
+import wrapt
+from openai import AsyncOpenAI, OpenAI
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.trace import StatusCode
+
+import spangraph
+from spangraph import semconv as sc
+from spangraph.instrumentation.openai import OpenAIInstrumentor, wait_reaped
+from spangraph.processors.live import project_channel
+from spangraph.testing import SpanCapture, capture
+
+FIXTURES = Path(__file__).parent / "fixtures" / "openai"
+ROOT = Path(__file__).resolve().parent.parent
+
+CHAT_TOKENS = ["Hello", "!", " How", " can", " I", " help", " you", " today", "?"]
+CHAT_MESSAGE = "".join(CHAT_TOKENS)
+RESPONSE_TOKENS = [
+    "In", " a", " quiet", " forest", ",", " a", " unicorn", " danced", " under", " the",
+    " moon", ".",
+]  # fmt: skip
+RESPONSE_MESSAGE = "".join(RESPONSE_TOKENS)
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+# -- the fake OpenAI API ----------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up
+            super().handle_error(request, client_address)
+
+
+class FakeOpenAI:
+    """Serves ``/v1/chat/completions`` and ``/v1/responses`` from the recorded fixtures,
+    the way the API does: JSON, or SSE in chunked transfer encoding, one event a chunk."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.fail_next: int | None = None
+        self.stream_fixture: str | None = None
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])) or b"{}")
+                fake.requests.append((self.path, body))
+                try:
+                    fake.answer(self, body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client closed a stream early
+
+        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.fail_next = None
+        self.stream_fixture = None
+
+    def answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        if self.fail_next is not None:
+            status, self.fail_next = self.fail_next, None
+            return self.json(handler, status, "error_500.json")
+        if handler.path == "/v1/chat/completions":
+            if body.get("stream"):
+                usage = (body.get("stream_options") or {}).get("include_usage")
+                default = (
+                    "chat_completion_stream_usage.txt" if usage else "chat_completion_stream.txt"
+                )
+                return self.sse(handler, self.stream_fixture or default)
+            name = (
+                "chat_completion_tool_calls.json" if body.get("tools") else "chat_completion.json"
+            )
+            return self.json(handler, 200, name)
+        if handler.path == "/v1/responses":
+            if body.get("stream"):
+                return self.sse(handler, self.stream_fixture or "response_stream.txt")
+            return self.json(handler, 200, "response.json")
+        handler.send_error(404)
+
+    @staticmethod
+    def json(handler: BaseHTTPRequestHandler, status: int, fixture: str) -> None:
+        data = (FIXTURES / fixture).read_bytes()
+        handler.send_response(status)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-length", str(len(data)))
+        handler.send_header("x-request-id", "req_5f1c0e8b2a4d4c7e9b3a6d1f0e2c4b8a")
+        handler.send_header("openai-processing-ms", "412")
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    @staticmethod
+    def sse(handler: BaseHTTPRequestHandler, fixture: str) -> None:
+        text = (FIXTURES / fixture).read_text()
+        handler.send_response(200)
+        handler.send_header("content-type", "text/event-stream; charset=utf-8")
+        handler.send_header("transfer-encoding", "chunked")
+        handler.send_header("cache-control", "no-cache")
+        handler.send_header("x-request-id", "req_9a2b7c4d1e8f4a6b8c0d2e4f6a8b0c2d")
+        handler.end_headers()
+        for event in text.split("\n\n"):
+            if event.strip():
+                data = (event + "\n\n").encode()
+                handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                handler.wfile.flush()
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake(fake_server: FakeOpenAI) -> FakeOpenAI:
+    fake_server.reset()
+    return fake_server
+
+
+@pytest.fixture
+def client(fake: FakeOpenAI) -> Iterator[OpenAI]:
+    c = OpenAI(base_url=fake.base_url, api_key="test", max_retries=0)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+async def aclient(fake: FakeOpenAI) -> Any:
+    c = AsyncOpenAI(base_url=fake.base_url, api_key="test", max_retries=0)
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+def instrumented() -> Iterator[OpenAIInstrumentor]:
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument()
+    yield instrumentor
+    instrumentor.uninstrument()
+
+
+@pytest.fixture
+def cap(instrumented: OpenAIInstrumentor, caplog: pytest.LogCaptureFixture) -> Iterator[Any]:
+    """Spans in memory; fails the test if any span was ended twice."""
+    with caplog.at_level(logging.WARNING, logger="opentelemetry.sdk.trace"), capture() as c:
+        yield c
+    doubles = [r for r in caplog.records if "ended span" in r.getMessage()]
+    assert not doubles, [r.getMessage() for r in doubles]
+
+
+def llm_span(cap: SpanCapture) -> ReadableSpan:
+    """The one LLM span, ended exactly once."""
+    spans = cap.find(kind=sc.KIND_LLM)
+    assert len(spans) == 1, [(s.name, s.attributes) for s in cap.spans]
+    ids = [s.context.span_id for s in cap.spans]
+    assert ids.count(spans[0].context.span_id) == 1
+    return spans[0]
+
+
+def attrs(span: ReadableSpan) -> dict[str, Any]:
+    return dict(span.attributes or {})
+
+
+def events(span: ReadableSpan, name: str) -> list[dict[str, Any]]:
+    return [dict(e.attributes or {}) for e in span.events if e.name == name]
+
+
+def assert_chat(span: ReadableSpan, *, usage: bool = True, state: str = "completed") -> None:
+    a = attrs(span)
+    assert span.name == "chat gpt-4o-mini"
+    assert a[sc.KIND] == "llm"
+    assert a[sc.GEN_AI_OPERATION_NAME] == "chat"
+    assert a[sc.GEN_AI_PROVIDER_NAME] == "openai"
+    assert a[sc.GEN_AI_REQUEST_MODEL] == "gpt-4o-mini"
+    assert a[sc.GEN_AI_RESPONSE_MODEL] == "gpt-4o-mini-2024-07-18"
+    assert a[sc.GEN_AI_RESPONSE_ID].startswith("chatcmpl-")
+    assert a[sc.STATE] == state
+    if usage:
+        assert (a[sc.GEN_AI_USAGE_INPUT_TOKENS], a[sc.GEN_AI_USAGE_OUTPUT_TOKENS]) == (19, 9)
+    else:
+        assert sc.GEN_AI_USAGE_INPUT_TOKENS not in a
+        assert sc.GEN_AI_USAGE_OUTPUT_TOKENS not in a
+    assert span.status.status_code is not StatusCode.ERROR
+    assert span.end_time is not None
+
+
+def assert_response(span: ReadableSpan) -> None:
+    a = attrs(span)
+    assert span.name == "chat gpt-4o-mini"
+    assert a[sc.KIND] == "llm"
+    assert a[sc.GEN_AI_OPERATION_NAME] == "chat"
+    assert a[sc.GEN_AI_PROVIDER_NAME] == "openai"
+    assert a[sc.GEN_AI_REQUEST_MODEL] == "gpt-4o-mini"
+    assert a[sc.GEN_AI_RESPONSE_MODEL] == "gpt-4o-mini-2024-07-18"
+    assert a[sc.GEN_AI_RESPONSE_ID] == "resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b"
+    assert (a[sc.GEN_AI_USAGE_INPUT_TOKENS], a[sc.GEN_AI_USAGE_OUTPUT_TOKENS]) == (36, 12)
+    assert a[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+    assert a[sc.STATE] == "completed"
+
+
+# -- non-streaming ------------------------------------------------------------------------
+
+
+def test_chat_completion(cap: SpanCapture, client: OpenAI) -> None:
+    result = client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, temperature=0.2, max_tokens=64
+    )
+    assert isinstance(result, openai.types.chat.ChatCompletion)
+    assert result.choices[0].message.content == CHAT_MESSAGE
+    span = llm_span(cap)
+    assert_chat(span)
+    a = attrs(span)
+    assert a[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+    assert a[sc.GEN_AI_REQUEST_TEMPERATURE] == 0.2
+    assert a[sc.GEN_AI_REQUEST_MAX_TOKENS] == 64
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete == {"message": CHAT_MESSAGE, "finish_reason": "stop"}
+    assert "Say hello" not in json.dumps(a)  # the prompt is never recorded
+
+
+def test_chat_completion_tool_calls_records_names_not_arguments(
+    cap: SpanCapture, client: OpenAI
+) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    result = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, tools=tools)
+    assert result.choices[0].finish_reason == "tool_calls"
+    span = llm_span(cap)
+    assert attrs(span)[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("tool_calls",)
+    assert (
+        attrs(span)[sc.GEN_AI_USAGE_INPUT_TOKENS],
+        attrs(span)[sc.GEN_AI_USAGE_OUTPUT_TOKENS],
+    ) == (81, 20)
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete["tool_calls"] == ("get_weather",)
+    assert complete["message"] == ""
+    assert "Paris" not in json.dumps([dict(e.attributes or {}) for e in span.events])
+
+
+def test_responses_create(cap: SpanCapture, client: OpenAI) -> None:
+    result = client.responses.create(model="gpt-4o-mini", input="Tell me a story")
+    assert result.output_text == RESPONSE_MESSAGE
+    span = llm_span(cap)
+    assert_response(span)
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete == {"message": RESPONSE_MESSAGE, "finish_reason": "stop"}
+
+
+def test_request_runs_inside_the_span(
+    cap: SpanCapture, client: OpenAI, instrumented: OpenAIInstrumentor
+) -> None:
+    with spangraph.workflow("outer") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    span = llm_span(cap)
+    [outer] = cap.find("outer")
+    assert span.parent is not None and span.parent.span_id == outer.context.span_id
+    assert attrs(span)[sc.WORKFLOW_ID] == run.workflow_id
+
+
+# -- streaming ----------------------------------------------------------------------------
+
+
+def test_chat_stream_exhausted_with_usage(
+    cap: SpanCapture, client: OpenAI, fake: FakeOpenAI
+) -> None:
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert isinstance(stream, openai.Stream)
+    assert cap.find(kind=sc.KIND_LLM) == []  # still open
+    texts = [c.choices[0].delta.content for c in stream if c.choices]
+    assert "".join(t or "" for t in texts) == CHAT_MESSAGE
+    span = llm_span(cap)
+    assert_chat(span)
+    assert attrs(span)[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete == {
+        "message": CHAT_MESSAGE,
+        "finish_reason": "stop",
+        "streamed_tokens": len(CHAT_TOKENS),
+    }
+    assert events(span, sc.TOKEN) == []  # live only
+    stream.close()  # after the end: nothing more happens
+    assert len(cap.spans) == 1
+
+
+def test_chat_stream_without_usage_requests_none(
+    cap: SpanCapture, client: OpenAI, fake: FakeOpenAI
+) -> None:
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == CHAT_MESSAGE
+    [(_, body)] = fake.requests
+    assert "stream_options" not in body  # the request is left as the user made it
+    assert_chat(llm_span(cap), usage=False)
+
+
+def test_chat_stream_closed_early(cap: SpanCapture, client: OpenAI) -> None:
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    it = iter(stream)
+    for _ in range(3):  # role chunk, "Hello", "!"
+        next(it)
+    assert cap.find(kind=sc.KIND_LLM) == []
+    stream.close()
+    span = llm_span(cap)
+    a = attrs(span)
+    assert a[sc.STATE] == "completed"
+    assert sc.GEN_AI_RESPONSE_FINISH_REASONS not in a
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete == {"message": "Hello!", "streamed_tokens": 2}
+    stream.close()
+    assert len(cap.spans) == 1
+
+
+def test_chat_stream_break_in_with_block(cap: SpanCapture, client: OpenAI) -> None:
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    with stream as s:
+        assert s is stream
+        for chunk in s:
+            if chunk.choices[0].delta.content == " How":
+                break
+        assert cap.find(kind=sc.KIND_LLM) == []
+    [complete] = events(llm_span(cap), sc.LLM_COMPLETE)
+    assert complete["message"] == "Hello! How"
+
+
+def test_chat_stream_break_then_garbage_collected(cap: SpanCapture, client: OpenAI) -> None:
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    for chunk in stream:
+        if chunk.choices[0].delta.content == "!":
+            break
+    last_chunk_ns = time.time_ns()
+    time.sleep(0.05)
+    assert cap.find(kind=sc.KIND_LLM) == []
+    del stream, chunk
+    gc.collect()
+    assert wait_reaped()
+    span = llm_span(cap)
+    assert attrs(span)[sc.STATE] == "completed"
+    assert span.end_time is not None and span.end_time <= last_chunk_ns  # at its last chunk
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete["message"] == "Hello!"
+
+
+def test_chat_stream_never_read_then_garbage_collected(cap: SpanCapture, client: OpenAI) -> None:
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    del stream
+    gc.collect()
+    assert wait_reaped()
+    span = llm_span(cap)
+    assert attrs(span)[sc.STATE] == "completed"
+    assert events(span, sc.LLM_COMPLETE) == []  # nothing was received
+
+
+def test_chat_stream_error_event_fails_span(
+    cap: SpanCapture, client: OpenAI, fake: FakeOpenAI
+) -> None:
+    fake.stream_fixture = "chat_completion_stream_error.txt"
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    seen = []
+    with pytest.raises(openai.APIError, match="The server had an error") as excinfo:
+        for chunk in stream:
+            seen.append(chunk.choices[0].delta.content)
+    assert type(excinfo.value) is openai.APIError
+    span = llm_span(cap)
+    a = attrs(span)
+    assert a[sc.STATE] == "failed"
+    assert a[sc.ERROR_TYPE] == "openai.APIError"
+    assert span.status.status_code is StatusCode.ERROR
+    assert [e.name for e in span.events] == [sc.LLM_COMPLETE, "exception"]
+    assert events(span, sc.LLM_COMPLETE)[0]["message"] == "Hello! How"
+
+
+def test_responses_stream(cap: SpanCapture, client: OpenAI) -> None:
+    stream = client.responses.create(model="gpt-4o-mini", input="Tell me a story", stream=True)
+    deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+    assert deltas == RESPONSE_TOKENS
+    span = llm_span(cap)
+    assert_response(span)
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete == {
+        "message": RESPONSE_MESSAGE,
+        "finish_reason": "stop",
+        "streamed_tokens": len(RESPONSE_TOKENS),
+    }
+
+
+def test_responses_stream_failed_event_fails_span(
+    cap: SpanCapture, client: OpenAI, fake: FakeOpenAI
+) -> None:
+    """``response.failed`` is an event, not an exception: the stream ends normally and
+    the span fails with the response's error code."""
+    fake.stream_fixture = "response_stream_failed.txt"
+    stream = client.responses.create(model="gpt-4o-mini", input="story", stream=True)
+    assert [e.type for e in stream][-1] == "response.failed"
+    span = llm_span(cap)
+    a = attrs(span)
+    assert a[sc.STATE] == "failed"
+    assert a[sc.ERROR_TYPE] == "server_error"
+    assert a[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("error",)
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "The model failed to generate a response."
+
+
+def test_several_choices_stream_apart(cap: SpanCapture) -> None:
+    """With ``n=2`` the deltas of both choices interleave: each choice keeps its own text,
+    tokens of the second carry ``choice``."""
+    from openai.types.chat import ChatCompletionChunk
+
+    from spangraph.instrumentation._openai_call import CHAT, Call
+
+    def chunk(index: int, content: str | None, finish: str | None = None) -> Any:
+        delta = {} if content is None else {"content": content}
+        return ChatCompletionChunk.model_validate(
+            {
+                "id": "chatcmpl-n2",
+                "object": "chat.completion.chunk",
+                "created": 1732230512,
+                "model": "gpt-4o-mini-2024-07-18",
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+            }
+        )
+
+    call = Call(None, CHAT, {"model": "gpt-4o-mini", "n": 2})
+    for c in [chunk(0, "Hi"), chunk(1, "Hey"), chunk(0, " there"), chunk(1, " you")]:
+        call.on_chunk(c)
+    call.on_chunk(chunk(0, None, "stop"))
+    call.on_chunk(chunk(1, None, "length"))
+    call.finish(None, exhausted=True)
+    span = llm_span(cap)
+    assert attrs(span)[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop", "length")
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete["message"] == "Hi there"
+    assert complete["choices"] == ("Hi there", "Hey you")
+    assert complete["streamed_tokens"] == 4
+
+
+def test_chat_stream_helper(cap: SpanCapture, client: OpenAI) -> None:
+    """``client.chat.completions.stream()`` calls ``create``: its span is recorded too."""
+    with client.chat.completions.stream(
+        model="gpt-4o-mini", messages=MESSAGES, stream_options={"include_usage": True}
+    ) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content == CHAT_MESSAGE
+    assert_chat(llm_span(cap))
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def test_http_500_fails_span_and_raises_unchanged(
+    cap: SpanCapture, client: OpenAI, fake: FakeOpenAI
+) -> None:
+    fake.fail_next = 500
+    with pytest.raises(openai.APIStatusError) as excinfo:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    exc = excinfo.value
+    assert type(exc) is openai.InternalServerError
+    assert exc.status_code == 500
+    assert exc.body == json.loads((FIXTURES / "error_500.json").read_text())["error"]
+    span = llm_span(cap)
+    a = attrs(span)
+    assert a[sc.STATE] == "failed"
+    assert a[sc.ERROR_TYPE] == "openai.InternalServerError"
+    assert span.status.status_code is StatusCode.ERROR
+    assert "InternalServerError" in (span.status.description or "")
+    [exception] = events(span, "exception")
+    assert exception["exception.type"] == "openai.InternalServerError"
+    assert events(span, sc.LLM_COMPLETE) == []
+
+
+def test_connection_error_fails_span(cap: SpanCapture, closed_port: int) -> None:
+    c = OpenAI(base_url=f"http://127.0.0.1:{closed_port}/v1", api_key="test", max_retries=0)
+    with pytest.raises(openai.APIConnectionError):
+        c.responses.create(model="gpt-4o-mini", input="hi")
+    c.close()
+    span = llm_span(cap)
+    assert attrs(span)[sc.STATE] == "failed"
+    assert attrs(span)[sc.ERROR_TYPE] == "openai.APIConnectionError"
+
+
+# -- async --------------------------------------------------------------------------------
+
+
+async def test_async_chat_completion(cap: SpanCapture, aclient: AsyncOpenAI) -> None:
+    result = await aclient.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert result.choices[0].message.content == CHAT_MESSAGE
+    assert_chat(llm_span(cap))
+
+
+async def test_async_responses(cap: SpanCapture, aclient: AsyncOpenAI) -> None:
+    result = await aclient.responses.create(model="gpt-4o-mini", input="Tell me a story")
+    assert result.output_text == RESPONSE_MESSAGE
+    assert_response(llm_span(cap))
+
+
+async def test_async_chat_stream_exhausted(cap: SpanCapture, aclient: AsyncOpenAI) -> None:
+    stream = await aclient.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert isinstance(stream, openai.AsyncStream)
+    parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    assert "".join(parts) == CHAT_MESSAGE
+    span = llm_span(cap)
+    assert_chat(span)
+    assert events(span, sc.LLM_COMPLETE)[0]["streamed_tokens"] == len(CHAT_TOKENS)
+
+
+async def test_async_responses_stream(cap: SpanCapture, aclient: AsyncOpenAI) -> None:
+    stream = await aclient.responses.create(model="gpt-4o-mini", input="story", stream=True)
+    async with stream:
+        deltas = [e.delta async for e in stream if e.type == "response.output_text.delta"]
+    assert deltas == RESPONSE_TOKENS
+    assert_response(llm_span(cap))
+
+
+async def test_async_stream_break_then_aclose(cap: SpanCapture, aclient: AsyncOpenAI) -> None:
+    stream = await aclient.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    async for chunk in stream:
+        if chunk.choices[0].delta.content == "!":
+            break
+    assert cap.find(kind=sc.KIND_LLM) == []
+    await stream.close()
+    await stream.aclose()
+    [complete] = events(llm_span(cap), sc.LLM_COMPLETE)
+    assert complete["message"] == "Hello!"
+
+
+async def test_async_stream_break_in_async_with(cap: SpanCapture, aclient: AsyncOpenAI) -> None:
+    stream = await aclient.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    async with stream as s:
+        assert s is stream
+        async for _chunk in s:
+            break
+    assert attrs(llm_span(cap))[sc.STATE] == "completed"
+
+
+async def test_async_stream_garbage_collected(cap: SpanCapture, aclient: AsyncOpenAI) -> None:
+    stream = await aclient.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    async for chunk in stream:
+        if chunk.choices[0].delta.content == "Hello":
+            break
+    del stream, chunk
+    gc.collect()
+    await asyncio.sleep(0)
+    assert wait_reaped()
+    [complete] = events(llm_span(cap), sc.LLM_COMPLETE)
+    assert complete["message"] == "Hello"
+
+
+async def test_async_http_500(cap: SpanCapture, aclient: AsyncOpenAI, fake: FakeOpenAI) -> None:
+    fake.fail_next = 500
+    with pytest.raises(openai.InternalServerError):
+        await aclient.responses.create(model="gpt-4o-mini", input="hi", stream=True)
+    span = llm_span(cap)
+    assert attrs(span)[sc.STATE] == "failed"
+    assert span.status.status_code is StatusCode.ERROR
+
+
+async def test_async_cancelled_call_is_cancelled(cap: SpanCapture, fake: FakeOpenAI) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            started.set()
+            release.wait(10)
+
+    server = _Server(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    c = AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="t", max_retries=0
+    )
+    try:
+        task = asyncio.create_task(c.chat.completions.create(model="m", messages=MESSAGES))
+        await asyncio.to_thread(started.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        release.set()
+        await c.close()
+        server.shutdown()
+        server.server_close()
+    span = llm_span(cap)
+    assert span.name == "chat m"
+    assert attrs(span)[sc.STATE] == "cancelled"
+
+
+# -- instrumentor -------------------------------------------------------------------------
+
+
+def test_uninstrument_restores_the_sdk(client: OpenAI) -> None:
+    from openai.resources.chat.completions import AsyncCompletions, Completions
+    from openai.resources.responses import AsyncResponses, Responses
+
+    originals = [
+        c.__dict__["create"] for c in (Completions, AsyncCompletions, Responses, AsyncResponses)
+    ]
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument()
+    try:
+        assert all(
+            isinstance(c.__dict__["create"], wrapt.FunctionWrapper)
+            for c in (Completions, AsyncCompletions, Responses, AsyncResponses)
+        )
+    finally:
+        instrumentor.uninstrument()
+    restored = [
+        c.__dict__["create"] for c in (Completions, AsyncCompletions, Responses, AsyncResponses)
+    ]
+    assert restored == originals
+    with capture() as cap:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert cap.spans == []
+
+
+def test_without_the_sdk_instrument_raises_module_not_found() -> None:
+    """``opentelemetry-instrument`` loads every instrumentor and skips, quietly, one whose
+    library is missing (``ModuleNotFoundError``): importing ours needs no SDK."""
+    code = (
+        "import sys; sys.modules['openai'] = None\n"
+        "from spangraph.instrumentation.openai import OpenAIInstrumentor\n"
+        "try:\n"
+        "    OpenAIInstrumentor().instrument(skip_dep_check=True)\n"
+        "except ModuleNotFoundError:\n"
+        "    print('skipped')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.strip() == "skipped"
+
+
+def test_instrument_with_tracer_provider(client: OpenAI) -> None:
+    provider = TracerProvider()
+    mine = SpanCapture()
+    provider.add_span_processor(mine)
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        with capture() as spangraphs:
+            client.responses.create(model="gpt-4o-mini", input="hi")
+    finally:
+        instrumentor.uninstrument()
+    assert spangraphs.spans == []
+    [span] = mine.spans
+    assert span.instrumentation_scope is not None
+    assert span.instrumentation_scope.name == "spangraph.instrumentation.openai"
+    assert_response(span)
+
+
+def test_suppressed_instrumentation_makes_no_span(cap: SpanCapture, client: OpenAI) -> None:
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert cap.spans == []
+
+
+# -- the graph and live subscribers -------------------------------------------------------
+
+
+class ProjectSubscriber:
+    """A real Pub/Sub subscriber on a project's channel, confirmed on creation."""
+
+    def __init__(self, client: redis.Redis, project: str) -> None:
+        self.pubsub = client.pubsub()
+        self.pubsub.subscribe(project_channel(project))
+        deadline = time.monotonic() + 5
+        while True:
+            assert time.monotonic() < deadline, "subscription not confirmed"
+            message = self.pubsub.get_message(timeout=1)
+            if message and message["type"] == "subscribe":
+                break
+        self.messages: list[dict[str, Any]] = []
+
+    def until(self, done: Any, timeout: float = 10) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = self.pubsub.get_message(timeout=0.1)
+            if not message or message["type"] != "message":
+                continue
+            data = json.loads(message["data"])
+            self.messages.append(data)
+            if done(data):
+                return self.messages
+        raise AssertionError(f"timed out; got {[m['type'] for m in self.messages]}")
+
+    def close(self) -> None:
+        self.pubsub.close()
+
+
+def graph_events(store: Any, span_id: str) -> list[tuple[str, dict[str, Any]]]:
+    rows = store.query(
+        "MATCH (:Span {span_id: $id})-[:HAS_EVENT]->(e:Event) "
+        "RETURN e.name AS name, e.attributes AS attributes ORDER BY e.seq",
+        {"id": span_id},
+    )
+    return [(r["name"], json.loads(r["attributes"] or "{}")) for r in rows]
+
+
+def llm_node(store: Any, project: str) -> dict[str, Any]:
+    rows = store.query(
+        "MATCH (s:Span {project_id: $p, kind: 'llm'}) RETURN s AS s, labels(s) AS labels",
+        {"p": project},
+    )
+    assert len(rows) == 1, rows
+    return {**rows[0]["s"], "_labels": sorted(rows[0]["labels"])}
+
+
+def _text_of(chunk: Any) -> str | None:
+    if getattr(chunk, "type", None) == "response.output_text.delta":
+        return chunk.delta
+    choices = getattr(chunk, "choices", None)
+    return choices[0].delta.content if choices else None
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_stream_tokens_live_only_and_message_in_graph(
+    sg: spangraph.Spangraph,
+    instrumented: OpenAIInstrumentor,
+    redis_client: redis.Redis,
+    client: OpenAI,
+    api: str,
+) -> None:
+    project = sg.settings.project
+    sub = ProjectSubscriber(redis_client, project)
+    try:
+        if api == "chat":
+            stream: Any = client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            expected_tokens, message, usage = CHAT_TOKENS, CHAT_MESSAGE, (19, 9)
+        else:
+            stream = client.responses.create(model="gpt-4o-mini", input="story", stream=True)
+            expected_tokens, message, usage = RESPONSE_TOKENS, RESPONSE_MESSAGE, (36, 12)
+        it = iter(stream)
+        while not _text_of(next(it)):  # read up to the first text delta
+            pass
+        # that token reaches the subscriber while the span is still open
+        got = sub.until(lambda m: m["type"] == "token")
+        assert [m["type"] for m in got][:1] == ["span.started"]
+        for _ in stream:
+            pass
+        assert spangraph.flush(10)
+        messages = sub.until(lambda m: m["type"] == "span.ended")
+    finally:
+        sub.close()
+    tokens = [m for m in messages if m["type"] == "token"]
+    assert [m["attributes"]["text"] for m in tokens] == expected_tokens
+    assert [m["attributes"]["index"] for m in tokens] == list(range(len(expected_tokens)))
+    assert {m["kind"] for m in tokens} == {"llm"}
+    assert {m["workflow_id"] for m in messages} == {messages[0]["trace_id"]}  # no workflow
+    types = [m["type"] for m in messages]
+    assert types.index(sc.LLM_COMPLETE) > max(i for i, t in enumerate(types) if t == "token")
+    assert types[-1] == "span.ended" and types.count("span.ended") == 1
+    ended = messages[-1]["attributes"]
+    assert (ended[sc.GEN_AI_USAGE_INPUT_TOKENS], ended[sc.GEN_AI_USAGE_OUTPUT_TOKENS]) == usage
+
+    assert sg.store is not None
+    node = llm_node(sg.store, project)
+    assert node["_labels"] == ["LLM", "Span"]
+    assert node["kind"] == "llm"
+    assert node["state"] == "completed"
+    assert node["name"] == "chat gpt-4o-mini"
+    stored = json.loads(node["attributes"])
+    assert stored[sc.GEN_AI_PROVIDER_NAME] == "openai"
+    assert stored[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ["stop"]
+    assert (stored[sc.GEN_AI_USAGE_INPUT_TOKENS], stored[sc.GEN_AI_USAGE_OUTPUT_TOKENS]) == usage
+    kept = graph_events(sg.store, node["span_id"])
+    assert [name for name, _ in kept] == [sc.LLM_COMPLETE]  # no token in the graph
+    assert kept[0][1]["message"] == message
+
+
+def test_failed_call_in_the_graph(
+    sg: spangraph.Spangraph, instrumented: OpenAIInstrumentor, client: OpenAI, fake: FakeOpenAI
+) -> None:
+    fake.fail_next = 500
+    with spangraph.workflow("ask") as run, pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert spangraph.flush(10)
+    assert sg.store is not None
+    node = llm_node(sg.store, sg.settings.project)
+    assert node["state"] == "failed"
+    assert node["workflow_id"] == run.workflow_id
+    assert "exception" in [name for name, _ in graph_events(sg.store, node["span_id"])]
+
+
+# -- the docs' example --------------------------------------------------------------------
+
+
+def _section_example(heading: str) -> str:
+    text = (ROOT / "docs" / "integrations.md").read_text()
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return block
+
+
+def test_docs_example_runs(
+    tmp_path: Path, fake: FakeOpenAI, graph_url: str, embedded_server: Any, store: Any
+) -> None:
+    script = tmp_path / "example.py"
+    script.write_text(_section_example("## OpenAI"))
+    env = {
+        **os.environ,
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": "test",
+        "SPANGRAPH_GRAPH_URL": graph_url,
+        "SPANGRAPH_REDIS_URL": embedded_server.redis_url,
+        "SPANGRAPH_HOME": str(tmp_path / "home"),
+    }
+    env.pop("NEO4J_URI", None)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert CHAT_MESSAGE in proc.stdout and RESPONSE_MESSAGE in proc.stdout
+    rows = store.query(
+        "MATCH (w:Workflow {name: 'greet'})-[:PARENT_OF]->(s:LLM) "
+        "RETURN s.name AS name, s.state AS state, s.attributes AS attributes"
+    )
+    assert [(r["name"], r["state"]) for r in rows] == [("chat gpt-4o-mini", "completed")] * 2
+    usages = sorted(json.loads(r["attributes"])[sc.GEN_AI_USAGE_INPUT_TOKENS] for r in rows)
+    assert usages == [19, 36]
