@@ -1,0 +1,244 @@
+"""Graph invocations (``invoke``, ``ainvoke``, ``stream``, ``astream``) as workflow spans.
+
+The outermost invocation opens a ``workflow`` span — or a ``step`` when it runs inside a
+spangraph span of the caller's own — and attaches it around every call, ``next()`` and
+``anext()``, so LangGraph's executor threads and asyncio tasks (which copy the context
+when they are submitted) all run inside it: one trace per invocation. Invocations inside
+a span this instrumentation made (``invoke`` calling ``stream``, a subgraph run by a node)
+add no span of their own: their nodes nest under the span that is current.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from .. import semconv as sc
+from .._spans import _Frame, _Options, current_run
+
+_log = logging.getLogger("spangraph.instrumentation.langgraph")
+
+_OWNED: Final = otel_context.create_key("spangraph-langgraph-span")
+"""Context key: the span this instrumentation attached (an invocation or a node step)."""
+
+_RUN: Final = otel_context.create_key("spangraph-langgraph-run")
+"""Context key: the :class:`RunState` of the invocation the code runs in."""
+
+GRAPH_NAME: Final = "langgraph.graph.name"
+THREAD_ID: Final = "langgraph.thread_id"
+INTERRUPTED: Final = "langgraph.interrupted"
+
+
+class RunState:
+    """The workflow span of one instrumented invocation, shared with its node steps."""
+
+    __slots__ = ("frame", "paused")
+
+    def __init__(self, frame: _Frame) -> None:
+        self.frame = frame
+        self.paused = False
+
+    def pause(self, node: str) -> None:
+        """Record ``workflow.paused`` once, when a node interrupts the run."""
+        handle = self.frame.handle
+        if self.paused or self.frame.kind != sc.KIND_WORKFLOW or not handle.span.is_recording():
+            return
+        self.paused = True
+        handle.paused(reason="interrupt", node=node)  # type: ignore[attr-defined]
+
+
+def own(frame: _Frame, run: RunState | None = None) -> _Frame:
+    """Mark ``frame``'s context as made by this instrumentation (before it is attached)."""
+    ctx = otel_context.set_value(_OWNED, frame.handle.span, frame.ctx)
+    if run is not None:
+        ctx = otel_context.set_value(_RUN, run, ctx)
+    frame.ctx = ctx
+    return frame
+
+
+def inside_own_span() -> bool:
+    """True when the current span is one this instrumentation attached."""
+    owned = otel_context.get_value(_OWNED)
+    return owned is not None and owned is trace.get_current_span()
+
+
+def current_run_state() -> RunState | None:
+    value = otel_context.get_value(_RUN)
+    return value if isinstance(value, RunState) else None
+
+
+def _config(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    config = args[1] if len(args) > 1 else kwargs.get("config")
+    return config if isinstance(config, dict) else {}
+
+
+def _open(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Frame | None:
+    """The frame of a new invocation span, or None when this invocation adds none."""
+    try:
+        if inside_own_span():
+            return None
+        config = _config(args, kwargs)
+        graph_name = str(getattr(instance, "name", None) or "LangGraph")
+        name = str(config.get("run_name") or graph_name)
+        attrs: dict[str, Any] = {GRAPH_NAME: graph_name}
+        thread_id = (config.get("configurable") or {}).get("thread_id")
+        if thread_id is not None:
+            attrs[THREAD_ID] = str(thread_id)
+        if current_run() is None:
+            # A LangGraph thread groups the runs of one conversation or of one run that
+            # was interrupted and resumed: it becomes the execution id.
+            execution_id = str(thread_id) if thread_id is not None else None
+            opts = _Options(
+                kind=sc.KIND_WORKFLOW, name=name, attributes=attrs, execution_id=execution_id
+            )
+            frame = _Frame(opts, name, None, ())
+        else:  # inside the caller's own workflow or step: a step of that run
+            frame = _Frame(_Options(kind=sc.KIND_STEP, name=name, attributes=attrs), name, 1, ())
+        return own(frame, RunState(frame))
+    except Exception:  # never let instrumentation break the graph
+        _log.debug("spangraph: could not start a LangGraph invocation span", exc_info=True)
+        return None
+
+
+def wrap_invoke(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    frame = _open(instance, args, kwargs)
+    if frame is None:
+        return wrapped(*args, **kwargs)
+    frame.attach()
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        frame.finish(exc)
+        raise
+    finally:
+        frame.detach()
+    frame.finish(None)
+    return result
+
+
+def wrap_ainvoke(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    async def run() -> Any:
+        frame = _open(instance, args, kwargs)
+        if frame is None:
+            return await wrapped(*args, **kwargs)
+        frame.attach()
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            frame.finish(exc)
+            raise
+        finally:
+            frame.detach()
+        frame.finish(None)
+        return result
+
+    return run()
+
+
+def wrap_stream(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    if inside_own_span():  # invoke() streaming, or a subgraph: the caller's span is current
+        return wrapped(*args, **kwargs)
+    return _traced_gen(lambda: _open(instance, args, kwargs), lambda: wrapped(*args, **kwargs))
+
+
+def wrap_astream(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    if inside_own_span():
+        return wrapped(*args, **kwargs)
+    return _traced_agen(lambda: _open(instance, args, kwargs), lambda: wrapped(*args, **kwargs))
+
+
+def _traced_gen(
+    open_frame: Callable[[], _Frame | None], make: Callable[[], Iterator[Any]]
+) -> Iterator[Any]:
+    """Iterate ``make()`` with the frame's span attached around every ``next()``; the
+    frame is opened at the first ``next()``, in the consumer's context."""
+    frame = open_frame()
+    gen = make()
+    if frame is None:
+        return (yield from gen)
+    to_send: Any = None
+    to_throw: BaseException | None = None
+    while True:
+        frame.attach()
+        try:
+            if to_throw is not None:
+                exc, to_throw = to_throw, None
+                value = gen.throw(exc)  # type: ignore[attr-defined]
+            else:
+                value = gen.send(to_send)  # type: ignore[attr-defined]
+        except StopIteration as stop:
+            frame.finish(None)
+            return stop.value
+        except BaseException as exc:
+            frame.finish(exc)
+            raise
+        finally:
+            frame.detach()
+        try:
+            to_send = yield value
+        except GeneratorExit:  # the consumer stopped early: the run ends there
+            frame.attach()
+            try:
+                gen.close()  # type: ignore[attr-defined]
+            except BaseException as exc:
+                frame.finish(exc)
+                raise
+            finally:
+                frame.detach()
+            frame.finish(None)
+            raise
+        except BaseException as exc:
+            to_throw = exc
+
+
+async def _traced_agen(
+    open_frame: Callable[[], _Frame | None], make: Callable[[], AsyncIterator[Any]]
+) -> AsyncIterator[Any]:
+    """Async counterpart of :func:`_traced_gen` (attached around every ``anext()``)."""
+    frame = open_frame()
+    agen: Any = make()
+    to_send: Any = None
+    to_throw: BaseException | None = None
+    while True:
+        if frame is not None:
+            frame.attach()
+        try:
+            if to_throw is not None:
+                exc, to_throw = to_throw, None
+                value = await agen.athrow(exc)
+            else:
+                value = await agen.asend(to_send)
+        except StopAsyncIteration:
+            if frame is not None:
+                frame.finish(None)
+            return
+        except BaseException as exc:
+            if frame is not None:
+                frame.finish(exc)
+            raise
+        finally:
+            if frame is not None:
+                frame.detach()
+        try:
+            to_send = yield value
+        except GeneratorExit:
+            if frame is not None:
+                frame.attach()
+            try:
+                await agen.aclose()
+            except BaseException as exc:
+                if frame is not None:
+                    frame.finish(exc)
+                raise
+            finally:
+                if frame is not None:
+                    frame.detach()
+            if frame is not None:
+                frame.finish(None)
+            raise
+        except BaseException as exc:
+            to_throw = exc

@@ -1,0 +1,127 @@
+"""LangGraph runs as spangraph workflows: an OpenTelemetry instrumentor.
+
+>>> from spangraph.instrumentation.langgraph import LangGraphInstrumentor
+>>> LangGraphInstrumentor().instrument()        # doctest: +SKIP
+
+Once instrumented, every compiled graph (``StateGraph(...).compile()``, any ``Pregel``)
+records:
+
+- each invocation (``invoke``, ``ainvoke``, ``stream``, ``astream``, and what builds on
+  them: ``batch``, ``astream_events`` …) as a ``workflow`` span named after the graph
+  (``compile(name=...)``, default ``"LangGraph"``), with a new workflow id; its
+  ``configurable.thread_id`` becomes the ``execution_id``. Inside a spangraph span of
+  your own (``with spangraph.workflow(...)``) the invocation is a ``step`` of that run
+  instead, and a subgraph (a compiled graph used as a node, or invoked from a node) adds
+  no span: its nodes nest under the parent's node step, in the same trace;
+- each node execution as a ``step`` span named after the node — one per attempt when a
+  ``RetryPolicy`` retries it (``spangraph.step.attempt``, ``retry_of`` links,
+  ``retry.scheduled`` / ``retry.exhausted``); a node that raises ends ``failed`` (and so
+  does the workflow), an ``interrupt()`` ends its step with ``langgraph.interrupted`` and
+  records ``workflow.paused``;
+- each conditional edge as a ``decision`` under its source node's step, offering the
+  edge's possible targets and choosing the node that runs next;
+- tasks that run side by side in one superstep (``Send`` fan-out, several nodes triggered
+  at once) each in a ``branch`` span, so their steps carry its ``spangraph.branch.id``.
+
+Spans go through spangraph's tracer (``spangraph.configure``; ``testing.capture()`` in
+tests); a ``tracer_provider=`` passed to :meth:`instrument` is not used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Collection
+from typing import Any
+
+import wrapt
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+from . import _langgraph_decisions as decisions
+from . import _langgraph_runs as runs
+from . import _langgraph_tasks as tasks
+
+__all__ = ["LangGraphInstrumentor"]
+
+_log = logging.getLogger("spangraph.instrumentation.langgraph")
+
+Wrapper = Callable[[Callable[..., Any], Any, Any, Any], Any]
+
+_PREGEL = ("langgraph.pregel.main", "Pregel")
+_RUNNER = ("langgraph.pregel._runner", "PregelRunner")
+_RUNNER_MODULE = ("langgraph.pregel._runner", "")
+_CALLABLE = ("langgraph._internal._runnable", "RunnableCallable")
+_BRANCH = ("langgraph.graph._branch", "BranchSpec")
+
+# (where: (module, class — or "" for the module itself); attribute; wrapper), as laid
+# out in LangGraph 0.6 to 1.2.
+_PATCHES: tuple[tuple[tuple[str, str], str, Wrapper], ...] = (
+    (_PREGEL, "invoke", runs.wrap_invoke),
+    (_PREGEL, "ainvoke", runs.wrap_ainvoke),
+    (_PREGEL, "stream", runs.wrap_stream),
+    (_PREGEL, "astream", runs.wrap_astream),
+    (_RUNNER, "tick", tasks.wrap_tick),
+    (_RUNNER, "atick", tasks.wrap_atick),
+    (_RUNNER_MODULE, "run_with_retry", tasks.wrap_run_with_retry),
+    (_RUNNER_MODULE, "arun_with_retry", tasks.wrap_arun_with_retry),
+    (_CALLABLE, "invoke", decisions.wrap_callable_invoke),
+    (_CALLABLE, "ainvoke", decisions.wrap_callable_ainvoke),
+    (_BRANCH, "_finish", decisions.wrap_branch_finish),
+)
+
+
+def _resolve(module: str, owner: str) -> Any:
+    try:
+        target = importlib.import_module(module)
+    except ImportError:
+        return None
+    return getattr(target, owner, None) if owner else target
+
+
+def _unwrap(target: Any, attr: str) -> None:
+    """Put back what ``wrapt.wrap_function_wrapper`` replaced (wrapt 1 and 2 alike)."""
+    current = vars(target).get(attr)
+    original = getattr(current, "__wrapped__", None)
+    if isinstance(current, wrapt.FunctionWrapper) and original is not None:
+        setattr(target, attr, original)
+
+
+class LangGraphInstrumentor(BaseInstrumentor):
+    """Records LangGraph invocations, nodes, conditional edges and parallel tasks as
+    spangraph workflows, steps, decisions and branches (see the module docs)."""
+
+    _applied: list[tuple[Any, str]] = []
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("langgraph >= 0.6",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        if kwargs.get("tracer_provider") is not None:
+            _log.info(
+                "spangraph: LangGraph spans use spangraph's tracer (spangraph.configure); "
+                "tracer_provider= is ignored"
+            )
+        branch_spec = _resolve(*_BRANCH)
+        decisions.set_branch_types((branch_spec,) if isinstance(branch_spec, type) else ())
+        applied: list[tuple[Any, str]] = []
+        missing: list[str] = []
+        for (module, owner), attr, wrapper in _PATCHES:
+            target = _resolve(module, owner)
+            if target is None or attr not in vars(target):
+                missing.append(f"{module}.{owner + '.' if owner else ''}{attr}")
+                continue
+            wrapt.wrap_function_wrapper(target, attr, wrapper)
+            applied.append((target, attr))
+        if missing:
+            _log.warning(
+                "spangraph: this LangGraph version lacks %s; instrumented partly",
+                ", ".join(missing),
+            )
+        type(self)._applied = applied
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        for target, attr in reversed(type(self)._applied):
+            _unwrap(target, attr)
+        type(self)._applied = []
+        decisions.set_branch_types(())
+        tasks.reset()

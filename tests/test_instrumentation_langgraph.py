@@ -1,0 +1,785 @@
+"""LangGraph instrumentation: real graphs with plain-function nodes, spans captured in
+memory (and, for the docs example, written to the embedded graph store)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import operator
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypedDict
+
+import pytest
+
+pytest.importorskip("langgraph")
+pytest.importorskip("opentelemetry.instrumentation.instrumentor")
+
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, RetryPolicy, Send, interrupt
+from opentelemetry.sdk.trace import ReadableSpan
+from wrapt import FunctionWrapper
+
+import spangraph
+from spangraph import semconv as sc
+from spangraph import testing
+from spangraph.instrumentation.langgraph import LangGraphInstrumentor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def instrumented() -> Iterator[LangGraphInstrumentor]:
+    from spangraph.instrumentation import _langgraph_tasks
+
+    inst = LangGraphInstrumentor()
+    inst.instrument()
+    yield inst
+    assert not _langgraph_tasks._parallel, "superstep marks left behind"
+    if inst.is_instrumented_by_opentelemetry:
+        inst.uninstrument()
+
+
+# -- graphs -------------------------------------------------------------------------------
+
+
+class Trail(TypedDict):
+    path: Annotated[list[str], operator.add]
+
+
+def _node(name: str, fail: BaseException | None = None) -> Any:
+    def run(state: Trail) -> dict[str, Any]:
+        if fail is not None:
+            raise fail
+        return {"path": [name]}
+
+    run.__name__ = name
+    return run
+
+
+def _anode(name: str) -> Any:
+    async def run(state: Trail) -> dict[str, Any]:
+        await asyncio.sleep(0.001)
+        return {"path": [name]}
+
+    return run
+
+
+def route(state: Trail) -> Literal["c", "d"]:
+    spangraph.event("routing", seen=len(state["path"]))
+    return "c"
+
+
+def abcd(*, fail_b: BaseException | None = None, asynchronous: bool = False) -> Any:
+    """a -> b -> (c | d) -> END, the conditional edge choosing c."""
+    make = _anode if asynchronous else _node
+    builder = StateGraph(Trail)
+    builder.add_node("a", make("a"))
+    builder.add_node("b", _node("b", fail_b) if fail_b else make("b"))
+    builder.add_node("c", make("c"))
+    builder.add_node("d", make("d"))
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "b")
+    builder.add_conditional_edges("b", route)
+    builder.add_edge("c", END)
+    builder.add_edge("d", END)
+    return builder.compile()
+
+
+COMPILED_BEFORE_INSTRUMENTING = abcd()
+
+
+def run_graph(graph: Any, how: str, state: Any, **kwargs: Any) -> Any:
+    if how == "invoke":
+        return graph.invoke(state, **kwargs)
+    if how == "stream":
+        return list(graph.stream(state, **kwargs))
+    if how == "ainvoke":
+        return asyncio.run(graph.ainvoke(state, **kwargs))
+    if how == "astream":
+
+        async def consume() -> list[Any]:
+            return [chunk async for chunk in graph.astream(state, **kwargs)]
+
+        return asyncio.run(consume())
+    if how == "astream_events":
+
+        async def events() -> list[Any]:
+            return [e async for e in graph.astream_events(state, version="v2", **kwargs)]
+
+        return asyncio.run(events())
+    raise AssertionError(how)
+
+
+HOWS = ["invoke", "ainvoke", "stream", "astream"]
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def kind(span: ReadableSpan) -> Any:
+    return (span.attributes or {}).get(sc.KIND)
+
+
+def attr(span: ReadableSpan, key: str) -> Any:
+    return (span.attributes or {}).get(key)
+
+
+def parent_of(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent else None
+
+
+def one(spans: list[ReadableSpan]) -> ReadableSpan:
+    assert len(spans) == 1, [s.name for s in spans]
+    return spans[0]
+
+
+def assert_one_trace(cap: testing.SpanCapture) -> ReadableSpan:
+    """All spans in one trace under one root, which is the workflow; returns it."""
+    assert {s.context.trace_id for s in cap.spans} and len(
+        {s.context.trace_id for s in cap.spans}
+    ) == 1, "spans spread over several traces"
+    roots = [s for s in cap.spans if s.parent is None]
+    root = one(roots)
+    assert kind(root) == sc.KIND_WORKFLOW
+    ids = {s.context.span_id for s in cap.spans}
+    assert all(parent_of(s) in ids for s in cap.spans if s is not root), "dangling parent"
+    return root
+
+
+def assert_abcd(cap: testing.SpanCapture, name: str = "LangGraph") -> ReadableSpan:
+    root = assert_one_trace(cap)
+    assert root.name == name
+    assert attr(root, sc.STATE) == sc.STATE_COMPLETED
+    assert attr(root, sc.WORKFLOW_NAME) == name
+    steps = cap.find(kind=sc.KIND_STEP)
+    assert sorted(s.name for s in steps) == ["a", "b", "c"]
+    workflow_id = attr(root, sc.WORKFLOW_ID)
+    for step in steps:
+        assert parent_of(step) == root.context.span_id
+        assert attr(step, sc.WORKFLOW_ID) == workflow_id
+        assert attr(step, sc.STEP_ATTEMPT) == 1
+        assert attr(step, sc.STATE) == sc.STATE_COMPLETED
+        assert attr(step, "langgraph.node") == step.name
+    decision = one(cap.find(kind=sc.KIND_DECISION))
+    assert decision.name == "route"
+    assert list(attr(decision, sc.DECISION_OPTIONS)) == ["c", "d"]
+    assert attr(decision, sc.DECISION_CHOSEN) == "c"
+    assert list(attr(decision, sc.DECISION_OPTION_SPAN_IDS)) == ["", ""]  # not explored
+    assert parent_of(decision) == one(cap.find("b")).context.span_id
+    assert attr(decision, sc.WORKFLOW_ID) == workflow_id
+    # the routing function ran inside the decision span
+    assert [e.span_name for e in cap.events("routing")] == ["route"]
+    # and in order: a, b, the decision, c
+    order = sorted([*steps, decision], key=lambda s: s.start_time or 0)
+    assert [s.name for s in order] == ["a", "b", "route", "c"]
+    return root
+
+
+# -- invocations --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_invocation_is_one_workflow_with_steps_and_a_decision(
+    instrumented: LangGraphInstrumentor, how: str
+) -> None:
+    graph = abcd()
+    with testing.capture() as cap:
+        out = run_graph(graph, how, {"path": []})
+    if how in ("invoke", "ainvoke"):
+        assert out == {"path": ["a", "b", "c"]}
+    else:
+        assert [next(iter(chunk)) for chunk in out] == ["a", "b", "c"]
+    root = assert_abcd(cap)
+    assert cap.event_names()[0] == sc.WORKFLOW_STARTED
+    assert cap.event_names()[-1] == sc.WORKFLOW_COMPLETED
+    assert root.attributes and root.attributes[sc.GEN_AI_OPERATION_NAME] == "invoke_workflow"
+
+
+def test_stream_left_early_ends_the_run(instrumented: LangGraphInstrumentor) -> None:
+    graph = abcd()
+    with testing.capture() as cap:
+        stream = graph.stream({"path": []})
+        assert next(iter(next(stream))) == "a"
+        stream.close()
+
+        async def first_only() -> None:
+            astream = graph.astream({"path": []})
+            await anext(astream)
+            await astream.aclose()  # type: ignore[attr-defined]
+
+        asyncio.run(first_only())
+    runs = cap.find(kind=sc.KIND_WORKFLOW)
+    assert [attr(r, sc.STATE) for r in runs] == ["completed", "completed"]
+    assert len({r.context.trace_id for r in runs}) == 2
+    for run in runs:
+        steps = [s for s in cap.spans if s.context.trace_id == run.context.trace_id]
+        assert all(s.end_time for s in steps)
+        assert "a" in {s.name for s in steps}
+
+
+@pytest.mark.parametrize("how", ["invoke", "astream"])
+def test_async_nodes_keep_one_trace(instrumented: LangGraphInstrumentor, how: str) -> None:
+    graph = abcd(asynchronous=True)
+    with testing.capture() as cap:
+        if how == "invoke":
+            out = asyncio.run(graph.ainvoke({"path": []}))
+            assert out == {"path": ["a", "b", "c"]}
+        else:
+            run_graph(graph, how, {"path": []})
+    assert_abcd(cap)
+
+
+def test_astream_events_streams_each_node(instrumented: LangGraphInstrumentor) -> None:
+    """``astream_events`` runs every node through ``proc.astream``: still one trace."""
+    with testing.capture() as cap:
+        events = run_graph(abcd(asynchronous=True), "astream_events", {"path": []})
+    assert events
+    assert_abcd(cap)
+
+
+def test_graph_compiled_before_instrumenting(instrumented: LangGraphInstrumentor) -> None:
+    with testing.capture() as cap:
+        COMPILED_BEFORE_INSTRUMENTING.invoke({"path": []})
+    assert_abcd(cap)
+
+
+def test_graph_name_and_thread_id(instrumented: LangGraphInstrumentor) -> None:
+    builder = StateGraph(Trail)
+    builder.add_node("a", _node("a"))
+    builder.add_edge(START, "a")
+    graph = builder.compile(name="triage", checkpointer=InMemorySaver())
+    with testing.capture() as cap:
+        graph.invoke({"path": []}, {"configurable": {"thread_id": "t-1"}})
+        graph.invoke({"path": []}, {"configurable": {"thread_id": "t-1"}})
+    runs = cap.find(kind=sc.KIND_WORKFLOW)
+    assert [r.name for r in runs] == ["triage", "triage"]
+    assert {attr(r, sc.EXECUTION_ID) for r in runs} == {"t-1"}
+    assert len({attr(r, sc.WORKFLOW_ID) for r in runs}) == 2
+    assert len({r.context.trace_id for r in runs}) == 2
+    assert {attr(r, "langgraph.thread_id") for r in runs} == {"t-1"}
+
+
+def test_inside_own_workflow_the_graph_is_a_step(instrumented: LangGraphInstrumentor) -> None:
+    graph = abcd()
+    with testing.capture() as cap, spangraph.workflow("handle-ticket") as run:
+        graph.invoke({"path": []})
+    outer = one(cap.find(kind=sc.KIND_WORKFLOW))
+    assert outer.name == "handle-ticket"
+    inner = one(cap.find("LangGraph"))
+    assert kind(inner) == sc.KIND_STEP
+    assert parent_of(inner) == outer.context.span_id
+    for name in "abc":
+        step = one(cap.find(name))
+        assert parent_of(step) == inner.context.span_id
+        assert attr(step, sc.WORKFLOW_ID) == run.workflow_id
+
+
+def test_concurrent_invocations_stay_apart(instrumented: LangGraphInstrumentor) -> None:
+    graph = map_reduce()
+    with testing.capture() as cap:
+        graph.batch([{"items": [1, 2]}, {"items": [3, 4]}, {"items": [5, 6]}])
+
+        async def gather() -> None:
+            await asyncio.gather(*(graph.ainvoke({"items": [i, i]}) for i in range(3)))
+
+        asyncio.run(gather())
+    runs = cap.find(kind=sc.KIND_WORKFLOW)
+    assert len(runs) == 6
+    assert len({r.context.trace_id for r in runs}) == 6
+    for run in runs:
+        mine = [s for s in cap.spans if s.context.trace_id == run.context.trace_id]
+        assert sorted(s.name for s in mine if kind(s) == sc.KIND_STEP) == [
+            "reduce",
+            "split",
+            "work",
+            "work",
+        ]
+        assert {attr(s, sc.WORKFLOW_ID) for s in mine} == {attr(run, sc.WORKFLOW_ID)}
+
+
+def test_functional_api_tasks_are_steps(instrumented: LangGraphInstrumentor) -> None:
+    from langgraph.func import entrypoint, task
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @entrypoint()
+    def doubler(xs: list[int]) -> int:
+        return sum(f.result() for f in [double(x) for x in xs])
+
+    with testing.capture() as cap:
+        assert doubler.invoke([1, 2, 3], {"run_name": "doubling"}) == 12
+    root = assert_one_trace(cap)
+    assert root.name == "doubling"
+    assert attr(root, "langgraph.graph.name") == "LangGraph"
+    entry = one(cap.find("doubler"))
+    assert parent_of(entry) == root.context.span_id
+    doubles = cap.find("double")
+    assert len(doubles) == 3
+    assert {parent_of(d) for d in doubles} == {entry.context.span_id}
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_failing_node_fails_step_and_workflow(
+    instrumented: LangGraphInstrumentor, how: str
+) -> None:
+    error = ValueError("boom")
+    graph = abcd(fail_b=error)
+    with testing.capture() as cap, pytest.raises(ValueError) as raised:
+        run_graph(graph, how, {"path": []})
+    assert raised.value is error  # the very exception, unchanged
+    root = assert_one_trace(cap)
+    assert attr(root, sc.STATE) == sc.STATE_FAILED
+    assert sorted(s.name for s in cap.find(kind=sc.KIND_STEP)) == ["a", "b"]
+    b = one(cap.find("b"))
+    assert attr(b, sc.STATE) == sc.STATE_FAILED
+    assert b.status.status_code.name == "ERROR"
+    assert cap.has_event(sc.STEP_FAILED, **{sc.ERROR_TYPE: "ValueError", sc.ERROR_MESSAGE: "boom"})
+    assert cap.has_event(sc.WORKFLOW_FAILED, **{sc.ERROR_TYPE: "ValueError"})
+    assert any(e.name == "exception" for e in b.events)
+    assert not cap.find(kind=sc.KIND_DECISION)
+
+
+@pytest.mark.parametrize("how", ["invoke", "ainvoke"])
+def test_retry_policy_attempts_are_separate_steps(
+    instrumented: LangGraphInstrumentor, how: str
+) -> None:
+    calls = []
+
+    def flaky(state: Trail) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError(f"attempt {len(calls)}")
+        return {"path": ["flaky"]}
+
+    builder = StateGraph(Trail)
+    policy = RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False)
+    builder.add_node("flaky", flaky, retry_policy=policy)
+    builder.add_edge(START, "flaky")
+    with testing.capture() as cap:
+        out = run_graph(builder.compile(), how, {"path": []})
+    assert out == {"path": ["flaky"]}
+    assert_one_trace(cap)
+    attempts = sorted(cap.find("flaky"), key=lambda s: attr(s, sc.STEP_ATTEMPT))
+    assert [attr(s, sc.STEP_ATTEMPT) for s in attempts] == [1, 2, 3]
+    assert [attr(s, sc.STATE) for s in attempts] == ["failed", "failed", "completed"]
+    assert {attr(s, sc.STEP_MAX_ATTEMPTS) for s in attempts} == {3}
+    assert not attempts[0].links
+    for previous, attempt in itertools.pairwise(attempts):
+        [link] = attempt.links
+        assert link.context.span_id == previous.context.span_id
+        assert (link.attributes or {})[sc.LINK_TYPE] == sc.LINK_RETRY_OF
+    scheduled = cap.events(sc.RETRY_SCHEDULED)
+    assert [e.attributes[sc.EVENT_ATTEMPT] for e in scheduled] == [1, 2]
+    assert [e.attributes[sc.EVENT_DELAY_MS] for e in scheduled] == pytest.approx([10, 20])
+    assert scheduled[0].attributes[sc.ERROR_TYPE] == "ConnectionError"
+    assert attr(one(cap.find(kind=sc.KIND_WORKFLOW)), sc.STATE) == sc.STATE_COMPLETED
+
+
+def test_retry_policy_exhausted(instrumented: LangGraphInstrumentor) -> None:
+    error = ConnectionError("down")
+    builder = StateGraph(Trail)
+    policy = RetryPolicy(max_attempts=2, initial_interval=0.01, jitter=False)
+    builder.add_node("fetch", _node("fetch", error), retry_policy=policy)
+    builder.add_edge(START, "fetch")
+    with testing.capture() as cap, pytest.raises(ConnectionError) as raised:
+        builder.compile().invoke({"path": []})
+    assert raised.value is error
+    attempts = cap.find("fetch")
+    assert [attr(s, sc.STATE) for s in attempts] == ["failed", "failed"]
+    assert cap.has_event(sc.RETRY_SCHEDULED, attempt=1)
+    assert cap.has_event(sc.RETRY_EXHAUSTED, attempt=2)
+    assert attr(one(cap.find(kind=sc.KIND_WORKFLOW)), sc.STATE) == sc.STATE_FAILED
+
+
+def test_retry_predicate_of_the_user_is_not_called_by_the_instrumentation(
+    instrumented: LangGraphInstrumentor,
+) -> None:
+    asked: list[BaseException] = []
+
+    def retry_on(exc: Exception) -> bool:
+        asked.append(exc)
+        return True
+
+    builder = StateGraph(Trail)
+    policy = RetryPolicy(max_attempts=2, initial_interval=0.001, jitter=False, retry_on=retry_on)
+    builder.add_node("fetch", _node("fetch", ConnectionError("down")), retry_policy=policy)
+    builder.add_edge(START, "fetch")
+    with testing.capture() as cap, pytest.raises(ConnectionError):
+        builder.compile().invoke({"path": []})
+    assert len(asked) == 2  # LangGraph's own calls, one per failed attempt
+    assert [attr(s, sc.STEP_ATTEMPT) for s in cap.find("fetch")] == [1, 2]
+    assert not cap.events("retry.*")  # whether it retries is the predicate's to say
+
+
+# -- decisions ----------------------------------------------------------------------------
+
+
+def test_path_map_targets_are_the_options(instrumented: LangGraphInstrumentor) -> None:
+    builder = StateGraph(Trail)
+    for name in ("check", "publish", "revise"):
+        builder.add_node(name, _node(name))
+    builder.add_edge(START, "check")
+    builder.add_conditional_edges(
+        "check", lambda state: len(state["path"]) > 5, {True: "publish", False: "revise"}
+    )
+    builder.add_edge("publish", END)
+    builder.add_edge("revise", END)
+    with testing.capture() as cap:
+        builder.compile().invoke({"path": []})
+    decision = one(cap.find(kind=sc.KIND_DECISION))
+    assert list(attr(decision, sc.DECISION_OPTIONS)) == ["publish", "revise"]
+    assert attr(decision, sc.DECISION_CHOSEN) == "revise"
+    assert decision.name == "condition"  # LangGraph's name for a lambda's branch
+    assert attr(decision, sc.DECISION_REASON) == "condition returned False"
+    assert attr(decision, "langgraph.node") == "check"
+
+
+def test_routing_to_several_nodes_or_to_the_end(instrumented: LangGraphInstrumentor) -> None:
+    def both(state: Trail) -> list[str]:
+        return ["b", "c"] if not state["path"][1:] else [END]
+
+    builder = StateGraph(Trail)
+    for name in "abc":
+        builder.add_node(name, _node(name))
+    builder.add_edge(START, "a")
+    builder.add_conditional_edges("a", both)  # no path_map: options are what it returns
+    builder.add_edge("b", END)
+    builder.add_edge("c", END)
+    with testing.capture() as cap:
+        builder.compile().invoke({"path": []})
+    decision = one(cap.find(kind=sc.KIND_DECISION))
+    assert list(attr(decision, sc.DECISION_OPTIONS)) == ["b", "c"]
+    assert attr(decision, sc.DECISION_CHOSEN) is None  # two nodes chosen at once
+    assert list(attr(decision, "langgraph.destinations")) == ["b", "c"]
+    assert sorted(b.name for b in cap.find(kind=sc.KIND_BRANCH)) == ["b", "c"]
+
+
+def test_conditional_edge_from_start(instrumented: LangGraphInstrumentor) -> None:
+    builder = StateGraph(Trail)
+    for name in "cd":
+        builder.add_node(name, _node(name))
+    builder.add_conditional_edges(START, route)
+    with testing.capture() as cap:
+        builder.compile().invoke({"path": []})
+    root = assert_one_trace(cap)
+    decision = one(cap.find(kind=sc.KIND_DECISION))
+    assert parent_of(decision) == root.context.span_id  # __start__ has no step
+    assert attr(decision, sc.DECISION_CHOSEN) == "c"
+    assert [s.name for s in cap.find(kind=sc.KIND_STEP)] == ["c"]
+
+
+def test_failing_router_fails_the_decision(instrumented: LangGraphInstrumentor) -> None:
+    error = KeyError("nowhere")
+
+    def broken(state: Trail) -> str:
+        raise error
+
+    builder = StateGraph(Trail)
+    builder.add_node("a", _node("a"))
+    builder.add_node("b", _node("b"))
+    builder.add_edge(START, "a")
+    builder.add_conditional_edges("a", broken, ["b"])
+    with testing.capture() as cap, pytest.raises(KeyError) as raised:
+        builder.compile().invoke({"path": []})
+    assert raised.value is error
+    decision = one(cap.find(kind=sc.KIND_DECISION))
+    assert attr(decision, sc.STATE) == sc.STATE_FAILED
+    assert attr(decision, sc.DECISION_CHOSEN) is None
+    assert attr(one(cap.find("a")), sc.STATE) == sc.STATE_FAILED
+
+
+def test_decision_without_the_routing_hook(instrumented: LangGraphInstrumentor) -> None:
+    """Should ``RunnableCallable`` not be hookable, ``BranchSpec._finish`` alone still
+    records the decision (as an instant, after the routing function)."""
+    from langgraph._internal._runnable import RunnableCallable
+
+    for name in ("invoke", "ainvoke"):
+        setattr(RunnableCallable, name, RunnableCallable.__dict__[name].__wrapped__)
+    with testing.capture() as cap:
+        abcd().invoke({"path": []})
+    decision = one(cap.find(kind=sc.KIND_DECISION))
+    assert list(attr(decision, sc.DECISION_OPTIONS)) == ["c", "d"]
+    assert attr(decision, sc.DECISION_CHOSEN) == "c"
+    assert parent_of(decision) == one(cap.find("b")).context.span_id
+    assert [e.span_name for e in cap.events("routing")] == ["b"]
+
+
+# -- parallel work: branches --------------------------------------------------------------
+
+
+class MapReduce(TypedDict):
+    items: list[int]
+    results: Annotated[list[int], operator.add]
+
+
+def map_reduce(*, asynchronous: bool = False) -> Any:
+    def fan_out(state: MapReduce) -> list[Send]:
+        return [Send("work", {"item": i}) for i in state["items"]]
+
+    def work_sync(task: dict[str, int]) -> dict[str, Any]:
+        return {"results": [task["item"] * 2]}
+
+    async def work_async(task: dict[str, int]) -> dict[str, Any]:
+        await asyncio.sleep(0.001)
+        return {"results": [task["item"] * 2]}
+
+    builder = StateGraph(MapReduce)
+    builder.add_node("split", lambda state: {})
+    builder.add_node("work", work_async if asynchronous else work_sync)
+    builder.add_node("reduce", lambda state: {})
+    builder.add_edge(START, "split")
+    builder.add_conditional_edges("split", fan_out, ["work"])
+    builder.add_edge("work", "reduce")
+    builder.add_edge("reduce", END)
+    return builder.compile()
+
+
+@pytest.mark.parametrize(
+    ("how", "asynchronous"),
+    [*((how, False) for how in HOWS), ("ainvoke", True), ("astream", True)],
+    ids=[*HOWS, "ainvoke-async-nodes", "astream-async-nodes"],
+)
+def test_send_fan_out_runs_each_task_in_a_branch(
+    instrumented: LangGraphInstrumentor, how: str, asynchronous: bool
+) -> None:
+    with testing.capture() as cap:
+        run_graph(map_reduce(asynchronous=asynchronous), how, {"items": [1, 2, 3]})
+    root = assert_one_trace(cap)
+    branches = cap.find(kind=sc.KIND_BRANCH)
+    assert [b.name for b in branches] == ["work"] * 3
+    assert sorted(attr(b, "langgraph.branch.index") for b in branches) == [0, 1, 2]
+    assert len({attr(b, sc.BRANCH_ID) for b in branches}) == 3
+    works = cap.find("work", kind=sc.KIND_STEP)
+    assert len(works) == 3
+    for branch in branches:
+        assert parent_of(branch) == root.context.span_id
+        assert attr(branch, sc.WORKFLOW_ID) == attr(root, sc.WORKFLOW_ID)
+        [step] = [w for w in works if parent_of(w) == branch.context.span_id]
+        assert kind(step) == sc.KIND_STEP
+        assert attr(step, sc.BRANCH_ID) == attr(branch, sc.BRANCH_ID)
+    for name in ("split", "reduce"):
+        step = one(cap.find(name))
+        assert parent_of(step) == root.context.span_id
+        assert attr(step, sc.BRANCH_ID) is None
+    decision = one(cap.find(kind=sc.KIND_DECISION))
+    assert decision.name == "fan_out"
+    assert list(attr(decision, sc.DECISION_OPTIONS)) == ["work"]
+    assert attr(decision, sc.DECISION_CHOSEN) == "work"
+    assert list(attr(decision, "langgraph.destinations")) == ["work"] * 3
+    assert parent_of(decision) == one(cap.find("split")).context.span_id
+
+
+def test_nodes_of_one_superstep_run_in_branches(instrumented: LangGraphInstrumentor) -> None:
+    builder = StateGraph(Trail)
+    for name in "abcd":
+        builder.add_node(name, _node(name))
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "b")
+    builder.add_edge("a", "c")
+    builder.add_edge(["b", "c"], "d")
+    with testing.capture() as cap:
+        out = builder.compile().invoke({"path": []})
+    assert sorted(out["path"]) == ["a", "b", "c", "d"]
+    root = assert_one_trace(cap)
+    branches = {b.name: b for b in cap.find(kind=sc.KIND_BRANCH)}
+    assert sorted(branches) == ["b", "c"]
+    for name, branch in branches.items():
+        step = one(cap.find(name, kind=sc.KIND_STEP))
+        assert parent_of(step) == branch.context.span_id
+        assert attr(step, sc.BRANCH_ID) == attr(branch, sc.BRANCH_ID)
+    for name in "ad":
+        assert parent_of(one(cap.find(name, kind=sc.KIND_STEP))) == root.context.span_id
+
+
+# -- subgraphs ----------------------------------------------------------------------------
+
+
+def _subgraph() -> Any:
+    builder = StateGraph(Trail)
+    builder.add_node("x", _node("x"))
+    builder.add_node("y", _node("y"))
+    builder.add_edge(START, "x")
+    builder.add_edge("x", "y")
+    return builder.compile(name="inner")
+
+
+@pytest.mark.parametrize("style", ["graph-as-node", "invoked-from-node"])
+@pytest.mark.parametrize("how", ["invoke", "astream"])
+def test_subgraph_nodes_nest_under_the_parent_step(
+    instrumented: LangGraphInstrumentor, style: str, how: str
+) -> None:
+    inner = _subgraph()
+
+    def call_inner(state: Trail) -> dict[str, Any]:
+        return {"path": inner.invoke({"path": []})["path"]}
+
+    builder = StateGraph(Trail)
+    builder.add_node("a", _node("a"))
+    builder.add_node("sub", inner if style == "graph-as-node" else call_inner)
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "sub")
+    with testing.capture() as cap:
+        run_graph(builder.compile(name="outer"), how, {"path": []})
+    root = assert_one_trace(cap)
+    assert root.name == "outer"
+    assert len(cap.find(kind=sc.KIND_WORKFLOW)) == 1
+    assert not cap.find("inner")
+    sub = one(cap.find("sub"))
+    assert parent_of(sub) == root.context.span_id
+    for name in "xy":
+        step = one(cap.find(name))
+        assert parent_of(step) == sub.context.span_id
+        assert attr(step, sc.WORKFLOW_ID) == attr(root, sc.WORKFLOW_ID)
+    assert sorted(s.name for s in cap.find(kind=sc.KIND_STEP)) == ["a", "sub", "x", "y"]
+
+
+# -- interrupts ---------------------------------------------------------------------------
+
+
+def test_interrupt_pauses_the_run(instrumented: LangGraphInstrumentor) -> None:
+    def ask(state: Trail) -> dict[str, Any]:
+        return {"path": [interrupt("ok?")]}
+
+    builder = StateGraph(Trail)
+    builder.add_node("ask", ask)
+    builder.add_edge(START, "ask")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with testing.capture() as cap:
+        first = graph.invoke({"path": []}, config)
+        assert "__interrupt__" in first
+        assert graph.invoke(Command(resume="yes"), config) == {"path": ["yes"]}
+    paused, resumed = cap.find(kind=sc.KIND_WORKFLOW)
+    assert attr(paused, sc.STATE) == sc.STATE_COMPLETED
+    assert [e.name for e in paused.events].count(sc.WORKFLOW_PAUSED) == 1
+    assert attr(paused, sc.EXECUTION_ID) == attr(resumed, sc.EXECUTION_ID)
+    first_ask, second_ask = cap.find("ask")
+    assert attr(first_ask, "langgraph.interrupted") is True
+    assert attr(first_ask, sc.STATE) == sc.STATE_COMPLETED
+    assert attr(second_ask, "langgraph.interrupted") is None
+
+
+# -- instrumenting and uninstrumenting ----------------------------------------------------
+
+
+def test_uninstrument_restores_everything() -> None:
+    from langgraph._internal._runnable import RunnableCallable
+    from langgraph.graph._branch import BranchSpec
+    from langgraph.pregel import _runner
+    from langgraph.pregel.main import Pregel
+
+    originals = {
+        "invoke": Pregel.__dict__["invoke"],
+        "astream": Pregel.__dict__["astream"],
+        "tick": _runner.PregelRunner.__dict__["tick"],
+        "run_with_retry": _runner.run_with_retry,
+        "callable": RunnableCallable.__dict__["ainvoke"],
+        "finish": BranchSpec.__dict__["_finish"],
+    }
+    inst = LangGraphInstrumentor()
+    inst.instrument()
+    assert isinstance(Pregel.__dict__["invoke"], FunctionWrapper)
+    assert isinstance(_runner.run_with_retry, FunctionWrapper)
+    inst.uninstrument()
+    assert Pregel.__dict__["invoke"] is originals["invoke"]
+    assert Pregel.__dict__["astream"] is originals["astream"]
+    assert _runner.PregelRunner.__dict__["tick"] is originals["tick"]
+    assert _runner.run_with_retry is originals["run_with_retry"]
+    assert RunnableCallable.__dict__["ainvoke"] is originals["callable"]
+    assert BranchSpec.__dict__["_finish"] is originals["finish"]
+    graph = abcd()
+    with testing.capture() as cap:
+        assert graph.invoke({"path": []}) == {"path": ["a", "b", "c"]}
+        run_graph(map_reduce(), "astream", {"items": [1, 2]})
+    assert cap.spans == []
+
+
+def test_instrumenting_twice_is_idempotent() -> None:
+    first, second = LangGraphInstrumentor(), LangGraphInstrumentor()
+    assert first is second
+    first.instrument()
+    try:
+        second.instrument()  # warns, changes nothing
+        with testing.capture() as cap:
+            abcd().invoke({"path": []})
+        assert_abcd(cap)
+    finally:
+        first.uninstrument()
+    with testing.capture() as cap:
+        abcd().invoke({"path": []})
+    assert cap.spans == []
+
+
+def test_entry_point_target_loads() -> None:
+    from spangraph.instrumentation import langgraph as module
+
+    assert module.LangGraphInstrumentor().instrumentation_dependencies() == ("langgraph >= 0.6",)
+
+
+# -- the docs example ---------------------------------------------------------------------
+
+
+def _docs_example() -> str:
+    page = (ROOT / "docs" / "integrations.md").read_text()
+    section = re.split(r"^## ", page, flags=re.M)
+    [langgraph] = [s for s in section if s.startswith("LangGraph\n")]
+    [example] = re.findall(r"```python\n(.*?)```", langgraph, flags=re.S)[:1]
+    return example
+
+
+def test_docs_example_writes_the_run_to_the_graph(
+    graph_url: str, embedded_server: Any, tmp_path: Path
+) -> None:
+    """The example under "## LangGraph" in docs/integrations.md, as written, in a fresh
+    process writing to a fresh graph; then the run read back with spangraph's queries."""
+    from spangraph import queries
+    from spangraph.stores import FalkorDBStore
+
+    script = tmp_path / "example.py"
+    script.write_text(_docs_example())
+    env = {
+        **os.environ,
+        "SPANGRAPH_GRAPH_URL": graph_url,
+        "SPANGRAPH_REDIS_URL": embedded_server.redis_url,
+        "SPANGRAPH_HOME": str(tmp_path / "home"),
+        "SPANGRAPH_PROJECT": f"p-{uuid.uuid4().hex[:8]}",
+    }
+    env.pop("NEO4J_URI", None)
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "2 sources"
+    store = FalkorDBStore.from_url(graph_url)
+    try:
+        [run] = queries.workflows(store)
+        assert (run["name"], run["state"]) == ("research", "completed")
+        decisions = {d["name"]: d for d in queries.decisions(store, run["workflow_id"])}
+        route_ = decisions["route"]
+        assert route_["chosen"] == "answer"
+        assert [(o["name"], o["chosen"], o["explored"]) for o in route_["options"]] == [
+            ("answer", True, False),
+            ("ask_human", False, False),
+        ]
+        assert decisions["fan_out"]["chosen"] == "search"
+        branches = queries.branches(store, run["workflow_id"])
+        assert sorted(b["name"] for b in branches) == ["search", "search"]
+        names = {s["name"]: s for s in queries.workflow_spans(store, run["workflow_id"])}
+        assert {"plan", "search", "collect", "answer"} <= set(names)
+        assert "ask_human" not in names or names["ask_human"]["state"] == "unexplored"
+    finally:
+        store.delete_all()
+        store.close()
