@@ -1,0 +1,736 @@
+// spangraph web UI: runs, a run's tree updated live over the WebSocket (or by polling
+// while the stream is unavailable), node detail, decisions, branches and monitors.
+// Plain ES module, no dependencies. Every value from the API goes into the page as
+// text (textContent), never as HTML. Modules: util.js (DOM and formatting), api.js (API and
+// token), views.js (decisions, branches, monitors, node detail); this one holds the state.
+
+import { api, askToken, config, currentToken, jaegerHref } from "./api.js";
+import {
+  $, TERMINAL, betterState, durationText, fmtDuration, fmtTime, h, stateBadge,
+} from "./util.js";
+import { renderDetail as renderDetailView, renderInsights as renderInsightsView } from "./views.js";
+
+const RUNS_EVERY_MS = 5000;
+const POLL_EVERY_MS = 2000;
+const PROMOTED = new Set([
+  "spangraph.kind", "spangraph.workflow.id", "spangraph.execution.id",
+  "spangraph.branch.id", "spangraph.project.id", "spangraph.state",
+]);
+
+// -- runs list -------------------------------------------------------------------------------
+
+const knownNames = new Set();
+const runItems = new Map(); // workflow_id -> <li>
+let runsTimer = null;
+let runsLoading = false;
+
+async function loadRuns() {
+  if (runsLoading) return;
+  runsLoading = true;
+  const params = new URLSearchParams({ limit: "200" });
+  const state = $("filter-state").value;
+  const name = $("filter-name").value.trim();
+  if (state) params.set("state", state);
+  if (name && knownNames.has(name)) params.set("name", name);
+  try {
+    const runs = await api(`/api/workflows?${params}`);
+    for (const r of runs) if (r.name) knownNames.add(r.name);
+    const list = $("run-names");
+    if (list.children.length !== knownNames.size) {
+      list.replaceChildren(...[...knownNames].sort().map((n) => h("option", { value: n })));
+    }
+    const needle = name.toLowerCase();
+    const shown = needle ? runs.filter((r) => (r.name || "").toLowerCase().includes(needle)) : runs;
+    renderRuns(shown);
+    const status = $("runs-status"); // a live region: its text changes only with the count
+    status.textContent = shown.length
+      ? `${shown.length} run${shown.length === 1 ? "" : "s"}${runs.length >= 200 ? " (the newest 200)" : ""}`
+      : "No runs match these filters.";
+    status.title = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (err) {
+    $("runs-status").textContent = `Could not load runs: ${err.message}`;
+  } finally {
+    runsLoading = false;
+  }
+}
+
+function runId(r) {
+  return r.workflow_id || r.trace_id || r.span_id;
+}
+
+function renderRuns(runs) {
+  const ul = $("runs");
+  const keep = new Set();
+  let previous = null;
+  for (const r of runs) {
+    const id = runId(r);
+    keep.add(id);
+    let li = runItems.get(id);
+    if (!li) {
+      li = h("li", { dataset: { workflowId: id } },
+        h("button", { type: "button", class: "run-item", on: { click: () => openRunFromList(id) } }));
+      runItems.set(id, li);
+    }
+    const button = li.firstElementChild;
+    const label = `${r.name || "(unnamed)"}, ${r.state || "unknown"}`;
+    button.setAttribute("aria-label", label);
+    li.dataset.state = r.state || "unknown";
+    li.dataset.name = r.name || "";
+    button.replaceChildren(
+      h("span", { class: "run-line" }, h("span", { class: "run-name", text: r.name || "(unnamed)" }), stateBadge(r.state)),
+      h("span", { class: "run-sub" },
+        h("span", { text: fmtTime(r.start_ns) }),
+        h("span", { text: fmtDuration(r.duration_ms) }),
+        h("span", { class: "mono", text: id.slice(0, 8) })),
+    );
+    if (current && current.id === id) button.setAttribute("aria-current", "true");
+    else button.removeAttribute("aria-current");
+    const want = previous ? previous.nextSibling : ul.firstChild;
+    if (want !== li) ul.insertBefore(li, want);
+    previous = li;
+  }
+  for (const [id, li] of runItems) {
+    if (!keep.has(id)) {
+      li.remove();
+      runItems.delete(id);
+    }
+  }
+}
+
+function scheduleRuns() {
+  clearInterval(runsTimer);
+  runsTimer = null;
+  if ($("auto-refresh").checked) {
+    runsTimer = setInterval(() => { if (!document.hidden) loadRuns(); }, RUNS_EVERY_MS);
+  }
+}
+
+function openRunFromList(id) {
+  if (current && current.id === id) return;
+  location.hash = `run=${encodeURIComponent(id)}`;
+}
+
+// -- the open run ----------------------------------------------------------------------------
+
+/** The run on screen: its nodes by span_id, the stream's last seq, REST insights. */
+let current = null;
+
+function newRun(id) {
+  return {
+    id,
+    nodes: new Map(),
+    items: new Map(), // span_id -> <li>
+    lastSeq: 0,
+    ws: null,
+    wsFailures: 0,
+    reconnectTimer: null,
+    pollTimer: null, // polling while the stream is unavailable
+    slowTimer: null, // an occasional graph read while live
+    reconcileTimer: null,
+    detailTimer: null,
+    closed: false,
+    finished: false,
+    rest: { decisions: [], branches: [], monitors: [] },
+    insightsKey: "",
+    selected: null,
+    detail: null, // REST answer for the selected node
+    dirty: new Set(),
+    frame: 0,
+  };
+}
+
+function setTransport(kind, text) {
+  const el = $("conn");
+  el.dataset.transport = kind;
+  el.textContent = text;
+}
+
+function closeRun() {
+  if (!current) return;
+  const run = current;
+  run.closed = true;
+  clearTimeout(run.reconnectTimer);
+  clearTimeout(run.reconcileTimer);
+  clearTimeout(run.detailTimer);
+  clearInterval(run.pollTimer);
+  clearInterval(run.slowTimer);
+  if (run.ws) {
+    const ws = run.ws;
+    run.ws = null;
+    ws.close();
+  }
+  current = null;
+}
+
+async function openRun(id, nodeId) {
+  closeRun();
+  const run = (current = newRun(id));
+  for (const li of runItems.values()) {
+    const b = li.firstElementChild;
+    if (li.dataset.workflowId === id) b.setAttribute("aria-current", "true");
+    else b.removeAttribute("aria-current");
+  }
+  $("tree-root").replaceChildren();
+  $("run-title").textContent = "Loading…";
+  $("run-state").replaceChildren();
+  $("run-meta").textContent = id;
+  $("run-jaeger").hidden = true;
+  $("tree-empty").hidden = true;
+  renderDetail();
+  setTransport("connecting", "loading…");
+  await refreshRun(run);
+  if (run.closed) return;
+  if (nodeId && run.nodes.has(nodeId)) selectNode(nodeId, { focus: false });
+  const root = rootNode(run);
+  if (root && TERMINAL.has(root.state)) {
+    run.finished = true;
+    setTransport("done", "run finished");
+  } else if (config.live) {
+    connectLive(run);
+  } else {
+    startPolling(run);
+  }
+}
+
+/** Fetch the tree and the insights and merge them in (never undoing a live end). */
+async function refreshRun(run) {
+  const ask = (path) => api(`/api/workflows/${encodeURIComponent(run.id)}/${path}`);
+  const [tree, decisions, branches, monitors] = await Promise.allSettled([
+    ask("tree"), ask("decisions"), ask("branches"), ask("monitors"),
+  ]);
+  if (run.closed) return;
+  if (tree.status === "fulfilled") {
+    const walk = (n) => {
+      mergeNode(run, n);
+      for (const c of n.children || []) walk(c);
+    };
+    for (const root of tree.value) walk(root);
+  } else if (tree.reason?.status === 404) {
+    if (!run.nodes.size) showTreeHint("Waiting for the run's first spans…");
+  } else {
+    showTreeHint(`Could not load the run: ${tree.reason?.message}`);
+  }
+  if (decisions.status === "fulfilled") run.rest.decisions = decisions.value;
+  if (branches.status === "fulfilled") run.rest.branches = branches.value;
+  if (monitors.status === "fulfilled") run.rest.monitors = monitors.value;
+  scheduleRender(run);
+  if (run.selected) loadDetail(run, run.selected);
+}
+
+function showTreeHint(text) {
+  const p = $("tree-empty");
+  p.textContent = text;
+  p.hidden = false;
+}
+
+function rootNode(run) {
+  let best = null;
+  for (const n of run.nodes.values()) {
+    if (n.kind === "workflow" && (!n.parent_span_id || !run.nodes.has(n.parent_span_id))) {
+      if (!best || (n.start_ns ?? Infinity) < (best.start_ns ?? Infinity)) best = n;
+    }
+  }
+  return best;
+}
+
+function emptyNode(spanId) {
+  return {
+    span_id: spanId, parent_span_id: null, trace_id: null, kind: null, name: null,
+    state: null, status: null, status_message: null, start_ns: null, end_ns: null,
+    duration_ms: null, branch_id: null, service: null, env: null, attributes: {},
+    jaeger_url: null, liveEvents: [], tokens: "",
+  };
+}
+
+/** Merge a node from the REST API. */
+function mergeNode(run, src) {
+  let n = run.nodes.get(src.span_id);
+  if (!n) {
+    n = emptyNode(src.span_id);
+    run.nodes.set(src.span_id, n);
+  }
+  for (const key of ["parent_span_id", "trace_id", "kind", "name", "status", "status_message",
+    "start_ns", "end_ns", "duration_ms", "branch_id", "service", "env", "jaeger_url",
+    "workflow_id", "execution_id", "project_id"]) {
+    if (src[key] !== null && src[key] !== undefined) n[key] = src[key];
+  }
+  n.state = betterState(n.state, src.state);
+  if (src.attributes && typeof src.attributes === "object") Object.assign(n.attributes, src.attributes);
+  run.dirty.add(n.span_id);
+}
+
+/** Apply one live message (see docs/live-events.md). */
+function applyMessage(run, msg, flash) {
+  if (!msg.span_id) return;
+  let n = run.nodes.get(msg.span_id);
+  if (!n) {
+    n = emptyNode(msg.span_id);
+    run.nodes.set(msg.span_id, n);
+  }
+  for (const key of ["parent_span_id", "trace_id", "kind", "name", "service", "env", "project_id"]) {
+    if (msg[key] !== null && msg[key] !== undefined && n[key] == null) n[key] = msg[key];
+  }
+  const attrs = msg.attributes && typeof msg.attributes === "object" ? msg.attributes : {};
+  if (msg.type === "span.started" || msg.type === "span.ended") {
+    if (attrs["spangraph.branch.id"] && !n.branch_id) n.branch_id = attrs["spangraph.branch.id"];
+    for (const [k, v] of Object.entries(attrs)) {
+      if (!PROMOTED.has(k) && k !== "state" && k !== "duration_ms") n.attributes[k] = v;
+    }
+  }
+  switch (msg.type) {
+    case "span.started":
+      if (n.start_ns == null) n.start_ns = msg.time_unix_nano ?? null;
+      if (!n.state) n.state = "running";
+      break;
+    case "span.ended":
+      n.state = attrs.state || n.state || "completed";
+      if (typeof attrs.duration_ms === "number") n.duration_ms = attrs.duration_ms;
+      if (n.end_ns == null) n.end_ns = msg.time_unix_nano ?? null;
+      if (flash) n.flash = "ended";
+      if (["decision", "branch", "monitor", "workflow"].includes(n.kind)) scheduleReconcile(run);
+      if (n.kind === "workflow" && (!n.parent_span_id || !run.nodes.has(n.parent_span_id))) finishRun(run);
+      if (run.selected === n.span_id) scheduleDetail(run);
+      break;
+    case "token":
+      n.tokens += typeof attrs.text === "string" ? attrs.text : "";
+      if (flash) n.flash = "token";
+      break;
+    default: // a lifecycle or custom event
+      if (!n.state) n.state = "running";
+      n.liveEvents.push({ name: msg.type, time_ns: msg.time_unix_nano, attributes: attrs, seq: msg.seq });
+      if (flash) n.flash = msg.type;
+  }
+  run.dirty.add(n.span_id);
+}
+
+// -- live stream and polling -----------------------------------------------------------------
+
+function connectLive(run) {
+  if (run.closed || run.finished || run.ws) return;
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  // Resume after the last seq seen: ?since=n (rather than a first message {"since": n},
+  // which the service only reads in the first moment after connecting).
+  const query = new URLSearchParams({ since: String(run.lastSeq) });
+  const token = currentToken();
+  if (token) query.set("token", token);
+  const url = `${scheme}//${location.host}/api/stream/workflows/${encodeURIComponent(run.id)}?${query}`;
+  let ws;
+  try {
+    ws = new WebSocket(url);
+  } catch {
+    startPolling(run);
+    return;
+  }
+  run.ws = ws;
+  if (!run.pollTimer) setTransport("connecting", "connecting to the live stream…");
+  ws.addEventListener("open", () => {
+    if (run.ws !== ws) return;
+    stopPolling(run);
+    setTransport("live", "live");
+    // Now and then, read the graph too (it holds what the stream does not carry).
+    clearInterval(run.slowTimer);
+    run.slowTimer = setInterval(() => {
+      if (run.ws === ws && !run.closed && !run.finished) refreshRun(run).catch(() => {});
+      else clearInterval(run.slowTimer);
+    }, 15000);
+  });
+  ws.addEventListener("message", (ev) => {
+    if (run.ws !== ws) return;
+    let data;
+    try { data = JSON.parse(ev.data); } catch { return; }
+    run.wsFailures = 0;
+    // A frame holds one message or a JSON array of several (what arrived together).
+    for (const msg of Array.isArray(data) ? data : [data]) onLiveMessage(run, msg);
+  });
+  ws.addEventListener("close", (ev) => {
+    if (run.ws !== ws) return;
+    run.ws = null;
+    if (run.closed || run.finished) return;
+    run.wsFailures += 1;
+    startPolling(run);
+    // 4008: this page fell behind; 1001: the service restarts. Otherwise back off.
+    const soon = ev.code === 4008 || ev.code === 1001;
+    const delay = soon ? 500 : Math.min(30000, 1000 * 2 ** Math.min(run.wsFailures, 5));
+    if (ev.reason) setTransport("polling", `polling every ${POLL_EVERY_MS / 1000} s (live stream: ${ev.reason})`);
+    run.reconnectTimer = setTimeout(() => connectLive(run), delay);
+  });
+  // A server without the stream answers the handshake with an error: "close" follows.
+}
+
+function onLiveMessage(run, msg) {
+  if (!msg || typeof msg !== "object") return;
+  if (msg.type === "heartbeat" || msg.type === "subscribed") return;
+  if (msg.type === "resumed") {
+    setTransport("live", "live");
+    return;
+  }
+  if (msg.type === "error") { // Redis went away, or a replay older than the stream keeps
+    const why = msg.detail || msg.message || msg.error || "stream error";
+    setTransport("error", `live stream: ${why}`);
+    scheduleReconcile(run); // the graph has what the stream may have lost
+    return;
+  }
+  if (msg.workflow_id && msg.workflow_id !== run.id) return;
+  if ($("conn").dataset.transport === "error") setTransport("live", "live");
+  if (typeof msg.seq === "number") {
+    if (msg.seq <= run.lastSeq) return; // already seen (a resume overlaps)
+    run.lastSeq = msg.seq;
+  }
+  const fresh = typeof msg.time_unix_nano !== "number" || Date.now() - msg.time_unix_nano / 1e6 < 10000;
+  applyMessage(run, msg, fresh);
+  $("tree-empty").hidden = true;
+  scheduleRender(run);
+}
+
+function startPolling(run) {
+  if (run.closed || run.finished || run.pollTimer) return;
+  setTransport("polling", `polling every ${POLL_EVERY_MS / 1000} s (live stream unavailable)`);
+  run.pollTimer = setInterval(async () => {
+    if (run.closed) return;
+    try {
+      await refreshRun(run);
+    } catch { /* shown by refreshRun */ }
+    const root = rootNode(run);
+    if (root && TERMINAL.has(root.state)) finishRun(run);
+  }, POLL_EVERY_MS);
+}
+
+function stopPolling(run) {
+  clearInterval(run.pollTimer);
+  run.pollTimer = null;
+}
+
+function finishRun(run) {
+  if (run.finished) return;
+  run.finished = true;
+  stopPolling(run);
+  clearTimeout(run.reconnectTimer);
+  setTransport("done", "run finished");
+  // Let the graph catch up (unexplored options, monitors, events), then read it once more.
+  setTimeout(() => {
+    if (run.closed) return;
+    refreshRun(run).catch(() => {});
+    if (run.ws) {
+      const ws = run.ws;
+      run.ws = null;
+      ws.close();
+    }
+  }, 800);
+}
+
+/** Read the run from the graph soon, and again a little later: what only the graph
+ * knows (options never explored, monitor links, stored events) lands there a moment
+ * after the live message. */
+function scheduleReconcile(run) {
+  clearTimeout(run.reconcileTimer);
+  const again = (delays) => {
+    if (!delays.length) return;
+    run.reconcileTimer = setTimeout(() => {
+      if (run.closed) return;
+      refreshRun(run).catch(() => {});
+      again(delays.slice(1));
+    }, delays[0]);
+  };
+  again([600, 2400]);
+}
+
+// -- rendering the tree ----------------------------------------------------------------------
+
+function scheduleRender(run) {
+  if (run.frame) return;
+  run.frame = requestAnimationFrame(() => {
+    run.frame = 0;
+    render(run);
+  });
+}
+
+function render(run) {
+  if (run.closed) return;
+  const dirty = [...run.dirty];
+  run.dirty.clear();
+  for (const id of dirty) renderNode(run, id);
+  // Children that arrived before their parent: place them under it now.
+  for (const id of dirty) {
+    for (const li of $("tree-root").querySelectorAll(`:scope > li[data-parent="${CSS.escape(id)}"]`)) {
+      placeNode(run, run.nodes.get(li.dataset.spanId), li);
+    }
+  }
+  renderHeader(run);
+  renderInsights(run);
+  if (run.selected && dirty.includes(run.selected)) renderDetail();
+}
+
+function renderNode(run, id) {
+  const n = run.nodes.get(id);
+  if (!n || n.name === null) return;
+  let li = run.items.get(id);
+  if (!li) {
+    li = createItem(run, n);
+    run.items.set(id, li);
+  }
+  const state = n.state || "unknown";
+  li.dataset.state = state;
+  li.dataset.kind = n.kind || "span";
+  li.dataset.name = n.name;
+  li.dataset.parent = n.parent_span_id || "";
+  li.classList.toggle("unexplored", state === "unexplored");
+  const btn = li.querySelector(":scope > .row > .node-btn");
+  const nameEl = btn.querySelector(".name");
+  nameEl.textContent = n.name;
+  nameEl.title = n.name; // the full name, when the row cuts it
+  const kind = btn.querySelector(".kind");
+  kind.className = `badge kind kind-${n.kind || "span"}`;
+  kind.textContent = n.kind || "span";
+  const badgeEl = btn.querySelector(".state");
+  badgeEl.className = `badge state state-${state}`;
+  badgeEl.dataset.state = state;
+  badgeEl.textContent = state;
+  btn.querySelector(".dur").textContent = durationText(n);
+  if (run.selected === id) btn.setAttribute("aria-current", "true");
+  else btn.removeAttribute("aria-current");
+  const took = n.state !== "running" ? fmtDuration(n.duration_ms) : "";
+  btn.setAttribute("aria-label", `${n.kind || "span"} ${n.name}, ${state}${took ? `, ${took}` : ""}`);
+  const link = li.querySelector(":scope > .row > .jaeger");
+  const href = jaegerHref(n);
+  link.hidden = !href;
+  if (href) link.href = href;
+  if (n.flash) {
+    flash(li, n.flash);
+    n.flash = null;
+  }
+  placeNode(run, n, li);
+}
+
+function createItem(run, n) {
+  const id = n.span_id;
+  const twisty = h("button", {
+    type: "button", class: "twisty", "aria-expanded": "true", tabindex: "-1",
+    on: { click: () => toggle(li) },
+  }, "▾");
+  const btn = h("button", {
+    type: "button", class: "node-btn", on: { click: () => selectNode(id), keydown: treeKeys },
+  }, h("span", { class: "badge kind" }), h("span", { class: "name" }),
+    h("span", { class: "badge state" }), h("span", { class: "dur" }), h("span", { class: "last-event", "aria-hidden": "true" }));
+  const link = h("a", {
+    class: "jaeger", target: "_blank", rel: "noopener", title: "Open this span in Jaeger",
+  }, "Jaeger ↗");
+  const li = h("li", { class: "tree-item leaf", dataset: { spanId: id } },
+    h("div", { class: "row" }, twisty, btn, link),
+    h("ul", { class: "tree-list children" }));
+  link.setAttribute("aria-label", `Open ${n.name} in Jaeger`);
+  return li;
+}
+
+function startOf(li, run) {
+  const n = run.nodes.get(li.dataset.spanId);
+  if (!n || n.state === "unexplored") return Infinity; // options never run go last
+  return typeof n.start_ns === "number" ? n.start_ns : Infinity;
+}
+
+/** Put a node's <li> under its parent (or at the top when its parent is unknown), in
+ * start order; leave it where it is when it is already right (keeps focus). */
+function placeNode(run, n, li) {
+  const parentLi = n.parent_span_id ? run.items.get(n.parent_span_id) : null;
+  const container = parentLi ? parentLi.querySelector(":scope > ul") : $("tree-root");
+  const me = startOf(li, run);
+  const prev = li.previousElementSibling;
+  const next = li.nextElementSibling;
+  if (li.parentElement === container && (!prev || startOf(prev, run) <= me) && (!next || startOf(next, run) >= me)) {
+    return;
+  }
+  let before = null;
+  for (const sibling of container.children) {
+    if (sibling !== li && startOf(sibling, run) > me) {
+      before = sibling;
+      break;
+    }
+  }
+  const oldParent = li.parentElement?.closest("li.tree-item");
+  container.insertBefore(li, before);
+  if (parentLi) updateLeaf(parentLi);
+  if (oldParent && oldParent !== parentLi) updateLeaf(oldParent);
+}
+
+function updateLeaf(li) {
+  const hasChildren = li.querySelector(":scope > ul").children.length > 0;
+  li.classList.toggle("leaf", !hasChildren);
+  const twisty = li.querySelector(":scope > .row > .twisty");
+  const name = li.dataset.name;
+  const open = !li.classList.contains("collapsed");
+  twisty.setAttribute("aria-label", `${open ? "Collapse" : "Expand"} ${name}`);
+}
+
+function toggle(li, open) {
+  const willOpen = open ?? li.classList.contains("collapsed");
+  li.classList.toggle("collapsed", !willOpen);
+  const twisty = li.querySelector(":scope > .row > .twisty");
+  twisty.setAttribute("aria-expanded", String(willOpen));
+  twisty.textContent = willOpen ? "▾" : "▸";
+  updateLeaf(li);
+}
+
+function flash(li, what) {
+  const row = li.querySelector(":scope > .row");
+  const label = row.querySelector(".last-event");
+  label.textContent = what === "ended" ? "" : what;
+  row.classList.remove("flash");
+  void row.offsetWidth; // restart the animation
+  row.classList.add("flash");
+}
+
+/** Arrow keys move between visible nodes; Left/Right collapse and expand. */
+function treeKeys(ev) {
+  const li = ev.currentTarget.closest("li.tree-item");
+  const visible = [...$("tree-root").querySelectorAll(".node-btn")].filter((b) => b.offsetParent !== null);
+  const at = visible.indexOf(ev.currentTarget);
+  if (ev.key === "ArrowDown" && at < visible.length - 1) visible[at + 1].focus();
+  else if (ev.key === "ArrowUp" && at > 0) visible[at - 1].focus();
+  else if (ev.key === "ArrowLeft" && !li.classList.contains("leaf") && !li.classList.contains("collapsed")) toggle(li, false);
+  else if (ev.key === "ArrowLeft") li.parentElement.closest("li.tree-item")?.querySelector(".node-btn").focus();
+  else if (ev.key === "ArrowRight" && li.classList.contains("collapsed")) toggle(li, true);
+  else if (ev.key === "Home") visible[0]?.focus();
+  else if (ev.key === "End") visible[visible.length - 1]?.focus();
+  else return;
+  ev.preventDefault();
+}
+
+function renderHeader(run) {
+  const root = rootNode(run);
+  if (!root) {
+    if (!run.nodes.size) $("run-title").textContent = "Waiting for the run…";
+    return;
+  }
+  $("run-title").textContent = root.name;
+  $("run-state").replaceChildren(stateBadge(root.state));
+  const parts = [`workflow ${run.id}`];
+  if (root.start_ns) parts.push(`started ${fmtTime(root.start_ns)}`);
+  const d = durationText(root);
+  if (d) parts.push(d);
+  parts.push(`${run.nodes.size} spans`);
+  $("run-meta").textContent = parts.join(" · ");
+  const href = jaegerHref(root);
+  const link = $("run-jaeger");
+  link.hidden = !href;
+  if (href) {
+    link.href = href;
+    link.setAttribute("aria-label", `Open the run ${root.name} in Jaeger`);
+  }
+}
+
+// -- node detail -----------------------------------------------------------------------------
+
+function renderDetail() {
+  renderDetailView(current, selectNode);
+}
+
+function renderInsights(run) {
+  renderInsightsView(run, selectNode);
+}
+
+function selectNode(spanId, { focus = true } = {}) {
+  const run = current;
+  if (!run) return;
+  const old = run.items.get(run.selected);
+  old?.querySelector(":scope > .row > .node-btn").removeAttribute("aria-current");
+  run.selected = spanId;
+  run.detail = null;
+  const li = run.items.get(spanId);
+  if (li) {
+    for (let p = li.parentElement?.closest("li.tree-item"); p; p = p.parentElement?.closest("li.tree-item")) {
+      if (p.classList.contains("collapsed")) toggle(p, true);
+    }
+    const btn = li.querySelector(":scope > .row > .node-btn");
+    btn.setAttribute("aria-current", "true");
+    li.scrollIntoView({ block: "nearest" });
+    if (focus && document.activeElement !== btn && !btn.contains(document.activeElement)) btn.focus({ preventScroll: true });
+  }
+  history.replaceState(null, "", `#run=${encodeURIComponent(run.id)}&node=${encodeURIComponent(spanId)}`);
+  renderDetail();
+  loadDetail(run, spanId);
+}
+
+async function loadDetail(run, spanId) {
+  try {
+    const found = await api(`/api/nodes/${encodeURIComponent(spanId)}`);
+    if (run.closed || run.selected !== spanId) return;
+    run.detail = found;
+    mergeNode(run, found);
+    scheduleRender(run);
+    renderDetail();
+  } catch (err) {
+    if (err.status !== 404) console.warn("spangraph: node detail", err);
+  }
+}
+
+function scheduleDetail(run) {
+  clearTimeout(run.detailTimer);
+  run.detailTimer = setTimeout(() => {
+    if (!run.closed && run.selected) loadDetail(run, run.selected);
+  }, 600);
+}
+
+/** Once a second: the elapsed time of running spans (text only, nothing re-rendered). */
+function tick() {
+  const run = current;
+  if (!run || document.hidden) return;
+  for (const n of run.nodes.values()) {
+    if (n.state !== "running") continue;
+    const dur = run.items.get(n.span_id)?.querySelector(":scope > .row .dur");
+    if (dur) dur.textContent = durationText(n);
+  }
+  renderHeader(run);
+  const n = run.selected ? run.nodes.get(run.selected) : null;
+  const dd = document.querySelector("#detail dd[data-fact=Duration]");
+  if (n && dd && n.state === "running") dd.textContent = durationText(n);
+}
+
+// -- start -----------------------------------------------------------------------------------
+
+function parseHash() {
+  const params = new URLSearchParams(location.hash.replace(/^#/, ""));
+  return { run: params.get("run"), node: params.get("node") };
+}
+
+function onHash() {
+  const { run, node } = parseHash();
+  if (!run) {
+    closeRun();
+    return;
+  }
+  if (current && current.id === run) {
+    if (node && node !== current.selected && current.nodes.has(node)) selectNode(node);
+    return;
+  }
+  openRun(run, node);
+}
+
+async function start() {
+  $("token-change").hidden = !currentToken();
+  try {
+    Object.assign(config, await api("/api/config"));
+  } catch (err) {
+    $("runs-status").textContent = `Could not reach the service: ${err.message}`;
+  }
+  $("run-filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadRuns(); });
+  $("filter-state").addEventListener("change", loadRuns);
+  let typing = null;
+  $("filter-name").addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(loadRuns, 250);
+  });
+  $("auto-refresh").addEventListener("change", scheduleRuns);
+  $("runs-refresh").addEventListener("click", loadRuns);
+  $("token-change").addEventListener("click", async () => {
+    await askToken(false);
+    loadRuns();
+    if (current) openRun(current.id, current.selected);
+  });
+  $("token-dialog").addEventListener("cancel", (ev) => { if (!currentToken()) ev.preventDefault(); });
+  window.addEventListener("hashchange", onHash);
+  setInterval(tick, 1000);
+  await loadRuns();
+  scheduleRuns();
+  onHash();
+}
+
+start();

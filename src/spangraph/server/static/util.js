@@ -1,0 +1,93 @@
+// Small DOM and formatting helpers shared by the page's modules. Values always go in
+// as text (textContent), never as HTML.
+
+export const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+
+export const $ = (id) => document.getElementById(id);
+
+/** Build an element: h("a", {href, class: "x", dataset: {...}, on: {click}}, ...children). */
+export function h(tag, props = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key === "on") for (const [ev, fn] of Object.entries(value)) el.addEventListener(ev, fn);
+    else if (key === "text") el.textContent = value;
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  fill(el, ...children);
+  return el;
+}
+
+/** Append children (nested arrays flattened; null, undefined and false left out). */
+export function fill(el, ...children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
+}
+
+export function replace(el, ...children) {
+  el.replaceChildren();
+  return fill(el, ...children);
+}
+
+// -- formatting ----------------------------------------------------------------------------
+
+export function fmtDuration(ms) {
+  if (typeof ms !== "number" || !Number.isFinite(ms)) return "";
+  if (ms < 1) return `${ms.toFixed(2)} ms`;
+  if (ms < 1000) return `${ms.toFixed(ms < 100 ? 1 : 0)} ms`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+  const m = Math.floor(ms / 60000);
+  return `${m} min ${Math.round((ms % 60000) / 1000)} s`;
+}
+
+export function fmtTime(ns) {
+  if (typeof ns !== "number") return "";
+  const d = new Date(ns / 1e6);
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? d.toLocaleTimeString() : d.toLocaleString();
+}
+
+export function fmtValue(value) {
+  if (value === null || value === undefined) return "";
+  if (typeof value === "string") return value;
+  return JSON.stringify(value);
+}
+
+/** A value as text; a long one (a stack trace, a prompt) folded behind its first line. */
+export function valueView(value) {
+  const text = fmtValue(value);
+  if (text.length <= 200) return text;
+  const head = text.split("\n", 1)[0].slice(0, 90);
+  return h("details", { class: "long" }, h("summary", { text: `${head}… (${text.length} chars)` }), h("pre", { text }));
+}
+
+export function stateBadge(state) {
+  const s = state || "unknown";
+  return h("span", { class: `badge state state-${s}`, dataset: { state: s }, text: s });
+}
+
+export function kindBadge(kind) {
+  const k = kind || "span";
+  return h("span", { class: `badge kind kind-${k}`, text: k });
+}
+
+export function betterState(old, incoming) {
+  if (!incoming) return old;
+  if (TERMINAL.has(old) && incoming === "running") return old; // the graph lags the stream
+  return incoming;
+}
+
+export function durationText(n) {
+  if (typeof n.duration_ms === "number" && n.state !== "running") return fmtDuration(n.duration_ms);
+  if (n.state === "running" && typeof n.start_ns === "number") {
+    const ms = Date.now() - n.start_ns / 1e6;
+    if (ms >= 0 && ms < 864e5) return `${fmtDuration(ms)}…`;
+  }
+  return "";
+}
+

@@ -1,0 +1,204 @@
+// Decisions, branches, monitors and the node detail panel, rendered from a run's state
+// (see app.js: run.nodes, run.rest, run.detail). `select(spanId)` shows a node.
+
+import { config, jaegerHref } from "./api.js";
+import {
+  $, betterState, durationText, fmtDuration, fmtTime, fmtValue, h, kindBadge, replace,
+  stateBadge, valueView,
+} from "./util.js";
+
+function decisionsView(run) {
+  const byId = new Map(run.rest.decisions.map((d) => [d.span_id, {
+    ...d, options: d.options.map((o) => ({ ...o })),
+  }]));
+  for (const n of run.nodes.values()) {
+    if (n.kind !== "decision") continue;
+    const offered = Array.isArray(n.attributes["spangraph.decision.options"]) ? n.attributes["spangraph.decision.options"] : [];
+    const children = [...run.nodes.values()].filter((c) => c.parent_span_id === n.span_id && c.kind === "option");
+    const names = [...offered, ...children.map((c) => c.name).filter((x) => !offered.includes(x))];
+    const live = {
+      span_id: n.span_id, name: n.name, state: n.state, start_ns: n.start_ns,
+      chosen: n.attributes["spangraph.decision.chosen"] ?? null,
+      reason: n.attributes["spangraph.decision.reason"] ?? null,
+      score: n.attributes["spangraph.decision.score"] ?? null,
+      options: names.map((name) => {
+        const c = children.find((x) => x.name === name);
+        return { name, state: c ? c.state : null, span_id: c ? c.span_id : null, explored: Boolean(c) && c.state !== "unexplored" };
+      }),
+    };
+    const d = byId.get(n.span_id);
+    if (!d) {
+      byId.set(n.span_id, live);
+      continue;
+    }
+    d.state = betterState(d.state, live.state);
+    d.chosen ??= live.chosen;
+    d.reason ??= live.reason;
+    d.score ??= live.score;
+    for (const o of live.options) {
+      const m = d.options.find((x) => x.name === o.name);
+      if (!m) d.options.push(o);
+      else {
+        m.explored ||= o.explored;
+        m.state = betterState(m.state, o.state);
+        m.span_id ??= o.span_id;
+      }
+    }
+  }
+  const out = [...byId.values()];
+  for (const d of out) for (const o of d.options) o.chosen = d.chosen != null && o.name === d.chosen;
+  return out.sort((a, b) => (a.start_ns ?? Infinity) - (b.start_ns ?? Infinity));
+}
+
+function branchesView(run) {
+  const byId = new Map(run.rest.branches.map((b) => [b.span_id, { ...b }]));
+  for (const n of run.nodes.values()) {
+    if (n.kind !== "branch") continue;
+    const count = [...run.nodes.values()].filter((s) => s.branch_id && s.branch_id === n.branch_id && s.state !== "unexplored");
+    const live = {
+      span_id: n.span_id, name: n.name, branch_id: n.branch_id, state: n.state, start_ns: n.start_ns,
+      duration_ms: n.duration_ms, nodes: count.length, failed: count.filter((s) => s.state === "failed").length,
+    };
+    const b = byId.get(n.span_id);
+    if (!b) byId.set(n.span_id, live);
+    else {
+      b.state = betterState(b.state, live.state);
+      b.duration_ms ??= live.duration_ms;
+      b.nodes = Math.max(b.nodes ?? 0, live.nodes);
+      b.failed = Math.max(b.failed ?? 0, live.failed);
+    }
+  }
+  return [...byId.values()].sort((a, b) => (a.start_ns ?? Infinity) - (b.start_ns ?? Infinity));
+}
+
+function nodeLink(run, select, spanId, text, extraClass = "") {
+  if (!spanId || !run.nodes.has(spanId)) return h("span", { class: extraClass, text });
+  return h("button", {
+    type: "button", class: `link ${extraClass}`, on: { click: () => select(spanId) },
+    "aria-label": `Show ${text} in the tree`,
+  }, text);
+}
+
+export function renderInsights(run, select) {
+  const decisions = decisionsView(run);
+  const branches = branchesView(run);
+  const monitors = run.rest.monitors;
+  const key = JSON.stringify([decisions, branches, monitors, [...run.nodes.keys()].length]);
+  if (key === run.insightsKey) return;
+  run.insightsKey = key;
+
+  const dBox = $("decisions");
+  if (!decisions.length) dBox.replaceChildren(h("p", { class: "hint", text: "none" }));
+  else replace(dBox, decisions.map((d) => h("div", { class: "decision", dataset: { spanId: d.span_id, name: d.name } },
+    h("div", { class: "decision-head" }, nodeLink(run, select, d.span_id, d.name, "decision-name"), stateBadge(d.state)),
+    h("ul", { class: "options", "aria-label": `Options of ${d.name}` }, d.options.map((o) => {
+      const status = o.chosen ? "chosen" : o.explored ? "explored" : "not explored";
+      return h("li", {
+        class: `option${o.chosen ? " chosen" : ""}${o.explored ? "" : " unexplored"}`,
+        dataset: { option: o.name, chosen: String(o.chosen), explored: String(o.explored) },
+        "aria-label": `${o.name}: ${status}${o.state && o.explored ? `, ${o.state}` : ""}`,
+      },
+      h("span", { class: "mark", "aria-hidden": "true", text: o.chosen ? "✔" : o.explored ? "•" : "○" }),
+      nodeLink(run, select, o.span_id, o.name, "option-name"),
+      h("span", { class: "option-status", text: o.chosen ? "chosen" : o.explored ? (o.state || "explored") : "not explored" }));
+    })),
+    d.reason != null || d.score != null
+      ? h("p", { class: "reason" }, d.reason != null ? `reason: ${fmtValue(d.reason)}` : "",
+        d.score != null ? `${d.reason != null ? " · " : ""}score ${d.score}` : "")
+      : null)));
+
+  const bList = $("branches");
+  if (!branches.length) bList.replaceChildren(h("li", { class: "hint", text: "none" }));
+  else replace(bList, branches.map((b) => h("li", { class: "branch", dataset: { name: b.name || "" } },
+    nodeLink(run, select, b.span_id, b.name || b.branch_id, "branch-name"), stateBadge(b.state),
+    h("span", { class: "counts", text: `${b.nodes} node${b.nodes === 1 ? "" : "s"}${b.failed ? `, ${b.failed} failed` : ""}` }),
+    h("span", { class: "dur", text: fmtDuration(b.duration_ms) }))));
+
+  const branchName = new Map(branches.map((b) => [b.branch_id, b.name]));
+  const mList = $("monitors");
+  if (!monitors.length) mList.replaceChildren(h("li", { class: "hint", text: "none" }));
+  else replace(mList, monitors.map((m) => {
+    const target = m.target || m.target_span_id;
+    const from = branchName.get(m.monitor_branch_id);
+    const to = branchName.get(m.target_branch_id);
+    return h("li", {
+      class: "monitor", dataset: { monitor: m.monitor || "", target },
+      "aria-label": `${m.monitor} watches ${m.target_kind || "span"} ${target}`,
+    },
+    nodeLink(run, select, m.monitor_span_id, m.monitor || m.monitor_span_id, "monitor-name"),
+    h("span", { class: "arrow", "aria-hidden": "true", text: " → " }),
+    nodeLink(run, select, m.target_span_id, target, "monitor-target"),
+    m.target_kind ? kindBadge(m.target_kind) : null,
+    from || to ? h("span", { class: "hint", text: ` (${from || "?"} watches ${to || "?"})` }) : null);
+  }));
+}
+
+
+function errorMessage(n, events) {
+  if (n.status_message) return n.status_message;
+  for (const e of events) {
+    const a = e.attributes || {};
+    if (e.name === "exception" && (a["exception.message"] || a["exception.type"])) {
+      return [a["exception.type"], a["exception.message"]].filter(Boolean).join(": ");
+    }
+    if (a["error.message"]) return [a["error.type"], a["error.message"]].filter(Boolean).join(": ");
+  }
+  return null;
+}
+
+export function renderDetail(run, select) {
+  const box = $("detail");
+  const n = run && run.selected ? run.nodes.get(run.selected) : null;
+  if (!n) {
+    delete box.dataset.key;
+    $("detail-title").textContent = "Node";
+    box.replaceChildren(h("p", { class: "hint", text: "Click a node in the tree to see its attributes, events and duration." }));
+    return;
+  }
+  const stored = run.detail && run.detail.span_id === n.span_id ? run.detail.events || [] : [];
+  const events = stored.length ? stored : n.liveEvents;
+  const key = JSON.stringify([n, events, config.jaeger_url]);
+  if (key === box.dataset.key) return;
+  box.dataset.key = key;
+  const t0 = n.start_ns;
+  const error = n.state === "failed" || n.status === "ERROR" ? errorMessage(n, events) : null;
+  const href = jaegerHref(n);
+  $("detail-title").textContent = n.name || n.span_id;
+  const facts = [
+    ["Duration", durationText(n) || "—"],
+    ["Started", fmtTime(n.start_ns)],
+    ["Ended", fmtTime(n.end_ns)],
+    ["Status", n.status],
+    ["Span id", n.span_id],
+    ["Parent", n.parent_span_id],
+    ["Trace id", n.trace_id],
+    ["Branch", n.branch_id],
+    ["Service", [n.service, n.env].filter(Boolean).join(" · ")],
+  ].filter(([, v]) => v);
+  const attrs = Object.entries(n.attributes).sort(([a], [b]) => a.localeCompare(b));
+  replace(box,
+    h("div", { class: "detail-badges" }, kindBadge(n.kind), stateBadge(n.state),
+      href ? h("a", { class: "jaeger button-like", href, target: "_blank", rel: "noopener", "aria-label": `Open ${n.name} in Jaeger` }, "Open in Jaeger ↗") : null),
+    error ? h("p", { class: "error-box", role: "note" }, h("strong", { text: "Error: " }), error) : null,
+    h("dl", { class: "facts" }, facts.map(([k, v]) => [
+      h("dt", { text: k }),
+      h("dd", { class: k.endsWith("id") ? "mono" : "", dataset: { fact: k } },
+        k === "Parent" ? nodeLink(run, select, v, run.nodes.get(v)?.name || v, "mono") : v),
+    ])),
+    h("h3", { text: `Attributes (${attrs.length})` }),
+    attrs.length
+      ? h("table", { class: "attrs" }, h("caption", { class: "sr-only", text: `Attributes of ${n.name}` }),
+        h("tbody", {}, attrs.map(([k, v]) => h("tr", {}, h("th", { scope: "row", text: k }), h("td", {}, valueView(v))))))
+      : h("p", { class: "hint", text: "none" }),
+    h("h3", { text: `Events (${events.length})` }),
+    events.length
+      ? h("ol", { class: "events" }, events.map((e) => h("li", { class: "event", dataset: { name: e.name } },
+        h("div", { class: "event-head" }, h("span", { class: "event-name", text: e.name }),
+          h("span", { class: "hint", text: typeof e.time_ns === "number" && typeof t0 === "number" ? `+${fmtDuration((e.time_ns - t0) / 1e6)}` : "" })),
+        Object.keys(e.attributes || {}).length
+          ? h("dl", { class: "event-attrs" }, Object.entries(e.attributes).map(([k, v]) => [h("dt", { text: k }), h("dd", {}, valueView(v))]))
+          : null)))
+      : h("p", { class: "hint", text: n.state === "running" ? "none yet" : "none" }),
+    n.tokens ? [h("h3", { text: "Streamed tokens (live only)" }), h("pre", { class: "tokens", text: n.tokens })] : null,
+  );
+}

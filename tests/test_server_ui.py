@@ -1,0 +1,580 @@
+"""The web UI served at ``GET /``, exercised in a real headless Chromium (Playwright's
+Python package driving the system's ``/usr/bin/chromium``; no browser download).
+
+- ``test_page_and_static_files``: the page, its static files, ``/api/config`` and the
+  token rule, over HTTP.
+- ``test_live_run_in_browser``: a real workflow runs in a thread while the page watches
+  it: nodes appear and change state without a reload, decisions, branches, monitors,
+  node detail with the error message, Jaeger links. Over the WebSocket when the app has
+  the stream route, else by the page's 2 s polling fallback (which the test then checks).
+- ``test_stream_contract_and_token``: a scripted stand-in for the stream, following its
+  contract (``?since=seq``, ``?token=``, frames of one message or a JSON array of them),
+  checks the page's WebSocket path, resume after a dropped connection, duplicate
+  messages, and the token dialog and bearer header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, WebSocket
+from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace import TracerProvider
+
+import spangraph
+from spangraph.config import Settings
+from spangraph.server import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+JAEGER = "http://jaeger.example:16686"
+STREAM_PATH = "/api/stream/workflows/{workflow_id}"
+WAIT_MS = 12_000
+
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)",
+)
+
+
+def _settings(graph_url: str, redis_url: str, home: Path, **extra: Any) -> Settings:
+    # env={}: the developer's own SPANGRAPH_* variables must not leak into the test
+    return Settings.from_env(
+        {}, graph_url=graph_url, redis_url=redis_url, home=str(home), jaeger_url=JAEGER, **extra
+    )
+
+
+@contextlib.contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """Run ``app`` in a real uvicorn server on a free port, in a background thread."""
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="ui-test-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive(), "uvicorn exited during startup"
+        assert time.monotonic() < deadline, "uvicorn did not start in 20 s"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class PageErrors:
+    """Uncaught page errors and console errors, except the expected network noise (a
+    refused WebSocket while the stream is unavailable, a 404 or 401 answer)."""
+
+    NOISE = ("WebSocket", "Failed to load resource")
+
+    def __init__(self, page: Any) -> None:
+        self.errors: list[str] = []
+        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        page.on("console", self._console)
+
+    def _console(self, msg: Any) -> None:
+        if msg.type == "error" and not any(n in msg.text for n in self.NOISE):
+            self.errors.append(f"console: {msg.text}")
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT_MS)  # (expect's own default is 5 s)
+    errors = PageErrors(page)
+    yield page
+    context.close()
+    assert not errors.errors, errors.errors
+
+
+def node(page: Any, name: str) -> Any:
+    """The tree item of the span named ``name``."""
+    return page.locator(f'#tree li.tree-item[data-name="{name}"]').first
+
+
+def state_of(page: Any, name: str) -> Any:
+    return node(page, name).locator(":scope > .row .state")
+
+
+# -- over HTTP ------------------------------------------------------------------------------
+
+
+def test_page_and_static_files(embedded_server: Any, graph_url: str, tmp_path: Path) -> None:
+    settings = _settings(graph_url, embedded_server.redis_url, tmp_path)
+    with TestClient(create_app(settings)) as client:
+        page = client.get("/")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert '<script type="module" src="/static/app.js">' in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        for module in ("app.js", "api.js", "util.js", "views.js"):  # app.js imports the rest
+            js = client.get(f"/static/{module}")
+            assert js.status_code == 200, module
+            assert js.headers["content-type"].startswith("text/javascript")
+        assert "new WebSocket" in client.get("/static/app.js").text
+        assert client.get("/static/app.css").headers["content-type"].startswith("text/css")
+        for missing in ("/static/nope.js", "/static/..%2Fui.py", "/static/../ui.py"):
+            assert client.get(missing).status_code == 404, missing
+        assert client.get("/api/config").json() == {
+            "jaeger_url": JAEGER,
+            "auth": False,
+            "live": True,
+            "version": spangraph.__version__,
+        }
+
+    guarded = settings.replace(api_token="s3cret")
+    with TestClient(create_app(guarded)) as client:
+        assert client.get("/").status_code == 200  # the page itself is public
+        assert client.get("/static/app.js").status_code == 200
+        assert client.get("/api/config").status_code == 401
+        ok = client.get("/api/config", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert ok.json()["auth"] is True
+
+
+# -- a real run, watched live ---------------------------------------------------------------
+
+
+async def _refuse(websocket: WebSocket, workflow_id: str) -> None:
+    await websocket.close(code=1013)  # before accepting: the handshake fails (403)
+
+
+@needs_chromium
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_live_run_in_browser(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path, transport: str
+) -> None:
+    """``websocket``: the app as it is. ``polling``: its stream route refused, so the
+    page must fall back to reading the tree every 2 s and still show every change."""
+    from playwright.sync_api import expect
+
+    settings = _settings(graph_url, embedded_server.redis_url, tmp_path)
+    app = create_app(settings)
+    if transport == "polling":
+        app.add_api_websocket_route(STREAM_PATH, _refuse)
+        app.router.routes.insert(0, app.router.routes.pop())  # ahead of the real one
+    spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=graph_url,
+        redis_url=embedded_server.redis_url,
+        home=str(tmp_path),
+        instrument_threads=False,
+    )
+    gates = {"slow": threading.Event(), "final": threading.Event()}
+    ids: dict[str, str] = {}
+    failures: list[BaseException] = []
+    workflow_id = str(uuid.uuid4())
+
+    def agent() -> None:
+        try:
+            with spangraph.workflow("ui-research", workflow_id=workflow_id) as run:
+                ids["trace"] = run.trace_id
+                run.set(question="How do agents branch?")
+                with spangraph.step("plan"):
+                    pass
+                options = ["search", "answer-directly", "ask-user"]
+                with spangraph.decision("route", options=options) as choice:
+                    with choice.option("search"):
+                        pass
+                    with choice.option("answer-directly"):
+                        pass
+                    choice.choose("search", reason="the draft cited no sources", score=0.8)
+                with spangraph.step("slow-step") as slow:
+                    ids["slow"] = slow.span_id
+                    spangraph.event("tool.call", tool="search", query="graph databases")
+                    assert gates["slow"].wait(40)
+                with contextlib.suppress(ValueError), spangraph.step("flaky"):
+                    raise ValueError("upstream said no")
+                with spangraph.branch("draft-detailed") as detailed, spangraph.step("write"):
+                    pass
+                with (
+                    spangraph.branch("review"),
+                    spangraph.monitor(detailed, name="watch draft-detailed"),
+                ):
+                    pass
+                with spangraph.step("final-step"):
+                    assert gates["final"].wait(40)
+        except BaseException as exc:  # reported by the test thread
+            failures.append(exc)
+
+    worker = threading.Thread(target=agent, name="ui-test-agent")
+    try:
+        with serve(app) as base:
+            has_stream = stream_available(base)
+            page.goto(base + "/")
+            expect(page.locator("#runs-status")).to_contain_text("No runs match")
+            worker.start()
+
+            # The runs list refreshes by itself (every 5 s): the new run shows up, running.
+            run_item = page.locator('#runs li[data-name="ui-research"]')
+            expect(run_item).to_have_attribute("data-state", "running")
+            page.evaluate("window.__sameDocument = true")
+            run_item.get_by_role("button").click()
+
+            # The tree, while the slow step runs.
+            expect(page.locator("#run-title")).to_have_text("ui-research")
+            expect(state_of(page, "slow-step")).to_have_text("running")
+            expect(state_of(page, "plan")).to_have_text("completed")
+            expect(node(page, "plan").locator(":scope > .row .dur")).not_to_be_empty()
+            assert node(page, "final-step").count() == 0
+            expect(node(page, "slow-step").locator(":scope > .row > a.jaeger")).to_have_attribute(
+                "href", f"{JAEGER}/trace/{ids['trace']}?uiFind={ids['slow']}"
+            )
+            expect(page.locator("#run-jaeger")).to_have_attribute(
+                "href", re_exact(f"{JAEGER}/trace/{ids['trace']}?uiFind=")
+            )
+            expect(page.locator("#conn")).to_have_attribute(
+                "data-transport", "live" if has_stream else "polling"
+            )
+
+            # Decisions: every option, the chosen one marked, the unexplored one greyed.
+            route = page.locator('#decisions .decision[data-name="route"]')
+            chosen = route.locator('.option[data-option="search"]')
+            expect(chosen).to_have_attribute("data-chosen", "true")
+            expect(chosen).to_contain_text("chosen")
+            other = route.locator('.option[data-option="answer-directly"]')
+            expect(other).to_have_attribute("data-explored", "true")
+            expect(other).to_have_attribute("data-chosen", "false")
+            never = route.locator('.option[data-option="ask-user"]')
+            expect(never).to_have_class(re_word("unexplored"))
+            expect(never).to_contain_text("not explored")
+            expect(route).to_contain_text("the draft cited no sources")
+
+            # Node detail: attributes, events, duration.
+            node(page, "slow-step").locator(":scope > .row > .node-btn").click()
+            expect(page.locator("#detail-title")).to_have_text("slow-step")
+            detail = page.locator("#detail")
+            tool_call = detail.locator('.event[data-name="tool.call"]')
+            if has_stream:  # events reach the graph when their span ends; live at once
+                expect(tool_call).to_contain_text("graph databases")
+            expect(detail.locator('a.jaeger[href*="uiFind="]')).to_have_attribute(
+                "href", f"{JAEGER}/trace/{ids['trace']}?uiFind={ids['slow']}"
+            )
+
+            # Let the run go on: the same page updates, no reload.
+            gates["slow"].set()
+            expect(state_of(page, "slow-step")).to_have_text("completed")
+            expect(state_of(page, "final-step")).to_have_text("running")
+            expect(state_of(page, "flaky")).to_have_text("failed")
+            expect(detail.locator('dd[data-fact="Duration"]')).not_to_contain_text("…")
+            expect(detail.locator('.event[data-name="step.completed"]')).to_be_visible()
+            expect(tool_call).to_contain_text("graph databases")
+            assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+
+            # Branches and monitors.
+            expect(page.locator('#branches li[data-name="draft-detailed"]')).to_contain_text(
+                "completed"
+            )
+            monitor = page.locator('#monitors li[data-monitor="watch draft-detailed"]')
+            expect(monitor).to_contain_text("watch draft-detailed → draft-detailed")
+
+            # The failed step explains itself.
+            node(page, "flaky").locator(":scope > .row > .node-btn").click()
+            expect(page.locator("#detail .error-box")).to_contain_text("upstream said no")
+
+            ARTIFACTS.mkdir(exist_ok=True)
+            shot = "ui-live-polling.png" if transport == "polling" else "ui-live.png"
+            page.screenshot(path=str(ARTIFACTS / shot))
+
+            gates["final"].set()
+            expect(page.locator("#run-state .state")).to_have_text("completed")
+            expect(state_of(page, "final-step")).to_have_text("completed")
+            expect(page.locator("#conn")).to_have_attribute("data-transport", "done")
+            expect(run_item).to_have_attribute("data-state", "completed", timeout=WAIT_MS)
+            assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+    finally:
+        for gate in gates.values():
+            gate.set()
+        if worker.is_alive() or worker.ident:
+            worker.join(20)
+        spangraph.shutdown()
+    assert not failures, failures
+
+
+def stream_available(base: str) -> bool:
+    """Whether the app answers ``WS /api/stream/workflows/{id}`` (the live streams)."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    try:
+        with connect(
+            base.replace("http://", "ws://") + "/api/stream/workflows/probe", open_timeout=5
+        ):
+            return True
+    except InvalidStatus:
+        return False
+
+
+def re_exact(prefix: str) -> Any:
+    import re
+
+    return re.compile("^" + re.escape(prefix) + "[0-9a-f]{16}$")
+
+
+def re_word(word: str) -> Any:
+    import re
+
+    return re.compile(rf"\b{re.escape(word)}\b")
+
+
+# -- the stream contract, scripted ----------------------------------------------------------
+
+
+class FakeStream:
+    """A stand-in for ``WS /api/stream/workflows/{id}`` that the test drives: it records
+    each connection's ``token`` and first message, then sends what the test queues."""
+
+    def __init__(self) -> None:
+        self.connections: queue.Queue[FakeConnection] = queue.Queue()
+
+    async def endpoint(self, websocket: WebSocket, workflow_id: str) -> None:
+        await websocket.accept()
+        # resume from ?since=n, or else from a first message {"since": n}
+        first = None if "since" in websocket.query_params else await websocket.receive_json()
+        conn = FakeConnection(
+            workflow_id, websocket.query_params, first, asyncio.get_running_loop()
+        )
+        self.connections.put(conn)
+
+        async def until_the_page_leaves() -> None:
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
+            conn.outbox.put_nowait(None)
+
+        listener = asyncio.create_task(until_the_page_leaves())
+        try:
+            await self._relay(websocket, conn)
+        finally:
+            listener.cancel()
+
+    @staticmethod
+    async def _relay(websocket: WebSocket, conn: FakeConnection) -> None:
+        while True:
+            item = await conn.outbox.get()
+            if item is None:
+                with contextlib.suppress(Exception):  # the page may have gone already
+                    await websocket.close()
+                return
+            try:
+                await websocket.send_text(json.dumps(item))
+            except Exception:  # the page went away
+                return
+
+    def next_connection(self, timeout: float = 10) -> FakeConnection:
+        return self.connections.get(timeout=timeout)
+
+
+class FakeConnection:
+    def __init__(
+        self, workflow_id: str, query: Any, first: Any, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.workflow_id, self.first, self.loop = workflow_id, first, loop
+        self.token, self.since = query.get("token"), query.get("since")
+        self.outbox: asyncio.Queue[Any] = asyncio.Queue()
+
+    def send(self, *messages: dict[str, Any]) -> None:
+        """One frame per message."""
+        for message in messages:
+            self.loop.call_soon_threadsafe(self.outbox.put_nowait, message)
+
+    def send_batch(self, *messages: dict[str, Any]) -> None:
+        """One frame, a JSON array of the messages (as the service batches them)."""
+        self.loop.call_soon_threadsafe(self.outbox.put_nowait, list(messages))
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the server is gone already
+            self.loop.call_soon_threadsafe(self.outbox.put_nowait, None)
+
+
+class Messages:
+    """Live messages of one made-up run, numbered like Redis numbers them."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        self.trace_id = uuid.uuid4().hex
+        self.seq = 0
+
+    def __call__(
+        self, type_: str, span_id: str, parent: str | None, kind: str, name: str, **attrs: Any
+    ) -> dict[str, Any]:
+        self.seq += 1
+        return {
+            "type": type_,
+            "seq": self.seq,
+            "workflow_id": self.workflow_id,
+            "project_id": "default",
+            "trace_id": self.trace_id,
+            "span_id": span_id,
+            "parent_span_id": parent,
+            "kind": kind,
+            "name": name,
+            "timestamp": "",
+            "time_unix_nano": time.time_ns(),
+            "attributes": attrs,
+            "service": "ui-test",
+            "env": "test",
+        }
+
+
+@needs_chromium
+def test_stream_contract_and_token(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    settings = _settings(graph_url, embedded_server.redis_url, tmp_path, api_token="s3cret")
+    app = create_app(settings)
+    stream = FakeStream()
+    app.add_api_websocket_route(STREAM_PATH, stream.endpoint)
+    app.router.routes.insert(0, app.router.routes.pop())  # ahead of the real stream route
+    auth_headers: list[str | None] = []
+    page.on(
+        "request",
+        lambda r: "/api/" in r.url and auth_headers.append(r.headers.get("authorization")),
+    )
+    workflow_id = str(uuid.uuid4())
+    msg = Messages(workflow_id)
+    root, step, llm, dec, opt = "a1" * 8, "b2" * 8, "c3" * 8, "d4" * 8, "e5" * 8
+    connections: list[FakeConnection] = []
+    with serve(app) as base:
+        try:
+            page.goto(base + "/")
+            # The token is asked for once; a wrong one is refused and asked for again.
+            dialog = page.locator("#token-dialog")
+            expect(dialog).to_be_visible()
+            page.fill("#token-input", "wrong")
+            page.click("#token-form button[type=submit]")
+            expect(page.locator("#token-error")).to_be_visible()
+            page.fill("#token-input", "s3cret")
+            page.click("#token-form button[type=submit]")
+            expect(dialog).to_be_hidden()
+            expect(page.locator("#runs-status")).to_contain_text("No runs match")
+            assert auth_headers[-1] == "Bearer s3cret"
+            assert page.evaluate("sessionStorage.getItem('spangraph.token')") == "s3cret"
+
+            page.evaluate(f"location.hash = 'run={workflow_id}'")
+            conn = stream.next_connection()
+            connections.append(conn)
+            assert (conn.workflow_id, conn.token) == (workflow_id, "s3cret")
+            assert (conn.since, conn.first) == ("0", None)
+            expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
+
+            conn.send_batch(
+                {"type": "subscribed", "channel": f"spangraph:workflow:{workflow_id}", "since": 0},
+                {"type": "heartbeat"},
+                msg("span.started", root, None, "workflow", "scripted-run"),
+                msg("span.started", step, root, "step", "fetch"),
+                msg("step.started", step, root, "step", "fetch", attempt=1),
+            )
+            expect(state_of(page, "fetch")).to_have_text("running")
+            expect(page.locator("#run-title")).to_have_text("scripted-run")
+            expect(node(page, "fetch").locator(":scope > .row > a.jaeger")).to_have_attribute(
+                "href", f"{JAEGER}/trace/{msg.trace_id}?uiFind={step}"
+            )
+            # a child nests under its parent
+            expect(node(page, "scripted-run").locator('li[data-name="fetch"]')).to_have_count(1)
+
+            conn.send(
+                msg("span.ended", step, root, "step", "fetch", state="completed", duration_ms=12.5),
+                msg("span.started", llm, root, "llm", "chat small-model"),
+                msg("token", llm, root, "llm", "chat small-model", text="Hello ", index=0),
+                msg("token", llm, root, "llm", "chat small-model", text="graph", index=1),
+                msg(
+                    "span.started",
+                    dec,
+                    root,
+                    "decision",
+                    "route",
+                    **{"spangraph.decision.options": ["search", "ask-user"]},
+                ),
+                msg("span.started", opt, dec, "option", "search"),
+            )
+            expect(state_of(page, "fetch")).to_have_text("completed")
+            expect(node(page, "fetch").locator(":scope > .row .dur")).to_have_text("12.5 ms")
+            node(page, "chat small-model").locator(":scope > .row > .node-btn").click()
+            expect(page.locator("#detail .tokens")).to_have_text("Hello graph")
+            never = page.locator('#decisions .option[data-option="ask-user"]')
+            expect(never).to_have_attribute("data-explored", "false")
+
+            # The stream drops: the page polls meanwhile, then resumes after the last seq.
+            last = msg.seq
+            conn.close()
+            conn = stream.next_connection()
+            connections.append(conn)
+            assert (conn.since, conn.first) == (str(last), None)
+            stale = dict(msg("span.ended", step, root, "step", "fetch", state="failed"))
+            stale["seq"] = last  # a message the page has seen: ignored
+            msg.seq -= 1
+            conn.send_batch(
+                stale,
+                msg("span.ended", opt, dec, "option", "search", state="completed", duration_ms=3.0),
+                msg(
+                    "span.ended",
+                    dec,
+                    root,
+                    "decision",
+                    "route",
+                    state="completed",
+                    duration_ms=4.0,
+                    **{"spangraph.decision.chosen": "search"},
+                ),
+            )
+            expect(page.locator('#decisions .option[data-option="search"]')).to_have_attribute(
+                "data-chosen", "true"
+            )
+            expect(state_of(page, "fetch")).to_have_text("completed")
+            conn.send(
+                msg("span.ended", llm, root, "llm", "chat small-model", state="completed"),
+                msg("span.ended", root, None, "workflow", "scripted-run", state="completed"),
+            )
+            expect(page.locator("#run-state .state")).to_have_text("completed")
+            expect(page.locator("#conn")).to_have_attribute("data-transport", "done")
+        finally:
+            for c in connections:  # before the server stops
+                c.close()
