@@ -202,3 +202,19 @@ def test_instrumentor_entry_points_are_registered() -> None:
     assert names("opentelemetry_traces_exporter") == {"spangraph"}
     assert names("opentelemetry_distro") == {"spangraph"}
     assert names("opentelemetry_configurator") == {"spangraph"}
+
+
+def test_integrations_doc_commands_run(env: dict[str, str], graph_url: str, tmp_path: Path) -> None:
+    """Every command of the zero-code section of docs/integrations.md, as written."""
+    import re
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "integrations.md").read_text()
+    section = doc.split("## Existing OpenTelemetry setups", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert len(commands) == 3
+    shell_env = {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
+    for n, command in enumerate(commands):
+        (tmp_path / "app.py").write_text(APP.replace("{tag}", f"doc-{n}"))
+        workflow_id, _ = _run(["bash", "-c", command], shell_env, tmp_path)
+        _assert_in_graph(graph_url, workflow_id, f"auto-doc-{n}")
