@@ -164,6 +164,7 @@ def configure(
     graph: bool = True,
     live: bool = True,
     instrument_threads: bool = True,
+    metrics: bool = False,
     max_queue_size: int = 65_536,
 ) -> Spangraph:
     """Add spangraph's processors to the OpenTelemetry TracerProvider and return them.
@@ -173,7 +174,9 @@ def configure(
     environment variable (see ``spangraph.config``). The user's own TracerProvider is used
     when one is set; otherwise one is created and set globally (with the standard OTLP
     exporter too when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set). Calling it again replaces
-    the previous configuration. Raises :class:`~spangraph.exceptions.ConfigurationError`,
+    the previous configuration. ``metrics=True`` reports the processors' health (queue
+    depth, items sent and dropped, retries, send latency) as OpenTelemetry metrics through
+    the global MeterProvider. Raises :class:`~spangraph.exceptions.ConfigurationError`,
     naming the setting, for invalid settings or unreachable servers.
     """
     global _current, _atexit_registered
@@ -226,6 +229,10 @@ def configure(
         _state.project = settings.project
         if instrument_threads:
             _instrument_threads()
+        if metrics:
+            from ._metrics import register_metrics
+
+            register_metrics(instance)  # through the global MeterProvider
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True

@@ -52,6 +52,7 @@ class BatchWorker(Generic[T, P]):
         retry_initial: float = 0.05,
         retry_max: float = 5.0,
         give_up_after: float | None = None,
+        on_sent: Callable[[float, int], None] | None = None,
     ) -> None:
         if max_queue_size < 1:
             raise ValueError("max_queue_size must be at least 1.")
@@ -70,6 +71,9 @@ class BatchWorker(Generic[T, P]):
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._give_up_after = give_up_after
+        # optional hook, called on the worker thread after each successful send with
+        # (seconds the send took, items sent); may be set after construction
+        self.on_sent = on_sent
         # counters (read by stats(); written by the worker, drops by any thread)
         self.sent = 0
         self.dropped = 0
@@ -195,6 +199,7 @@ class BatchWorker(Generic[T, P]):
         delay = self._retry_initial
         started = time.monotonic()
         while True:
+            sending = time.perf_counter()
             try:
                 self._send(payload)
             except self._transient as exc:
@@ -225,6 +230,12 @@ class BatchWorker(Generic[T, P]):
                 self._outage_logged = False
                 _log.warning("spangraph %s: available again", self.name)
             self.sent += count
+            on_sent = self.on_sent
+            if on_sent is not None:
+                try:
+                    on_sent(time.perf_counter() - sending, count)
+                except Exception:
+                    _log.debug("spangraph %s: the on_sent hook failed", self.name, exc_info=True)
             return
 
     def stats(self) -> dict[str, int]:

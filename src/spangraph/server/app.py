@@ -69,6 +69,35 @@ class LazyStore:
             self._store.close()
 
 
+def _metrics_provider(ingest: Any) -> Any:
+    """When ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_ENDPOINT``) is
+    set, export the ingest processors' health as OTLP metrics (metrics only: the service's
+    own traces would loop back into it through the Collector)."""
+    if not (
+        os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    ):
+        return None
+    try:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import Resource
+    except ImportError:
+        _log.warning(
+            "OTLP metrics endpoint set but the exporter is missing: pip install 'spangraph[otlp]'"
+        )
+        return None
+    from .._metrics import register_metrics
+
+    provider = MeterProvider(
+        resource=Resource.create({"service.name": "spangraph-serve"}),
+        metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())],
+    )
+    register_metrics(ingest, provider)
+    return provider
+
+
 def _redis_url(settings: Settings, server: Any) -> str | None:
     if not settings.live_enabled:
         return None
@@ -120,9 +149,12 @@ def create_app(
         app.state.hub = StreamHub(redis_url)
         app.state.ingest = OTLPIngest(settings, store, redis_url)
         await app.state.hub.start()
+        meter_provider = _metrics_provider(app.state.ingest)
         try:
             yield
         finally:
+            if meter_provider is not None:
+                await run_in_threadpool(meter_provider.shutdown)
             await app.state.hub.stop()
             await run_in_threadpool(app.state.ingest.shutdown)
             if client is not None:

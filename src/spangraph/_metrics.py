@@ -1,0 +1,259 @@
+"""spangraph's own health as OpenTelemetry metrics: queue depth, items sent and dropped,
+failed batches, retries and send latency of the graph and live processors.
+
+The counters are *observable* instruments: their callbacks read the counters the
+processors' workers keep anyway, at collection time, so they cost nothing on the span hot
+path. Only the send latency is recorded as it happens, once per batch, on the worker
+thread (through the worker's ``on_sent`` hook).
+
+Every data point carries ``processor`` = ``graph`` | ``live``. Exported through the
+Collector's ``prometheus`` exporter the names become (dots to underscores, ``_total`` on
+counters, the unit on the histogram)::
+
+    spangraph_processor_queue_size                      gauge
+    spangraph_processor_items_sent_total                counter
+    spangraph_processor_items_dropped_total             counter
+    spangraph_processor_failed_batches_total            counter
+    spangraph_processor_retries_total                   counter
+    spangraph_processor_send_duration_seconds_bucket    histogram (_sum, _count)
+
+Use::
+
+    from spangraph._metrics import register_metrics
+    register_metrics(spangraph.configure())      # the global MeterProvider
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
+
+from ._version import __version__
+
+_log = logging.getLogger("spangraph")
+
+METER_NAME: Final = "spangraph"
+
+QUEUE_SIZE: Final = "spangraph.processor.queue.size"
+ITEMS_SENT: Final = "spangraph.processor.items.sent"
+ITEMS_DROPPED: Final = "spangraph.processor.items.dropped"
+FAILED_BATCHES: Final = "spangraph.processor.failed_batches"
+RETRIES: Final = "spangraph.processor.retries"
+SEND_DURATION: Final = "spangraph.processor.send.duration"
+
+PROCESSOR_ATTRIBUTE: Final = "processor"
+"""The attribute on every data point: ``graph`` or ``live``."""
+
+SEND_DURATION_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Histogram boundaries in seconds (the SDK's default ones are meant for milliseconds)."""
+
+
+@dataclass(frozen=True)
+class InstrumentSpec:
+    """One instrument spangraph creates: its name, kind, unit and description."""
+
+    name: str
+    kind: str  # "gauge" | "counter" | "histogram"
+    unit: str
+    description: str
+    stat: str | None = None  # the key of the processors' stats() it reads, if observable
+
+
+INSTRUMENTS: Final[tuple[InstrumentSpec, ...]] = (
+    InstrumentSpec(QUEUE_SIZE, "gauge", "{item}", "Items waiting in the processor's queue.",
+                   "queued"),
+    InstrumentSpec(ITEMS_SENT, "counter", "{item}",
+                   "Items written to the graph store or published to Redis.", "sent"),
+    InstrumentSpec(ITEMS_DROPPED, "counter", "{item}",
+                   "Items dropped: queue full, store or Redis unavailable, rejected batch, "
+                   "not sent before shutdown.", "dropped"),
+    InstrumentSpec(FAILED_BATCHES, "counter", "{batch}",
+                   "Batches given up: rejected, or still failing when retries stopped.",
+                   "failed"),
+    InstrumentSpec(RETRIES, "counter", "{retry}",
+                   "Send attempts retried because the store or Redis was unavailable.",
+                   "retries"),
+    InstrumentSpec(SEND_DURATION, "histogram", "s",
+                   "Duration of one successful batch write (graph) or publish (live)."),
+)  # fmt: skip
+"""What :func:`register_metrics` creates (the dashboards and their tests read this)."""
+
+
+class _Instruments:
+    """The instruments of one MeterProvider; they report the registered configuration.
+
+    OpenTelemetry returns the *existing* instrument (with its first callbacks) when one is
+    created twice under the same name, so the instruments are made once per provider and
+    their callbacks read whichever configuration is registered now (``configure()`` called
+    again replaces the previous one).
+    """
+
+    def __init__(self, meter_provider: MeterProvider) -> None:
+        meter = meter_provider.get_meter(METER_NAME, __version__)
+        self.instance: Any = None
+        self.histogram: Histogram | None = None
+        for spec in INSTRUMENTS:
+            if spec.kind == "histogram":
+                self.histogram = meter.create_histogram(
+                    spec.name,
+                    unit=spec.unit,
+                    description=spec.description,
+                    explicit_bucket_boundaries_advisory=list(SEND_DURATION_BUCKETS),
+                )
+                continue
+            create = (
+                meter.create_observable_gauge
+                if spec.kind == "gauge"
+                else meter.create_observable_counter
+            )
+            create(
+                spec.name,
+                callbacks=[self._callback(spec.stat or "")],
+                unit=spec.unit,
+                description=spec.description,
+            )
+
+    def processors(self) -> list[tuple[str, Any]]:
+        instance = self.instance
+        if instance is None:
+            return []
+        found = []
+        for name in ("graph", "live"):
+            # a Spangraph (configure()) has graph_processor / live_processor; the OTLP
+            # ingest of `spangraph serve` has graph / live
+            processor = getattr(instance, f"{name}_processor", None)
+            if processor is None:
+                processor = getattr(instance, name, None)
+            if processor is not None and hasattr(processor, "stats"):
+                found.append((name, processor))
+        return found
+
+    def _callback(self, stat: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterator[Observation]:
+            for name, processor in self.processors():
+                try:
+                    value = processor.stats()[stat]
+                except Exception:  # never break the collection of the other metrics
+                    _log.debug("spangraph metrics: cannot read %s of %s", stat, name, exc_info=True)
+                    continue
+                yield Observation(value, {PROCESSOR_ATTRIBUTE: name})
+
+        return observe
+
+
+def _hook(histogram: Histogram, name: str) -> Callable[[float, int], None]:
+    attributes = {PROCESSOR_ATTRIBUTE: name}
+    record = histogram.record
+
+    def on_sent(seconds: float, count: int) -> None:
+        record(seconds, attributes)
+
+    return on_sent
+
+
+_registry: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
+_registry_strong: dict[int, tuple[Any, _Instruments]] = {}  # providers without weakref support
+_global: _Instruments | None = None
+"""The instruments made through the global MeterProvider (the API's proxy until an SDK
+provider is set, to which the proxy's instruments then delegate)."""
+_lock = threading.Lock()
+
+
+def _lookup(provider: MeterProvider) -> _Instruments | None:
+    try:
+        return _registry.get(provider)
+    except TypeError:
+        return _registry_strong.get(id(provider), (None, None))[1]
+
+
+def _store(provider: MeterProvider, instruments: _Instruments) -> None:
+    try:
+        _registry[provider] = instruments
+    except TypeError:
+        _registry_strong[id(provider)] = (provider, instruments)
+
+
+def _instruments_for(meter_provider: MeterProvider | None) -> _Instruments:
+    global _global
+    current = metrics.get_meter_provider()
+    provider = meter_provider if meter_provider is not None else current
+    if provider is not current:
+        instruments = _lookup(provider)
+        if instruments is None:
+            instruments = _Instruments(provider)
+            _store(provider, instruments)
+        return instruments
+    # The global provider: the same instruments before and after an SDK provider is set
+    # (made on the proxy first, they delegate to it), or those already made on it.
+    if _global is None:
+        _global = _lookup(provider)
+        if _global is None:
+            _global = _Instruments(provider)
+            _store(provider, _global)
+    return _global
+
+
+class MetricsRegistration:
+    """What :func:`register_metrics` did; :meth:`unregister` undoes it."""
+
+    def __init__(self, instruments: _Instruments, instance: Any) -> None:
+        self._instruments = instruments
+        self.instance = instance
+
+    @property
+    def active(self) -> bool:
+        return self._instruments.instance is self.instance
+
+    def unregister(self) -> None:
+        """Stop reporting this configuration (idempotent)."""
+        with _lock:
+            if self._instruments.instance is self.instance:
+                _detach(self._instruments)
+                self._instruments.instance = None
+
+
+def _workers(instruments: _Instruments) -> list[tuple[str, Any]]:
+    out = []
+    for name, processor in instruments.processors():
+        worker = getattr(processor, "_worker", None)
+        if worker is not None and hasattr(worker, "on_sent"):
+            out.append((name, worker))
+    return out
+
+
+def _detach(instruments: _Instruments) -> None:
+    for _, worker in _workers(instruments):
+        worker.on_sent = None
+
+
+def register_metrics(
+    instance: Any, meter_provider: MeterProvider | None = None
+) -> MetricsRegistration:
+    """Report ``instance``'s processors as OpenTelemetry metrics through
+    ``meter_provider`` (by default the global one; without an SDK MeterProvider set that
+    is the API's proxy: nothing is exported until one is set).
+
+    ``instance`` is a :class:`spangraph.Spangraph` as ``configure()`` returns it, or
+    anything with ``graph`` / ``live`` processors, such as the OTLP ingest of
+    ``spangraph serve`` (``app.state.ingest``). Registering another one on the same
+    provider replaces it: the counters then continue from the new one's values (a counter
+    reset, which Prometheus' ``rate()`` handles).
+    """
+    with _lock:
+        instruments = _instruments_for(meter_provider)
+        if instruments.instance is not None and instruments.instance is not instance:
+            _detach(instruments)
+        instruments.instance = instance
+        if instruments.histogram is not None:
+            for name, worker in _workers(instruments):
+                worker.on_sent = _hook(instruments.histogram, name)
+    return MetricsRegistration(instruments, instance)
