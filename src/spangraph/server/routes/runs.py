@@ -34,6 +34,14 @@ def _node(settings: Any, row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _linked(
+    settings: Any, store: Any, workflow_id: str, rows: list[dict[str, Any]], key: str = "span_id"
+) -> list[dict[str, Any]]:
+    """``rows`` of a run, each with the ``jaeger_url`` of the span named by ``row[key]``."""
+    traces = {r["span_id"]: r.get("trace_id") for r in queries.workflow_spans(store, workflow_id)}
+    return [{**r, "jaeger_url": jaeger_url(settings, traces.get(r[key]), r[key])} for r in rows]
+
+
 def _tree(settings: Any, node: queries.TreeNode) -> TreeNode:
     return TreeNode(
         **_node(settings, node.span), children=[_tree(settings, c) for c in node.children]
@@ -89,12 +97,7 @@ def workflow_decisions(
     workflow_id: str, settings: SettingsDep, store: StoreDep
 ) -> list[dict[str, Any]]:
     """Decision points of a run with all options, the chosen one, reason and score."""
-    rows = queries.decisions(store, workflow_id)
-    traces = {r["span_id"]: r.get("trace_id") for r in queries.workflow_spans(store, workflow_id)}
-    return [
-        {**r, "jaeger_url": jaeger_url(settings, traces.get(r["span_id"]), r["span_id"])}
-        for r in rows
-    ]
+    return _linked(settings, store, workflow_id, queries.decisions(store, workflow_id))
 
 
 @router.get("/workflows/{workflow_id}/branches", response_model=list[Branch])
@@ -102,12 +105,7 @@ def workflow_branches(
     workflow_id: str, settings: SettingsDep, store: StoreDep
 ) -> list[dict[str, Any]]:
     """Branches of a run with node and failure counts."""
-    rows = queries.branches(store, workflow_id)
-    traces = {r["span_id"]: r.get("trace_id") for r in queries.workflow_spans(store, workflow_id)}
-    return [
-        {**r, "jaeger_url": jaeger_url(settings, traces.get(r["span_id"]), r["span_id"])}
-        for r in rows
-    ]
+    return _linked(settings, store, workflow_id, queries.branches(store, workflow_id))
 
 
 @router.get("/branches/{branch_id}/summary", response_model=BranchSummary)
@@ -126,16 +124,7 @@ def workflow_monitors(
 ) -> list[dict[str, Any]]:
     """Cross-branch monitors of a run: monitor, target, both branches."""
     rows = queries.monitors(store, workflow_id)
-    traces = {r["span_id"]: r.get("trace_id") for r in queries.workflow_spans(store, workflow_id)}
-    return [
-        {
-            **r,
-            "jaeger_url": jaeger_url(
-                settings, traces.get(r["monitor_span_id"]), r["monitor_span_id"]
-            ),
-        }
-        for r in rows
-    ]
+    return _linked(settings, store, workflow_id, rows, key="monitor_span_id")
 
 
 @router.get("/workflows/{workflow_id}/events", response_model=list[LiveMessage])
