@@ -218,3 +218,73 @@ def test_integrations_doc_commands_run(env: dict[str, str], graph_url: str, tmp_
         (tmp_path / "app.py").write_text(APP.replace("{tag}", f"doc-{n}"))
         workflow_id, _ = _run(["bash", "-c", command], shell_env, tmp_path)
         _assert_in_graph(graph_url, workflow_id, f"auto-doc-{n}")
+
+
+def _doc_section(title: str) -> str:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "integrations.md").read_text()
+    return doc.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def test_existing_provider_example_runs(
+    env: dict[str, str], graph_url: str, tmp_path: Path
+) -> None:
+    """The 'existing setup' example: the user's exporter keeps working, and the run, with
+    the user's own span, is in the graph."""
+    import re
+
+    [example] = re.findall(
+        r"```python\n(.*?)```", _doc_section("Existing OpenTelemetry setups"), flags=re.S
+    )
+    script = tmp_path / "existing.py"
+    script.write_text(example)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert '"name": "query-db"' in proc.stdout and '"name": "nightly-report"' in proc.stdout
+    store = FalkorDBStore.from_url(graph_url)
+    try:
+        [run] = queries.workflows(store, name="nightly-report")
+        [root] = queries.tree(store, run["workflow_id"])
+    finally:
+        store.close()
+    assert [c.name for c in root.children] == ["query-db"]
+
+
+def test_jaeger_example_commands(
+    env: dict[str, str], graph_url: str, tmp_path: Path, receiver: _Receiver
+) -> None:
+    """The 'Jaeger beside the graph' commands, with the endpoint pointed at a real OTLP
+    receiver standing in for Jaeger."""
+    import re
+
+    [block] = re.findall(r"```bash\n(.*?)```", _doc_section("Jaeger beside the graph"), flags=re.S)
+    block = block.replace("http://localhost:4318", f"http://127.0.0.1:{receiver.port}")
+    (tmp_path / "app.py").write_text(
+        APP.replace("{tag}", "jaeger-doc").replace(
+            "import spangraph\n", "import spangraph\nspangraph.configure()\n"
+        )
+        + "spangraph.shutdown()\n"
+    )
+    shell_env = {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
+    proc = subprocess.run(
+        ["bash", "-ec", block],
+        env=shell_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [line] = [x for x in proc.stdout.splitlines() if x.startswith("WORKFLOW ")]
+    _, workflow_id, trace_id = line.split()
+    assert {n for t, _, n in receiver.spans if t == trace_id} == {"auto-jaeger-doc", "inside"}
+    assert workflow_id in proc.stdout  # `spangraph query workflows` lists the run ...
+    assert f"/trace/{trace_id}?uiFind=" in proc.stdout  # ... with its jaeger_url
