@@ -69,6 +69,8 @@ def _serve(
         port=port,
         reload=reload,
         log_level="info",
+        timeout_graceful_shutdown=5,  # streaming clients must not hold up Ctrl-C
+        ws_per_message_deflate=False,  # compressing every frame once per client costs too much
     )
     return 0
 

@@ -1,18 +1,294 @@
-"""Live streams (placeholder until the hub lands)."""
+"""Live streams: WebSocket and server-sent events fed from Redis by the :class:`StreamHub`.
+
+``WS /api/stream/workflows/{workflow_id}``, ``WS /api/stream/projects/{project_id}`` and
+``GET /api/stream/workflows/{workflow_id}/sse``.
+
+WebSocket frames are text, each a JSON **array** of one or more messages (under load,
+what arrived together goes out together: one frame per client instead of one per
+message). Messages are the wire messages of ``docs/live-events.md`` plus a few of the
+service's own, told apart by ``type``:
+
+* ``{"type": "subscribed", "channel": …, "since": n}`` first: live from here; on a
+  workflow, every message with ``seq > since`` follows (``since`` ``null`` on projects);
+* ``{"type": "heartbeat"}`` after ``heartbeat`` seconds (15) without a message;
+* ``{"type": "error", "detail": …}`` when Redis went away (the hub reconnects), or when
+  a replay asks for events the stream no longer keeps;
+* ``{"type": "resumed", "detail": …}`` when Redis is back (a workflow channel first gets
+  what it missed, from the run's stream).
+
+Resume: on a workflow, send ``{"since": n}`` (the last ``seq`` you saw) as the first
+message within ``since_window`` seconds (0.5) of connecting, or connect with ``?since=n``;
+the replay comes from ``spangraph:stream:{workflow_id}``, then live, with no gap and no
+repeat. Without either, ``subscribed`` comes once the window has passed, and everything
+published since the connection opened follows. Project channels have no stream: ``since`` is accepted and ignored there. SSE
+resumes from ``Last-Event-ID`` (browsers send it when they reconnect) or ``?since=n``;
+each event is ``id: <seq>`` + ``data: <json>`` (plain ``message`` events: the type is in
+the JSON), the service's own messages come without ``id``, heartbeats as ``: heartbeat``.
+
+Close codes: 1008 missing or wrong token (``Authorization: Bearer`` or ``?token=``, as
+browsers cannot set WebSocket headers); 1003 a first message that is not ``{"since": n}``;
+1011 live events are off; 1013 Redis unreachable, try again; 4008 too slow (over
+``max_queue`` messages behind: reconnect with ``since``); 1001 the service is stopping.
+SSE answers 401, 400 (bad ``Last-Event-ID``) and 503 instead.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, Final
 
-router = APIRouter()
+from fastapi import (
+    APIRouter,
+    Header,
+    HTTPException,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketDisconnect,
+)
+from fastapi.sse import EventSourceResponse
+from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
+
+from ..exceptions import LiveUnavailableError
+from ..processors.live import project_channel, workflow_channel
+from ._hub import StreamHub
+from ._subscriber import Batch, Subscriber, control, frames_of, sse_event, sse_of
+from .deps import token_ok
+
+__all__ = ["StreamHub", "router"]
+
+_log = logging.getLogger("spangraph.server")
+
+POLICY_VIOLATION: Final = 1008
+UNSUPPORTED_DATA: Final = 1003
+INTERNAL_ERROR: Final = 1011
+TRY_AGAIN_LATER: Final = 1013
+_OFF: Final = "live events are off (SPANGRAPH_REDIS_URL=off)"
+_TOKEN: Final = (
+    "missing or wrong token (SPANGRAPH_API_TOKEN): send Authorization: Bearer or ?token="
+)
+_IGNORED: Final = (
+    'messages from the client are ignored after the first: send {{"since": n}} within '
+    "{window:g} s of connecting, or connect with ?since=n"
+)
+_UNAVAILABLE = (LiveUnavailableError, RedisError, OSError, TimeoutError)
+
+router = APIRouter(prefix="/api/stream", tags=["live"])
 
 
-class StreamHub:
-    def __init__(self, redis_url: str | None) -> None:
-        self.redis_url = redis_url
+def _presented_token(headers: Any, query: Any) -> str | None:
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return query.get("token")
 
-    async def start(self) -> None:
+
+def _since(value: str | None, what: str) -> int | None:
+    """The ``seq`` a client saw, from a header or query value; ``ValueError`` if bad."""
+    if value is None or value == "":
         return None
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"{what} must be the last seq you saw, a whole number >= 0: {value!r}")
+    return int(value)
 
-    async def stop(self) -> None:
+
+# -- WebSocket ----------------------------------------------------------------------------
+
+
+@router.websocket("/workflows/{workflow_id}")
+async def stream_workflow(websocket: WebSocket, workflow_id: str) -> None:
+    """Every message of one run as it happens, optionally replayed from ``since``."""
+    await _serve_ws(websocket, workflow_channel(workflow_id), workflow_id)
+
+
+@router.websocket("/projects/{project_id}")
+async def stream_project(websocket: WebSocket, project_id: str) -> None:
+    """Every message of a project's runs as it happens (no replay: ``since`` is ignored)."""
+    await _serve_ws(websocket, project_channel(project_id), None)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str, timeout: float = 5.0) -> None:
+    with contextlib.suppress(Exception):  # it may be gone already
+        async with asyncio.timeout(timeout):
+            # A close reason holds 123 bytes.
+            await websocket.close(code, reason.encode()[:123].decode(errors="ignore"))
+
+
+async def _first_message(websocket: WebSocket, window: float) -> tuple[int | None, str | None]:
+    """``(since, error)`` from a ``{"since": n}`` sent within ``window`` seconds."""
+    try:
+        async with asyncio.timeout(window):
+            message = await websocket.receive()
+    except TimeoutError:
+        return None, None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    try:
+        body = json.loads(message["text"]) if message.get("text") is not None else None
+    except ValueError:
+        body = None
+    since = body.get("since") if isinstance(body, dict) and body.keys() == {"since"} else None
+    if type(since) is not int or since < 0:
+        return None, 'the first message must be {"since": <last seq seen, >= 0>}'
+    return since, None
+
+
+async def _serve_ws(websocket: WebSocket, channel: str, workflow_id: str | None) -> None:
+    await websocket.accept()
+    hub: StreamHub = websocket.app.state.hub
+    settings = websocket.app.state.settings
+    where = websocket.url.path
+    if not token_ok(settings, _presented_token(websocket.headers, websocket.query_params)):
+        _log.warning("rejected WebSocket %s: missing or wrong token", where)
+        return await _close(websocket, POLICY_VIOLATION, _TOKEN)
+    if not hub.enabled:
+        return await _close(websocket, INTERNAL_ERROR, _OFF)
+    try:
+        since = _since(websocket.query_params.get("since"), "since")
+    except ValueError as exc:
+        return await _close(websocket, UNSUPPORTED_DATA, str(exc))
+    sub: Subscriber | None = None
+    try:
+        # The run's seq before subscribing: whatever comes after it reaches this client.
+        start = await hub.current_seq(workflow_id) if workflow_id is not None else None
+        sub = Subscriber(channel, max_queue=hub.max_queue, workflow_id=workflow_id, last_sent=start)
+        await hub.attach(sub)  # live messages queue up while the client chooses `since`
+        if since is None:
+            since, error = await _first_message(websocket, hub.since_window)
+            if error is not None:
+                _log.info("closed WebSocket %s: bad first message", where)
+                hub.detach(sub)
+                return await _close(websocket, UNSUPPORTED_DATA, error)
+        if workflow_id is not None and since is not None:
+            start = sub.last_sent = since
+        await websocket.send_text("[" + control("subscribed", channel=channel, since=start) + "]")
+        if workflow_id is not None and start is not None:
+            async for batch in hub.backlog(workflow_id, start):
+                for frame in frames_of(sub.select([batch])):
+                    await websocket.send_text(frame)
+    except _UNAVAILABLE as exc:
+        if sub is not None:
+            hub.detach(sub)
+        return await _close(websocket, TRY_AGAIN_LATER, f"live events unavailable: {exc}")
+    except WebSocketDisconnect:  # the client left while we set up
+        if sub is not None:
+            hub.detach(sub)
         return None
+    try:
+        await _relay(websocket, hub, sub)
+    finally:
+        hub.detach(sub)
+
+
+async def _relay(websocket: WebSocket, hub: StreamHub, sub: Subscriber) -> None:
+    """Send what the hub queues until the client leaves or the hub ends ``sub``."""
+
+    async def pump() -> None:
+        while (batches := await sub.take()) is not None:
+            for frame in frames_of(sub.select(batches)):
+                await websocket.send_text(frame)
+            hub.sent(batches)
+
+    async def listen() -> None:  # notices the client leave; what it sends is ignored
+        told = False
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            if not told:
+                told = True
+                detail = _IGNORED.format(window=hub.since_window)
+                sub.push(Batch([control("error", detail=detail)]))
+
+    tasks = [asyncio.create_task(c) for c in (pump(), listen(), sub.gone.wait())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if sub.close_code is not None:  # cut off or shutting down: the client is still there
+        await _close(websocket, sub.close_code, sub.close_reason, hub.timeout)
+
+
+# -- server-sent events -------------------------------------------------------------------
+
+
+class _LiveEventSource(EventSourceResponse):
+    """An event stream that gives its subscriber back to the hub however it ends."""
+
+    def __init__(self, content: AsyncIterator[bytes], cleanup: Callable[[], None]) -> None:
+        super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._cleanup()
+
+
+@router.get(
+    "/workflows/{workflow_id}/sse",
+    response_class=Response,  # not EventSourceResponse: FastAPI would expect a generator
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the run's messages"},
+        400: {"description": "Last-Event-ID (or since) is not a whole number"},
+        401: {"description": "missing or wrong token"},
+        503: {"description": "live events are off, or Redis is unreachable"},
+    },
+)
+async def stream_workflow_sse(
+    workflow_id: str,
+    request: Request,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> _LiveEventSource:
+    """Every message of one run as server-sent events; resumes after ``Last-Event-ID``
+    (or ``?since=``) from the run's stream, then live. ``?token=`` is accepted as well
+    as the bearer header (``EventSource`` cannot set headers)."""
+    hub: StreamHub = request.app.state.hub
+    if not token_ok(
+        request.app.state.settings, _presented_token(request.headers, request.query_params)
+    ):
+        _log.warning("rejected GET %s: missing or wrong token", request.url.path)
+        raise HTTPException(401, detail=_TOKEN, headers={"WWW-Authenticate": "Bearer"})
+    if not hub.enabled:
+        raise HTTPException(503, detail=_OFF)
+    try:
+        since = _since(last_event_id, "Last-Event-ID")
+        if since is None:
+            since = _since(request.query_params.get("since"), "since")
+    except ValueError as exc:
+        raise HTTPException(400, detail=str(exc)) from None
+    channel = workflow_channel(workflow_id)
+    sub: Subscriber | None = None
+    try:
+        start = since if since is not None else await hub.current_seq(workflow_id)
+        sub = Subscriber(channel, max_queue=hub.max_queue, workflow_id=workflow_id, last_sent=start)
+        await hub.attach(sub)
+    except _UNAVAILABLE as exc:
+        if sub is not None:
+            hub.detach(sub)
+        raise HTTPException(503, detail=f"live events unavailable: {exc}") from None
+    return _LiveEventSource(_sse(hub, sub, channel, start), lambda: hub.detach(sub))
+
+
+async def _sse(hub: StreamHub, sub: Subscriber, channel: str, start: int) -> AsyncIterator[bytes]:
+    assert sub.workflow_id is not None
+    first = sse_event(None, control("subscribed", channel=channel, since=start))
+    yield ("retry: 2000\n" + first).encode()
+    try:
+        async for batch in hub.backlog(sub.workflow_id, start):
+            if chunk := sse_of(sub.select([batch])):
+                yield chunk
+    except _UNAVAILABLE as exc:
+        yield sse_event(None, control("error", detail=f"replay failed: {exc}")).encode()
+        return
+    while (batches := await sub.take()) is not None:
+        if chunk := sse_of(sub.select(batches)):
+            yield chunk
+        hub.sent(batches)
+    yield sse_event(None, control("error", detail=sub.close_reason)).encode()

@@ -1,0 +1,512 @@
+"""Live streams end to end: the app in a real uvicorn server, real WebSocket and SSE
+clients, events produced by the SDK into the real embedded Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from opentelemetry.sdk.trace import TracerProvider
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+import spangraph
+from spangraph.config import Settings
+from spangraph.embedded import ServerInfo
+from spangraph.processors.live import seq_key, stream_key, workflow_channel
+from spangraph.server import streams
+from spangraph.server._hub import StreamHub
+from spangraph.server._subscriber import HEARTBEAT, Batch, Subscriber, seq_and_workflow
+from spangraph.server.app import create_app
+
+# -- harness ------------------------------------------------------------------------------
+
+
+class Live:
+    """The app served by uvicorn on a free port, in a thread of its own."""
+
+    def __init__(self, settings: Settings, **hub_options: Any) -> None:
+        self.app = create_app(settings, start_embedded=False)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            ws_per_message_deflate=False,
+            timeout_graceful_shutdown=1,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+        original = streams.StreamHub
+        streams.StreamHub = functools.partial(StreamHub, **hub_options)  # read at startup
+        try:
+            self.thread.start()
+            deadline = time.monotonic() + 30
+            while not self.server.started:
+                assert self.thread.is_alive() and time.monotonic() < deadline, "no startup"
+                time.sleep(0.02)
+        finally:
+            streams.StreamHub = original
+
+    @property
+    def hub(self) -> StreamHub:
+        return self.app.state.hub  # type: ignore[no-any-return]
+
+    def ws(self, path: str, **kwargs: Any) -> Any:
+        return connect(f"ws://127.0.0.1:{self.port}{path}", compression=None, **kwargs)
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{self.port}", timeout=httpx.Timeout(10, read=30)
+        )
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+        self.sock.close()
+
+
+@pytest.fixture
+def serve(embedded_server: ServerInfo, tmp_path) -> Iterator[Any]:
+    started: list[Live] = []
+
+    def start(redis_url: str | None = None, **options: Any) -> Live:
+        settings_options = {k: options.pop(k) for k in ("api_token",) if k in options}
+        settings = Settings.from_env(
+            {},
+            graph_url=embedded_server.graph_url,
+            redis_url=redis_url or embedded_server.redis_url,
+            home=str(tmp_path),
+            **settings_options,
+        )
+        live = Live(settings, **options)
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        live.stop()
+
+
+@pytest.fixture
+def sdk(embedded_server: ServerInfo, tmp_path) -> Iterator[Any]:
+    """Configure spangraph (live events only) on a Redis; returns the project id."""
+
+    def configure(redis_url: str | None = None) -> str:
+        project = f"p-{uuid.uuid4().hex[:8]}"
+        spangraph.configure(
+            tracer_provider=TracerProvider(),
+            graph_url=embedded_server.graph_url,
+            redis_url=redis_url or embedded_server.redis_url,
+            project=project,
+            home=str(tmp_path),
+            graph=False,
+        )
+        return project
+
+    yield configure
+    spangraph.shutdown()
+
+
+@pytest.fixture
+def r(embedded_server: ServerInfo) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(embedded_server.redis_url)
+    yield client
+    client.close()
+
+
+async def frame(ws: ClientConnection, timeout: float = 10) -> list[dict[str, Any]]:
+    """The messages of the next frame (each frame is a JSON array)."""
+    messages = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    assert isinstance(messages, list) and messages
+    return messages
+
+
+async def subscribed(ws: ClientConnection) -> dict[str, Any]:
+    first = await frame(ws)
+    assert first[0]["type"] == "subscribed", first
+    return first[0]
+
+
+async def events_until(ws: ClientConnection, wid: str, last: int, timeout: float = 15) -> list:
+    """The messages of run ``wid`` read until the one with ``seq`` ``last`` (the service's
+    own messages, and other runs', are skipped)."""
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not out or out[-1]["seq"] < last:
+        for m in await frame(ws, deadline - time.monotonic()):
+            if m.get("workflow_id") == wid:
+                out.append(m)
+    return out
+
+
+async def flush_and_last(client: redis.Redis, wid: str) -> int:
+    await asyncio.to_thread(spangraph.flush, 10)
+    return int(client.get(seq_key(wid)) or 0)
+
+
+def emit(n: int, **attributes: Any) -> None:
+    for i in range(n):
+        spangraph.event("tick", i=i, **attributes)
+
+
+def seqs(messages: list[dict[str, Any]]) -> list[int]:
+    return [m["seq"] for m in messages]
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, str]]:
+    """Server-sent events as dicts of their fields (``comment`` for ``:`` lines)."""
+    event: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        else:
+            name, _, value = line.partition(":")
+            event[name] = value[1:] if value.startswith(" ") else value
+
+
+def new_id() -> str:
+    return f"wf-{uuid.uuid4().hex[:12]}"
+
+
+# -- pieces -------------------------------------------------------------------------------
+
+
+def test_seq_and_workflow_reads_spangraph_messages_and_any_json() -> None:
+    ours = '{"type":"tick","seq":42,"workflow_id":"w-1","project_id":"p"}'
+    assert seq_and_workflow(ours) == (42, "w-1")
+    assert seq_and_workflow('{"seq": 7, "type": "x", "workflow_id": "w\\"q"}') == (7, 'w"q')
+    assert seq_and_workflow('{"type":"x","seq":true,"workflow_id":"w"}') is None
+    assert seq_and_workflow("not json") is None
+
+
+def test_subscriber_drops_repeats_and_reports_gaps() -> None:
+    sub = Subscriber("c", max_queue=10, workflow_id="w", last_sent=2)
+    batch = Batch(['{"seq":3}', '{"seq":4}'], [3, 4])
+    assert sub.select([batch]) == [batch]  # follows on: the shared batch as is
+    cut = sub.select([Batch(['{"seq":4}', '{"seq":5}'], [4, 5]), HEARTBEAT])
+    assert [b.msgs for b in cut] == [['{"seq":5}']]  # the repeat and the heartbeat go
+    gap, after = sub.select([Batch(['{"seq":9}'], [9])])
+    assert "events 6..8" in gap.msgs[0] and after.seqs == [9] and sub.last_sent == 9
+    assert sub.select([HEARTBEAT]) == [HEARTBEAT]
+    assert sub.push(Batch(["{}"] * 6)) and not sub.push(Batch(["{}"] * 5))
+
+
+# -- WebSocket ----------------------------------------------------------------------------
+
+
+async def test_workflow_and_project_clients_get_every_message_in_order(serve, sdk, r) -> None:
+    live = serve()
+    project, wid = sdk(), new_id()
+    async with (
+        live.ws(f"/api/stream/workflows/{wid}") as w,
+        live.ws(f"/api/stream/projects/{project}") as p,
+    ):
+        assert (await subscribed(w))["since"] == 0
+        assert (await subscribed(p))["since"] is None
+        with spangraph.workflow("w", workflow_id=wid):
+            emit(60)
+        last = await flush_and_last(r, wid)
+        got_w = await events_until(w, wid, last)
+        got_p = await events_until(p, wid, last)
+    assert last >= 60
+    assert seqs(got_w) == list(range(1, last + 1)) == seqs(got_p)
+    assert got_w == got_p
+    assert [m["attributes"]["i"] for m in got_w if m["type"] == "tick"] == list(range(60))
+
+
+async def test_many_clients_share_one_redis_subscription(serve, sdk, r) -> None:
+    live = serve()
+    sdk()
+    wid = new_id()
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(live.ws(f"/api/stream/workflows/{wid}"))
+            for _ in range(20)
+        ]
+        for ws in clients:
+            await subscribed(ws)
+        assert r.pubsub_numsub(workflow_channel(wid)) == [(workflow_channel(wid).encode(), 1)]
+        with spangraph.workflow("w", workflow_id=wid):
+            emit(10)
+        last = await flush_and_last(r, wid)
+        for ws in clients:
+            assert seqs(await events_until(ws, wid, last)) == list(range(1, last + 1))
+    deadline = time.monotonic() + 5
+    while r.pubsub_numsub(workflow_channel(wid))[0][1] != 0:
+        assert time.monotonic() < deadline, "the hub kept the channel after its last client"
+        await asyncio.sleep(0.05)
+    assert live.hub.stats()["subscribers"] == 0
+
+
+async def test_ws_since_replays_from_the_stream_then_goes_live(serve, sdk, r) -> None:
+    live = serve()
+    sdk()
+    wid = new_id()
+    with spangraph.workflow("w", workflow_id=wid):
+        emit(10)
+        before = await flush_and_last(r, wid)
+        async with (
+            live.ws(f"/api/stream/workflows/{wid}") as ws,
+            live.ws(f"/api/stream/workflows/{wid}?since=7") as by_query,
+        ):
+            await ws.send(json.dumps({"since": 4}))
+            assert (await subscribed(ws))["since"] == 4
+            assert (await subscribed(by_query))["since"] == 7
+            emit(5)
+            last = await flush_and_last(r, wid)
+            assert seqs(await events_until(ws, wid, last)) == list(range(5, last + 1))
+            assert seqs(await events_until(by_query, wid, last)) == list(range(8, last + 1))
+    assert last == before + 5
+
+
+@pytest.mark.parametrize(
+    ("first", "detail"),
+    [("not json", "first message"), ('{"since": -1}', "first"), ('{"snce": 3}', "first")],
+)
+async def test_bad_first_message_closes_with_1003(serve, first: str, detail: str) -> None:
+    live = serve()
+    async with live.ws(f"/api/stream/workflows/{new_id()}") as ws:
+        await ws.send(first)
+        with pytest.raises(ConnectionClosed):
+            await frame(ws)
+    assert ws.close_code == 1003 and detail in ws.close_reason
+
+
+async def test_project_channels_ignore_since_and_later_messages(serve, sdk, r) -> None:
+    live = serve()
+    project, wid = sdk(), new_id()
+    async with live.ws(f"/api/stream/projects/{project}") as ws:
+        await ws.send(json.dumps({"since": 3}))
+        assert (await subscribed(ws))["since"] is None
+        await ws.send(json.dumps({"since": 5}))
+        notice = await frame(ws)
+        assert notice[0]["type"] == "error" and "ignored" in notice[0]["detail"]
+        with spangraph.workflow("w", workflow_id=wid):
+            emit(3)
+        last = await flush_and_last(r, wid)
+        assert seqs(await events_until(ws, wid, last)) == list(range(1, last + 1))
+    async with live.ws(f"/api/stream/workflows/{wid}?since=x") as bad:
+        with pytest.raises(ConnectionClosed):
+            await frame(bad)
+    assert bad.close_code == 1003 and "since must be" in bad.close_reason
+
+
+async def test_gap_in_a_trimmed_stream_is_reported(serve, sdk, r) -> None:
+    live = serve()
+    sdk()
+    wid = new_id()
+    with spangraph.workflow("w", workflow_id=wid):
+        emit(10)
+    last = await flush_and_last(r, wid)
+    r.xtrim(stream_key(wid), maxlen=3, approximate=False)
+    async with live.ws(f"/api/stream/workflows/{wid}?since=0") as ws:
+        await subscribed(ws)
+        first = await frame(ws)
+    assert first[0]["type"] == "error" and f"events 1..{last - 3}" in first[0]["detail"]
+    assert seqs(first[1:]) == list(range(last - 2, last + 1))
+
+
+async def test_heartbeats_on_idle_streams(serve) -> None:
+    live = serve(heartbeat=0.2)
+    wid = new_id()
+    async with live.ws(f"/api/stream/workflows/{wid}?since=0") as ws, live.http() as http:
+        await subscribed(ws)
+        assert await frame(ws) == [{"type": "heartbeat"}]
+        async with http.stream("GET", f"/api/stream/workflows/{wid}/sse") as response:
+            events = sse_events(response)
+            assert json.loads((await anext(events))["data"])["type"] == "subscribed"
+            assert await anext(events) == {"comment": "heartbeat"}
+
+
+async def test_token_is_required_when_set(serve) -> None:
+    live = serve(api_token="s3cret")
+    wid = new_id()
+    for path, headers in [
+        (f"/api/stream/workflows/{wid}", {}),
+        (f"/api/stream/workflows/{wid}?token=wrong", {}),
+        ("/api/stream/projects/p", {"Authorization": "Bearer wrong"}),
+    ]:
+        async with live.ws(path, additional_headers=headers) as ws:
+            with pytest.raises(ConnectionClosed):
+                await frame(ws)
+        assert ws.close_code == 1008 and "token" in ws.close_reason
+    async with live.ws(f"/api/stream/workflows/{wid}?token=s3cret&since=0") as ws:
+        await subscribed(ws)
+    async with live.ws(
+        "/api/stream/projects/p", additional_headers={"Authorization": "Bearer s3cret"}
+    ) as ws:
+        await subscribed(ws)
+    async with live.http() as http:
+        sse = f"/api/stream/workflows/{wid}/sse"
+        assert (await http.get(sse)).status_code == 401
+        assert (await http.get(sse, headers={"Authorization": "Bearer no"})).status_code == 401
+        async with http.stream("GET", sse, headers={"Authorization": "Bearer s3cret"}) as ok:
+            assert ok.status_code == 200
+        async with http.stream("GET", sse + "?token=s3cret") as ok:
+            assert ok.status_code == 200
+
+
+async def test_live_events_off(serve) -> None:
+    live = serve(redis_url="off")
+    async with live.ws(f"/api/stream/workflows/{new_id()}") as ws:
+        with pytest.raises(ConnectionClosed):
+            await frame(ws)
+    assert ws.close_code == 1011 and ws.close_reason.startswith("live events are off")
+    async with live.http() as http:
+        answer = await http.get(f"/api/stream/workflows/{new_id()}/sse")
+    assert answer.status_code == 503 and "live events are off" in answer.json()["detail"]
+
+
+async def test_slow_client_is_cut_off_and_others_keep_up(serve, sdk, r) -> None:
+    live = serve(max_queue=100)
+    sdk()
+    wid = new_id()
+    path = f"/api/stream/workflows/{wid}"
+    tight = socket.create_connection(("127.0.0.1", live.port))
+    tight.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)  # no autotuning to 32 MB
+    async with live.ws(path, sock=tight, max_queue=1) as slow, live.ws(path) as fast:
+        await subscribed(slow)
+        await subscribed(fast)
+        got: list[dict[str, Any]] = []
+
+        async def keep_reading() -> None:
+            while True:
+                got.extend(m for m in await frame(fast, 30) if m.get("workflow_id") == wid)
+
+        reader = asyncio.create_task(keep_reading())
+        with spangraph.workflow("w", workflow_id=wid):
+            for _ in range(50):  # 8 MB: more than the socket buffers (~4 MB) hold
+                emit(20, blob="x" * 8000)
+                await asyncio.sleep(0.02)
+        last = await flush_and_last(r, wid)
+        deadline = time.monotonic() + 30
+        while (not got or got[-1]["seq"] < last) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        reader.cancel()
+        assert seqs(got) == list(range(1, last + 1))
+        assert live.hub.stats()["too_slow"] == 1
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await frame(slow)
+    assert slow.close_code == 4008 and "too slow" in slow.close_reason
+
+
+# -- server-sent events -------------------------------------------------------------------
+
+
+async def test_sse_resumes_after_last_event_id_then_goes_live(serve, sdk, r) -> None:
+    live = serve()
+    sdk()
+    wid = new_id()
+    with spangraph.workflow("w", workflow_id=wid):
+        emit(10)
+        await flush_and_last(r, wid)
+        async with (
+            live.http() as http,
+            http.stream(
+                "GET", f"/api/stream/workflows/{wid}/sse", headers={"Last-Event-ID": "6"}
+            ) as response,
+        ):
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = sse_events(response)
+            first = json.loads((await anext(events))["data"])
+            assert first == {"type": "subscribed", "channel": workflow_channel(wid), "since": 6}
+            emit(5)
+            last = await flush_and_last(r, wid)
+            got: list[dict[str, Any]] = []
+            async for event in events:
+                if "id" in event:
+                    data = json.loads(event["data"])
+                    assert int(event["id"]) == data["seq"] and "event" not in event
+                    got.append(data)
+                    if data["seq"] == last:
+                        break
+    assert seqs(got) == list(range(7, last + 1))
+
+
+@pytest.mark.parametrize("header", [b"abc", b"-1", b"1.5", "²".encode("latin-1")])
+async def test_sse_bad_last_event_id_is_400(serve, header: bytes) -> None:
+    live = serve()
+    async with live.http() as http:
+        answer = await http.get(
+            f"/api/stream/workflows/{new_id()}/sse", headers={"Last-Event-ID": header}
+        )
+    assert answer.status_code == 400
+    assert "Last-Event-ID must be the last seq you saw" in answer.json()["detail"]
+
+
+# -- Redis going away ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_redis_restart_clients_get_an_error_then_everything(
+    serve, sdk, private_servers
+) -> None:
+    server, info = private_servers.start("live")
+    # Reconnect attempts 2 s apart: events published right after the restart reach the
+    # stream before the hub is back, so they must come from the refill.
+    live = serve(redis_url=info.redis_url, reconnect_min=2.0, reconnect_max=2.0)
+    sdk(info.redis_url)
+    wid = new_id()
+    client = redis.Redis.from_url(info.redis_url)
+    try:
+        async with (
+            live.ws(f"/api/stream/workflows/{wid}") as ws,
+            live.http() as http,
+            http.stream("GET", f"/api/stream/workflows/{wid}/sse") as response,
+        ):
+            sse = sse_events(response)
+            await anext(sse)
+            await subscribed(ws)
+            with spangraph.workflow("w", workflow_id=wid):
+                emit(5)
+                first = await flush_and_last(client, wid)
+                before = await events_until(ws, wid, first)
+                client.close()
+                await asyncio.to_thread(server.stop)
+                controls = await frame(ws)
+                assert controls[0]["type"] == "error", controls
+                await asyncio.to_thread(private_servers.restart_on_port, server, info.port)
+                client = redis.Redis.from_url(info.redis_url)
+                emit(5)
+                middle = await flush_and_last(client, wid)
+                assert not live.hub.connected  # still waiting to reconnect
+                emit(5)
+            last = await flush_and_last(client, wid)
+            rest = await events_until(ws, wid, last)
+            got_sse: list[int | str] = []
+            async for event in sse:
+                if "id" in event:
+                    got_sse.append(int(event["id"]))
+                elif "data" in event:
+                    got_sse.append(json.loads(event["data"])["type"])
+                if last in got_sse and "resumed" in got_sse:
+                    break
+    finally:
+        client.close()
+    assert middle > first
+    assert seqs(before + rest) == list(range(1, last + 1))
+    assert [x for x in got_sse if isinstance(x, int)] == list(range(1, last + 1))
+    assert [x for x in got_sse if isinstance(x, str)] == ["error", "resumed"]
+    assert got_sse.index("error") == first  # "resumed" comes once the refill is sent
+    assert live.hub.stats()["refilled"] >= middle - first
