@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Final
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -91,8 +91,7 @@ def hex_trace_id(trace_id: int) -> str:
     return format(trace_id, "032x")
 
 
-def iso_time(time_ns: int) -> str:
-    """ISO-8601 UTC with microseconds, e.g. ``2026-11-21T23:16:48.006123Z``."""
+def _iso_time_datetime(time_ns: int) -> str:
     return (
         datetime.fromtimestamp(time_ns / 1e9, tz=UTC)
         .isoformat(timespec="microseconds")
@@ -100,9 +99,62 @@ def iso_time(time_ns: int) -> str:
     )
 
 
+_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
+_MAX_SECONDS: Final = 253_402_300_800  # 10000-01-01T00:00:00Z
+_iso_second: tuple[int, str] = (-1, "")
+"""The last whole second :func:`iso_time` formatted, and its text up to the seconds."""
+
+
+def iso_time(time_ns: int) -> str:
+    """ISO-8601 UTC with microseconds, e.g. ``2026-11-21T23:16:48.006123Z``.
+
+    Exactly the text of ``datetime.fromtimestamp(time_ns / 1e9, tz=UTC).isoformat(
+    timespec="microseconds")`` with ``Z`` for ``+00:00``, without building the datetime:
+    the microseconds are rounded as CPython rounds them (half to even, on the same
+    float), and the text up to the seconds is kept for the next call in the same second.
+    """
+    global _iso_second
+    t = time_ns / 1e9
+    if not 0.0 <= t < _MAX_SECONDS:
+        return _iso_time_datetime(time_ns)
+    seconds = int(t)
+    micros = round((t - seconds) * 1e6)  # t - seconds is exact: modf's fraction
+    if micros == 1_000_000:
+        micros = 0
+        seconds += 1
+    last = _iso_second
+    if last[0] != seconds:
+        if seconds >= _MAX_SECONDS:
+            return _iso_time_datetime(time_ns)
+        days, rest = divmod(seconds, 86_400)
+        hours, rest = divmod(rest, 3_600)
+        minutes, secs = divmod(rest, 60)
+        text = date.fromordinal(_EPOCH_ORDINAL + days).isoformat()
+        last = _iso_second = (seconds, f"{text}T{hours:02d}:{minutes:02d}:{secs:02d}.")
+    return f"{last[1]}{micros:06d}Z"
+
+
+_encoder: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+"""The encoder ``json.dumps`` builds on every call with these arguments, built once."""
+
+if json.encoder.c_make_encoder is not None:  # CPython's C encoder: what _encoder runs
+    # Built once too (JSONEncoder.encode builds it on every call), without the check for
+    # a value that contains itself (which needs state per call): such a value, which no
+    # span attribute can be, raises RecursionError rather than ValueError.
+    _c_encoder = json.encoder.c_make_encoder(
+        None, str, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+
+    def _encode(value: Any) -> str:
+        return "".join(_c_encoder(value, 0))
+
+else:  # pragma: no cover - Python without the C accelerator
+    _encode = _encoder.encode
+
+
 def to_json(value: Any) -> str:
     """Compact JSON; tuples become lists and anything else its ``str``."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _encode(value)
 
 
 def kind_of(attributes: Mapping[str, Any]) -> str:
@@ -192,6 +244,24 @@ class Lineage:
             ids[span_id] = (workflow_id, execution_id, branch_id)
         return (str(workflow_id) if workflow_id else trace_id), execution_id, branch_id
 
+    def entry(self, span_id: str | None) -> tuple[str | None, str | None, str | None] | None:
+        """What :meth:`resolve` remembered for ``span_id`` (the same object until it is
+        forgotten), or ``None``."""
+        return self._ids.get(span_id) if span_id is not None else None
+
+
+COMMON_ATTRIBUTES: Final = (
+    sc.WORKFLOW_ID,
+    sc.EXECUTION_ID,
+    sc.BRANCH_ID,
+    sc.PROJECT_ID,
+    sc.KIND,
+    *(key for key, _ in _FOREIGN_KINDS),
+)
+"""Every attribute :meth:`SpanMapper.common` reads (:func:`kind_of` included): what it
+returns for a span changes only with these, the span's name and the lineage entries of
+the span and its parent (``tests/test_perf_paths.py`` checks the list)."""
+
 
 class SpanMapper:
     """Maps spans to graph rows and live messages, with the state the mapping needs
@@ -234,7 +304,7 @@ class SpanMapper:
 
         ``None`` values are left out, so a later write never erases what an earlier one set.
         """
-        attributes = dict(span.attributes or {})
+        attributes = attributes_of(span)
         props = self.common(span, attributes)
         props["start_ns"] = span.start_time
         rest = {k: v for k, v in attributes.items() if k not in PROMOTED}
@@ -330,18 +400,15 @@ def unexplored_option_id(decision_span_id: str, option: str) -> str:
     return digest.hexdigest()
 
 
-def live_message(
-    message_type: str,
-    common: Mapping[str, Any],
-    time_ns: int,
-    attributes: Mapping[str, Any] | Sequence[Any] | None,
-) -> tuple[str, str]:
-    """The wire message as two JSON fragments around ``seq``, which Redis fills in.
+_heads: dict[str, str] = {}
+"""``head`` of :func:`live_message` by message type (span starts, ends, event names)."""
 
-    ``head + str(seq) + tail`` is one JSON object with the keys of DESIGN.md in order.
-    """
-    head = '{"type":' + to_json(message_type) + ',"seq":'
-    body = {
+
+def live_message_parts(common: Mapping[str, Any]) -> tuple[str, str]:
+    """The JSON of the keys of a live message that come from ``common`` (the same for
+    every message of a span): those before the message's own keys and those after them,
+    without braces. Pass it to :func:`live_message` to encode it once a span."""
+    before = {
         "workflow_id": common["workflow_id"],
         "project_id": common["project_id"],
         "trace_id": common["trace_id"],
@@ -349,11 +416,50 @@ def live_message(
         "parent_span_id": common["parent_span_id"],
         "kind": common["kind"],
         "name": common["name"],
-        "timestamp": iso_time(time_ns),
-        "time_unix_nano": time_ns,
-        "attributes": dict(attributes) if isinstance(attributes, Mapping) else {},
-        "service": common["service"],
-        "env": common["env"],
     }
-    tail = "," + to_json(body)[1:]
+    return _encode(before)[1:-1], _encode({"service": common["service"], "env": common["env"]})[1:]
+
+
+def live_message(
+    message_type: str,
+    common: Mapping[str, Any],
+    time_ns: int,
+    attributes: Mapping[str, Any] | Sequence[Any] | None,
+    parts: tuple[str, str] | None = None,
+) -> tuple[str, str]:
+    """The wire message as two JSON fragments around ``seq``, which Redis fills in.
+
+    ``head + str(seq) + tail`` is one JSON object with the keys of DESIGN.md in order:
+    ``type``, ``seq``, the keys of ``common`` up to ``name``, ``timestamp``,
+    ``time_unix_nano``, ``attributes``, ``service``, ``env``. ``parts``:
+    :func:`live_message_parts` of ``common``, if the caller keeps it.
+    """
+    head = _heads.get(message_type) if type(message_type) is str else None
+    if head is None:
+        head = '{"type":' + _encode(message_type) + ',"seq":'
+        if type(message_type) is str and len(_heads) < 1024:
+            _heads[message_type] = head
+    before, after = parts if parts is not None else live_message_parts(common)
+    if type(attributes) is not dict:
+        attributes = dict(attributes) if isinstance(attributes, Mapping) else {}
+    # the JSON of the whole object, key by key: what one encode of it would write
+    tail = (
+        f',{before},"timestamp":"{iso_time(time_ns)}","time_unix_nano":'
+        f'{time_ns if type(time_ns) is int else _encode(time_ns)},"attributes":'
+        f"{_encode(attributes)},{after}"
+    )
     return head, tail
+
+
+def attributes_of(span: Any) -> dict[str, Any]:
+    """A plain-dict copy of the span's attributes.
+
+    ``span.attributes`` is a read-only proxy of the SDK's ``BoundedAttributes``, whose
+    every read goes through Python-level ``Mapping`` methods (``dict()`` of it costs about
+    1 µs for five attributes). The SDK's own dict behind it is copied in one C call, which
+    is also atomic with respect to a user thread still setting attributes on a running
+    span. Falls back to the public API if the SDK's internals ever change."""
+    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    if type(inner) is dict:
+        return inner.copy()
+    return dict(span.attributes or {})

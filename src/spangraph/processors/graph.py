@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.util import BoundedList
 
 from ..exceptions import StoreUnavailableError
 from ..mapping import SpanMapper, hex_span_id, hex_trace_id
@@ -28,6 +29,19 @@ def _attributes_view(span: Any) -> Mapping[str, Any]:
     if type(inner) is dict:
         return inner
     return span.attributes or {}
+
+
+_SEQUENCES: Final = (BoundedList, tuple, list)
+
+
+def _has_any(span: Any, name: str) -> bool:
+    """Whether ``span.events`` (``name`` "events") or ``span.links`` is non-empty, without
+    the copy the SDK's property makes (a tuple of its ``BoundedList``, under its lock);
+    the public property where the SDK's internals differ."""
+    inner = getattr(span, "_" + name, None)
+    if type(inner) in _SEQUENCES:
+        return len(inner) > 0
+    return bool(getattr(span, name))
 
 
 class GraphSpanProcessor(SpanProcessor):
@@ -139,9 +153,9 @@ class GraphSpanProcessor(SpanProcessor):
                     }
                 )
             if is_end:
-                if span.events:
+                if _has_any(span, "events"):
                     events.extend(mapper.event_rows(span, span_id))
-                if span.links:
+                if _has_any(span, "links"):
                     for link_type, link_row in mapper.link_rows(span, span_id):
                         links.setdefault(link_type, []).append(link_row)
                 if label == "Decision":

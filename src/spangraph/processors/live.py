@@ -14,7 +14,14 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .. import semconv as sc
-from ..mapping import SpanMapper, live_message, state_of
+from ..mapping import (
+    COMMON_ATTRIBUTES,
+    SpanMapper,
+    attributes_of,
+    live_message,
+    live_message_parts,
+    state_of,
+)
 from ._worker import BatchWorker
 
 _log = logging.getLogger("spangraph")
@@ -108,18 +115,13 @@ def _script_args(messages: list[tuple[str, str, str, str]]) -> tuple[Any, ...]:
     )
 
 
-def _attributes_of(span: Any) -> dict[str, Any]:
-    """A plain-dict copy of the span's attributes.
+_attributes_of = attributes_of  # the name this module used to define it under
 
-    ``span.attributes`` is a read-only proxy of the SDK's ``BoundedAttributes``, whose
-    every read goes through Python-level ``Mapping`` methods (``dict()`` of it costs about
-    1 µs for five attributes). The SDK's own dict behind it is copied in one C call, which
-    is also atomic with respect to a user thread still setting attributes on a running
-    span. Falls back to the public API if the SDK's internals ever change."""
-    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
-    if type(inner) is dict:
-        return inner.copy()
-    return dict(span.attributes or {})
+_MAX_KEPT: Final = 16_384
+"""Most open spans whose mapping a LiveEventProcessor keeps between batches."""
+
+Mapped = tuple[dict[str, Any], tuple[str, str]]
+"""A span's ``common`` properties and their :func:`live_message_parts`."""
 
 
 class RedisPublisher:
@@ -202,6 +204,10 @@ class LiveEventProcessor(SpanProcessor):
         self._mapper = SpanMapper(project)
         self._sent_live: dict[int, set[tuple[str, int]]] = {}
         self._open: set[int] = set()  # spans whose start this processor saw (worker only)
+        # span id -> (its resource, (name, trace id, parent, the attributes common()
+        # reads), lineage entry of its parent, Mapped) of open spans, from their start to
+        # their end (worker only)
+        self._kept: dict[int, tuple[Any, tuple[Any, ...], Any, Mapped]] = {}
         self._worker: BatchWorker[tuple[Any, ...], list[tuple[str, str, str, str]]] = BatchWorker(
             "live",
             self._prepare,
@@ -242,15 +248,46 @@ class LiveEventProcessor(SpanProcessor):
 
     # -- worker ---------------------------------------------------------------------------
 
+    def _mapped(self, span: Any, span_id: int, attributes: dict[str, Any], keep: bool) -> Mapped:
+        """``common`` of the span and its message parts: those kept since an earlier item
+        of the span when nothing they derive from has changed (then ``common()`` would
+        return the same and change no state), else mapped now (and kept if ``keep``)."""
+        kept = self._kept
+        entry = kept.get(span_id) if keep else kept.pop(span_id, None)
+        if entry is None and not keep:  # nothing kept, nothing to keep
+            common = self._mapper.common(span, attributes)
+            return common, live_message_parts(common)
+        parent = span.parent
+        key = (
+            span.name,
+            span.context.trace_id,
+            parent.span_id if parent is not None else None,
+            *map(attributes.get, COMMON_ATTRIBUTES),
+        )
+        lineage = self._mapper.lineage
+        if entry is not None and entry[1] == key and entry[0] is span.resource:
+            common = entry[3][0]
+            if (
+                lineage.entry(common["parent_span_id"]) is entry[2]
+                and lineage.entry(common["span_id"]) is not None
+            ):
+                return entry[3]
+        common = self._mapper.common(span, attributes)
+        mapped = (common, live_message_parts(common))
+        if keep:
+            if len(kept) >= _MAX_KEPT:
+                kept.clear()
+            kept[span_id] = (span.resource, key, lineage.entry(common["parent_span_id"]), mapped)
+        return mapped
+
     def _prepare(self, items: list[tuple[Any, ...]]) -> tuple[list[tuple[str, str, str, str]], int]:
-        mapper = self._mapper
         out: list[tuple[str, str, str, str]] = []
         sent_live = self._sent_live
         open_spans = self._open
         # A span that ends within this batch has its final attributes for all its items
         # here: map them once (the end item, its last, takes the mapping).
         ending = {item[1].context.span_id for item in items if item[0] == _END}
-        mapped: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        in_batch: dict[int, tuple[dict[str, Any], Mapped]] = {}
         for item in items:
             what, span, time_ns = item[0], item[1], item[2]
             if what == _EVENT and span.context.span_id not in open_spans:
@@ -260,25 +297,29 @@ class LiveEventProcessor(SpanProcessor):
                 continue
             try:
                 span_id = span.context.span_id
-                hit = mapped.pop(span_id, None) if what == _END else mapped.get(span_id)
+                hit = in_batch.pop(span_id, None) if what == _END else in_batch.get(span_id)
                 if hit is None:
-                    attributes = _attributes_of(span)
-                    common = mapper.common(span, attributes)
-                    if what != _END and span_id in ending:
-                        mapped[span_id] = (attributes, common)
+                    attributes = attributes_of(span)
+                    ends_here = span_id in ending
+                    mapped = self._mapped(span, span_id, attributes, not ends_here)
+                    if what != _END and ends_here:
+                        in_batch[span_id] = (attributes, mapped)
                 else:
-                    attributes, common = hit
+                    attributes, mapped = hit
+                    if what == _END:
+                        self._kept.pop(span_id, None)
+                common, parts = mapped
                 if what == _START:
                     open_spans.add(span_id)
-                    msgs = [live_message(sc.SPAN_STARTED, common, time_ns, attributes)]
+                    msgs = [live_message(sc.SPAN_STARTED, common, time_ns, attributes, parts)]
                 elif what == _EVENT:
                     sent_live.setdefault(span_id, set()).add((item[3], time_ns))
-                    msgs = [live_message(item[3], common, time_ns, item[4])]
+                    msgs = [live_message(item[3], common, time_ns, item[4], parts)]
                 else:
                     open_spans.discard(span_id)
                     already = sent_live.pop(span_id, ())
                     msgs = [
-                        live_message(e.name, common, e.timestamp, e.attributes)
+                        live_message(e.name, common, e.timestamp, e.attributes, parts)
                         for e in span.events
                         if (e.name, e.timestamp) not in already
                     ]
@@ -288,7 +329,7 @@ class LiveEventProcessor(SpanProcessor):
                         ((span.end_time or 0) - (span.start_time or 0)) / 1e6, 3
                     )
                     msgs.append(
-                        live_message(sc.SPAN_ENDED, common, time_ns or time.time_ns(), attrs)
+                        live_message(sc.SPAN_ENDED, common, time_ns or time.time_ns(), attrs, parts)
                     )
             except Exception:
                 _log.exception(

@@ -37,6 +37,14 @@ class WriteBatch:
             out.append((cypher.upsert_ended(label), {"rows": rows}))
         if self.parents:
             out.append((cypher.MERGE_PARENT_EDGES, {"rows": self.parents}))
+        out += self.event_and_link_statements()
+        return out
+
+    def event_and_link_statements(self) -> list[tuple[str, dict[str, Any]]]:
+        """The statements of :meth:`statements` that write events and links (the last)."""
+        from . import cypher
+
+        out: list[tuple[str, dict[str, Any]]] = []
         if self.events:
             out.append((cypher.MERGE_EVENTS, {"rows": self.events}))
         for rel, rows in self.links.items():
