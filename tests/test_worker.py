@@ -384,3 +384,42 @@ def test_forked_child_gets_a_working_worker(make: Any) -> None:
     assert w.put("after fork")
     assert w.flush(5)
     assert sink.items == ["parent", "after fork"]
+
+
+def _trickle(w: BatchWorker[Any, Any], n: int, gap_s: float) -> None:
+    for i in range(n):
+        assert w.put(i)
+        time.sleep(gap_s)
+
+
+def test_eager_worker_lingers_so_a_trickle_makes_few_batches(make: Any) -> None:
+    eager, sink_eager = make(eager=True, max_batch_size=1000, linger=0.0)
+    w, sink = make(eager=True, max_batch_size=1000, linger=0.05)
+    _trickle(w, 40, 0.001)
+    _trickle(eager, 40, 0.001)
+    assert w.flush(5) and eager.flush(5)
+    assert sink.items == list(range(40)) and sink_eager.items == list(range(40))
+    # ~40 ms of trickle: a 50 ms linger gathers it into a couple of batches; without a
+    # linger nearly every item is its own round trip.
+    assert len(sink.batches) <= 4
+    assert len(sink_eager.batches) > len(sink.batches) * 3
+
+
+def test_a_full_batch_or_a_flush_ends_the_linger(make: Any) -> None:
+    w, sink = make(eager=True, max_batch_size=10, linger=30.0)
+    for i in range(10):
+        w.put(i)  # fills a batch: sent without waiting out the 30 s linger
+    deadline = time.monotonic() + 5
+    while not sink.batches:
+        assert time.monotonic() < deadline, "a full batch waited for the linger"
+        time.sleep(0.01)
+    w.put("tail")
+    started = time.monotonic()
+    assert w.flush(5)  # a flush does not wait out the linger either
+    assert time.monotonic() - started < 5
+    assert sink.items == [*range(10), "tail"]
+
+
+def test_linger_must_not_be_negative(make: Any) -> None:
+    with pytest.raises(ValueError, match="linger"):
+        make(linger=-1)

@@ -53,6 +53,7 @@ class BatchWorker(Generic[T, P]):
         retry_max: float = 5.0,
         give_up_after: float | None = None,
         on_sent: Callable[[float, int], None] | None = None,
+        linger: float | None = None,
     ) -> None:
         if max_queue_size < 1:
             raise ValueError("max_queue_size must be at least 1.")
@@ -60,6 +61,11 @@ class BatchWorker(Generic[T, P]):
             raise ValueError("max_batch_size must be between 1 and max_queue_size.")
         if schedule_delay <= 0:
             raise ValueError("schedule_delay must be greater than 0.")
+        if linger is not None and linger < 0:
+            raise ValueError("linger must be greater than or equal to 0.")
+        # How long a partial batch may wait to fill: a short moment for eager (live) workers,
+        # the schedule delay for the others. A full batch, a flush or shutdown end it at once.
+        self._linger = (0.005 if eager else schedule_delay) if linger is None else linger
         self.name = name
         self._prepare = prepare
         self._send = send
@@ -90,6 +96,8 @@ class BatchWorker(Generic[T, P]):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = False
+        self._lingering = False
+        self._flush_pending = 0
         self._closed = False
         self._drop_lock = threading.Lock()
         self._thread = threading.Thread(
@@ -114,8 +122,12 @@ class BatchWorker(Generic[T, P]):
             self._count_drop(1, "queue full" if not self._closed else "after shutdown")
             return False
         q.append(item)
-        if self._idle and (self._eager or len(q) >= self._max_batch):
-            self._idle = False
+        if self._idle:
+            if self._eager or len(q) >= self._max_batch:
+                self._idle = False
+                self._wake.set()
+        elif self._lingering and len(q) >= self._max_batch:
+            self._lingering = False
             self._wake.set()
         return True
 
@@ -139,6 +151,8 @@ class BatchWorker(Generic[T, P]):
         if self._closed or not self._thread.is_alive():
             return not self._queue
         marker = _FlushMarker()
+        with self._drop_lock:
+            self._flush_pending += 1
         self._queue.append(marker)
         self._wake.set()
         return marker.done.wait(timeout)
@@ -164,6 +178,7 @@ class BatchWorker(Generic[T, P]):
         otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
         q = self._queue
         while True:
+            came_from_idle = False
             if not q:
                 if self._stop.is_set():
                     return
@@ -174,6 +189,16 @@ class BatchWorker(Generic[T, P]):
                 self._wake.clear()
                 if not q:
                     continue
+                came_from_idle = True
+            # Let a partial batch fill (a trickle of spans otherwise makes one round trip
+            # per item); the idle wait above already did that for non-eager workers.
+            linger = self._linger if (self._eager or not came_from_idle) else 0.0
+            if linger and len(q) < self._max_batch and not self._flush_pending:
+                self._lingering = True
+                if len(q) < self._max_batch and not self._flush_pending and not self._stop.is_set():
+                    self._wake.wait(linger)
+                self._lingering = False
+                self._wake.clear()
             items: list[T] = []
             markers: list[_FlushMarker] = []
             while q and len(items) < self._max_batch:
@@ -185,6 +210,8 @@ class BatchWorker(Generic[T, P]):
             if items:
                 self._deliver(items)
             for marker in markers:
+                with self._drop_lock:
+                    self._flush_pending -= 1
                 marker.done.set()
 
     def _deliver(self, items: list[T]) -> None:
