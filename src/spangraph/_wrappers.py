@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from opentelemetry.trace import Link
@@ -133,41 +133,12 @@ def _wrap_gen(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        gen = fn(*args, **kwargs)
-        frame = _Frame(opts, name, _attempt_number(opts, 1), opts.links)
-        to_send: Any = None
-        to_throw: BaseException | None = None
-        while True:
-            frame.attach()
-            try:
-                if to_throw is not None:
-                    exc, to_throw = to_throw, None
-                    value = gen.throw(exc)
-                else:
-                    value = gen.send(to_send)
-            except StopIteration as stop:
-                frame.finish(None)
-                return stop.value
-            except BaseException as exc:
-                frame.finish(exc)
-                raise
-            finally:
-                frame.detach()
-            try:
-                to_send = yield value
-            except GeneratorExit:
-                frame.attach()
-                try:
-                    gen.close()
-                except BaseException as exc:  # its cleanup failed: the span still ends
-                    frame.finish(exc)
-                    raise
-                finally:
-                    frame.detach()
-                frame.finish(None)
-                raise
-            except BaseException as exc:
-                to_throw = exc
+        return (
+            yield from traced_generator(
+                lambda: _Frame(opts, name, _attempt_number(opts, 1), opts.links),
+                lambda: fn(*args, **kwargs),
+            )
+        )
 
     return wrapper
 
@@ -176,41 +147,103 @@ def _wrap_async_gen(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any
     name = opts.name or _default_name(fn)
 
     @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        agen = fn(*args, **kwargs)
-        frame = _Frame(opts, name, _attempt_number(opts, 1), opts.links)
-        to_send: Any = None
-        to_throw: BaseException | None = None
-        while True:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return traced_async_generator(
+            lambda: _Frame(opts, name, _attempt_number(opts, 1), opts.links),
+            lambda: fn(*args, **kwargs),
+        )
+
+    return wrapper
+
+
+def traced_generator(
+    open_frame: Callable[[], _Frame | None], make: Callable[[], Iterator[Any]]
+) -> Iterator[Any]:
+    """Iterate ``make()`` with the frame's span attached around every ``next()``; the
+    frame is opened at the first ``next()``, in the consumer's context."""
+    frame = open_frame()
+    gen = make()
+    if frame is None:
+        return (yield from gen)
+    to_send: Any = None
+    to_throw: BaseException | None = None
+    while True:
+        frame.attach()
+        try:
+            if to_throw is not None:
+                exc, to_throw = to_throw, None
+                value = gen.throw(exc)  # type: ignore[attr-defined]
+            else:
+                value = gen.send(to_send)  # type: ignore[attr-defined]
+        except StopIteration as stop:
+            frame.finish(None)
+            return stop.value
+        except BaseException as exc:
+            frame.finish(exc)
+            raise
+        finally:
+            frame.detach()
+        try:
+            to_send = yield value
+        except GeneratorExit:  # the consumer stopped early: the run ends there
             frame.attach()
             try:
-                if to_throw is not None:
-                    exc, to_throw = to_throw, None
-                    value = await agen.athrow(exc)
-                else:
-                    value = await agen.asend(to_send)
-            except StopAsyncIteration:
-                frame.finish(None)
-                return
+                gen.close()  # type: ignore[attr-defined]
             except BaseException as exc:
                 frame.finish(exc)
                 raise
             finally:
                 frame.detach()
-            try:
-                to_send = yield value
-            except GeneratorExit:
-                frame.attach()
-                try:
-                    await agen.aclose()
-                except BaseException as exc:  # its cleanup failed: the span still ends
-                    frame.finish(exc)
-                    raise
-                finally:
-                    frame.detach()
-                frame.finish(None)
-                raise
-            except BaseException as exc:
-                to_throw = exc
+            frame.finish(None)
+            raise
+        except BaseException as exc:
+            to_throw = exc
 
-    return wrapper
+
+async def traced_async_generator(
+    open_frame: Callable[[], _Frame | None], make: Callable[[], AsyncIterator[Any]]
+) -> AsyncIterator[Any]:
+    """Async counterpart of :func:`traced_generator` (attached around every ``anext()``)."""
+    frame = open_frame()
+    agen: Any = make()
+    to_send: Any = None
+    to_throw: BaseException | None = None
+    while True:
+        if frame is not None:
+            frame.attach()
+        try:
+            if to_throw is not None:
+                exc, to_throw = to_throw, None
+                value = await agen.athrow(exc)
+            else:
+                value = await agen.asend(to_send)
+        except StopAsyncIteration:
+            if frame is not None:
+                frame.finish(None)
+            return
+        except BaseException as exc:
+            if frame is not None:
+                frame.finish(exc)
+            raise
+        finally:
+            if frame is not None:
+                frame.detach()
+        try:
+            to_send = yield value
+        except GeneratorExit:
+            if frame is not None:
+                frame.attach()
+            try:
+                await agen.aclose()
+            except BaseException as exc:
+                if frame is not None:
+                    frame.finish(exc)
+                raise
+            finally:
+                if frame is not None:
+                    frame.detach()
+            if frame is not None:
+                frame.finish(None)
+            raise
+        except BaseException as exc:
+            to_throw = exc

@@ -11,7 +11,7 @@ add no span of their own: their nodes nest under the span that is current.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -19,6 +19,7 @@ from opentelemetry import trace
 
 from .. import semconv as sc
 from .._spans import _Frame, _Options, current_run
+from .._wrappers import traced_async_generator, traced_generator
 
 _log = logging.getLogger("spangraph.instrumentation.langgraph")
 
@@ -142,103 +143,12 @@ def wrap_ainvoke(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: 
 def wrap_stream(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
     if inside_own_span():  # invoke() streaming, or a subgraph: the caller's span is current
         return wrapped(*args, **kwargs)
-    return _traced_gen(lambda: _open(instance, args, kwargs), lambda: wrapped(*args, **kwargs))
+    return traced_generator(lambda: _open(instance, args, kwargs), lambda: wrapped(*args, **kwargs))
 
 
 def wrap_astream(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
     if inside_own_span():
         return wrapped(*args, **kwargs)
-    return _traced_agen(lambda: _open(instance, args, kwargs), lambda: wrapped(*args, **kwargs))
-
-
-def _traced_gen(
-    open_frame: Callable[[], _Frame | None], make: Callable[[], Iterator[Any]]
-) -> Iterator[Any]:
-    """Iterate ``make()`` with the frame's span attached around every ``next()``; the
-    frame is opened at the first ``next()``, in the consumer's context."""
-    frame = open_frame()
-    gen = make()
-    if frame is None:
-        return (yield from gen)
-    to_send: Any = None
-    to_throw: BaseException | None = None
-    while True:
-        frame.attach()
-        try:
-            if to_throw is not None:
-                exc, to_throw = to_throw, None
-                value = gen.throw(exc)  # type: ignore[attr-defined]
-            else:
-                value = gen.send(to_send)  # type: ignore[attr-defined]
-        except StopIteration as stop:
-            frame.finish(None)
-            return stop.value
-        except BaseException as exc:
-            frame.finish(exc)
-            raise
-        finally:
-            frame.detach()
-        try:
-            to_send = yield value
-        except GeneratorExit:  # the consumer stopped early: the run ends there
-            frame.attach()
-            try:
-                gen.close()  # type: ignore[attr-defined]
-            except BaseException as exc:
-                frame.finish(exc)
-                raise
-            finally:
-                frame.detach()
-            frame.finish(None)
-            raise
-        except BaseException as exc:
-            to_throw = exc
-
-
-async def _traced_agen(
-    open_frame: Callable[[], _Frame | None], make: Callable[[], AsyncIterator[Any]]
-) -> AsyncIterator[Any]:
-    """Async counterpart of :func:`_traced_gen` (attached around every ``anext()``)."""
-    frame = open_frame()
-    agen: Any = make()
-    to_send: Any = None
-    to_throw: BaseException | None = None
-    while True:
-        if frame is not None:
-            frame.attach()
-        try:
-            if to_throw is not None:
-                exc, to_throw = to_throw, None
-                value = await agen.athrow(exc)
-            else:
-                value = await agen.asend(to_send)
-        except StopAsyncIteration:
-            if frame is not None:
-                frame.finish(None)
-            return
-        except BaseException as exc:
-            if frame is not None:
-                frame.finish(exc)
-            raise
-        finally:
-            if frame is not None:
-                frame.detach()
-        try:
-            to_send = yield value
-        except GeneratorExit:
-            if frame is not None:
-                frame.attach()
-            try:
-                await agen.aclose()
-            except BaseException as exc:
-                if frame is not None:
-                    frame.finish(exc)
-                raise
-            finally:
-                if frame is not None:
-                    frame.detach()
-            if frame is not None:
-                frame.finish(None)
-            raise
-        except BaseException as exc:
-            to_throw = exc
+    return traced_async_generator(
+        lambda: _open(instance, args, kwargs), lambda: wrapped(*args, **kwargs)
+    )
