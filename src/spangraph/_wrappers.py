@@ -247,3 +247,38 @@ async def traced_async_generator(
             raise
         except BaseException as exc:
             to_throw = exc
+
+
+def call_in_frame(frame: _Frame | None, call: Callable[[], Any]) -> Any:
+    """``call()`` with ``frame``'s span current, ending the span with the outcome (a plain
+    call when ``frame`` is None)."""
+    if frame is None:
+        return call()
+    frame.attach()
+    try:
+        result = call()
+    except BaseException as exc:
+        frame.finish(exc)
+        raise
+    finally:
+        frame.detach()
+    frame.finish(None)
+    return result
+
+
+async def await_in_frame(open_frame: Callable[[], _Frame | None], call: Callable[[], Any]) -> Any:
+    """Async :func:`call_in_frame`: ``await call()`` with the span of ``open_frame()``
+    current; the frame is opened when the coroutine runs, not when it is created."""
+    frame = open_frame()
+    if frame is None:
+        return await call()
+    frame.attach()
+    try:
+        result = await call()
+    except BaseException as exc:
+        frame.finish(exc)
+        raise
+    finally:
+        frame.detach()
+    frame.finish(None)
+    return result

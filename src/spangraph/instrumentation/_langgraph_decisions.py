@@ -22,6 +22,7 @@ from opentelemetry import trace
 
 from .. import semconv as sc
 from .._spans import _Frame, _Options
+from .._wrappers import await_in_frame, call_in_frame
 from ..branching import Decision
 
 _log = logging.getLogger("spangraph.instrumentation.langgraph")
@@ -85,18 +86,7 @@ def wrap_callable_invoke(wrapped: Callable[..., Any], instance: Any, args: Any, 
     if spec is None:
         return wrapped(*args, **kwargs)
     frame = _open(spec, _config_arg(args, kwargs))
-    if frame is None:
-        return wrapped(*args, **kwargs)
-    frame.attach()
-    try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        frame.finish(exc)
-        raise
-    finally:
-        frame.detach()
-    frame.finish(None)
-    return result
+    return call_in_frame(frame, lambda: wrapped(*args, **kwargs))
 
 
 def wrap_callable_ainvoke(
@@ -106,22 +96,9 @@ def wrap_callable_ainvoke(
     if spec is None:
         return wrapped(*args, **kwargs)
 
-    async def run() -> Any:
-        frame = _open(spec, _config_arg(args, kwargs))
-        if frame is None:
-            return await wrapped(*args, **kwargs)
-        frame.attach()
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            frame.finish(exc)
-            raise
-        finally:
-            frame.detach()
-        frame.finish(None)
-        return result
-
-    return run()
+    return await_in_frame(
+        lambda: _open(spec, _config_arg(args, kwargs)), lambda: wrapped(*args, **kwargs)
+    )
 
 
 def _targets(spec: Any, result: Any) -> tuple[list[str], bool]:

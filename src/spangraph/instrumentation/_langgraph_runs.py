@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 from .. import semconv as sc
 from .._spans import _Frame, _Options, current_run
-from .._wrappers import traced_async_generator, traced_generator
+from .._wrappers import await_in_frame, call_in_frame, traced_async_generator, traced_generator
 
 _log = logging.getLogger("spangraph.instrumentation.langgraph")
 
@@ -107,37 +107,11 @@ def _open(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Fram
 
 def wrap_invoke(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
     frame = _open(instance, args, kwargs)
-    if frame is None:
-        return wrapped(*args, **kwargs)
-    frame.attach()
-    try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        frame.finish(exc)
-        raise
-    finally:
-        frame.detach()
-    frame.finish(None)
-    return result
+    return call_in_frame(frame, lambda: wrapped(*args, **kwargs))
 
 
 def wrap_ainvoke(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-    async def run() -> Any:
-        frame = _open(instance, args, kwargs)
-        if frame is None:
-            return await wrapped(*args, **kwargs)
-        frame.attach()
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            frame.finish(exc)
-            raise
-        finally:
-            frame.detach()
-        frame.finish(None)
-        return result
-
-    return run()
+    return await_in_frame(lambda: _open(instance, args, kwargs), lambda: wrapped(*args, **kwargs))
 
 
 def wrap_stream(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
