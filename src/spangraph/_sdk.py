@@ -7,7 +7,6 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -262,7 +261,3 @@ def shutdown() -> None:
         instance.shutdown()
         _state.tracer = trace.get_tracer(_state.INSTRUMENTATION_NAME, __version__)
         _state.project = DEFAULT_PROJECT
-
-
-def _status() -> dict[str, Any]:  # pragma: no cover - used by the CLI
-    return {} if _current is None else _current.stats()
