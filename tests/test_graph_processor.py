@@ -9,7 +9,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ import spangraph
 from spangraph import queries
 from spangraph.processors import GraphSpanProcessor
 from spangraph.stores import FalkorDBStore, WriteBatch
+from spangraph.stores.falkordb import EncodedWrite
 
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -285,7 +286,8 @@ class RecordingStore(FalkorDBStore):
         self.suppressed: list[bool] = []
         self.threads: list[str] = []
 
-    def write(self, batch: WriteBatch) -> None:
+    def encode(self, batch: WriteBatch) -> EncodedWrite:
+        # the processor hands every batch to encode (on its preparing thread) ...
         self.batches.append(
             WriteBatch(
                 starts={k: list(v) for k, v in batch.starts.items()},
@@ -295,11 +297,22 @@ class RecordingStore(FalkorDBStore):
                 links={k: list(v) for k, v in batch.links.items()},
             )
         )
+        return super().encode(batch)
+
+    def submit(self, encoded: EncodedWrite) -> Callable[[], None]:
+        # ... and sends it from its sending thread
+        self._record_send()
+        return super().submit(encoded)
+
+    def write(self, batch: WriteBatch | EncodedWrite) -> None:
+        self._record_send()
+        super().write(batch)
+
+    def _record_send(self) -> None:
         self.suppressed.append(not is_instrumentation_enabled())
         self.threads.append(threading.current_thread().name)
         if self.tracer is not None and is_instrumentation_enabled():
             self.tracer.start_span("GRAPH.QUERY redis").end()
-        super().write(batch)
 
     def written(self, where: str) -> dict[str, int]:
         """span_id -> how many rows for it went into ``starts`` or ``ends``."""
@@ -386,7 +399,7 @@ def test_store_calls_are_not_traced(
         assert processor.force_flush(10_000)
         assert store.batches, "nothing was written"
         assert all(store.suppressed)
-        assert set(store.threads) == {"spangraph-graph"}
+        assert set(store.threads) == {"spangraph-graph-send"}
         assert sorted(names.names) == ["a", "wf-untraced"]
 
         # control: the same write outside the worker thread is traced

@@ -163,6 +163,8 @@ def test_queue_depth_is_read_at_collection_time(sg: spangraph.Spangraph, metrics
         gate.wait(10)
         original(payload)
 
+    submit = worker._submit
+    worker._submit = None  # send the plain way: through _send
     worker._send = held_send  # hold the worker inside one send
     try:
         with spangraph.workflow("first"):
@@ -177,6 +179,7 @@ def test_queue_depth_is_read_at_collection_time(sg: spangraph.Spangraph, metrics
     finally:
         gate.set()
         worker._send = original
+        worker._submit = submit
     assert spangraph.flush(10)
     assert points(collect(metrics)[QUEUE_SIZE])["graph"].value == 0
 

@@ -4,6 +4,7 @@ out-of-order rows, exact round trips of awkward text, URLs and errors."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -433,5 +434,67 @@ def test_query_of_a_graph_never_written_is_empty(embedded_server) -> None:
     try:
         assert store.query("MATCH (s:Span) RETURN s.span_id AS id") == []
         assert store.query("MATCH (s:Workflow {name: $n}) RETURN s", {"n": "x"}) == []
+    finally:
+        store.close()
+
+
+def test_encoded_batch_writes_what_the_batch_writes(store: FalkorDBStore) -> None:
+    batch = WriteBatch()
+    batch.ends["Step"] = [end_row(sid(80), "encoded", parent=sid(81))]
+    batch.parents = [parent_row(sid(80), sid(81))]
+    encoded = store.encode(batch)
+    assert encoded.commands == 2  # the node, then its PARENT_OF edge
+    store.write(encoded)
+    assert node(store, sid(80))["state"] == "completed"
+    assert counts(store)[1] == 1
+    assert store.encode(WriteBatch()).commands == 0
+    store.write(store.encode(WriteBatch()))  # nothing to send: no error
+
+
+def test_submitted_batches_are_written_in_order(store: FalkorDBStore) -> None:
+    first, second = WriteBatch(), WriteBatch()
+    first.starts["Step"] = [start_row(sid(90), "in-flight")]
+    second.ends["Step"] = [end_row(sid(90), "in-flight")]
+    wait_first = store.submit(store.encode(first))
+    wait_second = store.submit(store.encode(second))  # before the first reply is read
+    wait_first()
+    wait_second()
+    assert node(store, sid(90))["state"] == "completed"
+    store.submit(store.encode(WriteBatch()))()  # an empty batch sends nothing
+
+
+def test_submit_rejected_statement_keeps_the_connection_in_step(store: FalkorDBStore) -> None:
+    bad = store._encode([("MATCH (n RETURN n", {}), ("MATCH (n RETURN n", {})])
+    good = WriteBatch()
+    good.starts["Step"] = [start_row(sid(95), "after-error")]
+    wait_bad = store.submit(bad)
+    wait_good = store.submit(store.encode(good))
+    with pytest.raises(StoreError) as err:
+        wait_bad()
+    assert not isinstance(err.value, StoreUnavailableError)
+    wait_good()  # its reply is its own, not the second error of the bad one
+    assert node(store, sid(95))["state"] == "running"
+
+
+def test_submit_to_a_server_gone_is_store_unavailable_then_recovers(private_servers) -> None:
+    server, info = private_servers.start()
+    store = FalkorDBStore.from_url(info.graph_url)
+    batch = WriteBatch()
+    batch.starts["Step"] = [start_row(sid(99), "s")]
+    try:
+        store.submit(store.encode(batch))()
+        server.stop()
+        with pytest.raises(StoreUnavailableError):
+            store.submit(store.encode(batch))()
+        private_servers.restart_on_port(server, info.port)
+        deadline = time.monotonic() + 10
+        while True:  # the server takes a moment to accept connections
+            try:
+                store.submit(store.encode(batch))()  # on a new connection
+                break
+            except StoreUnavailableError:
+                assert time.monotonic() < deadline, "the restarted server never answered"
+                time.sleep(0.05)
+        assert node(store, sid(99))["name"] == "s"
     finally:
         store.close()

@@ -53,12 +53,16 @@ def prepare(items: list[Any]) -> tuple[list[Any], int]:
     return list(items), len(items)
 
 
-@pytest.fixture
-def make() -> Iterator[Callable[..., tuple[BatchWorker[Any, Any], Any]]]:
+@pytest.fixture(params=[False, True], ids=["one-thread", "pipelined"])
+def make(
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[..., tuple[BatchWorker[Any, Any], Any]]]:
+    """Workers in both modes: one thread, or a preparing and a sending thread."""
     made: list[tuple[BatchWorker[Any, Any], Any]] = []
 
     def factory(**kwargs: Any) -> tuple[BatchWorker[Any, Any], Any]:
         sink = kwargs.pop("sink", None) or Sink()
+        kwargs.setdefault("pipelined", request.param)
         kwargs.setdefault("transient", (Transient,))
         kwargs.setdefault("retry_initial", 0.001)
         w: BatchWorker[Any, Any] = BatchWorker(
@@ -143,15 +147,31 @@ def test_eager_worker_sends_at_once(make: Any) -> None:
     assert sink.items == ["x"]
 
 
+def stall(w: BatchWorker[Any, Any]) -> list[int]:
+    """With the worker's send blocked: put items one at a time until the queue keeps one
+    (a pipelined worker also takes a batch for its ready slot and one it waits to hand
+    over). Returns the items put."""
+    put: list[int] = []
+    while not w.qsize():
+        assert len(put) < 10, "the worker keeps taking items while its send is blocked"
+        assert w.put(len(put) + 1)
+        put.append(len(put) + 1)
+        time.sleep(0.05)
+    return put
+
+
 def test_queue_full_drops_and_counts(make: Any, caplog: pytest.LogCaptureFixture) -> None:
     w, sink = make(max_queue_size=3, max_batch_size=1, schedule_delay=0.01, eager=True)
     sink.gate = threading.Event()
     assert w.put(0)
     assert sink.entered.wait(5)  # the worker holds item 0 in send
+    accepted = [0, *stall(w)]
     with caplog.at_level(logging.WARNING, logger="spangraph"):
-        assert [w.put(i) for i in (1, 2, 3)] == [True, True, True]
-        assert w.put(4) is False
-        assert w.put(5) is False
+        while w.qsize() < 3:
+            assert w.put(len(accepted))
+            accepted.append(len(accepted))
+        assert w.put(100) is False
+        assert w.put(101) is False
     assert w.dropped == 2
     assert w.stats()["dropped"] == 2
     assert any(
@@ -159,7 +179,7 @@ def test_queue_full_drops_and_counts(make: Any, caplog: pytest.LogCaptureFixture
     )
     sink.gate.set()
     assert w.flush(5)
-    assert sink.items == [0, 1, 2, 3]
+    assert sink.items == accepted
 
 
 def test_drop_warnings_are_rate_limited(make: Any, caplog: pytest.LogCaptureFixture) -> None:
@@ -167,7 +187,7 @@ def test_drop_warnings_are_rate_limited(make: Any, caplog: pytest.LogCaptureFixt
     sink.gate = threading.Event()
     w.put(0)
     assert sink.entered.wait(5)
-    w.put(1)
+    stall(w)
     with caplog.at_level(logging.WARNING, logger="spangraph"):
         for i in range(100):
             assert w.put(i) is False
@@ -423,3 +443,127 @@ def test_a_full_batch_or_a_flush_ends_the_linger(make: Any) -> None:
 def test_linger_must_not_be_negative(make: Any) -> None:
     with pytest.raises(ValueError, match="linger"):
         make(linger=-1)
+
+
+def test_pipelined_worker_prepares_while_a_batch_is_in_flight(make: Any) -> None:
+    prepared = threading.Event()
+    calls: list[list[Any]] = []
+
+    def recording_prepare(items: list[Any]) -> tuple[list[Any], int]:
+        calls.append(list(items))
+        if len(calls) == 2:
+            prepared.set()
+        return list(items), len(items)
+
+    w, sink = make(pipelined=True, prepare=recording_prepare, max_batch_size=2, schedule_delay=0.01)
+    sink.gate = threading.Event()
+    w.put(0)
+    w.put(1)
+    assert sink.entered.wait(5)  # batch [0, 1] is being sent, and stays there
+    w.put(2)
+    w.put(3)
+    assert prepared.wait(5), "the next batch was not prepared while the first was in flight"
+    assert sink.batches == []
+    sink.gate.set()
+    assert w.flush(5)
+    assert sink.batches == [[0, 1], [2, 3]]
+
+
+def test_pipelined_worker_shutdown_sends_everything_and_stops_both_threads(make: Any) -> None:
+    w, sink = make(pipelined=True, max_batch_size=7, schedule_delay=5.0)
+    for i in range(50):
+        w.put(i)
+    assert w.shutdown(timeout=5)
+    assert sink.items == list(range(50))
+    names = {t.name for t in threading.enumerate()}
+    assert "spangraph-test" not in names and "spangraph-test-send" not in names
+    assert w.put(50) is False
+
+
+class Wire:
+    """``submit`` and ``send`` of a store that keeps two batches in flight: a log of
+    what happened in which order, and replies that can be made to fail once."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, Any]] = []
+        self.written: list[Any] = []
+        self.fail_reply_of: dict[Any, BaseException] = {}
+
+    def submit(self, payload: list[Any]) -> Callable[[], None]:
+        key = payload[0]
+        self.log.append(("submit", key))
+
+        def wait() -> None:
+            self.log.append(("reply", key))
+            if key in self.fail_reply_of:
+                raise self.fail_reply_of.pop(key)
+            self.written.append(key)
+
+        return wait
+
+    def send(self, payload: list[Any]) -> None:
+        self.log.append(("send", payload[0]))
+        self.written.append(payload[0])
+
+
+def test_submit_keeps_two_batches_in_flight_in_order() -> None:
+    wire = Wire()
+    w: BatchWorker[Any, Any] = BatchWorker(
+        "wire",
+        prepare,
+        wire.send,
+        transient=(Transient,),
+        max_batch_size=1,
+        schedule_delay=0.01,
+        pipelined=True,
+        submit=wire.submit,
+    )
+    try:
+        for i in range(6):
+            w.put(i)
+        assert w.flush(5)
+    finally:
+        w.shutdown(2)
+    assert wire.written == list(range(6))
+    replies = [k for what, k in wire.log if what == "reply"]
+    assert replies == list(range(6))
+    for i in range(6):  # never more than two submitted and not yet replied to
+        pos = wire.log.index(("submit", i))
+        in_flight = {k for what, k in wire.log[: pos + 1] if what == "submit"} - {
+            k for what, k in wire.log[:pos] if what == "reply"
+        }
+        assert len(in_flight) <= 2, wire.log
+    assert not [entry for entry in wire.log if entry[0] == "send"]
+    assert w.stats()["sent"] == 6
+
+
+def test_submit_reply_lost_is_sent_again_in_order() -> None:
+    wire = Wire()
+    wire.fail_reply_of[2] = Transient("connection lost")
+    w: BatchWorker[Any, Any] = BatchWorker(
+        "wire",
+        prepare,
+        wire.send,
+        transient=(Transient,),
+        max_batch_size=1,
+        schedule_delay=0.01,
+        retry_initial=0.001,
+        pipelined=True,
+        submit=wire.submit,
+    )
+    try:
+        for i in range(5):
+            w.put(i)
+        assert w.flush(5)
+    finally:
+        w.shutdown(2)
+    assert ("send", 2) in wire.log  # sent again the plain way
+    # batch 2 is written before any later batch's reply is read
+    assert wire.written == [0, 1, 2, 3, 4]
+    assert wire.log.index(("send", 2)) < wire.log.index(("reply", 3))
+    assert w.stats()["dropped"] == 0 and w.stats()["retries"] == 1
+
+
+def test_submit_needs_a_pipelined_worker() -> None:
+    with pytest.raises(ValueError, match="pipelined"):
+        BatchWorker("bad", prepare, Sink(), transient=(Transient,), submit=Wire().submit)

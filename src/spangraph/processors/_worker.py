@@ -5,6 +5,11 @@ The worker turns items into a payload once (``prepare``) and sends it (``send``)
 retrying with exponential backoff while ``send`` raises one of ``transient``; any other
 error drops that batch, counted and logged. A full queue drops new items, counted and
 logged. ``flush`` and ``shutdown`` wait for everything queued before them.
+
+With ``pipelined=True`` a second thread sends while the first prepares the next batch:
+the store works on one batch while the client maps the next (the round trip waits with
+the GIL released), in the same order, one batch in flight and one ready behind it. With
+``submit`` as well, two batches are in flight on the wire (see ``_send_loop``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import queue
 import threading
 import time
 import weakref
@@ -35,6 +41,11 @@ class _FlushMarker:
         self.done = threading.Event()
 
 
+_InFlight = tuple[Any, int, list[_FlushMarker], Callable[[], None] | None, float]
+"""A batch in the sender: payload, count, flush markers, what waits for its reply (when
+it was submitted), when it was submitted."""
+
+
 class BatchWorker(Generic[T, P]):
     """Bounded queue plus one daemon worker thread."""
 
@@ -54,6 +65,8 @@ class BatchWorker(Generic[T, P]):
         give_up_after: float | None = None,
         on_sent: Callable[[float, int], None] | None = None,
         linger: float | None = None,
+        pipelined: bool = False,
+        submit: Callable[[P], Callable[[], None]] | None = None,
     ) -> None:
         if max_queue_size < 1:
             raise ValueError("max_queue_size must be at least 1.")
@@ -77,6 +90,11 @@ class BatchWorker(Generic[T, P]):
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._give_up_after = give_up_after
+        if submit is not None and not pipelined:
+            raise ValueError("submit needs a pipelined worker.")
+        self._pipelined = pipelined
+        # optional: send a payload without waiting for the reply; returns what waits for it
+        self._submit = submit
         # optional hook, called on the worker thread after each successful send with
         # (seconds the send took, items sent); may be set after construction
         self.on_sent = on_sent
@@ -100,6 +118,16 @@ class BatchWorker(Generic[T, P]):
         self._flush_pending = 0
         self._closed = False
         self._drop_lock = threading.Lock()
+        # pipelined: prepared batches (payload, count, flush markers) for the sender;
+        # ``None`` ends it. One waits here while the sender sends the one before.
+        self._ready: queue.Queue[tuple[Any, int, list[_FlushMarker]] | None] | None = None
+        self._sender: threading.Thread | None = None
+        if self._pipelined:
+            self._ready = queue.Queue(maxsize=1)
+            self._sender = threading.Thread(
+                target=self._send_loop, name=f"spangraph-{self.name}-send", daemon=True
+            )
+            self._sender.start()
         self._thread = threading.Thread(
             target=self._run, name=f"spangraph-{self.name}", daemon=True
         )
@@ -167,6 +195,8 @@ class BatchWorker(Generic[T, P]):
         self._stop.set()
         self._wake.set()
         self._thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        if self._sender is not None:
+            self._sender.join(max(0.0, deadline - time.monotonic()) + 1.0)
         left = sum(1 for item in self._queue if not isinstance(item, _FlushMarker))
         if left:
             self._count_drop(left, "not sent before shutdown")
@@ -181,6 +211,8 @@ class BatchWorker(Generic[T, P]):
             came_from_idle = False
             if not q:
                 if self._stop.is_set():
+                    if self._ready is not None:
+                        self._ready.put(None)
                     return
                 self._idle = True
                 if not q:  # re-check: a put() between the test above and idle=True
@@ -207,28 +239,101 @@ class BatchWorker(Generic[T, P]):
                     markers.append(item)
                     break
                 items.append(item)
-            if items:
-                self._deliver(items)
-            for marker in markers:
-                with self._drop_lock:
-                    self._flush_pending -= 1
-                marker.done.set()
+            if self._ready is not None:
+                prepared = self._prepare_items(items) if items else None
+                if prepared is not None or markers:
+                    payload, count = prepared if prepared is not None else (None, 0)
+                    self._ready.put((payload, count, markers))
+                continue
+            if items and (prepared := self._prepare_items(items)) is not None:
+                self._send_payload(*prepared)
+            self._release(markers)
 
-    def _deliver(self, items: list[T]) -> None:
+    def _release(self, markers: list[_FlushMarker]) -> None:
+        for marker in markers:
+            with self._drop_lock:
+                self._flush_pending -= 1
+            marker.done.set()
+
+    def _send_loop(self) -> None:
+        """The sender thread of a pipelined worker: sends prepared batches in order.
+
+        With ``submit``, the next batch goes out before the reply to the one before it is
+        read (two in flight on one connection), so the store has the next batch at hand
+        while this thread waits for the GIL to read a reply. A batch whose submit or reply
+        fails is sent again the plain way (``send``, with retries), in order: writes are
+        idempotent.
+        """
+        otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
+        ready = self._ready
+        assert ready is not None
+        inflight: collections.deque[_InFlight] = collections.deque()
+        while True:
+            if inflight:
+                try:
+                    job = ready.get_nowait()
+                except queue.Empty:  # nothing new: read the reply of the oldest
+                    self._finish(inflight.popleft())
+                    continue
+            else:
+                job = ready.get()
+            if job is None:
+                while inflight:
+                    self._finish(inflight.popleft())
+                return
+            payload, count, markers = job
+            reply = None
+            started = time.perf_counter()
+            submit = self._submit
+            if count and submit is not None and not self._stop.is_set():
+                try:
+                    reply = submit(payload)
+                except Exception:  # sent again below, the plain way, which counts failures
+                    reply = None
+            inflight.append((payload, count, markers, reply, started))
+            if reply is None:  # sent the plain way, after everything before it
+                while inflight:
+                    self._finish(inflight.popleft())
+            elif len(inflight) >= 2:
+                self._finish(inflight.popleft())
+
+    def _finish(self, entry: _InFlight) -> None:
+        payload, count, markers, reply, started = entry
+        if count:
+            self._send_payload(payload, count, reply, started)
+        self._release(markers)
+
+    def _prepare_items(self, items: list[T]) -> tuple[P, int] | None:
+        """The payload of ``items`` and how many it counts; ``None`` when there is
+        nothing to send (a mapping error is counted and logged as a drop)."""
         try:
             payload, count = self._prepare(items)
         except Exception:
             _log.exception("spangraph %s: could not map %d item(s); dropped", self.name, len(items))
             self._count_drop(len(items), "mapping error")
-            return
-        if count == 0:
-            return
+            return None
+        return (payload, count) if count else None
+
+    def _send_payload(
+        self,
+        payload: P,
+        count: int,
+        reply: Callable[[], None] | None = None,
+        submitted: float | None = None,
+    ) -> None:
+        """Send ``payload`` (or, first, wait for the ``reply`` to its earlier submit),
+        retrying while the error is transient; count what is dropped."""
         delay = self._retry_initial
         started = time.monotonic()
         while True:
-            sending = time.perf_counter()
+            sending = time.perf_counter() if submitted is None else submitted
+            submitted = None
             try:
-                self._send(payload)
+                if reply is not None:
+                    wait, reply = reply, None
+                    wait()
+                else:
+                    self._send(payload)
             except self._transient as exc:
                 if self._stop.is_set() or (
                     self._give_up_after is not None

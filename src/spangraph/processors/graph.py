@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from opentelemetry.context import Context
@@ -71,14 +71,19 @@ class GraphSpanProcessor(SpanProcessor):
     ) -> None:
         self.store = store
         self._mapper = SpanMapper(project)
-        self._worker: BatchWorker[tuple[int, ReadableSpan], WriteBatch] = BatchWorker(
+        # a store that can encode a batch apart from sending it (FalkorDB) gets that work
+        # done by the preparing thread, so that the sending one only sends
+        self._encode: Callable[[WriteBatch], Any] | None = getattr(store, "encode", None)
+        self._worker: BatchWorker[tuple[int, ReadableSpan], Any] = BatchWorker(
             "graph",
-            self._prepare,
+            self._prepare_and_encode,
             store.write,
             transient=(StoreUnavailableError,),
             max_queue_size=max_queue_size,
             max_batch_size=min(max_batch_size, max_queue_size),  # a batch fits the queue
             schedule_delay=schedule_delay,
+            pipelined=True,  # map the next batch while the store writes this one
+            submit=getattr(store, "submit", None) if self._encode is not None else None,
         )
         self._put = self._worker.put
         self._shutdown_timeout = shutdown_timeout
@@ -98,6 +103,11 @@ class GraphSpanProcessor(SpanProcessor):
             pass
 
     # -- worker ---------------------------------------------------------------------------
+
+    def _prepare_and_encode(self, items: list[tuple[int, ReadableSpan]]) -> tuple[Any, int]:
+        batch, count = self._prepare(items)
+        encode = self._encode
+        return (encode(batch) if encode is not None else batch), count
 
     def _prepare(self, items: list[tuple[int, ReadableSpan]]) -> tuple[WriteBatch, int]:
         ended = {span.context.span_id for what, span in items if what == _END}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
@@ -163,6 +166,18 @@ def _params_header(params: dict[str, Any] | None) -> str:
     return header.replace("\x00", "\ufffd") + " "
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedWrite:
+    """A write batch as ``GRAPH.QUERY`` commands in the wire format, ready to send."""
+
+    packed: list[bytes | memoryview]
+    commands: int
+
+
+def _nothing() -> None:
+    return None
+
+
 def _plain(value: Any) -> Any:
     """Turn falkordb result objects into plain Python values."""
     if isinstance(value, list):
@@ -216,6 +231,13 @@ class FalkorDBStore:
             raise StoreError(f"FalkorDB at {self.url} answered with an error: {exc}") from exc
         self._graph = self._db.select_graph(graph)
         self._schema_ready = False
+        # packs commands into the wire format: never connected, only its encoder is used
+        pool = self._db.connection.connection_pool
+        self._packer = pool.connection_class(**pool.connection_kwargs)
+        # the connection of submit(), held between batches; replaced after an error
+        self._writer: Any = None
+        self._writer_pid = 0
+        self._writer_generation = 0
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> FalkorDBStore:
@@ -278,27 +300,103 @@ class FalkorDBStore:
             raise StoreError(f"FalkorDB rejected the schema: {exc}") from exc
         self._schema_ready = True
 
-    def write(self, batch: WriteBatch) -> None:
-        statements = write_statements(batch)
-        if not statements:
-            return
-        self.execute_many(statements)
+    def encode(self, batch: WriteBatch) -> EncodedWrite:
+        """``batch`` as the bytes :meth:`write` sends: all the client-side work of a
+        write, which a caller may do on another thread than the sending one."""
+        return self._encode(write_statements(batch))
+
+    def _encode(self, statements: list[tuple[str, dict[str, Any]]]) -> EncodedWrite:
+        graph = self.graph_name
+        commands = [
+            ("GRAPH.QUERY", graph, _params_header(params) + cypher, "--compact")
+            for cypher, params in statements
+        ]
+        return EncodedWrite(self._packer.pack_commands(commands) if commands else [], len(commands))
+
+    def write(self, batch: WriteBatch | EncodedWrite) -> None:
+        """Write ``batch`` (or what :meth:`encode` made of it) in one round trip."""
+        encoded = batch if isinstance(batch, EncodedWrite) else self.encode(batch)
+        if encoded.commands:
+            self._send(encoded)
 
     def execute_many(self, statements: list[tuple[str, dict[str, Any]]]) -> None:
         """Send several write statements in one pipeline (one round trip)."""
+        if statements:
+            self._send(self._encode(statements))
+
+    def submit(self, encoded: EncodedWrite) -> Callable[[], None]:
+        """Send ``encoded`` without waiting for the reply; the returned function waits for
+        it (and raises as :meth:`write` does). Calls from one thread only: batches
+        submitted one after another share one connection, and the replies must be waited
+        for in the same order."""
+        if not encoded.commands:
+            return _nothing
         if not self._schema_ready:
             self.ensure_schema()
-        pipe = self._db.connection.pipeline(transaction=False)
-        for cypher, params in statements:
-            pipe.execute_command(
-                "GRAPH.QUERY", self.graph_name, _params_header(params) + cypher, "--compact"
-            )
+        conn = self._writer
+        if conn is None or self._writer_pid != os.getpid():
+            pool = self._db.connection.connection_pool
+            try:
+                conn = self._writer = pool.get_connection()
+            except _TRANSIENT as exc:
+                raise StoreUnavailableError(
+                    f"FalkorDB at {self.url} is unreachable: {exc}"
+                ) from exc
+            self._writer_pid = os.getpid()
+        generation = self._writer_generation
         try:
-            pipe.execute()
+            conn.send_packed_command(encoded.packed)
+        except _TRANSIENT as exc:
+            self._drop_writer()
+            raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
+
+        def wait() -> None:
+            if self._writer_generation != generation:  # the connection went away meanwhile
+                raise StoreUnavailableError(f"FalkorDB at {self.url}: connection lost")
+            self._read_replies(conn, encoded.commands, self._drop_writer)
+
+        return wait
+
+    def _drop_writer(self) -> None:
+        conn, self._writer = self._writer, None
+        self._writer_generation += 1
+        if conn is not None and self._writer_pid == os.getpid():
+            conn.disconnect()
+            self._db.connection.connection_pool.release(conn)
+
+    def _read_replies(self, conn: Any, commands: int, on_lost: Callable[[], None]) -> None:
+        rejected: redis.ResponseError | None = None
+        try:
+            for _ in range(commands):  # read every reply: the connection stays in step
+                try:
+                    conn.read_response()
+                except redis.ResponseError as exc:
+                    rejected = rejected or exc
+        except _TRANSIENT as exc:
+            on_lost()
+            raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
+        if rejected is not None:
+            raise StoreError(f"FalkorDB rejected a write: {rejected}") from rejected
+
+    def _send(self, encoded: EncodedWrite) -> None:
+        if not self._schema_ready:
+            self.ensure_schema()
+        pool = self._db.connection.connection_pool
+        try:
+            conn = pool.get_connection()
         except _TRANSIENT as exc:
             raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
-        except redis.ResponseError as exc:
-            raise StoreError(f"FalkorDB rejected a write: {exc}") from exc
+        try:
+            try:
+                conn.send_packed_command(encoded.packed)
+            except _TRANSIENT as exc:
+                conn.disconnect()
+                raise StoreUnavailableError(
+                    f"FalkorDB at {self.url} is unreachable: {exc}"
+                ) from exc
+            self._read_replies(conn, encoded.commands, conn.disconnect)
+        finally:
+            pool.release(conn)
 
     def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         try:
@@ -321,6 +419,8 @@ class FalkorDBStore:
         self._schema_ready = False
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._drop_writer()
         try:
             self._db.connection.close()
         except Exception:  # pragma: no cover - best effort
