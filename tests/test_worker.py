@@ -567,3 +567,87 @@ def test_submit_reply_lost_is_sent_again_in_order() -> None:
 def test_submit_needs_a_pipelined_worker() -> None:
     with pytest.raises(ValueError, match="pipelined"):
         BatchWorker("bad", prepare, Sink(), transient=(Transient,), submit=Wire().submit)
+
+
+def extend(payload: list[Any], items: list[Any]) -> int:
+    payload.extend(items)
+    return len(items)
+
+
+def test_staging_worker_maps_what_comes_while_the_sender_is_busy(make: Any) -> None:
+    finalized: list[list[Any]] = []
+
+    def finalize(payload: list[Any]) -> list[Any]:
+        finalized.append(list(payload))
+        return payload
+
+    w, sink = make(
+        pipelined=True, extend=extend, finalize=finalize, max_batch_size=4, schedule_delay=0.01
+    )
+    sink.gate = threading.Event()
+    for i in range(4):
+        w.put(i)
+    assert sink.entered.wait(5)  # [0..3] in send, held there
+    for i in range(4, 40):
+        w.put(i)
+        time.sleep(0.0005)
+    deadline = time.monotonic() + 5
+    while w.qsize() and time.monotonic() < deadline:  # everything taken out of the queue
+        time.sleep(0.005)
+    assert w.qsize() == 0
+    sink.gate.set()
+    assert w.flush(5)
+    assert sink.items == list(range(40))
+    # after the slot's batch, the rest went out as one staged batch, not in batches of 4
+    assert len(sink.batches) < 10
+    assert max(len(b) for b in sink.batches) > 4
+    assert finalized == sink.batches
+
+
+def test_staging_worker_caps_the_staged_batch(make: Any) -> None:
+    w, sink = make(
+        pipelined=True, extend=extend, max_batch_size=4, max_staged=10, schedule_delay=0.01
+    )
+    sink.gate = threading.Event()
+    w.put(-1)
+    assert sink.entered.wait(5)
+    for i in range(100):
+        w.put(i)
+    sink.gate.set()
+    assert w.flush(5)
+    assert sink.items == [-1, *range(100)]
+    assert max(len(b) for b in sink.batches) <= 10 + 4  # the cap, plus one take of items
+
+
+def test_staging_worker_counts_a_failed_extend_and_keeps_the_rest(make: Any) -> None:
+    def picky_extend(payload: list[Any], items: list[Any]) -> int:
+        if "bad" in items:
+            raise ValueError("cannot map")
+        payload.extend(items)
+        return len(items)
+
+    def picky_prepare(items: list[Any]) -> tuple[list[Any], int]:
+        payload: list[Any] = []
+        return payload, picky_extend(payload, items)
+
+    w, sink = make(
+        pipelined=True,
+        prepare=picky_prepare,
+        extend=picky_extend,
+        max_batch_size=1,
+        schedule_delay=0.01,
+    )
+    sink.gate = threading.Event()
+    w.put("first")
+    assert sink.entered.wait(5)
+    w.put("second")  # prepared, and handed to the free slot
+    time.sleep(0.05)
+    w.put("third")  # prepared, and staged: the slot is taken
+    time.sleep(0.05)
+    w.put("bad")  # extends the staged batch, and fails
+    time.sleep(0.05)
+    w.put("fourth")
+    sink.gate.set()
+    assert w.flush(5)
+    assert sink.items == ["first", "second", "third", "fourth"]
+    assert w.stats()["dropped"] == 1

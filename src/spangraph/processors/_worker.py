@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from opentelemetry import context as otel_context
 
@@ -40,6 +40,10 @@ class _FlushMarker:
     def __init__(self) -> None:
         self.done = threading.Event()
 
+
+_ABSORB_EVERY: Final = 0.002
+"""Seconds a pipelined worker with a staged batch lets new items wait before mapping
+them into it."""
 
 _InFlight = tuple[Any, int, list[_FlushMarker], Callable[[], None] | None, float]
 """A batch in the sender: payload, count, flush markers, what waits for its reply (when
@@ -67,6 +71,9 @@ class BatchWorker(Generic[T, P]):
         linger: float | None = None,
         pipelined: bool = False,
         submit: Callable[[P], Callable[[], None]] | None = None,
+        extend: Callable[[P, list[T]], int] | None = None,
+        finalize: Callable[[P], Any] | None = None,
+        max_staged: int | None = None,
     ) -> None:
         if max_queue_size < 1:
             raise ValueError("max_queue_size must be at least 1.")
@@ -90,8 +97,14 @@ class BatchWorker(Generic[T, P]):
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._give_up_after = give_up_after
-        if submit is not None and not pipelined:
-            raise ValueError("submit needs a pipelined worker.")
+        if not pipelined and (submit is not None or extend is not None or finalize is not None):
+            raise ValueError("submit, extend and finalize need a pipelined worker.")
+        # pipelined: what the preparer does with a prepared payload -- add items to it
+        # (``extend``, returns how many it counts) and turn it into what ``send`` and
+        # ``submit`` take (``finalize``) when it goes to the sender
+        self._extend = extend
+        self._finalize = finalize
+        self._max_staged = max_staged if max_staged is not None else 8 * max_batch_size
         self._pipelined = pipelined
         # optional: send a payload without waiting for the reply; returns what waits for it
         self._submit = submit
@@ -111,6 +124,10 @@ class BatchWorker(Generic[T, P]):
 
     def _init_thread(self) -> None:
         self._queue: collections.deque[Any] = collections.deque()
+        # pipelined: the batch the preparer is filling, its count and flush markers
+        self._staged: Any = None
+        self._staged_count = 0
+        self._staged_markers: list[_FlushMarker] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = False
@@ -212,19 +229,28 @@ class BatchWorker(Generic[T, P]):
             if not q:
                 if self._stop.is_set():
                     if self._ready is not None:
+                        self._stage([], [], final=True)
                         self._ready.put(None)
                     return
                 self._idle = True
                 if not q:  # re-check: a put() between the test above and idle=True
-                    self._wake.wait(self._delay)
+                    # with a staged batch, wake up soon to hand it over when the sender
+                    # frees the slot (it also sets _wake when it does)
+                    self._wake.wait(_ABSORB_EVERY if self._staged is not None else self._delay)
                 self._idle = False
                 self._wake.clear()
                 if not q:
+                    if self._staged is not None:
+                        self._stage([], [])
                     continue
                 came_from_idle = True
             # Let a partial batch fill (a trickle of spans otherwise makes one round trip
-            # per item); the idle wait above already did that for non-eager workers.
-            linger = self._linger if (self._eager or not came_from_idle) else 0.0
+            # per item); the idle wait above already did that for non-eager workers. A
+            # worker with a staged batch takes what came at least every _ABSORB_EVERY.
+            if self._staged is not None:
+                linger = _ABSORB_EVERY
+            else:
+                linger = self._linger if (self._eager or not came_from_idle) else 0.0
             if linger and len(q) < self._max_batch and not self._flush_pending:
                 self._lingering = True
                 if len(q) < self._max_batch and not self._flush_pending and not self._stop.is_set():
@@ -240,14 +266,59 @@ class BatchWorker(Generic[T, P]):
                     break
                 items.append(item)
             if self._ready is not None:
-                prepared = self._prepare_items(items) if items else None
-                if prepared is not None or markers:
-                    payload, count = prepared if prepared is not None else (None, 0)
-                    self._ready.put((payload, count, markers))
+                self._stage(items, markers)
                 continue
             if items and (prepared := self._prepare_items(items)) is not None:
                 self._send_payload(*prepared)
             self._release(markers)
+
+    def _stage(self, items: list[T], markers: list[_FlushMarker], final: bool = False) -> None:
+        """Pipelined: map ``items`` into the staged batch, and hand that batch to the
+        sender when its slot is free (or a flush, the size cap or ``final`` says so).
+
+        With ``extend``, a worker whose sender is busy keeps mapping what arrives into
+        the staged batch instead of leaving it queued: the spans are let go of within a
+        few milliseconds (held spans cost the application's garbage collections: they
+        survive into old generations), and the next batch grows with the backlog.
+        """
+        if items:
+            if self._staged is None:
+                prepared = self._prepare_items(items)
+                if prepared is not None:
+                    self._staged, self._staged_count = prepared
+            else:
+                try:
+                    self._staged_count += self._extend(self._staged, items)  # type: ignore[misc]
+                except Exception:
+                    _log.exception(
+                        "spangraph %s: could not map %d item(s); dropped", self.name, len(items)
+                    )
+                    self._count_drop(len(items), "mapping error")
+        self._staged_markers += markers
+        if self._staged is None and not self._staged_markers:
+            return
+        ready = self._ready
+        assert ready is not None
+        if not (
+            final
+            or self._extend is None
+            or self._staged_markers
+            or self._staged_count >= self._max_staged
+            or not ready.full()  # only this thread puts: a free slot stays free
+        ):
+            return
+        staged, count, markers = self._staged, self._staged_count, self._staged_markers
+        self._staged, self._staged_count, self._staged_markers = None, 0, []
+        payload = None
+        if staged is not None and count:
+            try:
+                payload = self._finalize(staged) if self._finalize is not None else staged
+            except Exception:
+                _log.exception("spangraph %s: could not encode %d item(s); dropped", self.name, count)
+                self._count_drop(count, "encoding error")
+                count = 0
+        if count or markers:
+            ready.put((payload, count, markers))
 
     def _release(self, markers: list[_FlushMarker]) -> None:
         for marker in markers:
@@ -277,6 +348,8 @@ class BatchWorker(Generic[T, P]):
                     continue
             else:
                 job = ready.get()
+            if self._staged is not None:
+                self._wake.set()  # the slot is free: the preparer may hand over its batch
             if job is None:
                 while inflight:
                     self._finish(inflight.popleft())

@@ -76,13 +76,15 @@ class GraphSpanProcessor(SpanProcessor):
         self._encode: Callable[[WriteBatch], Any] | None = getattr(store, "encode", None)
         self._worker: BatchWorker[tuple[int, ReadableSpan], Any] = BatchWorker(
             "graph",
-            self._prepare_and_encode,
+            self._prepare,
             store.write,
             transient=(StoreUnavailableError,),
             max_queue_size=max_queue_size,
             max_batch_size=min(max_batch_size, max_queue_size),  # a batch fits the queue
             schedule_delay=schedule_delay,
             pipelined=True,  # map the next batch while the store writes this one
+            extend=self._extend,
+            finalize=self._encode,
             submit=getattr(store, "submit", None) if self._encode is not None else None,
         )
         self._put = self._worker.put
@@ -104,14 +106,18 @@ class GraphSpanProcessor(SpanProcessor):
 
     # -- worker ---------------------------------------------------------------------------
 
-    def _prepare_and_encode(self, items: list[tuple[int, ReadableSpan]]) -> tuple[Any, int]:
-        batch, count = self._prepare(items)
-        encode = self._encode
-        return (encode(batch) if encode is not None else batch), count
-
     def _prepare(self, items: list[tuple[int, ReadableSpan]]) -> tuple[WriteBatch, int]:
-        ended = {span.context.span_id for what, span in items if what == _END}
         batch = WriteBatch()
+        return batch, self._extend(batch, items)
+
+    def _extend(self, batch: WriteBatch, items: list[tuple[int, ReadableSpan]]) -> int:
+        """Map ``items`` into ``batch``; how many items that was.
+
+        A span's start and end in one call give one row; in different calls of one batch
+        (the worker fills a batch in steps while the store is busy), two rows, which the
+        stores write in order (start rows first).
+        """
+        ended = {span.context.span_id for what, span in items if what == _END}
         starts, ends, parents, events, links = (
             batch.starts,
             batch.ends,
@@ -174,7 +180,7 @@ class GraphSpanProcessor(SpanProcessor):
                         ends.setdefault("Option", []).extend(options)
                     for edge_type, edge_row in edges:
                         links.setdefault(edge_type, []).append(edge_row)
-        return batch, len(items)
+        return len(items)
 
     # -- SpanProcessor ------------------------------------------------------------------
 

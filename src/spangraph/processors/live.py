@@ -218,6 +218,10 @@ class LiveEventProcessor(SpanProcessor):
             schedule_delay=0.05,
             eager=True,
             give_up_after=give_up_after,
+            # map what comes while a batch is being published: spans are let go of at
+            # once, and the next publish carries all of it
+            pipelined=True,
+            extend=self._extend,
         )
         self._put = self._worker.put
         self._shutdown_timeout = shutdown_timeout
@@ -282,6 +286,11 @@ class LiveEventProcessor(SpanProcessor):
 
     def _prepare(self, items: list[tuple[Any, ...]]) -> tuple[list[tuple[str, str, str, str]], int]:
         out: list[tuple[str, str, str, str]] = []
+        return out, self._extend(out, items)
+
+    def _extend(self, out: list[tuple[str, str, str, str]], items: list[tuple[Any, ...]]) -> int:
+        """Append the messages of ``items`` to ``out``; how many."""
+        before = len(out)
         sent_live = self._sent_live
         open_spans = self._open
         # A span that ends within this batch has its final attributes for all its items
@@ -343,7 +352,7 @@ class LiveEventProcessor(SpanProcessor):
             sent_live.clear()
         if len(open_spans) > 100_000:
             open_spans.clear()
-        return out, len(out)
+        return len(out) - before
 
     # -- SpanProcessor ------------------------------------------------------------------
 
