@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import threading
 import uuid
@@ -506,3 +507,34 @@ def test_tree_query_returns_the_structure(sg: spangraph.Spangraph) -> None:
     assert roots[0].span["span_id"] == run.span_id
     assert isinstance(roots[0].span["attributes"], dict)  # decoded from JSON
     assert all(node.span["state"] == "completed" for _, node in roots[0].walk())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_writes_through_its_own_connection(sg: spangraph.Spangraph) -> None:
+    with spangraph.workflow("before-fork"):
+        pass
+    assert spangraph.flush(10)  # the parent's writer connection is open now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            with spangraph.workflow("in-child"):
+                with spangraph.step("child-step"):
+                    pass
+            code = 0 if spangraph.flush(10) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with spangraph.workflow("after-fork"):
+        pass
+    assert spangraph.flush(10)
+    names = {
+        row["name"]
+        for row in sg.store.query(
+            "MATCH (s:Span) WHERE s.project_id = $p RETURN s.name AS name",
+            {"p": sg.settings.project},
+        )
+    }
+    assert {"before-fork", "in-child", "child-step", "after-fork"} <= names
+    assert sg.stats()["graph"]["dropped"] == 0
