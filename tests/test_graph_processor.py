@@ -518,9 +518,8 @@ def test_forked_child_writes_through_its_own_connection(sg: spangraph.Spangraph)
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
-            with spangraph.workflow("in-child"):
-                with spangraph.step("child-step"):
-                    pass
+            with spangraph.workflow("in-child"), spangraph.step("child-step"):
+                pass
             code = 0 if spangraph.flush(10) else 2
         finally:
             os._exit(code)

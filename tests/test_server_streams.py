@@ -209,6 +209,33 @@ def test_subscriber_drops_repeats_and_reports_gaps() -> None:
     assert "events 6..8" in gap.msgs[0] and after.seqs == [9] and sub.last_sent == 9
     assert sub.select([HEARTBEAT]) == [HEARTBEAT]
     assert sub.push(Batch(["{}"] * 6)) and not sub.push(Batch(["{}"] * 5))
+    one = Batch(['{"seq":9}', '{"seq":10}'], [9, 10])  # one batch that overlaps: still cut
+    assert [b.seqs for b in sub.select([one])] == [[10]] and sub.last_sent == 10
+    project = Batch(['{"seq":1}'])  # a project channel's batch goes whole
+    assert Subscriber("p", max_queue=10).select([project]) == [project]
+
+
+async def test_subscriber_take_waits_for_push_and_end() -> None:
+    sub = Subscriber("c", max_queue=10, workflow_id="w", last_sent=0)
+    first = Batch(['{"seq":1}'], [1])
+    waiting = asyncio.create_task(sub.take())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # nothing queued yet
+    assert sub.push(first)
+    assert await asyncio.wait_for(waiting, 1) == [first]
+    cancelled = asyncio.create_task(sub.take())  # a take given up while waiting
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    second, third = Batch(['{"seq":2}'], [2]), Batch(['{"seq":3}'], [3])
+    assert sub.push(second) and sub.push(third)
+    assert await asyncio.wait_for(sub.take(), 1) == [second, third]  # all that was queued
+    ending = asyncio.create_task(sub.take())
+    await asyncio.sleep(0.01)
+    sub.end(4008, "too slow")
+    assert await asyncio.wait_for(ending, 1) is None
+    assert sub.gone.is_set() and sub.close_code == 4008
 
 
 # -- WebSocket ----------------------------------------------------------------------------

@@ -133,8 +133,10 @@ class StreamHub:
         )
         self._client = aioredis.Redis.from_pool(pool)
         # Errors of the Pub/Sub connection must reach the reader at once: no retries.
+        # RESP2: published messages come as plain replies, parsed with less work per
+        # message than RESP3's push messages.
         self._listener = aioredis.Redis.from_url(
-            self.redis_url, retry=Retry(NoBackoff(), 0), **timeouts
+            self.redis_url, retry=Retry(NoBackoff(), 0), protocol=2, **timeouts
         )
         self._spawn(self._run())
         self._spawn(self._beat())
@@ -171,7 +173,11 @@ class StreamHub:
 
     def sent(self, batches: list[Batch]) -> None:
         """Count the lag of ``batches``, just written to a client (the oldest counts)."""
-        born = min((b.born for b in batches if not b.heartbeat), default=None)
+        first = batches[0]
+        if len(batches) == 1:  # the usual case
+            born = None if first.heartbeat else first.born
+        else:
+            born = min((b.born for b in batches if not b.heartbeat), default=None)
         if born is not None:
             lag_ms = (time.monotonic() - born) * 1000
             self._lag[bisect.bisect_left(LAG_BOUNDS_MS, lag_ms)] += 1

@@ -138,9 +138,10 @@ class Subscriber:
     """
 
     __slots__ = (
+        "_loop",
         "_pending",
         "_queue",
-        "_wake",
+        "_waiter",
         "channel",
         "close_code",
         "close_reason",
@@ -169,7 +170,10 @@ class Subscriber:
         self.idle = True
         self._queue: list[Batch] = []
         self._pending = 0
-        self._wake = asyncio.Event()
+        # What take() waits on: a bare future of the loop. An asyncio.Event costs more per
+        # wait (it asks for the running loop each time: a getpid() call on Python 3.11).
+        self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def push(self, batch: Batch) -> bool:
         """Queue ``batch``; ``False`` (and nothing queued) when that would overflow."""
@@ -179,8 +183,14 @@ class Subscriber:
         self._queue.append(batch)
         self._pending += n
         self.idle = False
-        self._wake.set()
+        if self._waiter is not None:  # take() is waiting
+            self._wake()
         return True
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def end(self, code: int, reason: str) -> None:
         """Stop this subscriber: :meth:`take` returns ``None`` from now on."""
@@ -188,13 +198,15 @@ class Subscriber:
             self.close_code, self.close_reason = code, reason
         self._queue.clear()
         self.gone.set()
-        self._wake.set()
+        self._wake()
 
     async def take(self) -> list[Batch] | None:
         """Every batch queued so far (waits for one); ``None`` once ended."""
         while not self._queue and self.close_code is None:
-            self._wake.clear()
-            await self._wake.wait()
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._waiter = self._loop.create_future()
+            await self._waiter
         if self.close_code is not None:
             return None
         out, self._queue, self._pending = self._queue, [], 0
@@ -205,6 +217,13 @@ class Subscriber:
         are kept whole, so their shared frames are sent as they are; a batch that overlaps
         what was sent is cut, and a gap in ``seq`` is reported. A heartbeat next to other
         messages is left out."""
+        if len(batches) == 1:  # the usual case: one batch, sent whole if it follows on
+            seqs, last = batches[0].seqs, self.last_sent
+            if seqs is None:
+                return batches
+            if last is None or seqs[0] == last + 1:
+                self.last_sent = seqs[-1]
+                return batches
         out: list[Batch] = []
         for batch in batches:
             seqs, last = batch.seqs, self.last_sent

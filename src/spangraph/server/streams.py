@@ -20,10 +20,11 @@ Resume: on a workflow, send ``{"since": n}`` (the last ``seq`` you saw) as the f
 message within ``since_window`` seconds (0.5) of connecting, or connect with ``?since=n``;
 the replay comes from ``spangraph:stream:{workflow_id}``, then live, with no gap and no
 repeat. Without either, ``subscribed`` comes once the window has passed, and everything
-published since the connection opened follows. Project channels have no stream: ``since`` is accepted and ignored there. SSE
-resumes from ``Last-Event-ID`` (browsers send it when they reconnect) or ``?since=n``;
-each event is ``id: <seq>`` + ``data: <json>`` (plain ``message`` events: the type is in
-the JSON), the service's own messages come without ``id``, heartbeats as ``: heartbeat``.
+published since the connection opened follows. Project channels have no stream: ``since``
+is accepted and ignored there. SSE resumes from ``Last-Event-ID`` (browsers send it when
+they reconnect) or ``?since=n``; each event is ``id: <seq>`` + ``data: <json>`` (plain
+``message`` events: the type is in the JSON), the service's own messages come without
+``id``, heartbeats as ``: heartbeat``.
 
 Close codes: 1008 missing or wrong token (``Authorization: Bearer`` or ``?token=``, as
 browsers cannot set WebSocket headers); 1003 a first message that is not ``{"since": n}``;
@@ -190,9 +191,10 @@ async def _relay(websocket: WebSocket, hub: StreamHub, sub: Subscriber) -> None:
     """Send what the hub queues until the client leaves or the hub ends ``sub``."""
 
     async def pump() -> None:
+        send = websocket.send  # what send_text calls, one call less a frame
         while (batches := await sub.take()) is not None:
             for frame in frames_of(sub.select(batches)):
-                await websocket.send_text(frame)
+                await send({"type": "websocket.send", "text": frame})
             hub.sent(batches)
 
     async def listen() -> None:  # notices the client leave; what it sends is ignored
