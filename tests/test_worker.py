@@ -651,3 +651,18 @@ def test_staging_worker_counts_a_failed_extend_and_keeps_the_rest(make: Any) -> 
     assert w.flush(5)
     assert sink.items == ["first", "second", "third", "fourth"]
     assert w.stats()["dropped"] == 1
+
+
+def test_staging_worker_counts_a_failed_finalize(make: Any) -> None:
+    def finalize(payload: list[Any]) -> list[Any]:
+        if "unencodable" in payload:
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+        return payload
+
+    w, sink = make(pipelined=True, extend=extend, finalize=finalize, schedule_delay=0.01)
+    w.put("unencodable")
+    assert w.flush(5)
+    w.put("fine")
+    assert w.flush(5)
+    assert sink.items == ["fine"]
+    assert w.stats()["dropped"] == 1

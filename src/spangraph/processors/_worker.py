@@ -314,7 +314,9 @@ class BatchWorker(Generic[T, P]):
             try:
                 payload = self._finalize(staged) if self._finalize is not None else staged
             except Exception:
-                _log.exception("spangraph %s: could not encode %d item(s); dropped", self.name, count)
+                _log.exception(
+                    "spangraph %s: could not encode %d item(s); dropped", self.name, count
+                )
                 self._count_drop(count, "encoding error")
                 count = 0
         if count or markers:
