@@ -28,7 +28,13 @@ from spangraph.embedded import ServerInfo
 from spangraph.processors.live import seq_key, stream_key, workflow_channel
 from spangraph.server import streams
 from spangraph.server._hub import StreamHub
-from spangraph.server._subscriber import HEARTBEAT, Batch, Subscriber, seq_and_workflow
+from spangraph.server._subscriber import (
+    HEARTBEAT,
+    Batch,
+    Channel,
+    Subscriber,
+    seq_and_workflow,
+)
 from spangraph.server.app import create_app
 
 # -- harness ------------------------------------------------------------------------------
@@ -537,3 +543,27 @@ async def test_redis_restart_clients_get_an_error_then_everything(
     assert [x for x in got_sse if isinstance(x, str)] == ["error", "resumed"]
     assert got_sse.index("error") == first  # "resumed" comes once the refill is sent
     assert live.hub.stats()["refilled"] >= middle - first
+
+
+def test_channels_with_fewer_clients_are_written_to_first() -> None:
+    """A batch that reaches two channels is queued to the clients of the smaller one
+    first (their tasks then write first): a project channel with a few watchers does not
+    wait behind a round of writes to hundreds of clients of the run's channel."""
+    pushed: list[str] = []
+
+    class Recording(Subscriber):
+        def push(self, batch: Batch) -> bool:
+            pushed.append(self.channel)
+            return super().push(batch)
+
+    hub = StreamHub(None)
+    run, project = "spangraph:workflow:w", "spangraph:project:p"
+    channels = {run: Channel(run, "w"), project: Channel(project, None)}
+    channels[run].subs.update(Recording(run, max_queue=10, workflow_id="w") for _ in range(5))
+    channels[project].subs.update(Recording(project, max_queue=10) for _ in range(2))
+    hub._channels.update(channels)
+    text = b'{"type":"tick","seq":1,"workflow_id":"w","project_id":"p"}'
+    for name in (run, project):  # Redis publishes on the run's channel first
+        hub._handle({"type": "message", "channel": name.encode(), "data": text})
+    hub._flush()
+    assert pushed == [project] * 2 + [run] * 5

@@ -374,7 +374,13 @@ class StreamHub:
 
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, {}
-        for channel in dirty.values():
+        # Clients are written to in the order their batches are queued: the channels with
+        # fewer clients first, so that a channel of a few clients does not wait for a
+        # round of writes to hundreds on another (shortest job first).
+        channels = (
+            sorted(dirty.values(), key=_subscriber_count) if len(dirty) > 1 else dirty.values()
+        )
+        for channel in channels:
             texts, channel.inbox = channel.inbox, []
             batch = channel.batch(texts, channel.first_at)
             if batch is not None:
@@ -407,3 +413,7 @@ class StreamHub:
                     if sub.idle:
                         sub.push(HEARTBEAT)
                     sub.idle = True
+
+
+def _subscriber_count(channel: Channel) -> int:
+    return len(channel.subs)
