@@ -498,3 +498,22 @@ def test_submit_to_a_server_gone_is_store_unavailable_then_recovers(private_serv
         assert node(store, sid(99))["name"] == "s"
     finally:
         store.close()
+
+
+def test_unreadable_reply_drops_the_connection(store: FalkorDBStore) -> None:
+    """A reply the client cannot parse leaves the connection out of step: it is dropped
+    (the next write opens another) and the batch is rejected, not retried forever."""
+
+    class Garbled:
+        def read_response(self) -> None:
+            raise redis.exceptions.InvalidResponse("Protocol Error: b'?'")
+
+    lost: list[bool] = []
+    with pytest.raises(StoreError) as err:
+        store._read_replies(Garbled(), 2, lambda: lost.append(True))
+    assert not isinstance(err.value, StoreUnavailableError)
+    assert lost == [True]
+    batch = WriteBatch()
+    batch.starts["Step"] = [start_row(sid(97), "after-garble")]
+    store.submit(store.encode(batch))()  # the store itself still writes
+    assert node(store, sid(97))["name"] == "after-garble"

@@ -375,6 +375,11 @@ class FalkorDBStore:
         except _TRANSIENT as exc:
             on_lost()
             raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
+        except BaseException as exc:  # a reply it cannot read: the connection is out of step
+            on_lost()
+            if isinstance(exc, Exception):
+                raise StoreError(f"FalkorDB sent a reply that cannot be read: {exc}") from exc
+            raise
         if rejected is not None:
             raise StoreError(f"FalkorDB rejected a write: {rejected}") from rejected
 
