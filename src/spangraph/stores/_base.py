@@ -59,6 +59,13 @@ class GraphStore(Protocol):
     ``write`` raises :class:`~spangraph.exceptions.StoreUnavailableError` when the store
     cannot be reached (the caller retries) and :class:`~spangraph.exceptions.StoreError`
     when it rejects a statement (the caller drops the batch and counts it).
+
+    Optional, for faster writes (``FalkorDBStore`` has both): ``encode(batch)`` returns
+    what ``write`` also accepts, with the client-side work done (``GraphSpanProcessor``
+    calls it on its mapping thread), and ``submit(encoded)`` sends it without waiting
+    and returns a function that waits for the reply, raising as ``write`` does
+    (``GraphSpanProcessor`` keeps two batches in flight with it). ``submit`` is called
+    from one thread, and its replies are waited for in the order of the submits.
     """
 
     name: str
