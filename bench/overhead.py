@@ -20,6 +20,8 @@ on four setups, in alternating rounds (the order rotates every round):
 * ``full``  : bare + GraphSpanProcessor + LiveEventProcessor      -- the same + spangraph;
 * ``graph`` : bare + GraphSpanProcessor only;
 * ``live``  : bare + LiveEventProcessor only;
+* ``offload``: bare + OffloadSpanProcessor: graph and live, mapped and written by an agent
+  process (``configure(offload=True)``);
 * ``handoff``: bare + the floor (``HandoffProcessor``): each span's raw fields copied on
   a thread of this process and written to a pipe, to a child process that drops them --
   the least any processor that does its work in another process costs this one.
@@ -70,6 +72,7 @@ import spangraph
 from spangraph.embedded import EmbeddedServer, ServerInfo
 from spangraph.mapping import SpanMapper
 from spangraph.processors import GraphSpanProcessor, LiveEventProcessor, RedisPublisher
+from spangraph.processors.offload import OffloadSpanProcessor
 from spangraph.stores import FalkorDBStore
 
 PROJECT = "bench"
@@ -78,7 +81,7 @@ TARGET_OVERHEAD = 1.15
 TARGET_INGEST_RATIO = 0.5
 TARGET_INGEST_ABS = 20_000
 RESOURCE = Resource.create({"service.name": "bench", "deployment.environment.name": "bench"})
-CONFIGS = ("bare", "full", "graph", "live", "handoff")
+CONFIGS = ("bare", "full", "offload", "graph", "live", "handoff")
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -251,6 +254,7 @@ class Setup:
     graph: GraphSpanProcessor | None = None
     store: FalkorDBStore | None = None
     live: LiveEventProcessor | None = None
+    offload: OffloadSpanProcessor | None = None
     loop_us: list[float] = field(default_factory=list)
     main_cpu_us: list[float] = field(default_factory=list)
     main_gc_us: list[float] = field(default_factory=list)
@@ -264,6 +268,17 @@ class Setup:
         for proc in (self.graph, self.live):
             if proc is not None:
                 total += proc.stats()["dropped"]
+        if self.offload is not None:  # this process's side, and the agent's processors
+            total += self.offload.stats()["dropped"]
+            total += sum(c["dropped"] for c in self.offload.agent_stats().values() if c)
+        return total
+
+    def other_cpu_s(self, server_pid: int) -> float:
+        """CPU time of the embedded server, and of the agent process for ``offload``."""
+        total = server_cpu_s(server_pid)
+        agent = self.offload._agent if self.offload is not None else None
+        if agent is not None:
+            total += server_cpu_s(agent.pid)
         return total
 
     def drain(self) -> None:
@@ -286,6 +301,14 @@ def make_setup(name: str, info: ServerInfo) -> Setup:
         provider.add_span_processor(setup.graph)
     if name == "handoff":
         provider.add_span_processor(HandoffProcessor())
+    if name == "offload":  # graph + live, mapped and written by an agent process
+        url = f"falkordb://127.0.0.1:{info.port}/bench_offload_{uuid.uuid4().hex[:8]}"
+        setup.store = FalkorDBStore.from_url(url)
+        setup.store.ensure_schema()
+        setup.offload = OffloadSpanProcessor(
+            {"graph_url": url, "redis_url": info.redis_url, "project": PROJECT}
+        )
+        provider.add_span_processor(setup.offload)
     if name in ("full", "live"):
         setup.live = LiveEventProcessor(RedisPublisher.from_url(info.redis_url), project=PROJECT)
         provider.add_span_processor(setup.live)
@@ -370,7 +393,7 @@ def timed_round(setup: Setup, n: int, server_pid: int, tag: str, work: Any = wor
     dropped0 = setup.dropped()
     exported0 = setup.exporter.exported
     gc.collect()
-    srv0 = server_cpu_s(server_pid)
+    srv0 = setup.other_cpu_s(server_pid)
     c0 = time.process_time()
     th0 = time.thread_time()
     gc0 = GC_CLOCK.seconds
@@ -382,7 +405,7 @@ def timed_round(setup: Setup, n: int, server_pid: int, tag: str, work: Any = wor
     setup.drain()
     t2 = time.perf_counter()
     c2 = time.process_time()
-    srv2 = server_cpu_s(server_pid)
+    srv2 = setup.other_cpu_s(server_pid)
     spans = n + 1
     lost = setup.dropped() - dropped0
     bsp_lost = spans - (setup.exporter.exported - exported0)
@@ -442,7 +465,7 @@ def part3(info: ServerInfo, n: int, rounds: int) -> dict[str, Setup]:
         f"\n## 3. Agent-like workload: {rounds} rounds x {n} steps of ~1 ms I/O wait"
         " and 3 events per setup\n"
     )
-    names = ("bare", "full")
+    names = ("bare", "full", "offload")
     setups = {name: make_setup(name, info) for name in names}
     try:
         for s in setups.values():  # warm-up
@@ -659,8 +682,9 @@ def report(
         "               the server.\n"
         "process CPU    CPU time of every thread of this process over loop+drain: the\n"
         "               whole CPU bill in the user's process, wherever it is paid.\n"
-        "server CPU     CPU time of the embedded redis-server + FalkorDB process meanwhile\n"
-        "               (another process, but on this 2-core box it competes for the cores)."
+        "server CPU     CPU time of the embedded redis-server + FalkorDB process meanwhile,\n"
+        "               and for offload of the agent process too (other processes, but on\n"
+        "               this 2-core box they compete for the cores)."
     )
     print("\n## Results\n")
     valid = all(s.invalid_rounds == 0 for s in setups.values())
@@ -750,6 +774,7 @@ def report(
         "full": "+ spangraph graph + live",
         "graph": "+ spangraph graph only",
         "live": "+ spangraph live only",
+        "offload": "+ spangraph graph + live in an agent process (`offload=True`)",
         "handoff": "+ the floor: raw fields handed to another process",
     }
     for name in CONFIGS:

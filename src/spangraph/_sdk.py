@@ -19,6 +19,7 @@ from .embedded import EmbeddedServer
 from .exceptions import ConfigurationError, StoreError
 from .processors.graph import GraphSpanProcessor
 from .processors.live import LiveEventProcessor, RedisPublisher
+from .processors.offload import OffloadSpanProcessor
 from .stores import GraphStore, open_store
 
 _log = logging.getLogger("spangraph")
@@ -37,13 +38,18 @@ class Spangraph:
     store: GraphStore | None = None
     graph_processor: GraphSpanProcessor | None = None
     live_processor: LiveEventProcessor | None = None
+    offload_processor: OffloadSpanProcessor | None = None
     redis_url: str | None = None
     owns_provider: bool = False
     extra_processors: list[SpanProcessor] = field(default_factory=list)
 
     @property
     def processors(self) -> list[SpanProcessor]:
-        return [p for p in (self.graph_processor, self.live_processor) if p is not None]
+        return [
+            p
+            for p in (self.graph_processor, self.live_processor, self.offload_processor)
+            if p is not None
+        ]
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every processor has sent what was queued before this call (or the
@@ -66,12 +72,19 @@ class Spangraph:
             self.live_processor.publisher.close()
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Counters of each processor: queued, sent, dropped, failed batches, retries."""
+        """Counters of each processor: queued, sent, dropped, failed batches, retries.
+        With ``offload``: ``offload`` for this process's side, and ``graph`` and ``live``
+        as the agent process reported them at the last flush."""
         out = {}
         if self.graph_processor is not None:
             out["graph"] = self.graph_processor.stats()
         if self.live_processor is not None:
             out["live"] = self.live_processor.stats()
+        if self.offload_processor is not None:
+            out["offload"] = self.offload_processor.stats()
+            for name, counters in self.offload_processor.agent_stats().items():
+                if counters is not None:
+                    out[name] = counters
         return out
 
 
@@ -165,6 +178,7 @@ def configure(
     instrument_threads: bool = True,
     metrics: bool = False,
     max_queue_size: int = 65_536,
+    offload: bool | None = None,
 ) -> Spangraph:
     """Add spangraph's processors to the OpenTelemetry TracerProvider and return them.
 
@@ -175,8 +189,12 @@ def configure(
     exporter too when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set). Calling it again replaces
     the previous configuration. ``metrics=True`` reports the processors' health (queue
     depth, items sent and dropped, retries, send latency) as OpenTelemetry metrics through
-    the global MeterProvider. Raises :class:`~spangraph.exceptions.ConfigurationError`,
-    naming the setting, for invalid settings or unreachable servers.
+    the global MeterProvider. ``offload=True`` (or ``SPANGRAPH_OFFLOAD=1``) maps and writes
+    spans in a spangraph agent process instead of on threads of this one: the least
+    overhead for programs that make spans in hot loops (``docs/performance.md``); the
+    health metrics then cover this process's side only. Raises
+    :class:`~spangraph.exceptions.ConfigurationError`, naming the setting, for invalid
+    settings or unreachable servers.
     """
     global _current, _atexit_registered
     settings = Settings.from_env(
@@ -186,6 +204,7 @@ def configure(
         project=project,
         jaeger_url=jaeger_url,
         api_token=api_token,
+        offload=offload,
     )
     with _lock:
         if _current is not None:
@@ -196,6 +215,7 @@ def configure(
         if (graph and settings.graph_is_embedded) or (live and settings.redis_is_embedded):
             server = EmbeddedServer(settings.home).ensure_running()
         store = None
+        graph_url = None
         if graph:
             chosen = (
                 settings.replace(graph_url=server.graph_url)
@@ -203,6 +223,7 @@ def configure(
                 else settings
             )
             store = _open_store(chosen)
+            graph_url = chosen.graph_url
         instance = Spangraph(
             settings=settings, tracer_provider=provider, store=store, owns_provider=owns
         )
@@ -210,10 +231,25 @@ def configure(
             url = server.redis_url if settings.redis_is_embedded and server else settings.redis_url
             publisher = _open_publisher(url)
             instance.redis_url = url
-            instance.live_processor = LiveEventProcessor(
-                publisher, project=settings.project, max_queue_size=max_queue_size
-            )
-        if store is not None:
+            if settings.offload:
+                publisher.close()  # reachable: the agent publishes
+            else:
+                instance.live_processor = LiveEventProcessor(
+                    publisher, project=settings.project, max_queue_size=max_queue_size
+                )
+        if settings.offload:
+            if store is not None or instance.redis_url is not None:
+                instance.offload_processor = OffloadSpanProcessor(
+                    {
+                        "graph_url": graph_url,
+                        "redis_url": instance.redis_url,
+                        "project": settings.project,
+                        "graph": store is not None,
+                        "live": instance.redis_url is not None,
+                    },
+                    max_queue_size=max_queue_size,
+                )
+        elif store is not None:
             instance.graph_processor = GraphSpanProcessor(
                 store, project=settings.project, max_queue_size=max_queue_size
             )

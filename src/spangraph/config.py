@@ -28,6 +28,8 @@ ENV_JAEGER_URL: Final = "SPANGRAPH_JAEGER_URL"
 """Base URL for "open in Jaeger" links. Default ``http://localhost:16686``."""
 ENV_API_TOKEN: Final = "SPANGRAPH_API_TOKEN"
 """Bearer token the HTTP service requires when set."""
+ENV_OFFLOAD: Final = "SPANGRAPH_OFFLOAD"
+"""``1``/``true``: map and write spans in a spangraph agent process (see ``configure``)."""
 ENV_NEO4J_URI: Final = "NEO4J_URI"
 """Neo4j URI users already have; used as the graph URL when ``SPANGRAPH_GRAPH_URL`` is unset."""
 ENV_NEO4J_USER: Final = "NEO4J_USER"
@@ -80,6 +82,7 @@ class Settings:
     neo4j_user: str = "neo4j"
     neo4j_password: str | None = None
     neo4j_database: str | None = None
+    offload: bool = False
 
     def __post_init__(self) -> None:
         _check_graph_url(self.graph_url)
@@ -117,6 +120,9 @@ class Settings:
         for key, value in pairs.items():
             if value:
                 values[key] = value
+        offload = env.get(ENV_OFFLOAD)
+        if offload:
+            values["offload"] = _flag(ENV_OFFLOAD, offload)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "home" in values:
             values["home"] = Path(values["home"]).expanduser()
@@ -194,3 +200,12 @@ def _check_redis_url(url: str) -> None:
             f"unknown scheme {scheme!r} in {url!r}; expected embedded, off, redis://, rediss://",
         )
     _check_port(ENV_REDIS_URL, url)
+
+
+def _flag(name: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(name, f"expected 1/true/yes/on or 0/false/no/off, got {value!r}")

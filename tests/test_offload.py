@@ -1,0 +1,180 @@
+"""configure(offload=True): spans mapped and written by a spangraph agent process, against
+the real embedded server, with real agent processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from opentelemetry.sdk.trace import TracerProvider
+
+import spangraph
+from spangraph import queries
+from spangraph.config import Settings
+from spangraph.embedded import ServerInfo
+from spangraph.exceptions import ConfigurationError
+from spangraph.processors.offload import OffloadSpanProcessor
+
+
+@pytest.fixture
+def off(
+    provider: TracerProvider, graph_url: str, embedded_server: ServerInfo, tmp_path: Any
+) -> Iterator[spangraph.Spangraph]:
+    instance = spangraph.configure(
+        tracer_provider=provider,
+        graph_url=graph_url,
+        redis_url=embedded_server.redis_url,
+        home=str(tmp_path),
+        project=f"off-{uuid.uuid4().hex[:8]}",
+        offload=True,
+    )
+    yield instance
+    spangraph.shutdown()
+
+
+def agent_of(instance: spangraph.Spangraph) -> Any:
+    assert instance.offload_processor is not None
+    agent = instance.offload_processor._agent
+    assert agent is not None
+    return agent
+
+
+def run_names(instance: spangraph.Spangraph) -> dict[str, str]:
+    assert instance.store is not None
+    rows = instance.store.query(
+        "MATCH (s:Span) WHERE s.project_id = $p RETURN s.name AS name, s.state AS state",
+        {"p": instance.settings.project},
+    )
+    return {row["name"]: row["state"] for row in rows}
+
+
+def test_offloaded_run_is_written_and_streamed(
+    off: spangraph.Spangraph, redis_client: redis.Redis
+) -> None:
+    assert off.graph_processor is None and off.live_processor is None
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(f"spangraph:project:{off.settings.project}")
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+
+    with spangraph.workflow("offloaded") as wf:
+        with spangraph.step("fetch"):
+            spangraph.event("cache.miss", key="k1")
+        with pytest.raises(ValueError), spangraph.step("parse"):
+            raise ValueError("bad input")
+    assert spangraph.flush(10)
+
+    # the step's error is handled inside the workflow: the workflow completes
+    assert run_names(off) == {"offloaded": "completed", "fetch": "completed", "parse": "failed"}
+    assert off.store is not None
+    (root,) = queries.tree(off.store, wf.workflow_id)
+    assert root.name == "offloaded" and [c.name for c in root.children] == ["fetch", "parse"]
+    events = queries.workflow_events(off.store, wf.workflow_id)
+    assert "cache.miss" in [e["name"] for e in events]
+
+    messages = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.2)
+        if message is None:
+            if any(m["type"] == "workflow.completed" for m in messages):
+                break
+            continue
+        if message["type"] == "message":
+            messages.append(json.loads(message["data"]))
+    pubsub.close()
+    types = [m["type"] for m in messages]
+    assert types[0] == "span.started" and "step.failed" in types and "workflow.completed" in types
+    assert types.count("cache.miss") == 1  # sent live once, not again at the span's end
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+
+    stats = off.stats()
+    assert stats["offload"]["dropped"] == 0 and stats["offload"]["sent"] > 0
+    assert stats["graph"]["dropped"] == 0 and stats["graph"]["sent"] >= 6
+    assert stats["live"]["dropped"] == 0 and stats["live"]["sent"] == len(messages)
+
+
+def test_a_killed_agent_is_replaced_and_the_program_never_notices(
+    off: spangraph.Spangraph,
+) -> None:
+    with spangraph.workflow("before-kill"):
+        pass
+    assert spangraph.flush(10)
+    first = agent_of(off)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(5)
+    for i in range(3):  # the program goes on; nothing raises into it
+        with spangraph.workflow(f"after-kill-{i}"):
+            pass
+    assert spangraph.flush(20)
+    assert agent_of(off).pid != first.pid
+    names = run_names(off)
+    assert {"before-kill", "after-kill-0", "after-kill-1", "after-kill-2"} <= set(names)
+
+
+def test_shutdown_ends_the_agent(off: spangraph.Spangraph) -> None:
+    agent = agent_of(off)
+    with spangraph.workflow("last"):
+        pass
+    processor = off.offload_processor
+    assert processor is not None
+    processor.shutdown()
+    assert agent.wait(10) == 0  # it wrote what it had and exited
+    assert "last" in run_names(off)
+    processor.shutdown()  # idempotent
+    assert processor.force_flush(1000) is True
+    assert processor.stats()["dropped"] == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_gets_an_agent_of_its_own(off: spangraph.Spangraph) -> None:
+    with spangraph.workflow("parent-before"):
+        pass
+    assert spangraph.flush(10)
+    parent_agent = agent_of(off).pid
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            with spangraph.workflow("child"):
+                pass
+            ok = spangraph.flush(20) and agent_of(off).pid != parent_agent
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with spangraph.workflow("parent-after"):
+        pass
+    assert spangraph.flush(10)
+    assert agent_of(off).pid == parent_agent
+    assert {"parent-before", "child", "parent-after"} <= set(run_names(off))
+
+
+def test_an_agent_that_cannot_start_is_a_configuration_error(closed_port: int) -> None:
+    with pytest.raises(ConfigurationError) as err:
+        OffloadSpanProcessor(
+            {"graph_url": f"falkordb://127.0.0.1:{closed_port}/g", "redis_url": None},
+            start_timeout=30,
+        )
+    assert err.value.setting == "offload"
+    assert str(closed_port) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("1", True), ("true", True), ("ON", True), ("0", False), ("no", False)]
+)
+def test_offload_setting_from_the_environment(value: str, expected: bool) -> None:
+    assert Settings.from_env({"SPANGRAPH_OFFLOAD": value}).offload is expected
+
+
+def test_bad_offload_setting_names_it() -> None:
+    with pytest.raises(ConfigurationError) as err:
+        Settings.from_env({"SPANGRAPH_OFFLOAD": "maybe"})
+    assert err.value.setting == "SPANGRAPH_OFFLOAD"
