@@ -178,3 +178,29 @@ def test_bad_offload_setting_names_it() -> None:
     with pytest.raises(ConfigurationError) as err:
         Settings.from_env({"SPANGRAPH_OFFLOAD": "maybe"})
     assert err.value.setting == "SPANGRAPH_OFFLOAD"
+
+
+def test_metrics_report_the_offload_side(off: spangraph.Spangraph) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from spangraph._metrics import register_metrics
+
+    reader = InMemoryMetricReader()
+    registration = register_metrics(off, MeterProvider(metric_readers=[reader]))
+    try:
+        with spangraph.workflow("measured"):
+            pass
+        assert spangraph.flush(10)
+        data = reader.get_metrics_data()
+        sent = {
+            point.attributes["processor"]: point.value
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+            if metric.name == "spangraph.processor.items.sent"
+            for point in metric.data.data_points
+        }
+        assert sent.get("offload", 0) >= 2  # the workflow's start and end, at least
+    finally:
+        registration.unregister()

@@ -127,9 +127,10 @@ class _Instruments:
         if instance is None:
             return []
         found = []
-        for name in ("graph", "live"):
-            # a Spangraph (configure()) has graph_processor / live_processor; the OTLP
-            # ingest of `spangraph serve` has graph / live
+        for name in ("graph", "live", "offload"):
+            # a Spangraph (configure()) has graph_processor / live_processor (or, with
+            # offload, offload_processor); the OTLP ingest of `spangraph serve` has graph /
+            # live
             processor = getattr(instance, f"{name}_processor", None)
             if processor is None:
                 processor = getattr(instance, name, None)
