@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -66,6 +67,37 @@ def test_readme_usage_example_runs(tmp_path: Path) -> None:
             check=True,
         ).stdout
         assert '["research", "completed"]' in out
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "spangraph.cli", "down"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+
+def test_sdk_offload_example_runs(tmp_path: Path) -> None:
+    """docs/sdk.md's offload example, as written: 10 001 spans through an agent process."""
+    [example] = [b for b in _blocks(DOCS / "sdk.md", "python") if "offload=True" in b]
+    script = tmp_path / "offload.py"
+    script.write_text(example)
+    env = {**os.environ, "SPANGRAPH_HOME": str(tmp_path / "home")}
+    for name in ("SPANGRAPH_GRAPH_URL", "NEO4J_URI", "SPANGRAPH_REDIS_URL"):
+        env.pop(name, None)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        stats = ast.literal_eval(proc.stdout.strip().splitlines()[-1])  # what it prints
+        assert stats["graph"]["sent"] == 2 * 10_001 and stats["graph"]["dropped"] == 0
+        assert stats["offload"]["dropped"] == 0 and stats["live"]["dropped"] == 0
     finally:
         subprocess.run(
             [sys.executable, "-m", "spangraph.cli", "down"],
