@@ -140,7 +140,12 @@ class OffloadSpanProcessor(SpanProcessor):
         self._acks: dict[int, threading.Event] = {}
         self._agent_stats: dict[str, Any] = {}
         self._resources: dict[int, Any] = {}  # id -> Resource sent to the current agent
-        self._worker: BatchWorker[tuple[Any, ...], bytes] = BatchWorker(
+        # Two threads: one copies spans into frames as they come (a span is let go of at
+        # once: spans held in a queue are costly for the program's garbage collector),
+        # one writes the frames to the agent, which may be slower than the program for a
+        # while; the frames (bytes, invisible to the collector) wait meanwhile, up to as
+        # many items again as the queue holds.
+        self._worker: BatchWorker[tuple[Any, ...], Any] = BatchWorker(
             "offload",
             self._prepare,
             self._send,
@@ -150,6 +155,10 @@ class OffloadSpanProcessor(SpanProcessor):
             schedule_delay=0.05,
             eager=True,
             give_up_after=5.0,
+            pipelined=True,
+            extend=self._extend,
+            finalize=b"".join,
+            max_staged=max_queue_size,
         )
         self._put = self._worker.put
         self._start_agent()  # fails here, with a clear error, if the agent cannot start
@@ -180,7 +189,12 @@ class OffloadSpanProcessor(SpanProcessor):
 
     # -- worker ---------------------------------------------------------------------------
 
-    def _prepare(self, items: list[tuple[Any, ...]]) -> tuple[bytes, int]:
+    def _prepare(self, items: list[tuple[Any, ...]]) -> tuple[list[bytes], int]:
+        frames: list[bytes] = []
+        return frames, self._extend(frames, items)
+
+    def _extend(self, frames: list[bytes], items: list[tuple[Any, ...]]) -> int:
+        """Append the frame of ``items`` to ``frames``; how many items it holds."""
         records: list[tuple[Any, ...]] = []
         append = records.append
         resources = self._resources
@@ -257,7 +271,8 @@ class OffloadSpanProcessor(SpanProcessor):
             body = marshal.dumps(records)
         except ValueError:  # a value marshal does not take: made plain (str) first
             body = marshal.dumps([_plain_record(r) for r in records])
-        return len(body).to_bytes(4, "little") + body, count
+        frames.append(len(body).to_bytes(4, "little") + body)
+        return count
 
     def _send(self, frame: bytes) -> None:
         agent = self._agent
