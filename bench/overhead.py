@@ -762,7 +762,8 @@ def report(
         f" {args.rounds} rounds x {args.spans} spans (overhead),"
         f" {args.agent_rounds} rounds x {args.agent_spans} steps (agent-like),"
         f" {ingest['spans']} spans in workflows of {args.per_workflow} (ingest)."
-        + ("" if valid and not sg_drop else " **Some rounds dropped spans: figures invalid.**")
+        + ("" if valid else " Rounds in which a processor dropped spans were left out (see above).")
+        + (" **The ingest dropped spans: its figures are invalid.**" if sg_drop else "")
     )
     print()
     print(
