@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import select
 import signal
 import subprocess
@@ -100,10 +101,14 @@ def test_store_outage_and_recovery(private_servers, tmp_path: Path, configured: 
 
 
 @pytest.mark.slow
-def test_killed_process_leaves_running_nodes(store: FalkorDBStore, graph_url: str) -> None:
+@pytest.mark.parametrize("mode", ["threads", "offload"])
+def test_killed_process_leaves_running_nodes(
+    store: FalkorDBStore, graph_url: str, mode: str
+) -> None:
     project = f"p-{uuid.uuid4().hex[:8]}"
+    extra = ["offload"] if mode == "offload" else []
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "crash_mid_run.py"), graph_url, project],
+        [sys.executable, str(SCRIPTS / "crash_mid_run.py"), graph_url, project, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -119,6 +124,11 @@ def test_killed_process_leaves_running_nodes(store: FalkorDBStore, graph_url: st
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
     assert proc.returncode == -signal.SIGKILL
+    if ids["agent_pid"] is not None:  # offload: the agent sees its input end, and exits
+        deadline = time.monotonic() + 10
+        while _alive(ids["agent_pid"]):
+            assert time.monotonic() < deadline, "the agent outlived the traced process"
+            time.sleep(0.05)
 
     rows = store.query(
         "MATCH (s:Span {workflow_id: $wf}) "
@@ -272,3 +282,17 @@ def test_configure_with_unreachable_servers_names_the_setting(
     finally:
         spangraph.shutdown()
         provider.shutdown()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not: with its parent gone, it waits
+    for init to reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # no /proc here: it exists, so it runs
+        return True

@@ -1,8 +1,9 @@
 """Start a workflow and a step, write them to the graph, say READY, then hang until the
 test kills this process with SIGKILL (no shutdown, no flush, no span end).
 
-Usage: python crash_mid_run.py GRAPH_URL PROJECT
-Prints one line: ``READY {"workflow_id": ..., "workflow_span_id": ..., "step_span_id": ...}``
+Usage: python crash_mid_run.py GRAPH_URL PROJECT [offload]
+Prints one line: ``READY {"workflow_id": ..., "workflow_span_id": ..., "step_span_id": ...,
+"agent_pid": ...}`` (``agent_pid``: with ``offload``, the agent process; else null).
 """
 
 from __future__ import annotations
@@ -18,9 +19,15 @@ import spangraph
 
 def main() -> None:
     graph_url, project = sys.argv[1], sys.argv[2]
-    spangraph.configure(
-        tracer_provider=TracerProvider(), graph_url=graph_url, redis_url="off", project=project
+    offload = sys.argv[3:] == ["offload"]
+    sg = spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=graph_url,
+        redis_url="off",
+        project=project,
+        offload=offload,
     )
+    agent = sg.offload_processor._agent if sg.offload_processor is not None else None
     with spangraph.workflow("doomed-run") as run, spangraph.step("never-ends") as step:
         if not spangraph.flush(10):
             sys.exit("flush timed out")
@@ -28,6 +35,7 @@ def main() -> None:
             "workflow_id": run.workflow_id,
             "workflow_span_id": run.span_id,
             "step_span_id": step.span_id,
+            "agent_pid": agent.pid if agent is not None else None,
         }
         print("READY " + json.dumps(ready), flush=True)
         time.sleep(120)
