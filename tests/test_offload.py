@@ -204,3 +204,44 @@ def test_metrics_report_the_offload_side(off: spangraph.Spangraph) -> None:
         assert sent.get("offload", 0) >= 2  # the workflow's start and end, at least
     finally:
         registration.unregister()
+
+
+@pytest.mark.slow
+def test_agent_that_cannot_restart_is_retried_until_the_store_returns(
+    private_servers: Any, tmp_path: Any
+) -> None:
+    server, info = private_servers.start()
+    sg = spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=info.graph_url,
+        redis_url="off",
+        home=str(tmp_path),
+        project=f"off-{uuid.uuid4().hex[:8]}",
+        offload=True,
+    )
+    try:
+        with spangraph.workflow("before-outage"):
+            pass
+        assert spangraph.flush(10)
+        agent = agent_of(sg)
+        server.stop()
+        os.kill(agent.pid, signal.SIGKILL)
+        agent.wait(5)
+        with spangraph.workflow("during-outage"):  # nothing raises into the program
+            pass
+        assert spangraph.flush(1) is False  # no agent can start while the store is down
+        assert sg.stats()["offload"]["retries"] > 0
+        private_servers.restart_on_port(server, info.port)
+        deadline = time.monotonic() + 30
+        while True:  # the next batch starts an agent once the store answers
+            with spangraph.workflow("after-outage"):
+                pass
+            if spangraph.flush(5):
+                break
+            assert time.monotonic() < deadline, sg.stats()
+        names = run_names(sg)
+        # the batch of the outage was kept and retried: nothing accepted was lost
+        assert {"before-outage", "during-outage", "after-outage"} <= set(names)
+        assert sg.stats()["offload"]["dropped"] == 0
+    finally:
+        spangraph.shutdown()

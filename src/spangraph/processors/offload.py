@@ -116,8 +116,9 @@ class OffloadSpanProcessor(SpanProcessor):
     rest of the settings (Neo4j credentials) from the environment it inherits.
 
     Never raises into user code and never blocks it: a bounded queue (drops counted and
-    logged), a worker thread that writes to the agent, a new agent when the one before
-    died (what was sent to it and not yet written is lost, and counted by it if it can).
+    logged), worker threads that copy spans and write to the agent, a new agent when the
+    one before died (what was sent to it and not yet written is lost), a batch kept and
+    retried with backoff while no agent can start.
     ``force_flush`` returns once the agent has written everything sent before it.
     """
 
@@ -154,7 +155,9 @@ class OffloadSpanProcessor(SpanProcessor):
             max_batch_size=min(max_batch_size, max_queue_size),
             schedule_delay=0.05,
             eager=True,
-            give_up_after=5.0,
+            # as the graph worker: a batch is retried until it is written (or shutdown);
+            # meanwhile the queue fills, and what does not fit is dropped, counted
+            give_up_after=None,
             pipelined=True,
             extend=self._extend,
             finalize=b"".join,
@@ -284,7 +287,11 @@ class OffloadSpanProcessor(SpanProcessor):
                             "spangraph offload: the agent exited (code %s); starting another",
                             self._agent.returncode,
                         )
-                    self._start_agent()
+                        self._agent = None
+                    try:
+                        self._start_agent()
+                    except ConfigurationError as exc:  # e.g. the store is down: retried
+                        raise AgentGone(str(exc)) from exc
                 agent = self._agent
         assert agent is not None and agent.stdin is not None
         try:
