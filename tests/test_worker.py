@@ -506,8 +506,9 @@ class Wire:
         self.written.append(payload[0])
 
 
-def test_submit_keeps_two_batches_in_flight_in_order() -> None:
-    wire = Wire()
+def send_through(wire: Wire, items: int) -> BatchWorker[Any, Any]:
+    """Send ``items`` integers, a batch each, through a worker that submits to ``wire``;
+    the worker, shut down."""
     w: BatchWorker[Any, Any] = BatchWorker(
         "wire",
         prepare,
@@ -515,15 +516,22 @@ def test_submit_keeps_two_batches_in_flight_in_order() -> None:
         transient=(Transient,),
         max_batch_size=1,
         schedule_delay=0.01,
+        retry_initial=0.001,
         pipelined=True,
         submit=wire.submit,
     )
     try:
-        for i in range(6):
+        for i in range(items):
             w.put(i)
         assert w.flush(5)
     finally:
         w.shutdown(2)
+    return w
+
+
+def test_submit_keeps_two_batches_in_flight_in_order() -> None:
+    wire = Wire()
+    w = send_through(wire, 6)
     assert wire.written == list(range(6))
     replies = [k for what, k in wire.log if what == "reply"]
     assert replies == list(range(6))
@@ -540,23 +548,7 @@ def test_submit_keeps_two_batches_in_flight_in_order() -> None:
 def test_submit_reply_lost_is_sent_again_in_order() -> None:
     wire = Wire()
     wire.fail_reply_of[2] = Transient("connection lost")
-    w: BatchWorker[Any, Any] = BatchWorker(
-        "wire",
-        prepare,
-        wire.send,
-        transient=(Transient,),
-        max_batch_size=1,
-        schedule_delay=0.01,
-        retry_initial=0.001,
-        pipelined=True,
-        submit=wire.submit,
-    )
-    try:
-        for i in range(5):
-            w.put(i)
-        assert w.flush(5)
-    finally:
-        w.shutdown(2)
+    w = send_through(wire, 5)
     assert ("send", 2) in wire.log  # sent again the plain way
     # batch 2 is written before any later batch's reply is read
     assert wire.written == [0, 1, 2, 3, 4]
