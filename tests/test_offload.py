@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -165,6 +166,8 @@ def test_an_agent_that_cannot_start_is_a_configuration_error(closed_port: int) -
         )
     assert err.value.setting == "offload"
     assert str(closed_port) in str(err.value)
+    names = [t.name for t in threading.enumerate()]
+    assert "spangraph-offload" not in names and "spangraph-offload-send" not in names
 
 
 @pytest.mark.parametrize(

@@ -164,7 +164,12 @@ class OffloadSpanProcessor(SpanProcessor):
             max_staged=max_queue_size,
         )
         self._put = self._worker.put
-        self._start_agent()  # fails here, with a clear error, if the agent cannot start
+        try:
+            self._start_agent()  # fails here, with a clear error, if the agent cannot start
+        except BaseException:
+            self._closed = True
+            self._worker.shutdown(0.1)  # no worker threads left behind
+            raise
         with _live._listeners_lock:
             _live._listeners.append(self)  # type: ignore[arg-type]
         ref = weakref.WeakMethod(self._after_fork)
