@@ -25,6 +25,8 @@ from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
 from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 _log = logging.getLogger("spangraph")
 
@@ -454,3 +456,30 @@ class BatchWorker(Generic[T, P]):
             "failed": self.failed,
             "retries": self.retries,
         }
+
+
+START: Final = 0
+"""Queue item kind of a span start: ``(START, span)``."""
+END: Final = 1
+"""Queue item kind of a span end: ``(END, span)``."""
+
+
+class QueueingSpanProcessor(SpanProcessor):
+    """``on_start``/``on_end`` of a processor whose worker takes ``(START, span)`` and
+    ``(END, span)`` items: called synchronously on the thread that starts or ends the
+    span, so each only appends to the bounded queue (``self._put``, a
+    :meth:`BatchWorker.put`) and never raises."""
+
+    _put: Callable[[Any], bool]
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            self._put((START, span))
+        except Exception:  # pragma: no cover - never raise into user code
+            pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            self._put((END, span))
+        except Exception:  # pragma: no cover - never raise into user code
+            pass

@@ -6,19 +6,18 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util import BoundedList
 
 from ..exceptions import StoreUnavailableError
 from ..mapping import SpanMapper, hex_span_id, hex_trace_id
 from ..stores._base import GraphStore, WriteBatch
-from ._worker import BatchWorker
+from ._worker import END, START, BatchWorker, QueueingSpanProcessor
 
 _log = logging.getLogger("spangraph")
 
-_START = 0
-_END = 1
+_START = START
+_END = END
 
 
 def _attributes_view(span: Any) -> Mapping[str, Any]:
@@ -44,7 +43,7 @@ def _has_any(span: Any, name: str) -> bool:
     return bool(getattr(span, name))
 
 
-class GraphSpanProcessor(SpanProcessor):
+class GraphSpanProcessor(QueueingSpanProcessor):
     """Writes spans into a :class:`~spangraph.stores.GraphStore`.
 
     A node is written when its span *starts* (``state: running``) and completed when it
@@ -90,19 +89,7 @@ class GraphSpanProcessor(SpanProcessor):
         self._put = self._worker.put
         self._shutdown_timeout = shutdown_timeout
 
-    # -- hot path -------------------------------------------------------------------------
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        try:
-            self._put((_START, span))
-        except Exception:  # pragma: no cover - never raise into user code
-            pass
-
-    def on_end(self, span: ReadableSpan) -> None:
-        try:
-            self._put((_END, span))
-        except Exception:  # pragma: no cover - never raise into user code
-            pass
+    # on_start / on_end: QueueingSpanProcessor's (an append to the bounded queue)
 
     # -- worker ---------------------------------------------------------------------------
 

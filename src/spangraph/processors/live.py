@@ -218,8 +218,8 @@ class LiveEventProcessor(SpanProcessor):
             schedule_delay=0.05,
             eager=True,
             give_up_after=give_up_after,
-            # One thread maps and publishes: at the event rates live streams carry, a
-            # hand-over to a sending thread costs more CPU and latency than it saves.
+            # one thread maps and publishes: at the event rates live streams carry, a
+            # hand-over to a sending thread costs more CPU and latency than it saves
         )
         self._put = self._worker.put
         self._shutdown_timeout = shutdown_timeout
@@ -284,11 +284,6 @@ class LiveEventProcessor(SpanProcessor):
 
     def _prepare(self, items: list[tuple[Any, ...]]) -> tuple[list[tuple[str, str, str, str]], int]:
         out: list[tuple[str, str, str, str]] = []
-        return out, self._extend(out, items)
-
-    def _extend(self, out: list[tuple[str, str, str, str]], items: list[tuple[Any, ...]]) -> int:
-        """Append the messages of ``items`` to ``out``; how many."""
-        before = len(out)
         sent_live = self._sent_live
         open_spans = self._open
         # A span that ends within this batch has its final attributes for all its items
@@ -350,7 +345,7 @@ class LiveEventProcessor(SpanProcessor):
             sent_live.clear()
         if len(open_spans) > 100_000:
             open_spans.clear()
-        return len(out) - before
+        return out, len(out)
 
     # -- SpanProcessor ------------------------------------------------------------------
 

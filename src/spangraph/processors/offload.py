@@ -31,17 +31,16 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, Final
 
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 
 from ..exceptions import ConfigurationError
 from . import live as _live
-from ._worker import BatchWorker
+from ._worker import END, START, BatchWorker, QueueingSpanProcessor
 
 _log = logging.getLogger("spangraph")
 
-_START: Final = 0
-_END: Final = 1
+_START: Final = START
+_END: Final = END
 _EVENT: Final = 2
 _RESOURCE: Final = 3
 _FLUSH: Final = 4
@@ -109,7 +108,7 @@ def _plain_record(record: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(_plain(v) for v in record)
 
 
-class OffloadSpanProcessor(SpanProcessor):
+class OffloadSpanProcessor(QueueingSpanProcessor):
     """Ships spans to a spangraph agent process, which writes the graph and publishes
     live events. ``config``: what the agent needs to open the store and Redis
     (``graph_url``, ``redis_url``, ``project``, ``graph``, ``live``); the agent reads the
@@ -175,19 +174,7 @@ class OffloadSpanProcessor(SpanProcessor):
         ref = weakref.WeakMethod(self._after_fork)
         os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
 
-    # -- hot path -------------------------------------------------------------------------
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        try:
-            self._put((_START, span))
-        except Exception:  # pragma: no cover - never raise into user code
-            pass
-
-    def on_end(self, span: ReadableSpan) -> None:
-        try:
-            self._put((_END, span))
-        except Exception:  # pragma: no cover - never raise into user code
-            pass
+    # -- hot path: on_start / on_end are QueueingSpanProcessor's ---------------------------
 
     def _on_event(self, span: Any, name: str, attributes: Mapping[str, Any], time_ns: int) -> None:
         try:
