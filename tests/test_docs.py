@@ -34,56 +34,14 @@ def test_semantic_conventions_page_lists_every_constant() -> None:
     assert not missing, f"docs/semantic-conventions.md lacks: {missing}"
 
 
-def test_readme_usage_example_runs(tmp_path: Path) -> None:
-    """The README's Python example, as written, on the embedded default."""
-    [example] = [b for b in _blocks(ROOT / "README.md", "python") if "configure()" in b]
+def _run_example(code: str, tmp_path: Path, *checks: str) -> list[str]:
+    """Run ``code`` as a script on the embedded default (a home of its own), then each
+    of ``checks`` (Python code) in the same environment; their outputs. Stops the
+    embedded server afterwards."""
     script = tmp_path / "example.py"
-    script.write_text(example)
+    script.write_text(code)
     env = {**os.environ, "SPANGRAPH_HOME": str(tmp_path / "home")}
-    env.pop("SPANGRAPH_GRAPH_URL", None)
-    env.pop("NEO4J_URI", None)
-    try:
-        proc = subprocess.run(
-            [sys.executable, str(script)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr
-        check = (
-            "import spangraph, json; from spangraph import queries; from spangraph.stores "
-            "import open_store; from spangraph.config import Settings; "
-            "s = open_store(Settings.from_env()); "
-            "print(json.dumps([(w['name'], w['state']) for w in queries.workflows(s)]))"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", check],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-        assert '["research", "completed"]' in out
-    finally:
-        subprocess.run(
-            [sys.executable, "-m", "spangraph.cli", "down"],
-            env=env,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-
-
-def test_sdk_offload_example_runs(tmp_path: Path) -> None:
-    """docs/sdk.md's offload example, as written: 10 001 spans through an agent process."""
-    [example] = [b for b in _blocks(DOCS / "sdk.md", "python") if "offload=True" in b]
-    script = tmp_path / "offload.py"
-    script.write_text(example)
-    env = {**os.environ, "SPANGRAPH_HOME": str(tmp_path / "home")}
-    for name in ("SPANGRAPH_GRAPH_URL", "NEO4J_URI", "SPANGRAPH_REDIS_URL"):
+    for name in ("SPANGRAPH_GRAPH_URL", "NEO4J_URI", "SPANGRAPH_REDIS_URL", "SPANGRAPH_OFFLOAD"):
         env.pop(name, None)
     try:
         proc = subprocess.run(
@@ -95,9 +53,19 @@ def test_sdk_offload_example_runs(tmp_path: Path) -> None:
             check=False,
         )
         assert proc.returncode == 0, proc.stderr
-        stats = ast.literal_eval(proc.stdout.strip().splitlines()[-1])  # what it prints
-        assert stats["graph"]["sent"] == 2 * 10_001 and stats["graph"]["dropped"] == 0
-        assert stats["offload"]["dropped"] == 0 and stats["live"]["dropped"] == 0
+        outputs = [proc.stdout]
+        for check in checks:
+            outputs.append(
+                subprocess.run(
+                    [sys.executable, "-c", check],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                ).stdout
+            )
+        return outputs
     finally:
         subprocess.run(
             [sys.executable, "-m", "spangraph.cli", "down"],
@@ -106,6 +74,28 @@ def test_sdk_offload_example_runs(tmp_path: Path) -> None:
             timeout=60,
             check=False,
         )
+
+
+def test_readme_usage_example_runs(tmp_path: Path) -> None:
+    """The README's Python example, as written, on the embedded default."""
+    [example] = [b for b in _blocks(ROOT / "README.md", "python") if "configure()" in b]
+    check = (
+        "import spangraph, json; from spangraph import queries; from spangraph.stores "
+        "import open_store; from spangraph.config import Settings; "
+        "s = open_store(Settings.from_env()); "
+        "print(json.dumps([(w['name'], w['state']) for w in queries.workflows(s)]))"
+    )
+    _, out = _run_example(example, tmp_path, check)
+    assert '["research", "completed"]' in out
+
+
+def test_sdk_offload_example_runs(tmp_path: Path) -> None:
+    """docs/sdk.md's offload example, as written: 10 001 spans through an agent process."""
+    [example] = [b for b in _blocks(DOCS / "sdk.md", "python") if "offload=True" in b]
+    (out,) = _run_example(example, tmp_path)
+    stats = ast.literal_eval(out.strip().splitlines()[-1])  # what it prints
+    assert stats["graph"]["sent"] == 2 * 10_001 and stats["graph"]["dropped"] == 0
+    assert stats["offload"]["dropped"] == 0 and stats["live"]["dropped"] == 0
 
 
 def _graph_model_queries() -> list[str]:
