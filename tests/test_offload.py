@@ -248,3 +248,40 @@ def test_agent_that_cannot_restart_is_retried_until_the_store_returns(
         assert sg.stats()["offload"]["dropped"] == 0
     finally:
         spangraph.shutdown()
+
+
+def test_attribute_values_marshal_does_not_take_are_sent_as_text(
+    off: spangraph.Spangraph,
+) -> None:
+    """A span from other code may carry any object (the SDK's ReadableSpan does not check):
+    its frame is sent with such values as text, and nothing is dropped."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque-value"
+
+    trace_id, span_id = uuid.uuid4().int, uuid.uuid4().int >> 64
+    span = ReadableSpan(
+        name="foreign",
+        context=SpanContext(trace_id, span_id, False, TraceFlags(1)),
+        resource=Resource({"service.name": "other"}),
+        attributes={"thing": Opaque(), "nested": ("a", 1)},  # type: ignore[dict-item]
+        start_time=1_000,
+        end_time=2_000,
+    )
+    processor = off.offload_processor
+    assert processor is not None
+    processor.on_start(span)  # type: ignore[arg-type]
+    processor.on_end(span)
+    assert processor.force_flush(10_000)
+    assert off.store is not None
+    rows = off.store.query(
+        "MATCH (s:Span {span_id: $id}) RETURN s.attributes AS attributes, s.state AS state",
+        {"id": format(span_id, "016x")},
+    )
+    assert len(rows) == 1 and rows[0]["state"] == "completed"
+    assert json.loads(rows[0]["attributes"]) == {"thing": "opaque-value", "nested": ["a", 1]}
+    assert off.stats()["offload"]["dropped"] == 0
