@@ -1,9 +1,11 @@
 """OffloadSpanProcessor: spans mapped and written by a spangraph agent process.
 
-In this process, ``on_start``/``on_end`` append to a bounded queue, as the other
-processors do; a worker thread copies each span's raw fields (ids, name, kind, times,
-status, attributes, events, links; each Resource once) into plain tuples and writes them,
-``marshal``-ed, to the stdin of an agent: ``python -m spangraph._agent``, a child process that rebuilds the spans and feeds them to its own
+In this process, ``on_start``/``on_end`` copy each span's raw fields (ids, name, kind,
+times, status, attributes, events, links: a record of plain values, see ``_records``; in
+C where ``spangraph._speedups`` was built) and append the record to a bounded queue. A
+worker thread writes the records, ``marshal``-ed and each Resource once, to the stdin
+of an agent: ``python -m spangraph._agent``, a child process that rebuilds the spans and
+feeds them to its own
 :class:`~spangraph.processors.GraphSpanProcessor` and
 :class:`~spangraph.processors.LiveEventProcessor`. Mapping, JSON and the store and Redis
 protocols run there, off this process's GIL: what a traced program pays per span is
@@ -20,7 +22,6 @@ import itertools
 import json
 import logging
 import marshal
-import operator
 import os
 import select
 import subprocess
@@ -31,11 +32,13 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, Final
 
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ..exceptions import ConfigurationError
 from . import live as _live
-from ._worker import END, START, BatchWorker, QueueingSpanProcessor
+from ._records import END, START, end_record, py_end_record, py_start_record, start_record
+from ._worker import BatchWorker
 
 _log = logging.getLogger("spangraph")
 
@@ -48,49 +51,10 @@ _FLUSH: Final = 4
 _ENV_CONFIG: Final = "SPANGRAPH_AGENT_CONFIG"
 _AGENT_NICENESS: Final = 10
 """How much lower than the traced program the agent process runs (``os.nice``)."""
-_MAX_RESOURCES: Final = 1024
 
 
 class AgentGone(OSError):
     """The agent process is not there to take what is sent."""
-
-
-class _Flush:
-    __slots__ = ("token",)
-
-    def __init__(self, token: int) -> None:
-        self.token = token
-
-
-def _attrs(span: Any) -> dict[str, Any] | None:
-    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
-    if type(inner) is dict:
-        return inner.copy() if inner else None
-    attributes = span.attributes
-    return dict(attributes) if attributes else None
-
-
-_SDK_HEAD: Final = operator.attrgetter(
-    "_context", "_parent", "_name", "_kind", "_start_time", "_resource"
-)
-_SDK_TAIL: Final = operator.attrgetter("_end_time", "_status", "_events", "_links")
-
-
-def _head(span: Any) -> tuple[Any, ...]:
-    """context, parent, name, kind, start time, resource: the SDK span's own fields (its
-    properties copy some of them), or the public API of any other ReadableSpan."""
-    try:
-        return _SDK_HEAD(span)  # type: ignore[no-any-return]
-    except AttributeError:
-        return (span.context, span.parent, span.name, span.kind, span.start_time, span.resource)
-
-
-def _tail(span: Any) -> tuple[Any, ...]:
-    """end time, status, events, links (as :func:`_head`)."""
-    try:
-        return _SDK_TAIL(span)  # type: ignore[no-any-return]
-    except AttributeError:
-        return (span.end_time, span.status, span.events, span.links)
 
 
 def _plain(value: Any) -> Any:
@@ -108,7 +72,16 @@ def _plain_record(record: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(_plain(v) for v in record)
 
 
-class OffloadSpanProcessor(QueueingSpanProcessor):
+def _frame(records: list[tuple[Any, ...]]) -> bytes:
+    """One frame: the length, then ``marshal`` of the records."""
+    try:
+        body = marshal.dumps(records)
+    except ValueError:  # a value marshal does not take: made plain (str) first
+        body = marshal.dumps([_plain_record(r) for r in records])
+    return len(body).to_bytes(4, "little") + body
+
+
+class OffloadSpanProcessor(SpanProcessor):
     """Ships spans to a spangraph agent process, which writes the graph and publishes
     live events. ``config``: what the agent needs to open the store and Redis
     (``graph_url``, ``redis_url``, ``project``, ``graph``, ``live``); the agent reads the
@@ -139,7 +112,10 @@ class OffloadSpanProcessor(QueueingSpanProcessor):
         self._tokens = itertools.count(1)
         self._acks: dict[int, threading.Event] = {}
         self._agent_stats: dict[str, Any] = {}
-        self._resources: dict[int, Any] = {}  # id -> Resource sent to the current agent
+        # id -> Resource of every span copied (filled on the hot path, see _records), and
+        # the ids the current agent has been told about
+        self._known: dict[int, Any] = {}
+        self._announced: set[int] = set()
         # Two threads: one copies spans into frames as they come (a span is let go of at
         # once: spans held in a queue are costly for the program's garbage collector),
         # one writes the frames to the agent, which may be slower than the program for a
@@ -174,11 +150,38 @@ class OffloadSpanProcessor(QueueingSpanProcessor):
         ref = weakref.WeakMethod(self._after_fork)
         os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
 
-    # -- hot path: on_start / on_end are QueueingSpanProcessor's ---------------------------
+    # -- hot path -------------------------------------------------------------------------
+    # Called on the thread that starts or ends the span: each copies the span's raw fields
+    # into a record of plain values (C, about half a microsecond; see _records) and
+    # appends it to the bounded queue. The span itself is let go of at once: spans held
+    # in a queue survive into the old generations of the program's garbage collector.
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            self._put(start_record(span, self._known))
+        except Exception:
+            self._copy_slowly(py_start_record, span)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            self._put(end_record(span, self._known))
+        except Exception:
+            self._copy_slowly(py_end_record, span)
+
+    def _copy_slowly(self, copy: Any, span: Any) -> None:
+        try:
+            self._put(copy(span, self._known))
+        except Exception:  # never raise into user code
+            try:
+                self._worker._count_drop(1, "could not read a span")
+                _log.exception("spangraph offload: could not read a span; dropped")
+            except Exception:  # pragma: no cover
+                pass
 
     def _on_event(self, span: Any, name: str, attributes: Mapping[str, Any], time_ns: int) -> None:
         try:
-            self._put((_EVENT, span, name, attributes, time_ns))
+            span_id = span.get_span_context().span_id
+            self._put((_EVENT, span_id, name, time_ns, dict(attributes) if attributes else None))
         except Exception:  # pragma: no cover - never raise into user code
             pass
 
@@ -189,85 +192,22 @@ class OffloadSpanProcessor(QueueingSpanProcessor):
         return frames, self._extend(frames, items)
 
     def _extend(self, frames: list[bytes], items: list[tuple[Any, ...]]) -> int:
-        """Append the frame of ``items`` to ``frames``; how many items it holds."""
-        records: list[tuple[Any, ...]] = []
-        append = records.append
-        resources = self._resources
-        count = 0
-        for item in items:
-            what = item[0]
-            count += 1  # every item counts, a flush request too: a batch of one is sent
-            if what == _FLUSH:
-                append((_FLUSH, item[1].token))
-                continue
-            span = item[1]
-            try:
-                if what == _EVENT:
-                    attributes = item[3]
-                    append(
-                        (
-                            _EVENT,
-                            span.get_span_context().span_id,
-                            item[2],
-                            item[4],
-                            dict(attributes) if attributes else None,
-                        )
-                    )
-                    continue
-                ctx, parent, name, kind, start, resource = _head(span)
-                key = id(resource)
-                if resources.get(key) is not resource:
-                    if len(resources) >= _MAX_RESOURCES:
-                        resources.clear()
-                    resources[key] = resource
-                    append((_RESOURCE, key, dict(resource.attributes) if resource else None))
-                head = (
-                    ctx.trace_id,
-                    ctx.span_id,
-                    parent.span_id if parent is not None else 0,
-                    bool(parent.is_remote) if parent is not None else False,
-                    name,
-                    kind.value,
-                    start,
-                )
-                if what == _START:
-                    append((_START, *head, _attrs(span), key))
-                    continue
-                end, status, events, links = _tail(span)
-                append(
-                    (
-                        _END,
-                        *head,
-                        end,
-                        status.status_code.value,
-                        status.description,
-                        _attrs(span),
-                        [(e.name, e.timestamp, dict(e.attributes or {})) for e in events]
-                        if events
-                        else None,
-                        [
-                            (
-                                link.context.trace_id,
-                                link.context.span_id,
-                                dict(link.attributes or {}),
-                            )
-                            for link in links
-                        ]
-                        if links
-                        else None,
-                        key,
-                    )
-                )
-            except Exception:
-                count -= 1
-                self._worker._count_drop(1, "could not read a span")
-                _log.exception("spangraph offload: could not read a span; dropped")
-        try:
-            body = marshal.dumps(records)
-        except ValueError:  # a value marshal does not take: made plain (str) first
-            body = marshal.dumps([_plain_record(r) for r in records])
-        frames.append(len(body).to_bytes(4, "little") + body)
-        return count
+        """Append the frame of ``items`` (records) to ``frames``; how many items it holds.
+        Resources the agent has not been told about go first."""
+        records = items
+        if len(self._known) != len(self._announced):
+            records = self._resource_records(set(self._announced)) + items
+        frames.append(_frame(records))
+        return len(items)
+
+    def _resource_records(self, skip: set[int]) -> list[tuple[Any, ...]]:
+        records = []
+        for key, resource in list(self._known.items()):
+            if key not in skip:
+                self._announced.add(key)
+                attributes = getattr(resource, "attributes", None)
+                records.append((_RESOURCE, key, dict(attributes) if attributes else None))
+        return records
 
     def _send(self, frame: bytes) -> None:
         agent = self._agent
@@ -284,8 +224,16 @@ class OffloadSpanProcessor(QueueingSpanProcessor):
                         self._start_agent()
                     except ConfigurationError as exc:  # e.g. the store is down: retried
                         raise AgentGone(str(exc)) from exc
+                    # a new agent knows no Resource yet: all of them first
+                    self._announced = set()
+                    self._write(_frame(self._resource_records(set())))
                 agent = self._agent
-        assert agent is not None and agent.stdin is not None
+        self._write(frame, agent)
+
+    def _write(self, frame: bytes, agent: subprocess.Popen[bytes] | None = None) -> None:
+        agent = agent or self._agent
+        if agent is None or agent.stdin is None:
+            raise AgentGone("no agent process")
         try:
             view = memoryview(frame)
             fd = agent.stdin.fileno()
@@ -317,7 +265,6 @@ class OffloadSpanProcessor(QueueingSpanProcessor):
             raise ConfigurationError(
                 "offload", f"the spangraph agent process did not start: {detail}"
             )
-        self._resources = {}  # a new agent knows no Resource yet
         self._agent = agent
         threading.Thread(
             target=self._read_acks,
@@ -371,7 +318,7 @@ class OffloadSpanProcessor(QueueingSpanProcessor):
         deadline = time.monotonic() + timeout_millis / 1000
         token = next(self._tokens)
         event = self._acks[token] = threading.Event()
-        if not self._worker.put((_FLUSH, _Flush(token))):
+        if not self._worker.put((_FLUSH, token)):
             self._acks.pop(token, None)
             return False
         if not self._worker.flush(max(0.0, deadline - time.monotonic())):
