@@ -285,3 +285,18 @@ def test_attribute_values_marshal_does_not_take_are_sent_as_text(
     assert len(rows) == 1 and rows[0]["state"] == "completed"
     assert json.loads(rows[0]["attributes"]) == {"thing": "opaque-value", "nested": ["a", 1]}
     assert off.stats()["offload"]["dropped"] == 0
+
+
+def test_a_span_that_cannot_be_read_is_dropped_counted_and_never_raises(
+    off: spangraph.Spangraph,
+) -> None:
+    proc = off.offload_processor
+    assert proc is not None
+    before = proc.stats()["dropped"]
+    proc.on_start(object())  # type: ignore[arg-type]
+    proc.on_end(object())  # type: ignore[arg-type]
+    assert proc.stats()["dropped"] == before + 2
+    with spangraph.workflow("after"):  # what comes next is still written
+        pass
+    assert spangraph.flush()
+    assert run_names(off) == {"after": "completed"}

@@ -1,0 +1,182 @@
+"""_records: the span copies of the offload hot path, in C (spangraph._speedups) and in
+Python, give the same records."""
+
+from __future__ import annotations
+
+import importlib.util
+import marshal
+import os
+import shutil
+import sysconfig
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    set_span_in_context,
+)
+
+from spangraph.processors import _records
+
+try:
+    from spangraph import _speedups
+except ImportError:  # pragma: no cover - only where no C compiler was at hand
+    _speedups = None  # type: ignore[assignment]
+
+needs_c = pytest.mark.skipif(_speedups is None, reason="spangraph._speedups was not built")
+
+
+class Recorder(SpanProcessor):
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, Any]] = []
+        self.at_start: dict[str, tuple[Any, ...]] = {}  # name -> record copied in on_start
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.calls.append((_records.START, span))
+        self.at_start[span.name] = _records.start_record(span, {})
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.calls.append((_records.END, span))
+
+
+def varied_spans(recorder: Recorder | None = None) -> list[tuple[int, Any]]:
+    """Starts and ends of spans with every kind of field: roots, children, a remote
+    parent, events, links, statuses, kinds, two resources, attribute values of each type."""
+    recorder = recorder or Recorder()
+    calls = recorder.calls
+    for service in ("a", "b"):
+        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        provider.add_span_processor(recorder)
+        tracer = provider.get_tracer("t")
+        with tracer.start_as_current_span("root", kind=SpanKind.SERVER) as root:
+            with tracer.start_as_current_span(
+                "child ünïcode",
+                attributes={"s": "x", "i": 7, "f": 1.5, "b": True, "seq": ["a", "b"]},
+                links=[Link(root.get_span_context(), {"why": "because"})],
+            ) as child:
+                child.add_event("e1", {"n": 1, "t": (1, 2)})
+                child.add_event("e2")
+                child.set_attribute("late", "set before the end")
+                child.set_status(Status(StatusCode.ERROR, "it broke"))
+            with tracer.start_as_current_span("empty", kind=SpanKind.CLIENT, attributes={}):
+                pass
+        remote = SpanContext(
+            0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+        )
+        with tracer.start_as_current_span(
+            "remote child", context=set_span_in_context(NonRecordingSpan(remote))
+        ) as span:
+            span.set_status(Status(StatusCode.OK))
+    return calls
+
+
+def test_python_records_are_the_documented_tuples() -> None:
+    known: dict[int, Any] = {}
+    recorder = Recorder()
+    calls = varied_spans(recorder)
+    starts = [_records.py_start_record(s, known) for w, s in calls if w == _records.START]
+    ends = [_records.py_end_record(s, known) for w, s in calls if w == _records.END]
+    assert len(starts) == len(ends) == 8
+    child_start = next(r for r in starts if r[5] == "child ünïcode")
+    child = next(r for r in ends if r[5] == "child ünïcode")
+    root = next(r for r in ends if r[5] == "root")
+    assert child_start[0] == _records.START and len(child_start) == 10
+    # copied in on_start: the attributes as they were then
+    assert "late" not in recorder.at_start["child ünïcode"][8]
+    assert child_start[8]["late"]  # copied later: as they are now
+    assert child[0] == _records.END and len(child) == 15
+    assert child[1] == root[1] and child[3] == root[2] and child[4] is False
+    assert root[3] == 0 and root[6] == SpanKind.SERVER.value
+    assert child[9:11] == (StatusCode.ERROR.value, "it broke")
+    assert child[11] == {
+        "s": "x",
+        "i": 7,
+        "f": 1.5,
+        "b": True,
+        "seq": ("a", "b"),
+        "late": "set before the end",
+    }
+    assert [(n, a) for n, _t, a in child[12]] == [("e1", {"n": 1, "t": (1, 2)}), ("e2", {})]
+    assert child[13] == [(root[1], root[2], {"why": "because"})]
+    assert next(r for r in ends if r[5] == "empty")[11] is None
+    remote_child = next(r for r in ends if r[5] == "remote child")
+    assert remote_child[1:5] == (0x1234, remote_child[2], 0x5678, True)
+    # one entry per Resource, and the records are what marshal takes
+    assert len(known) == 2 and {r[14] for r in ends} == set(known)
+    assert marshal.loads(marshal.dumps(starts + ends)) == starts + ends
+
+
+@needs_c
+def test_c_and_python_records_are_identical() -> None:
+    c_known: dict[int, Any] = {}
+    py_known: dict[int, Any] = {}
+    for what, span in varied_spans():
+        if what == _records.START:
+            c, py = _speedups.start_record(span, c_known), _records.py_start_record(span, py_known)
+        else:
+            c, py = _speedups.end_record(span, c_known), _records.py_end_record(span, py_known)
+        assert c == py
+        assert [type(v) for v in c] == [type(v) for v in py]
+    assert c_known == py_known
+
+
+@needs_c
+def test_c_version_refuses_what_is_not_an_sdk_span() -> None:
+    class PublicOnly:  # a ReadableSpan look-alike without the SDK's private fields
+        def __getattr__(self, name: str) -> Any:
+            raise AttributeError(name)
+
+    with pytest.raises(AttributeError):
+        _speedups.start_record(PublicOnly(), {})
+    with pytest.raises(TypeError):
+        _speedups.end_record(PublicOnly())  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        _speedups.end_record(PublicOnly(), [])  # type: ignore[arg-type]
+
+
+def test_spans_that_are_not_the_sdks_are_read_through_the_public_api() -> None:
+    calls = varied_spans()
+    sdk_span = next(s for w, s in calls if w == _records.END and s.name == "child ünïcode")
+
+    class Wrapped:  # public properties only, as a ReadableSpan proxy would have
+        def __init__(self, span: ReadableSpan) -> None:
+            self._span = span
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("_"):
+                raise AttributeError(name)
+            return getattr(self._span, name)
+
+    known: dict[int, Any] = {}
+    assert _records.py_end_record(Wrapped(sdk_span), known) == _records.py_end_record(sdk_span, {})
+    assert _records.py_start_record(Wrapped(sdk_span), known)[5] == "child ünïcode"
+
+
+def test_known_resources_are_bounded() -> None:
+    calls = varied_spans()
+    span = next(s for w, s in calls if w == _records.END)
+    known = {i: None for i in range(_records.MAX_RESOURCES)}
+    for copy in (_records.py_end_record, _records.end_record):
+        record = copy(span, known)
+        assert record[14] == id(span.resource) and len(known) == _records.MAX_RESOURCES
+
+
+def test_the_c_version_is_used_when_it_was_built() -> None:
+    assert (importlib.util.find_spec("spangraph._speedups") is not None) == _records.SPEEDUPS
+    if _records.SPEEDUPS:
+        assert _records.start_record is _speedups.start_record
+
+
+def test_the_c_extension_is_built_where_a_compiler_is_at_hand() -> None:
+    headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    if not (shutil.which(sysconfig.get_config_var("CC") or "cc") and os.path.exists(headers)):
+        pytest.skip("no C compiler or Python headers here: the Python versions are used")
+    assert _records.SPEEDUPS, "setup.py builds spangraph._speedups; it is missing"
