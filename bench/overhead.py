@@ -22,9 +22,9 @@ on four setups, in alternating rounds (the order rotates every round):
 * ``live``  : bare + LiveEventProcessor only;
 * ``offload``: bare + OffloadSpanProcessor: graph and live, mapped and written by an agent
   process (``configure(offload=True)``);
-* ``handoff``: bare + the floor (``HandoffProcessor``): each span's raw fields copied on
-  a thread of this process and written to a pipe, to a child process that drops them --
-  the least any processor that does its work in another process costs this one.
+* ``handoff``: bare + the floor of ``offload`` (``HandoffProcessor``): its own side alone,
+  each span copied into a record on the calling thread and written to a pipe, to a
+  child process that drops them; ``offload`` minus the agent's and the store's work.
 
 The timed region is the loop alone (wall clock, ``perf_counter``). spangraph's workers run
 on their own threads during the loop and compete for the GIL, so the work they do while
@@ -72,6 +72,7 @@ import spangraph
 from spangraph.embedded import EmbeddedServer, ServerInfo
 from spangraph.mapping import SpanMapper
 from spangraph.processors import GraphSpanProcessor, LiveEventProcessor, RedisPublisher
+from spangraph.processors._records import RecordBuffer
 from spangraph.processors.offload import OffloadSpanProcessor
 from spangraph.stores import FalkorDBStore
 
@@ -164,19 +165,20 @@ def ok(flag: bool) -> str:
 
 
 class HandoffProcessor(SpanProcessor):
-    """The floor: the least a processor can do in the traced process and still ship its
-    spans elsewhere. ``on_start``/``on_end`` append to a deque (as spangraph's do); a
-    thread copies each span's raw fields (ids, name, times, status, attributes, events)
-    into tuples and writes them, ``marshal``-ed, to a pipe read by a child process that
-    discards them. No mapping, no JSON, no database protocol: whatever would map and
-    write the spans runs in the other process, off the GIL of this one."""
+    """The floor of ``offload``: its own side alone. ``on_start``/``on_end`` are the same
+    record buffer (each span copied into a record on the calling thread, in C where
+    spangraph._speedups was built); a thread marshals the records and writes them to a
+    pipe read by a child process that discards them. No agent mapping and writing the
+    spans, no store: what ``offload`` costs beyond this is their work competing with the
+    program for the machine's cores."""
 
     def __init__(self) -> None:
-        import collections
         import subprocess
         import threading
 
-        self._queue: Any = collections.deque()
+        self._buffer = RecordBuffer({}, lambda what, span: (what,))
+        self.on_start = self._buffer.start  # type: ignore[method-assign]
+        self.on_end = self._buffer.end  # type: ignore[method-assign]
         self._child = subprocess.Popen(
             [sys.executable, "-c", "import os\nwhile os.read(0, 1 << 20): pass"],
             stdin=subprocess.PIPE,
@@ -188,54 +190,25 @@ class HandoffProcessor(SpanProcessor):
         self._thread = threading.Thread(target=self._run, name="handoff", daemon=True)
         self._thread.start()
 
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        self._queue.append((0, span))
-
-    def on_end(self, span: ReadableSpan) -> None:
-        self._queue.append((1, span))
-
-    @staticmethod
-    def _fields(what: int, span: Any) -> tuple[Any, ...]:
-        # the SDK's own objects behind its read-only properties (the properties copy)
-        ctx, parent = span._context, span._parent
-        attrs = span._attributes._dict.copy() if span._attributes else None
-        if what == 0:
-            return (
-                0, ctx.trace_id, ctx.span_id, parent.span_id if parent else 0,
-                span._name, span._start_time, attrs,
-            )  # fmt: skip
-        status = span._status
-        events = (
-            [(e.name, e.timestamp, dict(e.attributes or {})) for e in span._events]
-            if span._events
-            else None
-        )
-        return (
-            1, ctx.trace_id, ctx.span_id, parent.span_id if parent else 0, span._name,
-            span._start_time, span._end_time, status.status_code.value,
-            status.description, attrs, events,
-        )  # fmt: skip
-
     def _run(self) -> None:
         import marshal
 
-        q, fields = self._queue, self._fields
+        buffer = self._buffer
         while not self._stop:
-            if not q:
+            if not len(buffer):
                 self._idle.set()
-                time.sleep(0.005)
+                time.sleep(0.002)
                 continue
             self._idle.clear()
-            items = [q.popleft() for _ in range(min(len(q), 1024))]
-            data = memoryview(marshal.dumps([fields(w, s) for w, s in items]))
+            data = memoryview(marshal.dumps(buffer.take()))
             while data:
                 data = data[os.write(self._fd, data) :]
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         deadline = time.monotonic() + timeout_millis / 1000
-        while (self._queue or not self._idle.is_set()) and time.monotonic() < deadline:
+        while (len(self._buffer) or not self._idle.is_set()) and time.monotonic() < deadline:
             time.sleep(0.001)
-        return not self._queue
+        return not len(self._buffer)
 
     def shutdown(self) -> None:
         self.force_flush()
@@ -776,7 +749,7 @@ def report(
         "graph": "+ spangraph graph only",
         "live": "+ spangraph live only",
         "offload": "+ spangraph graph + live in an agent process (`offload=True`)",
-        "handoff": "+ the floor: raw fields handed to another process",
+        "handoff": "+ the floor of offload: its own side, records to a child that drops them",
     }
     for name in CONFIGS:
         s = setups[name]

@@ -300,3 +300,32 @@ def test_a_span_that_cannot_be_read_is_dropped_counted_and_never_raises(
         pass
     assert spangraph.flush()
     assert run_names(off) == {"after": "completed"}
+
+
+def test_offload_without_the_c_extension(
+    monkeypatch: pytest.MonkeyPatch,
+    provider: TracerProvider,
+    graph_url: str,
+    embedded_server: ServerInfo,
+    tmp_path: Any,
+) -> None:
+    """Where spangraph._speedups was not built, the Python buffer does the same."""
+    from spangraph.processors import _records, offload
+
+    monkeypatch.setattr(offload, "RecordBuffer", _records.PyRecordBuffer)
+    instance = spangraph.configure(
+        tracer_provider=provider,
+        graph_url=graph_url,
+        redis_url=embedded_server.redis_url,
+        home=str(tmp_path),
+        project=f"off-py-{uuid.uuid4().hex[:8]}",
+        offload=True,
+    )
+    try:
+        assert isinstance(instance.offload_processor._buffer, _records.PyRecordBuffer)  # type: ignore[union-attr]
+        with spangraph.workflow("pure python"), spangraph.step("a step"):
+            pass
+        assert spangraph.flush()
+        assert run_names(instance) == {"pure python": "completed", "a step": "completed"}
+    finally:
+        spangraph.shutdown()

@@ -180,3 +180,101 @@ def test_the_c_extension_is_built_where_a_compiler_is_at_hand() -> None:
     if not (shutil.which(sysconfig.get_config_var("CC") or "cc") and os.path.exists(headers)):
         pytest.skip("no C compiler or Python headers here: the Python versions are used")
     assert _records.SPEEDUPS, "setup.py builds spangraph._speedups; it is missing"
+
+
+BUFFERS = [_records.PyRecordBuffer] + ([_speedups.RecordBuffer] if _speedups else [])
+
+
+def not_a_span() -> Any:
+    return object()
+
+
+@pytest.fixture(params=BUFFERS, ids=lambda cls: cls.__module__.rsplit(".", 1)[-1])
+def buffer_class(request: pytest.FixtureRequest) -> Any:
+    return request.param
+
+
+def test_buffer_gathers_the_records_of_starts_and_ends(buffer_class: Any) -> None:
+    calls = varied_spans()
+    buffer = buffer_class({}, lambda what, span: (9, "fallback"))
+    for what, span in calls:
+        if what == _records.START:
+            buffer.start(span, parent_context=None)  # as the SDK calls on_start
+        else:
+            buffer.end(span)
+    assert len(buffer) == len(calls)
+    records = buffer.take()
+    known: dict[int, Any] = {}
+    assert records == [
+        (_records.py_start_record if w == _records.START else _records.py_end_record)(s, known)
+        for w, s in calls
+    ]
+    assert len(buffer) == 0 and buffer.take() == []
+    assert buffer.dropped == 0 and buffer.known == known
+
+
+def test_buffer_is_bounded_and_counts_what_it_drops(buffer_class: Any) -> None:
+    buffer = buffer_class({}, lambda what, span: (9,), None, 3)
+    assert [buffer.add((4, i)) for i in range(5)] == [True, True, True, False, False]
+    assert buffer.dropped == 2 and len(buffer) == 3
+    assert buffer.take() == [(4, 0), (4, 1), (4, 2)]
+    assert buffer.add((4, 5)) and buffer.take() == [(4, 5)]
+    buffer.closed = True  # after shutdown
+    assert not buffer.add((4, 6))
+    buffer.end(varied_spans()[-1][1])
+    assert buffer.dropped == 4 and len(buffer) == 0
+    buffer.reset()  # a forked child starts afresh
+    assert (buffer.dropped, buffer.closed, len(buffer)) == (0, False, 0)
+    assert buffer.add((4, 7))
+
+
+def test_buffer_wakes_an_idle_worker_once(buffer_class: Any) -> None:
+    woken: list[int] = []
+    buffer = buffer_class({}, lambda what, span: (9,), lambda: woken.append(1))
+    buffer.add((4, 0))
+    assert woken == []  # the worker is not waiting
+    buffer.idle = True
+    buffer.add((4, 1))
+    buffer.add((4, 2))
+    assert woken == [1] and not buffer.idle
+
+    def broken() -> None:
+        raise RuntimeError("wake failed")
+
+    buffer = buffer_class({}, lambda what, span: (9,), broken)
+    buffer.idle = True
+    buffer.add((4, 0))  # never raises into the caller
+    assert len(buffer) == 1
+
+
+def test_buffer_never_raises_on_what_it_cannot_copy(buffer_class: Any) -> None:
+    seen: list[tuple[int, Any]] = []
+
+    def fallback(what: int, span: Any) -> tuple[Any, ...]:
+        seen.append((what, span))
+        return (what, "copied by the fallback")
+
+    buffer = buffer_class({}, fallback)
+    odd = not_a_span()
+    buffer.start(odd)
+    buffer.end(odd)
+    assert seen == [(_records.START, odd), (_records.END, odd)]
+    assert buffer.take() == [(0, "copied by the fallback"), (1, "copied by the fallback")]
+
+    def failing(what: int, span: Any) -> tuple[Any, ...]:
+        raise AttributeError("nothing to read")
+
+    buffer = buffer_class({}, failing)
+    buffer.start(odd)
+    buffer.end(odd)
+    assert (buffer.dropped, buffer.unreadable, len(buffer)) == (2, 2, 0)
+
+
+@needs_c
+def test_c_buffer_checks_its_arguments() -> None:
+    with pytest.raises(TypeError):
+        _speedups.RecordBuffer([], lambda w, s: None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        _speedups.RecordBuffer({}, lambda w, s: None, None, 0)
+    with pytest.raises(TypeError):
+        _speedups.RecordBuffer({}, lambda w, s: None).start()

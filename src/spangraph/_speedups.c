@@ -10,6 +10,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #define MAX_RESOURCES 4096
 
@@ -354,6 +355,228 @@ error:
     return NULL;
 }
 
+
+/* ---- RecordBuffer: the records of an offloading processor, gathered in one list ------
+ *
+ * start(span, ...) / end(span) are the processor's on_start / on_end: they copy the span
+ * into its record and append it, under the GIL, in one C call; they never raise (a span
+ * that cannot be copied goes to ``fallback(what, span)``, and is dropped, counted, if
+ * that fails too). take() hands the records gathered so far to the worker. Bounded by
+ * max_records: what does not fit is dropped, counted.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *known;
+    PyObject *fallback;
+    PyObject *wake;
+    PyObject *records;
+    Py_ssize_t max_records;
+    Py_ssize_t dropped;
+    Py_ssize_t unreadable;
+    int idle;
+    int closed;
+} RecordBuffer;
+
+/* 1 appended, 0 dropped (full or closed), -1 error */
+static int
+rb_append(RecordBuffer *self, PyObject *record)
+{
+    if (self->closed || PyList_GET_SIZE(self->records) >= self->max_records) {
+        self->dropped++;
+        return 0;
+    }
+    if (PyList_Append(self->records, record) < 0)
+        return -1;
+    if (self->idle && self->wake != Py_None) {
+        self->idle = 0;
+        PyObject *result = PyObject_CallNoArgs(self->wake);
+        if (result == NULL)
+            PyErr_Clear();
+        Py_XDECREF(result);
+    }
+    return 1;
+}
+
+static PyObject *
+rb_add_span(RecordBuffer *self, PyObject *span, int what)
+{
+    PyObject *args[2] = {span, self->known};
+    PyObject *record = what == 0 ? start_record(NULL, args, 2) : end_record(NULL, args, 2);
+    if (record != NULL && rb_append(self, record) >= 0) {
+        Py_DECREF(record);
+        Py_RETURN_NONE;
+    }
+    PyErr_Clear();
+    Py_XDECREF(record);
+    /* not the SDK's span: the Python version */
+    PyObject *kind = PyLong_FromLong(what);
+    record = kind ? PyObject_CallFunctionObjArgs(self->fallback, kind, span, NULL) : NULL;
+    Py_XDECREF(kind);
+    if (record == NULL || rb_append(self, record) < 0) {
+        PyErr_Clear();
+        self->dropped++;
+        self->unreadable++;
+    }
+    Py_XDECREF(record);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+rb_start(RecordBuffer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargs) < 1) {
+        PyErr_SetString(PyExc_TypeError, "start(span, parent_context=None)");
+        return NULL;
+    }
+    return rb_add_span(self, args[0], 0);
+}
+
+static PyObject *
+rb_end(RecordBuffer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargs) < 1) {
+        PyErr_SetString(PyExc_TypeError, "end(span)");
+        return NULL;
+    }
+    return rb_add_span(self, args[0], 1);
+}
+
+static PyObject *
+rb_add(RecordBuffer *self, PyObject *record)
+{
+    int appended = rb_append(self, record);
+    if (appended < 0)
+        return NULL;
+    return PyBool_FromLong(appended);
+}
+
+static PyObject *
+rb_take(RecordBuffer *self, PyObject *unused)
+{
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    PyObject *taken = self->records;
+    self->records = fresh;
+    return taken;
+}
+
+static PyObject *
+rb_reset(RecordBuffer *self, PyObject *unused)
+{
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    Py_SETREF(self->records, fresh);
+    self->dropped = 0;
+    self->unreadable = 0;
+    self->closed = 0;
+    self->idle = 0;
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t
+rb_len(RecordBuffer *self)
+{
+    return PyList_GET_SIZE(self->records);
+}
+
+static int
+rb_init(RecordBuffer *self, PyObject *args, PyObject *kwds)
+{
+    static char *keywords[] = {"known", "fallback", "wake", "max_records", NULL};
+    PyObject *known, *fallback, *wake = Py_None;
+    Py_ssize_t max_records = 65536;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O|On", keywords, &PyDict_Type, &known,
+                                     &fallback, &wake, &max_records))
+        return -1;
+    if (max_records < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_records must be at least 1");
+        return -1;
+    }
+    PyObject *records = PyList_New(0);
+    if (records == NULL)
+        return -1;
+    Py_XSETREF(self->records, records);
+    Py_XSETREF(self->known, Py_NewRef(known));
+    Py_XSETREF(self->fallback, Py_NewRef(fallback));
+    Py_XSETREF(self->wake, Py_NewRef(wake));
+    self->max_records = max_records;
+    return 0;
+}
+
+static int
+rb_traverse(RecordBuffer *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->known);
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->wake);
+    Py_VISIT(self->records);
+    return 0;
+}
+
+static int
+rb_clear(RecordBuffer *self)
+{
+    Py_CLEAR(self->known);
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->wake);
+    Py_CLEAR(self->records);
+    return 0;
+}
+
+static void
+rb_dealloc(RecordBuffer *self)
+{
+    PyObject_GC_UnTrack(self);
+    rb_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef rb_methods[] = {
+    {"start", (PyCFunction)(void (*)(void))rb_start, METH_FASTCALL | METH_KEYWORDS,
+     "start(span, parent_context=None): append the START record of span; never raises."},
+    {"end", (PyCFunction)(void (*)(void))rb_end, METH_FASTCALL | METH_KEYWORDS,
+     "end(span): append the END record of span; never raises."},
+    {"add", (PyCFunction)rb_add, METH_O,
+     "add(record) -> whether it was appended (False: full or closed)."},
+    {"take", (PyCFunction)rb_take, METH_NOARGS,
+     "take() -> the list of the records gathered so far; the buffer starts a new one."},
+    {"reset", (PyCFunction)rb_reset, METH_NOARGS, "Forget everything (a forked child)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef rb_members[] = {
+    {"known", T_OBJECT, offsetof(RecordBuffer, known), READONLY, NULL},
+    {"dropped", T_PYSSIZET, offsetof(RecordBuffer, dropped), READONLY, "records dropped"},
+    {"unreadable", T_PYSSIZET, offsetof(RecordBuffer, unreadable), READONLY,
+     "of which: spans that could not be copied"},
+    {"max_records", T_PYSSIZET, offsetof(RecordBuffer, max_records), READONLY, NULL},
+    {"idle", T_INT, offsetof(RecordBuffer, idle), 0,
+     "set by the worker before it waits: the next record calls wake()"},
+    {"closed", T_INT, offsetof(RecordBuffer, closed), 0, "drop (and count) new records"},
+    {NULL},
+};
+
+static PySequenceMethods rb_as_sequence = {.sq_length = (lenfunc)rb_len};
+
+static PyTypeObject RecordBufferType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "spangraph._speedups.RecordBuffer",
+    .tp_basicsize = sizeof(RecordBuffer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Span records gathered in one bounded list (see _records.PyRecordBuffer).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)rb_init,
+    .tp_dealloc = (destructor)rb_dealloc,
+    .tp_traverse = (traverseproc)rb_traverse,
+    .tp_clear = (inquiry)rb_clear,
+    .tp_methods = rb_methods,
+    .tp_members = rb_members,
+    .tp_as_sequence = &rb_as_sequence,
+};
+
 static PyMethodDef methods[] = {
     {"start_record", (PyCFunction)(void (*)(void))start_record, METH_FASTCALL,
      "start_record(span, known) -> the START record of an SDK span."},
@@ -395,5 +618,14 @@ PyInit__speedups(void)
     INTERN(s_timestamp, "timestamp");
     INTERN(s_pub_attributes, "attributes");
     INTERN(s_pub_context, "context");
-    return PyModule_Create(&module_def);
+    if (PyType_Ready(&RecordBufferType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(module, "RecordBuffer", (PyObject *)&RecordBufferType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -5,7 +5,8 @@ that starts or ends the span (the copy is what lets the span go at once: spans h
 queue cost the program's garbage collector). They come from the C extension
 ``spangraph._speedups`` when it was built, from :func:`py_start_record` and
 :func:`py_end_record` otherwise; both give the same tuples. ``known`` maps ``id`` of a
-Resource to the Resource, for the worker to announce each one once.
+Resource to the Resource, for the worker to announce each one once. ``RecordBuffer``
+gathers the records for the worker to write (C, or :class:`PyRecordBuffer`).
 
 Records (first item: what they are):
 
@@ -91,12 +92,91 @@ def py_end_record(span: Any, known: dict[int, Any]) -> tuple[Any, ...]:
     )
 
 
+class PyRecordBuffer:
+    """The records of an offloading processor, gathered in one bounded list: what the C
+    ``spangraph._speedups.RecordBuffer`` does, in Python (where it was not built).
+
+    ``start(span, parent_context=None)`` / ``end(span)`` are the processor's ``on_start``
+    / ``on_end``: they copy the span into its record and append it, and never raise (a
+    span that cannot be copied goes to ``fallback(what, span)``, and is dropped, counted,
+    if that fails too). ``add(record)`` appends any record (``False``: full or closed).
+    ``take()`` returns the list of what was gathered and starts a new one. The worker
+    sets ``idle`` before it waits: the next record calls ``wake()``. Past
+    ``max_records``, new records are dropped, counted.
+    """
+
+    def __init__(
+        self,
+        known: dict[int, Any],
+        fallback: Callable[[int, Any], tuple[Any, ...]],
+        wake: Callable[[], Any] | None = None,
+        max_records: int = 65_536,
+    ) -> None:
+        if max_records < 1:
+            raise ValueError("max_records must be at least 1")
+        self.known = known
+        self.max_records = max_records
+        self._fallback = fallback
+        self._wake = wake
+        self._records: list[tuple[Any, ...]] = []
+        self.dropped = 0
+        self.unreadable = 0
+        self.idle = False
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def add(self, record: tuple[Any, ...]) -> bool:
+        records = self._records
+        if self.closed or len(records) >= self.max_records:
+            self.dropped += 1
+            return False
+        records.append(record)  # one call: a take() in between leaves it in one list
+        if self.idle and self._wake is not None:
+            self.idle = False
+            try:
+                self._wake()
+            except Exception:  # pragma: no cover - never raise into user code
+                pass
+        return True
+
+    def _add_span(self, what: int, span: Any) -> None:
+        try:
+            self.add((py_start_record if what == START else py_end_record)(span, self.known))
+            return
+        except Exception:
+            pass
+        try:
+            self.add(self._fallback(what, span))
+        except Exception:
+            self.dropped += 1
+            self.unreadable += 1
+
+    def start(self, span: Any, parent_context: Any = None) -> None:
+        self._add_span(START, span)
+
+    def end(self, span: Any) -> None:
+        self._add_span(END, span)
+
+    def take(self) -> list[tuple[Any, ...]]:
+        taken, self._records = self._records, []
+        return taken
+
+    def reset(self) -> None:
+        self._records = []
+        self.dropped = self.unreadable = 0
+        self.idle = self.closed = False
+
+
 start_record: Callable[[Any, dict[int, Any]], tuple[Any, ...]]
 end_record: Callable[[Any, dict[int, Any]], tuple[Any, ...]]
+RecordBuffer: type[Any]
 try:
-    from .._speedups import end_record, start_record
+    from .._speedups import RecordBuffer, end_record, start_record
 except ImportError:  # not built (no C compiler at install): the same records, in Python
     start_record, end_record = py_start_record, py_end_record
+    RecordBuffer = PyRecordBuffer
 
 SPEEDUPS: Final = start_record is not py_start_record
 """Whether the C versions are in use."""

@@ -1,23 +1,24 @@
 """OffloadSpanProcessor: spans mapped and written by a spangraph agent process.
 
 In this process, ``on_start``/``on_end`` copy each span's raw fields (ids, name, kind,
-times, status, attributes, events, links: a record of plain values, see ``_records``; in
-C where ``spangraph._speedups`` was built) and append the record to a bounded queue. A
-worker thread writes the records, ``marshal``-ed and each Resource once, to the stdin
-of an agent: ``python -m spangraph._agent``, a child process that rebuilds the spans and
-feeds them to its own
-:class:`~spangraph.processors.GraphSpanProcessor` and
+times, status, attributes, events, links) into a record of plain values, and append it to
+a bounded buffer: one call into C where ``spangraph._speedups`` was built
+(see ``_records``). A worker thread writes the buffer, each Resource announced once, to
+the stdin of an agent: ``python -m spangraph._agent``, a child process that rebuilds the
+spans and feeds them to its own :class:`~spangraph.processors.GraphSpanProcessor` and
 :class:`~spangraph.processors.LiveEventProcessor`. Mapping, JSON and the store and Redis
 protocols run there, off this process's GIL: what a traced program pays per span is
 close to the copy alone (see ``docs/performance.md``).
 
-Frames on the agent's stdin: a 4-byte little-endian length, then ``marshal.dumps`` of a
-list of records (tuples whose first item says what they are, see ``_START`` ...). Lines
+Frames on the agent's stdin: a 4-byte little-endian length, then ``marshal``-ed objects
+one after another: Resource records announced first, then a list of records (tuples
+whose first item says what they are, see ``_START`` ...). Lines
 on its stdout: ``ready``, ``error <message>``, ``flushed <token> <stats JSON>``.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
@@ -29,16 +30,16 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
+from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ..exceptions import ConfigurationError
 from . import live as _live
-from ._records import END, START, end_record, py_end_record, py_start_record, start_record
-from ._worker import BatchWorker
+from ._records import END, START, RecordBuffer, py_end_record, py_start_record
 
 _log = logging.getLogger("spangraph")
 
@@ -49,6 +50,11 @@ _RESOURCE: Final = 3
 _FLUSH: Final = 4
 
 _ENV_CONFIG: Final = "SPANGRAPH_AGENT_CONFIG"
+_LINGER: Final = 0.002
+"""Seconds the worker lets records gather before a write when there are few."""
+_IDLE_WAIT: Final = 0.5
+"""Seconds the idle worker sleeps between checks (a new record wakes it at once)."""
+_SUPPRESS_KEY: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _AGENT_NICENESS: Final = 10
 """How much lower than the traced program the agent process runs (``os.nice``)."""
 
@@ -72,15 +78,6 @@ def _plain_record(record: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(_plain(v) for v in record)
 
 
-def _frame(records: list[tuple[Any, ...]]) -> bytes:
-    """One frame: the length, then ``marshal`` of the records."""
-    try:
-        body = marshal.dumps(records)
-    except ValueError:  # a value marshal does not take: made plain (str) first
-        body = marshal.dumps([_plain_record(r) for r in records])
-    return len(body).to_bytes(4, "little") + body
-
-
 class OffloadSpanProcessor(SpanProcessor):
     """Ships spans to a spangraph agent process, which writes the graph and publishes
     live events. ``config``: what the agent needs to open the store and Redis
@@ -102,11 +99,21 @@ class OffloadSpanProcessor(SpanProcessor):
         max_batch_size: int = 2048,
         start_timeout: float = 30.0,
         shutdown_timeout: float = 10.0,
+        retry_initial: float = 0.05,
+        retry_max: float = 5.0,
     ) -> None:
+        if max_queue_size < 1:
+            raise ValueError("max_queue_size must be at least 1.")
+        if not 1 <= max_batch_size <= max_queue_size:
+            raise ValueError("max_batch_size must be between 1 and max_queue_size.")
         self._config = dict(config)
         self._closed = False
         self._start_timeout = start_timeout
         self._shutdown_timeout = shutdown_timeout
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._max_queue = max_queue_size
+        self._max_batch = max_batch_size
         self._agent: subprocess.Popen[bytes] | None = None
         self._agent_lock = threading.Lock()
         self._tokens = itertools.count(1)
@@ -116,100 +123,153 @@ class OffloadSpanProcessor(SpanProcessor):
         # the ids the current agent has been told about
         self._known: dict[int, Any] = {}
         self._announced: set[int] = set()
-        # Two threads: one copies spans into frames as they come (a span is let go of at
-        # once: spans held in a queue are costly for the program's garbage collector),
-        # one writes the frames to the agent, which may be slower than the program for a
-        # while; the frames (bytes, invisible to the collector) wait meanwhile, up to as
-        # many items again as the queue holds.
-        self._worker: BatchWorker[tuple[Any, ...], Any] = BatchWorker(
-            "offload",
-            self._prepare,
-            self._send,
-            transient=(OSError,),
-            max_queue_size=max_queue_size,
-            max_batch_size=min(max_batch_size, max_queue_size),
-            schedule_delay=0.05,
-            eager=True,
-            # as the graph worker: a batch is retried until it is written (or shutdown);
-            # meanwhile the queue fills, and what does not fit is dropped, counted
-            give_up_after=None,
-            pipelined=True,
-            extend=self._extend,
-            finalize=b"".join,
-            max_staged=max_queue_size,
-        )
-        self._put = self._worker.put
+        self._init_worker()
         try:
             self._start_agent()  # fails here, with a clear error, if the agent cannot start
         except BaseException:
             self._closed = True
-            self._worker.shutdown(0.1)  # no worker threads left behind
+            self._stop_worker(0.1)  # no worker thread left behind
             raise
         with _live._listeners_lock:
             _live._listeners.append(self)  # type: ignore[arg-type]
         ref = weakref.WeakMethod(self._after_fork)
         os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
 
+    def _init_worker(self) -> None:
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._buffer = RecordBuffer(self._known, self._fallback, self._wake.set, self._max_queue)
+        # The hot path: the SDK calls processor.on_start / on_end, which are these
+        # (instance attributes over the methods below): one C call each, no Python frame.
+        self.on_start = self._buffer.start  # type: ignore[method-assign]
+        self.on_end = self._buffer.end  # type: ignore[method-assign]
+        self.sent = self.failed = self.retries = self.lost = 0
+        self._logged_drops = 0
+        self._last_drop_log = 0.0
+        self._thread = threading.Thread(target=self._run, name="spangraph-offload", daemon=True)
+        self._thread.start()
+
     # -- hot path -------------------------------------------------------------------------
     # Called on the thread that starts or ends the span: each copies the span's raw fields
-    # into a record of plain values (C, about half a microsecond; see _records) and
-    # appends it to the bounded queue. The span itself is let go of at once: spans held
-    # in a queue survive into the old generations of the program's garbage collector.
+    # into a record of plain values, marshals it and appends it to the bounded buffer (C
+    # where spangraph._speedups was built, about a microsecond a span; see _records).
+    # The span itself is let go of at once: spans held in a queue survive into the old
+    # generations of the program's garbage collector. Never raises.
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        try:
-            self._put(start_record(span, self._known))
-        except Exception:
-            self._copy_slowly(py_start_record, span)
+        self._buffer.start(span)
 
     def on_end(self, span: ReadableSpan) -> None:
-        try:
-            self._put(end_record(span, self._known))
-        except Exception:
-            self._copy_slowly(py_end_record, span)
+        self._buffer.end(span)
 
-    def _copy_slowly(self, copy: Any, span: Any) -> None:
-        try:
-            self._put(copy(span, self._known))
-        except Exception:  # never raise into user code
-            try:
-                self._worker._count_drop(1, "could not read a span")
-                _log.exception("spangraph offload: could not read a span; dropped")
-            except Exception:  # pragma: no cover
-                pass
+    def _fallback(self, what: int, span: Any) -> tuple[Any, ...]:
+        """A record the fast copy could not make (not the SDK's span): the Python copy,
+        which reads the public API."""
+        copy = py_start_record if what == START else py_end_record
+        return copy(span, self._known)
+
+    def _add(self, record: tuple[Any, ...]) -> bool:
+        return bool(self._buffer.add(record))
 
     def _on_event(self, span: Any, name: str, attributes: Mapping[str, Any], time_ns: int) -> None:
         try:
             span_id = span.get_span_context().span_id
-            self._put((_EVENT, span_id, name, time_ns, dict(attributes) if attributes else None))
+            self._add((_EVENT, span_id, name, time_ns, dict(attributes) if attributes else None))
         except Exception:  # pragma: no cover - never raise into user code
             pass
 
     # -- worker ---------------------------------------------------------------------------
 
-    def _prepare(self, items: list[tuple[Any, ...]]) -> tuple[list[bytes], int]:
-        frames: list[bytes] = []
-        return frames, self._extend(frames, items)
+    def _run(self) -> None:
+        otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
+        buffer = self._buffer
+        while True:
+            if not len(buffer):
+                if self._stopping.is_set():
+                    return
+                buffer.idle = True
+                if not len(buffer):  # re-check: a record between the test and idle
+                    self._wake.wait(_IDLE_WAIT)
+                buffer.idle = False
+                self._wake.clear()
+                continue
+            if len(buffer) < self._max_batch and not self._stopping.is_set():
+                time.sleep(_LINGER)  # let a trickle gather: one write for many records
+            records = buffer.take()
+            if records:
+                self._deliver(_marshal(records), len(records))
+            self._log_drops()
 
-    def _extend(self, frames: list[bytes], items: list[tuple[Any, ...]]) -> int:
-        """Append the frame of ``items`` (records) to ``frames``; how many items it holds.
-        Resources the agent has not been told about go first."""
-        records = items
-        if len(self._known) != len(self._announced):
-            records = self._resource_records(set(self._announced)) + items
-        frames.append(_frame(records))
-        return len(items)
+    def _deliver(self, data: bytes, count: int) -> None:
+        """Write ``data`` to the agent; while no agent takes it, retry with backoff (the
+        buffer meanwhile keeps what comes, up to its bound), until shutdown."""
+        delay = self._retry_initial
+        outage_logged = False
+        while True:
+            try:
+                self._send(data)
+            except OSError as exc:
+                if self._stopping.is_set():
+                    self.lost += count
+                    _log.warning(
+                        "spangraph offload: %d record(s) not written before shutdown: %s",
+                        count,
+                        exc,
+                    )
+                    return
+                if not outage_logged:
+                    _log.warning("spangraph offload: %s; retrying", exc)
+                    outage_logged = True
+                self.retries += 1
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            except Exception:
+                self.failed += 1
+                self.lost += count
+                _log.exception("spangraph offload: could not write %d record(s); dropped", count)
+                return
+            self.sent += count
+            if outage_logged:
+                _log.warning("spangraph offload: the agent takes records again")
+            return
 
-    def _resource_records(self, skip: set[int]) -> list[tuple[Any, ...]]:
+    def _log_drops(self) -> None:
+        dropped = self._buffer.dropped
+        if dropped == self._logged_drops:
+            return
+        now = time.monotonic()
+        if now - self._last_drop_log < 10.0:
+            return
+        unreadable = self._buffer.unreadable
+        _log.warning(
+            "spangraph offload: dropped %d record(s) (queue full, after shutdown, or %d "
+            "span(s) that could not be read); %d dropped in all",
+            dropped - self._logged_drops,
+            unreadable,
+            dropped + self.lost,
+        )
+        self._logged_drops = dropped
+        self._last_drop_log = now
+
+    def _stop_worker(self, timeout: float) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _announcements(self, skip: set[int]) -> bytes:
+        """Marshalled RESOURCE records of the known resources not in ``skip``."""
         records = []
         for key, resource in list(self._known.items()):
             if key not in skip:
                 self._announced.add(key)
                 attributes = getattr(resource, "attributes", None)
                 records.append((_RESOURCE, key, dict(attributes) if attributes else None))
-        return records
+        return b"".join(marshal.dumps(_plain_record(r)) for r in records)
 
-    def _send(self, frame: bytes) -> None:
+    def _send(self, data: bytes) -> None:
+        """Write one frame of ``data`` (marshalled records) to the agent, starting one
+        when there is none (or it died)."""
         agent = self._agent
         if agent is None or agent.poll() is not None:
             with self._agent_lock:
@@ -224,11 +284,12 @@ class OffloadSpanProcessor(SpanProcessor):
                         self._start_agent()
                     except ConfigurationError as exc:  # e.g. the store is down: retried
                         raise AgentGone(str(exc)) from exc
-                    # a new agent knows no Resource yet: all of them first
-                    self._announced = set()
-                    self._write(_frame(self._resource_records(set())))
+                    self._announced = set()  # a new agent knows no Resource yet
                 agent = self._agent
-        self._write(frame, agent)
+        body = data
+        if len(self._known) != len(self._announced):  # resources first
+            body = self._announcements(set(self._announced)) + data
+        self._write(len(body).to_bytes(4, "little") + body, agent)
 
     def _write(self, frame: bytes, agent: subprocess.Popen[bytes] | None = None) -> None:
         agent = agent or self._agent
@@ -301,6 +362,13 @@ class OffloadSpanProcessor(SpanProcessor):
         agent, self._agent = self._agent, None
         self._agent_lock = threading.Lock()
         self._acks = {}
+        self._announced = set()
+        # the parent's records are the parent's to write; a new buffer and worker (the
+        # locks of the old ones may have been held by a thread that is not here)
+        self._init_worker()
+        if self._closed:  # shut down in the parent: stays shut down in the child
+            self._buffer.closed = True
+            self._stop_worker(1.0)
         if agent is not None:
             for pipe in (agent.stdin, agent.stdout):
                 try:
@@ -318,12 +386,14 @@ class OffloadSpanProcessor(SpanProcessor):
         deadline = time.monotonic() + timeout_millis / 1000
         token = next(self._tokens)
         event = self._acks[token] = threading.Event()
-        if not self._worker.put((_FLUSH, token)):
+        if not self._add((_FLUSH, token)):  # full: what is queued cannot all be written
             self._acks.pop(token, None)
             return False
-        if not self._worker.flush(max(0.0, deadline - time.monotonic())):
-            return False
-        return event.wait(max(0.0, deadline - time.monotonic()))
+        self._wake.set()
+        try:
+            return event.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            self._acks.pop(token, None)
 
     def shutdown(self) -> None:
         """Flush, stop the worker, and let the agent finish and exit. Idempotent."""
@@ -334,8 +404,8 @@ class OffloadSpanProcessor(SpanProcessor):
                 _live._listeners.remove(self)  # type: ignore[arg-type]
         self.force_flush(int(self._shutdown_timeout * 1000))
         self._closed = True
-        self._put = _ignore
-        self._worker.shutdown(self._shutdown_timeout)
+        self._buffer.closed = True  # what comes now is dropped, counted
+        self._stop_worker(self._shutdown_timeout)
         agent, self._agent = self._agent, None
         if agent is not None:
             try:
@@ -345,19 +415,27 @@ class OffloadSpanProcessor(SpanProcessor):
             except (OSError, subprocess.TimeoutExpired):
                 _log.warning("spangraph offload: the agent did not exit in time; killed")
                 agent.kill()
+        self._thread.join(1.0)  # the writer, if it was stuck on the agent's pipe
+        left = len(self._buffer.take())
+        if left:
+            self.lost += left
+            _log.warning("spangraph offload: %d record(s) not written before shutdown", left)
 
     def stats(self) -> dict[str, Any]:
         """Counters of this process's side: queued, sent (to the agent), dropped, failed
-        batches, retries; items are span starts and ends, live events and flushes."""
-        return self._worker.stats()
+        writes, retries; items are span starts and ends, live events and flushes."""
+        buffer = self._buffer
+        return {
+            "queued": len(buffer),
+            "sent": self.sent,
+            "dropped": buffer.dropped + self.lost,
+            "failed": self.failed,
+            "retries": self.retries,
+        }
 
     def agent_stats(self) -> dict[str, dict[str, int]]:
         """The agent's processors' counters (``graph``, ``live``), as of the last flush."""
         return dict(self._agent_stats)
-
-
-def _ignore(item: object) -> bool:
-    return False
 
 
 def _read_line(fd: int, timeout: float) -> tuple[str, bytes]:
@@ -378,6 +456,27 @@ def _read_line(fd: int, timeout: float) -> tuple[str, bytes]:
 
 
 # -- the agent process ----------------------------------------------------------------------
+
+
+def _marshal(records: list[tuple[Any, ...]]) -> bytes:
+    try:
+        return marshal.dumps(records)
+    except ValueError:  # a value marshal does not take: made plain (str) first
+        return marshal.dumps([_plain_record(r) for r in records])
+
+
+def _records_of(body: bytes) -> Iterator[tuple[Any, ...]]:
+    """The records of a frame body: marshalled one after another."""
+    stream = io.BytesIO(body)
+    while stream.tell() < len(body):
+        try:
+            item = marshal.load(stream)
+        except (EOFError, ValueError, TypeError):  # a cut frame: the rest is lost
+            return
+        if type(item) is list:  # the records gathered at once
+            yield from item
+        else:  # a Resource announced first
+            yield item
 
 
 def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested through it)
@@ -459,11 +558,7 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
         if len(size) < 4:
             break  # end of input: the traced process shut down or went away
         body = stdin.read(int.from_bytes(size, "little"))
-        try:
-            records = marshal.loads(body)
-        except (EOFError, ValueError, TypeError):
-            continue
-        for r in records:
+        for r in _records_of(body):
             what = r[0]
             try:
                 if what == _START:
