@@ -278,3 +278,21 @@ def test_c_buffer_checks_its_arguments() -> None:
         _speedups.RecordBuffer({}, lambda w, s: None, None, 0)
     with pytest.raises(TypeError):
         _speedups.RecordBuffer({}, lambda w, s: None).start()
+
+
+@needs_c
+def test_c_records_are_left_out_of_the_garbage_collector() -> None:
+    """Records hold no reference to anything that could refer back to them; left tracked,
+    the ones a processor holds would be scanned by the program's collections."""
+    import gc
+
+    known: dict[int, Any] = {}
+    for what, span in varied_spans():
+        record = (_speedups.start_record if what == _records.START else _speedups.end_record)(
+            span, known
+        )
+        assert not gc.is_tracked(record)
+        for item in record:
+            assert not gc.is_tracked(item)
+            if isinstance(item, list):
+                assert not any(gc.is_tracked(x) for x in item)

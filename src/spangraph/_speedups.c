@@ -19,10 +19,21 @@ static PyObject *s_context, *s_parent, *s_name, *s_kind, *s_start_time, *s_resou
     *s_description, *s_events, *s_links, *s_pub_name, *s_timestamp, *s_pub_attributes,
     *s_pub_context;
 
+/* A record, and the lists and tuples in it, are made here and referenced only by what
+ * holds the record: they cannot be part of a reference cycle. Left tracked, the records
+ * a processor holds for a few milliseconds would survive the program's young
+ * garbage collections and be scanned again by its older ones. */
+static void
+untrack(PyObject *obj)
+{
+    if (PyObject_GC_IsTracked(obj))
+        PyObject_GC_UnTrack(obj);
+}
+
 /* A new dict holding ``attributes`` (a BoundedAttributes or any mapping), or None when
  * empty. ``as_none`` false: an empty dict instead of None. */
 static PyObject *
-copy_attributes(PyObject *attributes, int as_none)
+copy_attributes_tracked(PyObject *attributes, int as_none)
 {
     if (attributes == Py_None) {
         if (as_none)
@@ -60,6 +71,15 @@ copy_attributes(PyObject *attributes, int as_none)
         Py_RETURN_NONE;
     }
     return result;
+}
+
+static PyObject *
+copy_attributes(PyObject *attributes, int as_none)
+{
+    PyObject *copy = copy_attributes_tracked(attributes, as_none);
+    if (copy != NULL)
+        untrack(copy);
+    return copy;
 }
 
 /* item ``i`` of a SpanContext (a tuple: trace_id, span_id, is_remote, ...) */
@@ -191,6 +211,7 @@ start_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (copy == NULL)
         goto error;
     PyTuple_SET_ITEM(record, 8, copy);
+    untrack(record);
     return record;
 error:
     Py_DECREF(record);  /* unset items are NULL: tuple dealloc skips them */
@@ -235,8 +256,10 @@ copy_events(PyObject *events)
         if (copy == NULL)
             goto error;
         PyTuple_SET_ITEM(item, 2, copy);
+        untrack(item);
     }
     Py_DECREF(seq);
+    untrack(result);
     return result;
 error:
     Py_DECREF(seq);
@@ -286,8 +309,10 @@ copy_links(PyObject *links)
         if (copy == NULL)
             goto error;
         PyTuple_SET_ITEM(item, 2, copy);
+        untrack(item);
     }
     Py_DECREF(seq);
+    untrack(result);
     return result;
 error:
     Py_DECREF(seq);
@@ -349,6 +374,7 @@ end_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (links_copy == NULL)
         goto error;
     PyTuple_SET_ITEM(record, 13, links_copy);
+    untrack(record);
     return record;
 error:
     Py_DECREF(record);
