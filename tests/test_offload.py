@@ -329,3 +329,23 @@ def test_offload_without_the_c_extension(
         assert run_names(instance) == {"pure python": "completed", "a step": "completed"}
     finally:
         spangraph.shutdown()
+
+
+def test_records_that_cannot_be_encoded_are_counted_and_the_worker_goes_on(
+    off: spangraph.Spangraph,
+) -> None:
+    proc = off.offload_processor
+    assert proc is not None
+
+    class Unprintable:  # no span attribute can be this: marshal and str() both fail on it
+        def __str__(self) -> str:
+            raise RuntimeError("cannot be shown")
+
+    before = proc.stats()
+    assert proc._add((99, Unprintable()))
+    with spangraph.workflow("still written"):
+        pass
+    assert spangraph.flush()
+    after = proc.stats()
+    assert after["failed"] == before["failed"] + 1 and after["dropped"] >= before["dropped"] + 1
+    assert run_names(off) == {"still written": "completed"}

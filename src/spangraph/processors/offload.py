@@ -196,8 +196,12 @@ class OffloadSpanProcessor(SpanProcessor):
             if len(buffer) < self._max_batch and not self._stopping.is_set():
                 time.sleep(_LINGER)  # let a trickle gather: one write for many records
             records = buffer.take()
-            if records:
-                self._deliver(_marshal(records), len(records))
+            data, bad = _marshal(records)
+            if bad:
+                self._failed += 1
+                self._lost += bad
+                _log.error("spangraph offload: %d record(s) could not be encoded; dropped", bad)
+            self._deliver(data, len(records) - bad)
             self._log_drops()
 
     def _deliver(self, data: bytes, count: int) -> None:
@@ -458,11 +462,21 @@ def _read_line(fd: int, timeout: float) -> tuple[str, bytes]:
 # -- the agent process ----------------------------------------------------------------------
 
 
-def _marshal(records: list[tuple[Any, ...]]) -> bytes:
+def _marshal(records: list[tuple[Any, ...]]) -> tuple[bytes, int]:
+    """``marshal`` of ``records``, and how many of them were left out: a record with a
+    value marshal does not take is made plain (str) first; one that cannot be (its str()
+    raises), left out."""
     try:
-        return marshal.dumps(records)
-    except ValueError:  # a value marshal does not take: made plain (str) first
-        return marshal.dumps([_plain_record(r) for r in records])
+        return marshal.dumps(records), 0
+    except ValueError:
+        pass
+    plain = []
+    for record in records:
+        try:
+            plain.append(_plain_record(record))
+        except Exception:
+            continue
+    return marshal.dumps(plain), len(records) - len(plain)
 
 
 def _records_of(body: bytes) -> Iterator[tuple[Any, ...]]:
