@@ -296,3 +296,53 @@ def test_c_records_are_left_out_of_the_garbage_collector() -> None:
             assert not gc.is_tracked(item)
             if isinstance(item, list):
                 assert not any(gc.is_tracked(x) for x in item)
+
+
+@needs_c
+def test_c_buffer_never_initialized_drops_instead_of_crashing() -> None:
+    buffer = _speedups.RecordBuffer.__new__(_speedups.RecordBuffer)
+    assert len(buffer) == 0
+    buffer.end(varied_spans()[-1][1])
+    assert not buffer.add((4, 0))
+    assert buffer.take() == [] and buffer.dropped == 2
+
+
+def test_buffer_loses_nothing_between_threads_that_append_and_one_that_takes(
+    buffer_class: Any,
+) -> None:
+    import threading
+
+    buffer = buffer_class({}, lambda what, span: (what,), None, 1_000_000)
+    provider = TracerProvider()
+
+    class Processor(SpanProcessor):
+        on_start = staticmethod(buffer.start)  # type: ignore[assignment]
+        on_end = staticmethod(buffer.end)  # type: ignore[assignment]
+
+    provider.add_span_processor(Processor())
+    tracer = provider.get_tracer("t")
+    taken: list[tuple[Any, ...]] = []
+    done = threading.Event()
+
+    def take() -> None:
+        while not done.is_set():
+            taken.extend(buffer.take())
+        taken.extend(buffer.take())
+
+    def make() -> None:
+        for i in range(2000):
+            with tracer.start_as_current_span("s", attributes={"i": i}):
+                pass
+
+    taker = threading.Thread(target=take)
+    taker.start()
+    makers = [threading.Thread(target=make) for _ in range(4)]
+    for t in makers:
+        t.start()
+    for t in makers:
+        t.join()
+    done.set()
+    taker.join()
+    assert len(taken) == 2 * 4 * 2000 and buffer.dropped == 0
+    ends = [r for r in taken if r[0] == _records.END]
+    assert sorted(r[11]["i"] for r in ends) == sorted(list(range(2000)) * 4)

@@ -404,11 +404,12 @@ typedef struct {
     int closed;
 } RecordBuffer;
 
-/* 1 appended, 0 dropped (full or closed), -1 error */
+/* 1 appended, 0 dropped (full, closed, or never initialized), -1 error */
 static int
 rb_append(RecordBuffer *self, PyObject *record)
 {
-    if (self->closed || PyList_GET_SIZE(self->records) >= self->max_records) {
+    if (self->records == NULL || self->closed ||
+        PyList_GET_SIZE(self->records) >= self->max_records) {
         self->dropped++;
         return 0;
     }
@@ -427,6 +428,10 @@ rb_append(RecordBuffer *self, PyObject *record)
 static PyObject *
 rb_add_span(RecordBuffer *self, PyObject *span, int what)
 {
+    if (self->known == NULL || self->fallback == NULL || self->records == NULL) {
+        self->dropped++;  /* __init__ was never called */
+        Py_RETURN_NONE;
+    }
     PyObject *args[2] = {span, self->known};
     PyObject *record = what == 0 ? start_record(NULL, args, 2) : end_record(NULL, args, 2);
     if (record != NULL && rb_append(self, record) >= 0) {
@@ -485,6 +490,8 @@ rb_take(RecordBuffer *self, PyObject *unused)
         return NULL;
     PyObject *taken = self->records;
     self->records = fresh;
+    if (taken == NULL)  /* __init__ was never called */
+        taken = PyList_New(0);
     return taken;
 }
 
@@ -505,7 +512,7 @@ rb_reset(RecordBuffer *self, PyObject *unused)
 static Py_ssize_t
 rb_len(RecordBuffer *self)
 {
-    return PyList_GET_SIZE(self->records);
+    return self->records == NULL ? 0 : PyList_GET_SIZE(self->records);
 }
 
 static int
