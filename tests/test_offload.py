@@ -24,19 +24,24 @@ from spangraph.exceptions import ConfigurationError
 from spangraph.processors.offload import OffloadSpanProcessor
 
 
+def configure_offload(
+    provider: TracerProvider, graph_url: str, server: ServerInfo, home: Any
+) -> spangraph.Spangraph:
+    return spangraph.configure(
+        tracer_provider=provider,
+        graph_url=graph_url,
+        redis_url=server.redis_url,
+        home=str(home),
+        project=f"off-{uuid.uuid4().hex[:8]}",
+        offload=True,
+    )
+
+
 @pytest.fixture
 def off(
     provider: TracerProvider, graph_url: str, embedded_server: ServerInfo, tmp_path: Any
 ) -> Iterator[spangraph.Spangraph]:
-    instance = spangraph.configure(
-        tracer_provider=provider,
-        graph_url=graph_url,
-        redis_url=embedded_server.redis_url,
-        home=str(tmp_path),
-        project=f"off-{uuid.uuid4().hex[:8]}",
-        offload=True,
-    )
-    yield instance
+    yield configure_offload(provider, graph_url, embedded_server, tmp_path)
     spangraph.shutdown()
 
 
@@ -313,14 +318,7 @@ def test_offload_without_the_c_extension(
     from spangraph.processors import _records, offload
 
     monkeypatch.setattr(offload, "RecordBuffer", _records.PyRecordBuffer)
-    instance = spangraph.configure(
-        tracer_provider=provider,
-        graph_url=graph_url,
-        redis_url=embedded_server.redis_url,
-        home=str(tmp_path),
-        project=f"off-py-{uuid.uuid4().hex[:8]}",
-        offload=True,
-    )
+    instance = configure_offload(provider, graph_url, embedded_server, tmp_path)
     try:
         assert isinstance(instance.offload_processor._buffer, _records.PyRecordBuffer)  # type: ignore[union-attr]
         with spangraph.workflow("pure python"), spangraph.step("a step"):

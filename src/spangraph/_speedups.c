@@ -218,90 +218,66 @@ error:
     return NULL;
 }
 
-/* [(name, timestamp, attributes dict), ...] or None */
-static PyObject *
-copy_events(PyObject *events)
+/* items 0 and 1 of an event's triple: name, timestamp */
+static int
+fill_event(PyObject *item, PyObject *event)
 {
-    Py_ssize_t n = PyObject_Length(events);
-    if (n < 0)
-        return NULL;
-    if (n == 0)
-        Py_RETURN_NONE;
-    PyObject *seq = PySequence_List(events);
-    if (seq == NULL)
-        return NULL;
-    n = PyList_GET_SIZE(seq);
-    PyObject *result = PyList_New(n);
-    if (result == NULL)
-        goto error;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *event = PyList_GET_ITEM(seq, i);
-        PyObject *item = PyTuple_New(3);
-        if (item == NULL)
-            goto error;
-        PyList_SET_ITEM(result, i, item);
-        PyObject *name = PyObject_GetAttr(event, s_pub_name);
-        if (name == NULL)
-            goto error;
-        PyTuple_SET_ITEM(item, 0, name);
-        PyObject *timestamp = PyObject_GetAttr(event, s_timestamp);
-        if (timestamp == NULL)
-            goto error;
-        PyTuple_SET_ITEM(item, 1, timestamp);
-        PyObject *attributes = PyObject_GetAttr(event, s_pub_attributes);
-        if (attributes == NULL)
-            goto error;
-        PyObject *copy = copy_attributes(attributes, 0);
-        Py_DECREF(attributes);
-        if (copy == NULL)
-            goto error;
-        PyTuple_SET_ITEM(item, 2, copy);
-        untrack(item);
-    }
-    Py_DECREF(seq);
-    untrack(result);
-    return result;
-error:
-    Py_DECREF(seq);
-    Py_XDECREF(result);
-    return NULL;
+    PyObject *name = PyObject_GetAttr(event, s_pub_name);
+    if (name == NULL)
+        return -1;
+    PyTuple_SET_ITEM(item, 0, name);
+    PyObject *timestamp = PyObject_GetAttr(event, s_timestamp);
+    if (timestamp == NULL)
+        return -1;
+    PyTuple_SET_ITEM(item, 1, timestamp);
+    return 0;
 }
 
-/* [(trace_id, span_id, attributes dict), ...] or None */
-static PyObject *
-copy_links(PyObject *links)
+/* items 0 and 1 of a link's triple: trace id, span id */
+static int
+fill_link(PyObject *item, PyObject *link)
 {
-    Py_ssize_t n = PyObject_Length(links);
+    PyObject *ctx = PyObject_GetAttr(link, s_pub_context);
+    if (ctx == NULL)
+        return -1;
+    PyObject *trace_id = context_item(ctx, 0);
+    PyObject *span_id = trace_id ? context_item(ctx, 1) : NULL;
+    Py_DECREF(ctx);
+    if (span_id == NULL) {
+        Py_XDECREF(trace_id);
+        return -1;
+    }
+    PyTuple_SET_ITEM(item, 0, trace_id);
+    PyTuple_SET_ITEM(item, 1, span_id);
+    return 0;
+}
+
+/* Events or links as [(a, b, attributes dict), ...] (``fill`` gives a and b), or None
+ * when there are none. */
+static PyObject *
+copy_items(PyObject *items, int (*fill)(PyObject *, PyObject *))
+{
+    Py_ssize_t n = PyObject_Length(items);
     if (n < 0)
         return NULL;
     if (n == 0)
         Py_RETURN_NONE;
-    PyObject *seq = PySequence_List(links);
+    PyObject *seq = PySequence_List(items);
     if (seq == NULL)
         return NULL;
     n = PyList_GET_SIZE(seq);
-    PyObject *result = PyList_New(n);
+    PyObject *result = PyList_New(n);  /* unset items are NULL: list dealloc skips them */
     if (result == NULL)
         goto error;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *link = PyList_GET_ITEM(seq, i);
+        PyObject *source = PyList_GET_ITEM(seq, i);
         PyObject *item = PyTuple_New(3);
         if (item == NULL)
             goto error;
         PyList_SET_ITEM(result, i, item);
-        PyObject *ctx = PyObject_GetAttr(link, s_pub_context);
-        if (ctx == NULL)
+        if (fill(item, source) < 0)
             goto error;
-        PyObject *trace_id = context_item(ctx, 0);
-        PyObject *span_id = trace_id ? context_item(ctx, 1) : NULL;
-        Py_DECREF(ctx);
-        if (span_id == NULL) {
-            Py_XDECREF(trace_id);
-            goto error;
-        }
-        PyTuple_SET_ITEM(item, 0, trace_id);
-        PyTuple_SET_ITEM(item, 1, span_id);
-        PyObject *attributes = PyObject_GetAttr(link, s_pub_attributes);
+        PyObject *attributes = PyObject_GetAttr(source, s_pub_attributes);
         if (attributes == NULL)
             goto error;
         PyObject *copy = copy_attributes(attributes, 0);
@@ -361,7 +337,7 @@ end_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *events = PyObject_GetAttr(span, s_events);
     if (events == NULL)
         goto error;
-    PyObject *events_copy = copy_events(events);
+    PyObject *events_copy = copy_items(events, fill_event);
     Py_DECREF(events);
     if (events_copy == NULL)
         goto error;
@@ -369,7 +345,7 @@ end_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *links = PyObject_GetAttr(span, s_links);
     if (links == NULL)
         goto error;
-    PyObject *links_copy = copy_links(links);
+    PyObject *links_copy = copy_items(links, fill_link);
     Py_DECREF(links);
     if (links_copy == NULL)
         goto error;
