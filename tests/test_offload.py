@@ -347,3 +347,37 @@ def test_records_that_cannot_be_encoded_are_counted_and_the_worker_goes_on(
     after = proc.stats()
     assert after["failed"] == before["failed"] + 1 and after["dropped"] >= before["dropped"] + 1
     assert run_names(off) == {"still written": "completed"}
+
+
+def test_spans_that_are_not_the_sdks_are_copied_through_their_public_api(
+    off: spangraph.Spangraph,
+) -> None:
+    """A ReadableSpan look-alike (a proxy without the SDK's private fields): the fast copy
+    refuses it, the processor's fallback reads its public API, the span is written."""
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    proc = off.offload_processor
+    assert proc is not None
+    context = SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(1))
+    now = time.time_ns()
+    inner = ReadableSpan(
+        name="proxied",
+        context=context,
+        attributes={"spangraph.kind": "workflow", "spangraph.workflow.id": "wf-proxied"},
+        start_time=now,
+        end_time=now + 1000,
+    )
+
+    class Proxy:
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("_"):
+                raise AttributeError(name)
+            return getattr(inner, name)
+
+    before = proc.stats()["dropped"]
+    proc.on_start(Proxy())  # type: ignore[arg-type]
+    proc.on_end(Proxy())  # type: ignore[arg-type]
+    assert spangraph.flush()
+    assert proc.stats()["dropped"] == before
+    assert run_names(off) == {"proxied": "completed"}

@@ -189,33 +189,62 @@ check_args(Py_ssize_t nargs, PyObject *const *args, const char *fname)
     return 0;
 }
 
-static PyObject *
-start_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* record[i] = copy(span.<name>) (or the value itself without ``copy``); -1 on error */
+static int
+set_item(PyObject *record, Py_ssize_t i, PyObject *span, PyObject *name,
+         PyObject *(*copy)(PyObject *))
 {
-    if (check_args(nargs, args, "start_record") < 0)
+    PyObject *value = PyObject_GetAttr(span, name);
+    if (value == NULL || copy == NULL) {
+        if (value != NULL)
+            PyTuple_SET_ITEM(record, i, value);
+        return value == NULL ? -1 : 0;
+    }
+    PyObject *copied = copy(value);
+    Py_DECREF(value);
+    if (copied == NULL)
+        return -1;
+    PyTuple_SET_ITEM(record, i, copied);
+    return 0;
+}
+
+static PyObject *
+copy_span_attributes(PyObject *attributes)
+{
+    return copy_attributes(attributes, 1);
+}
+
+/* A record of ``size`` items for ``args`` (span, known): what (0 start, 1 end), the head,
+ * the span's attributes at ``attributes_at`` and the resource key last. */
+static PyObject *
+new_record(PyObject *const *args, Py_ssize_t nargs, const char *fname, int what,
+           Py_ssize_t size, Py_ssize_t attributes_at)
+{
+    if (check_args(nargs, args, fname) < 0)
         return NULL;
-    PyObject *span = args[0];
-    PyObject *record = PyTuple_New(10);
+    PyObject *record = PyTuple_New(size);
     if (record == NULL)
         return NULL;
-    PyTuple_SET_ITEM(record, 0, PyLong_FromLong(0));
-    PyObject *key = fill_head(record, span, args[1]);
+    PyTuple_SET_ITEM(record, 0, PyLong_FromLong(what));
+    PyObject *key = fill_head(record, args[0], args[1]);
     if (key == NULL)
         goto error;
-    PyTuple_SET_ITEM(record, 9, key);
-    PyObject *attributes = PyObject_GetAttr(span, s_attributes);
-    if (attributes == NULL)
+    PyTuple_SET_ITEM(record, size - 1, key);
+    if (set_item(record, attributes_at, args[0], s_attributes, copy_span_attributes) < 0)
         goto error;
-    PyObject *copy = copy_attributes(attributes, 1);
-    Py_DECREF(attributes);
-    if (copy == NULL)
-        goto error;
-    PyTuple_SET_ITEM(record, 8, copy);
-    untrack(record);
     return record;
 error:
     Py_DECREF(record);  /* unset items are NULL: tuple dealloc skips them */
     return NULL;
+}
+
+static PyObject *
+start_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *record = new_record(args, nargs, "start_record", 0, 10, 8);
+    if (record != NULL)
+        untrack(record);
+    return record;
 }
 
 /* items 0 and 1 of an event's triple: name, timestamp */
@@ -297,23 +326,26 @@ error:
 }
 
 static PyObject *
+copy_events(PyObject *events)
+{
+    return copy_items(events, fill_event);
+}
+
+static PyObject *
+copy_links(PyObject *links)
+{
+    return copy_items(links, fill_link);
+}
+
+static PyObject *
 end_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_args(nargs, args, "end_record") < 0)
-        return NULL;
-    PyObject *span = args[0];
-    PyObject *record = PyTuple_New(15);
+    PyObject *record = new_record(args, nargs, "end_record", 1, 15, 11);
     if (record == NULL)
         return NULL;
-    PyTuple_SET_ITEM(record, 0, PyLong_FromLong(1));
-    PyObject *key = fill_head(record, span, args[1]);
-    if (key == NULL)
+    PyObject *span = args[0];
+    if (set_item(record, 8, span, s_end_time, NULL) < 0)
         goto error;
-    PyTuple_SET_ITEM(record, 14, key);
-    PyObject *end = PyObject_GetAttr(span, s_end_time);
-    if (end == NULL)
-        goto error;
-    PyTuple_SET_ITEM(record, 8, end);
     PyObject *status = PyObject_GetAttr(span, s_status);
     if (status == NULL)
         goto error;
@@ -326,37 +358,15 @@ end_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyTuple_SET_ITEM(record, 9, code);
     PyTuple_SET_ITEM(record, 10, description);
-    PyObject *attributes = PyObject_GetAttr(span, s_attributes);
-    if (attributes == NULL)
+    if (set_item(record, 12, span, s_events, copy_events) < 0 ||
+        set_item(record, 13, span, s_links, copy_links) < 0)
         goto error;
-    PyObject *copy = copy_attributes(attributes, 1);
-    Py_DECREF(attributes);
-    if (copy == NULL)
-        goto error;
-    PyTuple_SET_ITEM(record, 11, copy);
-    PyObject *events = PyObject_GetAttr(span, s_events);
-    if (events == NULL)
-        goto error;
-    PyObject *events_copy = copy_items(events, fill_event);
-    Py_DECREF(events);
-    if (events_copy == NULL)
-        goto error;
-    PyTuple_SET_ITEM(record, 12, events_copy);
-    PyObject *links = PyObject_GetAttr(span, s_links);
-    if (links == NULL)
-        goto error;
-    PyObject *links_copy = copy_items(links, fill_link);
-    Py_DECREF(links);
-    if (links_copy == NULL)
-        goto error;
-    PyTuple_SET_ITEM(record, 13, links_copy);
     untrack(record);
     return record;
 error:
     Py_DECREF(record);
     return NULL;
 }
-
 
 /* ---- RecordBuffer: the records of an offloading processor, gathered in one list ------
  *
