@@ -1,0 +1,41 @@
+"""bench/instructions.py: a real (tiny) run under callgrind, and its argument checks."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "instructions.py"
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_counts_instructions_per_span_against_bare() -> None:
+    done = run("--spans", "20", "60", "--reps", "1", "--setups", "handoff")
+    assert done.returncode == 0, done.stderr
+    rows = dict(
+        (m.group(1), (int(m.group(2).replace(",", "")), float(m.group(3))))
+        for m in re.finditer(r"^\| (\w+) \| ([\d,]+) \| ([\d.]+) \|", done.stdout, re.M)
+    )
+    assert set(rows) == {"bare", "handoff"}  # bare is always measured: the baseline
+    assert rows["bare"][1] == 1.0
+    # a span costs the OTel SDK tens of thousands of instructions, and the handoff adds work
+    assert rows["bare"][0] > 10_000
+    assert rows["handoff"][0] > rows["bare"][0]
+
+
+def test_rejects_unknown_setups_and_bad_span_counts() -> None:
+    done = run("--setups", "bare,nope")
+    assert done.returncode == 2 and "unknown setup(s) nope" in done.stderr
+    done = run("--spans", "50", "10")
+    assert done.returncode == 2 and "need 0 < SMALL < LARGE" in done.stderr
