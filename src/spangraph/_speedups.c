@@ -17,7 +17,7 @@
 static PyObject *s_context, *s_parent, *s_name, *s_kind, *s_start_time, *s_resource,
     *s_attributes, *s_dict, *s_value, *s_end_time, *s_status, *s_status_code,
     *s_description, *s_events, *s_links, *s_pub_name, *s_timestamp, *s_pub_attributes,
-    *s_pub_context;
+    *s_pub_context, *s_dq;
 
 /* A record, and the lists and tuples in it, are made here and referenced only by what
  * holds the record: they cannot be part of a reference cycle. Left tracked, the records
@@ -286,12 +286,25 @@ fill_link(PyObject *item, PyObject *link)
 static PyObject *
 copy_items(PyObject *items, int (*fill)(PyObject *, PyObject *))
 {
+    /* The SDK's BoundedList keeps its items in a deque (``_dq``): its length and items
+     * are read in C there, without the list's Python-level __len__ and __iter__. */
+    PyObject *inner = NULL;
+    if (!PyList_Check(items) && !PyTuple_Check(items)) {
+        inner = PyObject_GetAttr(items, s_dq);
+        if (inner == NULL)
+            PyErr_Clear();
+        else
+            items = inner;
+    }
     Py_ssize_t n = PyObject_Length(items);
-    if (n < 0)
-        return NULL;
-    if (n == 0)
+    if (n <= 0) {
+        Py_XDECREF(inner);
+        if (n < 0)
+            return NULL;
         Py_RETURN_NONE;
+    }
     PyObject *seq = PySequence_List(items);
+    Py_XDECREF(inner);
     if (seq == NULL)
         return NULL;
     n = PyList_GET_SIZE(seq);
@@ -637,6 +650,7 @@ PyInit__speedups(void)
     INTERN(s_timestamp, "timestamp");
     INTERN(s_pub_attributes, "attributes");
     INTERN(s_pub_context, "context");
+    INTERN(s_dq, "_dq");
     if (PyType_Ready(&RecordBufferType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&module_def);
