@@ -346,3 +346,134 @@ def test_buffer_loses_nothing_between_threads_that_append_and_one_that_takes(
     assert len(taken) == 2 * 4 * 2000 and buffer.dropped == 0
     ends = [r for r in taken if r[0] == _records.END]
     assert sorted(r[11]["i"] for r in ends) == sorted(list(range(2000)) * 4)
+
+
+def test_rebuilt_spans_read_like_the_originals() -> None:
+    """``rebuild`` gives the mapping, which reads spans through the public API, what the
+    span held: for every kind of field, from START and END records alike."""
+    known: dict[int, Any] = {}
+    for what, span in varied_spans():
+        record = _records.copy_record(what, span, known)
+        assert record is not None
+        again = _records.rebuild(record, known)
+        assert again.name == span.name
+        assert again.context.trace_id == span.context.trace_id
+        assert again.context.span_id == span.context.span_id
+        if span.parent is None:
+            assert again.parent is None
+        else:
+            assert again.parent.span_id == span.parent.span_id
+            assert again.parent.is_remote == span.parent.is_remote
+        assert again.kind == span.kind
+        assert again.start_time == span.start_time
+        assert again.resource.attributes == span.resource.attributes
+        if what == _records.END:
+            assert dict(again.attributes) == dict(span.attributes)
+            assert again.end_time == span.end_time
+            assert again.status.status_code == span.status.status_code
+            assert again.status.description == span.status.description
+            assert [(e.name, e.timestamp, dict(e.attributes)) for e in again.events] == [
+                (e.name, e.timestamp, dict(e.attributes)) for e in span.events
+            ]
+            assert [(ln.context.span_id, dict(ln.attributes)) for ln in again.links] == [
+                (ln.context.span_id, dict(ln.attributes)) for ln in span.links
+            ]
+
+
+def test_a_start_record_holds_the_attributes_set_before_the_start() -> None:
+    recorder = Recorder()
+    provider = TracerProvider()
+    provider.add_span_processor(recorder)
+    with provider.get_tracer("t").start_as_current_span("s", attributes={"a": 1}) as span:
+        span.set_attribute("late", 2)
+    record = recorder.at_start["s"]
+    assert dict(_records.rebuild(record, {}).attributes) == {"a": 1}
+
+
+class Copier(SpanProcessor):
+    """What the in-process processors do in on_start / on_end (QueueingSpanProcessor)."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.records.append(_records.copy_record(_records.START, span, _records.RESOURCES))
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.records.append(_records.copy_record(_records.END, span, _records.RESOURCES))
+
+
+def test_processors_called_for_one_span_share_one_record() -> None:
+    first, second = Copier(), Copier()
+    provider = TracerProvider()
+    provider.add_span_processor(first)
+    provider.add_span_processor(second)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("a", attributes={"x": 1}), tracer.start_as_current_span("b"):
+        pass
+    assert len(first.records) == len(second.records) == 4
+    for mine, theirs in zip(first.records, second.records, strict=True):
+        assert mine is theirs  # copied once, by the first processor
+    # and each span's start and end have their own records
+    assert [(r[0], r[5]) for r in first.records] == [(0, "a"), (0, "b"), (1, "b"), (1, "a")]
+    assert first.records[2][11] is None and first.records[3][11] == {"x": 1}
+
+
+def test_a_record_is_not_given_for_another_known_resources_dict() -> None:
+    provider = TracerProvider()
+    span = provider.get_tracer("t").start_span("s")
+    mine: dict[int, Any] = {}
+    record = _records.copy_record(_records.START, span, mine)
+    assert record is not None and record[9] in mine
+    other: dict[int, Any] = {}
+    again = _records.copy_record(_records.START, span, other)
+    assert again is not record and again[9] in other
+    span.end()
+
+
+def test_copy_record_never_raises() -> None:
+    assert _records.copy_record(_records.END, object(), {}) is None
+
+
+def test_processors_let_go_of_the_spans_they_queue() -> None:
+    """The queue holds the spans' records, not the spans: a span is freed at its end even
+    while its items wait for a store that is not there."""
+    import gc
+    import weakref
+
+    from spangraph.processors.graph import GraphSpanProcessor
+    from spangraph.processors.live import LiveEventProcessor
+
+    class Nowhere:  # a store and a publisher never reached: the items stay in the lists
+        def write(self, batch: Any) -> None:
+            raise AssertionError("not sent")
+
+        def publish(self, messages: Any) -> None:
+            raise AssertionError("not sent")
+
+    provider = TracerProvider()
+    graph = GraphSpanProcessor(Nowhere())  # type: ignore[arg-type]
+    live = LiveEventProcessor(Nowhere())  # type: ignore[arg-type]
+    queued: dict[str, list[Any]] = {"graph": [], "live": []}
+    graph._put = queued["graph"].append  # what on_start / on_end put, kept here
+    live._put = queued["live"].append
+    provider.add_span_processor(graph)
+    provider.add_span_processor(live)
+    try:
+        tracer = provider.get_tracer("t")
+        span = tracer.start_span("held")
+        span.end()
+        freed = weakref.ref(span)
+        del span
+        tracer.start_span("another").end()  # the copier lets go of its last span too
+        gc.collect()
+        assert freed() is None
+        for items in queued.values():
+            assert [(item[0], item[1][5]) for item in items] == [
+                (0, "held"),
+                (1, "held"),
+                (0, "another"),
+                (1, "another"),
+            ]
+    finally:
+        provider.shutdown()

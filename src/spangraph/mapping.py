@@ -459,7 +459,10 @@ def attributes_of(span: Any) -> dict[str, Any]:
     1 µs for five attributes). The SDK's own dict behind it is copied in one C call, which
     is also atomic with respect to a user thread still setting attributes on a running
     span. Falls back to the public API if the SDK's internals ever change."""
-    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    attributes = getattr(span, "_attributes", None)
+    if type(attributes) is dict:  # a span rebuilt from its record: the dict itself
+        return attributes.copy()
+    inner = getattr(attributes, "_dict", None)
     if type(inner) is dict:
         return inner.copy()
     return dict(span.attributes or {})

@@ -20,8 +20,12 @@ Records (first item: what they are):
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 START: Final = 0
 END: Final = 1
@@ -90,6 +94,76 @@ def py_end_record(span: Any, known: dict[int, Any]) -> tuple[Any, ...]:
         else None,
         key,
     )
+
+
+_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
+_KINDS: Final = {k.value: k for k in SpanKind}
+_CODES: Final = {c.value: c for c in StatusCode}
+_NO_RESOURCE: Final = Resource.get_empty()
+
+
+def rebuild(record: tuple[Any, ...], resources: Mapping[int, Any]) -> ReadableSpan:
+    """A ``ReadableSpan`` with what a START or END record holds (``resources``: resource
+    key -> Resource), for the mapping, which reads spans through the public API."""
+    trace_id, span_id, parent_id, parent_remote, name, kind, start = record[1:8]
+    context = SpanContext(trace_id, span_id, False, _SAMPLED)
+    parent = SpanContext(trace_id, parent_id, parent_remote, _SAMPLED) if parent_id else None
+    span_kind = _KINDS.get(kind, SpanKind.INTERNAL)
+    if record[0] == START:
+        return ReadableSpan(
+            name,
+            context,
+            parent,
+            resources.get(record[9]) or _NO_RESOURCE,
+            record[8] or {},
+            kind=span_kind,
+            start_time=start,
+        )
+    end, code, description, attributes, events, links, key = record[8:15]
+    return ReadableSpan(
+        name,
+        context,
+        parent,
+        resources.get(key) or _NO_RESOURCE,
+        attributes or {},
+        [Event(n, a, t) for n, t, a in events] if events else (),
+        [Link(SpanContext(t, s, True, _SAMPLED), a) for t, s, a in links] if links else (),
+        span_kind,
+        status=Status(_CODES.get(code, StatusCode.UNSET), description),
+        start_time=start,
+        end_time=end,
+    )
+
+
+RESOURCES: Final[dict[int, Any]] = {}
+"""Resource key -> Resource, shared by the in-process processors (so that one record can
+serve them all)."""
+
+# the last record copied: (span, what, known, record). The in-process processors are
+# called one after the other for the same span on the same thread, so the second one finds
+# the first one's copy here. Records are tuples, shared read-only. A lookup racing with
+# another thread's copy only misses: a tuple is read and replaced whole.
+_last: tuple[Any, int, Any, Any] = (None, -1, None, None)
+
+
+def copy_record(what: int, span: Any, known: dict[int, Any]) -> tuple[Any, ...] | None:
+    """The START (``what`` 0) or END record of ``span``: the C copy where it was built, the
+    public-API copy where that fails (not the SDK's span); ``None`` when neither can read
+    it. The record just copied for the same span, ``what`` and ``known`` is given again
+    instead of a second copy. Never raises."""
+    global _last
+    last = _last
+    if last[0] is span and last[1] == what and last[2] is known:
+        return last[3]
+    try:
+        record = (start_record if what == START else end_record)(span, known)
+    except Exception:
+        try:
+            record = (py_start_record if what == START else py_end_record)(span, known)
+        except Exception:
+            return None
+    _last = (span, what, known, record)
+    return record
 
 
 class PyRecordBuffer:

@@ -28,6 +28,8 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from ._records import copy_record
+
 _log = logging.getLogger("spangraph")
 
 T = TypeVar("T")
@@ -279,9 +281,8 @@ class BatchWorker(Generic[T, P]):
         sender when its slot is free (or a flush, the size cap or ``final`` says so).
 
         With ``extend``, a worker whose sender is busy keeps mapping what arrives into
-        the staged batch instead of leaving it queued: the spans are let go of within a
-        few milliseconds (held spans cost the application's garbage collections: they
-        survive into old generations), and the next batch grows with the backlog.
+        the staged batch instead of leaving it queued: the backlog waits as compact rows,
+        and the next batch grows with it.
         """
         if items:
             if self._staged is None:
@@ -459,27 +460,35 @@ class BatchWorker(Generic[T, P]):
 
 
 START: Final = 0
-"""Queue item kind of a span start: ``(START, span)``."""
+"""Queue item kind of a span start: ``(START, record)`` (see ``_records``)."""
 END: Final = 1
-"""Queue item kind of a span end: ``(END, span)``."""
+"""Queue item kind of a span end: ``(END, record)``."""
 
 
 class QueueingSpanProcessor(SpanProcessor):
-    """``on_start``/``on_end`` of a processor whose worker takes ``(START, span)`` and
-    ``(END, span)`` items: called synchronously on the thread that starts or ends the
-    span, so each only appends to the bounded queue (``self._put``, a
-    :meth:`BatchWorker.put`) and never raises."""
+    """``on_start``/``on_end`` of a processor whose worker takes ``(START, record)`` and
+    ``(END, record)`` items: called synchronously on the thread that starts or ends the
+    span, so each only copies the span's raw fields into a record of plain values (in C
+    where ``spangraph._speedups`` was built, see ``_records``) and appends it to the
+    bounded queue (``self._put``, a :meth:`BatchWorker.put`); never raises. The span
+    itself is let go of at once: spans held in a queue survive into the old generations
+    of the program's garbage collector, which then scans them again and again.
+    ``self._known`` maps resource keys to the spans' Resources (``_records.rebuild``)."""
 
     _put: Callable[[Any], bool]
+    _known: dict[int, Any]
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
-            self._put((START, span))
+            record = copy_record(START, span, self._known)
+            # a span no copy can read goes as it is: the worker reads what it can of it
+            self._put((START, span if record is None else record))
         except Exception:  # pragma: no cover - never raise into user code
             pass
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            self._put((END, span))
+            record = copy_record(END, span, self._known)
+            self._put((END, span if record is None else record))
         except Exception:  # pragma: no cover - never raise into user code
             pass

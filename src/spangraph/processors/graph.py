@@ -6,12 +6,12 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util import BoundedList
 
 from ..exceptions import StoreUnavailableError
 from ..mapping import SpanMapper, hex_span_id, hex_trace_id
 from ..stores._base import GraphStore, WriteBatch
+from ._records import RESOURCES, rebuild
 from ._worker import END, START, BatchWorker, QueueingSpanProcessor
 
 _log = logging.getLogger("spangraph")
@@ -24,7 +24,10 @@ def _attributes_view(span: Any) -> Mapping[str, Any]:
     """The span's attributes, to read a few keys from: the SDK's own dict behind the
     read-only ``span.attributes`` proxy when it is there (whose reads go through
     Python-level ``Mapping`` methods), else the public API."""
-    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    attributes = getattr(span, "_attributes", None)
+    if type(attributes) is dict:  # a span rebuilt from its record
+        return attributes
+    inner = getattr(attributes, "_dict", None)
     if type(inner) is dict:
         return inner
     return span.attributes or {}
@@ -70,10 +73,12 @@ class GraphSpanProcessor(QueueingSpanProcessor):
     ) -> None:
         self.store = store
         self._mapper = SpanMapper(project)
+        self._known: dict[int, Any] = RESOURCES  # resource key -> Resource (see _records)
         # a store that can encode a batch apart from sending it (FalkorDB) gets that work
         # done by the preparing thread, so that the sending one only sends
         self._encode: Callable[[WriteBatch], Any] | None = getattr(store, "encode", None)
-        self._worker: BatchWorker[tuple[int, ReadableSpan], Any] = BatchWorker(
+        # items: (START or END, the span's record, or the span where no copy could read it)
+        self._worker: BatchWorker[tuple[int, Any], Any] = BatchWorker(
             "graph",
             self._prepare,
             store.write,
@@ -93,18 +98,24 @@ class GraphSpanProcessor(QueueingSpanProcessor):
 
     # -- worker ---------------------------------------------------------------------------
 
-    def _prepare(self, items: list[tuple[int, ReadableSpan]]) -> tuple[WriteBatch, int]:
+    def _prepare(self, items: list[tuple[int, Any]]) -> tuple[WriteBatch, int]:
         batch = WriteBatch()
         return batch, self._extend(batch, items)
 
-    def _extend(self, batch: WriteBatch, items: list[tuple[int, ReadableSpan]]) -> int:
+    def _extend(self, batch: WriteBatch, items: list[tuple[int, Any]]) -> int:
         """Map ``items`` into ``batch``; how many items that was.
 
         A span's start and end in one call give one row; in different calls of one batch
         (the worker fills a batch in steps while the store is busy), two rows, which the
         stores write in order (start rows first).
         """
-        ended = {span.context.span_id for what, span in items if what == _END}
+        known = self._known
+        # span id -> its end item (a record, or a span no copy could read)
+        ended = {
+            (item[2] if type(item) is tuple else item.context.span_id): item
+            for what, item in items
+            if what == _END
+        }
         starts, ends, parents, events, links = (
             batch.starts,
             batch.ends,
@@ -115,26 +126,36 @@ class GraphSpanProcessor(QueueingSpanProcessor):
         mapper = self._mapper
         resolve = mapper.lineage.resolve
         node_props = mapper.node_props
-        for what, span in items:
+        for what, item in items:
             is_end = what == _END
             if not is_end:
-                ctx = span.context
-                if ctx.span_id in ended:
+                if type(item) is tuple:  # a START record
+                    trace_id, span_id, parent_id = item[1:4]
+                else:
+                    ctx, parent = item.context, item.parent
+                    trace_id, span_id = ctx.trace_id, ctx.span_id
+                    parent_id = parent.span_id if parent is not None else 0
+                end = ended.get(span_id)
+                if end is not None:
                     # Started and ended within this batch: write it once, at its end. Its
-                    # run ids are resolved now all the same, so that spans from other
-                    # instrumentations under it (whose rows come before its end) inherit
-                    # them.
+                    # run ids are resolved now all the same (from its final attributes),
+                    # so that spans from other instrumentations under it (whose rows
+                    # come before its end) inherit them. No span is rebuilt for this.
                     try:
-                        parent = span.parent
                         resolve(
-                            hex_span_id(ctx.span_id),
-                            hex_span_id(parent.span_id) if parent is not None else None,
-                            hex_trace_id(ctx.trace_id),
-                            _attributes_view(span),
+                            hex_span_id(span_id),
+                            hex_span_id(parent_id) if parent_id else None,
+                            hex_trace_id(trace_id),
+                            (end[11] or {}) if type(end) is tuple else _attributes_view(end),
                         )
                     except Exception:
-                        _log.exception("spangraph graph: could not map span %r", span.name)
+                        _log.exception("spangraph graph: could not map a span's start")
                     continue
+            try:
+                span = rebuild(item, known) if type(item) is tuple else item
+            except Exception:
+                _log.exception("spangraph graph: could not read a span record; skipped")
+                continue
             try:
                 label, props = node_props(span, ended=is_end)
             except Exception:

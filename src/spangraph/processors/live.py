@@ -22,6 +22,7 @@ from ..mapping import (
     live_message_parts,
     state_of,
 )
+from ._records import RESOURCES, copy_record, rebuild
 from ._worker import BatchWorker
 
 _log = logging.getLogger("spangraph")
@@ -202,6 +203,7 @@ class LiveEventProcessor(SpanProcessor):
     ) -> None:
         self.publisher = publisher
         self._mapper = SpanMapper(project)
+        self._known: dict[int, Any] = RESOURCES  # resource key -> Resource (see _records)
         self._sent_live: dict[int, set[tuple[str, int]]] = {}
         self._open: set[int] = set()  # spans whose start this processor saw (worker only)
         # span id -> (its resource, (name, trace id, parent, the attributes common()
@@ -228,17 +230,28 @@ class LiveEventProcessor(SpanProcessor):
 
     # -- hot path -------------------------------------------------------------------------
 
+    # on_start / on_end copy the span's raw fields into a record (in C where
+    # spangraph._speedups was built, see _records) and let the span go at once: spans held
+    # in the queue would survive into the old generations of the program's garbage
+    # collector. A span no copy can read goes as it is.
+
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
-            self._put(
-                (_START, span, time.time_ns() if span.start_time is None else span.start_time)
-            )
+            record = copy_record(_START, span, self._known)
+            if record is None:
+                self._put((_START, span, span.start_time or time.time_ns()))
+            else:
+                self._put((_START, record, record[7] or time.time_ns()))
         except Exception:  # pragma: no cover - never raise into user code
             pass
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            self._put((_END, span, span.end_time))
+            record = copy_record(_END, span, self._known)
+            if record is None:
+                self._put((_END, span, span.end_time))
+            else:
+                self._put((_END, record, record[8]))
         except Exception:  # pragma: no cover - never raise into user code
             pass
 
@@ -286,9 +299,14 @@ class LiveEventProcessor(SpanProcessor):
         out: list[tuple[str, str, str, str]] = []
         sent_live = self._sent_live
         open_spans = self._open
+        known = self._known
+        items = [
+            (item[0], rebuild(item[1], known), *item[2:]) if type(item[1]) is tuple else item
+            for item in items
+        ]
         # A span that ends within this batch has its final attributes for all its items
-        # here: map them once (the end item, its last, takes the mapping).
-        ending = {item[1].context.span_id for item in items if item[0] == _END}
+        # here: map them once, from its end (the end item, its last, takes the mapping).
+        ending = {item[1].context.span_id: item[1] for item in items if item[0] == _END}
         in_batch: dict[int, tuple[dict[str, Any], Mapped]] = {}
         for item in items:
             what, span, time_ns = item[0], item[1], item[2]
@@ -301,9 +319,11 @@ class LiveEventProcessor(SpanProcessor):
                 span_id = span.context.span_id
                 hit = in_batch.pop(span_id, None) if what == _END else in_batch.get(span_id)
                 if hit is None:
-                    attributes = attributes_of(span)
-                    ends_here = span_id in ending
-                    mapped = self._mapped(span, span_id, attributes, not ends_here)
+                    final = ending.get(span_id)
+                    ends_here = final is not None
+                    source = final if ends_here else span
+                    attributes = attributes_of(source)
+                    mapped = self._mapped(source, span_id, attributes, not ends_here)
                     if what != _END and ends_here:
                         in_batch[span_id] = (attributes, mapped)
                 else:

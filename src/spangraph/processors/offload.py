@@ -4,9 +4,9 @@ In this process, ``on_start``/``on_end`` copy each span's raw fields (ids, name,
 times, status, attributes, events, links) into a record of plain values, and append it to
 a bounded buffer: one call into C where ``spangraph._speedups`` was built
 (see ``_records``). A worker thread writes the buffer, each Resource announced once, to
-the stdin of an agent: ``python -m spangraph._agent``, a child process that rebuilds the
-spans and feeds them to its own :class:`~spangraph.processors.GraphSpanProcessor` and
-:class:`~spangraph.processors.LiveEventProcessor`. Mapping, JSON and the store and Redis
+the stdin of an agent: ``python -m spangraph._agent``, a child process that puts the
+records into the queues of its own :class:`~spangraph.processors.GraphSpanProcessor` and
+:class:`~spangraph.processors.LiveEventProcessor`, as their ``on_start``/``on_end`` would. Mapping, JSON and the store and Redis
 protocols run there, off this process's GIL: what a traced program pays per span is
 close to the copy alone (see ``docs/performance.md``).
 
@@ -39,7 +39,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ..exceptions import ConfigurationError
 from . import live as _live
-from ._records import END, START, RecordBuffer, py_end_record, py_start_record
+from ._records import END, START, RecordBuffer, py_end_record, py_start_record, rebuild
 
 _log = logging.getLogger("spangraph")
 
@@ -494,10 +494,8 @@ def _records_of(body: bytes) -> Iterator[tuple[Any, ...]]:
 
 
 def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested through it)
-    """The agent: rebuild spans from the records on stdin and write them."""
+    """The agent: hand the records on stdin to its processors, which write them."""
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import Event
-    from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
     from .._sdk import _open_publisher, _open_store
     from ..config import Settings
@@ -535,37 +533,11 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
     out.write(b"ready\n")
     out.flush()
 
-    sampled = TraceFlags(TraceFlags.SAMPLED)
-    kinds = {k.value: k for k in SpanKind}
-    codes = {c.value: c for c in StatusCode}
     resources: dict[int, Any] = {}
-    open_spans: dict[int, ReadableSpan] = {}
+    for p in processors:  # the records name their resource by key: these are the agent's
+        p._known = resources
+    open_spans: dict[int, tuple[Any, ...]] = {}  # span id -> START record, until its end
     stdin = sys.stdin.buffer
-
-    def context(trace_id: int, span_id: int, remote: bool = False) -> SpanContext:
-        return SpanContext(trace_id, span_id, is_remote=remote, trace_flags=sampled)
-
-    def rebuild(r: tuple[Any, ...], ended: bool) -> ReadableSpan:
-        trace_id, span_id, parent_id, parent_remote, name, kind, start = r[1:8]
-        common: dict[str, Any] = {
-            "name": name,
-            "context": context(trace_id, span_id),
-            "parent": context(trace_id, parent_id, parent_remote) if parent_id else None,
-            "kind": kinds.get(kind, SpanKind.INTERNAL),
-            "start_time": start,
-        }
-        if not ended:
-            return ReadableSpan(attributes=r[8] or {}, resource=resources.get(r[9]), **common)
-        end, code, description, attrs, events, links, key = r[8:15]
-        return ReadableSpan(
-            attributes=attrs or {},
-            resource=resources.get(key),
-            end_time=end,
-            status=Status(codes.get(code, StatusCode.UNSET), description),
-            events=[Event(n, a, t) for n, t, a in events] if events else (),
-            links=[Link(context(t, s, True), a) for t, s, a in links] if links else (),
-            **common,
-        )
 
     while True:
         size = stdin.read(4)
@@ -575,22 +547,26 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
         for r in _records_of(body):
             what = r[0]
             try:
+                # the records go to the processors' queues as their own on_start / on_end
+                # would put them: no span is rebuilt here
                 if what == _START:
-                    span = rebuild(r, False)
                     if len(open_spans) > 100_000:  # starts whose end never came
                         open_spans.clear()
-                    open_spans[r[2]] = span
-                    for p in processors:
-                        p.on_start(span, None)
+                    open_spans[r[2]] = r
+                    if graph is not None:
+                        graph._put((_START, r))
+                    if live is not None:
+                        live._put((_START, r, r[7] or time.time_ns()))
                 elif what == _END:
                     open_spans.pop(r[2], None)
-                    span = rebuild(r, True)
-                    for p in processors:
-                        p.on_end(span)
+                    if graph is not None:
+                        graph._put((_END, r))
+                    if live is not None:
+                        live._put((_END, r, r[8]))
                 elif what == _EVENT:
                     started = open_spans.get(r[1])
                     if started is not None and live is not None:
-                        live._on_event(started, r[2], r[4] or {}, r[3])
+                        live._on_event(rebuild(started, resources), r[2], r[4] or {}, r[3])
                 elif what == _RESOURCE:
                     resources[r[1]] = Resource(r[2] or {})
                 elif what == _FLUSH:
