@@ -20,12 +20,12 @@ Records (first item: what they are):
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, NamedTuple
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.sdk.trace import Event
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 START: Final = 0
 END: Final = 1
@@ -96,43 +96,96 @@ def py_end_record(span: Any, known: dict[int, Any]) -> tuple[Any, ...]:
     )
 
 
-_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
 _KINDS: Final = {k.value: k for k in SpanKind}
 _CODES: Final = {c.value: c for c in StatusCode}
+_STATUSES: Final = {c.value: Status(c) for c in StatusCode}  # those without a description
 _NO_RESOURCE: Final = Resource.get_empty()
 
 
-def rebuild(record: tuple[Any, ...], resources: Mapping[int, Any]) -> ReadableSpan:
-    """A ``ReadableSpan`` with what a START or END record holds (``resources``: resource
-    key -> Resource), for the mapping, which reads spans through the public API."""
-    trace_id, span_id, parent_id, parent_remote, name, kind, start = record[1:8]
-    context = SpanContext(trace_id, span_id, False, _SAMPLED)
-    parent = SpanContext(trace_id, parent_id, parent_remote, _SAMPLED) if parent_id else None
-    span_kind = _KINDS.get(kind, SpanKind.INTERNAL)
-    if record[0] == START:
-        return ReadableSpan(
-            name,
-            context,
-            parent,
-            resources.get(record[9]) or _NO_RESOURCE,
-            record[8] or {},
-            kind=span_kind,
-            start_time=start,
-        )
-    end, code, description, attributes, events, links, key = record[8:15]
-    return ReadableSpan(
-        name,
-        context,
-        parent,
-        resources.get(key) or _NO_RESOURCE,
-        attributes or {},
-        [Event(n, a, t) for n, t, a in events] if events else (),
-        [Link(SpanContext(t, s, True, _SAMPLED), a) for t, s, a in links] if links else (),
-        span_kind,
-        status=Status(_CODES.get(code, StatusCode.UNSET), description),
-        start_time=start,
-        end_time=end,
+class RecordContext(NamedTuple):
+    """The ``SpanContext`` fields the mapping reads."""
+
+    trace_id: int
+    span_id: int
+    is_remote: bool
+
+
+class RecordLink(NamedTuple):
+    """The ``Link`` fields the mapping reads."""
+
+    context: RecordContext
+    attributes: dict[str, Any]
+
+
+class RecordSpan:
+    """A span read back from its record: the ``ReadableSpan`` attributes the mapping reads
+    (``name``, ``context``, ``parent``, ``kind``, ``start_time``, ``end_time``,
+    ``status``, ``attributes``, ``events``, ``links``, ``resource``), made in a third of
+    the time a ``ReadableSpan`` takes. ``end_time`` is ``None`` for a START record."""
+
+    __slots__ = (
+        "_attributes",
+        "context",
+        "end_time",
+        "events",
+        "kind",
+        "links",
+        "name",
+        "parent",
+        "resource",
+        "start_time",
+        "status",
     )
+
+    name: str
+    context: RecordContext
+    parent: RecordContext | None
+    kind: SpanKind
+    start_time: int | None
+    end_time: int | None
+    status: Status
+    _attributes: dict[str, Any]
+    events: Sequence[Event]
+    links: Sequence[RecordLink]
+    resource: Any
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return self._attributes
+
+    def __repr__(self) -> str:
+        return f"RecordSpan({self.name!r}, span_id={self.context.span_id:016x})"
+
+
+def rebuild(record: tuple[Any, ...], resources: Mapping[int, Any]) -> RecordSpan:
+    """The span a START or END record holds, read through the attributes of a
+    ``ReadableSpan`` (``resources``: resource key -> Resource), for the mapping."""
+    span = RecordSpan.__new__(RecordSpan)
+    trace_id, parent_id = record[1], record[3]
+    span.name = record[5]
+    span.context = RecordContext(trace_id, record[2], False)
+    span.parent = RecordContext(trace_id, parent_id, record[4]) if parent_id else None
+    span.kind = _KINDS.get(record[6], SpanKind.INTERNAL)
+    span.start_time = record[7]
+    if record[0] == START:
+        span.end_time = None
+        span.status = _STATUSES[0]
+        span._attributes = record[8] or {}
+        span.events = span.links = ()
+        span.resource = resources.get(record[9]) or _NO_RESOURCE
+        return span
+    end, code, description, attributes, events, links, key = record[8:15]
+    span.end_time = end
+    span.status = (
+        _STATUSES.get(code, _STATUSES[0])
+        if description is None
+        else Status(_CODES.get(code, StatusCode.UNSET), description)
+    )
+    span._attributes = attributes or {}
+    span.events = [Event(n, a, t) for n, t, a in events] if events else ()
+    span.links = [RecordLink(RecordContext(t, s, True), a) for t, s, a in links] if links else ()
+    span.resource = resources.get(key) or _NO_RESOURCE
+    return span
 
 
 RESOURCES: Final[dict[int, Any]] = {}
