@@ -7,6 +7,7 @@ Run from the repository root, in the project's virtual environment, on a machine
 
     python bench/instructions.py                      # bare, handoff, offload, full; ~4 min
     python bench/instructions.py --setups bare,offload --reps 1
+    python bench/instructions.py --workload agent --setups bare,full,offload
 
 Wall-clock figures (``bench/overhead.py``) move with whatever else the machine is doing.
 Instruction counts do not: ``valgrind --tool=callgrind`` counts the instructions each
@@ -20,6 +21,12 @@ leave the heap built so far out of later garbage collections: whether a collecti
 whole start-up heap falls inside a run or not would otherwise decide a run's count; the
 collections of what the loop itself allocates stay in. Each run ends with ``force_flush()``, so the work a
 setup's threads do for those spans is inside the count.
+
+``--workload agent`` runs the agent-like workload of ``bench/overhead.py`` instead (steps
+of 5 attributes and 3 events that each sleep ~1 ms, releasing the GIL as a model or tool
+call would; default 100 and 500 steps): the cost a step, where spangraph's threads mostly
+run while the calling thread waits. Its whole-process figure varies a little from run to
+run (how the workers' batches fall around the sleeps); the calling thread's does not.
 
 Two figures a setup, each divided by ``bare``'s:
 
@@ -50,20 +57,24 @@ import overhead  # bench/overhead.py: the setups and the workload
 from spangraph.embedded import EmbeddedServer, ServerInfo
 
 DEFAULT_SETUPS = ("bare", "handoff", "offload", "full")
-WARMUP_SPANS = 300
+WORKLOADS = {"tight": overhead.workload, "agent": overhead.agent_workload}
+DEFAULT_SPANS = {"tight": (1_000, 5_000), "agent": (100, 500)}
+WARMUP_SPANS = {"tight": 300, "agent": 100}
 
 
-def child(setup: str, spans: int, port: int) -> int:
-    """One counted run: build ``setup``, warm up, run the loop of ``spans``, flush, exit."""
+def child(setup: str, spans: int, port: int, workload: str = "tight") -> int:
+    """One counted run: build ``setup``, warm up, run ``workload`` with ``spans`` child
+    spans, flush, exit."""
     info = ServerInfo(pid=0, port=port, home="")
     built = overhead.make_setup(setup, info)
-    overhead.workload(built.provider, WARMUP_SPANS, "warm-up")
+    run, warmup = WORKLOADS[workload], WARMUP_SPANS[workload]
+    run(built.provider, warmup, "warm-up")
     built.drain()
     gc.collect()
     gc.freeze()  # the heap so far (imports, set-up) is left out of later collections
-    overhead.workload(built.provider, spans, "counted")
+    run(built.provider, spans, "counted")
     built.drain()
-    dropped = built.dropped() + (WARMUP_SPANS + spans + 2 - built.exporter.exported)
+    dropped = built.dropped() + (warmup + spans + 2 - built.exporter.exported)
     if dropped:
         print(f"{setup}: {dropped} spans dropped", file=sys.stderr)
         return 3
@@ -84,7 +95,7 @@ def thread_totals(out_dir: str) -> list[int]:
     return [count for _, count in sorted(totals)]
 
 
-def counted(setup: str, spans: int, port: int) -> tuple[int, int]:
+def counted(setup: str, spans: int, port: int, workload: str) -> tuple[int, int]:
     """(calling thread, whole process) instructions of one child run under callgrind."""
     with tempfile.TemporaryDirectory(prefix="spangraph-callgrind-") as out_dir:
         cmd = [
@@ -99,6 +110,7 @@ def counted(setup: str, spans: int, port: int) -> tuple[int, int]:
             setup,
             str(spans),
             str(port),
+            workload,
         ]
         env = dict(os.environ, PYTHONHASHSEED="0")
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -114,9 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         "--spans",
         type=int,
         nargs=2,
-        default=(1_000, 5_000),
+        default=None,
         metavar=("SMALL", "LARGE"),
-        help="child spans of the two runs a setup (default 1000 5000)",
+        help="child spans (steps) of the two runs a setup (default 1000 5000; agent: 100 500)",
+    )
+    ap.add_argument(
+        "--workload",
+        choices=sorted(WORKLOADS),
+        default="tight",
+        help="tight: the tight loop of empty spans (default); agent: the agent-like steps",
     )
     ap.add_argument("--reps", type=int, default=2, help="pairs of runs a setup (default 2)")
     ap.add_argument(
@@ -124,11 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(DEFAULT_SETUPS),
         help=f"comma-separated, from {', '.join(overhead.CONFIGS)} (default: %(default)s)",
     )
-    ap.add_argument("--child", nargs=3, metavar=("SETUP", "SPANS", "PORT"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--child", nargs=4, metavar=("SETUP", "SPANS", "PORT", "WORKLOAD"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args(argv)
     if args.child:
-        setup, spans, port = args.child
-        return child(setup, int(spans), int(port))
+        setup, spans, port, workload = args.child
+        return child(setup, int(spans), int(port), workload)
 
     setups = [s.strip() for s in args.setups.split(",") if s.strip()]
     unknown = sorted(set(setups) - set(overhead.CONFIGS))
@@ -138,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "bare" not in setups:
         setups.insert(0, "bare")
-    small, large = args.spans
+    small, large = args.spans or DEFAULT_SPANS[args.workload]
     if not 0 < small < large:
         ap.error("--spans: need 0 < SMALL < LARGE")
     if shutil.which("valgrind") is None:
@@ -149,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "# spangraph instruction counts (valgrind --tool=callgrind)\n\n"
         f"{m['cpus']} CPUs, {m['cpu']}, Python {m['python']}, {m['platform']}\n"
-        f"spans a run: {small} and {large} (+{WARMUP_SPANS} warm-up); {args.reps} pair(s) a setup"
+        f"workload: {args.workload}; child spans a run: {small} and {large}"
+        f" (+{WARMUP_SPANS[args.workload]} warm-up); {args.reps} pair(s) a setup"
     )
     started = time.perf_counter()
     per_span: dict[str, list[tuple[float, float]]] = {s: [] for s in setups}
@@ -159,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for rep in range(args.reps):
                 for setup in setups:
-                    lo = counted(setup, small, info.port)
-                    hi = counted(setup, large, info.port)
+                    lo = counted(setup, small, info.port, args.workload)
+                    hi = counted(setup, large, info.port, args.workload)
                     main_i = (hi[0] - lo[0]) / (large - small)
                     proc_i = (hi[1] - lo[1]) / (large - small)
                     per_span[setup].append((main_i, proc_i))

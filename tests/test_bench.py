@@ -34,8 +34,25 @@ def test_counts_instructions_per_span_against_bare() -> None:
     assert rows["handoff"][0] > rows["bare"][0]
 
 
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_counts_instructions_per_step_of_the_agent_like_workload() -> None:
+    done = run("--workload", "agent", "--spans", "5", "15", "--reps", "1", "--setups", "handoff")
+    assert done.returncode == 0, done.stderr
+    assert "workload: agent" in done.stdout
+    rows = dict(
+        (m.group(1), int(m.group(2).replace(",", "")))
+        for m in re.finditer(r"^\| (\w+) \| ([\d,]+) \|", done.stdout, re.M)
+    )
+    assert set(rows) == {"bare", "handoff"}
+    # a step (a span of 5 attributes and 3 events) costs the SDK more than an empty span
+    assert rows["bare"] > 20_000
+    assert rows["handoff"] > rows["bare"]
+
+
 def test_rejects_unknown_setups_and_bad_span_counts() -> None:
     done = run("--setups", "bare,nope")
     assert done.returncode == 2 and "unknown setup(s) nope" in done.stderr
     done = run("--spans", "50", "10")
     assert done.returncode == 2 and "need 0 < SMALL < LARGE" in done.stderr
+    done = run("--workload", "nope")
+    assert done.returncode == 2 and "invalid choice: 'nope'" in done.stderr
