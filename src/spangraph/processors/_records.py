@@ -120,7 +120,7 @@ class RecordLink(NamedTuple):
 class RecordSpan:
     """A span read back from its record: the ``ReadableSpan`` attributes the mapping reads
     (``name``, ``context``, ``parent``, ``kind``, ``start_time``, ``end_time``,
-    ``status``, ``attributes``, ``events``, ``links``, ``resource``), made in a third of
+    ``status``, ``attributes``, ``events``, ``links``, ``resource``), made in about half
     the time a ``ReadableSpan`` takes. ``end_time`` is ``None`` for a START record."""
 
     __slots__ = (
