@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 START: Final = 0
@@ -110,6 +109,14 @@ class RecordContext(NamedTuple):
     is_remote: bool
 
 
+class RecordEvent(NamedTuple):
+    """The ``Event`` fields the mapping reads."""
+
+    name: str
+    timestamp: int
+    attributes: dict[str, Any]
+
+
 class RecordLink(NamedTuple):
     """The ``Link`` fields the mapping reads."""
 
@@ -145,7 +152,7 @@ class RecordSpan:
     end_time: int | None
     status: Status
     _attributes: dict[str, Any]
-    events: Sequence[Event]
+    events: Sequence[RecordEvent]
     links: Sequence[RecordLink]
     resource: Any
 
@@ -182,7 +189,7 @@ def rebuild(record: tuple[Any, ...], resources: Mapping[int, Any]) -> RecordSpan
         else Status(_CODES.get(code, StatusCode.UNSET), description)
     )
     span._attributes = attributes or {}
-    span.events = [Event(n, a, t) for n, t, a in events] if events else ()
+    span.events = [RecordEvent(*event) for event in events] if events else ()
     span.links = [RecordLink(RecordContext(t, s, True), a) for t, s, a in links] if links else ()
     span.resource = resources.get(key) or _NO_RESOURCE
     return span
