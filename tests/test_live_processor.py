@@ -327,3 +327,64 @@ def test_two_hosts_share_one_sequence(
         for _, provider, processor in hosts:
             provider.shutdown()
             processor.publisher.close()
+
+
+def _messages(workflow_id: str, n: int) -> list[tuple[str, str, str, str]]:
+    common = {
+        "workflow_id": workflow_id,
+        "project_id": "p",
+        "trace_id": "ab" * 16,
+        "span_id": "cd" * 8,
+        "parent_span_id": None,
+        "kind": "step",
+        "name": "step ünïcode",
+        "service": "svc",
+        "env": None,
+    }
+    out = []
+    for i in range(n):
+        head, tail = live_module.live_message("span.started", common, time.time_ns(), {"i": i})
+        out.append((workflow_id, "p", head, tail))
+    return out
+
+
+def test_publisher_loads_its_script_again_after_a_script_flush(
+    embedded_server: ServerInfo, redis_client: redis.Redis
+) -> None:
+    """A restarted or flushed Redis has forgotten the publish script: the calls it
+    answered NOSCRIPT are sent again after loading it, nothing twice and in order."""
+    workflow_id = f"wf-{uuid.uuid4()}"
+    publisher = RedisPublisher.from_url(embedded_server.redis_url)
+    try:
+        publisher.publish(_messages(workflow_id, 3))
+        redis_client.script_flush()
+        # more than one script call in one batch (live._CHUNK messages a call)
+        publisher.publish(_messages(workflow_id, live_module._CHUNK + 5))
+        entries = redis_client.xrange(stream_key(workflow_id))
+        seqs = [json.loads(e[1][b"data"])["seq"] for e in entries]
+        assert seqs == list(range(1, live_module._CHUNK + 9))
+        assert [json.loads(e[1][b"data"])["attributes"]["i"] for e in entries] == [
+            0, 1, 2, *range(live_module._CHUNK + 5)
+        ]  # fmt: skip
+        assert json.loads(entries[0][1][b"data"])["name"] == "step ünïcode"
+    finally:
+        publisher.close()
+
+
+def test_publisher_raises_what_redis_rejects_and_stays_usable(
+    embedded_server: ServerInfo, redis_client: redis.Redis
+) -> None:
+    """An error reply raises (the worker counts the batch as failed), and every reply of
+    the batch was read: the next batch on the same connection gets its own replies."""
+    bad, good = f"wf-{uuid.uuid4()}", f"wf-{uuid.uuid4()}"
+    redis_client.set(live_module.seq_key(bad), "not a number")  # INCR fails on it
+    publisher = RedisPublisher.from_url(embedded_server.redis_url)
+    try:
+        with pytest.raises(redis.ResponseError, match="not an integer"):
+            publisher.publish(_messages(bad, 2))
+        publisher.publish(_messages(good, 2))
+        entries = redis_client.xrange(stream_key(good))
+        assert [json.loads(e[1][b"data"])["seq"] for e in entries] == [1, 2]
+        assert publisher.client.connection_pool._created_connections == 1
+    finally:
+        publisher.close()
