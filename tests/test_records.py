@@ -477,3 +477,18 @@ def test_processors_let_go_of_the_spans_they_queue() -> None:
             ]
     finally:
         provider.shutdown()
+
+
+def test_no_record_for_a_resource_the_full_table_lacks() -> None:
+    """Past MAX_RESOURCES Resources a record could not name its Resource: the processors
+    are then given no record, and queue the span itself."""
+    full = {-i: None for i in range(1, _records.MAX_RESOURCES + 1)}
+    span = (
+        TracerProvider(resource=Resource.create({"service.name": "late"}))
+        .get_tracer("t")
+        .start_span("s")
+    )
+    assert _records.copy_record(_records.START, span, full) is None
+    span.end()
+    assert _records.copy_record(_records.END, span, full) is None
+    assert len(full) == _records.MAX_RESOURCES  # nothing added past the bound

@@ -209,8 +209,9 @@ _last: tuple[Any, int, Any, Any] = (None, -1, None, None)
 def copy_record(what: int, span: Any, known: dict[int, Any]) -> tuple[Any, ...] | None:
     """The START (``what`` 0) or END record of ``span``: the C copy where it was built, the
     public-API copy where that fails (not the SDK's span); ``None`` when neither can read
-    it. The record just copied for the same span, ``what`` and ``known`` is given again
-    instead of a second copy. Never raises."""
+    it, or when ``known`` is full and lacks its Resource (the span itself must then be
+    read). The record just copied for the same span, ``what`` and ``known`` is given
+    again instead of a second copy. Never raises."""
     global _last
     last = _last
     if last[0] is span and last[1] == what and last[2] is known:
@@ -222,6 +223,8 @@ def copy_record(what: int, span: Any, known: dict[int, Any]) -> tuple[Any, ...] 
             record = (py_start_record if what == START else py_end_record)(span, known)
         except Exception:
             return None
+    if record[-1] not in known:  # more Resources than MAX_RESOURCES: not readable back
+        return None
     _last = (span, what, known, record)
     return record
 
