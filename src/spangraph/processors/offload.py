@@ -6,9 +6,10 @@ a bounded buffer: one call into C where ``spangraph._speedups`` was built
 (see ``_records``). A worker thread writes the buffer, each Resource announced once, to
 the stdin of an agent: ``python -m spangraph._agent``, a child process that puts the
 records into the queues of its own :class:`~spangraph.processors.GraphSpanProcessor` and
-:class:`~spangraph.processors.LiveEventProcessor`, as their ``on_start``/``on_end`` would. Mapping, JSON and the store and Redis
-protocols run there, off this process's GIL: what a traced program pays per span is
-close to the copy alone (see ``docs/performance.md``).
+:class:`~spangraph.processors.LiveEventProcessor`, as their ``on_start``/``on_end``
+would. Mapping, JSON and the store and Redis protocols run there, off this process's
+GIL: what a traced program pays per span is close to the copy alone (see
+``docs/performance.md``).
 
 Frames on the agent's stdin: a 4-byte little-endian length, then ``marshal``-ed objects
 one after another: Resource records announced first, then a list of records (tuples
