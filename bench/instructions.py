@@ -28,10 +28,16 @@ call would; default 100 and 500 steps): the cost a step, where spangraph's threa
 run while the calling thread waits. Its whole-process figure varies a little from run to
 run (how the workers' batches fall around the sleeps); the calling thread's does not.
 
-Two figures a setup, each divided by ``bare``'s:
+Figures a setup, each divided by ``bare``'s:
 
 * *calling thread*: what the thread that creates the spans executes (callgrind's
   thread 1);
+* *calling thread without GC*: the same, less what it spent in the cyclic garbage
+  collector (``gc_collect_main``, inclusive, from ``callgrind_annotate``). A collection
+  runs on whichever thread's allocation crosses the collector's threshold, so when
+  spangraph's threads allocate, some of the collections of the program's own garbage fall
+  on them and some of theirs on the calling thread: this figure is the calling thread's
+  own work, which that does not move;
 * *whole process*: every thread of the traced process, so the work spangraph's own threads
   do (taking the GIL from the calling thread) is in it.
 
@@ -45,6 +51,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -82,21 +89,37 @@ def child(setup: str, spans: int, port: int, workload: str = "tight") -> int:
     os._exit(0)  # no interpreter teardown: the same for every setup, and quicker
 
 
-def thread_totals(out_dir: str) -> list[int]:
-    """Instructions per thread of one callgrind run, thread 1 first."""
-    totals: list[tuple[int, int]] = []
+_GC_LINE = re.compile(r"^\s*([\d,]+) .*:gc_collect_main \[", re.M)
+
+
+def thread_totals(out_dir: str) -> list[tuple[int, int]]:
+    """(instructions, of which in the garbage collector) per thread of one callgrind
+    run, thread 1 first."""
+    totals: list[tuple[int, int, int]] = []
     for name in os.listdir(out_dir):
         number = int(name.rsplit("-", 1)[1]) if "-" in name else 0
-        with open(os.path.join(out_dir, name)) as fh:
+        path = os.path.join(out_dir, name)
+        with open(path) as fh:
             for line in fh:
                 if line.startswith("summary:"):
-                    totals.append((number, int(line.split()[1])))
+                    total = int(line.split()[1])
                     break
-    return [count for _, count in sorted(totals)]
+            else:
+                continue
+        annotated = subprocess.run(
+            ["callgrind_annotate", "--inclusive=yes", path],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        in_gc = sum(int(m.group(1).replace(",", "")) for m in _GC_LINE.finditer(annotated))
+        totals.append((number, total, in_gc))
+    return [(total, in_gc) for _, total, in_gc in sorted(totals)]
 
 
-def counted(setup: str, spans: int, port: int, workload: str) -> tuple[int, int]:
-    """(calling thread, whole process) instructions of one child run under callgrind."""
+def counted(setup: str, spans: int, port: int, workload: str) -> tuple[int, int, int]:
+    """(calling thread, calling thread without GC, whole process) instructions of one
+    child run under callgrind."""
     with tempfile.TemporaryDirectory(prefix="spangraph-callgrind-") as out_dir:
         cmd = [
             "valgrind",
@@ -117,7 +140,7 @@ def counted(setup: str, spans: int, port: int, workload: str) -> tuple[int, int]
         if done.returncode != 0:
             raise RuntimeError(f"{setup} x {spans}: exit {done.returncode}\n{done.stderr[-2000:]}")
         threads = thread_totals(out_dir)
-    return threads[0], sum(threads)
+    return threads[0][0], threads[0][0] - threads[0][1], sum(t for t, _ in threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     small, large = args.spans or DEFAULT_SPANS[args.workload]
     if not 0 < small < large:
         ap.error("--spans: need 0 < SMALL < LARGE")
-    if shutil.which("valgrind") is None:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
 
@@ -173,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         f" (+{WARMUP_SPANS[args.workload]} warm-up); {args.reps} pair(s) a setup"
     )
     started = time.perf_counter()
-    per_span: dict[str, list[tuple[float, float]]] = {s: [] for s in setups}
+    per_span: dict[str, list[tuple[float, float, float]]] = {s: [] for s in setups}
     with tempfile.TemporaryDirectory(prefix="spangraph-bench-") as home:
         server = EmbeddedServer(home)
         info = server.ensure_running()
@@ -182,31 +205,32 @@ def main(argv: list[str] | None = None) -> int:
                 for setup in setups:
                     lo = counted(setup, small, info.port, args.workload)
                     hi = counted(setup, large, info.port, args.workload)
-                    main_i = (hi[0] - lo[0]) / (large - small)
-                    proc_i = (hi[1] - lo[1]) / (large - small)
-                    per_span[setup].append((main_i, proc_i))
+                    main_i, own_i, proc_i = (
+                        (h - lo_) / (large - small) for h, lo_ in zip(hi, lo, strict=True)
+                    )
+                    per_span[setup].append((main_i, own_i, proc_i))
                     print(
                         f"pair {rep + 1} {setup:8s} calling thread {main_i:10,.0f}"
+                        f" (without GC {own_i:10,.0f})"
                         f"  whole process {proc_i:10,.0f} instructions a span",
                         flush=True,
                     )
         finally:
             server.stop()
 
-    base_main = statistics.median(p[0] for p in per_span["bare"])
-    base_proc = statistics.median(p[1] for p in per_span["bare"])
+    base = [statistics.median(p[i] for p in per_span["bare"]) for i in range(3)]
     print(
         "\n| setup | calling thread, instructions a span | ratio vs bare "
+        "| calling thread without GC | ratio vs bare "
         "| whole process, instructions a span | ratio vs bare |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for setup in setups:
-        main_i = statistics.median(p[0] for p in per_span[setup])
-        proc_i = statistics.median(p[1] for p in per_span[setup])
-        print(
-            f"| {setup} | {main_i:,.0f} | {main_i / base_main:.3f} "
-            f"| {proc_i:,.0f} | {proc_i / base_proc:.3f} |"
-        )
+        cells = []
+        for i in range(3):
+            value = statistics.median(p[i] for p in per_span[setup])
+            cells.append(f"{value:,.0f} | {value / base[i]:.3f}")
+        print(f"| {setup} | {' | '.join(cells)} |")
     print(f"\nmedians over {args.reps} pair(s); total {time.perf_counter() - started:.0f} s")
     return 0
 

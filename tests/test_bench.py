@@ -23,15 +23,27 @@ def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 def test_counts_instructions_per_span_against_bare() -> None:
     done = run("--spans", "20", "60", "--reps", "1", "--setups", "handoff")
     assert done.returncode == 0, done.stderr
-    rows = dict(
-        (m.group(1), (int(m.group(2).replace(",", "")), float(m.group(3))))
-        for m in re.finditer(r"^\| (\w+) \| ([\d,]+) \| ([\d.]+) \|", done.stdout, re.M)
-    )
+    rows = {
+        m.group(1): (
+            int(m.group(2).replace(",", "")),
+            float(m.group(3)),
+            int(m.group(4).replace(",", "")),
+            float(m.group(5)),
+        )
+        for m in re.finditer(
+            r"^\| (\w+) \| ([\d,]+) \| ([\d.]+) \| (-?[\d,]+) \| ([\d.-]+) \|",
+            done.stdout,
+            re.M,
+        )
+    }
     assert set(rows) == {"bare", "handoff"}  # bare is always measured: the baseline
-    assert rows["bare"][1] == 1.0
+    assert rows["bare"][1] == 1.0 and rows["bare"][3] == 1.0
     # a span costs the OTel SDK tens of thousands of instructions, and the handoff adds work
     assert rows["bare"][0] > 10_000
     assert rows["handoff"][0] > rows["bare"][0]
+    # the calling thread without its garbage collections: a part of it, and still most
+    for total, _, own, _ in rows.values():
+        assert 0.5 * total < own <= total
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
