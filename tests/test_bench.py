@@ -13,12 +13,13 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "instructions.py"
 
 
-def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run(*args: str, timeout: float = 540) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout
     )
 
 
+@pytest.mark.timeout(600)  # four runs under valgrind: about a minute here
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_counts_instructions_per_span_against_bare() -> None:
     done = run("--spans", "20", "60", "--reps", "1", "--setups", "handoff")
@@ -46,6 +47,7 @@ def test_counts_instructions_per_span_against_bare() -> None:
         assert 0.5 * total < own <= total
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_counts_instructions_per_step_of_the_agent_like_workload() -> None:
     done = run("--workload", "agent", "--spans", "5", "15", "--reps", "1", "--setups", "handoff")
