@@ -335,13 +335,21 @@ class LiveEventProcessor(SpanProcessor):
         sent_live = self._sent_live
         open_spans = self._open
         known = self._known
-        items = [
-            (item[0], rebuild(item[1], known), *item[2:]) if type(item[1]) is tuple else item
-            for item in items
-        ]
         # A span that ends within this batch has its final attributes for all its items
         # here: map them once, from its end (the end item, its last, takes the mapping).
-        ending = {item[1].context.span_id: item[1] for item in items if item[0] == _END}
+        # Records are read back as spans: the ends first; a start whose end is here is
+        # read through that end (its id is all the start item needs), not read back.
+        items = list(items)
+        ending: dict[int, Any] = {}
+        for i, item in enumerate(items):
+            if item[0] == _END:
+                span = rebuild(item[1], known) if type(item[1]) is tuple else item[1]
+                items[i] = (_END, span, *item[2:])
+                ending[span.context.span_id] = span
+        for i, item in enumerate(items):
+            if item[0] == _START and type(item[1]) is tuple:
+                record = item[1]
+                items[i] = (_START, ending.get(record[2]) or rebuild(record, known), *item[2:])
         in_batch: dict[int, tuple[dict[str, Any], Mapped]] = {}
         for item in items:
             what, span, time_ns = item[0], item[1], item[2]
