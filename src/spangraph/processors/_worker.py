@@ -492,3 +492,8 @@ class QueueingSpanProcessor(SpanProcessor):
             self._put((END, span if record is None else record))
         except Exception:  # pragma: no cover - never raise into user code
             pass
+
+    def _queue_record(self, what: int, record: tuple[Any, ...]) -> None:
+        """Queue a START or END record as ``on_start``/``on_end`` do (the offload agent
+        hands its records over here)."""
+        self._put((what, record))

@@ -24,10 +24,7 @@ def _attributes_view(span: Any) -> Mapping[str, Any]:
     """The span's attributes, to read a few keys from: the SDK's own dict behind the
     read-only ``span.attributes`` proxy when it is there (whose reads go through
     Python-level ``Mapping`` methods), else the public API."""
-    attributes = getattr(span, "_attributes", None)
-    if type(attributes) is dict:  # a span rebuilt from its record
-        return attributes
-    inner = getattr(attributes, "_dict", None)
+    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
     if type(inner) is dict:
         return inner
     return span.attributes or {}

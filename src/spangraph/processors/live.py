@@ -131,7 +131,7 @@ Mapped = tuple[dict[str, Any], tuple[str, str]]
 
 
 class RedisPublisher:
-    """Sends prepared live messages to Redis in one pipeline per batch.
+    """Sends prepared live messages to Redis in one write per batch.
 
     The script calls of a batch are packed in one piece (by ``hiredis`` where it is
     installed: redis-py's own packer takes 1.4 µs an argument, most of the client's work
@@ -289,6 +289,11 @@ class LiveEventProcessor(SpanProcessor):
                 self._put((_END, record, record[8]))
         except Exception:  # pragma: no cover - never raise into user code
             pass
+
+    def _queue_record(self, what: int, record: tuple[Any, ...]) -> None:
+        """Queue a START or END record as ``on_start``/``on_end`` do (the offload agent
+        hands its records over here)."""
+        self._put((what, record, (record[7] or time.time_ns()) if what == _START else record[8]))
 
     def _on_event(self, span: Any, name: str, attributes: Mapping[str, Any], time_ns: int) -> None:
         try:

@@ -554,16 +554,12 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
                     if len(open_spans) > 100_000:  # starts whose end never came
                         open_spans.clear()
                     open_spans[r[2]] = r
-                    if graph is not None:
-                        graph._put((_START, r))
-                    if live is not None:
-                        live._put((_START, r, r[7] or time.time_ns()))
+                    for p in processors:
+                        p._queue_record(_START, r)
                 elif what == _END:
                     open_spans.pop(r[2], None)
-                    if graph is not None:
-                        graph._put((_END, r))
-                    if live is not None:
-                        live._put((_END, r, r[8]))
+                    for p in processors:
+                        p._queue_record(_END, r)
                 elif what == _EVENT:
                     started = open_spans.get(r[1])
                     if started is not None and live is not None:
