@@ -492,3 +492,29 @@ def test_no_record_for_a_resource_the_full_table_lacks() -> None:
     span.end()
     assert _records.copy_record(_records.END, span, full) is None
     assert len(full) == _records.MAX_RESOURCES  # nothing added past the bound
+
+
+def test_a_processor_past_the_resource_bound_queues_the_span_and_keeps_its_service() -> None:
+    """With its Resource table full, a processor queues the span itself, and the worker
+    maps it with its Resource: the node keeps its service name."""
+    from spangraph.processors.graph import GraphSpanProcessor
+
+    class Nowhere:
+        def write(self, batch: Any) -> None:
+            raise AssertionError("not sent")
+
+    graph = GraphSpanProcessor(Nowhere())  # type: ignore[arg-type]
+    queued: list[Any] = []
+    graph._put = queued.append
+    graph._known = {-i: None for i in range(1, _records.MAX_RESOURCES + 1)}
+    provider = TracerProvider(resource=Resource.create({"service.name": "late"}))
+    provider.add_span_processor(graph)
+    try:
+        provider.get_tracer("t").start_span("s").end()
+        assert len(queued) == 2 and not any(isinstance(item, tuple) for _, item in queued)
+        batch, count = graph._prepare(queued)
+        assert count == 2
+        rows = [row for rows in batch.ends.values() for row in rows]
+        assert [row["props"]["service"] for row in rows] == ["late"]
+    finally:
+        provider.shutdown()
