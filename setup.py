@@ -5,6 +5,10 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         # optional: where it cannot be compiled, spangraph uses the same code in Python
-        Extension("spangraph._speedups", ["src/spangraph/_speedups.c"], optional=True),
+        Extension(
+            "spangraph._speedups",
+            ["src/spangraph/_speedups.c", "src/spangraph/_speedups_cypher.c"],
+            optional=True,
+        ),
     ]
 )

@@ -228,6 +228,26 @@ def test_events_added_by_other_code_go_out_at_span_end_once(
     assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
 
 
+def test_lone_surrogates_go_out_as_replacement_characters(
+    sg: spangraph.Spangraph, listen: Callable[..., Listener]
+) -> None:
+    """Text UTF-8 cannot encode (a file name decoded with ``surrogateescape``) is sent
+    with U+FFFD, and the other messages of the batch go out with it."""
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    with spangraph.workflow("wf-surrogates", workflow_id=workflow_id):
+        with spangraph.step("read \udcff.txt"):
+            trace.get_current_span().add_event("opened \udc80", {"path": "/tmp/\udcfe"})
+        with spangraph.step("fine"):
+            pass
+    msgs = listener.until(workflow_ended)
+    assert sg.stats()["live"]["dropped"] == 0
+    names = {m["name"] for m in msgs}
+    assert {"read \ufffd.txt", "fine"} <= names
+    opened = next(m for m in msgs if m["type"] == "opened \ufffd")
+    assert opened["attributes"] == {"path": "/tmp/\ufffd"}
+
+
 def test_token_events_are_live_only(
     sg: spangraph.Spangraph, listen: Callable[..., Listener]
 ) -> None:

@@ -313,6 +313,36 @@ def test_nul_character_does_not_reject_the_batch(store: FalkorDBStore) -> None:
     assert node(store, sid(56))["name"] == "fine"
 
 
+@pytest.mark.parametrize("c_literals", [True, False], ids=["c", "python"])
+def test_lone_surrogates_do_not_reject_the_batch(
+    store: FalkorDBStore, c_literals: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A str with lone surrogates (bytes decoded with ``surrogateescape``), which UTF-8
+    cannot encode, is stored with U+FFFD in their place, and the rest of the batch is
+    written, with the C literals and without them."""
+    from spangraph.stores import falkordb as falkordb_module
+
+    if not c_literals:
+        monkeypatch.setattr(falkordb_module, "_c_literal", None)
+    batch = WriteBatch()
+    batch.ends["Step"] = [
+        end_row(sid(57), "bad\udc80name", status_message="OSError: \udcff.txt"),
+        end_row(sid(58), "fine"),
+    ]
+    batch.events.append(
+        {"span_id": sid(57), "seq": 0, "name": "ev\udc81", "time_ns": 1, "attributes": "{}"}
+    )
+    store.write(batch)
+    assert node(store, sid(57))["name"] == "bad\ufffdname"
+    assert node(store, sid(57))["status_message"] == "OSError: \ufffd.txt"
+    assert node(store, sid(58))["name"] == "fine"
+    events = store.query(
+        "MATCH (:Span {span_id: $id})-[:HAS_EVENT]->(e:Event) RETURN e.name AS name",
+        {"id": sid(57)},
+    )
+    assert events == [{"name": "ev\ufffd"}]
+
+
 # -- URLs -----------------------------------------------------------------------------------
 
 

@@ -18,6 +18,13 @@ from spangraph.stores import falkordb as falkordb_module
 from spangraph.stores.falkordb import _literal
 from test_store_falkordb import end_row, node, parent_row, sid, snapshot, start_row
 
+try:
+    from spangraph._speedups import cypher_literal
+except ImportError:  # the optional C extension was not built
+    cypher_literal = None
+
+needs_c = pytest.mark.skipif(cypher_literal is None, reason="spangraph._speedups was not built")
+
 _ALPHABET = string.printable + "`\\\"'日本🚀\x00\u2028"
 
 
@@ -59,6 +66,93 @@ def test_keys_the_client_refuses_or_converts_go_to_the_client(value: Any) -> Non
             return "error", str(exc)
 
     assert outcome(_literal) == outcome(stringify_param_value)
+
+
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    def __str__(self) -> str:
+        return "int-subclass"
+
+
+class _List(list[Any]):
+    pass
+
+
+class _Opaque:
+    def __str__(self) -> str:
+        return 'opaque \\ " 日本'
+
+
+@needs_c
+def test_c_literals_are_exactly_the_clients() -> None:
+    rnd = random.Random(2)
+    for _ in range(5000):
+        value = _value(rnd)
+        assert cypher_literal(value, stringify_param_value) == stringify_param_value(value).encode()
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "value",
+    [
+        _Str('sub "class"'),
+        _Int(7),
+        _List([1, "a"]),
+        _Opaque(),
+        {"k": _Opaque(), "l": [_Int(1), {"m": _Str("x")}]},
+        b"raw",
+        {"": 1},
+        {"a`b": 1},
+        {b"k": 1},
+        {1: 2},
+        [{"ok": {"": 1}}],
+        2**200,
+        -(2**63),
+        1e-320,
+    ],
+)
+def test_c_literals_hand_other_types_and_keys_to_the_client(value: Any) -> None:
+    def outcome(fn: Any) -> tuple[str, Any]:
+        try:
+            return "ok", fn(value)
+        except ValueError as exc:
+            return "error", str(exc)
+
+    expected = outcome(stringify_param_value)
+    if expected[0] == "ok":
+        expected = ("ok", expected[1].encode())
+    assert outcome(lambda v: cypher_literal(v, stringify_param_value)) == expected
+
+
+@needs_c
+def test_c_literal_errors_are_raised_not_crashed() -> None:
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(RecursionError):
+        cypher_literal(deep, stringify_param_value)
+    with pytest.raises(TypeError, match="not str"):
+        cypher_literal(_Opaque(), lambda v: 42)
+    assert cypher_literal(["lone \udc80 surrogate", {"k\udcff": 1}], stringify_param_value) == (
+        '["lone \ufffd surrogate",{`k\ufffd`:1}]'.encode()
+    )
+
+
+@needs_c
+def test_params_header_is_the_same_bytes_with_and_without_c(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rnd = random.Random(3)
+    params = [{"rows": [_value(rnd) for _ in range(20)], "n": _value(rnd)} for _ in range(200)]
+    params.append({"rows": [{"name": "surrogate \udc80 inside"}]})
+    params.append({"rows": [{"name": "nul \x00 inside"}]})
+    with_c = [falkordb_module._params_header(p) for p in params]
+    monkeypatch.setattr(falkordb_module, "_c_literal", None)
+    assert [falkordb_module._params_header(p) for p in params] == with_c
+    assert b"\x00" not in with_c[-1] and "\ufffd".encode() in with_c[-1]
 
 
 def _random_batches(seed: int) -> list[WriteBatch]:

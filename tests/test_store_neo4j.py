@@ -138,3 +138,22 @@ def test_workflow_through_configure_lands_in_neo4j(neo4j_store: Neo4jStore) -> N
         assert [c.name for c in roots[0].children] == ["one"]
     finally:
         spangraph.shutdown()
+
+
+@pytest.mark.neo4j
+def test_neo4j_lone_surrogates_do_not_reject_the_batch(neo4j_store: Neo4jStore) -> None:
+    """UTF-8 cannot encode a lone surrogate: the batch is written with U+FFFD instead."""
+    batch = WriteBatch(
+        ends={
+            "Step": [
+                _row("00000000000000a1", name="bad\udc80name", kind="step", state="completed"),
+                _row("00000000000000a2", name="fine", kind="step", state="completed"),
+            ]
+        }
+    )
+    neo4j_store.write(batch)
+    names = neo4j_store.query(
+        "MATCH (s:Span) WHERE s.span_id IN ['00000000000000a1', '00000000000000a2'] "
+        "RETURN s.name AS name ORDER BY s.span_id"
+    )
+    assert names == [{"name": "bad\ufffdname"}, {"name": "fine"}]

@@ -1,4 +1,5 @@
-/* spangraph._speedups: the span copies of the offload hot path, in C.
+/* spangraph._speedups: the span copies of the hot path, in C (and, in
+ * _speedups_cypher.c, the CYPHER parameter literals of the FalkorDB store).
  *
  * start_record(span, known) and end_record(span, known) return exactly what
  * spangraph.processors._records.start_record / end_record return (the pure-Python
@@ -609,17 +610,22 @@ static PyTypeObject RecordBufferType = {
     .tp_as_sequence = &rb_as_sequence,
 };
 
+/* in _speedups_cypher.c */
+PyObject *cypher_literal(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef methods[] = {
     {"start_record", (PyCFunction)(void (*)(void))start_record, METH_FASTCALL,
      "start_record(span, known) -> the START record of an SDK span."},
     {"end_record", (PyCFunction)(void (*)(void))end_record, METH_FASTCALL,
      "end_record(span, known) -> the END record of an ended SDK span."},
+    {"cypher_literal", (PyCFunction)(void (*)(void))cypher_literal, METH_FASTCALL,
+     "cypher_literal(value, fallback) -> value as a CYPHER parameter literal, UTF-8."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "spangraph._speedups",
-    "The span copies of the offload hot path, in C.", -1, methods,
+    "The span copies of the hot path and the CYPHER parameter literals, in C.", -1, methods,
 };
 
 #define INTERN(var, text)                             \

@@ -14,6 +14,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .. import semconv as sc
+from .._utf8 import mended
 from ..mapping import (
     COMMON_ATTRIBUTES,
     SpanMapper,
@@ -176,10 +177,10 @@ class RedisPublisher:
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
-            if _hiredis_pack is not None:
-                packed: Any = [b"".join([_hiredis_pack(call) for call in calls])]
-            else:  # pragma: no cover - only where hiredis could not be installed
-                packed = conn.pack_commands(calls)
+            try:
+                packed = self._pack(conn, calls)
+            except UnicodeEncodeError:  # a lone surrogate: sent as U+FFFD, not dropped
+                packed = self._pack(conn, [mended(call) for call in calls])
             results: list[Any] = []
             try:
                 conn.send_packed_command(packed)
@@ -194,6 +195,12 @@ class RedisPublisher:
             return results
         finally:
             pool.release(conn)
+
+    @staticmethod
+    def _pack(conn: Any, calls: list[tuple[Any, ...]]) -> Any:
+        if _hiredis_pack is not None:
+            return [b"".join([_hiredis_pack(call) for call in calls])]
+        return conn.pack_commands(calls)  # pragma: no cover - hiredis not installed
 
     def close(self) -> None:
         self.client.close()

@@ -13,6 +13,7 @@ import redis
 from falkordb import FalkorDB
 from falkordb.helpers import stringify_param_value
 
+from .._utf8 import REPLACEMENT, utf8
 from ..config import DEFAULT_FALKORDB_GRAPH
 from ..exceptions import ConfigurationError, StoreError, StoreUnavailableError
 from . import cypher as shared_cypher
@@ -157,13 +158,37 @@ def _literal(value: Any) -> str:
     return stringify_param_value(value)
 
 
-def _params_header(params: dict[str, Any] | None) -> str:
+try:
+    from .._speedups import cypher_literal as _c_literal
+except ImportError:  # the optional C extension was not built: _literal does the same
+    _c_literal = None
+
+_NUL: Final = b"\x00"
+
+
+def _params_header(params: dict[str, Any] | None) -> bytes:
+    """The ``CYPHER name=literal ...`` header of a query with ``params``, UTF-8 encoded
+    (the literals in C where ``spangraph._speedups`` was built, the same bytes as
+    :func:`_literal`'s text). Strings FalkorDB cannot store are mended rather than
+    failing the batch: NUL and lone surrogates become U+FFFD."""
     if not params:
-        return ""
-    header = "CYPHER " + " ".join(f"{k}={_literal(v)}" for k, v in params.items())
+        return b""
+    if _c_literal is not None:
+        literal = _c_literal
+        header = (
+            b"CYPHER "
+            + b" ".join(
+                k.encode() + b"=" + literal(v, stringify_param_value) for k, v in params.items()
+            )
+            + b" "
+        )
+    else:
+        header = utf8("CYPHER " + " ".join(f"{k}={_literal(v)}" for k, v in params.items()) + " ")
     # FalkorDB reads the query as a C string: a NUL character (which can only come from a
     # string value) would cut it short and the whole batch would be rejected.
-    return header.replace("\x00", "\ufffd") + " "
+    if _NUL in header:
+        header = header.replace(_NUL, REPLACEMENT)
+    return header
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +333,7 @@ class FalkorDBStore:
     def _encode(self, statements: list[tuple[str, dict[str, Any]]]) -> EncodedWrite:
         graph = self.graph_name
         commands = [
-            ("GRAPH.QUERY", graph, _params_header(params) + cypher, "--compact")
+            ("GRAPH.QUERY", graph, _params_header(params) + cypher.encode(), "--compact")
             for cypher, params in statements
         ]
         return EncodedWrite(self._packer.pack_commands(commands) if commands else [], len(commands))

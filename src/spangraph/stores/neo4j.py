@@ -11,6 +11,7 @@ import logging
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from .._utf8 import mended_value
 from ..exceptions import ConfigurationError, StoreError, StoreUnavailableError
 from ._base import WriteBatch
 
@@ -130,7 +131,13 @@ class Neo4jStore:
 
         try:
             with self._driver.session(database=self.database) as session:
-                session.execute_write(work)
+                try:
+                    session.execute_write(work)
+                except UnicodeEncodeError:
+                    # a lone surrogate in a string, which UTF-8 cannot encode: the whole
+                    # transaction again, such strings with U+FFFD, rather than dropped
+                    statements = [(c, mended_value(p)) for c, p in statements]
+                    session.execute_write(work)
         except Exception as exc:
             raise self._translate(exc, "a write") from exc
 

@@ -1,0 +1,285 @@
+/* spangraph._speedups.cypher_literal: a value as a literal of FalkorDB's CYPHER
+ * parameter header, in C.
+ *
+ * cypher_literal(value, fallback) returns, UTF-8 encoded, exactly the text
+ * spangraph.stores.falkordb._literal returns (the pure-Python version, used where this
+ * module was not built), which is the text of the falkordb client's
+ * stringify_param_value: str, int, float, bool, None, list, tuple and dict (of the exact
+ * types) are written here; anything else, and a dict with a key the client would not
+ * write plainly (not a str, empty, or holding a backquote), is handed to ``fallback``
+ * (the client's function), whose str result is written in its place. A lone surrogate
+ * in a str (which UTF-8 cannot encode) is written as U+FFFD.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+} Out;
+
+static int
+out_reserve(Out *out, Py_ssize_t more)
+{
+    if (out->len + more <= out->cap)
+        return 0;
+    Py_ssize_t cap = out->cap ? out->cap : 256;
+    while (cap < out->len + more) {
+        if (cap > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        cap *= 2;
+    }
+    char *data = PyMem_Realloc(out->data, (size_t)cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    out->data = data;
+    out->cap = cap;
+    return 0;
+}
+
+static int
+out_write(Out *out, const char *text, Py_ssize_t n)
+{
+    if (out_reserve(out, n) < 0)
+        return -1;
+    memcpy(out->data + out->len, text, (size_t)n);
+    out->len += n;
+    return 0;
+}
+
+static inline int
+out_char(Out *out, char c)
+{
+    if (out->len >= out->cap && out_reserve(out, 1) < 0)
+        return -1;
+    out->data[out->len++] = c;
+    return 0;
+}
+
+/* ``text`` as UTF-8: its own cached UTF-8 (*owned NULL), or, for a str holding lone
+ * surrogates (which UTF-8 cannot encode), a new bytes object (*owned) in which each of
+ * them is U+FFFD, as the Python version does (see falkordb._utf8). */
+static const char *
+utf8_of(PyObject *text, Py_ssize_t *n, PyObject **owned)
+{
+    *owned = NULL;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(text, n);
+    if (utf8 != NULL || !PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+        return utf8;
+    PyErr_Clear();
+    PyObject *raw = PyUnicode_AsEncodedString(text, "utf-8", "surrogatepass");
+    if (raw == NULL)
+        return NULL;
+    /* a surrogate, passed: ED A0..BF 80..BF; U+FFFD: EF BF BD, as long */
+    char *data = PyBytes_AS_STRING(raw);
+    Py_ssize_t size = PyBytes_GET_SIZE(raw);
+    for (Py_ssize_t i = 0; i + 2 < size; i++) {
+        if ((unsigned char)data[i] == 0xED && ((unsigned char)data[i + 1] & 0xE0) == 0xA0) {
+            data[i] = (char)0xEF;
+            data[i + 1] = (char)0xBF;
+            data[i + 2] = (char)0xBD;
+            i += 2;
+        }
+    }
+    *owned = raw;
+    *n = size;
+    return data;
+}
+
+/* The str ``text`` (any str) as UTF-8, unquoted. */
+static int
+out_str_raw(Out *out, PyObject *text)
+{
+    Py_ssize_t n;
+    PyObject *owned;
+    const char *utf8 = utf8_of(text, &n, &owned);
+    if (utf8 == NULL)
+        return -1;
+    int rc = out_write(out, utf8, n);
+    Py_XDECREF(owned);
+    return rc;
+}
+
+/* A str value: quoted, with backslashes and double quotes escaped by a backslash. */
+static int
+out_quoted(Out *out, PyObject *text)
+{
+    Py_ssize_t n;
+    PyObject *owned;
+    const char *utf8 = utf8_of(text, &n, &owned);
+    if (utf8 == NULL)
+        return -1;
+    /* at most every byte escaped, and the two quotes */
+    if (out_reserve(out, 2 * n + 2) < 0) {
+        Py_XDECREF(owned);
+        return -1;
+    }
+    char *dst = out->data + out->len;
+    *dst++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = utf8[i];
+        if (c == '\\' || c == '"')
+            *dst++ = '\\';
+        *dst++ = c;
+    }
+    *dst++ = '"';
+    out->len = dst - out->data;
+    Py_XDECREF(owned);
+    return 0;
+}
+
+/* str(value) of an exact int, float or bool. */
+static int
+out_number(Out *out, PyObject *value)
+{
+    if (value == Py_True)
+        return out_write(out, "True", 4);
+    if (value == Py_False)
+        return out_write(out, "False", 5);
+    if (PyLong_CheckExact(value)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (!overflow && !(v == -1 && PyErr_Occurred())) {
+            char buf[32];
+            int n = snprintf(buf, sizeof buf, "%lld", v);
+            return out_write(out, buf, n);
+        }
+        PyErr_Clear();
+    }
+    else {
+        /* float.__repr__ (= __str__) */
+        char *text = PyOS_double_to_string(PyFloat_AS_DOUBLE(value), 'r', 0,
+                                           Py_DTSF_ADD_DOT_0, NULL);
+        if (text == NULL)
+            return -1;
+        int rc = out_write(out, text, (Py_ssize_t)strlen(text));
+        PyMem_Free(text);
+        return rc;
+    }
+    PyObject *text = PyObject_Str(value);
+    if (text == NULL)
+        return -1;
+    int rc = out_str_raw(out, text);
+    Py_DECREF(text);
+    return rc;
+}
+
+static int
+out_fallback(Out *out, PyObject *value, PyObject *fallback)
+{
+    PyObject *text = PyObject_CallOneArg(fallback, value);
+    if (text == NULL)
+        return -1;
+    int rc;
+    if (PyUnicode_Check(text)) {
+        rc = out_str_raw(out, text);
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "the fallback returned %.100s, not str",
+                     Py_TYPE(text)->tp_name);
+        rc = -1;
+    }
+    Py_DECREF(text);
+    return rc;
+}
+
+/* 1 when every key of ``dict`` is written plainly: a non-empty str without a backquote. */
+static int
+plain_keys(PyObject *dict)
+{
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(dict, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key))
+            return 0;
+        if (PyUnicode_GET_LENGTH(key) == 0
+            || PyUnicode_FindChar(key, '`', 0, PY_SSIZE_T_MAX, 1) != -1)
+            return 0;
+    }
+    return 1;
+}
+
+static int out_value(Out *out, PyObject *value, PyObject *fallback);
+
+static int
+out_dict(Out *out, PyObject *dict, PyObject *fallback)
+{
+    if (!plain_keys(dict))
+        return out_fallback(out, dict, fallback);
+    if (out_char(out, '{') < 0)
+        return -1;
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(dict, &pos, &key, &value)) {
+        if (i++ && out_char(out, ',') < 0)
+            return -1;
+        if (out_char(out, '`') < 0 || out_str_raw(out, key) < 0 || out_write(out, "`:", 2) < 0)
+            return -1;
+        /* a value may run code (the fallback) that changes the dict: hold it */
+        Py_INCREF(value);
+        int rc = out_value(out, value, fallback);
+        Py_DECREF(value);
+        if (rc < 0)
+            return -1;
+    }
+    return out_char(out, '}');
+}
+
+static int
+out_sequence(Out *out, PyObject *seq, PyObject *fallback)
+{
+    if (out_char(out, '[') < 0)
+        return -1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        if (i && out_char(out, ',') < 0)
+            return -1;
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        Py_INCREF(item);
+        int rc = out_value(out, item, fallback);
+        Py_DECREF(item);
+        if (rc < 0)
+            return -1;
+    }
+    return out_char(out, ']');
+}
+
+static int
+out_value(Out *out, PyObject *value, PyObject *fallback)
+{
+    if (PyUnicode_CheckExact(value))
+        return out_quoted(out, value);
+    if (PyLong_CheckExact(value) || PyFloat_CheckExact(value) || PyBool_Check(value))
+        return out_number(out, value);
+    if (value == Py_None)
+        return out_write(out, "null", 4);
+    int rc;
+    if (PyDict_CheckExact(value) || PyList_CheckExact(value) || PyTuple_CheckExact(value)) {
+        if (Py_EnterRecursiveCall(" in cypher_literal"))
+            return -1;
+        rc = PyDict_CheckExact(value) ? out_dict(out, value, fallback)
+                                      : out_sequence(out, value, fallback);
+        Py_LeaveRecursiveCall();
+        return rc;
+    }
+    return out_fallback(out, value, fallback);
+}
+
+PyObject *
+cypher_literal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "cypher_literal(value, fallback) takes 2 arguments");
+        return NULL;
+    }
+    Out out = {NULL, 0, 0};
+    PyObject *result = NULL;
+    if (out_value(&out, args[0], args[1]) == 0)
+        result = PyBytes_FromStringAndSize(out.data ? out.data : "", out.len);
+    PyMem_Free(out.data);
+    return result;
+}
