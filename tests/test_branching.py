@@ -192,6 +192,9 @@ def test_bad_score_is_refused(cap: SpanCapture) -> None:
             d.choose("a", score="high")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="score"):
             d.choose("a", score=True)
+        for not_finite in (float("nan"), float("inf"), float("-inf")):
+            with pytest.raises(ValueError, match="finite"):
+                d.choose("a", score=not_finite)
     assert sc.DECISION_CHOSEN not in attrs(one(cap, "route"))
 
 

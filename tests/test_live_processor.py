@@ -248,6 +248,29 @@ def test_lone_surrogates_go_out_as_replacement_characters(
     assert opened["attributes"] == {"path": "/tmp/\ufffd"}
 
 
+def test_non_finite_numbers_go_out_as_strict_json(
+    sg: spangraph.Spangraph, listen: Callable[..., Listener]
+) -> None:
+    """A browser's JSON.parse rejects NaN and Infinity: they go out as strings."""
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    with (
+        spangraph.workflow("wf-nan", workflow_id=workflow_id),
+        spangraph.step("measure", attributes={"ratio": float("nan")}),
+    ):
+        spangraph.event("sample", high=float("inf"), low=[float("-inf")])
+    listener.until(workflow_ended)
+
+    def refuse(word: str) -> None:
+        raise AssertionError(f"not JSON: {word}")
+
+    strict = [json.loads(raw, parse_constant=refuse) for _, _, raw in listener.received]
+    sample = next(m for m in strict if m["type"] == "sample")
+    assert sample["attributes"] == {"high": "Infinity", "low": ["-Infinity"]}
+    started = next(m for m in strict if m["type"] == "span.started" and m["name"] == "measure")
+    assert started["attributes"]["ratio"] == "NaN"
+
+
 def test_token_events_are_live_only(
     sg: spangraph.Spangraph, listen: Callable[..., Listener]
 ) -> None:

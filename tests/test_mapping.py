@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -23,7 +24,9 @@ from spangraph.mapping import (
     kind_of,
     label_of,
     live_message,
+    read_json,
     state_of,
+    to_json,
 )
 from spangraph.testing import SpanCapture, capture
 
@@ -470,3 +473,31 @@ def test_common_is_consistent_with_current_span(provider: TracerProvider) -> Non
     common = SpanMapper("p").common(a, {})
     assert common["span_id"] == format(ctx.span_id, "016x")
     assert common["trace_id"] == format(ctx.trace_id, "032x")
+
+
+def _strict(text: str) -> Any:
+    """json.loads as a browser's JSON.parse: no NaN or Infinity."""
+
+    def refuse(word: str) -> None:
+        raise ValueError(f"not JSON: {word}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_to_json_writes_strict_json_for_non_finite_numbers() -> None:
+    value = {"nan": float("nan"), "inf": [float("inf"), (1.5, float("-inf"))], "ok": 2.5}
+    assert _strict(to_json(value)) == {
+        "nan": "NaN",
+        "inf": ["Infinity", [1.5, "-Infinity"]],
+        "ok": 2.5,
+    }
+    assert to_json({"plain": 1.0, "obj": object}) == '{"plain":1.0,"obj":"<class \'object\'>"}'
+
+
+def test_read_json_reads_bare_non_finite_words_as_strings() -> None:
+    assert read_json('{"a":NaN,"b":[Infinity,-Infinity],"c":1}') == {
+        "a": "NaN",
+        "b": ["Infinity", "-Infinity"],
+        "c": 1,
+    }
+    assert read_json(to_json({"x": float("nan")})) == {"x": "NaN"}

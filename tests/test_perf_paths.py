@@ -5,6 +5,7 @@ on awkward and random inputs. See docs/performance.md for why they exist."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -39,7 +40,20 @@ def iso_time_reference(time_ns: int) -> str:
 
 
 def to_json_reference(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    """json.dumps, strict: NaN and the infinities as the strings protobuf's JSON uses."""
+
+    def finite(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(
+        finite(value), separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False
+    )
 
 
 def live_message_reference(

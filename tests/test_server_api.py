@@ -13,6 +13,7 @@ import spangraph
 from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
 from spangraph.server import create_app
+from spangraph.stores import FalkorDBStore
 
 
 @pytest.fixture
@@ -251,3 +252,51 @@ def test_serve_binds_loopback_by_default() -> None:
 
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.cors_origin) == ("127.0.0.1", 8000, None)
+
+
+def test_non_finite_numbers_are_served_as_strict_json(settings: Settings) -> None:
+    """NaN and the infinities are not JSON: attributes holding them are written as the
+    strings "NaN", "Infinity" and "-Infinity", and such values already stored as bare
+    words (by older versions) are served the same way instead of failing the request."""
+    spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=settings.graph_url,
+        redis_url=settings.redis_url,
+        home=str(settings.home),
+        project="api-nan",
+    )
+    try:
+        with (
+            spangraph.workflow("nan-run") as run,
+            spangraph.step("measure", attributes={"ratio": float("nan")}) as step,
+        ):
+            spangraph.event("sample", low=float("-inf"), high=[1.5, float("inf")])
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    store = FalkorDBStore.from_url(settings.graph_url)
+    try:  # a value stored by an older version: bare NaN in the attributes text
+        store.execute_many(
+            [
+                (
+                    "MATCH (s:Span {span_id: $id}) SET s.attributes = $text",
+                    {"id": run.span_id, "text": '{"legacy":NaN,"list":[Infinity,-Infinity]}'},
+                )
+            ]
+        )
+    finally:
+        store.close()
+    with TestClient(create_app(settings)) as client:
+        detail = client.get(f"/api/nodes/{step.span_id}")
+        assert detail.status_code == 200
+        assert detail.json()["attributes"]["ratio"] == "NaN"
+        [sample] = [e for e in detail.json()["events"] if e["name"] == "sample"]
+        assert sample["attributes"] == {"low": "-Infinity", "high": [1.5, "Infinity"]}
+        legacy = client.get(f"/api/nodes/{run.span_id}")
+        assert legacy.status_code == 200
+        assert legacy.json()["attributes"] == {
+            "legacy": "NaN",
+            "list": ["Infinity", "-Infinity"],
+        }
+        tree = client.get(f"/api/workflows/{run.workflow_id}/tree")
+        assert tree.status_code == 200

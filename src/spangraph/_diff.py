@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from .mapping import read_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,7 @@ def _chosen(span: dict[str, Any]) -> str | None:
     attrs = span.get("attributes")
     if isinstance(attrs, str):
         try:
-            attrs = json.loads(attrs)
+            attrs = read_json(attrs)
         except ValueError:
             attrs = {}
     value = (attrs or {}).get("spangraph.decision.chosen") if isinstance(attrs, dict) else None

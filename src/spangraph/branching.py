@@ -9,6 +9,7 @@ the choice — also the options that were *not* taken appear in the graph. A
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -58,8 +59,12 @@ class Decision(Handle):
         and score); the decision span carries the final one when it ends, with a
         ``chosen_option`` link to the option's span when it was explored."""
         self._check_offered(option)
-        if score is not None and (not isinstance(score, int | float) or isinstance(score, bool)):
-            raise ValueError(f"score must be a number, got {score!r}")
+        if score is not None and (
+            not isinstance(score, int | float)
+            or isinstance(score, bool)
+            or not math.isfinite(score)
+        ):
+            raise ValueError(f"score must be a finite number, got {score!r}")
         self.chosen = option
         self._reason = None if reason is None else clean_value(reason)
         self._score = None if score is None else float(score)

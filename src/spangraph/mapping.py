@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Final
@@ -134,26 +135,66 @@ def iso_time(time_ns: int) -> str:
     return f"{last[1]}{micros:06d}Z"
 
 
-_encoder: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+_encoder: Final = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False
+)
 """The encoder ``json.dumps`` builds on every call with these arguments, built once."""
+
+_NON_FINITE: Final = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
+"""What JSON cannot hold, as the strings of protobuf's JSON mapping (OTLP/JSON's too)."""
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with each float NaN, Infinity and -Infinity in it (in dicts, lists and
+    tuples too) as the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``: strict JSON
+    parsers (a browser's ``JSON.parse``) reject the bare words Python writes for them."""
+    if isinstance(value, float):
+        if value != value:
+            return "NaN"
+        if value in (math.inf, -math.inf):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
 
 if json.encoder.c_make_encoder is not None:  # CPython's C encoder: what _encoder runs
     # Built once too (JSONEncoder.encode builds it on every call), without the check for
     # a value that contains itself (which needs state per call): such a value, which no
     # span attribute can be, raises RecursionError rather than ValueError.
     _c_encoder = json.encoder.c_make_encoder(
-        None, str, json.encoder.encode_basestring, None, ":", ",", False, False, True
+        None, str, json.encoder.encode_basestring, None, ":", ",", False, False, False
     )
 
     def _encode(value: Any) -> str:
-        return "".join(_c_encoder(value, 0))
+        try:
+            return "".join(_c_encoder(value, 0))
+        except ValueError:  # NaN or an infinity somewhere in it (allow_nan is off)
+            return "".join(_c_encoder(_finite(value), 0))
 
 else:  # pragma: no cover - Python without the C accelerator
-    _encode = _encoder.encode
+
+    def _encode(value: Any) -> str:
+        try:
+            return _encoder.encode(value)
+        except ValueError:
+            return _encoder.encode(_finite(value))
+
+
+def read_json(text: str) -> Any:
+    """JSON text that spangraph wrote. A bare ``NaN``, ``Infinity`` or ``-Infinity`` in
+    it (which data written before :func:`to_json` wrote strict JSON may hold, and which
+    Python's parser accepts) is read as the string :func:`to_json` writes now, so what
+    is read back can always be sent on as strict JSON."""
+    return json.loads(text, parse_constant=_NON_FINITE.__getitem__)
 
 
 def to_json(value: Any) -> str:
-    """Compact JSON; tuples become lists and anything else its ``str``."""
+    """Compact, strict JSON; tuples become lists, NaN and the infinities the strings
+    ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``, and anything else its ``str``."""
     return _encode(value)
 
 

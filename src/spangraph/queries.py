@@ -8,11 +8,11 @@ values passed as parameters only. Unknown ids give an empty answer, never an err
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .mapping import read_json
 from .stores._base import GraphStore
 
 _SPAN_FIELDS: Final = (
@@ -90,7 +90,7 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     raw = row.get("attributes")
     if isinstance(raw, str):
         try:
-            row["attributes"] = json.loads(raw)
+            row["attributes"] = read_json(raw)
         except ValueError:
             pass
     return row
@@ -264,7 +264,7 @@ def _attrs_of(row: dict[str, Any]) -> dict[str, Any]:
         return raw
     if isinstance(raw, str):
         with contextlib.suppress(ValueError):
-            value = json.loads(raw)
+            value = read_json(raw)
             return value if isinstance(value, dict) else {}
     return {}
 
