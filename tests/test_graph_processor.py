@@ -433,6 +433,36 @@ def test_plain_otel_spans_inherit_the_workflow_id(
     }  # fmt: skip
 
 
+def test_oversized_values_of_plain_otel_spans_are_cut_with_a_marker(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    """The plain OpenTelemetry API does not cut values (spangraph's own API does): what
+    is stored is cut to MAX_VALUE_CHARS with a marker, as it is for spangraph's spans."""
+    from opentelemetry.trace import Status, StatusCode
+
+    from spangraph._attrs import MAX_VALUE_CHARS
+
+    tracer = provider.get_tracer("some.llm.library")
+    prompt = "p" * 1_000_000
+    with (
+        spangraph.workflow("wf-big") as run,
+        tracer.start_as_current_span("n" * 20_000) as span,
+    ):
+        span.set_attribute("llm.prompt", prompt)
+        span.set_attribute("small", "kept")
+        span.add_event("chunk", {"text": prompt})
+        span.set_status(Status(StatusCode.ERROR, "e" * 50_000))
+    flush()
+    [big] = [p for name, p in spans_of(sg.store, run.workflow_id).items() if name != "wf-big"]
+    marker = f"…[truncated {1_000_000 - MAX_VALUE_CHARS} chars]"
+    attributes = json.loads(big["attributes"])
+    assert attributes == {"llm.prompt": "p" * MAX_VALUE_CHARS + marker, "small": "kept"}
+    assert big["name"] == "n" * MAX_VALUE_CHARS + f"…[truncated {20_000 - MAX_VALUE_CHARS} chars]"
+    assert big["status_message"].endswith(f"…[truncated {50_000 - MAX_VALUE_CHARS} chars]")
+    [event] = events_of(sg.store, big["span_id"])
+    assert json.loads(event["attributes"]) == {"text": "p" * MAX_VALUE_CHARS + marker}
+
+
 def test_plain_otel_span_open_across_a_flush_inherits_the_workflow_id(
     sg: spangraph.Spangraph, provider: TracerProvider
 ) -> None:

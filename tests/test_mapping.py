@@ -501,3 +501,37 @@ def test_read_json_reads_bare_non_finite_words_as_strings() -> None:
         "c": 1,
     }
     assert read_json(to_json({"x": float("nan")})) == {"x": "NaN"}
+
+
+def test_to_json_cuts_only_strings_over_the_limit() -> None:
+    from spangraph._attrs import MAX_VALUE_CHARS
+
+    many_small = {f"k{i}": "v" * 100 for i in range(200)}  # JSON over the limit, no long value
+    assert to_json(many_small) == json.dumps(many_small, separators=(",", ":"))
+
+    class Loud:
+        def __str__(self) -> str:
+            return "s" * (MAX_VALUE_CHARS + 5)
+
+    long = "x" * (MAX_VALUE_CHARS + 10)
+    value = {"a": long, "b": [1, (long, "ok")], "c": Loud(), "d": 2.5}
+    cut = "x" * MAX_VALUE_CHARS + "…[truncated 10 chars]"
+    assert json.loads(to_json(value)) == {
+        "a": cut,
+        "b": [1, [cut, "ok"]],
+        "c": "s" * MAX_VALUE_CHARS + "…[truncated 5 chars]",
+        "d": 2.5,
+    }
+    assert json.loads(to_json({"exact": "y" * MAX_VALUE_CHARS})) == {"exact": "y" * MAX_VALUE_CHARS}
+
+
+def test_live_message_attributes_are_cut_too(provider: TracerProvider) -> None:
+    from spangraph._attrs import MAX_VALUE_CHARS
+
+    span = provider.get_tracer("t").start_span("s", attributes={"big": "z" * 100_000})
+    span.end()
+    mapper = SpanMapper("p")
+    common = mapper.common(span, dict(span.attributes or {}))
+    head, tail = live_message("span.ended", common, 1, dict(span.attributes or {}))
+    message = json.loads(head + "1" + tail)
+    assert message["attributes"]["big"] == "z" * MAX_VALUE_CHARS + "…[truncated 91808 chars]"

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from . import semconv as sc
+from ._attrs import MAX_VALUE_CHARS, truncate
 
 PROMOTED: Final = frozenset(
     {sc.KIND, sc.WORKFLOW_ID, sc.EXECUTION_ID, sc.BRANCH_ID, sc.PROJECT_ID, sc.STATE}
@@ -194,8 +195,44 @@ def read_json(text: str) -> Any:
 
 def to_json(value: Any) -> str:
     """Compact, strict JSON; tuples become lists, NaN and the infinities the strings
-    ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``, and anything else its ``str``."""
-    return _encode(value)
+    ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``, and anything else its ``str``. A
+    string in it longer than ``MAX_VALUE_CHARS`` (spans made with the plain OpenTelemetry
+    API, which does not cut them) is cut, with a marker, as spangraph's own API cuts
+    attribute values: JSON no longer than that limit cannot hold one, so the usual
+    case costs one length check."""
+    text = _encode(value)
+    if len(text) > MAX_VALUE_CHARS:
+        bounded = _bounded(value)
+        if bounded is not value:
+            text = _encode(bounded)
+    return text
+
+
+def _bounded(value: Any) -> Any:
+    """``value`` with each string in it (and the text of each value JSON would write as
+    its ``str``) cut to ``MAX_VALUE_CHARS``; ``value`` itself when nothing needed it."""
+    t = type(value)
+    if t is str:
+        return truncate(value) if len(value) > MAX_VALUE_CHARS else value
+    if value is None or t is int or t is float or t is bool:
+        return value
+    if isinstance(value, dict):
+        out = {k: _bounded(v) for k, v in value.items()}
+        return out if any(out[k] is not v for k, v in value.items()) else value
+    if isinstance(value, list | tuple):
+        items = [_bounded(v) for v in value]
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    if isinstance(value, str | int | float):  # subclasses: JSON writes them as such
+        return value
+    text = str(value)  # what the encoder writes for anything else
+    return truncate(text) if len(text) > MAX_VALUE_CHARS else value
+
+
+def bounded_text(text: Any) -> Any:
+    """A span name or status message, cut to ``MAX_VALUE_CHARS`` with a marker."""
+    if type(text) is str and len(text) > MAX_VALUE_CHARS:
+        return truncate(text)
+    return text
 
 
 def kind_of(attributes: Mapping[str, Any]) -> str:
@@ -335,7 +372,7 @@ class SpanMapper:
             "branch_id": branch_id,
             "project_id": str(attributes.get(sc.PROJECT_ID) or self.default_project),
             "kind": kind_of(attributes),
-            "name": span.name,
+            "name": bounded_text(span.name),
             "service": service,
             "env": env,
         }
@@ -354,7 +391,7 @@ class SpanMapper:
             status = span.status
             props["state"] = state_of(span, attributes)
             props["status"] = _STATUS_NAMES.get(status.status_code, "UNSET")
-            props["status_message"] = status.description
+            props["status_message"] = bounded_text(status.description)
             props["end_ns"] = span.end_time
             props["duration_ms"] = round((span.end_time - (span.start_time or 0)) / 1e6, 3)
         label = label_of(props["kind"])
@@ -487,7 +524,7 @@ def live_message(
     tail = (
         f',{before},"timestamp":"{iso_time(time_ns)}","time_unix_nano":'
         f'{time_ns if type(time_ns) is int else _encode(time_ns)},"attributes":'
-        f"{_encode(attributes)},{after}"
+        f"{to_json(attributes)},{after}"
     )
     return head, tail
 
