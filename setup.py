@@ -7,7 +7,11 @@ setup(
         # optional: where it cannot be compiled, spangraph uses the same code in Python
         Extension(
             "spangraph._speedups",
-            ["src/spangraph/_speedups.c", "src/spangraph/_speedups_cypher.c"],
+            [
+                "src/spangraph/_speedups.c",
+                "src/spangraph/_speedups_text.c",
+                "src/spangraph/_speedups_live.c",
+            ],
             optional=True,
         ),
     ]

@@ -4,6 +4,7 @@ on awkward and random inputs. See docs/performance.md for why they exist."""
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import random
@@ -26,6 +27,11 @@ from spangraph.mapping import (
     to_json,
 )
 from spangraph.processors import live as live_module
+
+try:
+    from spangraph import _speedups
+except ImportError:  # the optional C extension was not built
+    _speedups = None  # type: ignore[assignment]
 from spangraph.processors.live import _END, _EVENT, _START, LiveEventProcessor
 
 # -- the plain code, as it was -------------------------------------------------------------
@@ -124,6 +130,65 @@ def test_to_json_is_json_dumps() -> None:
         assert to_json(value) == to_json_reference(value)
 
 
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+class _Name(str):
+    pass
+
+
+_EVERY_CHAR = "".join(map(chr, range(0x80))) + "é日🚀\u2028\ufeff"
+
+
+def _json_value(rnd: random.Random, depth: int = 0) -> Any:
+    """Values of every kind the JSON text meets, and of the kinds it leaves to Python."""
+    r = rnd.random()
+    if r < 0.3:
+        text = "".join(rnd.choice(_EVERY_CHAR) for _ in range(rnd.randint(0, 12)))
+        return text + "\udc80" if rnd.random() < 0.05 else text
+    if r < 0.4:
+        return rnd.choice([0, -1, 2**63 - 1, -(2**63), 2**63, 10**40, -(10**40)])
+    if r < 0.5:
+        return rnd.choice([0.1, -0.0, 1e16, 1e-7, 5e-324, 1.7976931348623157e308, 2.5, 1 / 3])
+    if r < 0.55:
+        return rnd.choice([True, False, None, float("nan"), float("-inf"), _Level.HIGH])
+    if r < 0.58:
+        return rnd.choice([_Name("sub"), _Repr(), b"bytes", 1.5j])
+    if depth < 3 and r < 0.75:
+        items = [_json_value(rnd, depth + 1) for _ in range(rnd.randint(0, 4))]
+        return items if rnd.random() < 0.5 else tuple(items)
+    if depth < 3:
+        keys = [_text(rnd) for _ in range(rnd.randint(0, 4))]
+        if rnd.random() < 0.05:
+            keys.append(rnd.choice([1, 2.5, True, None]))  # type: ignore[arg-type]
+        return {k: _json_value(rnd, depth + 1) for k in keys}
+    return _text(rnd)
+
+
+@pytest.mark.skipif(_speedups is None, reason="spangraph._speedups was not built")
+def test_c_json_text_is_the_python_encoding_or_declines() -> None:
+    rnd = random.Random(6)
+    written = declined = 0
+    for _ in range(20_000):
+        value = _json_value(rnd)
+        text = _speedups.json_text(value)
+        if text is None:
+            declined += 1
+        else:
+            written += 1
+            assert text == mapping._py_encode(value), value
+        assert to_json(value) == to_json_reference(value)
+    assert written > 10_000 and declined > 1_000  # both paths were taken
+    for value in (float("nan"), [float("inf")], {"k": "\udc80"}, {1: 2}, _Name("x"), _Level.HIGH):
+        assert _speedups.json_text(value) is None
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(RecursionError):
+        _speedups.json_text(deep)
+
+
 def test_iso_time_is_the_datetime_text() -> None:
     rnd = random.Random(2)
     base = 1_700_000_000_000_000_000
@@ -142,6 +207,11 @@ def test_iso_time_is_the_datetime_text() -> None:
             values.append(rnd.randint(0, 253_402_300_799 * 10**9))
     for value in values:
         assert iso_time(value) == iso_time_reference(value), value
+    if _speedups is not None:  # the C text of live messages: the same, or None (Python's)
+        for value in values:
+            assert _speedups.iso_time(value) in (iso_time_reference(value), None), value
+        assert _speedups.iso_time(253_402_300_799_999_999_999) is None
+        assert _speedups.iso_time(-1) is None and _speedups.iso_time(1.5e18) is None
     odds = (-1, -(10**18), 253_402_300_799_999_999_999, 253_402_300_800 * 10**9, 10**30)
     for odd in (*odds, 1.5e18, float("nan")):
         try:
@@ -182,6 +252,35 @@ def test_live_message_is_the_plain_encoding() -> None:
         parts = live_message_parts(common)
         assert live_message(message_type, common, time_ns, attributes, parts) == expected
         json.loads(expected[0] + "7" + expected[1])  # still one JSON object
+
+
+@pytest.mark.skipif(_speedups is None, reason="spangraph._speedups was not built")
+def test_c_live_message_is_the_python_one() -> None:
+    assert live_message is _speedups.live_message  # what the processors call
+    rnd = random.Random(5)
+    for _ in range(3000):
+        common = _common(rnd)
+        parts = live_message_parts(common)
+        message_type = rnd.choice([sc.SPAN_STARTED, sc.SPAN_ENDED, "tool.call", _text(rnd)])
+        time_ns = rnd.choice(
+            [0, 1_700_000_000_123_456_500, rnd.randint(0, 2**62), 2**64, -5, 10**30]
+        )
+        attributes = {_text(rnd): _stable(rnd) for _ in range(rnd.randint(0, 5))}
+        if rnd.random() < 0.1:
+            attributes["big"] = "b" * 10_000  # cut by to_json
+        for args in (
+            (message_type, common, time_ns, attributes, parts),
+            (message_type, common, time_ns, attributes),
+        ):
+            try:
+                expected: Any = mapping._py_live_message(*args)
+            except Exception as exc:
+                expected = type(exc)
+            try:
+                got: Any = live_message(*args)
+            except Exception as exc:
+                got = type(exc)
+            assert got == expected, args[:3]
 
 
 def test_live_message_of_odd_types_and_times() -> None:

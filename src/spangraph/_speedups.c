@@ -1,5 +1,6 @@
 /* spangraph._speedups: the span copies of the hot path, in C (and, in
- * _speedups_cypher.c, the CYPHER parameter literals of the FalkorDB store).
+ * _speedups_text.c, the CYPHER parameter literals of the FalkorDB store; in
+ * _speedups_live.c, the text of live messages).
  *
  * start_record(span, known) and end_record(span, known) return exactly what
  * spangraph.processors._records.start_record / end_record return (the pure-Python
@@ -610,8 +611,13 @@ static PyTypeObject RecordBufferType = {
     .tp_as_sequence = &rb_as_sequence,
 };
 
-/* in _speedups_cypher.c */
+/* in _speedups_text.c */
 PyObject *cypher_literal(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *json_text(PyObject *module, PyObject *value);
+/* in _speedups_live.c */
+PyObject *live_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *live_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *iso_time(PyObject *module, PyObject *time_ns);
 
 static PyMethodDef methods[] = {
     {"start_record", (PyCFunction)(void (*)(void))start_record, METH_FASTCALL,
@@ -620,12 +626,20 @@ static PyMethodDef methods[] = {
      "end_record(span, known) -> the END record of an ended SDK span."},
     {"cypher_literal", (PyCFunction)(void (*)(void))cypher_literal, METH_FASTCALL,
      "cypher_literal(value, fallback) -> value as a CYPHER parameter literal, UTF-8."},
+    {"json_text", (PyCFunction)json_text, METH_O,
+     "json_text(value) -> the JSON spangraph writes for value, or None (Python's)."},
+    {"live_setup", (PyCFunction)(void (*)(void))live_setup, METH_FASTCALL,
+     "live_setup(python_live_message, to_json, heads): what live_message needs."},
+    {"live_message", (PyCFunction)(void (*)(void))live_message, METH_FASTCALL,
+     "live_message(message_type, common, time_ns, attributes, parts) -> (head, tail)."},
+    {"iso_time", (PyCFunction)iso_time, METH_O,
+     "iso_time(time_ns) -> mapping.iso_time's text, or None (the datetime path)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "spangraph._speedups",
-    "The span copies of the hot path and the CYPHER parameter literals, in C.", -1, methods,
+    "The span copies of the hot path, CYPHER parameter literals and live messages, in C.", -1, methods,
 };
 
 #define INTERN(var, text)                             \

@@ -170,7 +170,7 @@ if json.encoder.c_make_encoder is not None:  # CPython's C encoder: what _encode
         None, str, json.encoder.encode_basestring, None, ":", ",", False, False, False
     )
 
-    def _encode(value: Any) -> str:
+    def _py_encode(value: Any) -> str:
         try:
             return "".join(_c_encoder(value, 0))
         except ValueError:  # NaN or an infinity somewhere in it (allow_nan is off)
@@ -178,11 +178,24 @@ if json.encoder.c_make_encoder is not None:  # CPython's C encoder: what _encode
 
 else:  # pragma: no cover - Python without the C accelerator
 
-    def _encode(value: Any) -> str:
+    def _py_encode(value: Any) -> str:
         try:
             return _encoder.encode(value)
         except ValueError:
             return _encoder.encode(_finite(value))
+
+
+try:
+    from ._speedups import json_text as _json_text
+except ImportError:  # the optional C extension was not built
+    _encode = _py_encode
+else:
+
+    def _encode(value: Any) -> str:
+        """The same JSON text as ``_py_encode``: written in one C call for plain values
+        (spangraph._speedups.json_text), by the json module for anything else."""
+        text = _json_text(value)
+        return _py_encode(value) if text is None else text
 
 
 def read_json(text: str) -> Any:
@@ -498,7 +511,7 @@ def live_message_parts(common: Mapping[str, Any]) -> tuple[str, str]:
     return _encode(before)[1:-1], _encode({"service": common["service"], "env": common["env"]})[1:]
 
 
-def live_message(
+def _py_live_message(
     message_type: str,
     common: Mapping[str, Any],
     time_ns: int,
@@ -527,6 +540,18 @@ def live_message(
         f"{to_json(attributes)},{after}"
     )
     return head, tail
+
+
+try:
+    from ._speedups import live_message as _c_live_message
+    from ._speedups import live_setup as _live_setup
+except ImportError:  # the optional C extension was not built
+    live_message = _py_live_message
+else:
+    # the same text, in C for the usual case (see _speedups_live.c); the rest goes to
+    # the Python version
+    _live_setup(_py_live_message, to_json, _heads)
+    live_message = _c_live_message  # type: ignore[assignment]
 
 
 def attributes_of(span: Any) -> dict[str, Any]:

@@ -1,5 +1,4 @@
-/* spangraph._speedups.cypher_literal: a value as a literal of FalkorDB's CYPHER
- * parameter header, in C.
+/* spangraph._speedups: text written in C, for the FalkorDB store and the JSON of spans.
  *
  * cypher_literal(value, fallback) returns, UTF-8 encoded, exactly the text
  * spangraph.stores.falkordb._literal returns (the pure-Python version, used where this
@@ -9,9 +8,16 @@
  * write plainly (not a str, empty, or holding a backquote), is handed to ``fallback``
  * (the client's function), whose str result is written in its place. A lone surrogate
  * in a str (which UTF-8 cannot encode) is written as U+FFFD.
+ *
+ * json_text(value) returns exactly what spangraph.mapping's JSON encoder writes (compact,
+ * ensure_ascii off, strict) for values made of the exact types str, int, float, bool,
+ * None, list, tuple and dict with str keys, or None for anything else (another type, a
+ * non-str key, NaN or an infinity, a lone surrogate), which the caller then encodes in
+ * Python.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <string.h>
 
 typedef struct {
@@ -280,6 +286,138 @@ cypher_literal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *result = NULL;
     if (out_value(&out, args[0], args[1]) == 0)
         result = PyBytes_FromStringAndSize(out.data ? out.data : "", out.len);
+    PyMem_Free(out.data);
+    return result;
+}
+
+
+/* -- JSON ------------------------------------------------------------------------------ */
+
+/* 1: written; 0: not a value this writer takes (the caller encodes it in Python);
+ * -1: error. */
+static int json_value(Out *out, PyObject *value);
+
+static const char HEX[] = "0123456789abcdef";
+
+/* A str as a JSON string, as json's encode_basestring writes it (non-ASCII as is). */
+static int
+json_str(Out *out, PyObject *text)
+{
+    Py_ssize_t n;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &n);
+    if (utf8 == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+            return -1;
+        PyErr_Clear(); /* a lone surrogate: JSON text in Python keeps it, UTF-8 cannot */
+        return 0;
+    }
+    if (out_reserve(out, 6 * n + 2) < 0) /* at most \u00XX for every byte */
+        return -1;
+    char *dst = out->data + out->len;
+    *dst++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)utf8[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *dst++ = (char)c;
+            continue;
+        }
+        *dst++ = '\\';
+        switch (c) {
+        case '"': *dst++ = '"'; break;
+        case '\\': *dst++ = '\\'; break;
+        case '\n': *dst++ = 'n'; break;
+        case '\r': *dst++ = 'r'; break;
+        case '\t': *dst++ = 't'; break;
+        case '\b': *dst++ = 'b'; break;
+        case '\f': *dst++ = 'f'; break;
+        default:
+            *dst++ = 'u';
+            *dst++ = '0';
+            *dst++ = '0';
+            *dst++ = HEX[c >> 4];
+            *dst++ = HEX[c & 15];
+        }
+    }
+    *dst++ = '"';
+    out->len = dst - out->data;
+    return 1;
+}
+
+static int
+json_items(Out *out, PyObject *seq)
+{
+    if (out_char(out, '[') < 0)
+        return -1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        if (i && out_char(out, ',') < 0)
+            return -1;
+        int rc = json_value(out, PySequence_Fast_GET_ITEM(seq, i));
+        if (rc <= 0)
+            return rc;
+    }
+    return out_char(out, ']') < 0 ? -1 : 1;
+}
+
+static int
+json_dict(Out *out, PyObject *dict)
+{
+    if (out_char(out, '{') < 0)
+        return -1;
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(dict, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key))
+            return 0;
+        if (i++ && out_char(out, ',') < 0)
+            return -1;
+        int rc = json_str(out, key);
+        if (rc <= 0)
+            return rc;
+        if (out_char(out, ':') < 0)
+            return -1;
+        rc = json_value(out, value); /* no code of the caller's runs here: value stays */
+        if (rc <= 0)
+            return rc;
+    }
+    return out_char(out, '}') < 0 ? -1 : 1;
+}
+
+static int
+json_value(Out *out, PyObject *value)
+{
+    if (PyUnicode_CheckExact(value))
+        return json_str(out, value);
+    if (value == Py_None)
+        return out_write(out, "null", 4) < 0 ? -1 : 1;
+    if (value == Py_True)
+        return out_write(out, "true", 4) < 0 ? -1 : 1;
+    if (value == Py_False)
+        return out_write(out, "false", 5) < 0 ? -1 : 1;
+    if (PyLong_CheckExact(value) || PyFloat_CheckExact(value)) {
+        if (PyFloat_CheckExact(value) && !isfinite(PyFloat_AS_DOUBLE(value)))
+            return 0; /* the Python encoder writes it as a string */
+        return out_number(out, value) < 0 ? -1 : 1;
+    }
+    if (PyList_CheckExact(value) || PyTuple_CheckExact(value) || PyDict_CheckExact(value)) {
+        if (Py_EnterRecursiveCall(" in json_text"))
+            return -1;
+        int rc = PyDict_CheckExact(value) ? json_dict(out, value) : json_items(out, value);
+        Py_LeaveRecursiveCall();
+        return rc;
+    }
+    return 0;
+}
+
+PyObject *
+json_text(PyObject *module, PyObject *value)
+{
+    Out out = {NULL, 0, 0};
+    PyObject *result = NULL;
+    int rc = json_value(&out, value);
+    if (rc > 0)
+        result = PyUnicode_DecodeUTF8(out.data ? out.data : "", out.len, NULL);
+    else if (rc == 0)
+        result = Py_NewRef(Py_None);
     PyMem_Free(out.data);
     return result;
 }
