@@ -113,6 +113,11 @@ class GraphSpanProcessor(QueueingSpanProcessor):
             for what, item in items
             if what == _END
         }
+        # ids of the spans some item here is a child of
+        parents_here = {
+            item[3] if type(item) is tuple else (item.parent.span_id if item.parent else 0)
+            for _, item in items
+        }
         starts, ends, parents, events, links = (
             batch.starts,
             batch.ends,
@@ -134,10 +139,13 @@ class GraphSpanProcessor(QueueingSpanProcessor):
                     parent_id = parent.span_id if parent is not None else 0
                 end = ended.get(span_id)
                 if end is not None:
-                    # Started and ended within this batch: write it once, at its end. Its
-                    # run ids are resolved now all the same (from its final attributes),
-                    # so that spans from other instrumentations under it (whose rows
-                    # come before its end) inherit them. No span is rebuilt for this.
+                    # Started and ended within this batch: write it once, at its end. When
+                    # it is a parent here, its run ids are resolved now all the same (from
+                    # its final attributes), so that spans from other instrumentations
+                    # under it (whose rows come before its end) inherit them. No span is
+                    # rebuilt for this.
+                    if span_id not in parents_here:
+                        continue
                     try:
                         resolve(
                             hex_span_id(span_id),
