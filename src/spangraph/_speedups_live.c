@@ -188,40 +188,43 @@ live_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *before = PyTuple_GET_ITEM(parts, 0), *after = PyTuple_GET_ITEM(parts, 1);
     if (!PyUnicode_CheckExact(before) || !PyUnicode_CheckExact(after))
         goto python;
-    PyObject *head = PyDict_GetItemWithError(heads, message_type); /* borrowed */
+    PyObject *head = PyDict_GetItemWithError(heads, message_type);
     if (head == NULL) {
         if (PyErr_Occurred())
             return NULL;
         goto python; /* which builds the head and caches it */
     }
+    Py_INCREF(head); /* to_json below runs Python code: hold it */
     int overflow;
     long long ns = PyLong_AsLongLongAndOverflow(time_ns, &overflow);
     if (overflow || (ns == -1 && PyErr_Occurred())) {
         PyErr_Clear();
+        Py_DECREF(head);
         goto python;
     }
     char iso[ISO_LEN];
     int rc = iso_text(time_ns, iso);
-    if (rc < 0)
-        return NULL;
-    if (rc == 0)
+    if (rc <= 0) {
+        Py_DECREF(head);
+        if (rc < 0)
+            return NULL;
         goto python;
+    }
     PyObject *json = PyObject_CallOneArg(to_json, attributes);
-    if (json == NULL)
-        return NULL;
-    if (!PyUnicode_CheckExact(json)) {
-        Py_DECREF(json);
-        PyErr_SetString(PyExc_TypeError, "to_json() did not return str");
+    if (json == NULL || !PyUnicode_CheckExact(json)) {
+        if (json != NULL)
+            PyErr_SetString(PyExc_TypeError, "to_json() did not return str");
+        Py_XDECREF(json);
+        Py_DECREF(head);
         return NULL;
     }
     char number[24];
     int number_len = snprintf(number, sizeof number, "%lld", ns);
     PyObject *tail = tail_text(before, iso, number, number_len, json, after);
     Py_DECREF(json);
-    if (tail == NULL)
-        return NULL;
-    PyObject *result = PyTuple_Pack(2, head, tail);
-    Py_DECREF(tail);
+    PyObject *result = tail == NULL ? NULL : PyTuple_Pack(2, head, tail);
+    Py_XDECREF(tail);
+    Py_DECREF(head);
     return result;
 
 python:
