@@ -719,7 +719,7 @@ async def test_sleep_outside_span_just_sleeps(cap: SpanCapture) -> None:
     assert cap.spans == []
 
 
-@pytest.mark.parametrize("seconds", [-1, "1", None])
+@pytest.mark.parametrize("seconds", [-1, "1", None, float("nan"), float("inf"), True])
 async def test_sleep_rejects_bad_seconds(seconds: Any) -> None:
     with pytest.raises(ValueError, match="seconds"):
         spangraph.sleep(seconds)
@@ -1050,6 +1050,12 @@ async def test_retries_in_async_with_block_is_rejected(cap: SpanCapture) -> None
         ({"timeout": -1}, "timeout"),
         ({"timeout": 0}, "timeout"),
         ({"timeout": "5"}, "timeout"),
+        # NaN and infinities would fail later, inside the user's code (time.sleep, timers)
+        ({"backoff": float("nan")}, "backoff"),
+        ({"backoff_max": float("inf")}, "backoff_max"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"timeout": float("inf")}, "timeout"),
+        ({"timeout": True}, "timeout"),
     ],
 )
 def test_bad_numbers_raise_value_error(kwargs: dict[str, Any], word: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -152,11 +153,11 @@ def _make(kind: str, name_or_fn: Any, kwargs: dict[str, Any]) -> Any:
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
     for key in ("backoff", "backoff_max"):
-        if key in kwargs and (not isinstance(kwargs[key], int | float) or kwargs[key] < 0):
-            raise ValueError(f"{key} must be a number of seconds >= 0, got {kwargs[key]!r}")
+        if key in kwargs and not (_seconds(kwargs[key]) and kwargs[key] >= 0):
+            raise ValueError(f"{key} must be a finite number of seconds >= 0, got {kwargs[key]!r}")
     timeout = kwargs.get("timeout")
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    if timeout is not None and not (_seconds(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
     retry_on = kwargs.get("retry_on")
     if retry_on is not None:
         kwargs["retry_on"] = retry_on if isinstance(retry_on, tuple) else (retry_on,)
@@ -272,9 +273,15 @@ def event(name: str, /, **attributes: Any) -> bool:
     return True
 
 
+def _seconds(value: object) -> bool:
+    """``value`` is a finite number (not a bool): NaN or an infinity would fail later, in
+    the middle of the user's code (``time.sleep``, a timer), instead of here."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _sleep_event(reason: str | None, seconds: float) -> Span | None:
-    if not isinstance(seconds, int | float) or seconds < 0:
-        raise ValueError(f"seconds must be a number >= 0, got {seconds!r}")
+    if not (_seconds(seconds) and seconds >= 0):
+        raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
     span = trace.get_current_span()
     if not span.is_recording():
         return None
