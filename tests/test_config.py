@@ -180,6 +180,27 @@ def test_empty_project() -> None:
     assert info.value.setting == ENV_PROJECT
 
 
+@pytest.mark.parametrize("value", ["no", "yes", 1, 0])
+def test_offload_must_be_a_bool(value: Any) -> None:
+    """A str such as "no" is truthy: taken as it is, it would turn offload on."""
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({}, offload=value)
+    assert info.value.setting == "SPANGRAPH_OFFLOAD"
+
+
+def test_home_must_be_a_path() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({}, home=123)
+    assert info.value.setting == "SPANGRAPH_HOME"
+
+
+@pytest.mark.parametrize("size", [0, -1, 1.5, "10", True])
+def test_bad_max_queue_size_names_the_setting(size: Any) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        spangraph.configure(tracer_provider=TracerProvider(), max_queue_size=size)
+    assert info.value.setting == "max_queue_size"
+
+
 def test_configuration_error_is_a_value_error() -> None:
     err = ConfigurationError("SOME_SETTING", "is bad")
     assert isinstance(err, ValueError)

@@ -197,6 +197,14 @@ def configure(
     settings or unreachable servers.
     """
     global _current, _atexit_registered
+    if (
+        not isinstance(max_queue_size, int)
+        or isinstance(max_queue_size, bool)
+        or max_queue_size < 1
+    ):
+        raise ConfigurationError(
+            "max_queue_size", f"must be a whole number >= 1, got {max_queue_size!r}"
+        )
     settings = Settings.from_env(
         graph_url=graph_url,
         redis_url=redis_url,

@@ -95,6 +95,8 @@ class Settings:
             raise ConfigurationError(
                 ENV_JAEGER_URL, f"must be an http:// or https:// URL, got {self.jaeger_url!r}"
             )
+        if not isinstance(self.offload, bool):  # a str such as "no" would turn it on
+            raise ConfigurationError(ENV_OFFLOAD, f"must be True or False, got {self.offload!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -125,7 +127,12 @@ class Settings:
             values["offload"] = _flag(ENV_OFFLOAD, offload)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "home" in values:
-            values["home"] = Path(values["home"]).expanduser()
+            try:
+                values["home"] = Path(values["home"]).expanduser()
+            except TypeError:
+                raise ConfigurationError(
+                    ENV_HOME, f"must be a directory path, got {values['home']!r}"
+                ) from None
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
