@@ -8,6 +8,7 @@ import marshal
 import os
 import shutil
 import sysconfig
+from functools import partial
 from typing import Any
 
 import pytest
@@ -518,3 +519,89 @@ def test_a_processor_past_the_resource_bound_queues_the_span_and_keeps_its_servi
         assert [row["props"]["service"] for row in rows] == ["late"]
     finally:
         provider.shutdown()
+
+
+def _processors() -> tuple[Any, Any, dict[str, list[Any]]]:
+    """A graph and a live processor whose queue items are kept in lists."""
+    from spangraph.processors.graph import GraphSpanProcessor
+    from spangraph.processors.live import LiveEventProcessor
+
+    class Nowhere:
+        def write(self, batch: Any) -> None:
+            raise AssertionError("not sent")
+
+        def publish(self, messages: Any) -> None:
+            raise AssertionError("not sent")
+
+    graph = GraphSpanProcessor(Nowhere())  # type: ignore[arg-type]
+    live = LiveEventProcessor(Nowhere())  # type: ignore[arg-type]
+    queued: dict[str, list[Any]] = {"graph": [], "live": []}
+    graph._put = queued["graph"].append
+    live._put = queued["live"].append
+    return graph, live, queued
+
+
+def _run_spans(processors: tuple[Any, ...]) -> None:
+    provider = TracerProvider(resource=Resource.create({"service.name": "hot"}))
+    for processor in processors:
+        provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("a", attributes={"x": 1}) as a:
+        a.add_event("e", {"k": "v"})
+        with tracer.start_as_current_span("b"):
+            pass
+
+
+@needs_c
+def test_c_hot_path_queues_what_the_python_one_does() -> None:
+    """on_start/on_end are one C call each (RecordQueue), and queue the same items as the
+    Python methods: (what, record) for the graph, (what, record, time) for live."""
+    graph, live, queued = _processors()
+    assert isinstance(graph.on_start.__self__, _speedups.RecordQueue)
+    assert isinstance(live.on_end.__self__, _speedups.RecordQueue)
+    _run_spans((graph, live))
+    py_graph, py_live, py_queued = _processors()
+    for processor in (py_graph, py_live):  # the Python methods of the class
+        processor.on_start = partial(type(processor).on_start, processor)
+        processor.on_end = partial(type(processor).on_end, processor)
+    _run_spans((py_graph, py_live))
+
+    def comparable(items: list[Any]) -> list[Any]:
+        # ids, times and resource keys differ from run to run: kinds, names, attributes
+        return [(i[0], i[1][0], i[1][5], i[1][8] if i[0] == 0 else i[1][11], len(i)) for i in items]
+
+    assert comparable(queued["graph"]) == comparable(py_queued["graph"])
+    assert comparable(queued["live"]) == comparable(py_queued["live"])
+    assert [len(i) for i in queued["graph"]] == [2, 2, 2, 2]
+    for item in queued["live"]:  # its start time, or its end time
+        assert item[2] == item[1][7 if item[0] == 0 else 8]
+    for mine, theirs in zip(queued["graph"], queued["live"], strict=True):
+        assert mine[1] is theirs[1]  # one copy for both processors
+    for processor in (graph, live, py_graph, py_live):
+        processor.shutdown()
+
+
+@needs_c
+def test_c_hot_path_hands_the_unusual_to_python_and_never_raises() -> None:
+    graph, live, queued = _processors()
+
+    class NotTheSdks:  # no copy can read it: the span itself is queued, as in Python
+        name = "foreign"
+
+    foreign = NotTheSdks()
+    graph.on_start(foreign)
+    assert queued["graph"] == [(0, foreign)]
+    span = TracerProvider().get_tracer("t").start_span("s")
+    graph._known = {-i: None for i in range(1, _records.MAX_RESOURCES + 1)}  # table full
+    graph.on_start(span)
+    assert queued["graph"][1] == (0, span)  # _known is read at each call, as in Python
+
+    def broken(item: Any) -> bool:
+        raise RuntimeError("a put that fails")
+
+    live._put = broken
+    live.on_start(span)  # swallowed: never into user code
+    span.end()
+    live.on_end(span)
+    graph.shutdown()
+    live.shutdown()

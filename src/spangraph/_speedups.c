@@ -611,6 +611,179 @@ static PyTypeObject RecordBufferType = {
     .tp_as_sequence = &rb_as_sequence,
 };
 
+/* -- RecordQueue: the hot path of the in-process processors -------------------------- */
+
+/* The record last copied, for the span, kind and Resource table it was copied for: both
+ * in-process processors queue the same span, and the second gets the first's copy (as
+ * _records.copy_record does). Holds its span, so that its address cannot be reused. */
+static PyObject *last_span, *last_known, *last_record;
+static int last_what = -1;
+
+/* A new reference to the record of ``span`` (``what`` 0 start, 1 end); NULL, with an
+ * error set, when the C copy cannot read it. */
+static PyObject *
+shared_copy(PyObject *span, int what, PyObject *known)
+{
+    if (span == last_span && what == last_what && known == last_known)
+        return Py_NewRef(last_record);
+    PyObject *args[2] = {span, known};
+    PyObject *record = what == 0 ? start_record(NULL, args, 2) : end_record(NULL, args, 2);
+    if (record == NULL)
+        return NULL;
+    Py_XSETREF(last_span, Py_NewRef(span));
+    Py_XSETREF(last_known, Py_NewRef(known));
+    Py_XSETREF(last_record, Py_NewRef(record));
+    last_what = what;
+    return record;
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner; /* the processor: its _put and _known, read at each call, and its
+                        _queue_span */
+    int with_time;   /* items (what, record, time) instead of (what, record) */
+} RecordQueue;
+
+static PyObject *s_put, *s_known, *s_queue_span, *START_OBJ, *END_OBJ;
+
+/* on_start / on_end of a QueueingSpanProcessor: the C copy (shared by the processors),
+ * the queue item, owner._put(item). Anything else -- a span the C copy cannot read, a
+ * Resource past the table's bound, no start time -- goes to owner._queue_span(what,
+ * span), the Python version. Never raises an Exception into the caller. */
+static PyObject *
+rq_add(RecordQueue *self, PyObject *span, int what)
+{
+    PyObject *kind = what == 0 ? START_OBJ : END_OBJ;
+    PyObject *item = NULL, *result = NULL, *record = NULL;
+    PyObject *known = PyObject_GetAttr(self->owner, s_known);
+    if (known == NULL || !PyDict_CheckExact(known)) {
+        Py_XDECREF(known);
+        PyErr_Clear();
+        goto python;
+    }
+    record = shared_copy(span, what, known);
+    if (record == NULL) {
+        Py_DECREF(known);
+        PyErr_Clear();
+        goto python;
+    }
+    PyObject *key = PyTuple_GET_ITEM(record, PyTuple_GET_SIZE(record) - 1);
+    int is_known = PyDict_Contains(known, key);
+    Py_DECREF(known); /* the record's Resource is held by the table, or not used */
+    if (is_known <= 0) {
+        PyErr_Clear();
+        goto python;
+    }
+    if (self->with_time) {
+        PyObject *time = PyTuple_GET_ITEM(record, what == 0 ? 7 : 8);
+        if (what == 0 && !(PyLong_Check(time) && PyObject_IsTrue(time) == 1)) {
+            PyErr_Clear();
+            goto python;
+        }
+        item = PyTuple_Pack(3, kind, record, time);
+    }
+    else {
+        item = PyTuple_Pack(2, kind, record);
+    }
+    Py_CLEAR(record);
+    if (item == NULL)
+        goto done;
+    PyObject *put = PyObject_GetAttr(self->owner, s_put);
+    if (put != NULL) {
+        result = PyObject_CallOneArg(put, item);
+        Py_DECREF(put);
+    }
+    Py_DECREF(item);
+    goto done;
+python:
+    Py_XDECREF(record);
+    result = PyObject_CallMethodObjArgs(self->owner, s_queue_span, kind, span, NULL);
+done:
+    Py_XDECREF(result);
+    if (result == NULL && PyErr_ExceptionMatches(PyExc_Exception))
+        PyErr_Clear(); /* never into user code */
+    if (PyErr_Occurred())
+        return NULL; /* KeyboardInterrupt and the like go on */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+rq_start(RecordQueue *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargs) < 1) {
+        PyErr_SetString(PyExc_TypeError, "start(span, parent_context=None)");
+        return NULL;
+    }
+    return rq_add(self, args[0], 0);
+}
+
+static PyObject *
+rq_end(RecordQueue *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargs) < 1) {
+        PyErr_SetString(PyExc_TypeError, "end(span)");
+        return NULL;
+    }
+    return rq_add(self, args[0], 1);
+}
+
+static int
+rq_init(RecordQueue *self, PyObject *args, PyObject *kwds)
+{
+    static char *keywords[] = {"owner", "with_time", NULL};
+    PyObject *owner;
+    int with_time = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p", keywords, &owner, &with_time))
+        return -1;
+    Py_XSETREF(self->owner, Py_NewRef(owner));
+    self->with_time = with_time;
+    return 0;
+}
+
+static int
+rq_traverse(RecordQueue *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->owner);
+    return 0;
+}
+
+static int
+rq_clear(RecordQueue *self)
+{
+    Py_CLEAR(self->owner);
+    return 0;
+}
+
+static void
+rq_dealloc(RecordQueue *self)
+{
+    PyObject_GC_UnTrack(self);
+    rq_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef rq_methods[] = {
+    {"start", (PyCFunction)(void (*)(void))rq_start, METH_FASTCALL | METH_KEYWORDS,
+     "start(span, parent_context=None): queue the START record of span; never raises."},
+    {"end", (PyCFunction)(void (*)(void))rq_end, METH_FASTCALL | METH_KEYWORDS,
+     "end(span): queue the END record of span; never raises."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RecordQueueType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "spangraph._speedups.RecordQueue",
+    .tp_basicsize = sizeof(RecordQueue),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "on_start/on_end of an in-process processor (see _worker.QueueingSpanProcessor).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)rq_init,
+    .tp_dealloc = (destructor)rq_dealloc,
+    .tp_traverse = (traverseproc)rq_traverse,
+    .tp_clear = (inquiry)rq_clear,
+    .tp_methods = rq_methods,
+};
+
 /* in _speedups_text.c */
 PyObject *cypher_literal(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *json_text(PyObject *module, PyObject *value);
@@ -671,12 +844,18 @@ PyInit__speedups(void)
     INTERN(s_pub_attributes, "attributes");
     INTERN(s_pub_context, "context");
     INTERN(s_dq, "_dq");
-    if (PyType_Ready(&RecordBufferType) < 0)
+    INTERN(s_put, "_put");
+    INTERN(s_known, "_known");
+    INTERN(s_queue_span, "_queue_span");
+    if ((START_OBJ = PyLong_FromLong(0)) == NULL || (END_OBJ = PyLong_FromLong(1)) == NULL)
+        return NULL;
+    if (PyType_Ready(&RecordBufferType) < 0 || PyType_Ready(&RecordQueueType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(module, "RecordBuffer", (PyObject *)&RecordBufferType) < 0) {
+    if (PyModule_AddObjectRef(module, "RecordQueue", (PyObject *)&RecordQueueType) < 0
+        || PyModule_AddObjectRef(module, "RecordBuffer", (PyObject *)&RecordBufferType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

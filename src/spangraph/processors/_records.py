@@ -309,11 +309,13 @@ class PyRecordBuffer:
 start_record: Callable[[Any, dict[int, Any]], tuple[Any, ...]]
 end_record: Callable[[Any, dict[int, Any]], tuple[Any, ...]]
 RecordBuffer: type[Any]
+RecordQueue: type[Any] | None
 try:
-    from .._speedups import RecordBuffer, end_record, start_record
+    from .._speedups import RecordBuffer, RecordQueue, end_record, start_record
 except ImportError:  # not built (no C compiler at install): the same records, in Python
     start_record, end_record = py_start_record, py_end_record
     RecordBuffer = PyRecordBuffer
+    RecordQueue = None  # the processors' on_start/on_end stay Python methods
 
 SPEEDUPS: Final = start_record is not py_start_record
 """Whether the C versions are in use."""

@@ -28,7 +28,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from ._records import copy_record
+from ._records import RecordQueue, copy_record
 
 _log = logging.getLogger("spangraph")
 
@@ -466,30 +466,44 @@ END: Final = 1
 
 
 class QueueingSpanProcessor(SpanProcessor):
-    """``on_start``/``on_end`` of a processor whose worker takes ``(START, record)`` and
-    ``(END, record)`` items: called synchronously on the thread that starts or ends the
-    span, so each only copies the span's raw fields into a record of plain values (in C
-    where ``spangraph._speedups`` was built, see ``_records``) and appends it to the
-    bounded queue (``self._put``, a :meth:`BatchWorker.put`); never raises. The span
+    """``on_start``/``on_end`` of a processor whose worker takes the records of spans:
+    called synchronously on the thread that starts or ends the span, so each only copies
+    the span's raw fields into a record of plain values (in C where
+    ``spangraph._speedups`` was built, see ``_records``) and appends an item with it to
+    the bounded queue (``self._put``, a :meth:`BatchWorker.put`); never raises. The span
     itself is let go of at once: spans held in a queue survive into the old generations
     of the program's garbage collector, which then scans them again and again.
-    ``self._known`` maps resource keys to the spans' Resources (``_records.rebuild``)."""
+    ``self._known`` maps resource keys to the spans' Resources (``_records.rebuild``).
+
+    Items are ``(START, record)`` and ``(END, record)`` here (:meth:`_queue_span`,
+    :meth:`_queue_record`); a subclass may shape them otherwise. Where the extension was
+    built, :meth:`_fast_path` makes ``on_start``/``on_end`` one C call each
+    (``RecordQueue``: the copy, the item, ``self._put``), which comes back to
+    :meth:`_queue_span` for anything unusual."""
 
     _put: Callable[[Any], bool]
     _known: dict[int, Any]
+    _ITEMS_WITH_TIME = False
+    """Items ``(what, record, time)``, the span's start or end time (see live.py)."""
+
+    def _fast_path(self) -> None:
+        if RecordQueue is not None:
+            queue = RecordQueue(self, self._ITEMS_WITH_TIME)
+            self.on_start = queue.start  # type: ignore[method-assign]
+            self.on_end = queue.end  # type: ignore[method-assign]
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        try:
-            record = copy_record(START, span, self._known)
-            # a span no copy can read goes as it is: the worker reads what it can of it
-            self._put((START, span if record is None else record))
-        except Exception:  # pragma: no cover - never raise into user code
-            pass
+        self._queue_span(START, span)
 
     def on_end(self, span: ReadableSpan) -> None:
+        self._queue_span(END, span)
+
+    def _queue_span(self, what: int, span: Any) -> None:
+        """Queue the record of ``span``, or the span itself where no copy can read it (the
+        worker reads what it can of it). Never raises."""
         try:
-            record = copy_record(END, span, self._known)
-            self._put((END, span if record is None else record))
+            record = copy_record(what, span, self._known)
+            self._put((what, span if record is None else record))
         except Exception:  # pragma: no cover - never raise into user code
             pass
 

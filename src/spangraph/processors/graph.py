@@ -90,6 +90,7 @@ class GraphSpanProcessor(QueueingSpanProcessor):
         )
         self._put = self._worker.put
         self._shutdown_timeout = shutdown_timeout
+        self._fast_path()
 
     # on_start / on_end: QueueingSpanProcessor's (an append to the bounded queue)
 

@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import redis
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .. import semconv as sc
 from .._utf8 import mended
@@ -24,7 +22,7 @@ from ..mapping import (
     state_of,
 )
 from ._records import RESOURCES, copy_record, rebuild
-from ._worker import BatchWorker
+from ._worker import BatchWorker, QueueingSpanProcessor
 
 try:  # redis-py's C companion (``redis[hiredis]``): packs a command in C
     from hiredis import pack_command as _hiredis_pack
@@ -221,7 +219,7 @@ def emit_event(span: Any, name: str, attributes: Mapping[str, Any], time_ns: int
         listener._on_event(span, name, attributes, time_ns)
 
 
-class LiveEventProcessor(SpanProcessor):
+class LiveEventProcessor(QueueingSpanProcessor):
     """Publishes ``span.started``, every span event and ``span.ended`` to Redis:
     PUBLISH on ``spangraph:workflow:{id}`` and ``spangraph:project:{id}``, XADD to
     ``spangraph:stream:{id}``, each message numbered by Redis (``seq``).
@@ -267,33 +265,33 @@ class LiveEventProcessor(SpanProcessor):
         )
         self._put = self._worker.put
         self._shutdown_timeout = shutdown_timeout
+        self._fast_path()
         with _listeners_lock:
             _listeners.append(self)
 
     # -- hot path -------------------------------------------------------------------------
 
-    # on_start / on_end copy the span's raw fields into a record (in C where
-    # spangraph._speedups was built, see _records) and let the span go at once: spans held
-    # in the queue would survive into the old generations of the program's garbage
-    # collector. A span no copy can read goes as it is.
+    # on_start / on_end: QueueingSpanProcessor's. They copy the span's raw fields into a
+    # record (in C where spangraph._speedups was built, see _records) and let the span go
+    # at once: spans held in the queue would survive into the old generations of the
+    # program's garbage collector. A span no copy can read goes as it is.
 
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        try:
-            record = copy_record(_START, span, self._known)
-            if record is None:
-                self._put((_START, span, span.start_time or time.time_ns()))
-            else:
-                self._put((_START, record, record[7] or time.time_ns()))
-        except Exception:  # pragma: no cover - never raise into user code
-            pass
+    _ITEMS_WITH_TIME = True  # (what, record, start or end time): see _queue_span
 
-    def on_end(self, span: ReadableSpan) -> None:
+    def _queue_span(self, what: int, span: Any) -> None:
         try:
-            record = copy_record(_END, span, self._known)
-            if record is None:
-                self._put((_END, span, span.end_time))
+            record = copy_record(what, span, self._known)
+            if what == _START:
+                start = span.start_time if record is None else record[7]
+                self._put((what, span if record is None else record, start or time.time_ns()))
             else:
-                self._put((_END, record, record[8]))
+                self._put(
+                    (
+                        what,
+                        span if record is None else record,
+                        span.end_time if record is None else record[8],
+                    )
+                )
         except Exception:  # pragma: no cover - never raise into user code
             pass
 
