@@ -198,6 +198,14 @@ def test_unreachable_graph_is_a_clean_error(tmp_path: Path, closed_port: int) ->
     assert "unreachable" in result.err and "Traceback" not in result.err
 
 
+@pytest.mark.parametrize("args", [("serve", "--port", "99999"), ("demo", "--port", "http")])
+def test_bad_port_is_a_usage_error(tmp_path: Path, args: tuple[str, ...]) -> None:
+    result = cli(tmp_path, *args)
+    assert result.code == 2
+    assert "must be a port number from 1 to 65535" in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "server.json").exists()  # nothing was started
+
+
 def test_up_status_down(tmp_path: Path) -> None:
     home = tmp_path / "home"
     try:

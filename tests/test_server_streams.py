@@ -567,3 +567,17 @@ def test_channels_with_fewer_clients_are_written_to_first() -> None:
         hub._handle({"type": "message", "channel": name.encode(), "data": text})
     hub._flush()
     assert pushed == [project] * 2 + [run] * 5
+
+
+async def test_hub_connects_without_warnings(embedded_server: ServerInfo) -> None:
+    """The hub's asyncio clients get the asyncio Retry (redis-py warns on a sync one)."""
+    import warnings
+
+    hub = StreamHub(embedded_server.redis_url)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        await hub.start()
+        try:
+            assert await hub.current_seq("no-such-run") == 0
+        finally:
+            await hub.stop()

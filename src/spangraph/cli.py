@@ -322,6 +322,17 @@ def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentPars
     add("cypher", "run a read-only Cypher statement", ("text", "the Cypher text"))
 
 
+def _port(text: str) -> int:
+    """A TCP port for ``--port``: a whole number from 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65_535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spangraph",
@@ -342,11 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--serve", action="store_true", help="then keep the web UI running to explore the run"
     )
     demo.add_argument("--host", default="127.0.0.1", help="with --serve (default 127.0.0.1)")
-    demo.add_argument("--port", type=int, default=8000, help="with --serve (default 8000)")
+    demo.add_argument("--port", type=_port, default=8000, help="with --serve (default 8000)")
     demo.set_defaults(func=_cmd_demo)
     serve = add("serve", "the HTTP service: query API, live streams, OTLP receiver, web UI")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     serve.add_argument("--reload", action="store_true", help="restart on code changes (dev)")
     serve.add_argument(
         "--cors-origin",

@@ -25,9 +25,9 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry  # the asyncio client's own (no warning)
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from ..exceptions import LiveUnavailableError
 from ..processors.live import seq_key, stream_key
