@@ -198,11 +198,22 @@ def test_unreachable_graph_is_a_clean_error(tmp_path: Path, closed_port: int) ->
     assert "unreachable" in result.err and "Traceback" not in result.err
 
 
-@pytest.mark.parametrize("args", [("serve", "--port", "99999"), ("demo", "--port", "http")])
-def test_bad_port_is_a_usage_error(tmp_path: Path, args: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("serve", "--port", "99999"), "must be a port number from 1 to 65535"),
+        (("demo", "--port", "http"), "must be a port number from 1 to 65535"),
+        (("query", "workflows", "--limit", "-1"), "must be a whole number >= 1"),
+        (("query", "abandoned", "--limit", "0"), "must be a whole number >= 1"),
+        (("query", "abandoned", "--older-than", "-5"), "must be a number of seconds >= 0"),
+        (("query", "abandoned", "--older-than", "nan"), "must be a number of seconds >= 0"),
+    ],
+)
+def test_bad_numbers_are_usage_errors(tmp_path: Path, args: tuple[str, ...], words: str) -> None:
+    """Refused by the parser, with the option named: not a traceback from deeper down."""
     result = cli(tmp_path, *args)
     assert result.code == 2
-    assert "must be a port number from 1 to 65535" in result.err and "Traceback" not in result.err
+    assert words in result.err and args[-2] in result.err and "Traceback" not in result.err
     assert not (tmp_path / "server.json").exists()  # nothing was started
 
 

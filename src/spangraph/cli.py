@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -287,7 +288,7 @@ def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentPars
     w.add_argument("--project", help="only this project")
     w.add_argument("--state", help="only this state (running, completed, failed, cancelled)")
     w.add_argument("--name", help="only this workflow name")
-    w.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    w.add_argument("--limit", type=_count, default=50, help="at most this many (default 50)")
     add("tree", "one run as a tree", ("id", "workflow id"))
     add("path", "the path from a span to its root", ("id", "span id"))
     add("events", "every event of a run, in time order", ("id", "workflow id"))
@@ -312,14 +313,36 @@ def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentPars
     ab = add("abandoned", "spans still running long after they started")
     ab.add_argument(
         "--older-than",
-        type=float,
+        type=_seconds,
         default=3600.0,
         metavar="SECONDS",
         help="started more than this many seconds ago (default 3600)",
     )
     ab.add_argument("--project", help="only this project")
-    ab.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    ab.add_argument("--limit", type=_count, default=100, help="at most this many (default 100)")
     add("cypher", "run a read-only Cypher statement", ("text", "the Cypher text"))
+
+
+def _count(text: str) -> int:
+    """``--limit``: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds >= 0 (not NaN, not infinite)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def _port(text: str) -> int:
