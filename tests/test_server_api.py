@@ -26,16 +26,21 @@ def settings(graph_url: str, embedded_server: ServerInfo, tmp_path: Path) -> Set
     )
 
 
-@pytest.fixture
-def run_ids(settings: Settings) -> Iterator[dict[str, str]]:
-    """One finished run with a failing retried step, a decision, two branches, a monitor."""
+def _configure(settings: Settings, project: str) -> None:
+    """spangraph on a private TracerProvider, writing where ``settings`` point."""
     spangraph.configure(
         tracer_provider=TracerProvider(),
         graph_url=settings.graph_url,
         redis_url=settings.redis_url,
         home=str(settings.home),
-        project="api",
+        project=project,
     )
+
+
+@pytest.fixture
+def run_ids(settings: Settings) -> Iterator[dict[str, str]]:
+    """One finished run with a failing retried step, a decision, two branches, a monitor."""
+    _configure(settings, "api")
     calls = {"n": 0}
 
     @spangraph.step("fetch", retries=1, backoff=0.001)
@@ -258,13 +263,7 @@ def test_non_finite_numbers_are_served_as_strict_json(settings: Settings) -> Non
     """NaN and the infinities are not JSON: attributes holding them are written as the
     strings "NaN", "Infinity" and "-Infinity", and such values already stored as bare
     words (by older versions) are served the same way instead of failing the request."""
-    spangraph.configure(
-        tracer_provider=TracerProvider(),
-        graph_url=settings.graph_url,
-        redis_url=settings.redis_url,
-        home=str(settings.home),
-        project="api-nan",
-    )
+    _configure(settings, "api-nan")
     try:
         with (
             spangraph.workflow("nan-run") as run,

@@ -50,6 +50,14 @@ def _value(rnd: random.Random, depth: int = 0) -> Any:
     return "x"
 
 
+def _outcome(fn: Any, value: Any) -> tuple[str, Any]:
+    """What ``fn(value)`` returns, or the message of the ValueError it raises."""
+    try:
+        return "ok", fn(value)
+    except ValueError as exc:
+        return "error", str(exc)
+
+
 def test_literals_are_exactly_the_clients() -> None:
     rnd = random.Random(1)
     for _ in range(5000):
@@ -59,13 +67,7 @@ def test_literals_are_exactly_the_clients() -> None:
 
 @pytest.mark.parametrize("value", [{"": 1}, {"a`b": 1}, {b"k": 1}, {1: 2}, [{"ok": {"": 1}}]])
 def test_keys_the_client_refuses_or_converts_go_to_the_client(value: Any) -> None:
-    def outcome(fn: Any) -> tuple[str, str]:
-        try:
-            return "ok", fn(value)
-        except ValueError as exc:
-            return "error", str(exc)
-
-    assert outcome(_literal) == outcome(stringify_param_value)
+    assert _outcome(_literal, value) == _outcome(stringify_param_value, value)
 
 
 class _Str(str):
@@ -115,16 +117,10 @@ def test_c_literals_are_exactly_the_clients() -> None:
     ],
 )
 def test_c_literals_hand_other_types_and_keys_to_the_client(value: Any) -> None:
-    def outcome(fn: Any) -> tuple[str, Any]:
-        try:
-            return "ok", fn(value)
-        except ValueError as exc:
-            return "error", str(exc)
-
-    expected = outcome(stringify_param_value)
+    expected = _outcome(stringify_param_value, value)
     if expected[0] == "ok":
         expected = ("ok", expected[1].encode())
-    assert outcome(lambda v: cypher_literal(v, stringify_param_value)) == expected
+    assert _outcome(lambda v: cypher_literal(v, stringify_param_value), value) == expected
 
 
 @needs_c

@@ -323,37 +323,25 @@ def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentPars
     add("cypher", "run a read-only Cypher statement", ("text", "the Cypher text"))
 
 
-def _count(text: str) -> int:
-    """``--limit``: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
+def _checked(convert: Any, ok: Any, what: str) -> Any:
+    """An argparse ``type``: ``convert(text)`` when ``ok`` of it, else a usage error
+    saying the value must be ``what``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _seconds(text: str) -> float:
-    """A number of seconds >= 0 (not NaN, not infinite)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    """A TCP port for ``--port``: a whole number from 1 to 65535."""
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 1 <= port <= 65_535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
-    return port
+_count = _checked(int, lambda v: v >= 1, "a whole number >= 1")
+_seconds = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a number of seconds >= 0")
+_port = _checked(int, lambda v: 1 <= v <= 65_535, "a port number from 1 to 65535")
 
 
 def build_parser() -> argparse.ArgumentParser:
