@@ -343,6 +343,27 @@ def test_lone_surrogates_do_not_reject_the_batch(
     assert events == [{"name": "ev\ufffd"}]
 
 
+@pytest.mark.parametrize("c_literals", [True, False], ids=["c", "python"])
+def test_query_parameters_with_nul_or_lone_surrogates(
+    store: FalkorDBStore, c_literals: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look-up whose parameter holds NUL or a lone surrogate (an id from a URL, say) is
+    answered, not rejected: the parameter is mended as the write mended the stored text,
+    so it finds that text, and an unknown one finds nothing."""
+    from spangraph.stores import falkordb as falkordb_module
+
+    if not c_literals:
+        monkeypatch.setattr(falkordb_module, "_c_literal", None)
+    batch = WriteBatch()
+    batch.ends["Step"] = [end_row(sid(59), "a\x00b"), end_row(sid(60), "c\udc80d")]
+    store.write(batch)
+    find = "MATCH (s:Span) WHERE s.name = $name RETURN s.span_id AS id"
+    assert store.query(find, {"name": "a\x00b"}) == [{"id": sid(59)}]
+    assert store.query(find, {"name": "c\udc80d"}) == [{"id": sid(60)}]
+    assert store.query(find, {"name": "nothing\x00here"}) == []
+    assert store.query(find, {"name": ["x\x00", {"k": "\udcff"}]}) == []
+
+
 # -- URLs -----------------------------------------------------------------------------------
 
 

@@ -429,8 +429,12 @@ class FalkorDBStore:
             pool.release(conn)
 
     def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        # The parameters as the writes send them (the same header): a NUL would cut the
+        # query short and a lone surrogate fail to encode, so both become U+FFFD, as they
+        # were when written, and a look-up with one finds what was stored.
+        header = _params_header(params).decode()
         try:
-            result = self._graph.ro_query(cypher, params or None)
+            result = self._graph.ro_query(header + cypher)
         except _TRANSIENT as exc:
             raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
         except redis.ResponseError as exc:
