@@ -157,3 +157,8 @@ def test_neo4j_lone_surrogates_do_not_reject_the_batch(neo4j_store: Neo4jStore) 
         "RETURN s.name AS name ORDER BY s.span_id"
     )
     assert names == [{"name": "bad\ufffdname"}, {"name": "fine"}]
+    # a look-up with the same text finds it (the parameter is mended the same way)
+    found = neo4j_store.query(
+        "MATCH (s:Span) WHERE s.name = $name RETURN s.span_id AS id", {"name": "bad\udc80name"}
+    )
+    assert found == [{"id": "00000000000000a1"}]

@@ -145,7 +145,7 @@ class Neo4jStore:
         try:
             records, _, _ = self._driver.execute_query(
                 cypher,
-                params or {},
+                mended_value(params) if params else {},  # lone surrogates as U+FFFD, as written
                 database_=self.database,
                 routing_=self._neo4j.RoutingControl.READ,
             )
