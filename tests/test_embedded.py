@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -117,7 +118,7 @@ def test_start_reuse_status_stop(home: Path) -> None:
 
     assert server.stop() is True
     assert server.status() is None
-    assert not (home / "server.json").exists()
+    assert json.loads((home / "server.json").read_text()) == {"port": info.port}
     assert not embedded._pid_alive(info.pid)
     assert not answers(info.port)
     assert server.stop() is False  # nothing left to stop
@@ -144,6 +145,46 @@ def test_data_survives_stop_and_start(home: Path) -> None:
     finally:
         store.close()
     assert any(server.data_dir.rglob("*.aof"))  # append-only persistence
+
+
+def test_restart_takes_the_same_port_and_clients_reconnect(home: Path) -> None:
+    """After ``stop`` or a crash the server comes back on its port when it is free, so a
+    store (or a running program, or ``spangraph serve``) holding the old address writes
+    again once it is back."""
+    server = EmbeddedServer(home)
+    first = server.ensure_running()
+    store = FalkorDBStore.from_url(first.graph_url)
+    try:
+        assert server.stop()
+        second = server.ensure_running()
+        assert (second.port, second.pid != first.pid) == (first.port, True)
+
+        os.kill(second.pid, signal.SIGKILL)  # a crash: the state file still names it
+        while embedded._pid_alive(second.pid):
+            time.sleep(0.01)
+        third = server.ensure_running()
+        assert (third.port, third.pid != second.pid) == (first.port, True)
+
+        batch = WriteBatch()
+        batch.ends["Workflow"] = [
+            {"span_id": "00000000000000ab", "props": {"name": "after", "state": "completed"}}
+        ]
+        store.write(batch)  # the same client, first address
+        assert store.query("MATCH (w:Workflow {span_id: '00000000000000ab'}) RETURN w.name AS n")
+    finally:
+        store.close()
+
+
+def test_restart_takes_another_port_when_its_own_is_taken(home: Path) -> None:
+    server = EmbeddedServer(home)
+    first = server.ensure_running()
+    assert server.stop()
+    with socket.socket() as squatter:  # another program took the port meanwhile
+        squatter.bind(("127.0.0.1", first.port))
+        squatter.listen()
+        second = server.ensure_running()
+        assert second.port != first.port and answers(second.port)
+    assert json.loads((home / "server.json").read_text())["port"] == second.port
 
 
 @pytest.mark.slow

@@ -3,7 +3,9 @@
 
 spangraph starts it on first use and leaves it running, so several processes share one
 server: its port is recorded in ``$SPANGRAPH_HOME/server.json`` and a file lock keeps
-two processes from starting two servers. Data lives in ``$SPANGRAPH_HOME/data`` with
+two processes from starting two servers. A restart (after ``spangraph down`` or a crash)
+takes the same port again when it is free, so programs and ``spangraph serve`` still
+holding the address reconnect. Data lives in ``$SPANGRAPH_HOME/data`` with
 append-only persistence, so it survives a restart. ``spangraph up | down | status``
 manage it from the command line.
 """
@@ -39,6 +41,8 @@ _DATA_DIR = "data"
 _NO_RETRY = Retry(NoBackoff(), 0)
 """redis-py retries a refused connection ~10 times with backoff (seconds) by default;
 these probes poll on their own and must fail fast."""
+_PORT_WAIT = 1.0
+"""Seconds a restart waits for its former port to be released before it takes another."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +83,27 @@ def binaries() -> tuple[str, str]:
     return server, module
 
 
-def _free_port() -> int:
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server does
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port(preferred: int | None = None, wait: float = 0.0) -> int:
+    """``preferred`` if nothing listens on it (within ``wait`` seconds), else a port the
+    system picks."""
+    if preferred is not None and 0 < preferred < 65536:
+        deadline = time.monotonic() + wait
+        while True:
+            if _bindable(preferred):
+                return preferred
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -159,6 +183,14 @@ class EmbeddedServer:
         finally:
             client.close()
 
+    def _last_port(self) -> int | None:
+        """The port this home's server had last (also after ``stop`` or a crash)."""
+        try:
+            port = json.loads((self.home / _STATE_FILE).read_text())["port"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return port if type(port) is int else None
+
     def status(self) -> ServerInfo | None:
         """The running server of this home, or ``None``."""
         info = self._read_state()
@@ -176,8 +208,14 @@ class EmbeddedServer:
         server_bin, module = binaries()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         last_error = ""
+        # The port it had before, when free: programs and services that still hold its
+        # address (they retry with backoff) reconnect when it is back.
+        # A server that was just killed may hold it a moment longer: its main thread is
+        # gone (so the process counts as exited) while its other threads still close.
+        preferred = self._last_port()
         for _ in range(3):  # a free port may be taken between choosing and binding it
-            port = _free_port()
+            port = _free_port(preferred, wait=_PORT_WAIT)
+            preferred = None
             args = [
                 server_bin,
                 "--port", str(port),
@@ -249,9 +287,11 @@ class EmbeddedServer:
         """Stop this home's server (its data stays). ``False`` if none was running."""
         with self._locked():
             info = self.status()
-            (self.home / _STATE_FILE).unlink(missing_ok=True)
             if info is None:
+                (self.home / _STATE_FILE).unlink(missing_ok=True)
                 return False
+            # only the port is kept: the next start takes it again when it is free
+            (self.home / _STATE_FILE).write_text(json.dumps({"port": info.port}))
             with contextlib.suppress(ProcessLookupError):
                 os.kill(info.pid, signal.SIGTERM)  # redis-server flushes the AOF and exits
             deadline = time.monotonic() + timeout
