@@ -338,10 +338,37 @@ async def test_project_channels_ignore_since_and_later_messages(serve, sdk, r) -
             emit(3)
         last = await flush_and_last(r, wid)
         assert seqs(await events_until(ws, wid, last)) == list(range(1, last + 1))
-    async with live.ws(f"/api/stream/workflows/{wid}?since=x") as bad:
+    for path in (f"/api/stream/workflows/{wid}?since=x", f"/api/stream/projects/{project}?since=x"):
+        async with live.ws(path) as bad:  # checked on both, though projects ignore it
+            with pytest.raises(ConnectionClosed):
+                await frame(bad)
+        assert bad.close_code == 1003 and "since must be" in bad.close_reason
+
+
+@pytest.mark.parametrize("since", [2**63, 2**64, 10**23, "9" * 5000])
+async def test_since_beyond_the_largest_seq_is_refused(serve, since: int | str) -> None:
+    """Redis counts seq in a signed 64-bit integer: a larger since is a bad value (1003,
+    400), not a Redis error (1013, which clients would retry for ever)."""
+    live = serve()
+    wid = new_id()
+    async with live.ws(f"/api/stream/workflows/{wid}?since={since}") as by_query:
         with pytest.raises(ConnectionClosed):
-            await frame(bad)
-    assert bad.close_code == 1003 and "since must be" in bad.close_reason
+            await frame(by_query)
+    assert by_query.close_code == 1003 and "since must be" in by_query.close_reason
+    async with live.ws(f"/api/stream/workflows/{wid}") as by_message:
+        await by_message.send(f'{{"since": {since}}}')
+        with pytest.raises(ConnectionClosed):
+            await frame(by_message)
+    assert by_message.close_code == 1003 and "first message" in by_message.close_reason
+    async with live.http() as http:
+        sse = f"/api/stream/workflows/{wid}/sse"
+        header = await http.get(sse, headers={"Last-Event-ID": str(since)})
+        query = await http.get(sse, params={"since": str(since)})
+    assert header.status_code == 400 and "Last-Event-ID must be" in header.json()["detail"]
+    assert query.status_code == 400 and "since must be" in query.json()["detail"]
+    largest = streams.MAX_SEQ
+    async with live.ws(f"/api/stream/workflows/{wid}?since={largest}") as ws:
+        assert (await subscribed(ws))["since"] == largest
 
 
 async def test_gap_in_a_trimmed_stream_is_reported(serve, sdk, r) -> None:

@@ -20,17 +20,19 @@ Resume: on a workflow, send ``{"since": n}`` (the last ``seq`` you saw) as the f
 message within ``since_window`` seconds (0.5) of connecting, or connect with ``?since=n``;
 the replay comes from ``spangraph:stream:{workflow_id}``, then live, with no gap and no
 repeat. Without either, ``subscribed`` comes once the window has passed, and everything
-published since the connection opened follows. Project channels have no stream: ``since``
-is accepted and ignored there. SSE resumes from ``Last-Event-ID`` (browsers send it when
-they reconnect) or ``?since=n``; each event is ``id: <seq>`` + ``data: <json>`` (plain
-``message`` events: the type is in the JSON), the service's own messages come without
-``id``, heartbeats as ``: heartbeat``.
+published since the connection opened follows. ``since`` is a whole number from 0 to
+``MAX_SEQ`` (2**63 - 1, the largest value of Redis's counter) everywhere; project
+channels have no stream, so there it is checked and then ignored. SSE resumes from
+``Last-Event-ID`` (browsers send it when they reconnect) or ``?since=n``; each event is
+``id: <seq>`` + ``data: <json>`` (plain ``message`` events: the type is in the JSON), the
+service's own messages come without ``id``, heartbeats as ``: heartbeat``.
 
 Close codes: 1008 missing or wrong token (``Authorization: Bearer`` or ``?token=``, as
-browsers cannot set WebSocket headers); 1003 a first message that is not ``{"since": n}``;
-1011 live events are off; 1013 Redis unreachable, try again; 4008 too slow (over
-``max_queue`` messages behind: reconnect with ``since``); 1001 the service is stopping.
-SSE answers 401, 400 (bad ``Last-Event-ID``) and 503 instead.
+browsers cannot set WebSocket headers); 1003 a bad ``?since=`` or a first message that
+is not ``{"since": n}``; 1011 live events are off; 1013 Redis unreachable, try again;
+4008 too slow (over ``max_queue`` messages behind: reconnect with ``since``); 1001 the
+service is stopping.
+SSE answers 401, 400 (bad ``Last-Event-ID`` or ``?since=``) and 503 instead.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ __all__ = ["StreamHub", "router"]
 
 _log = logging.getLogger("spangraph.server")
 
+MAX_SEQ: Final = 2**63 - 1
+"""The largest ``seq``: runs are numbered by a Redis counter, a signed 64-bit integer."""
 POLICY_VIOLATION: Final = 1008
 UNSUPPORTED_DATA: Final = 1003
 INTERNAL_ERROR: Final = 1011
@@ -94,8 +98,12 @@ def _since(value: str | None, what: str) -> int | None:
     if value is None or value == "":
         return None
     value = value.strip()
-    if not (value.isascii() and value.isdigit()):
-        raise ValueError(f"{what} must be the last seq you saw, a whole number >= 0: {value!r}")
+    digits = value.lstrip("0") or "0"
+    if not (value.isascii() and value.isdigit()) or len(digits) > 19 or int(digits) > MAX_SEQ:
+        raise ValueError(
+            f"{what} must be the last seq you saw, a whole number from 0 to {MAX_SEQ}: "
+            f"{value[:40]!r}"
+        )
     return int(value)
 
 
@@ -110,7 +118,8 @@ async def stream_workflow(websocket: WebSocket, workflow_id: str) -> None:
 
 @router.websocket("/projects/{project_id}")
 async def stream_project(websocket: WebSocket, project_id: str) -> None:
-    """Every message of a project's runs as it happens (no replay: ``since`` is ignored)."""
+    """Every message of a project's runs as it happens (no replay: ``since`` is checked,
+    then ignored)."""
     await _serve_ws(websocket, project_channel(project_id), None)
 
 
@@ -135,8 +144,8 @@ async def _first_message(websocket: WebSocket, window: float) -> tuple[int | Non
     except ValueError:
         body = None
     since = body.get("since") if isinstance(body, dict) and body.keys() == {"since"} else None
-    if type(since) is not int or since < 0:
-        return None, 'the first message must be {"since": <last seq seen, >= 0>}'
+    if type(since) is not int or not 0 <= since <= MAX_SEQ:
+        return None, f'the first message must be {{"since": <last seq seen, 0 to {MAX_SEQ}>}}'
     return since, None
 
 
