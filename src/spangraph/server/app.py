@@ -195,7 +195,18 @@ def create_app(
             allow_origins=cors_origins,
             allow_credentials=False,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
+            # What browser clients send: OTLP/HTTP exporters add Content-Encoding (gzip)
+            # and, when fetch is traced, traceparent; EventSource adds Last-Event-ID.
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Content-Encoding",
+                "Accept",
+                "Accept-Encoding",
+                "Last-Event-ID",
+                "traceparent",
+                "tracestate",
+            ],
         )
     return app
 
