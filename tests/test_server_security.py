@@ -1,16 +1,30 @@
-"""The service's defences: CORS for browser OTLP exporters. The app runs with
-TestClient on the session's embedded server."""
+"""The service's defences: the API token kept out of the access log, CORS for browser
+OTLP exporters. ``spangraph serve`` runs for real in a subprocess on the session's
+embedded server; the rest uses the app with TestClient on the same server."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from websockets.asyncio.client import connect
 
 from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
 from spangraph.server import create_app
+
+TOKEN = "s3cr3t-t0k"
 
 
 @pytest.fixture
@@ -18,6 +32,82 @@ def settings(graph_url: str, embedded_server: ServerInfo, tmp_path: Path) -> Set
     return Settings.from_env(
         {}, graph_url=graph_url, redis_url=embedded_server.redis_url, home=str(tmp_path)
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def served(graph_url: str, embedded_server: ServerInfo, tmp_path: Path) -> Iterator[Any]:
+    """``spangraph serve`` with a token, in a subprocess; yields ``(port, output)`` where
+    ``output()`` stops the service and returns all it printed."""
+    port = _free_port()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SPANGRAPH_", "NEO4J_", "OTEL_"))
+    }
+    env.update(
+        SPANGRAPH_HOME=str(tmp_path / "home"),
+        SPANGRAPH_GRAPH_URL=graph_url,
+        SPANGRAPH_REDIS_URL=embedded_server.redis_url,
+        SPANGRAPH_API_TOKEN=TOKEN,
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spangraph.cli", "serve", "--port", str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"spangraph serve did not start: {log.read_text()}"
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+            break
+        except httpx.TransportError:
+            time.sleep(0.1)
+
+    def output() -> str:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+        return log.read_text()
+
+    try:
+        yield port, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_token_never_reaches_the_access_log(served: Any) -> None:
+    port, output = served
+    base = f"http://127.0.0.1:{port}"
+
+    async def use_the_token_in_queries() -> None:
+        stream = f"ws://127.0.0.1:{port}/api/stream/workflows/w-log?since=0&token={TOKEN}"
+        async with connect(stream, compression=None) as ws:
+            assert '"subscribed"' in await asyncio.wait_for(ws.recv(), 10)
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=10) as http,
+            http.stream("GET", f"/api/stream/workflows/w-log/sse?token={TOKEN}&x=1") as sse,
+        ):
+            assert sse.status_code == 200
+
+    asyncio.run(use_the_token_in_queries())
+    assert httpx.get(f"{base}/api/workflows?token={TOKEN}").status_code == 401  # header only
+    text = output()
+    assert "/api/stream/workflows/w-log?since=0&token=***" in text
+    assert "/api/stream/workflows/w-log/sse?token=***&x=1" in text
+    assert "/api/workflows?token=***" in text
+    assert TOKEN not in text
 
 
 def test_cors_preflight_allows_what_browser_otlp_exporters_send(settings: Settings) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -98,6 +99,39 @@ def _metrics_provider(ingest: Any) -> Any:
     return provider
 
 
+class _RedactToken(logging.Filter):
+    """Writes ``token=***`` for the value of every ``token`` query parameter in a log
+    record (uvicorn logs each request's path and query: browsers send the API token in
+    the query of WebSockets and server-sent events)."""
+
+    _QUERY_TOKEN = re.compile(r"([?&]token=)[^&#\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "token=" in record.msg:
+            record.msg = self._redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {
+                k: self._redact(a) if isinstance(a, str) else a for k, a in record.args.items()
+            }
+        return True
+
+    def _redact(self, text: str) -> str:
+        return self._QUERY_TOKEN.sub(r"\1***", text) if "token=" in text else text
+
+
+_SERVER_LOGGERS = ("uvicorn.access", "uvicorn.error")
+"""The loggers that write request paths with their query (access log, WebSocket lines)."""
+
+
+def _redact_server_logs() -> None:
+    for name in _SERVER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactToken) for f in logger.filters):
+            logger.addFilter(_RedactToken())
+
+
 def _redis_url(settings: Settings, server: Any) -> str | None:
     if not settings.live_enabled:
         return None
@@ -147,6 +181,7 @@ def create_app(
         app.state.redis = client
         app.state.redis_url = redis_url
         app.state.hub = StreamHub(redis_url)
+        _redact_server_logs()
         app.state.ingest = OTLPIngest(settings, store, redis_url)
         await app.state.hub.start()
         meter_provider = _metrics_provider(app.state.ingest)
