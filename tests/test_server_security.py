@@ -1,6 +1,7 @@
-"""The service's defences: the API token kept out of the access log, CORS for browser
-OTLP exporters. ``spangraph serve`` runs for real in a subprocess on the session's
-embedded server; the rest uses the app with TestClient on the same server."""
+"""The service's defences: the API token kept out of the access log, Host names a
+loopback service answers (DNS rebinding), CORS for browser OTLP exporters. ``spangraph
+serve`` runs for real in a subprocess on the session's embedded server; the rest uses
+the app with TestClient on the same server."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import connect
 
 from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
 from spangraph.server import create_app
+from spangraph.server.app import ENV_ALLOWED_HOSTS, app_from_env
 
 TOKEN = "s3cr3t-t0k"
 
@@ -108,6 +111,49 @@ def test_the_token_never_reaches_the_access_log(served: Any) -> None:
     assert "/api/stream/workflows/w-log/sse?token=***&x=1" in text
     assert "/api/workflows?token=***" in text
     assert TOKEN not in text
+
+
+def test_serve_on_loopback_answers_loopback_host_names_only(served: Any) -> None:
+    """A web page whose DNS name was rebound to 127.0.0.1 sends its own name as Host."""
+    port, output = served
+    url = f"http://127.0.0.1:{port}/api/health"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for host in ("evil.example", f"evil.example:{port}", "localhost.evil.example"):
+        answer = httpx.get(url, headers={**auth, "Host": host})
+        assert answer.status_code == 400, host
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost"):
+        assert httpx.get(url, headers={**auth, "Host": host}).status_code == 200, host
+    assert "Invalid host header" not in output()
+
+
+def test_allowed_hosts_from_the_environment(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {
+        "SPANGRAPH_GRAPH_URL": settings.graph_url,
+        "SPANGRAPH_REDIS_URL": settings.redis_url,
+        "SPANGRAPH_HOME": str(settings.home),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SPANGRAPH_API_TOKEN", raising=False)
+    monkeypatch.setenv(ENV_ALLOWED_HOSTS, "spangraph.example.com, *.internal.example")
+    with TestClient(app_from_env(), base_url="http://spangraph.example.com") as client:
+        assert client.get("/api/config").status_code == 200
+        for host in ("a.internal.example", "localhost:8000", "[::1]", "127.0.0.1"):
+            assert client.get("/api/config", headers={"Host": host}).status_code == 200, host
+        refused = client.get("/api/config", headers={"Host": "evil.example"})
+        assert (refused.status_code, refused.text) == (400, "Invalid host header")
+        with (
+            pytest.raises(WebSocketDisconnect),
+            client.websocket_connect(
+                "/api/stream/projects/p", headers={"Host": "evil.example"}
+            ) as ws,
+        ):
+            ws.receive_text()
+    for anything in ("*", ""):  # "*" or unset: any Host, as before
+        monkeypatch.setenv(ENV_ALLOWED_HOSTS, anything)
+        with TestClient(app_from_env(), base_url="http://evil.example") as client:
+            assert client.get("/api/config").status_code == 200
 
 
 def test_cors_preflight_allows_what_browser_otlp_exporters_send(settings: Settings) -> None:

@@ -43,8 +43,10 @@ from spangraph.server.app import create_app
 class Live:
     """The app served by uvicorn on a free port, in a thread of its own."""
 
-    def __init__(self, settings: Settings, **hub_options: Any) -> None:
-        self.app = create_app(settings, start_embedded=False)
+    def __init__(
+        self, settings: Settings, cors_origins: list[str] | None = None, **hub_options: Any
+    ) -> None:
+        self.app = create_app(settings, cors_origins=cors_origins, start_embedded=False)
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -424,6 +426,34 @@ async def test_token_is_required_when_set(serve) -> None:
             assert ok.status_code == 200
         async with http.stream("GET", sse + "?token=s3cret") as ok:
             assert ok.status_code == 200
+
+
+async def test_browser_pages_of_other_sites_are_refused(serve, sdk, r) -> None:
+    """Browsers do not apply CORS to WebSockets: a page of any site could open one. The
+    service's own pages and the CORS origins may; clients without Origin are not browsers."""
+    live = serve(cors_origins=["https://ui.example"])
+    project, wid = sdk(), new_id()
+    path = f"/api/stream/projects/{project}"
+    for origin in ("https://evil.example", f"http://127.0.0.1:{live.port + 1}", "null"):
+        async with live.ws(path, origin=origin) as refused:
+            with spangraph.workflow("w", workflow_id=wid):
+                emit(1)
+            await flush_and_last(r, wid)
+            with pytest.raises(ConnectionClosed):
+                await frame(refused)  # closed before anything was sent
+        assert refused.close_code == 1008 and "Origin not allowed" in refused.close_reason
+    async with (
+        live.ws(path) as plain,
+        live.ws(path, origin=f"http://127.0.0.1:{live.port}") as own,
+        live.ws(path, origin="https://ui.example") as listed,
+    ):
+        for ws in (plain, own, listed):
+            await subscribed(ws)
+        with spangraph.workflow("w", workflow_id=wid):
+            emit(2)
+        last = await flush_and_last(r, wid)
+        for ws in (plain, own, listed):
+            assert (await events_until(ws, wid, last))[-1]["seq"] == last
 
 
 async def test_live_events_off(serve) -> None:

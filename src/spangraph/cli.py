@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
 import os
@@ -32,6 +33,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _serve(args.host, args.port, home=args.home)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _serve(
     host: str,
     port: int,
@@ -52,7 +62,11 @@ def _serve(
         os.environ["SPANGRAPH_HOME"] = home
     if cors:
         os.environ["SPANGRAPH_CORS_ORIGINS"] = ",".join(cors)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if _is_loopback(host):
+        # Only this machine can connect; refusing other Host names keeps web pages from
+        # reaching the service through a DNS name rebound to 127.0.0.1.
+        os.environ.setdefault("SPANGRAPH_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+    else:
         print(
             f"spangraph: serving on {host}: reachable from other machines"
             + (

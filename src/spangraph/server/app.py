@@ -8,7 +8,7 @@ import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -132,6 +132,10 @@ def _redact_server_logs() -> None:
             logger.addFilter(_RedactToken())
 
 
+LOOPBACK_HOSTS: Final = ("localhost", "127.0.0.1", "[::1]")
+"""Host names of this machine, which no other site can make a browser send."""
+
+
 def _redis_url(settings: Settings, server: Any) -> str | None:
     if not settings.live_enabled:
         return None
@@ -144,12 +148,20 @@ def create_app(
     settings: Settings | None = None,
     *,
     cors_origins: list[str] | None = None,
+    allowed_hosts: list[str] | None = None,
     start_embedded: bool = True,
 ) -> FastAPI:
     """The spangraph service. Nothing connects until the app starts; the lifespan opens
     the graph store, the Redis client, the live-stream hub and the OTLP ingest pipeline,
-    and closes them on shutdown. Every route requires ``SPANGRAPH_API_TOKEN`` as a
-    bearer token when it is set; CORS is off unless ``cors_origins`` is given."""
+    and closes them on shutdown.
+
+    Every route that reads or writes data requires ``SPANGRAPH_API_TOKEN`` as a bearer
+    token when it is set; the web page, its static files and the API's description
+    (``/openapi.json``, ``/docs``, ``/redoc``) stay public. CORS is off unless
+    ``cors_origins`` is given; WebSocket streams serve browser pages of the service's own
+    origin and of ``cors_origins`` only. With ``allowed_hosts``, requests whose ``Host``
+    is neither one of them nor a loopback name are answered 400 (a defence against DNS
+    rebinding; ``"*"`` allows any)."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
@@ -203,6 +215,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.cors_origins = frozenset(o.strip().rstrip("/").lower() for o in cors_origins or ())
 
     @app.exception_handler(StoreUnavailableError)
     async def store_unavailable(request: Request, exc: StoreUnavailableError) -> JSONResponse:
@@ -243,14 +256,30 @@ def create_app(
                 "tracestate",
             ],
         )
+    if allowed_hosts and "*" not in allowed_hosts:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        hosts = {h.strip().lower() for h in allowed_hosts if h.strip()} | set(LOOPBACK_HOSTS)
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=sorted(hosts), www_redirect=False)
     return app
 
 
 ENV_CORS_ORIGINS = "SPANGRAPH_CORS_ORIGINS"
 """Comma-separated origins allowed by CORS (service only); CORS is off when unset."""
+ENV_ALLOWED_HOSTS = "SPANGRAPH_ALLOWED_HOSTS"
+"""Comma-separated ``Host`` names the service answers besides loopback ones (service
+only); ``*`` or unset: any. ``spangraph serve`` on a loopback address sets it to the
+loopback names when it is unset."""
+
+
+def _listed(name: str) -> list[str] | None:
+    return [v.strip() for v in os.environ.get(name, "").split(",") if v.strip()] or None
 
 
 def app_from_env() -> FastAPI:
     """The app with settings from the environment (``uvicorn --factory`` entry point)."""
-    origins = [o.strip() for o in os.environ.get(ENV_CORS_ORIGINS, "").split(",") if o.strip()]
-    return create_app(Settings.from_env(), cors_origins=origins or None)
+    return create_app(
+        Settings.from_env(),
+        cors_origins=_listed(ENV_CORS_ORIGINS),
+        allowed_hosts=_listed(ENV_ALLOWED_HOSTS),
+    )

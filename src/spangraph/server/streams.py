@@ -28,11 +28,14 @@ channels have no stream, so there it is checked and then ignored. SSE resumes fr
 service's own messages come without ``id``, heartbeats as ``: heartbeat``.
 
 Close codes: 1008 missing or wrong token (``Authorization: Bearer`` or ``?token=``, as
-browsers cannot set WebSocket headers); 1003 a bad ``?since=`` or a first message that
-is not ``{"since": n}``; 1011 live events are off; 1013 Redis unreachable, try again;
-4008 too slow (over ``max_queue`` messages behind: reconnect with ``since``); 1001 the
-service is stopping.
-SSE answers 401, 400 (bad ``Last-Event-ID`` or ``?since=``) and 503 instead.
+browsers cannot set WebSocket headers), or a browser page of another site (an ``Origin``
+that is neither the service's own nor one of ``SPANGRAPH_CORS_ORIGINS``; browsers do not
+apply CORS to WebSockets, and clients that send no ``Origin`` are not browsers); 1003 a
+bad ``?since=`` or a first message that is not ``{"since": n}``; 1011 live events are
+off; 1013 Redis unreachable, try again; 4008 too slow (over ``max_queue`` messages
+behind: reconnect with ``since``); 1001 the service is stopping.
+SSE answers 401, 400 (bad ``Last-Event-ID`` or ``?since=``) and 503 instead (browsers
+apply CORS to ``EventSource``).
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ _OFF: Final = "live events are off (SPANGRAPH_REDIS_URL=off)"
 _TOKEN: Final = (
     "missing or wrong token (SPANGRAPH_API_TOKEN): send Authorization: Bearer or ?token="
 )
+_ORIGIN: Final = "Origin not allowed (only the service's own or SPANGRAPH_CORS_ORIGINS): {origin}"
 _IGNORED: Final = (
     'messages from the client are ignored after the first: send {{"since": n}} within '
     "{window:g} s of connecting, or connect with ?since=n"
@@ -91,6 +95,21 @@ def _presented_token(headers: Any, query: Any) -> str | None:
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
     return query.get("token")
+
+
+def _origin_ok(websocket: WebSocket) -> bool:
+    """Whether a WebSocket may be served to its ``Origin``: none (not a browser), the
+    service's own (scheme, host and port of the request), or one allowed by CORS."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    allowed: frozenset[str] = websocket.app.state.cors_origins
+    if origin in allowed or "*" in allowed:
+        return True
+    scheme = "https" if websocket.url.scheme == "wss" else "http"
+    host = websocket.headers.get("host", "").strip().lower()
+    return bool(host) and origin == f"{scheme}://{host}"
 
 
 def _since(value: str | None, what: str) -> int | None:
@@ -154,6 +173,10 @@ async def _serve_ws(websocket: WebSocket, channel: str, workflow_id: str | None)
     hub: StreamHub = websocket.app.state.hub
     settings = websocket.app.state.settings
     where = websocket.url.path
+    if not _origin_ok(websocket):
+        origin = websocket.headers["origin"]
+        _log.warning("rejected WebSocket %s: Origin %s not allowed", where, origin[:200])
+        return await _close(websocket, POLICY_VIOLATION, _ORIGIN.format(origin=origin[:60]))
     if not token_ok(settings, _presented_token(websocket.headers, websocket.query_params)):
         _log.warning("rejected WebSocket %s: missing or wrong token", where)
         return await _close(websocket, POLICY_VIOLATION, _TOKEN)
