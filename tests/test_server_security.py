@@ -1,7 +1,7 @@
 """The service's defences: the API token kept out of the access log, Host names a
-loopback service answers (DNS rebinding), CORS for browser OTLP exporters. ``spangraph
-serve`` runs for real in a subprocess on the session's embedded server; the rest uses
-the app with TestClient on the same server."""
+loopback service answers (DNS rebinding), CORS for browser OTLP exporters, and which
+routes need the token. ``spangraph serve`` runs for real in a subprocess on the
+session's embedded server; the rest uses the app with TestClient on the same server."""
 
 from __future__ import annotations
 
@@ -176,3 +176,25 @@ def test_cors_preflight_allows_what_browser_otlp_exporters_send(settings: Settin
             headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
         )
         assert other.status_code == 400
+
+
+def test_every_route_with_data_needs_the_token(settings: Settings) -> None:
+    """The page, its files and the API's description (``/openapi.json``, ``/docs``,
+    ``/redoc``) hold no data and stay public; every route in the description wants it."""
+    with TestClient(create_app(settings.replace(api_token=TOKEN))) as client:
+        for path in ("/", "/static/app.js", "/openapi.json", "/docs", "/redoc"):
+            assert client.get(path).status_code == 200, path
+        schema = client.get("/openapi.json").json()
+        assert schema["components"]["securitySchemes"] == {
+            "HTTPBearer": {"type": "http", "scheme": "bearer"}
+        }  # /docs asks for the token ("Authorize") and sends it
+        routes = [(m, p) for p, item in schema["paths"].items() for m in item]
+        assert len(routes) >= 15 and ("post", "/v1/traces") in routes
+        for method, path in routes:
+            concrete = path.replace("{", "").replace("}", "")  # any value will do
+            answer = client.request(method, concrete)
+            assert answer.status_code == 401, (method, path)
+        for path in ("/api/stream/workflows/w", "/api/stream/projects/p"):
+            with client.websocket_connect(path) as ws, pytest.raises(WebSocketDisconnect) as e:
+                ws.receive_text()
+            assert e.value.code == 1008
