@@ -187,3 +187,18 @@ def test_span_with_a_remote_parent(sg: spangraph.Spangraph, provider: TracerProv
     assert placeholder == {"name": None, "state": None, "trace_id": format(0x1234, "032x")}
     path = queries.path_to_root(sg.store, child.span["span_id"])
     assert [p["span_id"] for p in path] == [format(0xABCD, "016x"), child.span["span_id"]]
+
+
+def test_walk_has_no_depth_limit() -> None:
+    """TreeNode.walk goes depth-first without recursion: runs can nest thousands deep."""
+    root = node = queries.TreeNode({"span_id": "0", "name": "s0"})
+    for i in range(1, 5000):
+        child = queries.TreeNode({"span_id": str(i), "name": f"s{i}"})
+        node.children.append(child)
+        node = child
+    node.children.append(queries.TreeNode({"span_id": "leaf-b", "name": "b"}))
+    node.children.insert(0, queries.TreeNode({"span_id": "leaf-a", "name": "a"}))
+    walked = [(depth, n.name) for depth, n in root.walk()]
+    assert walked[:2] == [(0, "s0"), (1, "s1")]
+    assert walked[-3:] == [(4999, "s4999"), (5000, "a"), (5000, "b")]
+    assert len(walked) == 5002

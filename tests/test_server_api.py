@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
+from pydantic import TypeAdapter
 
 import spangraph
 from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
 from spangraph.server import create_app
+from spangraph.server.models import TreeNode
 from spangraph.stores import FalkorDBStore
 
 
@@ -299,3 +307,232 @@ def test_non_finite_numbers_are_served_as_strict_json(settings: Settings) -> Non
         }
         tree = client.get(f"/api/workflows/{run.workflow_id}/tree")
         assert tree.status_code == 200
+
+
+# -- spans from other programs (OTLP), with what the SDK would never write ---------------
+
+
+def _set(value: Any, target: Any) -> None:
+    if isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int):
+        target.int_value = value
+    elif isinstance(value, float):
+        target.double_value = value
+    elif isinstance(value, str):
+        target.string_value = value
+    else:
+        for item in value:
+            _set(item, target.array_value.values.add())
+
+
+def _sid(n: int) -> bytes:
+    return n.to_bytes(8, "big")
+
+
+def _post_spans(client: TestClient, spans: list[dict[str, Any]]) -> None:
+    """POST ``spans`` to /v1/traces as OTLP protobuf and wait until they are written.
+    Each span: ``id``, ``name``, optional ``parent``, ``start`` (ns offset), ``attrs``."""
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.add(key="service.name").value.string_value = "other"
+    scope = resource_spans.scope_spans.add()
+    trace_id = os.urandom(16)
+    for span in spans:
+        pb = scope.spans.add(trace_id=trace_id, span_id=_sid(span["id"]), name=span["name"])
+        if "parent" in span:
+            pb.parent_span_id = _sid(span["parent"])
+        pb.start_time_unix_nano = 1_700_000_000_000_000_000 + span.get("start", 0)
+        pb.end_time_unix_nano = pb.start_time_unix_nano + 1_000_000
+        for key, value in span.get("attrs", {}).items():
+            _set(value, pb.attributes.add(key=key).value)
+    answer = client.post(
+        "/v1/traces",
+        content=request.SerializeToString(),
+        headers={"Content-Type": "application/x-protobuf"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert client.app.state.ingest.flush(10)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _deep_json() -> Iterator[None]:
+    """Python's json module parses nesting recursively: allow a deep tree's nesting."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_decisions_with_odd_values_from_other_programs(client: TestClient) -> None:
+    """A decision span from another SDK may hold any attribute value: a score that is
+    not a finite number is null, a chosen value that is not text is its JSON text."""
+    odd: list[tuple[dict[str, Any], Any, Any]] = [
+        ({"spangraph.decision.score": "high"}, None, None),
+        ({"spangraph.decision.score": "0.75"}, None, 0.75),
+        ({"spangraph.decision.score": True}, None, None),
+        ({"spangraph.decision.score": [1.0, 2.0]}, None, None),
+        ({"spangraph.decision.score": float("nan")}, None, None),
+        ({"spangraph.decision.score": float("inf")}, None, None),
+        ({"spangraph.decision.score": 3}, None, 3.0),
+        ({"spangraph.decision.chosen": 7}, "7", None),
+        ({"spangraph.decision.chosen": ["a"]}, '["a"]', None),
+        ({"spangraph.decision.chosen": False}, "false", None),
+        ({"spangraph.decision.chosen": "b"}, "b", None),
+    ]
+    for i, (attrs, chosen, score) in enumerate(odd):
+        workflow_id = f"odd-decision-{i}"
+        base = {"spangraph.workflow.id": workflow_id}
+        _post_spans(
+            client,
+            [
+                {"id": 1000 * i + 1, "name": "wf", "attrs": {**base, "spangraph.kind": "workflow"}},
+                {
+                    "id": 1000 * i + 2,
+                    "name": "pick",
+                    "parent": 1000 * i + 1,
+                    "start": 1,
+                    "attrs": {
+                        **base,
+                        "spangraph.kind": "decision",
+                        "spangraph.decision.options": ["a", "b", 7],
+                        **attrs,
+                    },
+                },
+            ],
+        )
+        answer = client.get(f"/api/workflows/{workflow_id}/decisions")
+        assert answer.status_code == 200, (attrs, answer.text)
+        [decision] = answer.json()
+        assert (decision["chosen"], decision["score"]) == (chosen, score), attrs
+        assert [o["name"] for o in decision["options"]] == ["a", "b", "7"]
+        assert [o["name"] for o in decision["options"] if o["chosen"]] == (
+            [chosen] if chosen in ("b", "7") else []
+        )
+
+
+def test_tree_of_any_depth(client: TestClient) -> None:
+    """A run nested 2 500 levels deep is served whole (no recursion limit on the way)."""
+    depth = 2500
+    spans = [
+        {
+            "id": 1 + i,
+            "name": f"s{i}",
+            "start": i,
+            "attrs": {"spangraph.workflow.id": "deep", "spangraph.kind": "step"},
+            **({"parent": i} if i else {}),
+        }
+        for i in range(depth)
+    ]
+    _post_spans(client, spans)
+    answer = client.get("/api/workflows/deep/tree")
+    assert answer.status_code == 200
+    with _deep_json():
+        roots = answer.json()
+    names, level = [], roots
+    while level:
+        [node] = level
+        names.append(node["name"])
+        assert node["jaeger_url"].endswith(f"uiFind={node['span_id']}")
+        level = node["children"]
+    assert names == [f"s{i}" for i in range(depth)]
+    path = client.get(f"/api/nodes/{_sid(depth).hex()}/path")
+    assert [p["name"] for p in path.json()] == names
+
+
+def test_tree_answer_is_the_documented_model(client: TestClient, run_ids: dict[str, str]) -> None:
+    """The tree's JSON is written by hand: it is exactly what list[TreeNode] writes."""
+    answer = client.get(f"/api/workflows/{run_ids['workflow_id']}/tree")
+    adapter = TypeAdapter(list[TreeNode])
+    assert adapter.dump_json(adapter.validate_json(answer.content)) == answer.content
+    schema = client.get("/openapi.json").json()["paths"]["/api/workflows/{workflow_id}/tree"]
+    ok = schema["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok["items"]["$ref"].endswith("/TreeNode")
+
+
+def test_ids_with_slashes(client: TestClient) -> None:
+    """Workflow and branch ids are the caller's (a job id, a path): with '/' in them,
+    percent-encoded or not, every route of the run answers."""
+    for workflow_id, branch_id in (("jobs/a1a9", "left/1"), ("x/tree", "b/summary")):
+        base = {"spangraph.workflow.id": workflow_id}
+        _post_spans(
+            client,
+            [
+                {"id": 1, "name": "run", "attrs": {**base, "spangraph.kind": "workflow"}},
+                {
+                    "id": 2,
+                    "name": "left",
+                    "parent": 1,
+                    "start": 1,
+                    "attrs": {**base, "spangraph.kind": "branch", "spangraph.branch.id": branch_id},
+                },
+                {
+                    "id": 3,
+                    "name": "pick",
+                    "parent": 1,
+                    "start": 2,
+                    "attrs": {
+                        **base,
+                        "spangraph.kind": "decision",
+                        "spangraph.decision.options": ["a"],
+                    },
+                },
+            ],
+        )
+        listed = client.get("/api/workflows", params={"name": "run"}).json()
+        assert workflow_id in [r["workflow_id"] for r in listed]
+        for wid in (quote(workflow_id, safe=""), workflow_id):
+            [root] = client.get(f"/api/workflows/{wid}/tree").json()
+            assert root["workflow_id"] == workflow_id
+            assert [c["name"] for c in root["children"]] == ["left", "pick"]
+            [decision] = client.get(f"/api/workflows/{wid}/decisions").json()
+            assert decision["name"] == "pick"
+            [branch] = client.get(f"/api/workflows/{wid}/branches").json()
+            assert branch["branch_id"] == branch_id
+            assert client.get(f"/api/workflows/{wid}/monitors").json() == []
+            events = client.get(f"/api/workflows/{wid}/events").json()
+            assert {e["workflow_id"] for e in events} == {workflow_id}
+        for bid in (quote(branch_id, safe=""), branch_id):
+            summary = client.get(f"/api/branches/{bid}/summary")
+            assert summary.status_code == 200
+            assert [n["name"] for n in summary.json()["nodes"]] == ["left"]
+
+
+def test_parent_cycles_are_cut_at_their_first_span(client: TestClient) -> None:
+    """Spans from outside can name each other as parents (A under B, B under A): the run
+    still opens, the cycle cut above the span of it that started first, and paths end."""
+    base = {"spangraph.workflow.id": "cycle"}
+    _post_spans(
+        client,
+        [
+            {"id": 0x301, "name": "A", "parent": 0x302, "start": 0, "attrs": base},
+            {"id": 0x302, "name": "B", "parent": 0x301, "start": 1, "attrs": base},
+            {"id": 0x303, "name": "C", "parent": 0x302, "start": 2, "attrs": base},
+            # a second cycle of three, entered from its latest span
+            {"id": 0x311, "name": "X", "parent": 0x313, "start": 12, "attrs": base},
+            {"id": 0x312, "name": "Y", "parent": 0x311, "start": 10, "attrs": base},
+            {"id": 0x313, "name": "Z", "parent": 0x312, "start": 11, "attrs": base},
+        ],
+    )
+    answer = client.get("/api/workflows/cycle/tree")
+    assert answer.status_code == 200
+
+    def shape(node: dict[str, Any]) -> list[Any]:
+        return [node["name"], [shape(c) for c in node["children"]]]
+
+    assert [shape(r) for r in answer.json()] == [
+        ["A", [["B", [["C", []]]]]],
+        ["Y", [["Z", [["X", []]]]]],
+    ]
+    for span_id, names in (
+        (0x301, ["A"]),
+        (0x302, ["A", "B"]),
+        (0x303, ["A", "B", "C"]),
+        (0x311, ["Y", "Z", "X"]),
+        (0x312, ["Y"]),
+    ):
+        path = client.get(f"/api/nodes/{_sid(span_id).hex()}/path")
+        assert path.status_code == 200
+        assert [p["name"] for p in path.json()] == names

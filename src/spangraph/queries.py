@@ -8,11 +8,13 @@ values passed as parameters only. Unknown ids give an empty answer, never an err
 from __future__ import annotations
 
 import contextlib
+import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .mapping import read_json
+from .mapping import read_json, to_json
 from .stores._base import GraphStore
 
 _SPAN_FIELDS: Final = (
@@ -42,11 +44,9 @@ LIST_WORKFLOWS: Final = (
 )
 
 PATH_TO_ROOT: Final = (
-    "MATCH p = (root:Span)-[:PARENT_OF*0..]->(n:Span {span_id: $span_id})\n"
-    "WHERE NOT ()-[:PARENT_OF]->(root)\n"
-    "RETURN [x IN nodes(p) | x.span_id] AS span_ids,\n"
-    "       [x IN nodes(p) | x.name] AS names,\n"
-    "       [x IN nodes(p) | x.kind] AS kinds"
+    "MATCH (a:Span)-[:PARENT_OF*0..]->(n:Span {span_id: $span_id})\n"
+    "RETURN DISTINCT a.span_id AS span_id, a.parent_span_id AS parent_span_id,\n"
+    "       a.name AS name, a.kind AS kind, a.start_ns AS start_ns"
 )
 
 WORKFLOW_EVENTS: Final = (
@@ -79,11 +79,14 @@ class TreeNode:
     def name(self) -> str:
         return str(self.span.get("name"))
 
-    def walk(self, depth: int = 0) -> Any:
-        """Yield ``(depth, node)`` depth-first, parents before children."""
-        yield depth, self
-        for child in self.children:
-            yield from child.walk(depth + 1)
+    def walk(self, depth: int = 0) -> Iterator[tuple[int, TreeNode]]:
+        """Yield ``(depth, node)`` depth-first, parents before children (no recursion:
+        a run may be nested thousands of levels deep)."""
+        stack = [(depth, self)]
+        while stack:
+            level, node = stack.pop()
+            yield level, node
+            stack.extend((level + 1, child) for child in reversed(node.children))
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +114,9 @@ def tree(store: GraphStore, workflow_id: str) -> list[TreeNode]:
     """A run as a forest of :class:`TreeNode` (normally one root, the workflow span).
 
     Built from :func:`workflow_spans`; a span whose parent is outside the run (or not
-    written yet) becomes a root.
+    written yet) becomes a root. Spans whose parents lead round in a cycle (A's parent
+    is B and B's parent is A: only spans from outside can say so) are cut at the span of
+    the cycle that started first (then the smaller span id): it becomes a root.
     """
     # A parent that was never written (e.g. a caller in another service) is only a
     # placeholder node with ids: leave it out, so its children become roots.
@@ -121,7 +126,35 @@ def tree(store: GraphStore, workflow_id: str) -> list[TreeNode]:
     for node in nodes.values():
         parent = nodes.get(node.span.get("parent_span_id") or "")
         (parent.children if parent else roots).append(node)
+    reached = {id(n) for root in roots for _, n in root.walk()}
+    if len(reached) < len(nodes):
+        order = {span_id: i for i, span_id in enumerate(nodes)}
+        for node in nodes.values():
+            if id(node) not in reached:
+                head = _cycle_head(nodes, node)
+                parent = nodes[head.span["parent_span_id"]]
+                parent.children = [c for c in parent.children if c is not head]
+                roots.append(head)
+                reached.update(id(n) for _, n in head.walk())
+        roots.sort(key=lambda n: order[n.span["span_id"]])
     return roots
+
+
+def _cycle_key(span: dict[str, Any]) -> tuple[int, str]:
+    start = span.get("start_ns")
+    return (start if isinstance(start, int) else 0, str(span.get("span_id")))
+
+
+def _cycle_head(nodes: dict[str, TreeNode], node: TreeNode) -> TreeNode:
+    """The span where the parent cycle above ``node`` is cut (``node``'s parents, in
+    ``nodes``, lead round in a cycle): the one that started first, then by span id."""
+    seen: dict[str, int] = {}
+    chain: list[TreeNode] = []
+    while node.span["span_id"] not in seen:
+        seen[node.span["span_id"]] = len(chain)
+        chain.append(node)
+        node = nodes[node.span["parent_span_id"]]
+    return min(chain[seen[node.span["span_id"]] :], key=lambda n: _cycle_key(n.span))
 
 
 def workflows(
@@ -156,21 +189,33 @@ def workflows(
 
 
 def path_to_root(store: GraphStore, span_id: str) -> list[dict[str, Any]]:
-    """The chain of spans from the root of ``span_id``'s tree down to it.
+    """The chain of spans from the root of ``span_id``'s tree down to it, following
+    each span's ``parent_span_id`` up through its ancestors in the graph.
+
+    When the parents lead round in a cycle, the chain starts at the span where
+    :func:`tree` cuts that cycle (the one of the cycle that started first, then the
+    smaller span id), so a path is never longer than the graph and matches the tree.
 
     .. code-block:: cypher
 
-        MATCH p = (root:Span)-[:PARENT_OF*0..]->(n:Span {span_id: $span_id})
-        WHERE NOT ()-[:PARENT_OF]->(root)
-        RETURN [x IN nodes(p) | x.span_id] AS span_ids, ...
+        MATCH (a:Span)-[:PARENT_OF*0..]->(n:Span {span_id: $span_id})
+        RETURN DISTINCT a.span_id AS span_id, a.parent_span_id AS parent_span_id, ...
     """
-    rows = store.query(PATH_TO_ROOT, {"span_id": span_id})
-    if not rows:
-        return []
-    row = max(rows, key=lambda r: len(r["span_ids"]))
+    ancestors = {r["span_id"]: r for r in store.query(PATH_TO_ROOT, {"span_id": span_id})}
+    chain: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    row = ancestors.get(span_id)
+    while row is not None and row["span_id"] not in seen:
+        seen[row["span_id"]] = len(chain)
+        chain.append(row)
+        row = ancestors.get(row.get("parent_span_id") or "")
+    if row is not None:  # a cycle: cut it where tree() does
+        cycle = chain[seen[row["span_id"]] :]
+        head = min(cycle, key=_cycle_key)
+        chain = chain[: seen[head["span_id"]] + 1]
     return [
-        {"span_id": s, "name": n, "kind": k}
-        for s, n, k in zip(row["span_ids"], row["names"], row["kinds"], strict=True)
+        {"span_id": r["span_id"], "name": r.get("name"), "kind": r.get("kind")}
+        for r in reversed(chain)
     ]
 
 
@@ -269,9 +314,41 @@ def _attrs_of(row: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _text(value: Any) -> str | None:
+    """An attribute value as text: a string as it is, ``None`` as ``None``, anything else
+    (a number, a bool, a list from another language's SDK) as its JSON text."""
+    if value is None or isinstance(value, str):
+        return value
+    return to_json(value)
+
+
+def _options_of(value: Any) -> list[str]:
+    """The offered option names: each item of a list as :func:`_text`, a single value
+    as a one-option list; each name once, in order."""
+    items = value if isinstance(value, list | tuple) else [value]
+    names = (_text(v) for v in items if v is not None)
+    return list(dict.fromkeys(n for n in names if n is not None))
+
+
+def _score(value: Any) -> float | None:
+    """A decision's score as a finite number, or ``None`` when it is not one (a string
+    such as ``"high"``, a bool, a list, NaN, an infinity). Text of a number counts."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     """Every decision of a run with all its options (explored or not), the chosen one,
     the reason and the score, in time order.
+
+    Values other programs set are made to fit: ``chosen`` and option names that are not
+    text are given as their JSON text (``7`` -> ``"7"``, ``["a"]`` -> ``'["a"]'``), and
+    a ``score`` that is not a finite number (``"high"``, ``true``, ``NaN``) is ``None``.
 
     .. code-block:: cypher
 
@@ -284,7 +361,7 @@ def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     out = []
     for row in store.query(DECISIONS, {"workflow_id": workflow_id}):
         attrs = _attrs_of(row)
-        offered = list(attrs.get("spangraph.decision.options") or [])
+        offered = _options_of(attrs.get("spangraph.decision.options"))
         found = {
             n: {"name": n, "state": s, "span_id": i, "explored": s != "unexplored"}
             for n, s, i in zip(
@@ -297,7 +374,7 @@ def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
             found.get(n, {"name": n, "state": None, "span_id": None, "explored": False})
             for n in order
         ]
-        chosen = row.get("chosen") or attrs.get("spangraph.decision.chosen")
+        chosen = row.get("chosen") or _text(attrs.get("spangraph.decision.chosen"))
         for option in options:
             option["chosen"] = option["name"] == chosen
         out.append(
@@ -310,7 +387,7 @@ def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
                 "options": options,
                 "chosen": chosen,
                 "reason": attrs.get("spangraph.decision.reason"),
-                "score": attrs.get("spangraph.decision.score"),
+                "score": _score(attrs.get("spangraph.decision.score")),
             }
         )
     return out

@@ -1,11 +1,15 @@
 """Query routes: thin wrappers over :mod:`spangraph.queries`, every node with its
-``jaeger_url``."""
+``jaeger_url``.
+
+Workflow and branch ids are the caller's and may hold ``/`` (``jobs/42``), so they are
+``:path`` parameters; each route is told apart by its last segment (``/tree``, ...).
+Span ids are hex and stay plain parameters (``/api/nodes/{span_id}/path`` needs that)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Response
 
 from ... import queries
 from ..deps import SettingsDep, StoreDep, jaeger_url
@@ -42,10 +46,30 @@ def _linked(
     return [{**r, "jaeger_url": jaeger_url(settings, traces.get(r[key]), r[key])} for r in rows]
 
 
-def _tree(settings: Any, node: queries.TreeNode) -> TreeNode:
-    return TreeNode(
-        **_node(settings, node.span), children=[_tree(settings, c) for c in node.children]
-    )
+def _forest_json(settings: Any, roots: list[queries.TreeNode]) -> str:
+    """The JSON text of ``list[TreeNode]`` for ``roots``, written without recursion (a
+    run may be nested thousands of levels deep): each node is checked and written by
+    :class:`Node`, then its ``children`` are spliced in."""
+    parts: list[str] = ["["]
+    stack: list[queries.TreeNode | str] = ["]"]
+
+    def push(nodes: list[queries.TreeNode]) -> None:
+        for i, child in enumerate(reversed(nodes)):
+            if i:
+                stack.append(",")
+            stack.append(child)
+
+    push(roots)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            parts.append(item)
+            continue
+        text = Node.model_validate(_node(settings, item.span)).model_dump_json()
+        parts.append(text[:-1] + ',"children":[')
+        stack.append("]}")
+        push(item.children)
+    return "".join(parts)
 
 
 @router.get("/workflows", response_model=list[Node])
@@ -65,13 +89,13 @@ def list_workflows(
     return [_node(settings, r) for r in rows]
 
 
-@router.get("/workflows/{workflow_id}/tree", response_model=list[TreeNode])
-def workflow_tree(workflow_id: str, settings: SettingsDep, store: StoreDep) -> list[TreeNode]:
+@router.get("/workflows/{workflow_id:path}/tree", response_model=list[TreeNode])
+def workflow_tree(workflow_id: str, settings: SettingsDep, store: StoreDep) -> Response:
     """A run as a forest (normally one root: the workflow span). 404 for an unknown run."""
     roots = queries.tree(store, workflow_id)
     if not roots:
         raise HTTPException(404, detail=f"no run with workflow_id {workflow_id!r}")
-    return [_tree(settings, r) for r in roots]
+    return Response(_forest_json(settings, roots), media_type="application/json")
 
 
 @router.get("/nodes/{span_id}", response_model=NodeDetail)
@@ -92,7 +116,7 @@ def node_path(span_id: str, store: StoreDep) -> list[dict[str, Any]]:
     return path
 
 
-@router.get("/workflows/{workflow_id}/decisions", response_model=list[Decision])
+@router.get("/workflows/{workflow_id:path}/decisions", response_model=list[Decision])
 def workflow_decisions(
     workflow_id: str, settings: SettingsDep, store: StoreDep
 ) -> list[dict[str, Any]]:
@@ -100,7 +124,7 @@ def workflow_decisions(
     return _linked(settings, store, workflow_id, queries.decisions(store, workflow_id))
 
 
-@router.get("/workflows/{workflow_id}/branches", response_model=list[Branch])
+@router.get("/workflows/{workflow_id:path}/branches", response_model=list[Branch])
 def workflow_branches(
     workflow_id: str, settings: SettingsDep, store: StoreDep
 ) -> list[dict[str, Any]]:
@@ -108,7 +132,7 @@ def workflow_branches(
     return _linked(settings, store, workflow_id, queries.branches(store, workflow_id))
 
 
-@router.get("/branches/{branch_id}/summary", response_model=BranchSummary)
+@router.get("/branches/{branch_id:path}/summary", response_model=BranchSummary)
 def branch_summary(branch_id: str, settings: SettingsDep, store: StoreDep) -> dict[str, Any]:
     """A branch's nodes in time order, with totals. 404 for an unknown branch."""
     summary = queries.branch_summary(store, branch_id)
@@ -118,7 +142,7 @@ def branch_summary(branch_id: str, settings: SettingsDep, store: StoreDep) -> di
     return summary
 
 
-@router.get("/workflows/{workflow_id}/monitors", response_model=list[Monitor])
+@router.get("/workflows/{workflow_id:path}/monitors", response_model=list[Monitor])
 def workflow_monitors(
     workflow_id: str, settings: SettingsDep, store: StoreDep
 ) -> list[dict[str, Any]]:
@@ -127,7 +151,7 @@ def workflow_monitors(
     return _linked(settings, store, workflow_id, rows, key="monitor_span_id")
 
 
-@router.get("/workflows/{workflow_id}/events", response_model=list[LiveMessage])
+@router.get("/workflows/{workflow_id:path}/events", response_model=list[LiveMessage])
 def workflow_events(workflow_id: str, store: StoreDep) -> list[dict[str, Any]]:
     """Replay: the run as the ordered messages a live subscriber would have seen."""
     return queries.replay(store, workflow_id)
