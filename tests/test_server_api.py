@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from pydantic import TypeAdapter
 
 import spangraph
+from spangraph import semconv as sc
 from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
 from spangraph.server import create_app
@@ -536,3 +537,46 @@ def test_parent_cycles_are_cut_at_their_first_span(client: TestClient) -> None:
         path = client.get(f"/api/nodes/{_sid(span_id).hex()}/path")
         assert path.status_code == 200
         assert [p["name"] for p in path.json()] == names
+
+
+ODD_VALUES: list[Any] = [7, -1.5, True, ["x", 2], "", "Infinity", "a/b"]
+
+
+def test_every_route_serves_odd_spangraph_attributes(client: TestClient) -> None:
+    """Another program may give any ``spangraph.*`` attribute any OTLP value: every
+    route of the run still answers 200 (each model field fed by an attribute takes what
+    OTLP can carry)."""
+    keys = sorted(v for k, v in vars(sc).items() if k.isupper() and str(v).startswith("spangraph."))
+    spans: list[dict[str, Any]] = []
+    cases = [(key, value) for key in keys for value in ODD_VALUES]
+    for i, (key, value) in enumerate(cases):
+        base = {"spangraph.workflow.id": f"odd-{i}"}
+        ids = [10 * i + 1, 10 * i + 2, 10 * i + 3, 10 * i + 4]
+        kinds = ["workflow", "decision", "branch", "step"]
+        for n, (span_id, kind) in enumerate(zip(ids, kinds, strict=True)):
+            attrs = {**base, "spangraph.kind": kind, "spangraph.branch.id": f"b-{i}"}
+            if kind == "decision":
+                attrs["spangraph.decision.options"] = ["x", "y"]
+            attrs[key] = value
+            span: dict[str, Any] = {"id": span_id, "name": kind, "start": n, "attrs": attrs}
+            if n:
+                span["parent"] = ids[0] if n < 3 else ids[2]
+            spans.append(span)
+    _post_spans(client, spans)
+    for i, case in enumerate(cases):
+        root = client.get(f"/api/nodes/{_sid(10 * i + 1).hex()}")
+        assert root.status_code == 200, (case, root.text)
+        wid = quote(root.json()["workflow_id"], safe="")
+        paths = [f"/api/workflows/{wid}/{what}" for what in ("tree", "decisions", "branches")]
+        paths += [f"/api/workflows/{wid}/{what}" for what in ("monitors", "events")]
+        paths += [f"/api/nodes/{_sid(10 * i + n).hex()}/path" for n in (1, 4)]
+        for branch in client.get(f"/api/workflows/{wid}/branches").json():
+            if branch["branch_id"] is not None:
+                paths.append(f"/api/branches/{quote(branch['branch_id'], safe='')}/summary")
+        for path in paths:
+            answer = client.get(path)
+            assert answer.status_code == 200, (case, path, answer.text)
+    listing = client.get("/api/workflows", params={"limit": 1000})
+    # every run is listed but those whose spangraph.kind is odd (no workflow span then)
+    assert listing.status_code == 200
+    assert len(listing.json()) == len(cases) - len(ODD_VALUES)

@@ -326,12 +326,15 @@ def _attributes(key_values: Iterable[Any]) -> dict[str, Any]:
 
 def _span_attributes(key_values: Iterable[Any]) -> dict[str, Any]:
     """Attributes of a span, with spangraph's own keys made safe for the mapping: the
-    keys that become node properties are strings, and the decision's option lists are
+    keys that become node properties are strings (an empty one is left out, as if unset:
+    the graph's indexes cannot find an empty id), and the decision's option lists are
     tuples of strings (other values there would reach the store as they are)."""
     attrs = _attributes(key_values)
     for key in PROMOTED.intersection(attrs):
         value = attrs[key]
-        if not isinstance(value, str):
+        if value == "":
+            del attrs[key]
+        elif not isinstance(value, str):
             attrs[key] = to_json(value) if isinstance(value, tuple | dict) else str(value)
     for key in (sc.DECISION_OPTIONS, sc.DECISION_OPTION_SPAN_IDS):
         value = attrs.get(key)
