@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
+import redis
 
 import spangraph
+from spangraph import queries
 from spangraph._attrs import MAX_VALUE_CHARS, clean, clean_value, truncate
+from spangraph.processors.live import stream_key
 from spangraph.testing import capture
 
 
@@ -41,16 +45,28 @@ def test_huge_ints_become_text(value: int) -> None:
     assert clean_value(value) == str(value)
 
 
-def test_long_strings_are_truncated_with_marker() -> None:
-    text = "a" * (MAX_VALUE_CHARS + 123)
+def assert_cut_once(out: Any, text: str) -> None:
+    """``out`` is ``text`` cut once: a start of it and a marker counting the characters
+    that are missing, MAX_VALUE_CHARS characters in all."""
+    match = re.fullmatch(r"(.*)…\[truncated (\d+) chars\]", out, re.DOTALL)
+    assert match is not None, out[-60:]
+    assert text.startswith(match[1]) and int(match[2]) == len(text) - len(match[1])
+    assert len(out) == MAX_VALUE_CHARS
+
+
+@pytest.mark.parametrize("extra", [1, 123, 10_000, 91_808, 1_000_000])
+def test_long_strings_are_cut_to_the_limit_with_a_marker_counting_the_cut(extra: int) -> None:
+    text = "a" * (MAX_VALUE_CHARS + extra)
     out = clean_value(text)
-    assert out == "a" * MAX_VALUE_CHARS + "…[truncated 123 chars]"
+    assert_cut_once(out, text)
+    assert clean_value(out) == out == truncate(out)  # cutting again leaves it alone
     assert clean_value("b" * MAX_VALUE_CHARS) == "b" * MAX_VALUE_CHARS
 
 
 def test_truncate_limit() -> None:
-    assert truncate("abcdef", 3) == "abc…[truncated 3 chars]"
+    assert truncate("a" * 40, 30) == "a" * 9 + "…[truncated 31 chars]"
     assert truncate("abc", 3) == "abc"
+    assert truncate("abcdef", 3) == "…[truncated 6 chars]"  # a limit shorter than the marker
 
 
 @pytest.mark.parametrize(
@@ -173,7 +189,7 @@ def test_event_with_odd_values_end_to_end() -> None:
     assert set(attrs) == {"obj", "d", "big", "bad", "mixed", "huge"}
     assert all(isinstance(v, str) for v in attrs.values())
     assert json.loads(attrs["d"]) == {"a": 1}
-    assert attrs["big"].endswith(f"…[truncated {20000 - MAX_VALUE_CHARS} chars]")
+    assert_cut_once(attrs["big"], "x" * 20000)
     assert attrs["huge"] == str(2**100)
     assert attrs["bad"] == "<unprintable Unprintable>"
 
@@ -188,3 +204,37 @@ def test_step_attributes_and_handle_set_are_cleaned() -> None:
     assert attrs["rows"] == (1, 2, 3)
     assert attrs["bad"] == "<unprintable Unprintable>"
     assert "skip" not in attrs
+
+
+def test_long_values_are_stored_and_streamed_cut_once(
+    sg: spangraph.Spangraph, redis_client: redis.Redis
+) -> None:
+    """The SDK cuts a long value; the processors, which cut values of plain OpenTelemetry
+    spans, leave it as it is: the graph and the live stream hold one cut, whose marker
+    counts what was cut."""
+    big, message, error = "x" * 100_000, "m" * 50_000, "e" * 30_000
+    with spangraph.workflow("wf-long") as run:
+        with spangraph.step("s") as s:
+            s.set(big=big)
+            spangraph.event("ev", big=big)
+        with spangraph.llm("model") as call:
+            call.complete(message)
+        with pytest.raises(ValueError), spangraph.step("fails"):
+            raise ValueError(error)
+    assert spangraph.flush(10)
+    assert sg.store is not None
+    wid = run.workflow_id
+    spans = {r["name"]: r for r in queries.workflow_spans(sg.store, wid)}
+    assert_cut_once(spans["s"]["attributes"]["big"], big)
+    events = {e["name"]: e for e in queries.workflow_events(sg.store, wid)}
+    assert_cut_once(events["ev"]["attributes"]["big"], big)
+    assert_cut_once(events["llm.complete"]["attributes"]["message"], message)
+    assert_cut_once(events["step.failed"]["attributes"]["error.message"], error)
+
+    live = [json.loads(f[b"data"]) for _, f in redis_client.xrange(stream_key(wid))]
+    ended = next(m for m in live if m["type"] == "span.ended" and m["name"] == "s")
+    assert_cut_once(ended["attributes"]["big"], big)
+    by_type = {m["type"]: m for m in live}
+    assert_cut_once(by_type["ev"]["attributes"]["big"], big)
+    assert_cut_once(by_type["llm.complete"]["attributes"]["message"], message)
+    assert_cut_once(by_type["step.failed"]["attributes"]["error.message"], error)

@@ -515,14 +515,25 @@ def test_to_json_cuts_only_strings_over_the_limit() -> None:
 
     long = "x" * (MAX_VALUE_CHARS + 10)
     value = {"a": long, "b": [1, (long, "ok")], "c": Loud(), "d": 2.5}
-    cut = "x" * MAX_VALUE_CHARS + "…[truncated 10 chars]"
+    cut = "x" * (MAX_VALUE_CHARS - 21) + "…[truncated 31 chars]"
+    assert len(cut) == MAX_VALUE_CHARS
     assert json.loads(to_json(value)) == {
         "a": cut,
         "b": [1, [cut, "ok"]],
-        "c": "s" * MAX_VALUE_CHARS + "…[truncated 5 chars]",
+        "c": "s" * (MAX_VALUE_CHARS - 21) + "…[truncated 26 chars]",
         "d": 2.5,
     }
     assert json.loads(to_json({"exact": "y" * MAX_VALUE_CHARS})) == {"exact": "y" * MAX_VALUE_CHARS}
+
+
+def test_values_the_sdk_cut_are_not_cut_again() -> None:
+    from spangraph._attrs import MAX_VALUE_CHARS, truncate
+    from spangraph.mapping import bounded_text
+
+    cut = truncate("x" * 100_000)
+    assert cut == "x" * (MAX_VALUE_CHARS - 24) + "…[truncated 91832 chars]"
+    assert json.loads(to_json({"a": cut, "b": [cut]})) == {"a": cut, "b": [cut]}
+    assert bounded_text(cut) == cut
 
 
 def test_live_message_attributes_are_cut_too(provider: TracerProvider) -> None:
@@ -534,4 +545,6 @@ def test_live_message_attributes_are_cut_too(provider: TracerProvider) -> None:
     common = mapper.common(span, dict(span.attributes or {}))
     head, tail = live_message("span.ended", common, 1, dict(span.attributes or {}))
     message = json.loads(head + "1" + tail)
-    assert message["attributes"]["big"] == "z" * MAX_VALUE_CHARS + "…[truncated 91808 chars]"
+    big = message["attributes"]["big"]
+    assert big == "z" * (MAX_VALUE_CHARS - 24) + "…[truncated 91832 chars]"
+    assert len(big) == MAX_VALUE_CHARS

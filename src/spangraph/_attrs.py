@@ -7,15 +7,23 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 MAX_VALUE_CHARS: Final = 8192
-"""Longer string values are cut to this many characters, with a marker."""
+"""Longer string values are cut to this many characters, marker included."""
 
 _INT64 = (-(2**63), 2**63 - 1)
 
 
 def truncate(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """``text`` when it has at most ``limit`` characters, else its start and a
+    ``…[truncated N chars]`` marker, ``limit`` characters in all (only the marker when
+    ``limit`` is shorter than it); N counts the characters really cut. A cut text is
+    not longer than ``limit``, so cutting it again leaves it as it is."""
     if len(text) <= limit:
         return text
-    return f"{text[:limit]}…[truncated {len(text) - limit} chars]"
+    # N has at most as many digits as len(text), so a marker counting len(text) fits;
+    # one more step sizes it to N (cutting less can only shorten N).
+    keep = max(0, limit - len(f"…[truncated {len(text)} chars]"))
+    keep = max(0, limit - len(f"…[truncated {len(text) - keep} chars]"))
+    return f"{text[:keep]}…[truncated {len(text) - keep} chars]"
 
 
 def clean_value(value: Any) -> Any:

@@ -223,7 +223,8 @@ def to_json(value: Any) -> str:
 
 def _bounded(value: Any) -> Any:
     """``value`` with each string in it (and the text of each value JSON would write as
-    its ``str``) cut to ``MAX_VALUE_CHARS``; ``value`` itself when nothing needed it."""
+    its ``str``) cut to ``MAX_VALUE_CHARS``; ``value`` itself when nothing needed it. A
+    value spangraph's API already cut is not longer than that, so it is not cut again."""
     t = type(value)
     if t is str:
         return truncate(value) if len(value) > MAX_VALUE_CHARS else value
