@@ -3,6 +3,7 @@ the real embedded server, with real agent processes."""
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import signal
@@ -381,3 +382,56 @@ def test_spans_that_are_not_the_sdks_are_copied_through_their_public_api(
     assert spangraph.flush()
     assert proc.stats()["dropped"] == before
     assert run_names(off) == {"proxied": "completed"}
+
+
+class _Float64(float):
+    """Stands in for numpy.float64, a float subclass."""
+
+    def __str__(self) -> str:
+        return "float64!"
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+class _Label(str):
+    def __str__(self) -> str:
+        return "label!"
+
+
+@pytest.mark.parametrize("mode", ["offload", "in-process"])
+def test_int_float_and_str_subclasses_are_stored_as_plain_values(
+    mode: str, provider: TracerProvider, graph_url: str, embedded_server: ServerInfo, tmp_path: Any
+) -> None:
+    """numpy.float64, an IntEnum or a str subclass is stored as the plain value, through
+    the agent (marshal takes exact types only) as by the program's own processors."""
+    if mode == "offload":
+        instance = configure_offload(provider, graph_url, embedded_server, tmp_path)
+    else:
+        instance = spangraph.configure(
+            tracer_provider=provider,
+            graph_url=graph_url,
+            redis_url=embedded_server.redis_url,
+            home=str(tmp_path),
+            project=f"inproc-{uuid.uuid4().hex[:8]}",
+        )
+    try:
+        with spangraph.workflow("wf-types") as run, spangraph.step("s") as step:
+            step.set(score=_Float64(0.9), level=_Level.HIGH, label=_Label("ok"))
+            step.set(scores=[_Float64(0.1), _Float64(0.2)], levels=[_Level.HIGH])
+        assert spangraph.flush(10)
+        assert instance.store is not None
+        rows = queries.workflow_spans(instance.store, run.workflow_id)
+    finally:
+        spangraph.shutdown()
+    [attributes] = [r["attributes"] for r in rows if r["name"] == "s"]
+    values = {k: attributes[k] for k in ("score", "level", "label", "scores", "levels")}
+    assert values == {
+        "score": 0.9,
+        "level": 3,
+        "label": "ok",
+        "scores": [0.1, 0.2],
+        "levels": [3],
+    }
+    assert type(values["score"]) is float and type(values["level"]) is int

@@ -65,9 +65,17 @@ class AgentGone(OSError):
 
 
 def _plain(value: Any) -> Any:
-    """``value`` as ``marshal`` takes it (the SDK keeps attribute values to these types)."""
+    """``value`` as ``marshal`` takes it (the SDK keeps attribute values to these types).
+    A subclass of int, float or str (an IntEnum, numpy.float64) becomes the plain value,
+    as the JSON the processors write in-process holds it; bool cannot be subclassed."""
     if value is None or type(value) in (str, int, float, bool, bytes):
         return value
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
     if isinstance(value, list | tuple):
         return tuple(_plain(v) for v in value)
     if isinstance(value, Mapping):
