@@ -186,6 +186,33 @@ def test_choose_and_option_must_be_offered(cap: SpanCapture) -> None:
     assert cap.find(kind=sc.KIND_OPTION) == []
 
 
+def test_choose_and_option_after_the_decision_ended_are_refused(cap: SpanCapture) -> None:
+    """After the block the span can no longer record a choice or parent an option: a
+    clear error, and nothing recorded, instead of a choice the graph never sees."""
+    with spangraph.workflow("wf"), spangraph.decision("route", options=["a", "b"]) as d:
+        d.choose("a", reason="in time")
+    with pytest.raises(ValueError, match=r"decision 'route' has ended.*choose\(\)"):
+        d.choose("b", reason="late")
+    with pytest.raises(ValueError, match=r"decision 'route' has ended.*option\(\)"):
+        d.option("b")
+    assert d.chosen == "a"
+    assert attrs(one(cap, "route"))[sc.DECISION_CHOSEN] == "a"
+    assert attrs(one(cap, "route"))[sc.DECISION_REASON] == "in time"
+    assert cap.find(kind=sc.KIND_OPTION) == []
+
+
+def test_decision_that_is_not_recorded_never_raises() -> None:
+    """Without a recording span (spangraph not set up, or the run sampled out) there is
+    nothing to protect: choose() after the block still just sets ``chosen``."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    with capture(TracerProvider(sampler=ALWAYS_OFF)):
+        with spangraph.decision("route", options=["a", "b"]) as d:
+            pass
+        d.choose("b")
+    assert d.chosen == "b"
+
+
 def test_bad_score_is_refused(cap: SpanCapture) -> None:
     with spangraph.decision("route", options=["a", "b"]) as d:
         with pytest.raises(ValueError, match="score"):

@@ -24,7 +24,7 @@ __all__ = ["Branch", "Decision", "branch", "decision", "monitor"]
 class Decision(Handle):
     """A running decision (what ``with decision(...) as d`` gives)."""
 
-    __slots__ = ("_explored", "_reason", "_score", "chosen", "options")
+    __slots__ = ("_explored", "_reason", "_recording", "_score", "chosen", "options")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -33,6 +33,14 @@ class Decision(Handle):
         self.chosen: str | None = None
         self._reason: Any = None
         self._score: float | None = None
+        self._recording = self.span.is_recording()
+
+    def _check_open(self, call: str) -> None:
+        """A recorded decision's span that has ended takes no option and no choice."""
+        if self._recording and not self.span.is_recording():
+            raise ValueError(
+                f"decision {self.name!r} has ended: call {call}() inside its with block"
+            )
 
     def _check_offered(self, option: str) -> None:
         if option not in self.options:
@@ -43,7 +51,9 @@ class Decision(Handle):
 
     def option(self, name: str, **attributes: Any) -> Scope:
         """A ``with`` block (or decorator) in which option ``name`` is explored: an
-        ``option`` span, child of the current span."""
+        ``option`` span, child of the current span. Raises ValueError once the
+        decision has ended."""
+        self._check_open("option")
         _check_name(name, "option name")
         self._check_offered(name)
 
@@ -57,7 +67,9 @@ class Decision(Handle):
     def choose(self, option: str, *, reason: str | None = None, score: float | None = None) -> None:
         """Record the chosen option. Choosing again replaces the choice (option, reason
         and score); the decision span carries the final one when it ends, with a
-        ``chosen_option`` link to the option's span when it was explored."""
+        ``chosen_option`` link to the option's span when it was explored. Raises
+        ValueError once the decision has ended (its span can no longer record it)."""
+        self._check_open("choose")
         self._check_offered(option)
         if score is not None and (
             not isinstance(score, int | float)
