@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ast
 import inspect
+import time
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import SpanProcessor
 
 import spangraph
 import spangraph.exceptions
@@ -260,3 +262,46 @@ def test_every_semconv_constant_has_a_docstring() -> None:
             assert isinstance(following.value, ast.Constant), name
             assert isinstance(following.value.value, str) and following.value.value.strip()
     assert constants >= 60
+
+
+# -- flush ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "timeout", [float("nan"), float("inf"), float("-inf"), -1, -0.5, None, "1", True]
+)
+def test_flush_timeout_must_be_a_finite_number_at_least_zero(
+    sg: spangraph.Spangraph, timeout: Any
+) -> None:
+    with pytest.raises(ValueError, match="timeout must be a finite number"):
+        spangraph.flush(timeout)
+    with pytest.raises(ValueError, match="timeout must be a finite number"):
+        sg.flush(timeout)
+    spangraph.shutdown()  # not configured: the same check
+    with pytest.raises(ValueError, match="timeout must be a finite number"):
+        spangraph.flush(timeout)
+
+
+class _SlowProcessor(SpanProcessor):
+    """Takes ``seconds`` to flush, and keeps the timeout each flush was given."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.given: list[int] = []
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        self.given.append(timeout_millis)
+        time.sleep(min(self.seconds, timeout_millis / 1000))
+        return True
+
+
+def test_flush_timeout_is_one_deadline_for_all_processors(sg: spangraph.Spangraph) -> None:
+    """flush(T) gives the processors T seconds in all, not T each: what one of them
+    took is no longer left for the next."""
+    first, second = _SlowProcessor(0.3), _SlowProcessor(0)
+    sg.extra_processors.extend([first, second])
+    assert spangraph.flush(2.0)
+    assert first.given[0] <= 2000
+    assert second.given[0] <= 2000 - 300
+    assert isinstance(spangraph.flush(0), bool)  # zero: accepted, nothing waited for
+    assert sg.flush(1e300)  # a huge timeout is as good as waiting for ever

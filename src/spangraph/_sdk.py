@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -53,10 +55,14 @@ class Spangraph:
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every processor has sent what was queued before this call (or the
-        ``timeout`` in seconds passes, each); ``False`` on timeout."""
+        ``timeout`` in seconds passes, for all of them together); ``False`` on timeout.
+        ``timeout`` must be a finite number >= 0 (ValueError)."""
+        _check_timeout(timeout)
+        deadline = time.monotonic() + min(timeout, threading.TIMEOUT_MAX)
         ok = True
         for processor in self.processors + self.extra_processors:
-            ok = processor.force_flush(int(timeout * 1000)) and ok
+            left = max(0.0, deadline - time.monotonic())
+            ok = processor.force_flush(int(left * 1000)) and ok
         return ok
 
     def shutdown(self) -> None:
@@ -86,6 +92,16 @@ class Spangraph:
                 if counters is not None:
                     out[name] = counters
         return out
+
+
+def _check_timeout(timeout: object) -> None:
+    if (
+        not isinstance(timeout, int | float)
+        or isinstance(timeout, bool)
+        or not math.isfinite(timeout)
+        or timeout < 0
+    ):
+        raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
 
 
 _current: Spangraph | None = None
@@ -290,7 +306,9 @@ def current() -> Spangraph | None:
 
 def flush(timeout: float = 30.0) -> bool:
     """Wait until every span and event so far is written and published (or ``timeout``
-    seconds pass); ``False`` on timeout. Safe to call when not configured."""
+    seconds pass, one deadline for all processors); ``False`` on timeout. ``timeout``
+    must be a finite number >= 0 (ValueError). Safe to call when not configured."""
+    _check_timeout(timeout)
     instance = _current
     return True if instance is None else instance.flush(timeout)
 
