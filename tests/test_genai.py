@@ -4,6 +4,7 @@ and the complete message kept once in the graph, tool calls as decorator and blo
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -149,6 +150,59 @@ def test_llm_options(cap: SpanCapture) -> None:
             spangraph.llm(bad)
     with pytest.raises(ValueError, match="operation"):
         spangraph.llm("m", operation="")
+
+
+class _BadStr:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+def test_values_whose_str_raises_never_raise_into_the_call(cap: SpanCapture) -> None:
+    with spangraph.llm("m") as call:
+        call.token("a")
+        call.token(_BadStr())
+        call.token(7)
+        call.complete(finish_reason=_BadStr())
+    span = one(cap, "chat m")
+    assert attrs(span)[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("<unprintable _BadStr>",)
+    assert events(span, "llm.complete") == [
+        {
+            "message": "a<unprintable _BadStr>7",
+            "finish_reason": "<unprintable _BadStr>",
+            "streamed_tokens": 3,
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad", ["12", "abc", 1.9, 2.0, float("nan"), -5, 2**63, 2**64, True, object()]
+)
+@pytest.mark.parametrize("argument", ["input_tokens", "output_tokens"])
+def test_usage_token_counts_are_whole_numbers_an_otlp_int_holds(
+    cap: SpanCapture, argument: str, bad: Any
+) -> None:
+    with spangraph.llm("m") as call:
+        with pytest.raises(ValueError, match=rf"{argument} must be a whole number"):
+            call.usage(**{argument: bad})
+        call.usage(input_tokens=0, output_tokens=2**63 - 1)
+    a = attrs(one(cap, "chat m"))
+    assert a[sc.GEN_AI_USAGE_INPUT_TOKENS] == 0
+    assert a[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == 2**63 - 1
+
+
+def test_usage_refuses_both_counts_when_one_is_bad(cap: SpanCapture) -> None:
+    with spangraph.llm("m") as call, pytest.raises(ValueError, match="output_tokens"):
+        call.usage(input_tokens=5, output_tokens=-1)
+    assert sc.GEN_AI_USAGE_INPUT_TOKENS not in attrs(one(cap, "chat m"))
+
+
+def test_llm_provider_and_tool_arguments_are_checked_when_passed(cap: SpanCapture) -> None:
+    with pytest.raises(ValueError, match="provider"):
+        spangraph.llm("m", provider=5)  # type: ignore[arg-type]
+    for bad in ([1, 2], "abc"):
+        with pytest.raises(TypeError, match="arguments must be a mapping"):
+            spangraph.tool("t", arguments=bad)  # type: ignore[arg-type]
+    assert cap.spans == []
 
 
 def test_tokens_auto_complete_at_exit(cap: SpanCapture) -> None:
@@ -386,6 +440,28 @@ def test_tool_refuses_generators_and_bad_input(cap: SpanCapture) -> None:
     with pytest.raises(TypeError, match="needs a name"), spangraph.tool():
         pass
     assert cap.spans == []
+
+
+def test_tool_decorates_a_partial_and_a_callable_object(cap: SpanCapture) -> None:
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    class Doubler:
+        def __call__(self, x: int) -> int:
+            return 2 * x
+
+    add_one = spangraph.tool(functools.partial(add, 1))
+    double = spangraph.tool(Doubler())
+    named = spangraph.tool("adder")(functools.partial(add, 2))
+    assert (add_one(2), double(4), named(1)) == (3, 8, 3)
+    assert [s.name for s in cap.spans] == [
+        "execute_tool partial",
+        "execute_tool Doubler",
+        "execute_tool adder",
+    ]
+    assert events(one(cap, "execute_tool Doubler"), "tool.call") == [
+        {"tool": "Doubler", "arguments.x": 4}
+    ]
 
 
 def test_tool_in_graph(sg: spangraph.Spangraph) -> None:

@@ -63,8 +63,15 @@ def _text(value: Any) -> str:
 
 
 def _str(value: Any) -> str:
+    return truncate(safe_str(value))
+
+
+def safe_str(value: Any) -> str:
+    """``str(value)`` (not cut); ``<unprintable T>`` when that raises. Never raises."""
+    if type(value) is str:
+        return value
     try:
-        return truncate(str(value))
+        return str(value)
     except Exception:
         return f"<unprintable {type(value).__name__}>"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 from opentelemetry import trace
 
 from . import semconv as sc
-from ._attrs import clean, clean_value
+from ._attrs import clean, clean_value, safe_str, truncate
 from ._spans import Handle, _add_event, _check_name, _Options
 from .instrument import Scope
 from .processors.live import emit_event
@@ -26,6 +27,20 @@ from .processors.live import emit_event
 __all__ = ["LLMCall", "ToolCall", "llm", "tool"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_MAX_TOKENS = 2**63 - 1
+"""The largest token count an OTLP attribute (a signed 64-bit int) holds."""
+
+
+def _token_count(value: Any, argument: str) -> int:
+    """``value`` as a token count: a whole number (not a bool) from 0 to 2**63-1."""
+    try:
+        count = None if isinstance(value, bool) else operator.index(value)
+    except Exception:  # a float, a str, an __index__ that raises
+        count = None
+    if count is None or not 0 <= count <= _MAX_TOKENS:
+        raise ValueError(f"{argument} must be a whole number from 0 to 2**63-1, got {value!r}")
+    return int(count)
 
 
 class LLMCall(Handle):
@@ -40,19 +55,22 @@ class LLMCall(Handle):
         self.tokens = 0
 
     def token(self, text: str) -> None:
-        """Stream one token (or chunk) to live subscribers; kept to build the message."""
-        text = str(text)
+        """Stream one token (or chunk) to live subscribers; kept to build the message.
+        Anything else than a str is sent as its ``str``."""
+        text = safe_str(text)
         self._parts.append(text)
         self.tokens += 1
         emit_event(self.span, sc.TOKEN, {"text": text, "index": self.tokens - 1}, time.time_ns())
 
     def usage(self, *, input_tokens: int | None = None, output_tokens: int | None = None) -> None:
-        """Record token usage (``gen_ai.usage.input_tokens`` / ``output_tokens``)."""
-        attrs = {
-            sc.GEN_AI_USAGE_INPUT_TOKENS: input_tokens,
-            sc.GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens,
-        }
-        self.span.set_attributes({k: int(v) for k, v in attrs.items() if v is not None})
+        """Record token usage (``gen_ai.usage.input_tokens`` / ``output_tokens``): whole
+        numbers from 0 to 2**63-1, else a ValueError naming the argument."""
+        attrs = {}
+        if input_tokens is not None:
+            attrs[sc.GEN_AI_USAGE_INPUT_TOKENS] = _token_count(input_tokens, "input_tokens")
+        if output_tokens is not None:
+            attrs[sc.GEN_AI_USAGE_OUTPUT_TOKENS] = _token_count(output_tokens, "output_tokens")
+        self.span.set_attributes(attrs)
 
     def complete(
         self, message: str | None = None, *, finish_reason: str | None = None, **attributes: Any
@@ -74,7 +92,8 @@ class LLMCall(Handle):
             },
         )
         if finish_reason is not None:
-            self.span.set_attribute("gen_ai.response.finish_reasons", (str(finish_reason),))
+            reason = truncate(safe_str(finish_reason))
+            self.span.set_attribute(sc.GEN_AI_RESPONSE_FINISH_REASONS, (reason,))
 
     def _finish(self, exc: BaseException | None) -> None:
         if self._parts and not self._completed:
@@ -95,6 +114,8 @@ def llm(
     and ``call.complete(message)``. The span is named ``"{operation} {model}"``."""
     _check_name(model, "model")
     _check_name(operation, "operation")
+    if provider is not None:
+        _check_name(provider, "provider")
     attrs: dict[str, Any] = {sc.GEN_AI_OPERATION_NAME: operation, sc.GEN_AI_REQUEST_MODEL: model}
     if provider is not None:
         attrs[sc.GEN_AI_PROVIDER_NAME] = provider
@@ -205,7 +226,7 @@ class _ToolScope(Scope):
             raise TypeError(
                 "tool() cannot decorate a generator: its result is not known when it returns"
             )
-        name = self._tool_name or fn.__name__
+        name = self._tool_name or getattr(fn, "__name__", None) or type(fn).__name__
         scope = Scope(_tool_options(name, self._tool_attrs))
         return scope(_record_io(name, fn))  # type: ignore[return-value]
 
@@ -224,4 +245,6 @@ def tool(
         return _ToolScope(None, None, attributes)(name_or_fn)
     if name_or_fn is not None:
         _check_name(name_or_fn, "tool name")
+    if arguments is not None and not isinstance(arguments, Mapping):
+        raise TypeError(f"arguments must be a mapping of names to values, got {arguments!r}")
     return _ToolScope(name_or_fn, arguments, attributes)
