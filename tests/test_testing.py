@@ -144,7 +144,8 @@ def test_spans_outside_block_are_not_captured() -> None:
     assert cap.spans == []
 
 
-def test_nested_capture_is_private() -> None:
+def test_nested_capture_gets_its_spans_and_the_outer_one_all() -> None:
+    before = _state.tracer
     with capture() as outer:
         with spangraph.step("a"):
             pass
@@ -152,8 +153,14 @@ def test_nested_capture_is_private() -> None:
             pass
         with spangraph.step("c"):
             pass
-    assert [s.name for s in outer.spans] == ["a", "c"]
+        given = TracerProvider()
+        with capture(given) as inner_given, spangraph.step("d"):
+            pass
+    assert [s.name for s in outer.spans] == ["a", "b", "c", "d"]
     assert [s.name for s in inner.spans] == ["b"]
+    assert [s.name for s in inner_given.spans] == ["d"]
+    assert _state.tracer is before
+    given.shutdown()
 
 
 def test_given_provider_is_used_and_not_shut_down() -> None:
@@ -161,12 +168,63 @@ def test_given_provider_is_used_and_not_shut_down() -> None:
     with capture(provider) as cap, spangraph.step("x"):
         pass
     assert [s.name for s in cap.spans] == ["x"]
-    # still usable: a span on it records
+    # still usable: a span on it records, and the capture has stopped capturing
     span = provider.get_tracer("t").start_span("later")
     assert span.is_recording()
     span.end()
-    assert [s.name for s in cap.spans] == ["x", "later"]
+    assert [s.name for s in cap.spans] == ["x"]
+    processors = provider._active_span_processor._span_processors
+    with capture(provider) as again, spangraph.step("y"):
+        pass
+    assert [s.name for s in again.spans] == ["y"] and [s.name for s in cap.spans] == ["x"]
+    assert provider._active_span_processor._span_processors == processors  # nothing added
     provider.shutdown()
+
+
+def test_captures_open_in_two_threads_each_get_all_spans_and_a_warning() -> None:
+    """The tracer is process-wide: a capture cannot tell whose thread a span is from, so
+    both get every span made while both are open (none is lost to the other), and the
+    second one warns."""
+    opened, go, made, done = (threading.Event() for _ in range(4))
+    seen: list[str] = []
+
+    def other() -> None:
+        with capture() as cap:
+            with spangraph.step("before"):
+                pass
+            opened.set()
+            go.wait(10)
+            with spangraph.step("theirs"):
+                pass
+            made.set()
+            done.wait(10)
+        seen.extend(s.name for s in cap.spans)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert opened.wait(10)
+    with (
+        pytest.warns(RuntimeWarning, match="capture is open in another thread"),
+        capture() as mine,
+    ):
+        go.set()
+        assert made.wait(10)
+        with spangraph.step("mine"):
+            pass
+        done.set()
+        thread.join(10)
+    assert [s.name for s in mine.spans] == ["theirs", "mine"]
+    assert seen == ["before", "theirs", "mine"]
+
+
+def test_has_event_compares_values_as_recorded() -> None:
+    with capture() as cap, spangraph.step("s"):
+        spangraph.event("e", items=[1, 2], config={"k": "v"}, none=None)
+    assert cap.has_event("e", items=[1, 2])
+    assert cap.has_event("e", items=(1, 2))
+    assert cap.has_event("e", config={"k": "v"})
+    assert cap.has_event("e", none=None)
+    assert not cap.has_event("e", items=[2, 1])
 
 
 def test_capture_is_thread_safe() -> None:

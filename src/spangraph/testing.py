@@ -4,21 +4,31 @@
 >>> with testing.capture() as cap:              # doctest: +SKIP
 ...     my_workflow()
 >>> assert cap.has_event("workflow.completed")  # doctest: +SKIP
+
+A capture gets every span that spangraph's API ends while its block is open, in any
+thread. Captures nest: the outer one gets the spans made inside the inner one too.
+spangraph's tracer is one for the whole process, so captures open at the same time in
+different threads each get the spans of all of them; :func:`capture` warns
+(``RuntimeWarning``) when a capture opens while one of another thread is open.
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 
 from . import _state
 from . import semconv as sc
+from ._attrs import clean_value
 from ._version import __version__
 
 __all__ = ["CapturedEvent", "SpanCapture", "capture"]
@@ -92,9 +102,12 @@ class SpanCapture(SpanProcessor):
         return [e.name for e in self.events()]
 
     def has_event(self, name: str, **attributes: Any) -> bool:
-        """True when some event has this name and (at least) these attribute values."""
+        """True when some event has this name and (at least) these attribute values,
+        each compared as given and as spangraph records it (a list as a tuple, a dict
+        as its JSON text)."""
         return any(
-            all(e.attributes.get(k) == v for k, v in attributes.items()) for e in self.events(name)
+            all(_same(e.attributes.get(k), v) for k, v in attributes.items())
+            for e in self.events(name)
         )
 
     def clear(self) -> None:
@@ -112,20 +125,82 @@ def _matches(event_name: str, pattern: str) -> bool:
     return event_name == pattern
 
 
+def _same(recorded: Any, expected: Any) -> bool:
+    return bool(recorded == expected or recorded == clean_value(expected))
+
+
+class _Open:
+    """One open :func:`capture` block."""
+
+    __slots__ = ("cap", "thread", "tracer")
+
+    def __init__(self, cap: SpanCapture, tracer: trace.Tracer) -> None:
+        self.cap = cap
+        self.tracer = tracer
+        self.thread = threading.get_ident()
+
+
+_lock = threading.Lock()
+_open: list[_Open] = []
+"""The open captures, oldest first; the newest one's tracer is spangraph's tracer."""
+_tracer_before: trace.Tracer | None = None
+"""spangraph's tracer from before the first of the open captures."""
+
+
+class _FanOut(SpanProcessor):
+    """Gives each span that ends to every open capture; on the providers captures use."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        for entry in list(_open):
+            entry.cap.on_end(span)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+_FAN_OUT = _FanOut()
+_fanned: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
+
+
 @contextmanager
 def capture(tracer_provider: TracerProvider | None = None) -> Iterator[SpanCapture]:
-    """Capture the spans spangraph's API makes inside the block.
+    """Capture the spans spangraph's API makes inside the block (in any thread).
 
-    Uses a private TracerProvider (so nothing is exported anywhere) unless one is given.
+    Uses a private TracerProvider (so nothing is exported anywhere) unless one is given;
+    a given one keeps its processors, and its spans too are captured while the block is
+    open. Nested captures: the outer one gets the inner one's spans too. Captures open
+    at the same time in different threads each get the spans of all of them (the
+    tracer is process-wide): a RuntimeWarning says so.
     """
+    global _tracer_before
     provider = tracer_provider or TracerProvider()
     cap = SpanCapture()
-    provider.add_span_processor(cap)
-    previous = _state.tracer
-    _state.tracer = provider.get_tracer(_state.INSTRUMENTATION_NAME, __version__)
+    entry = _Open(cap, provider.get_tracer(_state.INSTRUMENTATION_NAME, __version__))
+    with _lock:
+        if provider not in _fanned:
+            provider.add_span_processor(_FAN_OUT)
+            _fanned.add(provider)
+        shared = any(e.thread != entry.thread for e in _open)
+        if not _open:
+            _tracer_before = _state.tracer
+        _open.append(entry)
+        _state.tracer = entry.tracer
+    if shared:
+        warnings.warn(
+            "spangraph.testing.capture(): a capture is open in another thread; "
+            "spangraph's tracer is process-wide, so each of them gets the spans of both",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     try:
         yield cap
     finally:
-        _state.tracer = previous
+        with _lock:
+            _open.remove(entry)
+            if _open:
+                _state.tracer = _open[-1].tracer
+            else:
+                _state.tracer = _tracer_before  # type: ignore[assignment]
+                _tracer_before = None
         if tracer_provider is None:
             provider.shutdown()
