@@ -4,8 +4,11 @@ starts, attaches, detaches and finishes one span with its lifecycle events."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
@@ -16,7 +19,7 @@ from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, Tra
 
 from . import _state
 from . import semconv as sc
-from ._attrs import clean
+from ._attrs import clean, safe_str
 from ._ids import uuid7
 from .processors.live import emit_event
 
@@ -28,6 +31,58 @@ _RUN_KEY: Final = otel_context.create_key("spangraph-run")
 
 _CANCELLED: Final = (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)
 """Exceptions that end a span as ``cancelled`` rather than ``failed``."""
+
+MAX_ID_CHARS: Final = 1024
+"""Longest ``workflow_id``, ``execution_id`` or ``branch_id`` accepted: longer ids would be
+cut like any long value and could no longer be looked up."""
+
+_FRAME_KEYS: Final = frozenset(
+    {
+        sc.KIND,
+        sc.WORKFLOW_ID,
+        sc.WORKFLOW_NAME,
+        sc.EXECUTION_ID,
+        sc.BRANCH_ID,
+        sc.PROJECT_ID,
+        sc.STEP_ATTEMPT,
+        sc.STEP_MAX_ATTEMPTS,
+        sc.TIMEOUT_S,
+        sc.STATE,
+    }
+)
+"""Attribute keys every span of spangraph's gets from the SDK itself (never from input)."""
+
+RESERVED_KEYS: Final = frozenset(
+    value
+    for value in vars(sc).values()
+    if isinstance(value, str) and value.startswith("spangraph.")
+) - {sc.AGENT_ID, sc.USER_ID}
+"""``spangraph.*`` attribute keys the SDK sets: refused in user attributes (the keys
+``spangraph.agent.id`` and ``spangraph.user.id`` are for users to set)."""
+
+RESERVED_EVENTS: Final = frozenset(
+    {
+        sc.SPAN_STARTED,
+        sc.SPAN_ENDED,
+        sc.TOKEN,
+        "exception",
+        sc.WORKFLOW_STARTED,
+        sc.WORKFLOW_COMPLETED,
+        sc.WORKFLOW_FAILED,
+        sc.WORKFLOW_CANCELLED,
+        sc.STEP_STARTED,
+        sc.STEP_COMPLETED,
+        sc.STEP_FAILED,
+        sc.RETRY_SCHEDULED,
+        sc.RETRY_EXHAUSTED,
+        sc.SLEEP_STARTED,
+        sc.SLEEP_COMPLETED,
+        sc.TIMEOUT_SET,
+        sc.TIMEOUT_EXCEEDED,
+    }
+)
+"""Event names a custom event may not take: the live message types and the lifecycle
+events the SDK records by itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +110,8 @@ def _add_event(span: Span, name: str, attributes: Mapping[str, Any] | None = Non
 
 def span_context_of(target: Any) -> SpanContext:
     """The SpanContext of a handle, span, SpanContext or ``"{trace_id}-{span_id}"`` ref."""
-    if isinstance(target, Handle):
+    if isinstance(target, Handle):  # invalid only where tracing is off: nothing is recorded
         return target.span.get_span_context()
-    if isinstance(target, SpanContext):
-        return target
     if isinstance(target, str):
         trace_hex, _, span_hex = target.strip().partition("-")
         try:
@@ -77,10 +130,17 @@ def span_context_of(target: Any) -> SpanContext:
         if not ctx.is_valid:
             raise ValueError(f"not a valid span ref: {target!r}")
         return ctx
-    get_ctx = getattr(target, "get_span_context", None)
-    if callable(get_ctx):
-        return get_ctx()
-    raise TypeError(f"expected a spangraph handle, a span, a SpanContext or a ref, got {target!r}")
+    if isinstance(target, SpanContext):
+        ctx = target
+    elif callable(get_ctx := getattr(target, "get_span_context", None)):
+        ctx = get_ctx()
+    else:
+        raise TypeError(
+            f"expected a spangraph handle, a span, a SpanContext or a ref, got {target!r}"
+        )
+    if not isinstance(ctx, SpanContext) or not ctx.is_valid:
+        raise ValueError(f"not a valid span (its span context is invalid): {target!r}")
+    return ctx
 
 
 def link_to(target: Any, link_type: str) -> Link:
@@ -93,7 +153,40 @@ def _error_attrs(exc: BaseException) -> dict[str, Any]:
     qualname = (
         cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
     )
-    return {sc.ERROR_TYPE: qualname, sc.ERROR_MESSAGE: str(exc)}
+    return {sc.ERROR_TYPE: qualname, sc.ERROR_MESSAGE: safe_str(exc)}
+
+
+def _record_exception(span: Span, exc: BaseException, now: int) -> None:
+    """OTel's ``exception`` event, also for an exception whose ``__str__`` raises (which
+    ``span.record_exception`` would raise in turn)."""
+    message = safe_str(exc)
+    try:
+        span.record_exception(exc, timestamp=now)
+    except Exception:
+        cls = type(exc)
+        module = cls.__module__
+        try:
+            stacktrace = "".join(traceback.format_exception(exc))
+        except Exception:
+            stacktrace = ""
+        span.add_event(
+            "exception",
+            {
+                "exception.type": cls.__qualname__
+                if module == "builtins"
+                else f"{module}.{cls.__qualname__}",
+                "exception.message": message,
+                "exception.stacktrace": stacktrace,
+                "exception.escaped": "False",
+            },
+            timestamp=now,
+        )
+    emit_event(
+        span,
+        "exception",
+        {"exception.type": type(exc).__qualname__, "exception.message": message},
+        now,
+    )
 
 
 class Handle:
@@ -136,11 +229,13 @@ class Handle:
 
     def event(self, name: str, /, **attributes: Any) -> None:
         """Add an event to this span (also sent live at once)."""
-        _check_name(name, "event name")
+        _check_event_name(name)
         _add_event(self.span, name, attributes)
 
     def set(self, **attributes: Any) -> None:
-        """Set attributes on this span (values of any type; see the docs)."""
+        """Set attributes on this span (values of any type; see the docs); the
+        ``spangraph.*`` keys the SDK sets itself are refused."""
+        _check_attributes(attributes, "set()")
         self.span.set_attributes(clean(attributes))
 
     def _elapsed_ms(self) -> float:
@@ -165,14 +260,59 @@ class WorkflowRun(Handle):
         _add_event(self.span, sc.WORKFLOW_RESUMED, attributes)
 
 
-def _default_name(fn: Callable[..., Any]) -> str:
-    """A function's qualified name without ``<locals>`` parts (``Agent.run``, ``fetch``)."""
-    return fn.__qualname__.rsplit("<locals>.", 1)[-1]
+def _default_name(fn: Any) -> str:
+    """A function's qualified name without ``<locals>`` parts (``Agent.run``, ``fetch``):
+    for a ``functools.partial`` or a static or class method, the function's inside; for
+    another callable object, its class's."""
+    while True:
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif isinstance(fn, staticmethod | classmethod):
+            fn = fn.__func__
+        else:
+            break
+    name = getattr(fn, "__qualname__", None)
+    if not isinstance(name, str) or not name.strip():
+        name = getattr(fn, "__name__", None)
+    if not isinstance(name, str) or not name.strip():
+        name = type(fn).__qualname__
+    return name.rsplit("<locals>.", 1)[-1]
 
 
 def _check_name(name: object, what: str) -> None:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{what} must be a non-empty string, got {name!r}")
+
+
+def _check_id(value: object, what: str) -> None:
+    """An id (``workflow_id``, ``execution_id``, ``branch_id``): a non-blank string of at
+    most :data:`MAX_ID_CHARS` characters."""
+    _check_name(value, what)
+    if len(value) > MAX_ID_CHARS:  # type: ignore[arg-type]
+        raise ValueError(
+            f"{what} must be at most {MAX_ID_CHARS} characters, got {len(value)}"  # type: ignore[arg-type]
+        )
+
+
+def _check_event_name(name: object) -> None:
+    _check_name(name, "event name")
+    if name in RESERVED_EVENTS:
+        raise ValueError(
+            f"event name {name!r} is reserved: the SDK records it itself (or it is a live "
+            "message type); give a custom event a name of its own"
+        )
+
+
+def _check_attributes(attributes: Mapping[str, Any] | None, what: str) -> None:
+    """Refuse the ``spangraph.*`` keys the SDK sets (they would move a span out of its run
+    or change its kind or state)."""
+    if attributes:
+        reserved = sorted(k for k in attributes if k in RESERVED_KEYS)
+        if reserved:
+            raise ValueError(
+                f"{what}: {', '.join(reserved)} {'is' if len(reserved) == 1 else 'are'} set by "
+                "spangraph itself and cannot be given as attributes"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,25 +372,31 @@ class _Frame:
                 attrs[sc.STEP_MAX_ATTEMPTS] = opts.retries + 1
         if opts.timeout is not None:
             attrs[sc.TIMEOUT_S] = opts.timeout
-        attrs.update(clean(opts.attributes))
-        span = _state.tracer.start_span(name, attributes=attrs, links=links or None)
+        # the SDK's own keys win over the caller's
+        given = {k: v for k, v in clean(opts.attributes).items() if k not in _FRAME_KEYS}
+        span = _state.tracer.start_span(name, attributes={**given, **attrs}, links=links or None)
         ctx = trace.set_span_in_context(span)
         if run is not parent_run and run is not None:
             ctx = otel_context.set_value(_RUN_KEY, run, ctx)
         self.ctx = ctx
         self.kind = kind
         self.lifecycle = kind in (sc.KIND_WORKFLOW, sc.KIND_STEP)
-        handle_cls = opts.handle_cls or (WorkflowRun if kind == sc.KIND_WORKFLOW else Handle)
-        self.handle = handle_cls(span, kind, run, attempt)
-        self.on_finish = opts.on_finish
+        self.on_finish = None
         self.token: object | None = None
         self.timeout_cm: Any = None
-        if self.lifecycle:
-            _add_event(span, f"{kind}.started", {sc.EVENT_ATTEMPT: attempt})
-        if opts.timeout is not None:
-            _add_event(span, sc.TIMEOUT_SET, {sc.EVENT_TIMEOUT_MS: opts.timeout * 1000})
-        if opts.on_enter is not None:
-            opts.on_enter(self.handle)
+        handle_cls = opts.handle_cls or (WorkflowRun if kind == sc.KIND_WORKFLOW else Handle)
+        self.handle = handle_cls(span, kind, run, attempt)
+        try:
+            if self.lifecycle:
+                _add_event(span, f"{kind}.started", {sc.EVENT_ATTEMPT: attempt})
+            if opts.timeout is not None:
+                _add_event(span, sc.TIMEOUT_SET, {sc.EVENT_TIMEOUT_MS: opts.timeout * 1000})
+            if opts.on_enter is not None:
+                opts.on_enter(self.handle)
+        except BaseException as exc:  # the span started: end it before raising
+            self.finish(exc)
+            raise
+        self.on_finish = opts.on_finish
 
     def attach(self) -> None:
         self.token = otel_context.attach(self.ctx)
@@ -261,10 +407,18 @@ class _Frame:
             self.token = None
 
     def finish(self, exc: BaseException | None, *, timed_out: float | None = None) -> None:
+        """End the span with the outcome ``exc``; never raises an ``Exception`` (what fails
+        while recording the outcome is logged and the span is ended all the same)."""
+        span = self.handle.span
+        try:
+            if span.is_recording():
+                self._finish(exc, timed_out)
+        except Exception:
+            _end_anyway(span, exc)
+
+    def _finish(self, exc: BaseException | None, timed_out: float | None) -> None:
         handle = self.handle
         span = handle.span
-        if not span.is_recording():
-            return
         if self.on_finish is not None:
             try:
                 self.on_finish(handle, exc)
@@ -284,22 +438,43 @@ class _Frame:
                 _add_event(span, sc.WORKFLOW_CANCELLED, {**common, **_error_attrs(exc)})
         else:
             span.set_attribute(sc.STATE, sc.STATE_FAILED)
-            now = time.time_ns()
-            span.record_exception(exc, timestamp=now)
-            emit_event(
-                span,
-                "exception",
-                {"exception.type": type(exc).__qualname__, "exception.message": str(exc)},
-                now,
-            )
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            _record_exception(span, exc, time.time_ns())
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {safe_str(exc)}"))
             if self.lifecycle:
                 _add_event(span, f"{self.kind}.failed", {**common, **_error_attrs(exc)})
         span.end()
 
 
+def _state_of(exc: BaseException | None) -> str:
+    if exc is None:
+        return sc.STATE_COMPLETED
+    return sc.STATE_CANCELLED if isinstance(exc, _CANCELLED) else sc.STATE_FAILED
+
+
+def _end_anyway(span: Span, exc: BaseException | None) -> None:
+    """End ``span`` with its state after recording its outcome failed, e.g. with a
+    RecursionError near the recursion limit: with some room above the limit, so that
+    ending it (and the processors' ``on_end``) can run there too."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + 200)
+    try:
+        if span.is_recording():
+            span.set_attribute(sc.STATE, _state_of(exc))
+            span.end()
+        _log.warning("spangraph: recording the end of span %r failed", span, exc_info=True)
+    except Exception:
+        pass  # nothing more can be done; the user's code goes on
+    finally:
+        try:
+            sys.setrecursionlimit(limit)
+        except Exception:
+            pass
+
+
 def _retry_delay(opts: _Options, attempt: int) -> float:
-    return min(opts.backoff * (2 ** (attempt - 1)), opts.backoff_max)
+    # a float power, its exponent capped below 1024 where it would overflow; the product
+    # may be inf, which backoff_max caps (0.0 * 2**1025 raised OverflowError)
+    return min(opts.backoff * 2.0 ** min(attempt - 1, 1023), opts.backoff_max)
 
 
 def _timed_out(frame: _Frame, exc: BaseException | None, timeout: float | None) -> float | None:

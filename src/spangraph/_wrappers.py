@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 from opentelemetry.trace import Link
@@ -25,6 +28,8 @@ from ._spans import (
     _retry_delay,
     _timed_out,
 )
+
+_log = logging.getLogger("spangraph")
 
 
 def _no_retry_timeout(opts: _Options, what: str, *, allow_timeout: bool) -> None:
@@ -46,16 +51,19 @@ def _on_failure(opts: _Options, frame: _Frame, attempt: int, exc: BaseException)
     retryable = isinstance(exc, opts.retry_on) and not isinstance(exc, _CANCELLED)
     if not opts.retries or not retryable:
         return None
-    if attempt <= opts.retries:
-        delay = _retry_delay(opts, attempt)
-        _add_event(
-            span,
-            sc.RETRY_SCHEDULED,
-            {sc.EVENT_ATTEMPT: attempt, sc.EVENT_DELAY_MS: delay * 1000, **_error_attrs(exc)},
-        )
-        return delay
-    _add_event(span, sc.RETRY_EXHAUSTED, {sc.EVENT_ATTEMPT: attempt, **_error_attrs(exc)})
-    return None
+    delay = _retry_delay(opts, attempt) if attempt <= opts.retries else None
+    try:
+        if delay is not None:
+            _add_event(
+                span,
+                sc.RETRY_SCHEDULED,
+                {sc.EVENT_ATTEMPT: attempt, sc.EVENT_DELAY_MS: delay * 1000, **_error_attrs(exc)},
+            )
+        else:
+            _add_event(span, sc.RETRY_EXHAUSTED, {sc.EVENT_ATTEMPT: attempt, **_error_attrs(exc)})
+    except Exception:  # recording must not stop the retry nor replace the exception
+        _log.warning("spangraph: recording a retry of %r failed", frame.handle.name, exc_info=True)
+    return delay
 
 
 def _attempt_number(opts: _Options, attempt: int) -> int | None:
@@ -77,19 +85,56 @@ def _wrap_sync(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                delay = _on_failure(opts, frame, attempt, exc)
-                frame.finish(exc)
-                frame.detach()
+                try:
+                    delay = _on_failure(opts, frame, attempt, exc)
+                    frame.finish(exc)
+                finally:
+                    frame.detach()
                 if delay is None:
                     raise
                 time.sleep(delay)
                 previous, attempt = frame, attempt + 1
                 continue
-            frame.finish(None)
-            frame.detach()
+            if inspect.iscoroutine(result):  # async work: the span covers it, not the call
+                frame.detach()
+                return _covered(frame, result)
+            try:
+                frame.finish(None)
+            finally:
+                frame.detach()
             return result
 
     return wrapper
+
+
+def _covered(frame: _Frame, coro: Coroutine[Any, Any, Any]) -> Coroutine[Any, Any, Any]:
+    """A coroutine that awaits ``coro`` with ``frame``'s span current and ends the span
+    with its outcome; a coroutine dropped without being awaited ends it ``cancelled``."""
+
+    async def run() -> Any:
+        frame.attach()
+        try:
+            result = await coro
+        except BaseException as exc:
+            try:
+                frame.finish(exc)
+            finally:
+                frame.detach()
+            raise
+        try:
+            frame.finish(None)
+        finally:
+            frame.detach()
+        return result
+
+    outer = run()
+    weakref.finalize(outer, _drop, frame, coro)
+    return outer
+
+
+def _drop(frame: _Frame, coro: Coroutine[Any, Any, Any]) -> None:
+    frame.finish(GeneratorExit())
+    coro.close()  # no "never awaited" warning for what the span already reports
 
 
 def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,17 +157,21 @@ def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
                 else:
                     result = await fn(*args, **kwargs)
             except BaseException as exc:
-                timed_out = _timed_out(frame, exc, opts.timeout)
-                delay = _on_failure(opts, frame, attempt, exc)
-                frame.finish(exc, timed_out=timed_out)
-                frame.detach()
+                try:
+                    timed_out = _timed_out(frame, exc, opts.timeout)
+                    delay = _on_failure(opts, frame, attempt, exc)
+                    frame.finish(exc, timed_out=timed_out)
+                finally:
+                    frame.detach()
                 if delay is None:
                     raise
                 await asyncio.sleep(delay)
                 previous, attempt = frame, attempt + 1
                 continue
-            frame.finish(None)
-            frame.detach()
+            try:
+                frame.finish(None)
+            finally:
+                frame.detach()
             return result
 
     return wrapper

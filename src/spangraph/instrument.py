@@ -10,12 +10,13 @@ the span's never leaks out.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, overload
+from typing import Any, Final, overload
 
 from opentelemetry import trace
 from opentelemetry.trace import Span
@@ -27,6 +28,9 @@ from ._spans import (
     RunIds,
     WorkflowRun,
     _add_event,
+    _check_attributes,
+    _check_event_name,
+    _check_id,
     _check_name,
     _default_name,
     _Frame,
@@ -83,8 +87,15 @@ class Scope:
         frame = _Frame(self._opts, self._opts.name or "", self._first_attempt(), self._opts.links)
         frame.attach()
         if self._opts.timeout is not None:
-            frame.timeout_cm = asyncio.timeout(self._opts.timeout)
-            await frame.timeout_cm.__aenter__()
+            try:
+                frame.timeout_cm = asyncio.timeout(self._opts.timeout)
+                await frame.timeout_cm.__aenter__()
+            except BaseException as exc:  # e.g. not inside a task
+                try:
+                    frame.finish(exc)
+                finally:
+                    frame.detach()
+                raise
         self._frames.append(frame)
         return frame.handle
 
@@ -120,16 +131,19 @@ class Scope:
     # -- decorator ------------------------------------------------------------------------
 
     def __call__(self, fn: F) -> F:
+        if isinstance(fn, staticmethod | classmethod):  # @step above @staticmethod
+            return type(fn)(self(fn.__func__))  # type: ignore[return-value]
         if not callable(fn):
             raise TypeError(f"{self._opts.kind}() decorates a function, got {fn!r}")
         opts = self._opts if self._opts.name else replace(self._opts, name=_default_name(fn))
-        if inspect.isasyncgenfunction(fn):
+        code = _code_of(fn)
+        if inspect.isasyncgenfunction(code):
             _no_retry_timeout(opts, "async generator", allow_timeout=False)
             return _wrap_async_gen(opts, fn)  # type: ignore[return-value]
-        if inspect.isgeneratorfunction(fn):
+        if inspect.isgeneratorfunction(code):
             _no_retry_timeout(opts, "generator", allow_timeout=False)
             return _wrap_gen(opts, fn)  # type: ignore[return-value]
-        if inspect.iscoroutinefunction(fn):
+        if inspect.iscoroutinefunction(code):
             return _wrap_async(opts, fn)  # type: ignore[return-value]
         if opts.timeout is not None:
             raise TypeError(
@@ -139,28 +153,55 @@ class Scope:
         return _wrap_sync(opts, fn)  # type: ignore[return-value]
 
 
+def _code_of(fn: Any) -> Any:
+    """What tells whether ``fn`` is async or a generator: ``fn`` itself for functions,
+    methods and partials (``inspect`` looks through those), else a callable object's
+    ``__call__``."""
+    if inspect.isroutine(fn) or isinstance(fn, functools.partial | type):
+        return fn
+    return type(fn).__call__
+
+
 # -- public factories -------------------------------------------------------------------
+
+MAX_RETRIES: Final = 10_000
+"""Most retries ``step(retries=)`` accepts."""
+
+MAX_BACKOFF_S: Final = 86_400.0
+"""Largest ``backoff`` and ``backoff_max`` in seconds (a day)."""
 
 
 def _make(kind: str, name_or_fn: Any, kwargs: dict[str, Any]) -> Any:
     attributes = kwargs.pop("attributes", None) or {}
-    if name_or_fn is not None and not isinstance(name_or_fn, str) and not callable(name_or_fn):
+    is_fn = callable(name_or_fn) or isinstance(name_or_fn, staticmethod | classmethod)
+    if name_or_fn is not None and not isinstance(name_or_fn, str) and not is_fn:
         raise TypeError(f"{kind}() takes a name or a function, got {name_or_fn!r}")
     name = name_or_fn if isinstance(name_or_fn, str) else kwargs.pop("name", None)
     if name is not None:
         _check_name(name, f"{kind} name")
+    attributes = dict(attributes)
+    _check_attributes(attributes, f"{kind}(attributes=)")
+    for key in ("workflow_id", "execution_id"):
+        if kwargs.get(key) is not None:
+            _check_id(kwargs[key], key)
     retries = kwargs.get("retries", 0)
-    if not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise ValueError(f"retries must be a whole number from 0 to {MAX_RETRIES}, got {retries!r}")
+    if not 0 <= retries <= MAX_RETRIES:
+        raise ValueError(f"retries must be a whole number from 0 to {MAX_RETRIES}, got {retries!r}")
+    if "retries" in kwargs:
+        kwargs["retries"] = int(retries)  # a plain int on the span (not an IntEnum's text)
     for key in ("backoff", "backoff_max"):
-        if key in kwargs and not (_seconds(kwargs[key]) and kwargs[key] >= 0):
-            raise ValueError(f"{key} must be a finite number of seconds >= 0, got {kwargs[key]!r}")
+        if key in kwargs and not (_seconds(kwargs[key]) and 0 <= kwargs[key] <= MAX_BACKOFF_S):
+            raise ValueError(
+                f"{key} must be a finite number of seconds from 0 to {MAX_BACKOFF_S:g}, "
+                f"got {kwargs[key]!r}"
+            )
     timeout = kwargs.get("timeout")
     if timeout is not None and not (_seconds(timeout) and timeout > 0):
         raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
-    retry_on = kwargs.get("retry_on")
-    if retry_on is not None:
-        kwargs["retry_on"] = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if "retry_on" in kwargs:
+        kwargs["retry_on"] = _exception_classes(kwargs["retry_on"])
     links = []
     for key, link_type in (("resumed_from", sc.LINK_RESUMED_FROM), ("retry_of", sc.LINK_RETRY_OF)):
         target = kwargs.pop(key, None)
@@ -168,11 +209,22 @@ def _make(kind: str, name_or_fn: Any, kwargs: dict[str, Any]) -> Any:
             links.append(link_to(target, link_type))
     if links:
         kwargs["links"] = tuple(links)
-    opts = _Options(kind=kind, name=name, attributes=dict(attributes), **kwargs)
+    opts = _Options(kind=kind, name=name, attributes=attributes, **kwargs)
     scope = Scope(opts)
-    if callable(name_or_fn) and not isinstance(name_or_fn, str):
+    if is_fn and not isinstance(name_or_fn, str):
         return scope(name_or_fn)
     return scope
+
+
+def _exception_classes(retry_on: object) -> tuple[type[BaseException], ...]:
+    classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise TypeError(
+                "retry_on must be an exception class or a tuple of exception classes, "
+                f"got {retry_on!r}"
+            )
+    return classes  # type: ignore[return-value]
 
 
 @overload
@@ -229,7 +281,9 @@ def step(name_or_fn: Any = None, /, **kwargs: Any) -> Any:
     ``retries=N`` (decorator only) re-runs a failing call up to N more times, each
     attempt its own span linked to the previous one (``retry_of``), waiting
     ``backoff * 2**(attempt-1)`` seconds (at most ``backoff_max``) in between, and records
-    ``retry.scheduled`` / ``retry.exhausted``. ``timeout=`` (async only) cancels the step
+    ``retry.scheduled`` / ``retry.exhausted``; ``retries`` is at most :data:`MAX_RETRIES`,
+    ``backoff`` and ``backoff_max`` at most :data:`MAX_BACKOFF_S`, and ``retry_on`` an
+    exception class or a tuple of them. ``timeout=`` (async only) cancels the step
     after that many seconds, records ``timeout.exceeded`` and raises ``TimeoutError``.
     ``retry_of`` (a handle or its ``ref``) links a step re-run in another trace or process
     to the attempt it retries.
@@ -265,7 +319,7 @@ def event(name: str, /, **attributes: Any) -> bool:
     Attribute values may be of any type: unsupported ones become text, long ones are
     truncated with a marker. Returns ``False`` when no span is recording.
     """
-    _check_name(name, "event name")
+    _check_event_name(name)
     span = trace.get_current_span()
     if not span.is_recording():
         return False

@@ -1,0 +1,471 @@
+"""Robustness and input checks of workflow / step: exceptions that cannot be printed,
+failures while a span starts or ends, retry bounds, async callables and coroutines,
+names of partials and callable objects, static and class methods, reserved attribute
+keys and event names, ids and monitor targets."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
+
+import spangraph
+from spangraph import queries
+from spangraph import semconv as sc
+from spangraph._spans import MAX_ID_CHARS, _Options, _retry_delay
+from spangraph.instrument import MAX_BACKOFF_S, MAX_RETRIES, Scope
+from spangraph.testing import SpanCapture, capture
+
+
+@pytest.fixture
+def cap() -> Iterator[SpanCapture]:
+    with capture() as c:
+        yield c
+
+
+def one(cap: SpanCapture, name: str) -> ReadableSpan:
+    found = cap.find(name)
+    assert len(found) == 1, [s.name for s in cap.spans]
+    return found[0]
+
+
+def state(span: ReadableSpan) -> Any:
+    return (span.attributes or {}).get(sc.STATE)
+
+
+def event_attrs(span: ReadableSpan, name: str) -> dict[str, Any]:
+    found = [dict(e.attributes or {}) for e in span.events if e.name == name]
+    assert len(found) == 1, [e.name for e in span.events]
+    return found[0]
+
+
+def no_span_current() -> bool:
+    return not trace.get_current_span().get_span_context().is_valid
+
+
+class Tracker(SpanProcessor):
+    """Every span started and every span ended."""
+
+    def __init__(self) -> None:
+        self.started: dict[int, str] = {}
+        self.ended: set[int] = set()
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.started[span.context.span_id] = span.name
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended.add(span.context.span_id)  # type: ignore[union-attr]
+
+    def never_ended(self) -> list[str]:
+        return [name for sid, name in self.started.items() if sid not in self.ended]
+
+
+# -- exceptions whose __str__ raises ---------------------------------------------------
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("boom in __str__")
+
+
+def _failed_with_bad_str(span: ReadableSpan) -> None:
+    assert state(span) == sc.STATE_FAILED
+    assert span.end_time is not None
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "BadStr: <unprintable BadStr>"
+    failed = event_attrs(span, "step.failed" if span.name != "w" else "workflow.failed")
+    assert failed[sc.ERROR_MESSAGE] == "<unprintable BadStr>"
+    assert failed[sc.ERROR_TYPE].endswith("BadStr")
+    exception = event_attrs(span, "exception")
+    assert exception["exception.message"] == "<unprintable BadStr>"
+    assert exception["exception.type"].endswith("BadStr")
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_unprintable_exception_is_reraised_from_a_step(cap: SpanCapture, retries: int) -> None:
+    raised = BadStr()
+
+    @spangraph.step(retries=retries, backoff=0)
+    def f() -> None:
+        raise raised
+
+    with pytest.raises(BadStr) as info:
+        f()
+    assert info.value is raised
+    assert no_span_current()
+    spans = cap.find("f")
+    assert len(spans) == retries + 1
+    for span in spans:
+        _failed_with_bad_str(span)
+    if retries:
+        assert event_attrs(spans[0], "retry.scheduled")[sc.ERROR_MESSAGE] == "<unprintable BadStr>"
+
+
+def test_unprintable_exception_is_reraised_from_blocks(cap: SpanCapture) -> None:
+    with pytest.raises(BadStr), spangraph.workflow("w"):
+        raise BadStr()
+    assert no_span_current()
+    _failed_with_bad_str(one(cap, "w"))
+
+    async def main() -> None:
+        @spangraph.step
+        async def a() -> None:
+            raise BadStr()
+
+        with pytest.raises(BadStr):
+            await a()
+        with pytest.raises(BadStr):
+            async with spangraph.step("b"):
+                raise BadStr()
+        assert no_span_current()
+
+    asyncio.run(main())
+    _failed_with_bad_str(one(cap, "a"))
+    _failed_with_bad_str(one(cap, "b"))
+
+
+def test_spans_end_when_recursion_hits_the_limit() -> None:
+    tp = TracerProvider()
+    tracker = Tracker()
+    tp.add_span_processor(tracker)
+
+    @spangraph.step
+    def rec(n: int) -> int:
+        return rec(n + 1)
+
+    limit = sys.getrecursionlimit()
+    with capture(tp), spangraph.workflow("recursion"), pytest.raises(RecursionError):
+        rec(0)
+    assert sys.getrecursionlimit() == limit
+    assert len(tracker.started) > 10
+    assert tracker.never_ended() == []
+    assert no_span_current()
+
+
+def test_a_failure_while_starting_ends_the_span(cap: SpanCapture) -> None:
+    def on_enter(handle: Any) -> None:
+        raise LookupError("setting up failed")
+
+    scope = Scope(_Options(kind=sc.KIND_TOOL, name="t", attributes={}, on_enter=on_enter))
+    with pytest.raises(LookupError), scope:
+        pass
+    assert no_span_current()
+    span = one(cap, "t")
+    assert state(span) == sc.STATE_FAILED
+    assert span.end_time is not None
+
+
+# -- retries ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["ValueError", 42, [ValueError], None, object, (ValueError, 1)])
+def test_retry_on_must_be_exception_classes(bad: Any) -> None:
+    with pytest.raises(TypeError, match="retry_on"):
+        spangraph.step("s", retries=2, retry_on=bad)
+
+
+def test_retry_on_accepts_a_class_or_a_tuple(cap: SpanCapture) -> None:
+    calls: list[int] = []
+
+    @spangraph.step(retries=2, backoff=0, retry_on=KeyError)
+    def f() -> None:
+        calls.append(1)
+        raise KeyError("x")
+
+    @spangraph.step(retries=2, backoff=0, retry_on=(ValueError, KeyError))
+    def g() -> None:
+        calls.append(2)
+        raise KeyError("x")
+
+    for fn in (f, g):
+        with pytest.raises(KeyError):
+            fn()
+    assert calls == [1, 1, 1, 2, 2, 2]
+
+
+def test_many_retries_do_not_overflow(cap: SpanCapture) -> None:
+    calls = {"n": 0}
+
+    @spangraph.step(retries=1100, backoff=0.0)
+    def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] < 1050:
+            raise ConnectionError(f"try {calls['n']}")
+        return "ok"
+
+    assert flaky() == "ok"
+    assert len(cap.find("flaky")) == 1050
+    opts = _Options(kind=sc.KIND_STEP, name="s", attributes={}, retries=MAX_RETRIES, backoff=1.0)
+    assert _retry_delay(opts, MAX_RETRIES) == opts.backoff_max
+    assert _retry_delay(replace_backoff(opts, 0.0), MAX_RETRIES) == 0.0
+    assert _retry_delay(replace_backoff(opts, MAX_BACKOFF_S), 2000) == opts.backoff_max
+
+
+def replace_backoff(opts: _Options, backoff: float) -> _Options:
+    return _Options(
+        kind=opts.kind, name=opts.name, attributes={}, retries=opts.retries, backoff=backoff
+    )
+
+
+@pytest.mark.parametrize("bad", [True, False, -1, MAX_RETRIES + 1, 2**64, 1.0, "3"])
+def test_retries_bounds(bad: Any) -> None:
+    with pytest.raises(ValueError, match="retries"):
+        spangraph.step("s", retries=bad)
+
+
+@pytest.mark.parametrize("key", ["backoff", "backoff_max"])
+@pytest.mark.parametrize("bad", [1e308, MAX_BACKOFF_S * 2, -0.5, True])
+def test_backoff_bounds(key: str, bad: Any) -> None:
+    with pytest.raises(ValueError, match=key):
+        spangraph.step("s", retries=1, **{key: bad})
+
+
+def test_largest_retries_and_backoff_are_accepted(cap: SpanCapture) -> None:
+    @spangraph.step(retries=MAX_RETRIES, backoff=MAX_BACKOFF_S, backoff_max=MAX_BACKOFF_S)
+    def f() -> int:
+        return 1
+
+    assert f() == 1
+    assert one(cap, "f").attributes[sc.STEP_MAX_ATTEMPTS] == MAX_RETRIES + 1  # type: ignore[index]
+
+
+# -- async work ------------------------------------------------------------------------
+
+
+async def _work(fail: bool) -> str:
+    await asyncio.sleep(0)
+    with spangraph.step("inner"):
+        pass
+    if fail:
+        raise ValueError("failed inside")
+    return "done"
+
+
+class AsyncCallable:
+    async def __call__(self, fail: bool) -> str:
+        return await _work(fail)
+
+
+class AsyncGenCallable:
+    async def __call__(self) -> Any:
+        for i in range(2):
+            yield i
+
+
+def _covers_inner(cap: SpanCapture, name: str, expected: list[str]) -> None:
+    outer = cap.find(name)
+    assert [state(s) for s in outer] == expected
+    inner = cap.find("inner")
+    assert len(inner) == len(outer)
+    for o, i in zip(outer, inner, strict=True):
+        assert i.parent is not None and i.parent.span_id == o.context.span_id
+        assert o.end_time is not None and i.end_time is not None and o.end_time >= i.end_time
+
+
+@pytest.mark.parametrize("how", ["object", "returns-coroutine"])
+def test_async_work_is_covered_by_its_span(cap: SpanCapture, how: str) -> None:
+    if how == "object":
+        fn: Any = spangraph.step("outer")(AsyncCallable())
+    else:
+
+        @spangraph.step("outer")
+        def fn(fail: bool) -> Any:
+            return _work(fail)
+
+    async def main() -> None:
+        assert await fn(False) == "done"
+        with pytest.raises(ValueError, match="failed inside"):
+            await fn(True)
+        assert no_span_current()
+
+    asyncio.run(main())
+    _covers_inner(cap, "outer", [sc.STATE_COMPLETED, sc.STATE_FAILED])
+
+
+def test_a_returned_coroutine_runs_as_a_task(cap: SpanCapture) -> None:
+    @spangraph.step("outer")
+    def fn() -> Any:
+        return _work(False)
+
+    assert asyncio.run(fn()) == "done"  # asyncio.run takes coroutines only
+    _covers_inner(cap, "outer", [sc.STATE_COMPLETED])
+
+
+def test_a_returned_coroutine_never_awaited_ends_its_span(cap: SpanCapture) -> None:
+    @spangraph.step("outer")
+    def fn() -> Any:
+        return _work(False)
+
+    with pytest.warns(RuntimeWarning, match="never awaited"):
+        coro = fn()
+        assert no_span_current()
+        del coro
+        gc.collect()
+    assert state(one(cap, "outer")) == sc.STATE_CANCELLED
+    assert cap.find("inner") == []
+
+
+def test_async_generator_callable_object(cap: SpanCapture) -> None:
+    gen = spangraph.step("agen")(AsyncGenCallable())
+
+    async def main() -> list[int]:
+        return [i async for i in gen()]
+
+    assert asyncio.run(main()) == [0, 1]
+    assert state(one(cap, "agen")) == sc.STATE_COMPLETED
+
+
+# -- names, static and class methods ---------------------------------------------------
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+class Doubler:
+    def __call__(self, x: int) -> int:
+        return 2 * x
+
+
+def test_default_names_of_partials_and_callable_objects(cap: SpanCapture) -> None:
+    assert spangraph.step(functools.partial(add, 1))(2) == 3
+    assert spangraph.workflow(functools.partial(functools.partial(add), 1))(2) == 3
+    assert spangraph.step(Doubler())(4) == 8
+    assert [s.name for s in cap.spans] == ["add", "add", "Doubler"]
+
+
+def test_step_over_staticmethod_and_classmethod(cap: SpanCapture) -> None:
+    class Agent:
+        @spangraph.step
+        @staticmethod
+        def plan(goal: str) -> str:
+            return f"plan for {goal}"
+
+        @spangraph.step("make")
+        @classmethod
+        def make(cls, n: int) -> tuple[type, int]:
+            return cls, n
+
+        @spangraph.step
+        @classmethod
+        async def amake(cls) -> type:
+            return cls
+
+    class SubAgent(Agent):
+        pass
+
+    assert Agent().plan("x") == "plan for x"
+    assert Agent.plan("y") == "plan for y"
+    assert SubAgent().make(1) == (SubAgent, 1)
+    assert Agent.make(2) == (Agent, 2)
+    assert asyncio.run(SubAgent.amake()) is SubAgent
+    assert [s.name for s in cap.spans] == [
+        "Agent.plan",
+        "Agent.plan",
+        "make",
+        "make",
+        "Agent.amake",
+    ]
+    assert isinstance(Agent.__dict__["plan"], staticmethod)
+    assert isinstance(Agent.__dict__["make"], classmethod)
+
+
+# -- reserved attribute keys and event names -------------------------------------------
+
+
+def test_reserved_keys_are_refused(cap: SpanCapture) -> None:
+    with spangraph.workflow("w"), spangraph.step("s") as s:
+        with pytest.raises(ValueError, match=re.escape(sc.WORKFLOW_ID)):
+            s.set(**{sc.WORKFLOW_ID: "someone-else", "other": 1})
+        with pytest.raises(ValueError, match=re.escape(sc.KIND)):
+            s.set(**{sc.KIND: "workflow"})
+        s.set(**{sc.AGENT_ID: "a1", sc.USER_ID: "u1"})  # for users to set
+    for key in (sc.WORKFLOW_ID, sc.STEP_ATTEMPT, sc.STATE, sc.DECISION_CHOSEN):
+        with pytest.raises(ValueError, match=re.escape(key)):
+            spangraph.step("x", attributes={key: "x"})
+        with pytest.raises(ValueError, match=re.escape(key)):
+            spangraph.workflow("x", attributes={key: "x"})
+    attrs = one(cap, "s").attributes or {}
+    assert "other" not in attrs
+    assert attrs[sc.KIND] == "step"
+    assert attrs[sc.AGENT_ID] == "a1"
+
+
+def test_sdk_keys_win_over_attributes_given_elsewhere(cap: SpanCapture) -> None:
+    with (
+        spangraph.workflow("w") as run,
+        spangraph.branch(
+            "b", attributes={sc.WORKFLOW_ID: "someone-else", sc.KIND: "workflow", "x": 1}
+        ),
+    ):
+        pass
+    attrs = one(cap, "b").attributes or {}
+    assert attrs[sc.WORKFLOW_ID] == run.workflow_id
+    assert attrs[sc.KIND] == sc.KIND_BRANCH
+    assert attrs["x"] == 1
+
+
+RESERVED = ["span.started", "span.ended", "token", "exception", "step.completed",
+            "workflow.failed", "retry.scheduled", "timeout.exceeded", "sleep.started"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", RESERVED)
+def test_reserved_event_names_are_refused(cap: SpanCapture, name: str) -> None:
+    with spangraph.step("s") as s:
+        with pytest.raises(ValueError, match=re.escape(name)):
+            spangraph.event(name, note="user event")
+        with pytest.raises(ValueError, match=re.escape(name)):
+            s.event(name)
+    assert [e.name for e in one(cap, "s").events] == ["step.started", "step.completed"]
+
+
+def test_custom_and_documented_event_names_are_kept(cap: SpanCapture) -> None:
+    names = ["tool.call", "agent.message.appended", "llm.complete", "span.note", "tokens"]
+    with spangraph.step("s") as s:
+        for name in names:
+            assert spangraph.event(name)
+        s.event("workflow.paused2")
+    assert [e.name for e in one(cap, "s").events][1:-1] == [*names, "workflow.paused2"]
+
+
+# -- ids and monitor targets -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["workflow_id", "execution_id"])
+@pytest.mark.parametrize("bad", [5, ("a", "b"), "", "   ", object(), "x" * (MAX_ID_CHARS + 1)])
+def test_workflow_ids_are_checked(key: str, bad: Any) -> None:
+    with pytest.raises(ValueError, match=key):
+        spangraph.workflow("w", **{key: bad})
+
+
+def test_monitor_of_an_invalid_span_is_refused(cap: SpanCapture) -> None:
+    for target in (trace.INVALID_SPAN, trace.INVALID_SPAN_CONTEXT):
+        with pytest.raises(ValueError, match="not a valid span"):
+            spangraph.monitor(target)
+    remote = SpanContext(0x1, 0x2, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    with spangraph.monitor(NonRecordingSpan(remote), name="m"):  # valid, from elsewhere
+        pass
+    assert [link.context.span_id for link in one(cap, "m").links] == [0x2]
+
+
+def test_longest_workflow_id_is_found_in_the_graph(sg: spangraph.Spangraph) -> None:
+    wid = uuid.uuid4().hex + "w" * (MAX_ID_CHARS - 32)
+    with (
+        spangraph.workflow("long-id", workflow_id=wid, execution_id=wid) as run,
+        spangraph.step("s"),
+    ):
+        pass
+    assert run.workflow_id == wid
+    assert spangraph.flush(10)
+    rows = queries.workflow_spans(sg.store, wid)
+    assert sorted(r["name"] for r in rows) == ["long-id", "s"]
