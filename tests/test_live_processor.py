@@ -281,7 +281,7 @@ def test_token_events_are_live_only(
         spangraph.step("generate") as step,
     ):
         for text in ("hi", " there"):
-            spangraph.event("token", text=text)
+            live_module.emit_event(trace.get_current_span(), "token", {"text": text}, time.time_ns())
         spangraph.event("llm.complete", output_tokens=2)
     msgs = listener.until(workflow_ended)
     tokens = [m for m in msgs if m["type"] == "token"]
@@ -303,7 +303,7 @@ def test_stream_length_is_capped(sg: spangraph.Spangraph, redis_client: redis.Re
     total = live_module.STREAM_MAXLEN + 1_500
     with spangraph.workflow("wf-many-events", workflow_id=workflow_id), spangraph.step("chatty"):
         for i in range(total):
-            spangraph.event("token", i=i)
+            live_module.emit_event(trace.get_current_span(), "token", {"i": i}, time.time_ns())
     assert spangraph.flush(30)
     published = int(redis_client.get(live_module.seq_key(workflow_id)))
     assert published == total + 8  # + 2 span.started, 2 x.started, 2 x.completed, 2 span.ended
