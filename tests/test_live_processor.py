@@ -281,7 +281,9 @@ def test_token_events_are_live_only(
         spangraph.step("generate") as step,
     ):
         for text in ("hi", " there"):
-            live_module.emit_event(trace.get_current_span(), "token", {"text": text}, time.time_ns())
+            live_module.emit_event(
+                trace.get_current_span(), "token", {"text": text}, time.time_ns()
+            )
         spangraph.event("llm.complete", output_tokens=2)
     msgs = listener.until(workflow_ended)
     tokens = [m for m in msgs if m["type"] == "token"]
