@@ -188,9 +188,11 @@ def test_offload_must_be_a_bool(value: Any) -> None:
     assert info.value.setting == "SPANGRAPH_OFFLOAD"
 
 
-def test_home_must_be_a_path() -> None:
+@pytest.mark.parametrize("home", [123, "", "  ", b"bytes", "a\x00b", "~no-such-user-sg/x"])
+def test_home_must_be_a_usable_path(home: Any) -> None:
+    """An empty home would put the server's data in the current directory."""
     with pytest.raises(ConfigurationError) as info:
-        Settings.from_env({}, home=123)
+        Settings.from_env({}, home=home)
     assert info.value.setting == "SPANGRAPH_HOME"
 
 

@@ -21,7 +21,7 @@ from redis.retry import Retry
 
 from spangraph import embedded
 from spangraph.embedded import EmbeddedServer, ServerInfo
-from spangraph.exceptions import EmbeddedServerError
+from spangraph.exceptions import ConfigurationError, EmbeddedServerError
 from spangraph.stores import FalkorDBStore, WriteBatch
 
 ENSURE_RUNNING = textwrap.dedent(
@@ -329,3 +329,67 @@ def test_pid_alive_treats_an_unreaped_zombie_as_dead() -> None:
     finally:
         keeper.kill()
         keeper.communicate()
+
+
+# -- a state file is only a hint: the server says which process it is -----------------------
+
+
+@pytest.mark.parametrize("recorded", ["other", -1, 0, 1, 1e20, "12"])
+def test_recorded_pid_is_never_trusted_or_signalled(home: Path, recorded: object) -> None:
+    """server.json with a wrong pid (another program's, or nonsense) neither makes ``down``
+    signal that pid nor hides the running server: the pid comes from the server itself."""
+    server = EmbeddedServer(home)
+    info = server.ensure_running()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pid = bystander.pid if recorded == "other" else recorded
+        (home / "server.json").write_text(
+            json.dumps({"pid": pid, "port": info.port, "home": str(home)})
+        )
+        assert server.status() == info
+        assert server.ensure_running() == info  # reused, not a second server
+        assert server.stop() is True
+        assert not answers(info.port)
+        assert bystander.poll() is None  # still running: never signalled
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_symlinked_data_dir_reuses_its_server(home: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real-data"
+    real.mkdir()
+    home.mkdir(parents=True)
+    (home / "data").symlink_to(real)
+    first = EmbeddedServer(home).ensure_running()
+    assert EmbeddedServer(home).status() == first
+    assert EmbeddedServer(home).ensure_running() == first
+    assert servers_on(real) == [first.pid]
+
+
+def test_home_reached_through_a_symlink_shares_the_server(home: Path, tmp_path: Path) -> None:
+    first = EmbeddedServer(home).ensure_running()
+    link = tmp_path / "link-to-home"
+    link.symlink_to(home)
+    assert EmbeddedServer(link).ensure_running() == first
+
+
+def test_home_that_is_a_file_names_the_setting(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(ConfigurationError, match=r"SPANGRAPH_HOME: .*is a file"):
+        EmbeddedServer(a_file).ensure_running()
+
+
+def test_lock_file_that_cannot_be_opened_is_a_clear_error(home: Path) -> None:
+    (home / "server.lock").mkdir(parents=True)  # open() fails: IsADirectoryError
+    with pytest.raises(EmbeddedServerError, match="not writable") as err:
+        EmbeddedServer(home).ensure_running()
+    assert "SPANGRAPH_HOME" in str(err.value) and "server.lock" in str(err.value)
+    (home / "server.lock").rmdir()
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "a\x00b", "~no-such-user-spangraph/x"])
+def test_unusable_home_paths_name_the_setting(bad: str) -> None:
+    with pytest.raises(ConfigurationError, match="SPANGRAPH_HOME"):
+        EmbeddedServer(bad)

@@ -68,6 +68,24 @@ def default_home() -> Path:
     return Path(user_data_dir("spangraph", appauthor=False))
 
 
+def _home(value: Any) -> Path:
+    """``value`` as the home directory path, or a ConfigurationError naming it."""
+    try:
+        raw = os.fspath(value)
+    except TypeError:
+        raise ConfigurationError(ENV_HOME, f"must be a directory path, got {value!r}") from None
+    if isinstance(raw, bytes) or not raw.strip():
+        raise ConfigurationError(
+            ENV_HOME, f"must be a directory path, got {value!r} (the default is {default_home()})"
+        )
+    if "\x00" in raw:
+        raise ConfigurationError(ENV_HOME, f"contains a NUL character: {raw!r}")
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError as exc:  # ~user of no such user
+        raise ConfigurationError(ENV_HOME, f"{raw!r}: {exc}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Validated settings. Build with :meth:`from_env`; every field is also a keyword
@@ -127,12 +145,7 @@ class Settings:
             values["offload"] = _flag(ENV_OFFLOAD, offload)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "home" in values:
-            try:
-                values["home"] = Path(values["home"]).expanduser()
-            except TypeError:
-                raise ConfigurationError(
-                    ENV_HOME, f"must be a directory path, got {values['home']!r}"
-                ) from None
+            values["home"] = _home(values["home"])
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:

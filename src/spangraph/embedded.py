@@ -30,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .config import DEFAULT_FALKORDB_GRAPH
-from .exceptions import EmbeddedServerError
+from .exceptions import ConfigurationError, EmbeddedServerError
 
 __all__ = ["EmbeddedServer", "ServerInfo"]
 
@@ -43,6 +43,8 @@ _NO_RETRY = Retry(NoBackoff(), 0)
 these probes poll on their own and must fail fast."""
 _PORT_WAIT = 1.0
 """Seconds a restart waits for its former port to be released before it takes another."""
+_PID_MAX = 2**22
+"""Linux's largest process id (``pid_max`` cannot be set higher)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,20 @@ def _free_port(preferred: int | None = None, wait: float = 0.0) -> int:
         return int(sock.getsockname()[1])
 
 
+def _home_path(home: str | os.PathLike[str]) -> Path:
+    """``home`` as an absolute path, or a ConfigurationError naming SPANGRAPH_HOME."""
+    raw = os.fspath(home)
+    if not str(raw).strip():
+        raise ConfigurationError(
+            "SPANGRAPH_HOME", "is empty; give a directory (default ~/.local/share/spangraph)"
+        )
+    try:
+        return Path(raw).expanduser().resolve()
+    except (RuntimeError, ValueError, OSError) as exc:
+        # RuntimeError: ~user that does not exist; ValueError: an embedded NUL character
+        raise ConfigurationError("SPANGRAPH_HOME", f"{raw!r} is not a usable path: {exc}") from None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -139,7 +155,7 @@ class EmbeddedServer:
     """Start, find and stop the embedded FalkorDB/Redis server under ``home``."""
 
     def __init__(self, home: str | os.PathLike[str], *, start_timeout: float = 20.0) -> None:
-        self.home = Path(home).expanduser().resolve()
+        self.home = _home_path(home)
         self.start_timeout = start_timeout
 
     @property
@@ -152,36 +168,26 @@ class EmbeddedServer:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        if self.home.exists() and not self.home.is_dir():
+            raise ConfigurationError(
+                "SPANGRAPH_HOME", f"{self.home} is a file, not a directory; point it elsewhere"
+            )
         try:
             self.home.mkdir(parents=True, exist_ok=True)
+            fh = open(self.home / _LOCK_FILE, "a+")  # noqa: SIM115 (closed below)
         except OSError as exc:
-            raise EmbeddedServerError(f"SPANGRAPH_HOME {self.home} is not writable: {exc}") from exc
-        with open(self.home / _LOCK_FILE, "a+") as fh:
+            raise EmbeddedServerError(
+                f"SPANGRAPH_HOME {self.home} is not writable "
+                f"({exc.strerror or exc}: {exc.filename or self.home}): "
+                "the embedded server keeps its data, port and lock there; set "
+                "SPANGRAPH_HOME to a writable directory"
+            ) from exc
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
-
-    def _read_state(self) -> ServerInfo | None:
-        try:
-            data = json.loads((self.home / _STATE_FILE).read_text())
-            return ServerInfo(pid=int(data["pid"]), port=int(data["port"]), home=str(data["home"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def _answers(self, info: ServerInfo) -> bool:
-        """True when ``info`` is a live server serving this home's data directory."""
-        if not _pid_alive(info.pid):
-            return False
-        client = redis.Redis(host="127.0.0.1", port=info.port, socket_timeout=2, retry=_NO_RETRY)
-        try:
-            served = client.config_get("dir").get("dir")
-            return served is not None and Path(served).resolve() == self.data_dir
-        except (redis.RedisError, OSError):
-            return False
-        finally:
-            client.close()
 
     def _last_port(self) -> int | None:
         """The port this home's server had last (also after ``stop`` or a crash)."""
@@ -189,12 +195,43 @@ class EmbeddedServer:
             port = json.loads((self.home / _STATE_FILE).read_text())["port"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return port if type(port) is int else None
+        return port if type(port) is int and 0 < port < 65536 else None
+
+    def _serving(self, port: int) -> ServerInfo | None:
+        """The server listening on ``port`` when it serves this home's data directory,
+        with the process id it reports itself: ``server.json`` only says where to look,
+        never which process to signal (a stale or edited file must not make ``down``
+        kill another program)."""
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            retry=_NO_RETRY,
+        )
+        try:
+            served = client.config_get("dir").get("dir")
+            pid = client.info("server").get("process_id")
+        except (redis.RedisError, OSError):
+            return None
+        finally:
+            client.close()
+        if isinstance(served, bytes):
+            served = os.fsdecode(served)
+        if not isinstance(served, str) or type(pid) is not int or not 1 < pid <= _PID_MAX:
+            return None
+        try:
+            ours = os.path.samefile(served, self.data_dir)
+        except (OSError, ValueError):
+            return None
+        if not ours or not _pid_alive(pid):
+            return None
+        return ServerInfo(pid=pid, port=port, home=str(self.home))
 
     def status(self) -> ServerInfo | None:
         """The running server of this home, or ``None``."""
-        info = self._read_state()
-        return info if info is not None and self._answers(info) else None
+        port = self._last_port()
+        return None if port is None else self._serving(port)
 
     def ensure_running(self) -> ServerInfo:
         """Reuse this home's server if it answers, else start one. Safe across processes."""
