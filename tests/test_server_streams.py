@@ -269,6 +269,68 @@ async def test_workflow_and_project_clients_get_every_message_in_order(serve, sd
     assert [m["attributes"]["i"] for m in got_w if m["type"] == "tick"] == list(range(60))
 
 
+async def test_ids_with_slashes_stream_over_ws_and_sse(serve, embedded_server, tmp_path, r) -> None:
+    """Workflow and project ids may hold ``/``: raw or percent-encoded, on every stream
+    route; an id ending in ``/sse`` is still a WebSocket run, and ``…/sse`` of it is SSE."""
+    from urllib.parse import quote
+
+    live = serve()
+    project = f"team/{uuid.uuid4().hex[:8]}"
+    spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=embedded_server.graph_url,
+        redis_url=embedded_server.redis_url,
+        project=project,
+        home=str(tmp_path),
+        graph=False,
+    )
+    try:
+        wid = f"jobs/{uuid.uuid4().hex[:8]}/sse"
+        encoded = quote(wid, safe="")
+        async with (
+            live.ws(f"/api/stream/workflows/{wid}") as raw,
+            live.ws(f"/api/stream/workflows/{encoded}") as enc,
+            live.ws(f"/api/stream/projects/{project}") as proj,
+            live.http() as http,
+            http.stream("GET", f"/api/stream/workflows/{wid}/sse?since=0") as response,
+        ):
+            for ws in (raw, enc):
+                assert (await subscribed(ws))["channel"] == workflow_channel(wid)
+            assert (await subscribed(proj))["channel"] == f"spangraph:project:{project}"
+            assert response.status_code == 200
+            events = sse_events(response)
+            first = json.loads((await anext(events))["data"])
+            assert first["channel"] == workflow_channel(wid)
+            with spangraph.workflow("w", workflow_id=wid):
+                emit(3)
+            last = await flush_and_last(r, wid)
+            for ws in (raw, enc, proj):
+                got = await events_until(ws, wid, last)
+                assert seqs(got) == list(range(1, last + 1))
+                assert {m["workflow_id"] for m in got} == {wid}
+            sse_seqs: list[int] = []
+            async for event in events:
+                if "id" in event:
+                    sse_seqs.append(json.loads(event["data"])["seq"])
+                    if sse_seqs[-1] == last:
+                        break
+            assert sse_seqs == list(range(1, last + 1))
+    finally:
+        spangraph.shutdown()
+
+
+async def test_stream_routes_without_an_id(serve) -> None:
+    live = serve()
+    async with live.http() as http:
+        answer = await http.get("/api/stream/workflows//sse")
+    assert answer.status_code == 404 and "workflow or project id" in answer.json()["detail"]
+    for path in ("/api/stream/workflows/", "/api/stream/projects/"):
+        async with live.ws(path) as ws:
+            with pytest.raises(ConnectionClosed):
+                await frame(ws)
+        assert ws.close_code == 1003 and "workflow or project id" in ws.close_reason
+
+
 async def test_many_clients_share_one_redis_subscription(serve, sdk, r) -> None:
     live = serve()
     sdk()

@@ -1,7 +1,11 @@
 """Live streams: WebSocket and server-sent events fed from Redis by the :class:`StreamHub`.
 
 ``WS /api/stream/workflows/{workflow_id}``, ``WS /api/stream/projects/{project_id}`` and
-``GET /api/stream/workflows/{workflow_id}/sse``.
+``GET /api/stream/workflows/{workflow_id}/sse``. Workflow and project ids are the caller's
+and may hold ``/`` (``jobs/42``): they are ``:path`` parameters (a client may also send
+``/`` as ``%2F``). A ``:path`` parameter takes everything up to the route's last literal
+segment, so ``/sse`` is declared ahead of the WebSocket routes; those match WebSocket
+requests only, so a GET never reaches them and an id ending in ``/sse`` still streams.
 
 WebSocket frames are text, each a JSON **array** of one or more messages (under load,
 what arrived together goes out together: one frame per client instead of one per
@@ -85,6 +89,7 @@ _IGNORED: Final = (
     'messages from the client are ignored after the first: send {{"since": n}} within '
     "{window:g} s of connecting, or connect with ?since=n"
 )
+_NO_ID: Final = "the path must end with a workflow or project id"
 _UNAVAILABLE = (LiveUnavailableError, RedisError, OSError, TimeoutError)
 
 router = APIRouter(prefix="/api/stream", tags=["live"])
@@ -129,17 +134,15 @@ def _since(value: str | None, what: str) -> int | None:
 # -- WebSocket ----------------------------------------------------------------------------
 
 
-@router.websocket("/workflows/{workflow_id}")
 async def stream_workflow(websocket: WebSocket, workflow_id: str) -> None:
     """Every message of one run as it happens, optionally replayed from ``since``."""
-    await _serve_ws(websocket, workflow_channel(workflow_id), workflow_id)
+    await _serve_ws(websocket, workflow_channel(workflow_id), workflow_id, workflow_id)
 
 
-@router.websocket("/projects/{project_id}")
 async def stream_project(websocket: WebSocket, project_id: str) -> None:
     """Every message of a project's runs as it happens (no replay: ``since`` is checked,
     then ignored)."""
-    await _serve_ws(websocket, project_channel(project_id), None)
+    await _serve_ws(websocket, project_channel(project_id), None, project_id)
 
 
 async def _close(websocket: WebSocket, code: int, reason: str, timeout: float = 5.0) -> None:
@@ -168,7 +171,7 @@ async def _first_message(websocket: WebSocket, window: float) -> tuple[int | Non
     return since, None
 
 
-async def _serve_ws(websocket: WebSocket, channel: str, workflow_id: str | None) -> None:
+async def _serve_ws(websocket: WebSocket, channel: str, workflow_id: str | None, key: str) -> None:
     await websocket.accept()
     hub: StreamHub = websocket.app.state.hub
     settings = websocket.app.state.settings
@@ -182,6 +185,8 @@ async def _serve_ws(websocket: WebSocket, channel: str, workflow_id: str | None)
         return await _close(websocket, POLICY_VIOLATION, _TOKEN)
     if not hub.enabled:
         return await _close(websocket, INTERNAL_ERROR, _OFF)
+    if not key:
+        return await _close(websocket, UNSUPPORTED_DATA, _NO_ID)
     try:
         since = _since(websocket.query_params.get("since"), "since")
     except ValueError as exc:
@@ -266,12 +271,13 @@ class _LiveEventSource(EventSourceResponse):
 
 
 @router.get(
-    "/workflows/{workflow_id}/sse",
+    "/workflows/{workflow_id:path}/sse",
     response_class=Response,  # not EventSourceResponse: FastAPI would expect a generator
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "the run's messages"},
         400: {"description": "Last-Event-ID (or since) is not a whole number"},
         401: {"description": "missing or wrong token"},
+        404: {"description": "no workflow id in the path"},
         503: {"description": "live events are off, or Redis is unreachable"},
     },
 )
@@ -291,6 +297,8 @@ async def stream_workflow_sse(
         raise HTTPException(401, detail=_TOKEN, headers={"WWW-Authenticate": "Bearer"})
     if not hub.enabled:
         raise HTTPException(503, detail=_OFF)
+    if not workflow_id:
+        raise HTTPException(404, detail=_NO_ID)
     try:
         since = _since(last_event_id, "Last-Event-ID")
         if since is None:
@@ -308,6 +316,11 @@ async def stream_workflow_sse(
             hub.detach(sub)
         raise HTTPException(503, detail=f"live events unavailable: {exc}") from None
     return _LiveEventSource(_sse(hub, sub, channel, start), lambda: hub.detach(sub))
+
+
+# After ``/workflows/{workflow_id:path}/sse`` (see the module docstring).
+router.add_api_websocket_route("/workflows/{workflow_id:path}", stream_workflow)
+router.add_api_websocket_route("/projects/{project_id:path}", stream_project)
 
 
 async def _sse(hub: StreamHub, sub: Subscriber, channel: str, start: int) -> AsyncIterator[bytes]:
