@@ -49,7 +49,7 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 JAEGER = "http://jaeger.example:16686"
-STREAM_PATH = "/api/stream/workflows/{workflow_id}"
+STREAM_PATH = "/api/stream/workflows/{workflow_id:path}"  # as the real route
 WAIT_MS = 12_000
 
 needs_chromium = pytest.mark.skipif(
@@ -578,3 +578,59 @@ def test_stream_contract_and_token(
         finally:
             for c in connections:  # before the server stops
                 c.close()
+
+
+@needs_chromium
+def test_parent_cycles_keep_the_tree(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Spans that name each other (or themselves) as parents: each is shown once, the
+    page raises nothing (an item cannot be nested inside itself) and goes on rendering."""
+    from playwright.sync_api import expect
+
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    stream = FakeStream()
+    app.add_api_websocket_route(STREAM_PATH, stream.endpoint)
+    app.router.routes.insert(0, app.router.routes.pop())  # ahead of the real stream route
+    workflow_id = f"jobs/{uuid.uuid4().hex[:8]}"
+    msg = Messages(workflow_id)
+    root, a, b, own, child, late = "a1" * 8, "b2" * 8, "c3" * 8, "d4" * 8, "e5" * 8, "f6" * 8
+    with serve(app) as base:
+        page.goto(base + "/")
+        page.evaluate(f"location.hash = 'run=' + encodeURIComponent({json.dumps(workflow_id)})")
+        conn = stream.next_connection()
+        try:
+            assert conn.workflow_id == workflow_id
+            conn.send_batch(
+                {"type": "subscribed", "channel": f"spangraph:workflow:{workflow_id}", "since": 0},
+                msg("span.started", root, None, "workflow", "cyclic-run"),
+                # b names a (not seen yet) as parent, then a names b: a two-span cycle
+                msg("span.started", b, a, "step", "loop-b"),
+                msg("span.started", a, b, "step", "loop-a"),
+                # a span that is its own parent, with a child of its own
+                msg("span.started", own, own, "step", "own-parent"),
+                msg("span.started", child, own, "step", "under-own"),
+            )
+            for name in ("cyclic-run", "loop-a", "loop-b", "own-parent", "under-own"):
+                expect(node(page, name)).to_be_visible()
+                expect(page.locator(f'#tree li.tree-item[data-name="{name}"]')).to_have_count(1)
+            expect(node(page, "own-parent").locator('li[data-name="under-own"]')).to_have_count(1)
+            # one of the cycle is nested under the other, never both
+            nested = page.evaluate(
+                """() => {
+                  const li = (n) => document.querySelector(`#tree li[data-name="${n}"]`);
+                  return [li("loop-a").contains(li("loop-b")), li("loop-b").contains(li("loop-a"))];
+                }"""
+            )
+            assert sorted(nested) == [False, True]
+            # the page keeps rendering what comes next
+            conn.send(
+                msg("span.ended", a, b, "step", "loop-a", state="completed", duration_ms=2.0),
+                msg("span.started", late, root, "step", "after-the-cycle"),
+            )
+            expect(state_of(page, "loop-a")).to_have_text("completed")
+            expect(
+                node(page, "cyclic-run").locator('li[data-name="after-the-cycle"]')
+            ).to_have_count(1)
+        finally:
+            conn.close()

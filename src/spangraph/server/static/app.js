@@ -528,9 +528,12 @@ function startOf(li, run) {
 }
 
 /** Put a node's <li> under its parent (or at the top when its parent is unknown), in
- * start order; leave it where it is when it is already right (keeps focus). */
+ * start order; leave it where it is when it is already right (keeps focus). A span that
+ * would become its own ancestor (spans sent by other programs can name each other as
+ * parents, or a span itself) stays at the top: the DOM cannot nest an item inside itself. */
 function placeNode(run, n, li) {
-  const parentLi = n.parent_span_id ? run.items.get(n.parent_span_id) : null;
+  let parentLi = n.parent_span_id ? run.items.get(n.parent_span_id) : null;
+  if (parentLi && li.contains(parentLi)) parentLi = null;
   const container = parentLi ? parentLi.querySelector(":scope > ul") : $("tree-root");
   const me = startOf(li, run);
   const prev = li.previousElementSibling;
