@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +268,110 @@ def test_configure_bad_redis_url_names_the_setting() -> None:
     with pytest.raises(ConfigurationError) as info:
         spangraph.configure(graph_url="falkordb://127.0.0.1:1/x", redis_url="redis://h:abc")
     assert info.value.setting == ENV_REDIS_URL
+
+
+@pytest.mark.usefixtures("restore_state")
+def test_configure_that_fails_attaches_nothing(graph_url: str, closed_port: int) -> None:
+    """The store was opened before Redis failed: the provider gets no processor (a second
+    configure would otherwise publish every event twice) and the store is closed."""
+    provider = TracerProvider()
+    before = provider._active_span_processor._span_processors
+    with pytest.raises(ConfigurationError) as info:
+        spangraph.configure(
+            tracer_provider=provider,
+            graph_url=graph_url,
+            redis_url=f"redis://127.0.0.1:{closed_port}/0",
+        )
+    assert info.value.setting == ENV_REDIS_URL
+    assert provider._active_span_processor._span_processors == before
+    from spangraph._sdk import current
+
+    assert current() is None
+    provider.shutdown()
+
+
+def test_bad_otel_bsp_variable_is_named_and_nothing_is_set(
+    embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """With no provider of the user's, configure() makes one with the OTLP exporter; a bad
+    OTEL_BSP_* value is a ConfigurationError naming it, the global provider stays unset,
+    and a configure() after the fix attaches each processor once."""
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from opentelemetry import trace
+        import spangraph
+        from spangraph.exceptions import ConfigurationError
+
+        kw = dict(graph_url=sys.argv[1], redis_url=sys.argv[2], home=sys.argv[3])
+        try:
+            spangraph.configure(**kw)
+        except ConfigurationError as exc:
+            print("error", exc.setting)
+        print("provider", type(trace.get_tracer_provider()).__name__)
+        os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = "4096"
+        sg = spangraph.configure(**kw)
+        processors = trace.get_tracer_provider()._active_span_processor._span_processors
+        print("processors", sorted(type(p).__name__ for p in processors))
+        spangraph.shutdown()
+        """
+    )
+    env = {
+        **os.environ,
+        "OTEL_BSP_MAX_QUEUE_SIZE": "-5",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", script, graph_url, embedded_server.redis_url, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "error OTEL_BSP_MAX_QUEUE_SIZE"
+    assert lines[1] == "provider ProxyTracerProvider"
+    assert lines[2] == (
+        "processors ['BatchSpanProcessor', 'GraphSpanProcessor', 'LiveEventProcessor']"
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "url"),
+    [(ENV_GRAPH_URL, "falkordb://[::1/g"), (ENV_REDIS_URL, "redis://[::1/0")],
+)
+def test_unparsable_urls_name_the_setting(setting: str, url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({}, **{setting.removeprefix("SPANGRAPH_").lower(): url})
+    assert info.value.setting == setting and "IPv6" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@h:1/0", "redis://:***@h:1/0"),
+        ("neo4j://neo4j:pa:ss@h:7687", "neo4j://neo4j:***@h:7687"),
+        ("redis://h/0?db=1&Password=s3cret", "redis://h/0?db=1&Password=***"),
+        ("falkordb://user@h/g", "falkordb://user@h/g"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    from spangraph.config import redact_url
+
+    assert redact_url(url) == shown
+
+
+@pytest.mark.usefixtures("restore_state")
+def test_configure_errors_never_show_a_password(closed_port: int, graph_url: str) -> None:
+    provider = TracerProvider()
+    cases = [
+        dict(graph_url=f"falkordb://u:s3cret@127.0.0.1:{closed_port}/g", live=False),
+        dict(graph=False, redis_url=f"redis://:s3cret@127.0.0.1:{closed_port}/0"),
+        dict(graph=False, redis_url="redis://:s3cret@127.0.0.1:1/0?socket_timeout=abc"),
+    ]
+    for kwargs in cases:
+        with pytest.raises(ConfigurationError) as info:
+            spangraph.configure(tracer_provider=provider, **kwargs)
+        assert "s3cret" not in str(info.value) and "***" in str(info.value), info.value
+    provider.shutdown()

@@ -435,3 +435,33 @@ def test_int_float_and_str_subclasses_are_stored_as_plain_values(
         "levels": [3],
     }
     assert type(values["score"]) is float and type(values["level"]) is int
+
+
+def test_agent_uses_the_settings_configure_was_given(
+    provider: TracerProvider,
+    graph_url: str,
+    embedded_server: ServerInfo,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A variable the keyword overrode (here an invalid one) does not reach the agent:
+    it takes the settings configure() resolved instead of reading the environment."""
+    monkeypatch.setenv("SPANGRAPH_JAEGER_URL", "not-a-url")
+    monkeypatch.setenv("SPANGRAPH_PROJECT", "env-project")
+    instance = spangraph.configure(
+        tracer_provider=provider,
+        graph_url=graph_url,
+        redis_url=embedded_server.redis_url,
+        home=str(tmp_path),
+        project=f"kw-{uuid.uuid4().hex[:8]}",
+        jaeger_url="http://localhost:16686",
+        offload=True,
+    )
+    try:
+        with spangraph.workflow("kw-settings"):
+            pass
+        assert spangraph.flush(10)
+        assert run_names(instance) == {"kw-settings": "completed"}
+        assert instance.stats()["graph"]["sent"] >= 2
+    finally:
+        spangraph.shutdown()

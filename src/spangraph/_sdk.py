@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from . import _state
 from ._version import __version__
-from .config import DEFAULT_PROJECT, ENV_GRAPH_URL, ENV_REDIS_URL, Settings
+from .config import DEFAULT_PROJECT, ENV_GRAPH_URL, ENV_REDIS_URL, Settings, redact_url
 from .embedded import EmbeddedServer
 from .exceptions import ConfigurationError, StoreError
 from .processors.graph import GraphSpanProcessor
@@ -113,6 +113,8 @@ _threading_instrumented = False
 def _provider(
     given: TracerProvider | None, service_name: str | None
 ) -> tuple[TracerProvider, bool]:
+    """The provider to add to, and whether spangraph made it (then :func:`configure`
+    sets it globally once everything else worked)."""
     if given is not None:
         if not hasattr(given, "add_span_processor"):
             raise ConfigurationError(
@@ -123,9 +125,7 @@ def _provider(
     if hasattr(existing, "add_span_processor"):
         return existing, False  # the user's own provider: add to it, never replace it
     attrs = {"service.name": service_name} if service_name else {}
-    provider = TracerProvider(resource=Resource.create(attrs))
-    trace.set_tracer_provider(provider)
-    return provider, True
+    return TracerProvider(resource=Resource.create(attrs)), True
 
 
 def _otlp_processor() -> SpanProcessor | None:
@@ -144,7 +144,12 @@ def _otlp_processor() -> SpanProcessor | None:
             "not installed: pip install 'spangraph[otlp]'"
         )
         return None
-    return BatchSpanProcessor(OTLPSpanExporter())
+    try:
+        return BatchSpanProcessor(OTLPSpanExporter())
+    except ValueError as exc:  # the SDK reads OTEL_BSP_* itself and fails on bad values
+        named = sorted(k for k in os.environ if k.startswith("OTEL_BSP_")) or ["OTEL_BSP_*"]
+        message = f"the OTLP span exporter refused it: {exc}"
+        raise ConfigurationError(", ".join(named), message) from None
 
 
 def _instrument_threads() -> None:
@@ -160,22 +165,32 @@ def _instrument_threads() -> None:
 
 
 def _open_store(settings: Settings) -> GraphStore:
+    url = redact_url(settings.graph_url)
     try:
         store = open_store(settings)
+    except (StoreError, ValueError, TypeError) as exc:  # the client refused the URL
+        raise ConfigurationError(ENV_GRAPH_URL, f"cannot use {url}: {exc}") from None
+    try:
         store.ping()
         store.ensure_schema()
     except StoreError as exc:
-        raise ConfigurationError(ENV_GRAPH_URL, f"cannot use {settings.graph_url}: {exc}") from exc
+        store.close()
+        raise ConfigurationError(ENV_GRAPH_URL, f"cannot use {url}: {exc}") from None
     return store
 
 
 def _open_publisher(url: str) -> RedisPublisher:
-    publisher = RedisPublisher.from_url(url)
+    try:
+        publisher = RedisPublisher.from_url(url)
+    except (ValueError, TypeError) as exc:  # e.g. ?socket_timeout=abc
+        raise ConfigurationError(ENV_REDIS_URL, f"cannot use {redact_url(url)}: {exc}") from None
     try:
         publisher.client.ping()
     except Exception as exc:
         publisher.close()
-        raise ConfigurationError(ENV_REDIS_URL, f"cannot reach Redis at {url}: {exc}") from exc
+        raise ConfigurationError(
+            ENV_REDIS_URL, f"cannot reach Redis at {redact_url(url)}: {exc}"
+        ) from None
     return publisher
 
 
@@ -235,55 +250,23 @@ def configure(
             _current.shutdown()
             _current = None
         provider, owns = _provider(tracer_provider, service_name)
-        server = None
-        if (graph and settings.graph_is_embedded) or (live and settings.redis_is_embedded):
-            server = EmbeddedServer(settings.home).ensure_running()
-        store = None
-        graph_url = None
-        if graph:
-            chosen = (
-                settings.replace(graph_url=server.graph_url)
-                if settings.graph_is_embedded and server
-                else settings
-            )
-            store = _open_store(chosen)
-            graph_url = chosen.graph_url
-        instance = Spangraph(
-            settings=settings, tracer_provider=provider, store=store, owns_provider=owns
-        )
-        if live and settings.live_enabled:
-            url = server.redis_url if settings.redis_is_embedded and server else settings.redis_url
-            publisher = _open_publisher(url)
-            instance.redis_url = url
-            if settings.offload:
-                publisher.close()  # reachable: the agent publishes
-            else:
-                instance.live_processor = LiveEventProcessor(
-                    publisher, project=settings.project, max_queue_size=max_queue_size
-                )
-        if settings.offload:
-            if store is not None or instance.redis_url is not None:
-                instance.offload_processor = OffloadSpanProcessor(
-                    {
-                        "graph_url": graph_url,
-                        "redis_url": instance.redis_url,
-                        "project": settings.project,
-                        "graph": store is not None,
-                        "live": instance.redis_url is not None,
-                    },
-                    max_queue_size=max_queue_size,
-                )
-        elif store is not None:
-            instance.graph_processor = GraphSpanProcessor(
-                store, project=settings.project, max_queue_size=max_queue_size
-            )
+        otlp = _otlp_processor() if owns else None
+        instance = Spangraph(settings=settings, tracer_provider=provider, owns_provider=owns)
+        try:
+            _build(instance, graph=graph, live=live, max_queue_size=max_queue_size)
+        except BaseException:
+            # nothing is attached yet: close what was opened, leave the provider as it was
+            instance.shutdown()
+            if otlp is not None:
+                otlp.shutdown()
+            raise
+        if owns:
+            trace.set_tracer_provider(provider)
         for processor in instance.processors:
             provider.add_span_processor(processor)
-        if owns:
-            otlp = _otlp_processor()
-            if otlp is not None:
-                provider.add_span_processor(otlp)
-                instance.extra_processors.append(otlp)
+        if otlp is not None:
+            provider.add_span_processor(otlp)
+            instance.extra_processors.append(otlp)
         _state.tracer = provider.get_tracer(_state.INSTRUMENTATION_NAME, __version__)
         _state.project = settings.project
         if instrument_threads:
@@ -297,6 +280,57 @@ def configure(
             _atexit_registered = True
         _current = instance
         return instance
+
+
+def _build(instance: Spangraph, *, graph: bool, live: bool, max_queue_size: int) -> None:
+    """Open the store and Redis of ``instance.settings`` and make its processors (not
+    attached to any provider yet)."""
+    settings = instance.settings
+    server = None
+    if (graph and settings.graph_is_embedded) or (live and settings.redis_is_embedded):
+        server = EmbeddedServer(settings.home).ensure_running()
+    store = None
+    graph_url = None
+    if graph:
+        chosen = (
+            settings.replace(graph_url=server.graph_url)
+            if settings.graph_is_embedded and server
+            else settings
+        )
+        store = _open_store(chosen)
+        graph_url = chosen.graph_url
+    instance.store = store
+    if live and settings.live_enabled:
+        url = server.redis_url if settings.redis_is_embedded and server else settings.redis_url
+        publisher = _open_publisher(url)
+        instance.redis_url = url
+        if settings.offload:
+            publisher.close()  # reachable: the agent publishes
+        else:
+            instance.live_processor = LiveEventProcessor(
+                publisher, project=settings.project, max_queue_size=max_queue_size
+            )
+    if settings.offload:
+        if store is not None or instance.redis_url is not None:
+            instance.offload_processor = OffloadSpanProcessor(
+                {
+                    "graph_url": graph_url,
+                    "redis_url": instance.redis_url,
+                    "project": settings.project,
+                    "graph": store is not None,
+                    "live": instance.redis_url is not None,
+                    # the agent takes these rather than reading the environment again,
+                    # so what configure() was given wins there as it does here
+                    "neo4j_user": settings.neo4j_user,
+                    "neo4j_password": settings.neo4j_password,
+                    "neo4j_database": settings.neo4j_database,
+                },
+                max_queue_size=max_queue_size,
+            )
+    elif store is not None:
+        instance.graph_processor = GraphSpanProcessor(
+            store, project=settings.project, max_queue_size=max_queue_size
+        )
 
 
 def current() -> Spangraph | None:

@@ -7,11 +7,12 @@ a keyword wins over the variable, the variable over the default.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from .exceptions import ConfigurationError
 
@@ -176,13 +177,31 @@ class Settings:
         return urlsplit(self.graph_url).scheme in NEO4J_SCHEMES
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for messages and logs."""
+    if not isinstance(url, str):
+        return url
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
+
+
+_PASSWORD = re.compile(r"^([^:/?#]+://[^/?#@:]*:)[^/?#]*@")
+_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def _split(setting: str, url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL" for an unclosed [
+        raise ConfigurationError(setting, f"{exc} in {redact_url(url)!r}") from None
+
+
 def _check_port(setting: str, url: str) -> None:
     try:
-        port = urlsplit(url).port
+        port = _split(setting, url).port
     except ValueError:
-        raise ConfigurationError(setting, f"bad port in {url!r}") from None
+        raise ConfigurationError(setting, f"bad port in {redact_url(url)!r}") from None
     if port == 0:
-        raise ConfigurationError(setting, f"bad port in {url!r}")
+        raise ConfigurationError(setting, f"bad port in {redact_url(url)!r}")
 
 
 def _check_graph_url(url: str) -> None:
@@ -192,17 +211,17 @@ def _check_graph_url(url: str) -> None:
         raise ConfigurationError(
             ENV_GRAPH_URL,
             f"expected 'embedded' or a URL such as falkordb://localhost:6379/spangraph "
-            f"or neo4j://localhost:7687, got {url!r}",
+            f"or neo4j://localhost:7687, got {redact_url(url)!r}",
         )
-    scheme = urlsplit(url).scheme
-    if scheme not in GRAPH_SCHEMES:
+    parts = _split(ENV_GRAPH_URL, url)
+    if parts.scheme not in GRAPH_SCHEMES:
         raise ConfigurationError(
             ENV_GRAPH_URL,
-            f"unknown scheme {scheme!r} in {url!r}; expected one of: embedded, "
-            + ", ".join(f"{s}://" for s in GRAPH_SCHEMES),
+            f"unknown scheme {parts.scheme!r} in {redact_url(url)!r}; expected one of: "
+            "embedded, " + ", ".join(f"{s}://" for s in GRAPH_SCHEMES),
         )
-    if not urlsplit(url).hostname:
-        raise ConfigurationError(ENV_GRAPH_URL, f"no host in {url!r}")
+    if not parts.hostname:
+        raise ConfigurationError(ENV_GRAPH_URL, f"no host in {redact_url(url)!r}")
     _check_port(ENV_GRAPH_URL, url)
 
 
@@ -211,13 +230,15 @@ def _check_redis_url(url: str) -> None:
         return
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
-            ENV_REDIS_URL, f"expected 'embedded', 'off' or a redis:// URL, got {url!r}"
+            ENV_REDIS_URL,
+            f"expected 'embedded', 'off' or a redis:// URL, got {redact_url(url)!r}",
         )
-    scheme = urlsplit(url).scheme
+    scheme = _split(ENV_REDIS_URL, url).scheme
     if scheme not in REDIS_SCHEMES:
         raise ConfigurationError(
             ENV_REDIS_URL,
-            f"unknown scheme {scheme!r} in {url!r}; expected embedded, off, redis://, rediss://",
+            f"unknown scheme {scheme!r} in {redact_url(url)!r}; "
+            "expected embedded, off, redis://, rediss://",
         )
     _check_port(ENV_REDIS_URL, url)
 

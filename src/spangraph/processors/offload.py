@@ -519,11 +519,17 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
             pass
     try:
         config = json.loads(os.environ[_ENV_CONFIG])
-        settings = Settings.from_env(
-            graph_url=config.get("graph_url"),
-            redis_url=config.get("redis_url"),
-            project=config.get("project"),
+        # the settings configure() resolved, not the environment read again: a keyword
+        # given to configure() wins over a variable here as it does in the program
+        keys = (
+            "graph_url",
+            "redis_url",
+            "project",
+            "neo4j_user",
+            "neo4j_password",
+            "neo4j_database",
         )
+        settings = Settings(**{k: config[k] for k in keys if config.get(k) is not None})
         processors: list[Any] = []
         graph = live = None
         store = publisher = None
