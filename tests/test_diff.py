@@ -4,11 +4,14 @@ spans, and queries.diff on runs written by the SDK."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
+import pytest
+
 import spangraph
-from spangraph import queries
-from spangraph._diff import RunDiff, diff, entries
+from spangraph import cli, queries
+from spangraph._diff import RunDiff, diff, entries, missing_message
 from spangraph.instrument import WorkflowRun
 
 # -- hand-built spans -------------------------------------------------------------------
@@ -233,8 +236,12 @@ def test_empty_sides() -> None:
         "only_in_a": [],
         "only_in_b": [],
         "durations": [],
+        "missing": ["A", "B"],
     }
+    assert diff("A", [], "A", []).missing == ["A"]
     one_sided = diff("A", a.spans, "B", [])
+    assert one_sided.missing == ["B"]
+    assert diff("A", a.spans, "B", a.spans).missing == []
     assert one_sided.first_divergence is not None
     assert one_sided.first_divergence["reason"] == "one run has more steps"
     assert one_sided.first_divergence["index"] == 0
@@ -248,6 +255,56 @@ def test_root_names_with_a_slash_still_compare() -> None:
     result = diff("A", a.spans, "B", b.spans)
     assert result.first_divergence is None
     assert (result.only_in_a, result.only_in_b) == ([], [])
+
+
+def test_missing_message() -> None:
+    assert missing_message([]) is None
+    assert missing_message(["x"]) == (
+        "run 'x' does not exist: no spans have that id, nothing to compare"
+    )
+    assert missing_message(["x", "y"], "branch") == (
+        "branches 'x' and 'y' do not exist: no spans have those ids, nothing to compare"
+    )
+
+
+def test_a_tree_deeper_than_the_recursion_limit() -> None:
+    depth = sys.getrecursionlimit() + 500
+    run = Run()
+    parent = run.root
+    for _ in range(depth):
+        parent = run.add("s", parent)
+    got = entries(run.spans)
+    assert len(got) == depth + 1
+    assert [len(e.path) for e in got[:3]] == [len("(root)"), 1, 3]
+    assert got[-1].path == "/".join(["s"] * depth)
+    assert diff("A", run.spans, "B", run.spans).first_divergence is None
+
+
+def test_parent_cycles_are_cut_where_the_tree_cuts_them() -> None:
+    run = Run()
+    a = run.add("a", None)  # started first: the cycle a <-> b is cut above it
+    b = run.add("b", a)
+    run.add("under-b", b)
+    own = run.add("own", None)  # its own parent
+    run.add("under-own", own)
+    run.spans[1]["parent_span_id"] = b
+    run.spans[4]["parent_span_id"] = own
+    got = entries(run.spans)
+    assert [(e.path, e.span_id) for e in got] == [
+        ("(root)", run.root),
+        ("(root)", a),
+        ("b", b),
+        ("b/under-b", run.spans[3]["span_id"]),
+        ("(root)", own),
+        ("under-own", run.spans[5]["span_id"]),
+    ]
+    # the cut is at the span of the cycle that started first, wherever the walk enters
+    later = Run()
+    x = later.add("x", None)
+    y = later.add("y", x)
+    later.spans[1]["parent_span_id"] = y
+    later.spans.reverse()
+    assert [e.path for e in entries(later.spans)] == ["(root)", "(root)", "y"]
 
 
 # -- against the store ------------------------------------------------------------------
@@ -316,3 +373,30 @@ def test_diff_of_two_branches(sg: spangraph.Spangraph) -> None:
     as_runs = queries.diff(sg.store, left.branch_id, right.branch_id)
     assert as_runs["first_divergence"] is None and as_runs["durations"] == []
     assert run.workflow_id
+
+
+def test_cli_diff_says_which_run_does_not_exist(
+    sg: spangraph.Spangraph,
+    graph_url: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if not sg.settings.graph_url.startswith("falkordb://"):
+        pytest.skip("the command line reads the graph named by SPANGRAPH_GRAPH_URL")
+    known = _run("a").workflow_id
+    spangraph.flush()
+    monkeypatch.setenv("SPANGRAPH_GRAPH_URL", graph_url)
+    monkeypatch.setenv("SPANGRAPH_HOME", str(tmp_path))
+    assert cli.main(["query", "diff", known, known]) == 0
+    assert "the two have the same structure" in capsys.readouterr().out
+    assert cli.main(["query", "diff", known, "no-such-run"]) == 1
+    out, err = capsys.readouterr()
+    assert err.strip() == (
+        "run 'no-such-run' does not exist: no spans have that id, nothing to compare"
+    )
+    assert "only in" not in out
+    assert cli.main(["query", "diff", "nope-1", "nope-2", "--json"]) == 1
+    assert "runs 'nope-1' and 'nope-2' do not exist" in capsys.readouterr().err
+    assert cli.main(["query", "diff", "left", "right", "--branches"]) == 1
+    assert "branches 'left' and 'right' do not exist" in capsys.readouterr().err

@@ -242,6 +242,14 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         rows = queries.decision_analytics(store, args.id, project_id=args.project)
     elif what == "diff":
         result = queries.diff(store, args.a, args.b, branches=args.branches)
+        if result["missing"]:
+            from ._diff import missing_message
+
+            print(
+                missing_message(result["missing"], "branch" if args.branches else "run"),
+                file=sys.stderr,
+            )
+            return 1
         if args.json:
             print(json.dumps(result, indent=2, default=str))
             return 0
