@@ -255,3 +255,24 @@ def test_version_and_help(tmp_path: Path) -> None:
     assert version.code == 0 and __version__ in version.out
     assert cli(tmp_path, "--help").code == 0
     assert cli(tmp_path).code == 2  # a command is required
+
+
+def test_print_tree_of_a_deep_run() -> None:
+    """The name column narrows with depth but stays at least one character wide (a
+    negative width was a format error below 20 levels)."""
+    from spangraph._demo import print_tree
+    from spangraph.queries import TreeNode
+
+    root = node = TreeNode({"kind": "workflow", "name": "deep", "state": "completed"})
+    for i in range(60):
+        child = TreeNode({"kind": "step", "name": f"s{i}", "state": "completed"})
+        node.children.append(child)
+        node = child
+    lines: list[str] = []
+    print_tree([root], lines.append)
+    assert len(lines) == 61
+    assert re.match(r"^  workflow  deep {37}completed ", lines[0])
+    assert lines[-1].startswith("  " + "  " * 60 + "step      s59 completed ")
+    for depth, line in enumerate(lines[1:], start=1):
+        name = f"s{depth - 1}"
+        assert re.search(rf"^ {{{2 + 2 * depth}}}step {{6}}{name} +completed ", line), line

@@ -164,11 +164,14 @@ def _fmt_ms(value: Any) -> str:
 
 
 def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> None:
+    """One line per span, indented by depth; the name column narrows as the indent
+    grows, down to one character (below 20 levels the columns no longer line up)."""
     for root in roots:
         for depth, node in root.walk():
             span = node.span
+            width = max(1, 40 - 2 * depth)
             out(
-                f"  {'  ' * depth}{span.get('kind', '?'):<9} {node.name:<{40 - 2 * depth}} "
+                f"  {'  ' * depth}{span.get('kind', '?'):<9} {node.name:<{width}} "
                 f"{span.get('state', '?'):<10} {_fmt_ms(span.get('duration_ms'))}"
             )
 
