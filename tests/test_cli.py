@@ -203,10 +203,13 @@ def test_unreachable_graph_is_a_clean_error(tmp_path: Path, closed_port: int) ->
     [
         (("serve", "--port", "99999"), "must be a port number from 1 to 65535"),
         (("demo", "--port", "http"), "must be a port number from 1 to 65535"),
-        (("query", "workflows", "--limit", "-1"), "must be a whole number >= 1"),
-        (("query", "abandoned", "--limit", "0"), "must be a whole number >= 1"),
-        (("query", "abandoned", "--older-than", "-5"), "must be a number of seconds >= 0"),
-        (("query", "abandoned", "--older-than", "nan"), "must be a number of seconds >= 0"),
+        (("query", "workflows", "--limit", "-1"), "must be a whole number from 1 to 1000000"),
+        (("query", "abandoned", "--limit", "0"), "must be a whole number from 1 to 1000000"),
+        # 2**32 + 1 wrapped around to 1 in FalkorDB
+        (("query", "workflows", "--limit", "4294967297"), "from 1 to 1000000"),
+        (("query", "abandoned", "--older-than", "-5"), "must be a number of seconds from 0"),
+        (("query", "abandoned", "--older-than", "nan"), "must be a number of seconds from 0"),
+        (("query", "abandoned", "--older-than", "1e308"), "(100 years)"),
     ],
 )
 def test_bad_numbers_are_usage_errors(tmp_path: Path, args: tuple[str, ...], words: str) -> None:
@@ -276,3 +279,16 @@ def test_print_tree_of_a_deep_run() -> None:
     for depth, line in enumerate(lines[1:], start=1):
         name = f"s{depth - 1}"
         assert re.search(rf"^ {{{2 + 2 * depth}}}step {{6}}{name} +completed ", line), line
+
+
+def test_run_of_a_missing_command_says_so(tmp_path: Path) -> None:
+    result = cli(tmp_path, "run", "--", str(tmp_path / "no-such-program"))
+    assert result.code == 127  # as a shell answers
+    assert "command not found" in result.err and "Traceback" not in result.err
+
+
+def test_demo_with_live_events_off_names_the_setting(tmp_path: Path) -> None:
+    result = cli(tmp_path, "demo", SPANGRAPH_REDIS_URL="off")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "SPANGRAPH_REDIS_URL" in result.err and "live events" in result.err
+    assert not (tmp_path / "server.json").exists()  # refused before anything started

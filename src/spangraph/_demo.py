@@ -16,6 +16,8 @@ import redis
 from . import _sdk, branching, genai, queries
 from . import instrument as sg
 from ._ids import uuid7
+from .config import ENV_REDIS_URL, Settings
+from .exceptions import ConfigurationError
 from .processors.live import workflow_channel
 
 # -- the agent ------------------------------------------------------------------------------
@@ -180,9 +182,13 @@ def run_demo(out: TextIO, *, home: str | None = None) -> int:
     def say(line: str = "") -> None:
         print(line, file=out, flush=True)
 
+    if not Settings.from_env(home=home).live_enabled:
+        raise ConfigurationError(
+            ENV_REDIS_URL,
+            "is 'off', but the demo shows live events: unset it, or set it to 'embedded' "
+            "or a redis:// URL",
+        )
     instance = _sdk.configure(home=home, service_name="spangraph-demo")
-    if instance.store is None or instance.redis_url is None:  # pragma: no cover
-        raise RuntimeError("the demo needs both the graph store and live events")
     workflow_id = uuid7()
     say(
         f"spangraph demo — graph store: {instance.settings.graph_url}, "

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import math
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -103,6 +104,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "spangraph: error: run needs a command: spangraph run -- python app.py", file=sys.stderr
         )
         return 2
+    if shutil.which(command[0]) is None:
+        print(f"spangraph: error: command not found: {command[0]}", file=sys.stderr)
+        return 127  # as a shell says it
     os.environ.setdefault("OTEL_PYTHON_DISTRO", "spangraph")
     os.environ.setdefault("OTEL_PYTHON_CONFIGURATOR", "spangraph")
     if args.home:
@@ -361,8 +365,14 @@ def _checked(convert: Any, ok: Any, what: str) -> Any:
     return parse
 
 
-_count = _checked(int, lambda v: v >= 1, "a whole number >= 1")
-_seconds = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a number of seconds >= 0")
+_MAX_LIMIT = 1_000_000
+_MAX_AGE_S = 100 * 365 * 86_400
+_count = _checked(int, lambda v: 1 <= v <= _MAX_LIMIT, f"a whole number from 1 to {_MAX_LIMIT}")
+_seconds = _checked(
+    float,
+    lambda v: math.isfinite(v) and 0 <= v <= _MAX_AGE_S,
+    f"a number of seconds from 0 to {_MAX_AGE_S} (100 years)",
+)
 _port = _checked(int, lambda v: 1 <= v <= 65_535, "a port number from 1 to 65535")
 
 
