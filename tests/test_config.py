@@ -178,10 +178,18 @@ def test_bad_jaeger_url(url: str) -> None:
     assert info.value.setting == ENV_JAEGER_URL
 
 
-def test_empty_project() -> None:
+@pytest.mark.parametrize("project", ["", "   ", "a\nb", "x" * 1025, 5])
+def test_unusable_project_ids(project: Any) -> None:
+    """The project id names a Redis channel and a URL path: blank, control characters,
+    or longer than an id may be are refused."""
     with pytest.raises(ConfigurationError) as info:
-        Settings.from_env({}, project="")
+        Settings.from_env({}, project=project)
     assert info.value.setting == ENV_PROJECT
+
+
+@pytest.mark.parametrize("project", ["team/alpha", "équipe", "x" * 1024])
+def test_project_ids_that_are_accepted(project: str) -> None:
+    assert Settings.from_env({}, project=project).project == project
 
 
 @pytest.mark.parametrize("value", ["no", "yes", 1, 0])

@@ -106,9 +106,16 @@ class Settings:
     def __post_init__(self) -> None:
         _check_graph_url(self.graph_url)
         _check_redis_url(self.redis_url)
-        if not self.project or not isinstance(self.project, str):
+        if (
+            not isinstance(self.project, str)
+            or not self.project.strip()
+            or len(self.project) > 1024
+            or not self.project.isprintable()
+        ):
             raise ConfigurationError(
-                ENV_PROJECT, f"must be a non-empty string, got {self.project!r}"
+                ENV_PROJECT,
+                "must be a non-blank string of at most 1 024 printable characters, "
+                f"got {self.project!r}",
             )
         if not str(self.jaeger_url).startswith(("http://", "https://")):
             raise ConfigurationError(
