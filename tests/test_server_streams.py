@@ -700,3 +700,95 @@ async def test_hub_connects_without_warnings(embedded_server: ServerInfo) -> Non
             assert await hub.current_seq("no-such-run") == 0
         finally:
             await hub.stop()
+
+
+# -- stopping -----------------------------------------------------------------------------
+
+
+async def test_hub_stops_when_its_reader_loses_the_cancellation(
+    embedded_server: ServerInfo,
+) -> None:
+    """A cancellation that meets a read's own timeout can be lost inside the Redis client
+    (the read returns as if it timed out): the reader still stops, on the hub's stopping
+    flag, and ``stop()`` returns promptly."""
+    hub = StreamHub(embedded_server.redis_url, timeout=2.0, ping_interval=0.2)
+    swallowed: list[int] = []
+    swallow = True
+    make_pubsub = None
+
+    def pubsub() -> Any:
+        ps = make_pubsub()
+        read = ps.get_message
+
+        async def get_message(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await read(*args, **kwargs)
+            except asyncio.CancelledError:
+                if not swallow:
+                    raise
+                swallowed.append(1)
+                return None
+
+        ps.get_message = get_message
+        return ps
+
+    await hub.start()  # the reader runs from the next await on: patch its Pub/Sub first
+    make_pubsub, hub._listener.pubsub = hub._listener.pubsub, pubsub
+    deadline = time.monotonic() + 10
+    while not hub.connected:
+        assert time.monotonic() < deadline, "the hub did not connect"
+        await asyncio.sleep(0.02)
+    started = time.monotonic()
+    stopping = asyncio.create_task(hub.stop())
+    done, _ = await asyncio.wait([stopping], timeout=5)
+    try:
+        assert done, "stop() hung: the reader kept reading"
+        assert time.monotonic() - started < 2.5
+        assert swallowed, "the test did not make the reader lose a cancellation"
+        assert not hub._tasks
+    finally:
+        swallow = False
+        for task in list(hub._tasks):
+            task.cancel()
+        await asyncio.wait([stopping], timeout=5)
+
+
+def test_serve_on_a_port_in_use_exits_with_a_clear_message(
+    embedded_server: ServerInfo, tmp_path
+) -> None:
+    """``spangraph serve`` on a taken port shuts down and exits non-zero at once, saying
+    the port is in use (it hung in the app's shutdown)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("spangraph")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "spangraph.cli"]
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SPANGRAPH_", "NEO4J_", "OTEL_"))
+    }
+    env.update(
+        SPANGRAPH_HOME=str(tmp_path),
+        SPANGRAPH_GRAPH_URL=embedded_server.graph_url,
+        SPANGRAPH_REDIS_URL=embedded_server.redis_url,
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        proc = subprocess.run(
+            [*command, "serve", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    took = time.monotonic() - started
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert f"cannot listen on 127.0.0.1:{port}: the port {port} is already in use" in output
+    assert "choose another port with --port" in output
+    assert "Application shutdown complete" in output
+    assert took < 30, output

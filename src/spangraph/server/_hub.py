@@ -41,6 +41,8 @@ _COMMAND_CONNECTIONS: Final = 16
 """Connections for the hub's commands (GET, XRANGE): many clients connecting at once wait
 for one of these instead of opening hundreds."""
 _ERRORS: Final = (RedisError, OSError, asyncio.TimeoutError)
+_RECANCEL_EVERY: Final = 0.1
+"""Seconds between cancellations of a hub task that has not ended yet, while stopping."""
 LAG_BOUNDS_MS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 """Buckets of :meth:`StreamHub.stats` ``lag_ms``: from a batch's arrival from Redis to its
 being written to a client's connection."""
@@ -142,19 +144,33 @@ class StreamHub:
         self._spawn(self._beat())
 
     async def stop(self) -> None:
-        """Tell every client the service is going away, then close the connections."""
+        """Tell every client the service is going away, then close the connections.
+
+        Takes at most about twice ``timeout`` seconds: the reader and the heartbeat are
+        cancelled, and cancelled again while they have not ended (a cancellation that
+        meets a read's own timeout can be lost inside the Redis client, which then reads
+        on), then left behind with a warning; closing each connection is bounded too."""
         self._stopping = True
         for channel in list(self._channels.values()):
             for sub in list(channel.subs):
                 sub.end(GOING_AWAY, "the service is shutting down")
         self._channels.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        pending = set(self._tasks)
+        while pending and loop.time() < deadline:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(
+                pending, timeout=min(_RECANCEL_EVERY, max(deadline - loop.time(), 0))
+            )
+        if pending:
+            _log.warning("live: %d hub tasks did not stop within %g s", len(pending), self.timeout)
         for client in (self._client, self._listener):
             if client is not None:
                 with contextlib.suppress(*_ERRORS):
-                    await client.aclose()
+                    async with asyncio.timeout(self.timeout):
+                        await client.aclose()
 
     def stats(self) -> dict[str, Any]:
         """Counters: messages and batches fanned out, clients cut off as too slow,
@@ -332,7 +348,7 @@ class StreamHub:
         loop = asyncio.get_running_loop()
         heard = flushed = loop.time()
         window = self.batch_window
-        while True:
+        while not self._stopping:
             message = await pubsub.get_message(timeout=self.ping_interval)
             if message is None:
                 if loop.time() - heard > 2 * self.ping_interval:
@@ -342,7 +358,7 @@ class StreamHub:
             heard = loop.time()
             self._handle(message)
             count = 1
-            while count < _CHUNK:
+            while count < _CHUNK and not self._stopping:
                 wait = flushed + window - loop.time()
                 message = await pubsub.get_message(timeout=max(wait, 0))
                 if message is None:
@@ -406,7 +422,7 @@ class StreamHub:
 
     async def _beat(self) -> None:
         """Every ``heartbeat`` seconds, a heartbeat to each client that got nothing."""
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.heartbeat)
             for channel in list(self._channels.values()):
                 for sub in channel.subs:

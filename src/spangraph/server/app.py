@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -125,11 +126,41 @@ _SERVER_LOGGERS = ("uvicorn.access", "uvicorn.error")
 """The loggers that write request paths with their query (access log, WebSocket lines)."""
 
 
+class _PortInUse(logging.Filter):
+    """Says what to do when the server cannot listen because its port is taken: uvicorn
+    logs the bare ``OSError`` (``[Errno 98] error while attempting to bind on address
+    ('127.0.0.1', 8000): address already in use``), shuts the app down and exits with
+    status 3."""
+
+    _ADDRESS = re.compile(r"\(\s*'([^']*)',\s*(\d+)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.msg
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            found = self._ADDRESS.search(str(exc))
+            if found:
+                host, port = found[1], found[2]
+                where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                what = f"port {port}"
+            else:
+                where, what = "its address", "port"
+            record.msg = (
+                f"cannot listen on {where}: the {what} is already in use (another "
+                "spangraph serve?); stop that program or choose another port with --port"
+                f" ({exc})"
+            )
+            record.args = ()
+        return True
+
+
 def _redact_server_logs() -> None:
     for name in _SERVER_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _RedactToken) for f in logger.filters):
             logger.addFilter(_RedactToken())
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _PortInUse) for f in logger.filters):
+        logger.addFilter(_PortInUse())
 
 
 LOOPBACK_HOSTS: Final = ("localhost", "127.0.0.1", "[::1]")
