@@ -292,3 +292,19 @@ def test_demo_with_live_events_off_names_the_setting(tmp_path: Path) -> None:
     assert result.code == 2 and "Traceback" not in result.err
     assert "SPANGRAPH_REDIS_URL" in result.err and "live events" in result.err
     assert not (tmp_path / "server.json").exists()  # refused before anything started
+
+
+def test_query_of_an_unreachable_neo4j_fails_at_once(tmp_path: Path, closed_port: int) -> None:
+    """The connection is checked before the query, which the driver would retry for 30 s
+    (the subprocess timeout below stops a run that retries)."""
+    url = f"bolt://127.0.0.1:{closed_port}"
+    result = cli(
+        tmp_path,
+        "query",
+        "workflows",
+        timeout=20,
+        SPANGRAPH_GRAPH_URL=url,
+        NEO4J_PASSWORD="s3cret",
+    )
+    assert result.code == 2 and "Traceback" not in result.err
+    assert f"Neo4j at {url} is unavailable" in result.err and "s3cret" not in result.err

@@ -37,6 +37,17 @@ def test_bad_uri_names_the_setting() -> None:
     assert info.value.setting == "SPANGRAPH_GRAPH_URL"
 
 
+@pytest.mark.parametrize(
+    "uri", ["neo4j://u:s3cret@127.0.0.1:7687", "bolt://u:s3cret@127.0.0.1:notaport"]
+)
+def test_errors_never_show_the_password(uri: str) -> None:
+    """The driver refuses a password in the URI (NEO4J_PASSWORD holds it) and repeats the
+    URI in its message: spangraph's error shows it without the password."""
+    with pytest.raises(ConfigurationError) as info:
+        Neo4jStore(uri)
+    assert "s3cret" not in str(info.value) and "u:***@" in str(info.value)
+
+
 def test_configure_with_unreachable_neo4j_names_the_setting() -> None:
     with pytest.raises(ConfigurationError) as info:
         spangraph.configure(

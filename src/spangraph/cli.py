@@ -296,6 +296,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
     store = open_store(Settings.from_env(home=args.home))
     try:
+        store.ping()  # fail fast: a query against a server that is down retries for 30 s
         return _run_query(args, store)
     finally:
         store.close()

@@ -14,7 +14,7 @@ from falkordb import FalkorDB
 from falkordb.helpers import stringify_param_value
 
 from .._utf8 import REPLACEMENT, utf8
-from ..config import DEFAULT_FALKORDB_GRAPH
+from ..config import DEFAULT_FALKORDB_GRAPH, redact_url
 from ..exceptions import ConfigurationError, StoreError, StoreUnavailableError
 from . import cypher as shared_cypher
 from ._base import Row, WriteBatch
@@ -269,11 +269,15 @@ class FalkorDBStore:
         """``falkordb://[user:password@]host:port/graph`` (``redis://`` also accepted)."""
         parts = urlsplit(url)
         if parts.scheme not in ("falkordb", "falkordbs", "redis", "rediss"):
-            raise ConfigurationError("SPANGRAPH_GRAPH_URL", f"not a FalkorDB URL: {url!r}")
+            raise ConfigurationError(
+                "SPANGRAPH_GRAPH_URL", f"not a FalkorDB URL: {redact_url(url)!r}"
+            )
         try:
             port = parts.port or 6379
         except ValueError:
-            raise ConfigurationError("SPANGRAPH_GRAPH_URL", f"bad port in {url!r}") from None
+            raise ConfigurationError(
+                "SPANGRAPH_GRAPH_URL", f"bad port in {redact_url(url)!r}"
+            ) from None
         graph = unquote(parts.path.lstrip("/")) or DEFAULT_FALKORDB_GRAPH
         return cls(
             parts.hostname or "localhost",

@@ -12,6 +12,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from .._utf8 import mended_value
+from ..config import redact_url
 from ..exceptions import ConfigurationError, StoreError, StoreUnavailableError
 from ._base import WriteBatch
 
@@ -59,15 +60,17 @@ class Neo4jStore:
         except ImportError:
             raise ConfigurationError(
                 "SPANGRAPH_GRAPH_URL",
-                f"{uri} needs the Neo4j driver: pip install 'spangraph[neo4j]'",
+                f"{redact_url(uri)} needs the Neo4j driver: pip install 'spangraph[neo4j]'",
             ) from None
         try:
             _ = urlsplit(uri).port
         except ValueError:
-            raise ConfigurationError("SPANGRAPH_GRAPH_URL", f"bad port in {uri!r}") from None
+            raise ConfigurationError(
+                "SPANGRAPH_GRAPH_URL", f"bad port in {redact_url(uri)!r}"
+            ) from None
         self._neo4j = neo4j
         self.name = "neo4j"
-        self.url = uri
+        self.url = redact_url(uri)  # for messages: never the password
         self.database = database
         auth = (user, password) if password is not None else None
         try:
@@ -78,9 +81,10 @@ class Neo4jStore:
                 connection_timeout=connection_timeout,
             )
         except (ValueError, neo4j.exceptions.ConfigurationError) as exc:
+            reason = str(exc).replace(uri, self.url)  # the driver repeats the URI
             raise ConfigurationError(
-                "SPANGRAPH_GRAPH_URL", f"bad Neo4j URI {uri!r}: {exc}"
-            ) from exc
+                "SPANGRAPH_GRAPH_URL", f"bad Neo4j URI {self.url!r}: {reason}"
+            ) from None
         self._schema_ready = False
 
     def _translate(self, exc: Exception, what: str) -> StoreError:
