@@ -373,8 +373,30 @@ def test_branch_id_given(cap: SpanCapture) -> None:
     assert attrs(one(cap, "s"))[sc.BRANCH_ID] == "my-branch"
     with pytest.raises(ValueError, match="branch_id"):
         spangraph.branch("b", branch_id="")
+    with pytest.raises(ValueError, match="branch_id must be at most 1024 characters"):
+        spangraph.branch("b", branch_id="x" * 1025)
     with pytest.raises(ValueError, match="branch name"):
         spangraph.branch(" ")
+
+
+def test_reserved_keys_are_refused_in_branching_attributes(cap: SpanCapture) -> None:
+    """spangraph.* keys the SDK sets would move a span out of its branch or run."""
+    reserved = {"spangraph.branch.id": "forged"}
+    with pytest.raises(ValueError, match=r"branch\(attributes=\): spangraph.branch.id"):
+        spangraph.branch("b", attributes=reserved)
+    with pytest.raises(ValueError, match=r"decision\(attributes=\)"):
+        spangraph.decision("d", options=["a"], attributes=reserved)
+    with spangraph.branch("watched") as watched:
+        pass
+    with pytest.raises(ValueError, match=r"monitor\(attributes=\)"):
+        spangraph.monitor(watched, attributes=reserved)
+    with spangraph.decision("d", options=["a"]) as d:
+        with pytest.raises(ValueError, match=r"option\(\)"):
+            d.option("a", **reserved)
+        with d.option("a", note="kept"):
+            pass
+    assert attrs(one(cap, "a"))["note"] == "kept"
+    assert [s.name for s in cap.spans if s.name in ("b",)] == []
 
 
 def test_nested_branches_get_their_own_id(cap: SpanCapture) -> None:

@@ -455,7 +455,7 @@ def test_tool_decorates_a_partial_and_a_callable_object(cap: SpanCapture) -> Non
     named = spangraph.tool("adder")(functools.partial(add, 2))
     assert (add_one(2), double(4), named(1)) == (3, 8, 3)
     assert [s.name for s in cap.spans] == [
-        "execute_tool partial",
+        "execute_tool add",  # the partial's function, as the model knows it
         "execute_tool Doubler",
         "execute_tool adder",
     ]
@@ -482,3 +482,17 @@ def test_tool_in_graph(sg: spangraph.Spangraph) -> None:
         ("tool.call", {"tool": "add", "arguments.a": 2, "arguments.b": 3}),
         ("tool.response", {"result": 5}),
     ]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a: spangraph.llm("m", attributes=a),
+        lambda a: spangraph.tool("t", attributes=a),
+    ],
+    ids=["llm", "tool"],
+)
+def test_reserved_keys_are_refused_in_genai_attributes(cap: SpanCapture, make: Any) -> None:
+    with pytest.raises(ValueError, match=r"spangraph\.workflow\.id"):
+        make({"spangraph.workflow.id": "elsewhere"})
+    assert cap.spans == []

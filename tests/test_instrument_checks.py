@@ -402,11 +402,15 @@ def test_reserved_keys_are_refused(cap: SpanCapture) -> None:
 
 
 def test_sdk_keys_win_over_attributes_given_elsewhere(cap: SpanCapture) -> None:
+    """The public API refuses them (branch(attributes=) too, see test_branching); spans
+    that spangraph's integrations open with attributes of their own get the SDK's."""
+    from spangraph._spans import _Options
+    from spangraph.instrument import Scope
+
+    given = {sc.WORKFLOW_ID: "someone-else", sc.KIND: "workflow", "x": 1}
     with (
         spangraph.workflow("w") as run,
-        spangraph.branch(
-            "b", attributes={sc.WORKFLOW_ID: "someone-else", sc.KIND: "workflow", "x": 1}
-        ),
+        Scope(_Options(kind=sc.KIND_BRANCH, name="b", attributes=given)),
     ):
         pass
     attrs = one(cap, "b").attributes or {}

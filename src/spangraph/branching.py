@@ -15,7 +15,7 @@ from typing import Any
 
 from . import semconv as sc
 from ._attrs import clean_value
-from ._spans import Handle, _check_name, _Options, link_to
+from ._spans import Handle, _check_attributes, _check_id, _check_name, _Options, link_to
 from .instrument import Scope
 
 __all__ = ["Branch", "Decision", "branch", "decision", "monitor"]
@@ -56,6 +56,7 @@ class Decision(Handle):
         self._check_open("option")
         _check_name(name, "option name")
         self._check_offered(name)
+        _check_attributes(attributes, "option()")
 
         def explored(handle: Handle) -> None:
             self._explored.setdefault(name, handle)
@@ -115,6 +116,7 @@ def decision(
         _check_name(option, "option name")
     if len(set(offered)) != len(offered):
         raise ValueError(f"decision {name!r} offers the same option twice: {offered!r}")
+    _check_attributes(attributes, "decision(attributes=)")
 
     def start(handle: Decision) -> None:
         handle.options = offered
@@ -146,7 +148,8 @@ def branch(
     unless one is given). Use as ``with``, ``async with`` or a decorator."""
     _check_name(name, "branch name")
     if branch_id is not None:
-        _check_name(branch_id, "branch_id")
+        _check_id(branch_id, "branch_id")
+    _check_attributes(attributes, "branch(attributes=)")
     return Scope(
         _Options(
             kind=sc.KIND_BRANCH,
@@ -167,6 +170,7 @@ def monitor(
     link = link_to(target, sc.LINK_MONITORS)
     label = name or (f"monitor {target.name}" if isinstance(target, Handle) else "monitor")
     _check_name(label, "monitor name")
+    _check_attributes(attributes, "monitor(attributes=)")
     return Scope(
         _Options(kind=sc.KIND_MONITOR, name=label, attributes=dict(attributes or {}), links=(link,))
     )

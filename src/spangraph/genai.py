@@ -20,7 +20,7 @@ from opentelemetry import trace
 
 from . import semconv as sc
 from ._attrs import clean, clean_value, safe_str, truncate
-from ._spans import Handle, _add_event, _check_name, _Options
+from ._spans import Handle, _add_event, _check_attributes, _check_name, _default_name, _Options
 from .instrument import Scope
 from .processors.live import emit_event
 
@@ -116,6 +116,7 @@ def llm(
     _check_name(operation, "operation")
     if provider is not None:
         _check_name(provider, "provider")
+    _check_attributes(attributes, "llm(attributes=)")
     attrs: dict[str, Any] = {sc.GEN_AI_OPERATION_NAME: operation, sc.GEN_AI_REQUEST_MODEL: model}
     if provider is not None:
         attrs[sc.GEN_AI_PROVIDER_NAME] = provider
@@ -226,7 +227,9 @@ class _ToolScope(Scope):
             raise TypeError(
                 "tool() cannot decorate a generator: its result is not known when it returns"
             )
-        name = self._tool_name or getattr(fn, "__name__", None) or type(fn).__name__
+        # the name a model calls it by: the function's own (a partial's function's, a
+        # callable object's class's), without its enclosing class
+        name = self._tool_name or _default_name(fn).rsplit(".", 1)[-1]
         scope = Scope(_tool_options(name, self._tool_attrs))
         return scope(_record_io(name, fn))  # type: ignore[return-value]
 
@@ -241,6 +244,7 @@ def tool(
     """A tool call (``execute_tool`` span). As a decorator (``@tool``, ``@tool("search")``)
     it records the call's arguments (``tool.call``) and its result (``tool.response``);
     as a block, ``with tool("search", arguments={...}) as call: … call.respond(result)``."""
+    _check_attributes(attributes, "tool(attributes=)")
     if callable(name_or_fn) and not isinstance(name_or_fn, str):
         return _ToolScope(None, None, attributes)(name_or_fn)
     if name_or_fn is not None:
