@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 import spangraph
 from spangraph import queries, semconv
@@ -160,3 +161,70 @@ def test_docs_links_resolve(page: str) -> None:
     text = (DOCS / page).read_text()
     for target in re.findall(r"\]\(([^)#]+\.md)\)", text):
         assert (DOCS / target).exists(), f"{page} links to missing {target}"
+
+
+def test_graph_model_span_id_shared_by_two_traces_is_as_documented(
+    sg: spangraph.Spangraph, provider: TracerProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/graph-model.md: two spans with one span_id in different traces make one node,
+    with the properties of the one written last, its run only, events merged by index and
+    the PARENT_OF edges of both."""
+    text = " ".join((DOCS / "graph-model.md").read_text().split())
+    assert "two spans with the same `span_id` in different traces become **one** node" in text
+    assert "its events are merged by position" in text
+    forced: list[int] = []
+    generator = provider.id_generator
+    random_span_id = generator.generate_span_id
+    monkeypatch.setattr(
+        generator, "generate_span_id", lambda: forced.pop() if forced else random_span_id()
+    )
+
+    with spangraph.workflow("run-a") as a, spangraph.step("s-a") as first:
+        for i in range(3):
+            first.event(f"a{i}")
+        with spangraph.step("child-a"):
+            pass
+    assert spangraph.flush(10)
+    with spangraph.workflow("run-b") as b:
+        forced.append(first.span.get_span_context().span_id)
+        with spangraph.step("s-b") as second:
+            second.event("b0")
+            with spangraph.step("child-b"):
+                pass
+    assert spangraph.flush(10)
+    assert second.span_id == first.span_id and second.trace_id != first.trace_id
+    store = sg.store
+    assert store is not None
+
+    [merged] = store.query(
+        "MATCH (s:Span {span_id: $id}) RETURN s.name AS name, s.workflow_id AS wf",
+        {"id": first.span_id},
+    )
+    assert merged == {"name": "s-b", "wf": b.workflow_id}  # the span written last
+    tree_a = [
+        (d, n.name) for root in queries.tree(store, a.workflow_id or "") for d, n in root.walk()
+    ]
+    assert tree_a == [(0, "run-a"), (0, "child-a")]  # s-a is gone; its child is a root
+    tree_b = [
+        (d, n.name) for root in queries.tree(store, b.workflow_id or "") for d, n in root.walk()
+    ]
+    assert tree_b == [(0, "run-b"), (1, "s-b"), (2, "child-b")]
+    events = store.query(
+        "MATCH (:Span {span_id: $id})-[:HAS_EVENT]->(e:Event) RETURN e.name AS name ORDER BY e.seq",
+        {"id": first.span_id},
+    )
+    assert [e["name"] for e in events] == [  # s-b's three events, then s-a's from index 3
+        "step.started",
+        "b0",
+        "step.completed",
+        "a2",
+        "step.completed",
+    ]
+    edges = store.query(
+        "MATCH (p:Span)-[:PARENT_OF]->(:Span {span_id: $id})-[:PARENT_OF]->(c:Span) "
+        "RETURN p.name AS parent, c.name AS child",
+        {"id": first.span_id},
+    )
+    assert {(e["parent"], e["child"]) for e in edges} == {
+        (p, c) for p in ("run-a", "run-b") for c in ("child-a", "child-b")
+    }
