@@ -125,6 +125,17 @@ def _home_path(home: str | os.PathLike[str]) -> Path:
         raise ConfigurationError("SPANGRAPH_HOME", f"{raw!r} is not a usable path: {exc}") from None
 
 
+def _probe(port: int, timeout: float) -> redis.Redis:
+    """A client for one quick question to 127.0.0.1:``port``: no retries, short timeouts."""
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=_NO_RETRY,
+    )
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -202,13 +213,7 @@ class EmbeddedServer:
         with the process id it reports itself: ``server.json`` only says where to look,
         never which process to signal (a stale or edited file must not make ``down``
         kill another program)."""
-        client = redis.Redis(
-            host="127.0.0.1",
-            port=port,
-            socket_timeout=2,
-            socket_connect_timeout=2,
-            retry=_NO_RETRY,
-        )
+        client = _probe(port, timeout=2)
         try:
             served = client.config_get("dir").get("dir")
             pid = client.info("server").get("process_id")
@@ -306,13 +311,7 @@ class EmbeddedServer:
 
     @staticmethod
     def _ping(port: int) -> bool:
-        client = redis.Redis(
-            host="127.0.0.1",
-            port=port,
-            socket_timeout=1,
-            socket_connect_timeout=1,
-            retry=_NO_RETRY,
-        )
+        client = _probe(port, timeout=1)
         try:
             return bool(client.ping())
         except (redis.RedisError, OSError):
