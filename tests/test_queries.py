@@ -93,9 +93,19 @@ def test_workflows_limit(sg: spangraph.Spangraph, runs: dict[str, str]) -> None:
         runs["nested"], runs["alpha-failed"],
     ]  # fmt: skip
     assert len(queries.workflows(sg.store, project_id=project, limit=1)) == 1
-    for bad in (0, -1):
+    # 2**32 + 1 wrapped around to a LIMIT of 1 in FalkorDB; 1.5 and True were taken as 1
+    for bad in (0, -1, 2**32 + 1, queries.MAX_LIMIT + 1, 1.5, True, "5"):
         with pytest.raises(ValueError, match="limit"):
             queries.workflows(sg.store, limit=bad)
+        with pytest.raises(ValueError, match="limit"):
+            queries.abandoned(sg.store, limit=bad)
+    assert len(queries.workflows(sg.store, project_id=project, limit=queries.MAX_LIMIT)) == 4
+    for since in (2**63, -(2**63) - 1, 1.5, "0"):
+        with pytest.raises(ValueError, match="since_ns"):
+            queries.workflows(sg.store, since_ns=since)
+    for age in (-1, float("nan"), float("inf"), 1e308, True):
+        with pytest.raises(ValueError, match="older_than_s"):
+            queries.abandoned(sg.store, older_than_s=age)
 
 
 def test_tree(sg: spangraph.Spangraph, runs: dict[str, str]) -> None:

@@ -139,6 +139,8 @@ def test_workflows_list_and_filters(client: TestClient, run_ids: dict[str, str])
     assert len(client.get("/api/workflows", params={"project_id": "api"}).json()) == 1
     assert client.get("/api/workflows", params={"state": "nonsense"}).status_code == 422
     assert client.get("/api/workflows", params={"limit": 0}).status_code == 422
+    for since in (-1, 2**63):  # 2**63 raised inside the query library: a 500
+        assert client.get("/api/workflows", params={"since_ns": since}).status_code == 422
 
 
 def test_tree_node_and_path(client: TestClient, run_ids: dict[str, str]) -> None:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import queries
 from .config import Settings
 from .embedded import EmbeddedServer
 from .exceptions import SpangraphError
@@ -366,8 +367,8 @@ def _checked(convert: Any, ok: Any, what: str) -> Any:
     return parse
 
 
-_MAX_LIMIT = 1_000_000
-_MAX_AGE_S = 100 * 365 * 86_400
+_MAX_LIMIT = queries.MAX_LIMIT
+_MAX_AGE_S = queries.MAX_AGE_S
 _count = _checked(int, lambda v: 1 <= v <= _MAX_LIMIT, f"a whole number from 1 to {_MAX_LIMIT}")
 _seconds = _checked(
     float,

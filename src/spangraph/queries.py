@@ -157,6 +157,18 @@ def _cycle_head(nodes: dict[str, TreeNode], node: TreeNode) -> TreeNode:
     return min(chain[seen[node.span["span_id"]] :], key=lambda n: _cycle_key(n.span))
 
 
+MAX_LIMIT: Final = 1_000_000
+"""The most rows ``limit=`` may ask for (a larger LIMIT wraps around in FalkorDB)."""
+MAX_AGE_S: Final = 100 * 365 * 86_400
+"""The largest ``older_than_s`` (100 years)."""
+_INT64_MAX = 2**63 - 1
+
+
+def _check_limit(limit: object) -> None:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT}, got {limit!r}")
+
+
 def workflows(
     store: GraphStore,
     *,
@@ -176,14 +188,17 @@ def workflows(
           AND ($since_ns IS NULL OR s.start_ns >= $since_ns)
         RETURN s.span_id AS span_id, ... ORDER BY s.start_ns DESC LIMIT $limit
     """
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
+    _check_limit(limit)
+    if since_ns is not None and (
+        not isinstance(since_ns, int) or isinstance(since_ns, bool) or abs(since_ns) > _INT64_MAX
+    ):
+        raise ValueError(f"since_ns must be a whole number of nanoseconds, got {since_ns!r}")
     params = {
         "project_id": project_id,
         "state": state,
         "name": name,
         "since_ns": since_ns,
-        "limit": int(limit),
+        "limit": limit,
     }
     return [_decode(r) for r in store.query(LIST_WORKFLOWS, params)]
 
@@ -554,15 +569,20 @@ def abandoned(
           AND ($project_id IS NULL OR s.project_id = $project_id)
         RETURN s.span_id AS span_id, ... ORDER BY s.start_ns LIMIT $limit
     """
-    if older_than_s < 0:
-        raise ValueError(f"older_than_s must be >= 0, got {older_than_s}")
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
+    if (
+        not isinstance(older_than_s, int | float)
+        or isinstance(older_than_s, bool)
+        or not 0 <= older_than_s <= MAX_AGE_S  # NaN fails too
+    ):
+        raise ValueError(
+            f"older_than_s must be a number of seconds from 0 to {MAX_AGE_S}, got {older_than_s!r}"
+        )
+    _check_limit(limit)
     now = time.time_ns() if now_ns is None else now_ns
     params = {
         "started_before_ns": now - int(older_than_s * 1e9),
         "project_id": project_id,
-        "limit": int(limit),
+        "limit": limit,
     }
     return [_decode(r) for r in store.query(ABANDONED, params)]
 

@@ -79,7 +79,7 @@ def list_workflows(
     project_id: str | None = None,
     state: Annotated[str | None, Query(pattern=_STATES)] = None,
     name: str | None = None,
-    since_ns: Annotated[int | None, Query(ge=0)] = None,
+    since_ns: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[dict[str, Any]]:
     """Runs (workflow spans), newest first, filtered by project, state, name, start."""
