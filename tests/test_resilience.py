@@ -300,3 +300,62 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:  # no /proc here: it exists, so it runs
         return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("offload", [False, True], ids=["in-process", "offload"])
+def test_embedded_server_back_on_another_port_is_followed(
+    tmp_path: Path, configured: list, offload: bool
+) -> None:
+    """The embedded server restarts on a new port when another program took its own in
+    the meantime: running programs find it there (server.json) and send what they held."""
+    import socket
+
+    from spangraph.embedded import EmbeddedServer
+
+    home = tmp_path / "home"
+    sg = spangraph.configure(
+        tracer_provider=TracerProvider(),
+        home=str(home),
+        project=f"moved-{uuid.uuid4().hex[:8]}",
+        offload=offload,
+    )
+    configured.append(sg)
+    server = EmbeddedServer(home)
+    try:
+        first = server.status()
+        assert first is not None
+        before = run_workflow("before-the-move")
+        assert spangraph.flush(10)
+
+        assert server.stop()
+        with socket.socket() as squatter:  # another program takes the port meanwhile
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", first.port))
+            squatter.listen()
+            second = server.ensure_running()
+        assert second.port != first.port
+
+        during = timed_run("after-the-move")
+        assert spangraph.flush(30)
+        store = FalkorDBStore.from_url(second.graph_url)
+        try:
+            assert span_states(store, before) == ["completed"] * 3  # the data moved along
+            assert span_states(store, during) == ["completed"] * 3
+        finally:
+            store.close()
+        after = run_workflow("live-again")
+        assert spangraph.flush(10)
+        client = redis.Redis(port=second.port)
+        try:
+            types = [
+                json.loads(f[b"data"])["type"]
+                for _, f in client.xrange(f"spangraph:stream:{after}")
+            ]
+        finally:
+            client.close()
+        assert types[0] == "span.started" and types[-1] == "span.ended"
+        assert "workflow.completed" in types
+    finally:
+        spangraph.shutdown()
+        server.stop()

@@ -324,6 +324,10 @@ def _build(instance: Spangraph, *, graph: bool, live: bool, max_queue_size: int)
                     "neo4j_user": settings.neo4j_user,
                     "neo4j_password": settings.neo4j_password,
                     "neo4j_database": settings.neo4j_database,
+                    # where the agent looks when the embedded server stops answering
+                    "embedded_home": None if server is None else str(settings.home),
+                    "graph_embedded": settings.graph_is_embedded,
+                    "redis_embedded": settings.redis_is_embedded,
                 },
                 max_queue_size=max_queue_size,
             )
@@ -331,6 +335,16 @@ def _build(instance: Spangraph, *, graph: bool, live: bool, max_queue_size: int)
         instance.graph_processor = GraphSpanProcessor(
             store, project=settings.project, max_queue_size=max_queue_size
         )
+    if server is not None:  # follow the embedded server if it comes back on another port
+        embedded = EmbeddedServer(settings.home)
+        if instance.graph_processor is not None and settings.graph_is_embedded:
+            follow = embedded.follower(server.port, instance.graph_processor.store.move_to)
+            instance.graph_processor._worker.on_unavailable = follow
+        if instance.live_processor is not None and settings.redis_is_embedded:
+            publisher = instance.live_processor.publisher
+            instance.live_processor._worker.on_unavailable = embedded.follower(
+                server.port, publisher.move_to
+            )
 
 
 def current() -> Spangraph | None:

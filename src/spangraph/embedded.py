@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -232,6 +232,22 @@ class EmbeddedServer:
         if not ours or not _pid_alive(pid):
             return None
         return ServerInfo(pid=pid, port=port, home=str(self.home))
+
+    def follower(self, port: int, move: Callable[[int], None]) -> Callable[[], None]:
+        """A hook for a worker that writes to this home's server at ``port`` (called
+        while the server does not answer): when the server is back on another port
+        (its own was taken meanwhile), ``move`` is called with that port."""
+        current = port
+
+        def follow() -> None:
+            nonlocal current
+            port = self._last_port()
+            if port is None or port == current or self._serving(port) is None:
+                return
+            move(port)
+            current = port
+
+        return follow
 
     def status(self) -> ServerInfo | None:
         """The running server of this home, or ``None``."""

@@ -115,6 +115,10 @@ class BatchWorker(Generic[T, P]):
         # optional hook, called on the worker thread after each successful send with
         # (seconds the send took, items sent); may be set after construction
         self.on_sent = on_sent
+        # optional hook, called on the sending thread before each retry after a transient
+        # error (e.g. to look where the embedded server is now); may be set after
+        # construction; what it raises is logged
+        self.on_unavailable: Callable[[], None] | None = None
         # counters (read by stats(); written by the worker, drops by any thread)
         self.sent = 0
         self.dropped = 0
@@ -426,6 +430,12 @@ class BatchWorker(Generic[T, P]):
                         "spangraph %s: unavailable (%s); retrying with backoff", self.name, exc
                     )
                 self.retries += 1
+                on_unavailable = self.on_unavailable
+                if on_unavailable is not None:
+                    try:
+                        on_unavailable()
+                    except Exception:
+                        _log.debug("spangraph %s: on_unavailable failed", self.name, exc_info=True)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self._retry_max)
                 continue

@@ -144,6 +144,22 @@ class RedisPublisher:
     def from_url(cls, url: str) -> RedisPublisher:
         return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2))
 
+    def move_to(self, port: int) -> None:
+        """Send to ``port`` of the same host from now on (the embedded server came back on
+        another port). Called by the thread that publishes."""
+        kwargs = self.client.connection_pool.connection_kwargs
+        client = redis.Redis(
+            host=kwargs.get("host", "localhost"),
+            port=port,
+            db=kwargs.get("db", 0),
+            username=kwargs.get("username"),
+            password=kwargs.get("password"),
+            socket_timeout=kwargs.get("socket_timeout"),
+            socket_connect_timeout=kwargs.get("socket_connect_timeout"),
+        )
+        old, self.client = self.client, client
+        old.close()
+
     def publish(self, messages: list[tuple[str, str, str, str]]) -> None:
         """``messages``: (workflow_id, project_id, head, tail) each, published in order."""
         calls = [

@@ -33,6 +33,7 @@ import time
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
@@ -541,6 +542,16 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
             publisher = _open_publisher(config["redis_url"])
             live = LiveEventProcessor(publisher, project=settings.project)
             processors.append(live)
+        if config.get("embedded_home"):  # follow the server if it comes back elsewhere
+            from ..embedded import EmbeddedServer
+
+            embedded = EmbeddedServer(config["embedded_home"])
+            if graph is not None and store is not None and config.get("graph_embedded"):
+                port = urlsplit(settings.graph_url).port or 0
+                graph._worker.on_unavailable = embedded.follower(port, store.move_to)
+            if live is not None and publisher is not None and config.get("redis_embedded"):
+                port = urlsplit(config["redis_url"]).port or 0
+                live._worker.on_unavailable = embedded.follower(port, publisher.move_to)
     except Exception as exc:
         out.write(f"error {exc}".replace("\n", " ").encode() + b"\n")
         out.flush()

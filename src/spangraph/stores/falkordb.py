@@ -236,24 +236,15 @@ class FalkorDBStore:
             raise ConfigurationError("SPANGRAPH_GRAPH_URL", "graph name must not be empty")
         self.name = "falkordb"
         self.graph_name = graph
-        self.url = f"falkordb://{host}:{port}/{graph}"
-        try:
-            # the client asks the server for its mode (sentinel, cluster) right here
-            self._db = FalkorDB(
-                host=host,
-                port=port,
-                username=username,
-                password=password,
-                ssl=ssl,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=min(socket_timeout, 5.0),
-            )
-        except redis.AuthenticationError as exc:
-            raise StoreError(f"FalkorDB at {self.url} refused the credentials: {exc}") from exc
-        except _TRANSIENT as exc:
-            raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
-        except redis.RedisError as exc:
-            raise StoreError(f"FalkorDB at {self.url} answered with an error: {exc}") from exc
+        self._host = host
+        self._client_kwargs: dict[str, Any] = {
+            "username": username,
+            "password": password,
+            "ssl": ssl,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": min(socket_timeout, 5.0),
+        }
+        self._db = self._connect(port)
         self._graph = self._db.select_graph(graph)
         self._schema_ready = False
         # packs commands into the wire format: never connected, only its encoder is used
@@ -263,6 +254,31 @@ class FalkorDBStore:
         self._writer: Any = None
         self._writer_pid = 0
         self._writer_generation = 0
+
+    def _connect(self, port: int) -> FalkorDB:
+        self.url = f"falkordb://{self._host}:{port}/{self.graph_name}"
+        try:
+            # the client asks the server for its mode (sentinel, cluster) right here
+            return FalkorDB(host=self._host, port=port, **self._client_kwargs)
+        except redis.AuthenticationError as exc:
+            raise StoreError(f"FalkorDB at {self.url} refused the credentials: {exc}") from exc
+        except _TRANSIENT as exc:
+            raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
+        except redis.RedisError as exc:
+            raise StoreError(f"FalkorDB at {self.url} answered with an error: {exc}") from exc
+
+    def move_to(self, port: int) -> None:
+        """Write to ``port`` of the same host from now on (the embedded server came back
+        on another port). Called by the thread that writes."""
+        db = self._connect(port)
+        if self._writer is not None:
+            self._drop_writer()
+        old, self._db = self._db, db
+        self._graph = db.select_graph(self.graph_name)
+        try:
+            old.connection.close()
+        except Exception:  # pragma: no cover - best effort
+            _log.debug("closing FalkorDB connection failed", exc_info=True)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> FalkorDBStore:
