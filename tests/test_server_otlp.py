@@ -674,6 +674,202 @@ def test_oversized_bodies_are_413(running: Running, http: httpx.Client) -> None:
     assert r.status_code == 200
 
 
+def test_invalid_utf8_costs_no_span(running: Running, http: httpx.Client) -> None:
+    """Text that is not UTF-8 (passed on by some senders and Collectors) is read with
+    U+FFFD for each bad sequence; before, protobuf refused the whole request (400, so
+    every span of the batch was lost)."""
+    trace_id = uuid.uuid4().bytes
+    t0 = time.time_ns()
+    marker = "@@@"  # replaced by three bytes of bad UTF-8 once serialized
+    odd = PbSpan(
+        trace_id=trace_id,
+        span_id=b"\x01" * 8,
+        name=f"odd{marker}",
+        start_time_unix_nano=t0,
+        end_time_unix_nano=t0 + 10,
+        attributes=[
+            KeyValue(key=f"k{marker}", value=AnyValue(string_value=f"v{marker}")),
+            KeyValue(
+                key="nested",
+                value=AnyValue(
+                    kvlist_value={
+                        "values": [KeyValue(key="in", value=AnyValue(string_value=marker))]
+                    }
+                ),
+            ),
+        ],
+        events=[PbSpan.Event(name=f"ev{marker}", time_unix_nano=t0 + 1)],
+    )
+    clean = PbSpan(
+        trace_id=trace_id,
+        span_id=b"\x02" * 8,
+        parent_span_id=b"\x01" * 8,
+        name="clean",
+        start_time_unix_nano=t0,
+        end_time_unix_nano=t0 + 5,
+    )
+    request = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[odd, clean])])]
+    )
+    body = request.SerializeToString().replace(marker.encode(), b"\xff\xc3\x28")
+    with pytest.raises(Exception, match="UTF-8"):
+        ExportTraceServiceRequest.FromString(body)
+    r = http.post("/v1/traces", content=body, headers=PROTO)
+    assert (r.status_code, r.content) == (200, b"")
+    bad = "\ufffd\ufffd("  # 0xff and a cut-short 0xc3, then "("
+    nodes = wait_for_nodes(running, trace_id.hex(), {f"odd{bad}", "clean"})
+    odd_node = nodes[f"odd{bad}"]
+    assert json.loads(odd_node["attributes"]) == {f"k{bad}": f"v{bad}", "nested": {"in": bad}}
+    assert [e["name"] for e in events_of(running.store, odd_node["span_id"])] == [f"ev{bad}"]
+    assert nodes["clean"]["parent_span_id"] == odd_node["span_id"]
+
+    # OTLP/JSON: lone surrogate escapes, and bytes that are not UTF-8
+    json_trace = uuid.uuid4().hex
+    doc = {
+        "resourceSpans": [
+            {
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": json_trace,
+                                "spanId": "03" * 8,
+                                "name": "esc\ud800",
+                                "startTimeUnixNano": str(t0),
+                                "endTimeUnixNano": str(t0 + 1),
+                                "attributes": [
+                                    {"key": "k\udfff", "value": {"stringValue": "v\ud83d"}}
+                                ],
+                            },
+                            {
+                                "traceId": json_trace,
+                                "spanId": "04" * 8,
+                                "name": f"raw{marker}",
+                                "startTimeUnixNano": str(t0),
+                                "endTimeUnixNano": str(t0 + 1),
+                            },
+                        ]
+                    }
+                ]
+            }
+        ]
+    }
+    raw = json.dumps(doc).encode().replace(marker.encode(), b"\xff\xfe!")
+    r = http.post("/v1/traces", content=raw, headers=JSON_CT)
+    assert (r.status_code, r.json()) == (200, {})
+    nodes = wait_for_nodes(running, json_trace, {"esc\ufffd", "raw\ufffd\ufffd!"})
+    assert json.loads(nodes["esc\ufffd"]["attributes"]) == {"k\ufffd": "v\ufffd"}
+
+    # a body that is not protobuf at all is still 400
+    r = http.post("/v1/traces", content=b"\x0a\x05ab\xff", headers=PROTO)
+    assert r.status_code == 400
+
+
+def test_counts_are_checked_before_spans_are_built(
+    running: Running, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Too many spans, or a flood of empty resource/scope entries (a few bytes each, or a
+    small gzip body), are 413 before any span is built; before, a 16 MiB body was
+    converted first (seconds of CPU and hundreds of MB) and then refused, or accepted
+    after 20 s of work on millions of empty entries."""
+    built: list[int] = []
+    real_to_spans = ingest_mod.to_spans
+
+    def to_spans(request: Any) -> Any:
+        built.append(1)
+        return real_to_spans(request)
+
+    monkeypatch.setattr(ingest_mod, "to_spans", to_spans)
+    cap = running.ingest.max_spans_per_request
+    span = PbSpan(trace_id=b"\x0b" * 16, span_id=b"\x01" * 8, start_time_unix_nano=1)
+    too_many = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span] * (cap + 1))])]
+    ).SerializeToString()
+    r = http.post("/v1/traces", content=too_many, headers=PROTO)
+    assert r.status_code == 413
+    assert f"more than {cap} spans" in rpc_status(r).message
+    # empty ScopeSpans (2 bytes each) inside one ResourceSpans, gzip-compressed
+    inner = b"\x12\x00" * (4 * cap)
+    empties = b"\x0a" + _varint(len(inner)) + inner
+    r = http.post(
+        "/v1/traces",
+        content=gzip.compress(empties),
+        headers={**PROTO, "Content-Encoding": "gzip"},
+    )
+    assert r.status_code == 413
+    assert "resourceSpans and scopeSpans" in rpc_status(r).message
+    # the same as OTLP/JSON
+    doc = {"resourceSpans": [{}] * (cap + 1)}
+    r = http.post("/v1/traces", content=json.dumps(doc), headers=JSON_CT)
+    assert r.status_code == 413
+    assert "resourceSpans and scopeSpans" in r.json()["message"]
+    spans_doc = {"resourceSpans": [{"scopeSpans": [{"spans": [{}] * (cap + 1)}]}]}
+    r = http.post("/v1/traces", content=json.dumps(spans_doc), headers=JSON_CT)
+    assert r.status_code == 413
+    assert built == []
+    # a few empty entries around real spans are fine
+    ok = ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(),
+            ResourceSpans(scope_spans=[ScopeSpans(), ScopeSpans(spans=[span])]),
+        ]
+    ).SerializeToString()
+    r = http.post("/v1/traces", content=ok, headers=PROTO)
+    assert (r.status_code, r.content) == (200, b"")
+    assert built == [1]
+
+
+def test_requests_are_decoded_a_few_at_a_time(running: Running) -> None:
+    """A burst of requests is decoded at most MAX_CONCURRENT_DECODES at a time; the rest
+    wait without taking a thread from the pool the query routes run in."""
+    ingest = running.ingest
+    real_handle = ingest.handle
+    lock = threading.Lock()
+    active = peak = 0
+
+    def slow_handle(*args: Any) -> Any:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        try:
+            time.sleep(0.3)
+            return real_handle(*args)
+        finally:
+            with lock:
+                active -= 1
+
+    ingest.handle = slow_handle  # type: ignore[method-assign]
+    body = ExportTraceServiceRequest().SerializeToString()
+    statuses: list[int] = []
+    with httpx.Client(base_url=running.url, timeout=30) as http:
+
+        def post() -> None:
+            statuses.append(http.post("/v1/traces", content=body, headers=PROTO).status_code)
+
+        threads = [threading.Thread(target=post) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        assert http.get("/api/health").status_code == 200  # not stuck behind the burst
+        health_s = time.monotonic() - t0
+        for t in threads:
+            t.join(30)
+    assert statuses == [200] * 8
+    assert peak == ingest_mod.MAX_CONCURRENT_DECODES
+    assert health_s < 5
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def test_bearer_token(graph_url: str, embedded_server: ServerInfo, tmp_path: Path) -> None:
     settings = make_settings(graph_url, embedded_server, tmp_path, api_token="s3cret")
     with serve(settings, graph_url) as running, httpx.Client(base_url=running.url) as http:

@@ -12,6 +12,7 @@ or the client knows it was not.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -30,6 +31,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from .. import semconv as sc
+from .._utf8 import mended_value
 from ..mapping import PROMOTED, to_json
 from ..processors import GraphSpanProcessor, LiveEventProcessor, RedisPublisher
 
@@ -40,7 +42,13 @@ MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 MAX_QUEUE_SIZE: Final = 131_072
 """Items the graph processor may hold (two a span: its start and its end)."""
 MAX_SPANS_PER_REQUEST: Final = MAX_QUEUE_SIZE // 2
-"""Most spans one request may carry (413 above it: the client must send smaller batches)."""
+"""Most spans one request may carry (413 above it: the client must send smaller batches);
+also the most ``ResourceSpans`` and ``ScopeSpans`` entries."""
+MAX_CONCURRENT_DECODES: Final = 2
+"""Requests decoded at the same time; the others wait their turn without holding a thread,
+so that a burst of large requests neither fills the thread pool the query routes run in
+nor holds the memory of more than this many decoded requests at once (a 16 MiB protobuf
+body of empty entries decodes to about 600 MB)."""
 
 _MAX_TIME_NS: Final = 2**63 - 1
 """Timestamps above this do not fit the stores' 64-bit signed integers."""
@@ -206,31 +214,127 @@ def _request_type() -> Any:
 
 
 def decode_protobuf(body: bytes) -> Any:
-    """An ``ExportTraceServiceRequest`` from its protobuf encoding (:class:`BadRequest`)."""
-    request = _request_type()()
+    """An ``ExportTraceServiceRequest`` from its protobuf encoding (:class:`BadRequest`).
+
+    Text that is not valid UTF-8 (which some senders and Collectors pass along, and which
+    protobuf refuses in a whole message) is read with each bad sequence as U+FFFD, so that
+    one bad attribute value does not cost every span of the request."""
+    request_type = _request_type()
+    request = request_type()
     try:
         request.ParseFromString(body)
+        return request
     except Exception as exc:  # DecodeError, RecursionError, ... : all mean a bad body
-        raise BadRequest(f"body is not a valid protobuf ExportTraceServiceRequest: {exc}") from None
-    return request
+        error = exc
+    try:
+        mended = mend_utf8(body, request_type.DESCRIPTOR)
+    except ValueError:
+        mended = None
+    if mended is not None and mended != body:
+        request = request_type()
+        try:
+            request.ParseFromString(mended)
+            return request
+        except Exception:
+            pass
+    raise BadRequest(f"body is not a valid protobuf ExportTraceServiceRequest: {error}") from None
 
 
-def decode_json(body: bytes) -> Any:
+_TYPE_STRING: Final = 9
+_TYPE_MESSAGE: Final = 11
+_MAX_MESSAGE_DEPTH: Final = 100
+"""Nesting protobuf's own parser accepts."""
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+
+
+def _write_varint(out: bytearray, n: int) -> None:
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def mend_utf8(data: bytes, descriptor: Any, depth: int = 0) -> bytes:
+    """The protobuf encoding ``data`` of a ``descriptor`` message with every string field
+    (at any depth) made valid UTF-8: each invalid sequence as U+FFFD. Other fields are
+    copied as they are. :class:`ValueError` when ``data`` is not protobuf's wire format."""
+    if depth > _MAX_MESSAGE_DEPTH:
+        raise ValueError("messages nested too deep")
+    out = bytearray()
+    fields = descriptor.fields_by_number
+    i, n = 0, len(data)
+    while i < n:
+        start = i
+        key, i = _read_varint(data, i)
+        key_end = i
+        wire_type = key & 7
+        if wire_type == 0:
+            _, i = _read_varint(data, i)
+        elif wire_type == 1:
+            i += 8
+        elif wire_type == 5:
+            i += 4
+        elif wire_type == 2:
+            length, begin = _read_varint(data, i)
+            i = begin + length
+            if i > n:
+                raise ValueError("truncated field")
+            field = fields.get(key >> 3)
+            if field is not None and field.type in (_TYPE_STRING, _TYPE_MESSAGE):
+                payload = data[begin:i]
+                if field.type == _TYPE_STRING:
+                    fixed = payload.decode("utf-8", "replace").encode()
+                else:
+                    fixed = mend_utf8(payload, field.message_type, depth + 1)
+                if fixed != payload:
+                    out += data[start:key_end]
+                    _write_varint(out, len(fixed))
+                    out += fixed
+                    continue
+        else:
+            raise ValueError(f"wire type {wire_type}")
+        if i > n:
+            raise ValueError("truncated field")
+        out += data[start:i]
+    return bytes(out)
+
+
+def decode_json(body: bytes, max_spans: int | None = None) -> Any:
     """An ``ExportTraceServiceRequest`` from OTLP/JSON (:class:`BadRequest`).
 
     OTLP/JSON is proto3's JSON mapping except that trace and span ids are hex strings,
     not base64: they are turned into base64 before ``json_format.ParseDict``. An id that
     is neither hex nor base64 becomes an invalid id, so that its span is rejected alone.
-    Unknown fields are ignored, as the OTLP specification requires.
+    Unknown fields are ignored, as the OTLP specification requires. Text that is not
+    UTF-8, and ``\\ud800``-style escapes of lone surrogates, are read as U+FFFD. With
+    ``max_spans``, a document with more spans (or more resource and scope entries) is
+    :class:`PayloadTooLarge` before it is converted.
     """
     from google.protobuf import json_format
 
     try:
-        document = json.loads(body)
+        try:
+            document = json.loads(body)
+        except UnicodeDecodeError:  # not UTF-8: each bad sequence as U+FFFD
+            document = json.loads(body.decode("utf-8", "replace"))
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise BadRequest("body is not a JSON object (an ExportTraceServiceRequest)")
+    if max_spans is not None:
+        _check_size(*_json_counts(document), max_spans)
     for span in _json_spans(document):
         _fix_ids(span, ("traceId", "trace_id", "spanId", "span_id"), "")
         _fix_ids(span, ("parentSpanId", "parent_span_id"), "AA==")
@@ -242,11 +346,58 @@ def decode_json(body: bytes) -> Any:
     request = _request_type()()
     try:
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
+        return request
     except Exception as exc:  # ParseError, RecursionError, ... : all mean a bad body
-        raise BadRequest(
-            f"body is not a valid OTLP/JSON ExportTraceServiceRequest: {exc}"
-        ) from None
-    return request
+        error = exc
+    # "\ud800" escapes are valid JSON but not text protobuf takes: each as U+FFFD.
+    request = _request_type()()
+    try:
+        json_format.ParseDict(mended_value(document), request, ignore_unknown_fields=True)
+        return request
+    except Exception:
+        pass
+    raise BadRequest(f"body is not a valid OTLP/JSON ExportTraceServiceRequest: {error}") from None
+
+
+def _json_counts(document: dict[str, Any]) -> tuple[int, int]:
+    """ResourceSpans + ScopeSpans entries, and spans, of an OTLP/JSON document."""
+    containers = spans = 0
+    for rs in _items(document, "resourceSpans", "resource_spans"):
+        containers += 1
+        if isinstance(rs, dict):
+            for ss in _items(rs, "scopeSpans", "scope_spans"):
+                containers += 1
+                if isinstance(ss, dict):
+                    spans += len(_items(ss, "spans"))
+    return containers, spans
+
+
+def _pb_counts(request: Any, max_spans: int) -> tuple[int, int]:
+    """ResourceSpans + ScopeSpans entries, and spans, of a decoded request (counting
+    stops once either is over ``max_spans``)."""
+    containers = spans = 0
+    for rs in request.resource_spans:
+        containers += 1
+        for ss in rs.scope_spans:
+            containers += 1
+            spans += len(ss.spans)
+            if containers > max_spans or spans > max_spans:
+                return containers, spans
+        if containers > max_spans:
+            break
+    return containers, spans
+
+
+def _check_size(containers: int, spans: int, max_spans: int) -> None:
+    """:class:`PayloadTooLarge` for a request with more spans, or more resource and scope
+    entries, than ``max_spans``: refused before its spans are built, which would cost
+    seconds of CPU and hundreds of megabytes for a request of 16 MiB."""
+    if spans > max_spans:
+        raise PayloadTooLarge(f"more than {max_spans} spans in one request: send smaller batches")
+    if containers > max_spans:
+        raise PayloadTooLarge(
+            f"more than {max_spans} resourceSpans and scopeSpans entries in one request"
+        )
 
 
 def _items(obj: Any, *names: str) -> list[Any]:
@@ -351,16 +502,17 @@ class InvalidSpan(ValueError):
 
 
 def _ids(trace_id: bytes, span_id: bytes, what: str) -> tuple[int, int]:
+    what = f"{what} " if what else ""
     if len(trace_id) != 16:
-        raise InvalidSpan(f"{what} trace_id has {len(trace_id)} bytes, not 16")
+        raise InvalidSpan(f"{what}trace_id has {len(trace_id)} bytes, not 16")
     if len(span_id) != 8:
-        raise InvalidSpan(f"{what} span_id has {len(span_id)} bytes, not 8")
+        raise InvalidSpan(f"{what}span_id has {len(span_id)} bytes, not 8")
     tid = int.from_bytes(trace_id, "big")
     sid = int.from_bytes(span_id, "big")
     if not tid:
-        raise InvalidSpan(f"{what} trace_id is all zero")
+        raise InvalidSpan(f"{what}trace_id is all zero")
     if not sid:
-        raise InvalidSpan(f"{what} span_id is all zero")
+        raise InvalidSpan(f"{what}span_id is all zero")
     return tid, sid
 
 
@@ -391,8 +543,12 @@ def to_spans(request: Any) -> Decoded:
     out = Decoded(spans=[])
     spans = out.spans
     for rs in request.resource_spans:
-        resource = Resource(_attributes(rs.resource.attributes), rs.schema_url or None)
+        resource = None
         for ss in rs.scope_spans:
+            if not ss.spans:
+                continue
+            if resource is None:
+                resource = Resource(_attributes(rs.resource.attributes), rs.schema_url or None)
             scope = ss.scope
             instrumentation_scope = InstrumentationScope(
                 scope.name,
@@ -534,8 +690,11 @@ class OTLPIngest:
         max_queue_size: int = MAX_QUEUE_SIZE,
         max_body_bytes: int = MAX_BODY_BYTES,
         shutdown_timeout: float = 15.0,
+        max_concurrent_decodes: int = MAX_CONCURRENT_DECODES,
     ) -> None:
         self.settings = settings
+        self.decode_slots = asyncio.Semaphore(max_concurrent_decodes)
+        """Held by the router while it runs :meth:`handle` (on the event loop's side)."""
         self.max_body_bytes = max_body_bytes
         self.max_queue_size = max_queue_size
         self.max_spans_per_request = max_queue_size // 2
@@ -574,7 +733,12 @@ class OTLPIngest:
         :data:`JSON`). Raises an :class:`IngestError` for a request that is refused as a
         whole; spans rejected one by one are counted in the result."""
         raw = decompress(body, encoding, self.max_body_bytes)
-        request = decode_json(raw) if fmt == JSON else decode_protobuf(raw)
+        limit = self.max_spans_per_request
+        if fmt == JSON:
+            request = decode_json(raw, limit)
+        else:
+            request = decode_protobuf(raw)
+            _check_size(*_pb_counts(request, limit), limit)
         decoded = to_spans(request)
         if decoded.rejected:
             warn.warning(

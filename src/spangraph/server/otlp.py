@@ -13,8 +13,10 @@
   is a ``google.rpc.Status`` (protobuf, or JSON for JSON requests); the 401 of the
   bearer-token check is the service's usual JSON ``detail``.
 
-Decoding runs in the thread pool, never on the event loop; queueing never waits for the
-graph store (see :mod:`spangraph.server.ingest`).
+Decoding runs in the thread pool, never on the event loop, and at most
+:data:`~spangraph.server.ingest.MAX_CONCURRENT_DECODES` requests at a time (the others
+wait on the event loop); queueing never waits for the graph store (see
+:mod:`spangraph.server.ingest`).
 """
 
 from __future__ import annotations
@@ -206,7 +208,8 @@ async def export_traces(request: Request) -> Response:
     except ClientDisconnect:
         return Response(status_code=400)  # nobody is there to read it
     try:
-        result = await run_in_threadpool(ingest.handle, bytes(body), fmt, encoding)
+        async with ingest.decode_slots:
+            result = await run_in_threadpool(ingest.handle, bytes(body), fmt, encoding)
     except IngestError as exc:
         warn.warning(exc.status, "OTLP: %d from %s: %s", exc.status, _client(request), exc)
         headers = {"Retry-After": RETRY_AFTER_S} if exc.status == 503 else {}
