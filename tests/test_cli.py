@@ -308,3 +308,42 @@ def test_query_of_an_unreachable_neo4j_fails_at_once(tmp_path: Path, closed_port
     )
     assert result.code == 2 and "Traceback" not in result.err
     assert f"Neo4j at {url} is unavailable" in result.err and "s3cret" not in result.err
+
+
+def test_run_of_a_file_that_is_not_executable_says_so(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text("print('hi')\n")
+    script.chmod(0o644)
+    result = cli(tmp_path, "run", "--", str(script))
+    assert result.code == 126  # as a shell answers
+    assert "permission denied" in result.err and "Traceback" not in result.err
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A local port that accepts connections and never answers (a hung server, or a
+    service that waits for the client to speak first)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("scheme", ["bolt", "neo4j"], ids=["direct", "routing"])
+def test_query_of_a_neo4j_that_never_answers_fails_within_seconds(
+    tmp_path: Path, silent_port: int, scheme: str
+) -> None:
+    """The driver waits 60 s for a connection by default; the check before the query
+    gives up after 5 s, with one line naming the URL (the driver's own retry logs are
+    not shown)."""
+    import time
+
+    url = f"{scheme}://127.0.0.1:{silent_port}"
+    started = time.monotonic()
+    result = cli(tmp_path, "query", "workflows", timeout=40, SPANGRAPH_GRAPH_URL=url)
+    assert time.monotonic() - started < 20
+    assert result.code == 2 and "Traceback" not in result.err
+    assert result.err.startswith(f"spangraph: error: Neo4j at {url} is unavailable")
+    assert "Unable to retrieve routing information\nspangraph" not in result.err

@@ -383,3 +383,67 @@ def test_configure_errors_never_show_a_password(closed_port: int, graph_url: str
             spangraph.configure(tracer_provider=provider, **kwargs)
         assert "s3cret" not in str(info.value) and "***" in str(info.value), info.value
     provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        (
+            {"OTEL_BSP_SCHEDULE_DELAY": "-1", "OTEL_BSP_MAX_QUEUE_SIZE": "4096"},
+            "OTEL_BSP_SCHEDULE_DELAY",
+        ),
+        ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "999999"}, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
+        (
+            {"OTEL_BSP_MAX_QUEUE_SIZE": "0", "OTEL_BSP_EXPORT_TIMEOUT": "1000"},
+            "OTEL_BSP_MAX_QUEUE_SIZE",
+        ),
+    ],
+)
+def test_the_bad_otel_bsp_variable_is_the_one_named(
+    embedded_server: Any, tmp_path: Path, variables: dict[str, str], named: str
+) -> None:
+    """Of several OTEL_BSP_* variables set, the error names the one the exporter refused,
+    and shows the values set."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import spangraph
+        from spangraph.exceptions import ConfigurationError
+
+        try:
+            spangraph.configure(redis_url=sys.argv[1], home=sys.argv[2], graph=False)
+        except ConfigurationError as exc:
+            print(exc.setting)
+            print(exc)
+        """
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+        **variables,
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", script, embedded_server.redis_url, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    setting, message = out.stdout.splitlines()
+    assert setting == named
+    for variable, value in variables.items():
+        assert f"{variable}={value!r}" in message
+
+
+@pytest.mark.usefixtures("restore_state")
+def test_a_url_the_store_client_refuses_is_named_once_without_its_password() -> None:
+    provider = TracerProvider()
+    with pytest.raises(ConfigurationError) as info:
+        spangraph.configure(
+            tracer_provider=provider, graph_url="neo4j://u:s3cret@127.0.0.1:1", live=False
+        )
+    message = str(info.value)
+    assert info.value.setting == ENV_GRAPH_URL
+    assert message.count(ENV_GRAPH_URL) == 1 and "s3cret" not in message, message
+    provider.shutdown()

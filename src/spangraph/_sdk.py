@@ -147,9 +147,34 @@ def _otlp_processor() -> SpanProcessor | None:
     try:
         return BatchSpanProcessor(OTLPSpanExporter())
     except ValueError as exc:  # the SDK reads OTEL_BSP_* itself and fails on bad values
-        named = sorted(k for k in os.environ if k.startswith("OTEL_BSP_")) or ["OTEL_BSP_*"]
-        message = f"the OTLP span exporter refused it: {exc}"
-        raise ConfigurationError(", ".join(named), message) from None
+        raise ConfigurationError(_bsp_variable(str(exc)), _bsp_message(exc)) from None
+
+
+_BSP_VARIABLES = (  # the BatchSpanProcessor argument each OTEL_BSP_* variable sets
+    ("max_export_batch_size", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
+    ("max_queue_size", "OTEL_BSP_MAX_QUEUE_SIZE"),
+    ("schedule_delay_millis", "OTEL_BSP_SCHEDULE_DELAY"),
+    ("export_timeout_millis", "OTEL_BSP_EXPORT_TIMEOUT"),
+)
+
+
+def _bsp_variable(reason: str) -> str:
+    """The OTEL_BSP_* variable the SDK's ``ValueError`` is about: the argument it names
+    first (``max_export_batch_size must be <= max_queue_size`` is about the batch size)."""
+    for argument, variable in _BSP_VARIABLES:
+        if reason.startswith(argument):
+            return variable
+    named = sorted(k for k in os.environ if k.startswith("OTEL_BSP_"))
+    return ", ".join(named) or "OTEL_BSP_*"
+
+
+def _bsp_message(exc: ValueError) -> str:
+    values = ", ".join(
+        f"{variable}={os.environ[variable]!r}"
+        for _, variable in sorted(_BSP_VARIABLES, key=lambda pair: pair[1])
+        if variable in os.environ
+    )
+    return f"the OTLP span exporter refused {values or 'the defaults'}: {exc}"
 
 
 def _instrument_threads() -> None:
@@ -168,6 +193,8 @@ def _open_store(settings: Settings) -> GraphStore:
     url = redact_url(settings.graph_url)
     try:
         store = open_store(settings)
+    except ConfigurationError:
+        raise  # it names the setting already, with the password hidden
     except (StoreError, ValueError, TypeError) as exc:  # the client refused the URL
         raise ConfigurationError(ENV_GRAPH_URL, f"cannot use {url}: {exc}") from None
     try:
@@ -250,31 +277,30 @@ def configure(
             _current.shutdown()
             _current = None
         provider, owns = _provider(tracer_provider, service_name)
-        otlp = _otlp_processor() if owns else None
         instance = Spangraph(settings=settings, tracer_provider=provider, owns_provider=owns)
+        # Everything that can fail happens before anything is attached to the provider:
+        # a configure() that fails leaves the provider as it was and closes what it opened
+        # (processors left attached would, after the next configure(), send twice).
         try:
-            _build(instance, graph=graph, live=live, max_queue_size=max_queue_size)
-        except BaseException:
-            # nothing is attached yet: close what was opened, leave the provider as it was
-            instance.shutdown()
+            otlp = _otlp_processor() if owns else None
             if otlp is not None:
-                otlp.shutdown()
+                instance.extra_processors.append(otlp)
+            _build(instance, graph=graph, live=live, max_queue_size=max_queue_size)
+            if instrument_threads:
+                _instrument_threads()
+            if metrics:
+                from ._metrics import register_metrics
+
+                register_metrics(instance)  # through the global MeterProvider
+        except BaseException:
+            instance.shutdown()
             raise
         if owns:
             trace.set_tracer_provider(provider)
-        for processor in instance.processors:
+        for processor in instance.processors + instance.extra_processors:
             provider.add_span_processor(processor)
-        if otlp is not None:
-            provider.add_span_processor(otlp)
-            instance.extra_processors.append(otlp)
         _state.tracer = provider.get_tracer(_state.INSTRUMENTATION_NAME, __version__)
         _state.project = settings.project
-        if instrument_threads:
-            _instrument_threads()
-        if metrics:
-            from ._metrics import register_metrics
-
-            register_metrics(instance)  # through the global MeterProvider
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
@@ -307,9 +333,13 @@ def _build(instance: Spangraph, *, graph: bool, live: bool, max_queue_size: int)
         if settings.offload:
             publisher.close()  # reachable: the agent publishes
         else:
-            instance.live_processor = LiveEventProcessor(
-                publisher, project=settings.project, max_queue_size=max_queue_size
-            )
+            try:
+                instance.live_processor = LiveEventProcessor(
+                    publisher, project=settings.project, max_queue_size=max_queue_size
+                )
+            except BaseException:
+                publisher.close()
+                raise
     if settings.offload:
         if store is not None or instance.redis_url is not None:
             instance.offload_processor = OffloadSpanProcessor(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import logging
 import math
 import os
 import shutil
@@ -106,8 +107,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         return 2
     if shutil.which(command[0]) is None:
+        if os.sep in command[0] and os.path.exists(command[0]):  # as a shell says it
+            print(f"spangraph: error: permission denied: {command[0]}", file=sys.stderr)
+            return 126
         print(f"spangraph: error: command not found: {command[0]}", file=sys.stderr)
-        return 127  # as a shell says it
+        return 127
     os.environ.setdefault("OTEL_PYTHON_DISTRO", "spangraph")
     os.environ.setdefault("OTEL_PYTHON_CONFIGURATOR", "spangraph")
     if args.home:
@@ -436,8 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Mistakes in the arguments or settings print one line
+    ``spangraph: error: ...`` and exit 2 (as argparse does); a file or directory that
+    cannot be used (permissions, a full disk) exits 1; never a traceback for either."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The Neo4j driver logs each failed connection attempt; the error below says it once.
+    logging.getLogger("neo4j").addHandler(logging.NullHandler())
     try:
         return int(args.func(args))
     except SpangraphError as exc:
@@ -446,6 +455,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # e.g. a SPANGRAPH_HOME that is not writable
+        print(f"spangraph: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("spangraph: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

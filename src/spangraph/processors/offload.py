@@ -91,8 +91,10 @@ def _plain_record(record: tuple[Any, ...]) -> tuple[Any, ...]:
 class OffloadSpanProcessor(SpanProcessor):
     """Ships spans to a spangraph agent process, which writes the graph and publishes
     live events. ``config``: what the agent needs to open the store and Redis
-    (``graph_url``, ``redis_url``, ``project``, ``graph``, ``live``); the agent reads the
-    rest of the settings (Neo4j credentials) from the environment it inherits.
+    (``graph_url``, ``redis_url``, ``project``, ``graph``, ``live`` and the Neo4j
+    credentials), as :func:`spangraph.configure` resolved them: the agent does not read
+    spangraph's settings from the environment again, so a keyword given to configure()
+    wins there too.
 
     Never raises into user code and never blocks it: a bounded queue (drops counted and
     logged), worker threads that copy spans and write to the agent, a new agent when the

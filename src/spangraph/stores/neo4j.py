@@ -8,6 +8,7 @@ transient errors); reads run as managed read queries. The driver pools connectio
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -54,6 +55,7 @@ class Neo4jStore:
         database: str | None = None,
         max_connection_pool_size: int = 16,
         connection_timeout: float = 5.0,
+        ping_timeout: float = 5.0,
     ) -> None:
         try:
             import neo4j
@@ -72,6 +74,7 @@ class Neo4jStore:
         self.name = "neo4j"
         self.url = redact_url(uri)  # for messages: never the password
         self.database = database
+        self._ping_timeout = ping_timeout
         auth = (user, password) if password is not None else None
         try:
             self._driver = neo4j.GraphDatabase.driver(
@@ -104,8 +107,13 @@ class Neo4jStore:
         return StoreError(f"Neo4j rejected {what}: {exc}")
 
     def ping(self) -> None:
+        """Check that the server answers, within ``ping_timeout`` seconds: a server that
+        accepts connections and never answers would otherwise hold the caller for the
+        driver's 60 s connection acquisition timeout (and its retries)."""
         try:
-            self._driver.verify_connectivity()
+            with warnings.catch_warnings():  # keyword arguments here are a "preview"
+                warnings.filterwarnings("ignore", message=".*verify_connectivity")
+                self._driver.verify_connectivity(connection_acquisition_timeout=self._ping_timeout)
         except Exception as exc:
             raise self._translate(exc, "the connection") from exc
 
