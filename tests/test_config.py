@@ -171,7 +171,9 @@ def test_bad_redis_urls(url: str) -> None:
     assert ENV_REDIS_URL in str(info.value)
 
 
-@pytest.mark.parametrize("url", ["localhost:16686", "ftp://jaeger", ""])
+@pytest.mark.parametrize(
+    "url", ["localhost:16686", "ftp://jaeger", "", "http://", "http://[::1", 5]
+)
 def test_bad_jaeger_url(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
         Settings.from_env({}, jaeger_url=url)
@@ -446,4 +448,28 @@ def test_a_url_the_store_client_refuses_is_named_once_without_its_password() -> 
     message = str(info.value)
     assert info.value.setting == ENV_GRAPH_URL
     assert message.count(ENV_GRAPH_URL) == 1 and "s3cret" not in message, message
+    provider.shutdown()
+
+
+@pytest.mark.usefixtures("restore_state")
+@pytest.mark.parametrize("name", [5, "", "  "])
+def test_service_name_must_be_a_non_blank_string(name: Any) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        spangraph.configure(service_name=name, graph=False, live=False)
+    assert info.value.setting == "service_name"
+
+
+@pytest.mark.usefixtures("restore_state")
+def test_a_redis_option_the_client_refuses_on_connecting_is_the_urls_fault(
+    closed_port: int,
+) -> None:
+    """redis-py takes ?ssl_cert_reqs= apart only when it connects: the error says the URL
+    cannot be used (not that Redis is unreachable), without the password."""
+    provider = TracerProvider()
+    url = f"rediss://:s3cret@127.0.0.1:{closed_port}/0?ssl_cert_reqs=bogus"
+    with pytest.raises(ConfigurationError) as info:
+        spangraph.configure(tracer_provider=provider, graph=False, redis_url=url)
+    message = str(info.value)
+    assert info.value.setting == ENV_REDIS_URL and "cannot use rediss://:***@" in message
+    assert "s3cret" not in message
     provider.shutdown()

@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import redis
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -215,9 +216,11 @@ def _open_publisher(url: str) -> RedisPublisher:
         publisher.client.ping()
     except Exception as exc:
         publisher.close()
-        raise ConfigurationError(
-            ENV_REDIS_URL, f"cannot reach Redis at {redact_url(url)}: {exc}"
-        ) from None
+        # an option the client takes apart only when it connects (?ssl_cert_reqs=bogus)
+        # is the URL's fault, not the server's
+        unreachable = isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError)
+        what = "cannot reach Redis at" if unreachable else "cannot use"
+        raise ConfigurationError(ENV_REDIS_URL, f"{what} {redact_url(url)}: {exc}") from None
     return publisher
 
 
@@ -255,6 +258,10 @@ def configure(
     settings or unreachable servers.
     """
     global _current, _atexit_registered
+    if service_name is not None and (not isinstance(service_name, str) or not service_name.strip()):
+        raise ConfigurationError(
+            "service_name", f"must be a non-blank string, got {service_name!r}"
+        )
     if (
         not isinstance(max_queue_size, int)
         or isinstance(max_queue_size, bool)

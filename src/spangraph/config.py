@@ -117,10 +117,14 @@ class Settings:
                 "must be a non-blank string of at most 1 024 printable characters, "
                 f"got {self.project!r}",
             )
-        if not str(self.jaeger_url).startswith(("http://", "https://")):
+        if not isinstance(self.jaeger_url, str) or not self.jaeger_url.startswith(
+            ("http://", "https://")
+        ):
             raise ConfigurationError(
                 ENV_JAEGER_URL, f"must be an http:// or https:// URL, got {self.jaeger_url!r}"
             )
+        if not _split(ENV_JAEGER_URL, self.jaeger_url).hostname:
+            raise ConfigurationError(ENV_JAEGER_URL, f"no host in {self.jaeger_url!r}")
         if not isinstance(self.offload, bool):  # a str such as "no" would turn it on
             raise ConfigurationError(ENV_OFFLOAD, f"must be True or False, got {self.offload!r}")
 
