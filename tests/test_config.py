@@ -473,3 +473,37 @@ def test_a_redis_option_the_client_refuses_on_connecting_is_the_urls_fault(
     assert info.value.setting == ENV_REDIS_URL and "cannot use rediss://:***@" in message
     assert "s3cret" not in message
     provider.shutdown()
+
+
+@pytest.mark.usefixtures("restore_state")
+def test_configure_again_and_shutdown_leave_one_set_of_processors(
+    graph_url: str, embedded_server: Any, tmp_path: Path
+) -> None:
+    """A configure() replacing the previous one takes the old processors off the provider
+    (they piled up, each called for every span), and shutdown() takes its own off."""
+    provider = TracerProvider()
+    ours = ("GraphSpanProcessor", "LiveEventProcessor")
+    kwargs = dict(
+        tracer_provider=provider,
+        graph_url=graph_url,
+        redis_url=embedded_server.redis_url,
+        home=str(tmp_path),
+        instrument_threads=False,
+    )
+
+    def attached() -> list[str]:
+        names = [type(p).__name__ for p in provider._active_span_processor._span_processors]
+        return sorted(n for n in names if n in ours)
+
+    for _ in range(3):
+        spangraph.configure(**kwargs)
+        assert attached() == list(ours)
+    with spangraph.workflow("once"):
+        pass
+    assert spangraph.flush(10)
+    from spangraph._sdk import current
+
+    assert current().stats()["graph"]["sent"] == 2  # start and end, once each
+    spangraph.shutdown()
+    assert attached() == []
+    provider.shutdown()

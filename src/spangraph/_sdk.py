@@ -67,7 +67,9 @@ class Spangraph:
         return ok
 
     def shutdown(self) -> None:
-        """Flush and stop this configuration's processors and close its connections."""
+        """Flush and stop this configuration's processors and close its connections, and
+        take the processors off the provider (a configure() after it adds new ones)."""
+        _detach(self.tracer_provider, self.processors + self.extra_processors)
         for processor in self.processors + self.extra_processors:
             try:
                 processor.shutdown()
@@ -93,6 +95,23 @@ class Spangraph:
                 if counters is not None:
                     out[name] = counters
         return out
+
+
+def _detach(provider: TracerProvider, processors: list[SpanProcessor]) -> None:
+    """Take ``processors`` off ``provider``. The SDK has no public way to: this reaches
+    into its processor list when it looks as expected, and otherwise leaves them (a
+    processor that was shut down takes no more spans, it only costs a call per span)."""
+    multi = getattr(provider, "_active_span_processor", None)
+    lock = getattr(multi, "_lock", None)
+    if lock is None or not isinstance(getattr(multi, "_span_processors", None), tuple):
+        return
+    gone = {id(p) for p in processors}
+    with lock:
+        multi._span_processors = tuple(  # type: ignore[union-attr]
+            p
+            for p in multi._span_processors  # type: ignore[union-attr]
+            if id(p) not in gone
+        )
 
 
 def _check_timeout(timeout: object) -> None:
