@@ -288,3 +288,107 @@ def test_jaeger_example_commands(
     assert {n for t, _, n in receiver.spans if t == trace_id} == {"auto-jaeger-doc", "inside"}
     assert workflow_id in proc.stdout  # `spangraph query workflows` lists the run ...
     assert f"/trace/{trace_id}?uiFind=" in proc.stdout  # ... with its jaeger_url
+
+
+# -- bad and unusual settings: the program always runs ------------------------------------
+
+
+def _run_logged(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[str, str]:
+    """Run ``cmd``; it must succeed and print its run. Returns (workflow_id, stderr)."""
+    proc = subprocess.run(
+        cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    [line] = [x for x in proc.stdout.splitlines() if x.startswith("WORKFLOW ")]
+    assert "Failed to auto initialize" not in proc.stderr, proc.stderr
+    return line.split()[1], proc.stderr
+
+
+def test_distro_exports_over_otlp_http_by_default(
+    env: dict[str, str], graph_url: str, tmp_path: Path, receiver: _Receiver
+) -> None:
+    """With only OTEL_EXPORTER_OTLP_ENDPOINT set, the distro picks OTLP/HTTP (what
+    spangraph[otlp] installs), not the SDK's default gRPC exporter, which is not installed
+    and used to fail the whole setup: no graph, no instrumentors."""
+    script = _app(tmp_path, "otlp-default")
+    env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}"}
+    workflow_id, stderr = _run_logged(
+        [str(BIN / "spangraph"), "run", "--", sys.executable, str(script)], env, tmp_path
+    )
+    _assert_in_graph(graph_url, workflow_id, "auto-otlp-default")
+    assert {n for _, _, n in receiver.spans} == {"auto-otlp-default", "inside"}
+    assert "spangraph:" not in stderr
+
+
+def test_distro_without_the_otlp_exporter_still_records_the_graph(
+    env: dict[str, str], graph_url: str, tmp_path: Path
+) -> None:
+    from importlib.metadata import entry_points
+
+    if entry_points(group="opentelemetry_traces_exporter", name="otlp_proto_grpc"):
+        pytest.skip("the OTLP gRPC exporter is installed here")
+    script = _app(tmp_path, "no-exporter")
+    env = {
+        **env,
+        "OTEL_PYTHON_DISTRO": "spangraph",
+        "OTEL_PYTHON_CONFIGURATOR": "spangraph",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    }
+    workflow_id, stderr = _run_logged(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, str(script)], env, tmp_path
+    )
+    _assert_in_graph(graph_url, workflow_id, "auto-no-exporter")
+    assert stderr.count("the OTLP exporter for grpc is not installed") == 1, stderr
+    assert "opentelemetry-exporter-otlp-proto-grpc" in stderr
+
+
+def test_configurator_survives_a_missing_exporter_of_the_user(
+    env: dict[str, str], graph_url: str, tmp_path: Path
+) -> None:
+    """OTEL_TRACES_EXPORTER names an exporter that is not installed: the SDK setup fails,
+    which is logged, and spangraph still records the run."""
+    script = _app(tmp_path, "missing-exporter")
+    env = {
+        **env,
+        "OTEL_PYTHON_CONFIGURATOR": "spangraph",
+        "OTEL_TRACES_EXPORTER": "no_such_exporter",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+    }
+    workflow_id, stderr = _run_logged(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, str(script)], env, tmp_path
+    )
+    _assert_in_graph(graph_url, workflow_id, "auto-missing-exporter")
+    assert "the OpenTelemetry SDK setup from the OTEL_* variables failed" in stderr
+    assert "no_such_exporter" in stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("SPANGRAPH_GRAPH_URL", "garbage://x", "unknown scheme 'garbage'"),
+        ("SPANGRAPH_REDIS_URL", "nonsense", "SPANGRAPH_REDIS_URL"),
+        ("SPANGRAPH_GRAPH_URL", "falkordb://127.0.0.1:9/g", "unreachable"),
+    ],
+)
+def test_bad_spangraph_settings_log_once_and_the_program_runs(
+    env: dict[str, str], tmp_path: Path, setting: str, value: str, message: str
+) -> None:
+    """The traces exporter and the configurator both set spangraph up; a bad setting is
+    tried and logged once (an unreachable store is not waited for twice)."""
+    script = _app(tmp_path, "bad")
+    env = {
+        **env,
+        setting: value,
+        "OTEL_PYTHON_CONFIGURATOR": "spangraph",
+        "OTEL_TRACES_EXPORTER": "spangraph",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+    }
+    _, stderr = _run_logged(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, str(script)], env, tmp_path
+    )
+    errors = [line for line in stderr.splitlines() if line.startswith("spangraph: not enabled")]
+    assert len(errors) == 1, stderr
+    assert message in errors[0]

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
-from typing import Any
+from importlib.metadata import entry_points
+from typing import Any, Final
 
 from opentelemetry.instrumentation.distro import BaseDistro
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
@@ -30,13 +32,22 @@ _log = logging.getLogger("spangraph")
 __all__ = ["SpangraphConfigurator", "SpangraphDistro", "SpangraphSpanExporter"]
 
 
+_attempted = False
+_attempt_lock = threading.Lock()
+
+
 def _add_processors() -> None:
     """Add spangraph's processors to the global TracerProvider; log, never raise: a
-    tracing setup must not stop the program it traces."""
+    tracing setup must not stop the program it traces. Tried once per process: the
+    configurator and the traces exporter may both ask, and a setting that failed (an
+    unreachable store, say) would fail — and be waited for and logged — again."""
+    global _attempted
     from ._sdk import configure, current
 
-    if current() is not None:
-        return
+    with _attempt_lock:
+        if _attempted or current() is not None:
+            return
+        _attempted = True
     try:
         # opentelemetry-instrument loads the threading instrumentor from its entry point
         configure(instrument_threads=False)
@@ -65,24 +76,77 @@ class SpangraphSpanExporter(SpanExporter):
         return flush(timeout_millis / 1000)
 
 
+_OTLP_BY_PROTOCOL: Final = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
+"""``OTEL_EXPORTER_OTLP_PROTOCOL`` -> the SDK's traces exporter entry point for it."""
+
+_OTLP_PACKAGE: Final = {
+    "otlp_proto_http": "spangraph[otlp]",
+    "otlp_proto_grpc": "opentelemetry-exporter-otlp-proto-grpc",
+}
+
+
+def _otlp_traces_exporter() -> str:
+    """The traces exporter for an OTLP endpoint: the one of
+    ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL``, else OTLP/HTTP (as ``spangraph.configure``
+    uses; the SDK's own default, gRPC, is not installed with spangraph). ``none``, with a
+    logged reason, when that exporter is not installed or the protocol is unknown: the
+    SDK would otherwise fail the whole setup, spangraph's processors and instrumentors
+    included."""
+    protocol = (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    name = _OTLP_BY_PROTOCOL.get(protocol)
+    if name is None:
+        _log.error(
+            "spangraph: unknown OTLP protocol %r (expected one of %s): no OTLP export",
+            protocol,
+            ", ".join(_OTLP_BY_PROTOCOL),
+        )
+        return "none"
+    if not entry_points(group="opentelemetry_traces_exporter", name=name):
+        _log.error(
+            "spangraph: an OTLP endpoint is set but the OTLP exporter for %s is not "
+            "installed (pip install '%s'): no OTLP export",
+            protocol,
+            _OTLP_PACKAGE[name],
+        )
+        return "none"
+    return name
+
+
 class SpangraphDistro(BaseDistro):
     """``OTEL_PYTHON_DISTRO=spangraph``: OTLP export only when an OTLP endpoint is set
-    (otherwise no exporter errors on every batch), metrics and logs off by default."""
+    (otherwise no exporter errors on every batch) and its exporter is installed, over
+    OTLP/HTTP unless ``OTEL_EXPORTER_OTLP_PROTOCOL`` says ``grpc``; metrics and logs off
+    by default. A traces exporter chosen in ``OTEL_TRACES_EXPORTER`` is left as it is."""
 
     def _configure(self, **kwargs: Any) -> None:
         has_endpoint = bool(
             os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
             or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         )
-        os.environ.setdefault("OTEL_TRACES_EXPORTER", "otlp" if has_endpoint else "none")
+        if "OTEL_TRACES_EXPORTER" not in os.environ:
+            os.environ["OTEL_TRACES_EXPORTER"] = _otlp_traces_exporter() if has_endpoint else "none"
         os.environ.setdefault("OTEL_METRICS_EXPORTER", "none")
         os.environ.setdefault("OTEL_LOGS_EXPORTER", "none")
 
 
 class SpangraphConfigurator(_OTelSDKConfigurator):
     """``OTEL_PYTHON_CONFIGURATOR=spangraph``: the standard SDK setup from ``OTEL_*``
-    variables, plus spangraph's graph and live processors."""
+    variables, plus spangraph's graph and live processors. When the standard setup fails
+    (an exporter named in ``OTEL_TRACES_EXPORTER`` that is not installed, say), the error
+    is logged and spangraph's processors are added all the same, so the program is still
+    traced into the graph and the instrumentors still load."""
 
     def _configure(self, **kwargs: Any) -> None:
-        super()._configure(**kwargs)
+        try:
+            super()._configure(**kwargs)
+        except Exception as exc:
+            _log.error(
+                "spangraph: the OpenTelemetry SDK setup from the OTEL_* variables failed: "
+                "%s; spangraph's processors are added all the same",
+                exc,
+            )
         _add_processors()
