@@ -498,6 +498,88 @@ def test_chat_stream_helper(cap: SpanCapture, client: OpenAI) -> None:
     assert_chat(llm_span(cap))
 
 
+def test_chat_stream_with_null_choices_and_deltas(
+    cap: SpanCapture, client: OpenAI, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenAI-compatible servers send chunks with ``choices: null``, a null ``delta`` or
+    ``index``; the SDK does not validate them. They used to raise inside the recording,
+    log a traceback per chunk and lose that chunk's usage and text."""
+    fake.stream_fixture = "chat_completion_stream_null_choices.txt"
+    with caplog.at_level(logging.ERROR, logger="spangraph"):
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        texts = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta]
+    assert "".join(t or "" for t in texts) == "Hello!"
+    assert not [r for r in caplog.records if r.name == "spangraph"]
+    span = llm_span(cap)
+    a = attrs(span)
+    assert (a[sc.GEN_AI_USAGE_INPUT_TOKENS], a[sc.GEN_AI_USAGE_OUTPUT_TOKENS]) == (5, 2)
+    assert a[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete == {"message": "Hello!", "finish_reason": "stop", "streamed_tokens": 2}
+
+
+def test_odd_request_values_are_left_out_or_cut(cap: SpanCapture, client: OpenAI) -> None:
+    """A ``max_tokens`` beyond int64 used to be recorded as is (an OTLP exporter fails the
+    whole batch on it); a huge model name is cut like any attribute."""
+    model = "m" * 20_000
+    client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2**70)
+    span = llm_span(cap)
+    a = attrs(span)
+    assert sc.GEN_AI_REQUEST_MAX_TOKENS not in a
+    assert len(a[sc.GEN_AI_REQUEST_MODEL]) < 9_000
+    assert span.name == f"chat {a[sc.GEN_AI_REQUEST_MODEL]}"
+
+
+# -- parse() ------------------------------------------------------------------------------
+
+
+def test_chat_parse_is_recorded(cap: SpanCapture, client: OpenAI) -> None:
+    """``parse()`` posts the request itself, without ``create``: it used to make no span."""
+    result = client.chat.completions.parse(model="gpt-4o-mini", messages=MESSAGES)
+    assert result.choices[0].message.content == CHAT_MESSAGE
+    span = llm_span(cap)
+    assert_chat(span)
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete == {"message": CHAT_MESSAGE, "finish_reason": "stop"}
+
+
+def test_responses_parse_is_recorded(cap: SpanCapture, client: OpenAI) -> None:
+    result = client.responses.parse(model="gpt-4o-mini", input="Tell me a story")
+    assert result.output_text == RESPONSE_MESSAGE
+    assert_response(llm_span(cap))
+
+
+async def test_async_parse_is_recorded(cap: SpanCapture, aclient: AsyncOpenAI) -> None:
+    result = await aclient.chat.completions.parse(model="gpt-4o-mini", messages=MESSAGES)
+    assert result.choices[0].message.content == CHAT_MESSAGE
+    assert_chat(llm_span(cap))
+    cap.clear()
+    answer = await aclient.responses.parse(model="gpt-4o-mini", input="Tell me a story")
+    assert answer.output_text == RESPONSE_MESSAGE
+    assert_response(llm_span(cap))
+
+
+def test_parse_built_on_create_makes_one_span(
+    client: OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SDK whose ``parse`` calls ``create`` (both instrumented) records one span."""
+    from openai.resources.chat.completions import Completions
+
+    def parse(self: Any, **kwargs: Any) -> Any:
+        return self.create(**kwargs)
+
+    monkeypatch.setattr(Completions, "parse", parse)
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument()
+    try:
+        with capture() as c:
+            client.chat.completions.parse(model="gpt-4o-mini", messages=MESSAGES)
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    finally:
+        instrumentor.uninstrument()
+    assert [s.name for s in c.spans] == ["chat gpt-4o-mini", "chat gpt-4o-mini"]
+
+
 # -- errors -------------------------------------------------------------------------------
 
 
@@ -661,24 +743,28 @@ def test_uninstrument_restores_the_sdk(client: OpenAI) -> None:
     from openai.resources.chat.completions import AsyncCompletions, Completions
     from openai.resources.responses import AsyncResponses, Responses
 
-    originals = [
-        c.__dict__["create"] for c in (Completions, AsyncCompletions, Responses, AsyncResponses)
-    ]
+    classes = (Completions, AsyncCompletions, Responses, AsyncResponses)
+    methods = [(c, m) for c in classes for m in ("create", "parse")]
+    originals = [c.__dict__[m] for c, m in methods]
     instrumentor = OpenAIInstrumentor()
-    instrumentor.instrument()
-    try:
-        assert all(
-            isinstance(c.__dict__["create"], wrapt.FunctionWrapper)
-            for c in (Completions, AsyncCompletions, Responses, AsyncResponses)
-        )
-    finally:
-        instrumentor.uninstrument()
-    restored = [
-        c.__dict__["create"] for c in (Completions, AsyncCompletions, Responses, AsyncResponses)
-    ]
-    assert restored == originals
+    for _ in range(2):  # uninstrument, then instrument again
+        instrumentor.instrument()
+        instrumentor.instrument()  # twice: warns, wraps nothing more
+        try:
+            assert all(isinstance(c.__dict__[m], wrapt.FunctionWrapper) for c, m in methods)
+            assert not any(
+                isinstance(c.__dict__[m].__wrapped__, wrapt.FunctionWrapper) for c, m in methods
+            )
+            with capture() as cap:
+                client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            assert len(cap.spans) == 1
+        finally:
+            instrumentor.uninstrument()
+        instrumentor.uninstrument()  # twice: nothing happens
+        assert [c.__dict__[m] for c, m in methods] == originals
     with capture() as cap:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        client.chat.completions.parse(model="gpt-4o-mini", messages=MESSAGES)
     assert cap.spans == []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -42,9 +43,18 @@ _INCOMPLETE_REASONS: Final = {"max_output_tokens": "length", "content_filter": "
 """A Responses-API ``incomplete_details.reason`` as a chat-style finish reason."""
 
 
+_INT64: Final = (-(2**63), 2**63 - 1)
+"""OTLP carries integer attributes as int64: a larger one would fail the export of the
+whole batch the span is in."""
+
+
 def _number(value: Any, kind: type) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None  # Omit / NotGiven / None / anything odd
+    if kind is int and not _INT64[0] <= value <= _INT64[1]:
+        return None
+    if kind is float and not math.isfinite(value):
+        return None  # nan / inf are no request setting (and not JSON)
     return kind(value)
 
 
@@ -95,8 +105,10 @@ class Call:
             if run.branch_id:
                 attrs[sc.BRANCH_ID] = run.branch_id
         self.api = api
+        attrs = clean(attrs)  # the model's name is cut like any attribute
+        name = f"chat {attrs[sc.GEN_AI_REQUEST_MODEL]}" if model else "chat"
         self.span = (tracer or _state.tracer).start_span(
-            f"chat {model}" if model else "chat", kind=SpanKind.CLIENT, attributes=attrs
+            name, kind=SpanKind.CLIENT, attributes=attrs
         )
         self._once = threading.Lock()  # acquired once, never released: "already ended"
         self._texts: dict[int, list[str]] = {}
@@ -189,30 +201,33 @@ class Call:
         """One streamed ``ChatCompletionChunk`` or Responses-API stream event."""
         self._last_ns = now = time.time_ns()
         if self.api == CHAT:
+            # chunks are not validated by the SDK: an OpenAI-compatible server may send
+            # null (or no) choices, deltas or indexes
             self._chat_meta(chunk)
-            for choice in chunk.choices:
-                index = choice.index or 0
-                delta = choice.delta
-                if delta is not None:
-                    content = delta.content
-                    if content:
-                        self._token(content, index, now)
-                    if delta.tool_calls:
-                        for tool_call in delta.tool_calls:
-                            self._tool_call(tool_call.function)
-                if choice.finish_reason:
-                    self._reasons[index] = str(choice.finish_reason)
+            for choice in getattr(chunk, "choices", None) or ():
+                index = getattr(choice, "index", None)
+                index = index if isinstance(index, int) else 0
+                delta = getattr(choice, "delta", None)
+                content = getattr(delta, "content", None)
+                if content and isinstance(content, str):
+                    self._token(content, index, now)
+                for tool_call in getattr(delta, "tool_calls", None) or ():
+                    self._tool_call(getattr(tool_call, "function", None))
+                reason = getattr(choice, "finish_reason", None)
+                if reason:
+                    self._reasons[index] = str(reason)
             return
         kind = getattr(chunk, "type", None)
         if kind == "response.output_text.delta":
-            if chunk.delta:
-                self._token(chunk.delta, 0, now)
+            delta = getattr(chunk, "delta", None)
+            if delta and isinstance(delta, str):
+                self._token(delta, 0, now)
         elif kind in ("response.created", "response.in_progress", "response.queued"):
             response = getattr(chunk, "response", None)
             self.response_id = getattr(response, "id", None) or self.response_id
             self.response_model = getattr(response, "model", None) or self.response_model
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
-            self._response(chunk.response)
+            self._response(getattr(chunk, "response", None))
         elif kind == "error":
             self._error = (
                 str(getattr(chunk, "code", None) or "error"),

@@ -3,12 +3,12 @@
 >>> from spangraph.instrumentation.openai import OpenAIInstrumentor
 >>> OpenAIInstrumentor().instrument()          # doctest: +SKIP
 
-Covers ``client.chat.completions.create`` and ``client.responses.create`` on ``OpenAI``
-and ``AsyncOpenAI`` (so also the ``.stream()`` and ``.parse()`` helpers built on them),
-streaming or not. Each call is one span named ``chat {model}`` with ``spangraph.kind =
-llm``, ``gen_ai.operation.name = chat``, ``gen_ai.provider.name = openai``, the request
-and response model, the response id, token usage and finish reasons. Streamed text
-deltas go to live subscribers as ``token`` events and are never written to the graph;
+Covers ``client.chat.completions.create`` / ``.parse`` and ``client.responses.create`` /
+``.parse`` on ``OpenAI`` and ``AsyncOpenAI`` (so also the ``.stream()`` helpers built on
+``create``), streaming or not. Each call is one span named ``chat {model}`` with
+``spangraph.kind = llm``, ``gen_ai.operation.name = chat``, ``gen_ai.provider.name =
+openai``, the request and response model, the response id, token usage and finish
+reasons. Streamed text deltas go to live subscribers as ``token`` events and are never written to the graph;
 the complete message is recorded once, as ``llm.complete``. A stream's span ends when it
 is exhausted, fails, is closed, or is garbage-collected after being abandoned.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Collection
+from contextvars import ContextVar
 from typing import Any, Final
 
 import wrapt
@@ -53,7 +54,14 @@ _TARGETS: Final = (
     ("openai.resources.responses", "Responses", RESPONSES, False),
     ("openai.resources.responses", "AsyncResponses", RESPONSES, True),
 )
-"""(module, resource class, API, async): each class's ``create`` is wrapped."""
+"""(module, resource class, API, async): each class's ``create`` and ``parse`` are
+wrapped (``parse`` posts the request itself, without ``create``)."""
+
+_METHODS: Final = ("create", "parse")
+
+_in_call: ContextVar[bool] = ContextVar("spangraph_openai_call", default=False)
+"""Set while an instrumented method runs: a method that calls another (an SDK whose
+``parse`` calls ``create``) makes one span, not two."""
 
 
 def _start(tracer: Tracer | None, api: str, kwargs: dict[str, Any]) -> Call | None:
@@ -110,16 +118,18 @@ def _result(call: Call, result: Any, types: _Types) -> Any:
 
 def _sync_wrapper(tracer: Tracer | None, api: str, types: _Types) -> Callable[..., Any]:
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-        call = _start(tracer, api, kwargs)
+        call = None if _in_call.get() else _start(tracer, api, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
         token = otel_context.attach(trace.set_span_in_context(call.span))
+        inside = _in_call.set(True)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
             call.finish(exc)
             raise
         finally:
+            _in_call.reset(inside)
             otel_context.detach(token)
         return _result(call, result, types)
 
@@ -128,16 +138,18 @@ def _sync_wrapper(tracer: Tracer | None, api: str, types: _Types) -> Callable[..
 
 def _async_wrapper(tracer: Tracer | None, api: str, types: _Types) -> Callable[..., Any]:
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-        call = _start(tracer, api, kwargs)
+        call = None if _in_call.get() else _start(tracer, api, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)
         token = otel_context.attach(trace.set_span_in_context(call.span))
+        inside = _in_call.set(True)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
             call.finish(exc)
             raise
         finally:
+            _in_call.reset(inside)
             otel_context.detach(token)
         return _result(call, result, types)
 
@@ -171,8 +183,10 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             except (ImportError, AttributeError):  # an SDK without this API
                 continue
             make = _async_wrapper if is_async else _sync_wrapper
-            wrapt.wrap_function_wrapper(cls, "create", make(tracer, api, types))
-            self._patched.append((cls, "create"))
+            for method in _METHODS:
+                if method in vars(cls):  # an SDK without parse() on this resource
+                    wrapt.wrap_function_wrapper(cls, method, make(tracer, api, types))
+                    self._patched.append((cls, method))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         for cls, name in getattr(self, "_patched", ()):
