@@ -775,9 +775,9 @@ def test_counts_are_checked_before_spans_are_built(
     built: list[int] = []
     real_to_spans = ingest_mod.to_spans
 
-    def to_spans(request: Any) -> Any:
+    def to_spans(request: Any, **limits: Any) -> Any:
         built.append(1)
-        return real_to_spans(request)
+        return real_to_spans(request, **limits)
 
     monkeypatch.setattr(ingest_mod, "to_spans", to_spans)
     cap = running.ingest.max_spans_per_request
@@ -859,6 +859,95 @@ def test_requests_are_decoded_a_few_at_a_time(running: Running) -> None:
     assert statuses == [200] * 8
     assert peak == ingest_mod.MAX_CONCURRENT_DECODES
     assert health_s < 5
+
+
+def test_events_and_links_over_the_span_limits_are_cut(
+    running: Running,
+    http: httpx.Client,
+    graph_url: str,
+    embedded_server: ServerInfo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A span keeps its last 128 events and first 128 links (the SDK's span limits,
+    OTEL_SPAN_EVENT_COUNT_LIMIT / OTEL_SPAN_LINK_COUNT_LIMIT), and the client is told in
+    partial_success with no span rejected. Before, every event was kept: one span with
+    400 000 events (5.6 MB) made a graph write longer than the store's timeout, which was
+    retried over and over while the store answered nothing else, and then dropped with
+    the other spans of its batch."""
+    trace_id = uuid.uuid4().bytes
+    t0 = time.time_ns()
+    big = PbSpan(
+        trace_id=trace_id,
+        span_id=b"\x01" * 8,
+        name="big",
+        start_time_unix_nano=t0,
+        end_time_unix_nano=t0 + 10_000,
+        events=[PbSpan.Event(name=f"e{i}", time_unix_nano=t0 + i) for i in range(2000)],
+        links=[
+            PbSpan.Link(trace_id=trace_id, span_id=(100 + i).to_bytes(8, "big")) for i in range(300)
+        ],
+    )
+    good = PbSpan(trace_id=trace_id, span_id=b"\x02" * 8, name="good", start_time_unix_nano=t0)
+    body = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[big, good])])]
+    ).SerializeToString()
+    r = http.post("/v1/traces", content=body, headers=PROTO)
+    assert r.status_code == 200
+    partial = ExportTraceServiceResponse.FromString(r.content).partial_success
+    assert partial.rejected_spans == 0
+    assert "kept its last 128 of 2000 events" in partial.error_message
+    running.flush()
+    nodes = wait_for_nodes(running, trace_id.hex(), {"big", "good"})
+    assert set(nodes) >= {"big", "good"}
+    events = events_of(running.store, "01" * 8)
+    assert [e["name"] for e in events] == [f"e{i}" for i in range(2000 - 128, 2000)]
+    stats = running.ingest.stats()
+    assert (stats["events_over_limit"], stats["links_over_limit"]) == (2000 - 128, 300 - 128)
+    assert stats["graph"]["dropped"] == 0
+    # JSON answers the same way
+    doc = {
+        "resourceSpans": [
+            {
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": uuid.uuid4().hex,
+                                "spanId": "03" * 8,
+                                "name": "j",
+                                "links": [
+                                    {"traceId": uuid.uuid4().hex, "spanId": f"{i + 1:016x}"}
+                                    for i in range(129)
+                                ],
+                            }
+                        ]
+                    }
+                ]
+            }
+        ]
+    }
+    r = http.post("/v1/traces", content=json.dumps(doc), headers=JSON_CT)
+    assert r.status_code == 200
+    assert "kept its first 128 of 129 links" in r.json()["partialSuccess"]["errorMessage"]
+    assert "rejectedSpans" not in r.json()["partialSuccess"]
+
+    # the limits follow the SDK's environment variables
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "5")
+    settings = make_settings(graph_url, embedded_server, tmp_path)
+    with serve(settings, graph_url) as other, httpx.Client(base_url=other.url) as client:
+        big.span_id = b"\x04" * 8
+        del big.links[:]
+        body = ExportTraceServiceRequest(
+            resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[big])])]
+        ).SerializeToString()
+        r = client.post("/v1/traces", content=body, headers=PROTO)
+        assert r.status_code == 200
+        other.flush()
+        wait_for_nodes(other, trace_id.hex(), {"big"})
+        assert [e["name"] for e in events_of(other.store, "04" * 8)] == [
+            f"e{i}" for i in range(1995, 2000)
+        ]
 
 
 def _varint(n: int) -> bytes:

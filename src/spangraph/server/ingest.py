@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -530,15 +530,23 @@ class Decoded:
     rejected: int = 0
     error: str | None = None
     dropped_links: int = 0
+    cut_events: int = 0
+    cut_links: int = 0
+    warning: str | None = None
+    """What was left out of spans that were kept (events or links over the limits)."""
 
 
-def to_spans(request: Any) -> Decoded:
+def to_spans(
+    request: Any, *, max_events: int | None = None, max_links: int | None = None
+) -> Decoded:
     """SDK ``ReadableSpan`` objects of an ``ExportTraceServiceRequest``.
 
     Spans whose ids are invalid (wrong length, all zero) or whose timestamps do not fit a
     signed 64-bit integer are left out and counted; links with invalid ids are left out
-    of their span. The spans come back parents first (within the request), so that
-    spans without spangraph's ids inherit them from their parents.
+    of their span. A span keeps its last ``max_events`` events and its first
+    ``max_links`` links (the SDK's span limits), the rest is counted. The spans come back
+    parents first (within the request), so that spans without spangraph's ids inherit
+    them from their parents.
     """
     out = Decoded(spans=[])
     spans = out.spans
@@ -558,7 +566,9 @@ def to_spans(request: Any) -> Decoded:
             )
             for pb in ss.spans:
                 try:
-                    span, dropped = _span(pb, resource, instrumentation_scope)
+                    span, dropped = _span(
+                        pb, resource, instrumentation_scope, max_events, max_links, out
+                    )
                 except InvalidSpan as exc:
                     out.rejected += 1
                     if out.error is None:
@@ -571,7 +581,14 @@ def to_spans(request: Any) -> Decoded:
     return out
 
 
-def _span(pb: Any, resource: Resource, scope: InstrumentationScope) -> tuple[ReadableSpan, int]:
+def _span(
+    pb: Any,
+    resource: Resource,
+    scope: InstrumentationScope,
+    max_events: int | None = None,
+    max_links: int | None = None,
+    out: Decoded | None = None,
+) -> tuple[ReadableSpan, int]:
     trace_id, span_id = _ids(pb.trace_id, pb.span_id, "")
     flags = pb.flags
     trace_flags = TraceFlags((flags & 0xFF) or TraceFlags.SAMPLED)
@@ -592,17 +609,25 @@ def _span(pb: Any, resource: Resource, scope: InstrumentationScope) -> tuple[Rea
             )
     start = _time(pb.start_time_unix_nano, "start_time_unix_nano")
     end = _time(pb.end_time_unix_nano, "end_time_unix_nano") or start
+    pb_events, pb_links = pb.events, pb.links
+    cut_events = cut_links = 0
+    if max_events is not None and len(pb_events) > max_events:
+        cut_events = len(pb_events) - max_events
+        pb_events = pb_events[cut_events:] if max_events else ()
+    if max_links is not None and len(pb_links) > max_links:
+        cut_links = len(pb_links) - max_links
+        pb_links = pb_links[:max_links]
     events = [
         Event(
             e.name,
             _attributes(e.attributes),
             _time(e.time_unix_nano, "an event's time_unix_nano"),
         )
-        for e in pb.events
+        for e in pb_events
     ]
     links = []
     dropped = 0
-    for link in pb.links:
+    for link in pb_links:
         try:
             ltid, lsid = _ids(link.trace_id, link.span_id, "link")
         except InvalidSpan:
@@ -635,6 +660,17 @@ def _span(pb: Any, resource: Resource, scope: InstrumentationScope) -> tuple[Rea
         end_time=end,
         instrumentation_scope=scope,
     )
+    if out is not None and (cut_events or cut_links):
+        out.cut_events += cut_events
+        out.cut_links += cut_links
+        if out.warning is None:
+            out.warning = f"span {pb.name[:200]!r}: " + (
+                f"kept its last {max_events} of {len(pb.events)} events "
+                "(OTEL_SPAN_EVENT_COUNT_LIMIT)"
+                if cut_events
+                else f"kept its first {max_links} of {len(pb.links)} links "
+                "(OTEL_SPAN_LINK_COUNT_LIMIT)"
+            )
     return span, dropped
 
 
@@ -668,6 +704,8 @@ class ExportResult:
     accepted: int
     rejected: int
     error: str | None = None
+    warning: str | None = None
+    """Sent as ``partial_success`` with no rejected span: events or links were cut."""
 
 
 class OTLPIngest:
@@ -698,6 +736,12 @@ class OTLPIngest:
         self.max_body_bytes = max_body_bytes
         self.max_queue_size = max_queue_size
         self.max_spans_per_request = max_queue_size // 2
+        limits = SpanLimits()  # OTEL_SPAN_EVENT_COUNT_LIMIT, OTEL_SPAN_LINK_COUNT_LIMIT
+        self.max_events: int | None = limits.max_events
+        """Events a span keeps (its last ones), as the SDK's span limits: each event is a
+        graph node and a live message, and a span with 400 000 of them (5 MB) made one
+        graph write too long for the store's timeout."""
+        self.max_links: int | None = limits.max_links
         project = getattr(settings, "project", None) or "default"
         self.graph = GraphSpanProcessor(
             store,
@@ -722,6 +766,8 @@ class OTLPIngest:
             "spans_accepted": 0,
             "spans_rejected": 0,
             "links_dropped": 0,
+            "events_over_limit": 0,
+            "links_over_limit": 0,
             "requests_overloaded": 0,
         }
         self._errors: dict[int, int] = {}
@@ -739,7 +785,15 @@ class OTLPIngest:
         else:
             request = decode_protobuf(raw)
             _check_size(*_pb_counts(request, limit), limit)
-        decoded = to_spans(request)
+        decoded = to_spans(request, max_events=self.max_events, max_links=self.max_links)
+        if decoded.warning:
+            warn.warning(
+                "cut-spans",
+                "OTLP: cut %d event(s) and %d link(s) over the span limits; first: %s",
+                decoded.cut_events,
+                decoded.cut_links,
+                decoded.warning,
+            )
         if decoded.rejected:
             warn.warning(
                 "rejected-spans",
@@ -753,7 +807,9 @@ class OTLPIngest:
             self._counters["requests"] += 1
             self._counters["spans_rejected"] += decoded.rejected
             self._counters["links_dropped"] += decoded.dropped_links
-        return ExportResult(accepted, decoded.rejected, decoded.error)
+            self._counters["events_over_limit"] += decoded.cut_events
+            self._counters["links_over_limit"] += decoded.cut_links
+        return ExportResult(accepted, decoded.rejected, decoded.error, decoded.warning)
 
     def ingest(self, spans: Sequence[ReadableSpan]) -> int:
         """Queue ``spans`` (already ended) on the processors; the number queued.

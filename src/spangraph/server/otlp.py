@@ -7,7 +7,8 @@
   bytes actually read, then the decompressed size): 413 above the cap.
 - 200 with an ``ExportTraceServiceResponse`` in the request's encoding: empty when every
   span was accepted, with ``partial_success`` (rejected count and first error) when some
-  spans were rejected (invalid ids, timestamps out of range).
+  spans were rejected (invalid ids, timestamps out of range), or with only its
+  ``error_message`` when events or links over the span limits were left out.
 - 400 for a body that does not decode, 503 (with ``Retry-After``) while the graph write
   queue is full or the service is shutting down. Every 4xx/5xx body this module writes
   is a ``google.rpc.Status`` (protobuf, or JSON for JSON requests); the 401 of the
@@ -110,6 +111,10 @@ def success_body(fmt: str, result: ExportResult) -> bytes:
                 rejected_spans=result.rejected,
                 error_message=(result.error or "some spans were rejected")[:1000],
             )
+        )
+    elif result.warning:  # all accepted, with a warning: rejected_spans stays 0 (OTLP spec)
+        response.partial_success.CopyFrom(
+            ExportTracePartialSuccess(error_message=result.warning[:1000])
         )
     if fmt == JSON:
         from google.protobuf import json_format
