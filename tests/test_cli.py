@@ -251,6 +251,47 @@ def test_up_status_down(tmp_path: Path) -> None:
         EmbeddedServer(home).stop()
 
 
+def test_down_never_signals_a_pid_from_server_json(tmp_path: Path) -> None:
+    """A wrong pid in server.json: ``down`` stops the server that serves this home (by
+    the pid it reports itself), leaves the named process alone and says so."""
+    home = tmp_path / "home"
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        info = EmbeddedServer(home).ensure_running()
+        state = {"pid": bystander.pid, "port": info.port, "home": str(home)}
+        (home / "server.json").write_text(json.dumps(state))
+        down = cli(home, "down")
+        assert down.code == 0 and "stopped" in down.out, down.err
+        assert f"names pid {bystander.pid}" in down.err and f"is pid {info.pid}" in down.err
+        assert "was not signalled" in down.err and "Traceback" not in down.err
+        assert bystander.poll() is None
+        assert EmbeddedServer(home).status() is None
+
+        (home / "server.json").write_text(json.dumps(state))  # and now no server at all
+        down = cli(home, "down")
+        assert down.code == 0 and "was not running" in down.out
+        assert "is stale" in down.err and f"pid {bystander.pid} was not signalled" in down.err
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+        EmbeddedServer(home).stop()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("up",), ("down",), ("status",), ("demo",), ("serve",), ("run", "--", "true")],
+    ids=lambda a: a[0],
+)
+def test_empty_home_option_names_the_setting(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """``--home ""`` is refused: neither the current directory nor the default."""
+    result = cli(tmp_path, args[0], "--home", "", *args[1:], timeout=30)
+    assert result.code == 2, (result.out, result.err)
+    assert "SPANGRAPH_HOME" in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "server.json").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_version_and_help(tmp_path: Path) -> None:
     from spangraph import __version__
 

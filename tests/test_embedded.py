@@ -3,6 +3,7 @@ shared, found, stopped and restarted for real in temp homes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -393,3 +394,109 @@ def test_lock_file_that_cannot_be_opened_is_a_clear_error(home: Path) -> None:
 def test_unusable_home_paths_name_the_setting(bad: str) -> None:
     with pytest.raises(ConfigurationError, match="SPANGRAPH_HOME"):
         EmbeddedServer(bad)
+
+
+def test_reuse_puts_a_wrong_recorded_pid_right(home: Path) -> None:
+    server = EmbeddedServer(home)
+    info = server.ensure_running()
+    (home / "server.json").write_text(json.dumps({"pid": 1, "port": info.port}))
+    assert server.ensure_running() == info
+    assert json.loads((home / "server.json").read_text())["pid"] == info.pid
+
+
+def test_stop_warns_when_the_recorded_pid_is_not_the_servers(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = EmbeddedServer(home)
+    info = server.ensure_running()
+    (home / "server.json").write_text(json.dumps({"pid": 1e20, "port": info.port}))
+    with caplog.at_level("WARNING", logger="spangraph.embedded"):
+        assert server.stop() is True
+    assert f"names pid 1e+20, but this home's server on port {info.port} is pid {info.pid}" in (
+        caplog.text
+    )
+    assert "pid 1e+20 was not signalled" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spangraph.embedded"):
+        assert server.stop() is False  # only the port is left: nothing stale to report
+    assert caplog.text == ""
+
+
+def test_stop_calls_a_state_file_of_a_dead_server_stale(
+    home: Path, closed_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        home.mkdir(parents=True)
+        (home / "server.json").write_text(json.dumps({"pid": bystander.pid, "port": closed_port}))
+        with caplog.at_level("WARNING", logger="spangraph.embedded"):
+            assert EmbeddedServer(home).stop() is False
+        assert "is stale" in caplog.text and f"pid {bystander.pid} was not signalled" in caplog.text
+        assert bystander.poll() is None
+        assert not (home / "server.json").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+# -- a home that cannot be written ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """``path`` made read-only for this process: ``chattr +i`` (which binds root too),
+    else, for other users, mode 0555."""
+    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    if not made:
+        if os.geteuid() == 0:
+            pytest.skip("chattr +i is not available here, and root ignores file modes")
+        path.chmod(0o555)
+    try:
+        yield
+    finally:
+        if made:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        else:
+            path.chmod(0o755)
+
+
+def test_read_only_home_still_finds_and_stops_its_server(home: Path) -> None:
+    """Reusing or stopping a running server needs no write; starting one does, and is
+    refused with the path and what to do, not a bare PermissionError."""
+    server = EmbeddedServer(home)
+    info = server.ensure_running()
+    (home / "server.lock").unlink()  # the lock file cannot be made again
+    with read_only(home):
+        assert server.ensure_running() == info
+        assert server.status() == info
+        assert server.stop() is True
+        assert not answers(info.port)
+        with pytest.raises(EmbeddedServerError) as err:
+            server.ensure_running()
+        message = str(err.value)
+        assert f"SPANGRAPH_HOME {server.home} is not writable" in message
+        assert type(err.value) is EmbeddedServerError  # the public class, as everywhere
+        assert "server.lock" in message and "make it writable" in message
+        assert server.stop() is False
+    assert servers_on(server.data_dir) == []
+
+
+def test_data_dir_that_is_a_file_is_a_clear_error(home: Path) -> None:
+    home.mkdir(parents=True)
+    (home / "data").write_text("")
+    with pytest.raises(EmbeddedServerError, match="not writable") as err:
+        EmbeddedServer(home).ensure_running()
+    assert str(home / "data") in str(err.value)
+
+
+def test_server_whose_state_cannot_be_written_is_not_left_running(home: Path) -> None:
+    """Unrecorded, no later process would find it and the next start would run a second
+    server on the same data."""
+    (home / "server.json").mkdir(parents=True)  # write_text fails: IsADirectoryError
+    server = EmbeddedServer(home)
+    with pytest.raises(EmbeddedServerError, match="not writable") as err:
+        server.ensure_running()
+    assert "server.json" in str(err.value)
+    assert servers_on(server.data_dir) == []
+    assert server.stop() is False
+    (home / "server.json").rmdir()

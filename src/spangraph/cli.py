@@ -23,6 +23,13 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(home=getattr(args, "home", None))
 
 
+def _use_home(home: str | None) -> None:
+    """Hand ``--home`` on to what reads SPANGRAPH_HOME, checked first: an empty value
+    must be refused, not read as unset."""
+    if home is not None:
+        os.environ["SPANGRAPH_HOME"] = str(Settings.from_env({}, home=home).home)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -61,8 +68,7 @@ def _serve(
             file=sys.stderr,
         )
         return 2
-    if home:
-        os.environ["SPANGRAPH_HOME"] = home
+    _use_home(home)
     if cors:
         os.environ["SPANGRAPH_CORS_ORIGINS"] = ",".join(cors)
     if _is_loopback(host):
@@ -114,8 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 127
     os.environ.setdefault("OTEL_PYTHON_DISTRO", "spangraph")
     os.environ.setdefault("OTEL_PYTHON_CONFIGURATOR", "spangraph")
-    if args.home:
-        os.environ["SPANGRAPH_HOME"] = args.home
+    _use_home(args.home)
     from opentelemetry.instrumentation.auto_instrumentation import run
 
     sys.argv = ["opentelemetry-instrument", *command]

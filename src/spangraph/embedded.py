@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import platform
 import signal
@@ -33,6 +34,8 @@ from .config import DEFAULT_FALKORDB_GRAPH
 from .exceptions import ConfigurationError, EmbeddedServerError
 
 __all__ = ["EmbeddedServer", "ServerInfo"]
+
+_log = logging.getLogger(__name__)
 
 _STATE_FILE = "server.json"
 _LOCK_FILE = "server.lock"
@@ -111,6 +114,11 @@ def _free_port(preferred: int | None = None, wait: float = 0.0) -> int:
         return int(sock.getsockname()[1])
 
 
+class _HomeNotWritable(EmbeddedServerError):
+    """The lock file cannot be made or opened: a server that already runs can still be
+    found (and stopped), none can be started."""
+
+
 def _home_path(home: str | os.PathLike[str]) -> Path:
     """``home`` as an absolute path, or a ConfigurationError naming SPANGRAPH_HOME."""
     raw = os.fspath(home)
@@ -177,6 +185,18 @@ class EmbeddedServer:
     def log_file(self) -> Path:
         return self.home / _LOG_FILE
 
+    def _unusable(
+        self, exc: OSError, error: type[EmbeddedServerError] = EmbeddedServerError
+    ) -> EmbeddedServerError:
+        """``exc`` (met writing under the home) as an error that names the path and says
+        what to do."""
+        return error(
+            f"SPANGRAPH_HOME {self.home} is not writable "
+            f"({exc.strerror or exc}: {exc.filename or self.home}): "
+            "the embedded server keeps its data, port and lock there; make it writable "
+            "or set SPANGRAPH_HOME to a writable directory"
+        )
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         if self.home.exists() and not self.home.is_dir():
@@ -187,25 +207,34 @@ class EmbeddedServer:
             self.home.mkdir(parents=True, exist_ok=True)
             fh = open(self.home / _LOCK_FILE, "a+")  # noqa: SIM115 (closed below)
         except OSError as exc:
-            raise EmbeddedServerError(
-                f"SPANGRAPH_HOME {self.home} is not writable "
-                f"({exc.strerror or exc}: {exc.filename or self.home}): "
-                "the embedded server keeps its data, port and lock there; set "
-                "SPANGRAPH_HOME to a writable directory"
-            ) from exc
+            raise self._unusable(exc, _HomeNotWritable) from exc
         with fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            except OSError as exc:  # e.g. ENOLCK on a network file system
+                raise EmbeddedServerError(
+                    f"cannot lock {self.home / _LOCK_FILE} ({exc.strerror or exc}): set "
+                    "SPANGRAPH_HOME to a directory on a local disk"
+                ) from exc
             try:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def _recorded(self) -> dict[str, object]:
+        """What ``server.json`` says (any JSON object; nothing in it is trusted)."""
+        try:
+            state = json.loads((self.home / _STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def _record(self, state: dict[str, object]) -> None:
+        (self.home / _STATE_FILE).write_text(json.dumps(state))
+
     def _last_port(self) -> int | None:
         """The port this home's server had last (also after ``stop`` or a crash)."""
-        try:
-            port = json.loads((self.home / _STATE_FILE).read_text())["port"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        port = self._recorded().get("port")
         return port if type(port) is int and 0 < port < 65536 else None
 
     def _serving(self, port: int) -> ServerInfo | None:
@@ -255,16 +284,29 @@ class EmbeddedServer:
         return None if port is None else self._serving(port)
 
     def ensure_running(self) -> ServerInfo:
-        """Reuse this home's server if it answers, else start one. Safe across processes."""
-        with self._locked():
-            info = self.status()
-            if info is not None:
+        """Reuse this home's server if it answers, else start one. Safe across processes.
+        A home that cannot be written is an error only when a server must be started."""
+        try:
+            with self._locked():
+                info = self.status()
+                if info is None:
+                    return self._start()
+                if self._recorded() != asdict(info):  # e.g. a wrong pid: put it right
+                    with contextlib.suppress(OSError):
+                        self._record(asdict(info))
                 return info
-            return self._start()
+        except _HomeNotWritable as exc:
+            info = self.status()
+            if info is None:
+                raise EmbeddedServerError(str(exc)) from exc.__cause__
+            return info
 
     def _start(self) -> ServerInfo:
         server_bin, module = binaries()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # unwritable, or a file named "data"
+            raise self._unusable(exc) from exc
         last_error = ""
         # The port it had before, when free: programs and services that still hold its
         # address (they retry with backoff) reconnect when it is back.
@@ -286,14 +328,19 @@ class EmbeddedServer:
                 "--logfile", str(self.log_file),
                 "--loadmodule", module,
             ]  # fmt: skip
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # outlives this process; shared by later ones
-                cwd=self.data_dir,
-            )
+            try:
+                proc = subprocess.Popen(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,  # outlives this process; shared by later ones
+                    cwd=self.data_dir,
+                )
+            except OSError as exc:
+                raise EmbeddedServerError(
+                    f"cannot run {server_bin} in {self.data_dir}: {exc.strerror or exc}"
+                ) from exc
             info = ServerInfo(pid=proc.pid, port=port, home=str(self.home))
             deadline = time.monotonic() + self.start_timeout
             while time.monotonic() < deadline:
@@ -307,17 +354,33 @@ class EmbeddedServer:
                 if self._ping(port):
                     if proc.stderr:
                         proc.stderr.close()
-                    (self.home / _STATE_FILE).write_text(json.dumps(asdict(info)))
+                    try:
+                        self._record(asdict(info))
+                    except OSError as exc:
+                        # unrecorded, no later process would find it: it would only be
+                        # a second server on the same data when one is started again
+                        self._terminate(proc)
+                        raise self._unusable(exc) from exc
                     return info
                 time.sleep(0.05)
             else:
-                proc.kill()
-                proc.wait()
+                self._terminate(proc, grace=0)
                 raise EmbeddedServerError(
                     f"the embedded server did not answer within {self.start_timeout:.0f}s; "
                     f"see {self.log_file}"
                 )
         raise EmbeddedServerError(f"the embedded server failed to start: {last_error.strip()}")
+
+    @staticmethod
+    def _terminate(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+        """End a server this process started (SIGTERM, then SIGKILL after ``grace``)."""
+        if grace > 0:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
+                return
+        proc.kill()
+        proc.wait()
 
     def _log_tail(self, lines: int = 10) -> str:
         try:
@@ -336,20 +399,55 @@ class EmbeddedServer:
             client.close()
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop this home's server (its data stays). ``False`` if none was running."""
-        with self._locked():
-            info = self.status()
-            if info is None:
-                (self.home / _STATE_FILE).unlink(missing_ok=True)
-                return False
-            # only the port is kept: the next start takes it again when it is free
-            (self.home / _STATE_FILE).write_text(json.dumps({"port": info.port}))
+        """Stop this home's server (its data stays). ``False`` if none was running.
+
+        Only the process that the server on the recorded port reports itself, when that
+        server serves this home's data directory, is signalled; a ``server.json`` that
+        names another pid or a server that is not this home's is stale, and a warning
+        says so. A home that cannot be written does not keep a running server from
+        being stopped."""
+        try:
+            with self._locked():
+                return self._stop(timeout, record=True)
+        except _HomeNotWritable:
+            return self._stop(timeout, record=False)
+
+    def _stop(self, timeout: float, *, record: bool) -> bool:
+        recorded = self._recorded()
+        info = self.status()
+        if info is None:
+            if "pid" in recorded:
+                _log.warning(
+                    "embedded server: %s is stale: no server of this home answers on port %r; "
+                    "pid %r was not signalled",
+                    self.home / _STATE_FILE,
+                    recorded.get("port"),
+                    recorded["pid"],
+                )
+            if record:
+                with contextlib.suppress(OSError):
+                    (self.home / _STATE_FILE).unlink(missing_ok=True)
+            return False
+        if "pid" in recorded and recorded["pid"] != info.pid:
+            _log.warning(
+                "embedded server: %s names pid %r, but this home's server on port %d is pid %d "
+                "(it says so itself): stopping %d; pid %r was not signalled",
+                self.home / _STATE_FILE,
+                recorded["pid"],
+                info.port,
+                info.pid,
+                info.pid,
+                recorded["pid"],
+            )
+        if record:  # only the port is kept: the next start takes it again when it is free
+            with contextlib.suppress(OSError):
+                self._record({"port": info.port})
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info.pid, signal.SIGTERM)  # redis-server flushes the AOF and exits
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _pid_alive(info.pid):
+            time.sleep(0.05)
+        if _pid_alive(info.pid):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(info.pid, signal.SIGTERM)  # redis-server flushes the AOF and exits
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _pid_alive(info.pid):
-                time.sleep(0.05)
-            if _pid_alive(info.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(info.pid, signal.SIGKILL)
-            return True
+                os.kill(info.pid, signal.SIGKILL)
+        return True
