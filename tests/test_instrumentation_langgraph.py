@@ -387,6 +387,38 @@ def test_retry_policy_attempts_are_separate_steps(
     assert attr(one(cap.find(kind=sc.KIND_WORKFLOW)), sc.STATE) == sc.STATE_COMPLETED
 
 
+@pytest.mark.parametrize(
+    ("max_attempts", "recorded"),
+    [(float("inf"), None), (10**30, None), (2.5, None), (10_002, None), (10_001, 10_001)],
+)
+def test_retry_policy_max_attempts_beyond_spangraphs_bound(
+    instrumented: LangGraphInstrumentor, max_attempts: Any, recorded: int | None
+) -> None:
+    """LangGraph retries the node, not spangraph, and does not check ``max_attempts``:
+    every attempt is a span, but ``spangraph.step.max_attempts`` is only recorded as a
+    whole number within spangraph's bound on retries (``inf``, ``2.5`` and ``10**30``
+    were recorded as they were; an int beyond int64 fails an OTLP export)."""
+    calls = []
+
+    def flaky(state: Trail) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError(f"attempt {len(calls)}")
+        return {"path": ["flaky"]}
+
+    builder = StateGraph(Trail)
+    policy = RetryPolicy(max_attempts=max_attempts, initial_interval=0.001, jitter=False)
+    builder.add_node("flaky", flaky, retry_policy=policy)
+    builder.add_edge(START, "flaky")
+    with testing.capture() as cap:
+        assert builder.compile().invoke({"path": []}) == {"path": ["flaky"]}
+    attempts = sorted(cap.find("flaky"), key=lambda s: attr(s, sc.STEP_ATTEMPT))
+    assert [attr(s, sc.STEP_ATTEMPT) for s in attempts] == [1, 2, 3]
+    assert [attr(s, sc.STATE) for s in attempts] == ["failed", "failed", "completed"]
+    assert {attr(s, sc.STEP_MAX_ATTEMPTS) for s in attempts} == {recorded}
+    assert [e.attributes[sc.EVENT_ATTEMPT] for e in cap.events(sc.RETRY_SCHEDULED)] == [1, 2]
+
+
 def test_retry_policy_exhausted(instrumented: LangGraphInstrumentor) -> None:
     error = ConnectionError("down")
     builder = StateGraph(Trail)

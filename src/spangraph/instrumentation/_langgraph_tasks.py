@@ -21,6 +21,7 @@ from opentelemetry.trace import Link
 from .. import semconv as sc
 from .._spans import _add_event, _error_attrs, _Frame, _Options
 from ..branching import Branch
+from ..instrument import MAX_RETRIES
 from ._langgraph_runs import INTERRUPTED, current_run_state, own
 
 _log = logging.getLogger("spangraph.instrumentation.langgraph")
@@ -258,14 +259,27 @@ class _StepProc:
             if self._previous is not None:
                 previous = self._previous.handle.span.get_span_context()
                 links = (Link(previous, {sc.LINK_TYPE: sc.LINK_RETRY_OF}),)
-            retries = self._policies[0].max_attempts - 1 if len(self._policies) == 1 else 0
             opts = _Options(
-                kind=sc.KIND_STEP, name=task.name, attributes=attrs, retries=max(retries, 0)
+                kind=sc.KIND_STEP, name=task.name, attributes=attrs, retries=self._retries()
             )
             return own(_Frame(opts, task.name, self._attempt, links))
         except Exception:
             _log.debug("spangraph: could not start a LangGraph step span", exc_info=True)
             return None
+
+    def _retries(self) -> int:
+        """The retries of the node's one policy, for ``spangraph.step.max_attempts``.
+
+        LangGraph, not spangraph, retries the node, and its ``max_attempts`` is not
+        checked: it may be ``float("inf")``, ``2.5`` or ``10**30``. Only a whole number
+        within spangraph's own bound on retries is recorded (a larger integer would fail
+        the OTLP export of the span's batch); every attempt is a span all the same."""
+        if len(self._policies) != 1:
+            return 0
+        max_attempts = self._policies[0].max_attempts
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+            return 0
+        return max_attempts - 1 if 1 <= max_attempts <= MAX_RETRIES + 1 else 0
 
     def _end(self, frame: _Frame, exc: BaseException | None) -> None:
         self._previous = frame
