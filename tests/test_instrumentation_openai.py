@@ -768,6 +768,39 @@ def test_uninstrument_restores_the_sdk(client: OpenAI) -> None:
     assert cap.spans == []
 
 
+def test_uninstrument_keeps_a_wrapper_another_library_added_after(
+    client: OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another tracer wraps ``create`` after spangraph: ``uninstrument()`` used to remove
+    that library's wrapper (the outermost) and leave spangraph's recording."""
+    from openai.resources.chat.completions import Completions
+
+    monkeypatch.setattr(Completions, "create", Completions.__dict__["create"])  # restored
+    theirs: list[str] = []
+
+    def their_wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        theirs.append(kwargs["model"])
+        return wrapped(*args, **kwargs)
+
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument()
+    try:
+        wrapt.wrap_function_wrapper(Completions, "create", their_wrapper)
+    finally:
+        instrumentor.uninstrument()
+    with capture() as cap:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert cap.spans == []  # spangraph's wrapper is gone ...
+    assert theirs == ["gpt-4o-mini"]  # ... theirs still runs
+    instrumentor.instrument()
+    try:
+        with capture() as cap:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    finally:
+        instrumentor.uninstrument()
+    assert len(cap.spans) == 1 and theirs == ["gpt-4o-mini"] * 2
+
+
 def test_without_the_sdk_instrument_raises_module_not_found() -> None:
     """``opentelemetry-instrument`` loads every instrumentor and skips, quietly, one whose
     library is missing (``ModuleNotFoundError``): importing ours needs no SDK."""

@@ -32,7 +32,7 @@ import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Tracer
 
 from .._version import __version__
@@ -176,7 +176,7 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             else None
         )
         types = _Types(openai)
-        self._patched: list[tuple[type, str]] = []
+        self._patched: list[tuple[type, str, Any]] = []
         for module_name, class_name, api, is_async in _TARGETS:
             try:
                 cls = getattr(importlib.import_module(module_name), class_name)
@@ -185,10 +185,29 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             make = _async_wrapper if is_async else _sync_wrapper
             for method in _METHODS:
                 if method in vars(cls):  # an SDK without parse() on this resource
-                    wrapt.wrap_function_wrapper(cls, method, make(tracer, api, types))
-                    self._patched.append((cls, method))
+                    wrapper = make(tracer, api, types)
+                    wrapt.wrap_function_wrapper(cls, method, wrapper)
+                    self._patched.append((cls, method, wrapper))
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        for cls, name in getattr(self, "_patched", ()):
-            unwrap(cls, name)
+        for cls, name, wrapper in getattr(self, "_patched", ()):
+            _unwrap_ours(cls, name, wrapper)
         self._patched = []
+
+
+def _unwrap_ours(cls: type, name: str, wrapper: Any) -> None:
+    """Take out spangraph's wrapper of ``cls.name`` only. Another library may have wrapped
+    the method after spangraph (a tracer of its own, a test double); unwrapping the
+    outermost wrapper, as OpenTelemetry's ``unwrap`` does, would remove that one and
+    leave spangraph's in place."""
+    outer: Any = None
+    current = vars(cls).get(name)
+    while isinstance(current, wrapt.FunctionWrapper):
+        if getattr(current, "_self_wrapper", None) is wrapper:
+            if outer is None:
+                setattr(cls, name, current.__wrapped__)
+            else:
+                outer.__wrapped__ = current.__wrapped__
+            return
+        outer, current = current, current.__wrapped__
+    _log.debug("spangraph: %s.%s is no longer wrapped by spangraph", cls.__name__, name)
