@@ -738,6 +738,42 @@ def test_uninstrument_restores_everything() -> None:
     assert cap.spans == []
 
 
+def test_uninstrument_keeps_a_wrapper_another_library_added_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another library wraps ``Pregel.invoke`` after spangraph: ``uninstrument()`` used to
+    remove that wrapper (the outermost) and leave spangraph's recording."""
+    import wrapt
+    from langgraph.pregel.main import Pregel
+
+    monkeypatch.setattr(Pregel, "invoke", Pregel.__dict__["invoke"])  # restored after
+    theirs: list[str] = []
+
+    def their_wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        theirs.append(instance.name)
+        return wrapped(*args, **kwargs)
+
+    inst = LangGraphInstrumentor()
+    inst.instrument()
+    try:
+        wrapt.wrap_function_wrapper(Pregel, "invoke", their_wrapper)
+    finally:
+        inst.uninstrument()
+    graph = abcd()
+    with testing.capture() as cap:
+        assert graph.invoke({"path": []}) == {"path": ["a", "b", "c"]}
+    assert cap.spans == []
+    assert theirs == ["LangGraph"]
+    inst.instrument()  # and again: spangraph's wrapper under theirs records
+    try:
+        with testing.capture() as cap:
+            graph.invoke({"path": []})
+    finally:
+        inst.uninstrument()
+    assert_abcd(cap)
+    assert theirs == ["LangGraph"] * 2
+
+
 def test_instrumenting_twice_is_idempotent() -> None:
     first, second = LangGraphInstrumentor(), LangGraphInstrumentor()
     assert first is second

@@ -78,19 +78,26 @@ def _resolve(module: str, owner: str) -> Any:
     return getattr(target, owner, None) if owner else target
 
 
-def _unwrap(target: Any, attr: str) -> None:
-    """Put back what ``wrapt.wrap_function_wrapper`` replaced (wrapt 1 and 2 alike)."""
+def _unwrap(target: Any, attr: str, wrapper: Wrapper) -> None:
+    """Take spangraph's ``wrapper`` out of ``target.attr`` (wrapt 1 and 2 alike), wherever
+    it is in the chain: a wrapper another library added after it stays."""
+    outer: Any = None
     current = vars(target).get(attr)
-    original = getattr(current, "__wrapped__", None)
-    if isinstance(current, wrapt.FunctionWrapper) and original is not None:
-        setattr(target, attr, original)
+    while isinstance(current, wrapt.FunctionWrapper):
+        if getattr(current, "_self_wrapper", None) is wrapper:
+            if outer is None:
+                setattr(target, attr, current.__wrapped__)
+            else:
+                outer.__wrapped__ = current.__wrapped__
+            return
+        outer, current = current, current.__wrapped__
 
 
 class LangGraphInstrumentor(BaseInstrumentor):
     """Records LangGraph invocations, nodes, conditional edges and parallel tasks as
     spangraph workflows, steps, decisions and branches (see the module docs)."""
 
-    _applied: list[tuple[Any, str]] = []
+    _applied: list[tuple[Any, str, Wrapper]] = []
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("langgraph >= 0.6",)
@@ -103,7 +110,7 @@ class LangGraphInstrumentor(BaseInstrumentor):
             )
         branch_spec = _resolve(*_BRANCH)
         decisions.set_branch_types((branch_spec,) if isinstance(branch_spec, type) else ())
-        applied: list[tuple[Any, str]] = []
+        applied: list[tuple[Any, str, Wrapper]] = []
         missing: list[str] = []
         for (module, owner), attr, wrapper in _PATCHES:
             target = _resolve(module, owner)
@@ -111,7 +118,7 @@ class LangGraphInstrumentor(BaseInstrumentor):
                 missing.append(f"{module}.{owner + '.' if owner else ''}{attr}")
                 continue
             wrapt.wrap_function_wrapper(target, attr, wrapper)
-            applied.append((target, attr))
+            applied.append((target, attr, wrapper))
         if missing:
             _log.warning(
                 "spangraph: this LangGraph version lacks %s; instrumented partly",
@@ -120,8 +127,8 @@ class LangGraphInstrumentor(BaseInstrumentor):
         type(self)._applied = applied
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        for target, attr in reversed(type(self)._applied):
-            _unwrap(target, attr)
+        for target, attr, wrapper in reversed(type(self)._applied):
+            _unwrap(target, attr, wrapper)
         type(self)._applied = []
         decisions.set_branch_types(())
         tasks.reset()
