@@ -266,6 +266,25 @@ def test_graph_name_and_thread_id(instrumented: LangGraphInstrumentor) -> None:
     assert {attr(r, "langgraph.thread_id") for r in runs} == {"t-1"}
 
 
+@pytest.mark.parametrize("thread_id", ["t" * 5_000, "   "])
+def test_thread_id_that_is_no_valid_execution_id(
+    instrumented: LangGraphInstrumentor, thread_id: str
+) -> None:
+    """A thread id spangraph would refuse as an id (longer than 1 024 characters, blank)
+    used to become the execution id as it was; the run now keeps its own."""
+    builder = StateGraph(Trail)
+    builder.add_node("a", _node("a"))
+    builder.add_edge(START, "a")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    with testing.capture() as cap:
+        out = graph.invoke({"path": []}, {"configurable": {"thread_id": thread_id}})
+    assert out == {"path": ["a"]}
+    run = one(cap.find(kind=sc.KIND_WORKFLOW))
+    assert attr(run, sc.EXECUTION_ID) == attr(run, sc.WORKFLOW_ID)
+    assert attr(one(cap.find("a")), sc.EXECUTION_ID) == attr(run, sc.WORKFLOW_ID)
+    assert thread_id.startswith(attr(run, "langgraph.thread_id")[:100])
+
+
 def test_inside_own_workflow_the_graph_is_a_step(instrumented: LangGraphInstrumentor) -> None:
     graph = abcd()
     with testing.capture() as cap, spangraph.workflow("handle-ticket") as run:

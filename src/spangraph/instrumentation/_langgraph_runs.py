@@ -18,7 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from .. import semconv as sc
-from .._spans import _Frame, _Options, current_run
+from .._spans import MAX_ID_CHARS, _Frame, _Options, current_run
 from .._wrappers import await_in_frame, call_in_frame, traced_async_generator, traced_generator
 
 _log = logging.getLogger("spangraph.instrumentation.langgraph")
@@ -91,8 +91,14 @@ def _open(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Fram
             attrs[THREAD_ID] = str(thread_id)
         if current_run() is None:
             # A LangGraph thread groups the runs of one conversation or of one run that
-            # was interrupted and resumed: it becomes the execution id.
+            # was interrupted and resumed: it becomes the execution id — when it is one
+            # spangraph accepts (non-blank, at most MAX_ID_CHARS characters); else the run
+            # has its own, and the thread is only in langgraph.thread_id (cut).
             execution_id = str(thread_id) if thread_id is not None else None
+            if execution_id is not None and (
+                not execution_id.strip() or len(execution_id) > MAX_ID_CHARS
+            ):
+                execution_id = None
             opts = _Options(
                 kind=sc.KIND_WORKFLOW, name=name, attributes=attrs, execution_id=execution_id
             )
