@@ -40,6 +40,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from . import _langgraph_decisions as decisions
 from . import _langgraph_runs as runs
 from . import _langgraph_tasks as tasks
+from ._wrapping import unwrap_ours
 
 __all__ = ["LangGraphInstrumentor"]
 
@@ -78,21 +79,6 @@ def _resolve(module: str, owner: str) -> Any:
     return getattr(target, owner, None) if owner else target
 
 
-def _unwrap(target: Any, attr: str, wrapper: Wrapper) -> None:
-    """Take spangraph's ``wrapper`` out of ``target.attr`` (wrapt 1 and 2 alike), wherever
-    it is in the chain: a wrapper another library added after it stays."""
-    outer: Any = None
-    current = vars(target).get(attr)
-    while isinstance(current, wrapt.FunctionWrapper):
-        if getattr(current, "_self_wrapper", None) is wrapper:
-            if outer is None:
-                setattr(target, attr, current.__wrapped__)
-            else:
-                outer.__wrapped__ = current.__wrapped__
-            return
-        outer, current = current, current.__wrapped__
-
-
 class LangGraphInstrumentor(BaseInstrumentor):
     """Records LangGraph invocations, nodes, conditional edges and parallel tasks as
     spangraph workflows, steps, decisions and branches (see the module docs)."""
@@ -128,7 +114,7 @@ class LangGraphInstrumentor(BaseInstrumentor):
 
     def _uninstrument(self, **kwargs: Any) -> None:
         for target, attr, wrapper in reversed(type(self)._applied):
-            _unwrap(target, attr, wrapper)
+            unwrap_ours(target, attr, wrapper)
         type(self)._applied = []
         decisions.set_branch_types(())
         tasks.reset()

@@ -38,6 +38,7 @@ from opentelemetry.trace import Tracer
 from .._version import __version__
 from ._openai_call import CHAT, RESPONSES, Call
 from ._openai_stream import TracedAsyncStream, TracedStream, wait_reaped
+from ._wrapping import unwrap_ours
 
 __all__ = ["OpenAIInstrumentor", "wait_reaped"]
 
@@ -191,23 +192,5 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _uninstrument(self, **kwargs: Any) -> None:
         for cls, name, wrapper in getattr(self, "_patched", ()):
-            _unwrap_ours(cls, name, wrapper)
+            unwrap_ours(cls, name, wrapper)
         self._patched = []
-
-
-def _unwrap_ours(cls: type, name: str, wrapper: Any) -> None:
-    """Take out spangraph's wrapper of ``cls.name`` only. Another library may have wrapped
-    the method after spangraph (a tracer of its own, a test double); unwrapping the
-    outermost wrapper, as OpenTelemetry's ``unwrap`` does, would remove that one and
-    leave spangraph's in place."""
-    outer: Any = None
-    current = vars(cls).get(name)
-    while isinstance(current, wrapt.FunctionWrapper):
-        if getattr(current, "_self_wrapper", None) is wrapper:
-            if outer is None:
-                setattr(cls, name, current.__wrapped__)
-            else:
-                outer.__wrapped__ = current.__wrapped__
-            return
-        outer, current = current, current.__wrapped__
-    _log.debug("spangraph: %s.%s is no longer wrapped by spangraph", cls.__name__, name)
