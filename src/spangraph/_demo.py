@@ -16,7 +16,7 @@ import redis
 from . import _sdk, branching, genai, queries
 from . import instrument as sg
 from ._ids import uuid7
-from .config import ENV_REDIS_URL, Settings
+from .config import ENV_REDIS_URL, Settings, redact_url
 from .exceptions import ConfigurationError
 from .processors.live import workflow_channel
 
@@ -191,8 +191,8 @@ def run_demo(out: TextIO, *, home: str | None = None) -> int:
     instance = _sdk.configure(home=home, service_name="spangraph-demo")
     workflow_id = uuid7()
     say(
-        f"spangraph demo — graph store: {instance.settings.graph_url}, "
-        f"live events: {instance.redis_url}"
+        f"spangraph demo — graph store: {redact_url(instance.settings.graph_url)}, "
+        f"live events: {redact_url(instance.redis_url)}"
     )
     say(f"running workflow 'research-assistant' (workflow_id {workflow_id})\n")
     say("live events, as they arrive from Redis:")
