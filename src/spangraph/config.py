@@ -69,7 +69,7 @@ def default_home() -> Path:
     return Path(user_data_dir("spangraph", appauthor=False))
 
 
-def _home(value: Any) -> Path:
+def check_home(value: Any) -> Path:
     """``value`` as the home directory path, or a ConfigurationError naming it."""
     try:
         raw = os.fspath(value)
@@ -157,7 +157,7 @@ class Settings:
             values["offload"] = _flag(ENV_OFFLOAD, offload)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "home" in values:
-            values["home"] = _home(values["home"])
+            values["home"] = check_home(values["home"])
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:

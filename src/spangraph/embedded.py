@@ -30,7 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .config import DEFAULT_FALKORDB_GRAPH
+from .config import DEFAULT_FALKORDB_GRAPH, check_home
 from .exceptions import ConfigurationError, EmbeddedServerError
 
 __all__ = ["EmbeddedServer", "ServerInfo"]
@@ -120,17 +120,13 @@ class _HomeNotWritable(EmbeddedServerError):
 
 
 def _home_path(home: str | os.PathLike[str]) -> Path:
-    """``home`` as an absolute path, or a ConfigurationError naming SPANGRAPH_HOME."""
-    raw = os.fspath(home)
-    if not str(raw).strip():
-        raise ConfigurationError(
-            "SPANGRAPH_HOME", "is empty; give a directory (default ~/.local/share/spangraph)"
-        )
+    """``home`` as an absolute path, or a ConfigurationError naming SPANGRAPH_HOME (the
+    settings' own check: empty, NUL, ``~user`` of no such user)."""
+    path = check_home(home)
     try:
-        return Path(raw).expanduser().resolve()
-    except (RuntimeError, ValueError, OSError) as exc:
-        # RuntimeError: ~user that does not exist; ValueError: an embedded NUL character
-        raise ConfigurationError("SPANGRAPH_HOME", f"{raw!r} is not a usable path: {exc}") from None
+        return path.resolve()
+    except OSError as exc:  # e.g. a symlink loop
+        raise ConfigurationError("SPANGRAPH_HOME", f"{str(path)!r} is not usable: {exc}") from None
 
 
 def _probe(port: int, timeout: float) -> redis.Redis:
