@@ -26,15 +26,19 @@ from spangraph.processors.offload import OffloadSpanProcessor
 
 
 def configure_offload(
-    provider: TracerProvider, graph_url: str, server: ServerInfo, home: Any
+    provider: TracerProvider, graph_url: str, server: ServerInfo, home: Any, **settings: Any
 ) -> spangraph.Spangraph:
+    """configure() on the test's server with ``offload=True`` (``settings`` win)."""
     return spangraph.configure(
-        tracer_provider=provider,
-        graph_url=graph_url,
-        redis_url=server.redis_url,
-        home=str(home),
-        project=f"off-{uuid.uuid4().hex[:8]}",
-        offload=True,
+        **{
+            "tracer_provider": provider,
+            "graph_url": graph_url,
+            "redis_url": server.redis_url,
+            "home": str(home),
+            "project": f"off-{uuid.uuid4().hex[:8]}",
+            "offload": True,
+            **settings,
+        }
     )
 
 
@@ -406,16 +410,9 @@ def test_int_float_and_str_subclasses_are_stored_as_plain_values(
 ) -> None:
     """numpy.float64, an IntEnum or a str subclass is stored as the plain value, through
     the agent (marshal takes exact types only) as by the program's own processors."""
-    if mode == "offload":
-        instance = configure_offload(provider, graph_url, embedded_server, tmp_path)
-    else:
-        instance = spangraph.configure(
-            tracer_provider=provider,
-            graph_url=graph_url,
-            redis_url=embedded_server.redis_url,
-            home=str(tmp_path),
-            project=f"inproc-{uuid.uuid4().hex[:8]}",
-        )
+    instance = configure_offload(
+        provider, graph_url, embedded_server, tmp_path, offload=mode == "offload"
+    )
     try:
         with spangraph.workflow("wf-types") as run, spangraph.step("s") as step:
             step.set(score=_Float64(0.9), level=_Level.HIGH, label=_Label("ok"))
@@ -448,14 +445,8 @@ def test_agent_uses_the_settings_configure_was_given(
     it takes the settings configure() resolved instead of reading the environment."""
     monkeypatch.setenv("SPANGRAPH_JAEGER_URL", "not-a-url")
     monkeypatch.setenv("SPANGRAPH_PROJECT", "env-project")
-    instance = spangraph.configure(
-        tracer_provider=provider,
-        graph_url=graph_url,
-        redis_url=embedded_server.redis_url,
-        home=str(tmp_path),
-        project=f"kw-{uuid.uuid4().hex[:8]}",
-        jaeger_url="http://localhost:16686",
-        offload=True,
+    instance = configure_offload(
+        provider, graph_url, embedded_server, tmp_path, jaeger_url="http://localhost:16686"
     )
     try:
         with spangraph.workflow("kw-settings"):
