@@ -370,10 +370,8 @@ def test_failing_node_fails_step_and_workflow(
     assert not cap.find(kind=sc.KIND_DECISION)
 
 
-@pytest.mark.parametrize("how", ["invoke", "ainvoke"])
-def test_retry_policy_attempts_are_separate_steps(
-    instrumented: LangGraphInstrumentor, how: str
-) -> None:
+def flaky_graph(policy: RetryPolicy) -> StateGraph:
+    """One node, ``flaky``, that fails twice and then succeeds, retried by ``policy``."""
     calls = []
 
     def flaky(state: Trail) -> dict[str, Any]:
@@ -383,9 +381,16 @@ def test_retry_policy_attempts_are_separate_steps(
         return {"path": ["flaky"]}
 
     builder = StateGraph(Trail)
-    policy = RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False)
     builder.add_node("flaky", flaky, retry_policy=policy)
     builder.add_edge(START, "flaky")
+    return builder
+
+
+@pytest.mark.parametrize("how", ["invoke", "ainvoke"])
+def test_retry_policy_attempts_are_separate_steps(
+    instrumented: LangGraphInstrumentor, how: str
+) -> None:
+    builder = flaky_graph(RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False))
     with testing.capture() as cap:
         out = run_graph(builder.compile(), how, {"path": []})
     assert out == {"path": ["flaky"]}
@@ -417,18 +422,8 @@ def test_retry_policy_max_attempts_beyond_spangraphs_bound(
     every attempt is a span, but ``spangraph.step.max_attempts`` is only recorded as a
     whole number within spangraph's bound on retries (``inf``, ``2.5`` and ``10**30``
     were recorded as they were; an int beyond int64 fails an OTLP export)."""
-    calls = []
-
-    def flaky(state: Trail) -> dict[str, Any]:
-        calls.append(1)
-        if len(calls) < 3:
-            raise ConnectionError(f"attempt {len(calls)}")
-        return {"path": ["flaky"]}
-
-    builder = StateGraph(Trail)
     policy = RetryPolicy(max_attempts=max_attempts, initial_interval=0.001, jitter=False)
-    builder.add_node("flaky", flaky, retry_policy=policy)
-    builder.add_edge(START, "flaky")
+    builder = flaky_graph(policy)
     with testing.capture() as cap:
         assert builder.compile().invoke({"path": []}) == {"path": ["flaky"]}
     attempts = sorted(cap.find("flaky"), key=lambda s: attr(s, sc.STEP_ATTEMPT))
