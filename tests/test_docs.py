@@ -99,6 +99,15 @@ def test_sdk_offload_example_runs(tmp_path: Path) -> None:
     assert stats["offload"]["dropped"] == 0 and stats["live"]["dropped"] == 0
 
 
+def test_sdk_shutdown_example_runs(tmp_path: Path) -> None:
+    """docs/sdk.md's shutdown example, as written: the run is written, nothing dropped."""
+    [example] = [b for b in _blocks(DOCS / "sdk.md", "python") if "shutdown(timeout=" in b]
+    (out,) = _run_example(example, tmp_path)
+    stats = ast.literal_eval(out.strip().splitlines()[-1])
+    assert stats["graph"]["sent"] == 2 and stats["graph"]["dropped"] == 0
+    assert stats["live"]["sent"] > 0 and stats["live"]["dropped"] == 0
+
+
 def _graph_model_queries() -> list[str]:
     return _blocks(DOCS / "graph-model.md", "cypher")
 

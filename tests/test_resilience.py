@@ -62,7 +62,7 @@ def configured() -> Iterator[list[spangraph.Spangraph]]:
     """Shut spangraph down after the test (the test configures it)."""
     made: list[spangraph.Spangraph] = []
     yield made
-    spangraph.shutdown()
+    spangraph.shutdown(timeout=1.0)
     for instance in made:
         instance.tracer_provider.shutdown()
 
@@ -359,3 +359,79 @@ def test_embedded_server_back_on_another_port_is_followed(
     finally:
         spangraph.shutdown()
         server.stop()
+
+
+SHUTDOWN_GRACE_S = 3.0
+"""What shutdown(timeout) may take beyond ``timeout``: threads are joined for up to a
+second after it (a functional bound: without one shared deadline it took 5 s a processor,
+one processor after another)."""
+
+
+@pytest.mark.slow
+def test_shutdown_timeout_is_one_deadline_and_a_dead_store_does_not_starve_live(
+    private_servers, tmp_path: Path, configured: list
+) -> None:
+    graph_server, graph_info = private_servers.start("graph")
+    _, live_info = private_servers.start("live")
+    sg = spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=graph_info.graph_url,
+        redis_url=live_info.redis_url,
+        home=str(tmp_path),
+        project=f"p-{uuid.uuid4().hex[:8]}",
+    )
+    configured.append(sg)
+    graph_server.stop()  # the graph store is gone; Redis is fine
+    workflow_id = timed_run("wf-shutdown")
+
+    started = time.monotonic()
+    spangraph.shutdown(timeout=1.0)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0 + SHUTDOWN_GRACE_S, f"shutdown(timeout=1) took {elapsed:.2f}s"
+
+    stats = sg.stats()
+    assert stats["graph"]["dropped"] > 0  # counted, not silent
+    assert stats["live"]["dropped"] == 0
+    # the live processor flushed side by side with the graph one, not after it
+    client = redis.Redis.from_url(live_info.redis_url)
+    try:
+        names = [
+            json.loads(fields[b"data"])["type"]
+            for _, fields in client.xrange(f"spangraph:stream:{workflow_id}")
+        ]
+    finally:
+        client.close()
+    assert names.count("span.started") == 3 and names.count("span.ended") == 3
+    assert "progress" in names
+
+
+@pytest.mark.slow
+def test_offload_shutdown_timeout_bounds_flush_worker_and_agent_together(
+    private_servers, tmp_path: Path, configured: list
+) -> None:
+    server, info = private_servers.start()
+    sg = spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=info.graph_url,
+        redis_url=info.redis_url,
+        home=str(tmp_path),
+        project=f"p-{uuid.uuid4().hex[:8]}",
+        offload=True,
+    )
+    configured.append(sg)
+    assert sg.offload_processor is not None
+    agent = sg.offload_processor._agent
+    server.stop()
+    timed_run("wf-offload-down")
+    started = time.monotonic()
+    spangraph.shutdown(timeout=1.0)  # the agent cannot write: its flush never comes
+    elapsed = time.monotonic() - started
+    # before: up to 10 s for the flush, then up to 10 s for the agent to exit
+    assert elapsed < 1.0 + SHUTDOWN_GRACE_S, f"shutdown(timeout=1) took {elapsed:.2f}s"
+    assert agent is not None and agent.poll() is not None  # the agent is gone
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf"), "1", True])
+def test_shutdown_refuses_a_bad_timeout(timeout: object) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        spangraph.shutdown(timeout=timeout)  # type: ignore[arg-type]

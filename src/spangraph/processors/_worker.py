@@ -201,14 +201,21 @@ class BatchWorker(Generic[T, P]):
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until everything queued before this call has been sent (or dropped)."""
+        return self.request_flush()(timeout)
+
+    def request_flush(self) -> Callable[[float | None], bool]:
+        """Ask for a flush without waiting for it: the returned callable waits (at most
+        its argument, in seconds) and tells whether everything queued before this call
+        was sent. Several workers asked first and waited for after flush side by side."""
         if self._closed or not self._thread.is_alive():
-            return not self._queue
+            done = not self._queue
+            return lambda timeout: done
         marker = _FlushMarker()
         with self._drop_lock:
             self._flush_pending += 1
         self._queue.append(marker)
         self._wake.set()
-        return marker.done.wait(timeout)
+        return marker.done.wait
 
     def shutdown(self, timeout: float = 30.0) -> bool:
         """Flush within ``timeout``, then stop the worker. Idempotent."""

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import redis
@@ -441,14 +441,23 @@ class LiveEventProcessor(QueueingSpanProcessor):
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self._worker.flush(timeout_millis / 1000)
 
+    def _request_flush(self) -> Callable[[float | None], bool]:
+        """A flush asked for now, waited for by calling the result (see ``Spangraph``)."""
+        return self._worker.request_flush()
+
     def shutdown(self) -> None:
+        """Publish what is queued within ``shutdown_timeout`` seconds (what is left is
+        counted as dropped), then stop the worker; spans after this are ignored."""
+        self._shutdown(self._shutdown_timeout)
+
+    def _shutdown(self, timeout: float) -> None:
         with _listeners_lock:
             if self in _listeners:
                 _listeners.remove(self)
         # Processors cannot be removed from a TracerProvider: once shut down (or replaced by
         # a new configure()), ignore spans instead of counting them as drops.
         self._put = _ignore
-        self._worker.shutdown(self._shutdown_timeout)
+        self._worker.shutdown(timeout)
 
     def stats(self) -> dict[str, Any]:
         """Counters: queued, sent, dropped, failed batches, retries."""

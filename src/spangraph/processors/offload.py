@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -397,37 +397,49 @@ class OffloadSpanProcessor(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Wait until the agent has written and published everything before this call."""
+        return self._request_flush()(timeout_millis / 1000)
+
+    def _request_flush(self) -> Callable[[float | None], bool]:
+        """A flush asked for now, waited for by calling the result (see ``Spangraph``)."""
         if self._closed:
-            return True
-        deadline = time.monotonic() + timeout_millis / 1000
+            return lambda timeout: True
         token = next(self._tokens)
         event = self._acks[token] = threading.Event()
         if not self._add((_FLUSH, token)):  # full: what is queued cannot all be written
             self._acks.pop(token, None)
-            return False
+            return lambda timeout: False
         self._wake.set()
-        try:
-            return event.wait(max(0.0, deadline - time.monotonic()))
-        finally:
-            self._acks.pop(token, None)
+
+        def wait(timeout: float | None) -> bool:
+            try:
+                return event.wait(timeout)
+            finally:
+                self._acks.pop(token, None)
+
+        return wait
 
     def shutdown(self) -> None:
-        """Flush, stop the worker, and let the agent finish and exit. Idempotent."""
+        """Flush, stop the worker, and let the agent finish and exit, all within
+        ``shutdown_timeout`` seconds (then the agent is killed). Idempotent."""
+        self._shutdown(self._shutdown_timeout)
+
+    def _shutdown(self, timeout: float) -> None:
         if self._closed:
             return
+        deadline = time.monotonic() + timeout
         with _live._listeners_lock:
             if self in _live._listeners:
                 _live._listeners.remove(self)  # type: ignore[arg-type]
-        self.force_flush(int(self._shutdown_timeout * 1000))
+        self.force_flush(int(timeout * 1000))
         self._closed = True
         self._buffer.closed = True  # what comes now is dropped, counted
-        self._stop_worker(self._shutdown_timeout)
+        self._stop_worker(max(0.0, deadline - time.monotonic()))
         agent, self._agent = self._agent, None
         if agent is not None:
             try:
                 if agent.stdin is not None:
                     agent.stdin.close()  # end of input: the agent flushes and exits
-                agent.wait(self._shutdown_timeout)
+                agent.wait(max(0.0, deadline - time.monotonic()))
             except (OSError, subprocess.TimeoutExpired):
                 _log.warning("spangraph offload: the agent did not exit in time; killed")
                 agent.kill()
