@@ -360,18 +360,6 @@ def test_run_of_a_file_that_is_not_executable_says_so(tmp_path: Path) -> None:
     assert "permission denied" in result.err and "Traceback" not in result.err
 
 
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A local port that accepts connections and never answers (a hung server, or a
-    service that waits for the client to speak first)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        yield int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("scheme", ["bolt", "neo4j"], ids=["direct", "routing"])
 def test_query_of_a_neo4j_that_never_answers_fails_within_seconds(
     tmp_path: Path, silent_port: int, scheme: str

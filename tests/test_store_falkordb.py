@@ -568,3 +568,14 @@ def test_unreadable_reply_drops_the_connection(store: FalkorDBStore) -> None:
     batch.starts["Step"] = [start_row(sid(97), "after-garble")]
     store.submit(store.encode(batch))()  # the store itself still writes
     assert node(store, sid(97))["name"] == "after-garble"
+
+
+def test_a_server_that_never_answers_is_found_out_within_the_connect_timeout(
+    silent_port: int,
+) -> None:
+    """A server that accepts and never answers: the first exchange has the connect
+    timeout (5 s), not the 10 s queries get (a functional bound: before, 10 s)."""
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{silent_port}.*unreachable"):
+        FalkorDBStore.from_url(f"falkordb://127.0.0.1:{silent_port}/g")
+    assert time.monotonic() - started < 8.0

@@ -12,6 +12,8 @@ from urllib.parse import unquote, urlsplit
 import redis
 from falkordb import FalkorDB
 from falkordb.helpers import stringify_param_value
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .._utf8 import REPLACEMENT, utf8
 from ..config import DEFAULT_FALKORDB_GRAPH, redact_url
@@ -258,6 +260,7 @@ class FalkorDBStore:
     def _connect(self, port: int) -> FalkorDB:
         self.url = f"falkordb://{self._host}:{port}/{self.graph_name}"
         try:
+            self._probe(port)
             # the client asks the server for its mode (sentinel, cluster) right here
             return FalkorDB(host=self._host, port=port, **self._client_kwargs)
         except redis.AuthenticationError as exc:
@@ -266,6 +269,26 @@ class FalkorDBStore:
             raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
         except redis.RedisError as exc:
             raise StoreError(f"FalkorDB at {self.url} answered with an error: {exc}") from exc
+
+    def _probe(self, port: int) -> None:
+        """PING ``port`` once, within the connect timeout (at most 5 s): a server that
+        accepts connections but never answers is found out in that time, not in the
+        longer ``socket_timeout`` that queries get."""
+        kwargs = self._client_kwargs
+        client = redis.Redis(
+            host=self._host,
+            port=port,
+            username=kwargs["username"],
+            password=kwargs["password"],
+            ssl=kwargs["ssl"],
+            socket_timeout=kwargs["socket_connect_timeout"],
+            socket_connect_timeout=kwargs["socket_connect_timeout"],
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            client.ping()
+        finally:
+            client.close()
 
     def move_to(self, port: int) -> None:
         """Write to ``port`` of the same host from now on (the embedded server came back
