@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -432,6 +433,29 @@ def test_keyboard_interrupt_is_cancelled(cap: SpanCapture) -> None:
     assert_cancelled(one(cap, "w"))
     assert event(one(cap, "w"), sc.WORKFLOW_CANCELLED)[sc.ERROR_TYPE] == "KeyboardInterrupt"
     assert not cap.has_event("exception")
+
+
+@pytest.mark.parametrize("code", [None, 0])
+def test_a_clean_exit_completes_the_spans_it_leaves(cap: SpanCapture, code: int | None) -> None:
+    @spangraph.step(retries=3, backoff=0, retry_on=BaseException)
+    def finish() -> None:
+        sys.exit(code)
+
+    with pytest.raises(SystemExit) as info, spangraph.workflow("w"):
+        finish()
+    assert info.value.code == code  # the exit goes on, unchanged
+    assert_completed(one(cap, finish.__name__), "step")  # and is not retried
+    assert_completed(one(cap, "w"), "workflow")
+
+
+@pytest.mark.parametrize("code", [1, "bye"])
+def test_an_exit_with_a_failure_status_fails_the_spans(cap: SpanCapture, code: object) -> None:
+    exit_ = SystemExit(code)
+    with pytest.raises(SystemExit) as info, spangraph.workflow("w"), spangraph.step("s"):
+        raise exit_
+    assert info.value is exit_
+    assert_failed(one(cap, "s"), "step", exit_)
+    assert_failed(one(cap, "w"), "workflow", exit_)
 
 
 # -- retries ----------------------------------------------------------------------------

@@ -32,6 +32,12 @@ _RUN_KEY: Final = otel_context.create_key("spangraph-run")
 _CANCELLED: Final = (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)
 """Exceptions that end a span as ``cancelled`` rather than ``failed``."""
 
+
+def clean_exit(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is no failure: none, or a ``SystemExit`` with status 0
+    (``sys.exit()``, ``sys.exit(0)``), with which a span ends ``completed``."""
+    return exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None))
+
 MAX_ID_CHARS: Final = 1024
 """Longest ``workflow_id``, ``execution_id`` or ``branch_id`` accepted: longer ids would be
 cut like any long value and could no longer be looked up."""
@@ -428,7 +434,7 @@ class _Frame:
         common = {sc.EVENT_DURATION_MS: duration, sc.EVENT_ATTEMPT: handle.attempt}
         if timed_out is not None:
             _add_event(span, sc.TIMEOUT_EXCEEDED, {sc.EVENT_TIMEOUT_MS: timed_out * 1000})
-        if exc is None:
+        if clean_exit(exc):
             span.set_attribute(sc.STATE, sc.STATE_COMPLETED)
             if self.lifecycle:
                 _add_event(span, f"{self.kind}.completed", common)
@@ -446,7 +452,7 @@ class _Frame:
 
 
 def _state_of(exc: BaseException | None) -> str:
-    if exc is None:
+    if clean_exit(exc):
         return sc.STATE_COMPLETED
     return sc.STATE_CANCELLED if isinstance(exc, _CANCELLED) else sc.STATE_FAILED
 

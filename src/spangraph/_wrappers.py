@@ -27,6 +27,7 @@ from ._spans import (
     _Options,
     _retry_delay,
     _timed_out,
+    clean_exit,
 )
 
 _log = logging.getLogger("spangraph")
@@ -48,7 +49,9 @@ def _retry_link(previous: _Frame | None) -> tuple[Link, ...]:
 def _on_failure(opts: _Options, frame: _Frame, attempt: int, exc: BaseException) -> float | None:
     """Record retry events for a failed attempt; the delay before the next one, or None."""
     span = frame.handle.span
-    retryable = isinstance(exc, opts.retry_on) and not isinstance(exc, _CANCELLED)
+    retryable = (
+        isinstance(exc, opts.retry_on) and not isinstance(exc, _CANCELLED) and not clean_exit(exc)
+    )
     if not opts.retries or not retryable:
         return None
     delay = _retry_delay(opts, attempt) if attempt <= opts.retries else None

@@ -20,7 +20,15 @@ from opentelemetry import trace
 
 from . import semconv as sc
 from ._attrs import clean, clean_value, safe_str, truncate
-from ._spans import Handle, _add_event, _check_attributes, _check_name, _default_name, _Options
+from ._spans import (
+    Handle,
+    _add_event,
+    _check_attributes,
+    _check_name,
+    _default_name,
+    _Options,
+    clean_exit,
+)
 from .instrument import Scope
 from .processors.live import emit_event
 
@@ -97,7 +105,7 @@ class LLMCall(Handle):
 
     def _finish(self, exc: BaseException | None) -> None:
         if self._parts and not self._completed:
-            self.complete(finish_reason=None if exc is None else "error")
+            self.complete(finish_reason=None if clean_exit(exc) else "error")
 
 
 def llm(
