@@ -100,15 +100,11 @@ def test_store_outage_and_recovery(private_servers, tmp_path: Path, configured: 
     assert len(queries.workflows(store, project_id=sg.settings.project)) == 8
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["threads", "offload"])
-def test_killed_process_leaves_running_nodes(
-    store: FalkorDBStore, graph_url: str, mode: str
-) -> None:
-    project = f"p-{uuid.uuid4().hex[:8]}"
-    extra = ["offload"] if mode == "offload" else []
+def _run_and_signal(graph_url: str, project: str, sig: int, *modes: str) -> dict:
+    """Run tests/scripts/crash_mid_run.py until READY, send it ``sig``, wait for its end;
+    what it printed (its agent, with offload, has exited too)."""
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "crash_mid_run.py"), graph_url, project, *extra],
+        [sys.executable, str(SCRIPTS / "crash_mid_run.py"), graph_url, project, *modes],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -121,14 +117,26 @@ def test_killed_process_leaves_running_nodes(
         assert line.startswith("READY "), line + (proc.stderr.read() if proc.stderr else "")
         ids = json.loads(line[len("READY ") :])
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    ids["returncode"], ids["stderr"] = proc.returncode, err
     if ids["agent_pid"] is not None:  # offload: the agent sees its input end, and exits
         deadline = time.monotonic() + 10
         while _alive(ids["agent_pid"]):
             assert time.monotonic() < deadline, "the agent outlived the traced process"
             time.sleep(0.05)
+    return ids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["threads", "offload"])
+def test_killed_process_leaves_running_nodes(
+    store: FalkorDBStore, graph_url: str, mode: str
+) -> None:
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    extra = ["offload"] if mode == "offload" else []
+    ids = _run_and_signal(graph_url, project, signal.SIGKILL, *extra)
+    assert ids["returncode"] == -signal.SIGKILL
 
     rows = store.query(
         "MATCH (s:Span {workflow_id: $wf}) "
@@ -148,6 +156,29 @@ def test_killed_process_leaves_running_nodes(
     assert [(n.name, n.span["state"]) for _, n in root.walk()] == [
         ("doomed-run", "running"), ("never-ends", "running"),
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["threads", "offload"])
+def test_sigterm_as_documented_ends_the_run_cancelled_and_written(
+    store: FalkorDBStore, graph_url: str, mode: str
+) -> None:
+    """SIGTERM (a container stopped) turned into KeyboardInterrupt, as docs/sdk.md
+    shows: the open spans end cancelled and the shutdown at exit writes them."""
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    extra = ["offload"] if mode == "offload" else []
+    ids = _run_and_signal(graph_url, project, signal.SIGTERM, "sigterm", *extra)
+    assert ids["returncode"] == -signal.SIGINT, ids["stderr"]  # as for Ctrl-C
+    rows = store.query(
+        "MATCH (s:Span {workflow_id: $wf}) "
+        "RETURN s.name AS name, s.state AS state, s.end_ns IS NOT NULL AS ended "
+        "ORDER BY s.start_ns",
+        {"wf": ids["workflow_id"]},
+    )
+    assert [(r["name"], r["state"], r["ended"]) for r in rows] == [
+        ("doomed-run", "cancelled", True),
+        ("never-ends", "cancelled", True),
+    ]
 
 
 @pytest.mark.slow

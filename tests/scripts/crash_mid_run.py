@@ -1,7 +1,10 @@
 """Start a workflow and a step, write them to the graph, say READY, then hang until the
 test kills this process with SIGKILL (no shutdown, no flush, no span end).
 
-Usage: python crash_mid_run.py GRAPH_URL PROJECT [offload]
+With ``sigterm``, SIGTERM is turned into KeyboardInterrupt first, as docs/sdk.md shows:
+then SIGTERM ends the spans ``cancelled`` and spangraph's shutdown at exit writes them.
+
+Usage: python crash_mid_run.py GRAPH_URL PROJECT [offload] [sigterm]
 Prints one line: ``READY {"workflow_id": ..., "workflow_span_id": ..., "step_span_id": ...,
 "agent_pid": ...}`` (``agent_pid``: with ``offload``, the agent process; else null).
 """
@@ -9,6 +12,7 @@ Prints one line: ``READY {"workflow_id": ..., "workflow_span_id": ..., "step_spa
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 
@@ -19,7 +23,9 @@ import spangraph
 
 def main() -> None:
     graph_url, project = sys.argv[1], sys.argv[2]
-    offload = sys.argv[3:] == ["offload"]
+    offload = "offload" in sys.argv[3:]
+    if "sigterm" in sys.argv[3:]:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     sg = spangraph.configure(
         tracer_provider=TracerProvider(),
         graph_url=graph_url,
