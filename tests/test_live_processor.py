@@ -16,6 +16,13 @@ import redis
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
 
 import spangraph
 from spangraph.embedded import ServerInfo
@@ -372,6 +379,67 @@ def test_two_hosts_share_one_sequence(
         for _, provider, processor in hosts:
             provider.shutdown()
             processor.publisher.close()
+
+
+class _EverySecondTrace(Sampler):
+    """Samples every second root (and each child as its parent): a user's sampler."""
+
+    def __init__(self) -> None:
+        self.roots = 0
+        self._parent_based = ParentBased(ALWAYS_ON)
+
+    def should_sample(
+        self, parent_context, trace_id, name, kind=None, attributes=None, *args, **kwargs
+    ) -> SamplingResult:
+        if trace.get_current_span(parent_context).get_span_context().is_valid:
+            return self._parent_based.should_sample(
+                parent_context, trace_id, name, kind, attributes, *args, **kwargs
+            )
+        self.roots += 1
+        decision = Decision.RECORD_AND_SAMPLE if self.roots % 2 else Decision.DROP
+        return SamplingResult(decision, attributes if decision != Decision.DROP else None)
+
+    def get_description(self) -> str:
+        return "every second trace"
+
+
+def test_events_of_spans_a_sampler_dropped_are_not_sent_and_spoil_nothing(
+    embedded_server: ServerInfo, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """spangraph.event() in a span the user's sampler dropped: before, the live worker
+    failed on such a span and dropped its whole batch, the sampled runs' messages too."""
+    provider = TracerProvider(sampler=_EverySecondTrace())
+    processor = LiveEventProcessor(
+        RedisPublisher.from_url(embedded_server.redis_url), project=f"p-{uuid.uuid4().hex[:8]}"
+    )
+    provider.add_span_processor(processor)
+    old = spangraph._state.tracer
+    spangraph._state.tracer = provider.get_tracer("test")
+    runs = []
+    try:
+        for i in range(6):
+            with spangraph.workflow("sampled-or-not") as run, spangraph.step("s"):
+                spangraph.event("work.done", i=i)
+                with spangraph.llm("m") as call:
+                    call.token("t")
+            runs.append(run)
+        assert processor.force_flush(10_000)
+    finally:
+        spangraph._state.tracer = old
+        provider.shutdown()
+        processor.publisher.close()
+    assert processor.stats()["dropped"] == 0
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    for i, run in enumerate(runs):
+        types = [
+            json.loads(fields[b"data"])["type"]
+            for _, fields in redis_client.xrange(stream_key(run.workflow_id))
+        ]
+        if i % 2:  # dropped by the sampler: nothing recorded, nothing sent
+            assert types == []
+        else:
+            assert types.count("span.started") == 3 and types.count("span.ended") == 3
+            assert types.count("work.done") == 1 and types.count("token") == 1
 
 
 def _messages(workflow_id: str, n: int) -> list[tuple[str, str, str, str]]:

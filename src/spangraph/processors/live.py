@@ -34,6 +34,8 @@ _log = logging.getLogger("spangraph")
 _START = 0
 _END = 1
 _EVENT = 2
+_SKIP: Final = (None, None, None)
+"""An item of a batch that could not be read (skipped, logged)."""
 
 STREAM_MAXLEN: Final = 10_000
 """Approximate length cap of each workflow's stream (``XADD MAXLEN ~``)."""
@@ -229,8 +231,14 @@ def emit_event(span: Any, name: str, attributes: Mapping[str, Any], time_ns: int
 
     spangraph's own instrumentation calls this, so its events go out live as they
     happen; events that other code adds with ``span.add_event`` go out when their span
-    ends. Never raises.
+    ends. An event of a span that records nothing (one its sampler dropped, or one that
+    has ended) is not sent: the span did not take it either. Never raises.
     """
+    try:
+        if not span.is_recording():
+            return
+    except Exception:
+        return
     for listener in _listeners:
         listener._on_event(span, name, attributes, time_ns)
 
@@ -369,23 +377,37 @@ class LiveEventProcessor(QueueingSpanProcessor):
         ending: dict[int, Any] = {}
         for i, item in enumerate(items):
             if item[0] == _END:
-                span = rebuild(item[1], known) if type(item[1]) is tuple else item[1]
+                try:
+                    span = rebuild(item[1], known) if type(item[1]) is tuple else item[1]
+                    ending[span.context.span_id] = span
+                except Exception:
+                    _log.exception("spangraph live: could not read a span record; skipped")
+                    items[i] = _SKIP
+                    continue
                 items[i] = (_END, span, *item[2:])
-                ending[span.context.span_id] = span
         for i, item in enumerate(items):
             if item[0] == _START and type(item[1]) is tuple:
                 record = item[1]
-                items[i] = (_START, ending.get(record[2]) or rebuild(record, known), *item[2:])
+                try:
+                    span = ending.get(record[2]) or rebuild(record, known)
+                except Exception:
+                    _log.exception("spangraph live: could not read a span record; skipped")
+                    items[i] = _SKIP
+                    continue
+                items[i] = (_START, span, *item[2:])
         in_batch: dict[int, tuple[dict[str, Any], Mapped]] = {}
         for item in items:
             what, span, time_ns = item[0], item[1], item[2]
-            if what == _EVENT and span.context.span_id not in open_spans:
-                # emit_event() reaches every live processor in the process: this span is
-                # not one of this processor's TracerProvider (or its start was dropped).
-                # Its own processor publishes the event; otherwise it goes out at the end.
+            if what is None:
                 continue
             try:
                 span_id = span.context.span_id
+                if what == _EVENT and span_id not in open_spans:
+                    # emit_event() reaches every live processor in the process: this span
+                    # is not one of this processor's TracerProvider (or its start was
+                    # dropped). Its own processor publishes the event; otherwise it goes
+                    # out at the end.
+                    continue
                 hit = in_batch.pop(span_id, None) if what == _END else in_batch.get(span_id)
                 if hit is None:
                     final = ending.get(span_id)
