@@ -174,7 +174,7 @@ def test_query_errors(demo: Demo) -> None:
     assert "no spans for workflow no-such-workflow" in unknown.out + unknown.err
 
     missing = cli(demo.home, "query", "tree")
-    assert missing.code == 2 and "arguments are required: id" in missing.err
+    assert missing.code == 2 and "arguments are required: WORKFLOW_ID" in missing.err
 
     rejected = cli(demo.home, "query", "cypher", "THIS IS NOT CYPHER")
     assert rejected.code == 2

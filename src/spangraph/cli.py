@@ -317,8 +317,8 @@ def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentPars
 
     def add(name: str, help_text: str, *args: tuple[str, str]) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
-        for arg, arg_help in args:
-            p.add_argument(arg, help=arg_help)
+        for arg, arg_help in args:  # usage names what to give: WORKFLOW_ID, SPAN_ID ...
+            p.add_argument(arg, metavar=arg_help.upper().replace(" ", "_"), help=arg_help)
         return p
 
     w = add("workflows", "recent runs, newest first")
