@@ -507,3 +507,26 @@ def test_configure_again_and_shutdown_leave_one_set_of_processors(
     spangraph.shutdown()
     assert attached() == []
     provider.shutdown()
+
+
+def test_span_limits_that_cut_run_ids_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A provider whose SpanLimits cut values to 10 characters cuts every run's ids to
+    one prefix; one that keeps 5 attributes loses spangraph's own: configure() says so."""
+    from opentelemetry.sdk.trace import SpanLimits
+
+    tight = TracerProvider(span_limits=SpanLimits(max_attribute_length=10, max_span_attributes=5))
+    roomy = TracerProvider(span_limits=SpanLimits(max_attribute_length=4096))
+    try:
+        with caplog.at_level("WARNING", logger="spangraph"):
+            spangraph.configure(tracer_provider=roomy, graph=False, live=False, home=str(tmp_path))
+            assert not [r for r in caplog.records if "TracerProvider" in r.getMessage()]
+            spangraph.configure(tracer_provider=tight, graph=False, live=False, home=str(tmp_path))
+        messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any("cuts attribute values to 10 characters" in m for m in messages)
+        assert any("keeps at most 5 attributes" in m for m in messages)
+    finally:
+        spangraph.shutdown()
+        tight.shutdown()
+        roomy.shutdown()

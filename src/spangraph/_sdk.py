@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Final
 
 import redis
 from opentelemetry import trace
@@ -16,6 +17,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from . import _state
+from ._spans import MAX_ID_CHARS
 from ._version import __version__
 from .config import DEFAULT_PROJECT, ENV_GRAPH_URL, ENV_REDIS_URL, Settings, redact_url
 from .embedded import EmbeddedServer
@@ -363,6 +365,7 @@ def configure(
             raise
         if owns:
             trace.set_tracer_provider(provider)
+        _check_limits(provider)
         for processor in instance.processors + instance.extra_processors:
             provider.add_span_processor(processor)
         _state.tracer = provider.get_tracer(_state.INSTRUMENTATION_NAME, __version__)
@@ -372,6 +375,40 @@ def configure(
             _atexit_registered = True
         _current = instance
         return instance
+
+
+_MIN_ATTRIBUTES: Final = 32
+"""Attributes a span needs room for: spangraph's own (up to 10), an LLM call's
+``gen_ai.*`` ones, and some of the user's."""
+
+
+def _check_limits(provider: TracerProvider) -> None:
+    """Warn when the provider's span limits cut what the graph needs: run ids cut to a
+    prefix no longer tell runs apart, and attributes past the count limit are lost
+    (spangraph's own among them). Read from the SDK's private field, when it is there."""
+    limits = getattr(provider, "_span_limits", None)
+    length = getattr(limits, "max_attribute_length", None) or getattr(
+        limits, "max_span_attribute_length", None
+    )
+    count = getattr(limits, "max_span_attributes", None)
+    if isinstance(length, int) and length < MAX_ID_CHARS:
+        _log.warning(
+            "spangraph: the TracerProvider cuts attribute values to %d characters "
+            "(SpanLimits / OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT): workflow, execution and "
+            "branch ids longer than that are cut, and cut ids no longer tell runs apart "
+            "(spangraph's own ids have 36 characters, ids given may have up to %d)",
+            length,
+            MAX_ID_CHARS,
+        )
+    if isinstance(count, int) and count < _MIN_ATTRIBUTES:
+        _log.warning(
+            "spangraph: the TracerProvider keeps at most %d attributes a span "
+            "(SpanLimits / OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT): spangraph's own and an LLM "
+            "call's take up to about 30; past the limit the oldest are dropped, and with "
+            "them the run's ids (at least %d is needed)",
+            count,
+            _MIN_ATTRIBUTES,
+        )
 
 
 def _build(instance: Spangraph, *, graph: bool, live: bool, max_queue_size: int) -> None:
