@@ -6,6 +6,11 @@ import os
 import threading
 import time
 import uuid
+from typing import Final
+
+MAX_ID_CHARS: Final = 1024
+"""Longest ``workflow_id``, ``execution_id`` or ``branch_id`` accepted: longer ids would be
+cut like any long value and could no longer be looked up."""
 
 _lock = threading.Lock()
 _last = [0, 0]  # [unix_ms, counter] keeps ids monotonic within one millisecond

@@ -17,7 +17,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from . import _state
-from ._spans import MAX_ID_CHARS
+from ._ids import MAX_ID_CHARS
+from ._propagation import RunBaggageProcessor
 from ._version import __version__
 from .config import DEFAULT_PROJECT, ENV_GRAPH_URL, ENV_REDIS_URL, Settings, redact_url
 from .embedded import EmbeddedServer
@@ -47,6 +48,7 @@ class Spangraph:
     redis_url: str | None = None
     owns_provider: bool = False
     extra_processors: list[SpanProcessor] = field(default_factory=list)
+    run_processor: RunBaggageProcessor | None = None
 
     @property
     def processors(self) -> list[SpanProcessor]:
@@ -55,6 +57,12 @@ class Spangraph:
             for p in (self.graph_processor, self.live_processor, self.offload_processor)
             if p is not None
         ]
+
+    @property
+    def attached(self) -> list[SpanProcessor]:
+        """Every processor this configuration adds to the provider, in order."""
+        front: list[SpanProcessor] = [self.run_processor] if self.run_processor else []
+        return front + self.processors + self.extra_processors
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every processor has sent what was queued before this call (or the
@@ -80,7 +88,7 @@ class Spangraph:
             _check_timeout(timeout)
         start = time.monotonic()
         ours, extra = self.processors, self.extra_processors
-        _detach(self.tracer_provider, ours + extra)
+        _detach(self.tracer_provider, self.attached)
 
         def left(processor: SpanProcessor) -> float:
             budget = getattr(processor, "_shutdown_timeout", 5.0)
@@ -301,6 +309,7 @@ def configure(
     metrics: bool = False,
     max_queue_size: int = 65_536,
     offload: bool | None = None,
+    propagate: bool | None = None,
 ) -> Spangraph:
     """Add spangraph's processors to the OpenTelemetry TracerProvider and return them.
 
@@ -314,7 +323,9 @@ def configure(
     the global MeterProvider. ``offload=True`` (or ``SPANGRAPH_OFFLOAD=1``) maps and writes
     spans in a spangraph agent process instead of on threads of this one: the least
     overhead for programs that make spans in hot loops (``docs/performance.md``); the
-    health metrics then cover this process's side only. Raises
+    health metrics then cover this process's side only. ``propagate=True`` (or
+    ``SPANGRAPH_PROPAGATE=1``) carries the run's ids to other services in W3C Baggage and
+    joins runs whose ids arrive that way (docs/sdk.md, "Runs across services"). Raises
     :class:`~spangraph.exceptions.ConfigurationError`, naming the setting, for invalid
     settings or unreachable servers.
     """
@@ -339,6 +350,7 @@ def configure(
         jaeger_url=jaeger_url,
         api_token=api_token,
         offload=offload,
+        propagate=propagate,
     )
     with _lock:
         if _current is not None:
@@ -366,8 +378,11 @@ def configure(
         if owns:
             trace.set_tracer_provider(provider)
         _check_limits(provider)
-        for processor in instance.processors + instance.extra_processors:
+        if settings.propagate:
+            instance.run_processor = RunBaggageProcessor()
+        for processor in instance.attached:
             provider.add_span_processor(processor)
+        _state.propagate = settings.propagate
         _state.tracer = provider.get_tracer(_state.INSTRUMENTATION_NAME, __version__)
         _state.project = settings.project
         if not _atexit_registered:
@@ -511,3 +526,4 @@ def shutdown(timeout: float | None = None) -> None:
         instance.shutdown(timeout)
         _state.tracer = trace.get_tracer(_state.INSTRUMENTATION_NAME, __version__)
         _state.project = DEFAULT_PROJECT
+        _state.propagate = False

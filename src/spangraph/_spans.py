@@ -17,10 +17,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, TraceFlags
 
-from . import _state
+from . import _propagation, _state
 from . import semconv as sc
 from ._attrs import clean, safe_str
-from ._ids import uuid7
+from ._ids import MAX_ID_CHARS, uuid7
 from .processors.live import emit_event
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,9 +38,6 @@ def clean_exit(exc: BaseException | None) -> bool:
     (``sys.exit()``, ``sys.exit(0)``), with which a span ends ``completed``."""
     return exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None))
 
-MAX_ID_CHARS: Final = 1024
-"""Longest ``workflow_id``, ``execution_id`` or ``branch_id`` accepted: longer ids would be
-cut like any long value and could no longer be looked up."""
 
 _FRAME_KEYS: Final = frozenset(
     {
@@ -102,9 +99,23 @@ class RunIds:
 
 
 def current_run() -> RunIds | None:
-    """Ids of the workflow run the current code executes in, or ``None``."""
+    """Ids of the workflow run the current code executes in, or ``None``. With
+    ``configure(propagate=True)``, also a run of another service whose ids came in the
+    baggage of the request being served."""
     value = otel_context.get_value(_RUN_KEY)
-    return value if isinstance(value, RunIds) else None
+    if isinstance(value, RunIds):
+        return value
+    if _state.propagate:
+        ids = _propagation.run_ids()
+        if ids is not None:
+            workflow_id = ids[sc.WORKFLOW_ID]
+            return RunIds(
+                workflow_id=workflow_id,
+                execution_id=ids.get(sc.EXECUTION_ID, workflow_id),
+                workflow_name=ids.get(sc.WORKFLOW_NAME, ""),
+                branch_id=ids.get(sc.BRANCH_ID),
+            )
+    return None
 
 
 def _add_event(span: Span, name: str, attributes: Mapping[str, Any] | None = None) -> None:
@@ -210,6 +221,10 @@ class Handle:
     @property
     def workflow_id(self) -> str | None:
         return self.run.workflow_id if self.run else None
+
+    @property
+    def execution_id(self) -> str | None:
+        return self.run.execution_id if self.run else None
 
     @property
     def name(self) -> str:
@@ -384,6 +399,10 @@ class _Frame:
         ctx = trace.set_span_in_context(span)
         if run is not parent_run and run is not None:
             ctx = otel_context.set_value(_RUN_KEY, run, ctx)
+            if _state.propagate and run.workflow_id:
+                ctx = _propagation.with_run(
+                    ctx, run.workflow_id, run.execution_id, run.workflow_name, run.branch_id
+                )
         self.ctx = ctx
         self.kind = kind
         self.lifecycle = kind in (sc.KIND_WORKFLOW, sc.KIND_STEP)

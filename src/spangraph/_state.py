@@ -14,3 +14,6 @@ tracer: trace.Tracer = trace.get_tracer(INSTRUMENTATION_NAME, __version__)
 
 project: str = "default"
 """Project id stamped on spangraph's own spans."""
+
+propagate: bool = False
+"""Whether run ids travel in W3C Baggage (``configure(propagate=True)``)."""

@@ -31,6 +31,9 @@ ENV_API_TOKEN: Final = "SPANGRAPH_API_TOKEN"
 """Bearer token the HTTP service requires when set."""
 ENV_OFFLOAD: Final = "SPANGRAPH_OFFLOAD"
 """``1``/``true``: map and write spans in a spangraph agent process (see ``configure``)."""
+ENV_PROPAGATE: Final = "SPANGRAPH_PROPAGATE"
+"""``1``/``true``: carry the run's ids to other services in W3C Baggage, and take them
+from it (see docs/sdk.md, "Runs across services")."""
 ENV_NEO4J_URI: Final = "NEO4J_URI"
 """Neo4j URI users already have; used as the graph URL when ``SPANGRAPH_GRAPH_URL`` is unset."""
 ENV_NEO4J_USER: Final = "NEO4J_USER"
@@ -102,6 +105,7 @@ class Settings:
     neo4j_password: str | None = None
     neo4j_database: str | None = None
     offload: bool = False
+    propagate: bool = False
 
     def __post_init__(self) -> None:
         _check_graph_url(self.graph_url)
@@ -127,6 +131,10 @@ class Settings:
             raise ConfigurationError(ENV_JAEGER_URL, f"no host in {self.jaeger_url!r}")
         if not isinstance(self.offload, bool):  # a str such as "no" would turn it on
             raise ConfigurationError(ENV_OFFLOAD, f"must be True or False, got {self.offload!r}")
+        if not isinstance(self.propagate, bool):
+            raise ConfigurationError(
+                ENV_PROPAGATE, f"must be True or False, got {self.propagate!r}"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -152,9 +160,10 @@ class Settings:
         for key, value in pairs.items():
             if value:
                 values[key] = value
-        offload = env.get(ENV_OFFLOAD)
-        if offload:
-            values["offload"] = _flag(ENV_OFFLOAD, offload)
+        for key, name in (("offload", ENV_OFFLOAD), ("propagate", ENV_PROPAGATE)):
+            flag = env.get(name)
+            if flag:
+                values[key] = _flag(name, flag)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "home" in values:
             values["home"] = check_home(values["home"])

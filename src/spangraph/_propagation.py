@@ -1,0 +1,77 @@
+"""Runs across services: a run's ids in W3C Baggage (``configure(propagate=True)``).
+
+The process that starts a workflow or branch puts its ids in the context's baggage; the
+OpenTelemetry propagators (``tracecontext,baggage`` by default) carry them in the
+``baggage`` header of every instrumented outgoing request, and the receiving service's
+instrumentation puts them in its context. There, :func:`run_ids` lets spangraph's own
+spans join the run, and :class:`RunBaggageProcessor` stamps them on the other spans
+(a web framework's server span) that start in it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from opentelemetry import baggage
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from . import semconv as sc
+from ._ids import MAX_ID_CHARS
+
+KEYS: Final = (sc.WORKFLOW_ID, sc.EXECUTION_ID, sc.WORKFLOW_NAME, sc.BRANCH_ID)
+"""The baggage entries of a run: named as the span attributes they carry."""
+
+
+def with_run(
+    ctx: Context, workflow_id: str, execution_id: str, workflow_name: str, branch_id: str | None
+) -> Context:
+    """``ctx`` with the run's ids in its baggage (empty values left out)."""
+    for key, value in zip(KEYS, (workflow_id, execution_id, workflow_name, branch_id), strict=True):
+        if value:
+            ctx = baggage.set_baggage(key, value, ctx)
+        elif baggage.get_baggage(key, ctx) is not None:  # not a stale one from outside
+            ctx = baggage.remove_baggage(key, ctx)
+    return ctx
+
+
+def run_ids(ctx: Context | None = None) -> dict[str, str] | None:
+    """The run ids in the baggage of ``ctx`` (default: the current context), by attribute
+    key; ``None`` when there is no usable workflow id. Values that are not ids (blank,
+    too long) are left out, as the SDK would refuse them."""
+    entries = baggage.get_all(ctx)
+    if not entries:
+        return None
+    out = {}
+    for key in KEYS:
+        value = entries.get(key)
+        if isinstance(value, str) and value.strip() and len(value) <= MAX_ID_CHARS:
+            out[key] = value
+    return out if sc.WORKFLOW_ID in out else None
+
+
+class RunBaggageProcessor(SpanProcessor):
+    """Stamps the run ids from the parent context's baggage on spans that start without
+    them: the spans of other instrumentations in a service that received a request from
+    a run. Added before spangraph's other processors, so that they see the ids."""
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            attributes = span.attributes
+            if attributes is not None and sc.WORKFLOW_ID in attributes:
+                return
+            ids = run_ids(parent_context)
+            if ids is not None:
+                ids.setdefault(sc.EXECUTION_ID, ids[sc.WORKFLOW_ID])
+                span.set_attributes(ids)
+        except Exception:  # pragma: no cover - never raise into user code
+            pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True

@@ -1,0 +1,195 @@
+"""Runs across services (``configure(propagate=True)``): a run's ids travel in W3C
+Baggage to another process, whose spans join the run in the graph and the live stream.
+The other service is a real subprocess writing to the same real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from opentelemetry import baggage, propagate
+from opentelemetry import context as otel_context
+from opentelemetry.sdk.trace import TracerProvider
+
+import spangraph
+from spangraph import _propagation, queries
+from spangraph import semconv as sc
+from spangraph.config import Settings
+from spangraph.embedded import ServerInfo
+from spangraph.exceptions import ConfigurationError
+from spangraph.instrument import current_run
+from spangraph.processors.live import stream_key
+from spangraph.stores import FalkorDBStore
+from spangraph.testing import capture
+
+SERVICE = textwrap.dedent(
+    """
+    import json, sys
+    from opentelemetry import context, propagate, trace
+    from opentelemetry.sdk.trace import TracerProvider
+    import spangraph
+
+    graph_url, redis_url, home, carrier, propagate_on = sys.argv[1:6]
+    provider = TracerProvider()
+    spangraph.configure(
+        tracer_provider=provider, graph_url=graph_url, redis_url=redis_url, home=home,
+        project="tool-service", propagate=propagate_on == "1",
+    )
+    # what a server instrumentation does with a request's headers
+    token = context.attach(propagate.extract(json.loads(carrier)))
+    try:
+        with provider.get_tracer("web").start_as_current_span("GET /search"):
+            with spangraph.step("search-index"):
+                spangraph.event("hits", n=3)
+    finally:
+        context.detach(token)
+    assert spangraph.flush(10)
+    spangraph.shutdown()
+    """
+)
+
+
+@pytest.fixture
+def configured(
+    provider: TracerProvider, graph_url: str, embedded_server: ServerInfo, tmp_path: Path
+) -> Iterator[spangraph.Spangraph]:
+    yield spangraph.configure(
+        tracer_provider=provider,
+        graph_url=graph_url,
+        redis_url=embedded_server.redis_url,
+        home=str(tmp_path),
+        project=f"p-{uuid.uuid4().hex[:8]}",
+        propagate=True,
+    )
+    spangraph.shutdown()
+
+
+def _call_service(
+    graph_url: str, server: ServerInfo, home: Path, carrier: dict[str, str], on: bool = True
+) -> None:
+    args = [graph_url, server.redis_url, str(home), json.dumps(carrier), "1" if on else "0"]
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVICE, *args], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_service_called_from_a_run_joins_it_in_the_graph_and_live(
+    configured: spangraph.Spangraph,
+    store: FalkorDBStore,
+    graph_url: str,
+    embedded_server: ServerInfo,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    with (
+        spangraph.workflow("research") as run,
+        spangraph.branch("deep") as branch,
+        spangraph.step("call-tool") as call,
+    ):
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)  # what an HTTP client instrumentation does
+        _call_service(graph_url, embedded_server, tmp_path / "b", carrier)
+    assert spangraph.flush(10)
+    assert "baggage" in carrier and run.workflow_id in carrier["baggage"]
+
+    rows = {
+        row["name"]: row
+        for row in store.query(
+            "MATCH (s:Span {workflow_id: $wf}) RETURN s.name AS name, s.span_id AS id, "
+            "s.parent_span_id AS parent, s.branch_id AS branch, s.project_id AS project, "
+            "s.execution_id AS execution",
+            {"wf": run.workflow_id},
+        )
+    }
+    assert set(rows) == {"research", "deep", "call-tool", "GET /search", "search-index"}
+    server_span, step = rows["GET /search"], rows["search-index"]
+    assert server_span["parent"] == call.span_id and step["parent"] == server_span["id"]
+    for row in (server_span, step):
+        assert row["branch"] == branch.branch_id
+        assert row["execution"] == run.execution_id
+        assert row["project"] == "tool-service"  # the service's own project
+    (root,) = queries.tree(store, run.workflow_id)
+    assert [n.name for _, n in root.walk()] == [
+        "research", "deep", "call-tool", "GET /search", "search-index",
+    ]  # fmt: skip
+    # the service's live events are in the run's stream, numbered with the run's
+    messages = [json.loads(f[b"data"]) for _, f in redis_client.xrange(stream_key(run.workflow_id))]
+    hits = [m for m in messages if m["type"] == "hits"]
+    assert len(hits) == 1 and hits[0]["name"] == "search-index"
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+
+
+def test_a_service_without_propagate_keeps_to_itself(
+    configured: spangraph.Spangraph,
+    store: FalkorDBStore,
+    graph_url: str,
+    embedded_server: ServerInfo,
+    tmp_path: Path,
+) -> None:
+    """Both sides must opt in: a service that did not takes no run ids from baggage."""
+    with spangraph.workflow("research") as run, spangraph.step("call-tool"):
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        _call_service(graph_url, embedded_server, tmp_path / "b", carrier, on=False)
+    assert spangraph.flush(10)
+    names = [
+        r["name"]
+        for r in store.query(
+            "MATCH (s:Span {workflow_id: $wf}) RETURN s.name AS name", {"wf": run.workflow_id}
+        )
+    ]
+    assert sorted(names) == ["call-tool", "research"]
+
+
+def test_without_propagate_no_run_ids_leave_the_process() -> None:
+    with capture(), spangraph.workflow("private"):
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+    assert not any(key in carrier.get("baggage", "") for key in _propagation.KEYS)
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "x" * 1025])
+def test_baggage_that_is_not_a_run_id_is_ignored(bad: str) -> None:
+    ctx = baggage.set_baggage(sc.WORKFLOW_ID, bad)
+    assert _propagation.run_ids(ctx) is None
+    ctx = baggage.set_baggage(sc.BRANCH_ID, bad, baggage.set_baggage(sc.WORKFLOW_ID, "wf-1"))
+    assert _propagation.run_ids(ctx) == {sc.WORKFLOW_ID: "wf-1"}
+
+
+def test_a_run_started_here_replaces_the_ids_that_came_in(configured: spangraph.Spangraph) -> None:
+    """A workflow started inside a request from another run is a run of its own: the
+    baggage it sends on names it (and no branch of the caller)."""
+    incoming = baggage.set_baggage(
+        sc.BRANCH_ID, "their-branch", baggage.set_baggage(sc.WORKFLOW_ID, "their-run")
+    )
+    token = otel_context.attach(incoming)
+    try:
+        assert current_run().workflow_id == "their-run"  # type: ignore[union-attr]
+        with spangraph.workflow("mine") as run:
+            assert _propagation.run_ids() == {
+                sc.WORKFLOW_ID: run.workflow_id,
+                sc.EXECUTION_ID: run.execution_id,
+                sc.WORKFLOW_NAME: "mine",
+            }
+    finally:
+        otel_context.detach(token)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", True), ("off", False)])
+def test_propagate_setting_from_the_environment(value: str, expected: bool) -> None:
+    assert Settings.from_env({"SPANGRAPH_PROPAGATE": value}).propagate is expected
+
+
+def test_bad_propagate_setting_names_it() -> None:
+    with pytest.raises(ConfigurationError, match="SPANGRAPH_PROPAGATE"):
+        Settings.from_env({"SPANGRAPH_PROPAGATE": "sometimes"})
+    with pytest.raises(ConfigurationError, match="SPANGRAPH_PROPAGATE"):
+        Settings(propagate="yes")  # type: ignore[arg-type]
