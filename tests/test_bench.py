@@ -58,9 +58,12 @@ def test_counts_instructions_per_step_of_the_agent_like_workload() -> None:
         for m in re.finditer(r"^\| (\w+) \| ([\d,]+) \|", done.stdout, re.M)
     )
     assert set(rows) == {"bare", "handoff"}
-    # a step (a span of 5 attributes and 3 events) costs the SDK more than an empty span
-    assert rows["bare"] > 20_000
-    assert rows["handoff"] > rows["bare"]
+    # a step (a span of 5 attributes and 3 events) costs the SDK more than an empty span.
+    # Not compared with each other here: a step sleeps, and what the calling thread
+    # executes while it waits for the GIL after a sleep moves with the machine's load
+    # (bare went from 305 000 to 331 000 under a parallel test run), more than the
+    # handoff's 7 % over 10 steps; the tight-loop test above compares them.
+    assert rows["bare"] > 20_000 and rows["handoff"] > 20_000
 
 
 def test_rejects_unknown_setups_and_bad_span_counts() -> None:
