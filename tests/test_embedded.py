@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -437,6 +438,55 @@ def test_stop_calls_a_state_file_of_a_dead_server_stale(
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_server_that_runs_but_does_not_answer_gets_no_second_server_on_its_data(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hung server (stopped with SIGSTOP here; a deadlocked FalkorDB looks the same)
+    accepts connections and answers nothing. Before, ensure_running() took it for gone and
+    started a second redis-server on the same data directory, and `down` could not stop
+    it (it signals only a server that answers)."""
+    info = EmbeddedServer(home).ensure_running()
+    os.kill(info.pid, signal.SIGSTOP)
+    try:
+        server = EmbeddedServer(home, answer_timeout=1.0)
+        assert server.status() is None
+        assert server.unresponsive() == info
+        with pytest.raises(EmbeddedServerError, match=f"pid {info.pid}.*has not answered"):
+            server.ensure_running()
+        assert servers_on(server.data_dir.resolve()) == [info.pid]  # no second one
+        status = subprocess.run(
+            [sys.executable, "-m", "spangraph.cli", "status", "--home", str(home)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 1 and f"not answering: pid {info.pid}" in status.stdout
+        with caplog.at_level("WARNING", logger="spangraph.embedded"):
+            assert server.stop(timeout=1.0) is True  # SIGTERM waits while stopped: SIGKILL
+        assert "runs but does not answer" in caplog.text
+        deadline = time.monotonic() + 10
+        while servers_on(server.data_dir.resolve()):
+            assert time.monotonic() < deadline, "the hung server was not stopped"
+            time.sleep(0.05)
+        assert server.ensure_running().pid != info.pid  # and a new one starts
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info.pid, signal.SIGKILL)
+
+
+def test_a_busy_server_that_answers_in_time_is_reused(home: Path) -> None:
+    """A server that does not answer for a moment (a long command) is waited for."""
+    info = EmbeddedServer(home).ensure_running()
+    os.kill(info.pid, signal.SIGSTOP)
+    resume = threading.Timer(2.0, os.kill, (info.pid, signal.SIGCONT))
+    resume.start()
+    try:
+        assert EmbeddedServer(home, answer_timeout=20.0).ensure_running() == info
+    finally:
+        resume.cancel()
+        os.kill(info.pid, signal.SIGCONT)
 
 
 # -- a home that cannot be written ----------------------------------------------------------

