@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -58,26 +59,35 @@ def span_states(store: FalkorDBStore, workflow_id: str) -> list[str]:
 
 
 @pytest.fixture
-def configured() -> Iterator[list[spangraph.Spangraph]]:
-    """Shut spangraph down after the test (the test configures it)."""
+def configured(tmp_path: Path) -> Iterator[Callable[..., spangraph.Spangraph]]:
+    """configure() on a TracerProvider of its own, with a home in the test's temp dir and
+    a fresh project (``settings`` given win); spangraph is shut down after the test."""
     made: list[spangraph.Spangraph] = []
-    yield made
-    spangraph.shutdown(timeout=1.0)
+
+    def configure(**settings: Any) -> spangraph.Spangraph:
+        defaults = {
+            "tracer_provider": TracerProvider(),
+            "home": str(tmp_path),
+            "project": f"p-{uuid.uuid4().hex[:8]}",
+        }
+        made.append(spangraph.configure(**{**defaults, **settings}))
+        return made[-1]
+
+    yield configure
+    spangraph.shutdown()
     for instance in made:
         instance.tracer_provider.shutdown()
 
 
 @pytest.mark.slow
-def test_store_outage_and_recovery(private_servers, tmp_path: Path, configured: list) -> None:
+def test_store_outage_and_recovery(
+    private_servers, tmp_path: Path, configured: Callable[..., spangraph.Spangraph]
+) -> None:
     server, info = private_servers.start()
-    sg = spangraph.configure(
-        tracer_provider=TracerProvider(),
+    sg = configured(
         graph_url=info.graph_url,
         redis_url=info.redis_url,
-        home=str(tmp_path),
-        project=f"p-{uuid.uuid4().hex[:8]}",
     )
-    configured.append(sg)
     before = [run_workflow(f"before-{i}") for i in range(3)]
     assert spangraph.flush(10)
 
@@ -183,19 +193,19 @@ def test_sigterm_as_documented_ends_the_run_cancelled_and_written(
 
 @pytest.mark.slow
 def test_full_queue_drops_counts_and_warns(
-    private_servers, tmp_path: Path, configured: list, caplog: pytest.LogCaptureFixture
+    private_servers,
+    tmp_path: Path,
+    configured: Callable[..., spangraph.Spangraph],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="spangraph")
     max_queue = 8
     server, info = private_servers.start()
-    sg = spangraph.configure(
-        tracer_provider=TracerProvider(),
+    sg = configured(
         graph_url=info.graph_url,
         redis_url="off",
-        home=str(tmp_path),
         max_queue_size=max_queue,
     )
-    configured.append(sg)
     server.stop()
 
     # What the worker can hold while the store is down, besides its full queue: the batch
@@ -231,7 +241,7 @@ def test_redis_outage_for_live_events(
     store: FalkorDBStore,
     graph_url: str,
     tmp_path: Path,
-    configured: list,
+    configured: Callable[..., spangraph.Spangraph],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Redis for live events goes away: user code neither blocks nor raises, the graph
@@ -239,14 +249,10 @@ def test_redis_outage_for_live_events(
     new events are published again over a new connection."""
     caplog.set_level(logging.WARNING, logger="spangraph")
     redis_server, rinfo = private_servers.start("redis-home")
-    sg = spangraph.configure(
-        tracer_provider=TracerProvider(),
+    sg = configured(
         graph_url=graph_url,
         redis_url=rinfo.redis_url,
-        home=str(tmp_path),
-        project=f"p-{uuid.uuid4().hex[:8]}",
     )
-    configured.append(sg)
     run_workflow("warm-up")  # the publisher's connection is open and in use
     assert spangraph.flush(10)
     assert sg.stats()["live"]["sent"] > 0
@@ -336,7 +342,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("offload", [False, True], ids=["in-process", "offload"])
 def test_embedded_server_back_on_another_port_is_followed(
-    tmp_path: Path, configured: list, offload: bool
+    tmp_path: Path, configured: Callable[..., spangraph.Spangraph], offload: bool
 ) -> None:
     """The embedded server restarts on a new port when another program took its own in
     the meantime: running programs find it there (server.json) and send what they held."""
@@ -345,13 +351,11 @@ def test_embedded_server_back_on_another_port_is_followed(
     from spangraph.embedded import EmbeddedServer
 
     home = tmp_path / "home"
-    sg = spangraph.configure(
-        tracer_provider=TracerProvider(),
+    configured(
         home=str(home),
         project=f"moved-{uuid.uuid4().hex[:8]}",
         offload=offload,
     )
-    configured.append(sg)
     server = EmbeddedServer(home)
     try:
         first = server.status()
@@ -400,18 +404,14 @@ one processor after another)."""
 
 @pytest.mark.slow
 def test_shutdown_timeout_is_one_deadline_and_a_dead_store_does_not_starve_live(
-    private_servers, tmp_path: Path, configured: list
+    private_servers, tmp_path: Path, configured: Callable[..., spangraph.Spangraph]
 ) -> None:
     graph_server, graph_info = private_servers.start("graph")
     _, live_info = private_servers.start("live")
-    sg = spangraph.configure(
-        tracer_provider=TracerProvider(),
+    sg = configured(
         graph_url=graph_info.graph_url,
         redis_url=live_info.redis_url,
-        home=str(tmp_path),
-        project=f"p-{uuid.uuid4().hex[:8]}",
     )
-    configured.append(sg)
     graph_server.stop()  # the graph store is gone; Redis is fine
     workflow_id = timed_run("wf-shutdown")
 
@@ -438,18 +438,14 @@ def test_shutdown_timeout_is_one_deadline_and_a_dead_store_does_not_starve_live(
 
 @pytest.mark.slow
 def test_offload_shutdown_timeout_bounds_flush_worker_and_agent_together(
-    private_servers, tmp_path: Path, configured: list
+    private_servers, tmp_path: Path, configured: Callable[..., spangraph.Spangraph]
 ) -> None:
     server, info = private_servers.start()
-    sg = spangraph.configure(
-        tracer_provider=TracerProvider(),
+    sg = configured(
         graph_url=info.graph_url,
         redis_url=info.redis_url,
-        home=str(tmp_path),
-        project=f"p-{uuid.uuid4().hex[:8]}",
         offload=True,
     )
-    configured.append(sg)
     assert sg.offload_processor is not None
     agent = sg.offload_processor._agent
     server.stop()
