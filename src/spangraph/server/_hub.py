@@ -11,7 +11,9 @@ When Redis goes away every subscriber gets an ``error`` message; the reader reco
 with backoff, subscribes every channel again, reads what workflow channels missed from
 the run's stream (``XRANGE``) and goes on (``resumed``). Each subscriber of a workflow
 channel remembers the last ``seq`` it sent, so replays and refills never repeat or reorder
-a message.
+a message. Before each reconnect it calls :attr:`StreamHub.on_unavailable`, which may
+:meth:`StreamHub.move_to` it to another port (the embedded server came back there); the
+clients see the same ``error`` and ``resumed`` as after any outage.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import bisect
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry  # the asyncio client's own (no warning)
@@ -60,6 +63,10 @@ class StreamHub:
     it with a PING (no answer within as long again: reconnect); ``timeout``: seconds for
     one Redis command and for a subscription to be confirmed; ``batch_window``: seconds
     during which messages that keep coming are gathered into one batch (one frame).
+
+    :attr:`on_unavailable`, when set, is called on a worker thread before each reconnect
+    while Redis is away (what it raises is logged); :meth:`move_to` points the hub at
+    another port of the same host.
     """
 
     def __init__(
@@ -106,6 +113,11 @@ class StreamHub:
         self._listener: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._moved_to: int | None = None  # set by move_to, taken by the reader
+        self.on_unavailable: Callable[[], None] | None = None
+        """Called before each reconnect while Redis is away, on a worker thread: e.g. a
+        follower of the embedded server (:meth:`~spangraph.embedded.EmbeddedServer.follower`)
+        that calls :meth:`move_to` when the server came back on another port."""
         self._stats = dict.fromkeys(("messages", "batches", "too_slow", "outages", "refilled"), 0)
         self._lag = [0] * (len(LAG_BOUNDS_MS) + 1)
 
@@ -117,17 +129,35 @@ class StreamHub:
     def connected(self) -> bool:
         return self._pubsub is not None
 
+    @property
+    def client(self) -> Any:
+        """The hub's ``redis.asyncio.Redis`` for commands (GET, XRANGE, PING): ``None``
+        while live events are off or before :meth:`start`, another one after a move."""
+        return self._client
+
+    def move_to(self, port: int) -> None:
+        """Use ``port`` of the same host from now on (the embedded server came back on
+        another port). Thread-safe: the reader makes its connections there before it
+        reconnects."""
+        self._moved_to = port
+
     # -- life cycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start the reader (it connects in the background: Redis may come up later)."""
         if self.redis_url is None:
             return
+        self._open_clients(self.redis_url)
+        self._spawn(self._run())
+        self._spawn(self._beat())
+
+    def _open_clients(self, redis_url: str) -> None:
+        """Make the command and Pub/Sub clients of ``redis_url`` (they connect on use)."""
         timeouts = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout}
         # Commands (GET, XRANGE) of many clients connecting at once wait for one of a few
         # connections instead of opening hundreds.
         pool = aioredis.BlockingConnectionPool.from_url(
-            self.redis_url,
+            redis_url,
             max_connections=_COMMAND_CONNECTIONS,
             timeout=self.timeout,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
@@ -138,10 +168,8 @@ class StreamHub:
         # RESP2: published messages come as plain replies, parsed with less work per
         # message than RESP3's push messages.
         self._listener = aioredis.Redis.from_url(
-            self.redis_url, retry=Retry(NoBackoff(), 0), protocol=2, **timeouts
+            redis_url, retry=Retry(NoBackoff(), 0), protocol=2, **timeouts
         )
-        self._spawn(self._run())
-        self._spawn(self._beat())
 
     async def stop(self) -> None:
         """Tell every client the service is going away, then close the connections.
@@ -166,7 +194,10 @@ class StreamHub:
             )
         if pending:
             _log.warning("live: %d hub tasks did not stop within %g s", len(pending), self.timeout)
-        for client in (self._client, self._listener):
+        await self._close_clients(self._client, self._listener)
+
+    async def _close_clients(self, *clients: Any) -> None:
+        for client in clients:
             if client is not None:
                 with contextlib.suppress(*_ERRORS):
                     async with asyncio.timeout(self.timeout):
@@ -268,6 +299,8 @@ class StreamHub:
     async def _run(self) -> None:
         failures = 0
         while not self._stopping:
+            if failures:
+                await self._follow()
             pubsub = self._listener.pubsub()
             try:
                 await self._open(pubsub, refill=failures > 0)
@@ -292,6 +325,24 @@ class StreamHub:
                 self._pubsub = None
                 with contextlib.suppress(*_ERRORS):
                     await pubsub.aclose()
+
+    async def _follow(self) -> None:
+        """Ask :attr:`on_unavailable` where Redis is now; after a :meth:`move_to`, replace
+        the hub's connections with ones to the new port."""
+        hook = self.on_unavailable
+        if hook is not None:
+            try:
+                await asyncio.to_thread(hook)
+            except Exception as exc:
+                _log.warning("live: looking for where Redis went failed: %s", exc)
+        port, self._moved_to = self._moved_to, None
+        if port is None or self.redis_url is None:
+            return
+        old = (self._client, self._listener)
+        self.redis_url = _on_port(self.redis_url, port)
+        self._open_clients(self.redis_url)
+        await self._close_clients(*old)
+        _log.warning("live: Redis moved to port %d; reconnecting there", port)
 
     async def _open(self, pubsub: Any, *, refill: bool) -> None:
         """Connect, subscribe every channel, wait for Redis to confirm them, refill the
@@ -433,3 +484,13 @@ class StreamHub:
 
 def _subscriber_count(channel: Channel) -> int:
     return len(channel.subs)
+
+
+def _on_port(url: str, port: int) -> str:
+    """``url`` with ``port`` instead of its own (user, password, host, path kept)."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    host = parts.hostname or "localhost"
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}:{port}"))

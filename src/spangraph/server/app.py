@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -9,7 +10,7 @@ import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -24,10 +25,16 @@ from .routes import health, runs
 
 _log = logging.getLogger("spangraph.server")
 
+_T = TypeVar("_T")
+
 
 class LazyStore:
     """A GraphStore opened on first use (and again after a failed open), so the service
-    starts, and answers health checks with 503, while its store is still down."""
+    starts, and answers health checks with 503, while its store is still down.
+
+    When a call finds the store unavailable, :attr:`on_unavailable` (if set) is asked
+    where it went (one caller at a time); if that moved the store (:meth:`move_to`), the
+    call is made once more, there, else it raises as before."""
 
     name = "lazy"
 
@@ -35,6 +42,12 @@ class LazyStore:
         self._factory = factory
         self._store: GraphStore | None = None
         self._lock = threading.Lock()
+        self._following = threading.Lock()
+        self._moves = 0
+        self.on_unavailable: Callable[[], None] | None = None
+        """Called when the store does not answer: e.g. a follower of the embedded server
+        (:meth:`~spangraph.embedded.EmbeddedServer.follower`) that calls :meth:`move_to`
+        when the server came back on another port."""
 
     def _get(self) -> GraphStore:
         store = self._store
@@ -50,21 +63,53 @@ class LazyStore:
                 store = self._store
         return store
 
+    def move_to(self, port: int) -> None:
+        """Use ``port`` of the same host from now on (the embedded server came back on
+        another port): the open store moves there (its own ``move_to``); a store not
+        opened yet is opened where the factory points, which the caller updates."""
+        with self._lock:
+            if self._store is not None:
+                self._store.move_to(port)  # type: ignore[attr-defined]
+            self._moves += 1
+
+    def _call(self, op: Callable[[GraphStore], _T]) -> _T:
+        moves = self._moves
+        try:
+            return op(self._get())
+        except StoreUnavailableError:
+            if not self._moved_since(moves):
+                raise
+        return op(self._get())
+
+    def _moved_since(self, moves: int) -> bool:
+        """Whether the store moved since it was ``moves`` moves old, after asking
+        :attr:`on_unavailable` when it had not."""
+        follow = self.on_unavailable
+        if follow is None:
+            return False
+        with self._following:
+            if self._moves == moves:
+                try:
+                    follow()
+                except Exception as exc:
+                    _log.warning("graph store: looking for where it went failed: %s", exc)
+            return self._moves != moves
+
     @property
     def url(self) -> str | None:
         return getattr(self._store, "url", None)
 
     def ensure_schema(self) -> None:
-        self._get().ensure_schema()
+        self._call(lambda store: store.ensure_schema())
 
     def write(self, batch: Any) -> None:
-        self._get().write(batch)
+        self._call(lambda store: store.write(batch))
 
     def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        return self._get().query(cypher, params)
+        return self._call(lambda store: store.query(cypher, params))
 
     def ping(self) -> None:
-        self._get().ping()
+        self._call(lambda store: store.ping())
 
     def close(self) -> None:
         if self._store is not None:
@@ -197,46 +242,58 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        import redis.asyncio as aioredis
-
+        from ..embedded import EmbeddedServer
         from .ingest import OTLPIngest
         from .streams import StreamHub
 
-        server = None
+        server = embedded = None
         if start_embedded and (settings.graph_is_embedded or settings.redis_is_embedded):
-            from ..embedded import EmbeddedServer
-
-            server = await run_in_threadpool(EmbeddedServer(settings.home).ensure_running)
+            embedded = EmbeddedServer(settings.home)
+            server = await run_in_threadpool(embedded.ensure_running)
         chosen = (
             settings.replace(graph_url=server.graph_url)
             if settings.graph_is_embedded and server
             else settings
         )
-        store = LazyStore(lambda: open_store(chosen))
+        store = LazyStore(lambda: open_store(chosen))  # `chosen` as it is when opened
+        if embedded is not None and server is not None and settings.graph_is_embedded:
+
+            def move_graph(port: int) -> None:
+                nonlocal chosen
+                # where a store not opened yet will open (the pid is not used)
+                moved = dataclasses.replace(server, port=port)
+                chosen = settings.replace(graph_url=moved.graph_url)
+                store.move_to(port)
+
+            store.on_unavailable = embedded.follower(server.port, move_graph)
         try:
             await run_in_threadpool(store.ensure_schema)
         except Exception as exc:  # the store may come up later: health says so
             _log.warning("graph store not ready at startup: %s", exc)
         redis_url = _redis_url(settings, server)
-        client = aioredis.Redis.from_url(redis_url) if redis_url else None
+        hub = StreamHub(redis_url)
         app.state.settings = settings
         app.state.store = store
-        app.state.redis = client
-        app.state.redis_url = redis_url
-        app.state.hub = StreamHub(redis_url)
+        app.state.hub = hub
         _redact_server_logs()
-        app.state.ingest = OTLPIngest(settings, store, redis_url)
-        await app.state.hub.start()
+        app.state.ingest = ingest = OTLPIngest(settings, store, redis_url)
+        if embedded is not None and server is not None and settings.redis_is_embedded:
+            # the hub (live streams, /api/health/redis) and the OTLP receiver's live events
+            # follow the embedded server to another port, as the SDK's processors do
+            hub.on_unavailable = embedded.follower(server.port, hub.move_to)
+            if ingest.live is not None:
+                ingest.live._worker.on_unavailable = embedded.follower(
+                    server.port, ingest.live.publisher.move_to
+                )
+        await hub.start()
         meter_provider = _metrics_provider(app.state.ingest)
         try:
             yield
         finally:
             if meter_provider is not None:
                 await run_in_threadpool(meter_provider.shutdown)
-            await app.state.hub.stop()
-            await run_in_threadpool(app.state.ingest.shutdown)
-            if client is not None:
-                await client.aclose()
+            await hub.stop()
+            await run_in_threadpool(ingest.shutdown)
             await run_in_threadpool(store.close)
 
     app = FastAPI(

@@ -26,8 +26,9 @@ def get_store(request: Request) -> GraphStore:
 
 
 def get_redis(request: Request) -> Any:
-    """The app's ``redis.asyncio.Redis`` client, or ``None`` when live events are off."""
-    return request.app.state.redis
+    """The app's ``redis.asyncio.Redis`` client (the live-stream hub's, which follows the
+    embedded server to another port), or ``None`` when live events are off."""
+    return request.app.state.hub.client
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
