@@ -4,19 +4,26 @@ The other service is a real subprocess writing to the same real server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from opentelemetry import baggage, propagate
 from opentelemetry import context as otel_context
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 import spangraph
 from spangraph import _propagation, queries
@@ -125,6 +132,82 @@ def test_a_service_called_from_a_run_joins_it_in_the_graph_and_live(
     hits = [m for m in messages if m["type"] == "hits"]
     assert len(hits) == 1 and hits[0]["name"] == "search-index"
     assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+
+
+class _CopySpangraphBaggage(SpanProcessor):
+    """What OpenTelemetry's contrib Baggage span processors do in other languages
+    (JavaScript ``@opentelemetry/baggage-span-processor``, Java ``BaggageSpanProcessor``,
+    Go ``baggagecopy``), with a ``spangraph.`` key predicate: baggage onto attributes."""
+
+    def on_start(self, span, parent_context=None) -> None:  # type: ignore[no-untyped-def]
+        for key, value in baggage.get_all(parent_context).items():
+            if key.startswith("spangraph."):
+                span.set_attribute(key, str(value))
+
+
+@pytest.fixture
+def serve(graph_url: str, embedded_server: ServerInfo, tmp_path: Path) -> Iterator[str]:
+    """A real `spangraph serve` on the test's graph: its OTLP endpoint."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "SPANGRAPH_GRAPH_URL": graph_url,
+        "SPANGRAPH_REDIS_URL": embedded_server.redis_url,
+        "SPANGRAPH_HOME": str(tmp_path / "serve"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spangraph.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "spangraph serve did not start"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield f"{base}/v1/traces"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_a_service_in_another_language_joins_through_otlp(
+    configured: spangraph.Spangraph, store: FalkorDBStore, serve: str
+) -> None:
+    """A service whose OpenTelemetry SDK copies the spangraph.* baggage entries onto its
+    spans and exports them over OTLP to `spangraph serve` joins the run too (here the
+    Python SDK stands in for the other language's)."""
+    service = TracerProvider()
+    service.add_span_processor(_CopySpangraphBaggage())
+    service.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=serve, timeout=10)))
+    with spangraph.workflow("research") as run, spangraph.step("call-tool") as call:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        incoming = propagate.extract(carrier)  # the other service, receiving the request
+        with service.get_tracer("svc").start_as_current_span("GET /lookup", context=incoming):
+            pass
+    service.shutdown()
+    assert spangraph.flush(10)
+    deadline = time.monotonic() + 20
+    while True:
+        rows = store.query(
+            "MATCH (s:Span {name: 'GET /lookup'}) RETURN s.workflow_id AS wf, "
+            "s.execution_id AS ex, s.parent_span_id AS parent"
+        )
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert rows == [{"wf": run.workflow_id, "ex": run.execution_id, "parent": call.span_id}]
+    (root,) = queries.tree(store, run.workflow_id)
+    assert [n.name for _, n in root.walk()] == ["research", "call-tool", "GET /lookup"]
 
 
 def test_a_service_without_propagate_keeps_to_itself(
