@@ -962,6 +962,57 @@ def test_stream_tokens_live_only_and_message_in_graph(
     assert kept[0][1]["message"] == message
 
 
+@pytest.mark.parametrize("how", ["keyword", "environment"])
+def test_content_capture_off_keeps_the_text_out_of_graph_and_live(
+    sg: spangraph.Spangraph,
+    redis_client: redis.Redis,
+    client: OpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """instrument(capture_content=False), or OpenTelemetry's GenAI content switch set to
+    false: tokens go out live with their index only, llm.complete has no message."""
+    instrumentor = OpenAIInstrumentor()
+    if how == "keyword":
+        instrumentor.instrument(capture_content=False)
+    else:
+        monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "false")
+        instrumentor.instrument()
+    sub = ProjectSubscriber(redis_client, sg.settings.project)
+    try:
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        for _ in stream:
+            pass
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert spangraph.flush(10)
+        messages = sub.until(lambda m: m["type"] == "span.ended")
+        messages = sub.until(lambda m: m["type"] == "span.ended")  # the second call's
+    finally:
+        sub.close()
+        instrumentor.uninstrument()
+    tokens = [m["attributes"] for m in messages if m["type"] == "token"]
+    assert tokens == [{"index": i} for i in range(len(CHAT_TOKENS))]
+    completes = [m["attributes"] for m in messages if m["type"] == sc.LLM_COMPLETE]
+    assert completes == [
+        {"finish_reason": "stop", "streamed_tokens": len(CHAT_TOKENS)},
+        {"finish_reason": "stop"},
+    ]
+    assert CHAT_TOKENS[2] not in json.dumps(messages)
+    assert sg.store is not None
+    rows = sg.store.query(
+        "MATCH (s:Span {project_id: $p, kind: 'llm'})-[:HAS_EVENT]->(e:Event) "
+        "RETURN e.attributes AS attributes",
+        {"p": sg.settings.project},
+    )
+    assert len(rows) == 2 and all("message" not in json.loads(r["attributes"]) for r in rows)
+
+
+def test_capture_content_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="capture_content"):
+        OpenAIInstrumentor().instrument(capture_content="no")
+    assert not OpenAIInstrumentor().is_instrumented_by_opentelemetry  # nothing patched
+
+
 def test_failed_call_in_the_graph(
     sg: spangraph.Spangraph, instrumented: OpenAIInstrumentor, client: OpenAI, fake: FakeOpenAI
 ) -> None:

@@ -66,6 +66,7 @@ class Call:
     """
 
     __slots__ = (
+        "_capture",
         "_error",
         "_last_ns",
         "_once",
@@ -81,7 +82,14 @@ class Call:
         "span",
     )
 
-    def __init__(self, tracer: Tracer | None, api: str, kwargs: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        tracer: Tracer | None,
+        api: str,
+        kwargs: Mapping[str, Any],
+        *,
+        capture_content: bool = True,
+    ) -> None:
         model = kwargs.get("model")
         model = model if isinstance(model, str) and model else None
         attrs: dict[str, Any] = {
@@ -111,6 +119,7 @@ class Call:
             name, kind=SpanKind.CLIENT, attributes=attrs
         )
         self._once = threading.Lock()  # acquired once, never released: "already ended"
+        self._capture = capture_content  # the answer's text recorded and sent live
         self._texts: dict[int, list[str]] = {}
         self._reasons: dict[int, str] = {}
         self._tool_calls: list[str] = []
@@ -235,9 +244,12 @@ class Call:
             )
 
     def _token(self, text: str, index: int, now: int) -> None:
-        """A text delta: kept for the complete message and sent live as ``token``."""
-        self._texts.setdefault(index, []).append(text)
-        attrs: dict[str, Any] = {"text": text, "index": self._tokens}
+        """A text delta: kept for the complete message and sent live as ``token`` (its
+        text left out when content is not captured)."""
+        attrs: dict[str, Any] = {"index": self._tokens}
+        if self._capture:
+            self._texts.setdefault(index, []).append(text)
+            attrs["text"] = text
         if index:
             attrs["choice"] = index
         self._tokens += 1
@@ -299,15 +311,16 @@ class Call:
 
     def _complete(self, end_ns: int | None) -> None:
         """``llm.complete``: the message (choice 0), once; every choice when there are more."""
-        texts = {i: "".join(parts) for i, parts in sorted(self._texts.items())}
         attrs: dict[str, Any] = {
-            "message": texts.get(0, next(iter(texts.values()), "")),
             "finish_reason": self._reasons.get(0),
             "streamed_tokens": self._tokens or None,
             "tool_calls": tuple(self._tool_calls) or None,
         }
-        if len(texts) > 1:
-            attrs["choices"] = tuple(texts.values())
+        if self._capture:
+            texts = {i: "".join(parts) for i, parts in sorted(self._texts.items())}
+            attrs["message"] = texts.get(0, next(iter(texts.values()), ""))
+            if len(texts) > 1:
+                attrs["choices"] = tuple(texts.values())
         attrs = clean(attrs)
         stamp = end_ns or time.time_ns()
         self.span.add_event(sc.LLM_COMPLETE, attrs, timestamp=stamp)

@@ -14,7 +14,10 @@ is exhausted, fails, is closed, or is garbage-collected after being abandoned.
 
 Content: prompts are never recorded. The answer's text is recorded once, in the
 ``llm.complete`` event's ``message`` (cut to spangraph's attribute limit), with the
-names (not the arguments) of the tools the model called.
+names (not the arguments) of the tools the model called. ``instrument(capture_content=
+False)``, or ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=false`` (OpenTelemetry's
+GenAI switch), leaves the text out: ``token`` events then carry their index only, and
+``llm.complete`` no ``message``.
 
 Without ``tracer_provider=``, spans come from spangraph's tracer: the provider that
 :func:`spangraph.configure` was given (or the global one), followed at call time.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Callable, Collection
 from contextvars import ContextVar
 from typing import Any, Final
@@ -65,11 +69,21 @@ _in_call: ContextVar[bool] = ContextVar("spangraph_openai_call", default=False)
 ``parse`` calls ``create``) makes one span, not two."""
 
 
-def _start(tracer: Tracer | None, api: str, kwargs: dict[str, Any]) -> Call | None:
+CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+"""OpenTelemetry's GenAI content switch: ``false`` (or ``0``, ``no``, ``off``,
+``no_content``) leaves the answer's text out; unset or anything else keeps it."""
+
+
+def capture_content_from_env() -> bool:
+    value = os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower()
+    return value not in ("false", "0", "no", "off", "no_content")
+
+
+def _start(tracer: Tracer | None, api: str, kwargs: dict[str, Any], capture: bool) -> Call | None:
     if not is_instrumentation_enabled():
         return None
     try:
-        return Call(tracer, api, kwargs)
+        return Call(tracer, api, kwargs, capture_content=capture)
     except Exception:  # never break the user's call
         _log.exception("spangraph: starting an OpenAI span failed")
         return None
@@ -117,9 +131,11 @@ def _result(call: Call, result: Any, types: _Types) -> Any:
     return result
 
 
-def _sync_wrapper(tracer: Tracer | None, api: str, types: _Types) -> Callable[..., Any]:
+def _sync_wrapper(
+    tracer: Tracer | None, api: str, types: _Types, capture: bool
+) -> Callable[..., Any]:
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-        call = None if _in_call.get() else _start(tracer, api, kwargs)
+        call = None if _in_call.get() else _start(tracer, api, kwargs, capture)
         if call is None:
             return wrapped(*args, **kwargs)
         token = otel_context.attach(trace.set_span_in_context(call.span))
@@ -137,9 +153,11 @@ def _sync_wrapper(tracer: Tracer | None, api: str, types: _Types) -> Callable[..
     return wrapper
 
 
-def _async_wrapper(tracer: Tracer | None, api: str, types: _Types) -> Callable[..., Any]:
+def _async_wrapper(
+    tracer: Tracer | None, api: str, types: _Types, capture: bool
+) -> Callable[..., Any]:
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-        call = None if _in_call.get() else _start(tracer, api, kwargs)
+        call = None if _in_call.get() else _start(tracer, api, kwargs, capture)
         if call is None:
             return await wrapped(*args, **kwargs)
         token = otel_context.attach(trace.set_span_in_context(call.span))
@@ -161,7 +179,9 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Instruments the OpenAI Python SDK (see the module's docstring).
 
     ``instrument(tracer_provider=...)`` takes spans from that provider; without it they
-    come from spangraph's tracer. ``uninstrument()`` restores the SDK's methods.
+    come from spangraph's tracer. ``instrument(capture_content=False)`` leaves the
+    answer's text out (default: ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``,
+    on when unset). ``uninstrument()`` restores the SDK's methods.
     """
 
     def instrumentation_dependencies(self) -> Collection[str]:
@@ -177,6 +197,11 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             else None
         )
         types = _Types(openai)
+        capture = kwargs.get("capture_content")
+        if capture is None:
+            capture = capture_content_from_env()
+        elif not isinstance(capture, bool):
+            raise TypeError(f"capture_content must be True or False, got {capture!r}")
         self._patched: list[tuple[type, str, Any]] = []
         for module_name, class_name, api, is_async in _TARGETS:
             try:
@@ -186,7 +211,7 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             make = _async_wrapper if is_async else _sync_wrapper
             for method in _METHODS:
                 if method in vars(cls):  # an SDK without parse() on this resource
-                    wrapper = make(tracer, api, types)
+                    wrapper = make(tracer, api, types, capture)
                     wrapt.wrap_function_wrapper(cls, method, wrapper)
                     self._patched.append((cls, method, wrapper))
 
