@@ -43,11 +43,11 @@ SERVICE = textwrap.dedent(
     from opentelemetry.sdk.trace import TracerProvider
     import spangraph
 
-    graph_url, redis_url, home, carrier, propagate_on = sys.argv[1:6]
+    graph_url, redis_url, home, carrier, propagate_on, offload = sys.argv[1:7]
     provider = TracerProvider()
     spangraph.configure(
         tracer_provider=provider, graph_url=graph_url, redis_url=redis_url, home=home,
-        project="tool-service", propagate=propagate_on == "1",
+        project="tool-service", propagate=propagate_on == "1", offload=offload == "1",
     )
     # what a server instrumentation does with a request's headers
     token = context.attach(propagate.extract(json.loads(carrier)))
@@ -79,16 +79,24 @@ def configured(
 
 
 def _call_service(
-    graph_url: str, server: ServerInfo, home: Path, carrier: dict[str, str], on: bool = True
+    graph_url: str,
+    server: ServerInfo,
+    home: Path,
+    carrier: dict[str, str],
+    on: bool = True,
+    offload: bool = False,
 ) -> None:
-    args = [graph_url, server.redis_url, str(home), json.dumps(carrier), "1" if on else "0"]
+    args = [graph_url, server.redis_url, str(home), json.dumps(carrier)]
+    args += ["1" if on else "0", "1" if offload else "0"]
     proc = subprocess.run(
         [sys.executable, "-c", SERVICE, *args], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("offload", [False, True], ids=["in-process", "offload"])
 def test_a_service_called_from_a_run_joins_it_in_the_graph_and_live(
+    offload: bool,
     configured: spangraph.Spangraph,
     store: FalkorDBStore,
     graph_url: str,
@@ -103,7 +111,7 @@ def test_a_service_called_from_a_run_joins_it_in_the_graph_and_live(
     ):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)  # what an HTTP client instrumentation does
-        _call_service(graph_url, embedded_server, tmp_path / "b", carrier)
+        _call_service(graph_url, embedded_server, tmp_path / "b", carrier, offload=offload)
     assert spangraph.flush(10)
     assert "baggage" in carrier and run.workflow_id in carrier["baggage"]
 
