@@ -516,7 +516,11 @@ def test_span_limits_that_cut_run_ids_are_warned_about(
     one prefix; one that keeps 5 attributes loses spangraph's own: configure() says so."""
     from opentelemetry.sdk.trace import SpanLimits
 
-    tight = TracerProvider(span_limits=SpanLimits(max_attribute_length=10, max_span_attributes=5))
+    tight = TracerProvider(
+        span_limits=SpanLimits(
+            max_attribute_length=4096, max_span_attribute_length=10, max_span_attributes=5
+        )
+    )
     roomy = TracerProvider(span_limits=SpanLimits(max_attribute_length=4096))
     try:
         with caplog.at_level("WARNING", logger="spangraph"):

@@ -402,14 +402,17 @@ def _check_limits(provider: TracerProvider) -> None:
     prefix no longer tell runs apart, and attributes past the count limit are lost
     (spangraph's own among them). Read from the SDK's private field, when it is there."""
     limits = getattr(provider, "_span_limits", None)
-    length = getattr(limits, "max_attribute_length", None) or getattr(
-        limits, "max_span_attribute_length", None
-    )
+    # a span's attributes are cut to max_span_attribute_length, which defaults to
+    # max_attribute_length
+    length = getattr(limits, "max_span_attribute_length", None)
+    if length is None:
+        length = getattr(limits, "max_attribute_length", None)
     count = getattr(limits, "max_span_attributes", None)
     if isinstance(length, int) and length < MAX_ID_CHARS:
         _log.warning(
             "spangraph: the TracerProvider cuts attribute values to %d characters "
-            "(SpanLimits / OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT): workflow, execution and "
+            "(SpanLimits / OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, "
+            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT): workflow, execution and "
             "branch ids longer than that are cut, and cut ids no longer tell runs apart "
             "(spangraph's own ids have 36 characters, ids given may have up to %d)",
             length,
