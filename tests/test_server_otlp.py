@@ -549,6 +549,119 @@ def test_protobuf_partial_success(running: Running, http: httpx.Client) -> None:
         assert (r.status_code, r.content) == (200, b"")
 
 
+def test_end_before_start_or_missing_ends_at_the_start(
+    running: Running, http: httpx.Client, redis_client: redis.Redis
+) -> None:
+    """A span whose end time is before its start, or not set (0), is kept with its start
+    and ends at its start (duration 0); the client is told in partial_success with no
+    span rejected. Before, the first was stored with a negative duration_ms (and
+    published so), and the second was taken as ending at its start without a word."""
+    trace_id = uuid.uuid4().bytes
+    t0 = time.time_ns()
+    spans = [
+        PbSpan(
+            trace_id=trace_id,
+            span_id=b"\x01" * 8,
+            name="backwards",
+            start_time_unix_nano=t0 + 5_000_000,
+            end_time_unix_nano=t0,
+            events=[PbSpan.Event(name="e", time_unix_nano=t0 + 1)],
+        ),
+        PbSpan(
+            trace_id=trace_id,
+            span_id=b"\x02" * 8,
+            parent_span_id=b"\x01" * 8,
+            name="unended",
+            start_time_unix_nano=t0 + 1_000_000,
+        ),
+        PbSpan(
+            trace_id=trace_id,
+            span_id=b"\x03" * 8,
+            parent_span_id=b"\x01" * 8,
+            name="fine",
+            start_time_unix_nano=t0 + 2_000_000,
+            end_time_unix_nano=t0 + 4_000_000,
+        ),
+    ]
+    body = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
+    ).SerializeToString()
+    r = http.post("/v1/traces", content=body, headers=PROTO)
+    assert r.status_code == 200
+    partial = ExportTraceServiceResponse.FromString(r.content).partial_success
+    assert partial.rejected_spans == 0
+    assert partial.error_message == (
+        "span 'backwards': end_time_unix_nano is before start_time_unix_nano; "
+        "stored as ending at its start (duration 0) (2 spans in all)"
+    )
+    running.flush()
+    nodes = wait_for_nodes(running, trace_id.hex(), {"backwards", "unended", "fine"})
+    backwards, unended, fine = nodes["backwards"], nodes["unended"], nodes["fine"]
+    assert (backwards["start_ns"], backwards["end_ns"]) == (t0 + 5_000_000, t0 + 5_000_000)
+    assert (unended["start_ns"], unended["end_ns"]) == (t0 + 1_000_000, t0 + 1_000_000)
+    assert backwards["duration_ms"] == unended["duration_ms"] == 0
+    assert {backwards["state"], unended["state"]} == {"completed"}
+    assert (fine["end_ns"], fine["duration_ms"]) == (t0 + 4_000_000, 2.0)
+    assert [e["time_ns"] for e in events_of(running.store, "01" * 8)] == [t0 + 1]
+    assert running.ingest.stats()["end_times_adjusted"] == 2
+    # live subscribers see the same end: at the start, duration 0
+    ended = {}
+    for _, fields in redis_client.xrange(f"spangraph:stream:{trace_id.hex()}"):
+        message = json.loads(fields[b"data"])
+        if message["type"] == "span.ended":
+            ended[message["name"]] = message
+    assert set(ended) == {"backwards", "unended", "fine"}
+    assert ended["backwards"]["time_unix_nano"] == t0 + 5_000_000
+    assert ended["unended"]["time_unix_nano"] == t0 + 1_000_000
+    assert ended["backwards"]["attributes"]["duration_ms"] == 0
+    assert ended["unended"]["attributes"]["duration_ms"] == 0
+
+    # OTLP/JSON: a span with no endTimeUnixNano; with a rejected span in the same request
+    # the message names the rejection first, then the change
+    json_trace = uuid.uuid4().hex
+    doc = {
+        "resourceSpans": [
+            {
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": json_trace,
+                                "spanId": "04" * 8,
+                                "name": "no-end",
+                                "startTimeUnixNano": str(t0),
+                            },
+                            {
+                                "traceId": "0" * 32,
+                                "spanId": "05" * 8,
+                                "name": "bad-ids",
+                                "startTimeUnixNano": str(t0),
+                                "endTimeUnixNano": str(t0 + 1),
+                            },
+                        ]
+                    }
+                ]
+            }
+        ]
+    }
+    r = http.post("/v1/traces", content=json.dumps(doc), headers=JSON_CT)
+    assert r.status_code == 200
+    partial = r.json()["partialSuccess"]
+    assert int(partial["rejectedSpans"]) == 1
+    message = partial["errorMessage"]
+    assert message.startswith("span 'bad-ids': trace_id is all zero; ")
+    assert message.endswith(
+        "; span 'no-end': end_time_unix_nano is not set; stored as ending at its start (duration 0)"
+    )
+    del doc["resourceSpans"][0]["scopeSpans"][0]["spans"][1]
+    r = http.post("/v1/traces", content=json.dumps(doc), headers=JSON_CT)
+    assert r.status_code == 200
+    assert "rejectedSpans" not in r.json()["partialSuccess"]
+    assert "'no-end': end_time_unix_nano is not set" in r.json()["partialSuccess"]["errorMessage"]
+    node = wait_for_nodes(running, json_trace, {"no-end"})["no-end"]
+    assert (node["start_ns"], node["end_ns"], node["duration_ms"]) == (t0, t0, 0)
+
+
 # -- live events ------------------------------------------------------------------------------
 
 
@@ -781,7 +894,9 @@ def test_counts_are_checked_before_spans_are_built(
 
     monkeypatch.setattr(ingest_mod, "to_spans", to_spans)
     cap = running.ingest.max_spans_per_request
-    span = PbSpan(trace_id=b"\x0b" * 16, span_id=b"\x01" * 8, start_time_unix_nano=1)
+    span = PbSpan(
+        trace_id=b"\x0b" * 16, span_id=b"\x01" * 8, start_time_unix_nano=1, end_time_unix_nano=2
+    )
     too_many = ExportTraceServiceRequest(
         resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span] * (cap + 1))])]
     ).SerializeToString()
@@ -859,6 +974,89 @@ def test_requests_are_decoded_a_few_at_a_time(running: Running) -> None:
     assert statuses == [200] * 8
     assert peak == ingest_mod.MAX_CONCURRENT_DECODES
     assert health_s < 5
+
+
+def test_requests_over_the_waiting_cap_are_503(running: Running) -> None:
+    """While every decode slot is busy and MAX_WAITING_DECODES requests wait for one, a
+    further request is refused at once: 503 with Retry-After and a google.rpc.Status body
+    (OTLP exporters retry it), instead of waiting with its body in memory (up to 16 MiB
+    each, with no limit on how many). The requests that waited are all accepted."""
+    ingest = running.ingest
+    real_handle = ingest.handle
+    release = threading.Event()
+    lock = threading.Lock()
+    decoding = 0
+
+    def held_handle(*args: Any) -> Any:
+        nonlocal decoding
+        with lock:
+            decoding += 1
+        release.wait(30)
+        return real_handle(*args)
+
+    ingest.handle = held_handle  # type: ignore[method-assign]
+    trace_id = uuid.uuid4().bytes
+    t0 = time.time_ns()
+
+    def body(i: int) -> bytes:
+        span = PbSpan(
+            trace_id=trace_id,
+            span_id=(i + 1).to_bytes(8, "big"),
+            name=f"s{i}",
+            start_time_unix_nano=t0,
+            end_time_unix_nano=t0 + 1000,
+        )
+        return ExportTraceServiceRequest(
+            resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])]
+        ).SerializeToString()
+
+    held = ingest_mod.MAX_CONCURRENT_DECODES + ingest_mod.MAX_WAITING_DECODES
+    statuses: list[int] = []
+    limits = httpx.Limits(max_connections=2 * held)
+    with httpx.Client(base_url=running.url, timeout=30, limits=limits) as http:
+
+        def post(i: int) -> None:
+            statuses.append(http.post("/v1/traces", content=body(i), headers=PROTO).status_code)
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(held)]
+        try:
+            for t in threads:
+                t.start()
+            wait_for(
+                lambda: (
+                    decoding == ingest_mod.MAX_CONCURRENT_DECODES
+                    and ingest.stats()["decodes_waiting"] == ingest_mod.MAX_WAITING_DECODES
+                ),
+                "the decode slots and the waiting places to fill",
+            )
+            # one more, protobuf and JSON: refused at once, in the request's encoding
+            r = http.post("/v1/traces", content=body(held), headers=PROTO, timeout=5)
+            assert r.status_code == 503
+            assert r.headers["retry-after"] == "2"
+            status = rpc_status(r)
+            assert status.code == 14  # UNAVAILABLE
+            assert "busy" in status.message
+            r = http.post("/v1/traces", content=b"{}", headers=JSON_CT, timeout=5)
+            assert r.status_code == 503
+            assert r.headers["retry-after"] == "2"
+            assert r.json()["code"] == 14
+            assert "busy" in r.json()["message"]
+            assert http.get("/api/health", timeout=5).status_code == 200
+            assert decoding == ingest_mod.MAX_CONCURRENT_DECODES
+        finally:
+            release.set()
+            for t in threads:
+                t.join(30)
+        assert statuses == [200] * held
+        # with room again, the next request is taken
+        r = http.post("/v1/traces", content=body(held), headers=PROTO)
+        assert (r.status_code, r.content) == (200, b"")
+    running.flush()
+    names = {f"s{i}" for i in range(held + 1)}
+    assert set(wait_for_nodes(running, trace_id.hex(), names)) == names
+    stats = ingest.stats()
+    assert (stats["requests_busy"], stats["decodes_waiting"]) == (2, 0)
+    assert stats["requests_refused"] == {503: 2}
 
 
 def test_events_and_links_over_the_span_limits_are_cut(

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import re
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -49,6 +50,11 @@ MAX_CONCURRENT_DECODES: Final = 2
 so that a burst of large requests neither fills the thread pool the query routes run in
 nor holds the memory of more than this many decoded requests at once (a 16 MiB protobuf
 body of empty entries decodes to about 600 MB)."""
+MAX_WAITING_DECODES: Final = 8
+"""Requests that may wait for a decode slot, each holding its body (up to 16 MiB); a
+request that finds this many already waiting is refused at once (:class:`Busy`, 503 with
+``Retry-After``), so a burst holds at most ``MAX_CONCURRENT_DECODES + MAX_WAITING_DECODES``
+bodies instead of one for every open connection."""
 
 _MAX_TIME_NS: Final = 2**63 - 1
 """Timestamps above this do not fit the stores' 64-bit signed integers."""
@@ -140,6 +146,13 @@ class Overloaded(IngestError):
 
 class IngestClosed(IngestError):
     """The pipeline has been shut down (503)."""
+
+    status = 503
+
+
+class Busy(IngestError):
+    """Every decode slot is taken and :data:`MAX_WAITING_DECODES` requests already wait
+    for one (503: retry later)."""
 
     status = 503
 
@@ -534,6 +547,17 @@ class Decoded:
     cut_links: int = 0
     warning: str | None = None
     """What was left out of spans that were kept (events or links over the limits)."""
+    adjusted_ends: int = 0
+    end_warning: str | None = None
+    """The first span whose end time was missing or before its start."""
+
+    @property
+    def warnings(self) -> str | None:
+        """What the client is told about spans that were kept but changed."""
+        end = self.end_warning
+        if end is not None and self.adjusted_ends > 1:
+            end += f" ({self.adjusted_ends} spans in all)"
+        return "; ".join(w for w in (self.warning, end) if w) or None
 
 
 def to_spans(
@@ -544,9 +568,11 @@ def to_spans(
     Spans whose ids are invalid (wrong length, all zero) or whose timestamps do not fit a
     signed 64-bit integer are left out and counted; links with invalid ids are left out
     of their span. A span keeps its last ``max_events`` events and its first
-    ``max_links`` links (the SDK's span limits), the rest is counted. The spans come back
-    parents first (within the request), so that spans without spangraph's ids inherit
-    them from their parents.
+    ``max_links`` links (the SDK's span limits), the rest is counted. A span whose end
+    time is missing (0) or before its start time ends at its start (duration 0) and is
+    counted: the start is kept as the time the work began, and no stored span has a
+    negative duration. The spans come back parents first (within the request), so that
+    spans without spangraph's ids inherit them from their parents.
     """
     out = Decoded(spans=[])
     spans = out.spans
@@ -608,7 +634,17 @@ def _span(
                 trace_flags=trace_flags,
             )
     start = _time(pb.start_time_unix_nano, "start_time_unix_nano")
-    end = _time(pb.end_time_unix_nano, "end_time_unix_nano") or start
+    end = _time(pb.end_time_unix_nano, "end_time_unix_nano")
+    if not end or end < start:
+        if out is not None:
+            out.adjusted_ends += 1
+            if out.end_warning is None:
+                why = "is before start_time_unix_nano" if end else "is not set"
+                out.end_warning = (
+                    f"span {pb.name[:200]!r}: end_time_unix_nano {why}; "
+                    "stored as ending at its start (duration 0)"
+                )
+        end = start
     pb_events, pb_links = pb.events, pb.links
     cut_events = cut_links = 0
     if max_events is not None and len(pb_events) > max_events:
@@ -697,6 +733,47 @@ def parents_first(spans: list[ReadableSpan]) -> list[ReadableSpan]:
 # -- the pipeline ---------------------------------------------------------------------------
 
 
+class DecodeSlots:
+    """Turns at decoding, taken by the router on the event loop: ``concurrent`` requests
+    decode at a time and at most ``waiting`` more wait for a turn (without a thread);
+    a request that finds ``waiting`` requests already waiting is refused at once with
+    :class:`Busy`. Used from the event loop only (not thread-safe)."""
+
+    __slots__ = ("_semaphore", "max_waiting", "refused", "waiting")
+
+    def __init__(self, concurrent: int, waiting: int) -> None:
+        if concurrent < 1:
+            raise ValueError("max_concurrent_decodes must be at least 1")
+        if waiting < 0:
+            raise ValueError("max_waiting_decodes must not be negative")
+        self._semaphore = asyncio.Semaphore(concurrent)
+        self.max_waiting = waiting
+        self.waiting = 0
+        """Requests waiting for a turn now."""
+        self.refused = 0
+        """Requests refused because too many were waiting."""
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold a decode slot for the ``async with`` block; :class:`Busy` when none is
+        free and ``max_waiting`` requests already wait."""
+        if self._semaphore.locked() and self.waiting >= self.max_waiting:
+            self.refused += 1
+            raise Busy(
+                f"the OTLP receiver is busy ({self.max_waiting} requests wait to be "
+                "decoded); retry later"
+            )
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+
+
 @dataclass(slots=True)
 class ExportResult:
     """What one request came to."""
@@ -705,7 +782,8 @@ class ExportResult:
     rejected: int
     error: str | None = None
     warning: str | None = None
-    """Sent as ``partial_success`` with no rejected span: events or links were cut."""
+    """Sent in ``partial_success``: spans kept with a change (events or links cut, an end
+    time taken as the start)."""
 
 
 class OTLPIngest:
@@ -729,10 +807,11 @@ class OTLPIngest:
         max_body_bytes: int = MAX_BODY_BYTES,
         shutdown_timeout: float = 15.0,
         max_concurrent_decodes: int = MAX_CONCURRENT_DECODES,
+        max_waiting_decodes: int = MAX_WAITING_DECODES,
     ) -> None:
         self.settings = settings
-        self.decode_slots = asyncio.Semaphore(max_concurrent_decodes)
-        """Held by the router while it runs :meth:`handle` (on the event loop's side)."""
+        self.decode_slots = DecodeSlots(max_concurrent_decodes, max_waiting_decodes)
+        """Taken by the router while it runs :meth:`handle` (on the event loop's side)."""
         self.max_body_bytes = max_body_bytes
         self.max_queue_size = max_queue_size
         self.max_spans_per_request = max_queue_size // 2
@@ -768,6 +847,7 @@ class OTLPIngest:
             "links_dropped": 0,
             "events_over_limit": 0,
             "links_over_limit": 0,
+            "end_times_adjusted": 0,
             "requests_overloaded": 0,
         }
         self._errors: dict[int, int] = {}
@@ -794,6 +874,14 @@ class OTLPIngest:
                 decoded.cut_links,
                 decoded.warning,
             )
+        if decoded.end_warning:
+            warn.warning(
+                "adjusted-ends",
+                "OTLP: %d span(s) with no end time or one before the start end at their "
+                "start; first: %s",
+                decoded.adjusted_ends,
+                decoded.end_warning,
+            )
         if decoded.rejected:
             warn.warning(
                 "rejected-spans",
@@ -809,7 +897,8 @@ class OTLPIngest:
             self._counters["links_dropped"] += decoded.dropped_links
             self._counters["events_over_limit"] += decoded.cut_events
             self._counters["links_over_limit"] += decoded.cut_links
-        return ExportResult(accepted, decoded.rejected, decoded.error, decoded.warning)
+            self._counters["end_times_adjusted"] += decoded.adjusted_ends
+        return ExportResult(accepted, decoded.rejected, decoded.error, decoded.warnings)
 
     def ingest(self, spans: Sequence[ReadableSpan]) -> int:
         """Queue ``spans`` (already ended) on the processors; the number queued.
@@ -876,11 +965,15 @@ class OTLPIngest:
                 self._publisher.close()
 
     def stats(self) -> dict[str, Any]:
-        """Counters: requests, spans accepted and rejected, links dropped, requests refused
-        as overloaded, refused requests by HTTP status, and each processor's queue."""
+        """Counters: requests, spans accepted and rejected, links dropped, end times
+        adjusted, requests refused as overloaded (graph queue full) and as busy (too many
+        waiting to be decoded), requests waiting to be decoded now, refused requests by
+        HTTP status, and each processor's queue."""
         with self._lock:
             out: dict[str, Any] = dict(self._counters)
             out["requests_refused"] = dict(self._errors)
+        out["requests_busy"] = self.decode_slots.refused
+        out["decodes_waiting"] = self.decode_slots.waiting
         out["graph"] = self.graph.stats()
         out["live"] = self.live.stats() if self.live is not None else None
         return out

@@ -8,16 +8,20 @@
 - 200 with an ``ExportTraceServiceResponse`` in the request's encoding: empty when every
   span was accepted, with ``partial_success`` (rejected count and first error) when some
   spans were rejected (invalid ids, timestamps out of range), or with only its
-  ``error_message`` when events or links over the span limits were left out.
+  ``error_message`` when spans were kept with a change: events or links over the span
+  limits left out, an end time that was missing or before the start taken as the start.
+  With both, ``error_message`` names the first rejected span, then the changes.
 - 400 for a body that does not decode, 503 (with ``Retry-After``) while the graph write
-  queue is full or the service is shutting down. Every 4xx/5xx body this module writes
+  queue is full, while every decode slot is taken and
+  :data:`~spangraph.server.ingest.MAX_WAITING_DECODES` requests already wait for one, or
+  while the service is shutting down. Every 4xx/5xx body this module writes
   is a ``google.rpc.Status`` (protobuf, or JSON for JSON requests); the 401 of the
   bearer-token check is the service's usual JSON ``detail``.
 
 Decoding runs in the thread pool, never on the event loop, and at most
-:data:`~spangraph.server.ingest.MAX_CONCURRENT_DECODES` requests at a time (the others
-wait on the event loop); queueing never waits for the graph store (see
-:mod:`spangraph.server.ingest`).
+:data:`~spangraph.server.ingest.MAX_CONCURRENT_DECODES` requests at a time (up to
+:data:`~spangraph.server.ingest.MAX_WAITING_DECODES` others wait on the event loop);
+queueing never waits for the graph store (see :mod:`spangraph.server.ingest`).
 """
 
 from __future__ import annotations
@@ -106,11 +110,11 @@ def success_body(fmt: str, result: ExportResult) -> bytes:
 
     response = ExportTraceServiceResponse()
     if result.rejected:
+        message = result.error or "some spans were rejected"
+        if result.warning:
+            message += f"; {result.warning}"
         response.partial_success.CopyFrom(
-            ExportTracePartialSuccess(
-                rejected_spans=result.rejected,
-                error_message=(result.error or "some spans were rejected")[:1000],
-            )
+            ExportTracePartialSuccess(rejected_spans=result.rejected, error_message=message[:1000])
         )
     elif result.warning:  # all accepted, with a warning: rejected_spans stays 0 (OTLP spec)
         response.partial_success.CopyFrom(
@@ -151,7 +155,10 @@ async def _drain(request: Request, stream: Any, budget: int) -> None:
         400: {"description": "the body does not decode (google.rpc.Status)"},
         413: {"description": "body over the size cap"},
         415: {"description": "unsupported Content-Type or Content-Encoding"},
-        503: {"description": "write queue full or shutting down: retry after Retry-After"},
+        503: {
+            "description": "write queue full, too many requests waiting to be decoded, or "
+            "shutting down: retry after Retry-After"
+        },
     },
     openapi_extra={
         "requestBody": {
@@ -213,7 +220,7 @@ async def export_traces(request: Request) -> Response:
     except ClientDisconnect:
         return Response(status_code=400)  # nobody is there to read it
     try:
-        async with ingest.decode_slots:
+        async with ingest.decode_slots.turn():
             result = await run_in_threadpool(ingest.handle, bytes(body), fmt, encoding)
     except IngestError as exc:
         warn.warning(exc.status, "OTLP: %d from %s: %s", exc.status, _client(request), exc)
