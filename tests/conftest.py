@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from opentelemetry.sdk.resources import Resource
@@ -214,3 +217,75 @@ def silent_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
         yield int(sock.getsockname()[1])
+
+
+# -- `spangraph serve` in a subprocess ------------------------------------------------------
+
+
+class ServeProcess:
+    """``spangraph serve`` in a subprocess on a free port, ready once ``/api/health``
+    answers 200 (with the ``SPANGRAPH_API_TOKEN`` given, if any): the environment without its ``SPANGRAPH_*``, ``NEO4J_*`` and ``OTEL_*``
+    variables, plus ``env``; everything it prints goes to ``log``."""
+
+    def __init__(self, log: Path, **env: str) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        clean = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SPANGRAPH_", "NEO4J_", "OTEL_"))
+        }
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "spangraph.cli", "serve", "--port", str(self.port)],
+                env={**clean, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        token = env.get("SPANGRAPH_API_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, self.output()
+            with contextlib.suppress(httpx.HTTPError):
+                health = httpx.get(f"{self.url}/api/health", headers=headers, timeout=5)
+                if health.status_code == 200:
+                    return
+            assert time.monotonic() < deadline, "spangraph serve did not start\n" + self.output()
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        """Stop it with ``sig`` (then SIGKILL after 20 s); all it printed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.output()
+
+
+@pytest.fixture
+def start_serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """Start ``spangraph serve`` subprocesses (``env`` as for :class:`ServeProcess`);
+    each is stopped at teardown."""
+    started: list[ServeProcess] = []
+
+    def start(**env: str) -> ServeProcess:
+        started.append(ServeProcess(tmp_path / f"serve-{len(started)}.log", **env))
+        return started[-1]
+
+    yield start
+    for service in started:
+        service.stop()

@@ -4,10 +4,7 @@ The other service is a real subprocess writing to the same real server."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,8 +12,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 import redis
 from opentelemetry import baggage, propagate
@@ -154,37 +151,14 @@ class _CopySpangraphBaggage(SpanProcessor):
 
 
 @pytest.fixture
-def serve(graph_url: str, embedded_server: ServerInfo, tmp_path: Path) -> Iterator[str]:
+def serve(graph_url: str, embedded_server: ServerInfo, tmp_path: Path, start_serve: Any) -> str:
     """A real `spangraph serve` on the test's graph: its OTLP endpoint."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "SPANGRAPH_GRAPH_URL": graph_url,
-        "SPANGRAPH_REDIS_URL": embedded_server.redis_url,
-        "SPANGRAPH_HOME": str(tmp_path / "serve"),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spangraph.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    service = start_serve(
+        SPANGRAPH_GRAPH_URL=graph_url,
+        SPANGRAPH_REDIS_URL=embedded_server.redis_url,
+        SPANGRAPH_HOME=str(tmp_path / "serve"),
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "spangraph serve did not start"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-        yield f"{base}/v1/traces"
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    return f"{service.url}/v1/traces"
 
 
 def test_a_service_in_another_language_joins_through_otlp(

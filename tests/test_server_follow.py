@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,63 +41,8 @@ def move(server: EmbeddedServer, first: ServerInfo) -> ServerInfo:
     return second
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Serve:
-    """``spangraph serve`` in a subprocess, on the embedded default under ``home``."""
-
-    def __init__(self, home: Path, log: Path) -> None:
-        script = Path(sys.executable).with_name("spangraph")
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "spangraph.cli"]
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("SPANGRAPH_", "NEO4J_", "OTEL_"))
-        }
-        env["SPANGRAPH_HOME"] = str(home)
-        self.port = free_port()
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [*command, "serve", "--port", str(self.port)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, self.output()
-            try:
-                if httpx.get(f"{self.url}/api/health", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "spangraph serve did not start\n" + self.output()
-            time.sleep(0.1)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ws(self, path: str) -> Any:
-        return connect(f"ws://127.0.0.1:{self.port}{path}", compression=None)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def open_ws(serve: Any, path: str) -> Any:
+    return connect(f"ws://127.0.0.1:{serve.port}{path}", compression=None)
 
 
 @pytest.fixture
@@ -112,12 +54,9 @@ def home(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def serve(home: Path, tmp_path: Path) -> Iterator[Serve]:
-    service = Serve(home, tmp_path / "serve.log")
-    try:
-        yield service
-    finally:
-        service.stop()
+def serve(home: Path, start_serve: Any) -> Any:
+    """``spangraph serve`` on the embedded default under ``home``."""
+    return start_serve(SPANGRAPH_HOME=str(home))
 
 
 @pytest.fixture
@@ -167,7 +106,7 @@ def otlp_span(workflow_id: str) -> dict[str, Any]:
 
 @pytest.mark.slow
 async def test_serve_follows_the_embedded_server_to_a_new_port(
-    serve: Serve, home: Path, configured: None
+    serve: Any, home: Path, configured: None
 ) -> None:
     """Started on the embedded default before the move, the service answers queries
     there again after it (503 while the server is down), and live subscribers connected
@@ -186,8 +125,8 @@ async def test_serve_follows_the_embedded_server_to_a_new_port(
 
     async with (
         httpx.AsyncClient(base_url=serve.url, timeout=httpx.Timeout(30)) as http,
-        serve.ws(f"/api/stream/workflows/{wid}") as ws,
-        serve.ws(f"/api/stream/workflows/{otlp_wid}") as otlp_ws,
+        open_ws(serve, f"/api/stream/workflows/{wid}") as ws,
+        open_ws(serve, f"/api/stream/workflows/{otlp_wid}") as otlp_ws,
         http.stream("GET", f"/api/stream/workflows/{wid}/sse") as sse,
     ):
         lines = sse.aiter_lines()

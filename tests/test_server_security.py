@@ -6,13 +6,7 @@ session's embedded server; the rest uses the app with TestClient on the same ser
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,57 +31,17 @@ def settings(graph_url: str, embedded_server: ServerInfo, tmp_path: Path) -> Set
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
-def served(graph_url: str, embedded_server: ServerInfo, tmp_path: Path) -> Iterator[Any]:
+def served(graph_url: str, embedded_server: ServerInfo, tmp_path: Path, start_serve: Any) -> Any:
     """``spangraph serve`` with a token, in a subprocess; yields ``(port, output)`` where
-    ``output()`` stops the service and returns all it printed."""
-    port = _free_port()
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("SPANGRAPH_", "NEO4J_", "OTEL_"))
-    }
-    env.update(
+    ``output()`` stops the service (SIGINT) and returns all it printed."""
+    service = start_serve(
         SPANGRAPH_HOME=str(tmp_path / "home"),
         SPANGRAPH_GRAPH_URL=graph_url,
         SPANGRAPH_REDIS_URL=embedded_server.redis_url,
         SPANGRAPH_API_TOKEN=TOKEN,
     )
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "spangraph.cli", "serve", "--port", str(port)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, f"spangraph serve did not start: {log.read_text()}"
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
-
-    def output() -> str:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(30)
-        return log.read_text()
-
-    try:
-        yield port, output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return service.port, lambda: service.stop(signal.SIGINT)
 
 
 def test_the_token_never_reaches_the_access_log(served: Any) -> None:
