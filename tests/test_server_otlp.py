@@ -338,6 +338,11 @@ def test_shutdown_writes_what_was_accepted(
 # -- OTLP/JSON --------------------------------------------------------------------------------
 
 
+def json_spans(*spans: dict[str, Any]) -> dict[str, Any]:
+    """An OTLP/JSON request with ``spans`` in one resource and scope."""
+    return {"resourceSpans": [{"scopeSpans": [{"spans": list(spans)}]}]}
+
+
 def json_document() -> tuple[dict[str, Any], dict[str, str]]:
     """An OTLP/JSON request written by hand: hex ids, enums as numbers and names, every
     kind of attribute value, plus one span with an invalid trace id."""
@@ -619,31 +624,21 @@ def test_end_before_start_or_missing_ends_at_the_start(
     # OTLP/JSON: a span with no endTimeUnixNano; with a rejected span in the same request
     # the message names the rejection first, then the change
     json_trace = uuid.uuid4().hex
-    doc = {
-        "resourceSpans": [
-            {
-                "scopeSpans": [
-                    {
-                        "spans": [
-                            {
-                                "traceId": json_trace,
-                                "spanId": "04" * 8,
-                                "name": "no-end",
-                                "startTimeUnixNano": str(t0),
-                            },
-                            {
-                                "traceId": "0" * 32,
-                                "spanId": "05" * 8,
-                                "name": "bad-ids",
-                                "startTimeUnixNano": str(t0),
-                                "endTimeUnixNano": str(t0 + 1),
-                            },
-                        ]
-                    }
-                ]
-            }
-        ]
-    }
+    doc = json_spans(
+        {
+            "traceId": json_trace,
+            "spanId": "04" * 8,
+            "name": "no-end",
+            "startTimeUnixNano": str(t0),
+        },
+        {
+            "traceId": "0" * 32,
+            "spanId": "05" * 8,
+            "name": "bad-ids",
+            "startTimeUnixNano": str(t0),
+            "endTimeUnixNano": str(t0 + 1),
+        },
+    )
     r = http.post("/v1/traces", content=json.dumps(doc), headers=JSON_CT)
     assert r.status_code == 200
     partial = r.json()["partialSuccess"]
@@ -838,35 +833,23 @@ def test_invalid_utf8_costs_no_span(running: Running, http: httpx.Client) -> Non
 
     # OTLP/JSON: lone surrogate escapes, and bytes that are not UTF-8
     json_trace = uuid.uuid4().hex
-    doc = {
-        "resourceSpans": [
-            {
-                "scopeSpans": [
-                    {
-                        "spans": [
-                            {
-                                "traceId": json_trace,
-                                "spanId": "03" * 8,
-                                "name": "esc\ud800",
-                                "startTimeUnixNano": str(t0),
-                                "endTimeUnixNano": str(t0 + 1),
-                                "attributes": [
-                                    {"key": "k\udfff", "value": {"stringValue": "v\ud83d"}}
-                                ],
-                            },
-                            {
-                                "traceId": json_trace,
-                                "spanId": "04" * 8,
-                                "name": f"raw{marker}",
-                                "startTimeUnixNano": str(t0),
-                                "endTimeUnixNano": str(t0 + 1),
-                            },
-                        ]
-                    }
-                ]
-            }
-        ]
-    }
+    doc = json_spans(
+        {
+            "traceId": json_trace,
+            "spanId": "03" * 8,
+            "name": "esc\ud800",
+            "startTimeUnixNano": str(t0),
+            "endTimeUnixNano": str(t0 + 1),
+            "attributes": [{"key": "k\udfff", "value": {"stringValue": "v\ud83d"}}],
+        },
+        {
+            "traceId": json_trace,
+            "spanId": "04" * 8,
+            "name": f"raw{marker}",
+            "startTimeUnixNano": str(t0),
+            "endTimeUnixNano": str(t0 + 1),
+        },
+    )
     raw = json.dumps(doc).encode().replace(marker.encode(), b"\xff\xfe!")
     r = http.post("/v1/traces", content=raw, headers=JSON_CT)
     assert (r.status_code, r.json()) == (200, {})
