@@ -224,8 +224,9 @@ def silent_port() -> Iterator[int]:
 
 class ServeProcess:
     """``spangraph serve`` in a subprocess on a free port, ready once ``/api/health``
-    answers 200 (with the ``SPANGRAPH_API_TOKEN`` given, if any): the environment without its ``SPANGRAPH_*``, ``NEO4J_*`` and ``OTEL_*``
-    variables, plus ``env``; everything it prints goes to ``log``."""
+    answers 200 (with the ``SPANGRAPH_API_TOKEN`` given, if any): the environment
+    without its ``SPANGRAPH_*``, ``NEO4J_*`` and ``OTEL_*`` variables, plus ``env``;
+    everything it prints goes to ``log``. A service that does not start is killed."""
 
     def __init__(self, log: Path, **env: str) -> None:
         with socket.socket() as sock:
@@ -246,7 +247,13 @@ class ServeProcess:
                 stderr=subprocess.STDOUT,
             )
         token = env.get("SPANGRAPH_API_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            self._wait_ready({"Authorization": f"Bearer {token}"} if token else {})
+        except BaseException:
+            self.stop(signal.SIGKILL)  # never left running by a test that failed here
+            raise
+
+    def _wait_ready(self, headers: dict[str, str]) -> None:
         deadline = time.monotonic() + 60
         while True:
             assert self.proc.poll() is None, self.output()
