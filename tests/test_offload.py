@@ -143,6 +143,48 @@ def test_shutdown_ends_the_agent(off: spangraph.Spangraph) -> None:
     assert processor.stats()["dropped"] == 0
 
 
+def agent_children() -> list[int]:
+    """Pids of this process's children running ``spangraph._agent`` (from /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"spangraph._agent" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+@pytest.mark.parametrize("timeout", [0.0, 0.3])
+def test_a_short_shutdown_leaves_no_agent_behind(
+    off: spangraph.Spangraph, timeout: float
+) -> None:
+    processor = off.offload_processor
+    assert processor is not None
+    first = agent_of(off)
+    os.kill(first.pid, signal.SIGKILL)  # the next write starts another agent ...
+    first.wait(5)
+    for i in range(200):
+        with spangraph.workflow(f"wf-{i}"):
+            pass
+    spangraph.shutdown(timeout=timeout)  # ... while shutdown is already under way
+    processor._thread.join(processor._start_timeout + 5)
+    assert not processor._thread.is_alive()
+    # before: the worker started an agent after shutdown had closed the last one, and
+    # nothing ever closed it
+    deadline = time.monotonic() + 5
+    while agent_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert agent_children() == []
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_gets_an_agent_of_its_own(off: spangraph.Spangraph) -> None:
     with spangraph.workflow("parent-before"):

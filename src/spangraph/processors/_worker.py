@@ -49,6 +49,9 @@ _ABSORB_EVERY: Final = 0.002
 """Seconds a pipelined worker with a staged batch lets new items wait before mapping
 them into it."""
 
+_JOIN_GRACE: Final = 0.1
+"""Seconds shutdown waits for a worker thread past its deadline."""
+
 _InFlight = tuple[Any, int, list[_FlushMarker], Callable[[], None] | None, float]
 """A batch in the sender: payload, count, flush markers, what waits for its reply (when
 it was submitted), when it was submitted."""
@@ -226,10 +229,14 @@ class BatchWorker(Generic[T, P]):
         self._closed = True
         self._stop.set()
         self._wake.set()
-        self._thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        # a short grace past the deadline: a worker woken from its backoff by the stop
+        # counts its batch as dropped in a few milliseconds; one stuck on a store that
+        # does not answer is a daemon thread, left to its timeout
+        self._thread.join(max(0.0, deadline - time.monotonic()) + _JOIN_GRACE)
         if self._sender is not None:
-            self._sender.join(max(0.0, deadline - time.monotonic()) + 1.0)
-        left = sum(1 for item in self._queue if not isinstance(item, _FlushMarker))
+            self._sender.join(max(0.0, deadline - time.monotonic()) + _JOIN_GRACE)
+        # a copy: spans still ending on other threads append to the queue meanwhile
+        left = sum(1 for item in self._queue.copy() if not isinstance(item, _FlushMarker))
         if left:
             self._count_drop(left, "not sent before shutdown")
         return flushed

@@ -128,6 +128,7 @@ class OffloadSpanProcessor(SpanProcessor):
         self._max_batch = max_batch_size
         self._agent: subprocess.Popen[bytes] | None = None
         self._agent_lock = threading.Lock()
+        self._swap_lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._acks: dict[int, threading.Event] = {}
         self._agent_stats: dict[str, Any] = {}
@@ -296,11 +297,16 @@ class OffloadSpanProcessor(SpanProcessor):
                             self._agent.returncode,
                         )
                         self._agent = None
+                    if self._stopping.is_set():  # shutting down: no new agent to close
+                        raise AgentGone("shut down")
                     try:
                         self._start_agent()
                     except ConfigurationError as exc:  # e.g. the store is down: retried
                         raise AgentGone(str(exc)) from exc
                     self._announced = set()  # a new agent knows no Resource yet
+                    if self._stopping.is_set():  # shutdown came while it started
+                        self._close_agent(0.0)
+                        raise AgentGone("shut down")
                 agent = self._agent
         body = data
         if len(self._known) != len(self._announced):  # resources first
@@ -377,6 +383,7 @@ class OffloadSpanProcessor(SpanProcessor):
         # the agent sees the parent leave) and start an agent of its own when needed.
         agent, self._agent = self._agent, None
         self._agent_lock = threading.Lock()
+        self._swap_lock = threading.Lock()
         self._acks = {}
         self._announced = set()
         # the parent's records are the parent's to write; a new buffer and worker (the
@@ -434,20 +441,32 @@ class OffloadSpanProcessor(SpanProcessor):
         self._closed = True
         self._buffer.closed = True  # what comes now is dropped, counted
         self._stop_worker(max(0.0, deadline - time.monotonic()))
-        agent, self._agent = self._agent, None
-        if agent is not None:
-            try:
-                if agent.stdin is not None:
-                    agent.stdin.close()  # end of input: the agent flushes and exits
-                agent.wait(max(0.0, deadline - time.monotonic()))
-            except (OSError, subprocess.TimeoutExpired):
-                _log.warning("spangraph offload: the agent did not exit in time; killed")
-                agent.kill()
-        self._thread.join(1.0)  # the writer, if it was stuck on the agent's pipe
+        self._close_agent(max(0.0, deadline - time.monotonic()))
+        # the writer, if it was stuck on the agent's pipe: the pipe is closed now
+        self._thread.join(max(0.0, deadline - time.monotonic()) + 0.1)
         left = len(self._buffer.take())
         if left:
             self._lost += left
             _log.warning("spangraph offload: %d record(s) not written before shutdown", left)
+
+    def _close_agent(self, timeout: float) -> None:
+        """End the agent's input and wait ``timeout`` seconds for it to write what it has
+        and exit; then kill it."""
+        with self._swap_lock:  # the worker, starting an agent as shutdown came, closes too
+            agent, self._agent = self._agent, None
+        if agent is None:
+            return
+        try:
+            if agent.stdin is not None:
+                agent.stdin.close()  # end of input: the agent flushes and exits
+            agent.wait(timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            _log.warning("spangraph offload: the agent did not exit in time; killed")
+            agent.kill()
+            try:
+                agent.wait(1.0)  # reaped: no zombie left
+            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not refused
+                pass
 
     def stats(self) -> dict[str, Any]:
         """Counters of this process's side: queued, sent (to the agent), dropped, failed
