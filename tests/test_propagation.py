@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 import spangraph
-from spangraph import _propagation, queries
+from spangraph import _propagation, _sdk, queries
 from spangraph import semconv as sc
 from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
@@ -258,3 +258,35 @@ def test_bad_propagate_setting_names_it() -> None:
         Settings.from_env({"SPANGRAPH_PROPAGATE": "sometimes"})
     with pytest.raises(ConfigurationError, match="SPANGRAPH_PROPAGATE"):
         Settings(propagate="yes")  # type: ignore[arg-type]
+
+
+def _sends_run_ids() -> bool:
+    with spangraph.workflow("after"):
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+    return any(key in carrier.get("baggage", "") for key in _propagation.KEYS)
+
+
+def test_no_run_ids_leave_once_the_configuration_is_shut_down(
+    configured: spangraph.Spangraph,
+) -> None:
+    assert _sends_run_ids()
+    configured.shutdown()  # the instance's own shutdown, not spangraph.shutdown()
+    assert _sdk.current() is None
+    assert not _sends_run_ids()
+
+
+def test_no_run_ids_leave_after_a_configure_that_failed(
+    configured: spangraph.Spangraph, closed_port: int, tmp_path: Path
+) -> None:
+    assert _sends_run_ids()
+    with pytest.raises(ConfigurationError):
+        spangraph.configure(
+            graph_url=f"falkordb://127.0.0.1:{closed_port}",
+            live=False,
+            home=str(tmp_path / "other"),
+            propagate=True,
+        )
+    # the configuration before it was shut down first: nothing is configured now
+    assert _sdk.current() is None
+    assert not _sends_run_ids()

@@ -79,6 +79,8 @@ class Spangraph:
     def shutdown(self, timeout: float | None = None) -> None:
         """Flush and stop this configuration's processors and close its connections, and
         take the processors off the provider (a configure() after it adds new ones).
+        When this is the current configuration, nothing is configured after it, as after
+        :func:`spangraph.shutdown`.
 
         spangraph's processors flush side by side, each within its ``shutdown_timeout``
         (5 s for the graph and live processors, 10 s with ``offload``), or within
@@ -86,6 +88,7 @@ class Spangraph:
         at most. What is not sent by then is counted as dropped and logged."""
         if timeout is not None:
             _check_timeout(timeout)
+        _release(self)
         start = time.monotonic()
         ours, extra = self.processors, self.extra_processors
         _detach(self.tracer_provider, self.attached)
@@ -175,7 +178,7 @@ def _check_timeout(timeout: object) -> None:
 
 
 _current: Spangraph | None = None
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entered: configure() shuts the previous instance down
 _atexit_registered = False
 _threading_instrumented = False
 
@@ -520,13 +523,24 @@ def shutdown(timeout: float | None = None) -> None:
     live processors, 10 s with ``offload``); with ``timeout`` (seconds, finite and >= 0,
     else ValueError) the whole call takes about that long at most. What is not sent by
     then is counted as dropped and logged. Safe to call when not configured."""
-    global _current
     if timeout is not None:
         _check_timeout(timeout)
-    with _lock:
-        instance, _current = _current, None
+    with _lock:  # one caller shuts it down (atexit and the program may both call)
+        instance = _current
+        if instance is not None:
+            _release(instance)
     if instance is not None:
         instance.shutdown(timeout)
+
+
+def _release(instance: Spangraph) -> None:
+    """When ``instance`` is the current configuration, make it no longer current: the
+    decorators go back to the global tracer, the default project, and no baggage."""
+    global _current
+    with _lock:
+        if _current is not instance:
+            return
+        _current = None
         _state.tracer = trace.get_tracer(_state.INSTRUMENTATION_NAME, __version__)
         _state.project = DEFAULT_PROJECT
         _state.propagate = False
