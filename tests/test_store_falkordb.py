@@ -3,6 +3,7 @@ out-of-order rows, exact round trips of awkward text, URLs and errors."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import uuid
@@ -436,6 +437,27 @@ def test_unreachable_server_is_store_unavailable(closed_port: int) -> None:
     with pytest.raises(StoreUnavailableError) as err:
         FalkorDBStore.from_url(f"falkordb://127.0.0.1:{closed_port}/g")
     assert str(closed_port) in str(err.value)
+
+
+@pytest.mark.parametrize("ssl", [False, True])
+def test_the_first_ping_connects_as_the_falkordb_client_does(
+    store: FalkorDBStore, ssl: bool
+) -> None:
+    """The PING before the FalkorDB client's first command (a server that accepts and
+    never answers fails in the connect timeout) speaks the same protocol, and checks TLS
+    as that client does: a check of its own would refuse servers the client takes (for
+    one, a certificate that does not name the host, where the client checks no name)."""
+    from falkordb import FalkorDB
+
+    port = store._db.connection.connection_pool.connection_kwargs["port"]
+    store._client_kwargs["ssl"] = ssl  # the probe's client connects only at a command
+    ours = store._probe_client(port).connection_pool.connection_kwargs
+    theirs = inspect.signature(FalkorDB).parameters  # what the store passes it: defaults
+    assert ours["protocol"] == theirs["protocol"].default
+    if ssl:
+        for key in ("ssl_check_hostname", "ssl_cert_reqs", "ssl_ca_certs"):
+            assert ours[key] == theirs[key].default, key
+    assert ours["socket_timeout"] <= 5.0
 
 
 def test_server_gone_is_store_unavailable(private_servers) -> None:

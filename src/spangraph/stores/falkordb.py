@@ -274,21 +274,28 @@ class FalkorDBStore:
         """PING ``port`` once, within the connect timeout (at most 5 s): a server that
         accepts connections but never answers is found out in that time, not in the
         longer ``socket_timeout`` that queries get."""
+        client = self._probe_client(port)
+        try:
+            client.ping()
+        finally:
+            client.close()
+
+    def _probe_client(self, port: int) -> redis.Redis:
+        """A client that connects as the FalkorDB client does (RESP2; TLS without the
+        host name check, which the FalkorDB client leaves off), with short timeouts."""
         kwargs = self._client_kwargs
-        client = redis.Redis(
+        return redis.Redis(
             host=self._host,
             port=port,
             username=kwargs["username"],
             password=kwargs["password"],
             ssl=kwargs["ssl"],
+            ssl_check_hostname=False,
+            protocol=2,
             socket_timeout=kwargs["socket_connect_timeout"],
             socket_connect_timeout=kwargs["socket_connect_timeout"],
             retry=Retry(NoBackoff(), 0),
         )
-        try:
-            client.ping()
-        finally:
-            client.close()
 
     def move_to(self, port: int) -> None:
         """Write to ``port`` of the same host from now on (the embedded server came back
