@@ -163,9 +163,7 @@ def agent_children() -> list[int]:
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
 @pytest.mark.parametrize("timeout", [0.0, 0.3])
-def test_a_short_shutdown_leaves_no_agent_behind(
-    off: spangraph.Spangraph, timeout: float
-) -> None:
+def test_a_short_shutdown_leaves_no_agent_behind(off: spangraph.Spangraph, timeout: float) -> None:
     processor = off.offload_processor
     assert processor is not None
     first = agent_of(off)

@@ -290,3 +290,59 @@ def test_no_run_ids_leave_after_a_configure_that_failed(
     # the configuration before it was shut down first: nothing is configured now
     assert _sdk.current() is None
     assert not _sends_run_ids()
+
+
+def _carrier_ids() -> dict[str, str] | None:
+    """The run ids a called service would take from the headers sent now."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return _propagation.run_ids(propagate.extract(carrier))
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        {"workflow_id": " wf-padded "},  # the propagator strips the spaces
+        {"workflow_id": "wf-1", "execution_id": "é" * 1000},  # 9 000 bytes percent-encoded
+        # each under 4 096 bytes, over 8 192 together: the header would end after one
+        {"workflow_id": "€" * 452, "execution_id": "€" * 452},
+    ],
+)
+def test_ids_the_propagator_would_change_or_drop_are_not_sent_at_all(
+    configured: spangraph.Spangraph, ids: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, a callee could get the workflow id without its execution id (and take the
+    workflow id for it), or an id stripped of its spaces."""
+    _propagation._warned = False
+    with caplog.at_level("WARNING", logger="spangraph"), spangraph.workflow("odd", **ids):
+        assert _carrier_ids() is None
+    assert "left out of baggage" in caplog.text
+
+
+def test_run_ids_are_left_out_when_the_programs_own_baggage_fills_the_header(
+    configured: spangraph.Spangraph,
+) -> None:
+    ctx = baggage.set_baggage("user.note", "n" * 4000)
+    ctx = baggage.set_baggage("user.more", "m" * 3900, ctx)  # 7 930 bytes: 262 left
+    token = otel_context.attach(ctx)
+    try:
+        # the workflow id would fit, and the execution id not
+        with spangraph.workflow("crowded", workflow_id="wf-1", execution_id="x" * 300):
+            assert _carrier_ids() is None
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            assert "user.note" in carrier["baggage"]  # the program's own still go
+        with spangraph.workflow("fits") as run:
+            assert _carrier_ids() == {
+                sc.WORKFLOW_ID: run.workflow_id,
+                sc.EXECUTION_ID: run.execution_id,
+                sc.WORKFLOW_NAME: "fits",
+            }
+    finally:
+        otel_context.detach(token)
+
+
+def test_long_ids_that_fit_are_carried_unchanged(configured: spangraph.Spangraph) -> None:
+    wf, ex = "w" * 1024, "é" * 400  # 1 024 and 3 600 bytes in the header
+    with spangraph.workflow("long", workflow_id=wf, execution_id=ex):
+        assert _carrier_ids() == {sc.WORKFLOW_ID: wf, sc.EXECUTION_ID: ex, sc.WORKFLOW_NAME: "long"}

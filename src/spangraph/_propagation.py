@@ -10,7 +10,9 @@ spans join the run, and :class:`RunBaggageProcessor` stamps them on the other sp
 
 from __future__ import annotations
 
+import logging
 from typing import Final
+from urllib.parse import quote_plus
 
 from opentelemetry import baggage
 from opentelemetry.context import Context
@@ -19,20 +21,75 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from . import semconv as sc
 from ._ids import MAX_ID_CHARS
 
+_log = logging.getLogger("spangraph")
+
 KEYS: Final = (sc.WORKFLOW_ID, sc.EXECUTION_ID, sc.WORKFLOW_NAME, sc.BRANCH_ID)
 """The baggage entries of a run: named as the span attributes they carry."""
+
+
+_MAX_PAIR_BYTES: Final = 4096
+_MAX_HEADER_BYTES: Final = 8192
+_MAX_PAIRS: Final = 180
+"""What the W3C Baggage propagator sends: entries ``key=value`` of at most 4 096 bytes
+once percent-encoded, at most 180 of them, in a header of at most 8 192 bytes (it leaves
+out what does not fit)."""
+
+_warned = False
 
 
 def with_run(
     ctx: Context, workflow_id: str, execution_id: str, workflow_name: str, branch_id: str | None
 ) -> Context:
-    """``ctx`` with the run's ids in its baggage (empty values left out)."""
-    for key, value in zip(KEYS, (workflow_id, execution_id, workflow_name, branch_id), strict=True):
+    """``ctx`` with the run's ids in its baggage (empty values left out). All of them, or
+    none (with a warning, once) when the propagator would not carry them all unchanged:
+    a called service that got some would put its spans in the wrong execution or branch."""
+    values = (workflow_id, execution_id, workflow_name, branch_id)
+    if not _carried(ctx, values):
+        values = (None, None, None, None)
+    for key, value in zip(KEYS, values, strict=True):
         if value:
             ctx = baggage.set_baggage(key, value, ctx)
         elif baggage.get_baggage(key, ctx) is not None:  # not a stale one from outside
             ctx = baggage.remove_baggage(key, ctx)
     return ctx
+
+
+def _size(key: str, value: object) -> int:
+    """Bytes of ``key=value`` in the header, as the propagator encodes it."""
+    return len(quote_plus(key)) + 1 + len(quote_plus(str(value)))
+
+
+def _carried(ctx: Context, values: tuple[str | None, ...]) -> bool:
+    """Whether the W3C Baggage propagator would carry ``values``, next to the other
+    entries of ``ctx``, as they are: it strips the whitespace around a value, drops an
+    entry that is too long, and stops at the header's limits."""
+    global _warned
+    ours = {k: v for k, v in zip(KEYS, values, strict=True) if v}
+    sizes = [_size(k, v) for k, v in ours.items()]
+    others = [
+        size
+        for k, v in baggage.get_all(ctx).items()
+        if k not in ours and (size := _size(k, v)) <= _MAX_PAIR_BYTES
+    ]
+    if (
+        all(v == v.strip() for v in ours.values())
+        and max(sizes, default=0) <= _MAX_PAIR_BYTES
+        and len(sizes) + len(others) <= _MAX_PAIRS
+        and sum(sizes) + sum(others) + len(sizes) + len(others) - 1 <= _MAX_HEADER_BYTES
+    ):
+        return True
+    if not _warned:
+        _warned = True
+        _log.warning(
+            "spangraph: a run's ids are left out of baggage, so called services will not "
+            "join it: the W3C Baggage propagator would strip the spaces around one, or "
+            "leave one out as too long (entries of at most %d bytes percent-encoded, "
+            "%d bytes in all) (workflow id %.80r)",
+            _MAX_PAIR_BYTES,
+            _MAX_HEADER_BYTES,
+            values[0],
+        )
+    return False
 
 
 def run_ids(ctx: Context | None = None) -> dict[str, str] | None:
