@@ -521,7 +521,10 @@ def test_span_limits_that_cut_run_ids_are_warned_about(
             max_attribute_length=4096, max_span_attribute_length=10, max_span_attributes=5
         )
     )
-    roomy = TracerProvider(span_limits=SpanLimits(max_attribute_length=4096))
+    # a span attribute length limit unset cuts nothing, whatever the general one says
+    roomy = TracerProvider(
+        span_limits=SpanLimits(max_attribute_length=10, max_span_attribute_length=SpanLimits.UNSET)
+    )
     try:
         with caplog.at_level("WARNING", logger="spangraph"):
             spangraph.configure(tracer_provider=roomy, graph=False, live=False, home=str(tmp_path))

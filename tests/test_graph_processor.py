@@ -352,6 +352,21 @@ def recording(
         store.close()
 
 
+def test_an_unreadable_record_is_skipped_and_counted_as_dropped(
+    sg: spangraph.Spangraph, recording: tuple[RecordingStore, GraphSpanProcessor]
+) -> None:
+    store, processor = recording
+    processor._queue_record(1, ("not a span",) * 15)  # an END record that cannot be read
+    with spangraph.workflow("wf-next") as run, spangraph.step("s"):
+        pass
+    assert processor.force_flush(10_000)
+    assert len(store.batches) == 1  # one batch: the bad record did not spoil it
+    assert set(spans_of(store, run.workflow_id)) == {"wf-next", "s"}
+    stats = processor.stats()
+    assert stats["dropped"] == 1  # before: 0, the skip was only logged
+    assert stats["sent"] == 4  # two starts and two ends
+
+
 def test_span_started_and_ended_in_one_batch_is_written_once(
     sg: spangraph.Spangraph, recording: tuple[RecordingStore, GraphSpanProcessor]
 ) -> None:

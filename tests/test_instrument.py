@@ -435,7 +435,7 @@ def test_keyboard_interrupt_is_cancelled(cap: SpanCapture) -> None:
     assert not cap.has_event("exception")
 
 
-@pytest.mark.parametrize("code", [None, 0])
+@pytest.mark.parametrize("code", [None, 0, False])  # False: exit status 0
 def test_a_clean_exit_completes_the_spans_it_leaves(cap: SpanCapture, code: int | None) -> None:
     @spangraph.step(retries=3, backoff=0, retry_on=BaseException)
     def finish() -> None:
@@ -448,7 +448,7 @@ def test_a_clean_exit_completes_the_spans_it_leaves(cap: SpanCapture, code: int 
     assert_completed(one(cap, "w"), "workflow")
 
 
-@pytest.mark.parametrize("code", [1, "bye"])
+@pytest.mark.parametrize("code", [1, "bye", 0.0, "0"])  # 0.0, "0": printed, status 1
 def test_an_exit_with_a_failure_status_fails_the_spans(cap: SpanCapture, code: object) -> None:
     exit_ = SystemExit(code)
     with pytest.raises(SystemExit) as info, spangraph.workflow("w"), spangraph.step("s"):

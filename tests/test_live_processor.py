@@ -501,3 +501,31 @@ def test_publisher_raises_what_redis_rejects_and_stays_usable(
         assert publisher.client.connection_pool._created_connections == 1
     finally:
         publisher.close()
+
+
+BAD_RECORD = ("not a span",) * 15
+"""A span record that cannot be read back (as a record from a newer agent could be)."""
+
+
+def test_an_unreadable_record_is_skipped_and_counted_as_dropped(
+    embedded_server: ServerInfo, redis_client: redis.Redis
+) -> None:
+    provider = TracerProvider()
+    processor = LiveEventProcessor(
+        RedisPublisher.from_url(embedded_server.redis_url), project=f"p-{uuid.uuid4().hex[:8]}"
+    )
+    provider.add_span_processor(processor)
+    try:
+        processor._queue_record(live_module._END, BAD_RECORD)
+        with provider.get_tracer("t").start_as_current_span("good") as span:
+            workflow_id = format(span.get_span_context().trace_id, "032x")
+        assert processor.force_flush(10_000)
+    finally:
+        provider.shutdown()
+        processor.publisher.close()
+    assert processor.stats()["dropped"] == 1  # before: 0, the skip was only logged
+    types = [
+        json.loads(fields[b"data"])["type"]
+        for _, fields in redis_client.xrange(stream_key(workflow_id))
+    ]
+    assert types == ["span.started", "span.ended"]  # the rest of the batch went out

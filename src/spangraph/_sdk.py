@@ -405,11 +405,9 @@ def _check_limits(provider: TracerProvider) -> None:
     prefix no longer tell runs apart, and attributes past the count limit are lost
     (spangraph's own among them). Read from the SDK's private field, when it is there."""
     limits = getattr(provider, "_span_limits", None)
-    # a span's attributes are cut to max_span_attribute_length, which defaults to
-    # max_attribute_length
+    # a span's attributes are cut to max_span_attribute_length alone (SpanLimits makes it
+    # default to max_attribute_length; None there is no limit, whatever the other says)
     length = getattr(limits, "max_span_attribute_length", None)
-    if length is None:
-        length = getattr(limits, "max_attribute_length", None)
     count = getattr(limits, "max_span_attributes", None)
     if isinstance(length, int) and length < MAX_ID_CHARS:
         _log.warning(

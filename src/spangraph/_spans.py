@@ -35,8 +35,15 @@ _CANCELLED: Final = (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)
 
 def clean_exit(exc: BaseException | None) -> bool:
     """Whether ``exc`` is no failure: none, or a ``SystemExit`` with status 0
-    (``sys.exit()``, ``sys.exit(0)``), with which a span ends ``completed``."""
-    return exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None))
+    (``sys.exit()``, ``sys.exit(0)``), with which a span ends ``completed``. Any other
+    code is a failure, as the exit status says: ``sys.exit(0.0)`` or ``sys.exit("0")``
+    prints the value and exits with status 1."""
+    if exc is None:
+        return True
+    if not isinstance(exc, SystemExit):
+        return False
+    code = exc.code
+    return code is None or (isinstance(code, int) and code == 0)
 
 
 _FRAME_KEYS: Final = frozenset(

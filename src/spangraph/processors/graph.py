@@ -108,6 +108,7 @@ class GraphSpanProcessor(QueueingSpanProcessor):
         stores write in order (start rows first).
         """
         known = self._known
+        skipped = 0
         # span id -> its end item (a record, or a span no copy could read)
         ended = {
             (item[2] if type(item) is tuple else item.context.span_id): item
@@ -161,11 +162,13 @@ class GraphSpanProcessor(QueueingSpanProcessor):
                 span = rebuild(item, known) if type(item) is tuple else item
             except Exception:
                 _log.exception("spangraph graph: could not read a span record; skipped")
+                skipped += 1
                 continue
             try:
                 label, props = node_props(span, ended=is_end)
             except Exception:
                 _log.exception("spangraph graph: could not map span %r; skipped", span.name)
+                skipped += 1
                 continue
             span_id = props.pop("span_id")
             rows = (ends if is_end else starts).get(label)
@@ -194,7 +197,9 @@ class GraphSpanProcessor(QueueingSpanProcessor):
                         ends.setdefault("Option", []).extend(options)
                     for edge_type, edge_row in edges:
                         links.setdefault(edge_type, []).append(edge_row)
-        return len(items)
+        if skipped:
+            self._worker._count_drop(skipped, "could not be read or mapped")
+        return len(items) - skipped
 
     # -- SpanProcessor ------------------------------------------------------------------
 

@@ -374,6 +374,7 @@ class LiveEventProcessor(QueueingSpanProcessor):
         # Records are read back as spans: the ends first; a start whose end is here is
         # read through that end (its id is all the start item needs), not read back.
         items = list(items)
+        skipped = 0
         ending: dict[int, Any] = {}
         for i, item in enumerate(items):
             if item[0] == _END:
@@ -383,6 +384,7 @@ class LiveEventProcessor(QueueingSpanProcessor):
                 except Exception:
                     _log.exception("spangraph live: could not read a span record; skipped")
                     items[i] = _SKIP
+                    skipped += 1
                     continue
                 items[i] = (_END, span, *item[2:])
         for i, item in enumerate(items):
@@ -393,6 +395,7 @@ class LiveEventProcessor(QueueingSpanProcessor):
                 except Exception:
                     _log.exception("spangraph live: could not read a span record; skipped")
                     items[i] = _SKIP
+                    skipped += 1
                     continue
                 items[i] = (_START, span, *item[2:])
         in_batch: dict[int, tuple[dict[str, Any], Mapped]] = {}
@@ -449,6 +452,7 @@ class LiveEventProcessor(QueueingSpanProcessor):
                     "spangraph live: could not map an item of span %r; skipped",
                     getattr(span, "name", "?"),
                 )
+                skipped += 1
                 continue
             wf, project = common["workflow_id"], common["project_id"]
             out.extend((wf, project, head, tail) for head, tail in msgs)
@@ -456,6 +460,8 @@ class LiveEventProcessor(QueueingSpanProcessor):
             sent_live.clear()
         if len(open_spans) > 100_000:
             open_spans.clear()
+        if skipped:
+            self._worker._count_drop(skipped, "could not be read or mapped")
         return out, len(out)
 
     # -- SpanProcessor ------------------------------------------------------------------
