@@ -305,7 +305,7 @@ class OffloadSpanProcessor(SpanProcessor):
                         raise AgentGone(str(exc)) from exc
                     self._announced = set()  # a new agent knows no Resource yet
                     if self._stopping.is_set():  # shutdown came while it started
-                        self._close_agent(0.0)
+                        self._close_agent(1.0)  # it has nothing to write: it exits at once
                         raise AgentGone("shut down")
                 agent = self._agent
         body = data
