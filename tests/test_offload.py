@@ -183,6 +183,120 @@ def test_a_short_shutdown_leaves_no_agent_behind(off: spangraph.Spangraph, timeo
     assert agent_children() == []
 
 
+def test_shutdown_under_load_writes_nothing_into_the_programs_other_files(
+    off: spangraph.Spangraph, tmp_path: Any
+) -> None:
+    """Before, shutdown closed the agent's pipe while the worker wrote a frame to it: the
+    rest of the frame went to whatever the program opened next under that descriptor
+    number (seen in 5 runs of 5 with a thread opening files)."""
+    tracer = off.tracer_provider.get_tracer("load")
+    stop = threading.Event()
+
+    def produce() -> None:
+        while not stop.is_set():
+            with tracer.start_as_current_span("s", attributes={"a": "x" * 2000}):
+                pass
+
+    files: list[Any] = []
+
+    def open_files() -> None:
+        i = 0
+        while not stop.is_set():
+            files.append(open(tmp_path / f"user-{i}", "ab", buffering=0))  # noqa: SIM115
+            i += 1
+            if len(files) > 100:
+                files.pop(0).close()
+            time.sleep(0.0005)
+
+    threads = [threading.Thread(target=produce) for _ in range(3)]
+    for t in threads:
+        t.start()
+    threads.append(threading.Thread(target=open_files))
+    try:
+        time.sleep(1.0)  # frames of several MB by now
+        threads[-1].start()
+        time.sleep(0.05)
+        spangraph.shutdown(timeout=0)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        for f in files:
+            f.close()
+    written = [p.name for p in tmp_path.glob("user-*") if p.stat().st_size]
+    assert written == []
+
+
+def test_what_a_dead_agent_was_sent_is_counted_and_its_flush_fails_at_once(
+    off: spangraph.Spangraph,
+) -> None:
+    processor = off.offload_processor
+    assert processor is not None
+    with spangraph.workflow("before"):
+        pass
+    assert spangraph.flush(10)
+    agent = agent_of(off)
+    os.kill(agent.pid, signal.SIGSTOP)  # behind: a slow store, a busy machine
+    for i in range(50):
+        with spangraph.workflow(f"unwritten-{i}"):
+            pass
+    killer = threading.Timer(0.5, os.kill, (agent.pid, signal.SIGKILL))  # then it dies
+    killer.start()
+    started = time.monotonic()
+    assert spangraph.flush(30) is False
+    # before: the flush waited its whole 30 s, and the lost spans were counted nowhere
+    assert time.monotonic() - started < 15
+    killer.join()
+    assert processor.stats()["dropped"] >= 100  # 50 workflows: a start and an end each
+    with spangraph.workflow("after"):  # a new agent takes over
+        pass
+    assert spangraph.flush(20)
+    assert "after" in run_names(off)
+
+
+def test_an_agent_stopped_at_shutdown_is_counted(off: spangraph.Spangraph) -> None:
+    processor = off.offload_processor
+    assert processor is not None
+    agent = agent_of(off)
+    os.kill(agent.pid, signal.SIGSTOP)
+    for i in range(50):
+        with spangraph.workflow(f"wf-{i}"):
+            pass
+    spangraph.shutdown(timeout=1)
+    assert agent.wait(5) == -signal.SIGKILL
+    assert processor.stats()["dropped"] >= 100  # before: 1 (a flush record)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_while_an_agent_starts_does_not_keep_it_alive(off: spangraph.Spangraph) -> None:
+    """A child forked while the worker waited for a new agent to be ready kept that
+    agent's input open: the parent's shutdown then waited its 10 s and killed it."""
+    processor = off.offload_processor
+    assert processor is not None
+    first = agent_of(off)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(5)
+    with spangraph.workflow("restarts-the-agent"):
+        pass
+    deadline = time.monotonic() + 10
+    while processor._starting is None:  # the worker waits for the new agent's "ready"
+        assert time.monotonic() < deadline, "no agent was started"
+        time.sleep(0.005)
+    pid = os.fork()
+    if pid == 0:  # a long-lived child
+        time.sleep(20)
+        os._exit(0)
+    try:
+        assert spangraph.flush(20)
+        agent = agent_of(off)
+        spangraph.shutdown()
+        assert agent.wait(5) == 0  # it saw the end of its input and exited by itself
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_gets_an_agent_of_its_own(off: spangraph.Spangraph) -> None:
     with spangraph.workflow("parent-before"):

@@ -325,6 +325,26 @@ def test_shutdown_gives_up_on_a_dead_store(make: Any) -> None:
     assert w.dropped == 1
 
 
+def test_items_counted_as_dropped_at_shutdown_are_not_sent_later(make: Any) -> None:
+    """A store slow to answer outlives shutdown's wait: what shutdown counted as
+    dropped was still in the queue, and the worker sent it afterwards (counted twice)."""
+    answer = threading.Event()
+
+    def slow(payload: list[Any]) -> None:
+        answer.wait(5)
+
+    w, _ = make(sink=slow, max_batch_size=100, schedule_delay=0.01)
+    for i in range(1000):
+        w.put(i)
+    time.sleep(0.1)  # the first batch is being sent
+    assert w.shutdown(timeout=0.2) is False
+    answer.set()  # the store answers: the worker ends
+    w._thread.join(10)
+    if w._sender is not None:
+        w._sender.join(10)
+    assert w.sent + w.dropped == 1000, w.stats()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "word"),
     [

@@ -232,11 +232,21 @@ class BatchWorker(Generic[T, P]):
         # a short grace past the deadline: a worker woken from its backoff by the stop
         # counts its batch as dropped in a few milliseconds; one stuck on a store that
         # does not answer is a daemon thread, left to its timeout
-        self._thread.join(max(0.0, deadline - time.monotonic()) + _JOIN_GRACE)
+        end = deadline + _JOIN_GRACE
+        self._thread.join(max(0.0, end - time.monotonic()))
         if self._sender is not None:
-            self._sender.join(max(0.0, deadline - time.monotonic()) + _JOIN_GRACE)
-        # a copy: spans still ending on other threads append to the queue meanwhile
-        left = sum(1 for item in self._queue.copy() if not isinstance(item, _FlushMarker))
+            self._sender.join(max(0.0, end - time.monotonic()))
+        # taken out, not counted in place: a worker still running (stuck on the store)
+        # would send them later, and they would count as sent and dropped both
+        left = 0
+        queue = self._queue
+        while True:
+            try:
+                item = queue.popleft()
+            except IndexError:
+                break
+            if not isinstance(item, _FlushMarker):
+                left += 1
         if left:
             self._count_drop(left, "not sent before shutdown")
         return flushed

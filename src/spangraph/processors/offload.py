@@ -19,6 +19,7 @@ on its stdout: ``ready``, ``error <message>``, ``flushed <token> <stats JSON>``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
@@ -63,6 +64,33 @@ _AGENT_NICENESS: Final = 10
 
 class AgentGone(OSError):
     """The agent process is not there to take what is sent."""
+
+
+class _Agent(subprocess.Popen[bytes]):
+    """An agent process, with what was sent to it and what it acknowledged."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.write_lock = threading.Lock()
+        """Held while a frame is written: its stdin is closed only between frames (a
+        file descriptor closed under a write would be reused by the program's next
+        file or socket, and the rest of the frame written there)."""
+        self.sent = 0
+        """Records written to it."""
+        self.acked = 0
+        """Records it has written (or counted as dropped), as its flush answers say."""
+        self.marks: dict[int, int] = {}
+        """Flush token -> the records sent before that flush."""
+        self.gone = False
+        self.reader: threading.Thread | None = None
+
+
+class _Ack:
+    __slots__ = ("event", "ok")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.ok = True
 
 
 def _plain(value: Any) -> Any:
@@ -126,11 +154,13 @@ class OffloadSpanProcessor(SpanProcessor):
         self._retry_max = retry_max
         self._max_queue = max_queue_size
         self._max_batch = max_batch_size
-        self._agent: subprocess.Popen[bytes] | None = None
+        self._agent: _Agent | None = None
+        self._starting: _Agent | None = None  # waited for "ready": a fork closes its pipes
         self._agent_lock = threading.Lock()
         self._swap_lock = threading.Lock()
-        self._tokens = itertools.count(1)
-        self._acks: dict[int, threading.Event] = {}
+        self._gone_lock = threading.Lock()
+        self._tokens = itertools.count(1)  # 0: the agent's last answer, at end of input
+        self._acks: dict[int, _Ack] = {}
         self._agent_stats: dict[str, Any] = {}
         # id -> Resource of every span copied (filled on the hot path, see _records), and
         # the ids the current agent has been told about
@@ -214,17 +244,18 @@ class OffloadSpanProcessor(SpanProcessor):
                 self._failed += 1
                 self._lost += bad
                 _log.error("spangraph offload: %d record(s) could not be encoded; dropped", bad)
-            self._deliver(data, len(records) - bad)
+            tokens = [(r[1], i) for i, r in enumerate(records) if r[0] == _FLUSH]
+            self._deliver(data, len(records) - bad, tokens)
             self._log_drops()
 
-    def _deliver(self, data: bytes, count: int) -> None:
+    def _deliver(self, data: bytes, count: int, tokens: list[tuple[int, int]]) -> None:
         """Write ``data`` to the agent; while no agent takes it, retry with backoff (the
         buffer meanwhile keeps what comes, up to its bound), until shutdown."""
         delay = self._retry_initial
         outage_logged = False
         while True:
             try:
-                self._send(data)
+                self._send(data, count, tokens)
             except OSError as exc:
                 if self._stopping.is_set():
                     self._lost += count
@@ -284,9 +315,10 @@ class OffloadSpanProcessor(SpanProcessor):
                 records.append((_RESOURCE, key, dict(attributes) if attributes else None))
         return b"".join(marshal.dumps(_plain_record(r)) for r in records)
 
-    def _send(self, data: bytes) -> None:
-        """Write one frame of ``data`` (marshalled records) to the agent, starting one
-        when there is none (or it died)."""
+    def _send(self, data: bytes, count: int, tokens: list[tuple[int, int]]) -> None:
+        """Write one frame of ``data`` (``count`` marshalled records, flushes ``tokens``
+        among them at their positions) to the agent, starting one when there is none (or
+        it died)."""
         agent = self._agent
         if agent is None or agent.poll() is not None:
             with self._agent_lock:
@@ -308,22 +340,33 @@ class OffloadSpanProcessor(SpanProcessor):
                         self._close_agent(1.0)  # it has nothing to write: it exits at once
                         raise AgentGone("shut down")
                 agent = self._agent
+        assert agent is not None
         body = data
         if len(self._known) != len(self._announced):  # resources first
             body = self._announcements(set(self._announced)) + data
-        self._write(len(body).to_bytes(4, "little") + body, agent)
+        self._write(len(body).to_bytes(4, "little") + body, agent, count, tokens)
 
-    def _write(self, frame: bytes, agent: subprocess.Popen[bytes] | None = None) -> None:
-        agent = agent or self._agent
-        if agent is None or agent.stdin is None:
-            raise AgentGone("no agent process")
-        try:
-            view = memoryview(frame)
-            fd = agent.stdin.fileno()
-            while view:
-                view = view[os.write(fd, view) :]
-        except (OSError, ValueError) as exc:  # ValueError: the pipe is closed
-            raise AgentGone(f"the agent process is gone: {exc}") from exc
+    def _write(
+        self, frame: bytes, agent: _Agent, count: int, tokens: list[tuple[int, int]]
+    ) -> None:
+        with agent.write_lock:
+            if agent.stdin is None or agent.stdin.closed or agent.gone:
+                raise AgentGone("the agent process is gone")
+            base = agent.sent
+            # before the write: the agent may answer the flush before os.write returns
+            for token, position in tokens:
+                agent.marks[token] = base + position + 1  # the flush record and all before
+            agent.sent = base + count
+            try:
+                view = memoryview(frame)
+                fd = agent.stdin.fileno()
+                while view:
+                    view = view[os.write(fd, view) :]
+            except (OSError, ValueError) as exc:  # ValueError: the pipe is closed
+                agent.sent = base  # not taken: the frame goes to the next agent
+                for token, _ in tokens:
+                    agent.marks.pop(token, None)
+                raise AgentGone(f"the agent process is gone: {exc}") from exc
 
     # -- the agent ------------------------------------------------------------------------
 
@@ -332,7 +375,7 @@ class OffloadSpanProcessor(SpanProcessor):
         env[_ENV_CONFIG] = json.dumps(self._config)
         # Unbuffered pipes (plain file descriptors): a buffered file's lock, held by a
         # thread at the moment of a fork, would never be released in the child.
-        agent = subprocess.Popen(
+        agent = _Agent(
             [sys.executable, "-m", "spangraph._agent"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -340,7 +383,11 @@ class OffloadSpanProcessor(SpanProcessor):
             bufsize=0,
         )
         assert agent.stdout is not None
-        line, rest = _read_line(agent.stdout.fileno(), self._start_timeout)
+        self._starting = agent
+        try:
+            line, rest = _read_line(agent.stdout.fileno(), self._start_timeout)
+        finally:
+            self._starting = None
         if line != "ready":
             agent.kill()
             agent.wait(5)
@@ -349,41 +396,83 @@ class OffloadSpanProcessor(SpanProcessor):
                 "offload", f"the spangraph agent process did not start: {detail}"
             )
         self._agent = agent
-        threading.Thread(
+        agent.reader = threading.Thread(
             target=self._read_acks,
-            args=(agent.stdout.fileno(), rest),
+            args=(agent, rest),
             name="spangraph-offload-acks",
             daemon=True,
-        ).start()
+        )
+        agent.reader.start()
 
-    def _read_acks(self, fd: int, pending: bytes) -> None:
-        """The agent's ``flushed <token> <stats>`` lines, until its stdout closes."""
+    def _read_acks(self, agent: _Agent, pending: bytes) -> None:
+        """The agent's ``flushed <token> <stats>`` lines, until its stdout closes; then
+        what it was sent and did not answer for is lost with it."""
+        assert agent.stdout is not None
+        fd = agent.stdout.fileno()
         while True:
             *lines, pending = pending.split(b"\n")
             for raw in lines:
                 parts = raw.decode(errors="replace").split(" ", 2)
-                if parts[0] == "flushed" and len(parts) == 3:
-                    try:
-                        self._agent_stats = json.loads(parts[2])
-                    except ValueError:
-                        pass
-                    event = self._acks.pop(int(parts[1]), None)
-                    if event is not None:
-                        event.set()
+                if parts[0] != "flushed" or len(parts) != 3 or not parts[1].isdigit():
+                    continue
+                try:
+                    self._agent_stats = json.loads(parts[2])
+                except ValueError:
+                    pass
+                token = int(parts[1])
+                if token == 0:  # its last answer: everything it was sent is written
+                    agent.acked = agent.sent
+                    continue
+                mark = agent.marks.pop(token, None)
+                if mark is not None:
+                    agent.acked = max(agent.acked, mark)
+                ack = self._acks.pop(token, None)
+                if ack is not None:
+                    ack.event.set()
             try:
                 data = os.read(fd, 65_536)
             except OSError:
-                return
+                data = b""
             if not data:
-                return
+                break
             pending += data
+        self._agent_gone(agent)
+
+    def _agent_gone(self, agent: _Agent) -> None:
+        """Count what ``agent`` was sent and did not write as dropped, and fail the
+        flushes it was to answer. Once an agent."""
+        with self._gone_lock:
+            if agent.gone:
+                return
+            agent.gone = True
+        with agent.write_lock:  # a write under way fails at once: no one reads the pipe
+            lost = agent.sent - agent.acked
+            tokens = list(agent.marks)
+            agent.marks.clear()
+        if lost > 0:
+            self._lost += lost
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(0.5)  # its output ended: it is exiting
+            _log.warning(
+                "spangraph offload: the agent exited (code %s) before writing %d record(s); "
+                "they are lost",
+                agent.returncode,
+                lost,
+            )
+        for token in tokens:
+            ack = self._acks.pop(token, None)
+            if ack is not None:
+                ack.ok = False
+                ack.event.set()
 
     def _after_fork(self) -> None:
         # The agent and its pipes are the parent's: close this child's copies (so that
         # the agent sees the parent leave) and start an agent of its own when needed.
-        agent, self._agent = self._agent, None
+        agents = (self._agent, self._starting)
+        self._agent = self._starting = None
         self._agent_lock = threading.Lock()
         self._swap_lock = threading.Lock()
+        self._gone_lock = threading.Lock()
         self._acks = {}
         self._announced = set()
         # the parent's records are the parent's to write; a new buffer and worker (the
@@ -392,7 +481,9 @@ class OffloadSpanProcessor(SpanProcessor):
         if self._closed:  # shut down in the parent: stays shut down in the child
             self._buffer.closed = True
             self._stop_worker(1.0)
-        if agent is not None:
+        for agent in agents:
+            if agent is None:
+                continue
             for pipe in (agent.stdin, agent.stdout):
                 try:
                     if pipe is not None:
@@ -411,7 +502,7 @@ class OffloadSpanProcessor(SpanProcessor):
         if self._closed:
             return lambda timeout: True
         token = next(self._tokens)
-        event = self._acks[token] = threading.Event()
+        ack = self._acks[token] = _Ack()
         if not self._add((_FLUSH, token)):  # full: what is queued cannot all be written
             self._acks.pop(token, None)
             return lambda timeout: False
@@ -419,7 +510,8 @@ class OffloadSpanProcessor(SpanProcessor):
 
         def wait(timeout: float | None) -> bool:
             try:
-                return event.wait(timeout)
+                # False at once when the agent died before it answered
+                return ack.event.wait(timeout) and ack.ok
             finally:
                 self._acks.pop(token, None)
 
@@ -456,17 +548,32 @@ class OffloadSpanProcessor(SpanProcessor):
             agent, self._agent = self._agent, None
         if agent is None:
             return
+        deadline = time.monotonic() + timeout
+        # stdin is closed between frames, never under a write (see _Agent.write_lock); a
+        # write that does not end in time (the agent does not read) ends when it is killed
+        if not agent.write_lock.acquire(timeout=timeout):
+            _log.warning("spangraph offload: the agent did not take its input in time; killed")
+            agent.kill()
+            agent.write_lock.acquire()
         try:
             if agent.stdin is not None:
                 agent.stdin.close()  # end of input: the agent flushes and exits
-            agent.wait(timeout)
-        except (OSError, subprocess.TimeoutExpired):
+        except OSError:  # pragma: no cover - best effort
+            pass
+        finally:
+            agent.write_lock.release()
+        try:
+            agent.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
             _log.warning("spangraph offload: the agent did not exit in time; killed")
             agent.kill()
             try:
                 agent.wait(1.0)  # reaped: no zombie left
             except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not refused
                 pass
+        if agent.reader is not None:  # its last answer, then the count of what it lost
+            agent.reader.join(1.0)
+        self._agent_gone(agent)
 
     def stats(self) -> dict[str, Any]:
         """Counters of this process's side: queued, sent (to the agent), dropped, failed
@@ -637,6 +744,12 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
                 )
     for p in processors:
         p.shutdown()
+    try:  # the last answer: everything sent is written, or counted in these stats
+        stats = {"graph": graph.stats() if graph else None, "live": live.stats() if live else None}
+        out.write(f"flushed 0 {json.dumps(stats)}\n".encode())
+        out.flush()
+    except OSError:  # the traced process is gone
+        pass
     if store is not None:
         store.close()
     if publisher is not None:
