@@ -504,6 +504,39 @@ def test_a_hung_server_from_another_copy_of_the_binary_is_still_this_homes_serve
             os.waitpid(info.pid, 0)
 
 
+@pytest.mark.slow
+def test_a_server_that_loads_a_large_store_is_waited_for(home: Path) -> None:
+    """A server answers LOADING while it replays its append-only file. Before, a load
+    longer than start_timeout (20 s; a store of some 100 000 spans) was taken for a
+    server that does not start: it was killed, every time, and the store never opened."""
+    info = EmbeddedServer(home).ensure_running()
+    client = redis.Redis(port=info.port)
+    try:
+        for start in range(0, 60_000, 2_000):
+            pipe = client.pipeline(transaction=False)
+            for i in range(start, start + 2_000):
+                pipe.execute_command("GRAPH.QUERY", "g", f"CREATE (:N {{i: {i}}})")
+            pipe.execute()
+    finally:
+        client.close()
+    EmbeddedServer(home).stop()
+
+    started = time.monotonic()
+    info = EmbeddedServer(home, start_timeout=0.3).ensure_running()
+    took = time.monotonic() - started
+    store = FalkorDBStore.from_url(f"falkordb://127.0.0.1:{info.port}/g")
+    try:
+        assert store.query("MATCH (n:N) RETURN count(n) AS n") == [{"n": 60_000}]
+    finally:
+        store.close()
+        EmbeddedServer(home).stop()
+    loaded = [
+        line for line in (home / "server.log").read_text().splitlines() if "DB loaded" in line
+    ]
+    # the load took longer than start_timeout: the case this test is about
+    assert loaded and took > 0.3, (took, loaded)
+
+
 def test_a_busy_server_that_answers_in_time_is_reused(home: Path) -> None:
     """A server that does not answer for a moment (a long command) is waited for."""
     info = EmbeddedServer(home).ensure_running()

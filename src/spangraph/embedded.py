@@ -143,6 +143,24 @@ def _probe(port: int, timeout: float) -> redis.Redis:
     )
 
 
+_UP, _LOADING, _DOWN = "up", "loading", "down"
+
+
+def _answer(port: int) -> str:
+    """How the server on 127.0.0.1:``port`` answers a PING: ``_UP``, ``_LOADING`` (it
+    loads its data and answers only that), or ``_DOWN`` (no answer)."""
+    client = _probe(port, timeout=1)
+    try:
+        client.ping()
+        return _UP
+    except redis.BusyLoadingError:
+        return _LOADING
+    except (redis.RedisError, OSError):
+        return _DOWN
+    finally:
+        client.close()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -178,9 +196,13 @@ class EmbeddedServer:
         *,
         start_timeout: float = 20.0,
         answer_timeout: float = 10.0,
+        load_timeout: float = 600.0,
     ) -> None:
         self.home = _home_path(home)
         self.start_timeout = start_timeout
+        self.load_timeout = load_timeout
+        """Seconds a server may take to load its data (its append-only file) when it
+        starts: a large store takes a while, and is waited for while it loads."""
         self.answer_timeout = answer_timeout
         """Seconds :meth:`ensure_running` waits for this home's server process, when it
         runs but does not answer (busy with a long command, or hung), before giving up
@@ -328,6 +350,7 @@ class EmbeddedServer:
                 info = self.status() or self._await_unresponsive()
                 if info is None:
                     return self._start()
+                self._await_loaded(info.port)  # started by another process, still loading
                 if self._recorded() != asdict(info):  # e.g. a wrong pid: put it right
                     with contextlib.suppress(OSError):
                         self._record(asdict(info))
@@ -400,7 +423,8 @@ class EmbeddedServer:
                     f"cannot run {server_bin} in {self.data_dir}: {exc.strerror or exc}"
                 ) from exc
             info = ServerInfo(pid=proc.pid, port=port, home=str(self.home))
-            deadline = time.monotonic() + self.start_timeout
+            started = time.monotonic()
+            deadline = started + self.start_timeout
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
                     last_error = ""
@@ -409,7 +433,10 @@ class EmbeddedServer:
                         proc.stderr.close()
                     last_error += self._log_tail()
                     break
-                if self._ping(port):
+                state = _answer(port)
+                if state == _LOADING:  # its data: as long as it takes, up to load_timeout
+                    deadline = max(deadline, started + self.load_timeout)
+                elif state == _UP:
                     if proc.stderr:
                         proc.stderr.close()
                     try:
@@ -446,15 +473,20 @@ class EmbeddedServer:
         except OSError:
             return ""
 
-    @staticmethod
-    def _ping(port: int) -> bool:
-        client = _probe(port, timeout=1)
-        try:
-            return bool(client.ping())
-        except (redis.RedisError, OSError):
-            return False
-        finally:
-            client.close()
+    def _await_loaded(self, port: int) -> None:
+        """Wait while the server on ``port`` loads its data (up to ``load_timeout``)."""
+        deadline = time.monotonic() + self.load_timeout
+        logged = False
+        while _answer(port) == _LOADING:
+            if not logged:
+                _log.info("spangraph: the embedded server is loading its data; waiting")
+                logged = True
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"the embedded server of {self.home} was still loading its data after "
+                    f"{self.load_timeout:g}s; try again later"
+                )
+            time.sleep(0.1)
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop this home's server (its data stays). ``False`` if none was running.
