@@ -376,3 +376,62 @@ def test_query_of_a_neo4j_that_never_answers_fails_within_seconds(
     assert result.code == 2 and "Traceback" not in result.err
     assert result.err.startswith(f"spangraph: error: Neo4j at {url} is unavailable")
     assert "Unable to retrieve routing information\nspangraph" not in result.err
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"home_is_a_file": "1"}, "SPANGRAPH_HOME"),
+        (
+            {
+                "SPANGRAPH_GRAPH_URL": "falkordb://127.0.0.1:1/g",
+                "SPANGRAPH_REDIS_URL": "redis://127.0.0.1:1/0?socket_timeout=abc",
+            },
+            "SPANGRAPH_REDIS_URL",
+        ),
+        (
+            {
+                "SPANGRAPH_GRAPH_URL": "falkordb://127.0.0.1:1/g",
+                "SPANGRAPH_REDIS_URL": "off",
+                "OTEL_SPAN_EVENT_COUNT_LIMIT": "abc",
+            },
+            "OTEL_SPAN_EVENT_COUNT_LIMIT",
+        ),
+    ],
+)
+def test_serve_with_a_bad_setting_is_one_line_and_exit_2(
+    tmp_path: Path, closed_port: int, env: dict[str, str], setting: str
+) -> None:
+    """Before, these were found inside the service's startup: a traceback, and exit 3
+    (which means the port is taken)."""
+    home = tmp_path / "home"
+    if env.pop("home_is_a_file", None):
+        home.write_text("")
+    result = cli(home, "serve", "--port", str(closed_port), timeout=60, **env)
+    assert result.code == 2, (result.out, result.err)
+    assert result.err.startswith(f"spangraph: error: {setting}")
+    assert "Traceback" not in result.err and len(result.err.splitlines()) == 1
+
+
+def test_demo_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    """`spangraph demo | head -2`: before, the live-tail thread printed a BrokenPipeError
+    traceback."""
+    home = tmp_path / "home"
+    proc = subprocess.Popen(
+        [*SPANGRAPH, "demo"],
+        env=clean_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        lines = [proc.stdout.readline() for _ in range(4)]  # into the live events
+        proc.stdout.close()  # the reader stops
+        err = proc.stderr.read().decode()
+        assert proc.wait(60) == 0, err
+    finally:
+        proc.kill()
+        proc.wait()
+        cli(home, "down")
+    assert b"live events" in b"".join(lines)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -144,6 +144,15 @@ class _LiveTail(threading.Thread):
         self.seqs: list[int] = []
 
     def run(self) -> None:
+        try:
+            self._tail()
+        except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+            self.done.set()
+        finally:
+            self._pubsub.close()
+            self._client.close()
+
+    def _tail(self) -> None:
         while not self.done.is_set():
             message = self._pubsub.get_message(timeout=0.1)
             if not message:
@@ -157,8 +166,6 @@ class _LiveTail(threading.Thread):
             )
             if event["type"] == "span.ended" and event["kind"] == "workflow":
                 self.done.set()
-        self._pubsub.close()
-        self._client.close()
 
 
 def _fmt_ms(value: Any) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from . import queries
 from .config import Settings
 from .embedded import EmbeddedServer
-from .exceptions import SpangraphError
+from .exceptions import ConfigurationError, SpangraphError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -69,6 +69,7 @@ def _serve(
         )
         return 2
     _use_home(home)
+    _check_serve_settings()
     if cors:
         os.environ["SPANGRAPH_CORS_ORIGINS"] = ",".join(cors)
     if _is_loopback(host):
@@ -97,6 +98,29 @@ def _serve(
         ws_per_message_deflate=False,  # compressing every frame once per client costs too much
     )
     return 0
+
+
+def _check_serve_settings() -> None:
+    """What the service reads when it starts, checked before it starts: a bad setting is
+    one line and exit 2 here, not a traceback from inside the server's startup."""
+    from opentelemetry.sdk.trace import SpanLimits
+
+    settings = Settings.from_env()
+    if settings.graph_is_embedded or settings.redis_is_embedded:
+        EmbeddedServer(settings.home).ensure_running()  # the service then reuses it
+    if settings.live_enabled and not settings.redis_is_embedded:
+        import redis
+
+        try:
+            redis.Redis.from_url(settings.redis_url).close()  # parses; does not connect
+        except ValueError as exc:
+            raise ConfigurationError("SPANGRAPH_REDIS_URL", str(exc)) from None
+    try:
+        SpanLimits()  # the OTLP receiver's limits, from OTEL_SPAN_* variables
+    except ValueError as exc:
+        raise ConfigurationError(
+            "OTEL_SPAN_EVENT_COUNT_LIMIT / OTEL_SPAN_LINK_COUNT_LIMIT", str(exc)
+        ) from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
