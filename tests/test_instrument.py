@@ -451,10 +451,18 @@ def test_a_clean_exit_completes_the_spans_it_leaves(cap: SpanCapture, code: int 
 @pytest.mark.parametrize("code", [1, "bye", 0.0, "0"])  # 0.0, "0": printed, status 1
 def test_an_exit_with_a_failure_status_fails_the_spans(cap: SpanCapture, code: object) -> None:
     exit_ = SystemExit(code)
-    with pytest.raises(SystemExit) as info, spangraph.workflow("w"), spangraph.step("s"):
+    calls = []
+
+    @spangraph.step(retries=3, backoff=0, retry_on=BaseException)
+    def s() -> None:
+        calls.append(1)
         raise exit_
+
+    with pytest.raises(SystemExit) as info, spangraph.workflow("w"):
+        s()
     assert info.value is exit_
-    assert_failed(one(cap, "s"), "step", exit_)
+    assert calls == [1]  # an exit is not retried (before: a non-zero one was)
+    assert_failed(one(cap, s.__name__), "step", exit_)
     assert_failed(one(cap, "w"), "workflow", exit_)
 
 
@@ -1033,6 +1041,51 @@ def test_timeout_on_sync_function_is_rejected_at_decoration() -> None:
 def test_timeout_in_sync_with_block_is_rejected() -> None:
     with pytest.raises(TypeError, match="timeout"), spangraph.step("s", timeout=1):
         pass
+
+
+async def test_a_decorated_async_generator_function_is_one(cap: SpanCapture) -> None:
+    """Before, the wrapper was a plain function returning an async generator: frameworks
+    that look (FastAPI dependencies, pytest fixtures) and a decorator stacked above it
+    took it for a plain function: the workflow span ended before the first item, and
+    the step under it started a trace of its own."""
+    import inspect
+
+    @spangraph.workflow("wf")
+    @spangraph.step("inner")
+    async def items() -> AsyncIterator[int]:
+        yield 1
+        yield 2
+
+    assert inspect.isasyncgenfunction(items)
+    assert [x async for x in items()] == [1, 2]
+    wf, inner = one(cap, "wf"), one(cap, "inner")
+    assert_completed(wf, "workflow") and assert_completed(inner, "step")
+    assert is_child(inner, wf)
+    assert wf.end_time is not None and inner.end_time is not None
+    assert wf.end_time >= inner.end_time  # it covers the items, not only the call
+
+
+def test_a_generator_called_with_wrong_arguments_ends_its_span(cap: SpanCapture) -> None:
+    @spangraph.step
+    def numbers(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    with pytest.raises(TypeError) as info:
+        next(numbers())  # type: ignore[call-arg]
+    assert_failed(one(cap, numbers.__name__), "step", info.value)  # before: never ended
+
+
+async def test_an_async_generator_called_with_wrong_arguments_ends_its_span(
+    cap: SpanCapture,
+) -> None:
+    @spangraph.step
+    async def numbers(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+    with pytest.raises(TypeError) as info:
+        await numbers().__anext__()  # type: ignore[call-arg]
+    assert_failed(one(cap, numbers.__name__), "step", info.value)
 
 
 @pytest.mark.parametrize("kwargs", [{"retries": 1}, {"timeout": 1}])

@@ -27,7 +27,6 @@ from ._spans import (
     _Options,
     _retry_delay,
     _timed_out,
-    clean_exit,
 )
 
 _log = logging.getLogger("spangraph")
@@ -49,9 +48,8 @@ def _retry_link(previous: _Frame | None) -> tuple[Link, ...]:
 def _on_failure(opts: _Options, frame: _Frame, attempt: int, exc: BaseException) -> float | None:
     """Record retry events for a failed attempt; the delay before the next one, or None."""
     span = frame.handle.span
-    retryable = (
-        isinstance(exc, opts.retry_on) and not isinstance(exc, _CANCELLED) and not clean_exit(exc)
-    )
+    # an exit (sys.exit(), any status) ends the program's work: never run again
+    retryable = isinstance(exc, opts.retry_on) and not isinstance(exc, (*_CANCELLED, SystemExit))
     if not opts.retries or not retryable:
         return None
     delay = _retry_delay(opts, attempt) if attempt <= opts.retries else None
@@ -199,11 +197,32 @@ def _wrap_async_gen(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any
     name = opts.name or _default_name(fn)
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return traced_async_generator(
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # an async generator function itself (inspect.isasyncgenfunction, and so for
+        # frameworks and for another decorator above this one): it hands every asend,
+        # athrow and aclose on to the traced generator, as `yield from` would
+        agen = traced_async_generator(
             lambda: _Frame(opts, name, _attempt_number(opts, 1), opts.links),
             lambda: fn(*args, **kwargs),
         )
+        to_send: Any = None
+        to_throw: BaseException | None = None
+        while True:
+            try:
+                if to_throw is not None:
+                    exc, to_throw = to_throw, None
+                    value = await agen.athrow(exc)
+                else:
+                    value = await agen.asend(to_send)
+            except StopAsyncIteration:
+                return
+            try:
+                to_send = yield value
+            except GeneratorExit:
+                await agen.aclose()
+                raise
+            except BaseException as exc:
+                to_throw = exc
 
     return wrapper
 
@@ -214,7 +233,7 @@ def traced_generator(
     """Iterate ``make()`` with the frame's span attached around every ``next()``; the
     frame is opened at the first ``next()``, in the consumer's context."""
     frame = open_frame()
-    gen = make()
+    gen = _made(frame, make)
     if frame is None:
         return (yield from gen)
     to_send: Any = None
@@ -257,7 +276,7 @@ async def traced_async_generator(
 ) -> AsyncIterator[Any]:
     """Async counterpart of :func:`traced_generator` (attached around every ``anext()``)."""
     frame = open_frame()
-    agen: Any = make()
+    agen: Any = _made(frame, make)
     to_send: Any = None
     to_throw: BaseException | None = None
     while True:
@@ -299,6 +318,17 @@ async def traced_async_generator(
             raise
         except BaseException as exc:
             to_throw = exc
+
+
+def _made(frame: _Frame | None, make: Callable[[], Any]) -> Any:
+    """``make()``; when it raises (a generator function called with wrong arguments),
+    ``frame`` ends with that error instead of staying open."""
+    try:
+        return make()
+    except BaseException as exc:
+        if frame is not None:
+            frame.finish(exc)
+        raise
 
 
 def call_in_frame(frame: _Frame | None, call: Callable[[], Any]) -> Any:
