@@ -464,6 +464,60 @@ def test_tool_decorates_a_partial_and_a_callable_object(cap: SpanCapture) -> Non
     ]
 
 
+def test_tool_records_defaults_and_no_self(cap: SpanCapture) -> None:
+    """The arguments the call ran with, defaults included (as docs/sdk.md shows); not a
+    method's instance, whose repr may hold anything (before: ``arguments.self``)."""
+
+    class Agent:
+        secret = "api-key"
+
+        def __repr__(self) -> str:
+            return f"Agent({self.secret})"
+
+        @spangraph.tool
+        def search(self, query: str, k: int = 5) -> list[str]:
+            return [query] * k
+
+        @spangraph.tool
+        @staticmethod
+        def add(a: int, b: int) -> int:  # before: called with the instance too
+            return a + b
+
+        @spangraph.tool
+        @classmethod
+        def make(cls, name: str) -> str:
+            return name
+
+    agent = Agent()
+    assert len(agent.search("graphs")) == 5
+    assert (agent.add(1, 2), Agent.add(2, 3), agent.make("x")) == (3, 5, "x")
+    assert events(one(cap, "execute_tool search"), "tool.call") == [
+        {"tool": "search", "arguments.query": "graphs", "arguments.k": 5}
+    ]
+    assert [
+        e["arguments.a"]
+        for s in cap.spans
+        if s.name == "execute_tool add"
+        for e in events(s, "tool.call")
+    ] == [1, 2]
+    assert events(one(cap, "execute_tool make"), "tool.call") == [
+        {"tool": "make", "arguments.name": "x"}
+    ]
+
+
+async def test_tool_on_an_async_callable_object_records_its_result(cap: SpanCapture) -> None:
+    class Search:
+        async def __call__(self, q: str) -> list[str]:
+            await asyncio.sleep(0)
+            return [f"hit-{q}"]
+
+    search = spangraph.tool(Search())
+    assert await search("x") == ["hit-x"]
+    span = one(cap, "execute_tool Search")
+    # before: the coroutine object, recorded before it ran
+    assert events(span, "tool.response") == [{"result": ("hit-x",)}]
+
+
 def test_tool_in_graph(sg: spangraph.Spangraph) -> None:
     @spangraph.tool
     def add(a: int, b: int) -> int:

@@ -29,7 +29,7 @@ from ._spans import (
     _Options,
     clean_exit,
 )
-from .instrument import Scope
+from .instrument import Scope, _code_of
 from .processors.live import emit_event
 
 __all__ = ["LLMCall", "ToolCall", "llm", "tool"]
@@ -175,19 +175,25 @@ def _tool_options(
 def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap ``fn`` so that its arguments and result become tool.call / tool.response."""
     signature = inspect.signature(fn)
+    first = next(iter(signature.parameters), None)
+    # a method's instance or class is not an argument the model gave (and its repr may
+    # hold what should not be recorded)
+    skip = first if first in ("self", "cls") else None
 
     def call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
-            bound = signature.bind(*args, **kwargs).arguments
+            bound_args = signature.bind(*args, **kwargs)
+            bound_args.apply_defaults()  # the arguments the call ran with, defaults too
+            bound = bound_args.arguments
         except TypeError:
             bound = {}
-        arguments = {f"arguments.{k}": v for k, v in bound.items()}
+        arguments = {f"arguments.{k}": v for k, v in bound.items() if k != skip}
         _add_event(trace.get_current_span(), sc.TOOL_CALL, {"tool": name, **arguments})
 
     def respond(result: Any) -> None:
         _add_event(trace.get_current_span(), sc.TOOL_RESPONSE, {"result": clean_value(result)})
 
-    if inspect.iscoroutinefunction(fn):
+    if inspect.iscoroutinefunction(_code_of(fn)):  # an async callable object too
 
         @functools.wraps(fn)
         async def async_inner(*args: Any, **kwargs: Any) -> Any:
@@ -229,9 +235,12 @@ class _ToolScope(Scope):
         self._tool_attrs = attributes
 
     def __call__(self, fn: F) -> F:
+        if isinstance(fn, staticmethod | classmethod):  # @tool above @staticmethod
+            return type(fn)(self(fn.__func__))  # type: ignore[return-value]
         if not callable(fn):
             raise TypeError(f"tool() decorates a function, got {fn!r}")
-        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        code = _code_of(fn)
+        if inspect.isgeneratorfunction(code) or inspect.isasyncgenfunction(code):
             raise TypeError(
                 "tool() cannot decorate a generator: its result is not known when it returns"
             )
@@ -253,7 +262,9 @@ def tool(
     it records the call's arguments (``tool.call``) and its result (``tool.response``);
     as a block, ``with tool("search", arguments={...}) as call: … call.respond(result)``."""
     _check_attributes(attributes, "tool(attributes=)")
-    if callable(name_or_fn) and not isinstance(name_or_fn, str):
+    if isinstance(name_or_fn, staticmethod | classmethod) or (
+        callable(name_or_fn) and not isinstance(name_or_fn, str)
+    ):
         return _ToolScope(None, None, attributes)(name_or_fn)
     if name_or_fn is not None:
         _check_name(name_or_fn, "tool name")
