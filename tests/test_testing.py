@@ -244,3 +244,47 @@ def test_capture_is_thread_safe() -> None:
 
 def test_force_flush_is_true() -> None:
     assert SpanCapture().force_flush() is True
+
+
+def test_a_span_of_an_earlier_capture_that_ends_later_is_not_the_later_ones() -> None:
+    """A generator step left half-consumed by one test ends (collected) during the next
+    test's capture: before, the next capture got it."""
+    import gc
+
+    @spangraph.step
+    def numbers():  # type: ignore[no-untyped-def]
+        yield 1
+        yield 2
+
+    with capture() as first:
+        gen = numbers()
+        next(gen)
+    with capture() as second:
+        del gen
+        gc.collect()
+        with spangraph.step("second's own"):
+            pass
+    assert [s.name for s in second.spans] == ["second's own"]
+    assert first.spans == []  # it ended after its capture closed
+
+
+def test_a_configure_inside_a_capture_is_kept_after_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Before, the capture put back the tracer it found, and spans after the block went
+    nowhere instead of to the provider configure() was given."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        with capture():
+            spangraph.configure(
+                tracer_provider=provider, graph=False, live=False, home=str(tmp_path)
+            )
+        with spangraph.step("after"):
+            pass
+        assert [s.name for s in exporter.get_finished_spans()] == ["after"]
+    finally:
+        spangraph.shutdown()
+        provider.shutdown()

@@ -148,11 +148,22 @@ _tracer_before: trace.Tracer | None = None
 
 
 class _FanOut(SpanProcessor):
-    """Gives each span that ends to every open capture; on the providers captures use."""
+    """Gives each span that ends to the captures that were open when it started and
+    still are; on the providers captures use."""
+
+    def __init__(self) -> None:
+        self._started: dict[int, tuple[_Open, ...]] = {}
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self._started[span.get_span_context().span_id] = tuple(_open)
 
     def on_end(self, span: ReadableSpan) -> None:
-        for entry in list(_open):
-            entry.cap.on_end(span)
+        # a span of an earlier capture that ends now (a generator collected late) is not
+        # the open capture's
+        context = span.get_span_context()
+        for entry in self._started.pop(context.span_id if context else 0, ()):
+            if entry in _open:
+                entry.cap.on_end(span)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return True
@@ -164,7 +175,9 @@ _fanned: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
 
 @contextmanager
 def capture(tracer_provider: TracerProvider | None = None) -> Iterator[SpanCapture]:
-    """Capture the spans spangraph's API makes inside the block (in any thread).
+    """Capture the spans spangraph's API makes inside the block (in any thread): those
+    that start inside it and end before it closes. A ``configure()`` or ``shutdown()``
+    inside the block keeps the tracer it chose after the block.
 
     Uses a private TracerProvider (so nothing is exported anywhere) unless one is given;
     a given one keeps its processors, and its spans too are captured while the block is
@@ -197,10 +210,14 @@ def capture(tracer_provider: TracerProvider | None = None) -> Iterator[SpanCaptu
     finally:
         with _lock:
             _open.remove(entry)
+            # configure() or shutdown() inside the block chose a tracer: it stays
+            changed = _state.tracer is not entry.tracer
             if _open:
-                _state.tracer = _open[-1].tracer
+                if not changed:
+                    _state.tracer = _open[-1].tracer
             else:
-                _state.tracer = _tracer_before  # type: ignore[assignment]
+                if not changed:
+                    _state.tracer = _tracer_before  # type: ignore[assignment]
                 _tracer_before = None
         if tracer_provider is None:
             provider.shutdown()
