@@ -792,3 +792,47 @@ def test_serve_on_a_port_in_use_exits_with_a_clear_message(
     assert "choose another port with --port" in output
     assert "Application shutdown complete" in output
     assert took < 30, output
+
+
+@pytest.mark.slow
+async def test_serve_ends_open_streams_at_once_when_told_to_stop(
+    start_serve: Any, embedded_server: ServerInfo, tmp_path: Any
+) -> None:
+    """Before, open live streams held `spangraph serve` for its whole 5 s grace period
+    after Ctrl-C; then the SSE response was cancelled with a traceback, and WebSockets
+    were closed 1012 where the docs say 1001."""
+    import signal
+
+    service = start_serve(
+        SPANGRAPH_HOME=str(tmp_path / "home"),
+        SPANGRAPH_GRAPH_URL=embedded_server.graph_url,
+        SPANGRAPH_REDIS_URL=embedded_server.redis_url,
+    )
+    wid = f"wf-{uuid.uuid4().hex[:12]}"
+    async with (
+        httpx.AsyncClient(base_url=service.url, timeout=httpx.Timeout(30)) as http,
+        connect(f"ws://127.0.0.1:{service.port}/api/stream/workflows/{wid}") as ws,
+        http.stream("GET", f"/api/stream/workflows/{wid}/sse") as sse,
+    ):
+        lines = sse.aiter_lines()
+        assert (await frame(ws))[0]["type"] == "subscribed"
+        async with asyncio.timeout(10):
+            while "subscribed" not in await anext(lines):
+                pass
+        started = time.monotonic()
+        service.proc.send_signal(signal.SIGINT)
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                while True:
+                    await ws.recv()
+        rest = []
+        with contextlib.suppress(httpx.HTTPError):
+            async with asyncio.timeout(10):
+                rest = [line async for line in lines]
+        assert await asyncio.to_thread(service.proc.wait, 20) == 0
+        took = time.monotonic() - started
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert any("shutting down" in line for line in rest), rest  # the SSE error event
+    output = service.output()
+    assert "Traceback" not in output and "graceful shutdown exceeded" not in output, output
+    assert took < 4.5, output  # under the 5 s grace period it used to take in full

@@ -87,17 +87,36 @@ def _serve(
             file=sys.stderr,
         )
     print(f"spangraph: web UI and API on http://{host}:{port}/ (docs: /docs)", flush=True)
-    uvicorn.run(
-        "spangraph.server.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        reload=reload,
-        log_level="info",
-        timeout_graceful_shutdown=5,  # streaming clients must not hold up Ctrl-C
-        ws_per_message_deflate=False,  # compressing every frame once per client costs too much
-    )
-    return 0
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "log_level": "info",
+        "timeout_graceful_shutdown": 5,  # a slow client must not hold up Ctrl-C
+        "ws_per_message_deflate": False,  # compressing every frame per client costs too much
+    }
+    if reload:
+        uvicorn.run("spangraph.server.app:app_from_env", reload=True, **options)
+        return 0
+    from .server.app import going_away
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # live streams end first (WebSocket close 1001): open ones would otherwise
+            # hold the shutdown for its whole grace period, then be cut with a traceback
+            going_away()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config("spangraph.server.app:app_from_env", **options))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # the signal uvicorn raises again once it has stopped
+        pass
+    return 0 if server.started else _STARTUP_FAILURE
+
+
+_STARTUP_FAILURE = 3
+"""Exit status of ``serve`` when the service did not start (uvicorn's: the port is taken)."""
 
 
 def _check_serve_settings() -> None:

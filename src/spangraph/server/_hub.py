@@ -171,6 +171,15 @@ class StreamHub:
             redis_url, retry=Retry(NoBackoff(), 0), protocol=2, **timeouts
         )
 
+    def going_away(self) -> None:
+        """End every client's stream (WebSocket close 1001, an SSE ``error`` event) and
+        take no new ones: the service is shutting down. Called as the process is told
+        to exit, so that open streams do not hold up its shutdown."""
+        self._stopping = True
+        for channel in list(self._channels.values()):
+            for sub in list(channel.subs):
+                sub.end(GOING_AWAY, "the service is shutting down")
+
     async def stop(self) -> None:
         """Tell every client the service is going away, then close the connections.
 
@@ -178,10 +187,7 @@ class StreamHub:
         cancelled, and cancelled again while they have not ended (a cancellation that
         meets a read's own timeout can be lost inside the Redis client, which then reads
         on), then left behind with a warning; closing each connection is bounded too."""
-        self._stopping = True
-        for channel in list(self._channels.values()):
-            for sub in list(channel.subs):
-                sub.end(GOING_AWAY, "the service is shutting down")
+        self.going_away()
         self._channels.clear()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import logging
@@ -287,9 +288,12 @@ def create_app(
                 )
         await hub.start()
         meter_provider = _metrics_provider(app.state.ingest)
+        running = (hub, asyncio.get_running_loop())
+        _running_hubs.add(running)
         try:
             yield
         finally:
+            _running_hubs.discard(running)
             if meter_provider is not None:
                 await run_in_threadpool(meter_provider.shutdown)
             await hub.stop()
@@ -362,6 +366,21 @@ loopback names when it is unset."""
 
 def _listed(name: str) -> list[str] | None:
     return [v.strip() for v in os.environ.get(name, "").split(",") if v.strip()] or None
+
+
+_running_hubs: set[tuple[Any, asyncio.AbstractEventLoop]] = set()
+"""The live-stream hubs of the apps running in this process, with their event loops."""
+
+
+def going_away() -> None:
+    """Tell the live-stream clients of every app running in this process that the
+    service is shutting down (from a signal handler, or any thread): their streams end
+    at once instead of holding up the server's graceful shutdown."""
+    for hub, loop in list(_running_hubs):
+        try:
+            loop.call_soon_threadsafe(hub.going_away)
+        except RuntimeError:  # the loop is closed already
+            pass
 
 
 def app_from_env() -> FastAPI:
