@@ -435,3 +435,8 @@ def test_demo_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) 
         cli(home, "down")
     assert b"live events" in b"".join(lines)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_query_workflows_refuses_an_unknown_state(tmp_path: Path) -> None:
+    result = cli(tmp_path, "query", "workflows", "--state", "bogus", timeout=30)
+    assert result.code == 2 and "invalid choice: 'bogus'" in result.err

@@ -86,7 +86,8 @@ def _serve(
             ),
             file=sys.stderr,
         )
-    print(f"spangraph: web UI and API on http://{host}:{port}/ (docs: /docs)", flush=True)
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6
+    print(f"spangraph: web UI and API on http://{shown}:{port}/ (docs: /docs)", flush=True)
     options: dict[str, Any] = {
         "factory": True,
         "host": host,
@@ -374,7 +375,11 @@ def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentPars
 
     w = add("workflows", "recent runs, newest first")
     w.add_argument("--project", help="only this project")
-    w.add_argument("--state", help="only this state (running, completed, failed, cancelled)")
+    w.add_argument(
+        "--state",
+        choices=("running", "completed", "failed", "cancelled"),
+        help="only this state",
+    )
     w.add_argument("--name", help="only this workflow name")
     w.add_argument("--limit", type=_count, default=50, help="at most this many (default 50)")
     add("tree", "one run as a tree", ("id", "workflow id"))

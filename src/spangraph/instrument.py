@@ -13,6 +13,7 @@ import asyncio
 import functools
 import inspect
 import math
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -334,8 +335,10 @@ def _seconds(value: object) -> bool:
 
 
 def _sleep_event(reason: str | None, seconds: float) -> Span | None:
-    if not (_seconds(seconds) and seconds >= 0):
-        raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+    if not (_seconds(seconds) and 0 <= seconds <= threading.TIMEOUT_MAX):
+        raise ValueError(
+            f"seconds must be a finite number from 0 to {threading.TIMEOUT_MAX:g}, got {seconds!r}"
+        )
     span = trace.get_current_span()
     if not span.is_recording():
         return None
