@@ -440,3 +440,16 @@ def test_demo_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) 
 def test_query_workflows_refuses_an_unknown_state(tmp_path: Path) -> None:
     result = cli(tmp_path, "query", "workflows", "--state", "bogus", timeout=30)
     assert result.code == 2 and "invalid choice: 'bogus'" in result.err
+
+
+def test_query_json_is_strict_json(demo: Demo) -> None:
+    """Before, NaN and infinities came out as Python's bare words, which jq refuses."""
+    result = cli(
+        demo.home, "query", "cypher", "RETURN 1.5e308 * 10 AS inf, 0.0 / 0.0 AS nan", "--json"
+    )
+    assert result.code == 0, result.err
+
+    def refuse(word: str) -> None:
+        raise AssertionError(f"not strict JSON: {word}")
+
+    assert json.loads(result.out, parse_constant=refuse) == [{"inf": "Infinity", "nan": "NaN"}]

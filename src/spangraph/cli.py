@@ -17,6 +17,7 @@ from . import queries
 from .config import Settings
 from .embedded import EmbeddedServer
 from .exceptions import ConfigurationError, SpangraphError
+from .mapping import _finite
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -203,9 +204,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json(value: Any) -> str:
+    """Strict JSON of a query's answer (NaN and the infinities as strings, as the HTTP
+    API writes them: ``jq`` and browsers refuse the bare words)."""
+    return json.dumps(_finite(value), indent=2, default=str, allow_nan=False)
+
+
 def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(_json(rows))
         return
     if not rows:
         print("(no rows)")
@@ -292,7 +299,7 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             print(f"no branch {args.id}", file=sys.stderr)
             return 1
         if args.json:
-            print(json.dumps(summary, indent=2, default=str))
+            print(_json(summary))
             return 0
         print(
             f"branch {summary['name']} ({summary['state']}, {summary['duration_ms']} ms): "
@@ -317,7 +324,7 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             )
             return 1
         if args.json:
-            print(json.dumps(result, indent=2, default=str))
+            print(_json(result))
             return 0
         _print_diff(result)
         return 0
