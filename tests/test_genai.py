@@ -550,3 +550,29 @@ def test_reserved_keys_are_refused_in_genai_attributes(cap: SpanCapture, make: A
     with pytest.raises(ValueError, match=r"spangraph\.workflow\.id"):
         make({"spangraph.workflow.id": "elsewhere"})
     assert cap.spans == []
+
+
+def test_tool_records_no_empty_star_args_and_keeps_a_plain_functions_cls(cap: SpanCapture) -> None:
+    @spangraph.tool
+    def search(query: str, *args: Any, limit: int = 3, **kwargs: Any) -> list[str]:
+        return [query]
+
+    @spangraph.tool
+    def classify(cls: str) -> str:  # not a method: "cls" is the model's argument
+        return cls
+
+    search("hi")
+    search("hi", "more", extra=1)
+    classify("bird")
+    calls = [e for s in cap.spans for e in events(s, "tool.call")]
+    assert calls == [
+        {"tool": "search", "arguments.query": "hi", "arguments.limit": 3},
+        {
+            "tool": "search",
+            "arguments.query": "hi",
+            "arguments.args": ("more",),
+            "arguments.limit": 3,
+            "arguments.kwargs": '{"extra": 1}',
+        },
+        {"tool": "classify", "arguments.cls": "bird"},
+    ]

@@ -325,6 +325,28 @@ def test_shutdown_gives_up_on_a_dead_store(make: Any) -> None:
     assert w.dropped == 1
 
 
+def test_a_flush_waiting_when_shutdown_gives_up_returns(make: Any) -> None:
+    """Shutdown takes what is left out of the queue: a flush another thread waits for
+    is done with it (before: its marker was thrown away, and flush(None) never
+    returned)."""
+    answer = threading.Event()
+
+    def stuck(payload: list[Any]) -> None:
+        answer.wait(10)
+
+    w, _ = make(sink=stuck, schedule_delay=0.01)
+    w.put(1)
+    time.sleep(0.2)  # the worker is stuck sending
+    returned: list[bool] = []
+    waiter = threading.Thread(target=lambda: returned.append(w.flush(None)), daemon=True)
+    waiter.start()
+    time.sleep(0.1)
+    assert w.shutdown(timeout=0.3) is False
+    answer.set()  # the store answers: the batch in flight ends (pipelined: and its flush)
+    waiter.join(5)
+    assert returned == [True]  # everything before it was sent or counted as dropped
+
+
 def test_items_counted_as_dropped_at_shutdown_are_not_sent_later(make: Any) -> None:
     """A store slow to answer outlives shutdown's wait: what shutdown counted as
     dropped was still in the queue, and the worker sent it afterwards (counted twice)."""

@@ -177,8 +177,14 @@ def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     signature = inspect.signature(fn)
     first = next(iter(signature.parameters), None)
     # a method's instance or class is not an argument the model gave (and its repr may
-    # hold what should not be recorded)
-    skip = first if first in ("self", "cls") else None
+    # hold what should not be recorded): the first parameter of a function defined in a
+    # class body, named so
+    in_class = "." in getattr(fn, "__qualname__", "").rsplit("<locals>.", 1)[-1]
+    skip = {first} if in_class and first in ("self", "cls") else set()
+    # *args and **kwargs that took nothing are not arguments either
+    skip |= {
+        p.name for p in signature.parameters.values() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
 
     def call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
@@ -187,7 +193,9 @@ def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             bound = bound_args.arguments
         except TypeError:
             bound = {}
-        arguments = {f"arguments.{k}": v for k, v in bound.items() if k != skip}
+        arguments = {
+            f"arguments.{k}": v for k, v in bound.items() if k not in skip or (v and k != first)
+        }
         _add_event(trace.get_current_span(), sc.TOOL_CALL, {"tool": name, **arguments})
 
     def respond(result: Any) -> None:

@@ -155,7 +155,8 @@ class _FanOut(SpanProcessor):
         self._started: dict[int, tuple[_Open, ...]] = {}
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        self._started[span.get_span_context().span_id] = tuple(_open)
+        if _open:  # no capture open: nothing to give it to (and nothing to keep)
+            self._started[span.get_span_context().span_id] = tuple(_open)
 
     def on_end(self, span: ReadableSpan) -> None:
         # a span of an earlier capture that ends now (a generator collected late) is not

@@ -145,6 +145,7 @@ class BatchWorker(Generic[T, P]):
         self._lingering = False
         self._flush_pending = 0
         self._closed = False
+        self._left_at_shutdown = 0
         self._drop_lock = threading.Lock()
         # pipelined: prepared batches (payload, count, flush markers) for the sender;
         # ``None`` ends it. One waits here while the sender sends the one before.
@@ -211,7 +212,7 @@ class BatchWorker(Generic[T, P]):
         its argument, in seconds) and tells whether everything queued before this call
         was sent. Several workers asked first and waited for after flush side by side."""
         if self._closed or not self._thread.is_alive():
-            done = not self._queue
+            done = not self._queue and not self._left_at_shutdown
             return lambda timeout: done
         marker = _FlushMarker()
         with self._drop_lock:
@@ -245,8 +246,11 @@ class BatchWorker(Generic[T, P]):
                 item = queue.popleft()
             except IndexError:
                 break
-            if not isinstance(item, _FlushMarker):
+            if isinstance(item, _FlushMarker):
+                self._release([item])  # a flush waiting on another thread: done, as dropped
+            else:
                 left += 1
+        self._left_at_shutdown = left
         if left:
             self._count_drop(left, "not sent before shutdown")
         return flushed
@@ -292,7 +296,10 @@ class BatchWorker(Generic[T, P]):
             items: list[T] = []
             markers: list[_FlushMarker] = []
             while q and len(items) < self._max_batch:
-                item = q.popleft()
+                try:
+                    item = q.popleft()
+                except IndexError:  # shutdown took the rest meanwhile
+                    break
                 if isinstance(item, _FlushMarker):
                     markers.append(item)
                     break

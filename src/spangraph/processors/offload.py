@@ -187,6 +187,7 @@ class OffloadSpanProcessor(SpanProcessor):
         self.on_start = self._buffer.start  # type: ignore[method-assign]
         self.on_end = self._buffer.end  # type: ignore[method-assign]
         self._sent = self._failed = self._retries = self._lost = 0
+        self._lost_lock = threading.Lock()
         self._logged_drops = 0
         self._last_drop_log = 0.0
         self._thread = threading.Thread(target=self._run, name="spangraph-offload", daemon=True)
@@ -242,7 +243,7 @@ class OffloadSpanProcessor(SpanProcessor):
             data, bad = _marshal(records)
             if bad:
                 self._failed += 1
-                self._lost += bad
+                self._count_lost(bad)
                 _log.error("spangraph offload: %d record(s) could not be encoded; dropped", bad)
             tokens = [(r[1], i) for i, r in enumerate(records) if r[0] == _FLUSH]
             self._deliver(data, len(records) - bad, tokens)
@@ -258,7 +259,7 @@ class OffloadSpanProcessor(SpanProcessor):
                 self._send(data, count, tokens)
             except OSError as exc:
                 if self._stopping.is_set():
-                    self._lost += count
+                    self._count_lost(count)
                     _log.warning(
                         "spangraph offload: %d record(s) not written before shutdown: %s",
                         count,
@@ -274,13 +275,17 @@ class OffloadSpanProcessor(SpanProcessor):
                 continue
             except Exception:
                 self._failed += 1
-                self._lost += count
+                self._count_lost(count)
                 _log.exception("spangraph offload: could not write %d record(s); dropped", count)
                 return
             self._sent += count
             if outage_logged:
                 _log.warning("spangraph offload: the agent takes records again")
             return
+
+    def _count_lost(self, n: int) -> None:
+        with self._lost_lock:  # the worker, ack readers and shutdown all count
+            self._lost += n
 
     def _log_drops(self) -> None:
         dropped = self._buffer.dropped
@@ -386,9 +391,11 @@ class OffloadSpanProcessor(SpanProcessor):
         self._starting = agent
         try:
             line, rest = _read_line(agent.stdout.fileno(), self._start_timeout)
-        finally:
+        except BaseException:
             self._starting = None
+            raise
         if line != "ready":
+            self._starting = None
             agent.kill()
             agent.wait(5)
             detail = line[6:] if line.startswith("error ") else (line or "no answer")
@@ -396,6 +403,7 @@ class OffloadSpanProcessor(SpanProcessor):
                 "offload", f"the spangraph agent process did not start: {detail}"
             )
         self._agent = agent
+        self._starting = None  # after: a fork in between finds it in one or the other
         agent.reader = threading.Thread(
             target=self._read_acks,
             args=(agent, rest),
@@ -450,7 +458,7 @@ class OffloadSpanProcessor(SpanProcessor):
             tokens = list(agent.marks)
             agent.marks.clear()
         if lost > 0:
-            self._lost += lost
+            self._count_lost(lost)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 agent.wait(0.5)  # its output ended: it is exiting
             _log.warning(
@@ -538,7 +546,7 @@ class OffloadSpanProcessor(SpanProcessor):
         self._thread.join(max(0.0, deadline - time.monotonic()) + 0.1)
         left = len(self._buffer.take())
         if left:
-            self._lost += left
+            self._count_lost(left)
             _log.warning("spangraph offload: %d record(s) not written before shutdown", left)
 
     def _close_agent(self, timeout: float) -> None:
