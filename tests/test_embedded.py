@@ -504,23 +504,28 @@ def test_a_hung_server_from_another_copy_of_the_binary_is_still_this_homes_serve
             os.waitpid(info.pid, 0)
 
 
-@pytest.mark.slow
-def test_a_server_that_loads_a_large_store_is_waited_for(home: Path) -> None:
-    """A server answers LOADING while it replays its append-only file. Before, a load
-    longer than start_timeout (20 s; a store of some 100 000 spans) was taken for a
-    server that does not start: it was killed, every time, and the store never opened."""
+def _large_store(home: Path, writes: int) -> None:
+    """A home whose server has ``writes`` graph writes in its append-only file to replay
+    when it starts (it answers LOADING meanwhile), stopped."""
     info = EmbeddedServer(home).ensure_running()
     client = redis.Redis(port=info.port)
     try:
-        for start in range(0, 60_000, 2_000):
+        for start in range(0, writes, 2_000):
             pipe = client.pipeline(transaction=False)
-            for i in range(start, start + 2_000):
+            for i in range(start, min(start + 2_000, writes)):
                 pipe.execute_command("GRAPH.QUERY", "g", f"CREATE (:N {{i: {i}}})")
             pipe.execute()
     finally:
         client.close()
     EmbeddedServer(home).stop()
 
+
+@pytest.mark.slow
+def test_a_server_that_loads_a_large_store_is_waited_for(home: Path) -> None:
+    """A server answers LOADING while it replays its append-only file. Before, a load
+    longer than start_timeout (20 s; a store of some 100 000 spans) was taken for a
+    server that does not start: it was killed, every time, and the store never opened."""
+    _large_store(home, 60_000)
     started = time.monotonic()
     info = EmbeddedServer(home, start_timeout=0.3).ensure_running()
     took = time.monotonic() - started
@@ -535,6 +540,48 @@ def test_a_server_that_loads_a_large_store_is_waited_for(home: Path) -> None:
     ]
     # the load took longer than start_timeout: the case this test is about
     assert loaded and took > 0.3, (took, loaded)
+
+
+@pytest.mark.slow
+def test_a_loading_server_whose_starter_died_gets_no_second_server(home: Path) -> None:
+    """The process that started a server is killed while the server loads its data (a
+    start that seems to hang gets Ctrl-C): the server goes on loading. Before, it was
+    recorded only once it answered, so the next start, not finding it, started a second
+    server on the same data."""
+    _large_store(home, 100_000)
+    old_port = EmbeddedServer(home)._last_port()
+    assert old_port is not None
+    squatter = socket.socket()  # its port is taken meanwhile: the server starts elsewhere
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", old_port))
+    squatter.listen()
+    starter = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from spangraph.embedded import EmbeddedServer; "
+         "EmbeddedServer(sys.argv[1]).ensure_running()", str(home)]
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the new server loads, as server.json names it
+            assert starter.poll() is None, "the server started without loading"
+            assert time.monotonic() < deadline, "the server never loaded"
+            port = EmbeddedServer(home)._last_port()
+            if port not in (None, old_port) and embedded._answer(port) == embedded._LOADING:
+                break
+            time.sleep(0.01)
+        starter.kill()
+        starter.wait()
+        loading = servers_on(EmbeddedServer(home).data_dir.resolve())
+        assert len(loading) == 1
+        info = EmbeddedServer(home).ensure_running()  # waits for it to load
+        assert info.pid == loading[0]
+        assert servers_on(EmbeddedServer(home).data_dir.resolve()) == loading
+    finally:
+        squatter.close()
+        starter.kill()
+        starter.wait()
+        EmbeddedServer(home).stop()
+        for pid in servers_on(EmbeddedServer(home).data_dir.resolve()):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_busy_server_that_answers_in_time_is_reused(home: Path) -> None:

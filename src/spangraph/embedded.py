@@ -423,38 +423,67 @@ class EmbeddedServer:
                     f"cannot run {server_bin} in {self.data_dir}: {exc.strerror or exc}"
                 ) from exc
             info = ServerInfo(pid=proc.pid, port=port, home=str(self.home))
-            started = time.monotonic()
-            deadline = started + self.start_timeout
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    last_error = ""
-                    if proc.stderr:
-                        last_error = proc.stderr.read().decode(errors="replace")
-                        proc.stderr.close()
-                    last_error += self._log_tail()
-                    break
-                state = _answer(port)
-                if state == _LOADING:  # its data: as long as it takes, up to load_timeout
-                    deadline = max(deadline, started + self.load_timeout)
-                elif state == _UP:
-                    if proc.stderr:
-                        proc.stderr.close()
-                    try:
-                        self._record(asdict(info))
-                    except OSError as exc:
-                        # unrecorded, no later process would find it: it would only be
-                        # a second server on the same data when one is started again
-                        self._terminate(proc)
-                        raise self._unusable(exc) from exc
-                    return info
-                time.sleep(0.05)
-            else:
+            # recorded before it answers: a server that loads a large store for minutes,
+            # its starter killed meanwhile, is still found (and no second one started)
+            before = self._recorded()
+            try:
+                self._record(asdict(info))
+            except OSError as exc:
+                # unrecorded, no later process would find it: it would only be a second
+                # server on the same data when one is started again
+                self._terminate(proc)
+                raise self._unusable(exc) from exc
+            try:
+                said = self._await_start(proc, port)
+            except BaseException:  # timed out, or this process is interrupted
                 self._terminate(proc, grace=0)
-                raise EmbeddedServerError(
-                    f"the embedded server did not answer within {self.start_timeout:.0f}s; "
-                    f"see {self.log_file}"
-                )
+                self._restore(before)
+                raise
+            if said is None:
+                return info
+            last_error = said
+            self._restore(before)
         raise EmbeddedServerError(f"the embedded server failed to start: {last_error.strip()}")
+
+    def _await_start(self, proc: subprocess.Popen[bytes], port: int) -> str | None:
+        """Wait for the server just started to answer (``None``), or to exit (what it
+        said); while it loads its data, up to ``load_timeout``."""
+        started = time.monotonic()
+        deadline = started + self.start_timeout
+        loading = False
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                said = ""
+                if proc.stderr:
+                    said = proc.stderr.read().decode(errors="replace")
+                    proc.stderr.close()
+                return said + self._log_tail()
+            state = _answer(port)
+            if state == _LOADING:  # its data: as long as it takes, up to load_timeout
+                loading = True
+                deadline = max(deadline, started + self.load_timeout)
+            elif state == _UP:
+                if proc.stderr:
+                    proc.stderr.close()
+                return None
+            time.sleep(0.05)
+        if loading:
+            raise EmbeddedServerError(
+                f"the embedded server was still loading its data after "
+                f"{self.load_timeout:g}s; see {self.log_file}"
+            )
+        raise EmbeddedServerError(
+            f"the embedded server did not answer within {self.start_timeout:g}s; "
+            f"see {self.log_file}"
+        )
+
+    def _restore(self, state: dict[str, object]) -> None:
+        """Put ``server.json`` back as it was before a start that failed."""
+        with contextlib.suppress(OSError):
+            if state:
+                self._record(state)
+            else:
+                (self.home / _STATE_FILE).unlink(missing_ok=True)
 
     @staticmethod
     def _terminate(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
