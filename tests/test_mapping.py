@@ -213,6 +213,16 @@ def test_span_without_run_falls_back_to_trace_id(provider: TracerProvider) -> No
     assert props["status_message"] == "bad"
 
 
+def test_an_end_before_the_start_ends_at_the_start(provider: TracerProvider) -> None:
+    """A clock stepped back, or an end_time given by hand: before, the node got an end
+    before its start and a negative duration (the OTLP receiver already clamped)."""
+    span = provider.get_tracer("x").start_span("backwards", start_time=2_000_000_000)
+    span.end(end_time=1_990_000_000)
+    _, props = SpanMapper("p").node_props(span, ended=True)
+    assert props["start_ns"] == props["end_ns"] == 2_000_000_000
+    assert props["duration_ms"] == 0.0
+
+
 def test_child_with_unknown_parent_uses_trace_id(provider: TracerProvider) -> None:
     tracer = provider.get_tracer("x")
     with tracer.start_as_current_span("parent") as parent:

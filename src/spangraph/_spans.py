@@ -316,6 +316,10 @@ def _check_id(value: object, what: str) -> None:
     """An id (``workflow_id``, ``execution_id``, ``branch_id``): a non-blank string of at
     most :data:`MAX_ID_CHARS` characters."""
     _check_name(value, what)
+    if value != value.strip():  # type: ignore[attr-defined]
+        # FalkorDB's indexes trim an equality lookup's value: "job-7 " would find the
+        # spans of "job-7", and its own never (and baggage strips it too)
+        raise ValueError(f"{what} must not begin or end with whitespace, got {value!r}")
     if len(value) > MAX_ID_CHARS:  # type: ignore[arg-type]
         raise ValueError(
             f"{what} must be at most {MAX_ID_CHARS} characters, got {len(value)}"  # type: ignore[arg-type]

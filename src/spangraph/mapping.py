@@ -406,8 +406,11 @@ class SpanMapper:
             props["state"] = state_of(span, attributes)
             props["status"] = _STATUS_NAMES.get(status.status_code, "UNSET")
             props["status_message"] = bounded_text(status.description)
-            props["end_ns"] = span.end_time
-            props["duration_ms"] = round((span.end_time - (span.start_time or 0)) / 1e6, 3)
+            # an end before the start (a clock stepped back, an end_time given by hand)
+            # is taken as the start, as the OTLP receiver does: no negative durations
+            end = max(span.end_time, span.start_time or 0)
+            props["end_ns"] = end
+            props["duration_ms"] = round((end - (span.start_time or 0)) / 1e6, 3)
         label = label_of(props["kind"])
         return label, {k: v for k, v in props.items() if v is not None}
 

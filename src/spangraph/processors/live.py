@@ -441,8 +441,8 @@ class LiveEventProcessor(QueueingSpanProcessor):
                     ]
                     attrs = attributes  # a copy of its own, used last here: free to extend
                     attrs["state"] = state_of(span, attrs)
-                    attrs["duration_ms"] = round(
-                        ((span.end_time or 0) - (span.start_time or 0)) / 1e6, 3
+                    attrs["duration_ms"] = round(  # an end before the start: 0, as stored
+                        max(0, (span.end_time or 0) - (span.start_time or 0)) / 1e6, 3
                     )
                     msgs.append(
                         live_message(sc.SPAN_ENDED, common, time_ns or time.time_ns(), attrs, parts)
