@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 import spangraph
-from spangraph import queries
+from spangraph import _diff, queries
 
 
 def flush() -> None:
@@ -170,7 +170,8 @@ def test_queries_on_an_empty_graph(store) -> None:
 
 def test_span_with_a_remote_parent(sg: spangraph.Spangraph, provider: TracerProvider) -> None:
     """A span whose parent was never written (a remote caller) becomes a root of the
-    run's tree; the placeholder parent (ids only) stays in the graph for path queries."""
+    run's tree; the placeholder parent (ids only) stays in the graph, and is left out of
+    paths as of trees (before: paths started at it, and diff shifted every path)."""
     from opentelemetry import trace
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
@@ -196,7 +197,12 @@ def test_span_with_a_remote_parent(sg: spangraph.Spangraph, provider: TracerProv
     )
     assert placeholder == {"name": None, "state": None, "trace_id": format(0x1234, "032x")}
     path = queries.path_to_root(sg.store, child.span["span_id"])
-    assert [p["span_id"] for p in path] == [format(0xABCD, "016x"), child.span["span_id"]]
+    assert [p["span_id"] for p in path] == [child.span["span_id"]]
+    # diff compares the same spans tree() shows: not the placeholder
+    entries = _diff.entries(queries.workflow_spans(sg.store, "wf-orphan"))
+    assert sorted(e.span_id for e in entries) == sorted(
+        n.span["span_id"] for root in roots.values() for _, n in root.walk()
+    )
 
 
 def test_walk_has_no_depth_limit() -> None:

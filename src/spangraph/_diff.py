@@ -79,7 +79,9 @@ def entries(spans: list[dict[str, Any]]) -> list[Entry]:
     from other programs can say so) are cut where :func:`spangraph.queries.tree` cuts
     them, at the span of the cycle that started first (then the smaller span id), which
     becomes a root. The walk keeps its own stack, so no depth of nesting is too deep."""
-    spans = [s for s in spans if s.get("state") != "unexplored"]
+    # left out: options never explored, and the stand-in for a parent that was never
+    # written (a caller in another service), as tree() leaves it out
+    spans = [s for s in spans if s.get("state") != "unexplored" and s.get("name") is not None]
     by_id = {s["span_id"]: s for s in spans}
     children: dict[str | None, list[dict[str, Any]]] = {}
     for span in spans:

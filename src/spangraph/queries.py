@@ -216,7 +216,13 @@ def path_to_root(store: GraphStore, span_id: str) -> list[dict[str, Any]]:
         MATCH (a:Span)-[:PARENT_OF*0..]->(n:Span {span_id: $span_id})
         RETURN DISTINCT a.span_id AS span_id, a.parent_span_id AS parent_span_id, ...
     """
-    ancestors = {r["span_id"]: r for r in store.query(PATH_TO_ROOT, {"span_id": span_id})}
+    # the stand-in for a parent never written (a caller elsewhere) is not in the path, as
+    # tree() leaves it out: the chain starts at the first span that was written
+    ancestors = {
+        r["span_id"]: r
+        for r in store.query(PATH_TO_ROOT, {"span_id": span_id})
+        if r.get("name") is not None
+    }
     chain: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     row = ancestors.get(span_id)
