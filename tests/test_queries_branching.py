@@ -289,6 +289,30 @@ def test_replay_orders_ties_started_event_ended(
 # -- decision analytics -----------------------------------------------------------------
 
 
+def test_decisions_of_an_open_decision_show_the_options_explored_so_far(
+    sg: spangraph.Spangraph,
+) -> None:
+    """Its OPTION_OF edges come when the decision ends: before, an option explored while
+    it was open (or before its process died) was given as unexplored."""
+    assert sg.store is not None
+    with spangraph.workflow("wf") as run, spangraph.decision("route", options=["a", "b"]) as d:
+        with d.option("a"):
+            pass
+        assert spangraph.flush(10)
+        [open_decision] = queries.decisions(sg.store, run.workflow_id)
+        assert [(o["name"], o["state"], o["explored"]) for o in open_decision["options"]] == [
+            ("a", "completed", True),
+            ("b", None, False),
+        ]
+        d.choose("a")
+    assert spangraph.flush(10)
+    [ended] = queries.decisions(sg.store, run.workflow_id)
+    assert [(o["name"], o["explored"], o["chosen"]) for o in ended["options"]] == [
+        ("a", True, True),
+        ("b", False, False),
+    ]
+
+
 def test_decision_analytics(sg: spangraph.Spangraph, monkeypatch: pytest.MonkeyPatch) -> None:
     def run(choice: str, *, fail: bool = False, pause: float = 0.0) -> str:
         with contextlib.suppress(Boom), spangraph.workflow("agent") as wf:

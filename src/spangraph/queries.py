@@ -256,13 +256,16 @@ def workflow_events(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]
 
 DECISIONS: Final = (
     "MATCH (d:Decision {workflow_id: $workflow_id})\n"
-    "OPTIONAL MATCH (d)-[:OPTION_OF]->(o:Span)\n"
-    "WITH d, collect(o.name) AS option_names, collect(o.state) AS option_states,\n"
-    "     collect(o.span_id) AS option_ids\n"
+    # OPTION_OF edges are written when the decision ends: while it is open (or when its
+    # process died), the options explored so far are its Option children
+    "OPTIONAL MATCH (d)-[:OPTION_OF|PARENT_OF]->(o:Option)\n"
+    "WITH d, collect(DISTINCT o) AS options\n"
     "OPTIONAL MATCH (d)-[:CHOSEN_OPTION]->(c:Span)\n"
     "RETURN d.span_id AS span_id, d.name AS name, d.state AS state, d.start_ns AS start_ns,\n"
-    "       d.branch_id AS branch_id, d.attributes AS attributes, option_names,\n"
-    "       option_states, option_ids, c.name AS chosen\n"
+    "       d.branch_id AS branch_id, d.attributes AS attributes,\n"
+    "       [o IN options | o.name] AS option_names,\n"
+    "       [o IN options | o.state] AS option_states,\n"
+    "       [o IN options | o.span_id] AS option_ids, c.name AS chosen\n"
     "ORDER BY d.start_ns"
 )
 
@@ -374,10 +377,11 @@ def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     .. code-block:: cypher
 
         MATCH (d:Decision {workflow_id: $workflow_id})
-        OPTIONAL MATCH (d)-[:OPTION_OF]->(o:Span)
-        WITH d, collect(o.name) AS option_names, collect(o.state) AS option_states, ...
+        OPTIONAL MATCH (d)-[:OPTION_OF|PARENT_OF]->(o:Option)
+        WITH d, collect(DISTINCT o) AS options
         OPTIONAL MATCH (d)-[:CHOSEN_OPTION]->(c:Span)
-        RETURN d.span_id AS span_id, d.name AS name, ..., c.name AS chosen
+        RETURN d.span_id AS span_id, d.name AS name, ...,
+               [o IN options | o.name] AS option_names, ..., c.name AS chosen
     """
     out = []
     for row in store.query(DECISIONS, {"workflow_id": workflow_id}):
