@@ -148,6 +148,7 @@ def test_query_commands(demo: Demo) -> None:
     assert re.search(r"step\s+fetch-page\s+failed", tree.out)
     spans = json.loads(cli(demo.home, "query", "tree", workflow_id, "--json").out)
     by_id = {s["span_id"]: s for s in spans}
+    assert all(s["name"] is not None for s in spans)  # the tree's spans: no stand-ins
 
     def chain(span: dict) -> list[str]:
         """Names from the root down to ``span``, following parent_span_id."""

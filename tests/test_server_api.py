@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from pydantic import TypeAdapter
 
 import spangraph
+from spangraph import queries
 from spangraph import semconv as sc
 from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
@@ -181,6 +182,11 @@ def test_decisions_branches_monitors_events(client: TestClient, run_ids: dict[st
     assert monitor["target_branch_id"] == run_ids["branch_id"]
     summary = client.get(f"/api/branches/{run_ids['branch_id']}/summary").json()
     assert [n["name"] for n in summary["nodes"]] == ["left", "inside-left"]
+    # each node's events, as queries.branch_summary gives them (before: left out)
+    expected = queries.branch_summary(client.app.state.store, run_ids["branch_id"])
+    assert expected is not None
+    assert [n["events"] for n in summary["nodes"]] == [n["events"] for n in expected["nodes"]]
+    assert any(n["events"] for n in summary["nodes"])
     events = client.get(f"/api/workflows/{wid}/events").json()
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert (events[0]["type"], events[-1]["type"]) == ("span.started", "span.ended")

@@ -267,8 +267,8 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             keep = ("workflow_id", "name", "state", "duration_ms", "start_ns", "jaeger_url")
             rows = [{k: r.get(k) for k in keep} for r in rows]
     elif what == "tree":
-        if args.json:
-            rows = queries.workflow_spans(store, args.id)
+        if args.json:  # the tree's spans, as the API's tree has them (no stand-ins)
+            rows = [node.span for root in queries.tree(store, args.id) for _, node in root.walk()]
         else:
             from ._demo import print_tree
 

@@ -97,6 +97,12 @@ class Branch(BaseModel):
     jaeger_url: str | None = None
 
 
+class BranchNode(Node):
+    """A span of a branch, with the names of its events in order."""
+
+    events: list[str] = Field(default_factory=list)
+
+
 class BranchSummary(BaseModel):
     branch_id: str
     name: str | None = None
@@ -104,7 +110,7 @@ class BranchSummary(BaseModel):
     state: str | None = None
     duration_ms: float | None = None
     states: dict[str, int]
-    nodes: list[Node]
+    nodes: list[BranchNode]
 
 
 class Monitor(BaseModel):
