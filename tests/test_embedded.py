@@ -584,6 +584,36 @@ def test_a_loading_server_whose_starter_died_gets_no_second_server(home: Path) -
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs Linux /proc")
+def test_a_server_that_server_json_does_not_name_is_found(home: Path, tmp_path: Path) -> None:
+    """A server whose starter was killed before it recorded it, one that an interrupted
+    `down` had already struck off, or one of another home whose data directory is this
+    one through a symlink: before, none was found, and a second server started on the
+    same data."""
+    info = EmbeddedServer(home).ensure_running()
+    try:
+        (home / "server.json").unlink()
+        assert EmbeddedServer(home).ensure_running() == info  # no second server
+        assert json.loads((home / "server.json").read_text())["pid"] == info.pid
+        assert servers_on(EmbeddedServer(home).data_dir.resolve()) == [info.pid]
+
+        other = tmp_path / "other-home"
+        other.mkdir()
+        (other / "data").symlink_to(EmbeddedServer(home).data_dir)
+        assert EmbeddedServer(other).ensure_running().pid == info.pid
+        assert servers_on(EmbeddedServer(home).data_dir.resolve()) == [info.pid]
+
+        (home / "server.json").write_text(json.dumps({"port": info.port + 1}))  # struck off
+        assert EmbeddedServer(home).stop() is True  # found, and stopped
+        deadline = time.monotonic() + 10
+        while servers_on(EmbeddedServer(home).data_dir.resolve()):
+            assert time.monotonic() < deadline, "the server was not stopped"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info.pid, signal.SIGKILL)
+
+
 def test_a_busy_server_that_answers_in_time_is_reused(home: Path) -> None:
     """A server that does not answer for a moment (a long command) is waited for."""
     info = EmbeddedServer(home).ensure_running()

