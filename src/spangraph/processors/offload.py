@@ -345,7 +345,8 @@ class OffloadSpanProcessor(SpanProcessor):
                         self._close_agent(1.0)  # it has nothing to write: it exits at once
                         raise AgentGone("shut down")
                 agent = self._agent
-        assert agent is not None
+        if agent is None:  # shutdown took it meanwhile
+            raise AgentGone("shut down")
         body = data
         if len(self._known) != len(self._announced):  # resources first
             body = self._announcements(set(self._announced)) + data
