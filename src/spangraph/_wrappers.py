@@ -209,11 +209,8 @@ def _wrap_async_gen(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any
         to_throw: BaseException | None = None
         while True:
             try:
-                if to_throw is not None:
-                    exc, to_throw = to_throw, None
-                    value = await agen.athrow(exc)
-                else:
-                    value = await agen.asend(to_send)
+                exc, to_throw = to_throw, None
+                value = await _advance(agen, to_send, exc)
             except StopAsyncIteration:
                 return
             try:
@@ -271,6 +268,14 @@ def traced_generator(
             to_throw = exc
 
 
+async def _advance(agen: Any, to_send: Any, to_throw: BaseException | None) -> Any:
+    """``agen``'s next value: ``to_throw`` thrown into it when given, else ``to_send``
+    sent."""
+    if to_throw is not None:
+        return await agen.athrow(to_throw)
+    return await agen.asend(to_send)
+
+
 async def traced_async_generator(
     open_frame: Callable[[], _Frame | None], make: Callable[[], AsyncIterator[Any]]
 ) -> AsyncIterator[Any]:
@@ -283,11 +288,8 @@ async def traced_async_generator(
         if frame is not None:
             frame.attach()
         try:
-            if to_throw is not None:
-                exc, to_throw = to_throw, None
-                value = await agen.athrow(exc)
-            else:
-                value = await agen.asend(to_send)
+            exc, to_throw = to_throw, None
+            value = await _advance(agen, to_send, exc)
         except StopAsyncIteration:
             if frame is not None:
                 frame.finish(None)
