@@ -313,6 +313,23 @@ def test_decisions_of_an_open_decision_show_the_options_explored_so_far(
     ]
 
 
+def test_an_option_explored_twice_is_the_one_the_decision_names(
+    sg: spangraph.Spangraph,
+) -> None:
+    assert sg.store is not None
+    with spangraph.workflow("wf") as run, spangraph.decision("route", options=["a", "b"]) as d:
+        with contextlib.suppress(Boom), d.option("a") as first:
+            raise Boom
+        with d.option("a"):
+            pass
+        d.choose("a")
+    assert spangraph.flush(10)
+    [decision] = queries.decisions(sg.store, run.workflow_id)
+    [a] = [o for o in decision["options"] if o["name"] == "a"]
+    # the first exploration, as the decision records it, whatever order the store gives
+    assert (a["span_id"], a["state"]) == (first.span_id, "failed")
+
+
 def test_decision_analytics(sg: spangraph.Spangraph, monkeypatch: pytest.MonkeyPatch) -> None:
     def run(choice: str, *, fail: bool = False, pause: float = 0.0) -> str:
         with contextlib.suppress(Boom), spangraph.workflow("agent") as wf:

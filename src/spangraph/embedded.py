@@ -39,6 +39,8 @@ __all__ = ["EmbeddedServer", "ServerInfo"]
 _log = logging.getLogger(__name__)
 
 _STATE_FILE = "server.json"
+_DATA_LOCK_FILE = ".spangraph-start.lock"
+"""In the data directory: held while a server is started on it."""
 _LOCK_FILE = "server.lock"
 _LOG_FILE = "server.log"
 _DATA_DIR = "data"
@@ -324,9 +326,14 @@ class EmbeddedServer:
         return follow
 
     def status(self) -> ServerInfo | None:
-        """The running server of this home, or ``None``."""
+        """The running server of this home, or ``None``: the one on the port
+        ``server.json`` names, else (Linux) one working in this home's data directory
+        that ``server.json`` does not name."""
         port = self._last_port()
-        return None if port is None else self._serving(port)
+        info = None if port is None else self._serving(port)
+        if info is None and (found := self._unrecorded()) is not None:
+            info = self._serving(found.port)
+        return info
 
     def unresponsive(self) -> ServerInfo | None:
         """This home's server process when it runs but does not answer (busy with a long
@@ -438,8 +445,30 @@ class EmbeddedServer:
         server_bin, module = binaries()
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(self.data_dir / _DATA_LOCK_FILE, "a+")  # noqa: SIM115 (closed below)
         except OSError as exc:  # unwritable, or a file named "data"
             raise self._unusable(exc) from exc
+        # Two homes can share one data directory (a symlink): their home locks do not
+        # exclude each other, this one does. Inside it, look for a server once more.
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise EmbeddedServerError(
+                    f"cannot lock {self.data_dir / _DATA_LOCK_FILE} ({exc.strerror or exc}): "
+                    "set SPANGRAPH_HOME to a directory on a local disk"
+                ) from exc
+            found = self._unrecorded()
+            if found is not None:
+                info = self._serving(found.port) or self._await_unresponsive()
+                if info is not None:
+                    self._await_loaded(info.port)
+                    with contextlib.suppress(OSError):
+                        self._record(asdict(info))
+                    return info
+            return self._launch(server_bin, module)
+
+    def _launch(self, server_bin: str, module: str) -> ServerInfo:
         last_error = ""
         # The port it had before, when free: programs and services that still hold its
         # address (they retry with backoff) reconnect when it is back.
@@ -579,9 +608,19 @@ class EmbeddedServer:
         being stopped."""
         try:
             with self._locked():
-                return self._stop(timeout, record=True)
+                return self._stop_all(timeout, record=True)
         except _HomeNotWritable:
-            return self._stop(timeout, record=False)
+            return self._stop_all(timeout, record=False)
+
+    def _stop_all(self, timeout: float, *, record: bool) -> bool:
+        """Stop this home's server, and any other found on its data after it (there
+        should never be two; if there are, none is left)."""
+        stopped = self._stop(timeout, record=record)
+        for _ in range(8):
+            if not stopped or self._unrecorded() is None:
+                break
+            stopped = self._stop(timeout, record=record)
+        return stopped
 
     def _stop(self, timeout: float, *, record: bool) -> bool:
         recorded = self._recorded()
@@ -627,8 +666,12 @@ class EmbeddedServer:
         if _pid_alive(info.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(info.pid, signal.SIGKILL)
-            while _pid_alive(info.pid):
+            killed = time.monotonic() + 5.0
+            while _pid_alive(info.pid) and time.monotonic() < killed:
                 time.sleep(0.01)
+            if _pid_alive(info.pid):  # stuck in the kernel (a hung disk): it stays recorded
+                _log.warning("embedded server: pid %d did not exit after SIGKILL", info.pid)
+                return True
         # only now, and only the port is kept (the next start takes it again when it is
         # free): a `down` interrupted before the server is gone leaves its pid recorded
         if record:

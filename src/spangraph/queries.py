@@ -387,13 +387,15 @@ def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     for row in store.query(DECISIONS, {"workflow_id": workflow_id}):
         attrs = _attrs_of(row)
         offered = _options_of(attrs.get("spangraph.decision.options"))
-        found = {
-            n: {"name": n, "state": s, "span_id": i, "explored": s != "unexplored"}
-            for n, s, i in zip(
-                row["option_names"], row["option_states"], row["option_ids"], strict=False
-            )
-            if n is not None
-        }
+        # an option explored twice has two spans: the one the decision names (its first)
+        listed = attrs.get("spangraph.decision.option_span_ids")
+        named = set(listed) if isinstance(listed, list | tuple) else set()
+        found: dict[str, dict[str, Any]] = {}
+        for n, s, i in zip(
+            row["option_names"], row["option_states"], row["option_ids"], strict=False
+        ):
+            if n is not None and (n not in found or i in named):
+                found[n] = {"name": n, "state": s, "span_id": i, "explored": s != "unexplored"}
         order = offered + sorted(n for n in found if n not in offered)
         options = [
             found.get(n, {"name": n, "state": None, "span_id": None, "explored": False})

@@ -444,9 +444,8 @@ class LiveEventProcessor(QueueingSpanProcessor):
                     attrs["duration_ms"] = round(  # an end before the start: 0, as stored
                         max(0, (span.end_time or 0) - (span.start_time or 0)) / 1e6, 3
                     )
-                    msgs.append(
-                        live_message(sc.SPAN_ENDED, common, time_ns or time.time_ns(), attrs, parts)
-                    )
+                    ended = max(time_ns or time.time_ns(), span.start_time or 0)  # as stored
+                    msgs.append(live_message(sc.SPAN_ENDED, common, ended, attrs, parts))
             except Exception:
                 _log.exception(
                     "spangraph live: could not map an item of span %r; skipped",
