@@ -699,6 +699,38 @@ def test_read_only_home_still_finds_and_stops_its_server(home: Path) -> None:
     assert servers_on(server.data_dir) == []
 
 
+@pytest.mark.slow
+def test_read_only_home_waits_for_its_server_to_load(home: Path) -> None:
+    """Before, a home that cannot be written returned its server while it still loaded
+    its data (it answers LOADING to every command then)."""
+    _large_store(home, 60_000)
+    starter = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from spangraph.embedded import EmbeddedServer; "
+         "EmbeddedServer(sys.argv[1]).ensure_running()", str(home)]
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the server loads; its starter is killed (it is recorded already)
+            assert starter.poll() is None, "the server started without loading"
+            assert time.monotonic() < deadline, "the server never loaded"
+            port = EmbeddedServer(home)._last_port()
+            if port is not None and embedded._answer(port) == embedded._LOADING:
+                break
+            time.sleep(0.01)
+        starter.kill()
+        starter.wait()
+        (home / "server.lock").unlink()  # the lock file cannot be made again
+        with read_only(home):
+            info = EmbeddedServer(home).ensure_running()
+            assert embedded._answer(info.port) == embedded._UP
+    finally:
+        starter.kill()
+        starter.wait()
+        EmbeddedServer(home).stop()
+        for pid in servers_on(EmbeddedServer(home).data_dir.resolve()):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_data_dir_that_is_a_file_is_a_clear_error(home: Path) -> None:
     home.mkdir(parents=True)
     (home / "data").write_text("")

@@ -418,6 +418,7 @@ class EmbeddedServer:
             info = self.status()
             if info is None:
                 raise EmbeddedServerError(str(exc)) from exc.__cause__
+            self._await_loaded(info.port)  # as with a home that can be written
             return info
 
     def _await_unresponsive(self) -> ServerInfo | None:
