@@ -542,6 +542,33 @@ def test_a_server_that_loads_a_large_store_is_waited_for(home: Path) -> None:
     assert loaded and took > 0.3, (took, loaded)
 
 
+def _kill_starter_while_loading(home: Path, not_on: int | None = None) -> None:
+    """Start ``home``'s server from another process and kill that process while the
+    server loads its data (its port, as server.json names it, not ``not_on``)."""
+    starter = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from spangraph.embedded import EmbeddedServer; "
+         "EmbeddedServer(sys.argv[1]).ensure_running()", str(home)]
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert starter.poll() is None, "the server started without loading"
+            assert time.monotonic() < deadline, "the server never loaded"
+            port = EmbeddedServer(home)._last_port()
+            if port not in (None, not_on) and embedded._answer(port) == embedded._LOADING:
+                break
+            time.sleep(0.01)
+    finally:
+        starter.kill()
+        starter.wait()
+
+
+def _stop_all_on(home: Path) -> None:
+    EmbeddedServer(home).stop()
+    for pid in servers_on(EmbeddedServer(home).data_dir.resolve()):
+        os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_a_loading_server_whose_starter_died_gets_no_second_server(home: Path) -> None:
     """The process that started a server is killed while the server loads its data (a
@@ -555,21 +582,8 @@ def test_a_loading_server_whose_starter_died_gets_no_second_server(home: Path) -
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     squatter.bind(("127.0.0.1", old_port))
     squatter.listen()
-    starter = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from spangraph.embedded import EmbeddedServer; "
-         "EmbeddedServer(sys.argv[1]).ensure_running()", str(home)]
-    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:  # until the new server loads, as server.json names it
-            assert starter.poll() is None, "the server started without loading"
-            assert time.monotonic() < deadline, "the server never loaded"
-            port = EmbeddedServer(home)._last_port()
-            if port not in (None, old_port) and embedded._answer(port) == embedded._LOADING:
-                break
-            time.sleep(0.01)
-        starter.kill()
-        starter.wait()
+        _kill_starter_while_loading(home, not_on=old_port)
         loading = servers_on(EmbeddedServer(home).data_dir.resolve())
         assert len(loading) == 1
         info = EmbeddedServer(home).ensure_running()  # waits for it to load
@@ -577,11 +591,7 @@ def test_a_loading_server_whose_starter_died_gets_no_second_server(home: Path) -
         assert servers_on(EmbeddedServer(home).data_dir.resolve()) == loading
     finally:
         squatter.close()
-        starter.kill()
-        starter.wait()
-        EmbeddedServer(home).stop()
-        for pid in servers_on(EmbeddedServer(home).data_dir.resolve()):
-            os.kill(pid, signal.SIGKILL)
+        _stop_all_on(home)
 
 
 @pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs Linux /proc")
@@ -704,31 +714,14 @@ def test_read_only_home_waits_for_its_server_to_load(home: Path) -> None:
     """Before, a home that cannot be written returned its server while it still loaded
     its data (it answers LOADING to every command then)."""
     _large_store(home, 60_000)
-    starter = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from spangraph.embedded import EmbeddedServer; "
-         "EmbeddedServer(sys.argv[1]).ensure_running()", str(home)]
-    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:  # the server loads; its starter is killed (it is recorded already)
-            assert starter.poll() is None, "the server started without loading"
-            assert time.monotonic() < deadline, "the server never loaded"
-            port = EmbeddedServer(home)._last_port()
-            if port is not None and embedded._answer(port) == embedded._LOADING:
-                break
-            time.sleep(0.01)
-        starter.kill()
-        starter.wait()
+        _kill_starter_while_loading(home)  # recorded already: found while it loads
         (home / "server.lock").unlink()  # the lock file cannot be made again
         with read_only(home):
             info = EmbeddedServer(home).ensure_running()
             assert embedded._answer(info.port) == embedded._UP
     finally:
-        starter.kill()
-        starter.wait()
-        EmbeddedServer(home).stop()
-        for pid in servers_on(EmbeddedServer(home).data_dir.resolve()):
-            os.kill(pid, signal.SIGKILL)
+        _stop_all_on(home)
 
 
 def test_data_dir_that_is_a_file_is_a_clear_error(home: Path) -> None:
