@@ -561,9 +561,14 @@ def test_tool_records_no_empty_star_args_and_keeps_a_plain_functions_cls(cap: Sp
     def classify(cls: str) -> str:  # not a method: "cls" is the model's argument
         return cls
 
+    @spangraph.tool
+    def total(*numbers: int) -> int:  # a variadic first parameter is recorded too
+        return sum(numbers)
+
     search("hi")
     search("hi", "more", extra=1)
     classify("bird")
+    total(1, 2)
     calls = [e for s in cap.spans for e in events(s, "tool.call")]
     assert calls == [
         {"tool": "search", "arguments.query": "hi", "arguments.limit": 3},
@@ -575,4 +580,5 @@ def test_tool_records_no_empty_star_args_and_keeps_a_plain_functions_cls(cap: Sp
             "arguments.kwargs": '{"extra": 1}',
         },
         {"tool": "classify", "arguments.cls": "bird"},
+        {"tool": "total", "arguments.numbers": (1, 2)},
     ]

@@ -180,9 +180,9 @@ def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     # hold what should not be recorded): the first parameter of a function defined in a
     # class body, named so
     in_class = "." in getattr(fn, "__qualname__", "").rsplit("<locals>.", 1)[-1]
-    skip = {first} if in_class and first in ("self", "cls") else set()
-    # *args and **kwargs that took nothing are not arguments either
-    skip |= {
+    instance = first if in_class and first in ("self", "cls") else None
+    # *args and **kwargs are recorded only when they took something
+    variadic = {
         p.name for p in signature.parameters.values() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
 
@@ -194,7 +194,9 @@ def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         except TypeError:
             bound = {}
         arguments = {
-            f"arguments.{k}": v for k, v in bound.items() if k not in skip or (v and k != first)
+            f"arguments.{k}": v
+            for k, v in bound.items()
+            if k != instance and (v or k not in variadic)
         }
         _add_event(trace.get_current_span(), sc.TOOL_CALL, {"tool": name, **arguments})
 
