@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -168,6 +169,17 @@ def _answer(port: int) -> str:
         client.close()
 
 
+def _flock(fh: Any, path: Path) -> None:
+    """Take the exclusive lock of ``fh`` (the file at ``path``), or a clear error."""
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+    except OSError as exc:  # e.g. ENOLCK on a network file system
+        raise EmbeddedServerError(
+            f"cannot lock {path} ({exc.strerror or exc}): set SPANGRAPH_HOME to a directory "
+            "on a local disk"
+        ) from exc
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -247,13 +259,7 @@ class EmbeddedServer:
         except OSError as exc:
             raise self._unusable(exc, _HomeNotWritable) from exc
         with fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-            except OSError as exc:  # e.g. ENOLCK on a network file system
-                raise EmbeddedServerError(
-                    f"cannot lock {self.home / _LOCK_FILE} ({exc.strerror or exc}): set "
-                    "SPANGRAPH_HOME to a directory on a local disk"
-                ) from exc
+            _flock(fh, self.home / _LOCK_FILE)
             try:
                 yield
             finally:
@@ -405,21 +411,26 @@ class EmbeddedServer:
         try:
             with self._locked():
                 info = self.status() or self._await_unresponsive()
-                if info is None:
-                    return self._start()
-                self._await_loaded(info.port)  # started by another process, still loading
-                if not _pid_alive(info.pid):  # it died loading (a damaged file)
-                    return self._start()
-                if self._recorded() != asdict(info):  # e.g. a wrong pid: put it right
-                    with contextlib.suppress(OSError):
-                        self._record(asdict(info))
-                return info
+                adopted = info and self._adopt(info)
+                return adopted or self._start()
         except _HomeNotWritable as exc:
             info = self.status()
             if info is None:
                 raise EmbeddedServerError(str(exc)) from exc.__cause__
             self._await_loaded(info.port)  # as with a home that can be written
             return info
+
+    def _adopt(self, info: ServerInfo) -> ServerInfo | None:
+        """``info``, the server found running, once it has loaded its data (another
+        process may have just started it), recorded in ``server.json``; ``None`` when it
+        died loading (a damaged file)."""
+        self._await_loaded(info.port)
+        if not _pid_alive(info.pid):
+            return None
+        if self._recorded() != asdict(info):  # e.g. a wrong pid, or none: put it right
+            with contextlib.suppress(OSError):
+                self._record(asdict(info))
+        return info
 
     def _await_unresponsive(self) -> ServerInfo | None:
         """When this home's server process runs but does not answer: wait up to
@@ -452,22 +463,11 @@ class EmbeddedServer:
         # Two homes can share one data directory (a symlink): their home locks do not
         # exclude each other, this one does. Inside it, look for a server once more.
         with lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            except OSError as exc:
-                raise EmbeddedServerError(
-                    f"cannot lock {self.data_dir / _DATA_LOCK_FILE} ({exc.strerror or exc}): "
-                    "set SPANGRAPH_HOME to a directory on a local disk"
-                ) from exc
+            _flock(lock, self.data_dir / _DATA_LOCK_FILE)
             found = self._unrecorded()
-            if found is not None:
-                info = self._serving(found.port) or self._await_unresponsive()
-                if info is not None:
-                    self._await_loaded(info.port)
-                    with contextlib.suppress(OSError):
-                        self._record(asdict(info))
-                    return info
-            return self._launch(server_bin, module)
+            info = found and (self._serving(found.port) or self._await_unresponsive())
+            adopted = info and self._adopt(info)
+            return adopted or self._launch(server_bin, module)
 
     def _launch(self, server_bin: str, module: str) -> ServerInfo:
         last_error = ""
