@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import queries
+from . import semconv as sc
 from .config import Settings
 from .embedded import EmbeddedServer
 from .exceptions import ConfigurationError, SpangraphError
@@ -384,7 +385,7 @@ def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentPars
     w.add_argument("--project", help="only this project")
     w.add_argument(
         "--state",
-        choices=("running", "completed", "failed", "cancelled"),
+        choices=(sc.STATE_RUNNING, sc.STATE_COMPLETED, sc.STATE_FAILED, sc.STATE_CANCELLED),
         help="only this state",
     )
     w.add_argument("--name", help="only this workflow name")

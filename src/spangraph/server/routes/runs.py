@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from ... import queries
+from ... import semconv as sc
 from ..deps import SettingsDep, StoreDep, jaeger_url
 from ..models import (
     Branch,
@@ -27,7 +28,7 @@ from ..models import (
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
-_STATES = "^(running|completed|failed|cancelled)$"
+_STATES = f"^({sc.STATE_RUNNING}|{sc.STATE_COMPLETED}|{sc.STATE_FAILED}|{sc.STATE_CANCELLED})$"
 
 
 def _node(settings: Any, row: dict[str, Any]) -> dict[str, Any]:
