@@ -129,6 +129,8 @@ def _covered(frame: _Frame, coro: Coroutine[Any, Any, Any]) -> Coroutine[Any, An
         return result
 
     outer = run()
+    # named as the program's coroutine: Python's "never awaited" warning names this one
+    outer.__name__, outer.__qualname__ = coro.__name__, coro.__qualname__
     weakref.finalize(outer, _drop, frame, coro)
     return outer
 
