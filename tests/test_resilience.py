@@ -11,6 +11,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -456,6 +457,37 @@ def test_offload_shutdown_timeout_bounds_flush_worker_and_agent_together(
     # before: up to 10 s for the flush, then up to 10 s for the agent to exit
     assert elapsed < 1.0 + SHUTDOWN_GRACE_S, f"shutdown(timeout=1) took {elapsed:.2f}s"
     assert agent is not None and agent.poll() is not None  # the agent is gone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second", ["module", "instance"])
+def test_a_second_shutdown_returns_when_the_first_is_done(
+    private_servers, configured: Callable[..., spangraph.Spangraph], second: str
+) -> None:
+    graph_server, graph_info = private_servers.start("graph")
+    _, live_info = private_servers.start("live")
+    sg = configured(graph_url=graph_info.graph_url, redis_url=live_info.redis_url)
+    graph_server.stop()  # the first shutdown waits out its timeout for the graph store
+    timed_run("wf-two-shutdowns")
+    done: dict[str, float] = {}
+
+    def first() -> None:
+        spangraph.shutdown(timeout=1.5)
+        done["first"] = time.monotonic()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    time.sleep(0.3)
+    # e.g. the program's own shutdown in one thread and an atexit or signal handler in
+    # another: it must not return while the spans are still being written (before: at once)
+    (spangraph.shutdown if second == "module" else sg.shutdown)(timeout=10)
+    done["second"] = time.monotonic()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert done["second"] >= done["first"] - 0.05, done
+    assert sg.stats()["graph"]["dropped"] > 0  # the work was done once, and counted
+    spangraph.shutdown()  # once done, a later call returns at once
+    assert time.monotonic() - done["second"] < 1.0
 
 
 @pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf"), "1", True])

@@ -8,6 +8,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -49,6 +50,9 @@ class Spangraph:
     owns_provider: bool = False
     extra_processors: list[SpanProcessor] = field(default_factory=list)
     run_processor: RunBaggageProcessor | None = None
+    _closer: int | None = field(default=None, repr=False, compare=False)
+    """The pid of the process whose shutdown() of this configuration began."""
+    _closed: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
     def processors(self) -> list[SpanProcessor]:
@@ -85,10 +89,30 @@ class Spangraph:
         spangraph's processors flush side by side, each within its ``shutdown_timeout``
         (5 s for the graph and live processors, 10 s with ``offload``), or within
         ``timeout`` seconds when given: then the whole call takes about ``timeout``
-        at most. What is not sent by then is counted as dropped and logged."""
+        at most. What is not sent by then is counted as dropped and logged.
+
+        Called again, or from another thread while it runs, it does the work once: the
+        other callers return when it is done (or their own ``timeout`` has passed)."""
         if timeout is not None:
             _check_timeout(timeout)
         _release(self)
+        with _lock:
+            closer, self._closer = self._closer, self._closer or os.getpid()
+        if closer is not None:
+            if closer == os.getpid():  # (a child forked meanwhile has no one to wait for)
+                self._closed.wait(self._longest_wait() if timeout is None else timeout)
+            return
+        try:
+            self._shutdown(timeout)
+        finally:
+            self._closed.set()
+
+    def _longest_wait(self) -> float:
+        """How long a second shutdown() waits for the first: its processors' limits."""
+        budgets = [getattr(p, "_shutdown_timeout", 5.0) for p in self.processors]
+        return max(budgets, default=5.0) + 1.0
+
+    def _shutdown(self, timeout: float | None) -> None:
         start = time.monotonic()
         ours, extra = self.processors, self.extra_processors
         _detach(self.tracer_provider, self.attached)
@@ -178,6 +202,8 @@ def _check_timeout(timeout: object) -> None:
 
 
 _current: Spangraph | None = None
+_last: weakref.ReferenceType[Spangraph] | None = None
+"""The configuration :func:`shutdown` shut down last (a second caller waits for it)."""
 _lock = threading.RLock()  # re-entered: configure() shuts the previous instance down
 _atexit_registered = False
 _threading_instrumented = False
@@ -523,10 +549,14 @@ def shutdown(timeout: float | None = None) -> None:
     then is counted as dropped and logged. Safe to call when not configured."""
     if timeout is not None:
         _check_timeout(timeout)
+    global _last
     with _lock:  # one caller shuts it down (atexit and the program may both call)
         instance = _current
         if instance is not None:
             _release(instance)
+            _last = weakref.ref(instance)
+        elif _last is not None:  # another caller may be shutting it down: wait for it
+            instance = _last()
     if instance is not None:
         instance.shutdown(timeout)
 
