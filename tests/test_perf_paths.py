@@ -8,6 +8,7 @@ import enum
 import json
 import math
 import random
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -187,6 +188,16 @@ def test_c_json_text_is_the_python_encoding_or_declines() -> None:
         deep = [deep]
     with pytest.raises(RecursionError):
         _speedups.json_text(deep)
+
+
+@pytest.mark.skipif(_speedups is None, reason="spangraph._speedups was not built")
+def test_c_json_text_leaves_the_programs_strings_as_they_were() -> None:
+    """No UTF-8 copy is left cached inside a non-ASCII str: attribute values are the
+    program's own strings (a prompt, a document) and would grow by their UTF-8 size."""
+    text = "文" * 100_000
+    size = sys.getsizeof(text)
+    assert _speedups.json_text({"prompt": text}) == mapping._py_encode({"prompt": text})
+    assert sys.getsizeof(text) == size
 
 
 def test_iso_time_is_the_datetime_text() -> None:

@@ -271,6 +271,34 @@ def test_buffer_never_raises_on_what_it_cannot_copy(buffer_class: Any) -> None:
     assert (buffer.dropped, buffer.unreadable, len(buffer)) == (2, 2, 0)
 
 
+def test_buffer_lets_an_interrupt_through(buffer_class: Any) -> None:
+    """Only an ``Exception`` is kept from the caller: a Ctrl-C (or SystemExit) raised in
+    the fallback copy or in waking the worker reaches the program, as anywhere else."""
+
+    def interrupted(*args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    buffer = buffer_class({}, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        buffer.start(not_a_span())
+    buffer = buffer_class({}, lambda what, span: (9,), interrupted)
+    buffer.idle = True
+    with pytest.raises(KeyboardInterrupt):
+        buffer.add((4, 0))
+    assert len(buffer) == 1  # kept: it was accepted before the interrupt
+    buffer.idle = True
+    with pytest.raises(KeyboardInterrupt):
+        buffer.end(varied_spans()[-1][1])
+    assert len(buffer) == 2
+
+
+@needs_c
+def test_c_hot_path_objects_never_initialised_do_not_crash() -> None:
+    assert _speedups.RecordQueue.__new__(_speedups.RecordQueue).start(object()) is None
+    buffer = _speedups.RecordBuffer.__new__(_speedups.RecordBuffer)
+    assert buffer.start(object()) is None and buffer.dropped == 1
+
+
 @needs_c
 def test_c_buffer_checks_its_arguments() -> None:
     with pytest.raises(TypeError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import string
+import sys
 import uuid
 from typing import Any
 
@@ -121,6 +122,34 @@ def test_c_literals_hand_other_types_and_keys_to_the_client(value: Any) -> None:
     if expected[0] == "ok":
         expected = ("ok", expected[1].encode())
     assert _outcome(lambda v: cypher_literal(v, stringify_param_value), value) == expected
+
+
+@needs_c
+def test_c_literal_of_a_dict_changed_while_written_is_an_error() -> None:
+    """Its keys were checked before it was written: a key added by a value's ``__str__``
+    (here one the client refuses) must not be written unchecked."""
+    values: dict[str, Any] = {}
+
+    class AddsAKey:
+        def __str__(self) -> str:
+            values["x` }) DETACH DELETE n //"] = 1
+            return "v"
+
+    values["a"] = AddsAKey()
+    with pytest.raises(RuntimeError, match="changed size"):
+        cypher_literal(values, stringify_param_value)
+
+
+@needs_c
+def test_c_literal_leaves_the_programs_strings_as_they_were() -> None:
+    """No UTF-8 copy is left cached inside a non-ASCII str (a prompt the program keeps
+    would grow by its UTF-8 size)."""
+    text = "文" * 100_000
+    size = sys.getsizeof(text)
+    assert cypher_literal({"prompt": text}, stringify_param_value) == (
+        f'{{`prompt`:"{text}"}}'.encode()
+    )
+    assert sys.getsizeof(text) == size
 
 
 @needs_c

@@ -405,7 +405,8 @@ typedef struct {
     int closed;
 } RecordBuffer;
 
-/* 1 appended, 0 dropped (full, closed, or never initialized), -1 error */
+/* 1 appended, 0 dropped (full, closed, or never initialized), -1 error, -2 appended
+ * but waking the worker raised something that is not an Exception (set) */
 static int
 rb_append(RecordBuffer *self, PyObject *record)
 {
@@ -419,8 +420,11 @@ rb_append(RecordBuffer *self, PyObject *record)
     if (self->idle && self->wake != Py_None) {
         self->idle = 0;
         PyObject *result = PyObject_CallNoArgs(self->wake);
-        if (result == NULL)
+        if (result == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception))
+                return -2; /* appended; KeyboardInterrupt and the like go on */
             PyErr_Clear();
+        }
         Py_XDECREF(result);
     }
     return 1;
@@ -435,22 +439,32 @@ rb_add_span(RecordBuffer *self, PyObject *span, int what)
     }
     PyObject *args[2] = {span, self->known};
     PyObject *record = what == 0 ? start_record(NULL, args, 2) : end_record(NULL, args, 2);
-    if (record != NULL && rb_append(self, record) >= 0) {
+    int rc = record != NULL ? rb_append(self, record) : -1;
+    if (rc != -1) {
         Py_DECREF(record);
+        if (rc == -2)
+            return NULL;
         Py_RETURN_NONE;
     }
-    PyErr_Clear();
     Py_XDECREF(record);
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return NULL; /* KeyboardInterrupt and the like go on, as in the Python version */
+    PyErr_Clear();
     /* not the SDK's span: the Python version */
     PyObject *kind = PyLong_FromLong(what);
     record = kind ? PyObject_CallFunctionObjArgs(self->fallback, kind, span, NULL) : NULL;
     Py_XDECREF(kind);
-    if (record == NULL || rb_append(self, record) < 0) {
-        PyErr_Clear();
+    rc = record != NULL ? rb_append(self, record) : -1;
+    Py_XDECREF(record);
+    if (rc == -2)
+        return NULL;
+    if (rc == -1) {
         self->dropped++;
         self->unreadable++;
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL;
+        PyErr_Clear();
     }
-    Py_XDECREF(record);
     Py_RETURN_NONE;
 }
 
@@ -655,6 +669,8 @@ rq_add(RecordQueue *self, PyObject *span, int what)
 {
     PyObject *kind = what == 0 ? START_OBJ : END_OBJ;
     PyObject *item = NULL, *result = NULL, *record = NULL;
+    if (self->owner == NULL)
+        Py_RETURN_NONE; /* __init__ was never called */
     PyObject *known = PyObject_GetAttr(self->owner, s_known);
     if (known == NULL || !PyDict_CheckExact(known)) {
         Py_XDECREF(known);

@@ -67,14 +67,38 @@ out_char(Out *out, char c)
     return 0;
 }
 
-/* ``text`` as UTF-8: its own cached UTF-8 (*owned NULL), or, for a str holding lone
- * surrogates (which UTF-8 cannot encode), a new bytes object (*owned) in which each of
- * them is U+FFFD, as the Python version does (see falkordb._utf8). */
+/* ``text`` as UTF-8, leaving nothing behind in it: an ASCII str's own bytes (*owned
+ * NULL), else a new bytes object (*owned). (PyUnicode_AsUTF8AndSize would keep a UTF-8
+ * copy inside the str for the rest of its life: the program's own strings, a prompt or
+ * a document held in an attribute, would grow by their UTF-8 size.) NULL with
+ * UnicodeEncodeError set for a str holding lone surrogates. */
+static const char *
+utf8_copy(PyObject *text, Py_ssize_t *n, PyObject **owned)
+{
+    *owned = NULL;
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0)
+        return NULL;
+#endif
+    if (PyUnicode_IS_ASCII(text)) {
+        *n = PyUnicode_GET_LENGTH(text);
+        return (const char *)PyUnicode_DATA(text);
+    }
+    PyObject *raw = PyUnicode_AsUTF8String(text);
+    if (raw == NULL)
+        return NULL;
+    *owned = raw;
+    *n = PyBytes_GET_SIZE(raw);
+    return PyBytes_AS_STRING(raw);
+}
+
+/* ``text`` as UTF-8 (see utf8_copy), or, for a str holding lone surrogates (which UTF-8
+ * cannot encode), a new bytes object (*owned) in which each of them is U+FFFD, as the
+ * Python version does (see falkordb._utf8). */
 static const char *
 utf8_of(PyObject *text, Py_ssize_t *n, PyObject **owned)
 {
-    *owned = NULL;
-    const char *utf8 = PyUnicode_AsUTF8AndSize(text, n);
+    const char *utf8 = utf8_copy(text, n, owned);
     if (utf8 != NULL || !PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
         return utf8;
     PyErr_Clear();
@@ -219,7 +243,7 @@ out_dict(Out *out, PyObject *dict, PyObject *fallback)
         return out_fallback(out, dict, fallback);
     if (out_char(out, '{') < 0)
         return -1;
-    Py_ssize_t pos = 0, i = 0;
+    Py_ssize_t pos = 0, i = 0, size = PyDict_GET_SIZE(dict);
     PyObject *key, *value;
     while (PyDict_Next(dict, &pos, &key, &value)) {
         if (i++ && out_char(out, ',') < 0)
@@ -232,6 +256,10 @@ out_dict(Out *out, PyObject *dict, PyObject *fallback)
         Py_DECREF(value);
         if (rc < 0)
             return -1;
+        if (PyDict_GET_SIZE(dict) != size) { /* its keys were checked before: not these */
+            PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
+            return -1;
+        }
     }
     return out_char(out, '}');
 }
@@ -304,15 +332,18 @@ static int
 json_str(Out *out, PyObject *text)
 {
     Py_ssize_t n;
-    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &n);
+    PyObject *owned;
+    const char *utf8 = utf8_copy(text, &n, &owned);
     if (utf8 == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
             return -1;
         PyErr_Clear(); /* a lone surrogate: JSON text in Python keeps it, UTF-8 cannot */
         return 0;
     }
-    if (out_reserve(out, 6 * n + 2) < 0) /* at most \u00XX for every byte */
+    if (out_reserve(out, 6 * n + 2) < 0) { /* at most \u00XX for every byte */
+        Py_XDECREF(owned);
         return -1;
+    }
     char *dst = out->data + out->len;
     *dst++ = '"';
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -340,6 +371,7 @@ json_str(Out *out, PyObject *text)
     }
     *dst++ = '"';
     out->len = dst - out->data;
+    Py_XDECREF(owned);
     return 1;
 }
 
