@@ -449,6 +449,55 @@ def test_retry_policy_exhausted(instrumented: LangGraphInstrumentor) -> None:
     assert attr(one(cap.find(kind=sc.KIND_WORKFLOW)), sc.STATE) == sc.STATE_FAILED
 
 
+@pytest.mark.parametrize("retried", [False, True])
+def test_node_timeout_fails_the_step_with_its_error(
+    instrumented: LangGraphInstrumentor, retried: bool
+) -> None:
+    """LangGraph's node timeout cancels the node's task, then raises NodeTimeoutError:
+    the step fails with that error and ``timeout.exceeded`` (it ended ``cancelled``,
+    with no error, in a run that failed), and a retry of it is scheduled."""
+    pytest.importorskip("langgraph.pregel._retry").__dict__.get("_arun_with_timeout") or (
+        pytest.skip("this LangGraph has no node timeouts")
+    )
+    from langgraph.errors import NodeTimeoutError
+
+    calls = []
+
+    async def slow(state: Trail) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 1 or not retried:
+            await asyncio.sleep(5)
+        return {"path": ["slow"]}
+
+    builder = StateGraph(Trail)
+    extra: dict[str, Any] = {}
+    if retried:
+        extra["retry_policy"] = RetryPolicy(max_attempts=2, initial_interval=0.01, jitter=False)
+    builder.add_node("slow", slow, timeout=0.2, **extra)
+    builder.add_edge(START, "slow")
+    with testing.capture() as cap:
+        if retried:
+            assert asyncio.run(builder.compile().ainvoke({"path": []})) == {"path": ["slow"]}
+        else:
+            with pytest.raises(NodeTimeoutError):
+                asyncio.run(builder.compile().ainvoke({"path": []}))
+    attempts = sorted(cap.find("slow"), key=lambda s: attr(s, sc.STEP_ATTEMPT))
+    first = attempts[0]
+    assert attr(first, sc.STATE) == sc.STATE_FAILED
+    [failed] = [e for e in first.events if e.name == sc.STEP_FAILED]
+    assert failed.attributes[sc.ERROR_TYPE] == "langgraph.errors.NodeTimeoutError"
+    [exceeded] = [e for e in first.events if e.name == sc.TIMEOUT_EXCEEDED]
+    assert exceeded.attributes[sc.EVENT_TIMEOUT_MS] == pytest.approx(200)
+    workflow = one(cap.find(kind=sc.KIND_WORKFLOW))
+    if retried:
+        assert [attr(s, sc.STATE) for s in attempts] == ["failed", "completed"]
+        assert cap.has_event(sc.RETRY_SCHEDULED, attempt=1)
+        assert attr(workflow, sc.STATE) == sc.STATE_COMPLETED
+    else:
+        assert len(attempts) == 1
+        assert attr(workflow, sc.STATE) == sc.STATE_FAILED
+
+
 def test_retry_predicate_of_the_user_is_not_called_by_the_instrumentation(
     instrumented: LangGraphInstrumentor,
 ) -> None:

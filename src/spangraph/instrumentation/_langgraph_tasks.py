@@ -10,6 +10,7 @@ triggered at once), runs the whole task inside a ``branch`` span.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import threading
@@ -229,10 +230,31 @@ def _finish(frame: _Frame, exc: BaseException | None) -> None:
     frame.finish(exc)
 
 
+def wrap_arun_with_timeout(
+    wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+) -> Any:
+    """LangGraph's node timeout (``add_node(..., timeout=)``) cancels the task running
+    the node, then raises ``NodeTimeoutError``: the step sees only the cancellation.
+    Tell it why before the cancellation reaches it (on the task's next turn)."""
+
+    async def run() -> Any:
+        try:
+            return await wrapped(*args, **kwargs)
+        except Exception as exc:
+            if type(exc).__name__ == "NodeTimeoutError":
+                task = args[0] if args else kwargs.get("task")
+                proc = getattr(task, "proc", None)
+                if isinstance(proc, _StepProc):
+                    proc._timeout = exc
+            raise
+
+    return run()
+
+
 class _StepProc:
     """Stands in for ``task.proc``: each call is one attempt, one ``step`` span."""
 
-    __slots__ = ("_attempt", "_policies", "_previous", "_proc", "_task")
+    __slots__ = ("_attempt", "_policies", "_previous", "_proc", "_task", "_timeout")
 
     def __init__(self, task: Any, policies: Sequence[Any]) -> None:
         self._task = task
@@ -240,6 +262,8 @@ class _StepProc:
         self._policies = policies
         self._attempt = 0
         self._previous: _Frame | None = None
+        self._timeout: Exception | None = None
+        """The NodeTimeoutError of the attempt LangGraph cancelled for its timeout."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._proc, name)
@@ -283,6 +307,12 @@ class _StepProc:
 
     def _end(self, frame: _Frame, exc: BaseException | None) -> None:
         self._previous = frame
+        timed_out = None
+        if self._timeout is not None and isinstance(exc, asyncio.CancelledError):
+            # cancelled by LangGraph's node timeout: the attempt failed with its error
+            exc, self._timeout = self._timeout, None
+            timeout = getattr(exc, "timeout", None)
+            timed_out = float(timeout) if isinstance(timeout, int | float) else 0.0
         try:
             if exc is not None and _bubble_up(exc):
                 from langgraph.errors import GraphInterrupt
@@ -297,7 +327,7 @@ class _StepProc:
                 self._retry_events(frame, exc)
         except Exception:
             _log.debug("spangraph: could not record a LangGraph step's outcome", exc_info=True)
-        frame.finish(exc)
+        frame.finish(exc, timed_out=timed_out)
 
     def _retry_events(self, frame: _Frame, exc: Exception) -> None:
         """``retry.scheduled`` / ``retry.exhausted`` as LangGraph's RetryPolicy decides

@@ -16,7 +16,8 @@ records:
 - each node execution as a ``step`` span named after the node — one per attempt when a
   ``RetryPolicy`` retries it (``spangraph.step.attempt``, ``retry_of`` links,
   ``retry.scheduled`` / ``retry.exhausted``); a node that raises ends ``failed`` (and so
-  does the workflow), an ``interrupt()`` ends its step with ``langgraph.interrupted`` and
+  does the workflow), and so does one that LangGraph's node timeout stops (with
+  ``timeout.exceeded`` and its ``NodeTimeoutError``), an ``interrupt()`` ends its step with ``langgraph.interrupted`` and
   records ``workflow.paused``;
 - each conditional edge as a ``decision`` under its source node's step, offering the
   edge's possible targets and choosing the node that runs next;
@@ -51,6 +52,7 @@ Wrapper = Callable[[Callable[..., Any], Any, Any, Any], Any]
 _PREGEL = ("langgraph.pregel.main", "Pregel")
 _RUNNER = ("langgraph.pregel._runner", "PregelRunner")
 _RUNNER_MODULE = ("langgraph.pregel._runner", "")
+_RETRY_MODULE = ("langgraph.pregel._retry", "")
 _CALLABLE = ("langgraph._internal._runnable", "RunnableCallable")
 _BRANCH = ("langgraph.graph._branch", "BranchSpec")
 
@@ -68,7 +70,10 @@ _PATCHES: tuple[tuple[tuple[str, str], str, Wrapper], ...] = (
     (_CALLABLE, "invoke", decisions.wrap_callable_invoke),
     (_CALLABLE, "ainvoke", decisions.wrap_callable_ainvoke),
     (_BRANCH, "_finish", decisions.wrap_branch_finish),
+    (_RETRY_MODULE, "_arun_with_timeout", tasks.wrap_arun_with_timeout),
 )
+_OPTIONAL = {"_arun_with_timeout"}
+"""Patches of what only some versions have (node timeouts: LangGraph 1.2)."""
 
 
 def _resolve(module: str, owner: str) -> Any:
@@ -101,6 +106,8 @@ class LangGraphInstrumentor(BaseInstrumentor):
         for (module, owner), attr, wrapper in _PATCHES:
             target = _resolve(module, owner)
             if target is None or attr not in vars(target):
+                if attr in _OPTIONAL:
+                    continue
                 missing.append(f"{module}.{owner + '.' if owner else ''}{attr}")
                 continue
             wrapt.wrap_function_wrapper(target, attr, wrapper)
