@@ -5,6 +5,7 @@ memory, in the real graph and as live messages on a real Redis subscriber."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -496,6 +497,54 @@ def test_chat_stream_helper(cap: SpanCapture, client: OpenAI) -> None:
         final = stream.get_final_completion()
     assert final.choices[0].message.content == CHAT_MESSAGE
     assert_chat(llm_span(cap))
+
+
+@contextlib.contextmanager
+def no_cyclic_gc() -> Iterator[None]:
+    """What ends a span must not be a collection that happens to run."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def test_stream_helpers_left_early_end_the_span(cap: SpanCapture, client: OpenAI) -> None:
+    """The SDK's ``.stream()`` helpers close the HTTP response, never the stream, when
+    left or closed: the span ended only when the collector found the stream."""
+    with no_cyclic_gc():
+        with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES) as stream:
+            for event in stream:
+                if event.type == "content.delta" and event.delta:
+                    break
+            assert cap.find(kind=sc.KIND_LLM) == []
+        assert attrs(llm_span(cap))[sc.STATE] == "completed"
+        [complete] = events(llm_span(cap), sc.LLM_COMPLETE)
+        assert complete["message"] == "Hello"
+        cap.clear()
+        manager = client.responses.stream(model="gpt-4o-mini", input="hi")
+        stream = manager.__enter__()
+        next(iter(stream))
+        stream.close()  # closed without leaving the block
+        assert attrs(llm_span(cap))[sc.STATE] == "completed"
+        manager.__exit__(None, None, None)
+        assert len(cap.find(kind=sc.KIND_LLM)) == 1
+
+
+async def test_async_stream_helper_left_early_ends_the_span(
+    cap: SpanCapture, aclient: AsyncOpenAI
+) -> None:
+    with no_cyclic_gc():
+        async with aclient.chat.completions.stream(
+            model="gpt-4o-mini", messages=MESSAGES
+        ) as stream:
+            async for event in stream:
+                if event.type == "content.delta":
+                    break
+            assert cap.find(kind=sc.KIND_LLM) == []
+        assert attrs(llm_span(cap))[sc.STATE] == "completed"
 
 
 def test_chat_stream_with_null_choices_and_deltas(

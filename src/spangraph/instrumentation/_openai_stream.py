@@ -84,6 +84,31 @@ class _Marker:
         self.done.set()
 
 
+class _TracedResponse(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A stream's HTTP response (``stream.response``) whose closing ends the call's span.
+
+    The SDK's ``.stream()`` helpers (``chat.completions.stream``, ``responses.stream``)
+    read the raw stream's ``response`` and, when closed or left, close that and never
+    the stream: without this their span would end only when the garbage collector
+    finds the stream (it sits in a reference cycle of the helper's)."""
+
+    def __init__(self, wrapped: Any, call: Call) -> None:
+        super().__init__(wrapped)
+        self._self_call = call
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_call.finish(None)
+
+    async def aclose(self) -> None:
+        try:
+            await self.__wrapped__.aclose()
+        finally:
+            self._self_call.finish(None)
+
+
 class TracedStream(wrapt.ObjectProxy):  # type: ignore[misc]
     """An OpenAI ``Stream`` that records its chunks; everything else passes through
     (``isinstance(stream, openai.Stream)`` still holds)."""
@@ -95,6 +120,10 @@ class TracedStream(wrapt.ObjectProxy):  # type: ignore[misc]
         _ensure_reaper()
         self._self_finalizer = weakref.finalize(self, _on_collect, call)
         self._self_finalizer.atexit = False
+
+    @property
+    def response(self) -> Any:
+        return _TracedResponse(self.__wrapped__.response, self._self_call)
 
     def __iter__(self) -> TracedStream:
         return self
@@ -138,6 +167,10 @@ class TracedAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc]
         _ensure_reaper()
         self._self_finalizer = weakref.finalize(self, _on_collect, call)
         self._self_finalizer.atexit = False
+
+    @property
+    def response(self) -> Any:
+        return _TracedResponse(self.__wrapped__.response, self._self_call)
 
     def __aiter__(self) -> TracedAsyncStream:
         return self
