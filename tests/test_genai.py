@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import operator
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -462,6 +463,17 @@ def test_tool_decorates_a_partial_and_a_callable_object(cap: SpanCapture) -> Non
     assert events(one(cap, "execute_tool Doubler"), "tool.call") == [
         {"tool": "Doubler", "arguments.x": 4}
     ]
+
+
+def test_tool_decorates_a_callable_without_a_signature(cap: SpanCapture) -> None:
+    """``inspect.signature`` fails on some builtins: decorating them raised ValueError.
+    Their arguments are recorded by position."""
+    pick = spangraph.tool("pick")(operator.itemgetter(1))
+    assert pick("xyz") == "y"
+    assert events(one(cap, "execute_tool pick"), "tool.call") == [
+        {"tool": "pick", "arguments.0": "xyz"}
+    ]
+    assert events(one(cap, "execute_tool pick"), "tool.response") == [{"result": "y"}]
 
 
 def test_tool_records_defaults_and_no_self(cap: SpanCapture) -> None:

@@ -174,25 +174,30 @@ def _tool_options(
 
 def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap ``fn`` so that its arguments and result become tool.call / tool.response."""
-    signature = inspect.signature(fn)
-    first = next(iter(signature.parameters), None)
+    try:
+        signature: inspect.Signature | None = inspect.signature(fn)
+    except (ValueError, TypeError):  # a builtin without one (operator.itemgetter(0) …)
+        signature = None
+    parameters = signature.parameters if signature is not None else {}
+    first = next(iter(parameters), None)
     # a method's instance or class is not an argument the model gave (and its repr may
     # hold what should not be recorded): the first parameter of a function defined in a
     # class body, named so
     in_class = "." in getattr(fn, "__qualname__", "").rsplit("<locals>.", 1)[-1]
     instance = first if in_class and first in ("self", "cls") else None
     # *args and **kwargs are recorded only when they took something
-    variadic = {
-        p.name for p in signature.parameters.values() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    variadic = {p.name for p in parameters.values() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
     def call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        try:
-            bound_args = signature.bind(*args, **kwargs)
-            bound_args.apply_defaults()  # the arguments the call ran with, defaults too
-            bound = bound_args.arguments
-        except TypeError:
-            bound = {}
+        if signature is None:  # no names to give: positions, and the keywords given
+            bound = {**{str(i): v for i, v in enumerate(args)}, **kwargs}
+        else:
+            try:
+                bound_args = signature.bind(*args, **kwargs)
+                bound_args.apply_defaults()  # the arguments the call ran with, defaults too
+                bound = bound_args.arguments
+            except TypeError:
+                bound = {}
         arguments = {
             f"arguments.{k}": v
             for k, v in bound.items()
