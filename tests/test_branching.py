@@ -20,7 +20,7 @@ import spangraph
 from spangraph import queries
 from spangraph import semconv as sc
 from spangraph.branching import Branch, Decision
-from spangraph.mapping import unexplored_option_id
+from spangraph.mapping import MAX_OPTIONS, unexplored_option_id
 from spangraph.testing import SpanCapture, capture
 
 # -- helpers ----------------------------------------------------------------------------
@@ -241,6 +241,7 @@ def test_refused_choose_leaves_no_choice(cap: SpanCapture) -> None:
         (["a", ""], ValueError, "option name"),
         (["a", "   "], ValueError, "option name"),
         (["a", 3], ValueError, "option name"),
+        ([f"o{i}" for i in range(MAX_OPTIONS + 1)], ValueError, "at most 1024"),
     ],
 )
 def test_bad_options(cap: SpanCapture, options: Any, error: type[Exception], match: str) -> None:
@@ -285,6 +286,30 @@ def test_decision_graph_option_of_and_chosen_option(sg: spangraph.Spangraph) -> 
         assert option["workflow_id"] == run.workflow_id
         assert option["trace_id"] == d.trace_id
         assert option["project_id"] == sg.settings.project
+
+
+def test_the_graph_gets_a_decisions_first_options_only(
+    sg: spangraph.Spangraph, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A decision from elsewhere (an OTLP exporter, a tracer of the program's own) with
+    a million options made one write the store could not finish within its timeout,
+    retried for ever. The graph gets the first MAX_OPTIONS; the attribute keeps them all."""
+    options = [f"o{i}" for i in range(MAX_OPTIONS + 500)]
+    tracer = sg.tracer_provider.get_tracer("elsewhere")
+    with (
+        spangraph.workflow("wf"),
+        tracer.start_as_current_span(
+            "route", attributes={sc.KIND: sc.KIND_DECISION, sc.DECISION_OPTIONS: options}
+        ) as span,
+    ):
+        decision_id = format(span.get_span_context().span_id, "016x")
+    flush()
+    targets = edges(sg, "OPTION_OF", decision_id)
+    assert len(targets) == MAX_OPTIONS
+    assert sorted(targets) == sorted(
+        unexplored_option_id(decision_id, o) for o in options[:MAX_OPTIONS]
+    )
+    assert "offers 1524 options; the graph gets the first 1024" in caplog.text
 
 
 def test_choosing_an_unexplored_option_gives_a_chosen_edge(sg: spangraph.Spangraph) -> None:

@@ -17,6 +17,7 @@ from . import semconv as sc
 from ._attrs import clean_value
 from ._spans import Handle, _check_attributes, _check_id, _check_name, _Options, link_to
 from .instrument import Scope
+from .mapping import MAX_OPTIONS
 
 __all__ = ["Branch", "Decision", "branch", "decision", "monitor"]
 
@@ -112,6 +113,10 @@ def decision(
     offered = tuple(options)
     if not offered:
         raise ValueError(f"decision {name!r} needs at least one option")
+    if len(offered) > MAX_OPTIONS:
+        raise ValueError(
+            f"decision {name!r} offers {len(offered)} options; at most {MAX_OPTIONS} are allowed"
+        )
     for option in offered:
         _check_name(option, "option name")
     if len(set(offered)) != len(offered):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -18,6 +19,8 @@ from opentelemetry.trace import StatusCode
 
 from . import semconv as sc
 from ._attrs import MAX_VALUE_CHARS, truncate
+
+_log = logging.getLogger("spangraph")
 
 PROMOTED: Final = frozenset(
     {sc.KIND, sc.WORKFLOW_ID, sc.EXECUTION_ID, sc.BRANCH_ID, sc.PROJECT_ID, sc.STATE}
@@ -442,6 +445,14 @@ class SpanMapper:
         attributes = span.attributes or {}
         options = attributes.get(sc.DECISION_OPTIONS) or ()
         explored = attributes.get(sc.DECISION_OPTION_SPAN_IDS) or ()
+        if len(options) > MAX_OPTIONS:  # from elsewhere (OTLP): the SDK refuses more
+            _log.warning(
+                "spangraph: decision %r offers %d options; the graph gets the first %d",
+                str(span.name)[:200],
+                len(options),
+                MAX_OPTIONS,
+            )
+            options = options[:MAX_OPTIONS]
         chosen = attributes.get(sc.DECISION_CHOSEN)
         nodes: list[dict[str, Any]] = []
         edges: list[tuple[str, dict[str, Any]]] = []
@@ -486,6 +497,12 @@ _OPTION_INHERITS: Final = (
     "env",
     "start_ns",
 )
+
+
+MAX_OPTIONS: Final = 1024
+"""The options of one decision that become graph nodes and edges: each is a node and
+an edge written in the decision's end, and a million of them (one 11 MB OTLP request)
+made a write the store could not finish within its timeout, retried for ever."""
 
 
 def unexplored_option_id(decision_span_id: str, option: str) -> str:
