@@ -141,6 +141,24 @@ def test_c_literal_of_a_dict_changed_while_written_is_an_error() -> None:
 
 
 @needs_c
+@pytest.mark.parametrize("new_key", ["x` }) DETACH DELETE n //", "", 12345, 2**100, b"abc", 3.5])
+def test_c_literal_of_a_dict_whose_keys_change_while_written_is_an_error(new_key: Any) -> None:
+    """A key swapped for another (the size stays): a key the client refuses was written
+    raw, and a key that is not a str crashed the interpreter."""
+    values: dict[Any, Any] = {}
+
+    class SwapsAKey:
+        def __str__(self) -> str:
+            values.pop("b")
+            values[new_key] = 1
+            return "v"
+
+    values.update(a=SwapsAKey(), b=2)
+    with pytest.raises(RuntimeError, match="changed"):
+        cypher_literal(values, stringify_param_value)
+
+
+@needs_c
 def test_c_literal_leaves_the_programs_strings_as_they_were() -> None:
     """No UTF-8 copy is left cached inside a non-ASCII str (a prompt the program keeps
     would grow by its UTF-8 size)."""

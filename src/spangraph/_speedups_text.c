@@ -76,6 +76,10 @@ static const char *
 utf8_copy(PyObject *text, Py_ssize_t *n, PyObject **owned)
 {
     *owned = NULL;
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "expected str, not %.200s", Py_TYPE(text)->tp_name);
+        return NULL;
+    }
 #if PY_VERSION_HEX < 0x030C0000
     if (PyUnicode_READY(text) < 0)
         return NULL;
@@ -246,6 +250,14 @@ out_dict(Out *out, PyObject *dict, PyObject *fallback)
     Py_ssize_t pos = 0, i = 0, size = PyDict_GET_SIZE(dict);
     PyObject *key, *value;
     while (PyDict_Next(dict, &pos, &key, &value)) {
+        /* a value's fallback may have changed the dict: each key is checked again as it
+         * is written (a key the client refuses must never be written raw) */
+        if (!PyUnicode_CheckExact(key) || PyUnicode_GET_LENGTH(key) == 0
+            || PyUnicode_FindChar(key, '`', 0, PY_SSIZE_T_MAX, 1) != -1) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "dictionary keys changed during iteration");
+            return -1;
+        }
         if (i++ && out_char(out, ',') < 0)
             return -1;
         if (out_char(out, '`') < 0 || out_str_raw(out, key) < 0 || out_write(out, "`:", 2) < 0)
@@ -256,7 +268,7 @@ out_dict(Out *out, PyObject *dict, PyObject *fallback)
         Py_DECREF(value);
         if (rc < 0)
             return -1;
-        if (PyDict_GET_SIZE(dict) != size) { /* its keys were checked before: not these */
+        if (PyDict_GET_SIZE(dict) != size) {
             PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
             return -1;
         }
