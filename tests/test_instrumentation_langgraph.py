@@ -498,6 +498,54 @@ def test_node_timeout_fails_the_step_with_its_error(
         assert attr(workflow, sc.STATE) == sc.STATE_FAILED
 
 
+def test_node_timeout_is_told_to_the_attempt_it_stopped_only(
+    instrumented: LangGraphInstrumentor,
+) -> None:
+    """The first attempt swallows the cancellation of its node timeout and returns (its
+    result is thrown away: LangGraph raised NodeTimeoutError); the second is cancelled by
+    the caller. The timeout was blamed on the second, and the first shown completed."""
+    pytest.importorskip("langgraph.pregel._retry").__dict__.get("_arun_with_timeout") or (
+        pytest.skip("this LangGraph has no node timeouts")
+    )
+    calls = []
+    second: asyncio.Event | None = None
+
+    async def slow(state: Trail) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 1:
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:  # e.g. a client library that swallows it
+                return {"path": ["swallowed"]}
+        assert second is not None
+        second.set()
+        await asyncio.sleep(5)
+        return {"path": ["slow"]}
+
+    builder = StateGraph(Trail)
+    policy = RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False)
+    builder.add_node("slow", slow, timeout=0.2, retry_policy=policy)
+    builder.add_edge(START, "slow")
+    graph = builder.compile()
+
+    async def main() -> None:
+        nonlocal second
+        second = asyncio.Event()
+        run = asyncio.ensure_future(graph.ainvoke({"path": []}))
+        await asyncio.wait_for(second.wait(), 10)
+        run.cancel()  # the caller gives up during the second attempt
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    with testing.capture() as cap:
+        asyncio.run(main())
+    first, retried = sorted(cap.find("slow"), key=lambda s: attr(s, sc.STEP_ATTEMPT))
+    assert attr(first, sc.STATE) == sc.STATE_FAILED
+    assert [e.name for e in first.events if e.name == sc.TIMEOUT_EXCEEDED] == [sc.TIMEOUT_EXCEEDED]
+    assert attr(retried, sc.STATE) == sc.STATE_CANCELLED
+    assert not [e for e in retried.events if e.name == sc.TIMEOUT_EXCEEDED]
+
+
 def test_retry_predicate_of_the_user_is_not_called_by_the_instrumentation(
     instrumented: LangGraphInstrumentor,
 ) -> None:

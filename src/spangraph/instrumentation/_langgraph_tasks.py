@@ -10,7 +10,6 @@ triggered at once), runs the whole task inside a ``branch`` span.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import threading
@@ -244,8 +243,8 @@ def wrap_arun_with_timeout(
             if type(exc).__name__ == "NodeTimeoutError":
                 task = args[0] if args else kwargs.get("task")
                 proc = getattr(task, "proc", None)
-                if isinstance(proc, _StepProc):
-                    proc._timeout = exc
+                if isinstance(proc, _StepProc) and proc._current is not None:
+                    proc._timeouts[proc._current] = exc  # the attempt that ran: this one
             raise
 
     return run()
@@ -254,7 +253,7 @@ def wrap_arun_with_timeout(
 class _StepProc:
     """Stands in for ``task.proc``: each call is one attempt, one ``step`` span."""
 
-    __slots__ = ("_attempt", "_policies", "_previous", "_proc", "_task", "_timeout")
+    __slots__ = ("_attempt", "_current", "_policies", "_previous", "_proc", "_task", "_timeouts")
 
     def __init__(self, task: Any, policies: Sequence[Any]) -> None:
         self._task = task
@@ -262,8 +261,9 @@ class _StepProc:
         self._policies = policies
         self._attempt = 0
         self._previous: _Frame | None = None
-        self._timeout: Exception | None = None
-        """The NodeTimeoutError of the attempt LangGraph cancelled for its timeout."""
+        self._current: _Frame | None = None
+        self._timeouts: dict[_Frame, Exception] = {}
+        """The NodeTimeoutError of each attempt LangGraph stopped for its node timeout."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._proc, name)
@@ -286,7 +286,9 @@ class _StepProc:
             opts = _Options(
                 kind=sc.KIND_STEP, name=task.name, attributes=attrs, retries=self._retries()
             )
-            return own(_Frame(opts, task.name, self._attempt, links))
+            frame = own(_Frame(opts, task.name, self._attempt, links))
+            self._current = frame
+            return frame
         except Exception:
             _log.debug("spangraph: could not start a LangGraph step span", exc_info=True)
             return None
@@ -308,9 +310,11 @@ class _StepProc:
     def _end(self, frame: _Frame, exc: BaseException | None) -> None:
         self._previous = frame
         timed_out = None
-        if self._timeout is not None and isinstance(exc, asyncio.CancelledError):
-            # cancelled by LangGraph's node timeout: the attempt failed with its error
-            exc, self._timeout = self._timeout, None
+        timeout_error = self._timeouts.pop(frame, None)
+        if timeout_error is not None:
+            # stopped by LangGraph's node timeout (the cancellation it sent, whatever the
+            # node made of it): the attempt failed with LangGraph's error
+            exc = timeout_error
             timeout = getattr(exc, "timeout", None)
             timed_out = float(timeout) if isinstance(timeout, int | float) else 0.0
         try:
