@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import redis
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 import spangraph
 from spangraph import queries
@@ -488,6 +488,28 @@ def test_a_second_shutdown_returns_when_the_first_is_done(
     assert sg.stats()["graph"]["dropped"] > 0  # the work was done once, and counted
     spangraph.shutdown()  # once done, a later call returns at once
     assert time.monotonic() - done["second"] < 1.0
+
+
+def test_a_shutdown_called_from_inside_a_shutdown_returns_at_once(
+    configured: Callable[..., spangraph.Spangraph],
+) -> None:
+    """A signal handler (or an exit hook) that calls shutdown() while the program's own
+    shutdown() runs on the same thread must not wait for it: it cannot finish until the
+    handler returns (it waited 6 s, then returned with the work not done)."""
+    inner: list[float] = []
+
+    class CallsShutdownWhileShuttingDown(SpanProcessor):
+        def shutdown(self) -> None:  # as a signal handler arriving here would
+            started = time.monotonic()
+            spangraph.shutdown()
+            inner.append(time.monotonic() - started)
+
+    sg = configured(graph=False, live=False)
+    sg.extra_processors.append(CallsShutdownWhileShuttingDown())
+    started = time.monotonic()
+    spangraph.shutdown()
+    assert inner and inner[0] < 1.0, inner
+    assert time.monotonic() - started < 2.0
 
 
 @pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf"), "1", True])

@@ -50,8 +50,8 @@ class Spangraph:
     owns_provider: bool = False
     extra_processors: list[SpanProcessor] = field(default_factory=list)
     run_processor: RunBaggageProcessor | None = None
-    _closer: int | None = field(default=None, repr=False, compare=False)
-    """The pid of the process whose shutdown() of this configuration began."""
+    _closer: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+    """The pid and thread whose shutdown() of this configuration began."""
     _closed: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
@@ -91,15 +91,20 @@ class Spangraph:
         ``timeout`` seconds when given: then the whole call takes about ``timeout``
         at most. What is not sent by then is counted as dropped and logged.
 
-        Called again, or from another thread while it runs, it does the work once: the
-        other callers return when it is done (or their own ``timeout`` has passed)."""
+        Called again, or from another thread while it runs, it does the work once: a
+        caller in another thread returns when it is done, or when its own ``timeout`` has
+        passed (without one: the longest limit of spangraph's processors, plus 1 s); a
+        call from inside it (a signal handler) returns at once."""
         if timeout is not None:
             _check_timeout(timeout)
         _release(self)
+        me = (os.getpid(), threading.get_ident())
         with _lock:
-            closer, self._closer = self._closer, self._closer or os.getpid()
+            closer, self._closer = self._closer, self._closer or me
         if closer is not None:
-            if closer == os.getpid():  # (a child forked meanwhile has no one to wait for)
+            # wait for another thread doing it; not for this one (a signal handler or an
+            # exit hook that ran inside it), nor in a child forked meanwhile
+            if closer[0] == me[0] and closer != me:
                 self._closed.wait(self._longest_wait() if timeout is None else timeout)
             return
         try:
