@@ -288,28 +288,37 @@ def test_decision_graph_option_of_and_chosen_option(sg: spangraph.Spangraph) -> 
         assert option["project_id"] == sg.settings.project
 
 
-def test_the_graph_gets_a_decisions_first_options_only(
+def test_the_graph_gets_at_most_max_options_the_chosen_and_explored_first(
     sg: spangraph.Spangraph, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A decision from elsewhere (an OTLP exporter, a tracer of the program's own) with
     a million options made one write the store could not finish within its timeout,
-    retried for ever. The graph gets the first MAX_OPTIONS; the attribute keeps them all."""
+    retried for ever. The graph gets MAX_OPTIONS of them: the chosen and explored ones,
+    then the first; the attribute keeps them all."""
     options = [f"o{i}" for i in range(MAX_OPTIONS + 500)]
+    explored = [""] * len(options)
+    explored[1200] = "00000000000000aa"  # explored, and chosen: kept, past the first 1024
+    attributes = {
+        sc.KIND: sc.KIND_DECISION,
+        sc.DECISION_OPTIONS: options,
+        sc.DECISION_OPTION_SPAN_IDS: explored,
+        sc.DECISION_CHOSEN: "o1300",
+    }
     tracer = sg.tracer_provider.get_tracer("elsewhere")
     with (
         spangraph.workflow("wf"),
-        tracer.start_as_current_span(
-            "route", attributes={sc.KIND: sc.KIND_DECISION, sc.DECISION_OPTIONS: options}
-        ) as span,
+        tracer.start_as_current_span("route", attributes=attributes) as span,
     ):
         decision_id = format(span.get_span_context().span_id, "016x")
     flush()
     targets = edges(sg, "OPTION_OF", decision_id)
     assert len(targets) == MAX_OPTIONS
+    kept = [*options[: MAX_OPTIONS - 2], "o1300"]
     assert sorted(targets) == sorted(
-        unexplored_option_id(decision_id, o) for o in options[:MAX_OPTIONS]
+        [explored[1200], *(unexplored_option_id(decision_id, o) for o in kept)]
     )
-    assert "offers 1524 options; the graph gets the first 1024" in caplog.text
+    assert edges(sg, "CHOSEN_OPTION", decision_id) == [unexplored_option_id(decision_id, "o1300")]
+    assert "offers 1524 options; the graph gets 1024 of them" in caplog.text
 
 
 def test_choosing_an_unexplored_option_gives_a_chosen_edge(sg: spangraph.Spangraph) -> None:

@@ -445,18 +445,21 @@ class SpanMapper:
         attributes = span.attributes or {}
         options = attributes.get(sc.DECISION_OPTIONS) or ()
         explored = attributes.get(sc.DECISION_OPTION_SPAN_IDS) or ()
+        chosen = attributes.get(sc.DECISION_CHOSEN)
+        indexes: Sequence[int] = range(len(options))
         if len(options) > MAX_OPTIONS:  # from elsewhere (OTLP): the SDK refuses more
             _log.warning(
-                "spangraph: decision %r offers %d options; the graph gets the first %d",
+                "spangraph: decision %r offers %d options; the graph gets %d of them "
+                "(the chosen one, those explored, then the first)",
                 str(span.name)[:200],
                 len(options),
                 MAX_OPTIONS,
             )
-            options = options[:MAX_OPTIONS]
-        chosen = attributes.get(sc.DECISION_CHOSEN)
+            indexes = _kept_options(options, explored, chosen)
         nodes: list[dict[str, Any]] = []
         edges: list[tuple[str, dict[str, Any]]] = []
-        for i, name in enumerate(options):
+        for i in indexes:
+            name = options[i]
             option_id = explored[i] if i < len(explored) and explored[i] else None
             if option_id is None:
                 option_id = unexplored_option_id(span_id, str(name))
@@ -497,6 +500,20 @@ _OPTION_INHERITS: Final = (
     "env",
     "start_ns",
 )
+
+
+def _kept_options(options: Sequence[Any], explored: Sequence[Any], chosen: Any) -> list[int]:
+    """The indexes of the MAX_OPTIONS options of a decision offering more that the graph
+    gets, in their order: the chosen one and those explored first, then the first."""
+    wanted = [
+        i for i, name in enumerate(options) if name == chosen or (i < len(explored) and explored[i])
+    ][:MAX_OPTIONS]
+    kept = set(wanted)
+    for i in range(len(options)):
+        if len(kept) >= MAX_OPTIONS:
+            break
+        kept.add(i)
+    return sorted(kept)
 
 
 MAX_OPTIONS: Final = 1024
