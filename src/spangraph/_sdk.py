@@ -114,8 +114,7 @@ class Spangraph:
 
     def _longest_wait(self) -> float:
         """How long a second shutdown() waits for the first: its processors' limits."""
-        budgets = [getattr(p, "_shutdown_timeout", 5.0) for p in self.processors]
-        return max(budgets, default=5.0) + 1.0
+        return max(map(_budget, self.processors), default=5.0) + 1.0
 
     def _shutdown(self, timeout: float | None) -> None:
         start = time.monotonic()
@@ -123,7 +122,7 @@ class Spangraph:
         _detach(self.tracer_provider, self.attached)
 
         def left(processor: SpanProcessor) -> float:
-            budget = getattr(processor, "_shutdown_timeout", 5.0)
+            budget = _budget(processor)
             if timeout is not None:
                 budget = min(budget, timeout)
             return max(0.0, start + budget - time.monotonic())
@@ -194,6 +193,11 @@ def _shutdown_other(processor: SpanProcessor, timeout: float | None) -> None:
         processor.shutdown()
     except Exception:  # pragma: no cover - best effort
         _log.exception("spangraph: shutting down %r failed", processor)
+
+
+def _budget(processor: SpanProcessor) -> float:
+    """How long ``processor`` may take to shut down (its ``shutdown_timeout``)."""
+    return float(getattr(processor, "_shutdown_timeout", 5.0))
 
 
 def _check_timeout(timeout: object) -> None:

@@ -385,7 +385,7 @@ def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentPars
     w.add_argument("--project", help="only this project")
     w.add_argument(
         "--state",
-        choices=(sc.STATE_RUNNING, sc.STATE_COMPLETED, sc.STATE_FAILED, sc.STATE_CANCELLED),
+        choices=sc.RUN_STATES,
         help="only this state",
     )
     w.add_argument("--name", help="only this workflow name")

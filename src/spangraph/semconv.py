@@ -146,6 +146,8 @@ STATE_CANCELLED: Final = "cancelled"
 """The span was cancelled (``asyncio.CancelledError``, ``KeyboardInterrupt``)."""
 STATE_UNEXPLORED: Final = "unexplored"
 """An option node that was offered at a decision but never explored (no span of its own)."""
+RUN_STATES: Final = (STATE_RUNNING, STATE_COMPLETED, STATE_FAILED, STATE_CANCELLED)
+"""The states a span of a run can be in (every state but ``unexplored``)."""
 
 # --- lifecycle event names ------------------------------------------------------------
 

@@ -240,7 +240,9 @@ def wrap_arun_with_timeout(
         try:
             return await wrapped(*args, **kwargs)
         except Exception as exc:
-            if type(exc).__name__ == "NodeTimeoutError":
+            from langgraph.errors import NodeTimeoutError  # there since node timeouts are
+
+            if isinstance(exc, NodeTimeoutError):
                 task = args[0] if args else kwargs.get("task")
                 proc = getattr(task, "proc", None)
                 if isinstance(proc, _StepProc) and proc._current is not None:

@@ -17,8 +17,8 @@ records:
   ``RetryPolicy`` retries it (``spangraph.step.attempt``, ``retry_of`` links,
   ``retry.scheduled`` / ``retry.exhausted``); a node that raises ends ``failed`` (and so
   does the workflow), and so does one that LangGraph's node timeout stops (with
-  ``timeout.exceeded`` and its ``NodeTimeoutError``), an ``interrupt()`` ends its step with ``langgraph.interrupted`` and
-  records ``workflow.paused``;
+  ``timeout.exceeded`` and its ``NodeTimeoutError``); an ``interrupt()`` ends its step
+  with ``langgraph.interrupted`` and records ``workflow.paused``;
 - each conditional edge as a ``decision`` under its source node's step, offering the
   edge's possible targets and choosing the node that runs next;
 - tasks that run side by side in one superstep (``Send`` fan-out, several nodes triggered

@@ -28,7 +28,7 @@ from ..models import (
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
-_STATES = f"^({sc.STATE_RUNNING}|{sc.STATE_COMPLETED}|{sc.STATE_FAILED}|{sc.STATE_CANCELLED})$"
+_STATES = f"^({'|'.join(sc.RUN_STATES)})$"
 
 
 def _node(settings: Any, row: dict[str, Any]) -> dict[str, Any]:
