@@ -230,6 +230,56 @@ def test_processors_named_graph_and_live(sg: spangraph.Spangraph, metrics: Metri
     registration.unregister()
 
 
+class Counted:
+    """A configuration whose processors' counters the test sets (pure logic: what the
+    callbacks make of them)."""
+
+    def __init__(self, sent: int) -> None:
+        self.graph = self
+        self.counts = {"queued": 0, "sent": sent, "dropped": 0, "failed": 0, "retries": 0}
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+def sent_points(m: Metrics) -> list[int]:
+    return [p.value for p in collect(m)[ITEMS_SENT].data.data_points]
+
+
+def test_counters_never_go_down_when_another_configuration_replaces_one() -> None:
+    from opentelemetry.sdk.metrics import ObservableCounter
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+
+    reader = InMemoryMetricReader()
+    cumulative = Metrics(MeterProvider(metric_readers=[reader]), reader)
+    delta_reader = InMemoryMetricReader(
+        preferred_temporality={ObservableCounter: AggregationTemporality.DELTA}
+    )
+    delta = Metrics(MeterProvider(metric_readers=[delta_reader]), delta_reader)
+    try:
+        for m in (cumulative, delta):
+            first, second = Counted(100), Counted(5)
+            register_metrics(first, m.provider)
+            assert sent_points(m) == [100]
+            first.counts["sent"] = 110  # counted after the last collection: kept too
+            register_metrics(second, m.provider)  # configure() called again
+            got = sent_points(m)
+            assert got == ([115] if m is cumulative else [15]), got
+            second.counts["sent"] = 7
+            assert sent_points(m) == ([117] if m is cumulative else [2])
+            again = register_metrics(first, m.provider)  # its 110 are carried already
+            assert sent_points(m) == ([117] if m is cumulative else [0])
+            first.counts["sent"] = 113
+            assert sent_points(m) == ([120] if m is cumulative else [3])
+            first.counts["sent"] = 4  # its worker's counters restarted (a forked child)
+            assert sent_points(m) == ([124] if m is cumulative else [4])
+            again.unregister()
+            assert ITEMS_SENT not in collect(m)  # nothing registered: no data points
+    finally:
+        cumulative.provider.shutdown()
+        delta.provider.shutdown()
+
+
 def test_without_a_meter_provider_it_is_a_no_op(sg: spangraph.Spangraph) -> None:
     registration = register_metrics(sg)  # the global provider: the API's proxy here
     try:
@@ -464,9 +514,11 @@ def test_global_provider_before_and_after_an_sdk_provider_is_set(
     assert "created already" not in proc.stderr, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     found, second = out["found"], out["second"]
-    assert found[f"{ITEMS_SENT}/graph"] == second["graph"]["sent"] == 6  # 3 spans, 2 items each
-    assert found[f"{ITEMS_SENT}/live"] == second["live"]["sent"]
-    assert out["first"]["graph"]["sent"] == 2  # not what is reported
+    # the counters go on from the first configuration's counts: they never go down
+    assert second["graph"]["sent"] == 6  # 3 spans, 2 items each
+    assert out["first"]["graph"]["sent"] == 2
+    assert found[f"{ITEMS_SENT}/graph"] == 2 + 6
+    assert found[f"{ITEMS_SENT}/live"] == out["first"]["live"]["sent"] + second["live"]["sent"]
     assert found[f"{SEND_DURATION}/graph"] > 0
 
 
@@ -505,3 +557,35 @@ def test_configure_metrics_true_reports_through_the_global_provider(
         "spangraph.processor.send.duration",
     ):
         assert name in proc.stdout, proc.stdout
+
+
+def test_send_duration_with_offload(
+    provider: TracerProvider,
+    graph_url: str,
+    embedded_server: Any,
+    tmp_path: Path,
+    metrics: Metrics,
+) -> None:
+    """configure(offload=True): the latency of each write to the agent process is
+    recorded under processor=offload, like the counters."""
+    instance = spangraph.configure(
+        tracer_provider=provider,
+        graph_url=graph_url,
+        redis_url=embedded_server.redis_url,
+        home=str(tmp_path),
+        offload=True,
+    )
+    try:
+        registration = register_metrics(instance, metrics.provider)
+        run_workflow("offloaded")
+        assert spangraph.flush(10)
+        got = collect(metrics)
+        assert set(points(got[ITEMS_SENT])) == {"offload"}
+        (point,) = got[SEND_DURATION].data.data_points
+        assert point.attributes["processor"] == "offload"
+        assert point.count > 0 and 0 < point.sum < 10
+        registration.unregister()
+        assert instance.offload_processor is not None
+        assert instance.offload_processor.on_sent is None  # the hook is gone
+    finally:
+        spangraph.shutdown()

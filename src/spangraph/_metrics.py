@@ -101,6 +101,12 @@ class _Instruments:
         meter = meter_provider.get_meter(METER_NAME, __version__)
         self.instance: Any = None
         self.histogram: Histogram | None = None
+        # Counters stay monotonic across configurations and counter resets: what earlier
+        # configurations (and a processor's counters before a reset, e.g. in a forked
+        # child) counted is carried as an offset per (stat, processor).
+        self._offsets: dict[tuple[str, str], int] = {}
+        self._last: dict[tuple[str, str], int] = {}
+        self._retired: list[tuple[Any, dict[tuple[str, str], int]]] = []
         for spec in INSTRUMENTS:
             if spec.kind == "histogram":
                 self.histogram = meter.create_histogram(
@@ -117,7 +123,7 @@ class _Instruments:
             )
             create(
                 spec.name,
-                callbacks=[self._callback(spec.stat or "")],
+                callbacks=[self._callback(spec.stat or "", spec.kind == "counter")],
                 unit=spec.unit,
                 description=spec.description,
             )
@@ -138,7 +144,9 @@ class _Instruments:
                 found.append((name, processor))
         return found
 
-    def _callback(self, stat: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _callback(
+        self, stat: str, monotonic: bool
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterator[Observation]:
             for name, processor in self.processors():
                 try:
@@ -146,9 +154,56 @@ class _Instruments:
                 except Exception:  # never break the collection of the other metrics
                     _log.debug("spangraph metrics: cannot read %s of %s", stat, name, exc_info=True)
                     continue
+                if monotonic:
+                    value = self._continued((stat, name), value)
                 yield Observation(value, {PROCESSOR_ATTRIBUTE: name})
 
         return observe
+
+    def _continued(self, key: tuple[str, str], value: int) -> int:
+        """``value`` of the current configuration's counter plus what came before it."""
+        with _lock:
+            last = self._last.get(key, 0)
+            if value < last:  # the counter was reset (a fork's new worker): keep its past
+                self._offsets[key] = self._offsets.get(key, 0) + last
+            self._last[key] = value
+            return value + self._offsets.get(key, 0)
+
+    def retire(self) -> None:
+        """Fold the current configuration's final counts into the offsets (called with
+        ``_lock`` held, when another one replaces it or it is unregistered)."""
+        instance = self.instance
+        finals: dict[tuple[str, str], int] = {}
+        for name, processor in self.processors():
+            try:
+                stats = processor.stats()
+            except Exception:
+                _log.debug("spangraph metrics: cannot read the stats of %s", name, exc_info=True)
+                stats = {}
+            for spec in INSTRUMENTS:
+                if spec.kind != "counter" or spec.stat is None:
+                    continue
+                key = (spec.stat, name)
+                value = stats.get(spec.stat, self._last.get(key, 0))
+                if value < self._last.get(key, 0):
+                    value = self._last[key]
+                finals[key] = value
+        for key, value in finals.items():
+            self._offsets[key] = self._offsets.get(key, 0) + value
+        self._last.clear()
+        self._retired.append((instance, finals))
+        del self._retired[:-8]  # re-registering an instance undoes its fold; a few suffice
+
+    def revive(self, instance: Any) -> None:
+        """Undo :meth:`retire` for ``instance`` registered again (its counters go on
+        from where they were, so its earlier counts must not be carried twice)."""
+        for i, (old, finals) in enumerate(self._retired):
+            if old is instance:
+                for key, value in finals.items():
+                    self._offsets[key] = self._offsets.get(key, 0) - value
+                    self._last[key] = value
+                del self._retired[i]
+                return
 
 
 def _hook(histogram: Histogram, name: str) -> Callable[[float, int], None]:
@@ -219,14 +274,16 @@ class MetricsRegistration:
         with _lock:
             if self._instruments.instance is self.instance:
                 _detach(self._instruments)
+                self._instruments.retire()
                 self._instruments.instance = None
 
 
 def _workers(instruments: _Instruments) -> list[tuple[str, Any]]:
     out = []
     for name, processor in instruments.processors():
-        worker = getattr(processor, "_worker", None)
-        if worker is not None and hasattr(worker, "on_sent"):
+        # the graph and live processors' batch workers; the offload processor itself
+        worker = getattr(processor, "_worker", processor)
+        if hasattr(worker, "on_sent"):
             out.append((name, worker))
     return out
 
@@ -246,13 +303,18 @@ def register_metrics(
     ``instance`` is a :class:`spangraph.Spangraph` as ``configure()`` returns it, or
     anything with ``graph`` / ``live`` processors, such as the OTLP ingest of
     ``spangraph serve`` (``app.state.ingest``). Registering another one on the same
-    provider replaces it: the counters then continue from the new one's values (a counter
-    reset, which Prometheus' ``rate()`` handles).
+    provider replaces it: the counters then go on from where the previous one left them
+    (its final counts are carried), so they never go down, for cumulative and delta
+    exporters alike. The same holds when a processor's own counters restart (in a forked
+    child).
     """
     with _lock:
         instruments = _instruments_for(meter_provider)
-        if instruments.instance is not None and instruments.instance is not instance:
-            _detach(instruments)
+        if instruments.instance is not instance:
+            if instruments.instance is not None:
+                _detach(instruments)
+                instruments.retire()
+            instruments.revive(instance)
         instruments.instance = instance
         if instruments.histogram is not None:
             for name, worker in _workers(instruments):

@@ -187,6 +187,7 @@ class OffloadSpanProcessor(SpanProcessor):
         self.on_start = self._buffer.start  # type: ignore[method-assign]
         self.on_end = self._buffer.end  # type: ignore[method-assign]
         self._sent = self._failed = self._retries = self._lost = 0
+        self.on_sent: Callable[[float, int], None] | None = None  # seconds, records
         self._lost_lock = threading.Lock()
         self._logged_drops = 0
         self._last_drop_log = 0.0
@@ -255,6 +256,7 @@ class OffloadSpanProcessor(SpanProcessor):
         delay = self._retry_initial
         outage_logged = False
         while True:
+            sending = time.perf_counter()
             try:
                 self._send(data, count, tokens)
             except OSError as exc:
@@ -279,6 +281,12 @@ class OffloadSpanProcessor(SpanProcessor):
                 _log.exception("spangraph offload: could not write %d record(s); dropped", count)
                 return
             self._sent += count
+            on_sent = self.on_sent
+            if on_sent is not None:
+                try:
+                    on_sent(time.perf_counter() - sending, count)
+                except Exception:  # a metrics hook never stops the delivery
+                    _log.debug("spangraph offload: the on_sent hook failed", exc_info=True)
             if outage_logged:
                 _log.warning("spangraph offload: the agent takes records again")
             return
