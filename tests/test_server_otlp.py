@@ -697,6 +697,56 @@ def test_live_events_for_otlp_spans(running: Running, redis_client: redis.Redis)
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 
+def test_a_span_id_repeated_in_one_request_is_rejected(
+    running: Running, http: httpx.Client, redis_client: redis.Redis
+) -> None:
+    """Two spans with one span_id in one request: the first is kept (graph and live), the
+    second is rejected and counted. Before, both went to the processors: the node mixed
+    the two, and the first span's live messages came out under the second's name."""
+    trace_id, span_id, t0 = uuid.uuid4().hex, uuid.uuid4().hex[:16], time.time_ns()
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(f"spangraph:workflow:{trace_id}")
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+
+    def span(name: str, offset: int) -> dict[str, Any]:
+        return {
+            "traceId": trace_id,
+            "spanId": span_id,
+            "name": name,
+            "startTimeUnixNano": str(t0 + offset),
+            "endTimeUnixNano": str(t0 + offset + 1_000_000),
+            "events": [{"name": f"{name}.event", "timeUnixNano": str(t0 + offset)}],
+        }
+
+    r = http.post(
+        "/v1/traces", content=json.dumps(json_spans(span("first", 0), span("second", 5))),
+        headers=JSON_CT,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    partial = r.json()["partialSuccess"]
+    assert int(partial["rejectedSpans"]) == 1
+    assert span_id in partial["errorMessage"] and "more than once" in partial["errorMessage"]
+    nodes = wait_for_nodes(running, trace_id, {"first"})
+    assert set(nodes) == {"first"} and nodes["first"]["span_id"] == span_id
+    assert [e["name"] for e in events_of(running.store, span_id)] == ["first.event"]
+    assert running.ingest.stats()["spans_rejected"] == 1
+
+    messages: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 15
+    while not any(m["type"] == "span.ended" for m in messages):
+        assert time.monotonic() < deadline, f"live messages missing: {messages}"
+        raw = pubsub.get_message(timeout=1)
+        if raw and raw["type"] == "message":
+            messages.append(json.loads(raw["data"]))
+    while (raw := pubsub.get_message(timeout=0.5)) is not None:  # anything after it
+        if raw["type"] == "message":
+            messages.append(json.loads(raw["data"]))
+    pubsub.close()
+    assert [(m["type"], m["name"]) for m in messages] == [
+        ("span.started", "first"), ("first.event", "first"), ("span.ended", "first"),
+    ], messages  # fmt: skip
+
+
 # -- refused requests -------------------------------------------------------------------------
 
 

@@ -571,11 +571,13 @@ def to_spans(
     ``max_links`` links (the SDK's span limits), the rest is counted. A span whose end
     time is missing (0) or before its start time ends at its start (duration 0) and is
     counted: the start is kept as the time the work began, and no stored span has a
-    negative duration. The spans come back parents first (within the request), so that
+    negative duration. A span whose span_id an earlier span of the request has is left
+    out and counted (one node per span id: the first is kept). The spans come back parents first (within the request), so that
     spans without spangraph's ids inherit them from their parents.
     """
     out = Decoded(spans=[])
     spans = out.spans
+    seen: set[int] = set()  # span ids of this request: a repeated one is rejected
     for rs in request.resource_spans:
         resource = None
         for ss in rs.scope_spans:
@@ -600,6 +602,16 @@ def to_spans(
                     if out.error is None:
                         out.error = f"span {pb.name[:200]!r}: {exc}"
                     continue
+                span_id = span.context.span_id
+                if span_id in seen:
+                    out.rejected += 1
+                    if out.error is None:
+                        out.error = (
+                            f"span {pb.name[:200]!r}: span_id {span_id:016x} appears more than "
+                            "once in the request; the first is kept"
+                        )
+                    continue
+                seen.add(span_id)
                 out.dropped_links += dropped
                 spans.append(span)
     if len(spans) > 1:
