@@ -628,6 +628,53 @@ async def test_cancellation_is_not_retried(cap: SpanCapture) -> None:
     assert not cap.has_event("retry.*")
 
 
+async def test_cancelled_while_waiting_to_retry(cap: SpanCapture) -> None:
+    """A cancellation during the backoff: the scheduled attempt is recorded as cancelled
+    (linked retry_of to the failed one). Before, the run ended on a failed attempt with a
+    retry.scheduled that nothing followed."""
+
+    @spangraph.step("flaky", retries=3, backoff=30)
+    async def flaky() -> None:
+        raise ValueError("boom")
+
+    task = asyncio.create_task(flaky())
+    while not cap.has_event("retry.scheduled"):
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    first, second = sorted(cap.find("flaky"), key=lambda s: attrs(s)[sc.STEP_ATTEMPT])
+    assert attrs(first)[sc.STATE] == "failed" and attrs(second)[sc.STEP_ATTEMPT] == 2
+    assert_cancelled(second)
+    assert _link_types(second) == [(first.context.span_id, sc.LINK_RETRY_OF)]
+
+
+def test_interrupted_while_waiting_to_retry(cap: SpanCapture) -> None:
+    """Ctrl-C (KeyboardInterrupt, from a real signal) during a sync step's backoff."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    @spangraph.step("flaky", retries=3, backoff=30)
+    def flaky() -> None:
+        raise ValueError("boom")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            flaky()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    first, second = sorted(cap.find("flaky"), key=lambda s: attrs(s)[sc.STEP_ATTEMPT])
+    assert attrs(first)[sc.STATE] == "failed"
+    assert cap.has_event("retry.scheduled", attempt=1)
+    assert_cancelled(second)
+    assert _link_types(second) == [(first.context.span_id, sc.LINK_RETRY_OF)]
+
+
 # -- timeouts ---------------------------------------------------------------------------
 
 

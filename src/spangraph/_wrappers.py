@@ -71,6 +71,26 @@ def _attempt_number(opts: _Options, attempt: int) -> int | None:
     return attempt if opts.kind == sc.KIND_STEP else None
 
 
+def _backoff_interrupted(
+    opts: _Options, name: str, attempt: int, previous: _Frame, exc: BaseException
+) -> None:
+    """Record the scheduled ``attempt`` that ``exc`` (a cancellation, Ctrl-C) stopped
+    during the wait before it: its span, linked ``retry_of`` to the attempt before, ends
+    at once with the outcome (``cancelled``), so the run does not end on a retry that was
+    announced and never told of."""
+    try:
+        frame = _Frame(
+            opts, name, _attempt_number(opts, attempt), opts.links + _retry_link(previous)
+        )
+        frame.attach()
+        try:
+            frame.finish(exc)
+        finally:
+            frame.detach()
+    except Exception:  # recording must not replace the exception
+        _log.warning("spangraph: recording the stopped retry of %r failed", name, exc_info=True)
+
+
 def _wrap_sync(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
     name = opts.name or _default_name(fn)
 
@@ -93,7 +113,11 @@ def _wrap_sync(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
                     frame.detach()
                 if delay is None:
                     raise
-                time.sleep(delay)
+                try:
+                    time.sleep(delay)
+                except BaseException as stopped:
+                    _backoff_interrupted(opts, name, attempt + 1, frame, stopped)
+                    raise
                 previous, attempt = frame, attempt + 1
                 continue
             if inspect.iscoroutine(result):  # async work: the span covers it, not the call
@@ -168,7 +192,11 @@ def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
                     frame.detach()
                 if delay is None:
                     raise
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.sleep(delay)
+                except BaseException as stopped:
+                    _backoff_interrupted(opts, name, attempt + 1, frame, stopped)
+                    raise
                 previous, attempt = frame, attempt + 1
                 continue
             try:
