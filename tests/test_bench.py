@@ -73,3 +73,17 @@ def test_rejects_unknown_setups_and_bad_span_counts() -> None:
     assert done.returncode == 2 and "need 0 < SMALL < LARGE" in done.stderr
     done = run("--workload", "nope")
     assert done.returncode == 2 and "invalid choice: 'nope'" in done.stderr
+
+
+def test_otlp_decode_bench_prints_ratios_against_the_valid_request() -> None:
+    script = SCRIPT.with_name("otlp_decode.py")
+    done = subprocess.run(
+        [sys.executable, str(script), "--spans", "20", "--reps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = dict(re.findall(r"^\| ([a-z ]+) \| [\d.]+ \| ([\d.]+) \|$", done.stdout, re.M))
+    assert set(rows) == {"valid", "one bad span", "every span bad"}
+    assert rows["valid"] == "1.00"

@@ -1440,3 +1440,41 @@ def test_overloaded_is_all_or_nothing(tmp_path: Path) -> None:
     finally:
         store.release.set()
         ingest.shutdown()
+
+
+def test_mending_walks_only_the_messages_protobuf_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One bad string among 200 spans: the field-by-field walk visits the path to it (the
+    request, its ResourceSpans and ScopeSpans, the span, the attribute, its value...),
+    not the 199 good spans, which protobuf's own parser takes as they are. Strings deeper
+    than the parser-checked levels are mended all the same."""
+    marker = "@@@"
+    deep = AnyValue(string_value=f"deep{marker}")
+    for _ in range(12):  # nested kvlists, deeper than the parser-checked levels
+        deep = AnyValue(kvlist_value={"values": [KeyValue(key="k", value=deep)]})
+    spans = [
+        PbSpan(trace_id=b"\x01" * 16, span_id=i.to_bytes(8, "big"), name=f"s{i}")
+        for i in range(1, 201)
+    ]
+    spans[100].name = f"bad{marker}"
+    spans[150].attributes.append(KeyValue(key="nested", value=deep))
+    request = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
+    )
+    body = request.SerializeToString().replace(marker.encode(), b"\xff\xfe\xc3")
+    walked: list[str] = []
+    real = ingest_mod.mend_utf8
+
+    def counting(data: bytes, descriptor: Any, depth: int = 0) -> bytes:
+        walked.append(descriptor.name)
+        return real(data, descriptor, depth)
+
+    monkeypatch.setattr(ingest_mod, "mend_utf8", counting)
+    decoded = ingest_mod.decode_protobuf(body)
+    got = decoded.resource_spans[0].scope_spans[0].spans
+    assert [s.name for s in got[99:102]] == ["s100", "bad\ufffd\ufffd\ufffd", "s102"]
+    value = got[150].attributes[0].value
+    for _ in range(12):
+        value = value.kvlist_value.values[0].value
+    assert value.string_value == "deep\ufffd\ufffd\ufffd"
+    assert walked.count("Span") == 2  # the two spans with bad text, of 200
+    assert len(walked) < 50, walked  # 5 on the path to each, 3 per level of nesting
