@@ -21,6 +21,7 @@ from opentelemetry.trace import Link
 
 import spangraph
 from spangraph import queries
+from spangraph.exceptions import StoreTimeoutError
 from spangraph.processors import GraphSpanProcessor
 from spangraph.stores import FalkorDBStore, WriteBatch
 from spangraph.stores.falkordb import EncodedWrite
@@ -588,3 +589,73 @@ def test_forked_child_writes_through_its_own_connection(sg: spangraph.Spangraph)
     }
     assert {"before-fork", "in-child", "child-step", "after-fork"} <= names
     assert sg.stats()["graph"]["dropped"] == 0
+
+
+# -- a batch the store never finishes ---------------------------------------------------------
+
+
+class PoisonStore(FalkorDBStore):
+    """A real FalkorDBStore, except that a write holding the row of ``poison`` times out
+    (as one the server never finishes in its socket timeout would): every other write
+    goes to the server."""
+
+    poison = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.attempts: list[int] = []  # spans of each write tried
+
+    def _check(self, payload: Any) -> None:
+        batch = payload.source if isinstance(payload, EncodedWrite) else payload
+        ids = {
+            r["span_id"] for rows in (*batch.starts.values(), *batch.ends.values()) for r in rows
+        }
+        self.attempts.append(len(ids))
+        if self.poison in ids:
+            raise StoreTimeoutError(f"FalkorDB at {self.url} did not answer a write (test)")
+
+    def submit(self, encoded: EncodedWrite) -> Callable[[], None]:
+        self._check(encoded)
+        return super().submit(encoded)
+
+    def write(self, batch: WriteBatch | EncodedWrite) -> None:
+        self._check(batch)
+        super().write(batch)
+
+
+def test_a_batch_that_times_out_is_split_and_only_its_culprit_dropped(
+    sg: spangraph.Spangraph, provider: TracerProvider, embedded_server: Any
+) -> None:
+    """Before, a batch that timed out every time was retried until shutdown, holding back
+    everything queued behind it. Now it is sent in halves (the store answering a ping
+    meanwhile), down to the one span the store cannot finish, which is dropped and
+    counted; every other span is written."""
+    store = PoisonStore.from_url(
+        f"falkordb://127.0.0.1:{embedded_server.port}/poison_{uuid.uuid4().hex[:10]}"
+    )
+    processor = GraphSpanProcessor(store, project=sg.settings.project, schedule_delay=60)
+    provider.add_span_processor(processor)
+    try:
+        with spangraph.workflow("wf") as run:
+            for i in range(40):
+                with spangraph.step(f"s{i}") as step:
+                    if i == 17:
+                        store.poison = step.span_id
+        assert processor.force_flush(30_000)
+        names = set(spans_of(store, run.workflow_id))
+        assert names == {"wf"} | {f"s{i}" for i in range(40)} - {"s17"}
+        stats = processor.stats()
+        assert stats["failed"] == 1 and 1 <= stats["dropped"] <= 2  # s17's start and end
+        assert stats["sent"] + stats["dropped"] == 82  # 41 spans, a start and an end each
+        assert store.attempts[0] == 41 and min(store.attempts) == 1
+        assert len(store.attempts) < 40  # halves, not span by span
+
+        # the worker goes on: a later batch is written as usual
+        with spangraph.workflow("after") as later:
+            pass
+        assert processor.force_flush(10_000)
+        assert set(spans_of(store, later.workflow_id)) == {"after"}
+    finally:
+        processor.shutdown()
+        store.delete_all()
+        store.close()

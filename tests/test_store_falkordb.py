@@ -601,3 +601,72 @@ def test_a_server_that_never_answers_is_found_out_within_the_connect_timeout(
     with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{silent_port}.*unreachable"):
         FalkorDBStore.from_url(f"falkordb://127.0.0.1:{silent_port}/g")
     assert time.monotonic() - started < 8.0
+
+
+# -- a batch in two; a write that times out -------------------------------------------------
+
+
+def test_a_batch_split_in_two_writes_what_it_writes(store: FalkorDBStore, graph_url: str) -> None:
+    batch = sample_batch()
+    batch.ends["Decision"] = [end_row(sid(4), "pick", parent=sid(1), kind="decision")]
+    batch.ends["Option"] = [end_row(f"{sid(4)}:o{i}", f"option {i}") for i in range(3)]
+    batch.parents.append(parent_row(sid(4), sid(1)))
+    batch.links["option_of"] = [
+        {"span_id": sid(4), "target_span_id": f"{sid(4)}:o{i}"} for i in range(3)
+    ]
+    halves = batch.split()
+    assert halves is not None
+    first, second = halves
+    rows = lambda b: sorted(  # noqa: E731
+        json.dumps(r, sort_keys=True)
+        for group in (*b.starts.values(), *b.ends.values(), b.parents, b.events,
+                      *b.links.values())
+        for r in group
+    )  # fmt: skip
+    assert rows(first) and rows(second) and sorted(rows(first) + rows(second)) == rows(batch)
+    spans_of = lambda b: {r["span_id"] for g in (*b.starts.values(), *b.ends.values()) for r in g}  # noqa: E731
+    assert spans_of(first) == {sid(1), sid(3)}  # the first half of the spans, in row order
+    options = {f"{sid(4)}:o{i}" for i in range(3)}
+    assert spans_of(second) == {sid(2), sid(4)} | options  # options go with their decision
+    assert second.links["option_of"] and "option_of" not in first.links
+
+    store.write(batch)
+    other = FalkorDBStore.from_url(graph_url + "_halves")
+    try:
+        other.write(first)
+        other.write(second)
+        assert snapshot(other) == snapshot(store)
+    finally:
+        other.delete_all()
+        other.close()
+    one = WriteBatch()
+    one.ends["Step"] = [end_row(sid(9), "alone")]
+    one.events = [{"span_id": sid(9), "seq": 0, "name": "e", "time_ns": 1, "attributes": "{}"}]
+    assert one.split() is None  # one span: nothing to split
+
+
+def test_a_write_not_answered_in_time_is_a_store_timeout(
+    graph_url: str, redis_client: redis.Redis
+) -> None:
+    """The server took the write and did not answer within the socket timeout: a
+    StoreTimeoutError (still a StoreUnavailableError, retried); a ping then times out too,
+    so the processor knows the server, not the batch, is stuck."""
+    from spangraph.exceptions import StoreTimeoutError
+
+    store = FalkorDBStore.from_url(graph_url, socket_timeout=0.3)
+    try:
+        store.write(sample_batch())  # connected, schema made
+        redis_client.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        paused = time.monotonic()
+        with pytest.raises(StoreTimeoutError, match=r"did not answer a write within 0\.3 s"):
+            store.write(sample_batch())
+        with pytest.raises(StoreUnavailableError) as caught:
+            store.ping()
+        assert not isinstance(caught.value, StoreTimeoutError)
+        time.sleep(max(0.0, 1.6 - (time.monotonic() - paused)))
+        store.write(sample_batch())  # answered again
+        assert counts(store) == (5, 5, 2)
+    finally:
+        redis_client.execute_command("CLIENT", "UNPAUSE")
+        store.delete_all()
+        store.close()

@@ -6,6 +6,7 @@ The tree::
     ├── ConfigurationError          a setting is invalid (names the setting)  — also a ValueError
     ├── StoreError                  the graph store answered with an error
     │   └── StoreUnavailableError   the graph store cannot be reached (transient: retried)
+    │       └── StoreTimeoutError   the graph store did not answer a write in time
     ├── LiveUnavailableError        the Redis for live events cannot be reached (transient)
     └── EmbeddedServerError         the embedded FalkorDB/Redis server cannot start or stop
 
@@ -22,6 +23,7 @@ __all__ = [
     "LiveUnavailableError",
     "SpangraphError",
     "StoreError",
+    "StoreTimeoutError",
     "StoreUnavailableError",
 ]
 
@@ -44,6 +46,13 @@ class StoreError(SpangraphError):
 
 class StoreUnavailableError(StoreError):
     """The graph store cannot be reached right now (retried with backoff)."""
+
+
+class StoreTimeoutError(StoreUnavailableError):
+    """The graph store did not answer a write within its timeout (it may still have
+    applied it; writes are idempotent). Retried like any unavailability; a batch that
+    times out again is split, so that one span the store cannot finish does not hold
+    back the others."""
 
 
 class LiveUnavailableError(SpangraphError):

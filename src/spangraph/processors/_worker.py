@@ -52,6 +52,13 @@ them into it."""
 _JOIN_GRACE: Final = 0.1
 """Seconds shutdown waits for a worker thread past its deadline."""
 
+_SPLIT_AFTER: Final = 2
+"""``split_on`` errors of one payload (the destination answering otherwise) before it is
+sent in parts."""
+
+_GIVE_UP_AFTER: Final = 4
+"""``split_on`` errors of a payload that cannot be split before it is dropped."""
+
 _InFlight = tuple[Any, int, list[_FlushMarker], Callable[[], None] | None, float]
 """A batch in the sender: payload, count, flush markers, what waits for its reply (when
 it was submitted), when it was submitted."""
@@ -81,6 +88,9 @@ class BatchWorker(Generic[T, P]):
         extend: Callable[[P, list[T]], int] | None = None,
         finalize: Callable[[P], Any] | None = None,
         max_staged: int | None = None,
+        split: Callable[[P, int], list[tuple[P, int]] | None] | None = None,
+        split_on: tuple[type[BaseException], ...] = (),
+        responsive: Callable[[], bool] | None = None,
     ) -> None:
         if max_queue_size < 1:
             raise ValueError("max_queue_size must be at least 1.")
@@ -104,6 +114,13 @@ class BatchWorker(Generic[T, P]):
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._give_up_after = give_up_after
+        # A payload the destination keeps failing to finish (``split_on`` errors, e.g. a
+        # write timing out, while ``responsive`` says it answers otherwise) is sent as the
+        # parts ``split`` makes of it after _SPLIT_AFTER such errors; one that cannot be
+        # split is dropped, counted, after _GIVE_UP_AFTER: it would hold back the rest.
+        self._split = split
+        self._split_on = split_on
+        self._responsive = responsive
         if not pipelined and (submit is not None or extend is not None or finalize is not None):
             raise ValueError("submit, extend and finalize need a pipelined worker.")
         # pipelined: what the preparer does with a prepared payload -- add items to it
@@ -433,11 +450,13 @@ class BatchWorker(Generic[T, P]):
         count: int,
         reply: Callable[[], None] | None = None,
         submitted: float | None = None,
+        split_after: int = _SPLIT_AFTER,
     ) -> None:
         """Send ``payload`` (or, first, wait for the ``reply`` to its earlier submit),
         retrying while the error is transient; count what is dropped."""
         delay = self._retry_initial
         started = time.monotonic()
+        stuck = 0  # split_on errors while the destination answered otherwise
         while True:
             sending = time.perf_counter() if submitted is None else submitted
             submitted = None
@@ -455,6 +474,19 @@ class BatchWorker(Generic[T, P]):
                     self.failed += 1
                     self._count_drop(count, f"unavailable: {exc}")
                     return
+                if isinstance(exc, self._split_on) and self._answers():
+                    stuck += 1
+                    if stuck >= split_after and self._send_split(payload, count, exc):
+                        return
+                    if stuck >= _GIVE_UP_AFTER:
+                        self.failed += 1
+                        _log.error(
+                            "spangraph %s: %d item(s) failed %d times (%s) while the "
+                            "destination answered otherwise; dropped",
+                            self.name, count, stuck, exc,
+                        )  # fmt: skip
+                        self._count_drop(count, "never finished")
+                        return
                 if not self._outage_logged:
                     self._outage_logged = True
                     _log.warning(
@@ -488,6 +520,35 @@ class BatchWorker(Generic[T, P]):
                 except Exception:
                     _log.debug("spangraph %s: the on_sent hook failed", self.name, exc_info=True)
             return
+
+    def _answers(self) -> bool:
+        responsive = self._responsive
+        if responsive is None:
+            return True
+        try:
+            return bool(responsive())
+        except Exception:
+            return False
+
+    def _send_split(self, payload: P, count: int, exc: BaseException) -> bool:
+        """Send ``payload`` as the parts ``split`` makes of it (each with the retries of
+        a batch of its own); ``False`` when it cannot be split."""
+        if self._split is None:
+            return False
+        try:
+            parts = self._split(payload, count)
+        except Exception:
+            _log.exception("spangraph %s: could not split a batch of %d", self.name, count)
+            return False
+        if not parts:
+            return False
+        _log.warning(
+            "spangraph %s: a batch of %d item(s) failed repeatedly (%s); sending it in %d parts",
+            self.name, count, exc, len(parts),
+        )  # fmt: skip
+        for part, part_count in parts:  # a part failing so once is split at once
+            self._send_payload(part, part_count, split_after=1)
+        return True
 
     def stats(self) -> dict[str, int]:
         """Counters: queued, sent, dropped, failed batches, retries."""

@@ -8,7 +8,7 @@ from typing import Any, Final
 
 from opentelemetry.sdk.util import BoundedList
 
-from ..exceptions import StoreUnavailableError
+from ..exceptions import StoreTimeoutError, StoreUnavailableError
 from ..mapping import SpanMapper, hex_span_id, hex_trace_id
 from ..stores._base import GraphStore, WriteBatch
 from ._records import RESOURCES, rebuild
@@ -87,6 +87,9 @@ class GraphSpanProcessor(QueueingSpanProcessor):
             extend=self._extend,
             finalize=self._encode,
             submit=getattr(store, "submit", None) if self._encode is not None else None,
+            split=self._split,
+            split_on=(StoreTimeoutError,),
+            responsive=self._responsive,
         )
         self._put = self._worker.put
         self._shutdown_timeout = shutdown_timeout
@@ -95,6 +98,31 @@ class GraphSpanProcessor(QueueingSpanProcessor):
     # on_start / on_end: QueueingSpanProcessor's (an append to the bounded queue)
 
     # -- worker ---------------------------------------------------------------------------
+
+    def _split(self, payload: Any, count: int) -> list[tuple[Any, int]] | None:
+        """``payload`` (a batch, or what the store encoded of one) as two, by span, with
+        ``count`` shared in proportion to their rows; ``None`` when it has one span."""
+        batch = getattr(payload, "source", payload)
+        halves = batch.split() if isinstance(batch, WriteBatch) else None
+        if halves is None:
+            return None
+        first, second = halves
+        rows = len(first) + len(second)
+        first_count = min(max(1, round(count * len(first) / rows)), count - 1) if rows else 1
+        encode = self._encode
+        return [
+            (encode(first) if encode is not None else first, first_count),
+            (encode(second) if encode is not None else second, count - first_count),
+        ]
+
+    def _responsive(self) -> bool:
+        """Whether the store answers a ping (a write that times out then is the batch's
+        own trouble, not the store's)."""
+        try:
+            self.store.ping()
+        except Exception:
+            return False
+        return True
 
     def _prepare(self, items: list[tuple[int, Any]]) -> tuple[WriteBatch, int]:
         batch = WriteBatch()

@@ -40,6 +40,39 @@ class WriteBatch:
         out += self.event_and_link_statements()
         return out
 
+    def split(self) -> tuple[WriteBatch, WriteBatch] | None:
+        """This batch as two, each with every row of its spans (the first half of the
+        spans, in the order their rows come, and the rest); ``None`` when it has rows of
+        fewer than two spans. Written one after the other, the two write what this one
+        does: every statement merges the nodes it refers to, in any order."""
+        owners: dict[str, int] = {}
+        for group in (*self.starts.values(), *self.ends.values()):
+            for row in group:
+                owners.setdefault(row["span_id"], 0)
+        # a decision's options (Option nodes in ``ends``) go with their decision
+        option_of = {
+            row["target_span_id"]: row["span_id"] for row in self.links.get("option_of", ())
+        }
+        spans = [sid for sid in owners if sid not in option_of]
+        if len(spans) < 2:
+            return None
+        first = set(spans[: len(spans) // 2])
+
+        def in_first(row: Row) -> bool:
+            span_id = row["span_id"]
+            return option_of.get(span_id, span_id) in first
+
+        halves = (WriteBatch(), WriteBatch())
+        for name in ("starts", "ends", "links"):
+            for key, rows in getattr(self, name).items():
+                for row in rows:
+                    half = getattr(halves[0 if in_first(row) else 1], name)
+                    half.setdefault(key, []).append(row)
+        for name in ("parents", "events"):
+            for row in getattr(self, name):
+                getattr(halves[0 if in_first(row) else 1], name).append(row)
+        return halves
+
     def event_and_link_statements(self) -> list[tuple[str, dict[str, Any]]]:
         """The statements of :meth:`statements` that write events and links (the last)."""
         from . import cypher

@@ -17,7 +17,12 @@ from redis.retry import Retry
 
 from .._utf8 import REPLACEMENT, utf8
 from ..config import DEFAULT_FALKORDB_GRAPH, redact_url
-from ..exceptions import ConfigurationError, StoreError, StoreUnavailableError
+from ..exceptions import (
+    ConfigurationError,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
 from . import cypher as shared_cypher
 from ._base import Row, WriteBatch
 
@@ -199,6 +204,8 @@ class EncodedWrite:
 
     packed: list[bytes | memoryview]
     commands: int
+    source: WriteBatch | None = None
+    """The batch it was encoded from (to split it when the store cannot finish it)."""
 
 
 def _nothing() -> None:
@@ -378,15 +385,28 @@ class FalkorDBStore:
     def encode(self, batch: WriteBatch) -> EncodedWrite:
         """``batch`` as the bytes :meth:`write` sends: all the client-side work of a
         write, which a caller may do on another thread than the sending one."""
-        return self._encode(write_statements(batch))
+        return self._encode(write_statements(batch), batch)
 
-    def _encode(self, statements: list[tuple[str, dict[str, Any]]]) -> EncodedWrite:
+    def _encode(
+        self, statements: list[tuple[str, dict[str, Any]]], source: WriteBatch | None = None
+    ) -> EncodedWrite:
         graph = self.graph_name
         commands = [
             ("GRAPH.QUERY", graph, _params_header(params) + cypher.encode(), "--compact")
             for cypher, params in statements
         ]
-        return EncodedWrite(self._packer.pack_commands(commands) if commands else [], len(commands))
+        packed = self._packer.pack_commands(commands) if commands else []
+        return EncodedWrite(packed, len(commands), source)
+
+    def _unavailable(self, exc: BaseException) -> StoreError:
+        """The error a transient failure while reading replies is raised as: a timeout is
+        a :class:`StoreTimeoutError` (the write was sent; no answer came in time)."""
+        if isinstance(exc, redis.TimeoutError):
+            return StoreTimeoutError(
+                f"FalkorDB at {self.url} did not answer a write within "
+                f"{self._client_kwargs['socket_timeout']} s: {exc}"
+            )
+        return StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}")
 
     def write(self, batch: WriteBatch | EncodedWrite) -> None:
         """Write ``batch`` (or what :meth:`encode` made of it) in one round trip."""
@@ -449,7 +469,7 @@ class FalkorDBStore:
                     rejected = rejected or exc
         except _TRANSIENT as exc:
             on_lost()
-            raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
+            raise self._unavailable(exc) from exc
         except BaseException as exc:  # a reply it cannot read: the connection is out of step
             on_lost()
             if isinstance(exc, Exception):
