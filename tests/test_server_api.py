@@ -144,6 +144,42 @@ def test_workflows_list_and_filters(client: TestClient, run_ids: dict[str, str])
         assert client.get("/api/workflows", params={"since_ns": since}).status_code == 422
 
 
+def test_workflows_filtered_by_a_part_of_the_name(client: TestClient) -> None:
+    """``name_contains``: runs whose name holds the text, in any case, found among every
+    run (the filter applies before ``limit``); the text is a parameter, never Cypher."""
+    odd = 'it\'s "x") OR true //'
+    names = ["Nightly-Archive", "weekly-archive", "ÜBER-ARCHIV", odd, "busy", "busy", "busy"]
+    _post_spans(
+        client,
+        [
+            {
+                "id": 0x900 + i,
+                "name": name,
+                "start": i,  # the busy runs are the newest
+                "attrs": {"spangraph.kind": "workflow", "spangraph.workflow.id": f"like-{i}"},
+            }
+            for i, name in enumerate(names)
+        ],
+    )
+
+    def listed(**params: Any) -> list[str]:
+        answer = client.get("/api/workflows", params=params)
+        assert answer.status_code == 200, answer.text
+        return [r["name"] for r in answer.json()]
+
+    assert listed(name_contains="archive") == ["weekly-archive", "Nightly-Archive"]
+    assert listed(name_contains="ARCHIV") == ["ÜBER-ARCHIV", "weekly-archive", "Nightly-Archive"]
+    assert listed(name_contains="über") == ["ÜBER-ARCHIV"]
+    assert listed(name_contains="archive", limit=1) == ["weekly-archive"]
+    assert listed(name_contains="busy", limit=2) == ["busy", "busy"]
+    assert listed(name_contains="nightly", name="weekly-archive") == []
+    assert listed(name_contains="archive", state="failed") == []
+    assert listed(name_contains="'") == [odd]
+    assert listed(name_contains=odd) == [odd]
+    assert listed(name_contains="no such run") == []
+    assert len(listed(name_contains="")) == len(names)  # empty: no filter
+
+
 def test_tree_node_and_path(client: TestClient, run_ids: dict[str, str]) -> None:
     [root] = client.get(f"/api/workflows/{run_ids['workflow_id']}/tree").json()
     assert root["name"] == "api-run" and root["kind"] == "workflow"

@@ -11,6 +11,12 @@ Python package driving the system's ``/usr/bin/chromium``; no browser download).
   contract (``?since=seq``, ``?token=``, frames of one message or a JSON array of them),
   checks the page's WebSocket path, resume after a dropped connection, duplicate
   messages, and the token dialog and bearer header.
+- ``test_name_filter_searches_every_run`` / ``test_name_filter_typed_while_loading``: the
+  runs list's name filter asks the service, so runs older than the newest 200 are found,
+  and the last filter typed wins even while a list is loading.
+- ``test_odd_attribute_keys_are_shown``: attribute keys such as ``__proto__`` (from the
+  graph and from the stream) are listed like any other, and span data that looks like
+  HTML is shown as text.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import spangraph
 from spangraph.config import Settings
+from spangraph.mapping import to_json
 from spangraph.server import create_app
+from spangraph.stores import FalkorDBStore, WriteBatch
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -632,5 +640,222 @@ def test_parent_cycles_keep_the_tree(
             expect(
                 node(page, "cyclic-run").locator('li[data-name="after-the-cycle"]')
             ).to_have_count(1)
+        finally:
+            conn.close()
+
+
+# -- runs and spans written straight into the graph ----------------------------------------
+
+
+def _write_spans(graph_url: str, spans: list[dict[str, Any]]) -> None:
+    """Write finished (or, with ``state`` "running", unfinished) spans into the graph, as
+    the graph worker leaves them. Each span: ``span_id``, ``name``, ``kind``,
+    ``workflow_id``, ``start_ns``; optional ``parent``, ``state``, ``attributes``."""
+    batch = WriteBatch()
+    for span in spans:
+        props: dict[str, Any] = {
+            "trace_id": span.get("trace_id", "ab" * 16),
+            "workflow_id": span["workflow_id"],
+            "project_id": "default",
+            "kind": span["kind"],
+            "name": span["name"],
+            "start_ns": span["start_ns"],
+            "state": span.get("state", "completed"),
+            "attributes": to_json(span.get("attributes", {})),
+        }
+        if span.get("parent"):
+            props["parent_span_id"] = span["parent"]
+        if props["state"] != "running":
+            props["end_ns"] = span["start_ns"] + 1_000_000
+            props["duration_ms"] = 1.0
+            props["status"] = "ERROR" if props["state"] == "failed" else "OK"
+        label = span["kind"].capitalize() if span["kind"] in ("workflow", "step") else None
+        batch.ends.setdefault(label, []).append({"span_id": span["span_id"], "props": props})
+    store = FalkorDBStore.from_url(graph_url)
+    try:
+        store.ensure_schema()
+        store.write(batch)
+    finally:
+        store.close()
+
+
+def _runs(names: list[str], start_ns: int, state: str = "completed") -> list[dict[str, Any]]:
+    """Workflow spans named ``names``, one microsecond apart from ``start_ns`` on."""
+    return [
+        {
+            "span_id": uuid.uuid4().hex[:16],
+            "workflow_id": f"run-{uuid.uuid4().hex[:12]}",
+            "kind": "workflow",
+            "name": name,
+            "start_ns": start_ns + 1000 * i,
+            "state": state,
+        }
+        for i, name in enumerate(names)
+    ]
+
+
+def listed_names(page: Any) -> list[str]:
+    return sorted(page.eval_on_selector_all("#runs li", "els => els.map(e => e.dataset.name)"))
+
+
+@needs_chromium
+def test_name_filter_searches_every_run(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Runs whose name is typed in the filter are found however old they are: the
+    service is asked for them (``name_contains``), not the newest 200 filtered."""
+    from playwright.sync_api import expect
+
+    t0 = 1_700_000_000_000_000_000
+    old = _runs(["Nightly-Archive", "weekly-archive"], t0)
+    old += _runs(["nightly-archive"], t0 + 10**9, state="failed")
+    _write_spans(graph_url, old + _runs(["busy-poller"] * 205, t0 + 10**12))
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        page.goto(base + "/")
+        expect(page.locator("#runs-status")).to_have_text("200 runs (the newest 200)")
+        assert listed_names(page) == ["busy-poller"] * 200
+
+        page.fill("#filter-name", "archive")
+        expect(page.locator("#runs li")).to_have_count(3)
+        assert listed_names(page) == ["Nightly-Archive", "nightly-archive", "weekly-archive"]
+        expect(page.locator("#runs-status")).to_have_text("3 runs")
+
+        page.fill("#filter-name", "NIGHTLY")  # any case
+        expect(page.locator("#runs li")).to_have_count(2)
+        page.select_option("#filter-state", "failed")
+        expect(page.locator("#runs li")).to_have_count(1)
+        expect(page.locator("#runs li")).to_have_attribute("data-name", "nightly-archive")
+
+        page.select_option("#filter-state", "")
+        page.fill("#filter-name", "no such run")
+        expect(page.locator("#runs-status")).to_have_text("No runs match these filters.")
+        page.fill("#filter-name", "")
+        expect(page.locator("#runs li")).to_have_count(200)
+
+
+@needs_chromium
+def test_name_filter_typed_while_loading(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A filter changed while the list for the one before is still loading is not lost
+    (with auto-refresh off nothing would correct it): the list for the last one shows."""
+    from playwright.sync_api import expect
+
+    t0 = 1_700_000_000_000_000_000
+    _write_spans(graph_url, _runs(["slow-one", "archive-a", "archive-b"], t0))
+    page.add_init_script(
+        """(() => {
+          const fetch0 = window.fetch;
+          window.fetch = async (url, options) => {
+            if (String(url).includes("slow")) await new Promise((r) => setTimeout(r, 1500));
+            return fetch0(url, options);
+          };
+        })()"""
+    )
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        page.goto(base + "/")
+        expect(page.locator("#runs li")).to_have_count(3)
+        page.uncheck("#auto-refresh")
+        page.fill("#filter-name", "slow")
+        page.wait_for_timeout(600)  # its list is loading (for 1.5 s)
+        page.fill("#filter-name", "archive")
+        page.wait_for_timeout(2500)
+        expect(page.locator("#runs li")).to_have_count(2)
+        assert listed_names(page) == ["archive-a", "archive-b"]
+
+
+ODD_KEYS = ("__proto__", "constructor", "hasOwnProperty", "toString", "valueOf")
+HTML = '<img src="x" onerror="window.__xss = 1">'
+
+
+@needs_chromium
+def test_odd_attribute_keys_are_shown(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Attribute keys that are names of JavaScript's object machinery are listed like
+    any other key, whether the span came from the graph (the REST tree) or the stream;
+    span names, keys and values that look like HTML are shown as text."""
+    from playwright.sync_api import expect
+
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    stream = FakeStream()
+    app.add_api_websocket_route(STREAM_PATH, stream.endpoint)
+    app.router.routes.insert(0, app.router.routes.pop())  # ahead of the real stream route
+    workflow_id = f"odd-{uuid.uuid4().hex[:8]}"
+    msg = Messages(workflow_id)
+    root, stored, live = "a1" * 8, "b2" * 8, "c3" * 8
+    now = time.time_ns()
+    stored_attrs = {k: f"{k}-stored" for k in ODD_KEYS}
+    stored_attrs[HTML] = HTML
+    _write_spans(
+        graph_url,
+        [
+            {
+                "span_id": root,
+                "workflow_id": workflow_id,
+                "kind": "workflow",
+                "name": "odd-run",
+                "start_ns": now,
+                "state": "running",
+                "trace_id": msg.trace_id,
+            },
+            {
+                "span_id": stored,
+                "parent": root,
+                "workflow_id": workflow_id,
+                "kind": "step",
+                "name": "odd-stored",
+                "start_ns": now + 1000,
+                "trace_id": msg.trace_id,
+                "attributes": stored_attrs,
+            },
+        ],
+    )
+    live_attrs = {k: f"{k}-live" for k in ODD_KEYS}
+    live_attrs[HTML] = HTML
+
+    def attributes(name: str) -> dict[str, str]:
+        node(page, name).locator(":scope > .row > .node-btn").click()
+        expect(page.locator("#detail-title")).to_have_text(name)
+        expect(page.locator("#detail table.attrs")).to_be_visible()
+        rows = page.eval_on_selector_all(
+            "#detail table.attrs tr",
+            "rows => rows.map(r => [r.querySelector('th').textContent, "
+            "r.querySelector('td').textContent])",
+        )
+        return dict(rows)
+
+    with serve(app) as base:
+        page.goto(base + "/")
+        page.evaluate(f"location.hash = 'run={workflow_id}'")
+        conn = stream.next_connection()
+        try:
+            expect(state_of(page, "odd-stored")).to_have_text("completed")
+            assert attributes("odd-stored") == stored_attrs
+            expect(page.locator("#detail h3").first).to_have_text(
+                f"Attributes ({len(stored_attrs)})"
+            )
+
+            conn.send(
+                msg("span.started", live, root, "step", "odd-live", **live_attrs),
+                msg("tool.call", live, root, "step", "odd-live", **live_attrs),
+                msg("span.started", "d4" * 8, root, "step", HTML),
+                {**msg("span.started", "e5" * 8, root, "step", "odd-trace"), "trace_id": "../x?y#"},
+            )
+            expect(state_of(page, "odd-live")).to_have_text("running")
+            assert attributes("odd-live") == live_attrs
+            event = page.locator('#detail .event[data-name="tool.call"] dt')
+            expect(event).to_have_text(list(live_attrs))
+            expect(page.locator("#tree .name", has_text=HTML)).to_have_count(1)
+            # an odd trace id stays inside the Jaeger link's path
+            expect(node(page, "odd-trace").locator(":scope > .row > a.jaeger")).to_have_attribute(
+                "href", f"{JAEGER}/trace/..%2Fx%3Fy%23?uiFind={'e5' * 8}"
+            )
+            # the stored span again: the live one's keys did not leak into it
+            assert attributes("odd-stored") == stored_attrs
+            assert page.locator("img").count() == 0
+            assert page.evaluate("window.__xss") is None
         finally:
             conn.close()

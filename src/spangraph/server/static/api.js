@@ -70,7 +70,9 @@ export function jaegerHref(node) {
   if (!node) return null;
   if (node.jaeger_url) return node.jaeger_url;
   if (!node.trace_id) return null;
-  return `${config.jaeger_url}/trace/${node.trace_id}` + (node.span_id ? `?uiFind=${node.span_id}` : "");
+  // ids from the stream (other programs' spans) go in as path and query parts, nothing else
+  const trace = encodeURIComponent(node.trace_id);
+  return `${config.jaeger_url}/trace/${trace}` + (node.span_id ? `?uiFind=${encodeURIComponent(node.span_id)}` : "");
 }
 
 

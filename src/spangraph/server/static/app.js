@@ -19,38 +19,54 @@ const PROMOTED = new Set([
 
 // -- runs list -------------------------------------------------------------------------------
 
-const knownNames = new Set();
+const RUNS_LIMIT = 200;
+const knownNames = new Set(); // suggestions for the name filter (names seen so far)
 const runItems = new Map(); // workflow_id -> <li>
 let runsTimer = null;
 let runsLoading = false;
+let runsAgain = false; // asked again (the filters changed?) while a list was loading
 
+/** The runs that match the filters, newest first. The service does the filtering
+ * (`name_contains`: a part of the name, in any case), so every run can be found, not
+ * only those among the newest RUNS_LIMIT. */
 async function loadRuns() {
-  if (runsLoading) return;
+  if (runsLoading) {
+    runsAgain = true;
+    return;
+  }
   runsLoading = true;
-  const params = new URLSearchParams({ limit: "200" });
+  try {
+    do {
+      runsAgain = false;
+      await loadRunsOnce();
+    } while (runsAgain);
+  } finally {
+    runsLoading = false;
+  }
+}
+
+async function loadRunsOnce() {
+  const params = new URLSearchParams({ limit: String(RUNS_LIMIT) });
   const state = $("filter-state").value;
   const name = $("filter-name").value.trim();
   if (state) params.set("state", state);
-  if (name && knownNames.has(name)) params.set("name", name);
+  if (name) params.set("name_contains", name);
   try {
     const runs = await api(`/api/workflows?${params}`);
-    for (const r of runs) if (r.name) knownNames.add(r.name);
+    if (runsAgain) return; // asked again meanwhile: the filters may have changed, load anew
+    for (const r of runs) if (typeof r.name === "string" && r.name) knownNames.add(r.name);
     const list = $("run-names");
     if (list.children.length !== knownNames.size) {
       list.replaceChildren(...[...knownNames].sort().map((n) => h("option", { value: n })));
     }
-    const needle = name.toLowerCase();
-    const shown = needle ? runs.filter((r) => (r.name || "").toLowerCase().includes(needle)) : runs;
-    renderRuns(shown);
+    renderRuns(runs);
     const status = $("runs-status"); // a live region: its text changes only with the count
-    status.textContent = shown.length
-      ? `${shown.length} run${shown.length === 1 ? "" : "s"}${runs.length >= 200 ? " (the newest 200)" : ""}`
+    status.textContent = runs.length
+      ? `${runs.length} run${runs.length === 1 ? "" : "s"}${runs.length >= RUNS_LIMIT ? ` (the newest ${RUNS_LIMIT})` : ""}`
       : "No runs match these filters.";
     status.title = `updated ${new Date().toLocaleTimeString()}`;
   } catch (err) {
-    $("runs-status").textContent = `Could not load runs: ${err.message}`;
-  } finally {
-    runsLoading = false;
+    if (!runsAgain) $("runs-status").textContent = `Could not load runs: ${err.message}`;
   }
 }
 
@@ -237,9 +253,22 @@ function emptyNode(spanId) {
   return {
     span_id: spanId, parent_span_id: null, trace_id: null, kind: null, name: null,
     state: null, status: null, status_message: null, start_ns: null, end_ns: null,
-    duration_ms: null, branch_id: null, service: null, env: null, attributes: {},
+    duration_ms: null, branch_id: null, service: null, env: null, attributes: attributeMap(),
     jaeger_url: null, liveEvents: [], tokens: "",
   };
+}
+
+/** A map for span-derived keys: no prototype, so `__proto__`, `constructor` and the
+ * like are keys as any other (on `{}`, setting `__proto__` changes the prototype). */
+function attributeMap() {
+  return Object.create(null);
+}
+
+/** Copy a span's attributes (an object from JSON) into `into`, key by key (`skip(key)`:
+ * leave that one out). */
+function copyAttributes(into, from, skip = null) {
+  if (!from || typeof from !== "object" || Array.isArray(from)) return;
+  for (const [k, v] of Object.entries(from)) if (!skip || !skip(k)) into[k] = v;
 }
 
 /** Merge a node from the REST API. */
@@ -255,7 +284,7 @@ function mergeNode(run, src) {
     if (src[key] !== null && src[key] !== undefined) n[key] = src[key];
   }
   n.state = betterState(n.state, src.state);
-  if (src.attributes && typeof src.attributes === "object") Object.assign(n.attributes, src.attributes);
+  copyAttributes(n.attributes, src.attributes);
   run.dirty.add(n.span_id);
 }
 
@@ -270,12 +299,12 @@ function applyMessage(run, msg, flash) {
   for (const key of ["parent_span_id", "trace_id", "kind", "name", "service", "env", "project_id"]) {
     if (msg[key] !== null && msg[key] !== undefined && n[key] == null) n[key] = msg[key];
   }
-  const attrs = msg.attributes && typeof msg.attributes === "object" ? msg.attributes : {};
+  // (own keys only: from JSON, so `__proto__` is a key here, as any other)
+  const attrs = attributeMap();
+  copyAttributes(attrs, msg.attributes);
   if (msg.type === "span.started" || msg.type === "span.ended") {
     if (attrs["spangraph.branch.id"] && !n.branch_id) n.branch_id = attrs["spangraph.branch.id"];
-    for (const [k, v] of Object.entries(attrs)) {
-      if (!PROMOTED.has(k) && k !== "state" && k !== "duration_ms") n.attributes[k] = v;
-    }
+    copyAttributes(n.attributes, attrs, (k) => PROMOTED.has(k) || k === "state" || k === "duration_ms");
   }
   switch (msg.type) {
     case "span.started":
