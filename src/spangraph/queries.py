@@ -37,6 +37,7 @@ LIST_WORKFLOWS: Final = (
     "WHERE ($project_id IS NULL OR s.project_id = $project_id)\n"
     "  AND ($state IS NULL OR s.state = $state)\n"
     "  AND ($name IS NULL OR s.name = $name)\n"
+    "  AND ($name_contains IS NULL OR toLower(s.name) CONTAINS toLower($name_contains))\n"
     "  AND ($since_ns IS NULL OR s.start_ns >= $since_ns)\n"
     f"RETURN s.span_id AS {_SPAN_FIELDS}\n"
     "ORDER BY s.start_ns DESC\n"
@@ -177,14 +178,17 @@ def workflows(
     name: str | None = None,
     since_ns: int | None = None,
     limit: int = 50,
+    name_contains: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Runs (workflow spans), newest first, filtered by project, state, name and start.
+    """Runs (workflow spans), newest first, filtered by project, state, name (whole, or
+    ``name_contains``: a part of it, in any case) and start.
 
     .. code-block:: cypher
 
         MATCH (s:Workflow)
         WHERE ($project_id IS NULL OR s.project_id = $project_id)
           AND ($state IS NULL OR s.state = $state) AND ($name IS NULL OR s.name = $name)
+          AND ($name_contains IS NULL OR toLower(s.name) CONTAINS toLower($name_contains))
           AND ($since_ns IS NULL OR s.start_ns >= $since_ns)
         RETURN s.span_id AS span_id, ... ORDER BY s.start_ns DESC LIMIT $limit
     """
@@ -197,6 +201,7 @@ def workflows(
         "project_id": project_id,
         "state": state,
         "name": name,
+        "name_contains": name_contains or None,
         "since_ns": since_ns,
         "limit": limit,
     }

@@ -7,7 +7,7 @@ Span ids are hex and stay plain parameters (``/api/nodes/{span_id}/path`` needs 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
@@ -29,20 +29,6 @@ from ..models import (
 router = APIRouter(prefix="/api", tags=["runs"])
 
 _STATES = f"^({'|'.join(sc.RUN_STATES)})$"
-
-# queries.LIST_WORKFLOWS with one more condition: a part of the name, in any case (the
-# UI's name filter). Every value is a parameter.
-_WORKFLOWS_NAME_CONTAINS: Final = (
-    "MATCH (s:Workflow)\n"
-    "WHERE toLower(s.name) CONTAINS toLower($name_contains)\n"
-    "  AND ($project_id IS NULL OR s.project_id = $project_id)\n"
-    "  AND ($state IS NULL OR s.state = $state)\n"
-    "  AND ($name IS NULL OR s.name = $name)\n"
-    "  AND ($since_ns IS NULL OR s.start_ns >= $since_ns)\n"
-    f"RETURN s.span_id AS {queries._SPAN_FIELDS}\n"
-    "ORDER BY s.start_ns DESC\n"
-    "LIMIT $limit"
-)
 
 
 def _node(settings: Any, row: dict[str, Any]) -> dict[str, Any]:
@@ -100,20 +86,15 @@ def list_workflows(
 ) -> list[dict[str, Any]]:
     """Runs (workflow spans), newest first, filtered by project, state, name (whole, or
     ``name_contains``: a part of it, in any case), start."""
-    if name_contains:
-        params = {
-            "name_contains": name_contains,
-            "project_id": project_id,
-            "state": state,
-            "name": name,
-            "since_ns": since_ns,
-            "limit": limit,
-        }
-        rows = [queries._decode(r) for r in store.query(_WORKFLOWS_NAME_CONTAINS, params)]
-    else:
-        rows = queries.workflows(
-            store, project_id=project_id, state=state, name=name, since_ns=since_ns, limit=limit
-        )
+    rows = queries.workflows(
+        store,
+        project_id=project_id,
+        state=state,
+        name=name,
+        since_ns=since_ns,
+        limit=limit,
+        name_contains=name_contains or None,
+    )
     return [_node(settings, r) for r in rows]
 
 
