@@ -381,6 +381,14 @@ class FakeStream:
     def __init__(self) -> None:
         self.connections: queue.Queue[FakeConnection] = queue.Queue()
 
+    @classmethod
+    def on(cls, app: Any) -> FakeStream:
+        """A FakeStream serving ``app``'s stream route, ahead of the real one."""
+        stream = cls()
+        app.add_api_websocket_route(STREAM_PATH, stream.endpoint)
+        app.router.routes.insert(0, app.router.routes.pop())
+        return stream
+
     async def endpoint(self, websocket: WebSocket, workflow_id: str) -> None:
         await websocket.accept()
         # resume from ?since=n, or else from a first message {"since": n}
@@ -478,9 +486,7 @@ def test_stream_contract_and_token(
 
     settings = _settings(graph_url, embedded_server.redis_url, tmp_path, api_token="s3cret")
     app = create_app(settings)
-    stream = FakeStream()
-    app.add_api_websocket_route(STREAM_PATH, stream.endpoint)
-    app.router.routes.insert(0, app.router.routes.pop())  # ahead of the real stream route
+    stream = FakeStream.on(app)
     auth_headers: list[str | None] = []
     page.on(
         "request",
@@ -597,9 +603,7 @@ def test_parent_cycles_keep_the_tree(
     from playwright.sync_api import expect
 
     app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
-    stream = FakeStream()
-    app.add_api_websocket_route(STREAM_PATH, stream.endpoint)
-    app.router.routes.insert(0, app.router.routes.pop())  # ahead of the real stream route
+    stream = FakeStream.on(app)
     workflow_id = f"jobs/{uuid.uuid4().hex[:8]}"
     msg = Messages(workflow_id)
     root, a, b, own, child, late = "a1" * 8, "b2" * 8, "c3" * 8, "d4" * 8, "e5" * 8, "f6" * 8
@@ -780,9 +784,7 @@ def test_odd_attribute_keys_are_shown(
     from playwright.sync_api import expect
 
     app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
-    stream = FakeStream()
-    app.add_api_websocket_route(STREAM_PATH, stream.endpoint)
-    app.router.routes.insert(0, app.router.routes.pop())  # ahead of the real stream route
+    stream = FakeStream.on(app)
     workflow_id = f"odd-{uuid.uuid4().hex[:8]}"
     msg = Messages(workflow_id)
     root, stored, live = "a1" * 8, "b2" * 8, "c3" * 8
