@@ -21,7 +21,7 @@ from opentelemetry.trace import Link
 
 import spangraph
 from spangraph import queries
-from spangraph.exceptions import StoreTimeoutError
+from spangraph.exceptions import StoreTimeoutError, StoreUnavailableError
 from spangraph.processors import GraphSpanProcessor
 from spangraph.stores import FalkorDBStore, WriteBatch
 from spangraph.stores.falkordb import EncodedWrite
@@ -655,6 +655,47 @@ def test_a_batch_that_times_out_is_split_and_only_its_culprit_dropped(
             pass
         assert processor.force_flush(10_000)
         assert set(spans_of(store, later.workflow_id)) == {"after"}
+    finally:
+        processor.shutdown()
+        store.delete_all()
+        store.close()
+
+
+def test_a_store_that_does_not_answer_pings_is_an_outage_not_a_bad_batch(
+    sg: spangraph.Spangraph, provider: TracerProvider, embedded_server: Any
+) -> None:
+    """Writes time out and pings fail too (a stuck server): the batch is neither split nor
+    dropped, only retried; once the server answers again, everything is written."""
+    store = PoisonStore.from_url(
+        f"falkordb://127.0.0.1:{embedded_server.port}/stuck_{uuid.uuid4().hex[:10]}"
+    )
+    stuck = threading.Event()
+    stuck.set()
+    real_ping = store.ping
+
+    def ping() -> None:
+        if stuck.is_set():
+            raise StoreUnavailableError("no answer (test)")
+        real_ping()
+
+    store.ping = ping  # type: ignore[method-assign]
+    processor = GraphSpanProcessor(store, project=sg.settings.project, schedule_delay=60)
+    provider.add_span_processor(processor)
+    try:
+        with spangraph.workflow("wf") as run:
+            for i in range(8):
+                with spangraph.step(f"s{i}") as step:
+                    if i == 3:
+                        store.poison = step.span_id
+        assert not processor.force_flush(1_500)  # still retrying
+        assert set(store.attempts) == {9}  # the whole batch each time: never split
+        assert len(store.attempts) > 4  # more timeouts than a bad batch is given
+        assert processor.stats()["dropped"] == 0
+        store.poison = ""  # the server answers again
+        stuck.clear()
+        assert processor.force_flush(15_000)
+        assert set(spans_of(store, run.workflow_id)) == {"wf"} | {f"s{i}" for i in range(8)}
+        assert processor.stats()["dropped"] == 0
     finally:
         processor.shutdown()
         store.delete_all()

@@ -183,11 +183,8 @@ class _Instruments:
             for spec in INSTRUMENTS:
                 if spec.kind != "counter" or spec.stat is None:
                     continue
-                key = (spec.stat, name)
-                value = stats.get(spec.stat, self._last.get(key, 0))
-                if value < self._last.get(key, 0):
-                    value = self._last[key]
-                finals[key] = value
+                key = (spec.stat, name)  # never less than what was reported already
+                finals[key] = max(stats.get(spec.stat, 0), self._last.get(key, 0))
         for key, value in finals.items():
             self._offsets[key] = self._offsets.get(key, 0) + value
         self._last.clear()

@@ -108,7 +108,7 @@ class GraphSpanProcessor(QueueingSpanProcessor):
             return None
         first, second = halves
         rows = len(first) + len(second)
-        first_count = min(max(1, round(count * len(first) / rows)), count - 1) if rows else 1
+        first_count = min(max(1, round(count * len(first) / rows)), count - 1)
         encode = self._encode
         return [
             (encode(first) if encode is not None else first, first_count),

@@ -596,8 +596,9 @@ def to_spans(
     time is missing (0) or before its start time ends at its start (duration 0) and is
     counted: the start is kept as the time the work began, and no stored span has a
     negative duration. A span whose span_id an earlier span of the request has is left
-    out and counted (one node per span id: the first is kept). The spans come back parents first (within the request), so that
-    spans without spangraph's ids inherit them from their parents.
+    out and counted (one node per span id: the first is kept). The spans come back
+    parents first (within the request), so that spans without spangraph's ids inherit
+    them from their parents.
     """
     out = Decoded(spans=[])
     spans = out.spans

@@ -45,10 +45,11 @@ class WriteBatch:
         spans, in the order their rows come, and the rest); ``None`` when it has rows of
         fewer than two spans. Written one after the other, the two write what this one
         does: every statement merges the nodes it refers to, in any order."""
-        owners: dict[str, int] = {}
-        for group in (*self.starts.values(), *self.ends.values()):
-            for row in group:
-                owners.setdefault(row["span_id"], 0)
+        owners = dict.fromkeys(  # span ids in the order their rows come
+            row["span_id"]
+            for group in (*self.starts.values(), *self.ends.values())
+            for row in group
+        )
         # a decision's options (Option nodes in ``ends``) go with their decision
         option_of = {
             row["target_span_id"]: row["span_id"] for row in self.links.get("option_of", ())
