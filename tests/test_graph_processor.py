@@ -11,7 +11,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from opentelemetry import trace
@@ -334,15 +334,16 @@ class SpanNames(SpanProcessor):
         self.names.append(span.name)
 
 
-@pytest.fixture
-def recording(
-    sg: spangraph.Spangraph, provider: TracerProvider, embedded_server: Any
-) -> Iterator[tuple[RecordingStore, GraphSpanProcessor]]:
+S = TypeVar("S", bound=FalkorDBStore)
+
+
+@contextlib.contextmanager
+def own_graph(
+    store_class: type[S], sg: spangraph.Spangraph, provider: TracerProvider, server: Any
+) -> Iterator[tuple[S, GraphSpanProcessor]]:
     """A second GraphSpanProcessor on the test's provider, writing through a
-    RecordingStore into a graph of its own; its worker wakes only on flush."""
-    store = RecordingStore.from_url(
-        f"falkordb://127.0.0.1:{embedded_server.port}/rec_{uuid.uuid4().hex[:10]}"
-    )
+    ``store_class`` store into a graph of its own; its worker wakes only on flush."""
+    store = store_class.from_url(f"falkordb://127.0.0.1:{server.port}/own_{uuid.uuid4().hex[:10]}")
     processor = GraphSpanProcessor(store, project=sg.settings.project, schedule_delay=60)
     provider.add_span_processor(processor)
     try:
@@ -351,6 +352,16 @@ def recording(
         processor.shutdown()
         store.delete_all()
         store.close()
+
+
+@pytest.fixture
+def recording(
+    sg: spangraph.Spangraph, provider: TracerProvider, embedded_server: Any
+) -> Iterator[tuple[RecordingStore, GraphSpanProcessor]]:
+    """A second GraphSpanProcessor on the test's provider, writing through a
+    RecordingStore into a graph of its own; its worker wakes only on flush."""
+    with own_graph(RecordingStore, sg, provider, embedded_server) as both:
+        yield both
 
 
 def test_an_unreadable_record_is_skipped_and_counted_as_dropped(
@@ -623,52 +634,57 @@ class PoisonStore(FalkorDBStore):
         super().write(batch)
 
 
-def test_a_batch_that_times_out_is_split_and_only_its_culprit_dropped(
+@pytest.fixture
+def poisoned(
     sg: spangraph.Spangraph, provider: TracerProvider, embedded_server: Any
+) -> Iterator[tuple[PoisonStore, GraphSpanProcessor]]:
+    """A GraphSpanProcessor on the test's provider writing through a PoisonStore into a
+    graph of its own; its worker wakes only on flush."""
+    with own_graph(PoisonStore, sg, provider, embedded_server) as both:
+        yield both
+
+
+def run_with_poison(store: PoisonStore, steps: int, poison: int) -> str:
+    """A workflow of ``steps`` steps, step ``poison`` the one the store times out on."""
+    with spangraph.workflow("wf") as run:
+        for i in range(steps):
+            with spangraph.step(f"s{i}") as step:
+                if i == poison:
+                    store.poison = step.span_id
+    return run.workflow_id
+
+
+def test_a_batch_that_times_out_is_split_and_only_its_culprit_dropped(
+    poisoned: tuple[PoisonStore, GraphSpanProcessor],
 ) -> None:
     """Before, a batch that timed out every time was retried until shutdown, holding back
     everything queued behind it. Now it is sent in halves (the store answering a ping
     meanwhile), down to the one span the store cannot finish, which is dropped and
     counted; every other span is written."""
-    store = PoisonStore.from_url(
-        f"falkordb://127.0.0.1:{embedded_server.port}/poison_{uuid.uuid4().hex[:10]}"
-    )
-    processor = GraphSpanProcessor(store, project=sg.settings.project, schedule_delay=60)
-    provider.add_span_processor(processor)
-    try:
-        with spangraph.workflow("wf") as run:
-            for i in range(40):
-                with spangraph.step(f"s{i}") as step:
-                    if i == 17:
-                        store.poison = step.span_id
-        assert processor.force_flush(30_000)
-        names = set(spans_of(store, run.workflow_id))
-        assert names == {"wf"} | {f"s{i}" for i in range(40)} - {"s17"}
-        stats = processor.stats()
-        assert stats["failed"] == 1 and 1 <= stats["dropped"] <= 2  # s17's start and end
-        assert stats["sent"] + stats["dropped"] == 82  # 41 spans, a start and an end each
-        assert store.attempts[0] == 41 and min(store.attempts) == 1
-        assert len(store.attempts) < 40  # halves, not span by span
+    store, processor = poisoned
+    workflow_id = run_with_poison(store, 40, 17)
+    assert processor.force_flush(30_000)
+    names = set(spans_of(store, workflow_id))
+    assert names == {"wf"} | {f"s{i}" for i in range(40)} - {"s17"}
+    stats = processor.stats()
+    assert stats["failed"] == 1 and 1 <= stats["dropped"] <= 2  # s17's start and end
+    assert stats["sent"] + stats["dropped"] == 82  # 41 spans, a start and an end each
+    assert store.attempts[0] == 41 and min(store.attempts) == 1
+    assert len(store.attempts) < 40  # halves, not span by span
 
-        # the worker goes on: a later batch is written as usual
-        with spangraph.workflow("after") as later:
-            pass
-        assert processor.force_flush(10_000)
-        assert set(spans_of(store, later.workflow_id)) == {"after"}
-    finally:
-        processor.shutdown()
-        store.delete_all()
-        store.close()
+    # the worker goes on: a later batch is written as usual
+    with spangraph.workflow("after") as later:
+        pass
+    assert processor.force_flush(10_000)
+    assert set(spans_of(store, later.workflow_id)) == {"after"}
 
 
 def test_a_store_that_does_not_answer_pings_is_an_outage_not_a_bad_batch(
-    sg: spangraph.Spangraph, provider: TracerProvider, embedded_server: Any
+    poisoned: tuple[PoisonStore, GraphSpanProcessor],
 ) -> None:
     """Writes time out and pings fail too (a stuck server): the batch is neither split nor
     dropped, only retried; once the server answers again, everything is written."""
-    store = PoisonStore.from_url(
-        f"falkordb://127.0.0.1:{embedded_server.port}/stuck_{uuid.uuid4().hex[:10]}"
-    )
+    store, processor = poisoned
     stuck = threading.Event()
     stuck.set()
     real_ping = store.ping
@@ -679,24 +695,13 @@ def test_a_store_that_does_not_answer_pings_is_an_outage_not_a_bad_batch(
         real_ping()
 
     store.ping = ping  # type: ignore[method-assign]
-    processor = GraphSpanProcessor(store, project=sg.settings.project, schedule_delay=60)
-    provider.add_span_processor(processor)
-    try:
-        with spangraph.workflow("wf") as run:
-            for i in range(8):
-                with spangraph.step(f"s{i}") as step:
-                    if i == 3:
-                        store.poison = step.span_id
-        assert not processor.force_flush(1_500)  # still retrying
-        assert set(store.attempts) == {9}  # the whole batch each time: never split
-        assert len(store.attempts) > 4  # more timeouts than a bad batch is given
-        assert processor.stats()["dropped"] == 0
-        store.poison = ""  # the server answers again
-        stuck.clear()
-        assert processor.force_flush(15_000)
-        assert set(spans_of(store, run.workflow_id)) == {"wf"} | {f"s{i}" for i in range(8)}
-        assert processor.stats()["dropped"] == 0
-    finally:
-        processor.shutdown()
-        store.delete_all()
-        store.close()
+    workflow_id = run_with_poison(store, 8, 3)
+    assert not processor.force_flush(1_500)  # still retrying
+    assert set(store.attempts) == {9}  # the whole batch each time: never split
+    assert len(store.attempts) > 4  # more timeouts than a bad batch is given
+    assert processor.stats()["dropped"] == 0
+    store.poison = ""  # the server answers again
+    stuck.clear()
+    assert processor.force_flush(15_000)
+    assert set(spans_of(store, workflow_id)) == {"wf"} | {f"s{i}" for i in range(8)}
+    assert processor.stats()["dropped"] == 0
