@@ -58,12 +58,20 @@ def test_the_token_never_reaches_the_access_log(served: Any) -> None:
         ):
             assert sse.status_code == 200
 
+        # The query parser decodes parameter names: this is the token too, and works.
+        encoded = f"ws://127.0.0.1:{port}/api/stream/workflows/w-enc?since=0&t%6Fken={TOKEN}"
+        async with connect(encoded, compression=None) as ws:
+            assert '"subscribed"' in await asyncio.wait_for(ws.recv(), 10)
+
     asyncio.run(use_the_token_in_queries())
     assert httpx.get(f"{base}/api/workflows?token={TOKEN}").status_code == 401  # header only
+    assert httpx.get(f"{base}/api/workflows?x=1;token={TOKEN}").status_code == 401
     text = output()
     assert "/api/stream/workflows/w-log?since=0&token=***" in text
     assert "/api/stream/workflows/w-log/sse?token=***&x=1" in text
     assert "/api/workflows?token=***" in text
+    assert "/api/stream/workflows/w-enc?since=0&t%6Fken=***" in text
+    assert "/api/workflows?x=1;token=***" in text
     assert TOKEN not in text
 
 

@@ -246,6 +246,34 @@ async def test_subscriber_take_waits_for_push_and_end() -> None:
     assert sub.gone.is_set() and sub.close_code == 4008
 
 
+async def test_subscriber_take_gives_a_heartbeat_after_its_own_silence() -> None:
+    """Each client's heartbeat is counted from what it was last sent, not a shared clock."""
+    loop = asyncio.get_running_loop()
+    sub = Subscriber("c", max_queue=10, workflow_id="w", last_sent=0)
+    began = loop.time()
+    assert await asyncio.wait_for(sub.take(0.05), 5) == [HEARTBEAT]
+    assert loop.time() - began >= 0.05  # not before the silence has lasted
+    busy = Batch(['{"seq":1}'], [1])
+    waiting = asyncio.create_task(sub.take(30))
+    await asyncio.sleep(0.01)
+    assert sub.push(busy)
+    assert await asyncio.wait_for(waiting, 5) == [busy]  # a message, not a heartbeat
+    assert sub.push(Batch(['{"seq":2}'], [2]))
+    assert seqs_of(await sub.take(0)) == [[2]]  # queued: no wait, no heartbeat
+    # The timers of earlier takes are gone: nothing wakes a take without a heartbeat.
+    quiet = asyncio.create_task(sub.take())
+    await asyncio.sleep(0.15)
+    assert not quiet.done()
+    sub.end(1001, "bye")
+    assert await asyncio.wait_for(quiet, 5) is None
+    assert await sub.take(0.01) is None  # ended: no heartbeat either
+
+
+def seqs_of(batches: list[Batch] | None) -> list[list[int] | None]:
+    assert batches is not None
+    return [b.seqs for b in batches]
+
+
 # -- WebSocket ----------------------------------------------------------------------------
 
 
@@ -376,6 +404,64 @@ async def test_ws_since_replays_from_the_stream_then_goes_live(serve, sdk, r) ->
     assert last == before + 5
 
 
+async def test_a_fast_run_does_not_overflow_a_client_choosing_since(serve, sdk, r) -> None:
+    """While a WebSocket client may still send {"since": n}, a run publishing faster than
+    its queue holds must not cut it off: it gets everything since it connected."""
+    live = serve(max_queue=50, since_window=1.5)
+    project, wid = sdk(), new_id()
+    async with (
+        live.ws(f"/api/stream/workflows/{wid}") as w,
+        live.ws(f"/api/stream/projects/{project}") as p,
+    ):
+        got_p: list[dict[str, Any]] = []
+
+        async def keep_reading() -> None:
+            assert (await subscribed(p))["since"] is None
+            while True:
+                got_p.extend(m for m in await frame(p, 30) if m.get("workflow_id") == wid)
+
+        reader = asyncio.create_task(keep_reading())
+        with spangraph.workflow("w", workflow_id=wid):
+            for _ in range(20):  # 400 messages, 8 times the queue, within the window
+                emit(20)
+                await asyncio.to_thread(spangraph.flush, 10)
+        last = await flush_and_last(r, wid)
+        assert (await subscribed(w))["since"] == 0
+        assert seqs(await events_until(w, wid, last)) == list(range(1, last + 1))
+        deadline = time.monotonic() + 15
+        while (not got_p or got_p[-1]["seq"] < last) and not reader.done():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        reader.cancel()
+    assert last > 400
+    assert seqs(got_p) == list(range(1, last + 1))
+    assert live.hub.stats()["too_slow"] == 0
+
+
+async def test_project_bad_first_message_closes_with_1003(serve) -> None:
+    live = serve()
+    async with live.ws("/api/stream/projects/p-bad") as ws:
+        assert (await subscribed(ws))["since"] is None
+        await ws.send('{"since": "3"}')
+        with pytest.raises(ConnectionClosed):
+            await frame(ws)
+    assert ws.close_code == 1003 and "first message" in ws.close_reason
+
+
+@pytest.mark.parametrize("query", ["since=%205", "since=5%20", "since=%2B5", "since=1&since=2"])
+async def test_since_in_the_query_is_digits_given_once(serve, query: str) -> None:
+    live = serve()
+    wid = new_id()
+    for path in (f"/api/stream/workflows/{wid}?{query}", f"/api/stream/projects/p?{query}"):
+        async with live.ws(path) as ws:
+            with pytest.raises(ConnectionClosed):
+                await frame(ws)
+        assert ws.close_code == 1003 and "since must be" in ws.close_reason
+    async with live.http() as http:
+        answer = await http.get(f"/api/stream/workflows/{wid}/sse?{query}")
+    assert answer.status_code == 400 and "since must be" in answer.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("first", "detail"),
     [("not json", "first message"), ('{"since": -1}', "first"), ('{"snce": 3}', "first")],
@@ -468,6 +554,8 @@ async def test_token_is_required_when_set(serve) -> None:
     for path, headers in [
         (f"/api/stream/workflows/{wid}", {}),
         (f"/api/stream/workflows/{wid}?token=wrong", {}),
+        (f"/api/stream/workflows/{wid}?token=s3cret&token=wrong", {}),  # which one? neither
+        (f"/api/stream/workflows/{wid}?token=wrong&token=s3cret", {}),
         ("/api/stream/projects/p", {"Authorization": "Bearer wrong"}),
     ]:
         async with live.ws(path, additional_headers=headers) as ws:

@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from ..exceptions import LiveUnavailableError
 from ..processors.live import seq_key, stream_key
-from ._subscriber import GOING_AWAY, HEARTBEAT, TOO_SLOW, Batch, Channel, Subscriber, control
+from ._subscriber import GOING_AWAY, TOO_SLOW, Batch, Channel, Subscriber, control
 
 _log = logging.getLogger("spangraph.server")
 
@@ -149,7 +149,6 @@ class StreamHub:
             return
         self._open_clients(self.redis_url)
         self._spawn(self._run())
-        self._spawn(self._beat())
 
     def _open_clients(self, redis_url: str) -> None:
         """Make the command and Pub/Sub clients of ``redis_url`` (they connect on use)."""
@@ -183,7 +182,7 @@ class StreamHub:
     async def stop(self) -> None:
         """Tell every client the service is going away, then close the connections.
 
-        Takes at most about twice ``timeout`` seconds: the reader and the heartbeat are
+        Takes at most about twice ``timeout`` seconds: the reader and its helpers are
         cancelled, and cancelled again while they have not ended (a cancellation that
         meets a read's own timeout can be lost inside the Redis client, which then reads
         on), then left behind with a warning; closing each connection is bounded too."""
@@ -476,16 +475,6 @@ class StreamHub:
         for channel in list(self._channels.values()):
             for sub in list(channel.subs):
                 sub.push(batch)  # a control message never cuts a client off
-
-    async def _beat(self) -> None:
-        """Every ``heartbeat`` seconds, a heartbeat to each client that got nothing."""
-        while not self._stopping:
-            await asyncio.sleep(self.heartbeat)
-            for channel in list(self._channels.values()):
-                for sub in channel.subs:
-                    if sub.idle:
-                        sub.push(HEARTBEAT)
-                    sub.idle = True
 
 
 def _subscriber_count(channel: Channel) -> int:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar
+from urllib.parse import unquote_plus
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -149,12 +150,13 @@ def _metrics_provider(ingest: Any) -> Any:
 class _RedactToken(logging.Filter):
     """Writes ``token=***`` for the value of every ``token`` query parameter in a log
     record (uvicorn logs each request's path and query: browsers send the API token in
-    the query of WebSockets and server-sent events)."""
+    the query of WebSockets and server-sent events). A parameter's name is compared as
+    the query parser reads it, percent-decoded: ``?t%6Fken=`` is a token too."""
 
-    _QUERY_TOKEN = re.compile(r"([?&]token=)[^&#\s\"']*")
+    _PARAM = re.compile(r"([?&;])([^=&;#\s\"']*)=([^&;#\s\"']*)")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and "token=" in record.msg:
+        if isinstance(record.msg, str) and "=" in record.msg:
             record.msg = self._redact(record.msg)
         if isinstance(record.args, tuple):
             record.args = tuple(self._redact(a) if isinstance(a, str) else a for a in record.args)
@@ -165,7 +167,12 @@ class _RedactToken(logging.Filter):
         return True
 
     def _redact(self, text: str) -> str:
-        return self._QUERY_TOKEN.sub(r"\1***", text) if "token=" in text else text
+        return self._PARAM.sub(_hide_token, text) if "=" in text else text
+
+
+def _hide_token(found: re.Match[str]) -> str:
+    sep, name, _ = found.groups()
+    return f"{sep}{name}=***" if unquote_plus(name).strip().lower() == "token" else found[0]
 
 
 _SERVER_LOGGERS = ("uvicorn.access", "uvicorn.error")

@@ -14,7 +14,8 @@ service's own, told apart by ``type``:
 
 * ``{"type": "subscribed", "channel": …, "since": n}`` first: live from here; on a
   workflow, every message with ``seq > since`` follows (``since`` ``null`` on projects);
-* ``{"type": "heartbeat"}`` after ``heartbeat`` seconds (15) without a message;
+* ``{"type": "heartbeat"}`` after ``heartbeat`` seconds (15) in which the client was
+  sent nothing (counted for each client from the last thing it was sent);
 * ``{"type": "error", "detail": …}`` when Redis went away (the hub reconnects), or when
   a replay asks for events the stream no longer keeps;
 * ``{"type": "resumed", "detail": …}`` when Redis is back (a workflow channel first gets
@@ -24,9 +25,12 @@ Resume: on a workflow, send ``{"since": n}`` (the last ``seq`` you saw) as the f
 message within ``since_window`` seconds (0.5) of connecting, or connect with ``?since=n``;
 the replay comes from ``spangraph:stream:{workflow_id}``, then live, with no gap and no
 repeat. Without either, ``subscribed`` comes once the window has passed, and everything
-published since the connection opened follows. ``since`` is a whole number from 0 to
-``MAX_SEQ`` (2**63 - 1, the largest value of Redis's counter) everywhere; project
-channels have no stream, so there it is checked and then ignored. SSE resumes from
+published since the connection opened follows, replayed from the run's stream (nothing
+queues up meanwhile, however fast the run). ``since`` is a whole number from 0 to
+``MAX_SEQ`` (2**63 - 1, the largest value of Redis's counter), digits only, given once,
+everywhere; project channels have no stream, so there it is checked and then ignored:
+``subscribed`` comes at once, and a first message within the window must still be
+``{"since": n}``. SSE resumes from
 ``Last-Event-ID`` (browsers send it when they reconnect) or ``?since=n``; each event is
 ``id: <seq>`` + ``data: <json>`` (plain ``message`` events: the type is in the JSON), the
 service's own messages come without ``id``, heartbeats as ``: heartbeat``.
@@ -99,7 +103,8 @@ def _presented_token(headers: Any, query: Any) -> str | None:
     scheme, _, credentials = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    return query.get("token")
+    given = query.getlist("token")
+    return given[0] if len(given) == 1 else None  # twice: which one? neither
 
 
 def _origin_ok(websocket: WebSocket) -> bool:
@@ -117,11 +122,19 @@ def _origin_ok(websocket: WebSocket) -> bool:
     return bool(host) and origin == f"{scheme}://{host}"
 
 
+def _query_since(query: Any) -> int | None:
+    """``?since=`` (``ValueError`` if bad or given more than once)."""
+    given = query.getlist("since")
+    if len(given) > 1:
+        raise ValueError(f"since must be given once, not {len(given)} times")
+    return _since(given[0] if given else None, "since")
+
+
 def _since(value: str | None, what: str) -> int | None:
-    """The ``seq`` a client saw, from a header or query value; ``ValueError`` if bad."""
+    """The ``seq`` a client saw, from a header or query value; ``ValueError`` if bad
+    (digits only: no sign, no spaces)."""
     if value is None or value == "":
         return None
-    value = value.strip()
     digits = value.lstrip("0") or "0"
     if not (value.isascii() and value.isdigit()) or len(digits) > 19 or int(digits) > MAX_SEQ:
         raise ValueError(
@@ -161,6 +174,11 @@ async def _first_message(websocket: WebSocket, window: float) -> tuple[int | Non
         return None, None
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
+    return _since_message(message)
+
+
+def _since_message(message: dict[str, Any]) -> tuple[int | None, str | None]:
+    """``(since, error)`` from a client's ``{"since": n}`` message."""
     try:
         body = json.loads(message["text"]) if message.get("text") is not None else None
     except ValueError:
@@ -188,28 +206,44 @@ async def _serve_ws(websocket: WebSocket, channel: str, workflow_id: str | None,
     if not key:
         return await _close(websocket, UNSUPPORTED_DATA, _NO_ID)
     try:
-        since = _since(websocket.query_params.get("since"), "since")
+        since = _query_since(websocket.query_params)
     except ValueError as exc:
         return await _close(websocket, UNSUPPORTED_DATA, str(exc))
     sub: Subscriber | None = None
     try:
-        # The run's seq before subscribing: whatever comes after it reaches this client.
-        start = await hub.current_seq(workflow_id) if workflow_id is not None else None
-        sub = Subscriber(channel, max_queue=hub.max_queue, workflow_id=workflow_id, last_sent=start)
-        await hub.attach(sub)  # live messages queue up while the client chooses `since`
-        if since is None:
-            since, error = await _first_message(websocket, hub.since_window)
-            if error is not None:
-                _log.info("closed WebSocket %s: bad first message", where)
-                hub.detach(sub)
-                return await _close(websocket, UNSUPPORTED_DATA, error)
-        if workflow_id is not None and since is not None:
-            start = sub.last_sent = since
-        await websocket.send_text("[" + control("subscribed", channel=channel, since=start) + "]")
-        if workflow_id is not None and start is not None:
+        if workflow_id is None:
+            # A project has no stream to replay from, so no since to wait for: live at
+            # once; a {"since": n} sent within the window is read (and ignored) as it
+            # comes. Waiting instead would queue the project's messages meanwhile.
+            sub = Subscriber(channel, max_queue=hub.max_queue)
+            await hub.attach(sub)
+            await websocket.send_text(
+                "[" + control("subscribed", channel=channel, since=None) + "]"
+            )
+            expect_since = since is None
+        else:
+            # The run's seq at connection: whatever comes after it reaches this client,
+            # replayed from the run's stream, so nothing needs to queue while the client
+            # chooses since (a fast run would overflow the queue meanwhile).
+            start = await hub.current_seq(workflow_id)
+            if since is None:
+                since, error = await _first_message(websocket, hub.since_window)
+                if error is not None:
+                    _log.info("closed WebSocket %s: bad first message", where)
+                    return await _close(websocket, UNSUPPORTED_DATA, error)
+            if since is not None:
+                start = since
+            sub = Subscriber(
+                channel, max_queue=hub.max_queue, workflow_id=workflow_id, last_sent=start
+            )
+            await hub.attach(sub)
+            await websocket.send_text(
+                "[" + control("subscribed", channel=channel, since=start) + "]"
+            )
             async for batch in hub.backlog(workflow_id, start):
                 for frame in frames_of(sub.select([batch])):
                     await websocket.send_text(frame)
+            expect_since = False
     except _UNAVAILABLE as exc:
         if sub is not None:
             hub.detach(sub)
@@ -219,24 +253,36 @@ async def _serve_ws(websocket: WebSocket, channel: str, workflow_id: str | None,
             hub.detach(sub)
         return None
     try:
-        await _relay(websocket, hub, sub)
+        await _relay(websocket, hub, sub, expect_since)
     finally:
         hub.detach(sub)
 
 
-async def _relay(websocket: WebSocket, hub: StreamHub, sub: Subscriber) -> None:
-    """Send what the hub queues until the client leaves or the hub ends ``sub``."""
+async def _relay(websocket: WebSocket, hub: StreamHub, sub: Subscriber, expect_since: bool) -> None:
+    """Send what the hub queues until the client leaves or the hub ends ``sub``;
+    ``expect_since``: a first message within the since window must be ``{"since": n}``."""
 
     async def pump() -> None:
         send = websocket.send  # what send_text calls, one call less a frame
-        while (batches := await sub.take()) is not None:
+        while (batches := await sub.take(hub.heartbeat)) is not None:
             for frame in frames_of(sub.select(batches)):
                 await send({"type": "websocket.send", "text": frame})
             hub.sent(batches)
 
     async def listen() -> None:  # notices the client leave; what it sends is ignored
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + hub.since_window if expect_since else None
         told = False
-        while (await websocket.receive())["type"] != "websocket.disconnect":
+        while (message := await websocket.receive())["type"] != "websocket.disconnect":
+            if deadline is not None:
+                in_time, deadline = loop.time() <= deadline, None
+                if in_time:
+                    _, error = _since_message(message)
+                    if error is not None:
+                        _log.info("closed WebSocket %s: bad first message", websocket.url.path)
+                        sub.end(UNSUPPORTED_DATA, error)
+                        return
+                    continue
             if not told:
                 told = True
                 detail = _IGNORED.format(window=hub.since_window)
@@ -302,7 +348,7 @@ async def stream_workflow_sse(
     try:
         since = _since(last_event_id, "Last-Event-ID")
         if since is None:
-            since = _since(request.query_params.get("since"), "since")
+            since = _query_since(request.query_params)
     except ValueError as exc:
         raise HTTPException(400, detail=str(exc)) from None
     channel = workflow_channel(workflow_id)
@@ -334,7 +380,7 @@ async def _sse(hub: StreamHub, sub: Subscriber, channel: str, start: int) -> Asy
     except _UNAVAILABLE as exc:
         yield sse_event(None, control("error", detail=f"replay failed: {exc}")).encode()
         return
-    while (batches := await sub.take()) is not None:
+    while (batches := await sub.take(hub.heartbeat)) is not None:
         if chunk := sse_of(sub.select(batches)):
             yield chunk
         hub.sent(batches)
