@@ -246,32 +246,24 @@ async def test_subscriber_take_waits_for_push_and_end() -> None:
     assert sub.gone.is_set() and sub.close_code == 4008
 
 
-async def test_subscriber_take_gives_a_heartbeat_after_its_own_silence() -> None:
-    """Each client's heartbeat is counted from what it was last sent, not a shared clock."""
-    loop = asyncio.get_running_loop()
-    sub = Subscriber("c", max_queue=10, workflow_id="w", last_sent=0)
-    began = loop.time()
-    assert await asyncio.wait_for(sub.take(0.05), 5) == [HEARTBEAT]
-    assert loop.time() - began >= 0.05  # not before the silence has lasted
-    busy = Batch(['{"seq":1}'], [1])
-    waiting = asyncio.create_task(sub.take(30))
-    await asyncio.sleep(0.01)
-    assert sub.push(busy)
-    assert await asyncio.wait_for(waiting, 5) == [busy]  # a message, not a heartbeat
-    assert sub.push(Batch(['{"seq":2}'], [2]))
-    assert seqs_of(await sub.take(0)) == [[2]]  # queued: no wait, no heartbeat
-    # The timers of earlier takes are gone: nothing wakes a take without a heartbeat.
-    quiet = asyncio.create_task(sub.take())
-    await asyncio.sleep(0.15)
-    assert not quiet.done()
-    sub.end(1001, "bye")
-    assert await asyncio.wait_for(quiet, 5) is None
-    assert await sub.take(0.01) is None  # ended: no heartbeat either
-
-
-def seqs_of(batches: list[Batch] | None) -> list[list[int] | None]:
-    assert batches is not None
-    return [b.seqs for b in batches]
+def test_each_client_gets_its_heartbeat_after_its_own_silence() -> None:
+    """Heartbeats are counted for each client from what it was last sent (in ticks of a
+    fifth of ``heartbeat``), not on one clock shared by all clients."""
+    hub = StreamHub(None, heartbeat=15)
+    channel = Channel("c", "w")
+    quiet, busy = (Subscriber("c", max_queue=10, workflow_id="w") for _ in range(2))
+    channel.subs.update((quiet, busy))
+    hub._channels["c"] = channel
+    beats: dict[Subscriber, list[int]] = {quiet: [], busy: []}
+    for tick in range(1, 16):
+        if tick == 3:  # a message between ticks 2 and 3: busy's count starts again
+            assert busy.push(Batch(['{"seq":1}'], [1]))
+        hub._tick()
+        for sub, got in beats.items():
+            queued, sub._queue, sub._pending = sub._queue, [], 0
+            got.extend(tick for batch in queued if batch is HEARTBEAT)
+    assert beats[quiet] == [5, 10, 15]
+    assert beats[busy] == [8, 13]
 
 
 # -- WebSocket ----------------------------------------------------------------------------

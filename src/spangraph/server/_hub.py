@@ -34,12 +34,14 @@ from redis.exceptions import RedisError
 
 from ..exceptions import LiveUnavailableError
 from ..processors.live import seq_key, stream_key
-from ._subscriber import GOING_AWAY, TOO_SLOW, Batch, Channel, Subscriber, control
+from ._subscriber import GOING_AWAY, HEARTBEAT, TOO_SLOW, Batch, Channel, Subscriber, control
 
 _log = logging.getLogger("spangraph.server")
 
 _CHUNK: Final = 500
 """Most messages in one batch (a refill from the stream, or one tick of the reader)."""
+_HEARTBEAT_TICKS: Final = 5
+"""Ticks of the heartbeat clock in ``heartbeat`` seconds (how late a heartbeat may be)."""
 _COMMAND_CONNECTIONS: Final = 16
 """Connections for the hub's commands (GET, XRANGE): many clients connecting at once wait
 for one of these instead of opening hundreds."""
@@ -149,6 +151,7 @@ class StreamHub:
             return
         self._open_clients(self.redis_url)
         self._spawn(self._run())
+        self._spawn(self._beat())
 
     def _open_clients(self, redis_url: str) -> None:
         """Make the command and Pub/Sub clients of ``redis_url`` (they connect on use)."""
@@ -182,7 +185,7 @@ class StreamHub:
     async def stop(self) -> None:
         """Tell every client the service is going away, then close the connections.
 
-        Takes at most about twice ``timeout`` seconds: the reader and its helpers are
+        Takes at most about twice ``timeout`` seconds: the reader and the heartbeat are
         cancelled, and cancelled again while they have not ended (a cancellation that
         meets a read's own timeout can be lost inside the Redis client, which then reads
         on), then left behind with a warning; closing each connection is bounded too."""
@@ -475,6 +478,28 @@ class StreamHub:
         for channel in list(self._channels.values()):
             for sub in list(channel.subs):
                 sub.push(batch)  # a control message never cuts a client off
+
+    async def _beat(self) -> None:
+        """A heartbeat to each client that was sent nothing for ``heartbeat`` seconds:
+        :meth:`_tick` every fifth of it."""
+        while not self._stopping:
+            await asyncio.sleep(self.heartbeat / _HEARTBEAT_TICKS)
+            self._tick()
+
+    def _tick(self) -> None:
+        """One tick of the heartbeat clock. Each client is on its own clock: a heartbeat
+        once it was sent nothing for ``_HEARTBEAT_TICKS`` ticks in a row, so after a
+        silence of ``heartbeat`` to 1.2 times it. Nothing is timed per message: a push
+        only marks its subscriber busy."""
+        for channel in list(self._channels.values()):
+            for sub in channel.subs:
+                if not sub.idle:
+                    sub.idle, sub.quiet = True, 0
+                elif (quiet := sub.quiet + 1) < _HEARTBEAT_TICKS:
+                    sub.quiet = quiet
+                else:
+                    sub.push(HEARTBEAT)
+                    sub.idle, sub.quiet = True, 0  # counted again from this heartbeat
 
 
 def _subscriber_count(channel: Channel) -> int:

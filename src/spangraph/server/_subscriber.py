@@ -146,8 +146,10 @@ class Subscriber:
         "close_code",
         "close_reason",
         "gone",
+        "idle",
         "last_sent",
         "max_queue",
+        "quiet",
         "workflow_id",
     )
 
@@ -166,6 +168,8 @@ class Subscriber:
         self.close_code: int | None = None
         self.close_reason = ""
         self.gone = asyncio.Event()
+        self.idle = True  # nothing queued since the hub's last heartbeat tick
+        self.quiet = 0  # ticks in a row without anything queued
         self._queue: list[Batch] = []
         self._pending = 0
         # What take() waits on: a bare future of the loop. An asyncio.Event costs more per
@@ -180,6 +184,7 @@ class Subscriber:
             return False
         self._queue.append(batch)
         self._pending += n
+        self.idle = False
         if self._waiter is not None:  # take() is waiting
             self._wake()
         return True
@@ -197,29 +202,13 @@ class Subscriber:
         self.gone.set()
         self._wake()
 
-    async def take(self, heartbeat: float | None = None) -> list[Batch] | None:
-        """Every batch queued so far (waits for one); ``None`` once ended; ``[HEARTBEAT]``
-        when nothing came for ``heartbeat`` seconds (each client on its own clock: the
-        time since it was last sent something)."""
-        if self._queue or self.close_code is not None:
-            return self._taken()
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        loop = self._loop
-        timer = loop.call_later(heartbeat, self._wake) if heartbeat is not None else None
-        try:
-            while not self._queue and self.close_code is None:
-                self._waiter = loop.create_future()
-                await self._waiter
-                # Woken with nothing queued and not ended: only the timer does that.
-                if timer is not None and not self._queue and self.close_code is None:
-                    return [HEARTBEAT]
-        finally:
-            if timer is not None:
-                timer.cancel()
-        return self._taken()
-
-    def _taken(self) -> list[Batch] | None:
+    async def take(self) -> list[Batch] | None:
+        """Every batch queued so far (waits for one); ``None`` once ended."""
+        while not self._queue and self.close_code is None:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._waiter = self._loop.create_future()
+            await self._waiter
         if self.close_code is not None:
             return None
         out, self._queue, self._pending = self._queue, [], 0

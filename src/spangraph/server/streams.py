@@ -264,7 +264,7 @@ async def _relay(websocket: WebSocket, hub: StreamHub, sub: Subscriber, expect_s
 
     async def pump() -> None:
         send = websocket.send  # what send_text calls, one call less a frame
-        while (batches := await sub.take(hub.heartbeat)) is not None:
+        while (batches := await sub.take()) is not None:
             for frame in frames_of(sub.select(batches)):
                 await send({"type": "websocket.send", "text": frame})
             hub.sent(batches)
@@ -380,7 +380,7 @@ async def _sse(hub: StreamHub, sub: Subscriber, channel: str, start: int) -> Asy
     except _UNAVAILABLE as exc:
         yield sse_event(None, control("error", detail=f"replay failed: {exc}")).encode()
         return
-    while (batches := await sub.take(hub.heartbeat)) is not None:
+    while (batches := await sub.take()) is not None:
         if chunk := sse_of(sub.select(batches)):
             yield chunk
         hub.sent(batches)
