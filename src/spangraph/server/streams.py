@@ -14,8 +14,8 @@ service's own, told apart by ``type``:
 
 * ``{"type": "subscribed", "channel": …, "since": n}`` first: live from here; on a
   workflow, every message with ``seq > since`` follows (``since`` ``null`` on projects);
-* ``{"type": "heartbeat"}`` after ``heartbeat`` seconds (15) in which the client was
-  sent nothing (counted for each client from the last thing it was sent);
+* ``{"type": "heartbeat"}`` once the client was sent nothing for ``heartbeat`` seconds
+  (15; counted for each client from the last thing it was sent, up to a fifth late);
 * ``{"type": "error", "detail": …}`` when Redis went away (the hub reconnects), or when
   a replay asks for events the stream no longer keeps;
 * ``{"type": "resumed", "detail": …}`` when Redis is back (a workflow channel first gets
