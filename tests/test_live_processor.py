@@ -484,6 +484,47 @@ def test_publisher_loads_its_script_again_after_a_script_flush(
         publisher.close()
 
 
+class _ReplyLost(RedisPublisher):
+    """Its first write reaches Redis, and then the connection drops before the replies
+    are read (a restart or a network cut at that moment)."""
+
+    lost = False
+
+    def _send(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        results = super()._send(calls)  # Redis ran them
+        if not self.lost:
+            self.lost = True
+            self.client.connection_pool.disconnect()
+            raise redis.ConnectionError("connection dropped before the replies")
+        return results
+
+
+def test_a_batch_sent_again_after_a_lost_reply_goes_out_once(
+    embedded_server: ServerInfo, redis_client: redis.Redis
+) -> None:
+    """The worker retries a batch whose write failed; calls Redis already ran must not
+    publish their messages a second time under new seq numbers."""
+    workflow_id = f"wf-{uuid.uuid4()}"
+    publisher = _ReplyLost(redis.Redis.from_url(embedded_server.redis_url))
+    redis_client.script_load(live_module._PUBLISH_LUA)  # the first write runs, not NOSCRIPT
+    try:
+        batch = _messages(workflow_id, live_module._CHUNK + 5)  # two script calls
+        with pytest.raises(redis.ConnectionError):
+            publisher.publish(batch)
+        publisher.publish(batch)  # the retry, as BatchWorker does it: the same list
+        entries = redis_client.xrange(stream_key(workflow_id))
+        assert [json.loads(e[1][b"data"])["attributes"]["i"] for e in entries] == list(
+            range(live_module._CHUNK + 5)
+        )
+        assert int(redis_client.get(live_module.seq_key(workflow_id))) == live_module._CHUNK + 5
+        again = _messages(workflow_id, 2)  # a new batch, even of equal messages, goes out
+        publisher.publish(again)
+        publisher.publish(list(again))
+        assert redis_client.xlen(stream_key(workflow_id)) == live_module._CHUNK + 9
+    finally:
+        publisher.close()
+
+
 def test_publisher_raises_what_redis_rejects_and_stays_usable(
     embedded_server: ServerInfo, redis_client: redis.Redis
 ) -> None:

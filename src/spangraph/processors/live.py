@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +44,9 @@ KEY_TTL_S: Final = 7 * 24 * 3600
 """Seconds a workflow's stream and sequence counter live after its last event."""
 
 _PUBLISH_LUA: Final = """
+if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', 60) then
+  return 1
+end
 local maxlen, ttl = ARGV[1], ARGV[2]
 local nw = tonumber(ARGV[3])
 local pbase = 4 + nw
@@ -66,9 +70,15 @@ return 0
 publish it on the workflow and project channels; then renew the TTL of the keys it
 touched. Several hosts of one run therefore still produce one gap-free ``seq`` order.
 
+A call runs once: its first key, ``spangraph:sent:{random id}`` (kept 60 s), marks it
+done, and the same call sent again after its reply was lost (the connection dropped after
+the write) does nothing and answers 1; without it, each of its messages would go out a
+second time under a new ``seq``.
+
 One call carries up to :data:`_CHUNK` messages (a call per message cost about as much
 again in the client and in Redis as the work itself). ``KEYS``: the seq and stream key of
-each workflow of the call, in pairs. ``ARGV``: maxlen, ttl, the number of workflows and
+each workflow of the call, in pairs, then the call's ``spangraph:sent:`` key. ``ARGV``:
+maxlen, ttl, the number of workflows and
 their channels, the number of projects and their channels, then four values a message:
 workflow index, project index (both 1-based), head and tail of the message."""
 
@@ -109,6 +119,7 @@ def _script_args(messages: list[tuple[str, str, str, str]]) -> tuple[Any, ...]:
         if p is None:
             p = projects[project_id] = len(projects) + 1
         body += (w, p, head, tail)
+    keys.append(f"spangraph:sent:{os.urandom(12).hex()}")  # unique, even across forks
     return (
         len(keys),
         *keys,
@@ -141,6 +152,9 @@ class RedisPublisher:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
+        # The batch being sent and its calls, kept until it went out: a batch retried after
+        # a dropped connection is sent as the same calls, which Redis runs at most once.
+        self._unsent: tuple[list[tuple[str, str, str, str]], list[tuple[Any, ...]]] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisPublisher:
@@ -163,11 +177,19 @@ class RedisPublisher:
         old.close()
 
     def publish(self, messages: list[tuple[str, str, str, str]]) -> None:
-        """``messages``: (workflow_id, project_id, head, tail) each, published in order."""
-        calls = [
-            ("EVALSHA", _PUBLISH_SHA, *_script_args(messages[i : i + _CHUNK]))
-            for i in range(0, len(messages), _CHUNK)
-        ]
+        """``messages``: (workflow_id, project_id, head, tail) each, published in order.
+
+        The same list published again after an error (as the worker retries a batch) is
+        sent as the same script calls: those Redis already ran are not run twice."""
+        unsent = self._unsent
+        if unsent is not None and unsent[0] is messages:
+            calls = unsent[1]
+        else:
+            calls = [
+                ("EVALSHA", _PUBLISH_SHA, *_script_args(messages[i : i + _CHUNK]))
+                for i in range(0, len(messages), _CHUNK)
+            ]
+            self._unsent = (messages, calls)
         for attempt in range(2):
             results = self._send(calls)
             missing = [
@@ -181,6 +203,7 @@ class RedisPublisher:
                 ):
                     raise result
             if not missing:
+                self._unsent = None
                 return
             if attempt == 0:  # a new or restarted Redis: load the script, send those again
                 self.client.script_load(_PUBLISH_LUA)
