@@ -690,6 +690,57 @@ async def test_sse_bad_last_event_id_is_400(serve, header: bytes) -> None:
 # -- Redis going away ---------------------------------------------------------------------
 
 
+async def test_since_beyond_the_runs_counter_starts_from_the_counter(serve, sdk, r) -> None:
+    """A client that saw seqs the run no longer has (Redis lost its data and numbers the
+    run from 1 again) is told the lower since, and gets what is published from then on;
+    before, every new message was dropped as already seen."""
+    live = serve()
+    sdk()
+    wid = new_id()
+    with spangraph.workflow("w", workflow_id=wid):
+        emit(3)
+        now = await flush_and_last(r, wid)
+        async with (
+            live.ws(f"/api/stream/workflows/{wid}?since={now + 1000}") as ws,
+            live.http() as http,
+            http.stream(
+                "GET", f"/api/stream/workflows/{wid}/sse", headers={"Last-Event-ID": "999999"}
+            ) as response,
+        ):
+            sse = sse_events(response)
+            assert json.loads((await anext(sse))["data"])["since"] == now
+            assert (await subscribed(ws))["since"] == now
+            emit(2)
+            last = await flush_and_last(r, wid)
+            assert seqs(await events_until(ws, wid, last)) == list(range(now + 1, last + 1))
+            ids = [int((await anext(sse))["id"]) for _ in range(last - now)]
+            assert ids == list(range(now + 1, last + 1))
+
+
+async def test_a_runs_counter_that_went_back_is_announced_after_a_reconnect(serve, sdk, r) -> None:
+    """The hub reconnects to a Redis whose counter of a run went back: the run's clients
+    get ``resumed`` with the ``since`` it went back to, then the new messages."""
+    live = serve(reconnect_min=0.1, reconnect_max=0.2)
+    sdk()
+    wid = new_id()
+    async with live.ws(f"/api/stream/workflows/{wid}?since=0") as ws:
+        await subscribed(ws)
+        with spangraph.workflow("w", workflow_id=wid):
+            emit(3)
+            before = await flush_and_last(r, wid)
+            await events_until(ws, wid, before)
+            r.delete(stream_key(wid), seq_key(wid))  # as a Redis that lost its data
+            r.client_kill_filter(_type="pubsub")  # the hub's connection drops
+            controls: list[dict[str, Any]] = []
+            while not any(m.get("since") == 0 for m in controls):
+                controls += [m for m in await frame(ws) if "seq" not in m]
+            assert [m["type"] for m in controls][-1] == "resumed"
+            emit(2)
+            last = await flush_and_last(r, wid)
+        got = await events_until(ws, wid, last)
+    assert seqs(got) == list(range(1, last + 1))
+
+
 @pytest.mark.slow
 async def test_redis_restart_clients_get_an_error_then_everything(
     serve, sdk, private_servers

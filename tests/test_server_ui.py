@@ -583,6 +583,12 @@ def test_stream_contract_and_token(
                 "data-chosen", "true"
             )
             expect(state_of(page, "fetch")).to_have_text("completed")
+            # Redis lost its data: the service says the run's seq went back, and the
+            # numbers after it are used again; the page takes them.
+            conn.send({"type": "resumed", "detail": "seq went back", "since": 1})
+            msg.seq = 1
+            conn.send(msg("span.started", "ab" * 8, root, "step", "after-the-loss"))
+            expect(node(page, "after-the-loss")).to_be_visible()
             conn.send(
                 msg("span.ended", llm, root, "llm", "chat small-model", state="completed"),
                 msg("span.ended", root, None, "workflow", "scripted-run", state="completed"),

@@ -392,8 +392,11 @@ class StreamHub:
             if current < after:  # Redis lost data: its counter went back
                 _log.warning("live: seq of run %s went back to %d", channel.workflow_id, current)
                 channel.last_seq = after = current
+                detail = f"this run's seq went back to {current} (Redis lost its data)"
+                went_back = Batch([control("resumed", detail=detail, since=current)])
                 for sub in channel.subs:
                     sub.last_sent = min(sub.last_sent or 0, current)
+                    sub.push(went_back)  # clients forget the seqs they saw above it
             async for batch in self.backlog(channel.workflow_id, after):
                 fresh = channel.batch(batch.msgs)
                 if fresh is not None:

@@ -21,6 +21,12 @@ service's own, told apart by ``type``:
 * ``{"type": "resumed", "detail": …}`` when Redis is back (a workflow channel first gets
   what it missed, from the run's stream).
 
+A ``since`` beyond the run's ``seq`` (Redis lost its data and numbers the run from 1
+again) starts from the run's ``seq`` instead: ``subscribed`` then says a lower ``since``
+than asked, and a client forgets what it saw above it. Likewise, when the hub reconnects
+to a Redis whose counter of a run went back, that run's clients get
+``{"type": "resumed", "since": n, …}``.
+
 Resume: on a workflow, send ``{"since": n}`` (the last ``seq`` you saw) as the first
 message within ``since_window`` seconds (0.5) of connecting, or connect with ``?since=n``;
 the replay comes from ``spangraph:stream:{workflow_id}``, then live, with no gap and no
@@ -231,7 +237,14 @@ async def _serve_ws(websocket: WebSocket, channel: str, workflow_id: str | None,
                 if error is not None:
                     _log.info("closed WebSocket %s: bad first message", where)
                     return await _close(websocket, UNSUPPORTED_DATA, error)
-            if since is not None:
+            if since is not None and since > start:
+                # Beyond the run's counter: Redis lost its data and numbers the run
+                # from 1 again. From what it has now, and `subscribed` says so.
+                _log.warning(
+                    "live: WebSocket %s asked for events after %d; the run is at %d", where,
+                    since, start,
+                )  # fmt: skip
+            elif since is not None:
                 start = since
             sub = Subscriber(
                 channel, max_queue=hub.max_queue, workflow_id=workflow_id, last_sent=start
@@ -354,7 +367,9 @@ async def stream_workflow_sse(
     channel = workflow_channel(workflow_id)
     sub: Subscriber | None = None
     try:
-        start = since if since is not None else await hub.current_seq(workflow_id)
+        start = await hub.current_seq(workflow_id)
+        if since is not None and since <= start:  # beyond: the run's counter went back
+            start = since
         sub = Subscriber(channel, max_queue=hub.max_queue, workflow_id=workflow_id, last_sent=start)
         await hub.attach(sub)
     except _UNAVAILABLE as exc:

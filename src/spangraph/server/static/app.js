@@ -388,9 +388,16 @@ function connectLive(run) {
 
 function onLiveMessage(run, msg) {
   if (!msg || typeof msg !== "object") return;
-  if (msg.type === "heartbeat" || msg.type === "subscribed") return;
-  if (msg.type === "resumed") {
-    setTransport("live", "live");
+  if (msg.type === "heartbeat") return;
+  if (msg.type === "subscribed" || msg.type === "resumed") {
+    // A since below the last seq seen: the run's numbering went back (Redis lost its
+    // data). Messages from then on reuse those numbers: forget the higher ones, and
+    // read the graph for what the stream no longer has.
+    if (typeof msg.since === "number" && msg.since < run.lastSeq) {
+      run.lastSeq = msg.since;
+      scheduleReconcile(run);
+    }
+    if (msg.type === "resumed") setTransport("live", "live");
     return;
   }
   if (msg.type === "error") { // Redis went away, or a replay older than the stream keeps
