@@ -776,6 +776,42 @@ def test_name_filter_typed_while_loading(
         assert listed_names(page) == ["archive-a", "archive-b"]
 
 
+@needs_chromium
+def test_graph_reads_of_a_run_never_overlap(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """While the live stream is unavailable the page polls the graph every 2 s; with a
+    service slower than that, the reads do not pile up (nor land out of order): one at a
+    time, and one more after it when it was asked for meanwhile."""
+    from playwright.sync_api import expect
+
+    page.add_init_script(
+        """(() => {
+          const fetch0 = window.fetch;
+          const t = (window.__tree = { now: 0, max: 0, calls: 0 });
+          window.fetch = async (url, options) => {
+            if (!String(url).endsWith("/tree")) return fetch0(url, options);
+            t.now += 1; t.calls += 1; t.max = Math.max(t.max, t.now);
+            try {
+              await new Promise((r) => setTimeout(r, 2500));
+              return await fetch0(url, options);
+            } finally {
+              t.now -= 1;
+            }
+          };
+        })()"""
+    )
+    app = create_app(_settings(graph_url, "off", tmp_path))  # no stream: the page polls
+    with serve(app) as base:
+        page.goto(base + "/")
+        page.evaluate("location.hash = 'run=slow-service-run'")
+        expect(page.locator("#conn")).to_have_attribute("data-transport", "polling")
+        page.wait_for_timeout(6500)
+        tree = page.evaluate("window.__tree")
+    assert tree["calls"] >= 2  # it went on polling
+    assert tree["max"] == 1
+
+
 ODD_KEYS = ("__proto__", "constructor", "hasOwnProperty", "toString", "valueOf")
 HTML = '<img src="x" onerror="window.__xss = 1">'
 
@@ -851,6 +887,7 @@ def test_odd_attribute_keys_are_shown(
                 msg("tool.call", live, root, "step", "odd-live", **live_attrs),
                 msg("span.started", "d4" * 8, root, "step", HTML),
                 {**msg("span.started", "e5" * 8, root, "step", "odd-trace"), "trace_id": "../x?y#"},
+                {**msg("span.started", "f6" * 8, root, "step hidden", "odd-kind"), "state": "x y"},
             )
             expect(state_of(page, "odd-live")).to_have_text("running")
             assert attributes("odd-live") == live_attrs
@@ -861,6 +898,12 @@ def test_odd_attribute_keys_are_shown(
             expect(node(page, "odd-trace").locator(":scope > .row > a.jaeger")).to_have_attribute(
                 "href", f"{JAEGER}/trace/..%2Fx%3Fy%23?uiFind={'e5' * 8}"
             )
+            # a kind or state with spaces is one class name (it cannot add classes)
+            badges = node(page, "odd-kind").locator(":scope > .row .badge")
+            expect(badges.first).to_have_text("step hidden")
+            classes = badges.evaluate_all("els => els.map(e => [...e.classList])")
+            assert classes[0] == ["badge", "kind", "kind-step_hidden"]
+            assert "hidden" not in sum(classes, [])
             # the stored span again: the live one's keys did not leak into it
             assert attributes("odd-stored") == stored_attrs
             assert page.locator("img").count() == 0

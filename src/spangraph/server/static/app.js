@@ -6,7 +6,7 @@
 
 import { api, askToken, config, currentToken, jaegerHref } from "./api.js";
 import {
-  $, TERMINAL, betterState, durationText, fmtDuration, fmtTime, h, stateBadge,
+  $, TERMINAL, betterState, classPart, durationText, fmtDuration, fmtTime, h, stateBadge,
 } from "./util.js";
 import { renderDetail as renderDetailView, renderInsights as renderInsightsView } from "./views.js";
 
@@ -144,6 +144,8 @@ function newRun(id) {
     slowTimer: null, // an occasional graph read while live
     reconcileTimer: null,
     detailTimer: null,
+    refreshing: null, // the graph read under way (a promise), see refreshRun
+    refreshAgain: false,
     closed: false,
     finished: false,
     rest: { decisions: [], branches: [], monitors: [] },
@@ -209,7 +211,28 @@ async function openRun(id, nodeId) {
 }
 
 /** Fetch the tree and the insights and merge them in (never undoing a live end). */
-async function refreshRun(run) {
+/** Read the run from the graph. One read at a time: asked again while one is under way
+ * (a poll, a reconcile, a slow service), it reads once more when that one ends, so
+ * requests never pile up and an older answer never lands after a newer one. */
+function refreshRun(run) {
+  if (run.refreshing) {
+    run.refreshAgain = true;
+    return run.refreshing;
+  }
+  run.refreshing = (async () => {
+    try {
+      do {
+        run.refreshAgain = false;
+        await refreshRunOnce(run);
+      } while (run.refreshAgain && !run.closed);
+    } finally {
+      run.refreshing = null;
+    }
+  })();
+  return run.refreshing;
+}
+
+async function refreshRunOnce(run) {
   const ask = (path) => api(`/api/workflows/${encodeURIComponent(run.id)}/${path}`);
   const [tree, decisions, branches, monitors] = await Promise.allSettled([
     ask("tree"), ask("decisions"), ask("branches"), ask("monitors"),
@@ -515,10 +538,10 @@ function renderNode(run, id) {
   nameEl.textContent = n.name;
   nameEl.title = n.name; // the full name, when the row cuts it
   const kind = btn.querySelector(".kind");
-  kind.className = `badge kind kind-${n.kind || "span"}`;
+  kind.className = `badge kind kind-${classPart(n.kind || "span")}`;
   kind.textContent = n.kind || "span";
   const badgeEl = btn.querySelector(".state");
-  badgeEl.className = `badge state state-${state}`;
+  badgeEl.className = `badge state state-${classPart(state)}`;
   badgeEl.dataset.state = state;
   badgeEl.textContent = state;
   btn.querySelector(".dur").textContent = durationText(n);

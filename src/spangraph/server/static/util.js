@@ -66,14 +66,20 @@ export function valueView(value) {
   return h("details", { class: "long" }, h("summary", { text: `${head}… (${text.length} chars)` }), h("pre", { text }));
 }
 
+/** Text from span data as one part of a class name: anything but letters, digits, `-`
+ * and `_` becomes `_` (a kind "step hidden" must not add the class `hidden`). */
+export function classPart(text) {
+  return String(text).toLowerCase().replace(/[^a-z0-9_-]/g, "_");
+}
+
 export function stateBadge(state) {
   const s = state || "unknown";
-  return h("span", { class: `badge state state-${s}`, dataset: { state: s }, text: s });
+  return h("span", { class: `badge state state-${classPart(s)}`, dataset: { state: s }, text: s });
 }
 
 export function kindBadge(kind) {
   const k = kind || "span";
-  return h("span", { class: `badge kind kind-${k}`, text: k });
+  return h("span", { class: `badge kind kind-${classPart(k)}`, text: k });
 }
 
 export function betterState(old, incoming) {
