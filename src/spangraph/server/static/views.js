@@ -7,22 +7,41 @@ import {
   stateBadge, valueView,
 } from "./util.js";
 
+/** The run's nodes of `kind`, and the option nodes under each parent: one pass over the
+ * nodes, so the panels cost time in proportion to the run, not its square. */
+function gather(run, kind) {
+  const found = [];
+  const optionsOf = new Map(); // parent span_id -> its option nodes
+  for (const n of run.nodes.values()) {
+    if (n.kind === kind) found.push(n);
+    else if (n.kind === "option" && n.parent_span_id) {
+      const list = optionsOf.get(n.parent_span_id);
+      if (list) list.push(n);
+      else optionsOf.set(n.parent_span_id, [n]);
+    }
+  }
+  return { found, optionsOf };
+}
+
 function decisionsView(run) {
   const byId = new Map(run.rest.decisions.map((d) => [d.span_id, {
     ...d, options: d.options.map((o) => ({ ...o })),
   }]));
-  for (const n of run.nodes.values()) {
-    if (n.kind !== "decision") continue;
+  const { found, optionsOf } = gather(run, "decision");
+  for (const n of found) {
     const offered = Array.isArray(n.attributes["spangraph.decision.options"]) ? n.attributes["spangraph.decision.options"] : [];
-    const children = [...run.nodes.values()].filter((c) => c.parent_span_id === n.span_id && c.kind === "option");
-    const names = [...offered, ...children.map((c) => c.name).filter((x) => !offered.includes(x))];
+    const children = optionsOf.get(n.span_id) || [];
+    const childNamed = new Map();
+    for (const c of children) if (!childNamed.has(c.name)) childNamed.set(c.name, c);
+    const isOffered = new Set(offered);
+    const names = [...offered, ...children.map((c) => c.name).filter((x) => !isOffered.has(x))];
     const live = {
       span_id: n.span_id, name: n.name, state: n.state, start_ns: n.start_ns,
       chosen: n.attributes["spangraph.decision.chosen"] ?? null,
       reason: n.attributes["spangraph.decision.reason"] ?? null,
       score: n.attributes["spangraph.decision.score"] ?? null,
       options: names.map((name) => {
-        const c = children.find((x) => x.name === name);
+        const c = childNamed.get(name);
         return { name, state: c ? c.state : null, span_id: c ? c.span_id : null, explored: Boolean(c) && c.state !== "unexplored" };
       }),
     };
@@ -35,10 +54,14 @@ function decisionsView(run) {
     d.chosen ??= live.chosen;
     d.reason ??= live.reason;
     d.score ??= live.score;
+    const optionNamed = new Map();
+    for (const o of d.options) if (!optionNamed.has(o.name)) optionNamed.set(o.name, o);
     for (const o of live.options) {
-      const m = d.options.find((x) => x.name === o.name);
-      if (!m) d.options.push(o);
-      else {
+      const m = optionNamed.get(o.name);
+      if (!m) {
+        d.options.push(o);
+        optionNamed.set(o.name, o);
+      } else {
         m.explored ||= o.explored;
         m.state = betterState(m.state, o.state);
         m.span_id ??= o.span_id;
@@ -52,12 +75,21 @@ function decisionsView(run) {
 
 function branchesView(run) {
   const byId = new Map(run.rest.branches.map((b) => [b.span_id, { ...b }]));
-  for (const n of run.nodes.values()) {
-    if (n.kind !== "branch") continue;
-    const count = [...run.nodes.values()].filter((s) => s.branch_id && s.branch_id === n.branch_id && s.state !== "unexplored");
+  const branchNodes = [];
+  const counts = new Map(); // branch_id -> { nodes, failed }: one pass over the run
+  for (const s of run.nodes.values()) {
+    if (s.kind === "branch") branchNodes.push(s);
+    if (!s.branch_id || s.state === "unexplored") continue;
+    let c = counts.get(s.branch_id);
+    if (!c) counts.set(s.branch_id, (c = { nodes: 0, failed: 0 }));
+    c.nodes += 1;
+    if (s.state === "failed") c.failed += 1;
+  }
+  for (const n of branchNodes) {
+    const count = (n.branch_id && counts.get(n.branch_id)) || { nodes: 0, failed: 0 };
     const live = {
       span_id: n.span_id, name: n.name, branch_id: n.branch_id, state: n.state, start_ns: n.start_ns,
-      duration_ms: n.duration_ms, nodes: count.length, failed: count.filter((s) => s.state === "failed").length,
+      duration_ms: n.duration_ms, nodes: count.nodes, failed: count.failed,
     };
     const b = byId.get(n.span_id);
     if (!b) byId.set(n.span_id, live);
