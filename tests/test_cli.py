@@ -171,8 +171,11 @@ def test_query_commands(demo: Demo) -> None:
 
 def test_query_errors(demo: Demo) -> None:
     unknown = cli(demo.home, "query", "tree", "no-such-workflow")
-    assert unknown.code != 0
-    assert "no spans for workflow no-such-workflow" in unknown.out + unknown.err
+    assert unknown.code == 1
+    assert "no spans for workflow no-such-workflow" in unknown.err
+    as_json = cli(demo.home, "query", "tree", "no-such-workflow", "--json")
+    assert (as_json.code, as_json.out) == (1, "")  # as without --json (was 0 and [])
+    assert "no spans for workflow no-such-workflow" in as_json.err
 
     missing = cli(demo.home, "query", "tree")
     assert missing.code == 2 and "arguments are required: WORKFLOW_ID" in missing.err
@@ -441,6 +444,46 @@ def test_demo_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) 
 def test_query_workflows_refuses_an_unknown_state(tmp_path: Path) -> None:
     result = cli(tmp_path, "query", "workflows", "--state", "bogus", timeout=30)
     assert result.code == 2 and "invalid choice: 'bogus'" in result.err
+
+
+def test_query_cypher_json_keeps_relationships_and_paths(demo: Demo) -> None:
+    result = cli(
+        demo.home,
+        "query",
+        "cypher",
+        f"MATCH p = (w:Workflow {{workflow_id: '{demo.workflow_id}'}})-[r:PARENT_OF]->(s) "
+        "RETURN r, p ORDER BY s.start_ns LIMIT 1",
+        "--json",
+    )
+    assert result.code == 0, result.err
+    [row] = json.loads(result.out)
+    assert row["r"] == {"type": "PARENT_OF", "properties": {}}
+    assert row["p"]["nodes"][0]["name"] == "research-assistant"
+    assert row["p"]["relationships"] == [row["r"]]
+
+
+def test_span_data_cannot_drive_the_terminal(demo: Demo) -> None:
+    """Escape sequences in span data (a name, an attribute) are printed as visible
+    escapes, not sent to the terminal to run; --json escapes them as JSON does."""
+    statement = 'RETURN "x\x1b[2Jy\u202e" AS name'  # the characters themselves
+    table = cli(demo.home, "query", "cypher", statement)
+    assert table.code == 0, table.err
+    assert "\x1b" not in table.out and "\u202e" not in table.out
+    assert "x\\x1b[2Jy\\u202e" in table.out
+    as_json = cli(demo.home, "query", "cypher", statement, "--json")
+    assert json.loads(as_json.out) == [{"name": "x\x1b[2Jy\u202e"}]
+
+
+def test_print_tree_shows_control_characters_as_escapes() -> None:
+    from spangraph._demo import print_tree
+    from spangraph.queries import TreeNode
+
+    root = TreeNode({"kind": "work\x07flow", "name": "a\x1b]0;owned\x07b", "state": "ok\x9b"})
+    lines: list[str] = []
+    print_tree([root], lines.append)
+    assert lines[0].startswith("  work\\x07flow a\\x1b]0;owned\\x07b ")
+    assert "ok\\x9b" in lines[0]
+    assert not {"\x07", "\x1b", "\x9b"} & set(lines[0])
 
 
 def test_query_json_is_strict_json(demo: Demo) -> None:

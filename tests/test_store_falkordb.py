@@ -150,6 +150,26 @@ def test_write_batch(store: FalkorDBStore) -> None:
     assert counts(store) == (5, 5, 2)  # 3 spans + 2 events; 2 PARENT_OF, 2 HAS_EVENT, 1 RETRY_OF
 
 
+def test_relationships_and_paths_come_back_whole(store: FalkorDBStore) -> None:
+    """A relationship is its type and properties, a path its nodes and relationships in
+    order (before, a relationship was only its properties, ``{}``, and a path a string)."""
+    store.write(sample_batch())
+    rows = store.query(
+        "MATCH p = (w:Span {span_id: $id})-[r:PARENT_OF]->(c:Span {span_id: $child}) "
+        "RETURN r AS r, p AS p, [p] AS ps",
+        {"id": sid(1), "child": sid(2)},
+    )
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["r"] == {"type": "PARENT_OF", "properties": {}}
+    assert [n["span_id"] for n in row["p"]["nodes"]] == [sid(1), sid(2)]
+    assert row["p"]["relationships"] == [{"type": "PARENT_OF", "properties": {}}]
+    assert row["ps"] == [row["p"]]  # inside lists too
+    json.dumps(row)  # plain values all the way down
+    retry = store.query("MATCH ()-[r:RETRY_OF]->() RETURN r AS r")
+    assert [r["r"]["type"] for r in retry] == ["RETRY_OF"]
+
+
 def test_empty_batch_writes_nothing(store: FalkorDBStore) -> None:
     store.write(WriteBatch())
     assert counts(store) == (0, 0, 0)

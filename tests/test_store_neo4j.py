@@ -24,6 +24,28 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def test_relationships_and_paths_come_back_as_the_falkordb_store_gives_them() -> None:
+    """Driver values built as the driver builds them from a reply (no server needed)."""
+    from neo4j.graph import Graph, Node, Path
+
+    from spangraph.stores.neo4j import _plain
+
+    graph = Graph()
+    parent = Node(graph, "4:x:1", 1, ["Span", "Workflow"], {"span_id": "a", "n": [1, 2]})
+    child = Node(graph, "4:x:2", 2, ["Span", "Step"], {"span_id": "b"})
+    rel = graph.relationship_type("PARENT_OF")(graph, "5:x:1", 1, {"since": 3})
+    rel._start_node, rel._end_node = parent, child  # what the driver's hydration sets
+    path = Path(parent, rel)
+    assert _plain(parent) == {"span_id": "a", "n": [1, 2]}
+    assert _plain(rel) == {"type": "PARENT_OF", "properties": {"since": 3}}
+    assert _plain([path]) == [
+        {
+            "nodes": [{"span_id": "a", "n": [1, 2]}, {"span_id": "b"}],
+            "relationships": [{"type": "PARENT_OF", "properties": {"since": 3}}],
+        }
+    ]
+
+
 def test_unreachable_server_is_unavailable() -> None:
     store = Neo4jStore(f"bolt://127.0.0.1:{_closed_port()}", password="x", connection_timeout=1)
     with pytest.raises(StoreUnavailableError, match="unavailable"):

@@ -16,6 +16,7 @@ import redis
 from . import _sdk, branching, genai, queries
 from . import instrument as sg
 from ._ids import uuid7
+from ._terminal import printable
 from .config import ENV_REDIS_URL, Settings, redact_url
 from .exceptions import ConfigurationError
 from .processors.live import workflow_channel
@@ -179,9 +180,13 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
         for depth, node in root.walk():
             span = node.span
             width = max(1, 40 - 2 * depth)
+            kind, state = (
+                printable(str(span.get("kind", "?"))),
+                printable(str(span.get("state", "?"))),
+            )
             out(
-                f"  {'  ' * depth}{span.get('kind', '?'):<9} {node.name:<{width}} "
-                f"{span.get('state', '?'):<10} {_fmt_ms(span.get('duration_ms'))}"
+                f"  {'  ' * depth}{kind:<9} {printable(node.name):<{width}} "
+                f"{state:<10} {_fmt_ms(span.get('duration_ms'))}"
             )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import queries
 from . import semconv as sc
+from ._terminal import printable
 from .config import Settings
 from .embedded import EmbeddedServer
 from .exceptions import ConfigurationError, SpangraphError
@@ -229,6 +230,7 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 def _cell(value: Any) -> str:
     text = json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
+    text = printable(text)  # span data may hold escape sequences: shown, not run
     if text.startswith(("http://", "https://")):
         return text  # links stay whole, to click or copy
     return text if len(text) <= 60 else text[:57] + "..."
@@ -270,12 +272,15 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
     elif what == "tree":
         if args.json:  # the tree's spans, as the API's tree has them (no stand-ins)
             rows = [node.span for root in queries.tree(store, args.id) for _, node in root.walk()]
+            if not rows:
+                print(f"no spans for workflow {printable(args.id)}", file=sys.stderr)
+                return 1
         else:
             from ._demo import print_tree
 
             roots = queries.tree(store, args.id)
             if not roots:
-                print(f"no spans for workflow {args.id}", file=sys.stderr)
+                print(f"no spans for workflow {printable(args.id)}", file=sys.stderr)
                 return 1
             link = Settings.from_env(home=args.home).jaeger_link(roots[0].span.get("trace_id"))
             print(f"open in Jaeger: {link}")
@@ -297,14 +302,16 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
     elif what == "branch":
         summary = queries.branch_summary(store, args.id)
         if summary is None:
-            print(f"no branch {args.id}", file=sys.stderr)
+            print(f"no branch {printable(args.id)}", file=sys.stderr)
             return 1
         if args.json:
             print(_json(summary))
             return 0
         print(
-            f"branch {summary['name']} ({summary['state']}, {summary['duration_ms']} ms): "
-            + ", ".join(f"{n} {s}" for s, n in summary["states"].items())
+            printable(
+                f"branch {summary['name']} ({summary['state']}, {summary['duration_ms']} ms): "
+                + ", ".join(f"{n} {s}" for s, n in summary["states"].items())
+            )
         )
         rows = [
             {k: n.get(k) for k in ("kind", "name", "state", "duration_ms", "events")}
@@ -320,7 +327,7 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             from ._diff import missing_message
 
             print(
-                missing_message(result["missing"], "branch" if args.branches else "run"),
+                printable(missing_message(result["missing"], "branch" if args.branches else "run")),
                 file=sys.stderr,
             )
             return 1
@@ -353,9 +360,9 @@ def _print_diff(result: dict[str, Any]) -> None:
             if first["reason"] == "different choice"
             else f"{a.get('path')!r} vs {b.get('path')!r}"
         )
-        print(f"first divergence at step {first['index']}: {first['reason']} ({detail})")
-    print(f"only in {result['a']}: {', '.join(result['only_in_a']) or '-'}")
-    print(f"only in {result['b']}: {', '.join(result['only_in_b']) or '-'}")
+        print(printable(f"first divergence at step {first['index']}: {first['reason']} ({detail})"))
+    print(printable(f"only in {result['a']}: {', '.join(result['only_in_a']) or '-'}"))
+    print(printable(f"only in {result['b']}: {', '.join(result['only_in_b']) or '-'}"))
     if result["durations"]:
         print()
         _print_rows(result["durations"], False)

@@ -11,7 +11,9 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from falkordb import FalkorDB
+from falkordb.edge import Edge
 from falkordb.helpers import stringify_param_value
+from falkordb.path import Path
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -213,11 +215,20 @@ def _nothing() -> None:
 
 
 def _plain(value: Any) -> Any:
-    """Turn falkordb result objects into plain Python values."""
+    """Turn falkordb result objects into plain Python values: a node is its properties,
+    a relationship ``{"type", "properties"}``, a path ``{"nodes", "relationships"}`` (as
+    the Neo4j store gives them)."""
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return {
+            "nodes": [_plain(n) for n in value.nodes()],
+            "relationships": [_plain(e) for e in value.edges()],
+        }
+    if isinstance(value, Edge):
+        return {"type": value.relation, "properties": _plain(value.properties)}
     props = getattr(value, "properties", None)
     if isinstance(props, dict):
         return {k: _plain(v) for k, v in props.items()}

@@ -31,14 +31,24 @@ DDL: Final = (
 
 
 def _plain(value: Any) -> Any:
-    """Neo4j driver values (nodes, relationships, lists) as plain Python values."""
+    """Neo4j driver values as plain Python values: a node is its properties, a
+    relationship ``{"type", "properties"}``, a path ``{"nodes", "relationships"}`` (as
+    the FalkorDB store gives them)."""
+    from neo4j.graph import Node, Path, Relationship
+
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
-    items = getattr(value, "items", None)
-    if callable(items) and hasattr(value, "element_id"):
-        return {k: _plain(v) for k, v in items()}
+    if isinstance(value, Node):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Relationship):
+        return {"type": value.type, "properties": {k: _plain(v) for k, v in value.items()}}
+    if isinstance(value, Path):
+        return {
+            "nodes": [_plain(n) for n in value.nodes],
+            "relationships": [_plain(r) for r in value.relationships],
+        }
     return value
 
 
