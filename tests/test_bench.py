@@ -39,9 +39,11 @@ def test_counts_instructions_per_span_against_bare() -> None:
     }
     assert set(rows) == {"bare", "handoff"}  # bare is always measured: the baseline
     assert rows["bare"][1] == 1.0 and rows["bare"][3] == 1.0
-    # a span costs the OTel SDK tens of thousands of instructions, and the handoff adds work
+    # a span costs the OTel SDK tens of thousands of instructions, and the handoff adds
+    # work: compared without garbage collections, which fall on whichever thread
+    # allocates when a threshold is reached (the worker's, at times, not the caller's)
     assert rows["bare"][0] > 10_000
-    assert rows["handoff"][0] > rows["bare"][0]
+    assert rows["handoff"][2] > rows["bare"][2]
     # the calling thread without its garbage collections: a part of it, and still most
     for total, _, own, _ in rows.values():
         assert 0.5 * total < own <= total
