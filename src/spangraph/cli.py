@@ -105,11 +105,18 @@ def _serve(
     from .server.app import going_away
 
     class Server(uvicorn.Server):
+        leaving = False
+
         def handle_exit(self, sig: int, frame: Any) -> None:
-            # live streams end first (WebSocket close 1001): open ones would otherwise
-            # hold the shutdown for its whole grace period, then be cut with a traceback
-            going_away()
-            super().handle_exit(sig, frame)
+            # Live streams end first (WebSocket close 1001), and the shutdown starts once
+            # they have (within 1 s): open ones would otherwise hold it for its whole
+            # grace period, then be cut with a traceback, or be closed by uvicorn (1012).
+            # Told again meanwhile: at once, as uvicorn does (a third time forces it).
+            if self.leaving:
+                super().handle_exit(sig, frame)
+                return
+            self.leaving = True
+            going_away(then=lambda: super(Server, self).handle_exit(sig, frame))
 
     server = Server(uvicorn.Config("spangraph.server.app:app_from_env", **options))
     try:

@@ -379,15 +379,51 @@ _running_hubs: set[tuple[Any, asyncio.AbstractEventLoop]] = set()
 """The live-stream hubs of the apps running in this process, with their event loops."""
 
 
-def going_away() -> None:
+def going_away(then: Callable[[], None] | None = None, within: float = 1.0) -> None:
     """Tell the live-stream clients of every app running in this process that the
     service is shutting down (from a signal handler, or any thread): their streams end
-    at once instead of holding up the server's graceful shutdown."""
-    for hub, loop in list(_running_hubs):
+    at once instead of holding up the server's graceful shutdown.
+
+    ``then``, if given, is called (on an app's event loop) once every stream has ended,
+    or after ``within`` seconds: the server's own shutdown must wait for it, or it closes
+    the WebSockets first (1012, where clients are told 1001)."""
+    hubs = list(_running_hubs)
+    left = [len(hubs)]
+    lock = threading.Lock()
+
+    def one_done() -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last and then is not None:
+            then()
+
+    for hub, loop in hubs:
         try:
-            loop.call_soon_threadsafe(hub.going_away)
+            loop.call_soon_threadsafe(_leave, hub, within, one_done)
         except RuntimeError:  # the loop is closed already
-            pass
+            one_done()
+    if not hubs and then is not None:
+        then()
+
+
+def _leave(hub: Any, within: float, done: Callable[[], None]) -> None:
+    hub.going_away()
+
+    async def ended() -> None:
+        try:
+            deadline = asyncio.get_running_loop().time() + within
+            while hub.stats()["subscribers"] and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            done()
+
+    _leaving.add(task := asyncio.ensure_future(ended()))
+    task.add_done_callback(_leaving.discard)
+
+
+_leaving: set[asyncio.Future[None]] = set()
+"""Tasks of :func:`going_away` waiting for streams to end (kept from the collector)."""
 
 
 def app_from_env() -> FastAPI:
