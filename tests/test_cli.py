@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import spangraph
+from spangraph.cli import main as cli_main
 from spangraph.embedded import EmbeddedServer
 
 
@@ -484,6 +486,62 @@ def test_print_tree_shows_control_characters_as_escapes() -> None:
     assert lines[0].startswith("  work\\x07flow a\\x1b]0;owned\\x07b ")
     assert "ok\\x9b" in lines[0]
     assert not {"\x07", "\x1b", "\x9b"} & set(lines[0])
+
+
+_RAW = {"\x07", "\x1b", "\x7f", "\x9b", "\u202e", "\u2066"}
+
+
+def test_query_views_show_control_characters_from_spans_as_escapes(
+    sg: spangraph.Spangraph,
+    graph_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The tree, branch summary, diff and decisions views print span names, states,
+    choices and reasons with their control characters as visible escapes."""
+    if not sg.settings.graph_url.startswith("falkordb://"):
+        pytest.skip("the command line reads the graph named by SPANGRAPH_GRAPH_URL")
+    with spangraph.workflow("wf\x1b[2J") as run:
+        with spangraph.decision("route\x07", options=["a\x1b[31m", "b"]) as d:
+            d.choose("a\x1b[31m", reason="why\u2066")
+        with spangraph.branch("left\x1b]0;owned\x07") as left:
+            with spangraph.step("draft"):
+                pass
+            with spangraph.step("polish\x9b"):
+                pass
+        with spangraph.branch("right\u202e") as right:
+            with spangraph.step("draft"):
+                pass
+            with spangraph.step("cite\x7f"):
+                pass
+    assert spangraph.flush(10)
+    assert sg.store is not None
+    forged = {"id": run.span_id, "t": "\x1b[2J"}  # not hex: written by another tool
+    sg.store.execute_many([("MATCH (s:Span {span_id: $id}) SET s.trace_id = $t", forged)])
+    monkeypatch.setenv("SPANGRAPH_GRAPH_URL", graph_url)
+    monkeypatch.setenv("SPANGRAPH_HOME", str(tmp_path))
+
+    def out(*args: str) -> str:
+        assert cli_main(list(args)) == 0
+        text = capsys.readouterr().out
+        assert not _RAW & set(text), text
+        return text
+
+    tree = out("query", "tree", run.workflow_id)
+    assert "/trace/\\x1b[2J" in tree.splitlines()[0]
+    assert "wf\\x1b[2J" in tree and "left\\x1b]0;owned\\x07" in tree
+    branch = out("query", "branch", left.branch_id)
+    assert branch.startswith("branch left\\x1b]0;owned\\x07 (completed, ")
+    assert "polish\\x9b" in branch
+    diff = out("query", "diff", left.branch_id, right.branch_id, "--branches")
+    assert f"only in {left.branch_id}: polish\\x9b\n" in diff
+    assert f"only in {right.branch_id}: cite\\x7f\n" in diff
+    decisions = out("query", "decisions", run.workflow_id)
+    assert "route\\x07" in decisions and "a\\x1b[31m* (unexplored), b (unexplored)" in decisions
+    assert "why\\u2066" in decisions
+    as_json = out("query", "branch", left.branch_id, "--json")  # JSON escapes them itself
+    assert json.loads(as_json)["name"] == "left\x1b]0;owned\x07"
 
 
 def test_query_json_is_strict_json(demo: Demo) -> None:

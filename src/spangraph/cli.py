@@ -290,7 +290,7 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
                 print(f"no spans for workflow {printable(args.id)}", file=sys.stderr)
                 return 1
             link = Settings.from_env(home=args.home).jaeger_link(roots[0].span.get("trace_id"))
-            print(f"open in Jaeger: {link}")
+            print(printable(f"open in Jaeger: {link}"))  # the trace id is span data
             print_tree(roots, print)
             return 0
     elif what == "path":
