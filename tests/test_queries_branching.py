@@ -515,3 +515,91 @@ def test_branch_nodes_leave_out_unexplored_options(sg: spangraph.Spangraph) -> N
     flush()
     (row,) = queries.branches(store(sg), run.workflow_id)
     assert row["nodes"] == 2  # the branch and the decision
+
+
+# -- decisions: nested, from plain OTel, with options that are not text ------------------
+
+
+def test_a_decision_nested_in_another_lists_only_its_own_options(
+    sg: spangraph.Spangraph,
+) -> None:
+    """An option of the outer decision explored inside the inner one is the inner's child
+    span: once the inner has ended, its options are the ones its OPTION_OF edges name
+    (before, its PARENT_OF children were read too and it listed the outer's option)."""
+    assert sg.store is not None
+    with spangraph.workflow("wf") as run, spangraph.decision("outer", options=["a", "b"]) as outer:
+        with spangraph.decision("inner", options=["x", "y"]) as inner:
+            with outer.option("a"):
+                pass
+            inner.choose("y")
+        outer.choose("a")
+    flush()
+    found = {d["name"]: d for d in queries.decisions(sg.store, run.workflow_id)}
+    assert [(o["name"], o["explored"], o["chosen"]) for o in found["inner"]["options"]] == [
+        ("x", False, False),
+        ("y", False, True),
+    ]
+    assert [(o["name"], o["explored"], o["chosen"]) for o in found["outer"]["options"]] == [
+        ("a", True, True),
+        ("b", False, False),
+    ]
+    assert inner.span_id != outer.span_id
+
+
+def _plain_otel_decision(provider: TracerProvider, workflow_id: str, options: list[Any]) -> None:
+    """A decision made with the OTel SDK alone (as an OTLP client sends one): options
+    offered in an attribute, the explored ones as child spans, the chosen one by a span
+    link of type chosen_option, and no ``spangraph.decision.option_span_ids``."""
+    from opentelemetry import trace
+
+    tracer = provider.get_tracer("plain-otel")
+    common = {sc.WORKFLOW_ID: workflow_id}
+    with (
+        tracer.start_as_current_span("run", attributes={**common, sc.KIND: sc.KIND_WORKFLOW}),
+        tracer.start_as_current_span(
+            "route",
+            attributes={**common, sc.KIND: sc.KIND_DECISION, sc.DECISION_OPTIONS: options},
+        ) as decision,
+    ):
+        with tracer.start_as_current_span(
+            str(options[0]).lower(), attributes={**common, sc.KIND: sc.KIND_OPTION}
+        ) as explored:
+            pass
+        link = trace.Link(explored.get_span_context(), {sc.LINK_TYPE: sc.LINK_CHOSEN_OPTION})
+        decision.add_link(link.context, link.attributes)
+        decision.set_attribute(sc.DECISION_CHOSEN, options[0])
+
+
+def test_a_decision_from_plain_otel_with_a_chosen_option_link(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    """Before: listed twice (two CHOSEN_OPTION edges: to the explored span and to a node
+    made for the option as if unexplored), the explored option shown unexplored, and
+    decision analytics counted the choice twice."""
+    assert sg.store is not None
+    _plain_otel_decision(provider, "wf-plain", ["fast", "slow"])
+    flush()
+    [decision] = queries.decisions(sg.store, "wf-plain")
+    assert decision["chosen"] == "fast"
+    assert [(o["name"], o["explored"], o["chosen"]) for o in decision["options"]] == [
+        ("fast", True, True),
+        ("slow", False, False),
+    ]
+    assert queries.decision_analytics(sg.store, "route")[0]["chosen"] == 1
+
+
+def test_options_that_are_not_text_have_one_name(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    """Options offered as booleans (an OTLP bool array): the graph's option nodes and the
+    queries name them alike, as JSON text (before: nodes "True"/"False" beside the
+    offered "true"/"false", four options)."""
+    assert sg.store is not None
+    _plain_otel_decision(provider, "wf-bools", [True, False])
+    flush()
+    [decision] = queries.decisions(sg.store, "wf-bools")
+    assert decision["chosen"] == "true"
+    assert [(o["name"], o["explored"], o["chosen"]) for o in decision["options"]] == [
+        ("true", True, True),
+        ("false", False, False),
+    ]

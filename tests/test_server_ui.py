@@ -910,3 +910,87 @@ def test_odd_attribute_keys_are_shown(
             assert page.evaluate("window.__xss") is None
         finally:
             conn.close()
+
+
+@needs_chromium
+def test_live_decision_panels_nested_and_not_text(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Live, before the graph has the run: an outer decision's option explored inside an
+    inner decision is the outer's (before: listed as a third option of the inner), and
+    options offered as booleans match the option spans named "true"/"false" (before:
+    four options, the explored and chosen one shown unexplored)."""
+    from playwright.sync_api import expect
+
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    stream = FakeStream.on(app)
+    workflow_id = str(uuid.uuid4())
+    msg = Messages(workflow_id)
+    root, outer, inner, opt, flags, yes = (
+        "a1" * 8,
+        "b2" * 8,
+        "c3" * 8,
+        "d4" * 8,
+        "e5" * 8,
+        "f6" * 8,
+    )
+    with serve(app) as base:
+        page.goto(base + "/")
+        page.evaluate(f"location.hash = 'run={workflow_id}'")
+        conn = stream.next_connection()
+        try:
+            conn.send_batch(
+                {"type": "subscribed", "channel": f"spangraph:workflow:{workflow_id}", "since": 0},
+                msg("span.started", root, None, "workflow", "decisive-run"),
+                msg(
+                    "span.started",
+                    outer,
+                    root,
+                    "decision",
+                    "outer",
+                    **{"spangraph.decision.options": ["a", "b"]},
+                ),
+                msg(
+                    "span.started",
+                    inner,
+                    outer,
+                    "decision",
+                    "inner",
+                    **{"spangraph.decision.options": ["x", "y"]},
+                ),
+                msg("span.started", opt, inner, "option", "a"),
+                msg(
+                    "span.started",
+                    flags,
+                    root,
+                    "decision",
+                    "flags",
+                    **{"spangraph.decision.options": [True, False]},
+                ),
+                msg("span.started", yes, flags, "option", "true"),
+                msg(
+                    "span.ended",
+                    flags,
+                    root,
+                    "decision",
+                    "flags",
+                    state="completed",
+                    **{
+                        "spangraph.decision.options": [True, False],
+                        "spangraph.decision.chosen": True,
+                    },
+                ),
+            )
+            decisions = page.locator("#decisions")
+            inner_box = decisions.locator('.decision[data-name="inner"] .option')
+            expect(inner_box).to_have_count(2)
+            assert inner_box.evaluate_all("els => els.map(e => e.dataset.option)") == ["x", "y"]
+            a = decisions.locator('.decision[data-name="outer"] .option[data-option="a"]')
+            expect(a).to_have_attribute("data-explored", "true")
+            flag_box = decisions.locator('.decision[data-name="flags"] .option')
+            expect(flag_box).to_have_count(2)
+            chosen = decisions.locator('.decision[data-name="flags"] .option[data-option="true"]')
+            expect(chosen).to_have_attribute("data-explored", "true")
+            expect(chosen).to_have_attribute("data-chosen", "true")
+        finally:
+            conn.close()

@@ -445,7 +445,19 @@ class SpanMapper:
         attributes = span.attributes or {}
         options = attributes.get(sc.DECISION_OPTIONS) or ()
         explored = attributes.get(sc.DECISION_OPTION_SPAN_IDS) or ()
-        chosen = attributes.get(sc.DECISION_CHOSEN)
+        raw_chosen = attributes.get(sc.DECISION_CHOSEN)
+        chosen = None if raw_chosen is None else option_text(raw_chosen)
+        # a chosen_option link (the SDK's, or an OTLP client's) names the chosen option's
+        # span and becomes the CHOSEN_OPTION edge (see link_rows): a decision without
+        # option span ids (plain OTel) then gets no unexplored node for its chosen option
+        linked = next(
+            (
+                hex_span_id(link.context.span_id)
+                for link in span.links
+                if (link.attributes or {}).get(sc.LINK_TYPE) == sc.LINK_CHOSEN_OPTION
+            ),
+            None,
+        )
         indexes: Sequence[int] = range(len(options))
         if len(options) > MAX_OPTIONS:  # from elsewhere (OTLP): the SDK refuses more
             _log.warning(
@@ -459,14 +471,17 @@ class SpanMapper:
         nodes: list[dict[str, Any]] = []
         edges: list[tuple[str, dict[str, Any]]] = []
         for i in indexes:
-            name = options[i]
+            name = option_text(options[i])
+            is_chosen = chosen is not None and name == chosen
             option_id = explored[i] if i < len(explored) and explored[i] else None
+            if option_id is None and is_chosen:
+                option_id = linked
             if option_id is None:
-                option_id = unexplored_option_id(span_id, str(name))
+                option_id = unexplored_option_id(span_id, name)
                 node = {k: props[k] for k in _OPTION_INHERITS if props.get(k) is not None}
                 node.update(
                     kind=sc.KIND_OPTION,
-                    name=str(name),
+                    name=name,
                     state=sc.STATE_UNEXPLORED,
                     parent_span_id=span_id,
                     attributes="{}",
@@ -474,7 +489,7 @@ class SpanMapper:
                 nodes.append({"span_id": option_id, "props": node})
             row = {"span_id": span_id, "target_span_id": option_id}
             edges.append(("option_of", row))
-            if name == chosen:
+            if is_chosen and linked is None:
                 edges.append((sc.LINK_CHOSEN_OPTION, row))
         return nodes, edges
 
@@ -502,11 +517,14 @@ _OPTION_INHERITS: Final = (
 )
 
 
-def _kept_options(options: Sequence[Any], explored: Sequence[Any], chosen: Any) -> list[int]:
+def _kept_options(options: Sequence[Any], explored: Sequence[Any], chosen: str | None) -> list[int]:
     """The indexes of the MAX_OPTIONS options of a decision offering more that the graph
     gets, in their order: the chosen one and those explored first, then the first."""
     wanted = [
-        i for i, name in enumerate(options) if name == chosen or (i < len(explored) and explored[i])
+        i
+        for i, name in enumerate(options)
+        if (chosen is not None and option_text(name) == chosen)
+        or (i < len(explored) and explored[i])
     ][:MAX_OPTIONS]
     kept = set(wanted)
     for i in range(len(options)):
@@ -520,6 +538,12 @@ MAX_OPTIONS: Final = 1024
 """The options of one decision that become graph nodes and edges: each is a node and
 an edge written in the decision's end, and a million of them (one 11 MB OTLP request)
 made a write the store could not finish within its timeout, retried for ever."""
+
+
+def option_text(value: Any) -> str:
+    """An option's name as the graph and the queries give it: a string as it is, any
+    other value (a number, a bool from another language's SDK) as its JSON text."""
+    return value if isinstance(value, str) else to_json(value)
 
 
 def unexplored_option_id(decision_span_id: str, option: str) -> str:

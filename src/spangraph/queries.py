@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .mapping import read_json, to_json
+from .mapping import option_text, read_json
 from .stores._base import GraphStore
 
 _SPAN_FIELDS: Final = (
@@ -263,14 +263,12 @@ DECISIONS: Final = (
     "MATCH (d:Decision {workflow_id: $workflow_id})\n"
     # OPTION_OF edges are written when the decision ends: while it is open (or when its
     # process died), the options explored so far are its Option children
-    "OPTIONAL MATCH (d)-[:OPTION_OF|PARENT_OF]->(o:Option)\n"
-    "WITH d, collect(DISTINCT o) AS options\n"
+    "OPTIONAL MATCH (d)-[r:OPTION_OF|PARENT_OF]->(o:Option)\n"
+    "WITH d, collect(DISTINCT [o.name, o.state, o.span_id, o.start_ns, type(r)]) AS options\n"
     "OPTIONAL MATCH (d)-[:CHOSEN_OPTION]->(c:Span)\n"
+    "WITH d, options, collect(DISTINCT c.name) AS chosen\n"
     "RETURN d.span_id AS span_id, d.name AS name, d.state AS state, d.start_ns AS start_ns,\n"
-    "       d.branch_id AS branch_id, d.attributes AS attributes,\n"
-    "       [o IN options | o.name] AS option_names,\n"
-    "       [o IN options | o.state] AS option_states,\n"
-    "       [o IN options | o.span_id] AS option_ids, c.name AS chosen\n"
+    "       d.branch_id AS branch_id, d.attributes AS attributes, options, chosen\n"
     "ORDER BY d.start_ns"
 )
 
@@ -305,9 +303,11 @@ MONITORS: Final = (
 DECISION_ANALYTICS: Final = (
     "MATCH (d:Decision {name: $name})-[:CHOSEN_OPTION]->(o:Span)\n"
     "WHERE $project_id IS NULL OR d.project_id = $project_id\n"
+    # a decision counts once for an option however many edges lead to nodes of that name
+    "WITH DISTINCT d, o.name AS option\n"
     "MATCH (w:Workflow)\n"
     "WHERE w.workflow_id = d.workflow_id\n"
-    "RETURN o.name AS option, count(w) AS chosen,\n"
+    "RETURN option, count(w) AS chosen,\n"
     "       sum(CASE WHEN w.state = 'completed' THEN 1 ELSE 0 END) AS succeeded,\n"
     "       avg(w.duration_ms) AS mean_duration_ms\n"
     "ORDER BY chosen DESC, option"
@@ -344,11 +344,9 @@ def _attrs_of(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _text(value: Any) -> str | None:
-    """An attribute value as text: a string as it is, ``None`` as ``None``, anything else
-    (a number, a bool, a list from another language's SDK) as its JSON text."""
-    if value is None or isinstance(value, str):
-        return value
-    return to_json(value)
+    """An attribute value as text (:func:`~spangraph.mapping.option_text`), ``None`` as
+    ``None``."""
+    return None if value is None else option_text(value)
 
 
 def _options_of(value: Any) -> list[str]:
@@ -371,6 +369,45 @@ def _score(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _decision_options(
+    rows: list[list[Any]], offered: list[str], listed: Any
+) -> list[dict[str, Any]]:
+    """A decision's options from its ``[name, state, span_id, start_ns, edge]`` rows.
+
+    ``OPTION_OF`` edges (written when the decision ends) name its options. Its Option
+    children (``PARENT_OF``) count too while it has none (it is open, or its process
+    died) or when it names no option spans (plain OTel: the explored options are only
+    its children); a child whose name it does not offer is another decision's (an outer
+    decision's option explored inside this one). Of several nodes for one name the one
+    the decision names wins (its first exploration), then an explored one, then the
+    first to start.
+    """
+    named = set(listed) if isinstance(listed, list | tuple) else set()
+    rows = [r for r in rows if r[0] is not None]
+    use_children = not named or not any(r[4] == "OPTION_OF" for r in rows)
+    found: dict[str, tuple[tuple[int, int, str], dict[str, Any]]] = {}
+    for name, state, span_id, start_ns, edge in rows:
+        name = option_text(name)
+        if edge != "OPTION_OF" and (not use_children or (offered and name not in offered)):
+            continue
+        explored = state != "unexplored"
+        rank = (
+            0 if span_id in named else 1 if explored else 2,
+            start_ns if isinstance(start_ns, int) else 0,
+            str(span_id),
+        )
+        if name not in found or rank < found[name][0]:
+            option = {"name": name, "state": state, "span_id": span_id, "explored": explored}
+            found[name] = (rank, option)
+    order = offered + sorted(n for n in found if n not in offered)
+    return [
+        found[n][1]
+        if n in found
+        else {"name": n, "state": None, "span_id": None, "explored": False}
+        for n in order
+    ]
+
+
 def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     """Every decision of a run with all its options (explored or not), the chosen one,
     the reason and the score, in time order.
@@ -382,31 +419,20 @@ def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     .. code-block:: cypher
 
         MATCH (d:Decision {workflow_id: $workflow_id})
-        OPTIONAL MATCH (d)-[:OPTION_OF|PARENT_OF]->(o:Option)
-        WITH d, collect(DISTINCT o) AS options
+        OPTIONAL MATCH (d)-[r:OPTION_OF|PARENT_OF]->(o:Option)
+        WITH d, collect(DISTINCT [o.name, o.state, o.span_id, o.start_ns, type(r)]) AS options
         OPTIONAL MATCH (d)-[:CHOSEN_OPTION]->(c:Span)
-        RETURN d.span_id AS span_id, d.name AS name, ...,
-               [o IN options | o.name] AS option_names, ..., c.name AS chosen
+        WITH d, options, collect(DISTINCT c.name) AS chosen
+        RETURN d.span_id AS span_id, d.name AS name, ..., options, chosen
     """
     out = []
     for row in store.query(DECISIONS, {"workflow_id": workflow_id}):
         attrs = _attrs_of(row)
         offered = _options_of(attrs.get("spangraph.decision.options"))
-        # an option explored twice has two spans: the one the decision names (its first)
         listed = attrs.get("spangraph.decision.option_span_ids")
-        named = set(listed) if isinstance(listed, list | tuple) else set()
-        found: dict[str, dict[str, Any]] = {}
-        for n, s, i in zip(
-            row["option_names"], row["option_states"], row["option_ids"], strict=False
-        ):
-            if n is not None and (n not in found or i in named):
-                found[n] = {"name": n, "state": s, "span_id": i, "explored": s != "unexplored"}
-        order = offered + sorted(n for n in found if n not in offered)
-        options = [
-            found.get(n, {"name": n, "state": None, "span_id": None, "explored": False})
-            for n in order
-        ]
-        chosen = row.get("chosen") or _text(attrs.get("spangraph.decision.chosen"))
+        options = _decision_options(row["options"], offered, listed)
+        names = [n for n in row.get("chosen") or () if n is not None]
+        chosen = min(names) if names else _text(attrs.get("spangraph.decision.chosen"))
         for option in options:
             option["chosen"] = option["name"] == chosen
         out.append(
@@ -553,8 +579,9 @@ def decision_analytics(
 
         MATCH (d:Decision {name: $name})-[:CHOSEN_OPTION]->(o:Span)
         WHERE $project_id IS NULL OR d.project_id = $project_id
+        WITH DISTINCT d, o.name AS option
         MATCH (w:Workflow) WHERE w.workflow_id = d.workflow_id
-        RETURN o.name AS option, count(w) AS chosen,
+        RETURN option, count(w) AS chosen,
                sum(CASE WHEN w.state = 'completed' THEN 1 ELSE 0 END) AS succeeded,
                avg(w.duration_ms) AS mean_duration_ms
         ORDER BY chosen DESC, option

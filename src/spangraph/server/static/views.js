@@ -7,18 +7,48 @@ import {
   stateBadge, valueView,
 } from "./util.js";
 
-/** The run's nodes of `kind`, and the option nodes under each parent: one pass over the
- * nodes, so the panels cost time in proportion to the run, not its square. */
-function gather(run, kind) {
+/** An option's name as the graph gives it: text as it is, other values (a bool or a
+ * number from another SDK) as their JSON text. */
+const optionText = (x) => (typeof x === "string" ? x : JSON.stringify(x));
+
+/** The names a decision node offers, as text. */
+function offeredBy(n) {
+  const raw = n.attributes["spangraph.decision.options"];
+  return Array.isArray(raw) ? [...new Set(raw.filter((x) => x != null).map(optionText))] : [];
+}
+
+// how far up from an option's parent its decision is looked for
+const OWNER_HOPS = 64;
+
+/** The run's decision nodes (each with the names it offers), and the option nodes of
+ * each decision: an option belongs to the nearest decision above it that offers its name
+ * (an outer decision's option may be explored inside an inner decision), else to its
+ * parent. One pass over the nodes, so the panels cost time in proportion to the run. */
+function gatherDecisions(run) {
   const found = [];
-  const optionsOf = new Map(); // parent span_id -> its option nodes
+  const offered = new Map(); // decision span_id -> Set of offered names
+  const options = [];
   for (const n of run.nodes.values()) {
-    if (n.kind === kind) found.push(n);
-    else if (n.kind === "option" && n.parent_span_id) {
-      const list = optionsOf.get(n.parent_span_id);
-      if (list) list.push(n);
-      else optionsOf.set(n.parent_span_id, [n]);
+    if (n.kind === "decision") {
+      found.push(n);
+      offered.set(n.span_id, new Set(offeredBy(n)));
+    } else if (n.kind === "option" && n.parent_span_id) options.push(n);
+  }
+  const optionsOf = new Map(); // decision span_id -> its option nodes
+  for (const o of options) {
+    let owner = o.parent_span_id;
+    const seen = new Set();
+    for (let id = owner, hops = 0; id && hops < OWNER_HOPS && !seen.has(id); hops++) {
+      seen.add(id);
+      if (offered.get(id)?.has(o.name)) {
+        owner = id;
+        break;
+      }
+      id = run.nodes.get(id)?.parent_span_id;
     }
+    const list = optionsOf.get(owner);
+    if (list) list.push(o);
+    else optionsOf.set(owner, [o]);
   }
   return { found, optionsOf };
 }
@@ -27,17 +57,22 @@ function decisionsView(run) {
   const byId = new Map(run.rest.decisions.map((d) => [d.span_id, {
     ...d, options: d.options.map((o) => ({ ...o })),
   }]));
-  const { found, optionsOf } = gather(run, "decision");
+  const { found, optionsOf } = gatherDecisions(run);
   for (const n of found) {
-    const offered = Array.isArray(n.attributes["spangraph.decision.options"]) ? n.attributes["spangraph.decision.options"] : [];
-    const children = optionsOf.get(n.span_id) || [];
-    const childNamed = new Map();
-    for (const c of children) if (!childNamed.has(c.name)) childNamed.set(c.name, c);
+    const offered = offeredBy(n);
     const isOffered = new Set(offered);
-    const names = [...offered, ...children.map((c) => c.name).filter((x) => !isOffered.has(x))];
+    // an option child whose name this decision does not offer is another decision's (an
+    // outer decision's option explored inside this one)
+    const children = (optionsOf.get(n.span_id) || []).filter((c) => !offered.length || isOffered.has(c.name));
+    const childNamed = new Map();
+    for (const c of children) {
+      const had = childNamed.get(c.name);
+      if (!had || (had.state === "unexplored" && c.state !== "unexplored")) childNamed.set(c.name, c);
+    }
+    const names = [...new Set([...offered, ...children.map((c) => c.name)])];
     const live = {
       span_id: n.span_id, name: n.name, state: n.state, start_ns: n.start_ns,
-      chosen: n.attributes["spangraph.decision.chosen"] ?? null,
+      chosen: n.attributes["spangraph.decision.chosen"] == null ? null : optionText(n.attributes["spangraph.decision.chosen"]),
       reason: n.attributes["spangraph.decision.reason"] ?? null,
       score: n.attributes["spangraph.decision.score"] ?? null,
       options: names.map((name) => {
