@@ -218,3 +218,55 @@ def test_walk_has_no_depth_limit() -> None:
     assert walked[:2] == [(0, "s0"), (1, "s1")]
     assert walked[-3:] == [(4999, "s4999"), (5000, "a"), (5000, "b")]
     assert len(walked) == 5002
+
+
+def test_path_to_root_with_span_ids_met_in_several_traces(sg: spangraph.Spangraph) -> None:
+    """Span ids repeated across traces merge nodes, so a node can have several PARENT_OF
+    edges in: following the edges met 2**levels paths (before: 40 levels never answered).
+    The path follows each span's own ``parent_span_id``, as the tree does."""
+    assert sg.store is not None
+    levels = 40
+    sg.store.execute_many(
+        [
+            (
+                "UNWIND range(0, $levels) AS i\n"
+                "CREATE (:Span {span_id: 'a' + toString(i), name: 'a' + toString(i), kind: 'step',\n"
+                "               parent_span_id: CASE WHEN i = 0 THEN null ELSE 'a' + toString(i - 1) END})\n"
+                "CREATE (:Span {span_id: 'b' + toString(i), name: 'b' + toString(i), kind: 'step'})",
+                {"levels": levels},
+            )
+        ]
+    )
+    sg.store.execute_many(
+        [
+            (
+                "UNWIND range(1, $levels) AS i\n"
+                "MATCH (pa:Span {span_id: 'a' + toString(i - 1)}), (pb:Span {span_id: 'b' + toString(i - 1)}),\n"
+                "      (a:Span {span_id: 'a' + toString(i)}), (b:Span {span_id: 'b' + toString(i)})\n"
+                "CREATE (pa)-[:PARENT_OF]->(a), (pb)-[:PARENT_OF]->(a),\n"
+                "       (pa)-[:PARENT_OF]->(b), (pb)-[:PARENT_OF]->(b)",
+                {"levels": levels},
+            )
+        ]
+    )
+    path = queries.path_to_root(sg.store, f"a{levels}")
+    assert [p["span_id"] for p in path] == [f"a{i}" for i in range(levels + 1)]
+
+
+def test_path_to_root_of_a_deep_chain(sg: spangraph.Spangraph) -> None:
+    """Deeper than one round trip walks (the walk goes a few levels a statement)."""
+    assert sg.store is not None
+    depth = 300
+    sg.store.execute_many(
+        [
+            (
+                "UNWIND range(0, $depth) AS i\n"
+                "CREATE (:Span {span_id: 'd' + toString(i), name: 's' + toString(i), kind: 'step',\n"
+                "               parent_span_id: CASE WHEN i = 0 THEN 'gone' ELSE 'd' + toString(i - 1) END})",
+                {"depth": depth},
+            )
+        ]
+    )
+    path = queries.path_to_root(sg.store, f"d{depth}")
+    assert [p["span_id"] for p in path] == [f"d{i}" for i in range(depth + 1)]
+    assert path[0] == {"span_id": "d0", "name": "s0", "kind": "step"}

@@ -44,10 +44,20 @@ LIST_WORKFLOWS: Final = (
     "LIMIT $limit"
 )
 
+PATH_HOPS: Final = 16
+"""Ancestors one ``path_to_root`` statement reads (more are read by further statements)."""
+
 PATH_TO_ROOT: Final = (
-    "MATCH (a:Span)-[:PARENT_OF*0..]->(n:Span {span_id: $span_id})\n"
-    "RETURN DISTINCT a.span_id AS span_id, a.parent_span_id AS parent_span_id,\n"
-    "       a.name AS name, a.kind AS kind, a.start_ns AS start_ns"
+    "MATCH (s0:Span {span_id: $span_id})\n"
+    + "".join(
+        f"OPTIONAL MATCH (s{i}:Span {{span_id: s{i - 1}.parent_span_id}})\n"
+        f"WITH {', '.join(f's{j}' for j in range(i + 1))}\n"
+        for i in range(1, PATH_HOPS)
+    )
+    + "RETURN [s IN ["
+    + ", ".join(f"s{i}" for i in range(PATH_HOPS))
+    + "] WHERE s IS NOT NULL |\n"
+    "        [s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns]] AS chain"
 )
 
 WORKFLOW_EVENTS: Final = (
@@ -215,28 +225,43 @@ def path_to_root(store: GraphStore, span_id: str) -> list[dict[str, Any]]:
     When the parents lead round in a cycle, the chain starts at the span where
     :func:`tree` cuts that cycle (the one of the cycle that started first, then the
     smaller span id), so a path is never longer than the graph and matches the tree.
+    The walk reads :data:`PATH_HOPS` ancestors a statement, one index lookup each (not
+    ``PARENT_OF`` edges: a span id met in several traces gives a node several parents).
 
     .. code-block:: cypher
 
-        MATCH (a:Span)-[:PARENT_OF*0..]->(n:Span {span_id: $span_id})
-        RETURN DISTINCT a.span_id AS span_id, a.parent_span_id AS parent_span_id, ...
+        MATCH (s0:Span {span_id: $span_id})
+        OPTIONAL MATCH (s1:Span {span_id: s0.parent_span_id})
+        ...
+        OPTIONAL MATCH (s15:Span {span_id: s14.parent_span_id})
+        RETURN [s IN [s0, s1, ..., s15] WHERE s IS NOT NULL |
+                [s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns]] AS chain
     """
-    # the stand-in for a parent never written (a caller elsewhere) is not in the path, as
-    # tree() leaves it out: the chain starts at the first span that was written
-    ancestors = {
-        r["span_id"]: r
-        for r in store.query(PATH_TO_ROOT, {"span_id": span_id})
-        if r.get("name") is not None
-    }
     chain: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    row = ancestors.get(span_id)
-    while row is not None and row["span_id"] not in seen:
-        seen[row["span_id"]] = len(chain)
-        chain.append(row)
-        row = ancestors.get(row.get("parent_span_id") or "")
-    if row is not None:  # a cycle: cut it where tree() does
-        cycle = chain[seen[row["span_id"]] :]
+    cycle_at: str | None = None
+    ask: str | None = span_id
+    while ask is not None:
+        rows = store.query(PATH_TO_ROOT, {"span_id": ask})
+        ask = None
+        for sid, parent, name, kind, start_ns in rows[0]["chain"] if rows else ():
+            if sid in seen:
+                cycle_at = sid
+                break
+            # the stand-in for a parent never written (a caller elsewhere) is not in the
+            # path, as tree() leaves it out: the chain starts at the first span written
+            if name is None:
+                break
+            seen[sid] = len(chain)
+            chain.append(
+                {"span_id": sid, "parent_span_id": parent, "name": name, "kind": kind,
+                 "start_ns": start_ns}
+            )  # fmt: skip
+        else:
+            if len(chain) % PATH_HOPS == 0 and chain and chain[-1]["parent_span_id"]:
+                ask = chain[-1]["parent_span_id"]
+    if cycle_at is not None:  # a cycle: cut it where tree() does
+        cycle = chain[seen[cycle_at] :]
         head = min(cycle, key=_cycle_key)
         chain = chain[: seen[head["span_id"]] + 1]
     return [
