@@ -276,7 +276,7 @@ def test_a_tree_deeper_than_the_recursion_limit() -> None:
     got = entries(run.spans)
     assert len(got) == depth + 1
     assert [len(e.path) for e in got[:3]] == [len("(root)"), 1, 3]
-    assert got[-1].path == "/".join(["s"] * depth)
+    assert got[-1].path == f"…({depth - 32} more)/" + "/".join(["s"] * 32)
     assert diff("A", run.spans, "B", run.spans).first_divergence is None
 
 
@@ -400,3 +400,55 @@ def test_cli_diff_says_which_run_does_not_exist(
     assert "runs 'nope-1' and 'nope-2' do not exist" in capsys.readouterr().err
     assert cli.main(["query", "diff", "left", "right", "--branches"]) == 1
     assert "branches 'left' and 'right' do not exist" in capsys.readouterr().err
+
+
+def test_siblings_that_started_together_are_ordered_by_name() -> None:
+    """Equal start times (a coarse clock, spans sent with made-up times): siblings go by
+    name, not by their random span ids (before: a divergence between equal runs)."""
+    a, b = Run(), Run()
+    for run, names in ((a, ("x", "y")), (b, ("y", "x"))):
+        for name in names:
+            run.add(name, run.root)
+        for span in run.spans[1:]:
+            span["start_ns"] = 100
+    result = diff("A", a.spans, "B", b.spans)
+    assert result.first_divergence is None
+    assert [e.path for e in entries(b.spans)] == ["(root)", "x", "y"]
+
+
+def test_a_slash_in_a_name_is_not_a_level() -> None:
+    """A step named "a/b" is not step "b" under step "a" (before: the two were taken for
+    one step, and their durations compared)."""
+    a, b = Run(), Run()
+    a.add("a/b", a.root)
+    b.add("b", b.add("a", b.root))
+    result = diff("A", a.spans, "B", b.spans)
+    assert result.first_divergence is not None
+    assert (result.only_in_a, result.only_in_b) == (["a/b"], ["a", "a/b"])
+    assert [d["path"] for d in result.durations] == ["(root)"]
+
+
+def test_paths_of_a_deep_chain_stay_short() -> None:
+    """Each path names its last levels only (before: every span carried its whole path,
+    so memory grew with the square of the depth: 8 000 levels took 723 MB)."""
+    depth = 8000
+    run = Run()
+    parent = run.root
+    for i in range(depth):
+        parent = run.add(f"level-{i}", parent)
+    got = entries(run.spans)
+    assert len(got) == depth + 1
+    assert max(len(e.path) for e in got) <= 1100
+    assert got[-1].path == f"…({depth - 32} more)/" + "/".join(
+        f"level-{i}" for i in range(depth - 32, depth)
+    )
+    assert got[2].path == "level-0/level-1"
+    assert diff("A", run.spans, "B", run.spans).first_divergence is None
+    other = Run()
+    parent = other.root
+    for i in range(depth):
+        parent = other.add(f"level-{i}" if i != depth - 100 else "elsewhere", parent)
+    result = diff("A", run.spans, "B", other.spans)
+    assert result.first_divergence is not None
+    assert result.first_divergence["index"] == depth - 99
+    assert len(result.only_in_a) == len(result.only_in_b) == 100

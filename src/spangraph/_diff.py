@@ -11,7 +11,12 @@ from .mapping import read_json
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One span of a run, by its path of names from the run's root."""
+    """One span of a run, by its path of names from the run's root.
+
+    ``path`` is for reading: the names of the last :data:`PATH_NAMES` levels (and at most
+    about :data:`PATH_CHARS` characters of them), after ``…(N more)/`` when there are more.
+    Spans are compared by ``key``, which stands for the whole path, name by name (a name
+    holding a ``/`` is one level)."""
 
     path: str
     kind: str | None
@@ -19,6 +24,23 @@ class Entry:
     duration_ms: float | None
     chosen: str | None
     span_id: str
+    key: int = field(default=-1, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "state": self.state,
+            "duration_ms": self.duration_ms,
+            "chosen": self.chosen,
+            "span_id": self.span_id,
+        }
+
+
+PATH_NAMES = 32
+"""The most names an entry's ``path`` shows: a deeper span shows its last ones."""
+PATH_CHARS = 1000
+"""About the most characters of names a ``path`` shows (its last name always)."""
 
 
 @dataclass(slots=True)
@@ -63,22 +85,50 @@ def _chosen(span: dict[str, Any]) -> str | None:
     return str(value) if value is not None else None
 
 
-def _key(span: dict[str, Any]) -> tuple[float, str]:
+def _start(span: dict[str, Any]) -> float:
     start = span.get("start_ns")
-    ok = isinstance(start, int | float) and not isinstance(start, bool)
-    return (start if ok else 0, str(span["span_id"]))
+    return start if isinstance(start, int | float) and not isinstance(start, bool) else 0
 
 
-def entries(spans: list[dict[str, Any]]) -> list[Entry]:
+def _key(span: dict[str, Any]) -> tuple[float, str]:
+    """Where a parent cycle is cut: the span that started first, then by span id (as
+    :func:`spangraph.queries.tree` does)."""
+    return (_start(span), str(span["span_id"]))
+
+
+def _sibling_key(span: dict[str, Any]) -> tuple[float, str, str]:
+    """Siblings by start time, then by name (so equal runs whose spans started at the
+    same time compare equal whatever their random span ids), then by span id."""
+    return (_start(span), str(span.get("name")), str(span["span_id"]))
+
+
+def _tail(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The last names of a path that its ``path`` text shows."""
+    names = names[-PATH_NAMES:]
+    size = 0
+    for i in range(len(names) - 1, -1, -1):
+        size += len(names[i]) + 1
+        if size > PATH_CHARS and i < len(names) - 1:
+            return names[i + 1 :]
+    return names
+
+
+def entries(
+    spans: list[dict[str, Any]], paths: dict[tuple[int, str], int] | None = None
+) -> list[Entry]:
     """The spans (options never explored left out) in depth-first order, siblings by
-    start time, each named by its path of names below its root (the root is ``(root)``),
-    so runs whose roots have different names still compare.
+    start time (then name), each named by its path of names below its root (the root is
+    ``(root)``), so runs whose roots have different names still compare.
+
+    ``paths`` numbers the paths met (an entry's ``key``): give the same dict for both runs
+    of a diff so that equal paths have equal keys.
 
     A span whose parent is not among ``spans`` is a root. Spans whose parents lead round
     in a cycle (A's parent is B and B's parent is A, or a span its own parent: only spans
     from other programs can say so) are cut where :func:`spangraph.queries.tree` cuts
     them, at the span of the cycle that started first (then the smaller span id), which
     becomes a root. The walk keeps its own stack, so no depth of nesting is too deep."""
+    paths = {} if paths is None else paths
     # left out: options never explored, and the stand-in for a parent that was never
     # written (a caller in another service), as tree() leaves it out
     spans = [s for s in spans if s.get("state") != "unexplored" and s.get("name") is not None]
@@ -98,25 +148,32 @@ def entries(spans: list[dict[str, Any]]) -> list[Entry]:
                 siblings[:] = [c for c in siblings if c is not head]
                 roots.append(head)
                 _reach([head], children, reached)
-    roots.sort(key=_key)
+    roots.sort(key=_sibling_key)
     for group in children.values():
-        group.sort(key=_key)
+        group.sort(key=_sibling_key)
     out: list[Entry] = []
     done: set[str] = set()
-    # (span, the path of names from its root down to its parent; None below no parent)
-    stack: list[tuple[dict[str, Any], str | None]] = [(root, None) for root in reversed(roots)]
+    # (span, its parent's path: key, depth below the root and last names; None for a root)
+    stack: list[tuple[dict[str, Any], tuple[int, int, tuple[str, ...]] | None]] = [
+        (root, None) for root in reversed(roots)
+    ]
+    root_key = paths.setdefault((-1, "(root)"), len(paths))
     while stack:
-        span, prefix = stack.pop()
+        span, parent = stack.pop()
         span_id = span["span_id"]
         if span_id in done:  # the same span twice in the input
             continue
         done.add(span_id)
         name = str(span.get("name"))
-        if prefix is None:  # a root: "(root)", and its children start from nothing
-            label, below = "(root)", ""
+        if parent is None:  # a root: "(root)", and its children start from nothing
+            here = (root_key, 0, ())
+            label = "(root)"
         else:
-            below = f"{prefix}/{name}" if prefix else name
-            label = below or "(root)"
+            parent_key, depth, names = parent
+            tail = _tail((*names, name))
+            here = (paths.setdefault((parent_key, name), len(paths)), depth + 1, tail)
+            hidden = depth + 1 - len(tail)
+            label = (f"…({hidden} more)/" if hidden else "") + "/".join(tail)
         out.append(
             Entry(
                 label,
@@ -125,9 +182,10 @@ def entries(spans: list[dict[str, Any]]) -> list[Entry]:
                 span.get("duration_ms"),
                 _chosen(span),
                 span_id,
+                here[0],
             )
         )
-        stack.extend((child, below) for child in reversed(children.get(span_id, ())))
+        stack.extend((child, here) for child in reversed(children.get(span_id, ())))
     return out
 
 
@@ -161,44 +219,48 @@ def diff(a_id: str, a: list[dict[str, Any]], b_id: str, b: list[dict[str, Any]])
     missing = [a_id] if not a else []
     if not b and b_id not in missing:
         missing.append(b_id)
-    ea, eb = entries(a), entries(b)
+    paths: dict[tuple[int, str], int] = {}
+    ea, eb = entries(a, paths), entries(b, paths)
     first: dict[str, Any] | None = None
     for i, (x, y) in enumerate(zip(ea, eb, strict=False)):
-        if x.path != y.path:
-            first = {"index": i, "reason": "different step", "a": asdict(x), "b": asdict(y)}
+        if x.key != y.key:
+            first = {"index": i, "reason": "different step", "a": x.to_dict(), "b": y.to_dict()}
             break
         if x.kind == "decision" and x.chosen != y.chosen:
-            first = {"index": i, "reason": "different choice", "a": asdict(x), "b": asdict(y)}
+            first = {"index": i, "reason": "different choice", "a": x.to_dict(), "b": y.to_dict()}
             break
     if first is None and len(ea) != len(eb):
         i = min(len(ea), len(eb))
         first = {
             "index": i,
             "reason": "one run has more steps",
-            "a": asdict(ea[i]) if i < len(ea) else None,
-            "b": asdict(eb[i]) if i < len(eb) else None,
+            "a": ea[i].to_dict() if i < len(ea) else None,
+            "b": eb[i].to_dict() if i < len(eb) else None,
         }
-    ca, cb = Counter(e.path for e in ea), Counter(e.path for e in eb)
-    only_a = sorted((ca - cb).elements())
-    only_b = sorted((cb - ca).elements())
-    seen_a: dict[str, list[Entry]] = {}
-    for e in ea:
-        seen_a.setdefault(e.path, []).append(e)
-    seen_b: dict[str, list[Entry]] = {}
+    text = {e.key: e.path for e in (*ea, *eb)}
+    ca, cb = Counter(e.key for e in ea), Counter(e.key for e in eb)
+    only_a = sorted(text[k] for k in (ca - cb).elements())
+    only_b = sorted(text[k] for k in (cb - ca).elements())
+    seen_b: dict[int, list[Entry]] = {}
     for e in eb:
-        seen_b.setdefault(e.path, []).append(e)
+        seen_b.setdefault(e.key, []).append(e)
     durations = []
-    for path, xs in seen_a.items():
-        for n, (x, y) in enumerate(zip(xs, seen_b.get(path, []), strict=False)):
-            if x.duration_ms is None or y.duration_ms is None:
-                continue
-            durations.append(
-                {
-                    "path": path,
-                    "occurrence": n + 1,
-                    "a_ms": x.duration_ms,
-                    "b_ms": y.duration_ms,
-                    "delta_ms": round(y.duration_ms - x.duration_ms, 3),
-                }
-            )
+    met: dict[int, int] = {}
+    for x in ea:
+        n = met[x.key] = met.get(x.key, 0) + 1
+        ys = seen_b.get(x.key, ())
+        if n > len(ys):
+            continue
+        y = ys[n - 1]
+        if x.duration_ms is None or y.duration_ms is None:
+            continue
+        durations.append(
+            {
+                "path": x.path,
+                "occurrence": n,
+                "a_ms": x.duration_ms,
+                "b_ms": y.duration_ms,
+                "delta_ms": round(y.duration_ms - x.duration_ms, 3),
+            }
+        )
     return RunDiff(a_id, b_id, first, only_a, only_b, durations, missing)

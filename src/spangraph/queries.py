@@ -204,9 +204,13 @@ def workflows(
     """
     _check_limit(limit)
     if since_ns is not None and (
-        not isinstance(since_ns, int) or isinstance(since_ns, bool) or abs(since_ns) > _INT64_MAX
+        not isinstance(since_ns, int)
+        or isinstance(since_ns, bool)
+        or not -_INT64_MAX - 1 <= since_ns <= _INT64_MAX
     ):
         raise ValueError(f"since_ns must be a whole number of nanoseconds, got {since_ns!r}")
+    if since_ns is not None and since_ns <= 0:
+        since_ns = None  # every run started after 1970 (and FalkorDB's comparison overflows)
     params = {
         "project_id": project_id,
         "state": state,
