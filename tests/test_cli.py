@@ -542,6 +542,10 @@ def test_query_views_show_control_characters_from_spans_as_escapes(
     assert "why\\u2066" in decisions
     as_json = out("query", "branch", left.branch_id, "--json")  # JSON escapes them itself
     assert json.loads(as_json)["name"] == "left\x1b]0;owned\x07"
+    in_run = out("query", "branch", left.branch_id, "--workflow", run.workflow_id, "--json")
+    assert json.loads(in_run)["workflow_ids"] == [run.workflow_id]
+    assert cli_main(["query", "branch", left.branch_id, "--workflow", "elsewhere"]) == 1
+    assert capsys.readouterr().err == f"no branch {left.branch_id} in run elsewhere\n"
 
 
 def test_query_json_is_strict_json(demo: Demo) -> None:

@@ -603,3 +603,29 @@ def test_options_that_are_not_text_have_one_name(
         ("true", True, True),
         ("false", False, False),
     ]
+
+
+def test_a_branch_id_used_in_several_runs(sg: spangraph.Spangraph) -> None:
+    """A branch id given by hand can be met in several runs: the summary lists those runs,
+    and ``workflow_id`` keeps one run's nodes (before: the runs' nodes were mixed with
+    no way to tell or to choose)."""
+    assert sg.store is not None
+    runs = []
+    for step in ("first-run-step", "second-run-step"):
+        with (
+            spangraph.workflow("wf") as run,
+            spangraph.branch("retry", branch_id="retry-path"),
+            spangraph.step(step),
+        ):
+            pass
+        runs.append(run.workflow_id)
+    flush()
+    both = queries.branch_summary(sg.store, "retry-path")
+    assert both is not None
+    assert both["workflow_ids"] == sorted(runs)
+    assert len(both["nodes"]) == 4
+    second = queries.branch_summary(sg.store, "retry-path", workflow_id=runs[1])
+    assert second is not None
+    assert [n["name"] for n in second["nodes"]] == ["retry", "second-run-step"]
+    assert (second["workflow_id"], second["workflow_ids"]) == (runs[1], [runs[1]])
+    assert queries.branch_summary(sg.store, "retry-path", workflow_id="no-such-run") is None

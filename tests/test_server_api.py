@@ -624,3 +624,14 @@ def test_every_route_serves_odd_spangraph_attributes(client: TestClient) -> None
     # every run is listed but those whose spangraph.kind is odd (no workflow span then)
     assert listing.status_code == 200
     assert len(listing.json()) == len(cases) - len(ODD_VALUES)
+
+
+def test_branch_summary_in_one_run(client: TestClient, run_ids: dict[str, str]) -> None:
+    branch, wid = run_ids["branch_id"], run_ids["workflow_id"]
+    summary = client.get(f"/api/branches/{branch}/summary", params={"workflow_id": wid})
+    assert summary.status_code == 200
+    assert summary.json()["workflow_ids"] == [wid]
+    assert [n["name"] for n in summary.json()["nodes"]] == ["left", "inside-left"]
+    other = client.get(f"/api/branches/{branch}/summary", params={"workflow_id": "elsewhere"})
+    assert other.status_code == 404
+    assert other.json()["detail"] == f"no branch {branch!r} in run 'elsewhere'"

@@ -307,9 +307,10 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
     elif what == "branches":
         rows = queries.branches(store, args.id)
     elif what == "branch":
-        summary = queries.branch_summary(store, args.id)
+        summary = queries.branch_summary(store, args.id, workflow_id=args.workflow)
         if summary is None:
-            print(f"no branch {printable(args.id)}", file=sys.stderr)
+            where = "" if args.workflow is None else f" in run {args.workflow}"
+            print(printable(f"no branch {args.id}{where}"), file=sys.stderr)
             return 1
         if args.json:
             print(_json(summary))
@@ -410,7 +411,11 @@ def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentPars
     add("replay", "a run as the ordered live messages", ("id", "workflow id"))
     add("decisions", "decision points with all options and the choice", ("id", "workflow id"))
     add("branches", "the branches of a run", ("id", "workflow id"))
-    add("branch", "one branch: its nodes in time order", ("id", "branch id"))
+    b = add("branch", "one branch: its nodes in time order", ("id", "branch id"))
+    b.add_argument(
+        "--workflow",
+        help="only its nodes in this run (a branch id given by hand may be used in several runs)",
+    )
     add("monitors", "cross-branch monitors of a run", ("id", "workflow id"))
     a = add(
         "analytics",

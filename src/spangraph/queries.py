@@ -314,6 +314,7 @@ BRANCHES: Final = (
 
 BRANCH_SPANS: Final = (
     "MATCH (s:Span {branch_id: $branch_id})\n"
+    "WHERE $workflow_id IS NULL OR s.workflow_id = $workflow_id\n"
     "OPTIONAL MATCH (s)-[:HAS_EVENT]->(e:Event)\n"
     "WITH s, e ORDER BY e.seq\n"
     f"RETURN s.span_id AS {_SPAN_FIELDS},\n"
@@ -498,28 +499,38 @@ def branches(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     return rows
 
 
-def branch_summary(store: GraphStore, branch_id: str) -> dict[str, Any] | None:
+def branch_summary(
+    store: GraphStore, branch_id: str, *, workflow_id: str | None = None
+) -> dict[str, Any] | None:
     """One branch: its nodes in time order, each with its events' names, and totals.
     ``None`` for an unknown branch.
+
+    A branch id given by hand (``branch(..., branch_id="retry-path")``) may be used in
+    several runs: ``workflow_id`` keeps the branch's nodes in that run only, and
+    ``workflow_ids`` lists the runs the nodes found belong to.
 
     .. code-block:: cypher
 
         MATCH (s:Span {branch_id: $branch_id})
+        WHERE $workflow_id IS NULL OR s.workflow_id = $workflow_id
         OPTIONAL MATCH (s)-[:HAS_EVENT]->(e:Event)
         WITH s, e ORDER BY e.seq
         RETURN s.span_id AS span_id, ..., collect(e.name) AS events ORDER BY start_ns
     """
-    nodes = [_decode(r) for r in store.query(BRANCH_SPANS, {"branch_id": branch_id})]
+    params = {"branch_id": branch_id, "workflow_id": workflow_id}
+    nodes = [_decode(r) for r in store.query(BRANCH_SPANS, params)]
     if not nodes:
         return None
     head = next((n for n in nodes if n.get("kind") == "branch"), nodes[0])
     states: dict[str, int] = {}
     for node in nodes:
         states[str(node.get("state"))] = states.get(str(node.get("state")), 0) + 1
+    runs = {n.get("workflow_id") for n in nodes}
     return {
         "branch_id": branch_id,
         "name": head.get("name"),
         "workflow_id": head.get("workflow_id"),
+        "workflow_ids": sorted(r for r in runs if r is not None),
         "state": head.get("state"),
         "duration_ms": head.get("duration_ms"),
         "states": states,

@@ -107,6 +107,7 @@ class BranchSummary(BaseModel):
     branch_id: str
     name: str | None = None
     workflow_id: str | None = None
+    workflow_ids: list[str] = []
     state: str | None = None
     duration_ms: float | None = None
     states: dict[str, int]

@@ -142,11 +142,18 @@ def workflow_branches(
 
 
 @router.get("/branches/{branch_id:path}/summary", response_model=BranchSummary)
-def branch_summary(branch_id: str, settings: SettingsDep, store: StoreDep) -> dict[str, Any]:
-    """A branch's nodes in time order, with totals. 404 for an unknown branch."""
-    summary = queries.branch_summary(store, branch_id)
+def branch_summary(
+    branch_id: str,
+    settings: SettingsDep,
+    store: StoreDep,
+    workflow_id: Annotated[str | None, Query(min_length=1)] = None,
+) -> dict[str, Any]:
+    """A branch's nodes in time order, with totals (``?workflow_id=``: in that run only;
+    ``workflow_ids`` lists the runs found). 404 for an unknown branch."""
+    summary = queries.branch_summary(store, branch_id, workflow_id=workflow_id)
     if summary is None:
-        raise HTTPException(404, detail=f"no branch {branch_id!r}")
+        where = "" if workflow_id is None else f" in run {workflow_id!r}"
+        raise HTTPException(404, detail=f"no branch {branch_id!r}{where}")
     summary["nodes"] = [_node(settings, n) for n in summary["nodes"]]
     return summary
 
