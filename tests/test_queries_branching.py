@@ -515,6 +515,11 @@ def test_branch_nodes_leave_out_unexplored_options(sg: spangraph.Spangraph) -> N
     flush()
     (row,) = queries.branches(store(sg), run.workflow_id)
     assert row["nodes"] == 2  # the branch and the decision
+    # the summary lists the same nodes (before: the two options never explored too)
+    summary = queries.branch_summary(store(sg), row["branch_id"])
+    assert summary is not None
+    assert [n["name"] for n in summary["nodes"]] == ["b", "d"]
+    assert summary["states"] == {"completed": 2}
 
 
 # -- decisions: nested, from plain OTel, with options that are not text ------------------

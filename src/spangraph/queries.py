@@ -289,7 +289,7 @@ def workflow_events(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]
 # -- decisions, branches, monitors ------------------------------------------------------
 
 DECISIONS: Final = (
-    "MATCH (d:Decision {workflow_id: $workflow_id})\n"
+    "MATCH (d:Span:Decision {workflow_id: $workflow_id})\n"
     # OPTION_OF edges are written when the decision ends: while it is open (or when its
     # process died), the options explored so far are its Option children
     "OPTIONAL MATCH (d)-[r:OPTION_OF|PARENT_OF]->(o:Option)\n"
@@ -302,7 +302,7 @@ DECISIONS: Final = (
 )
 
 BRANCHES: Final = (
-    "MATCH (b:Branch {workflow_id: $workflow_id})\n"
+    "MATCH (b:Span:Branch {workflow_id: $workflow_id})\n"
     "OPTIONAL MATCH (s:Span {branch_id: b.branch_id, workflow_id: b.workflow_id})\n"
     "WHERE s.state <> 'unexplored'\n"
     "RETURN b.span_id AS span_id, b.name AS name, b.branch_id AS branch_id,\n"
@@ -314,7 +314,7 @@ BRANCHES: Final = (
 
 BRANCH_SPANS: Final = (
     "MATCH (s:Span {branch_id: $branch_id})\n"
-    "WHERE $workflow_id IS NULL OR s.workflow_id = $workflow_id\n"
+    "WHERE s.state <> 'unexplored' AND ($workflow_id IS NULL OR s.workflow_id = $workflow_id)\n"
     "OPTIONAL MATCH (s)-[:HAS_EVENT]->(e:Event)\n"
     "WITH s, e ORDER BY e.seq\n"
     f"RETURN s.span_id AS {_SPAN_FIELDS},\n"
@@ -448,7 +448,7 @@ def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
 
     .. code-block:: cypher
 
-        MATCH (d:Decision {workflow_id: $workflow_id})
+        MATCH (d:Span:Decision {workflow_id: $workflow_id})
         OPTIONAL MATCH (d)-[r:OPTION_OF|PARENT_OF]->(o:Option)
         WITH d, collect(DISTINCT [o.name, o.state, o.span_id, o.start_ns, type(r)]) AS options
         OPTIONAL MATCH (d)-[:CHOSEN_OPTION]->(c:Span)
@@ -487,7 +487,7 @@ def branches(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
 
     .. code-block:: cypher
 
-        MATCH (b:Branch {workflow_id: $workflow_id})
+        MATCH (b:Span:Branch {workflow_id: $workflow_id})
         OPTIONAL MATCH (s:Span {branch_id: b.branch_id, workflow_id: b.workflow_id})
         WHERE s.state <> 'unexplored'
         RETURN b.span_id AS span_id, b.name AS name, ..., count(s) AS nodes,
@@ -503,7 +503,8 @@ def branch_summary(
     store: GraphStore, branch_id: str, *, workflow_id: str | None = None
 ) -> dict[str, Any] | None:
     """One branch: its nodes in time order, each with its events' names, and totals.
-    ``None`` for an unknown branch.
+    ``None`` for an unknown branch. Options never explored are left out (as
+    :func:`branches` counts), :func:`decisions` lists them.
 
     A branch id given by hand (``branch(..., branch_id="retry-path")``) may be used in
     several runs: ``workflow_id`` keeps the branch's nodes in that run only, and
@@ -512,7 +513,7 @@ def branch_summary(
     .. code-block:: cypher
 
         MATCH (s:Span {branch_id: $branch_id})
-        WHERE $workflow_id IS NULL OR s.workflow_id = $workflow_id
+        WHERE s.state <> 'unexplored' AND ($workflow_id IS NULL OR s.workflow_id = $workflow_id)
         OPTIONAL MATCH (s)-[:HAS_EVENT]->(e:Event)
         WITH s, e ORDER BY e.seq
         RETURN s.span_id AS span_id, ..., collect(e.name) AS events ORDER BY start_ns
