@@ -1478,3 +1478,43 @@ def test_mending_walks_only_the_messages_protobuf_refuses(monkeypatch: pytest.Mo
     assert value.string_value == "deep\ufffd\ufffd\ufffd"
     assert walked.count("Span") == 2  # the two spans with bad text, of 200
     assert len(walked) < 50, walked  # 5 on the path to each, 3 per level of nesting
+
+
+def test_option_span_ids_that_are_not_span_ids(running: Running) -> None:
+    """``spangraph.decision.option_span_ids`` from another program become node keys only
+    when they are span ids (16 hex digits, either case): one holding a control character
+    crashed the embedded FalkorDB (signal 11 in its unique index) on every restart, as
+    the write was retried."""
+    from spangraph import queries
+    from spangraph import semconv as sc
+
+    provider = client_provider(running, batch=False)
+    tracer = provider.get_tracer("other-program")
+    common = {sc.WORKFLOW_ID: "wf-odd-option-ids"}
+    with (
+        tracer.start_as_current_span("run", attributes={**common, sc.KIND: "workflow"}),
+        tracer.start_as_current_span(
+            "route", attributes={**common, sc.KIND: "decision"}
+        ) as decision,
+    ):
+        with tracer.start_as_current_span(
+            "up", attributes={**common, sc.KIND: "option"}
+        ) as explored:
+            pass
+        upper = format(explored.get_span_context().span_id, "016X")
+        decision.set_attributes(
+            {
+                sc.DECISION_OPTIONS: ["ctrl", "up", "long"],
+                sc.DECISION_OPTION_SPAN_IDS: ["x\x01y" * 4, upper, "0" * 17],
+            }
+        )
+    provider.shutdown()
+    running.flush()
+    running.store.ping()  # the server is up
+    [found] = queries.decisions(running.store, "wf-odd-option-ids")
+    assert [(o["name"], o["explored"], o["span_id"]) for o in found["options"]] == [
+        ("ctrl", False, found["options"][0]["span_id"]),
+        ("up", True, upper.lower()),
+        ("long", False, found["options"][2]["span_id"]),
+    ]
+    assert all(len(o["span_id"]) == 16 for o in found["options"])

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Final
@@ -473,7 +474,7 @@ class SpanMapper:
         for i in indexes:
             name = option_text(options[i])
             is_chosen = chosen is not None and name == chosen
-            option_id = explored[i] if i < len(explored) and explored[i] else None
+            option_id = span_id_text(explored[i]) if i < len(explored) else None
             if option_id is None and is_chosen:
                 option_id = linked
             if option_id is None:
@@ -538,6 +539,20 @@ MAX_OPTIONS: Final = 1024
 """The options of one decision that become graph nodes and edges: each is a node and
 an edge written in the decision's end, and a million of them (one 11 MB OTLP request)
 made a write the store could not finish within its timeout, retried for ever."""
+
+
+def span_id_text(value: Any) -> str | None:
+    """``value`` as a span id of the graph (16 lower-case hex digits, not all zero), or
+    ``None`` when it is not one. Ids in attributes (``option_span_ids``, set by other
+    programs over OTLP) become node keys only through it: FalkorDB's unique index
+    crashed the server on a key holding a control character."""
+    if not isinstance(value, str) or len(value) != 16:
+        return None
+    value = value.lower()
+    return value if _SPAN_ID.fullmatch(value) and value != "0" * 16 else None
+
+
+_SPAN_ID: Final = re.compile("[0-9a-f]{16}")
 
 
 def option_text(value: Any) -> str:
