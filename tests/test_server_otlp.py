@@ -9,6 +9,7 @@ import base64
 import contextlib
 import gzip
 import json
+import logging
 import random
 import socket
 import threading
@@ -1518,3 +1519,96 @@ def test_option_span_ids_that_are_not_span_ids(running: Running) -> None:
         ("long", False, found["options"][2]["span_id"]),
     ]
     assert all(len(o["span_id"]) == 16 for o in found["options"])
+
+
+def test_values_that_spread_are_bounded(
+    running: Running, http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What one span's data spreads to many places is bounded: an id over MAX_ID_CHARS
+    (copied to each span of its run and into Redis keys) rejects its span; service,
+    environment and event names are cut like span names; attributes with an empty key
+    on a resource or scope are left out, as the SDK would warn once for each (one
+    request of 30 000 resources logged 60 000 warnings)."""
+    from spangraph._attrs import MAX_VALUE_CHARS
+    from spangraph._ids import MAX_ID_CHARS
+
+    trace_id = uuid.uuid4().bytes
+    t0 = time.time_ns()
+
+    def text(key: str, value: str) -> KeyValue:
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+
+    too_long = PbSpan(
+        trace_id=trace_id,
+        span_id=b"\x01" * 8,
+        name="too-long-id",
+        start_time_unix_nano=t0,
+        end_time_unix_nano=t0 + 10,
+        attributes=[text("spangraph.workflow.id", "w" * (MAX_ID_CHARS + 1))],
+    )
+    longest = PbSpan(
+        trace_id=trace_id,
+        span_id=b"\x02" * 8,
+        name="longest-id",
+        start_time_unix_nano=t0,
+        end_time_unix_nano=t0 + 10,
+        attributes=[text("spangraph.workflow.id", "w" * MAX_ID_CHARS)],
+        events=[PbSpan.Event(name="e" * 100_000, time_unix_nano=t0 + 1)],
+    )
+    request = ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(
+                scope_spans=[ScopeSpans(spans=[too_long, longest])],
+            )
+        ]
+    )
+    rs = request.resource_spans[0]
+    rs.resource.attributes.extend(
+        [
+            text("service.name", "s" * 100_000),
+            text("deployment.environment.name", "d" * 100_000),
+            text("", "no key"),
+        ]
+    )
+    rs.scope_spans[0].scope.attributes.append(text("", "no key"))
+    caplog.set_level(logging.WARNING)
+    r = http.post("/v1/traces", content=request.SerializeToString(), headers=PROTO)
+    assert r.status_code == 200
+    partial = ExportTraceServiceResponse.FromString(r.content).partial_success
+    assert partial.rejected_spans == 1
+    assert f"spangraph.workflow.id has {MAX_ID_CHARS + 1} characters" in partial.error_message
+    running.flush()
+    nodes = wait_for_nodes(running, trace_id.hex(), {"longest-id"})
+    assert set(nodes) == {"longest-id"}
+    node = nodes["longest-id"]
+    assert len(node["workflow_id"]) == MAX_ID_CHARS
+    assert len(node["service"]) == len(node["env"]) == MAX_VALUE_CHARS
+    assert node["service"].startswith("sss") and "truncated" in node["service"]
+    [event] = events_of(running.store, "02" * 8)
+    assert len(event["name"]) == MAX_VALUE_CHARS
+    assert not [r for r in caplog.records if "invalid" in r.getMessage().lower()]
+
+
+def test_a_missing_start_time(running: Running, http: httpx.Client) -> None:
+    """A span without a start time starts at its end (or, with no end either, when it
+    was received), and the client is told (before: it started in 1970, a run of one such
+    span spreading over 56 years)."""
+    trace_id = uuid.uuid4().bytes
+    t0 = time.time_ns()
+    no_start = PbSpan(trace_id=trace_id, span_id=b"\x01" * 8, name="no-start",
+                      end_time_unix_nano=t0 + 500)  # fmt: skip
+    no_times = PbSpan(trace_id=trace_id, span_id=b"\x02" * 8, name="no-times")
+    request = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[no_start, no_times])])]
+    )
+    r = http.post("/v1/traces", content=request.SerializeToString(), headers=PROTO)
+    after = time.time_ns()
+    assert r.status_code == 200
+    partial = ExportTraceServiceResponse.FromString(r.content).partial_success
+    assert partial.rejected_spans == 0
+    assert "'no-start': start_time_unix_nano is not set" in partial.error_message
+    assert "(2 spans in all)" in partial.error_message
+    running.flush()
+    nodes = wait_for_nodes(running, trace_id.hex(), {"no-start", "no-times"})
+    assert (nodes["no-start"]["start_ns"], nodes["no-start"]["end_ns"]) == (t0 + 500, t0 + 500)
+    assert t0 <= nodes["no-times"]["start_ns"] == nodes["no-times"]["end_ns"] <= after

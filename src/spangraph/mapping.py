@@ -299,7 +299,10 @@ class Resources:
         attrs = resource.attributes if resource is not None else {}
         service = attrs.get(sc.SERVICE_NAME)
         env = attrs.get(sc.DEPLOYMENT_ENVIRONMENT) or attrs.get("deployment.environment")
-        out = (str(service) if service is not None else None, str(env) if env is not None else None)
+        out = (
+            bounded_text(str(service)) if service is not None else None,
+            bounded_text(str(env)) if env is not None else None,
+        )
         if len(self._cache) > 64:
             self._cache.clear()
         self._cache[id(resource)] = (resource, *out)

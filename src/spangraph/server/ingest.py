@@ -34,7 +34,8 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 from .. import semconv as sc
 from .._utf8 import mended_value
-from ..mapping import PROMOTED, to_json
+from .._ids import MAX_ID_CHARS
+from ..mapping import PROMOTED, bounded_text, to_json
 from ..processors import GraphSpanProcessor, LiveEventProcessor, RedisPublisher
 
 _log = logging.getLogger("spangraph.server.otlp")
@@ -504,8 +505,12 @@ def _any_value(value: Any, depth: int = 0) -> Any:
 
 
 def _attributes(key_values: Iterable[Any]) -> dict[str, Any]:
+    """The attributes with a value, by key; an empty key (invalid in OTel, and warned
+    about by the SDK's Resource once per key: a log flood) is left out."""
     out: dict[str, Any] = {}
     for kv in key_values:
+        if not kv.key:
+            continue
         value = _any_value(kv.value)
         if value is not None:
             out[kv.key] = value
@@ -522,8 +527,13 @@ def _span_attributes(key_values: Iterable[Any]) -> dict[str, Any]:
         value = attrs[key]
         if value == "":
             del attrs[key]
-        elif not isinstance(value, str):
-            attrs[key] = to_json(value) if isinstance(value, tuple | dict) else str(value)
+            continue
+        if not isinstance(value, str):
+            value = attrs[key] = to_json(value) if isinstance(value, tuple | dict) else str(value)
+        if len(value) > MAX_ID_CHARS:
+            # copied to every span of the run, and into Redis keys: one 1 MB id made
+            # 100 MB of graph properties
+            raise InvalidSpan(f"{key} has {len(value)} characters, over {MAX_ID_CHARS}")
     for key in (sc.DECISION_OPTIONS, sc.DECISION_OPTION_SPAN_IDS):
         value = attrs.get(key)
         if value is not None:
@@ -573,7 +583,8 @@ class Decoded:
     """What was left out of spans that were kept (events or links over the limits)."""
     adjusted_ends: int = 0
     end_warning: str | None = None
-    """The first span whose end time was missing or before its start."""
+    """The first span whose start or end time was missing, or whose end was before its
+    start."""
 
     @property
     def warnings(self) -> str | None:
@@ -672,6 +683,17 @@ def _span(
             )
     start = _time(pb.start_time_unix_nano, "start_time_unix_nano")
     end = _time(pb.end_time_unix_nano, "end_time_unix_nano")
+    if not start:  # (a start in 1970 would spread a run's timeline over 56 years)
+        start = end or time.time_ns()
+        if out is not None:
+            out.adjusted_ends += 1
+            if out.end_warning is None:
+                out.end_warning = f"span {pb.name[:200]!r}: start_time_unix_nano is not set; " + (
+                    "stored as starting at its end (duration 0)"
+                    if end
+                    else "stored as starting and ending when it was received"
+                )
+        end = end or start
     if not end or end < start:
         if out is not None:
             out.adjusted_ends += 1
@@ -692,7 +714,7 @@ def _span(
         pb_links = pb_links[:max_links]
     events = [
         Event(
-            e.name,
+            bounded_text(e.name),
             _attributes(e.attributes),
             _time(e.time_unix_nano, "an event's time_unix_nano"),
         )
@@ -914,8 +936,8 @@ class OTLPIngest:
         if decoded.end_warning:
             warn.warning(
                 "adjusted-ends",
-                "OTLP: %d span(s) with no end time or one before the start end at their "
-                "start; first: %s",
+                "OTLP: %d span(s) with no start or end time, or an end before the start, "
+                "take one for the other (duration 0); first: %s",
                 decoded.adjusted_ends,
                 decoded.end_warning,
             )
