@@ -33,8 +33,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from .. import semconv as sc
-from .._utf8 import mended_value
 from .._ids import MAX_ID_CHARS
+from .._utf8 import mended_value
 from ..mapping import PROMOTED, bounded_text, to_json
 from ..processors import GraphSpanProcessor, LiveEventProcessor, RedisPublisher
 
