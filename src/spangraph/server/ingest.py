@@ -185,11 +185,22 @@ def decompress(body: bytes, encoding: str, limit: int = MAX_BODY_BYTES) -> bytes
     )
 
 
+MAX_GZIP_MEMBERS: Final = 32
+"""The most gzip members one body may hold (each member copies the rest of the body:
+50 000 empty members in 1 MiB took 1.6 s, 4 MiB 63 s)."""
+
+
 def _inflate(data: bytes, wbits: int, limit: int, *, members: bool) -> bytes:
     out = bytearray()
     first = True
+    count = 0
     while data or first:
         first = False
+        count += 1
+        if count > MAX_GZIP_MEMBERS:
+            raise BadRequest(
+                f"gzip body has more than {MAX_GZIP_MEMBERS} members; send one (or a few)"
+            )
         d = zlib.decompressobj(wbits)
         try:
             chunk = d.decompress(data, limit + 1 - len(out))
