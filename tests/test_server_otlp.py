@@ -1387,6 +1387,21 @@ def test_decompress_multi_member_gzip_and_caps() -> None:
         ingest_mod.decompress(b"", "zstd")
 
 
+def test_json_with_both_spellings_of_a_list_is_400() -> None:
+    """The span cap counted ``resourceSpans`` while protobuf built ``resource_spans``:
+    ``{"resourceSpans": [], "resource_spans": [5 000 000 spans]}`` passed it."""
+    span = {"traceId": "01" * 16, "spanId": "02" * 8, "name": "s"}
+    scope = {"scopeSpans": [{"spans": [span] * 3}]}
+    for document in (
+        {"resourceSpans": [], "resource_spans": [scope]},
+        {"resourceSpans": [{"scopeSpans": [], "scope_spans": scope["scopeSpans"]}]},
+    ):
+        with pytest.raises(ingest_mod.BadRequest, match=r"both .* are given"):
+            ingest_mod.decode_json(json.dumps(document).encode(), max_spans=2)
+    ok = ingest_mod.decode_json(json.dumps({"resource_spans": [scope]}).encode(), max_spans=3)
+    assert len(ok.resource_spans[0].scope_spans[0].spans) == 3
+
+
 def test_json_ids_hex_and_lenient_base64() -> None:
     tid, sid = uuid.uuid4().bytes, b"\x12" * 8
     span = {"traceId": base64.b64encode(tid).decode(), "spanId": sid.hex(), "name": "x"}
