@@ -1387,6 +1387,34 @@ def test_decompress_multi_member_gzip_and_caps() -> None:
         ingest_mod.decompress(b"", "zstd")
 
 
+def test_resources_keep_what_is_read_and_are_shared() -> None:
+    """Each ResourceSpans became a Resource with all its attributes, and the processors
+    keep every Resource they meet: 40 requests with a 10 MB attribute held 400 MB. Now a
+    Resource holds service and environment only, one object for the same values."""
+
+    def request(service: str) -> ExportTraceServiceRequest:
+        span = PbSpan(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="s",
+                      start_time_unix_nano=1, end_time_unix_nano=2)  # fmt: skip
+        rs = ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])
+        rs.resource.attributes.extend(
+            [
+                KeyValue(key="service.name", value=AnyValue(string_value=service)),
+                KeyValue(key="deployment.environment.name", value=AnyValue(int_value=7)),
+                KeyValue(key="big", value=AnyValue(string_value="x" * 1_000_000)),
+            ]
+        )
+        return ExportTraceServiceRequest(resource_spans=[rs])
+
+    [a], [b], [c] = (ingest_mod.to_spans(request(s)).spans for s in ("svc", "svc", "other"))
+    assert dict(a.resource.attributes) == {
+        "service.name": "svc",
+        "deployment.environment.name": "7",
+    }
+    assert a.resource is b.resource
+    assert c.resource is not a.resource
+    assert c.resource.attributes["service.name"] == "other"
+
+
 def test_json_with_both_spellings_of_a_list_is_400() -> None:
     """The span cap counted ``resourceSpans`` while protobuf built ``resource_spans``:
     ``{"resourceSpans": [], "resource_spans": [5 000 000 spans]}`` passed it."""
