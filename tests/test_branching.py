@@ -762,3 +762,21 @@ def test_awkward_names_round_trip(sg: spangraph.Spangraph) -> None:
         assert [g.name for g in child.children] == [child.name]
     assert [b["name"] for b in queries.branches(sg.store, run.workflow_id)] == WEIRD
     assert len(q(sg, "MATCH (s:Span) RETURN s.span_id AS id")) > 2 * len(WEIRD)
+
+
+def test_a_branch_outside_any_workflow_is_no_run(cap: SpanCapture) -> None:
+    """Its spans carry the branch id and no run ids; handles and current_run() say there
+    is no run (before: a run with an empty workflow id, ``""`` on every handle)."""
+    from spangraph.instrument import current_run
+
+    with spangraph.branch("b") as b, spangraph.step("s") as s:
+        assert current_run() is None
+        assert (s.workflow_id, s.execution_id, s.branch_id) == (None, None, b.branch_id)
+        assert (b.workflow_id, b.execution_id) == (None, None)
+    [step] = [x for x in cap.spans if x.name == "s"]
+    attrs = step.attributes or {}
+    assert attrs[sc.BRANCH_ID] == b.branch_id
+    assert sc.WORKFLOW_ID not in attrs
+    with spangraph.workflow("wf") as run, spangraph.branch("inner"):
+        ids = current_run()
+        assert ids is not None and ids.workflow_id == run.workflow_id

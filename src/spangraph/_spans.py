@@ -106,9 +106,16 @@ class RunIds:
 
 
 def current_run() -> RunIds | None:
-    """Ids of the workflow run the current code executes in, or ``None``. With
-    ``configure(propagate=True)``, also a run of another service whose ids came in the
-    baggage of the request being served."""
+    """Ids of the workflow run the current code executes in, or ``None`` (also inside a
+    branch opened outside any workflow). With ``configure(propagate=True)``, also a run
+    of another service whose ids came in the baggage of the request being served."""
+    ids = _current_ids()
+    return ids if ids is not None and ids.workflow_id else None
+
+
+def _current_ids() -> RunIds | None:
+    """The ids the current context carries: a run's, or only a branch id (a branch
+    opened outside any workflow: ``workflow_id`` is empty)."""
     value = otel_context.get_value(_RUN_KEY)
     if isinstance(value, RunIds):
         return value
@@ -227,11 +234,11 @@ class Handle:
 
     @property
     def workflow_id(self) -> str | None:
-        return self.run.workflow_id if self.run else None
+        return (self.run.workflow_id or None) if self.run else None
 
     @property
     def execution_id(self) -> str | None:
-        return self.run.execution_id if self.run else None
+        return (self.run.execution_id or None) if self.run else None
 
     @property
     def name(self) -> str:
@@ -375,7 +382,7 @@ class _Frame:
 
     def __init__(self, opts: _Options, name: str, attempt: int | None, links: tuple[Link, ...]):
         kind = opts.kind
-        parent_run = current_run()
+        parent_run = _current_ids()
         attrs: dict[str, Any] = {sc.KIND: kind, sc.PROJECT_ID: _state.project}
         if kind == sc.KIND_WORKFLOW:
             workflow_id = opts.workflow_id or uuid7()

@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from .. import _state
 from .. import semconv as sc
 from .._attrs import clean
-from .._spans import _error_attrs, current_run
+from .._spans import _current_ids, _error_attrs
 from ..processors.live import emit_event
 
 _log = logging.getLogger("spangraph")
@@ -104,7 +104,7 @@ class Call:
             value = _number(kwargs.get(param), kind)
             if value is not None:
                 attrs[key] = value
-        run = current_run()
+        run = _current_ids()
         if run is not None:
             if run.workflow_id:
                 attrs[sc.WORKFLOW_ID] = run.workflow_id
