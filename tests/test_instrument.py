@@ -675,6 +675,66 @@ def test_interrupted_while_waiting_to_retry(cap: SpanCapture) -> None:
     assert _link_types(second) == [(first.context.span_id, sc.LINK_RETRY_OF)]
 
 
+class _Boom(Exception):
+    """An exception that can be referred to weakly."""
+
+
+async def test_backoff_wait_holds_no_failed_attempt(cap: SpanCapture) -> None:
+    """The backoff is waited for outside the failed attempt's ``except`` block: a
+    cancellation during it does not get the attempt's exception as ``__context__``, and
+    that exception (with its traceback and frames) is not kept alive during the wait."""
+    import gc
+    import weakref
+
+    failed: list[weakref.ref[_Boom]] = []
+
+    @spangraph.step("flaky", retries=3, backoff=30)
+    async def flaky() -> None:
+        boom = _Boom("boom")
+        failed.append(weakref.ref(boom))
+        raise boom
+
+    task = asyncio.create_task(flaky())
+    while not cap.has_event("retry.scheduled"):
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.005)
+    gc.collect()
+    assert failed[0]() is None  # before: alive for the whole wait
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError) as info:
+        await task
+    assert info.value.__context__ is None  # before: the attempt's _Boom
+    first, second = sorted(cap.find("flaky"), key=lambda s: attrs(s)[sc.STEP_ATTEMPT])
+    assert attrs(first)[sc.STATE] == sc.STATE_FAILED
+    assert_cancelled(second)
+
+
+def test_interrupted_backoff_has_no_failed_attempt_as_context(cap: SpanCapture) -> None:
+    """Ctrl-C during a sync step's backoff: the KeyboardInterrupt is not chained to the
+    failed attempt's exception."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    @spangraph.step("flaky", retries=3, backoff=30)
+    def flaky() -> None:
+        raise ValueError("boom")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            flaky()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert info.value.__context__ is None  # before: the attempt's ValueError
+    first, second = sorted(cap.find("flaky"), key=lambda s: attrs(s)[sc.STEP_ATTEMPT])
+    assert attrs(first)[sc.STATE] == sc.STATE_FAILED
+    assert_cancelled(second)
+
+
 # -- timeouts ---------------------------------------------------------------------------
 
 
@@ -757,6 +817,36 @@ async def test_timeout_with_retries_retries_timeouts(cap: SpanCapture) -> None:
     assert calls == 2
     assert len(cap.events("timeout.exceeded")) == 1
     assert len(cap.events("retry.scheduled")) == 1
+
+
+async def test_timeout_exceeded_is_recorded_before_the_retry(cap: SpanCapture) -> None:
+    """An attempt that timed out records ``timeout.exceeded`` before ``retry.scheduled``
+    (or ``retry.exhausted``): the timeout is the cause of the retry. Before, the retry
+    event came first."""
+
+    @spangraph.step("slow", timeout=0.02, retries=1, backoff=0)
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    with pytest.raises(TimeoutError):
+        await slow()
+    first, second = sorted(cap.find("slow"), key=lambda s: attrs(s)[sc.STEP_ATTEMPT])
+    assert names(first) == [
+        "step.started",
+        "timeout.set",
+        "timeout.exceeded",
+        "retry.scheduled",
+        "exception",
+        "step.failed",
+    ]
+    assert names(second) == [
+        "step.started",
+        "timeout.set",
+        "timeout.exceeded",
+        "retry.exhausted",
+        "exception",
+        "step.failed",
+    ]
 
 
 async def test_workflow_timeout(cap: SpanCapture) -> None:
@@ -1066,6 +1156,75 @@ async def test_async_generator_cancelled(cap: SpanCapture) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert_cancelled(one(cap, "ag"))
+
+
+@pytest.mark.parametrize("cleanup_awaits", [False, True])
+def test_async_generator_step_suspended_at_loop_shutdown(
+    cap: SpanCapture, caplog: pytest.LogCaptureFixture, cleanup_awaits: bool
+) -> None:
+    """``asyncio.run()`` ending while an async-generator step is suspended: the loop's
+    ``shutdown_asyncgens()`` closes it without an error, its ``finally`` runs under the
+    step, and the step ends (``completed``, as a generator closed early does). Before,
+    the wrapper's generators were closed concurrently with the program's, and asyncio
+    reported "aclose(): asynchronous generator is already running"."""
+    reported: list[dict[str, Any]] = []
+    keep: list[Any] = []
+
+    @spangraph.step("ticks")
+    async def ticks() -> AsyncIterator[int]:
+        try:
+            for i in range(10):
+                yield i
+        finally:
+            async with spangraph.step("cleanup"):
+                if cleanup_awaits:
+                    await asyncio.sleep(0.001)
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: reported.append(context)
+        )
+        it = ticks()
+        keep.append(it)  # still referenced: closed by the loop's shutdown, not by gc
+        assert await it.__anext__() == 0
+
+    runs = 8  # the loop closes its generators in an arbitrary order: several runs
+    with caplog.at_level("ERROR", logger="asyncio"):
+        for _ in range(runs):
+            asyncio.run(main())
+    assert reported == []
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+    steps, cleanups = cap.find("ticks"), cap.find("cleanup")
+    assert len(steps) == len(cleanups) == runs
+    for step in steps:
+        assert attrs(step)[sc.STATE] == sc.STATE_COMPLETED
+        assert step.end_time is not None
+    by_id = {s.context.span_id: s for s in steps}
+    for cleanup in cleanups:
+        assert cleanup.parent is not None and cleanup.parent.span_id in by_id
+
+
+async def test_async_generator_closed_while_the_program_generator_is_closing(
+    cap: SpanCapture,
+) -> None:
+    """Closing a step whose program generator something else is closing already (its
+    ``finally`` awaiting): no "already running" error, the step ends."""
+
+    @spangraph.step("ag")
+    async def ag() -> AsyncIterator[int]:
+        try:
+            yield 1
+        finally:
+            await asyncio.sleep(0.01)
+
+    it = ag()
+    assert await it.__anext__() == 1
+    inner = it.ag_frame.f_locals["agen"]  # white box: the program's generator
+    closing = asyncio.ensure_future(inner.aclose())
+    await asyncio.sleep(0)  # its finally now awaits
+    await it.aclose()
+    await closing
+    assert attrs(one(cap, "ag"))[sc.STATE] == sc.STATE_COMPLETED
 
 
 # -- bad input --------------------------------------------------------------------------

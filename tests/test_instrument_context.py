@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Span
 
 import spangraph
+from spangraph import _state
 from spangraph import semconv as sc
 from spangraph.instrument import current_run
 from spangraph.testing import SpanCapture, capture
@@ -143,6 +144,84 @@ def test_context_restored_after_send_and_throw(cap: SpanCapture) -> None:
     assert set(inside) == {sid(one(cap, "g"))}
 
 
+def parents(cap: SpanCapture) -> dict[str, str | None]:
+    """Each span's name with its parent's name (the names are unique in these tests)."""
+    by_id = {sid(s): s.name for s in cap.spans}
+    return {s.name: by_id.get(parent_id(s) or 0) for s in cap.spans}
+
+
+def test_generator_keeps_the_blocks_it_holds_across_yields(cap: SpanCapture) -> None:
+    """A block a decorated generator opens and holds across a ``yield`` (a step, a branch,
+    a plain OpenTelemetry span) is still current when it resumes, on ``next()``,
+    ``send()``, ``throw()`` and ``close()``, as in an undecorated generator; between
+    resumptions the consumer sees its own span. Before, every resumption started again
+    from the step's span: the spans made after a yield had the step as parent."""
+    tracer = _state.tracer  # the capture's: a plain OpenTelemetry span from it
+
+    @spangraph.step("g")
+    def g() -> Iterator[int]:
+        with spangraph.step("inner"):
+            yield 1
+            with spangraph.step("after-next"):
+                pass
+            with spangraph.branch("br"):
+                got = yield 2
+                with spangraph.step(f"after-send-{got}"):
+                    pass
+                with tracer.start_as_current_span("otel"):
+                    try:
+                        yield 3
+                    except KeyError:
+                        with spangraph.step("after-throw"):
+                            pass
+                    yield 4
+        with spangraph.step("direct"):
+            pass
+        yield 5
+        with spangraph.step("h"):
+            try:
+                yield 6
+            finally:
+                with spangraph.step("on-close"):
+                    pass
+
+    with spangraph.workflow("w"):
+        outer = current_id()
+        it = g()
+        assert next(it) == 1
+        assert current_id() == outer
+        assert next(it) == 2
+        assert current_id() == outer
+        assert it.send("x") == 3
+        assert current_id() == outer
+        assert it.throw(KeyError("k")) == 4
+        assert current_id() == outer
+        assert next(it) == 5
+        assert current_id() == outer
+        assert next(it) == 6
+        assert current_id() == outer
+        it.close()
+        assert current_id() == outer
+    assert current_id() == 0
+    assert parents(cap) == {
+        "w": None,
+        "g": "w",
+        "inner": "g",
+        "after-next": "inner",
+        "br": "inner",
+        "after-send-x": "br",
+        "otel": "br",
+        "after-throw": "otel",
+        "direct": "g",
+        "h": "g",
+        "on-close": "h",
+    }
+    assert (
+        one(cap, "after-send-x").attributes[sc.BRANCH_ID] == one(cap, "br").attributes[sc.BRANCH_ID]
+    )
+    assert one(cap, "g").attributes[sc.STATE] == sc.STATE_COMPLETED
+
+
 async def test_async_generator_context(cap: SpanCapture) -> None:
     seen: dict[str, list[int]] = {"a": [], "b": []}
 
@@ -195,6 +274,76 @@ async def test_async_generator_consumed_from_two_tasks(cap: SpanCapture) -> None
         assert await asyncio.create_task(pull()) == 1
         assert current_id() == outer
         await it.aclose()
+    assert one(cap, "ag").attributes[sc.STATE] == sc.STATE_COMPLETED
+
+
+async def test_async_generator_keeps_the_blocks_it_holds_across_yields(
+    cap: SpanCapture,
+) -> None:
+    """The async counterpart of the test above: ``anext()``, ``asend()``, ``athrow()``
+    and ``aclose()``, with ``await`` inside the blocks."""
+    tracer = _state.tracer  # the capture's: a plain OpenTelemetry span from it
+
+    @spangraph.step("ag")
+    async def ag() -> AsyncIterator[int]:
+        async with spangraph.step("inner"):
+            yield 1
+            await asyncio.sleep(0)
+            with spangraph.step("after-next"):
+                pass
+            async with spangraph.branch("br"):
+                got = yield 2
+                async with spangraph.step(f"after-send-{got}"):
+                    await asyncio.sleep(0)
+                with tracer.start_as_current_span("otel"):
+                    try:
+                        yield 3
+                    except KeyError:
+                        async with spangraph.step("after-throw"):
+                            await asyncio.sleep(0)
+                    yield 4
+        with spangraph.step("direct"):
+            pass
+        yield 5
+        async with spangraph.step("h"):
+            try:
+                yield 6
+            finally:
+                await asyncio.sleep(0)
+                async with spangraph.step("on-close"):
+                    await asyncio.sleep(0)
+
+    async with spangraph.workflow("w"):
+        outer = current_id()
+        it = ag()
+        assert await it.__anext__() == 1
+        assert current_id() == outer
+        assert await it.__anext__() == 2
+        assert current_id() == outer
+        assert await it.asend("x") == 3
+        assert current_id() == outer
+        assert await it.athrow(KeyError("k")) == 4
+        assert current_id() == outer
+        assert await it.__anext__() == 5
+        assert current_id() == outer
+        assert await it.__anext__() == 6
+        assert current_id() == outer
+        await it.aclose()
+        assert current_id() == outer
+    assert current_id() == 0
+    assert parents(cap) == {
+        "w": None,
+        "ag": "w",
+        "inner": "ag",
+        "after-next": "inner",
+        "br": "inner",
+        "after-send-x": "br",
+        "otel": "br",
+        "after-throw": "otel",
+        "direct": "ag",
+        "h": "ag",
+        "on-close": "h",
+    }
     assert one(cap, "ag").attributes[sc.STATE] == sc.STATE_COMPLETED
 
 

@@ -1,7 +1,8 @@
 """Decorator wrappers for sync, async, generator and async-generator functions.
 
 Each attaches its span's context around every call, ``next()`` and ``anext()`` of the
-wrapped code and detaches it after, and runs retries and timeouts for whole calls.
+wrapped code and detaches it after (for a generator, the context it had at its last
+``yield``), and runs retries and timeouts for whole calls.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import asyncio
 import functools
 import inspect
 import logging
+import sys
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry.trace import Link
 
 from . import semconv as sc
@@ -67,6 +70,16 @@ def _on_failure(opts: _Options, frame: _Frame, attempt: int, exc: BaseException)
     return delay
 
 
+def _timeout_exceeded(frame: _Frame, timeout: float) -> None:
+    """Record ``timeout.exceeded`` on ``frame``'s span."""
+    try:
+        _add_event(frame.handle.span, sc.TIMEOUT_EXCEEDED, {sc.EVENT_TIMEOUT_MS: timeout * 1000})
+    except Exception:  # recording must not replace the exception
+        _log.warning(
+            "spangraph: recording the timeout of %r failed", frame.handle.name, exc_info=True
+        )
+
+
 def _attempt_number(opts: _Options, attempt: int) -> int | None:
     return attempt if opts.kind == sc.KIND_STEP else None
 
@@ -113,6 +126,11 @@ def _wrap_sync(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
                     frame.detach()
                 if delay is None:
                     raise
+            else:
+                delay = None
+            if delay is not None:
+                # waited for out of the except block: what stops the wait is not chained
+                # to the failed attempt's exception, which is not kept alive meanwhile
                 try:
                     time.sleep(delay)
                 except BaseException as stopped:
@@ -186,12 +204,17 @@ def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
             except BaseException as exc:
                 try:
                     timed_out = _timed_out(frame, exc, opts.timeout)
+                    if timed_out is not None:  # the cause, before the retry it leads to
+                        _timeout_exceeded(frame, timed_out)
                     delay = _on_failure(opts, frame, attempt, exc)
-                    frame.finish(exc, timed_out=timed_out)
+                    frame.finish(exc)
                 finally:
                     frame.detach()
                 if delay is None:
                     raise
+            else:
+                delay = None
+            if delay is not None:  # out of the except block, as in _wrap_sync
                 try:
                     await asyncio.sleep(delay)
                 except BaseException as stopped:
@@ -225,40 +248,25 @@ def _wrap_gen(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _wrap_async_gen(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
     name = opts.name or _default_name(fn)
-
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        # an async generator function itself (inspect.isasyncgenfunction, and so for
-        # frameworks and for another decorator above this one): it hands every asend,
-        # athrow and aclose on to the traced generator, as `yield from` would
-        agen = traced_async_generator(
-            lambda: _Frame(opts, name, _attempt_number(opts, 1), opts.links),
-            lambda: fn(*args, **kwargs),
+    # an async generator function itself (inspect.isasyncgenfunction, and so for
+    # frameworks and for another decorator above this one), and the only one around the
+    # program's generator: a second layer would be closed by the loop's
+    # shutdown_asyncgens() at the same time as the first
+    return functools.wraps(fn)(
+        _traced_async_generator_function(
+            lambda: _Frame(opts, name, _attempt_number(opts, 1), opts.links), fn
         )
-        to_send: Any = None
-        to_throw: BaseException | None = None
-        while True:
-            try:
-                exc, to_throw = to_throw, None
-                value = await _advance(agen, to_send, exc)
-            except StopAsyncIteration:
-                return
-            try:
-                to_send = yield value
-            except GeneratorExit:
-                await agen.aclose()
-                raise
-            except BaseException as exc:
-                to_throw = exc
-
-    return wrapper
+    )
 
 
 def traced_generator(
     open_frame: Callable[[], _Frame | None], make: Callable[[], Iterator[Any]]
 ) -> Iterator[Any]:
-    """Iterate ``make()`` with the frame's span attached around every ``next()``; the
-    frame is opened at the first ``next()``, in the consumer's context."""
+    """Iterate ``make()`` in the frame's span: the frame is opened at the first
+    ``next()``, in the consumer's context. Around every ``next()``, ``send()``,
+    ``throw()`` and ``close()`` the generator's own context is attached: the span's at
+    first, then as the generator left it at its last ``yield`` (a block it holds open
+    across a yield stays current when it resumes); the consumer's is back after each."""
     frame = open_frame()
     gen = _made(frame, make)
     if frame is None:
@@ -280,6 +288,7 @@ def traced_generator(
             frame.finish(exc)
             raise
         finally:
+            frame.ctx = otel_context.get_current()  # the generator's, for its next resumption
             frame.detach()
         try:
             to_send = yield value
@@ -298,58 +307,93 @@ def traced_generator(
             to_throw = exc
 
 
-async def _advance(agen: Any, to_send: Any, to_throw: BaseException | None) -> Any:
-    """``agen``'s next value: ``to_throw`` thrown into it when given, else ``to_send``
-    sent."""
-    if to_throw is not None:
-        return await agen.athrow(to_throw)
-    return await agen.asend(to_send)
-
-
-async def traced_async_generator(
+def traced_async_generator(
     open_frame: Callable[[], _Frame | None], make: Callable[[], AsyncIterator[Any]]
 ) -> AsyncIterator[Any]:
-    """Async counterpart of :func:`traced_generator` (attached around every ``anext()``)."""
-    frame = open_frame()
-    agen: Any = _made(frame, make)
-    to_send: Any = None
-    to_throw: BaseException | None = None
-    while True:
-        if frame is not None:
-            frame.attach()
-        try:
-            exc, to_throw = to_throw, None
-            value = await _advance(agen, to_send, exc)
-        except StopAsyncIteration:
-            if frame is not None:
-                frame.finish(None)
-            return
-        except BaseException as exc:
-            if frame is not None:
-                frame.finish(exc)
-            raise
-        finally:
-            if frame is not None:
-                frame.detach()
-        try:
-            to_send = yield value
-        except GeneratorExit:
+    """Async counterpart of :func:`traced_generator` (the generator's context attached
+    around every ``anext()``, ``asend()``, ``athrow()`` and ``aclose()``)."""
+    return _traced_async_generator_function(open_frame, make)()  # type: ignore[no-any-return]
+
+
+def _traced_async_generator_function(
+    open_frame: Callable[[], _Frame | None], fn: Callable[..., AsyncIterator[Any]]
+) -> Callable[..., AsyncIterator[Any]]:
+    """An async generator function iterating ``fn(*args, **kwargs)`` as
+    :func:`traced_generator` does, handing on every ``asend``, ``athrow`` and ``aclose``
+    as ``yield from`` would."""
+
+    async def traced(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        frame = open_frame()
+        agen: Any = _made(frame, lambda: fn(*args, **kwargs))
+        to_send: Any = None
+        to_throw: BaseException | None = None
+        started = False
+        while True:
             if frame is not None:
                 frame.attach()
             try:
-                await agen.aclose()
+                if to_throw is not None:
+                    exc, to_throw = to_throw, None
+                    value = await agen.athrow(exc)
+                elif started:
+                    value = await agen.asend(to_send)
+                else:
+                    started = True
+                    value = await _first_asend(agen)
+            except StopAsyncIteration:
+                if frame is not None:
+                    frame.finish(None)
+                return
             except BaseException as exc:
                 if frame is not None:
                     frame.finish(exc)
                 raise
             finally:
                 if frame is not None:
+                    frame.ctx = otel_context.get_current()
                     frame.detach()
-            if frame is not None:
-                frame.finish(None)
-            raise
-        except BaseException as exc:
-            to_throw = exc
+            try:
+                to_send = yield value
+            except GeneratorExit:
+                if frame is not None:
+                    frame.attach()
+                try:
+                    # one that something else runs (closes) now cannot be closed here
+                    if not (
+                        getattr(agen, "ag_running", False)
+                        or getattr(agen, "ag_await", None) is not None
+                    ):
+                        await agen.aclose()
+                except BaseException as exc:
+                    if frame is not None:
+                        frame.finish(exc)
+                    raise
+                finally:
+                    if frame is not None:
+                        frame.detach()
+                if frame is not None:
+                    frame.finish(None)
+                raise
+            except BaseException as exc:
+                to_throw = exc
+
+    return traced
+
+
+def _first_asend(agen: Any) -> Any:
+    """``agen.asend(None)``, the first, made with the event loop's ``firstiter`` hook
+    off: the traced generator around ``agen``, registered with the loop itself, closes
+    it. Registered too, ``agen`` would be closed by the loop's ``shutdown_asyncgens()``
+    concurrently with the traced generator closing it ("aclose(): asynchronous
+    generator is already running"). The finalizer hook stays."""
+    firstiter, finalizer = sys.get_asyncgen_hooks()
+    if firstiter is None:
+        return agen.asend(None)
+    sys.set_asyncgen_hooks(firstiter=None, finalizer=finalizer)
+    try:
+        return agen.asend(None)
+    finally:
+        sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=finalizer)
 
 
 def _made(frame: _Frame | None, make: Callable[[], Any]) -> Any:
