@@ -1382,3 +1382,24 @@ def test_block_without_name_is_rejected() -> None:
     assert isinstance(scope, Scope)
     with pytest.raises(TypeError, match="name"), scope:
         pass
+
+
+def test_a_generator_based_coroutine_step_is_awaited(cap: SpanCapture) -> None:
+    """``@types.coroutine`` functions are awaited, not iterated (before: wrapped as a
+    generator, ``await`` on the result was a TypeError)."""
+    import types
+
+    @spangraph.step
+    @types.coroutine
+    def legacy(x: int) -> Any:
+        yield  # hands control to the event loop once, as asyncio.sleep(0) does
+        return x + 1
+
+    async def main() -> int:
+        async with spangraph.workflow("wf"):
+            return await legacy(4)  # type: ignore[no-any-return]
+
+    assert asyncio.run(main()) == 5
+    [step] = [s for s in cap.spans if s.name == "legacy"]
+    assert step.status.status_code != StatusCode.ERROR
+    assert [e.name for e in step.events] == ["step.started", "step.completed"]

@@ -141,6 +141,8 @@ class Scope:
         if inspect.isasyncgenfunction(code):
             _no_retry_timeout(opts, "async generator", allow_timeout=False)
             return _wrap_async_gen(opts, fn)  # type: ignore[return-value]
+        if _iterable_coroutine(code):  # @types.coroutine: awaited, not iterated
+            return _wrap_async(opts, fn)  # type: ignore[return-value]
         if inspect.isgeneratorfunction(code):
             _no_retry_timeout(opts, "generator", allow_timeout=False)
             return _wrap_gen(opts, fn)  # type: ignore[return-value]
@@ -152,6 +154,16 @@ class Scope:
                 f"interrupted safely ({_default_name(fn)})"
             )
         return _wrap_sync(opts, fn)  # type: ignore[return-value]
+
+
+def _iterable_coroutine(fn: Any) -> bool:
+    """Whether ``fn`` is a generator-based coroutine function (``@types.coroutine``),
+    looking through partials and methods as ``inspect`` does."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)
+    flags = getattr(getattr(fn, "__code__", None), "co_flags", 0)
+    return bool(flags & inspect.CO_ITERABLE_COROUTINE)
 
 
 def _code_of(fn: Any) -> Any:
