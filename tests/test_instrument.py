@@ -1403,3 +1403,32 @@ def test_a_generator_based_coroutine_step_is_awaited(cap: SpanCapture) -> None:
     [step] = [s for s in cap.spans if s.name == "legacy"]
     assert step.status.status_code != StatusCode.ERROR
     assert [e.name for e in step.events] == ["step.started", "step.completed"]
+
+
+@pytest.mark.parametrize("form", ["decorator", "block"])
+def test_a_timeout_that_fired_is_recorded_whatever_error_comes_out(
+    cap: SpanCapture, form: str
+) -> None:
+    """Code that turns the cancellation into its own error (as many client libraries do)
+    still timed out: ``timeout.exceeded`` is recorded, and its error comes out as it is
+    (before: no event, as the error was not a TimeoutError)."""
+
+    async def body() -> None:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            raise RuntimeError("request aborted") from None
+
+    async def main() -> None:
+        if form == "decorator":
+            await spangraph.step(timeout=0.05, name="slow")(body)()
+        else:
+            async with spangraph.step("slow", timeout=0.05):
+                await body()
+
+    with pytest.raises(RuntimeError, match="request aborted"):
+        asyncio.run(main())
+    [slow] = [s for s in cap.spans if s.name == "slow"]
+    names = [e.name for e in slow.events]
+    assert names[:3] == ["step.started", "timeout.set", "timeout.exceeded"]
+    assert names[-1] == "step.failed"

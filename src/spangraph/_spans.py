@@ -522,6 +522,6 @@ def _retry_delay(opts: _Options, attempt: int) -> float:
 
 def _timed_out(frame: _Frame, exc: BaseException | None, timeout: float | None) -> float | None:
     cm = frame.timeout_cm
-    if timeout is not None and cm is not None and isinstance(exc, TimeoutError) and cm.expired():
+    if timeout is not None and cm is not None and exc is not None and cm.expired():
         return timeout
     return None

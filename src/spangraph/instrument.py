@@ -36,6 +36,7 @@ from ._spans import (
     _default_name,
     _Frame,
     _Options,
+    _timed_out,
     current_run,
     link_to,
 )
@@ -109,7 +110,8 @@ class Scope:
                 except TimeoutError as converted:
                     frame.finish(converted, timed_out=self._opts.timeout)
                     raise
-            frame.finish(exc)
+            # fired, but the block turned the cancellation into an error of its own
+            frame.finish(exc, timed_out=_timed_out(frame, exc, self._opts.timeout))
         finally:
             frame.detach()
         return None
