@@ -379,6 +379,24 @@ def test_an_unreadable_record_is_skipped_and_counted_as_dropped(
     assert stats["sent"] == 4  # two starts and two ends
 
 
+def test_a_span_without_ids_is_skipped_alone(sg: spangraph.Spangraph) -> None:
+    """A span no copy can read and whose ids cannot be read either (a ReadableSpan other
+    code built without a context) is skipped and counted alone (before: it made the whole
+    batch fail to map, and every span in it was dropped)."""
+    processor = sg.graph_processor
+    assert processor is not None
+    with spangraph.workflow("wf-poisoned") as run:
+        for i in range(50):
+            with spangraph.step(f"s{i}"):
+                pass
+            if i == 25:
+                processor.on_end(ReadableSpan(name="no-context"))
+    assert spangraph.flush(10)
+    names = {s["name"] for s in queries.workflow_spans(sg.store, run.workflow_id)}
+    assert names == {"wf-poisoned", *(f"s{i}" for i in range(50))}
+    assert processor.stats()["dropped"] == 1
+
+
 def test_span_started_and_ended_in_one_batch_is_written_once(
     sg: spangraph.Spangraph, recording: tuple[RecordingStore, GraphSpanProcessor]
 ) -> None:

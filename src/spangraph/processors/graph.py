@@ -137,6 +137,11 @@ class GraphSpanProcessor(QueueingSpanProcessor):
         """
         known = self._known
         skipped = 0
+        given = len(items)
+        if not all(type(item) is tuple for _, item in items):
+            # spans no copy could read: one without ids (built by other code) is skipped
+            # alone here, not with every span of the batch below
+            items, skipped = _with_ids(items)
         # span id -> its end item (a record, or a span no copy could read)
         ended = {
             (item[2] if type(item) is tuple else item.context.span_id): item
@@ -227,7 +232,7 @@ class GraphSpanProcessor(QueueingSpanProcessor):
                         links.setdefault(edge_type, []).append(edge_row)
         if skipped:
             self._worker._count_drop(skipped, "could not be read or mapped")
-        return len(items) - skipped
+        return given - skipped
 
     # -- SpanProcessor ------------------------------------------------------------------
 
@@ -256,3 +261,19 @@ class GraphSpanProcessor(QueueingSpanProcessor):
 
 def _ignore(item: object) -> bool:
     return False
+
+
+def _with_ids(items: list[tuple[int, Any]]) -> tuple[list[tuple[int, Any]], int]:
+    """``items`` without the spans whose ids cannot be read (logged), and how many
+    those were."""
+    kept = []
+    for what, item in items:
+        if type(item) is not tuple:
+            try:
+                item.context.span_id  # noqa: B018
+                _ = item.parent.span_id if item.parent else 0
+            except Exception:
+                _log.exception("spangraph graph: a span without readable ids; skipped")
+                continue
+        kept.append((what, item))
+    return kept, len(items) - len(kept)
