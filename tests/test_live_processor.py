@@ -235,6 +235,29 @@ def test_events_added_by_other_code_go_out_at_span_end_once(
     assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
 
 
+def test_a_long_span_remembers_a_bounded_number_of_sent_events(
+    sg: spangraph.Spangraph, listen: Callable[..., Listener]
+) -> None:
+    """Events sent live while their span is open are remembered so that its end does not
+    send them again: only as many as the span keeps (before: every one, for as long as
+    the span was open), and each still goes out once."""
+    processor = sg.live_processor
+    assert processor is not None
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    count = 1524
+    with spangraph.workflow("wf-long", workflow_id=workflow_id), spangraph.step("s") as s:
+        for i in range(count):
+            spangraph.event("tick", i=i)
+        assert spangraph.flush(10)
+        # 1 024 (the most a span keeps is 128 events, unless OTEL_SPAN_EVENT_COUNT_LIMIT
+        # says more): with step.started, 1 525 were remembered before
+        assert len(processor._sent_live[int(s.span_id, 16)]) == 1024
+    msgs = listener.until(workflow_ended, timeout=30)
+    ticks = [m["attributes"]["i"] for m in msgs if m["type"] == "tick"]
+    assert ticks == list(range(count))
+
+
 def test_lone_surrogates_go_out_as_replacement_characters(
     sg: spangraph.Spangraph, listen: Callable[..., Listener]
 ) -> None:

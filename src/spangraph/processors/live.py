@@ -11,11 +11,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import redis
+from opentelemetry.sdk.trace import SpanLimits
 
 from .. import semconv as sc
 from .._utf8 import mended
 from ..mapping import (
     COMMON_ATTRIBUTES,
+    LIVE_ONLY_EVENTS,
     SpanMapper,
     attributes_of,
     live_message,
@@ -136,6 +138,10 @@ def _script_args(messages: list[tuple[str, str, str, str]]) -> tuple[Any, ...]:
 _attributes_of = attributes_of  # the name this module used to define it under
 
 _MAX_KEPT: Final = 16_384
+_SENT_PER_SPAN: Final = max(SpanLimits().max_events or 0, 1024)
+"""Events of one open span remembered as sent live (so that its end does not send them
+again): a span keeps its last ``OTEL_SPAN_EVENT_COUNT_LIMIT`` events (128) only, so
+older ones cannot come back with its end; a long span's events grew this for ever."""
 """Most open spans whose mapping a LiveEventProcessor keeps between batches."""
 
 Mapped = tuple[dict[str, Any], tuple[str, str]]
@@ -291,7 +297,8 @@ class LiveEventProcessor(QueueingSpanProcessor):
         self.publisher = publisher
         self._mapper = SpanMapper(project)
         self._known: dict[int, Any] = RESOURCES  # resource key -> Resource (see _records)
-        self._sent_live: dict[int, set[tuple[str, int]]] = {}
+        # span id -> the (name, time) of its events already sent live, the last ones only
+        self._sent_live: dict[int, dict[tuple[str, int], None]] = {}
         self._open: set[int] = set()  # spans whose start this processor saw (worker only)
         # span id -> (its resource, (name, trace id, parent, the attributes common()
         # reads), lineage entry of its parent, Mapped) of open spans, from their start to
@@ -452,7 +459,13 @@ class LiveEventProcessor(QueueingSpanProcessor):
                     open_spans.add(span_id)
                     msgs = [live_message(sc.SPAN_STARTED, common, time_ns, attributes, parts)]
                 elif what == _EVENT:
-                    sent_live.setdefault(span_id, set()).add((item[3], time_ns))
+                    if item[3] not in LIVE_ONLY_EVENTS:  # (tokens: never on the span)
+                        sent = sent_live.get(span_id)
+                        if sent is None:
+                            sent = sent_live[span_id] = {}
+                        sent[(item[3], time_ns)] = None
+                        if len(sent) > _SENT_PER_SPAN:  # the span keeps its last events only
+                            del sent[next(iter(sent))]
                     msgs = [live_message(item[3], common, time_ns, item[4], parts)]
                 else:
                     open_spans.discard(span_id)
