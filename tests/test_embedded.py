@@ -159,6 +159,7 @@ def test_restart_takes_the_same_port_and_clients_reconnect(home: Path) -> None:
     store = FalkorDBStore.from_url(first.graph_url)
     try:
         assert server.stop()
+        assert server.stop() is False  # twice (or two `down` at once): the port is kept
         second = server.ensure_running()
         assert (second.port, second.pid != first.pid) == (first.port, True)
 
@@ -435,7 +436,8 @@ def test_stop_calls_a_state_file_of_a_dead_server_stale(
             assert EmbeddedServer(home).stop() is False
         assert "is stale" in caplog.text and f"pid {bystander.pid} was not signalled" in caplog.text
         assert bystander.poll() is None
-        assert not (home / "server.json").exists()
+        # the pid is gone, the port stays for the next start
+        assert json.loads((home / "server.json").read_text()) == {"port": closed_port}
     finally:
         bystander.kill()
         bystander.wait()

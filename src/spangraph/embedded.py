@@ -644,9 +644,16 @@ class EmbeddedServer:
                     recorded.get("port"),
                     recorded["pid"],
                 )
-            if record:
+            if record and "pid" in recorded:
+                # the stale pid goes, the port stays (the next start takes it again when
+                # it is free); a record of the port only is left as it is, so a second
+                # `down` (or two at once) keeps it too
+                port = recorded.get("port")
                 with contextlib.suppress(OSError):
-                    (self.home / _STATE_FILE).unlink(missing_ok=True)
+                    if isinstance(port, int) and not isinstance(port, bool):
+                        self._record({"port": port})
+                    else:
+                        (self.home / _STATE_FILE).unlink(missing_ok=True)
             return False
         if "pid" in recorded and recorded["pid"] != info.pid:
             _log.warning(
