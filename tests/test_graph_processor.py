@@ -455,6 +455,37 @@ def test_store_calls_are_not_traced(
         store.tracer = None
 
 
+def test_configure_makes_its_own_calls_untraced(
+    graph_url: str, embedded_server: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configure()'s pings and schema statements run with instrumentation suppressed, as
+    the workers' writes do: a program with redis instrumentation on got spans of them."""
+    import redis
+
+    seen: list[bool] = []
+    original = redis.Redis.execute_command
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(is_instrumentation_enabled())  # what an instrumentation would check
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", recording)
+    try:
+        spangraph.configure(
+            tracer_provider=TracerProvider(),
+            graph_url=graph_url,
+            redis_url=embedded_server.redis_url,
+            home=str(tmp_path),
+        )
+        assert seen, "configure() made no redis call"
+        assert not any(seen)
+    finally:
+        spangraph.shutdown()
+    seen.clear()
+    redis.Redis.from_url(embedded_server.redis_url).ping()  # control: a call of the program
+    assert seen == [True]
+
+
 # -- spans from other instrumentations ------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import redis
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -29,6 +30,7 @@ from .processors.live import LiveEventProcessor, RedisPublisher
 from .processors.offload import OffloadSpanProcessor
 from .stores import GraphStore, open_store
 
+_SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _log = logging.getLogger("spangraph")
 
 
@@ -403,7 +405,13 @@ def configure(
             otlp = _otlp_processor() if owns else None
             if otlp is not None:
                 instance.extra_processors.append(otlp)
-            _build(instance, graph=graph, live=live, max_queue_size=max_queue_size)
+            # our own calls (pings, schema, the embedded server's checks) make no spans,
+            # whatever instrumentation of redis or neo4j the program has turned on
+            token = otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
+            try:
+                _build(instance, graph=graph, live=live, max_queue_size=max_queue_size)
+            finally:
+                otel_context.detach(token)
             if instrument_threads:
                 _instrument_threads()
             if metrics:

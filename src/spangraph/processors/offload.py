@@ -387,6 +387,9 @@ class OffloadSpanProcessor(SpanProcessor):
     def _start_agent(self) -> None:
         env = dict(os.environ)
         env[_ENV_CONFIG] = json.dumps(self._config)
+        # the agent's own calls are spangraph's: no spans of them, also where the program
+        # runs under opentelemetry-instrument (whose sitecustomize the agent would load)
+        env["OTEL_SDK_DISABLED"] = "true"
         # Unbuffered pipes (plain file descriptors): a buffered file's lock, held by a
         # thread at the moment of a fork, would never be released in the child.
         agent = _Agent(
@@ -670,6 +673,7 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
     from .live import LiveEventProcessor
 
     out = sys.stdout.buffer
+    otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))  # untraced, all of it
     if hasattr(os, "nice"):
         try:  # below the traced program: on a busy machine its threads get the cores first
             os.nice(_AGENT_NICENESS)
