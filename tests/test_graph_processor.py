@@ -9,6 +9,7 @@ import json
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -484,6 +485,43 @@ def test_configure_makes_its_own_calls_untraced(
     seen.clear()
     redis.Redis.from_url(embedded_server.redis_url).ping()  # control: a call of the program
     assert seen == [True]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_configure_runs_can_shut_down(sg: spangraph.Spangraph) -> None:
+    """configure() holds spangraph's lock for seconds (shutting the last configuration
+    down, connecting): a child forked meanwhile got the lock held by a thread it does not
+    have, and hung in its shutdown at exit."""
+    from spangraph import _sdk
+
+    held, release = threading.Event(), threading.Event()
+
+    def configure_running() -> None:
+        with _sdk._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=configure_running)
+    holder.start()
+    try:
+        assert held.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the child: shut down as atexit would, and leave
+            try:
+                spangraph.shutdown(timeout=2)
+            finally:
+                os._exit(0)
+        deadline = time.monotonic() + 20
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the child hung in shutdown()")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        release.set()
+        holder.join()
 
 
 # -- spans from other instrumentations ------------------------------------------------------

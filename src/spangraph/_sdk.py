@@ -216,6 +216,18 @@ _current: Spangraph | None = None
 _last: weakref.ReferenceType[Spangraph] | None = None
 """The configuration :func:`shutdown` shut down last (a second caller waits for it)."""
 _lock = threading.RLock()  # re-entered: configure() shuts the previous instance down
+
+
+def _new_lock_after_fork() -> None:
+    # configure() holds the lock while it shuts the previous configuration down and opens
+    # connections (seconds): a child forked meanwhile inherits it held by a thread it
+    # does not have, and its shutdown at exit would wait for ever
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 _atexit_registered = False
 _threading_instrumented = False
 
