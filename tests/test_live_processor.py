@@ -593,3 +593,23 @@ def test_an_unreadable_record_is_skipped_and_counted_as_dropped(
         for _, fields in redis_client.xrange(stream_key(workflow_id))
     ]
     assert types == ["span.started", "span.ended"]  # the rest of the batch went out
+
+
+def test_spans_that_cannot_be_read_are_counted_as_dropped(embedded_server: ServerInfo) -> None:
+    """``on_start``/``on_end`` with something that is no readable span (other code's
+    mistake) raise nothing and count it as dropped, as the graph processor does (before:
+    not counted, not logged)."""
+    from opentelemetry.trace import INVALID_SPAN
+
+    processor = LiveEventProcessor(
+        RedisPublisher.from_url(embedded_server.redis_url), project=f"p-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        processor.on_start(None)  # type: ignore[arg-type]
+        processor.on_end(None)  # type: ignore[arg-type]
+        processor.on_end(INVALID_SPAN)  # type: ignore[arg-type]
+        assert processor.force_flush(10_000)
+        assert processor.stats()["dropped"] == 3
+    finally:
+        processor.shutdown()
+        processor.publisher.close()

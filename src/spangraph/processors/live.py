@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -346,8 +347,9 @@ class LiveEventProcessor(QueueingSpanProcessor):
                         span.end_time if record is None else record[8],
                     )
                 )
-        except Exception:  # pragma: no cover - never raise into user code
-            pass
+        except Exception:  # never raise into user code: a span that cannot be read
+            with contextlib.suppress(Exception):
+                self._worker._count_drop(1, "a span that could not be read")
 
     def _queue_record(self, what: int, record: tuple[Any, ...]) -> None:
         """Queue a START or END record as ``on_start``/``on_end`` do (the offload agent
