@@ -610,3 +610,33 @@ def test_agent_uses_the_settings_configure_was_given(
         assert instance.stats()["graph"]["sent"] >= 2
     finally:
         spangraph.shutdown()
+
+
+def test_a_flush_is_false_when_the_agent_dropped_something(
+    private_servers: Any, tmp_path: Any
+) -> None:
+    """The agent's flush answer says whether its processors wrote everything before it:
+    with Redis gone past the live processor's retries, ``flush()`` is False, as it is
+    without offload (before: True, the agent answered once it had tried)."""
+    _, graph_info = private_servers.start()
+    redis_server, redis_info = private_servers.start()
+    sg = spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=graph_info.graph_url,
+        redis_url=redis_info.redis_url,
+        home=str(tmp_path),
+        project=f"off-{uuid.uuid4().hex[:8]}",
+        offload=True,
+    )
+    try:
+        with spangraph.workflow("before"):
+            pass
+        assert spangraph.flush(10)
+        redis_server.stop()
+        with spangraph.workflow("while-redis-is-gone"):
+            pass
+        assert spangraph.flush(30) is False
+        assert sg.stats()["live"]["dropped"] > 0
+        assert "while-redis-is-gone" in run_names(sg)  # the graph has it all the same
+    finally:
+        spangraph.shutdown()

@@ -229,7 +229,8 @@ def test_full_queue_drops_counts_and_warns(
     assert "queue full" in drops[0].getMessage()
 
     private_servers.restart_on_port(server, info.port)
-    assert spangraph.flush(30)
+    assert spangraph.flush(30) is False  # done, but not everything was written
+    assert spangraph.flush(30) is True  # nothing new, nothing lost: all was done
     stats = sg.stats()["graph"]
     assert stats["sent"] + stats["dropped"] == items  # everything accounted for
     assert stats["sent"] > 0
@@ -264,7 +265,7 @@ def test_redis_outage_for_live_events(
     while sg.stats()["live"]["dropped"] == 0:  # given up after give_up_after seconds
         assert time.monotonic() < deadline, sg.stats()
         time.sleep(0.05)
-    assert spangraph.flush(30)
+    assert spangraph.flush(30) is False  # done, but live events were dropped
     for workflow_id in during:  # the graph is on another server: unaffected
         assert span_states(store, workflow_id) == ["completed"] * 3
     assert any("unavailable" in r.getMessage() for r in caplog.records)
@@ -516,3 +517,70 @@ def test_a_shutdown_called_from_inside_a_shutdown_returns_at_once(
 def test_shutdown_refuses_a_bad_timeout(timeout: object) -> None:
     with pytest.raises(ValueError, match="timeout"):
         spangraph.shutdown(timeout=timeout)  # type: ignore[arg-type]
+
+
+def _threads_of(sg: spangraph.Spangraph) -> list[threading.Thread]:
+    threads = []
+    for processor in (sg.graph_processor, sg.live_processor):
+        if processor is not None:
+            worker = processor._worker
+            threads += [t for t in (worker._thread, worker._sender) if t is not None]
+    return threads
+
+
+@pytest.mark.slow
+def test_after_shutdown_gives_up_stats_count_what_was_not_written_once(
+    private_servers, configured: Callable[..., spangraph.Spangraph]
+) -> None:
+    """The server hangs (SIGSTOP): shutdown(timeout=1) gives up on workers stuck in a
+    write. What they held is counted as dropped when shutdown returns (before: only what
+    was still queued; the rest when its socket timed out, seconds later, or never for a
+    program that exits); and once the server answers again, nothing is counted twice."""
+    _, info = private_servers.start()
+    sg = configured(graph_url=info.graph_url, redis_url=info.redis_url)
+    run_workflow("warm-up")
+    assert spangraph.flush(10)
+    warm = sg.stats()
+    os.kill(info.pid, signal.SIGSTOP)
+    try:
+        runs = 50
+        for i in range(runs):
+            with spangraph.workflow(f"wf-{i}"):
+                pass
+        time.sleep(0.5)  # the workers are in their writes, and stay there
+        spangraph.shutdown(timeout=1.0)
+        stats = sg.stats()
+        graph, live = stats["graph"], stats["live"]
+        assert graph["sent"] == warm["graph"]["sent"]
+        assert graph["sent"] + graph["dropped"] == warm["graph"]["sent"] + 2 * runs, stats
+        assert live["sent"] == warm["live"]["sent"]
+        assert live["dropped"] > 0 and live["queued"] == 0, stats
+    finally:
+        os.kill(info.pid, signal.SIGCONT)
+    for thread in _threads_of(sg):  # the writes get their answers; the workers end
+        thread.join(15)
+        assert not thread.is_alive(), thread.name
+    assert sg.stats() == stats  # nothing counted again, as sent or as dropped
+
+
+@pytest.mark.slow
+def test_a_flush_is_false_when_redis_hangs_past_give_up_after(
+    private_servers, graph_url: str, configured: Callable[..., spangraph.Spangraph]
+) -> None:
+    """Redis hangs (SIGSTOP) longer than the live worker tries a batch: the batch is
+    dropped, and spangraph.flush() says so (before: True, the worker had got past it)."""
+    _, rinfo = private_servers.start("redis-home")
+    sg = configured(graph_url=graph_url, redis_url=rinfo.redis_url)
+    run_workflow("warm-up")
+    assert spangraph.flush(10)
+    os.kill(rinfo.pid, signal.SIGSTOP)
+    try:
+        run_workflow("while-redis-hangs")
+        assert spangraph.flush(30) is False  # within its timeout, but not all written
+        live = sg.stats()["live"]
+        assert live["dropped"] > 0 and live["failed"] == 1, live
+    finally:
+        os.kill(rinfo.pid, signal.SIGCONT)
+    run_workflow("after")
+    assert spangraph.flush(30) is True  # the next flush covers what came after
+    assert sg.stats()["graph"]["dropped"] == 0  # the graph is elsewhere: all written

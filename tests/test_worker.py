@@ -178,7 +178,7 @@ def test_queue_full_drops_and_counts(make: Any, caplog: pytest.LogCaptureFixture
         "dropped" in r.getMessage() and "queue full" in r.getMessage() for r in caplog.records
     )
     sink.gate.set()
-    assert w.flush(5)
+    assert w.flush(5) is False  # done, but 100 and 101 were dropped
     assert sink.items == accepted
 
 
@@ -242,9 +242,9 @@ def test_non_transient_error_drops_batch_and_continues(
     with caplog.at_level(logging.WARNING, logger="spangraph"):
         w.put("a")
         w.put("b")
-        assert w.flush(5)
+        assert w.flush(5) is False  # done, and dropped
         w.put("c")
-        assert w.flush(5)
+        assert w.flush(5) is True
     assert sink.items == ["c"]
     assert w.failed == 1
     assert w.dropped == 2
@@ -261,9 +261,9 @@ def test_prepare_error_drops_items_and_continues(make: Any) -> None:
 
     w, sink = make(prepare=bad_prepare, schedule_delay=0.01)
     w.put("poison")
-    assert w.flush(5)
+    assert w.flush(5) is False
     w.put("ok")
-    assert w.flush(5)
+    assert w.flush(5) is True
     assert sink.items == ["ok"]
     assert w.dropped == 1
 
@@ -288,7 +288,7 @@ def test_give_up_after_budget(make: Any, caplog: pytest.LogCaptureFixture) -> No
     w.put(2)
     t0 = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="spangraph"):
-        assert w.flush(5)
+        assert w.flush(5) is False  # returned once the batch was dropped
     elapsed = time.monotonic() - t0
     assert 0.09 <= elapsed < 2
     assert w.failed == 1
@@ -342,9 +342,9 @@ def test_a_flush_waiting_when_shutdown_gives_up_returns(make: Any) -> None:
     waiter.start()
     time.sleep(0.1)
     assert w.shutdown(timeout=0.3) is False
-    answer.set()  # the store answers: the batch in flight ends (pipelined: and its flush)
-    waiter.join(5)
-    assert returned == [True]  # everything before it was sent or counted as dropped
+    waiter.join(5)  # done when shutdown gives up, not when the store answers
+    assert returned == [False]  # item 1 was not sent: counted as dropped
+    answer.set()
 
 
 def test_items_counted_as_dropped_at_shutdown_are_not_sent_later(make: Any) -> None:
@@ -682,7 +682,7 @@ def test_staging_worker_counts_a_failed_extend_and_keeps_the_rest(make: Any) -> 
     time.sleep(0.05)
     w.put("fourth")
     sink.gate.set()
-    assert w.flush(5)
+    assert w.flush(5) is False  # done, without "bad"
     assert sink.items == ["first", "second", "third", "fourth"]
     assert w.stats()["dropped"] == 1
 
@@ -695,8 +695,94 @@ def test_staging_worker_counts_a_failed_finalize(make: Any) -> None:
 
     w, sink = make(pipelined=True, extend=extend, finalize=finalize, schedule_delay=0.01)
     w.put("unencodable")
-    assert w.flush(5)
+    assert w.flush(5) is False
     w.put("fine")
-    assert w.flush(5)
+    assert w.flush(5) is True
     assert sink.items == ["fine"]
     assert w.stats()["dropped"] == 1
+
+
+def test_what_shutdown_gives_up_on_is_counted_at_once_and_once(make: Any) -> None:
+    """Shutdown gives up on a worker stuck in its send: every item it took and did not
+    send (in the send, staged, ready for the sender) is counted as dropped when shutdown
+    returns, not only what was still queued (before: those were counted seconds later,
+    when the send timed out, or never, when the program exited first); and when the
+    stuck send ends later, nothing is counted again."""
+    w, sink = make(max_batch_size=10, schedule_delay=0.01, eager=True)
+    sink.gate = threading.Event()
+    w.put(0)
+    assert sink.entered.wait(5)  # item 0 is in the send, and stays there
+    for i in range(1, 100):
+        w.put(i)
+    time.sleep(0.2)  # a pipelined worker takes more: a batch ready, one staged
+    assert w.shutdown(timeout=0.2) is False
+    stats = w.stats()
+    assert stats["sent"] == 0 and stats["dropped"] == 100, stats  # all of it, at once
+    sink.gate.set()  # the store answers after all: the worker sends what it holds
+    w._thread.join(10)
+    if w._sender is not None:
+        w._sender.join(10)
+    assert not w._thread.is_alive()
+    assert w.stats() == stats  # not counted twice (sent + dropped == what was put)
+
+
+def test_a_flush_is_false_when_something_before_it_was_not_written(make: Any) -> None:
+    """flush() says whether everything queued before it was written: not only whether
+    the worker got past it (before: True although the batch had been given up on)."""
+    fail = threading.Event()
+
+    def send(payload: list[Any]) -> None:
+        if fail.is_set():
+            raise Transient("still down")
+
+    w, _ = make(sink=send, schedule_delay=0.01, retry_initial=0.01, give_up_after=0.1)
+    fail.set()
+    w.put(1)
+    w.put(2)
+    assert w.flush(5) is False  # done in time, and both dropped
+    assert w.stats()["dropped"] == 2
+    fail.clear()
+    w.put(3)
+    assert w.flush(5) is True  # a drop before an earlier flush is that flush's
+    assert w.flush(5) is True  # nothing queued: nothing lost
+
+
+def test_a_flush_that_timed_out_and_a_later_one_both_see_the_drop(make: Any) -> None:
+    """A flush asked for while an earlier one still waits covers what the earlier one
+    does: when that is dropped, both are False."""
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def send(payload: list[Any]) -> None:
+        entered.set()
+        assert gate.wait(10)
+        raise ValueError("rejected")
+
+    w, _ = make(sink=send, schedule_delay=0.01)
+    w.put(1)
+    assert entered.wait(5)
+    assert w.flush(0.05) is False  # timed out: the send is stuck
+    later = w.request_flush()
+    gate.set()  # the store rejects the batch: item 1 is dropped
+    assert later(5) is False
+    assert w.flush(5) is True
+
+
+def test_a_flush_is_false_after_a_mapping_error_or_a_full_queue(make: Any) -> None:
+    def picky_prepare(items: list[Any]) -> tuple[list[Any], int]:
+        if "poison" in items:
+            raise RuntimeError("cannot map")
+        return list(items), len(items)
+
+    w, sink = make(prepare=picky_prepare, max_queue_size=2, max_batch_size=1, schedule_delay=0.01)
+    w.put("poison")
+    assert w.flush(5) is False
+    sink.gate = threading.Event()
+    w.put("a")
+    assert sink.entered.wait(5)
+    stall(w)
+    while w.put("overflow"):  # the queue fills up: the next one is dropped
+        pass
+    sink.gate.set()
+    assert w.flush(5) is False
+    assert w.flush(5) is True

@@ -72,8 +72,9 @@ class Spangraph:
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every processor has sent what was queued before this call (or the
-        ``timeout`` in seconds passes, for all of them together); ``False`` on timeout.
-        ``timeout`` must be a finite number >= 0 (ValueError)."""
+        ``timeout`` in seconds passes, for all of them together); ``False`` on timeout,
+        or when some of it was dropped (counted in :meth:`stats`). ``timeout`` must be a
+        finite number >= 0 (ValueError)."""
         _check_timeout(timeout)
         deadline = time.monotonic() + min(timeout, threading.TIMEOUT_MAX)
         ok = True
@@ -561,8 +562,10 @@ def current() -> Spangraph | None:
 
 def flush(timeout: float = 30.0) -> bool:
     """Wait until every span and event so far is written and published (or ``timeout``
-    seconds pass, one deadline for all processors); ``False`` on timeout. ``timeout``
-    must be a finite number >= 0 (ValueError). Safe to call when not configured."""
+    seconds pass, one deadline for all processors); ``False`` on timeout, or when some
+    of it was dropped (the store or Redis down past the retries, a full queue, a span
+    that could not be read: counted in ``stats()``). ``timeout`` must be a finite number
+    >= 0 (ValueError). Safe to call when not configured."""
     _check_timeout(timeout)
     instance = _current
     return True if instance is None else instance.flush(timeout)

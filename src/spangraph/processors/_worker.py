@@ -4,7 +4,8 @@
 The worker turns items into a payload once (``prepare``) and sends it (``send``),
 retrying with exponential backoff while ``send`` raises one of ``transient``; any other
 error drops that batch, counted and logged. A full queue drops new items, counted and
-logged. ``flush`` and ``shutdown`` wait for everything queued before them.
+logged. ``flush`` and ``shutdown`` wait for everything queued before them; ``flush``
+tells whether all of it was sent (``False`` when any of it was dropped).
 
 With ``pipelined=True`` a second thread sends while the first prepares the next batch:
 the store works on one batch while the client maps the next (the round trip waits with
@@ -39,10 +40,19 @@ _SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 
 
 class _FlushMarker:
-    __slots__ = ("done",)
+    """A flush in the queue. Released (``done``) in queue order, once everything before
+    it was sent or dropped; ``ok`` then tells whether all of it was sent."""
+
+    __slots__ = ("done", "ok", "prev", "put_lost")
 
     def __init__(self) -> None:
         self.done = threading.Event()
+        self.ok = False  # set before done
+        # items refused by put() (queue full) since the marker before it was queued
+        self.put_lost = False
+        # the marker before it, when that was not released yet: this one covers
+        # everything that one does (its items were queued before this one too)
+        self.prev: _FlushMarker | None = None
 
 
 _ABSORB_EVERY: Final = 0.002
@@ -59,9 +69,14 @@ sent in parts."""
 _GIVE_UP_AFTER: Final = 4
 """``split_on`` errors of a payload that cannot be split before it is dropped."""
 
-_InFlight = tuple[Any, int, list[_FlushMarker], Callable[[], None] | None, float]
+_Job = tuple[Any, int, list[_FlushMarker], int]
+"""A batch for the sender of a pipelined worker: payload, count, flush markers, and how
+many items the preparer dropped since the batch it handed over before (they were queued
+before these markers)."""
+
+_InFlight = tuple[Any, int, list[_FlushMarker], Callable[[], None] | None, float, int]
 """A batch in the sender: payload, count, flush markers, what waits for its reply (when
-it was submitted), when it was submitted."""
+it was submitted), when it was submitted, the preparer's drops before it (see _Job)."""
 
 
 class BatchWorker(Generic[T, P]):
@@ -164,9 +179,27 @@ class BatchWorker(Generic[T, P]):
         self._closed = False
         self._left_at_shutdown = 0
         self._drop_lock = threading.Lock()
-        # pipelined: prepared batches (payload, count, flush markers) for the sender;
-        # ``None`` ends it. One waits here while the sender sends the one before.
-        self._ready: queue.Queue[tuple[Any, int, list[_FlushMarker]] | None] | None = None
+        # What the worker holds (under _drop_lock): items (or what ``prepare`` counted of
+        # them) taken out of the queue and not yet sent or dropped -- being mapped,
+        # staged, ready for the sender, in the send. A shutdown that gives up on the
+        # worker counts them as dropped and sets _abandoned: what the worker later sends
+        # or drops of them counts no more (each item is counted once).
+        self._owed = 0
+        self._abandoned = False
+        # Flush markers (under _drop_lock): those not released yet, the last one queued,
+        # and items dropped -- by put() (_put_lost), by the worker thread (_worker_lost)
+        # and by the sender (_sender_lost) -- with how many of them markers already
+        # account for (_seen). The worker and the sender drop items in queue order, so
+        # what they dropped before they release a marker was queued before it.
+        self._pending: set[_FlushMarker] = set()
+        self._last_marker: _FlushMarker | None = None
+        self._put_lost = self._put_lost_seen = 0
+        self._worker_lost = self._worker_lost_seen = 0
+        self._sender_lost = self._sender_lost_seen = 0
+        self._carried_lost = 0  # sender: the preparer's drops before the batches it sent
+        # pipelined: prepared batches (see _Job) for the sender; ``None`` ends it. One
+        # waits here while the sender sends the one before.
+        self._ready: queue.Queue[_Job | None] | None = None
         self._sender: threading.Thread | None = None
         if self._pipelined:
             self._ready = queue.Queue(maxsize=1)
@@ -206,37 +239,108 @@ class BatchWorker(Generic[T, P]):
         return True
 
     def _count_drop(self, n: int, why: str) -> None:
+        """Count ``n`` items as dropped: by put() (any thread), or by the worker or its
+        sender (items they hold; not counted again when shutdown counted them)."""
+        me = threading.current_thread()
         with self._drop_lock:
-            self.dropped += n
-            now = time.monotonic()
-            if now - self._last_drop_log < 10.0:
-                return
-            self._last_drop_log = now
-            total = self.dropped
-        _log.warning(
-            "spangraph %s: dropped %d item(s) (%s); %d dropped in all", self.name, n, why, total
-        )
+            if me is self._thread or me is self._sender:
+                if self._abandoned:
+                    return  # counted by the shutdown that gave up on the worker
+                self._owed -= n
+                if me is self._thread:
+                    self._worker_lost += n
+                else:
+                    self._sender_lost += n
+            else:
+                self._put_lost += n
+            total = self._add_drop(n)
+        self._log_drop(n, why, total)
+
+    def _add_drop(self, n: int) -> int | None:
+        """Under _drop_lock: count ``n`` dropped; the total when it is time to log."""
+        self.dropped += n
+        now = time.monotonic()
+        if now - self._last_drop_log < 10.0:
+            return None
+        self._last_drop_log = now
+        return self.dropped
+
+    def _log_drop(self, n: int, why: str, total: int | None) -> None:
+        if total is not None:
+            _log.warning(
+                "spangraph %s: dropped %d item(s) (%s); %d dropped in all", self.name, n, why, total
+            )
+
+    def _claim(self, n: int) -> bool:
+        """The worker took ``n`` items out of the queue; ``False`` (and counted as
+        dropped) when shutdown gave up on it meanwhile."""
+        with self._drop_lock:
+            if not self._abandoned:
+                self._owed += n
+                return True
+            total = self._add_drop(n)
+        self._log_drop(n, "not sent before shutdown", total)
+        return False
+
+    def _recount(self, held: int, count: int) -> None:
+        """``held`` items the worker holds now count as ``count`` (what ``prepare`` or
+        ``extend`` made of them)."""
+        with self._drop_lock:
+            if not self._abandoned:
+                self._owed += count - held
+
+    def _count_failed(self) -> None:
+        """Count a failed batch, unless shutdown gave up on the worker (and counted it)."""
+        with self._drop_lock:
+            if not self._abandoned:
+                self.failed += 1
+
+    def _count_sent(self, n: int) -> bool:
+        """Count ``n`` held items as sent; ``False`` when shutdown counted them."""
+        with self._drop_lock:
+            if self._abandoned:
+                return False
+            self._owed -= n
+            self.sent += n
+            return True
 
     def qsize(self) -> int:
         return len(self._queue)
 
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Wait until everything queued before this call has been sent (or dropped)."""
+        """Wait until everything queued before this call has been sent (or dropped);
+        ``True`` when all of it was sent, ``False`` when the timeout passed first or
+        any of it was dropped (see :meth:`request_flush`)."""
         return self.request_flush()(timeout)
 
     def request_flush(self) -> Callable[[float | None], bool]:
         """Ask for a flush without waiting for it: the returned callable waits (at most
         its argument, in seconds) and tells whether everything queued before this call
-        was sent. Several workers asked first and waited for after flush side by side."""
+        was sent. Several workers asked first and waited for after flush side by side.
+
+        ``False`` when the wait timed out, or when an item put before this call and
+        after the flush released before it was dropped: refused by a full queue, not
+        mapped, rejected, given up on, or left at shutdown."""
         if self._closed or not self._thread.is_alive():
             done = not self._queue and not self._left_at_shutdown
             return lambda timeout: done
         marker = _FlushMarker()
         with self._drop_lock:
+            marker.put_lost = self._put_lost != self._put_lost_seen
+            self._put_lost_seen = self._put_lost
+            last = self._last_marker
+            if last is not None and not last.done.is_set():
+                marker.prev = last
+            self._last_marker = marker
+            self._pending.add(marker)
             self._flush_pending += 1
-        self._queue.append(marker)
+            self._queue.append(marker)
         self._wake.set()
-        return marker.done.wait
+
+        def wait(timeout: float | None) -> bool:
+            return marker.done.wait(timeout) and marker.ok
+
+        return wait
 
     def shutdown(self, timeout: float = 30.0) -> bool:
         """Flush within ``timeout``, then stop the worker. Idempotent."""
@@ -254,6 +358,16 @@ class BatchWorker(Generic[T, P]):
         self._thread.join(max(0.0, end - time.monotonic()))
         if self._sender is not None:
             self._sender.join(max(0.0, end - time.monotonic()))
+        stuck = self._thread.is_alive() or (self._sender is not None and self._sender.is_alive())
+        with self._drop_lock:
+            held = 0
+            if stuck:
+                # given up on: what the worker holds (in the send, ready, staged, being
+                # mapped) is counted as dropped now, not when (or if) the store answers;
+                # what the worker later sends or drops of it counts no more
+                self._abandoned = True
+                held, self._owed = self._owed, 0
+            markers = list(self._pending) if stuck else []
         # taken out, not counted in place: a worker still running (stuck on the store)
         # would send them later, and they would count as sent and dropped both
         left = 0
@@ -264,12 +378,16 @@ class BatchWorker(Generic[T, P]):
             except IndexError:
                 break
             if isinstance(item, _FlushMarker):
-                self._release([item])  # a flush waiting on another thread: done, as dropped
+                markers.append(item)
             else:
                 left += 1
-        self._left_at_shutdown = left
-        if left:
-            self._count_drop(left, "not sent before shutdown")
+        self._left_at_shutdown = left + held
+        if left + held:
+            with self._drop_lock:
+                total = self._add_drop(left + held)
+            self._log_drop(left + held, "not sent before shutdown", total)
+        # flushes waiting on other threads: done, and False (not everything was sent)
+        self._release(markers, lost=True)
         return flushed
 
     # -- worker thread --------------------------------------------------------------------
@@ -321,12 +439,18 @@ class BatchWorker(Generic[T, P]):
                     markers.append(item)
                     break
                 items.append(item)
+            if items and not self._claim(len(items)):
+                items = []  # shutdown gave up on this worker: counted as dropped
             if self._ready is not None:
                 self._stage(items, markers)
                 continue
             if items and (prepared := self._prepare_items(items)) is not None:
                 self._send_payload(*prepared)
-            self._release(markers)
+            if markers:
+                with self._drop_lock:
+                    lost = self._worker_lost != self._worker_lost_seen
+                    self._worker_lost_seen = self._worker_lost
+                self._release(markers, lost)
 
     def _stage(self, items: list[T], markers: list[_FlushMarker], final: bool = False) -> None:
         """Pipelined: map ``items`` into the staged batch, and hand that batch to the
@@ -342,13 +466,17 @@ class BatchWorker(Generic[T, P]):
                 if prepared is not None:
                     self._staged, self._staged_count = prepared
             else:
+                before = self._worker_lost
                 try:
-                    self._staged_count += self._extend(self._staged, items)  # type: ignore[misc]
+                    added = self._extend(self._staged, items)  # type: ignore[misc]
                 except Exception:
                     _log.exception(
                         "spangraph %s: could not map %d item(s); dropped", self.name, len(items)
                     )
-                    self._count_drop(len(items), "mapping error")
+                    self._drop_rest(len(items), before)
+                else:
+                    self._recount(len(items) - (self._worker_lost - before), added)
+                    self._staged_count += added
         self._staged_markers += markers
         if self._staged is None and not self._staged_markers:
             return
@@ -375,12 +503,22 @@ class BatchWorker(Generic[T, P]):
                 self._count_drop(count, "encoding error")
                 count = 0
         if count or markers:
-            ready.put((payload, count, markers))
+            with self._drop_lock:
+                lost = self._worker_lost - self._worker_lost_seen
+                self._worker_lost_seen = self._worker_lost
+            ready.put((payload, count, markers, lost))
 
-    def _release(self, markers: list[_FlushMarker]) -> None:
+    def _release(self, markers: list[_FlushMarker], lost: bool = False) -> None:
+        """Release ``markers`` (once each): everything before them is done; ``lost``
+        when some of it, since the marker released before them, was dropped."""
         for marker in markers:
             with self._drop_lock:
+                if marker not in self._pending:
+                    continue  # released already, by a shutdown that gave up
+                self._pending.discard(marker)
                 self._flush_pending -= 1
+                prev, marker.prev = marker.prev, None
+                marker.ok = not (lost or marker.put_lost) and (prev is None or prev.ok)
             marker.done.set()
 
     def _send_loop(self) -> None:
@@ -411,7 +549,7 @@ class BatchWorker(Generic[T, P]):
                 while inflight:
                     self._finish(inflight.popleft())
                 return
-            payload, count, markers = job
+            payload, count, markers, lost = job
             reply = None
             started = time.perf_counter()
             submit = self._submit
@@ -420,7 +558,7 @@ class BatchWorker(Generic[T, P]):
                     reply = submit(payload)
                 except Exception:  # sent again below, the plain way, which counts failures
                     reply = None
-            inflight.append((payload, count, markers, reply, started))
+            inflight.append((payload, count, markers, reply, started, lost))
             if reply is None:  # sent the plain way, after everything before it
                 while inflight:
                     self._finish(inflight.popleft())
@@ -428,21 +566,36 @@ class BatchWorker(Generic[T, P]):
                 self._finish(inflight.popleft())
 
     def _finish(self, entry: _InFlight) -> None:
-        payload, count, markers, reply, started = entry
+        payload, count, markers, reply, started, lost = entry
         if count:
             self._send_payload(payload, count, reply, started)
-        self._release(markers)
+        self._carried_lost += lost
+        if markers:
+            with self._drop_lock:
+                lost = self._carried_lost + self._sender_lost - self._sender_lost_seen
+                self._carried_lost, self._sender_lost_seen = 0, self._sender_lost
+            self._release(markers, lost > 0)
 
     def _prepare_items(self, items: list[T]) -> tuple[P, int] | None:
         """The payload of ``items`` and how many it counts; ``None`` when there is
         nothing to send (a mapping error is counted and logged as a drop)."""
+        before = self._worker_lost
         try:
             payload, count = self._prepare(items)
         except Exception:
             _log.exception("spangraph %s: could not map %d item(s); dropped", self.name, len(items))
-            self._count_drop(len(items), "mapping error")
+            self._drop_rest(len(items), before)
             return None
+        # what prepare dropped itself (items it could not read) it counted already
+        self._recount(len(items) - (self._worker_lost - before), count)
         return (payload, count) if count else None
+
+    def _drop_rest(self, n: int, before: int) -> None:
+        """Mapping ``n`` items failed: count those not counted as dropped since the
+        worker's drop count was ``before``."""
+        rest = n - (self._worker_lost - before)
+        if rest > 0:
+            self._count_drop(rest, "mapping error")
 
     def _send_payload(
         self,
@@ -471,7 +624,7 @@ class BatchWorker(Generic[T, P]):
                     self._give_up_after is not None
                     and time.monotonic() - started >= self._give_up_after
                 ):
-                    self.failed += 1
+                    self._count_failed()
                     self._count_drop(count, f"unavailable: {exc}")
                     return
                 if isinstance(exc, self._split_on) and self._answers():
@@ -479,7 +632,7 @@ class BatchWorker(Generic[T, P]):
                     if stuck >= split_after and self._send_split(payload, count, exc):
                         return
                     if stuck >= _GIVE_UP_AFTER:
-                        self.failed += 1
+                        self._count_failed()
                         _log.error(
                             "spangraph %s: %d item(s) failed %d times (%s) while the "
                             "destination answered otherwise; dropped",
@@ -503,7 +656,7 @@ class BatchWorker(Generic[T, P]):
                 delay = min(delay * 2, self._retry_max)
                 continue
             except Exception:
-                self.failed += 1
+                self._count_failed()
                 _log.exception(
                     "spangraph %s: a batch of %d was rejected; dropped", self.name, count
                 )
@@ -512,7 +665,8 @@ class BatchWorker(Generic[T, P]):
             if self._outage_logged:
                 self._outage_logged = False
                 _log.warning("spangraph %s: available again", self.name)
-            self.sent += count
+            if not self._count_sent(count):
+                return  # shutdown gave up on it and counted it as dropped
             on_sent = self.on_sent
             if on_sent is not None:
                 try:

@@ -139,7 +139,14 @@ def _script_args(messages: list[tuple[str, str, str, str]]) -> tuple[Any, ...]:
 _attributes_of = attributes_of  # the name this module used to define it under
 
 _MAX_KEPT: Final = 16_384
-_SENT_PER_SPAN: Final = max(SpanLimits().max_events or 0, 1024)
+def _sent_per_span() -> int:
+    try:
+        return max(SpanLimits().max_events or 0, 1024)
+    except ValueError:  # a bad OTEL_SPAN_EVENT_COUNT_LIMIT: configure() names it
+        return 1024
+
+
+_SENT_PER_SPAN: Final = _sent_per_span()
 """Events of one open span remembered as sent live (so that its end does not send them
 again): a span keeps its last ``OTEL_SPAN_EVENT_COUNT_LIMIT`` events (128) only, so
 older ones cannot come back with its end; a long span's events grew this for ever."""

@@ -14,7 +14,8 @@ GIL: what a traced program pays per span is close to the copy alone (see
 Frames on the agent's stdin: a 4-byte little-endian length, then ``marshal``-ed objects
 one after another: Resource records announced first, then a list of records (tuples
 whose first item says what they are, see ``_START`` ...). Lines
-on its stdout: ``ready``, ``error <message>``, ``flushed <token> <stats JSON>``.
+on its stdout: ``ready``, ``error <message>``, ``flushed <token> <stats JSON>`` (with
+``"ok": false`` when something before the flush was dropped).
 """
 
 from __future__ import annotations
@@ -435,9 +436,12 @@ class OffloadSpanProcessor(SpanProcessor):
                 parts = raw.decode(errors="replace").split(" ", 2)
                 if parts[0] != "flushed" or len(parts) != 3 or not parts[1].isdigit():
                     continue
+                ok = True
                 try:
-                    self._agent_stats = json.loads(parts[2])
-                except ValueError:
+                    stats = json.loads(parts[2])
+                    ok = stats.pop("ok", True) is not False
+                    self._agent_stats = stats
+                except (ValueError, AttributeError):
                     pass
                 token = int(parts[1])
                 if token == 0:  # its last answer: everything it was sent is written
@@ -448,6 +452,7 @@ class OffloadSpanProcessor(SpanProcessor):
                     agent.acked = max(agent.acked, mark)
                 ack = self._acks.pop(token, None)
                 if ack is not None:
+                    ack.ok = ack.ok and ok
                     ack.event.set()
             try:
                 data = os.read(fd, 65_536)
@@ -753,10 +758,10 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
                 elif what == _RESOURCE:
                     resources[r[1]] = Resource(r[2] or {})
                 elif what == _FLUSH:
-                    for p in processors:
-                        p.force_flush(30_000)
+                    flushed = [p.force_flush(30_000) for p in processors]
                     stats = {"graph": graph.stats() if graph else None}
                     stats["live"] = live.stats() if live else None
+                    stats["ok"] = all(flushed)  # False: something before it was dropped
                     out.write(f"flushed {r[1]} {json.dumps(stats)}\n".encode())
                     out.flush()
             except Exception:
