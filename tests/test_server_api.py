@@ -635,3 +635,60 @@ def test_branch_summary_in_one_run(client: TestClient, run_ids: dict[str, str]) 
     other = client.get(f"/api/branches/{branch}/summary", params={"workflow_id": "elsewhere"})
     assert other.status_code == 404
     assert other.json()["detail"] == f"no branch {branch!r} in run 'elsewhere'"
+
+
+def test_odd_data_written_by_other_programs_is_served(client: TestClient) -> None:
+    """Nodes and events another program wrote straight into the graph, with values of
+    other types than spangraph writes, are served (before: 500 for the run list, the
+    tree, a node and the replay, and the command line's replay a traceback)."""
+    store = client.app.state.store._get()  # the service's own store
+    store.execute_many(
+        [
+            (
+                "CREATE (:Span:Workflow {span_id: 'odd-a1', trace_id: 't', workflow_id: 'odd-r1',"
+                " name: 'w', kind: 'workflow', start_ns: 1, end_ns: 2, duration_ms: 0.0,"
+                " state: 'completed', attributes: '[1, 2]'})",
+                {},
+            ),
+            (
+                "CREATE (:Span:Workflow {span_id: 'odd-b1', trace_id: 't', workflow_id: 'odd-r2',"
+                " name: 'w', kind: 'workflow', start_ns: 1, attributes: '{}'})"
+                "-[:HAS_EVENT]->(:Event {span_id: 'odd-b1', seq: 0, name: 'e', time_ns: 1,"
+                " attributes: 'oops'})",
+                {},
+            ),
+            (
+                "CREATE (:Span:Workflow {span_id: 'odd-c1', trace_id: 't', workflow_id: 'odd-r3',"
+                " name: 'w', kind: 'workflow', start_ns: 1, attributes: '{}'})"
+                "-[:HAS_EVENT]->(:Event {span_id: 'odd-c1', seq: 0, name: 'e',"
+                " attributes: '{}'})",
+                {},
+            ),
+            (
+                "CREATE (:Span:Workflow {span_id: 'odd-d1', trace_id: 7, workflow_id: 'odd-r4',"
+                " name: 5, kind: 'workflow', start_ns: 1.5, attributes: '{}'}),"
+                " (:Span:Decision {span_id: 'odd-d2', workflow_id: 'odd-r4', kind: 'decision',"
+                " parent_span_id: 'odd-d1', start_ns: 2, attributes: '{}'})",
+                {},
+            ),
+        ]
+    )
+    for path in (
+        "/api/workflows",
+        "/api/workflows/odd-r1/events",
+        "/api/nodes/odd-a1",
+        "/api/nodes/odd-b1",
+        "/api/nodes/odd-c1",
+        "/api/workflows/odd-r2/events",
+        "/api/workflows/odd-r3/events",
+        "/api/workflows/odd-r4/tree",
+        "/api/workflows/odd-r4/decisions",
+    ):
+        assert client.get(path).status_code == 200, path
+    [odd] = [w for w in client.get("/api/workflows").json() if w["workflow_id"] == "odd-r4"]
+    assert (odd["name"], odd["trace_id"], odd["start_ns"]) == ("5", "7", None)
+    assert client.get("/api/nodes/odd-a1").json()["attributes"] == {}
+    assert client.get("/api/nodes/odd-b1").json()["events"][0]["attributes"] == {}
+    replay = client.get("/api/workflows/odd-r1/events").json()
+    assert [m["type"] for m in replay] == ["span.started", "span.ended"]
+    assert replay[0]["timestamp"] == "1970-01-01T00:00:00.000000Z"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .mapping import option_text, read_json
+from .mapping import iso_time, option_text, read_json
 from .stores._base import GraphStore
 
 _SPAN_FIELDS: Final = (
@@ -100,13 +100,50 @@ class TreeNode:
             stack.extend((level + 1, child) for child in reversed(node.children))
 
 
+_TEXT_FIELDS: Final = (
+    "span_id", "trace_id", "parent_span_id", "workflow_id", "execution_id", "branch_id",
+    "project_id", "kind", "name", "state", "status", "status_message", "service", "env",
+    "span_name",
+)  # fmt: skip
+_WHOLE_FIELDS: Final = ("start_ns", "end_ns", "time_ns", "seq")
+
+
+def _whole(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    """A span or event row as the library gives it, whatever other programs wrote into
+    the graph: ``attributes`` an object (``{}`` for JSON of another shape), the text
+    fields text (other values as their JSON text), times and counters whole numbers or
+    ``None``, ``duration_ms`` a number or ``None``."""
     raw = row.get("attributes")
     if isinstance(raw, str):
         try:
-            row["attributes"] = read_json(raw)
+            raw = read_json(raw)
         except ValueError:
-            pass
+            raw = None
+    if "attributes" in row:
+        row["attributes"] = raw if isinstance(raw, dict) else {}
+    for key in _TEXT_FIELDS:
+        value = row.get(key)
+        if value is not None and not isinstance(value, str):
+            row[key] = option_text(value)
+    for key in _WHOLE_FIELDS:
+        value = row.get(key)
+        if value is not None and (type(value) is not int):
+            row[key] = _whole(value)
+    duration = row.get("duration_ms")
+    if duration is not None and (
+        isinstance(duration, bool) or not isinstance(duration, int | float)
+    ):
+        row["duration_ms"] = None
     return row
 
 
@@ -467,11 +504,11 @@ def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
             option["chosen"] = option["name"] == chosen
         out.append(
             {
-                "span_id": row["span_id"],
-                "name": row["name"],
-                "state": row["state"],
-                "branch_id": row.get("branch_id"),
-                "start_ns": row["start_ns"],
+                "span_id": _text(row["span_id"]),
+                "name": _text(row["name"]),
+                "state": _text(row["state"]),
+                "branch_id": _text(row.get("branch_id")),
+                "start_ns": _whole(row["start_ns"]),
                 "options": options,
                 "chosen": chosen,
                 "reason": attrs.get("spangraph.decision.reason"),
@@ -493,7 +530,7 @@ def branches(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
         RETURN b.span_id AS span_id, b.name AS name, ..., count(s) AS nodes,
                sum(CASE WHEN s.state = 'failed' THEN 1 ELSE 0 END) AS failed
     """
-    rows = store.query(BRANCHES, {"workflow_id": workflow_id})
+    rows = [_decode(r) for r in store.query(BRANCHES, {"workflow_id": workflow_id})]
     for row in rows:
         row["nodes"], row["failed"] = int(row["nodes"] or 0), int(row["failed"] or 0)
     return rows
@@ -549,7 +586,10 @@ def monitors(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
         RETURN m.span_id AS monitor_span_id, m.name AS monitor, m.branch_id AS ...,
                t.span_id AS target_span_id, t.name AS target, t.branch_id AS ...
     """
-    return store.query(MONITORS, {"workflow_id": workflow_id})
+    return [
+        {k: _text(v) for k, v in row.items()}  # all text (another program may write other)
+        for row in store.query(MONITORS, {"workflow_id": workflow_id})
+    ]
 
 
 def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
@@ -570,6 +610,7 @@ def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
             "kind": span.get("kind"),
             "name": span.get("name"),
             "time_unix_nano": time_ns,
+            "timestamp": iso_time(time_ns) if 0 <= time_ns <= _INT64_MAX else None,
             "attributes": attributes if isinstance(attributes, dict) else {},
             "service": span.get("service"),
             "env": span.get("env"),
@@ -594,7 +635,7 @@ def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
             messages.append((span["end_ns"], 2, message("span.ended", span, span["end_ns"], attrs)))
     for event in workflow_events(store, workflow_id):
         span = spans.get(event["span_id"])
-        if span is not None:
+        if span is not None and event.get("time_ns") is not None:  # (none: another program's)
             messages.append(
                 (
                     event["time_ns"],

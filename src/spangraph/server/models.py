@@ -48,9 +48,9 @@ class TreeNode(Node):
 
 
 class Event(BaseModel):
-    seq: int
-    name: str
-    time_ns: int
+    seq: int | None = None
+    name: str | None = None
+    time_ns: int | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -74,7 +74,7 @@ class Option(BaseModel):
 
 class Decision(BaseModel):
     span_id: str
-    name: str
+    name: str | None = None
     state: str | None = None
     branch_id: str | None = None
     start_ns: int | None = None
@@ -138,6 +138,7 @@ class LiveMessage(BaseModel):
     kind: str | None = None
     name: str | None = None
     time_unix_nano: int
+    timestamp: str | None = Field(default=None, description="ISO-8601 UTC")
     attributes: dict[str, Any] = Field(default_factory=dict)
     service: str | None = None
     env: str | None = None
