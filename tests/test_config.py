@@ -537,3 +537,13 @@ def test_span_limits_that_cut_run_ids_are_warned_about(
         spangraph.shutdown()
         tight.shutdown()
         roomy.shutdown()
+
+
+@pytest.mark.parametrize("token", ["pässwörd", "tab\tin", "line\nbreak"])
+def test_api_token_must_be_printable_ascii(token: str) -> None:
+    """A token is sent in an HTTP header, which the service reads as latin-1: a non-ASCII
+    one sent as UTF-8 (curl, browsers) never matched it (before: accepted, and every
+    request was refused with 401)."""
+    with pytest.raises(ConfigurationError, match=r"SPANGRAPH_API_TOKEN.*printable ASCII"):
+        Settings.from_env({"SPANGRAPH_API_TOKEN": token})
+    assert Settings.from_env({"SPANGRAPH_API_TOKEN": "s3cret-Token_1"}).api_token

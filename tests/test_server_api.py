@@ -692,3 +692,22 @@ def test_odd_data_written_by_other_programs_is_served(client: TestClient) -> Non
     replay = client.get("/api/workflows/odd-r1/events").json()
     assert [m["type"] for m in replay] == ["span.started", "span.ended"]
     assert replay[0]["timestamp"] == "1970-01-01T00:00:00.000000Z"
+
+
+def test_ids_with_a_line_break_can_be_asked_for(settings: Settings, client: TestClient) -> None:
+    """The SDK takes any text as a run or branch id: one with a line break is found like
+    any other (before: Starlette's ``path`` convertor stops at a line break, and every
+    route answered a bare 404)."""
+    _configure(settings, "api-newline")
+    try:
+        with spangraph.workflow("wf", workflow_id="a\nb"), spangraph.branch("b", branch_id="c\nd"):
+            pass
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    tree = client.get("/api/workflows/" + quote("a\nb", safe="") + "/tree")
+    assert tree.status_code == 200
+    assert [n["name"] for n in tree.json()] == ["wf"]
+    summary = client.get("/api/branches/" + quote("c\nd", safe="") + "/summary")
+    assert summary.status_code == 200 and summary.json()["workflow_ids"] == ["a\nb"]
+    assert client.get("/api/workflows/" + quote("a\nb", safe="") + "/events").status_code == 200

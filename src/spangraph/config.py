@@ -129,6 +129,15 @@ class Settings:
             )
         if not _split(ENV_JAEGER_URL, self.jaeger_url).hostname:
             raise ConfigurationError(ENV_JAEGER_URL, f"no host in {self.jaeger_url!r}")
+        token = self.api_token
+        if token is not None and (
+            not isinstance(token, str) or not token.isascii() or not token.isprintable()
+        ):
+            # HTTP headers are read as latin-1: a UTF-8 client's non-ASCII token would
+            # never match it
+            raise ConfigurationError(
+                ENV_API_TOKEN, "must be printable ASCII (it is sent in an HTTP header)"
+            )
         if not isinstance(self.offload, bool):  # a str such as "no" would turn it on
             raise ConfigurationError(ENV_OFFLOAD, f"must be True or False, got {self.offload!r}")
         if not isinstance(self.propagate, bool):

@@ -2,8 +2,8 @@
 
 ``WS /api/stream/workflows/{workflow_id}``, ``WS /api/stream/projects/{project_id}`` and
 ``GET /api/stream/workflows/{workflow_id}/sse``. Workflow and project ids are the caller's
-and may hold ``/`` (``jobs/42``): they are ``:path`` parameters (a client may also send
-``/`` as ``%2F``). A ``:path`` parameter takes everything up to the route's last literal
+and may hold ``/`` (``jobs/42``) and line breaks: they are ``:id`` parameters (a client
+may also send ``/`` as ``%2F``). An ``:id`` parameter takes everything up to the route's last literal
 segment, so ``/sse`` is declared ahead of the WebSocket routes; those match WebSocket
 requests only, so a GET never reaches them and an id ending in ``/sse`` still streams.
 
@@ -76,6 +76,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..exceptions import LiveUnavailableError
 from ..processors.live import project_channel, workflow_channel
+from . import _convertors  # noqa: F401  (the "id" path convertor of the routes)
 from ._hub import StreamHub
 from ._subscriber import Batch, Subscriber, control, frames_of, sse_event, sse_of
 from .deps import token_ok
@@ -330,7 +331,7 @@ class _LiveEventSource(EventSourceResponse):
 
 
 @router.get(
-    "/workflows/{workflow_id:path}/sse",
+    "/workflows/{workflow_id:id}/sse",
     response_class=Response,  # not EventSourceResponse: FastAPI would expect a generator
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "the run's messages"},
@@ -379,9 +380,9 @@ async def stream_workflow_sse(
     return _LiveEventSource(_sse(hub, sub, channel, start), lambda: hub.detach(sub))
 
 
-# After ``/workflows/{workflow_id:path}/sse`` (see the module docstring).
-router.add_api_websocket_route("/workflows/{workflow_id:path}", stream_workflow)
-router.add_api_websocket_route("/projects/{project_id:path}", stream_project)
+# After ``/workflows/{workflow_id:id}/sse`` (see the module docstring).
+router.add_api_websocket_route("/workflows/{workflow_id:id}", stream_workflow)
+router.add_api_websocket_route("/projects/{project_id:id}", stream_project)
 
 
 async def _sse(hub: StreamHub, sub: Subscriber, channel: str, start: int) -> AsyncIterator[bytes]:

@@ -2,7 +2,7 @@
 ``jaeger_url``.
 
 Workflow and branch ids are the caller's and may hold ``/`` (``jobs/42``), so they are
-``:path`` parameters; each route is told apart by its last segment (``/tree``, ...).
+``:id`` parameters (any text, line breaks too: see ``_convertors``); each route is told apart by its last segment (``/tree``, ...).
 Span ids are hex and stay plain parameters (``/api/nodes/{span_id}/path`` needs that)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 
 from ... import queries
 from ... import semconv as sc
+from .. import _convertors  # noqa: F401  (the "id" path convertor of the routes)
 from ..deps import SettingsDep, StoreDep, jaeger_url
 from ..models import (
     Branch,
@@ -98,7 +99,7 @@ def list_workflows(
     return [_node(settings, r) for r in rows]
 
 
-@router.get("/workflows/{workflow_id:path}/tree", response_model=list[TreeNode])
+@router.get("/workflows/{workflow_id:id}/tree", response_model=list[TreeNode])
 def workflow_tree(workflow_id: str, settings: SettingsDep, store: StoreDep) -> Response:
     """A run as a forest (normally one root: the workflow span). 404 for an unknown run."""
     roots = queries.tree(store, workflow_id)
@@ -125,7 +126,7 @@ def node_path(span_id: str, store: StoreDep) -> list[dict[str, Any]]:
     return path
 
 
-@router.get("/workflows/{workflow_id:path}/decisions", response_model=list[Decision])
+@router.get("/workflows/{workflow_id:id}/decisions", response_model=list[Decision])
 def workflow_decisions(
     workflow_id: str, settings: SettingsDep, store: StoreDep
 ) -> list[dict[str, Any]]:
@@ -133,7 +134,7 @@ def workflow_decisions(
     return _linked(settings, store, workflow_id, queries.decisions(store, workflow_id))
 
 
-@router.get("/workflows/{workflow_id:path}/branches", response_model=list[Branch])
+@router.get("/workflows/{workflow_id:id}/branches", response_model=list[Branch])
 def workflow_branches(
     workflow_id: str, settings: SettingsDep, store: StoreDep
 ) -> list[dict[str, Any]]:
@@ -141,7 +142,7 @@ def workflow_branches(
     return _linked(settings, store, workflow_id, queries.branches(store, workflow_id))
 
 
-@router.get("/branches/{branch_id:path}/summary", response_model=BranchSummary)
+@router.get("/branches/{branch_id:id}/summary", response_model=BranchSummary)
 def branch_summary(
     branch_id: str,
     settings: SettingsDep,
@@ -158,7 +159,7 @@ def branch_summary(
     return summary
 
 
-@router.get("/workflows/{workflow_id:path}/monitors", response_model=list[Monitor])
+@router.get("/workflows/{workflow_id:id}/monitors", response_model=list[Monitor])
 def workflow_monitors(
     workflow_id: str, settings: SettingsDep, store: StoreDep
 ) -> list[dict[str, Any]]:
@@ -167,7 +168,7 @@ def workflow_monitors(
     return _linked(settings, store, workflow_id, rows, key="monitor_span_id")
 
 
-@router.get("/workflows/{workflow_id:path}/events", response_model=list[LiveMessage])
+@router.get("/workflows/{workflow_id:id}/events", response_model=list[LiveMessage])
 def workflow_events(workflow_id: str, store: StoreDep) -> list[dict[str, Any]]:
     """Replay: the run as the ordered messages a live subscriber would have seen."""
     return queries.replay(store, workflow_id)
