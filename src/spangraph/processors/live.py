@@ -139,6 +139,8 @@ def _script_args(messages: list[tuple[str, str, str, str]]) -> tuple[Any, ...]:
 _attributes_of = attributes_of  # the name this module used to define it under
 
 _MAX_KEPT: Final = 16_384
+
+
 def _sent_per_span() -> int:
     try:
         return max(SpanLimits().max_events or 0, 1024)
