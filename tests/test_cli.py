@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 import spangraph
 from spangraph.cli import main as cli_main
-from spangraph.embedded import EmbeddedServer
+from spangraph.embedded import EmbeddedServer, ServerInfo
 
 
 def _command() -> list[str]:
@@ -559,3 +560,50 @@ def test_query_json_is_strict_json(demo: Demo) -> None:
         raise AssertionError(f"not strict JSON: {word}")
 
     assert json.loads(result.out, parse_constant=refuse) == [{"inf": "Infinity", "nan": "NaN"}]
+
+
+def test_query_tree_of_spans_without_a_trace_id_has_no_jaeger_line(
+    sg: spangraph.Spangraph,
+    graph_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Spans another program wrote without a trace id: no Jaeger link to give (before:
+    ``open in Jaeger: None``)."""
+    if not sg.settings.graph_url.startswith("falkordb://"):
+        pytest.skip("the command line reads the graph named by SPANGRAPH_GRAPH_URL")
+    assert sg.store is not None
+    sg.store.execute_many(
+        [
+            (
+                "CREATE (:Span:Workflow {span_id: 'no-trace-1', workflow_id: 'wf-no-trace',"
+                " name: 'untraced', kind: 'workflow', start_ns: 1, attributes: '{}'})",
+                {},
+            )
+        ]
+    )
+    monkeypatch.setenv("SPANGRAPH_GRAPH_URL", graph_url)
+    monkeypatch.setenv("SPANGRAPH_HOME", str(tmp_path))
+    assert cli_main(["query", "tree", "wf-no-trace"]) == 0
+    out = capsys.readouterr().out
+    assert "untraced" in out and "Jaeger" not in out
+
+
+def test_query_cypher_reports_a_mistake_on_a_graph_never_written(
+    embedded_server: ServerInfo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """FalkorDB answers every statement on a graph that does not exist yet "empty key",
+    read as no rows: a statement with a mistake printed "(no rows)" and exited 0."""
+    graph = f"never_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(
+        "SPANGRAPH_GRAPH_URL", embedded_server.graph_url.rsplit("/", 1)[0] + "/" + graph
+    )
+    monkeypatch.setenv("SPANGRAPH_HOME", str(tmp_path))
+    assert cli_main(["query", "cypher", "MATCH (n RETURN n"]) == 2
+    assert "rejected" in capsys.readouterr().err
+    assert cli_main(["query", "cypher", "MATCH (n) RETURN count(n) AS n"]) == 0
+    assert "0" in capsys.readouterr().out
