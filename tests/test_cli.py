@@ -465,6 +465,37 @@ def test_query_cypher_json_keeps_relationships_and_paths(demo: Demo) -> None:
     assert row["p"]["relationships"] == [row["r"]]
 
 
+def test_query_cypher_takes_parameters(demo: Demo) -> None:
+    """The statements of docs/graph-model.md use ``$workflow_id`` and the like: without
+    a way to give them, every one of them failed ("Missing parameters")."""
+    result = cli(
+        demo.home,
+        "query",
+        "cypher",
+        "MATCH (w:Workflow {workflow_id: $workflow_id}) "
+        "RETURN w.name AS name, $n AS n, $text AS text",
+        "-p",
+        f"workflow_id={demo.workflow_id}",
+        "--param-json",
+        "n=[1, 2.5]",
+        "--param",
+        "text=a=b",
+        "--json",
+    )
+    assert result.code == 0, result.err
+    assert json.loads(result.out) == [{"name": "research-assistant", "n": [1, 2.5], "text": "a=b"}]
+    as_text = cli(demo.home, "query", "cypher", "RETURN $n AS n", "-p", "n=7", "--json")
+    assert json.loads(as_text.out) == [{"n": "7"}]  # --param is text: an id of digits stays one
+    for bad, said in (
+        (["-p", "no-equals"], "NAME=VALUE"),
+        (["-p", "a b=1"], "NAME=VALUE"),
+        (["--param-json", "n={"], "n: not JSON"),
+        (["-p", "n=1", "--param-json", "n=1"], "parameter n given twice"),
+    ):
+        refused = cli(demo.home, "query", "cypher", "RETURN $n AS n", *bad)
+        assert refused.code == 2 and said in refused.err, (bad, refused.err)
+
+
 def test_span_data_cannot_drive_the_terminal(demo: Demo) -> None:
     """Escape sequences in span data (a name, an attribute) are printed as visible
     escapes, not sent to the terminal to run; --json escapes them as JSON does."""

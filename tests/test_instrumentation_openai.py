@@ -579,6 +579,15 @@ def test_odd_request_values_are_left_out_or_cut(cap: SpanCapture, client: OpenAI
     assert span.name == f"chat {a[sc.GEN_AI_REQUEST_MODEL]}"
 
 
+def test_a_number_too_large_for_a_float_is_left_out(cap: SpanCapture, client: OpenAI) -> None:
+    """``temperature=10**400`` raised OverflowError while the span started: the call had
+    no span at all (and a traceback was logged)."""
+    client.chat.completions.create(model="m", messages=MESSAGES, temperature=10**400)
+    a = attrs(llm_span(cap))
+    assert sc.GEN_AI_REQUEST_TEMPERATURE not in a
+    assert a[sc.GEN_AI_REQUEST_MODEL] == "m"
+
+
 # -- parse() ------------------------------------------------------------------------------
 
 
@@ -815,6 +824,36 @@ def test_uninstrument_restores_the_sdk(client: OpenAI) -> None:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         client.chat.completions.parse(model="gpt-4o-mini", messages=MESSAGES)
     assert cap.spans == []
+
+
+def test_uninstrument_also_stops_the_wrappers_the_sdk_kept(fake: FakeOpenAI) -> None:
+    """A client's ``with_raw_response`` object keeps the ``create`` it found when first
+    read: read while instrumented, its calls still made spans after ``uninstrument()``."""
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument()
+    with OpenAI(base_url=fake.base_url, api_key="test", max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response  # built now, with the wrapper
+        with capture() as cap:
+            raw.create(model="gpt-4o-mini", messages=MESSAGES).parse()
+        assert len(cap.spans) == 1
+        instrumentor.uninstrument()
+        with capture() as cap:
+            answer = raw.create(model="gpt-4o-mini", messages=MESSAGES).parse()
+            client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert answer.choices[0].message.content == CHAT_MESSAGE
+        assert cap.spans == []
+        instrumentor.instrument()  # instrumented again: a new client's are traced
+        try:
+            with (
+                OpenAI(base_url=fake.base_url, api_key="test", max_retries=0) as other,
+                capture() as cap,
+            ):
+                other.chat.completions.with_raw_response.create(
+                    model="gpt-4o-mini", messages=MESSAGES
+                )
+            assert len(cap.spans) == 1
+        finally:
+            instrumentor.uninstrument()
 
 
 def test_uninstrument_keeps_a_wrapper_another_library_added_after(

@@ -115,6 +115,15 @@ def test_has_event_with_attributes() -> None:
     assert not cap.has_event("never")
 
 
+def test_has_event_checks_an_attribute_called_name() -> None:
+    """``event(name, /, **attributes)`` takes an attribute ``name``; ``has_event`` raised
+    TypeError ("multiple values for argument 'name'") when asked for it."""
+    with capture() as cap, spangraph.workflow("chat"):
+        spangraph.event("message.appended", role="user", name="alice")
+    assert cap.has_event("message.appended", name="alice")
+    assert not cap.has_event("message.appended", name="bob")
+
+
 def test_clear() -> None:
     with capture() as cap:
         _run()

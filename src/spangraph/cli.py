@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -360,7 +361,7 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             # rows, so a statement with a mistake printed "(no rows)": made, the graph
             # checks the statement
             store.ensure_schema()
-        rows = store.query(args.text)
+        rows = store.query(args.text, args.params)
     _print_rows(rows, args.json)
     return 0
 
@@ -448,7 +449,60 @@ def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentPars
     )
     ab.add_argument("--project", help="only this project")
     ab.add_argument("--limit", type=_count, default=100, help="at most this many (default 100)")
-    add("cypher", "run a read-only Cypher statement", ("text", "the Cypher text"))
+    c = add("cypher", "run a read-only Cypher statement", ("text", "the Cypher text"))
+    c.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        type=_param(str),
+        metavar="NAME=TEXT",
+        help="the value of $NAME, as text (repeat for more parameters)",
+    )
+    c.add_argument(
+        "--param-json",
+        action="append",
+        default=[],
+        type=_param(_json_value),
+        metavar="NAME=JSON",
+        help="the value of $NAME, as JSON (a number, true, a list ...)",
+    )
+
+
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+
+
+def _param(convert: Any) -> Any:
+    """An argparse ``type`` for ``NAME=VALUE``: ``(NAME, convert(VALUE))``."""
+
+    def parse(text: str) -> tuple[str, Any]:
+        name, eq, value = text.partition("=")
+        if not eq or not _PARAM_NAME.fullmatch(name):
+            raise argparse.ArgumentTypeError(
+                f"must be NAME=VALUE with NAME a Cypher parameter name, got {text!r}"
+            )
+        try:
+            return name, convert(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{name}: {exc}") from None
+
+    return parse
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, value in [*args.param, *args.param_json]:
+        if name in params:
+            raise ValueError(f"parameter {name} given twice")
+        params[name] = value
+    return params
 
 
 def _checked(convert: Any, ok: Any, what: str) -> Any:
@@ -541,6 +595,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cannot be used (permissions, a full disk) exits 1; never a traceback for either."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "param"):  # query cypher
+        try:
+            args.params = _params(args)
+        except ValueError as exc:
+            parser.error(str(exc))
     # The Neo4j driver logs each failed connection attempt; the error below says it once.
     logging.getLogger("neo4j").addHandler(logging.NullHandler())
     try:

@@ -92,8 +92,9 @@ def check_home(value: Any) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Validated settings. Build with :meth:`from_env`; every field is also a keyword
-    of :func:`spangraph.configure`."""
+    """Validated settings. Build with :meth:`from_env` (an empty variable counts as
+    unset); every field but the Neo4j credentials is also a keyword of
+    :func:`spangraph.configure`."""
 
     graph_url: str = EMBEDDED
     redis_url: str = EMBEDDED

@@ -101,7 +101,7 @@ class SpanCapture(SpanProcessor):
         """Names of all events in time order."""
         return [e.name for e in self.events()]
 
-    def has_event(self, name: str, **attributes: Any) -> bool:
+    def has_event(self, name: str, /, **attributes: Any) -> bool:
         """True when some event has this name and (at least) these attribute values,
         each compared as given and as spangraph records it (a list as a tuple, a dict
         as its JSON text)."""

@@ -53,8 +53,12 @@ def _number(value: Any, kind: type) -> Any:
         return None  # Omit / NotGiven / None / anything odd
     if kind is int and not _INT64[0] <= value <= _INT64[1]:
         return None
-    if kind is float and not math.isfinite(value):
-        return None  # nan / inf are no request setting (and not JSON)
+    if kind is float:
+        try:
+            if not math.isfinite(value):
+                return None  # nan / inf are no request setting (and not JSON)
+        except OverflowError:  # an int too large for a float (10**400)
+            return None
     return kind(value)
 
 

@@ -131,11 +131,23 @@ def _result(call: Call, result: Any, types: _Types) -> Any:
     return result
 
 
+class _Switch:
+    """On while the ``instrument()`` that made a wrapper is in force. The SDK keeps the
+    method it found when it first builds a client's ``with_raw_response`` object, so a
+    wrapper can outlive ``uninstrument()``: switched off, it only calls through."""
+
+    __slots__ = ("on",)
+
+    def __init__(self) -> None:
+        self.on = True
+
+
 def _sync_wrapper(
-    tracer: Tracer | None, api: str, types: _Types, capture: bool
+    tracer: Tracer | None, api: str, types: _Types, capture: bool, switch: _Switch
 ) -> Callable[..., Any]:
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-        call = None if _in_call.get() else _start(tracer, api, kwargs, capture)
+        on = switch.on and not _in_call.get()
+        call = _start(tracer, api, kwargs, capture) if on else None
         if call is None:
             return wrapped(*args, **kwargs)
         token = otel_context.attach(trace.set_span_in_context(call.span))
@@ -154,10 +166,11 @@ def _sync_wrapper(
 
 
 def _async_wrapper(
-    tracer: Tracer | None, api: str, types: _Types, capture: bool
+    tracer: Tracer | None, api: str, types: _Types, capture: bool, switch: _Switch
 ) -> Callable[..., Any]:
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-        call = None if _in_call.get() else _start(tracer, api, kwargs, capture)
+        on = switch.on and not _in_call.get()
+        call = _start(tracer, api, kwargs, capture) if on else None
         if call is None:
             return await wrapped(*args, **kwargs)
         token = otel_context.attach(trace.set_span_in_context(call.span))
@@ -203,6 +216,7 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         elif not isinstance(capture, bool):
             raise TypeError(f"capture_content must be True or False, got {capture!r}")
         self._patched: list[tuple[type, str, Any]] = []
+        self._switch = switch = _Switch()
         for module_name, class_name, api, is_async in _TARGETS:
             try:
                 cls = getattr(importlib.import_module(module_name), class_name)
@@ -211,11 +225,14 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             make = _async_wrapper if is_async else _sync_wrapper
             for method in _METHODS:
                 if method in vars(cls):  # an SDK without parse() on this resource
-                    wrapper = make(tracer, api, types, capture)
+                    wrapper = make(tracer, api, types, capture, switch)
                     wrapt.wrap_function_wrapper(cls, method, wrapper)
                     self._patched.append((cls, method, wrapper))
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        switch = getattr(self, "_switch", None)
+        if switch is not None:  # wrappers the SDK still holds call through from now on
+            switch.on = False
         for cls, name, wrapper in getattr(self, "_patched", ()):
             unwrap_ours(cls, name, wrapper)
         self._patched = []

@@ -168,7 +168,9 @@ class Subscriber:
         self.close_code: int | None = None
         self.close_reason = ""
         self.gone = asyncio.Event()
-        self.idle = True  # nothing queued since the hub's last heartbeat tick
+        # nothing queued since the hub's last heartbeat tick: not so for a new client,
+        # which was just sent `subscribed` (its heartbeat was up to a tick early)
+        self.idle = False
         self.quiet = 0  # ticks in a row without anything queued
         self._queue: list[Batch] = []
         self._pending = 0
