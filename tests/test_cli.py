@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -256,6 +257,35 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert down.code == 0 and "was not running" in down.out
     finally:
         EmbeddedServer(home).stop()
+
+
+def test_up_status_down_need_no_other_setting(tmp_path: Path) -> None:
+    """A mistake in a setting they do not use (a Jaeger URL without a scheme) kept
+    ``down`` from stopping the server (exit 2, the server left running)."""
+    home = tmp_path / "home"
+    try:
+        up = cli(home, "up", SPANGRAPH_JAEGER_URL="localhost:16686")
+        assert up.code == 0, up.err
+        assert f"home {home}" in up.out  # up says where: a home is easy to get wrong
+        status = cli(home, "status", SPANGRAPH_JAEGER_URL="localhost:16686")
+        assert status.code == 0 and "running" in status.out, status.err
+        down = cli(home, "down", SPANGRAPH_GRAPH_URL="nonsense")
+        assert down.code == 0 and "stopped" in down.out, down.err
+        bad_home = cli(home, "status", SPANGRAPH_HOME=f" {home}")
+        assert bad_home.code == 2 and "SPANGRAPH_HOME" in bad_home.err
+    finally:
+        EmbeddedServer(home).stop()
+
+
+def test_demo_serve_on_a_taken_port_fails_before_the_demo(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli(tmp_path / "home", "demo", "--serve", "--port", str(port), timeout=30)
+    assert result.code == 3
+    assert f"cannot serve on 127.0.0.1:{port}" in result.err and result.out == ""
+    assert not (tmp_path / "home" / "server.json").exists()  # no server was started
 
 
 def test_down_never_signals_a_pid_from_server_json(tmp_path: Path) -> None:

@@ -75,6 +75,15 @@ def test_neo4j_uri_used_when_graph_url_unset() -> None:
     assert s.graph_is_neo4j
 
 
+@pytest.mark.parametrize("uri", ["localhost:7687", "http://localhost:7474"])
+def test_a_bad_neo4j_uri_is_named_as_neo4j_uri(uri: str) -> None:
+    """It was named SPANGRAPH_GRAPH_URL, a variable the user never set."""
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"NEO4J_URI": uri})
+    assert info.value.setting == "NEO4J_URI"
+    assert Settings.from_env({"NEO4J_URI": uri}, graph_url="embedded").graph_url == "embedded"
+
+
 def test_graph_url_wins_over_neo4j_uri() -> None:
     s = Settings.from_env(
         {"NEO4J_URI": "bolt://neo:7687", "SPANGRAPH_GRAPH_URL": "falkordb://f:6379/g"}
@@ -202,7 +211,9 @@ def test_offload_must_be_a_bool(value: Any) -> None:
     assert info.value.setting == "SPANGRAPH_OFFLOAD"
 
 
-@pytest.mark.parametrize("home", [123, "", "  ", b"bytes", "a\x00b", "~no-such-user-sg/x"])
+@pytest.mark.parametrize(
+    "home", [123, "", "  ", b"bytes", "a\x00b", "~no-such-user-sg/x", " /tmp/sg", "/tmp/sg\n"]
+)
 def test_home_must_be_a_usable_path(home: Any) -> None:
     """An empty home would put the server's data in the current directory."""
     with pytest.raises(ConfigurationError) as info:

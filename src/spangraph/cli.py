@@ -10,14 +10,16 @@ import math
 import os
 import re
 import shutil
+import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import queries
 from . import semconv as sc
 from ._terminal import printable
-from .config import Settings
+from .config import ENV_HOME, Settings, check_home, default_home
 from .embedded import EmbeddedServer
 from .exceptions import ConfigurationError, SpangraphError
 from .mapping import _finite
@@ -25,6 +27,15 @@ from .mapping import _finite
 
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(home=getattr(args, "home", None))
+
+
+def _home(args: argparse.Namespace) -> Path:
+    """The home alone, for up, down and status: they need no other setting, and a
+    mistake in one (a bad SPANGRAPH_JAEGER_URL) must not keep a server from stopping."""
+    given = getattr(args, "home", None)
+    if given is None:
+        given = os.environ.get(ENV_HOME) or None  # empty: unset, as Settings reads it
+    return default_home() if given is None else check_home(given)
 
 
 def _use_home(home: str | None) -> None:
@@ -37,6 +48,12 @@ def _use_home(home: str | None) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
+    if args.serve and (problem := _cannot_listen(args.host, args.port)) is not None:
+        # told now, not after the whole demo has run
+        print(
+            f"spangraph: error: cannot serve on {args.host}:{args.port}: {problem}", file=sys.stderr
+        )
+        return _STARTUP_FAILURE
     code = run_demo(sys.stdout, home=args.home)
     if code or not args.serve:
         return code
@@ -45,6 +62,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         flush=True,
     )
     return _serve(args.host, args.port, home=args.home)
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (taken, no such address), or ``None``."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            sock.bind(address)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _is_loopback(host: str) -> bool:
@@ -184,23 +215,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    info = EmbeddedServer(_settings(args).home).ensure_running()
-    print(f"embedded server running: pid {info.pid}, {info.redis_url} (graph {info.graph_url})")
+    info = EmbeddedServer(_home(args)).ensure_running()
+    print(
+        f"embedded server running: pid {info.pid}, {info.redis_url} (graph {info.graph_url}), "
+        f"home {info.home}"
+    )
     return 0
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    server = EmbeddedServer(_settings(args).home)
+    server = EmbeddedServer(_home(args))
     stopped = server.stop()
     print("embedded server stopped" if stopped else "embedded server was not running")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    server = EmbeddedServer(_settings(args).home)
+    server = EmbeddedServer(_home(args))
     info = server.status()
     if info is None:
-        stuck = server.unresponsive()
+        stuck = server._process()  # (unresponsive() would ask the port a second time)
         if stuck is not None:
             print(
                 f"embedded server not answering: pid {stuck.pid}, port {stuck.port}, "

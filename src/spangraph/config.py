@@ -84,6 +84,10 @@ def check_home(value: Any) -> Path:
         )
     if "\x00" in raw:
         raise ConfigurationError(ENV_HOME, f"contains a NUL character: {raw!r}")
+    if raw != raw.strip():  # " /data/sg" would be a directory " " under the working one
+        raise ConfigurationError(
+            ENV_HOME, f"starts or ends with white space: {raw!r} (a quoting mistake?)"
+        )
     try:
         return Path(raw).expanduser()
     except RuntimeError as exc:  # ~user of no such user
@@ -155,7 +159,11 @@ class Settings:
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         values: dict[str, Any] = {}
-        graph = env.get(ENV_GRAPH_URL) or env.get(ENV_NEO4J_URI)
+        graph = env.get(ENV_GRAPH_URL)
+        if not graph and overrides.get("graph_url") is None:
+            graph = env.get(ENV_NEO4J_URI)
+            if graph:  # a mistake in it is named as the variable the user set
+                _check_graph_url(graph, ENV_NEO4J_URI)
         pairs = {
             "graph_url": graph,
             "redis_url": env.get(ENV_REDIS_URL),
@@ -234,25 +242,26 @@ def _check_port(setting: str, url: str) -> None:
         raise ConfigurationError(setting, f"bad port in {redact_url(url)!r}")
 
 
-def _check_graph_url(url: str) -> None:
+def _check_graph_url(url: str, setting: str = ENV_GRAPH_URL) -> None:
+    """``setting``: the name the error gives (``NEO4J_URI`` when the URL came from it)."""
     if url == EMBEDDED:
         return
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
-            ENV_GRAPH_URL,
+            setting,
             f"expected 'embedded' or a URL such as falkordb://localhost:6379/spangraph "
             f"or neo4j://localhost:7687, got {redact_url(url)!r}",
         )
-    parts = _split(ENV_GRAPH_URL, url)
+    parts = _split(setting, url)
     if parts.scheme not in GRAPH_SCHEMES:
         raise ConfigurationError(
-            ENV_GRAPH_URL,
+            setting,
             f"unknown scheme {parts.scheme!r} in {redact_url(url)!r}; expected one of: "
             "embedded, " + ", ".join(f"{s}://" for s in GRAPH_SCHEMES),
         )
     if not parts.hostname:
-        raise ConfigurationError(ENV_GRAPH_URL, f"no host in {redact_url(url)!r}")
-    _check_port(ENV_GRAPH_URL, url)
+        raise ConfigurationError(setting, f"no host in {redact_url(url)!r}")
+    _check_port(setting, url)
 
 
 def _check_redis_url(url: str) -> None:
