@@ -411,6 +411,8 @@ def test_branch_id_given(cap: SpanCapture) -> None:
         spangraph.branch("b", branch_id="x" * 1025)
     with pytest.raises(ValueError, match="branch_id must not begin or end with whitespace"):
         spangraph.branch("b", branch_id=" b1")
+    with pytest.raises(ValueError, match=r"branch_id must not be '\.\.'"):
+        spangraph.branch("b", branch_id="..")
     with pytest.raises(ValueError, match="branch name"):
         spangraph.branch(" ")
 

@@ -327,6 +327,10 @@ def _check_id(value: object, what: str) -> None:
         # FalkorDB's indexes trim an equality lookup's value: "job-7 " would find the
         # spans of "job-7", and its own never (and baggage strips it too)
         raise ValueError(f"{what} must not begin or end with whitespace, got {value!r}")
+    if value in (".", ".."):
+        # a URL path segment of its own that browsers and HTTP clients resolve away
+        # (/api/workflows/../tree): the run could not be opened in the web UI or the API
+        raise ValueError(f"{what} must not be {value!r}")
     if len(value) > MAX_ID_CHARS:  # type: ignore[arg-type]
         raise ValueError(
             f"{what} must be at most {MAX_ID_CHARS} characters, got {len(value)}"  # type: ignore[arg-type]
