@@ -17,6 +17,10 @@ Python package driving the system's ``/usr/bin/chromium``; no browser download).
 - ``test_odd_attribute_keys_are_shown``: attribute keys such as ``__proto__`` (from the
   graph and from the stream) are listed like any other, and span data that looks like
   HTML is shown as text.
+- ``test_deep_tree_rows_stay_readable`` .. ``test_big_integer_attributes_keep_their_digits``:
+  a deep tree at 1280x800, Back to the start page, the skip link, a reused workflow_id,
+  long names, a run without a workflow span, a right-to-left override in a run id,
+  durations and multi-line errors, whole numbers beyond 2^53.
 """
 
 from __future__ import annotations
@@ -660,7 +664,8 @@ def test_parent_cycles_keep_the_tree(
 def _write_spans(graph_url: str, spans: list[dict[str, Any]]) -> None:
     """Write finished (or, with ``state`` "running", unfinished) spans into the graph, as
     the graph worker leaves them. Each span: ``span_id``, ``name``, ``kind``,
-    ``workflow_id``, ``start_ns``; optional ``parent``, ``state``, ``attributes``."""
+    ``workflow_id``, ``start_ns``; optional ``parent``, ``state``, ``attributes``,
+    ``duration_ms`` (else 1 ms), ``status_message``, ``trace_id``."""
     batch = WriteBatch()
     for span in spans:
         props: dict[str, Any] = {
@@ -676,9 +681,11 @@ def _write_spans(graph_url: str, spans: list[dict[str, Any]]) -> None:
         if span.get("parent"):
             props["parent_span_id"] = span["parent"]
         if props["state"] != "running":
-            props["end_ns"] = span["start_ns"] + 1_000_000
-            props["duration_ms"] = 1.0
+            props["duration_ms"] = span.get("duration_ms", 1.0)
+            props["end_ns"] = span["start_ns"] + round(props["duration_ms"] * 1e6)
             props["status"] = "ERROR" if props["state"] == "failed" else "OK"
+        if span.get("status_message"):
+            props["status_message"] = span["status_message"]
         label = span["kind"].capitalize() if span["kind"] in ("workflow", "step") else None
         batch.ends.setdefault(label, []).append({"span_id": span["span_id"], "props": props})
     store = FalkorDBStore.from_url(graph_url)
@@ -994,3 +1001,456 @@ def test_live_decision_panels_nested_and_not_text(
             expect(chosen).to_have_attribute("data-chosen", "true")
         finally:
             conn.close()
+
+
+# -- layout, routes and odd data (fixes found by review) ------------------------------------
+
+
+def _span(
+    workflow_id: str, span_id: str, name: str, kind: str = "step", **extra: Any
+) -> dict[str, Any]:
+    """A span for ``_write_spans``, started now (plus ``start`` ns) unless told."""
+    start = extra.pop("start", 0)
+    return {
+        "span_id": span_id,
+        "workflow_id": workflow_id,
+        "kind": kind,
+        "name": name,
+        "start_ns": extra.pop("start_ns", time.time_ns() + start),
+        **extra,
+    }
+
+
+def open_run(page: Any, base: str, workflow_id: str) -> None:
+    """The start page, then the run (``#run=<id>``, a route change like a click)."""
+    page.goto(base + "/")
+    page.evaluate(f"location.hash = 'run=' + encodeURIComponent({json.dumps(workflow_id)})")
+
+
+def _simple_run(graph_url: str, name: str = "simple-run") -> str:
+    """A finished run in the graph: a workflow span with one step under it."""
+    workflow_id = f"simple-{uuid.uuid4().hex[:8]}"
+    root = uuid.uuid4().hex[:16]
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, name, "workflow"),
+            _span(workflow_id, uuid.uuid4().hex[:16], "only-step", parent=root, start=1000),
+        ],
+    )
+    return workflow_id
+
+
+@needs_chromium
+def test_deep_tree_rows_stay_readable(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """At 1280x800, a chain 16 levels deep: every row keeps its name visible and its
+    name, state, duration and Jaeger link side by side, not on top of each other (before:
+    from the 8th level on the name was 0 px wide, from the 9th the rest overlapped). The
+    tree scrolls sideways instead."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"deep-{uuid.uuid4().hex[:8]}"
+    ids = [uuid.uuid4().hex[:16] for _ in range(16)]
+    spans = [_span(workflow_id, ids[0], "level-00", "workflow")]
+    for depth in range(1, 16):
+        spans.append(
+            _span(workflow_id, ids[depth], f"level-{depth:02}", parent=ids[depth - 1], start=depth)
+        )
+    _write_spans(graph_url, spans)
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator("#tree li.tree-item")).to_have_count(16)
+        expect(state_of(page, "level-15")).to_have_text("completed")
+        rows = page.eval_on_selector_all(
+            "#tree li.tree-item > .row",
+            """rows => rows.map((row) => {
+              const box = (sel) => {
+                const r = row.querySelector(sel).getBoundingClientRect();
+                return [r.left, r.right];
+              };
+              const name = row.querySelector(".name");
+              return {
+                name: name.textContent,
+                cut: name.scrollWidth > name.clientWidth || name.clientWidth === 0,
+                parts: [box(".name"), box(".state"), box(".dur"), box(":scope > .jaeger")],
+              };
+            })""",
+        )
+    assert [r["name"] for r in rows] == [f"level-{d:02}" for d in range(16)]
+    for row in rows:
+        assert not row["cut"], row  # the whole name is shown
+        for (_, right), (left, _) in zip(row["parts"], row["parts"][1:], strict=False):
+            assert right <= left + 0.5, row  # in order, not overlapping
+    assert page.evaluate("document.getElementById('tree').scrollWidth") > page.evaluate(
+        "document.getElementById('tree').clientWidth"
+    )
+
+
+@needs_chromium
+def test_back_to_the_start_page_clears_the_run(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Back from a run to the start page (no ``#run=``): no run is shown (before: the
+    last run stayed on screen, dead, its badge still saying how it was updated)."""
+    from playwright.sync_api import expect
+
+    workflow_id = _simple_run(graph_url, "back-run")
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        page.goto(base + "/")
+        item = page.locator(f'#runs li[data-workflow-id="{workflow_id}"] button')
+        item.click()
+        expect(page.locator("#run-title")).to_have_text("back-run")
+        expect(page.locator("#conn")).to_have_attribute("data-transport", "done")
+        node(page, "only-step").locator(":scope > .row > .node-btn").click()
+        expect(page.locator("#detail-title")).to_have_text("only-step")
+        expect(item).to_have_attribute("aria-current", "true")
+
+        page.go_back()  # the node's selection replaced the run's entry: back to the start
+        expect(page.locator("#run-title")).to_have_text("No run selected")
+        assert page.evaluate("location.hash") == ""
+        expect(page.locator("#tree li.tree-item")).to_have_count(0)
+        expect(page.locator("#run-meta")).to_contain_text("Pick a run on the left")
+        expect(page.locator("#run-state")).to_be_empty()
+        expect(page.locator("#run-jaeger")).to_be_hidden()
+        expect(page.locator("#conn")).to_have_attribute("data-transport", "idle")
+        expect(page.locator("#conn")).to_have_text("no run open")
+        expect(page.locator("#detail-title")).to_have_text("Node")
+        expect(page.locator("#decisions")).to_have_text("none")
+        expect(item).not_to_have_attribute("aria-current", "true")
+
+        item.click()  # and the run opens again
+        expect(page.locator("#run-title")).to_have_text("back-run")
+        expect(node(page, "only-step")).to_be_visible()
+
+
+@needs_chromium
+def test_skip_link_keeps_the_run(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """ "Skip to the run tree" moves the focus to the tree and leaves the address alone
+    (before: it set ``#tree``, which the router read as "no run" and closed the run)."""
+    from playwright.sync_api import expect
+
+    workflow_id = _simple_run(graph_url, "skip-run")
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator("#run-title")).to_have_text("skip-run")
+        expect(node(page, "only-step")).to_be_visible()
+        before = page.evaluate("location.hash")
+        page.keyboard.press("Tab")
+        expect(page.locator("a.skip")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.locator("#tree")).to_be_focused()
+        assert page.evaluate("location.hash") == before
+        # another hash without run= (an in-page link) is no route either
+        page.evaluate("location.hash = 'tree'")
+        page.wait_for_function("location.hash === '#tree'")
+        node(page, "only-step").locator(":scope > .row > .node-btn").click()
+        expect(page.locator("#detail-title")).to_have_text("only-step")  # the run is alive
+        expect(page.locator("#run-title")).to_have_text("skip-run")
+
+
+@needs_chromium
+def test_reused_workflow_id_shows_the_running_run(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A workflow_id given twice (the SDK takes a user-given id as it is): the list shows
+    both runs with their own states, and the page shows the running one, live, until it
+    ends (before: one entry, and the page showed the first run, finished, never live)."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"job-{uuid.uuid4().hex[:8]}"
+    first, second = "a1" * 8, "b2" * 8
+    t0 = time.time_ns() - 60 * 10**9
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, first, "job attempt 1", "workflow", start_ns=t0),
+            _span(workflow_id, "c3" * 8, "a1", parent=first, start_ns=t0 + 1000),
+            _span(workflow_id, second, "job attempt 2", "workflow", state="running"),
+            _span(workflow_id, "d4" * 8, "b0", parent=second, start=1000),
+        ],
+    )
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    stream = FakeStream.on(app)
+    msg = Messages(workflow_id)
+    with serve(app) as base:
+        page.goto(base + "/")
+        entries = page.locator(f'#runs li[data-workflow-id="{workflow_id}"]')
+        expect(entries).to_have_count(2)
+        assert entries.evaluate_all("els => els.map(e => [e.dataset.name, e.dataset.state])") == [
+            ["job attempt 2", "running"],
+            ["job attempt 1", "completed"],
+        ]
+        entries.first.get_by_role("button").click()
+        conn = stream.next_connection()
+        try:
+            expect(page.locator("#run-title")).to_have_text("job attempt 2")
+            expect(page.locator("#run-state .state")).to_have_text("running")
+            expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
+            expect(page.locator("#tree li.tree-item")).to_have_count(4)
+            conn.send(msg("span.ended", second, None, "workflow", "job attempt 2", state="failed"))
+            expect(page.locator("#run-state .state")).to_have_text("failed")
+            expect(page.locator("#conn")).to_have_attribute("data-transport", "done")
+        finally:
+            conn.close()
+
+
+@needs_chromium
+def test_long_names_stay_in_their_panels(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Names without spaces, longer than a panel is wide: a decision's options and the
+    branches wrap inside their own column, and a long run title is cut (its full text in
+    ``title``) so "Open in Jaeger" stays on screen (before: they ran over each other)."""
+    from playwright.sync_api import expect
+
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    stream = FakeStream.on(app)
+    workflow_id = str(uuid.uuid4())
+    msg = Messages(workflow_id)
+    title = "nightly_" + "x" * 150
+    options = ["option_" + "a" * 90, "option_" + "b" * 90]
+    root, dec, opt, branch = "a1" * 8, "b2" * 8, "c3" * 8, "d4" * 8
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        conn = stream.next_connection()
+        try:
+            conn.send_batch(
+                msg("span.started", root, None, "workflow", title),
+                msg(
+                    "span.started",
+                    dec,
+                    root,
+                    "decision",
+                    "choose_" + "d" * 80,
+                    **{"spangraph.decision.options": options},
+                ),
+                msg("span.started", opt, dec, "option", options[0]),
+                msg(
+                    "span.started",
+                    branch,
+                    root,
+                    "branch",
+                    "branch_" + "e" * 100,
+                    **{"spangraph.branch.id": "br-1"},
+                ),
+            )
+            expect(page.locator("#decisions .option")).to_have_count(2)
+            expect(page.locator("#branches .branch")).to_have_count(1)
+            expect(page.locator("#run-title")).to_have_attribute("title", title)
+            expect(page.locator("#run-jaeger")).to_be_visible()
+            found = page.evaluate(
+                """() => {
+                  const box = (el) => el.getBoundingClientRect();
+                  const [decisions, branches, monitors] = [...document.querySelectorAll(
+                    ".insights > section")].map(box);
+                  const inside = (sel, col) => [...document.querySelectorAll(sel)].map(
+                    (el) => box(el).right <= col.right + 0.5 && box(el).left >= col.left - 0.5);
+                  const panel = box(document.querySelector(".run-panel"));
+                  return {
+                    columns: decisions.right <= branches.left && branches.right <= monitors.left,
+                    options: inside(
+                      "#decisions .option-name, #decisions .decision-name, #decisions .state, "
+                      + "#decisions .option-status", decisions),
+                    branches: inside("#branches .branch-name, #branches .state", branches),
+                    jaeger: box(document.getElementById("run-jaeger")).right <= panel.right,
+                    title: box(document.getElementById("run-title")).right <= panel.right,
+                  };
+                }"""
+            )
+            assert found == {
+                "columns": True,
+                "options": [True] * 6,
+                "branches": [True, True],
+                "jaeger": True,
+                "title": True,
+            }, found
+        finally:
+            conn.close()
+
+
+@needs_chromium
+def test_run_without_a_workflow_span(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Plain OTLP spans that carry ``spangraph.workflow.id`` but no workflow span: the
+    span without a parent heads the run, and its end ends the run (before: "Loading…"
+    for ever, and live for ever)."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"otlp-{uuid.uuid4().hex[:8]}"
+    root = "a1" * 8
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "plain-root", "span", state="running"),
+            _span(workflow_id, "b2" * 8, "plain-child", parent=root, start=1000),
+            _span(f"{workflow_id}-done", "c3" * 8, "plain-done", "span"),
+            _span(f"{workflow_id}-done", "d4" * 8, "done-child", parent="c3" * 8, start=1),
+        ],
+    )
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    stream = FakeStream.on(app)
+    msg = Messages(workflow_id)
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        conn = stream.next_connection()
+        try:
+            expect(page.locator("#run-title")).to_have_text("plain-root")
+            expect(page.locator("#run-state .state")).to_have_text("running")
+            expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
+            conn.send(msg("span.ended", root, None, "span", "plain-root", state="completed"))
+            expect(page.locator("#run-state .state")).to_have_text("completed")
+            expect(page.locator("#conn")).to_have_attribute("data-transport", "done")
+        finally:
+            conn.close()
+        # such a run opened when it has ended: finished at once
+        page.evaluate(f"location.hash = 'run={workflow_id}-done'")
+        expect(page.locator("#run-title")).to_have_text("plain-done")
+        expect(page.locator("#run-state .state")).to_have_text("completed")
+        expect(page.locator("#conn")).to_have_attribute("data-transport", "done")
+
+
+@needs_chromium
+def test_right_to_left_override_stays_in_the_run_id(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A U+202E (right-to-left override) in a run id reverses the id only, not the rest
+    of the run's meta line (before: "started …" and the span count came out backwards)."""
+    from playwright.sync_api import expect
+
+    workflow_id = "rtl-\u202eevil-" + uuid.uuid4().hex[:6]
+    _write_spans(graph_url, [_span(workflow_id, "a1" * 8, "rtl-run", "workflow")])
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator("#run-title")).to_have_text("rtl-run")
+        expect(page.locator("#run-meta")).to_contain_text("1 spans")
+        lefts = page.evaluate(
+            """(words) => {
+              const meta = document.getElementById("run-meta");
+              const walker = document.createTreeWalker(meta, NodeFilter.SHOW_TEXT);
+              const at = {};
+              for (let t = walker.nextNode(); t; t = walker.nextNode()) {
+                for (const w of words) {
+                  const i = t.data.indexOf(w);
+                  if (i < 0 || w in at) continue;
+                  const range = document.createRange();
+                  range.setStart(t, i);
+                  range.setEnd(t, i + w.length);
+                  at[w] = range.getBoundingClientRect().left;
+                }
+              }
+              return words.map((w) => at[w]);
+            }""",
+            ["workflow", "rtl-", "started", "spans"],
+        )
+    assert None not in lefts, lefts
+    assert lefts == sorted(lefts), lefts  # left to right, in the order written
+
+
+@needs_chromium
+def test_durations_and_multi_line_errors(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Durations are rounded before they are split ("2 min 0 s", never "1 min 60 s"), a
+    span running for more than a day shows its time, and a multi-line error keeps its
+    lines."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"dur-{uuid.uuid4().hex[:8]}"
+    root = "a1" * 8
+    day = 24 * 3600 * 10**9
+    _write_spans(
+        graph_url,
+        [
+            _span(
+                workflow_id,
+                root,
+                "long-run",
+                "workflow",
+                state="running",
+                start=-(day + 3600 * 10**9),
+            ),
+            _span(workflow_id, "b2" * 8, "two-minutes", parent=root, duration_ms=119_600.0),
+            _span(workflow_id, "c3" * 8, "a-minute", parent=root, start=1, duration_ms=59_999.0),
+            _span(
+                workflow_id,
+                "d4" * 8,
+                "broken",
+                parent=root,
+                start=2,
+                state="failed",
+                status_message="line one\nline two",
+            ),
+        ],
+    )
+    app = create_app(_settings(graph_url, "off", tmp_path))  # no stream: the page polls
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        dur = lambda name: node(page, name).locator(":scope > .row .dur")  # noqa: E731
+        expect(dur("two-minutes")).to_have_text("2 min 0 s")
+        expect(dur("a-minute")).to_have_text("1 min 0 s")
+        expect(dur("long-run")).to_have_text(re_full(r"25 h 0 min \d+ s…"))
+        formatted = page.evaluate(
+            """async () => {
+              const { fmtDuration } = await import("/static/util.js");
+              return [0.5, 99.96, 999.6, 9999, 59999, 119600, 3600000, 90061000].map(fmtDuration);
+            }"""
+        )
+        assert formatted == [
+            "0.50 ms",
+            "100 ms",
+            "1.00 s",
+            "10.0 s",
+            "1 min 0 s",
+            "2 min 0 s",
+            "1 h 0 min 0 s",
+            "25 h 1 min 1 s",
+        ]
+        node(page, "broken").locator(":scope > .row > .node-btn").click()
+        error = page.locator("#detail .error-box")
+        expect(error).to_contain_text("line one")
+        assert error.evaluate("e => e.innerText") == "Error: line one\nline two"
+
+
+@needs_chromium
+def test_big_integer_attributes_keep_their_digits(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Whole numbers beyond 2^53 in attributes are shown as they were sent (before:
+    rounded to the nearest double: ...977 shown as ...976)."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"big-{uuid.uuid4().hex[:8]}"
+    attrs = {"big.id": 2**60 + 1, "big.list": [2**63 - 1, 1], "small": 3, "ratio": 0.25}
+    _write_spans(graph_url, [_span(workflow_id, "a1" * 8, "big-run", "workflow", attributes=attrs)])
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        node(page, "big-run").locator(":scope > .row > .node-btn").click()
+        expect(page.locator("#detail table.attrs tr")).to_have_count(len(attrs))
+        rows = page.eval_on_selector_all(
+            "#detail table.attrs tr",
+            "rows => rows.map(r => [r.querySelector('th').textContent, "
+            "r.querySelector('td').textContent])",
+        )
+        expect(page.locator("#run-meta")).to_contain_text("started")  # times still work
+    assert dict(rows) == {
+        "big.id": "1152921504606846977",
+        "big.list": "[9223372036854775807,1]",
+        "small": "3",
+        "ratio": "0.25",
+    }
+
+
+def re_full(pattern: str) -> Any:
+    import re
+
+    return re.compile(f"^{pattern}$")

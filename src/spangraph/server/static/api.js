@@ -60,8 +60,34 @@ export async function api(path) {
       try { detail = (await res.json()).detail ?? detail; } catch { /* not JSON */ }
       throw new ApiError(res.status, typeof detail === "string" ? detail : JSON.stringify(detail));
     }
-    return res.json();
+    return parseJson(await res.text());
   }
+}
+
+// Fields of the API and the stream that are numbers to compute with (nanosecond times
+// are above 2^53: rounded to the nearest double, as they always were).
+const NUMERIC_FIELDS = new Set([
+  "start_ns", "end_ns", "duration_ms", "time_ns", "time_unix_nano", "seq", "since", "since_ns",
+  "nodes", "failed",
+]);
+const KEEPS_BIG_INTS = typeof JSON.rawJSON === "function";
+
+/** JSON.parse, but a whole number beyond 2^53 in span data (an attribute value, say)
+ * keeps its digits: it becomes a raw JSON value (JSON.rawJSON), which JSON.stringify
+ * (and so fmtValue) writes out as it came. Browsers without `JSON.rawJSON` and the
+ * source text of values (JSON.parse's reviver context) parse as JSON.parse does. */
+export function parseJson(text) {
+  if (!KEEPS_BIG_INTS) return JSON.parse(text);
+  return JSON.parse(text, (key, value, context) => {
+    if (typeof value !== "number" || Number.isSafeInteger(value) || NUMERIC_FIELDS.has(key)) return value;
+    const source = context?.source;
+    if (typeof source !== "string" || !/^-?\d+$/.test(source)) return value;
+    try {
+      return JSON.rawJSON(source);
+    } catch {
+      return value;
+    }
+  });
 }
 
 export const config = { jaeger_url: "http://localhost:16686", auth: false, live: true };

@@ -4,9 +4,9 @@
 // text (textContent), never as HTML. Modules: util.js (DOM and formatting), api.js (API and
 // token), views.js (decisions, branches, monitors, node detail); this one holds the state.
 
-import { api, askToken, config, currentToken, jaegerHref } from "./api.js";
+import { api, askToken, config, currentToken, jaegerHref, parseJson } from "./api.js";
 import {
-  $, TERMINAL, betterState, classPart, durationText, fmtDuration, fmtTime, h, stateBadge,
+  $, TERMINAL, bdi, betterState, classPart, durationText, fmtDuration, fmtTime, h, stateBadge,
 } from "./util.js";
 import { renderDetail as renderDetailView, renderInsights as renderInsightsView } from "./views.js";
 
@@ -21,7 +21,7 @@ const PROMOTED = new Set([
 
 const RUNS_LIMIT = 200;
 const knownNames = new Set(); // suggestions for the name filter (names seen so far)
-const runItems = new Map(); // workflow_id -> <li>
+const runItems = new Map(); // the run's workflow span_id (else its workflow_id) -> <li>
 let runsTimer = null;
 let runsLoading = false;
 let runsAgain = false; // asked again (the filters changed?) while a list was loading
@@ -74,18 +74,27 @@ function runId(r) {
   return r.workflow_id || r.trace_id || r.span_id;
 }
 
+/** A list entry's key: its workflow span. A workflow_id given twice (the SDK takes a
+ * user-given id as it is, e.g. a job's id on each attempt) is two runs in the list, each
+ * with its own name and state; either opens the workflow_id's page. */
+function runKey(r) {
+  return r.span_id ? `${runId(r)}\n${r.span_id}` : runId(r);
+}
+
 function renderRuns(runs) {
   const ul = $("runs");
   const keep = new Set();
   let previous = null;
   for (const r of runs) {
     const id = runId(r);
-    keep.add(id);
-    let li = runItems.get(id);
+    const key = runKey(r);
+    if (keep.has(key)) continue;
+    keep.add(key);
+    let li = runItems.get(key);
     if (!li) {
       li = h("li", { dataset: { workflowId: id } },
         h("button", { type: "button", class: "run-item", on: { click: () => openRunFromList(id) } }));
-      runItems.set(id, li);
+      runItems.set(key, li);
     }
     const button = li.firstElementChild;
     const label = `${r.name || "(unnamed)"}, ${r.state || "unknown"}`;
@@ -105,10 +114,10 @@ function renderRuns(runs) {
     if (want !== li) ul.insertBefore(li, want);
     previous = li;
   }
-  for (const [id, li] of runItems) {
-    if (!keep.has(id)) {
+  for (const [key, li] of runItems) {
+    if (!keep.has(key)) {
       li.remove();
-      runItems.delete(id);
+      runItems.delete(key);
     }
   }
 }
@@ -180,6 +189,27 @@ function closeRun() {
   current = null;
 }
 
+const NO_RUN_META = "Pick a run on the left. A running run updates live.";
+
+/** Back to the start page: no run open, nothing of the last one left on screen. */
+function showNoRun() {
+  closeRun();
+  for (const li of runItems.values()) li.firstElementChild.removeAttribute("aria-current");
+  const title = $("run-title");
+  title.textContent = "No run selected";
+  title.removeAttribute("title");
+  $("run-state").replaceChildren();
+  $("run-meta").textContent = NO_RUN_META;
+  $("run-jaeger").hidden = true;
+  $("tree-root").replaceChildren();
+  $("tree-empty").hidden = true;
+  $("decisions").replaceChildren(h("p", { class: "hint", text: "none" }));
+  $("branches").replaceChildren(h("li", { class: "hint", text: "none" }));
+  $("monitors").replaceChildren(h("li", { class: "hint", text: "none" }));
+  renderDetail();
+  setTransport("idle", "no run open");
+}
+
 async function openRun(id, nodeId) {
   closeRun();
   const run = (current = newRun(id));
@@ -190,8 +220,9 @@ async function openRun(id, nodeId) {
   }
   $("tree-root").replaceChildren();
   $("run-title").textContent = "Loading…";
+  $("run-title").removeAttribute("title");
   $("run-state").replaceChildren();
-  $("run-meta").textContent = id;
+  $("run-meta").replaceChildren(bdi(id));
   $("run-jaeger").hidden = true;
   $("tree-empty").hidden = true;
   renderDetail();
@@ -199,8 +230,7 @@ async function openRun(id, nodeId) {
   await refreshRun(run);
   if (run.closed) return;
   if (nodeId && run.nodes.has(nodeId)) selectNode(nodeId, { focus: false });
-  const root = rootNode(run);
-  if (root && TERMINAL.has(root.state)) {
+  if (runEnded(run)) {
     run.finished = true;
     setTransport("done", "run finished");
   } else if (config.live) {
@@ -262,14 +292,49 @@ function showTreeHint(text) {
   p.hidden = false;
 }
 
-function rootNode(run) {
-  let best = null;
+/** Whether a node is at the top of the run: no parent, or (a workflow span) a parent
+ * outside the run. */
+function isTop(run, n) {
+  return !n.parent_span_id || (n.kind === "workflow" && !run.nodes.has(n.parent_span_id));
+}
+
+/** The run's top spans: its workflow spans at the top (several when a workflow_id was
+ * used again), else, for spans sent without a workflow span (plain OTLP spans carrying
+ * `spangraph.workflow.id`), the spans without a parent. */
+function runRoots(run) {
+  const workflows = [];
+  const plain = [];
   for (const n of run.nodes.values()) {
-    if (n.kind === "workflow" && (!n.parent_span_id || !run.nodes.has(n.parent_span_id))) {
-      if (!best || (n.start_ns ?? Infinity) < (best.start_ns ?? Infinity)) best = n;
-    }
+    if (n.name === null || !isTop(run, n)) continue;
+    (n.kind === "workflow" ? workflows : plain).push(n);
+  }
+  return workflows.length ? { roots: workflows, workflows: true } : { roots: plain, workflows: false };
+}
+
+/** The span the header shows: a running top span first; else the newest workflow span
+ * (a workflow_id used again: its last run), or the earliest span without a parent; else
+ * (the top spans not seen yet) the earliest span whose parent is unknown. */
+function rootNode(run) {
+  const { roots, workflows } = runRoots(run);
+  const pool = roots.filter((n) => !TERMINAL.has(n.state));
+  const from = pool.length ? pool : roots;
+  const key = (n) => n.start_ns ?? (workflows ? -Infinity : Infinity);
+  let best = null;
+  for (const n of from) {
+    if (!best || (workflows ? key(n) > key(best) : key(n) < key(best))) best = n;
+  }
+  if (best) return best;
+  for (const n of run.nodes.values()) {
+    if (n.name === null || !n.parent_span_id || run.nodes.has(n.parent_span_id)) continue;
+    if (!best || (n.start_ns ?? Infinity) < (best.start_ns ?? Infinity)) best = n;
   }
   return best;
+}
+
+/** Whether the run is over: it has top spans and every one of them has ended. */
+function runEnded(run) {
+  const { roots } = runRoots(run);
+  return roots.length > 0 && roots.every((n) => TERMINAL.has(n.state));
 }
 
 function emptyNode(spanId) {
@@ -340,7 +405,7 @@ function applyMessage(run, msg, flash) {
       if (n.end_ns == null) n.end_ns = msg.time_unix_nano ?? null;
       if (flash) n.flash = "ended";
       if (["decision", "branch", "monitor", "workflow"].includes(n.kind)) scheduleReconcile(run);
-      if (n.kind === "workflow" && (!n.parent_span_id || !run.nodes.has(n.parent_span_id))) finishRun(run);
+      if (isTop(run, n) && runEnded(run)) finishRun(run);
       if (run.selected === n.span_id) scheduleDetail(run);
       break;
     case "token":
@@ -389,7 +454,7 @@ function connectLive(run) {
   ws.addEventListener("message", (ev) => {
     if (run.ws !== ws) return;
     let data;
-    try { data = JSON.parse(ev.data); } catch { return; }
+    try { data = parseJson(ev.data); } catch { return; }
     run.wsFailures = 0;
     // A frame holds one message or a JSON array of several (what arrived together).
     for (const msg of Array.isArray(data) ? data : [data]) onLiveMessage(run, msg);
@@ -449,8 +514,7 @@ function startPolling(run) {
     try {
       await refreshRun(run);
     } catch { /* shown by refreshRun */ }
-    const root = rootNode(run);
-    if (root && TERMINAL.has(root.state)) finishRun(run);
+    if (runEnded(run)) finishRun(run);
   }, POLL_EVERY_MS);
 }
 
@@ -662,14 +726,17 @@ function renderHeader(run) {
     if (!run.nodes.size) $("run-title").textContent = "Waiting for the run…";
     return;
   }
-  $("run-title").textContent = root.name;
+  const title = $("run-title");
+  if (title.textContent !== root.name) title.textContent = root.name;
+  if (title.title !== root.name) title.title = root.name; // the full name, when cut
   $("run-state").replaceChildren(stateBadge(root.state));
-  const parts = [`workflow ${run.id}`];
+  // the run id in a <bdi>: a right-to-left override in it cannot reorder the rest
+  const parts = [["workflow ", bdi(run.id)]];
   if (root.start_ns) parts.push(`started ${fmtTime(root.start_ns)}`);
   const d = durationText(root);
   if (d) parts.push(d);
   parts.push(`${run.nodes.size} spans`);
-  $("run-meta").textContent = parts.join(" · ");
+  $("run-meta").replaceChildren(...parts.flatMap((p, i) => (i ? [" · ", p] : [p])).flat());
   const href = jaegerHref(root);
   const link = $("run-jaeger");
   link.hidden = !href;
@@ -756,7 +823,9 @@ function parseHash() {
 function onHash() {
   const { run, node } = parseHash();
   if (!run) {
-    closeRun();
+    // Back to the start page (no hash): no run. Another hash (an in-page link such as
+    // #tree) is no route: the open run stays.
+    if (!location.hash.replace(/^#/, "")) showNoRun();
     return;
   }
   if (current && current.id === run) {
@@ -789,6 +858,11 @@ async function start() {
   });
   $("token-dialog").addEventListener("cancel", (ev) => { if (!currentToken()) ev.preventDefault(); });
   window.addEventListener("hashchange", onHash);
+  // "Skip to the run tree": focus the tree, leave the address (the route) as it is.
+  document.querySelector("a.skip")?.addEventListener("click", (ev) => {
+    ev.preventDefault();
+    $("tree").focus();
+  });
   setInterval(tick, 1000);
   await loadRuns();
   scheduleRuns();

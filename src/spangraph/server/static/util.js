@@ -36,13 +36,21 @@ export function replace(el, ...children) {
 
 // -- formatting ----------------------------------------------------------------------------
 
+/** A duration in ms as text: "12.5 ms", "1.25 s", "42.0 s", "2 min 0 s", "26 h 3 min 4 s".
+ * Rounded first, then split (59 999 ms is "1 min 0 s", never "60.0 s"). */
 export function fmtDuration(ms) {
   if (typeof ms !== "number" || !Number.isFinite(ms)) return "";
   if (ms < 1) return `${ms.toFixed(2)} ms`;
-  if (ms < 1000) return `${ms.toFixed(ms < 100 ? 1 : 0)} ms`;
-  if (ms < 60000) return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
-  const m = Math.floor(ms / 60000);
-  return `${m} min ${Math.round((ms % 60000) / 1000)} s`;
+  if (Number(ms.toFixed(1)) < 100) return `${ms.toFixed(1)} ms`;
+  if (Math.round(ms) < 1000) return `${Math.round(ms)} ms`;
+  const s = ms / 1000;
+  if (Number(s.toFixed(2)) < 10) return `${s.toFixed(2)} s`;
+  if (Number(s.toFixed(1)) < 60) return `${s.toFixed(1)} s`;
+  const total = Math.round(s);
+  const hours = Math.floor(total / 3600);
+  const min = Math.floor((total % 3600) / 60);
+  const sec = total % 60;
+  return hours ? `${hours} h ${min} min ${sec} s` : `${min} min ${sec} s`;
 }
 
 export function fmtTime(ns) {
@@ -55,7 +63,13 @@ export function fmtTime(ns) {
 export function fmtValue(value) {
   if (value === null || value === undefined) return "";
   if (typeof value === "string") return value;
-  return JSON.stringify(value);
+  return JSON.stringify(value); // (a raw JSON value, see api.js parseJson: its digits)
+}
+
+/** User text (a name, an id) inside a line of other text: isolated, so a right-to-left
+ * override in it cannot reorder the rest of the line. */
+export function bdi(text) {
+  return h("bdi", { text: fmtValue(text) });
 }
 
 /** A value as text; a long one (a stack trace, a prompt) folded behind its first line. */
@@ -92,7 +106,7 @@ export function durationText(n) {
   if (typeof n.duration_ms === "number" && n.state !== "running") return fmtDuration(n.duration_ms);
   if (n.state === "running" && typeof n.start_ns === "number") {
     const ms = Date.now() - n.start_ns / 1e6;
-    if (ms >= 0 && ms < 864e5) return `${fmtDuration(ms)}…`;
+    if (ms >= 0) return `${fmtDuration(ms)}…`;
   }
   return "";
 }

@@ -3,7 +3,7 @@
 
 import { config, jaegerHref } from "./api.js";
 import {
-  $, betterState, durationText, fmtDuration, fmtTime, fmtValue, h, kindBadge, replace,
+  $, bdi, betterState, durationText, fmtDuration, fmtTime, h, kindBadge, replace,
   stateBadge, valueView,
 } from "./util.js";
 
@@ -170,8 +170,8 @@ export function renderInsights(run, select) {
       h("span", { class: "option-status", text: o.chosen ? "chosen" : o.explored ? (o.state || "explored") : "not explored" }));
     })),
     d.reason != null || d.score != null
-      ? h("p", { class: "reason" }, d.reason != null ? `reason: ${fmtValue(d.reason)}` : "",
-        d.score != null ? `${d.reason != null ? " · " : ""}score ${d.score}` : "")
+      ? h("p", { class: "reason" }, d.reason != null ? ["reason: ", bdi(d.reason)] : "",
+        d.score != null ? [d.reason != null ? " · " : "", "score ", bdi(d.score)] : "")
       : null)));
 
   const bList = $("branches");
@@ -196,7 +196,7 @@ export function renderInsights(run, select) {
     h("span", { class: "arrow", "aria-hidden": "true", text: " → " }),
     nodeLink(run, select, m.target_span_id, target, "monitor-target"),
     m.target_kind ? kindBadge(m.target_kind) : null,
-    from || to ? h("span", { class: "hint", text: ` (${from || "?"} watches ${to || "?"})` }) : null);
+    from || to ? h("span", { class: "hint" }, " (", bdi(from || "?"), " watches ", bdi(to || "?"), ")") : null);
   }));
 }
 
@@ -211,6 +211,11 @@ function errorMessage(n, events) {
     if (a["error.message"]) return [a["error.type"], a["error.message"]].filter(Boolean).join(": ");
   }
   return null;
+}
+
+/** Texts joined by " · ", each isolated (see bdi); null when there are none. */
+function joined(texts) {
+  return texts.length ? texts.flatMap((t, i) => (i ? [" · ", bdi(t)] : [bdi(t)])) : null;
 }
 
 export function renderDetail(run, select) {
@@ -240,13 +245,13 @@ export function renderDetail(run, select) {
     ["Parent", n.parent_span_id],
     ["Trace id", n.trace_id],
     ["Branch", n.branch_id],
-    ["Service", [n.service, n.env].filter(Boolean).join(" · ")],
+    ["Service", joined([n.service, n.env].filter(Boolean))],
   ].filter(([, v]) => v);
   const attrs = Object.entries(n.attributes).sort(([a], [b]) => a.localeCompare(b));
   replace(box,
     h("div", { class: "detail-badges" }, kindBadge(n.kind), stateBadge(n.state),
       href ? h("a", { class: "jaeger button-like", href, target: "_blank", rel: "noopener", "aria-label": `Open ${n.name} in Jaeger` }, "Open in Jaeger ↗") : null),
-    error ? h("p", { class: "error-box", role: "note" }, h("strong", { text: "Error: " }), error) : null,
+    error ? h("p", { class: "error-box", role: "note" }, h("strong", { text: "Error: " }), bdi(error)) : null,
     h("dl", { class: "facts" }, facts.map(([k, v]) => [
       h("dt", { text: k }),
       h("dd", { class: k.endsWith("id") ? "mono" : "", dataset: { fact: k } },
