@@ -159,8 +159,11 @@ def test_bad_graph_urls(url: str, words: list[str]) -> None:
 
 def test_bad_graph_url_from_env_names_the_setting() -> None:
     with pytest.raises(ConfigurationError) as info:
-        Settings.from_env({"NEO4J_URI": "mysql://h"})
+        Settings.from_env({"SPANGRAPH_GRAPH_URL": "mysql://h", "NEO4J_URI": "neo4j://h"})
     assert info.value.setting == ENV_GRAPH_URL
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"NEO4J_URI": "mysql://h"})
+    assert info.value.setting == "NEO4J_URI"
 
 
 @pytest.mark.parametrize(

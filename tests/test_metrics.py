@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -558,6 +559,58 @@ def test_configure_metrics_true_reports_through_the_global_provider(
         "spangraph.processor.send.duration",
     ):
         assert name in proc.stdout, proc.stdout
+
+
+def test_shutdown_stops_the_reports_of_its_configuration(
+    graph_url: str, embedded_server: Any, tmp_path: Any
+) -> None:
+    """After shutdown(), and after a configure(metrics=False) that replaced it, every
+    collection still reported the old configuration's processors (a live processor that
+    no longer existed), and the registration kept the old instance alive."""
+    script = textwrap.dedent(f"""
+        import gc, json, weakref
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        import spangraph
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+
+        def sent():
+            return {{
+                dp.attributes["processor"]: dp.value
+                for rm in reader.get_metrics_data().resource_metrics
+                for sm in rm.scope_metrics for m in sm.metrics
+                if m.name == "spangraph.processor.items.sent" for dp in m.data.data_points
+            }}
+
+        settings = dict(graph_url={graph_url!r}, redis_url={embedded_server.redis_url!r},
+                        home={str(tmp_path)!r})
+        first = spangraph.configure(metrics=True, **settings)
+        with spangraph.workflow("metered"):
+            pass
+        assert spangraph.flush(10)
+        before = sent()
+        spangraph.shutdown()
+        after = sent()
+        first = weakref.ref(first)
+        spangraph.configure(metrics=False, live=False, **settings)
+        with spangraph.workflow("unmetered"):
+            pass
+        assert spangraph.flush(10)
+        gc.collect()
+        print(json.dumps({{"before": before, "after": after, "replaced": sent(),
+                          "first_alive": first() is not None}}))
+        spangraph.shutdown()
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["before"] == {"graph": 2, "live": out["before"]["live"]} and out["before"]["live"]
+    assert out["after"] == {} and out["replaced"] == {}
+    assert not out["first_alive"]
 
 
 def test_send_duration_with_offload(

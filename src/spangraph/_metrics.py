@@ -25,6 +25,7 @@ Use::
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
@@ -106,7 +107,9 @@ class _Instruments:
         # child) counted is carried as an offset per (stat, processor).
         self._offsets: dict[tuple[str, str], int] = {}
         self._last: dict[tuple[str, str], int] = {}
-        self._retired: list[tuple[Any, dict[tuple[str, str], int]]] = []
+        self._retired: list[tuple[Callable[[], Any], dict[tuple[str, str], int]]] = []
+        """Retired configurations (a weak reference where one can be made: a configuration
+        that was shut down must not be kept alive) and their final counts."""
         for spec in INSTRUMENTS:
             if spec.kind == "histogram":
                 self.histogram = meter.create_histogram(
@@ -188,14 +191,18 @@ class _Instruments:
         for key, value in finals.items():
             self._offsets[key] = self._offsets.get(key, 0) + value
         self._last.clear()
-        self._retired.append((instance, finals))
+        try:
+            held: Callable[[], Any] = weakref.ref(instance)
+        except TypeError:  # (no weak reference to it: held, the last 8 at most)
+            held = functools.partial(_same, instance)
+        self._retired.append((held, finals))
         del self._retired[:-8]  # re-registering an instance undoes its fold; a few suffice
 
     def revive(self, instance: Any) -> None:
         """Undo :meth:`retire` for ``instance`` registered again (its counters go on
         from where they were, so its earlier counts must not be carried twice)."""
-        for i, (old, finals) in enumerate(self._retired):
-            if old is instance:
+        for i, (held, finals) in enumerate(self._retired):
+            if held() is instance:
                 for key, value in finals.items():
                     self._offsets[key] = self._offsets.get(key, 0) - value
                     self._last[key] = value
@@ -253,6 +260,10 @@ def _instruments_for(meter_provider: MeterProvider | None) -> _Instruments:
             _global = _Instruments(provider)
             _store(provider, _global)
     return _global
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 class MetricsRegistration:

@@ -42,10 +42,14 @@ def with_run(
 ) -> Context:
     """``ctx`` with the run's ids in its baggage (empty values left out). All of them, or
     none (with a warning, once) when the propagator would not carry them all unchanged:
-    a called service that got some would put its spans in the wrong execution or branch."""
-    values = (workflow_id, execution_id, workflow_name, branch_id)
-    if not _carried(ctx, values):
-        values = (None, None, None, None)
+    a called service that got some would put its spans in the wrong execution or branch.
+    The workflow's name is no id: when it alone would not be carried as it is (white
+    space around it, or too long), the ids go without it."""
+    values: tuple[str | None, ...] = (workflow_id, execution_id, workflow_name, branch_id)
+    if not _carried(ctx, values, warn=False):
+        values = (workflow_id, execution_id, None, branch_id)
+        if not _carried(ctx, values):
+            values = (None, None, None, None)
     for key, value in zip(KEYS, values, strict=True):
         if value:
             ctx = baggage.set_baggage(key, value, ctx)
@@ -59,10 +63,10 @@ def _size(key: str, value: object) -> int:
     return len(quote_plus(key)) + 1 + len(quote_plus(str(value)))
 
 
-def _carried(ctx: Context, values: tuple[str | None, ...]) -> bool:
+def _carried(ctx: Context, values: tuple[str | None, ...], *, warn: bool = True) -> bool:
     """Whether the W3C Baggage propagator would carry ``values``, next to the other
     entries of ``ctx``, as they are: it strips the whitespace around a value, drops an
-    entry that is too long, and stops at the header's limits."""
+    entry that is too long, and stops at the header's limits. ``warn``: once, when not."""
     global _warned
     ours = {k: v for k, v in zip(KEYS, values, strict=True) if v}
     sizes = [_size(k, v) for k, v in ours.items()]
@@ -78,7 +82,7 @@ def _carried(ctx: Context, values: tuple[str | None, ...]) -> bool:
         and sum(sizes) + sum(others) + len(sizes) + len(others) - 1 <= _MAX_HEADER_BYTES
     ):
         return True
-    if not _warned:
+    if warn and not _warned:
         _warned = True
         _log.warning(
             "spangraph: a run's ids are left out of baggage, so called services will not "
@@ -92,18 +96,40 @@ def _carried(ctx: Context, values: tuple[str | None, ...]) -> bool:
     return False
 
 
+def _usable_id(value: object) -> bool:
+    """An id as the SDK takes one from its user (non-blank, no white space around it, at
+    most ``MAX_ID_CHARS``, not ``.`` or ``..``), and printable: baggage may come from
+    anyone who can send the service a request."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_ID_CHARS
+        and value == value.strip()
+        and value.isprintable()
+        and value not in (".", "..")
+    )
+
+
 def run_ids(ctx: Context | None = None) -> dict[str, str] | None:
     """The run ids in the baggage of ``ctx`` (default: the current context), by attribute
-    key; ``None`` when there is no usable workflow id. Values that are not ids (blank,
-    too long) are left out, as the SDK would refuse them."""
+    key; ``None`` when there is no workflow id, or when any id there is one the SDK
+    would refuse (blank, too long, ``..``, a control character …): all of them or none,
+    so that spans never join a run under an execution or branch not the caller's. A blank
+    workflow name is left out."""
     entries = baggage.get_all(ctx)
     if not entries:
         return None
     out = {}
     for key in KEYS:
         value = entries.get(key)
-        if isinstance(value, str) and value.strip() and len(value) <= MAX_ID_CHARS:
+        if value is None:
+            continue
+        if key == sc.WORKFLOW_NAME:  # a name, not an id: any non-blank text
+            if isinstance(value, str) and value.strip():
+                out[key] = value
+        elif _usable_id(value):
             out[key] = value
+        else:
+            return None
     return out if sc.WORKFLOW_ID in out else None
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import redis
 from opentelemetry import context as otel_context
@@ -52,6 +52,8 @@ class Spangraph:
     owns_provider: bool = False
     extra_processors: list[SpanProcessor] = field(default_factory=list)
     run_processor: RunBaggageProcessor | None = None
+    metrics: Any = None
+    """The ``MetricsRegistration`` of ``configure(metrics=True)``: undone by shutdown()."""
     _closer: tuple[int, int] | None = field(default=None, repr=False, compare=False)
     """The pid and thread whose shutdown() of this configuration began."""
     _closed: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
@@ -147,6 +149,8 @@ class Spangraph:
                 _log.exception("spangraph: shutting down %r failed", processor)
         for processor in extra:
             _shutdown_other(processor, None if timeout is None else left(processor))
+        if self.metrics is not None:  # its final counts are carried; no more reports of it
+            self.metrics.unregister()
         if self.store is not None:
             self.store.close()
         if self.live_processor is not None:
@@ -430,7 +434,8 @@ def configure(
             if metrics:
                 from ._metrics import register_metrics
 
-                register_metrics(instance)  # through the global MeterProvider
+                # through the global MeterProvider
+                instance.metrics = register_metrics(instance)
         except BaseException:
             instance.shutdown()
             raise

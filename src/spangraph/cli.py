@@ -624,9 +624,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command. Mistakes in the arguments or settings print one line
-    ``spangraph: error: ...`` and exit 2 (as argparse does); a file or directory that
-    cannot be used (permissions, a full disk) exits 1; never a traceback for either."""
+    """Run one command. Mistakes in the arguments or settings, and errors spangraph
+    explains (a SPANGRAPH_HOME that cannot be written, a store that refused a statement),
+    print one line ``spangraph: error: ...`` and exit 2 (as argparse does); any other
+    file or system error (a full disk) exits 1; never a traceback for either."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if hasattr(args, "param"):  # query cypher
@@ -644,7 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as exc:  # e.g. a SPANGRAPH_HOME that is not writable
+    except OSError as exc:  # e.g. a full disk
         print(f"spangraph: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
