@@ -5,6 +5,7 @@ receiver beside the graph (the Jaeger path)."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -104,6 +105,38 @@ def test_spangraph_run(env: dict[str, str], graph_url: str, tmp_path: Path) -> N
         [str(BIN / "spangraph"), "run", "--", sys.executable, str(script)], env, tmp_path
     )
     _assert_in_graph(graph_url, workflow_id, "auto-run")
+
+
+def test_spangraph_run_passes_the_arguments_and_signals_as_they_are(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A "--" right after the command was dropped from its arguments; the command ran
+    with SIGPIPE ignored (Python's setting), so `yes | head -1` printed "Broken pipe"."""
+    script = tmp_path / "argv.py"
+    script.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    script.chmod(0o755)
+    env = {**env, "SPANGRAPH_GRAPH_URL": "embedded", "SPANGRAPH_REDIS_URL": "off"}
+    proc = subprocess.run(
+        [str(BIN / "spangraph"), "run", "--", str(script), "--", "--flag", "a b"],
+        env={**env, "OTEL_SDK_DISABLED": "true"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == ["--", "--flag", "a b"]
+    shell = subprocess.run(
+        [str(BIN / "spangraph"), "run", "sh", "-c", "yes | head -1"],
+        env={**env, "OTEL_SDK_DISABLED": "true"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (shell.returncode, shell.stdout, shell.stderr) == (0, "y\n", "")
 
 
 def test_spangraph_run_needs_a_command(env: dict[str, str], tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -209,7 +210,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _use_home(args.home)
     from opentelemetry.instrumentation.auto_instrumentation import run
 
-    sys.argv = ["opentelemetry-instrument", *command]
+    # "--" first: opentelemetry-instrument's parser would take a "--" right after the
+    # command for its own and drop it from the command's arguments
+    sys.argv = ["opentelemetry-instrument", "--", *command]
+    # Python ignores SIGPIPE and SIGXFSZ; an exec'd command would inherit that (`yes |
+    # head -1` would print "Broken pipe")
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
     run()  # replaces this process with the command, its imports instrumented
     return 0  # pragma: no cover
 
