@@ -115,27 +115,23 @@ def test_spangraph_run_passes_the_arguments_and_signals_as_they_are(
     script = tmp_path / "argv.py"
     script.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
     script.chmod(0o755)
-    env = {**env, "SPANGRAPH_GRAPH_URL": "embedded", "SPANGRAPH_REDIS_URL": "off"}
-    proc = subprocess.run(
-        [str(BIN / "spangraph"), "run", "--", str(script), "--", "--flag", "a b"],
-        env={**env, "OTEL_SDK_DISABLED": "true"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {**env, "SPANGRAPH_REDIS_URL": "off", "OTEL_SDK_DISABLED": "true"}
+
+    def spangraph_run(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "spangraph"), "run", *command],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    proc = spangraph_run("--", str(script), "--", "--flag", "a b")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == ["--", "--flag", "a b"]
-    shell = subprocess.run(
-        [str(BIN / "spangraph"), "run", "sh", "-c", "yes | head -1"],
-        env={**env, "OTEL_SDK_DISABLED": "true"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    shell = spangraph_run("sh", "-c", "yes | head -1")
     assert (shell.returncode, shell.stdout, shell.stderr) == (0, "y\n", "")
 
 
