@@ -7,7 +7,12 @@ import importlib.util
 import marshal
 import os
 import shutil
+import subprocess
+import sys
 import sysconfig
+import textwrap
+import threading
+import weakref
 from functools import partial
 from typing import Any
 
@@ -633,3 +638,212 @@ def test_c_hot_path_hands_the_unusual_to_python_and_never_raises() -> None:
     live.on_end(span)
     graph.shutdown()
     live.shutdown()
+
+
+# -- the C hot path when Python code runs in the middle of a copy -------------------------
+#
+# Reading a span runs Python code (the SDK's Event.name is a property; a span of another
+# kind may have any): a profiler thread walking the heap, a finalizer, a signal handler,
+# code that re-initialises the object doing the copy. Cases that crashed run in a child.
+
+
+def _run_child(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **env},
+    )
+
+
+@needs_c
+def test_a_record_being_built_is_never_seen_half_built() -> None:
+    """The record and its events list were tracked by the collector while their items
+    were still NULL: code walking gc.get_objects() then (here the event's name property,
+    standing for a memory profiler's thread) crashed the program (signal 11)."""
+    child = _run_child(
+        """
+        import gc
+        from opentelemetry.sdk.trace import Event, TracerProvider
+        from spangraph import _speedups
+
+        class ProfiledEvent(Event):
+            @property
+            def name(self):
+                for o in gc.get_objects():
+                    if type(o) is tuple and len(o) == 15:
+                        [type(item) for item in o]  # takes every item
+                return super().name
+
+        span = TracerProvider().get_tracer("t").start_span("s")
+        span._events.append(ProfiledEvent("e", {}, 1))
+        span.end()
+        record = _speedups.end_record(span, {})
+        assert record[12][0][0] == "e", record
+        print("ok")
+        """
+    )
+    assert (child.returncode, child.stdout.strip()) == (0, "ok"), child.stderr[-2000:]
+
+
+@needs_c
+def test_a_buffer_re_initialised_during_a_copy_keeps_working() -> None:
+    """The copy used the buffer's Resource table as a borrowed reference: re-initialising
+    the buffer meanwhile freed it, and the copy wrote into freed memory (a double free,
+    or a hang)."""
+    child = _run_child(
+        """
+        from opentelemetry.sdk.trace import TracerProvider
+        from spangraph import _speedups
+
+        real = TracerProvider().get_tracer("t").start_span("s")
+
+        def fallback(what, span):
+            return (what,)
+
+        class Span:
+            _context = real._context
+            _parent = None
+            _name = "n"
+            _kind = real._kind
+            _start_time = 1
+            _attributes = None
+
+            @property
+            def _resource(self):
+                buf.__init__({}, fallback)  # lets go of the old table
+                return object()
+
+        buf = _speedups.RecordBuffer({str(i): i for i in range(100)}, fallback)
+        for _ in range(50):
+            buf.start(Span())
+        assert len(buf.take()) == 1  # each __init__ began a new list
+        print("ok")
+        """,
+        PYTHONMALLOC="malloc",
+    )
+    assert (child.returncode, child.stdout.strip()) == (0, "ok"), child.stderr[-2000:]
+
+
+class _Nowhere:
+    def write(self, batch: Any) -> None:
+        raise AssertionError("nothing is written")
+
+    def publish(self, messages: Any) -> None:
+        raise AssertionError("nothing is published")
+
+
+def _python_methods(processor: Any) -> None:
+    """The processor's Python on_start/on_end, as where the extension was not built."""
+    processor.on_start = partial(type(processor).on_start, processor)
+    processor.on_end = partial(type(processor).on_end, processor)
+
+
+@pytest.mark.parametrize("use_c", [pytest.param(True, marks=needs_c), False], ids=["c", "py"])
+def test_a_span_started_by_another_thread_mid_copy_gets_its_own_record(use_c: bool) -> None:
+    """The record shared by the two processors was cached in four steps, each letting go
+    of an old value (which can run a finalizer, and switch threads): a span started by
+    another thread at that moment was given the other span's record by the second
+    processor."""
+    from spangraph.processors.graph import GraphSpanProcessor
+    from spangraph.processors.live import LiveEventProcessor
+
+    go, b_mid, a_mid, b_done = (threading.Event() for _ in range(4))
+    graph, live = GraphSpanProcessor(_Nowhere()), LiveEventProcessor(_Nowhere())  # type: ignore[arg-type]
+    queued_graph: list[Any] = []
+    queued_live: list[Any] = []
+    graph._put, live._put = queued_graph.append, queued_live.append  # type: ignore[method-assign,assignment]
+    if not use_c:
+        _python_methods(graph)
+        _python_methods(live)
+
+    class Between(SpanProcessor):  # orders the two threads between the processors
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            if span.name == "U":
+                b_mid.set()
+                a_mid.wait(5)
+            if span.name == "S":
+                a_mid.set()
+                b_done.wait(5)
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "s"}))
+    for processor in (graph, Between(), live):
+        provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    first = tracer.start_span("T", attributes={"a": 1})
+    first.end()  # the cache holds T's span now
+    weakref.finalize(first._attributes, lambda: (go.set(), b_mid.wait(5)))
+    del first
+
+    def other_thread() -> None:
+        go.wait(5)
+        tracer.start_span("U")
+        b_done.set()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    tracer.start_span("S")
+    thread.join(10)
+    try:
+        for queued in (queued_graph, queued_live):
+            assert [item[1][5] for item in queued if item[0] == _records.START] == ["T", "U", "S"]
+    finally:
+        graph.shutdown()
+        live.shutdown()
+
+
+@pytest.mark.parametrize("use_c", [pytest.param(True, marks=needs_c), False], ids=["c", "py"])
+def test_an_interrupt_during_a_processors_copy_reaches_the_program(use_c: bool) -> None:
+    """A Ctrl-C while the C hot path read the span (the SDK's Event.name is a property)
+    was cleared there: span.end() returned as if nothing had happened."""
+    from opentelemetry.sdk.trace import Event
+
+    from spangraph.processors.graph import GraphSpanProcessor
+
+    class InterruptedEvent(Event):
+        fired = False
+
+        @property
+        def name(self) -> str:
+            if not InterruptedEvent.fired:
+                InterruptedEvent.fired = True
+                raise KeyboardInterrupt
+            return super().name
+
+    graph = GraphSpanProcessor(_Nowhere())  # type: ignore[arg-type]
+    graph._put = [].append  # type: ignore[method-assign,assignment]
+    if not use_c:
+        _python_methods(graph)
+    provider = TracerProvider()
+    provider.add_span_processor(graph)
+    span = provider.get_tracer("t").start_span("s")
+    span._events.append(InterruptedEvent("e", {}, 1))  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            span.end()
+    finally:
+        graph.shutdown()
+
+
+@needs_c
+def test_c_hot_path_takes_the_span_as_a_keyword() -> None:
+    """``on_start(span=...)`` raised TypeError into the caller (the Python one takes it)."""
+    from spangraph.processors.graph import GraphSpanProcessor
+
+    graph = GraphSpanProcessor(_Nowhere())  # type: ignore[arg-type]
+    queued: list[Any] = []
+    graph._put = queued.append  # type: ignore[method-assign,assignment]
+    span = TracerProvider().get_tracer("t").start_span("s")
+    try:
+        graph.on_start(span=span)  # type: ignore[call-arg]
+        span.end()
+        graph.on_end(span=span)  # type: ignore[call-arg]
+        assert [item[0] for item in queued] == [_records.START, _records.END]
+        buffer = _speedups.RecordBuffer({}, lambda what, span: (what,))
+        buffer.start(span=span)
+        buffer.end(span=span)
+        assert len(buffer.take()) == 2
+    finally:
+        graph.shutdown()

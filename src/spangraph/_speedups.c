@@ -55,6 +55,8 @@ copy_attributes_tracked(PyObject *attributes, int as_none)
         return result;
     }
     Py_XDECREF(inner);
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))
+        return NULL; /* KeyboardInterrupt and the like go on */
     PyErr_Clear();
     if (PyDict_CheckExact(attributes)) {
         if (PyDict_GET_SIZE(attributes) == 0 && as_none)
@@ -227,6 +229,9 @@ new_record(PyObject *const *args, Py_ssize_t nargs, const char *fname, int what,
     PyObject *record = PyTuple_New(size);
     if (record == NULL)
         return NULL;
+    /* out of the collector's sight at once: while its items are still NULL, Python code
+     * run by the reads below (a property) could find it there (gc.get_objects()) */
+    untrack(record);
     PyTuple_SET_ITEM(record, 0, PyLong_FromLong(what));
     PyObject *key = fill_head(record, args[0], args[1]);
     if (key == NULL)
@@ -313,11 +318,13 @@ copy_items(PyObject *items, int (*fill)(PyObject *, PyObject *))
     PyObject *result = PyList_New(n);  /* unset items are NULL: list dealloc skips them */
     if (result == NULL)
         goto error;
+    untrack(result);  /* at once, as new_record() does */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *source = PyList_GET_ITEM(seq, i);
         PyObject *item = PyTuple_New(3);
         if (item == NULL)
             goto error;
+        untrack(item);
         PyList_SET_ITEM(result, i, item);
         if (fill(item, source) < 0)
             goto error;
@@ -419,7 +426,9 @@ rb_append(RecordBuffer *self, PyObject *record)
         return -1;
     if (self->idle && self->wake != Py_None) {
         self->idle = 0;
-        PyObject *result = PyObject_CallNoArgs(self->wake);
+        PyObject *wake = Py_NewRef(self->wake);  /* held: the call could re-init self */
+        PyObject *result = PyObject_CallNoArgs(wake);
+        Py_DECREF(wake);
         if (result == NULL) {
             if (!PyErr_ExceptionMatches(PyExc_Exception))
                 return -2; /* appended; KeyboardInterrupt and the like go on */
@@ -437,8 +446,12 @@ rb_add_span(RecordBuffer *self, PyObject *span, int what)
         self->dropped++;  /* __init__ was never called */
         Py_RETURN_NONE;
     }
-    PyObject *args[2] = {span, self->known};
+    /* held for the copy: Python code it runs (a property) could call __init__ again,
+     * which lets go of the old table and fallback */
+    PyObject *known = Py_NewRef(self->known);
+    PyObject *args[2] = {span, known};
     PyObject *record = what == 0 ? start_record(NULL, args, 2) : end_record(NULL, args, 2);
+    Py_DECREF(known);
     int rc = record != NULL ? rb_append(self, record) : -1;
     if (rc != -1) {
         Py_DECREF(record);
@@ -450,10 +463,16 @@ rb_add_span(RecordBuffer *self, PyObject *span, int what)
     if (!PyErr_ExceptionMatches(PyExc_Exception))
         return NULL; /* KeyboardInterrupt and the like go on, as in the Python version */
     PyErr_Clear();
+    if (self->fallback == NULL) {  /* cleared meanwhile (the object is being collected) */
+        self->dropped++;
+        Py_RETURN_NONE;
+    }
     /* not the SDK's span: the Python version */
+    PyObject *fallback = Py_NewRef(self->fallback);
     PyObject *kind = PyLong_FromLong(what);
-    record = kind ? PyObject_CallFunctionObjArgs(self->fallback, kind, span, NULL) : NULL;
+    record = kind ? PyObject_CallFunctionObjArgs(fallback, kind, span, NULL) : NULL;
     Py_XDECREF(kind);
+    Py_DECREF(fallback);
     rc = record != NULL ? rb_append(self, record) : -1;
     Py_XDECREF(record);
     if (rc == -2)
@@ -468,24 +487,42 @@ rb_add_span(RecordBuffer *self, PyObject *span, int what)
     Py_RETURN_NONE;
 }
 
+/* The span of start(span, ...) / end(span), given by position or as ``span=``; NULL when
+ * it is not given. */
+static PyObject *
+span_arg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t n = PyVectorcall_NARGS(nargs);
+    if (n >= 1)
+        return args[0];
+    Py_ssize_t k = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < k; i++) {
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "span") == 0)
+            return args[n + i];
+    }
+    return NULL;
+}
+
 static PyObject *
 rb_start(RecordBuffer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (PyVectorcall_NARGS(nargs) < 1) {
+    PyObject *span = span_arg(args, nargs, kwnames);
+    if (span == NULL) {
         PyErr_SetString(PyExc_TypeError, "start(span, parent_context=None)");
         return NULL;
     }
-    return rb_add_span(self, args[0], 0);
+    return rb_add_span(self, span, 0);
 }
 
 static PyObject *
 rb_end(RecordBuffer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (PyVectorcall_NARGS(nargs) < 1) {
+    PyObject *span = span_arg(args, nargs, kwnames);
+    if (span == NULL) {
         PyErr_SetString(PyExc_TypeError, "end(span)");
         return NULL;
     }
-    return rb_add_span(self, args[0], 1);
+    return rb_add_span(self, span, 1);
 }
 
 static PyObject *
@@ -644,10 +681,17 @@ shared_copy(PyObject *span, int what, PyObject *known)
     PyObject *record = what == 0 ? start_record(NULL, args, 2) : end_record(NULL, args, 2);
     if (record == NULL)
         return NULL;
-    Py_XSETREF(last_span, Py_NewRef(span));
-    Py_XSETREF(last_known, Py_NewRef(known));
-    Py_XSETREF(last_record, Py_NewRef(record));
+    /* every field set before any old value is let go of: letting go can run Python code
+     * (a finalizer) that switches threads, and another thread's span must never find a
+     * cache that is half this one's */
+    PyObject *old_span = last_span, *old_known = last_known, *old_record = last_record;
+    last_span = Py_NewRef(span);
+    last_known = Py_NewRef(known);
+    last_record = Py_NewRef(record);
     last_what = what;
+    Py_XDECREF(old_span);
+    Py_XDECREF(old_known);
+    Py_XDECREF(old_record);
     return record;
 }
 
@@ -664,6 +708,17 @@ static PyObject *s_put, *s_known, *s_queue_span, *START_OBJ, *END_OBJ;
  * the queue item, owner._put(item). Anything else -- a span the C copy cannot read, a
  * Resource past the table's bound, no start time -- goes to owner._queue_span(what,
  * span), the Python version. Never raises an Exception into the caller. */
+/* An Exception set, or none: cleared, 0 (go on with the Python version). A
+ * KeyboardInterrupt or the like: left set, -1 (it goes on into the program). */
+static int
+only_exceptions(void)
+{
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyErr_Clear();
+    return 0;
+}
+
 static PyObject *
 rq_add(RecordQueue *self, PyObject *span, int what)
 {
@@ -671,23 +726,28 @@ rq_add(RecordQueue *self, PyObject *span, int what)
     PyObject *item = NULL, *result = NULL, *record = NULL;
     if (self->owner == NULL)
         Py_RETURN_NONE; /* __init__ was never called */
-    PyObject *known = PyObject_GetAttr(self->owner, s_known);
+    /* held for the call: Python code the copy runs could call __init__ again */
+    PyObject *owner = Py_NewRef(self->owner);
+    PyObject *known = PyObject_GetAttr(owner, s_known);
     if (known == NULL || !PyDict_CheckExact(known)) {
         Py_XDECREF(known);
-        PyErr_Clear();
+        if (only_exceptions() < 0)
+            goto interrupted;
         goto python;
     }
     record = shared_copy(span, what, known);
     if (record == NULL) {
         Py_DECREF(known);
-        PyErr_Clear();
+        if (only_exceptions() < 0)
+            goto interrupted;
         goto python;
     }
     PyObject *key = PyTuple_GET_ITEM(record, PyTuple_GET_SIZE(record) - 1);
     int is_known = PyDict_Contains(known, key);
     Py_DECREF(known); /* the record's Resource is held by the table, or not used */
     if (is_known <= 0) {
-        PyErr_Clear();
+        if (only_exceptions() < 0)
+            goto interrupted;
         goto python;
     }
     if (self->with_time) {
@@ -704,7 +764,7 @@ rq_add(RecordQueue *self, PyObject *span, int what)
     Py_CLEAR(record);
     if (item == NULL)
         goto done;
-    PyObject *put = PyObject_GetAttr(self->owner, s_put);
+    PyObject *put = PyObject_GetAttr(owner, s_put);
     if (put != NULL) {
         result = PyObject_CallOneArg(put, item);
         Py_DECREF(put);
@@ -713,34 +773,40 @@ rq_add(RecordQueue *self, PyObject *span, int what)
     goto done;
 python:
     Py_XDECREF(record);
-    result = PyObject_CallMethodObjArgs(self->owner, s_queue_span, kind, span, NULL);
+    result = PyObject_CallMethodObjArgs(owner, s_queue_span, kind, span, NULL);
 done:
+    Py_DECREF(owner);
     Py_XDECREF(result);
     if (result == NULL && PyErr_ExceptionMatches(PyExc_Exception))
         PyErr_Clear(); /* never into user code */
     if (PyErr_Occurred())
         return NULL; /* KeyboardInterrupt and the like go on */
     Py_RETURN_NONE;
+interrupted:
+    Py_DECREF(owner);
+    return NULL;
 }
 
 static PyObject *
 rq_start(RecordQueue *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (PyVectorcall_NARGS(nargs) < 1) {
+    PyObject *span = span_arg(args, nargs, kwnames);
+    if (span == NULL) {
         PyErr_SetString(PyExc_TypeError, "start(span, parent_context=None)");
         return NULL;
     }
-    return rq_add(self, args[0], 0);
+    return rq_add(self, span, 0);
 }
 
 static PyObject *
 rq_end(RecordQueue *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (PyVectorcall_NARGS(nargs) < 1) {
+    PyObject *span = span_arg(args, nargs, kwnames);
+    if (span == NULL) {
         PyErr_SetString(PyExc_TypeError, "end(span)");
         return NULL;
     }
-    return rq_add(self, args[0], 1);
+    return rq_add(self, span, 1);
 }
 
 static int
