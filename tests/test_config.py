@@ -280,6 +280,37 @@ def test_configure_unreachable_graph_names_the_setting() -> None:
 
 
 @pytest.mark.usefixtures("restore_state")
+def test_the_neo4j_settings_are_keywords_of_configure_too(graph_url: str, tmp_path: Any) -> None:
+    """Every setting is a keyword of configure(); the Neo4j credentials were not."""
+    sg = spangraph.configure(
+        graph_url=graph_url,
+        redis_url="off",
+        home=str(tmp_path),
+        tracer_provider=TracerProvider(),
+        neo4j_user="reader",
+        neo4j_password="pw-secret",
+        neo4j_database="runs",
+    )
+    try:
+        assert (sg.settings.neo4j_user, sg.settings.neo4j_database) == ("reader", "runs")
+        assert sg.settings.neo4j_password == "pw-secret"
+    finally:
+        spangraph.shutdown()
+    for keyword, setting in (
+        ("neo4j_user", "NEO4J_USER"),
+        ("neo4j_password", "NEO4J_PASSWORD"),
+        ("neo4j_database", "NEO4J_DATABASE"),
+    ):
+        for bad in (5, " ", "a\x00b"):
+            with pytest.raises(ConfigurationError) as info:
+                spangraph.configure(graph_url="neo4j://127.0.0.1:1", **{keyword: bad})
+            assert info.value.setting == setting
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({}, neo4j_password=" ")
+    assert "***" in str(info.value)
+
+
+@pytest.mark.usefixtures("restore_state")
 def test_configure_bad_scheme_names_the_setting() -> None:
     with pytest.raises(ConfigurationError) as info:
         spangraph.configure(graph_url="nope://x")

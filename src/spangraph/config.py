@@ -97,8 +97,7 @@ def check_home(value: Any) -> Path:
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Validated settings. Build with :meth:`from_env` (an empty variable counts as
-    unset); every field but the Neo4j credentials is also a keyword of
-    :func:`spangraph.configure`."""
+    unset); every field is also a keyword of :func:`spangraph.configure`."""
 
     graph_url: str = EMBEDDED
     redis_url: str = EMBEDDED
@@ -143,6 +142,16 @@ class Settings:
             raise ConfigurationError(
                 ENV_API_TOKEN, "must be printable ASCII (it is sent in an HTTP header)"
             )
+        for setting, value, optional in (
+            (ENV_NEO4J_USER, self.neo4j_user, False),
+            (ENV_NEO4J_PASSWORD, self.neo4j_password, True),
+            (ENV_NEO4J_DATABASE, self.neo4j_database, True),
+        ):
+            if not (value is None and optional) and (
+                not isinstance(value, str) or "\x00" in value or not value.strip()
+            ):
+                shown = "***" if setting == ENV_NEO4J_PASSWORD else repr(value)
+                raise ConfigurationError(setting, f"must be a non-blank string, got {shown}")
         if not isinstance(self.offload, bool):  # a str such as "no" would turn it on
             raise ConfigurationError(ENV_OFFLOAD, f"must be True or False, got {self.offload!r}")
         if not isinstance(self.propagate, bool):
