@@ -792,3 +792,69 @@ def test_a_store_that_does_not_answer_pings_is_an_outage_not_a_bad_batch(
     assert processor.force_flush(15_000)
     assert set(spans_of(store, workflow_id)) == {"wf"} | {f"s{i}" for i in range(8)}
     assert processor.stats()["dropped"] == 0
+
+
+# -- odd data in one span fails no other ------------------------------------------------------
+
+
+def test_an_option_name_with_a_lone_surrogate_is_written_with_its_batch(
+    sg: spangraph.Spangraph,
+) -> None:
+    """An option name from ``os.fsdecode`` (a lone surrogate) raised UnicodeEncodeError
+    while the batch was mapped: the run and every other span of the batch were lost."""
+    with spangraph.workflow("wf-surrogate") as run:
+        with spangraph.step("unrelated"):
+            pass
+        with spangraph.decision("pick-file", options=["report\udcff.txt", "other.txt"]) as d:
+            d.choose("other.txt")
+    flush()
+    assert sg.stats()["graph"]["dropped"] == 0
+    names = set(spans_of(sg.store, run.workflow_id))
+    assert names == {"wf-surrogate", "unrelated", "pick-file", "report\ufffd.txt", "other.txt"}
+    [decision] = queries.decisions(sg.store, run.workflow_id)
+    assert [(o["name"], o["chosen"]) for o in decision["options"]] == [
+        ("report\ufffd.txt", False),
+        ("other.txt", True),
+    ]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 2**70, 2**64])
+def test_run_ids_of_other_types_from_plain_otel_spans_are_text(
+    sg: spangraph.Spangraph, provider: TracerProvider, value: Any
+) -> None:
+    """A NaN branch or execution id (another program's) failed the write of the whole
+    batch; ids beyond int64 were clamped into one."""
+    tracer = provider.get_tracer("foreign")
+    with spangraph.workflow("wf-odd-ids") as run:
+        with tracer.start_as_current_span(
+            "foreign",
+            attributes={"spangraph.branch.id": value, "spangraph.execution.id": value},
+        ):
+            pass
+        with spangraph.step("innocent"):
+            pass
+    flush()
+    assert sg.stats()["graph"]["dropped"] == 0
+    spans = spans_of(sg.store, run.workflow_id)
+    assert spans["foreign"]["branch_id"] == str(value)
+    assert spans["foreign"]["execution_id"] == str(value)
+    assert spans["innocent"]["state"] == "completed"
+
+
+def test_an_option_name_with_a_nul_matches_its_node(sg: spangraph.Spangraph) -> None:
+    """The decision's attributes keep a NUL that the store's node name does not: the
+    option was listed twice (a phantom, unexplored and not chosen) and the choice lost."""
+    with (
+        spangraph.workflow("wf-nul") as run,
+        spangraph.decision("route", options=["a\x00b", "c"]) as d,
+    ):
+        with d.option("a\x00b"):
+            pass
+        d.choose("a\x00b")
+    flush()
+    [decision] = queries.decisions(sg.store, run.workflow_id)
+    assert [(o["name"], o["explored"], o["chosen"]) for o in decision["options"]] == [
+        ("a\ufffdb", True, True),
+        ("c", False, False),
+    ]
+    assert decision["chosen"] == "a\ufffdb"

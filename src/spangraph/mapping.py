@@ -20,6 +20,7 @@ from opentelemetry.trace import StatusCode
 
 from . import semconv as sc
 from ._attrs import MAX_VALUE_CHARS, truncate
+from ._utf8 import utf8
 
 _log = logging.getLogger("spangraph")
 
@@ -309,6 +310,10 @@ class Resources:
         return out
 
 
+def _id_text(value: Any) -> str | None:
+    return value if value is None or type(value) is str else str(value)
+
+
 class Lineage:
     """Remembers the run ids of recent spans so that spans from other instrumentations
     (which carry no ``spangraph.*`` attributes) inherit them from their parent.
@@ -325,10 +330,12 @@ class Lineage:
     def resolve(
         self, span_id: str, parent_id: str | None, trace_id: str, attributes: Mapping[str, Any]
     ) -> tuple[str, str | None, str | None]:
-        """(workflow_id, execution_id, branch_id) for a span, remembering the answer."""
-        workflow_id = attributes.get(sc.WORKFLOW_ID)
-        execution_id = attributes.get(sc.EXECUTION_ID)
-        branch_id = attributes.get(sc.BRANCH_ID)
+        """(workflow_id, execution_id, branch_id) for a span, remembering the answer. Ids
+        that are not text (another program's number, NaN) become their text: as numbers
+        NaN failed the batch's write and large ones were clamped into one."""
+        workflow_id = _id_text(attributes.get(sc.WORKFLOW_ID))
+        execution_id = _id_text(attributes.get(sc.EXECUTION_ID))
+        branch_id = _id_text(attributes.get(sc.BRANCH_ID))
         if parent_id is not None and (workflow_id is None or branch_id is None):
             inherited = self._ids.get(parent_id)
             if inherited is not None:
@@ -567,7 +574,8 @@ def option_text(value: Any) -> str:
 def unexplored_option_id(decision_span_id: str, option: str) -> str:
     """Node id of an option that was offered but not explored: 16 hex chars derived from
     the decision's span id and the option's name."""
-    digest = hashlib.blake2b(f"{decision_span_id}\0{option}".encode(), digest_size=8)
+    # (utf8(): an option name may hold a lone surrogate, e.g. from os.fsdecode)
+    digest = hashlib.blake2b(utf8(f"{decision_span_id}\0{option}"), digest_size=8)
     return digest.hexdigest()
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ._utf8 import utf8
 from .mapping import iso_time, option_text, read_json
 from .stores._base import GraphStore
 
@@ -421,7 +422,20 @@ def _options_of(value: Any) -> list[str]:
     as a one-option list; each name once, in order."""
     items = value if isinstance(value, list | tuple) else [value]
     names = (_text(v) for v in items if v is not None)
-    return list(dict.fromkeys(n for n in names if n is not None))
+    return list(dict.fromkeys(_as_stored(n) for n in names if n is not None))
+
+
+def _as_stored(name: str) -> str:
+    """An option's name as the stores keep it as a node's name: a NUL or a lone surrogate
+    as U+FFFD (FalkorDB's writes), so that the names a decision offers (its attributes'
+    JSON keeps them) match its option nodes on either store."""
+    if "\x00" in name:
+        name = name.replace("\x00", "\ufffd")
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        name = utf8(name).decode()
+    return name
 
 
 def _score(value: Any) -> float | None:
@@ -454,7 +468,7 @@ def _decision_options(
     use_children = not named or not any(r[4] == "OPTION_OF" for r in rows)
     found: dict[str, tuple[tuple[int, int, str], dict[str, Any]]] = {}
     for name, state, span_id, start_ns, edge in rows:
-        name = option_text(name)
+        name = _as_stored(option_text(name))
         if edge != "OPTION_OF" and (not use_children or (offered and name not in offered)):
             continue
         explored = state != "unexplored"
@@ -498,8 +512,10 @@ def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
         offered = _options_of(attrs.get("spangraph.decision.options"))
         listed = attrs.get("spangraph.decision.option_span_ids")
         options = _decision_options(row["options"], offered, listed)
-        names = [n for n in row.get("chosen") or () if n is not None]
+        names = [_as_stored(_text(n)) for n in row.get("chosen") or () if n is not None]
         chosen = min(names) if names else _text(attrs.get("spangraph.decision.chosen"))
+        if chosen is not None:
+            chosen = _as_stored(chosen)
         for option in options:
             option["chosen"] = option["name"] == chosen
         out.append(

@@ -219,17 +219,30 @@ class GraphSpanProcessor(QueueingSpanProcessor):
                     }
                 )
             if is_end:
-                if _has_any(span, "events"):
-                    events.extend(mapper.event_rows(span, span_id))
-                if _has_any(span, "links"):
-                    for link_type, link_row in mapper.link_rows(span, span_id):
-                        links.setdefault(link_type, []).append(link_row)
-                if label == "Decision":
-                    options, edges = mapper.option_rows(span, props, span_id)
-                    if options:
-                        ends.setdefault("Option", []).extend(options)
-                    for edge_type, edge_row in edges:
-                        links.setdefault(edge_type, []).append(edge_row)
+                try:
+                    span_events = (
+                        mapper.event_rows(span, span_id) if _has_any(span, "events") else ()
+                    )
+                    span_links = mapper.link_rows(span, span_id) if _has_any(span, "links") else ()
+                    options, edges = (
+                        mapper.option_rows(span, props, span_id)
+                        if label == "Decision"
+                        else ((), ())
+                    )
+                except Exception:  # the node is written; one span's odd data fails no other
+                    _log.exception(
+                        "spangraph graph: could not map the events, links or options of "
+                        "span %r; its node is written without them",
+                        span.name,
+                    )
+                    continue
+                events.extend(span_events)
+                for link_type, link_row in span_links:
+                    links.setdefault(link_type, []).append(link_row)
+                if options:
+                    ends.setdefault("Option", []).extend(options)
+                for edge_type, edge_row in edges:
+                    links.setdefault(edge_type, []).append(edge_row)
         if skipped:
             self._worker._count_drop(skipped, "could not be read or mapped")
         return given - skipped
