@@ -217,6 +217,31 @@ def test_failed_step_events_and_end_state(
     assert step_msgs[-1][1]["state"] == "failed"
 
 
+def test_span_started_carries_the_attributes_at_the_start(
+    sg: spangraph.Spangraph, listen: Callable[..., Listener]
+) -> None:
+    """A span that started and ended within one batch had its span.started message built
+    from its end: it already said ``failed``, and a decision's start its choice."""
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    with spangraph.workflow("wf-live-start", workflow_id=workflow_id):
+        try:
+            with spangraph.step("breaks"):
+                raise KeyError("nope")
+        except KeyError:
+            pass
+        with spangraph.decision("route", options=["a", "b"]) as d:
+            d.choose("b", reason="shorter")
+    msgs = listener.until(workflow_ended)
+    started = {m["name"]: m["attributes"] for m in msgs if m["type"] == "span.started"}
+    ended = {m["name"]: m["attributes"] for m in msgs if m["type"] == "span.ended"}
+    assert ended["breaks"]["spangraph.state"] == "failed"
+    assert started["breaks"].get("spangraph.state") in (None, "running")
+    assert ended["route"]["spangraph.decision.chosen"] == "b"
+    assert "spangraph.decision.chosen" not in started["route"]
+    assert started["route"]["spangraph.decision.options"] == ["a", "b"]
+
+
 def test_events_added_by_other_code_go_out_at_span_end_once(
     sg: spangraph.Spangraph, listen: Callable[..., Listener]
 ) -> None:

@@ -37,6 +37,8 @@ _log = logging.getLogger("spangraph")
 
 _START = 0
 _END = 1
+_START_ATTRIBUTES = 8
+"""Index of the attributes in a START record (see ``_records``)."""
 _EVENT = 2
 _SKIP: Final = (None, None, None)
 """An item of a batch that could not be read (skipped, logged)."""
@@ -428,11 +430,17 @@ class LiveEventProcessor(QueueingSpanProcessor):
                     skipped += 1
                     continue
                 items[i] = (_END, span, *item[2:])
+        # the attributes a span had when it started, for its span.started message when its
+        # end is here too (the end's are its final ones: a state, a decision's choice)
+        at_start: dict[int, dict[str, Any]] = {}
         for i, item in enumerate(items):
             if item[0] == _START and type(item[1]) is tuple:
                 record = item[1]
                 try:
-                    span = ending.get(record[2]) or rebuild(record, known)
+                    final = ending.get(record[2])
+                    if final is not None:
+                        at_start[i] = dict(record[_START_ATTRIBUTES] or ())
+                    span = final or rebuild(record, known)
                 except Exception:
                     _log.exception("spangraph live: could not read a span record; skipped")
                     items[i] = _SKIP
@@ -440,7 +448,7 @@ class LiveEventProcessor(QueueingSpanProcessor):
                     continue
                 items[i] = (_START, span, *item[2:])
         in_batch: dict[int, tuple[dict[str, Any], Mapped]] = {}
-        for item in items:
+        for i, item in enumerate(items):
             what, span, time_ns = item[0], item[1], item[2]
             if what is None:
                 continue
@@ -468,7 +476,8 @@ class LiveEventProcessor(QueueingSpanProcessor):
                 common, parts = mapped
                 if what == _START:
                     open_spans.add(span_id)
-                    msgs = [live_message(sc.SPAN_STARTED, common, time_ns, attributes, parts)]
+                    started = at_start.get(i, attributes)
+                    msgs = [live_message(sc.SPAN_STARTED, common, time_ns, started, parts)]
                 elif what == _EVENT:
                     if item[3] not in LIVE_ONLY_EVENTS:  # (tokens: never on the span)
                         sent = sent_live.get(span_id)
