@@ -174,6 +174,8 @@ def test_monitors(sg: spangraph.Spangraph, branched: dict[str, Any]) -> None:
             "target": "good",
             "target_kind": "branch",
             "target_branch_id": branched["good"].branch_id,
+            "monitor_trace_id": branched["monitor"].trace_id,
+            "target_trace_id": branched["good"].trace_id,
         }
     ]
 
@@ -187,6 +189,7 @@ def test_monitor_of_a_step_in_another_run(sg: spangraph.Spangraph) -> None:
     (row,) = queries.monitors(store(sg), run.workflow_id)
     assert (row["monitor"], row["target"], row["target_kind"]) == ("watch", "produce", "step")
     assert row["monitor_branch_id"] is None and row["target_branch_id"] is None
+    assert row["target_trace_id"] == target.trace_id != row["monitor_trace_id"]
 
 
 # -- replay -----------------------------------------------------------------------------

@@ -197,6 +197,8 @@ def test_tree_node_and_path(client: TestClient, run_ids: dict[str, str]) -> None
 
     path = client.get(f"/api/nodes/{failed['span_id']}/path").json()
     assert [p["name"] for p in path] == ["api-run", "fetch"]
+    # every node in an answer carries jaeger_url (DESIGN): the path's had none
+    assert [p["jaeger_url"] for p in path] == [root["jaeger_url"], failed["jaeger_url"]]
 
 
 def test_decisions_branches_monitors_events(client: TestClient, run_ids: dict[str, str]) -> None:
@@ -208,6 +210,11 @@ def test_decisions_branches_monitors_events(client: TestClient, run_ids: dict[st
         ("b", False, False),
     ]
     assert decision["jaeger_url"].endswith(f"uiFind={decision['span_id']}")
+    explored, unexplored = decision["options"]
+    assert explored["jaeger_url"] == (
+        f"http://jaeger.example:16686/trace/{run_ids['trace_id']}?uiFind={explored['span_id']}"
+    )
+    assert unexplored["jaeger_url"] is None  # never a span: nothing in Jaeger
     branches = client.get(f"/api/workflows/{wid}/branches").json()
     assert [(b["name"], b["nodes"], b["failed"]) for b in branches] == [
         ("left", 2, 0),
@@ -216,6 +223,8 @@ def test_decisions_branches_monitors_events(client: TestClient, run_ids: dict[st
     [monitor] = client.get(f"/api/workflows/{wid}/monitors").json()
     assert (monitor["monitor"], monitor["target"]) == ("watch-left", "left")
     assert monitor["target_branch_id"] == run_ids["branch_id"]
+    assert monitor["jaeger_url"].endswith(f"uiFind={monitor['monitor_span_id']}")
+    assert monitor["target_jaeger_url"].endswith(f"uiFind={monitor['target_span_id']}")
     summary = client.get(f"/api/branches/{run_ids['branch_id']}/summary").json()
     assert [n["name"] for n in summary["nodes"]] == ["left", "inside-left"]
     # each node's events, as queries.branch_summary gives them (before: left out)

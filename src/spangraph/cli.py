@@ -339,6 +339,8 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             return 0
     elif what == "path":
         rows = queries.path_to_root(store, args.id)
+        if not args.json:
+            rows = [{k: v for k, v in r.items() if k != "trace_id"} for r in rows]
     elif what == "events":
         rows = queries.workflow_events(store, args.id)
     elif what == "replay":
@@ -371,6 +373,8 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         ]
     elif what == "monitors":
         rows = queries.monitors(store, args.id)
+        if not args.json:  # (the trace ids are for links, not for a table)
+            rows = [{k: v for k, v in r.items() if not k.endswith("_trace_id")} for r in rows]
     elif what == "analytics":
         rows = queries.decision_analytics(store, args.id, project_id=args.project)
     elif what == "diff":

@@ -58,7 +58,7 @@ PATH_TO_ROOT: Final = (
     + "RETURN [s IN ["
     + ", ".join(f"s{i}" for i in range(PATH_HOPS))
     + "] WHERE s IS NOT NULL |\n"
-    "        [s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns]] AS chain"
+    "        [s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.trace_id]] AS chain"
 )
 
 WORKFLOW_EVENTS: Final = (
@@ -277,7 +277,7 @@ def path_to_root(store: GraphStore, span_id: str) -> list[dict[str, Any]]:
         ...
         OPTIONAL MATCH (s15:Span {span_id: s14.parent_span_id})
         RETURN [s IN [s0, s1, ..., s15] WHERE s IS NOT NULL |
-                [s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns]] AS chain
+                [s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.trace_id]] AS chain
     """
     chain: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
@@ -286,7 +286,7 @@ def path_to_root(store: GraphStore, span_id: str) -> list[dict[str, Any]]:
     while ask is not None:
         rows = store.query(PATH_TO_ROOT, {"span_id": ask})
         ask = None
-        for sid, parent, name, kind, start_ns in rows[0]["chain"] if rows else ():
+        for sid, parent, name, kind, start_ns, trace_id in rows[0]["chain"] if rows else ():
             if sid in seen:
                 cycle_at = sid
                 break
@@ -297,7 +297,7 @@ def path_to_root(store: GraphStore, span_id: str) -> list[dict[str, Any]]:
             seen[sid] = len(chain)
             chain.append(
                 {"span_id": sid, "parent_span_id": parent, "name": name, "kind": kind,
-                 "start_ns": start_ns}
+                 "start_ns": start_ns, "trace_id": trace_id}
             )  # fmt: skip
         else:
             if len(chain) % PATH_HOPS == 0 and chain and chain[-1]["parent_span_id"]:
@@ -307,9 +307,10 @@ def path_to_root(store: GraphStore, span_id: str) -> list[dict[str, Any]]:
         head = min(cycle, key=_cycle_key)
         chain = chain[: seen[head["span_id"]] + 1]
     return [
-        {"span_id": r["span_id"], "name": r.get("name"), "kind": r.get("kind")}
+        {"span_id": r["span_id"], "name": r.get("name"), "kind": r.get("kind"),
+         "trace_id": r.get("trace_id")}
         for r in reversed(chain)
-    ]
+    ]  # fmt: skip
 
 
 def workflow_events(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
@@ -364,7 +365,8 @@ MONITORS: Final = (
     "MATCH (m:Span {workflow_id: $workflow_id})-[:MONITORS]->(t:Span)\n"
     "RETURN m.span_id AS monitor_span_id, m.name AS monitor, m.branch_id AS monitor_branch_id,\n"
     "       t.span_id AS target_span_id, t.name AS target, t.kind AS target_kind,\n"
-    "       t.branch_id AS target_branch_id\n"
+    "       t.branch_id AS target_branch_id, m.trace_id AS monitor_trace_id,\n"
+    "       t.trace_id AS target_trace_id\n"
     "ORDER BY m.start_ns, t.span_id"
 )
 
@@ -600,7 +602,8 @@ def monitors(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
 
         MATCH (m:Span {workflow_id: $workflow_id})-[:MONITORS]->(t:Span)
         RETURN m.span_id AS monitor_span_id, m.name AS monitor, m.branch_id AS ...,
-               t.span_id AS target_span_id, t.name AS target, t.branch_id AS ...
+               t.span_id AS target_span_id, t.name AS target, t.branch_id AS ...,
+               m.trace_id AS monitor_trace_id, t.trace_id AS target_trace_id
     """
     return [
         {k: _text(v) for k, v in row.items()}  # all text (another program may write other)

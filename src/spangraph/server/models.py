@@ -62,6 +62,7 @@ class PathStep(BaseModel):
     span_id: str
     name: str | None = None
     kind: str | None = None
+    jaeger_url: str | None = None
 
 
 class Option(BaseModel):
@@ -70,6 +71,7 @@ class Option(BaseModel):
     span_id: str | None = None
     explored: bool
     chosen: bool
+    jaeger_url: str | None = None
 
 
 class Decision(BaseModel):
@@ -123,6 +125,7 @@ class Monitor(BaseModel):
     target_kind: str | None = None
     target_branch_id: str | None = None
     jaeger_url: str | None = None
+    target_jaeger_url: str | None = None
 
 
 class LiveMessage(BaseModel):

@@ -40,11 +40,16 @@ def _node(settings: Any, row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _traces(store: Any, workflow_id: str) -> dict[str, Any]:
+    """span id -> trace id of the spans of a run."""
+    return {r["span_id"]: r.get("trace_id") for r in queries.workflow_spans(store, workflow_id)}
+
+
 def _linked(
     settings: Any, store: Any, workflow_id: str, rows: list[dict[str, Any]], key: str = "span_id"
 ) -> list[dict[str, Any]]:
     """``rows`` of a run, each with the ``jaeger_url`` of the span named by ``row[key]``."""
-    traces = {r["span_id"]: r.get("trace_id") for r in queries.workflow_spans(store, workflow_id)}
+    traces = _traces(store, workflow_id)
     return [{**r, "jaeger_url": jaeger_url(settings, traces.get(r[key]), r[key])} for r in rows]
 
 
@@ -118,20 +123,32 @@ def get_node(span_id: str, settings: SettingsDep, store: StoreDep) -> dict[str, 
 
 
 @router.get("/nodes/{span_id}/path", response_model=list[PathStep])
-def node_path(span_id: str, store: StoreDep) -> list[dict[str, Any]]:
+def node_path(span_id: str, settings: SettingsDep, store: StoreDep) -> list[dict[str, Any]]:
     """The spans from the root of the span's tree down to it. 404 for an unknown span."""
     path = queries.path_to_root(store, span_id)
     if not path:
         raise HTTPException(404, detail=f"no span {span_id!r}")
-    return path
+    return [
+        {**step, "jaeger_url": jaeger_url(settings, step.get("trace_id"), step["span_id"])}
+        for step in path
+    ]
 
 
 @router.get("/workflows/{workflow_id:id}/decisions", response_model=list[Decision])
 def workflow_decisions(
     workflow_id: str, settings: SettingsDep, store: StoreDep
 ) -> list[dict[str, Any]]:
-    """Decision points of a run with all options, the chosen one, reason and score."""
-    return _linked(settings, store, workflow_id, queries.decisions(store, workflow_id))
+    """Decision points of a run with all options, the chosen one, reason and score; an
+    explored option has the ``jaeger_url`` of its span (one never explored: none)."""
+    traces = _traces(store, workflow_id)
+    out = []
+    for decision in queries.decisions(store, workflow_id):
+        for option in decision["options"]:
+            span_id = option["span_id"] if option["explored"] else None
+            option["jaeger_url"] = jaeger_url(settings, traces.get(span_id), span_id)
+        sid = decision["span_id"]
+        out.append({**decision, "jaeger_url": jaeger_url(settings, traces.get(sid), sid)})
+    return out
 
 
 @router.get("/workflows/{workflow_id:id}/branches", response_model=list[Branch])
@@ -164,8 +181,17 @@ def workflow_monitors(
     workflow_id: str, settings: SettingsDep, store: StoreDep
 ) -> list[dict[str, Any]]:
     """Cross-branch monitors of a run: monitor, target, both branches."""
-    rows = queries.monitors(store, workflow_id)
-    return _linked(settings, store, workflow_id, rows, key="monitor_span_id")
+    return [
+        {
+            **row,
+            "jaeger_url": jaeger_url(settings, row["monitor_trace_id"], row["monitor_span_id"]),
+            # (the target may be a span of another run)
+            "target_jaeger_url": jaeger_url(
+                settings, row["target_trace_id"], row["target_span_id"]
+            ),
+        }
+        for row in queries.monitors(store, workflow_id)
+    ]
 
 
 @router.get("/workflows/{workflow_id:id}/events", response_model=list[LiveMessage])
