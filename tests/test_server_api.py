@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
@@ -720,3 +722,37 @@ def test_ids_with_a_line_break_can_be_asked_for(settings: Settings, client: Test
     summary = client.get("/api/branches/" + quote("c\nd", safe="") + "/summary")
     assert summary.status_code == 200 and summary.json()["workflow_ids"] == ["a\nb"]
     assert client.get("/api/workflows/" + quote("a\nb", safe="") + "/events").status_code == 200
+
+
+def test_replay_is_the_live_messages_while_the_stream_holds_the_run(
+    client: TestClient, settings: Settings
+) -> None:
+    """The replay was always rebuilt from the graph, numbered anew: tokens (live only)
+    shifted every seq after them, so a client that went on live from the replay's last
+    seq (Last-Event-ID) got messages twice."""
+    _configure(settings, "replay")
+    try:
+        with spangraph.workflow("replayed") as run, spangraph.llm("m", provider="p") as call:
+            for text in ("a", "b", "c"):
+                call.token(text)
+            call.complete("abc")
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    wid = run.workflow_id or ""
+    r = redis.Redis.from_url(settings.redis_url)
+    live = [json.loads(data[b"data"]) for _, data in r.xrange(f"spangraph:stream:{wid}")]
+    answer = client.get(f"/api/workflows/{wid}/events")
+    assert answer.headers["x-spangraph-replay"] == "stream"
+    assert answer.json() == live
+    assert [m["type"] for m in live].count("token") == 3
+    assert [m["seq"] for m in live] == list(range(1, len(live) + 1))
+
+    r.xdel(f"spangraph:stream:{wid}", "1-0")  # the stream no longer starts at the run's start
+    rebuilt = client.get(f"/api/workflows/{wid}/events")
+    assert rebuilt.headers["x-spangraph-replay"] == "graph"
+    messages = rebuilt.json()
+    assert "token" not in [m["type"] for m in messages]
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+    assert [m["type"] for m in messages] == [m["type"] for m in live if m["type"] != "token"]
+    r.close()

@@ -249,6 +249,24 @@ class StreamHub:
         value = await self._client.get(seq_key(workflow_id))
         return int(value) if value is not None else 0
 
+    async def whole_run(self, workflow_id: str) -> list[str] | None:
+        """Every message of the run as its stream holds them (the live messages, ``seq``
+        and tokens included), or ``None`` when the stream no longer starts at ``seq`` 1
+        (trimmed, expired, never written), live events are off or Redis does not answer."""
+        if self._client is None:
+            return None
+        try:
+            async with asyncio.timeout(self.timeout):
+                first = await self._client.xrange(stream_key(workflow_id), "-", "+", 1)
+                if not first or first[0][0].split(b"-", 1)[0] != b"1":
+                    return None
+                texts: list[str] = []
+                async for batch in self.backlog(workflow_id, 0):
+                    texts.extend(batch.msgs)
+        except _ERRORS:
+            return None
+        return texts
+
     async def backlog(self, workflow_id: str, after: int) -> AsyncIterator[Batch]:
         """The run's messages with ``seq > after`` still in its stream, in batches."""
         start = f"({after}-0"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import TypeAdapter
+from starlette.concurrency import run_in_threadpool
 
 from ... import queries
 from ... import semconv as sc
@@ -30,6 +32,7 @@ from ..models import (
 router = APIRouter(prefix="/api", tags=["runs"])
 
 _STATES = f"^({'|'.join(sc.RUN_STATES)})$"
+_MESSAGES: TypeAdapter[list[LiveMessage]] = TypeAdapter(list[LiveMessage])
 
 
 def _node(settings: Any, row: dict[str, Any]) -> dict[str, Any]:
@@ -195,6 +198,18 @@ def workflow_monitors(
 
 
 @router.get("/workflows/{workflow_id:id}/events", response_model=list[LiveMessage])
-def workflow_events(workflow_id: str, store: StoreDep) -> list[dict[str, Any]]:
-    """Replay: the run as the ordered messages a live subscriber would have seen."""
-    return queries.replay(store, workflow_id)
+async def workflow_events(workflow_id: str, request: Request, store: StoreDep) -> Response:
+    """Replay: the run as the ordered messages a live subscriber would have seen. From
+    the run's Redis stream while it holds the run from its first message (the live
+    messages themselves: their ``seq``, tokens included, so a client can go on live
+    from the last ``seq`` with ``Last-Event-ID``); else rebuilt from the graph
+    (``queries.replay``: numbered in order, without tokens). The header
+    ``X-Spangraph-Replay`` says which: ``stream`` or ``graph``."""
+    texts = await request.app.state.hub.whole_run(workflow_id)
+    if texts is not None:
+        body, source = "[" + ",".join(texts) + "]", "stream"
+    else:
+        rows = await run_in_threadpool(queries.replay, store, workflow_id)
+        body = _MESSAGES.dump_json(_MESSAGES.validate_python(rows)).decode()
+        source = "graph"
+    return Response(body, media_type="application/json", headers={"X-Spangraph-Replay": source})
