@@ -347,7 +347,25 @@ def _open_publisher(url: str) -> RedisPublisher:
         unreachable = isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError)
         what = "cannot reach Redis at" if unreachable else "cannot use"
         raise ConfigurationError(ENV_REDIS_URL, f"{what} {redact_url(url)}: {exc}") from None
+    if _cluster_enabled(publisher):
+        publisher.close()
+        # each publish is one script over several keys of a run (its seq counter, its
+        # stream) and of other runs: a cluster refuses it (CROSSSLOT), and every live
+        # event would be dropped
+        raise ConfigurationError(
+            ENV_REDIS_URL,
+            f"{redact_url(url)} is a Redis Cluster node; live events need one Redis "
+            "server (a primary, with replicas or Sentinel if you like)",
+        )
     return publisher
+
+
+def _cluster_enabled(publisher: RedisPublisher) -> bool:
+    try:
+        info = publisher.client.info("cluster")
+    except Exception:  # a server without the section (or a proxy that hides it)
+        return False
+    return str(info.get("cluster_enabled", 0)) == "1"
 
 
 def configure(
