@@ -7,6 +7,9 @@ import enum
 import json
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -462,8 +465,9 @@ def test_a_span_that_cannot_be_read_is_dropped_counted_and_never_raises(
     assert proc.stats()["dropped"] == before + 2
     with spangraph.workflow("after"):  # what comes next is still written
         pass
-    assert spangraph.flush()
+    assert spangraph.flush() is False  # as in process: not everything before it was written
     assert run_names(off) == {"after": "completed"}
+    assert spangraph.flush()  # nothing dropped since
 
 
 def test_offload_without_the_c_extension(
@@ -640,3 +644,190 @@ def test_a_flush_is_false_when_the_agent_dropped_something(
         assert "while-redis-is-gone" in run_names(sg)  # the graph has it all the same
     finally:
         spangraph.shutdown()
+
+
+# -- the program around the agent ---------------------------------------------------------
+
+PROGRAM = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    from opentelemetry.sdk.trace import TracerProvider
+    import spangraph
+
+    graph_url, redis_url, home, project, scenario = sys.argv[1:6]
+    if scenario == "closed-stdio":  # a daemon: its standard streams closed first
+        saved = os.dup(1)
+        for fd in (0, 1, 2):
+            os.close(fd)
+    if scenario == "sigpipe":  # as command-line tools do
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sg = spangraph.configure(
+        tracer_provider=TracerProvider(), graph_url=graph_url, redis_url=redis_url,
+        home=home, project=project, offload=True,
+    )
+    interrupted = False
+    agent = sg.offload_processor._agent
+    try:
+        with spangraph.workflow("main"):
+            if scenario != "closed-stdio":  # the agent falls behind: a backlog in its pipe
+                os.kill(agent.pid, signal.SIGSTOP)
+            for i in range(3000):
+                with spangraph.step(f"s{i}", attributes={"pad": "x" * 100}):
+                    pass
+                if scenario == "closed-stdio" and i == 10:
+                    try:
+                        os.write(2, b"disk almost full\\n" * 50)  # into whatever fd 2 is
+                    except OSError:
+                        pass
+            time.sleep(0.3)
+            if scenario == "sigpipe":  # it dies while the writer is blocked on its pipe
+                os.kill(agent.pid, signal.SIGKILL)
+                os.kill(agent.pid, signal.SIGCONT)
+                time.sleep(0.5)
+            if scenario == "group-sigint":  # a Ctrl-C in the terminal, to the whole group
+                os.kill(agent.pid, signal.SIGCONT)
+                os.killpg(os.getpgrp(), signal.SIGINT)
+                time.sleep(5)
+    except KeyboardInterrupt:
+        interrupted = True
+    time.sleep(0.5)
+    agent_code = agent.poll()  # None: the agent the program had is still there
+    with spangraph.workflow("cleanup"):
+        pass
+    ok = spangraph.flush(20)
+    spangraph.shutdown()
+    out = json.dumps({"ok": ok, "interrupted": interrupted, "agent": agent_code}).encode()
+    out += b"\\n"
+    os.write(saved if scenario == "closed-stdio" else 1, out)
+    """
+)
+
+
+@pytest.mark.parametrize("scenario", ["group-sigint", "closed-stdio", "sigpipe"])
+def test_the_agent_survives_what_the_program_around_it_does(
+    scenario: str, graph_url: str, embedded_server: ServerInfo, tmp_path: Any
+) -> None:
+    """group-sigint: a Ctrl-C reached the agent too (same process group): it died, and
+    the program's clean shutdown lost its spans. closed-stdio: the pipe to the agent got
+    fd 2, and the program's next stderr line was read as a frame: the agent hung, nothing
+    more was written. sigpipe: a program with SIGPIPE at its default was killed by its
+    next write to an agent that had died."""
+    project = f"prog-{uuid.uuid4().hex[:8]}"
+    child = subprocess.run(
+        [
+            *(sys.executable, "-c", PROGRAM, graph_url, embedded_server.redis_url),
+            *(str(tmp_path), project, scenario),
+        ],
+        capture_output=True,
+        timeout=120,
+        start_new_session=True,  # its own process group, as a program in a terminal has
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr.decode()[-2000:]
+    result = json.loads(child.stdout.decode().splitlines()[-1])
+    assert result["interrupted"] == (scenario == "group-sigint")
+    if scenario != "sigpipe":
+        assert result["agent"] is None  # the agent was never killed along
+    settings = Settings.from_env(graph_url=graph_url)
+    from spangraph.stores import open_store
+
+    store = open_store(settings)
+    try:
+        rows = store.query(
+            "MATCH (s:Span {project_id: $p}) RETURN s.name AS name, s.state AS state",
+            {"p": project},
+        )
+    finally:
+        store.close()
+    states = {row["name"]: row["state"] for row in rows}
+    assert states["cleanup"] == "completed"
+    if scenario == "sigpipe":  # what the killed agent held is lost; the rest is there
+        assert states["main"] == "completed"
+        return
+    assert result["ok"] is True
+    assert states["main"] == ("cancelled" if scenario == "group-sigint" else "completed")
+    assert {f"s{i}" for i in range(3000)} <= set(states)
+
+
+def test_a_queue_bound_below_the_batch_size_is_taken(
+    provider: TracerProvider, graph_url: str, embedded_server: ServerInfo, tmp_path: Any
+) -> None:
+    """configure(offload=True, max_queue_size=100) raised a bare ValueError (the batch
+    size was 2048 whatever the bound); the bound now reaches the agent's queues too."""
+    sg = configure_offload(provider, graph_url, embedded_server, tmp_path, max_queue_size=100)
+    try:
+        assert sg.offload_processor is not None
+        assert sg.offload_processor._config["max_queue_size"] == 100
+        with spangraph.workflow("small"):
+            pass
+        assert spangraph.flush(10)
+        assert run_names(sg) == {"small": "completed"}
+    finally:
+        spangraph.shutdown()
+
+
+def test_a_flush_after_records_were_refused_is_false(
+    provider: TracerProvider, graph_url: str, embedded_server: ServerInfo, tmp_path: Any
+) -> None:
+    """Records refused by the full buffer (an agent that does not keep up) were counted,
+    but the next flush said True."""
+    sg = configure_offload(provider, graph_url, embedded_server, tmp_path, max_queue_size=100)
+    try:
+        agent = agent_of(sg)
+        os.kill(agent.pid, signal.SIGSTOP)
+        try:
+            for i in range(3000):
+                with spangraph.step(f"s{i}"):
+                    pass
+        finally:
+            os.kill(agent.pid, signal.SIGCONT)
+        assert sg.stats()["offload"]["dropped"] > 0
+        assert spangraph.flush(20) is False
+        deadline = time.monotonic() + 20
+        while sg.stats()["offload"]["queued"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        spangraph.flush(20)  # (False too when the agent's own queues dropped the backlog)
+        with spangraph.workflow("later"):
+            pass
+        assert spangraph.flush(20) is True, sg.stats()  # nothing dropped since
+    finally:
+        spangraph.shutdown()
+
+
+def test_the_agent_imports_what_the_program_imports(
+    graph_url: str, embedded_server: ServerInfo, tmp_path: Any
+) -> None:
+    """The agent ran with ``-m`` from the program's working directory, which then came
+    first on its path: a json.py there (the program's own is never imported from there)
+    broke the agent only, and configure(offload=True) failed with "no answer"."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "json.py").write_text("raise ImportError('not the json module')\n")
+    program = tmp_path / "program.py"
+    program.write_text(
+        textwrap.dedent(
+            f"""
+            import spangraph
+            from opentelemetry.sdk.trace import TracerProvider
+
+            spangraph.configure(
+                tracer_provider=TracerProvider(), graph_url={graph_url!r},
+                redis_url={embedded_server.redis_url!r}, home={str(tmp_path)!r}, offload=True,
+            )
+            with spangraph.workflow("from-elsewhere"):
+                pass
+            assert spangraph.flush(10)
+            spangraph.shutdown()
+            print("ok")
+            """
+        )
+    )
+    child = subprocess.run(
+        [sys.executable, str(program)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (child.returncode, child.stdout.strip()) == (0, "ok"), child.stderr[-2000:]

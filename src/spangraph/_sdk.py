@@ -565,8 +565,10 @@ def _build(instance: Spangraph, *, graph: bool, live: bool, max_queue_size: int)
                     "embedded_home": None if server is None else str(settings.home),
                     "graph_embedded": settings.graph_is_embedded,
                     "redis_embedded": settings.redis_is_embedded,
+                    "max_queue_size": max_queue_size,  # the agent's queues too
                 },
                 max_queue_size=max_queue_size,
+                max_batch_size=min(2048, max_queue_size),
             )
     elif store is not None:
         instance.graph_processor = GraphSpanProcessor(

@@ -21,6 +21,7 @@ on its stdout: ``ready``, ``error <message>``, ``flushed <token> <stats JSON>`` 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import itertools
 import json
@@ -28,6 +29,7 @@ import logging
 import marshal
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -35,7 +37,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
@@ -192,6 +194,9 @@ class OffloadSpanProcessor(SpanProcessor):
         self._lost_lock = threading.Lock()
         self._logged_drops = 0
         self._last_drop_log = 0.0
+        # what was dropped when the last flush was asked for (the buffer: records refused
+        # before it) and when it was answered (records sent and lost: those before it)
+        self._flush_refused = self._flush_lost = 0
         self._thread = threading.Thread(target=self._run, name="spangraph-offload", daemon=True)
         self._thread.start()
 
@@ -228,6 +233,11 @@ class OffloadSpanProcessor(SpanProcessor):
 
     def _run(self) -> None:
         otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
+        if hasattr(signal, "pthread_sigmask"):
+            # a program that set SIGPIPE back to its default (as command-line tools do)
+            # would be killed by a write to an agent that just died: this thread's
+            # writes get EPIPE instead (the agent is then replaced)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
         buffer = self._buffer
         while True:
             if not len(buffer):
@@ -386,20 +396,31 @@ class OffloadSpanProcessor(SpanProcessor):
     # -- the agent ------------------------------------------------------------------------
 
     def _start_agent(self) -> None:
+        self._config = _on_current_port(self._config)
         env = dict(os.environ)
         env[_ENV_CONFIG] = json.dumps(self._config)
         # the agent's own calls are spangraph's: no spans of them, also where the program
         # runs under opentelemetry-instrument (whose sitecustomize the agent would load)
         env["OTEL_SDK_DISABLED"] = "true"
+        # spangraph as this process imports it (a source checkout, a vendored copy), and
+        # (-P) not the working directory first: a json.py there broke the agent only
+        env["PYTHONPATH"] = os.pathsep.join(
+            [_PACKAGE_PARENT, *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
         # Unbuffered pipes (plain file descriptors): a buffered file's lock, held by a
         # thread at the moment of a fork, would never be released in the child.
+        # A process group of its own: a Ctrl-C in the terminal, or a SIGTERM to the
+        # program's group, is the program's to handle; the agent writes what it was sent
+        # and exits when the program's end of the pipe closes.
         agent = _Agent(
-            [sys.executable, "-m", "spangraph._agent"],
+            [sys.executable, "-P", "-m", "spangraph._agent"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
             bufsize=0,
+            process_group=0,
         )
+        _above_stdio(agent)
         assert agent.stdout is not None
         self._starting = agent
         try:
@@ -526,19 +547,26 @@ class OffloadSpanProcessor(SpanProcessor):
         """A flush asked for now, waited for by calling the result (see ``Spangraph``)."""
         if self._closed:
             return lambda timeout: True
+        # something dropped on this side since the flush before (the buffer full, a write
+        # that failed, an agent that died): not everything before this one was written
+        refused, lost = self._buffer.dropped, self._lost
+        clean = refused == self._flush_refused and lost == self._flush_lost
+        self._flush_refused = refused
         token = next(self._tokens)
         ack = self._acks[token] = _Ack()
         if not self._add((_FLUSH, token)):  # full: what is queued cannot all be written
             self._acks.pop(token, None)
+            self._flush_refused = self._buffer.dropped  # (the flush's own record too)
             return lambda timeout: False
         self._wake.set()
 
         def wait(timeout: float | None) -> bool:
             try:
                 # False at once when the agent died before it answered
-                return ack.event.wait(timeout) and ack.ok
+                return ack.event.wait(timeout) and ack.ok and clean
             finally:
                 self._acks.pop(token, None)
+                self._flush_lost = max(self._flush_lost, self._lost)
 
         return wait
 
@@ -617,6 +645,50 @@ class OffloadSpanProcessor(SpanProcessor):
         return dict(self._agent_stats)
 
 
+_PACKAGE_PARENT: Final = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
+"""The directory spangraph is imported from here."""
+
+
+def _above_stdio(agent: _Agent) -> None:
+    """Move the pipes to the agent above file descriptors 0-2: a program that closed
+    those (as daemons do) got them for the pipes, and its next line to stderr went into
+    the agent's input, which it took for a frame."""
+    for name in ("stdin", "stdout"):
+        pipe = getattr(agent, name)
+        if pipe is not None and pipe.fileno() < 3:
+            moved = fcntl.fcntl(pipe.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
+            pipe.close()
+            setattr(agent, name, os.fdopen(moved, "wb" if name == "stdin" else "rb", 0))
+
+
+def _on_current_port(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the embedded server's port as it is now: a server that came back
+    on another port (its own was taken) was never reached by a new agent."""
+    home = config.get("embedded_home")
+    if not home:
+        return config
+    from ..embedded import EmbeddedServer
+
+    try:
+        info = EmbeddedServer(home).status()
+    except Exception:  # not there now: the agent fails to start, and is retried
+        return config
+    if info is None:
+        return config
+    config = dict(config)
+    for key, embedded in (("graph_url", "graph_embedded"), ("redis_url", "redis_embedded")):
+        url = config.get(key)
+        if url and config.get(embedded):
+            parts = urlsplit(url)
+            userinfo, at, _ = parts.netloc.rpartition("@")
+            host = parts.hostname or "127.0.0.1"
+            host = f"[{host}]" if ":" in host else host
+            config[key] = urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}:{info.port}"))
+    return config
+
+
 def _read_line(fd: int, timeout: float) -> tuple[str, bytes]:
     """The first line read from ``fd`` within ``timeout`` seconds ('' when none came),
     and what was read after it."""
@@ -679,6 +751,11 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
 
     out = sys.stdout.buffer
     otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))  # untraced, all of it
+    # a Ctrl-C or SIGTERM meant for the program: it ends when the program's end of its
+    # input closes, having written what it was sent
+    for name in ("SIGINT", "SIGTERM"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     if hasattr(os, "nice"):
         try:  # below the traced program: on a busy machine its threads get the cores first
             os.nice(_AGENT_NICENESS)
@@ -702,11 +779,17 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
         store = publisher = None
         if config.get("graph", True):
             store = _open_store(settings)
-            graph = GraphSpanProcessor(store, project=settings.project)
+            graph = GraphSpanProcessor(
+                store, project=settings.project, max_queue_size=config.get("max_queue_size", 65_536)
+            )
             processors.append(graph)
         if config.get("live", True) and config.get("redis_url"):
             publisher = _open_publisher(config["redis_url"])
-            live = LiveEventProcessor(publisher, project=settings.project)
+            live = LiveEventProcessor(
+                publisher,
+                project=settings.project,
+                max_queue_size=config.get("max_queue_size", 65_536),
+            )
             processors.append(live)
         if config.get("embedded_home"):  # follow the server if it comes back elsewhere
             from ..embedded import EmbeddedServer
