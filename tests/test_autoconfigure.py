@@ -116,35 +116,29 @@ def test_spangraph_run_passes_the_arguments_and_signals_as_they_are(
     script.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
     script.chmod(0o755)
     env = {**env, "SPANGRAPH_REDIS_URL": "off", "OTEL_SDK_DISABLED": "true"}
-
-    def spangraph_run(*command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "spangraph"), "run", *command],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    proc = spangraph_run("--", str(script), "--", "--flag", "a b")
+    proc = _spangraph_run(env, tmp_path, "--", str(script), "--", "--flag", "a b")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == ["--", "--flag", "a b"]
-    shell = spangraph_run("sh", "-c", "yes | head -1")
+    shell = _spangraph_run(env, tmp_path, "sh", "-c", "yes | head -1")
     assert (shell.returncode, shell.stdout, shell.stderr) == (0, "y\n", "")
 
 
-def test_spangraph_run_needs_a_command(env: dict[str, str], tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [str(BIN / "spangraph"), "run"],
+def _spangraph_run(
+    env: dict[str, str], cwd: Path, *command: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "spangraph"), "run", *command],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_spangraph_run_needs_a_command(env: dict[str, str], tmp_path: Path) -> None:
+    proc = _spangraph_run(env, tmp_path)
     assert proc.returncode == 2 and "needs a command" in proc.stderr
 
 
