@@ -4,8 +4,9 @@ In this process, ``on_start``/``on_end`` copy each span's raw fields (ids, name,
 times, status, attributes, events, links) into a record of plain values, and append it to
 a bounded buffer: one call into C where ``spangraph._speedups`` was built
 (see ``_records``). A worker thread writes the buffer, each Resource announced once, to
-the stdin of an agent: ``python -m spangraph._agent``, a child process that puts the
-records into the queues of its own :class:`~spangraph.processors.GraphSpanProcessor` and
+the stdin of an agent (the ``spangraph._agent`` process, started with
+:data:`_AGENT_BOOT`), a child process that puts the records into the queues of its own
+:class:`~spangraph.processors.GraphSpanProcessor` and
 :class:`~spangraph.processors.LiveEventProcessor`, as their ``on_start``/``on_end``
 would. Mapping, JSON and the store and Redis protocols run there, off this process's
 GIL: what a traced program pays per span is close to the copy alone (see
@@ -402,18 +403,17 @@ class OffloadSpanProcessor(SpanProcessor):
         # the agent's own calls are spangraph's: no spans of them, also where the program
         # runs under opentelemetry-instrument (whose sitecustomize the agent would load)
         env["OTEL_SDK_DISABLED"] = "true"
-        # spangraph as this process imports it (a source checkout, a vendored copy), and
-        # (-P) not the working directory first: a json.py there broke the agent only
-        env["PYTHONPATH"] = os.pathsep.join(
-            [_PACKAGE_PARENT, *filter(None, [os.environ.get("PYTHONPATH")])]
-        )
+        # the spangraph this process runs (a source checkout, a vendored copy), loaded
+        # from where it is without putting its directory before the standard library,
+        # and (-P) not the working directory first: a json.py there broke the agent only
+        env[_ENV_PACKAGE] = _PACKAGE_DIR
         # Unbuffered pipes (plain file descriptors): a buffered file's lock, held by a
         # thread at the moment of a fork, would never be released in the child.
         # A process group of its own: a Ctrl-C in the terminal, or a SIGTERM to the
         # program's group, is the program's to handle; the agent writes what it was sent
         # and exits when the program's end of the pipe closes.
         agent = _Agent(
-            [sys.executable, "-P", "-m", "spangraph._agent"],
+            [sys.executable, "-P", "-c", _AGENT_BOOT],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -645,10 +645,23 @@ class OffloadSpanProcessor(SpanProcessor):
         return dict(self._agent_stats)
 
 
-_PACKAGE_PARENT: Final = os.path.dirname(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_DIR: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The spangraph package this process runs."""
+_ENV_PACKAGE: Final = "SPANGRAPH_AGENT_PACKAGE"
+_AGENT_BOOT: Final = (
+    "# spangraph._agent: the agent process of configure(offload=True)\n"
+    "import importlib.util, os, sys\n"
+    "package = os.environ['SPANGRAPH_AGENT_PACKAGE']\n"
+    "spec = importlib.util.spec_from_file_location(\n"
+    "    'spangraph', os.path.join(package, '__init__.py'), submodule_search_locations=[package]\n"
+    ")\n"
+    "module = sys.modules['spangraph'] = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(module)\n"
+    "from spangraph.processors.offload import agent_main\n"
+    "sys.exit(agent_main())\n"
 )
-"""The directory spangraph is imported from here."""
+"""``python -P -c`` code of the agent: the same spangraph package as this process's,
+whatever the agent's path would find first."""
 
 
 def _above_stdio(agent: _Agent) -> None:
