@@ -13,7 +13,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import spangraph
 from spangraph import queries
-from spangraph.exceptions import ConfigurationError, StoreUnavailableError
+from spangraph.exceptions import (
+    ConfigurationError,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
 from spangraph.stores import WriteBatch
 from spangraph.stores.neo4j import Neo4jStore
 
@@ -68,6 +73,65 @@ def test_errors_never_show_the_password(uri: str) -> None:
     with pytest.raises(ConfigurationError) as info:
         Neo4jStore(uri)
     assert "s3cret" not in str(info.value) and "u:***@" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("Neo.ClientError.Transaction.TransactionTimedOut", StoreTimeoutError),
+        ("Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration", StoreTimeoutError),
+        ("Neo.ClientError.General.TransactionOutOfMemoryError", StoreTimeoutError),
+        ("Neo.TransientError.General.MemoryPoolOutOfMemoryError", StoreTimeoutError),
+        ("Neo.TransientError.Transaction.DeadlockDetected", StoreUnavailableError),
+        ("Neo.ClientError.Statement.SyntaxError", StoreError),
+    ],
+)
+def test_server_errors_are_told_apart_as_the_worker_needs(code: str, expected: type) -> None:
+    """A transaction the server timed out, or one too big for its memory, was a rejected
+    statement (the batch dropped whole) or retried for ever: as a timeout it is retried,
+    then split, as on FalkorDB. Driver errors as the driver makes them from a reply."""
+    from neo4j.exceptions import Neo4jError
+
+    store = Neo4jStore(f"bolt://127.0.0.1:{_closed_port()}", password="secret")
+    try:
+        error = store._translate(Neo4jError._hydrate_neo4j(code=code, message="m"), "a write")
+        assert type(error) is expected
+        assert "secret" not in str(error)
+    finally:
+        store.close()
+
+
+def test_an_exhausted_connection_pool_is_a_timeout() -> None:
+    from neo4j.exceptions import ConnectionAcquisitionTimeoutError
+
+    store = Neo4jStore(f"bolt://127.0.0.1:{_closed_port()}")
+    try:
+        error = store._translate(ConnectionAcquisitionTimeoutError("pool"), "a write")
+        assert isinstance(error, StoreTimeoutError)  # before: StoreError, the batch dropped
+    finally:
+        store.close()
+
+
+def test_a_forked_child_gets_a_driver_of_its_own() -> None:
+    """The driver knows nothing of fork: a child wrote on the parent's sockets, its
+    messages crossed with the parent's."""
+    store = Neo4jStore(f"bolt://127.0.0.1:{_closed_port()}")
+    parent_driver = store.driver
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        ok = store.driver is not parent_driver and store.driver is store.driver
+        store.close()  # leaves the parent's driver alone
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
+    assert store.driver is parent_driver
+    store.close()
 
 
 def test_configure_with_unreachable_neo4j_names_the_setting() -> None:

@@ -8,13 +8,14 @@ transient errors); reads run as managed read queries. The driver pools connectio
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from .._utf8 import mended_value
 from ..config import redact_url
-from ..exceptions import ConfigurationError, StoreError, StoreUnavailableError
+from ..exceptions import ConfigurationError, StoreError, StoreTimeoutError, StoreUnavailableError
 from ._base import WriteBatch
 
 _log = logging.getLogger(__name__)
@@ -28,6 +29,15 @@ DDL: Final = (
     "CREATE INDEX spangraph_event_span IF NOT EXISTS FOR (e:Event) ON (e.span_id, e.seq)",
 )
 """Neo4j 5 constraint and index statements (idempotent)."""
+
+_TOO_BIG_OR_SLOW: Final = (
+    "Neo.ClientError.Transaction.TransactionTimedOut",
+    "Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration",
+    "Neo.ClientError.General.TransactionOutOfMemoryError",
+    "Neo.TransientError.General.MemoryPoolOutOfMemoryError",
+)
+"""Server errors that say a transaction was too big or too slow: a timeout of the store's
+(retried, then the batch is split, as on FalkorDB), not a statement it rejects."""
 
 
 def _plain(value: Any) -> Any:
@@ -66,6 +76,9 @@ class Neo4jStore:
         max_connection_pool_size: int = 16,
         connection_timeout: float = 5.0,
         ping_timeout: float = 5.0,
+        write_timeout: float = 10.0,
+        query_timeout: float = 30.0,
+        connection_acquisition_timeout: float = 15.0,
     ) -> None:
         try:
             import neo4j
@@ -85,20 +98,40 @@ class Neo4jStore:
         self.url = redact_url(uri)  # for messages: never the password
         self.database = database
         self._ping_timeout = ping_timeout
-        auth = (user, password) if password is not None else None
+        self._write_timeout = write_timeout
+        self._query_timeout = query_timeout
+        self._uri = uri
+        self._driver_options: dict[str, Any] = {
+            "auth": (user, password) if password is not None else None,
+            "max_connection_pool_size": max_connection_pool_size,
+            "connection_timeout": connection_timeout,
+            # a pool emptied by a busy server: a timeout (retried), not a wait of 60 s
+            "connection_acquisition_timeout": connection_acquisition_timeout,
+        }
+        self._driver = self._new_driver()
+        self._schema_ready = False
+
+    def _new_driver(self) -> Any:
+        neo4j = self._neo4j
         try:
-            self._driver = neo4j.GraphDatabase.driver(
-                uri,
-                auth=auth,
-                max_connection_pool_size=max_connection_pool_size,
-                connection_timeout=connection_timeout,
-            )
+            driver = neo4j.GraphDatabase.driver(self._uri, **self._driver_options)
         except (ValueError, neo4j.exceptions.ConfigurationError) as exc:
-            reason = str(exc).replace(uri, self.url)  # the driver repeats the URI
+            reason = str(exc).replace(self._uri, self.url)  # the driver repeats the URI
             raise ConfigurationError(
                 "SPANGRAPH_GRAPH_URL", f"bad Neo4j URI {self.url!r}: {reason}"
             ) from None
-        self._schema_ready = False
+        self._pid = os.getpid()
+        return driver
+
+    @property
+    def driver(self) -> Any:
+        """This process's driver. The driver knows nothing of fork: a forked child would
+        send its messages on the parent's sockets, crossed with the parent's. The child
+        gets a driver of its own; the parent's is left alone (closing it would say
+        goodbye on the parent's connections)."""
+        if self._pid != os.getpid():
+            self._driver = self._new_driver()
+        return self._driver
 
     def _translate(self, exc: Exception, what: str) -> StoreError:
         errors = self._neo4j.exceptions
@@ -108,6 +141,10 @@ class Neo4jStore:
             errors.TransientError,
             OSError,
         )
+        if isinstance(exc, errors.ConnectionAcquisitionTimeoutError) or (
+            isinstance(exc, errors.Neo4jError) and exc.code in _TOO_BIG_OR_SLOW
+        ):
+            return StoreTimeoutError(f"Neo4j at {self.url} did not finish {what} in time: {exc}")
         if isinstance(exc, transient):
             return StoreUnavailableError(f"Neo4j at {self.url} is unavailable: {exc}")
         if isinstance(exc, errors.AuthError):
@@ -123,7 +160,7 @@ class Neo4jStore:
         try:
             with warnings.catch_warnings():  # keyword arguments here are a "preview"
                 warnings.filterwarnings("ignore", message=".*verify_connectivity")
-                self._driver.verify_connectivity(connection_acquisition_timeout=self._ping_timeout)
+                self.driver.verify_connectivity(connection_acquisition_timeout=self._ping_timeout)
         except Exception as exc:
             raise self._translate(exc, "the connection") from exc
 
@@ -132,7 +169,10 @@ class Neo4jStore:
             return
         try:
             for statement in DDL:
-                self._driver.execute_query(statement, database_=self.database)
+                self.driver.execute_query(
+                    self._neo4j.Query(statement, timeout=self._query_timeout),
+                    database_=self.database,
+                )
         except Exception as exc:
             raise self._translate(exc, "the schema") from exc
         self._schema_ready = True
@@ -147,12 +187,19 @@ class Neo4jStore:
         if not self._schema_ready:
             self.ensure_schema()
 
+        # the server ends a transaction that runs longer (a timeout: retried, then split)
+        @self._neo4j.unit_of_work(timeout=self._write_timeout)
         def work(tx: Any) -> None:
             for cypher, params in statements:
                 tx.run(cypher, params).consume()
 
+        driver = self.driver
         try:
-            with self._driver.session(database=self.database) as session:
+            # the bookmarks execute_query() reads with: a read after a flush sees the
+            # write, also when a cluster routes it to another server
+            with driver.session(
+                database=self.database, bookmark_manager=driver.execute_query_bookmark_manager
+            ) as session:
                 try:
                     session.execute_write(work)
                 except UnicodeEncodeError:
@@ -165,8 +212,8 @@ class Neo4jStore:
 
     def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         try:
-            records, _, _ = self._driver.execute_query(
-                cypher,
+            records, _, _ = self.driver.execute_query(
+                self._neo4j.Query(cypher, timeout=self._query_timeout),
                 mended_value(params) if params else {},  # lone surrogates as U+FFFD, as written
                 database_=self.database,
                 routing_=self._neo4j.RoutingControl.READ,
@@ -177,11 +224,13 @@ class Neo4jStore:
 
     def delete_all(self) -> None:
         """Delete every spangraph node (tests and maintenance only)."""
-        self._driver.execute_query(
+        self.driver.execute_query(
             "MATCH (n) WHERE n:Span OR n:Event DETACH DELETE n", database_=self.database
         )
 
     def close(self) -> None:
+        if self._pid != os.getpid():
+            return  # the parent's driver, inherited: the parent closes it
         try:
             self._driver.close()
         except Exception:  # pragma: no cover - best effort
