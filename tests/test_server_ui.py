@@ -1202,6 +1202,38 @@ def test_reused_workflow_id_shows_the_running_run(
 
 
 @needs_chromium
+def test_an_ended_run_whose_id_is_used_again_is_followed(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """The page was left on a run that ended; its id (a job's) was used again by a new
+    run: the list showed the new one running, the page stayed on the old one, and
+    clicking the new entry did nothing (before: only a reload showed it)."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"job-{uuid.uuid4().hex[:8]}"
+    first, second = "a1" * 8, "b2" * 8
+    t0 = time.time_ns() - 60 * 10**9
+    _write_spans(graph_url, [_span(workflow_id, first, "job attempt 1", "workflow", start_ns=t0)])
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    stream = FakeStream.on(app)
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator("#run-title")).to_have_text("job attempt 1")
+        expect(page.locator("#conn")).to_have_attribute("data-transport", "done")
+        _write_spans(
+            graph_url, [_span(workflow_id, second, "job attempt 2", "workflow", state="running")]
+        )
+        page.locator("#runs-refresh").click()
+        conn = stream.next_connection()
+        try:
+            expect(page.locator("#run-title")).to_have_text("job attempt 2")
+            expect(page.locator("#run-state .state")).to_have_text("running")
+            expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
+        finally:
+            conn.close()
+
+
+@needs_chromium
 def test_long_names_stay_in_their_panels(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:
@@ -1271,6 +1303,14 @@ def test_long_names_stay_in_their_panels(
                 "jaeger": True,
                 "title": True,
             }, found
+            # the node panel's heading too: cut, with the whole name in its title
+            node(page, title).locator(":scope > .row").click()
+            expect(page.locator("#detail-title")).to_have_attribute("title", title)
+            heading_inside = page.evaluate(
+                """() => document.getElementById("detail-title").getBoundingClientRect().right
+                     <= document.querySelector(".detail-panel").getBoundingClientRect().right"""
+            )
+            assert heading_inside
         finally:
             conn.close()
 

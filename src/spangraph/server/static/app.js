@@ -120,6 +120,7 @@ function renderRuns(runs) {
       runItems.delete(key);
     }
   }
+  followReusedId(runs);
 }
 
 function scheduleRuns() {
@@ -131,8 +132,26 @@ function scheduleRuns() {
 }
 
 function openRunFromList(id) {
-  if (current && current.id === id) return;
+  if (current && current.id === id) {
+    // the open run ended, and the id is used again by a run under way: open that one
+    if (current.finished && !current.closed) openRun(id, current.selected);
+    return;
+  }
   location.hash = `run=${encodeURIComponent(id)}`;
+}
+
+/** The open run ended, and the list has a run under way with its id (a caller's own id,
+ * such as a job's, used again): open it again, once for each such run, so that it is
+ * watched live rather than left at the one that ended. */
+function followReusedId(runs) {
+  const run = current;
+  if (!run || run.closed || !run.finished) return;
+  const again = runs.find((r) => runId(r) === run.id && r.state === "running");
+  if (!again || run.reopenedFor === runKey(again)) return;
+  const reopened = runKey(again);
+  openRun(run.id, run.selected).then(() => {
+    if (current && current.id === run.id) current.reopenedFor = reopened;
+  });
 }
 
 // -- the open run ----------------------------------------------------------------------------

@@ -224,6 +224,7 @@ export function renderDetail(run, select) {
   if (!n) {
     delete box.dataset.key;
     $("detail-title").textContent = "Node";
+    $("detail-title").removeAttribute("title");
     box.replaceChildren(h("p", { class: "hint", text: "Click a node in the tree to see its attributes, events and duration." }));
     return;
   }
@@ -236,6 +237,7 @@ export function renderDetail(run, select) {
   const error = n.state === "failed" || n.status === "ERROR" ? errorMessage(n, events) : null;
   const href = jaegerHref(n);
   $("detail-title").textContent = n.name || n.span_id;
+  $("detail-title").title = n.name || n.span_id; // the whole name, where it is cut
   const facts = [
     ["Duration", durationText(n) || "—"],
     ["Started", fmtTime(n.start_ns)],
