@@ -584,3 +584,46 @@ def test_a_flush_is_false_when_redis_hangs_past_give_up_after(
     run_workflow("after")
     assert spangraph.flush(30) is True  # the next flush covers what came after
     assert sg.stats()["graph"]["dropped"] == 0  # the graph is elsewhere: all written
+
+
+def test_an_agent_started_after_the_server_moved_finds_it(
+    tmp_path: Path, configured: Callable[..., spangraph.Spangraph]
+) -> None:
+    """The offload agent died while the embedded server was down, and the server came
+    back on another port: each new agent was started with the port configure() had
+    found, never got through, and nothing more was written."""
+    import os
+    import signal
+    import socket
+
+    from spangraph.embedded import EmbeddedServer
+
+    home = tmp_path / "home"
+    sg = configured(home=str(home), project=f"moved-{uuid.uuid4().hex[:8]}", offload=True)
+    server = EmbeddedServer(home)
+    try:
+        first = server.status()
+        assert first is not None and sg.offload_processor is not None
+        run_workflow("before-the-move")
+        assert spangraph.flush(10)
+        assert server.stop()
+        agent = sg.offload_processor._agent
+        assert agent is not None
+        os.kill(agent.pid, signal.SIGKILL)  # (the OOM killer, say)
+        agent.wait(10)
+        with socket.socket() as squatter:  # another program takes the port meanwhile
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", first.port))
+            squatter.listen()
+            second = server.ensure_running()
+        assert second.port != first.port
+        after = run_workflow("after-the-move")
+        assert spangraph.flush(30)
+        store = FalkorDBStore.from_url(second.graph_url)
+        try:
+            assert span_states(store, after) == ["completed"] * 3
+        finally:
+            store.close()
+    finally:
+        spangraph.shutdown()
+        server.stop()
