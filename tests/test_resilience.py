@@ -342,14 +342,26 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
+def _back_on_another_port(server: Any, port: int) -> Any:
+    """Start the stopped ``server`` while another program holds its ``port``: it comes
+    back on a new one."""
+    import socket
+
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        info = server.ensure_running()
+    assert info.port != port
+    return info
+
+
 @pytest.mark.parametrize("offload", [False, True], ids=["in-process", "offload"])
 def test_embedded_server_back_on_another_port_is_followed(
     tmp_path: Path, configured: Callable[..., spangraph.Spangraph], offload: bool
 ) -> None:
     """The embedded server restarts on a new port when another program took its own in
     the meantime: running programs find it there (server.json) and send what they held."""
-    import socket
-
     from spangraph.embedded import EmbeddedServer
 
     home = tmp_path / "home"
@@ -366,12 +378,7 @@ def test_embedded_server_back_on_another_port_is_followed(
         assert spangraph.flush(10)
 
         assert server.stop()
-        with socket.socket() as squatter:  # another program takes the port meanwhile
-            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            squatter.bind(("127.0.0.1", first.port))
-            squatter.listen()
-            second = server.ensure_running()
-        assert second.port != first.port
+        second = _back_on_another_port(server, first.port)
 
         during = timed_run("after-the-move")
         assert spangraph.flush(30)
@@ -594,7 +601,6 @@ def test_an_agent_started_after_the_server_moved_finds_it(
     found, never got through, and nothing more was written."""
     import os
     import signal
-    import socket
 
     from spangraph.embedded import EmbeddedServer
 
@@ -611,12 +617,7 @@ def test_an_agent_started_after_the_server_moved_finds_it(
         assert agent is not None
         os.kill(agent.pid, signal.SIGKILL)  # (the OOM killer, say)
         agent.wait(10)
-        with socket.socket() as squatter:  # another program takes the port meanwhile
-            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            squatter.bind(("127.0.0.1", first.port))
-            squatter.listen()
-            second = server.ensure_running()
-        assert second.port != first.port
+        second = _back_on_another_port(server, first.port)
         after = run_workflow("after-the-move")
         assert spangraph.flush(30)
         store = FalkorDBStore.from_url(second.graph_url)

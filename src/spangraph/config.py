@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from .exceptions import ConfigurationError
 
@@ -222,6 +222,16 @@ class Settings:
     @property
     def graph_is_neo4j(self) -> bool:
         return urlsplit(self.graph_url).scheme in NEO4J_SCHEMES
+
+
+def url_on_port(url: str, port: int) -> str:
+    """``url`` with ``port`` instead of its own (user, password, host, path kept)."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    host = parts.hostname or "localhost"
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}:{port}"))
 
 
 def redact_url(url: str) -> str:

@@ -38,12 +38,13 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from ..config import url_on_port
 from ..exceptions import ConfigurationError
 from . import live as _live
 from ._records import END, START, RecordBuffer, py_end_record, py_start_record, rebuild
@@ -694,11 +695,7 @@ def _on_current_port(config: dict[str, Any]) -> dict[str, Any]:
     for key, embedded in (("graph_url", "graph_embedded"), ("redis_url", "redis_embedded")):
         url = config.get(key)
         if url and config.get(embedded):
-            parts = urlsplit(url)
-            userinfo, at, _ = parts.netloc.rpartition("@")
-            host = parts.hostname or "127.0.0.1"
-            host = f"[{host}]" if ":" in host else host
-            config[key] = urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}:{info.port}"))
+            config[key] = url_on_port(url, info.port)
     return config
 
 

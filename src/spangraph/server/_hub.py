@@ -25,13 +25,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry  # the asyncio client's own (no warning)
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError
 
+from ..config import url_on_port
 from ..exceptions import LiveUnavailableError
 from ..processors.live import seq_key, stream_key
 from ._subscriber import GOING_AWAY, HEARTBEAT, TOO_SLOW, Batch, Channel, Subscriber, control
@@ -365,7 +365,7 @@ class StreamHub:
         if port is None or self.redis_url is None:
             return
         old = (self._client, self._listener)
-        self.redis_url = _on_port(self.redis_url, port)
+        self.redis_url = url_on_port(self.redis_url, port)
         self._open_clients(self.redis_url)
         await self._close_clients(*old)
         _log.warning("live: Redis moved to port %d; reconnecting there", port)
@@ -525,13 +525,3 @@ class StreamHub:
 
 def _subscriber_count(channel: Channel) -> int:
     return len(channel.subs)
-
-
-def _on_port(url: str, port: int) -> str:
-    """``url`` with ``port`` instead of its own (user, password, host, path kept)."""
-    parts = urlsplit(url)
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    host = parts.hostname or "localhost"
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}:{port}"))
