@@ -735,14 +735,20 @@ class EmbeddedServer:
 
     @staticmethod
     def _terminate(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-        """End a server this process started (SIGTERM, then SIGKILL after ``grace``)."""
-        if grace > 0:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(grace)
-                return
-        proc.kill()
-        proc.wait()
+        """End a server this process started (SIGTERM, then SIGKILL after ``grace``),
+        and close the pipe of its standard error (left to the collector, it is an
+        ``unclosed file`` ResourceWarning whenever the collector gets to it)."""
+        try:
+            if grace > 0:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(grace)
+                    return
+            proc.kill()
+            proc.wait()
+        finally:
+            if proc.stderr:
+                proc.stderr.close()
 
     def _log_tail(self, lines: int = 10) -> str:
         try:
