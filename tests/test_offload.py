@@ -25,6 +25,7 @@ from spangraph import queries
 from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
 from spangraph.exceptions import ConfigurationError
+from spangraph.processors import offload
 from spangraph.processors.offload import OffloadSpanProcessor
 
 
@@ -130,6 +131,12 @@ def test_a_killed_agent_is_replaced_and_the_program_never_notices(
     assert agent_of(off).pid != first.pid
     names = run_names(off)
     assert {"before-kill", "after-kill-0", "after-kill-1", "after-kill-2"} <= set(names)
+    # the pipes to the dead agent are closed, not left to the collector ("unclosed file")
+    assert first.stdin.closed
+    deadline = time.monotonic() + 10
+    while not first.stdout.closed:  # closed by its reader thread, once it read the end
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
 
 
 def test_shutdown_ends_the_agent(off: spangraph.Spangraph) -> None:
@@ -140,6 +147,7 @@ def test_shutdown_ends_the_agent(off: spangraph.Spangraph) -> None:
     assert processor is not None
     processor.shutdown()
     assert agent.wait(10) == 0  # it wrote what it had and exited
+    assert agent.stdin.closed and agent.stdout.closed
     assert "last" in run_names(off)
     processor.shutdown()  # idempotent
     assert processor.force_flush(1000) is True
@@ -325,12 +333,25 @@ def test_forked_child_gets_an_agent_of_its_own(off: spangraph.Spangraph) -> None
     assert {"parent-before", "child", "parent-after"} <= set(run_names(off))
 
 
-def test_an_agent_that_cannot_start_is_a_configuration_error(closed_port: int) -> None:
+def test_an_agent_that_cannot_start_is_a_configuration_error(
+    closed_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[Any] = []
+    real = offload._Agent.__init__
+
+    def record(agent: Any, *args: Any, **kwargs: Any) -> None:
+        real(agent, *args, **kwargs)
+        started.append(agent)
+
+    monkeypatch.setattr(offload._Agent, "__init__", record)
     with pytest.raises(ConfigurationError) as err:
         OffloadSpanProcessor(
             {"graph_url": f"falkordb://127.0.0.1:{closed_port}/g", "redis_url": None},
             start_timeout=30,
         )
+    [agent] = started  # reaped, and its pipes closed (not left to the collector)
+    assert agent.returncode is not None
+    assert agent.stdin.closed and agent.stdout.closed
     assert err.value.setting == "offload"
     assert str(closed_port) in str(err.value)
     names = [t.name for t in threading.enumerate()]

@@ -428,11 +428,11 @@ class OffloadSpanProcessor(SpanProcessor):
             line, rest = _read_line(agent.stdout.fileno(), self._start_timeout)
         except BaseException:
             self._starting = None
+            _discard(agent)
             raise
         if line != "ready":
             self._starting = None
-            agent.kill()
-            agent.wait(5)
+            _discard(agent)
             detail = line[6:] if line.startswith("error ") else (line or "no answer")
             raise ConfigurationError(
                 "offload", f"the spangraph agent process did not start: {detail}"
@@ -484,6 +484,8 @@ class OffloadSpanProcessor(SpanProcessor):
                 break
             pending += data
         self._agent_gone(agent)
+        with contextlib.suppress(OSError):
+            agent.stdout.close()  # read by this thread alone
 
     def _agent_gone(self, agent: _Agent) -> None:
         """Count what ``agent`` was sent and did not write as dropped, and fail the
@@ -496,6 +498,9 @@ class OffloadSpanProcessor(SpanProcessor):
             lost = agent.sent - agent.acked
             tokens = list(agent.marks)
             agent.marks.clear()
+            if agent.stdin is not None:  # no frame is written to it after this
+                with contextlib.suppress(OSError):
+                    agent.stdin.close()
         if lost > 0:
             self._count_lost(lost)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -663,6 +668,17 @@ _AGENT_BOOT: Final = (
 )
 """``python -P -c`` code of the agent: the same spangraph package as this process's,
 whatever the agent's path would find first."""
+
+
+def _discard(agent: _Agent) -> None:
+    """Kill an agent that did not start, reap it and close the pipes to it."""
+    agent.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        agent.wait(5)
+    for pipe in (agent.stdin, agent.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def _above_stdio(agent: _Agent) -> None:
