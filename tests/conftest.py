@@ -263,11 +263,12 @@ def private_servers(tmp_path: Path) -> Iterator[PrivateServers]:
 
 
 @pytest.fixture
-def closed_port() -> int:
-    """A local TCP port nothing listens on (connections are refused)."""
+def closed_port() -> Iterator[int]:
+    """A local TCP port nothing listens on (connections are refused): held bound, not
+    listening, for the test, so that no server the test starts is given it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 @pytest.fixture

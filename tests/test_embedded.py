@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -737,21 +738,40 @@ def test_data_dir_that_is_a_file_is_a_clear_error(home: Path) -> None:
     assert str(home / "data") in str(err.value)
 
 
-def test_server_whose_state_cannot_be_written_is_not_left_running(home: Path) -> None:
+class RecordedPopen(subprocess.Popen[bytes]):
+    """``subprocess.Popen`` that keeps every process it starts in ``started``."""
+
+    started: list[subprocess.Popen[bytes]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        RecordedPopen.started.append(self)
+
+
+@pytest.fixture
+def started_servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The redis-server processes the test starts, their ``Popen`` objects."""
+    RecordedPopen.started = []
+    monkeypatch.setattr(subprocess, "Popen", RecordedPopen)
+    yield RecordedPopen.started
+    RecordedPopen.started = []
+
+
+def test_server_whose_state_cannot_be_written_is_not_left_running(
+    home: Path, started_servers: list[subprocess.Popen[bytes]]
+) -> None:
     """Unrecorded, no later process would find it and the next start would run a second
     server on the same data."""
     (home / "server.json").mkdir(parents=True)  # write_text fails: IsADirectoryError
     server = EmbeddedServer(home)
-    gc.collect()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with pytest.raises(EmbeddedServerError, match="not writable") as err:
-            server.ensure_running()
-        message = str(err.value)
-        del err  # its traceback holds the server's Popen: the pipe was left to the collector
-        gc.collect()
-    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
-    assert "server.json" in message
+    with pytest.raises(EmbeddedServerError, match="not writable") as err:
+        server.ensure_running()
+    # reaped, and the pipe of its stderr closed: before, it was left to the collector
+    # (an "unclosed file" ResourceWarning whenever a later collection came to it)
+    [proc] = started_servers
+    assert proc.returncode is not None
+    assert proc.stderr is not None and proc.stderr.closed
+    assert "server.json" in str(err.value)
     assert servers_on(server.data_dir) == []
     assert server.stop() is False
     (home / "server.json").rmdir()
@@ -845,15 +865,21 @@ def test_stop_creates_no_home(tmp_path: Path) -> None:
 # -- the server process this process started ------------------------------------------------
 
 
-def test_starting_a_server_gives_no_resource_warning_and_leaves_no_zombie(home: Path) -> None:
+def test_starting_a_server_gives_no_resource_warning_and_leaves_no_zombie(
+    home: Path, started_servers: list[subprocess.Popen[bytes]]
+) -> None:
     """Before, the Popen of the server was dropped while it ran: ``ResourceWarning:
     subprocess N is still running`` (an error under ``filterwarnings = error``)."""
-    gc.collect()  # what earlier tests left to the collector is not this start's
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         info = EmbeddedServer(home).ensure_running()
         gc.collect()
-    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    # (other garbage the collection came to may warn too, on any thread: not this one's)
+    still_running = f"subprocess {info.pid} is still running"
+    assert [str(w.message) for w in caught if still_running in str(w.message)] == []
+    [proc] = started_servers
+    assert proc in embedded._started  # held, and waited for, while it runs
+    assert proc.stderr is not None and proc.stderr.closed  # read no further once it answers
     assert EmbeddedServer(home).stop() is True
     deadline = time.monotonic() + 10
     while Path(f"/proc/{info.pid}").exists():  # reaped, not left a zombie

@@ -585,7 +585,8 @@ def test_a_flush_is_false_when_redis_hangs_past_give_up_after(
         run_workflow("while-redis-hangs")
         assert spangraph.flush(30) is False  # within its timeout, but not all written
         live = sg.stats()["live"]
-        assert live["dropped"] > 0 and live["failed"] == 1, live
+        # one batch, or two if the run was cut in two by the worker's 5 ms gathering
+        assert live["dropped"] > 0 and live["failed"] >= 1, live
     finally:
         os.kill(rinfo.pid, signal.SIGCONT)
     run_workflow("after")

@@ -615,8 +615,15 @@ def test_staging_worker_maps_what_comes_while_the_sender_is_busy(make: Any) -> N
         finalized.append(list(payload))
         return payload
 
+    # max_staged above the 36 items put while the first batch is held, whatever part of
+    # them the preparer's first (timed-out) wait took
     w, sink = make(
-        pipelined=True, extend=extend, finalize=finalize, max_batch_size=4, schedule_delay=0.01
+        pipelined=True,
+        extend=extend,
+        finalize=finalize,
+        max_batch_size=4,
+        max_staged=64,
+        schedule_delay=0.01,
     )
     sink.gate = threading.Event()
     for i in range(4):
