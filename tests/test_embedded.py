@@ -785,14 +785,14 @@ def test_a_home_whose_path_is_not_utf8_finds_its_running_server(tmp_path: Path) 
     characters), so it never matched the home: the healthy server was taken for a hung
     one (``status`` said "not answering", ``up`` waited and failed, ``down`` killed it)."""
     home = tmp_path / os.fsdecode(b"home-\xff")
-    server = EmbeddedServer(home, answer_timeout=2.0)
+    server = EmbeddedServer(home, answer_timeout=10.0)
     try:
         info = server.ensure_running()
         assert server.status() == info
         assert server.unresponsive() is None
         started = time.monotonic()
         assert server.ensure_running() == info  # reused at once, not waited for
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 5
         assert servers_on(server.data_dir) == [info.pid]
         assert server.stop() is True
         assert servers_on(server.data_dir) == []

@@ -28,7 +28,7 @@ from spangraph.processors.live import workflow_channel
 from spangraph.stores import FalkorDBStore
 
 SCRIPTS = Path(__file__).parent / "scripts"
-QUICK_S = 1.0
+QUICK_S = 3.0
 """A workflow run while a server is down must return within this (a functional bound:
 on_start/on_end only append to a queue; without it a run would wait on the network)."""
 
@@ -405,7 +405,7 @@ def test_embedded_server_back_on_another_port_is_followed(
         server.stop()
 
 
-SHUTDOWN_GRACE_S = 1.5
+SHUTDOWN_GRACE_S = 3.0
 """What shutdown(timeout) may take beyond ``timeout`` on a loaded machine: no thread is
 joined past the deadline (a functional bound: without one shared deadline it took 5 s a
 processor, one processor after another, and a second's join grace a worker thread)."""

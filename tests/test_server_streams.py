@@ -894,7 +894,7 @@ async def test_hub_stops_when_its_reader_loses_the_cancellation(
     done, _ = await asyncio.wait([stopping], timeout=5)
     try:
         assert done, "stop() hung: the reader kept reading"
-        assert time.monotonic() - started < 2.5
+        assert time.monotonic() - started < 4.0  # the wait above allows 5
         assert swallowed, "the test did not make the reader lose a cancellation"
         assert not hub._tasks
     finally:
@@ -976,12 +976,12 @@ async def test_serve_ends_open_streams_at_once_when_told_to_stop(
             async with asyncio.timeout(10):
                 while True:
                     await ws.recv()
+        took = time.monotonic() - started  # to the close: not the interpreter's exit
         rest = []
         with contextlib.suppress(httpx.HTTPError):
             async with asyncio.timeout(10):
                 rest = [line async for line in lines]
         assert await asyncio.to_thread(service.proc.wait, 20) == 0
-        took = time.monotonic() - started
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
     assert any("shutting down" in line for line in rest), rest  # the SSE error event
     output = service.output()

@@ -616,11 +616,12 @@ def test_a_server_that_never_answers_is_found_out_within_the_connect_timeout(
     silent_port: int,
 ) -> None:
     """A server that accepts and never answers: the first exchange has the connect
-    timeout (5 s), not the 10 s queries get (a functional bound: before, 10 s)."""
+    timeout (5 s), not the timeout queries get (a functional bound: before, the query
+    timeout; 60 s here, so that a loaded machine cannot blur the two)."""
     started = time.monotonic()
     with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{silent_port}.*unreachable"):
-        FalkorDBStore.from_url(f"falkordb://127.0.0.1:{silent_port}/g")
-    assert time.monotonic() - started < 8.0
+        FalkorDBStore.from_url(f"falkordb://127.0.0.1:{silent_port}/g", socket_timeout=60.0)
+    assert time.monotonic() - started < 30.0
 
 
 # -- a batch in two; a write that times out -------------------------------------------------
@@ -676,14 +677,14 @@ def test_a_write_not_answered_in_time_is_a_store_timeout(
     store = FalkorDBStore.from_url(graph_url, socket_timeout=0.3)
     try:
         store.write(sample_batch())  # connected, schema made
-        redis_client.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        redis_client.execute_command("CLIENT", "PAUSE", 4000, "ALL")  # > the steps below
         paused = time.monotonic()
         with pytest.raises(StoreTimeoutError, match=r"did not answer a write within 0\.3 s"):
             store.write(sample_batch())
         with pytest.raises(StoreUnavailableError) as caught:
             store.ping()
         assert not isinstance(caught.value, StoreTimeoutError)
-        time.sleep(max(0.0, 1.6 - (time.monotonic() - paused)))
+        time.sleep(max(0.0, 4.1 - (time.monotonic() - paused)))
         store.write(sample_batch())  # answered again
         assert counts(store) == (5, 5, 2)
     finally:
