@@ -291,38 +291,44 @@ class ServeProcess:
     everything it prints goes to ``log``. A service that does not start is killed."""
 
     def __init__(self, log: Path, **env: str) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
         clean = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith(("SPANGRAPH_", "NEO4J_", "OTEL_"))
         }
         self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "spangraph.cli", "serve", "--port", str(self.port)],
-                env={**clean, **env},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
         token = env.get("SPANGRAPH_API_TOKEN")
-        try:
-            self._wait_ready({"Authorization": f"Bearer {token}"} if token else {})
-        except BaseException:
-            self.stop(signal.SIGKILL)  # never left running by a test that failed here
-            raise
+        for attempt in range(3):  # a port taken between its choice and the bind: another
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.port = int(sock.getsockname()[1])
+            with open(log, "wb") as out:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "spangraph.cli", "serve", "--port", str(self.port)],
+                    env={**clean, **env},
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            try:
+                if self._wait_ready({"Authorization": f"Bearer {token}"} if token else {}):
+                    return
+            except BaseException:
+                self.stop(signal.SIGKILL)  # never left running by a test that failed here
+                raise
+            if attempt == 2 or "address already in use" not in self.output().lower():
+                raise AssertionError("spangraph serve exited\n" + self.output())
 
-    def _wait_ready(self, headers: dict[str, str]) -> None:
+    def _wait_ready(self, headers: dict[str, str]) -> bool:
+        """True once it answers; False if it exited first."""
         deadline = time.monotonic() + 60
         while True:
-            assert self.proc.poll() is None, self.output()
+            if self.proc.poll() is not None:
+                return False
             with contextlib.suppress(httpx.HTTPError):
                 health = httpx.get(f"{self.url}/api/health", headers=headers, timeout=5)
                 if health.status_code == 200:
-                    return
+                    return True
             assert time.monotonic() < deadline, "spangraph serve did not start\n" + self.output()
             time.sleep(0.1)
 
