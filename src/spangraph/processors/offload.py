@@ -803,18 +803,15 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
         processors: list[Any] = []
         graph = live = None
         store = publisher = None
+        queue_size = config.get("max_queue_size", 65_536)  # the program's bound, for each
         if config.get("graph", True):
             store = _open_store(settings)
-            graph = GraphSpanProcessor(
-                store, project=settings.project, max_queue_size=config.get("max_queue_size", 65_536)
-            )
+            graph = GraphSpanProcessor(store, project=settings.project, max_queue_size=queue_size)
             processors.append(graph)
         if config.get("live", True) and config.get("redis_url"):
             publisher = _open_publisher(config["redis_url"])
             live = LiveEventProcessor(
-                publisher,
-                project=settings.project,
-                max_queue_size=config.get("max_queue_size", 65_536),
+                publisher, project=settings.project, max_queue_size=queue_size
             )
             processors.append(live)
         if config.get("embedded_home"):  # follow the server if it comes back elsewhere
