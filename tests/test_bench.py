@@ -89,3 +89,41 @@ def test_otlp_decode_bench_prints_ratios_against_the_valid_request() -> None:
     rows = dict(re.findall(r"^\| ([a-z ]+) \| [\d.]+ \| ([\d.]+) \|$", done.stdout, re.M))
     assert set(rows) == {"valid", "one bad span", "every span bad"}
     assert rows["valid"] == "1.00"
+
+
+@pytest.mark.timeout(300)
+def test_steady_state_bench_compares_late_rounds_with_early_ones() -> None:
+    script = SCRIPT.with_name("steady.py")
+    done = subprocess.run(
+        [sys.executable, str(script), "--spans", "300", "--rounds", "3", "--window", "1"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    rounds = re.findall(
+        r"^round +(\d+)/3 \( *(\d+) spans sent\): bare +[\d.]+ us", done.stdout, re.M
+    )
+    assert [int(r) for r, _ in rounds] == [1, 2, 3]
+    assert [int(s) for _, s in rounds] == [301, 602, 903]
+    assert "late rounds start before 65536 spans were sent" in done.stdout  # 3 x 300 spans
+    figure = re.search(
+        r"^full: .*: ([\d.]+); last 1 rounds: ([\d.]+); late / early ([\d.]+) \(dropped 0;",
+        done.stdout,
+        re.M,
+    )
+    assert figure is not None, done.stdout
+    early, late, ratio = map(float, figure.groups())
+    assert early > 1.0  # graph + live cost more than the bare SDK alone
+    assert ratio == pytest.approx(late / early, abs=0.01)
+
+
+def test_steady_state_bench_refuses_too_few_rounds() -> None:
+    script = SCRIPT.with_name("steady.py")
+    done = subprocess.run(
+        [sys.executable, str(script), "--rounds", "4", "--window", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--rounds must be at least 2 x --window + 1" in done.stderr

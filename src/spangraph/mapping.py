@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Final
@@ -324,7 +325,10 @@ class Lineage:
     __slots__ = ("_ids", "max_entries")
 
     def __init__(self, max_entries: int = 65_536) -> None:
-        self._ids: dict[str, tuple[str | None, str | None, str | None]] = {}
+        # an OrderedDict: it drops its oldest entry in constant time, where a dict's
+        # first key is found by walking past every entry deleted before it (once full,
+        # each span cost a walk of thousands of entries)
+        self._ids: OrderedDict[str, tuple[str | None, str | None, str | None]] = OrderedDict()
         self.max_entries = max_entries
 
     def resolve(
@@ -346,7 +350,7 @@ class Lineage:
         ids = self._ids
         if span_id not in ids:
             if len(ids) >= self.max_entries:
-                del ids[next(iter(ids))]
+                ids.popitem(last=False)
             ids[span_id] = (workflow_id, execution_id, branch_id)
         return (str(workflow_id) if workflow_id else trace_id), execution_id, branch_id
 
