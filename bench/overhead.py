@@ -254,6 +254,15 @@ class Setup:
             total += server_cpu_s(agent.pid)
         return total
 
+    def close(self) -> None:
+        """Shut the provider down, empty and close the graph, close the live publisher."""
+        self.provider.shutdown()
+        if self.store is not None:
+            self.store.delete_all()
+            self.store.close()
+        if self.live is not None:
+            self.live.publisher.close()
+
     def drain(self) -> None:
         if not self.provider.force_flush(120_000):
             raise RuntimeError(f"{self.name}: force_flush timed out")
@@ -420,12 +429,7 @@ def part1(info: ServerInfo, n: int, rounds: int) -> dict[str, Setup]:
             print(f"round {r + 1}/{rounds} loop us/span: {line}")
     finally:
         for s in setups.values():
-            s.provider.shutdown()
-            if s.store is not None:
-                s.store.delete_all()
-                s.store.close()
-            if s.live is not None:
-                s.live.publisher.close()
+            s.close()
     for s in setups.values():
         for proc_name, proc in (("graph", s.graph), ("live", s.live)):
             if proc is not None:
@@ -455,12 +459,7 @@ def part3(info: ServerInfo, n: int, rounds: int) -> dict[str, Setup]:
             print(f"round {r + 1}/{rounds} loop us/span: {line}")
     finally:
         for s in setups.values():
-            s.provider.shutdown()
-            if s.store is not None:
-                s.store.delete_all()
-                s.store.close()
-            if s.live is not None:
-                s.live.publisher.close()
+            s.close()
     return setups
 
 

@@ -91,12 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             dropped = setups[args.setup].dropped() - dropped0
         finally:
             for setup in setups.values():
-                setup.provider.shutdown()
-                if setup.store is not None:
-                    setup.store.delete_all()
-                    setup.store.close()
-                if setup.live is not None:
-                    setup.live.publisher.close()
+                setup.close()
             server.stop()
     ratios = [mine / bare for bare, mine in per_round]
     early = statistics.median(ratios[1 : 1 + args.window])  # round 1: warm-up

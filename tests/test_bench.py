@@ -13,9 +13,14 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "instructions.py"
 
 
-def run(*args: str, timeout: float = 540) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, timeout: float = 540, script: str = "instructions.py"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(SCRIPT.with_name(script)), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -78,13 +83,7 @@ def test_rejects_unknown_setups_and_bad_span_counts() -> None:
 
 
 def test_otlp_decode_bench_prints_ratios_against_the_valid_request() -> None:
-    script = SCRIPT.with_name("otlp_decode.py")
-    done = subprocess.run(
-        [sys.executable, str(script), "--spans", "20", "--reps", "2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run("--spans", "20", "--reps", "2", timeout=120, script="otlp_decode.py")
     assert done.returncode == 0, done.stderr
     rows = dict(re.findall(r"^\| ([a-z ]+) \| [\d.]+ \| ([\d.]+) \|$", done.stdout, re.M))
     assert set(rows) == {"valid", "one bad span", "every span bad"}
@@ -93,13 +92,7 @@ def test_otlp_decode_bench_prints_ratios_against_the_valid_request() -> None:
 
 @pytest.mark.timeout(300)
 def test_steady_state_bench_compares_late_rounds_with_early_ones() -> None:
-    script = SCRIPT.with_name("steady.py")
-    done = subprocess.run(
-        [sys.executable, str(script), "--spans", "300", "--rounds", "3", "--window", "1"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = run("--spans", "300", "--rounds", "3", "--window", "1", timeout=240, script="steady.py")
     assert done.returncode == 0, done.stderr
     rounds = re.findall(
         r"^round +(\d+)/3 \( *(\d+) spans sent\): bare +[\d.]+ us", done.stdout, re.M
@@ -119,11 +112,5 @@ def test_steady_state_bench_compares_late_rounds_with_early_ones() -> None:
 
 
 def test_steady_state_bench_refuses_too_few_rounds() -> None:
-    script = SCRIPT.with_name("steady.py")
-    done = subprocess.run(
-        [sys.executable, str(script), "--rounds", "4", "--window", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run("--rounds", "4", "--window", "2", timeout=60, script="steady.py")
     assert done.returncode == 2 and "--rounds must be at least 2 x --window + 1" in done.stderr
