@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 import spangraph
 from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
+from spangraph.exceptions import LiveUnavailableError
 from spangraph.processors.live import seq_key, stream_key, workflow_channel
 from spangraph.server import streams
 from spangraph.server._hub import StreamHub
@@ -851,6 +852,90 @@ async def test_hub_connects_without_warnings(embedded_server: ServerInfo) -> Non
     # a finalizer of other garbage may warn meanwhile, on any thread: not the hub's
     said = [str(w.message) for w in caught if not issubclass(w.category, ResourceWarning)]
     assert said == []
+
+
+async def test_a_failed_or_abandoned_attach_leaves_no_channel(
+    embedded_server: ServerInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscribe that raises something else than a Redis error (redis-py reconnecting a
+    Pub/Sub connection that just died, while the reader waits on it, raises RuntimeError),
+    or a client that goes away while Redis confirms: the channel goes with its client, and
+    is not subscribed again at every reconnect for nobody."""
+    hub = StreamHub(embedded_server.redis_url, timeout=0.5)
+    await hub.start()
+    try:
+        deadline = time.monotonic() + 30
+        while hub._pubsub is None:
+            assert time.monotonic() < deadline, "the hub did not connect"
+            await asyncio.sleep(0.02)
+        pubsub = hub._pubsub
+
+        async def broken(*names: str) -> None:
+            raise RuntimeError("read() called while another coroutine is already waiting")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(pubsub, "subscribe", broken)
+            sub = Subscriber("spangraph:workflow:w-broken", max_queue=10, workflow_id="w-broken")
+            with pytest.raises(LiveUnavailableError):
+                await hub.attach(sub)  # not confirmed: told so, and nothing is left
+        assert hub._channels == {}
+
+        async def slow(*names: str) -> None:
+            await asyncio.sleep(10)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(pubsub, "subscribe", slow)
+            sub = Subscriber("spangraph:workflow:w-gone", max_queue=10, workflow_id="w-gone")
+            attaching = asyncio.ensure_future(hub.attach(sub))
+            await asyncio.sleep(0.05)
+            attaching.cancel()  # the client went away meanwhile
+            with pytest.raises(asyncio.CancelledError):
+                await attaching
+        assert hub._channels == {}
+        # and the hub still works
+        ok = Subscriber("spangraph:workflow:w-ok", max_queue=10, workflow_id="w-ok")
+        await hub.attach(ok)
+        assert list(hub._channels) == ["spangraph:workflow:w-ok"]
+        hub.detach(ok)
+    finally:
+        await hub.stop()
+
+
+async def test_a_reconnect_resubscribes_thousands_of_channels(
+    embedded_server: ServerInfo,
+) -> None:
+    """After Redis dropped the hub's Pub/Sub connection, every channel is subscribed again
+    and confirmed in one attempt (the wait for the confirmations once went over every
+    channel at each confirmation: with 16 000 channels, each attempt timed out)."""
+    hub = StreamHub(embedded_server.redis_url, timeout=10.0, reconnect_max=0.3)
+    await hub.start()
+    r = redis.Redis.from_url(embedded_server.redis_url)
+    deadline = time.monotonic() + 30
+    while not hub.connected:
+        assert time.monotonic() < deadline, "the hub did not connect"
+        await asyncio.sleep(0.02)
+    subs = [
+        Subscriber(f"spangraph:workflow:w-many-{i}", max_queue=10, workflow_id=f"w-many-{i}")
+        for i in range(5_000)
+    ]
+    try:
+        for i in range(0, len(subs), 500):
+            await asyncio.gather(*(hub.attach(s) for s in subs[i : i + 500]))
+        outages = hub.stats()["outages"]
+        r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        deadline = time.monotonic() + 60
+        while hub.stats()["outages"] == outages or not hub.connected:
+            assert time.monotonic() < deadline, hub.stats()
+            await asyncio.sleep(0.05)
+        assert hub.stats()["outages"] == outages + 1  # back in one attempt
+        subscribed = r.execute_command("PUBSUB", "NUMSUB", *(s.channel for s in subs[::500]))
+        assert subscribed[1::2] == [1] * 10
+        assert r.execute_command("PUBSUB", "NUMPAT") == 0
+    finally:
+        for s in subs:
+            hub.detach(s)
+        r.close()
+        await hub.stop()
 
 
 # -- stopping -----------------------------------------------------------------------------

@@ -286,20 +286,29 @@ class StreamHub:
         if self._stopping or self.redis_url is None:
             raise LiveUnavailableError("live events are off")
         channel = self._channels.get(sub.channel)
+        new = channel is None
         if channel is None:
             channel = self._channels[sub.channel] = Channel(sub.channel, sub.workflow_id)
-            async with self._lock:
-                if self._pubsub is not None and self._channels.get(sub.channel) is channel:
-                    self._acks[channel.name] = self._acks.get(channel.name, 0) + 1
-                    with contextlib.suppress(*_ERRORS):  # the reader reconnects and retries
-                        await self._pubsub.subscribe(channel.name)
+        # the client first: if anything below fails or is cancelled, detach() removes the
+        # channel with its last client (a channel left without any stayed subscribed for good)
         channel.subs.add(sub)
         try:
+            if new:
+                async with self._lock:
+                    if self._pubsub is not None and self._channels.get(sub.channel) is channel:
+                        self._acks[channel.name] = self._acks.get(channel.name, 0) + 1
+                        # any error: the reader reconnects and subscribes every channel (a
+                        # connection that just died raises RuntimeError from redis-py's
+                        # reconnect while the reader waits on it)
+                        with contextlib.suppress(Exception):
+                            await self._pubsub.subscribe(channel.name)
             async with asyncio.timeout(self.timeout):
                 await channel.ready.wait()
-        except TimeoutError:
+        except BaseException as exc:
             self.detach(sub)
-            raise LiveUnavailableError("Redis did not confirm the subscription") from None
+            if isinstance(exc, TimeoutError):
+                raise LiveUnavailableError("Redis did not confirm the subscription") from None
+            raise
 
     def detach(self, sub: Subscriber) -> None:
         """Remove ``sub``; the channel is unsubscribed when its last client leaves."""
@@ -317,7 +326,7 @@ class StreamHub:
         async with self._lock:
             if name in self._channels or self._pubsub is None:
                 return  # a new client came back for it, or a reconnect will not resubscribe
-            with contextlib.suppress(*_ERRORS):
+            with contextlib.suppress(Exception):  # as in attach(): the reader resubscribes
                 await self._pubsub.unsubscribe(name)
 
     # -- the reader -----------------------------------------------------------------------
@@ -381,8 +390,14 @@ class StreamHub:
                 await pubsub.subscribe(*names[i : i + 1000])
             self._pubsub = pubsub
         arrived: list[dict[str, Any]] = []
+        waiting = 0  # names before it are confirmed: each name is checked once (not all
+        # of them again after every confirmation, which grew with the square of their number)
         async with asyncio.timeout(self.timeout):
-            while any(self._acks.get(name) for name in names):
+            while True:
+                while waiting < len(names) and not self._acks.get(names[waiting]):
+                    waiting += 1
+                if waiting == len(names):
+                    break
                 message = await pubsub.get_message(timeout=self.timeout)
                 if message is None:
                     raise TimeoutError("Redis did not confirm the subscriptions")
