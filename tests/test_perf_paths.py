@@ -463,6 +463,58 @@ def test_kept_mappings_are_bounded(
     assert outputs[0] == outputs[1]
 
 
+def test_kept_mappings_forget_the_least_recently_used(
+    provider: TracerProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More spans open than the bound: the span whose mapping was used longest ago goes,
+    the others keep theirs (the whole map was once cleared, and every event of every open
+    span was mapped again)."""
+    monkeypatch.setattr(live_module, "_MAX_KEPT", 3)
+    tracer = provider.get_tracer("t")
+    spans = [tracer.start_span(f"open-{i}") for i in range(4)]
+    proc = _processor(True)
+    ids = [span.context.span_id for span in spans]
+    for span in spans[:3]:
+        proc._prepare([(_START, span, span.start_time)])
+    proc._prepare([(_EVENT, spans[0], 1, "tick", None)])  # span 1 is now the oldest used
+    proc._prepare([(_START, spans[3], spans[3].start_time)])
+    assert set(proc._kept) == {ids[0], ids[2], ids[3]}
+    for span in spans:
+        span.end()
+
+
+def test_events_remembered_per_span_keep_the_last_ones(
+    provider: TracerProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live_module, "_SENT_PER_SPAN", 3)
+    span = provider.get_tracer("t").start_span("long")
+    proc = _processor(True)
+    proc._prepare([(_START, span, span.start_time)])
+    for t in range(1, 8):
+        proc._prepare([(_EVENT, span, t, "tick", None)])
+    assert list(proc._sent_live[span.context.span_id]) == [("tick", 5), ("tick", 6), ("tick", 7)]
+    span.end()
+
+
+def test_resources_cache_forgets_the_least_recently_used() -> None:
+    """65 Resources in turn: each miss drops only the one used longest ago (the cache was
+    once cleared whole past 64, and such a rotation missed on every span)."""
+    from types import SimpleNamespace
+
+    from opentelemetry.sdk.resources import Resource
+
+    from spangraph.mapping import Resources
+
+    resources = [Resource.create({"service.name": f"svc-{i}"}) for i in range(65)]
+    cache = Resources()
+    for resource in resources[:64]:
+        cache.service_env(SimpleNamespace(resource=resource))  # type: ignore[arg-type]
+    cache.service_env(SimpleNamespace(resource=resources[0]))  # type: ignore[arg-type]
+    assert cache.service_env(SimpleNamespace(resource=resources[64])) == ("svc-64", None)  # type: ignore[arg-type]
+    assert len(cache._cache) == 64
+    assert id(resources[0]) in cache._cache and id(resources[1]) not in cache._cache
+
+
 def test_has_any_is_the_public_property(provider: TracerProvider) -> None:
     from opentelemetry.trace import Link
 

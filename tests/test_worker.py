@@ -3,12 +3,15 @@ driven with plain in-memory prepare/send callables."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import os
 import sys
 import threading
 import time
+import types
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -416,6 +419,30 @@ def test_put_from_many_threads(make: Any) -> None:
     for n in range(4):  # each producer's items stay in its order
         mine = [i for i in items if n * 1000 <= i < n * 1000 + 500]
         assert mine == sorted(mine)
+
+
+def test_a_worker_leaves_nothing_behind_for_forks() -> None:
+    """Each configure() makes workers: once they are shut down and gone, nothing of them
+    stays for later forks (a hook registered per worker can never be unregistered: every
+    configure() left two behind, run at every fork)."""
+
+    def fork_hooks() -> int:
+        return sum(
+            1
+            for o in gc.get_objects()
+            if isinstance(o, weakref.WeakMethod)
+            or (isinstance(o, types.FunctionType) and o.__qualname__.startswith("BatchWorker."))
+        )
+
+    gc.collect()
+    before = fork_hooks()
+    for _ in range(20):
+        w: BatchWorker[Any, Any] = BatchWorker("gone", prepare, Sink(), transient=(Transient,))
+        w.put("x")
+        assert w.shutdown(timeout=5)
+        del w
+    gc.collect()
+    assert fork_hooks() == before
 
 
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="needs os.fork")

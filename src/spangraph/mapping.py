@@ -291,12 +291,14 @@ class Resources:
     __slots__ = ("_cache",)
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[Any, str | None, str | None]] = {}
+        self._cache: OrderedDict[int, tuple[Any, str | None, str | None]] = OrderedDict()
 
     def service_env(self, span: ReadableSpan) -> tuple[str | None, str | None]:
         resource = span.resource
         hit = self._cache.get(id(resource))
         if hit is not None and hit[0] is resource:
+            if len(self._cache) > 1:
+                self._cache.move_to_end(id(resource))
             return hit[1], hit[2]
         attrs = resource.attributes if resource is not None else {}
         service = attrs.get(sc.SERVICE_NAME)
@@ -305,8 +307,9 @@ class Resources:
             bounded_text(str(service)) if service is not None else None,
             bounded_text(str(env)) if env is not None else None,
         )
-        if len(self._cache) > 64:
-            self._cache.clear()
+        self._cache.pop(id(resource), None)  # another Resource that had this id
+        if len(self._cache) >= 64:  # the least recently used goes (clearing all of them
+            self._cache.popitem(last=False)  # made 65 Resources in turn miss every time)
         self._cache[id(resource)] = (resource, *out)
         return out
 

@@ -79,6 +79,21 @@ _InFlight = tuple[Any, int, list[_FlushMarker], Callable[[], None] | None, float
 it was submitted), when it was submitted, the preparer's drops before it (see _Job)."""
 
 
+_WORKERS: Final[weakref.WeakSet[Any]] = weakref.WeakSet()
+"""Every live :class:`BatchWorker`: a forked child re-initialises each (a hook registered
+by each worker could never be unregistered: every configure() left two behind, run at
+every later fork)."""
+
+
+def _reinit_workers_after_fork() -> None:
+    for worker in list(_WORKERS):
+        worker._at_fork_reinit()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_workers_after_fork)
+
+
 class BatchWorker(Generic[T, P]):
     """Bounded queue plus one daemon worker thread."""
 
@@ -162,8 +177,7 @@ class BatchWorker(Generic[T, P]):
         self._last_drop_log = 0.0
         self._outage_logged = False
         self._init_thread()
-        ref = weakref.WeakMethod(self._at_fork_reinit)
-        os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+        _WORKERS.add(self)  # re-initialised in a forked child (one hook for all workers)
 
     def _init_thread(self) -> None:
         self._queue: collections.deque[Any] = collections.deque()

@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -310,12 +311,13 @@ class LiveEventProcessor(QueueingSpanProcessor):
         self._mapper = SpanMapper(project)
         self._known: dict[int, Any] = RESOURCES  # resource key -> Resource (see _records)
         # span id -> the (name, time) of its events already sent live, the last ones only
-        self._sent_live: dict[int, dict[tuple[str, int], None]] = {}
+        self._sent_live: dict[int, OrderedDict[tuple[str, int], None]] = {}
         self._open: set[int] = set()  # spans whose start this processor saw (worker only)
         # span id -> (its resource, (name, trace id, parent, the attributes common()
         # reads), lineage entry of its parent, Mapped) of open spans, from their start to
         # their end (worker only)
-        self._kept: dict[int, tuple[Any, tuple[Any, ...], Any, Mapped]] = {}
+        # their end (worker only); least recently used first
+        self._kept: OrderedDict[int, tuple[Any, tuple[Any, ...], Any, Mapped]] = OrderedDict()
         self._worker: BatchWorker[tuple[Any, ...], list[tuple[str, str, str, str]]] = BatchWorker(
             "live",
             self._prepare,
@@ -381,6 +383,8 @@ class LiveEventProcessor(QueueingSpanProcessor):
         return the same and change no state), else mapped now (and kept if ``keep``)."""
         kept = self._kept
         entry = kept.get(span_id) if keep else kept.pop(span_id, None)
+        if entry is not None and keep:
+            kept.move_to_end(span_id)
         if entry is None and not keep:  # nothing kept, nothing to keep
             common = self._mapper.common(span, attributes)
             return common, live_message_parts(common)
@@ -402,8 +406,10 @@ class LiveEventProcessor(QueueingSpanProcessor):
         common = self._mapper.common(span, attributes)
         mapped = (common, live_message_parts(common))
         if keep:
-            if len(kept) >= _MAX_KEPT:
-                kept.clear()
+            if len(kept) >= _MAX_KEPT and span_id not in kept:
+                # the least recently used goes: with more spans open than the bound, the
+                # others keep theirs (clearing them all made every event map again)
+                kept.popitem(last=False)
             kept[span_id] = (span.resource, key, lineage.entry(common["parent_span_id"]), mapped)
         return mapped
 
@@ -482,10 +488,10 @@ class LiveEventProcessor(QueueingSpanProcessor):
                     if item[3] not in LIVE_ONLY_EVENTS:  # (tokens: never on the span)
                         sent = sent_live.get(span_id)
                         if sent is None:
-                            sent = sent_live[span_id] = {}
+                            sent = sent_live[span_id] = OrderedDict()
                         sent[(item[3], time_ns)] = None
                         if len(sent) > _SENT_PER_SPAN:  # the span keeps its last events only
-                            del sent[next(iter(sent))]
+                            sent.popitem(last=False)  # constant time (a dict walked its holes)
                     msgs = [live_message(item[3], common, time_ns, item[4], parts)]
                 else:
                     open_spans.discard(span_id)
