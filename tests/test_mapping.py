@@ -558,3 +558,25 @@ def test_live_message_attributes_are_cut_too(provider: TracerProvider) -> None:
     big = message["attributes"]["big"]
     assert big == "z" * (MAX_VALUE_CHARS - 24) + "…[truncated 91832 chars]"
     assert len(big) == MAX_VALUE_CHARS
+
+
+def test_message_heads_start_again_when_the_table_is_full(provider: TracerProvider) -> None:
+    """Event names with ids in them fill the table of message heads: it starts again, so
+    a name first seen later still gets its head kept (the table once stayed full, and
+    every later name was written the slow way for good)."""
+    from spangraph import mapping
+
+    span = provider.get_tracer("x").start_span("s")
+    span.end()
+    common = SpanMapper("p").common(span, {})
+    saved = dict(mapping._heads)  # the C side holds this very dict: filled, not replaced
+    try:
+        for i in range(1024 - len(mapping._heads)):
+            mapping._heads[f"order.{i}.shipped"] = f'{{"type":"order.{i}.shipped","seq":'
+        first = live_message("late.name", common, 5, {"n": 1})
+        assert "late.name" in mapping._heads and len(mapping._heads) == 1
+        assert live_message("late.name", common, 5, {"n": 1}) == first
+        assert _message(*first, 7)["type"] == "late.name"
+    finally:
+        mapping._heads.clear()
+        mapping._heads.update(saved)

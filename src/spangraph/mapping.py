@@ -623,7 +623,9 @@ def _py_live_message(
     head = _heads.get(message_type) if type(message_type) is str else None
     if head is None:
         head = '{"type":' + _encode(message_type) + ',"seq":'
-        if type(message_type) is str and len(_heads) < 1024:
+        if type(message_type) is str:
+            if len(_heads) >= 1024:  # names with ids in them: start again (the C path needs
+                _heads.clear()  # the head here; a full table kept every later name off it)
             _heads[message_type] = head
     before, after = parts if parts is not None else live_message_parts(common)
     if type(attributes) is not dict:
