@@ -87,7 +87,10 @@ every later fork)."""
 
 def _reinit_workers_after_fork() -> None:
     for worker in list(_WORKERS):
-        worker._at_fork_reinit()
+        try:  # one worker that cannot start again does not keep the others from it
+            worker._at_fork_reinit()
+        except Exception:
+            _log.exception("spangraph: a worker could not start again in a forked process")
 
 
 if hasattr(os, "register_at_fork"):
