@@ -415,13 +415,21 @@ class StreamHub:
 
     async def _refill(self) -> None:
         """What each workflow channel missed while Redis was away, from its stream."""
-        for channel in list(self._channels.values()):
-            if channel.workflow_id is None or not channel.subs:
+        channels = [c for c in self._channels.values() if c.workflow_id is not None and c.subs]
+        # the runs' counters in a few round trips, not one each (thousands of channels
+        # took seconds): only the runs that moved on are then read from their streams
+        currents: list[int] = []
+        for i in range(0, len(channels), _CHUNK):
+            keys = [seq_key(c.workflow_id or "") for c in channels[i : i + _CHUNK]]
+            currents += [int(v) if v is not None else 0 for v in await self._client.mget(keys)]
+        for channel, current in zip(channels, currents, strict=True):
+            if not channel.subs:  # its clients left meanwhile
                 continue
             after = channel.last_seq
             if after is None:
                 after = min((s.last_sent or 0) for s in channel.subs)
-            current = await self.current_seq(channel.workflow_id)
+            if current == after:
+                continue  # nothing missed
             if current < after:  # Redis lost data: its counter went back
                 _log.warning("live: seq of run %s went back to %d", channel.workflow_id, current)
                 channel.last_seq = after = current
