@@ -142,6 +142,8 @@ def _script_args(messages: list[tuple[str, str, str, str]]) -> tuple[Any, ...]:
 _attributes_of = attributes_of  # the name this module used to define it under
 
 _MAX_KEPT: Final = 16_384
+"""Most open spans whose mapping a LiveEventProcessor keeps between batches (the least
+recently used goes first)."""
 
 
 def _sent_per_span() -> int:
@@ -155,7 +157,6 @@ _SENT_PER_SPAN: Final = _sent_per_span()
 """Events of one open span remembered as sent live (so that its end does not send them
 again): a span keeps its last ``OTEL_SPAN_EVENT_COUNT_LIMIT`` events (128) only, so
 older ones cannot come back with its end; a long span's events grew this for ever."""
-"""Most open spans whose mapping a LiveEventProcessor keeps between batches."""
 
 Mapped = tuple[dict[str, Any], tuple[str, str]]
 """A span's ``common`` properties and their :func:`live_message_parts`."""
