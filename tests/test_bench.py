@@ -107,8 +107,14 @@ def test_steady_state_bench_compares_late_rounds_with_early_ones() -> None:
     )
     assert figure is not None, done.stdout
     early, late, ratio = map(float, figure.groups())
-    assert early > 1.0  # graph + live cost more than the bare SDK alone
-    assert ratio == pytest.approx(late / early, abs=0.01)
+    # no claim about the figures themselves (timings, on a noisy machine): only that
+    # they were measured and the printed ratio is late over early
+    assert early > 0 and late > 0
+    # each figure is printed rounded to 0.01: the ratio lies between what the roundings allow
+    h = 0.005
+    low = (late - h) / (early + h) - h
+    high = (late + h) / (early - h) + h if early > h else float("inf")
+    assert low <= ratio <= high, (early, late, ratio)
 
 
 def test_steady_state_bench_refuses_too_few_rounds() -> None:
