@@ -430,7 +430,9 @@ def test_a_worker_leaves_nothing_behind_for_forks() -> None:
         return sum(
             1
             for o in gc.get_objects()
-            if isinstance(o, weakref.WeakMethod)
+            if (
+                isinstance(o, weakref.WeakMethod) and o._func_ref() is BatchWorker._at_fork_reinit  # type: ignore[attr-defined]
+            )
             or (isinstance(o, types.FunctionType) and o.__qualname__.startswith("BatchWorker."))
         )
 
