@@ -297,8 +297,7 @@ class Resources:
         resource = span.resource
         hit = self._cache.get(id(resource))
         if hit is not None and hit[0] is resource:
-            if len(self._cache) > 1:
-                self._cache.move_to_end(id(resource))
+            self._cache.move_to_end(id(resource))
             return hit[1], hit[2]
         attrs = resource.attributes if resource is not None else {}
         service = attrs.get(sc.SERVICE_NAME)

@@ -316,8 +316,7 @@ class LiveEventProcessor(QueueingSpanProcessor):
         self._open: set[int] = set()  # spans whose start this processor saw (worker only)
         # span id -> (its resource, (name, trace id, parent, the attributes common()
         # reads), lineage entry of its parent, Mapped) of open spans, from their start to
-        # their end (worker only)
-        # their end (worker only); least recently used first
+        # their end (worker only), the least recently used first
         self._kept: OrderedDict[int, tuple[Any, tuple[Any, ...], Any, Mapped]] = OrderedDict()
         self._worker: BatchWorker[tuple[Any, ...], list[tuple[str, str, str, str]]] = BatchWorker(
             "live",
