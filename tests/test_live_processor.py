@@ -283,6 +283,37 @@ def test_a_long_span_remembers_a_bounded_number_of_sent_events(
     assert ticks == list(range(count))
 
 
+def test_spans_that_never_end_leave_the_open_ones_their_live_events(
+    sg: spangraph.Spangraph,
+    provider: TracerProvider,
+    listen: Callable[..., Listener],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the bound on open spans the longest open go (spans never ended), one at a
+    time: a span opened after them still has its events sent live, and once only (before:
+    past the bound every open span was forgotten, and their events waited for their end)."""
+    processor = sg.live_processor
+    assert processor is not None
+    monkeypatch.setattr(live_module, "_MAX_OPEN", 4, raising=False)
+    tracer = provider.get_tracer("leaks")
+    leaked = [tracer.start_span(f"never-ends-{i}") for i in range(6)]
+    assert spangraph.flush(10)
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    with spangraph.workflow("wf-after-leaks", workflow_id=workflow_id), spangraph.step("s") as s:
+        spangraph.event("progress", pct=50)
+        before = listener.until(lambda m: m["type"] == "progress")
+        assert before[-1]["name"] == "s" and before[-1]["attributes"] == {"pct": 50}
+        opened = list(processor._open)
+        assert len(opened) == 4  # the bound holds: the four latest starts
+        ids = [span.get_span_context().span_id for span in leaked]
+        assert opened[:2] == ids[4:] and opened[3] == int(s.span_id, 16)
+    msgs = listener.until(workflow_ended)
+    assert [m["type"] for m in msgs].count("progress") == 1
+    for span in leaked:
+        span.end()
+
+
 def test_lone_surrogates_go_out_as_replacement_characters(
     sg: spangraph.Spangraph, listen: Callable[..., Listener]
 ) -> None:

@@ -26,6 +26,7 @@ from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
 from spangraph.exceptions import ConfigurationError
 from spangraph.processors import offload
+from spangraph.processors.live import stream_key
 from spangraph.processors.offload import OffloadSpanProcessor
 
 
@@ -814,6 +815,46 @@ def test_a_flush_after_records_were_refused_is_false(
         with spangraph.workflow("later"):
             pass
         assert spangraph.flush(20) is True, sg.stats()  # nothing dropped since
+    finally:
+        spangraph.shutdown()
+
+
+def test_spans_that_never_end_leave_the_open_ones_their_live_events(
+    provider: TracerProvider,
+    graph_url: str,
+    embedded_server: ServerInfo,
+    tmp_path: Any,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the agent's bound on open spans (here 4, set in the agent before it starts)
+    the longest open goes, not every one: a step still open when later spans start and
+    end has its event sent live before the step ends."""
+    boot = "from spangraph.processors.offload import agent_main\n"
+    assert boot in offload._AGENT_BOOT
+    bound = "from spangraph.processors import live\nlive._MAX_OPEN = 4\n"
+    monkeypatch.setattr(offload, "_AGENT_BOOT", offload._AGENT_BOOT.replace(boot, bound + boot))
+    instance = configure_offload(provider, graph_url, embedded_server, tmp_path)
+    try:
+        tracer = provider.get_tracer("leaks")
+        leaked = [tracer.start_span(f"never-ends-{i}") for i in range(3)]
+        workflow_id = f"wf-{uuid.uuid4()}"
+        with spangraph.workflow("wf-after-leaks", workflow_id=workflow_id), spangraph.step("s"):
+            for i in range(3):  # each start past the bound: the oldest goes
+                with spangraph.step(f"child-{i}"):
+                    pass
+            spangraph.event("progress", pct=50)
+            assert spangraph.flush(10)
+            entries = redis_client.xrange(stream_key(workflow_id))
+            sent = [json.loads(data[b"data"]) for _, data in entries]
+            assert [(m["type"], m["name"]) for m in sent][-1] == ("progress", "s")
+        assert spangraph.flush(10)
+        entries = redis_client.xrange(stream_key(workflow_id))
+        types = [json.loads(data[b"data"])["type"] for _, data in entries]
+        assert types.count("progress") == 1 and types[-1] == "span.ended"
+        for span in leaked:
+            span.end()
+        assert instance.stats()["offload"]["dropped"] == 0
     finally:
         spangraph.shutdown()
 

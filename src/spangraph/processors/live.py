@@ -145,6 +145,11 @@ _MAX_KEPT: Final = 16_384
 """Most open spans whose mapping a LiveEventProcessor keeps between batches (the least
 recently used goes first)."""
 
+_MAX_OPEN: Final = 100_000
+"""Most spans a LiveEventProcessor remembers as open (and with events sent live): past
+it the longest open goes first, a span whose end never came (a dropped end, a span never
+ended) before any span of the run in progress."""
+
 
 def _sent_per_span() -> int:
     try:
@@ -312,8 +317,9 @@ class LiveEventProcessor(QueueingSpanProcessor):
         self._mapper = SpanMapper(project)
         self._known: dict[int, Any] = RESOURCES  # resource key -> Resource (see _records)
         # span id -> the (name, time) of its events already sent live, the last ones only
-        self._sent_live: dict[int, OrderedDict[tuple[str, int], None]] = {}
-        self._open: set[int] = set()  # spans whose start this processor saw (worker only)
+        self._sent_live: OrderedDict[int, OrderedDict[tuple[str, int], None]] = OrderedDict()
+        # spans whose start this processor saw, the longest open first (worker only)
+        self._open: OrderedDict[int, None] = OrderedDict()
         # span id -> (its resource, (name, trace id, parent, the attributes common()
         # reads), lineage entry of its parent, Mapped) of open spans, from their start to
         # their end (worker only), the least recently used first
@@ -481,7 +487,9 @@ class LiveEventProcessor(QueueingSpanProcessor):
                         self._kept.pop(span_id, None)
                 common, parts = mapped
                 if what == _START:
-                    open_spans.add(span_id)
+                    open_spans[span_id] = None
+                    if len(open_spans) > _MAX_OPEN:  # the longest open goes
+                        open_spans.popitem(last=False)
                     started = at_start.get(i, attributes)
                     msgs = [live_message(sc.SPAN_STARTED, common, time_ns, started, parts)]
                 elif what == _EVENT:
@@ -489,12 +497,14 @@ class LiveEventProcessor(QueueingSpanProcessor):
                         sent = sent_live.get(span_id)
                         if sent is None:
                             sent = sent_live[span_id] = OrderedDict()
+                            if len(sent_live) > _MAX_OPEN:  # the longest open goes
+                                sent_live.popitem(last=False)
                         sent[(item[3], time_ns)] = None
                         if len(sent) > _SENT_PER_SPAN:  # the span keeps its last events only
                             sent.popitem(last=False)  # constant time (a dict walked its holes)
                     msgs = [live_message(item[3], common, time_ns, item[4], parts)]
                 else:
-                    open_spans.discard(span_id)
+                    open_spans.pop(span_id, None)
                     already = sent_live.pop(span_id, ())
                     msgs = [
                         live_message(e.name, common, e.timestamp, e.attributes, parts)
@@ -517,10 +527,6 @@ class LiveEventProcessor(QueueingSpanProcessor):
                 continue
             wf, project = common["workflow_id"], common["project_id"]
             out.extend((wf, project, head, tail) for head, tail in msgs)
-        if len(sent_live) > 100_000:  # spans that never ended (dropped ends): forget them
-            sent_live.clear()
-        if len(open_spans) > 100_000:
-            open_spans.clear()
         if skipped:
             self._worker._count_drop(skipped, "could not be read or mapped")
         return out, len(out)

@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -834,7 +835,8 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
     resources: dict[int, Any] = {}
     for p in processors:  # the records name their resource by key: these are the agent's
         p._known = resources
-    open_spans: dict[int, tuple[Any, ...]] = {}  # span id -> START record, until its end
+    # span id -> START record, until its end, the longest open first
+    open_spans: OrderedDict[int, tuple[Any, ...]] = OrderedDict()
     stdin = sys.stdin.buffer
 
     while True:
@@ -848,9 +850,9 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
                 # the records go to the processors' queues as their own on_start / on_end
                 # would put them: no span is rebuilt here
                 if what == _START:
-                    if len(open_spans) > 100_000:  # starts whose end never came
-                        open_spans.clear()
                     open_spans[r[2]] = r
+                    if len(open_spans) > _live._MAX_OPEN:  # the longest open goes (an end that
+                        open_spans.popitem(last=False)  # never came), not all of them
                     for p in processors:
                         p._queue_record(_START, r)
                 elif what == _END:
