@@ -705,6 +705,61 @@ def test_odd_data_written_by_other_programs_is_served(client: TestClient) -> Non
     assert replay[0]["timestamp"] == "1970-01-01T00:00:00.000000Z"
 
 
+def test_nodes_without_ids_and_events_without_names_are_left_out(client: TestClient) -> None:
+    """Nodes another program wrote without a ``span_id``, and an event without a name,
+    cannot be served as the API's models say (an id and a type are required): they are
+    left out, and everything else of the run is served (before: 500 for the run list,
+    the tree, the replay, the decisions, the branches and the monitors of their run)."""
+    store = client.app.state.store._get()  # the service's own store
+    store.execute_many(
+        [
+            (
+                "CREATE (w:Span:Workflow {span_id: 'noid-w', trace_id: 't',"
+                " workflow_id: 'noid-r', name: 'w', kind: 'workflow', start_ns: 1,"
+                " attributes: '{}'}),"
+                " (:Span:Workflow {workflow_id: 'noid-r', name: 'w2', kind: 'workflow',"
+                " start_ns: 2, attributes: '{}'}),"
+                " (s:Span:Step {span_id: 'noid-s', workflow_id: 'noid-r', name: 's',"
+                " kind: 'step', parent_span_id: 'noid-w', start_ns: 3, attributes: '{}'}),"
+                " (s)-[:HAS_EVENT]->(:Event {span_id: 'noid-s', seq: 0, time_ns: 4,"
+                " attributes: '{}'}),"
+                " (s)-[:HAS_EVENT]->(:Event {span_id: 'noid-s', seq: 1, name: 'named',"
+                " time_ns: 5, attributes: '{}'}),"
+                " (:Span:Decision {workflow_id: 'noid-r', name: 'd', kind: 'decision',"
+                " start_ns: 6, attributes: '{}'}),"
+                " (b:Span:Branch {workflow_id: 'noid-r', name: 'b', kind: 'branch',"
+                " branch_id: 'noid-b', start_ns: 7, attributes: '{}'}),"
+                " (:Span {workflow_id: 'noid-r', name: 'in-b', kind: 'span',"
+                " branch_id: 'noid-b', start_ns: 8, attributes: '{}'}),"
+                " (m:Span:Monitor {workflow_id: 'noid-r', name: 'm', kind: 'monitor',"
+                " start_ns: 9, attributes: '{}'}),"
+                " (m)-[:MONITORS]->(s), (w)-[:MONITORS]->(b)",
+                {},
+            ),
+        ]
+    )
+    paths = ["tree", "events", "decisions", "branches", "monitors"]
+    answers = {p: client.get(f"/api/workflows/noid-r/{p}") for p in paths}
+    answers["list"] = client.get("/api/workflows", params={"name_contains": "w"})
+    answers["summary"] = client.get("/api/branches/noid-b/summary")
+    answers["node"] = client.get("/api/nodes/noid-s")
+    answers["path"] = client.get("/api/nodes/noid-s/path")
+    assert {p: a.status_code for p, a in answers.items()} == {
+        **{p: 200 for p in answers},
+        "summary": 404,
+    }  # (the branch's only spans have no id: nothing of it to serve)
+    listed = [w for w in answers["list"].json() if w["workflow_id"] == "noid-r"]
+    assert [w["span_id"] for w in listed] == ["noid-w"]
+    assert [n["name"] for n in answers["tree"].json()] == ["w"]
+    assert [c["name"] for c in answers["tree"].json()[0]["children"]] == ["s"]
+    replay = [(m["type"], m["name"]) for m in answers["events"].json()]
+    assert replay == [("span.started", "w"), ("span.started", "s"), ("named", "s")]
+    assert answers["decisions"].json() == [] and answers["branches"].json() == []
+    assert answers["monitors"].json() == []
+    assert [e["name"] for e in answers["node"].json()["events"]] == [None, "named"]
+    assert [step["name"] for step in answers["path"].json()] == ["w", "s"]
+
+
 def test_ids_with_a_line_break_can_be_asked_for(settings: Settings, client: TestClient) -> None:
     """The SDK takes any text as a run or branch id: one with a line break is found like
     any other (before: Starlette's ``path`` convertor stops at a line break, and every

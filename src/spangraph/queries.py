@@ -29,13 +29,15 @@ _SPAN_FIELDS: Final = (
 
 WORKFLOW_SPANS: Final = (
     "MATCH (s:Span {workflow_id: $workflow_id})\n"
+    "WHERE s.span_id IS NOT NULL\n"
     f"RETURN s.span_id AS {_SPAN_FIELDS}\n"
     "ORDER BY s.start_ns, s.span_id"
 )
 
 LIST_WORKFLOWS: Final = (
     "MATCH (s:Workflow)\n"
-    "WHERE ($project_id IS NULL OR s.project_id = $project_id)\n"
+    "WHERE s.span_id IS NOT NULL\n"
+    "  AND ($project_id IS NULL OR s.project_id = $project_id)\n"
     "  AND ($state IS NULL OR s.state = $state)\n"
     "  AND ($name IS NULL OR s.name = $name)\n"
     "  AND ($name_contains IS NULL OR toLower(s.name) CONTAINS toLower($name_contains))\n"
@@ -63,6 +65,7 @@ PATH_TO_ROOT: Final = (
 
 WORKFLOW_EVENTS: Final = (
     "MATCH (s:Span {workflow_id: $workflow_id})-[:HAS_EVENT]->(e:Event)\n"
+    "WHERE s.span_id IS NOT NULL\n"
     "RETURN s.span_id AS span_id, s.name AS span_name, s.kind AS kind, e.seq AS seq,\n"
     "       e.name AS name, e.time_ns AS time_ns, e.attributes AS attributes\n"
     "ORDER BY e.time_ns, s.span_id, e.seq"
@@ -329,6 +332,7 @@ def workflow_events(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]
 
 DECISIONS: Final = (
     "MATCH (d:Span:Decision {workflow_id: $workflow_id})\n"
+    "WHERE d.span_id IS NOT NULL\n"
     # OPTION_OF edges are written when the decision ends: while it is open (or when its
     # process died), the options explored so far are its Option children
     "OPTIONAL MATCH (d)-[r:OPTION_OF|PARENT_OF]->(o:Option)\n"
@@ -342,6 +346,7 @@ DECISIONS: Final = (
 
 BRANCHES: Final = (
     "MATCH (b:Span:Branch {workflow_id: $workflow_id})\n"
+    "WHERE b.span_id IS NOT NULL\n"
     "OPTIONAL MATCH (s:Span {branch_id: b.branch_id, workflow_id: b.workflow_id})\n"
     "WHERE s.state <> 'unexplored'\n"
     "RETURN b.span_id AS span_id, b.name AS name, b.branch_id AS branch_id,\n"
@@ -353,7 +358,8 @@ BRANCHES: Final = (
 
 BRANCH_SPANS: Final = (
     "MATCH (s:Span {branch_id: $branch_id})\n"
-    "WHERE s.state <> 'unexplored' AND ($workflow_id IS NULL OR s.workflow_id = $workflow_id)\n"
+    "WHERE s.state <> 'unexplored' AND s.span_id IS NOT NULL\n"
+    "  AND ($workflow_id IS NULL OR s.workflow_id = $workflow_id)\n"
     "OPTIONAL MATCH (s)-[:HAS_EVENT]->(e:Event)\n"
     "WITH s, e ORDER BY e.seq\n"
     f"RETURN s.span_id AS {_SPAN_FIELDS},\n"
@@ -363,6 +369,7 @@ BRANCH_SPANS: Final = (
 
 MONITORS: Final = (
     "MATCH (m:Span {workflow_id: $workflow_id})-[:MONITORS]->(t:Span)\n"
+    "WHERE m.span_id IS NOT NULL AND t.span_id IS NOT NULL\n"
     "RETURN m.span_id AS monitor_span_id, m.name AS monitor, m.branch_id AS monitor_branch_id,\n"
     "       t.span_id AS target_span_id, t.name AS target, t.kind AS target_kind,\n"
     "       t.branch_id AS target_branch_id, m.trace_id AS monitor_trace_id,\n"
@@ -385,7 +392,7 @@ DECISION_ANALYTICS: Final = (
 
 ABANDONED: Final = (
     "MATCH (s:Span {state: 'running'})\n"
-    "WHERE s.start_ns < $started_before_ns\n"
+    "WHERE s.start_ns < $started_before_ns AND s.span_id IS NOT NULL\n"
     "  AND ($project_id IS NULL OR s.project_id = $project_id)\n"
     f"RETURN s.span_id AS {_SPAN_FIELDS}\n"
     "ORDER BY s.start_ns\n"
@@ -654,7 +661,11 @@ def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
             messages.append((span["end_ns"], 2, message("span.ended", span, span["end_ns"], attrs)))
     for event in workflow_events(store, workflow_id):
         span = spans.get(event["span_id"])
-        if span is not None and event.get("time_ns") is not None:  # (none: another program's)
+        if (
+            span is not None
+            and event.get("time_ns") is not None  # (none: another program's)
+            and event.get("name") is not None  # (the message's type)
+        ):
             messages.append(
                 (
                     event["time_ns"],
