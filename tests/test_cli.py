@@ -522,9 +522,31 @@ def test_query_cypher_takes_parameters(demo: Demo) -> None:
         (["-p", "a b=1"], "NAME=VALUE"),
         (["--param-json", "n={"], "n: not JSON"),
         (["-p", "n=1", "--param-json", "n=1"], "parameter n given twice"),
+        # before: FalkorDB's syntax error, or the number silently made the int64 bound
+        (["--param-json", "n=NaN"], "n: NaN: the stores take finite numbers only"),
+        (["--param-json", "n=[1, -Infinity]"], "n: -Infinity: the stores take finite"),
+        (["--param-json", "n=1e400"], "n: a number out of the 64-bit float range"),
+        (["--param-json", 'n={"k": [2e400]}'], "n: a number out of the 64-bit float"),
+        (["--param-json", "n=9223372036854775808"], "out of the 64-bit integer range"),
+        (["--param-json", "n=[-9223372036854775809]"], "out of the 64-bit integer range"),
+        (["--param-json", "n=" + "[" * 20_000 + "]" * 20_000], "n: nested too deeply"),
+        # before: a traceback (the FalkorDB client refuses such a map key)
+        (["--param-json", 'n={"a`b": 1}'], "a parameter cannot be sent to FalkorDB"),
+        (["--param-json", 'n={"": 1}'], "Cypher map key cannot be empty"),
     ):
         refused = cli(demo.home, "query", "cypher", "RETURN $n AS n", *bad)
         assert refused.code == 2 and said in refused.err, (bad, refused.err)
+        assert "Traceback" not in refused.err
+    edge = cli(
+        demo.home,
+        "query",
+        "cypher",
+        "RETURN $n AS n",
+        "--param-json",
+        "n=[9223372036854775807, -9223372036854775808, 1e308]",
+        "--json",
+    )
+    assert json.loads(edge.out) == [{"n": [2**63 - 1, -(2**63), 1e308]}]
 
 
 def test_span_data_cannot_drive_the_terminal(demo: Demo) -> None:

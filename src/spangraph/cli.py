@@ -519,10 +519,37 @@ _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _json_value(text: str) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name}: the stores take finite numbers only")
+
     try:
-        return json.loads(text)
+        value = json.loads(text, parse_constant=refuse)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     except ValueError as exc:
+        if "finite numbers" in str(exc):
+            raise
         raise ValueError(f"not JSON ({exc})") from None
+    _check_json_numbers(value)
+    return value
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _check_json_numbers(value: Any) -> None:
+    """Refuse what the stores would round or reject: numbers out of the 64-bit range."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is int and item not in _INT64:
+            raise ValueError(f"{item} is out of the 64-bit integer range")
+        if type(item) is float and not math.isfinite(item):
+            raise ValueError("a number out of the 64-bit float range")
+        if type(item) is list:
+            stack.extend(item)
+        elif type(item) is dict:
+            stack.extend(item.values())
 
 
 def _param(convert: Any) -> Any:

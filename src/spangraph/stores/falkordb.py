@@ -513,7 +513,10 @@ class FalkorDBStore:
         # The parameters as the writes send them (the same header): a NUL would cut the
         # query short and a lone surrogate fail to encode, so both become U+FFFD, as they
         # were when written, and a look-up with one finds what was stored.
-        header = _params_header(params).decode()
+        try:
+            header = _params_header(params).decode()
+        except (ValueError, TypeError, RecursionError) as exc:  # e.g. a map key FalkorDB
+            raise StoreError(f"a parameter cannot be sent to FalkorDB: {exc}") from None
         try:
             result = self._graph.ro_query(header + cypher)
         except _TRANSIENT as exc:
