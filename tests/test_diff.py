@@ -347,6 +347,42 @@ def test_diff_of_two_runs(sg: spangraph.Spangraph) -> None:
     assert all(d["delta_ms"] == 0 for d in same["durations"])
 
 
+def test_a_choice_named_only_by_its_chosen_option_link_counts(sg: spangraph.Spangraph) -> None:
+    """Another program's decision may name its choice by a ``chosen_option`` link only
+    (no ``spangraph.decision.chosen``): the diff reads the link, as ``decisions()`` does
+    (before: two runs that chose differently had "the same structure")."""
+    assert sg.store is not None
+    for run, chosen in (("link-r1", "a"), ("link-r2", "b")):
+        sg.store.execute_many(
+            [
+                (
+                    "CREATE (w:Span:Workflow {span_id: $run + '-w', workflow_id: $run,"
+                    " name: 'wf', kind: 'workflow', state: 'completed', start_ns: 1}),"
+                    " (d:Span:Decision {span_id: $run + '-d', parent_span_id: $run + '-w',"
+                    " workflow_id: $run, name: 'route', kind: 'decision', start_ns: 2,"
+                    ' attributes: \'{"spangraph.decision.options": ["a", "b"]}\'}),'
+                    " (a:Span:Option {span_id: $run + '-a', parent_span_id: $run + '-d',"
+                    " workflow_id: $run, name: 'a', kind: 'option', start_ns: 3}),"
+                    " (b:Span:Option {span_id: $run + '-b', parent_span_id: $run + '-d',"
+                    " workflow_id: $run, name: 'b', kind: 'option', start_ns: 4}),"
+                    " (w)-[:PARENT_OF]->(d), (d)-[:PARENT_OF]->(a), (d)-[:PARENT_OF]->(b)",
+                    {"run": run},
+                ),
+                (
+                    "MATCH (d:Span {span_id: $run + '-d'}), (o:Span {span_id: $option})"
+                    " CREATE (d)-[:CHOSEN_OPTION]->(o)",
+                    {"run": run, "option": f"{run}-{chosen}"},
+                ),
+            ]
+        )
+    assert [d["chosen"] for d in queries.decisions(sg.store, "link-r2")] == ["b"]
+    result = queries.diff(sg.store, "link-r1", "link-r2")
+    first = result["first_divergence"]
+    assert first is not None and first["reason"] == "different choice"
+    assert (first["a"]["chosen"], first["b"]["chosen"]) == ("a", "b")
+    assert queries.diff(sg.store, "link-r1", "link-r1")["first_divergence"] is None
+
+
 def test_diff_of_two_branches(sg: spangraph.Spangraph) -> None:
     with spangraph.workflow("wf") as run:
         with spangraph.branch("left") as left:

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .mapping import read_json
+from .mapping import option_text, read_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,10 @@ def missing_message(missing: list[str], what: str = "run") -> str | None:
 
 
 def _chosen(span: dict[str, Any]) -> str | None:
+    """A decision's choice: ``chosen`` when the caller found it (its chosen_option link),
+    else its ``spangraph.decision.chosen`` attribute, as text (:func:`option_text`)."""
+    if span.get("chosen") is not None:
+        return str(span["chosen"])
     attrs = span.get("attributes")
     if isinstance(attrs, str):
         try:
@@ -82,7 +86,7 @@ def _chosen(span: dict[str, Any]) -> str | None:
         except ValueError:
             attrs = {}
     value = (attrs or {}).get("spangraph.decision.chosen") if isinstance(attrs, dict) else None
-    return str(value) if value is not None else None
+    return option_text(value) if value is not None else None
 
 
 def _start(span: dict[str, Any]) -> float:

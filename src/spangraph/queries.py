@@ -758,10 +758,33 @@ def diff(store: GraphStore, a: str, b: str, *, branches: bool = False) -> dict[s
     def spans_of(key: str) -> list[dict[str, Any]]:
         if branches:
             summary = branch_summary(store, key)
-            return summary["nodes"] if summary else []
-        return workflow_spans(store, key)
+            spans = summary["nodes"] if summary else []
+        else:
+            spans = workflow_spans(store, key)
+        # a decision's choice as decisions() gives it: its chosen_option link first
+        # (another program's decision may name its choice only so), then its attribute
+        ids = [s["span_id"] for s in spans if s.get("kind") == "decision"]
+        if ids:
+            linked = {
+                row["span_id"]: [_as_stored(_text(n)) for n in row["chosen"] if n is not None]
+                for row in store.query(CHOSEN_BY_LINK, {"span_ids": ids})
+            }
+            for span in spans:
+                names = linked.get(span["span_id"])
+                if names:
+                    span["chosen"] = min(names)
+        return spans
 
     return structural_diff(a, spans_of(a), b, spans_of(b)).to_dict()
+
+
+CHOSEN_BY_LINK: Final = (
+    "MATCH (d:Span:Decision)-[:CHOSEN_OPTION]->(c:Span)\n"
+    "WHERE d.span_id IN $span_ids\n"
+    "RETURN d.span_id AS span_id, collect(DISTINCT c.name) AS chosen"
+)
+
+_MORE_STATEMENTS["chosen_by_link"] = CHOSEN_BY_LINK
 
 
 NODE: Final = f"MATCH (s:Span {{span_id: $span_id}})\nRETURN s.span_id AS {_SPAN_FIELDS}"
