@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -493,6 +494,35 @@ def test_a_span_that_cannot_be_read_is_dropped_counted_and_never_raises(
     assert spangraph.flush() is False  # as in process: not everything before it was written
     assert run_names(off) == {"after": "completed"}
     assert spangraph.flush()  # nothing dropped since
+
+
+def test_shutdown_logs_the_drops_the_rate_limit_kept_quiet(
+    off: spangraph.Spangraph, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Drop warnings come at most every 10 s; shutdown says what was dropped since the
+    last one (before: the 99 dropped after the first warning were counted, never logged)."""
+    proc = off.offload_processor
+    assert proc is not None
+
+    def logged() -> list[int]:
+        said = [r.getMessage() for r in caplog.records if r.name.startswith("spangraph")]
+        return [int(m.split()[3]) for m in said if m.startswith("spangraph offload: dropped")]
+
+    with caplog.at_level(logging.WARNING, logger="spangraph"):
+        proc.on_start(object())  # type: ignore[arg-type]  # unreadable: dropped, counted
+        with spangraph.step("wakes-the-writer"):
+            pass
+        deadline = time.monotonic() + 10
+        while not logged() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert logged() == [1]
+        for _ in range(99):
+            proc.on_start(object())  # type: ignore[arg-type]
+        with spangraph.step("after"):
+            pass
+        spangraph.shutdown()
+    assert logged() == [1, 99]
+    assert proc.stats()["dropped"] == 100
 
 
 def test_offload_without_the_c_extension(

@@ -7,6 +7,7 @@ import gc
 import itertools
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -197,6 +198,67 @@ def test_drop_warnings_are_rate_limited(make: Any, caplog: pytest.LogCaptureFixt
     assert w.dropped == 100
     assert len([r for r in caplog.records if "dropped" in r.getMessage()]) == 1
     sink.gate.set()
+
+
+def test_shutdown_logs_the_drops_the_rate_limit_kept_quiet(
+    make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Drop warnings come at most every 10 s; shutdown says what was dropped since the
+    last one (before: 1 of 100 drops was ever logged, though stats() counted 100)."""
+    w, sink = make(max_queue_size=1, max_batch_size=1, schedule_delay=0.01, eager=True)
+    sink.gate = threading.Event()
+    w.put(0)
+    assert sink.entered.wait(5)
+    stall(w)
+    with caplog.at_level(logging.WARNING, logger="spangraph"):
+        for i in range(100):
+            assert w.put(i) is False
+        sink.gate.set()
+        w.shutdown(5)
+    said = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert said == [
+        "spangraph test: dropped 1 item(s) (queue full); 1 dropped in all",
+        "spangraph test: dropped 99 item(s) not logged before; 100 dropped in all",
+    ]
+    assert w.dropped == 100
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
+def test_a_signal_handler_that_traces_while_a_drop_is_counted_does_not_hang(
+    make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal handler runs on the main thread between two of its bytecodes, also while
+    that thread counts a drop under the worker's lock; a handler that makes a span drops
+    too when the queue is full, and took that lock again: the process hung for good
+    (workers included). The signal comes at exactly that moment here."""
+    w, sink = make(max_queue_size=1, max_batch_size=1, schedule_delay=0.01, eager=True)
+    sink.gate = threading.Event()
+    w.put(0)
+    assert sink.entered.wait(5)
+    stall(w)
+    in_handler: list[bool] = []
+    signalled: list[bool] = []
+    add_drop = w._add_drop
+
+    def add_drop_then_signal(n: int) -> Any:  # runs under the lock
+        if not signalled:
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.01)  # the handler runs here, on this thread, the lock held
+        return add_drop(n)
+
+    def handler(signum: int, frame: Any) -> None:
+        in_handler.append(w.put("from the handler"))
+
+    monkeypatch.setattr(w, "_add_drop", add_drop_then_signal)
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        assert w.put("dropped") is False
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert in_handler == [False] and w.dropped == 2
+    sink.gate.set()
+    assert w.flush(5) is False
 
 
 def test_transient_errors_are_retried_then_delivered(

@@ -178,6 +178,7 @@ class BatchWorker(Generic[T, P]):
         self.failed = 0
         self.retries = 0
         self._last_drop_log = 0.0
+        self._logged_dropped = 0  # ``dropped`` as of the last warning about drops
         self._outage_logged = False
         self._init_thread()
         _WORKERS.add(self)  # re-initialised in a forked child (one hook for all workers)
@@ -195,7 +196,9 @@ class BatchWorker(Generic[T, P]):
         self._flush_pending = 0
         self._closed = False
         self._left_at_shutdown = 0
-        self._drop_lock = threading.Lock()
+        # re-entered by a signal handler that makes a span while this thread counts a
+        # drop (a handler runs on the main thread between any two of its bytecodes)
+        self._drop_lock = threading.RLock()
         # What the worker holds (under _drop_lock): items (or what ``prepare`` counted of
         # them) taken out of the queue and not yet sent or dropped -- being mapped,
         # staged, ready for the sender, in the send. A shutdown that gives up on the
@@ -233,7 +236,7 @@ class BatchWorker(Generic[T, P]):
         # In a forked child the worker thread is gone and the queue belongs to the parent.
         if self._closed:  # shut down in the parent: stays shut down (no thread) in the child
             self._queue = collections.deque()
-            self._drop_lock = threading.Lock()
+            self._drop_lock = threading.RLock()
             return
         self._init_thread()
 
@@ -280,6 +283,7 @@ class BatchWorker(Generic[T, P]):
         if now - self._last_drop_log < 10.0:
             return None
         self._last_drop_log = now
+        self._logged_dropped = self.dropped
         return self.dropped
 
     def _log_drop(self, n: int, why: str, total: int | None) -> None:
@@ -405,6 +409,16 @@ class BatchWorker(Generic[T, P]):
             self._log_drop(left + held, "not sent before shutdown", total)
         # flushes waiting on other threads: done, and False (not everything was sent)
         self._release(markers, lost=True)
+        with self._drop_lock:  # the last word: drops the rate limit kept quiet, if any
+            unlogged = self.dropped - self._logged_dropped
+            self._logged_dropped = self.dropped
+        if unlogged:
+            _log.warning(
+                "spangraph %s: dropped %d item(s) not logged before; %d dropped in all",
+                self.name,
+                unlogged,
+                self.dropped,
+            )
         return flushed
 
     # -- worker thread --------------------------------------------------------------------

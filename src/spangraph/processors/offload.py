@@ -309,12 +309,14 @@ class OffloadSpanProcessor(SpanProcessor):
         with self._lost_lock:  # the worker, ack readers and shutdown all count
             self._lost += n
 
-    def _log_drops(self) -> None:
+    def _log_drops(self, *, last: bool = False) -> None:
+        """Warn of the records dropped since the last warning, at most every 10 s;
+        ``last`` (at shutdown): now, whenever the last warning was."""
         dropped = self._buffer.dropped
         if dropped == self._logged_drops:
             return
         now = time.monotonic()
-        if now - self._last_drop_log < 10.0:
+        if now - self._last_drop_log < 10.0 and not last:
             return
         unreadable = self._buffer.unreadable
         _log.warning(
@@ -600,6 +602,7 @@ class OffloadSpanProcessor(SpanProcessor):
         if left:
             self._count_lost(left)
             _log.warning("spangraph offload: %d record(s) not written before shutdown", left)
+        self._log_drops(last=True)  # what the rate limit kept quiet, if anything
 
     def _close_agent(self, timeout: float) -> None:
         """End the agent's input and wait ``timeout`` seconds for it to write what it has
