@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import select
 import signal
@@ -137,6 +138,44 @@ def _run_and_signal(graph_url: str, project: str, sig: int, *modes: str) -> dict
             assert time.monotonic() < deadline, "the agent outlived the traced process"
             time.sleep(0.05)
     return ids
+
+
+@pytest.mark.parametrize(
+    ("method", "modes"),
+    [
+        ("fork", []),
+        ("fork", ["offload"]),
+        ("fork", ["pool"]),
+        ("forkserver", []),
+        ("forkserver", ["pool", "offload"]),
+        ("spawn", []),
+    ],
+)
+def test_what_multiprocessing_children_trace_is_written(
+    store: FalkorDBStore, graph_url: str, method: str, modes: list[str]
+) -> None:
+    """multiprocessing ends the processes it forks with ``os._exit`` (no atexit): what
+    they traced was lost, uncounted (``fork`` and ``forkserver``; ``spawn`` exits
+    normally). spangraph now shuts down with multiprocessing's own exit function."""
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+    project = f"mp-{uuid.uuid4().hex[:8]}"
+    script = str(SCRIPTS / "multiprocessing_children.py")
+    done = subprocess.run(
+        [sys.executable, script, graph_url, project, method, *modes],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = store.query(
+        "MATCH (s:Span) WHERE s.project_id = $p RETURN s.name AS name, s.state AS state",
+        {"p": project},
+    )
+    assert sorted((r["name"], r["state"]) for r in rows) == sorted(
+        [(f"child-{i}", "completed") for i in range(3)]
+        + [(f"child-{i}-step", "completed") for i in range(3)]
+    )
 
 
 @pytest.mark.slow

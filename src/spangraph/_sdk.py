@@ -6,6 +6,7 @@ import atexit
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -229,6 +230,33 @@ def _new_lock_after_fork() -> None:
     # does not have, and its shutdown at exit would wait for ever
     global _lock
     _lock = threading.RLock()
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and _current is not None:
+        # a process multiprocessing forks clears its finalizers first, then runs these
+        util.register_after_fork(_MULTIPROCESSING, _shut_down_with_multiprocessing)
+
+
+class _Token:
+    """Something multiprocessing can hold a weak reference to."""
+
+
+_MULTIPROCESSING: Final = _Token()
+_finalizer_pid = 0
+
+
+def _shut_down_with_multiprocessing(_: object = None) -> None:
+    """Shut down when this process ends, if multiprocessing started it.
+
+    multiprocessing ends a process it forked (the ``fork`` and ``forkserver`` start
+    methods) with ``os._exit`` after its own exit function: ``atexit`` never runs there,
+    so what such a process traced would be lost; its finalizers do run."""
+    global _finalizer_pid
+    util = sys.modules.get("multiprocessing.util")
+    if util is None or _finalizer_pid == os.getpid():
+        return
+    _finalizer_pid = os.getpid()
+    # last (after the pools' and the program's own finalizers), with the default limits
+    util.Finalize(None, shutdown, exitpriority=-100)
 
 
 if hasattr(os, "register_at_fork"):
@@ -476,6 +504,9 @@ def configure(
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
+        process = sys.modules.get("multiprocessing.process")
+        if process is not None and process.parent_process() is not None:
+            _shut_down_with_multiprocessing()  # configured in a process it started
         _current = instance
         return instance
 
