@@ -285,6 +285,50 @@ def test_thread_id_that_is_no_valid_execution_id(
     assert thread_id.startswith(attr(run, "langgraph.thread_id")[:100])
 
 
+@pytest.mark.parametrize("how", HOWS)
+def test_thread_id_and_run_name_bound_with_with_config(
+    instrumented: LangGraphInstrumentor, how: str
+) -> None:
+    """``graph.with_config(...)`` binds a config LangGraph merges under the call's own:
+    its thread id and run name count as if passed to the call (they were ignored)."""
+    builder = StateGraph(Trail)
+    builder.add_node("a", _node("a"))
+    builder.add_edge(START, "a")
+    graph = builder.compile(name="triage", checkpointer=InMemorySaver())
+    thread = uuid.uuid4().hex
+    bound = graph.with_config(configurable={"thread_id": thread}, run_name="my-run")
+    with testing.capture() as cap:
+        run_graph(bound, how, {"path": []})
+        # the call's own config wins over what was bound; the rest still applies
+        run_graph(bound, how, {"path": []}, config={"configurable": {"thread_id": "t-call"}})
+    assert graph.get_state({"configurable": {"thread_id": thread}}).values == {"path": ["a"]}
+    first, second = cap.find(kind=sc.KIND_WORKFLOW)
+    assert [first.name, second.name] == ["my-run", "my-run"]
+    assert attr(first, "langgraph.graph.name") == "triage"
+    assert (attr(first, sc.EXECUTION_ID), attr(first, "langgraph.thread_id")) == (thread, thread)
+    assert attr(second, sc.EXECUTION_ID) == "t-call"
+    assert attr(second, "langgraph.thread_id") == "t-call"
+
+
+def test_thread_id_passed_down_by_an_outer_runnable(instrumented: LangGraphInstrumentor) -> None:
+    """A graph invoked without a config inside a LangChain runnable runs with the config
+    that runnable passes down (LangGraph's own merge): its thread is the run's."""
+    from langchain_core.runnables import RunnableLambda
+
+    builder = StateGraph(Trail)
+    builder.add_node("a", _node("a"))
+    builder.add_edge(START, "a")
+    graph = builder.compile(name="triage", checkpointer=InMemorySaver())
+    outer = RunnableLambda(lambda state: graph.invoke(state))
+    thread = uuid.uuid4().hex
+    with testing.capture() as cap:
+        outer.invoke({"path": []}, {"configurable": {"thread_id": thread}})
+    assert graph.get_state({"configurable": {"thread_id": thread}}).values == {"path": ["a"]}
+    run = one(cap.find(kind=sc.KIND_WORKFLOW))
+    assert run.name == "triage"
+    assert attr(run, sc.EXECUTION_ID) == thread
+
+
 def test_inside_own_workflow_the_graph_is_a_step(instrumented: LangGraphInstrumentor) -> None:
     graph = abcd()
     with testing.capture() as cap, spangraph.workflow("handle-ticket") as run:
@@ -544,6 +588,73 @@ def test_node_timeout_is_told_to_the_attempt_it_stopped_only(
     assert [e.name for e in first.events if e.name == sc.TIMEOUT_EXCEEDED] == [sc.TIMEOUT_EXCEEDED]
     assert attr(retried, sc.STATE) == sc.STATE_CANCELLED
     assert not [e for e in retried.events if e.name == sc.TIMEOUT_EXCEEDED]
+
+
+@pytest.mark.parametrize(
+    ("node_kind", "how"), [("sync", "invoke"), ("sync", "ainvoke"), ("async", "ainvoke")]
+)
+def test_node_raising_cancelled_error_fails_its_step(
+    instrumented: LangGraphInstrumentor, node_kind: str, how: str
+) -> None:
+    """A node that raises ``asyncio.CancelledError`` itself fails, as LangGraph has it
+    (NodeCancelledError, the run failed): its step ends ``failed``, not ``cancelled``."""
+    errors = pytest.importorskip("langgraph.errors")
+    if not hasattr(errors, "NodeCancelledError"):
+        pytest.skip("this LangGraph lets a node's CancelledError pass as a cancellation")
+
+    def gives_up(state: Trail) -> dict[str, Any]:
+        raise asyncio.CancelledError("gave up")
+
+    async def agives_up(state: Trail) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        raise asyncio.CancelledError("gave up")
+
+    builder = StateGraph(Trail)
+    builder.add_node("n", gives_up if node_kind == "sync" else agives_up)
+    builder.add_edge(START, "n")
+    with testing.capture() as cap, pytest.raises(errors.NodeCancelledError):
+        run_graph(builder.compile(), how, {"path": []})
+    step = one(cap.find("n"))
+    assert attr(step, sc.STATE) == sc.STATE_FAILED
+    assert step.status.status_code.name == "ERROR"
+    assert any(e.name == "exception" for e in step.events)
+    [failed] = [e for e in step.events if e.name == sc.STEP_FAILED]
+    assert failed.attributes[sc.ERROR_TYPE] == "langgraph.errors.NodeCancelledError"
+    assert attr(one(cap.find(kind=sc.KIND_WORKFLOW)), sc.STATE) == sc.STATE_FAILED
+
+
+def test_node_cancelled_from_outside_stays_cancelled(instrumented: LangGraphInstrumentor) -> None:
+    """The caller cancelling the run cancels the node's task: that node ends
+    ``cancelled`` (no failure), whatever error a node that raises itself would get."""
+    started: asyncio.Event | None = None
+
+    async def waits(state: Trail) -> dict[str, Any]:
+        assert started is not None
+        started.set()
+        await asyncio.Event().wait()  # until cancelled
+        return {"path": ["waits"]}
+
+    builder = StateGraph(Trail)
+    builder.add_node("waits", waits)
+    builder.add_edge(START, "waits")
+    graph = builder.compile()
+
+    async def main() -> None:
+        nonlocal started
+        started = asyncio.Event()
+        run = asyncio.ensure_future(graph.ainvoke({"path": []}))
+        await asyncio.wait_for(started.wait(), 10)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    with testing.capture() as cap:
+        asyncio.run(main())
+    step = one(cap.find("waits"))
+    assert attr(step, sc.STATE) == sc.STATE_CANCELLED
+    assert step.status.status_code.name == "UNSET"
+    assert not [e for e in step.events if e.name in ("exception", sc.STEP_FAILED)]
+    assert attr(one(cap.find(kind=sc.KIND_WORKFLOW)), sc.STATE) == sc.STATE_CANCELLED
 
 
 def test_retry_predicate_of_the_user_is_not_called_by_the_instrumentation(

@@ -72,9 +72,26 @@ def current_run_state() -> RunState | None:
     return value if isinstance(value, RunState) else None
 
 
-def _config(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _config(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The config the invocation runs with, merged as LangGraph merges it: what an outer
+    LangChain runnable passes down, then what ``graph.with_config(...)`` bound, then the
+    call's own ``config`` (which wins)."""
     config = args[1] if len(args) > 1 else kwargs.get("config")
-    return config if isinstance(config, dict) else {}
+    call = config if isinstance(config, dict) else None
+    bound = getattr(instance, "config", None)
+    bound = bound if isinstance(bound, dict) else None
+    try:
+        try:
+            from langgraph._internal._config import ensure_config
+        except ImportError:  # not where this LangGraph has it: LangChain's own merge
+            from langchain_core.runnables.config import ensure_config as ensure_one
+            from langchain_core.runnables.config import merge_configs
+
+            return dict(merge_configs(ensure_one(None), bound, call))
+        return dict(ensure_config(bound, call))
+    except Exception:  # a config LangGraph will refuse itself: the call's, as it is
+        _log.debug("spangraph: could not merge a LangGraph config", exc_info=True)
+        return call or {}
 
 
 def _open(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Frame | None:
@@ -82,7 +99,7 @@ def _open(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Fram
     try:
         if inside_own_span():
             return None
-        config = _config(args, kwargs)
+        config = _config(instance, args, kwargs)
         graph_name = str(getattr(instance, "name", None) or "LangGraph")
         name = str(config.get("run_name") or graph_name)
         attrs: dict[str, Any] = {GRAPH_NAME: graph_name}

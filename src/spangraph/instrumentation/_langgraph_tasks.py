@@ -10,6 +10,7 @@ triggered at once), runs the whole task inside a ``branch`` span.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import threading
@@ -222,6 +223,31 @@ def _will_retry_on(policy: Any, exc: Exception) -> bool | None:
     return None
 
 
+def _cancelled_by_node(
+    node: str, exc: BaseException | None, asynchronous: bool
+) -> Exception | None:
+    """LangGraph's ``NodeCancelledError`` when ``exc`` is an ``asyncio.CancelledError``
+    the node raised itself, which LangGraph turns into a node failure; else None.
+
+    As LangGraph tells them apart (``_is_user_raised_cancelled``): a sync node has no
+    task to cancel, so its CancelledError is its own; an async node's is its own when
+    nobody asked to cancel its task (``cancelling() == 0``) — a cancellation from outside
+    (the caller's ``task.cancel()``, a sibling's failure) stays a cancellation."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return None
+    try:
+        from langgraph.errors import NodeCancelledError
+    except ImportError:  # a LangGraph that lets it end the task as a cancellation
+        return None
+    if asynchronous:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            return None
+    error = NodeCancelledError(node)
+    error.__cause__ = exc  # as LangGraph raises it: ``from`` the node's error
+    return error
+
+
 def _finish(frame: _Frame, exc: BaseException | None) -> None:
     if exc is not None and _bubble_up(exc):
         frame.handle.set(**{BUBBLE_UP: type(exc).__name__})
@@ -309,7 +335,7 @@ class _StepProc:
             return 0
         return max_attempts - 1 if 1 <= max_attempts <= MAX_RETRIES + 1 else 0
 
-    def _end(self, frame: _Frame, exc: BaseException | None) -> None:
+    def _end(self, frame: _Frame, exc: BaseException | None, *, asynchronous: bool = False) -> None:
         self._previous = frame
         timed_out = None
         timeout_error = self._timeouts.pop(frame, None)
@@ -320,7 +346,12 @@ class _StepProc:
             timeout = getattr(exc, "timeout", None)
             timed_out = float(timeout) if isinstance(timeout, int | float) else 0.0
         try:
-            if exc is not None and _bubble_up(exc):
+            cancelled_by_node = _cancelled_by_node(self._task.name, exc, asynchronous)
+            if cancelled_by_node is not None:
+                # the node raised CancelledError itself: LangGraph fails the node with
+                # NodeCancelledError (never retried), so the attempt fails with it too
+                exc = cancelled_by_node
+            elif exc is not None and _bubble_up(exc):
                 from langgraph.errors import GraphInterrupt
 
                 interrupted = isinstance(exc, GraphInterrupt)
@@ -384,7 +415,7 @@ class _StepProc:
         try:
             result = await self._proc.ainvoke(input, config, **kwargs)
         except BaseException as exc:
-            self._end(frame, exc)
+            self._end(frame, exc, asynchronous=True)
             raise
         finally:
             frame.detach()
@@ -405,7 +436,7 @@ class _StepProc:
                 return
             except BaseException as exc:
                 if frame is not None:
-                    self._end(frame, exc)
+                    self._end(frame, exc, asynchronous=True)
                 raise
             finally:
                 if frame is not None:
