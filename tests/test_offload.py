@@ -335,6 +335,32 @@ def test_forked_child_gets_an_agent_of_its_own(off: spangraph.Spangraph) -> None
     assert {"parent-before", "child", "parent-after"} <= set(run_names(off))
 
 
+def test_a_forked_child_that_traced_nothing_starts_no_agent(off: spangraph.Spangraph) -> None:
+    """A forked child's flush at exit (atexit's shutdown) started an agent only to be told
+    there was nothing to write: half a second of exit, ten with the server gone."""
+    with spangraph.workflow("parent-before"):
+        pass
+    assert spangraph.flush(10)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            processor = off.offload_processor
+            assert processor is not None
+            flushed = spangraph.flush(10)
+            started = processor._agent is not None or processor._starting is not None
+            spangraph.shutdown()
+            code = 0 if flushed and not started else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with spangraph.workflow("parent-after"):
+        pass
+    assert spangraph.flush(10)
+    assert {"parent-before", "parent-after"} <= set(run_names(off))
+
+
 def test_an_agent_that_cannot_start_is_a_configuration_error(
     closed_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -197,6 +197,7 @@ class OffloadSpanProcessor(SpanProcessor):
         self._lost_lock = threading.Lock()
         self._logged_drops = 0
         self._last_drop_log = 0.0
+        self._took_any = False  # the worker took records (set before it takes them)
         # what was dropped when the last flush was asked for (the buffer: records refused
         # before it) and when it was answered (records sent and lost: those before it)
         self._flush_refused = self._flush_lost = 0
@@ -254,6 +255,7 @@ class OffloadSpanProcessor(SpanProcessor):
                 continue
             if len(buffer) < self._max_batch and not self._stopping.is_set():
                 time.sleep(_LINGER)  # let a trickle gather: one write for many records
+            self._took_any = True
             records = buffer.take()
             data, bad = _marshal(records)
             if bad:
@@ -561,6 +563,13 @@ class OffloadSpanProcessor(SpanProcessor):
         refused, lost = self._buffer.dropped, self._lost
         clean = refused == self._flush_refused and lost == self._flush_lost
         self._flush_refused = refused
+        # Nothing queued, nothing ever taken, no agent (a forked child that traced
+        # nothing, at its exit): nothing to write, answered here rather than by starting
+        # an agent to say so (seconds when the server is gone). In this order: what the
+        # worker takes now came after this call.
+        if not len(self._buffer) and not self._took_any and self._agent is None:
+            self._flush_lost = max(self._flush_lost, lost)
+            return lambda timeout: clean
         token = next(self._tokens)
         ack = self._acks[token] = _Ack()
         if not self._add((_FLUSH, token)):  # full: what is queued cannot all be written
