@@ -385,6 +385,25 @@ def test_decision_analytics(sg: spangraph.Spangraph, monkeypatch: pytest.MonkeyP
     assert queries.decision_analytics(store(sg), "pick", project_id="nobody") == []
 
 
+def test_decision_analytics_counts_a_decision_once_when_a_run_id_is_used_again(
+    sg: spangraph.Spangraph,
+) -> None:
+    """Two runs given the same ``workflow_id`` (allowed: each is a run of its own): each
+    decision matched every Workflow node of that id, so 2 choices counted 4, and the
+    success rate and mean duration mixed the runs."""
+    workflow_id = f"again-{uuid.uuid4().hex[:8]}"
+    for fail in (False, True):
+        with contextlib.suppress(Boom), spangraph.workflow("agent", workflow_id=workflow_id):
+            with spangraph.decision("pick-again", options=["x", "y"]) as d:
+                d.choose("x")
+            if fail:
+                raise Boom("second run failed")
+    flush()
+    [row] = queries.decision_analytics(store(sg), "pick-again", project_id=sg.settings.project)
+    assert (row["option"], row["chosen"], row["succeeded"]) == ("x", 2, 1)
+    assert row["success_rate"] == 0.5
+
+
 # -- abandoned --------------------------------------------------------------------------
 
 
@@ -506,6 +525,29 @@ def test_branches_count_only_the_runs_own_nodes(sg: spangraph.Spangraph) -> None
     flush()
     (first,) = queries.branches(store(sg), runs[0].workflow_id)
     assert (first["nodes"], first["failed"]) == (2, 0)
+
+
+def test_a_branch_id_given_to_several_branches_of_a_run_counts_each_ones_spans(
+    sg: spangraph.Spangraph,
+) -> None:
+    """A loop giving each pass's branch the same id: each branch counted every span of
+    that id in the run (4 and 4 for 2 and 2), its failures too."""
+    with spangraph.workflow("wf") as run:
+        for i in range(2):
+            with contextlib.suppress(Boom), spangraph.branch(f"pass-{i}", branch_id="loop"):
+                with spangraph.step("s"):
+                    pass
+                with spangraph.branch("inner"), spangraph.step("elsewhere"):
+                    pass  # another branch inside: its spans are not this one's
+                if i == 1:
+                    with spangraph.step("fails"):
+                        raise Boom("second pass fails")
+    flush()
+    rows = queries.branches(store(sg), run.workflow_id)
+    loops = [(r["name"], r["nodes"], r["failed"]) for r in rows if r["branch_id"] == "loop"]
+    assert loops == [("pass-0", 2, 0), ("pass-1", 3, 2)]
+    [inner, _] = [r for r in rows if r["name"] == "inner"]
+    assert inner["nodes"] == 2  # the inner branch and its step
 
 
 def test_branch_nodes_leave_out_unexplored_options(sg: spangraph.Spangraph) -> None:

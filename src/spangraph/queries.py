@@ -356,6 +356,16 @@ BRANCHES: Final = (
     "ORDER BY b.start_ns"
 )
 
+BRANCH_SUBTREE: Final = (
+    "MATCH (b:Span {span_id: $span_id})\n"
+    "OPTIONAL MATCH p = (b)-[:PARENT_OF*0..]->(s:Span)\n"
+    "WHERE s.state <> 'unexplored'\n"
+    "  AND all(n IN nodes(p) WHERE n.branch_id = b.branch_id)\n"
+    "WITH DISTINCT s\n"
+    "RETURN count(s) AS nodes,\n"
+    "       sum(CASE WHEN s.state = 'failed' THEN 1 ELSE 0 END) AS failed"
+)
+
 BRANCH_SPANS: Final = (
     "MATCH (s:Span {branch_id: $branch_id})\n"
     "WHERE s.state <> 'unexplored' AND s.span_id IS NOT NULL\n"
@@ -384,6 +394,10 @@ DECISION_ANALYTICS: Final = (
     "WITH DISTINCT d, o.name AS option\n"
     "MATCH (w:Workflow)\n"
     "WHERE w.workflow_id = d.workflow_id\n"
+    # a run id used again (another run of the same id) counts a decision once: for the
+    # run of its own trace, else for one of them
+    "WITH d, option, w ORDER BY CASE WHEN w.trace_id = d.trace_id THEN 0 ELSE 1 END\n"
+    "WITH d, option, collect(w)[0] AS w\n"
     "RETURN option, count(w) AS chosen,\n"
     "       sum(CASE WHEN w.state = 'completed' THEN 1 ELSE 0 END) AS succeeded,\n"
     "       avg(w.duration_ms) AS mean_duration_ms\n"
@@ -403,6 +417,7 @@ _MORE_STATEMENTS: Final = {
     "decisions": DECISIONS,
     "branches": BRANCHES,
     "branch_spans": BRANCH_SPANS,
+    "branch_subtree": BRANCH_SUBTREE,
     "monitors": MONITORS,
     "decision_analytics": DECISION_ANALYTICS,
     "abandoned": ABANDONED,
@@ -556,7 +571,14 @@ def branches(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
                sum(CASE WHEN s.state = 'failed' THEN 1 ELSE 0 END) AS failed
     """
     rows = [_decode(r) for r in store.query(BRANCHES, {"workflow_id": workflow_id})]
+    ids = [row.get("branch_id") for row in rows]
     for row in rows:
+        if ids.count(row.get("branch_id")) > 1:
+            # one branch id on several branch spans of the run (a loop giving each pass
+            # the same id): each counts the spans below it, not all of that id
+            [row["nodes"], row["failed"]] = store.query(
+                BRANCH_SUBTREE, {"span_id": row["span_id"]}
+            )[0].values()
         row["nodes"], row["failed"] = int(row["nodes"] or 0), int(row["failed"] or 0)
     return rows
 
@@ -693,6 +715,8 @@ def decision_analytics(
         WHERE $project_id IS NULL OR d.project_id = $project_id
         WITH DISTINCT d, o.name AS option
         MATCH (w:Workflow) WHERE w.workflow_id = d.workflow_id
+        WITH d, option, w ORDER BY CASE WHEN w.trace_id = d.trace_id THEN 0 ELSE 1 END
+        WITH d, option, collect(w)[0] AS w
         RETURN option, count(w) AS chosen,
                sum(CASE WHEN w.state = 'completed' THEN 1 ELSE 0 END) AS succeeded,
                avg(w.duration_ms) AS mean_duration_ms
