@@ -576,9 +576,8 @@ def branches(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
         if ids.count(row.get("branch_id")) > 1:
             # one branch id on several branch spans of the run (a loop giving each pass
             # the same id): each counts the spans below it, not all of that id
-            [row["nodes"], row["failed"]] = store.query(
-                BRANCH_SUBTREE, {"span_id": row["span_id"]}
-            )[0].values()
+            [below] = store.query(BRANCH_SUBTREE, {"span_id": row["span_id"]})
+            row["nodes"], row["failed"] = below["nodes"], below["failed"]
         row["nodes"], row["failed"] = int(row["nodes"] or 0), int(row["failed"] or 0)
     return rows
 
