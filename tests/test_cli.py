@@ -277,6 +277,15 @@ def test_up_status_down_need_no_other_setting(tmp_path: Path) -> None:
         EmbeddedServer(home).stop()
 
 
+def test_serve_on_a_host_that_does_not_resolve_says_which(tmp_path: Path) -> None:
+    """uvicorn said ``[Errno -2] Name or service not known`` after spangraph had printed
+    where it serves (and that it was reachable from other machines)."""
+    result = cli(tmp_path, "serve", "--host", "nosuch.invalid", "--port", "8999", timeout=60)
+    assert result.code == 3, result.err
+    assert "spangraph: error: cannot serve on nosuch.invalid:8999: " in result.err
+    assert result.out == "" and "reachable" not in result.err
+
+
 def test_demo_serve_on_a_taken_port_fails_before_the_demo(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

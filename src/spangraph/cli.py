@@ -108,6 +108,14 @@ def _serve(
     _check_serve_settings()
     if cors:
         os.environ["SPANGRAPH_CORS_ORIGINS"] = ",".join(cors)
+    try:
+        socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except OSError as exc:  # no such host: uvicorn would say so without naming it
+        print(
+            f"spangraph: error: cannot serve on {host}:{port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return _STARTUP_FAILURE
     if _is_loopback(host):
         # Only this machine can connect; refusing other Host names keeps web pages from
         # reaching the service through a DNS name rebound to 127.0.0.1.
