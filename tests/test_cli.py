@@ -180,6 +180,10 @@ def test_query_errors(demo: Demo) -> None:
     as_json = cli(demo.home, "query", "tree", "no-such-workflow", "--json")
     assert (as_json.code, as_json.out) == (1, "")  # as without --json (was 0 and [])
     assert "no spans for workflow no-such-workflow" in as_json.err
+    for extra in ([], ["--json"]):  # as the API's 404 (before: "(no rows)", exit 0)
+        no_span = cli(demo.home, "query", "path", "0123456789abcdef", *extra)
+        assert (no_span.code, no_span.out) == (1, ""), no_span.err
+        assert "no span 0123456789abcdef" in no_span.err
 
     missing = cli(demo.home, "query", "tree")
     assert missing.code == 2 and "arguments are required: WORKFLOW_ID" in missing.err

@@ -347,6 +347,9 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             return 0
     elif what == "path":
         rows = queries.path_to_root(store, args.id)
+        if not rows:  # as tree and branch say of an unknown id (the API: 404)
+            print(f"no span {printable(args.id)}", file=sys.stderr)
+            return 1
         if not args.json:
             rows = [{k: v for k, v in r.items() if k != "trace_id"} for r in rows]
     elif what == "events":
