@@ -186,33 +186,25 @@ def test_queue_full_drops_and_counts(make: Any, caplog: pytest.LogCaptureFixture
     assert sink.items == accepted
 
 
-def test_drop_warnings_are_rate_limited(make: Any, caplog: pytest.LogCaptureFixture) -> None:
+def full(make: Any) -> tuple[BatchWorker[Any, Any], Sink]:
+    """A worker whose send is blocked and whose queue (of one) is full."""
     w, sink = make(max_queue_size=1, max_batch_size=1, schedule_delay=0.01, eager=True)
     sink.gate = threading.Event()
     w.put(0)
     assert sink.entered.wait(5)
     stall(w)
-    with caplog.at_level(logging.WARNING, logger="spangraph"):
-        for i in range(100):
-            assert w.put(i) is False
-    assert w.dropped == 100
-    assert len([r for r in caplog.records if "dropped" in r.getMessage()]) == 1
-    sink.gate.set()
+    return w, sink
 
 
-def test_shutdown_logs_the_drops_the_rate_limit_kept_quiet(
-    make: Any, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_drop_warnings_are_rate_limited(make: Any, caplog: pytest.LogCaptureFixture) -> None:
     """Drop warnings come at most every 10 s; shutdown says what was dropped since the
     last one (before: 1 of 100 drops was ever logged, though stats() counted 100)."""
-    w, sink = make(max_queue_size=1, max_batch_size=1, schedule_delay=0.01, eager=True)
-    sink.gate = threading.Event()
-    w.put(0)
-    assert sink.entered.wait(5)
-    stall(w)
+    w, sink = full(make)
     with caplog.at_level(logging.WARNING, logger="spangraph"):
         for i in range(100):
             assert w.put(i) is False
+        assert w.dropped == 100
+        assert len([r for r in caplog.records if "dropped" in r.getMessage()]) == 1
         sink.gate.set()
         w.shutdown(5)
     said = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
@@ -231,11 +223,7 @@ def test_a_signal_handler_that_traces_while_a_drop_is_counted_does_not_hang(
     that thread counts a drop under the worker's lock; a handler that makes a span drops
     too when the queue is full, and took that lock again: the process hung for good
     (workers included). The signal comes at exactly that moment here."""
-    w, sink = make(max_queue_size=1, max_batch_size=1, schedule_delay=0.01, eager=True)
-    sink.gate = threading.Event()
-    w.put(0)
-    assert sink.entered.wait(5)
-    stall(w)
+    w, sink = full(make)
     in_handler: list[bool] = []
     signalled: list[bool] = []
     add_drop = w._add_drop
