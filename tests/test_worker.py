@@ -351,6 +351,31 @@ def test_give_up_after_budget(make: Any, caplog: pytest.LogCaptureFixture) -> No
     assert w.retries == calls[0] - 1
 
 
+def test_a_batch_given_up_on_at_its_first_failure_still_lets_the_worker_follow(
+    make: Any,
+) -> None:
+    """``on_unavailable`` (which moves a worker to where the embedded server came back)
+    ran only before a retry: a first attempt that outlasted ``give_up_after`` (the live
+    worker: 2 s, one socket timeout on a port that never answers is 5 s) dropped the
+    batch without it, and so did every batch after: the worker never moved."""
+    sent: list[Any] = []
+    moved: list[int] = []
+
+    def send(payload: list[Any]) -> None:
+        if not moved:
+            raise Transient("the old port")
+        sent.extend(payload)
+
+    w, _ = make(sink=send, schedule_delay=0.01, retry_initial=0.01, give_up_after=0.0)
+    w.on_unavailable = lambda: moved.append(1)
+    w.put(1)
+    assert w.flush(5) is False  # the first batch: given up on at once
+    assert moved == [1] and w.dropped == 1
+    w.put(2)
+    assert w.flush(5) is True  # the next goes where the worker moved
+    assert sent == [2]
+
+
 def test_shutdown_flushes_and_later_puts_are_dropped(make: Any) -> None:
     w, sink = make(schedule_delay=5.0)
     for i in range(20):

@@ -207,10 +207,14 @@ def _config_dir(client: redis.Redis) -> str | None:
     """The directory the server works in (``CONFIG GET dir``), as a path: from the raw
     bytes, as the file system has them (redis-py's ``config_get`` decodes them as UTF-8,
     and a home that is not valid UTF-8 would never be found)."""
-    reply = client.execute_command("CONFIG", "GET", "dir")
+    return _dir_of(client.execute_command("CONFIG", "GET", "dir"))
+
+
+def _dir_of(reply: Any) -> str | None:
+    """The path in a ``CONFIG GET dir`` reply (RESP2 list or RESP3 map, bytes or text)."""
     if isinstance(reply, dict):
         served = reply.get(b"dir", reply.get("dir"))
-    elif isinstance(reply, list) and len(reply) == 2:
+    elif isinstance(reply, list | tuple) and len(reply) == 2:
         served = reply[1]
     else:
         return None
@@ -392,6 +396,36 @@ class EmbeddedServer:
         if not (ours or self._orphaned(pid)) or not _pid_alive(pid):
             return None
         return ServerInfo(pid=pid, port=port, home=str(self.home))
+
+    def connect_check(self) -> Callable[[Any], None]:
+        """A ``redis_connect_func`` for the clients of this home's server. Each new
+        connection asks the server which directory it works in; one that works elsewhere
+        (another home's server, or any other Redis, took the port while this home's was
+        down) is refused with a ``ConnectionError``: the writer retries, and its
+        :meth:`follower` finds this home's server where it came back. A server that does
+        not tell (a path too long for it) is taken."""
+        data_dir = str(self.data_dir)
+        home = self.home
+
+        def check(connection: Any) -> None:
+            connection.on_connect()  # (what redis-py does when no function is given)
+            try:
+                connection.send_command("CONFIG", "GET", "dir")
+                served = _dir_of(connection.read_response())
+            except redis.ResponseError as exc:  # CONFIG refused: not this home's server
+                served = f"(unknown: {exc})"
+            if not served or served == data_dir:
+                return
+            with contextlib.suppress(OSError, ValueError):
+                if os.path.samefile(served, data_dir):
+                    return
+            raise redis.ConnectionError(
+                f"the server on port {getattr(connection, 'port', '?')} works in {served}, "
+                f"not in {data_dir}: it is not the embedded server of {home} (it took "
+                "that server's port while it was down)"
+            )
+
+        return check
 
     def follower(self, port: int, move: Callable[[int], None]) -> Callable[[], None]:
         """A hook for a worker that writes to this home's server at ``port`` (called

@@ -651,6 +651,15 @@ class BatchWorker(Generic[T, P]):
                 else:
                     self._send(payload)
             except self._transient as exc:
+                on_unavailable = self.on_unavailable
+                if on_unavailable is not None and not self._stop.is_set():
+                    # first: a batch given up on below leaves the next one the place the
+                    # destination moved to (the live worker gives up within 2 s, less
+                    # than one socket timeout on a port that accepts and never answers)
+                    try:
+                        on_unavailable()
+                    except Exception:
+                        _log.debug("spangraph %s: on_unavailable failed", self.name, exc_info=True)
                 if self._stop.is_set() or (
                     self._give_up_after is not None
                     and time.monotonic() - started >= self._give_up_after
@@ -677,12 +686,6 @@ class BatchWorker(Generic[T, P]):
                         "spangraph %s: unavailable (%s); retrying with backoff", self.name, exc
                     )
                 self.retries += 1
-                on_unavailable = self.on_unavailable
-                if on_unavailable is not None:
-                    try:
-                        on_unavailable()
-                    except Exception:
-                        _log.debug("spangraph %s: on_unavailable failed", self.name, exc_info=True)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self._retry_max)
                 continue

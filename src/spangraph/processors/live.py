@@ -14,6 +14,8 @@ from typing import Any, Final
 
 import redis
 from opentelemetry.sdk.trace import SpanLimits
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .. import semconv as sc
 from .._utf8 import mended
@@ -185,6 +187,18 @@ class RedisPublisher:
     def from_url(cls, url: str) -> RedisPublisher:
         return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2))
 
+    def check_connections(self, check: Callable[[Any], None]) -> None:
+        """Have every connection from now on pass ``check`` (a redis-py
+        ``redis_connect_func``: it connects, and raises ``ConnectionError`` to refuse the
+        server): the client is made anew (its pooled connections would reconnect
+        without it). Before the publisher is used."""
+        kwargs = self.client.connection_pool.connection_kwargs
+        kwargs["redis_connect_func"] = check
+        # a refusal reaches the worker at once, which follows the server (redis-py
+        # would try the same port again with backoff for seconds: past give_up_after)
+        kwargs["retry"] = Retry(NoBackoff(), 0)
+        self.move_to(kwargs.get("port", 6379))
+
     def move_to(self, port: int) -> None:
         """Send to ``port`` of the same host from now on (the embedded server came back on
         another port). Called by the thread that publishes."""
@@ -197,6 +211,8 @@ class RedisPublisher:
             password=kwargs.get("password"),
             socket_timeout=kwargs.get("socket_timeout"),
             socket_connect_timeout=kwargs.get("socket_connect_timeout"),
+            redis_connect_func=kwargs.get("redis_connect_func"),
+            retry=kwargs.get("retry") or Retry(NoBackoff(), 0),
         )
         old, self.client = self.client, client
         old.close()

@@ -833,9 +833,11 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
             embedded = EmbeddedServer(config["embedded_home"])
             if graph is not None and store is not None and config.get("graph_embedded"):
                 port = urlsplit(settings.graph_url).port or 0
+                store.check_connections(embedded.connect_check())  # (not another's)
                 graph._worker.on_unavailable = embedded.follower(port, store.move_to)
             if live is not None and publisher is not None and config.get("redis_embedded"):
                 port = urlsplit(config["redis_url"]).port or 0
+                publisher.check_connections(embedded.connect_check())
                 live._worker.on_unavailable = embedded.follower(port, publisher.move_to)
     except Exception as exc:
         out.write(f"error {exc}".replace("\n", " ").encode() + b"\n")

@@ -264,7 +264,16 @@ def create_app(
             if settings.graph_is_embedded and server
             else settings
         )
-        store = LazyStore(lambda: open_store(chosen))  # `chosen` as it is when opened
+
+        def open_chosen() -> GraphStore:  # `chosen` as it is when opened
+            opened = open_store(chosen)
+            if embedded is not None and settings.graph_is_embedded:
+                check = getattr(opened, "check_connections", None)
+                if check is not None:  # never write into a server that took its port
+                    check(embedded.connect_check())
+            return opened
+
+        store = LazyStore(open_chosen)
         if embedded is not None and server is not None and settings.graph_is_embedded:
 
             def move_graph(port: int) -> None:
@@ -291,6 +300,7 @@ def create_app(
             # follow the embedded server to another port, as the SDK's processors do
             hub.on_unavailable = embedded.follower(server.port, hub.move_to)
             if ingest.live is not None:
+                ingest.live.publisher.check_connections(embedded.connect_check())
                 ingest.live._worker.on_unavailable = embedded.follower(
                     server.port, ingest.live.publisher.move_to
                 )

@@ -315,6 +315,14 @@ class FalkorDBStore:
             retry=Retry(NoBackoff(), 0),
         )
 
+    def check_connections(self, check: Callable[[Any], None]) -> None:
+        """Have every connection from now on pass ``check`` (a redis-py
+        ``redis_connect_func``: it connects, and raises ``ConnectionError`` to refuse the
+        server), also after :meth:`move_to`. Before the store is written to."""
+        self._client_kwargs["connect_func"] = check
+        # a client made anew: its pooled connections would reconnect without the check
+        self.move_to(urlsplit(self.url).port or 6379)
+
     def move_to(self, port: int) -> None:
         """Write to ``port`` of the same host from now on (the embedded server came back
         on another port). Called by the thread that writes."""
