@@ -811,3 +811,26 @@ def test_replay_is_the_live_messages_while_the_stream_holds_the_run(
     assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
     assert [m["type"] for m in messages] == [m["type"] for m in live if m["type"] != "token"]
     r.close()
+
+
+def test_options_never_explored_have_no_jaeger_url(
+    client: TestClient, run_ids: dict[str, str]
+) -> None:
+    """An option never explored is no span of Jaeger's: no ``jaeger_url`` in the tree or
+    the node's own answer, as in the decisions route (before: a link to a span Jaeger does
+    not have); every other node keeps its link."""
+    wid = run_ids["workflow_id"]
+    [root] = client.get(f"/api/workflows/{wid}/tree").json()
+    nodes, stack = [], [root]
+    while stack:
+        n = stack.pop()
+        nodes.append(n)
+        stack.extend(n["children"])
+    [never] = [n for n in nodes if n["state"] == sc.STATE_UNEXPLORED]
+    assert (never["kind"], never["name"], never["jaeger_url"]) == ("option", "b", None)
+    others = [n for n in nodes if n is not never]
+    assert others and all(n["jaeger_url"].endswith(f"uiFind={n['span_id']}") for n in others)
+    detail = client.get(f"/api/nodes/{never['span_id']}").json()
+    assert (detail["state"], detail["jaeger_url"]) == (sc.STATE_UNEXPLORED, None)
+    [decision] = client.get(f"/api/workflows/{wid}/decisions").json()
+    assert [o["jaeger_url"] is None for o in decision["options"]] == [False, True]

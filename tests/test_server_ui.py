@@ -21,6 +21,11 @@ Python package driving the system's ``/usr/bin/chromium``; no browser download).
   a deep tree at 1280x800, Back to the start page, the skip link, a reused workflow_id,
   long names, a run without a workflow span, a right-to-left override in a run id,
   durations and multi-line errors, whole numbers beyond 2^53.
+- ``test_a_large_run_loads_and_polls_in_linear_time``: a 2 000-span run costs the page
+  work in proportion to it (counted, not timed), a graph read with nothing new none;
+  ``test_siblings_keep_start_order_whatever_order_they_come_in``: the order of siblings
+  that come out of order; ``test_unnamed_spans_read_unnamed``,
+  ``test_options_never_explored_have_no_jaeger_link``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import queue
 import socket
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -1495,3 +1501,264 @@ def re_full(pattern: str) -> Any:
     import re
 
     return re.compile(f"^{pattern}$")
+
+
+# -- large runs, names, options never explored -----------------------------------------------
+
+# Counts what the page does to the tree (the test's own instrument, around the DOM's
+# methods): reads of a tree item's ``dataset`` (each sibling compared, each row written),
+# elements under the root of a ``querySelectorAll`` inside the tree (what it walks),
+# items inserted into the tree; and the graph reads (``GET .../tree``) made.
+TREE_WORK = """(() => {
+  const work = (window.__work = { dataset: 0, walked: 0, inserted: 0, reads: 0 });
+  const item = (el) => el instanceof Element && el.classList.contains("tree-item");
+  const inTree = (el) => el instanceof Element && el.closest("#tree") !== null;
+  const dataset = Object.getOwnPropertyDescriptor(HTMLElement.prototype, "dataset");
+  Object.defineProperty(HTMLElement.prototype, "dataset", {
+    ...dataset,
+    get() {
+      if (item(this)) work.dataset += 1;
+      return dataset.get.call(this);
+    },
+  });
+  const qsa = Element.prototype.querySelectorAll;
+  Element.prototype.querySelectorAll = function (...args) {
+    if (inTree(this)) work.walked += this.getElementsByTagName("*").length;
+    return qsa.apply(this, args);
+  };
+  const insertBefore = Node.prototype.insertBefore;
+  Node.prototype.insertBefore = function (node, ...rest) {
+    if (item(node)) work.inserted += 1;
+    return insertBefore.call(this, node, ...rest);
+  };
+  const fetch0 = window.fetch;
+  window.fetch = (url, options) => {
+    if (String(url).endsWith("/tree")) work.reads += 1;
+    return fetch0(url, options);
+  };
+})()"""
+
+NEXT_FRAME = "() => new Promise((done) => requestAnimationFrame(() => setTimeout(done)))"
+
+
+def take_work(page: Any) -> dict[str, int]:
+    """The counts since the last call (after the frame under way is rendered)."""
+    page.evaluate(NEXT_FRAME)
+    return page.evaluate(
+        """() => {
+          const w = { ...window.__work };
+          Object.assign(window.__work, { dataset: 0, walked: 0, inserted: 0 });
+          return w;
+        }"""
+    )
+
+
+@needs_chromium
+def test_a_large_run_loads_and_polls_in_linear_time(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A run of 2 000 spans written by the SDK, running, read from the graph every 2 s:
+    loading it costs the page work in proportion to the run, and a graph read that brings
+    nothing new costs it (next to) none; every row is there, in start order, and what
+    does change still shows. Before: each changed row searched the whole tree for its
+    waiting children and compared itself with every sibling before it, and every read
+    changed every row: 3 301 spans took 5.8 s to load, 10 002 froze the page for a
+    minute, and polling a 3 000-span run kept the page busy 18 s of every 20. (Counts,
+    not times: they do not depend on the machine.)"""
+    from playwright.sync_api import expect
+
+    n = 2000
+    spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=graph_url,
+        redis_url=embedded_server.redis_url,
+        home=str(tmp_path),
+        instrument_threads=False,
+    )
+    workflow_id = f"large-{uuid.uuid4().hex[:8]}"
+    page.add_init_script(TREE_WORK)
+    app = create_app(_settings(graph_url, "off", tmp_path))  # no stream: the page polls
+    try:
+        with serve(app) as base:
+            with spangraph.workflow("large-run", workflow_id=workflow_id):
+                for i in range(n):
+                    with spangraph.step(f"s{i:04d}"):
+                        pass
+                assert spangraph.flush(30)
+                with urllib.request.urlopen(f"{base}/api/workflows/{workflow_id}/tree") as r:
+                    [root] = json.load(r)
+                by_start = [
+                    c["name"] for c in sorted(root["children"], key=lambda c: c["start_ns"])
+                ]
+                assert len(by_start) == n
+
+                open_run(page, base, workflow_id)
+                expect(page.locator("#tree li.tree-item")).to_have_count(n + 1, timeout=90_000)
+                load = take_work(page)
+                expect(page.locator("#conn")).to_have_attribute("data-transport", "polling")
+                rows = node(page, "large-run").locator(":scope > ul > li.tree-item")
+                names = rows.evaluate_all("els => els.map(e => e.dataset.name)")
+                assert names == by_start == [f"s{i:04d}" for i in range(n)]
+                # the running workflow's time ticks
+                expect(node(page, "large-run").locator(":scope > .row .dur")).to_have_text(
+                    re_full(r".+…")
+                )
+
+                # at least one whole graph read with nothing new: the next one has begun
+                reads = take_work(page)["reads"]  # (and the counts of the checks above reset)
+                page.wait_for_function(
+                    "(want) => window.__work.reads >= want", arg=reads + 2, timeout=20_000
+                )
+                poll = take_work(page)
+            # the workflow has ended: the next read shows it
+            assert spangraph.flush(30)
+            expect(state_of(page, "large-run")).to_have_text("completed", timeout=20_000)
+            expect(page.locator("#run-state .state")).to_have_text("completed")
+            expect(page.locator("#conn")).to_have_attribute("data-transport", "done")
+            assert page.locator("#tree li.tree-item").count() == n + 1
+    finally:
+        spangraph.shutdown()
+    # loading: each row inserted once, a few dataset reads each, no walk of the tree
+    assert load["inserted"] == n + 1, load
+    assert load["dataset"] + load["walked"] <= 10 * n, load
+    # a graph read that changed nothing: no row placed, written or searched for
+    assert poll["inserted"] == 0, poll
+    assert poll["dataset"] + poll["walked"] <= 10, poll
+
+
+@needs_chromium
+def test_siblings_keep_start_order_whatever_order_they_come_in(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Live spans that come out of start order, children before their parent, several
+    starting at the same time, one whose start is only known later: under the parent they
+    are in start order, those that start together in the order they came in (children
+    that came before the parent first)."""
+    import random
+
+    from playwright.sync_api import expect
+
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    stream = FakeStream.on(app)
+    workflow_id = f"order-{uuid.uuid4().hex[:8]}"
+    msg = Messages(workflow_id)
+    t0 = time.time_ns()
+    root, parent, late = "a1" * 8, "b2" * 8, "c3" * 8
+    rng = random.Random(7)
+    children = [(f"c{i:02d}", t0 + 1000 * rng.randrange(1, 9)) for i in range(40)]
+    rng.shuffle(children)
+    early, after = children[:15], children[15:]
+
+    def started(span_id: str, parent_id: str | None, kind: str, name: str, at: int) -> Any:
+        return {**msg("span.started", span_id, parent_id, kind, name), "time_unix_nano": at}
+
+    def kids(items: list[tuple[str, int]]) -> list[Any]:
+        return [started(uuid.uuid4().hex[:16], parent, "step", name, at) for name, at in items]
+
+    under_parent = node(page, "parent").locator(":scope > ul > li.tree-item")
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        conn = stream.next_connection()
+        try:
+            conn.send_batch(started(root, None, "workflow", "order-run", t0), *kids(early))
+            expect(page.locator("#tree li.tree-item")).to_have_count(1 + len(early))
+            conn.send(started(parent, root, "step", "parent", t0 + 1))
+            expect(under_parent).to_have_count(len(early))
+            conn.send_batch(*kids(after))
+            # an event before its span.started: no start yet, so last
+            conn.send(msg("tool.call", late, parent, "step", "late-start"))
+            expect(under_parent).to_have_count(len(children) + 1)
+            names = under_parent.evaluate_all("els => els.map(e => e.dataset.name)")
+            by_start = [name for name, _ in sorted(children, key=lambda c: c[1])]
+            assert names == [*by_start, "late-start"]
+            # its start comes: it moves among them (after those that start with it)
+            conn.send(started(late, parent, "step", "late-start", t0 + 4500))
+            expect(under_parent.nth(len(children))).not_to_have_attribute("data-name", "late-start")
+            names = under_parent.evaluate_all("els => els.map(e => e.dataset.name)")
+            at = sum(1 for _, start in children if start <= t0 + 4500)
+            assert names == [*by_start[:at], "late-start", *by_start[at:]]
+        finally:
+            conn.close()
+
+
+@needs_chromium
+def test_unnamed_spans_read_unnamed(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A span with an empty name reads "(unnamed)" in the tree, its label, the run's
+    header and the node panel, as in the runs list (before: a blank row, heard as
+    "span , completed")."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"unnamed-{uuid.uuid4().hex[:8]}"
+    root, step = "a1" * 8, "b2" * 8
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "", "workflow"),
+            _span(workflow_id, step, "", parent=root, start=1000, duration_ms=12.5),
+        ],
+    )
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator(f'#runs li[data-workflow-id="{workflow_id}"] .run-name')).to_have_text(
+            "(unnamed)"
+        )
+        expect(page.locator("#run-title")).to_have_text("(unnamed)")
+        rows = page.locator("#tree li.tree-item > .row")
+        expect(rows).to_have_count(2)
+        expect(rows.locator(".name")).to_have_text(["(unnamed)", "(unnamed)"])
+        buttons = rows.locator(".node-btn")
+        expect(buttons.nth(1)).to_have_attribute("aria-label", "step (unnamed), completed, 12.5 ms")
+        expect(rows.nth(1).locator("a.jaeger")).to_have_attribute(
+            "aria-label", "Open (unnamed) in Jaeger"
+        )
+        buttons.nth(1).click()
+        expect(page.locator("#detail-title")).to_have_text("(unnamed)")
+        expect(page.locator('#detail dd[data-fact="Span id"]')).to_have_text(step)
+
+
+@needs_chromium
+def test_options_never_explored_have_no_jaeger_link(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """An option never explored is no span Jaeger knows of: its row and its node panel
+    have no "Open in Jaeger" link, as the API gives it none (before: a link on every
+    node, to a span Jaeger does not have); an explored option keeps its link."""
+    from playwright.sync_api import expect
+
+    spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=graph_url,
+        redis_url=embedded_server.redis_url,
+        home=str(tmp_path),
+        instrument_threads=False,
+    )
+    try:
+        with (
+            spangraph.workflow("options-run") as run,
+            spangraph.decision("route", options=["search", "ask-user"]) as choice,
+        ):
+            with choice.option("search"):
+                pass
+            choice.choose("search")
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, run.workflow_id or "")
+        never, tried = node(page, "ask-user"), node(page, "search")
+        expect(never).to_have_attribute("data-state", "unexplored")
+        expect(tried.locator(":scope > .row > a.jaeger")).to_have_attribute(
+            "href", re_full(r".+\?uiFind=[0-9a-f]{16}")
+        )
+        expect(never.locator(":scope > .row > a.jaeger")).to_be_hidden()
+        assert never.locator(":scope > .row > a.jaeger").get_attribute("href") is None
+        never.locator(":scope > .row > .node-btn").click()
+        expect(page.locator("#detail-title")).to_have_text("ask-user")
+        expect(page.locator("#detail .detail-badges")).to_contain_text("unexplored")
+        expect(page.locator("#detail a.jaeger")).to_have_count(0)
+        tried.locator(":scope > .row > .node-btn").click()
+        expect(page.locator("#detail a.jaeger")).to_have_count(1)

@@ -1,5 +1,5 @@
 """Query routes: thin wrappers over :mod:`spangraph.queries`, every node with its
-``jaeger_url``.
+``jaeger_url`` (but an option never explored: no such span in Jaeger).
 
 Workflow and branch ids are the caller's and may hold ``/`` (``jobs/42``), so they are
 ``:id`` parameters (any text, line breaks too: see ``_convertors``); each route is told apart by its last segment (``/tree``, ...).
@@ -36,10 +36,16 @@ _MESSAGES: TypeAdapter[list[LiveMessage]] = TypeAdapter(list[LiveMessage])
 
 
 def _node(settings: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """A node as the API gives it, with its ``jaeger_url``: none for an option never
+    explored (no span of it was exported, so Jaeger has nothing to show; as the
+    decisions route gives such an option none)."""
     out = dict(row)
     if not isinstance(out.get("attributes"), dict):
         out["attributes"] = {}
-    out["jaeger_url"] = jaeger_url(settings, out.get("trace_id"), out.get("span_id"))
+    if out.get("state") == sc.STATE_UNEXPLORED:
+        out["jaeger_url"] = None
+    else:
+        out["jaeger_url"] = jaeger_url(settings, out.get("trace_id"), out.get("span_id"))
     return out
 
 

@@ -92,8 +92,10 @@ export function parseJson(text) {
 
 export const config = { jaeger_url: "http://localhost:16686", auth: false, live: true };
 
+/** A node's Jaeger link; none for an option never explored (no span of it was ever
+ * exported, so Jaeger has nothing to show: the API gives it no `jaeger_url` either). */
 export function jaegerHref(node) {
-  if (!node) return null;
+  if (!node || node.state === "unexplored") return null;
   if (node.jaeger_url) return node.jaeger_url;
   if (!node.trace_id) return null;
   // ids from the stream (other programs' spans) go in as path and query parts, nothing else

@@ -6,7 +6,8 @@
 
 import { api, askToken, config, currentToken, jaegerHref, parseJson } from "./api.js";
 import {
-  $, TERMINAL, bdi, betterState, classPart, durationText, fmtDuration, fmtTime, h, stateBadge,
+  $, TERMINAL, bdi, betterState, classPart, displayName, durationText, fmtDuration, fmtTime, h,
+  stateBadge,
 } from "./util.js";
 import { renderDetail as renderDetailView, renderInsights as renderInsightsView } from "./views.js";
 
@@ -97,12 +98,12 @@ function renderRuns(runs) {
       runItems.set(key, li);
     }
     const button = li.firstElementChild;
-    const label = `${r.name || "(unnamed)"}, ${r.state || "unknown"}`;
+    const label = `${displayName(r.name)}, ${r.state || "unknown"}`;
     button.setAttribute("aria-label", label);
     li.dataset.state = r.state || "unknown";
     li.dataset.name = r.name || "";
     button.replaceChildren(
-      h("span", { class: "run-line" }, h("span", { class: "run-name", text: r.name || "(unnamed)" }), stateBadge(r.state)),
+      h("span", { class: "run-line" }, h("span", { class: "run-name", text: displayName(r.name) }), stateBadge(r.state)),
       h("span", { class: "run-sub" },
         h("span", { text: fmtTime(r.start_ns) }),
         h("span", { text: fmtDuration(r.duration_ms) }),
@@ -164,6 +165,9 @@ function newRun(id) {
     id,
     nodes: new Map(),
     items: new Map(), // span_id -> <li>
+    placedAt: new Map(), // <li> -> the start it was placed by (see placeNode)
+    waiting: new Map(), // parent span_id -> span_ids of items at the top waiting for it
+    waitingOn: new Map(), // span_id -> the parent span_id it waits for (see markWaiting)
     lastSeq: 0,
     ws: null,
     wsFailures: 0,
@@ -372,27 +376,54 @@ function attributeMap() {
 }
 
 /** Copy a span's attributes (an object from JSON) into `into`, key by key (`skip(key)`:
- * leave that one out). */
+ * leave that one out). Whether any value was new. */
 function copyAttributes(into, from, skip = null) {
-  if (!from || typeof from !== "object" || Array.isArray(from)) return;
-  for (const [k, v] of Object.entries(from)) if (!skip || !skip(k)) into[k] = v;
+  if (!from || typeof from !== "object" || Array.isArray(from)) return false;
+  let changed = false;
+  for (const [k, v] of Object.entries(from)) {
+    if ((skip && skip(k)) || (k in into && sameValue(into[k], v))) continue;
+    into[k] = v;
+    changed = true;
+  }
+  return changed;
 }
 
-/** Merge a node from the REST API. */
+/** Whether two values from JSON are the same (objects and arrays: the same JSON text). */
+function sameValue(a, b) {
+  if (a === b) return true;
+  if (a === null || b === null || typeof a !== "object" || typeof b !== "object") return false;
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+const MERGED = ["parent_span_id", "trace_id", "kind", "name", "status", "status_message",
+  "start_ns", "end_ns", "duration_ms", "branch_id", "service", "env", "jaeger_url",
+  "workflow_id", "execution_id", "project_id"];
+
+/** Merge a node from the REST API. It is rendered again only when something changed:
+ * a graph read that brings nothing new (a poll, the slow read while live) costs no work
+ * in the page beyond reading the answer. */
 function mergeNode(run, src) {
   let n = run.nodes.get(src.span_id);
+  let changed = false;
   if (!n) {
     n = emptyNode(src.span_id);
     run.nodes.set(src.span_id, n);
+    changed = true;
   }
-  for (const key of ["parent_span_id", "trace_id", "kind", "name", "status", "status_message",
-    "start_ns", "end_ns", "duration_ms", "branch_id", "service", "env", "jaeger_url",
-    "workflow_id", "execution_id", "project_id"]) {
-    if (src[key] !== null && src[key] !== undefined) n[key] = src[key];
+  for (const key of MERGED) {
+    const v = src[key];
+    if (v !== null && v !== undefined && n[key] !== v) {
+      n[key] = v;
+      changed = true;
+    }
   }
-  n.state = betterState(n.state, src.state);
-  copyAttributes(n.attributes, src.attributes);
-  run.dirty.add(n.span_id);
+  const state = betterState(n.state, src.state);
+  if (state !== n.state) {
+    n.state = state;
+    changed = true;
+  }
+  if (copyAttributes(n.attributes, src.attributes)) changed = true;
+  if (changed) run.dirty.add(n.span_id);
 }
 
 /** Apply one live message (see docs/live-events.md). */
@@ -586,20 +617,31 @@ function scheduleRender(run) {
   });
 }
 
+/** Render the nodes that changed since the last frame. Each costs time in proportion to
+ * itself (a map lookup finds the children waiting for it, a binary search its place),
+ * never to the size of the run, so a run of thousands of spans loads and polls in time
+ * in proportion to it. */
 function render(run) {
   if (run.closed) return;
   const dirty = [...run.dirty];
   run.dirty.clear();
   for (const id of dirty) renderNode(run, id);
-  // Children that arrived before their parent: place them under it now.
+  // Children that arrived before their parent: place them under it now (in the order
+  // they have at the top, as they were placed in).
   for (const id of dirty) {
-    for (const li of $("tree-root").querySelectorAll(`:scope > li[data-parent="${CSS.escape(id)}"]`)) {
-      placeNode(run, run.nodes.get(li.dataset.spanId), li);
-    }
+    const waiting = run.waiting.get(id);
+    if (!waiting) continue;
+    const lis = [...waiting].map((childId) => run.items.get(childId));
+    if (lis.length > 1) lis.sort((a, b) => placedAt(run, a) - placedAt(run, b) || documentOrder(a, b));
+    for (const li of lis) placeNode(run, run.nodes.get(li.dataset.spanId), li);
   }
   renderHeader(run);
   renderInsights(run);
   if (run.selected && dirty.includes(run.selected)) renderDetail();
+}
+
+function documentOrder(a, b) {
+  return a.compareDocumentPosition(b) & Node.DOCUMENT_POSITION_FOLLOWING ? -1 : 1;
 }
 
 function renderNode(run, id) {
@@ -618,8 +660,9 @@ function renderNode(run, id) {
   li.classList.toggle("unexplored", state === "unexplored");
   const btn = li.querySelector(":scope > .row > .node-btn");
   const nameEl = btn.querySelector(".name");
-  nameEl.textContent = n.name;
-  nameEl.title = n.name; // the full name, when the row cuts it
+  const name = displayName(n.name); // an empty name reads "(unnamed)", as in the runs list
+  nameEl.textContent = name;
+  nameEl.title = name; // the full name, when the row cuts it
   const kind = btn.querySelector(".kind");
   kind.className = `badge kind kind-${classPart(n.kind || "span")}`;
   kind.textContent = n.kind || "span";
@@ -631,11 +674,13 @@ function renderNode(run, id) {
   if (run.selected === id) btn.setAttribute("aria-current", "true");
   else btn.removeAttribute("aria-current");
   const took = n.state !== "running" ? fmtDuration(n.duration_ms) : "";
-  btn.setAttribute("aria-label", `${n.kind || "span"} ${n.name}, ${state}${took ? `, ${took}` : ""}`);
+  btn.setAttribute("aria-label", `${n.kind || "span"} ${name}, ${state}${took ? `, ${took}` : ""}`);
   const link = li.querySelector(":scope > .row > .jaeger");
-  const href = jaegerHref(n);
+  const href = jaegerHref(n); // none for an option never explored: Jaeger has no such span
   link.hidden = !href;
   if (href) link.href = href;
+  else link.removeAttribute("href");
+  link.setAttribute("aria-label", `Open ${name} in Jaeger`);
   if (n.flash) {
     flash(li, n.flash);
     n.flash = null;
@@ -659,48 +704,100 @@ function createItem(run, n) {
   const li = h("li", { class: "tree-item leaf", dataset: { spanId: id } },
     h("div", { class: "row" }, twisty, btn, link),
     h("ul", { class: "tree-list children" }));
-  link.setAttribute("aria-label", `Open ${n.name} in Jaeger`);
   return li;
 }
 
-function startOf(li, run) {
-  const n = run.nodes.get(li.dataset.spanId);
-  if (!n || n.state === "unexplored") return Infinity; // options never run go last
+/** The list of an item's children (its last element, see createItem). */
+function childList(li) {
+  return li.lastElementChild;
+}
+
+/** Where a node goes among its siblings: by start time; options never run go last. */
+function startOf(n) {
+  if (!n || n.state === "unexplored") return Infinity;
   return typeof n.start_ns === "number" ? n.start_ns : Infinity;
 }
 
+/** The start an item was placed by. Every list of the tree is in the order of these
+ * (each item goes in after the siblings placed by a start up to its own), so a place is
+ * found by binary search, even while a sibling whose start changed waits for its turn. */
+function placedAt(run, li) {
+  return run.placedAt.get(li) ?? Infinity;
+}
+
 /** Put a node's <li> under its parent (or at the top when its parent is unknown), in
- * start order; leave it where it is when it is already right (keeps focus). A span that
- * would become its own ancestor (spans sent by other programs can name each other as
- * parents, or a span itself) stays at the top: the DOM cannot nest an item inside itself. */
+ * start order, after the siblings that start at the same time; leave it where it is
+ * when it is already right (keeps focus). A span that would become its own ancestor
+ * (spans sent by other programs can name each other as parents, or a span itself) stays
+ * at the top: the DOM cannot nest an item inside itself. */
 function placeNode(run, n, li) {
   let parentLi = n.parent_span_id ? run.items.get(n.parent_span_id) : null;
   if (parentLi && li.contains(parentLi)) parentLi = null;
-  const container = parentLi ? parentLi.querySelector(":scope > ul") : $("tree-root");
-  const me = startOf(li, run);
-  const prev = li.previousElementSibling;
-  const next = li.nextElementSibling;
-  if (li.parentElement === container && (!prev || startOf(prev, run) <= me) && (!next || startOf(next, run) >= me)) {
-    return;
-  }
-  let before = null;
-  for (const sibling of container.children) {
-    if (sibling !== li && startOf(sibling, run) > me) {
-      before = sibling;
-      break;
+  const container = parentLi ? childList(parentLi) : $("tree-root");
+  markWaiting(run, n, !parentLi);
+  const me = startOf(n);
+  if (li.parentElement === container) {
+    const prev = li.previousElementSibling;
+    const next = li.nextElementSibling;
+    if ((!prev || placedAt(run, prev) <= me) && (!next || placedAt(run, next) >= me)) {
+      run.placedAt.set(li, me);
+      return;
     }
   }
+  let before = insertionPoint(run, container, li, me);
+  if (before === li) before = li.nextElementSibling;
+  run.placedAt.set(li, me);
+  if (li.parentElement === container && li.nextElementSibling === before) return;
   const oldParent = li.parentElement?.closest("li.tree-item");
   container.insertBefore(li, before);
   if (parentLi) updateLeaf(parentLi);
   if (oldParent && oldParent !== parentLi) updateLeaf(oldParent);
 }
 
+/** The first item of `container` placed by a start later than `me` (null: none, go
+ * last). Spans mostly come in start order, so the last item is looked at first; else a
+ * binary search. */
+function insertionPoint(run, container, li, me) {
+  const last = container.lastElementChild;
+  if (!last || (last !== li && placedAt(run, last) <= me)) return null;
+  const kids = container.children;
+  let lo = 0;
+  let hi = kids.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (placedAt(run, kids[mid]) > me) hi = mid;
+    else lo = mid + 1;
+  }
+  return kids[lo] ?? null;
+}
+
+/** Keep track of the items at the top whose parent is named but not shown (not seen
+ * yet, or a parent it would end up inside of): `render` places them again when that
+ * parent changes, without searching the tree for them. */
+function markWaiting(run, n, top) {
+  const id = n.span_id;
+  const want = top && n.parent_span_id ? n.parent_span_id : null;
+  const had = run.waitingOn.get(id) ?? null;
+  if (had === want) return;
+  if (had !== null) {
+    const set = run.waiting.get(had);
+    set.delete(id);
+    if (!set.size) run.waiting.delete(had);
+    run.waitingOn.delete(id);
+  }
+  if (want !== null) {
+    let set = run.waiting.get(want);
+    if (!set) run.waiting.set(want, (set = new Set()));
+    set.add(id);
+    run.waitingOn.set(id, want);
+  }
+}
+
 function updateLeaf(li) {
-  const hasChildren = li.querySelector(":scope > ul").children.length > 0;
+  const hasChildren = childList(li).firstElementChild !== null;
   li.classList.toggle("leaf", !hasChildren);
   const twisty = li.querySelector(":scope > .row > .twisty");
-  const name = li.dataset.name;
+  const name = displayName(li.dataset.name);
   const open = !li.classList.contains("collapsed");
   twisty.setAttribute("aria-label", `${open ? "Collapse" : "Expand"} ${name}`);
 }
@@ -746,8 +843,9 @@ function renderHeader(run) {
     return;
   }
   const title = $("run-title");
-  if (title.textContent !== root.name) title.textContent = root.name;
-  if (title.title !== root.name) title.title = root.name; // the full name, when cut
+  const name = displayName(root.name);
+  if (title.textContent !== name) title.textContent = name;
+  if (title.title !== name) title.title = name; // the full name, when cut
   $("run-state").replaceChildren(stateBadge(root.state));
   // the run id in a <bdi>: a right-to-left override in it cannot reorder the rest
   const parts = [["workflow ", bdi(run.id)]];
@@ -761,7 +859,7 @@ function renderHeader(run) {
   link.hidden = !href;
   if (href) {
     link.href = href;
-    link.setAttribute("aria-label", `Open the run ${root.name} in Jaeger`);
+    link.setAttribute("aria-label", `Open the run ${name} in Jaeger`);
   }
 }
 

@@ -86,6 +86,12 @@ export function classPart(text) {
   return String(text).toLowerCase().replace(/[^a-z0-9_-]/g, "_");
 }
 
+/** A span's name as shown: an empty (or missing) name reads "(unnamed)", in the runs
+ * list, the tree, the run's header and the node panel alike. */
+export function displayName(name) {
+  return name === null || name === undefined || name === "" ? "(unnamed)" : String(name);
+}
+
 export function stateBadge(state) {
   const s = state || "unknown";
   return h("span", { class: `badge state state-${classPart(s)}`, dataset: { state: s }, text: s });

@@ -3,7 +3,7 @@
 
 import { config, jaegerHref } from "./api.js";
 import {
-  $, bdi, betterState, durationText, fmtDuration, fmtTime, h, kindBadge, replace,
+  $, bdi, betterState, displayName, durationText, fmtDuration, fmtTime, h, kindBadge, replace,
   stateBadge, valueView,
 } from "./util.js";
 
@@ -150,7 +150,7 @@ export function renderInsights(run, select) {
   const decisions = decisionsView(run);
   const branches = branchesView(run);
   const monitors = run.rest.monitors;
-  const key = JSON.stringify([decisions, branches, monitors, [...run.nodes.keys()].length]);
+  const key = JSON.stringify([decisions, branches, monitors, run.nodes.size]);
   if (key === run.insightsKey) return;
   run.insightsKey = key;
 
@@ -236,8 +236,9 @@ export function renderDetail(run, select) {
   const t0 = n.start_ns;
   const error = n.state === "failed" || n.status === "ERROR" ? errorMessage(n, events) : null;
   const href = jaegerHref(n);
-  $("detail-title").textContent = n.name || n.span_id;
-  $("detail-title").title = n.name || n.span_id; // the whole name, where it is cut
+  const name = displayName(n.name); // an empty name reads "(unnamed)", as in the tree
+  $("detail-title").textContent = name;
+  $("detail-title").title = name; // the whole name, where it is cut
   const facts = [
     ["Duration", durationText(n) || "—"],
     ["Started", fmtTime(n.start_ns)],
@@ -252,7 +253,7 @@ export function renderDetail(run, select) {
   const attrs = Object.entries(n.attributes).sort(([a], [b]) => a.localeCompare(b));
   replace(box,
     h("div", { class: "detail-badges" }, kindBadge(n.kind), stateBadge(n.state),
-      href ? h("a", { class: "jaeger button-like", href, target: "_blank", rel: "noopener", "aria-label": `Open ${n.name} in Jaeger` }, "Open in Jaeger ↗") : null),
+      href ? h("a", { class: "jaeger button-like", href, target: "_blank", rel: "noopener", "aria-label": `Open ${name} in Jaeger` }, "Open in Jaeger ↗") : null),
     error ? h("p", { class: "error-box", role: "note" }, h("strong", { text: "Error: " }), bdi(error)) : null,
     h("dl", { class: "facts" }, facts.map(([k, v]) => [
       h("dt", { text: k }),
@@ -261,7 +262,7 @@ export function renderDetail(run, select) {
     ])),
     h("h3", { text: `Attributes (${attrs.length})` }),
     attrs.length
-      ? h("table", { class: "attrs" }, h("caption", { class: "sr-only", text: `Attributes of ${n.name}` }),
+      ? h("table", { class: "attrs" }, h("caption", { class: "sr-only", text: `Attributes of ${name}` }),
         h("tbody", {}, attrs.map(([k, v]) => h("tr", {}, h("th", { scope: "row", text: k }), h("td", {}, valueView(v))))))
       : h("p", { class: "hint", text: "none" }),
     h("h3", { text: `Events (${events.length})` }),
