@@ -802,6 +802,41 @@ def test_a_home_whose_path_is_not_utf8_finds_its_running_server(tmp_path: Path) 
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs Linux /proc")
+def test_a_home_whose_data_dir_path_is_too_long_for_the_server_finds_it(
+    tmp_path: Path,
+) -> None:
+    """redis-server reads its working directory into 1 024 bytes: from there on ``CONFIG
+    GET dir`` answers "", and the server was never taken for this home's (``status`` said
+    "not answering", a second ``up`` or ``configure()`` waited, then failed)."""
+    home = tmp_path
+    while len(os.fsencode(home / "data")) < 1100:
+        home = home / ("d" * 100)
+    server = EmbeddedServer(home, answer_timeout=5.0)
+    try:
+        info = server.ensure_running()
+        probe = redis.Redis(port=info.port)
+        try:
+            reply = probe.execute_command("CONFIG", "GET", "dir")
+        finally:
+            probe.close()
+        assert embedded._dir_of(reply) == ""  # what the server says of such a path
+        assert server.status() == info
+        assert EmbeddedServer(home, answer_timeout=5.0).ensure_running() == info
+        assert server.stop() is True
+    finally:
+        server.stop()
+        for pid in servers_on(server.data_dir):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_server_json_that_is_not_a_file_is_not_read(home: Path) -> None:
+    """A FIFO named server.json made status() and up wait for ever on reading it."""
+    home.mkdir()
+    os.mkfifo(home / "server.json")
+    assert EmbeddedServer(home).status() is None  # (before: never returned)
+
+
 def _kill_if_alive(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)

@@ -352,8 +352,11 @@ class EmbeddedServer:
 
     def _recorded(self) -> dict[str, object]:
         """What ``server.json`` says (any JSON object; nothing in it is trusted)."""
+        path = self.home / _STATE_FILE
         try:
-            state = json.loads((self.home / _STATE_FILE).read_text())
+            if not path.is_file():  # (a FIFO would be read for ever)
+                return {}
+            state = json.loads(path.read_text())
         except (OSError, ValueError):
             return {}
         return state if isinstance(state, dict) else {}
@@ -393,6 +396,10 @@ class EmbeddedServer:
         ours = False
         with contextlib.suppress(OSError, ValueError):  # "" when its directory was deleted
             ours = os.path.samefile(served, self.data_dir)
+        if not ours and not served:
+            # "" also when its directory's path is too long for it (1 024 bytes and
+            # more): where it works, as the system says (Linux)
+            ours = self._serves_data(pid)
         if not (ours or self._orphaned(pid)) or not _pid_alive(pid):
             return None
         return ServerInfo(pid=pid, port=port, home=str(self.home))
