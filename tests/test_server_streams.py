@@ -464,7 +464,14 @@ async def test_since_in_the_query_is_digits_given_once(serve, query: str) -> Non
 
 @pytest.mark.parametrize(
     ("first", "detail"),
-    [("not json", "first message"), ('{"since": -1}', "first"), ('{"snce": 3}', "first")],
+    [
+        ("not json", "first message"),
+        ('{"since": -1}', "first"),
+        ('{"snce": 3}', "first"),
+        ('{"since": 1, "since": 3}', "first"),  # (before: taken as 3)
+        ('[["since", 3]]', "first"),
+        ('{"since": 3, "x": 1}', "first"),
+    ],
 )
 async def test_bad_first_message_closes_with_1003(serve, first: str, detail: str) -> None:
     live = serve()
@@ -693,6 +700,18 @@ async def test_sse_resumes_after_last_event_id_then_goes_live(serve, sdk, r) -> 
     assert seqs(got) == list(range(7, last + 1))
 
 
+@pytest.mark.parametrize("query", ["since=-1", "since=1&since=2", "since=x"])
+async def test_sse_bad_since_is_400_also_beside_a_last_event_id(serve, query: str) -> None:
+    """``?since=`` was not checked when ``Last-Event-ID`` was given (200), though the
+    WebSocket routes refuse such values whatever else comes with them."""
+    live = serve()
+    async with live.http() as http:
+        answer = await http.get(
+            f"/api/stream/workflows/{new_id()}/sse?{query}", headers={"Last-Event-ID": "3"}
+        )
+    assert answer.status_code == 400, answer.text
+
+
 @pytest.mark.parametrize("header", [b"abc", b"-1", b"1.5", "²".encode("latin-1")])
 async def test_sse_bad_last_event_id_is_400(serve, header: bytes) -> None:
     live = serve()
@@ -755,6 +774,30 @@ async def test_a_runs_counter_that_went_back_is_announced_after_a_reconnect(serv
             emit(2)
             last = await flush_and_last(r, wid)
             # read before the run ends: its end's messages could share the last frame
+            got = await events_until(ws, wid, last)
+    assert seqs(got) == list(range(1, last + 1))
+
+
+async def test_a_project_client_gets_a_run_whose_counter_went_back(serve, sdk, r) -> None:
+    """After a reconnect to a Redis that lost its data, a run numbered from 1 again: its
+    workflow clients got it, its project clients none of it (every message was dropped as
+    one they had seen)."""
+    live = serve(reconnect_min=0.1, reconnect_max=0.2)
+    project, wid = sdk(), new_id()
+    async with live.ws(f"/api/stream/projects/{project}") as ws:
+        await subscribed(ws)
+        with spangraph.workflow("w", workflow_id=wid):
+            emit(3)
+            before = await flush_and_last(r, wid)
+            await events_until(ws, wid, before)
+            r.delete(stream_key(wid), seq_key(wid))  # as a Redis that lost its data
+            r.client_kill_filter(_type="pubsub")  # the hub's connection drops
+            controls: list[dict[str, Any]] = []
+            while not any(m["type"] == "resumed" for m in controls):
+                controls += [m for m in await frame(ws) if "seq" not in m]
+            emit(2)
+            last = await flush_and_last(r, wid)
+            assert last < before
             got = await events_until(ws, wid, last)
     assert seqs(got) == list(range(1, last + 1))
 

@@ -415,6 +415,12 @@ class StreamHub:
 
     async def _refill(self) -> None:
         """What each workflow channel missed while Redis was away, from its stream."""
+        for channel in self._channels.values():
+            if channel.workflow_id is None:
+                # a project channel has no stream to refill from; it forgets the seqs it
+                # saw, or a run Redis numbers from 1 again (it lost its data) would be
+                # dropped there as repeats
+                channel.last_by_workflow.clear()
         channels = [c for c in self._channels.values() if c.workflow_id is not None and c.subs]
         # the runs' counters in a few round trips, not one each (thousands of channels
         # took seconds): only the runs that moved on are then read from their streams

@@ -184,13 +184,19 @@ async def _first_message(websocket: WebSocket, window: float) -> tuple[int | Non
     return _since_message(message)
 
 
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object's (key, value) pairs, in order, repeats kept."""
+
+
 def _since_message(message: dict[str, Any]) -> tuple[int | None, str | None]:
     """``(since, error)`` from a client's ``{"since": n}`` message."""
     try:
-        body = json.loads(message["text"]) if message.get("text") is not None else None
+        text = message.get("text")
+        # an object's pairs as sent: {"since": 1, "since": 3} is not "since" given once
+        body = json.loads(text, object_pairs_hook=_Pairs) if text is not None else None
     except ValueError:
         body = None
-    since = body.get("since") if isinstance(body, dict) and body.keys() == {"since"} else None
+    since = body[0][1] if type(body) is _Pairs and [k for k, _ in body] == ["since"] else None
     if type(since) is not int or not 0 <= since <= MAX_SEQ:
         return None, f'the first message must be {{"since": <last seq seen, 0 to {MAX_SEQ}>}}'
     return since, None
@@ -360,9 +366,10 @@ async def stream_workflow_sse(
     if not workflow_id:
         raise HTTPException(404, detail=_NO_ID)
     try:
+        asked = _query_since(request.query_params)  # checked also when the header wins
         since = _since(last_event_id, "Last-Event-ID")
         if since is None:
-            since = _query_since(request.query_params)
+            since = asked
     except ValueError as exc:
         raise HTTPException(400, detail=str(exc)) from None
     channel = workflow_channel(workflow_id)
