@@ -396,20 +396,22 @@ def _back_on_another_port(server: Any, port: int) -> Any:
 
 
 @pytest.mark.parametrize("offload", [False, True], ids=["in-process", "offload"])
+@pytest.mark.parametrize("taker", ["a-program", "another-home"])
 def test_embedded_server_back_on_another_port_is_followed(
-    tmp_path: Path, configured: Callable[..., spangraph.Spangraph], offload: bool
+    tmp_path: Path, configured: Callable[..., spangraph.Spangraph], offload: bool, taker: str
 ) -> None:
     """The embedded server restarts on a new port when another program took its own in
-    the meantime: running programs find it there (server.json) and send what they held."""
+    the meantime: running programs find it there (server.json) and send what they held.
+    When what took the port is another home's embedded server (its own last port, as its
+    server.json said), nothing goes there: before, running programs wrote into that
+    home's graph and Redis and said all was written (its connections answered, so
+    nothing looked for where their own server had gone)."""
     from spangraph.embedded import EmbeddedServer
 
-    home = tmp_path / "home"
-    configured(
-        home=str(home),
-        project=f"moved-{uuid.uuid4().hex[:8]}",
-        offload=offload,
-    )
-    server = EmbeddedServer(home)
+    home, other_home = tmp_path / "home", tmp_path / "other"
+    project = f"moved-{uuid.uuid4().hex[:8]}"
+    configured(home=str(home), project=project, offload=offload)
+    server, other = EmbeddedServer(home), EmbeddedServer(other_home)
     try:
         first = server.status()
         assert first is not None
@@ -417,7 +419,14 @@ def test_embedded_server_back_on_another_port_is_followed(
         assert spangraph.flush(10)
 
         assert server.stop()
-        second = _back_on_another_port(server, first.port)
+        if taker == "a-program":
+            second = _back_on_another_port(server, first.port)
+        else:
+            other_home.mkdir()
+            (other_home / "server.json").write_text(json.dumps({"port": first.port}))
+            assert other.ensure_running().port == first.port
+            second = server.ensure_running()
+            assert second.port != first.port
 
         during = timed_run("after-the-move")
         assert spangraph.flush(30)
@@ -439,53 +448,16 @@ def test_embedded_server_back_on_another_port_is_followed(
             client.close()
         assert types[0] == "span.started" and types[-1] == "span.ended"
         assert "workflow.completed" in types
-    finally:
-        spangraph.shutdown()
-        server.stop()
-
-
-@pytest.mark.parametrize("offload", [False, True], ids=["in-process", "offload"])
-def test_another_homes_server_on_the_old_port_is_never_written_to(
-    tmp_path: Path, configured: Callable[..., spangraph.Spangraph], offload: bool
-) -> None:
-    """While a home's embedded server was down, another home's server took its port (its
-    own last port, as its server.json said); the first came back on a new one. Running
-    programs wrote into the other home's graph and Redis, and said all was written (the
-    new connection answered, so nothing looked for where their own server had gone)."""
-    from spangraph.embedded import EmbeddedServer
-
-    home, other_home = tmp_path / "home", tmp_path / "other"
-    project = f"homes-{uuid.uuid4().hex[:8]}"
-    configured(home=str(home), project=project, offload=offload)
-    server, other = EmbeddedServer(home), EmbeddedServer(other_home)
-    try:
-        first = server.status()
-        assert first is not None
-        before = run_workflow("before-the-move")
-        assert spangraph.flush(10)
-
-        assert server.stop()
-        other_home.mkdir()
-        (other_home / "server.json").write_text(json.dumps({"port": first.port}))
-        assert other.ensure_running().port == first.port
-        second = server.ensure_running()
-        assert second.port != first.port
-
-        during = run_workflow("after-the-move")
-        assert spangraph.flush(30)
-        mine = FalkorDBStore.from_url(second.graph_url)
-        theirs = FalkorDBStore.from_url(f"falkordb://127.0.0.1:{first.port}/spangraph")
-        client = redis.Redis(port=first.port)
-        try:
-            assert span_states(mine, before) == ["completed"] * 3
-            assert span_states(mine, during) == ["completed"] * 3
-            find = "MATCH (s:Span) WHERE s.project_id = $p RETURN count(s) AS n"
-            assert sum(r["n"] for r in theirs.query(find, {"p": project})) == 0
-            assert client.keys("spangraph:*") == []  # no live events either
-        finally:
-            mine.close()
-            theirs.close()
-            client.close()
+        if taker == "another-home":
+            theirs = FalkorDBStore.from_url(f"falkordb://127.0.0.1:{first.port}/spangraph")
+            client = redis.Redis(port=first.port)
+            try:
+                find = "MATCH (s:Span) WHERE s.project_id = $p RETURN count(s) AS n"
+                assert sum(r["n"] for r in theirs.query(find, {"p": project})) == 0
+                assert client.keys("spangraph:*") == []  # no live events either
+            finally:
+                theirs.close()
+                client.close()
     finally:
         spangraph.shutdown()
         server.stop()

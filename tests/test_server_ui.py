@@ -200,6 +200,17 @@ def test_page_and_static_files(embedded_server: Any, graph_url: str, tmp_path: P
 # -- a real run, watched live ---------------------------------------------------------------
 
 
+def configure_sdk(graph_url: str, embedded_server: Any, home: Path) -> None:
+    """spangraph on a TracerProvider of the test's own, writing where the app reads."""
+    spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=graph_url,
+        redis_url=embedded_server.redis_url,
+        home=str(home),
+        instrument_threads=False,
+    )
+
+
 async def _refuse(websocket: WebSocket, workflow_id: str) -> None:
     await websocket.close(code=1013)  # before accepting: the handshake fails (403)
 
@@ -218,13 +229,7 @@ def test_live_run_in_browser(
     if transport == "polling":
         app.add_api_websocket_route(STREAM_PATH, _refuse)
         app.router.routes.insert(0, app.router.routes.pop())  # ahead of the real one
-    spangraph.configure(
-        tracer_provider=TracerProvider(),
-        graph_url=graph_url,
-        redis_url=embedded_server.redis_url,
-        home=str(tmp_path),
-        instrument_threads=False,
-    )
+    configure_sdk(graph_url, embedded_server, tmp_path)
     gates = {"slow": threading.Event(), "final": threading.Event()}
     ids: dict[str, str] = {}
     failures: list[BaseException] = []
@@ -1568,13 +1573,7 @@ def test_a_large_run_loads_and_polls_in_linear_time(
     from playwright.sync_api import expect
 
     n = 2000
-    spangraph.configure(
-        tracer_provider=TracerProvider(),
-        graph_url=graph_url,
-        redis_url=embedded_server.redis_url,
-        home=str(tmp_path),
-        instrument_threads=False,
-    )
+    configure_sdk(graph_url, embedded_server, tmp_path)
     workflow_id = f"large-{uuid.uuid4().hex[:8]}"
     page.add_init_script(TREE_WORK)
     app = create_app(_settings(graph_url, "off", tmp_path))  # no stream: the page polls
@@ -1728,13 +1727,7 @@ def test_options_never_explored_have_no_jaeger_link(
     node, to a span Jaeger does not have); an explored option keeps its link."""
     from playwright.sync_api import expect
 
-    spangraph.configure(
-        tracer_provider=TracerProvider(),
-        graph_url=graph_url,
-        redis_url=embedded_server.redis_url,
-        home=str(tmp_path),
-        instrument_threads=False,
-    )
+    configure_sdk(graph_url, embedded_server, tmp_path)
     try:
         with (
             spangraph.workflow("options-run") as run,
