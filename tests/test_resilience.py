@@ -366,6 +366,35 @@ def test_configure_with_unreachable_servers_names_the_setting(
         provider.shutdown()
 
 
+def test_an_embedded_server_that_refuses_writes_names_the_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded server of a home whose disk is full answers writes with MISCONF: the
+    error named SPANGRAPH_GRAPH_URL, a setting nobody had set."""
+    from spangraph.exceptions import ConfigurationError, StoreError
+    from spangraph.stores.falkordb import FalkorDBStore as Store
+
+    def full(self: Any) -> None:
+        raise StoreError("MISCONF Errors writing to the AOF file: No space left on device")
+
+    monkeypatch.setattr(Store, "ensure_schema", full)
+    provider = TracerProvider()
+    home = tmp_path / "home"
+    try:
+        with pytest.raises(ConfigurationError) as err:
+            spangraph.configure(tracer_provider=provider, home=str(home), redis_url="off")
+        assert err.value.setting == "SPANGRAPH_HOME"
+        assert "its embedded server (falkordb://127.0.0.1:" in str(err.value)
+        assert "No space left on device" in str(err.value)
+        assert str(home / "server.log") in str(err.value)
+    finally:
+        spangraph.shutdown()
+        provider.shutdown()
+        from spangraph.embedded import EmbeddedServer
+
+        EmbeddedServer(home).stop()
+
+
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie does not: with its parent gone, it waits
     for init to reap it)."""

@@ -344,7 +344,9 @@ def _instrument_threads() -> None:
     _threading_instrumented = True
 
 
-def _open_store(settings: Settings) -> GraphStore:
+def _open_store(settings: Settings, *, embedded: bool = False) -> GraphStore:
+    """The store of ``settings``, pinged and with its schema. ``embedded``: the embedded
+    server of ``settings.home`` (errors name SPANGRAPH_HOME, not a URL nobody set)."""
     url = redact_url(settings.graph_url)
     try:
         store = open_store(settings)
@@ -357,6 +359,12 @@ def _open_store(settings: Settings) -> GraphStore:
         store.ensure_schema()
     except StoreError as exc:
         store.close()
+        if embedded:  # e.g. MISCONF: its disk is full
+            raise ConfigurationError(
+                "SPANGRAPH_HOME",
+                f"its embedded server ({url}) cannot be used: {exc} (its log: "
+                f"{EmbeddedServer(settings.home).log_file})",
+            ) from None
         raise ConfigurationError(ENV_GRAPH_URL, f"cannot use {url}: {exc}") from None
     return store
 
@@ -561,7 +569,7 @@ def _build(instance: Spangraph, *, graph: bool, live: bool, max_queue_size: int)
             if settings.graph_is_embedded and server
             else settings
         )
-        store = _open_store(chosen)
+        store = _open_store(chosen, embedded=settings.graph_is_embedded and server is not None)
         graph_url = chosen.graph_url
     instance.store = store
     if live and settings.live_enabled:
