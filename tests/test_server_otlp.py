@@ -1647,6 +1647,53 @@ def test_values_that_spread_are_bounded(
     assert not [r for r in caplog.records if "invalid" in r.getMessage().lower()]
 
 
+def test_a_rejected_span_is_not_said_stored_and_a_long_kind_is_no_reason_to_reject(
+    running: Running, http: httpx.Client
+) -> None:
+    """A span rejected for its id, whose end was also before its start, was reported as
+    "stored as ending at its start" (and counted among the adjusted ones): it was not
+    stored at all. A ``spangraph.kind`` or ``spangraph.state`` over 1 024 characters
+    rejected its span, though only the id attributes are bounded (the SDK stores such a
+    span, its kind and state unknown: ``span``, and its state from its status)."""
+    from spangraph._ids import MAX_ID_CHARS
+
+    trace_id = uuid.uuid4().bytes
+    t0 = time.time_ns()
+
+    def text(key: str, value: str) -> KeyValue:
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+
+    rejected = PbSpan(
+        trace_id=trace_id,
+        span_id=b"\x01" * 8,
+        name="rejected-one",
+        start_time_unix_nano=t0 + 10,
+        end_time_unix_nano=t0,
+        attributes=[text("spangraph.workflow.id", "w" * (MAX_ID_CHARS + 1))],
+    )
+    long_kind = PbSpan(
+        trace_id=trace_id,
+        span_id=b"\x02" * 8,
+        name="long-kind",
+        start_time_unix_nano=t0,
+        end_time_unix_nano=t0 + 10,
+        attributes=[text("spangraph.kind", "k" * 2000), text("spangraph.state", "s" * 2000)],
+    )
+    request = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[rejected, long_kind])])]
+    )
+    r = http.post("/v1/traces", content=request.SerializeToString(), headers=PROTO)
+    assert r.status_code == 200
+    partial = ExportTraceServiceResponse.FromString(r.content).partial_success
+    assert partial.rejected_spans == 1
+    assert "spangraph.workflow.id has" in partial.error_message
+    assert "stored as" not in partial.error_message
+    running.flush()
+    nodes = wait_for_nodes(running, trace_id.hex(), {"long-kind"})
+    assert set(nodes) == {"long-kind"}
+    assert (nodes["long-kind"]["kind"], nodes["long-kind"]["state"]) == ("span", "completed")
+
+
 def test_a_missing_start_time(running: Running, http: httpx.Client) -> None:
     """A span without a start time starts at its end (or, with no end either, when it
     was received), and the client is told (before: it started in 1970, a run of one such

@@ -531,6 +531,11 @@ def _attributes(key_values: Iterable[Any]) -> dict[str, Any]:
     return out
 
 
+_IDS: Final = frozenset({sc.WORKFLOW_ID, sc.EXECUTION_ID, sc.BRANCH_ID, sc.PROJECT_ID})
+"""The id attributes, bounded: too long, the span is rejected (a kind or state that long
+is only not one spangraph knows)."""
+
+
 def _span_attributes(key_values: Iterable[Any]) -> dict[str, Any]:
     """Attributes of a span, with spangraph's own keys made safe for the mapping: the
     keys that become node properties are strings (an empty one is left out, as if unset:
@@ -544,7 +549,7 @@ def _span_attributes(key_values: Iterable[Any]) -> dict[str, Any]:
             continue
         if not isinstance(value, str):
             value = attrs[key] = to_json(value) if isinstance(value, tuple | dict) else str(value)
-        if len(value) > MAX_ID_CHARS:
+        if len(value) > MAX_ID_CHARS and key in _IDS:
             # copied to every span of the run, and into Redis keys: one 1 MB id made
             # 100 MB of graph properties
             raise InvalidSpan(f"{key} has {len(value)} characters, over {MAX_ID_CHARS}")
@@ -725,26 +730,27 @@ def _span(
             )
     start = _time(pb.start_time_unix_nano, "start_time_unix_nano")
     end = _time(pb.end_time_unix_nano, "end_time_unix_nano")
+    # what was adjusted goes into ``out`` once the span is taken (a span rejected below
+    # was not stored at all, "stored as ..." would be untrue)
+    adjusted = 0
+    warning: str | None = None
     if not start:  # (a start in 1970 would spread a run's timeline over 56 years)
         start = end or time.time_ns()
-        if out is not None:
-            out.adjusted_ends += 1
-            if out.end_warning is None:
-                out.end_warning = f"span {pb.name[:200]!r}: start_time_unix_nano is not set; " + (
-                    "stored as starting at its end (duration 0)"
-                    if end
-                    else "stored as starting and ending when it was received"
-                )
+        adjusted += 1
+        warning = f"span {pb.name[:200]!r}: start_time_unix_nano is not set; " + (
+            "stored as starting at its end (duration 0)"
+            if end
+            else "stored as starting and ending when it was received"
+        )
         end = end or start
     if not end or end < start:
-        if out is not None:
-            out.adjusted_ends += 1
-            if out.end_warning is None:
-                why = "is before start_time_unix_nano" if end else "is not set"
-                out.end_warning = (
-                    f"span {pb.name[:200]!r}: end_time_unix_nano {why}; "
-                    "stored as ending at its start (duration 0)"
-                )
+        adjusted += 1
+        if warning is None:
+            why = "is before start_time_unix_nano" if end else "is not set"
+            warning = (
+                f"span {pb.name[:200]!r}: end_time_unix_nano {why}; "
+                "stored as ending at its start (duration 0)"
+            )
         end = start
     pb_events, pb_links = pb.events, pb.links
     cut_events = cut_links = 0
@@ -797,6 +803,10 @@ def _span(
         end_time=end,
         instrumentation_scope=scope,
     )
+    if out is not None and adjusted:
+        out.adjusted_ends += adjusted
+        if out.end_warning is None:
+            out.end_warning = warning
     if out is not None and (cut_events or cut_links):
         out.cut_events += cut_events
         out.cut_links += cut_links
