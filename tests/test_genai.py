@@ -530,6 +530,36 @@ async def test_tool_on_an_async_callable_object_records_its_result(cap: SpanCapt
     assert events(span, "tool.response") == [{"result": ("hit-x",)}]
 
 
+async def test_tool_returning_a_coroutine_records_its_result_once_awaited(
+    cap: SpanCapture,
+) -> None:
+    """A plain function that returns a coroutine, and a partial of an object whose
+    ``__call__`` is async: ``tool.response`` records what the coroutine returned, after
+    it was awaited in the tool's span (before: the coroutine object, recorded when the
+    function returned)."""
+
+    async def lookup(q: str) -> list[str]:
+        await asyncio.sleep(0)
+        return [f"hit-{q}"]
+
+    @spangraph.tool
+    def search(q: str) -> Any:
+        return lookup(q)
+
+    class Searcher:
+        async def __call__(self, q: str, k: int) -> list[str]:
+            await asyncio.sleep(0)
+            return [q] * k
+
+    partial = spangraph.tool(functools.partial(Searcher(), k=2))
+
+    assert await search("x") == ["hit-x"]
+    assert await partial("y") == ["y", "y"]
+    assert events(one(cap, "execute_tool search"), "tool.response") == [{"result": ("hit-x",)}]
+    assert events(one(cap, "execute_tool Searcher"), "tool.response") == [{"result": ("y", "y")}]
+    assert all(attrs(s)[sc.STATE] == sc.STATE_COMPLETED for s in cap.spans)
+
+
 def test_tool_in_graph(sg: spangraph.Spangraph) -> None:
     @spangraph.tool
     def add(a: int, b: int) -> int:

@@ -802,6 +802,32 @@ async def test_timeout_async_with_block_not_exceeded(cap: SpanCapture) -> None:
     assert names(one(cap, "blk")) == ["step.started", "timeout.set", "step.completed"]
 
 
+@pytest.mark.parametrize("form", ["decorator", "block"])
+async def test_a_timeout_whose_cancellation_is_swallowed_is_still_recorded(
+    cap: SpanCapture, form: str
+) -> None:
+    """Code that catches the timeout's cancellation and returns normally ends the step
+    ``completed``, after ``timeout.exceeded`` (before: no ``timeout.exceeded``, as if the
+    timeout had never fired)."""
+
+    async def body() -> str:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            return "swallowed"
+        return "slept"
+
+    if form == "decorator":
+        assert await spangraph.step("slow", timeout=0.05)(body)() == "swallowed"
+    else:
+        async with spangraph.step("slow", timeout=0.05):
+            assert await body() == "swallowed"
+    st = one(cap, "slow")
+    assert names(st) == ["step.started", "timeout.set", "timeout.exceeded", "step.completed"]
+    assert event(st, sc.TIMEOUT_EXCEEDED) == {sc.EVENT_TIMEOUT_MS: 50.0}
+    assert attrs(st)[sc.STATE] == sc.STATE_COMPLETED
+
+
 async def test_timeout_with_retries_retries_timeouts(cap: SpanCapture) -> None:
     calls = 0
 
@@ -990,6 +1016,43 @@ def test_generator_early_close_ends_span(cap: SpanCapture) -> None:
         assert len(cap.find("g")) == 1
     assert_completed(one(cap, "g"), "step")
     assert is_child(one(cap, "g"), one(cap, "w"))
+
+
+def test_blocks_in_a_generator_closed_early_end_completed(cap: SpanCapture) -> None:
+    """A block held across a ``yield`` when the consumer closes the generator early ends
+    ``completed``, as the decorated generator around it does: no ``exception`` event and
+    no ``cancelled`` or ``failed`` event (before: ``cancelled``, and a workflow block
+    recorded ``workflow.cancelled`` with ``error.type`` ``GeneratorExit``)."""
+
+    @spangraph.workflow("decorated")
+    def decorated() -> Iterator[int]:
+        with spangraph.step("inner"):
+            yield 1
+            yield 2
+
+    def plain() -> Iterator[int]:
+        with spangraph.workflow("in-plain"):
+            yield 1
+            yield 2
+
+    for make in (decorated, plain):
+        it = make()
+        assert next(it) == 1
+        it.close()
+    for name, kind in (("inner", "step"), ("decorated", "workflow"), ("in-plain", "workflow")):
+        assert_completed(one(cap, name), kind)
+
+
+async def test_blocks_in_an_async_generator_closed_early_end_completed(cap: SpanCapture) -> None:
+    async def agen() -> AsyncIterator[int]:
+        async with spangraph.step("inner"):
+            yield 1
+            yield 2
+
+    it = agen()
+    assert await it.__anext__() == 1
+    await it.aclose()
+    assert_completed(one(cap, "inner"), "step")
 
 
 def test_generator_explicit_close(cap: SpanCapture) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import inspect
 import re
 import sys
 import uuid
@@ -345,6 +346,32 @@ def test_default_names_of_partials_and_callable_objects(cap: SpanCapture) -> Non
     assert spangraph.workflow(functools.partial(functools.partial(add), 1))(2) == 3
     assert spangraph.step(Doubler())(4) == 8
     assert [s.name for s in cap.spans] == ["add", "add", "Doubler"]
+
+
+class FlakyAsync:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, x: int) -> int:
+        self.calls += 1
+        await asyncio.sleep(0)
+        if self.calls < 3:
+            raise ValueError(self.calls)
+        return x
+
+
+def test_a_partial_of_an_async_callable_object_is_async(cap: SpanCapture) -> None:
+    """``functools.partial`` of an object whose ``__call__`` is async is traced as async
+    code: ``timeout=`` is accepted and ``retries=`` re-runs it (before: taken for sync
+    code, a TypeError for ``timeout=`` and a single run with ``retries=``)."""
+    flaky = FlakyAsync()
+    fn = spangraph.step("p", timeout=5, retries=2, backoff=0)(functools.partial(flaky, 7))
+    assert inspect.iscoroutinefunction(fn)
+    assert asyncio.run(fn()) == 7
+    assert flaky.calls == 3
+    steps = cap.find("p")
+    assert sorted(s.attributes[sc.STEP_ATTEMPT] for s in steps) == [1, 2, 3]  # type: ignore[index]
+    assert [state(s) for s in steps].count(sc.STATE_COMPLETED) == 1
 
 
 def test_step_over_staticmethod_and_classmethod(cap: SpanCapture) -> None:

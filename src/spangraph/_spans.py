@@ -29,16 +29,17 @@ _log = logging.getLogger("spangraph")
 
 _RUN_KEY: Final = otel_context.create_key("spangraph-run")
 
-_CANCELLED: Final = (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)
+_CANCELLED: Final = (asyncio.CancelledError, KeyboardInterrupt)
 """Exceptions that end a span as ``cancelled`` rather than ``failed``."""
 
 
 def clean_exit(exc: BaseException | None) -> bool:
-    """Whether ``exc`` is no failure: none, or a ``SystemExit`` with status 0
-    (``sys.exit()``, ``sys.exit(0)``), with which a span ends ``completed``. Any other
-    code is a failure, as the exit status says: ``sys.exit(0.0)`` or ``sys.exit("0")``
-    prints the value and exits with status 1."""
-    if exc is None:
+    """Whether ``exc`` is no failure: none, a ``GeneratorExit`` (a generator whose
+    consumer stopped early: a block it holds open ends as the decorated generator does),
+    or a ``SystemExit`` with status 0 (``sys.exit()``, ``sys.exit(0)``), with which a span
+    ends ``completed``. Any other code is a failure, as the exit status says:
+    ``sys.exit(0.0)`` or ``sys.exit("0")`` prints the value and exits with status 1."""
+    if exc is None or isinstance(exc, GeneratorExit):
         return True
     if not isinstance(exc, SystemExit):
         return False
@@ -524,8 +525,10 @@ def _retry_delay(opts: _Options, attempt: int) -> float:
     return min(opts.backoff * 2.0 ** min(attempt - 1, 1023), opts.backoff_max)
 
 
-def _timed_out(frame: _Frame, exc: BaseException | None, timeout: float | None) -> float | None:
+def _timed_out(frame: _Frame, timeout: float | None) -> float | None:
+    """``timeout`` when ``frame``'s timeout fired, whatever the code did then (raised, or
+    caught the cancellation and returned), else ``None``."""
     cm = frame.timeout_cm
-    if timeout is not None and cm is not None and exc is not None and cm.expired():
+    if timeout is not None and cm is not None and cm.expired():
         return timeout
     return None

@@ -52,7 +52,10 @@ def _on_failure(opts: _Options, frame: _Frame, attempt: int, exc: BaseException)
     """Record retry events for a failed attempt; the delay before the next one, or None."""
     span = frame.handle.span
     # an exit (sys.exit(), any status) ends the program's work: never run again
-    retryable = isinstance(exc, opts.retry_on) and not isinstance(exc, (*_CANCELLED, SystemExit))
+    # nor a closed coroutine (GeneratorExit): it cannot await a wait nor a new attempt
+    retryable = isinstance(exc, opts.retry_on) and not isinstance(
+        exc, (*_CANCELLED, GeneratorExit, SystemExit)
+    )
     if not opts.retries or not retryable:
         return None
     delay = _retry_delay(opts, attempt) if attempt <= opts.retries else None
@@ -97,7 +100,9 @@ def _backoff_interrupted(
         )
         frame.attach()
         try:
-            frame.finish(exc)
+            # a coroutine closed during the wait (GeneratorExit) never ran the attempt
+            # either: cancelled too, not completed
+            frame.finish(asyncio.CancelledError() if isinstance(exc, GeneratorExit) else exc)
         finally:
             frame.detach()
     except Exception:  # recording must not replace the exception
@@ -178,7 +183,8 @@ def _covered(frame: _Frame, coro: Coroutine[Any, Any, Any]) -> Coroutine[Any, An
 
 
 def _drop(frame: _Frame, coro: Coroutine[Any, Any, Any]) -> None:
-    frame.finish(GeneratorExit())
+    # cancelled: a GeneratorExit would end it completed, as a generator closed early
+    frame.finish(asyncio.CancelledError("the coroutine was dropped without being awaited"))
     coro.close()  # no "never awaited" warning for what the span already reports
 
 
@@ -203,7 +209,7 @@ def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
                     result = await fn(*args, **kwargs)
             except BaseException as exc:
                 try:
-                    timed_out = _timed_out(frame, exc, opts.timeout)
+                    timed_out = _timed_out(frame, opts.timeout)
                     if timed_out is not None:  # the cause, before the retry it leads to
                         _timeout_exceeded(frame, timed_out)
                     delay = _on_failure(opts, frame, attempt, exc)
@@ -223,7 +229,9 @@ def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
                 previous, attempt = frame, attempt + 1
                 continue
             try:
-                frame.finish(None)
+                # fired, but the code caught the cancellation and returned: completed,
+                # with timeout.exceeded all the same
+                frame.finish(None, timed_out=_timed_out(frame, opts.timeout))
             finally:
                 frame.detach()
             return result

@@ -13,7 +13,8 @@ import functools
 import inspect
 import operator
 import time
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from opentelemetry import trace
@@ -223,10 +224,32 @@ def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     def inner(*args: Any, **kwargs: Any) -> Any:
         call(args, kwargs)
         result = fn(*args, **kwargs)
+        if inspect.iscoroutine(result):  # async work the span covers: its answer is awaited
+            return _responding(result, respond)
         respond(result)
         return result
 
     return inner
+
+
+def _responding(
+    coro: Coroutine[Any, Any, Any], respond: Callable[[Any], None]
+) -> Coroutine[Any, Any, Any]:
+    """A coroutine that awaits ``coro`` and records its result with ``respond``, for a
+    sync tool that returns a coroutine: the tool span covers it as it covers any
+    coroutine a sync function returns (``_wrappers._covered``)."""
+
+    async def run() -> Any:
+        result = await coro
+        respond(result)
+        return result
+
+    outer = run()
+    # named as the program's coroutine, as _covered names its own after this one
+    outer.__name__, outer.__qualname__ = coro.__name__, coro.__qualname__
+    # dropped without being awaited: no "never awaited" warning for coro too
+    weakref.finalize(outer, coro.close)
+    return outer
 
 
 class _ToolScope(Scope):

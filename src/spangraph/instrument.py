@@ -110,8 +110,9 @@ class Scope:
                 except TimeoutError as converted:
                     frame.finish(converted, timed_out=self._opts.timeout)
                     raise
-            # fired, but the block turned the cancellation into an error of its own
-            frame.finish(exc, timed_out=_timed_out(frame, exc, self._opts.timeout))
+            # fired, but the block turned the cancellation into an error of its own, or
+            # caught it and went on (then it ends completed, after timeout.exceeded)
+            frame.finish(exc, timed_out=_timed_out(frame, self._opts.timeout))
         finally:
             frame.detach()
         return None
@@ -169,10 +170,13 @@ def _iterable_coroutine(fn: Any) -> bool:
 
 
 def _code_of(fn: Any) -> Any:
-    """What tells whether ``fn`` is async or a generator: ``fn`` itself for functions,
-    methods and partials (``inspect`` looks through those), else a callable object's
-    ``__call__``."""
-    if inspect.isroutine(fn) or isinstance(fn, functools.partial | type):
+    """What tells whether ``fn`` is async or a generator: for a ``functools.partial``,
+    what it wraps (``inspect`` sees through a partial, not into the object inside it);
+    then the function itself for functions, methods and classes, else a callable
+    object's ``__call__``."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isroutine(fn) or isinstance(fn, type):
         return fn
     return type(fn).__call__
 
