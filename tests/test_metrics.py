@@ -643,3 +643,31 @@ def test_send_duration_with_offload(
         assert instance.offload_processor.on_sent is None  # the hook is gone
     finally:
         spangraph.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_a_metrics_thread_holds_the_lock_can_take_it() -> None:
+    """The metric reader's thread holds the module's lock while it reads the counters: a
+    child forked at that moment inherited it held, and its shutdown (atexit, or
+    multiprocessing's finalizer) waited for ever (7 in 300 forks in a reviewer's run)."""
+    from spangraph import _metrics
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _metrics._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(5)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            os._exit(0 if _metrics._lock.acquire(timeout=5) else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        holder.join(10)
+    assert os.waitstatus_to_exitcode(status) == 0

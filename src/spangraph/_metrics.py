@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -226,6 +227,18 @@ _global: _Instruments | None = None
 """The instruments made through the global MeterProvider (the API's proxy until an SDK
 provider is set, to which the proxy's instruments then delegate)."""
 _lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    # the metric reader's thread may hold the lock at the moment of a fork: the child
+    # would inherit it held by a thread it does not have, and its shutdown (at exit too)
+    # would wait for ever
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def _lookup(provider: MeterProvider) -> _Instruments | None:
