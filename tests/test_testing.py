@@ -297,3 +297,49 @@ def test_a_configure_inside_a_capture_is_kept_after_it(tmp_path) -> None:  # typ
     finally:
         spangraph.shutdown()
         provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_SDK_DISABLED": "true"},
+        {"OTEL_TRACES_SAMPLER": "always_off"},
+        {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"},
+        {"OTEL_SPAN_EVENT_COUNT_LIMIT": "0"},
+    ],
+    ids=["disabled", "always-off", "ratio-0", "no-events"],
+)
+def test_the_environment_of_the_program_does_not_empty_a_capture(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings meant for the program (often set in CI) left a capture empty, and a test
+    asserting that something is *not* there passed for nothing."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with capture() as cap, spangraph.workflow("wf"):
+        spangraph.event("hello", x=1)
+    assert [s.name for s in cap.spans] == ["wf"]
+    assert cap.has_event("hello", x=1)
+
+
+def test_a_closed_capture_is_not_kept_by_its_spans_that_never_ended() -> None:
+    """A span that started in a capture and never ended (a thread that entered a step
+    and died) kept the capture, all its spans and its provider alive for good."""
+    import gc
+    import weakref
+
+    from spangraph.testing import _FAN_OUT
+
+    refs = []
+    for _ in range(3):
+        with capture() as cap:
+            with spangraph.step("ends"):
+                pass
+            thread = threading.Thread(target=lambda: spangraph.step("dangling").__enter__())
+            thread.start()
+            thread.join()
+        refs.append(weakref.ref(cap))
+        del cap
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+    assert not _FAN_OUT._started

@@ -24,7 +24,8 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from . import _state
 from . import semconv as sc
@@ -166,11 +167,45 @@ class _FanOut(SpanProcessor):
             if entry in _open:
                 entry.cap.on_end(span)
 
+    def forget(self, entry: _Open) -> None:
+        """``entry`` closed: the spans it saw start and that have not ended (a thread
+        that never left its step) no longer hold it, nor its capture and provider."""
+        for span_id, entries in list(self._started.items()):
+            if entry in entries:
+                rest = tuple(e for e in entries if e is not entry)
+                if rest:
+                    self._started[span_id] = rest
+                else:
+                    self._started.pop(span_id, None)
+
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return True
 
 
 _FAN_OUT = _FanOut()
+
+
+def _private_provider() -> TracerProvider:
+    """A TracerProvider that records what the block does whatever the environment says
+    to the program's own (``OTEL_SDK_DISABLED``, ``OTEL_TRACES_SAMPLER=always_off``,
+    ``OTEL_SPAN_EVENT_COUNT_LIMIT=0`` ... would leave a capture empty, and a test that
+    asserts something is *not* there passing for nothing): every span sampled, the
+    OpenTelemetry default limits."""
+    limits = SpanLimits(
+        max_span_attributes=128,
+        max_events=128,
+        max_links=128,
+        max_event_attributes=128,
+        max_link_attributes=128,
+        max_span_attribute_length=SpanLimits.UNSET,
+        max_attribute_length=SpanLimits.UNSET,
+    )
+    provider = TracerProvider(sampler=ALWAYS_ON, span_limits=limits, shutdown_on_exit=False)
+    if getattr(provider, "_disabled", False):  # read from OTEL_SDK_DISABLED
+        provider._disabled = False
+    return provider
+
+
 _fanned: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
 
 
@@ -187,7 +222,7 @@ def capture(tracer_provider: TracerProvider | None = None) -> Iterator[SpanCaptu
     tracer is process-wide): a RuntimeWarning says so.
     """
     global _tracer_before
-    provider = tracer_provider or TracerProvider()
+    provider = tracer_provider or _private_provider()
     cap = SpanCapture()
     entry = _Open(cap, provider.get_tracer(_state.INSTRUMENTATION_NAME, __version__))
     with _lock:
@@ -220,5 +255,6 @@ def capture(tracer_provider: TracerProvider | None = None) -> Iterator[SpanCaptu
                 if not changed:
                     _state.tracer = _tracer_before  # type: ignore[assignment]
                 _tracer_before = None
+            _FAN_OUT.forget(entry)  # (spans of it that never ended held it for good)
         if tracer_provider is None:
             provider.shutdown()
