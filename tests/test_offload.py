@@ -347,6 +347,36 @@ def test_forked_child_gets_an_agent_of_its_own_when_it_traces(
     assert written <= set(run_names(off))
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_childs_counters_go_on_from_the_parents(off: spangraph.Spangraph) -> None:
+    """Health metrics count on from the parent's figures in a forked child, as the
+    in-process workers' counters do; the offload processor's were set back to zero, and
+    its metrics hook dropped, so the child's writes were undercounted and untimed."""
+    proc = off.offload_processor
+    assert proc is not None
+    with spangraph.workflow("parent"):
+        pass
+    assert spangraph.flush(10)
+    timed: list[int] = []
+    proc.on_sent = lambda seconds, count: timed.append(count)
+    before = proc.stats()["sent"]
+    assert before > 0
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            kept = proc.stats()["sent"] == before and proc.on_sent is not None
+            with spangraph.workflow("child"):
+                pass
+            flushed = spangraph.flush(20)  # (True: nothing lost here)
+            code = 0 if kept and flushed and proc.stats()["sent"] > before and timed else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    proc.on_sent = None
+
+
 def test_an_agent_that_cannot_start_is_a_configuration_error(
     closed_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -533,8 +533,13 @@ class OffloadSpanProcessor(SpanProcessor):
         self._acks = {}
         self._announced = set()
         # the parent's records are the parent's to write; a new buffer and worker (the
-        # locks of the old ones may have been held by a thread that is not here)
+        # locks of the old ones may have been held by a thread that is not here). The
+        # counters and the metrics hook go on, as the in-process workers' do: metrics
+        # count on from the parent's figures
+        kept = (self._sent, self._failed, self._retries, self._lost, self.on_sent)
         self._init_worker()
+        self._sent, self._failed, self._retries, self._lost, self.on_sent = kept
+        self._flush_lost = self._lost  # (what the parent lost is no news to a flush here)
         if self._closed:  # shut down in the parent: stays shut down in the child
             self._buffer.closed = True
             self._stop_worker(1.0)
