@@ -1111,7 +1111,7 @@ def test_events_and_links_over_the_span_limits_are_cut(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A span keeps its last 128 events and first 128 links (the SDK's span limits,
+    """A span keeps its last 128 events and last 128 links (the SDK's span limits,
     OTEL_SPAN_EVENT_COUNT_LIMIT / OTEL_SPAN_LINK_COUNT_LIMIT), and the client is told in
     partial_success with no span rejected. Before, every event was kept: one span with
     400 000 events (5.6 MB) made a graph write longer than the store's timeout, which was
@@ -1160,7 +1160,19 @@ def test_events_and_links_over_the_span_limits_are_cut(
                                 "name": "j",
                                 "links": [
                                     {"traceId": uuid.uuid4().hex, "spanId": f"{i + 1:016x}"}
-                                    for i in range(129)
+                                    for i in range(128)
+                                ]
+                                + [  # the last: kept, as the Python SDK keeps the last
+                                    {
+                                        "traceId": uuid.uuid4().hex,
+                                        "spanId": "0f" * 8,
+                                        "attributes": [
+                                            {
+                                                "key": "spangraph.link.type",
+                                                "value": {"stringValue": "monitors"},
+                                            }
+                                        ],
+                                    }
                                 ],
                             }
                         ]
@@ -1171,8 +1183,15 @@ def test_events_and_links_over_the_span_limits_are_cut(
     }
     r = http.post("/v1/traces", content=json.dumps(doc), headers=JSON_CT)
     assert r.status_code == 200
-    assert "kept its first 128 of 129 links" in r.json()["partialSuccess"]["errorMessage"]
+    assert "kept its last 128 of 129 links" in r.json()["partialSuccess"]["errorMessage"]
     assert "rejectedSpans" not in r.json()["partialSuccess"]
+    running.flush()
+    wait_for_nodes(running, doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"], {"j"})
+    watched = running.store.query(
+        "MATCH (:Span {span_id: $id})-[:MONITORS]->(t:Span) RETURN t.span_id AS id",
+        {"id": "03" * 8},
+    )
+    assert watched == [{"id": "0f" * 8}]
 
     # the limits follow the SDK's environment variables
     monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "5")

@@ -649,8 +649,9 @@ def to_spans(
 
     Spans whose ids are invalid (wrong length, all zero) or whose timestamps do not fit a
     signed 64-bit integer are left out and counted; links with invalid ids are left out
-    of their span. A span keeps its last ``max_events`` events and its first
-    ``max_links`` links (the SDK's span limits), the rest is counted. A span whose end
+    of their span. A span keeps its last ``max_events`` events and its last
+    ``max_links`` links (the SDK's span limits, as the Python SDK keeps them), the rest
+    is counted. A span whose end
     time is missing (0) or before its start time ends at its start (duration 0) and is
     counted: the start is kept as the time the work began, and no stored span has a
     negative duration. A span whose span_id an earlier span of the request has is left
@@ -759,7 +760,7 @@ def _span(
         pb_events = pb_events[cut_events:] if max_events else ()
     if max_links is not None and len(pb_links) > max_links:
         cut_links = len(pb_links) - max_links
-        pb_links = pb_links[:max_links]
+        pb_links = pb_links[cut_links:] if max_links else ()  # the last, as the SDK
     events = [
         Event(
             bounded_text(e.name),
@@ -815,7 +816,7 @@ def _span(
                 f"kept its last {max_events} of {len(pb.events)} events "
                 "(OTEL_SPAN_EVENT_COUNT_LIMIT)"
                 if cut_events
-                else f"kept its first {max_links} of {len(pb.links)} links "
+                else f"kept its last {max_links} of {len(pb.links)} links "
                 "(OTEL_SPAN_LINK_COUNT_LIMIT)"
             )
     return span, dropped
