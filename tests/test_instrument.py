@@ -1055,6 +1055,39 @@ async def test_blocks_in_an_async_generator_closed_early_end_completed(cap: Span
     assert_completed(one(cap, "inner"), "step")
 
 
+def test_a_coroutine_closed_while_suspended_is_cancelled(cap: SpanCapture) -> None:
+    """A coroutine closed while it waits (a task collected while pending, a loop closed
+    without cancelling it) gets a GeneratorExit too: its spans end cancelled, as before
+    generators' blocks ended completed; only a generator's consumer stopping early is no
+    failure."""
+
+    class Suspend:
+        def __await__(self) -> Iterator[None]:
+            yield  # waits, as I/O would
+            yield
+
+    @spangraph.step
+    async def decorated() -> None:
+        await Suspend()
+
+    async def with_a_block() -> None:
+        with spangraph.step("sync-block"):
+            await Suspend()
+
+    async def with_an_async_block() -> None:
+        async with spangraph.step("async-block"):
+            await Suspend()
+
+    for make in (decorated, with_a_block, with_an_async_block):
+        coroutine = make()
+        coroutine.send(None)  # runs until it waits
+        coroutine.close()
+    for name in ("decorated", "sync-block", "async-block"):
+        span = one(cap, name)
+        assert span.attributes[sc.STATE] == "cancelled", name
+        assert [e.name for e in span.events] == ["step.started"], name
+
+
 def test_generator_explicit_close(cap: SpanCapture) -> None:
     @spangraph.step("g")
     def g() -> Iterator[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import sys
 import time
@@ -31,6 +32,23 @@ _RUN_KEY: Final = otel_context.create_key("spangraph-run")
 
 _CANCELLED: Final = (asyncio.CancelledError, KeyboardInterrupt)
 """Exceptions that end a span as ``cancelled`` rather than ``failed``."""
+
+
+_IN_COROUTINE: Final = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE
+
+
+def as_ended(exc: BaseException | None, caller: Any = None) -> BaseException | None:
+    """``exc`` as a span ends with it. A ``GeneratorExit`` in a coroutine (``caller``:
+    the frame the span's code runs in; ``None``: a coroutine) means it was closed while
+    suspended (a task collected while pending, a loop closed without cancelling it): a
+    cancellation. In a generator it is its consumer stopping early: no failure."""
+    if isinstance(exc, GeneratorExit) and (
+        caller is None or caller.f_code.co_flags & _IN_COROUTINE
+    ):
+        closed = asyncio.CancelledError("the coroutine was closed while suspended")
+        closed.__cause__ = exc
+        return closed
+    return exc
 
 
 def clean_exit(exc: BaseException | None) -> bool:

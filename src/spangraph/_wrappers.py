@@ -30,6 +30,7 @@ from ._spans import (
     _Options,
     _retry_delay,
     _timed_out,
+    as_ended,
 )
 
 _log = logging.getLogger("spangraph")
@@ -213,7 +214,7 @@ def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
                     if timed_out is not None:  # the cause, before the retry it leads to
                         _timeout_exceeded(frame, timed_out)
                     delay = _on_failure(opts, frame, attempt, exc)
-                    frame.finish(exc)
+                    frame.finish(as_ended(exc))  # (a GeneratorExit here: closed, cancelled)
                 finally:
                     frame.detach()
                 if delay is None:

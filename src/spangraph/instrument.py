@@ -13,6 +13,7 @@ import asyncio
 import functools
 import inspect
 import math
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ from ._spans import (
     _Frame,
     _Options,
     _timed_out,
+    as_ended,
     current_run,
     link_to,
 )
@@ -80,7 +82,7 @@ class Scope:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         frame = self._pop_frame()
         try:
-            frame.finish(exc)
+            frame.finish(as_ended(exc, sys._getframe(1)) if exc is not None else None)
         finally:
             frame.detach()
 
@@ -112,7 +114,8 @@ class Scope:
                     raise
             # fired, but the block turned the cancellation into an error of its own, or
             # caught it and went on (then it ends completed, after timeout.exceeded)
-            frame.finish(exc, timed_out=_timed_out(frame, self._opts.timeout))
+            ended = as_ended(exc, sys._getframe(1)) if exc is not None else None
+            frame.finish(ended, timed_out=_timed_out(frame, self._opts.timeout))
         finally:
             frame.detach()
         return None
