@@ -794,6 +794,19 @@ def test_a_home_whose_path_is_not_utf8_finds_its_running_server(tmp_path: Path) 
         assert server.ensure_running() == info  # reused at once, not waited for
         assert time.monotonic() - started < 5
         assert servers_on(server.data_dir) == [info.pid]
+        # and the processors' connections know it as theirs (their check of the server
+        # raised UnicodeDecodeError out of configure())
+        from opentelemetry.sdk.trace import TracerProvider
+
+        import spangraph
+
+        spangraph.configure(tracer_provider=TracerProvider(), home=str(home))
+        try:
+            with spangraph.workflow("not-utf8-home"):
+                pass
+            assert spangraph.flush(10)
+        finally:
+            spangraph.shutdown()
         assert server.stop() is True
         assert servers_on(server.data_dir) == []
     finally:

@@ -616,17 +616,22 @@ def _build(instance: Spangraph, *, graph: bool, live: bool, max_queue_size: int)
     if server is not None:  # follow the embedded server if it comes back on another port
         # and never write into another server that took its port meanwhile
         embedded = EmbeddedServer(settings.home)
-        if instance.graph_processor is not None and settings.graph_is_embedded:
-            store = instance.graph_processor.store
-            store.check_connections(embedded.connect_check())
-            follow = embedded.follower(server.port, store.move_to)
-            instance.graph_processor._worker.on_unavailable = follow
-        if instance.live_processor is not None and settings.redis_is_embedded:
-            publisher = instance.live_processor.publisher
-            publisher.check_connections(embedded.connect_check())
-            instance.live_processor._worker.on_unavailable = embedded.follower(
-                server.port, publisher.move_to
-            )
+        try:
+            if instance.graph_processor is not None and settings.graph_is_embedded:
+                store = instance.graph_processor.store
+                store.check_connections(embedded.connect_check())
+                follow = embedded.follower(server.port, store.move_to)
+                instance.graph_processor._worker.on_unavailable = follow
+            if instance.live_processor is not None and settings.redis_is_embedded:
+                publisher = instance.live_processor.publisher
+                publisher.check_connections(embedded.connect_check())
+                instance.live_processor._worker.on_unavailable = embedded.follower(
+                    server.port, publisher.move_to
+                )
+        except (StoreError, redis.RedisError, OSError) as exc:  # it went away just now
+            raise ConfigurationError(
+                "SPANGRAPH_HOME", f"its embedded server cannot be used: {exc}"
+            ) from None
 
 
 def current() -> Spangraph | None:

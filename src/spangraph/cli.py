@@ -109,7 +109,8 @@ def _serve(
     if cors:
         os.environ["SPANGRAPH_CORS_ORIGINS"] = ",".join(cors)
     try:
-        socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        if host:  # ("": every interface, as uvicorn takes it)
+            socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
     except OSError as exc:  # no such host: uvicorn would say so without naming it
         print(
             f"spangraph: error: cannot serve on {host}:{port}: {exc.strerror or exc}",

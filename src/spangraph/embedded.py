@@ -418,9 +418,15 @@ class EmbeddedServer:
             connection.on_connect()  # (what redis-py does when no function is given)
             try:
                 connection.send_command("CONFIG", "GET", "dir")
-                served = _dir_of(connection.read_response())
+                # the raw bytes, as the file system has them (a client that decodes
+                # replies would fail on a home that is not UTF-8)
+                served = _dir_of(connection.read_response(disable_decoding=True))
             except redis.ResponseError as exc:  # CONFIG refused: not this home's server
                 served = f"(unknown: {exc})"
+            except redis.RedisError:
+                raise
+            except Exception as exc:  # anything else is the connection's failure too
+                raise redis.ConnectionError(f"cannot tell which server this is: {exc}") from exc
             if not served or served == data_dir:
                 return
             with contextlib.suppress(OSError, ValueError):

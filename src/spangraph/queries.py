@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -571,9 +572,9 @@ def branches(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
                sum(CASE WHEN s.state = 'failed' THEN 1 ELSE 0 END) AS failed
     """
     rows = [_decode(r) for r in store.query(BRANCHES, {"workflow_id": workflow_id})]
-    ids = [row.get("branch_id") for row in rows]
+    uses = Counter(row.get("branch_id") for row in rows)
     for row in rows:
-        if ids.count(row.get("branch_id")) > 1:
+        if uses[row.get("branch_id")] > 1:
             # one branch id on several branch spans of the run (a loop giving each pass
             # the same id): each counts the spans below it, not all of that id
             [below] = store.query(BRANCH_SUBTREE, {"span_id": row["span_id"]})

@@ -270,7 +270,11 @@ def create_app(
             if embedded is not None and settings.graph_is_embedded:
                 check = getattr(opened, "check_connections", None)
                 if check is not None:  # never write into a server that took its port
-                    check(embedded.connect_check())
+                    try:
+                        check(embedded.connect_check())
+                    except BaseException:
+                        opened.close()  # (opened again at the next use)
+                        raise
             return opened
 
         store = LazyStore(open_chosen)
