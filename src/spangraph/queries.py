@@ -358,12 +358,13 @@ BRANCHES: Final = (
 )
 
 BRANCH_SUBTREE: Final = (
-    "MATCH (b:Span {span_id: $span_id})\n"
+    "UNWIND $span_ids AS id\n"
+    "MATCH (b:Span {span_id: id})\n"
     "OPTIONAL MATCH p = (b)-[:PARENT_OF*0..]->(s:Span)\n"
     "WHERE s.state <> 'unexplored'\n"
     "  AND all(n IN nodes(p) WHERE n.branch_id = b.branch_id)\n"
-    "WITH DISTINCT s\n"
-    "RETURN count(s) AS nodes,\n"
+    "WITH DISTINCT b, s\n"
+    "RETURN b.span_id AS span_id, count(s) AS nodes,\n"
     "       sum(CASE WHEN s.state = 'failed' THEN 1 ELSE 0 END) AS failed"
 )
 
@@ -573,12 +574,16 @@ def branches(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     """
     rows = [_decode(r) for r in store.query(BRANCHES, {"workflow_id": workflow_id})]
     uses = Counter(row.get("branch_id") for row in rows)
+    # one branch id on several branch spans of the run (a loop giving each pass the same
+    # id): each counts the spans below it, not all of that id (one statement for all)
+    shared = [row["span_id"] for row in rows if uses[row.get("branch_id")] > 1]
+    below = {}
+    if shared:
+        below = {r["span_id"]: r for r in store.query(BRANCH_SUBTREE, {"span_ids": shared})}
     for row in rows:
-        if uses[row.get("branch_id")] > 1:
-            # one branch id on several branch spans of the run (a loop giving each pass
-            # the same id): each counts the spans below it, not all of that id
-            [below] = store.query(BRANCH_SUBTREE, {"span_id": row["span_id"]})
-            row["nodes"], row["failed"] = below["nodes"], below["failed"]
+        own = below.get(row["span_id"])
+        if own is not None:
+            row["nodes"], row["failed"] = own["nodes"], own["failed"]
         row["nodes"], row["failed"] = int(row["nodes"] or 0), int(row["failed"] or 0)
     return rows
 
