@@ -1598,6 +1598,11 @@ def test_option_span_ids_that_are_not_span_ids(running: Running) -> None:
     assert all(len(o["span_id"]) == 16 for o in found["options"])
 
 
+def text(key: str, value: str) -> KeyValue:
+    """A string attribute of a protobuf span."""
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
 def test_values_that_spread_are_bounded(
     running: Running, http: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1611,9 +1616,6 @@ def test_values_that_spread_are_bounded(
 
     trace_id = uuid.uuid4().bytes
     t0 = time.time_ns()
-
-    def text(key: str, value: str) -> KeyValue:
-        return KeyValue(key=key, value=AnyValue(string_value=value))
 
     too_long = PbSpan(
         trace_id=trace_id,
@@ -1678,9 +1680,6 @@ def test_a_rejected_span_is_not_said_stored_and_a_long_kind_is_no_reason_to_reje
 
     trace_id = uuid.uuid4().bytes
     t0 = time.time_ns()
-
-    def text(key: str, value: str) -> KeyValue:
-        return KeyValue(key=key, value=AnyValue(string_value=value))
 
     rejected = PbSpan(
         trace_id=trace_id,
