@@ -431,6 +431,25 @@ def test_reserved_keys_are_refused(cap: SpanCapture) -> None:
     assert attrs[sc.AGENT_ID] == "a1"
 
 
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda: spangraph.workflow("w", attributes=[1]), "must be a mapping of names"),
+        (lambda: spangraph.step("s", attributes="ab"), "must be a mapping of names"),
+        (lambda: spangraph.step("s", attributes={1: 2}), "names must be strings, got 1"),
+        (lambda: spangraph.branch("b", attributes=[("k", "v")]), "must be a mapping"),
+        (lambda: spangraph.llm("m", attributes={("k",): 1}), "names must be strings"),
+    ],
+)
+def test_attributes_that_are_not_a_mapping_of_names_are_refused_clearly(
+    make: Any, said: str
+) -> None:
+    """They gave dict()'s own errors ("dictionary update sequence element #0 has length
+    1"), or (non-string names) were taken."""
+    with pytest.raises(TypeError, match=re.escape(said)):
+        make()
+
+
 def test_sdk_keys_win_over_attributes_given_elsewhere(cap: SpanCapture) -> None:
     """The public API refuses them (branch(attributes=) too, see test_branching); spans
     that spangraph's integrations open with attributes of their own get the SDK's."""

@@ -366,9 +366,18 @@ def _check_event_name(name: object) -> None:
 
 
 def _check_attributes(attributes: Mapping[str, Any] | None, what: str) -> None:
-    """Refuse the ``spangraph.*`` keys the SDK sets (they would move a span out of its run
-    or change its kind or state)."""
+    """Refuse what is not a mapping of names (strings) to values, and the ``spangraph.*``
+    keys the SDK sets (they would move a span out of its run or change its kind or
+    state)."""
+    if attributes is not None and not isinstance(attributes, Mapping):
+        raise TypeError(
+            f"{what}: attributes must be a mapping of names to values, "
+            f"got {type(attributes).__name__}"
+        )
     if attributes:
+        named = next((k for k in attributes if not isinstance(k, str)), None)
+        if named is not None:
+            raise TypeError(f"{what}: attribute names must be strings, got {named!r}")
         reserved = sorted(k for k in attributes if k in RESERVED_KEYS)
         if reserved:
             raise ValueError(

@@ -201,8 +201,8 @@ def _make(kind: str, name_or_fn: Any, kwargs: dict[str, Any]) -> Any:
     name = name_or_fn if isinstance(name_or_fn, str) else kwargs.pop("name", None)
     if name is not None:
         _check_name(name, f"{kind} name")
-    attributes = dict(attributes)
     _check_attributes(attributes, f"{kind}(attributes=)")
+    attributes = dict(attributes)
     for key in ("workflow_id", "execution_id"):
         if kwargs.get(key) is not None:
             _check_id(kwargs[key], key)
