@@ -288,6 +288,7 @@ def test_serve_on_a_host_that_does_not_resolve_says_which(tmp_path: Path) -> Non
     assert result.code == 3, result.err
     assert "spangraph: error: cannot serve on nosuch.invalid:8999: " in result.err
     assert result.out == "" and "reachable" not in result.err
+    assert not (tmp_path / "server.json").exists()  # told before any server was started
 
 
 def test_demo_serve_on_a_taken_port_fails_before_the_demo(tmp_path: Path) -> None:

@@ -105,10 +105,7 @@ def _serve(
         )
         return 2
     _use_home(home)
-    _check_serve_settings()
-    if cors:
-        os.environ["SPANGRAPH_CORS_ORIGINS"] = ",".join(cors)
-    try:
+    try:  # before anything starts (the embedded server would be left running)
         if host:  # ("": every interface, as uvicorn takes it)
             socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
     except OSError as exc:  # no such host: uvicorn would say so without naming it
@@ -117,6 +114,9 @@ def _serve(
             file=sys.stderr,
         )
         return _STARTUP_FAILURE
+    _check_serve_settings()
+    if cors:
+        os.environ["SPANGRAPH_CORS_ORIGINS"] = ",".join(cors)
     if _is_loopback(host):
         # Only this machine can connect; refusing other Host names keeps web pages from
         # reaching the service through a DNS name rebound to 127.0.0.1.
