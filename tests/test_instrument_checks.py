@@ -169,7 +169,7 @@ def test_a_failure_while_starting_ends_the_span(cap: SpanCapture) -> None:
 # -- retries ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["ValueError", 42, [ValueError], None, object, (ValueError, 1)])
+@pytest.mark.parametrize("bad", ["ValueError", 42, [ValueError], None, object, (ValueError, 1), ()])
 def test_retry_on_must_be_exception_classes(bad: Any) -> None:
     with pytest.raises(TypeError, match="retry_on"):
         spangraph.step("s", retries=2, retry_on=bad)

@@ -240,6 +240,8 @@ def _make(kind: str, name_or_fn: Any, kwargs: dict[str, Any]) -> Any:
 
 def _exception_classes(retry_on: object) -> tuple[type[BaseException], ...]:
     classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not classes:  # () would retry nothing: retries= would never apply
+        raise TypeError("retry_on must name at least one exception class, got ()")
     for cls in classes:
         if not (isinstance(cls, type) and issubclass(cls, BaseException)):
             raise TypeError(
