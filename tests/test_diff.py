@@ -383,6 +383,31 @@ def test_a_choice_named_only_by_its_chosen_option_link_counts(sg: spangraph.Span
     assert queries.diff(sg.store, "link-r1", "link-r1")["first_divergence"] is None
 
 
+def test_a_choice_is_named_as_decisions_names_it(sg: spangraph.Spangraph) -> None:
+    """A choice another program gave in the attribute only is named as decisions() names
+    it (as the stores name option nodes: a NUL as U+FFFD), not as the attribute's raw
+    text (before: "x\\x00" in the diff, "x\\ufffd" in decisions())."""
+    assert sg.store is not None
+    for run, chosen in (("attr-r1", "x\x00"), ("attr-r2", "y")):
+        attributes = json.dumps({"spangraph.decision.chosen": chosen})
+        sg.store.execute_many(
+            [
+                (
+                    "CREATE (w:Span:Workflow {span_id: $run + '-w', workflow_id: $run,"
+                    " name: 'wf', kind: 'workflow', state: 'completed', start_ns: 1}),"
+                    " (d:Span:Decision {span_id: $run + '-d', parent_span_id: $run + '-w',"
+                    " workflow_id: $run, name: 'route', kind: 'decision', start_ns: 2,"
+                    " attributes: $attributes}), (w)-[:PARENT_OF]->(d)",
+                    {"run": run, "attributes": attributes},
+                )
+            ]
+        )
+    [decision] = queries.decisions(sg.store, "attr-r1")
+    first = queries.diff(sg.store, "attr-r1", "attr-r2")["first_divergence"]
+    assert first is not None and first["reason"] == "different choice"
+    assert first["a"]["chosen"] == decision["chosen"] == "x\ufffd"
+
+
 def test_diff_of_two_branches(sg: spangraph.Spangraph) -> None:
     with spangraph.workflow("wf") as run:
         with spangraph.branch("left") as left:

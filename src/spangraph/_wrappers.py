@@ -103,7 +103,7 @@ def _backoff_interrupted(
         try:
             # a coroutine closed during the wait (GeneratorExit) never ran the attempt
             # either: cancelled too, not completed
-            frame.finish(asyncio.CancelledError() if isinstance(exc, GeneratorExit) else exc)
+            frame.finish(as_ended(exc))
         finally:
             frame.detach()
     except Exception:  # recording must not replace the exception

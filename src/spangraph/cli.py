@@ -530,17 +530,22 @@ def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentPars
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _json_value(text: str) -> Any:
-    def refuse(name: str) -> Any:
-        raise ValueError(f"{name}: the stores take finite numbers only")
+class _NotFinite(ValueError):
+    """NaN or an infinity in a ``--param-json`` value."""
 
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotFinite(f"{name}: the stores take finite numbers only")
+
+
+def _json_value(text: str) -> Any:
     try:
-        value = json.loads(text, parse_constant=refuse)
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except _NotFinite:
+        raise
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except ValueError as exc:
-        if "finite numbers" in str(exc):
-            raise
         raise ValueError(f"not JSON ({exc})") from None
     _check_json_numbers(value)
     return value

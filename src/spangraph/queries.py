@@ -802,6 +802,10 @@ def diff(store: GraphStore, a: str, b: str, *, branches: bool = False) -> dict[s
                 names = linked.get(span["span_id"])
                 if names:
                     span["chosen"] = min(names)
+                elif span.get("kind") == "decision":
+                    chosen = _text(_attrs_of(span).get("spangraph.decision.chosen"))
+                    if chosen is not None:  # named as the stores name option nodes
+                        span["chosen"] = _as_stored(chosen)
         return spans
 
     return structural_diff(a, spans_of(a), b, spans_of(b)).to_dict()
