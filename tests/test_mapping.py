@@ -580,3 +580,81 @@ def test_message_heads_start_again_when_the_table_is_full(provider: TracerProvid
     finally:
         mapping._heads.clear()
         mapping._heads.update(saved)
+
+
+def test_spans_waiting_on_a_parent_are_adopted_when_it_arrives() -> None:
+    """Children that reach the graph writer before their parent (an exporter sends spans
+    as they end) get the parent's run ids once it arrives, down the chain, and the rows
+    that correct their nodes."""
+    lineage = Lineage(adoptions=True)
+    trace_id = "t" * 32
+    # step -> llm -> http, and llm -> tool (own branch), arriving leaves first
+    assert lineage.resolve("http", "llm", trace_id, {})[0] == trace_id
+    assert lineage.resolve("tool", "llm", trace_id, {sc.BRANCH_ID: "b-own"}) == (
+        trace_id,
+        None,
+        "b-own",
+    )
+    assert lineage.resolve("llm", "step", trace_id, {})[0] == trace_id
+    assert lineage.adopted == []
+    step_ids = {sc.WORKFLOW_ID: "wf", sc.EXECUTION_ID: "ex", sc.BRANCH_ID: "b-1"}
+    assert lineage.resolve("step", "root", trace_id, step_ids) == ("wf", "ex", "b-1")
+    rows = {row["span_id"]: row for row in lineage.adopted}
+    assert rows == {
+        "llm": {
+            "span_id": "llm",
+            "trace_id": trace_id,
+            "workflow_id": "wf",
+            "execution_id": "ex",
+            "branch_id": "b-1",
+        },
+        "http": {
+            "span_id": "http",
+            "trace_id": trace_id,
+            "workflow_id": "wf",
+            "execution_id": "ex",
+            "branch_id": "b-1",
+        },
+        "tool": {
+            "span_id": "tool",
+            "trace_id": trace_id,
+            "workflow_id": "wf",
+            "execution_id": "ex",
+            "branch_id": "b-own",  # its own branch stays
+        },
+    }
+    # the remembered entries moved too: a late grandchild inherits without waiting
+    lineage.adopted.clear()
+    assert lineage.resolve("late", "http", trace_id, {}) == ("wf", "ex", "b-1")
+    assert lineage.adopted == []
+    assert lineage.entry("http") == ("wf", "ex", "b-1")
+
+
+def test_a_span_with_a_run_of_its_own_is_not_adopted() -> None:
+    lineage = Lineage(adoptions=True)
+    t = "a" * 32
+    assert lineage.resolve("own", "p", t, {sc.WORKFLOW_ID: "wf-own"})[0] == "wf-own"
+    assert lineage.resolve("foreign", "p", t, {})[0] == t
+    # a parent without a run of its own adopts nothing; its children keep waiting on it
+    assert lineage.resolve("p", "root", t, {})[0] == t
+    assert lineage.adopted == []
+    lineage.resolve("root", None, t, {sc.WORKFLOW_ID: "wf"})
+    assert [row["span_id"] for row in lineage.adopted] == ["p", "foreign"]
+    assert lineage.entry("own") == ("wf-own", None, None)
+
+
+def test_waiting_spans_are_bounded_and_only_kept_when_asked() -> None:
+    lineage = Lineage(max_entries=4, adoptions=True)
+    t = "b" * 32
+    for i in range(10):
+        lineage.resolve(f"kid-{i}", f"parent-{i}", t, {})
+    assert lineage._waiting is not None and len(lineage._waiting) == 4
+    lineage.resolve("parent-0", None, t, {sc.WORKFLOW_ID: "wf"})  # forgotten: no row
+    lineage.resolve("parent-9", None, t, {sc.WORKFLOW_ID: "wf"})
+    assert [row["span_id"] for row in lineage.adopted] == ["kid-9"]
+
+    plain = Lineage()  # the live processor's: nothing waits, nothing is adopted
+    plain.resolve("kid", "parent", t, {})
+    plain.resolve("parent", None, t, {sc.WORKFLOW_ID: "wf"})
+    assert plain.adopted == [] and plain._waiting is None
+    assert plain.entry("kid") == (None, None, None)

@@ -283,6 +283,72 @@ def assert_tree(running: Running, ids: dict[str, Any]) -> dict[str, dict[str, An
     return nodes
 
 
+def test_children_sent_before_their_parent_join_its_run(running: Running) -> None:
+    """An exporter sends each span when it ends: a model call under a step, and what the
+    call did, reach the receiver before the step that carries the run's ids. They were
+    stored under their trace id as run, outside the run; they now join it once the step
+    arrives, options of a decision among them included."""
+    from spangraph import queries
+
+    provider = client_provider(running, batch=False)  # one request per span, as it ends
+    tracer = provider.get_tracer("other-instrumentation")
+    workflow_id = f"wf-late-{uuid.uuid4().hex[:8]}"
+    run = {
+        "spangraph.workflow.id": workflow_id,
+        "spangraph.execution.id": "ex-late",
+        "spangraph.branch.id": "main",
+    }
+    decision = {
+        "spangraph.kind": "decision",
+        "spangraph.decision.options": ["search", "answer"],
+        "spangraph.decision.chosen": "answer",
+    }
+    with tracer.start_as_current_span(
+        "run", attributes={**run, "spangraph.kind": "workflow"}
+    ) as root:
+        with (
+            tracer.start_as_current_span("plan", attributes={**run, "spangraph.kind": "step"}),
+            tracer.start_as_current_span(
+                "ChatOpenAI", attributes={"openinference.span.kind": "LLM"}
+            ),
+        ):
+            with tracer.start_as_current_span("POST /chat/completions"):
+                pass
+            with tracer.start_as_current_span("route", attributes=decision):
+                pass
+        with (
+            tracer.start_as_current_span(
+                "other-run", attributes={"spangraph.workflow.id": "wf-other"}
+            ),
+            tracer.start_as_current_span("inside-other"),
+        ):
+            pass
+    provider.shutdown()
+    trace_id = format(root.get_span_context().trace_id, "032x")
+    names = {"run", "plan", "ChatOpenAI", "POST /chat/completions", "route", "other-run"}
+    nodes = wait_for_nodes(running, trace_id, names | {"inside-other"})
+    running.flush()
+    nodes = nodes_of(running.store, trace_id)
+    for name in names - {"other-run"}:
+        assert nodes[name]["workflow_id"] == workflow_id, name
+        assert nodes[name]["execution_id"] == "ex-late", name
+        assert nodes[name]["branch_id"] == "main", name
+    # a span with a run of its own keeps it, and so do its children
+    assert nodes["other-run"]["workflow_id"] == "wf-other"
+    assert nodes["inside-other"]["workflow_id"] == "wf-other"
+    # the decision's unexplored option is in the run too
+    options = running.store.query(
+        "MATCH (:Span {name: 'route', trace_id: $t})-[:OPTION_OF]->(o) "
+        "RETURN o.name AS name, o.workflow_id AS workflow_id",
+        {"t": trace_id},
+    )
+    assert {(o["name"], o["workflow_id"]) for o in options} >= {("search", workflow_id)}
+    # and the run reads whole: no run named after the trace is left
+    in_run = {span["name"] for span in queries.workflow_spans(running.store, workflow_id)}
+    assert names - {"other-run"} <= in_run
+    assert queries.workflow_spans(running.store, trace_id) == []
+
+
 # -- the official exporter --------------------------------------------------------------------
 
 

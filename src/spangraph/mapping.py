@@ -322,16 +322,29 @@ class Lineage:
     (which carry no ``spangraph.*`` attributes) inherit them from their parent.
 
     Bounded: the oldest entries go first once ``max_entries`` is reached.
+
+    A span without a workflow id whose parent has not been seen (or has none either) is
+    stored under its trace id as its run. With ``adoptions``, such spans wait for their
+    parent: when a span resolves to a workflow id and spans were waiting on it, their
+    entries (and those of spans waiting on them, and so on) take its ids, and
+    :attr:`adopted` gets a row ``{span_id, trace_id, workflow_id, execution_id,
+    branch_id}`` for each, so that the graph writer can correct the nodes it wrote with
+    the trace id. Spans reach the graph writer out of order when an exporter sends them
+    as they end, in batches: a model call under a long step goes out before the step.
     """
 
-    __slots__ = ("_ids", "max_entries")
+    __slots__ = ("_ids", "_waiting", "adopted", "max_entries")
 
-    def __init__(self, max_entries: int = 65_536) -> None:
+    def __init__(self, max_entries: int = 65_536, *, adoptions: bool = False) -> None:
         # an OrderedDict: it drops its oldest entry in constant time, where a dict's
         # first key is found by walking past every entry deleted before it (once full,
         # each span cost a walk of thousands of entries)
         self._ids: OrderedDict[str, tuple[str | None, str | None, str | None]] = OrderedDict()
         self.max_entries = max_entries
+        # parent span id -> ids of the spans without a workflow id waiting on it
+        self._waiting: OrderedDict[str, list[str]] | None = OrderedDict() if adoptions else None
+        self.adopted: list[dict[str, Any]] = []
+        """Rows of spans whose ids were corrected since the caller last cleared it."""
 
     def resolve(
         self, span_id: str, parent_id: str | None, trace_id: str, attributes: Mapping[str, Any]
@@ -353,8 +366,48 @@ class Lineage:
         if span_id not in ids:
             if len(ids) >= self.max_entries:
                 ids.popitem(last=False)
-            ids[span_id] = (workflow_id, execution_id, branch_id)
+            entry = ids[span_id] = (workflow_id, execution_id, branch_id)
+            waiting = self._waiting
+            if waiting is not None:
+                if workflow_id is None:
+                    if parent_id is not None:
+                        kids = waiting.get(parent_id)
+                        if kids is None:
+                            if len(waiting) >= self.max_entries:
+                                waiting.popitem(last=False)
+                            kids = waiting[parent_id] = []
+                        kids.append(span_id)
+                elif waiting and span_id in waiting:
+                    self._adopt(span_id, entry, trace_id)
         return (str(workflow_id) if workflow_id else trace_id), execution_id, branch_id
+
+    def _adopt(
+        self, span_id: str, entry: tuple[str | None, str | None, str | None], trace_id: str
+    ) -> None:
+        """Give the spans waiting on ``span_id`` (and on them, ...) the ids of ``entry``."""
+        waiting, ids, adopted = self._waiting, self._ids, self.adopted
+        if waiting is None:
+            return
+        stack = [(waiting.pop(span_id), entry)]
+        while stack:
+            kids, parent = stack.pop()
+            for kid in kids:
+                old = ids.get(kid)
+                if old is None or old[0] is not None:  # forgotten, or ids of its own since
+                    continue
+                new = ids[kid] = (parent[0], old[1] or parent[1], old[2] or parent[2])
+                adopted.append(
+                    {
+                        "span_id": kid,
+                        "trace_id": trace_id,
+                        "workflow_id": str(new[0]),
+                        "execution_id": new[1],
+                        "branch_id": new[2],
+                    }
+                )
+                grandkids = waiting.pop(kid, None)
+                if grandkids:
+                    stack.append((grandkids, new))
 
     def entry(self, span_id: str | None) -> tuple[str | None, str | None, str | None] | None:
         """What :meth:`resolve` remembered for ``span_id`` (the same object until it is
@@ -381,9 +434,9 @@ class SpanMapper:
 
     __slots__ = ("default_project", "lineage", "resources")
 
-    def __init__(self, default_project: str) -> None:
+    def __init__(self, default_project: str, *, adoptions: bool = False) -> None:
         self.default_project = default_project
-        self.lineage = Lineage()
+        self.lineage = Lineage(adoptions=adoptions)
         self.resources = Resources()
 
     def common(self, span: ReadableSpan, attributes: Mapping[str, Any]) -> dict[str, Any]:

@@ -69,7 +69,7 @@ class GraphSpanProcessor(QueueingSpanProcessor):
         shutdown_timeout: float = 5.0,
     ) -> None:
         self.store = store
-        self._mapper = SpanMapper(project)
+        self._mapper = SpanMapper(project, adoptions=True)
         self._known: dict[int, Any] = RESOURCES  # resource key -> Resource (see _records)
         # a store that can encode a batch apart from sending it (FalkorDB) gets that work
         # done by the preparing thread, so that the sending one only sends
@@ -243,6 +243,10 @@ class GraphSpanProcessor(QueueingSpanProcessor):
                     ends.setdefault("Option", []).extend(options)
                 for edge_type, edge_row in edges:
                     links.setdefault(edge_type, []).append(edge_row)
+        adopted = mapper.lineage.adopted
+        if adopted:
+            batch.adopted.extend(adopted)
+            adopted.clear()
         if skipped:
             self._worker._count_drop(skipped, "could not be read or mapped")
         return given - skipped

@@ -22,6 +22,10 @@ class WriteBatch:
     parents: list[Row] = field(default_factory=list)
     events: list[Row] = field(default_factory=list)
     links: dict[str, list[Row]] = field(default_factory=dict)
+    adopted: list[Row] = field(default_factory=list)
+    """Spans written earlier under their trace id as run, now given their parent's run
+    ids (``mapping.Lineage``): ``{span_id, trace_id, workflow_id, execution_id,
+    branch_id}``."""
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.starts.values()) + sum(len(r) for r in self.ends.values())
@@ -69,13 +73,14 @@ class WriteBatch:
                 for row in rows:
                     half = getattr(halves[0 if in_first(row) else 1], name)
                     half.setdefault(key, []).append(row)
-        for name in ("parents", "events"):
+        for name in ("parents", "events", "adopted"):
             for row in getattr(self, name):
                 getattr(halves[0 if in_first(row) else 1], name).append(row)
         return halves
 
     def event_and_link_statements(self) -> list[tuple[str, dict[str, Any]]]:
-        """The statements of :meth:`statements` that write events and links (the last)."""
+        """The statements of :meth:`statements` that write events and links, and correct
+        adopted spans' run ids (the last: after the rows of those spans)."""
         from . import cypher
 
         out: list[tuple[str, dict[str, Any]]] = []
@@ -83,6 +88,8 @@ class WriteBatch:
             out.append((cypher.MERGE_EVENTS, {"rows": self.events}))
         for rel, rows in self.links.items():
             out.append((cypher.merge_links(rel), {"rows": rows}))
+        if self.adopted:
+            out.append((cypher.ADOPT_SPANS, {"rows": self.adopted}))
         return out
 
 

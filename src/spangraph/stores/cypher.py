@@ -154,6 +154,27 @@ MERGE_EVENTS: Final = (
 its span, so a replayed batch writes nothing new."""
 
 
+ADOPT_SPANS: Final = (
+    "UNWIND $rows AS row\n"
+    "MATCH (s:Span {span_id: row.span_id})\n"
+    "WHERE s.workflow_id = row.trace_id\n"
+    "SET s.workflow_id = row.workflow_id,\n"
+    "    s.execution_id = coalesce(s.execution_id, row.execution_id),\n"
+    "    s.branch_id = coalesce(s.branch_id, row.branch_id)\n"
+    "WITH s, row\n"
+    "OPTIONAL MATCH (s)-[:OPTION_OF]->(o:Option)\n"
+    "WHERE o.workflow_id = row.trace_id\n"
+    "FOREACH (_ IN CASE WHEN o IS NULL THEN [] ELSE [1] END |\n"
+    "  SET o.workflow_id = row.workflow_id,\n"
+    "      o.execution_id = coalesce(o.execution_id, row.execution_id),\n"
+    "      o.branch_id = coalesce(o.branch_id, row.branch_id))"
+)
+"""Rows ``{span_id, trace_id, workflow_id, execution_id, branch_id}``: a span written
+under its trace id as run (its parent had not arrived) gets its parent's run ids, and so
+do the unexplored options of a decision among them. A node that has a run of its own by
+now is left as it is."""
+
+
 @cache
 def merge_links(link_type: str) -> str:
     """Rows ``{span_id, target_span_id}`` for one link type (or ``option_of``):
@@ -181,6 +202,7 @@ def write_statements() -> dict[str, str]:
         out[f"falkordb_upsert_started_and_ended[{label}]"] = falkordb_upsert(label, None)
     out["merge_parent_edges"] = MERGE_PARENT_EDGES
     out["merge_events"] = MERGE_EVENTS
+    out["adopt_spans"] = ADOPT_SPANS
     for link_type in EDGE_RELATIONSHIPS:
         out[f"merge_links[{link_type}]"] = merge_links(link_type)
     return out
