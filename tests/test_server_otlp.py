@@ -1538,6 +1538,27 @@ def test_json_ids_hex_and_lenient_base64() -> None:
     span["spanId"] = "not an id!"
     decoded = ingest_mod.to_spans(ingest_mod.decode_json(json.dumps(doc).encode()))
     assert (decoded.spans, decoded.rejected) == ([], 1)
+    assert decoded.error is not None and "span_id is neither hex nor base64" in decoded.error
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("parentSpanId", "not-a-parent-id!", "parent_span_id is neither hex nor base64"),
+        ("parentSpanId", "ab" * 4, "parent_span_id has 4 bytes, not 8"),
+        ("traceId", "not hex!", "trace_id is neither hex nor base64"),
+        ("traceId", "", "trace_id is missing"),
+        ("spanId", "ab" * 9, "span_id has 9 bytes, not 8"),
+    ],
+)
+def test_a_bad_json_id_is_rejected_for_what_it_is(field: str, value: str, reason: str) -> None:
+    """Before, an id that was not hex was replaced before parsing by an empty id (a parent
+    by one zero byte), and the span was rejected as "parent_span_id has 1 bytes"."""
+    span = {"traceId": uuid.uuid4().hex, "spanId": "12" * 8, "name": "x", field: value}
+    doc = {"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}
+    decoded = ingest_mod.to_spans(ingest_mod.decode_json(json.dumps(doc).encode()))
+    assert (decoded.spans, decoded.rejected) == ([], 1)
+    assert decoded.error is not None and reason in decoded.error
 
 
 def test_parents_first_orders_within_a_request() -> None:

@@ -82,6 +82,9 @@ PROTOBUF: Final = "protobuf"
 JSON: Final = "json"
 
 _HEX = re.compile(r"[0-9a-fA-F]*")
+_NOT_AN_ID: Final = b"\x00neither hex nor base64\x00"
+"""What an OTLP/JSON id that is neither hex nor base64 becomes before the request is
+parsed (its length is no id's), so that the span is rejected with the right reason."""
 
 
 class RateLimitedLog:
@@ -385,13 +388,14 @@ def decode_json(body: bytes, max_spans: int | None = None) -> Any:
     if max_spans is not None:
         _check_size(*_json_counts(document), max_spans)
     for span in _json_spans(document):
-        _fix_ids(span, ("traceId", "trace_id", "spanId", "span_id"), "")
-        _fix_ids(span, ("parentSpanId", "parent_span_id"), "AA==")
+        _fix_ids(
+            span, ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id")
+        )
         links = span.get("links")
         if isinstance(links, list):
             for link in links:
                 if isinstance(link, dict):
-                    _fix_ids(link, ("traceId", "trace_id", "spanId", "span_id"), "")
+                    _fix_ids(link, ("traceId", "trace_id", "spanId", "span_id"))
     request = _request_type()()
     try:
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
@@ -472,8 +476,12 @@ def _json_spans(document: dict[str, Any]) -> Iterable[dict[str, Any]]:
                     yield span
 
 
-def _fix_ids(obj: dict[str, Any], names: Sequence[str], invalid: str) -> None:
-    """Hex ids -> base64 in place; ids that are neither hex nor base64 -> ``invalid``."""
+_NOT_AN_ID_B64: Final = base64.b64encode(_NOT_AN_ID).decode("ascii")
+
+
+def _fix_ids(obj: dict[str, Any], names: Sequence[str]) -> None:
+    """Hex ids -> base64 in place; ids that are neither hex nor base64 ->
+    :data:`_NOT_AN_ID`."""
     for name in names:
         value = obj.get(name)
         if not isinstance(value, str):
@@ -484,7 +492,7 @@ def _fix_ids(obj: dict[str, Any], names: Sequence[str], invalid: str) -> None:
         try:  # lenient: some old clients sent proto3's base64
             base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            obj[name] = invalid
+            obj[name] = _NOT_AN_ID_B64
 
 
 # -- conversion -----------------------------------------------------------------------------
@@ -595,12 +603,19 @@ class InvalidSpan(ValueError):
     """A span that cannot be ingested (bad ids, timestamps out of range)."""
 
 
+def _check_id(value: bytes, size: int, name: str) -> None:
+    if len(value) != size:
+        if value == _NOT_AN_ID:
+            raise InvalidSpan(f"{name} is neither hex nor base64")
+        if not value:
+            raise InvalidSpan(f"{name} is missing")
+        raise InvalidSpan(f"{name} has {len(value)} bytes, not {size}")
+
+
 def _ids(trace_id: bytes, span_id: bytes, what: str) -> tuple[int, int]:
     what = f"{what} " if what else ""
-    if len(trace_id) != 16:
-        raise InvalidSpan(f"{what}trace_id has {len(trace_id)} bytes, not 16")
-    if len(span_id) != 8:
-        raise InvalidSpan(f"{what}span_id has {len(span_id)} bytes, not 8")
+    _check_id(trace_id, 16, f"{what}trace_id")
+    _check_id(span_id, 8, f"{what}span_id")
     tid = int.from_bytes(trace_id, "big")
     sid = int.from_bytes(span_id, "big")
     if not tid:
@@ -717,8 +732,7 @@ def _span(
     parent = None
     parent_id = pb.parent_span_id
     if parent_id:
-        if len(parent_id) != 8:
-            raise InvalidSpan(f"parent_span_id has {len(parent_id)} bytes, not 8")
+        _check_id(parent_id, 8, "parent_span_id")
         pid = int.from_bytes(parent_id, "big")
         if pid == span_id:
             raise InvalidSpan("parent_span_id is the span's own id")
