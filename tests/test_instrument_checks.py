@@ -348,6 +348,18 @@ def test_default_names_of_partials_and_callable_objects(cap: SpanCapture) -> Non
     assert [s.name for s in cap.spans] == ["add", "add", "Doubler"]
 
 
+def test_decorated_partials_and_callable_objects_keep_a_name() -> None:
+    """``functools.wraps`` finds no ``__name__`` on a partial or a callable object: the
+    decorated function was named ``wrapper`` (in tracebacks, logs, framework routes)."""
+    step = spangraph.step(functools.partial(add, 1))
+    assert (step.__name__, step.__qualname__) == ("add", "add")
+    assert spangraph.step(Doubler()).__name__ == "Doubler"
+    flaky = spangraph.step(functools.partial(FlakyAsync(), 7))
+    assert (flaky.__name__, flaky.__qualname__) == ("FlakyAsync", "FlakyAsync")
+    assert spangraph.workflow(add).__name__ == "add"  # a function keeps its own
+    assert spangraph.step("named")(Doubler()).__name__ == "Doubler"
+
+
 class FlakyAsync:
     def __init__(self) -> None:
         self.calls = 0

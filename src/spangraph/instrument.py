@@ -16,7 +16,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Final, overload
 
@@ -143,23 +143,38 @@ class Scope:
         if not callable(fn):
             raise TypeError(f"{self._opts.kind}() decorates a function, got {fn!r}")
         opts = self._opts if self._opts.name else replace(self._opts, name=_default_name(fn))
+        return _named(self._wrap(opts, fn), fn)  # type: ignore[return-value]
+
+    @staticmethod
+    def _wrap(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
         code = _code_of(fn)
         if inspect.isasyncgenfunction(code):
             _no_retry_timeout(opts, "async generator", allow_timeout=False)
-            return _wrap_async_gen(opts, fn)  # type: ignore[return-value]
+            return _wrap_async_gen(opts, fn)
         if _iterable_coroutine(code):  # @types.coroutine: awaited, not iterated
-            return _wrap_async(opts, fn)  # type: ignore[return-value]
+            return _wrap_async(opts, fn)
         if inspect.isgeneratorfunction(code):
             _no_retry_timeout(opts, "generator", allow_timeout=False)
-            return _wrap_gen(opts, fn)  # type: ignore[return-value]
+            return _wrap_gen(opts, fn)
         if inspect.iscoroutinefunction(code):
-            return _wrap_async(opts, fn)  # type: ignore[return-value]
+            return _wrap_async(opts, fn)
         if opts.timeout is not None:
             raise TypeError(
                 "timeout= works with async functions only: sync code cannot be "
                 f"interrupted safely ({_default_name(fn)})"
             )
-        return _wrap_sync(opts, fn)  # type: ignore[return-value]
+        return _wrap_sync(opts, fn)
+
+
+def _named(wrapper: Callable[..., Any], fn: Any) -> Callable[..., Any]:
+    """``wrapper``, named as ``fn`` where ``functools.wraps`` found no name to copy (a
+    ``functools.partial``, a callable object): its function's, or its class's, name
+    instead of ``wrapper``."""
+    if not isinstance(getattr(fn, "__name__", None), str):
+        qualname = _default_name(fn)
+        wrapper.__qualname__ = qualname
+        wrapper.__name__ = qualname.rsplit(".", 1)[-1]
+    return wrapper
 
 
 def _iterable_coroutine(fn: Any) -> bool:
