@@ -208,3 +208,61 @@ def test_explicit_urls_are_not_followed(home: Path) -> None:
         assert health.status_code == 503
         assert f":{first.port}" in health.json()["graph"]["detail"]
         assert health.json()["redis"]["status"] == "error"
+
+
+@pytest.mark.slow
+async def test_live_streams_never_read_another_server_on_the_old_port(tmp_path: Path) -> None:
+    """While the embedded server was down, another home's server took its port: the
+    service's live streams refuse it and follow their own server to its new port. Before,
+    the hub's connections to the old port answered, so it read the other server's
+    channels for good and never looked for its own."""
+    from spangraph.server._hub import StreamHub
+    from spangraph.server._subscriber import Subscriber
+
+    ours, theirs = EmbeddedServer(tmp_path / "ours"), EmbeddedServer(tmp_path / "theirs")
+    hub = None
+    try:
+        first = ours.ensure_running()
+        hub = StreamHub(first.redis_url, timeout=2.0, reconnect_max=0.3)
+        hub.on_unavailable = ours.follower(first.port, hub.move_to)
+        hub.connect_check = ours.async_connect_check()
+        await hub.start()
+        sub = Subscriber("spangraph:workflow:w-hub", max_queue=1000, workflow_id="w-hub")
+        await hub.attach(sub)
+
+        await asyncio.to_thread(ours.stop)
+        (tmp_path / "theirs").mkdir()
+        (tmp_path / "theirs" / "server.json").write_text(json.dumps({"port": first.port}))
+        assert (await asyncio.to_thread(theirs.ensure_running)).port == first.port
+        second = await asyncio.to_thread(ours.ensure_running)
+        assert second.port != first.port
+
+        own, other = redis.Redis(port=second.port), redis.Redis(port=first.port)
+        got: list[dict[str, Any]] = []
+        try:
+            deadline = time.monotonic() + 20
+            seq = 0
+            while not any(m.get("from") == "ours" for m in got):
+                theirs_got = sum(m.get("from") == "theirs" for m in got)
+                assert time.monotonic() < deadline, f"nothing from ours, {theirs_got} from theirs"
+                seq += 1
+                for client, source in ((own, "ours"), (other, "theirs")):
+                    message = {"type": "tick", "seq": seq, "workflow_id": "w-hub"}
+                    client.publish(sub.channel, json.dumps({**message, "from": source}))
+                try:
+                    batches = await asyncio.wait_for(sub.take(), 0.2)
+                except TimeoutError:
+                    continue
+                await asyncio.sleep(0.05)
+                for batch in batches or ():
+                    got += [json.loads(text) for text in batch.msgs]
+        finally:
+            own.close()
+            other.close()
+        assert [m for m in got if m.get("from") == "theirs"] == []
+        hub.detach(sub)
+    finally:
+        if hub is not None:
+            await hub.stop()
+        ours.stop()
+        theirs.stop()

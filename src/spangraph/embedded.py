@@ -25,7 +25,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -411,8 +411,7 @@ class EmbeddedServer:
         down) is refused with a ``ConnectionError``: the writer retries, and its
         :meth:`follower` finds this home's server where it came back. A server that does
         not tell (a path too long for it) is taken."""
-        data_dir = str(self.data_dir)
-        home = self.home
+        verify = self._verifier()
 
         def check(connection: Any) -> None:
             connection.on_connect()  # (what redis-py does when no function is given)
@@ -420,13 +419,43 @@ class EmbeddedServer:
                 connection.send_command("CONFIG", "GET", "dir")
                 # the raw bytes, as the file system has them (a client that decodes
                 # replies would fail on a home that is not UTF-8)
-                served = _dir_of(connection.read_response(disable_decoding=True))
-            except redis.ResponseError as exc:  # CONFIG refused: not this home's server
-                served = f"(unknown: {exc})"
-            except redis.RedisError:
-                raise
-            except Exception as exc:  # anything else is the connection's failure too
-                raise redis.ConnectionError(f"cannot tell which server this is: {exc}") from exc
+                reply: Any = connection.read_response(disable_decoding=True)
+            except Exception as exc:
+                reply = exc
+            verify(reply, connection)
+
+        return check
+
+    def async_connect_check(self) -> Callable[[Any], Awaitable[None]]:
+        """:meth:`connect_check` for ``redis.asyncio`` clients (the service's live
+        streams)."""
+        verify = self._verifier()
+
+        async def check(connection: Any) -> None:
+            await connection.on_connect()
+            try:
+                await connection.send_command("CONFIG", "GET", "dir")
+                reply: Any = await connection.read_response(disable_decoding=True)
+            except Exception as exc:
+                reply = exc
+            verify(reply, connection)
+
+        return check
+
+    def _verifier(self) -> Callable[[Any, Any], None]:
+        """Checks a connection's ``CONFIG GET dir`` reply (or what asking raised)."""
+        data_dir = str(self.data_dir)
+        home = self.home
+
+        def verify(reply: Any, connection: Any) -> None:
+            if isinstance(reply, redis.ResponseError):  # CONFIG refused: not this home's
+                served: str | None = f"(unknown: {reply})"
+            elif isinstance(reply, redis.RedisError):
+                raise reply
+            elif isinstance(reply, Exception):  # anything else is the connection's too
+                raise redis.ConnectionError(f"cannot tell which server this is: {reply}") from reply
+            else:
+                served = _dir_of(reply)
             if not served or served == data_dir:
                 return
             with contextlib.suppress(OSError, ValueError):
@@ -438,7 +467,7 @@ class EmbeddedServer:
                 "that server's port while it was down)"
             )
 
-        return check
+        return verify
 
     def follower(self, port: int, move: Callable[[int], None]) -> Callable[[], None]:
         """A hook for a worker that writes to this home's server at ``port`` (called

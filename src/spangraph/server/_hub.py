@@ -23,7 +23,7 @@ import bisect
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -120,6 +120,10 @@ class StreamHub:
         """Called before each reconnect while Redis is away, on a worker thread: e.g. a
         follower of the embedded server (:meth:`~spangraph.embedded.EmbeddedServer.follower`)
         that calls :meth:`move_to` when the server came back on another port."""
+        self.connect_check: Callable[[Any], Awaitable[None]] | None = None
+        """Set before :meth:`start`: a ``redis_connect_func`` each new connection runs,
+        e.g. :meth:`~spangraph.embedded.EmbeddedServer.async_connect_check`, which refuses
+        another server that took the embedded server's port (the hub then follows)."""
         self._stats = dict.fromkeys(("messages", "batches", "too_slow", "outages", "refilled"), 0)
         self._lag = [0] * (len(LAG_BOUNDS_MS) + 1)
 
@@ -155,7 +159,12 @@ class StreamHub:
 
     def _open_clients(self, redis_url: str) -> None:
         """Make the command and Pub/Sub clients of ``redis_url`` (they connect on use)."""
-        timeouts = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout}
+        options: dict[str, Any] = {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+        }
+        if self.connect_check is not None:
+            options["redis_connect_func"] = self.connect_check
         # Commands (GET, XRANGE) of many clients connecting at once wait for one of a few
         # connections instead of opening hundreds.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -163,14 +172,14 @@ class StreamHub:
             max_connections=_COMMAND_CONNECTIONS,
             timeout=self.timeout,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
-            **timeouts,
+            **options,
         )
         self._client = aioredis.Redis.from_pool(pool)
         # Errors of the Pub/Sub connection must reach the reader at once: no retries.
         # RESP2: published messages come as plain replies, parsed with less work per
         # message than RESP3's push messages.
         self._listener = aioredis.Redis.from_url(
-            redis_url, retry=Retry(NoBackoff(), 0), protocol=2, **timeouts
+            redis_url, retry=Retry(NoBackoff(), 0), protocol=2, **options
         )
 
     def going_away(self) -> None:

@@ -303,6 +303,7 @@ def create_app(
             # the hub (live streams, /api/health/redis) and the OTLP receiver's live events
             # follow the embedded server to another port, as the SDK's processors do
             hub.on_unavailable = embedded.follower(server.port, hub.move_to)
+            hub.connect_check = embedded.async_connect_check()
             if ingest.live is not None:
                 ingest.live.publisher.check_connections(embedded.connect_check())
                 ingest.live._worker.on_unavailable = embedded.follower(
