@@ -175,7 +175,8 @@ def test_good_redis_urls(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://h:abc", "redis://h:70000", "memcached://h:1", "localhost"]
+    "url",
+    ["redis://h:abc", "redis://h:70000", "memcached://h:1", "localhost", "unix://", "unix:///"],
 )
 def test_bad_redis_urls(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
@@ -185,7 +186,11 @@ def test_bad_redis_urls(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["localhost:16686", "ftp://jaeger", "", "http://", "http://[::1", 5]
+    "url",
+    [
+        *("localhost:16686", "ftp://jaeger", "", "http://", "http://[::1", 5),
+        *("http://h:abc", "http://h:99999", "http://h:0"),
+    ],
 )
 def test_bad_jaeger_url(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:

@@ -451,6 +451,11 @@ def test_reserved_keys_are_refused(cap: SpanCapture) -> None:
         (lambda: spangraph.step("s", attributes={1: 2}), "names must be strings, got 1"),
         (lambda: spangraph.branch("b", attributes=[("k", "v")]), "must be a mapping"),
         (lambda: spangraph.llm("m", attributes={("k",): 1}), "names must be strings"),
+        # empty and falsy values too (before, they were taken as no attributes)
+        (lambda: spangraph.workflow("w", attributes=[]), "must be a mapping of names"),
+        (lambda: spangraph.workflow("w", attributes=""), "must be a mapping of names"),
+        (lambda: spangraph.step("s", attributes=0), "must be a mapping of names"),
+        (lambda: spangraph.step(attributes=()), "must be a mapping of names"),
     ],
 )
 def test_attributes_that_are_not_a_mapping_of_names_are_refused_clearly(
@@ -460,6 +465,17 @@ def test_attributes_that_are_not_a_mapping_of_names_are_refused_clearly(
     1"), or (non-string names) were taken."""
     with pytest.raises(TypeError, match=re.escape(said)):
         make()
+
+
+def test_a_name_given_twice_is_refused_naming_both(cap: SpanCapture) -> None:
+    """``step("a", name="b")`` raised the internal ``_Options()``'s own "multiple values
+    for keyword argument 'name'"."""
+    for make in (spangraph.step, spangraph.workflow):
+        with pytest.raises(TypeError, match=re.escape("got a name twice: 'a' and name='b'")):
+            make("a", name="b")  # type: ignore[call-overload]
+    with spangraph.step(name="by-keyword"):
+        pass
+    assert [s.name for s in cap.spans] == ["by-keyword"]
 
 
 def test_sdk_keys_win_over_attributes_given_elsewhere(cap: SpanCapture) -> None:

@@ -133,6 +133,7 @@ class Settings:
             )
         if not _split(ENV_JAEGER_URL, self.jaeger_url).hostname:
             raise ConfigurationError(ENV_JAEGER_URL, f"no host in {self.jaeger_url!r}")
+        _check_port(ENV_JAEGER_URL, self.jaeger_url)
         token = self.api_token
         if token is not None and (
             not isinstance(token, str) or not token.isascii() or not token.isprintable()
@@ -296,7 +297,11 @@ def _check_redis_url(url: str) -> None:
         raise ConfigurationError(
             ENV_REDIS_URL,
             f"unknown scheme {scheme!r} in {redact_url(url)!r}; "
-            "expected embedded, off, redis://, rediss://",
+            "expected embedded, off, redis://, rediss://, unix:///path/to/socket",
+        )
+    if scheme == "unix" and not _split(ENV_REDIS_URL, url).path.strip("/"):
+        raise ConfigurationError(
+            ENV_REDIS_URL, f"no socket path in {redact_url(url)!r} (unix:///path/to/socket)"
         )
     _check_port(ENV_REDIS_URL, url)
 

@@ -209,15 +209,21 @@ MAX_BACKOFF_S: Final = 86_400.0
 
 
 def _make(kind: str, name_or_fn: Any, kwargs: dict[str, Any]) -> Any:
-    attributes = kwargs.pop("attributes", None) or {}
+    attributes = kwargs.pop("attributes", None)
     is_fn = callable(name_or_fn) or isinstance(name_or_fn, staticmethod | classmethod)
     if name_or_fn is not None and not isinstance(name_or_fn, str) and not is_fn:
         raise TypeError(f"{kind}() takes a name or a function, got {name_or_fn!r}")
-    name = name_or_fn if isinstance(name_or_fn, str) else kwargs.pop("name", None)
+    named = kwargs.pop("name", None)
+    if isinstance(name_or_fn, str):
+        if named is not None:
+            raise TypeError(f"{kind}() got a name twice: {name_or_fn!r} and name={named!r}")
+        named = name_or_fn
+    name = named
     if name is not None:
         _check_name(name, f"{kind} name")
-    _check_attributes(attributes, f"{kind}(attributes=)")
-    attributes = dict(attributes)
+    if attributes is not None:
+        _check_attributes(attributes, f"{kind}(attributes=)")
+    attributes = dict(attributes or {})
     for key in ("workflow_id", "execution_id"):
         if kwargs.get(key) is not None:
             _check_id(kwargs[key], key)

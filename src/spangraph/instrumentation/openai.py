@@ -204,6 +204,10 @@ class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         import openai
 
         provider = kwargs.get("tracer_provider")
+        if provider is not None and not callable(getattr(provider, "get_tracer", None)):
+            raise TypeError(
+                f"tracer_provider must be an OpenTelemetry TracerProvider, got {provider!r}"
+            )
         tracer = (
             trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider=provider)
             if provider is not None
