@@ -1101,6 +1101,14 @@ def test_capture_content_must_be_a_bool() -> None:
     assert not OpenAIInstrumentor().is_instrumented_by_opentelemetry  # nothing patched
 
 
+def test_tracer_provider_must_be_a_provider() -> None:
+    """Before: the tracer's own AttributeError ('str' object has no attribute
+    'get_tracer')."""
+    with pytest.raises(TypeError, match="tracer_provider must be an OpenTelemetry"):
+        OpenAIInstrumentor().instrument(tracer_provider="x")
+    assert not OpenAIInstrumentor().is_instrumented_by_opentelemetry  # nothing patched
+
+
 def test_failed_call_in_the_graph(
     sg: spangraph.Spangraph, instrumented: OpenAIInstrumentor, client: OpenAI, fake: FakeOpenAI
 ) -> None:
