@@ -579,6 +579,34 @@ def test_oversized_values_of_plain_otel_spans_are_cut_with_a_marker(
     assert json.loads(event["attributes"]) == {"text": truncate(prompt)}
 
 
+def test_names_that_are_not_text_do_not_cost_the_batch(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    """A plain OTel span or event named with bytes (or another non-text value; the API
+    does not check) made the store reject the whole batch: every span in it was dropped.
+    Names are stored as their text now, and event names are cut as span names are."""
+    from spangraph._attrs import MAX_VALUE_CHARS
+
+    tracer = provider.get_tracer("foreign")
+    with spangraph.workflow("wf-odd-names") as run:
+        with tracer.start_as_current_span(b"raw-bytes") as span:  # type: ignore[arg-type]
+            span.add_event(b"ev-bytes")  # type: ignore[arg-type]
+            span.add_event("e" * 20_000)
+        with tracer.start_as_current_span(7):  # type: ignore[arg-type]
+            pass
+        with spangraph.step("innocent"):
+            pass
+    flush()
+    assert sg.stats()["graph"]["dropped"] == 0
+    spans = spans_of(sg.store, run.workflow_id)
+    assert spans["innocent"]["state"] == "completed"
+    assert spans["b'raw-bytes'"]["state"] == "completed"
+    assert spans["7"]["state"] == "completed"
+    names = [e["name"] for e in events_of(sg.store, spans["b'raw-bytes'"]["span_id"])]
+    assert names[0] == "b'ev-bytes'"
+    assert len(names[1]) == MAX_VALUE_CHARS and names[1].endswith(" chars]")
+
+
 def test_plain_otel_span_open_across_a_flush_inherits_the_workflow_id(
     sg: spangraph.Spangraph, provider: TracerProvider
 ) -> None:

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from . import semconv as sc
-from ._attrs import MAX_VALUE_CHARS, truncate
+from ._attrs import MAX_VALUE_CHARS, safe_str, truncate
 from ._utf8 import utf8
 
 _log = logging.getLogger("spangraph")
@@ -249,8 +249,14 @@ def _bounded(value: Any) -> Any:
 
 
 def bounded_text(text: Any) -> Any:
-    """A span name or status message, cut to ``MAX_VALUE_CHARS`` with a marker."""
-    if type(text) is str and len(text) > MAX_VALUE_CHARS:
+    """A span or event name or a status message, cut to ``MAX_VALUE_CHARS`` with a
+    marker; a value that is not text (the OTel API does not check: bytes, a number) as
+    its text, which the stores take (bytes made them reject the whole batch)."""
+    if type(text) is not str:
+        if text is None:
+            return None
+        text = safe_str(text)
+    if len(text) > MAX_VALUE_CHARS:
         return truncate(text)
     return text
 
@@ -494,7 +500,7 @@ class SpanMapper:
             {
                 "span_id": span_id,
                 "seq": seq,
-                "name": event.name,
+                "name": bounded_text(event.name),
                 "time_ns": event.timestamp,
                 "attributes": to_json(dict(event.attributes or {})),
             }
