@@ -201,6 +201,29 @@ def test_choose_and_option_after_the_decision_ended_are_refused(cap: SpanCapture
     assert cap.find(kind=sc.KIND_OPTION) == []
 
 
+def test_an_option_entered_after_the_decision_ended_is_refused(cap: SpanCapture) -> None:
+    """``d.option()`` taken inside the block but entered (or, decorated, called) after it:
+    the option's span was made, under the workflow instead, and the decision showed it
+    as never explored."""
+    with spangraph.workflow("wf"):
+        with spangraph.decision("route", options=["a", "b"]) as d:
+            later = d.option("a")
+
+            @d.option("b")
+            def explore_b() -> str:
+                return "b"
+
+            assert explore_b() == "b"  # inside the block: fine
+        with (
+            pytest.raises(ValueError, match=r"decision 'route' has ended.*option\(\)"),
+            later,
+        ):
+            pass
+        with pytest.raises(ValueError, match=r"decision 'route' has ended.*option\(\)"):
+            explore_b()
+    assert [s.name for s in cap.find(kind=sc.KIND_OPTION)] == ["b"]
+
+
 def test_decision_that_is_not_recorded_never_raises() -> None:
     """Without a recording span (spangraph not set up, or the run sampled out) there is
     nothing to protect: choose() after the block still just sets ``chosen``."""
@@ -219,10 +242,24 @@ def test_bad_score_is_refused(cap: SpanCapture) -> None:
             d.choose("a", score="high")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="score"):
             d.choose("a", score=True)
-        for not_finite in (float("nan"), float("inf"), float("-inf")):
+        # an int past a float's range raised OverflowError from inside the block
+        for not_finite in (float("nan"), float("inf"), float("-inf"), 10**400, -(10**400)):
             with pytest.raises(ValueError, match="finite"):
                 d.choose("a", score=not_finite)
     assert sc.DECISION_CHOSEN not in attrs(one(cap, "route"))
+
+
+def test_any_real_number_is_a_score(cap: SpanCapture) -> None:
+    """Decimal and Fraction (and numpy's floats, through ``__float__``) were refused as
+    not finite numbers."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    with spangraph.decision("route", options=["a", "b"]) as d:
+        d.choose("a", score=Decimal("0.25"))
+        assert d._score == 0.25
+        d.choose("b", score=Fraction(1, 2))
+    assert attrs(one(cap, "route"))[sc.DECISION_SCORE] == 0.5
 
 
 def test_refused_choose_leaves_no_choice(cap: SpanCapture) -> None:
@@ -242,6 +279,8 @@ def test_refused_choose_leaves_no_choice(cap: SpanCapture) -> None:
         (["a", "   "], ValueError, "option name"),
         (["a", 3], ValueError, "option name"),
         ([f"o{i}" for i in range(MAX_OPTIONS + 1)], ValueError, "at most 1024"),
+        # cut to the same stored name, two options became one in the graph
+        (["x" * 9000 + "1", "x" * 9000 + "2"], ValueError, "at most 8192 characters"),
     ],
 )
 def test_bad_options(cap: SpanCapture, options: Any, error: type[Exception], match: str) -> None:

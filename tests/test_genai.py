@@ -624,3 +624,76 @@ def test_tool_records_no_empty_star_args_and_keeps_a_plain_functions_cls(cap: Sp
         {"tool": "classify", "arguments.cls": "bird"},
         {"tool": "total", "arguments.numbers": (1, 2)},
     ]
+
+
+class Ambiguous:
+    """A value whose truth raises, as a numpy array's or a pandas DataFrame's does."""
+
+    def __bool__(self) -> bool:
+        raise ValueError("The truth value of an array with more than one element is ambiguous")
+
+    def __repr__(self) -> str:
+        return "Ambiguous()"
+
+
+def test_a_tool_runs_whatever_its_arguments_are(cap: SpanCapture) -> None:
+    """An argument whose truth raises (a numpy array) made the decorated tool raise
+    before it ran: recording its arguments took their truth."""
+
+    @spangraph.tool
+    def mean(values: Any, *rest: Any) -> str:
+        return "ran"
+
+    assert mean(Ambiguous()) == "ran"
+    [call] = [e for s in cap.spans for e in events(s, "tool.call")]
+    assert call == {"tool": "mean", "arguments.values": "Ambiguous()"}
+    assert attrs(one(cap, "execute_tool mean"))[sc.STATE] == sc.STATE_COMPLETED
+
+
+def test_recording_a_tools_arguments_never_stops_it(
+    cap: SpanCapture, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import spangraph.genai as genai
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("recording broke")
+
+    @spangraph.tool
+    def echo(x: int) -> int:
+        return x
+
+    monkeypatch.setattr(genai, "_add_event", broken)
+    with caplog.at_level("WARNING", logger="spangraph.genai"):
+        assert echo(3) == 3
+    assert "recording the arguments of tool 'echo' failed" in caplog.text
+    assert attrs(one(cap, "execute_tool echo"))[sc.STATE] == sc.STATE_COMPLETED
+
+
+@pytest.mark.parametrize("name", ["  ", "", b"x", 5, ["a"]])
+def test_an_llm_name_is_checked_as_other_names(cap: SpanCapture, name: Any) -> None:
+    """A blank or non-text name was taken (bytes then cost the graph its whole batch)."""
+    with pytest.raises(ValueError, match="llm name"):
+        spangraph.llm("m", name=name)
+    assert cap.spans == []
+
+
+def test_a_cancelled_stream_completes_cancelled_not_with_an_error(cap: SpanCapture) -> None:
+    async def stream() -> None:
+        with spangraph.llm("m") as call:
+            call.token("par")
+            await asyncio.sleep(10)
+
+    async def main() -> None:
+        task = asyncio.create_task(stream())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    span = one(cap, "chat m")
+    assert attrs(span)[sc.STATE] == sc.STATE_CANCELLED
+    assert events(span, "llm.complete") == [
+        {"message": "par", "finish_reason": "cancelled", "streamed_tokens": 1}
+    ]
+    assert attrs(span)["gen_ai.response.finish_reasons"] == ("cancelled",)

@@ -401,6 +401,8 @@ class _Options:
     links: tuple[Link, ...] = ()
     branch_id: str | None = None
     handle_cls: type[Handle] | None = None
+    before_start: Callable[[], None] | None = None
+    """Called before each span of the scope starts; what it raises is raised instead."""
     on_enter: Callable[[Any], None] | None = None
     """Called with the new handle right after its span starts."""
     on_finish: Callable[[Any, BaseException | None], None] | None = None
@@ -413,6 +415,8 @@ class _Frame:
     __slots__ = ("ctx", "handle", "kind", "lifecycle", "on_finish", "timeout_cm", "token")
 
     def __init__(self, opts: _Options, name: str, attempt: int | None, links: tuple[Link, ...]):
+        if opts.before_start is not None:
+            opts.before_start()
         kind = opts.kind
         parent_run = _current_ids()
         attrs: dict[str, Any] = {sc.KIND: kind, sc.PROJECT_ID: _state.project}

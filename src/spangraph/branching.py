@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import semconv as sc
-from ._attrs import clean_value
+from ._attrs import MAX_VALUE_CHARS, clean_value
 from ._spans import Handle, _check_attributes, _check_id, _check_name, _Options, link_to
 from .instrument import Scope
 from .mapping import MAX_OPTIONS
@@ -63,7 +63,15 @@ class Decision(Handle):
             self._explored.setdefault(name, handle)
 
         return Scope(
-            _Options(kind=sc.KIND_OPTION, name=name, attributes=attributes, on_enter=explored)
+            _Options(
+                kind=sc.KIND_OPTION,
+                name=name,
+                attributes=attributes,
+                # entered (or called, decorated) later: after the decision ended, its
+                # span could not record the option
+                before_start=lambda: self._check_open("option"),
+                on_enter=explored,
+            )
         )
 
     def choose(self, option: str, *, reason: str | None = None, score: float | None = None) -> None:
@@ -73,15 +81,10 @@ class Decision(Handle):
         ValueError once the decision has ended (its span can no longer record it)."""
         self._check_open("choose")
         self._check_offered(option)
-        if score is not None and (
-            not isinstance(score, int | float)
-            or isinstance(score, bool)
-            or not math.isfinite(score)
-        ):
-            raise ValueError(f"score must be a finite number, got {score!r}")
+        value = None if score is None else _finite(score)
         self.chosen = option
         self._reason = None if reason is None else clean_value(reason)
-        self._score = None if score is None else float(score)
+        self._score = value
 
     def _finish(self, exc: BaseException | None) -> None:
         ids = tuple(self._explored[o].span_id if o in self._explored else "" for o in self.options)
@@ -97,6 +100,20 @@ class Decision(Handle):
                 link = link_to(explored, sc.LINK_CHOSEN_OPTION)
                 self.span.add_link(link.context, link.attributes)
         self.span.set_attributes(attrs)
+
+
+def _finite(score: Any) -> float:
+    """``score`` as a finite float (any real number: ``Decimal``, ``Fraction``, a numpy
+    float), or a ValueError."""
+    if not isinstance(score, bool) and not isinstance(score, str | bytes):
+        try:
+            value = float(score)
+        except Exception:  # (OverflowError: an int past a float's range)
+            pass
+        else:
+            if math.isfinite(value):
+                return value
+    raise ValueError(f"score must be a finite number, got {score!r}")
 
 
 def decision(
@@ -119,6 +136,11 @@ def decision(
         )
     for option in offered:
         _check_name(option, "option name")
+        if len(option) > MAX_VALUE_CHARS:  # stored cut: two long names would become one
+            raise ValueError(
+                f"decision {name!r}: option names are at most {MAX_VALUE_CHARS} characters, "
+                f"got one of {len(option)}"
+            )
     if len(set(offered)) != len(offered):
         raise ValueError(f"decision {name!r} offers the same option twice: {offered!r}")
     _check_attributes(attributes, "decision(attributes=)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import operator
 import time
 import weakref
@@ -22,6 +23,7 @@ from opentelemetry import trace
 from . import semconv as sc
 from ._attrs import clean, clean_value, safe_str, truncate
 from ._spans import (
+    _CANCELLED,
     Handle,
     _add_event,
     _check_attributes,
@@ -32,6 +34,8 @@ from ._spans import (
 )
 from .instrument import Scope, _code_of
 from .processors.live import emit_event
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["LLMCall", "ToolCall", "llm", "tool"]
 
@@ -106,7 +110,11 @@ class LLMCall(Handle):
 
     def _finish(self, exc: BaseException | None) -> None:
         if self._parts and not self._completed:
-            self.complete(finish_reason=None if clean_exit(exc) else "error")
+            if clean_exit(exc):
+                reason = None
+            else:  # a stream stopped by a cancellation is no error
+                reason = "cancelled" if isinstance(exc, _CANCELLED) else "error"
+            self.complete(finish_reason=reason)
 
 
 def llm(
@@ -125,6 +133,8 @@ def llm(
     _check_name(operation, "operation")
     if provider is not None:
         _check_name(provider, "provider")
+    if name is not None:
+        _check_name(name, "llm name")
     _check_attributes(attributes, "llm(attributes=)")
     attrs: dict[str, Any] = {sc.GEN_AI_OPERATION_NAME: operation, sc.GEN_AI_REQUEST_MODEL: model}
     if provider is not None:
@@ -133,7 +143,7 @@ def llm(
     return Scope(
         _Options(
             kind=sc.KIND_LLM,
-            name=name or f"{operation} {model}",
+            name=f"{operation} {model}" if name is None else name,
             attributes=attrs,
             handle_cls=LLMCall,
             on_finish=lambda h, exc: h._finish(exc),
@@ -190,6 +200,14 @@ def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     variadic = {p.name for p in parameters.values() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
     def call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            record_call(args, kwargs)
+        except Exception:  # recording never stops the tool from running
+            _log.warning(
+                "spangraph: recording the arguments of tool %r failed", name, exc_info=True
+            )
+
+    def record_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if signature is None:  # no names to give: positions, and the keywords given
             bound = {**{str(i): v for i, v in enumerate(args)}, **kwargs}
         else:
@@ -202,12 +220,16 @@ def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         arguments = {
             f"arguments.{k}": v
             for k, v in bound.items()
-            if k != instance and (v or k not in variadic)
+            # (the truth of a value may raise: a numpy array's does)
+            if k != instance and (k not in variadic or len(v))
         }
         _add_event(trace.get_current_span(), sc.TOOL_CALL, {"tool": name, **arguments})
 
     def respond(result: Any) -> None:
-        _add_event(trace.get_current_span(), sc.TOOL_RESPONSE, {"result": clean_value(result)})
+        try:
+            _add_event(trace.get_current_span(), sc.TOOL_RESPONSE, {"result": clean_value(result)})
+        except Exception:
+            _log.warning("spangraph: recording the result of tool %r failed", name, exc_info=True)
 
     if inspect.iscoroutinefunction(_code_of(fn)):  # an async callable object too
 
