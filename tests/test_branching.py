@@ -653,8 +653,9 @@ def test_monitor_bad_ref(cap: SpanCapture, bad: str) -> None:
 def test_monitor_bad_target_type(cap: SpanCapture) -> None:
     with pytest.raises(TypeError):
         spangraph.monitor(42)
-    with pytest.raises(ValueError, match="monitor name"):
-        spangraph.monitor(SpanContext(1, 2, is_remote=False), name=" ")
+    for blank in (" ", "", 0):  # "" and 0 fell back to "monitor"
+        with pytest.raises(ValueError, match="monitor name"):
+            spangraph.monitor(SpanContext(1, 2, is_remote=False), name=blank)  # type: ignore[arg-type]
 
 
 def test_monitor_edge_in_graph(sg: spangraph.Spangraph) -> None:

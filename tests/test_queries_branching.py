@@ -404,6 +404,26 @@ def test_decision_analytics_counts_a_decision_once_when_a_run_id_is_used_again(
     assert row["success_rate"] == 0.5
 
 
+def test_decision_analytics_counts_a_choice_made_outside_any_workflow(
+    sg: spangraph.Spangraph,
+) -> None:
+    """A decision with no workflow around it (its run is its trace) was left out: its
+    option was not counted as chosen at all. It counts as chosen, in no run; the success
+    rate and mean duration are those of the runs."""
+    with spangraph.decision("pick-loose", options=["x", "y"]) as d:
+        d.choose("y")
+    with spangraph.workflow("agent"), spangraph.decision("pick-loose", options=["x", "y"]) as d:
+        d.choose("y")
+    with spangraph.decision("pick-loose", options=["x", "y"]) as d:
+        d.choose("x")
+    flush()
+    rows = queries.decision_analytics(store(sg), "pick-loose", project_id=sg.settings.project)
+    assert [
+        (r["option"], r["chosen"], r["runs"], r["succeeded"], r["success_rate"]) for r in rows
+    ] == [("y", 2, 1, 1, 1.0), ("x", 1, 0, 0, None)]
+    assert rows[1]["mean_duration_ms"] is None
+
+
 # -- abandoned --------------------------------------------------------------------------
 
 

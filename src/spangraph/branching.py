@@ -195,7 +195,10 @@ def monitor(
     OTel span or SpanContext, or a ``handle.ref`` string — through a span link of type
     ``monitors`` (a ``MONITORS`` edge in the graph)."""
     link = link_to(target, sc.LINK_MONITORS)
-    label = name or (f"monitor {target.name}" if isinstance(target, Handle) else "monitor")
+    if name is None:
+        label = f"monitor {target.name}" if isinstance(target, Handle) else "monitor"
+    else:  # "" or 0 is no name to fall back from: refused as "  " is
+        label = name
     _check_name(label, "monitor name")
     _check_attributes(attributes, "monitor(attributes=)")
     return Scope(

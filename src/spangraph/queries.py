@@ -394,13 +394,14 @@ DECISION_ANALYTICS: Final = (
     "WHERE $project_id IS NULL OR d.project_id = $project_id\n"
     # a decision counts once for an option however many edges lead to nodes of that name
     "WITH DISTINCT d, o.name AS option\n"
-    "MATCH (w:Workflow)\n"
+    # a decision made outside any workflow counts as chosen, in no run
+    "OPTIONAL MATCH (w:Workflow)\n"
     "WHERE w.workflow_id = d.workflow_id\n"
     # a run id used again (another run of the same id) counts a decision once: for the
     # run of its own trace, else for one of them
     "WITH d, option, w ORDER BY CASE WHEN w.trace_id = d.trace_id THEN 0 ELSE 1 END\n"
     "WITH d, option, collect(w)[0] AS w\n"
-    "RETURN option, count(w) AS chosen,\n"
+    "RETURN option, count(d) AS chosen, count(w) AS runs,\n"
     "       sum(CASE WHEN w.state = 'completed' THEN 1 ELSE 0 END) AS succeeded,\n"
     "       avg(w.duration_ms) AS mean_duration_ms\n"
     "ORDER BY chosen DESC, option"
@@ -711,26 +712,28 @@ def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
 def decision_analytics(
     store: GraphStore, name: str, *, project_id: str | None = None
 ) -> list[dict[str, Any]]:
-    """For the decision named ``name``, across runs: how often each option was chosen,
-    and the success rate and mean duration of the runs after each choice.
+    """For the decision named ``name``, across runs: how often each option was chosen
+    (``chosen``), in how many workflow runs (``runs``: a decision made outside any
+    ``workflow`` is in none), and the success rate and mean duration of those runs.
 
     .. code-block:: cypher
 
         MATCH (d:Decision {name: $name})-[:CHOSEN_OPTION]->(o:Span)
         WHERE $project_id IS NULL OR d.project_id = $project_id
         WITH DISTINCT d, o.name AS option
-        MATCH (w:Workflow) WHERE w.workflow_id = d.workflow_id
+        OPTIONAL MATCH (w:Workflow) WHERE w.workflow_id = d.workflow_id
         WITH d, option, w ORDER BY CASE WHEN w.trace_id = d.trace_id THEN 0 ELSE 1 END
         WITH d, option, collect(w)[0] AS w
-        RETURN option, count(w) AS chosen,
+        RETURN option, count(d) AS chosen, count(w) AS runs,
                sum(CASE WHEN w.state = 'completed' THEN 1 ELSE 0 END) AS succeeded,
                avg(w.duration_ms) AS mean_duration_ms
         ORDER BY chosen DESC, option
     """
     rows = store.query(DECISION_ANALYTICS, {"name": name, "project_id": project_id})
     for row in rows:
-        row["chosen"], row["succeeded"] = int(row["chosen"]), int(row["succeeded"] or 0)
-        row["success_rate"] = round(row["succeeded"] / row["chosen"], 4) if row["chosen"] else None
+        row["chosen"], row["runs"] = int(row["chosen"]), int(row["runs"] or 0)
+        row["succeeded"] = int(row["succeeded"] or 0)
+        row["success_rate"] = round(row["succeeded"] / row["runs"], 4) if row["runs"] else None
         if row.get("mean_duration_ms") is not None:
             row["mean_duration_ms"] = round(float(row["mean_duration_ms"]), 3)
     return rows
