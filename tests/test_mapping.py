@@ -656,5 +656,37 @@ def test_waiting_spans_are_bounded_and_only_kept_when_asked() -> None:
     plain = Lineage()  # the live processor's: nothing waits, nothing is adopted
     plain.resolve("kid", "parent", t, {})
     plain.resolve("parent", None, t, {sc.WORKFLOW_ID: "wf"})
-    assert plain.adopted == [] and plain._waiting is None
+    assert plain.adopted == [] and plain._waiting_on is None and plain._waiting == {}
     assert plain.entry("kid") == (None, None, None)
+
+
+def test_spans_under_a_root_without_a_run_do_not_wait() -> None:
+    """Every span without a run waited on its parent, also under a root seen without a
+    run (which nothing can give one): a long-lived root's children, or plain traces,
+    filled memory without bound (1 000 000 children: 86 MB)."""
+    lineage = Lineage(max_entries=20_000, adoptions=True)
+    t = "c" * 32
+    lineage.resolve("root", None, t, {})
+    for i in range(5000):
+        lineage.resolve(f"kid-{i}", "root", t, {})
+        lineage.resolve(f"grandkid-{i}", f"kid-{i}", t, {})
+    assert lineage._waiting_on == {} and lineage._waiting == {}
+
+
+def test_at_most_max_entries_spans_wait_the_oldest_stop_first() -> None:
+    """A span whose parent is remote (never seen) waits, with its children; at most
+    ``max_entries`` span ids wait in all, not ``max_entries`` parents each with a list."""
+    lineage = Lineage(max_entries=100, adoptions=True)
+    t = "d" * 32
+    for request in range(50):
+        lineage.resolve(f"server-{request}", f"remote-{request}", t, {})
+        for i in range(10):
+            lineage.resolve(f"child-{request}-{i}", f"server-{request}", t, {})
+    assert lineage._waiting_on is not None and len(lineage._waiting_on) == 100
+    assert sum(len(kids) for kids in lineage._waiting.values()) == 100
+    assert "server-0" not in lineage._waiting and "remote-0" not in lineage._waiting
+    # the newest still wait, and are adopted when their parent comes after all
+    lineage.resolve("remote-49", None, t, {sc.WORKFLOW_ID: "wf"})
+    adopted = {row["span_id"] for row in lineage.adopted}
+    assert adopted == {"server-49", *(f"child-49-{i}" for i in range(10))}
+    assert len(lineage._waiting_on) == 89

@@ -666,6 +666,48 @@ def test_a_batch_split_in_two_writes_what_it_writes(store: FalkorDBStore, graph_
     assert one.split() is None  # one span: nothing to split
 
 
+def test_adopted_rows_go_with_their_span_and_the_rest_to_both_halves(
+    store: FalkorDBStore, graph_url: str
+) -> None:
+    """A span stored under its trace id as run gets its parent's run ids (ADOPT_SPANS):
+    split for its size, a batch puts a row with the rows of its span, and rows of spans
+    written before in both halves (they all went to the second: a batch that kept
+    timing out never got a smaller statement)."""
+    earlier = WriteBatch()
+    earlier.ends["Step"] = [end_row(sid(60 + i), f"early-{i}", workflow_id=TRACE) for i in range(4)]
+    batch = sample_batch()
+    batch.starts["Step"][0]["props"]["workflow_id"] = TRACE  # the running step: no run yet
+    adopt = lambda n: {  # noqa: E731
+        "span_id": sid(n), "trace_id": TRACE, "workflow_id": "wf-adopted",
+        "execution_id": "ex-adopted", "branch_id": None,
+    }  # fmt: skip
+    batch.adopted = [adopt(3), *(adopt(60 + i) for i in range(4))]
+    halves = batch.split()
+    assert halves is not None
+    first, second = halves
+    assert sid(3) in {r["span_id"] for g in second.starts.values() for r in g}
+    assert [r["span_id"] for r in first.adopted] == [sid(61), sid(63)]
+    assert [r["span_id"] for r in second.adopted] == [sid(3), sid(60), sid(62)]
+
+    store.write(earlier)
+    store.write(batch)
+    other = FalkorDBStore.from_url(graph_url + "_halves")
+    try:
+        other.write(earlier)
+        other.write(first)
+        other.write(second)
+        assert snapshot(other) == snapshot(store)
+    finally:
+        other.delete_all()
+        other.close()
+    for n in (3, 60, 61, 62, 63):
+        assert (node(store, sid(n))["workflow_id"], node(store, sid(n))["execution_id"]) == (
+            "wf-adopted",
+            "ex-adopted",
+        )
+    assert node(store, sid(2))["workflow_id"] == WF  # a run of its own: left as it is
+
+
 def test_a_write_not_answered_in_time_is_a_store_timeout(
     graph_url: str, redis_client: redis.Redis
 ) -> None:

@@ -329,17 +329,20 @@ class Lineage:
 
     Bounded: the oldest entries go first once ``max_entries`` is reached.
 
-    A span without a workflow id whose parent has not been seen (or has none either) is
-    stored under its trace id as its run. With ``adoptions``, such spans wait for their
-    parent: when a span resolves to a workflow id and spans were waiting on it, their
-    entries (and those of spans waiting on them, and so on) take its ids, and
-    :attr:`adopted` gets a row ``{span_id, trace_id, workflow_id, execution_id,
-    branch_id}`` for each, so that the graph writer can correct the nodes it wrote with
-    the trace id. Spans reach the graph writer out of order when an exporter sends them
-    as they end, in batches: a model call under a long step goes out before the step.
+    A span without a workflow id whose parent has not been seen is stored under its
+    trace id as its run. With ``adoptions``, such a span waits for its parent (and so do
+    its own children while it waits): when a span resolves to a workflow id and spans
+    were waiting on it, their entries (and those of spans waiting on them, and so on)
+    take its ids, and :attr:`adopted` gets a row ``{span_id, trace_id, workflow_id,
+    execution_id, branch_id}`` for each, so that the graph writer can correct the nodes
+    it wrote with the trace id. Spans reach the graph writer out of order when an
+    exporter sends them as they end, in batches: a model call under a long step goes out
+    before the step. At most ``max_entries`` spans wait (the oldest stop waiting first);
+    a span under a parent seen without a run that waits on nothing (a root without a
+    run) does not wait: nothing could give it a run.
     """
 
-    __slots__ = ("_ids", "_waiting", "adopted", "max_entries")
+    __slots__ = ("_ids", "_waiting", "_waiting_on", "adopted", "max_entries")
 
     def __init__(self, max_entries: int = 65_536, *, adoptions: bool = False) -> None:
         # an OrderedDict: it drops its oldest entry in constant time, where a dict's
@@ -347,8 +350,10 @@ class Lineage:
         # each span cost a walk of thousands of entries)
         self._ids: OrderedDict[str, tuple[str | None, str | None, str | None]] = OrderedDict()
         self.max_entries = max_entries
-        # parent span id -> ids of the spans without a workflow id waiting on it
-        self._waiting: OrderedDict[str, list[str]] | None = OrderedDict() if adoptions else None
+        # waiting span id -> the parent it waits on (the oldest first), and the index the
+        # other way round: parent span id -> the spans waiting on it
+        self._waiting_on: OrderedDict[str, str] | None = OrderedDict() if adoptions else None
+        self._waiting: dict[str, dict[str, None]] = {}
         self.adopted: list[dict[str, Any]] = []
         """Rows of spans whose ids were corrected since the caller last cleared it."""
 
@@ -361,10 +366,11 @@ class Lineage:
         workflow_id = _id_text(attributes.get(sc.WORKFLOW_ID))
         execution_id = _id_text(attributes.get(sc.EXECUTION_ID))
         branch_id = _id_text(attributes.get(sc.BRANCH_ID))
-        if parent_id is not None and (workflow_id is None or branch_id is None):
+        inherited = None
+        if parent_id is not None and (not workflow_id or branch_id is None):
             inherited = self._ids.get(parent_id)
             if inherited is not None:
-                if workflow_id is None:
+                if not workflow_id:
                     workflow_id, execution_id = inherited[0], execution_id or inherited[1]
                 if branch_id is None:
                     branch_id = inherited[2]
@@ -373,33 +379,48 @@ class Lineage:
             if len(ids) >= self.max_entries:
                 ids.popitem(last=False)
             entry = ids[span_id] = (workflow_id, execution_id, branch_id)
-            waiting = self._waiting
-            if waiting is not None:
-                if workflow_id is None:
-                    if parent_id is not None:
-                        kids = waiting.get(parent_id)
-                        if kids is None:
-                            if len(waiting) >= self.max_entries:
-                                waiting.popitem(last=False)
-                            kids = waiting[parent_id] = []
-                        kids.append(span_id)
-                elif waiting and span_id in waiting:
+            waiting_on = self._waiting_on
+            if waiting_on is not None:
+                if not workflow_id:
+                    # a parent not seen yet may come with a run; one seen without a run
+                    # may get one only while it waits itself
+                    if parent_id is not None and (inherited is None or parent_id in waiting_on):
+                        self._wait(span_id, parent_id)
+                elif span_id in self._waiting:
                     self._adopt(span_id, entry, trace_id)
         return (str(workflow_id) if workflow_id else trace_id), execution_id, branch_id
+
+    def _wait(self, span_id: str, parent_id: str) -> None:
+        waiting_on, waiting = self._waiting_on, self._waiting
+        if waiting_on is None:
+            return
+        if len(waiting_on) >= self.max_entries:  # the oldest stops waiting
+            oldest, its_parent = waiting_on.popitem(last=False)
+            kids = waiting.get(its_parent)
+            if kids is not None:
+                kids.pop(oldest, None)
+                if not kids:
+                    del waiting[its_parent]
+        waiting_on[span_id] = parent_id
+        kids = waiting.get(parent_id)
+        if kids is None:
+            kids = waiting[parent_id] = {}
+        kids[span_id] = None
 
     def _adopt(
         self, span_id: str, entry: tuple[str | None, str | None, str | None], trace_id: str
     ) -> None:
         """Give the spans waiting on ``span_id`` (and on them, ...) the ids of ``entry``."""
-        waiting, ids, adopted = self._waiting, self._ids, self.adopted
-        if waiting is None:
+        waiting_on, waiting, ids, adopted = self._waiting_on, self._waiting, self._ids, self.adopted
+        if waiting_on is None:
             return
         stack = [(waiting.pop(span_id), entry)]
         while stack:
             kids, parent = stack.pop()
             for kid in kids:
+                waiting_on.pop(kid, None)
                 old = ids.get(kid)
-                if old is None or old[0] is not None:  # forgotten, or ids of its own since
+                if old is None or old[0]:  # forgotten, or ids of its own since
                     continue
                 new = ids[kid] = (parent[0], old[1] or parent[1], old[2] or parent[2])
                 adopted.append(

@@ -73,9 +73,14 @@ class WriteBatch:
                 for row in rows:
                     half = getattr(halves[0 if in_first(row) else 1], name)
                     half.setdefault(key, []).append(row)
-        for name in ("parents", "events", "adopted"):
+        for name in ("parents", "events"):
             for row in getattr(self, name):
                 getattr(halves[0 if in_first(row) else 1], name).append(row)
+        for i, row in enumerate(self.adopted):
+            # with its span's rows; one whose span was written before goes to either
+            # half, so that a batch split for its size gets smaller statements
+            first_half = in_first(row) if row["span_id"] in owners else i % 2 == 0
+            halves[0 if first_half else 1].adopted.append(row)
         return halves
 
     def event_and_link_statements(self) -> list[tuple[str, dict[str, Any]]]:
