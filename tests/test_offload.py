@@ -689,6 +689,81 @@ def test_int_float_and_str_subclasses_are_stored_as_plain_values(
     assert type(values["score"]) is float and type(values["level"]) is int
 
 
+class _Op(str, enum.Enum):  # noqa: UP042 - str() gives "_Op.SEARCH"; OTLP and JSON "search"
+    SEARCH = "search"
+    DONE = "done"
+    HITS = "hits"
+
+
+@pytest.mark.parametrize("mode", ["in-process", "offload"])
+def test_names_and_keys_that_are_str_subclasses_are_their_strings(
+    mode: str, provider: TracerProvider, graph_url: str, embedded_server: ServerInfo, tmp_path: Any
+) -> None:
+    """A span, event or attribute key given as a ``(str, Enum)`` member: the two modes
+    wrote different things (in-process the name as ``_Op.SEARCH`` and the key as
+    ``hits``; the agent the name as ``search`` and the key as ``_Op.HITS``). Both write
+    the string itself now, as an OTLP exporter sends it."""
+    instance = configure_offload(
+        provider, graph_url, embedded_server, tmp_path, offload=mode == "offload"
+    )
+    tracer = provider.get_tracer("enum-user")
+    try:
+        with (
+            spangraph.workflow("wf-enums") as run,
+            tracer.start_as_current_span(_Op.SEARCH) as span,
+        ):
+            span.set_attribute(_Op.HITS, 3)
+            span.add_event(_Op.DONE, {_Op.HITS: 3})
+        assert spangraph.flush(10)
+        assert instance.store is not None
+        rows = queries.workflow_spans(instance.store, run.workflow_id)
+        events = queries.workflow_events(instance.store, run.workflow_id)
+    finally:
+        spangraph.shutdown()
+    [search] = [r for r in rows if r["name"] != "wf-enums"]
+    assert search["name"] == "search"
+    assert search["attributes"] == {"hits": 3}
+    [done] = [e for e in events if e["span_id"] == search["span_id"]]
+    assert (done["name"], done["attributes"]) == ("done", {"hits": 3})
+
+
+@pytest.mark.parametrize("mode", ["in-process", "offload"])
+def test_a_live_event_carries_the_spans_name_and_kind_as_they_are_now(
+    mode: str,
+    provider: TracerProvider,
+    graph_url: str,
+    embedded_server: ServerInfo,
+    tmp_path: Any,
+    redis_client: redis.Redis,
+) -> None:
+    """A span renamed after it started (an HTTP server span once routed) or given its
+    kind later: in-process its live events carried the new name and kind, through the
+    agent the ones it started with."""
+    configure_offload(provider, graph_url, embedded_server, tmp_path, offload=mode == "offload")
+    tracer = provider.get_tracer("http-server")
+    try:
+        with (
+            spangraph.workflow("wf-renamed") as run,
+            tracer.start_as_current_span("HTTP GET") as span,
+        ):
+            assert spangraph.flush(10)  # its start is mapped and sent first
+            span.update_name("GET /items/{id}")
+            span.set_attribute("gen_ai.operation.name", "chat")
+            spangraph.event("request.routed")
+            assert spangraph.flush(10)  # the event is sent while the span is open
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    messages = [
+        json.loads(fields[b"data"])
+        for _, fields in redis_client.xrange(stream_key(run.workflow_id))
+    ]
+    [routed] = [m for m in messages if m["type"] == "request.routed"]
+    assert (routed["name"], routed["kind"]) == ("GET /items/{id}", "llm")
+    [started] = [m for m in messages if m["type"] == "span.started" and m["name"] == "HTTP GET"]
+    assert started["kind"] == "span"
+
+
 def test_agent_uses_the_settings_configure_was_given(
     provider: TracerProvider,
     graph_url: str,

@@ -255,7 +255,9 @@ def bounded_text(text: Any) -> Any:
     if type(text) is not str:
         if text is None:
             return None
-        text = safe_str(text)
+        # a str subclass (a StrEnum's member, ``class Op(str, Enum)``) as its string, as
+        # OTLP exporters send it and the JSON of attributes holds it
+        text = str.__str__(text) if isinstance(text, str) else safe_str(text)
     if len(text) > MAX_VALUE_CHARS:
         return truncate(text)
     return text

@@ -47,6 +47,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ..config import url_on_port
 from ..exceptions import ConfigurationError
+from ..mapping import COMMON_ATTRIBUTES
 from . import live as _live
 from ._records import END, START, RecordBuffer, py_end_record, py_start_record, rebuild
 
@@ -113,8 +114,10 @@ def _plain(value: Any) -> Any:
         return str.__str__(value)
     if isinstance(value, list | tuple):
         return tuple(_plain(v) for v in value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Mapping):  # keys as the JSON the processors write holds them
+        return {
+            (str.__str__(k) if isinstance(k, str) else str(k)): _plain(v) for k, v in value.items()
+        }
     return str(value)
 
 
@@ -229,7 +232,25 @@ class OffloadSpanProcessor(SpanProcessor):
     def _on_event(self, span: Any, name: str, attributes: Mapping[str, Any], time_ns: int) -> None:
         try:
             span_id = span.get_span_context().span_id
-            self._add((_EVENT, span_id, name, time_ns, dict(attributes) if attributes else None))
+            # the span's name and the attributes its kind and run ids come from, as they
+            # are now (renamed since it started: an HTTP server span once routed): the
+            # agent maps the event with them, as the live processor does in-process with
+            # the span itself
+            now = span.attributes or {}
+            common = {
+                key: value for key in COMMON_ATTRIBUTES if (value := now.get(key)) is not None
+            }
+            self._add(
+                (
+                    _EVENT,
+                    span_id,
+                    name,
+                    time_ns,
+                    dict(attributes) if attributes else None,
+                    getattr(span, "name", None),
+                    common or None,
+                )
+            )
         except Exception:  # pragma: no cover - never raise into user code
             pass
 
@@ -881,7 +902,13 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
                 elif what == _EVENT:
                     started = open_spans.get(r[1])
                     if started is not None and live is not None:
-                        live._on_event(rebuild(started, resources), r[2], r[4] or {}, r[3])
+                        span = rebuild(started, resources)
+                        if len(r) > 6:  # the span's name and common attributes as they are now
+                            if isinstance(r[5], str):
+                                span.name = r[5]
+                            if r[6]:
+                                span._attributes = {**span._attributes, **r[6]}
+                        live._on_event(span, r[2], r[4] or {}, r[3])
                 elif what == _RESOURCE:
                     resources[r[1]] = Resource(r[2] or {})
                 elif what == _FLUSH:
