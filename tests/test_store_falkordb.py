@@ -627,6 +627,31 @@ def test_a_server_that_never_answers_is_found_out_within_the_connect_timeout(
 # -- a batch in two; a write that times out -------------------------------------------------
 
 
+def assert_halves_write_the_batch(
+    store: FalkorDBStore,
+    graph_url: str,
+    batch: WriteBatch,
+    halves: tuple[WriteBatch, WriteBatch],
+    *,
+    before: WriteBatch | None = None,
+) -> None:
+    """``batch`` written to ``store`` and its two halves, one after the other, to a graph
+    of their own (each after ``before``) leave the same graph."""
+    if before is not None:
+        store.write(before)
+    store.write(batch)
+    other = FalkorDBStore.from_url(graph_url + "_halves")
+    try:
+        if before is not None:
+            other.write(before)
+        for half in halves:
+            other.write(half)
+        assert snapshot(other) == snapshot(store)
+    finally:
+        other.delete_all()
+        other.close()
+
+
 def test_a_batch_split_in_two_writes_what_it_writes(store: FalkorDBStore, graph_url: str) -> None:
     batch = sample_batch()
     batch.ends["Decision"] = [end_row(sid(4), "pick", parent=sid(1), kind="decision")]
@@ -651,15 +676,7 @@ def test_a_batch_split_in_two_writes_what_it_writes(store: FalkorDBStore, graph_
     assert spans_of(second) == {sid(2), sid(4)} | options  # options go with their decision
     assert second.links["option_of"] and "option_of" not in first.links
 
-    store.write(batch)
-    other = FalkorDBStore.from_url(graph_url + "_halves")
-    try:
-        other.write(first)
-        other.write(second)
-        assert snapshot(other) == snapshot(store)
-    finally:
-        other.delete_all()
-        other.close()
+    assert_halves_write_the_batch(store, graph_url, batch, halves)
     one = WriteBatch()
     one.ends["Step"] = [end_row(sid(9), "alone")]
     one.events = [{"span_id": sid(9), "seq": 0, "name": "e", "time_ns": 1, "attributes": "{}"}]
@@ -689,17 +706,7 @@ def test_adopted_rows_go_with_their_span_and_the_rest_to_both_halves(
     assert [r["span_id"] for r in first.adopted] == [sid(61), sid(63)]
     assert [r["span_id"] for r in second.adopted] == [sid(3), sid(60), sid(62)]
 
-    store.write(earlier)
-    store.write(batch)
-    other = FalkorDBStore.from_url(graph_url + "_halves")
-    try:
-        other.write(earlier)
-        other.write(first)
-        other.write(second)
-        assert snapshot(other) == snapshot(store)
-    finally:
-        other.delete_all()
-        other.close()
+    assert_halves_write_the_batch(store, graph_url, batch, halves, before=earlier)
     for n in (3, 60, 61, 62, 63):
         assert (node(store, sid(n))["workflow_id"], node(store, sid(n))["execution_id"]) == (
             "wf-adopted",
