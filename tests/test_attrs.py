@@ -238,3 +238,27 @@ def test_long_values_are_stored_and_streamed_cut_once(
     assert_cut_once(by_type["ev"]["attributes"]["big"], big)
     assert_cut_once(by_type["llm.complete"]["attributes"]["message"], message)
     assert_cut_once(by_type["step.failed"]["attributes"]["error.message"], error)
+
+
+class SurrogateText:
+    def __str__(self) -> str:
+        return "bad\udcffend"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["bad\udcffend", ["bad\udcffend"], {"k": "bad\udcffend"}, SurrogateText()],
+)
+def test_lone_surrogates_become_replacement_characters(value: Any) -> None:
+    """A str with a lone surrogate (``os.fsdecode`` of bytes that are not UTF-8) is no
+    value an OTLP exporter can encode: it dropped the attribute ("Failed to encode key"),
+    so Jaeger never had it. spangraph's API hands every exporter U+FFFD instead."""
+    cleaned = clean_value(value)
+    text = cleaned[0] if isinstance(cleaned, tuple) else cleaned
+    assert "\ufffd" in text and "\udcff" not in text
+    text.encode()  # strict UTF-8: no error
+
+
+def test_encodable_text_is_left_as_it_is() -> None:
+    for text in ("plain", "héllo wörld ✓", "\U0001f600"):
+        assert clean_value(text) is text

@@ -215,6 +215,13 @@ def test_failed_step_events_and_end_state(
     ]  # fmt: skip
     assert step_msgs[3][1]["error.type"] == "KeyError"
     assert step_msgs[-1][1]["state"] == "failed"
+    # the exception as the span recorded it (the graph and OTLP get the same): before,
+    # live had only a type and a message
+    exception = step_msgs[2][1]
+    assert exception["exception.type"] == "KeyError"
+    assert exception["exception.message"] == "'nope'"
+    assert 'raise KeyError("nope")' in exception["exception.stacktrace"]
+    assert exception["exception.escaped"] == "False"
 
 
 def test_span_started_carries_the_attributes_at_the_start(

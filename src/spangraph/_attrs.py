@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
+from ._utf8 import utf8
+
 MAX_VALUE_CHARS: Final = 8192
 """Longer string values are cut to this many characters, marker included."""
 
@@ -42,7 +44,7 @@ def _clean_value(value: Any) -> Any:
     if isinstance(value, int):
         return value if _INT64[0] <= value <= _INT64[1] else str(value)
     if isinstance(value, str):
-        return truncate(value)
+        return _encodable(truncate(value))
     if isinstance(value, list | tuple):
         items = [_clean_value(v) for v in value]
         kinds = {type(v) for v in items}
@@ -57,13 +59,26 @@ def _clean_value(value: Any) -> Any:
 def _text(value: Any) -> str:
     """JSON for ``value`` when it has one, else its (truncated) ``str``."""
     try:
-        return truncate(json.dumps(value, default=str, ensure_ascii=False))
+        return _encodable(truncate(json.dumps(value, default=str, ensure_ascii=False)))
     except Exception:  # unserializable keys, circular data, a __str__ that raises
         return _str(value)
 
 
 def _str(value: Any) -> str:
-    return truncate(safe_str(value))
+    return _encodable(truncate(safe_str(value)))
+
+
+def _encodable(text: str) -> str:
+    """``text`` with each lone surrogate (what ``os.fsdecode`` leaves of bytes that are
+    not UTF-8) as U+FFFD: an OTLP exporter cannot encode one and drops the attribute;
+    spangraph's own writers mend it too, but the span goes to every exporter."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return utf8(text).decode()
+    return text
 
 
 def safe_str(value: Any) -> str:

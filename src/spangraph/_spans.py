@@ -4,6 +4,7 @@ starts, attaches, detaches and finishes one span with its lifecycle events."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -231,10 +232,18 @@ def _record_exception(span: Span, exc: BaseException, now: int) -> None:
             },
             timestamp=now,
         )
+    # live, the event as the span recorded it (type, message, stack trace, escaped), as
+    # the graph and an OTLP exporter get it
+    recorded: Any = None
+    with contextlib.suppress(Exception):
+        events = span.events  # type: ignore[attr-defined]  # (the SDK's span)
+        last = events[-1] if events else None
+        if last is not None and last.name == "exception" and last.timestamp == now:
+            recorded = dict(last.attributes or {})
     emit_event(
         span,
         "exception",
-        {"exception.type": type(exc).__qualname__, "exception.message": message},
+        recorded or {"exception.type": type(exc).__qualname__, "exception.message": message},
         now,
     )
 
