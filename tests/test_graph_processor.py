@@ -607,6 +607,27 @@ def test_names_that_are_not_text_do_not_cost_the_batch(
     assert len(names[1]) == MAX_VALUE_CHARS and names[1].endswith(" chars]")
 
 
+def test_times_past_int64_do_not_cost_the_batch(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    """The OTel SDK takes any int as a span's or an event's time; one past 64 bits made
+    the store reject the whole batch (Neo4j's driver cannot send it). Times are stored
+    within 0 .. 2**63-1, as the OTLP receiver takes them."""
+    tracer = provider.get_tracer("foreign")
+    with spangraph.workflow("wf-far-times") as run:
+        span = tracer.start_span("far", start_time=2**64)
+        span.add_event("later", timestamp=2**65)
+        span.end(end_time=2**66)
+        with spangraph.step("innocent"):
+            pass
+    flush()
+    assert sg.stats()["graph"]["dropped"] == 0
+    spans = spans_of(sg.store, run.workflow_id)
+    assert spans["innocent"]["state"] == "completed"
+    assert spans["far"]["start_ns"] == spans["far"]["end_ns"] == 2**63 - 1
+    assert [e["time_ns"] for e in events_of(sg.store, spans["far"]["span_id"])] == [2**63 - 1]
+
+
 def test_plain_otel_span_open_across_a_flush_inherits_the_workflow_id(
     sg: spangraph.Spangraph, provider: TracerProvider
 ) -> None:

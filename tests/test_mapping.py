@@ -690,3 +690,18 @@ def test_at_most_max_entries_spans_wait_the_oldest_stop_first() -> None:
     adopted = {row["span_id"] for row in lineage.adopted}
     assert adopted == {"server-49", *(f"child-49-{i}" for i in range(10))}
     assert len(lineage._waiting_on) == 89
+
+
+def test_times_are_within_what_every_store_takes(provider: TracerProvider) -> None:
+    """The OTel SDK takes any int as a time; Neo4j's driver refuses one past 64 bits
+    (and with it the whole batch)."""
+    span = provider.get_tracer("x").start_span("far", start_time=2**64)
+    span.add_event("later", timestamp=2**65)
+    span.add_event("before", timestamp=-5)
+    span.end(end_time=2**66)
+    mapper = SpanMapper("p")
+    _, props = mapper.node_props(span, ended=True)
+    assert props["start_ns"] == props["end_ns"] == 2**63 - 1
+    assert props["duration_ms"] == 0.0
+    rows = mapper.event_rows(span, props.get("span_id") or "x")
+    assert [r["time_ns"] for r in rows] == [2**63 - 1, 0]

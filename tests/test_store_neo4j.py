@@ -58,6 +58,39 @@ def test_unreachable_server_is_unavailable() -> None:
     store.close()
 
 
+def test_an_unreachable_server_fails_writes_queries_and_the_schema_at_once() -> None:
+    """The driver's managed transactions retried for 30 s (its default retry time),
+    under the worker's own backoff: a write, a query of the API or the schema held its
+    caller half a minute (31-34 s each) while Neo4j was down. A functional bound: well
+    under that, on any machine."""
+    import time
+
+    store = Neo4jStore(f"bolt://127.0.0.1:{_closed_port()}", password="x", connection_timeout=1)
+    batch = WriteBatch()
+    batch.ends[None] = [{"span_id": "a" * 16, "props": {"name": "x"}}]
+    try:
+        for call in (lambda: store.write(batch), lambda: store.query("RETURN 1")):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="unavailable"):
+                call()
+            assert time.monotonic() - started < 15.0
+    finally:
+        store.close()
+
+
+def test_the_schema_keeps_event_nodes_unique() -> None:
+    """MERGE alone keeps (span_id, seq) unique only without concurrent writers (several
+    replicas on one database): a uniqueness constraint, after the index that earlier
+    versions made on the same properties (which the constraint cannot be made over)."""
+    from spangraph.stores.neo4j import DDL
+
+    drop = DDL.index("DROP INDEX spangraph_event_span IF EXISTS")
+    create = next(i for i, d in enumerate(DDL) if "spangraph_event_key" in d)
+    assert drop < create
+    assert "REQUIRE (e.span_id, e.seq) IS UNIQUE" in DDL[create]
+    assert not any(d.startswith("CREATE INDEX spangraph_event_span") for d in DDL)
+
+
 def test_bad_uri_names_the_setting() -> None:
     with pytest.raises(ConfigurationError) as info:
         Neo4jStore("neo4j://host:notaport")

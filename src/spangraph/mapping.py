@@ -248,6 +248,17 @@ def _bounded(value: Any) -> Any:
     return truncate(text) if len(text) > MAX_VALUE_CHARS else value
 
 
+_MAX_TIME_NS: Final = 2**63 - 1
+
+
+def _time_ns(value: Any) -> Any:
+    """A time in ns as every store takes it: within 0 .. 2**63-1 (the OTel SDK takes any
+    int; Neo4j's driver cannot send one past 64 bits, and refused the whole batch)."""
+    if type(value) is int and not 0 <= value <= _MAX_TIME_NS:
+        return _MAX_TIME_NS if value > 0 else 0
+    return value
+
+
 def bounded_text(text: Any) -> Any:
     """A span or event name or a status message, cut to ``MAX_VALUE_CHARS`` with a
     marker; a value that is not text (the OTel API does not check: bytes, a number) as
@@ -500,7 +511,7 @@ class SpanMapper:
         """
         attributes = attributes_of(span)
         props = self.common(span, attributes)
-        props["start_ns"] = span.start_time
+        start = props["start_ns"] = _time_ns(span.start_time)
         rest = {k: v for k, v in attributes.items() if k not in PROMOTED}
         props["attributes"] = to_json(rest)
         if ended and span.end_time is not None:
@@ -510,9 +521,9 @@ class SpanMapper:
             props["status_message"] = bounded_text(status.description)
             # an end before the start (a clock stepped back, an end_time given by hand)
             # is taken as the start, as the OTLP receiver does: no negative durations
-            end = max(span.end_time, span.start_time or 0)
+            end = max(_time_ns(span.end_time), start or 0)
             props["end_ns"] = end
-            props["duration_ms"] = round((end - (span.start_time or 0)) / 1e6, 3)
+            props["duration_ms"] = round((end - (start or 0)) / 1e6, 3)
         label = label_of(props["kind"])
         return label, {k: v for k, v in props.items() if v is not None}
 
@@ -524,7 +535,7 @@ class SpanMapper:
                 "span_id": span_id,
                 "seq": seq,
                 "name": bounded_text(event.name),
-                "time_ns": event.timestamp,
+                "time_ns": _time_ns(event.timestamp),
                 "attributes": to_json(dict(event.attributes or {})),
             }
             for seq, event in enumerate(span.events)

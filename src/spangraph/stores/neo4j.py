@@ -1,8 +1,10 @@
 """Neo4j 5 graph store (production), over the official ``neo4j`` driver.
 
 Same Cypher as FalkorDB (:mod:`spangraph.stores.cypher`); only the DDL below is Neo4j's
-own. A batch is written in one managed write transaction (retried by the driver on
-transient errors); reads run as managed read queries. The driver pools connections.
+own. A batch is written in one write transaction; reads run as read queries. The driver
+does not retry them (its managed transactions would, for 30 s, holding a query of the
+API or a batch the worker retries with its own backoff): a transient error is raised at
+once, as a StoreUnavailableError. The driver pools connections.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ DDL: Final = (
     "CREATE INDEX spangraph_span_trace_id IF NOT EXISTS FOR (s:Span) ON (s.trace_id)",
     "CREATE INDEX spangraph_span_branch_id IF NOT EXISTS FOR (s:Span) ON (s.branch_id)",
     "CREATE INDEX spangraph_span_execution_id IF NOT EXISTS FOR (s:Span) ON (s.execution_id)",
-    "CREATE INDEX spangraph_event_span IF NOT EXISTS FOR (e:Event) ON (e.span_id, e.seq)",
+    # MERGE alone keeps (span_id, seq) unique only without concurrent writers (several
+    # `spangraph serve` replicas on one database): a uniqueness constraint, which needs
+    # the index of earlier versions gone (one on the same properties)
+    "DROP INDEX spangraph_event_span IF EXISTS",
+    "CREATE CONSTRAINT spangraph_event_key IF NOT EXISTS "
+    "FOR (e:Event) REQUIRE (e.span_id, e.seq) IS UNIQUE",
 )
 """Neo4j 5 constraint and index statements (idempotent)."""
 
@@ -107,6 +114,8 @@ class Neo4jStore:
             "connection_timeout": connection_timeout,
             # a pool emptied by a busy server: a timeout (retried), not a wait of 60 s
             "connection_acquisition_timeout": connection_acquisition_timeout,
+            # no retries inside the driver: the worker retries with its own backoff
+            "max_transaction_retry_time": 0.0,
         }
         self._driver = self._new_driver()
         self._schema_ready = False
