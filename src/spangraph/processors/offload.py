@@ -236,10 +236,11 @@ class OffloadSpanProcessor(SpanProcessor):
             # are now (renamed since it started: an HTTP server span once routed): the
             # agent maps the event with them, as the live processor does in-process with
             # the span itself
-            now = span.attributes or {}
-            common = {
-                key: value for key in COMMON_ATTRIBUTES if (value := now.get(key)) is not None
-            }
+            now = getattr(getattr(span, "_attributes", None), "_dict", None)  # the SDK's
+            if now is None:
+                now = span.attributes or {}
+            # (membership, not get(): a Mapping's get raises KeyError for each key missing)
+            common = {key: now[key] for key in COMMON_ATTRIBUTES if key in now}
             self._add(
                 (
                     _EVENT,
