@@ -831,6 +831,63 @@ def test_graph_reads_of_a_run_never_overlap(
     assert tree["max"] == 1
 
 
+@needs_chromium
+def test_a_hint_under_the_tree_goes_once_the_run_is_read(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Polling (no live stream), a run opened before its first span was written: "Waiting
+    for the run's first spans…" stayed under the whole tree once it came (and so did
+    "Could not load the run: …" after a failed read); only a live message hid it."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"late-{uuid.uuid4().hex[:8]}"
+    app = create_app(_settings(graph_url, "off", tmp_path))  # no stream: the page polls
+    with serve(app) as base:
+        page.goto(base + "/")
+        page.evaluate(f"location.hash = 'run={workflow_id}'")
+        expect(page.locator("#conn")).to_have_attribute("data-transport", "polling")
+        hint = page.locator("#tree-empty")
+        expect(hint).to_contain_text("Waiting for the run's first spans")
+        spangraph.configure(
+            tracer_provider=TracerProvider(),
+            graph_url=graph_url,
+            redis_url="off",
+            home=str(tmp_path),
+            instrument_threads=False,
+        )
+        try:
+            with spangraph.workflow("late-run", workflow_id=workflow_id):
+                pass
+            assert spangraph.flush(10)
+        finally:
+            spangraph.shutdown()
+        expect(node(page, "late-run")).to_be_visible()
+        expect(hint).to_be_hidden()
+
+
+@needs_chromium
+def test_escape_on_the_first_token_dialog_says_nothing_was_refused(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """The dialog could be dismissed before the page listened for it, and then came back
+    saying "That token was refused", though no token had been given."""
+    from playwright.sync_api import expect
+
+    app = create_app(_settings(graph_url, "off", tmp_path, api_token="s3cret"))
+    with serve(app) as base:
+        page.goto(base + "/")
+        dialog = page.locator("#token-dialog")
+        expect(dialog).to_be_visible()
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+        expect(dialog).to_be_visible()  # there is no token to go on with
+        expect(page.locator("#token-error")).to_be_hidden()
+        page.fill("#token-input", "s3cret")
+        page.click("#token-form button[type=submit]")
+        expect(dialog).to_be_hidden()
+        expect(page.locator("#runs-status")).not_to_contain_text("Could not")
+
+
 ODD_KEYS = ("__proto__", "constructor", "hasOwnProperty", "toString", "valueOf")
 HTML = '<img src="x" onerror="window.__xss = 1">'
 

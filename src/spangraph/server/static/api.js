@@ -47,12 +47,15 @@ export function askToken(refused) {
 }
 
 export async function api(path) {
-  for (let attempt = 0; ; attempt++) {
+  for (;;) {
     const headers = { Accept: "application/json" };
-    if (token) headers.Authorization = `Bearer ${token}`;
+    const sent = token;
+    if (sent) headers.Authorization = `Bearer ${sent}`;
     const res = await fetch(path, { headers });
     if (res.status === 401) {
-      await askToken(Boolean(token) || attempt > 0);
+      // a token given since this request left: try it; else ask, saying "refused" only
+      // when a token was sent
+      if (!token || token === sent) await askToken(Boolean(sent));
       continue;
     }
     if (!res.ok) {

@@ -297,6 +297,8 @@ async function refreshRunOnce(run) {
       for (const c of n.children || []) walk(c);
     };
     for (const root of tree.value) walk(root);
+    // a hint from an earlier read ("waiting", "could not load") is out of date now
+    if (run.nodes.size) $("tree-empty").hidden = true;
   } else if (tree.reason?.status === 404) {
     if (!run.nodes.size) showTreeHint("Waiting for the run's first spans…");
   } else {
@@ -954,6 +956,9 @@ function onHash() {
 
 async function start() {
   $("token-change").hidden = !currentToken();
+  // before the first request, which may ask for the token: the dialog cannot be
+  // dismissed (Escape) while there is no token to go on with
+  $("token-dialog").addEventListener("cancel", (ev) => { if (!currentToken()) ev.preventDefault(); });
   try {
     Object.assign(config, await api("/api/config"));
   } catch (err) {
@@ -973,7 +978,6 @@ async function start() {
     loadRuns();
     if (current) openRun(current.id, current.selected);
   });
-  $("token-dialog").addEventListener("cancel", (ev) => { if (!currentToken()) ev.preventDefault(); });
   window.addEventListener("hashchange", onHash);
   // "Skip to the run tree": focus the tree, leave the address (the route) as it is.
   document.querySelector("a.skip")?.addEventListener("click", (ev) => {
