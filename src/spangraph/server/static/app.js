@@ -300,7 +300,12 @@ async function refreshRunOnce(run) {
     // a hint from an earlier read ("waiting", "could not load") is out of date now
     if (run.nodes.size) $("tree-empty").hidden = true;
   } else if (tree.reason?.status === 404) {
-    if (!run.nodes.size) showTreeHint("Waiting for the run's first spans…");
+    if (!run.nodes.size) {
+      showTreeHint(
+        "Waiting for the run's first spans… (none has this run id yet: a mistyped id " +
+          "waits here too)",
+      );
+    }
   } else {
     showTreeHint(`Could not load the run: ${tree.reason?.message}`);
   }
