@@ -617,6 +617,44 @@ def test_stream_contract_and_token(
 
 
 @needs_chromium
+def test_span_events_named_like_the_services_messages_are_the_spans(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A span event may have any name (another program's, over OTLP): one named "error"
+    turned the badge to a stream error, one named "heartbeat" or "resumed" was dropped.
+    The service's own messages are those without a span."""
+    from playwright.sync_api import expect
+
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    stream = FakeStream.on(app)
+    workflow_id = str(uuid.uuid4())
+    msg = Messages(workflow_id)
+    root = "f1" * 8
+    with serve(app) as base:
+        page.goto(base + "/")
+        page.evaluate(f"location.hash = 'run={workflow_id}'")
+        conn = stream.next_connection()
+        try:
+            conn.send_batch(
+                {"type": "subscribed", "channel": f"spangraph:workflow:{workflow_id}", "since": 0},
+                msg("span.started", root, None, "workflow", "odd-events"),
+            )
+            expect(node(page, "odd-events")).to_be_visible()
+            expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
+            conn.send(
+                msg("error", root, None, "workflow", "odd-events", reason="a span's own"),
+                msg("heartbeat", root, None, "workflow", "odd-events"),
+            )
+            node(page, "odd-events").locator(":scope > .row > .node-btn").click()
+            expect(page.locator("#detail")).to_contain_text("heartbeat")
+            expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
+            conn.send({"type": "error", "detail": "Redis went away"})  # the service's own
+            expect(page.locator("#conn")).to_have_attribute("data-transport", "error")
+        finally:
+            conn.close()
+
+
+@needs_chromium
 def test_parent_cycles_keep_the_tree(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:

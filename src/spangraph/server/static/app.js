@@ -533,8 +533,11 @@ function connectLive(run) {
 
 function onLiveMessage(run, msg) {
   if (!msg || typeof msg !== "object") return;
-  if (msg.type === "heartbeat") return;
-  if (msg.type === "subscribed" || msg.type === "resumed") {
+  // The service's own messages carry no span: a span event may have any name, "error"
+  // or "heartbeat" too (another program's), and is the span's.
+  const control = msg.span_id === undefined;
+  if (control && msg.type === "heartbeat") return;
+  if (control && (msg.type === "subscribed" || msg.type === "resumed")) {
     // A since below the last seq seen: the run's numbering went back (Redis lost its
     // data). Messages from then on reuse those numbers: forget the higher ones, and
     // read the graph for what the stream no longer has.
@@ -545,7 +548,7 @@ function onLiveMessage(run, msg) {
     if (msg.type === "resumed") setTransport("live", "live");
     return;
   }
-  if (msg.type === "error") { // Redis went away, or a replay older than the stream keeps
+  if (control && msg.type === "error") { // Redis went away, or a replay older than the stream keeps
     const why = msg.detail || msg.message || msg.error || "stream error";
     setTransport("error", `live stream: ${why}`);
     scheduleReconcile(run); // the graph has what the stream may have lost
