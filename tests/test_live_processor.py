@@ -197,6 +197,29 @@ def test_events_are_delivered_while_the_workflow_runs(
     assert [m["type"] for m in after].count("progress") == 1
 
 
+def test_long_event_names_are_streamed_cut_as_they_are_stored(
+    sg: spangraph.Spangraph, provider: TracerProvider, listen: Callable[..., Listener]
+) -> None:
+    """The graph cut a plain OTel event's 20 000-character name to 8 192 characters with a
+    marker; the live stream sent it whole."""
+    from spangraph._attrs import MAX_VALUE_CHARS, truncate
+
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    tracer = provider.get_tracer("foreign")
+    long_name = "e" * 20_000
+    with (
+        spangraph.workflow("wf-long-event", workflow_id=workflow_id),
+        tracer.start_as_current_span("plain") as span,
+    ):
+        span.add_event(long_name)
+        spangraph.event(long_name[:MAX_VALUE_CHARS])  # (the API refuses longer names)
+    msgs = listener.until(workflow_ended)
+    types = [m["type"] for m in msgs if m["name"] == "plain"]
+    assert truncate(long_name) in types
+    assert max(len(t) for t in types) == MAX_VALUE_CHARS
+
+
 def test_failed_step_events_and_end_state(
     sg: spangraph.Spangraph, listen: Callable[..., Listener]
 ) -> None:

@@ -24,6 +24,7 @@ from ..mapping import (
     LIVE_ONLY_EVENTS,
     SpanMapper,
     attributes_of,
+    bounded_text,
     live_message,
     live_message_parts,
     state_of,
@@ -518,12 +519,12 @@ class LiveEventProcessor(QueueingSpanProcessor):
                         sent[(item[3], time_ns)] = None
                         if len(sent) > _SENT_PER_SPAN:  # the span keeps its last events only
                             sent.popitem(last=False)  # constant time (a dict walked its holes)
-                    msgs = [live_message(item[3], common, time_ns, item[4], parts)]
+                    msgs = [live_message(bounded_text(item[3]), common, time_ns, item[4], parts)]
                 else:
                     open_spans.pop(span_id, None)
                     already = sent_live.pop(span_id, ())
                     msgs = [
-                        live_message(e.name, common, e.timestamp, e.attributes, parts)
+                        live_message(bounded_text(e.name), common, e.timestamp, e.attributes, parts)
                         for e in span.events
                         if (e.name, e.timestamp) not in already
                     ]
