@@ -673,6 +673,21 @@ def test_spans_under_a_root_without_a_run_do_not_wait() -> None:
     assert lineage._waiting_on == {} and lineage._waiting == {}
 
 
+def test_spans_that_waited_on_a_root_without_a_run_stop_waiting_when_it_comes() -> None:
+    """Over OTLP the leaves come first and the root last: a plain trace's spans waited
+    until the cap pushed them out (65 536 waiting for good, each new span paying an
+    eviction)."""
+    lineage = Lineage(adoptions=True)
+    t = "e" * 32
+    for n in range(200):
+        for i in range(5):
+            lineage.resolve(f"leaf-{n}-{i}", f"mid-{n}", t, {})
+        lineage.resolve(f"mid-{n}", f"root-{n}", t, {})
+        lineage.resolve(f"root-{n}", None, t, {})
+    assert lineage._waiting_on == {} and lineage._waiting == {}
+    assert lineage.adopted == []
+
+
 def test_at_most_max_entries_spans_wait_the_oldest_stop_first() -> None:
     """A span whose parent is remote (never seen) waits, with its children; at most
     ``max_entries`` span ids wait in all, not ``max_entries`` parents each with a list."""

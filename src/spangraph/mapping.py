@@ -352,7 +352,8 @@ class Lineage:
     exporter sends them as they end, in batches: a model call under a long step goes out
     before the step. At most ``max_entries`` spans wait (the oldest stop waiting first);
     a span under a parent seen without a run that waits on nothing (a root without a
-    run) does not wait: nothing could give it a run.
+    run) does not wait, and the spans waiting on such a root stop waiting when it comes:
+    nothing could give them a run.
     """
 
     __slots__ = ("_ids", "_waiting", "_waiting_on", "adopted", "max_entries")
@@ -399,6 +400,8 @@ class Lineage:
                     # may get one only while it waits itself
                     if parent_id is not None and (inherited is None or parent_id in waiting_on):
                         self._wait(span_id, parent_id)
+                    elif span_id in self._waiting:  # a root without a run, come last:
+                        self._release(span_id)  # nothing can give its spans one now
                 elif span_id in self._waiting:
                     self._adopt(span_id, entry, trace_id)
         return (str(workflow_id) if workflow_id else trace_id), execution_id, branch_id
@@ -419,6 +422,19 @@ class Lineage:
         if kids is None:
             kids = waiting[parent_id] = {}
         kids[span_id] = None
+
+    def _release(self, span_id: str) -> None:
+        """The spans waiting on ``span_id`` (and on them, ...) stop waiting."""
+        waiting_on, waiting = self._waiting_on, self._waiting
+        if waiting_on is None:
+            return
+        stack = [waiting.pop(span_id)]
+        while stack:
+            for kid in stack.pop():
+                waiting_on.pop(kid, None)
+                grandkids = waiting.pop(kid, None)
+                if grandkids:
+                    stack.append(grandkids)
 
     def _adopt(
         self, span_id: str, entry: tuple[str | None, str | None, str | None], trace_id: str
