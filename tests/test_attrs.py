@@ -262,3 +262,27 @@ def test_lone_surrogates_become_replacement_characters(value: Any) -> None:
 def test_encodable_text_is_left_as_it_is() -> None:
     for text in ("plain", "héllo wörld ✓", "\U0001f600"):
         assert clean_value(text) is text
+
+
+def test_names_and_keys_from_the_api_reach_an_otlp_exporter() -> None:
+    """A lone surrogate in a step's or an event's name failed the OTLP encoding of the
+    whole export (every span of the batch lost on the way to Jaeger); in a key, the
+    exporter dropped the attribute; in a decision's choice, the choice."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    bad = "file-\udcff"
+    with capture() as cap, spangraph.workflow("wf"), spangraph.step(bad) as step:
+        step.set(**{bad: 1})
+        spangraph.event(bad, **{bad: bad})
+        with spangraph.decision("route", options=[bad, "b"]) as d:
+            d.choose(bad)
+    encode_spans(cap.spans).SerializeToString()  # strict UTF-8 all through: no error
+    mended = "file-\ufffd"
+    [step_span] = cap.find(mended)
+    assert mended in (step_span.attributes or {})
+    [event] = [e for e in step_span.events if e.name == mended]
+    assert dict(event.attributes or {}) == {mended: mended}
+    [route] = cap.find("route")
+    attributes = route.attributes or {}
+    assert attributes["spangraph.decision.chosen"] == mended
+    assert attributes["spangraph.decision.options"] == (mended, "b")

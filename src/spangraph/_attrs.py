@@ -44,7 +44,7 @@ def _clean_value(value: Any) -> Any:
     if isinstance(value, int):
         return value if _INT64[0] <= value <= _INT64[1] else str(value)
     if isinstance(value, str):
-        return _encodable(truncate(value))
+        return encodable(truncate(value))
     if isinstance(value, list | tuple):
         items = [_clean_value(v) for v in value]
         kinds = {type(v) for v in items}
@@ -59,16 +59,16 @@ def _clean_value(value: Any) -> Any:
 def _text(value: Any) -> str:
     """JSON for ``value`` when it has one, else its (truncated) ``str``."""
     try:
-        return _encodable(truncate(json.dumps(value, default=str, ensure_ascii=False)))
+        return encodable(truncate(json.dumps(value, default=str, ensure_ascii=False)))
     except Exception:  # unserializable keys, circular data, a __str__ that raises
         return _str(value)
 
 
 def _str(value: Any) -> str:
-    return _encodable(truncate(safe_str(value)))
+    return encodable(truncate(safe_str(value)))
 
 
-def _encodable(text: str) -> str:
+def encodable(text: str) -> str:
     """``text`` with each lone surrogate (what ``os.fsdecode`` leaves of bytes that are
     not UTF-8) as U+FFFD: an OTLP exporter cannot encode one and drops the attribute;
     spangraph's own writers mend it too, but the span goes to every exporter."""
@@ -99,5 +99,5 @@ def clean(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     for key, value in attributes.items():
         cleaned = clean_value(value)
         if cleaned is not None:
-            out[str(key)] = cleaned
+            out[encodable(str(key))] = cleaned
     return out

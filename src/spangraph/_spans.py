@@ -21,7 +21,7 @@ from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, Tra
 
 from . import _propagation, _state
 from . import semconv as sc
-from ._attrs import clean, safe_str
+from ._attrs import clean, encodable, safe_str
 from ._ids import MAX_ID_CHARS, uuid7
 from .processors.live import emit_event
 
@@ -154,6 +154,7 @@ def _current_ids() -> RunIds | None:
 
 def _add_event(span: Span, name: str, attributes: Mapping[str, Any] | None = None) -> None:
     attrs = clean(attributes)
+    name = encodable(name)
     now = time.time_ns()
     span.add_event(name, attrs, timestamp=now)
     emit_event(span, name, attrs, now)
@@ -458,7 +459,9 @@ class _Frame:
             attrs[sc.TIMEOUT_S] = opts.timeout
         # the SDK's own keys win over the caller's
         given = {k: v for k, v in clean(opts.attributes).items() if k not in _FRAME_KEYS}
-        span = _state.tracer.start_span(name, attributes={**given, **attrs}, links=links or None)
+        span = _state.tracer.start_span(
+            encodable(name), attributes={**given, **attrs}, links=links or None
+        )
         ctx = trace.set_span_in_context(span)
         if run is not parent_run and run is not None:
             ctx = otel_context.set_value(_RUN_KEY, run, ctx)

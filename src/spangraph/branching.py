@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import semconv as sc
-from ._attrs import MAX_VALUE_CHARS, clean_value
+from ._attrs import MAX_VALUE_CHARS, clean_value, encodable
 from ._spans import Handle, _check_attributes, _check_id, _check_name, _Options, link_to
 from .instrument import Scope
 from .mapping import MAX_OPTIONS
@@ -90,7 +90,7 @@ class Decision(Handle):
         ids = tuple(self._explored[o].span_id if o in self._explored else "" for o in self.options)
         attrs: dict[str, Any] = {sc.DECISION_OPTION_SPAN_IDS: ids}
         if self.chosen is not None:
-            attrs[sc.DECISION_CHOSEN] = self.chosen
+            attrs[sc.DECISION_CHOSEN] = encodable(self.chosen)  # as the options are
             if self._reason is not None:
                 attrs[sc.DECISION_REASON] = self._reason
             if self._score is not None:
