@@ -7,6 +7,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -89,6 +90,40 @@ def test_the_schema_keeps_event_nodes_unique() -> None:
     assert drop < create
     assert "REQUIRE (e.span_id, e.seq) IS UNIQUE" in DDL[create]
     assert not any(d.startswith("CREATE INDEX spangraph_event_span") for d in DDL)
+
+
+def test_duplicate_events_from_before_leave_the_index_and_say_how_to_mend(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database that holds duplicate Event nodes (written by concurrent replicas
+    before) cannot take the uniqueness constraint: every write would fail on the schema.
+    The events get the index instead, and the log says how to delete the duplicates.
+    (The driver's answer is played by a stand-in: no Neo4j server runs here.)"""
+    import neo4j
+
+    from spangraph.stores.neo4j import DDL, DEDUPLICATE_EVENTS, EVENT_INDEX
+
+    store = Neo4jStore(f"bolt://127.0.0.1:{_closed_port()}", password="x")
+    ran: list[str] = []
+
+    def execute_query(query: Any, *args: Any, **kwargs: Any) -> Any:
+        ran.append(query.text)
+        if "spangraph_event_key" in query.text:
+            raise neo4j.exceptions.DatabaseError._hydrate_neo4j(
+                code="Neo.DatabaseError.Schema.ConstraintCreationFailed",
+                message="Unable to create Constraint( ... ): Both Node(1) and Node(2) have ...",
+            )
+        return [], None, None
+
+    monkeypatch.setattr(store._driver, "execute_query", execute_query)
+    try:
+        with caplog.at_level("WARNING", logger="spangraph.stores.neo4j"):
+            store.ensure_schema()
+        assert ran == [*DDL, EVENT_INDEX]
+        assert store._schema_ready
+        assert DEDUPLICATE_EVENTS in caplog.text
+    finally:
+        store.close()
 
 
 def test_bad_uri_names_the_setting() -> None:

@@ -214,8 +214,11 @@ def all_statements() -> dict[str, str]:
     to Neo4j)."""
     from .. import queries
     from .neo4j import DDL as NEO4J_DDL
+    from .neo4j import DEDUPLICATE_EVENTS, EVENT_INDEX
 
     out = write_statements()
     out.update({f"query:{k}": v for k, v in queries.statements().items()})
     out.update({f"neo4j_ddl[{i}]": v for i, v in enumerate(NEO4J_DDL)})
+    out["neo4j_event_index"] = EVENT_INDEX
+    out["neo4j_deduplicate_events"] = DEDUPLICATE_EVENTS
     return out

@@ -37,6 +37,22 @@ DDL: Final = (
 )
 """Neo4j 5 constraint and index statements (idempotent)."""
 
+EVENT_INDEX: Final = (
+    "CREATE INDEX spangraph_event_span IF NOT EXISTS FOR (e:Event) ON (e.span_id, e.seq)"
+)
+"""What events get instead of their uniqueness constraint where the database already
+holds duplicates (the constraint cannot be made over them)."""
+
+DEDUPLICATE_EVENTS: Final = (
+    "MATCH (e:Event)\n"
+    "WITH e.span_id AS span_id, e.seq AS seq, collect(e) AS same\n"
+    "WHERE size(same) > 1\n"
+    "UNWIND same[1..] AS extra\n"
+    "DETACH DELETE extra"
+)
+"""Deletes all but one Event node of each (span_id, seq): run it once, then restart, to
+get the constraint."""
+
 _TOO_BIG_OR_SLOW: Final = (
     "Neo.ClientError.Transaction.TransactionTimedOut",
     "Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration",
@@ -115,7 +131,9 @@ class Neo4jStore:
             # a pool emptied by a busy server: a timeout (retried), not a wait of 60 s
             "connection_acquisition_timeout": connection_acquisition_timeout,
             # no retries inside the driver: the worker retries with its own backoff
-            "max_transaction_retry_time": 0.0,
+            # (negative: 0 would still retry once when the clock has not moved since
+            # the first attempt, as a coarse clock may not)
+            "max_transaction_retry_time": -1.0,
         }
         self._driver = self._new_driver()
         self._schema_ready = False
@@ -176,15 +194,34 @@ class Neo4jStore:
     def ensure_schema(self) -> None:
         if self._schema_ready:
             return
-        try:
-            for statement in DDL:
-                self.driver.execute_query(
-                    self._neo4j.Query(statement, timeout=self._query_timeout),
-                    database_=self.database,
+        for statement in DDL:
+            try:
+                self._run_ddl(statement)
+            except StoreUnavailableError:
+                raise
+            except StoreError as exc:
+                if "spangraph_event_key" not in statement:
+                    raise
+                # duplicates written before (concurrent writers, earlier versions): keep
+                # writing, with the index instead, and say how to get the constraint
+                _log.warning(
+                    "Neo4j at %s: could not make events unique (%s); they are indexed "
+                    "instead. Delete the duplicate events once with:\n%s\nand restart.",
+                    self.url,
+                    exc,
+                    DEDUPLICATE_EVENTS,
                 )
+                self._run_ddl(EVENT_INDEX)
+        self._schema_ready = True
+
+    def _run_ddl(self, statement: str) -> None:
+        try:
+            self.driver.execute_query(
+                self._neo4j.Query(statement, timeout=self._query_timeout),
+                database_=self.database,
+            )
         except Exception as exc:
             raise self._translate(exc, "the schema") from exc
-        self._schema_ready = True
 
     def write(self, batch: WriteBatch) -> None:
         statements = batch.statements()
