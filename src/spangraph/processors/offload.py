@@ -904,11 +904,11 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
                     started = open_spans.get(r[1])
                     if started is not None and live is not None:
                         span = rebuild(started, resources)
-                        if len(r) > 6:  # the span's name and common attributes as they are now
-                            if isinstance(r[5], str):
-                                span.name = r[5]
-                            if r[6]:
-                                span._attributes = {**span._attributes, **r[6]}
+                        # the span's name and common attributes as they are now
+                        if isinstance(r[5], str):
+                            span.name = r[5]
+                        if r[6]:
+                            span._attributes = {**span._attributes, **r[6]}
                         live._on_event(span, r[2], r[4] or {}, r[3])
                 elif what == _RESOURCE:
                     resources[r[1]] = Resource(r[2] or {})

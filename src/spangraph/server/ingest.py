@@ -85,6 +85,7 @@ _HEX = re.compile(r"[0-9a-fA-F]*")
 _NOT_AN_ID: Final = b"\x00neither hex nor base64\x00"
 """What an OTLP/JSON id that is neither hex nor base64 becomes before the request is
 parsed (its length is no id's), so that the span is rejected with the right reason."""
+_NOT_AN_ID_B64: Final = base64.b64encode(_NOT_AN_ID).decode("ascii")
 
 
 class RateLimitedLog:
@@ -474,9 +475,6 @@ def _json_spans(document: dict[str, Any]) -> Iterable[dict[str, Any]]:
             for span in _items(ss, "spans"):
                 if isinstance(span, dict):
                     yield span
-
-
-_NOT_AN_ID_B64: Final = base64.b64encode(_NOT_AN_ID).decode("ascii")
 
 
 def _fix_ids(obj: dict[str, Any], names: Sequence[str]) -> None:
