@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -705,3 +706,97 @@ def test_query_cypher_reports_a_mistake_on_a_graph_never_written(
     assert "rejected" in capsys.readouterr().err
     assert cli_main(["query", "cypher", "MATCH (n) RETURN count(n) AS n"]) == 0
     assert "0" in capsys.readouterr().out
+
+
+# -- terminals, signals and a server that goes away -----------------------------------------
+
+
+def test_demo_on_a_terminal_that_cannot_show_its_marks(tmp_path: Path) -> None:
+    """A terminal whose encoding has no "—" (a latin-1 locale): the demo stopped with a
+    UnicodeEncodeError traceback, after starting the embedded server."""
+    home = tmp_path / "home"
+    try:
+        result = cli(home, "demo", timeout=120, PYTHONIOENCODING="latin-1")
+    finally:
+        cli(home, "down")
+    assert result.code == 0, result.err
+    assert "spangraph demo \\u2014 graph store" in result.out
+    assert "Traceback" not in result.err
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the point)
+def test_a_ctrl_c_lost_inside_a_destructor_still_interrupts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C that arrives while the garbage collector runs a ``__del__`` (redis-py's
+    connection pools are freed so) raises there, where Python only reports it: the demo
+    ran on to the end and exited 0."""
+    import gc
+    import signal
+
+    from spangraph import _terminal
+
+    def command(args: object) -> int:
+        class Pool:
+            def __del__(self) -> None:
+                handler = signal.getsignal(signal.SIGINT)
+                assert callable(handler)
+                handler(signal.SIGINT, None)  # what the signal does, here
+
+        pool = Pool()
+        pool.cycle = pool  # type: ignore[attr-defined]
+        del pool
+        gc.collect()  # "Exception ignored in: <function Pool.__del__ ...>"
+        return 0
+
+    monkeypatch.setattr("spangraph.cli._cmd_status", command)
+    before = signal.getsignal(signal.SIGINT)
+    assert cli_main(["status", "--home", "unused"]) == 130
+    assert "spangraph: interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before  # put back
+    assert _terminal.interrupted.is_set()
+    _terminal.interrupted.clear()
+
+
+def test_sigterm_ends_the_demo_as_ctrl_c_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM killed the demo at once and left its run `running` in the graph for good;
+    it is a KeyboardInterrupt while the demo runs (the run ends `cancelled`)."""
+    import signal
+
+    from spangraph import _terminal
+
+    seen: list[object] = []
+
+    def run_demo(out: object, *, home: str | None = None) -> int:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return 0
+
+    monkeypatch.setattr("spangraph._demo.run_demo", run_demo)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli_main(["demo", "--home", "unused"]) == 0
+    assert seen == [_terminal.on_interrupt]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_live_tail_ends_quietly_when_its_server_goes(private_servers: Any) -> None:
+    """`spangraph down` while the demo ran: its live-tail thread died with a
+    ConnectionError traceback."""
+    import threading
+
+    from spangraph._demo import _LiveTail
+
+    server, info = private_servers.start("tail")
+    lines: list[str] = []
+    tail = _LiveTail(info.redis_url, "wf-gone", lines.append)
+    died: list[object] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda hook_args: died.append(hook_args.exc_value)
+    try:
+        tail.start()
+        server.stop()
+        assert tail.done.wait(15), "the tail did not notice the server went"
+        tail.join(5)
+    finally:
+        threading.excepthook = previous
+    assert died == []
+    assert tail.error is not None

@@ -9,14 +9,14 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import redis
 
 from . import _sdk, branching, genai, queries
 from . import instrument as sg
 from ._ids import uuid7
-from ._terminal import printable
+from ._terminal import interrupted, printable
 from .config import ENV_REDIS_URL, Settings, redact_url
 from .exceptions import ConfigurationError
 from .processors.live import workflow_channel
@@ -143,11 +143,15 @@ class _LiveTail(threading.Thread):
         self.count = 0
         self.done = threading.Event()
         self.seqs: list[int] = []
+        self.error: Exception | None = None
 
     def run(self) -> None:
         try:
             self._tail()
         except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+            self.done.set()
+        except (redis.RedisError, OSError) as exc:  # the server went away (`spangraph down`)
+            self.error = exc
             self.done.set()
         finally:
             self._pubsub.close()
@@ -190,8 +194,14 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
             )
 
 
+_FLUSH_S: Final = 10.0
+"""How long the demo waits for its run to be written (the store may have gone away)."""
+
+
 def run_demo(out: TextIO, *, home: str | None = None) -> int:
     def say(line: str = "") -> None:
+        if interrupted.is_set():  # a Ctrl-C lost on its way (see _terminal.interrupted)
+            raise KeyboardInterrupt
         print(line, file=out, flush=True)
 
     if not Settings.from_env(home=home).live_enabled:
@@ -211,10 +221,14 @@ def run_demo(out: TextIO, *, home: str | None = None) -> int:
     tail = _LiveTail(instance.redis_url, workflow_id, say)
     tail.start()
     result = asyncio.run(research("How do agents branch?", workflow_id))
-    _sdk.flush()
-    tail.done.wait(5.0)
+    if not _sdk.flush(timeout=_FLUSH_S):
+        say(f"(not everything was written within {_FLUSH_S:g} s: see the stats below)")
+    if tail.error is None:
+        tail.done.wait(5.0)
     tail.done.set()
     tail.join(2.0)
+    if tail.error is not None:
+        say(f"(the live events stopped: {tail.error})")
     say(f"\nanswer: {result['answer']}")
     say(
         f"{tail.count} live events received, seq {min(tail.seqs, default=0)} to "

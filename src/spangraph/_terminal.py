@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Final
+import signal
+import threading
+from typing import Any, Final
 
 _CONTROLS = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]
 _BIDI = [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
@@ -16,3 +18,37 @@ follows it)."""
 def printable(text: str) -> str:
     """``text`` with every control character written as a visible escape."""
     return text.translate(_VISIBLE)
+
+
+interrupted: Final = threading.Event()
+"""Set by :func:`on_interrupt`: a Ctrl-C (or SIGTERM) came, also when the
+``KeyboardInterrupt`` it raised was lost (raised inside a ``__del__`` that the garbage
+collector ran, where Python reports it and goes on)."""
+
+
+def on_interrupt(signum: int, frame: Any) -> None:
+    """A signal handler: note the interrupt, then raise ``KeyboardInterrupt`` as Python's
+    own SIGINT handler does."""
+    interrupted.set()
+    raise KeyboardInterrupt
+
+
+def handle_interrupts(*signums: int) -> dict[int, Any]:
+    """Install :func:`on_interrupt` for ``signums`` (in the main thread only; a signal
+    whose handler the program changed is left alone); the handlers it replaced, to put
+    back with :func:`restore`."""
+    replaced: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return replaced
+    for signum in signums:
+        current = signal.getsignal(signum)
+        if current in (signal.default_int_handler, signal.SIG_DFL):
+            signal.signal(signum, on_interrupt)
+            replaced[signum] = current
+    return replaced
+
+
+def restore(replaced: dict[int, Any]) -> None:
+    """Put back the handlers :func:`handle_interrupts` replaced."""
+    for signum, handler in replaced.items():
+        signal.signal(signum, handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import logging
@@ -19,7 +20,7 @@ from typing import Any
 
 from . import queries
 from . import semconv as sc
-from ._terminal import printable
+from ._terminal import handle_interrupts, interrupted, printable, restore
 from .config import ENV_HOME, Settings, check_home, default_home
 from .embedded import EmbeddedServer
 from .exceptions import ConfigurationError, SpangraphError
@@ -55,7 +56,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"spangraph: error: cannot serve on {args.host}:{args.port}: {problem}", file=sys.stderr
         )
         return _STARTUP_FAILURE
-    code = run_demo(sys.stdout, home=args.home)
+    # SIGTERM as Ctrl-C: the run ends `cancelled` in the graph, not `running` for good
+    # (docs/sdk.md tells programs to do the same)
+    replaced = handle_interrupts(signal.SIGTERM)
+    try:
+        code = run_demo(sys.stdout, home=args.home)
+    finally:
+        restore(replaced)
     if code or not args.serve:
         return code
     print(
@@ -693,8 +700,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(exc))
     # The Neo4j driver logs each failed connection attempt; the error below says it once.
     logging.getLogger("neo4j").addHandler(logging.NullHandler())
+    # Fixed text has a few non-ASCII marks (—, …, →) and span data any text: a terminal
+    # that cannot show them gets escapes, not a UnicodeEncodeError.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    # Ctrl-C: noted as well as raised, so that one lost inside a destructor the garbage
+    # collector ran still ends the command (interrupted, 130)
+    interrupted.clear()
+    replaced = handle_interrupts(signal.SIGINT)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        if interrupted.is_set() and code == 0:
+            raise KeyboardInterrupt
+        return code
     except SpangraphError as exc:
         print(f"spangraph: error: {exc}", file=sys.stderr)
         return 2
@@ -707,6 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spangraph: interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore(replaced)
 
 
 if __name__ == "__main__":  # pragma: no cover
