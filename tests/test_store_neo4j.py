@@ -151,6 +151,10 @@ def test_errors_never_show_the_password(uri: str) -> None:
         ("Neo.ClientError.General.TransactionOutOfMemoryError", StoreTimeoutError),
         ("Neo.TransientError.General.MemoryPoolOutOfMemoryError", StoreTimeoutError),
         ("Neo.TransientError.Transaction.DeadlockDetected", StoreUnavailableError),
+        # stopped by the server (sent transient; the driver makes them client errors):
+        # the batch was dropped
+        ("Neo.TransientError.Transaction.Terminated", StoreUnavailableError),
+        ("Neo.TransientError.Transaction.LockClientStopped", StoreUnavailableError),
         ("Neo.ClientError.Statement.SyntaxError", StoreError),
     ],
 )

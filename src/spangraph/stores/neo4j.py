@@ -62,6 +62,15 @@ _TOO_BIG_OR_SLOW: Final = (
 """Server errors that say a transaction was too big or too slow: a timeout of the store's
 (retried, then the batch is split, as on FalkorDB), not a statement it rejects."""
 
+_STOPPED: Final = (
+    "Neo.ClientError.Transaction.Terminated",
+    "Neo.ClientError.Transaction.LockClientStopped",
+)
+"""A transaction the server stopped (an administrator's TERMINATE TRANSACTIONS, a
+database shutting down): the server sends these as transient errors, and the driver
+makes them client errors so that its own retries leave them alone. Nothing was wrong
+with the batch: retried by the worker, not dropped."""
+
 
 def _plain(value: Any) -> Any:
     """Neo4j driver values as plain Python values: a node is its properties, a
@@ -172,7 +181,9 @@ class Neo4jStore:
             isinstance(exc, errors.Neo4jError) and exc.code in _TOO_BIG_OR_SLOW
         ):
             return StoreTimeoutError(f"Neo4j at {self.url} did not finish {what} in time: {exc}")
-        if isinstance(exc, transient):
+        if isinstance(exc, transient) or (
+            isinstance(exc, errors.Neo4jError) and exc.code in _STOPPED
+        ):
             return StoreUnavailableError(f"Neo4j at {self.url} is unavailable: {exc}")
         if isinstance(exc, errors.AuthError):
             return StoreError(
