@@ -736,7 +736,7 @@ def test_a_ctrl_c_lost_inside_a_destructor_still_interrupts(
 
     from spangraph import _terminal
 
-    def command(args: object) -> int:
+    def run_demo(out: object, *, home: str | None = None) -> int:
         class Pool:
             def __del__(self) -> None:
                 handler = signal.getsignal(signal.SIGINT)
@@ -749,9 +749,9 @@ def test_a_ctrl_c_lost_inside_a_destructor_still_interrupts(
         gc.collect()  # "Exception ignored in: <function Pool.__del__ ...>"
         return 0
 
-    monkeypatch.setattr("spangraph.cli._cmd_status", command)
+    monkeypatch.setattr("spangraph._demo.run_demo", run_demo)
     before = signal.getsignal(signal.SIGINT)
-    assert cli_main(["status", "--home", "unused"]) == 130
+    assert cli_main(["demo", "--home", "unused"]) == 130
     assert "spangraph: interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is before  # put back
     assert _terminal.interrupted.is_set()
@@ -776,6 +776,7 @@ def test_sigterm_ends_the_demo_as_ctrl_c_does(monkeypatch: pytest.MonkeyPatch) -
     assert cli_main(["demo", "--home", "unused"]) == 0
     assert seen == [_terminal.on_interrupt]
     assert signal.getsignal(signal.SIGTERM) is before
+    assert not _terminal.interrupted.is_set()
 
 
 def test_the_live_tail_ends_quietly_when_its_server_goes(private_servers: Any) -> None:
@@ -800,3 +801,27 @@ def test_the_live_tail_ends_quietly_when_its_server_goes(private_servers: Any) -
         threading.excepthook = previous
     assert died == []
     assert tail.error is not None
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        # loopback all the same: they were taken for other machines' addresses, so the
+        # service answered any Host name (a web page through a rebound DNS name)
+        ("127.1", True),
+        ("localhost.", True),
+        ("::ffff:127.0.0.1", True),
+        ("0.0.0.0", False),
+        ("", False),
+        ("::", False),
+        ("no-such-host.invalid", False),
+    ],
+)
+def test_which_bind_addresses_are_loopback(host: str, loopback: bool) -> None:
+    from spangraph.cli import _is_loopback
+
+    assert _is_loopback(host) is loopback

@@ -57,10 +57,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
         return _STARTUP_FAILURE
     # SIGTERM as Ctrl-C: the run ends `cancelled` in the graph, not `running` for good
-    # (docs/sdk.md tells programs to do the same)
-    replaced = handle_interrupts(signal.SIGTERM)
+    # (docs/sdk.md tells programs to do the same). Both are noted as well as raised, so
+    # that one lost inside a destructor the garbage collector ran (redis-py's connection
+    # pools are freed so; Python only reports what a __del__ raises) still ends it.
+    replaced = handle_interrupts(signal.SIGINT, signal.SIGTERM)
     try:
         code = run_demo(sys.stdout, home=args.home)
+        if interrupted.is_set():
+            raise KeyboardInterrupt
     finally:
         restore(replaced)
     if code or not args.serve:
@@ -87,12 +91,26 @@ def _cannot_listen(host: str, port: int) -> str | None:
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """Whether ``host`` names this machine only: every address it resolves to is a
+    loopback one (``127.1``, ``localhost.``, ``::ffff:127.0.0.1`` too)."""
+    if not host.strip("[]"):  # every interface
+        return False
+    if host.rstrip(".") == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
+        found = {info[4][0] for info in socket.getaddrinfo(host.strip("[]"), None)}
+    except OSError:
         return False
+
+    def loopback(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+    return bool(found) and all(loopback(address) for address in found)
 
 
 def _serve(
@@ -705,15 +723,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError, OSError):
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
-    # Ctrl-C: noted as well as raised, so that one lost inside a destructor the garbage
-    # collector ran still ends the command (interrupted, 130)
     interrupted.clear()
-    replaced = handle_interrupts(signal.SIGINT)
     try:
-        code = int(args.func(args))
-        if interrupted.is_set() and code == 0:
-            raise KeyboardInterrupt
-        return code
+        return int(args.func(args))
     except SpangraphError as exc:
         print(f"spangraph: error: {exc}", file=sys.stderr)
         return 2
@@ -726,8 +738,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spangraph: interrupted", file=sys.stderr)
         return 130
-    finally:
-        restore(replaced)
 
 
 if __name__ == "__main__":  # pragma: no cover
