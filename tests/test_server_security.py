@@ -75,6 +75,17 @@ def test_the_token_never_reaches_the_access_log(served: Any) -> None:
     assert TOKEN not in text
 
 
+def test_rejected_requests_cannot_write_terminal_escapes_into_the_log(served: Any) -> None:
+    """The rejection warnings logged the decoded path: ESC, BEL and BS from anyone who
+    can reach the port went to the operator's terminal as they were."""
+    port, output = served
+    base = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{base}/api/nodes/%1B%5B31mRED%1B%5B0m%07%08").status_code == 401
+    text = output()
+    assert "rejected GET /api/nodes/\\x1b[31mRED\\x1b[0m\\x07\\x08" in text
+    assert "\x1b[31m" not in text and "\x07" not in text
+
+
 def test_serve_on_loopback_answers_loopback_host_names_only(served: Any) -> None:
     """A web page whose DNS name was rebound to 127.0.0.1 sends its own name as Host."""
     port, output = served

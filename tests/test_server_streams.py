@@ -1102,3 +1102,17 @@ async def test_serve_ends_open_streams_at_once_when_told_to_stop(
     output = service.output()
     assert "Traceback" not in output and "graceful shutdown exceeded" not in output, output
     assert took < 4.5, output  # under the 5 s grace period it used to take in full
+
+
+def test_an_sse_data_line_ends_at_every_line_end_sse_knows() -> None:
+    """A lone CR ends a line in SSE: a message from the stream holding one (written into
+    Redis by another program) made the rest of the line a field of its own (an id, an
+    event name)."""
+    from spangraph.server._subscriber import sse_event
+
+    msg = '{"type":"x",\r"a":1}\rid: 999\revent: pwned\r\n"b":2'
+    event = sse_event(7, msg)
+    lines = event.split("\n")
+    assert lines[0] == "id: 7"
+    assert all(line.startswith("data: ") for line in lines[1:-2])
+    assert "\r" not in event and lines[-2:] == ["", ""]

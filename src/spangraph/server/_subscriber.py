@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from typing import Any, Final
 
@@ -123,7 +124,12 @@ def sse_event(seq: int | None, msg: str) -> str:
 
 
 def _multiline(msg: str) -> str:
-    return "\n".join("data: " + line for line in msg.replace("\r\n", "\n").split("\n"))
+    # every line end SSE knows, a lone \r too (else the rest of the line would be a
+    # field of its own: an id or an event name of the message's choosing)
+    return "\n".join("data: " + line for line in _LINES.split(msg))
+
+
+_LINES: Final = re.compile(r"\r\n|\r|\n")
 
 
 HEARTBEAT: Final = Batch([control("heartbeat")], heartbeat=True)

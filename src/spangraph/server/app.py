@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from .._terminal import printable
 from .._version import __version__
 from ..config import Settings
 from ..exceptions import StoreError, StoreUnavailableError
@@ -334,12 +335,14 @@ def create_app(
 
     @app.exception_handler(StoreUnavailableError)
     async def store_unavailable(request: Request, exc: StoreUnavailableError) -> JSONResponse:
-        _log.warning("%s %s: graph store unavailable: %s", request.method, request.url.path, exc)
+        _log.warning(
+            "%s %s: graph store unavailable: %s", request.method, printable(request.url.path), exc
+        )
         return JSONResponse({"detail": f"graph store unavailable: {exc}"}, status_code=503)
 
     @app.exception_handler(StoreError)
     async def store_error(request: Request, exc: StoreError) -> JSONResponse:
-        _log.error("%s %s: graph store error: %s", request.method, request.url.path, exc)
+        _log.error("%s %s: graph store error: %s", request.method, printable(request.url.path), exc)
         return JSONResponse({"detail": f"graph store error: {exc}"}, status_code=502)
 
     auth = [Depends(require_token)]

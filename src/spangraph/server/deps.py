@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from .._terminal import printable
 from ..config import Settings
 from ..stores._base import GraphStore
 
@@ -53,7 +54,9 @@ def require_token(
     presented = credentials.credentials if credentials is not None else None
     if not token_ok(settings, presented):
         _log.warning(
-            "rejected %s %s: missing or wrong bearer token", request.method, request.url.path
+            "rejected %s %s: missing or wrong bearer token",
+            request.method,
+            printable(request.url.path),
         )
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

@@ -74,6 +74,7 @@ from fastapi.sse import EventSourceResponse
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
+from .._terminal import printable
 from ..exceptions import LiveUnavailableError
 from ..processors.live import project_channel, workflow_channel
 from . import _convertors  # noqa: F401  (the "id" path convertor of the routes)
@@ -206,10 +207,10 @@ async def _serve_ws(websocket: WebSocket, channel: str, workflow_id: str | None,
     await websocket.accept()
     hub: StreamHub = websocket.app.state.hub
     settings = websocket.app.state.settings
-    where = websocket.url.path
+    where = printable(websocket.url.path)
     if not _origin_ok(websocket):
         origin = websocket.headers["origin"]
-        _log.warning("rejected WebSocket %s: Origin %s not allowed", where, origin[:200])
+        _log.warning("rejected WebSocket %s: Origin %s not allowed", where, printable(origin[:200]))
         return await _close(websocket, POLICY_VIOLATION, _ORIGIN.format(origin=origin[:60]))
     if not token_ok(settings, _presented_token(websocket.headers, websocket.query_params)):
         _log.warning("rejected WebSocket %s: missing or wrong token", where)
@@ -299,7 +300,9 @@ async def _relay(websocket: WebSocket, hub: StreamHub, sub: Subscriber, expect_s
                 if in_time:
                     _, error = _since_message(message)
                     if error is not None:
-                        _log.info("closed WebSocket %s: bad first message", websocket.url.path)
+                        _log.info(
+                            "closed WebSocket %s: bad first message", printable(websocket.url.path)
+                        )
                         sub.end(UNSUPPORTED_DATA, error)
                         return
                     continue
@@ -359,7 +362,7 @@ async def stream_workflow_sse(
     if not token_ok(
         request.app.state.settings, _presented_token(request.headers, request.query_params)
     ):
-        _log.warning("rejected GET %s: missing or wrong token", request.url.path)
+        _log.warning("rejected GET %s: missing or wrong token", printable(request.url.path))
         raise HTTPException(401, detail=_TOKEN, headers={"WWW-Authenticate": "Bearer"})
     if not hub.enabled:
         raise HTTPException(503, detail=_OFF)
