@@ -494,6 +494,18 @@ class Messages:
         }
 
 
+def subscribed_message(workflow_id: str) -> dict[str, Any]:
+    """The service's first message on a run's stream (from seq 0)."""
+    return {"type": "subscribed", "channel": f"spangraph:workflow:{workflow_id}", "since": 0}
+
+
+def watch(page: Any, base: str, stream: FakeStream, workflow_id: str) -> FakeConnection:
+    """Open the page on the run ``workflow_id``; its stream connection."""
+    page.goto(base + "/")
+    page.evaluate(f"location.hash = 'run={workflow_id}'")
+    return stream.next_connection()
+
+
 @needs_chromium
 def test_stream_contract_and_token(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
@@ -536,7 +548,7 @@ def test_stream_contract_and_token(
             expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
 
             conn.send_batch(
-                {"type": "subscribed", "channel": f"spangraph:workflow:{workflow_id}", "since": 0},
+                subscribed_message(workflow_id),
                 {"type": "heartbeat"},
                 msg("span.started", root, None, "workflow", "scripted-run"),
                 msg("span.started", step, root, "step", "fetch"),
@@ -631,12 +643,10 @@ def test_span_events_named_like_the_services_messages_are_the_spans(
     msg = Messages(workflow_id)
     root = "f1" * 8
     with serve(app) as base:
-        page.goto(base + "/")
-        page.evaluate(f"location.hash = 'run={workflow_id}'")
-        conn = stream.next_connection()
+        conn = watch(page, base, stream, workflow_id)
         try:
             conn.send_batch(
-                {"type": "subscribed", "channel": f"spangraph:workflow:{workflow_id}", "since": 0},
+                subscribed_message(workflow_id),
                 msg("span.started", root, None, "workflow", "odd-events"),
             )
             expect(node(page, "odd-events")).to_be_visible()
@@ -674,7 +684,7 @@ def test_parent_cycles_keep_the_tree(
         try:
             assert conn.workflow_id == workflow_id
             conn.send_batch(
-                {"type": "subscribed", "channel": f"spangraph:workflow:{workflow_id}", "since": 0},
+                subscribed_message(workflow_id),
                 msg("span.started", root, None, "workflow", "cyclic-run"),
                 # b names a (not seen yet) as parent, then a names b: a two-span cycle
                 msg("span.started", b, a, "step", "loop-b"),
@@ -986,9 +996,7 @@ def test_odd_attribute_keys_are_shown(
         return dict(rows)
 
     with serve(app) as base:
-        page.goto(base + "/")
-        page.evaluate(f"location.hash = 'run={workflow_id}'")
-        conn = stream.next_connection()
+        conn = watch(page, base, stream, workflow_id)
         try:
             expect(state_of(page, "odd-stored")).to_have_text("completed")
             assert attributes("odd-stored") == stored_attrs
@@ -1049,12 +1057,10 @@ def test_live_decision_panels_nested_and_not_text(
         "f6" * 8,
     )
     with serve(app) as base:
-        page.goto(base + "/")
-        page.evaluate(f"location.hash = 'run={workflow_id}'")
-        conn = stream.next_connection()
+        conn = watch(page, base, stream, workflow_id)
         try:
             conn.send_batch(
-                {"type": "subscribed", "channel": f"spangraph:workflow:{workflow_id}", "since": 0},
+                subscribed_message(workflow_id),
                 msg("span.started", root, None, "workflow", "decisive-run"),
                 msg(
                     "span.started",
