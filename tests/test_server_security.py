@@ -171,3 +171,18 @@ def test_every_route_with_data_needs_the_token(settings: Settings) -> None:
             with client.websocket_connect(path) as ws, pytest.raises(WebSocketDisconnect) as e:
                 ws.receive_text()
             assert e.value.code == 1008
+
+
+def test_every_answer_forbids_sniffing_and_framing(settings: Settings) -> None:
+    """Only the web UI's page and files said so: the API's JSON, and /docs and /redoc
+    (where the token is typed in), could be framed by any site and sniffed."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(settings)) as client:
+        for path in ("/api/health", "/docs", "/redoc", "/openapi.json", "/api/nope", "/"):
+            response = client.get(path)
+            assert response.headers["x-content-type-options"] == "nosniff", path
+            assert response.headers["x-frame-options"] == "DENY", path
+        page = client.get("/")  # its own policy kept, not doubled
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert page.headers.get_list("x-content-type-options") == ["nosniff"]

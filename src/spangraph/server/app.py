@@ -24,6 +24,7 @@ from ..config import Settings
 from ..exceptions import StoreError, StoreUnavailableError
 from ..stores import GraphStore, open_store
 from ._head import HeadAsGet
+from ._headers import SecurityHeaders
 from .deps import require_token
 from .routes import health, runs
 
@@ -379,6 +380,7 @@ def create_app(
 
         hosts = {h.strip().lower() for h in allowed_hosts if h.strip()} | set(LOOPBACK_HOSTS)
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=sorted(hosts), www_redirect=False)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(HeadAsGet)  # outermost: a HEAD passes the others as the GET it runs
     return app
 
