@@ -405,6 +405,13 @@ def test_shutdown_writes_what_was_accepted(
 # -- OTLP/JSON --------------------------------------------------------------------------------
 
 
+def pb_request(*spans: PbSpan) -> ExportTraceServiceRequest:
+    """An OTLP/protobuf request with ``spans`` in one resource and scope."""
+    return ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=list(spans))])]
+    )
+
+
 def json_spans(*spans: dict[str, Any]) -> dict[str, Any]:
     """An OTLP/JSON request with ``spans`` in one resource and scope."""
     return {"resourceSpans": [{"scopeSpans": [{"spans": list(spans)}]}]}
@@ -600,9 +607,7 @@ def test_protobuf_partial_success(running: Running, http: httpx.Client) -> None:
         PbSpan(trace_id=trace_id, span_id=b"\x03" * 8, parent_span_id=b"\x01", name="bad-parent"),
         PbSpan(trace_id=trace_id, span_id=b"\x04" * 8, start_time_unix_nano=2**64 - 1, name="t"),
     ]
-    request = ExportTraceServiceRequest(
-        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[good, *bad])])]
-    )
+    request = pb_request(good, *bad)
     r = http.post("/v1/traces", content=request.SerializeToString(), headers=PROTO)
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/x-protobuf"
@@ -655,9 +660,7 @@ def test_end_before_start_or_missing_ends_at_the_start(
             end_time_unix_nano=t0 + 4_000_000,
         ),
     ]
-    body = ExportTraceServiceRequest(
-        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
-    ).SerializeToString()
+    body = pb_request(*spans).SerializeToString()
     r = http.post("/v1/traces", content=body, headers=PROTO)
     assert r.status_code == 200
     partial = ExportTraceServiceResponse.FromString(r.content).partial_success
@@ -933,9 +936,7 @@ def test_invalid_utf8_costs_no_span(running: Running, http: httpx.Client) -> Non
         start_time_unix_nano=t0,
         end_time_unix_nano=t0 + 5,
     )
-    request = ExportTraceServiceRequest(
-        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[odd, clean])])]
-    )
+    request = pb_request(odd, clean)
     body = request.SerializeToString().replace(marker.encode(), b"\xff\xc3\x28")
     with pytest.raises(Exception, match="UTF-8"):
         ExportTraceServiceRequest.FromString(body)
@@ -1116,9 +1117,7 @@ def test_requests_over_the_waiting_cap_are_503(running: Running) -> None:
             start_time_unix_nano=t0,
             end_time_unix_nano=t0 + 1000,
         )
-        return ExportTraceServiceRequest(
-            resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])]
-        ).SerializeToString()
+        return pb_request(span).SerializeToString()
 
     held = ingest_mod.MAX_CONCURRENT_DECODES + ingest_mod.MAX_WAITING_DECODES
     statuses: list[int] = []
@@ -1197,9 +1196,7 @@ def test_events_and_links_over_the_span_limits_are_cut(
         ],
     )
     good = PbSpan(trace_id=trace_id, span_id=b"\x02" * 8, name="good", start_time_unix_nano=t0)
-    body = ExportTraceServiceRequest(
-        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[big, good])])]
-    ).SerializeToString()
+    body = pb_request(big, good).SerializeToString()
     r = http.post("/v1/traces", content=body, headers=PROTO)
     assert r.status_code == 200
     partial = ExportTraceServiceResponse.FromString(r.content).partial_success
@@ -1265,9 +1262,7 @@ def test_events_and_links_over_the_span_limits_are_cut(
     with serve(settings, graph_url) as other, httpx.Client(base_url=other.url) as client:
         big.span_id = b"\x04" * 8
         del big.links[:]
-        body = ExportTraceServiceRequest(
-            resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[big])])]
-        ).SerializeToString()
+        body = pb_request(big).SerializeToString()
         r = client.post("/v1/traces", content=body, headers=PROTO)
         assert r.status_code == 200
         other.flush()
@@ -1334,9 +1329,7 @@ def test_full_queue_is_503_and_nothing_is_lost(running: Running, http: httpx.Cli
             )
             for i in range(1, 4)
         ]
-        body = ExportTraceServiceRequest(
-            resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
-        ).SerializeToString()
+        body = pb_request(*spans).SerializeToString()
         assert http.post("/v1/traces", content=body, headers=PROTO).status_code == 200
         # the worker holds up to a batch while the store blocks; the queue fills up
         deadline = time.monotonic() + 10
@@ -1351,9 +1344,7 @@ def test_full_queue_is_503_and_nothing_is_lost(running: Running, http: httpx.Cli
         assert refused.headers["retry-after"]
         assert "queue" in rpc_status(refused).message
         # more spans than the queue can ever hold: 413, not a retry loop
-        many = ExportTraceServiceRequest(
-            resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans * 2)])]
-        ).SerializeToString()
+        many = pb_request(*spans * 2).SerializeToString()
         assert http.post("/v1/traces", content=many, headers=PROTO).status_code == 413
         accepted = small.stats()["spans_accepted"]
         store.release.set()
@@ -1622,9 +1613,7 @@ def test_mending_walks_only_the_messages_protobuf_refuses(monkeypatch: pytest.Mo
     ]
     spans[100].name = f"bad{marker}"
     spans[150].attributes.append(KeyValue(key="nested", value=deep))
-    request = ExportTraceServiceRequest(
-        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
-    )
+    request = pb_request(*spans)
     body = request.SerializeToString().replace(marker.encode(), b"\xff\xfe\xc3")
     walked: list[str] = []
     real = ingest_mod.mend_utf8
@@ -1784,9 +1773,7 @@ def test_a_rejected_span_is_not_said_stored_and_a_long_kind_is_no_reason_to_reje
         end_time_unix_nano=t0 + 10,
         attributes=[text("spangraph.kind", "k" * 2000), text("spangraph.state", "s" * 2000)],
     )
-    request = ExportTraceServiceRequest(
-        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[rejected, long_kind])])]
-    )
+    request = pb_request(rejected, long_kind)
     r = http.post("/v1/traces", content=request.SerializeToString(), headers=PROTO)
     assert r.status_code == 200
     partial = ExportTraceServiceResponse.FromString(r.content).partial_success
@@ -1808,9 +1795,7 @@ def test_a_missing_start_time(running: Running, http: httpx.Client) -> None:
     no_start = PbSpan(trace_id=trace_id, span_id=b"\x01" * 8, name="no-start",
                       end_time_unix_nano=t0 + 500)  # fmt: skip
     no_times = PbSpan(trace_id=trace_id, span_id=b"\x02" * 8, name="no-times")
-    request = ExportTraceServiceRequest(
-        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[no_start, no_times])])]
-    )
+    request = pb_request(no_start, no_times)
     r = http.post("/v1/traces", content=request.SerializeToString(), headers=PROTO)
     after = time.time_ns()
     assert r.status_code == 200
