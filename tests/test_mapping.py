@@ -648,7 +648,7 @@ def test_waiting_spans_are_bounded_and_only_kept_when_asked() -> None:
     t = "b" * 32
     for i in range(10):
         lineage.resolve(f"kid-{i}", f"parent-{i}", t, {})
-    assert lineage._waiting is not None and len(lineage._waiting) == 4
+    assert len(lineage._waiting) == 4
     lineage.resolve("parent-0", None, t, {sc.WORKFLOW_ID: "wf"})  # forgotten: no row
     lineage.resolve("parent-9", None, t, {sc.WORKFLOW_ID: "wf"})
     assert [row["span_id"] for row in lineage.adopted] == ["kid-9"]
@@ -656,7 +656,7 @@ def test_waiting_spans_are_bounded_and_only_kept_when_asked() -> None:
     plain = Lineage()  # the live processor's: nothing waits, nothing is adopted
     plain.resolve("kid", "parent", t, {})
     plain.resolve("parent", None, t, {sc.WORKFLOW_ID: "wf"})
-    assert plain.adopted == [] and plain._waiting_on is None and plain._waiting == {}
+    assert plain.adopted == [] and plain._waiting_on == {} and plain._waiting == {}
     assert plain.entry("kid") == (None, None, None)
 
 
@@ -697,7 +697,7 @@ def test_at_most_max_entries_spans_wait_the_oldest_stop_first() -> None:
         lineage.resolve(f"server-{request}", f"remote-{request}", t, {})
         for i in range(10):
             lineage.resolve(f"child-{request}-{i}", f"server-{request}", t, {})
-    assert lineage._waiting_on is not None and len(lineage._waiting_on) == 100
+    assert len(lineage._waiting_on) == 100
     assert sum(len(kids) for kids in lineage._waiting.values()) == 100
     assert "server-0" not in lineage._waiting and "remote-0" not in lineage._waiting
     # the newest still wait, and are adopted when their parent comes after all

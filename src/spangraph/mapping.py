@@ -356,7 +356,7 @@ class Lineage:
     nothing could give them a run.
     """
 
-    __slots__ = ("_ids", "_waiting", "_waiting_on", "adopted", "max_entries")
+    __slots__ = ("_adoptions", "_ids", "_waiting", "_waiting_on", "adopted", "max_entries")
 
     def __init__(self, max_entries: int = 65_536, *, adoptions: bool = False) -> None:
         # an OrderedDict: it drops its oldest entry in constant time, where a dict's
@@ -366,7 +366,8 @@ class Lineage:
         self.max_entries = max_entries
         # waiting span id -> the parent it waits on (the oldest first), and the index the
         # other way round: parent span id -> the spans waiting on it
-        self._waiting_on: OrderedDict[str, str] | None = OrderedDict() if adoptions else None
+        self._adoptions = adoptions
+        self._waiting_on: OrderedDict[str, str] = OrderedDict()
         self._waiting: dict[str, dict[str, None]] = {}
         self.adopted: list[dict[str, Any]] = []
         """Rows of spans whose ids were corrected since the caller last cleared it."""
@@ -393,12 +394,13 @@ class Lineage:
             if len(ids) >= self.max_entries:
                 ids.popitem(last=False)
             entry = ids[span_id] = (workflow_id, execution_id, branch_id)
-            waiting_on = self._waiting_on
-            if waiting_on is not None:
+            if self._adoptions:
                 if not workflow_id:
                     # a parent not seen yet may come with a run; one seen without a run
                     # may get one only while it waits itself
-                    if parent_id is not None and (inherited is None or parent_id in waiting_on):
+                    if parent_id is not None and (
+                        inherited is None or parent_id in self._waiting_on
+                    ):
                         self._wait(span_id, parent_id)
                     elif span_id in self._waiting:  # a root without a run, come last:
                         self._release(span_id)  # nothing can give its spans one now
@@ -408,8 +410,6 @@ class Lineage:
 
     def _wait(self, span_id: str, parent_id: str) -> None:
         waiting_on, waiting = self._waiting_on, self._waiting
-        if waiting_on is None:
-            return
         if len(waiting_on) >= self.max_entries:  # the oldest stops waiting
             oldest, its_parent = waiting_on.popitem(last=False)
             kids = waiting.get(its_parent)
@@ -426,8 +426,6 @@ class Lineage:
     def _release(self, span_id: str) -> None:
         """The spans waiting on ``span_id`` (and on them, ...) stop waiting."""
         waiting_on, waiting = self._waiting_on, self._waiting
-        if waiting_on is None:
-            return
         stack = [waiting.pop(span_id)]
         while stack:
             for kid in stack.pop():
@@ -441,8 +439,6 @@ class Lineage:
     ) -> None:
         """Give the spans waiting on ``span_id`` (and on them, ...) the ids of ``entry``."""
         waiting_on, waiting, ids, adopted = self._waiting_on, self._waiting, self._ids, self.adopted
-        if waiting_on is None:
-            return
         stack = [(waiting.pop(span_id), entry)]
         while stack:
             kids, parent = stack.pop()
