@@ -69,6 +69,16 @@ def flush() -> None:
 # -- shape of a run -------------------------------------------------------------------------
 
 
+def written_whole(sg: spangraph.Spangraph, workflow_id: str) -> dict[str, dict[str, Any]]:
+    """The spans of ``workflow_id`` once flushed, after checking that nothing was dropped
+    and that its "innocent" step (a span of the same batch as odd ones) was written."""
+    flush()
+    assert sg.stats()["graph"]["dropped"] == 0
+    spans = spans_of(sg.store, workflow_id)
+    assert spans["innocent"]["state"] == "completed"
+    return spans
+
+
 def test_workflow_tree_is_written_as_a_graph(sg: spangraph.Spangraph) -> None:
     @spangraph.step("fetch")
     def fetch() -> int:
@@ -596,10 +606,7 @@ def test_names_that_are_not_text_do_not_cost_the_batch(
             pass
         with spangraph.step("innocent"):
             pass
-    flush()
-    assert sg.stats()["graph"]["dropped"] == 0
-    spans = spans_of(sg.store, run.workflow_id)
-    assert spans["innocent"]["state"] == "completed"
+    spans = written_whole(sg, run.workflow_id)
     assert spans["b'raw-bytes'"]["state"] == "completed"
     assert spans["7"]["state"] == "completed"
     names = [e["name"] for e in events_of(sg.store, spans["b'raw-bytes'"]["span_id"])]
@@ -620,10 +627,7 @@ def test_times_past_int64_do_not_cost_the_batch(
         span.end(end_time=2**66)
         with spangraph.step("innocent"):
             pass
-    flush()
-    assert sg.stats()["graph"]["dropped"] == 0
-    spans = spans_of(sg.store, run.workflow_id)
-    assert spans["innocent"]["state"] == "completed"
+    spans = written_whole(sg, run.workflow_id)
     assert spans["far"]["start_ns"] == spans["far"]["end_ns"] == 2**63 - 1
     assert [e["time_ns"] for e in events_of(sg.store, spans["far"]["span_id"])] == [2**63 - 1]
 
@@ -882,12 +886,9 @@ def test_run_ids_of_other_types_from_plain_otel_spans_are_text(
             pass
         with spangraph.step("innocent"):
             pass
-    flush()
-    assert sg.stats()["graph"]["dropped"] == 0
-    spans = spans_of(sg.store, run.workflow_id)
+    spans = written_whole(sg, run.workflow_id)
     assert spans["foreign"]["branch_id"] == str(value)
     assert spans["foreign"]["execution_id"] == str(value)
-    assert spans["innocent"]["state"] == "completed"
 
 
 def test_an_option_name_with_a_nul_matches_its_node(sg: spangraph.Spangraph) -> None:
