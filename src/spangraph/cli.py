@@ -158,8 +158,11 @@ def _serve(
         )
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6
     print(f"spangraph: web UI and API on http://{shown}:{port}/ (docs: /docs)", flush=True)
+    from .server._protocol import HeaderDeadlineProtocol
+
     options: dict[str, Any] = {
         "factory": True,
+        "http": HeaderDeadlineProtocol,  # connections must send their headers in time
         "host": host,
         "port": port,
         "log_level": "info",
