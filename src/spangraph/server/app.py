@@ -330,6 +330,8 @@ def create_app(
         version=__version__,
         summary="Agent and workflow runs as graphs: query API, live streams, OTLP receiver.",
         lifespan=lifespan,
+        docs_url=None,  # ours: pinned scripts with their integrity hashes (_docs.py)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.cors_origins = frozenset(o.strip().rstrip("/").lower() for o in cors_origins or ())
@@ -349,11 +351,12 @@ def create_app(
     auth = [Depends(require_token)]
     app.include_router(health.router, dependencies=auth)
     app.include_router(runs.router, dependencies=auth)
-    from . import otlp, streams, ui
+    from . import _docs, otlp, streams, ui
 
     app.include_router(streams.router)  # checks the token itself (WebSockets have no headers)
     app.include_router(otlp.router, dependencies=auth)
     app.include_router(ui.router)  # the page itself is public; its API calls send the token
+    app.include_router(_docs.router)  # public, like /openapi.json
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
