@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -50,6 +51,49 @@ def test_the_wheel_holds_the_modules_web_ui_type_marker_and_license(tmp_path: Pa
     if shutil.which("cc") or shutil.which("gcc"):  # the extension is optional elsewhere
         assert any(n.startswith("spangraph/_speedups.") and n.endswith(".so") for n in names)
     assert "spangraph/py.typed" in names  # type checkers read the inline hints
+    assert not [n for n in names if n.endswith(".c")]  # the extension's sources
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: Apache-2.0" in meta
     assert "Apache License" in (ROOT / "LICENSE").read_text()
+
+
+def test_the_sdist_holds_what_its_tests_need(tmp_path: Path) -> None:
+    """Built from it, the tests run: conftest, fixtures and the files they read were
+    left out (only ``tests/test_*.py`` went in, by setuptools' default)."""
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "node_modules", "__pycache__", "*.so", "*.egg-info", "build",
+            "dist", ".ruff_cache", ".pytest_cache",
+        ),
+    )  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from setuptools import build_meta as b; print(b.build_sdist('out'))",
+        ],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    name = proc.stdout.split()[-1]
+    with tarfile.open(source / "out" / name) as archive:
+        names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
+    tracked = {
+        path.relative_to(ROOT).as_posix()
+        for folder in ("tests", "docs", "bench", "dashboards", "collector-config")
+        for path in (ROOT / folder).rglob("*")
+        if path.is_file()
+        and not {"__pycache__", "node_modules", "test-artifacts"} & set(path.parts)
+        and path.suffix not in (".pyc", ".so")
+    }
+    assert tracked - names == set()
+    assert {"tests/conftest.py", "tests/cypher_lint/package-lock.json", "setup.py"} <= names
+    assert {"docker-compose.yml", "Dockerfile", ".ci/run", "src/spangraph/_speedups.c"} <= names
+    assert not [n for n in names if "node_modules" in n or n.endswith((".so", ".pyc"))]
