@@ -415,3 +415,26 @@ def test_bad_spangraph_settings_log_once_and_the_program_runs(
     errors = [line for line in stderr.splitlines() if line.startswith("spangraph: not enabled")]
     assert len(errors) == 1, stderr
     assert message in errors[0]
+
+
+def test_no_langgraph_no_word_about_it(env: dict[str, str], tmp_path: Path) -> None:
+    """Where LangGraph is not installed, its instrumentor is skipped quietly, as
+    OpenTelemetry's loader skips any whose library is missing: it used to warn on every
+    run that "this LangGraph version lacks" everything it patches."""
+    hidden = tmp_path / "hide"
+    hidden.mkdir()
+    (hidden / "langgraph.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'langgraph'\", name='langgraph')\n"
+    )
+    env = {**env, "PYTHONPATH": str(hidden)}
+    code = "import importlib.util as u; print('ran', u.find_spec('langgraph').origin)"
+    for cmd in (
+        [str(BIN / "spangraph"), "run", "--", sys.executable, "-c", code],
+        [str(BIN / "opentelemetry-instrument"), sys.executable, "-c", code],
+    ):
+        proc = subprocess.run(
+            cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == f"ran {hidden / 'langgraph.py'}"  # hidden indeed
+        assert "LangGraph" not in proc.stderr, proc.stderr

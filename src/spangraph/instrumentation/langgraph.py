@@ -94,6 +94,10 @@ class LangGraphInstrumentor(BaseInstrumentor):
         return ("langgraph >= 0.6",)
 
     def _instrument(self, **kwargs: Any) -> None:
+        # Not installed: ModuleNotFoundError, which opentelemetry-instrument's loader
+        # takes as "skip this one" (the targets below would all read as missing).
+        import langgraph  # noqa: F401
+
         if kwargs.get("tracer_provider") is not None:
             _log.info(
                 "spangraph: LangGraph spans use spangraph's tracer (spangraph.configure); "
