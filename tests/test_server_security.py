@@ -186,3 +186,18 @@ def test_every_answer_forbids_sniffing_and_framing(settings: Settings) -> None:
         page = client.get("/")  # its own policy kept, not doubled
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
         assert page.headers.get_list("x-content-type-options") == ["nosniff"]
+
+
+def test_a_short_token_is_warned_about(
+    served: Any, start_serve: Any, graph_url: str, embedded_server: ServerInfo, tmp_path: Path
+) -> None:
+    """Wrong tokens are not throttled: a short token could be guessed over HTTP."""
+    _, output = served  # TOKEN has 10 characters
+    assert "warning: SPANGRAPH_API_TOKEN has 10 characters" in output()
+    strong = start_serve(
+        SPANGRAPH_HOME=str(tmp_path / "home2"),
+        SPANGRAPH_GRAPH_URL=graph_url,
+        SPANGRAPH_REDIS_URL=embedded_server.redis_url,
+        SPANGRAPH_API_TOKEN="k" * 16,
+    )
+    assert "SPANGRAPH_API_TOKEN" not in strong.stop(signal.SIGINT)

@@ -200,6 +200,11 @@ _STARTUP_FAILURE = 3
 """Exit status of ``serve`` when the service did not start (uvicorn's: the port is taken)."""
 
 
+_SHORT_TOKEN = 16
+"""An API token shorter than this is warned about at ``serve`` (about 96 bits of
+randomness in base64 characters: out of reach of guessing over HTTP)."""
+
+
 def _check_serve_settings() -> None:
     """What the service reads when it starts, checked before it starts: a bad setting is
     one line and exit 2 here, not a traceback from inside the server's startup."""
@@ -215,6 +220,15 @@ def _check_serve_settings() -> None:
             redis.Redis.from_url(settings.redis_url).close()  # parses; does not connect
         except ValueError as exc:
             raise ConfigurationError("SPANGRAPH_REDIS_URL", str(exc)) from None
+    token = settings.api_token
+    if token is not None and len(token) < _SHORT_TOKEN:
+        print(
+            f"spangraph: warning: SPANGRAPH_API_TOKEN has {len(token)} characters: wrong "
+            "tokens are not throttled, so a short one can be guessed by anyone who reaches "
+            f"the port; use {_SHORT_TOKEN} or more random ones, e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            file=sys.stderr,
+        )
     try:
         SpanLimits()  # the OTLP receiver's limits, from OTEL_SPAN_* variables
     except ValueError as exc:
