@@ -5,6 +5,7 @@ short here; one test checks ``spangraph serve`` itself at its real one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import socket
 import threading
@@ -22,7 +23,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from spangraph.server import _protocol
-from spangraph.server._protocol import HEADER_TIMEOUT, HeaderDeadline
+from spangraph.server._protocol import (
+    HEADER_TIMEOUT,
+    HeaderDeadline,
+    SendDeadline,
+    WebSocketProtocol,
+)
 
 SHORT = 0.6
 
@@ -40,6 +46,14 @@ async def slow_stream(request: Any) -> StreamingResponse:
     return StreamingResponse(chunks(), media_type="text/plain")
 
 
+async def endless(request: Any) -> StreamingResponse:
+    async def chunks() -> AsyncIterator[bytes]:
+        while True:
+            yield b"x" * 65536
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
 async def echo(websocket: WebSocket) -> None:
     await websocket.accept()
     while True:
@@ -47,18 +61,26 @@ async def echo(websocket: WebSocket) -> None:
 
 
 APP = Starlette(
-    routes=[Route("/", hello), Route("/stream", slow_stream), WebSocketRoute("/ws", echo)]
+    routes=[
+        Route("/", hello),
+        Route("/stream", slow_stream),
+        Route("/endless", endless),
+        WebSocketRoute("/ws", echo),
+    ]
 )
 
 
 @pytest.fixture(params=[H11Protocol, HttpToolsProtocol], ids=["h11", "httptools"])
 def port(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     monkeypatch.setattr(_protocol, "HEADER_TIMEOUT", SHORT)
-    protocol = type("Protocol", (HeaderDeadline, request.param), {})
+    monkeypatch.setattr(_protocol, "SEND_TIMEOUT", SHORT)
+    protocol = type("Protocol", (HeaderDeadline, SendDeadline, request.param), {})
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
-    config = uvicorn.Config(APP, host="127.0.0.1", port=free, http=protocol, log_level="error")
+    config = uvicorn.Config(
+        APP, host="127.0.0.1", port=free, http=protocol, ws=WebSocketProtocol, log_level="error"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -147,19 +169,56 @@ def test_long_answers_and_the_next_request_on_the_connection(port: int) -> None:
         assert closed_after(sock) < SHORT + 5
 
 
-def test_a_websocket_is_not_timed(port: int) -> None:
+def test_a_client_that_stops_reading_is_dropped(port: int) -> None:
+    """It kept its socket, descriptor and buffers for as long as it liked, even once the
+    service had closed it (a closed connection waits for its buffers to drain)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(SHORT * 4)  # reads nothing: the service's buffers fill, then it waits
+        received, deadline = 0, time.monotonic() + 8
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += len(chunk)
+                assert time.monotonic() < deadline, f"still sending after {received} bytes"
+    assert received < 64 * 1024 * 1024  # what the buffers held, not an endless answer
+
+
+def test_a_websocket_is_not_timed_and_may_ping(port: int) -> None:
     async def talk() -> None:
         from websockets.asyncio.client import connect as ws_connect
 
         async with ws_connect(f"ws://127.0.0.1:{port}/ws", compression=None) as ws:
             await asyncio.sleep(SHORT * 3)
+            for _ in range(5):
+                await asyncio.wait_for(await ws.ping(), 5)
             await ws.send("still here")
             assert await asyncio.wait_for(ws.recv(), 5) == "still here"
 
     asyncio.run(talk())
 
 
-def test_spangraph_serve_closes_a_silent_connection(
+def test_a_websocket_ping_flood_is_dropped(port: int) -> None:
+    """uvicorn answered every ping at once: a flood held the event loop (every other
+    request waited seconds) and, with the answers unread, grew memory without bound."""
+
+    async def flood() -> None:
+        from websockets.asyncio.client import connect as ws_connect
+        from websockets.exceptions import ConnectionClosed
+
+        async with ws_connect(f"ws://127.0.0.1:{port}/ws", compression=None) as ws:
+            with pytest.raises(ConnectionClosed):
+                for i in range(1000):
+                    await ws.ping(str(i))
+                    await asyncio.sleep(0)
+                await asyncio.wait_for(ws.recv(), 5)
+
+    asyncio.run(flood())
+
+
+def test_spangraph_serve_runs_these_protocols(
     graph_url: str, embedded_server: Any, tmp_path: Any, start_serve: Any
 ) -> None:
     service = start_serve(
@@ -169,3 +228,17 @@ def test_spangraph_serve_closes_a_silent_connection(
     )
     with socket.create_connection(("127.0.0.1", service.port), timeout=HEADER_TIMEOUT + 20) as s:
         assert HEADER_TIMEOUT * 0.8 < closed_after(s) < HEADER_TIMEOUT + 15
+
+    async def big_message() -> None:  # the most a client sends is {"since": n}
+        from websockets.asyncio.client import connect as ws_connect
+        from websockets.exceptions import ConnectionClosed
+
+        url = f"ws://127.0.0.1:{service.port}/api/stream/projects/p?since=0"
+        async with ws_connect(url, compression=None) as ws:
+            await ws.recv()  # subscribed
+            await ws.send("x" * 5000)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == 1009  # message too big
+
+    asyncio.run(big_message())

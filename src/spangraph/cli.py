@@ -158,11 +158,13 @@ def _serve(
         )
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6
     print(f"spangraph: web UI and API on http://{shown}:{port}/ (docs: /docs)", flush=True)
-    from .server._protocol import HeaderDeadlineProtocol
+    from .server._protocol import HTTPProtocol, WebSocketProtocol
 
     options: dict[str, Any] = {
         "factory": True,
-        "http": HeaderDeadlineProtocol,  # connections must send their headers in time
+        "http": HTTPProtocol,  # uvicorn's, with time limits on headers and on sending
+        "ws": WebSocketProtocol,  # and with a limit on pings
+        "ws_max_size": 4096,  # a client sends at most {"since": n}
         "host": host,
         "port": port,
         "log_level": "info",

@@ -1,25 +1,52 @@
-"""The HTTP protocol ``spangraph serve`` runs: uvicorn's own, with a deadline on request
-headers.
+"""The protocols ``spangraph serve`` runs: uvicorn's own, with the time limits and caps a
+service reachable by anyone needs.
 
-uvicorn times a connection out only between requests (its keep-alive timeout), and that
-timer stops at the first byte of the next request: a connection that never sends a
-request, or sends its headers a byte at a time, stays open for good. A few hundred of
-them take every file descriptor the process has. Here a connection must complete each
-request's headers within :data:`HEADER_TIMEOUT` seconds of opening, or of the answer to
-its previous request, or it is closed. Bodies, answers (live streams last hours) and
-WebSockets are not timed.
+- *Request headers* (:class:`HeaderDeadline`). uvicorn times a connection out only
+  between requests (its keep-alive timeout), and that timer stops at the first byte of
+  the next request: a connection that never sends a request, or sends its headers a byte
+  at a time, stays open for good, and a few hundred of them take every file descriptor
+  the process has. Here each request's headers must be complete within
+  :data:`HEADER_TIMEOUT` seconds of the connection opening, or of the answer to its
+  previous request.
+- *Sending* (:class:`SendDeadline`). A client that stops reading leaves what is sent to
+  it in the kernel's buffers, and a connection closed meanwhile waits for them to drain:
+  for ever, if the client never reads again (a live-stream client cut off as too slow
+  kept its socket, its descriptor and megabytes of buffers). A connection that takes
+  nothing for :data:`SEND_TIMEOUT` seconds while there is something to send is dropped.
+- *Pings* (:class:`PingLimit`). uvicorn answers every WebSocket ping at once, whether or
+  not the client reads the answers: a ping flood held the event loop (every other
+  request waited seconds) and, unread, grew memory without bound. More than
+  :data:`PINGS_PER_SECOND` a second, or a ping while :data:`MAX_UNSENT` bytes wait to be
+  sent, drops the connection.
+
+Bodies and answers as such are not timed (live streams last as long as their run).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import socket
+import struct
 from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+_log = logging.getLogger("spangraph.server")
 
 HEADER_TIMEOUT = 10.0
 """Seconds a connection has to send a request's headers (as nginx's
 ``client_header_timeout``, shorter)."""
+SEND_TIMEOUT = 30.0
+"""Seconds a connection may take nothing of what waits to be sent to it (as nginx's
+``send_timeout``, shorter)."""
+PINGS_PER_SECOND = 10
+"""WebSocket pings a client may send in a second (clients ping every few seconds)."""
+MAX_UNSENT = 1 << 20
+"""Bytes waiting to be sent to a WebSocket client past which its pings are not answered:
+the connection is dropped."""
 
 
 class HeaderDeadline:
@@ -68,5 +95,83 @@ class HeaderDeadline:
             transport.close()
 
 
-class HeaderDeadlineProtocol(HeaderDeadline, AutoHTTPProtocol):  # type: ignore[misc,valid-type]
-    """What ``spangraph serve`` runs: httptools where installed, else h11."""
+class SendDeadline:
+    """Mixed into one of uvicorn's protocols: drops the connection when the client takes
+    nothing for :data:`SEND_TIMEOUT` seconds while the transport holds data for it (the
+    transport paused writing)."""
+
+    transport: asyncio.Transport
+    _stalled: asyncio.TimerHandle | None = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        if self._stalled is None:
+            loop = asyncio.get_running_loop()
+            self._stalled = loop.call_later(SEND_TIMEOUT, self._drop_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[misc]
+        self._unstall()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._unstall()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _unstall(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def _drop_stalled(self) -> None:
+        self._stalled = None
+        transport = self.transport
+        if transport.get_protocol() is self:  # (else: the next protocol has it now)
+            _log.info(
+                "dropped a connection from %s: it took nothing for %.0f s",
+                _peer(transport), SEND_TIMEOUT,
+            )  # fmt: skip
+            _drop(transport)
+
+
+class PingLimit:
+    """Mixed into uvicorn's websockets protocol: drops a client that pings too often, or
+    while much is waiting to be sent to it."""
+
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    _second = 0.0
+    _pings = 0
+
+    def handle_ping(self) -> None:
+        now = self.loop.time()
+        if now - self._second >= 1.0:
+            self._second, self._pings = now, 0
+        self._pings += 1
+        if self._pings > PINGS_PER_SECOND or self.transport.get_write_buffer_size() > MAX_UNSENT:
+            _log.info("dropped a WebSocket from %s: too many pings", _peer(self.transport))
+            _drop(self.transport)
+            return
+        super().handle_ping()  # type: ignore[misc]
+
+
+def _drop(transport: asyncio.BaseTransport) -> None:
+    """Close at once with a reset: what waits in the kernel's buffers is discarded too
+    (a plain close leaves it there until the client reads it, if ever)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()  # type: ignore[attr-defined]
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
+
+
+class HTTPProtocol(HeaderDeadline, SendDeadline, AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+    """What ``spangraph serve`` runs for HTTP: httptools where installed, else h11."""
+
+
+class WebSocketProtocol(PingLimit, SendDeadline, WebSocketsSansIOProtocol):
+    """What ``spangraph serve`` runs for WebSockets (the websockets library's)."""
