@@ -482,6 +482,48 @@ async def test_bad_first_message_closes_with_1003(serve, first: str, detail: str
     assert ws.close_code == 1003 and detail in ws.close_reason
 
 
+async def test_a_first_message_nested_past_the_recursion_limit_is_a_bad_one(serve) -> None:
+    """json.loads raised RecursionError, which only ValueError was caught for: a
+    traceback in the log and a connection dropped without its close code."""
+    live = serve()
+    async with live.ws(f"/api/stream/workflows/{new_id()}") as ws:
+        await ws.send("[" * 3000)
+        with pytest.raises(ConnectionClosed):
+            await frame(ws)
+    assert ws.close_code == 1003 and "first message" in ws.close_reason
+
+
+@pytest.mark.parametrize("path", ["/api/stream/workflows/{wid}", "/api/stream/projects/{wid}"])
+async def test_a_client_that_keeps_sending_is_closed(serve, path: str) -> None:
+    """What a client sends after its first message is read and ignored: a client sending
+    thousands a second held the event loop from every other client and request."""
+    live = serve()
+    async with live.ws(path.format(wid=new_id()) + "?since=0") as ws:
+        await subscribed(ws)
+        with pytest.raises(ConnectionClosed):
+            for _ in range(200):
+                await ws.send("x")
+                await asyncio.sleep(0.001)
+            while True:
+                await frame(ws)
+    assert ws.close_code == 1008 and "more than 10 messages in a second" in ws.close_reason
+
+
+async def test_a_client_that_sends_now_and_then_stays(serve) -> None:
+    live = serve()
+    async with live.ws(f"/api/stream/projects/{new_id()}?since=0") as ws:
+        await subscribed(ws)
+        for _ in range(3):
+            await ws.send("keepalive")
+        notice = await frame(ws)
+        assert notice[0]["type"] == "error" and "ignored" in notice[0]["detail"]
+        await asyncio.sleep(1.1)
+        for _ in range(8):
+            await ws.send("keepalive")
+        await asyncio.wait_for(await ws.ping(), 5)  # still served
+        assert ws.close_code is None
+
+
 async def test_project_channels_ignore_since_and_later_messages(serve, sdk, r) -> None:
     live = serve()
     project, wid = sdk(), new_id()

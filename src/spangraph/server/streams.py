@@ -102,6 +102,10 @@ _IGNORED: Final = (
     "{window:g} s of connecting, or connect with ?since=n"
 )
 _NO_ID: Final = "the path must end with a workflow or project id"
+_CHATTY: Final = "the client sent more than {n} messages in a second (the service reads none)"
+_MAX_IGNORED: Final = 10
+"""Messages a client may send in a second past its first: more, and it is closed
+(reading them, ignored, held up every other client)."""
 _UNAVAILABLE = (LiveUnavailableError, RedisError, OSError, TimeoutError)
 
 router = APIRouter(prefix="/api/stream", tags=["live"])
@@ -195,7 +199,7 @@ def _since_message(message: dict[str, Any]) -> tuple[int | None, str | None]:
         text = message.get("text")
         # an object's pairs as sent: {"since": 1, "since": 3} is not "since" given once
         body = json.loads(text, object_pairs_hook=_Pairs) if text is not None else None
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested 200 000 deep: RecursionError)
         body = None
     since = body[0][1] if type(body) is _Pairs and [k for k, _ in body] == ["since"] else None
     if type(since) is not int or not 0 <= since <= MAX_SEQ:
@@ -294,6 +298,7 @@ async def _relay(websocket: WebSocket, hub: StreamHub, sub: Subscriber, expect_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + hub.since_window if expect_since else None
         told = False
+        second, count = loop.time(), 0
         while (message := await websocket.receive())["type"] != "websocket.disconnect":
             if deadline is not None:
                 in_time, deadline = loop.time() <= deadline, None
@@ -310,6 +315,13 @@ async def _relay(websocket: WebSocket, hub: StreamHub, sub: Subscriber, expect_s
                 told = True
                 detail = _IGNORED.format(window=hub.since_window)
                 sub.push(Batch([control("error", detail=detail)]))
+            if (now := loop.time()) - second >= 1.0:
+                second, count = now, 0
+            count += 1
+            if count > _MAX_IGNORED:
+                _log.info("closed WebSocket %s: too many messages", printable(websocket.url.path))
+                sub.end(POLICY_VIOLATION, _CHATTY.format(n=_MAX_IGNORED))
+                return
 
     tasks = [asyncio.create_task(c) for c in (pump(), listen(), sub.gone.wait())]
     try:
