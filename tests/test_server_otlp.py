@@ -1035,6 +1035,110 @@ def test_counts_are_checked_before_spans_are_built(
     assert built == [1]
 
 
+def one_span_body(name: str = "s", padding: int = 0) -> bytes:
+    t0 = time.time_ns()
+    span = PbSpan(
+        trace_id=uuid.uuid4().bytes,
+        span_id=uuid.uuid4().bytes[:8],
+        name=name,
+        start_time_unix_nano=t0,
+        end_time_unix_nano=t0 + 1000,
+        attributes=[KeyValue(key="pad", value=AnyValue(string_value="p" * padding))],
+    )
+    return pb_request(span).SerializeToString()
+
+
+def raw_answer(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_a_body_that_stalls_is_408(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body that stopped coming held its connection and its bytes for good."""
+    from spangraph.server import otlp
+
+    monkeypatch.setattr(otlp, "BODY_TIMEOUT", 0.5)
+    port = int(running.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b"\x0a" * 10
+        )
+        answer = raw_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert running.ingest.decode_slots.buffered == 0
+
+
+def test_bytes_held_by_bodies_being_received_are_capped(running: Running) -> None:
+    """Bodies were counted only once whole: forty uploads stalled just short of 16 MiB
+    held 16 MiB each (656 MB), though the docs promised at most 2 + 8 bodies."""
+    slots = running.ingest.decode_slots
+    slots.max_buffered = 64 * 1024
+    port = int(running.url.rsplit(":", 1)[1])
+    with httpx.Client(base_url=running.url, timeout=30) as http:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+            stalled.sendall(
+                b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/x-protobuf\r\nContent-Length: 1000000\r\n\r\n"
+                + b"\x0a"
+                * 50_000
+            )
+            deadline = time.monotonic() + 10
+            while slots.buffered < 50_000:
+                assert time.monotonic() < deadline, slots.buffered
+                time.sleep(0.01)
+            refused = http.post("/v1/traces", content=one_span_body(padding=30_000), headers=PROTO)
+            assert refused.status_code == 503 and refused.headers["retry-after"]
+            assert "busy" in status_pb2.Status.FromString(refused.content).message
+        deadline = time.monotonic() + 10
+        while slots.buffered:  # the stalled one left: its bytes are given back
+            assert time.monotonic() < deadline, slots.buffered
+            time.sleep(0.01)
+        accepted = http.post("/v1/traces", content=one_span_body(padding=30_000), headers=PROTO)
+        assert accepted.status_code == 200
+    assert slots.buffered == 0
+
+
+def test_decoding_does_not_wait_for_the_threads_of_queries(running: Running) -> None:
+    """Decodes ran in the thread pool every plain route shares: forty queries stuck on
+    the graph store held an OTLP request until they ended."""
+    store = running.app.state.store
+    release = threading.Event()
+    stuck = threading.Semaphore(0)
+    real_query = store.query
+
+    def stuck_query(*args: Any, **kwargs: Any) -> Any:
+        stuck.release()
+        release.wait(60)
+        return real_query(*args, **kwargs)
+
+    store.query = stuck_query
+    limits = httpx.Limits(max_connections=60)
+    with httpx.Client(base_url=running.url, timeout=90, limits=limits) as http:
+        queries = [
+            threading.Thread(target=http.get, args=("/api/workflows",), daemon=True)
+            for _ in range(45)
+        ]
+        try:
+            for thread in queries:
+                thread.start()
+            for _ in range(40):  # every thread of the shared pool is stuck
+                assert stuck.acquire(timeout=30)
+            started = time.monotonic()
+            answer = http.post("/v1/traces", content=one_span_body(), headers=PROTO, timeout=20)
+            assert answer.status_code == 200
+            assert time.monotonic() - started < 15  # (before: until the queries ended)
+        finally:
+            release.set()
+            for thread in queries:
+                thread.join(60)
+
+
 def test_requests_are_decoded_a_few_at_a_time(running: Running) -> None:
     """A burst of requests is decoded at most MAX_CONCURRENT_DECODES at a time; the rest
     wait without taking a thread from the pool the query routes run in."""

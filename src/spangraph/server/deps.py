@@ -1,4 +1,6 @@
-"""Dependencies shared by the routers: settings, store, Redis, auth."""
+"""Dependencies shared by the routers: settings, store, Redis, auth. All ``async``: none
+waits for anything, and FastAPI runs a plain ``def`` dependency in the thread pool, where
+queries stuck on the graph store would hold up every request (the OTLP receiver's too)."""
 
 from __future__ import annotations
 
@@ -18,15 +20,15 @@ _log = logging.getLogger("spangraph.server")
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_store(request: Request) -> GraphStore:
+async def get_store(request: Request) -> GraphStore:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-def get_redis(request: Request) -> Any:
+async def get_redis(request: Request) -> Any:
     """The app's ``redis.asyncio.Redis`` client (the live-stream hub's, which follows the
     embedded server to another port), or ``None`` when live events are off."""
     return request.app.state.hub.client
@@ -45,7 +47,7 @@ def token_ok(settings: Settings, presented: str | None) -> bool:
     return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def require_token(
+async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

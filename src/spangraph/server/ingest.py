@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import anyio
 from google.protobuf import message_factory
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
@@ -863,19 +864,47 @@ class DecodeSlots:
     a request that finds ``waiting`` requests already waiting is refused at once with
     :class:`Busy`. Used from the event loop only (not thread-safe)."""
 
-    __slots__ = ("_semaphore", "max_waiting", "refused", "waiting")
+    __slots__ = (
+        "_semaphore",
+        "buffered",
+        "limiter",
+        "max_buffered",
+        "max_waiting",
+        "refused",
+        "waiting",
+    )
 
-    def __init__(self, concurrent: int, waiting: int) -> None:
+    def __init__(self, concurrent: int, waiting: int, max_buffered: int) -> None:
         if concurrent < 1:
             raise ValueError("max_concurrent_decodes must be at least 1")
         if waiting < 0:
             raise ValueError("max_waiting_decodes must not be negative")
         self._semaphore = asyncio.Semaphore(concurrent)
+        self.limiter = anyio.CapacityLimiter(concurrent)
+        """Threads the decodes run in: their own, so that queries stuck on the graph store
+        (in the thread pool every plain route shares) do not hold up the receiver."""
         self.max_waiting = waiting
         self.waiting = 0
         """Requests waiting for a turn now."""
         self.refused = 0
-        """Requests refused because too many were waiting."""
+        """Requests refused because too many were waiting, or too many bytes were held."""
+        self.max_buffered = max_buffered
+        self.buffered = 0
+        """Bytes of request bodies held now: being received, waiting or decoding."""
+
+    def hold(self, size: int) -> None:
+        """Count ``size`` more bytes of a body as held; :class:`Busy` past
+        ``max_buffered`` (the caller gives back what it holds with :meth:`give_back`)."""
+        if self.buffered + size > self.max_buffered:
+            self.refused += 1
+            raise Busy(
+                f"the OTLP receiver is busy ({self.buffered} bytes of requests are being "
+                "received or decoded); retry later"
+            )
+        self.buffered += size
+
+    def give_back(self, size: int) -> None:
+        self.buffered -= size
 
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
@@ -934,7 +963,11 @@ class OTLPIngest:
         max_waiting_decodes: int = MAX_WAITING_DECODES,
     ) -> None:
         self.settings = settings
-        self.decode_slots = DecodeSlots(max_concurrent_decodes, max_waiting_decodes)
+        self.decode_slots = DecodeSlots(
+            max_concurrent_decodes,
+            max_waiting_decodes,
+            (max_concurrent_decodes + max_waiting_decodes) * max_body_bytes,
+        )
         """Taken by the router while it runs :meth:`handle` (on the event loop's side)."""
         self.max_body_bytes = max_body_bytes
         self.max_queue_size = max_queue_size

@@ -26,12 +26,13 @@ queueing never waits for the graph store (see :mod:`spangraph.server.ingest`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, Final
 
+import anyio.to_thread
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from .ingest import (
@@ -60,9 +61,12 @@ DRAIN_BYTES: Final = 64 * 1024 * 1024
 413 goes out, so that a client that writes its whole body first reads the answer instead
 of a reset connection; a longer body has its connection closed."""
 RETRY_AFTER_S: Final = "2"
+BODY_TIMEOUT: Final = 60.0
+"""Seconds a request body may take to arrive (408 after them): a body trickling in, or
+stalled, holds its bytes meanwhile."""
 
 _MEDIA: Final = {PROTOBUF: "application/x-protobuf", JSON: "application/json"}
-_RPC_CODES: Final = {400: 3, 401: 16, 413: 8, 415: 3, 500: 13, 503: 14}
+_RPC_CODES: Final = {400: 3, 401: 16, 408: 4, 413: 8, 415: 3, 500: 13, 503: 14}
 """HTTP status -> google.rpc.Code (INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED,
 INTERNAL, UNAVAILABLE)."""
 
@@ -153,11 +157,12 @@ async def _drain(request: Request, stream: Any, budget: int) -> None:
     responses={
         200: {"description": "ExportTraceServiceResponse (maybe with partial_success)"},
         400: {"description": "the body does not decode (google.rpc.Status)"},
+        408: {"description": "the body did not arrive in time"},
         413: {"description": "body over the size cap"},
         415: {"description": "unsupported Content-Type or Content-Encoding"},
         503: {
-            "description": "write queue full, too many requests waiting to be decoded, or "
-            "shutting down: retry after Retry-After"
+            "description": "write queue full, too many requests waiting to be decoded or "
+            "bytes being received, or shutting down: retry after Retry-After"
         },
     },
     openapi_extra={
@@ -208,25 +213,41 @@ async def export_traces(request: Request) -> Response:
             if length - limit <= DRAIN_BYTES:
                 await _drain(request, stream, DRAIN_BYTES + limit)
             return _error(fmt, 413, too_large, ingest, Connection="close")
+    slots = ingest.decode_slots
     body = bytearray()
+    held = 0  # bytes of this body counted in slots.buffered
     try:
-        async for chunk in stream:
-            body += chunk
-            if len(body) > limit:
-                warn.warning(413, "OTLP: 413 from %s: body over %d bytes", _client(request), limit)
-                del body
-                await _drain(request, stream, DRAIN_BYTES)
-                return _error(fmt, 413, too_large, ingest, Connection="close")
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in stream:
+                body += chunk
+                if len(body) > limit:
+                    warn.warning(
+                        413, "OTLP: 413 from %s: body over %d bytes", _client(request), limit
+                    )
+                    del body
+                    await _drain(request, stream, DRAIN_BYTES)
+                    return _error(fmt, 413, too_large, ingest, Connection="close")
+                slots.hold(len(chunk))
+                held += len(chunk)
+        async with slots.turn():
+            result = await anyio.to_thread.run_sync(
+                ingest.handle, bytes(body), fmt, encoding, limiter=slots.limiter
+            )
     except ClientDisconnect:
         return Response(status_code=400)  # nobody is there to read it
-    try:
-        async with ingest.decode_slots.turn():
-            result = await run_in_threadpool(ingest.handle, bytes(body), fmt, encoding)
+    except TimeoutError:
+        warn.warning(408, "OTLP: 408 from %s: body not received in time", _client(request))
+        detail = f"the request body did not arrive within {BODY_TIMEOUT:g} s"
+        return _error(fmt, 408, detail, ingest, Connection="close")
     except IngestError as exc:
         warn.warning(exc.status, "OTLP: %d from %s: %s", exc.status, _client(request), exc)
         headers = {"Retry-After": RETRY_AFTER_S} if exc.status == 503 else {}
+        if exc.status == 503 and held < len(body):  # refused while it was still coming
+            headers["Connection"] = "close"
         return _error(fmt, exc.status, str(exc), ingest, **headers)
     except Exception:
         _log.exception("OTLP: could not ingest a request from %s", _client(request))
         return _error(fmt, 500, "internal error while ingesting the request", ingest)
+    finally:
+        slots.give_back(held)
     return Response(success_body(fmt, result), status_code=200, media_type=_MEDIA[fmt])
