@@ -390,3 +390,25 @@ def test_scale_out_collectors(collectors: dict[str, dict[str, Any]]) -> None:
     assert "spangraph" in tier2["exporters"][exporter_id]["endpoint"]
     assert tier2["exporters"][exporter_id]["compression"] == "gzip"
     assert tier2["service"]["pipelines"]["traces"]["exporters"] == [exporter_id]
+
+
+def test_batches_sent_to_spangraph_fit_its_body_limit(
+    collectors: dict[str, dict[str, Any]],
+) -> None:
+    """spangraph answers 413 to a request over 16 MiB, which the Collector does not retry:
+    batches of 4 096 or 8 192 spans were lost once their spans averaged 4 or 2 KiB (an
+    LLM call's prompt and answer easily do). A batch must leave 32 KiB a span."""
+    from spangraph.server.ingest import MAX_BODY_BYTES, MAX_SPANS_PER_REQUEST
+
+    checked = 0
+    for name, config in collectors.items():
+        for pipeline in config["service"]["pipelines"].values():
+            if not any(e.startswith("otlp_http/spangraph") for e in pipeline["exporters"]):
+                continue
+            for processor in pipeline.get("processors", []):
+                if component_type(processor) == "batch":
+                    size = config["processors"][processor]["send_batch_max_size"]
+                    assert 0 < size <= MAX_BODY_BYTES // (32 * 1024), (name, size)
+                    assert size <= MAX_SPANS_PER_REQUEST
+                    checked += 1
+    assert checked == 2  # otelcol.yaml, otelcol-tier2.yaml
