@@ -834,3 +834,27 @@ def test_options_never_explored_have_no_jaeger_url(
     assert (detail["state"], detail["jaeger_url"]) == (sc.STATE_UNEXPLORED, None)
     [decision] = client.get(f"/api/workflows/{wid}/decisions").json()
     assert [o["jaeger_url"] is None for o in decision["options"]] == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [(None, "spangraph-serve"), ("replica-1", "replica-1")]
+)
+def test_the_service_metrics_are_named_by_otel_service_name(
+    monkeypatch: pytest.MonkeyPatch, name: str | None, expected: str
+) -> None:
+    """The compose file sets OTEL_SERVICE_NAME; the service's name was fixed over it."""
+    from types import SimpleNamespace
+
+    from spangraph.server.app import _metrics_provider
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://127.0.0.1:9/v1/metrics")
+    if name is None:
+        monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_SERVICE_NAME", name)
+    ingest = SimpleNamespace(stats=dict, graph=None, live=None)
+    provider = _metrics_provider(ingest)
+    try:
+        assert provider._sdk_config.resource.attributes["service.name"] == expected
+    finally:
+        provider.shutdown(timeout_millis=1000)

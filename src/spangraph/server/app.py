@@ -143,7 +143,10 @@ def _metrics_provider(ingest: Any) -> Any:
     from .._metrics import register_metrics
 
     provider = MeterProvider(
-        resource=Resource.create({"service.name": "spangraph-serve"}),
+        # OTEL_SERVICE_NAME wins (replicas told apart), as everywhere in OpenTelemetry
+        resource=Resource.create(
+            {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": "spangraph-serve"}
+        ),
         metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())],
     )
     register_metrics(ingest, provider)
