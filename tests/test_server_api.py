@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +116,7 @@ def test_health_reports_a_store_that_is_down(
         assert client.get("/api/health").status_code == 503
         listing = client.get("/api/workflows")
         assert listing.status_code == 503 and "unavailable" in listing.json()["detail"]
+        assert "503" in declared_statuses(client, "/api/workflows")
 
 
 def test_health_reports_redis_that_is_down(
@@ -251,6 +253,21 @@ def test_decisions_branches_monitors_events(client: TestClient, run_ids: dict[st
 def test_unknown_ids_are_404(client: TestClient, path: str) -> None:
     answer = client.get(path)
     assert answer.status_code == 404 and "nope" in answer.json()["detail"]
+    declared = declared_statuses(client, path)
+    assert "404" in declared, declared  # (the API's description left it out)
+    assert declared["404"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorDetail"
+    }
+
+
+def declared_statuses(client: TestClient, path: str, method: str = "get") -> dict[str, Any]:
+    """The answers ``/openapi.json`` declares for the route that serves ``path``."""
+    schema = client.get("/openapi.json").json()
+    for template, item in schema["paths"].items():
+        pattern = re.sub(r"\{[^}]+\}", "[^/]+", template)
+        if re.fullmatch(pattern, path) and method in item:
+            return item[method]["responses"]  # type: ignore[no-any-return]
+    raise AssertionError(f"no route for {path}")
 
 
 @pytest.mark.parametrize(

@@ -167,6 +167,7 @@ def test_every_route_with_data_needs_the_token(settings: Settings) -> None:
             concrete = path.replace("{", "").replace("}", "")  # any value will do
             answer = client.request(method, concrete)
             assert answer.status_code == 401, (method, path)
+            assert "401" in schema["paths"][path][method]["responses"], (method, path)
         for path in ("/api/stream/workflows/w", "/api/stream/projects/p"):
             with client.websocket_connect(path) as ws, pytest.raises(WebSocketDisconnect) as e:
                 ws.receive_text()

@@ -26,6 +26,7 @@ from ..stores import GraphStore, open_store
 from ._head import HeadAsGet
 from ._headers import SecurityHeaders
 from .deps import require_token
+from .models import AUTH_ERRORS, STORE_ERRORS
 from .routes import health, runs
 
 _log = logging.getLogger("spangraph.server")
@@ -352,12 +353,12 @@ def create_app(
         return JSONResponse({"detail": f"graph store error: {exc}"}, status_code=502)
 
     auth = [Depends(require_token)]
-    app.include_router(health.router, dependencies=auth)
-    app.include_router(runs.router, dependencies=auth)
+    app.include_router(health.router, dependencies=auth, responses=AUTH_ERRORS)
+    app.include_router(runs.router, dependencies=auth, responses={**AUTH_ERRORS, **STORE_ERRORS})
     from . import _docs, otlp, streams, ui
 
     app.include_router(streams.router)  # checks the token itself (WebSockets have no headers)
-    app.include_router(otlp.router, dependencies=auth)
+    app.include_router(otlp.router, dependencies=auth, responses=AUTH_ERRORS)
     app.include_router(ui.router)  # the page itself is public; its API calls send the token
     app.include_router(_docs.router)  # public, like /openapi.json
     if cors_origins:

@@ -7,6 +7,26 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
+class ErrorDetail(BaseModel):
+    """What an error answers (FastAPI's ``HTTPException`` body)."""
+
+    detail: str
+
+
+def error(description: str) -> dict[str, Any]:
+    """An entry of a route's ``responses=``: an :class:`ErrorDetail` with ``description``."""
+    return {"model": ErrorDetail, "description": description}
+
+
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: error("missing or wrong bearer token (when SPANGRAPH_API_TOKEN is set)")
+}
+STORE_ERRORS: dict[int | str, dict[str, Any]] = {
+    502: error("the graph store answered with an error"),
+    503: error("the graph store is unavailable (retry later)"),
+}
+
+
 class Health(BaseModel):
     status: str = Field(description="ok or error")
     component: str

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from .._version import __version__
 from .deps import SettingsDep, require_token
+from .models import AUTH_ERRORS
 
 router = APIRouter(tags=["ui"])
 
@@ -76,7 +77,12 @@ def static(name: str) -> Response:
     return Response(body, media_type=_media_type(name), headers=_HEADERS)
 
 
-@router.get("/api/config", response_model=UIConfig, dependencies=[Depends(require_token)])
+@router.get(
+    "/api/config",
+    response_model=UIConfig,
+    dependencies=[Depends(require_token)],
+    responses=AUTH_ERRORS,
+)
 def config(settings: SettingsDep) -> UIConfig:
     """The web UI's settings: the Jaeger base URL (for links to spans the page only knows
     from live messages), whether a token is in force, whether live events are on."""

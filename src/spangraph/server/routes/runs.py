@@ -27,6 +27,7 @@ from ..models import (
     NodeDetail,
     PathStep,
     TreeNode,
+    error,
 )
 
 router = APIRouter(prefix="/api", tags=["runs"])
@@ -113,7 +114,11 @@ def list_workflows(
     return [_node(settings, r) for r in rows]
 
 
-@router.get("/workflows/{workflow_id:id}/tree", response_model=list[TreeNode])
+@router.get(
+    "/workflows/{workflow_id:id}/tree",
+    response_model=list[TreeNode],
+    responses={404: error("no run with this workflow id")},
+)
 def workflow_tree(workflow_id: str, settings: SettingsDep, store: StoreDep) -> Response:
     """A run as a forest (normally one root: the workflow span). 404 for an unknown run."""
     roots = queries.tree(store, workflow_id)
@@ -122,7 +127,9 @@ def workflow_tree(workflow_id: str, settings: SettingsDep, store: StoreDep) -> R
     return Response(_forest_json(settings, roots), media_type="application/json")
 
 
-@router.get("/nodes/{span_id}", response_model=NodeDetail)
+@router.get(
+    "/nodes/{span_id}", response_model=NodeDetail, responses={404: error("no span with this id")}
+)
 def get_node(span_id: str, settings: SettingsDep, store: StoreDep) -> dict[str, Any]:
     """One span with its attributes and events. 404 for an unknown span."""
     found = queries.node(store, span_id)
@@ -131,7 +138,11 @@ def get_node(span_id: str, settings: SettingsDep, store: StoreDep) -> dict[str, 
     return _node(settings, found)
 
 
-@router.get("/nodes/{span_id}/path", response_model=list[PathStep])
+@router.get(
+    "/nodes/{span_id}/path",
+    response_model=list[PathStep],
+    responses={404: error("no span with this id")},
+)
 def node_path(span_id: str, settings: SettingsDep, store: StoreDep) -> list[dict[str, Any]]:
     """The spans from the root of the span's tree down to it. 404 for an unknown span."""
     path = queries.path_to_root(store, span_id)
@@ -168,7 +179,11 @@ def workflow_branches(
     return _linked(settings, store, workflow_id, queries.branches(store, workflow_id))
 
 
-@router.get("/branches/{branch_id:id}/summary", response_model=BranchSummary)
+@router.get(
+    "/branches/{branch_id:id}/summary",
+    response_model=BranchSummary,
+    responses={404: error("no branch with this id")},
+)
 def branch_summary(
     branch_id: str,
     settings: SettingsDep,
