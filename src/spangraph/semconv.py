@@ -147,7 +147,8 @@ STATE_CANCELLED: Final = "cancelled"
 STATE_UNEXPLORED: Final = "unexplored"
 """An option node that was offered at a decision but never explored (no span of its own)."""
 RUN_STATES: Final = (STATE_RUNNING, STATE_COMPLETED, STATE_FAILED, STATE_CANCELLED)
-"""The states a span of a run can be in (every state but ``unexplored``)."""
+"""The states a span of a run can be in: what ``query workflows --state`` and
+``GET /api/workflows?state=`` take."""
 
 # --- lifecycle event names ------------------------------------------------------------
 
@@ -239,9 +240,11 @@ GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
 GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
 """Model asked for."""
 GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
-"""Tokens in the prompt."""
+"""Tokens in the prompt: a whole number from 0 to 2^63-1 (``usage()`` refuses anything else
+with a ValueError naming ``input_tokens``)."""
 GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
-"""Tokens in the answer."""
+"""Tokens in the answer: a whole number from 0 to 2^63-1 (else a ValueError naming
+``output_tokens``)."""
 GEN_AI_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
 """Sampling temperature asked for."""
 GEN_AI_REQUEST_TOP_P: Final = "gen_ai.request.top_p"
