@@ -8,6 +8,7 @@ import enum
 import json
 import math
 import random
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -292,6 +293,40 @@ def test_c_live_message_is_the_python_one() -> None:
             except Exception as exc:
                 got = type(exc)
             assert got == expected, args[:3]
+
+
+def test_live_message_takes_keywords_as_the_python_one() -> None:
+    """The C function took positional arguments only (TypeError on ``parts=``)."""
+    common = _common(random.Random(7))
+    parts = live_message_parts(common)
+    expected = mapping._py_live_message("span.started", common, 5, {"a": 1}, parts)
+    assert live_message("span.started", common, 5, {"a": 1}, parts=parts) == expected
+    assert (
+        live_message(message_type="span.started", common=common, time_ns=5, attributes={"a": 1})
+        == expected
+    )
+
+
+@pytest.mark.skipif(_speedups is None, reason="spangraph._speedups was not built")
+def test_c_json_text_of_a_long_string_asks_for_what_it_writes() -> None:
+    """It reserved six bytes for every byte of a string, rounded up to a power of two
+    (a 40 MB value: 256 MiB at once), and under a memory limit failed where the Python
+    encoder did not."""
+    code = (
+        "import resource\n"
+        "from spangraph import _speedups\n"
+        "value = {'doc': 'x' * 40_000_000}\n"
+        "size = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status')"
+        " if l.startswith('VmSize:'))\n"
+        "limit = size + 200 * 2**20\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+        "print(len(_speedups.json_text(value)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(40_000_000 + 10)]
 
 
 def test_live_message_of_odd_types_and_times() -> None:

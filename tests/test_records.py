@@ -847,3 +847,87 @@ def test_c_hot_path_takes_the_span_as_a_keyword() -> None:
         assert len(buffer.take()) == 2
     finally:
         graph.shutdown()
+
+
+class _Kind:
+    _value_ = 1
+
+
+class _Status:
+    _status_code = _Kind()
+    _description = None
+
+
+def _odd_span(**fields: Any) -> Any:
+    import types
+
+    plain = {
+        "_context": (1, 2, False), "_parent": None, "_name": "n", "_kind": _Kind(),
+        "_start_time": 5, "_resource": object(), "_attributes": None, "_end_time": 9,
+        "_status": _Status(), "_events": [], "_links": [],
+    }  # fmt: skip
+    return types.SimpleNamespace(**{**plain, **fields})
+
+
+@needs_c
+def test_c_records_let_an_interrupt_through_and_keep_no_reference() -> None:
+    """Three paths of the C copy lost a KeyboardInterrupt raised by the span's own
+    objects (reading an events list's deque, the truth of a start time), or kept a
+    reference to the record it had made for good."""
+
+    class Events:  # a BoundedList-like whose deque cannot be read
+        @property
+        def _dq(self) -> Any:
+            raise KeyboardInterrupt
+
+        def __len__(self) -> int:
+            return 0
+
+    with pytest.raises(KeyboardInterrupt):
+        _speedups.end_record(_odd_span(_events=Events()), {})
+
+    class Start(int):
+        def __bool__(self) -> bool:
+            raise KeyboardInterrupt
+
+    class Owner:
+        def __init__(self) -> None:
+            self._known: dict[Any, Any] = {}
+            self.items: list[Any] = []
+
+        def _put(self, item: Any) -> None:
+            self.items.append(item)
+
+        def _queue_span(self, what: Any, span: Any) -> None:
+            self.items.append((what, span))
+
+    with pytest.raises(KeyboardInterrupt):
+        _speedups.RecordQueue(Owner(), True).start(_odd_span(_start_time=Start(5)))
+
+    span = _odd_span()
+    armed = False
+
+    class Key:  # a key of the owner's known resources that collides with the span's
+        def __hash__(self) -> int:
+            return hash(id(span._resource))
+
+        def __eq__(self, other: object) -> bool:
+            if armed:
+                raise KeyboardInterrupt
+            return False
+
+    owner = Owner()
+    owner._known = {Key(): None}
+    queue = _speedups.RecordQueue(owner)
+    queue.start(span)
+    record = owner.items[-1][1]
+    before = sys.getrefcount(record)
+    armed = True
+    for _ in range(3):
+        with pytest.raises(KeyboardInterrupt):
+            queue.start(span)
+    armed = False
+    queue.start(_odd_span(_name="other"))  # the module's one-record cache moves on
+    owner.items.clear()
+    assert before == 4  # the owner's list, the module's cache, ``record``, the argument
+    assert sys.getrefcount(record) == 2  # ``record`` and the argument (was 5: one a call)

@@ -298,8 +298,11 @@ copy_items(PyObject *items, int (*fill)(PyObject *, PyObject *))
     PyObject *inner = NULL;
     if (!PyList_Check(items) && !PyTuple_Check(items)) {
         inner = PyObject_GetAttr(items, s_dq);
-        if (inner == NULL)
+        if (inner == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+                return NULL; /* (anything else goes on: the caller copies in Python) */
             PyErr_Clear();
+        }
         else
             items = inner;
     }
@@ -753,7 +756,8 @@ rq_add(RecordQueue *self, PyObject *span, int what)
     if (self->with_time) {
         PyObject *time = PyTuple_GET_ITEM(record, what == 0 ? 7 : 8);
         if (what == 0 && !(PyLong_Check(time) && PyObject_IsTrue(time) == 1)) {
-            PyErr_Clear();
+            if (only_exceptions() < 0)
+                goto interrupted; /* (a KeyboardInterrupt from an int subclass goes on) */
             goto python;
         }
         item = PyTuple_Pack(3, kind, record, time);
@@ -783,6 +787,7 @@ done:
         return NULL; /* KeyboardInterrupt and the like go on */
     Py_RETURN_NONE;
 interrupted:
+    Py_XDECREF(record);
     Py_DECREF(owner);
     return NULL;
 }
@@ -871,7 +876,8 @@ PyObject *cypher_literal(PyObject *module, PyObject *const *args, Py_ssize_t nar
 PyObject *json_text(PyObject *module, PyObject *value);
 /* in _speedups_live.c */
 PyObject *live_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
-PyObject *live_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *live_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                       PyObject *kwnames);
 PyObject *iso_time(PyObject *module, PyObject *time_ns);
 
 static PyMethodDef methods[] = {
@@ -885,7 +891,7 @@ static PyMethodDef methods[] = {
      "json_text(value) -> the JSON spangraph writes for value, or None (Python's)."},
     {"live_setup", (PyCFunction)(void (*)(void))live_setup, METH_FASTCALL,
      "live_setup(python_live_message, to_json, heads): what live_message needs."},
-    {"live_message", (PyCFunction)(void (*)(void))live_message, METH_FASTCALL,
+    {"live_message", (PyCFunction)(void (*)(void))live_message, METH_FASTCALL | METH_KEYWORDS,
      "live_message(message_type, common, time_ns, attributes, parts) -> (head, tail)."},
     {"iso_time", (PyCFunction)iso_time, METH_O,
      "iso_time(time_ns) -> mapping.iso_time's text, or None (the datetime path)."},

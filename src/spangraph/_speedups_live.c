@@ -171,14 +171,14 @@ error:
 }
 
 PyObject *
-live_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+live_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     if (py_live_message == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "live_setup() was not called");
         return NULL;
     }
-    if (nargs != 5)
-        goto python;
+    if (nargs != 5 || kwnames != NULL)
+        goto python; /* keywords as well: the Python version takes them */
     PyObject *message_type = args[0], *time_ns = args[2], *attributes = args[3];
     PyObject *parts = args[4];
     if (!PyUnicode_CheckExact(message_type) || !PyLong_CheckExact(time_ns)
@@ -228,5 +228,5 @@ live_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 
 python:
-    return PyObject_Vectorcall(py_live_message, args, (size_t)nargs, NULL);
+    return PyObject_Vectorcall(py_live_message, args, (size_t)nargs, kwnames);
 }

@@ -148,8 +148,12 @@ out_quoted(Out *out, PyObject *text)
     const char *utf8 = utf8_of(text, &n, &owned);
     if (utf8 == NULL)
         return -1;
-    /* at most every byte escaped, and the two quotes */
-    if (out_reserve(out, 2 * n + 2) < 0) {
+    /* the bytes, a backslash for each to escape, and the two quotes (counted first: a
+       bound of twice the text asked for gigabytes at once for a long value) */
+    Py_ssize_t need = n + 2;
+    for (Py_ssize_t i = 0; i < n; i++)
+        need += utf8[i] == '\\' || utf8[i] == '"';
+    if (out_reserve(out, need) < 0) {
         Py_XDECREF(owned);
         return -1;
     }
@@ -352,7 +356,16 @@ json_str(Out *out, PyObject *text)
         PyErr_Clear(); /* a lone surrogate: JSON text in Python keeps it, UTF-8 cannot */
         return 0;
     }
-    if (out_reserve(out, 6 * n + 2) < 0) { /* at most \u00XX for every byte */
+    /* exactly what the escapes take (counted first: a bound of six bytes for every byte
+       asked for gigabytes at once for a long value, which a memory limit refused) */
+    Py_ssize_t need = n + 2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)utf8[i];
+        if (c < 0x20 || c == '"' || c == '\\')
+            need += (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' || c == '\b'
+                     || c == '\f') ? 1 : 5;
+    }
+    if (out_reserve(out, need) < 0) {
         Py_XDECREF(owned);
         return -1;
     }
