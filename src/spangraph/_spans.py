@@ -21,6 +21,7 @@ from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, Tra
 
 from . import _propagation, _state
 from . import semconv as sc
+from ._aio import is_cancellation
 from ._attrs import clean, encodable, safe_str
 from ._ids import MAX_ID_CHARS, uuid7
 from .processors.live import emit_event
@@ -30,9 +31,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 _log = logging.getLogger("spangraph")
 
 _RUN_KEY: Final = otel_context.create_key("spangraph-run")
-
-_CANCELLED: Final = (asyncio.CancelledError, KeyboardInterrupt)
-"""Exceptions that end a span as ``cancelled`` rather than ``failed``."""
 
 
 _IN_COROUTINE: Final = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE
@@ -523,7 +521,7 @@ class _Frame:
             span.set_attribute(sc.STATE, sc.STATE_COMPLETED)
             if self.lifecycle:
                 _add_event(span, f"{self.kind}.completed", common)
-        elif isinstance(exc, _CANCELLED):
+        elif is_cancellation(exc):
             span.set_attribute(sc.STATE, sc.STATE_CANCELLED)
             if self.kind == sc.KIND_WORKFLOW:
                 _add_event(span, sc.WORKFLOW_CANCELLED, {**common, **_error_attrs(exc)})
@@ -539,7 +537,7 @@ class _Frame:
 def _state_of(exc: BaseException | None) -> str:
     if clean_exit(exc):
         return sc.STATE_COMPLETED
-    return sc.STATE_CANCELLED if isinstance(exc, _CANCELLED) else sc.STATE_FAILED
+    return sc.STATE_CANCELLED if is_cancellation(exc) else sc.STATE_FAILED
 
 
 def _end_anyway(span: Span, exc: BaseException | None) -> None:

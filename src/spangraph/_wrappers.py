@@ -20,9 +20,10 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Link
 
+from . import _aio
 from . import semconv as sc
+from ._aio import is_cancellation
 from ._spans import (
-    _CANCELLED,
     _add_event,
     _default_name,
     _error_attrs,
@@ -54,8 +55,10 @@ def _on_failure(opts: _Options, frame: _Frame, attempt: int, exc: BaseException)
     span = frame.handle.span
     # an exit (sys.exit(), any status) ends the program's work: never run again
     # nor a closed coroutine (GeneratorExit): it cannot await a wait nor a new attempt
-    retryable = isinstance(exc, opts.retry_on) and not isinstance(
-        exc, (*_CANCELLED, GeneratorExit, SystemExit)
+    retryable = (
+        isinstance(exc, opts.retry_on)
+        and not is_cancellation(exc)
+        and not isinstance(exc, (GeneratorExit, SystemExit))
     )
     if not opts.retries or not retryable:
         return None
@@ -203,7 +206,7 @@ def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
             frame.attach()
             try:
                 if opts.timeout is not None:
-                    frame.timeout_cm = asyncio.timeout(opts.timeout)
+                    frame.timeout_cm = _aio.timeout(opts.timeout)
                     async with frame.timeout_cm:
                         result = await fn(*args, **kwargs)
                 else:
@@ -223,7 +226,7 @@ def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
                 delay = None
             if delay is not None:  # out of the except block, as in _wrap_sync
                 try:
-                    await asyncio.sleep(delay)
+                    await _aio.sleep(delay)
                 except BaseException as stopped:
                     _backoff_interrupted(opts, name, attempt + 1, frame, stopped)
                     raise

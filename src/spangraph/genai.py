@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 from opentelemetry import trace
 
 from . import semconv as sc
+from ._aio import is_cancellation
 from ._attrs import clean, clean_value, safe_str, truncate
 from ._spans import (
-    _CANCELLED,
     Handle,
     _add_event,
     _check_attributes,
@@ -110,10 +110,9 @@ class LLMCall(Handle):
 
     def _finish(self, exc: BaseException | None) -> None:
         if self._parts and not self._completed:
-            if clean_exit(exc):
-                reason = None
-            else:  # a stream stopped by a cancellation is no error
-                reason = "cancelled" if isinstance(exc, _CANCELLED) else "error"
+            reason = None
+            if not clean_exit(exc):  # a stream stopped by a cancellation is no error
+                reason = "cancelled" if is_cancellation(exc) else "error"
             self.complete(finish_reason=reason)
 
 

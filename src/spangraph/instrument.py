@@ -9,7 +9,6 @@ the span's never leaks out.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import math
@@ -23,6 +22,7 @@ from typing import Any, Final, overload
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
+from . import _aio
 from . import semconv as sc
 from ._spans import (
     F,
@@ -92,7 +92,7 @@ class Scope:
         frame.attach()
         if self._opts.timeout is not None:
             try:
-                frame.timeout_cm = asyncio.timeout(self._opts.timeout)
+                frame.timeout_cm = _aio.timeout(self._opts.timeout)
                 await frame.timeout_cm.__aenter__()
             except BaseException as exc:  # e.g. not inside a task
                 try:
@@ -412,7 +412,7 @@ async def asleep(seconds: float, /, reason: str | None = None) -> None:
     """``await``-able :func:`sleep`."""
     span = _sleep_event(reason, seconds)
     t0 = time.perf_counter()
-    await asyncio.sleep(seconds)
+    await _aio.sleep(seconds)
     _slept(span, t0)
 
 

@@ -143,7 +143,8 @@ STATE_COMPLETED: Final = "completed"
 STATE_FAILED: Final = "failed"
 """The span ended with an error."""
 STATE_CANCELLED: Final = "cancelled"
-"""The span was cancelled (``asyncio.CancelledError``, ``KeyboardInterrupt``)."""
+"""The span was cancelled (``asyncio.CancelledError``, ``KeyboardInterrupt``,
+``trio.Cancelled``)."""
 STATE_UNEXPLORED: Final = "unexplored"
 """An option node that was offered at a decision but never explored (no span of its own)."""
 RUN_STATES: Final = (STATE_RUNNING, STATE_COMPLETED, STATE_FAILED, STATE_CANCELLED)

@@ -1,0 +1,70 @@
+"""Sleeping, timeouts and cancellation in whichever async library runs the code: asyncio
+(and anything on its loop: uvloop, anyio's asyncio backend) or trio (directly or through
+anyio). trio is looked up in ``sys.modules`` only, never imported."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+
+def _trio() -> Any:
+    """The trio module when the calling code runs in a trio task, else ``None``."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return None
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:  # not in trio (asyncio, or no loop at all)
+        return None
+    return trio
+
+
+async def sleep(seconds: float) -> None:
+    trio = _trio()
+    if trio is None:
+        await asyncio.sleep(seconds)
+    else:
+        await trio.sleep(seconds)
+
+
+def timeout(seconds: float) -> Any:
+    """An async context manager that stops its block after ``seconds`` and raises
+    ``TimeoutError`` from it, with ``expired()``: ``asyncio.timeout``, or its like on
+    trio."""
+    trio = _trio()
+    return asyncio.timeout(seconds) if trio is None else _TrioTimeout(trio, seconds)
+
+
+class _TrioTimeout:
+    """``asyncio.timeout`` on trio: a cancel scope with a deadline; the cancellation it
+    causes leaves the block as ``TimeoutError``."""
+
+    def __init__(self, trio: Any, seconds: float) -> None:
+        self._trio, self._seconds = trio, seconds
+        self._scope: Any = None
+
+    async def __aenter__(self) -> _TrioTimeout:
+        trio = self._trio
+        self._scope = trio.CancelScope(deadline=trio.current_time() + self._seconds)
+        self._scope.__enter__()
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        suppressed = bool(self._scope.__exit__(exc_type, exc, tb))
+        if self._scope.cancelled_caught:
+            raise TimeoutError from exc
+        return suppressed
+
+    def expired(self) -> bool:
+        return self._scope is not None and bool(self._scope.cancel_called)
+
+
+def is_cancellation(exc: BaseException | None) -> bool:
+    """Whether ``exc`` cancels the code rather than failing it: asyncio's
+    ``CancelledError``, ``KeyboardInterrupt``, or trio's ``Cancelled``."""
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        return True
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(exc, trio.Cancelled)
