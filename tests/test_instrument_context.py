@@ -580,3 +580,60 @@ def test_no_leak_after_keyboard_interrupt(cap: SpanCapture) -> None:
             raise KeyboardInterrupt
         assert current_id() == outer
     assert current_id() == 0
+
+
+def _parent_name(cap: SpanCapture, span: ReadableSpan) -> str | None:
+    by_id = {s.context.span_id: s.name for s in cap.spans}
+    return by_id.get(span.parent.span_id) if span.parent is not None else None
+
+
+def test_a_generator_resumed_in_another_thread_closes_its_blocks_there(
+    cap: SpanCapture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A block held across a yield and closed after the generator moved to another
+    thread could not detach (its token was made in the first thread's context): the
+    ended block stayed current, the next one became its child, and OpenTelemetry logged
+    "Failed to detach context"."""
+
+    @spangraph.step
+    def pages() -> Iterator[int]:
+        with spangraph.step("inner"):
+            yield 1
+        with spangraph.step("after"):
+            yield 2
+
+    with spangraph.workflow("wf"):
+        g = pages()
+        assert next(g) == 1
+        rest: list[int] = []
+        thread = threading.Thread(target=lambda: rest.extend(g))
+        thread.start()
+        thread.join()
+        assert trace.get_current_span().name == "wf"  # (this thread's context as it was)
+    assert rest == [2]
+    [after] = cap.find("after")
+    assert _parent_name(cap, after) == "pages"
+    assert "Failed to detach context" not in caplog.text
+
+
+async def test_an_async_generator_resumed_in_another_task_closes_its_blocks_there(
+    cap: SpanCapture, caplog: pytest.LogCaptureFixture
+) -> None:
+    @spangraph.step
+    async def pages() -> AsyncIterator[int]:
+        async with spangraph.step("inner"):
+            yield 1
+        async with spangraph.step("after"):
+            yield 2
+
+    async with spangraph.workflow("wf"):
+        g = pages()
+        assert await anext(g) == 1
+
+        async def rest() -> list[int]:
+            return [x async for x in g]
+
+        assert await asyncio.create_task(rest()) == [2]
+    [after] = cap.find("after")
+    assert _parent_name(cap, after) == "pages"
+    assert "Failed to detach context" not in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -491,9 +492,22 @@ class _Frame:
         self.token = otel_context.attach(self.ctx)
 
     def detach(self) -> None:
-        if self.token is not None:
-            otel_context.detach(self.token)
-            self.token = None
+        token, self.token = self.token, None
+        if token is None:
+            return
+        if type(token) is not contextvars.Token:  # another OTel runtime context
+            otel_context.detach(token)
+            return
+        try:
+            token.var.reset(token)
+        except ValueError:
+            # Attached in another context: a generator's block held across a yield,
+            # closed after the generator moved to another thread or task. What was
+            # current when it was attached is current again, here.
+            old = token.old_value
+            token.var.set(otel_context.Context() if old is contextvars.Token.MISSING else old)
+        except RuntimeError:  # reset already
+            pass
 
     def finish(self, exc: BaseException | None, *, timed_out: float | None = None) -> None:
         """End the span with the outcome ``exc``; never raises an ``Exception`` (what fails
