@@ -717,3 +717,33 @@ def test_an_agent_started_after_the_server_moved_finds_it(
     finally:
         spangraph.shutdown()
         server.stop()
+
+
+@pytest.mark.parametrize("kind", ["executor", "pool"])
+def test_process_pool_workers_do_not_file_work_under_the_run_they_were_forked_in(
+    store: FalkorDBStore, graph_url: str, kind: str
+) -> None:
+    """A pool's workers, forked while run A was current, kept A's context for every task:
+    run B's work was stored as part of run A. A task carries no context: pool workers
+    now start with none, while a plain Process started inside a step still nests there."""
+    project = f"pool-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "pool_runs.py"), graph_url, project, kind],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    ids = json.loads(done.stdout.splitlines()[-1])
+    rows = store.query(
+        "MATCH (s:Span) WHERE s.project_id = $p AND s.name STARTS WITH 'work-' "
+        "RETURN s.name AS name, s.workflow_id AS wf, s.parent_span_id AS parent, "
+        "s.state AS state",
+        {"p": project},
+    )
+    spans = {r["name"]: r for r in rows}
+    assert sorted(spans) == ["work-A-0", "work-A-1", "work-B-0", "work-B-1", "work-C"]
+    assert all(r["state"] == "completed" for r in rows)
+    for name in ("work-A-0", "work-A-1", "work-B-0", "work-B-1"):
+        assert spans[name]["wf"] not in (ids["A"], ids["B"]), name  # in no run, not A's
+    assert (spans["work-C"]["wf"], spans["work-C"]["parent"]) == (ids["C"], ids["C_step"])

@@ -251,12 +251,31 @@ def _shut_down_with_multiprocessing(_: object = None) -> None:
     methods) with ``os._exit`` after its own exit function: ``atexit`` never runs there,
     so what such a process traced would be lost; its finalizers do run."""
     global _finalizer_pid
+    _pool_workers_start_afresh()
     util = sys.modules.get("multiprocessing.util")
     if util is None or _finalizer_pid == os.getpid():
         return
     _finalizer_pid = os.getpid()
     # last (after the pools' and the program's own finalizers), with the default limits
     util.Finalize(None, shutdown, exitpriority=-100)
+
+
+def _pool_workers_start_afresh() -> None:
+    """In a worker of a process pool (``ProcessPoolExecutor``, ``multiprocessing.Pool``)
+    forked just now: no current span. Forked from the thread that first gave it work, it
+    would otherwise keep that thread's context for every task, and file the work of
+    every later run under the span that was current then (a task carries no context). A
+    plain ``Process`` keeps its parent's, so that it nests under the step it started in."""
+    process = sys.modules.get("multiprocessing.process")
+    target = getattr(process.current_process(), "_target", None) if process else None
+    if target is None:
+        return
+    workers = (
+        getattr(sys.modules.get("concurrent.futures.process"), "_process_worker", None),
+        getattr(sys.modules.get("multiprocessing.pool"), "worker", None),
+    )
+    if any(target is worker for worker in workers if worker is not None):
+        otel_context.attach(otel_context.Context())
 
 
 if hasattr(os, "register_at_fork"):
