@@ -804,7 +804,11 @@ def test_replay_is_the_live_messages_while_the_stream_holds_the_run(
     seq (Last-Event-ID) got messages twice."""
     _configure(settings, "replay")
     try:
-        with spangraph.workflow("replayed") as run, spangraph.llm("m", provider="p") as call:
+        with (
+            spangraph.workflow("replayed") as run,
+            spangraph.branch("b1"),
+            spangraph.llm("m", provider="p") as call,
+        ):
             for text in ("a", "b", "c"):
                 call.token(text)
             call.complete("abc")
@@ -827,6 +831,18 @@ def test_replay_is_the_live_messages_while_the_stream_holds_the_run(
     assert "token" not in [m["type"] for m in messages]
     assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
     assert [m["type"] for m in messages] == [m["type"] for m in live if m["type"] != "token"]
+    # the run's ids in each span's attributes, as live (the graph keeps them apart)
+    ids = (sc.KIND, sc.WORKFLOW_ID, sc.EXECUTION_ID, sc.BRANCH_ID, sc.PROJECT_ID, sc.STATE)
+    live_spans, rebuilt_spans = (
+        [
+            (m["type"], m["name"], {k: m["attributes"].get(k) for k in ids})
+            for m in got
+            if m["type"] in ("span.started", "span.ended")
+        ]
+        for got in (live, messages)
+    )
+    assert rebuilt_spans == live_spans
+    assert any(entry[2][sc.BRANCH_ID] for entry in rebuilt_spans)
     r.close()
 
 

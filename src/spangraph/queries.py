@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from . import semconv as sc
 from ._utf8 import utf8
 from .mapping import iso_time, option_text, read_json
 from .stores._base import GraphStore
@@ -646,6 +647,25 @@ def monitors(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     ]
 
 
+_PROMOTED_PROPERTIES: Final = (
+    (sc.KIND, "kind"),
+    (sc.WORKFLOW_ID, "workflow_id"),
+    (sc.EXECUTION_ID, "execution_id"),
+    (sc.BRANCH_ID, "branch_id"),
+    (sc.PROJECT_ID, "project_id"),
+)
+
+
+def _promoted(span: dict[str, Any]) -> dict[str, Any]:
+    """The run's ids a span's live messages carry in ``attributes``, which the graph
+    keeps as node properties of their own (``mapping.PROMOTED``); a plain span's kind
+    (``span``: it carried none) left out."""
+    out = {key: span[prop] for key, prop in _PROMOTED_PROPERTIES if span.get(prop) is not None}
+    if out.get(sc.KIND) == sc.KIND_SPAN:
+        del out[sc.KIND]
+    return out
+
+
 def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     """A run as the ordered list of messages a live subscriber would have seen
     (``span.started``, every event, ``span.ended``), numbered by ``seq`` — ready to
@@ -673,16 +693,15 @@ def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     for span in spans.values():
         if span.get("state") == "unexplored" or span.get("start_ns") is None:
             continue
+        stored = span.get("attributes")
+        attributes = {**(stored if isinstance(stored, dict) else {}), **_promoted(span)}
         messages.append(
-            (
-                span["start_ns"],
-                0,
-                message("span.started", span, span["start_ns"], span.get("attributes")),
-            )
+            (span["start_ns"], 0, message("span.started", span, span["start_ns"], attributes))
         )
         if span.get("end_ns") is not None:
             attrs = {
-                **(span.get("attributes") or {}),
+                **attributes,
+                **({sc.STATE: span["state"]} if span.get("state") is not None else {}),
                 "state": span.get("state"),
                 "duration_ms": span.get("duration_ms"),
             }
