@@ -50,6 +50,9 @@ async def endless(request: Any) -> StreamingResponse:
     async def chunks() -> AsyncIterator[bytes]:
         while True:
             yield b"x" * 65536
+            # (once the client is gone, uvicorn's send returns at once: without a wait
+            # here the loop would never let the disconnect be noticed, and spin for good)
+            await asyncio.sleep(0.001)
 
     return StreamingResponse(chunks(), media_type="text/plain")
 
@@ -91,6 +94,7 @@ def port(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
     yield free
     server.should_exit = True
     thread.join(10)
+    assert not thread.is_alive(), "uvicorn did not stop"  # (a thread left would run on)
 
 
 def connect(port: int) -> socket.socket:
