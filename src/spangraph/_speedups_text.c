@@ -148,12 +148,9 @@ out_quoted(Out *out, PyObject *text)
     const char *utf8 = utf8_of(text, &n, &owned);
     if (utf8 == NULL)
         return -1;
-    /* the bytes, a backslash for each to escape, and the two quotes (counted first: a
-       bound of twice the text asked for gigabytes at once for a long value) */
-    Py_ssize_t need = n + 2;
-    for (Py_ssize_t i = 0; i < n; i++)
-        need += utf8[i] == '\\' || utf8[i] == '"';
-    if (out_reserve(out, need) < 0) {
+    /* the bytes and the two quotes; room for each backslash is made when one is needed
+       (a bound of twice the text asked for gigabytes at once for a long value) */
+    if (out_reserve(out, n + 2) < 0) {
         Py_XDECREF(owned);
         return -1;
     }
@@ -161,8 +158,16 @@ out_quoted(Out *out, PyObject *text)
     *dst++ = '"';
     for (Py_ssize_t i = 0; i < n; i++) {
         char c = utf8[i];
-        if (c == '\\' || c == '"')
+        if (c == '\\' || c == '"') {
+            /* the backslash, this byte and the rest, and the closing quote */
+            out->len = dst - out->data;
+            if (out_reserve(out, 1 + (n - i) + 1) < 0) {
+                Py_XDECREF(owned);
+                return -1;
+            }
+            dst = out->data + out->len;
             *dst++ = '\\';
+        }
         *dst++ = c;
     }
     *dst++ = '"';
@@ -356,16 +361,10 @@ json_str(Out *out, PyObject *text)
         PyErr_Clear(); /* a lone surrogate: JSON text in Python keeps it, UTF-8 cannot */
         return 0;
     }
-    /* exactly what the escapes take (counted first: a bound of six bytes for every byte
-       asked for gigabytes at once for a long value, which a memory limit refused) */
-    Py_ssize_t need = n + 2;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)utf8[i];
-        if (c < 0x20 || c == '"' || c == '\\')
-            need += (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' || c == '\b'
-                     || c == '\f') ? 1 : 5;
-    }
-    if (out_reserve(out, need) < 0) {
+    /* the bytes and the two quotes; room for an escape is made when one is needed (a
+       bound of six bytes for every byte asked for gigabytes at once for a long value,
+       which a memory limit refused) */
+    if (out_reserve(out, n + 2) < 0) {
         Py_XDECREF(owned);
         return -1;
     }
@@ -377,6 +376,13 @@ json_str(Out *out, PyObject *text)
             *dst++ = (char)c;
             continue;
         }
+        /* at most \u00XX for this byte, then the rest and the closing quote */
+        out->len = dst - out->data;
+        if (out_reserve(out, 6 + (n - i - 1) + 1) < 0) {
+            Py_XDECREF(owned);
+            return -1;
+        }
+        dst = out->data + out->len;
         *dst++ = '\\';
         switch (c) {
         case '"': *dst++ = '"'; break;
