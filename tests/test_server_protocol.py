@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import uvicorn
 from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -31,6 +31,7 @@ from spangraph.server._protocol import (
 )
 
 SHORT = 0.6
+BIG = 8 * 1024 * 1024
 
 
 async def hello(request: Any) -> PlainTextResponse:
@@ -57,6 +58,14 @@ async def endless(request: Any) -> StreamingResponse:
     return StreamingResponse(chunks(), media_type="text/plain")
 
 
+async def big(request: Any) -> Response:
+    return Response(b"y" * BIG, media_type="application/octet-stream")  # written at once
+
+
+async def refuses_early(request: Any) -> PlainTextResponse:
+    return PlainTextResponse("no", status_code=401)  # before reading the body
+
+
 async def echo(websocket: WebSocket) -> None:
     await websocket.accept()
     while True:
@@ -68,6 +77,8 @@ APP = Starlette(
         Route("/", hello),
         Route("/stream", slow_stream),
         Route("/endless", endless),
+        Route("/big", big),
+        Route("/early", refuses_early, methods=["POST"]),
         WebSocketRoute("/ws", echo),
     ]
 )
@@ -188,6 +199,44 @@ def test_a_client_that_stops_reading_is_dropped(port: int) -> None:
                 received += len(chunk)
                 assert time.monotonic() < deadline, f"still sending after {received} bytes"
     assert received < 64 * 1024 * 1024  # what the buffers held, not an endless answer
+
+
+def test_a_client_that_reads_slowly_gets_the_whole_answer(port: int) -> None:
+    """Only a client that takes nothing is dropped: one reading an answer written at
+    once over a slow link was reset (its transport stayed paused while it read)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = 0
+        while received < BIG:  # at most ~4 MB a second: the answer takes several SHORTs
+            chunk = sock.recv(65536)
+            assert chunk, f"cut after {received} bytes"
+            received += len(chunk)
+            time.sleep(0.002)
+    assert received >= BIG
+
+
+def test_an_upload_answered_early_may_finish_before_its_answer_is_read(port: int) -> None:
+    """An answer sent before the body was read (a 401, a 415) started the header
+    deadline while the upload still came: the connection was closed under the client,
+    which never read its answer."""
+    with connect(port) as sock:
+        sock.sendall(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n")
+        for _ in range(4):  # the body over 4 x SHORT: past the header deadline
+            time.sleep(SHORT)
+            sock.sendall(b"b" * 10)
+        assert raw_status(sock) == b"401"
+
+
+def raw_status(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "closed without an answer"
+        data += chunk
+    return data.split(b" ", 2)[1]
 
 
 def test_a_websocket_is_not_timed_and_may_ping(port: int) -> None:

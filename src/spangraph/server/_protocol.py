@@ -12,7 +12,8 @@ service reachable by anyone needs.
   it in the kernel's buffers, and a connection closed meanwhile waits for them to drain:
   for ever, if the client never reads again (a live-stream client cut off as too slow
   kept its socket, its descriptor and megabytes of buffers). A connection that takes
-  nothing for :data:`SEND_TIMEOUT` seconds while there is something to send is dropped.
+  nothing for :data:`SEND_TIMEOUT` seconds while there is something to send is dropped
+  (one that takes some, however slowly, is not).
 - *Pings* (:class:`PingLimit`). uvicorn answers every WebSocket ping at once, whether or
   not the client reads the answers: a ping flood held the event loop (every other
   request waited seconds) and, unread, grew memory without bound. More than
@@ -26,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import socket
 import struct
+import termios
 from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -39,6 +42,9 @@ _log = logging.getLogger("spangraph.server")
 HEADER_TIMEOUT = 10.0
 """Seconds a connection has to send a request's headers (as nginx's
 ``client_header_timeout``, shorter)."""
+BODY_TIMEOUT = 60.0
+"""Seconds the rest of a request body may take to arrive after the service answered
+before reading it (the client reads the answer only once its upload is done)."""
 SEND_TIMEOUT = 30.0
 """Seconds a connection may take nothing of what waits to be sent to it (as nginx's
 ``send_timeout``, shorter)."""
@@ -75,6 +81,7 @@ class HeaderDeadline:
 
     def _arm(self) -> None:
         self._disarm()
+        self._answered_at = 0.0
         cycle = self.cycle
         if self.transport.is_closing() or (cycle is not None and not cycle.response_complete):
             return  # closed, or the next request (pipelined) already came whole
@@ -86,13 +93,44 @@ class HeaderDeadline:
             self._deadline.cancel()
             self._deadline = None
 
+    def on_headers_complete(self) -> None:  # (httptools; h11 reads its own state)
+        self._message_done = False
+        super().on_headers_complete()  # type: ignore[misc]
+
+    def on_message_complete(self) -> None:
+        self._message_done = True
+        super().on_message_complete()  # type: ignore[misc]
+
+    _message_done = True
+    _answered_at = 0.0
+
+    def _body_arriving(self) -> bool:
+        """Whether the body of the request answered last is still coming (the app
+        answered early: a 401, 413 or 415 before reading it)."""
+        conn = getattr(self, "conn", None)  # h11's connection state
+        if conn is not None:
+            import h11
+
+            return conn.their_state is h11.SEND_BODY
+        return not self._message_done
+
     def _expire(self) -> None:
         self._deadline = None
         transport = self.transport
         if transport.is_closing() or transport.get_protocol() is not self:
             return  # closed already, or now a WebSocket
-        if self.cycle is self._previous:  # no request's headers came since
-            transport.close()
+        if self.cycle is not self._previous:
+            return  # a request's headers came in time
+        if self._body_arriving():
+            # the client reads its answer once its upload ends: let it end, within
+            # BODY_TIMEOUT of the answer
+            now = self.loop.time()
+            if not self._answered_at:
+                self._answered_at = now - HEADER_TIMEOUT
+            if now - self._answered_at < BODY_TIMEOUT:
+                self._deadline = self.loop.call_later(HEADER_TIMEOUT, self._expire)
+                return
+        transport.close()
 
 
 class SendDeadline:
@@ -102,12 +140,16 @@ class SendDeadline:
 
     transport: asyncio.Transport
     _stalled: asyncio.TimerHandle | None = None
+    _unsent = 0
 
     def pause_writing(self) -> None:
         super().pause_writing()  # type: ignore[misc]
         if self._stalled is None:
-            loop = asyncio.get_running_loop()
-            self._stalled = loop.call_later(SEND_TIMEOUT, self._drop_stalled)
+            self._watch()
+
+    def _watch(self) -> None:
+        self._unsent = _unsent(self.transport)
+        self._stalled = asyncio.get_running_loop().call_later(SEND_TIMEOUT, self._drop_stalled)
 
     def resume_writing(self) -> None:
         super().resume_writing()  # type: ignore[misc]
@@ -125,12 +167,16 @@ class SendDeadline:
     def _drop_stalled(self) -> None:
         self._stalled = None
         transport = self.transport
-        if transport.get_protocol() is self:  # (else: the next protocol has it now)
-            _log.info(
-                "dropped a connection from %s: it took nothing for %.0f s",
-                _peer(transport), SEND_TIMEOUT,
-            )  # fmt: skip
-            _drop(transport)
+        if transport.get_protocol() is not self:
+            return  # the next protocol has it now
+        if _unsent(transport) < self._unsent:
+            self._watch()  # the client took some meanwhile (a slow link): it reads
+            return
+        _log.info(
+            "dropped a connection from %s: it took nothing for %.0f s",
+            _peer(transport), SEND_TIMEOUT,
+        )  # fmt: skip
+        _drop(transport)
 
 
 class PingLimit:
@@ -152,6 +198,19 @@ class PingLimit:
             _drop(self.transport)
             return
         super().handle_ping()  # type: ignore[misc]
+
+
+def _unsent(transport: asyncio.WriteTransport) -> int:
+    """Bytes written to ``transport`` and not yet taken by the client: the transport's
+    buffer, and the socket's send queue in the kernel (megabytes on Linux, where a slow
+    reader's progress shows long before the transport writes more)."""
+    queued = 0
+    sock = transport.get_extra_info("socket")
+    if sock is not None and hasattr(termios, "TIOCOUTQ"):
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+            queued = struct.unpack("i", raw)[0]
+    return transport.get_write_buffer_size() + queued
 
 
 def _drop(transport: asyncio.BaseTransport) -> None:
