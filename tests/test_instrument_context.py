@@ -637,3 +637,36 @@ async def test_an_async_generator_resumed_in_another_task_closes_its_blocks_ther
     [after] = cap.find("after")
     assert _parent_name(cap, after) == "pages"
     assert "Failed to detach context" not in caplog.text
+
+
+def test_a_plain_generator_finished_in_another_run_leaves_that_run_current(
+    cap: SpanCapture,
+) -> None:
+    """A generator that is not a step holds a block across a yield; it is finished in
+    another thread, inside that thread's own run: the block ends there, and that run
+    stays current (the first version of the fix put the first thread's context there,
+    filing the rest of run B under run A)."""
+
+    def pages() -> Iterator[int]:
+        with spangraph.step("inner"):
+            yield 1
+        yield 2
+
+    with spangraph.workflow("run-A"):
+        g = pages()
+        assert next(g) == 1
+    seen: list[str] = []
+
+    def other() -> None:
+        with spangraph.workflow("run-B"):
+            assert next(g) == 2  # closes "inner" here
+            seen.append(trace.get_current_span().name)  # type: ignore[attr-defined]
+            with spangraph.step("b-step"):
+                pass
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert seen == ["run-B"]
+    [b_step] = cap.find("b-step")
+    assert _parent_name(cap, b_step) == "run-B"

@@ -502,12 +502,13 @@ class _Frame:
             token.var.reset(token)
         except ValueError:
             # Attached in another context: a generator's block held across a yield,
-            # closed after the generator moved to another thread or task. What was
-            # current when it was attached is current again, here.
-            old = token.old_value
-            token.var.set(otel_context.Context() if old is contextvars.Token.MISSING else old)
-        except RuntimeError:  # reset already
-            pass
+            # closed after the generator moved to another thread or task. Where this
+            # block is what is current (the generator's own context, as spangraph's
+            # wrappers resume it), what was current when it was attached is current
+            # again; anywhere else, what is current there is not this block's to change.
+            if token.var.get(None) is self.ctx:
+                old = token.old_value
+                token.var.set(otel_context.Context() if old is contextvars.Token.MISSING else old)
 
     def finish(self, exc: BaseException | None, *, timed_out: float | None = None) -> None:
         """End the span with the outcome ``exc``; never raises an ``Exception`` (what fails
