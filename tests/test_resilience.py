@@ -747,3 +747,18 @@ def test_process_pool_workers_do_not_file_work_under_the_run_they_were_forked_in
     for name in ("work-A-0", "work-A-1", "work-B-0", "work-B-1"):
         assert spans[name]["wf"] not in (ids["A"], ids["B"]), name  # in no run, not A's
     assert (spans["work-C"]["wf"], spans["work-C"]["parent"]) == (ids["C"], ids["C_step"])
+
+
+def test_a_pool_task_that_configures_keeps_the_context_it_attached(graph_url: str) -> None:
+    """configure() in a process multiprocessing started also cleared the current context
+    (the pool-worker reset ran there, not only right after the fork): the task's spans
+    left the caller's run."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "pool_task_configures.py"), graph_url, "pool-cfg"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    ids = json.loads(done.stdout.splitlines()[-1])
+    assert ids["before"] == ids["after"] == ids["caller"]

@@ -234,6 +234,7 @@ def _new_lock_after_fork() -> None:
     if util is not None and _current is not None:
         # a process multiprocessing forks clears its finalizers first, then runs these
         util.register_after_fork(_MULTIPROCESSING, _shut_down_with_multiprocessing)
+        util.register_after_fork(_POOL_WORKERS, _pool_workers_start_afresh)
 
 
 class _Token:
@@ -241,6 +242,7 @@ class _Token:
 
 
 _MULTIPROCESSING: Final = _Token()
+_POOL_WORKERS: Final = _Token()
 _finalizer_pid = 0
 
 
@@ -251,7 +253,6 @@ def _shut_down_with_multiprocessing(_: object = None) -> None:
     methods) with ``os._exit`` after its own exit function: ``atexit`` never runs there,
     so what such a process traced would be lost; its finalizers do run."""
     global _finalizer_pid
-    _pool_workers_start_afresh()
     util = sys.modules.get("multiprocessing.util")
     if util is None or _finalizer_pid == os.getpid():
         return
@@ -260,12 +261,14 @@ def _shut_down_with_multiprocessing(_: object = None) -> None:
     util.Finalize(None, shutdown, exitpriority=-100)
 
 
-def _pool_workers_start_afresh() -> None:
+def _pool_workers_start_afresh(_: object = None) -> None:
     """In a worker of a process pool (``ProcessPoolExecutor``, ``multiprocessing.Pool``)
     forked just now: no current span. Forked from the thread that first gave it work, it
     would otherwise keep that thread's context for every task, and file the work of
     every later run under the span that was current then (a task carries no context). A
-    plain ``Process`` keeps its parent's, so that it nests under the step it started in."""
+    plain ``Process`` keeps its parent's, so that it nests under the step it started in.
+    Only right after the fork: a task that attached its caller's context keeps it when
+    it calls ``configure()`` then."""
     process = sys.modules.get("multiprocessing.process")
     target = getattr(process.current_process(), "_target", None) if process else None
     if target is None:
