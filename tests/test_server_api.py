@@ -812,6 +812,9 @@ def test_replay_is_the_live_messages_while_the_stream_holds_the_run(
             for text in ("a", "b", "c"):
                 call.token(text)
             call.complete("abc")
+            provider = spangraph._sdk._current.tracer_provider  # type: ignore[union-attr]
+            with provider.get_tracer("plain").start_as_current_span("plain-op"):
+                pass  # a plain OTel span: no run ids in its own attributes, live or not
         assert spangraph.flush(10)
     finally:
         spangraph.shutdown()
@@ -843,6 +846,7 @@ def test_replay_is_the_live_messages_while_the_stream_holds_the_run(
     )
     assert rebuilt_spans == live_spans
     assert any(entry[2][sc.BRANCH_ID] for entry in rebuilt_spans)
+    assert ("span.started", "plain-op", dict.fromkeys(ids)) in rebuilt_spans
     r.close()
 
 

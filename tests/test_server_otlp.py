@@ -1074,6 +1074,25 @@ def test_a_body_that_stalls_is_408(running: Running, monkeypatch: pytest.MonkeyP
     assert running.ingest.decode_slots.buffered == 0
 
 
+def test_a_body_declared_too_large_that_trickles_is_not_waited_for(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the cap by its Content-Length, its 413 waits for the body to be read away
+    (so the client reads the answer): that read had no time limit."""
+    from spangraph.server import otlp
+
+    monkeypatch.setattr(otlp, "BODY_TIMEOUT", 0.5)
+    port = int(running.url.rsplit(":", 1)[1])
+    declared = running.ingest.max_body_bytes + 1000
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+            + f"Content-Length: {declared}\r\n\r\n".encode()
+            + b"\x0a" * 10
+        )
+        assert raw_answer(sock).startswith(b"HTTP/1.1 413 ")
+
+
 def test_bytes_held_by_bodies_being_received_are_capped(running: Running) -> None:
     """Bodies were counted only once whole: forty uploads stalled just short of 16 MiB
     held 16 MiB each (656 MB), though the docs promised at most 2 + 8 bodies."""

@@ -657,13 +657,12 @@ _PROMOTED_PROPERTIES: Final = (
 
 
 def _promoted(span: dict[str, Any]) -> dict[str, Any]:
-    """The run's ids a span's live messages carry in ``attributes``, which the graph
-    keeps as node properties of their own (``mapping.PROMOTED``); a plain span's kind
-    (``span``: it carried none) left out."""
-    out = {key: span[prop] for key, prop in _PROMOTED_PROPERTIES if span.get(prop) is not None}
-    if out.get(sc.KIND) == sc.KIND_SPAN:
-        del out[sc.KIND]
-    return out
+    """The run's ids a spangraph span's live messages carry in ``attributes``, which the
+    graph keeps as node properties of their own (``mapping.PROMOTED``). None for a plain
+    OTel span (kind ``span``): it carried none, though the graph files it in a run."""
+    if span.get("kind") in (None, sc.KIND_SPAN):
+        return {}
+    return {key: span[prop] for key, prop in _PROMOTED_PROPERTIES if span.get(prop) is not None}
 
 
 def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
@@ -694,14 +693,15 @@ def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
         if span.get("state") == "unexplored" or span.get("start_ns") is None:
             continue
         stored = span.get("attributes")
-        attributes = {**(stored if isinstance(stored, dict) else {}), **_promoted(span)}
+        promoted = _promoted(span)
+        attributes = {**(stored if isinstance(stored, dict) else {}), **promoted}
         messages.append(
             (span["start_ns"], 0, message("span.started", span, span["start_ns"], attributes))
         )
         if span.get("end_ns") is not None:
             attrs = {
                 **attributes,
-                **({sc.STATE: span["state"]} if span.get("state") is not None else {}),
+                **({sc.STATE: span["state"]} if promoted and span.get("state") else {}),
                 "state": span.get("state"),
                 "duration_ms": span.get("duration_ms"),
             }

@@ -140,13 +140,15 @@ def _client(request: Request) -> str:
 
 
 async def _drain(request: Request, stream: Any, budget: int) -> None:
-    """Read and discard what is left of the body, up to ``budget`` bytes."""
+    """Read and discard what is left of the body, up to ``budget`` bytes and for at most
+    :data:`BODY_TIMEOUT` seconds."""
     try:
-        async for chunk in stream:
-            budget -= len(chunk)
-            if budget < 0:
-                return
-    except ClientDisconnect:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in stream:
+                budget -= len(chunk)
+                if budget < 0:
+                    return
+    except (ClientDisconnect, TimeoutError):
         return
 
 
