@@ -34,6 +34,7 @@ import struct
 import termios
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
@@ -66,6 +67,8 @@ class HeaderDeadline:
 
     _deadline: asyncio.TimerHandle | None = None
     _previous: Any = None
+    _armed_at = 0.0
+    _message_done = True  # (httptools: the last request's body has come whole)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -81,11 +84,10 @@ class HeaderDeadline:
 
     def _arm(self) -> None:
         self._disarm()
-        self._answered_at = 0.0
         cycle = self.cycle
         if self.transport.is_closing() or (cycle is not None and not cycle.response_complete):
             return  # closed, or the next request (pipelined) already came whole
-        self._previous = cycle
+        self._previous, self._armed_at = cycle, self.loop.time()
         self._deadline = self.loop.call_later(HEADER_TIMEOUT, self._expire)
 
     def _disarm(self) -> None:
@@ -101,16 +103,11 @@ class HeaderDeadline:
         self._message_done = True
         super().on_message_complete()  # type: ignore[misc]
 
-    _message_done = True
-    _answered_at = 0.0
-
     def _body_arriving(self) -> bool:
         """Whether the body of the request answered last is still coming (the app
         answered early: a 401, 413 or 415 before reading it)."""
         conn = getattr(self, "conn", None)  # h11's connection state
         if conn is not None:
-            import h11
-
             return conn.their_state is h11.SEND_BODY
         return not self._message_done
 
@@ -121,15 +118,11 @@ class HeaderDeadline:
             return  # closed already, or now a WebSocket
         if self.cycle is not self._previous:
             return  # a request's headers came in time
-        if self._body_arriving():
+        if self._body_arriving() and self.loop.time() - self._armed_at < BODY_TIMEOUT:
             # the client reads its answer once its upload ends: let it end, within
             # BODY_TIMEOUT of the answer
-            now = self.loop.time()
-            if not self._answered_at:
-                self._answered_at = now - HEADER_TIMEOUT
-            if now - self._answered_at < BODY_TIMEOUT:
-                self._deadline = self.loop.call_later(HEADER_TIMEOUT, self._expire)
-                return
+            self._deadline = self.loop.call_later(HEADER_TIMEOUT, self._expire)
+            return
         transport.close()
 
 
