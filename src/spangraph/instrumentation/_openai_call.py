@@ -3,7 +3,6 @@ response, and from each streamed chunk or event, and how the span ends (exactly 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import threading
@@ -15,6 +14,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from .. import _state
 from .. import semconv as sc
+from .._aio import is_cancellation
 from .._attrs import clean
 from .._spans import _current_ids, _error_attrs
 from ..processors.live import emit_event
@@ -27,8 +27,6 @@ RESPONSES: Final = "responses"
 """``client.responses.create``."""
 
 PROVIDER: Final = "openai"
-
-_CANCELLED: Final = (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)
 
 _REQUEST_PARAMS: Final = (
     ("temperature", sc.GEN_AI_REQUEST_TEMPERATURE, float),
@@ -292,7 +290,7 @@ class Call:
             self._complete(end_ns)
         if exc is None and self._error is None:
             span.set_attribute(sc.STATE, sc.STATE_COMPLETED)
-        elif isinstance(exc, _CANCELLED):
+        elif is_cancellation(exc) or isinstance(exc, GeneratorExit):
             span.set_attribute(sc.STATE, sc.STATE_CANCELLED)
         else:
             span.set_attribute(sc.STATE, sc.STATE_FAILED)
