@@ -49,9 +49,11 @@ def test_counts_instructions_per_span_against_bare() -> None:
     # allocates when a threshold is reached (the worker's, at times, not the caller's)
     assert rows["bare"][0] > 10_000
     assert rows["handoff"][2] > rows["bare"][2]
-    # the calling thread without its garbage collections: a part of it, and still most
+    # the calling thread without its garbage collections: most of it. Each figure is the
+    # difference of two runs, so where the shorter run happened to collect more than the
+    # longer one (seen on Python 3.13: 48 instructions a span), it is a little above
     for total, _, own, _ in rows.values():
-        assert 0.5 * total < own <= total
+        assert 0.5 * total < own < 1.05 * total
 
 
 @pytest.mark.timeout(600)
