@@ -24,6 +24,25 @@ from spangraph.stores import WriteBatch
 from spangraph.stores.neo4j import Neo4jStore
 
 
+def _from_reply(code: str, message: str) -> Exception:
+    """A server error as the driver makes it from a reply (driver 6 and driver 5)."""
+    from neo4j.exceptions import Neo4jError
+
+    hydrate = getattr(Neo4jError, "_hydrate_neo4j", None) or Neo4jError.hydrate
+    return hydrate(code=code, message=message)
+
+
+def _pool_timeout() -> Exception:
+    """The driver's own error when no pooled connection came in time (driver 6 has a
+    class for it; driver 5 raises a ClientError without a server code)."""
+    from neo4j import exceptions
+
+    own = getattr(exceptions, "ConnectionAcquisitionTimeoutError", None)
+    if own is not None:
+        return own("failed to obtain a connection from the pool within 60.0s")
+    return exceptions.ClientError("failed to obtain a connection from the pool within 60.0s")
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -99,8 +118,6 @@ def test_duplicate_events_from_before_leave_the_index_and_say_how_to_mend(
     before) cannot take the uniqueness constraint: every write would fail on the schema.
     The events get the index instead, and the log says how to delete the duplicates.
     (The driver's answer is played by a stand-in: no Neo4j server runs here.)"""
-    import neo4j
-
     from spangraph.stores.neo4j import DDL, DEDUPLICATE_EVENTS, EVENT_INDEX
 
     store = Neo4jStore(f"bolt://127.0.0.1:{_closed_port()}", password="x")
@@ -109,9 +126,9 @@ def test_duplicate_events_from_before_leave_the_index_and_say_how_to_mend(
     def execute_query(query: Any, *args: Any, **kwargs: Any) -> Any:
         ran.append(query.text)
         if "spangraph_event_key" in query.text:
-            raise neo4j.exceptions.DatabaseError._hydrate_neo4j(
-                code="Neo.DatabaseError.Schema.ConstraintCreationFailed",
-                message="Unable to create Constraint( ... ): Both Node(1) and Node(2) have ...",
+            raise _from_reply(
+                "Neo.DatabaseError.Schema.ConstraintCreationFailed",
+                "Unable to create Constraint( ... ): Both Node(1) and Node(2) have ...",
             )
         return [], None, None
 
@@ -162,11 +179,9 @@ def test_server_errors_are_told_apart_as_the_worker_needs(code: str, expected: t
     """A transaction the server timed out, or one too big for its memory, was a rejected
     statement (the batch dropped whole) or retried for ever: as a timeout it is retried,
     then split, as on FalkorDB. Driver errors as the driver makes them from a reply."""
-    from neo4j.exceptions import Neo4jError
-
     store = Neo4jStore(f"bolt://127.0.0.1:{_closed_port()}", password="secret")
     try:
-        error = store._translate(Neo4jError._hydrate_neo4j(code=code, message="m"), "a write")
+        error = store._translate(_from_reply(code, "m"), "a write")
         assert type(error) is expected
         assert "secret" not in str(error)
     finally:
@@ -174,12 +189,12 @@ def test_server_errors_are_told_apart_as_the_worker_needs(code: str, expected: t
 
 
 def test_an_exhausted_connection_pool_is_a_timeout() -> None:
-    from neo4j.exceptions import ConnectionAcquisitionTimeoutError
-
     store = Neo4jStore(f"bolt://127.0.0.1:{_closed_port()}")
     try:
-        error = store._translate(ConnectionAcquisitionTimeoutError("pool"), "a write")
+        error = store._translate(_pool_timeout(), "a write")
         assert isinstance(error, StoreTimeoutError)  # before: StoreError, the batch dropped
+        other = store._translate(_from_reply("Neo.ClientError.Statement.SyntaxError", "m"), "")
+        assert type(other) is StoreError
     finally:
         store.close()
 

@@ -53,6 +53,7 @@ DEDUPLICATE_EVENTS: Final = (
 """Deletes all but one Event node of each (span_id, seq): run it once, then restart, to
 get the constraint."""
 
+
 _TOO_BIG_OR_SLOW: Final = (
     "Neo.ClientError.Transaction.TransactionTimedOut",
     "Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration",
@@ -70,6 +71,20 @@ _STOPPED: Final = (
 database shutting down): the server sends these as transient errors, and the driver
 makes them client errors so that its own retries leave them alone. Nothing was wrong
 with the batch: retried by the worker, not dropped."""
+
+
+def _is_acquisition_timeout(errors: Any, exc: Exception) -> bool:
+    """Whether the driver gave up waiting for a pooled connection. Driver 6 raises its
+    own ConnectionAcquisitionTimeoutError; driver 5 a ClientError of its own making
+    (no server code) that says so."""
+    own = getattr(errors, "ConnectionAcquisitionTimeoutError", None)
+    if own is not None:
+        return isinstance(exc, own)
+    return (
+        isinstance(exc, errors.ClientError)
+        and exc.code is None
+        and "failed to obtain a connection from the pool" in str(exc)
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -177,7 +192,7 @@ class Neo4jStore:
             errors.TransientError,
             OSError,
         )
-        if isinstance(exc, errors.ConnectionAcquisitionTimeoutError) or (
+        if _is_acquisition_timeout(errors, exc) or (
             isinstance(exc, errors.Neo4jError) and exc.code in _TOO_BIG_OR_SLOW
         ):
             return StoreTimeoutError(f"Neo4j at {self.url} did not finish {what} in time: {exc}")
