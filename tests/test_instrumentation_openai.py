@@ -176,6 +176,23 @@ async def aclient(fake: FakeOpenAI) -> Any:
     await c.close()
 
 
+def chat_helpers(client: Any) -> Any:
+    """Where chat's ``parse`` and ``stream`` are: ``client.chat.completions`` from SDK
+    1.92 on, ``client.beta.chat.completions`` before."""
+    if hasattr(client.chat.completions, "parse"):
+        return client.chat.completions
+    return client.beta.chat.completions
+
+
+def beta_chat_classes() -> list[type]:
+    """The beta chat resource classes of SDKs before 1.92 (none after)."""
+    try:
+        from openai.resources.beta.chat import completions
+    except ImportError:
+        return []
+    return [completions.Completions, completions.AsyncCompletions]
+
+
 @pytest.fixture
 def instrumented() -> Iterator[OpenAIInstrumentor]:
     instrumentor = OpenAIInstrumentor()
@@ -491,7 +508,7 @@ def test_several_choices_stream_apart(cap: SpanCapture) -> None:
 
 def test_chat_stream_helper(cap: SpanCapture, client: OpenAI) -> None:
     """``client.chat.completions.stream()`` calls ``create``: its span is recorded too."""
-    with client.chat.completions.stream(
+    with chat_helpers(client).stream(
         model="gpt-4o-mini", messages=MESSAGES, stream_options={"include_usage": True}
     ) as stream:
         final = stream.get_final_completion()
@@ -515,7 +532,7 @@ def test_stream_helpers_left_early_end_the_span(cap: SpanCapture, client: OpenAI
     """The SDK's ``.stream()`` helpers close the HTTP response, never the stream, when
     left or closed: the span ended only when the collector found the stream."""
     with no_cyclic_gc():
-        with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES) as stream:
+        with chat_helpers(client).stream(model="gpt-4o-mini", messages=MESSAGES) as stream:
             for event in stream:
                 if event.type == "content.delta" and event.delta:
                     break
@@ -537,9 +554,7 @@ async def test_async_stream_helper_left_early_ends_the_span(
     cap: SpanCapture, aclient: AsyncOpenAI
 ) -> None:
     with no_cyclic_gc():
-        async with aclient.chat.completions.stream(
-            model="gpt-4o-mini", messages=MESSAGES
-        ) as stream:
+        async with chat_helpers(aclient).stream(model="gpt-4o-mini", messages=MESSAGES) as stream:
             async for event in stream:
                 if event.type == "content.delta":
                     break
@@ -593,7 +608,7 @@ def test_a_number_too_large_for_a_float_is_left_out(cap: SpanCapture, client: Op
 
 def test_chat_parse_is_recorded(cap: SpanCapture, client: OpenAI) -> None:
     """``parse()`` posts the request itself, without ``create``: it used to make no span."""
-    result = client.chat.completions.parse(model="gpt-4o-mini", messages=MESSAGES)
+    result = chat_helpers(client).parse(model="gpt-4o-mini", messages=MESSAGES)
     assert result.choices[0].message.content == CHAT_MESSAGE
     span = llm_span(cap)
     assert_chat(span)
@@ -608,7 +623,7 @@ def test_responses_parse_is_recorded(cap: SpanCapture, client: OpenAI) -> None:
 
 
 async def test_async_parse_is_recorded(cap: SpanCapture, aclient: AsyncOpenAI) -> None:
-    result = await aclient.chat.completions.parse(model="gpt-4o-mini", messages=MESSAGES)
+    result = await chat_helpers(aclient).parse(model="gpt-4o-mini", messages=MESSAGES)
     assert result.choices[0].message.content == CHAT_MESSAGE
     assert_chat(llm_span(cap))
     cap.clear()
@@ -626,7 +641,7 @@ def test_parse_built_on_create_makes_one_span(
     def parse(self: Any, **kwargs: Any) -> Any:
         return self.create(**kwargs)
 
-    monkeypatch.setattr(Completions, "parse", parse)
+    monkeypatch.setattr(Completions, "parse", parse, raising=False)  # none before 1.92
     instrumentor = OpenAIInstrumentor()
     instrumentor.instrument()
     try:
@@ -801,8 +816,9 @@ def test_uninstrument_restores_the_sdk(client: OpenAI) -> None:
     from openai.resources.chat.completions import AsyncCompletions, Completions
     from openai.resources.responses import AsyncResponses, Responses
 
-    classes = (Completions, AsyncCompletions, Responses, AsyncResponses)
-    methods = [(c, m) for c in classes for m in ("create", "parse")]
+    classes = [Completions, AsyncCompletions, Responses, AsyncResponses, *beta_chat_classes()]
+    methods = [(c, m) for c in classes for m in ("create", "parse") if m in vars(c)]
+    assert len(methods) == 8  # beta's classes have parse only; the others both
     originals = [c.__dict__[m] for c, m in methods]
     instrumentor = OpenAIInstrumentor()
     for _ in range(2):  # uninstrument, then instrument again
@@ -822,7 +838,7 @@ def test_uninstrument_restores_the_sdk(client: OpenAI) -> None:
         assert [c.__dict__[m] for c, m in methods] == originals
     with capture() as cap:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-        client.chat.completions.parse(model="gpt-4o-mini", messages=MESSAGES)
+        chat_helpers(client).parse(model="gpt-4o-mini", messages=MESSAGES)
     assert cap.spans == []
 
 

@@ -5,7 +5,8 @@
 
 Covers ``client.chat.completions.create`` / ``.parse`` and ``client.responses.create`` /
 ``.parse`` on ``OpenAI`` and ``AsyncOpenAI`` (so also the ``.stream()`` helpers built on
-``create``), streaming or not. Each call is one span named ``chat {model}`` with
+``create``), streaming or not; on SDKs before 1.92, ``client.beta.chat.completions.parse``
+/ ``.stream`` too. Each call is one span named ``chat {model}`` with
 ``spangraph.kind = llm``, ``gen_ai.operation.name = chat``, ``gen_ai.provider.name =
 openai``, the request and response model, the response id, token usage and finish
 reasons. Streamed text deltas go to live subscribers as ``token`` events and are never written to the graph;
@@ -58,9 +59,13 @@ _TARGETS: Final = (
     ("openai.resources.chat.completions", "AsyncCompletions", CHAT, True),
     ("openai.resources.responses", "Responses", RESPONSES, False),
     ("openai.resources.responses", "AsyncResponses", RESPONSES, True),
+    # SDKs before 1.92: chat's parse() and stream() under client.beta
+    ("openai.resources.beta.chat.completions", "Completions", CHAT, False),
+    ("openai.resources.beta.chat.completions", "AsyncCompletions", CHAT, True),
 )
 """(module, resource class, API, async): each class's ``create`` and ``parse`` are
-wrapped (``parse`` posts the request itself, without ``create``)."""
+wrapped where the SDK has them (``parse`` posts the request itself, without
+``create``)."""
 
 _METHODS: Final = ("create", "parse")
 
