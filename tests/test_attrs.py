@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from typing import Any
@@ -83,6 +84,33 @@ def test_homogeneous_sequences_become_tuples(value: Any, expected: tuple[Any, ..
     out = clean_value(value)
     assert out == expected
     assert isinstance(out, tuple)
+
+
+class _Float64(float):
+    """Stands in for numpy.float64."""
+
+    def __str__(self) -> str:
+        return "float64!"
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+class _Op(str, enum.Enum):  # noqa: UP042 - the point: its str() is "_Op.SEARCH"
+    SEARCH = "search"
+
+
+def test_sequences_of_primitive_subclasses_hold_the_plain_values() -> None:
+    """OpenTelemetry before 1.45 dropped a sequence holding a subclass (numpy.float64, an
+    IntEnum): the attribute was lost."""
+    out = clean_value([_Float64(0.1), 0.2])
+    assert out == (0.1, 0.2) and [type(v) for v in out] == [float, float]
+    assert [type(v) for v in clean_value([_Level.HIGH, 4])] == [int, int]
+    assert clean_value([_Level.HIGH]) == (3,)
+    strings = clean_value([_Op.SEARCH, "x"])
+    assert strings == ("search", "x") and [type(v) for v in strings] == [str, str]
+    assert clean_value([_Op.SEARCH, 1]) == '["search", 1]'  # mixed: JSON, as before
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ def _clean_value(value: Any) -> Any:
     if isinstance(value, str):
         return encodable(truncate(value))
     if isinstance(value, list | tuple):
-        items = [_clean_value(v) for v in value]
+        items = [_exact(_clean_value(v)) for v in value]
         kinds = {type(v) for v in items}
         if len(kinds) <= 1 and not kinds & {list, tuple, type(None)}:
             return tuple(items)
@@ -54,6 +54,22 @@ def _clean_value(value: Any) -> Any:
     if isinstance(value, Mapping):
         return _text(value)
     return _str(value)
+
+
+def _exact(value: Any) -> Any:
+    """A primitive of a subclass (numpy.float64, an IntEnum, a str enum) as the plain
+    value: OpenTelemetry before 1.45 drops a sequence holding any (only scalars may be
+    subclasses there)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or kind is tuple:
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)  # the characters, not a subclass's __str__
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, int):
+        return int(value)
+    return value
 
 
 def _text(value: Any) -> str:
