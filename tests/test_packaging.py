@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def test_the_sdist_holds_what_its_tests_need(tmp_path: Path) -> None:
         ROOT,
         source,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", "node_modules", "__pycache__", "*.so", "*.egg-info", "build",
+            ".git", ".venv", ".venv-lowest", "node_modules", "__pycache__", "*.so", "*.egg-info", "build",
             "dist", ".ruff_cache", ".pytest_cache",
         ),
     )  # fmt: skip
@@ -96,4 +97,33 @@ def test_the_sdist_holds_what_its_tests_need(tmp_path: Path) -> None:
     assert tracked - names == set()
     assert {"tests/conftest.py", "tests/cypher_lint/package-lock.json", "setup.py"} <= names
     assert {"docker-compose.yml", "Dockerfile", ".ci/run", "src/spangraph/_speedups.c"} <= names
+    assert {".ci/lowest", ".ci/lowest.txt"} <= names
     assert not [n for n in names if "node_modules" in n or n.endswith((".so", ".pyc"))]
+
+
+def test_the_lowest_versions_file_pins_every_declared_lower_bound() -> None:
+    """``.ci/lowest`` runs the suite on ``.ci/lowest.txt``: a bound raised or added in
+    pyproject.toml without it would leave the lowest versions untested (the dev extra's
+    test tools aside)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = list(project["dependencies"])
+    for extra, requirements in project["optional-dependencies"].items():
+        if extra != "dev":
+            declared += requirements
+    bounds: dict[str, Version] = {}
+    for text in declared:
+        requirement = Requirement(text)
+        [lower] = [s.version for s in requirement.specifier if s.operator == ">="]
+        bounds[canonicalize_name(requirement.name)] = Version(lower)
+    pins: dict[str, Version] = {}
+    for line in (ROOT / ".ci" / "lowest.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = Version(version)
+    assert len(bounds) >= 15
+    assert {name: pins.get(name) for name in bounds} == bounds
