@@ -502,13 +502,15 @@ def test_a_worker_leaves_nothing_behind_for_forks() -> None:
     configure() left two behind, run at every fork)."""
 
     def fork_hooks() -> int:
+        # type(), not isinstance(): a lazy proxy among the objects (openai's numpy proxy)
+        # loads its target when asked for its __class__
         return sum(
             1
             for o in gc.get_objects()
             if (
-                isinstance(o, weakref.WeakMethod) and o._func_ref() is BatchWorker._at_fork_reinit  # type: ignore[attr-defined]
+                type(o) is weakref.WeakMethod and o._func_ref() is BatchWorker._at_fork_reinit  # type: ignore[attr-defined]
             )
-            or (isinstance(o, types.FunctionType) and o.__qualname__.startswith("BatchWorker."))
+            or (type(o) is types.FunctionType and o.__qualname__.startswith("BatchWorker."))
         )
 
     gc.collect()
