@@ -87,14 +87,22 @@ def test_homogeneous_sequences_become_tuples(value: Any, expected: tuple[Any, ..
 
 
 class _Float64(float):
-    """Stands in for numpy.float64."""
+    """Stands in for numpy.float64; its __str__ and __float__ are not its value."""
 
     def __str__(self) -> str:
         return "float64!"
 
+    def __float__(self) -> float:
+        return 42.0
+
 
 class _Level(enum.IntEnum):
     HIGH = 3
+
+
+class _Count(int):
+    def __int__(self) -> int:
+        raise ValueError("no int here")
 
 
 class _Op(str, enum.Enum):  # noqa: UP042 - the point: its str() is "_Op.SEARCH"
@@ -108,6 +116,7 @@ def test_sequences_of_primitive_subclasses_hold_the_plain_values() -> None:
     assert out == (0.1, 0.2) and [type(v) for v in out] == [float, float]
     assert [type(v) for v in clean_value([_Level.HIGH, 4])] == [int, int]
     assert clean_value([_Level.HIGH]) == (3,)
+    assert clean_value([_Count(5), 6]) == (5, 6)  # the value, not what __int__ says
     strings = clean_value([_Op.SEARCH, "x"])
     assert strings == ("search", "x") and [type(v) for v in strings] == [str, str]
     assert clean_value([_Op.SEARCH, 1]) == '["search", 1]'  # mixed: JSON, as before

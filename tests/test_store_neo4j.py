@@ -3,8 +3,10 @@ NEO4J_URI is set (tests marked ``neo4j``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -30,17 +32,6 @@ def _from_reply(code: str, message: str) -> Exception:
 
     hydrate = getattr(Neo4jError, "_hydrate_neo4j", None) or Neo4jError.hydrate
     return hydrate(code=code, message=message)
-
-
-def _pool_timeout() -> Exception:
-    """The driver's own error when no pooled connection came in time (driver 6 has a
-    class for it; driver 5 raises a ClientError without a server code)."""
-    from neo4j import exceptions
-
-    own = getattr(exceptions, "ConnectionAcquisitionTimeoutError", None)
-    if own is not None:
-        return own("failed to obtain a connection from the pool within 60.0s")
-    return exceptions.ClientError("failed to obtain a connection from the pool within 60.0s")
 
 
 def _closed_port() -> int:
@@ -189,14 +180,54 @@ def test_server_errors_are_told_apart_as_the_worker_needs(code: str, expected: t
 
 
 def test_an_exhausted_connection_pool_is_a_timeout() -> None:
-    store = Neo4jStore(f"bolt://127.0.0.1:{_closed_port()}")
+    """No pooled connection free in time (driver 6 has an error class for it, driver 5 a
+    ClientError without a server code) is a timeout: retried, then the batch split; it
+    was a StoreError, the batch dropped. Made for real: the one connection is held by a
+    query waiting on a server that never answers."""
+    from neo4j.exceptions import ClientError
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted = threading.Event()
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()  # held open, never answered
+            accepted.set()
+            while conn.recv(4096):  # until the driver gives up and closes
+                pass
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    store = Neo4jStore(
+        f"bolt://127.0.0.1:{listener.getsockname()[1]}",
+        max_connection_pool_size=1,
+        ping_timeout=3.0,  # how long the ping holds the one connection
+        connection_acquisition_timeout=0.5,  # how long the query waits for it
+    )
+    errors: dict[str, Exception] = {}
+
+    def run(name: str) -> None:
+        try:
+            store.ping() if name == "first" else store.query("RETURN 1")
+        except Exception as exc:
+            errors[name] = exc
+
+    first = threading.Thread(target=run, args=("first",))
     try:
-        error = store._translate(_pool_timeout(), "a write")
-        assert isinstance(error, StoreTimeoutError)  # before: StoreError, the batch dropped
-        other = store._translate(_from_reply("Neo.ClientError.Statement.SyntaxError", "m"), "")
+        first.start()
+        assert accepted.wait(10)
+        run("second")
+        first.join(10)
+        assert isinstance(errors["second"], StoreTimeoutError), errors
+        assert type(errors["first"]) is StoreUnavailableError, errors
+        # another driver error without a server code is no timeout
+        other = store._translate(ClientError("Explicit Transaction must be handled"), "")
         assert type(other) is StoreError
     finally:
         store.close()
+        listener.close()
 
 
 def test_a_forked_child_gets_a_driver_of_its_own() -> None:

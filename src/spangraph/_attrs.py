@@ -63,12 +63,13 @@ def _exact(value: Any) -> Any:
     kind = type(value)
     if kind is str or kind is int or kind is float or kind is bool or kind is tuple:
         return value
+    # the value itself, not what a subclass's __str__, __float__ or __int__ makes of it
     if isinstance(value, str):
-        return str.__str__(value)  # the characters, not a subclass's __str__
+        return str.__str__(value)
     if isinstance(value, float):
-        return float(value)
+        return float.__float__(value)
     if isinstance(value, int):
-        return int(value)
+        return int.__int__(value)
     return value
 
 
