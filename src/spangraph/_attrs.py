@@ -46,7 +46,8 @@ def _clean_value(value: Any) -> Any:
     if isinstance(value, str):
         return encodable(truncate(value))
     if isinstance(value, list | tuple):
-        items = [_exact(_clean_value(v)) for v in value]
+        # plain values: OpenTelemetry before 1.45 drops a sequence holding a subclass
+        items = [plain_primitive(_clean_value(v)) for v in value]
         kinds = {type(v) for v in items}
         if len(kinds) <= 1 and not kinds & {list, tuple, type(None)}:
             return tuple(items)
@@ -56,20 +57,19 @@ def _clean_value(value: Any) -> Any:
     return _str(value)
 
 
-def _exact(value: Any) -> Any:
-    """A primitive of a subclass (numpy.float64, an IntEnum, a str enum) as the plain
-    value: OpenTelemetry before 1.45 drops a sequence holding any (only scalars may be
-    subclasses there)."""
+def plain_primitive(value: Any) -> Any:
+    """A str, int or float of a subclass (numpy.float64, an IntEnum, a str enum) as the
+    plain value: the value itself, not what the subclass's ``__str__``, ``__float__`` or
+    ``__int__`` makes of it. Anything else as it is (bool cannot be subclassed)."""
     kind = type(value)
-    if kind is str or kind is int or kind is float or kind is bool or kind is tuple:
+    if kind is str or kind is int or kind is float or kind is bool:
         return value
-    # the value itself, not what a subclass's __str__, __float__ or __int__ makes of it
     if isinstance(value, str):
         return str.__str__(value)
-    if isinstance(value, float):
-        return float.__float__(value)
     if isinstance(value, int):
         return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
     return value
 
 

@@ -45,6 +45,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from .._attrs import plain_primitive
 from ..config import url_on_port
 from ..exceptions import ConfigurationError
 from ..mapping import COMMON_ATTRIBUTES
@@ -106,12 +107,8 @@ def _plain(value: Any) -> Any:
     as the JSON the processors write in-process holds it; bool cannot be subclassed."""
     if value is None or type(value) in (str, int, float, bool, bytes):
         return value
-    if isinstance(value, int):
-        return int.__int__(value)
-    if isinstance(value, float):
-        return float.__float__(value)
-    if isinstance(value, str):
-        return str.__str__(value)
+    if isinstance(value, int | float | str):
+        return plain_primitive(value)
     if isinstance(value, list | tuple):
         return tuple(_plain(v) for v in value)
     if isinstance(value, Mapping):  # keys as the JSON the processors write holds them
