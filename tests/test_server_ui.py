@@ -1706,8 +1706,9 @@ def test_a_large_run_loads_and_polls_in_linear_time(
 
                 # at least one whole graph read with nothing new: the next one has begun
                 reads = take_work(page)["reads"]  # (and the counts of the checks above reset)
-                # polled from here: Playwright 1.45's wait_for_function runs a function
-                # given an argument through eval(), which the page's CSP forbids
+                # polled from here: Playwright's wait_for_function may run its predicate
+                # through eval() (1.45 did for a function with an argument), which the
+                # page's CSP forbids
                 deadline = time.monotonic() + 20
                 while page.evaluate("window.__work.reads") < reads + 2:
                     assert time.monotonic() < deadline, "no two more graph reads in 20 s"

@@ -13,6 +13,9 @@ MAX_VALUE_CHARS: Final = 8192
 
 _INT64 = (-(2**63), 2**63 - 1)
 
+_PLAIN: Final = frozenset((str, int, float, bool, tuple, type(None)))
+"""Types of cleaned sequence items that are no subclass (a nested sequence is a tuple)."""
+
 
 def truncate(text: str, limit: int = MAX_VALUE_CHARS) -> str:
     """``text`` when it has at most ``limit`` characters, else its start and a
@@ -46,9 +49,11 @@ def _clean_value(value: Any) -> Any:
     if isinstance(value, str):
         return encodable(truncate(value))
     if isinstance(value, list | tuple):
-        # plain values: OpenTelemetry before 1.45 drops a sequence holding a subclass
-        items = [plain_primitive(_clean_value(v)) for v in value]
+        items = [_clean_value(v) for v in value]
         kinds = {type(v) for v in items}
+        if not kinds <= _PLAIN:  # OpenTelemetry before 1.45 drops a subclass's sequence
+            items = [plain_primitive(v) for v in items]
+            kinds = {type(v) for v in items}
         if len(kinds) <= 1 and not kinds & {list, tuple, type(None)}:
             return tuple(items)
         return _text(value)
@@ -62,7 +67,7 @@ def plain_primitive(value: Any) -> Any:
     plain value: the value itself, not what the subclass's ``__str__``, ``__float__`` or
     ``__int__`` makes of it. Anything else as it is (bool cannot be subclassed)."""
     kind = type(value)
-    if kind is str or kind is int or kind is float or kind is bool:
+    if kind in _PLAIN:
         return value
     if isinstance(value, str):
         return str.__str__(value)

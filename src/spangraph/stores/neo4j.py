@@ -53,7 +53,6 @@ DEDUPLICATE_EVENTS: Final = (
 """Deletes all but one Event node of each (span_id, seq): run it once, then restart, to
 get the constraint."""
 
-
 _TOO_BIG_OR_SLOW: Final = (
     "Neo.ClientError.Transaction.TransactionTimedOut",
     "Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration",
