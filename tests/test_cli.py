@@ -576,6 +576,20 @@ def test_span_data_cannot_drive_the_terminal(demo: Demo) -> None:
     assert json.loads(as_json.out) == [{"name": "x\x1b[2Jy\u202e"}]
 
 
+def test_print_tree_names_the_run_of_a_workflow_started_inside() -> None:
+    from spangraph._demo import print_tree
+    from spangraph.queries import TreeNode
+
+    step = TreeNode({"kind": "step", "name": "delegate", "state": "completed", "workflow_id": "w"})
+    sub = TreeNode({"kind": "workflow", "name": "sub", "state": "completed", "workflow_id": "w2"})
+    step.children.append(sub)
+    root = TreeNode({"kind": "workflow", "name": "top", "state": "completed", "workflow_id": "w"})
+    root.children.append(step)
+    lines: list[str] = []
+    print_tree([root], lines.append)
+    assert [line.endswith("(run w2)") for line in lines] == [False, False, True]
+
+
 def test_print_tree_shows_control_characters_as_escapes() -> None:
     from spangraph._demo import print_tree
     from spangraph.queries import TreeNode

@@ -244,6 +244,22 @@ def test_branch_id_inherited_even_when_workflow_id_is_set() -> None:
     assert lineage.resolve("g", "c", "t" * 32, {}) == ("w", None, "b1")
 
 
+def test_a_run_started_inside_a_branch_of_another_run_is_in_no_branch() -> None:
+    """A workflow called inside a branch starts a run of its own: before, it and its
+    spans took the branch id of the other run's branch (and showed in its summary)."""
+    lineage = Lineage()
+    lineage.resolve("b", None, "t" * 32, {sc.WORKFLOW_ID: "outer", sc.BRANCH_ID: "b1"})
+    assert lineage.resolve("w", "b", "t" * 32, {sc.WORKFLOW_ID: "inner"}) == ("inner", None, None)
+    assert lineage.resolve("s", "w", "t" * 32, {sc.WORKFLOW_ID: "inner"}) == ("inner", None, None)
+    assert lineage.resolve("x", "s", "t" * 32, {}) == ("inner", None, None)
+    # a branch of its own inside the inner run still counts
+    assert lineage.resolve("ib", "w", "t" * 32, {sc.WORKFLOW_ID: "inner", sc.BRANCH_ID: "b2"}) == (
+        "inner",
+        None,
+        "b2",
+    )
+
+
 def test_lineage_is_bounded() -> None:
     lineage = Lineage(max_entries=2)
     lineage.resolve("a", None, "T", {sc.WORKFLOW_ID: "wa"})

@@ -121,6 +121,48 @@ def test_tree(sg: spangraph.Spangraph, runs: dict[str, str]) -> None:
     assert [s["name"] for s in spans] == ["nested", "outer", "inner"]
 
 
+def test_a_workflow_started_inside_a_run_is_a_run_of_its_own(sg: spangraph.Spangraph) -> None:
+    """A workflow function called inside a run's branch: its spans make a run of their
+    own (in no branch of the outer run), and the outer run's tree shows its workflow
+    span, in start order under the step that called it, as a leaf naming its run."""
+
+    @spangraph.workflow("sub-agent")
+    def sub_agent() -> None:
+        with spangraph.step("sub-step"):
+            pass
+
+    with spangraph.workflow("outer") as outer, spangraph.branch("b"):
+        with spangraph.step("before"):
+            pass
+        with spangraph.step("caller"):
+            time.sleep(0.001)
+            sub_agent()
+            with spangraph.step("after"):
+                pass
+    flush()
+    (root,) = queries.tree(sg.store, outer.workflow_id)
+    walked = [(d, n.name, n.span["workflow_id"]) for d, n in root.walk()]
+    (inner_id,) = {w for _, _, w in walked if w != outer.workflow_id}
+    assert walked == [
+        (0, "outer", outer.workflow_id),
+        (1, "b", outer.workflow_id),
+        (2, "before", outer.workflow_id),
+        (2, "caller", outer.workflow_id),
+        (3, "sub-agent", inner_id),
+        (3, "after", outer.workflow_id),
+    ]
+    (inner,) = queries.tree(sg.store, inner_id)
+    assert [(d, n.name) for d, n in inner.walk()] == [(0, "sub-agent"), (1, "sub-step")]
+    assert {n.span["branch_id"] for _, n in inner.walk()} == {None}
+    (branch,) = queries.branches(sg.store, outer.workflow_id)
+    summary = queries.branch_summary(sg.store, branch["branch_id"])
+    assert sorted(n["name"] for n in summary["nodes"]) == ["after", "b", "before", "caller"]
+    # the other queries of the outer run keep to its own spans
+    assert "sub-agent" not in {
+        s["name"] for s in queries.workflow_spans(sg.store, outer.workflow_id)
+    }
+
+
 def test_path_to_root(sg: spangraph.Spangraph, runs: dict[str, str]) -> None:
     spans = {s["name"]: s for s in queries.workflow_spans(sg.store, runs["nested"])}
     path = queries.path_to_root(sg.store, spans["inner"]["span_id"])

@@ -1860,3 +1860,41 @@ def test_options_never_explored_have_no_jaeger_link(
         expect(page.locator("#detail a.jaeger")).to_have_count(0)
         tried.locator(":scope > .row > .node-btn").click()
         expect(page.locator("#detail a.jaeger")).to_have_count(1)
+
+
+@needs_chromium
+def test_a_run_started_inside_the_run_is_a_leaf_that_opens_it(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A workflow called inside a step is a run of its own: the outer run's tree shows
+    its workflow span under the step as a leaf, whose node panel links to that run."""
+    from playwright.sync_api import expect
+
+    configure_sdk(graph_url, embedded_server, tmp_path)
+    try:
+        with (
+            spangraph.workflow("planner") as run,
+            spangraph.step("delegate"),
+            spangraph.workflow("sub-agent") as sub,
+            spangraph.step("sub-step"),
+        ):
+            pass
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    inner = sub.workflow_id or ""
+    assert inner and inner != run.workflow_id
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, run.workflow_id or "")
+        leaf = node(page, "sub-agent")
+        expect(leaf).to_have_attribute(
+            "data-parent", node(page, "delegate").get_attribute("data-span-id") or ""
+        )
+        expect(page.locator("#tree li.tree-item")).to_have_count(3)  # not its sub-step
+        leaf.locator(":scope > .row > .node-btn").click()
+        link = page.locator('#detail dd[data-fact="Run"] a')
+        expect(link).to_have_text(inner)
+        link.click()
+        expect(page.locator("#run-title")).to_have_text("sub-agent")
+        expect(node(page, "sub-step")).to_have_count(1)

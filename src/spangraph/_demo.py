@@ -181,6 +181,7 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
     """One line per span, indented by depth; the name column narrows as the indent
     grows, down to one character (below 20 levels the columns no longer line up)."""
     for root in roots:
+        run = root.span.get("workflow_id")
         for depth, node in root.walk():
             span = node.span
             width = max(1, 40 - 2 * depth)
@@ -188,9 +189,11 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
                 printable(str(span.get("kind", "?"))),
                 printable(str(span.get("state", "?"))),
             )
+            own = span.get("workflow_id")  # a workflow started inside: a run of its own
             out(
                 f"  {'  ' * depth}{kind:<9} {printable(node.name):<{width}} "
                 f"{state:<10} {_fmt_ms(span.get('duration_ms'))}"
+                + (f"  (run {printable(str(own))})" if depth and own and own != run else "")
             )
 
 

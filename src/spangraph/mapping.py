@@ -387,7 +387,9 @@ class Lineage:
             if inherited is not None:
                 if not workflow_id:
                     workflow_id, execution_id = inherited[0], execution_id or inherited[1]
-                if branch_id is None:
+                # a branch is part of one run: a workflow started inside a branch of
+                # another run is a run of its own, in no branch
+                if branch_id is None and workflow_id == inherited[0]:
                     branch_id = inherited[2]
         ids = self._ids
         if span_id not in ids:

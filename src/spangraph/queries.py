@@ -36,6 +36,14 @@ WORKFLOW_SPANS: Final = (
     "ORDER BY s.start_ns, s.span_id"
 )
 
+CHILD_RUNS: Final = (
+    "MATCH (:Span {workflow_id: $workflow_id})-[:PARENT_OF]->(s:Workflow)\n"
+    "WHERE s.span_id IS NOT NULL AND s.workflow_id <> $workflow_id\n"
+    f"RETURN s.span_id AS {_SPAN_FIELDS}\n"
+    "ORDER BY s.start_ns, s.span_id"
+)
+"""The workflow spans of other runs started inside a run (a workflow called in a step)."""
+
 LIST_WORKFLOWS: Final = (
     "MATCH (s:Workflow)\n"
     "WHERE s.span_id IS NOT NULL\n"
@@ -78,6 +86,7 @@ def statements() -> dict[str, str]:
     """Every query statement, by name (linted with Neo4j's linter in the test suite)."""
     return {
         "workflow_spans": WORKFLOW_SPANS,
+        "child_runs": CHILD_RUNS,
         "list_workflows": LIST_WORKFLOWS,
         "path_to_root": PATH_TO_ROOT,
         "workflow_events": WORKFLOW_EVENTS,
@@ -168,13 +177,22 @@ def tree(store: GraphStore, workflow_id: str) -> list[TreeNode]:
     """A run as a forest of :class:`TreeNode` (normally one root, the workflow span).
 
     Built from :func:`workflow_spans`; a span whose parent is outside the run (or not
-    written yet) becomes a root. Spans whose parents lead round in a cycle (A's parent
-    is B and B's parent is A: only spans from outside can say so) are cut at the span of
-    the cycle that started first (then the smaller span id): it becomes a root.
+    written yet) becomes a root. A workflow started inside the run (a workflow function
+    called in a step) is a run of its own, with its own ``workflow_id``: its workflow
+    span is in the tree, under the span that started it, as a leaf (its ``workflow_id``
+    says which run to read for the rest). Spans whose parents lead round in a cycle
+    (A's parent is B and B's parent is A: only spans from outside can say so) are cut at
+    the span of the cycle that started first (then the smaller span id): it becomes a
+    root.
     """
     # A parent that was never written (e.g. a caller in another service) is only a
     # placeholder node with ids: leave it out, so its children become roots.
     spans = [s for s in workflow_spans(store, workflow_id) if s.get("name") is not None]
+    if spans:
+        rows = store.query(CHILD_RUNS, {"workflow_id": workflow_id})
+        runs = [_decode(r) for r in rows if r.get("name") is not None]
+        if runs:  # in start order among the rest, as the statements order them
+            spans = sorted(spans + runs, key=_start_order)
     nodes = {s["span_id"]: TreeNode(s) for s in spans}
     roots: list[TreeNode] = []
     for node in nodes.values():
@@ -192,6 +210,11 @@ def tree(store: GraphStore, workflow_id: str) -> list[TreeNode]:
                 reached.update(id(n) for _, n in head.walk())
         roots.sort(key=lambda n: order[n.span["span_id"]])
     return roots
+
+
+def _start_order(span: dict[str, Any]) -> tuple[bool, int, str]:
+    start = span.get("start_ns")
+    return (start is None, start or 0, str(span.get("span_id")))
 
 
 def _cycle_key(span: dict[str, Any]) -> tuple[int, str]:

@@ -249,6 +249,8 @@ export function renderDetail(run, select) {
     ["Trace id", n.trace_id],
     ["Branch", n.branch_id],
     ["Service", joined([n.service, n.env].filter(Boolean))],
+    // a workflow started inside this run: a run of its own, shown here as a leaf
+    ["Run", n.workflow_id && n.workflow_id !== run.id ? n.workflow_id : null],
   ].filter(([, v]) => v);
   const attrs = Object.entries(n.attributes).sort(([a], [b]) => a.localeCompare(b));
   replace(box,
@@ -258,7 +260,8 @@ export function renderDetail(run, select) {
     h("dl", { class: "facts" }, facts.map(([k, v]) => [
       h("dt", { text: k }),
       h("dd", { class: k.endsWith("id") ? "mono" : "", dataset: { fact: k } },
-        k === "Parent" ? nodeLink(run, select, v, run.nodes.get(v)?.name || v, "mono") : v),
+        k === "Parent" ? nodeLink(run, select, v, run.nodes.get(v)?.name || v, "mono")
+          : k === "Run" ? h("a", { class: "mono", href: `#run=${encodeURIComponent(v)}`, title: "Open this run" }, v) : v),
     ])),
     h("h3", { text: `Attributes (${attrs.length})` }),
     attrs.length
