@@ -757,7 +757,24 @@ async def test_timeout_decorator_exceeded(cap: SpanCapture) -> None:
     assert event(st, sc.TIMEOUT_SET) == {sc.EVENT_TIMEOUT_MS: 50.0}
     assert event(st, sc.TIMEOUT_EXCEEDED) == {sc.EVENT_TIMEOUT_MS: 50.0}
     assert event(st, sc.STEP_FAILED)[sc.ERROR_TYPE] == "TimeoutError"
+    # asyncio's TimeoutError has no message: the graph and Jaeger say which timeout fired
+    assert event(st, sc.STEP_FAILED)[sc.ERROR_MESSAGE] == "exceeded its timeout of 0.05 s"
+    assert st.status.description == "TimeoutError: exceeded its timeout of 0.05 s"
     assert attrs(st)[sc.STATE] == sc.STATE_FAILED
+
+
+async def test_timeout_then_retry_says_which_timeout(cap: SpanCapture) -> None:
+    @spangraph.step(timeout=0.02, retries=1, backoff=0)
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    with pytest.raises(TimeoutError):
+        await slow()
+    first, second = cap.find(slow.__name__)
+    message = {sc.ERROR_MESSAGE: "exceeded its timeout of 0.02 s"}
+    assert event(first, sc.RETRY_SCHEDULED).items() >= message.items()
+    assert event(second, sc.RETRY_EXHAUSTED).items() >= message.items()
+    assert event(second, sc.STEP_FAILED).items() >= message.items()
 
 
 async def test_timeout_not_exceeded(cap: SpanCapture) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import functools
 import gc
 import inspect
+import os
 import re
 import sys
 import uuid
@@ -90,6 +91,59 @@ def _failed_with_bad_str(span: ReadableSpan) -> None:
     exception = event_attrs(span, "exception")
     assert exception["exception.message"] == "<unprintable BadStr>"
     assert exception["exception.type"].endswith("BadStr")
+
+
+def test_failure_text_every_exporter_can_send(cap: SpanCapture) -> None:
+    """An exception message with a lone surrogate (a file name from ``os.fsdecode``) or
+    of a megabyte: the span's status and its ``exception`` event are mended and cut as
+    ``error.message`` is (before, the status and the event kept the surrogate, and an
+    OTLP exporter failed the whole batch, other spans included)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    name = os.fsdecode(b"report-\xff.txt")
+    raised = ValueError(f"cannot parse {name}")
+
+    @spangraph.step
+    def parse() -> None:
+        raise raised
+
+    with pytest.raises(ValueError) as info:
+        parse()
+    assert info.value is raised and str(info.value) == f"cannot parse {name}"  # unchanged
+    with pytest.raises(RuntimeError), spangraph.step("long"):
+        raise RuntimeError("x" * 1_000_000)
+    for span in cap.spans:
+        encode_spans([span]).SerializeToString()  # raised UnicodeEncodeError
+        texts = [span.status.description or ""] + [
+            v for e in span.events for v in (e.attributes or {}).values() if isinstance(v, str)
+        ]
+        for text in texts:
+            text.encode()
+            assert len(text) <= 4 * 8192
+    span = one(cap, "parse")
+    assert span.status.description == "ValueError: cannot parse report-\ufffd.txt"
+    exception = event_attrs(span, "exception")
+    assert exception["exception.message"] == "cannot parse report-\ufffd.txt"
+    assert "raise raised" in exception["exception.stacktrace"]
+    long = event_attrs(one(cap, "long"), "exception")
+    assert len(long["exception.message"]) == 8192
+    assert long["exception.message"].endswith("chars]")
+
+
+def test_a_failed_span_ends_when_its_code_did(cap: SpanCapture) -> None:
+    """The span's end, and its exception and failure events, carry the moment the code
+    raised: recording the exception (its stack trace read from the source files) is not
+    the step's time (before, the node's duration was the event's plus that)."""
+
+    @spangraph.step
+    def fails() -> None:
+        raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        fails()
+    span = one(cap, "fails")
+    stamps = {e.name: e.timestamp for e in span.events}
+    assert stamps["exception"] == stamps["step.failed"] == span.end_time
 
 
 @pytest.mark.parametrize("retries", [0, 1])

@@ -4,7 +4,6 @@ starts, attaches, detaches and finishes one span with its lifecycle events."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 import inspect
@@ -23,7 +22,7 @@ from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, Tra
 from . import _propagation, _state
 from . import semconv as sc
 from ._aio import is_cancellation
-from ._attrs import clean, encodable, safe_str
+from ._attrs import MAX_VALUE_CHARS, clean, encodable, safe_str, truncate
 from ._ids import MAX_ID_CHARS, uuid7
 from .processors.live import emit_event
 
@@ -151,10 +150,13 @@ def _current_ids() -> RunIds | None:
     return None
 
 
-def _add_event(span: Span, name: str, attributes: Mapping[str, Any] | None = None) -> None:
+def _add_event(
+    span: Span, name: str, attributes: Mapping[str, Any] | None = None, now: int | None = None
+) -> None:
     attrs = clean(attributes)
     name = encodable(name)
-    now = time.time_ns()
+    if now is None:
+        now = time.time_ns()
     span.add_event(name, attrs, timestamp=now)
     emit_event(span, name, attrs, now)
 
@@ -207,45 +209,56 @@ def _error_attrs(exc: BaseException) -> dict[str, Any]:
     return {sc.ERROR_TYPE: qualname, sc.ERROR_MESSAGE: safe_str(exc)}
 
 
-def _record_exception(span: Span, exc: BaseException, now: int) -> None:
-    """OTel's ``exception`` event, also for an exception whose ``__str__`` raises (which
-    ``span.record_exception`` would raise in turn)."""
-    message = safe_str(exc)
+_STACK_CHARS: Final = 4 * MAX_VALUE_CHARS
+"""The longest ``exception.stacktrace`` recorded (its start: the frames come first)."""
+
+
+def exception_attrs(exc: BaseException) -> dict[str, str]:
+    """The attributes of OTel's ``exception`` event for ``exc``, as
+    ``span.record_exception`` gives them, but text every exporter can send: cut to
+    length (the message as ``error.message``), lone surrogates mended (an OTLP exporter
+    failed the whole batch on one, as in a file name from ``os.fsdecode``), and a
+    ``__str__`` that raises giving ``<unprintable T>``."""
+    cls = type(exc)
+    module = cls.__module__
     try:
-        span.record_exception(exc, timestamp=now)
+        stacktrace = "".join(traceback.format_exception(exc))
     except Exception:
-        cls = type(exc)
-        module = cls.__module__
-        try:
-            stacktrace = "".join(traceback.format_exception(exc))
-        except Exception:
-            stacktrace = ""
-        span.add_event(
-            "exception",
-            {
-                "exception.type": cls.__qualname__
-                if module == "builtins"
-                else f"{module}.{cls.__qualname__}",
-                "exception.message": message,
-                "exception.stacktrace": stacktrace,
-                "exception.escaped": "False",
-            },
-            timestamp=now,
-        )
-    # live, the event as the span recorded it (type, message, stack trace, escaped), as
-    # the graph and an OTLP exporter get it
-    recorded: Any = None
-    with contextlib.suppress(Exception):
-        events = span.events  # type: ignore[attr-defined]  # (the SDK's span)
-        last = events[-1] if events else None
-        if last is not None and last.name == "exception" and last.timestamp == now:
-            recorded = dict(last.attributes or {})
-    emit_event(
-        span,
-        "exception",
-        recorded or {"exception.type": type(exc).__qualname__, "exception.message": message},
-        now,
-    )
+        stacktrace = ""
+    return {
+        "exception.type": cls.__qualname__
+        if module == "builtins"
+        else f"{module}.{cls.__qualname__}",
+        "exception.message": encodable(truncate(safe_str(exc))),
+        "exception.stacktrace": encodable(truncate(stacktrace, _STACK_CHARS)),
+        "exception.escaped": "False",
+    }
+
+
+def error_status(exc: BaseException, message: str | None = None) -> Status:
+    """The ERROR status of a span that ``exc`` failed: ``Type: message`` (``exc``'s own
+    unless told), sendable."""
+    text = safe_str(exc) if message is None else message
+    return Status(StatusCode.ERROR, encodable(truncate(f"{type(exc).__name__}: {text}")))
+
+
+def failure_attrs(frame: _Frame, exc: BaseException) -> dict[str, Any]:
+    """``error.type`` and ``error.message`` of ``exc`` ending ``frame``'s span; the
+    message of a ``TimeoutError`` without one (as ``asyncio.timeout`` raises it) says
+    which timeout of the block's fired."""
+    attrs = _error_attrs(exc)
+    if not attrs[sc.ERROR_MESSAGE] and isinstance(exc, TimeoutError):
+        fired = _timed_out(frame, frame.timeout)
+        if fired is not None:
+            attrs[sc.ERROR_MESSAGE] = f"exceeded its timeout of {fired:g} s"
+    return attrs
+
+
+def _record_exception(span: Span, exc: BaseException, now: int) -> None:
+    """OTel's ``exception`` event (:func:`exception_attrs`), also sent live."""
+    attributes = exception_attrs(exc)
+    span.add_event("exception", attributes, timestamp=now)
+    emit_event(span, "exception", attributes, now)
 
 
 class Handle:
@@ -421,7 +434,9 @@ class _Options:
 class _Frame:
     """One open span of a scope: started, attached or not, then finished once."""
 
-    __slots__ = ("ctx", "handle", "kind", "lifecycle", "on_finish", "timeout_cm", "token")
+    __slots__ = (
+        "ctx", "handle", "kind", "lifecycle", "on_finish", "timeout", "timeout_cm", "token",
+    )  # fmt: skip
 
     def __init__(self, opts: _Options, name: str, attempt: int | None, links: tuple[Link, ...]):
         if opts.before_start is not None:
@@ -473,6 +488,7 @@ class _Frame:
         self.lifecycle = kind in (sc.KIND_WORKFLOW, sc.KIND_STEP)
         self.on_finish = None
         self.token: object | None = None
+        self.timeout = opts.timeout
         self.timeout_cm: Any = None
         handle_cls = opts.handle_cls or (WorkflowRun if kind == sc.KIND_WORKFLOW else Handle)
         self.handle = handle_cls(span, kind, run, attempt)
@@ -529,24 +545,28 @@ class _Frame:
             except Exception:  # a hook must not turn a result into an error
                 _log.exception("spangraph: finishing %s %r failed", self.kind, handle.name)
         duration = handle._elapsed_ms()
+        # the span ends, and its last events happen, when its code ended: recording an
+        # exception (its stack trace read from the source files) is not the step's time
+        now = time.time_ns()
         common = {sc.EVENT_DURATION_MS: duration, sc.EVENT_ATTEMPT: handle.attempt}
         if timed_out is not None:
-            _add_event(span, sc.TIMEOUT_EXCEEDED, {sc.EVENT_TIMEOUT_MS: timed_out * 1000})
+            _add_event(span, sc.TIMEOUT_EXCEEDED, {sc.EVENT_TIMEOUT_MS: timed_out * 1000}, now)
         if clean_exit(exc):
             span.set_attribute(sc.STATE, sc.STATE_COMPLETED)
             if self.lifecycle:
-                _add_event(span, f"{self.kind}.completed", common)
+                _add_event(span, f"{self.kind}.completed", common, now)
         elif is_cancellation(exc):
             span.set_attribute(sc.STATE, sc.STATE_CANCELLED)
             if self.kind == sc.KIND_WORKFLOW:
-                _add_event(span, sc.WORKFLOW_CANCELLED, {**common, **_error_attrs(exc)})
+                _add_event(span, sc.WORKFLOW_CANCELLED, {**common, **_error_attrs(exc)}, now)
         else:
             span.set_attribute(sc.STATE, sc.STATE_FAILED)
-            _record_exception(span, exc, time.time_ns())
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {safe_str(exc)}"))
+            _record_exception(span, exc, now)
+            errors = failure_attrs(self, exc)
+            span.set_status(error_status(exc, errors[sc.ERROR_MESSAGE]))
             if self.lifecycle:
-                _add_event(span, f"{self.kind}.failed", {**common, **_error_attrs(exc)})
-        span.end()
+                _add_event(span, f"{self.kind}.failed", {**common, **errors}, now)
+        span.end(end_time=now)
 
 
 def _state_of(exc: BaseException | None) -> str:

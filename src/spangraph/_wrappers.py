@@ -26,12 +26,12 @@ from ._aio import is_cancellation
 from ._spans import (
     _add_event,
     _default_name,
-    _error_attrs,
     _Frame,
     _Options,
     _retry_delay,
     _timed_out,
     as_ended,
+    failure_attrs,
 )
 
 _log = logging.getLogger("spangraph")
@@ -68,10 +68,16 @@ def _on_failure(opts: _Options, frame: _Frame, attempt: int, exc: BaseException)
             _add_event(
                 span,
                 sc.RETRY_SCHEDULED,
-                {sc.EVENT_ATTEMPT: attempt, sc.EVENT_DELAY_MS: delay * 1000, **_error_attrs(exc)},
+                {
+                    sc.EVENT_ATTEMPT: attempt,
+                    sc.EVENT_DELAY_MS: delay * 1000,
+                    **failure_attrs(frame, exc),
+                },
             )
         else:
-            _add_event(span, sc.RETRY_EXHAUSTED, {sc.EVENT_ATTEMPT: attempt, **_error_attrs(exc)})
+            _add_event(
+                span, sc.RETRY_EXHAUSTED, {sc.EVENT_ATTEMPT: attempt, **failure_attrs(frame, exc)}
+            )
     except Exception:  # recording must not stop the retry nor replace the exception
         _log.warning("spangraph: recording a retry of %r failed", frame.handle.name, exc_info=True)
     return delay

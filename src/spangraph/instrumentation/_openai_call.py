@@ -16,7 +16,7 @@ from .. import _state
 from .. import semconv as sc
 from .._aio import is_cancellation
 from .._attrs import clean
-from .._spans import _current_ids, _error_attrs
+from .._spans import _current_ids, _error_attrs, _record_exception, error_status
 from ..processors.live import emit_event
 
 _log = logging.getLogger("spangraph")
@@ -297,18 +297,13 @@ class Call:
             stamp = end_ns or time.time_ns()
             if exc is not None:
                 error_type = _error_attrs(exc)[sc.ERROR_TYPE]
-                message = f"{type(exc).__name__}: {exc}"
-                span.record_exception(exc, timestamp=stamp)
-                emit_event(
-                    span,
-                    "exception",
-                    {"exception.type": type(exc).__qualname__, "exception.message": str(exc)},
-                    stamp,
-                )
+                _record_exception(span, exc, stamp)  # also live
+                status = error_status(exc)
             else:
                 error_type, message = self._error or ("error", "")
+                status = Status(StatusCode.ERROR, message)
             span.set_attribute(sc.ERROR_TYPE, error_type)
-            span.set_status(Status(StatusCode.ERROR, message))
+            span.set_status(status)
         span.end(end_time=end_ns)
 
     def _complete(self, end_ns: int | None) -> None:
