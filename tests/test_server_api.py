@@ -203,6 +203,10 @@ def test_tree_node_and_path(client: TestClient, run_ids: dict[str, str]) -> None
     assert [p["name"] for p in path] == ["api-run", "fetch"]
     # every node in an answer carries jaeger_url (DESIGN): the path's had none
     assert [p["jaeger_url"] for p in path] == [root["jaeger_url"], failed["jaeger_url"]]
+    # ids as a tool may print them, in capitals (stored as OTel prints them)
+    upper = failed["span_id"].upper()
+    assert client.get(f"/api/nodes/{upper}").json()["span_id"] == failed["span_id"]
+    assert client.get(f"/api/nodes/{upper}/path").json() == path
 
 
 def test_decisions_branches_monitors_events(client: TestClient, run_ids: dict[str, str]) -> None:
@@ -714,10 +718,15 @@ def test_odd_data_written_by_other_programs_is_served(client: TestClient) -> Non
         "/api/workflows/odd-r3/events",
         "/api/workflows/odd-r4/tree",
         "/api/workflows/odd-r4/decisions",
+        "/api/nodes/odd-d1/path",
     ):
         assert client.get(path).status_code == 200, path
     [odd] = [w for w in client.get("/api/workflows").json() if w["workflow_id"] == "odd-r4"]
     assert (odd["name"], odd["trace_id"], odd["start_ns"]) == ("5", "7", None)
+    # the path too (it was a 500: a name 5 is no text for the answer's model)
+    [step] = client.get("/api/nodes/odd-d1/path").json()
+    assert (step["name"], step["kind"]) == ("5", "workflow")
+    assert step["jaeger_url"].endswith("/trace/7?uiFind=odd-d1")
     assert client.get("/api/nodes/odd-a1").json()["attributes"] == {}
     assert client.get("/api/nodes/odd-b1").json()["events"][0]["attributes"] == {}
     replay = client.get("/api/workflows/odd-r1/events").json()

@@ -151,6 +151,17 @@ def test_cors_preflight_allows_what_browser_otlp_exporters_send(settings: Settin
         assert other.status_code == 400
 
 
+def test_a_page_of_another_origin_can_read_the_replay_source(settings: Settings) -> None:
+    """``X-Spangraph-Replay`` tells a client whether a replay's seq go on live; a page
+    of an allowed origin could not read it (no ``Access-Control-Expose-Headers``)."""
+    origin = "https://ui.example"
+    with TestClient(create_app(settings, cors_origins=[origin])) as client:
+        answer = client.get("/api/workflows/no-such-run/events", headers={"Origin": origin})
+        assert answer.status_code == 200 and answer.headers["x-spangraph-replay"]
+        exposed = answer.headers["access-control-expose-headers"].lower().split(", ")
+        assert {"x-spangraph-replay", "retry-after"} <= set(exposed)
+
+
 def test_every_route_with_data_needs_the_token(settings: Settings) -> None:
     """The page, its files and the API's description (``/openapi.json``, ``/docs``,
     ``/redoc``) hold no data and stay public; every route in the description wants it."""

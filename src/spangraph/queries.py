@@ -315,18 +315,20 @@ def path_to_root(store: GraphStore, span_id: str) -> list[dict[str, Any]]:
         rows = store.query(PATH_TO_ROOT, {"span_id": ask})
         ask = None
         for sid, parent, name, kind, start_ns, trace_id in rows[0]["chain"] if rows else ():
-            if sid in seen:
-                cycle_at = sid
-                break
             # the stand-in for a parent never written (a caller elsewhere) is not in the
             # path, as tree() leaves it out: the chain starts at the first span written
             if name is None:
                 break
-            seen[sid] = len(chain)
-            chain.append(
+            # text fields as text, whatever other programs wrote (a name 5 reads "5")
+            row = _decode(
                 {"span_id": sid, "parent_span_id": parent, "name": name, "kind": kind,
                  "start_ns": start_ns, "trace_id": trace_id}
             )  # fmt: skip
+            if row["span_id"] in seen:
+                cycle_at = row["span_id"]
+                break
+            seen[row["span_id"]] = len(chain)
+            chain.append(row)
         else:
             if len(chain) % PATH_HOPS == 0 and chain and chain[-1]["parent_span_id"]:
                 ask = chain[-1]["parent_span_id"]

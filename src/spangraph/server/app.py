@@ -381,6 +381,9 @@ def create_app(
                 "traceparent",
                 "tracestate",
             ],
+            # what a page may read of an answer beyond the CORS-safelisted headers: the
+            # replay's source (whether its seq go on live) and the OTLP 503's wait
+            expose_headers=["X-Spangraph-Replay", "Retry-After"],
         )
     if allowed_hosts and "*" not in allowed_hosts:
         from starlette.middleware.trustedhost import TrustedHostMiddleware

@@ -133,6 +133,8 @@ def workflow_tree(workflow_id: str, settings: SettingsDep, store: StoreDep) -> R
 def get_node(span_id: str, settings: SettingsDep, store: StoreDep) -> dict[str, Any]:
     """One span with its attributes and events. 404 for an unknown span."""
     found = queries.node(store, span_id)
+    if found is None and span_id != (lower := span_id.lower()):
+        found = queries.node(store, lower)  # ids are stored as OTel prints them
     if found is None:
         raise HTTPException(404, detail=f"no span {span_id!r}")
     return _node(settings, found)
@@ -146,6 +148,8 @@ def get_node(span_id: str, settings: SettingsDep, store: StoreDep) -> dict[str, 
 def node_path(span_id: str, settings: SettingsDep, store: StoreDep) -> list[dict[str, Any]]:
     """The spans from the root of the span's tree down to it. 404 for an unknown span."""
     path = queries.path_to_root(store, span_id)
+    if not path and span_id != (lower := span_id.lower()):
+        path = queries.path_to_root(store, lower)  # ids are stored as OTel prints them
     if not path:
         raise HTTPException(404, detail=f"no span {span_id!r}")
     return [
