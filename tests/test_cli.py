@@ -303,6 +303,18 @@ def test_demo_serve_on_a_taken_port_fails_before_the_demo(tmp_path: Path) -> Non
     assert not (tmp_path / "home" / "server.json").exists()  # no server was started
 
 
+@pytest.mark.parametrize("what", [("workflows",), ("tree", "some-run")], ids=lambda a: a[0])
+def test_query_of_a_home_that_does_not_exist_says_so(tmp_path: Path, what: tuple[str, ...]) -> None:
+    """A mistyped ``--home``: before, the query started a server there (left running)
+    and answered "(no rows)", as if the runs were gone."""
+    typo = tmp_path / "no-such-home"
+    result = cli(tmp_path, "query", *what, "--home", str(typo), timeout=30)
+    assert result.code == 1 and result.out == ""
+    assert f"nothing has run with the home {typo}" in result.err
+    assert "Traceback" not in result.err
+    assert not typo.exists()
+
+
 def test_down_never_signals_a_pid_from_server_json(tmp_path: Path) -> None:
     """A wrong pid in server.json: ``down`` stops the server that serves this home (by
     the pid it reports itself), leaves the named process alone and says so."""

@@ -490,7 +490,16 @@ def _print_diff(result: dict[str, Any]) -> None:
 def _cmd_query(args: argparse.Namespace) -> int:
     from .stores import open_store
 
-    store = open_store(Settings.from_env(home=args.home))
+    settings = Settings.from_env(home=args.home)
+    if settings.graph_is_embedded and not settings.home.exists():
+        # a mistyped --home: say so, rather than start a server there and answer "no rows"
+        print(
+            f"spangraph: nothing has run with the home {printable(str(settings.home))} "
+            "(no such directory): check --home or SPANGRAPH_HOME",
+            file=sys.stderr,
+        )
+        return 1
+    store = open_store(settings)
     try:
         store.ping()  # fail fast: a query against a server that is down retries for 30 s
         return _run_query(args, store)
