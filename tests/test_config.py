@@ -124,6 +124,8 @@ def test_unknown_override_is_a_type_error() -> None:
         "falkordb://localhost:6379/spangraph",
         "falkordb://localhost",
         "redis://localhost:6379",
+        "redis://localhost:6379/traces",
+        "falkordb://localhost:6379/0",  # a graph named "0", asked for by its scheme
         "neo4j://localhost:7687",
         "neo4j+s://x.databases.neo4j.io",
         "neo4j+ssc://host",
@@ -146,6 +148,8 @@ def test_good_graph_urls(url: str) -> None:
         ("falkordb://localhost:0/g", ["bad port"]),
         ("falkordb:///graph", ["no host"]),
         ("neo4j://:7687", ["no host"]),
+        ("redis://localhost:6379/0", ["Redis database number", "falkordb://"]),
+        ("rediss://localhost:6380/12/", ["Redis database number"]),
     ],
 )
 def test_bad_graph_urls(url: str, words: list[str]) -> None:

@@ -282,6 +282,15 @@ def _check_graph_url(url: str, setting: str = ENV_GRAPH_URL) -> None:
     if not parts.hostname:
         raise ConfigurationError(setting, f"no host in {redact_url(url)!r}")
     _check_port(setting, url)
+    if parts.scheme in ("redis", "rediss") and parts.path.strip("/").isdigit():
+        # the path of a graph URL names the graph: redis://host:6379/0, copied from a
+        # Redis URL, wrote every span into a graph named "0" that nothing else reads
+        raise ConfigurationError(
+            setting,
+            f"{redact_url(url)!r} ends in a Redis database number, but the path of a graph "
+            "URL names the graph: use falkordb://host:port/spangraph (or leave the path "
+            "out for the graph 'spangraph')",
+        )
 
 
 def _check_redis_url(url: str) -> None:
