@@ -373,6 +373,53 @@ def test_a_returned_coroutine_never_awaited_ends_its_span(cap: SpanCapture) -> N
     assert cap.find("inner") == []
 
 
+def _plain(fn: Any) -> Any:
+    """A decorator of the usual kind: a plain function calling ``fn`` (so that neither
+    ``inspect.isgeneratorfunction`` nor ``isasyncgenfunction`` knows what it returns)."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return call
+
+
+def test_a_generator_made_behind_a_plain_decorator_is_covered(cap: SpanCapture) -> None:
+    """Before, the span ended at the call, before the iteration, which ran with no span
+    current (its child spans outside the run)."""
+
+    @spangraph.step("outer")
+    @_plain
+    def numbers(n: int) -> Iterator[int]:
+        for i in range(n):
+            with spangraph.step("inner"):
+                yield i
+
+    @spangraph.step("outer")
+    @_plain
+    async def async_numbers(n: int) -> Any:
+        for i in range(n):
+            with spangraph.step("inner"):
+                yield i
+
+    async def consume() -> list[int]:
+        assert no_span_current()
+        return [i async for i in async_numbers(1)]
+
+    assert list(numbers(1)) == [0]
+    assert no_span_current()
+    early = numbers(3)
+    assert next(early) == 0
+    early.close()  # the consumer stops early: completed
+    assert asyncio.run(consume()) == [0]
+    _covers_inner(cap, "outer", [sc.STATE_COMPLETED] * 3)
+    never = numbers(2)  # dropped before its first next(): the span ends all the same
+    del never
+    gc.collect()
+    assert [state(s) for s in cap.find("outer")] == [sc.STATE_COMPLETED] * 4
+    assert len(cap.find("inner")) == 3
+
+
 def test_async_generator_callable_object(cap: SpanCapture) -> None:
     gen = spangraph.step("agen")(AsyncGenCallable())
 

@@ -156,6 +156,9 @@ def _wrap_sync(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
             if inspect.iscoroutine(result):  # async work: the span covers it, not the call
                 frame.detach()
                 return _covered(frame, result)
+            if inspect.isgenerator(result) or inspect.isasyncgen(result):
+                frame.detach()  # (made by a plain function: a decorator's, say)
+                return _covered_iteration(frame, result)
             try:
                 frame.finish(None)
             finally:
@@ -189,6 +192,29 @@ def _covered(frame: _Frame, coro: Coroutine[Any, Any, Any]) -> Coroutine[Any, An
     # named as the program's coroutine: Python's "never awaited" warning names this one
     outer.__name__, outer.__qualname__ = coro.__name__, coro.__qualname__
     weakref.finalize(outer, _drop, frame, coro)
+    return outer
+
+
+def _covered_iteration(frame: _Frame, gen: Any) -> Any:
+    """A generator (or async generator) iterating ``gen`` in ``frame``'s span, as a
+    decorated generator function's; one dropped before its first ``next()`` ends the
+    span ``completed``, as a generator its consumer closes early."""
+    started = False
+
+    def make() -> Any:
+        nonlocal started
+        started = True
+        return gen
+
+    def dropped() -> None:
+        if not started:  # (once started, closing the generator ends the span)
+            frame.finish(None)
+
+    if inspect.isasyncgen(gen):
+        outer: Any = traced_async_generator(lambda: frame, make)
+    else:
+        outer = traced_generator(lambda: frame, make)
+    weakref.finalize(outer, dropped)
     return outer
 
 
