@@ -157,7 +157,7 @@ def _serve(
             file=sys.stderr,
         )
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6
-    print(f"spangraph: web UI and API on http://{shown}:{port}/ (docs: /docs)", flush=True)
+    where = f"spangraph: web UI and API on http://{shown}:{port}/ (docs: /docs)"
     from .server._protocol import HTTPProtocol, WebSocketProtocol
 
     options: dict[str, Any] = {
@@ -172,12 +172,18 @@ def _serve(
         "ws_per_message_deflate": False,  # compressing every frame per client costs too much
     }
     if reload:
+        print(where, flush=True)
         uvicorn.run("spangraph.server.app:app_from_env", reload=True, **options)
         return 0
     from .server.app import going_away
 
     class Server(uvicorn.Server):
         leaving = False
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:  # listening: not before (a port taken is an error instead)
+                print(where, flush=True)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             # Live streams end first (WebSocket close 1001), and the shutdown starts once

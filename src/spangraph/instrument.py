@@ -381,7 +381,7 @@ def _seconds(value: object) -> bool:
 def _sleep_event(reason: str | None, seconds: float) -> Span | None:
     if not (_seconds(seconds) and 0 <= seconds <= threading.TIMEOUT_MAX):
         raise ValueError(
-            f"seconds must be a finite number from 0 to {threading.TIMEOUT_MAX:g}, got {seconds!r}"
+            f"seconds must be a finite number from 0 to {threading.TIMEOUT_MAX:.0f}, got {seconds!r}"
         )
     span = trace.get_current_span()
     if not span.is_recording():
