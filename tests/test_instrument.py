@@ -1106,6 +1106,82 @@ def test_a_coroutine_closed_while_suspended_is_cancelled(cap: SpanCapture) -> No
         assert [e.name for e in span.events] == ["step.started"], name
 
 
+@contextlib.contextmanager
+def _held_step(name: str) -> Iterator[None]:
+    with spangraph.step(name):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _async_held_step(name: str) -> AsyncIterator[None]:
+    async with spangraph.step(name):
+        yield
+
+
+def test_blocks_entered_through_contextlib_end_as_their_holder(cap: SpanCapture) -> None:
+    """A block entered through an ExitStack, an AsyncExitStack, a @contextmanager or an
+    @asynccontextmanager ends as if the code holding those held it: cancelled in a
+    coroutine closed while suspended, completed in a generator closed early (before,
+    the helper's frame decided: an AsyncExitStack is a coroutine, a @contextmanager a
+    generator)."""
+
+    class Suspend:
+        def __await__(self) -> Iterator[None]:
+            yield
+            yield
+
+    async def in_exit_stack() -> None:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(spangraph.step("c-exit-stack"))
+            await Suspend()
+
+    async def in_contextmanager() -> None:
+        with _held_step("c-contextmanager"):
+            await Suspend()
+
+    async def in_asynccontextmanager() -> None:
+        async with _async_held_step("c-asynccontextmanager"):
+            await Suspend()
+
+    for make in (in_exit_stack, in_contextmanager, in_asynccontextmanager):
+        coroutine = make()
+        coroutine.send(None)
+        coroutine.close()
+
+    async def generator_in_async_exit_stack() -> AsyncIterator[int]:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(spangraph.step("g-async-exit-stack"))
+            yield 1
+            yield 2
+
+    def generator_in_exit_stack() -> Iterator[int]:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(spangraph.step("g-exit-stack"))
+            yield 1
+            yield 2
+
+    async def consume() -> None:
+        agen = generator_in_async_exit_stack()
+        assert await agen.__anext__() == 1
+        await agen.aclose()
+        async with contextlib.aclosing(generator_in_async_exit_stack()) as closing:
+            async for _ in closing:
+                break
+
+    asyncio.run(consume())
+    gen = generator_in_exit_stack()
+    assert next(gen) == 1
+    gen.close()
+    states = {s.name: [attrs(x)[sc.STATE] for x in cap.find(s.name)] for s in cap.spans}
+    assert states == {
+        "c-exit-stack": ["cancelled"],
+        "c-contextmanager": ["cancelled"],
+        "c-asynccontextmanager": ["cancelled"],
+        "g-async-exit-stack": ["completed", "completed"],
+        "g-exit-stack": ["completed"],
+    }
+
+
 def test_generator_explicit_close(cap: SpanCapture) -> None:
     @spangraph.step("g")
     def g() -> Iterator[int]:

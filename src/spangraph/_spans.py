@@ -36,13 +36,37 @@ _RUN_KEY: Final = otel_context.create_key("spangraph-run")
 _IN_COROUTINE: Final = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE
 
 
+_CONTEXTMANAGER_EXITS: Final = frozenset(
+    {"_GeneratorContextManager.__exit__", "_AsyncGeneratorContextManager.__aexit__"}
+)
+
+
+def _holder(frame: Any) -> Any:
+    """The frame of the code that holds a block whose ``__exit__`` ``frame`` called:
+    past ``contextlib``'s own frames (an ``ExitStack``, an ``AsyncExitStack``) and the
+    generator of a ``@contextmanager`` / ``@asynccontextmanager`` function, which are
+    held by what holds them."""
+    while True:
+        back = frame.f_back
+        if back is None:
+            return frame
+        if frame.f_globals.get("__name__") == "contextlib" or (
+            back.f_code.co_qualname in _CONTEXTMANAGER_EXITS
+            and back.f_globals.get("__name__") == "contextlib"
+        ):
+            frame = back
+        else:
+            return frame
+
+
 def as_ended(exc: BaseException | None, caller: Any = None) -> BaseException | None:
     """``exc`` as a span ends with it. A ``GeneratorExit`` in a coroutine (``caller``:
-    the frame the span's code runs in; ``None``: a coroutine) means it was closed while
-    suspended (a task collected while pending, a loop closed without cancelling it): a
-    cancellation. In a generator it is its consumer stopping early: no failure."""
+    the frame that left the span's block, see :func:`_holder`; ``None``: a coroutine)
+    means it was closed while suspended (a task collected while pending, a loop closed
+    without cancelling it): a cancellation. In a generator it is its consumer stopping
+    early: no failure."""
     if isinstance(exc, GeneratorExit) and (
-        caller is None or caller.f_code.co_flags & _IN_COROUTINE
+        caller is None or _holder(caller).f_code.co_flags & _IN_COROUTINE
     ):
         closed = asyncio.CancelledError("the coroutine was closed while suspended")
         closed.__cause__ = exc
