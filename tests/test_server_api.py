@@ -328,6 +328,16 @@ def test_openapi_describes_every_route(client: TestClient) -> None:
     assert expected <= paths
 
 
+def test_openapi_declares_what_routes_read_themselves(client: TestClient) -> None:
+    """The SSE route's ``?since`` and ``?token`` and the replay's ``X-Spangraph-Replay``
+    are read and written by the routes themselves: described all the same."""
+    paths = client.get("/openapi.json").json()["paths"]
+    sse = paths["/api/stream/workflows/{workflow_id}/sse"]["get"]
+    assert {"since", "token", "last-event-id"} <= {p["name"] for p in sse["parameters"]}
+    replay = paths["/api/workflows/{workflow_id}/events"]["get"]["responses"]["200"]
+    assert replay["headers"]["X-Spangraph-Replay"]["schema"]["enum"] == ["stream", "graph"]
+
+
 def test_nothing_connects_at_import_or_create(closed_port: int, tmp_path: Path) -> None:
     """create_app() only builds the app: the store is opened in the lifespan."""
     settings = Settings.from_env(

@@ -361,6 +361,25 @@ class _LiveEventSource(EventSourceResponse):
         404: {"description": "no workflow id in the path"},
         503: {"description": "live events are off, or Redis is unreachable"},
     },
+    # read by the route itself (checked also when Last-Event-ID wins): declared here
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "since",
+                "in": "query",
+                "required": False,
+                "description": "resume after this seq (Last-Event-ID wins over it)",
+                "schema": {"type": "integer", "minimum": 0},
+            },
+            {
+                "name": "token",
+                "in": "query",
+                "required": False,
+                "description": "the API token, for clients that cannot send the header",
+                "schema": {"type": "string"},
+            },
+        ]
+    },
 )
 async def stream_workflow_sse(
     workflow_id: str,

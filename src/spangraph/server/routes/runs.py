@@ -222,7 +222,21 @@ def workflow_monitors(
     ]
 
 
-@router.get("/workflows/{workflow_id:id}/events", response_model=list[LiveMessage])
+@router.get(
+    "/workflows/{workflow_id:id}/events",
+    response_model=list[LiveMessage],
+    responses={
+        200: {
+            "headers": {
+                "X-Spangraph-Replay": {
+                    "description": "`stream`: the live messages, their seq (go on live "
+                    "from the last with Last-Event-ID); `graph`: rebuilt, numbered anew",
+                    "schema": {"type": "string", "enum": ["stream", "graph"]},
+                }
+            }
+        }
+    },
+)
 async def workflow_events(workflow_id: str, request: Request, store: StoreDep) -> Response:
     """Replay: the run as the ordered messages a live subscriber would have seen. From
     the run's Redis stream while it holds the run from its first message (the live
