@@ -299,6 +299,9 @@ def test_project_id_default_and_attribute(provider: TracerProvider) -> None:
         ({sc.KIND: "tool", sc.GEN_AI_OPERATION_NAME: "chat"}, "tool"),
         ({sc.KIND: "not-a-kind", sc.GEN_AI_OPERATION_NAME: "chat"}, "llm"),
         ({sc.KIND: "not-a-kind"}, "span"),
+        # an explicit plain span wins too, as the docs' table says of any kind
+        ({sc.KIND: "span", "openinference.span.kind": "LLM"}, "span"),
+        ({sc.KIND: "span", sc.GEN_AI_OPERATION_NAME: "invoke_workflow"}, "span"),
         ({}, "span"),
     ],
 )

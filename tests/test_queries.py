@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import StatusCode
 
 import spangraph
 from spangraph import _diff, queries
@@ -161,6 +162,31 @@ def test_a_workflow_started_inside_a_run_is_a_run_of_its_own(sg: spangraph.Spang
     assert "sub-agent" not in {
         s["name"] for s in queries.workflow_spans(sg.store, outer.workflow_id)
     }
+
+
+def test_a_workflow_span_of_another_instrumentation_inside_a_run_is_no_run(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    """An OpenLLMetry ``@workflow`` (or a GenAI ``invoke_workflow`` span) inside a run
+    takes the run's ids and a :Workflow label: the run list showed the run once more for
+    each, and decision analytics could read such a span's state as the run's."""
+    tracer = provider.get_tracer("openllmetry-like")
+    with spangraph.workflow("outer-run") as run:
+        for attributes in (
+            {"traceloop.span.kind": "workflow"},
+            {"gen_ai.operation.name": "invoke_workflow"},
+        ):
+            with tracer.start_as_current_span("inner-wf", attributes=attributes) as inner:
+                inner.set_status(StatusCode.ERROR, "inner failed")
+        with spangraph.decision("route-outer", options=["a", "b"]) as d:
+            d.choose("a")
+    flush()
+    listed = queries.workflows(sg.store, project_id=sg.settings.project, limit=100)
+    assert [(w["name"], w["workflow_id"]) for w in listed] == [("outer-run", run.workflow_id)]
+    kinds = {s["name"]: s["kind"] for s in queries.workflow_spans(sg.store, run.workflow_id)}
+    assert kinds["inner-wf"] == "workflow"  # still a workflow node of the run
+    [row] = queries.decision_analytics(sg.store, "route-outer", project_id=sg.settings.project)
+    assert (row["chosen"], row["runs"], row["succeeded"]) == (1, 1, 1)
 
 
 def test_path_to_root(sg: spangraph.Spangraph, runs: dict[str, str]) -> None:

@@ -281,8 +281,8 @@ def kind_of(attributes: Mapping[str, Any]) -> str:
 
     Runs on the worker for every span: a handful of dict look-ups, no string work."""
     kind = attributes.get(sc.KIND)
-    if kind is not None and kind in sc.KIND_LABELS:
-        return str(kind)
+    if kind is not None and (kind in sc.KIND_LABELS or kind == sc.KIND_SPAN):
+        return str(kind)  # (``span`` too: a plain span, whatever else it says)
     get = attributes.get
     for key, table in _FOREIGN_KINDS:
         value = get(key)

@@ -52,6 +52,11 @@ LIST_WORKFLOWS: Final = (
     "  AND ($name IS NULL OR s.name = $name)\n"
     "  AND ($name_contains IS NULL OR toLower(s.name) CONTAINS toLower($name_contains))\n"
     "  AND ($since_ns IS NULL OR s.start_ns >= $since_ns)\n"
+    # a run's top workflow spans only: one inside its run (another instrumentation's
+    # workflow span, which takes the run's ids) is no run of its own
+    "OPTIONAL MATCH (p:Span {span_id: s.parent_span_id})\n"
+    "WITH s, p\n"
+    "WHERE p IS NULL OR p.workflow_id IS NULL OR p.workflow_id <> s.workflow_id\n"
     f"RETURN s.span_id AS {_SPAN_FIELDS}\n"
     "ORDER BY s.start_ns DESC\n"
     "LIMIT $limit"
@@ -425,7 +430,10 @@ DECISION_ANALYTICS: Final = (
     "WHERE w.workflow_id = d.workflow_id\n"
     # a run id used again (another run of the same id) counts a decision once: for the
     # run of its own trace, else for one of them
-    "WITH d, option, w ORDER BY CASE WHEN w.trace_id = d.trace_id THEN 0 ELSE 1 END\n"
+    # (and of a run's workflow spans, the first: its top one, not another
+    # instrumentation's workflow span inside it)
+    "WITH d, option, w ORDER BY CASE WHEN w.trace_id = d.trace_id THEN 0 ELSE 1 END,\n"
+    "     w.start_ns\n"
     "WITH d, option, collect(w)[0] AS w\n"
     "RETURN option, count(d) AS chosen, count(w) AS runs,\n"
     "       sum(CASE WHEN w.state = 'completed' THEN 1 ELSE 0 END) AS succeeded,\n"
