@@ -280,6 +280,34 @@ def test_chat_completion(cap: SpanCapture, client: OpenAI) -> None:
     assert "Say hello" not in json.dumps(a)  # the prompt is never recorded
 
 
+def test_request_settings_and_server_of_the_conventions(cap: SpanCapture, client: OpenAI) -> None:
+    """GenAI's request attributes beyond temperature and the like, and the server
+    called (an OpenAI-compatible server is told apart by it)."""
+    client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        n=2,
+        seed=7,
+        frequency_penalty=0.5,
+        presence_penalty=-0.25,
+        stop=["END", "STOP"],
+    )
+    a = attrs(llm_span(cap))
+    assert a[sc.GEN_AI_REQUEST_CHOICE_COUNT] == 2
+    assert a[sc.GEN_AI_REQUEST_SEED] == 7
+    assert a[sc.GEN_AI_REQUEST_FREQUENCY_PENALTY] == 0.5
+    assert a[sc.GEN_AI_REQUEST_PRESENCE_PENALTY] == -0.25
+    assert a[sc.GEN_AI_REQUEST_STOP_SEQUENCES] == ("END", "STOP")
+    assert a[sc.SERVER_ADDRESS] == client.base_url.host == "127.0.0.1"
+    assert a[sc.SERVER_PORT] == client.base_url.port
+    cap.clear()
+    client.chat.completions.create(model="m", messages=MESSAGES, n=1, stop="END", seed=True)
+    a = attrs(llm_span(cap))
+    assert sc.GEN_AI_REQUEST_CHOICE_COUNT not in a  # 1: the default, left out
+    assert a[sc.GEN_AI_REQUEST_STOP_SEQUENCES] == ("END",)
+    assert sc.GEN_AI_REQUEST_SEED not in a  # a bool is no seed
+
+
 def test_chat_completion_tool_calls_records_names_not_arguments(
     cap: SpanCapture, client: OpenAI
 ) -> None:

@@ -34,8 +34,34 @@ _REQUEST_PARAMS: Final = (
     ("max_tokens", sc.GEN_AI_REQUEST_MAX_TOKENS, int),
     ("max_completion_tokens", sc.GEN_AI_REQUEST_MAX_TOKENS, int),
     ("max_output_tokens", sc.GEN_AI_REQUEST_MAX_TOKENS, int),
+    ("frequency_penalty", sc.GEN_AI_REQUEST_FREQUENCY_PENALTY, float),
+    ("presence_penalty", sc.GEN_AI_REQUEST_PRESENCE_PENALTY, float),
+    ("seed", sc.GEN_AI_REQUEST_SEED, int),
 )
 """(keyword of ``create``, GenAI attribute, type): request parameters that are recorded."""
+
+
+def _stop_sequences(value: Any) -> tuple[str, ...] | None:
+    """``stop`` of ``create``: one text or a list of them."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return None
+
+
+def server_of(client: Any) -> tuple[str | None, int | None]:
+    """(host, port) of the server an OpenAI client calls (its ``base_url``); the port
+    also when the URL leaves it to its scheme. ``(None, None)`` when not found."""
+    try:
+        url = client.base_url
+        host, port = url.host, url.port
+        if port is None:
+            port = {"https": 443, "http": 80}.get(url.scheme)
+        return (str(host) or None, port if isinstance(port, int) else None)
+    except Exception:
+        return None, None
+
 
 _INCOMPLETE_REASONS: Final = {"max_output_tokens": "length", "content_filter": "content_filter"}
 """A Responses-API ``incomplete_details.reason`` as a chat-style finish reason."""
@@ -91,6 +117,7 @@ class Call:
         kwargs: Mapping[str, Any],
         *,
         capture_content: bool = True,
+        server: tuple[str | None, int | None] = (None, None),
     ) -> None:
         model = kwargs.get("model")
         model = model if isinstance(model, str) and model else None
@@ -106,6 +133,17 @@ class Call:
             value = _number(kwargs.get(param), kind)
             if value is not None:
                 attrs[key] = value
+        choices = _number(kwargs.get("n"), int)
+        if choices is not None and choices != 1:
+            attrs[sc.GEN_AI_REQUEST_CHOICE_COUNT] = choices
+        stop = _stop_sequences(kwargs.get("stop"))
+        if stop is not None:
+            attrs[sc.GEN_AI_REQUEST_STOP_SEQUENCES] = stop
+        host, port = server
+        if host is not None:
+            attrs[sc.SERVER_ADDRESS] = host
+            if port is not None:
+                attrs[sc.SERVER_PORT] = port
         run = _current_ids()
         if run is not None:
             if run.workflow_id:

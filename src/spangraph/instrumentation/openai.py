@@ -41,7 +41,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Tracer
 
 from .._version import __version__
-from ._openai_call import CHAT, RESPONSES, Call
+from ._openai_call import CHAT, RESPONSES, Call, server_of
 from ._openai_stream import TracedAsyncStream, TracedStream, wait_reaped
 from ._wrapping import unwrap_ours
 
@@ -84,11 +84,14 @@ def capture_content_from_env() -> bool:
     return value not in ("false", "0", "no", "off", "no_content")
 
 
-def _start(tracer: Tracer | None, api: str, kwargs: dict[str, Any], capture: bool) -> Call | None:
+def _start(
+    tracer: Tracer | None, api: str, instance: Any, kwargs: dict[str, Any], capture: bool
+) -> Call | None:
     if not is_instrumentation_enabled():
         return None
     try:
-        return Call(tracer, api, kwargs, capture_content=capture)
+        server = server_of(getattr(instance, "_client", None))
+        return Call(tracer, api, kwargs, capture_content=capture, server=server)
     except Exception:  # never break the user's call
         _log.exception("spangraph: starting an OpenAI span failed")
         return None
@@ -152,7 +155,7 @@ def _sync_wrapper(
 ) -> Callable[..., Any]:
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         on = switch.on and not _in_call.get()
-        call = _start(tracer, api, kwargs, capture) if on else None
+        call = _start(tracer, api, instance, kwargs, capture) if on else None
         if call is None:
             return wrapped(*args, **kwargs)
         token = otel_context.attach(trace.set_span_in_context(call.span))
@@ -175,7 +178,7 @@ def _async_wrapper(
 ) -> Callable[..., Any]:
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         on = switch.on and not _in_call.get()
-        call = _start(tracer, api, kwargs, capture) if on else None
+        call = _start(tracer, api, instance, kwargs, capture) if on else None
         if call is None:
             return await wrapped(*args, **kwargs)
         token = otel_context.attach(trace.set_span_in_context(call.span))
