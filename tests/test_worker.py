@@ -888,6 +888,55 @@ def test_a_flush_that_timed_out_and_a_later_one_both_see_the_drop(make: Any) -> 
     assert w.flush(5) is True
 
 
+def test_a_drop_after_a_flush_timed_out_is_told_by_the_next_flush(make: Any) -> None:
+    """A flush times out (the store hangs), the batch is dropped afterwards: its waiter
+    was told False for the timeout, and the next flush, asked once the drop was done,
+    only looked at what came after it: True, and no flush ever told of the loss."""
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def send(payload: list[Any]) -> None:
+        entered.set()
+        assert gate.wait(10)
+        raise ValueError("rejected")
+
+    w, _ = make(sink=send, schedule_delay=0.01)
+    w.put(1)
+    assert entered.wait(5)
+    assert w.flush(0.05) is False  # timed out
+    gate.set()  # dropped now, with no flush waiting
+    deadline = time.monotonic() + 5
+    while w.stats()["dropped"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert w.stats()["dropped"] == 1
+    assert w.flush(5) is False  # told once
+    assert w.flush(5) is True
+
+
+def test_drops_after_a_burst_are_logged_once_it_is_over(
+    make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drops the rate limit kept quiet were logged only at shutdown, which a program
+    that runs for days (or is killed) never reaches: the idle worker logs them once
+    the 10 s have passed."""
+    w, sink = full(make)
+    with caplog.at_level(logging.WARNING, logger="spangraph"):
+        for i in range(50):
+            assert w.put(i) is False
+        w._last_drop_log -= 11.0  # the rate limit's 10 s have passed
+        sink.gate.set()
+        deadline = time.perf_counter() + 5
+        while time.perf_counter() < deadline and not any(
+            "more item" in r.getMessage() for r in caplog.records
+        ):
+            time.sleep(0.01)
+    said = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert said == [
+        "spangraph test: dropped 1 item(s) (queue full); 1 dropped in all",
+        "spangraph test: dropped 49 more item(s) since the last warning; 50 dropped in all",
+    ]
+
+
 def test_a_flush_is_false_after_a_mapping_error_or_a_full_queue(make: Any) -> None:
     def picky_prepare(items: list[Any]) -> tuple[list[Any], int]:
         if "poison" in items:

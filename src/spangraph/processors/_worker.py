@@ -43,11 +43,13 @@ class _FlushMarker:
     """A flush in the queue. Released (``done``) in queue order, once everything before
     it was sent or dropped; ``ok`` then tells whether all of it was sent."""
 
-    __slots__ = ("done", "ok", "prev", "put_lost")
+    __slots__ = ("done", "given_up", "ok", "prev", "put_lost")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.ok = False  # set before done
+        # its waiter timed out: a loss found when it is released is told by the next
+        self.given_up = False
         # items refused by put() (queue full) since the marker before it was queued
         self.put_lost = False
         # the marker before it, when that was not released yet: this one covers
@@ -179,6 +181,7 @@ class BatchWorker(Generic[T, P]):
         self.retries = 0
         self._last_drop_log = 0.0
         self._logged_dropped = 0  # ``dropped`` as of the last warning about drops
+        self._untold_loss = False
         self._outage_logged = False
         self._init_thread()
         _WORKERS.add(self)  # re-initialised in a forked child (one hook for all workers)
@@ -286,6 +289,23 @@ class BatchWorker(Generic[T, P]):
         self._logged_dropped = self.dropped
         return self.dropped
 
+    def _log_untold_drops(self) -> None:
+        """Warn of drops the rate limit kept quiet, once 10 s have passed since the last
+        warning (not only at shutdown: a program may never shut down cleanly)."""
+        with self._drop_lock:
+            unlogged = self.dropped - self._logged_dropped
+            now = time.monotonic()
+            if not unlogged or now - self._last_drop_log < 10.0:
+                return
+            self._last_drop_log = now
+            self._logged_dropped = total = self.dropped
+        _log.warning(
+            "spangraph %s: dropped %d more item(s) since the last warning; %d dropped in all",
+            self.name,
+            unlogged,
+            total,
+        )
+
     def _log_drop(self, n: int, why: str, total: int | None) -> None:
         if total is not None:
             _log.warning(
@@ -347,8 +367,10 @@ class BatchWorker(Generic[T, P]):
             return lambda timeout: done
         marker = _FlushMarker()
         with self._drop_lock:
-            marker.put_lost = self._put_lost != self._put_lost_seen
+            # (a loss no flush told: found after its waiter had timed out)
+            marker.put_lost = self._put_lost != self._put_lost_seen or self._untold_loss
             self._put_lost_seen = self._put_lost
+            self._untold_loss = False
             last = self._last_marker
             if last is not None and not last.done.is_set():
                 marker.prev = last
@@ -359,7 +381,13 @@ class BatchWorker(Generic[T, P]):
         self._wake.set()
 
         def wait(timeout: float | None) -> bool:
-            return marker.done.wait(timeout) and marker.ok
+            if marker.done.wait(timeout):
+                return marker.ok
+            with self._drop_lock:
+                if not marker.done.is_set():
+                    marker.given_up = True
+                    return False
+            return marker.ok  # released just now
 
         return wait
 
@@ -444,6 +472,8 @@ class BatchWorker(Generic[T, P]):
                 if not q:
                     if self._staged is not None:
                         self._stage([], [])
+                    if self.dropped != self._logged_dropped:
+                        self._log_untold_drops()  # the rest of a burst, once it is over
                     continue
                 came_from_idle = True
             # Let a partial batch fill (a trickle of spans otherwise makes one round trip
@@ -550,6 +580,10 @@ class BatchWorker(Generic[T, P]):
                 self._flush_pending -= 1
                 prev, marker.prev = marker.prev, None
                 marker.ok = not (lost or marker.put_lost) and (prev is None or prev.ok)
+                if not marker.ok and marker.given_up and self._last_marker is marker:
+                    # its waiter was told False for the timeout, not for this loss, and
+                    # no later flush covers it: the next flush tells it
+                    self._untold_loss = True
             marker.done.set()
 
     def _send_loop(self) -> None:

@@ -94,11 +94,13 @@ class _Agent(subprocess.Popen[bytes]):
 
 
 class _Ack:
-    __slots__ = ("event", "ok")
+    __slots__ = ("event", "given_up", "ok", "token")
 
-    def __init__(self) -> None:
+    def __init__(self, token: int) -> None:
         self.event = threading.Event()
         self.ok = True
+        self.token = token
+        self.given_up = False  # its waiter timed out: a failure answered later is untold
 
 
 def _plain(value: Any) -> Any:
@@ -201,6 +203,8 @@ class OffloadSpanProcessor(SpanProcessor):
         # what was dropped when the last flush was asked for (the buffer: records refused
         # before it) and when it was answered (records sent and lost: those before it)
         self._flush_refused = self._flush_lost = 0
+        self._untold_loss = False
+        self._last_token = 0
         self._thread = threading.Thread(target=self._run, name="spangraph-offload", daemon=True)
         self._thread.start()
 
@@ -271,6 +275,7 @@ class OffloadSpanProcessor(SpanProcessor):
                     self._wake.wait(_IDLE_WAIT)
                 buffer.idle = False
                 self._wake.clear()
+                self._log_drops()  # the rest of a burst the rate limit kept quiet
                 continue
             if len(buffer) < self._max_batch and not self._stopping.is_set():
                 time.sleep(_LINGER)  # let a trickle gather: one write for many records
@@ -499,6 +504,7 @@ class OffloadSpanProcessor(SpanProcessor):
                 ack = self._acks.pop(token, None)
                 if ack is not None:
                     ack.ok = ack.ok and ok
+                    self._untold(ack)
                     ack.event.set()
             try:
                 data = os.read(fd, 65_536)
@@ -539,7 +545,15 @@ class OffloadSpanProcessor(SpanProcessor):
             ack = self._acks.pop(token, None)
             if ack is not None:
                 ack.ok = False
+                self._untold(ack)
                 ack.event.set()
+
+    def _untold(self, ack: _Ack) -> None:
+        """A flush answered "not everything written" after its waiter had timed out (told
+        False for the timeout, not for the loss): the next flush tells it, unless a
+        later flush, asked meanwhile, covers it already."""
+        if ack.given_up and not ack.ok and ack.token == self._last_token:
+            self._untold_loss = True
 
     def _after_fork(self) -> None:
         # The agent and its pipes are the parent's: close this child's copies (so that
@@ -586,6 +600,9 @@ class OffloadSpanProcessor(SpanProcessor):
         # that failed, an agent that died): not everything before this one was written
         refused, lost = self._buffer.dropped, self._lost
         clean = refused == self._flush_refused and lost == self._flush_lost
+        # a flush the agent answered "not all written" after its waiter had timed out
+        clean = clean and not self._untold_loss
+        self._untold_loss = False
         self._flush_refused = refused
         # Nothing queued, nothing ever taken, no agent (a forked child that traced
         # nothing, at its exit): nothing to write, answered here rather than by starting
@@ -595,7 +612,8 @@ class OffloadSpanProcessor(SpanProcessor):
             self._flush_lost = max(self._flush_lost, lost)
             return lambda timeout: clean
         token = next(self._tokens)
-        ack = self._acks[token] = _Ack()
+        ack = self._acks[token] = _Ack(token)
+        self._last_token = token
         if not self._add((_FLUSH, token)):  # full: what is queued cannot all be written
             self._acks.pop(token, None)
             self._flush_refused = self._buffer.dropped  # (the flush's own record too)
@@ -605,9 +623,16 @@ class OffloadSpanProcessor(SpanProcessor):
         def wait(timeout: float | None) -> bool:
             try:
                 # False at once when the agent died before it answered
-                return ack.event.wait(timeout) and ack.ok and clean
+                if ack.event.wait(timeout):
+                    return ack.ok and clean
+                ack.given_up = True  # (kept: its answer may still tell of a loss)
+                if ack.event.is_set():  # answered just now
+                    ack.given_up = False
+                    return ack.ok and clean
+                return False
             finally:
-                self._acks.pop(token, None)
+                if not ack.given_up:
+                    self._acks.pop(token, None)
                 self._flush_lost = max(self._flush_lost, self._lost)
 
         return wait
