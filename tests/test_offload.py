@@ -851,6 +851,31 @@ def test_a_drop_after_a_flush_timed_out_is_told_by_the_next_flush(
         spangraph.shutdown()
 
 
+def test_an_agent_whose_program_is_gone_before_it_is_ready_exits_quietly() -> None:
+    """A pool worker terminated while its agent starts: the agent's "ready" went into a
+    closed pipe and printed a BrokenPipeError traceback on the program's stderr."""
+    read, write = os.pipe()
+    os.close(read)  # the program that started the agent is gone
+    env = {
+        **os.environ,
+        offload._ENV_PACKAGE: offload._PACKAGE_DIR,
+        offload._ENV_CONFIG: json.dumps({"graph": False, "live": False}),
+    }
+    try:
+        agent = subprocess.run(
+            [sys.executable, "-P", "-c", offload._AGENT_BOOT],
+            stdin=subprocess.DEVNULL,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert agent.returncode == 0
+    assert agent.stderr == b""
+
+
 # -- the program around the agent ---------------------------------------------------------
 
 PROGRAM = textwrap.dedent(

@@ -892,8 +892,13 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
         out.write(f"error {exc}".replace("\n", " ").encode() + b"\n")
         out.flush()
         return 1
-    out.write(b"ready\n")
-    out.flush()
+    try:
+        out.write(b"ready\n")
+        out.flush()
+    except OSError:  # the traced process is gone already (a pool worker terminated)
+        for p in processors:
+            p.shutdown()
+        return 0
 
     resources: dict[int, Any] = {}
     for p in processors:  # the records name their resource by key: these are the agent's
@@ -939,8 +944,11 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
                     stats = {"graph": graph.stats() if graph else None}
                     stats["live"] = live.stats() if live else None
                     stats["ok"] = all(flushed)  # False: something before it was dropped
-                    out.write(f"flushed {r[1]} {json.dumps(stats)}\n".encode())
-                    out.flush()
+                    try:
+                        out.write(f"flushed {r[1]} {json.dumps(stats)}\n".encode())
+                        out.flush()
+                    except OSError:  # the traced process is gone: what it sent is written
+                        pass
             except Exception:
                 logging.getLogger("spangraph").exception(
                     "spangraph agent: could not process a record; skipped"
