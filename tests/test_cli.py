@@ -296,15 +296,19 @@ def test_serve_on_a_host_that_does_not_resolve_says_which(tmp_path: Path) -> Non
 def test_serve_says_where_it_serves_once_it_does(tmp_path: Path, start_serve: Any) -> None:
     """The "web UI and API on" line comes once the port is bound: before, it was printed
     first, and then the port was found taken."""
-    service = start_serve()
-    deadline = time.monotonic() + 10
-    while "web UI and API on" not in service.output() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert f"spangraph: web UI and API on http://127.0.0.1:{service.port}/" in service.output()
-    result = cli(tmp_path / "home", "serve", "--port", str(service.port), timeout=60)
-    assert result.code == 3, (result.out, result.err)
-    assert "web UI and API on" not in result.out + result.err
-    assert "address already in use" in result.err.lower()
+    home = tmp_path / "home"
+    try:
+        service = start_serve(SPANGRAPH_HOME=str(home))
+        deadline = time.monotonic() + 10
+        while "web UI and API on" not in service.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"spangraph: web UI and API on http://127.0.0.1:{service.port}/" in service.output()
+        result = cli(home, "serve", "--port", str(service.port), timeout=60)
+        assert result.code == 3, (result.out, result.err)
+        assert "web UI and API on" not in result.out + result.err
+        assert "address already in use" in result.err.lower()
+    finally:
+        EmbeddedServer(home).stop()  # the one both started (serve leaves it, as up does)
 
 
 def test_demo_serve_on_a_taken_port_fails_before_the_demo(tmp_path: Path) -> None:
