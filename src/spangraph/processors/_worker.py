@@ -384,7 +384,7 @@ class BatchWorker(Generic[T, P]):
             if marker.done.wait(timeout):
                 return marker.ok
             with self._drop_lock:
-                if not marker.done.is_set():
+                if marker in self._pending:  # (not released: under this lock, exactly)
                     marker.given_up = True
                     return False
             return marker.ok  # released just now

@@ -504,8 +504,8 @@ class OffloadSpanProcessor(SpanProcessor):
                 ack = self._acks.pop(token, None)
                 if ack is not None:
                     ack.ok = ack.ok and ok
-                    self._untold(ack)
                     ack.event.set()
+                    self._untold(ack)  # after: a waiter gives up before it looks
             try:
                 data = os.read(fd, 65_536)
             except OSError:
@@ -545,8 +545,8 @@ class OffloadSpanProcessor(SpanProcessor):
             ack = self._acks.pop(token, None)
             if ack is not None:
                 ack.ok = False
-                self._untold(ack)
                 ack.event.set()
+                self._untold(ack)
 
     def _untold(self, ack: _Ack) -> None:
         """A flush answered "not everything written" after its waiter had timed out (told
@@ -626,8 +626,7 @@ class OffloadSpanProcessor(SpanProcessor):
                 if ack.event.wait(timeout):
                     return ack.ok and clean
                 ack.given_up = True  # (kept: its answer may still tell of a loss)
-                if ack.event.is_set():  # answered just now
-                    ack.given_up = False
+                if ack.event.is_set():  # answered just now (a loss may be told twice)
                     return ack.ok and clean
                 return False
             finally:
