@@ -158,6 +158,7 @@ def test_errors_never_show_the_password(uri: str) -> None:
         ("Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration", StoreTimeoutError),
         ("Neo.ClientError.General.TransactionOutOfMemoryError", StoreTimeoutError),
         ("Neo.TransientError.General.MemoryPoolOutOfMemoryError", StoreTimeoutError),
+        ("Neo.TransientError.General.OutOfMemoryError", StoreTimeoutError),  # (server heap)
         ("Neo.TransientError.Transaction.DeadlockDetected", StoreUnavailableError),
         # stopped by the server (sent transient; the driver makes them client errors):
         # the batch was dropped

@@ -21,6 +21,7 @@ from opentelemetry.trace import StatusCode
 
 from . import semconv as sc
 from ._attrs import MAX_VALUE_CHARS, safe_str, truncate
+from ._ids import MAX_ID_CHARS
 from ._utf8 import utf8
 
 _log = logging.getLogger("spangraph")
@@ -332,8 +333,29 @@ class Resources:
         return out
 
 
+_long_id_warned = False
+
+
 def _id_text(value: Any) -> str | None:
-    return value if value is None or type(value) is str else str(value)
+    """A run id as text; ``None`` (as if unset) for one longer than ``MAX_ID_CHARS``,
+    which the SDK and the OTLP receiver refuse: set on a span through the plain OTel
+    API, it was copied to every span of its run (and Neo4j refuses a key that long in
+    its indexes, failing the whole batch)."""
+    global _long_id_warned
+    if value is None:
+        return None
+    text = value if type(value) is str else str(value)
+    if len(text) <= MAX_ID_CHARS:
+        return text
+    if not _long_id_warned:
+        _long_id_warned = True
+        _log.warning(
+            "spangraph: a span's run id has %d characters, over %d: left out (the span "
+            "takes its parent's run, else its trace's); said once",
+            len(text),
+            MAX_ID_CHARS,
+        )
+    return None
 
 
 class Lineage:

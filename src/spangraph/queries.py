@@ -52,8 +52,10 @@ LIST_WORKFLOWS: Final = (
     "  AND ($name IS NULL OR s.name = $name)\n"
     "  AND ($name_contains IS NULL OR toLower(s.name) CONTAINS toLower($name_contains))\n"
     "  AND ($since_ns IS NULL OR s.start_ns >= $since_ns)\n"
-    # a run's top workflow spans only: one inside its run (another instrumentation's
-    # workflow span, which takes the run's ids) is no run of its own
+    # the newest $scan first (a top-k: cheaper than the whole list sorted at the end),
+    # then a run's top workflow spans only: one inside its run (another
+    # instrumentation's workflow span, which takes the run's ids) is no run of its own
+    "WITH s ORDER BY s.start_ns DESC LIMIT $scan\n"
     "OPTIONAL MATCH (p:Span {span_id: s.parent_span_id})\n"
     "WITH s, p\n"
     "WHERE p IS NULL OR p.workflow_id IS NULL OR p.workflow_id <> s.workflow_id\n"
@@ -271,6 +273,9 @@ def workflows(
           AND ($state IS NULL OR s.state = $state) AND ($name IS NULL OR s.name = $name)
           AND ($name_contains IS NULL OR toLower(s.name) CONTAINS toLower($name_contains))
           AND ($since_ns IS NULL OR s.start_ns >= $since_ns)
+        WITH s ORDER BY s.start_ns DESC LIMIT $scan
+        OPTIONAL MATCH (p:Span {span_id: s.parent_span_id})
+        WITH s, p WHERE p IS NULL OR p.workflow_id IS NULL OR p.workflow_id <> s.workflow_id
         RETURN s.span_id AS span_id, ... ORDER BY s.start_ns DESC LIMIT $limit
     """
     _check_limit(limit)
@@ -289,8 +294,20 @@ def workflows(
         "name_contains": name_contains or None,
         "since_ns": since_ns,
         "limit": limit,
+        "scan": _SCAN_PER_RUN * limit,
     }
-    return [_decode(r) for r in store.query(LIST_WORKFLOWS, params)]
+    rows = store.query(LIST_WORKFLOWS, params)
+    if len(rows) < limit:  # too few: fewer runs, or the newest were mostly nested ones
+        rows = store.query(LIST_WORKFLOWS, {**params, "scan": _SCAN_ALL})
+    return [_decode(r) for r in rows]
+
+
+_SCAN_PER_RUN: Final = 4
+"""Workflow spans ``workflows()`` reads first per run asked for (a run's top workflow
+span and up to three of other instrumentations inside it); read them all when that
+leaves too few."""
+_SCAN_ALL: Final = 2**31 - 1
+"""``$scan`` for all of them (FalkorDB takes a LIMIT above 2**32 as 0)."""
 
 
 def path_to_root(store: GraphStore, span_id: str) -> list[dict[str, Any]]:

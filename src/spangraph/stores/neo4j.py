@@ -58,6 +58,7 @@ _TOO_BIG_OR_SLOW: Final = (
     "Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration",
     "Neo.ClientError.General.TransactionOutOfMemoryError",
     "Neo.TransientError.General.MemoryPoolOutOfMemoryError",
+    "Neo.TransientError.General.OutOfMemoryError",
 )
 """Server errors that say a transaction was too big or too slow: a timeout of the store's
 (retried, then the batch is split, as on FalkorDB), not a statement it rejects."""
