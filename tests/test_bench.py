@@ -122,3 +122,21 @@ def test_steady_state_bench_compares_late_rounds_with_early_ones() -> None:
 def test_steady_state_bench_refuses_too_few_rounds() -> None:
     done = run("--rounds", "4", "--window", "2", timeout=60, script="steady.py")
     assert done.returncode == 2 and "--rounds must be at least 2 x --window + 1" in done.stderr
+
+
+@pytest.mark.timeout(300)
+def test_run_list_bench_prints_the_list_against_its_baseline() -> None:
+    """A page of runs, and of one name's runs (none of them under a span of its own
+    run, so the list and its baseline find as many)."""
+    done = run("--runs", "300", "--limit", "20", "--repeat", "2", timeout=240, script="run_list.py")
+    assert done.returncode == 0, done.stderr
+    rows = re.findall(
+        r"^300 runs, (every run|one name in 50), 20 a page: run list [\d.]+ ms \((\d+) rows\), "
+        r"baseline [\d.]+ ms \((\d+) rows\): ratio [\d.]+$",
+        done.stdout,
+        re.M,
+    )
+    assert [r[0] for r in rows] == ["every run", "one name in 50"], done.stdout
+    every, named = rows
+    assert every[1:] == ("20", "20")
+    assert named[1] == named[2] == "6"  # agent-7: runs 7, 57, ... 257; none nested
