@@ -570,6 +570,27 @@ def test_a_branch_id_given_to_several_branches_of_a_run_counts_each_ones_spans(
     assert inner["nodes"] == 2  # the inner branch and its step
 
 
+def test_the_tree_shows_options_never_explored_after_the_explored_ones(
+    sg: spangraph.Spangraph,
+) -> None:
+    """An option never explored carries its decision's start: it came first among its
+    siblings in the tree (the CLI's and the API's), where the web UI shows it last."""
+    with (
+        spangraph.workflow("wf") as run,
+        spangraph.decision("model", options=["never", "fast", "slow"]) as d,
+    ):
+        with d.option("slow"):
+            pass
+        with d.option("fast"):
+            pass
+        d.choose("fast")
+    flush()
+    (root,) = queries.tree(store(sg), run.workflow_id)
+    assert [(depth, n.name) for depth, n in root.walk()] == [
+        (0, "wf"), (1, "model"), (2, "slow"), (2, "fast"), (2, "never"),
+    ]  # fmt: skip
+
+
 def test_branch_nodes_leave_out_unexplored_options(sg: spangraph.Spangraph) -> None:
     with (
         spangraph.workflow("wf") as run,

@@ -198,7 +198,10 @@ def tree(store: GraphStore, workflow_id: str) -> list[TreeNode]:
     if spans:
         rows = store.query(CHILD_RUNS, {"workflow_id": workflow_id})
         runs = [_decode(r) for r in rows if r.get("name") is not None]
-        if runs:  # in start order among the rest, as the statements order them
+        # in start order among the rest, as the statements order them; options never
+        # explored (they carry their decision's start) after the explored ones, as the
+        # web UI shows them
+        if runs or any(s.get("state") == sc.STATE_UNEXPLORED for s in spans):
             spans = sorted(spans + runs, key=_start_order)
     nodes = {s["span_id"]: TreeNode(s) for s in spans}
     roots: list[TreeNode] = []
@@ -221,6 +224,8 @@ def tree(store: GraphStore, workflow_id: str) -> list[TreeNode]:
 
 def _start_order(span: dict[str, Any]) -> tuple[bool, int, str]:
     start = span.get("start_ns")
+    if span.get("state") == sc.STATE_UNEXPLORED:
+        start = None
     return (start is None, start or 0, str(span.get("span_id")))
 
 
