@@ -1824,6 +1824,49 @@ def test_unnamed_spans_read_unnamed(
 
 
 @needs_chromium
+def test_long_attribute_keys_leave_their_values_room(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Keys never wrapped, so a long one (GenAI's are) left its value a few pixels wide,
+    cut into one-word lines; the runs list's short id was a UUIDv7's start (its time),
+    the same for runs started together: it is its end now."""
+    from playwright.sync_api import expect
+
+    workflow_id = "01a24cc5-95f2-7000-a62e-576b33862b8d"
+    root = "c3" * 8
+    _write_spans(
+        graph_url,
+        [
+            _span(
+                workflow_id, root, "with-attributes", "workflow",
+                attributes={"gen_ai.usage.cache_creation.input_tokens.and_then_some": "openai",
+                            "note": "first line\nsecond line"},
+            ),
+        ],
+    )  # fmt: skip
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        page.set_viewport_size({"width": 1280, "height": 900})
+        open_run(page, base, workflow_id)
+        short = page.locator(f'#runs li[data-workflow-id="{workflow_id}"] .run-sub .mono')
+        expect(short).to_have_text("…" + workflow_id[-8:])
+        node(page, "with-attributes").locator(":scope > .row > .node-btn").click()
+        table = page.locator("#detail table.attrs")
+        expect(table).to_be_visible()
+        widths = table.evaluate(
+            "t => [...t.querySelectorAll('tr')].map(r => [r.cells[0].getBoundingClientRect().width,"
+            " r.cells[1].getBoundingClientRect().width, t.getBoundingClientRect().width])"
+        )
+        for key_width, value_width, table_width in widths:
+            assert value_width >= 0.5 * table_width, widths
+            assert key_width <= 0.45 * table_width, widths
+        note = page.locator("#detail table.attrs td").nth(1)
+        assert note.evaluate("td => td.getBoundingClientRect().height") > 1.5 * note.evaluate(
+            "td => parseFloat(getComputedStyle(td).lineHeight) || 16"
+        )  # two lines: the line break kept
+
+
+@needs_chromium
 def test_options_never_explored_have_no_jaeger_link(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:
@@ -1860,6 +1903,31 @@ def test_options_never_explored_have_no_jaeger_link(
         expect(page.locator("#detail a.jaeger")).to_have_count(0)
         tried.locator(":scope > .row > .node-btn").click()
         expect(page.locator("#detail a.jaeger")).to_have_count(1)
+
+
+@needs_chromium
+def test_a_run_started_inside_the_run_is_followed_until_it_ends(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Its messages go to its own stream: the leaf showed "running" (its time going up)
+    until the page read the whole run again, 15 s on. Now it is read until it ends."""
+    from playwright.sync_api import expect
+
+    configure_sdk(graph_url, embedded_server, tmp_path)
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    try:
+        with spangraph.workflow("planner") as run, spangraph.step("delegate"):
+            sub_scope = spangraph.workflow("sub-agent")
+            sub_scope.__enter__()
+            assert spangraph.flush(10)
+            with serve(app) as base:
+                open_run(page, base, run.workflow_id or "")
+                expect(state_of(page, "sub-agent")).to_have_text("running")
+                sub_scope.__exit__(None, None, None)
+                assert spangraph.flush(10)
+                expect(state_of(page, "sub-agent")).to_have_text("completed", timeout=8000)
+    finally:
+        spangraph.shutdown()
 
 
 @needs_chromium

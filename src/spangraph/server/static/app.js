@@ -107,7 +107,8 @@ function renderRuns(runs) {
       h("span", { class: "run-sub" },
         h("span", { text: fmtTime(r.start_ns) }),
         h("span", { text: fmtDuration(r.duration_ms) }),
-        h("span", { class: "mono", text: id.slice(0, 8) })),
+        // an id's end: a UUIDv7 starts with its time, the same for runs started together
+        h("span", { class: "mono", title: id, text: id.length > 9 ? `…${id.slice(-8)}` : id })),
     );
     if (current && current.id === id) button.setAttribute("aria-current", "true");
     else button.removeAttribute("aria-current");
@@ -204,6 +205,7 @@ function closeRun() {
   clearTimeout(run.detailTimer);
   clearInterval(run.pollTimer);
   clearInterval(run.slowTimer);
+  clearTimeout(run.childTimer);
   if (run.ws) {
     const ws = run.ws;
     run.ws = null;
@@ -314,6 +316,27 @@ async function refreshRunOnce(run) {
   if (monitors.status === "fulfilled") run.rest.monitors = monitors.value;
   scheduleRender(run);
   if (run.selected) loadDetail(run, run.selected);
+  followChildRuns(run);
+}
+
+/** A workflow started inside this run is a run of its own, shown here as a leaf: its
+ * messages go to its own stream, not this one. While one runs, read it every 2 s until
+ * it ends (else it showed "running" until the next read of the whole run). */
+function followChildRuns(run) {
+  if (run.closed || run.childTimer) return;
+  const running = [...run.nodes.values()].filter((n) =>
+    n.name !== null && n.workflow_id && n.workflow_id !== run.id && !TERMINAL.has(n.state));
+  if (!running.length) return;
+  run.childTimer = setTimeout(async () => {
+    run.childTimer = null;
+    if (run.closed) return;
+    const read = await Promise.allSettled(
+      running.map((n) => api(`/api/nodes/${encodeURIComponent(n.span_id)}`)));
+    if (run.closed) return;
+    for (const r of read) if (r.status === "fulfilled" && r.value) mergeNode(run, r.value);
+    scheduleRender(run);
+    followChildRuns(run);
+  }, 2000);
 }
 
 function showTreeHint(text) {

@@ -266,6 +266,7 @@ export function renderDetail(run, select) {
     h("h3", { text: `Attributes (${attrs.length})` }),
     attrs.length
       ? h("table", { class: "attrs" }, h("caption", { class: "sr-only", text: `Attributes of ${name}` }),
+        h("colgroup", {}, h("col", { class: "key" }), h("col")),
         h("tbody", {}, attrs.map(([k, v]) => h("tr", {}, h("th", { scope: "row", text: k }), h("td", {}, valueView(v))))))
       : h("p", { class: "hint", text: "none" }),
     h("h3", { text: `Events (${events.length})` }),
