@@ -1824,6 +1824,41 @@ def test_unnamed_spans_read_unnamed(
 
 
 @needs_chromium
+def test_a_failed_run_says_where_it_failed(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """The header said "failed" and nothing more: the span where the failure began had to
+    be found row by row. It names it (not an attempt a retry recovered from), and shows
+    it when clicked."""
+    from playwright.sync_api import expect
+
+    configure_sdk(graph_url, embedded_server, tmp_path)
+    tries = iter([True, False])
+
+    @spangraph.step(retries=1, backoff=0)
+    def fetch() -> None:
+        if next(tries):
+            raise ConnectionError("first try fails")
+
+    try:
+        with contextlib.suppress(ValueError), spangraph.workflow("failing-agent") as run:
+            fetch()
+            with spangraph.step("summarize"), spangraph.step("parse"):
+                raise ValueError("no citations")
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, run.workflow_id or "")
+        where = page.locator("#run-meta button.link")
+        expect(where).to_have_text("parse")
+        expect(page.locator("#run-meta")).to_contain_text("failed at parse")
+        where.click()
+        expect(page.locator("#detail-title")).to_have_text("parse")
+
+
+@needs_chromium
 def test_long_attribute_keys_leave_their_values_room(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:
@@ -1901,6 +1936,10 @@ def test_options_never_explored_have_no_jaeger_link(
         expect(page.locator("#detail-title")).to_have_text("ask-user")
         expect(page.locator("#detail .detail-badges")).to_contain_text("unexplored")
         expect(page.locator("#detail a.jaeger")).to_have_count(0)
+        # never a span: no start, duration, ids or service of its own (it showed its
+        # decision's), only where it was offered
+        facts = page.locator("#detail dl.facts dt")
+        expect(facts).to_have_text(["Parent"])
         tried.locator(":scope > .row > .node-btn").click()
         expect(page.locator("#detail a.jaeger")).to_have_count(1)
 

@@ -886,6 +886,14 @@ function renderHeader(run) {
   const d = durationText(root);
   if (d) parts.push(d);
   parts.push(`${run.nodes.size} spans`);
+  const origin = root.state === "failed" ? failureOrigin(run, root) : null;
+  if (origin) {
+    const where = displayName(origin.name);
+    parts.push(["failed at ", h("button", {
+      type: "button", class: "link", title: where, "aria-label": `failed at ${where}: show it`,
+      on: { click: () => selectNode(origin.span_id) },
+    }, bdi(where))]);
+  }
   $("run-meta").replaceChildren(...parts.flatMap((p, i) => (i ? [" · ", p] : [p])).flat());
   const href = jaegerHref(root);
   const link = $("run-jaeger");
@@ -894,6 +902,28 @@ function renderHeader(run) {
     link.href = href;
     link.setAttribute("aria-label", `Open the run ${name} in Jaeger`);
   }
+}
+
+/** Where a failed run failed: down from its top span, each time to the failed child that
+ * ended last (the failure that ended its parent: not an attempt a retry recovered from),
+ * to a failed span with no failed child. Null when that is the top span itself. */
+function failureOrigin(run, root) {
+  const failedKids = new Map();
+  for (const n of run.nodes.values()) {
+    if (n.state !== "failed" || n.name === null || !n.parent_span_id) continue;
+    const kids = failedKids.get(n.parent_span_id);
+    if (kids) kids.push(n);
+    else failedKids.set(n.parent_span_id, [n]);
+  }
+  const seen = new Set();
+  let at = root;
+  for (;;) {
+    const kids = failedKids.get(at.span_id);
+    if (!kids || seen.has(at.span_id)) break;
+    seen.add(at.span_id);
+    at = kids.reduce((a, b) => ((b.end_ns ?? -Infinity) >= (a.end_ns ?? -Infinity) ? b : a));
+  }
+  return at === root ? null : at;
 }
 
 // -- node detail -----------------------------------------------------------------------------

@@ -218,6 +218,10 @@ function joined(texts) {
   return texts.length ? texts.flatMap((t, i) => (i ? [" · ", bdi(t)] : [bdi(t)])) : null;
 }
 
+/** The facts an option never explored has: it was never a span (no start, no ids of its
+ * own in any trace, no service ran it), only an option its decision offered. */
+const NEVER_RAN = new Set(["Parent", "Branch"]);
+
 export function renderDetail(run, select) {
   const box = $("detail");
   const n = run && run.selected ? run.nodes.get(run.selected) : null;
@@ -251,7 +255,7 @@ export function renderDetail(run, select) {
     ["Service", joined([n.service, n.env].filter(Boolean))],
     // a workflow started inside this run: a run of its own, shown here as a leaf
     ["Run", n.workflow_id && n.workflow_id !== run.id ? n.workflow_id : null],
-  ].filter(([, v]) => v);
+  ].filter(([k, v]) => v && (n.state !== "unexplored" || NEVER_RAN.has(k)));
   const attrs = Object.entries(n.attributes).sort(([a], [b]) => a.localeCompare(b));
   replace(box,
     h("div", { class: "detail-badges" }, kindBadge(n.kind), stateBadge(n.state),
