@@ -4,6 +4,7 @@ NEO4J_URI is set (tests marked ``neo4j``)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -176,6 +177,45 @@ def test_server_errors_are_told_apart_as_the_worker_needs(code: str, expected: t
         error = store._translate(_from_reply(code, "m"), "a write")
         assert type(error) is expected
         assert "secret" not in str(error)
+    finally:
+        store.close()
+
+
+def test_a_user_who_may_not_change_the_schema_writes_on(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Applications run as users with read and write rights only: their first write
+    made the schema, which such a user may not (Forbidden), and every configure() and
+    write failed. Now the schema is taken as an administrator's, with a warning that
+    lists it; any other schema error still fails."""
+    store = Neo4jStore(f"bolt://127.0.0.1:{_closed_port()}", password="secret")
+    ran: list[str] = []
+
+    def forbidden(query: Any, **_: Any) -> None:
+        ran.append(query.text)
+        raise _from_reply("Neo.ClientError.Security.Forbidden", "Schema operations are not allowed")
+
+    try:
+        monkeypatch.setattr(store.driver, "execute_query", forbidden)
+        with caplog.at_level(logging.WARNING, logger="spangraph"):
+            store.ensure_schema()
+        assert store._schema_ready and len(ran) == 1  # one refusal says it for all
+        said = " ".join(r.getMessage() for r in caplog.records)
+        assert "may not change the schema" in said and "spangraph_span_id" in said
+        other = Neo4jStore(f"bolt://127.0.0.1:{_closed_port()}", password="secret")
+        try:
+            monkeypatch.setattr(
+                other.driver,
+                "execute_query",
+                lambda query, **_: (_ for _ in ()).throw(
+                    _from_reply("Neo.ClientError.Statement.SyntaxError", "bad")
+                ),
+            )
+            with pytest.raises(StoreError, match="rejected the schema"):
+                other.ensure_schema()
+            assert not other._schema_ready
+        finally:
+            other.close()
     finally:
         store.close()
 

@@ -73,6 +73,13 @@ makes them client errors so that its own retries leave them alone. Nothing was w
 with the batch: retried by the worker, not dropped."""
 
 
+_FORBIDDEN: Final = "Neo.ClientError.Security.Forbidden"
+
+
+class _SchemaForbidden(StoreError):
+    """The user may not create constraints or indexes (no ``CREATE CONSTRAINT`` right)."""
+
+
 def _is_acquisition_timeout(errors: Any, exc: Exception) -> bool:
     """Whether the driver gave up waiting for a pooled connection. Driver 6 raises its
     own ConnectionAcquisitionTimeoutError; driver 5 a ClientError of its own making
@@ -223,6 +230,17 @@ class Neo4jStore:
         for statement in DDL:
             try:
                 self._run_ddl(statement)
+            except _SchemaForbidden as exc:
+                # a user with read and write rights only (as applications should run):
+                # the schema is an administrator's to make, once
+                _log.warning(
+                    "Neo4j at %s: the user may not change the schema (%s); writing on, "
+                    "on the constraints and indexes an administrator made. They are:\n%s",
+                    self.url,
+                    exc,
+                    ";\n".join(DDL),
+                )
+                break
             except StoreUnavailableError:
                 raise
             except StoreError as exc:
@@ -247,6 +265,8 @@ class Neo4jStore:
                 database_=self.database,
             )
         except Exception as exc:
+            if getattr(exc, "code", None) == _FORBIDDEN:
+                raise _SchemaForbidden(str(exc)) from exc
             raise self._translate(exc, "the schema") from exc
 
     def write(self, batch: WriteBatch) -> None:
