@@ -818,6 +818,38 @@ def test_a_span_id_repeated_in_one_request_is_rejected(
     ], messages  # fmt: skip
 
 
+def test_a_span_sent_again_is_written_again_but_not_published_again(
+    running: Running, http: httpx.Client, redis_client: redis.Redis
+) -> None:
+    """A Collector retries a request whose answer it lost: the graph took the spans again
+    (idempotently), and live subscribers got every message again, under new seq numbers
+    (a span.started for a span long ended)."""
+    trace_id, span_id, t0 = uuid.uuid4().hex, uuid.uuid4().hex[:16], time.time_ns()
+    doc = json_spans(
+        {
+            "traceId": trace_id,
+            "spanId": span_id,
+            "name": "sent-twice",
+            "startTimeUnixNano": str(t0),
+            "endTimeUnixNano": str(t0 + 1_000_000),
+            "events": [{"name": "sent.event", "timeUnixNano": str(t0)}],
+        }
+    )
+    for _ in range(2):
+        r = http.post("/v1/traces", content=json.dumps(doc), headers=JSON_CT)
+        assert r.status_code == 200, r.text
+    running.flush()
+    assert set(wait_for_nodes(running, trace_id, {"sent-twice"})) == {"sent-twice"}
+    assert [e["name"] for e in events_of(running.store, span_id)] == ["sent.event"]
+    stream = [
+        json.loads(fields[b"data"])
+        for _, fields in redis_client.xrange(f"spangraph:stream:{trace_id}")
+    ]
+    assert [(m["type"], m["seq"]) for m in stream] == [
+        ("span.started", 1), ("sent.event", 2), ("span.ended", 3),
+    ]  # fmt: skip
+
+
 # -- refused requests -------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ import re
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -62,6 +63,8 @@ bodies instead of one for every open connection."""
 _MAX_TIME_NS: Final = 2**63 - 1
 """Timestamps above this do not fit the stores' 64-bit signed integers."""
 _MAX_DEPTH: Final = 32
+_MAX_PUBLISHED: Final = 65_536
+"""Spans a replica remembers as published live, so that one sent again is not."""
 """Nesting of array / kvlist attribute values kept; deeper values become ``None``."""
 
 _SPAN_KINDS: Final = {
@@ -995,6 +998,10 @@ class OTLPIngest:
                 max_queue_size=max_queue_size,
                 shutdown_timeout=min(shutdown_timeout, 5.0),
             )
+        # (trace id, span id) of the spans published live lately, the oldest first: a
+        # span sent again (a Collector's retry) is written again, idempotently, but not
+        # published again (its messages went out under new seq numbers)
+        self._published: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
         self._counters = {
@@ -1083,10 +1090,19 @@ class OTLPIngest:
                     f"the graph write queue is full ({self.max_queue_size - room} items "
                     "queued); retry later"
                 )
+            published = self._published
             for span in spans:
                 graph.on_start(span, None)  # type: ignore[arg-type]
                 graph.on_end(span)
                 if live is not None:
+                    context = span.context
+                    key = (context.trace_id, context.span_id)
+                    if key in published:
+                        published.move_to_end(key)
+                        continue
+                    published[key] = None
+                    if len(published) > _MAX_PUBLISHED:
+                        published.popitem(last=False)
                     live.on_start(span, None)  # type: ignore[arg-type]
                     live.on_end(span)
             self._counters["spans_accepted"] += n
