@@ -216,6 +216,31 @@ def test_otlp_export_beside_the_graph(
     assert stored == {s for _, s, _ in receiver.spans}
 
 
+def test_otlp_export_goes_on_after_configure_is_called_again(
+    env: dict[str, str], tmp_path: Path, receiver: _Receiver
+) -> None:
+    """The provider the first configure() made (global, so it stays) was taken for the
+    program's own by the second one, which added no OTLP exporter: the first one's had
+    gone with the first configuration, and nothing reached Jaeger any more."""
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import spangraph\n"
+        "spangraph.configure()\n"
+        "spangraph.configure(project='second')\n"
+        + APP.replace("{tag}", "again").replace("import spangraph\n", "")
+        + "spangraph.shutdown()\n"
+    )
+    env = {
+        **env,
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{receiver.port}/v1/traces",
+    }
+    _, trace_id = _run([sys.executable, str(script)], env, tmp_path)
+    assert sorted((t, n) for t, _, n in receiver.spans) == [
+        (trace_id, "auto-again"),
+        (trace_id, "inside"),
+    ]  # once each: not twice either
+
+
 def test_instrumentor_entry_points_are_registered() -> None:
     from importlib.metadata import entry_points
 

@@ -300,9 +300,18 @@ def _provider(
         return given, False
     existing = trace.get_tracer_provider()
     if hasattr(existing, "add_span_processor"):
-        return existing, False  # the user's own provider: add to it, never replace it
+        # the user's own provider: add to it, never replace it. One an earlier
+        # configure() made (and set globally: it cannot be replaced) is spangraph's still:
+        # it gets the OTLP export again, as the earlier configuration's went with it
+        return existing, existing in _made_providers
     attrs = {"service.name": service_name} if service_name else {}
-    return TracerProvider(resource=Resource.create(attrs)), True
+    provider = TracerProvider(resource=Resource.create(attrs))
+    _made_providers.add(provider)
+    return provider, True
+
+
+_made_providers: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
+"""The TracerProviders configure() made (and set as the global one)."""
 
 
 def _otlp_processor() -> SpanProcessor | None:
@@ -521,7 +530,7 @@ def configure(
         except BaseException:
             instance.shutdown()
             raise
-        if owns:
+        if owns and trace.get_tracer_provider() is not provider:
             trace.set_tracer_provider(provider)
         _check_limits(provider)
         if settings.propagate:
