@@ -181,7 +181,11 @@ def _serve(
         leaving = False
 
         async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets=sockets)
+            try:
+                await super().startup(sockets=sockets)
+            except SystemExit:  # uvicorn's on a port taken (status 1 before 0.36, then 3)
+                self.should_exit = True  # it stopped the app already: serve exits with 3
+                return
             if self.started:  # listening: not before (a port taken is an error instead)
                 print(where, flush=True)
 
