@@ -152,6 +152,11 @@ class _Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                if not self.path.endswith("/v1/traces"):  # metrics, logs: taken, not read
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 request = ExportTraceServiceRequest.FromString(body)
@@ -352,14 +357,18 @@ def _run_logged(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[str, st
     return line.split()[1], proc.stderr
 
 
+@pytest.mark.parametrize("metrics", [None, "otlp"])
 def test_distro_exports_over_otlp_http_by_default(
-    env: dict[str, str], graph_url: str, tmp_path: Path, receiver: _Receiver
+    env: dict[str, str], graph_url: str, tmp_path: Path, receiver: _Receiver, metrics: str | None
 ) -> None:
     """With only OTEL_EXPORTER_OTLP_ENDPOINT set, the distro picks OTLP/HTTP (what
     spangraph[otlp] installs), not the SDK's default gRPC exporter, which is not installed
-    and used to fail the whole setup: no graph, no instrumentors."""
+    and used to fail the whole setup: no graph, no instrumentors. The same for
+    ``OTEL_METRICS_EXPORTER=otlp`` (it failed the setup, traces export included)."""
     script = _app(tmp_path, "otlp-default")
     env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}"}
+    if metrics is not None:
+        env["OTEL_METRICS_EXPORTER"] = metrics
     workflow_id, stderr = _run_logged(
         [str(BIN / "spangraph"), "run", "--", sys.executable, str(script)], env, tmp_path
     )

@@ -131,6 +131,25 @@ class SpangraphDistro(BaseDistro):
             os.environ["OTEL_TRACES_EXPORTER"] = _otlp_traces_exporter() if has_endpoint else "none"
         os.environ.setdefault("OTEL_METRICS_EXPORTER", "none")
         os.environ.setdefault("OTEL_LOGS_EXPORTER", "none")
+        for signal in ("METRICS", "LOGS"):
+            _otlp_over_http(signal)
+
+
+def _otlp_over_http(signal: str) -> None:
+    """``otlp`` in ``OTEL_{signal}_EXPORTER`` as the OTLP/HTTP exporter unless a protocol
+    variable says otherwise: the SDK takes it for gRPC, which is not installed with
+    spangraph, and failed the whole setup (traces too)."""
+    variable = f"OTEL_{signal}_EXPORTER"
+    names = [name.strip() for name in os.environ.get(variable, "").split(",")]
+    if "otlp" not in names:
+        return
+    protocol = (
+        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if protocol == "http/protobuf":
+        os.environ[variable] = ",".join("otlp_proto_http" if n == "otlp" else n for n in names)
 
 
 class SpangraphConfigurator(_OTelSDKConfigurator):
