@@ -29,14 +29,7 @@ from spangraph.embedded import EmbeddedServer
 from spangraph.stores.falkordb import FalkorDBStore
 
 BASELINE = (
-    "MATCH (s:Workflow)\n"
-    "WHERE s.span_id IS NOT NULL\n"
-    "  AND ($project_id IS NULL OR s.project_id = $project_id)\n"
-    "  AND ($state IS NULL OR s.state = $state)\n"
-    "  AND ($name IS NULL OR s.name = $name)\n"
-    "  AND ($name_contains IS NULL OR toLower(s.name) CONTAINS toLower($name_contains))\n"
-    "  AND ($since_ns IS NULL OR s.start_ns >= $since_ns)\n"
-    "RETURN s.span_id AS span_id, s.name AS name, s.start_ns AS start_ns\n"
+    queries.RUN_FILTERS + "RETURN s.span_id AS span_id, s.name AS name, s.start_ns AS start_ns\n"
     "ORDER BY s.start_ns DESC\n"
     "LIMIT $limit"
 )

@@ -44,7 +44,7 @@ CHILD_RUNS: Final = (
 )
 """The workflow spans of other runs started inside a run (a workflow called in a step)."""
 
-LIST_WORKFLOWS: Final = (
+RUN_FILTERS: Final = (
     "MATCH (s:Workflow)\n"
     "WHERE s.span_id IS NOT NULL\n"
     "  AND ($project_id IS NULL OR s.project_id = $project_id)\n"
@@ -52,10 +52,14 @@ LIST_WORKFLOWS: Final = (
     "  AND ($name IS NULL OR s.name = $name)\n"
     "  AND ($name_contains IS NULL OR toLower(s.name) CONTAINS toLower($name_contains))\n"
     "  AND ($since_ns IS NULL OR s.start_ns >= $since_ns)\n"
-    # the newest $scan first (a top-k: cheaper than the whole list sorted at the end),
-    # then a run's top workflow spans only: one inside its run (another
-    # instrumentation's workflow span, which takes the run's ids) is no run of its own
-    "WITH s ORDER BY s.start_ns DESC LIMIT $scan\n"
+)
+"""The workflow spans :data:`LIST_WORKFLOWS` reads (``bench/run_list.py``'s baseline too)."""
+
+# The newest $scan first (a top-k: cheaper than the whole list sorted at the end), then
+# a run's top workflow spans only: one inside its run (another instrumentation's workflow
+# span, which takes the run's ids) is no run of its own.
+LIST_WORKFLOWS: Final = (
+    RUN_FILTERS + "WITH s ORDER BY s.start_ns DESC LIMIT $scan\n"
     "OPTIONAL MATCH (p:Span {span_id: s.parent_span_id})\n"
     "WITH s, p\n"
     "WHERE p IS NULL OR p.workflow_id IS NULL OR p.workflow_id <> s.workflow_id\n"
