@@ -1859,6 +1859,36 @@ def test_a_failed_run_says_where_it_failed(
 
 
 @needs_chromium
+def test_a_click_in_a_narrow_window_shows_the_node_panel(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Below 1 100 px the node panel is under the run: a click on a node changed
+    nothing in sight. It is brought into view (keys move through the tree in place)."""
+    from playwright.sync_api import expect
+
+    workflow_id, root = f"narrow-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:16]
+    _write_spans(
+        graph_url,
+        [_span(workflow_id, root, "narrow-run", "workflow")]
+        + [
+            _span(workflow_id, uuid.uuid4().hex[:16], f"step-{i:02d}", parent=root, start=i)
+            for i in range(40)
+        ],
+    )
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        page.set_viewport_size({"width": 800, "height": 700})
+        open_run(page, base, workflow_id)
+        step = node(page, "step-00").locator(":scope > .row > .node-btn")
+        expect(step).to_be_visible()
+        title = page.locator("#detail-title")
+        assert title.bounding_box()["y"] >= 700  # out of sight at first
+        step.click()
+        expect(title).to_have_text("step-00")
+        expect(title).to_be_in_viewport()
+
+
+@needs_chromium
 def test_long_attribute_keys_leave_their_values_room(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:

@@ -728,7 +728,7 @@ function createItem(run, n) {
     on: { click: () => toggle(li) },
   }, "▾");
   const btn = h("button", {
-    type: "button", class: "node-btn", on: { click: () => selectNode(id), keydown: treeKeys },
+    type: "button", class: "node-btn", on: { click: (ev) => pickNode(id, ev), keydown: treeKeys },
   }, h("span", { class: "badge kind" }), h("span", { class: "name" }),
     h("span", { class: "badge state" }), h("span", { class: "dur" }), h("span", { class: "last-event", "aria-hidden": "true" }));
   const link = h("a", {
@@ -934,6 +934,17 @@ function renderDetail() {
 
 function renderInsights(run) {
   renderInsightsView(run, selectNode);
+}
+
+/** A node clicked with the mouse: selected, and where the node panel is out of sight (a
+ * narrow window puts it under the run), brought into view. Keys (ev.detail 0) move
+ * through the tree without leaving it. */
+function pickNode(spanId, ev) {
+  selectNode(spanId);
+  const panel = $("detail").closest("aside") || $("detail");
+  if (ev.detail > 0 && panel.getBoundingClientRect().top >= window.innerHeight) {
+    panel.scrollIntoView({ block: "start" });
+  }
 }
 
 function selectNode(spanId, { focus = true } = {}) {
