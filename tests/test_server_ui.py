@@ -1829,7 +1829,8 @@ def test_a_failed_run_says_where_it_failed(
 ) -> None:
     """The header said "failed" and nothing more: the span where the failure began had to
     be found row by row. It names it (not an attempt a retry recovered from), and shows
-    it when clicked."""
+    it when clicked. The attempts of a retried step differed only by state: they say
+    which attempt each is."""
     from playwright.sync_api import expect
 
     configure_sdk(graph_url, embedded_server, tmp_path)
@@ -1856,6 +1857,12 @@ def test_a_failed_run_says_where_it_failed(
         expect(page.locator("#run-meta")).to_contain_text("failed at parse")
         where.click()
         expect(page.locator("#detail-title")).to_have_text("parse")
+        # a retried step's rows say which attempt each is, from the second on
+        attempts = page.locator('#tree li.tree-item[data-name="fetch"] > .row .attempt')
+        expect(attempts).to_have_text(["", "attempt 2"])
+        expect(
+            page.locator('#tree li.tree-item[data-name="fetch"] > .row .node-btn').nth(1)
+        ).to_have_attribute("aria-label", re_full(r"step fetch, attempt 2, completed, .+"))
 
 
 @needs_chromium

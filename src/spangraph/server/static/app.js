@@ -704,10 +704,15 @@ function renderNode(run, id) {
   badgeEl.dataset.state = state;
   badgeEl.textContent = state;
   btn.querySelector(".dur").textContent = durationText(n);
+  // a step's attempt, from the second on: a retried step's rows differed only by state
+  const attempt = n.attributes["spangraph.step.attempt"];
+  const again = typeof attempt === "number" && attempt > 1 ? attempt : null;
+  btn.querySelector(".attempt").textContent = again ? `attempt ${again}` : "";
   if (run.selected === id) btn.setAttribute("aria-current", "true");
   else btn.removeAttribute("aria-current");
   const took = n.state !== "running" ? fmtDuration(n.duration_ms) : "";
-  btn.setAttribute("aria-label", `${n.kind || "span"} ${name}, ${state}${took ? `, ${took}` : ""}`);
+  btn.setAttribute("aria-label",
+    `${n.kind || "span"} ${name}${again ? `, attempt ${again}` : ""}, ${state}${took ? `, ${took}` : ""}`);
   const link = li.querySelector(":scope > .row > .jaeger");
   const href = jaegerHref(n); // none for an option never explored: Jaeger has no such span
   link.hidden = !href;
@@ -730,7 +735,8 @@ function createItem(run, n) {
   const btn = h("button", {
     type: "button", class: "node-btn", on: { click: (ev) => pickNode(id, ev), keydown: treeKeys },
   }, h("span", { class: "badge kind" }), h("span", { class: "name" }),
-    h("span", { class: "badge state" }), h("span", { class: "dur" }), h("span", { class: "last-event", "aria-hidden": "true" }));
+    h("span", { class: "badge state" }), h("span", { class: "attempt" }), h("span", { class: "dur" }),
+    h("span", { class: "last-event", "aria-hidden": "true" }));
   const link = h("a", {
     class: "jaeger", target: "_blank", rel: "noopener", title: "Open this span in Jaeger",
   }, "Jaeger ↗");
