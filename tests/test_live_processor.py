@@ -551,6 +551,38 @@ def test_events_of_spans_a_sampler_dropped_are_not_sent_and_spoil_nothing(
             assert types.count("work.done") == 1 and types.count("token") == 1
 
 
+def test_configure_again_while_spans_are_open_publishes_nothing_twice(
+    sg: spangraph.Spangraph,
+    provider: TracerProvider,
+    graph_url: str,
+    embedded_server: ServerInfo,
+    tmp_path: Any,
+    redis_client: redis.Redis,
+) -> None:
+    """The new configuration's live processor did not know what the old one had
+    published: at the end of a span open across the change it published all of its
+    events again (workflow.started twice, under new seq numbers)."""
+    with spangraph.workflow("across") as run, spangraph.step("straddling"):
+        spangraph.event("before.change")
+        spangraph.configure(
+            tracer_provider=provider,
+            graph_url=graph_url,
+            redis_url=embedded_server.redis_url,
+            home=str(tmp_path),
+            project=sg.settings.project,
+        )
+        spangraph.event("after.change")
+    assert spangraph.flush(10)
+    types = [
+        json.loads(fields[b"data"])["type"]
+        for _, fields in redis_client.xrange(stream_key(run.workflow_id))
+    ]
+    assert sorted(types) == sorted(
+        ["span.started", "workflow.started", "span.started", "step.started", "before.change",
+         "after.change", "step.completed", "span.ended", "workflow.completed", "span.ended"]
+    ), types  # fmt: skip
+
+
 def _messages(workflow_id: str, n: int) -> list[tuple[str, str, str, str]]:
     common = {
         "workflow_id": workflow_id,

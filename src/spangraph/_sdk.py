@@ -501,7 +501,9 @@ def configure(
         propagate=propagate,
     )
     with _lock:
+        replaced = None
         if _current is not None:
+            replaced = _current.live_processor
             _current.shutdown()
             _current = None
         provider, owns = _provider(tracer_provider, service_name)
@@ -520,6 +522,10 @@ def configure(
                 _build(instance, graph=graph, live=live, max_queue_size=max_queue_size)
             finally:
                 otel_context.detach(token)
+            if replaced is not None and instance.live_processor is not None:
+                # spans open across the change: what the replaced configuration
+                # published of them is not published again
+                instance.live_processor._take_over(replaced)
             if instrument_threads:
                 _instrument_threads()
             if metrics:

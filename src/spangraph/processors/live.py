@@ -360,6 +360,13 @@ class LiveEventProcessor(QueueingSpanProcessor):
         with _listeners_lock:
             _listeners.append(self)
 
+    def _take_over(self, replaced: LiveEventProcessor) -> None:
+        """Go on from ``replaced`` (a configuration ``configure()`` replaced, shut down):
+        the spans it saw start and the events it published of spans still open, so that
+        at their end those are not published again, under new seq numbers."""
+        self._open.update(replaced._open)
+        self._sent_live.update(replaced._sent_live)
+
     # -- hot path -------------------------------------------------------------------------
 
     # on_start / on_end: QueueingSpanProcessor's. They copy the span's raw fields into a
