@@ -289,18 +289,19 @@ class BatchWorker(Generic[T, P]):
         self._logged_dropped = self.dropped
         return self.dropped
 
-    def _log_untold_drops(self) -> None:
+    def _log_untold_drops(self, *, last: bool = False) -> None:
         """Warn of drops the rate limit kept quiet, once 10 s have passed since the last
-        warning (not only at shutdown: a program may never shut down cleanly)."""
+        warning (not only at shutdown: a program may never shut down cleanly); ``last``
+        (at shutdown): now, whenever the last warning was."""
         with self._drop_lock:
             unlogged = self.dropped - self._logged_dropped
             now = time.monotonic()
-            if not unlogged or now - self._last_drop_log < 10.0:
+            if not unlogged or (not last and now - self._last_drop_log < 10.0):
                 return
             self._last_drop_log = now
             self._logged_dropped = total = self.dropped
         _log.warning(
-            "spangraph %s: dropped %d more item(s) since the last warning; %d dropped in all",
+            "spangraph %s: dropped %d item(s) not logged before; %d dropped in all",
             self.name,
             unlogged,
             total,
@@ -437,16 +438,7 @@ class BatchWorker(Generic[T, P]):
             self._log_drop(left + held, "not sent before shutdown", total)
         # flushes waiting on other threads: done, and False (not everything was sent)
         self._release(markers, lost=True)
-        with self._drop_lock:  # the last word: drops the rate limit kept quiet, if any
-            unlogged = self.dropped - self._logged_dropped
-            self._logged_dropped = self.dropped
-        if unlogged:
-            _log.warning(
-                "spangraph %s: dropped %d item(s) not logged before; %d dropped in all",
-                self.name,
-                unlogged,
-                self.dropped,
-            )
+        self._log_untold_drops(last=True)  # the last word: what the rate limit kept quiet
         return flushed
 
     # -- worker thread --------------------------------------------------------------------

@@ -63,9 +63,9 @@ bodies instead of one for every open connection."""
 _MAX_TIME_NS: Final = 2**63 - 1
 """Timestamps above this do not fit the stores' 64-bit signed integers."""
 _MAX_DEPTH: Final = 32
+"""Nesting of array / kvlist attribute values kept; deeper values become ``None``."""
 _MAX_PUBLISHED: Final = 65_536
 """Spans a replica remembers as published live, so that one sent again is not."""
-"""Nesting of array / kvlist attribute values kept; deeper values become ``None``."""
 
 _SPAN_KINDS: Final = {
     1: SpanKind.INTERNAL,
