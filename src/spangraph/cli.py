@@ -306,6 +306,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     info = server.status()
     if info is None:
         stuck = server._process()  # (unresponsive() would ask the port a second time)
+        if stuck is not None and server._loading(stuck.pid):
+            print(
+                f"embedded server loading its data: pid {stuck.pid}, port {stuck.port}, "
+                f"home {server.home} (it answers once loaded)"
+            )
+            return 1
         if stuck is not None:
             print(
                 f"embedded server not answering: pid {stuck.pid}, port {stuck.port}, "

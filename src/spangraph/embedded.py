@@ -181,7 +181,10 @@ def _probe(port: int, timeout: float) -> redis.Redis:
     )
 
 
-_UP, _LOADING, _DOWN = "up", "loading", "down"
+_UP, _LOADING, _BUSY, _DOWN = "up", "loading", "busy", "down"
+
+_LOG_SCAN = 1 << 20
+"""Bytes at the end of the server log read to tell whether a server still loads."""
 
 _PORT_ARG = re.compile(rb"--port\x00(\d{1,5})\x00")
 _PORT_TITLE = re.compile(rb"^[^\x00]*redis-server[^\x00]*:(\d{1,5})")
@@ -190,13 +193,17 @@ _PORT_TITLE = re.compile(rb"^[^\x00]*redis-server[^\x00]*:(\d{1,5})")
 
 def _answer(port: int) -> str:
     """How the server on 127.0.0.1:``port`` answers a PING: ``_UP``, ``_LOADING`` (it
-    loads its data and answers only that), or ``_DOWN`` (no answer)."""
+    loads its data and answers only that), ``_BUSY`` (it took the connection and said
+    nothing within a second: a long command, a load of large writes, or hung) or
+    ``_DOWN`` (nothing listens)."""
     client = _probe(port, timeout=1)
     try:
         client.ping()
         return _UP
     except redis.BusyLoadingError:
         return _LOADING
+    except redis.TimeoutError:
+        return _BUSY
     except (redis.RedisError, OSError):
         return _DOWN
     finally:
@@ -646,7 +653,10 @@ class EmbeddedServer:
         stuck = self._process()  # the caller found that no server answers
         if stuck is None:
             return None
-        deadline = time.monotonic() + self.answer_timeout
+        loading = self._loading(stuck.pid)
+        if loading:
+            _log.info("spangraph: the embedded server is loading its data; waiting")
+        deadline = time.monotonic() + (self.load_timeout if loading else self.answer_timeout)
         while time.monotonic() < deadline:
             time.sleep(0.2)
             info = self._serving(stuck.port)  # where it is, recorded there or not
@@ -654,6 +664,11 @@ class EmbeddedServer:
                 return info
         if self._process() is None:  # it ended meanwhile: start a new one
             return None
+        if loading:
+            raise EmbeddedServerError(
+                f"the embedded server of {self.home} (pid {stuck.pid}) was still loading "
+                f"its data after {self.load_timeout:g}s; try again later"
+            )
         raise EmbeddedServerError(
             f"the embedded server of {self.home} (pid {stuck.pid}, port {stuck.port}) runs "
             f"but has not answered for {self.answer_timeout:g}s: it may be busy with a long "
@@ -783,7 +798,10 @@ class EmbeddedServer:
                     proc.stderr.close()
                 return said + self._log_tail()
             state = _answer(port)
-            if state == _LOADING:  # its data: as long as it takes, up to load_timeout
+            # Loading its data: as long as it takes, up to load_timeout. While it replays
+            # large writes (batches of spans) it answers LOADING only every 1 024 of them,
+            # and says nothing between: silent, the server just started is loading too.
+            if state in (_LOADING, _BUSY):
                 loading = True
                 deadline = max(deadline, started + self.load_timeout)
             elif state == _UP:
@@ -826,6 +844,24 @@ class EmbeddedServer:
             if proc.stderr:
                 proc.stderr.close()
 
+    def _loading(self, pid: int) -> bool:
+        """Whether the server log says that ``pid`` has started and not yet finished
+        loading its data (it answers nothing while it replays large writes)."""
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - _LOG_SCAN))
+                lines = f.read().splitlines()
+        except OSError:
+            return False
+        mine = f"{pid}:M ".encode()
+        for line in reversed(lines):
+            if line.startswith(mine):
+                if b"Ready to accept connections" in line:
+                    return False
+                if b"Server initialized" in line:
+                    return True
+        return False
+
     def _log_tail(self, lines: int = 10) -> str:
         try:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
@@ -836,7 +872,7 @@ class EmbeddedServer:
         """Wait while the server on ``port`` loads its data (up to ``load_timeout``)."""
         deadline = time.monotonic() + self.load_timeout
         logged = False
-        while _answer(port) == _LOADING:
+        while _answer(port) in (_LOADING, _BUSY):  # (silent between LOADING answers)
             if not logged:
                 _log.info("spangraph: the embedded server is loading its data; waiting")
                 logged = True
