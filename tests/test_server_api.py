@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import json.scanner
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -893,6 +895,85 @@ def test_options_never_explored_have_no_jaeger_url(
     assert (detail["state"], detail["jaeger_url"]) == (sc.STATE_UNEXPLORED, None)
     [decision] = client.get(f"/api/workflows/{wid}/decisions").json()
     assert [o["jaeger_url"] is None for o in decision["options"]] == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("env", "exported", "logged"),
+    [
+        ({}, "http", ""),
+        ({"OTEL_METRICS_EXPORTER": "otlp"}, "http", ""),
+        ({"OTEL_METRICS_EXPORTER": "none"}, None, ""),
+        ({"OTEL_METRICS_EXPORTER": " None "}, None, ""),
+        ({"OTEL_METRICS_EXPORTER": "prometheus"}, None, "over OTLP only"),
+        ({"OTEL_METRICS_EXPORTER": "console,otlp_proto_http"}, "http", ""),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, None, "pip install 'opentelemetry-exp"),
+        ({"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc"}, None, "grpc exporter is missing"),
+        ({"OTEL_METRICS_EXPORTER": "otlp_proto_grpc"}, None, "grpc exporter is missing"),
+        (
+            {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_METRICS_EXPORTER": "otlp_proto_http"},
+            "http",
+            "",
+        ),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, None, "unknown OTLP protocol"),
+    ],
+)
+def test_the_service_metrics_follow_the_otel_exporter_variables(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    env: dict[str, str],
+    exported: str | None,
+    logged: str,
+) -> None:
+    """Before, the service exported its metrics over OTLP/HTTP whatever
+    OTEL_METRICS_EXPORTER (``none`` included) and the protocol variables said."""
+    from types import SimpleNamespace
+
+    from spangraph.server.app import _metrics_provider
+
+    for variable in (
+        "OTEL_METRICS_EXPORTER",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    posted: list[str] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            posted.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.server_port}")
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    ingest = SimpleNamespace(stats=dict, graph=None, live=None)
+    provider = None
+    try:
+        with caplog.at_level("WARNING", logger="spangraph"):
+            provider = _metrics_provider(ingest)
+        if exported is None:
+            assert provider is None
+        else:
+            provider.get_meter("test").create_counter("probe").add(1)
+            assert provider.force_flush(timeout_millis=10_000)
+            assert posted == ["/v1/metrics"]  # OTLP/HTTP
+        if logged:
+            assert logged in caplog.text
+        else:
+            assert not caplog.records, caplog.text
+    finally:
+        if provider is not None:
+            provider.shutdown(timeout_millis=1000)
+        collector.shutdown()
+        collector.server_close()
 
 
 @pytest.mark.parametrize(
