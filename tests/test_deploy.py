@@ -412,3 +412,20 @@ def test_batches_sent_to_spangraph_fit_its_body_limit(
                     assert size <= MAX_SPANS_PER_REQUEST
                     checked += 1
     assert checked == 2  # otelcol.yaml, otelcol-tier2.yaml
+
+
+def test_tier2_receives_the_batches_tier1_sends(collectors: dict[str, dict[str, Any]]) -> None:
+    """Tier 1 sends batches of up to send_batch_max_size spans over gRPC, whose receiver
+    refuses a message over 4 MiB unless max_recv_msg_size_mib says more: batches of 4 096
+    spans of 1 KiB were refused (and lost). Tier 2 must take 32 KiB a span of them, as
+    spangraph itself does."""
+    tier1 = collectors["otelcol-loadbalancing.yaml"]
+    tier2 = collectors["otelcol-tier2.yaml"]
+    [batch] = [
+        p for p in tier1["service"]["pipelines"]["traces"]["processors"]
+        if component_type(p) == "batch"
+    ]  # fmt: skip
+    spans = tier1["processors"][batch]["send_batch_max_size"]
+    grpc = tier2["receivers"]["otlp"]["protocols"]["grpc"]
+    limit_mib = grpc.get("max_recv_msg_size_mib", 4)  # the Collector's default
+    assert limit_mib * 1024 * 1024 >= spans * 32 * 1024, (spans, limit_mib)
