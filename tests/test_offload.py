@@ -1077,3 +1077,30 @@ def test_the_agent_imports_what_the_program_imports(
         check=False,
     )
     assert (child.returncode, child.stdout.strip()) == (0, "ok"), child.stderr[-2000:]
+
+
+def test_the_agents_counters_never_go_down_when_it_is_replaced(
+    off: spangraph.Spangraph,
+) -> None:
+    """Before, stats()["graph"] and ["live"] started again from the new agent's zero once
+    a killed agent was replaced (a dashboard's rate went negative)."""
+    for i in range(5):
+        with spangraph.workflow(f"before-{i}"):
+            pass
+    assert spangraph.flush(10)
+    before = off.stats()
+    assert before["graph"]["sent"] >= 10 and before["live"]["sent"] > 0
+    first = agent_of(off)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(5)
+    with spangraph.workflow("after"):
+        pass
+    assert spangraph.flush(20)
+    assert agent_of(off).pid != first.pid
+    after = off.stats()
+    for name in ("graph", "live"):
+        for key in ("sent", "dropped", "failed", "retries"):
+            assert after[name][key] >= before[name][key], (name, key, before, after)
+    # the new agent's own writes are added: the run started after the kill (2 items)
+    assert after["graph"]["sent"] >= before["graph"]["sent"] + 2
+    assert after["graph"]["queued"] == 0

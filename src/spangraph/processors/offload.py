@@ -91,6 +91,8 @@ class _Agent(subprocess.Popen[bytes]):
         """Flush token -> the records sent before that flush."""
         self.gone = False
         self.reader: threading.Thread | None = None
+        self.stats: dict[str, Any] = {}
+        """Its processors' counters (``graph``, ``live``), as its last answer gave them."""
 
 
 class _Ack:
@@ -169,7 +171,11 @@ class OffloadSpanProcessor(SpanProcessor):
         self._gone_lock = threading.Lock()
         self._tokens = itertools.count(1)  # 0: the agent's last answer, at end of input
         self._acks: dict[int, _Ack] = {}
-        self._agent_stats: dict[str, Any] = {}
+        self._stats_lock = threading.Lock()
+        self._carried: dict[str, dict[str, int]] = {}
+        """The counters of the agents that are gone, summed: an agent that replaces one
+        counts from zero, and stats() go on from these (they never go down)."""
+        self._last_agent: _Agent | None = None  # the one that answered last
         # id -> Resource of every span copied (filled on the hot path, see _records), and
         # the ids the current agent has been told about
         self._known: dict[int, Any] = {}
@@ -491,7 +497,10 @@ class OffloadSpanProcessor(SpanProcessor):
                 try:
                     stats = json.loads(parts[2])
                     ok = stats.pop("ok", True) is not False
-                    self._agent_stats = stats
+                    with self._stats_lock:
+                        if not agent.gone:
+                            agent.stats = stats
+                            self._last_agent = agent
                 except (ValueError, AttributeError):
                     pass
                 token = int(parts[1])
@@ -523,7 +532,10 @@ class OffloadSpanProcessor(SpanProcessor):
         with self._gone_lock:
             if agent.gone:
                 return
-            agent.gone = True
+            with self._stats_lock:
+                agent.gone = True
+                self._carry(agent.stats)
+                agent.stats = {}
         with agent.write_lock:  # a write under way fails at once: no one reads the pipe
             lost = agent.sent - agent.acked
             tokens = list(agent.marks)
@@ -707,9 +719,35 @@ class OffloadSpanProcessor(SpanProcessor):
             "retries": self._retries,
         }
 
-    def agent_stats(self) -> dict[str, dict[str, int]]:
-        """The agent's processors' counters (``graph``, ``live``), as of the last flush."""
-        return dict(self._agent_stats)
+    def _carry(self, stats: dict[str, Any]) -> None:
+        """Add a gone agent's counters to those carried (its queue size is not carried:
+        what it held is counted as dropped)."""
+        for name, counters in stats.items():
+            if not isinstance(counters, dict):
+                continue
+            carried = self._carried.setdefault(name, {})
+            for key, value in counters.items():
+                if key != "queued" and type(value) is int:
+                    carried[key] = carried.get(key, 0) + value
+
+    def agent_stats(self) -> dict[str, dict[str, int] | None]:
+        """The agent's processors' counters (``graph``, ``live``; ``None`` for one that is
+        off), as of the last flush; with those of the agents before it (one replaced
+        after it died) added, so they never go down."""
+        with self._stats_lock:
+            agent = self._last_agent
+            current = agent.stats if agent is not None else {}
+            out: dict[str, dict[str, int] | None] = {}
+            for name in {**self._carried, **current}:
+                now, before = current.get(name), self._carried.get(name)
+                if before is None:
+                    out[name] = None if now is None else dict(now)
+                    continue
+                counters = {"queued": 0, **(now or {})}
+                for key, value in before.items():
+                    counters[key] = counters.get(key, 0) + value
+                out[name] = counters
+            return out
 
 
 _PACKAGE_DIR: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
