@@ -342,4 +342,10 @@ def test_path_to_root_of_a_deep_chain(sg: spangraph.Spangraph) -> None:
     )
     path = queries.path_to_root(sg.store, f"d{depth}")
     assert [p["span_id"] for p in path] == [f"d{i}" for i in range(depth + 1)]
-    assert path[0] == {"span_id": "d0", "name": "s0", "kind": "step", "trace_id": None}
+    assert path[0] == {
+        "span_id": "d0",
+        "name": "s0",
+        "kind": "step",
+        "state": None,
+        "trace_id": None,
+    }

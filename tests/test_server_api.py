@@ -893,6 +893,15 @@ def test_options_never_explored_have_no_jaeger_url(
     assert others and all(n["jaeger_url"].endswith(f"uiFind={n['span_id']}") for n in others)
     detail = client.get(f"/api/nodes/{never['span_id']}").json()
     assert (detail["state"], detail["jaeger_url"]) == (sc.STATE_UNEXPLORED, None)
+    # its path too (before: a link to it as its last step), with each step's state
+    *above, last = client.get(f"/api/nodes/{never['span_id']}/path").json()
+    assert (last["span_id"], last["state"], last["jaeger_url"]) == (
+        never["span_id"],
+        sc.STATE_UNEXPLORED,
+        None,
+    )
+    assert above and all(s["state"] == sc.STATE_COMPLETED for s in above)
+    assert all(s["jaeger_url"].endswith(f"uiFind={s['span_id']}") for s in above)
     [decision] = client.get(f"/api/workflows/{wid}/decisions").json()
     assert [o["jaeger_url"] is None for o in decision["options"]] == [False, True]
 

@@ -81,7 +81,8 @@ PATH_TO_ROOT: Final = (
     + "RETURN [s IN ["
     + ", ".join(f"s{i}" for i in range(PATH_HOPS))
     + "] WHERE s IS NOT NULL |\n"
-    "        [s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.trace_id]] AS chain"
+    "        [s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.trace_id, s.state]]"
+    " AS chain"
 )
 
 WORKFLOW_EVENTS: Final = (
@@ -336,7 +337,8 @@ def path_to_root(store: GraphStore, span_id: str) -> list[dict[str, Any]]:
         ...
         OPTIONAL MATCH (s15:Span {span_id: s14.parent_span_id})
         RETURN [s IN [s0, s1, ..., s15] WHERE s IS NOT NULL |
-                [s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.trace_id]] AS chain
+                [s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.trace_id,
+                 s.state]] AS chain
     """
     chain: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
@@ -345,7 +347,7 @@ def path_to_root(store: GraphStore, span_id: str) -> list[dict[str, Any]]:
     while ask is not None:
         rows = store.query(PATH_TO_ROOT, {"span_id": ask})
         ask = None
-        for sid, parent, name, kind, start_ns, trace_id in rows[0]["chain"] if rows else ():
+        for sid, parent, name, kind, start_ns, trace_id, state in rows[0]["chain"] if rows else ():
             # the stand-in for a parent never written (a caller elsewhere) is not in the
             # path, as tree() leaves it out: the chain starts at the first span written
             if name is None:
@@ -353,7 +355,7 @@ def path_to_root(store: GraphStore, span_id: str) -> list[dict[str, Any]]:
             # text fields as text, whatever other programs wrote (a name 5 reads "5")
             row = _decode(
                 {"span_id": sid, "parent_span_id": parent, "name": name, "kind": kind,
-                 "start_ns": start_ns, "trace_id": trace_id}
+                 "start_ns": start_ns, "trace_id": trace_id, "state": state}
             )  # fmt: skip
             if row["span_id"] in seen:
                 cycle_at = row["span_id"]
@@ -369,7 +371,7 @@ def path_to_root(store: GraphStore, span_id: str) -> list[dict[str, Any]]:
         chain = chain[: seen[head["span_id"]] + 1]
     return [
         {"span_id": r["span_id"], "name": r.get("name"), "kind": r.get("kind"),
-         "trace_id": r.get("trace_id")}
+         "state": r.get("state"), "trace_id": r.get("trace_id")}
         for r in reversed(chain)
     ]  # fmt: skip
 

@@ -82,6 +82,7 @@ class PathStep(BaseModel):
     span_id: str
     name: str | None = None
     kind: str | None = None
+    state: str | None = None
     jaeger_url: str | None = None
 
 

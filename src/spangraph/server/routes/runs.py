@@ -152,10 +152,7 @@ def node_path(span_id: str, settings: SettingsDep, store: StoreDep) -> list[dict
         path = queries.path_to_root(store, lower)  # ids are stored as OTel prints them
     if not path:
         raise HTTPException(404, detail=f"no span {span_id!r}")
-    return [
-        {**step, "jaeger_url": jaeger_url(settings, step.get("trace_id"), step["span_id"])}
-        for step in path
-    ]
+    return [_node(settings, step) for step in path]
 
 
 @router.get("/workflows/{workflow_id:id}/decisions", response_model=list[Decision])
