@@ -281,6 +281,9 @@ def test_refused_choose_leaves_no_choice(cap: SpanCapture) -> None:
         ([f"o{i}" for i in range(MAX_OPTIONS + 1)], ValueError, "at most 1024"),
         # cut to the same stored name, two options became one in the graph
         (["x" * 9000 + "1", "x" * 9000 + "2"], ValueError, "at most 8192 characters"),
+        # a NUL or a lone surrogate is stored as U+FFFD: two options became one node
+        (["a\x00b", "a\ufffdb"], ValueError, "would be stored as one"),
+        (["c\ud800", "c\ufffd"], ValueError, "would be stored as one"),
     ],
 )
 def test_bad_options(cap: SpanCapture, options: Any, error: type[Exception], match: str) -> None:

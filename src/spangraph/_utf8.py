@@ -20,6 +20,18 @@ def utf8(text: str) -> bytes:
         return _SURROGATE.sub(REPLACEMENT, text.encode("utf-8", "surrogatepass"))
 
 
+def as_stored(name: str) -> str:
+    """A name as the stores keep it as a node's name: a NUL or a lone surrogate as
+    U+FFFD (FalkorDB's writes; the same on Neo4j, so names match on either store)."""
+    if "\x00" in name:
+        name = name.replace("\x00", "\ufffd")
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        name = utf8(name).decode()
+    return name
+
+
 def mended(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """``args`` of a command, each str in it as :func:`utf8` bytes."""
     return tuple(utf8(a) if isinstance(a, str) else a for a in args)

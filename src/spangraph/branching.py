@@ -16,6 +16,7 @@ from typing import Any
 from . import semconv as sc
 from ._attrs import MAX_VALUE_CHARS, clean_value, encodable
 from ._spans import Handle, _check_attributes, _check_id, _check_name, _Options, link_to
+from ._utf8 import as_stored
 from .instrument import Scope
 from .mapping import MAX_OPTIONS
 
@@ -143,6 +144,14 @@ def decision(
             )
     if len(set(offered)) != len(offered):
         raise ValueError(f"decision {name!r} offers the same option twice: {offered!r}")
+    stored = {}
+    for option in offered:
+        other = stored.setdefault(as_stored(option), option)
+        if other is not option:
+            raise ValueError(
+                f"decision {name!r}: options {other!r} and {option!r} would be stored as "
+                "one (a NUL or a lone surrogate is stored as U+FFFD)"
+            )
     _check_attributes(attributes, "decision(attributes=)")
 
     def start(handle: Decision) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import semconv as sc
-from ._utf8 import utf8
+from ._utf8 import as_stored
 from .mapping import iso_time, option_text, read_json
 from .stores._base import GraphStore
 
@@ -508,23 +508,12 @@ def _text(value: Any) -> str | None:
 
 def _options_of(value: Any) -> list[str]:
     """The offered option names: each item of a list as :func:`_text`, a single value
-    as a one-option list; each name once, in order."""
+    as a one-option list, as the stores keep names (:func:`~spangraph._utf8.as_stored`:
+    the names a decision offers, its attributes' JSON keeps them, match its option
+    nodes); each name once, in order."""
     items = value if isinstance(value, list | tuple) else [value]
     names = (_text(v) for v in items if v is not None)
-    return list(dict.fromkeys(_as_stored(n) for n in names if n is not None))
-
-
-def _as_stored(name: str) -> str:
-    """An option's name as the stores keep it as a node's name: a NUL or a lone surrogate
-    as U+FFFD (FalkorDB's writes), so that the names a decision offers (its attributes'
-    JSON keeps them) match its option nodes on either store."""
-    if "\x00" in name:
-        name = name.replace("\x00", "\ufffd")
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        name = utf8(name).decode()
-    return name
+    return list(dict.fromkeys(as_stored(n) for n in names if n is not None))
 
 
 def _score(value: Any) -> float | None:
@@ -557,7 +546,7 @@ def _decision_options(
     use_children = not named or not any(r[4] == "OPTION_OF" for r in rows)
     found: dict[str, tuple[tuple[int, int, str], dict[str, Any]]] = {}
     for name, state, span_id, start_ns, edge in rows:
-        name = _as_stored(option_text(name))
+        name = as_stored(option_text(name))
         if edge != "OPTION_OF" and (not use_children or (offered and name not in offered)):
             continue
         explored = state != "unexplored"
@@ -601,10 +590,10 @@ def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
         offered = _options_of(attrs.get("spangraph.decision.options"))
         listed = attrs.get("spangraph.decision.option_span_ids")
         options = _decision_options(row["options"], offered, listed)
-        names = [_as_stored(_text(n)) for n in row.get("chosen") or () if n is not None]
+        names = [as_stored(_text(n)) for n in row.get("chosen") or () if n is not None]
         chosen = min(names) if names else _text(attrs.get("spangraph.decision.chosen"))
         if chosen is not None:
-            chosen = _as_stored(chosen)
+            chosen = as_stored(chosen)
         for option in options:
             option["chosen"] = option["name"] == chosen
         out.append(
@@ -878,7 +867,7 @@ def diff(store: GraphStore, a: str, b: str, *, branches: bool = False) -> dict[s
         ids = [s["span_id"] for s in spans if s.get("kind") == "decision"]
         if ids:
             linked = {
-                row["span_id"]: [_as_stored(_text(n)) for n in row["chosen"] if n is not None]
+                row["span_id"]: [as_stored(_text(n)) for n in row["chosen"] if n is not None]
                 for row in store.query(CHOSEN_BY_LINK, {"span_ids": ids})
             }
             for span in spans:
@@ -888,7 +877,7 @@ def diff(store: GraphStore, a: str, b: str, *, branches: bool = False) -> dict[s
                 elif span.get("kind") == "decision":
                     chosen = _text(_attrs_of(span).get("spangraph.decision.chosen"))
                     if chosen is not None:  # named as the stores name option nodes
-                        span["chosen"] = _as_stored(chosen)
+                        span["chosen"] = as_stored(chosen)
         return spans
 
     return structural_diff(a, spans_of(a), b, spans_of(b)).to_dict()
