@@ -319,18 +319,30 @@ def test_decisions_of_an_open_decision_show_the_options_explored_so_far(
 def test_an_option_explored_twice_is_the_one_the_decision_names(
     sg: spangraph.Spangraph,
 ) -> None:
+    """A retried option: before, the decision named its first exploration, and the chosen
+    option was reported failed (its first attempt) after a retry that completed."""
     assert sg.store is not None
     with spangraph.workflow("wf") as run, spangraph.decision("route", options=["a", "b"]) as d:
-        with contextlib.suppress(Boom), d.option("a") as first:
+        with contextlib.suppress(Boom), d.option("a", attempt=1):
             raise Boom
-        with d.option("a"):
+        with d.option("a", attempt=2) as last:
             pass
+        assert spangraph.flush(10)
+        # open: no OPTION_OF edges yet, the decision's Option children count
+        [open_decision] = queries.decisions(sg.store, run.workflow_id)
+        [a] = [o for o in open_decision["options"] if o["name"] == "a"]
+        assert (a["span_id"], a["state"]) == (last.span_id, "completed")
         d.choose("a")
     assert spangraph.flush(10)
     [decision] = queries.decisions(sg.store, run.workflow_id)
     [a] = [o for o in decision["options"] if o["name"] == "a"]
-    # the first exploration, as the decision records it, whatever order the store gives
-    assert (a["span_id"], a["state"]) == (first.span_id, "failed")
+    # the last exploration, as the decision records it, whatever order the store gives
+    assert (a["span_id"], a["state"], a["chosen"]) == (last.span_id, "completed", True)
+    [edge] = sg.store.query(
+        "MATCH (:Decision {span_id: $d})-[:CHOSEN_OPTION]->(o) RETURN o.span_id AS id",
+        {"d": decision["span_id"]},
+    )
+    assert edge["id"] == last.span_id
 
 
 def test_decision_analytics(sg: spangraph.Spangraph, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,7 +61,8 @@ class Decision(Handle):
         _check_attributes(attributes, "option()")
 
         def explored(handle: Handle) -> None:
-            self._explored.setdefault(name, handle)
+            # the last exploration (a retried option: the attempt that counted)
+            self._explored[name] = handle
 
         return Scope(
             _Options(

@@ -538,8 +538,8 @@ def _decision_options(
     died) or when it names no option spans (plain OTel: the explored options are only
     its children); a child whose name it does not offer is another decision's (an outer
     decision's option explored inside this one). Of several nodes for one name the one
-    the decision names wins (its first exploration), then an explored one, then the
-    first to start.
+    the decision names wins (its last exploration), then an explored one, then the last
+    to start.
     """
     named = set(listed) if isinstance(listed, list | tuple) else set()
     rows = [r for r in rows if r[0] is not None]
@@ -552,7 +552,7 @@ def _decision_options(
         explored = state != "unexplored"
         rank = (
             0 if span_id in named else 1 if explored else 2,
-            start_ns if isinstance(start_ns, int) else 0,
+            -start_ns if isinstance(start_ns, int) else 0,
             str(span_id),
         )
         if name not in found or rank < found[name][0]:
