@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import itertools
 import os
 import re
@@ -120,6 +121,16 @@ def test_readme_usage_example_runs(tmp_path: Path) -> None:
     assert '["research", "completed"]' in out
 
 
+def test_query_library_example_runs(tmp_path: Path) -> None:
+    """docs/graph-model.md's example of the query library, as written: on the store
+    configure() writes to, and on one opened from the same settings."""
+    [example] = [b for b in _blocks(DOCS / "graph-model.md", "python") if "open_store" in b]
+    (out,) = _run_example(example, tmp_path)
+    listed, chosen, roots = out.strip().splitlines()
+    assert listed.split()[1:] == ["hello", "completed"]
+    assert (chosen, roots) == ("b", "1")  # the same graph (Settings() is the default home)
+
+
 def test_sdk_offload_example_runs(tmp_path: Path) -> None:
     """docs/sdk.md's offload example, as written: 10 001 spans through an agent process."""
     [example] = [b for b in _blocks(DOCS / "sdk.md", "python") if "offload=True" in b]
@@ -170,6 +181,14 @@ def test_graph_model_cypher_answers_on_a_real_run(sg: spangraph.Spangraph) -> No
             pass
         with spangraph.branch("right"), spangraph.monitor(left, name="watch-left"):
             pass
+        for i in range(2):  # a loop giving each pass the same branch id
+            with (
+                spangraph.branch("loop", branch_id="loop-id"),
+                contextlib.suppress(RuntimeError),
+                spangraph.step(f"pass-{i}"),
+            ):
+                if i:
+                    raise RuntimeError("the second pass fails")
     assert spangraph.flush(10)
     assert sg.store is not None
     workflow_id = run.workflow_id
@@ -189,9 +208,18 @@ def test_graph_model_cypher_answers_on_a_real_run(sg: spangraph.Spangraph) -> No
         ("x", "completed", True),
         ("y", "unexplored", False),
     ]
-    assert [(r["b.name"], r["nodes"]) for r in branch_rows] == [("left", 1), ("right", 2)]
+    # as queries.branches counts (before: the loop's branches counted each other's spans,
+    # and FalkorDB gave the sums as floats)
+    assert [(r["b.name"], r["nodes"], r["failed"]) for r in branch_rows] == [
+        ("left", 1, 0),
+        ("right", 2, 0),
+        ("loop", 2, 0),
+        ("loop", 2, 1),
+    ]
+    assert all(type(r["failed"]) is int for r in branch_rows)
     assert [(r["monitor"], r["target"]) for r in monitor_rows] == [("watch-left", "left")]
-    assert [(r["option"], r["chosen"]) for r in analytics_rows] == [("x", 1)]
+    assert [(r["option"], r["chosen"], r["succeeded"]) for r in analytics_rows] == [("x", 1, 1)]
+    assert type(analytics_rows[0]["succeeded"]) is int
     assert resumed_rows == []
 
 
