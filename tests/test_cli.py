@@ -175,6 +175,35 @@ def test_query_commands(demo: Demo) -> None:
     assert names[0] == "workflow.started" and names[-1] == "workflow.completed"
 
 
+def test_decisions_table_says_how_each_option_ended(demo: Demo) -> None:
+    """Before, only a never-explored option was marked: the demo's large-model option,
+    which failed (its step timed out), read as one that completed; missing values printed
+    as None."""
+    table = cli(demo.home, "query", "decisions", demo.workflow_id)
+    assert table.code == 0, table.err
+    header, _, row = table.out.splitlines()[:3]
+    assert header.split() == [
+        "decision",
+        "state",
+        "options",
+        "chosen",
+        "reason",
+        "score",
+        "span_id",
+    ]
+    assert "choose-summarizer" in row and " completed " in row
+    assert "large-model (failed), small-model*, extractive (unexplored)" in row
+    decisions = json.loads(cli(demo.home, "query", "decisions", demo.workflow_id, "--json").out)
+    states = {o["name"]: o["state"] for o in decisions[0]["options"]}
+    assert states == {
+        "large-model": "failed",
+        "small-model": "completed",
+        "extractive": "unexplored",
+    }
+    runs = cli(demo.home, "query", "cypher", "RETURN null AS nothing, 1 AS one")
+    assert runs.out.splitlines()[2].split() == ["-", "1"]
+
+
 def test_query_errors(demo: Demo) -> None:
     unknown = cli(demo.home, "query", "tree", "no-such-workflow")
     assert unknown.code == 1

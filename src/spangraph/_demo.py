@@ -63,11 +63,11 @@ async def summarize(texts: list[str]) -> str:
     """A decision with three options: two explored, one chosen, one never tried."""
     options = ["large-model", "small-model", "extractive"]
     with branching.decision("choose-summarizer", options=options) as choice:
-        async with choice.option("large-model"):
-            try:
+        try:
+            async with choice.option("large-model"):  # the option fails with its step
                 summary = await summarize_large(texts)
-            except TimeoutError:
-                summary = None
+        except TimeoutError:
+            summary = None
         if summary is not None:
             choice.choose("large-model", reason="best quality", score=0.9)
             return summary

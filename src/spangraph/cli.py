@@ -348,6 +348,8 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return "-"  # no value (--json says null)
     text = json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
     text = printable(text)  # span data may hold escape sequences: shown, not run
     if text.startswith(("http://", "https://")):
@@ -358,11 +360,14 @@ def _cell(value: Any) -> str:
 def _decision_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def label(option: dict[str, Any]) -> str:
         mark = "*" if option["chosen"] else ""
-        return f"{option['name']}{mark}" + ("" if option["explored"] else " (unexplored)")
+        state = option["state"] if option["explored"] else "unexplored"
+        ended = "" if state == "completed" else f" ({state or 'unknown'})"
+        return f"{option['name']}{mark}{ended}"
 
     return [
         {
             "decision": r["name"],
+            "state": r.get("state"),
             "options": ", ".join(label(o) for o in r["options"]),
             "chosen": r["chosen"],
             "reason": r["reason"],
