@@ -26,6 +26,10 @@ Python package driving the system's ``/usr/bin/chromium``; no browser download).
   ``test_siblings_keep_start_order_whatever_order_they_come_in``: the order of siblings
   that come out of order; ``test_unnamed_spans_read_unnamed``,
   ``test_options_never_explored_have_no_jaeger_link``.
+- ``test_the_run_tree_is_an_aria_tree_with_one_tab_stop``, ``test_the_run_tree_keys``,
+  ``test_live_updates_keep_one_tab_stop_and_the_focus``: the run tree as a WAI-ARIA tree
+  (roles, levels, places in their sets, expanded, selected) with one Tab stop, its keys,
+  and live rows that keep both, and the focus where it is.
 """
 
 from __future__ import annotations
@@ -2042,3 +2046,343 @@ def test_a_run_started_inside_the_run_is_a_leaf_that_opens_it(
         link.click()
         expect(page.locator("#run-title")).to_have_text("sub-agent")
         expect(node(page, "sub-step")).to_have_count(1)
+
+
+# -- the run tree as an ARIA tree: roles, states, one Tab stop, the keys ---------------------
+
+# Each tree item's ARIA attributes next to what the DOM says they should be: its depth
+# (tree items around it, plus one), its place among its siblings and its children.
+TREE_ARIA = """() => [...document.querySelectorAll("#tree-root li.tree-item")].map((li) => {
+  const up = (el) => el.parentElement.closest("li.tree-item");
+  let depth = 1;
+  for (let p = up(li); p; p = up(p)) depth += 1;
+  const group = li.querySelector(":scope > ul");
+  const attr = (name) => li.getAttribute(name);
+  return {
+    name: li.dataset.name, role: attr("role"), level: attr("aria-level"),
+    posinset: attr("aria-posinset"), setsize: attr("aria-setsize"),
+    expanded: attr("aria-expanded"), selected: attr("aria-selected"),
+    group: group.getAttribute("role"), depth,
+    index: [...li.parentElement.children].indexOf(li) + 1,
+    siblings: li.parentElement.children.length, children: group.children.length,
+    open: !li.classList.contains("collapsed"),
+  };
+})"""
+
+# The elements of the run tree that Tab stops at (focusable, tabindex >= 0, shown): the
+# name of the tree item each is in.
+TREE_TAB_STOPS = """() => [...document.querySelectorAll("#tree *")]
+  .filter((el) => el.tabIndex >= 0 && !el.disabled && el.checkVisibility()
+    && (el.tagName !== "A" || el.hasAttribute("href")))
+  .map((el) => el.closest("li.tree-item")?.dataset.name ?? `#${el.id}`)"""
+
+
+def poll_until(page: Any, script: str, want: Any, timeout: float = WAIT_MS / 1000) -> None:
+    """Evaluate ``script`` in the page until it returns ``want`` (no timing asserted: the
+    deadline only ends the wait), then check it."""
+    deadline = time.monotonic() + timeout
+    got = page.evaluate(script)
+    while got != want and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+        got = page.evaluate(script)
+    assert got == want
+
+
+def check_tree_aria(page: Any) -> list[dict[str, Any]]:
+    """Every item: role treeitem, aria-level its depth, aria-posinset/-setsize its place
+    among its siblings, aria-expanded only with children (and then whether they show),
+    aria-selected "true" or "false"; its children's list a group; the tree a named tree.
+    The items, in document order."""
+    tree = page.locator("#tree-root")
+    assert tree.get_attribute("role") == "tree"
+    assert tree.get_attribute("aria-label")
+    items = page.evaluate(TREE_ARIA)
+    for it in items:
+        assert it["role"] == "treeitem", it
+        assert it["group"] == "group", it
+        assert it["level"] == str(it["depth"]), it
+        assert it["posinset"] == str(it["index"]), it
+        assert it["setsize"] == str(it["siblings"]), it
+        assert it["expanded"] == (str(it["open"]).lower() if it["children"] else None), it
+        assert it["selected"] in ("true", "false"), it
+    assert sum(it["selected"] == "true" for it in items) <= 1
+    return items
+
+
+def _aria_run(graph_url: str, embedded_server: Any, tmp_path: Path) -> str:
+    """A finished run, nested four deep, with an option never explored (listed last):
+
+    aria-run > plan, route > (search > query, answer, ask-user), write
+    """
+    configure_sdk(graph_url, embedded_server, tmp_path)
+    try:
+        with spangraph.workflow("aria-run") as run:
+            with spangraph.step("plan"):
+                pass
+            options = ["search", "answer", "ask-user"]
+            with spangraph.decision("route", options=options) as choice:
+                with choice.option("search"), spangraph.step("query"):
+                    pass
+                with choice.option("answer"):
+                    pass
+                choice.choose("search")
+            with spangraph.step("write"):
+                pass
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    return run.workflow_id or ""
+
+
+ARIA_RUN = ["aria-run", "plan", "route", "search", "query", "answer", "ask-user", "write"]
+
+
+@needs_chromium
+def test_the_run_tree_is_an_aria_tree_with_one_tab_stop(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """The run tree is a WAI-ARIA tree (tree, treeitem with level, place in its set,
+    expanded and selected, group) and one Tab stop: the first node, then the selected
+    one; the rows' buttons, twisties and Jaeger links are out of the Tab order (before:
+    no tree semantics, and two Tab stops a row, 4 000 for a run of 2 000 spans)."""
+    from playwright.sync_api import expect
+
+    workflow_id = _aria_run(graph_url, embedded_server, tmp_path)
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator("#tree li.tree-item")).to_have_count(len(ARIA_RUN))
+        expect(node(page, "ask-user")).to_have_attribute("data-state", "unexplored")
+        items = check_tree_aria(page)
+        got = {
+            it["name"]: (it["level"], it["posinset"], it["setsize"], it["expanded"]) for it in items
+        }
+        assert [it["name"] for it in items] == ARIA_RUN
+        assert got == {
+            "aria-run": ("1", "1", "1", "true"),
+            "plan": ("2", "1", "3", None),
+            "route": ("2", "2", "3", "true"),
+            "search": ("3", "1", "3", "true"),
+            "query": ("4", "1", "1", None),
+            "answer": ("3", "2", "3", None),
+            "ask-user": ("3", "3", "3", None),
+            "write": ("2", "3", "3", None),
+        }
+        assert all(it["selected"] == "false" for it in items)
+        # the rows' Jaeger links are there, out of the Tab order (the node panel has one)
+        expect(node(page, "query").locator(":scope > .row > a.jaeger")).to_have_attribute(
+            "href", re_full(r".+\?uiFind=[0-9a-f]{16}")
+        )
+        poll_until(page, TREE_TAB_STOPS, ["aria-run"])
+        expect(node(page, "aria-run")).to_have_attribute("tabindex", "0")
+
+        # a click selects: the node is the Tab stop, selected, and its panel shows
+        node(page, "query").locator(":scope > .row > .node-btn").click()
+        expect(page.locator("#detail-title")).to_have_text("query")
+        expect(node(page, "query")).to_have_attribute("aria-selected", "true")
+        expect(page.locator("#detail a.jaeger")).to_have_count(1)
+        poll_until(page, TREE_TAB_STOPS, ["query"])
+        items = check_tree_aria(page)
+        assert [it["name"] for it in items if it["selected"] == "true"] == ["query"]
+
+        # collapsed around the selected node: the collapsing node is the Tab stop
+        page.locator("#filter-name").focus()
+        node(page, "search").locator(":scope > .row > .twisty").click()
+        expect(node(page, "search")).to_have_attribute("aria-expanded", "false")
+        expect(node(page, "query")).to_be_hidden()
+        poll_until(page, TREE_TAB_STOPS, ["search"])
+        check_tree_aria(page)
+        node(page, "search").locator(":scope > .row > .twisty").click()
+        expect(node(page, "search")).to_have_attribute("aria-expanded", "true")
+        page.locator("#filter-name").focus()
+        poll_until(page, TREE_TAB_STOPS, ["query"])
+
+
+@needs_chromium
+def test_the_run_tree_keys(page: Any, embedded_server: Any, graph_url: str, tmp_path: Path) -> None:
+    """Tab enters the tree at one node, the arrow keys, Home and End move the focus (and
+    the Tab stop with it) between the nodes shown, → and ← expand, collapse and go to a
+    child or the parent, Enter and Space select, * expands the siblings; Tab leaves the
+    tree, and back into it lands on the selected node."""
+    from playwright.sync_api import expect
+
+    workflow_id = _aria_run(graph_url, embedded_server, tmp_path)
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    keyboard = page.keyboard
+
+    def press(key: str, focused: str) -> None:
+        keyboard.press(key)
+        expect(node(page, focused)).to_be_focused()
+        expect(node(page, focused)).to_have_attribute("tabindex", "0")
+        poll_until(page, TREE_TAB_STOPS, [focused])
+
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator("#tree li.tree-item")).to_have_count(len(ARIA_RUN))
+        expect(node(page, "ask-user")).to_have_attribute("data-state", "unexplored")
+        page.locator("#tree").focus()  # where "Skip to the run tree" leaves the focus
+        press("Tab", "aria-run")
+        press("ArrowDown", "plan")
+        press("ArrowDown", "route")
+        press("ArrowUp", "plan")
+        press("ArrowDown", "route")
+        press("ArrowRight", "search")  # open: to its first child
+        press("ArrowRight", "query")
+        press("ArrowRight", "query")  # a leaf: nothing
+        press("ArrowLeft", "search")  # a leaf: to its parent
+        press("ArrowLeft", "search")  # open: collapses, the focus stays
+        expect(node(page, "search")).to_have_attribute("aria-expanded", "false")
+        expect(node(page, "query")).to_be_hidden()
+        press("ArrowDown", "answer")  # past the collapsed node's child
+        press("ArrowUp", "search")
+        press("ArrowRight", "search")  # collapsed: expands, the focus stays
+        expect(node(page, "search")).to_have_attribute("aria-expanded", "true")
+        press("ArrowDown", "query")
+        press("End", "write")
+        press("ArrowDown", "write")  # the last: nothing
+        press("Home", "aria-run")
+        press("ArrowUp", "aria-run")  # the first: nothing
+        press("ArrowLeft", "aria-run")  # collapses the whole run
+        expect(node(page, "aria-run")).to_have_attribute("aria-expanded", "false")
+        press("End", "aria-run")
+        press("ArrowRight", "aria-run")
+        press("ArrowDown", "plan")
+        press("ArrowDown", "route")
+        press("ArrowLeft", "route")
+        expect(node(page, "route")).to_have_attribute("aria-expanded", "false")
+        press("ArrowDown", "write")
+        press("*", "write")  # expands its collapsed siblings
+        expect(node(page, "route")).to_have_attribute("aria-expanded", "true")
+        check_tree_aria(page)
+        assert page.locator("#detail-title").text_content() == "Node"  # nothing selected
+
+        # Enter and Space select (as a click does), the focus stays in the tree
+        press("ArrowUp", "ask-user")
+        press("ArrowUp", "answer")
+        press("Enter", "answer")
+        expect(page.locator("#detail-title")).to_have_text("answer")
+        expect(node(page, "answer")).to_have_attribute("aria-selected", "true")
+        assert "&node=" in page.evaluate("location.hash")
+        press("ArrowDown", "ask-user")
+        expect(node(page, "answer")).to_have_attribute("aria-selected", "true")
+        press(" ", "ask-user")
+        expect(page.locator("#detail-title")).to_have_text("ask-user")
+        expect(node(page, "ask-user")).to_have_attribute("aria-selected", "true")
+        expect(node(page, "answer")).to_have_attribute("aria-selected", "false")
+        items = check_tree_aria(page)
+        assert [it["name"] for it in items if it["selected"] == "true"] == ["ask-user"]
+
+        # the focus moved on without selecting, Tab leaves the tree (one stop, not a
+        # stop a row), and Shift+Tab comes back to the selected node
+        press("ArrowUp", "answer")
+        keyboard.press("Tab")
+        poll_until(page, "document.activeElement.closest('#tree-root') === null", True)
+        poll_until(page, TREE_TAB_STOPS, ["ask-user"])
+        keyboard.press("Shift+Tab")
+        expect(node(page, "ask-user")).to_be_focused()
+
+
+@needs_chromium
+def test_live_updates_keep_one_tab_stop_and_the_focus(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Rows added, redrawn and moved by live messages: the tree keeps its ARIA states
+    right (levels of items that move under a parent that came late, places in their
+    sets, expanded once a node has children), one Tab stop, and the focus where it is,
+    in the tree (a focused row that moves keeps it) or outside it (never taken)."""
+    from playwright.sync_api import expect
+
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    stream = FakeStream.on(app)
+    workflow_id = f"live-aria-{uuid.uuid4().hex[:8]}"
+    msg = Messages(workflow_id)
+    t0 = time.time_ns()
+    root, a, b, c, d, e, x, g, gg = (f"{i:x}" * 16 for i in range(1, 10))
+
+    def started(span_id: str, parent: str | None, kind: str, name: str, at: int) -> Any:
+        return {**msg("span.started", span_id, parent, kind, name), "time_unix_nano": at}
+
+    def names_in(span_name: str) -> Any:
+        items = node(page, span_name).locator(":scope > ul > li.tree-item")
+        return items.evaluate_all("els => els.map(e => e.dataset.name)")
+
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        conn = stream.next_connection()
+        try:
+            conn.send_batch(
+                subscribed_message(workflow_id),
+                started(root, None, "workflow", "live-aria", t0),
+                started(a, root, "step", "a", t0 + 1000),
+                started(b, root, "step", "b", t0 + 3000),
+            )
+            expect(page.locator("#tree li.tree-item")).to_have_count(3)
+            poll_until(page, TREE_TAB_STOPS, ["live-aria"])  # nothing selected: the first
+            check_tree_aria(page)
+
+            node(page, "b").locator(":scope > .row > .node-btn").click()
+            expect(node(page, "b")).to_be_focused()
+            poll_until(page, TREE_TAB_STOPS, ["b"])
+
+            # while b has the focus: it gets a child, a sibling starts before it, a
+            # sibling's row is redrawn (ended)
+            conn.send(
+                started(c, b, "step", "c", t0 + 4000),
+                started(d, root, "step", "d", t0 + 2000),
+                msg("span.ended", a, root, "step", "a", state="completed", duration_ms=5.0),
+            )
+            expect(node(page, "b")).to_have_attribute("aria-expanded", "true")
+            expect(state_of(page, "a")).to_have_text("completed")
+            expect(node(page, "b")).to_have_attribute("aria-posinset", "3")
+            assert names_in("live-aria") == ["a", "d", "b"]
+            expect(node(page, "b")).to_be_focused()
+            poll_until(page, TREE_TAB_STOPS, ["b"])
+            check_tree_aria(page)
+
+            # children before their parent: g (and its child gg) wait at the top, then
+            # move under x when it comes, two and three levels down
+            conn.send(
+                started(g, x, "step", "g", t0 + 6000),
+                started(gg, g, "step", "gg", t0 + 7000),
+            )
+            expect(node(page, "gg")).to_have_attribute("aria-level", "2")
+            expect(node(page, "g")).to_have_attribute("aria-level", "1")
+            conn.send(started(x, root, "step", "x", t0 + 5000))
+            expect(node(page, "gg")).to_have_attribute("aria-level", "4")
+            expect(node(page, "g")).to_have_attribute("aria-level", "3")
+            expect(node(page, "x")).to_have_attribute("aria-level", "2")
+            expect(node(page, "live-aria")).to_have_attribute("aria-setsize", "1")
+            expect(node(page, "b")).to_be_focused()
+            poll_until(page, TREE_TAB_STOPS, ["b"])
+            check_tree_aria(page)
+
+            # a focused row that moves (its start known only later) keeps the focus
+            conn.send(msg("tool.call", e, root, "step", "e"))
+            expect(node(page, "e")).to_have_attribute("aria-posinset", "5")
+            page.keyboard.press("End")
+            expect(node(page, "e")).to_be_focused()
+            conn.send(started(e, root, "step", "e", t0 + 500))
+            expect(node(page, "e")).to_have_attribute("aria-posinset", "1")
+            assert names_in("live-aria") == ["e", "a", "d", "b", "x"]
+            expect(node(page, "e")).to_be_focused()
+            poll_until(page, TREE_TAB_STOPS, ["e"])
+            check_tree_aria(page)
+
+            # the focus outside the tree: live rows never take it, and Tab comes back
+            # to the selected node
+            page.locator("#filter-name").focus()
+            poll_until(page, TREE_TAB_STOPS, ["b"])
+            more = [uuid.uuid4().hex[:16] for _ in range(6)]
+            conn.send_batch(
+                *(started(s, root, "step", f"m{i}", t0 + 10 + 50 * i) for i, s in enumerate(more)),
+                started(uuid.uuid4().hex[:16], b, "step", "c2", t0 + 4500),
+                msg("span.ended", b, root, "step", "b", state="failed", duration_ms=9.0),
+            )
+            expect(node(page, "m5")).to_have_attribute("aria-posinset", "6")
+            expect(state_of(page, "b")).to_have_text("failed")
+            expect(node(page, "b")).to_have_attribute("aria-setsize", "11")
+            expect(page.locator("#filter-name")).to_be_focused()
+            poll_until(page, TREE_TAB_STOPS, ["b"])
+            check_tree_aria(page)
+        finally:
+            conn.close()

@@ -186,6 +186,8 @@ function newRun(id) {
     selected: null,
     detail: null, // REST answer for the selected node
     dirty: new Set(),
+    touched: new Set(), // lists of the tree whose items came or went (see numberItems)
+    tabStop: null, // the tree's one item in the Tab order (see setTabStop)
     frame: 0,
   };
 }
@@ -668,6 +670,8 @@ function render(run) {
     if (lis.length > 1) lis.sort((a, b) => placedAt(run, a) - placedAt(run, b) || documentOrder(a, b));
     for (const li of lis) placeNode(run, run.nodes.get(li.dataset.spanId), li);
   }
+  numberItems(run);
+  syncTabStop(run);
   renderHeader(run);
   renderInsights(run);
   if (run.selected && dirty.includes(run.selected)) renderDetail();
@@ -708,11 +712,11 @@ function renderNode(run, id) {
   const attempt = n.attributes["spangraph.step.attempt"];
   const again = typeof attempt === "number" && attempt > 1 ? attempt : null;
   btn.querySelector(".attempt").textContent = again ? `attempt ${again}` : "";
-  if (run.selected === id) btn.setAttribute("aria-current", "true");
-  else btn.removeAttribute("aria-current");
+  li.setAttribute("aria-selected", String(run.selected === id));
   const took = n.state !== "running" ? fmtDuration(n.duration_ms) : "";
-  btn.setAttribute("aria-label",
-    `${n.kind || "span"} ${name}${again ? `, attempt ${again}` : ""}, ${state}${took ? `, ${took}` : ""}`);
+  const label = `${n.kind || "span"} ${name}${again ? `, attempt ${again}` : ""}, ${state}${took ? `, ${took}` : ""}`;
+  btn.setAttribute("aria-label", label);
+  li.setAttribute("aria-label", label); // the tree item's name (not its children's text)
   const link = li.querySelector(":scope > .row > .jaeger");
   const href = jaegerHref(n); // none for an option never explored: Jaeger has no such span
   link.hidden = !href;
@@ -726,23 +730,30 @@ function renderNode(run, id) {
   placeNode(run, n, li);
 }
 
+/** A node's item: a tree item (role treeitem, focusable, out of the Tab order until it
+ * is the tree's Tab stop) holding its row and the group of its children. The row's
+ * buttons and link are out of the Tab order: the keys move between items, and the node
+ * panel has the node's Jaeger link. */
 function createItem(run, n) {
   const id = n.span_id;
   const twisty = h("button", {
     type: "button", class: "twisty", "aria-expanded": "true", tabindex: "-1",
-    on: { click: () => toggle(li) },
+    on: { click: () => { toggle(li); focusItem(li); } },
   }, "▾");
   const btn = h("button", {
-    type: "button", class: "node-btn", on: { click: (ev) => pickNode(id, ev), keydown: treeKeys },
+    type: "button", class: "node-btn", tabindex: "-1", on: { click: (ev) => pickNode(id, ev) },
   }, h("span", { class: "badge kind" }), h("span", { class: "name" }),
     h("span", { class: "badge state" }), h("span", { class: "attempt" }), h("span", { class: "dur" }),
     h("span", { class: "last-event", "aria-hidden": "true" }));
   const link = h("a", {
-    class: "jaeger", target: "_blank", rel: "noopener", title: "Open this span in Jaeger",
+    class: "jaeger", target: "_blank", rel: "noopener", title: "Open this span in Jaeger", tabindex: "-1",
   }, "Jaeger ↗");
-  const li = h("li", { class: "tree-item leaf", dataset: { spanId: id } },
-    h("div", { class: "row" }, twisty, btn, link),
-    h("ul", { class: "tree-list children" }));
+  const li = h("li", {
+    class: "tree-item leaf", role: "treeitem", tabindex: "-1", "aria-selected": "false",
+    dataset: { spanId: id },
+  },
+  h("div", { class: "row" }, twisty, btn, link),
+  h("ul", { class: "tree-list children", role: "group" }));
   return li;
 }
 
@@ -787,10 +798,47 @@ function placeNode(run, n, li) {
   if (before === li) before = li.nextElementSibling;
   run.placedAt.set(li, me);
   if (li.parentElement === container && li.nextElementSibling === before) return;
-  const oldParent = li.parentElement?.closest("li.tree-item");
+  const oldList = li.parentElement;
+  const oldParent = oldList?.closest("li.tree-item");
+  // moving an element takes the focus off it: an item moved while focused keeps it
+  const focused = li.contains(document.activeElement) ? document.activeElement : null;
   container.insertBefore(li, before);
+  if (focused && document.activeElement !== focused) focused.focus({ preventScroll: true });
+  run.touched.add(container);
+  if (oldList && oldList !== container) run.touched.add(oldList);
+  setLevel(li, parentLi ? (Number(parentLi.getAttribute("aria-level")) || 1) + 1 : 1);
   if (parentLi) updateLeaf(parentLi);
   if (oldParent && oldParent !== parentLi) updateLeaf(oldParent);
+}
+
+/** An item's aria-level (1 at the top), and its descendants' when it changed (it moved
+ * under a parent that came later). */
+function setLevel(li, level) {
+  const todo = [[li, level]];
+  while (todo.length) {
+    const [item, at] = todo.pop();
+    const text = String(at);
+    if (item.getAttribute("aria-level") === text) continue;
+    item.setAttribute("aria-level", text);
+    for (const child of childList(item).children) todo.push([child, at + 1]);
+  }
+}
+
+/** aria-posinset and aria-setsize of the items of each list that changed this frame:
+ * once per list and frame, so a run read at once is numbered in time in proportion to
+ * it, and a frame that places nothing numbers nothing. */
+function numberItems(run) {
+  for (const list of run.touched) {
+    const kids = list.children;
+    const size = String(kids.length);
+    for (let i = 0; i < kids.length; i++) {
+      const li = kids[i];
+      const pos = String(i + 1);
+      if (li.getAttribute("aria-posinset") !== pos) li.setAttribute("aria-posinset", pos);
+      if (li.getAttribute("aria-setsize") !== size) li.setAttribute("aria-setsize", size);
+    }
+  }
+  run.touched.clear();
 }
 
 /** The first item of `container` placed by a start later than `me` (null: none, go
@@ -839,6 +887,9 @@ function updateLeaf(li) {
   const name = displayName(li.dataset.name);
   const open = !li.classList.contains("collapsed");
   twisty.setAttribute("aria-label", `${open ? "Collapse" : "Expand"} ${name}`);
+  // aria-expanded only on an item with children (a leaf has nothing to expand)
+  if (hasChildren) li.setAttribute("aria-expanded", String(open));
+  else li.removeAttribute("aria-expanded");
 }
 
 function toggle(li, open) {
@@ -848,6 +899,9 @@ function toggle(li, open) {
   twisty.setAttribute("aria-expanded", String(willOpen));
   twisty.textContent = willOpen ? "▾" : "▸";
   updateLeaf(li);
+  // the focus inside what was just hidden goes to the item that hid it
+  if (!willOpen && childList(li).contains(document.activeElement)) li.focus({ preventScroll: true });
+  if (current) syncTabStop(current);
 }
 
 function flash(li, what) {
@@ -859,20 +913,117 @@ function flash(li, what) {
   row.classList.add("flash");
 }
 
-/** Arrow keys move between visible nodes; Left/Right collapse and expand. */
-function treeKeys(ev) {
-  const li = ev.currentTarget.closest("li.tree-item");
-  const visible = [...$("tree-root").querySelectorAll(".node-btn")].filter((b) => b.offsetParent !== null);
-  const at = visible.indexOf(ev.currentTarget);
-  if (ev.key === "ArrowDown" && at < visible.length - 1) visible[at + 1].focus();
-  else if (ev.key === "ArrowUp" && at > 0) visible[at - 1].focus();
-  else if (ev.key === "ArrowLeft" && !li.classList.contains("leaf") && !li.classList.contains("collapsed")) toggle(li, false);
-  else if (ev.key === "ArrowLeft") li.parentElement.closest("li.tree-item")?.querySelector(".node-btn").focus();
-  else if (ev.key === "ArrowRight" && li.classList.contains("collapsed")) toggle(li, true);
-  else if (ev.key === "Home") visible[0]?.focus();
-  else if (ev.key === "End") visible[visible.length - 1]?.focus();
-  else return;
+// -- the tree's keys: the WAI-ARIA tree view pattern, with a roving tabindex -------------
+
+/** The item `el` is (or is in the row of); null outside the tree. */
+function itemOf(el) {
+  const li = el instanceof Element ? el.closest("li.tree-item") : null;
+  return li && $("tree-root").contains(li) ? li : null;
+}
+
+function parentItem(li) {
+  return li.parentElement?.closest("li.tree-item") ?? null;
+}
+
+/** Whether an item shows its children (it has some and is not collapsed). */
+function isOpen(li) {
+  return !li.classList.contains("leaf") && !li.classList.contains("collapsed");
+}
+
+/** The last item shown in `li`'s subtree (itself when it is closed). */
+function lastShown(li) {
+  while (li && isOpen(li)) li = childList(li).lastElementChild;
+  return li;
+}
+
+/** The item shown after / before `li` (depth first, collapsed subtrees skipped). */
+function nextShown(li) {
+  if (isOpen(li)) return childList(li).firstElementChild;
+  for (let at = li; at; at = parentItem(at)) if (at.nextElementSibling) return at.nextElementSibling;
+  return null;
+}
+
+function previousShown(li) {
+  return li.previousElementSibling ? lastShown(li.previousElementSibling) : parentItem(li);
+}
+
+/** Make `li` the tree's one element in the Tab order (every other item, and every
+ * button and link of the rows, has tabindex -1). */
+function setTabStop(run, li) {
+  if (run.tabStop === li) return;
+  if (run.tabStop) run.tabStop.tabIndex = -1;
+  run.tabStop = li;
+  if (li) li.tabIndex = 0;
+}
+
+/** Where Tab enters the tree: the selected node (inside a collapsed node: the outermost
+ * collapsed one, which shows), else the first node. */
+function restingTabStop(run) {
+  let at = run.selected ? run.items.get(run.selected) ?? null : null;
+  if (at && !at.isConnected) at = null;
+  for (let p = at && parentItem(at); p; p = parentItem(p)) if (p.classList.contains("collapsed")) at = p;
+  return at || $("tree-root").firstElementChild;
+}
+
+/** The Tab stop follows the focus while it is in the tree, else rests (see above).
+ * Never moves the focus: rows added or redrawn by live updates leave it where it is. */
+function syncTabStop(run) {
+  const focused = itemOf(document.activeElement);
+  setTabStop(run, focused || restingTabStop(run));
+}
+
+/** Focus an item (it becomes the Tab stop) and bring its row into view. */
+function focusItem(li) {
+  if (current) setTabStop(current, li);
+  li.focus({ preventScroll: true });
+  li.firstElementChild.scrollIntoView({ block: "nearest" });
+}
+
+/** Keys on a focused node (or a button or link of its row): ↓/↑ the next or previous
+ * node shown; → expands a collapsed node, else goes to its first child; ← collapses an
+ * open node, else goes to its parent; Home/End the first and last node shown; Enter and
+ * Space select the node (as a click does); * expands its siblings. */
+function onTreeKey(ev) {
+  const li = itemOf(ev.target);
+  if (!current || !li || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+  const root = $("tree-root");
+  let to = null;
+  switch (ev.key) {
+    case "ArrowDown":
+      to = nextShown(li);
+      break;
+    case "ArrowUp":
+      to = previousShown(li);
+      break;
+    case "ArrowRight":
+      if (li.classList.contains("collapsed") && !li.classList.contains("leaf")) toggle(li, true);
+      else if (isOpen(li)) to = childList(li).firstElementChild;
+      break;
+    case "ArrowLeft":
+      if (isOpen(li)) toggle(li, false);
+      else to = parentItem(li);
+      break;
+    case "Home":
+      to = root.firstElementChild;
+      break;
+    case "End":
+      to = lastShown(root.lastElementChild);
+      break;
+    case "Enter":
+    case " ":
+      if (ev.target !== li) return; // a button or link of the row: its own action
+      selectNode(li.dataset.spanId);
+      break;
+    case "*":
+      for (const sibling of li.parentElement.children) {
+        if (sibling.classList.contains("collapsed") && !sibling.classList.contains("leaf")) toggle(sibling, true);
+      }
+      break;
+    default:
+      return;
+  }
   ev.preventDefault();
+  if (to) focusItem(to);
 }
 
 function renderHeader(run) {
@@ -957,7 +1108,7 @@ function selectNode(spanId, { focus = true } = {}) {
   const run = current;
   if (!run) return;
   const old = run.items.get(run.selected);
-  old?.querySelector(":scope > .row > .node-btn").removeAttribute("aria-current");
+  old?.setAttribute("aria-selected", "false");
   run.selected = spanId;
   run.detail = null;
   const li = run.items.get(spanId);
@@ -965,11 +1116,11 @@ function selectNode(spanId, { focus = true } = {}) {
     for (let p = li.parentElement?.closest("li.tree-item"); p; p = p.parentElement?.closest("li.tree-item")) {
       if (p.classList.contains("collapsed")) toggle(p, true);
     }
-    const btn = li.querySelector(":scope > .row > .node-btn");
-    btn.setAttribute("aria-current", "true");
+    li.setAttribute("aria-selected", "true");
     li.scrollIntoView({ block: "nearest" });
-    if (focus && document.activeElement !== btn && !btn.contains(document.activeElement)) btn.focus({ preventScroll: true });
+    if (focus && document.activeElement !== li) focusItem(li);
   }
+  syncTabStop(run);
   history.replaceState(null, "", `#run=${encodeURIComponent(run.id)}&node=${encodeURIComponent(spanId)}`);
   renderDetail();
   loadDetail(run, spanId);
@@ -1057,6 +1208,16 @@ async function start() {
     if (current) openRun(current.id, current.selected);
   });
   window.addEventListener("hashchange", onHash);
+  const tree = $("tree-root");
+  tree.addEventListener("keydown", onTreeKey);
+  tree.addEventListener("focusin", (ev) => {
+    const li = itemOf(ev.target);
+    if (current && li) setTabStop(current, li);
+  });
+  tree.addEventListener("focusout", (ev) => {
+    // the focus leaves the tree: Tab brings it back to the selected node (else the first)
+    if (current && !tree.contains(ev.relatedTarget)) setTabStop(current, restingTabStop(current));
+  });
   // "Skip to the run tree": focus the tree, leave the address (the route) as it is.
   document.querySelector("a.skip")?.addEventListener("click", (ev) => {
     ev.preventDefault();
