@@ -3,6 +3,7 @@ spans, and queries.diff on runs written by the SDK."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Any
@@ -71,6 +72,23 @@ def test_identical_runs() -> None:
         ("fetch/parse", 1, 0.0),
     ]
     assert result.to_dict()["a"] == "A" and result.to_dict()["b"] == "B"
+
+
+def test_spans_that_ended_differently_are_listed() -> None:
+    """Before, two runs that differed only in a step failing (its error caught) read as
+    the same, and so did a run against one that never finished."""
+    a, b = Run(), Run()
+    a.add("fetch", a.root)
+    b.add("fetch", b.root, state="failed")
+    a.add("parse", a.root)
+    b.add("parse", b.root, state="running", duration_ms=None)
+    result = diff("A", a.spans, "B", b.spans)
+    assert result.first_divergence is None  # the same structure
+    assert result.states == [
+        {"path": "fetch", "occurrence": 1, "a": "completed", "b": "failed"},
+        {"path": "parse", "occurrence": 1, "a": "completed", "b": "running"},
+    ]
+    assert diff("A", a.spans, "A", a.spans).states == []
 
 
 def test_different_step() -> None:
@@ -237,6 +255,7 @@ def test_empty_sides() -> None:
         "only_in_b": [],
         "durations": [],
         "missing": ["A", "B"],
+        "states": [],
     }
     assert diff("A", [], "A", []).missing == ["A"]
     one_sided = diff("A", a.spans, "B", [])
@@ -436,6 +455,33 @@ def test_diff_of_two_branches(sg: spangraph.Spangraph) -> None:
     assert run.workflow_id
 
 
+def test_diff_of_one_branch_id_in_two_runs(sg: spangraph.Spangraph) -> None:
+    """A branch id given by hand is met in every run: before, the diff of it in two runs
+    read the spans of both runs on each side, and said they had the same structure."""
+
+    def run(fail: bool) -> str:
+        with spangraph.workflow("wf") as wf, spangraph.branch("retry-path", branch_id="rp"):
+            with spangraph.step("write"):
+                pass
+            if fail:
+                with contextlib.suppress(RuntimeError), spangraph.step("check"):
+                    raise RuntimeError("no")
+            else:
+                with spangraph.step("check"):
+                    pass
+        return wf.workflow_id or ""
+
+    first, second = run(False), run(True)
+    spangraph.flush()
+    assert sg.store is not None
+    result = queries.diff(sg.store, "rp", "rp", branches=True, workflow_a=first, workflow_b=second)
+    assert result["first_divergence"] is None
+    assert [d["path"] for d in result["durations"]] == ["(root)", "write", "check"]
+    assert result["states"] == [{"path": "check", "occurrence": 1, "a": "completed", "b": "failed"}]
+    with pytest.raises(ValueError, match="branches=True"):
+        queries.diff(sg.store, first, second, workflow_a=first)
+
+
 def test_cli_diff_says_which_run_does_not_exist(
     sg: spangraph.Spangraph,
     graph_url: str,
@@ -451,6 +497,21 @@ def test_cli_diff_says_which_run_does_not_exist(
     monkeypatch.setenv("SPANGRAPH_HOME", str(tmp_path))
     assert cli.main(["query", "diff", known, known]) == 0
     assert "the two have the same structure" in capsys.readouterr().out
+    runs = []
+    for fail in (False, True):
+        with (
+            spangraph.workflow("b") as run,
+            contextlib.suppress(RuntimeError),
+            spangraph.step("only-step"),
+        ):
+            if fail:
+                raise RuntimeError("no")
+        runs.append(run.workflow_id or "")
+    spangraph.flush()
+    assert cli.main(["query", "diff", *runs]) == 0
+    assert "ended differently: only-step: completed vs failed" in capsys.readouterr().out
+    assert cli.main(["query", "diff", known, known, "--workflow-a", known]) == 2
+    assert "need --branches" in capsys.readouterr().err
     assert cli.main(["query", "diff", known, "no-such-run"]) == 1
     out, err = capsys.readouterr()
     assert err.strip() == (

@@ -56,6 +56,9 @@ class RunDiff:
     only_in_b: list[str] = field(default_factory=list)
     durations: list[dict[str, Any]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
+    """Spans found in both that ended differently (or one still runs): ``path``,
+    ``occurrence``, ``a`` and ``b`` (their states)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -249,6 +252,7 @@ def diff(a_id: str, a: list[dict[str, Any]], b_id: str, b: list[dict[str, Any]])
     for e in eb:
         seen_b.setdefault(e.key, []).append(e)
     durations = []
+    states = []
     met: dict[int, int] = {}
     for x in ea:
         n = met[x.key] = met.get(x.key, 0) + 1
@@ -256,6 +260,8 @@ def diff(a_id: str, a: list[dict[str, Any]], b_id: str, b: list[dict[str, Any]])
         if n > len(ys):
             continue
         y = ys[n - 1]
+        if x.state != y.state:
+            states.append({"path": x.path, "occurrence": n, "a": x.state, "b": y.state})
         if x.duration_ms is None or y.duration_ms is None:
             continue
         durations.append(
@@ -267,4 +273,4 @@ def diff(a_id: str, a: list[dict[str, Any]], b_id: str, b: list[dict[str, Any]])
                 "delta_ms": round(y.duration_ms - x.duration_ms, 3),
             }
         )
-    return RunDiff(a_id, b_id, first, only_a, only_b, durations, missing)
+    return RunDiff(a_id, b_id, first, only_a, only_b, durations, missing, states)

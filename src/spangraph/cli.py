@@ -455,7 +455,17 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
     elif what == "analytics":
         rows = queries.decision_analytics(store, args.id, project_id=args.project)
     elif what == "diff":
-        result = queries.diff(store, args.a, args.b, branches=args.branches)
+        if not args.branches and (args.workflow_a or args.workflow_b):
+            print("spangraph: --workflow-a/--workflow-b need --branches", file=sys.stderr)
+            return 2
+        result = queries.diff(
+            store,
+            args.a,
+            args.b,
+            branches=args.branches,
+            workflow_a=args.workflow_a,
+            workflow_b=args.workflow_b,
+        )
         if result["missing"]:
             from ._diff import missing_message
 
@@ -495,14 +505,14 @@ def _print_diff(result: dict[str, Any]) -> None:
         print("the two have the same structure")
     else:
         a, b = first["a"] or {}, first["b"] or {}
-        detail = (
-            f"chose {a.get('chosen')!r} vs {b.get('chosen')!r}"
-            if first["reason"] == "different choice"
-            else f"{a.get('path')!r} vs {b.get('path')!r}"
-        )
+        field = "chosen" if first["reason"] == "different choice" else "path"
+        shown = [repr(x[field]) if x.get(field) is not None else "-" for x in (a, b)]
+        detail = ("chose " if field == "chosen" else "") + " vs ".join(shown)
         print(printable(f"first divergence at step {first['index']}: {first['reason']} ({detail})"))
     print(printable(f"only in {result['a']}: {', '.join(result['only_in_a']) or '-'}"))
     print(printable(f"only in {result['b']}: {', '.join(result['only_in_b']) or '-'}"))
+    for changed in result["states"]:
+        print(printable(f"ended differently: {changed['path']}: {changed['a']} vs {changed['b']}"))
     if result["durations"]:
         print()
         _print_rows(result["durations"], False)
@@ -571,6 +581,8 @@ def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentPars
         ("b", "second workflow id"),
     )
     d.add_argument("--branches", action="store_true", help="a and b are branch ids")
+    d.add_argument("--workflow-a", metavar="ID", help="with --branches: branch a of this run only")
+    d.add_argument("--workflow-b", metavar="ID", help="with --branches: branch b of this run only")
     ab = add("abandoned", "spans still running long after they started")
     ab.add_argument(
         "--older-than",

@@ -844,11 +844,22 @@ def abandoned(
     return [_decode(r) for r in store.query(ABANDONED, params)]
 
 
-def diff(store: GraphStore, a: str, b: str, *, branches: bool = False) -> dict[str, Any]:
+def diff(
+    store: GraphStore,
+    a: str,
+    b: str,
+    *,
+    branches: bool = False,
+    workflow_a: str | None = None,
+    workflow_b: str | None = None,
+) -> dict[str, Any]:
     """Structural diff of two runs (workflow ids), or of two branches (branch ids with
-    ``branches=True``): the first point where they diverge (a different step, or a
-    different chosen option at the same decision), the steps found in only one of them,
-    and the duration difference of every step found in both (``delta_ms`` = b - a).
+    ``branches=True``; ``workflow_a`` / ``workflow_b``: the branch of that run only, as
+    :func:`branch_summary` reads it, for a branch id given in several runs): the first
+    point where they diverge (a different step, or a different chosen option at the
+    same decision), the steps found in only one of them, the duration difference of
+    every step found in both (``delta_ms`` = b - a), and those of them that ended
+    differently (``states``: failed in one, completed in the other, or still running).
 
     Spans are compared by their path of names from the run's (or branch's) root, in
     depth-first order with siblings by start time. Built from :func:`workflow_spans`
@@ -856,9 +867,12 @@ def diff(store: GraphStore, a: str, b: str, *, branches: bool = False) -> dict[s
     """
     from ._diff import diff as structural_diff
 
-    def spans_of(key: str) -> list[dict[str, Any]]:
+    if not branches and (workflow_a is not None or workflow_b is not None):
+        raise ValueError("workflow_a and workflow_b choose the runs of branches: branches=True")
+
+    def spans_of(key: str, workflow_id: str | None) -> list[dict[str, Any]]:
         if branches:
-            summary = branch_summary(store, key)
+            summary = branch_summary(store, key, workflow_id=workflow_id)
             spans = summary["nodes"] if summary else []
         else:
             spans = workflow_spans(store, key)
@@ -880,7 +894,7 @@ def diff(store: GraphStore, a: str, b: str, *, branches: bool = False) -> dict[s
                         span["chosen"] = as_stored(chosen)
         return spans
 
-    return structural_diff(a, spans_of(a), b, spans_of(b)).to_dict()
+    return structural_diff(a, spans_of(a, workflow_a), b, spans_of(b, workflow_b)).to_dict()
 
 
 CHOSEN_BY_LINK: Final = (
