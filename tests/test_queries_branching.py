@@ -436,6 +436,28 @@ def test_decision_analytics_counts_a_choice_made_outside_any_workflow(
     assert rows[1]["mean_duration_ms"] is None
 
 
+def test_decision_analytics_leaves_runs_still_running_out_of_the_success_rate(
+    sg: spangraph.Spangraph,
+) -> None:
+    """Before, a run still running (or whose process died) counted as one that failed:
+    2 completed runs and 1 running gave a success rate of 0.67 and integers came back
+    as floats on FalkorDB."""
+    for _ in range(2):
+        with spangraph.workflow("agent"), spangraph.decision("pick-open", options=["x"]) as d:
+            d.choose("x")
+    with spangraph.workflow("agent"):
+        with spangraph.decision("pick-open", options=["x"]) as d:
+            d.choose("x")
+        flush()  # the decision has ended, its run still runs
+        [row] = queries.decision_analytics(store(sg), "pick-open", project_id=sg.settings.project)
+    assert (row["chosen"], row["runs"], row["succeeded"], row["running"]) == (3, 3, 2, 1)
+    assert row["success_rate"] == 1.0
+    assert all(type(row[k]) is int for k in ("chosen", "runs", "succeeded", "running"))
+    flush()
+    [row] = queries.decision_analytics(store(sg), "pick-open", project_id=sg.settings.project)
+    assert (row["succeeded"], row["running"], row["success_rate"]) == (3, 0, 1.0)
+
+
 # -- abandoned --------------------------------------------------------------------------
 
 

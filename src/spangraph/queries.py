@@ -464,7 +464,8 @@ DECISION_ANALYTICS: Final = (
     "     w.start_ns\n"
     "WITH d, option, collect(w)[0] AS w\n"
     "RETURN option, count(d) AS chosen, count(w) AS runs,\n"
-    "       sum(CASE WHEN w.state = 'completed' THEN 1 ELSE 0 END) AS succeeded,\n"
+    "       count(CASE WHEN w.state = 'completed' THEN 1 END) AS succeeded,\n"
+    "       count(CASE WHEN w.state = 'running' THEN 1 END) AS running,\n"
     "       avg(w.duration_ms) AS mean_duration_ms\n"
     "ORDER BY chosen DESC, option"
 )
@@ -783,7 +784,9 @@ def decision_analytics(
 ) -> list[dict[str, Any]]:
     """For the decision named ``name``, across runs: how often each option was chosen
     (``chosen``), in how many workflow runs (``runs``: a decision made outside any
-    ``workflow`` is in none), and the success rate and mean duration of those runs.
+    ``workflow`` is in none), how many of them completed (``succeeded``) and still run
+    (``running``: or their process died), and the success rate and mean duration of
+    those that ended (``success_rate`` = succeeded / (runs - running)).
 
     .. code-block:: cypher
 
@@ -794,15 +797,17 @@ def decision_analytics(
         WITH d, option, w ORDER BY CASE WHEN w.trace_id = d.trace_id THEN 0 ELSE 1 END
         WITH d, option, collect(w)[0] AS w
         RETURN option, count(d) AS chosen, count(w) AS runs,
-               sum(CASE WHEN w.state = 'completed' THEN 1 ELSE 0 END) AS succeeded,
+               count(CASE WHEN w.state = 'completed' THEN 1 END) AS succeeded,
+               count(CASE WHEN w.state = 'running' THEN 1 END) AS running,
                avg(w.duration_ms) AS mean_duration_ms
         ORDER BY chosen DESC, option
     """
     rows = store.query(DECISION_ANALYTICS, {"name": name, "project_id": project_id})
     for row in rows:
         row["chosen"], row["runs"] = int(row["chosen"]), int(row["runs"] or 0)
-        row["succeeded"] = int(row["succeeded"] or 0)
-        row["success_rate"] = round(row["succeeded"] / row["runs"], 4) if row["runs"] else None
+        row["succeeded"], row["running"] = int(row["succeeded"] or 0), int(row["running"] or 0)
+        ended = row["runs"] - row["running"]
+        row["success_rate"] = round(row["succeeded"] / ended, 4) if ended else None
         if row.get("mean_duration_ms") is not None:
             row["mean_duration_ms"] = round(float(row["mean_duration_ms"]), 3)
     return rows
