@@ -287,16 +287,58 @@ def test_a_configure_inside_a_capture_is_kept_after_it(tmp_path) -> None:  # typ
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     try:
-        with capture():
-            spangraph.configure(
-                tracer_provider=provider, graph=False, live=False, home=str(tmp_path)
-            )
+        with capture() as cap:
+            with pytest.warns(RuntimeWarning, match="inside spangraph.testing.capture"):
+                spangraph.configure(
+                    tracer_provider=provider, graph=False, live=False, home=str(tmp_path)
+                )
+            with spangraph.step("inside"):
+                pass
         with spangraph.step("after"):
             pass
-        assert [s.name for s in exporter.get_finished_spans()] == ["after"]
+        assert [s.name for s in exporter.get_finished_spans()] == ["inside", "after"]
+        # before, the capture got nothing once configure() had run (an application's
+        # main() calling it): a test asserting on it saw an empty run
+        assert [s.name for s in cap.spans] == ["inside"]
     finally:
         spangraph.shutdown()
         provider.shutdown()
+
+
+def test_threads_carry_the_run_without_configure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, a step run in a ThreadPoolExecutor inside a capture (no configure() in
+    the test) was captured without its parent and run: a tree unlike the program's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+
+    from spangraph import semconv as sc
+
+    assert spangraph._sdk.current() is None
+    # as in a fresh test process (an earlier configure() in this one instrumented threads)
+    instrumentor = ThreadingInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()
+    monkeypatch.setattr(spangraph._sdk, "_threading_instrumented", False)
+
+    @spangraph.step
+    def in_thread(i: int) -> int:
+        return i
+
+    with capture() as cap:
+        with spangraph.workflow("w") as run, ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(in_thread, range(2))) == [0, 1]
+        started = threading.Thread(target=in_thread, args=(5,))
+        with spangraph.workflow("w2") as run2:
+            started.start()
+            started.join()
+    [workflow] = cap.find("w")
+    steps = cap.find("in_thread")
+    assert len(steps) == 3
+    for step in steps[:2]:
+        assert step.parent is not None and step.parent.span_id == workflow.context.span_id
+        assert (step.attributes or {})[sc.WORKFLOW_ID] == run.workflow_id
+    assert (steps[2].attributes or {})[sc.WORKFLOW_ID] == run2.workflow_id
 
 
 @pytest.mark.parametrize(

@@ -546,6 +546,9 @@ def configure(
         _state.propagate = settings.propagate
         _state.tracer = provider.get_tracer(_state.INSTRUMENTATION_NAME, __version__)
         _state.project = settings.project
+        testing = sys.modules.get(f"{__package__}.testing")
+        if testing is not None:  # captures open: they go on (with a warning)
+            testing._configured(provider)
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True

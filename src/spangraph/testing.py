@@ -209,6 +209,25 @@ def _private_provider() -> TracerProvider:
 _fanned: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
 
 
+def _configured(provider: TracerProvider) -> None:
+    """``configure()`` chose ``provider``'s tracer while captures are open: they go on
+    getting the spans (now also written to the configured store and exported), and a
+    RuntimeWarning says so."""
+    with _lock:
+        if not _open:
+            return
+        if provider not in _fanned:
+            provider.add_span_processor(_FAN_OUT)
+            _fanned.add(provider)
+    warnings.warn(
+        "spangraph.configure() inside spangraph.testing.capture(): the capture goes on, "
+        "and the spans are also written to the configured store and exported; call "
+        "configure() outside the block (or not at all) to keep a test in memory",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 @contextmanager
 def capture(tracer_provider: TracerProvider | None = None) -> Iterator[SpanCapture]:
     """Capture the spans spangraph's API makes inside the block (in any thread): those
@@ -222,6 +241,13 @@ def capture(tracer_provider: TracerProvider | None = None) -> Iterator[SpanCaptu
     tracer is process-wide): a RuntimeWarning says so.
     """
     global _tracer_before
+    from ._sdk import _instrument_threads, current
+
+    if current() is None:
+        # as configure() does by default: a thread started inside a step (a
+        # ThreadPoolExecutor's too) carries the run, so a test sees the tree the
+        # program makes (configure(instrument_threads=False) opts out for both)
+        _instrument_threads()
     provider = tracer_provider or _private_provider()
     cap = SpanCapture()
     entry = _Open(cap, provider.get_tracer(_state.INSTRUMENTATION_NAME, __version__))
