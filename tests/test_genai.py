@@ -131,6 +131,41 @@ def test_llm_span_attributes_and_usage(cap: SpanCapture) -> None:
     assert event_names(span) == ["llm.complete"]  # no lifecycle events on llm spans
 
 
+def test_failed_calls_carry_error_type_and_a_model_call_is_a_client_span(
+    cap: SpanCapture,
+) -> None:
+    """GenAI's conventions: a model call is a CLIENT span, and a failed call has
+    ``error.type`` on the span (before: only in its events; INTERNAL)."""
+    from opentelemetry.trace import SpanKind
+
+    class ProviderDown(Exception):
+        pass
+
+    @spangraph.tool("lookup")
+    def lookup(q: str) -> str:
+        raise KeyError(q)
+
+    with pytest.raises(ProviderDown), spangraph.llm("gpt-4o", provider="openai"):
+        raise ProviderDown("503")
+    with pytest.raises(KeyError):
+        lookup("x")
+    with pytest.raises(TimeoutError), spangraph.step("slow"):
+        raise TimeoutError("late")
+    with spangraph.llm("gpt-4o", name="fine"):
+        pass
+    names = ("chat gpt-4o", "execute_tool lookup", "slow", "fine")
+    call, tool, step, fine = (one(cap, n) for n in names)
+    assert (call.kind, tool.kind, step.kind) == (
+        SpanKind.CLIENT,
+        SpanKind.INTERNAL,
+        SpanKind.INTERNAL,
+    )
+    assert attrs(call)[sc.ERROR_TYPE] == f"{__name__}.{ProviderDown.__qualname__}"
+    assert attrs(tool)[sc.ERROR_TYPE] == "KeyError"
+    assert attrs(step)[sc.ERROR_TYPE] == "TimeoutError"
+    assert sc.ERROR_TYPE not in attrs(fine) and fine.kind == SpanKind.CLIENT
+
+
 def test_llm_options(cap: SpanCapture) -> None:
     with spangraph.llm("m1", operation="text_completion") as call:
         call.usage(output_tokens=3)

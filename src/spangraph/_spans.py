@@ -453,6 +453,8 @@ class _Options:
     """Called with the new handle right after its span starts."""
     on_finish: Callable[[Any, BaseException | None], None] | None = None
     """Called with the handle and the outcome right before its span ends."""
+    span_kind: trace.SpanKind = trace.SpanKind.INTERNAL
+    """OpenTelemetry's span kind (a model call: ``CLIENT``, as GenAI's conventions say)."""
 
 
 class _Frame:
@@ -498,7 +500,7 @@ class _Frame:
         # the SDK's own keys win over the caller's
         given = {k: v for k, v in clean(opts.attributes).items() if k not in _FRAME_KEYS}
         span = _state.tracer.start_span(
-            encodable(name), attributes={**given, **attrs}, links=links or None
+            encodable(name), kind=opts.span_kind, attributes={**given, **attrs}, links=links or None
         )
         ctx = trace.set_span_in_context(span)
         if run is not parent_run and run is not None:
@@ -587,6 +589,9 @@ class _Frame:
             span.set_attribute(sc.STATE, sc.STATE_FAILED)
             _record_exception(span, exc, now)
             errors = failure_attrs(self, exc)
+            # OpenTelemetry's error.type on the failed span itself (the GenAI and HTTP
+            # conventions' way to tell failures apart), not only on its events
+            span.set_attribute(sc.ERROR_TYPE, errors[sc.ERROR_TYPE])
             span.set_status(error_status(exc, errors[sc.ERROR_MESSAGE]))
             if self.lifecycle:
                 _add_event(span, f"{self.kind}.failed", {**common, **errors}, now)

@@ -146,6 +146,7 @@ def llm(
             attributes=attrs,
             handle_cls=LLMCall,
             on_finish=lambda h, exc: h._finish(exc),
+            span_kind=trace.SpanKind.CLIENT,  # as GenAI's conventions ask of a model call
         )
     )
 
