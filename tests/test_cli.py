@@ -202,6 +202,9 @@ def test_decisions_table_says_how_each_option_ended(demo: Demo) -> None:
     }
     runs = cli(demo.home, "query", "cypher", "RETURN null AS nothing, 1 AS one")
     assert runs.out.splitlines()[2].split() == ["-", "1"]
+    # a list or map cell shows its text as it is (it showed "\u00e9" for é)
+    cells = cli(demo.home, "query", "cypher", "RETURN ['é', '✓'] AS l, {k: 'ü'} AS m")
+    assert cells.out.splitlines()[2].split() == ['["é",', '"✓"]', '{"k":', '"ü"}']
 
 
 def test_query_errors(demo: Demo) -> None:

@@ -350,7 +350,11 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
 def _cell(value: Any) -> str:
     if value is None:
         return "-"  # no value (--json says null)
-    text = json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
+    text = (
+        json.dumps(value, default=str, ensure_ascii=False)
+        if isinstance(value, dict | list)
+        else str(value)
+    )
     text = printable(text)  # span data may hold escape sequences: shown, not run
     if text.startswith(("http://", "https://")):
         return text  # links stay whole, to click or copy
