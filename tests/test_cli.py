@@ -207,6 +207,52 @@ def test_decisions_table_says_how_each_option_ended(demo: Demo) -> None:
     assert cells.out.splitlines()[2].split() == ['["é",', '"✓"]', '{"k":', '"ü"}']
 
 
+def test_abandoned_table_says_when_and_how_long_ago(demo: Demo) -> None:
+    """Before, the table showed a raw start_ns (nanoseconds since 1970)."""
+    from spangraph.config import Settings
+    from spangraph.stores import open_store
+
+    store = open_store(Settings.from_env(home=demo.home))
+    span_id = uuid.uuid4().hex[:16]
+    started = time.time_ns() - (2 * 86_400 + 5 * 3_600 + 60) * 1_000_000_000
+    try:
+        store.execute_many(
+            [
+                (
+                    "CREATE (:Span {span_id: $id, name: 'lost-step', kind: 'step', "
+                    "state: 'running', start_ns: $start, workflow_id: 'lost-run'})",
+                    {"id": span_id, "start": started},
+                )
+            ]
+        )
+        table = cli(demo.home, "query", "abandoned")
+        assert table.code == 0, table.err
+        header, _, *rows = table.out.splitlines()
+        assert header.split() == [
+            "span_id",
+            "kind",
+            "name",
+            "workflow_id",
+            "service",
+            "started",
+            "age",
+        ]
+        [row] = [r.split() for r in rows if span_id in r]
+        assert row[-3:] == [
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started // 1_000_000_000)),
+            "2d",
+            "5h",
+        ]
+        [raw] = [
+            r for r in json.loads(cli(demo.home, "query", "abandoned", "--json").out)
+            if r["span_id"] == span_id
+        ]  # fmt: skip
+        assert raw["start_ns"] == started
+    finally:
+        store.execute_many([("MATCH (s:Span {span_id: $id}) DELETE s", {"id": span_id})])
+        store.close()
+
+
 def test_query_errors(demo: Demo) -> None:
     unknown = cli(demo.home, "query", "tree", "no-such-workflow")
     assert unknown.code == 1

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -488,8 +489,11 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             store, older_than_s=args.older_than, project_id=args.project, limit=args.limit
         )
         if not args.json:
-            keep = ("span_id", "kind", "name", "workflow_id", "start_ns", "service")
-            rows = [{k: r.get(k) for k in keep} for r in rows]
+            keep = ("span_id", "kind", "name", "workflow_id", "service")
+            now = time.time_ns()
+            rows = [
+                {**{k: r.get(k) for k in keep}, **_started(r.get("start_ns"), now)} for r in rows
+            ]
     else:  # cypher
         from .stores.falkordb import FalkorDBStore
 
@@ -501,6 +505,20 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         rows = store.query(args.text, args.params)
     _print_rows(rows, args.json)
     return 0
+
+
+def _started(start_ns: Any, now_ns: int) -> dict[str, str | None]:
+    """When a span started, for a table: UTC time and how long ago (``3h 12m``)."""
+    if type(start_ns) is not int or start_ns <= 0:
+        return {"started": None, "age": None}
+    from .mapping import iso_time
+
+    seconds = max(0, (now_ns - start_ns) // 1_000_000_000)
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    parts = [(days, "d"), (hours, "h"), (rest // 60, "m")]
+    age = " ".join([f"{n}{unit}" for n, unit in parts if n][:2]) or f"{rest}s"
+    return {"started": iso_time(start_ns)[:19] + "Z", "age": age}
 
 
 def _print_diff(result: dict[str, Any]) -> None:
