@@ -182,7 +182,8 @@ def branch(
 ) -> Scope:
     """A branch of a run. Every span inside it — in other asyncio tasks and threads
     started from inside it too — carries its ``spangraph.branch.id`` (a new UUIDv7
-    unless one is given). Use as ``with``, ``async with`` or a decorator."""
+    unless one is given), except those inside a branch nested in it, which carry that
+    branch's. Use as ``with``, ``async with`` or a decorator."""
     _check_name(name, "branch name")
     if branch_id is not None:
         _check_id(branch_id, "branch_id")
