@@ -29,6 +29,8 @@ from spangraph.stores.cypher import all_statements
 
 LINT_DIR = Path(__file__).parent / "cypher_lint"
 LINT_SCRIPT = LINT_DIR / "lint.mjs"
+pytestmark = pytest.mark.timeout(900)  # the linter's run, on a busy machine (below)
+
 LINT_TIMEOUT_S = 600
 """Only a bound on a linter that hangs: linting every statement takes 8-15 s on an idle
 2-vCPU machine and passed 90 s on a busy one."""

@@ -535,15 +535,35 @@ def _large_store(home: Path, writes: int, nodes_per_write: int = 1) -> None:
 
 @pytest.mark.slow
 def test_a_server_that_loads_a_large_store_is_waited_for(home: Path) -> None:
-    """A server answers LOADING while it replays its append-only file. Before, a load
-    longer than start_timeout (20 s; a store of some 100 000 spans) was taken for a
-    server that does not start: it was killed, every time, and the store never opened."""
-    # some 2.5-3 s of loading on a 2-vCPU machine; the server's first answer (LOADING)
-    # comes within 0.1 s there, well inside start_timeout even on a busy machine
+    """A server answers LOADING while it replays its append-only file, and nothing at all
+    while it replays large writes (batches of spans) between those answers. Before, a
+    load longer than start_timeout (20 s; a store of some 100 000 spans) was taken for a
+    server that does not start: it was killed, every time, and the store never opened.
+    Here the load is made longer than start_timeout by stopping the server (SIGSTOP) for
+    a while once its log says it loads, whatever the machine's speed."""
     _large_store(home, 150, nodes_per_write=10_000)
+    paused: list[float] = []
+
+    def slow_down() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            process = EmbeddedServer(home)._process()
+            if process is not None and EmbeddedServer(home)._loading(process.pid):
+                os.kill(process.pid, signal.SIGSTOP)
+                time.sleep(3.0)
+                os.kill(process.pid, signal.SIGCONT)
+                paused.append(3.0)
+                return
+            time.sleep(0.005)
+
+    stopper = threading.Thread(target=slow_down)
+    stopper.start()
     started = time.monotonic()
-    info = EmbeddedServer(home, start_timeout=1.0).ensure_running()
-    took = time.monotonic() - started
+    try:
+        info = EmbeddedServer(home, start_timeout=2.0).ensure_running()
+        took = time.monotonic() - started
+    finally:
+        stopper.join()
     store = FalkorDBStore.from_url(f"falkordb://127.0.0.1:{info.port}/g")
     try:
         assert store.query("MATCH (n:N) RETURN count(n) AS n") == [{"n": 1_500_000}]
@@ -554,7 +574,7 @@ def test_a_server_that_loads_a_large_store_is_waited_for(home: Path) -> None:
         line for line in (home / "server.log").read_text().splitlines() if "DB loaded" in line
     ]
     # the load took longer than start_timeout: the case this test is about
-    assert loaded and took > 1.0, (took, loaded)
+    assert paused and loaded and took > 2.0 + 1.0, (took, loaded)
 
 
 @pytest.mark.slow

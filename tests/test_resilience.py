@@ -493,7 +493,7 @@ def test_embedded_server_back_on_another_port_is_followed(
         other.stop()
 
 
-SHUTDOWN_GRACE_S = 3.0
+SHUTDOWN_GRACE_S = 6.0
 """What shutdown(timeout) may take beyond ``timeout`` on a loaded machine: no thread is
 joined past the deadline (a functional bound: without one shared deadline it took 5 s a
 processor, one processor after another, and a second's join grace a worker thread)."""

@@ -163,7 +163,7 @@ def test_a_request_whose_headers_come_in_time_is_answered(port: int) -> None:
     with connect(port) as sock:
         for part in (b"GET / HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
             sock.sendall(part)
-            time.sleep(SHORT / 4)
+            time.sleep(SHORT / 8)  # the last part comes at SHORT / 4: room for a busy machine
         assert read_answer(sock).endswith(b"hello")
 
 

@@ -726,14 +726,15 @@ def test_a_write_not_answered_in_time_is_a_store_timeout(
     store = FalkorDBStore.from_url(graph_url, socket_timeout=0.3)
     try:
         store.write(sample_batch())  # connected, schema made
-        redis_client.execute_command("CLIENT", "PAUSE", 4000, "ALL")  # > the steps below
+        # longer than the steps below, also on a machine that stalls for seconds
+        redis_client.execute_command("CLIENT", "PAUSE", 8000, "ALL")
         paused = time.monotonic()
         with pytest.raises(StoreTimeoutError, match=r"did not answer a write within 0\.3 s"):
             store.write(sample_batch())
         with pytest.raises(StoreUnavailableError) as caught:
             store.ping()
         assert not isinstance(caught.value, StoreTimeoutError)
-        time.sleep(max(0.0, 4.1 - (time.monotonic() - paused)))
+        time.sleep(max(0.0, 8.1 - (time.monotonic() - paused)))
         store.write(sample_batch())  # answered again
         assert counts(store) == (5, 5, 2)
     finally:
