@@ -1104,3 +1104,45 @@ def test_the_agents_counters_never_go_down_when_it_is_replaced(
     # the new agent's own writes are added: the run started after the kill (2 items)
     assert after["graph"]["sent"] >= before["graph"]["sent"] + 2
     assert after["graph"]["queued"] == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_while_a_thread_reads_stats_does_not_hang_the_child(
+    off: spangraph.Spangraph,
+) -> None:
+    """A thread reading stats() (a health endpoint) held the lock of the agent's counters
+    when another thread forked: the child's exit waited on it for good."""
+    processor = off.offload_processor
+    assert processor is not None
+    with spangraph.workflow("before-fork"):
+        pass
+    assert spangraph.flush(10)
+    held, release = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with processor._stats_lock:
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert held.wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child: traces, then exits through atexit (shutdown)
+        try:
+            with spangraph.workflow("in-child"):
+                pass
+            off.stats()
+        finally:
+            os._exit(0 if spangraph.flush(10) else 3)
+    release.set()
+    thread.join(5)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the child hung")
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert "in-child" in run_names(off)

@@ -575,6 +575,11 @@ class OffloadSpanProcessor(SpanProcessor):
         self._agent_lock = threading.Lock()
         self._swap_lock = threading.Lock()
         self._gone_lock = threading.Lock()
+        self._stats_lock = threading.Lock()  # (a thread reading stats() may have held it)
+        # the parent's agent's counts: this process's go on from them, as stats() did
+        last, self._last_agent = self._last_agent, None
+        if last is not None:
+            self._carry(last.stats)
         self._acks = {}
         self._announced = set()
         # the parent's records are the parent's to write; a new buffer and worker (the
