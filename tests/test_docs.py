@@ -149,6 +149,21 @@ def test_sdk_shutdown_example_runs(tmp_path: Path) -> None:
     assert stats["live"]["sent"] > 0 and stats["live"]["dropped"] == 0
 
 
+def test_sdk_spawn_pool_example_runs(tmp_path: Path) -> None:
+    """docs/sdk.md's pool example, as written: the spawned workers' spans are written."""
+    [example] = [b for b in _blocks(DOCS / "sdk.md", "python") if "initializer=" in b]
+    check = (
+        "from spangraph import queries; from spangraph.stores import open_store; "
+        "from spangraph.config import Settings; "
+        "s = open_store(Settings.from_env()); "
+        "rows = s.query(\"MATCH (s:Span) WHERE s.project_id = 'batch' AND s.name = 'task' "
+        "AND s.state = 'completed' RETURN count(s) AS n\", {}); print(rows[0]['n'])"
+    )
+    out, counted = _run_example(example, tmp_path, check)
+    assert out.strip() == str([n * 2 for n in range(10)])
+    assert counted.strip() == "10"
+
+
 def _graph_model_queries() -> list[str]:
     return _blocks(DOCS / "graph-model.md", "cypher")
 

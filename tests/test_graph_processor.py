@@ -742,6 +742,54 @@ def test_forked_child_writes_through_its_own_connection(sg: spangraph.Spangraph)
     assert sg.stats()["graph"]["dropped"] == 0
 
 
+class _LeaveChild(Exception):
+    """Raised in a forked child to unwind the blocks it was forked inside of."""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_inside_a_step_leaves_the_parents_spans_to_the_parent(
+    sg: spangraph.Spangraph,
+) -> None:
+    # the child unwinds the workflow and step it was forked inside of (with an exception:
+    # a failure), after the parent ended them: the parent's outcome and time stay
+    ready_r, ready_w = os.pipe()
+    pid = -1
+    try:
+        with spangraph.workflow("wf-forked") as run, spangraph.step("outer") as outer:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                with spangraph.step("in-child"):
+                    pass
+                os.read(ready_r, 1)  # the parent ended its spans
+                raise _LeaveChild
+    except BaseException:
+        if pid == 0:  # pragma: no cover - only the child gets here
+            os._exit(0 if spangraph.flush(10) else 2)
+        raise
+    assert spangraph.flush(10)
+    os.write(ready_w, b"x")
+    os.close(ready_w)
+    os.close(ready_r)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    rows = {
+        row["name"]: row
+        for row in sg.store.query(
+            "MATCH (s:Span) WHERE s.workflow_id = $w "
+            "OPTIONAL MATCH (s)-[:HAS_EVENT]->(e:Event) "
+            "RETURN s.name AS name, s.state AS state, s.end_ns AS end_ns, "
+            "collect(e.name) AS events",
+            {"w": run.workflow_id},
+        )
+    }
+    assert set(rows) == {"wf-forked", "outer", "in-child"}
+    assert rows["in-child"]["state"] == "completed"  # the child's own span
+    for name in ("wf-forked", "outer"):
+        assert rows[name]["state"] == "completed", name
+        assert not any(e.endswith(".failed") for e in rows[name]["events"]), rows[name]
+    assert rows["outer"]["end_ns"] == outer.span.end_time
+
+
 # -- a batch the store never finishes ---------------------------------------------------------
 
 

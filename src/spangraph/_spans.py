@@ -8,6 +8,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import os
 import sys
 import time
 import traceback
@@ -31,6 +32,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 _log = logging.getLogger("spangraph")
 
 _RUN_KEY: Final = otel_context.create_key("spangraph-run")
+
+# Which process a frame started in: a number made anew in each forked child (cheaper than
+# os.getpid(), a system call, on every span). A child forked inside an open workflow or
+# step that unwinds its blocks (sys.exit(), an exception, a return) leaves that span to
+# the process that started it, which ends it with its own outcome and time.
+_process_generation = 0
+
+
+def _next_generation_after_fork() -> None:
+    global _process_generation
+    _process_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_next_generation_after_fork)
 
 
 _IN_COROUTINE: Final = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE
@@ -461,7 +477,8 @@ class _Frame:
     """One open span of a scope: started, attached or not, then finished once."""
 
     __slots__ = (
-        "ctx", "handle", "kind", "lifecycle", "on_finish", "timeout", "timeout_cm", "token",
+        "ctx", "generation", "handle", "kind", "lifecycle", "on_finish", "timeout",
+        "timeout_cm", "token",
     )  # fmt: skip
 
     def __init__(self, opts: _Options, name: str, attempt: int | None, links: tuple[Link, ...]):
@@ -510,6 +527,7 @@ class _Frame:
                     ctx, run.workflow_id, run.execution_id, run.workflow_name, run.branch_id
                 )
         self.ctx = ctx
+        self.generation = _process_generation
         self.kind = kind
         self.lifecycle = kind in (sc.KIND_WORKFLOW, sc.KIND_STEP)
         self.on_finish = None
@@ -555,6 +573,8 @@ class _Frame:
     def finish(self, exc: BaseException | None, *, timed_out: float | None = None) -> None:
         """End the span with the outcome ``exc``; never raises an ``Exception`` (what fails
         while recording the outcome is logged and the span is ended all the same)."""
+        if self.generation != _process_generation:
+            return  # started by the process this one was forked from: that one ends it
         span = self.handle.span
         try:
             if span.is_recording():
