@@ -414,6 +414,16 @@ def test_choosing_again_replaces_reason_and_score(cap: SpanCapture) -> None:
     assert sc.DECISION_SCORE not in a
 
 
+def test_a_reason_that_is_not_text_is_recorded_as_text(cap: SpanCapture) -> None:
+    reasons = [{"verdict": "cheaper", "by": ["judge", 2]}, 3, ["a", "b"], None]
+    expected = ['{"verdict": "cheaper", "by": ["judge", 2]}', "3", '["a", "b"]', None]
+    for reason in reasons:
+        with spangraph.decision("route", options=["a", "b"]) as d:
+            d.choose("a", reason=reason)
+    got = [attrs(s).get(sc.DECISION_REASON) for s in cap.find(kind="decision")]
+    assert got == expected
+
+
 # -- branches ---------------------------------------------------------------------------
 
 

@@ -78,6 +78,12 @@ def plain_primitive(value: Any) -> Any:
     return value
 
 
+def as_text(value: Any) -> str:
+    """``value`` as (truncated) text: a ``str`` as it is, anything else as its JSON when
+    it has one, else its ``str``. Never raises."""
+    return _str(value) if isinstance(value, str) else _text(value)
+
+
 def _text(value: Any) -> str:
     """JSON for ``value`` when it has one, else its (truncated) ``str``."""
     try:

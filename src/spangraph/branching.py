@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import semconv as sc
-from ._attrs import MAX_VALUE_CHARS, clean_value, encodable
+from ._attrs import MAX_VALUE_CHARS, as_text, encodable
 from ._spans import Handle, _check_attributes, _check_id, _check_name, _Options, link_to
 from ._utf8 import as_stored
 from .instrument import Scope
@@ -76,16 +76,18 @@ class Decision(Handle):
             )
         )
 
-    def choose(self, option: str, *, reason: str | None = None, score: float | None = None) -> None:
-        """Record the chosen option. Choosing again replaces the choice (option, reason
-        and score); the decision span carries the final one when it ends, with a
-        ``chosen_option`` link to the option's span when it was explored. Raises
-        ValueError once the decision has ended (its span can no longer record it)."""
+    def choose(self, option: str, *, reason: object = None, score: float | None = None) -> None:
+        """Record the chosen option. ``reason`` is text (another value, e.g. a model's
+        structured verdict, is recorded as its JSON text); ``score`` a finite number.
+        Choosing again replaces the choice (option, reason and score); the decision span
+        carries the final one when it ends, with a ``chosen_option`` link to the option's
+        span when it was explored. Raises ValueError once the decision has ended (its
+        span can no longer record it)."""
         self._check_open("choose")
         self._check_offered(option)
         value = None if score is None else _finite(score)
         self.chosen = option
-        self._reason = None if reason is None else clean_value(reason)
+        self._reason = None if reason is None else as_text(reason)
         self._score = value
 
     def _finish(self, exc: BaseException | None) -> None:
