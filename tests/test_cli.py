@@ -264,6 +264,10 @@ def test_query_errors(demo: Demo) -> None:
         no_span = cli(demo.home, "query", "path", "0123456789abcdef", *extra)
         assert (no_span.code, no_span.out) == (1, ""), no_span.err
         assert "no span 0123456789abcdef" in no_span.err
+        for what in ("events", "replay"):  # as tree (before: "(no rows)", exit 0)
+            none = cli(demo.home, "query", what, "no-such-workflow", *extra)
+            assert (none.code, none.out) == (1, ""), none.err
+            assert "no events for workflow no-such-workflow" in none.err
 
     missing = cli(demo.home, "query", "tree")
     assert missing.code == 2 and "arguments are required: WORKFLOW_ID" in missing.err
