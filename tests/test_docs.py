@@ -108,16 +108,18 @@ def _run_example(code: str, tmp_path: Path, *checks: str) -> list[str]:
         )
 
 
+# the start of a check: `s`, the store of the example's settings
+_ON_STORE = (
+    "import json; from spangraph import queries; from spangraph.stores import open_store; "
+    "from spangraph.config import Settings; s = open_store(Settings.from_env()); "
+)
+
+
 def test_readme_usage_example_runs(tmp_path: Path) -> None:
     """The README's Python example, as written, on the embedded default."""
     [example] = [b for b in _blocks(ROOT / "README.md", "python") if "configure()" in b]
-    check = (
-        "import spangraph, json; from spangraph import queries; from spangraph.stores "
-        "import open_store; from spangraph.config import Settings; "
-        "s = open_store(Settings.from_env()); "
-        "print(json.dumps([(w['name'], w['state']) for w in queries.workflows(s)]))"
-    )
-    _, out = _run_example(example, tmp_path, check)
+    check = "print(json.dumps([(w['name'], w['state']) for w in queries.workflows(s)]))"
+    _, out = _run_example(example, tmp_path, _ON_STORE + check)
     assert '["research", "completed"]' in out
 
 
@@ -152,10 +154,7 @@ def test_sdk_shutdown_example_runs(tmp_path: Path) -> None:
 def test_sdk_spawn_pool_example_runs(tmp_path: Path) -> None:
     """docs/sdk.md's pool example, as written: the spawned workers' spans are written."""
     [example] = [b for b in _blocks(DOCS / "sdk.md", "python") if "initializer=" in b]
-    check = (
-        "from spangraph import queries; from spangraph.stores import open_store; "
-        "from spangraph.config import Settings; "
-        "s = open_store(Settings.from_env()); "
+    check = _ON_STORE + (
         "rows = s.query(\"MATCH (s:Span) WHERE s.project_id = 'batch' AND s.name = 'task' "
         "AND s.state = 'completed' RETURN count(s) AS n\", {}); print(rows[0]['n'])"
     )
