@@ -109,9 +109,8 @@ class _TracedResponse(wrapt.ObjectProxy):  # type: ignore[misc]
             self._self_call.finish(None)
 
 
-class TracedStream(wrapt.ObjectProxy):  # type: ignore[misc]
-    """An OpenAI ``Stream`` that records its chunks; everything else passes through
-    (``isinstance(stream, openai.Stream)`` still holds)."""
+class _TracedChunks(wrapt.ObjectProxy):  # type: ignore[misc]
+    """What both streams share: the call they record, finished when collected."""
 
     def __init__(self, wrapped: Any, call: Call) -> None:
         super().__init__(wrapped)
@@ -124,6 +123,11 @@ class TracedStream(wrapt.ObjectProxy):  # type: ignore[misc]
     @property
     def response(self) -> Any:
         return _TracedResponse(self.__wrapped__.response, self._self_call)
+
+
+class TracedStream(_TracedChunks):
+    """An OpenAI ``Stream`` that records its chunks; everything else passes through
+    (``isinstance(stream, openai.Stream)`` still holds)."""
 
     def __iter__(self) -> TracedStream:
         return self
@@ -157,20 +161,8 @@ class TracedStream(wrapt.ObjectProxy):  # type: ignore[misc]
         self.close()
 
 
-class TracedAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc]
+class TracedAsyncStream(_TracedChunks):
     """An OpenAI ``AsyncStream`` that records its chunks (see :class:`TracedStream`)."""
-
-    def __init__(self, wrapped: Any, call: Call) -> None:
-        super().__init__(wrapped)
-        self._self_call = call
-        call.touch()  # the answer's headers are in
-        _ensure_reaper()
-        self._self_finalizer = weakref.finalize(self, _on_collect, call)
-        self._self_finalizer.atexit = False
-
-    @property
-    def response(self) -> Any:
-        return _TracedResponse(self.__wrapped__.response, self._self_call)
 
     def __aiter__(self) -> TracedAsyncStream:
         return self
