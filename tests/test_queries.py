@@ -278,6 +278,26 @@ def test_span_with_a_remote_parent(sg: spangraph.Spangraph, provider: TracerProv
     )
 
 
+def test_a_workflow_under_a_parent_never_written_is_listed(sg: spangraph.Spangraph) -> None:
+    """A run called by a remote service (its parent span in another process: only an
+    id-only placeholder here, which takes the run's id) is a run of the list, as is one
+    whose parent was left out by a sampler or written by no spangraph processor."""
+    from opentelemetry import context, propagate
+
+    carrier = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    token = context.attach(propagate.extract(carrier))
+    try:
+        with spangraph.workflow("called-remotely") as remote:
+            pass
+    finally:
+        context.detach(token)
+    with spangraph.workflow("local") as local:
+        pass
+    flush()
+    listed = [w["workflow_id"] for w in queries.workflows(sg.store, project_id=sg.settings.project)]
+    assert listed == [local.workflow_id, remote.workflow_id]
+
+
 def test_walk_has_no_depth_limit() -> None:
     """TreeNode.walk goes depth-first without recursion: runs can nest thousands deep."""
     root = node = queries.TreeNode({"span_id": "0", "name": "s0"})

@@ -57,12 +57,14 @@ RUN_FILTERS: Final = (
 
 # The newest $scan first (a top-k: cheaper than the whole list sorted at the end), then
 # a run's top workflow spans only: one inside its run (another instrumentation's workflow
-# span, which takes the run's ids) is no run of its own.
+# span, which takes the run's ids) is no run of its own. A parent never written (a remote
+# caller's span, one a sampler left out) is a placeholder with the run's id and no start.
 LIST_WORKFLOWS: Final = (
     RUN_FILTERS + "WITH s ORDER BY s.start_ns DESC LIMIT $scan\n"
     "OPTIONAL MATCH (p:Span {span_id: s.parent_span_id})\n"
     "WITH s, p\n"
-    "WHERE p IS NULL OR p.workflow_id IS NULL OR p.workflow_id <> s.workflow_id\n"
+    "WHERE p IS NULL OR p.start_ns IS NULL OR p.workflow_id IS NULL\n"
+    "   OR p.workflow_id <> s.workflow_id\n"
     f"RETURN s.span_id AS {_SPAN_FIELDS}\n"
     "ORDER BY s.start_ns DESC\n"
     "LIMIT $limit"
@@ -285,7 +287,8 @@ def workflows(
           AND ($since_ns IS NULL OR s.start_ns >= $since_ns)
         WITH s ORDER BY s.start_ns DESC LIMIT $scan
         OPTIONAL MATCH (p:Span {span_id: s.parent_span_id})
-        WITH s, p WHERE p IS NULL OR p.workflow_id IS NULL OR p.workflow_id <> s.workflow_id
+        WITH s, p WHERE p IS NULL OR p.start_ns IS NULL OR p.workflow_id IS NULL
+                     OR p.workflow_id <> s.workflow_id
         RETURN s.span_id AS span_id, ... ORDER BY s.start_ns DESC LIMIT $limit
     """
     _check_limit(limit)
