@@ -15,7 +15,7 @@ import pytest
 import redis
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
     Decision,
@@ -311,6 +311,44 @@ def test_a_long_span_remembers_a_bounded_number_of_sent_events(
     msgs = listener.until(workflow_ended, timeout=30)
     ticks = [m["attributes"]["i"] for m in msgs if m["type"] == "tick"]
     assert ticks == list(range(count))
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["in-process", "offload"])
+@pytest.mark.parametrize("max_events", [SpanLimits.UNSET, 2500], ids=["unlimited", "2500"])
+def test_a_span_keeping_more_events_than_the_default_sends_each_once(
+    embedded_server: ServerInfo,
+    graph_url: str,
+    listen: Callable[..., Listener],
+    tmp_path: Any,
+    offload: bool,
+    max_events: int,
+) -> None:
+    """A TracerProvider that keeps more events a span than 1 024 (or all of them): each
+    event sent live goes out once (before: those the processor forgot were sent again at
+    the span's end, under new seq numbers)."""
+    provider = TracerProvider(span_limits=SpanLimits(max_events=max_events))
+    spangraph.configure(
+        tracer_provider=provider,
+        graph_url=graph_url,
+        redis_url=embedded_server.redis_url,
+        home=str(tmp_path),
+        project=f"p-{uuid.uuid4().hex[:8]}",
+        offload=offload,
+    )
+    try:
+        workflow_id = f"wf-{uuid.uuid4()}"
+        listener = listen(workflow_channel(workflow_id))
+        count = 3000
+        with spangraph.workflow("wf-many-events", workflow_id=workflow_id), spangraph.step("s"):
+            for i in range(count):
+                spangraph.event("tick", i=i)
+        msgs = listener.until(workflow_ended, timeout=60)
+        ticks = [m["attributes"]["i"] for m in msgs if m["type"] == "tick"]
+        assert ticks == list(range(count))
+        assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
+    finally:
+        spangraph.shutdown()
+        provider.shutdown()
 
 
 def test_spans_that_never_end_leave_the_open_ones_their_live_events(

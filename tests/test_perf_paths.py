@@ -525,10 +525,27 @@ def test_events_remembered_per_span_keep_the_last_ones(
     span = provider.get_tracer("t").start_span("long")
     proc = _processor(True)
     proc._prepare([(_START, span, span.start_time)])
-    for t in range(1, 8):
-        proc._prepare([(_EVENT, span, t, "tick", None)])
+    for t in range(1, 8):  # a span that does not say how many it keeps (a rebuilt one)
+        proc._prepare([(_EVENT, span, t, "tick", None, live_module._SENT_PER_SPAN)])
     assert list(proc._sent_live[span.context.span_id]) == [("tick", 5), ("tick", 6), ("tick", 7)]
+    for t in range(8, 1100):  # the SDK's span, which keeps 128: at least 1 024
+        proc._prepare([(_EVENT, span, t, "tick", None)])
+    assert len(proc._sent_live[span.context.span_id]) == 1024
     span.end()
+
+
+def test_events_kept_follows_the_spans_own_limit() -> None:
+    from opentelemetry.sdk.trace import SpanLimits
+
+    def kept(limits: SpanLimits) -> int | None:
+        span = TracerProvider(span_limits=limits).get_tracer("t").start_span("s")
+        span.end()
+        return live_module.events_kept(span)
+
+    assert kept(SpanLimits(max_events=SpanLimits.UNSET)) is None  # it keeps them all
+    assert kept(SpanLimits(max_events=5000)) == 5000
+    assert kept(SpanLimits(max_events=10)) == 1024
+    assert live_module.events_kept(object()) == live_module._SENT_PER_SPAN
 
 
 def test_resources_cache_forgets_the_least_recently_used() -> None:

@@ -163,8 +163,22 @@ def _sent_per_span() -> int:
 
 _SENT_PER_SPAN: Final = _sent_per_span()
 """Events of one open span remembered as sent live (so that its end does not send them
-again): a span keeps its last ``OTEL_SPAN_EVENT_COUNT_LIMIT`` events (128) only, so
-older ones cannot come back with its end; a long span's events grew this for ever."""
+again), for a span whose own event limit is unknown: a span keeps its last
+``OTEL_SPAN_EVENT_COUNT_LIMIT`` events (128) only, so older ones cannot come back with its
+end; a long span's events grew this for ever."""
+
+
+def events_kept(span: Any) -> int | None:
+    """Events of ``span`` to remember as sent live: as many as it keeps itself (its
+    TracerProvider's ``SpanLimits.max_events``; ``None``: all of them), at least 1 024;
+    :data:`_SENT_PER_SPAN` for a span that does not say. Remembering fewer than the span
+    keeps sent the others again at its end."""
+    limits = getattr(span, "_limits", None)  # the SDK's spans
+    if limits is None:
+        return _SENT_PER_SPAN
+    kept = getattr(limits, "max_events", _SENT_PER_SPAN)
+    return None if kept is None else max(kept, 1024)
+
 
 Mapped = tuple[dict[str, Any], tuple[str, str]]
 """A span's ``common`` properties and their :func:`live_message_parts`."""
@@ -399,9 +413,12 @@ class LiveEventProcessor(QueueingSpanProcessor):
         hands its records over here)."""
         self._put((what, record, (record[7] or time.time_ns()) if what == _START else record[8]))
 
-    def _on_event(self, span: Any, name: str, attributes: Mapping[str, Any], time_ns: int) -> None:
+    def _on_event(
+        self, span: Any, name: str, attributes: Mapping[str, Any], time_ns: int, *kept: int | None
+    ) -> None:
+        # (kept: how many events the span keeps, when the span cannot say: a rebuilt one)
         try:
-            self._put((_EVENT, span, time_ns, name, attributes))
+            self._put((_EVENT, span, time_ns, name, attributes, *kept))
         except Exception:  # pragma: no cover - never raise into user code
             pass
 
@@ -524,8 +541,10 @@ class LiveEventProcessor(QueueingSpanProcessor):
                             if len(sent_live) > _MAX_OPEN:  # the longest open goes
                                 sent_live.popitem(last=False)
                         sent[(item[3], time_ns)] = None
-                        if len(sent) > _SENT_PER_SPAN:  # the span keeps its last events only
-                            sent.popitem(last=False)  # constant time (a dict walked its holes)
+                        kept = item[5] if len(item) > 5 else events_kept(span)
+                        if kept is not None and len(sent) > kept:  # the span keeps its last
+                            sent.popitem(last=False)  # events only (constant time: a dict
+                            # walked its holes)
                     msgs = [live_message(bounded_text(item[3]), common, time_ns, item[4], parts)]
                 else:
                     open_spans.pop(span_id, None)

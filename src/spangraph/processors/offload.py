@@ -257,6 +257,7 @@ class OffloadSpanProcessor(SpanProcessor):
                     dict(attributes) if attributes else None,
                     getattr(span, "name", None),
                     common or None,
+                    _live.events_kept(span),
                 )
             )
         except Exception:  # pragma: no cover - never raise into user code
@@ -978,7 +979,7 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
                             span.name = r[5]
                         if r[6]:
                             span._attributes = {**span._attributes, **r[6]}
-                        live._on_event(span, r[2], r[4] or {}, r[3])
+                        live._on_event(span, r[2], r[4] or {}, r[3], *r[7:8])
                 elif what == _RESOURCE:
                     resources[r[1]] = Resource(r[2] or {})
                 elif what == _FLUSH:
