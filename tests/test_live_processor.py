@@ -197,6 +197,45 @@ def test_events_are_delivered_while_the_workflow_runs(
     assert [m["type"] for m in after].count("progress") == 1
 
 
+def test_times_out_of_range_are_streamed_as_stored(
+    sg: spangraph.Spangraph, provider: TracerProvider, listen: Callable[..., Listener]
+) -> None:
+    """Times the OTel SDK takes but no date has (past year 9999, before 1970, a float):
+    within 0 .. 2**63-1 ns, as the graph stores them (before: the span's start, end and
+    events never went out, and flush() said something was dropped)."""
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    top = 2**63 - 1
+    with spangraph.workflow("wf-times", workflow_id=workflow_id):
+        span = provider.get_tracer("t").start_span("far", start_time=2**80)
+        span.add_event("past", timestamp=-(2**70))
+        span.add_event("future", timestamp=2**80)
+        span.add_event("float", timestamp=1.7e18)
+        span.end(end_time=2**80)
+    msgs = [m for m in listener.until(workflow_ended) if m["name"] == "far"]
+    times = {m["type"]: (m["time_unix_nano"], m["timestamp"]) for m in msgs}
+    assert times == {
+        "span.started": (top, "2262-04-11T23:47:16.854776Z"),
+        "past": (0, "1970-01-01T00:00:00.000000Z"),
+        "future": (top, "2262-04-11T23:47:16.854776Z"),
+        "float": (1_700_000_000_000_000_000, "2023-11-14T22:13:20.000000Z"),
+        "span.ended": (top, "2262-04-11T23:47:16.854776Z"),
+    }
+    assert spangraph.flush(10)
+    assert sg.stats()["live"]["dropped"] == 0
+    rows = sg.store.query(
+        "MATCH (s:Span {workflow_id: $w, name: 'far'})-[:HAS_EVENT]->(e:Event) "
+        "RETURN s.start_ns AS start, s.end_ns AS end, e.name AS name, e.time_ns AS t",
+        {"w": workflow_id},
+    )
+    stored = {r["name"]: (r["start"], r["end"], r["t"]) for r in rows}
+    assert stored == {  # the same times (the float a whole number, as the others)
+        "past": (top, top, 0), "future": (top, top, top),
+        "float": (top, top, 1_700_000_000_000_000_000),
+    }  # fmt: skip
+    assert all(type(t) is int for t in stored["float"])
+
+
 def test_long_event_names_are_streamed_cut_as_they_are_stored(
     sg: spangraph.Spangraph, provider: TracerProvider, listen: Callable[..., Listener]
 ) -> None:

@@ -253,10 +253,15 @@ _MAX_TIME_NS: Final = 2**63 - 1
 
 
 def _time_ns(value: Any) -> Any:
-    """A time in ns as every store takes it: within 0 .. 2**63-1 (the OTel SDK takes any
-    int; Neo4j's driver cannot send one past 64 bits, and refused the whole batch)."""
-    if type(value) is int and not 0 <= value <= _MAX_TIME_NS:
-        return _MAX_TIME_NS if value > 0 else 0
+    """A time in ns as every store takes it: a whole number within 0 .. 2**63-1 (the OTel
+    SDK takes any int, and a float; Neo4j's driver cannot send an int past 64 bits, and
+    refused the whole batch). ``None`` (a span not ended) stays ``None``."""
+    if type(value) is int:
+        if not 0 <= value <= _MAX_TIME_NS:
+            return _MAX_TIME_NS if value > 0 else 0
+        return value
+    if isinstance(value, float):  # (NaN: 0)
+        return _MAX_TIME_NS if value >= _MAX_TIME_NS else int(value) if value > 0 else 0
     return value
 
 
@@ -748,6 +753,8 @@ def _py_live_message(
     ``time_unix_nano``, ``attributes``, ``service``, ``env``. ``parts``:
     :func:`live_message_parts` of ``common``, if the caller keeps it.
     """
+    # (the C version takes the usual times: whole numbers from 1970 to 9999)
+    time_ns = _time_ns(time_ns)  # as stored: a time out of range or a float is no error
     head = _heads.get(message_type) if type(message_type) is str else None
     if head is None:
         head = '{"type":' + _encode(message_type) + ',"seq":'
