@@ -5,6 +5,7 @@ The other service is a real subprocess writing to the same real server."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -380,3 +381,39 @@ def test_long_ids_that_fit_are_carried_unchanged(configured: spangraph.Spangraph
     wf, ex = "w" * 1024, "é" * 400  # 1 024 and 3 600 bytes in the header
     with spangraph.workflow("long", workflow_id=wf, execution_id=ex):
         assert _carrier_ids() == {sc.WORKFLOW_ID: wf, sc.EXECUTION_ID: ex, sc.WORKFLOW_NAME: "long"}
+
+
+def test_ids_with_a_lone_surrogate_are_carried_as_stored(configured: spangraph.Spangraph) -> None:
+    """A name, id or branch id made from bytes that are not UTF-8 (os.fsdecode) goes in
+    baggage as the spans carry it, with U+FFFD (before: UnicodeEncodeError from the
+    workflow's start, and its span left running)."""
+    odd = os.fsdecode(b"report-\xff.csv")
+    with (
+        spangraph.workflow(f"ingest {odd}", workflow_id=f"wf-{odd}") as run,
+        spangraph.branch("b", branch_id=f"br-{odd}"),
+    ):
+        ids = _carrier_ids()
+    assert ids == {
+        sc.WORKFLOW_ID: "wf-report-\ufffd.csv",
+        sc.EXECUTION_ID: "wf-report-\ufffd.csv",
+        sc.WORKFLOW_NAME: "ingest report-\ufffd.csv",
+        sc.BRANCH_ID: "br-report-\ufffd.csv",
+    }
+    assert spangraph.flush(10)
+    [row] = configured.store.query(
+        "MATCH (s:Workflow {span_id: $id}) RETURN s.state AS state, s.workflow_id AS wf",
+        {"id": run.span_id},
+    )
+    assert row == {"state": "completed", "wf": ids[sc.WORKFLOW_ID]}
+
+
+def test_the_programs_own_baggage_with_a_lone_surrogate_leaves_run_ids_going(
+    configured: spangraph.Spangraph,
+) -> None:
+    token = otel_context.attach(baggage.set_baggage("user.file", os.fsdecode(b"\xff")))
+    try:
+        # (the program's own entry is the propagator's to send: it cannot encode it)
+        with spangraph.workflow("with-odd-baggage") as run:
+            assert baggage.get_baggage(sc.WORKFLOW_ID) == run.workflow_id
+    finally:
+        otel_context.detach(token)

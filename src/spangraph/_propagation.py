@@ -19,6 +19,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from . import semconv as sc
+from ._attrs import encodable
 from ._ids import MAX_ID_CHARS
 
 _log = logging.getLogger("spangraph")
@@ -45,9 +46,14 @@ def with_run(
     a called service that got some would put its spans in the wrong execution or branch.
     The workflow's name is no id: when it alone would not be carried as it is (white
     space around it, or too long), the ids go without it."""
-    values: tuple[str | None, ...] = (workflow_id, execution_id, workflow_name, branch_id)
+    # as the spans carry them: a lone surrogate (from os.fsdecode) as U+FFFD, which the
+    # propagator can percent-encode (it raised UnicodeEncodeError)
+    values: tuple[str | None, ...] = tuple(
+        encodable(v) if isinstance(v, str) else v
+        for v in (workflow_id, execution_id, workflow_name, branch_id)
+    )
     if not _carried(ctx, values, warn=False):
-        values = (workflow_id, execution_id, None, branch_id)
+        values = (values[0], values[1], None, values[3])
         if not _carried(ctx, values):
             values = (None, None, None, None)
     for key, value in zip(KEYS, values, strict=True):
@@ -60,7 +66,8 @@ def with_run(
 
 def _size(key: str, value: object) -> int:
     """Bytes of ``key=value`` in the header, as the propagator encodes it."""
-    return len(quote_plus(key)) + 1 + len(quote_plus(str(value)))
+    # (an entry from elsewhere may hold a lone surrogate: counted as U+FFFD)
+    return len(quote_plus(encodable(key))) + 1 + len(quote_plus(encodable(str(value))))
 
 
 def _carried(ctx: Context, values: tuple[str | None, ...], *, warn: bool = True) -> bool:

@@ -523,9 +523,12 @@ class _Frame:
         if run is not parent_run and run is not None:
             ctx = otel_context.set_value(_RUN_KEY, run, ctx)
             if _state.propagate and run.workflow_id:
-                ctx = _propagation.with_run(
-                    ctx, run.workflow_id, run.execution_id, run.workflow_name, run.branch_id
-                )
+                try:
+                    ctx = _propagation.with_run(
+                        ctx, run.workflow_id, run.execution_id, run.workflow_name, run.branch_id
+                    )
+                except Exception:  # the span started: never leave it open for this
+                    _log.warning("spangraph: a run's ids were not put in baggage", exc_info=True)
         self.ctx = ctx
         self.generation = _process_generation
         self.kind = kind
