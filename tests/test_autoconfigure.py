@@ -221,6 +221,47 @@ def test_otlp_export_beside_the_graph(
     assert stored == {s for _, s, _ in receiver.spans}
 
 
+@pytest.mark.parametrize(
+    ("variables", "logged"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "none"}, ""),
+        ({"OTEL_TRACES_EXPORTER": "console"}, "exports its traces over OTLP only"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "the grpc exporter is missing"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"}, "unknown OTLP protocol"),
+    ],
+)
+def test_configure_exports_over_otlp_as_the_otel_variables_say(
+    env: dict[str, str],
+    graph_url: str,
+    tmp_path: Path,
+    receiver: _Receiver,
+    variables: dict[str, str],
+    logged: str,
+) -> None:
+    """configure() exported over OTLP/HTTP whenever an endpoint was set, whatever
+    OTEL_TRACES_EXPORTER (``none`` included) and the protocol variables said (a gRPC
+    Collector got HTTP posts it could not read)."""
+    from importlib.util import find_spec
+
+    if "grpc" in str(variables) and find_spec("opentelemetry.exporter.otlp.proto.grpc"):
+        pytest.skip("the OTLP gRPC exporter is installed here")
+    script = tmp_path / "app.py"
+    script.write_text(
+        APP.replace("{tag}", "otel-vars").replace(
+            "import spangraph\n", "import spangraph\nspangraph.configure()\n"
+        )
+        + "spangraph.shutdown()\n"
+    )
+    env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}", **variables}
+    workflow_id, stderr = _run_logged([sys.executable, str(script)], env, tmp_path)
+    _assert_in_graph(graph_url, workflow_id, "auto-otel-vars")  # the graph all the same
+    assert receiver.spans == []
+    if logged:
+        assert stderr.count(logged) == 1, stderr
+    else:
+        assert "spangraph" not in stderr, stderr
+
+
 def test_otlp_export_goes_on_after_configure_is_called_again(
     env: dict[str, str], tmp_path: Path, receiver: _Receiver
 ) -> None:
@@ -357,18 +398,30 @@ def _run_logged(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[str, st
     return line.split()[1], proc.stderr
 
 
-@pytest.mark.parametrize("metrics", [None, "otlp"])
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {},
+        {"OTEL_METRICS_EXPORTER": "otlp"},
+        {"OTEL_TRACES_EXPORTER": "otlp"},
+        {"OTEL_TRACES_EXPORTER": "console,otlp"},
+    ],
+)
 def test_distro_exports_over_otlp_http_by_default(
-    env: dict[str, str], graph_url: str, tmp_path: Path, receiver: _Receiver, metrics: str | None
+    env: dict[str, str],
+    graph_url: str,
+    tmp_path: Path,
+    receiver: _Receiver,
+    variables: dict[str, str],
 ) -> None:
     """With only OTEL_EXPORTER_OTLP_ENDPOINT set, the distro picks OTLP/HTTP (what
     spangraph[otlp] installs), not the SDK's default gRPC exporter, which is not installed
-    and used to fail the whole setup: no graph, no instrumentors. The same for
-    ``OTEL_METRICS_EXPORTER=otlp`` (it failed the setup, traces export included)."""
+    and used to fail the whole setup: no graph, no instrumentors. The same for ``otlp``
+    in ``OTEL_METRICS_EXPORTER`` or ``OTEL_TRACES_EXPORTER`` (it failed the setup:
+    nothing exported, a console exporter beside it included)."""
     script = _app(tmp_path, "otlp-default")
     env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}"}
-    if metrics is not None:
-        env["OTEL_METRICS_EXPORTER"] = metrics
+    env.update(variables)
     workflow_id, stderr = _run_logged(
         [str(BIN / "spangraph"), "run", "--", sys.executable, str(script)], env, tmp_path
     )

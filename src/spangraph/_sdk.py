@@ -18,9 +18,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from . import _state
 from ._ids import MAX_ID_CHARS
+from ._otlp import exporter_class
 from ._propagation import RunBaggageProcessor
 from ._version import __version__
 from .config import DEFAULT_PROJECT, ENV_GRAPH_URL, ENV_REDIS_URL, Settings, redact_url
@@ -315,23 +317,19 @@ _made_providers: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
 
 
 def _otlp_processor() -> SpanProcessor | None:
-    """The standard OTLP/HTTP exporter when ``OTEL_EXPORTER_OTLP_*ENDPOINT`` is set."""
+    """The standard OTLP exporter when ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` is set,
+    as ``OTEL_TRACES_EXPORTER`` (``none``: no export) and the OTLP protocol variables
+    (``grpc``, else OTLP/HTTP) say."""
     if not (
         os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     ):
         return None
-    try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError:
-        _log.warning(
-            "spangraph: OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is "
-            "not installed: pip install 'spangraph[otlp]'"
-        )
+    exporter = exporter_class("traces", "spangraph.configure()")
+    if exporter is None:
         return None
     try:
-        return BatchSpanProcessor(OTLPSpanExporter())
+        return BatchSpanProcessor(exporter())
     except ValueError as exc:  # the SDK reads OTEL_BSP_* itself and fails on bad values
         raise ConfigurationError(_bsp_variable(str(exc)), _bsp_message(exc)) from None
 

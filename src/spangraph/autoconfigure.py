@@ -131,7 +131,7 @@ class SpangraphDistro(BaseDistro):
             os.environ["OTEL_TRACES_EXPORTER"] = _otlp_traces_exporter() if has_endpoint else "none"
         os.environ.setdefault("OTEL_METRICS_EXPORTER", "none")
         os.environ.setdefault("OTEL_LOGS_EXPORTER", "none")
-        for signal in ("METRICS", "LOGS"):
+        for signal in ("TRACES", "METRICS", "LOGS"):
             _otlp_over_http(signal)
 
 

@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from .._otlp import exporter_class
 from .._terminal import printable
 from .._version import __version__
 from ..config import Settings
@@ -122,68 +123,14 @@ class LazyStore:
             self._store.close()
 
 
-_OTLP_METRICS: dict[str, str] = {
-    "otlp": "",  # the protocol variables choose
-    "otlp_proto_http": "http/protobuf",
-    "otlp_proto_grpc": "grpc",
-}
-"""``OTEL_METRICS_EXPORTER`` names the service exports by: the OTLP protocol of each."""
-
-
 def _metrics_exporter() -> Any:
     """The OTLP metric exporter the ``OTEL_*`` variables ask for, or ``None`` (with a
     logged reason unless they say ``none``): ``OTEL_METRICS_EXPORTER`` (unset: OTLP) and
     ``OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`` / ``OTEL_EXPORTER_OTLP_PROTOCOL`` (unset:
     OTLP/HTTP, installed with ``spangraph[otlp]``; ``grpc`` needs
     ``opentelemetry-exporter-otlp-proto-grpc``)."""
-    names = [
-        name.strip().lower()
-        for name in os.environ.get("OTEL_METRICS_EXPORTER", "otlp").split(",")
-        if name.strip()
-    ]
-    chosen = [name for name in names if name in _OTLP_METRICS]
-    if not chosen:
-        if names and names != ["none"]:
-            _log.warning(
-                "spangraph serve exports its metrics over OTLP only; OTEL_METRICS_EXPORTER=%s: "
-                "no metrics exported",
-                os.environ.get("OTEL_METRICS_EXPORTER"),
-            )
-        return None
-    protocol = (
-        _OTLP_METRICS[chosen[0]]
-        or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    try:
-        if protocol == "http/protobuf":
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-                OTLPMetricExporter,
-            )
-        elif protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # type: ignore[import-not-found]
-                OTLPMetricExporter,
-            )
-        else:
-            _log.warning(
-                "unknown OTLP protocol %r for metrics (expected http/protobuf or grpc): "
-                "no metrics exported",
-                protocol,
-            )
-            return None
-    except ImportError:
-        package = (
-            "opentelemetry-exporter-otlp-proto-grpc" if protocol == "grpc" else "spangraph[otlp]"
-        )
-        _log.warning(
-            "OTLP metrics endpoint set but the %s exporter is missing (pip install '%s'): "
-            "no metrics exported",
-            protocol,
-            package,
-        )
-        return None
-    return OTLPMetricExporter()
+    exporter = exporter_class("metrics", "spangraph serve")
+    return None if exporter is None else exporter()
 
 
 def _metrics_provider(ingest: Any) -> Any:
