@@ -99,8 +99,14 @@ def test_distro_and_configurator(env: dict[str, str], graph_url: str, tmp_path: 
     _assert_in_graph(graph_url, workflow_id, "auto-distro")
 
 
-def test_spangraph_run(env: dict[str, str], graph_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("empty", [None, "OTEL_PYTHON_CONFIGURATOR", "OTEL_PYTHON_DISTRO"])
+def test_spangraph_run(env: dict[str, str], graph_url: str, tmp_path: Path, empty: str) -> None:
+    """Also with an empty OTEL_PYTHON_CONFIGURATOR or _DISTRO (``VAR=${VAR}`` in a compose
+    file): unset, as an empty variable is (before: OTel looked for a configurator named
+    "", and nothing was traced)."""
     script = _app(tmp_path, "run")
+    if empty is not None:
+        env = {**env, empty: ""}
     workflow_id, _ = _run(
         [str(BIN / "spangraph"), "run", "--", sys.executable, str(script)], env, tmp_path
     )

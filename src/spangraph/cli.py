@@ -269,8 +269,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 126
         print(f"spangraph: error: command not found: {command[0]}", file=sys.stderr)
         return 127
-    os.environ.setdefault("OTEL_PYTHON_DISTRO", "spangraph")
-    os.environ.setdefault("OTEL_PYTHON_CONFIGURATOR", "spangraph")
+    for variable in ("OTEL_PYTHON_DISTRO", "OTEL_PYTHON_CONFIGURATOR"):
+        if not os.environ.get(variable, "").strip():  # an empty one counts as unset (OTel
+            os.environ[variable] = "spangraph"  # took "" for a name, and set up nothing)
     _use_home(args.home)
     from opentelemetry.instrumentation.auto_instrumentation import run
 
