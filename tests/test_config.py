@@ -621,3 +621,12 @@ def test_api_token_must_be_printable_ascii(token: str) -> None:
     with pytest.raises(ConfigurationError, match=r"SPANGRAPH_API_TOKEN.*printable ASCII"):
         Settings.from_env({"SPANGRAPH_API_TOKEN": token})
     assert Settings.from_env({"SPANGRAPH_API_TOKEN": "s3cret-Token_1"}).api_token
+
+
+@pytest.mark.parametrize("token", ["s3cret-Token_1234567890 ", " s3cret-Token_1234567890"])
+def test_api_token_with_white_space_around_it_is_refused(token: str) -> None:
+    """HTTP drops the spaces around a header's value: a token with them (a quoting
+    mistake) could never be presented, and every request got 401 (before: accepted)."""
+    with pytest.raises(ConfigurationError, match=r"SPANGRAPH_API_TOKEN.*white space around"):
+        Settings.from_env({"SPANGRAPH_API_TOKEN": token})
+    assert Settings.from_env({"SPANGRAPH_API_TOKEN": "two words-1234567890"}).api_token

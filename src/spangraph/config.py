@@ -143,6 +143,13 @@ class Settings:
             raise ConfigurationError(
                 ENV_API_TOKEN, "must be printable ASCII (it is sent in an HTTP header)"
             )
+        if token is not None and token != token.strip():
+            # HTTP drops the white space around a header's value: no request could match
+            raise ConfigurationError(
+                ENV_API_TOKEN,
+                "has white space around it (a quoting mistake?): HTTP drops it from the "
+                "Authorization header, so no request could present this token",
+            )
         for setting, value, optional in (
             (ENV_NEO4J_USER, self.neo4j_user, False),
             (ENV_NEO4J_PASSWORD, self.neo4j_password, True),
