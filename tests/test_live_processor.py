@@ -492,6 +492,47 @@ def test_token_events_are_live_only(
     assert sg.store.query("MATCH (e:Event {name: 'token'}) RETURN count(e) AS c") == [{"c": 0}]
 
 
+def test_events_named_like_a_spans_start_or_end_are_not_taken_for_it(
+    sg: spangraph.Spangraph, listen: Callable[..., Listener]
+) -> None:
+    """Another instrumentation's events named ``span.started`` / ``span.ended`` go out
+    as ``event.span.started`` / ``event.span.ended`` (before: a second span.started, and
+    a span.ended before the span's own, which a UI took for its end), live and in the
+    replay rebuilt from the graph, which keeps their names."""
+    from spangraph import queries
+
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    with spangraph.workflow("wf-named", workflow_id=workflow_id), spangraph.step("s") as step:
+        trace.get_current_span().add_event("span.ended", {"foo": 1})
+        trace.get_current_span().add_event("span.started")
+    msgs = [m for m in listener.until(workflow_ended) if m["span_id"] == step.span_id]
+    # (events added by other code go out at the span's end)
+    assert [m["type"] for m in msgs] == [
+        "span.started", "step.started", "step.completed", "event.span.ended",
+        "event.span.started", "span.ended",
+    ]  # fmt: skip
+    assert msgs[3]["attributes"] == {"foo": 1}
+    assert spangraph.flush(10)
+    replayed = [
+        m["type"] for m in queries.replay(sg.store, workflow_id) if m["span_id"] == step.span_id
+    ]
+    assert replayed == [  # in time order
+        "span.started", "step.started", "event.span.ended", "event.span.started",
+        "step.completed", "span.ended",
+    ]  # fmt: skip
+    stored = sg.store.query(
+        "MATCH (:Span {span_id: $id})-[:HAS_EVENT]->(e:Event) RETURN e.name AS n ORDER BY e.seq",
+        {"id": step.span_id},
+    )
+    assert [r["n"] for r in stored] == [
+        "step.started",
+        "span.ended",
+        "span.started",
+        "step.completed",
+    ]
+
+
 def test_stream_length_is_capped(sg: spangraph.Spangraph, redis_client: redis.Redis) -> None:
     assert live_module.STREAM_MAXLEN == 10_000
     workflow_id = f"wf-{uuid.uuid4()}"

@@ -265,6 +265,18 @@ def _time_ns(value: Any) -> Any:
     return value
 
 
+_SPAN_MESSAGE_TYPES: Final = frozenset({sc.SPAN_STARTED, sc.SPAN_ENDED})
+
+
+def event_type(name: Any) -> Any:
+    """The live message type of a span event named ``name``: its name (cut as stored),
+    except that an event another instrumentation named ``span.started`` or ``span.ended``
+    (spangraph's API refuses those names) goes out as ``event.span.started`` /
+    ``event.span.ended``, never taken for its span's own start or end."""
+    text = bounded_text(name)
+    return f"event.{text}" if text in _SPAN_MESSAGE_TYPES else text
+
+
 def bounded_text(text: Any) -> Any:
     """A span or event name or a status message, cut to ``MAX_VALUE_CHARS`` with a
     marker; a value that is not text (the OTel API does not check: bytes, a number) as

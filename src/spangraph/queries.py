@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from . import semconv as sc
 from ._utf8 import as_stored
-from .mapping import iso_time, option_text, read_json
+from .mapping import event_type, iso_time, option_text, read_json
 from .stores._base import GraphStore
 
 _SPAN_FIELDS: Final = (
@@ -771,7 +771,9 @@ def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
                 (
                     event["time_ns"],
                     1,
-                    message(event["name"], span, event["time_ns"], event.get("attributes")),
+                    message(
+                        event_type(event["name"]), span, event["time_ns"], event.get("attributes")
+                    ),
                 )
             )
     messages.sort(key=lambda m: (m[0], m[1]))

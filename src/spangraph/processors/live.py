@@ -24,7 +24,7 @@ from ..mapping import (
     LIVE_ONLY_EVENTS,
     SpanMapper,
     attributes_of,
-    bounded_text,
+    event_type,
     live_message,
     live_message_parts,
     state_of,
@@ -545,12 +545,12 @@ class LiveEventProcessor(QueueingSpanProcessor):
                         if kept is not None and len(sent) > kept:  # the span keeps its last
                             sent.popitem(last=False)  # events only (constant time: a dict
                             # walked its holes)
-                    msgs = [live_message(bounded_text(item[3]), common, time_ns, item[4], parts)]
+                    msgs = [live_message(event_type(item[3]), common, time_ns, item[4], parts)]
                 else:
                     open_spans.pop(span_id, None)
                     already = sent_live.pop(span_id, ())
                     msgs = [
-                        live_message(bounded_text(e.name), common, e.timestamp, e.attributes, parts)
+                        live_message(event_type(e.name), common, e.timestamp, e.attributes, parts)
                         for e in span.events
                         if (e.name, e.timestamp) not in already
                     ]
