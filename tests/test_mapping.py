@@ -12,7 +12,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.trace import Link, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, Status, StatusCode
 
 import spangraph
 from spangraph import mapping as mapping_module
@@ -425,6 +425,7 @@ def test_link_rows_only_for_spangraph_links(provider: TracerProvider) -> None:
             Link(b.get_span_context(), {sc.LINK_TYPE: "something-else"}),
             Link(c.get_span_context()),
             Link(c.get_span_context(), {sc.LINK_TYPE: sc.LINK_MONITORS}),
+            Link(INVALID_SPAN_CONTEXT, {sc.LINK_TYPE: sc.LINK_MONITORS}),  # to no span
         ],
     )
     span.end()

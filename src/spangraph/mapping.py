@@ -662,7 +662,9 @@ class SpanMapper:
         out = []
         for link in span.links:
             link_type = (link.attributes or {}).get(sc.LINK_TYPE)
-            if link_type in sc.LINK_TYPES:
+            # (a link to no span, INVALID_SPAN_CONTEXT, as the OTel API takes one: all of
+            # them were joined to one node 0000000000000000, across runs)
+            if link_type in sc.LINK_TYPES and link.context.span_id:
                 target = hex_span_id(link.context.span_id)
                 out.append((str(link_type), {"span_id": span_id, "target_span_id": target}))
         return out
