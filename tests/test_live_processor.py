@@ -533,6 +533,35 @@ def test_events_named_like_a_spans_start_or_end_are_not_taken_for_it(
     ]
 
 
+def test_a_span_with_megabytes_of_attributes_is_streamed_and_stored_bounded(
+    sg: spangraph.Spangraph, listen: Callable[..., Listener]
+) -> None:
+    """A list of 2 000 long prompts (16 MB of JSON with each string cut) made messages
+    Redis dropped every pattern subscriber for: now the list goes as its JSON, cut."""
+    from spangraph.mapping import MAX_JSON_CHARS
+
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    prompts = ["q" * 10_000] * 2000
+    with (
+        spangraph.workflow("wf-big", workflow_id=workflow_id),
+        spangraph.step("s", attributes={"prompts": prompts}) as step,
+    ):
+        pass
+    msgs = [m for m in listener.until(workflow_ended) if m["span_id"] == step.span_id]
+    assert [m["type"] for m in msgs] == [
+        "span.started", "step.started", "step.completed", "span.ended",
+    ]  # fmt: skip
+    for m in (msgs[0], msgs[-1]):
+        assert isinstance(m["attributes"]["prompts"], str)
+    assert spangraph.flush(10)
+    [row] = sg.store.query(
+        "MATCH (s:Span {span_id: $id}) RETURN s.attributes AS a", {"id": step.span_id}
+    )
+    assert len(row["a"]) < MAX_JSON_CHARS
+    assert sg.stats()["live"]["dropped"] == 0 and sg.stats()["graph"]["dropped"] == 0
+
+
 def test_stream_length_is_capped(sg: spangraph.Spangraph, redis_client: redis.Redis) -> None:
     assert live_module.STREAM_MAXLEN == 10_000
     workflow_id = f"wf-{uuid.uuid4()}"

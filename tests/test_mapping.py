@@ -578,6 +578,30 @@ def test_to_json_cuts_only_strings_over_the_limit() -> None:
     assert json.loads(to_json({"exact": "y" * MAX_VALUE_CHARS})) == {"exact": "y" * MAX_VALUE_CHARS}
 
 
+def test_to_json_of_many_long_strings_cuts_each_long_list_or_map() -> None:
+    """2 000 prompts of 10 000 characters in one list: each cut to 8 192 still made 16 MB
+    of JSON a span (Redis dropped every subscriber of such a message). Past 256 KiB, each
+    list or map value longer than 8 192 characters in JSON is that JSON, cut, as text;
+    the other values stay as they are."""
+    from spangraph._attrs import MAX_VALUE_CHARS
+    from spangraph.mapping import MAX_JSON_CHARS
+
+    prompts = ["q" * 10_000] * 2000
+    value = {"prompts": prompts, "few": ["a", "b"], "meta": {"k": 1}, "n": 3, "s": "x" * 9000}
+    text = to_json(value)
+    assert len(text) < 3 * MAX_VALUE_CHARS
+    out = json.loads(text)
+    assert out["few"] == ["a", "b"] and out["meta"] == {"k": 1} and out["n"] == 3
+    assert out["s"] == "x" * (MAX_VALUE_CHARS - 22) + "…[truncated 830 chars]"
+    assert isinstance(out["prompts"], str) and len(out["prompts"]) == MAX_VALUE_CHARS
+    assert out["prompts"].startswith('["' + "q" * 100)
+    assert out["prompts"].endswith(" chars]")
+    # under the bound, lists of long strings are kept as lists (each string cut)
+    some = {"prompts": ["q" * 10_000] * 20}
+    assert len(to_json(some)) < MAX_JSON_CHARS
+    assert [len(p) for p in json.loads(to_json(some))["prompts"]] == [MAX_VALUE_CHARS] * 20
+
+
 def test_values_the_sdk_cut_are_not_cut_again() -> None:
     from spangraph._attrs import MAX_VALUE_CHARS, truncate
     from spangraph.mapping import bounded_text

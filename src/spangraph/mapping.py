@@ -225,7 +225,25 @@ def to_json(value: Any) -> str:
         bounded = _bounded(value)
         if bounded is not value:
             text = _encode(bounded)
+        if len(text) > MAX_JSON_CHARS and isinstance(bounded, dict):
+            # many cut strings (a list of 2 000 long prompts: 16 MB, which made Redis
+            # drop every subscriber): each list or map value as its JSON text, cut
+            text = _encode({k: _as_cut_text(v) for k, v in bounded.items()})
     return text
+
+
+MAX_JSON_CHARS: Final = 32 * MAX_VALUE_CHARS
+"""Attributes (of a span, of an event) whose JSON is longer than this (256 KiB) have
+each list or map value longer than ``MAX_VALUE_CHARS`` in JSON stored as that JSON, cut
+to ``MAX_VALUE_CHARS`` with a marker, as a string."""
+
+
+def _as_cut_text(value: Any) -> Any:
+    if isinstance(value, dict | list | tuple):
+        text = _encode(value)
+        if len(text) > MAX_VALUE_CHARS:
+            return truncate(text)
+    return value
 
 
 def _bounded(value: Any) -> Any:
