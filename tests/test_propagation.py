@@ -417,3 +417,36 @@ def test_the_programs_own_baggage_with_a_lone_surrogate_leaves_run_ids_going(
             assert baggage.get_baggage(sc.WORKFLOW_ID) == run.workflow_id
     finally:
         otel_context.detach(token)
+
+
+@pytest.mark.parametrize("with_baggage", [True, False])
+def test_propagate_warns_when_the_propagators_send_no_baggage(
+    provider: TracerProvider,
+    graph_url: str,
+    embedded_server: ServerInfo,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    with_baggage: bool,
+) -> None:
+    """OTEL_PROPAGATORS=tracecontext: propagate=True carried nothing, silently."""
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    before = propagate.get_global_textmap()
+    chosen = [TraceContextTextMapPropagator()] + ([W3CBaggagePropagator()] if with_baggage else [])
+    propagate.set_global_textmap(CompositePropagator(chosen))
+    try:
+        with caplog.at_level("WARNING", logger="spangraph"):
+            spangraph.configure(
+                tracer_provider=provider,
+                graph_url=graph_url,
+                redis_url=embedded_server.redis_url,
+                home=str(tmp_path),
+                propagate=True,
+            )
+        warned = "send no baggage header" in caplog.text
+        assert warned is not with_baggage, caplog.text
+    finally:
+        spangraph.shutdown()
+        propagate.set_global_textmap(before)

@@ -539,6 +539,7 @@ def configure(
         _check_limits(provider)
         if settings.propagate:
             instance.run_processor = RunBaggageProcessor()
+            _check_propagators()
         for processor in instance.attached:
             provider.add_span_processor(processor)
         _state.propagate = settings.propagate
@@ -555,6 +556,24 @@ def configure(
             _shut_down_with_multiprocessing()  # configured in a process it started
         _current = instance
         return instance
+
+
+def _check_propagators() -> None:
+    """Warn when the global propagators send no ``baggage`` header (``OTEL_PROPAGATORS``
+    without ``baggage``): ``propagate=True`` then carries no run to any other service."""
+    from opentelemetry import propagate
+
+    try:
+        fields = propagate.get_global_textmap().fields
+    except Exception:  # a propagator of the program's own that cannot say
+        return
+    if "baggage" not in fields:
+        _log.warning(
+            "spangraph: propagate=True, but the OpenTelemetry propagators send no baggage "
+            "header (OTEL_PROPAGATORS=%s): called services will not join the run; add "
+            "baggage, e.g. OTEL_PROPAGATORS=tracecontext,baggage",
+            os.environ.get("OTEL_PROPAGATORS", ""),
+        )
 
 
 _MIN_ATTRIBUTES: Final = 32
