@@ -630,3 +630,26 @@ def test_api_token_with_white_space_around_it_is_refused(token: str) -> None:
     with pytest.raises(ConfigurationError, match=r"SPANGRAPH_API_TOKEN.*white space around"):
         Settings.from_env({"SPANGRAPH_API_TOKEN": token})
     assert Settings.from_env({"SPANGRAPH_API_TOKEN": "two words-1234567890"}).api_token
+
+
+@pytest.mark.usefixtures("restore_state")
+@pytest.mark.parametrize("from_variable", [True, False])
+def test_an_unreachable_neo4j_uri_is_named_as_the_variable_set(
+    monkeypatch: pytest.MonkeyPatch, closed_port: int, from_variable: bool
+) -> None:
+    """A NEO4J_URI nobody answers at was reported as SPANGRAPH_GRAPH_URL, a variable the
+    user never set (a mistake in its syntax was named right)."""
+    url = f"bolt://127.0.0.1:{closed_port}"
+    monkeypatch.delenv("SPANGRAPH_GRAPH_URL", raising=False)
+    if from_variable:
+        monkeypatch.setenv("NEO4J_URI", url)
+    else:
+        monkeypatch.delenv("NEO4J_URI", raising=False)
+        monkeypatch.setenv("SPANGRAPH_GRAPH_URL", url)
+    provider = TracerProvider()
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            spangraph.configure(tracer_provider=provider, live=False)
+        assert info.value.setting == ("NEO4J_URI" if from_variable else "SPANGRAPH_GRAPH_URL")
+    finally:
+        provider.shutdown()

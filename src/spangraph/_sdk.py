@@ -25,7 +25,13 @@ from ._ids import MAX_ID_CHARS
 from ._otlp import exporter_class
 from ._propagation import RunBaggageProcessor
 from ._version import __version__
-from .config import DEFAULT_PROJECT, ENV_GRAPH_URL, ENV_REDIS_URL, Settings, redact_url
+from .config import (
+    DEFAULT_PROJECT,
+    ENV_REDIS_URL,
+    Settings,
+    graph_url_setting,
+    redact_url,
+)
 from .embedded import EmbeddedServer
 from .exceptions import ConfigurationError, StoreError
 from .processors.graph import GraphSpanProcessor
@@ -377,12 +383,13 @@ def _open_store(settings: Settings, *, embedded: bool = False) -> GraphStore:
     """The store of ``settings``, pinged and with its schema. ``embedded``: the embedded
     server of ``settings.home`` (errors name SPANGRAPH_HOME, not a URL nobody set)."""
     url = redact_url(settings.graph_url)
+    setting = graph_url_setting(settings.graph_url)  # (NEO4J_URI: the variable set)
     try:
         store = open_store(settings)
     except ConfigurationError:
         raise  # it names the setting already, with the password hidden
     except (StoreError, ValueError, TypeError) as exc:  # the client refused the URL
-        raise ConfigurationError(ENV_GRAPH_URL, f"cannot use {url}: {exc}") from None
+        raise ConfigurationError(setting, f"cannot use {url}: {exc}") from None
     try:
         store.ping()
         store.ensure_schema()
@@ -394,7 +401,7 @@ def _open_store(settings: Settings, *, embedded: bool = False) -> GraphStore:
                 f"its embedded server ({url}) cannot be used: {exc} (its log: "
                 f"{EmbeddedServer(settings.home).log_file})",
             ) from None
-        raise ConfigurationError(ENV_GRAPH_URL, f"cannot use {url}: {exc}") from None
+        raise ConfigurationError(setting, f"cannot use {url}: {exc}") from None
     return store
 
 

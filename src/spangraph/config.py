@@ -269,6 +269,15 @@ def _check_port(setting: str, url: str) -> None:
         raise ConfigurationError(setting, f"bad port in {redact_url(url)!r}")
 
 
+def graph_url_setting(url: str, env: Mapping[str, str] | None = None) -> str:
+    """The variable an error about the graph URL ``url`` names: ``NEO4J_URI`` when the
+    URL came from it (``SPANGRAPH_GRAPH_URL`` unset), else ``SPANGRAPH_GRAPH_URL``."""
+    env = os.environ if env is None else env
+    if not env.get(ENV_GRAPH_URL) and url and env.get(ENV_NEO4J_URI) == url:
+        return ENV_NEO4J_URI
+    return ENV_GRAPH_URL
+
+
 def _check_graph_url(url: str, setting: str = ENV_GRAPH_URL) -> None:
     """``setting``: the name the error gives (``NEO4J_URI`` when the URL came from it)."""
     if url == EMBEDDED:
