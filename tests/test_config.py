@@ -653,3 +653,32 @@ def test_an_unreachable_neo4j_uri_is_named_as_the_variable_set(
         assert info.value.setting == ("NEO4J_URI" if from_variable else "SPANGRAPH_GRAPH_URL")
     finally:
         provider.shutdown()
+
+
+@pytest.mark.parametrize("offload", ["0", "1"])
+def test_otel_sdk_disabled_starts_nothing(tmp_path: Path, offload: str) -> None:
+    """OTEL_SDK_DISABLED=true: the SDK records nothing, so configure() starts no embedded
+    server, no agent and no processor (before: all of them, for nothing), and the
+    program runs as usual."""
+    script = textwrap.dedent(
+        """
+        import spangraph
+        sg = spangraph.configure()
+        with spangraph.workflow("off") as run, spangraph.step("s"):
+            spangraph.event("e")
+        print(sg.attached, sg.store, sg.offload_processor, run.span.is_recording())
+        spangraph.shutdown()
+        """
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SPANGRAPH_"))},
+        "OTEL_SDK_DISABLED": "True",
+        "SPANGRAPH_HOME": str(tmp_path / "home"),
+        "SPANGRAPH_OFFLOAD": offload,
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]", "None", "None", "False"]
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())

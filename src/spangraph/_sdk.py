@@ -505,6 +505,11 @@ def configure(
         offload=offload,
         propagate=propagate,
     )
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        # the SDK records nothing: no server to start, no processor, no agent
+        _log.info("spangraph: OTEL_SDK_DISABLED=true: nothing is recorded or started")
+        graph = live = False
+        settings = settings.replace(offload=False)
     with _lock:
         replaced = None
         if _current is not None:
