@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -68,6 +69,23 @@ def provider() -> Iterator[TracerProvider]:
     tp.shutdown()
 
 
+def configure_on(
+    provider: TracerProvider, graph_url: str, server: ServerInfo, home: Any, **settings: Any
+) -> spangraph.Spangraph:
+    """configure() on ``provider``, the graph at ``graph_url`` and the Redis of ``server``,
+    with its files in ``home`` and a project id of its own (``settings`` win)."""
+    return spangraph.configure(
+        **{
+            "tracer_provider": provider,
+            "graph_url": graph_url,
+            "redis_url": server.redis_url,
+            "home": str(home),
+            "project": f"p-{uuid.uuid4().hex[:8]}",
+            **settings,
+        }
+    )
+
+
 @pytest.fixture(params=["falkordb", pytest.param("neo4j", marks=pytest.mark.neo4j)])
 def sg(
     request: pytest.FixtureRequest,
@@ -92,13 +110,7 @@ def sg(
         )
         cleaner.delete_all()
         cleaner.close()
-    instance = spangraph.configure(
-        tracer_provider=provider,
-        graph_url=url,
-        redis_url=embedded_server.redis_url,
-        home=str(tmp_path),
-        project=f"p-{uuid.uuid4().hex[:8]}",
-    )
+    instance = configure_on(provider, url, embedded_server, tmp_path)
     yield instance
     spangraph.flush(10)
     if instance.store is not None:

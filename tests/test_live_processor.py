@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 import spangraph
+from conftest import configure_on
 from spangraph.embedded import ServerInfo
 from spangraph.processors import LiveEventProcessor, RedisPublisher
 from spangraph.processors import live as live_module
@@ -366,14 +367,7 @@ def test_a_span_keeping_more_events_than_the_default_sends_each_once(
     event sent live goes out once (before: those the processor forgot were sent again at
     the span's end, under new seq numbers)."""
     provider = TracerProvider(span_limits=SpanLimits(max_events=max_events))
-    spangraph.configure(
-        tracer_provider=provider,
-        graph_url=graph_url,
-        redis_url=embedded_server.redis_url,
-        home=str(tmp_path),
-        project=f"p-{uuid.uuid4().hex[:8]}",
-        offload=offload,
-    )
+    configure_on(provider, graph_url, embedded_server, tmp_path, offload=offload)
     try:
         workflow_id = f"wf-{uuid.uuid4()}"
         listener = listen(workflow_channel(workflow_id))

@@ -22,6 +22,7 @@ import redis
 from opentelemetry.sdk.trace import TracerProvider
 
 import spangraph
+from conftest import configure_on
 from spangraph import queries
 from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
@@ -35,16 +36,12 @@ def configure_offload(
     provider: TracerProvider, graph_url: str, server: ServerInfo, home: Any, **settings: Any
 ) -> spangraph.Spangraph:
     """configure() on the test's server with ``offload=True`` (``settings`` win)."""
-    return spangraph.configure(
-        **{
-            "tracer_provider": provider,
-            "graph_url": graph_url,
-            "redis_url": server.redis_url,
-            "home": str(home),
-            "project": f"off-{uuid.uuid4().hex[:8]}",
-            "offload": True,
-            **settings,
-        }
+    return configure_on(
+        provider,
+        graph_url,
+        server,
+        home,
+        **{"project": f"off-{uuid.uuid4().hex[:8]}", "offload": True, **settings},
     )
 
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 import spangraph
+from conftest import configure_on
 from spangraph import _propagation, _sdk, queries
 from spangraph import semconv as sc
 from spangraph.config import Settings
@@ -65,14 +65,7 @@ SERVICE = textwrap.dedent(
 def configured(
     provider: TracerProvider, graph_url: str, embedded_server: ServerInfo, tmp_path: Path
 ) -> Iterator[spangraph.Spangraph]:
-    yield spangraph.configure(
-        tracer_provider=provider,
-        graph_url=graph_url,
-        redis_url=embedded_server.redis_url,
-        home=str(tmp_path),
-        project=f"p-{uuid.uuid4().hex[:8]}",
-        propagate=True,
-    )
+    yield configure_on(provider, graph_url, embedded_server, tmp_path, propagate=True)
     spangraph.shutdown()
 
 
@@ -438,13 +431,7 @@ def test_propagate_warns_when_the_propagators_send_no_baggage(
     propagate.set_global_textmap(CompositePropagator(chosen))
     try:
         with caplog.at_level("WARNING", logger="spangraph"):
-            spangraph.configure(
-                tracer_provider=provider,
-                graph_url=graph_url,
-                redis_url=embedded_server.redis_url,
-                home=str(tmp_path),
-                propagate=True,
-            )
+            configure_on(provider, graph_url, embedded_server, tmp_path, propagate=True)
         warned = "send no baggage header" in caplog.text
         assert warned is not with_baggage, caplog.text
     finally:

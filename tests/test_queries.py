@@ -289,13 +289,18 @@ def test_a_workflow_under_a_parent_never_written_is_listed(sg: spangraph.Spangra
     try:
         with spangraph.workflow("called-remotely") as remote:
             pass
+        with spangraph.workflow("called-again") as again:  # under the same remote span
+            pass
     finally:
         context.detach(token)
     with spangraph.workflow("local") as local:
         pass
     flush()
     listed = [w["workflow_id"] for w in queries.workflows(sg.store, project_id=sg.settings.project)]
-    assert listed == [local.workflow_id, remote.workflow_id]
+    assert listed == [local.workflow_id, again.workflow_id, remote.workflow_id]
+    # the placeholder took the first run's id: the other run is no run started inside it
+    for run, name in ((remote, "called-remotely"), (again, "called-again")):
+        assert [r.name for r in queries.tree(sg.store, run.workflow_id)] == [name]
 
 
 def test_walk_has_no_depth_limit() -> None:

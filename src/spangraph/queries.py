@@ -37,12 +37,15 @@ WORKFLOW_SPANS: Final = (
 )
 
 CHILD_RUNS: Final = (
-    "MATCH (:Span {workflow_id: $workflow_id})-[:PARENT_OF]->(s:Workflow)\n"
+    "MATCH (p:Span {workflow_id: $workflow_id})-[:PARENT_OF]->(s:Workflow)\n"
     "WHERE s.span_id IS NOT NULL AND s.workflow_id <> $workflow_id\n"
+    "  AND p.start_ns IS NOT NULL\n"
     f"RETURN s.span_id AS {_SPAN_FIELDS}\n"
     "ORDER BY s.start_ns, s.span_id"
 )
-"""The workflow spans of other runs started inside a run (a workflow called in a step)."""
+"""The workflow spans of other runs started inside a run (a workflow called in a step);
+not those under a parent never written (an id-only placeholder, which takes the id of the
+first run written under it: two runs a remote caller started would be each other's)."""
 
 RUN_FILTERS: Final = (
     "MATCH (s:Workflow)\n"
