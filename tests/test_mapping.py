@@ -600,6 +600,20 @@ def test_to_json_of_many_long_strings_cuts_each_long_list_or_map() -> None:
     some = {"prompts": ["q" * 10_000] * 20}
     assert len(to_json(some)) < MAX_JSON_CHARS
     assert [len(p) for p in json.loads(to_json(some))["prompts"]] == [MAX_VALUE_CHARS] * 20
+    # over it, the longest go first, as long as needed; spangraph's own lists stay lists
+    options = [f"option-{i:04}-" + "o" * 140 for i in range(1024)]  # 160 KB
+    value = {
+        "spangraph.decision.options": options,
+        "huge": ["h" * 8000] * 40,  # 320 KB
+        "big": ["b" * 8000] * 20,  # 160 KB
+        "small": ["s" * 8000] * 2,
+    }
+    out = json.loads(to_json(value))
+    assert out["spangraph.decision.options"] == options
+    assert isinstance(out["huge"], str) and isinstance(out["big"], str)
+    assert out["small"] == ["s" * 8000] * 2
+    only_huge = json.loads(to_json({k: value[k] for k in ("huge", "big", "small")}))
+    assert isinstance(only_huge["huge"], str) and only_huge["big"] == ["b" * 8000] * 20
 
 
 def test_values_the_sdk_cut_are_not_cut_again() -> None:

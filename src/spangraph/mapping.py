@@ -227,23 +227,36 @@ def to_json(value: Any) -> str:
             text = _encode(bounded)
         if len(text) > MAX_JSON_CHARS and isinstance(bounded, dict):
             # many cut strings (a list of 2 000 long prompts: 16 MB, which made Redis
-            # drop every subscriber): each list or map value as its JSON text, cut
-            text = _encode({k: _as_cut_text(v) for k, v in bounded.items()})
+            # drop every subscriber): the longest lists and maps as their JSON text, cut
+            text = _encode(_fewer_long_values(bounded, len(text)))
     return text
 
 
 MAX_JSON_CHARS: Final = 32 * MAX_VALUE_CHARS
-"""Attributes (of a span, of an event) whose JSON is longer than this (256 KiB) have
-each list or map value longer than ``MAX_VALUE_CHARS`` in JSON stored as that JSON, cut
-to ``MAX_VALUE_CHARS`` with a marker, as a string."""
+"""Attributes (of a span, of an event) whose JSON is longer than this many characters
+(262 144) have their longest list or map values (not spangraph's own) stored as their
+JSON, cut to ``MAX_VALUE_CHARS`` with a marker, as strings, until they are not."""
 
 
-def _as_cut_text(value: Any) -> Any:
-    if isinstance(value, dict | list | tuple):
-        text = _encode(value)
-        if len(text) > MAX_VALUE_CHARS:
-            return truncate(text)
-    return value
+def _fewer_long_values(attributes: dict[str, Any], length: int) -> dict[str, Any]:
+    """``attributes`` (``length`` characters of JSON) with its longest list and map
+    values, longest first, as their cut JSON text until its JSON is at most
+    ``MAX_JSON_CHARS`` long (or none is left: many long strings stay as they are). The
+    values of ``spangraph.*`` keys (a decision's options) stay lists."""
+    sizes = []
+    for key, value in attributes.items():
+        if isinstance(value, dict | list | tuple) and not str(key).startswith("spangraph."):
+            size = len(_encode(value))
+            if size > MAX_VALUE_CHARS:
+                sizes.append((size, key))
+    out = dict(attributes)
+    for size, key in sorted(sizes, key=lambda pair: pair[0], reverse=True):
+        if length <= MAX_JSON_CHARS:
+            break
+        cut = truncate(_encode(out[key]))
+        out[key] = cut
+        length -= size - len(_encode(cut))
+    return out
 
 
 def _bounded(value: Any) -> Any:
