@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from .. import _state
+from .. import _spans, _state
 from .. import semconv as sc
 from .._aio import is_cancellation
 from .._attrs import clean
@@ -96,6 +96,7 @@ class Call:
     __slots__ = (
         "_capture",
         "_error",
+        "_generation",
         "_last_ns",
         "_once",
         "_reasons",
@@ -159,6 +160,7 @@ class Call:
             name, kind=SpanKind.CLIENT, attributes=attrs
         )
         self._once = threading.Lock()  # acquired once, never released: "already ended"
+        self._generation = _spans._process_generation  # (a forked child leaves it alone)
         self._capture = capture_content  # the answer's text recorded and sent live
         self._texts: dict[int, list[str]] = {}
         self._reasons: dict[int, str] = {}
@@ -303,6 +305,8 @@ class Call:
         """End the span, once. ``exhausted``: the answer was read to its end (else only
         what was received is recorded); ``abandoned``: ended by garbage collection, at the
         time of the last chunk."""
+        if self._generation != _spans._process_generation:
+            return  # started by the process this one was forked from: that one ends it
         if not self._once.acquire(blocking=False):
             return
         try:
