@@ -231,6 +231,7 @@ def test_otlp_export_beside_the_graph(
     ("variables", "logged"),
     [
         ({"OTEL_TRACES_EXPORTER": "none"}, ""),
+        ({"OTEL_TRACES_EXPORTER": "spangraph"}, ""),
         ({"OTEL_TRACES_EXPORTER": "console"}, "exports its traces over OTLP only"),
         ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "the grpc exporter is missing"),
         ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"}, "unknown OTLP protocol"),

@@ -666,13 +666,15 @@ def test_otel_sdk_disabled_starts_nothing(tmp_path: Path, offload: str) -> None:
         sg = spangraph.configure()
         with spangraph.workflow("off") as run, spangraph.step("s"):
             spangraph.event("e")
-        print(sg.attached, sg.store, sg.offload_processor, run.span.is_recording())
+        print(sg.attached, sg.extra_processors, sg.store, sg.offload_processor,
+              run.span.is_recording())
         spangraph.shutdown()
         """
     )
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SPANGRAPH_"))},
         "OTEL_SDK_DISABLED": "True",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",  # no exporter either
         "SPANGRAPH_HOME": str(tmp_path / "home"),
         "SPANGRAPH_OFFLOAD": offload,
     }
@@ -680,5 +682,5 @@ def test_otel_sdk_disabled_starts_nothing(tmp_path: Path, offload: str) -> None:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["[]", "None", "None", "False"]
+    assert out.stdout.split() == ["[]", "[]", "None", "None", "False"]
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())

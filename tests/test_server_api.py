@@ -911,6 +911,7 @@ def test_options_never_explored_have_no_jaeger_url(
     [
         ({}, "http", ""),
         ({"OTEL_METRICS_EXPORTER": "otlp"}, "http", ""),
+        ({"OTEL_METRICS_EXPORTER": " "}, "http", ""),  # empty: unset
         ({"OTEL_METRICS_EXPORTER": "none"}, None, ""),
         ({"OTEL_METRICS_EXPORTER": " None "}, None, ""),
         ({"OTEL_METRICS_EXPORTER": "prometheus"}, None, "over OTLP only"),

@@ -37,10 +37,13 @@ def exporter_class(signal: str, who: str) -> Any:
     say ``none``, and, with a logged warning naming ``who`` exports, when they name no
     OTLP exporter, an unknown protocol, or an exporter that is not installed."""
     variable = f"OTEL_{signal.upper()}_EXPORTER"
-    names = [n.strip().lower() for n in os.environ.get(variable, "otlp").split(",") if n.strip()]
+    # (empty: unset, as OpenTelemetry reads it; ``spangraph``, the exporter of
+    # opentelemetry-instrument setups, a child process may inherit: no OTLP name)
+    value = os.environ.get(variable, "").strip() or "otlp"
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
     chosen = [name for name in names if name in NAMES]
     if not chosen:
-        if names and names != ["none"]:
+        if any(name not in ("none", "spangraph") for name in names):
             _log.warning(
                 "%s exports its %s over OTLP only; %s=%s: no %s exported",
                 who,

@@ -505,10 +505,11 @@ def configure(
         offload=offload,
         propagate=propagate,
     )
-    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        # the SDK records nothing: no server to start, no processor, no agent
+    disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    if disabled:
+        # the SDK records nothing: no server to start, no processor, no agent, no export
         _log.info("spangraph: OTEL_SDK_DISABLED=true: nothing is recorded or started")
-        graph = live = False
+        graph = live = metrics = False
         settings = settings.replace(offload=False)
     with _lock:
         replaced = None
@@ -522,7 +523,7 @@ def configure(
         # a configure() that fails leaves the provider as it was and closes what it opened
         # (processors left attached would, after the next configure(), send twice).
         try:
-            otlp = _otlp_processor() if owns else None
+            otlp = _otlp_processor() if owns and not disabled else None
             if otlp is not None:
                 instance.extra_processors.append(otlp)
             # our own calls (pings, schema, the embedded server's checks) make no spans,
