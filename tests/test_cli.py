@@ -267,7 +267,7 @@ def test_query_errors(demo: Demo) -> None:
         for what in ("events", "replay"):  # as tree (before: "(no rows)", exit 0)
             none = cli(demo.home, "query", what, "no-such-workflow", *extra)
             assert (none.code, none.out) == (1, ""), none.err
-            assert "no events for workflow no-such-workflow" in none.err
+            assert "no spans for workflow no-such-workflow" in none.err
 
     missing = cli(demo.home, "query", "tree")
     assert missing.code == 2 and "arguments are required: WORKFLOW_ID" in missing.err

@@ -800,3 +800,24 @@ def test_times_are_within_what_every_store_takes(provider: TracerProvider) -> No
     assert props["duration_ms"] == 0.0
     rows = mapper.event_rows(span, props.get("span_id") or "x")
     assert [r["time_ns"] for r in rows] == [2**63 - 1, 0]
+
+
+def test_times_are_stored_as_whole_numbers_in_range() -> None:
+    """Every time the OTel SDK takes (an int of any size, a float, an int subclass such
+    as numpy's or an IntEnum) is a plain int within 0 .. 2**63-1, as the stores take it."""
+    import enum
+
+    from spangraph.mapping import _time_ns
+
+    class At(enum.IntEnum):
+        NOON = 43_200_000_000_000
+
+    top = 2**63 - 1
+    cases = [
+        (5, 5), (-1, 0), (2**80, top), (1.5e9, 1_500_000_000), (float("nan"), 0),
+        (float("inf"), top), (-0.0, 0), (1e300, top), (At.NOON, 43_200_000_000_000),
+        (None, None),
+    ]  # fmt: skip
+    for value, expected in cases:
+        got = _time_ns(value)
+        assert got == expected and type(got) is type(expected), (value, got)

@@ -426,8 +426,8 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             rows = [{k: v for k, v in r.items() if k != "trace_id"} for r in rows]
     elif what in ("events", "replay"):
         rows = (queries.workflow_events if what == "events" else queries.replay)(store, args.id)
-        if not rows:  # a run has its workflow.started event at least: an unknown id
-            print(f"no events for workflow {printable(args.id)}", file=sys.stderr)
+        if not rows and not queries.workflow_spans(store, args.id):  # an unknown id
+            print(f"no spans for workflow {printable(args.id)}", file=sys.stderr)
             return 1
         if what == "replay" and not args.json:
             rows = [{k: m[k] for k in ("seq", "type", "kind", "name", "span_id")} for m in rows]

@@ -293,6 +293,8 @@ def _time_ns(value: Any) -> Any:
         return value
     if isinstance(value, float):  # (NaN: 0)
         return _MAX_TIME_NS if value >= _MAX_TIME_NS else int(value) if value > 0 else 0
+    if isinstance(value, int) and not isinstance(value, bool):  # numpy.int64, an IntEnum
+        return _time_ns(int(value))
     return value
 
 

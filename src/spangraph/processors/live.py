@@ -23,6 +23,7 @@ from ..mapping import (
     COMMON_ATTRIBUTES,
     LIVE_ONLY_EVENTS,
     SpanMapper,
+    _time_ns,
     attributes_of,
     event_type,
     live_message,
@@ -557,7 +558,8 @@ class LiveEventProcessor(QueueingSpanProcessor):
                     attrs = attributes  # a copy of its own, used last here: free to extend
                     attrs["state"] = state_of(span, attrs)
                     attrs["duration_ms"] = round(  # an end before the start: 0, as stored
-                        max(0, (span.end_time or 0) - (span.start_time or 0)) / 1e6, 3
+                        max(0, _time_ns(span.end_time or 0) - _time_ns(span.start_time or 0)) / 1e6,
+                        3,
                     )
                     ended = max(time_ns or time.time_ns(), span.start_time or 0)  # as stored
                     msgs.append(live_message(sc.SPAN_ENDED, common, ended, attrs, parts))
