@@ -684,3 +684,18 @@ def test_otel_sdk_disabled_starts_nothing(tmp_path: Path, offload: str) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["[]", "[]", "None", "None", "False"]
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())
+
+
+@pytest.mark.usefixtures("restore_state")
+def test_a_neo4j_uri_the_driver_refuses_is_named_as_the_variable_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SPANGRAPH_GRAPH_URL", raising=False)
+    monkeypatch.setenv("NEO4J_URI", "neo4j://u:s3cret@127.0.0.1:1")  # (user in the URI)
+    provider = TracerProvider()
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            spangraph.configure(tracer_provider=provider, live=False)
+        assert info.value.setting == "NEO4J_URI" and "s3cret" not in str(info.value)
+    finally:
+        provider.shutdown()

@@ -16,7 +16,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from .._utf8 import mended_value
-from ..config import redact_url
+from ..config import graph_url_setting, redact_url
 from ..exceptions import ConfigurationError, StoreError, StoreTimeoutError, StoreUnavailableError
 from ._base import WriteBatch
 
@@ -138,14 +138,14 @@ class Neo4jStore:
             import neo4j
         except ImportError:
             raise ConfigurationError(
-                "SPANGRAPH_GRAPH_URL",
+                graph_url_setting(uri),
                 f"{redact_url(uri)} needs the Neo4j driver: pip install 'spangraph[neo4j]'",
             ) from None
         try:
             _ = urlsplit(uri).port
         except ValueError:
             raise ConfigurationError(
-                "SPANGRAPH_GRAPH_URL", f"bad port in {redact_url(uri)!r}"
+                graph_url_setting(uri), f"bad port in {redact_url(uri)!r}"
             ) from None
         self._neo4j = neo4j
         self.name = "neo4j"
@@ -176,7 +176,7 @@ class Neo4jStore:
         except (ValueError, neo4j.exceptions.ConfigurationError) as exc:
             reason = str(exc).replace(self._uri, self.url)  # the driver repeats the URI
             raise ConfigurationError(
-                "SPANGRAPH_GRAPH_URL", f"bad Neo4j URI {self.url!r}: {reason}"
+                graph_url_setting(self._uri), f"bad Neo4j URI {self.url!r}: {reason}"
             ) from None
         self._pid = os.getpid()
         return driver
