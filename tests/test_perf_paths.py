@@ -70,6 +70,8 @@ def live_message_reference(
     time_ns: int,
     attributes: Mapping[str, Any] | Sequence[Any] | None,
 ) -> tuple[str, str]:
+    if type(time_ns) is float:  # stored as a whole number of ns (test_mapping: the range)
+        time_ns = int(time_ns)
     head = '{"type":' + to_json_reference(message_type) + ',"seq":'
     body = {
         "workflow_id": common["workflow_id"],
