@@ -69,6 +69,53 @@ def provider() -> Iterator[TracerProvider]:
     tp.shutdown()
 
 
+class _LeaveBlocks(Exception):
+    """Raised in a forked child to leave the blocks it was forked inside of."""
+
+
+class ForkedChild:
+    """A child forked inside blocks that leaves them (by an exception) once the parent
+    has ended them::
+
+        child = ForkedChild()
+        with child:  # the child flushes and exits here
+            with spangraph.workflow("wf"), spangraph.step("s"):
+                child.fork()  # the child waits here for release(), then leaves them
+                ...  # the parent's own work
+        assert child.release() == 0  # (the parent flushed first): the child's exit code
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        self.pid = -1
+
+    def fork(self, in_child: Callable[[], object] | None = None) -> None:
+        """Fork; the child runs ``in_child`` first, then waits for :meth:`release`."""
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - runs in the child
+            if in_child is not None:
+                in_child()
+            os.read(self._read, 1)
+            raise _LeaveBlocks
+
+    def __enter__(self) -> ForkedChild:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pid == 0:  # pragma: no cover - only the child gets here
+            os._exit(0 if spangraph.flush(10) else 2)
+
+    def release(self) -> int:
+        """Let the child leave its blocks (after flushing what the parent wrote); its exit
+        code."""
+        assert spangraph.flush(10)
+        os.write(self._write, b"x")
+        os.close(self._write)
+        os.close(self._read)
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+
 def configure_on(
     provider: TracerProvider, graph_url: str, server: ServerInfo, home: Any, **settings: Any
 ) -> spangraph.Spangraph:

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import Link
 
 import spangraph
+from conftest import ForkedChild
 from spangraph import queries
 from spangraph.exceptions import StoreTimeoutError, StoreUnavailableError
 from spangraph.processors import GraphSpanProcessor
@@ -742,36 +743,20 @@ def test_forked_child_writes_through_its_own_connection(sg: spangraph.Spangraph)
     assert sg.stats()["graph"]["dropped"] == 0
 
 
-class _LeaveChild(Exception):
-    """Raised in a forked child to unwind the blocks it was forked inside of."""
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_child_forked_inside_a_step_leaves_the_parents_spans_to_the_parent(
     sg: spangraph.Spangraph,
 ) -> None:
-    # the child unwinds the workflow and step it was forked inside of (with an exception:
+    # the child leaves the workflow and step it was forked inside of (with an exception:
     # a failure), after the parent ended them: the parent's outcome and time stay
-    ready_r, ready_w = os.pipe()
-    pid = -1
-    try:
-        with spangraph.workflow("wf-forked") as run, spangraph.step("outer") as outer:
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - runs in the child
-                with spangraph.step("in-child"):
-                    pass
-                os.read(ready_r, 1)  # the parent ended its spans
-                raise _LeaveChild
-    except BaseException:
-        if pid == 0:  # pragma: no cover - only the child gets here
-            os._exit(0 if spangraph.flush(10) else 2)
-        raise
-    assert spangraph.flush(10)
-    os.write(ready_w, b"x")
-    os.close(ready_w)
-    os.close(ready_r)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    def in_child() -> None:  # pragma: no cover - runs in the child
+        with spangraph.step("in-child"):
+            pass
+
+    child = ForkedChild()
+    with child, spangraph.workflow("wf-forked") as run, spangraph.step("outer") as outer:
+        child.fork(in_child)
+    assert child.release() == 0
     rows = {
         row["name"]: row
         for row in sg.store.query(

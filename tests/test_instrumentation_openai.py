@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.trace import StatusCode
 
 import spangraph
+from conftest import ForkedChild
 from spangraph import semconv as sc
 from spangraph.instrumentation.openai import OpenAIInstrumentor, wait_reaped
 from spangraph.processors.live import project_channel
@@ -1094,10 +1095,6 @@ def test_stream_tokens_live_only_and_message_in_graph(
     assert kept[0][1]["message"] == message
 
 
-class _LeaveChild(Exception):
-    """Raised in a forked child to leave the blocks it was forked inside of."""
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_child_forked_inside_a_stream_block_leaves_its_span_to_the_parent(
     sg: spangraph.Spangraph, instrumented: OpenAIInstrumentor, client: OpenAI
@@ -1105,28 +1102,17 @@ def test_a_child_forked_inside_a_stream_block_leaves_its_span_to_the_parent(
     """The child leaves ``with stream:`` (closing its copy) after the parent read the
     stream to its end: the span keeps the parent's end (before: the child's close ended
     it again, with the child's time)."""
-    ready_r, ready_w = os.pipe()
-    pid = -1
-    try:
-        with client.chat.completions.create(
+    child = ForkedChild()
+    with (
+        child,
+        client.chat.completions.create(
             model="gpt-4o-mini", messages=MESSAGES, stream=True
-        ) as stream:
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - runs in the child
-                os.read(ready_r, 1)  # the parent read the stream and ended the span
-                raise _LeaveChild
-            for _ in stream:
-                pass
-    except BaseException:
-        if pid == 0:  # pragma: no cover - only the child gets here
-            os._exit(0 if spangraph.flush(10) else 2)
-        raise
-    assert spangraph.flush(10)
-    os.write(ready_w, b"x")
-    os.close(ready_w)
-    os.close(ready_r)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+        ) as stream,
+    ):
+        child.fork()
+        for _ in stream:
+            pass
+    assert child.release() == 0
     assert sg.store is not None
     node = llm_node(sg.store, sg.settings.project)
     assert node["state"] == "completed"
