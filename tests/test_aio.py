@@ -6,6 +6,7 @@ cancellation ended its spans ``failed``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import anyio
@@ -59,6 +60,28 @@ def test_timeout_under_trio() -> None:
         ]  # fmt: skip
         assert state(span) == sc.STATE_FAILED
     assert names(one(cap, "quick")) == ["step.started", "timeout.set", "step.completed"]
+
+
+def test_a_timeout_whose_own_exit_fails_still_ends_the_step() -> None:
+    """A cancel scope left open inside the block (a fault of the block's code) makes
+    trio refuse the step's own timeout scope at its exit: the step ends failed all the
+    same (before: the span was never ended)."""
+    raised: list[BaseException] = []
+
+    async def main() -> None:
+        try:
+            async with spangraph.step("blk", timeout=5):
+                trio.CancelScope().__enter__()  # left open
+        except BaseException as exc:  # (what trio raises for it)
+            raised.append(exc)
+
+    # (suppressed: trio's own complaint at its end)
+    with capture() as cap, contextlib.suppress(BaseException):
+        trio.run(main)
+    assert raised, "trio accepted the corrupted cancel scope stack"
+    span = one(cap, "blk")
+    assert state(span) == sc.STATE_FAILED
+    assert names(span)[-1] == "step.failed"
 
 
 def test_retries_and_asleep_under_trio() -> None:

@@ -1096,14 +1096,81 @@ def test_a_coroutine_closed_while_suspended_is_cancelled(cap: SpanCapture) -> No
         async with spangraph.step("async-block"):
             await Suspend()
 
-    for make in (decorated, with_a_block, with_an_async_block):
+    async def suspended() -> None:
+        await Suspend()
+
+    @spangraph.step
+    def returns_a_coroutine() -> Any:  # (the span covers the coroutine: it ended completed)
+        return suspended()
+
+    for make in (decorated, with_a_block, with_an_async_block, returns_a_coroutine):
         coroutine = make()
         coroutine.send(None)  # runs until it waits
         coroutine.close()
-    for name in ("decorated", "sync-block", "async-block"):
+    for name in ("decorated", "sync-block", "async-block", "returns_a_coroutine"):
         span = one(cap, name)
         assert span.attributes[sc.STATE] == "cancelled", name
         assert [e.name for e in span.events] == ["step.started"], name
+
+
+@pytest.mark.parametrize("make", ["step", "tool"])
+async def test_a_dropped_task_of_a_function_returning_a_coroutine_is_collected(
+    cap: SpanCapture, make: str
+) -> None:
+    """A step (or tool) on a plain function returning a coroutine, whose task waits on a
+    future nobody keeps and is dropped: collected, as an ``async def`` step's is, and its
+    span ends cancelled (before: the finalizer held the coroutine, which held the task,
+    for good, and the span stayed open)."""
+    import gc
+    import weakref
+
+    async def wait_forever() -> None:
+        await asyncio.get_running_loop().create_future()  # nobody keeps or resolves it
+
+    decorate = spangraph.step if make == "step" else spangraph.tool
+
+    @decorate
+    def returns_a_coroutine() -> Any:
+        return wait_forever()
+
+    task = asyncio.get_running_loop().create_task(returns_a_coroutine())
+    await asyncio.sleep(0.01)
+    ref = weakref.ref(task)
+    del task
+    for _ in range(3):
+        gc.collect()
+        await asyncio.sleep(0.01)
+    assert ref() is None
+    name = "returns_a_coroutine" if make == "step" else "execute_tool returns_a_coroutine"
+    assert one(cap, name).attributes[sc.STATE] == "cancelled"
+
+
+async def test_no_new_attempt_once_the_task_is_cancelled(cap: SpanCapture) -> None:
+    """A step with retries= whose code turns the cancellation of its task (a TaskGroup's
+    sibling failed) into an error of its own, as some client libraries do: no new attempt
+    (before: the next attempt ran to its end, and the TaskGroup waited for it)."""
+
+    class ClientError(Exception):
+        pass
+
+    @spangraph.step(retries=5, backoff=0.001)
+    async def call() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ClientError("request aborted") from None
+
+    async def sibling() -> None:
+        await asyncio.sleep(0.02)
+        raise ValueError("sibling")
+
+    with pytest.raises(ExceptionGroup):
+        async with asyncio.TaskGroup() as group:
+            group.create_task(call())
+            group.create_task(sibling())
+    attempts = cap.find(name="call")
+    assert [s.attributes[sc.STATE] for s in attempts] == ["failed"]
+    assert not cap.has_event("retry.scheduled")
 
 
 @contextlib.contextmanager

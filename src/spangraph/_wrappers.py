@@ -96,6 +96,14 @@ def _timeout_exceeded(frame: _Frame, timeout: float) -> None:
         )
 
 
+def _current_asyncio_task() -> Any:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop (trio)
+        return None
+    return task if task is not None and hasattr(task, "cancelling") else None
+
+
 def _attempt_number(opts: _Options, attempt: int) -> int | None:
     return attempt if opts.kind == sc.KIND_STEP else None
 
@@ -176,12 +184,13 @@ def _covered(frame: _Frame, coro: Coroutine[Any, Any, Any]) -> Coroutine[Any, An
     with its outcome; a coroutine dropped without being awaited ends it ``cancelled``."""
 
     async def run() -> Any:
+        dropped.detach()  # running: this coroutine ends the span (and no longer pins coro)
         frame.attach()
         try:
             result = await coro
         except BaseException as exc:
             try:
-                frame.finish(exc)
+                frame.finish(as_ended(exc))
             finally:
                 frame.detach()
             raise
@@ -194,7 +203,7 @@ def _covered(frame: _Frame, coro: Coroutine[Any, Any, Any]) -> Coroutine[Any, An
     outer = run()
     # named as the program's coroutine: Python's "never awaited" warning names this one
     outer.__name__, outer.__qualname__ = coro.__name__, coro.__qualname__
-    weakref.finalize(outer, _drop, frame, coro)
+    dropped = weakref.finalize(outer, _drop, frame, coro)
     return outer
 
 
@@ -239,6 +248,8 @@ def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
                 opts, name, _attempt_number(opts, attempt), opts.links + _retry_link(previous)
             )
             frame.attach()
+            task = _current_asyncio_task()
+            cancelling = task.cancelling() if task is not None else 0
             try:
                 if opts.timeout is not None:
                     frame.timeout_cm = _aio.timeout(opts.timeout)
@@ -251,7 +262,12 @@ def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
                     timed_out = _timed_out(frame, opts.timeout)
                     if timed_out is not None:  # the cause, before the retry it leads to
                         _timeout_exceeded(frame, timed_out)
-                    delay = _on_failure(opts, frame, attempt, exc)
+                    # a cancellation the code turned into another error is still pending:
+                    # the task is being cancelled, so no new attempt
+                    if task is not None and task.cancelling() > cancelling:
+                        delay = None
+                    else:
+                        delay = _on_failure(opts, frame, attempt, exc)
                     frame.finish(as_ended(exc))  # (a GeneratorExit here: closed, cancelled)
                 finally:
                     frame.detach()

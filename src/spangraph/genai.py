@@ -262,6 +262,7 @@ def _responding(
     coroutine a sync function returns (``_wrappers._covered``)."""
 
     async def run() -> Any:
+        closer.detach()
         result = await coro
         respond(result)
         return result
@@ -270,7 +271,7 @@ def _responding(
     # named as the program's coroutine, as _covered names its own after this one
     outer.__name__, outer.__qualname__ = coro.__name__, coro.__qualname__
     # dropped without being awaited: no "never awaited" warning for coro too
-    weakref.finalize(outer, coro.close)
+    closer = weakref.finalize(outer, coro.close)
     return outer
 
 

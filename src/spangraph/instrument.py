@@ -112,6 +112,9 @@ class Scope:
                 except TimeoutError as converted:
                     frame.finish(converted, timed_out=self._opts.timeout)
                     raise
+                except BaseException as failed:  # the timeout's own exit failed
+                    frame.finish(as_ended(failed), timed_out=_timed_out(frame, self._opts.timeout))
+                    raise
             # fired, but the block turned the cancellation into an error of its own, or
             # caught it and went on (then it ends completed, after timeout.exceeded)
             ended = as_ended(exc, sys._getframe(1)) if exc is not None else None
