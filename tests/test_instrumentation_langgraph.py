@@ -1073,3 +1073,26 @@ def test_docs_example_writes_the_run_to_the_graph(
     finally:
         store.delete_all()
         store.close()
+
+
+def test_an_ainvoke_closed_while_it_waits_ends_cancelled() -> None:
+    """A coroutine closed while suspended (its task collected while pending) ends its
+    invocation span cancelled, as spangraph's own async steps do (was: completed)."""
+    from spangraph.instrumentation._langgraph_runs import wrap_ainvoke
+
+    class Suspend:
+        def __await__(self) -> Iterator[None]:
+            yield
+
+    class Graph:
+        name = "waits"
+
+    async def ainvoke(*args: Any, **kwargs: Any) -> None:
+        await Suspend()
+
+    with testing.capture() as cap:
+        coroutine = wrap_ainvoke(ainvoke, Graph(), ({},), {})
+        coroutine.send(None)
+        coroutine.close()
+    [span] = cap.find("waits")
+    assert (span.attributes or {})[sc.STATE] == "cancelled"

@@ -497,7 +497,7 @@ async def await_in_frame(open_frame: Callable[[], _Frame | None], call: Callable
     try:
         result = await call()
     except BaseException as exc:
-        frame.finish(exc)
+        frame.finish(as_ended(exc))  # (a GeneratorExit: closed while waiting)
         raise
     finally:
         frame.detach()
