@@ -164,6 +164,45 @@ def test_messages_are_numbered_and_shaped_as_designed(
     assert int(redis_client.get(live_module.seq_key(workflow_id))) == len(on_wf)
 
 
+def test_a_runs_stream_is_kept_a_day_after_it_ended_and_a_week_while_it_runs(
+    sg: spangraph.Spangraph, provider: TracerProvider, redis_client: redis.Redis
+) -> None:
+    """Every run's stream and counter lived a week after its last message (20 KB a run:
+    gigabytes of Redis in a busy week): a day once the run's root workflow span ended;
+    a week while it runs, and for a workflow inside another span (it is not the end of
+    what goes on around it)."""
+    from opentelemetry import trace as otel_trace
+
+    def ttls(workflow_id: str) -> tuple[int, int]:
+        return (
+            redis_client.ttl(stream_key(workflow_id)),
+            redis_client.ttl(live_module.seq_key(workflow_id)),
+        )
+
+    day, week = live_module.RUN_ENDED_TTL_S, live_module.KEY_TTL_S
+    with spangraph.workflow("root") as root:
+        with spangraph.workflow("nested") as nested:
+            pass
+        with spangraph.step("s"):
+            assert spangraph.flush(10)
+            assert all(day < t <= week for t in ttls(root.workflow_id))  # running
+    with (
+        provider.get_tracer("t").start_as_current_span("plain parent"),
+        spangraph.workflow("under-a-plain-span") as inner,
+    ):
+        pass
+    remote = otel_trace.NonRecordingSpan(
+        otel_trace.SpanContext(0x1234, 0xABCD, is_remote=True, trace_flags=otel_trace.TraceFlags(1))
+    )
+    with otel_trace.use_span(remote), spangraph.workflow("called-remotely") as called:
+        pass
+    assert spangraph.flush(10)
+    for run in (root, called):
+        assert all(0 < t <= day for t in ttls(run.workflow_id)), run.name
+    for run in (nested, inner):
+        assert all(day < t <= week for t in ttls(run.workflow_id)), run.name
+
+
 def test_events_are_delivered_while_the_workflow_runs(
     sg: spangraph.Spangraph, listen: Callable[..., Listener]
 ) -> None:

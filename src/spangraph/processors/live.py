@@ -52,33 +52,40 @@ STREAM_MAXLEN: Final = 10_000
 """Approximate length cap of each workflow's stream (``XADD MAXLEN ~``)."""
 KEY_TTL_S: Final = 7 * 24 * 3600
 """Seconds a workflow's stream and sequence counter live after its last event."""
+RUN_ENDED_TTL_S: Final = 24 * 3600
+"""... after the end of the run's root workflow span (the last message of a run, unless
+another process goes on with it: its next message gives them ``KEY_TTL_S`` again). Every
+run kept its stream for a week: 20 KB a run, gigabytes of Redis in a busy week."""
 
 _PUBLISH_LUA: Final = """
 if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', 60) then
   return 1
 end
-local maxlen, ttl = ARGV[1], ARGV[2]
-local nw = tonumber(ARGV[3])
-local pbase = 4 + nw
+local maxlen = ARGV[1]
+local nw = tonumber(ARGV[2])
+local tbase = 2 + nw
+local pbase = 3 + 2 * nw
 local used = {}
 for i = pbase + tonumber(ARGV[pbase]) + 1, #ARGV, 4 do
   local w = tonumber(ARGV[i])
   local seq = redis.call('INCR', KEYS[2 * w - 1])
   local msg = ARGV[i + 2] .. seq .. ARGV[i + 3]
   redis.call('XADD', KEYS[2 * w], 'MAXLEN', '~', maxlen, seq .. '-0', 'data', msg)
-  redis.call('PUBLISH', ARGV[3 + w], msg)
+  redis.call('PUBLISH', ARGV[2 + w], msg)
   redis.call('PUBLISH', ARGV[pbase + tonumber(ARGV[i + 1])], msg)
   used[w] = true
 end
 for w in pairs(used) do
-  redis.call('EXPIRE', KEYS[2 * w - 1], ttl)
-  redis.call('EXPIRE', KEYS[2 * w], ttl)
+  redis.call('EXPIRE', KEYS[2 * w - 1], ARGV[tbase + w])
+  redis.call('EXPIRE', KEYS[2 * w], ARGV[tbase + w])
 end
 return 0
 """
 """For each message in order: number it (INCR), keep it (XADD, stream id ``seq-0``),
 publish it on the workflow and project channels; then renew the TTL of the keys it
-touched. Several hosts of one run therefore still produce one gap-free ``seq`` order.
+touched (:data:`KEY_TTL_S`, or :data:`RUN_ENDED_TTL_S` when the workflow's last message
+of the call ends its run). Several hosts of one run therefore still produce one gap-free
+``seq`` order.
 
 A call runs once: its first key, ``spangraph:sent:{random id}`` (kept 60 s), marks it
 done, and the same call sent again after its reply was lost (the connection dropped after
@@ -88,9 +95,9 @@ second time under a new ``seq``.
 One call carries up to :data:`_CHUNK` messages (a call per message cost about as much
 again in the client and in Redis as the work itself). ``KEYS``: the seq and stream key of
 each workflow of the call, in pairs, then the call's ``spangraph:sent:`` key. ``ARGV``:
-maxlen, ttl, the number of workflows and
-their channels, the number of projects and their channels, then four values a message:
-workflow index, project index (both 1-based), head and tail of the message."""
+maxlen, the number of workflows, their channels, their TTLs, the number of projects and
+their channels, then four values a message: workflow index, project index (both
+1-based), head and tail of the message."""
 
 _CHUNK: Final = 256
 """Most messages one script call publishes (bounds how long Redis runs one call)."""
@@ -114,17 +121,25 @@ def seq_key(workflow_id: str) -> str:
     return f"spangraph:seq:{workflow_id}"
 
 
-def _script_args(messages: list[tuple[str, str, str, str]]) -> tuple[Any, ...]:
+Message = tuple[str, str, str, str] | tuple[str, str, str, str, bool]
+"""``(workflow_id, project_id, head, tail)``, and ``True`` when it ends its run (the end
+of the run's root workflow span)."""
+
+
+def _script_args(messages: list[Message]) -> tuple[Any, ...]:
     """``numkeys, *KEYS, *ARGV`` of one call of :data:`_PUBLISH_LUA`."""
     workflows: dict[str, int] = {}
+    ttls: dict[str, int] = {}
     projects: dict[str, int] = {}
     keys: list[str] = []
     body: list[Any] = []
-    for workflow_id, project_id, head, tail in messages:
+    for message in messages:
+        workflow_id, project_id, head, tail = message[:4]
         w = workflows.get(workflow_id)
         if w is None:
             w = workflows[workflow_id] = len(workflows) + 1
             keys += (seq_key(workflow_id), stream_key(workflow_id))
+        ttls[workflow_id] = RUN_ENDED_TTL_S if message[4:] == (True,) else KEY_TTL_S
         p = projects.get(project_id)
         if p is None:
             p = projects[project_id] = len(projects) + 1
@@ -134,9 +149,9 @@ def _script_args(messages: list[tuple[str, str, str, str]]) -> tuple[Any, ...]:
         len(keys),
         *keys,
         STREAM_MAXLEN,
-        KEY_TTL_S,
         len(workflows),
         *map(workflow_channel, workflows),
+        *ttls.values(),  # (in the workflows' order: first seen)
         len(projects),
         *map(project_channel, projects),
         *body,
@@ -197,7 +212,7 @@ class RedisPublisher:
         self.client = client
         # The batch being sent and its calls, kept until it went out: a batch retried after
         # a dropped connection is sent as the same calls, which Redis runs at most once.
-        self._unsent: tuple[list[tuple[str, str, str, str]], list[tuple[Any, ...]]] | None = None
+        self._unsent: tuple[list[Message], list[tuple[Any, ...]]] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisPublisher:
@@ -233,7 +248,7 @@ class RedisPublisher:
         old, self.client = self.client, client
         old.close()
 
-    def publish(self, messages: list[tuple[str, str, str, str]]) -> None:
+    def publish(self, messages: list[Message]) -> None:
         """``messages``: (workflow_id, project_id, head, tail) each, published in order.
 
         The same list published again after an error (as the worker retries a batch) is
@@ -356,7 +371,7 @@ class LiveEventProcessor(QueueingSpanProcessor):
         # reads), lineage entry of its parent, Mapped) of open spans, from their start to
         # their end (worker only), the least recently used first
         self._kept: OrderedDict[int, tuple[Any, tuple[Any, ...], Any, Mapped]] = OrderedDict()
-        self._worker: BatchWorker[tuple[Any, ...], list[tuple[str, str, str, str]]] = BatchWorker(
+        self._worker: BatchWorker[tuple[Any, ...], list[Message]] = BatchWorker(
             "live",
             self._prepare,
             publisher.publish,
@@ -461,8 +476,8 @@ class LiveEventProcessor(QueueingSpanProcessor):
             kept[span_id] = (span.resource, key, lineage.entry(common["parent_span_id"]), mapped)
         return mapped
 
-    def _prepare(self, items: list[tuple[Any, ...]]) -> tuple[list[tuple[str, str, str, str]], int]:
-        out: list[tuple[str, str, str, str]] = []
+    def _prepare(self, items: list[tuple[Any, ...]]) -> tuple[list[Message], int]:
+        out: list[Message] = []
         sent_live = self._sent_live
         open_spans = self._open
         known = self._known
@@ -563,6 +578,10 @@ class LiveEventProcessor(QueueingSpanProcessor):
                     )
                     ended = max(time_ns or time.time_ns(), span.start_time or 0)  # as stored
                     msgs.append(live_message(sc.SPAN_ENDED, common, ended, attrs, parts))
+                    parent = span.parent  # the run's root workflow span: its run ends
+                    ends_run = common["kind"] == sc.KIND_WORKFLOW and (
+                        parent is None or parent.is_remote
+                    )
             except Exception:
                 _log.exception(
                     "spangraph live: could not map an item of span %r; skipped",
@@ -572,6 +591,8 @@ class LiveEventProcessor(QueueingSpanProcessor):
                 continue
             wf, project = common["workflow_id"], common["project_id"]
             out.extend((wf, project, head, tail) for head, tail in msgs)
+            if what == _END and ends_run:
+                out[-1] = (*out[-1][:4], True)
         if skipped:
             self._worker._count_drop(skipped, "could not be read or mapped")
         return out, len(out)
