@@ -166,8 +166,8 @@ recently used goes first)."""
 
 _MAX_OPEN: Final = 100_000
 """Most spans a LiveEventProcessor remembers as open (and with events sent live): past
-it the longest open goes first, a span whose end never came (a dropped end, a span never
-ended) before any span of the run in progress."""
+it the one open the longest goes first, whichever run it is of (most often a span whose
+end never came: a dropped end, a span never ended)."""
 
 
 def _sent_per_span() -> int:
