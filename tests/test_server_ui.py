@@ -2300,6 +2300,9 @@ def test_live_updates_keep_one_tab_stop_and_the_focus(
     root, a, b, c, d, e, x, g, gg = (f"{i:x}" * 16 for i in range(1, 10))
 
     def started(span_id: str, parent: str | None, kind: str, name: str, at: int) -> Any:
+        # offsets from t0 in microseconds: the page reads times as doubles, which near
+        # 1.7e18 ns tell apart only 256 ns (m0..m5, 50 ns apart, came in any order)
+        at = t0 + (at - t0) * 1000
         return {**msg("span.started", span_id, parent, kind, name), "time_unix_nano": at}
 
     def names_in(span_name: str) -> Any:
