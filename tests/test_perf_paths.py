@@ -536,6 +536,28 @@ def test_events_remembered_per_span_keep_the_last_ones(
     span.end()
 
 
+def test_events_remembered_by_all_spans_together_are_bounded(
+    provider: TracerProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spans never ended, each with events sent live: past the bound the span open the
+    longest forgets its events (before: up to 1 024 a span for 100 000 spans)."""
+    monkeypatch.setattr(live_module, "_MAX_SENT_EVENTS", 10)
+    spans = [provider.get_tracer("t").start_span(f"open-{i}") for i in range(5)]
+    proc = _processor(True)
+    for span in spans:
+        proc._prepare([(_START, span, span.start_time)])
+        for t in range(1, 5):
+            proc._prepare([(_EVENT, span, t, "tick", None)])
+    ids = [span.context.span_id for span in spans]
+    assert list(proc._sent_live) == ids[-2:]  # 2 x 4 events: the others were forgotten
+    assert proc._sent_count == 8
+    spans[-1].end()
+    proc._prepare([(_END, spans[-1], spans[-1].end_time)])
+    assert proc._sent_count == 4 and list(proc._sent_live) == ids[-2:-1]
+    for span in spans[:-1]:
+        span.end()
+
+
 def test_events_kept_follows_the_spans_own_limit() -> None:
     from opentelemetry.sdk.trace import SpanLimits
 

@@ -170,6 +170,12 @@ it the one open the longest goes first, whichever run it is of (most often a spa
 end never came: a dropped end, a span never ended)."""
 
 
+_MAX_SENT_EVENTS: Final = 1_000_000
+"""Most events a LiveEventProcessor remembers as sent live, all open spans together: past
+it the span open the longest forgets them (its end sends them again). Spans never ended
+that each had many events sent grew this by about 200 bytes an event, without bound."""
+
+
 def _sent_per_span() -> int:
     try:
         return max(SpanLimits().max_events or 0, 1024)
@@ -365,6 +371,7 @@ class LiveEventProcessor(QueueingSpanProcessor):
         self._known: dict[int, Any] = RESOURCES  # resource key -> Resource (see _records)
         # span id -> the (name, time) of its events already sent live, the last ones only
         self._sent_live: OrderedDict[int, OrderedDict[tuple[str, int], None]] = OrderedDict()
+        self._sent_count = 0  # events in _sent_live, all spans together
         # spans whose start this processor saw, the longest open first (worker only)
         self._open: OrderedDict[int, None] = OrderedDict()
         # span id -> (its resource, (name, trace id, parent, the attributes common()
@@ -396,6 +403,7 @@ class LiveEventProcessor(QueueingSpanProcessor):
         at their end those are not published again, under new seq numbers."""
         self._open.update(replaced._open)
         self._sent_live.update(replaced._sent_live)
+        self._sent_count = sum(map(len, self._sent_live.values()))
 
     # -- hot path -------------------------------------------------------------------------
 
@@ -555,16 +563,21 @@ class LiveEventProcessor(QueueingSpanProcessor):
                         if sent is None:
                             sent = sent_live[span_id] = OrderedDict()
                             if len(sent_live) > _MAX_OPEN:  # the longest open goes
-                                sent_live.popitem(last=False)
+                                self._sent_count -= len(sent_live.popitem(last=False)[1])
+                        before = len(sent)
                         sent[(item[3], time_ns)] = None
                         kept = item[5] if len(item) > 5 else events_kept(span)
                         if kept is not None and len(sent) > kept:  # the span keeps its last
                             sent.popitem(last=False)  # events only (constant time: a dict
                             # walked its holes)
+                        self._sent_count += len(sent) - before
+                        while self._sent_count > _MAX_SENT_EVENTS and sent_live:
+                            self._sent_count -= len(sent_live.popitem(last=False)[1])
                     msgs = [live_message(event_type(item[3]), common, time_ns, item[4], parts)]
                 else:
                     open_spans.pop(span_id, None)
                     already = sent_live.pop(span_id, ())
+                    self._sent_count -= len(already)
                     msgs = [
                         live_message(event_type(e.name), common, e.timestamp, e.attributes, parts)
                         for e in span.events
