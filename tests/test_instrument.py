@@ -1145,6 +1145,41 @@ async def test_a_dropped_task_of_a_function_returning_a_coroutine_is_collected(
     assert one(cap, name).attributes[sc.STATE] == "cancelled"
 
 
+def test_a_coroutine_still_pending_at_exit_ends_cancelled() -> None:
+    """A step on a plain function returning a coroutine, its task still pending when the
+    interpreter exits: its span ends cancelled then, as before the finalizer that pinned
+    the task was let go (in a child process: what the interpreter runs at exit)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import asyncio, spangraph, weakref
+        from spangraph.testing import capture
+
+        async def wait_forever():
+            await asyncio.get_running_loop().create_future()
+
+        @spangraph.step
+        def returns_a_coroutine():
+            return wait_forever()
+
+        with capture() as cap:
+            loop = asyncio.new_event_loop()
+            task = loop.create_task(returns_a_coroutine())
+            loop.run_until_complete(asyncio.sleep(0.01))
+            weakref.finalize._exitfunc()  # the finalizers the interpreter runs at exit
+            print([(s.name, s.attributes["spangraph.state"]) for s in cap.spans])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[('returns_a_coroutine', 'cancelled')]"
+
+
 async def test_no_new_attempt_once_the_task_is_cancelled(cap: SpanCapture) -> None:
     """A step with retries= whose code turns the cancellation of its task (a TaskGroup's
     sibling failed) into an error of its own, as some client libraries do: no new attempt

@@ -184,7 +184,11 @@ def _covered(frame: _Frame, coro: Coroutine[Any, Any, Any]) -> Coroutine[Any, An
     with its outcome; a coroutine dropped without being awaited ends it ``cancelled``."""
 
     async def run() -> Any:
-        dropped.detach()  # running: this coroutine ends the span (and no longer pins coro)
+        # running: this coroutine ends the span, and the finalizer no longer pins coro
+        # (which pinned what it awaited, its task, and this coroutine: never collected);
+        # one still pending when the interpreter exits ends cancelled
+        dropped.detach()
+        weakref.finalize(outer, _end_pending, frame)
         frame.attach()
         try:
             result = await coro
@@ -228,6 +232,11 @@ def _covered_iteration(frame: _Frame, gen: Any) -> Any:
         outer = traced_generator(lambda: frame, make)
     weakref.finalize(outer, dropped)
     return outer
+
+
+def _end_pending(frame: _Frame) -> None:
+    # (a span the coroutine ended already is not recording: nothing happens)
+    frame.finish(asyncio.CancelledError("the coroutine was still pending at exit"))
 
 
 def _drop(frame: _Frame, coro: Coroutine[Any, Any, Any]) -> None:

@@ -53,38 +53,41 @@ STREAM_MAXLEN: Final = 10_000
 KEY_TTL_S: Final = 7 * 24 * 3600
 """Seconds a workflow's stream and sequence counter live after its last event."""
 RUN_ENDED_TTL_S: Final = 24 * 3600
-"""... after the end of the run's root workflow span (the last message of a run, unless
-another process goes on with it: its next message gives them ``KEY_TTL_S`` again). Every
-run kept its stream for a week: 20 KB a run, gigabytes of Redis in a busy week."""
+"""Seconds a workflow's stream (not its counter) lives after the end of the run's top
+workflow span, the last message of a run (a process that goes on with the run later
+gives it ``KEY_TTL_S`` again with its next message). Every run kept its stream for a
+week: 20 KB a run, gigabytes of Redis in a busy week."""
 
 _PUBLISH_LUA: Final = """
 if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', 60) then
   return 1
 end
-local maxlen = ARGV[1]
-local nw = tonumber(ARGV[2])
-local tbase = 2 + nw
-local pbase = 3 + 2 * nw
+local maxlen, keep = ARGV[1], ARGV[2]
+local nw = tonumber(ARGV[3])
+local tbase = 3 + nw
+local pbase = 4 + 2 * nw
 local used = {}
 for i = pbase + tonumber(ARGV[pbase]) + 1, #ARGV, 4 do
   local w = tonumber(ARGV[i])
   local seq = redis.call('INCR', KEYS[2 * w - 1])
   local msg = ARGV[i + 2] .. seq .. ARGV[i + 3]
   redis.call('XADD', KEYS[2 * w], 'MAXLEN', '~', maxlen, seq .. '-0', 'data', msg)
-  redis.call('PUBLISH', ARGV[2 + w], msg)
+  redis.call('PUBLISH', ARGV[3 + w], msg)
   redis.call('PUBLISH', ARGV[pbase + tonumber(ARGV[i + 1])], msg)
   used[w] = true
 end
 for w in pairs(used) do
-  redis.call('EXPIRE', KEYS[2 * w - 1], ARGV[tbase + w])
+  redis.call('EXPIRE', KEYS[2 * w - 1], keep)
   redis.call('EXPIRE', KEYS[2 * w], ARGV[tbase + w])
 end
 return 0
 """
 """For each message in order: number it (INCR), keep it (XADD, stream id ``seq-0``),
 publish it on the workflow and project channels; then renew the TTL of the keys it
-touched (:data:`KEY_TTL_S`, or :data:`RUN_ENDED_TTL_S` when the workflow's last message
-of the call ends its run). Several hosts of one run therefore still produce one gap-free
+touched: :data:`KEY_TTL_S` for the counter, and for the stream too unless the
+workflow's last message of the call ends its run (then :data:`RUN_ENDED_TTL_S`: a run
+that goes on later keeps its ``seq`` order, its stream starts again past 1, and replays
+come from the graph). Several hosts of one run therefore still produce one gap-free
 ``seq`` order.
 
 A call runs once: its first key, ``spangraph:sent:{random id}`` (kept 60 s), marks it
@@ -95,8 +98,8 @@ second time under a new ``seq``.
 One call carries up to :data:`_CHUNK` messages (a call per message cost about as much
 again in the client and in Redis as the work itself). ``KEYS``: the seq and stream key of
 each workflow of the call, in pairs, then the call's ``spangraph:sent:`` key. ``ARGV``:
-maxlen, the number of workflows, their channels, their TTLs, the number of projects and
-their channels, then four values a message: workflow index, project index (both
+maxlen, the counters' TTL, the number of workflows, their channels, their streams' TTLs,
+the number of projects and their channels, then four values a message: workflow index, project index (both
 1-based), head and tail of the message."""
 
 _CHUNK: Final = 256
@@ -149,6 +152,7 @@ def _script_args(messages: list[Message]) -> tuple[Any, ...]:
         len(keys),
         *keys,
         STREAM_MAXLEN,
+        KEY_TTL_S,
         len(workflows),
         *map(workflow_channel, workflows),
         *ttls.values(),  # (in the workflows' order: first seen)
@@ -591,9 +595,14 @@ class LiveEventProcessor(QueueingSpanProcessor):
                     )
                     ended = max(time_ns or time.time_ns(), span.start_time or 0)  # as stored
                     msgs.append(live_message(sc.SPAN_ENDED, common, ended, attrs, parts))
-                    parent = span.parent  # the run's root workflow span: its run ends
+                    # the run's top workflow span: no parent, a remote one, or one of
+                    # another run (a step that called it, a web framework's server span)
+                    parent = span.parent
                     ends_run = common["kind"] == sc.KIND_WORKFLOW and (
-                        parent is None or parent.is_remote
+                        parent is None
+                        or parent.is_remote
+                        or (up := self._mapper.lineage.entry(common["parent_span_id"])) is None
+                        or up[0] != common["workflow_id"]
                     )
             except Exception:
                 _log.exception(
