@@ -510,8 +510,10 @@ def test_cli_diff_says_which_run_does_not_exist(
     spangraph.flush()
     assert cli.main(["query", "diff", *runs]) == 0
     assert "ended differently: only-step: completed vs failed" in capsys.readouterr().out
-    assert cli.main(["query", "diff", known, known, "--workflow-a", known]) == 2
-    assert "need --branches" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # an argument mistake, as argparse says one
+        cli.main(["query", "diff", known, known, "--workflow-a", known])
+    assert refused.value.code == 2
+    assert "spangraph: error: --workflow-a/--workflow-b need --branches" in capsys.readouterr().err
     assert cli.main(["query", "diff", known, "no-such-run"]) == 1
     out, err = capsys.readouterr()
     assert err.strip() == (

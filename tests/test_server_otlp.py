@@ -1965,3 +1965,10 @@ def test_a_missing_start_time(running: Running, http: httpx.Client) -> None:
     nodes = wait_for_nodes(running, trace_id.hex(), {"no-start", "no-times"})
     assert (nodes["no-start"]["start_ns"], nodes["no-start"]["end_ns"]) == (t0 + 500, t0 + 500)
     assert t0 <= nodes["no-times"]["start_ns"] == nodes["no-times"]["end_ns"] <= after
+
+
+def test_the_receivers_answers_are_declared_in_openapi(http: httpx.Client) -> None:
+    """Every status the receiver answers with is in /openapi.json (the 500 of an internal
+    error while ingesting was not)."""
+    declared = http.get("/openapi.json").json()["paths"]["/v1/traces"]["post"]["responses"]
+    assert {"200", "400", "408", "413", "415", "500", "503"} <= set(declared)

@@ -462,9 +462,6 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
     elif what == "analytics":
         rows = queries.decision_analytics(store, args.id, project_id=args.project)
     elif what == "diff":
-        if not args.branches and (args.workflow_a or args.workflow_b):
-            print("spangraph: --workflow-a/--workflow-b need --branches", file=sys.stderr)
-            return 2
         result = queries.diff(
             store,
             args.a,
@@ -801,6 +798,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.params = _params(args)
         except ValueError as exc:
             parser.error(str(exc))
+    # query diff: checked before the store is opened (a mistake in the arguments)
+    diff_runs = getattr(args, "workflow_a", None) or getattr(args, "workflow_b", None)
+    if diff_runs and not args.branches:
+        parser.error("--workflow-a/--workflow-b need --branches")
     # The Neo4j driver logs each failed connection attempt; the error below says it once.
     logging.getLogger("neo4j").addHandler(logging.NullHandler())
     # Fixed text has a few non-ASCII marks (—, …, →) and span data any text: a terminal

@@ -162,6 +162,7 @@ async def _drain(request: Request, stream: Any, budget: int) -> None:
         408: {"description": "the body did not arrive in time"},
         413: {"description": "body over the size cap"},
         415: {"description": "unsupported Content-Type or Content-Encoding"},
+        500: {"description": "an internal error while ingesting the request (google.rpc.Status)"},
         503: {
             "description": "write queue full, too many requests waiting to be decoded or "
             "bytes being received, or shutting down: retry after Retry-After"
