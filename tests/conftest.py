@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -67,6 +68,40 @@ def provider() -> Iterator[TracerProvider]:
     )
     yield tp
     tp.shutdown()
+
+
+@contextlib.contextmanager
+def held_by_a_thread(lock: Any) -> Iterator[None]:
+    """``lock`` held by another thread for the block, as a fork inside it finds it (the
+    child has the lock held and not the thread that would release it)."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(10)
+        yield
+    finally:
+        release.set()
+        thread.join(30)
+
+
+def exit_code_of(pid: int, timeout: float = 30) -> int:
+    """The exit code of the child ``pid``; the test fails (the child killed) when it has
+    not exited within ``timeout`` seconds: it hung."""
+    deadline = time.monotonic() + timeout
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the child {pid} hung")
+        time.sleep(0.02)
+    return os.waitstatus_to_exitcode(done[1])
 
 
 class _LeaveBlocks(Exception):

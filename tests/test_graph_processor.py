@@ -9,7 +9,6 @@ import json
 import os
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -21,7 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import Link
 
 import spangraph
-from conftest import ForkedChild
+from conftest import ForkedChild, exit_code_of, held_by_a_thread
 from spangraph import queries
 from spangraph.exceptions import StoreTimeoutError, StoreUnavailableError
 from spangraph.processors import GraphSpanProcessor
@@ -505,34 +504,14 @@ def test_a_child_forked_while_configure_runs_can_shut_down(sg: spangraph.Spangra
     have, and hung in its shutdown at exit."""
     from spangraph import _sdk
 
-    held, release = threading.Event(), threading.Event()
-
-    def configure_running() -> None:
-        with _sdk._lock:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=configure_running)
-    holder.start()
-    try:
-        assert held.wait(10)
+    with held_by_a_thread(_sdk._lock):
         pid = os.fork()
         if pid == 0:  # the child: shut down as atexit would, and leave
             try:
                 spangraph.shutdown(timeout=2)
             finally:
                 os._exit(0)
-        deadline = time.monotonic() + 20
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if done[0] == 0:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the child hung in shutdown()")
-        assert os.waitstatus_to_exitcode(done[1]) == 0
-    finally:
-        release.set()
-        holder.join()
+    assert exit_code_of(pid, 20) == 0
 
 
 # -- spans from other instrumentations ------------------------------------------------------

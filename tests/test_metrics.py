@@ -30,6 +30,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.trace import TracerProvider
 
 import spangraph
+from conftest import exit_code_of, held_by_a_thread
 from spangraph import _metrics
 from spangraph._metrics import (
     FAILED_BATCHES,
@@ -657,22 +658,8 @@ def test_a_child_forked_while_a_metrics_thread_holds_the_lock_can_take_it() -> N
     multiprocessing's finalizer) waited for ever (7 in 300 forks in a reviewer's run)."""
     from spangraph import _metrics
 
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with _metrics._lock:
-            held.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert held.wait(5)
+    with held_by_a_thread(_metrics._lock):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             os._exit(0 if _metrics._lock.acquire(timeout=5) else 1)
-        _, status = os.waitpid(pid, 0)
-    finally:
-        release.set()
-        holder.join(10)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert exit_code_of(pid) == 0

@@ -22,7 +22,7 @@ import redis
 from opentelemetry.sdk.trace import TracerProvider
 
 import spangraph
-from conftest import configure_on
+from conftest import configure_on, exit_code_of, held_by_a_thread
 from spangraph import queries
 from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
@@ -1114,32 +1114,14 @@ def test_a_fork_while_a_thread_reads_stats_does_not_hang_the_child(
     with spangraph.workflow("before-fork"):
         pass
     assert spangraph.flush(10)
-    held, release = threading.Event(), threading.Event()
-
-    def reader() -> None:
-        with processor._stats_lock:
-            held.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    assert held.wait(5)
-    pid = os.fork()
-    if pid == 0:  # the child: traces, then exits through atexit (shutdown)
-        try:
-            with spangraph.workflow("in-child"):
-                pass
-            off.stats()
-        finally:
-            os._exit(0 if spangraph.flush(10) else 3)
-    release.set()
-    thread.join(5)
-    deadline = time.monotonic() + 30
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the child hung")
-        time.sleep(0.02)
-    assert os.waitstatus_to_exitcode(done[1]) == 0
+    with held_by_a_thread(processor._stats_lock):
+        pid = os.fork()
+        if pid == 0:  # the child: traces, then exits through atexit (shutdown)
+            try:
+                with spangraph.workflow("in-child"):
+                    pass
+                off.stats()
+            finally:
+                os._exit(0 if spangraph.flush(10) else 3)
+    assert exit_code_of(pid) == 0
     assert "in-child" in run_names(off)
