@@ -24,10 +24,25 @@ _CLASSES: Final = {
     ("metrics", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter", "OTLPMetricExporter"),
 }  # fmt: skip
 
-_PACKAGES: Final = {
+PACKAGES: Final = {
     "http/protobuf": "spangraph[otlp]",
     "grpc": "opentelemetry-exporter-otlp-proto-grpc",
 }
+"""The package each OTLP protocol's exporter comes with."""
+
+BY_PROTOCOL: Final = {protocol: name for name, protocol in NAMES.items() if protocol}
+"""OTLP protocol -> the SDK's exporter entry point name for it (``otlp_proto_http`` ...)."""
+
+
+def protocol(signal: str) -> str:
+    """The OTLP protocol of ``signal`` (``traces``, ``metrics``, ``logs``):
+    ``OTEL_EXPORTER_OTLP_{SIGNAL}_PROTOCOL``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``, else
+    OTLP/HTTP (what spangraph installs; the SDK's own default, gRPC, is not)."""
+    return (
+        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
 
 
 def exporter_class(signal: str, who: str) -> Any:
@@ -53,18 +68,13 @@ def exporter_class(signal: str, who: str) -> Any:
                 signal,
             )
         return None
-    protocol = (
-        NAMES[chosen[0]]
-        or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    target = _CLASSES.get((signal, protocol))
+    chosen_protocol = NAMES[chosen[0]] or protocol(signal)
+    target = _CLASSES.get((signal, chosen_protocol))
     if target is None:
         _log.warning(
             "%s: unknown OTLP protocol %r for %s (expected http/protobuf or grpc): no %s exported",
             who,
-            protocol,
+            chosen_protocol,
             signal,
             signal,
         )
@@ -77,8 +87,8 @@ def exporter_class(signal: str, who: str) -> Any:
             "'%s'): no %s exported",
             who,
             signal,
-            protocol,
-            _PACKAGES[protocol],
+            chosen_protocol,
+            PACKAGES[chosen_protocol],
             signal,
         )
         return None

@@ -20,12 +20,14 @@ import os
 import threading
 from collections.abc import Sequence
 from importlib.metadata import entry_points
-from typing import Any, Final
+from typing import Any
 
 from opentelemetry.instrumentation.distro import BaseDistro
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from . import _otlp
 
 _log = logging.getLogger("spangraph")
 
@@ -76,15 +78,6 @@ class SpangraphSpanExporter(SpanExporter):
         return flush(timeout_millis / 1000)
 
 
-_OTLP_BY_PROTOCOL: Final = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
-"""``OTEL_EXPORTER_OTLP_PROTOCOL`` -> the SDK's traces exporter entry point for it."""
-
-_OTLP_PACKAGE: Final = {
-    "otlp_proto_http": "spangraph[otlp]",
-    "otlp_proto_grpc": "opentelemetry-exporter-otlp-proto-grpc",
-}
-
-
 def _otlp_traces_exporter() -> str:
     """The traces exporter for an OTLP endpoint: the one of
     ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL``, else OTLP/HTTP (as ``spangraph.configure``
@@ -92,17 +85,13 @@ def _otlp_traces_exporter() -> str:
     logged reason, when that exporter is not installed or the protocol is unknown: the
     SDK would otherwise fail the whole setup, spangraph's processors and instrumentors
     included."""
-    protocol = (
-        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    name = _OTLP_BY_PROTOCOL.get(protocol)
+    protocol = _otlp.protocol("traces")
+    name = _otlp.BY_PROTOCOL.get(protocol)
     if name is None:
         _log.error(
             "spangraph: unknown OTLP protocol %r (expected one of %s): no OTLP export",
             protocol,
-            ", ".join(_OTLP_BY_PROTOCOL),
+            ", ".join(_otlp.BY_PROTOCOL),
         )
         return "none"
     if not entry_points(group="opentelemetry_traces_exporter", name=name):
@@ -110,7 +99,7 @@ def _otlp_traces_exporter() -> str:
             "spangraph: an OTLP endpoint is set but the OTLP exporter for %s is not "
             "installed (pip install '%s'): no OTLP export",
             protocol,
-            _OTLP_PACKAGE[name],
+            _otlp.PACKAGES[protocol],
         )
         return "none"
     return name
@@ -143,12 +132,7 @@ def _otlp_over_http(signal: str) -> None:
     names = [name.strip() for name in os.environ.get(variable, "").split(",")]
     if "otlp" not in names:
         return
-    protocol = (
-        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    if protocol == "http/protobuf":
+    if _otlp.protocol(signal) == "http/protobuf":
         os.environ[variable] = ",".join("otlp_proto_http" if n == "otlp" else n for n in names)
 
 

@@ -99,8 +99,8 @@ One call carries up to :data:`_CHUNK` messages (a call per message cost about as
 again in the client and in Redis as the work itself). ``KEYS``: the seq and stream key of
 each workflow of the call, in pairs, then the call's ``spangraph:sent:`` key. ``ARGV``:
 maxlen, the counters' TTL, the number of workflows, their channels, their streams' TTLs,
-the number of projects and their channels, then four values a message: workflow index, project index (both
-1-based), head and tail of the message."""
+the number of projects and their channels, then four values a message: workflow index,
+project index (both 1-based), head and tail of the message."""
 
 _CHUNK: Final = 256
 """Most messages one script call publishes (bounds how long Redis runs one call)."""
