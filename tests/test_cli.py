@@ -952,3 +952,30 @@ def test_which_bind_addresses_are_loopback(host: str, loopback: bool) -> None:
     from spangraph.cli import _is_loopback
 
     assert _is_loopback(host) is loopback
+
+
+def test_events_of_a_run_without_events_is_no_unknown_run(demo: Demo) -> None:
+    """A run of plain spans (another program's, with no events) is no unknown id: its
+    events are no rows, exit 0; only a run with no span at all exits 1."""
+    from spangraph.config import Settings
+    from spangraph.stores import open_store
+
+    store = open_store(Settings.from_env(home=demo.home))
+    workflow_id = f"quiet-{uuid.uuid4().hex[:8]}"
+    try:
+        store.execute_many(
+            [
+                (
+                    "CREATE (:Span {span_id: $id, name: 'quiet', kind: 'step', "
+                    "state: 'completed', start_ns: 1, end_ns: 2, workflow_id: $w})",
+                    {"id": uuid.uuid4().hex[:16], "w": workflow_id},
+                )
+            ]
+        )
+        events = cli(demo.home, "query", "events", workflow_id)
+        assert (events.code, events.out.strip()) == (0, "(no rows)"), events.err
+        unknown = cli(demo.home, "query", "events", f"{workflow_id}-nope")
+        assert unknown.code == 1 and "no spans for workflow" in unknown.err
+    finally:
+        store.execute_many([("MATCH (s:Span {workflow_id: $w}) DELETE s", {"w": workflow_id})])
+        store.close()
