@@ -51,7 +51,7 @@ class Decision(Handle):
                 f"offered: {', '.join(map(repr, self.options))}"
             )
 
-    def option(self, name: str, **attributes: Any) -> Scope:
+    def option(self, name: str, **attributes: Any) -> Scope[Handle]:
         """A ``with`` block (or decorator) in which option ``name`` is explored: an
         ``option`` span, child of the current span. Raises ValueError once the
         decision has ended."""
@@ -122,7 +122,7 @@ def _finite(score: Any) -> float:
 
 def decision(
     name: str, /, options: Iterable[str], *, attributes: Mapping[str, Any] | None = None
-) -> Scope:
+) -> Scope[Decision]:
     """A decision point offering ``options``: ``with decision("route", options=[...]) as d:``
     then ``with d.option("a"): ...`` to explore one and ``d.choose("a", reason=...)``.
 
@@ -181,7 +181,7 @@ class Branch(Handle):
 
 def branch(
     name: str, /, *, branch_id: str | None = None, attributes: Mapping[str, Any] | None = None
-) -> Scope:
+) -> Scope[Branch]:
     """A branch of a run. Every span inside it — in other asyncio tasks and threads
     started from inside it too — carries its ``spangraph.branch.id`` (a new UUIDv7
     unless one is given), except those inside a branch nested in it, which carry that
@@ -203,7 +203,7 @@ def branch(
 
 def monitor(
     target: Any, /, name: str | None = None, *, attributes: Mapping[str, Any] | None = None
-) -> Scope:
+) -> Scope[Handle]:
     """A ``monitor`` span that watches ``target`` — a branch, any spangraph handle, an
     OTel span or SpanContext, or a ``handle.ref`` string — through a span link of type
     ``monitors`` (a ``MONITORS`` edge in the graph)."""

@@ -16,7 +16,7 @@ import operator
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from opentelemetry import trace
 
@@ -124,7 +124,7 @@ def llm(
     operation: str = "chat",
     name: str | None = None,
     attributes: Mapping[str, Any] | None = None,
-) -> Scope:
+) -> Scope[LLMCall]:
     """A model call: ``with llm("gpt-4o", provider="openai") as call:`` then
     ``call.token(chunk)`` while streaming, ``call.usage(input_tokens=…, output_tokens=…)``
     and ``call.complete(message)``. The span is named ``"{operation} {model}"``."""
@@ -275,7 +275,7 @@ def _responding(
     return outer
 
 
-class _ToolScope(Scope):
+class _ToolScope(Scope[ToolCall]):
     """``tool("name")``: a block that records ``tool.call`` with ``arguments``, or a
     decorator that records the call's arguments and result."""
 
@@ -312,6 +312,16 @@ class _ToolScope(Scope):
         return scope(_record_io(name, fn))  # type: ignore[return-value]
 
 
+@overload
+def tool(fn: F, /) -> F: ...
+@overload
+def tool(
+    name: str | None = None,
+    /,
+    *,
+    arguments: Mapping[str, Any] | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Scope[ToolCall]: ...
 def tool(
     name_or_fn: Any = None,
     /,

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Final, overload
+from typing import Any, Final, Generic, TypeVar, overload
 
 from opentelemetry import trace
 from opentelemetry.trace import Span
@@ -44,9 +44,15 @@ from ._spans import (
 )
 from ._wrappers import _no_retry_timeout, _wrap_async, _wrap_async_gen, _wrap_gen, _wrap_sync
 
+H = TypeVar("H", bound=Handle)
 
-class Scope:
-    """A workflow or step: use as ``@decorator``, ``with`` block or ``async with`` block."""
+
+class Scope(Generic[H]):
+    """A workflow or step: use as ``@decorator``, ``with`` block or ``async with`` block.
+
+    Typed by what a block gives: ``Scope[WorkflowRun]`` from :func:`workflow`,
+    ``Scope[Handle]`` from :func:`step`, so ``with workflow("x") as run:`` knows
+    ``run.paused()``."""
 
     __slots__ = ("_frames", "_opts")
 
@@ -72,12 +78,12 @@ class Scope:
                 "sync code cannot be interrupted safely"
             )
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> H:
         self._check_block(is_async=False)
         frame = _Frame(self._opts, self._opts.name or "", self._first_attempt(), self._opts.links)
         frame.attach()
         self._frames.append(frame)
-        return frame.handle
+        return frame.handle  # type: ignore[return-value]  # made from opts.handle_cls
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         frame = self._pop_frame()
@@ -86,7 +92,7 @@ class Scope:
         finally:
             frame.detach()
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> H:
         self._check_block(is_async=True)
         frame = _Frame(self._opts, self._opts.name or "", self._first_attempt(), self._opts.links)
         frame.attach()
@@ -101,7 +107,7 @@ class Scope:
                     frame.detach()
                 raise
         self._frames.append(frame)
-        return frame.handle
+        return frame.handle  # type: ignore[return-value]  # made from opts.handle_cls
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool | None:
         frame = self._pop_frame()
@@ -287,7 +293,7 @@ def workflow(
     resumed_from: Any = None,
     timeout: float | None = None,
     attributes: Mapping[str, Any] | None = None,
-) -> Scope: ...
+) -> Scope[WorkflowRun]: ...
 def workflow(name_or_fn: Any = None, /, **kwargs: Any) -> Any:
     """A workflow run: the root of a run's tree, with a new ``workflow_id`` (UUIDv7) unless
     one is given, inherited by every span inside it.
@@ -321,7 +327,7 @@ def step(
     timeout: float | None = None,
     retry_of: Any = None,
     attributes: Mapping[str, Any] | None = None,
-) -> Scope: ...
+) -> Scope[Handle]: ...
 def step(name_or_fn: Any = None, /, **kwargs: Any) -> Any:
     """One step of a workflow. Use as ``@step``, ``@step("name", retries=3)``,
     ``with step("name") as s:`` or ``async with``.

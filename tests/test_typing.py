@@ -1,0 +1,76 @@
+"""spangraph's public API as a type checker sees it: ``mypy --strict`` on a user's code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+SAMPLE = Path(__file__).parent / "typing_samples" / "public_api.py"
+
+
+@pytest.fixture(scope="module")
+def mypy(tmp_path_factory: pytest.TempPathFactory):
+    cache = tmp_path_factory.mktemp("mypy-cache")
+
+    def run(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            # no config file: the user's settings, not this repository's
+            [
+                *(sys.executable, "-m", "mypy", "--strict", "--config-file="),
+                *("--cache-dir", str(cache), "--show-error-codes", "--no-color-output"),
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=path.parent,
+            timeout=600,
+        )
+
+    return run
+
+
+def test_decorators_keep_signatures_and_blocks_give_their_handle_types(mypy):
+    # public_api.py asserts each type with assert_type: a decorator that lost a
+    # function's signature, or a block that gave Any, fails the check
+    result = mypy(SAMPLE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success: no issues found in 1 source file" in result.stdout
+
+
+def test_mistakes_in_user_code_are_reported(mypy, tmp_path):
+    program = tmp_path / "mistakes.py"
+    program.write_text(
+        textwrap.dedent(
+            """\
+            import spangraph
+
+            @spangraph.step
+            def parse(text: str) -> list[str]:
+                return text.split()
+
+            def main() -> None:
+                with spangraph.workflow("w") as run:
+                    run.pause()
+                parse(3)
+                spangraph.step("s", retries="3")
+                with spangraph.decision("route", options=["a", "b"]) as decision:
+                    decision.choose(1)
+                with spangraph.llm("gpt-4o") as call:
+                    call.usage(input_tokens="many")
+            """
+        )
+    )
+    result = mypy(program)
+    found = set(re.findall(r"mistakes\.py:(\d+): error: .*\[([a-z-]+)\]", result.stdout))
+    assert found == {
+        ("9", "attr-defined"),  # WorkflowRun has paused(), not pause()
+        ("10", "arg-type"),  # parse() takes text
+        ("11", "call-overload"),  # retries is a number
+        ("13", "arg-type"),  # an option is named by text
+        ("15", "arg-type"),  # token counts are numbers
+    }, result.stdout
