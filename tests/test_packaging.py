@@ -45,7 +45,7 @@ def test_the_wheel_holds_the_modules_web_ui_type_marker_and_license(tmp_path: Pa
         f"spangraph/{path.relative_to(PACKAGE).as_posix()}"
         for path in PACKAGE.rglob("*")
         if path.is_file()
-        and path.suffix in (".py", ".js", ".css", ".html")
+        and path.suffix in (".py", ".pyi", ".js", ".css", ".html")
         and "__pycache__" not in path.parts
     }
     assert wanted - names == set()

@@ -33,6 +33,7 @@ from ..mapping import (
 from ._records import RESOURCES, copy_record, rebuild
 from ._worker import BatchWorker, QueueingSpanProcessor
 
+_hiredis_pack: Callable[..., bytes] | None
 try:  # redis-py's C companion (``redis[hiredis]``): packs a command in C
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # pragma: no cover - only where hiredis could not be installed

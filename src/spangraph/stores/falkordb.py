@@ -148,7 +148,7 @@ def _literal(value: Any) -> str:
     if value is None:
         return "null"
     if t is dict:
-        parts = []
+        parts: list[str] = []
         append = parts.append
         for k, v in value.items():
             key = _KEY_TEXT.get(k) or _key_text(k)
@@ -167,6 +167,7 @@ def _literal(value: Any) -> str:
     return stringify_param_value(value)
 
 
+_c_literal: Callable[[Any, Callable[[Any], str]], bytes] | None
 try:
     from .._speedups import cypher_literal as _c_literal
 except ImportError:  # the optional C extension was not built: _literal does the same
