@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from typing import Any, TypeGuard
 
 
 def _trio() -> Any:
@@ -61,7 +61,7 @@ class _TrioTimeout:
         return self._scope is not None and bool(self._scope.cancel_called)
 
 
-def is_cancellation(exc: BaseException | None) -> bool:
+def is_cancellation(exc: BaseException | None) -> TypeGuard[BaseException]:
     """Whether ``exc`` cancels the code rather than failing it: asyncio's
     ``CancelledError``, ``KeyboardInterrupt``, or trio's ``Cancelled``."""
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):

@@ -172,6 +172,7 @@ def entries(
             continue
         done.add(span_id)
         name = str(span.get("name"))
+        here: tuple[int, int, tuple[str, ...]]
         if parent is None:  # a root: "(root)", and its children start from nothing
             here = (root_key, 0, ())
             label = "(root)"

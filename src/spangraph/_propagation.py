@@ -11,7 +11,7 @@ spans join the run, and :class:`RunBaggageProcessor` stamps them on the other sp
 from __future__ import annotations
 
 import logging
-from typing import Final
+from typing import Final, TypeGuard
 from urllib.parse import quote_plus
 
 from opentelemetry import baggage
@@ -103,7 +103,7 @@ def _carried(ctx: Context, values: tuple[str | None, ...], *, warn: bool = True)
     return False
 
 
-def _usable_id(value: object) -> bool:
+def _usable_id(value: object) -> TypeGuard[str]:
     """An id as the SDK takes one from its user (non-blank, no white space around it, at
     most ``MAX_ID_CHARS``, not ``.`` or ``..``), and printable: baggage may come from
     anyone who can send the service a request."""
@@ -125,7 +125,7 @@ def run_ids(ctx: Context | None = None) -> dict[str, str] | None:
     entries = baggage.get_all(ctx)
     if not entries:
         return None
-    out = {}
+    out: dict[str, str] = {}
     for key in KEYS:
         value = entries.get(key)
         if value is None:

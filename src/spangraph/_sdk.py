@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import redis
 from opentelemetry import context as otel_context
@@ -37,7 +37,7 @@ from .exceptions import ConfigurationError, StoreError
 from .processors.graph import GraphSpanProcessor
 from .processors.live import LiveEventProcessor, RedisPublisher
 from .processors.offload import OffloadSpanProcessor
-from .stores import GraphStore, open_store
+from .stores import FalkorDBStore, GraphStore, open_store
 
 _SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _log = logging.getLogger("spangraph")
@@ -68,7 +68,7 @@ class Spangraph:
     _closed: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
-    def processors(self) -> list[SpanProcessor]:
+    def processors(self) -> list[GraphSpanProcessor | LiveEventProcessor | OffloadSpanProcessor]:
         return [
             p
             for p in (self.graph_processor, self.live_processor, self.offload_processor)
@@ -146,18 +146,18 @@ class Spangraph:
         waits = []
         for processor in ours:
             try:
-                waits.append((processor, processor._request_flush()))  # type: ignore[union-attr]
+                waits.append((processor, processor._request_flush()))
             except Exception:  # pragma: no cover - best effort
                 _log.exception("spangraph: flushing %r failed", processor)
         for processor, wait in waits:
             wait(left(processor))
         for processor in ours:
             try:
-                processor._shutdown(left(processor))  # type: ignore[union-attr]
+                processor._shutdown(left(processor))
             except Exception:  # pragma: no cover - best effort
                 _log.exception("spangraph: shutting down %r failed", processor)
-        for processor in extra:
-            _shutdown_other(processor, None if timeout is None else left(processor))
+        for other in extra:
+            _shutdown_other(other, None if timeout is None else left(other))
         if self.metrics is not None:  # its final counts are carried; no more reports of it
             self.metrics.unregister()
         if self.store is not None:
@@ -311,7 +311,9 @@ def _provider(
         # the user's own provider: add to it, never replace it. One an earlier
         # configure() made (and set globally: it cannot be replaced) is spangraph's still:
         # it gets the OTLP export again, as the earlier configuration's went with it
-        return existing, existing in _made_providers
+        # (an SDK TracerProvider, or one like it: only add_span_processor and get_tracer
+        # are called on it)
+        return cast(TracerProvider, existing), existing in _made_providers
     attrs = {"service.name": service_name} if service_name else {}
     provider = TracerProvider(resource=Resource.create(attrs))
     _made_providers.add(provider)
@@ -689,6 +691,7 @@ def _build(instance: Spangraph, *, graph: bool, live: bool, max_queue_size: int)
         try:
             if instance.graph_processor is not None and settings.graph_is_embedded:
                 store = instance.graph_processor.store
+                assert isinstance(store, FalkorDBStore)  # the embedded server's (open_store)
                 store.check_connections(embedded.connect_check())
                 follow = embedded.follower(server.port, store.move_to)
                 instance.graph_processor._worker.on_unavailable = follow

@@ -487,6 +487,7 @@ class _Frame:
         kind = opts.kind
         parent_run = _current_ids()
         attrs: dict[str, Any] = {sc.KIND: kind, sc.PROJECT_ID: _state.project}
+        run: RunIds | None
         if kind == sc.KIND_WORKFLOW:
             workflow_id = opts.workflow_id or uuid7()
             run = RunIds(
@@ -534,7 +535,7 @@ class _Frame:
         self.kind = kind
         self.lifecycle = kind in (sc.KIND_WORKFLOW, sc.KIND_STEP)
         self.on_finish = None
-        self.token: object | None = None
+        self.token: contextvars.Token[otel_context.Context] | None = None
         self.timeout = opts.timeout
         self.timeout_cm: Any = None
         handle_cls = opts.handle_cls or (WorkflowRun if kind == sc.KIND_WORKFLOW else Handle)
@@ -609,13 +610,14 @@ class _Frame:
             if self.kind == sc.KIND_WORKFLOW:
                 _add_event(span, sc.WORKFLOW_CANCELLED, {**common, **_error_attrs(exc)}, now)
         else:
+            # (exc is not None here: clean_exit(None) is True)
             span.set_attribute(sc.STATE, sc.STATE_FAILED)
-            _record_exception(span, exc, now)
-            errors = failure_attrs(self, exc)
+            _record_exception(span, exc, now)  # type: ignore[arg-type]
+            errors = failure_attrs(self, exc)  # type: ignore[arg-type]
             # OpenTelemetry's error.type on the failed span itself (the GenAI and HTTP
             # conventions' way to tell failures apart), not only on its events
             span.set_attribute(sc.ERROR_TYPE, errors[sc.ERROR_TYPE])
-            span.set_status(error_status(exc, errors[sc.ERROR_MESSAGE]))
+            span.set_status(error_status(exc, errors[sc.ERROR_MESSAGE]))  # type: ignore[arg-type]
             if self.lifecycle:
                 _add_event(span, f"{self.kind}.failed", {**common, **errors}, now)
         span.end(end_time=now)

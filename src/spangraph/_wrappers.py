@@ -15,6 +15,7 @@ import sys
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from types import CoroutineType
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -179,7 +180,7 @@ def _wrap_sync(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _covered(frame: _Frame, coro: Coroutine[Any, Any, Any]) -> Coroutine[Any, Any, Any]:
+def _covered(frame: _Frame, coro: CoroutineType[Any, Any, Any]) -> Coroutine[Any, Any, Any]:
     """A coroutine that awaits ``coro`` with ``frame``'s span current and ends the span
     with its outcome; a coroutine dropped without being awaited ends it ``cancelled``."""
 
@@ -206,7 +207,8 @@ def _covered(frame: _Frame, coro: Coroutine[Any, Any, Any]) -> Coroutine[Any, An
 
     outer = run()
     # named as the program's coroutine: Python's "never awaited" warning names this one
-    outer.__name__, outer.__qualname__ = coro.__name__, coro.__qualname__
+    # (outer is a native coroutine too, which has both: mypy types run() as a Coroutine)
+    outer.__name__, outer.__qualname__ = coro.__name__, coro.__qualname__  # type: ignore[attr-defined]
     dropped = weakref.finalize(outer, _drop, frame, coro)
     return outer
 
@@ -239,7 +241,7 @@ def _end_pending(frame: _Frame) -> None:
     frame.finish(asyncio.CancelledError("the coroutine was still pending at exit"))
 
 
-def _drop(frame: _Frame, coro: Coroutine[Any, Any, Any]) -> None:
+def _drop(frame: _Frame, coro: CoroutineType[Any, Any, Any]) -> None:
     # cancelled: a GeneratorExit would end it completed, as a generator closed early
     frame.finish(asyncio.CancelledError("the coroutine was dropped without being awaited"))
     coro.close()  # no "never awaited" warning for what the span already reports
@@ -350,9 +352,9 @@ def traced_generator(
         try:
             if to_throw is not None:
                 exc, to_throw = to_throw, None
-                value = gen.throw(exc)  # type: ignore[attr-defined]
+                value = gen.throw(exc)
             else:
-                value = gen.send(to_send)  # type: ignore[attr-defined]
+                value = gen.send(to_send)
         except StopIteration as stop:
             frame.finish(None)
             return stop.value
@@ -367,7 +369,7 @@ def traced_generator(
         except GeneratorExit:  # the consumer stopped early: the run ends there
             frame.attach()
             try:
-                gen.close()  # type: ignore[attr-defined]
+                gen.close()
             except BaseException as exc:
                 frame.finish(exc)
                 raise
@@ -384,7 +386,7 @@ def traced_async_generator(
 ) -> AsyncIterator[Any]:
     """Async counterpart of :func:`traced_generator` (the generator's context attached
     around every ``anext()``, ``asend()``, ``athrow()`` and ``aclose()``)."""
-    return _traced_async_generator_function(open_frame, make)()  # type: ignore[no-any-return]
+    return _traced_async_generator_function(open_frame, make)()
 
 
 def _traced_async_generator_function(

@@ -147,7 +147,7 @@ def decision(
             )
     if len(set(offered)) != len(offered):
         raise ValueError(f"decision {name!r} offers the same option twice: {offered!r}")
-    stored = {}
+    stored: dict[str, str] = {}
     for option in offered:
         other = stored.setdefault(as_stored(option), option)
         if other is not option:

@@ -99,7 +99,8 @@ def _is_loopback(host: str) -> bool:
     if host.rstrip(".") == "localhost":
         return True
     try:
-        found = {info[4][0] for info in socket.getaddrinfo(host.strip("[]"), None)}
+        # (addresses of AF_INET and AF_INET6, the families getaddrinfo gives: text)
+        found = {str(info[4][0]) for info in socket.getaddrinfo(host.strip("[]"), None)}
     except OSError:
         return False
 
@@ -473,10 +474,9 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         if result["missing"]:
             from ._diff import missing_message
 
-            print(
-                printable(missing_message(result["missing"], "branch" if args.branches else "run")),
-                file=sys.stderr,
-            )
+            message = missing_message(result["missing"], "branch" if args.branches else "run")
+            assert message is not None  # (some are missing)
+            print(printable(message), file=sys.stderr)
             return 1
         if args.json:
             print(_json(result))
@@ -488,10 +488,10 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             store, older_than_s=args.older_than, project_id=args.project, limit=args.limit
         )
         if not args.json:
-            keep = ("span_id", "kind", "name", "workflow_id", "service")
+            columns = ("span_id", "kind", "name", "workflow_id", "service")
             now = time.time_ns()
             rows = [
-                {**{k: r.get(k) for k in keep}, **_started(r.get("start_ns"), now)} for r in rows
+                {**{k: r.get(k) for k in columns}, **_started(r.get("start_ns"), now)} for r in rows
             ]
     else:  # cypher
         from .stores.falkordb import FalkorDBStore

@@ -16,6 +16,7 @@ import operator
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
+from types import CoroutineType
 from typing import Any, TypeVar, overload
 
 from opentelemetry import trace
@@ -255,7 +256,7 @@ def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _responding(
-    coro: Coroutine[Any, Any, Any], respond: Callable[[Any], None]
+    coro: CoroutineType[Any, Any, Any], respond: Callable[[Any], None]
 ) -> Coroutine[Any, Any, Any]:
     """A coroutine that awaits ``coro`` and records its result with ``respond``, for a
     sync tool that returns a coroutine: the tool span covers it as it covers any
@@ -269,7 +270,8 @@ def _responding(
 
     outer = run()
     # named as the program's coroutine, as _covered names its own after this one
-    outer.__name__, outer.__qualname__ = coro.__name__, coro.__qualname__
+    # (outer is a native coroutine too, which has both: mypy types run() as a Coroutine)
+    outer.__name__, outer.__qualname__ = coro.__name__, coro.__qualname__  # type: ignore[attr-defined]
     # dropped without being awaited: no "never awaited" warning for coro too
     closer = weakref.finalize(outer, coro.close)
     return outer
@@ -297,7 +299,7 @@ class _ToolScope(Scope[ToolCall]):
 
     def __call__(self, fn: F) -> F:
         if isinstance(fn, staticmethod | classmethod):  # @tool above @staticmethod
-            return type(fn)(self(fn.__func__))  # type: ignore[return-value]
+            return type(fn)(self(fn.__func__))
         if not callable(fn):
             raise TypeError(f"tool() decorates a function, got {fn!r}")
         code = _code_of(fn)
@@ -308,7 +310,7 @@ class _ToolScope(Scope[ToolCall]):
         # the name a model calls it by: the function's own (a partial's function's, a
         # callable object's class's), without its enclosing class
         name = self._tool_name or _default_name(fn).rsplit(".", 1)[-1]
-        scope = Scope(_tool_options(name, self._tool_attrs))
+        scope: Scope[ToolCall] = Scope(_tool_options(name, self._tool_attrs))
         return scope(_record_io(name, fn))  # type: ignore[return-value]
 
 
@@ -336,7 +338,8 @@ def tool(
     if isinstance(name_or_fn, staticmethod | classmethod) or (
         callable(name_or_fn) and not isinstance(name_or_fn, str)
     ):
-        return _ToolScope(None, None, attributes)(name_or_fn)
+        # (a staticmethod or classmethod, not callable itself, is taken too: __call__)
+        return _ToolScope(None, None, attributes)(name_or_fn)  # type: ignore[type-var]
     if name_or_fn is not None:
         _check_name(name_or_fn, "tool name")
     if arguments is not None and not isinstance(arguments, Mapping):

@@ -148,7 +148,7 @@ class Scope(Generic[H]):
 
     def __call__(self, fn: F) -> F:
         if isinstance(fn, staticmethod | classmethod):  # @step above @staticmethod
-            return type(fn)(self(fn.__func__))  # type: ignore[return-value]
+            return type(fn)(self(fn.__func__))
         if not callable(fn):
             raise TypeError(f"{self._opts.kind}() decorates a function, got {fn!r}")
         opts = self._opts if self._opts.name else replace(self._opts, name=_default_name(fn))
@@ -262,7 +262,7 @@ def _make(kind: str, name_or_fn: Any, kwargs: dict[str, Any]) -> Any:
     if links:
         kwargs["links"] = tuple(links)
     opts = _Options(kind=kind, name=name, attributes=attributes, **kwargs)
-    scope = Scope(opts)
+    scope: Scope[Any] = Scope(opts)
     if is_fn and not isinstance(name_or_fn, str):
         return scope(name_or_fn)
     return scope
@@ -278,7 +278,7 @@ def _exception_classes(retry_on: object) -> tuple[type[BaseException], ...]:
                 "retry_on must be an exception class or a tuple of exception classes, "
                 f"got {retry_on!r}"
             )
-    return classes  # type: ignore[return-value]
+    return classes
 
 
 @overload

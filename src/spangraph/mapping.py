@@ -14,7 +14,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
@@ -23,6 +23,11 @@ from . import semconv as sc
 from ._attrs import MAX_VALUE_CHARS, safe_str, truncate
 from ._ids import MAX_ID_CHARS
 from ._utf8 import utf8
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import Event
+
+    from .processors._records import RecordEvent, RecordSpan
 
 _log = logging.getLogger("spangraph")
 
@@ -169,11 +174,12 @@ def _finite(value: Any) -> Any:
     return value
 
 
-if json.encoder.c_make_encoder is not None:  # CPython's C encoder: what _encoder runs
+# CPython's C encoder, what _encoder runs (private to json.encoder: not in its stubs)
+if json.encoder.c_make_encoder is not None:  # type: ignore[attr-defined]
     # Built once too (JSONEncoder.encode builds it on every call), without the check for
     # a value that contains itself (which needs state per call): such a value, which no
     # span attribute can be, raises RecursionError rather than ValueError.
-    _c_encoder = json.encoder.c_make_encoder(
+    _c_encoder = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
         None, str, json.encoder.encode_basestring, None, ":", ",", False, False, False
     )
 
@@ -348,7 +354,7 @@ def label_of(kind: str) -> str | None:
     return sc.KIND_LABELS.get(kind)
 
 
-def state_of(span: ReadableSpan, attributes: Mapping[str, Any]) -> str:
+def state_of(span: ReadableSpan | RecordSpan, attributes: Mapping[str, Any]) -> str:
     state = attributes.get(sc.STATE)
     if state in (sc.STATE_COMPLETED, sc.STATE_FAILED, sc.STATE_CANCELLED):
         return str(state)
@@ -363,7 +369,7 @@ class Resources:
     def __init__(self) -> None:
         self._cache: OrderedDict[int, tuple[Any, str | None, str | None]] = OrderedDict()
 
-    def service_env(self, span: ReadableSpan) -> tuple[str | None, str | None]:
+    def service_env(self, span: ReadableSpan | RecordSpan) -> tuple[str | None, str | None]:
         resource = span.resource
         hit = self._cache.get(id(resource))
         if hit is not None and hit[0] is resource:
@@ -565,7 +571,9 @@ class SpanMapper:
         self.lineage = Lineage(adoptions=adoptions)
         self.resources = Resources()
 
-    def common(self, span: ReadableSpan, attributes: Mapping[str, Any]) -> dict[str, Any]:
+    def common(
+        self, span: ReadableSpan | RecordSpan, attributes: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """Properties a node and a live message share."""
         ctx = span.context
         span_id = hex_span_id(ctx.span_id)
@@ -590,7 +598,9 @@ class SpanMapper:
             "env": env,
         }
 
-    def node_props(self, span: ReadableSpan, *, ended: bool) -> tuple[str | None, dict[str, Any]]:
+    def node_props(
+        self, span: ReadableSpan | RecordSpan, *, ended: bool
+    ) -> tuple[str | None, dict[str, Any]]:
         """(label, properties) of a span's node, at its start or its end.
 
         ``None`` values are left out, so a later write never erases what an earlier one set.
@@ -614,8 +624,9 @@ class SpanMapper:
         return label, {k: v for k, v in props.items() if v is not None}
 
     @staticmethod
-    def event_rows(span: ReadableSpan, span_id: str) -> list[dict[str, Any]]:
+    def event_rows(span: ReadableSpan | RecordSpan, span_id: str) -> list[dict[str, Any]]:
         """``HAS_EVENT`` rows for the span's events (live-only events left out)."""
+        events: Sequence[Event | RecordEvent] = span.events
         return [
             {
                 "span_id": span_id,
@@ -624,13 +635,13 @@ class SpanMapper:
                 "time_ns": _time_ns(event.timestamp),
                 "attributes": to_json(dict(event.attributes or {})),
             }
-            for seq, event in enumerate(span.events)
+            for seq, event in enumerate(events)
             if event.name not in LIVE_ONLY_EVENTS
         ]
 
     @staticmethod
     def option_rows(
-        span: ReadableSpan, props: Mapping[str, Any], span_id: str
+        span: ReadableSpan | RecordSpan, props: Mapping[str, Any], span_id: str
     ) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
         """For an ended decision: (rows of option nodes that were never explored, edges).
 
@@ -639,8 +650,10 @@ class SpanMapper:
         decision's id and the option's name, so replays write the same node.
         """
         attributes = span.attributes or {}
-        options = attributes.get(sc.DECISION_OPTIONS) or ()
-        explored = attributes.get(sc.DECISION_OPTION_SPAN_IDS) or ()
+        # sequences: the SDK sets lists, the OTLP ingest keeps only tuples (another value,
+        # set through the plain OpenTelemetry API, fails here: the caller logs it)
+        options = cast(Sequence[Any], attributes.get(sc.DECISION_OPTIONS) or ())
+        explored = cast(Sequence[Any], attributes.get(sc.DECISION_OPTION_SPAN_IDS) or ())
         raw_chosen = attributes.get(sc.DECISION_CHOSEN)
         chosen = None if raw_chosen is None else option_text(raw_chosen)
         # a chosen_option link (the SDK's, or an OTLP client's) names the chosen option's
@@ -690,7 +703,9 @@ class SpanMapper:
         return nodes, edges
 
     @staticmethod
-    def link_rows(span: ReadableSpan, span_id: str) -> list[tuple[str, dict[str, Any]]]:
+    def link_rows(
+        span: ReadableSpan | RecordSpan, span_id: str
+    ) -> list[tuple[str, dict[str, Any]]]:
         """(link type, row) for each span link that carries a ``spangraph.link.type``."""
         out = []
         for link in span.links:
@@ -830,7 +845,7 @@ else:
     # the same text, in C for the usual case (see _speedups_live.c); the rest goes to
     # the Python version
     _live_setup(_py_live_message, to_json, _heads)
-    live_message = _c_live_message  # type: ignore[assignment]
+    live_message = _c_live_message
 
 
 def attributes_of(span: Any) -> dict[str, Any]:

@@ -597,7 +597,7 @@ def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
         offered = _options_of(attrs.get("spangraph.decision.options"))
         listed = attrs.get("spangraph.decision.option_span_ids")
         options = _decision_options(row["options"], offered, listed)
-        names = [as_stored(_text(n)) for n in row.get("chosen") or () if n is not None]
+        names = [as_stored(option_text(n)) for n in row.get("chosen") or () if n is not None]
         chosen = min(names) if names else _text(attrs.get("spangraph.decision.chosen"))
         if chosen is not None:
             chosen = as_stored(chosen)
@@ -764,9 +764,9 @@ def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
             }
             messages.append((span["end_ns"], 2, message("span.ended", span, span["end_ns"], attrs)))
     for event in workflow_events(store, workflow_id):
-        span = spans.get(event["span_id"])
+        event_span = spans.get(event["span_id"])
         if (
-            span is not None
+            event_span is not None
             and event.get("time_ns") is not None  # (none: another program's)
             and event.get("name") is not None  # (the message's type)
         ):
@@ -775,7 +775,10 @@ def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
                     event["time_ns"],
                     1,
                     message(
-                        event_type(event["name"]), span, event["time_ns"], event.get("attributes")
+                        event_type(event["name"]),
+                        event_span,
+                        event["time_ns"],
+                        event.get("attributes"),
                     ),
                 )
             )
@@ -894,7 +897,7 @@ def diff(
         ids = [s["span_id"] for s in spans if s.get("kind") == "decision"]
         if ids:
             linked = {
-                row["span_id"]: [as_stored(_text(n)) for n in row["chosen"] if n is not None]
+                row["span_id"]: [as_stored(option_text(n)) for n in row["chosen"] if n is not None]
                 for row in store.query(CHOSEN_BY_LINK, {"span_ids": ids})
             }
             for span in spans:

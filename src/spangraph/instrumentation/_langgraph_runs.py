@@ -87,8 +87,9 @@ def _config(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dic
             from langchain_core.runnables.config import ensure_config as ensure_one
             from langchain_core.runnables.config import merge_configs
 
-            return dict(merge_configs(ensure_one(None), bound, call))
-        return dict(ensure_config(bound, call))
+            # (a RunnableConfig is a TypedDict: the configs are the caller's plain dicts)
+            return dict(merge_configs(ensure_one(None), bound, call))  # type: ignore[arg-type]
+        return dict(ensure_config(bound, call))  # type: ignore[arg-type]
     except Exception:  # a config LangGraph will refuse itself: the call's, as it is
         _log.debug("spangraph: could not merge a LangGraph config", exc_info=True)
         return call or {}

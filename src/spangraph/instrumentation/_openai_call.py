@@ -235,7 +235,7 @@ class Call:
             self._reasons[0] = "tool_calls" if names else "stop"
             self._tool_calls = [str(n) for n in names if n]
         elif status == "incomplete":
-            reason = getattr(getattr(response, "incomplete_details", None), "reason", None)
+            reason: Any = getattr(getattr(response, "incomplete_details", None), "reason", None)
             self._reasons[0] = _INCOMPLETE_REASONS.get(reason, reason or "incomplete")
         elif status in ("failed", "cancelled"):
             self._reasons[0] = "error" if status == "failed" else "cancelled"

@@ -84,7 +84,7 @@ class _Marker:
         self.done.set()
 
 
-class _TracedResponse(wrapt.ObjectProxy):  # type: ignore[misc]
+class _TracedResponse(wrapt.ObjectProxy):
     """A stream's HTTP response (``stream.response``) whose closing ends the call's span.
 
     The SDK's ``.stream()`` helpers (``chat.completions.stream``, ``responses.stream``)
@@ -109,7 +109,7 @@ class _TracedResponse(wrapt.ObjectProxy):  # type: ignore[misc]
             self._self_call.finish(None)
 
 
-class _TracedChunks(wrapt.ObjectProxy):  # type: ignore[misc]
+class _TracedChunks(wrapt.ObjectProxy):
     """What both streams share: the call they record, finished when collected."""
 
     def __init__(self, wrapped: Any, call: Call) -> None:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import wrapt
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]  # (its module opts out of type checking)
 
 from . import _langgraph_decisions as decisions
 from . import _langgraph_runs as runs

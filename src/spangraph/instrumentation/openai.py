@@ -36,7 +36,7 @@ from typing import Any, Final
 import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]  # (its module opts out of type checking)
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Tracer
 
@@ -196,7 +196,7 @@ def _async_wrapper(
     return wrapper
 
 
-class OpenAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class OpenAIInstrumentor(BaseInstrumentor):
     """Instruments the OpenAI Python SDK (see the module's docstring).
 
     ``instrument(tracer_provider=...)`` takes spans from that provider; without it they

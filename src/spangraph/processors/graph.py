@@ -37,7 +37,7 @@ def _has_any(span: Any, name: str) -> bool:
     """Whether ``span.events`` (``name`` "events") or ``span.links`` is non-empty, without
     the copy the SDK's property makes (a tuple of its ``BoundedList``, under its lock);
     the public property where the SDK's internals differ."""
-    inner = getattr(span, "_" + name, None)
+    inner: Any = getattr(span, "_" + name, None)
     if type(inner) in _SEQUENCES:
         return len(inner) > 0
     return bool(getattr(span, name))

@@ -921,9 +921,11 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
             processors.append(live)
         if config.get("embedded_home"):  # follow the server if it comes back elsewhere
             from ..embedded import EmbeddedServer
+            from ..stores.falkordb import FalkorDBStore
 
             embedded = EmbeddedServer(config["embedded_home"])
             if graph is not None and store is not None and config.get("graph_embedded"):
+                assert isinstance(store, FalkorDBStore)  # the embedded server's (open_store)
                 port = urlsplit(settings.graph_url).port or 0
                 store.check_connections(embedded.connect_check())  # (not another's)
                 graph._worker.on_unavailable = embedded.follower(port, store.move_to)
@@ -984,7 +986,7 @@ def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested
                     resources[r[1]] = Resource(r[2] or {})
                 elif what == _FLUSH:
                     flushed = [p.force_flush(30_000) for p in processors]
-                    stats = {"graph": graph.stats() if graph else None}
+                    stats: dict[str, Any] = {"graph": graph.stats() if graph else None}
                     stats["live"] = live.stats() if live else None
                     stats["ok"] = all(flushed)  # False: something before it was dropped
                     try:

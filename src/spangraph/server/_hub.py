@@ -453,6 +453,7 @@ class StreamHub:
                 for sub in channel.subs:
                     sub.last_sent = min(sub.last_sent or 0, current)
                     sub.push(went_back)  # clients forget the seqs they saw above it
+            assert channel.workflow_id is not None  # (channels: those of a run)
             async for batch in self.backlog(channel.workflow_id, after):
                 fresh = channel.batch(batch.msgs)
                 if fresh is not None:

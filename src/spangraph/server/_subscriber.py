@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from typing import Any, Final
 
 from ..processors.live import STREAM_MAXLEN
@@ -94,7 +95,7 @@ class Batch:
             if self.heartbeat:
                 self._sse = b": heartbeat\n\n"
             else:
-                ids = self.seqs or [None] * len(self.msgs)
+                ids: Sequence[int | None] = self.seqs or [None] * len(self.msgs)
                 self._sse = "".join(map(sse_event, ids, self.msgs)).encode()
         return self._sse
 

@@ -21,11 +21,11 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 async def get_store(request: Request) -> GraphStore:
-    return request.app.state.store  # type: ignore[no-any-return]
+    return request.app.state.store
 
 
 async def get_redis(request: Request) -> Any:

@@ -847,7 +847,7 @@ def parents_first(spans: list[ReadableSpan]) -> list[ReadableSpan]:
         chain: list[int] = []
         seen: set[int] = set()
         cur: int | None = s.context.span_id
-        while cur in by_id and cur not in depth and cur not in seen:
+        while cur is not None and cur in by_id and cur not in depth and cur not in seen:
             seen.add(cur)
             chain.append(cur)
             parent = by_id[cur].parent

@@ -128,7 +128,7 @@ def success_body(fmt: str, result: ExportResult) -> bytes:
         from google.protobuf import json_format
 
         return json.dumps(json_format.MessageToDict(response), separators=(",", ":")).encode()
-    return response.SerializeToString()  # type: ignore[no-any-return]
+    return response.SerializeToString()
 
 
 def _media_type(header: str | None) -> str:

@@ -58,7 +58,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Annotated, Any, Final
 
 from fastapi import (
@@ -193,7 +193,7 @@ class _Pairs(list[tuple[str, Any]]):
     """A JSON object's (key, value) pairs, in order, repeats kept."""
 
 
-def _since_message(message: dict[str, Any]) -> tuple[int | None, str | None]:
+def _since_message(message: Mapping[str, Any]) -> tuple[int | None, str | None]:
     """``(since, error)`` from a client's ``{"since": n}`` message."""
     try:
         text = message.get("text")

@@ -166,7 +166,8 @@ def workflow_decisions(
     for decision in queries.decisions(store, workflow_id):
         for option in decision["options"]:
             span_id = option["span_id"] if option["explored"] else None
-            option["jaeger_url"] = jaeger_url(settings, traces.get(span_id), span_id)
+            trace_id = traces.get(span_id) if span_id is not None else None
+            option["jaeger_url"] = jaeger_url(settings, trace_id, span_id)
         sid = decision["span_id"]
         out.append({**decision, "jaeger_url": jaeger_url(settings, traces.get(sid), sid)})
     return out
