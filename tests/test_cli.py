@@ -500,6 +500,14 @@ def test_demo_with_live_events_off_names_the_setting(tmp_path: Path) -> None:
     assert not (tmp_path / "server.json").exists()  # refused before anything started
 
 
+def test_demo_with_the_sdk_disabled_names_the_setting(tmp_path: Path) -> None:
+    # configure() then opens no store and no Redis: the demo has nothing to show
+    result = cli(tmp_path, "demo", OTEL_SDK_DISABLED="true")
+    assert result.code == 2 and "Traceback" not in result.err, result.err
+    assert "OTEL_SDK_DISABLED" in result.err
+    assert not (tmp_path / "server.json").exists()  # nothing was started
+
+
 def test_query_of_an_unreachable_neo4j_fails_at_once(tmp_path: Path, closed_port: int) -> None:
     """The connection is checked before the query, which the driver would retry for 30 s
     (the subprocess timeout below stops a run that retries)."""

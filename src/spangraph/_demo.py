@@ -214,14 +214,21 @@ def run_demo(out: TextIO, *, home: str | None = None) -> int:
             "or a redis:// URL",
         )
     instance = _sdk.configure(home=home, service_name="spangraph-demo")
+    store, redis_url = instance.store, instance.redis_url
+    if store is None or redis_url is None:  # OTEL_SDK_DISABLED=true: nothing was opened
+        _sdk.shutdown()
+        raise ConfigurationError(
+            "OTEL_SDK_DISABLED",
+            "is true, so nothing is recorded and the demo has nothing to show: unset it",
+        )
     workflow_id = uuid7()
     say(
         f"spangraph demo — graph store: {redact_url(instance.settings.graph_url)}, "
-        f"live events: {redact_url(instance.redis_url)}"
+        f"live events: {redact_url(redis_url)}"
     )
     say(f"running workflow 'research-assistant' (workflow_id {workflow_id})\n")
     say("live events, as they arrive from Redis:")
-    tail = _LiveTail(instance.redis_url, workflow_id, say)
+    tail = _LiveTail(redis_url, workflow_id, say)
     tail.start()
     result = asyncio.run(research("How do agents branch?", workflow_id))
     if not _sdk.flush(timeout=_FLUSH_S):
@@ -237,7 +244,6 @@ def run_demo(out: TextIO, *, home: str | None = None) -> int:
         f"{tail.count} live events received, seq {min(tail.seqs, default=0)} to "
         f"{max(tail.seqs, default=0)}\n"
     )
-    store = instance.store
     say("the run, read back from the graph:")
     roots = queries.tree(store, workflow_id)
     print_tree(roots, say)
