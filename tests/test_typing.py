@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = Path(__file__).parent / "typing_samples" / "public_api.py"
 
 
@@ -74,3 +75,20 @@ def test_mistakes_in_user_code_are_reported(mypy, tmp_path):
         ("13", "arg-type"),  # an option is named by text
         ("15", "arg-type"),  # token counts are numbers
     }, result.stdout
+
+
+def test_the_package_checks_with_the_repository_settings(tmp_path: Path) -> None:
+    # pyproject.toml's [tool.mypy]: an annotation that no longer matches the code, or a
+    # "type: ignore" that hides nothing any more, fails here
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "mypy", "--config-file", "pyproject.toml"),
+            *("--cache-dir", str(tmp_path / "mypy-cache"), "--no-color-output"),
+            "src/spangraph",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
