@@ -671,7 +671,7 @@ def test_a_decision_nested_in_another_lists_only_its_own_options(
     assert inner.span_id != outer.span_id
 
 
-def _plain_otel_decision(provider: TracerProvider, workflow_id: str, options: list[Any]) -> None:
+def _plain_otel_decision(provider: TracerProvider, workflow_id: str, options: Any) -> None:
     """A decision made with the OTel SDK alone (as an OTLP client sends one): options
     offered in an attribute, the explored ones as child spans, the chosen one by a span
     link of type chosen_option, and no ``spangraph.decision.option_span_ids``."""
@@ -686,13 +686,14 @@ def _plain_otel_decision(provider: TracerProvider, workflow_id: str, options: li
             attributes={**common, sc.KIND: sc.KIND_DECISION, sc.DECISION_OPTIONS: options},
         ) as decision,
     ):
+        first = options[0] if isinstance(options, list) else options
         with tracer.start_as_current_span(
-            str(options[0]).lower(), attributes={**common, sc.KIND: sc.KIND_OPTION}
+            str(first).lower(), attributes={**common, sc.KIND: sc.KIND_OPTION}
         ) as explored:
             pass
         link = trace.Link(explored.get_span_context(), {sc.LINK_TYPE: sc.LINK_CHOSEN_OPTION})
         decision.add_link(link.context, link.attributes)
-        decision.set_attribute(sc.DECISION_CHOSEN, options[0])
+        decision.set_attribute(sc.DECISION_CHOSEN, first)
 
 
 def test_a_decision_from_plain_otel_with_a_chosen_option_link(
@@ -727,6 +728,34 @@ def test_options_that_are_not_text_have_one_name(
     assert [(o["name"], o["explored"], o["chosen"]) for o in decision["options"]] == [
         ("true", True, True),
         ("false", False, False),
+    ]
+
+
+@pytest.mark.parametrize(("offered", "name"), [("fast", "fast"), (7, "7"), (True, "true")])
+def test_a_single_option_offered_as_one_value(
+    sg: spangraph.Spangraph, provider: TracerProvider, offered: Any, name: str
+) -> None:
+    """Plain OpenTelemetry code offering one option as a single value, not a list: one
+    option, explored and chosen (before: a number failed the decision's mapping, which
+    then lost its events, links and option edges; text was split into characters)."""
+    assert sg.store is not None
+    workflow_id = f"wf-single-{name}"
+    _plain_otel_decision(provider, workflow_id, offered)
+    flush()
+    [decision] = queries.decisions(sg.store, workflow_id)
+    assert decision["chosen"] == name
+    assert [(o["name"], o["explored"], o["chosen"]) for o in decision["options"]] == [
+        (name, True, True)
+    ]
+    # the edges the decision's mapping writes when it ends
+    edges = sg.store.query(
+        "MATCH (:Decision {span_id: $d})-[r]->(o) RETURN type(r) AS type, o.name AS option",
+        {"d": decision["span_id"]},
+    )
+    assert sorted((e["type"], e["option"]) for e in edges) == [
+        ("CHOSEN_OPTION", str(offered).lower()),
+        ("OPTION_OF", str(offered).lower()),
+        ("PARENT_OF", str(offered).lower()),
     ]
 
 

@@ -1832,6 +1832,42 @@ def test_option_span_ids_that_are_not_span_ids(running: Running) -> None:
     assert all(len(o["span_id"]) == 16 for o in found["options"])
 
 
+@pytest.mark.parametrize(("offered", "name"), [("fast", "fast"), (7, "7")])
+def test_a_single_option_offered_as_one_value(running: Running, offered: object, name: str) -> None:
+    """Another program offering one option as a single value, not an array: one option,
+    explored, as the same spans traced in process give (before: the value was dropped
+    and the decision offered nothing)."""
+    from spangraph import queries
+    from spangraph import semconv as sc
+
+    provider = client_provider(running, batch=False)
+    tracer = provider.get_tracer("other-program")
+    common = {sc.WORKFLOW_ID: f"wf-one-option-{name}"}
+    with (
+        tracer.start_as_current_span("run", attributes={**common, sc.KIND: "workflow"}),
+        tracer.start_as_current_span("route", attributes={**common, sc.KIND: "decision"}) as d,
+    ):
+        with tracer.start_as_current_span(name, attributes={**common, sc.KIND: "option"}) as o:
+            pass
+        d.set_attributes(
+            {
+                sc.DECISION_OPTIONS: offered,
+                sc.DECISION_OPTION_SPAN_IDS: format(o.get_span_context().span_id, "016x"),
+            }
+        )
+    provider.shutdown()
+    running.flush()
+    [found] = queries.decisions(running.store, f"wf-one-option-{name}")
+    assert [(x["name"], x["explored"], x["span_id"]) for x in found["options"]] == [
+        (name, True, format(o.get_span_context().span_id, "016x"))
+    ]
+    edges = running.store.query(
+        "MATCH (:Decision {span_id: $d})-[r:OPTION_OF]->(o) RETURN o.name AS option",
+        {"d": found["span_id"]},
+    )
+    assert [e["option"] for e in edges] == [name]
+
+
 def text(key: str, value: str) -> KeyValue:
     """A string attribute of a protobuf span."""
     return KeyValue(key=key, value=AnyValue(string_value=value))

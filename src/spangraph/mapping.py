@@ -14,7 +14,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
@@ -560,6 +560,13 @@ returns for a span changes only with these, the span's name and the lineage entr
 the span and its parent (``tests/test_perf_paths.py`` checks the list)."""
 
 
+def _items(value: object) -> Sequence[Any]:
+    """An attribute's items: a list's or tuple's, a single value as one, none for None."""
+    if isinstance(value, list | tuple):
+        return value
+    return () if value is None else (value,)
+
+
 class SpanMapper:
     """Maps spans to graph rows and live messages, with the state the mapping needs
     (run-id inheritance, per-Resource cache). One per worker thread."""
@@ -650,10 +657,10 @@ class SpanMapper:
         decision's id and the option's name, so replays write the same node.
         """
         attributes = span.attributes or {}
-        # sequences: the SDK sets lists, the OTLP ingest keeps only tuples (another value,
-        # set through the plain OpenTelemetry API, fails here: the caller logs it)
-        options = cast(Sequence[Any], attributes.get(sc.DECISION_OPTIONS) or ())
-        explored = cast(Sequence[Any], attributes.get(sc.DECISION_OPTION_SPAN_IDS) or ())
+        # the SDK sets lists, OTLP tuples; a single value (plain OpenTelemetry code that
+        # offers one option) is one option, as the queries read it
+        options = _items(attributes.get(sc.DECISION_OPTIONS))
+        explored = _items(attributes.get(sc.DECISION_OPTION_SPAN_IDS))
         raw_chosen = attributes.get(sc.DECISION_CHOSEN)
         chosen = None if raw_chosen is None else option_text(raw_chosen)
         # a chosen_option link (the SDK's, or an OTLP client's) names the chosen option's

@@ -49,7 +49,7 @@ STATE: Final = "spangraph.state"
 """Final state set by spangraph's own spans: ``completed``, ``failed`` or ``cancelled``."""
 
 DECISION_OPTIONS: Final = "spangraph.decision.options"
-"""Names of all options offered at a decision."""
+"""Names of all options offered at a decision (a single value offers one)."""
 
 DECISION_CHOSEN: Final = "spangraph.decision.chosen"
 """Name of the option chosen at a decision."""

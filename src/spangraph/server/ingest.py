@@ -566,10 +566,9 @@ def _span_attributes(key_values: Iterable[Any]) -> dict[str, Any]:
     for key in (sc.DECISION_OPTIONS, sc.DECISION_OPTION_SPAN_IDS):
         value = attrs.get(key)
         if value is not None:
-            if isinstance(value, tuple):
-                attrs[key] = tuple(v if isinstance(v, str) else to_json(v) for v in value)
-            else:
-                del attrs[key]
+            # a single value offers one option (names one explored span), as in process
+            items = value if isinstance(value, tuple) else (value,)
+            attrs[key] = tuple(v if isinstance(v, str) else to_json(v) for v in items)
     return attrs
 
 
