@@ -387,7 +387,7 @@ def _open_store(settings: Settings, *, embedded: bool = False) -> GraphStore:
     url = redact_url(settings.graph_url)
     setting = graph_url_setting(settings.graph_url)  # (NEO4J_URI: the variable set)
     try:
-        store = open_store(settings)
+        store = open_store(settings, embedded=embedded)
     except ConfigurationError:
         raise  # it names the setting already, with the password hidden
     except (StoreError, ValueError, TypeError) as exc:  # the client refused the URL

@@ -281,7 +281,9 @@ def create_app(
         )
 
         def open_chosen() -> GraphStore:  # `chosen` as it is when opened
-            opened = open_store(chosen)
+            opened = open_store(
+                chosen, embedded=embedded is not None and settings.graph_is_embedded
+            )
             if embedded is not None and settings.graph_is_embedded:
                 check = getattr(opened, "check_connections", None)
                 if check is not None:  # never write into a server that took its port

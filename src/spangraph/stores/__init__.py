@@ -13,10 +13,13 @@ from .falkordb import FalkorDBStore
 __all__ = ["FalkorDBStore", "GraphStore", "WriteBatch", "open_store"]
 
 
-def open_store(settings: object) -> GraphStore:
+def open_store(settings: object, *, embedded: bool = False) -> GraphStore:
     """Open the graph store named by ``settings.graph_url`` (see :mod:`spangraph.config`).
 
-    ``embedded`` starts (or reuses) the embedded server under ``settings.home``.
+    ``embedded`` starts (or reuses) the embedded server under ``settings.home``; the
+    keyword ``embedded=True`` says that ``settings.graph_url`` is that server's address.
+    The embedded server's store compacts its append-only file once it made the schema
+    (:func:`spangraph.embedded.compact`).
     """
     from ..config import Settings
 
@@ -25,7 +28,9 @@ def open_store(settings: object) -> GraphStore:
         from ..embedded import EmbeddedServer
 
         server = EmbeddedServer(settings.home)
-        return FalkorDBStore.from_url(server.ensure_running().graph_url)
+        store = FalkorDBStore.from_url(server.ensure_running().graph_url)
+        store.compact_after_schema = True
+        return store
     if settings.graph_is_neo4j:
         from .neo4j import Neo4jStore
 
@@ -35,4 +40,6 @@ def open_store(settings: object) -> GraphStore:
             password=settings.neo4j_password,
             database=settings.neo4j_database,
         )
-    return FalkorDBStore.from_url(settings.graph_url)
+    store = FalkorDBStore.from_url(settings.graph_url)
+    store.compact_after_schema = embedded
+    return store

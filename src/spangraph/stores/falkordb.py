@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -39,6 +40,16 @@ DDL: Final = (
     "CREATE INDEX FOR (e:Event) ON (e.span_id)",
 )
 """FalkorDB index statements (FalkorDB's dialect; not sent to Neo4j)."""
+
+CONSTRAINT_STATES: Final = "CALL db.constraints() YIELD status RETURN status"
+"""Whether FalkorDB built its constraints (FalkorDB's own procedure)."""
+
+_BUILT: Final = frozenset({"OPERATIONAL", "FAILED"})
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
 
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
 
@@ -268,6 +279,10 @@ class FalkorDBStore:
         self._db = self._connect(port)
         self._graph = self._db.select_graph(graph)
         self._schema_ready = False
+        self.compact_after_schema = False
+        """Whether :meth:`ensure_schema` has the server rewrite its append-only file when
+        it made an index or the constraint (the embedded server's store: see
+        :func:`spangraph.embedded.compact`)."""
         # packs commands into the wire format: never connected, only its encoder is used
         pool = self._db.connection.connection_pool
         self._packer = pool.connection_class(**pool.connection_kwargs)
@@ -374,10 +389,12 @@ class FalkorDBStore:
         if self._schema_ready:
             return
         conn = self._db.connection
+        made = False
         try:
             for statement in DDL:
                 try:
                     conn.execute_command("GRAPH.QUERY", self.graph_name, statement)
+                    made = True
                 except redis.ResponseError as exc:
                     if "already indexed" not in str(exc):
                         raise
@@ -393,14 +410,31 @@ class FalkorDBStore:
                     "1",
                     "span_id",
                 )
+                made = True
             except redis.ResponseError as exc:
                 if "already exists" not in str(exc).lower():
                     raise
+            if made and self.compact_after_schema:
+                from ..embedded import compact
+
+                self._await_constraints(conn)
+                compact(conn)
         except _TRANSIENT as exc:
             raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
         except redis.ResponseError as exc:
             raise StoreError(f"FalkorDB rejected the schema: {exc}") from exc
         self._schema_ready = True
+
+    def _await_constraints(self, conn: redis.Redis, timeout: float = 5.0) -> None:
+        """Wait (up to ``timeout``) until the constraints are built: FalkorDB builds one in
+        the background and writes it to the append-only file once built, which a rewrite
+        begun before then would leave to be replayed (and refused) at every start."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            reply = conn.execute_command("GRAPH.QUERY", self.graph_name, CONSTRAINT_STATES)
+            if all(_text(row[0]) in _BUILT for row in reply[1]):
+                return
+            time.sleep(0.01)
 
     def encode(self, batch: WriteBatch) -> EncodedWrite:
         """``batch`` as the bytes :meth:`write` sends: all the client-side work of a
@@ -526,13 +560,21 @@ class FalkorDBStore:
             header = _params_header(params).decode()
         except (ValueError, TypeError, RecursionError) as exc:  # e.g. a map key FalkorDB
             raise StoreError(f"a parameter cannot be sent to FalkorDB: {exc}") from None
+        # The server stops a read at its time limit, set a little under the time this
+        # client waits: a costly read it gave up on would otherwise run on for minutes,
+        # and every write (the programs' spans) wait behind it.
+        limit_ms = max(1, int(self._client_kwargs["socket_timeout"] * 900))
         try:
-            result = self._graph.ro_query(header + cypher)
+            result = self._graph.ro_query(header + cypher, timeout=limit_ms)
         except _TRANSIENT as exc:
             raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
         except redis.ResponseError as exc:
             if "empty key" in str(exc):
                 return []  # nothing has been written to this graph yet: no rows
+            if "timed out" in str(exc).lower():
+                raise StoreError(
+                    f"FalkorDB stopped a query at its time limit of {limit_ms / 1000:g} s ({exc})"
+                ) from exc
             raise StoreError(f"FalkorDB rejected a query: {exc}") from exc
         names = [h[1] if isinstance(h, list | tuple) else h for h in result.header]
         return [dict(zip(names, map(_plain, row), strict=True)) for row in result.result_set]
