@@ -660,3 +660,29 @@ def test_longest_workflow_id_is_found_in_the_graph(sg: spangraph.Spangraph) -> N
     assert spangraph.flush(10)
     rows = queries.workflow_spans(sg.store, wid)
     assert sorted(r["name"] for r in rows) == ["long-id", "s"]
+
+
+def test_a_span_with_more_events_than_kept_is_warned_of_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The TracerProvider keeps 128 events a span by default and drops the oldest: a step
+    with more ``event()`` calls lost its ``step.started`` from the graph, and nothing
+    said so."""
+    from spangraph import _state, testing
+
+    monkeypatch.setattr(_state, "events_limit_warned", False)
+    with testing.capture() as captured, spangraph.workflow("w"):
+        with spangraph.step("quiet"):
+            for i in range(100):
+                spangraph.event("tick", i=i)
+        assert not caplog.records
+        for name in ("chatty", "chattier"):
+            with spangraph.step(name):
+                for i in range(200):
+                    spangraph.event("tick", i=i)
+    [warning] = [r for r in caplog.records if "OTEL_SPAN_EVENT_COUNT_LIMIT" in r.getMessage()]
+    assert "'chatty'" in warning.getMessage() and "128 a span" in warning.getMessage()
+    assert warning.levelname == "WARNING"
+    # what the warning is about: the span kept its last 128 events
+    chatty = [e.name for e in captured.events() if e.span_name == "chatty"]
+    assert len(chatty) == 128 and "step.started" not in chatty

@@ -199,6 +199,22 @@ def _add_event(
         now = time.time_ns()
     span.add_event(name, attrs, timestamp=now)
     emit_event(span, name, attrs, now)
+    if not _state.events_limit_warned and getattr(span, "dropped_events", None):
+        _warn_events_dropped(span)
+
+
+def _warn_events_dropped(span: Span) -> None:
+    """Once a process: a span has more events than its TracerProvider keeps."""
+    _state.events_limit_warned = True
+    limits = getattr(span, "_limits", None)
+    _log.warning(
+        "spangraph: span %r has more events than its TracerProvider keeps (%s a span: "
+        "SpanLimits / OTEL_SPAN_EVENT_COUNT_LIMIT): the oldest are dropped, its "
+        "*.started event first, and the graph keeps only the rest (each was sent live "
+        "as it happened); raise the limit to keep them (this warning is given once)",
+        str(getattr(span, "name", ""))[:200],
+        getattr(limits, "max_events", "the limit"),
+    )
 
 
 def span_context_of(target: Any) -> SpanContext:

@@ -17,3 +17,6 @@ project: str = "default"
 
 propagate: bool = False
 """Whether run ids travel in W3C Baggage (``configure(propagate=True)``)."""
+
+events_limit_warned: bool = False
+"""Whether a span with more events than its TracerProvider keeps was warned of."""
