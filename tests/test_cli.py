@@ -292,6 +292,9 @@ def test_unreachable_graph_is_a_clean_error(tmp_path: Path, closed_port: int) ->
     result = cli(tmp_path, "query", "workflows", SPANGRAPH_GRAPH_URL=url)
     assert result.code == 2
     assert "unreachable" in result.err and "Traceback" not in result.err
+    # one line, naming the setting as configure() does
+    assert result.err.startswith(f"spangraph: error: SPANGRAPH_GRAPH_URL: cannot use {url}: ")
+    assert result.err.count("\n") == 1, result.err
 
 
 @pytest.mark.parametrize(
@@ -522,6 +525,9 @@ def test_query_of_an_unreachable_neo4j_fails_at_once(tmp_path: Path, closed_port
     )
     assert result.code == 2 and "Traceback" not in result.err
     assert f"Neo4j at {url} is unavailable" in result.err and "s3cret" not in result.err
+    # the driver's message takes two lines: the error is still one
+    assert result.err.startswith("spangraph: error: SPANGRAPH_GRAPH_URL: cannot use ")
+    assert result.err.count("\n") == 1, result.err
 
 
 def test_run_of_a_file_that_is_not_executable_says_so(tmp_path: Path) -> None:
@@ -547,7 +553,10 @@ def test_query_of_a_neo4j_that_never_answers_fails_within_seconds(
     result = cli(tmp_path, "query", "workflows", timeout=40, SPANGRAPH_GRAPH_URL=url)
     assert time.monotonic() - started < 20
     assert result.code == 2 and "Traceback" not in result.err
-    assert result.err.startswith(f"spangraph: error: Neo4j at {url} is unavailable")
+    prefix = (
+        f"spangraph: error: SPANGRAPH_GRAPH_URL: cannot use {url}: Neo4j at {url} is unavailable"
+    )
+    assert result.err.startswith(prefix), result.err
     assert "Unable to retrieve routing information\nspangraph" not in result.err
 
 
@@ -936,6 +945,38 @@ def test_the_live_tail_ends_quietly_when_its_server_goes(private_servers: Any) -
         threading.excepthook = previous
     assert died == []
     assert tail.error is not None
+
+
+def test_the_live_tail_ends_quietly_when_the_demo_is_interrupted(
+    embedded_server: ServerInfo, redis_client: Any
+) -> None:
+    """Ctrl-C or SIGTERM while the demo printed live events: its printing raises
+    KeyboardInterrupt on whatever thread prints, and the live-tail thread died with a
+    traceback after `spangraph: interrupted`."""
+    import threading
+
+    from spangraph._demo import _LiveTail
+    from spangraph.processors.live import workflow_channel
+
+    def interrupted(line: str) -> None:
+        raise KeyboardInterrupt
+
+    tail = _LiveTail(embedded_server.redis_url, "wf-interrupted", interrupted)
+    died: list[object] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda hook_args: died.append(hook_args.exc_type)
+    try:
+        tail.start()
+        message = {"seq": 1, "type": "span.started", "kind": "step", "name": "s"}
+        deadline = time.monotonic() + 15
+        while not tail.done.is_set() and time.monotonic() < deadline:
+            redis_client.publish(workflow_channel("wf-interrupted"), json.dumps(message))
+            tail.done.wait(0.05)
+        tail.join(5)
+    finally:
+        threading.excepthook = previous
+    assert tail.done.is_set() and not tail.is_alive()
+    assert died == []
 
 
 @pytest.mark.parametrize(

@@ -172,7 +172,16 @@ def test_bad_graph_url_from_env_names_the_setting() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["embedded", "off", "redis://h:6379/0", "rediss://h:6380", "unix:///tmp/r.sock"]
+    "url",
+    [
+        "embedded",
+        "off",
+        "redis://h:6379/0",
+        "redis://h:6379/15/",
+        "rediss://h:6380",
+        "redis://h",
+        "unix:///tmp/r.sock",
+    ],
 )
 def test_good_redis_urls(url: str) -> None:
     assert Settings.from_env({}, redis_url=url).redis_url == url
@@ -180,7 +189,16 @@ def test_good_redis_urls(url: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["redis://h:abc", "redis://h:70000", "memcached://h:1", "localhost", "unix://", "unix:///"],
+    [
+        "redis://h:abc",
+        "redis://h:70000",
+        "memcached://h:1",
+        "localhost",
+        "unix://",
+        "unix:///",
+        "redis://h:6379/abc",  # the client took database 0 without a word
+        "rediss://h:6380/0/1",
+    ],
 )
 def test_bad_redis_urls(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:

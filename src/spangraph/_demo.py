@@ -148,7 +148,9 @@ class _LiveTail(threading.Thread):
     def run(self) -> None:
         try:
             self._tail()
-        except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        except (BrokenPipeError, KeyboardInterrupt):
+            # output piped into e.g. `head`, which stopped reading; or the demo was
+            # interrupted (``say`` raises it on any thread): the main thread says so
             self.done.set()
         except (redis.RedisError, OSError) as exc:  # the server went away (`spangraph down`)
             self.error = exc

@@ -22,9 +22,14 @@ from typing import Any
 from . import queries
 from . import semconv as sc
 from ._terminal import handle_interrupts, interrupted, printable, restore
-from .config import ENV_HOME, Settings, check_home, default_home
+from .config import ENV_HOME, Settings, check_home, default_home, graph_url_setting, redact_url
 from .embedded import EmbeddedServer
-from .exceptions import ConfigurationError, SpangraphError
+from .exceptions import (
+    ConfigurationError,
+    EmbeddedServerError,
+    SpangraphError,
+    StoreUnavailableError,
+)
 from .mapping import _finite
 
 
@@ -551,12 +556,24 @@ def _cmd_query(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    store = open_store(settings)
     try:
-        store.ping()  # fail fast: a query against a server that is down retries for 30 s
+        store = open_store(settings)
+    except StoreUnavailableError as exc:
+        raise _unusable(settings, exc) from None
+    try:
+        try:
+            store.ping()  # fail fast: a query against a server that is down retries for 30 s
+        except StoreUnavailableError as exc:
+            raise _unusable(settings, exc) from None
         return _run_query(args, store)
     finally:
         store.close()
+
+
+def _unusable(settings: Settings, exc: Exception) -> ConfigurationError:
+    """A graph store that does not answer, named by its setting as configure() does."""
+    setting = ENV_HOME if settings.graph_is_embedded else graph_url_setting(settings.graph_url)
+    return ConfigurationError(setting, f"cannot use {redact_url(settings.graph_url)}: {exc}")
 
 
 def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
@@ -813,7 +830,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SpangraphError as exc:
-        print(f"spangraph: error: {exc}", file=sys.stderr)
+        text = str(exc)
+        if not isinstance(exc, EmbeddedServerError):  # (its repair advice takes lines)
+            text = re.sub(r"\s*\n\s*", " ", text.strip())  # e.g. a driver's two lines
+        print(f"spangraph: error: {text}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -328,6 +328,14 @@ def _check_redis_url(url: str) -> None:
         raise ConfigurationError(
             ENV_REDIS_URL, f"no socket path in {redact_url(url)!r} (unix:///path/to/socket)"
         )
+    database = _split(ENV_REDIS_URL, url).path.strip("/")
+    if scheme != "unix" and database and not re.fullmatch(r"[0-9]+", database):
+        # the client ignores it and uses database 0
+        raise ConfigurationError(
+            ENV_REDIS_URL,
+            f"the database in {redact_url(url)!r} is a number (redis://host:6379/0), "
+            f"got {database!r}",
+        )
     _check_port(ENV_REDIS_URL, url)
 
 
