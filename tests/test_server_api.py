@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import json.scanner
@@ -1008,3 +1009,214 @@ def test_the_service_metrics_are_named_by_otel_service_name(
         assert provider._sdk_config.resource.attributes["service.name"] == expected
     finally:
         provider.shutdown(timeout_millis=1000)
+
+
+def _stream_messages(r: redis.Redis, wid: str) -> list[tuple[bytes, dict[str, Any]]]:
+    """The run's stream: (entry id, message) in order."""
+    return [(eid, json.loads(data[b"data"])) for eid, data in r.xrange(f"spangraph:stream:{wid}")]
+
+
+def test_the_graph_replay_is_encoded_off_the_event_loop(
+    settings: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rebuilding a replay from the graph checked and encoded every message on the event
+    loop: a 50 000-span run (112 MB, ~10 s) held up every other request, WebSocket and
+    SSE client for as long. The encoder now runs on a worker thread; the answer is the
+    same bytes."""
+    from spangraph.server.routes import runs
+
+    spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=settings.graph_url,
+        home=str(settings.home),
+        project="replay-threads",
+        live=False,  # no stream: the replay is rebuilt from the graph
+    )
+    try:
+        with spangraph.workflow("encoded") as run, spangraph.branch("b"):
+            for i in range(3):
+                with spangraph.step(f"s{i}"):
+                    spangraph.event("note", i=i)
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    wid = run.workflow_id or ""
+    adapter = runs._MESSAGES
+    expected = adapter.dump_json(
+        adapter.validate_python(queries.replay(client.app.state.store, wid))
+    )
+
+    loop_threads: list[threading.Thread] = []
+    encoder: list[tuple[threading.Thread, bool]] = []  # (thread, a loop runs there)
+    hub = client.app.state.hub
+    whole_run = hub.whole_run
+
+    async def recording_whole_run(workflow_id: str) -> list[str] | None:
+        loop_threads.append(threading.current_thread())  # called on the event loop
+        return await whole_run(workflow_id)
+
+    def on_loop() -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+
+    class Recording:
+        def validate_python(self, rows: Any) -> Any:
+            encoder.append((threading.current_thread(), on_loop()))
+            return adapter.validate_python(rows)
+
+        def dump_json(self, value: Any) -> bytes:
+            encoder.append((threading.current_thread(), on_loop()))
+            return adapter.dump_json(value)
+
+    monkeypatch.setattr(hub, "whole_run", recording_whole_run)
+    monkeypatch.setattr(runs, "_MESSAGES", Recording())
+    answer = client.get(f"/api/workflows/{wid}/events")
+    assert answer.status_code == 200 and answer.headers["x-spangraph-replay"] == "graph"
+    assert answer.content == expected  # byte for byte the answer it was
+    assert [m["type"] for m in answer.json()].count("note") == 3
+    [loop_thread] = loop_threads
+    assert len(encoder) == 2
+    for thread, loop_running in encoder:
+        assert thread is not loop_thread and not loop_running
+
+
+def test_a_stream_that_lost_spans_is_not_the_replay(settings: Settings, client: TestClient) -> None:
+    """Live messages the SDK dropped (Redis slow or down) leave no gap in the stream's
+    seq (Redis numbers them): a stream from seq 1 that lacked spans of the run was served
+    as its replay (a run of 401 spans answered with 106 of them and no end). The graph
+    is the record: a stream that lacks spans the graph holds is rebuilt from the graph."""
+    _configure(settings, "replay-lost")
+    try:
+        with spangraph.workflow("lossy") as run:
+            for i in range(3):
+                with spangraph.step(f"s{i}"):
+                    pass
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    wid = run.workflow_id or ""
+    r = redis.Redis.from_url(settings.redis_url)
+    live = _stream_messages(r, wid)
+    whole = client.get(f"/api/workflows/{wid}/events")
+    assert whole.headers["x-spangraph-replay"] == "stream"  # a whole stream is served
+    assert whole.json() == [m for _, m in live]
+
+    lost = next(m["span_id"] for _, m in live if m["name"] == "s1")
+    r.xdel(f"spangraph:stream:{wid}", *[eid for eid, m in live if m["span_id"] == lost])
+    assert _stream_messages(r, wid)[0][0] == b"1-0"  # it still starts at the run's start
+    answer = client.get(f"/api/workflows/{wid}/events")
+    assert answer.headers["x-spangraph-replay"] == "graph"
+    messages = answer.json()
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+    assert [(m["type"], m["name"]) for m in messages] == [
+        (m["type"], m["name"]) for _, m in live if m["type"] != "token"
+    ]
+    assert (messages[-1]["type"], messages[-1]["name"]) == ("span.ended", "lossy")
+    r.close()
+
+
+def test_a_stream_that_lost_the_end_of_the_run_is_not_the_replay(
+    settings: Settings, client: TestClient
+) -> None:
+    """A stream that holds every span's start but lost an end the graph has (the run's
+    own end: a client could never learn the run ended) is rebuilt from the graph."""
+    _configure(settings, "replay-lost-end")
+    try:
+        with spangraph.workflow("endless") as run, spangraph.step("s"):
+            pass
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    wid = run.workflow_id or ""
+    r = redis.Redis.from_url(settings.redis_url)
+    live = _stream_messages(r, wid)
+    [end] = [eid for eid, m in live if m["type"] == "span.ended" and m["name"] == "endless"]
+    r.xdel(f"spangraph:stream:{wid}", end)
+    answer = client.get(f"/api/workflows/{wid}/events")
+    assert answer.headers["x-spangraph-replay"] == "graph"
+    last = answer.json()[-1]
+    assert (last["type"], last["name"]) == ("span.ended", "endless")
+    r.close()
+
+
+def test_a_graph_behind_the_stream_keeps_the_stream(settings: Settings, client: TestClient) -> None:
+    """Live messages reach Redis before their spans reach the graph: a stream with more
+    spans than the graph holds yet is still the replay."""
+    _configure(settings, "replay-ahead")
+    try:
+        with spangraph.workflow("ahead") as run, spangraph.step("s"):
+            pass
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    wid = run.workflow_id or ""
+    r = redis.Redis.from_url(settings.redis_url)
+    live = [m for _, m in _stream_messages(r, wid)]
+    seq = int(r.incr(f"spangraph:seq:{wid}"))
+    early = {**live[0], "seq": seq, "span_id": "00000000000000ff", "name": "not-written-yet"}
+    r.xadd(f"spangraph:stream:{wid}", {"data": json.dumps(early)}, id=f"{seq}-0")
+    answer = client.get(f"/api/workflows/{wid}/events")
+    assert answer.headers["x-spangraph-replay"] == "stream"
+    assert answer.json() == [*live, early]
+    r.close()
+
+
+def test_a_stream_is_served_while_the_graph_does_not_answer(
+    settings: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream cannot be checked against a graph that does not answer: it is served
+    as it was (the graph could not rebuild the run either)."""
+    from spangraph.exceptions import StoreUnavailableError
+
+    _configure(settings, "replay-graph-down")
+    try:
+        with spangraph.workflow("unchecked") as run:
+            pass
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    wid = run.workflow_id or ""
+
+    def down(store: Any, workflow_id: str) -> tuple[int, int]:
+        raise StoreUnavailableError("the graph is down")
+
+    monkeypatch.setattr(queries, "replayed_spans", down)
+    answer = client.get(f"/api/workflows/{wid}/events")
+    assert answer.status_code == 200 and answer.headers["x-spangraph-replay"] == "stream"
+    assert [m["name"] for m in answer.json() if m["type"] == "span.ended"] == ["unchecked"]
+
+
+def test_spans_written_with_live_events_off_are_replayed_from_the_graph(
+    settings: Settings, client: TestClient
+) -> None:
+    """A process with live events off that goes on with a run writes spans the stream
+    never sees: the replay comes from the graph, which has them all."""
+    wid = f"replay-mixed-{os.getpid()}-{threading.get_ident()}"
+    _configure(settings, "replay-mixed")
+    try:
+        with spangraph.workflow("first", workflow_id=wid):
+            pass
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    assert client.get(f"/api/workflows/{wid}/events").headers["x-spangraph-replay"] == "stream"
+    spangraph.configure(
+        tracer_provider=TracerProvider(),
+        graph_url=settings.graph_url,
+        home=str(settings.home),
+        project="replay-mixed",
+        live=False,
+    )
+    try:
+        with spangraph.workflow("second", workflow_id=wid):
+            pass
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    answer = client.get(f"/api/workflows/{wid}/events")
+    assert answer.headers["x-spangraph-replay"] == "graph"
+    started = [m["name"] for m in answer.json() if m["type"] == "span.started"]
+    assert started == ["first", "second"]

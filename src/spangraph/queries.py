@@ -790,6 +790,34 @@ def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     return out
 
 
+REPLAYED_SPANS: Final = (
+    "MATCH (s:Span {workflow_id: $workflow_id})\n"
+    "WHERE s.span_id IS NOT NULL AND s.start_ns IS NOT NULL\n"
+    "  AND coalesce(s.state, '') <> 'unexplored'\n"
+    "RETURN count(s) AS spans, count(s.end_ns) AS ended"
+)
+
+_MORE_STATEMENTS["replayed_spans"] = REPLAYED_SPANS
+
+
+def replayed_spans(store: GraphStore, workflow_id: str) -> tuple[int, int]:
+    """How many spans of a run the graph holds that a replay shows (each with a
+    ``span.started``: as :func:`replay`, neither options never explored nor placeholders
+    of parents never written), and how many of them ended (each with a ``span.ended``).
+    One count over the ``workflow_id`` index.
+
+    .. code-block:: cypher
+
+        MATCH (s:Span {workflow_id: $workflow_id})
+        WHERE s.span_id IS NOT NULL AND s.start_ns IS NOT NULL
+          AND coalesce(s.state, '') <> 'unexplored'
+        RETURN count(s) AS spans, count(s.end_ns) AS ended
+    """
+    rows = store.query(REPLAYED_SPANS, {"workflow_id": workflow_id})
+    row = rows[0] if rows else {}
+    return _whole(row.get("spans")) or 0, _whole(row.get("ended")) or 0
+
+
 def decision_analytics(
     store: GraphStore, name: str, *, project_id: str | None = None
 ) -> list[dict[str, Any]]:

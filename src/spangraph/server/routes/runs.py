@@ -7,6 +7,8 @@ Span ids are hex and stay plain parameters (``/api/nodes/{span_id}/path`` needs 
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -15,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ... import queries
 from ... import semconv as sc
+from ...exceptions import StoreUnavailableError
 from .. import _convertors  # noqa: F401  (the "id" path convertor of the routes)
 from ..deps import SettingsDep, StoreDep, jaeger_url
 from ..models import (
@@ -34,6 +37,7 @@ router = APIRouter(prefix="/api", tags=["runs"])
 
 _STATES = f"^({'|'.join(sc.RUN_STATES)})$"
 _MESSAGES: TypeAdapter[list[LiveMessage]] = TypeAdapter(list[LiveMessage])
+_log = logging.getLogger("spangraph.server")
 
 
 def _node(settings: Any, row: dict[str, Any]) -> dict[str, Any]:
@@ -241,12 +245,54 @@ async def workflow_events(workflow_id: str, request: Request, store: StoreDep) -
     messages themselves: their ``seq``, tokens included, so a client can go on live
     from the last ``seq`` with ``Last-Event-ID``); else rebuilt from the graph
     (``queries.replay``: numbered in order, without tokens). The header
-    ``X-Spangraph-Replay`` says which: ``stream`` or ``graph``."""
+    ``X-Spangraph-Replay`` says which: ``stream`` or ``graph``.
+
+    The stream is served only when it lacks none of the spans the graph holds for the
+    run: live messages dropped before they reached Redis leave no gap in its ``seq``
+    (Redis numbers them), and the graph is the record. The work on the answer (reading
+    the stream's messages, building and encoding the graph's: seconds for a large run)
+    runs in the thread pool, not on the event loop that serves every other client."""
+    body: bytes | None = None
     texts = await request.app.state.hub.whole_run(workflow_id)
     if texts is not None:
-        body, source = "[" + ",".join(texts) + "]", "stream"
-    else:
-        rows = await run_in_threadpool(queries.replay, store, workflow_id)
-        body = _MESSAGES.dump_json(_MESSAGES.validate_python(rows)).decode()
-        source = "graph"
+        body = await run_in_threadpool(_stream_body, store, workflow_id, texts)
+    source = "stream"
+    if body is None:
+        body, source = await run_in_threadpool(_graph_body, store, workflow_id), "graph"
     return Response(body, media_type="application/json", headers={"X-Spangraph-Replay": source})
+
+
+def _stream_body(store: Any, workflow_id: str, texts: list[str]) -> bytes | None:
+    """The replay of the run's stream (its messages ``texts``), or ``None`` when the
+    stream lacks spans the graph holds: fewer spans with a ``span.started`` in it than
+    the graph holds, or fewer with a ``span.ended`` than have ended there
+    (:func:`queries.replayed_spans`); a graph that lags behind the stream keeps the
+    stream. When the graph does not answer, the stream is served."""
+    started: set[Any] = set()
+    ended: set[Any] = set()
+    for text in texts:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(message, dict):
+            kind = message.get("type")
+            if kind == sc.SPAN_STARTED:
+                started.add(message.get("span_id"))
+            elif kind == sc.SPAN_ENDED:
+                ended.add(message.get("span_id"))
+    try:
+        spans, spans_ended = queries.replayed_spans(store, workflow_id)
+    except StoreUnavailableError as exc:
+        _log.warning(
+            "replay of %r: the graph did not answer, serving the stream: %s", workflow_id, exc
+        )
+        spans = spans_ended = 0
+    if len(started) < spans or len(ended) < spans_ended:
+        return None
+    return ("[" + ",".join(texts) + "]").encode()
+
+
+def _graph_body(store: Any, workflow_id: str) -> bytes:
+    """The replay rebuilt from the graph (:func:`queries.replay`), as JSON."""
+    return _MESSAGES.dump_json(_MESSAGES.validate_python(queries.replay(store, workflow_id)))
