@@ -686,3 +686,42 @@ def test_a_span_with_more_events_than_kept_is_warned_of_once(
     # what the warning is about: the span kept its last 128 events
     chatty = [e.name for e in captured.events() if e.span_name == "chatty"]
     assert len(chatty) == 128 and "step.started" not in chatty
+
+
+def test_a_workflow_started_before_any_setup_is_warned_of_once() -> None:
+    """A program that never called configure() (and set up no OpenTelemetry) recorded
+    nothing, and nothing said so: its run was simply not found afterwards."""
+    import subprocess
+    import textwrap
+
+    program = textwrap.dedent(
+        """\
+        import spangraph
+
+        @spangraph.workflow
+        def job():
+            with spangraph.step("inner"):
+                return 1
+
+        job(); job()
+        with spangraph.workflow("block"):
+            pass
+        """
+    )
+
+    def stderr_of(**env: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-c", program],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+            check=True,
+        ).stderr
+
+    env = {"OTEL_SDK_DISABLED": "", "SPANGRAPH_HOME": "/nonexistent/never-used"}
+    warned = stderr_of(**env)
+    assert warned.count("is not recorded: no TracerProvider is set") == 1, warned
+    assert "spangraph.configure()" in warned and "'job'" in warned
+    # tracing turned off on purpose: no warning
+    assert "not recorded" not in stderr_of(**{**env, "OTEL_SDK_DISABLED": "true"})

@@ -203,6 +203,22 @@ def _add_event(
         _warn_events_dropped(span)
 
 
+def _warn_if_unconfigured(span: Span, name: str) -> None:
+    """Once a process: a workflow started where no TracerProvider was ever set (neither
+    ``spangraph.configure()`` nor other OpenTelemetry setup ran): nothing is recorded."""
+    if span.is_recording() or os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return  # a provider was set (one that records nothing, or a sampler said no)
+    _state.unconfigured_warned = True
+    _log.warning(
+        "spangraph: workflow %r is not recorded: no TracerProvider is set; call "
+        "spangraph.configure() first, or run the program with `spangraph run -- ...` "
+        "(this warning is given once)",
+        name[:200],
+    )
+
+
 def _warn_events_dropped(span: Span) -> None:
     """Once a process: a span has more events than its TracerProvider keeps."""
     _state.events_limit_warned = True
@@ -536,6 +552,8 @@ class _Frame:
         span = _state.tracer.start_span(
             encodable(name), kind=opts.span_kind, attributes={**given, **attrs}, links=links or None
         )
+        if kind == sc.KIND_WORKFLOW and not _state.unconfigured_warned:
+            _warn_if_unconfigured(span, name)
         ctx = trace.set_span_in_context(span)
         if run is not parent_run and run is not None:
             ctx = otel_context.set_value(_RUN_KEY, run, ctx)

@@ -20,3 +20,6 @@ propagate: bool = False
 
 events_limit_warned: bool = False
 """Whether a span with more events than its TracerProvider keeps was warned of."""
+
+unconfigured_warned: bool = False
+"""Whether a workflow started with no TracerProvider set was warned of."""
