@@ -121,6 +121,16 @@ def printed_cypher(out: str) -> list[str]:
     return statements
 
 
+def test_demo_prints_a_branch_diff_command_that_runs(demo: Demo) -> None:
+    """It printed the branches' names beside `spangraph query diff --branches`, which
+    takes their ids: pasting the names failed."""
+    found = re.search(r"\(spangraph query diff --branches (\S+) (\S+)\):", demo.result.out)
+    assert found, demo.result.out
+    result = cli(demo.home, "query", "diff", "--branches", *found.groups())
+    assert result.code == 0, result.err
+    assert "only in" in result.out
+
+
 def test_demo_cypher_runs(demo: Demo) -> None:
     statements = printed_cypher(demo.result.out)
     assert len(statements) >= 2
@@ -275,6 +285,18 @@ def test_query_errors(demo: Demo) -> None:
     rejected = cli(demo.home, "query", "cypher", "THIS IS NOT CYPHER")
     assert rejected.code == 2
     assert rejected.err.startswith("spangraph: error:") and "Traceback" not in rejected.err
+
+    # a statement pasted from the docs, its parameter not given: which one, and how
+    unset = cli(
+        demo.home,
+        "query",
+        "cypher",
+        "MATCH (w:Workflow {workflow_id: $workflow_id}) RETURN w.state, $given AS g",
+        "-p",
+        "given=x",
+    )
+    assert unset.code == 2
+    assert "(give $workflow_id: -p NAME=TEXT or --param-json NAME=JSON)" in unset.err
 
 
 @pytest.mark.parametrize(
@@ -789,7 +811,10 @@ def test_query_views_show_control_characters_from_spans_as_escapes(
     in_run = out("query", "branch", left.branch_id, "--workflow", run.workflow_id, "--json")
     assert json.loads(in_run)["workflow_ids"] == [run.workflow_id]
     assert cli_main(["query", "branch", left.branch_id, "--workflow", "elsewhere"]) == 1
-    assert capsys.readouterr().err == f"no branch {left.branch_id} in run elsewhere\n"
+    assert capsys.readouterr().err == (
+        f"no branch {left.branch_id} in run elsewhere (branches are named by their ids: "
+        "`spangraph query branches WORKFLOW_ID` lists a run's)\n"
+    )
 
 
 def test_query_json_is_strict_json(demo: Demo) -> None:

@@ -523,7 +523,10 @@ def test_cli_diff_says_which_run_does_not_exist(
     assert cli.main(["query", "diff", "nope-1", "nope-2", "--json"]) == 1
     assert "runs 'nope-1' and 'nope-2' do not exist" in capsys.readouterr().err
     assert cli.main(["query", "diff", "left", "right", "--branches"]) == 1
-    assert "branches 'left' and 'right' do not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "branches 'left' and 'right' do not exist" in err
+    # names given where ids are wanted (the demo names its branches): say what to give
+    assert "`spangraph query branches WORKFLOW_ID` lists a run's" in err
 
 
 def test_siblings_that_started_together_are_ordered_by_name() -> None:

@@ -1220,3 +1220,25 @@ def test_spans_written_with_live_events_off_are_replayed_from_the_graph(
     assert answer.headers["x-spangraph-replay"] == "graph"
     started = [m["name"] for m in answer.json() if m["type"] == "span.started"]
     assert started == ["first", "second"]
+
+
+def test_a_run_without_decisions_branches_or_monitors_reads_none_of_its_spans(
+    client: TestClient, run_ids: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decisions, branches and monitors routes read every span of a run for its
+    trace ids, also when they had nothing to list (the web UI asks for the three at
+    every refresh: 2-3 s each on a run of 50 000 spans with none)."""
+    from spangraph import queries
+
+    def every_span(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("every span of the run was read")
+
+    monkeypatch.setattr(queries, "workflow_spans", every_span)
+    unknown = "no-decisions-here"
+    for what in ("decisions", "branches", "monitors"):
+        answer = client.get(f"/api/workflows/{unknown}/{what}")
+        assert (answer.status_code, answer.json()) == (200, []), what
+    # a run that has them still reads them (with their Jaeger links)
+    monkeypatch.undo()
+    wid = run_ids["workflow_id"]
+    assert client.get(f"/api/workflows/{wid}/decisions").json()[0]["jaeger_url"]

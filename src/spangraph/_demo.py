@@ -269,7 +269,9 @@ def run_demo(out: TextIO, *, home: str | None = None) -> int:
         say(f"  {m['monitor']!r} watches {m['target_kind']} {m['target']!r}")
     concise, detailed = result["branches"]
     diff = queries.diff(store, concise, detailed, branches=True)
-    say("\ndraft-concise vs draft-detailed (spangraph query diff --branches):")
+    say(
+        f"\ndraft-concise vs draft-detailed (spangraph query diff --branches {concise} {detailed}):"
+    )
     first = diff["first_divergence"]
     if first is not None:
         say(

@@ -28,6 +28,7 @@ from .exceptions import (
     ConfigurationError,
     EmbeddedServerError,
     SpangraphError,
+    StoreError,
     StoreUnavailableError,
 )
 from .mapping import _finite
@@ -446,7 +447,7 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         summary = queries.branch_summary(store, args.id, workflow_id=args.workflow)
         if summary is None:
             where = "" if args.workflow is None else f" in run {args.workflow}"
-            print(printable(f"no branch {args.id}{where}"), file=sys.stderr)
+            print(printable(f"no branch {args.id}{where}") + _BRANCH_IDS, file=sys.stderr)
             return 1
         if args.json:
             print(_json(summary))
@@ -481,7 +482,7 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
 
             message = missing_message(result["missing"], "branch" if args.branches else "run")
             assert message is not None  # (some are missing)
-            print(printable(message), file=sys.stderr)
+            print(printable(message) + (_BRANCH_IDS if args.branches else ""), file=sys.stderr)
             return 1
         if args.json:
             print(_json(result))
@@ -506,7 +507,17 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             # rows, so a statement with a mistake printed "(no rows)": made, the graph
             # checks the statement
             store.ensure_schema()
-        rows = store.query(args.text, args.params)
+        try:
+            rows = store.query(args.text, args.params)
+        except StoreError as exc:
+            given = set(args.params or {})
+            unset = sorted({n for n in re.findall(r"\$(\w+)", args.text)} - given)
+            if unset and "parameter" in str(exc).lower():
+                named = ", ".join(f"${n}" for n in unset)
+                raise StoreError(
+                    f"{exc} (give {named}: -p NAME=TEXT or --param-json NAME=JSON)"
+                ) from None
+            raise
     _print_rows(rows, args.json)
     return 0
 
@@ -542,6 +553,11 @@ def _print_diff(result: dict[str, Any]) -> None:
     if result["durations"]:
         print()
         _print_rows(result["durations"], False)
+
+
+_BRANCH_IDS = (
+    " (branches are named by their ids: `spangraph query branches WORKFLOW_ID` lists a run's)"
+)
 
 
 def _cmd_query(args: argparse.Namespace) -> int:

@@ -63,6 +63,8 @@ def _linked(
     settings: Any, store: Any, workflow_id: str, rows: list[dict[str, Any]], key: str = "span_id"
 ) -> list[dict[str, Any]]:
     """``rows`` of a run, each with the ``jaeger_url`` of the span named by ``row[key]``."""
+    if not rows:  # (the trace ids are every span of the run: none needed)
+        return rows
     traces = _traces(store, workflow_id)
     return [{**r, "jaeger_url": jaeger_url(settings, traces.get(r[key]), r[key])} for r in rows]
 
@@ -165,9 +167,10 @@ def workflow_decisions(
 ) -> list[dict[str, Any]]:
     """Decision points of a run with all options, the chosen one, reason and score; an
     explored option has the ``jaeger_url`` of its span (one never explored: none)."""
-    traces = _traces(store, workflow_id)
+    decisions = queries.decisions(store, workflow_id)
+    traces = _traces(store, workflow_id) if decisions else {}
     out = []
-    for decision in queries.decisions(store, workflow_id):
+    for decision in decisions:
         for option in decision["options"]:
             span_id = option["span_id"] if option["explored"] else None
             trace_id = traces.get(span_id) if span_id is not None else None
