@@ -924,3 +924,39 @@ def test_spans_that_cannot_be_read_are_counted_as_dropped(embedded_server: Serve
     finally:
         processor.shutdown()
         processor.publisher.close()
+
+
+def test_a_runs_end_is_sent_when_the_queue_is_full(plain_redis: Callable[..., int]) -> None:
+    """With Redis too slow for a burst of spans, the queue fills and new messages are
+    dropped, counted: before, the run's own end was among them, so subscribers never
+    learned that the run ended. A full queue still takes the end of a workflow or root
+    span (up to a reserve)."""
+    port = plain_redis()
+    url = f"redis://127.0.0.1:{port}/0"
+    admin = redis.Redis(port=port)
+    provider = TracerProvider()
+    processor = LiveEventProcessor(
+        RedisPublisher.from_url(url), project=f"p-{uuid.uuid4().hex[:8]}", max_queue_size=16
+    )
+    provider.add_span_processor(processor)
+    old = spangraph._state.tracer
+    spangraph._state.tracer = provider.get_tracer("test")
+    try:
+        admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # the worker's writes wait
+        with spangraph.workflow("burst") as run:
+            for i in range(300):
+                with spangraph.step(f"s{i}"):
+                    pass
+        assert processor.force_flush(20_000) is False  # some were dropped, and said so
+    finally:
+        spangraph._state.tracer = old
+        provider.shutdown()
+        processor.publisher.close()
+    assert processor.stats()["dropped"] > 0
+    sent = [
+        json.loads(fields[b"data"]) for _, fields in admin.xrange(stream_key(run.workflow_id or ""))
+    ]
+    admin.close()
+    assert len(sent) < 300  # the burst was cut
+    last = sent[-1]
+    assert (last["type"], last["kind"], last["span_id"]) == ("span.ended", "workflow", run.span_id)

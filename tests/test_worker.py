@@ -944,3 +944,47 @@ def test_a_flush_is_false_after_a_mapping_error_or_a_full_queue(make: Any) -> No
     sink.gate.set()
     assert w.flush(5) is False
     assert w.flush(5) is True
+
+
+def test_a_full_queue_takes_what_keep_when_full_says_up_to_a_reserve(make: Any) -> None:
+    from spangraph.processors._worker import _RESERVE
+
+    w, sink = make(
+        max_queue_size=3,
+        max_batch_size=1,
+        schedule_delay=0.01,
+        eager=True,
+        keep_when_full=lambda item: item < 0,
+    )
+    sink.gate = threading.Event()
+    assert w.put(0)
+    assert sink.entered.wait(5)  # the worker holds item 0 in send
+    accepted = [0, *stall(w)]
+    while w.qsize() < 3:
+        assert w.put(len(accepted))
+        accepted.append(len(accepted))
+    assert w.put(100) is False  # full: dropped, counted
+    assert all(w.put(-1 - i) for i in range(_RESERVE))  # kept past the bound
+    assert w.put(-10_000) is False  # the reserve is used up
+    assert w.dropped == 2
+    assert w.qsize() == 3 + _RESERVE
+
+
+def test_ends_a_run() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from spangraph import semconv as sc
+    from spangraph.processors._records import py_end_record, py_start_record
+    from spangraph.processors._worker import END, START, ends_a_run
+
+    tracer = TracerProvider().get_tracer("t")
+    with (
+        tracer.start_as_current_span("root") as root,
+        tracer.start_as_current_span("wf", attributes={sc.KIND: "workflow"}) as wf,
+        tracer.start_as_current_span("step", attributes={sc.KIND: "step"}) as step,
+    ):
+        pass
+    for span, ends in ((root, True), (wf, True), (step, False)):
+        assert ends_a_run((END, py_end_record(span, {}))) is ends, span.name
+        assert ends_a_run((END, span, 0)) is ends, span.name  # a span no copy could read
+        assert ends_a_run((START, py_start_record(span, {}))) is False

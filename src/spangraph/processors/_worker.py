@@ -29,6 +29,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from .. import semconv as sc
 from ._records import RecordQueue, copy_record
 
 _log = logging.getLogger("spangraph")
@@ -67,6 +68,9 @@ _JOIN_GRACE: Final = 0.1
 _SPLIT_AFTER: Final = 2
 """``split_on`` errors of one payload (the destination answering otherwise) before it is
 sent in parts."""
+
+_RESERVE: Final = 1024
+"""Items past ``max_queue_size`` that a queue takes when ``keep_when_full`` says so."""
 
 _GIVE_UP_AFTER: Final = 4
 """``split_on`` errors of a payload that cannot be split before it is dropped."""
@@ -126,6 +130,7 @@ class BatchWorker(Generic[T, P]):
         split: Callable[[P, int], list[tuple[P, int]] | None] | None = None,
         split_on: tuple[type[BaseException], ...] = (),
         responsive: Callable[[], bool] | None = None,
+        keep_when_full: Callable[[T], bool] | None = None,
     ) -> None:
         if max_queue_size < 1:
             raise ValueError("max_queue_size must be at least 1.")
@@ -156,6 +161,9 @@ class BatchWorker(Generic[T, P]):
         self._split = split
         self._split_on = split_on
         self._responsive = responsive
+        # items a full queue still takes, up to _RESERVE more (the end of a run: without
+        # it a run cut short by drops never ends for live subscribers, nor in the graph)
+        self._keep_when_full = keep_when_full
         if not pipelined and (submit is not None or extend is not None or finalize is not None):
             raise ValueError("submit, extend and finalize need a pipelined worker.")
         # pipelined: what the preparer does with a prepared payload -- add items to it
@@ -248,7 +256,7 @@ class BatchWorker(Generic[T, P]):
     def put(self, item: T) -> bool:
         """Queue ``item``; ``False`` (and a counted drop) when full or closed. Never blocks."""
         q = self._queue
-        if len(q) >= self._max_queue or self._closed:
+        if self._closed or (len(q) >= self._max_queue and not self._kept_when_full(item, len(q))):
             self._count_drop(1, "queue full" if not self._closed else "after shutdown")
             return False
         q.append(item)
@@ -260,6 +268,15 @@ class BatchWorker(Generic[T, P]):
             self._lingering = False
             self._wake.set()
         return True
+
+    def _kept_when_full(self, item: T, queued: int) -> bool:
+        keep = self._keep_when_full
+        if keep is None or queued >= self._max_queue + _RESERVE:
+            return False
+        try:
+            return keep(item)
+        except Exception:  # never raise into user code: the item is dropped, counted
+            return False
 
     def _count_drop(self, n: int, why: str) -> None:
         """Count ``n`` items as dropped: by put() (any thread), or by the worker or its
@@ -773,6 +790,19 @@ class BatchWorker(Generic[T, P]):
             "failed": self.failed,
             "retries": self.retries,
         }
+
+
+def ends_a_run(item: tuple[Any, ...]) -> bool:
+    """Whether a queue item is the end of a span that ends a run: a workflow span's, or a
+    root span's (its run has no other top). Items are ``(END, record or span, ...)``."""
+    if item[0] != END:
+        return False
+    span = item[1]
+    if type(span) is tuple:  # END record: parent id at 3, attributes at 11 (_records)
+        attributes, root = span[11], span[3] == 0
+    else:
+        attributes, root = span.attributes, span.parent is None
+    return root or (attributes or {}).get(sc.KIND) == sc.KIND_WORKFLOW
 
 
 START: Final = 0

@@ -12,7 +12,7 @@ from ..exceptions import StoreTimeoutError, StoreUnavailableError
 from ..mapping import SpanMapper, hex_span_id, hex_trace_id
 from ..stores._base import GraphStore, WriteBatch
 from ._records import RESOURCES, rebuild
-from ._worker import END, START, BatchWorker, QueueingSpanProcessor
+from ._worker import END, START, BatchWorker, QueueingSpanProcessor, ends_a_run
 
 _log = logging.getLogger("spangraph")
 
@@ -90,6 +90,7 @@ class GraphSpanProcessor(QueueingSpanProcessor):
             split=self._split,
             split_on=(StoreTimeoutError,),
             responsive=self._responsive,
+            keep_when_full=ends_a_run,  # a run's end, past a full queue (a reserve)
         )
         self._put = self._worker.put
         self._shutdown_timeout = shutdown_timeout

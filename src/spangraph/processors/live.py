@@ -31,7 +31,7 @@ from ..mapping import (
     state_of,
 )
 from ._records import RESOURCES, copy_record, rebuild
-from ._worker import BatchWorker, QueueingSpanProcessor
+from ._worker import BatchWorker, QueueingSpanProcessor, ends_a_run
 
 _hiredis_pack: Callable[..., bytes] | None
 try:  # redis-py's C companion (``redis[hiredis]``): packs a command in C
@@ -393,6 +393,7 @@ class LiveEventProcessor(QueueingSpanProcessor):
             schedule_delay=0.05,
             eager=True,
             give_up_after=give_up_after,
+            keep_when_full=ends_a_run,  # a run's end, past a full queue (a reserve)
             # one thread maps and publishes: at the event rates live streams carry, a
             # hand-over to a sending thread costs more CPU and latency than it saves
         )
