@@ -920,3 +920,43 @@ def test_an_option_name_with_a_nul_matches_its_node(sg: spangraph.Spangraph) -> 
         ("c", False, False),
     ]
     assert decision["chosen"] == "a\ufffdb"
+
+
+def test_a_runs_end_is_written_when_the_queue_is_full(private_servers: Any) -> None:
+    """A burst the store could not keep up with filled the queue, and the new spans were
+    dropped, counted: before, the run's own end among them, so the graph kept the run
+    `running` for good. A full queue still takes the end of a workflow or root span."""
+    import redis
+
+    _, info = private_servers.start("burst")
+    store = FalkorDBStore.from_url(info.graph_url)
+    store.ensure_schema()
+    admin = redis.Redis(port=info.port)
+    provider = TracerProvider()
+    processor = GraphSpanProcessor(store, project="burst", max_queue_size=16, max_batch_size=4)
+    provider.add_span_processor(processor)
+    old = spangraph._state.tracer
+    spangraph._state.tracer = provider.get_tracer("test")
+    try:
+        admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # the writes wait
+        with spangraph.workflow("burst") as run:
+            for i in range(300):
+                with spangraph.step(f"s{i}"):
+                    pass
+        assert processor.force_flush(30_000) is False  # some were dropped, and said so
+    finally:
+        spangraph._state.tracer = old
+        provider.shutdown()
+        admin.close()
+    try:
+        assert processor.stats()["dropped"] > 0
+        [root] = store.query(
+            "MATCH (w:Workflow {span_id: $id}) RETURN w.state AS state", {"id": run.span_id}
+        )
+        assert root["state"] == "completed"
+        [steps] = store.query(
+            "MATCH (s:Step {workflow_id: $w}) RETURN count(s) AS n", {"w": run.workflow_id}
+        )
+        assert steps["n"] < 300  # the burst was cut
+    finally:
+        store.close()
