@@ -931,3 +931,37 @@ def test_c_records_let_an_interrupt_through_and_keep_no_reference() -> None:
     owner.items.clear()
     assert before == 4  # the owner's list, the module's cache, ``record``, the argument
     assert sys.getrefcount(record) == 2  # ``record`` and the argument (was 5: one a call)
+
+
+def test_a_full_buffer_still_takes_the_ends_of_runs(buffer_class: Any) -> None:
+    """A burst that filled the offload buffer dropped the run's own end with the rest:
+    the run never ended, in the graph or for live subscribers."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from spangraph import semconv as sc
+
+    tracer = TracerProvider().get_tracer("t")
+    with (
+        tracer.start_as_current_span("root") as root,
+        tracer.start_as_current_span("wf", attributes={sc.KIND: "workflow"}) as wf,
+        tracer.start_as_current_span("step", attributes={sc.KIND: "step"}) as step,
+    ):
+        pass
+    buffer = buffer_class({}, lambda what, span: (9,), None, 2)
+    for span in (step, step):
+        buffer.end(span)
+    assert len(buffer) == 2  # full
+    buffer.start(wf)
+    buffer.end(step)
+    assert buffer.dropped == 2  # a start, an end that ends no run
+    buffer.end(wf)
+    buffer.end(root)
+    assert buffer.dropped == 2 and len(buffer) == 4
+    assert [r[5] for r in buffer.take()[2:]] == ["wf", "root"]
+    # up to a reserve
+    for _ in range(2 + _records.RESERVE):
+        buffer.end(step)
+    for _ in range(_records.RESERVE + 1):
+        buffer.end(wf)
+    assert len(buffer) == 2 + _records.RESERVE
+    assert buffer.dropped == 2 + _records.RESERVE + 1

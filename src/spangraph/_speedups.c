@@ -415,13 +415,51 @@ typedef struct {
     int closed;
 } RecordBuffer;
 
+/* Records past max_records a full buffer still takes: ends of runs (_records.RESERVE). */
+#define RESERVE 1024
+
+static PyObject *s_sg_kind;
+
+/* Whether ``record`` is the END record of a root span or of a workflow span (the end of
+ * a run: _records.ends_a_run). Never raises. */
+static int
+ends_a_run(PyObject *record)
+{
+    if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) < 12)
+        return 0;
+    PyObject *what = PyTuple_GET_ITEM(record, 0);
+    if (!PyLong_CheckExact(what) || PyLong_AsLong(what) != 1) {
+        PyErr_Clear();
+        return 0;
+    }
+    int has_parent = PyObject_IsTrue(PyTuple_GET_ITEM(record, 3));
+    if (has_parent <= 0) {
+        PyErr_Clear();
+        return has_parent == 0;
+    }
+    PyObject *attributes = PyTuple_GET_ITEM(record, 11);
+    if (!PyDict_CheckExact(attributes))
+        return 0;
+    PyObject *kind = PyDict_GetItemWithError(attributes, s_sg_kind);  /* borrowed */
+    if (kind == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return PyUnicode_CheckExact(kind) && PyUnicode_CompareWithASCIIString(kind, "workflow") == 0;
+}
+
 /* 1 appended, 0 dropped (full, closed, or never initialized), -1 error, -2 appended
  * but waking the worker raised something that is not an Exception (set) */
 static int
 rb_append(RecordBuffer *self, PyObject *record)
 {
-    if (self->records == NULL || self->closed ||
-        PyList_GET_SIZE(self->records) >= self->max_records) {
+    if (self->records == NULL || self->closed) {
+        self->dropped++;
+        return 0;
+    }
+    Py_ssize_t queued = PyList_GET_SIZE(self->records);
+    if (queued >= self->max_records
+        && !(queued < self->max_records + RESERVE && ends_a_run(record))) {
         self->dropped++;
         return 0;
     }
@@ -935,6 +973,7 @@ PyInit__speedups(void)
     INTERN(s_put, "_put");
     INTERN(s_known, "_known");
     INTERN(s_queue_span, "_queue_span");
+    INTERN(s_sg_kind, "spangraph.kind");
     if ((START_OBJ = PyLong_FromLong(0)) == NULL || (END_OBJ = PyLong_FromLong(1)) == NULL)
         return NULL;
     if (PyType_Ready(&RecordBufferType) < 0 || PyType_Ready(&RecordQueueType) < 0)

@@ -28,6 +28,22 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 START: Final = 0
 END: Final = 1
+
+RESERVE: Final = 1024
+"""Records past ``max_records`` that a full buffer still takes: the ends of runs
+(:func:`ends_a_run`), so that a run cut short by drops still ends."""
+
+
+def ends_a_run(record: tuple[Any, ...]) -> bool:
+    """Whether ``record`` is the END record of a root span or of a workflow span."""
+    if record[0] != END or len(record) < 12:
+        return False
+    attributes = record[11]
+    return not record[3] or (
+        type(attributes) is dict and attributes.get("spangraph.kind") == "workflow"
+    )
+
+
 MAX_RESOURCES: Final = 4096
 
 _HEAD: Final = operator.attrgetter(
@@ -266,7 +282,10 @@ class PyRecordBuffer:
 
     def add(self, record: tuple[Any, ...]) -> bool:
         records = self._records
-        if self.closed or len(records) >= self.max_records:
+        if self.closed or (
+            len(records) >= self.max_records
+            and not (len(records) < self.max_records + RESERVE and ends_a_run(record))
+        ):
             self.dropped += 1
             return False
         records.append(record)  # one call: a take() in between leaves it in one list

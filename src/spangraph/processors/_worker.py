@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .. import semconv as sc
 from ._records import RecordQueue, copy_record
+from ._records import ends_a_run as record_ends_a_run
 
 _log = logging.getLogger("spangraph")
 
@@ -798,11 +799,9 @@ def ends_a_run(item: tuple[Any, ...]) -> bool:
     if item[0] != END:
         return False
     span = item[1]
-    if type(span) is tuple:  # END record: parent id at 3, attributes at 11 (_records)
-        attributes, root = span[11], span[3] == 0
-    else:
-        attributes, root = span.attributes, span.parent is None
-    return root or (attributes or {}).get(sc.KIND) == sc.KIND_WORKFLOW
+    if type(span) is tuple:  # its END record
+        return record_ends_a_run(span)
+    return span.parent is None or (span.attributes or {}).get(sc.KIND) == sc.KIND_WORKFLOW
 
 
 START: Final = 0
