@@ -30,6 +30,8 @@ Python package driving the system's ``/usr/bin/chromium``; no browser download).
   ``test_live_updates_keep_one_tab_stop_and_the_focus``: the run tree as a WAI-ARIA tree
   (roles, levels, places in their sets, expanded, selected) with one Tab stop, its keys,
   and live rows that keep both, and the focus where it is.
+- ``test_a_run_thousands_of_levels_deep_opens``: a run 2 000 levels deep shows down to
+  its deepest span, as an ARIA tree; ``test_an_error_without_a_message_reads_its_type_alone``.
 """
 
 from __future__ import annotations
@@ -2389,3 +2391,131 @@ def test_live_updates_keep_one_tab_stop_and_the_focus(
             check_tree_aria(page)
         finally:
             conn.close()
+
+
+# -- a run thousands of levels deep, an error without a message -----------------------------
+
+# Each tree item's aria-level next to its depth by its span's parent (``data-parent``: the
+# page nests only the first levels of a deep tree), and its place among its siblings.
+DEEP_TREE = """() => {
+  const items = [...document.querySelectorAll("#tree-root li.tree-item")];
+  const byId = new Map(items.map((li) => [li.dataset.spanId, li]));
+  const depth = (li) => {
+    let d = 1;
+    for (let p = byId.get(li.dataset.parent); p; p = byId.get(p.dataset.parent)) d += 1;
+    return d;
+  };
+  return items.map((li) => ({
+    name: li.dataset.name, role: li.getAttribute("role"), level: li.getAttribute("aria-level"),
+    depth: depth(li), posinset: li.getAttribute("aria-posinset"),
+    setsize: li.getAttribute("aria-setsize"), expanded: li.getAttribute("aria-expanded"),
+  }));
+}"""
+
+
+@needs_chromium
+def test_a_run_thousands_of_levels_deep_opens(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A run 2 000 levels deep, written by the SDK: the page shows it down to its deepest
+    span, each item with its level and place, and its deep rows select, collapse, expand
+    and move by the keys as any other. Before: the page's JSON reviver overflowed the
+    stack on the run's tree (from ~1 700 levels: "Could not load the run"), and the
+    tree, nested in the DOM as deep as the run, crashed Chromium's renderer (past ~1 500
+    levels)."""
+    from playwright.sync_api import expect
+
+    depth = 2000
+    configure_sdk(graph_url, embedded_server, tmp_path)
+    try:
+        with spangraph.workflow("deep-run") as run, contextlib.ExitStack() as stack:
+            for i in range(depth):
+                stack.enter_context(spangraph.step(f"level-{i}"))
+        assert spangraph.flush(60)
+    finally:
+        spangraph.shutdown()
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    names = ["deep-run"] + [f"level-{i}" for i in range(depth)]
+    with serve(app) as base:
+        open_run(page, base, run.workflow_id or "")
+        deepest = node(page, names[-1])
+        expect(deepest).to_have_attribute("aria-level", str(depth + 1), timeout=30_000)
+        expect(page.locator("#tree li.tree-item")).to_have_count(depth + 1)
+        expect(state_of(page, names[-1])).to_have_text("completed")
+        expect(page.locator("#conn")).to_have_attribute("data-transport", "done")
+        expect(page.locator("#tree-empty")).to_be_hidden()
+        items = page.evaluate(DEEP_TREE)
+        assert [it["name"] for it in items] == names  # in tree order
+        for it in items:
+            assert it["role"] == "treeitem", it
+            assert it["level"] == str(it["depth"]), it
+            assert (it["posinset"], it["setsize"]) == ("1", "1"), it
+            assert it["expanded"] == (None if it["name"] == names[-1] else "true"), it
+        # the page nests a few dozen levels, not thousands
+        nested = deepest.evaluate(
+            "(el) => { let n = 0; for (let p = el; p; p = p.parentElement) n += 1; return n; }"
+        )
+        assert nested < 200, nested
+
+        deepest.locator(":scope > .row > .node-btn").click()
+        expect(page.locator("#detail-title")).to_have_text(names[-1])
+        expect(deepest).to_be_focused()
+        page.keyboard.press("ArrowLeft")  # a leaf: to its parent
+        expect(node(page, names[-2])).to_be_focused()
+        page.keyboard.press("ArrowUp")
+        expect(node(page, names[-3])).to_be_focused()
+
+        # a deep row collapses (the rows under it hide, the focus comes to it) and expands
+        middle = node(page, "level-1500")
+        middle.locator(":scope > .row > .twisty").click()
+        expect(middle).to_have_attribute("aria-expanded", "false")
+        expect(middle).to_be_focused()
+        expect(node(page, "level-1501")).to_be_hidden()
+        expect(deepest).to_be_hidden()
+        page.keyboard.press("End")  # the last node shown
+        expect(middle).to_be_focused()
+        page.keyboard.press("ArrowRight")  # expands
+        expect(middle).to_have_attribute("aria-expanded", "true")
+        expect(deepest).to_be_visible()
+        page.keyboard.press("End")
+        expect(deepest).to_be_focused()
+        page.keyboard.press("Home")
+        expect(node(page, "deep-run")).to_be_focused()
+        expect(deepest).to_have_attribute("aria-selected", "true")
+
+
+@needs_chromium
+def test_an_error_without_a_message_reads_its_type_alone(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """An exception raised without a message (``TimeoutError()``, as the demo's
+    ``large-model`` option fails) leaves the status message "TimeoutError: ": the node
+    panel says "Error: TimeoutError" (before: "Error: TimeoutError:", nothing after the
+    colon). An error with a message keeps it."""
+    from playwright.sync_api import expect
+
+    configure_sdk(graph_url, embedded_server, tmp_path)
+    try:
+        with spangraph.workflow("timeout-run") as run:
+            with spangraph.decision("summarizer", options=["large-model", "small-model"]) as pick:
+                with contextlib.suppress(TimeoutError), pick.option("large-model"):
+                    raise TimeoutError
+                with pick.option("small-model"):
+                    pass
+                pick.choose("small-model")
+            with contextlib.suppress(TimeoutError), spangraph.step("with-message"):
+                raise TimeoutError("no answer in 2 s")
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, run.workflow_id or "")
+        error = page.locator("#detail .error-box")
+        node(page, "large-model").locator(":scope > .row > .node-btn").click()
+        expect(page.locator("#detail-title")).to_have_text("large-model")
+        expect(error).to_contain_text("TimeoutError")
+        assert error.evaluate("e => e.innerText") == "Error: TimeoutError"
+        node(page, "with-message").locator(":scope > .row > .node-btn").click()
+        expect(error).to_contain_text("no answer")
+        assert error.evaluate("e => e.innerText") == "Error: TimeoutError: no answer in 2 s"

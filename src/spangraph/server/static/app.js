@@ -167,6 +167,8 @@ function newRun(id) {
     nodes: new Map(),
     items: new Map(), // span_id -> <li>
     placedAt: new Map(), // <li> -> the start it was placed by (see placeNode)
+    up: new Map(), // <li> -> the item it is placed under (null: at the top)
+    kids: new Map(), // <li> (null: the top) -> the items placed under it, in order
     waiting: new Map(), // parent span_id -> span_ids of items at the top waiting for it
     waitingOn: new Map(), // span_id -> the parent span_id it waits for (see markWaiting)
     lastSeq: 0,
@@ -186,7 +188,7 @@ function newRun(id) {
     selected: null,
     detail: null, // REST answer for the selected node
     dirty: new Set(),
-    touched: new Set(), // lists of the tree whose items came or went (see numberItems)
+    touched: new Set(), // items (null: the top) whose children came or went (see numberItems)
     tabStop: null, // the tree's one item in the Tab order (see setTabStop)
     frame: 0,
   };
@@ -296,11 +298,14 @@ async function refreshRunOnce(run) {
   ]);
   if (run.closed) return;
   if (tree.status === "fulfilled") {
-    const walk = (n) => {
+    // parents before children, without recursion (a run may be thousands of levels deep)
+    const todo = [...tree.value].reverse();
+    while (todo.length) {
+      const n = todo.pop();
       mergeNode(run, n);
-      for (const c of n.children || []) walk(c);
-    };
-    for (const root of tree.value) walk(root);
+      const kids = Array.isArray(n.children) ? n.children : [];
+      for (let i = kids.length - 1; i >= 0; i--) todo.push(kids[i]);
+    }
     // a hint from an earlier read ("waiting", "could not load") is out of date now
     if (run.nodes.size) $("tree-empty").hidden = true;
   } else if (tree.reason?.status === 404) {
@@ -779,57 +784,199 @@ function placedAt(run, li) {
  * start order, after the siblings that start at the same time; leave it where it is
  * when it is already right (keeps focus). A span that would become its own ancestor
  * (spans sent by other programs can name each other as parents, or a span itself) stays
- * at the top: the DOM cannot nest an item inside itself. */
+ * at the top: an item cannot be inside itself. */
 function placeNode(run, n, li) {
-  let parentLi = n.parent_span_id ? run.items.get(n.parent_span_id) : null;
-  if (parentLi && li.contains(parentLi)) parentLi = null;
-  const container = parentLi ? childList(parentLi) : $("tree-root");
+  let parentLi = n.parent_span_id ? run.items.get(n.parent_span_id) ?? null : null;
+  if (parentLi && isWithin(run, parentLi, li)) parentLi = null;
   markWaiting(run, n, !parentLi);
   const me = startOf(n);
-  if (li.parentElement === container) {
-    const prev = li.previousElementSibling;
-    const next = li.nextElementSibling;
-    if ((!prev || placedAt(run, prev) <= me) && (!next || placedAt(run, next) >= me)) {
+  const placed = run.up.has(li);
+  const oldParent = placed ? run.up.get(li) : null;
+  if (placed && oldParent === parentLi) {
+    const kids = kidsOf(run, parentLi);
+    const i = indexIn(run, kids, li);
+    if ((i === 0 || placedAt(run, kids[i - 1]) <= me) && (i === kids.length - 1 || placedAt(run, kids[i + 1]) >= me)) {
       run.placedAt.set(li, me);
       return;
     }
   }
-  let before = insertionPoint(run, container, li, me);
-  if (before === li) before = li.nextElementSibling;
+  if (placed) {
+    const old = kidsOf(run, oldParent);
+    old.splice(indexIn(run, old, li), 1);
+    run.touched.add(oldParent);
+  }
+  let kids = run.kids.get(parentLi);
+  if (!kids) run.kids.set(parentLi, (kids = []));
+  const at = insertionIndex(run, kids, me);
+  kids.splice(at, 0, li);
+  run.up.set(li, parentLi);
   run.placedAt.set(li, me);
-  if (li.parentElement === container && li.nextElementSibling === before) return;
-  const oldList = li.parentElement;
-  const oldParent = oldList?.closest("li.tree-item");
+  run.touched.add(parentLi);
   // moving an element takes the focus off it: an item moved while focused keeps it
-  const focused = li.contains(document.activeElement) ? document.activeElement : null;
-  container.insertBefore(li, before);
-  if (focused && document.activeElement !== focused) focused.focus({ preventScroll: true });
-  run.touched.add(container);
-  if (oldList && oldList !== container) run.touched.add(oldList);
-  setLevel(li, parentLi ? (Number(parentLi.getAttribute("aria-level")) || 1) + 1 : 1);
-  if (parentLi) updateLeaf(parentLi);
-  if (oldParent && oldParent !== parentLi) updateLeaf(oldParent);
+  const focused = document.activeElement;
+  putInPage(run, li, parentLi, at);
+  if (focused && document.activeElement !== focused && focused.isConnected) focused.focus({ preventScroll: true });
+  if (parentLi) updateLeaf(run, parentLi);
+  if (oldParent && oldParent !== parentLi) updateLeaf(run, oldParent);
 }
 
-/** An item's aria-level (1 at the top), and its descendants' when it changed (it moved
- * under a parent that came later). */
-function setLevel(li, level) {
-  const todo = [[li, level]];
-  while (todo.length) {
-    const [item, at] = todo.pop();
-    const text = String(at);
-    if (item.getAttribute("aria-level") === text) continue;
-    item.setAttribute("aria-level", text);
-    for (const child of childList(item).children) todo.push([child, at + 1]);
+// The page nests the items of the tree (li > ul > li) down to this level. An item below
+// it is a row of its own (class "deep") in the list of its ancestor at this level, after
+// its parent's row, in tree order, indented by its level: Chromium's renderer crashed
+// past ~1 500 nested levels, and each nested level cost style and layout work for every
+// row below it (a run 1 400 levels deep: 1.2 s nested, 0.3 s as rows). The ARIA tree is
+// the same either way: each item has its aria-level, aria-posinset and aria-setsize.
+const NESTED_LEVELS = 32;
+const NO_ITEMS = Object.freeze([]);
+
+/** The items placed under `li` (null: at the top of the tree), in order. */
+function kidsOf(run, li) {
+  return run.kids.get(li) ?? NO_ITEMS;
+}
+
+/** The item `li` is placed under (null: it is at the top). */
+function parentItem(run, li) {
+  return run.up.get(li) ?? null;
+}
+
+function levelOf(li) {
+  return Number(li.getAttribute("aria-level")) || 0;
+}
+
+/** Whether `item` is `li` or an item under it (a walk up as many levels as it is below
+ * `li`, no further). */
+function isWithin(run, item, li) {
+  if (item === li) return true;
+  if (!kidsOf(run, li).length) return false;
+  let at = item;
+  for (let steps = levelOf(item) - levelOf(li); steps > 0 && at; steps--) at = parentItem(run, at);
+  return at === li;
+}
+
+/** Where `li` is in `kids`, the items of its list: a binary search by the start it was
+ * placed by, then a look along the items placed by the same start. */
+function indexIn(run, kids, li) {
+  const me = placedAt(run, li);
+  let lo = 0;
+  let hi = kids.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (placedAt(run, kids[mid]) < me) lo = mid + 1;
+    else hi = mid;
   }
+  while (lo < kids.length && kids[lo] !== li) lo += 1;
+  return lo < kids.length ? lo : kids.indexOf(li);
+}
+
+/** The item `step` places after (-1: before) `li` among its siblings; null: none. */
+function sibling(run, li, step) {
+  const kids = kidsOf(run, parentItem(run, li));
+  return kids[indexIn(run, kids, li) + step] ?? null;
+}
+
+/** The place in `kids` of an item placed by the start `me`: after every item placed by a
+ * start up to its own. Spans mostly come in start order, so the last item is looked at
+ * first; else a binary search. */
+function insertionIndex(run, kids, me) {
+  const n = kids.length;
+  if (!n || placedAt(run, kids[n - 1]) <= me) return n;
+  let lo = 0;
+  let hi = n;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (placedAt(run, kids[mid]) > me) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+/** Put `li`, placed `at` among the items under `parentLi`, into the page. Nested at the
+ * level it had, it moves with everything under it; otherwise (a new item, a row of its
+ * own, a change of level) it and every item under it are put in again. */
+function putInPage(run, li, parentLi, at) {
+  const level = parentLi ? levelOf(parentLi) + 1 : 1;
+  const kids = kidsOf(run, parentLi);
+  if (level <= NESTED_LEVELS) {
+    const list = parentLi ? childList(parentLi) : $("tree-root");
+    const before = kids[at + 1] ?? null;
+    if (levelOf(li) !== level) mount(run, li, level, list, before, false);
+    else if (li.parentElement !== list || li.nextElementSibling !== before) list.insertBefore(li, before);
+    return;
+  }
+  // a row of its own: after the rows of its previous sibling (and of the items under
+  // it), else after its parent's row, in the list of the item at NESTED_LEVELS above it
+  for (const item of subtree(run, li)) if (item.isConnected) item.remove();
+  const first = level === NESTED_LEVELS + 1; // its parent is that item
+  const list = first ? childList(parentLi) : parentLi.parentElement;
+  let after = at > 0 ? kids[at - 1] : null;
+  while (after && kidsOf(run, after).length) after = kidsOf(run, after).at(-1);
+  const before = after ? after.nextElementSibling : first ? list.firstElementChild : parentLi.nextElementSibling;
+  mount(run, li, level, list, before, !first && (parentLi.hidden || parentLi.classList.contains("collapsed")));
+}
+
+/** `li` and the items under it, in tree order. */
+function subtree(run, li) {
+  const out = [];
+  const todo = [li];
+  while (todo.length) {
+    const item = todo.pop();
+    out.push(item);
+    const kids = kidsOf(run, item);
+    for (let i = kids.length - 1; i >= 0; i--) todo.push(kids[i]);
+  }
+  return out;
+}
+
+/** Put `li` at `level` into `list` before `before`, and the items under it after it:
+ * nested in its own list down to NESTED_LEVELS, below it rows of their own. */
+function mount(run, li, level, list, before, hidden) {
+  putItem(li, level, list, before, hidden);
+  const kids = kidsOf(run, li);
+  if (level < NESTED_LEVELS) {
+    for (let i = kids.length - 1; i >= 0; i--) mount(run, kids[i], level + 1, childList(li), kids[i + 1] ?? null, false);
+    return;
+  }
+  // rows of their own, in tree order; hidden under a collapsed (or hidden) row of its own
+  const rows = [];
+  const todo = [];
+  const shut = level > NESTED_LEVELS && (hidden || li.classList.contains("collapsed"));
+  for (let i = kids.length - 1; i >= 0; i--) todo.push([kids[i], level + 1, shut]);
+  while (todo.length) {
+    const row = todo.pop();
+    rows.push(row);
+    const [item, at, rowHidden] = row;
+    const under = kidsOf(run, item);
+    const shutUnder = rowHidden || item.classList.contains("collapsed");
+    for (let i = under.length - 1; i >= 0; i--) todo.push([under[i], at + 1, shutUnder]);
+  }
+  const into = level === NESTED_LEVELS ? childList(li) : list;
+  let next = level === NESTED_LEVELS ? null : before;
+  for (let k = rows.length - 1; k >= 0; k--) {
+    const [item, at, rowHidden] = rows[k];
+    putItem(item, at, into, next, rowHidden);
+    next = item;
+  }
+}
+
+function putItem(li, level, list, before, hidden) {
+  if (li.parentElement !== list || li.nextElementSibling !== before) list.insertBefore(li, before);
+  li.hidden = hidden;
+  const text = String(level);
+  if (li.getAttribute("aria-level") === text) return;
+  li.setAttribute("aria-level", text);
+  const deep = level > NESTED_LEVELS;
+  li.classList.toggle("deep", deep);
+  const indent = deep ? `${(level - NESTED_LEVELS - 1) * 14}px` : "";
+  li.style.paddingLeft = indent;
+  li.style.backgroundSize = indent && `${indent} 100%`;
 }
 
 /** aria-posinset and aria-setsize of the items of each list that changed this frame:
  * once per list and frame, so a run read at once is numbered in time in proportion to
  * it, and a frame that places nothing numbers nothing. */
 function numberItems(run) {
-  for (const list of run.touched) {
-    const kids = list.children;
+  for (const parentLi of run.touched) {
+    const kids = kidsOf(run, parentLi);
     const size = String(kids.length);
     for (let i = 0; i < kids.length; i++) {
       const li = kids[i];
@@ -839,23 +986,6 @@ function numberItems(run) {
     }
   }
   run.touched.clear();
-}
-
-/** The first item of `container` placed by a start later than `me` (null: none, go
- * last). Spans mostly come in start order, so the last item is looked at first; else a
- * binary search. */
-function insertionPoint(run, container, li, me) {
-  const last = container.lastElementChild;
-  if (!last || (last !== li && placedAt(run, last) <= me)) return null;
-  const kids = container.children;
-  let lo = 0;
-  let hi = kids.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (placedAt(run, kids[mid]) > me) hi = mid;
-    else lo = mid + 1;
-  }
-  return kids[lo] ?? null;
 }
 
 /** Keep track of the items at the top whose parent is named but not shown (not seen
@@ -880,8 +1010,8 @@ function markWaiting(run, n, top) {
   }
 }
 
-function updateLeaf(li) {
-  const hasChildren = childList(li).firstElementChild !== null;
+function updateLeaf(run, li) {
+  const hasChildren = kidsOf(run, li).length > 0;
   li.classList.toggle("leaf", !hasChildren);
   const twisty = li.querySelector(":scope > .row > .twisty");
   const name = displayName(li.dataset.name);
@@ -898,10 +1028,20 @@ function toggle(li, open) {
   const twisty = li.querySelector(":scope > .row > .twisty");
   twisty.setAttribute("aria-expanded", String(willOpen));
   twisty.textContent = willOpen ? "▾" : "▸";
-  updateLeaf(li);
+  const run = current;
+  if (!run) return;
+  updateLeaf(run, li);
+  // rows of their own under it are shown and hidden one by one (see NESTED_LEVELS)
+  if (levelOf(li) > NESTED_LEVELS) {
+    for (const item of subtree(run, li)) {
+      const shut = item.hidden || item.classList.contains("collapsed");
+      for (const kid of kidsOf(run, item)) kid.hidden = shut;
+    }
+  }
   // the focus inside what was just hidden goes to the item that hid it
-  if (!willOpen && childList(li).contains(document.activeElement)) li.focus({ preventScroll: true });
-  if (current) syncTabStop(current);
+  const focused = itemOf(document.activeElement);
+  if (!willOpen && focused && focused !== li && isWithin(run, focused, li)) li.focus({ preventScroll: true });
+  syncTabStop(run);
 }
 
 function flash(li, what) {
@@ -921,30 +1061,30 @@ function itemOf(el) {
   return li && $("tree-root").contains(li) ? li : null;
 }
 
-function parentItem(li) {
-  return li.parentElement?.closest("li.tree-item") ?? null;
-}
-
 /** Whether an item shows its children (it has some and is not collapsed). */
 function isOpen(li) {
   return !li.classList.contains("leaf") && !li.classList.contains("collapsed");
 }
 
 /** The last item shown in `li`'s subtree (itself when it is closed). */
-function lastShown(li) {
-  while (li && isOpen(li)) li = childList(li).lastElementChild;
+function lastShown(run, li) {
+  while (li && isOpen(li)) li = kidsOf(run, li).at(-1) ?? null;
   return li;
 }
 
 /** The item shown after / before `li` (depth first, collapsed subtrees skipped). */
-function nextShown(li) {
-  if (isOpen(li)) return childList(li).firstElementChild;
-  for (let at = li; at; at = parentItem(at)) if (at.nextElementSibling) return at.nextElementSibling;
+function nextShown(run, li) {
+  if (isOpen(li)) return kidsOf(run, li)[0] ?? null;
+  for (let at = li; at; at = parentItem(run, at)) {
+    const next = sibling(run, at, 1);
+    if (next) return next;
+  }
   return null;
 }
 
-function previousShown(li) {
-  return li.previousElementSibling ? lastShown(li.previousElementSibling) : parentItem(li);
+function previousShown(run, li) {
+  const previous = sibling(run, li, -1);
+  return previous ? lastShown(run, previous) : parentItem(run, li);
 }
 
 /** Make `li` the tree's one element in the Tab order (every other item, and every
@@ -961,8 +1101,8 @@ function setTabStop(run, li) {
 function restingTabStop(run) {
   let at = run.selected ? run.items.get(run.selected) ?? null : null;
   if (at && !at.isConnected) at = null;
-  for (let p = at && parentItem(at); p; p = parentItem(p)) if (p.classList.contains("collapsed")) at = p;
-  return at || $("tree-root").firstElementChild;
+  for (let p = at && parentItem(run, at); p; p = parentItem(run, p)) if (p.classList.contains("collapsed")) at = p;
+  return at || kidsOf(run, null)[0] || null;
 }
 
 /** The Tab stop follows the focus while it is in the tree, else rests (see above).
@@ -986,28 +1126,29 @@ function focusItem(li) {
 function onTreeKey(ev) {
   const li = itemOf(ev.target);
   if (!current || !li || ev.altKey || ev.ctrlKey || ev.metaKey) return;
-  const root = $("tree-root");
+  const run = current;
+  const top = kidsOf(run, null);
   let to = null;
   switch (ev.key) {
     case "ArrowDown":
-      to = nextShown(li);
+      to = nextShown(run, li);
       break;
     case "ArrowUp":
-      to = previousShown(li);
+      to = previousShown(run, li);
       break;
     case "ArrowRight":
       if (li.classList.contains("collapsed") && !li.classList.contains("leaf")) toggle(li, true);
-      else if (isOpen(li)) to = childList(li).firstElementChild;
+      else if (isOpen(li)) to = kidsOf(run, li)[0] ?? null;
       break;
     case "ArrowLeft":
       if (isOpen(li)) toggle(li, false);
-      else to = parentItem(li);
+      else to = parentItem(run, li);
       break;
     case "Home":
-      to = root.firstElementChild;
+      to = top[0] ?? null;
       break;
     case "End":
-      to = lastShown(root.lastElementChild);
+      to = lastShown(run, top.at(-1) ?? null);
       break;
     case "Enter":
     case " ":
@@ -1015,7 +1156,7 @@ function onTreeKey(ev) {
       selectNode(li.dataset.spanId);
       break;
     case "*":
-      for (const sibling of li.parentElement.children) {
+      for (const sibling of kidsOf(run, parentItem(run, li))) {
         if (sibling.classList.contains("collapsed") && !sibling.classList.contains("leaf")) toggle(sibling, true);
       }
       break;
@@ -1113,9 +1254,7 @@ function selectNode(spanId, { focus = true } = {}) {
   run.detail = null;
   const li = run.items.get(spanId);
   if (li) {
-    for (let p = li.parentElement?.closest("li.tree-item"); p; p = p.parentElement?.closest("li.tree-item")) {
-      if (p.classList.contains("collapsed")) toggle(p, true);
-    }
+    for (let p = parentItem(run, li); p; p = parentItem(run, p)) if (p.classList.contains("collapsed")) toggle(p, true);
     li.setAttribute("aria-selected", "true");
     li.scrollIntoView({ block: "nearest" });
     if (focus && document.activeElement !== li) focusItem(li);

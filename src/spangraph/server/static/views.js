@@ -202,7 +202,10 @@ export function renderInsights(run, select) {
 
 
 function errorMessage(n, events) {
-  if (n.status_message) return n.status_message;
+  // "Type: " and nothing after it (an exception raised without a message, such as a
+  // TimeoutError()): the type alone
+  const status = n.status_message ? String(n.status_message).replace(/:\s*$/, "") : "";
+  if (status) return status;
   for (const e of events) {
     const a = e.attributes || {};
     if (e.name === "exception" && (a["exception.message"] || a["exception.type"])) {
