@@ -725,3 +725,22 @@ def test_a_workflow_started_before_any_setup_is_warned_of_once() -> None:
     assert "spangraph.configure()" in warned and "'job'" in warned
     # tracing turned off on purpose: no warning
     assert "not recorded" not in stderr_of(**{**env, "OTEL_SDK_DISABLED": "true"})
+
+
+def test_a_workflow_a_sampler_dropped_after_configure_is_not_taken_for_no_setup(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """configure(tracer_provider=P) does not make P global: a first workflow that P's
+    sampler dropped was warned of as if nothing had been set up."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    from spangraph import _state
+
+    monkeypatch.setattr(_state, "unconfigured_warned", False)
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)  # none global
+    monkeypatch.setattr(_state, "tracer", TracerProvider(sampler=ALWAYS_OFF).get_tracer("t"))
+    with spangraph.workflow("sampled-out") as run:
+        pass
+    assert not run.span.is_recording()
+    assert not [r for r in caplog.records if "not recorded" in r.getMessage()]
+    assert _state.unconfigured_warned  # looked at once, not at every workflow

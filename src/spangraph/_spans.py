@@ -204,13 +204,17 @@ def _add_event(
 
 
 def _warn_if_unconfigured(span: Span, name: str) -> None:
-    """Once a process: a workflow started where no TracerProvider was ever set (neither
-    ``spangraph.configure()`` nor other OpenTelemetry setup ran): nothing is recorded."""
-    if span.is_recording() or os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return
-    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        return  # a provider was set (one that records nothing, or a sampler said no)
+    """At a process's first workflow: warn when nothing was set up, neither
+    ``spangraph.configure()`` (which points spangraph's tracer at a provider, global or
+    not) nor a global TracerProvider: nothing is recorded then. (A provider, once set,
+    stays: later workflows need no look.)"""
     _state.unconfigured_warned = True
+    if span.is_recording() or not isinstance(_state.tracer, trace.ProxyTracer):
+        return  # recorded, or configure() chose a provider (its sampler said no)
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return  # a global provider (one that records nothing, or a sampler said no)
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return
     _log.warning(
         "spangraph: workflow %r is not recorded: no TracerProvider is set; call "
         "spangraph.configure() first, or run the program with `spangraph run -- ...` "

@@ -22,4 +22,5 @@ events_limit_warned: bool = False
 """Whether a span with more events than its TracerProvider keeps was warned of."""
 
 unconfigured_warned: bool = False
-"""Whether a workflow started with no TracerProvider set was warned of."""
+"""Whether the process's first workflow was looked at for a missing setup (a warning
+when nothing was set up: see ``_spans._warn_if_unconfigured``)."""
