@@ -759,3 +759,23 @@ def test_a_costly_read_is_stopped_by_the_server_at_its_time_limit(graph_url: str
         assert store.query("RETURN 1 AS one") == [{"one": 1}]
     finally:
         store.close()
+
+
+def test_a_server_with_a_lower_timeout_max_keeps_its_own(private_servers: Any) -> None:
+    """A FalkorDB whose TIMEOUT_MAX is below the limit reads are sent with refuses them
+    all ("cannot exceed the TIMEOUT_MAX"): reads go on without one, under its own."""
+    _, info = private_servers.start("timeout-max")
+    admin = redis.Redis(port=info.port)
+    admin.execute_command("GRAPH.CONFIG", "SET", "TIMEOUT_MAX", "500")
+    admin.close()
+    store = FalkorDBStore.from_url(info.graph_url, socket_timeout=5.0)  # a 4.5 s limit
+    try:
+        store.ensure_schema()
+        assert store.query("RETURN 1 AS one") == [{"one": 1}]
+        costly = "UNWIND range(1, 1000000) AS a UNWIND range(1, 1000) AS b RETURN count(*) AS n"
+        with pytest.raises(StoreError, match="stopped a query at its time limit") as info_:
+            store.query(costly)
+        assert not isinstance(info_.value, StoreUnavailableError)
+        assert store.query("RETURN 2 AS two") == [{"two": 2}]
+    finally:
+        store.close()

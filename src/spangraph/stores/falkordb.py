@@ -279,6 +279,8 @@ class FalkorDBStore:
         self._db = self._connect(port)
         self._graph = self._db.select_graph(graph)
         self._schema_ready = False
+        # reads stop at this limit on the server (see query); None: the server's own
+        self._read_limit_ms: int | None = max(1, int(socket_timeout * 900))
         self.compact_after_schema = False
         """Whether :meth:`ensure_schema` has the server rewrite its append-only file when
         it made an index or the constraint (the embedded server's store: see
@@ -563,7 +565,8 @@ class FalkorDBStore:
         # The server stops a read at its time limit, set a little under the time this
         # client waits: a costly read it gave up on would otherwise run on for minutes,
         # and every write (the programs' spans) wait behind it.
-        limit_ms = max(1, int(self._client_kwargs["socket_timeout"] * 900))
+        # (A server whose TIMEOUT_MAX is lower refuses any longer limit: its own applies.)
+        limit_ms = self._read_limit_ms
         try:
             result = self._graph.ro_query(header + cypher, timeout=limit_ms)
         except _TRANSIENT as exc:
@@ -571,9 +574,13 @@ class FalkorDBStore:
         except redis.ResponseError as exc:
             if "empty key" in str(exc):
                 return []  # nothing has been written to this graph yet: no rows
+            if limit_ms is not None and "TIMEOUT_MAX" in str(exc):
+                self._read_limit_ms = None
+                return self.query(cypher, params)
             if "timed out" in str(exc).lower():
+                limit = "" if limit_ms is None else f" of {limit_ms / 1000:g} s"
                 raise StoreError(
-                    f"FalkorDB stopped a query at its time limit of {limit_ms / 1000:g} s ({exc})"
+                    f"FalkorDB stopped a query at its time limit{limit} ({exc})"
                 ) from exc
             raise StoreError(f"FalkorDB rejected a query: {exc}") from exc
         names = [h[1] if isinstance(h, list | tuple) else h for h in result.header]
