@@ -27,6 +27,7 @@ from spangraph import queries
 from spangraph import semconv as sc
 from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
+from spangraph.exceptions import StoreError, StoreUnavailableError
 from spangraph.server import create_app
 from spangraph.server.models import TreeNode
 from spangraph.stores import FalkorDBStore
@@ -51,6 +52,23 @@ def _configure(settings: Settings, project: str) -> None:
         home=str(settings.home),
         project=project,
     )
+
+
+def _recorded_run(
+    settings: Settings, project: str, name: str, steps: tuple[str, ...] = ("s",)
+) -> Any:
+    """A run (its handle) of ``steps`` under one workflow, written through spangraph
+    configured as by ``_configure``, which is shut down after it."""
+    _configure(settings, project)
+    try:
+        with spangraph.workflow(name) as run:
+            for step in steps:
+                with spangraph.step(step):
+                    pass
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    return run
 
 
 @pytest.fixture
@@ -1088,15 +1106,7 @@ def test_a_stream_that_lost_spans_is_not_the_replay(settings: Settings, client: 
     seq (Redis numbers them): a stream from seq 1 that lacked spans of the run was served
     as its replay (a run of 401 spans answered with 106 of them and no end). The graph
     is the record: a stream that lacks spans the graph holds is rebuilt from the graph."""
-    _configure(settings, "replay-lost")
-    try:
-        with spangraph.workflow("lossy") as run:
-            for i in range(3):
-                with spangraph.step(f"s{i}"):
-                    pass
-        assert spangraph.flush(10)
-    finally:
-        spangraph.shutdown()
+    run = _recorded_run(settings, "replay-lost", "lossy", ("s0", "s1", "s2"))
     wid = run.workflow_id or ""
     r = redis.Redis.from_url(settings.redis_url)
     live = _stream_messages(r, wid)
@@ -1123,13 +1133,7 @@ def test_a_stream_that_lost_the_end_of_the_run_is_not_the_replay(
 ) -> None:
     """A stream that holds every span's start but lost an end the graph has (the run's
     own end: a client could never learn the run ended) is rebuilt from the graph."""
-    _configure(settings, "replay-lost-end")
-    try:
-        with spangraph.workflow("endless") as run, spangraph.step("s"):
-            pass
-        assert spangraph.flush(10)
-    finally:
-        spangraph.shutdown()
+    run = _recorded_run(settings, "replay-lost-end", "endless")
     wid = run.workflow_id or ""
     r = redis.Redis.from_url(settings.redis_url)
     live = _stream_messages(r, wid)
@@ -1145,13 +1149,7 @@ def test_a_stream_that_lost_the_end_of_the_run_is_not_the_replay(
 def test_a_graph_behind_the_stream_keeps_the_stream(settings: Settings, client: TestClient) -> None:
     """Live messages reach Redis before their spans reach the graph: a stream with more
     spans than the graph holds yet is still the replay."""
-    _configure(settings, "replay-ahead")
-    try:
-        with spangraph.workflow("ahead") as run, spangraph.step("s"):
-            pass
-        assert spangraph.flush(10)
-    finally:
-        spangraph.shutdown()
+    run = _recorded_run(settings, "replay-ahead", "ahead")
     wid = run.workflow_id or ""
     r = redis.Redis.from_url(settings.redis_url)
     live = [m for _, m in _stream_messages(r, wid)]
@@ -1164,24 +1162,18 @@ def test_a_graph_behind_the_stream_keeps_the_stream(settings: Settings, client: 
     r.close()
 
 
+@pytest.mark.parametrize("error", [StoreUnavailableError, StoreError])
 def test_a_stream_is_served_while_the_graph_does_not_answer(
-    settings: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch, error: type
 ) -> None:
-    """The stream cannot be checked against a graph that does not answer: it is served
-    as it was (the graph could not rebuild the run either)."""
-    from spangraph.exceptions import StoreUnavailableError
-
-    _configure(settings, "replay-graph-down")
-    try:
-        with spangraph.workflow("unchecked") as run:
-            pass
-        assert spangraph.flush(10)
-    finally:
-        spangraph.shutdown()
+    """The stream cannot be checked against a graph that does not answer (down, or its
+    read stopped at the time limit): it is served as it was (the graph could not
+    rebuild the run either)."""
+    run = _recorded_run(settings, f"replay-graph-{error.__name__}", "unchecked", ())
     wid = run.workflow_id or ""
 
     def down(store: Any, workflow_id: str) -> tuple[int, int]:
-        raise StoreUnavailableError("the graph is down")
+        raise error("the graph does not answer")
 
     monkeypatch.setattr(queries, "replayed_spans", down)
     answer = client.get(f"/api/workflows/{wid}/events")

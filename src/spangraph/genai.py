@@ -315,7 +315,7 @@ class _ToolScope(Scope[ToolCall]):
 
 
 @overload
-def tool(fn: F, /) -> F: ...
+def tool(fn: F, /, *, attributes: Mapping[str, Any] | None = None) -> F: ...
 @overload
 def tool(
     name: str | None = None,

@@ -48,6 +48,13 @@ async def lookup(query: str) -> int:
     return len(query)
 
 
+def _lookup_price(item: str) -> float:
+    return 1.0
+
+
+priced = spangraph.tool(_lookup_price, attributes={"team": "pricing"})
+
+
 class Agent:
     @spangraph.step
     def act(self, goal: str) -> bool:
@@ -69,6 +76,7 @@ def decorated() -> None:
     assert_type(numbers(3), Iterator[int])
     assert_type(stream(3), AsyncIterator[int])
     assert_type(search("q"), dict[str, int])
+    assert_type(priced("apple"), float)
     looking = lookup("q")
     _ = assert_type(looking, Coroutine[Any, Any, int])
     looking.close()

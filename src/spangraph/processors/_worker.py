@@ -30,7 +30,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .. import semconv as sc
-from ._records import RecordQueue, copy_record
+from ._records import RESERVE, RecordQueue, copy_record
 from ._records import ends_a_run as record_ends_a_run
 
 _log = logging.getLogger("spangraph")
@@ -70,8 +70,9 @@ _SPLIT_AFTER: Final = 2
 """``split_on`` errors of one payload (the destination answering otherwise) before it is
 sent in parts."""
 
-_RESERVE: Final = 1024
-"""Items past ``max_queue_size`` that a queue takes when ``keep_when_full`` says so."""
+_RESERVE: Final = RESERVE
+"""Items past ``max_queue_size`` that a queue takes when ``keep_when_full`` says so (as
+many as a full record buffer takes ends of runs)."""
 
 _GIVE_UP_AFTER: Final = 4
 """``split_on`` errors of a payload that cannot be split before it is dropped."""

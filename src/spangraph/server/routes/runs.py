@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ... import queries
 from ... import semconv as sc
-from ...exceptions import StoreUnavailableError
+from ...exceptions import StoreError
 from .. import _convertors  # noqa: F401  (the "id" path convertor of the routes)
 from ..deps import SettingsDep, StoreDep, jaeger_url
 from ..models import (
@@ -286,7 +286,7 @@ def _stream_body(store: Any, workflow_id: str, texts: list[str]) -> bytes | None
                 ended.add(message.get("span_id"))
     try:
         spans, spans_ended = queries.replayed_spans(store, workflow_id)
-    except StoreUnavailableError as exc:
+    except StoreError as exc:  # e.g. down, or a read stopped at its time limit
         _log.warning(
             "replay of %r: the graph did not answer, serving the stream: %s", workflow_id, exc
         )
