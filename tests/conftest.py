@@ -151,6 +151,46 @@ class ForkedChild:
         return os.waitstatus_to_exitcode(status)
 
 
+def paused_burst(processor: Any, port: int, steps: int = 300) -> Any:
+    """A workflow of ``steps`` steps traced through ``processor`` (on a TracerProvider
+    of its own, shut down after) while the server on ``port`` holds every client's
+    commands for 1.5 s (CLIENT PAUSE): the processor's small queue fills and drops, and
+    its flush says so. Returns the workflow's handle."""
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    old = spangraph._state.tracer
+    spangraph._state.tracer = provider.get_tracer("test")
+    admin = redis.Redis(port=port)
+    try:
+        admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # the writes wait
+        with spangraph.workflow("burst") as run:
+            for i in range(steps):
+                with spangraph.step(f"s{i}"):
+                    pass
+        assert processor.force_flush(30_000) is False  # some were dropped, and said so
+    finally:
+        spangraph._state.tracer = old
+        provider.shutdown()
+        admin.close()
+    assert processor.stats()["dropped"] > 0
+    return run
+
+
+def root_workflow_step() -> tuple[Any, Any, Any]:
+    """Three ended SDK spans, each the parent of the next: a root span (no
+    ``spangraph.kind``), a workflow span and a step span."""
+    from spangraph import semconv as sc
+
+    tracer = TracerProvider().get_tracer("t")
+    with (
+        tracer.start_as_current_span("root") as root,
+        tracer.start_as_current_span("wf", attributes={sc.KIND: "workflow"}) as wf,
+        tracer.start_as_current_span("step", attributes={sc.KIND: "step"}) as step,
+    ):
+        pass
+    return root, wf, step
+
+
 def configure_on(
     provider: TracerProvider, graph_url: str, server: ServerInfo, home: Any, **settings: Any
 ) -> spangraph.Spangraph:

@@ -936,17 +936,9 @@ def test_c_records_let_an_interrupt_through_and_keep_no_reference() -> None:
 def test_a_full_buffer_still_takes_the_ends_of_runs(buffer_class: Any) -> None:
     """A burst that filled the offload buffer dropped the run's own end with the rest:
     the run never ended, in the graph or for live subscribers."""
-    from opentelemetry.sdk.trace import TracerProvider
+    from conftest import root_workflow_step
 
-    from spangraph import semconv as sc
-
-    tracer = TracerProvider().get_tracer("t")
-    with (
-        tracer.start_as_current_span("root") as root,
-        tracer.start_as_current_span("wf", attributes={sc.KIND: "workflow"}) as wf,
-        tracer.start_as_current_span("step", attributes={sc.KIND: "step"}) as step,
-    ):
-        pass
+    root, wf, step = root_workflow_step()
     buffer = buffer_class({}, lambda what, span: (9,), None, 2)
     for span in (step, step):
         buffer.end(span)

@@ -971,19 +971,11 @@ def test_a_full_queue_takes_what_keep_when_full_says_up_to_a_reserve(make: Any) 
 
 
 def test_ends_a_run() -> None:
-    from opentelemetry.sdk.trace import TracerProvider
-
-    from spangraph import semconv as sc
+    from conftest import root_workflow_step
     from spangraph.processors._records import py_end_record, py_start_record
     from spangraph.processors._worker import END, START, ends_a_run
 
-    tracer = TracerProvider().get_tracer("t")
-    with (
-        tracer.start_as_current_span("root") as root,
-        tracer.start_as_current_span("wf", attributes={sc.KIND: "workflow"}) as wf,
-        tracer.start_as_current_span("step", attributes={sc.KIND: "step"}) as step,
-    ):
-        pass
+    root, wf, step = root_workflow_step()
     for span, ends in ((root, True), (wf, True), (step, False)):
         assert ends_a_run((END, py_end_record(span, {}))) is ends, span.name
         assert ends_a_run((END, span, 0)) is ends, span.name  # a span no copy could read
