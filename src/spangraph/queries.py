@@ -794,28 +794,34 @@ REPLAYED_SPANS: Final = (
     "MATCH (s:Span {workflow_id: $workflow_id})\n"
     "WHERE s.span_id IS NOT NULL AND s.start_ns IS NOT NULL\n"
     "  AND coalesce(s.state, '') <> 'unexplored'\n"
-    "RETURN count(s) AS spans, count(s.end_ns) AS ended"
+    "RETURN s.span_id AS span_id, s.end_ns IS NOT NULL AS ended"
 )
 
 _MORE_STATEMENTS["replayed_spans"] = REPLAYED_SPANS
 
 
-def replayed_spans(store: GraphStore, workflow_id: str) -> tuple[int, int]:
-    """How many spans of a run the graph holds that a replay shows (each with a
-    ``span.started``: as :func:`replay`, neither options never explored nor placeholders
-    of parents never written), and how many of them ended (each with a ``span.ended``).
-    One count over the ``workflow_id`` index.
+def replayed_spans(store: GraphStore, workflow_id: str) -> tuple[set[str], set[str]]:
+    """The ids of the spans of a run that a replay shows with a ``span.started`` (as
+    :func:`replay`: neither options never explored nor placeholders of parents never
+    written), and of those that ended (with a ``span.ended``). One look-up over the
+    ``workflow_id`` index.
 
     .. code-block:: cypher
 
         MATCH (s:Span {workflow_id: $workflow_id})
         WHERE s.span_id IS NOT NULL AND s.start_ns IS NOT NULL
           AND coalesce(s.state, '') <> 'unexplored'
-        RETURN count(s) AS spans, count(s.end_ns) AS ended
+        RETURN s.span_id AS span_id, s.end_ns IS NOT NULL AS ended
     """
-    rows = store.query(REPLAYED_SPANS, {"workflow_id": workflow_id})
-    row = rows[0] if rows else {}
-    return _whole(row.get("spans")) or 0, _whole(row.get("ended")) or 0
+    started: set[str] = set()
+    ended: set[str] = set()
+    for row in store.query(REPLAYED_SPANS, {"workflow_id": workflow_id}):
+        span_id = row.get("span_id")
+        if isinstance(span_id, str):
+            started.add(span_id)
+            if row.get("ended") is True:
+                ended.add(span_id)
+    return started, ended
 
 
 def decision_analytics(

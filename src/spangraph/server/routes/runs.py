@@ -267,10 +267,10 @@ async def workflow_events(workflow_id: str, request: Request, store: StoreDep) -
 
 def _stream_body(store: Any, workflow_id: str, texts: list[str]) -> bytes | None:
     """The replay of the run's stream (its messages ``texts``), or ``None`` when the
-    stream lacks spans the graph holds: fewer spans with a ``span.started`` in it than
-    the graph holds, or fewer with a ``span.ended`` than have ended there
-    (:func:`queries.replayed_spans`); a graph that lags behind the stream keeps the
-    stream. When the graph does not answer, the stream is served."""
+    stream lacks spans the graph holds: a span of the graph without a ``span.started``
+    in it, or an ended one without a ``span.ended`` (:func:`queries.replayed_spans`); a
+    graph that lags behind the stream keeps the stream. When the graph does not answer,
+    the stream is served."""
     started: set[Any] = set()
     ended: set[Any] = set()
     for text in texts:
@@ -290,8 +290,8 @@ def _stream_body(store: Any, workflow_id: str, texts: list[str]) -> bytes | None
         _log.warning(
             "replay of %r: the graph did not answer, serving the stream: %s", workflow_id, exc
         )
-        spans = spans_ended = 0
-    if len(started) < spans or len(ended) < spans_ended:
+        spans = spans_ended = set()
+    if not (spans <= started and spans_ended <= ended):
         return None
     return ("[" + ",".join(texts) + "]").encode()
 
