@@ -158,6 +158,12 @@ def test_query_commands(demo: Demo) -> None:
     ]
     table = cli(demo.home, "query", "workflows", "--state", "failed")
     assert table.code == 0 and "(no rows)" in table.out
+    # when it started: a UTC time and an age (it was raw nanoseconds since 1970)
+    listing = cli(demo.home, "query", "workflows").out.splitlines()
+    assert listing[0].split() == [
+        *("workflow_id", "name", "state", "duration_ms", "started", "age", "jaeger_url")
+    ]
+    assert re.search(r"research-assistant\s+completed\s+\S+\s+20\d\d-\d\d-\d\dT", listing[2])
 
     tree = cli(demo.home, "query", "tree", workflow_id)
     assert tree.code == 0, tree.err

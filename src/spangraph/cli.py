@@ -403,9 +403,17 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         settings = Settings.from_env(home=args.home)
         for r in rows:
             r["jaeger_url"] = settings.jaeger_link(r.get("trace_id"), r.get("span_id"))
-        if not args.json:
-            keep = ("workflow_id", "name", "state", "duration_ms", "start_ns", "jaeger_url")
-            rows = [{k: r.get(k) for k in keep} for r in rows]
+        if not args.json:  # when it started as a time and an age, as `abandoned` shows
+            keep = ("workflow_id", "name", "state", "duration_ms")
+            now = time.time_ns()
+            rows = [
+                {
+                    **{k: r.get(k) for k in keep},
+                    **_started(r.get("start_ns"), now),
+                    "jaeger_url": r.get("jaeger_url"),
+                }
+                for r in rows
+            ]
     elif what == "tree":
         if args.json:  # the tree's spans, as the API's tree has them (no stand-ins)
             rows = [node.span for root in queries.tree(store, args.id) for _, node in root.walk()]
