@@ -432,6 +432,8 @@ def test_demo_serve_on_a_taken_port_fails_before_the_demo(tmp_path: Path) -> Non
         result = cli(tmp_path / "home", "demo", "--serve", "--port", str(port), timeout=30)
     assert result.code == 3
     assert f"cannot serve on 127.0.0.1:{port}" in result.err and result.out == ""
+    # what to do about it, as `spangraph serve` says
+    assert "already in use (another spangraph serve?)" in result.err and "--port" in result.err
     assert not (tmp_path / "home" / "server.json").exists()  # no server was started
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -93,6 +94,11 @@ def _cannot_listen(host: str, port: int) -> str | None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
             sock.bind(address)
     except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:  # as `spangraph serve` says it
+            return (
+                f"the port {port} is already in use (another spangraph serve?); stop that "
+                "program or choose another port with --port"
+            )
         return exc.strerror or str(exc)
     return None
 
