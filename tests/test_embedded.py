@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import redis
@@ -516,7 +517,7 @@ def test_a_hung_server_from_another_copy_of_the_binary_is_still_this_homes_serve
 def _large_store(home: Path, writes: int, nodes_per_write: int = 1) -> None:
     """A home whose server has ``writes`` graph writes (of ``nodes_per_write`` nodes
     each) in its append-only file to replay when it starts (it answers LOADING
-    meanwhile), stopped."""
+    meanwhile), stopped (without the rewrite a stop makes: as a crash leaves it)."""
     info = EmbeddedServer(home).ensure_running()
     client = redis.Redis(port=info.port)
     try:
@@ -530,7 +531,8 @@ def _large_store(home: Path, writes: int, nodes_per_write: int = 1) -> None:
             pipe.execute()
     finally:
         client.close()
-    EmbeddedServer(home).stop()
+    with mock.patch.object(embedded, "_compact_before_stop", lambda port, deadline: None):
+        EmbeddedServer(home).stop()
 
 
 @pytest.mark.slow
@@ -1155,12 +1157,10 @@ def test_the_schema_is_loaded_from_the_snapshot_not_replayed(home: Path, opened_
         store.close()
 
 
-def test_a_start_that_replayed_writes_rewrites_the_file(home: Path) -> None:
-    """A store whose writes were never rewritten as a snapshot (written by an earlier
-    version, or stopped before its rewrite) is rewritten after the start that replayed
-    them, so the next start loads the snapshot."""
-    server = EmbeddedServer(home)
-    info = server.ensure_running()
+def _written_past_the_snapshot(home: Path) -> ServerInfo:
+    """This home's server, started, with over ``_COMPACT_TAIL`` bytes of writes made
+    since its snapshot (to be replayed at its next start)."""
+    info = EmbeddedServer(home).ensure_running()
     client = redis.Redis(port=info.port)
     try:
         for i in range(4):
@@ -1168,11 +1168,39 @@ def test_a_start_that_replayed_writes_rewrites_the_file(home: Path) -> None:
     finally:
         client.close()
     assert len(_replayed(home)) > embedded._COMPACT_TAIL
-    assert server.stop()
-    info = server.ensure_running()
-    assert _replayed(home) == b""
+    return info
+
+
+def _still_there(info: ServerInfo) -> None:
     client = redis.Redis(port=info.port)
     try:
         assert client.strlen("k3") == embedded._COMPACT_TAIL // 2
     finally:
         client.close()
+
+
+def test_a_start_that_replayed_writes_rewrites_the_file(home: Path) -> None:
+    """A store whose writes were never rewritten as a snapshot (written by an earlier
+    version, or a server that crashed) is rewritten after the start that replayed them,
+    so the next start loads the snapshot."""
+    info = _written_past_the_snapshot(home)
+    os.kill(info.pid, signal.SIGKILL)  # a crash: no rewrite at stop
+    deadline = time.monotonic() + 10
+    while embedded._pid_alive(info.pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    info = EmbeddedServer(home).ensure_running()
+    assert _replayed(home) == b""
+    _still_there(info)
+
+
+def test_a_stop_rewrites_the_file_first(home: Path) -> None:
+    """After an afternoon of spans a start replayed 228 MB of writes (16 s) after the
+    snapshot (5 s): a server stopped by spangraph rewrites its append-only file first,
+    so the next start loads the snapshot."""
+    _written_past_the_snapshot(home)
+    server = EmbeddedServer(home)
+    assert server.stop()
+    files = sorted(server.data_dir.glob("appendonlydir/*.incr.aof"))
+    assert b"".join(path.read_bytes() for path in files) == b""
+    _still_there(server.ensure_running())
