@@ -43,7 +43,7 @@ def settings(graph_url: str, embedded_server: ServerInfo, tmp_path: Path) -> Set
     )
 
 
-def _configure(settings: Settings, project: str) -> None:
+def _configure(settings: Settings, project: str, **extra: Any) -> None:
     """spangraph on a private TracerProvider, writing where ``settings`` point."""
     spangraph.configure(
         tracer_provider=TracerProvider(),
@@ -51,17 +51,23 @@ def _configure(settings: Settings, project: str) -> None:
         redis_url=settings.redis_url,
         home=str(settings.home),
         project=project,
+        **extra,
     )
 
 
 def _recorded_run(
-    settings: Settings, project: str, name: str, steps: tuple[str, ...] = ("s",)
+    settings: Settings,
+    project: str,
+    name: str,
+    steps: tuple[str, ...] = ("s",),
+    workflow_id: str | None = None,
+    **extra: Any,
 ) -> Any:
     """A run (its handle) of ``steps`` under one workflow, written through spangraph
-    configured as by ``_configure``, which is shut down after it."""
-    _configure(settings, project)
+    configured as by ``_configure`` (``extra`` settings too), shut down after it."""
+    _configure(settings, project, **extra)
     try:
-        with spangraph.workflow(name) as run:
+        with spangraph.workflow(name, workflow_id=workflow_id) as run:
             for step in steps:
                 with spangraph.step(step):
                     pass
@@ -1210,27 +1216,9 @@ def test_spans_written_with_live_events_off_are_replayed_from_the_graph(
     """A process with live events off that goes on with a run writes spans the stream
     never sees: the replay comes from the graph, which has them all."""
     wid = f"replay-mixed-{os.getpid()}-{threading.get_ident()}"
-    _configure(settings, "replay-mixed")
-    try:
-        with spangraph.workflow("first", workflow_id=wid):
-            pass
-        assert spangraph.flush(10)
-    finally:
-        spangraph.shutdown()
+    _recorded_run(settings, "replay-mixed", "first", (), workflow_id=wid)
     assert client.get(f"/api/workflows/{wid}/events").headers["x-spangraph-replay"] == "stream"
-    spangraph.configure(
-        tracer_provider=TracerProvider(),
-        graph_url=settings.graph_url,
-        home=str(settings.home),
-        project="replay-mixed",
-        live=False,
-    )
-    try:
-        with spangraph.workflow("second", workflow_id=wid):
-            pass
-        assert spangraph.flush(10)
-    finally:
-        spangraph.shutdown()
+    _recorded_run(settings, "replay-mixed", "second", (), workflow_id=wid, live=False)
     answer = client.get(f"/api/workflows/{wid}/events")
     assert answer.headers["x-spangraph-replay"] == "graph"
     started = [m["name"] for m in answer.json() if m["type"] == "span.started"]
