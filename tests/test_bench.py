@@ -140,3 +140,13 @@ def test_run_list_bench_prints_the_list_against_its_baseline() -> None:
     every, named = rows
     assert every[1:] == ("20", "20")
     assert named[1] == named[2] == "6"  # agent-7: runs 7, 57, ... 257; none nested
+
+
+def test_import_time_bench_prints_the_ratio_and_no_heavy_module() -> None:
+    done = run("--runs", "2", timeout=120, script="import_time.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = dict(re.findall(r"^\| ([A-Za-z.() ,]+) \| ([\d.]+) \| [\d.]+ \|$", done.stdout, re.M))
+    assert set(rows) == {"opentelemetry.sdk.trace (baseline)", "spangraph, after the SDK"}
+    assert all(float(ms) > 0 for ms in rows.values())
+    assert "loaded by `import spangraph`: none" in done.stdout
+    assert run("--runs", "0", timeout=60, script="import_time.py").returncode == 2

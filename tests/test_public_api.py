@@ -305,3 +305,111 @@ def test_flush_timeout_is_one_deadline_for_all_processors(sg: spangraph.Spangrap
     assert second.given[0] <= 2000 - 300
     assert isinstance(spangraph.flush(0), bool)  # zero: accepted, nothing waited for
     assert sg.flush(1e300)  # a huge timeout is as good as waiting for ever
+
+
+_LAZY = (
+    "asyncio",
+    "falkordb",
+    "neo4j",
+    "redis",
+    "fastapi",
+    "uvicorn",
+    "spangraph.embedded",
+    "spangraph.server",
+    "spangraph.stores.falkordb",
+    "spangraph.stores.neo4j",
+)
+"""What `import spangraph` leaves for the code that needs it: the clients of stores and
+Redis and the embedded server's module (configure(), the CLI), the service, asyncio."""
+
+
+def _loaded_after(code: str) -> list[str]:
+    import json
+    import subprocess
+    import sys
+
+    probe = f"import json, sys\n{code}\nprint(json.dumps([m for m in {list(_LAZY)!r} if m in sys.modules]))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
+    return loaded
+
+
+def test_import_loads_no_client_server_or_asyncio() -> None:
+    """`import spangraph` in a fresh interpreter: none of them (before, redis and falkordb
+    alone were 2.7 x the OTel SDK's own import: bench/import_time.py)."""
+    assert _loaded_after("import spangraph") == []
+    # a sync program's decorators and blocks, recorded by spangraph.testing, need none
+    # of them either (the capture's thread instrumentation may import asyncio: allowed)
+    code = (
+        "import spangraph\n"
+        "@spangraph.step(retries=1)\n"
+        "def flaky(n=[0]):\n"
+        "    n[0] += 1\n"
+        "    if n[0] == 1: raise ValueError('once')\n"
+        "@spangraph.workflow\n"
+        "def run():\n"
+        "    flaky(); spangraph.sleep(0.001); spangraph.event('done', ok=True)\n"
+        "with spangraph.testing.capture() as cap:\n"
+        "    run()\n"
+        "assert cap.has_event('retry.scheduled') and cap.has_event('done'), cap.events()\n"
+    )
+    assert set(_loaded_after(code)) <= {"asyncio"}
+
+
+def test_configure_loads_the_clients_it_uses() -> None:
+    """What `import spangraph` put off, configure() and the store module still find."""
+    code = (
+        "import spangraph, spangraph.stores\n"
+        "assert spangraph.stores.FalkorDBStore.__name__ == 'FalkorDBStore'\n"
+        "from spangraph.stores import FalkorDBStore\n"
+        "try:\n"
+        "    spangraph.stores.Nope\n"
+        "except AttributeError as exc:\n"
+        "    assert 'Nope' in str(exc)\n"
+        "else:\n"
+        "    raise AssertionError('no AttributeError')\n"
+    )
+    assert {"falkordb", "redis", "spangraph.stores.falkordb"} <= set(_loaded_after(code))
+
+
+def test_asyncio_imported_after_spangraph_still_cancels() -> None:
+    """A program that imports spangraph before asyncio: a cancelled task's step and
+    workflow end ``cancelled`` (spangraph looks asyncio up when an error comes)."""
+    code = (
+        "import spangraph\n"
+        "import asyncio\n"
+        "@spangraph.step\n"
+        "async def slow():\n"
+        "    await asyncio.sleep(10)\n"
+        "@spangraph.workflow\n"
+        "async def run():\n"
+        "    await slow()\n"
+        "async def main():\n"
+        "    task = asyncio.create_task(run())\n"
+        "    await asyncio.sleep(0.05)\n"
+        "    task.cancel()\n"
+        "    await asyncio.gather(task, return_exceptions=True)\n"
+        "with spangraph.testing.capture() as cap:\n"
+        "    asyncio.run(main())\n"
+        "states = sorted((s.name, s.attributes['spangraph.state']) for s in cap.spans)\n"
+        "assert states == [('run', 'cancelled'), ('slow', 'cancelled')], states\n"
+        "assert cap.has_event('workflow.cancelled') and not cap.has_event('step.failed')\n"
+    )
+    assert "asyncio" in _loaded_after(code)
+
+
+def test_cancellation_is_asyncio_s_once_asyncio_runs() -> None:
+    """`is_cancellation` looks asyncio up rather than importing it: a CancelledError is
+    still a cancellation (asyncio imported after spangraph), a plain error is not."""
+    import asyncio
+
+    from spangraph._aio import cancelled_error, is_cancellation
+
+    assert is_cancellation(asyncio.CancelledError())
+    assert is_cancellation(KeyboardInterrupt())
+    assert not is_cancellation(ValueError())
+    made = cancelled_error("closed")
+    assert isinstance(made, asyncio.CancelledError) and str(made) == "closed"

@@ -1,10 +1,11 @@
 """Sleeping, timeouts and cancellation in whichever async library runs the code: asyncio
 (and anything on its loop: uvloop, anyio's asyncio backend) or trio (directly or through
-anyio). trio is looked up in ``sys.modules`` only, never imported."""
+anyio). trio is looked up in ``sys.modules`` only, never imported; asyncio is imported by
+the code that runs on it (no asyncio, no asyncio cancellation: ``import spangraph`` in a
+program without it does not load it)."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any, TypeGuard
 
@@ -24,6 +25,8 @@ def _trio() -> Any:
 async def sleep(seconds: float) -> None:
     trio = _trio()
     if trio is None:
+        import asyncio
+
         await asyncio.sleep(seconds)
     else:
         await trio.sleep(seconds)
@@ -34,7 +37,11 @@ def timeout(seconds: float) -> Any:
     ``TimeoutError`` from it, with ``expired()``: ``asyncio.timeout``, or its like on
     trio."""
     trio = _trio()
-    return asyncio.timeout(seconds) if trio is None else _TrioTimeout(trio, seconds)
+    if trio is not None:
+        return _TrioTimeout(trio, seconds)
+    import asyncio
+
+    return asyncio.timeout(seconds)
 
 
 class _TrioTimeout:
@@ -61,10 +68,21 @@ class _TrioTimeout:
         return self._scope is not None and bool(self._scope.cancel_called)
 
 
+def cancelled_error(message: str) -> BaseException:
+    """asyncio's ``CancelledError`` with ``message``: how spangraph records a coroutine
+    ended without finishing."""
+    import asyncio
+
+    return asyncio.CancelledError(message)
+
+
 def is_cancellation(exc: BaseException | None) -> TypeGuard[BaseException]:
     """Whether ``exc`` cancels the code rather than failing it: asyncio's
     ``CancelledError``, ``KeyboardInterrupt``, or trio's ``Cancelled``."""
-    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and isinstance(exc, asyncio.CancelledError):
         return True
     trio = sys.modules.get("trio")
     return trio is not None and isinstance(exc, trio.Cancelled)

@@ -11,9 +11,9 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, cast
 
-import redis
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -32,12 +32,18 @@ from .config import (
     graph_url_setting,
     redact_url,
 )
-from .embedded import EmbeddedServer
 from .exceptions import ConfigurationError, StoreError
 from .processors.graph import GraphSpanProcessor
 from .processors.live import LiveEventProcessor, RedisPublisher
 from .processors.offload import OffloadSpanProcessor
-from .stores import FalkorDBStore, GraphStore, open_store
+from .stores import GraphStore, open_store
+
+if TYPE_CHECKING:
+    from .embedded import EmbeddedServer
+
+# The clients (redis, falkordb, neo4j) and the embedded server's module are imported by
+# configure(), when it needs them: `import spangraph` alone (decorators, spangraph.testing)
+# does not pay for them (bench/import_time.py).
 
 _SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _log = logging.getLogger("spangraph")
@@ -381,6 +387,12 @@ def _instrument_threads() -> None:
     _threading_instrumented = True
 
 
+def _embedded(home: Path) -> EmbeddedServer:
+    from .embedded import EmbeddedServer
+
+    return EmbeddedServer(home)
+
+
 def _open_store(settings: Settings, *, embedded: bool = False) -> GraphStore:
     """The store of ``settings``, pinged and with its schema. ``embedded``: the embedded
     server of ``settings.home`` (errors name SPANGRAPH_HOME, not a URL nobody set)."""
@@ -401,7 +413,7 @@ def _open_store(settings: Settings, *, embedded: bool = False) -> GraphStore:
             raise ConfigurationError(
                 "SPANGRAPH_HOME",
                 f"its embedded server ({url}) cannot be used: {exc} (its log: "
-                f"{EmbeddedServer(settings.home).log_file})",
+                f"{_embedded(settings.home).log_file})",
             ) from None
         raise ConfigurationError(setting, f"cannot use {url}: {exc}") from None
     return store
@@ -418,6 +430,8 @@ def _open_publisher(url: str) -> RedisPublisher:
         publisher.close()
         # an option the client takes apart only when it connects (?ssl_cert_reqs=bogus)
         # is the URL's fault, not the server's
+        import redis
+
         unreachable = isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError)
         what = "cannot reach Redis at" if unreachable else "cannot use"
         raise ConfigurationError(ENV_REDIS_URL, f"{what} {redact_url(url)}: {exc}") from None
@@ -632,7 +646,7 @@ def _build(instance: Spangraph, *, graph: bool, live: bool, max_queue_size: int)
     settings = instance.settings
     server = None
     if (graph and settings.graph_is_embedded) or (live and settings.redis_is_embedded):
-        server = EmbeddedServer(settings.home).ensure_running()
+        server = _embedded(settings.home).ensure_running()
     store = None
     graph_url = None
     if graph:
@@ -687,7 +701,11 @@ def _build(instance: Spangraph, *, graph: bool, live: bool, max_queue_size: int)
         )
     if server is not None:  # follow the embedded server if it comes back on another port
         # and never write into another server that took its port meanwhile
-        embedded = EmbeddedServer(settings.home)
+        import redis
+
+        from .stores.falkordb import FalkorDBStore
+
+        embedded = _embedded(settings.home)
         try:
             if instance.graph_processor is not None and settings.graph_is_embedded:
                 store = instance.graph_processor.store

@@ -3,7 +3,6 @@ starts, attaches, detaches and finishes one span with its lifecycle events."""
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import inspect
@@ -22,7 +21,7 @@ from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, Tra
 
 from . import _propagation, _state
 from . import semconv as sc
-from ._aio import is_cancellation
+from ._aio import cancelled_error, is_cancellation
 from ._attrs import MAX_VALUE_CHARS, clean, encodable, safe_str, truncate
 from ._ids import MAX_ID_CHARS, uuid7
 from .processors.live import emit_event
@@ -84,7 +83,7 @@ def as_ended(exc: BaseException | None, caller: Any = None) -> BaseException | N
     if isinstance(exc, GeneratorExit) and (
         caller is None or _holder(caller).f_code.co_flags & _IN_COROUTINE
     ):
-        closed = asyncio.CancelledError("the coroutine was closed while suspended")
+        closed = cancelled_error("the coroutine was closed while suspended")
         closed.__cause__ = exc
         return closed
     return exc

@@ -7,7 +7,6 @@ wrapped code and detaches it after (for a generator, the context it had at its l
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
@@ -23,7 +22,7 @@ from opentelemetry.trace import Link
 
 from . import _aio
 from . import semconv as sc
-from ._aio import is_cancellation
+from ._aio import cancelled_error, is_cancellation
 from ._spans import (
     _add_event,
     _default_name,
@@ -98,6 +97,9 @@ def _timeout_exceeded(frame: _Frame, timeout: float) -> None:
 
 
 def _current_asyncio_task() -> Any:
+    asyncio = sys.modules.get("asyncio")  # (none imported: no asyncio task runs this)
+    if asyncio is None:
+        return None
     try:
         task = asyncio.current_task()
     except RuntimeError:  # no running loop (trio)
@@ -238,12 +240,12 @@ def _covered_iteration(frame: _Frame, gen: Any) -> Any:
 
 def _end_pending(frame: _Frame) -> None:
     # (a span the coroutine ended already is not recording: nothing happens)
-    frame.finish(asyncio.CancelledError("the coroutine was still pending at exit"))
+    frame.finish(cancelled_error("the coroutine was still pending at exit"))
 
 
 def _drop(frame: _Frame, coro: CoroutineType[Any, Any, Any]) -> None:
     # cancelled: a GeneratorExit would end it completed, as a generator closed early
-    frame.finish(asyncio.CancelledError("the coroutine was dropped without being awaited"))
+    frame.finish(cancelled_error("the coroutine was dropped without being awaited"))
     coro.close()  # no "never awaited" warning for what the span already reports
 
 

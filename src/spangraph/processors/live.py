@@ -10,12 +10,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import redis
 from opentelemetry.sdk.trace import SpanLimits
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from .. import semconv as sc
 from .._utf8 import mended
@@ -32,6 +29,9 @@ from ..mapping import (
 )
 from ._records import RESOURCES, copy_record, rebuild
 from ._worker import BatchWorker, QueueingSpanProcessor, ends_a_run
+
+if TYPE_CHECKING:  # redis is imported when a publisher is made: `import spangraph` stays light
+    import redis
 
 _hiredis_pack: Callable[..., bytes] | None
 try:  # redis-py's C companion (``redis[hiredis]``): packs a command in C
@@ -227,6 +227,8 @@ class RedisPublisher:
 
     @classmethod
     def from_url(cls, url: str) -> RedisPublisher:
+        import redis
+
         return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2))
 
     def check_connections(self, check: Callable[[Any], None]) -> None:
@@ -234,6 +236,9 @@ class RedisPublisher:
         ``redis_connect_func``: it connects, and raises ``ConnectionError`` to refuse the
         server): the client is made anew (its pooled connections would reconnect
         without it). Before the publisher is used."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         kwargs = self.client.connection_pool.connection_kwargs
         kwargs["redis_connect_func"] = check
         # a refusal reaches the worker at once, which follows the server (redis-py
@@ -244,6 +249,10 @@ class RedisPublisher:
     def move_to(self, port: int) -> None:
         """Send to ``port`` of the same host from now on (the embedded server came back on
         another port). Called by the thread that publishes."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         kwargs = self.client.connection_pool.connection_kwargs
         client = redis.Redis(
             host=kwargs.get("host", "localhost"),
@@ -264,6 +273,8 @@ class RedisPublisher:
 
         The same list published again after an error (as the worker retries a batch) is
         sent as the same script calls: those Redis already ran are not run twice."""
+        import redis
+
         unsent = self._unsent
         if unsent is not None and unsent[0] is messages:
             calls = unsent[1]
@@ -296,6 +307,8 @@ class RedisPublisher:
     def _send(self, calls: list[tuple[Any, ...]]) -> list[Any]:
         """Send ``calls`` in one write and read their replies: each reply, or the
         ``ResponseError`` Redis answered with. A connection that fails is closed."""
+        import redis
+
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
@@ -371,6 +384,8 @@ class LiveEventProcessor(QueueingSpanProcessor):
         give_up_after: float = 2.0,
         shutdown_timeout: float = 5.0,
     ) -> None:
+        import redis
+
         self.publisher = publisher
         self._mapper = SpanMapper(project)
         self._known: dict[int, Any] = RESOURCES  # resource key -> Resource (see _records)

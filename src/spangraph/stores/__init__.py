@@ -7,10 +7,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._base import GraphStore, WriteBatch
-from .falkordb import FalkorDBStore
+
+if TYPE_CHECKING:
+    from .falkordb import FalkorDBStore
 
 __all__ = ["FalkorDBStore", "GraphStore", "WriteBatch", "open_store"]
+
+
+def __getattr__(name: str) -> Any:
+    # FalkorDBStore (with its clients, redis and falkordb) is imported when first asked
+    # for: `import spangraph` does not load the clients of a store it may never open
+    if name == "FalkorDBStore":
+        from .falkordb import FalkorDBStore
+
+        return FalkorDBStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(settings: object, *, embedded: bool = False) -> GraphStore:
@@ -22,6 +36,7 @@ def open_store(settings: object, *, embedded: bool = False) -> GraphStore:
     (:func:`spangraph.embedded.compact`).
     """
     from ..config import Settings
+    from .falkordb import FalkorDBStore
 
     assert isinstance(settings, Settings)
     if settings.graph_is_embedded:
