@@ -203,6 +203,9 @@ def test_graph_model_cypher_answers_on_a_real_run(sg: spangraph.Spangraph) -> No
             ):
                 if i:
                     raise RuntimeError("the second pass fails")
+        # a run of its own: its node is a leaf of this run's tree, its step is not in it
+        with spangraph.workflow("inner-run"), spangraph.step("inner-step"):
+            pass
     assert spangraph.flush(10)
     assert sg.store is not None
     workflow_id = run.workflow_id
@@ -213,6 +216,8 @@ def test_graph_model_cypher_answers_on_a_real_run(sg: spangraph.Spangraph) -> No
     answers = [sg.store.query(q, params) for q in _graph_model_queries()]
     tree_rows, path_rows, failed_rows, retry_rows, running_rows = answers[:5]
     assert [r["s.name"] for r in tree_rows][:3] == ["docs-run", "flaky", "flaky"]
+    assert [r["s.name"] for r in tree_rows][-1] == "inner-run"
+    assert "inner-step" not in [r["s.name"] for r in tree_rows]
     assert path_rows == [{"path": ["docs-run", "flaky"]}]
     assert {"s.name": "flaky", "failures": 1} in failed_rows
     assert [(r["first.name"], r["last.state"]) for r in retry_rows] == [("flaky", "completed")]

@@ -1872,6 +1872,51 @@ def test_a_failed_run_says_where_it_failed(
 
 
 @needs_chromium
+def test_a_failure_the_run_got_past_is_not_where_it_failed(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A step that failed and was followed by a fallback is not where the run failed: the
+    header named it although the run's own code raised afterwards (another error). A
+    step whose error the run raised again, wrapped, right after it is named."""
+    from playwright.sync_api import expect
+
+    configure_sdk(graph_url, embedded_server, tmp_path)
+
+    @spangraph.step
+    def rank() -> None:
+        raise ValueError("ranker returned NaN")
+
+    try:
+        with contextlib.suppress(RuntimeError), spangraph.workflow("handled-agent") as handled:
+            try:
+                rank()
+            except ValueError:
+                with spangraph.step("rank_fallback"):
+                    pass
+            raise RuntimeError("answer failed validation")
+        with contextlib.suppress(RuntimeError), spangraph.workflow("wrapping-agent") as wrapped:
+            with spangraph.step("load"):
+                pass
+            try:
+                rank()
+            except ValueError as exc:
+                raise RuntimeError("ranking failed") from exc
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, handled.workflow_id or "")
+        expect(page.locator("#run-title")).to_have_text("handled-agent")
+        expect(page.locator('#tree li.tree-item[data-name="rank_fallback"]')).to_have_count(1)
+        expect(page.locator("#run-meta")).to_contain_text("3 spans")
+        expect(page.locator("#run-state")).to_contain_text("failed")
+        expect(page.locator("#run-meta button.link")).to_have_count(0)
+        open_run(page, base, wrapped.workflow_id or "")
+        expect(page.locator("#run-meta button.link")).to_have_text("rank")
+
+
+@needs_chromium
 def test_a_click_in_a_narrow_window_shows_the_node_panel(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:

@@ -288,7 +288,8 @@ def run_demo(out: TextIO, *, home: str | None = None) -> int:
     )
     say('\nexplore it in Cypher (spangraph query cypher "…"):')
     say(
-        f"  MATCH (w:Workflow {{workflow_id: '{workflow_id}'}})-[:PARENT_OF*]->(s:Step)\n"
+        f"  MATCH (w:Workflow {{workflow_id: '{workflow_id}'}})"
+        f"-[:PARENT_OF*]->(s:Step {{workflow_id: '{workflow_id}'}})\n"
         f"  RETURN s.name, s.state, s.duration_ms ORDER BY s.start_ns"
     )
     say(

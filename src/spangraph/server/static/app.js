@@ -1202,24 +1202,37 @@ function renderHeader(run) {
   }
 }
 
-/** Where a failed run failed: down from its top span, each time to the failed child that
- * ended last (the failure that ended its parent: not an attempt a retry recovered from),
- * to a failed span with no failed child. Null when that is the top span itself. */
+/** Where a failed run failed: down from its top span, each time to the failed child whose
+ * failure ended its parent, to a span with no such child. That child has the parent's own
+ * error (the same status message: the exception went through unchanged), else it is the
+ * failed child after which nothing else of the parent ended (what the failure cancelled
+ * aside): the parent raised on it, wrapped. A failure the code got past (an attempt a
+ * retry recovered from, a step with a fallback after it) is not where the run failed.
+ * Null when that is the top span itself: the run's own code raised. */
 function failureOrigin(run, root) {
-  const failedKids = new Map();
+  const kids = new Map();
   for (const n of run.nodes.values()) {
-    if (n.state !== "failed" || n.name === null || !n.parent_span_id) continue;
-    const kids = failedKids.get(n.parent_span_id);
-    if (kids) kids.push(n);
-    else failedKids.set(n.parent_span_id, [n]);
+    if (n.name === null || !n.parent_span_id) continue;
+    const list = kids.get(n.parent_span_id);
+    if (list) list.push(n);
+    else kids.set(n.parent_span_id, [n]);
   }
+  const ended = (n) => n.end_ns ?? -Infinity;
+  const latest = (list) => list.reduce((a, b) => (ended(b) >= ended(a) ? b : a));
   const seen = new Set();
   let at = root;
-  for (;;) {
-    const kids = failedKids.get(at.span_id);
-    if (!kids || seen.has(at.span_id)) break;
+  while (!seen.has(at.span_id)) {
     seen.add(at.span_id);
-    at = kids.reduce((a, b) => ((b.end_ns ?? -Infinity) >= (a.end_ns ?? -Infinity) ? b : a));
+    const children = kids.get(at.span_id) || [];
+    const failed = children.filter((n) => n.state === "failed");
+    if (!failed.length) break;
+    const same = at.status_message ? failed.filter((n) => n.status_message === at.status_message) : [];
+    const next = same.length ? latest(same) : latest(failed);
+    if (!same.length) {
+      const after = children.some((n) => n !== next && n.state !== "cancelled" && n.end_ns != null && n.end_ns > ended(next));
+      if (after) break;
+    }
+    at = next;
   }
   return at === root ? null : at;
 }
