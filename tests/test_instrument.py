@@ -777,6 +777,40 @@ async def test_timeout_then_retry_says_which_timeout(cap: SpanCapture) -> None:
     assert event(second, sc.STEP_FAILED).items() >= message.items()
 
 
+async def test_blocks_a_timeout_leaves_say_whose_timeout_fired(cap: SpanCapture) -> None:
+    """The option and workflow a step's timeout failed said ``TimeoutError: `` and nothing
+    more (asyncio's error has no message): they name the step and its timeout. The error
+    itself is raised on unchanged, and another block's own timeout still speaks for it."""
+
+    @spangraph.step(timeout=0.02)
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    with pytest.raises(TimeoutError) as raised:
+        async with spangraph.workflow("timed-run"):
+            async with spangraph.decision("pick", options=["fast"]) as d:
+                async with d.option("fast"):
+                    await slow()
+    assert raised.value.args == ()
+    told = "step 'slow' exceeded its timeout of 0.02 s"
+    for name in ("fast", "timed-run"):
+        span = one(cap, name)
+        assert span.status.description == f"TimeoutError: {told}", name
+        assert attrs(span)[sc.STATE] == sc.STATE_FAILED
+    assert event(one(cap, "timed-run"), sc.WORKFLOW_FAILED)[sc.ERROR_MESSAGE] == told
+    assert one(cap, "slow").status.description == "TimeoutError: exceeded its timeout of 0.02 s"
+
+    @spangraph.step("outer", timeout=0.05)
+    async def outer() -> None:
+        await slow()
+
+    cap.clear()
+    with pytest.raises(TimeoutError):
+        await outer()
+    # the inner step's timeout fired first: the outer step says so
+    assert one(cap, "outer").status.description == f"TimeoutError: {told}"
+
+
 async def test_timeout_not_exceeded(cap: SpanCapture) -> None:
     @spangraph.step(timeout=5)
     async def quick() -> int:

@@ -317,15 +317,33 @@ def error_status(exc: BaseException, message: str | None = None) -> Status:
     return Status(StatusCode.ERROR, encodable(truncate(f"{type(exc).__name__}: {text}")))
 
 
+_TIMEOUT_MESSAGE: Final = "_spangraph_timeout_message"
+"""The attribute a ``TimeoutError`` without a message is given when a spangraph block's
+timeout raised it: the blocks it leaves on its way out say whose timeout fired."""
+
+
 def failure_attrs(frame: _Frame, exc: BaseException) -> dict[str, Any]:
     """``error.type`` and ``error.message`` of ``exc`` ending ``frame``'s span; the
     message of a ``TimeoutError`` without one (as ``asyncio.timeout`` raises it) says
-    which timeout of the block's fired."""
+    which timeout of the block's fired, and in the blocks around it, which block's."""
     attrs = _error_attrs(exc)
     if not attrs[sc.ERROR_MESSAGE] and isinstance(exc, TimeoutError):
         fired = _timed_out(frame, frame.timeout)
         if fired is not None:
             attrs[sc.ERROR_MESSAGE] = f"exceeded its timeout of {fired:g} s"
+            name = frame.handle.name if frame.handle is not None else ""
+            try:  # (the exception is raised on unchanged: type, args, traceback)
+                setattr(
+                    exc,
+                    _TIMEOUT_MESSAGE,
+                    f"{frame.kind} {name!r} exceeded its timeout of {fired:g} s",
+                )
+            except (AttributeError, TypeError):  # an exception type with __slots__
+                pass
+        else:
+            told = getattr(exc, _TIMEOUT_MESSAGE, None)
+            if type(told) is str:
+                attrs[sc.ERROR_MESSAGE] = told
     return attrs
 
 
