@@ -1872,6 +1872,42 @@ def test_a_failed_run_says_where_it_failed(
 
 
 @needs_chromium
+def test_a_link_to_a_node_opens_with_the_node_in_sight(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A link with ``&node=`` to a span far down a long run selected it, but the page
+    opened at the top of the tree with the node out of sight. The header counts spans
+    only: an option never explored is no span."""
+    from playwright.sync_api import expect
+
+    configure_sdk(graph_url, embedded_server, tmp_path)
+    try:
+        with spangraph.workflow("long-run") as run:
+            steps = []
+            for i in range(300):
+                with spangraph.step(f"step-{i:03}") as st:
+                    steps.append(st.span_id)
+            with spangraph.decision("pick", options=["taken", "never"]) as d:
+                with d.option("taken"):
+                    pass
+                d.choose("taken")
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    page.set_viewport_size({"width": 1280, "height": 700})
+    with serve(app) as base:
+        page.goto(f"{base}/#run={run.workflow_id}&node={steps[280]}")
+        expect(page.locator("#detail-title")).to_have_text("step-280")
+        row = page.locator(f'#tree li.tree-item[data-span-id="{steps[280]}"]')
+        expect(row).to_have_attribute("aria-selected", "true")
+        expect(row.locator(":scope > .row")).to_be_in_viewport()
+        # the workflow, 300 steps, the decision and its option taken: 303 spans
+        expect(page.locator("#tree li.tree-item")).to_have_count(304)
+        expect(page.locator("#run-meta")).to_contain_text("303 spans")
+
+
+@needs_chromium
 def test_a_failure_the_run_got_past_is_not_where_it_failed(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:

@@ -258,7 +258,16 @@ async function openRun(id, nodeId) {
   setTransport("connecting", "loading…");
   await refreshRun(run);
   if (run.closed) return;
-  if (nodeId && run.nodes.has(nodeId)) selectNode(nodeId, { focus: false });
+  if (nodeId && run.nodes.has(nodeId)) {
+    // the rows are drawn at the next frame: draw them now, so that the node linked to
+    // is scrolled into sight (not only selected, out of sight down a long run)
+    if (run.frame) {
+      cancelAnimationFrame(run.frame);
+      run.frame = 0;
+      render(run);
+    }
+    selectNode(nodeId, { focus: false });
+  }
   if (runEnded(run)) {
     run.finished = true;
     setTransport("done", "run finished");
@@ -1183,7 +1192,7 @@ function renderHeader(run) {
   if (root.start_ns) parts.push(`started ${fmtTime(root.start_ns)}`);
   const d = durationText(root);
   if (d) parts.push(d);
-  parts.push(`${run.nodes.size} spans`);
+  parts.push(`${spanCount(run)} spans`);
   const origin = root.state === "failed" ? failureOrigin(run, root) : null;
   if (origin) {
     const where = displayName(origin.name);
@@ -1200,6 +1209,14 @@ function renderHeader(run) {
     link.href = href;
     link.setAttribute("aria-label", `Open the run ${name} in Jaeger`);
   }
+}
+
+/** The run's spans: its nodes, less the options never explored (no span: a node of the
+ * graph only). Counted again at each header render, which is once a frame at most. */
+function spanCount(run) {
+  let count = 0;
+  for (const n of run.nodes.values()) if (n.state !== "unexplored") count += 1;
+  return count;
 }
 
 /** Where a failed run failed: down from its top span, each time to the failed child whose
