@@ -146,7 +146,7 @@ class PageErrors:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US")
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     from playwright.sync_api import expect
@@ -1905,6 +1905,40 @@ def test_a_link_to_a_node_opens_with_the_node_in_sight(
         # the workflow, 300 steps, the decision and its option taken: 303 spans
         expect(page.locator("#tree li.tree-item")).to_have_count(304)
         expect(page.locator("#run-meta")).to_contain_text("303 spans")
+
+
+@needs_chromium
+def test_the_header_totals_the_run_s_model_calls_and_tokens(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """How many tokens a run used had to be added up node by node: the header says how
+    many model calls it made and the tokens they reported, and how many reported none."""
+    from playwright.sync_api import expect
+
+    configure_sdk(graph_url, embedded_server, tmp_path)
+    try:
+        with spangraph.workflow("token-run") as run:
+            with spangraph.llm("big-model", provider="openai") as call:
+                call.usage(input_tokens=1200, output_tokens=34)
+            with spangraph.branch("draft"), spangraph.llm("small-model", provider="openai") as call:
+                call.usage(input_tokens=300, output_tokens=66)
+            with spangraph.llm("silent-model", provider="openai"):
+                pass  # a stream that reported no usage
+        with spangraph.workflow("no-model-run") as plain, spangraph.step("only"):
+            pass
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, run.workflow_id or "")
+        expect(page.locator("#run-meta")).to_contain_text(
+            "3 model calls, 1,600 tokens (1,500 in, 100 out; 1 without usage)"
+        )
+        open_run(page, base, plain.workflow_id or "")
+        expect(page.locator("#run-title")).to_have_text("no-model-run")
+        expect(page.locator("#run-meta")).to_contain_text("2 spans")
+        expect(page.locator("#run-meta")).not_to_contain_text("model call")
 
 
 @needs_chromium

@@ -1192,7 +1192,9 @@ function renderHeader(run) {
   if (root.start_ns) parts.push(`started ${fmtTime(root.start_ns)}`);
   const d = durationText(root);
   if (d) parts.push(d);
-  parts.push(`${spanCount(run)} spans`);
+  const totals = runTotals(run);
+  parts.push(`${totals.spans} spans`);
+  if (totals.calls) parts.push(usageText(totals));
   const origin = root.state === "failed" ? failureOrigin(run, root) : null;
   if (origin) {
     const where = displayName(origin.name);
@@ -1211,12 +1213,35 @@ function renderHeader(run) {
   }
 }
 
-/** The run's spans: its nodes, less the options never explored (no span: a node of the
- * graph only). Counted again at each header render, which is once a frame at most. */
-function spanCount(run) {
-  let count = 0;
-  for (const n of run.nodes.values()) if (n.state !== "unexplored") count += 1;
-  return count;
+/** The run's spans (its nodes, less the options never explored: no span, a node of the
+ * graph only), its model calls and the tokens they report (OpenTelemetry's
+ * `gen_ai.usage.*`, on LLM spans only: an agent's span may repeat its calls' totals).
+ * Counted again at each header render, which is once a frame at most. */
+function runTotals(run) {
+  const totals = { spans: 0, calls: 0, input: 0, output: 0, counted: 0 };
+  for (const n of run.nodes.values()) {
+    if (n.state === "unexplored") continue;
+    totals.spans += 1;
+    if (n.kind !== "llm") continue;
+    totals.calls += 1;
+    const input = n.attributes["gen_ai.usage.input_tokens"];
+    const output = n.attributes["gen_ai.usage.output_tokens"];
+    if (Number.isFinite(input)) totals.input += input;
+    if (Number.isFinite(output)) totals.output += output;
+    if (Number.isFinite(input) || Number.isFinite(output)) totals.counted += 1;
+  }
+  return totals;
+}
+
+/** "3 model calls, 1,234 tokens (1,000 in, 234 out)"; calls that reported no usage
+ * (a stream without it) are said to be left out. */
+function usageText(totals) {
+  const calls = `${totals.calls.toLocaleString()} model call${totals.calls === 1 ? "" : "s"}`;
+  if (!totals.counted) return calls;
+  const sum = totals.input + totals.output;
+  const missing = totals.calls - totals.counted;
+  return `${calls}, ${sum.toLocaleString()} tokens (${totals.input.toLocaleString()} in, `
+    + `${totals.output.toLocaleString()} out${missing ? `; ${missing} without usage` : ""})`;
 }
 
 /** Where a failed run failed: down from its top span, each time to the failed child whose
