@@ -1935,6 +1935,10 @@ def test_the_header_totals_the_run_s_model_calls_and_tokens(
         expect(page.locator("#run-meta")).to_contain_text(
             "3 model calls, 1,600 tokens (1,500 in, 100 out; 1 without usage)"
         )
+        # and each branch, the tokens of its own calls
+        expect(page.locator('#branches li.branch[data-name="draft"] .counts')).to_have_text(
+            "2 nodes, 366 tokens"
+        )
         open_run(page, base, plain.workflow_id or "")
         expect(page.locator("#run-title")).to_have_text("no-model-run")
         expect(page.locator("#run-meta")).to_contain_text("2 spans")

@@ -111,20 +111,28 @@ function decisionsView(run) {
 function branchesView(run) {
   const byId = new Map(run.rest.branches.map((b) => [b.span_id, { ...b }]));
   const branchNodes = [];
-  const counts = new Map(); // branch_id -> { nodes, failed }: one pass over the run
+  // branch_id -> { nodes, failed, tokens }: one pass over the run (tokens: what its LLM
+  // spans reported, as the run header counts them)
+  const counts = new Map();
   for (const s of run.nodes.values()) {
     if (s.kind === "branch") branchNodes.push(s);
     if (!s.branch_id || s.state === "unexplored") continue;
     let c = counts.get(s.branch_id);
-    if (!c) counts.set(s.branch_id, (c = { nodes: 0, failed: 0 }));
+    if (!c) counts.set(s.branch_id, (c = { nodes: 0, failed: 0, tokens: 0 }));
     c.nodes += 1;
     if (s.state === "failed") c.failed += 1;
+    if (s.kind === "llm") {
+      for (const key of ["gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"]) {
+        const value = s.attributes[key];
+        if (Number.isFinite(value)) c.tokens += value;
+      }
+    }
   }
   for (const n of branchNodes) {
-    const count = (n.branch_id && counts.get(n.branch_id)) || { nodes: 0, failed: 0 };
+    const count = (n.branch_id && counts.get(n.branch_id)) || { nodes: 0, failed: 0, tokens: 0 };
     const live = {
       span_id: n.span_id, name: n.name, branch_id: n.branch_id, state: n.state, start_ns: n.start_ns,
-      duration_ms: n.duration_ms, nodes: count.nodes, failed: count.failed,
+      duration_ms: n.duration_ms, nodes: count.nodes, failed: count.failed, tokens: count.tokens,
     };
     const b = byId.get(n.span_id);
     if (!b) byId.set(n.span_id, live);
@@ -133,6 +141,7 @@ function branchesView(run) {
       b.duration_ms ??= live.duration_ms;
       b.nodes = Math.max(b.nodes ?? 0, live.nodes);
       b.failed = Math.max(b.failed ?? 0, live.failed);
+      b.tokens = live.tokens;
     }
   }
   return [...byId.values()].sort((a, b) => (a.start_ns ?? Infinity) - (b.start_ns ?? Infinity));
@@ -178,7 +187,7 @@ export function renderInsights(run, select) {
   if (!branches.length) bList.replaceChildren(h("li", { class: "hint", text: "none" }));
   else replace(bList, branches.map((b) => h("li", { class: "branch", dataset: { name: b.name || "" } },
     nodeLink(run, select, b.span_id, b.name || b.branch_id, "branch-name"), stateBadge(b.state),
-    h("span", { class: "counts", text: `${b.nodes} node${b.nodes === 1 ? "" : "s"}${b.failed ? `, ${b.failed} failed` : ""}` }),
+    h("span", { class: "counts", text: `${b.nodes} node${b.nodes === 1 ? "" : "s"}${b.failed ? `, ${b.failed} failed` : ""}${b.tokens ? `, ${b.tokens.toLocaleString()} tokens` : ""}` }),
     h("span", { class: "dur", text: fmtDuration(b.duration_ms) }))));
 
   const branchName = new Map(branches.map((b) => [b.branch_id, b.name]));
