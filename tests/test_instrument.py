@@ -787,10 +787,12 @@ async def test_blocks_a_timeout_leaves_say_whose_timeout_fired(cap: SpanCapture)
         await asyncio.sleep(5)
 
     with pytest.raises(TimeoutError) as raised:
-        async with spangraph.workflow("timed-run"):
-            async with spangraph.decision("pick", options=["fast"]) as d:
-                async with d.option("fast"):
-                    await slow()
+        async with (
+            spangraph.workflow("timed-run"),
+            spangraph.decision("pick", options=["fast"]) as d,
+            d.option("fast"),
+        ):
+            await slow()
     assert raised.value.args == ()
     told = "step 'slow' exceeded its timeout of 0.02 s"
     for name in ("fast", "timed-run"):
