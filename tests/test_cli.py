@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1061,3 +1061,343 @@ def test_events_of_a_run_without_events_is_no_unknown_run(demo: Demo) -> None:
     finally:
         store.execute_many([("MATCH (s:Span {workflow_id: $w}) DELETE s", {"w": workflow_id})])
         store.close()
+
+
+# -- questions about one run, asked in this process ----------------------------------------
+
+
+@pytest.fixture
+def query(
+    sg: spangraph.Spangraph,
+    graph_url: str,
+    embedded_server: ServerInfo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Callable[..., Result]:
+    """``spangraph query ARGS`` run in this process on the test's graph and the session
+    Redis (``env`` set for that call only): its exit code, stdout and stderr."""
+    if not sg.settings.graph_url.startswith("falkordb://"):
+        pytest.skip("the command line reads the graph named by SPANGRAPH_GRAPH_URL")
+    monkeypatch.setenv("SPANGRAPH_GRAPH_URL", graph_url)
+    monkeypatch.setenv("SPANGRAPH_HOME", str(tmp_path))
+    monkeypatch.setenv("SPANGRAPH_REDIS_URL", embedded_server.redis_url)
+
+    def run(*args: str, **env: str) -> Result:
+        with monkeypatch.context() as patched:
+            for name, value in env.items():
+                patched.setenv(name, value)
+            code = cli_main(["query", *args])
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+def _live_messages(client: Any, workflow_id: str) -> list[dict[str, Any]]:
+    from spangraph.processors.live import stream_key
+
+    return [json.loads(fields[b"data"]) for _, fields in client.xrange(stream_key(workflow_id))]
+
+
+def test_events_of_spans_still_running_come_from_the_live_stream(
+    query: Callable[..., Result], sg: spangraph.Spangraph, redis_client: Any
+) -> None:
+    """A span's events are written to the graph when it ends: those of spans still
+    running, or whose process was killed, were missing from `query events` and `query
+    replay` (workflow.started, sleep.started, the program's own ...), while the run's live
+    stream had them. Now they are read from it, marked `from: live`, in time order, and an
+    event both places hold is shown once."""
+    with spangraph.workflow("polling") as run:
+        spangraph.event("agent.message.appended", role="user")
+        with spangraph.step("plan"):
+            spangraph.event("plan.made", steps=2)
+        with spangraph.step("long_poll") as poll:
+            spangraph.event("poll.begin", url="https://queue.internal/jobs")
+            spangraph.sleep(0.001, reason="polling")
+            assert spangraph.flush(10)
+            # poll.begin in the graph as well (as another process of the run may write it)
+            [begin] = [m for m in _live_messages(redis_client, run.workflow_id)
+                       if m["type"] == "poll.begin"]  # fmt: skip
+            assert sg.store is not None
+            sg.store.execute_many(
+                [
+                    (
+                        "MATCH (s:Span {span_id: $id}) CREATE (s)-[:HAS_EVENT]->(:Event "
+                        "{span_id: $id, seq: 1, name: 'poll.begin', time_ns: $t, attributes: '{}'})",
+                        {"id": poll.span_id, "t": begin["time_unix_nano"]},
+                    )
+                ]
+            )
+            events = query("events", run.workflow_id, "--json")
+            replay = query("replay", run.workflow_id, "--json")
+            table = query("events", run.workflow_id)
+    assert (events.code, events.err) == (0, "")
+    rows = json.loads(events.out)
+    assert [(r["span_name"], r["name"], r["from"]) for r in rows] == [
+        ("polling", "workflow.started", "live"),
+        ("polling", "agent.message.appended", "live"),
+        ("plan", "step.started", "graph"),
+        ("plan", "plan.made", "graph"),
+        ("plan", "step.completed", "graph"),
+        ("long_poll", "step.started", "live"),
+        ("long_poll", "poll.begin", "graph"),
+        ("long_poll", "sleep.started", "live"),
+        ("long_poll", "sleep.completed", "live"),
+    ]
+    assert [r["time_ns"] for r in rows] == sorted(r["time_ns"] for r in rows)
+    assert rows[1]["attributes"] == {"role": "user"}
+    assert (replay.code, replay.err) == (0, "")
+    messages = json.loads(replay.out)
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+    assert [(m["type"], m["name"], m["from"]) for m in messages] == [
+        ("span.started", "polling", "graph"),
+        ("workflow.started", "polling", "live"),
+        ("agent.message.appended", "polling", "live"),
+        ("span.started", "plan", "graph"),
+        ("step.started", "plan", "graph"),
+        ("plan.made", "plan", "graph"),
+        ("step.completed", "plan", "graph"),
+        ("span.ended", "plan", "graph"),
+        ("span.started", "long_poll", "graph"),
+        ("step.started", "long_poll", "live"),
+        ("poll.begin", "long_poll", "graph"),
+        ("sleep.started", "long_poll", "live"),
+        ("sleep.completed", "long_poll", "live"),
+    ]
+    assert messages[1]["workflow_id"] == run.workflow_id
+    assert set(messages[1]) == set(messages[0])  # the shape of the graph's messages
+    header, _, first, *_ = table.out.splitlines()
+    assert header.split()[-1] == "from" and first.split()[-1] == "live"
+
+
+def test_events_of_spans_still_running_without_their_live_stream_say_why(
+    query: Callable[..., Result], redis_client: Any, closed_port: int
+) -> None:
+    """When the live stream cannot be read, what the graph has, exit 0, and one line on
+    stderr saying that spans still run and why their events are not shown."""
+    from spangraph.processors.live import stream_key
+
+    down_url = f"redis://127.0.0.1:{closed_port}/0"
+    with spangraph.workflow("polling") as run:
+        with spangraph.step("plan"):
+            pass
+        with spangraph.step("long_poll"):
+            spangraph.event("poll.begin")
+            assert spangraph.flush(10)
+            down = query("events", run.workflow_id, SPANGRAPH_REDIS_URL=down_url)
+            off = query("replay", run.workflow_id, SPANGRAPH_REDIS_URL="off")
+            redis_client.delete(stream_key(run.workflow_id))
+            gone = query("events", run.workflow_id, "--json")
+    said = (
+        f"spangraph: 2 spans of run {run.workflow_id} are still running (or their process "
+        "died): their events are not in the graph until they end, and "
+    )
+    for result in (down, off, gone):
+        assert result.code == 0, result.err
+        assert result.err.startswith(said) and result.err.count("\n") == 1, result.err
+        assert "step.started" in result.out and "poll.begin" not in result.out
+    assert f"the run's live stream cannot be read (Redis at {down_url}: " in down.err
+    assert "and live events are off (SPANGRAPH_REDIS_URL=off): shown is what" in off.err
+    assert "and the run's live stream is gone (expired, or the run was" in gone.err
+    # a run whose spans all ended: the graph has every event, Redis is not asked
+    assert spangraph.flush(10)
+    ended = query("events", run.workflow_id, SPANGRAPH_REDIS_URL=down_url)
+    assert (ended.code, ended.err) == (0, "")
+    assert "poll.begin" in ended.out and "from" not in ended.out.splitlines()[0].split()
+
+
+def test_questions_about_a_run_that_does_not_exist_exit_1(
+    query: Callable[..., Result],
+) -> None:
+    """`query decisions|branches|monitors|analytics` of an id no run has printed
+    "(no rows)" and exited 0, as of a run that has none."""
+    with spangraph.workflow("plain") as run:
+        with spangraph.decision("route", options=["a", "b"]) as d:
+            d.choose("a")
+        with spangraph.decision("undecided", options=["x"]):
+            pass
+    assert spangraph.flush(10)
+    for what in ("decisions", "branches", "monitors"):
+        for extra in ([], ["--json"]):
+            unknown = query(what, "nosuch-typo", *extra)
+            assert (unknown.code, unknown.out) == (1, ""), unknown
+            assert unknown.err == (
+                "no spans for workflow nosuch-typo (runs are named by their workflow ids: "
+                "`spangraph query workflows` lists the latest)\n"
+            )
+    for what in ("branches", "monitors"):  # a run that has none: no rows
+        assert query(what, run.workflow_id) == Result(0, "(no rows)\n", "")
+    assert query("analytics", "route").code == 0
+    assert query("analytics", "undecided") == Result(0, "(no rows)\n", "")  # never chosen
+    other_case = query("analytics", "Route")
+    assert (other_case.code, other_case.out) == (1, "")
+    assert other_case.err == (
+        "no decision named 'Route' (names are compared exactly: did you mean 'route'?)\n"
+    )
+    nothing = query("analytics", "nosuch-decision", "--json")
+    assert (nothing.code, nothing.out) == (1, "")
+    assert nothing.err.startswith("no decision named 'nosuch-decision' (`query analytics` ")
+    a_run = query("analytics", run.workflow_id)
+    assert a_run.code == 1
+    assert a_run.err.startswith(f"{run.workflow_id} is a workflow id: `query analytics` takes")
+
+
+def _two_branches() -> tuple[Any, Any, Any]:
+    """A run with two branches, written: the handles of the run and of its branches."""
+    with spangraph.workflow("wf") as run:
+        with spangraph.branch("left") as left, spangraph.step("draft"):
+            pass
+        with spangraph.branch("right") as right, spangraph.step("draft"):
+            pass
+    assert spangraph.flush(10)
+    return run, left, right
+
+
+def test_ids_of_another_kind_name_their_run(
+    query: Callable[..., Result], sg: spangraph.Spangraph
+) -> None:
+    """A trace id, a span id or a branch id given for a workflow id said only `no spans
+    for workflow ...`."""
+    from spangraph import queries
+
+    run, left, _ = _two_branches()
+    assert sg.store is not None
+    node = queries.node(sg.store, run.span_id)
+    assert node is not None
+    trace_id, workflow_id = node["trace_id"], run.workflow_id
+    for given in (trace_id, trace_id.upper()):
+        as_trace = query("tree", given)
+        assert (as_trace.code, as_trace.out) == (1, "")
+        assert as_trace.err == (
+            f"no spans for workflow {given}: {given} is a trace id, of run {workflow_id}: "
+            f"`spangraph query tree {workflow_id}`\n"
+        )
+    as_span = query("tree", run.span_id, "--json")
+    assert (as_span.code, as_span.out) == (1, "")
+    assert as_span.err == (
+        f"no spans for workflow {run.span_id}: {run.span_id} is the span id of workflow 'wf' "
+        f"of run {workflow_id}: `spangraph query tree {workflow_id}`\n"
+    )
+    as_branch = query("events", left.branch_id)
+    assert as_branch.code == 1
+    assert as_branch.err.startswith(
+        f"no spans for workflow {left.branch_id}: {left.branch_id} is a branch id, of run "
+        f"{workflow_id}: `spangraph query events {workflow_id}`"
+    )
+
+
+def test_diff_of_branch_ids_as_runs_hints_at_branches(query: Callable[..., Result]) -> None:
+    """`query diff A B` of two branch ids without --branches: only "runs ... do not
+    exist" (the reverse mistake was hinted at)."""
+    run, left, right = _two_branches()
+    branches = query("diff", left.branch_id, right.branch_id)
+    assert (branches.code, branches.out) == (1, "")
+    assert branches.err == (
+        f"runs {left.branch_id!r} and {right.branch_id!r} do not exist: no spans have those "
+        f"ids, nothing to compare (they are branch ids, of run {run.workflow_id}; to compare "
+        "branches, add --branches)\n"
+    )
+    one = query("diff", left.branch_id, "nosuch-run")
+    assert one.code == 1
+    assert one.err.endswith(
+        f"({left.branch_id} is a branch id, of run {run.workflow_id}; to compare branches, "
+        "add --branches)\n"
+    )
+
+
+def test_ids_in_capitals_are_found(query: Callable[..., Result]) -> None:
+    """Ids are stored lower-case (UUIDs, hex): one given in capitals was no run, where
+    the HTTP API finds a span id in capitals."""
+    run, left, right = _two_branches()
+    upper = run.workflow_id.upper()
+    tree = query("tree", upper)
+    assert tree.code == 0 and re.search(r"branch\s+left\s+completed", tree.out), tree
+    assert json.loads(query("decisions", upper, "--json").out) == []
+    events = json.loads(query("events", upper, "--json").out)
+    assert events[0]["name"] == "workflow.started"
+    assert "the two have the same structure" in query("diff", upper, run.workflow_id).out
+    assert query("branch", left.branch_id.upper()).code == 0
+    assert query("diff", "--branches", left.branch_id.upper(), right.branch_id).code == 0
+    assert json.loads(query("path", run.span_id.upper(), "--json").out)[0]["name"] == "wf"
+
+
+def test_query_tree_marks_the_attempts_of_a_retried_step(query: Callable[..., Result]) -> None:
+    """The attempts of a retried step were identical rows (`fetch failed`, `fetch
+    completed`, nothing to tell them apart)."""
+    calls: list[int] = []
+
+    @spangraph.step(retries=2, backoff=0)
+    def fetch() -> str:
+        calls.append(1)
+        if len(calls) < 2:
+            raise ConnectionError("503 from docs-api")
+        return "doc"
+
+    with spangraph.workflow("wf") as run:
+        fetch()
+        with spangraph.step("once"):
+            pass
+    assert spangraph.flush(10)
+    tree = query("tree", run.workflow_id)
+    assert tree.code == 0, tree.err
+    lines = [line.rstrip() for line in tree.out.splitlines()]
+    fetches = [line for line in lines if " fetch " in line]
+    assert len(fetches) == 2
+    assert re.search(r"step\s+fetch\s+failed\s+[\d.]+ ms  attempt 1/3$", fetches[0])
+    assert re.search(r"step\s+fetch\s+completed\s+[\d.]+ ms  attempt 2/3$", fetches[1])
+    [once] = [line for line in lines if " once " in line]
+    assert once.endswith(" ms")  # a step without retries: no attempt
+
+
+def test_query_tree_shows_an_option_never_run_as_no_time(query: Callable[..., Result]) -> None:
+    """An option never explored showed the `…` of a span still running."""
+    with spangraph.workflow("wf") as run:
+        with spangraph.decision("route", options=["fast", "slow"]) as d:
+            with d.option("fast"):
+                pass
+            d.choose("fast")
+        with spangraph.step("waiting"):
+            assert spangraph.flush(10)
+            running = query("tree", run.workflow_id)
+    assert spangraph.flush(10)
+    tree = query("tree", run.workflow_id)
+    assert tree.code == 0, tree.err
+    [never] = [line.rstrip() for line in tree.out.splitlines() if " slow " in line]
+    assert re.search(r"option\s+slow\s+unexplored\s+-$", never) and "…" not in never
+    [waiting] = [line for line in running.out.splitlines() if " waiting " in line]
+    assert re.search(r"step\s+waiting\s+running\s+…", waiting)  # still running: …
+
+
+def test_query_cypher_says_it_runs_read_only_statements(
+    query: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write was refused with FalkorDB's own words (`graph.RO_QUERY is to be executed
+    only on read-only queries`); Neo4j's refusal (the store reads in read access mode)
+    is told the same way."""
+    said = (
+        "spangraph: error: `query cypher` runs read-only statements: this one writes "
+        "(CREATE, MERGE, SET, DELETE, REMOVE or a schema command), which the store refused\n"
+    )
+    assert query("cypher", "CREATE (:Note {text: 'x'})") == Result(2, "", said)
+    assert query("cypher", "MATCH (s:Span) SET s.seen = true") == Result(2, "", said)
+    from spangraph.exceptions import StoreError
+
+    class ReadAccessNeo4j:
+        """What Neo4jStore raises for a write in read access mode."""
+
+        def ping(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def query(self, cypher: str, params: Any = None) -> list[dict[str, Any]]:
+            raise StoreError(
+                "Neo4j rejected a query: {neo4j_code: Neo.ClientError.Statement.AccessMode} "
+                "{message: Writing in read access mode not allowed. Attempted write to "
+                "database 'neo4j'}"
+            )
+
+    monkeypatch.setattr("spangraph.stores.open_store", lambda settings: ReadAccessNeo4j())
+    assert query("cypher", "CREATE (:Note)") == Result(2, "", said)

@@ -374,3 +374,44 @@ def test_path_to_root_of_a_deep_chain(sg: spangraph.Spangraph) -> None:
         "state": None,
         "trace_id": None,
     }
+
+
+def test_what_an_id_names(sg: spangraph.Spangraph) -> None:
+    """run_exists, run_of and decision_names: what the command line tells of an id that
+    names no run (a span, trace or branch id of one) or of a decision name."""
+
+    @spangraph.workflow("sub-agent")
+    def sub_agent() -> None:
+        with spangraph.step("sub-step"):
+            pass
+
+    with spangraph.workflow("outer") as outer:
+        with spangraph.branch("b") as branch, spangraph.step("s") as step:
+            pass
+        with spangraph.decision("Route", options=["a"]) as d:
+            d.choose("a")
+        with spangraph.step("caller"):
+            sub_agent()
+    flush()
+    store = sg.store
+    assert queries.run_exists(store, outer.workflow_id)
+    assert not queries.run_exists(store, "no-such-run")
+    assert not queries.run_exists(store, outer.workflow_id.upper())
+    trace_id = queries.node(store, outer.span_id)["trace_id"]
+    assert queries.run_of(store, step.span_id) == (
+        "span",
+        {"workflow_id": outer.workflow_id, "name": "s", "kind": "step"},
+    )
+    # a trace holds the sub-agent's run too: the run that started first, the outer one
+    assert queries.run_of(store, trace_id) == (
+        "trace",
+        {"workflow_id": outer.workflow_id, "name": "outer", "kind": "workflow"},
+    )
+    assert queries.run_of(store, branch.branch_id) == (
+        "branch",
+        {"workflow_id": outer.workflow_id, "name": "b", "kind": "branch"},
+    )
+    assert queries.run_of(store, "no-such-id") is None
+    assert queries.decision_names(store, "route") == ["Route"]
+    assert queries.decision_names(store, "Route") == ["Route"]
+    assert queries.decision_names(store, "nope") == []

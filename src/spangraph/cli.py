@@ -16,14 +16,22 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import queries
 from . import semconv as sc
 from ._terminal import handle_interrupts, interrupted, printable, restore
-from .config import ENV_HOME, Settings, check_home, default_home, graph_url_setting, redact_url
+from .config import (
+    ENV_HOME,
+    ENV_REDIS_URL,
+    Settings,
+    check_home,
+    default_home,
+    graph_url_setting,
+    redact_url,
+)
 from .embedded import EmbeddedServer
 from .exceptions import (
     ConfigurationError,
@@ -32,7 +40,7 @@ from .exceptions import (
     StoreError,
     StoreUnavailableError,
 )
-from .mapping import _finite
+from .mapping import _finite, event_type
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -397,11 +405,17 @@ def _decision_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+_RUN_COMMANDS = frozenset({"tree", "events", "replay", "decisions", "branches", "monitors"})
+"""The questions about one run, by its workflow id."""
+
+
 def _run_query(args: argparse.Namespace, store: Any) -> int:
     from . import queries
 
     what = args.what
     rows: Any
+    if what in _RUN_COMMANDS:
+        args.id = _as_stored(args.id, _known_run(store))
     if what == "workflows":
         rows = queries.workflows(
             store, project_id=args.project, state=args.state, name=args.name, limit=args.limit
@@ -424,22 +438,20 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         if args.json:  # the tree's spans, as the API's tree has them (no stand-ins)
             rows = [node.span for root in queries.tree(store, args.id) for _, node in root.walk()]
             if not rows:
-                print(f"no spans for workflow {printable(args.id)}", file=sys.stderr)
-                return 1
+                return _no_run(store, args.id, what)
         else:
-            from ._demo import print_tree
-
             roots = queries.tree(store, args.id)
             if not roots:
-                print(f"no spans for workflow {printable(args.id)}", file=sys.stderr)
-                return 1
+                return _no_run(store, args.id, what)
             link = Settings.from_env(home=args.home).jaeger_link(roots[0].span.get("trace_id"))
             if link is not None:  # (no trace id: spans another program wrote)
                 print(printable(f"open in Jaeger: {link}"))  # the trace id is span data
-            print_tree(roots, print)
+            _print_tree(roots, print)
             return 0
     elif what == "path":
         rows = queries.path_to_root(store, args.id)
+        if not rows and args.id != args.id.lower():  # as the API takes span ids
+            rows = queries.path_to_root(store, args.id.lower())
         if not rows:  # as tree and branch say of an unknown id (the API: 404)
             print(f"no span {printable(args.id)}", file=sys.stderr)
             return 1
@@ -447,17 +459,28 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             rows = [{k: v for k, v in r.items() if k != "trace_id"} for r in rows]
     elif what in ("events", "replay"):
         rows = (queries.workflow_events if what == "events" else queries.replay)(store, args.id)
-        if not rows and not queries.workflow_spans(store, args.id):  # an unknown id
-            print(f"no spans for workflow {printable(args.id)}", file=sys.stderr)
-            return 1
+        live, note = _live_events(store, Settings.from_env(home=args.home), args.id)
+        if not rows and not live and not queries.workflow_spans(store, args.id):
+            return _no_run(store, args.id, what)  # an unknown id
+        rows = _with_live(rows, live, replay=what == "replay")
+        if note is not None:
+            print(note, file=sys.stderr)
         if what == "replay" and not args.json:
-            rows = [{k: m[k] for k in ("seq", "type", "kind", "name", "span_id")} for m in rows]
+            shown = ("seq", "type", "kind", "name", "span_id", "from")
+            rows = [{k: m[k] for k in shown} for m in rows]
+        if not args.json and all(r["from"] == _FROM_GRAPH for r in rows):
+            rows = [{k: v for k, v in r.items() if k != "from"} for r in rows]
     elif what == "decisions":
         rows = queries.decisions(store, args.id)
+        if not rows and not queries.run_exists(store, args.id):
+            return _no_run(store, args.id, what)
         rows = rows if args.json else _decision_rows(rows)
     elif what == "branches":
         rows = queries.branches(store, args.id)
+        if not rows and not queries.run_exists(store, args.id):
+            return _no_run(store, args.id, what)
     elif what == "branch":
+        args.id = _as_stored(args.id, _known_branch(store, args.workflow))
         summary = queries.branch_summary(store, args.id, workflow_id=args.workflow)
         if summary is None:
             where = "" if args.workflow is None else f" in run {args.workflow}"
@@ -478,11 +501,22 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         ]
     elif what == "monitors":
         rows = queries.monitors(store, args.id)
+        if not rows and not queries.run_exists(store, args.id):
+            return _no_run(store, args.id, what)
         if not args.json:  # (the trace ids are for links, not for a table)
             rows = [{k: v for k, v in r.items() if not k.endswith("_trace_id")} for r in rows]
     elif what == "analytics":
         rows = queries.decision_analytics(store, args.id, project_id=args.project)
+        if not rows and (unknown := _no_decision(store, args.id)) is not None:
+            print(printable(unknown), file=sys.stderr)
+            return 1
     elif what == "diff":
+        if args.branches:
+            args.a = _as_stored(args.a, _known_branch(store, args.workflow_a))
+            args.b = _as_stored(args.b, _known_branch(store, args.workflow_b))
+        else:
+            args.a = _as_stored(args.a, _known_run(store))
+            args.b = _as_stored(args.b, _known_run(store))
         result = queries.diff(
             store,
             args.a,
@@ -496,7 +530,8 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
 
             message = missing_message(result["missing"], "branch" if args.branches else "run")
             assert message is not None  # (some are missing)
-            print(printable(message) + (_BRANCH_IDS if args.branches else ""), file=sys.stderr)
+            hint = _BRANCH_IDS if args.branches else _other_runs(store, result["missing"])
+            print(printable(message + hint), file=sys.stderr)
             return 1
         if args.json:
             print(_json(result))
@@ -524,6 +559,11 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         try:
             rows = store.query(args.text, args.params)
         except StoreError as exc:
+            if _refused_write(exc):
+                raise StoreError(
+                    "`query cypher` runs read-only statements: this one writes (CREATE, "
+                    "MERGE, SET, DELETE, REMOVE or a schema command), which the store refused"
+                ) from None
             given = set(args.params or {})
             unset = sorted({n for n in re.findall(r"\$(\w+)", args.text)} - given)
             if unset and "parameter" in str(exc).lower():
@@ -572,6 +612,358 @@ def _print_diff(result: dict[str, Any]) -> None:
 _BRANCH_IDS = (
     " (branches are named by their ids: `spangraph query branches WORKFLOW_ID` lists a run's)"
 )
+_RUN_IDS = " (runs are named by their workflow ids: `spangraph query workflows` lists the latest)"
+
+
+# -- ids: another kind of id, capitals, an unknown id --------------------------------------
+
+
+def _as_stored(given: str, found: Callable[[str], bool]) -> str:
+    """``given``, or its lower-case form when only that one is ``found``: ids are stored
+    lower-case as OTel prints them (UUIDs, hex), and the HTTP API finds a span id given
+    in capitals so too. An id with no capitals costs nothing."""
+    lower = given.lower()
+    if lower != given and not found(given) and found(lower):
+        return lower
+    return given
+
+
+def _known_run(store: Any) -> Callable[[str], bool]:
+    return lambda workflow_id: queries.run_exists(store, workflow_id)
+
+
+def _known_branch(store: Any, workflow_id: str | None) -> Callable[[str], bool]:
+    return lambda branch: queries.branch_summary(store, branch, workflow_id=workflow_id) is not None
+
+
+def _no_run(store: Any, given: str, what: str) -> int:
+    """Say on stderr that no run has the workflow id ``given`` (``query WHAT`` was asked),
+    naming the run when the id is another kind of id of one; exit status 1."""
+    print(
+        printable(f"no spans for workflow {given}") + _other_id(store, given, what), file=sys.stderr
+    )
+    return 1
+
+
+def _other_id(store: Any, given: str, what: str) -> str:
+    """What to add to "no spans for workflow ``given``": the run it belongs to when it is
+    a span, trace or branch id (in capitals too), else how runs are named."""
+    found = _run_of(store, given)
+    if found is None:
+        return _RUN_IDS
+    kind, span = found
+    ask = f"`spangraph query {what} {span['workflow_id']}`"
+    if kind == "span":
+        of = f"{span.get('kind') or 'span'} {span.get('name')!r}"
+        return f": {given} is the span id of {of} of run {span['workflow_id']}: {ask}"
+    if kind == "trace":
+        return f": {given} is a trace id, of run {span['workflow_id']}: {ask}"
+    return (
+        f": {given} is a branch id, of run {span['workflow_id']}: {ask} "
+        f"(`spangraph query branch {given}` shows the branch)"
+    )
+
+
+def _run_of(store: Any, given: str) -> tuple[str, dict[str, Any]] | None:
+    for candidate in dict.fromkeys((given, given.lower())):
+        found = queries.run_of(store, candidate)
+        if found is not None:
+            return found
+    return None
+
+
+def _other_runs(store: Any, missing: list[str]) -> str:
+    """What to add to a diff's "run ... does not exist": what the ids are when they are
+    ids of another kind (branch ids want ``--branches``), else how runs are named."""
+    found = {given: _run_of(store, given) for given in missing}
+    kinds = {(f[0], f[1]["workflow_id"]) for f in found.values() if f is not None}
+    if not kinds:
+        return _RUN_IDS
+    if len(kinds) == 1 and None not in found.values():  # (the usual mistake: both alike)
+        [(kind, run)] = kinds
+        what = f"it is a {kind} id" if len(found) == 1 else f"they are {kind} ids"
+        said = [f"{what}, of run {run}"]
+    else:
+        said = [
+            f"{given} is a {f[0]} id, of run {f[1]['workflow_id']}"
+            for given, f in found.items()
+            if f
+        ]
+    if any(kind == "branch" for kind, _ in kinds):
+        said.append("to compare branches, add --branches")
+    return " (" + "; ".join(said) + ")"
+
+
+def _no_decision(store: Any, name: str) -> str | None:
+    """Why ``query analytics NAME`` has no rows when no decision has that name (``None``
+    when one has: it was never chosen, or not in that project)."""
+    names = queries.decision_names(store, name)
+    if name in names:
+        return None
+    if names:
+        also = ", ".join(repr(n) for n in names)
+        return f"no decision named {name!r} (names are compared exactly: did you mean {also}?)"
+    if queries.run_exists(store, name):
+        return (
+            f"{name} is a workflow id: `query analytics` takes a decision's name "
+            f"(`spangraph query decisions {name}` lists that run's)"
+        )
+    return (
+        f"no decision named {name!r} (`query analytics` takes a decision's name: "
+        "`spangraph query decisions WORKFLOW_ID` lists a run's)"
+    )
+
+
+def _refused_write(exc: StoreError) -> bool:
+    """Whether the store refused a statement because it writes: ``query cypher`` reads
+    only (FalkorDB's GRAPH.RO_QUERY; Neo4j's read access mode, which the store reads in)."""
+    text = str(exc)
+    return (
+        "executed only on read-only queries" in text  # FalkorDB
+        or "Neo.ClientError.Statement.AccessMode" in text  # Neo4j
+        or getattr(exc.__cause__, "code", None) == "Neo.ClientError.Statement.AccessMode"
+    )
+
+
+# -- events of spans still running: from the run's live stream ---------------------------
+
+_FROM_GRAPH = "graph"
+_FROM_LIVE = "live"
+_NOT_EVENTS = frozenset({sc.SPAN_STARTED, sc.SPAN_ENDED, sc.TOKEN})
+"""Live message types that are no span events (tokens are never written to the graph)."""
+_STREAM_CHUNK = 1_000
+
+
+class _NoStream(Exception):
+    """The run's live stream cannot be read; the message says why."""
+
+
+def _live_events(
+    store: Any, settings: Settings, workflow_id: str
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The live messages of the events of the run's spans still running in the graph
+    (whose events the graph gets when they end: never, when their process died), from
+    the run's live stream, in its order; and the line to print on stderr when some of
+    those spans' events cannot be had from it, else ``None``. No span running: nothing
+    is read."""
+    started, ended = queries.replayed_spans(store, workflow_id)
+    running = started - ended
+    if not running:
+        return [], None
+    try:
+        messages = _read_stream(settings, workflow_id)
+    except _NoStream as exc:
+        return [], _not_in_graph(len(running), workflow_id, str(exc))
+    events = [
+        m
+        for m in messages
+        if m.get("span_id") in running
+        and m.get("type") not in _NOT_EVENTS
+        and isinstance(m.get("type"), str)
+        and type(m.get("time_unix_nano")) is int
+    ]
+    have_start = {m.get("span_id") for m in messages if m.get("type") == sc.SPAN_STARTED}
+    lost = len(running - have_start)
+    if not lost:
+        return events, None
+    if messages:
+        why = (
+            f"the run's live stream lacks the start of {'it' if lost == 1 else 'them'} "
+            "(trimmed, or recorded with live events off): shown are the events it holds"
+        )
+    else:
+        why = (
+            "the run's live stream is gone (expired, or the run was recorded with live "
+            "events off): shown is what the graph has"
+        )
+    return events, _not_in_graph(lost, workflow_id, why)
+
+
+def _not_in_graph(count: int, workflow_id: str, why: str) -> str:
+    """The line saying that ``count`` spans of the run still run and ``why`` their
+    events are not shown."""
+    if count == 1:
+        said = (
+            f"1 span of run {workflow_id} is still running (or its process died): "
+            "its events are not in the graph until it ends"
+        )
+    else:
+        said = (
+            f"{count} spans of run {workflow_id} are still running (or their process "
+            "died): their events are not in the graph until they end"
+        )
+    return printable(f"spangraph: {said}, and {why}")
+
+
+def _read_stream(settings: Settings, workflow_id: str) -> list[dict[str, Any]]:
+    """Every message of the run's live stream (``spangraph:stream:{workflow_id}``), in
+    order; :class:`_NoStream` when it cannot be read."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from .processors.live import stream_key
+
+    if not settings.live_enabled:
+        raise _NoStream(f"live events are off ({ENV_REDIS_URL}=off): shown is what the graph has")
+    if settings.redis_is_embedded:
+        info = EmbeddedServer(settings.home).status()
+        if info is None:
+            raise _NoStream(
+                f"the embedded server of {settings.home}, which holds the run's live stream, "
+                "is not running: shown is what the graph has"
+            )
+        url = info.redis_url
+    else:
+        url = settings.redis_url
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=3, socket_timeout=10, retry=Retry(NoBackoff(), 1)
+    )
+    entries: list[Any] = []
+    try:
+        start: bytes | str = "-"
+        while True:
+            rows: Any = client.xrange(stream_key(workflow_id), start, "+", _STREAM_CHUNK)
+            entries.extend(rows)
+            if len(rows) < _STREAM_CHUNK:
+                break
+            start = b"(" + rows[-1][0]
+    except (redis.RedisError, OSError) as exc:
+        raise _NoStream(
+            f"the run's live stream cannot be read (Redis at {redact_url(url)}: {exc}): "
+            "shown is what the graph has"
+        ) from None
+    finally:
+        client.close()
+    messages = []
+    for _, fields in entries:
+        try:
+            message = json.loads(fields.get(b"data", b""))
+        except ValueError:
+            continue
+        if isinstance(message, dict):
+            messages.append(message)
+    return messages
+
+
+_RANKS = {sc.SPAN_STARTED: 0, sc.SPAN_ENDED: 2}
+"""A replay's order of messages at one time: a span's start, its events, its end."""
+_MESSAGE_FIELDS = (
+    *("type", "workflow_id", "project_id", "trace_id", "span_id", "parent_span_id", "kind"),
+    *("name", "time_unix_nano", "timestamp", "attributes", "service", "env", "seq"),
+)
+"""The fields of a replay's message (:func:`spangraph.queries.replay`), in its order."""
+
+
+def _with_live(
+    rows: list[dict[str, Any]], live: list[dict[str, Any]], *, replay: bool
+) -> list[dict[str, Any]]:
+    """The graph's ``rows`` (of ``query events``, or of ``query replay`` when ``replay``)
+    with those of the live messages ``live`` (:func:`_live_events`) that the graph lacks,
+    in time order, each marked ``from``: ``graph`` or ``live``. A replay is numbered
+    anew, as the graph's is."""
+    time_of = "time_unix_nano" if replay else "time_ns"
+
+    def as_live(row: dict[str, Any]) -> tuple[Any, Any, Any]:  # as a live message names it
+        kind = row.get("type") if replay else event_type(row.get("name"))
+        return (row.get("span_id"), kind, row.get(time_of))
+
+    have = {as_live(row) for row in rows}
+    for row in rows:
+        row["from"] = _FROM_GRAPH
+    added = [m for m in live if (m["span_id"], m["type"], m["time_unix_nano"]) not in have]
+    if not added:
+        return rows
+    merged = rows + [_message_row(m) if replay else _event_row(m) for m in added]
+
+    def order(row: dict[str, Any]) -> tuple[bool, int, int, str]:
+        at = row.get(time_of)
+        if replay:  # at one time: a span's start, its events, its end
+            return (at is None, at or 0, _RANKS.get(str(row.get("type")), 1), "")
+        return (at is None, at or 0, 1, str(row.get("span_id")))  # as the graph orders them
+
+    merged.sort(key=order)  # (stable: the graph's and the stream's own order kept)
+    if replay:
+        for seq, message in enumerate(merged, start=1):
+            message["seq"] = seq
+    return merged
+
+
+def _message_row(message: dict[str, Any]) -> dict[str, Any]:
+    """A live message as a replay's message."""
+    row = {k: message.get(k) for k in _MESSAGE_FIELDS}
+    if not isinstance(row["attributes"], dict):
+        row["attributes"] = {}
+    return {**row, "from": _FROM_LIVE}
+
+
+def _event_row(message: dict[str, Any]) -> dict[str, Any]:
+    """A live message as a row of ``query events``."""
+    attributes = message.get("attributes")
+    return {
+        "span_id": message["span_id"],
+        "span_name": message.get("name"),
+        "kind": message.get("kind"),
+        "seq": None,  # (an event's place among its span's: only the graph has all of them)
+        "name": _event_name(message["type"]),
+        "time_ns": message["time_unix_nano"],
+        "attributes": attributes if isinstance(attributes, dict) else {},
+        "from": _FROM_LIVE,
+    }
+
+
+def _event_name(message_type: str) -> str:
+    """An event's name from its live message type (``event.span.started``: an event
+    another program named ``span.started``, see :func:`~spangraph.mapping.event_type`)."""
+    inner = message_type.removeprefix("event.")
+    return inner if inner in (sc.SPAN_STARTED, sc.SPAN_ENDED) else message_type
+
+
+# -- the tree ----------------------------------------------------------------------------
+
+
+def _print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> None:
+    """One line per span, indented by depth, in the columns the demo prints a run in
+    (the name column narrows as the indent grows, down to one character), then the
+    attempt of a step that may be retried (``attempt 2/4``) and the run of a workflow
+    started inside (``(run <workflow_id>)``)."""
+    for root in roots:
+        run = root.span.get("workflow_id")
+        for depth, node in root.walk():
+            span = node.span
+            width = max(1, 40 - 2 * depth)
+            kind = printable(str(span.get("kind", "?")))
+            state = printable(str(span.get("state", "?")))
+            notes = [_attempt(span)]
+            own = span.get("workflow_id")  # a workflow started inside: a run of its own
+            if depth and own and own != run:
+                notes.append(f"(run {printable(str(own))})")
+            out(
+                f"  {'  ' * depth}{kind:<9} {printable(node.name):<{width}} "
+                f"{state:<10} {_took(span)}" + "".join(f"  {n}" for n in notes if n)
+            )
+
+
+def _took(span: dict[str, Any]) -> str:
+    """The duration column: milliseconds, ``…`` while running (or its process died),
+    ``-`` for an option never explored (it never ran)."""
+    if span.get("state") == sc.STATE_UNEXPLORED:
+        return f"{'-':>9}   "
+    value = span.get("duration_ms")
+    return f"{value:9.1f} ms" if isinstance(value, int | float) else "      …   "
+
+
+def _attempt(span: dict[str, Any]) -> str | None:
+    """``attempt 2/4`` for a step that is a retry or may be retried, else ``None``."""
+    attributes = span.get("attributes")
+    if not isinstance(attributes, dict):
+        return None
+    attempt, most = attributes.get(sc.STEP_ATTEMPT), attributes.get(sc.STEP_MAX_ATTEMPTS)
+    if type(attempt) is not int:
+        return None
+    if type(most) is int and most > 1:
+        return f"attempt {attempt}/{most}"
+    return f"attempt {attempt}" if attempt > 1 else None
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
@@ -626,8 +1018,18 @@ def _add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentPars
     w.add_argument("--limit", type=_count, default=50, help="at most this many (default 50)")
     add("tree", "one run as a tree", ("id", "workflow id"))
     add("path", "the path from a span to its root", ("id", "span id"))
-    add("events", "every event of a run, in time order", ("id", "workflow id"))
-    add("replay", "a run as the ordered live messages", ("id", "workflow id"))
+    add(
+        "events",
+        "every event of a run, in time order (those of spans still running, which the graph "
+        "has once they end, from the run's live stream: marked `from: live`)",
+        ("id", "workflow id"),
+    )
+    add(
+        "replay",
+        "a run as the ordered live messages, rebuilt from the graph (the events of spans "
+        "still running from the run's live stream: marked `from: live`)",
+        ("id", "workflow id"),
+    )
     add("decisions", "decision points with all options and the choice", ("id", "workflow id"))
     add("branches", "the branches of a run", ("id", "workflow id"))
     b = add("branch", "one branch: its nodes in time order", ("id", "branch id"))

@@ -982,3 +982,86 @@ def node(store: GraphStore, span_id: str) -> dict[str, Any] | None:
     found = _decode(rows[0])
     found["events"] = [_decode(e) for e in store.query(NODE_EVENTS, {"span_id": span_id})]
     return found
+
+
+# -- what an id names -------------------------------------------------------------------
+
+RUN_EXISTS: Final = (
+    "MATCH (s:Span {workflow_id: $workflow_id})\n"
+    "WHERE s.span_id IS NOT NULL\n"
+    "RETURN s.span_id AS span_id\n"
+    "LIMIT 1"
+)
+
+RUN_OF: Final = {
+    kind: (
+        f"MATCH (s:Span {{{key}: $id}})\n"
+        "WHERE s.workflow_id IS NOT NULL AND s.name IS NOT NULL\n"
+        "RETURN s.workflow_id AS workflow_id, s.name AS name, s.kind AS kind\n"
+        "ORDER BY s.start_ns\n"
+        "LIMIT 1"
+    )
+    for kind, key in (("span", "span_id"), ("trace", "trace_id"), ("branch", "branch_id"))
+}
+"""By the kind of id (``span``, ``trace``, ``branch``): the first span it names, with
+its run's ``workflow_id`` (of a trace, the span that started first: its top run's)."""
+
+DECISION_NAMES: Final = (
+    "MATCH (d:Decision)\n"
+    "WHERE d.name IS NOT NULL AND toLower(toString(d.name)) = toLower($name)\n"
+    "RETURN DISTINCT d.name AS name\n"
+    "ORDER BY name\n"
+    "LIMIT 5"
+)
+
+_MORE_STATEMENTS.update(
+    {
+        "run_exists": RUN_EXISTS,
+        **{f"run_of_{kind}": text for kind, text in RUN_OF.items()},
+        "decision_names": DECISION_NAMES,
+    }
+)
+
+
+def run_exists(store: GraphStore, workflow_id: str) -> bool:
+    """Whether any span has the run id ``workflow_id`` (one index look-up).
+
+    .. code-block:: cypher
+
+        MATCH (s:Span {workflow_id: $workflow_id}) WHERE s.span_id IS NOT NULL
+        RETURN s.span_id AS span_id LIMIT 1
+    """
+    return bool(store.query(RUN_EXISTS, {"workflow_id": workflow_id}))
+
+
+def run_of(store: GraphStore, some_id: str) -> tuple[str, dict[str, Any]] | None:
+    """What ``some_id`` names when it is not a run's id but the id of a span, a trace or
+    a branch: ``("span" | "trace" | "branch", {workflow_id, name, kind})`` of the first
+    span it names (tried in that order, one index look-up each), or ``None``.
+
+    .. code-block:: cypher
+
+        MATCH (s:Span {span_id: $id})  // then {trace_id: $id}, then {branch_id: $id}
+        WHERE s.workflow_id IS NOT NULL AND s.name IS NOT NULL
+        RETURN s.workflow_id AS workflow_id, s.name AS name, s.kind AS kind
+        ORDER BY s.start_ns LIMIT 1
+    """
+    for kind, statement in RUN_OF.items():
+        rows = store.query(statement, {"id": some_id})
+        if rows:
+            return kind, _decode(rows[0])
+    return None
+
+
+def decision_names(store: GraphStore, name: str) -> list[str]:
+    """The names of decisions that are ``name`` but for upper and lower case (``name``
+    itself among them when a decision has it), at most five, in order.
+
+    .. code-block:: cypher
+
+        MATCH (d:Decision)
+        WHERE d.name IS NOT NULL AND toLower(toString(d.name)) = toLower($name)
+        RETURN DISTINCT d.name AS name ORDER BY name LIMIT 5
+    """
+    rows = store.query(DECISION_NAMES, {"name": name})
+    return [text for row in rows if (text := _text(row.get("name"))) is not None]
