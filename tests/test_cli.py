@@ -502,7 +502,7 @@ def test_version_and_help(tmp_path: Path) -> None:
 def test_print_tree_of_a_deep_run() -> None:
     """The name column narrows with depth but stays at least one character wide (a
     negative width was a format error below 20 levels)."""
-    from spangraph._demo import print_tree
+    from spangraph._tree_text import print_tree
     from spangraph.queries import TreeNode
 
     root = node = TreeNode({"kind": "workflow", "name": "deep", "state": "completed"})
@@ -737,7 +737,7 @@ def test_span_data_cannot_drive_the_terminal(demo: Demo) -> None:
 
 
 def test_print_tree_names_the_run_of_a_workflow_started_inside() -> None:
-    from spangraph._demo import print_tree
+    from spangraph._tree_text import print_tree
     from spangraph.queries import TreeNode
 
     step = TreeNode({"kind": "step", "name": "delegate", "state": "completed", "workflow_id": "w"})
@@ -751,7 +751,7 @@ def test_print_tree_names_the_run_of_a_workflow_started_inside() -> None:
 
 
 def test_print_tree_shows_control_characters_as_escapes() -> None:
-    from spangraph._demo import print_tree
+    from spangraph._tree_text import print_tree
     from spangraph.queries import TreeNode
 
     root = TreeNode({"kind": "work\x07flow", "name": "a\x1b]0;owned\x07b", "state": "ok\x9b"})

@@ -16,7 +16,8 @@ import redis
 from . import _sdk, branching, genai, queries
 from . import instrument as sg
 from ._ids import uuid7
-from ._terminal import interrupted, printable
+from ._terminal import interrupted
+from ._tree_text import print_tree
 from .config import ENV_REDIS_URL, Settings, redact_url
 from .exceptions import ConfigurationError
 from .processors.live import workflow_channel
@@ -173,30 +174,6 @@ class _LiveTail(threading.Thread):
             )
             if event["type"] == "span.ended" and event["kind"] == "workflow":
                 self.done.set()
-
-
-def _fmt_ms(value: Any) -> str:
-    return f"{value:9.1f} ms" if isinstance(value, int | float) else "      …   "
-
-
-def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> None:
-    """One line per span, indented by depth; the name column narrows as the indent
-    grows, down to one character (below 20 levels the columns no longer line up)."""
-    for root in roots:
-        run = root.span.get("workflow_id")
-        for depth, node in root.walk():
-            span = node.span
-            width = max(1, 40 - 2 * depth)
-            kind, state = (
-                printable(str(span.get("kind", "?"))),
-                printable(str(span.get("state", "?"))),
-            )
-            own = span.get("workflow_id")  # a workflow started inside: a run of its own
-            out(
-                f"  {'  ' * depth}{kind:<9} {printable(node.name):<{width}} "
-                f"{state:<10} {_fmt_ms(span.get('duration_ms'))}"
-                + (f"  (run {printable(str(own))})" if depth and own and own != run else "")
-            )
 
 
 _FLUSH_S: Final = 10.0

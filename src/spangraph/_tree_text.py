@@ -1,0 +1,55 @@
+"""A run as text: one line per span, indented by depth (``spangraph query tree``, the
+demo)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from . import queries
+from . import semconv as sc
+from ._terminal import printable
+
+
+def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> None:
+    """One line per span, indented by depth: kind, name, state, duration (the name
+    column narrows as the indent grows, down to one character: below 20 levels the
+    columns no longer line up), then the attempt of a step that may be retried
+    (``attempt 2/4``) and the run of a workflow started inside (``(run <workflow_id>)``)."""
+    for root in roots:
+        run = root.span.get("workflow_id")
+        for depth, node in root.walk():
+            span = node.span
+            width = max(1, 40 - 2 * depth)
+            kind = printable(str(span.get("kind", "?")))
+            state = printable(str(span.get("state", "?")))
+            notes = [_attempt(span)]
+            own = span.get("workflow_id")  # a workflow started inside: a run of its own
+            if depth and own and own != run:
+                notes.append(f"(run {printable(str(own))})")
+            out(
+                f"  {'  ' * depth}{kind:<9} {printable(node.name):<{width}} "
+                f"{state:<10} {_took(span)}" + "".join(f"  {n}" for n in notes if n)
+            )
+
+
+def _took(span: dict[str, Any]) -> str:
+    """The duration column: milliseconds, ``…`` while running (or its process died),
+    ``-`` for an option never explored (it never ran)."""
+    if span.get("state") == sc.STATE_UNEXPLORED:
+        return f"{'-':>9}   "
+    value = span.get("duration_ms")
+    return f"{value:9.1f} ms" if isinstance(value, int | float) else "      …   "
+
+
+def _attempt(span: dict[str, Any]) -> str | None:
+    """``attempt 2/4`` for a step that is a retry or may be retried, else ``None``."""
+    attributes = span.get("attributes")
+    if not isinstance(attributes, dict):
+        return None
+    attempt, most = attributes.get(sc.STEP_ATTEMPT), attributes.get(sc.STEP_MAX_ATTEMPTS)
+    if type(attempt) is not int:
+        return None
+    if type(most) is int and most > 1:
+        return f"attempt {attempt}/{most}"
+    return f"attempt {attempt}" if attempt > 1 else None
