@@ -217,6 +217,25 @@ def configure_sdk(graph_url: str, embedded_server: Any, home: Path) -> None:
     )
 
 
+@contextlib.contextmanager
+def recording(graph_url: str, embedded_server: Any, home: Path) -> Iterator[None]:
+    """spangraph configured (:func:`configure_sdk`) for the block, which records a run;
+    everything flushed at its end, and spangraph shut down however it ends."""
+    configure_sdk(graph_url, embedded_server, home)
+    try:
+        yield
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+
+
+@contextlib.contextmanager
+def serving(graph_url: str, embedded_server: Any, home: Path) -> Iterator[str]:
+    """The app on what :func:`recording` wrote, served: its base URL."""
+    with serve(create_app(_settings(graph_url, embedded_server.redis_url, home))) as base:
+        yield base
+
+
 async def _refuse(websocket: WebSocket, workflow_id: str) -> None:
     await websocket.close(code=1013)  # before accepting: the handshake fails (403)
 
@@ -1880,23 +1899,17 @@ def test_a_link_to_a_node_opens_with_the_node_in_sight(
     only: an option never explored is no span."""
     from playwright.sync_api import expect
 
-    configure_sdk(graph_url, embedded_server, tmp_path)
-    try:
-        with spangraph.workflow("long-run") as run:
-            steps = []
-            for i in range(300):
-                with spangraph.step(f"step-{i:03}") as st:
-                    steps.append(st.span_id)
-            with spangraph.decision("pick", options=["taken", "never"]) as d:
-                with d.option("taken"):
-                    pass
-                d.choose("taken")
-        assert spangraph.flush(10)
-    finally:
-        spangraph.shutdown()
-    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with recording(graph_url, embedded_server, tmp_path), spangraph.workflow("long-run") as run:
+        steps = []
+        for i in range(300):
+            with spangraph.step(f"step-{i:03}") as st:
+                steps.append(st.span_id)
+        with spangraph.decision("pick", options=["taken", "never"]) as d:
+            with d.option("taken"):
+                pass
+            d.choose("taken")
     page.set_viewport_size({"width": 1280, "height": 700})
-    with serve(app) as base:
+    with serving(graph_url, embedded_server, tmp_path) as base:
         page.goto(f"{base}/#run={run.workflow_id}&node={steps[280]}")
         expect(page.locator("#detail-title")).to_have_text("step-280")
         row = page.locator(f'#tree li.tree-item[data-span-id="{steps[280]}"]')
@@ -1915,8 +1928,7 @@ def test_the_header_totals_the_run_s_model_calls_and_tokens(
     many model calls it made and the tokens they reported, and how many reported none."""
     from playwright.sync_api import expect
 
-    configure_sdk(graph_url, embedded_server, tmp_path)
-    try:
+    with recording(graph_url, embedded_server, tmp_path):
         with spangraph.workflow("token-run") as run:
             with spangraph.llm("big-model", provider="openai") as call:
                 call.usage(input_tokens=1200, output_tokens=34)
@@ -1926,11 +1938,7 @@ def test_the_header_totals_the_run_s_model_calls_and_tokens(
                 pass  # a stream that reported no usage
         with spangraph.workflow("no-model-run") as plain, spangraph.step("only"):
             pass
-        assert spangraph.flush(10)
-    finally:
-        spangraph.shutdown()
-    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
-    with serve(app) as base:
+    with serving(graph_url, embedded_server, tmp_path) as base:
         open_run(page, base, run.workflow_id or "")
         expect(page.locator("#run-meta")).to_contain_text(
             "3 model calls, 1,600 tokens (1,500 in, 100 out; 1 without usage)"
@@ -1954,13 +1962,11 @@ def test_a_failure_the_run_got_past_is_not_where_it_failed(
     step whose error the run raised again, wrapped, right after it is named."""
     from playwright.sync_api import expect
 
-    configure_sdk(graph_url, embedded_server, tmp_path)
-
     @spangraph.step
     def rank() -> None:
         raise ValueError("ranker returned NaN")
 
-    try:
+    with recording(graph_url, embedded_server, tmp_path):
         with contextlib.suppress(RuntimeError), spangraph.workflow("handled-agent") as handled:
             try:
                 rank()
@@ -1975,11 +1981,7 @@ def test_a_failure_the_run_got_past_is_not_where_it_failed(
                 rank()
             except ValueError as exc:
                 raise RuntimeError("ranking failed") from exc
-        assert spangraph.flush(10)
-    finally:
-        spangraph.shutdown()
-    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
-    with serve(app) as base:
+    with serving(graph_url, embedded_server, tmp_path) as base:
         open_run(page, base, handled.workflow_id or "")
         expect(page.locator("#run-title")).to_have_text("handled-agent")
         expect(page.locator('#tree li.tree-item[data-name="rank_fallback"]')).to_have_count(1)
