@@ -7,6 +7,7 @@ import asyncio
 import functools
 import inspect
 import json
+import operator
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 import spangraph
-from spangraph import queries
+from spangraph import genai, queries
 from spangraph import semconv as sc
 from spangraph.genai import LLMCall, ToolCall
 from spangraph.processors.live import workflow_channel
@@ -734,3 +735,136 @@ def test_a_cancelled_stream_completes_cancelled_not_with_an_error(cap: SpanCaptu
         {"message": "par", "finish_reason": "cancelled", "streamed_tokens": 1}
     ]
     assert attrs(span)["gen_ai.response.finish_reasons"] == ("cancelled",)
+
+
+# -- content capture off ----------------------------------------------------------------
+
+
+@pytest.fixture
+def no_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenTelemetry's GenAI content switch set to false (read again at the next call)."""
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "false")
+    monkeypatch.setattr(genai, "_capture_content", None, raising=False)
+
+
+def test_content_capture_off_leaves_the_message_out(cap: SpanCapture, no_content: None) -> None:
+    with spangraph.llm("m") as call:
+        call.token("secret ")
+        call.token("answer")
+    with spangraph.llm("n") as told:
+        told.complete("the whole secret", finish_reason="stop", model_version="2")
+    [streamed] = events(one(cap, "chat m"), sc.LLM_COMPLETE)
+    assert streamed == {"streamed_tokens": 2}
+    [complete] = events(one(cap, "chat n"), sc.LLM_COMPLETE)
+    assert complete == {"finish_reason": "stop", "model_version": "2"}
+    assert "secret" not in json.dumps([events(s) for s in cap.spans])
+
+
+def test_content_capture_off_leaves_tool_arguments_and_results_out(
+    cap: SpanCapture, no_content: None
+) -> None:
+    @spangraph.tool
+    def lookup_user(email: str) -> dict[str, str]:
+        return {"ssn": "123-45-6789"}
+
+    @spangraph.tool
+    async def alookup(email: str) -> str:
+        return "123-45-6789"
+
+    assert lookup_user("alice@example.com") == {"ssn": "123-45-6789"}
+    assert asyncio.run(alookup("alice@example.com")) == "123-45-6789"
+    with spangraph.tool("search", arguments={"query": "alice@example.com"}) as t:
+        t.respond(["123-45-6789"], hits=1)
+    recorded = [(e.name, dict(e.attributes or {})) for s in cap.spans for e in s.events]
+    assert recorded == [
+        ("tool.call", {"tool": "lookup_user"}),
+        ("tool.response", {}),
+        ("tool.call", {"tool": "alookup"}),
+        ("tool.response", {}),
+        ("tool.call", {"tool": "search"}),
+        ("tool.response", {"hits": 1}),
+    ]
+
+
+def test_content_capture_off_sends_tokens_without_text(
+    sg: spangraph.Spangraph, subscribe: Any, no_content: None
+) -> None:
+    workflow_id = f"wf-{uuid.uuid4().hex[:12]}"
+    sub = subscribe(workflow_id)
+    with spangraph.workflow("chat", workflow_id=workflow_id), spangraph.llm("m") as call:
+        call.token("secret ")
+        call.token("answer")
+    messages = sub.until_workflow_ended()
+    tokens = [m["attributes"] for m in messages if m["type"] == "token"]
+    assert tokens == [{"index": 0}, {"index": 1}]
+    assert "secret" not in json.dumps(messages)
+    spangraph.flush()
+    assert [e["attributes"] for e in graph_events(sg, call.span_id)] == [{"streamed_tokens": 2}]
+
+
+def test_content_capture_is_read_once(cap: SpanCapture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read at the first call that needs it, not at every call: changing the variable
+    later changes nothing until it is read again."""
+    monkeypatch.setattr(genai, "_capture_content", None, raising=False)
+    monkeypatch.delenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", raising=False)
+    with spangraph.tool("t", arguments={"q": 1}):
+        pass
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "false")
+    with spangraph.tool("t", arguments={"q": 2}):
+        pass
+    assert [events(s, sc.TOOL_CALL) for s in cap.spans] == [
+        [{"tool": "t", "arguments.q": 1}],
+        [{"tool": "t", "arguments.q": 2}],
+    ]
+
+
+# -- tool call ids, types and descriptions ----------------------------------------------
+
+
+def test_a_decorated_tool_is_a_function_described_by_its_docstring(cap: SpanCapture) -> None:
+    def search(query: str, k: int = 3) -> list[str]:
+        """Search the web for a query.
+
+        What the model is told in full."""
+        return []
+
+    @spangraph.tool("lookup")
+    async def lookup(key: str) -> None:
+        pass
+
+    class Fetch:
+        """Fetch a page by its URL."""
+
+        def __call__(self, url: str) -> str:
+            return url
+
+    spangraph.tool(search)("graphs")
+    asyncio.run(lookup("k"))
+    spangraph.tool(functools.partial(search, k=5))("graphs")
+    spangraph.tool(Fetch())("https://example.com")
+    spangraph.tool(functools.partial(operator.itemgetter(0)))("ab")
+    described = {
+        s.name: (attrs(s).get(sc.GEN_AI_TOOL_TYPE), attrs(s).get(sc.GEN_AI_TOOL_DESCRIPTION))
+        for s in cap.spans
+    }
+    assert described == {
+        "execute_tool search": ("function", "Search the web for a query."),
+        "execute_tool lookup": ("function", None),
+        "execute_tool Fetch": ("function", "Fetch a page by its URL."),
+        "execute_tool itemgetter": ("function", None),  # a builtin's doc is not the tool's
+    }
+    assert len(cap.spans) == 5  # search twice (a partial of it too)
+
+
+def test_a_tool_call_id_is_recorded(cap: SpanCapture) -> None:
+    with spangraph.tool("calculator", arguments={"expr": "2+2"}, call_id="call_abc123") as t:
+        t.respond(4)
+    a = attrs(one(cap, "execute_tool calculator"))
+    assert a[sc.GEN_AI_TOOL_CALL_ID] == "call_abc123"
+    assert sc.GEN_AI_TOOL_TYPE not in a  # a block may be any kind of tool
+    with spangraph.tool("t", attributes={sc.GEN_AI_TOOL_TYPE: "extension"}, call_id="c"):
+        pass
+    assert attrs(one(cap, "execute_tool t"))[sc.GEN_AI_TOOL_TYPE] == "extension"
+    for bad in ("", "  ", 5):
+        with pytest.raises(ValueError, match="call_id"):
+            spangraph.tool("t", call_id=bad)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,10 @@ class FakeOpenAI:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.fail_next: int | None = None
         self.stream_fixture: str | None = None
+        self.edit_json: Callable[[dict[str, Any]], None] | None = None
+        """Changes the JSON answers (a test's own variant of a fixture)."""
+        self.edit_stream: Callable[[str], str] | None = None
+        """Changes the streamed answers' text (events split on blank lines)."""
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -95,6 +99,8 @@ class FakeOpenAI:
         self.requests.clear()
         self.fail_next = None
         self.stream_fixture = None
+        self.edit_json = None
+        self.edit_stream = None
 
     def answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         if self.fail_next is not None:
@@ -117,9 +123,12 @@ class FakeOpenAI:
             return self.json(handler, 200, "response.json")
         handler.send_error(404)
 
-    @staticmethod
-    def json(handler: BaseHTTPRequestHandler, status: int, fixture: str) -> None:
+    def json(self, handler: BaseHTTPRequestHandler, status: int, fixture: str) -> None:
         data = (FIXTURES / fixture).read_bytes()
+        if self.edit_json is not None and status == 200:
+            body = json.loads(data)
+            self.edit_json(body)
+            data = json.dumps(body).encode()
         handler.send_response(status)
         handler.send_header("content-type", "application/json")
         handler.send_header("content-length", str(len(data)))
@@ -128,9 +137,10 @@ class FakeOpenAI:
         handler.end_headers()
         handler.wfile.write(data)
 
-    @staticmethod
-    def sse(handler: BaseHTTPRequestHandler, fixture: str) -> None:
+    def sse(self, handler: BaseHTTPRequestHandler, fixture: str) -> None:
         text = (FIXTURES / fixture).read_text()
+        if self.edit_stream is not None:
+            text = self.edit_stream(text)
         handler.send_response(200)
         handler.send_header("content-type", "text/event-stream; charset=utf-8")
         handler.send_header("transfer-encoding", "chunked")
@@ -309,6 +319,136 @@ def test_request_settings_and_server_of_the_conventions(cap: SpanCapture, client
     assert sc.GEN_AI_REQUEST_SEED not in a  # a bool is no seed
 
 
+def test_usage_details_cached_and_reasoning_tokens(
+    cap: SpanCapture, client: OpenAI, fake: FakeOpenAI
+) -> None:
+    """The prompt's tokens served from the cache and the answer's spent reasoning, from
+    both APIs' usage, streamed or not; left out when the usage does not tell them."""
+
+    def chat_usage(body: dict[str, Any]) -> None:
+        body["usage"]["prompt_tokens_details"]["cached_tokens"] = 12
+        body["usage"]["completion_tokens_details"]["reasoning_tokens"] = 5
+
+    def responses_usage(body: dict[str, Any]) -> None:
+        body["usage"]["input_tokens_details"]["cached_tokens"] = 30
+        body["usage"]["output_tokens_details"]["reasoning_tokens"] = 8
+
+    def details(a: dict[str, Any]) -> tuple[Any, Any]:
+        return (
+            a.get(sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
+            a.get(sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
+        )
+
+    fake.edit_json = chat_usage
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert details(attrs(llm_span(cap))) == (12, 5)
+    cap.clear()
+    fake.edit_json = responses_usage
+    client.responses.create(model="gpt-4o-mini", input="story")
+    assert details(attrs(llm_span(cap))) == (30, 8)
+    cap.clear()
+    fake.edit_stream = lambda text: text.replace('"cached_tokens":0', '"cached_tokens":3')
+    for _ in client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        pass
+    assert details(attrs(llm_span(cap))) == (3, 0)  # reported as 0: recorded as 0
+    cap.clear()
+    fake.edit_stream = lambda text: text.replace('"reasoning_tokens":0', '"reasoning_tokens":4')
+    for _ in client.responses.create(model="gpt-4o-mini", input="story", stream=True):
+        pass
+    assert details(attrs(llm_span(cap))) == (0, 4)
+    cap.clear()
+    fake.edit_stream = None
+    fake.stream_fixture = "chat_completion_stream_null_choices.txt"  # usage without details
+    for _ in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):
+        pass
+    assert details(attrs(llm_span(cap))) == (None, None)
+
+
+def test_openai_attributes_of_the_conventions(
+    cap: SpanCapture, client: OpenAI, fake: FakeOpenAI
+) -> None:
+    """The API called, the service tier asked for and given, the backend's fingerprint,
+    whether the answer is streamed and the kind of output asked for."""
+    client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        service_tier="default",
+        response_format={"type": "json_object"},
+    )
+    a = attrs(llm_span(cap))
+    assert a[sc.OPENAI_API_TYPE] == "chat_completions"
+    assert a[sc.OPENAI_REQUEST_SERVICE_TIER] == "default"
+    assert a[sc.OPENAI_RESPONSE_SERVICE_TIER] == "default"
+    assert a[sc.OPENAI_RESPONSE_SYSTEM_FINGERPRINT] == "fp_0ba0d124f1"
+    assert a[sc.GEN_AI_OUTPUT_TYPE] == "json"
+    assert sc.GEN_AI_REQUEST_STREAM not in a  # unset: not streamed
+    cap.clear()
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        stream=True,
+        service_tier="auto",
+        response_format={"type": "text"},
+    )
+    for _ in stream:
+        pass
+    a = attrs(llm_span(cap))
+    assert a[sc.GEN_AI_REQUEST_STREAM] is True
+    assert sc.OPENAI_REQUEST_SERVICE_TIER not in a  # auto: the default, left out
+    assert a[sc.OPENAI_RESPONSE_SERVICE_TIER] == "default"  # from the chunks
+    assert a[sc.OPENAI_RESPONSE_SYSTEM_FINGERPRINT] == "fp_0ba0d124f1"
+    assert a[sc.GEN_AI_OUTPUT_TYPE] == "text"
+    cap.clear()
+    client.responses.create(
+        model="gpt-4o-mini",
+        input="story",
+        service_tier="flex",
+        text={"format": {"type": "json_schema", "name": "story", "schema": {"type": "object"}}},
+    )
+    a = attrs(llm_span(cap))
+    assert a[sc.OPENAI_API_TYPE] == "responses"
+    assert a[sc.OPENAI_REQUEST_SERVICE_TIER] == "flex"
+    assert a[sc.OPENAI_RESPONSE_SERVICE_TIER] == "default"
+    assert sc.OPENAI_RESPONSE_SYSTEM_FINGERPRINT not in a  # the Responses API has none
+    assert a[sc.GEN_AI_OUTPUT_TYPE] == "json"
+    cap.clear()
+    for _ in client.responses.create(model="gpt-4o-mini", input="story", stream=True):
+        pass
+    a = attrs(llm_span(cap))
+    assert (a[sc.GEN_AI_REQUEST_STREAM], a[sc.OPENAI_API_TYPE]) == (True, "responses")
+    assert a[sc.OPENAI_RESPONSE_SERVICE_TIER] == "default"
+    assert sc.GEN_AI_OUTPUT_TYPE not in a  # no output format asked for
+
+
+def test_structured_output_is_json(cap: SpanCapture, client: OpenAI, fake: FakeOpenAI) -> None:
+    from pydantic import BaseModel
+
+    class Greeting(BaseModel):
+        greeting: str
+
+    def as_json(body: dict[str, Any]) -> None:
+        if "choices" in body:
+            body["choices"][0]["message"]["content"] = '{"greeting": "hi"}'
+        else:
+            body["output"][0]["content"][0]["text"] = '{"greeting": "hi"}'
+
+    fake.edit_json = as_json
+    chat = chat_helpers(client).parse(
+        model="gpt-4o-mini", messages=MESSAGES, response_format=Greeting
+    )
+    assert chat.choices[0].message.parsed == Greeting(greeting="hi")
+    assert attrs(llm_span(cap))[sc.GEN_AI_OUTPUT_TYPE] == "json"
+    cap.clear()
+    answer = client.responses.parse(model="gpt-4o-mini", input="hi", text_format=Greeting)
+    assert answer.output_parsed == Greeting(greeting="hi")
+    assert attrs(llm_span(cap))[sc.GEN_AI_OUTPUT_TYPE] == "json"
+
+
 def test_chat_completion_tool_calls_records_names_not_arguments(
     cap: SpanCapture, client: OpenAI
 ) -> None:
@@ -374,6 +514,7 @@ def test_chat_stream_exhausted_with_usage(
     span = llm_span(cap)
     assert_chat(span)
     assert attrs(span)[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+    assert sc.LLM_INCOMPLETE not in attrs(span)
     [complete] = events(span, sc.LLM_COMPLETE)
     assert complete == {
         "message": CHAT_MESSAGE,
@@ -404,7 +545,8 @@ def test_chat_stream_closed_early(cap: SpanCapture, client: OpenAI) -> None:
     stream.close()
     span = llm_span(cap)
     a = attrs(span)
-    assert a[sc.STATE] == "completed"
+    assert a[sc.STATE] == "completed"  # as a generator its consumer closes early
+    assert a[sc.LLM_INCOMPLETE] is True  # ... but the answer was not read to its end
     assert sc.GEN_AI_RESPONSE_FINISH_REASONS not in a
     [complete] = events(span, sc.LLM_COMPLETE)
     assert complete == {"message": "Hello!", "streamed_tokens": 2}
@@ -437,6 +579,7 @@ def test_chat_stream_break_then_garbage_collected(cap: SpanCapture, client: Open
     assert wait_reaped()
     span = llm_span(cap)
     assert attrs(span)[sc.STATE] == "completed"
+    assert attrs(span)[sc.LLM_INCOMPLETE] is True
     assert span.end_time is not None and span.end_time <= last_chunk_ns  # at its last chunk
     [complete] = events(span, sc.LLM_COMPLETE)
     assert complete["message"] == "Hello!"
@@ -450,6 +593,103 @@ def test_chat_stream_never_read_then_garbage_collected(cap: SpanCapture, client:
     span = llm_span(cap)
     assert attrs(span)[sc.STATE] == "completed"
     assert events(span, sc.LLM_COMPLETE) == []  # nothing was received
+
+
+def _without(*markers: str) -> Callable[[str], str]:
+    """A stream's text without the events that hold any of ``markers``."""
+
+    def edit(text: str) -> str:
+        kept = [e for e in text.split("\n\n") if not any(m in e for m in markers)]
+        return "\n\n".join(kept)
+
+    return edit
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_stream_cut_before_its_end_fails_the_span(
+    cap: SpanCapture, client: OpenAI, fake: FakeOpenAI, api: str
+) -> None:
+    """A stream that ends without the model's finish reason (no final chunk, no
+    ``[DONE]``; no ``response.completed``) reads to its end in the SDK, without an
+    error: its answer was cut, and the span says so."""
+    stream: Any
+    if api == "chat":
+        fake.edit_stream = _without('"finish_reason":"stop"', "[DONE]")
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        message = CHAT_MESSAGE
+    else:
+        fake.edit_stream = _without("response.completed")
+        stream = client.responses.create(model="gpt-4o-mini", input="story", stream=True)
+        message = RESPONSE_MESSAGE
+    for _ in stream:
+        pass
+    span = llm_span(cap)
+    a = attrs(span)
+    assert a[sc.STATE] == "failed"
+    assert a[sc.ERROR_TYPE] == "incomplete_stream"
+    assert a[sc.LLM_INCOMPLETE] is True
+    assert a[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("error",)
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "the stream ended before the model finished its answer"
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete["message"] == message
+    assert complete["finish_reason"] == "error"
+    assert events(span, "exception") == []  # nothing was raised
+
+
+async def test_async_stream_consumer_cancelled_ends_cancelled(
+    cap: SpanCapture, aclient: AsyncOpenAI
+) -> None:
+    """A consumer cancelled while it handles a chunk, in ``async with stream:``."""
+    got: list[str] = []
+
+    async def consume() -> None:
+        stream = await aclient.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True
+        )
+        async with stream:
+            async for chunk in stream:
+                if chunk.choices[0].delta.content:
+                    got.append(chunk.choices[0].delta.content)
+                    await asyncio.sleep(10)
+
+    task = asyncio.create_task(consume())
+    while not got:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    span = llm_span(cap)
+    a = attrs(span)
+    assert a[sc.STATE] == "cancelled"
+    assert a[sc.LLM_INCOMPLETE] is True
+    assert a[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("cancelled",)
+    assert span.status.status_code is not StatusCode.ERROR
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete == {"message": "Hello", "finish_reason": "cancelled", "streamed_tokens": 1}
+
+
+def test_stream_left_by_a_keyboard_interrupt_ends_cancelled(
+    cap: SpanCapture, client: OpenAI
+) -> None:
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    with pytest.raises(KeyboardInterrupt), stream:
+        for _ in stream:
+            raise KeyboardInterrupt
+    a = attrs(llm_span(cap))
+    assert (a[sc.STATE], a[sc.LLM_INCOMPLETE]) == ("cancelled", True)
+
+
+def test_time_to_first_chunk_of_streams(cap: SpanCapture, client: OpenAI) -> None:
+    for _ in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):
+        pass
+    span = llm_span(cap)
+    first = attrs(span)[sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK]
+    assert span.end_time is not None and span.start_time is not None
+    assert isinstance(first, float) and 0 < first < (span.end_time - span.start_time) / 1e9
+    cap.clear()
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK not in attrs(llm_span(cap))  # not streamed
 
 
 def test_chat_stream_error_event_fails_span(
@@ -682,6 +922,132 @@ def test_parse_built_on_create_makes_one_span(
     assert [s.name for s in c.spans] == ["chat gpt-4o-mini", "chat gpt-4o-mini"]
 
 
+# -- raw responses (with_raw_response, with_streaming_response) ---------------------------
+
+
+def test_raw_response_parse_records_the_answer(cap: SpanCapture, client: OpenAI) -> None:
+    """LangChain's ChatOpenAI calls ``with_raw_response.create(**payload)`` then
+    ``.parse()``: the span waits for the parse and records the answer."""
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert raw.headers["x-request-id"].startswith("req_")
+    assert cap.find(kind=sc.KIND_LLM) == []  # open until parsed
+    answer = raw.parse()
+    assert answer.choices[0].message.content == CHAT_MESSAGE
+    span = llm_span(cap)
+    assert_chat(span)
+    assert attrs(span)[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete == {"message": CHAT_MESSAGE, "finish_reason": "stop"}
+    assert raw.parse() is answer  # parsed again: the same answer, no second record
+    llm_span(cap)
+    cap.clear()
+    response = client.responses.with_raw_response.create(model="gpt-4o-mini", input="story")
+    assert response.parse().output_text == RESPONSE_MESSAGE
+    assert_response(llm_span(cap))
+    cap.clear()
+    parsed = chat_helpers(client).with_raw_response.parse(model="gpt-4o-mini", messages=MESSAGES)
+    assert parsed.parse().choices[0].message.content == CHAT_MESSAGE
+    assert_chat(llm_span(cap))
+
+
+async def test_async_raw_response_parse_records_the_answer(
+    cap: SpanCapture, aclient: AsyncOpenAI
+) -> None:
+    raw = await aclient.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES
+    )
+    assert cap.find(kind=sc.KIND_LLM) == []
+    assert raw.parse().choices[0].message.content == CHAT_MESSAGE  # (parse() is not awaited)
+    assert_chat(llm_span(cap))
+
+
+def test_raw_response_of_a_stream_records_the_stream(cap: SpanCapture, client: OpenAI) -> None:
+    """``include_response_headers=True`` streams through ``with_raw_response``: the
+    stream ``parse()`` gives is recorded, even once the raw response is gone."""
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    stream = raw.parse()
+    assert isinstance(stream, openai.Stream)
+    del raw
+    gc.collect()
+    assert wait_reaped()
+    assert cap.find(kind=sc.KIND_LLM) == []  # the stream's, open until read
+    with stream:
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == CHAT_MESSAGE
+    span = llm_span(cap)
+    assert_chat(span)
+    [complete] = events(span, sc.LLM_COMPLETE)
+    assert complete["message"] == CHAT_MESSAGE
+    assert complete["streamed_tokens"] == len(CHAT_TOKENS)
+
+
+async def test_async_raw_response_of_a_stream_records_the_stream(
+    cap: SpanCapture, aclient: AsyncOpenAI
+) -> None:
+    raw = await aclient.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    stream = raw.parse()
+    assert isinstance(stream, openai.AsyncStream)
+    async with stream:
+        parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    assert "".join(parts) == CHAT_MESSAGE
+    span = llm_span(cap)
+    assert_chat(span, usage=False)
+    assert events(span, sc.LLM_COMPLETE)[0]["message"] == CHAT_MESSAGE
+
+
+def test_raw_response_never_parsed_ends_when_dropped(cap: SpanCapture, client: OpenAI) -> None:
+    """Only the headers read: the span ends when the raw response is garbage collected,
+    at the time the response arrived, with what the request told."""
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    arrived_ns = time.time_ns()
+    assert raw.status_code == 200
+    time.sleep(0.05)
+    assert cap.find(kind=sc.KIND_LLM) == []
+    del raw
+    gc.collect()
+    assert wait_reaped()
+    span = llm_span(cap)
+    assert attrs(span)[sc.STATE] == "completed"
+    assert attrs(span)[sc.GEN_AI_REQUEST_MODEL] == "gpt-4o-mini"
+    assert span.end_time is not None and span.end_time <= arrived_ns
+    assert events(span, sc.LLM_COMPLETE) == []
+
+
+def test_streaming_response_parsed_or_closed(cap: SpanCapture, client: OpenAI) -> None:
+    """``with_streaming_response``: recorded when parsed, ended when its block is left."""
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=MESSAGES
+    ) as raw:
+        answer = raw.parse()
+    assert answer.choices[0].message.content == CHAT_MESSAGE
+    assert_chat(llm_span(cap))
+    cap.clear()
+    with no_cyclic_gc():
+        with client.responses.with_streaming_response.create(
+            model="gpt-4o-mini", input="story"
+        ) as raw:
+            assert json.loads(raw.read())["output"][0]["type"] == "message"
+            assert cap.find(kind=sc.KIND_LLM) == []
+        span = llm_span(cap)  # left the block: closed, ended
+    assert attrs(span)[sc.STATE] == "completed"
+
+
+async def test_async_streaming_response_parsed(cap: SpanCapture, aclient: AsyncOpenAI) -> None:
+    async with aclient.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=MESSAGES
+    ) as raw:
+        answer = await raw.parse()
+    assert answer.choices[0].message.content == CHAT_MESSAGE
+    assert_chat(llm_span(cap))
+
+
 # -- errors -------------------------------------------------------------------------------
 
 
@@ -895,7 +1261,7 @@ def test_uninstrument_also_stops_the_wrappers_the_sdk_kept(fake: FakeOpenAI) -> 
             ):
                 other.chat.completions.with_raw_response.create(
                     model="gpt-4o-mini", messages=MESSAGES
-                )
+                ).parse()
             assert len(cap.spans) == 1
         finally:
             instrumentor.uninstrument()

@@ -5,6 +5,10 @@
 with :meth:`LLMCall.token` go to live subscribers as ``token`` events and are never
 written to the graph; the complete message is recorded once, as ``llm.complete`` — stream
 tokens, persist complete messages.
+
+Content: the message, streamed tokens' text, a tool's arguments and result are recorded
+unless OpenTelemetry's GenAI switch ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``
+is set to ``false`` (read once, at the first call; see :func:`capture_content_from_env`).
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import functools
 import inspect
 import logging
 import operator
+import os
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from types import CoroutineType
-from typing import Any, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
 from opentelemetry import trace
 
@@ -42,6 +47,31 @@ __all__ = ["LLMCall", "ToolCall", "llm", "tool"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+"""OpenTelemetry's GenAI content switch: ``false`` (or ``0``, ``no``, ``off``,
+``no_content``) leaves content out; unset or anything else keeps it."""
+
+
+def capture_content_from_env() -> bool:
+    """Whether :data:`CAPTURE_CONTENT_ENV` lets content be recorded (it does unless it is
+    set to false)."""
+    value = os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower()
+    return value not in ("false", "0", "no", "off", "no_content")
+
+
+_capture_content: bool | None = None
+"""Whether llm() and tool() record content: read from the environment at the first call
+that needs it (``None`` until then: set back to ``None``, it is read again)."""
+
+
+def _capturing() -> bool:
+    global _capture_content
+    capture = _capture_content
+    if capture is None:
+        capture = _capture_content = capture_content_from_env()
+    return capture
+
+
 _MAX_TOKENS = 2**63 - 1
 """The largest token count an OTLP attribute (a signed 64-bit int) holds."""
 
@@ -60,21 +90,27 @@ def _token_count(value: Any, argument: str) -> int:
 class LLMCall(Handle):
     """A running model call (what ``with llm(...) as call`` gives)."""
 
-    __slots__ = ("_completed", "_parts", "tokens")
+    __slots__ = ("_capture", "_completed", "_parts", "tokens")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._parts: list[str] = []
         self._completed = False
+        self._capture = _capturing()
         self.tokens = 0
 
     def token(self, text: str) -> None:
         """Stream one token (or chunk) to live subscribers; kept to build the message.
-        Anything else than a str is sent as its ``str``."""
+        Anything else than a str is sent as its ``str``. With content capture off, the
+        ``token`` event carries its ``index`` only."""
+        index = self.tokens
+        self.tokens += 1
+        if not self._capture:
+            emit_event(self.span, sc.TOKEN, {"index": index}, time.time_ns())
+            return
         text = safe_str(text)
         self._parts.append(text)
-        self.tokens += 1
-        emit_event(self.span, sc.TOKEN, {"text": text, "index": self.tokens - 1}, time.time_ns())
+        emit_event(self.span, sc.TOKEN, {"text": text, "index": index}, time.time_ns())
 
     def usage(self, *, input_tokens: int | None = None, output_tokens: int | None = None) -> None:
         """Record token usage (``gen_ai.usage.input_tokens`` / ``output_tokens``): whole
@@ -90,11 +126,14 @@ class LLMCall(Handle):
         self, message: str | None = None, *, finish_reason: str | None = None, **attributes: Any
     ) -> None:
         """Record the complete message once (``llm.complete``); without ``message``, the
-        streamed tokens joined. Called for you at the end when tokens were streamed."""
+        streamed tokens joined. Called for you at the end when tokens were streamed.
+        With content capture off, the event has no ``message``."""
         if self._completed:
             return
         self._completed = True
-        text = "".join(self._parts) if message is None else message
+        text: Any = None
+        if self._capture:
+            text = "".join(self._parts) if message is None else message
         _add_event(
             self.span,
             sc.LLM_COMPLETE,
@@ -110,7 +149,7 @@ class LLMCall(Handle):
             self.span.set_attribute(sc.GEN_AI_RESPONSE_FINISH_REASONS, (reason,))
 
     def _finish(self, exc: BaseException | None) -> None:
-        if self._parts and not self._completed:
+        if self.tokens and not self._completed:
             reason = None
             if not clean_exit(exc):  # a stream stopped by a cancellation is no error
                 reason = "cancelled" if is_cancellation(exc) else "error"
@@ -162,17 +201,26 @@ class ToolCall(Handle):
         self._responded = False
 
     def respond(self, result: Any, **attributes: Any) -> None:
-        """Record the tool's answer (``tool.response``)."""
+        """Record the tool's answer (``tool.response``); with content capture off, the
+        event has no ``result``."""
         self._responded = True
-        _add_event(self.span, sc.TOOL_RESPONSE, {"result": clean_value(result), **attributes})
+        recorded = {"result": clean_value(result)} if _capturing() else {}
+        _add_event(self.span, sc.TOOL_RESPONSE, {**recorded, **attributes})
 
 
 def _tool_options(
     name: str | None,
     attributes: Mapping[str, Any] | None,
     on_enter: Callable[[Any], None] | None = None,
+    known: Mapping[str, Any] | None = None,
 ) -> _Options:
-    attrs: dict[str, Any] = {sc.GEN_AI_OPERATION_NAME: "execute_tool", **(attributes or {})}
+    """``known``: what spangraph knows of the tool (its call id, type, description),
+    which the caller's ``attributes`` may override."""
+    attrs: dict[str, Any] = {
+        sc.GEN_AI_OPERATION_NAME: "execute_tool",
+        **(known or {}),
+        **(attributes or {}),
+    }
     if name is not None:
         attrs[sc.GEN_AI_TOOL_NAME] = name
     return _Options(
@@ -182,6 +230,22 @@ def _tool_options(
         handle_cls=ToolCall,
         on_enter=on_enter,
     )
+
+
+def _description(fn: Any) -> str | None:
+    """The first line of a tool's docstring: a function's or method's (a partial's
+    function's), a callable object's class's when its ``__call__`` is Python code;
+    ``None`` without one."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isfunction(fn) or inspect.ismethod(fn):
+        doc = inspect.getdoc(fn)
+    elif inspect.isfunction(inspect.getattr_static(type(fn), "__call__", None)):
+        doc = inspect.getdoc(type(fn))
+    else:  # a builtin (operator.itemgetter(0) …): its doc is about itself, not the tool
+        doc = None
+    first = (doc or "").strip().split("\n", 1)[0].strip()
+    return first or None
 
 
 def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -209,6 +273,9 @@ def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             )
 
     def record_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not _capturing():
+            _add_event(trace.get_current_span(), sc.TOOL_CALL, {"tool": name})
+            return
         if signature is None:  # no names to give: positions, and the keywords given
             bound = {**{str(i): v for i, v in enumerate(args)}, **kwargs}
         else:
@@ -228,7 +295,8 @@ def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
     def respond(result: Any) -> None:
         try:
-            _add_event(trace.get_current_span(), sc.TOOL_RESPONSE, {"result": clean_value(result)})
+            recorded = {"result": clean_value(result)} if _capturing() else {}
+            _add_event(trace.get_current_span(), sc.TOOL_RESPONSE, recorded)
         except Exception:
             _log.warning("spangraph: recording the result of tool %r failed", name, exc_info=True)
 
@@ -281,21 +349,26 @@ class _ToolScope(Scope[ToolCall]):
     """``tool("name")``: a block that records ``tool.call`` with ``arguments``, or a
     decorator that records the call's arguments and result."""
 
-    __slots__ = ("_tool_attrs", "_tool_name")
+    __slots__ = ("_tool_attrs", "_tool_known", "_tool_name")
 
     def __init__(
         self,
         name: str | None,
         arguments: Mapping[str, Any] | None,
         attributes: Mapping[str, Any] | None,
+        call_id: str | None = None,
     ) -> None:
         def called(handle: ToolCall) -> None:
-            args = {f"arguments.{k}": v for k, v in clean(arguments).items()}
+            args = {}
+            if _capturing():
+                args = {f"arguments.{k}": v for k, v in clean(arguments).items()}
             _add_event(handle.span, sc.TOOL_CALL, {"tool": name, **args})
 
-        super().__init__(_tool_options(name, attributes, called))
+        known = {} if call_id is None else {sc.GEN_AI_TOOL_CALL_ID: call_id}
+        super().__init__(_tool_options(name, attributes, called, known))
         self._tool_name = name
         self._tool_attrs = attributes
+        self._tool_known = known
 
     def __call__(self, fn: F) -> F:
         if isinstance(fn, staticmethod | classmethod):  # @tool above @staticmethod
@@ -310,7 +383,11 @@ class _ToolScope(Scope[ToolCall]):
         # the name a model calls it by: the function's own (a partial's function's, a
         # callable object's class's), without its enclosing class
         name = self._tool_name or _default_name(fn).rsplit(".", 1)[-1]
-        scope: Scope[ToolCall] = Scope(_tool_options(name, self._tool_attrs))
+        known = {**self._tool_known, sc.GEN_AI_TOOL_TYPE: "function"}
+        description = _description(fn)
+        if description is not None:
+            known[sc.GEN_AI_TOOL_DESCRIPTION] = description
+        scope: Scope[ToolCall] = Scope(_tool_options(name, self._tool_attrs, known=known))
         return scope(_record_io(name, fn))  # type: ignore[return-value]
 
 
@@ -323,6 +400,7 @@ def tool(
     *,
     arguments: Mapping[str, Any] | None = None,
     attributes: Mapping[str, Any] | None = None,
+    call_id: str | None = None,
 ) -> Scope[ToolCall]: ...
 def tool(
     name_or_fn: Any = None,
@@ -330,18 +408,23 @@ def tool(
     *,
     arguments: Mapping[str, Any] | None = None,
     attributes: Mapping[str, Any] | None = None,
+    call_id: str | None = None,
 ) -> Any:
     """A tool call (``execute_tool`` span). As a decorator (``@tool``, ``@tool("search")``)
-    it records the call's arguments (``tool.call``) and its result (``tool.response``);
-    as a block, ``with tool("search", arguments={...}) as call: … call.respond(result)``."""
+    it records the call's arguments (``tool.call``) and its result (``tool.response``),
+    the tool's type (``function``) and description (its docstring's first line); as a
+    block, ``with tool("search", arguments={...}, call_id="call_…") as call: …
+    call.respond(result)``, ``call_id`` the id of the model's tool call, if known."""
     _check_attributes(attributes, "tool(attributes=)")
+    if call_id is not None:
+        _check_name(call_id, "call_id")
     if isinstance(name_or_fn, staticmethod | classmethod) or (
         callable(name_or_fn) and not isinstance(name_or_fn, str)
     ):
         # (a staticmethod or classmethod, not callable itself, is taken too: __call__)
-        return _ToolScope(None, None, attributes)(name_or_fn)  # type: ignore[type-var]
+        return _ToolScope(None, None, attributes, call_id)(name_or_fn)  # type: ignore[type-var]
     if name_or_fn is not None:
         _check_name(name_or_fn, "tool name")
     if arguments is not None and not isinstance(arguments, Mapping):
         raise TypeError(f"arguments must be a mapping of names to values, got {arguments!r}")
-    return _ToolScope(name_or_fn, arguments, attributes)
+    return _ToolScope(name_or_fn, arguments, attributes, call_id)

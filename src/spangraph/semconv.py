@@ -64,6 +64,11 @@ DECISION_OPTION_SPAN_IDS: Final = "spangraph.decision.option_span_ids"
 """Span id of each option's span, in the order of ``spangraph.decision.options``; empty
 for options that were named but not explored."""
 
+LLM_INCOMPLETE: Final = "spangraph.llm.incomplete"
+"""``true`` on an instrumented model call whose streamed answer ended before the model's
+finish reason came: closed, left or dropped by its consumer (state ``completed``),
+cancelled (``cancelled``), or failed or cut off (``failed``)."""
+
 LINK_TYPE: Final = "spangraph.link.type"
 """On span links: one of :data:`LINK_TYPES`."""
 
@@ -236,6 +241,12 @@ GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
 """Name of the agent."""
 GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
 """Name of the tool."""
+GEN_AI_TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
+"""Id of the tool call the model asked for (``call_…``), when given."""
+GEN_AI_TOOL_TYPE: Final = "gen_ai.tool.type"
+"""Type of the tool: ``function`` for a decorated function."""
+GEN_AI_TOOL_DESCRIPTION: Final = "gen_ai.tool.description"
+"""What the tool does: the first line of a decorated function's docstring."""
 GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
 """Model provider (``openai``, ``anthropic`` …)."""
 GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
@@ -262,6 +273,11 @@ GEN_AI_REQUEST_CHOICE_COUNT: Final = "gen_ai.request.choice.count"
 """Answers (choices) asked for, when not 1."""
 GEN_AI_REQUEST_STOP_SEQUENCES: Final = "gen_ai.request.stop_sequences"
 """Texts at which the model is asked to stop."""
+GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
+"""``true`` when the answer was asked for as a stream; absent otherwise."""
+GEN_AI_OUTPUT_TYPE: Final = "gen_ai.output.type"
+"""Kind of output asked for, when the request names one: ``json`` (a JSON object, a JSON
+schema, a structured-output model) or ``text``."""
 SERVER_ADDRESS: Final = "server.address"
 """Host of the model server called (``api.openai.com``, a local server's)."""
 SERVER_PORT: Final = "server.port"
@@ -272,6 +288,23 @@ GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
 """Model that answered (often a dated version of the one asked for)."""
 GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 """Why the model stopped, one reason per choice (``stop``, ``length``, ``tool_calls`` …)."""
+GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
+"""Seconds from the request to the first chunk of a streamed answer."""
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
+"""Tokens of the prompt served from the provider's cache (OpenAI's ``cached_tokens``)."""
+GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: Final = "gen_ai.usage.reasoning.output_tokens"
+"""Tokens of the answer the model spent reasoning (OpenAI's ``reasoning_tokens``)."""
+
+# --- OpenAI conventions (OpenTelemetry) -----------------------------------------------
+
+OPENAI_API_TYPE: Final = "openai.api.type"
+"""OpenAI API called: ``chat_completions`` or ``responses``."""
+OPENAI_REQUEST_SERVICE_TIER: Final = "openai.request.service_tier"
+"""Service tier asked for (``default``, ``flex`` …), when given and not ``auto``."""
+OPENAI_RESPONSE_SERVICE_TIER: Final = "openai.response.service_tier"
+"""Service tier that served the answer."""
+OPENAI_RESPONSE_SYSTEM_FINGERPRINT: Final = "openai.response.system_fingerprint"
+"""Fingerprint of the backend configuration that answered (``fp_…``)."""
 
 # --- other instrumentations' span kinds (read by the mapping, never written) ----------
 

@@ -28,6 +28,9 @@ RESPONSES: Final = "responses"
 
 PROVIDER: Final = "openai"
 
+_API_TYPES: Final = {CHAT: "chat_completions", RESPONSES: "responses"}
+"""``openai.api.type`` of each API."""
+
 _REQUEST_PARAMS: Final = (
     ("temperature", sc.GEN_AI_REQUEST_TEMPERATURE, float),
     ("top_p", sc.GEN_AI_REQUEST_TOP_P, float),
@@ -50,6 +53,26 @@ def _stop_sequences(value: Any) -> tuple[str, ...] | None:
     return None
 
 
+_OUTPUT_TYPES: Final = {"json_object": "json", "json_schema": "json", "text": "text"}
+"""``gen_ai.output.type`` of each output format a request names."""
+
+
+def _output_type(kwargs: Mapping[str, Any]) -> str | None:
+    """``gen_ai.output.type`` of a request that names its output format: chat's
+    ``response_format``, the Responses API's ``text={"format": ...}``, or the model class
+    a ``parse()`` is given (structured output: ``json``)."""
+    if isinstance(kwargs.get("text_format"), type):  # responses.parse(text_format=Model)
+        return "json"
+    fmt = kwargs.get("response_format")
+    if not isinstance(fmt, Mapping | type):  # absent, None or the SDK's NOT_GIVEN
+        text = kwargs.get("text")
+        fmt = text.get("format") if isinstance(text, Mapping) else None
+    if isinstance(fmt, type):  # chat.completions.parse(response_format=Model)
+        return "json"
+    kind = fmt.get("type") if isinstance(fmt, Mapping) else None
+    return _OUTPUT_TYPES.get(kind) if isinstance(kind, str) else None
+
+
 def server_of(client: Any) -> tuple[str | None, int | None]:
     """(host, port) of the server an OpenAI client calls (its ``base_url``); the port
     also when the URL leaves it to its scheme. ``(None, None)`` when not found."""
@@ -66,6 +89,10 @@ def server_of(client: Any) -> tuple[str | None, int | None]:
 _INCOMPLETE_REASONS: Final = {"max_output_tokens": "length", "content_filter": "content_filter"}
 """A Responses-API ``incomplete_details.reason`` as a chat-style finish reason."""
 
+
+INCOMPLETE_STREAM: Final = "incomplete_stream"
+"""``error.type`` of a stream read to its end without the model's finish reason: the
+server (or a proxy) ended the answer before the model finished it."""
 
 _INT64: Final = (-(2**63), 2**63 - 1)
 """OTLP carries integer attributes as int64: a larger one would fail the export of the
@@ -96,19 +123,27 @@ class Call:
     __slots__ = (
         "_capture",
         "_error",
+        "_first_chunk_s",
         "_generation",
         "_last_ns",
         "_once",
         "_reasons",
+        "_started",
         "_texts",
         "_tokens",
         "_tool_calls",
         "api",
+        "cache_read_tokens",
         "input_tokens",
         "output_tokens",
+        "reasoning_tokens",
         "response_id",
         "response_model",
+        "service_tier",
         "span",
+        "stream",
+        "stream_opened",
+        "system_fingerprint",
     )
 
     def __init__(
@@ -140,6 +175,16 @@ class Call:
         stop = _stop_sequences(kwargs.get("stop"))
         if stop is not None:
             attrs[sc.GEN_AI_REQUEST_STOP_SEQUENCES] = stop
+        self.stream = kwargs.get("stream") is True
+        if self.stream:  # (unset: not streamed, as the conventions read it)
+            attrs[sc.GEN_AI_REQUEST_STREAM] = True
+        output = _output_type(kwargs)
+        if output is not None:
+            attrs[sc.GEN_AI_OUTPUT_TYPE] = output
+        tier = kwargs.get("service_tier")
+        if isinstance(tier, str) and tier and tier != "auto":
+            attrs[sc.OPENAI_REQUEST_SERVICE_TIER] = tier
+        attrs[sc.OPENAI_API_TYPE] = _API_TYPES.get(api, api)
         host, port = server
         if host is not None:
             attrs[sc.SERVER_ADDRESS] = host
@@ -168,10 +213,17 @@ class Call:
         self._tokens = 0
         self._error: tuple[str, str] | None = None
         self._last_ns = time.time_ns()
+        self._started = time.monotonic_ns()
+        self._first_chunk_s: float | None = None
+        self.stream_opened = False  # a stream's answer arrived (its wrapper was made)
         self.response_id: str | None = None
         self.response_model: str | None = None
+        self.service_tier: str | None = None
+        self.system_fingerprint: str | None = None
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        self.cache_read_tokens: int | None = None
+        self.reasoning_tokens: int | None = None
 
     @property
     def ended(self) -> bool:
@@ -210,10 +262,25 @@ class Call:
         if self.response_id is None:
             self.response_id = getattr(result, "id", None) or None
             self.response_model = getattr(result, "model", None) or None
+        if self.system_fingerprint is None:
+            self.system_fingerprint = _text(getattr(result, "system_fingerprint", None))
+        if self.service_tier is None:
+            self.service_tier = _text(getattr(result, "service_tier", None))
         usage = getattr(result, "usage", None)
         if usage is not None:
             self.input_tokens = getattr(usage, "prompt_tokens", None)
             self.output_tokens = getattr(usage, "completion_tokens", None)
+            self._usage_details(usage, "prompt_tokens_details", "completion_tokens_details")
+
+    def _usage_details(self, usage: Any, input_details: str, output_details: str) -> None:
+        """The prompt's tokens served from the cache and the answer's spent reasoning,
+        when the usage tells them (chat: ``prompt_tokens_details`` /
+        ``completion_tokens_details``; Responses: ``input_tokens_details`` /
+        ``output_tokens_details``)."""
+        cached = getattr(getattr(usage, input_details, None), "cached_tokens", None)
+        reasoning = getattr(getattr(usage, output_details, None), "reasoning_tokens", None)
+        self.cache_read_tokens = _number(cached, int)
+        self.reasoning_tokens = _number(reasoning, int)
 
     def _tool_call(self, function: Any) -> None:
         name = getattr(function, "name", None)
@@ -224,10 +291,12 @@ class Call:
         """A Responses-API ``Response`` (complete, or carried by a stream event)."""
         self.response_id = getattr(response, "id", None) or self.response_id
         self.response_model = getattr(response, "model", None) or self.response_model
+        self.service_tier = _text(getattr(response, "service_tier", None)) or self.service_tier
         usage = getattr(response, "usage", None)
         if usage is not None:
             self.input_tokens = getattr(usage, "input_tokens", None)
             self.output_tokens = getattr(usage, "output_tokens", None)
+            self._usage_details(usage, "input_tokens_details", "output_tokens_details")
         status = getattr(response, "status", None)
         output = getattr(response, "output", None) or ()
         names = [getattr(item, "name", None) for item in output if _type(item) == "function_call"]
@@ -251,6 +320,8 @@ class Call:
     def on_chunk(self, chunk: Any) -> None:
         """One streamed ``ChatCompletionChunk`` or Responses-API stream event."""
         self._last_ns = now = time.time_ns()
+        if self._first_chunk_s is None:
+            self._first_chunk_s = (time.monotonic_ns() - self._started) / 1e9
         if self.api == CHAT:
             # chunks are not validated by the SDK: an OpenAI-compatible server may send
             # null (or no) choices, deltas or indexes
@@ -317,11 +388,30 @@ class Call:
 
     def _end(self, exc: BaseException | None, exhausted: bool, end_ns: int | None) -> None:
         span = self.span
+        cancelled = is_cancellation(exc) or isinstance(exc, GeneratorExit)
+        incomplete = self.stream_opened and not self._reasons
+        if incomplete:
+            # the answer ended before the model's finish reason: say so, and why
+            if exc is None and self._error is None and exhausted:
+                self._error = (
+                    INCOMPLETE_STREAM,
+                    "the stream ended before the model finished its answer",
+                )
+            if cancelled:
+                self._reasons[0] = "cancelled"
+            elif exc is not None or self._error is not None:
+                self._reasons[0] = "error"
         attrs: dict[str, Any] = {
+            sc.LLM_INCOMPLETE: True if incomplete else None,
+            sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: self._first_chunk_s,
             sc.GEN_AI_RESPONSE_ID: self.response_id,
             sc.GEN_AI_RESPONSE_MODEL: self.response_model,
             sc.GEN_AI_USAGE_INPUT_TOKENS: self.input_tokens,
             sc.GEN_AI_USAGE_OUTPUT_TOKENS: self.output_tokens,
+            sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: self.cache_read_tokens,
+            sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: self.reasoning_tokens,
+            sc.OPENAI_RESPONSE_SERVICE_TIER: self.service_tier,
+            sc.OPENAI_RESPONSE_SYSTEM_FINGERPRINT: self.system_fingerprint,
         }
         if self._reasons:
             attrs[sc.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(
@@ -332,7 +422,7 @@ class Call:
             self._complete(end_ns)
         if exc is None and self._error is None:
             span.set_attribute(sc.STATE, sc.STATE_COMPLETED)
-        elif is_cancellation(exc) or isinstance(exc, GeneratorExit):
+        elif cancelled:
             span.set_attribute(sc.STATE, sc.STATE_CANCELLED)
         else:
             span.set_attribute(sc.STATE, sc.STATE_FAILED)
@@ -368,3 +458,8 @@ class Call:
 
 def _type(item: Any) -> Any:
     return getattr(item, "type", None)
+
+
+def _text(value: Any) -> str | None:
+    """``value`` if it is a non-empty str (an answer's optional field), else ``None``."""
+    return value if isinstance(value, str) and value else None

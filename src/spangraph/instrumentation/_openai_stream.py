@@ -1,5 +1,7 @@
 """Stream wrappers: an OpenAI ``Stream`` / ``AsyncStream`` that records each chunk and
-ends its call's span when the stream is exhausted, fails, is closed, or is dropped.
+ends its call's span when the stream is exhausted, fails, is closed, or is dropped; and
+raw responses (``with_raw_response``, ``with_streaming_response``), whose span ends when
+they are parsed (the answer recorded, or its stream wrapped), closed, or dropped.
 
 A stream that is broken out of and never closed is the leak other tracers have: its span
 never ends. Here each wrapper carries a ``weakref.finalize``; when the wrapper is garbage
@@ -16,10 +18,12 @@ import os
 import queue
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import wrapt
 
+from .._aio import is_cancellation
 from ._openai_call import Call
 
 _log = logging.getLogger("spangraph")
@@ -116,6 +120,7 @@ class _TracedChunks(wrapt.ObjectProxy):
         super().__init__(wrapped)
         self._self_call = call
         call.touch()  # the answer's headers are in
+        call.stream_opened = True
         _ensure_reaper()
         self._self_finalizer = weakref.finalize(self, _on_collect, call)
         self._self_finalizer.atexit = False
@@ -149,16 +154,21 @@ class TracedStream(_TracedChunks):
         return chunk
 
     def close(self) -> None:
+        self._self_close(None)
+
+    def _self_close(self, exc: BaseException | None) -> None:
+        """Close the stream; a block left by a cancellation (``KeyboardInterrupt``) ends
+        the span ``cancelled``, anything else as a stream closed early."""
         try:
             self.__wrapped__.close()
         finally:
-            self._self_call.finish(None)
+            self._self_call.finish(exc if is_cancellation(exc) else None)
 
     def __enter__(self) -> TracedStream:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.close()
+        self._self_close(exc)
 
 
 class TracedAsyncStream(_TracedChunks):
@@ -184,10 +194,15 @@ class TracedAsyncStream(_TracedChunks):
         return chunk
 
     async def close(self) -> None:
+        await self._self_close(None)
+
+    async def _self_close(self, exc: BaseException | None) -> None:
+        """Close the stream; a block left by a cancellation ends the span ``cancelled``,
+        anything else as a stream closed early."""
         try:
             await self.__wrapped__.close()
         finally:
-            self._self_call.finish(None)
+            self._self_call.finish(exc if is_cancellation(exc) else None)
 
     async def aclose(self) -> None:
         await self.close()
@@ -196,4 +211,78 @@ class TracedAsyncStream(_TracedChunks):
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        await self.close()
+        await self._self_close(exc)
+
+
+class TracedRawResponse(wrapt.ObjectProxy):
+    """A raw response (``client.….with_raw_response.create(...)``, the SDK's
+    ``LegacyAPIResponse``) whose ``parse()`` records the answer and ends the call's span;
+    everything else passes through. ``on_parsed`` takes what ``parse()`` gave and returns
+    what the caller gets: a stream wrapped to go on recording, or the answer itself.
+
+    A raw response that is never parsed (only its headers read, say) ends its span when
+    it is garbage collected, at the time the response arrived, as an abandoned stream
+    does."""
+
+    def __init__(self, wrapped: Any, call: Call, on_parsed: Callable[[Any], Any]) -> None:
+        super().__init__(wrapped)
+        self._self_call = call
+        self._self_on_parsed = on_parsed
+        self._self_last: tuple[Any, Any] | None = None  # (parsed, what the caller got)
+        call.touch()  # the response is in
+        _ensure_reaper()
+        self._self_finalizer = weakref.finalize(self, _on_collect, call)
+        self._self_finalizer.atexit = False
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            parsed = self.__wrapped__.parse(*args, **kwargs)
+        except BaseException as exc:
+            self._self_call.finish(exc)
+            raise
+        return self._self_record(parsed)
+
+    def _self_record(self, parsed: Any) -> Any:
+        last = self._self_last
+        if last is not None and last[0] is parsed:  # parsed again: the SDK's cached answer
+            return last[1]
+        result = parsed
+        try:
+            result = self._self_on_parsed(parsed)
+        except Exception:  # never break the caller
+            _log.exception("spangraph: recording a parsed OpenAI response failed")
+            self._self_call.finish(None)
+        if not self._self_call.ended:  # a stream: its wrapper ends the span from now on
+            self._self_finalizer.detach()
+        self._self_last = (parsed, result)
+        return result
+
+
+class TracedAPIResponse(TracedRawResponse):
+    """A raw response of ``with_streaming_response`` (the SDK's ``APIResponse``): also
+    ends the span when closed, as leaving its ``with`` block does."""
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_call.finish(None)
+
+
+class TracedAsyncAPIResponse(TracedRawResponse):
+    """An ``AsyncAPIResponse`` (``with_streaming_response`` of an ``AsyncOpenAI``): its
+    ``parse()`` and ``close()`` are awaited."""
+
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            parsed = await self.__wrapped__.parse(*args, **kwargs)
+        except BaseException as exc:
+            self._self_call.finish(exc)
+            raise
+        return self._self_record(parsed)
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._self_call.finish(None)

@@ -11,7 +11,11 @@ Covers ``client.chat.completions.create`` / ``.parse`` and ``client.responses.cr
 openai``, the request and response model, the response id, token usage and finish
 reasons. Streamed text deltas go to live subscribers as ``token`` events and are never written to the graph;
 the complete message is recorded once, as ``llm.complete``. A stream's span ends when it
-is exhausted, fails, is closed, or is garbage-collected after being abandoned.
+is exhausted, fails, is closed, or is garbage-collected after being abandoned; one that
+ends before the model's finish reason carries ``spangraph.llm.incomplete`` (and, read
+to its end so, fails as ``incomplete_stream``: the answer was cut). A raw
+response (``with_raw_response``, ``with_streaming_response``) is recorded when it is
+parsed: the answer, or the stream ``parse()`` gives.
 
 Content: prompts are never recorded. The answer's text is recorded once, in the
 ``llm.complete`` event's ``message`` (cut to spangraph's attribute limit), with the
@@ -28,7 +32,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from collections.abc import Callable, Collection
 from contextvars import ContextVar
 from typing import Any, Final
@@ -41,8 +44,17 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Tracer
 
 from .._version import __version__
+from ..genai import CAPTURE_CONTENT_ENV as CAPTURE_CONTENT_ENV  # the switch llm() reads too
+from ..genai import capture_content_from_env
 from ._openai_call import CHAT, RESPONSES, Call, server_of
-from ._openai_stream import TracedAsyncStream, TracedStream, wait_reaped
+from ._openai_stream import (
+    TracedAPIResponse,
+    TracedAsyncAPIResponse,
+    TracedAsyncStream,
+    TracedRawResponse,
+    TracedStream,
+    wait_reaped,
+)
 from ._wrapping import unwrap_ours
 
 __all__ = ["OpenAIInstrumentor", "wait_reaped"]
@@ -74,16 +86,6 @@ _in_call: ContextVar[bool] = ContextVar("spangraph_openai_call", default=False)
 ``parse`` calls ``create``) makes one span, not two."""
 
 
-CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-"""OpenTelemetry's GenAI content switch: ``false`` (or ``0``, ``no``, ``off``,
-``no_content``) leaves the answer's text out; unset or anything else keeps it."""
-
-
-def capture_content_from_env() -> bool:
-    value = os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower()
-    return value not in ("false", "0", "no", "off", "no_content")
-
-
 def _start(
     tracer: Tracer | None, api: str, instance: Any, kwargs: dict[str, Any], capture: bool
 ) -> Call | None:
@@ -100,7 +102,7 @@ def _start(
 class _Types:
     """The SDK's classes that answers are told apart by (resolved at ``instrument``)."""
 
-    __slots__ = ("answers", "async_stream", "stream")
+    __slots__ = ("answers", "async_raw", "async_stream", "legacy_raw", "raw", "stream")
 
     def __init__(self, openai: Any) -> None:
         from openai.types.chat import ChatCompletion
@@ -115,13 +117,26 @@ class _Types:
         self.answers = tuple(answers)
         self.stream = openai.Stream
         self.async_stream = openai.AsyncStream
+        # raw responses: with_raw_response's (LegacyAPIResponse) and with_streaming_response's
+        self.legacy_raw = _class_of("openai._legacy_response", "LegacyAPIResponse")
+        self.raw = _class_of("openai._response", "APIResponse")
+        self.async_raw = _class_of("openai._response", "AsyncAPIResponse")
+
+
+def _class_of(module: str, name: str) -> tuple[type, ...]:
+    """``module.name`` as a tuple for ``isinstance``; empty in an SDK without it."""
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):  # pragma: no cover - an SDK that moved it
+        return ()
+    return (cls,) if isinstance(cls, type) else ()
 
 
 def _result(call: Call, result: Any, types: _Types) -> Any:
     """Wrap a stream (its span ends later); record a complete answer and end now.
 
     A raw response (``with_raw_response``, ``with_streaming_response``) has nothing
-    parsed yet: its span covers the request only."""
+    parsed yet: it is wrapped so that what its ``parse()`` gives goes through here too."""
     answered = False
     try:
         if isinstance(result, types.stream):
@@ -130,6 +145,9 @@ def _result(call: Call, result: Any, types: _Types) -> Any:
         elif isinstance(result, types.async_stream):
             if call.span.is_recording():
                 return TracedAsyncStream(result, call)
+        elif isinstance(result, types.legacy_raw + types.raw + types.async_raw):
+            if call.span.is_recording():
+                return _traced_raw(call, result, types)
         elif isinstance(result, types.answers):
             call.record(result)
             answered = True
@@ -137,6 +155,17 @@ def _result(call: Call, result: Any, types: _Types) -> Any:
         _log.exception("spangraph: recording an OpenAI answer failed")
     call.finish(None, exhausted=answered)
     return result
+
+
+def _traced_raw(call: Call, raw: Any, types: _Types) -> Any:
+    def on_parsed(parsed: Any) -> Any:
+        return _result(call, parsed, types)
+
+    if isinstance(raw, types.async_raw):
+        return TracedAsyncAPIResponse(raw, call, on_parsed)
+    if isinstance(raw, types.raw):
+        return TracedAPIResponse(raw, call, on_parsed)
+    return TracedRawResponse(raw, call, on_parsed)
 
 
 class _Switch:
