@@ -518,6 +518,7 @@ def test_cli_diff_says_which_run_does_not_exist(
     out, err = capsys.readouterr()
     assert err.strip() == (
         "run 'no-such-run' does not exist: no spans have that id, nothing to compare"
+        " (runs are named by their workflow ids: `spangraph query workflows` lists the latest)"
     )
     assert "only in" not in out
     assert cli.main(["query", "diff", "nope-1", "nope-2", "--json"]) == 1
@@ -527,6 +528,50 @@ def test_cli_diff_says_which_run_does_not_exist(
     assert "branches 'left' and 'right' do not exist" in err
     # names given where ids are wanted (the demo names its branches): say what to give
     assert "`spangraph query branches WORKFLOW_ID` lists a run's" in err
+
+
+def test_cli_diff_says_where_it_diverged_and_which_attempt_ended_differently(
+    sg: spangraph.Spangraph,
+    graph_url: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ "first divergence at step 2" counted from 0 with the root included, and a retried
+    step that ended differently the third time read as its first attempt: the place is a
+    node of the tree counted from its root, and the attempt is said."""
+    if not sg.settings.graph_url.startswith("falkordb://"):
+        pytest.skip("the command line reads the graph named by SPANGRAPH_GRAPH_URL")
+    monkeypatch.setenv("SPANGRAPH_GRAPH_URL", graph_url)
+    monkeypatch.setenv("SPANGRAPH_HOME", str(tmp_path))
+    runs = []
+    for second in ("search", "fetch"):
+        with spangraph.workflow("agent") as run:
+            with spangraph.step("plan"):
+                pass
+            with spangraph.step(second):
+                pass
+        runs.append(run.workflow_id or "")
+    spangraph.flush()
+    assert cli.main(["query", "diff", *runs]) == 0
+    out = capsys.readouterr().out
+    assert "first divergence at node 3 of the tree, in order from its root: different step" in out
+    runs = []
+    for fails in (2, 3):
+        calls = iter(range(3))
+
+        @spangraph.step("fetch", retries=2, backoff=0)
+        def fetch(fails: int = fails, calls: Any = calls) -> None:
+            if next(calls) < fails:
+                raise ConnectionError("down")
+
+        with contextlib.suppress(ConnectionError), spangraph.workflow("agent") as run:
+            fetch()
+        runs.append(run.workflow_id or "")
+    spangraph.flush()
+    assert cli.main(["query", "diff", *runs]) == 0
+    out = capsys.readouterr().out
+    assert "ended differently: fetch (3rd time): completed vs failed" in out
 
 
 def test_siblings_that_started_together_are_ordered_by_name() -> None:

@@ -273,14 +273,29 @@ def _print_diff(result: dict[str, Any]) -> None:
         field = "chosen" if first["reason"] == "different choice" else "path"
         shown = [repr(x[field]) if x.get(field) is not None else "-" for x in (a, b)]
         detail = ("chose " if field == "chosen" else "") + " vs ".join(shown)
-        print(printable(f"first divergence at step {first['index']}: {first['reason']} ({detail})"))
+        # (index: the place in a walk of the tree from its root, which is 0)
+        at = f"node {first['index'] + 1} of the tree, in order from its root"
+        print(printable(f"first divergence at {at}: {first['reason']} ({detail})"))
     print(printable(f"only in {result['a']}: {', '.join(result['only_in_a']) or '-'}"))
     print(printable(f"only in {result['b']}: {', '.join(result['only_in_b']) or '-'}"))
     for changed in result["states"]:
-        print(printable(f"ended differently: {changed['path']}: {changed['a']} vs {changed['b']}"))
+        which = changed["path"] + _nth(changed.get("occurrence"))
+        print(printable(f"ended differently: {which}: {changed['a']} vs {changed['b']}"))
     if result["durations"]:
         print()
         _print_rows(result["durations"], False)
+
+
+def _nth(occurrence: Any) -> str:
+    """`` (3rd time)`` for a path met again (a retried step), nothing the first time."""
+    if type(occurrence) is not int or occurrence < 2:
+        return ""
+    suffix = (
+        "th"
+        if 10 <= occurrence % 100 <= 20
+        else {1: "st", 2: "nd", 3: "rd"}.get(occurrence % 10, "th")
+    )
+    return f" ({occurrence}{suffix} time)"
 
 
 _BRANCH_IDS = (
