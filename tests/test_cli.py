@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -648,6 +649,35 @@ def test_demo_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) 
         cli(home, "down")
     assert b"live events" in b"".join(lines)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_query_workflows_says_why_a_run_failed(
+    sg: spangraph.Spangraph,
+    graph_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The list of runs said `failed` and not why (the message was in --json only)."""
+    if not sg.settings.graph_url.startswith("falkordb://"):
+        pytest.skip("the command line reads the graph named by SPANGRAPH_GRAPH_URL")
+    monkeypatch.setenv("SPANGRAPH_GRAPH_URL", graph_url)
+    monkeypatch.setenv("SPANGRAPH_HOME", str(tmp_path))
+    name = f"why-{uuid.uuid4().hex[:8]}"
+    with contextlib.suppress(LookupError), spangraph.workflow(name):
+        raise LookupError("no such user: 42")
+    with spangraph.workflow(name):
+        pass
+    assert spangraph.flush(10)
+    assert cli_main(["query", "workflows", "--name", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        *("workflow_id", "name", "state", "duration_ms", "started", "age", "error", "jaeger_url")
+    ]
+    failed = next(line for line in lines if " failed " in line)
+    assert "LookupError: no such user: 42" in failed
+    assert cli_main(["query", "workflows", "--name", name, "--state", "completed"]) == 0
+    assert "error" not in capsys.readouterr().out.splitlines()[0]  # no failed run: no column
 
 
 def test_query_workflows_refuses_an_unknown_state(tmp_path: Path) -> None:

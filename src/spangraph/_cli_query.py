@@ -100,10 +100,13 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         if not args.json:  # when it started as a time and an age, as `abandoned` shows
             keep = ("workflow_id", "name", "state", "duration_ms")
             now = time.time_ns()
+            # why a run failed (its top span's status message), when one did
+            failed = any(r.get("state") == sc.STATE_FAILED for r in rows)
             rows = [
                 {
                     **{k: r.get(k) for k in keep},
                     **_started(r.get("start_ns"), now),
+                    **({"error": _error_of(r)} if failed else {}),
                     "jaeger_url": r.get("jaeger_url"),
                 }
                 for r in rows
@@ -262,6 +265,14 @@ def _started(start_ns: Any, now_ns: int) -> dict[str, str | None]:
     parts = [(days, "d"), (hours, "h"), (rest // 60, "m")]
     age = " ".join([f"{n}{unit}" for n, unit in parts if n][:2]) or f"{rest}s"
     return {"started": iso_time(start_ns)[:19] + "Z", "age": age}
+
+
+def _error_of(run: dict[str, Any]) -> str | None:
+    """A failed run's status message (``Type: message``), else ``None``."""
+    if run.get("state") != sc.STATE_FAILED:
+        return None
+    message = run.get("status_message")
+    return message if isinstance(message, str) and message else None
 
 
 def _print_diff(result: dict[str, Any]) -> None:
