@@ -780,6 +780,23 @@ def test_print_tree_names_the_run_of_a_workflow_started_inside() -> None:
     assert [line.endswith("(run w2)") for line in lines] == [False, False, True]
 
 
+def test_print_tree_says_the_tokens_of_a_model_call() -> None:
+    from spangraph._tree_text import print_tree
+    from spangraph.queries import TreeNode
+
+    usage = {"gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 34}
+    root = TreeNode({"kind": "workflow", "name": "top", "state": "completed", "workflow_id": "w"})
+    for name, attributes in [("chat big", usage), ("chat quiet", {}), ("step-like", usage)]:
+        kind = "step" if name == "step-like" else "llm"
+        root.children.append(
+            TreeNode({"kind": kind, "name": name, "state": "completed", "attributes": attributes})
+        )
+    lines: list[str] = []
+    print_tree([root], lines.append)
+    assert lines[1].endswith("  1,200 in / 34 out tokens")
+    assert "tokens" not in lines[2] and "tokens" not in lines[3]  # no usage; no model call
+
+
 def test_print_tree_shows_control_characters_as_escapes() -> None:
     from spangraph._tree_text import print_tree
     from spangraph.queries import TreeNode

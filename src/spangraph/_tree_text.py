@@ -15,7 +15,8 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
     """One line per span, indented by depth: kind, name, state, duration (the name
     column narrows as the indent grows, down to one character: below 20 levels the
     columns no longer line up), then the attempt of a step that may be retried
-    (``attempt 2/4``) and the run of a workflow started inside (``(run <workflow_id>)``)."""
+    (``attempt 2/4``), the tokens a model call reported (``1,200 in / 34 out tokens``)
+    and the run of a workflow started inside (``(run <workflow_id>)``)."""
     for root in roots:
         run = root.span.get("workflow_id")
         for depth, node in root.walk():
@@ -23,7 +24,7 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
             width = max(1, 40 - 2 * depth)
             kind = printable(str(span.get("kind", "?")))
             state = printable(str(span.get("state", "?")))
-            notes = [_attempt(span)]
+            notes = [_attempt(span), _tokens(span)]
             own = span.get("workflow_id")  # a workflow started inside: a run of its own
             if depth and own and own != run:
                 notes.append(f"(run {printable(str(own))})")
@@ -53,3 +54,20 @@ def _attempt(span: dict[str, Any]) -> str | None:
     if type(most) is int and most > 1:
         return f"attempt {attempt}/{most}"
     return f"attempt {attempt}" if attempt > 1 else None
+
+
+def _tokens(span: dict[str, Any]) -> str | None:
+    """``1,200 in / 34 out tokens`` for a model call that reported its usage."""
+    attributes = span.get("attributes")
+    if span.get("kind") != sc.KIND_LLM or not isinstance(attributes, dict):
+        return None
+    counts = [
+        attributes.get(sc.GEN_AI_USAGE_INPUT_TOKENS),
+        attributes.get(sc.GEN_AI_USAGE_OUTPUT_TOKENS),
+    ]
+    if not any(type(c) is int for c in counts):
+        return None
+    said = [
+        f"{c:,} {side}" for c, side in zip(counts, ("in", "out"), strict=True) if type(c) is int
+    ]
+    return " / ".join(said) + " tokens"
