@@ -786,7 +786,9 @@ def test_print_tree_says_the_tokens_of_a_model_call() -> None:
 
     usage = {"gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 34}
     root = TreeNode({"kind": "workflow", "name": "top", "state": "completed", "workflow_id": "w"})
-    for name, attributes in [("chat big", usage), ("chat quiet", {}), ("step-like", usage)]:
+    other = {"llm.token_count.prompt": 10, "llm.token_count.completion": 5}  # OpenInference's
+    calls = [("chat big", usage), ("chat quiet", {}), ("step-like", usage), ("ChatOpenAI", other)]
+    for name, attributes in calls:
         kind = "step" if name == "step-like" else "llm"
         root.children.append(
             TreeNode({"kind": kind, "name": name, "state": "completed", "attributes": attributes})
@@ -795,6 +797,7 @@ def test_print_tree_says_the_tokens_of_a_model_call() -> None:
     print_tree([root], lines.append)
     assert lines[1].endswith("  1,200 in / 34 out tokens")
     assert "tokens" not in lines[2] and "tokens" not in lines[3]  # no usage; no model call
+    assert lines[4].endswith("  10 in / 5 out tokens")
 
 
 def test_print_tree_shows_control_characters_as_escapes() -> None:

@@ -1936,12 +1936,23 @@ def test_the_header_totals_the_run_s_model_calls_and_tokens(
                 call.usage(input_tokens=300, output_tokens=66)
             with spangraph.llm("silent-model", provider="openai"):
                 pass  # a stream that reported no usage
+            # another instrumentation's model call (OpenInference's names)
+            provider = spangraph._sdk.current().tracer_provider
+            with provider.get_tracer("openinference").start_as_current_span(
+                "ChatOpenAI",
+                attributes={
+                    "openinference.span.kind": "LLM",
+                    "llm.token_count.prompt": 100,
+                    "llm.token_count.completion": 50,
+                },
+            ):
+                pass
         with spangraph.workflow("no-model-run") as plain, spangraph.step("only"):
             pass
     with serving(graph_url, embedded_server, tmp_path) as base:
         open_run(page, base, run.workflow_id or "")
         expect(page.locator("#run-meta")).to_contain_text(
-            "3 model calls, 1,600 tokens (1,500 in, 100 out; 1 without usage)"
+            "4 model calls, 1,750 tokens (1,600 in, 150 out; 1 without usage)"
         )
         # and each branch, the tokens of its own calls
         expect(page.locator('#branches li.branch[data-name="draft"] .counts')).to_have_text(

@@ -61,13 +61,24 @@ def _tokens(span: dict[str, Any]) -> str | None:
     attributes = span.get("attributes")
     if span.get("kind") != sc.KIND_LLM or not isinstance(attributes, dict):
         return None
-    counts = [
-        attributes.get(sc.GEN_AI_USAGE_INPUT_TOKENS),
-        attributes.get(sc.GEN_AI_USAGE_OUTPUT_TOKENS),
-    ]
+    counts = [_count(attributes, keys) for keys in (_INPUT_KEYS, _OUTPUT_KEYS)]
     if not any(type(c) is int for c in counts):
         return None
     said = [
         f"{c:,} {side}" for c, side in zip(counts, ("in", "out"), strict=True) if type(c) is int
     ]
     return " / ".join(said) + " tokens"
+
+
+_INPUT_KEYS = (sc.GEN_AI_USAGE_INPUT_TOKENS, sc.OPENINFERENCE_TOKEN_COUNT_PROMPT)
+_OUTPUT_KEYS = (sc.GEN_AI_USAGE_OUTPUT_TOKENS, sc.OPENINFERENCE_TOKEN_COUNT_COMPLETION)
+"""Where a model call's token counts are: OpenTelemetry's, else OpenInference's (spans
+other instrumentations sent)."""
+
+
+def _count(attributes: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    for key in keys:
+        value = attributes.get(key)
+        if type(value) is int:
+            return value
+    return None

@@ -317,6 +317,12 @@ spangraph kind of a span that has no ``spangraph.kind``."""
 LLM_REQUEST_TYPE: Final = "llm.request.type"
 """OpenLLMetry's request type on model calls (``chat``, ``completion``, ``embedding`` …):
 makes the span an ``llm`` span."""
+OPENINFERENCE_TOKEN_COUNT_PROMPT: Final = "llm.token_count.prompt"
+"""OpenInference's prompt tokens of a model call: counted as its input tokens where
+``gen_ai.usage.input_tokens`` is not set (run and branch totals)."""
+OPENINFERENCE_TOKEN_COUNT_COMPLETION: Final = "llm.token_count.completion"
+"""OpenInference's answer tokens of a model call: counted as its output tokens where
+``gen_ai.usage.output_tokens`` is not set."""
 
 # --- resource attributes read by spangraph ---------------------------------------------
 

@@ -7,7 +7,7 @@
 import { api, askToken, config, currentToken, jaegerHref, parseJson } from "./api.js";
 import {
   $, TERMINAL, bdi, betterState, classPart, displayName, durationText, fmtDuration, fmtTime, h,
-  stateBadge,
+  stateBadge, usageOf,
 } from "./util.js";
 import { renderDetail as renderDetailView, renderInsights as renderInsightsView } from "./views.js";
 
@@ -1215,7 +1215,8 @@ function renderHeader(run) {
 
 /** The run's spans (its nodes, less the options never explored: no span, a node of the
  * graph only), its model calls and the tokens they report (OpenTelemetry's
- * `gen_ai.usage.*`, on LLM spans only: an agent's span may repeat its calls' totals).
+ * `gen_ai.usage.*` or OpenInference's `llm.token_count.*`, on LLM spans only: an agent's
+ * span may repeat its calls' totals).
  * Counted again at each header render, which is once a frame at most. */
 function runTotals(run) {
   const totals = { spans: 0, calls: 0, input: 0, output: 0, counted: 0 };
@@ -1224,11 +1225,10 @@ function runTotals(run) {
     totals.spans += 1;
     if (n.kind !== "llm") continue;
     totals.calls += 1;
-    const input = n.attributes["gen_ai.usage.input_tokens"];
-    const output = n.attributes["gen_ai.usage.output_tokens"];
-    if (Number.isFinite(input)) totals.input += input;
-    if (Number.isFinite(output)) totals.output += output;
-    if (Number.isFinite(input) || Number.isFinite(output)) totals.counted += 1;
+    const { input, output } = usageOf(n.attributes);
+    totals.input += input ?? 0;
+    totals.output += output ?? 0;
+    if (input !== null || output !== null) totals.counted += 1;
   }
   return totals;
 }

@@ -34,6 +34,20 @@ export function replace(el, ...children) {
   return fill(el, ...children);
 }
 
+/** The tokens a model call reported, `{ input, output }` (null where it reported none):
+ * OpenTelemetry's `gen_ai.usage.*`, else OpenInference's `llm.token_count.*` (spans other
+ * instrumentations sent). */
+export function usageOf(attributes) {
+  const first = (keys) => {
+    for (const key of keys) if (Number.isFinite(attributes[key])) return attributes[key];
+    return null;
+  };
+  return {
+    input: first(["gen_ai.usage.input_tokens", "llm.token_count.prompt"]),
+    output: first(["gen_ai.usage.output_tokens", "llm.token_count.completion"]),
+  };
+}
+
 // -- formatting ----------------------------------------------------------------------------
 
 /** A duration in ms as text: "12.5 ms", "1.25 s", "42.0 s", "2 min 0 s", "26 h 3 min 4 s".

@@ -4,7 +4,7 @@
 import { config, jaegerHref } from "./api.js";
 import {
   $, bdi, betterState, displayName, durationText, fmtDuration, fmtTime, h, kindBadge, replace,
-  stateBadge, valueView,
+  stateBadge, usageOf, valueView,
 } from "./util.js";
 
 /** An option's name as the graph gives it: text as it is, other values (a bool or a
@@ -122,10 +122,8 @@ function branchesView(run) {
     c.nodes += 1;
     if (s.state === "failed") c.failed += 1;
     if (s.kind === "llm") {
-      for (const key of ["gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"]) {
-        const value = s.attributes[key];
-        if (Number.isFinite(value)) c.tokens += value;
-      }
+      const { input, output } = usageOf(s.attributes);
+      c.tokens += (input ?? 0) + (output ?? 0);
     }
   }
   for (const n of branchNodes) {
