@@ -780,6 +780,22 @@ def test_print_tree_names_the_run_of_a_workflow_started_inside() -> None:
     assert [line.endswith("(run w2)") for line in lines] == [False, False, True]
 
 
+def test_decisions_table_does_not_call_a_chosen_route_unexplored() -> None:
+    """A route chosen without an option block of its own (a LangGraph conditional edge:
+    the node runs as a step beside the decision) read `search* (unexplored)`."""
+    from spangraph._cli_query import _decision_rows
+
+    options = [
+        {"name": "search", "chosen": True, "explored": False, "state": None},
+        {"name": "answer", "chosen": False, "explored": False, "state": None},
+        {"name": "tried", "chosen": False, "explored": True, "state": "failed"},
+    ]
+    row = {"name": "route", "options": options, "chosen": "search"}
+    row |= {"reason": None, "score": None, "span_id": "ab" * 8, "state": "completed"}
+    [shown] = _decision_rows([row])
+    assert shown["options"] == "search*, answer (unexplored), tried (failed)"
+
+
 def test_print_tree_says_the_tokens_of_a_model_call() -> None:
     from spangraph._tree_text import print_tree
     from spangraph.queries import TreeNode
@@ -862,7 +878,7 @@ def test_query_views_show_control_characters_from_spans_as_escapes(
     assert f"only in {left.branch_id}: polish\\x9b\n" in diff
     assert f"only in {right.branch_id}: cite\\x7f\n" in diff
     decisions = out("query", "decisions", run.workflow_id)
-    assert "route\\x07" in decisions and "a\\x1b[31m* (unexplored), b (unexplored)" in decisions
+    assert "route\\x07" in decisions and "a\\x1b[31m*, b (unexplored)" in decisions
     assert "why\\u2066" in decisions
     as_json = out("query", "branch", left.branch_id, "--json")  # JSON escapes them itself
     assert json.loads(as_json)["name"] == "left\x1b]0;owned\x07"

@@ -61,7 +61,13 @@ def _cell(value: Any) -> str:
 def _decision_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def label(option: dict[str, Any]) -> str:
         mark = "*" if option["chosen"] else ""
-        state = option["state"] if option["explored"] else "unexplored"
+        if not option["explored"]:
+            # chosen without an option block of its own (a LangGraph route: the node ran
+            # as a step beside the decision), or never tried
+            return (
+                f"{option['name']}{mark}" if option["chosen"] else f"{option['name']} (unexplored)"
+            )
+        state = option["state"]
         ended = "" if state == "completed" else f" ({state or 'unknown'})"
         return f"{option['name']}{mark}{ended}"
 
