@@ -493,6 +493,60 @@ def test_retry_policy_exhausted(instrumented: LangGraphInstrumentor) -> None:
     assert attr(one(cap.find(kind=sc.KIND_WORKFLOW)), sc.STATE) == sc.STATE_FAILED
 
 
+@pytest.mark.parametrize(
+    ("policy", "error"),
+    [
+        (RetryPolicy(max_attempts=3, retry_on=TimeoutError), KeyError("missing")),
+        (RetryPolicy(max_attempts=3), ValueError("bad input")),  # LangGraph's default
+        ([RetryPolicy(retry_on=TimeoutError), RetryPolicy(retry_on=OSError)], KeyError("k")),
+    ],
+    ids=["retry_on-rejects", "default-retry_on-rejects", "no-policy-matches"],
+)
+def test_error_no_retry_policy_retries_ends_the_attempts(
+    instrumented: LangGraphInstrumentor, policy: Any, error: Exception
+) -> None:
+    """An error the node's RetryPolicy does not retry fails the node at once: its step
+    read ``attempt 1/3`` with no word of why no attempt followed."""
+    from spangraph._tree_text import _attempt
+
+    builder = StateGraph(Trail)
+    builder.add_node("fetch", _node("fetch", error), retry_policy=policy)
+    builder.add_edge(START, "fetch")
+    with testing.capture() as cap, pytest.raises(type(error)):
+        builder.compile().invoke({"path": []})
+    step = one(cap.find("fetch"))
+    assert attr(step, sc.STATE) == sc.STATE_FAILED
+    assert attr(step, "langgraph.retry.retryable") is False
+    assert attr(step, sc.STEP_MAX_ATTEMPTS) == 1
+    assert _attempt({"attributes": dict(step.attributes or {})}) is None  # no "1/3"
+    assert not cap.events("retry.*")
+
+
+def test_error_not_retried_after_a_retry(instrumented: LangGraphInstrumentor) -> None:
+    """A retried error, then one the policy does not retry: the second attempt is the
+    last, and says so (``attempt 2/2``)."""
+    from spangraph._tree_text import _attempt
+
+    errors = [ConnectionError("blip"), KeyError("missing")]
+
+    def fetch(state: Trail) -> dict[str, Any]:
+        raise errors.pop(0)
+
+    builder = StateGraph(Trail)
+    policy = RetryPolicy(max_attempts=3, initial_interval=0.001, jitter=False)
+    builder.add_node("fetch", fetch, retry_policy=policy)
+    builder.add_edge(START, "fetch")
+    with testing.capture() as cap, pytest.raises(KeyError):
+        builder.compile().invoke({"path": []})
+    first, second = sorted(cap.find("fetch"), key=lambda s: attr(s, sc.STEP_ATTEMPT))
+    assert attr(first, "langgraph.retry.retryable") is None
+    assert attr(first, sc.STEP_MAX_ATTEMPTS) == 3
+    assert [e.name for e in first.events if e.name.startswith("retry.")] == [sc.RETRY_SCHEDULED]
+    assert attr(second, "langgraph.retry.retryable") is False
+    assert _attempt({"attributes": dict(second.attributes or {})}) == "attempt 2/2"
+    assert not [e for e in second.events if e.name.startswith("retry.")]
+
+
 @pytest.mark.parametrize("retried", [False, True])
 def test_node_timeout_fails_the_step_with_its_error(
     instrumented: LangGraphInstrumentor, retried: bool
@@ -857,6 +911,52 @@ def test_nodes_of_one_superstep_run_in_branches(instrumented: LangGraphInstrumen
         assert parent_of(one(cap.find(name, kind=sc.KIND_STEP))) == root.context.span_id
 
 
+def test_send_argument_tells_the_branches_apart(instrumented: LangGraphInstrumentor) -> None:
+    """Each ``Send``'s argument is on its branch and its step (the tasks of one node all
+    had the same name); a node not started by a ``Send`` has none."""
+    long_item = "x" * 10_000
+    with testing.capture() as cap:
+        run_graph(map_reduce(), "invoke", {"items": [1, 2]})
+    by_index = {attr(b, "langgraph.branch.index"): b for b in cap.find(kind=sc.KIND_BRANCH)}
+    for index, item in enumerate([1, 2]):
+        branch = by_index[index]
+        assert attr(branch, "langgraph.send.arg") == f'{{"item": {item}}}'
+        [step] = [s for s in cap.find("work") if parent_of(s) == branch.context.span_id]
+        assert attr(step, "langgraph.send.arg") == f'{{"item": {item}}}'
+    for name in ("split", "reduce"):
+        assert attr(one(cap.find(name)), "langgraph.send.arg") is None
+
+    def fan_out(state: dict[str, Any]) -> list[Send]:
+        return [Send("work", long_item)]
+
+    builder = StateGraph(MapReduce)
+    builder.add_node("split", lambda state: {})
+    builder.add_node("work", lambda item: {"results": [len(item)]})
+    builder.add_edge(START, "split")
+    builder.add_conditional_edges("split", fan_out, ["work"])
+    with testing.capture() as cap:
+        builder.compile().invoke({"items": []})
+    arg = attr(one(cap.find("work")), "langgraph.send.arg")  # alone: a step, no branch
+    assert arg.startswith("xxx") and arg.endswith("chars]")
+    assert len(arg) == 8192  # bounded as every attribute value
+
+
+def test_functional_api_tasks_have_no_send_argument(instrumented: LangGraphInstrumentor) -> None:
+    from langgraph.func import entrypoint, task
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @entrypoint()
+    def doubler(xs: list[int]) -> int:
+        return sum(f.result() for f in [double(x) for x in xs])
+
+    with testing.capture() as cap:
+        assert doubler.invoke([1, 2]) == 6
+    assert all(attr(s, "langgraph.send.arg") is None for s in cap.spans)
+
+
 # -- subgraphs ----------------------------------------------------------------------------
 
 
@@ -923,6 +1023,272 @@ def test_interrupt_pauses_the_run(instrumented: LangGraphInstrumentor) -> None:
     assert attr(first_ask, "langgraph.interrupted") is True
     assert attr(first_ask, sc.STATE) == sc.STATE_COMPLETED
     assert attr(second_ask, "langgraph.interrupted") is None
+
+
+LIFECYCLE = ("workflow.", "step.")
+
+
+def lifecycle(span: ReadableSpan) -> list[str]:
+    return [e.name for e in span.events if e.name.startswith(LIFECYCLE)]
+
+
+def event_of(span: ReadableSpan, name: str) -> dict[str, Any]:
+    [event] = [e for e in span.events if e.name == name]
+    return dict(event.attributes or {})
+
+
+def links_of(span: ReadableSpan) -> list[tuple[Any, int]]:
+    return [
+        ((link.attributes or {}).get(sc.LINK_TYPE), link.context.span_id) for link in span.links
+    ]
+
+
+def approval() -> Any:
+    """write -> review (asks ``{"question": "approve?"}``) -> END, with a checkpointer."""
+
+    def review(state: Trail) -> dict[str, Any]:
+        return {"path": [interrupt({"question": "approve?"})]}
+
+    builder = StateGraph(Trail)
+    builder.add_node("write", _node("write"))
+    builder.add_node("review", review)
+    builder.add_edge(START, "write")
+    builder.add_edge("write", "review")
+    return builder.compile(name="approval", checkpointer=InMemorySaver())
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_interrupted_run_ends_paused_not_completed(
+    instrumented: LangGraphInstrumentor, how: str
+) -> None:
+    """A run waiting for a person read as finished: ``workflow.completed`` came after
+    ``workflow.paused``. Its span ends (``completed``), its last lifecycle event is the
+    pause, and ``langgraph.interrupted`` marks it."""
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with testing.capture() as cap:
+        run_graph(approval(), how, {"path": []}, config=config)
+    run = assert_one_trace(cap)
+    assert attr(run, sc.STATE) == sc.STATE_COMPLETED
+    assert attr(run, "langgraph.interrupted") is True
+    assert lifecycle(run) == [sc.WORKFLOW_STARTED, sc.WORKFLOW_PAUSED]
+    paused = event_of(run, sc.WORKFLOW_PAUSED)
+    assert paused["reason"] == "interrupt"
+    assert (paused["node"], paused["nodes"]) == ("review", ("review",))
+    assert attr(one(cap.find("review")), "langgraph.interrupted") is True
+    assert attr(one(cap.find("write")), "langgraph.interrupted") is None
+
+
+def test_run_that_is_not_interrupted_is_not_marked(instrumented: LangGraphInstrumentor) -> None:
+    with testing.capture() as cap:
+        abcd().invoke({"path": []})
+    run = assert_abcd(cap)
+    assert attr(run, "langgraph.interrupted") is None
+    assert lifecycle(run) == [sc.WORKFLOW_STARTED, sc.WORKFLOW_COMPLETED]
+
+
+def test_interrupt_records_what_was_asked_and_the_resume_links_to_the_pause(
+    instrumented: LangGraphInstrumentor,
+) -> None:
+    graph = approval()
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with testing.capture() as cap:
+        [asked] = graph.invoke({"path": []}, config)["__interrupt__"]
+        assert graph.invoke(Command(resume="yes"), config) == {"path": ["write", "yes"]}
+    paused_run, resumed_run = cap.find("approval")
+    paused = event_of(paused_run, sc.WORKFLOW_PAUSED)
+    assert paused["values"] == ('{"question": "approve?"}',)
+    assert paused["interrupt_ids"] == (asked.id,)
+    assert event_of(resumed_run, sc.WORKFLOW_RESUMED) == {"value": "yes"}
+    assert lifecycle(resumed_run) == [
+        sc.WORKFLOW_STARTED,
+        sc.WORKFLOW_RESUMED,
+        sc.WORKFLOW_COMPLETED,
+    ]
+    assert links_of(resumed_run) == [(sc.LINK_RESUMED_FROM, paused_run.context.span_id)]
+    assert attr(resumed_run, "langgraph.interrupted") is None
+    assert links_of(paused_run) == []
+
+
+def test_content_capture_off_leaves_out_what_was_asked_and_sent(
+    instrumented: LangGraphInstrumentor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With OpenTelemetry's GenAI content switch off, an interrupt's question, the resume
+    value and a Send's argument (a node's input: for a prebuilt agent, the conversation)
+    are left out, as llm() and tool() leave content out; ids, nodes and links stay."""
+    from spangraph import genai
+
+    monkeypatch.setenv(genai.CAPTURE_CONTENT_ENV, "false")
+    monkeypatch.setattr(genai, "_capture_content", None)
+    graph = approval()
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with testing.capture() as cap:
+        [asked] = graph.invoke({"path": []}, config)["__interrupt__"]
+        graph.invoke(Command(resume="yes"), config)
+        run_graph(map_reduce(), "invoke", {"items": [1, 2]})
+    paused_run, resumed_run = cap.find("approval")
+    paused = event_of(paused_run, sc.WORKFLOW_PAUSED)
+    assert "values" not in paused and paused["interrupt_ids"] == (asked.id,)
+    assert event_of(resumed_run, sc.WORKFLOW_RESUMED) == {}
+    assert links_of(resumed_run) == [(sc.LINK_RESUMED_FROM, paused_run.context.span_id)]
+    assert all(attr(s, "langgraph.send.arg") is None for s in cap.find("work"))
+    assert len(cap.find("work", kind=sc.KIND_STEP)) == 2  # (and a branch each)
+
+
+def test_each_resume_links_to_the_run_it_resumes(instrumented: LangGraphInstrumentor) -> None:
+    """Two interrupts in one node: three runs, each resume linked to the run before; a
+    run of the thread that resumes nothing, or of another checkpointer's thread of the
+    same id, is not linked."""
+
+    def two(state: Trail) -> dict[str, Any]:
+        return {"path": [interrupt("first?"), interrupt({"second": [1, 2]})]}
+
+    def build() -> Any:
+        builder = StateGraph(Trail)
+        builder.add_node("two", two)
+        builder.add_edge(START, "two")
+        return builder.compile(checkpointer=InMemorySaver())
+
+    graph, other = build(), build()
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with testing.capture() as cap:
+        graph.invoke({"path": []}, config)
+        other.invoke({"path": []}, config)  # the same thread id, another checkpointer
+        graph.invoke(Command(resume="a"), config)
+        assert graph.invoke(Command(resume="b"), config) == {"path": ["a", "b"]}
+        graph.invoke({"path": []}, config)  # a new input: no resume
+        other.invoke(Command(resume="c"), config)
+    first, other_first, second, third, fresh, other_second = cap.find(kind=sc.KIND_WORKFLOW)
+    assert event_of(first, sc.WORKFLOW_PAUSED)["values"] == ("first?",)
+    assert event_of(second, sc.WORKFLOW_PAUSED)["values"] == ('{"second": [1, 2]}',)
+    assert links_of(first) == links_of(other_first) == []
+    assert links_of(second) == [(sc.LINK_RESUMED_FROM, first.context.span_id)]
+    assert links_of(third) == [(sc.LINK_RESUMED_FROM, second.context.span_id)]
+    assert lifecycle(third)[-1] == sc.WORKFLOW_COMPLETED
+    assert links_of(fresh) == []
+    assert lifecycle(fresh)[-1] == sc.WORKFLOW_PAUSED
+    assert links_of(other_second) == [(sc.LINK_RESUMED_FROM, other_first.context.span_id)]
+
+
+def test_parallel_interrupts_name_every_node(instrumented: LangGraphInstrumentor) -> None:
+    """Two nodes of one superstep interrupt (a third completes): the pause named only
+    the first."""
+
+    def asking(name: str) -> Any:
+        return lambda state: {"path": [interrupt(f"{name}?")]}
+
+    builder = StateGraph(Trail)
+    builder.add_node("start", _node("start"))
+    builder.add_node("p1", asking("p1"))
+    builder.add_node("p2", asking("p2"))
+    builder.add_node("p3", _node("p3"))
+    builder.add_edge(START, "start")
+    for name in ("p1", "p2", "p3"):
+        builder.add_edge("start", name)
+    graph = builder.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with testing.capture() as cap:
+        asked = graph.invoke({"path": []}, config)["__interrupt__"]
+        graph.invoke(Command(resume={i.id: f"ok {i.value}" for i in asked}), config)
+    paused_run, resumed_run = cap.find(kind=sc.KIND_WORKFLOW)
+    paused = event_of(paused_run, sc.WORKFLOW_PAUSED)
+    assert sorted(paused["nodes"]) == ["p1", "p2"]
+    assert paused["node"] == paused["nodes"][0]
+    by_id = dict(zip(paused["interrupt_ids"], paused["values"], strict=True))
+    assert by_id == {i.id: i.value for i in asked}
+    assert links_of(resumed_run) == [(sc.LINK_RESUMED_FROM, paused_run.context.span_id)]
+    assert lifecycle(resumed_run)[-1] == sc.WORKFLOW_COMPLETED
+
+
+def test_interrupt_in_a_subgraph_counts_once_for_its_node(
+    instrumented: LangGraphInstrumentor,
+) -> None:
+    def x(state: Trail) -> dict[str, Any]:
+        return {"path": [interrupt("x?")]}
+
+    inner = StateGraph(Trail)
+    inner.add_node("x", x)
+    inner.add_edge(START, "x")
+    builder = StateGraph(Trail)
+    builder.add_node("sub", inner.compile(name="inner"))
+    builder.add_edge(START, "sub")
+    graph = builder.compile(name="outer", checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with testing.capture() as cap:
+        graph.invoke({"path": []}, config)
+    run = one(cap.find("outer"))
+    paused = event_of(run, sc.WORKFLOW_PAUSED)
+    assert (paused["nodes"], paused["values"]) == (("x",), ("x?",))
+    assert attr(one(cap.find("sub")), "langgraph.interrupted") is True
+
+
+def test_interrupt_inside_own_workflow_is_recorded_on_the_graphs_step(
+    instrumented: LangGraphInstrumentor,
+) -> None:
+    """Inside ``with spangraph.workflow(...)`` the graph's run is a step: nothing said it
+    was interrupted. The step does (the caller's workflow goes on: it does not pause)."""
+    graph = approval()
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with testing.capture() as cap:
+        with spangraph.workflow("ticket"):
+            [asked] = graph.invoke({"path": []}, config)["__interrupt__"]
+        with spangraph.workflow("ticket, approved"):
+            graph.invoke(Command(resume="yes"), config)
+    first, second = cap.find(kind=sc.KIND_WORKFLOW)
+    for ticket in (first, second):
+        assert lifecycle(ticket) == [sc.WORKFLOW_STARTED, sc.WORKFLOW_COMPLETED]
+        assert attr(ticket, "langgraph.interrupted") is None
+    paused, resumed = cap.find("approval")
+    assert kind(paused) == kind(resumed) == sc.KIND_STEP
+    assert parent_of(paused) == first.context.span_id
+    assert attr(paused, "langgraph.interrupted") is True
+    assert lifecycle(paused) == [sc.STEP_STARTED, sc.STEP_COMPLETED]
+    asking = event_of(paused, "langgraph.interrupt")
+    assert asking["nodes"] == ("review",)
+    assert asking["values"] == ('{"question": "approve?"}',)
+    assert asking["interrupt_ids"] == (asked.id,)
+    assert event_of(resumed, "langgraph.resume") == {"value": "yes"}
+    assert links_of(resumed) == [(sc.LINK_RESUMED_FROM, paused.context.span_id)]
+    assert not cap.events(sc.WORKFLOW_PAUSED)
+    assert not cap.events(sc.WORKFLOW_RESUMED)
+
+
+def test_resumed_run_is_linked_in_the_graph(instrumented: LangGraphInstrumentor, sg: Any) -> None:
+    graph = approval()
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    graph.invoke({"path": []}, config)
+    graph.invoke(Command(resume="yes"), config)
+    assert spangraph.flush(10)
+    rows = sg.store.query(
+        "MATCH (a:Span)-[:RESUMED_FROM]->(b:Span) "
+        "RETURN a.name AS a, b.name AS b, a.execution_id AS ea, b.execution_id AS eb",
+        {},
+    )
+    assert [(r["a"], r["b"]) for r in rows] == [("approval", "approval")]
+    assert rows[0]["ea"] == rows[0]["eb"] == config["configurable"]["thread_id"]
+    [paused] = sg.store.query(
+        "MATCH (a:Span)-[:RESUMED_FROM]->(b:Span)-[:HAS_EVENT]->(e:Event) "
+        "RETURN b.state AS state, collect(e.name) AS events",
+        {},
+    )
+    assert paused["state"] == sc.STATE_COMPLETED
+    assert sc.WORKFLOW_PAUSED in paused["events"]
+    assert sc.WORKFLOW_COMPLETED not in paused["events"]
+
+
+def test_paused_threads_kept_are_bounded() -> None:
+    from opentelemetry.trace import SpanContext
+
+    from spangraph.instrumentation._langgraph_runs import CheckpointThread, _PausedThreads
+
+    saver = InMemorySaver()
+    kept = _PausedThreads(2)
+    threads = [CheckpointThread(saver, str(n), "") for n in range(3)]
+    spans = [SpanContext(1, n + 1, is_remote=False) for n in range(3)]
+    for thread, span in zip(threads, spans, strict=True):
+        kept.remember(thread, span)
+    assert kept.find(threads[0]) is None  # the least recently paused: forgotten
+    assert [kept.find(t) for t in threads[1:]] == spans[1:]
+    assert kept.find(CheckpointThread(InMemorySaver(), "1", "")) is None  # another saver
 
 
 # -- instrumenting and uninstrumenting ----------------------------------------------------

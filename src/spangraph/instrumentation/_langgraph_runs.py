@@ -6,20 +6,44 @@ spangraph span of the caller's own — and attaches it around every call, ``next
 when they are submitted) all run inside it: one trace per invocation. Invocations inside
 a span this instrumentation made (``invoke`` calling ``stream``, a subgraph run by a node)
 add no span of their own: their nodes nest under the span that is current.
+
+A run that nodes stopped with ``interrupt()`` ends ``completed`` with
+``langgraph.interrupted`` and, as its last lifecycle event, ``workflow.paused`` (what was
+asked, and where) instead of ``workflow.completed``; inside a span of the caller's own,
+its step records ``langgraph.interrupt`` instead (the caller's run goes on). A run that
+resumes one (``Command(resume=...)``) records ``workflow.resumed`` (``langgraph.resume``
+as a step) and, when the run it resumes paused in this process, a ``resumed_from`` link
+to that run's span: the last paused span of each thread is kept, a bounded number of
+threads, in memory only.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import Link, SpanContext
 
 from .. import semconv as sc
-from .._spans import MAX_ID_CHARS, _Frame, _Options, current_run
+from .._attrs import as_text
+from .._spans import (
+    MAX_ID_CHARS,
+    Handle,
+    WorkflowRun,
+    _Frame,
+    _Options,
+    clean_exit,
+    current_run,
+    link_to,
+)
 from .._wrappers import await_in_frame, call_in_frame, traced_async_generator, traced_generator
+from ..genai import _capturing as _capturing_content
 
 _log = logging.getLogger("spangraph.instrumentation.langgraph")
 
@@ -32,24 +56,140 @@ _RUN: Final = otel_context.create_key("spangraph-langgraph-run")
 GRAPH_NAME: Final = "langgraph.graph.name"
 THREAD_ID: Final = "langgraph.thread_id"
 INTERRUPTED: Final = "langgraph.interrupted"
+INTERRUPT_EVENT: Final = "langgraph.interrupt"
+"""Event of a graph run that is a step of the caller's run: ``interrupt()`` stopped it."""
+RESUME_EVENT: Final = "langgraph.resume"
+"""Event of a graph run that is a step of the caller's run: it resumes an interrupt."""
+MAX_PAUSED_THREADS: Final = 1024
+"""How many threads' paused runs are kept to link the runs that resume them."""
+
+_CHECKPOINTER_KEY: Final = "__pregel_checkpointer"  # LangGraph's CONFIG_KEY_CHECKPOINTER
+
+
+_Key = tuple[int, str, str]  # (id of the checkpointer, thread id, checkpoint namespace)
+
+
+class CheckpointThread:
+    """A LangGraph thread as its checkpointer keeps it: the checkpointer (held weakly),
+    the thread id and the checkpoint namespace."""
+
+    __slots__ = ("key", "saver")
+
+    def __init__(self, saver: Any, thread_id: str, namespace: str) -> None:
+        self.saver = weakref.ref(saver)
+        self.key: _Key = (id(saver), thread_id, namespace)
+
+
+class _PausedThreads:
+    """Thread -> the span of its last run that an interrupt paused, in this process (the
+    least recently paused thread is forgotten first)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._spans: OrderedDict[_Key, tuple[CheckpointThread, SpanContext]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, thread: CheckpointThread, span: SpanContext) -> None:
+        with self._lock:
+            self._spans.pop(thread.key, None)
+            self._spans[thread.key] = (thread, span)
+            while len(self._spans) > self._limit:
+                self._spans.popitem(last=False)
+
+    def find(self, thread: CheckpointThread) -> SpanContext | None:
+        with self._lock:
+            entry = self._spans.get(thread.key)
+        if entry is None or entry[0].saver() is not thread.saver():
+            return None  # (another checkpointer, made where a collected one was)
+        return entry[1]
+
+    def forget(self, thread: CheckpointThread) -> None:
+        with self._lock:
+            self._spans.pop(thread.key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._spans.clear()
+
+
+paused_threads = _PausedThreads(MAX_PAUSED_THREADS)
+
+_interrupts_lock = threading.Lock()
 
 
 class RunState:
-    """The workflow span of one instrumented invocation, shared with its node steps."""
+    """The span of one instrumented invocation (a workflow, or a step of the caller's
+    run), shared with its node steps: the interrupts they stopped at."""
 
-    __slots__ = ("frame", "paused")
+    __slots__ = ("frame", "ids", "nodes", "thread", "values")
 
-    def __init__(self, frame: _Frame) -> None:
-        self.frame = frame
-        self.paused = False
+    def __init__(self, thread: CheckpointThread | None) -> None:
+        self.frame: _Frame | None = None
+        self.thread = thread
+        self.nodes: list[str] = []
+        self.ids: list[str] = []
+        self.values: list[str] = []
 
-    def pause(self, node: str) -> None:
-        """Record ``workflow.paused`` once, when a node interrupts the run."""
-        handle = self.frame.handle
-        if self.paused or self.frame.kind != sc.KIND_WORKFLOW or not handle.span.is_recording():
+    def interrupted(self, node: str, exc: BaseException) -> None:
+        """Note that ``node`` stopped at an interrupt (``exc``: its ``GraphInterrupt``),
+        to record when the run ends. A subgraph's node passes its interrupt on to the
+        parent's node: each interrupt counts once, for the node that asked."""
+        given = exc.args[0] if exc.args and isinstance(exc.args[0], list | tuple) else ()
+        found = [i for i in given if hasattr(i, "value")]
+        with _interrupts_lock:
+            new = False
+            for interrupt in found:
+                interrupt_id = getattr(interrupt, "id", None)
+                if interrupt_id is not None and str(interrupt_id) in self.ids:
+                    continue
+                new = True
+                if interrupt_id is not None:
+                    self.ids.append(str(interrupt_id))
+                if _capturing_content():  # what was asked: content (the GenAI switch)
+                    self.values.append(as_text(interrupt.value))
+            if (new or not found) and node not in self.nodes:
+                self.nodes.append(node)
+
+    def resumed(self, value: Any) -> None:
+        """Record that the run resumes an interrupt with ``value``."""
+        if self.frame is None:
             return
-        self.paused = True
-        handle.paused(reason="interrupt", node=node)  # type: ignore[attr-defined]
+        handle = self.frame.handle
+        said = {"value": as_text(value)} if _capturing_content() else {}
+        try:
+            if isinstance(handle, WorkflowRun):
+                handle.resumed(**said)
+            else:
+                handle.event(RESUME_EVENT, **said)
+        except Exception:
+            _log.debug("spangraph: could not record a LangGraph resume", exc_info=True)
+
+    def finish(self, handle: Handle, exc: BaseException | None) -> None:
+        """Before the span ends: a run that nodes interrupted (and that did not fail)
+        records the pause as its last lifecycle event, and is remembered for the run
+        that resumes it."""
+        try:
+            paused = bool(self.nodes) and clean_exit(exc)
+            if paused:
+                handle.span.set_attribute(INTERRUPTED, True)
+                attrs = {
+                    "node": self.nodes[0],
+                    "nodes": list(self.nodes),
+                    "values": list(self.values) or None,
+                    "interrupt_ids": list(self.ids) or None,
+                }
+                if isinstance(handle, WorkflowRun) and self.frame is not None:
+                    handle.paused(reason="interrupt", **attrs)
+                    self.frame.lifecycle = False  # paused, not completed: no more events
+                else:  # the caller's run goes on: its step says what stopped the graph
+                    handle.event(INTERRUPT_EVENT, **attrs)
+            if self.thread is not None:
+                if paused:
+                    paused_threads.remember(self.thread, handle.span.get_span_context())
+                elif clean_exit(exc):  # ran to its end: nothing of the thread waits
+                    paused_threads.forget(self.thread)
+        except Exception:
+            _log.debug("spangraph: could not record a LangGraph interrupt", exc_info=True)
 
 
 def own(frame: _Frame, run: RunState | None = None) -> _Frame:
@@ -95,6 +235,31 @@ def _config(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dic
         return call or {}
 
 
+def _thread(instance: Any, config: dict[str, Any]) -> CheckpointThread | None:
+    """The thread the invocation runs in; None without a thread id or a checkpointer."""
+    configurable = config.get("configurable") or {}
+    thread_id = configurable.get("thread_id")
+    saver = configurable.get(_CHECKPOINTER_KEY) or getattr(instance, "checkpointer", None)
+    if thread_id is None or saver is None or isinstance(saver, bool):
+        return None
+    try:
+        return CheckpointThread(saver, str(thread_id), str(configurable.get("checkpoint_ns") or ""))
+    except TypeError:  # a checkpointer that cannot be referenced weakly: not linked
+        return None
+
+
+def _resume_value(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
+    """Whether the input is a ``Command(resume=...)``, and its value."""
+    value = args[0] if args else kwargs.get("input")
+    try:
+        from langgraph.types import Command
+    except ImportError:
+        return False, None
+    if isinstance(value, Command) and value.resume is not None:
+        return True, value.resume
+    return False, None
+
+
 def _open(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Frame | None:
     """The frame of a new invocation span, or None when this invocation adds none."""
     try:
@@ -107,6 +272,13 @@ def _open(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Fram
         thread_id = (config.get("configurable") or {}).get("thread_id")
         if thread_id is not None:
             attrs[THREAD_ID] = str(thread_id)
+        run = RunState(_thread(instance, config))
+        resuming, resume = _resume_value(args, kwargs)
+        links: tuple[Link, ...] = ()
+        if resuming and run.thread is not None:
+            paused = paused_threads.find(run.thread)
+            if paused is not None:
+                links = (link_to(paused, sc.LINK_RESUMED_FROM),)
         if current_run() is None:
             # A LangGraph thread groups the runs of one conversation or of one run that
             # was interrupted and resumed: it becomes the execution id — when it is one
@@ -118,12 +290,20 @@ def _open(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Fram
             ):
                 execution_id = None
             opts = _Options(
-                kind=sc.KIND_WORKFLOW, name=name, attributes=attrs, execution_id=execution_id
+                kind=sc.KIND_WORKFLOW,
+                name=name,
+                attributes=attrs,
+                execution_id=execution_id,
+                on_finish=run.finish,
             )
-            frame = _Frame(opts, name, None, ())
+            frame = _Frame(opts, name, None, links)
         else:  # inside the caller's own workflow or step: a step of that run
-            frame = _Frame(_Options(kind=sc.KIND_STEP, name=name, attributes=attrs), name, 1, ())
-        return own(frame, RunState(frame))
+            opts = _Options(kind=sc.KIND_STEP, name=name, attributes=attrs, on_finish=run.finish)
+            frame = _Frame(opts, name, 1, links)
+        run.frame = frame
+        if resuming:
+            run.resumed(resume)
+        return own(frame, run)
     except Exception:  # never let instrumentation break the graph
         _log.debug("spangraph: could not start a LangGraph invocation span", exc_info=True)
         return None

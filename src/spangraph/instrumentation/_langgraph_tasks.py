@@ -20,8 +20,10 @@ from typing import Any, Final
 from opentelemetry.trace import Link
 
 from .. import semconv as sc
+from .._attrs import clean_value
 from .._spans import _add_event, _error_attrs, _Frame, _Options
 from ..branching import Branch
+from ..genai import _capturing as _capturing_content
 from ..instrument import MAX_RETRIES
 from ._langgraph_runs import INTERRUPTED, current_run_state, own
 
@@ -34,7 +36,13 @@ TASK_ID: Final = "langgraph.task.id"
 BRANCH_INDEX: Final = "langgraph.branch.index"
 BRANCH_COUNT: Final = "langgraph.branch.count"
 BUBBLE_UP: Final = "langgraph.bubble_up"
+SEND_ARG: Final = "langgraph.send.arg"
+"""The argument of the ``Send`` that made the task (its node's input), bounded."""
+RETRYABLE: Final = "langgraph.retry.retryable"
+"""False on a failed attempt whose error none of the node's RetryPolicies retries."""
 JITTER: Final = "jitter"
+
+_PUSH: Final = "__pregel_push"  # LangGraph's PUSH: the path of a task made by a Send
 
 _HIDDEN_TAG: Final = "langsmith:hidden"  # LangGraph's TAG_HIDDEN (the __start__ task)
 
@@ -51,6 +59,18 @@ def reset() -> None:
 def _hidden(task: Any) -> bool:
     config = getattr(task, "config", None) or {}
     return _HIDDEN_TAG in (config.get("tags") or ())
+
+
+def _send_arg(task: Any) -> Any:
+    """The argument of the ``Send`` that made ``task`` (its path: ``(PUSH, index, …)``;
+    a functional API call's is ``(PUSH, parent path, …)``), as an attribute value; else
+    None."""
+    path: Sequence[Any] = getattr(task, "path", None) or ()
+    if len(path) < 2 or path[0] != _PUSH or type(path[1]) is not int:
+        return None
+    if not _capturing_content():  # the node's input: content (the GenAI switch)
+        return None
+    return clean_value(task.input)
 
 
 # -- parallel tasks of one superstep ------------------------------------------------------
@@ -123,7 +143,13 @@ def _branch_frame(task: Any) -> _Frame | None:
     if mark is None:
         return None
     index, count = mark
-    attrs = {NODE: task.name, TASK_ID: task.id, BRANCH_INDEX: index, BRANCH_COUNT: count}
+    attrs = {
+        NODE: task.name,
+        TASK_ID: task.id,
+        BRANCH_INDEX: index,
+        BRANCH_COUNT: count,
+        SEND_ARG: _send_arg(task),
+    }
     opts = _Options(kind=sc.KIND_BRANCH, name=task.name, attributes=attrs, handle_cls=Branch)
     return _Frame(opts, task.name, None, ())
 
@@ -306,6 +332,7 @@ class _StepProc:
                 SUPERSTEP: metadata.get("langgraph_step"),
                 TRIGGERS: [str(t) for t in (task.triggers or ())],
                 TASK_ID: task.id,
+                SEND_ARG: _send_arg(task),
             }
             links: tuple[Link, ...] = ()
             if self._previous is not None:
@@ -358,7 +385,7 @@ class _StepProc:
                 frame.handle.set(**{BUBBLE_UP: type(exc).__name__, INTERRUPTED: interrupted})
                 run = current_run_state()
                 if interrupted and run is not None:
-                    run.pause(self._task.name)
+                    run.interrupted(self._task.name, exc)
                 exc = None
             elif isinstance(exc, Exception):
                 self._retry_events(frame, exc)
@@ -368,7 +395,11 @@ class _StepProc:
 
     def _retry_events(self, frame: _Frame, exc: Exception) -> None:
         """``retry.scheduled`` / ``retry.exhausted`` as LangGraph's RetryPolicy decides
-        (the first policy that retries the error applies)."""
+        (the first policy that retries the error applies). An error that no policy
+        retries ends the node with this attempt: the step's ``max_attempts`` says so
+        (``attempt 1/3`` would promise more), and ``langgraph.retry.retryable`` why."""
+        if not self._policies:
+            return
         policy = None
         for candidate in self._policies:
             matches = _will_retry_on(candidate, exc)
@@ -377,10 +408,12 @@ class _StepProc:
             if matches:
                 policy = candidate
                 break
-        if policy is None:
-            return
         attempt = self._attempt
         span = frame.handle.span
+        if policy is None:
+            span.set_attribute(RETRYABLE, False)
+            span.set_attribute(sc.STEP_MAX_ATTEMPTS, attempt)
+            return
         if attempt >= policy.max_attempts:
             _add_event(span, sc.RETRY_EXHAUSTED, {sc.EVENT_ATTEMPT: attempt, **_error_attrs(exc)})
             return

@@ -15,14 +15,20 @@ records:
   no span: its nodes nest under the parent's node step, in the same trace;
 - each node execution as a ``step`` span named after the node — one per attempt when a
   ``RetryPolicy`` retries it (``spangraph.step.attempt``, ``retry_of`` links,
-  ``retry.scheduled`` / ``retry.exhausted``); a node that raises ends ``failed`` (and so
+  ``retry.scheduled`` / ``retry.exhausted``; an error no policy retries sets
+  ``langgraph.retry.retryable`` false); a node that raises ends ``failed`` (and so
   does the workflow), and so does one that LangGraph's node timeout stops (with
-  ``timeout.exceeded`` and its ``NodeTimeoutError``); an ``interrupt()`` ends its step
-  with ``langgraph.interrupted`` and records ``workflow.paused``;
+  ``timeout.exceeded`` and its ``NodeTimeoutError``);
+- an ``interrupt()`` as ``langgraph.interrupted`` on its step and on the run, whose last
+  lifecycle event is then ``workflow.paused`` (the nodes, the interrupts' values and
+  ids) — ``langgraph.interrupt`` on the run's step inside a span of your own; a run
+  resuming it (``Command(resume=...)``) records ``workflow.resumed`` with the value, and
+  a ``resumed_from`` link to the paused run when that ran in this process;
 - each conditional edge as a ``decision`` under its source node's step, offering the
   edge's possible targets and choosing the node that runs next;
 - tasks that run side by side in one superstep (``Send`` fan-out, several nodes triggered
-  at once) each in a ``branch`` span, so their steps carry its ``spangraph.branch.id``.
+  at once) each in a ``branch`` span, so their steps carry its ``spangraph.branch.id``;
+  a ``Send``'s argument is ``langgraph.send.arg`` on its branch and step.
 
 Spans go through spangraph's tracer (``spangraph.configure``; ``testing.capture()`` in
 tests); a ``tracer_provider=`` passed to :meth:`instrument` is not used.
@@ -129,3 +135,4 @@ class LangGraphInstrumentor(BaseInstrumentor):
         type(self)._applied = []
         decisions.set_branch_types(())
         tasks.reset()
+        runs.paused_threads.clear()
