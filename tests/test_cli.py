@@ -816,6 +816,23 @@ def test_print_tree_says_the_tokens_of_a_model_call() -> None:
     assert lines[4].endswith("  10 in / 5 out tokens")
 
 
+def test_print_tree_marks_an_interrupted_run() -> None:
+    from spangraph._tree_text import print_tree
+    from spangraph.queries import TreeNode
+
+    asked = {"langgraph.interrupted": True}
+    root = TreeNode(
+        {"kind": "workflow", "name": "approval", "state": "completed", "attributes": asked}
+    )
+    root.children.append(
+        TreeNode({"kind": "step", "name": "ask", "state": "completed", "attributes": asked})
+    )
+    root.children.append(TreeNode({"kind": "step", "name": "write", "state": "completed"}))
+    lines: list[str] = []
+    print_tree([root], lines.append)
+    assert [line.endswith("  interrupted") for line in lines] == [True, True, False]
+
+
 def test_print_tree_shows_control_characters_as_escapes() -> None:
     from spangraph._tree_text import print_tree
     from spangraph.queries import TreeNode

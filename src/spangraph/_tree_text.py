@@ -15,8 +15,9 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
     """One line per span, indented by depth: kind, name, state, duration (the name
     column narrows as the indent grows, down to one character: below 20 levels the
     columns no longer line up), then the attempt of a step that may be retried
-    (``attempt 2/4``), the tokens a model call reported (``1,200 in / 34 out tokens``)
-    and the run of a workflow started inside (``(run <workflow_id>)``)."""
+    (``attempt 2/4``), the tokens a model call reported (``1,200 in / 34 out tokens``),
+    ``interrupted`` on a LangGraph node or run that stopped to ask a person, and the run of
+    a workflow started inside (``(run <workflow_id>)``)."""
     for root in roots:
         run = root.span.get("workflow_id")
         for depth, node in root.walk():
@@ -24,7 +25,7 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
             width = max(1, 40 - 2 * depth)
             kind = printable(str(span.get("kind", "?")))
             state = printable(str(span.get("state", "?")))
-            notes = [_attempt(span), _tokens(span)]
+            notes = [_attempt(span), _tokens(span), _interrupted(span)]
             own = span.get("workflow_id")  # a workflow started inside: a run of its own
             if depth and own and own != run:
                 notes.append(f"(run {printable(str(own))})")
@@ -81,4 +82,13 @@ def _count(attributes: dict[str, Any], keys: tuple[str, ...]) -> int | None:
         value = attributes.get(key)
         if type(value) is int:
             return value
+    return None
+
+
+def _interrupted(span: dict[str, Any]) -> str | None:
+    """``interrupted`` for a LangGraph node or run that stopped at an ``interrupt()``
+    (its span ended ``completed``: the run waits for an answer)."""
+    attributes = span.get("attributes")
+    if isinstance(attributes, dict) and attributes.get("langgraph.interrupted") is True:
+        return "interrupted"
     return None
