@@ -1965,6 +1965,37 @@ def test_the_header_totals_the_run_s_model_calls_and_tokens(
 
 
 @needs_chromium
+def test_a_run_stopped_at_an_interrupt_says_it_waits(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A LangGraph run that stopped at interrupt() read as plainly completed: the header
+    says it waits for an answer, and which node asked (a click shows it)."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"hitl-{uuid.uuid4().hex[:8]}"
+    root, ask = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+    asked = {"langgraph.interrupted": True}
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "approval", "workflow", attributes=asked),
+            _span(workflow_id, uuid.uuid4().hex[:16], "plan", parent=root, start=1000),
+            _span(workflow_id, ask, "ask", parent=root, start=2000, attributes=asked),
+        ],
+    )
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, workflow_id)
+        meta = page.locator("#run-meta")
+        expect(meta).to_contain_text("waiting for an answer: interrupted at ask")
+        meta.locator("button.link").click()
+        expect(page.locator("#detail-title")).to_have_text("ask")
+        open_run(page, base, _simple_run(graph_url))  # a run that did not stop to ask
+        expect(page.locator("#run-title")).to_have_text("simple-run")
+        expect(meta).to_contain_text("2 spans")
+        expect(meta).not_to_contain_text("waiting")
+
+
+@needs_chromium
 def test_a_failure_the_run_got_past_is_not_where_it_failed(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:

@@ -1196,12 +1196,13 @@ function renderHeader(run) {
   parts.push(`${totals.spans} spans`);
   if (totals.calls) parts.push(usageText(totals));
   const origin = root.state === "failed" ? failureOrigin(run, root) : null;
-  if (origin) {
-    const where = displayName(origin.name);
-    parts.push(["failed at ", h("button", {
-      type: "button", class: "link", title: where, "aria-label": `failed at ${where}: show it`,
-      on: { click: () => selectNode(origin.span_id) },
-    }, bdi(where))]);
+  if (origin) parts.push(nodeButton("failed at ", origin));
+  // a LangGraph run that stopped at an interrupt(): it ended, and waits for an answer
+  if (root.attributes["langgraph.interrupted"] === true) {
+    const asking = [...run.nodes.values()].find(
+      (n) => n !== root && n.kind === "step" && n.attributes["langgraph.interrupted"] === true,
+    );
+    parts.push(asking ? nodeButton("waiting for an answer: interrupted at ", asking) : "waiting for an answer: interrupted");
   }
   $("run-meta").replaceChildren(...parts.flatMap((p, i) => (i ? [" · ", p] : [p])).flat());
   const href = jaegerHref(root);
@@ -1211,6 +1212,15 @@ function renderHeader(run) {
     link.href = href;
     link.setAttribute("aria-label", `Open the run ${name} in Jaeger`);
   }
+}
+
+/** "`text`<node's name>" with the name a button that selects the node. */
+function nodeButton(text, node) {
+  const where = displayName(node.name);
+  return [text, h("button", {
+    type: "button", class: "link", title: where, "aria-label": `${text}${where}: show it`,
+    on: { click: () => selectNode(node.span_id) },
+  }, bdi(where))];
 }
 
 /** The run's spans (its nodes, less the options never explored: no span, a node of the
