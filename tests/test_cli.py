@@ -678,6 +678,13 @@ def test_query_workflows_says_why_a_run_failed(
     assert "LookupError: no such user: 42" in failed
     assert cli_main(["query", "workflows", "--name", name, "--state", "completed"]) == 0
     assert "error" not in capsys.readouterr().out.splitlines()[0]  # no failed run: no column
+    # a LangGraph run that stopped at interrupt(): completed, and waiting for an answer
+    with spangraph.workflow(name) as waiting:
+        waiting.span.set_attribute("langgraph.interrupted", True)
+    assert spangraph.flush(10)
+    assert cli_main(["query", "workflows", "--name", name, "--state", "completed"]) == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if waiting.workflow_id in line]
+    assert " completed (interrupted) " in row
 
 
 def test_query_workflows_refuses_an_unknown_state(tmp_path: Path) -> None:

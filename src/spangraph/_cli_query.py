@@ -111,6 +111,7 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             rows = [
                 {
                     **{k: r.get(k) for k in keep},
+                    "state": _state_of(r),
                     **_started(r.get("start_ns"), now),
                     **({"error": _error_of(r)} if failed else {}),
                     "jaeger_url": r.get("jaeger_url"),
@@ -271,6 +272,15 @@ def _started(start_ns: Any, now_ns: int) -> dict[str, str | None]:
     parts = [(days, "d"), (hours, "h"), (rest // 60, "m")]
     age = " ".join([f"{n}{unit}" for n, unit in parts if n][:2]) or f"{rest}s"
     return {"started": iso_time(start_ns)[:19] + "Z", "age": age}
+
+
+def _state_of(run: dict[str, Any]) -> Any:
+    """A run's state, ``completed (interrupted)`` for a LangGraph run that stopped at an
+    ``interrupt()`` and waits for an answer."""
+    attributes = run.get("attributes")
+    if isinstance(attributes, dict) and attributes.get("langgraph.interrupted") is True:
+        return f"{run.get('state')} (interrupted)"
+    return run.get("state")
 
 
 def _error_of(run: dict[str, Any]) -> str | None:
