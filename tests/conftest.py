@@ -241,6 +241,19 @@ def sg(
     spangraph.shutdown()
 
 
+@pytest.fixture
+def cli_graph(
+    sg: spangraph.Spangraph, graph_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command line (``spangraph.cli.main``, in process) reading the graph that
+    ``sg`` writes, with a home of its own: FalkorDB only, as the command line reads the
+    graph named by SPANGRAPH_GRAPH_URL."""
+    if not sg.settings.graph_url.startswith("falkordb://"):
+        pytest.skip("the command line reads the graph named by SPANGRAPH_GRAPH_URL")
+    monkeypatch.setenv("SPANGRAPH_GRAPH_URL", graph_url)
+    monkeypatch.setenv("SPANGRAPH_HOME", str(tmp_path))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("NEO4J_URI"):
         return

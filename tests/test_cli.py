@@ -651,18 +651,9 @@ def test_demo_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) 
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
 
-def test_query_workflows_says_why_a_run_failed(
-    sg: spangraph.Spangraph,
-    graph_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+@pytest.mark.usefixtures("cli_graph")
+def test_query_workflows_says_why_a_run_failed(capsys: pytest.CaptureFixture[str]) -> None:
     """The list of runs said `failed` and not why (the message was in --json only)."""
-    if not sg.settings.graph_url.startswith("falkordb://"):
-        pytest.skip("the command line reads the graph named by SPANGRAPH_GRAPH_URL")
-    monkeypatch.setenv("SPANGRAPH_GRAPH_URL", graph_url)
-    monkeypatch.setenv("SPANGRAPH_HOME", str(tmp_path))
     name = f"why-{uuid.uuid4().hex[:8]}"
     with contextlib.suppress(LookupError), spangraph.workflow(name):
         raise LookupError("no such user: 42")

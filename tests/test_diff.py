@@ -530,20 +530,13 @@ def test_cli_diff_says_which_run_does_not_exist(
     assert "`spangraph query branches WORKFLOW_ID` lists a run's" in err
 
 
+@pytest.mark.usefixtures("cli_graph")
 def test_cli_diff_says_where_it_diverged_and_which_attempt_ended_differently(
-    sg: spangraph.Spangraph,
-    graph_url: str,
-    tmp_path: Any,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """ "first divergence at step 2" counted from 0 with the root included, and a retried
     step that ended differently the third time read as its first attempt: the place is a
     node of the tree counted from its root, and the attempt is said."""
-    if not sg.settings.graph_url.startswith("falkordb://"):
-        pytest.skip("the command line reads the graph named by SPANGRAPH_GRAPH_URL")
-    monkeypatch.setenv("SPANGRAPH_GRAPH_URL", graph_url)
-    monkeypatch.setenv("SPANGRAPH_HOME", str(tmp_path))
     runs = []
     for second in ("search", "fetch"):
         with spangraph.workflow("agent") as run:

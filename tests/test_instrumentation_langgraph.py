@@ -388,6 +388,8 @@ def test_functional_api_tasks_are_steps(instrumented: LangGraphInstrumentor) -> 
     doubles = cap.find("double")
     assert len(doubles) == 3
     assert {parent_of(d) for d in doubles} == {entry.context.span_id}
+    # a task's input is no Send's argument (a Send's is recorded: see Send below)
+    assert all(attr(s, "langgraph.send.arg") is None for s in cap.spans)
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -939,22 +941,6 @@ def test_send_argument_tells_the_branches_apart(instrumented: LangGraphInstrumen
     arg = attr(one(cap.find("work")), "langgraph.send.arg")  # alone: a step, no branch
     assert arg.startswith("xxx") and arg.endswith("chars]")
     assert len(arg) == 8192  # bounded as every attribute value
-
-
-def test_functional_api_tasks_have_no_send_argument(instrumented: LangGraphInstrumentor) -> None:
-    from langgraph.func import entrypoint, task
-
-    @task
-    def double(x: int) -> int:
-        return 2 * x
-
-    @entrypoint()
-    def doubler(xs: list[int]) -> int:
-        return sum(f.result() for f in [double(x) for x in xs])
-
-    with testing.capture() as cap:
-        assert doubler.invoke([1, 2]) == 6
-    assert all(attr(s, "langgraph.send.arg") is None for s in cap.spans)
 
 
 # -- subgraphs ----------------------------------------------------------------------------
