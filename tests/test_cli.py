@@ -1268,13 +1268,18 @@ def test_events_of_spans_still_running_without_their_live_stream_say_why(
             assert spangraph.flush(10)
             down = query("events", run.workflow_id, SPANGRAPH_REDIS_URL=down_url)
             off = query("replay", run.workflow_id, SPANGRAPH_REDIS_URL="off")
+            # options redis-py refuses, as it makes the client or as it connects
+            refused = [
+                query("events", run.workflow_id, SPANGRAPH_REDIS_URL=f"{down_url}?{option}")
+                for option in ("socket_timeout=abc", "ssl_cert_reqs=bogus")
+            ]
             redis_client.delete(stream_key(run.workflow_id))
             gone = query("events", run.workflow_id, "--json")
     said = (
         f"spangraph: 2 spans of run {run.workflow_id} are still running (or their process "
         "died): their events are not in the graph until they end, and "
     )
-    for result in (down, off, gone):
+    for result in (down, off, gone, *refused):
         assert result.code == 0, result.err
         assert result.err.startswith(said) and result.err.count("\n") == 1, result.err
         assert "step.started" in result.out and "poll.begin" not in result.out

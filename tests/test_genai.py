@@ -4,6 +4,7 @@ and the complete message kept once in the graph, tool calls as decorator and blo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import json
@@ -843,6 +844,25 @@ def test_a_decorated_tool_is_a_function_described_by_its_docstring(cap: SpanCapt
     spangraph.tool(functools.partial(search, k=5))("graphs")
     spangraph.tool(Fetch())("https://example.com")
     spangraph.tool(functools.partial(operator.itemgetter(0)))("ab")
+
+    # not a docstring the tool only inherits, nor the one a dataclass is made up
+    @dataclasses.dataclass
+    class Rank:
+        k: int = 3
+
+        def __call__(self, hits: list[str]) -> list[str]:
+            """Rank search hits."""
+            return hits
+
+    class Handler:
+        """Base of every handler of this program, with a great deal of docs."""
+
+    class Ping(Handler):
+        def __call__(self) -> str:
+            return "pong"
+
+    spangraph.tool(Rank())(["a"])
+    spangraph.tool(Ping())()
     described = {
         s.name: (attrs(s).get(sc.GEN_AI_TOOL_TYPE), attrs(s).get(sc.GEN_AI_TOOL_DESCRIPTION))
         for s in cap.spans
@@ -852,8 +872,10 @@ def test_a_decorated_tool_is_a_function_described_by_its_docstring(cap: SpanCapt
         "execute_tool lookup": ("function", None),
         "execute_tool Fetch": ("function", "Fetch a page by its URL."),
         "execute_tool itemgetter": ("function", None),  # a builtin's doc is not the tool's
+        "execute_tool Rank": ("function", "Rank search hits."),  # its __call__'s
+        "execute_tool Ping": ("function", None),
     }
-    assert len(cap.spans) == 5  # search twice (a partial of it too)
+    assert len(cap.spans) == 7  # search twice (a partial of it too)
 
 
 def test_a_tool_call_id_is_recorded(cap: SpanCapture) -> None:

@@ -103,11 +103,12 @@ def _read_stream(settings: Settings, workflow_id: str) -> list[dict[str, Any]]:
         url = info.redis_url
     else:
         url = settings.redis_url
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=3, socket_timeout=10, retry=Retry(NoBackoff(), 1)
-    )
     entries: list[Any] = []
-    try:
+    client = None
+    try:  # (options of the URL redis-py refuses, when it makes the client or connects)
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=3, socket_timeout=10, retry=Retry(NoBackoff(), 1)
+        )
         start: bytes | str = "-"
         while True:
             rows: Any = client.xrange(stream_key(workflow_id), start, "+", _STREAM_CHUNK)
@@ -115,13 +116,14 @@ def _read_stream(settings: Settings, workflow_id: str) -> list[dict[str, Any]]:
             if len(rows) < _STREAM_CHUNK:
                 break
             start = b"(" + rows[-1][0]
-    except (redis.RedisError, OSError) as exc:
+    except (redis.RedisError, OSError, ValueError, TypeError) as exc:
         raise _NoStream(
             f"the run's live stream cannot be read (Redis at {redact_url(url)}: {exc}): "
             "shown is what the graph has"
         ) from None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     messages = []
     for _, fields in entries:
         try:

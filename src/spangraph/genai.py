@@ -13,6 +13,7 @@ is set to ``false`` (read once, at the first call; see :func:`capture_content_fr
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -238,14 +239,31 @@ def _description(fn: Any) -> str | None:
     ``None`` without one."""
     while isinstance(fn, functools.partial):
         fn = fn.func
+    doc: Any = None
     if inspect.isfunction(fn) or inspect.ismethod(fn):
-        doc = inspect.getdoc(fn)
+        doc = fn.__doc__
     elif inspect.isfunction(inspect.getattr_static(type(fn), "__call__", None)):
-        doc = inspect.getdoc(type(fn))
-    else:  # a builtin (operator.itemgetter(0) …): its doc is about itself, not the tool
-        doc = None
-    first = (doc or "").strip().split("\n", 1)[0].strip()
+        # the class's own docstring (not one it inherits, nor the signature a dataclass
+        # without one is given), else its __call__'s
+        cls = type(fn)
+        doc = cls.__dict__.get("__doc__")
+        if dataclasses.is_dataclass(cls) and doc == _dataclass_doc(cls):
+            doc = None
+        if not doc and "__call__" in cls.__dict__:
+            doc = cls.__dict__["__call__"].__doc__
+    # (a builtin, operator.itemgetter(0) …: its doc is about itself, not the tool)
+    if not isinstance(doc, str):
+        return None
+    first = inspect.cleandoc(doc).split("\n", 1)[0].strip()
     return first or None
+
+
+def _dataclass_doc(cls: type) -> str | None:
+    """The docstring ``dataclasses`` gives a class without one: its signature."""
+    try:
+        return cls.__name__ + str(inspect.signature(cls)).replace(" -> None", "")
+    except (TypeError, ValueError):
+        return None
 
 
 def _record_io(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
