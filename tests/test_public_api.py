@@ -401,6 +401,36 @@ def test_asyncio_imported_after_spangraph_still_cancels() -> None:
     assert "asyncio" in _loaded_after(code)
 
 
+def test_a_dropped_coroutine_in_a_program_without_asyncio_does_not_import_it() -> None:
+    """A step's coroutine dropped unawaited ends the step cancelled from a garbage
+    collector's finalizer: it imported asyncio there (19 ms, in whichever thread
+    collected) in a program that never had."""
+    code = (
+        "import gc\n"
+        "import spangraph\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import "
+        "InMemorySpanExporter\n"
+        "exporter = InMemorySpanExporter()\n"
+        "provider = TracerProvider()\n"
+        "provider.add_span_processor(SimpleSpanProcessor(exporter))\n"
+        "spangraph.configure(tracer_provider=provider, graph=False, live=False, "
+        "instrument_threads=False)\n"
+        "async def inner():\n"
+        "    return 1\n"
+        "@spangraph.step\n"
+        "def make():\n"
+        "    return inner()\n"
+        "coroutine = make()\n"
+        "del coroutine\n"
+        "gc.collect()\n"
+        "[span] = exporter.get_finished_spans()\n"
+        "assert span.attributes['spangraph.state'] == 'cancelled', span.attributes\n"
+    )
+    assert _loaded_after(code) == []
+
+
 def test_cancellation_is_asyncio_s_once_asyncio_runs() -> None:
     """`is_cancellation` looks asyncio up rather than importing it: a CancelledError is
     still a cancellation (asyncio imported after spangraph), a plain error is not."""

@@ -68,18 +68,27 @@ class _TrioTimeout:
         return self._scope is not None and bool(self._scope.cancel_called)
 
 
-def cancelled_error(message: str) -> BaseException:
-    """asyncio's ``CancelledError`` with ``message``: how spangraph records a coroutine
-    ended without finishing."""
-    import asyncio
+class CancelledError(BaseException):
+    """A coroutine ended without finishing, in a program that has not imported asyncio
+    (trio, or a coroutine never run): a cancellation (:func:`is_cancellation`)."""
 
-    return asyncio.CancelledError(message)
+
+def cancelled_error(message: str) -> BaseException:
+    """How spangraph records a coroutine ended without finishing: asyncio's
+    ``CancelledError`` with ``message``, or, where asyncio was never imported, this
+    module's (asyncio is not imported for it: this runs in finalizers and at exit)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return CancelledError(message)
+    error: BaseException = asyncio.CancelledError(message)
+    return error
 
 
 def is_cancellation(exc: BaseException | None) -> TypeGuard[BaseException]:
     """Whether ``exc`` cancels the code rather than failing it: asyncio's
-    ``CancelledError``, ``KeyboardInterrupt``, or trio's ``Cancelled``."""
-    if isinstance(exc, KeyboardInterrupt):
+    ``CancelledError`` (or this module's), ``KeyboardInterrupt``, or trio's
+    ``Cancelled``."""
+    if isinstance(exc, KeyboardInterrupt | CancelledError):
         return True
     asyncio = sys.modules.get("asyncio")
     if asyncio is not None and isinstance(exc, asyncio.CancelledError):
