@@ -1975,12 +1975,15 @@ def test_a_run_stopped_at_an_interrupt_says_it_waits(
     workflow_id = f"hitl-{uuid.uuid4().hex[:8]}"
     root, ask = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
     asked = {"langgraph.interrupted": True}
+    sub = uuid.uuid4().hex[:16]
     _write_spans(
         graph_url,
         [
             _span(workflow_id, root, "approval", "workflow", attributes=asked),
             _span(workflow_id, uuid.uuid4().hex[:16], "plan", parent=root, start=1000),
-            _span(workflow_id, ask, "ask", parent=root, start=2000, attributes=asked),
+            # a subgraph's node asked: the node around it is marked too
+            _span(workflow_id, sub, "review", parent=root, start=2000, attributes=asked),
+            _span(workflow_id, ask, "ask", parent=sub, start=3000, attributes=asked),
         ],
     )
     with serving(graph_url, embedded_server, tmp_path) as base:
@@ -2001,7 +2004,8 @@ def test_a_failure_the_run_got_past_is_not_where_it_failed(
 ) -> None:
     """A step that failed and was followed by a fallback is not where the run failed: the
     header named it although the run's own code raised afterwards (another error). A
-    step whose error the run raised again, wrapped, right after it is named."""
+    step whose error the run raised again, wrapped, right after it is named, and a step
+    whose timeout failed the run, a cleanup step after it or not."""
     from playwright.sync_api import expect
 
     @spangraph.step
@@ -2023,6 +2027,21 @@ def test_a_failure_the_run_got_past_is_not_where_it_failed(
                 rank()
             except ValueError as exc:
                 raise RuntimeError("ranking failed") from exc
+    # a step whose timeout fired, then a cleanup step (`finally:`), as spangraph records
+    # them: the step's message says its timeout, the run's which step's
+    timed, slow = f"timed-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:16]
+    top = uuid.uuid4().hex[:16]
+    fired = "exceeded its timeout of 0.02 s"
+    _write_spans(
+        graph_url,
+        [
+            _span(timed, top, "timed-agent", "workflow", state="failed")
+            | {"status_message": f"TimeoutError: step 'slow' {fired}"},
+            _span(timed, slow, "slow", parent=top, start=1000, state="failed")
+            | {"status_message": f"TimeoutError: {fired}"},
+            _span(timed, uuid.uuid4().hex[:16], "cleanup", parent=top, start=30_000_000),
+        ],
+    )
     with serving(graph_url, embedded_server, tmp_path) as base:
         open_run(page, base, handled.workflow_id or "")
         expect(page.locator("#run-title")).to_have_text("handled-agent")
@@ -2032,6 +2051,10 @@ def test_a_failure_the_run_got_past_is_not_where_it_failed(
         expect(page.locator("#run-meta button.link")).to_have_count(0)
         open_run(page, base, wrapped.workflow_id or "")
         expect(page.locator("#run-meta button.link")).to_have_text("rank")
+        # a timeout: the run names the step whose timeout fired, as its own message did
+        # not (`exceeded its timeout of 0.02 s`; the run's: `step 'slow' exceeded ...`)
+        open_run(page, base, timed)
+        expect(page.locator("#run-meta button.link")).to_have_text("slow")
 
 
 @needs_chromium

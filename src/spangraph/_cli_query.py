@@ -90,8 +90,6 @@ _RUN_COMMANDS = frozenset({"tree", "events", "replay", "decisions", "branches", 
 
 
 def _run_query(args: argparse.Namespace, store: Any) -> int:
-    from . import queries
-
     what = args.what
     rows: Any
     if what in _RUN_COMMANDS:
@@ -278,7 +276,7 @@ def _state_of(run: dict[str, Any]) -> Any:
     """A run's state, ``completed (interrupted)`` for a LangGraph run that stopped at an
     ``interrupt()`` and waits for an answer."""
     attributes = run.get("attributes")
-    if isinstance(attributes, dict) and attributes.get("langgraph.interrupted") is True:
+    if isinstance(attributes, dict) and attributes.get(sc.LANGGRAPH_INTERRUPTED) is True:
         return f"{run.get('state')} (interrupted)"
     return run.get("state")
 

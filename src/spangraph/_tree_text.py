@@ -89,6 +89,6 @@ def _interrupted(span: dict[str, Any]) -> str | None:
     """``interrupted`` for a LangGraph node or run that stopped at an ``interrupt()``
     (its span ended ``completed``: the run waits for an answer)."""
     attributes = span.get("attributes")
-    if isinstance(attributes, dict) and attributes.get("langgraph.interrupted") is True:
+    if isinstance(attributes, dict) and attributes.get(sc.LANGGRAPH_INTERRUPTED) is True:
         return "interrupted"
     return None

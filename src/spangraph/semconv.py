@@ -306,6 +306,13 @@ OPENAI_RESPONSE_SERVICE_TIER: Final = "openai.response.service_tier"
 OPENAI_RESPONSE_SYSTEM_FINGERPRINT: Final = "openai.response.system_fingerprint"
 """Fingerprint of the backend configuration that answered (``fp_…``)."""
 
+# --- spangraph's LangGraph instrumentor ------------------------------------------------
+
+LANGGRAPH_INTERRUPTED: Final = "langgraph.interrupted"
+"""``true`` on a LangGraph node's step that called ``interrupt()``, and on the run that
+stopped there to wait for an answer (it ends ``completed``, its last lifecycle event
+``workflow.paused``)."""
+
 # --- other instrumentations' span kinds (read by the mapping, never written) ----------
 
 OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"

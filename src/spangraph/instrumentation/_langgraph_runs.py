@@ -55,7 +55,7 @@ _RUN: Final = otel_context.create_key("spangraph-langgraph-run")
 
 GRAPH_NAME: Final = "langgraph.graph.name"
 THREAD_ID: Final = "langgraph.thread_id"
-INTERRUPTED: Final = "langgraph.interrupted"
+INTERRUPTED: Final = sc.LANGGRAPH_INTERRUPTED
 INTERRUPT_EVENT: Final = "langgraph.interrupt"
 """Event of a graph run that is a step of the caller's run: ``interrupt()`` stopped it."""
 RESUME_EVENT: Final = "langgraph.resume"

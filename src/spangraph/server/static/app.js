@@ -1199,9 +1199,13 @@ function renderHeader(run) {
   if (origin) parts.push(nodeButton("failed at ", origin));
   // a LangGraph run that stopped at an interrupt(): it ended, and waits for an answer
   if (root.attributes["langgraph.interrupted"] === true) {
-    const asking = [...run.nodes.values()].find(
+    // the node that asked: an interrupted step with no interrupted step under it (a
+    // subgraph's node marks the node around it too)
+    const marked = [...run.nodes.values()].filter(
       (n) => n !== root && n.kind === "step" && n.attributes["langgraph.interrupted"] === true,
     );
+    const around = new Set(marked.map((n) => n.parent_span_id));
+    const asking = marked.find((n) => !around.has(n.span_id));
     parts.push(asking ? nodeButton("waiting for an answer: interrupted at ", asking) : "waiting for an answer: interrupted");
   }
   $("run-meta").replaceChildren(...parts.flatMap((p, i) => (i ? [" · ", p] : [p])).flat());
@@ -1221,6 +1225,19 @@ function nodeButton(text, node) {
     type: "button", class: "link", title: where, "aria-label": `${text}${where}: show it`,
     on: { click: () => selectNode(node.span_id) },
   }, bdi(where))];
+}
+
+/** Whether `child`'s error is `parent`'s, gone through unchanged: the same status
+ * message, or a timeout the child's own (`TimeoutError: exceeded its timeout of 0.5 s`)
+ * that the parent names (`TimeoutError: step 'fetch' exceeded its timeout of 0.5 s`). */
+function sameError(parent, child) {
+  const p = parent.status_message;
+  const c = child.status_message;
+  if (!p || !c) return false;
+  if (p === c) return true;
+  const fired = /^TimeoutError: (exceeded its timeout of \S+ s)$/.exec(c);
+  return fired !== null && p.startsWith("TimeoutError: ") && p.endsWith(` ${fired[1]}`)
+    && child.name !== null && p.includes(child.name);
 }
 
 /** The run's spans (its nodes, less the options never explored: no span, a node of the
@@ -1278,7 +1295,7 @@ function failureOrigin(run, root) {
     const children = kids.get(at.span_id) || [];
     const failed = children.filter((n) => n.state === "failed");
     if (!failed.length) break;
-    const same = at.status_message ? failed.filter((n) => n.status_message === at.status_message) : [];
+    const same = failed.filter((n) => sameError(at, n));
     const next = same.length ? latest(same) : latest(failed);
     if (!same.length) {
       const after = children.some((n) => n !== next && n.state !== "cancelled" && n.end_ns != null && n.end_ns > ended(next));
