@@ -1406,6 +1406,12 @@ def test_ids_in_capitals_are_found(query: Callable[..., Result]) -> None:
     assert query("branch", left.branch_id.upper()).code == 0
     assert query("diff", "--branches", left.branch_id.upper(), right.branch_id).code == 0
     assert json.loads(query("path", run.span_id.upper(), "--json").out)[0]["name"] == "wf"
+    # and the runs --workflow options name
+    assert query("branch", left.branch_id, "--workflow", upper).code == 0
+    assert (
+        query("diff", "--branches", left.branch_id, right.branch_id, "--workflow-a", upper).code
+        == 0
+    )
 
 
 def test_query_tree_marks_the_attempts_of_a_retried_step(query: Callable[..., Result]) -> None:

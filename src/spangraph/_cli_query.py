@@ -162,6 +162,8 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         if not rows and not queries.run_exists(store, args.id):
             return _no_run(store, args.id, what)
     elif what == "branch":
+        if args.workflow is not None:
+            args.workflow = _as_stored(args.workflow, _known_run(store))
         args.id = _as_stored(args.id, _known_branch(store, args.workflow))
         summary = queries.branch_summary(store, args.id, workflow_id=args.workflow)
         if summary is None:
@@ -194,6 +196,9 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             return 1
     elif what == "diff":
         if args.branches:
+            for option in ("workflow_a", "workflow_b"):
+                if getattr(args, option) is not None:
+                    setattr(args, option, _as_stored(getattr(args, option), _known_run(store)))
             args.a = _as_stored(args.a, _known_branch(store, args.workflow_a))
             args.b = _as_stored(args.b, _known_branch(store, args.workflow_b))
         else:
