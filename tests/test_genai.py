@@ -890,3 +890,9 @@ def test_a_tool_call_id_is_recorded(cap: SpanCapture) -> None:
     for bad in ("", "  ", 5):
         with pytest.raises(ValueError, match="call_id"):
             spangraph.tool("t", call_id=bad)  # type: ignore[arg-type]
+    # a decorated tool is called many times: one call's id would be on every call
+    with pytest.raises(TypeError, match="names one call of the tool"):
+
+        @spangraph.tool("lookup", call_id="call_1")
+        def lookup(key: str) -> str:
+            return key

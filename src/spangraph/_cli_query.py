@@ -294,18 +294,22 @@ def _error_of(run: dict[str, Any]) -> str | None:
     return message if isinstance(message, str) and message else None
 
 
-def _print_diff(result: dict[str, Any]) -> None:
-    first = result["first_divergence"]
+def divergence_text(first: dict[str, Any] | None) -> str:
+    """A diff's first divergence (``first_divergence`` of :func:`spangraph.queries.diff`)
+    as the CLI and the demo say it."""
     if first is None:
-        print("the two have the same structure")
-    else:
-        a, b = first["a"] or {}, first["b"] or {}
-        field = "chosen" if first["reason"] == "different choice" else "path"
-        shown = [repr(x[field]) if x.get(field) is not None else "-" for x in (a, b)]
-        detail = ("chose " if field == "chosen" else "") + " vs ".join(shown)
-        # (index: the place in a walk of the tree from its root, which is 0)
-        at = f"node {first['index'] + 1} of the tree, in order from its root"
-        print(printable(f"first divergence at {at}: {first['reason']} ({detail})"))
+        return "the two have the same structure"
+    a, b = first["a"] or {}, first["b"] or {}
+    field = "chosen" if first["reason"] == "different choice" else "path"
+    shown = [repr(x[field]) if x.get(field) is not None else "-" for x in (a, b)]
+    detail = ("chose " if field == "chosen" else "") + " vs ".join(shown)
+    # (index: the place in a walk of the tree from its root, which is 0)
+    at = f"node {first['index'] + 1} of the tree, in order from its root"
+    return f"first divergence at {at}: {first['reason']} ({detail})"
+
+
+def _print_diff(result: dict[str, Any]) -> None:
+    print(printable(divergence_text(result["first_divergence"])))
     print(printable(f"only in {result['a']}: {', '.join(result['only_in_a']) or '-'}"))
     print(printable(f"only in {result['b']}: {', '.join(result['only_in_b']) or '-'}"))
     for changed in result["states"]:

@@ -15,8 +15,9 @@ import redis
 
 from . import _sdk, branching, genai, queries
 from . import instrument as sg
+from ._cli_query import divergence_text
 from ._ids import uuid7
-from ._terminal import interrupted
+from ._terminal import interrupted, printable
 from ._tree_text import print_tree
 from .config import ENV_REDIS_URL, Settings, redact_url
 from .exceptions import ConfigurationError
@@ -249,12 +250,7 @@ def run_demo(out: TextIO, *, home: str | None = None) -> int:
     say(
         f"\ndraft-concise vs draft-detailed (spangraph query diff --branches {concise} {detailed}):"
     )
-    first = diff["first_divergence"]
-    if first is not None:
-        say(
-            f"  first divergence: {first['reason']} at "
-            f"{(first['a'] or {}).get('path')!r} vs {(first['b'] or {}).get('path')!r}"
-        )
+    say(f"  {printable(divergence_text(diff['first_divergence']))}")
     say(f"  only in draft-detailed: {', '.join(diff['only_in_b']) or '-'}")
     say(f"  only in draft-concise: {', '.join(diff['only_in_a']) or '-'}")
     stats = instance.stats()

@@ -393,6 +393,11 @@ class _ToolScope(Scope[ToolCall]):
             return type(fn)(self(fn.__func__))
         if not callable(fn):
             raise TypeError(f"tool() decorates a function, got {fn!r}")
+        if sc.GEN_AI_TOOL_CALL_ID in self._tool_known:
+            raise TypeError(
+                "tool(call_id=) names one call of the tool: give it to a `with tool(...)` "
+                "block around that call, not to a decorator (every call would share it)"
+            )
         code = _code_of(fn)
         if inspect.isgeneratorfunction(code) or inspect.isasyncgenfunction(code):
             raise TypeError(

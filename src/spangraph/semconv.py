@@ -40,7 +40,8 @@ STEP_ATTEMPT: Final = "spangraph.step.attempt"
 """Attempt number of a step, starting at 1."""
 
 STEP_MAX_ATTEMPTS: Final = "spangraph.step.max_attempts"
-"""How many attempts a step with ``retries=`` may make in all."""
+"""How many attempts a step with ``retries=`` (or a LangGraph node with a RetryPolicy)
+may make in all."""
 
 TIMEOUT_S: Final = "spangraph.timeout_s"
 """Timeout of a step or workflow in seconds, when one was set."""
