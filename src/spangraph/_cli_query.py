@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any
 from . import queries
 from . import semconv as sc
 from ._cli_stream import FROM_GRAPH, live_events, with_live
+from ._cli_values import count, json_value, param, seconds
 from ._terminal import printable
 from ._tree_text import print_tree
 from .config import ENV_HOME, Settings, graph_url_setting, redact_url
@@ -497,7 +497,7 @@ def add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentParse
         help="only this state",
     )
     w.add_argument("--name", help="only this workflow name")
-    w.add_argument("--limit", type=_count, default=50, help="at most this many (default 50)")
+    w.add_argument("--limit", type=count, default=50, help="at most this many (default 50)")
     add("tree", "one run as a tree", ("id", "workflow id"))
     add("path", "the path from a span to its root", ("id", "span id"))
     add(
@@ -538,20 +538,20 @@ def add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentParse
     ab = add("abandoned", "spans still running long after they started")
     ab.add_argument(
         "--older-than",
-        type=_seconds,
+        type=seconds,
         default=3600.0,
         metavar="SECONDS",
         help="started more than this many seconds ago (default 3600)",
     )
     ab.add_argument("--project", help="only this project")
-    ab.add_argument("--limit", type=_count, default=100, help="at most this many (default 100)")
+    ab.add_argument("--limit", type=count, default=100, help="at most this many (default 100)")
     c = add("cypher", "run a read-only Cypher statement", ("text", "the Cypher text"))
     c.add_argument(
         "-p",
         "--param",
         action="append",
         default=[],
-        type=_param(str),
+        type=param(str),
         metavar="NAME=TEXT",
         help="the value of $NAME, as text (repeat for more parameters)",
     )
@@ -559,101 +559,7 @@ def add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentParse
         "--param-json",
         action="append",
         default=[],
-        type=_param(_json_value),
+        type=param(json_value),
         metavar="NAME=JSON",
         help="the value of $NAME, as JSON (a number, true, a list ...)",
     )
-
-
-_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class _NotFinite(ValueError):
-    """NaN or an infinity in a ``--param-json`` value."""
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _NotFinite(f"{name}: the stores take finite numbers only")
-
-
-def _json_value(text: str) -> Any:
-    try:
-        value = json.loads(text, parse_constant=_refuse_constant)
-    except _NotFinite:
-        raise
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-    except ValueError as exc:
-        raise ValueError(f"not JSON ({exc})") from None
-    _check_json_numbers(value)
-    return value
-
-
-_INT64 = range(-(2**63), 2**63)
-
-
-def _check_json_numbers(value: Any) -> None:
-    """Refuse what the stores would round or reject: numbers out of the 64-bit range."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if type(item) is int and item not in _INT64:
-            raise ValueError(f"{item} is out of the 64-bit integer range")
-        if type(item) is float and not math.isfinite(item):
-            raise ValueError("a number out of the 64-bit float range")
-        if type(item) is list:
-            stack.extend(item)
-        elif type(item) is dict:
-            stack.extend(item.values())
-
-
-def _param(convert: Any) -> Any:
-    """An argparse ``type`` for ``NAME=VALUE``: ``(NAME, convert(VALUE))``."""
-
-    def parse(text: str) -> tuple[str, Any]:
-        name, eq, value = text.partition("=")
-        if not eq or not _PARAM_NAME.fullmatch(name):
-            raise argparse.ArgumentTypeError(
-                f"must be NAME=VALUE with NAME a Cypher parameter name, got {text!r}"
-            )
-        try:
-            return name, convert(value)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{name}: {exc}") from None
-
-    return parse
-
-
-def parse_params(args: argparse.Namespace) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for name, value in [*args.param, *args.param_json]:
-        if name in params:
-            raise ValueError(f"parameter {name} given twice")
-        params[name] = value
-    return params
-
-
-def checked(convert: Any, ok: Any, what: str) -> Any:
-    """An argparse ``type``: ``convert(text)`` when ``ok`` of it, else a usage error
-    saying the value must be ``what``."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-_MAX_LIMIT = queries.MAX_LIMIT
-_MAX_AGE_S = queries.MAX_AGE_S
-_count = checked(int, lambda v: 1 <= v <= _MAX_LIMIT, f"a whole number from 1 to {_MAX_LIMIT}")
-_seconds = checked(
-    float,
-    lambda v: math.isfinite(v) and 0 <= v <= _MAX_AGE_S,
-    f"a number of seconds from 0 to {_MAX_AGE_S} (100 years)",
-)

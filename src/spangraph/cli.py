@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._cli_query import add_query_parsers, checked, cmd_query, parse_params
+from ._cli_query import add_query_parsers, cmd_query
+from ._cli_values import checked, parse_params
 from ._terminal import handle_interrupts, interrupted, restore
 from .config import (
     ENV_HOME,
