@@ -32,6 +32,10 @@ Python package driving the system's ``/usr/bin/chromium``; no browser download).
   and live rows that keep both, and the focus where it is.
 - ``test_a_run_thousands_of_levels_deep_opens``: a run 2 000 levels deep shows down to
   its deepest span, as an ARIA tree; ``test_an_error_without_a_message_reads_its_type_alone``.
+- ``test_a_failed_run_says_what_failed`` .. ``test_names_keys_and_statuses_read_plainly``:
+  a failed run's error in its header and in the runs list, the attempts of a retried
+  step, the page at a phone's size and a big run below 1 100 px, model calls still
+  running, the focus ring's contrast, names, attribute keys and statuses.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import asyncio
 import contextlib
 import json
 import queue
+import re
 import socket
 import threading
 import time
@@ -750,7 +755,8 @@ def _write_spans(graph_url: str, spans: list[dict[str, Any]]) -> None:
     """Write finished (or, with ``state`` "running", unfinished) spans into the graph, as
     the graph worker leaves them. Each span: ``span_id``, ``name``, ``kind``,
     ``workflow_id``, ``start_ns``; optional ``parent``, ``state``, ``attributes``,
-    ``duration_ms`` (else 1 ms), ``status_message``, ``trace_id``."""
+    ``duration_ms`` (else 1 ms), ``status`` (else ERROR when failed, else OK),
+    ``status_message``, ``trace_id``."""
     batch = WriteBatch()
     for span in spans:
         props: dict[str, Any] = {
@@ -768,7 +774,7 @@ def _write_spans(graph_url: str, spans: list[dict[str, Any]]) -> None:
         if props["state"] != "running":
             props["duration_ms"] = span.get("duration_ms", 1.0)
             props["end_ns"] = span["start_ns"] + round(props["duration_ms"] * 1e6)
-            props["status"] = "ERROR" if props["state"] == "failed" else "OK"
+            props["status"] = span.get("status", "ERROR" if props["state"] == "failed" else "OK")
         if span.get("status_message"):
             props["status_message"] = span["status_message"]
         label = span["kind"].capitalize() if span["kind"] in ("workflow", "step") else None
@@ -1538,8 +1544,8 @@ def test_durations_and_multi_line_errors(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:
     """Durations are rounded before they are split ("2 min 0 s", never "1 min 60 s"), a
-    span running for more than a day shows its time, and a multi-line error keeps its
-    lines."""
+    span running for more than a day shows its time (no "…" after it), and a multi-line
+    error keeps its lines."""
     from playwright.sync_api import expect
 
     workflow_id = f"dur-{uuid.uuid4().hex[:8]}"
@@ -1575,7 +1581,10 @@ def test_durations_and_multi_line_errors(
         dur = lambda name: node(page, name).locator(":scope > .row .dur")  # noqa: E731
         expect(dur("two-minutes")).to_have_text("2 min 0 s")
         expect(dur("a-minute")).to_have_text("1 min 0 s")
-        expect(dur("long-run")).to_have_text(re_full(r"25 h 0 min \d+ s…"))
+        # a running span's time: beside its "running" badge in the tree, "so far" in the
+        # header (not "…", which read as text cut short)
+        expect(dur("long-run")).to_have_text(re_full(r"25 h 0 min \d+ s"))
+        expect(page.locator("#run-meta")).to_contain_text(re.compile(r"25 h 0 min \d+ s so far"))
         formatted = page.evaluate(
             """async () => {
               const { fmtDuration } = await import("/static/util.js");
@@ -1726,7 +1735,7 @@ def test_a_large_run_loads_and_polls_in_linear_time(
                 assert names == by_start == [f"s{i:04d}" for i in range(n)]
                 # the running workflow's time ticks
                 expect(node(page, "large-run").locator(":scope > .row .dur")).to_have_text(
-                    re_full(r".+…")
+                    re_full(r"\d.*")
                 )
 
                 # at least one whole graph read with nothing new: the next one has begun
@@ -1855,7 +1864,7 @@ def test_a_failed_run_says_where_it_failed(
     """The header said "failed" and nothing more: the span where the failure began had to
     be found row by row. It names it (not an attempt a retry recovered from), and shows
     it when clicked. The attempts of a retried step differed only by state: they say
-    which attempt each is."""
+    which attempt each is, the first too, and the failed one reads as retried."""
     from playwright.sync_api import expect
 
     configure_sdk(graph_url, embedded_server, tmp_path)
@@ -1882,12 +1891,16 @@ def test_a_failed_run_says_where_it_failed(
         expect(page.locator("#run-meta")).to_contain_text("failed at parse")
         where.click()
         expect(page.locator("#detail-title")).to_have_text("parse")
-        # a retried step's rows say which attempt each is, from the second on
+        # a retried step's rows say which attempt each is, the first one too
         attempts = page.locator('#tree li.tree-item[data-name="fetch"] > .row .attempt')
-        expect(attempts).to_have_text(["", "attempt 2"])
-        expect(
-            page.locator('#tree li.tree-item[data-name="fetch"] > .row .node-btn').nth(1)
-        ).to_have_attribute("aria-label", re_full(r"step fetch, attempt 2, completed, .+"))
+        expect(attempts).to_have_text(["attempt 1", "attempt 2"])
+        buttons = page.locator('#tree li.tree-item[data-name="fetch"] > .row .node-btn')
+        expect(buttons.nth(0)).to_have_attribute(
+            "aria-label", re_full(r"step fetch, attempt 1, failed, retried, .+")
+        )
+        expect(buttons.nth(1)).to_have_attribute(
+            "aria-label", re_full(r"step fetch, attempt 2, completed, .+")
+        )
 
 
 @needs_chromium
@@ -2062,7 +2075,8 @@ def test_a_click_in_a_narrow_window_shows_the_node_panel(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:
     """Below 1 100 px the node panel is under the run: a click on a node changed
-    nothing in sight. It is brought into view (keys move through the tree in place)."""
+    nothing in sight. It is brought into view, the whole of it (keys move through the
+    tree in place)."""
     from playwright.sync_api import expect
 
     workflow_id, root = f"narrow-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:16]
@@ -2081,10 +2095,13 @@ def test_a_click_in_a_narrow_window_shows_the_node_panel(
         step = node(page, "step-00").locator(":scope > .row > .node-btn")
         expect(step).to_be_visible()
         title = page.locator("#detail-title")
-        assert title.bounding_box()["y"] >= 700  # out of sight at first
+        panel = page.locator(".detail-panel")
+        box = panel.bounding_box()
+        assert box["y"] + box["height"] / 2 >= 700  # mostly out of sight at first
         step.click()
         expect(title).to_have_text("step-00")
         expect(title).to_be_in_viewport()
+        expect(panel).to_be_in_viewport(ratio=1)
 
 
 @needs_chromium
@@ -2705,3 +2722,487 @@ def test_an_error_without_a_message_reads_its_type_alone(
         node(page, "with-message").locator(":scope > .row > .node-btn").click()
         expect(error).to_contain_text("no answer")
         assert error.evaluate("e => e.innerText") == "Error: TimeoutError: no answer in 2 s"
+
+
+# -- narrow windows, failures, attempts and focus --------------------------------------------
+
+# Boxes of the page's elements that stick out of the window sideways (the tree's own rows
+# aside: the tree scrolls sideways in its box), hidden ones and the skip link left out.
+OUTSIDE_THE_WINDOW = """() => {
+  const width = document.documentElement.clientWidth;
+  const out = [];
+  for (const el of document.querySelectorAll("body *")) {
+    if (el.closest("#tree-root, .skip, .sr-only, dialog")) continue;
+    const r = el.getBoundingClientRect();
+    if (!r.width || !r.height) continue;
+    if (r.left < -0.5 || r.right > width + 0.5) {
+      out.push([el.tagName, el.id || el.className, Math.round(r.left), Math.round(r.right)]);
+    }
+  }
+  return { out, page: document.documentElement.scrollWidth, width };
+}"""
+
+
+def _failing_runs(graph_url: str, embedded_server: Any, home: Path) -> dict[str, str]:
+    """Runs that failed, written by the SDK; their workflow_ids by name:
+
+    - ``checkout-agent``: a step failed its three attempts (a two-line error), after a
+      step that failed once and then went through;
+    - ``handled-agent``: the run's own code raised after a step it got past (a fallback
+      step after it);
+    - ``verbose-agent``: a step's error is one line of 300 characters.
+    """
+    tries = iter([True, False])
+
+    @spangraph.step(retries=1, backoff=0)
+    def fetch() -> None:
+        if next(tries):
+            raise ConnectionError("HTTP 503 from the billing API")
+
+    @spangraph.step(retries=2, backoff=0)
+    def charge() -> None:
+        raise RuntimeError("gateway rejected the request: card_declined\n  code=4002")
+
+    ids = {}
+    with recording(graph_url, embedded_server, home):
+        with contextlib.suppress(RuntimeError), spangraph.workflow("checkout-agent") as run:
+            fetch()
+            with spangraph.step("payment"):
+                charge()
+        ids["checkout-agent"] = run.workflow_id or ""
+        with contextlib.suppress(RuntimeError), spangraph.workflow("handled-agent") as run:
+            with contextlib.suppress(ValueError), spangraph.step("rank"):
+                raise ValueError("ranker returned NaN")
+            with spangraph.step("rank_fallback"):
+                pass
+            raise RuntimeError("answer failed validation\nsee the validator's log")
+        ids["handled-agent"] = run.workflow_id or ""
+        with (
+            contextlib.suppress(ValueError),
+            spangraph.workflow("verbose-agent") as run,
+            spangraph.step("parse"),
+        ):
+            raise ValueError("x" * 300)
+        ids["verbose-agent"] = run.workflow_id or ""
+    return ids
+
+
+@needs_chromium
+def test_a_failed_run_says_what_failed(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A failed run's header said where it failed, not what failed: it gives the first
+    line of that span's error (the whole of it in its tooltip, at most 120 characters
+    shown) and, for a retried step, which attempt; when the run's own code raised, the
+    run's own error. The runs list says a failed run's error in a line under it."""
+    from playwright.sync_api import expect
+
+    ids = _failing_runs(graph_url, embedded_server, tmp_path)
+    declined = "RuntimeError: gateway rejected the request: card_declined\n  code=4002"
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, ids["checkout-agent"])
+        meta = page.locator("#run-meta")
+        expect(meta).to_contain_text(
+            "failed at charge (attempt 3): RuntimeError: gateway rejected the request:"
+            " card_declined"
+        )
+        error = meta.locator("bdi.failure")
+        expect(error).to_have_text("RuntimeError: gateway rejected the request: card_declined")
+        expect(error).to_have_attribute("title", declined)
+        meta.locator("button.link").click()
+        expect(page.locator("#detail-title")).to_have_text("charge")
+        expect(node(page, "charge").locator(":scope > .row .attempt")).to_have_text(
+            "attempt 1"
+        )  # (the first of the three: the selected one is the third)
+        selected = page.locator('#tree li.tree-item[aria-selected="true"]')
+        expect(selected.locator(":scope > .row .attempt")).to_have_text("attempt 3")
+
+        # the runs list: a line under each failed run, its error's first line
+        listed = page.locator('#runs li[data-name="checkout-agent"] .run-error')
+        expect(listed).to_have_text("RuntimeError: gateway rejected the request: card_declined")
+        expect(listed).to_have_attribute("title", declined)
+        expect(page.locator('#runs li[data-name="checkout-agent"] button')).to_have_attribute(
+            "aria-label", "checkout-agent, failed: " + declined.split("\n")[0]
+        )
+        handled = page.locator('#runs li[data-name="handled-agent"] .run-error')
+        expect(handled).to_have_text("RuntimeError: answer failed validation")
+
+        # the run's own code raised: nothing named, the run's own error
+        open_run(page, base, ids["handled-agent"])
+        expect(page.locator("#run-title")).to_have_text("handled-agent")
+        expect(meta).to_contain_text("failed: RuntimeError: answer failed validation")
+        expect(meta.locator("button.link")).to_have_count(0)
+        expect(meta.locator("bdi.failure")).to_have_attribute(
+            "title", "RuntimeError: answer failed validation\nsee the validator's log"
+        )
+
+        # a long error: its start, cut at 120 characters
+        open_run(page, base, ids["verbose-agent"])
+        expect(meta.locator("button.link")).to_have_text("parse")
+        cut = "ValueError: " + "x" * 107 + "…"
+        expect(meta.locator("bdi.failure")).to_have_text(cut)
+        expect(meta.locator("bdi.failure")).to_have_attribute("title", "ValueError: " + "x" * 300)
+        expect(page.locator('#runs li[data-name="verbose-agent"] .run-error')).to_have_text(cut)
+
+
+@needs_chromium
+def test_attempts_a_step_was_retried_from_read_as_retried(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """The first attempt of a retried step had no label (labels began at "attempt 2"),
+    and an attempt the step was retried from read "failed" in red like the failure that
+    ended the run. Every attempt of a step that was (or may be) retried says which it
+    is, and a failed attempt with a later one after it reads "failed · retried", muted,
+    and says so to a screen reader; the attempt that ended the step keeps its red. Live
+    too: attempt 1 turns "retried" when attempt 2 starts."""
+    from playwright.sync_api import expect
+
+    ids = _failing_runs(graph_url, embedded_server, tmp_path)
+
+    def rows(name: str) -> Any:
+        return page.locator(f'#tree li.tree-item[data-name="{name}"] > .row .node-btn')
+
+    def looks(name: str) -> list[list[Any]]:
+        return rows(name).evaluate_all(
+            """els => els.map((b) => {
+              const badge = b.querySelector(".state");
+              return [b.querySelector(".attempt").textContent, badge.textContent,
+                      badge.classList.contains("retried"), getComputedStyle(badge).color];
+            })"""
+        )
+
+    red = "rgb(179, 38, 30)"  # --failed
+    muted = "rgb(91, 101, 115)"  # --muted
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, ids["checkout-agent"])
+        expect(rows("charge")).to_have_count(3)
+        expect(rows("charge").nth(2)).to_have_attribute(
+            "aria-label", re_full(r"step charge, attempt 3, failed, .+ ms")
+        )
+        assert looks("charge") == [
+            ["attempt 1", "failed", True, muted],
+            ["attempt 2", "failed", True, muted],
+            ["attempt 3", "failed", False, red],
+        ]
+        expect(rows("charge").nth(0)).to_have_attribute(
+            "aria-label", re_full(r"step charge, attempt 1, failed, retried, .+ ms")
+        )
+        assert (
+            rows("charge")
+            .nth(0)
+            .locator(".state")
+            .evaluate("b => getComputedStyle(b, '::after').content")
+            == '" · retried"'
+        )
+        assert looks("fetch") == [
+            ["attempt 1", "failed", True, muted],
+            ["attempt 2", "completed", False, "rgb(23, 112, 58)"],
+        ]
+        # steps that may not be retried, or were not: no attempt said
+        assert looks("payment") == [["", "failed", False, red]]
+
+    # live: attempt 1 fails, then attempt 2 starts (each in a frame of its own)
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    stream = FakeStream.on(app)
+    workflow_id = f"retry-{uuid.uuid4().hex[:8]}"
+    msg = Messages(workflow_id)
+    root, first, second, other = "a1" * 8, "b2" * 8, "c3" * 8, "d4" * 8
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        conn = stream.next_connection()
+        try:
+            conn.send_batch(
+                subscribed_message(workflow_id),
+                msg("span.started", root, None, "workflow", "retrying"),
+                # a step called twice, never retried: both attempt 1, no attempt said
+                msg("span.started", other, root, "step", "lookup", **{"spangraph.step.attempt": 1}),
+                msg("span.started", first, root, "step", "fetch", **{"spangraph.step.attempt": 1}),
+            )
+            expect(rows("fetch")).to_have_count(1)
+            expect(rows("fetch").locator(".attempt")).to_have_text("")
+            conn.send(msg("span.ended", first, root, "step", "fetch", state="failed"))
+            expect(rows("fetch").locator(".state")).to_have_text("failed")
+            expect(rows("fetch").locator(".state")).not_to_have_class(re_word("retried"))
+            conn.send(
+                msg("span.started", second, root, "step", "fetch", **{"spangraph.step.attempt": 2})
+            )
+            expect(rows("fetch")).to_have_count(2)
+            expect(rows("fetch").locator(".attempt")).to_have_text(["attempt 1", "attempt 2"])
+            expect(rows("fetch").nth(0).locator(".state")).to_have_class(re_word("retried"))
+            expect(rows("fetch").nth(0)).to_have_attribute(
+                "aria-label", re_full(r"step fetch, attempt 1, failed, retried(, .+)?")
+            )
+            expect(rows("lookup").locator(".attempt")).to_have_text("")
+        finally:
+            conn.close()
+
+
+@needs_chromium
+def test_a_phone_sized_window_shows_the_run_in_one_column(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """At 390x844 (a phone) the page kept a 240 px runs column beside the run: the run's
+    title was 0 px wide, its tree and insights cut off. One column now: the runs (a
+    short list that scrolls) above the run, then the node panel; nothing sticks out of
+    the window but the tree's rows, which scroll sideways in the tree's own box."""
+    from playwright.sync_api import expect
+
+    workflow_id, root = f"phone-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:16]
+    _write_spans(
+        graph_url,
+        _runs([f"other-run-{i:02d}" for i in range(12)], time.time_ns() - 10**12)
+        + [_span(workflow_id, root, "customer-support-triage", "workflow")]
+        + [
+            _span(workflow_id, uuid.uuid4().hex[:16], f"step-{i:02d}", parent=root, start=i)
+            for i in range(30)
+        ],
+    )
+    page.set_viewport_size({"width": 390, "height": 844})
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, workflow_id)
+        title = page.locator("#run-title")
+        expect(title).to_have_text("customer-support-triage")
+        expect(state_of(page, "step-29")).to_have_text("completed")
+        box = title.bounding_box()
+        assert box["width"] >= 150, box  # (before: 0)
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+        outside = page.evaluate(OUTSIDE_THE_WINDOW)
+        assert outside["out"] == [] and outside["page"] <= outside["width"], outside
+        # one column: the runs, the run and the node panel one above the other, full width
+        boxes = (
+            "els => els.map((e) => { const r = e.getBoundingClientRect();"
+            " return [r.left, r.width, r.top]; })"
+        )
+        panels = page.eval_on_selector_all(".runs-panel, .run-panel, .detail-panel", boxes)
+        (runs, run, detail) = panels
+        assert runs[2] < run[2] < detail[2], panels
+        for left, width, _ in panels:
+            assert left <= 10 and width >= 370, panels
+        insights = page.eval_on_selector_all(".insights > section", boxes)
+        assert len({round(left) for left, _, _ in insights}) == 1, insights  # stacked
+        # the runs list is short, and scrolls
+        runs_list = page.locator("#runs")
+        assert runs_list.evaluate("e => e.scrollHeight > e.clientHeight"), "all runs shown"
+        assert runs_list.bounding_box()["height"] <= 844 / 2
+        # a row far down the tree can be reached, its name whole in sight
+        row = node(page, "step-29").locator(":scope > .row > .node-btn")
+        row.scroll_into_view_if_needed()
+        expect(row).to_be_in_viewport()
+        name = node(page, "step-29").locator(":scope > .row .name")
+        expect(name).to_be_in_viewport(ratio=1)
+        assert name.evaluate("e => e.scrollWidth <= e.clientWidth && e.clientWidth > 0")
+        # and the node panel, after a tap on it
+        row.click()
+        expect(page.locator("#detail-title")).to_have_text("step-29")
+        expect(page.locator("#detail-title")).to_be_in_viewport()
+        expect(page.locator("#detail dd[data-fact=Duration]")).to_be_in_viewport()
+        outside = page.evaluate(OUTSIDE_THE_WINDOW)
+        assert outside["out"] == [] and outside["page"] <= outside["width"], outside
+
+
+@needs_chromium
+def test_a_big_run_in_a_narrow_window_keeps_the_node_panel_near(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Below 1 100 px a big run made the page as tall as its tree (225 steps: 7 400 px),
+    so a click near the top scrolled 6 700 px down to the node panel, and rows arriving
+    live moved it. The tree scrolls in a box of its own: the page stays a few screens
+    tall and the node panel comes into view beside the tree."""
+    from playwright.sync_api import expect
+
+    workflow_id, root = f"big-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:16]
+    _write_spans(
+        graph_url,
+        [_span(workflow_id, root, "nightly-ingest", "workflow")]
+        + [
+            _span(workflow_id, uuid.uuid4().hex[:16], f"record-{i:03d}", parent=root, start=i)
+            for i in range(225)
+        ],
+    )
+    page.set_viewport_size({"width": 800, "height": 700})
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator("#tree li.tree-item")).to_have_count(226)
+        tree = page.locator("#tree")
+        assert tree.evaluate("e => e.scrollHeight > e.clientHeight")  # its own scroll
+        assert page.evaluate("document.documentElement.scrollHeight") < 3 * 700
+        node(page, "record-003").locator(":scope > .row > .node-btn").click()
+        expect(page.locator("#detail-title")).to_have_text("record-003")
+        expect(page.locator("#detail-title")).to_be_in_viewport()
+        expect(node(page, "record-003").locator(":scope > .row")).to_be_in_viewport()
+        assert page.evaluate("document.documentElement.scrollHeight") < 3 * 700
+
+
+@needs_chromium
+def test_model_calls_still_running_are_counted_apart(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """The header said "1 without usage" of a model call still streaming (its usage
+    comes when it ends): running calls are counted apart from those that ended without
+    reporting any."""
+    from playwright.sync_api import expect
+
+    workflow_id, root = f"tokens-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:16]
+    usage = {"gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 50}
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "chatting", "workflow", state="running"),
+            _span(workflow_id, "b2" * 8, "chat a", "llm", parent=root, attributes=usage),
+            _span(workflow_id, "c3" * 8, "chat b", "llm", parent=root, start=1, state="running"),
+            _span(workflow_id, "d4" * 8, "chat c", "llm", parent=root, start=2),
+        ],
+    )
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator("#run-meta")).to_contain_text(
+            "3 model calls, 150 tokens (100 in, 50 out; 1 running, 1 without usage)"
+        )
+
+
+# (a ring's colours and the contrast of each with white and the selected row's blue)
+FOCUS_RING = """(el) => {
+  const s = getComputedStyle(el);
+  return { visible: el.matches(":focus-visible"), outline: s.outlineColor,
+           outlineWidth: s.outlineWidth, offset: s.outlineOffset, shadow: s.boxShadow };
+}"""
+
+
+def _contrast(a: str, b: str) -> float:
+    """WCAG contrast of two colours given as "rgb(r, g, b)" or "#rrggbb"."""
+    import re
+
+    def luminance(color: str) -> float:
+        if color.startswith("#"):
+            rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+        else:
+            rgb = [int(x) for x in re.findall(r"\d+", color)[:3]]
+        lin = [(c / 255) / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted([luminance(a), luminance(b)], reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@needs_chromium
+def test_the_focus_ring_stands_out_on_white_and_on_the_selected_blue(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """The focus ring was amber alone (#f0a30a: 2.1:1 against white, 1.8:1 against the
+    selected row's blue) and the first run's lost its top edge to the list's edge. It
+    has a dark inner line now (3:1 and more against both), and the list room above its
+    first run for the ring."""
+    from playwright.sync_api import expect
+
+    workflow_id = _simple_run(graph_url, "focus-run")
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, workflow_id)
+        expect(state_of(page, "only-step")).to_have_text("completed")
+        # Tab from the run filters' last control to the first run
+        page.locator("#auto-refresh").focus()
+        page.keyboard.press("Tab")
+        first = page.locator("#runs li").first.locator("button")
+        expect(first).to_be_focused()
+        expect(first).to_have_attribute("aria-current", "true")  # (the selected blue)
+        ring = first.evaluate(FOCUS_RING)
+        assert ring["visible"], ring
+        inner = re_full(r"(rgb\(\d+, \d+, \d+\)) 0px 0px 0px (\d+)px inset").match(ring["shadow"])
+        assert inner and int(inner[2]) >= 2, ring
+        for background in ("#ffffff", "#e8effc"):
+            assert _contrast(inner[1], background) >= 3, (ring, background)
+        assert _contrast(ring["outline"], "#18212f") >= 3, ring  # (the top bar, dark)
+        # the whole ring inside the runs list, which clips what it scrolls
+        room = page.evaluate(
+            """() => {
+              const list = document.getElementById("runs").getBoundingClientRect();
+              const entry = document.querySelector("#runs li button").getBoundingClientRect();
+              return entry.top - list.top;
+            }"""
+        )
+        reach = float(ring["outlineWidth"].removesuffix("px")) + float(
+            ring["offset"].removesuffix("px")
+        )
+        assert room >= reach, (room, ring)
+        # a tree item rings its node's button alike
+        node(page, "only-step").locator(":scope > .row > .node-btn").click()
+        page.keyboard.press("ArrowUp")
+        expect(node(page, "focus-run")).to_be_focused()
+        ring = node(page, "focus-run").locator(":scope > .row > .node-btn").evaluate(FOCUS_RING)
+        inner = re_full(r"(rgb\(\d+, \d+, \d+\)) 0px 0px 0px (\d+)px inset").match(ring["shadow"])
+        assert inner and int(inner[2]) >= 2, ring
+        for background in ("#ffffff", "#e8effc"):
+            assert _contrast(inner[1], background) >= 3, (ring, background)
+
+
+# each dot-separated part of an element's text: on how many lines it is laid out
+LINES_OF_EACH_PART = """(el) => {
+  const texts = [];
+  let length = 0;
+  const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+  for (let t = walker.nextNode(); t; t = walker.nextNode()) {
+    texts.push([t, length]);
+    length += t.data.length;
+  }
+  const at = (i) => {
+    const [t, from] = texts.findLast(([, from]) => from <= i);
+    return [t, i - from];
+  };
+  const out = [];
+  let start = 0;
+  for (const part of el.textContent.split(/(?<=[.])/)) {
+    const range = document.createRange();
+    range.setStart(...at(start));
+    const [t, i] = at(start + part.length - 1);
+    range.setEnd(t, i + 1);
+    out.push([part, new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size]);
+    start += part.length;
+  }
+  return out;
+}"""
+
+
+@needs_chromium
+def test_names_keys_and_statuses_read_plainly(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A run's name cut in the runs list had no tooltip; a long attribute key broke
+    inside a word (``cache_crea`` / ``tion``) rather than after a dot; the node panel's
+    "Status UNSET" read as jargon: it says "not set (UNSET)"."""
+    from playwright.sync_api import expect
+
+    workflow_id, root = f"plain-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:16]
+    name = "nightly-bulk-ingest-of-every-customer-record-from-the-legacy-crm"
+    key = "gen_ai.usage.cache_creation.input_tokens.and_then_some"
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, name, "workflow", attributes={key: 3}),
+            _span(workflow_id, "b2" * 8, "unset-step", parent=root, start=1, status="UNSET"),
+        ],
+    )
+    page.set_viewport_size({"width": 1280, "height": 900})
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, workflow_id)
+        listed = page.locator(f'#runs li[data-workflow-id="{workflow_id}"] .run-name')
+        expect(listed).to_have_attribute("title", name)
+        assert listed.evaluate("e => e.scrollWidth > e.clientWidth")  # (cut: the tooltip)
+        node(page, name).locator(":scope > .row > .node-btn").click()
+        th = page.locator("#detail table.attrs th").first
+        expect(th).to_have_text(key)
+        lines = th.evaluate(LINES_OF_EACH_PART)
+        assert [part for part, _ in lines] == [
+            "gen_ai.",
+            "usage.",
+            "cache_creation.",
+            "input_tokens.",
+            "and_then_some",
+        ]
+        assert all(n == 1 for _, n in lines), lines  # no part broken
+        assert th.evaluate("e => e.getBoundingClientRect().height") > 2 * th.evaluate(
+            "e => parseFloat(getComputedStyle(e).lineHeight) || 15"
+        )  # (wrapped: after dots)
+        node(page, "unset-step").locator(":scope > .row > .node-btn").click()
+        expect(page.locator("#detail-title")).to_have_text("unset-step")
+        expect(page.locator('#detail dd[data-fact="Status"]')).to_have_text("not set (UNSET)")
+        node(page, name).locator(":scope > .row > .node-btn").click()
+        expect(page.locator('#detail dd[data-fact="Status"]')).to_have_text("OK")

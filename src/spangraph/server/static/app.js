@@ -6,8 +6,8 @@
 
 import { api, askToken, config, currentToken, jaegerHref, parseJson } from "./api.js";
 import {
-  $, TERMINAL, bdi, betterState, classPart, displayName, durationText, fmtDuration, fmtTime, h,
-  stateBadge, usageOf,
+  $, TERMINAL, bdi, betterState, classPart, displayName, durationText, firstLine, fmtDuration,
+  fmtTime, h, stateBadge, statusMessage, usageOf,
 } from "./util.js";
 import { renderDetail as renderDetailView, renderInsights as renderInsightsView } from "./views.js";
 
@@ -98,17 +98,21 @@ function renderRuns(runs) {
       runItems.set(key, li);
     }
     const button = li.firstElementChild;
-    const label = `${displayName(r.name)}, ${r.state || "unknown"}`;
+    // a failed run: the first line of its error, under it (the whole message in its title)
+    const error = r.state === "failed" ? statusMessage(r) : "";
+    const label = `${displayName(r.name)}, ${r.state || "unknown"}${error ? `: ${firstLine(error)}` : ""}`;
     button.setAttribute("aria-label", label);
     li.dataset.state = r.state || "unknown";
     li.dataset.name = r.name || "";
     button.replaceChildren(
-      h("span", { class: "run-line" }, h("span", { class: "run-name", text: displayName(r.name) }), stateBadge(r.state)),
+      h("span", { class: "run-line" },
+        h("span", { class: "run-name", title: displayName(r.name), text: displayName(r.name) }), stateBadge(r.state)),
       h("span", { class: "run-sub" },
         h("span", { text: fmtTime(r.start_ns) }),
         h("span", { text: fmtDuration(r.duration_ms) }),
         // an id's end: a UUIDv7 starts with its time, the same for runs started together
         h("span", { class: "mono", title: id, text: id.length > 9 ? `…${id.slice(-8)}` : id })),
+      ...(error ? [h("span", { class: "run-error", title: error, text: firstLine(error) })] : []),
     );
     if (current && current.id === id) button.setAttribute("aria-current", "true");
     else button.removeAttribute("aria-current");
@@ -189,6 +193,9 @@ function newRun(id) {
     detail: null, // REST answer for the selected node
     dirty: new Set(),
     touched: new Set(), // items (null: the top) whose children came or went (see numberItems)
+    attempts: new Map(), // a retried step's attempts: key (see trackAttempt) -> its group
+    attemptOf: new Map(), // span_id -> [key, attempt number] it is counted under
+    relabel: new Set(), // span_ids whose row's attempt or "retried" may have changed
     tabStop: null, // the tree's one item in the Tab order (see setTabStop)
     frame: 0,
   };
@@ -675,6 +682,13 @@ function render(run) {
   const dirty = [...run.dirty];
   run.dirty.clear();
   for (const id of dirty) renderNode(run, id);
+  // the other attempts of a step whose attempts changed: their labels
+  for (const id of run.relabel) {
+    const n = run.nodes.get(id);
+    const li = run.items.get(id);
+    if (n && li) drawLabel(run, n, li);
+  }
+  run.relabel.clear();
   // Children that arrived before their parent: place them under it now (in the order
   // they have at the top, as they were placed in).
   for (const id of dirty) {
@@ -721,16 +735,10 @@ function renderNode(run, id) {
   badgeEl.className = `badge state state-${classPart(state)}`;
   badgeEl.dataset.state = state;
   badgeEl.textContent = state;
-  btn.querySelector(".dur").textContent = durationText(n);
-  // a step's attempt, from the second on: a retried step's rows differed only by state
-  const attempt = n.attributes["spangraph.step.attempt"];
-  const again = typeof attempt === "number" && attempt > 1 ? attempt : null;
-  btn.querySelector(".attempt").textContent = again ? `attempt ${again}` : "";
+  btn.querySelector(".dur").textContent = durationText(n, "");
+  trackAttempt(run, n);
+  drawLabel(run, n, li);
   li.setAttribute("aria-selected", String(run.selected === id));
-  const took = n.state !== "running" ? fmtDuration(n.duration_ms) : "";
-  const label = `${n.kind || "span"} ${name}${again ? `, attempt ${again}` : ""}, ${state}${took ? `, ${took}` : ""}`;
-  btn.setAttribute("aria-label", label);
-  li.setAttribute("aria-label", label); // the tree item's name (not its children's text)
   const link = li.querySelector(":scope > .row > .jaeger");
   const href = jaegerHref(n); // none for an option never explored: Jaeger has no such span
   link.hidden = !href;
@@ -742,6 +750,96 @@ function renderNode(run, id) {
     n.flash = null;
   }
   placeNode(run, n, li);
+}
+
+/** A row's attempt ("attempt 2"), whether it is a failure retried, and its label. */
+function drawLabel(run, n, li) {
+  const btn = li.querySelector(":scope > .row > .node-btn");
+  const { number, retried } = attemptInfo(run, n);
+  btn.querySelector(".attempt").textContent = number ? `attempt ${number}` : "";
+  btn.parentElement.classList.toggle("with-attempt", number !== null);
+  const badge = btn.querySelector(".state");
+  badge.classList.toggle("retried", retried);
+  if (retried) badge.title = "failed, then retried";
+  else badge.removeAttribute("title");
+  const state = n.state || "unknown";
+  const took = n.state !== "running" ? fmtDuration(n.duration_ms) : "";
+  const label = `${n.kind || "span"} ${displayName(n.name)}${number ? `, attempt ${number}` : ""}, ${state}`
+    + `${retried ? ", retried" : ""}${took ? `, ${took}` : ""}`;
+  btn.setAttribute("aria-label", label);
+  li.setAttribute("aria-label", label); // the tree item's name (not its children's text)
+}
+
+// -- a retried step's attempts -----------------------------------------------------------
+// Each attempt of a step is a span of its own (`spangraph.step.attempt` 1, 2, …), beside
+// the others under the same parent. Attempts are grouped by parent and name; a group
+// knows its attempts by number, so that a new attempt relabels only the one before it
+// (and, the first time the step is seen retried, the group once).
+
+const ATTEMPT = "spangraph.step.attempt";
+const MAX_ATTEMPTS = "spangraph.step.max_attempts";
+
+/** A step's attempt number, null for a span that is no step attempt. */
+function attemptNumber(n) {
+  const a = n ? n.attributes[ATTEMPT] : null;
+  return Number.isInteger(a) && a >= 1 ? a : null;
+}
+
+/** Count `n` in its step's group of attempts (again when its parent, name or number
+ * changed), and mark for relabelling the attempts whose label that may change. */
+function trackAttempt(run, n) {
+  const number = attemptNumber(n);
+  const key = number === null ? null : `${n.parent_span_id ?? ""}\n${n.name}`;
+  const had = run.attemptOf.get(n.span_id);
+  if (had && had[0] === key && had[1] === number) {
+    // the same place: its start may have changed, which the attempt before it reads
+    for (const id of run.attempts.get(key).byNumber.get(number - 1) ?? []) run.relabel.add(id);
+    return;
+  }
+  if (had) {
+    const [oldKey, oldNumber] = had;
+    const group = run.attempts.get(oldKey);
+    const same = group.byNumber.get(oldNumber);
+    same.delete(n.span_id);
+    if (!same.size) group.byNumber.delete(oldNumber);
+    if (oldNumber > 1) group.retries -= 1;
+    for (const list of group.byNumber.values()) for (const id of list) run.relabel.add(id);
+    if (!group.byNumber.size) run.attempts.delete(oldKey);
+    run.attemptOf.delete(n.span_id);
+  }
+  if (key === null) return;
+  let group = run.attempts.get(key);
+  if (!group) run.attempts.set(key, (group = { byNumber: new Map(), retries: 0 }));
+  let same = group.byNumber.get(number);
+  if (!same) group.byNumber.set(number, (same = new Set()));
+  same.add(n.span_id);
+  run.attemptOf.set(n.span_id, [key, number]);
+  if (number > 1 && ++group.retries === 1) {
+    // the step is seen retried: every attempt of it says which it is
+    for (const list of group.byNumber.values()) for (const id of list) run.relabel.add(id);
+  } else {
+    for (const id of group.byNumber.get(number - 1) ?? []) run.relabel.add(id);
+  }
+}
+
+/** How a step attempt reads: its number (null when the step neither was nor may be
+ * retried: a plain step is attempt 1), and whether it failed and the next attempt of the
+ * step came after it (a failure the step was retried from, not where it ended). */
+function attemptInfo(run, n) {
+  const number = attemptNumber(n);
+  const had = run.attemptOf.get(n.span_id);
+  if (number === null || !had) return { number: null, retried: false };
+  const group = run.attempts.get(had[0]);
+  const most = n.attributes[MAX_ATTEMPTS];
+  const shown = number > 1 || group.retries > 0 || (Number.isInteger(most) && most > 1);
+  let retried = false;
+  if (n.state === "failed") {
+    for (const id of group.byNumber.get(number + 1) ?? []) {
+      const next = run.nodes.get(id);
+      if (next && !(next.start_ns < n.start_ns)) retried = true;
+    }
+  }
+  return { number: shown ? number : null, retried };
 }
 
 /** A node's item: a tree item (role treeitem, focusable, out of the Tab order until it
@@ -1195,8 +1293,8 @@ function renderHeader(run) {
   const totals = runTotals(run);
   parts.push(`${totals.spans} spans`);
   if (totals.calls) parts.push(usageText(totals));
-  const origin = root.state === "failed" ? failureOrigin(run, root) : null;
-  if (origin) parts.push(nodeButton("failed at ", origin));
+  const failure = root.state === "failed" ? failureText(run, root) : [];
+  if (failure.length) parts.push(failure);
   // a LangGraph run that stopped at an interrupt(): it ended, and waits for an answer
   if (root.attributes["langgraph.interrupted"] === true) {
     // the node that asked: an interrupted step with no interrupted step under it (a
@@ -1216,6 +1314,23 @@ function renderHeader(run) {
     link.href = href;
     link.setAttribute("aria-label", `Open the run ${name} in Jaeger`);
   }
+}
+
+/** What a failed run says of its failure: "failed at <node> (attempt 3): <the first line
+ * of its error>", or, when the run's own code raised, "failed: <the run's error>". */
+function failureText(run, root) {
+  const origin = failureOrigin(run, root);
+  const error = (text) => h("bdi", { class: "failure", title: text, text: firstLine(text) });
+  if (!origin) {
+    const own = statusMessage(root);
+    return own ? ["failed: ", error(own)] : [];
+  }
+  const { number } = attemptInfo(run, origin);
+  const said = statusMessage(origin);
+  const out = nodeButton("failed at ", origin);
+  if (number) out.push(` (attempt ${number})`);
+  if (said) out.push(": ", error(said));
+  return out;
 }
 
 /** "`text`<node's name>" with the name a button that selects the node. */
@@ -1246,7 +1361,7 @@ function sameError(parent, child) {
  * span may repeat its calls' totals).
  * Counted again at each header render, which is once a frame at most. */
 function runTotals(run) {
-  const totals = { spans: 0, calls: 0, input: 0, output: 0, counted: 0 };
+  const totals = { spans: 0, calls: 0, input: 0, output: 0, counted: 0, running: 0 };
   for (const n of run.nodes.values()) {
     if (n.state === "unexplored") continue;
     totals.spans += 1;
@@ -1256,19 +1371,25 @@ function runTotals(run) {
     totals.input += input ?? 0;
     totals.output += output ?? 0;
     if (input !== null || output !== null) totals.counted += 1;
+    else if (n.state === "running") totals.running += 1; // its usage may yet come
   }
   return totals;
 }
 
-/** "3 model calls, 1,234 tokens (1,000 in, 234 out)"; calls that reported no usage
- * (a stream without it) are said to be left out. */
+/** "3 model calls, 1,234 tokens (1,000 in, 234 out)"; calls still running and calls
+ * that ended without reporting usage (a stream without it) are counted apart:
+ * "(…; 1 running, 1 without usage)". */
 function usageText(totals) {
   const calls = `${totals.calls.toLocaleString()} model call${totals.calls === 1 ? "" : "s"}`;
-  if (!totals.counted) return calls;
+  const missing = totals.calls - totals.counted - totals.running;
+  const apart = [
+    totals.running ? `${totals.running.toLocaleString()} running` : "",
+    missing ? `${missing.toLocaleString()} without usage` : "",
+  ].filter(Boolean).join(", ");
+  if (!totals.counted) return totals.running ? `${calls}, ${apart}` : calls;
   const sum = totals.input + totals.output;
-  const missing = totals.calls - totals.counted;
   return `${calls}, ${sum.toLocaleString()} tokens (${totals.input.toLocaleString()} in, `
-    + `${totals.output.toLocaleString()} out${missing ? `; ${missing} without usage` : ""})`;
+    + `${totals.output.toLocaleString()} out${apart ? `; ${apart}` : ""})`;
 }
 
 /** Where a failed run failed: down from its top span, each time to the failed child whose
@@ -1316,14 +1437,16 @@ function renderInsights(run) {
   renderInsightsView(run, selectNode);
 }
 
-/** A node clicked with the mouse: selected, and where the node panel is out of sight (a
- * narrow window puts it under the run), brought into view. Keys (ev.detail 0) move
- * through the tree without leaving it. */
+/** A node clicked with the mouse: selected, and where the node panel is out of sight or
+ * mostly so (a narrow window puts it under the run), brought into view, as much of the
+ * tree as fits left above it. Keys (ev.detail 0) move through the tree without leaving
+ * it. */
 function pickNode(spanId, ev) {
   selectNode(spanId);
   const panel = $("detail").closest("aside") || $("detail");
-  if (ev.detail > 0 && panel.getBoundingClientRect().top >= window.innerHeight) {
-    panel.scrollIntoView({ block: "start" });
+  const box = panel.getBoundingClientRect();
+  if (ev.detail > 0 && box.top > window.innerHeight - Math.min(box.height, window.innerHeight) / 2) {
+    panel.scrollIntoView({ block: "nearest" });
   }
 }
 
@@ -1374,7 +1497,7 @@ function tick() {
   for (const n of run.nodes.values()) {
     if (n.state !== "running") continue;
     const dur = run.items.get(n.span_id)?.querySelector(":scope > .row .dur");
-    if (dur) dur.textContent = durationText(n);
+    if (dur) dur.textContent = durationText(n, "");
   }
   renderHeader(run);
   const n = run.selected ? run.nodes.get(run.selected) : null;

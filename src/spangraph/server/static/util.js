@@ -122,12 +122,27 @@ export function betterState(old, incoming) {
   return incoming;
 }
 
-export function durationText(n) {
+/** A span's duration as text; a running span's time so far, "20.8 s so far" (not
+ * "20.8 s…", which read as text cut short), or, beside its "running" badge in the tree
+ * (`soFar` ""), "20.8 s". */
+export function durationText(n, soFar = " so far") {
   if (typeof n.duration_ms === "number" && n.state !== "running") return fmtDuration(n.duration_ms);
   if (n.state === "running" && typeof n.start_ns === "number") {
     const ms = Date.now() - n.start_ns / 1e6;
-    if (ms >= 0) return `${fmtDuration(ms)}…`;
+    if (ms >= 0) return `${fmtDuration(ms)}${soFar}`;
   }
   return "";
+}
+
+/** A span's status message as shown: "Type: " and nothing after it (an exception raised
+ * without a message, such as a TimeoutError()) is the type alone. "" when it has none. */
+export function statusMessage(n) {
+  return n && n.status_message ? String(n.status_message).replace(/:\s*$/, "") : "";
+}
+
+/** The first line of `text` that is not blank, at most `max` characters (cut with "…"). */
+export function firstLine(text, max = 120) {
+  const line = [...(String(text).split("\n").find((l) => l.trim()) ?? "").trim()];
+  return line.length > max ? `${line.slice(0, max - 1).join("")}…` : line.join("");
 }
 

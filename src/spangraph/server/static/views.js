@@ -4,7 +4,7 @@
 import { config, jaegerHref } from "./api.js";
 import {
   $, bdi, betterState, displayName, durationText, fmtDuration, fmtTime, h, kindBadge, replace,
-  stateBadge, usageOf, valueView,
+  stateBadge, statusMessage, usageOf, valueView,
 } from "./util.js";
 
 /** An option's name as the graph gives it: text as it is, other values (a bool or a
@@ -209,9 +209,7 @@ export function renderInsights(run, select) {
 
 
 function errorMessage(n, events) {
-  // "Type: " and nothing after it (an exception raised without a message, such as a
-  // TimeoutError()): the type alone
-  const status = n.status_message ? String(n.status_message).replace(/:\s*$/, "") : "";
+  const status = statusMessage(n);
   if (status) return status;
   for (const e of events) {
     const a = e.attributes || {};
@@ -221,6 +219,17 @@ function errorMessage(n, events) {
     if (a["error.message"]) return [a["error.type"], a["error.message"]].filter(Boolean).join(": ");
   }
   return null;
+}
+
+/** OpenTelemetry's status code of a span, with a plain word for UNSET (the code never
+ * set it: its state says how it ended). */
+function statusText(status) {
+  return status === "UNSET" ? "not set (UNSET)" : status;
+}
+
+/** An attribute's key, which may wrap after each dot (not inside a word). */
+function keyView(key) {
+  return String(key).split(/(?<=\.)/).flatMap((part, i) => (i ? [h("wbr"), part] : [part]));
 }
 
 /** Texts joined by " · ", each isolated (see bdi); null when there are none. */
@@ -257,7 +266,7 @@ export function renderDetail(run, select) {
     ["Duration", durationText(n) || "—"],
     ["Started", fmtTime(n.start_ns)],
     ["Ended", fmtTime(n.end_ns)],
-    ["Status", n.status],
+    ["Status", statusText(n.status)],
     ["Span id", n.span_id],
     ["Parent", n.parent_span_id],
     ["Trace id", n.trace_id],
@@ -281,7 +290,7 @@ export function renderDetail(run, select) {
     attrs.length
       ? h("table", { class: "attrs" }, h("caption", { class: "sr-only", text: `Attributes of ${name}` }),
         h("colgroup", {}, h("col", { class: "key" }), h("col")),
-        h("tbody", {}, attrs.map(([k, v]) => h("tr", {}, h("th", { scope: "row", text: k }), h("td", {}, valueView(v))))))
+        h("tbody", {}, attrs.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, keyView(k)), h("td", {}, valueView(v))))))
       : h("p", { class: "hint", text: "none" }),
     h("h3", { text: `Events (${events.length})` }),
     events.length
@@ -289,7 +298,7 @@ export function renderDetail(run, select) {
         h("div", { class: "event-head" }, h("span", { class: "event-name", text: e.name }),
           h("span", { class: "hint", text: typeof e.time_ns === "number" && typeof t0 === "number" ? `+${fmtDuration((e.time_ns - t0) / 1e6)}` : "" })),
         Object.keys(e.attributes || {}).length
-          ? h("dl", { class: "event-attrs" }, Object.entries(e.attributes).map(([k, v]) => [h("dt", { text: k }), h("dd", {}, valueView(v))]))
+          ? h("dl", { class: "event-attrs" }, Object.entries(e.attributes).map(([k, v]) => [h("dt", {}, keyView(k)), h("dd", {}, valueView(v))]))
           : null)))
       : h("p", { class: "hint", text: n.state === "running" ? "none yet" : "none" }),
     n.tokens ? [h("h3", { text: "Streamed tokens (live only)" }), h("pre", { class: "tokens", text: n.tokens })] : null,
