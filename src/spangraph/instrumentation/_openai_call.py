@@ -277,8 +277,8 @@ class Call:
         when the usage tells them (chat: ``prompt_tokens_details`` /
         ``completion_tokens_details``; Responses: ``input_tokens_details`` /
         ``output_tokens_details``)."""
-        cached = getattr(getattr(usage, input_details, None), "cached_tokens", None)
-        reasoning = getattr(getattr(usage, output_details, None), "reasoning_tokens", None)
+        cached = _field(_field(usage, input_details), "cached_tokens")
+        reasoning = _field(_field(usage, output_details), "reasoning_tokens")
         self.cache_read_tokens = _number(cached, int)
         self.reasoning_tokens = _number(reasoning, int)
 
@@ -463,3 +463,11 @@ def _type(item: Any) -> Any:
 def _text(value: Any) -> str | None:
     """``value`` if it is a non-empty str (an answer's optional field), else ``None``."""
     return value if isinstance(value, str) and value else None
+
+
+def _field(value: Any, name: str) -> Any:
+    """``value``'s field ``name``: an attribute of the SDK's model, or the key of a dict
+    (what an older SDK keeps of a field its models do not declare yet)."""
+    if isinstance(value, dict):
+        return value.get(name)
+    return getattr(value, name, None)
