@@ -50,7 +50,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1173,13 +1173,25 @@ def open_run(page: Any, base: str, workflow_id: str) -> None:
 
 def _simple_run(graph_url: str, name: str = "simple-run") -> str:
     """A finished run in the graph: a workflow span with one step under it."""
-    workflow_id = f"simple-{uuid.uuid4().hex[:8]}"
+    return _flat_run(graph_url, name, ["only-step"], start=1000)
+
+
+def _flat_run(
+    graph_url: str, name: str, steps: list[str], *, start: int = 0, before: Sequence[Any] = ()
+) -> str:
+    """A finished run in the graph: a workflow span with ``steps`` under it, started
+    ``start`` ns apart from the first on (``before``: other spans written with it)."""
+    workflow_id = f"{name[:12]}-{uuid.uuid4().hex[:8]}"
     root = uuid.uuid4().hex[:16]
     _write_spans(
         graph_url,
         [
+            *before,
             _span(workflow_id, root, name, "workflow"),
-            _span(workflow_id, uuid.uuid4().hex[:16], "only-step", parent=root, start=1000),
+            *(
+                _span(workflow_id, uuid.uuid4().hex[:16], step, parent=root, start=start + i)
+                for i, step in enumerate(steps)
+            ),
         ],
     )
     return workflow_id
@@ -2947,15 +2959,11 @@ def test_a_phone_sized_window_shows_the_run_in_one_column(
     the window but the tree's rows, which scroll sideways in the tree's own box."""
     from playwright.sync_api import expect
 
-    workflow_id, root = f"phone-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:16]
-    _write_spans(
+    workflow_id = _flat_run(
         graph_url,
-        _runs([f"other-run-{i:02d}" for i in range(12)], time.time_ns() - 10**12)
-        + [_span(workflow_id, root, "customer-support-triage", "workflow")]
-        + [
-            _span(workflow_id, uuid.uuid4().hex[:16], f"step-{i:02d}", parent=root, start=i)
-            for i in range(30)
-        ],
+        "customer-support-triage",
+        [f"step-{i:02d}" for i in range(30)],
+        before=_runs([f"other-run-{i:02d}" for i in range(12)], time.time_ns() - 10**12),
     )
     page.set_viewport_size({"width": 390, "height": 844})
     with serving(graph_url, embedded_server, tmp_path) as base:
@@ -3010,15 +3018,7 @@ def test_a_big_run_in_a_narrow_window_keeps_the_node_panel_near(
     tall and the node panel comes into view beside the tree."""
     from playwright.sync_api import expect
 
-    workflow_id, root = f"big-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:16]
-    _write_spans(
-        graph_url,
-        [_span(workflow_id, root, "nightly-ingest", "workflow")]
-        + [
-            _span(workflow_id, uuid.uuid4().hex[:16], f"record-{i:03d}", parent=root, start=i)
-            for i in range(225)
-        ],
-    )
+    workflow_id = _flat_run(graph_url, "nightly-ingest", [f"record-{i:03d}" for i in range(225)])
     page.set_viewport_size({"width": 800, "height": 700})
     with serving(graph_url, embedded_server, tmp_path) as base:
         open_run(page, base, workflow_id)
