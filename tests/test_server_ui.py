@@ -1905,13 +1905,13 @@ def test_a_failed_run_says_where_it_failed(
         expect(page.locator("#detail-title")).to_have_text("parse")
         # a retried step's rows say which attempt each is, the first one too
         attempts = page.locator('#tree li.tree-item[data-name="fetch"] > .row .attempt')
-        expect(attempts).to_have_text(["attempt 1", "attempt 2"])
+        expect(attempts).to_have_text(["attempt 1/2", "attempt 2/2"])
         buttons = page.locator('#tree li.tree-item[data-name="fetch"] > .row .node-btn')
         expect(buttons.nth(0)).to_have_attribute(
-            "aria-label", re_full(r"step fetch, attempt 1, failed, retried, .+")
+            "aria-label", re_full(r"step fetch, attempt 1 of 2, failed, retried, .+")
         )
         expect(buttons.nth(1)).to_have_attribute(
-            "aria-label", re_full(r"step fetch, attempt 2, completed, .+")
+            "aria-label", re_full(r"step fetch, attempt 2 of 2, completed, .+")
         )
 
 
@@ -2824,10 +2824,10 @@ def test_a_failed_run_says_what_failed(
         meta.locator("button.link").click()
         expect(page.locator("#detail-title")).to_have_text("charge")
         expect(node(page, "charge").locator(":scope > .row .attempt")).to_have_text(
-            "attempt 1"
+            "attempt 1/3"
         )  # (the first of the three: the selected one is the third)
         selected = page.locator('#tree li.tree-item[aria-selected="true"]')
-        expect(selected.locator(":scope > .row .attempt")).to_have_text("attempt 3")
+        expect(selected.locator(":scope > .row .attempt")).to_have_text("attempt 3/3")
 
         # the runs list: a line under each failed run, its error's first line
         listed = page.locator('#runs li[data-name="checkout-agent"] .run-error')
@@ -2889,15 +2889,15 @@ def test_attempts_a_step_was_retried_from_read_as_retried(
         open_run(page, base, ids["checkout-agent"])
         expect(rows("charge")).to_have_count(3)
         expect(rows("charge").nth(2)).to_have_attribute(
-            "aria-label", re_full(r"step charge, attempt 3, failed, .+ ms")
+            "aria-label", re_full(r"step charge, attempt 3 of 3, failed, .+ ms")
         )
         assert looks("charge") == [
-            ["attempt 1", "failed", True, muted],
-            ["attempt 2", "failed", True, muted],
-            ["attempt 3", "failed", False, red],
+            ["attempt 1/3", "failed", True, muted],
+            ["attempt 2/3", "failed", True, muted],
+            ["attempt 3/3", "failed", False, red],
         ]
         expect(rows("charge").nth(0)).to_have_attribute(
-            "aria-label", re_full(r"step charge, attempt 1, failed, retried, .+ ms")
+            "aria-label", re_full(r"step charge, attempt 1 of 3, failed, retried, .+ ms")
         )
         assert (
             rows("charge")
@@ -2907,8 +2907,8 @@ def test_attempts_a_step_was_retried_from_read_as_retried(
             == '" · retried"'
         )
         assert looks("fetch") == [
-            ["attempt 1", "failed", True, muted],
-            ["attempt 2", "completed", False, "rgb(23, 112, 58)"],
+            ["attempt 1/2", "failed", True, muted],
+            ["attempt 2/2", "completed", False, "rgb(23, 112, 58)"],
         ]
         # steps that may not be retried, or were not: no attempt said
         assert looks("payment") == [["", "failed", False, red]]

@@ -756,7 +756,10 @@ function renderNode(run, id) {
 function drawLabel(run, n, li) {
   const btn = li.querySelector(":scope > .row > .node-btn");
   const { number, retried } = attemptInfo(run, n);
-  btn.querySelector(".attempt").textContent = number ? `attempt ${number}` : "";
+  // and how many it may make in all, as `spangraph query tree` says it ("attempt 2/4")
+  const most = n.attributes[MAX_ATTEMPTS];
+  const of = number && Number.isInteger(most) && most > 1 ? most : null;
+  btn.querySelector(".attempt").textContent = number ? `attempt ${number}${of ? `/${of}` : ""}` : "";
   btn.parentElement.classList.toggle("with-attempt", number !== null);
   const badge = btn.querySelector(".state");
   badge.classList.toggle("retried", retried);
@@ -764,7 +767,7 @@ function drawLabel(run, n, li) {
   else badge.removeAttribute("title");
   const state = n.state || "unknown";
   const took = n.state !== "running" ? fmtDuration(n.duration_ms) : "";
-  const label = `${n.kind || "span"} ${displayName(n.name)}${number ? `, attempt ${number}` : ""}, ${state}`
+  const label = `${n.kind || "span"} ${displayName(n.name)}${number ? `, attempt ${number}${of ? ` of ${of}` : ""}` : ""}, ${state}`
     + `${retried ? ", retried" : ""}${took ? `, ${took}` : ""}`;
   btn.setAttribute("aria-label", label);
   li.setAttribute("aria-label", label); // the tree item's name (not its children's text)
