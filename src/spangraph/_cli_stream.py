@@ -135,8 +135,6 @@ def _read_stream(settings: Settings, workflow_id: str) -> list[dict[str, Any]]:
     return messages
 
 
-_RANKS = {sc.SPAN_STARTED: 0, sc.SPAN_ENDED: 2}
-"""A replay's order of messages at one time: a span's start, its events, its end."""
 _MESSAGE_FIELDS = (
     *("type", "workflow_id", "project_id", "trace_id", "span_id", "parent_span_id", "kind"),
     *("name", "time_unix_nano", "timestamp", "attributes", "service", "env", "seq"),
@@ -168,7 +166,7 @@ def with_live(
     def order(row: dict[str, Any]) -> tuple[bool, int, int, str]:
         at = row.get(time_of)
         if replay:  # at one time: a span's start, its events, its end
-            return (at is None, at or 0, _RANKS.get(str(row.get("type")), 1), "")
+            return (at is None, at or 0, queries.replay_rank(str(row.get("type"))), "")
         return (at is None, at or 0, 1, str(row.get("span_id")))  # as the graph orders them
 
     merged.sort(key=order)  # (stable: the graph's and the stream's own order kept)

@@ -753,7 +753,11 @@ def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
         promoted = _promoted(span)
         attributes = {**(stored if isinstance(stored, dict) else {}), **promoted}
         messages.append(
-            (span["start_ns"], 0, message("span.started", span, span["start_ns"], attributes))
+            (
+                span["start_ns"],
+                replay_rank(sc.SPAN_STARTED),
+                message(sc.SPAN_STARTED, span, span["start_ns"], attributes),
+            )
         )
         if span.get("end_ns") is not None:
             attrs = {
@@ -762,7 +766,13 @@ def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
                 "state": span.get("state"),
                 "duration_ms": span.get("duration_ms"),
             }
-            messages.append((span["end_ns"], 2, message("span.ended", span, span["end_ns"], attrs)))
+            messages.append(
+                (
+                    span["end_ns"],
+                    replay_rank(sc.SPAN_ENDED),
+                    message(sc.SPAN_ENDED, span, span["end_ns"], attrs),
+                )
+            )
     for event in workflow_events(store, workflow_id):
         event_span = spans.get(event["span_id"])
         if (
@@ -773,7 +783,7 @@ def replay(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
             messages.append(
                 (
                     event["time_ns"],
-                    1,
+                    replay_rank(event_type(event["name"])),
                     message(
                         event_type(event["name"]),
                         event_span,
@@ -798,6 +808,12 @@ REPLAYED_SPANS: Final = (
 )
 
 _MORE_STATEMENTS["replayed_spans"] = REPLAYED_SPANS
+
+
+def replay_rank(message_type: str) -> int:
+    """Where a replay puts a message among those of the same time: a span's start, its
+    events, its end."""
+    return 0 if message_type == sc.SPAN_STARTED else 2 if message_type == sc.SPAN_ENDED else 1
 
 
 def replayed_spans(store: GraphStore, workflow_id: str) -> tuple[set[str], set[str]]:
