@@ -16,7 +16,7 @@ from . import semconv as sc
 from ._cli_stream import FROM_GRAPH, live_events, with_live
 from ._cli_values import count, json_value, param, seconds
 from ._terminal import printable
-from ._tree_text import print_tree
+from ._tree_text import interrupted, print_tree
 from .config import ENV_HOME, Settings, graph_url_setting, redact_url
 from .exceptions import ConfigurationError, StoreError, StoreUnavailableError
 from .mapping import _finite
@@ -280,10 +280,8 @@ def _started(start_ns: Any, now_ns: int) -> dict[str, str | None]:
 def _state_of(run: dict[str, Any]) -> Any:
     """A run's state, ``completed (interrupted)`` for a LangGraph run that stopped at an
     ``interrupt()`` and waits for an answer."""
-    attributes = run.get("attributes")
-    if isinstance(attributes, dict) and attributes.get(sc.LANGGRAPH_INTERRUPTED) is True:
-        return f"{run.get('state')} (interrupted)"
-    return run.get("state")
+    marked = interrupted(run)
+    return f"{run.get('state')} ({marked})" if marked else run.get("state")
 
 
 def _error_of(run: dict[str, Any]) -> str | None:

@@ -25,7 +25,7 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
             width = max(1, 40 - 2 * depth)
             kind = printable(str(span.get("kind", "?")))
             state = printable(str(span.get("state", "?")))
-            notes = [_attempt(span), _tokens(span), _interrupted(span)]
+            notes = [_attempt(span), _tokens(span), interrupted(span)]
             own = span.get("workflow_id")  # a workflow started inside: a run of its own
             if depth and own and own != run:
                 notes.append(f"(run {printable(str(own))})")
@@ -85,7 +85,7 @@ def _count(attributes: dict[str, Any], keys: tuple[str, ...]) -> int | None:
     return None
 
 
-def _interrupted(span: dict[str, Any]) -> str | None:
+def interrupted(span: dict[str, Any]) -> str | None:
     """``interrupted`` for a LangGraph node or run that stopped at an ``interrupt()``
     (its span ended ``completed``: the run waits for an answer)."""
     attributes = span.get("attributes")
