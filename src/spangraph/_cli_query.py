@@ -447,29 +447,42 @@ def _refused_write(exc: StoreError) -> bool:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    store = open_graph(Settings.from_env(home=args.home))
+    if store is None:
+        return 1
+    try:
+        return _run_query(args, store)
+    finally:
+        store.close()
+
+
+def open_graph(settings: Settings) -> Any:
+    """The graph store the settings name, answering (checked now: a statement against a
+    server that is down retries for 30 s); ``None``, after saying why on stderr, when
+    the embedded default's home does not exist (a mistyped ``--home``: better said than
+    a server started there and "no rows")."""
     from .stores import open_store
 
-    settings = Settings.from_env(home=args.home)
     if settings.graph_is_embedded and not settings.home.exists():
-        # a mistyped --home: say so, rather than start a server there and answer "no rows"
         print(
             f"spangraph: nothing has run with the home {printable(str(settings.home))} "
             "(no such directory): check --home or SPANGRAPH_HOME",
             file=sys.stderr,
         )
-        return 1
+        return None
     try:
         store = open_store(settings)
     except StoreUnavailableError as exc:
         raise _unusable(settings, exc) from None
     try:
-        try:
-            store.ping()  # fail fast: a query against a server that is down retries for 30 s
-        except StoreUnavailableError as exc:
-            raise _unusable(settings, exc) from None
-        return _run_query(args, store)
-    finally:
+        store.ping()
+    except StoreUnavailableError as exc:
         store.close()
+        raise _unusable(settings, exc) from None
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _unusable(settings: Settings, exc: Exception) -> ConfigurationError:

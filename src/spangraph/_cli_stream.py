@@ -21,7 +21,7 @@ _NOT_EVENTS = frozenset({sc.SPAN_STARTED, sc.SPAN_ENDED, sc.TOKEN})
 _STREAM_CHUNK = 1_000
 
 
-class _NoStream(Exception):
+class NoStream(Exception):
     """The run's live stream cannot be read; the message says why."""
 
 
@@ -39,7 +39,7 @@ def live_events(
         return [], None
     try:
         messages = _read_stream(settings, workflow_id)
-    except _NoStream as exc:
+    except NoStream as exc:
         return [], _not_in_graph(len(running), workflow_id, str(exc))
     events = [
         m
@@ -82,27 +82,35 @@ def _not_in_graph(count: int, workflow_id: str, why: str) -> str:
     return printable(f"spangraph: {said}, and {why}")
 
 
+def live_url(settings: Settings) -> str:
+    """The URL of the Redis that holds the runs' live streams; :class:`NoStream` (why
+    not) when live events are off or the embedded server is not running."""
+    if not settings.live_enabled:
+        raise NoStream(f"live events are off ({ENV_REDIS_URL}=off)")
+    if settings.redis_is_embedded:
+        info = EmbeddedServer(settings.home).status()
+        if info is None:
+            raise NoStream(
+                f"the embedded server of {settings.home}, which holds the runs' live streams, "
+                "is not running"
+            )
+        return info.redis_url
+    return settings.redis_url
+
+
 def _read_stream(settings: Settings, workflow_id: str) -> list[dict[str, Any]]:
     """Every message of the run's live stream (``spangraph:stream:{workflow_id}``), in
-    order; :class:`_NoStream` when it cannot be read."""
+    order; :class:`NoStream` when it cannot be read."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     from .processors.live import stream_key
 
-    if not settings.live_enabled:
-        raise _NoStream(f"live events are off ({ENV_REDIS_URL}=off): shown is what the graph has")
-    if settings.redis_is_embedded:
-        info = EmbeddedServer(settings.home).status()
-        if info is None:
-            raise _NoStream(
-                f"the embedded server of {settings.home}, which holds the run's live stream, "
-                "is not running: shown is what the graph has"
-            )
-        url = info.redis_url
-    else:
-        url = settings.redis_url
+    try:
+        url = live_url(settings)
+    except NoStream as exc:
+        raise NoStream(f"{exc}: shown is what the graph has") from None
     entries: list[Any] = []
     client = None
     try:  # (options of the URL redis-py refuses, when it makes the client or connects)
@@ -117,7 +125,7 @@ def _read_stream(settings: Settings, workflow_id: str) -> list[dict[str, Any]]:
                 break
             start = b"(" + rows[-1][0]
     except (redis.RedisError, OSError, ValueError, TypeError) as exc:
-        raise _NoStream(
+        raise NoStream(
             f"the run's live stream cannot be read (Redis at {redact_url(url)}: {exc}): "
             "shown is what the graph has"
         ) from None

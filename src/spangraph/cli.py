@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._cli_prune import add_prune_parser
 from ._cli_query import add_query_parsers, cmd_query
 from ._cli_values import checked, parse_params
 from ._terminal import handle_interrupts, interrupted, restore
@@ -397,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_query_parsers(q, common)
     q.set_defaults(func=cmd_query)
+    add_prune_parser(sub)
     return parser
 
 

@@ -212,12 +212,13 @@ def all_statements() -> dict[str, str]:
     """Every Cypher statement the project can send to either store (writes and queries),
     by name, with Neo4j's DDL (FalkorDB's own DDL, ``stores.falkordb.DDL``, is not sent
     to Neo4j)."""
-    from .. import queries
+    from .. import _prune, queries
     from .neo4j import DDL as NEO4J_DDL
     from .neo4j import DEDUPLICATE_EVENTS, EVENT_INDEX
 
     out = write_statements()
     out.update({f"query:{k}": v for k, v in queries.statements().items()})
+    out.update({f"prune:{k}": v for k, v in _prune.statements().items()})
     out.update({f"neo4j_ddl[{i}]": v for i, v in enumerate(NEO4J_DDL)})
     out["neo4j_event_index"] = EVENT_INDEX
     out["neo4j_deduplicate_events"] = DEDUPLICATE_EVENTS

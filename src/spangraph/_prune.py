@@ -1,0 +1,178 @@
+"""Retention: deleting whole runs whose last activity is older than a cutoff
+(``spangraph prune``).
+
+A run is every span with its ``workflow_id`` (placeholders of parents included) and
+those spans' events. Its last activity is the latest end, or start of a span still
+running, of any of them: a run is kept while any part of it is younger than the cutoff,
+and a run whose process died long ago (spans left ``running``) goes with the rest.
+Deletes go in batches of about ``batch_spans`` spans, one write statement each, so that
+the programs' own writes, which wait behind a write, are never held up for long.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from .stores._base import GraphStore
+
+RUNS_BEFORE: Final = (
+    "MATCH (s:Span)\n"
+    "WHERE s.workflow_id IS NOT NULL\n"
+    "  AND ($project_id IS NULL OR coalesce(s.project_id, $project_id) = $project_id)\n"
+    "WITH s.workflow_id AS workflow_id,\n"
+    "     max(coalesce(s.end_ns, s.start_ns)) AS last_ns, count(s) AS spans,\n"
+    "     max(s.project_id) AS project_id\n"
+    "WHERE last_ns < $before_ns\n"
+    "RETURN workflow_id, last_ns, spans, project_id\n"
+    "ORDER BY last_ns, workflow_id\n"
+    "LIMIT $limit"
+)
+"""Runs (by ``workflow_id``) whose last activity is before ``$before_ns``, oldest first.
+A span without a project (a parent's placeholder) counts in any project's run."""
+
+DELETE_RUNS: Final = (
+    "UNWIND $workflow_ids AS workflow_id\n"
+    "MATCH (s:Span {workflow_id: workflow_id})\n"
+    "WHERE $project_id IS NULL OR coalesce(s.project_id, $project_id) = $project_id\n"
+    "WITH workflow_id, max(coalesce(s.end_ns, s.start_ns)) AS last_ns, collect(s) AS spans\n"
+    "WHERE last_ns < $before_ns\n"
+    "UNWIND spans AS s\n"
+    "OPTIONAL MATCH (s)-[:HAS_EVENT]->(e:Event)\n"
+    "WITH s, collect(e) AS events\n"
+    "FOREACH (e IN events | DETACH DELETE e)\n"
+    "DETACH DELETE s"
+)
+"""Delete the runs ``$workflow_ids`` with their events, each only if its last activity is
+still before ``$before_ns`` (a run that went on since it was found is kept)."""
+
+REMAINING: Final = (
+    "UNWIND $workflow_ids AS workflow_id\n"
+    "MATCH (s:Span {workflow_id: workflow_id})\n"
+    "WHERE $project_id IS NULL OR coalesce(s.project_id, $project_id) = $project_id\n"
+    "RETURN DISTINCT workflow_id"
+)
+"""Which of ``$workflow_ids`` still have spans (went on since they were found)."""
+
+_SCAN: Final = 10_000
+"""Runs one look-up finds (the look-up is repeated until it finds none)."""
+_ALL: Final = 2**31 - 1
+"""``$limit`` for every run (a dry run's one look-up; FalkorDB takes 2**32 as 0)."""
+
+MAX_BATCH_SPANS: Final = 1_000_000
+
+
+def statements() -> dict[str, str]:
+    """The statements of pruning, by name (linted with Neo4j's linter in the tests)."""
+    return {"runs_before": RUNS_BEFORE, "delete_runs": DELETE_RUNS, "remaining": REMAINING}
+
+
+@dataclass(frozen=True, slots=True)
+class PrunedRun:
+    """A run that was (or, in a dry run, would be) deleted."""
+
+    workflow_id: str
+    last_ns: int
+    spans: int
+    project_id: str | None
+
+
+@dataclass(slots=True)
+class PruneResult:
+    """What :func:`prune` deleted (or, with ``dry_run``, would delete)."""
+
+    before_ns: int
+    dry_run: bool
+    runs: list[PrunedRun] = field(default_factory=list)
+    kept: int = 0
+    """Runs found old enough that had gone on by the time their batch was deleted."""
+
+    @property
+    def spans(self) -> int:
+        return sum(run.spans for run in self.runs)
+
+
+def _batches(runs: list[PrunedRun], batch_spans: int) -> Iterator[list[PrunedRun]]:
+    """``runs`` in order, in groups of about ``batch_spans`` spans (a bigger run alone)."""
+    batch: list[PrunedRun] = []
+    size = 0
+    for run in runs:
+        if batch and size + run.spans > batch_spans:
+            yield batch
+            batch, size = [], 0
+        batch.append(run)
+        size += run.spans
+    if batch:
+        yield batch
+
+
+def prune(
+    store: GraphStore,
+    *,
+    older_than_s: float,
+    project_id: str | None = None,
+    dry_run: bool = False,
+    batch_spans: int = 5_000,
+    now_ns: int | None = None,
+    on_batch: Callable[[list[PrunedRun]], None] | None = None,
+) -> PruneResult:
+    """Delete every run whose last activity is more than ``older_than_s`` seconds ago
+    (of ``project_id`` only, when given), with its events; ``dry_run`` finds them and
+    deletes nothing. ``on_batch`` is called with each batch once it is deleted."""
+    if (
+        not isinstance(older_than_s, int | float)
+        or isinstance(older_than_s, bool)
+        or not 0 <= older_than_s <= 100 * 365 * 86_400  # NaN fails too
+    ):
+        raise ValueError(
+            f"older_than_s must be a number of seconds from 0 to 100 years, got {older_than_s!r}"
+        )
+    if (
+        not isinstance(batch_spans, int)
+        or isinstance(batch_spans, bool)
+        or not 1 <= batch_spans <= MAX_BATCH_SPANS
+    ):
+        raise ValueError(
+            f"batch_spans must be a whole number from 1 to {MAX_BATCH_SPANS}, got {batch_spans!r}"
+        )
+    before_ns = (time.time_ns() if now_ns is None else now_ns) - int(older_than_s * 1e9)
+    result = PruneResult(before_ns=before_ns, dry_run=dry_run)
+    params: dict[str, Any] = {"project_id": project_id, "before_ns": before_ns}
+    execute_many = getattr(store, "execute_many", None)
+    if not dry_run and execute_many is None:
+        raise TypeError(f"{type(store).__name__} cannot delete (it has no execute_many)")
+    while True:
+        rows = store.query(RUNS_BEFORE, {**params, "limit": _ALL if dry_run else _SCAN})
+        found = [_run(row) for row in rows]
+        if dry_run:
+            result.runs = found
+            return result
+        assert execute_many is not None  # (checked above)
+        deleted_now = 0
+        for batch in _batches(found, batch_spans):
+            ids = [run.workflow_id for run in batch]
+            execute_many([(DELETE_RUNS, {**params, "workflow_ids": ids})])
+            left = {
+                row["workflow_id"]
+                for row in store.query(REMAINING, {"project_id": project_id, "workflow_ids": ids})
+            }
+            deleted = [run for run in batch if run.workflow_id not in left]
+            result.runs += deleted
+            result.kept += len(batch) - len(deleted)
+            deleted_now += len(deleted)
+            if on_batch is not None and deleted:
+                on_batch(deleted)
+        if len(found) < _SCAN or not deleted_now:
+            return result
+
+
+def _run(row: dict[str, Any]) -> PrunedRun:
+    project = row.get("project_id")
+    return PrunedRun(
+        workflow_id=str(row["workflow_id"]),
+        last_ns=int(row["last_ns"]),
+        spans=int(row["spans"]),
+        project_id=project if isinstance(project, str) else None,
+    )
