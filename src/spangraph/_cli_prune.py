@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from typing import Any
 
 from ._cli_query import open_graph
 from ._cli_stream import NoStream, live_url
 from ._cli_values import count, duration
-from ._prune import MAX_BATCH_SPANS, PrunedRun, PruneResult, prune
+from ._prune import MAX_BATCH_SPANS, PrunedRun, PruneResult, compact_at, forget_live, prune
 from ._terminal import printable
 from .config import Settings, redact_url
 from .mapping import iso_time
-
-_log = logging.getLogger("spangraph")
 
 _LISTED = 20
 """Runs a dry run lists (the oldest); ``--json`` lists them all."""
@@ -79,23 +76,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _compact(settings: Settings) -> bool:
-    """Have the embedded server rewrite its append-only file, which holds every write
-    made since its last snapshot (the deleted runs' too, until then)."""
-    import redis
-
-    from .embedded import EmbeddedServer, compact
+    """Have the embedded server rewrite its append-only file (see ``compact_at``)."""
+    from .embedded import EmbeddedServer
 
     info = EmbeddedServer(settings.home).status()
-    if info is None:
-        return False
-    client = redis.Redis.from_url(info.redis_url, socket_connect_timeout=3, socket_timeout=10)
-    try:
-        return compact(client)
-    except (redis.RedisError, OSError) as exc:
-        _log.debug("spangraph prune: append-only file not rewritten: %s", exc)
-        return False
-    finally:
-        client.close()
+    return info is not None and compact_at(info.redis_url)
 
 
 def _as_json(result: PruneResult, live: str | None, compacted: bool) -> dict[str, Any]:
@@ -141,35 +126,19 @@ def _print(result: PruneResult, live: str | None) -> None:
 
 
 def _forget_live(settings: Settings, runs: list[PrunedRun]) -> str:
-    """Delete the deleted runs' live streams and sequence counters (they would expire in
-    a day or a week); a line saying what was done."""
+    """Delete the deleted runs' live streams and sequence counters; a line saying what
+    was done."""
     import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    from .processors.live import seq_key, stream_key
 
     try:
         url = live_url(settings)
     except NoStream as exc:
         return f"live streams not deleted ({exc}): they expire on their own"
-    client = None
-    removed = 0
     try:
-        client = redis.Redis.from_url(
-            url, socket_connect_timeout=3, socket_timeout=10, retry=Retry(NoBackoff(), 1)
-        )
-        for start in range(0, len(runs), 500):
-            keys: list[str] = []
-            for run in runs[start : start + 500]:
-                keys += (stream_key(run.workflow_id), seq_key(run.workflow_id))
-            removed += int(client.delete(*keys))
+        removed = forget_live(url, [run.workflow_id for run in runs])
     except (redis.RedisError, OSError, ValueError, TypeError) as exc:
         return (
             f"live streams not deleted (Redis at {redact_url(url)}: {exc}): "
             "they expire on their own"
         )
-    finally:
-        if client is not None:
-            client.close()
     return f"deleted {removed} live stream key{'s' * (removed != 1)} of those runs"

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from . import queries
+from ._prune import AGE_TEXT, parse_age
 
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -104,20 +105,5 @@ seconds = checked(
     f"a number of seconds from 0 to {MAX_AGE_S} (100 years)",
 )
 
-
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhdw]?)\s*", re.IGNORECASE)
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def _duration_s(text: str) -> float:
-    match = _DURATION.fullmatch(text)
-    if match is None:
-        raise ValueError(text)
-    return float(match[1]) * _UNIT_S[match[2].lower()]
-
-
-duration = checked(
-    _duration_s,
-    lambda v: math.isfinite(v) and 0 <= v <= MAX_AGE_S,
-    "a duration from 0 to 100 years: seconds, or a number with s, m, h, d or w (30d, 12h)",
-)
+duration = checked(parse_age, lambda v: True, AGE_TEXT)
+"""An age: seconds, or a number with a unit (``30d``); see :func:`spangraph._prune.parse_age`."""

@@ -11,12 +11,20 @@ the programs' own writes, which wait behind a write, are never held up for long.
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .stores._base import GraphStore
+
+_log = logging.getLogger("spangraph")
+
+MAX_AGE_S: Final = 100 * 365 * 86_400
+"""The largest age (100 years)."""
 
 RUNS_BEFORE: Final = (
     "MATCH (s:Span)\n"
@@ -124,7 +132,7 @@ def prune(
     if (
         not isinstance(older_than_s, int | float)
         or isinstance(older_than_s, bool)
-        or not 0 <= older_than_s <= 100 * 365 * 86_400  # NaN fails too
+        or not 0 <= older_than_s <= MAX_AGE_S  # NaN fails too
     ):
         raise ValueError(
             f"older_than_s must be a number of seconds from 0 to 100 years, got {older_than_s!r}"
@@ -176,3 +184,65 @@ def _run(row: dict[str, Any]) -> PrunedRun:
         spans=int(row["spans"]),
         project_id=project if isinstance(project, str) else None,
     )
+
+
+_AGE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhdw]?)\s*", re.IGNORECASE)
+_UNIT_S: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+AGE_TEXT: Final = (
+    "a duration from 0 to 100 years: seconds, or a number with s, m, h, d or w (30d, 12h)"
+)
+
+
+def parse_age(text: str) -> float:
+    """Seconds of an age written as seconds or with a unit (``90``, ``15m``, ``12h``,
+    ``30d``, ``2w``); ``ValueError`` for anything else, or over 100 years."""
+    match = _AGE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"must be {AGE_TEXT}, got {text!r}")
+    seconds = float(match[1]) * _UNIT_S[match[2].lower()]
+    if not (math.isfinite(seconds) and seconds <= MAX_AGE_S):
+        raise ValueError(f"must be {AGE_TEXT}, got {text!r}")
+    return seconds
+
+
+def forget_live(redis_url: str, workflow_ids: Sequence[str]) -> int:
+    """Delete the runs' live streams and sequence counters from the Redis at
+    ``redis_url`` (they would expire in a day or a week); the number of keys deleted.
+    Raises what redis-py raises."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from .processors.live import seq_key, stream_key
+
+    removed = 0
+    client = redis.Redis.from_url(
+        redis_url, socket_connect_timeout=3, socket_timeout=10, retry=Retry(NoBackoff(), 1)
+    )
+    try:
+        for start in range(0, len(workflow_ids), 500):
+            keys: list[str] = []
+            for workflow_id in workflow_ids[start : start + 500]:
+                keys += (stream_key(workflow_id), seq_key(workflow_id))
+            removed += int(client.delete(*keys))
+    finally:
+        client.close()
+    return removed
+
+
+def compact_at(redis_url: str) -> bool:
+    """Have the embedded server at ``redis_url`` rewrite its append-only file, which
+    holds every write since its last snapshot (the deleted runs' too, until then);
+    ``False`` when it did not start a rewrite."""
+    import redis
+
+    from .embedded import compact
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10)
+    try:
+        return compact(client)
+    except (redis.RedisError, OSError) as exc:
+        _log.debug("spangraph prune: append-only file not rewritten: %s", exc)
+        return False
+    finally:
+        client.close()

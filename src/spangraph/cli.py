@@ -135,6 +135,7 @@ def _serve(
     reload: bool = False,
     cors: list[str] | None = None,
     home: str | None = None,
+    retention: str | None = None,
 ) -> int:
     try:
         import uvicorn
@@ -154,6 +155,8 @@ def _serve(
             file=sys.stderr,
         )
         return _STARTUP_FAILURE
+    if retention is not None:
+        os.environ["SPANGRAPH_RETENTION"] = retention
     _check_serve_settings()
     if cors:
         os.environ["SPANGRAPH_CORS_ORIGINS"] = ",".join(cors)
@@ -183,6 +186,7 @@ def _serve(
         "host": host,
         "port": port,
         "log_level": "info",
+        "log_config": _log_config(),
         "timeout_graceful_shutdown": 5,  # a slow client must not hold up Ctrl-C
         "ws_per_message_deflate": False,  # compressing every frame per client costs too much
     }
@@ -223,6 +227,22 @@ def _serve(
     return 0 if server.started else _STARTUP_FAILURE
 
 
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, with the service's own messages (``spangraph.server``: e.g.
+    what retention deleted) printed as uvicorn prints its own, from INFO up."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["spangraph.server"] = {
+        "handlers": ["default"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config
+
+
 _STARTUP_FAILURE = 3
 """Exit status of ``serve`` when the service did not start (uvicorn's: the port is taken)."""
 
@@ -256,6 +276,9 @@ def _check_serve_settings() -> None:
             "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
             file=sys.stderr,
         )
+    from .server.retention import retention_from_env
+
+    retention_from_env()
     try:
         SpanLimits()  # the OTLP receiver's limits, from OTEL_SPAN_* variables
     except ValueError as exc:
@@ -264,8 +287,28 @@ def _check_serve_settings() -> None:
         ) from None
 
 
+def _retention(text: str) -> str:
+    """``serve --retention``: an age over 0, passed on as written."""
+    from ._prune import AGE_TEXT, parse_age
+
+    try:
+        ok = parse_age(text) > 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"must be {AGE_TEXT}, more than 0, got {text!r}")
+    return text
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
-    return _serve(args.host, args.port, reload=args.reload, cors=args.cors_origin, home=args.home)
+    return _serve(
+        args.host,
+        args.port,
+        reload=args.reload,
+        cors=args.cors_origin,
+        home=args.home,
+        retention=args.retention,
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -375,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="ORIGIN",
         help="allow this origin by CORS (repeatable); CORS is off by default",
+    )
+    serve.add_argument(
+        "--retention",
+        type=_retention,
+        metavar="AGE",
+        help="delete runs with nothing newer than AGE (30d, 12h), now and then "
+        "(SPANGRAPH_RETENTION; default: keep every run)",
     )
     serve.set_defaults(func=_cmd_serve)
     run = add("run", "run a program with spangraph configured (like opentelemetry-instrument)")

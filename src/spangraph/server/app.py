@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -114,6 +115,9 @@ class LazyStore:
 
     def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return self._call(lambda store: store.query(cypher, params))
+
+    def execute_many(self, statements: list[tuple[str, dict[str, Any]]]) -> None:
+        self._call(lambda store: store.execute_many(statements))  # type: ignore[attr-defined]
 
     def ping(self) -> None:
         self._call(lambda store: store.ping())
@@ -250,6 +254,7 @@ def create_app(
     cors_origins: list[str] | None = None,
     allowed_hosts: list[str] | None = None,
     start_embedded: bool = True,
+    retention_s: float | None = None,
 ) -> FastAPI:
     """The spangraph service. Nothing connects until the app starts; the lifespan opens
     the graph store, the Redis client, the live-stream hub and the OTLP ingest pipeline,
@@ -261,7 +266,8 @@ def create_app(
     ``cors_origins`` is given; WebSocket streams serve browser pages of the service's own
     origin and of ``cors_origins`` only. With ``allowed_hosts``, requests whose ``Host``
     is neither one of them nor a loopback name are answered 400 (a defence against DNS
-    rebinding; ``"*"`` allows any)."""
+    rebinding; ``"*"`` allows any). With ``retention_s``, runs whose last activity is
+    older than that many seconds are deleted now and then (:mod:`.retention`)."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
@@ -330,9 +336,23 @@ def create_app(
         meter_provider = _metrics_provider(app.state.ingest)
         running = (hub, asyncio.get_running_loop())
         _running_hubs.add(running)
+        retaining = None
+        if retention_s is not None:
+            from .retention import keep_within
+
+            compact_url = (
+                server.redis_url if server is not None and settings.graph_is_embedded else None
+            )
+            retaining = asyncio.create_task(
+                keep_within(store, retention_s, redis_url=redis_url, embedded_redis_url=compact_url)
+            )
         try:
             yield
         finally:
+            if retaining is not None:
+                retaining.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retaining
             _running_hubs.discard(running)
             if meter_provider is not None:
                 await run_in_threadpool(meter_provider.shutdown)
@@ -471,8 +491,11 @@ _leaving: set[asyncio.Future[None]] = set()
 
 def app_from_env() -> FastAPI:
     """The app with settings from the environment (``uvicorn --factory`` entry point)."""
+    from .retention import retention_from_env
+
     return create_app(
         Settings.from_env(),
         cors_origins=_listed(ENV_CORS_ORIGINS),
         allowed_hosts=_listed(ENV_ALLOWED_HOSTS),
+        retention_s=retention_from_env(),
     )
