@@ -12,7 +12,7 @@ import redis
 
 import spangraph
 from spangraph import queries
-from spangraph._attrs import MAX_VALUE_CHARS, clean, clean_value, truncate
+from spangraph._attrs import MAX_VALUE_CHARS, clean, clean_value, cut_json, truncate, truncate_text
 from spangraph.processors.live import stream_key
 from spangraph.testing import capture
 
@@ -323,3 +323,94 @@ def test_names_and_keys_from_the_api_reach_an_otlp_exporter() -> None:
     attributes = route.attributes or {}
     assert attributes["spangraph.decision.chosen"] == mended
     assert attributes["spangraph.decision.options"] == (mended, "b")
+
+
+# -- JSON cut inside ---------------------------------------------------------------------
+
+TOOL_CALL = {"type": "tool_call", "id": "toolu_01A09q", "name": "get_weather",
+             "arguments": {"city": "Paris", "unit": "celsius"}}  # fmt: skip
+
+
+def _messages(text_chars: int) -> list[dict[str, Any]]:
+    """A model's answer as OpenTelemetry's GenAI conventions write it in one attribute
+    (``gen_ai.output.messages``): a long text part, then a tool call."""
+    return [
+        {
+            "role": "assistant",
+            "parts": [{"type": "text", "content": "w" * text_chars}, TOOL_CALL],
+            "finish_reason": "tool_call",
+        }
+    ]
+
+
+def test_long_json_text_is_cut_inside_and_stays_json() -> None:
+    """Cut at its end, the JSON of a model's messages lost the tool call after a long text
+    (and was no longer JSON): cut inside, the long text is cut and the rest kept."""
+    text = json.dumps(_messages(40_000))
+    cut = truncate_text(text)
+    assert len(cut) <= MAX_VALUE_CHARS
+    [message] = json.loads(cut)
+    assert message["parts"][1] == TOOL_CALL and message["finish_reason"] == "tool_call"
+    long_part = message["parts"][0]["content"]
+    assert re.fullmatch(r"w+…\[truncated (\d+) chars\]", long_part)
+    kept = len(long_part) - len(long_part.partition("…")[2]) - 1
+    assert kept + int(re.findall(r"\d+", long_part.partition("…")[2])[0]) == 40_000
+    assert len(cut) > MAX_VALUE_CHARS * 0.9  # as much of the text as fits
+    assert clean_value(text) == cut  # spangraph's own API cuts text so
+    # a map or list value (JSON text) as well
+    out = clean_value({"messages": _messages(40_000)})
+    assert json.loads(out)["messages"][0]["parts"][1] == TOOL_CALL
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[INFO] " + "z" * 10_000,  # looks like JSON, is not
+        json.dumps([{"role": "user", "content": "y" * 2_000}] * 400),  # 400 strings: no fit
+        json.dumps(_messages(2 * 2**20)),  # over 1 MiB: not read
+        json.dumps("s" * 10_000),  # JSON, but of a string
+    ],
+    ids=["not-json", "too-many-strings", "over-1-mib", "json-string"],
+)
+def test_other_long_text_is_cut_at_its_end(text: str) -> None:
+    assert truncate_text(text) == truncate(text)
+
+
+def test_cut_json_of_what_fits_and_what_cannot() -> None:
+    assert cut_json({"a": [1, 2]}) == '{"a":[1,2]}'
+    assert cut_json([object()] * 2000) is None  # 2 000 strings of at least 64 characters
+    assert cut_json({"x": "é" * 9000}, limit=200) == json.dumps(
+        {"x": "é" * 162 + "…[truncated 8838 chars]"}, ensure_ascii=False, separators=(",", ":")
+    )
+    circular: list[Any] = []
+    circular.append(circular)
+    assert cut_json(circular) is None
+
+
+def test_another_instrumentations_long_messages_stay_json_in_the_graph_and_live(
+    sg: spangraph.Spangraph, provider: Any, redis_client: redis.Redis
+) -> None:
+    """A span of another instrumentation (Anthropic's SDK, OpenLLMetry, OpenAI's v2 with
+    content on) with the answer as JSON in ``gen_ai.output.messages``, and OpenLLMetry's
+    event for each streamed chunk: the graph and the live stream keep the tool call, and
+    the chunk events stay out of the graph."""
+    text = json.dumps(_messages(40_000))
+    with spangraph.workflow("wf-messages") as run:
+        span = provider.get_tracer("other").start_span(
+            "anthropic.messages.create",
+            attributes={"gen_ai.operation.name": "chat", "gen_ai.output.messages": text},
+        )
+        for _ in range(5):
+            span.add_event("gen_ai.content.completion.chunk")
+        span.add_event("gen_ai.choice", {"index": 0})
+        span.end()
+    assert spangraph.flush(10)
+    assert sg.store is not None
+    spans = {r["name"]: r for r in queries.workflow_spans(sg.store, run.workflow_id)}
+    stored = spans["anthropic.messages.create"]["attributes"]["gen_ai.output.messages"]
+    assert len(stored) <= MAX_VALUE_CHARS and json.loads(stored)[0]["parts"][1] == TOOL_CALL
+    events = queries.workflow_events(sg.store, run.workflow_id)
+    assert [e["name"] for e in events if e["span_name"] != "wf-messages"] == ["gen_ai.choice"]
+    live = [json.loads(f[b"data"]) for _, f in redis_client.xrange(stream_key(run.workflow_id))]
+    ended = next(m for m in live if m["type"] == "span.ended" and m["kind"] == "llm")
+    assert json.loads(ended["attributes"]["gen_ai.output.messages"]) == json.loads(stored)

@@ -31,6 +31,88 @@ def truncate(text: str, limit: int = MAX_VALUE_CHARS) -> str:
     return f"{text[:keep]}…[truncated {len(text) - keep} chars]"
 
 
+MAX_JSON_CUT_CHARS: Final = 128 * MAX_VALUE_CHARS
+"""Longer JSON text (1 MiB) is cut at its end like any text, not inside (which reads it)."""
+
+_MIN_CAP: Final = 64
+"""The shortest a string inside cut JSON is cut to (its marker included)."""
+
+
+def truncate_text(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters as :func:`truncate` cuts it, except JSON of a
+    list or map (a model call's messages as other instrumentations record them, in one
+    attribute), which is cut inside by :func:`cut_json`: it stays JSON of the same shape,
+    its short values (tool calls' names and ids, roles, finish reasons) whole."""
+    if len(text) <= limit:
+        return text
+    if len(text) <= MAX_JSON_CUT_CHARS and text.lstrip()[:1] in ("[", "{"):
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            value = None
+        if isinstance(value, dict | list):
+            cut = cut_json(value, limit)
+            if cut is not None:
+                return cut
+    return truncate(text, limit)
+
+
+def cut_json(value: Any, limit: int = MAX_VALUE_CHARS) -> str | None:
+    """Compact JSON of ``value`` in at most ``limit`` characters, made to fit by cutting
+    the strings in it that are longer than some length (each with a ``…[truncated N
+    chars]`` marker), the same length for all, as long as fits; shorter strings, keys,
+    numbers and the shape stay as they are. ``None`` when even strings cut to 64
+    characters do not fit (or ``value`` has no JSON)."""
+
+    def dumps(v: Any) -> str:
+        return json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=str)
+
+    try:
+        whole = dumps(value)
+        if len(whole) <= limit:
+            return whole
+        best = dumps(_capped(value, _MIN_CAP))
+        if len(best) > limit:
+            return None  # too many strings, keys or numbers to fit, however cut
+        lo, hi = _MIN_CAP + 1, _longest(value)
+        while lo <= hi:
+            cap = (lo + hi) // 2
+            text = dumps(_capped(value, cap))
+            if len(text) <= limit:
+                best, lo = text, cap + 1
+                if len(text) >= limit - limit // 16:
+                    break  # close enough: fewer rounds over a large value
+            else:
+                hi = cap - 1
+        return best
+    except (ValueError, TypeError, RecursionError):
+        return None
+
+
+def _longest(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return max((_longest(v) for v in value.values()), default=0)
+    if isinstance(value, list | tuple):
+        return max((_longest(v) for v in value), default=0)
+    if value is None or isinstance(value, bool | int | float):
+        return 0
+    return len(safe_str(value))
+
+
+def _capped(value: Any, cap: int) -> Any:
+    if isinstance(value, str):
+        return truncate(value, cap) if len(value) > cap else value
+    if isinstance(value, dict):
+        return {k: _capped(v, cap) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_capped(v, cap) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _capped(safe_str(value), cap)
+
+
 def clean_value(value: Any) -> Any:
     """An OTel attribute value for ``value``: primitives pass, homogeneous sequences of
     primitives become tuples, everything else becomes (truncated) text. ``None`` stays
@@ -47,7 +129,7 @@ def _clean_value(value: Any) -> Any:
     if isinstance(value, int):
         return value if _INT64[0] <= value <= _INT64[1] else str(value)
     if isinstance(value, str):
-        return encodable(truncate(value))
+        return encodable(truncate_text(value))
     if isinstance(value, list | tuple):
         items = [_clean_value(v) for v in value]
         kinds = {type(v) for v in items}
@@ -87,7 +169,10 @@ def as_text(value: Any) -> str:
 def _text(value: Any) -> str:
     """JSON for ``value`` when it has one, else its (truncated) ``str``."""
     try:
-        return encodable(truncate(json.dumps(value, default=str, ensure_ascii=False)))
+        text = json.dumps(value, default=str, ensure_ascii=False)
+        if len(text) > MAX_VALUE_CHARS and isinstance(value, Mapping | list | tuple):
+            text = cut_json(value) or text  # cut inside: still JSON
+        return encodable(truncate(text))
     except Exception:  # unserializable keys, circular data, a __str__ that raises
         return _str(value)
 

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from . import semconv as sc
-from ._attrs import MAX_VALUE_CHARS, safe_str, truncate
+from ._attrs import MAX_VALUE_CHARS, cut_json, safe_str, truncate, truncate_text
 from ._ids import MAX_ID_CHARS
 from ._utf8 import utf8
 
@@ -91,8 +91,10 @@ _FOREIGN_KINDS: Final = (
 )
 """(attribute key, value -> kind) in the order :func:`kind_of` consults them."""
 
-LIVE_ONLY_EVENTS: Final = frozenset({sc.TOKEN})
-"""Events streamed live but never written to the graph."""
+LIVE_ONLY_EVENTS: Final = frozenset({sc.TOKEN, "gen_ai.content.completion.chunk"})
+"""Events streamed live but never written to the graph: spangraph's ``token`` and what
+OpenLLMetry's instrumentations record of each streamed chunk (an event without
+attributes: a thousand on the span of a long answer)."""
 
 _STATUS_NAMES: Final = {StatusCode.UNSET: "UNSET", StatusCode.OK: "OK", StatusCode.ERROR: "ERROR"}
 
@@ -259,7 +261,7 @@ def _fewer_long_values(attributes: dict[str, Any], length: int) -> dict[str, Any
     for size, key in sorted(sizes, key=lambda pair: pair[0], reverse=True):
         if length <= MAX_JSON_CHARS:
             break
-        cut = truncate(_encode(out[key]))
+        cut = cut_json(out[key]) or truncate(_encode(out[key]))
         out[key] = cut
         length -= size - len(_encode(cut))
     return out
@@ -271,7 +273,7 @@ def _bounded(value: Any) -> Any:
     value spangraph's API already cut is not longer than that, so it is not cut again."""
     t = type(value)
     if t is str:
-        return truncate(value) if len(value) > MAX_VALUE_CHARS else value
+        return truncate_text(value) if len(value) > MAX_VALUE_CHARS else value
     if value is None or t is int or t is float or t is bool:
         return value
     if isinstance(value, dict):
