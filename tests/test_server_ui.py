@@ -3206,3 +3206,98 @@ def test_names_keys_and_statuses_read_plainly(
         expect(page.locator('#detail dd[data-fact="Status"]')).to_have_text("not set (UNSET)")
         node(page, name).locator(":scope > .row > .node-btn").click()
         expect(page.locator('#detail dd[data-fact="Status"]')).to_have_text("OK")
+
+
+@needs_chromium
+def test_a_call_two_instrumentations_recorded_counts_once(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """The Anthropic SDK's own span and OpenLLMetry's of the same call (one answer id),
+    or LangChain's span around the OpenAI client's (same tokens, within its time): the
+    header counted each call twice (8 calls, twice the tokens)."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"twice-{uuid.uuid4().hex[:8]}"
+    root, step = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+    t0 = time.time_ns()
+
+    def call(name: str, start: int, ms: float, **attributes: Any) -> dict[str, Any]:
+        return _span(
+            workflow_id, uuid.uuid4().hex[:16], name, "llm", parent=step, start_ns=t0 + start,
+            duration_ms=ms, attributes={"gen_ai.operation.name": "chat", **attributes},
+        )  # fmt: skip
+
+    answer = {"gen_ai.response.id": "msg_01XFDUDYJgAACzvnptvVoYEL"}
+    openinference = {"llm.token_count.prompt": 19, "llm.token_count.completion": 9}
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "agent", "workflow", start_ns=t0),
+            _span(workflow_id, step, "call-model", parent=root, start_ns=t0 + 1, duration_ms=50),
+            # one answer, two spans (one reporting a token more)
+            call("anthropic.chat", 10, 5, **answer, **{
+                "gen_ai.usage.input_tokens": 25, "gen_ai.usage.output_tokens": 16}),
+            call("anthropic.messages.create", 11, 3, **answer, **{
+                "gen_ai.usage.input_tokens": 25, "gen_ai.usage.output_tokens": 15}),
+            # LangChain's span around the client's, the same tokens
+            call("ChatOpenAI", 20_000_000, 10, **openinference),
+            call("chat gpt-4o-mini", 21_000_000, 8, **{
+                "gen_ai.usage.input_tokens": 19, "gen_ai.usage.output_tokens": 9}),
+            # two calls made at once that reported other tokens: two calls
+            call("chat a", 40_000_000, 8, **{
+                "gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 10}),
+            call("chat b", 41_000_000, 5, **{
+                "gen_ai.usage.input_tokens": 200, "gen_ai.usage.output_tokens": 20}),
+        ],
+    )  # fmt: skip
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator("#run-meta")).to_contain_text(
+            "4 model calls, 399 tokens (344 in, 55 out)"
+        )
+        expect(page.locator("#run-meta")).to_contain_text("8 spans")
+
+
+@needs_chromium
+def test_an_error_said_only_in_attributes_or_before_a_traceback(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """The Anthropic SDK's span of a failed call has no status message, only `error.type`
+    and the HTTP status: the header said "failed at anthropic.messages.create" and
+    nothing more, and its node no error. OpenInference's LangChain spans put a whole
+    traceback after the error in the status message: it filled the error box."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"fail-{uuid.uuid4().hex[:8]}"
+    root, step, call, other = (uuid.uuid4().hex[:16] for _ in range(4))
+    said = "InternalServerError: Error code: 500 - internal error"
+    traceback = (
+        "OpenAIAPIError('Error code: 500 - The server had an error')Traceback (most recent "
+        'call last):\n\n\n  File "/venv/lib/langchain_openai/chat_models/base.py", line 2000\n'
+        "    raw_response = self.client.with_raw_response.create(**payload)\n"
+    )
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "agent", "workflow", state="failed", status_message=said),
+            _span(workflow_id, other, "ChatOpenAI", "llm", parent=root, start=1, state="failed",
+                  status_message=traceback),
+            _span(workflow_id, step, "failing-call", parent=root, start=1000, state="failed",
+                  status_message=said),
+            _span(workflow_id, call, "anthropic.messages.create", "llm", parent=step,
+                  start=2000, state="failed", attributes={
+                      "error.type": "api_error", "http.response.status_code": 500}),
+        ],
+    )  # fmt: skip
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, workflow_id)
+        meta = page.locator("#run-meta")
+        expect(meta).to_contain_text("failed at anthropic.messages.create: api_error (HTTP 500)")
+        meta.locator("button.link").click()
+        expect(page.locator("#detail-title")).to_have_text("anthropic.messages.create")
+        expect(page.locator("#detail .error-box")).to_have_text("Error: api_error (HTTP 500)")
+        node(page, "ChatOpenAI").locator(":scope > .row > .node-btn").click()
+        expect(page.locator("#detail-title")).to_have_text("ChatOpenAI")
+        expect(page.locator("#detail .error-box")).to_have_text(
+            "Error: OpenAIAPIError('Error code: 500 - The server had an error')"
+        )

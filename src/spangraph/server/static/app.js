@@ -7,7 +7,7 @@
 import { api, askToken, config, currentToken, jaegerHref, parseJson } from "./api.js";
 import {
   $, TERMINAL, bdi, betterState, classPart, displayName, durationText, firstLine, fmtDuration,
-  fmtTime, h, stateBadge, statusMessage, usageOf,
+  errorTypeText, fmtTime, h, modelCalls, stateBadge, statusMessage, usageOf,
 } from "./util.js";
 import { renderDetail as renderDetailView, renderInsights as renderInsightsView } from "./views.js";
 
@@ -1329,7 +1329,7 @@ function failureText(run, root) {
     return own ? ["failed: ", error(own)] : [];
   }
   const { number } = attemptInfo(run, origin);
-  const said = statusMessage(origin);
+  const said = statusMessage(origin) || errorTypeText(origin);
   const out = nodeButton("failed at ", origin);
   if (number) out.push(` (attempt ${number})`);
   if (said) out.push(": ", error(said));
@@ -1361,14 +1361,13 @@ function sameError(parent, child) {
 /** The run's spans (its nodes, less the options never explored: no span, a node of the
  * graph only), its model calls and the tokens they report (OpenTelemetry's
  * `gen_ai.usage.*` or OpenInference's `llm.token_count.*`, on LLM spans only: an agent's
- * span may repeat its calls' totals).
+ * span may repeat its calls' totals), a call two instrumentations recorded once
+ * (`modelCalls`).
  * Counted again at each header render, which is once a frame at most. */
 function runTotals(run) {
   const totals = { spans: 0, calls: 0, input: 0, output: 0, counted: 0, running: 0 };
-  for (const n of run.nodes.values()) {
-    if (n.state === "unexplored") continue;
-    totals.spans += 1;
-    if (n.kind !== "llm") continue;
+  for (const n of run.nodes.values()) if (n.state !== "unexplored") totals.spans += 1;
+  for (const n of modelCalls(run.nodes.values())) {
     totals.calls += 1;
     const { input, output } = usageOf(n.attributes);
     totals.input += input ?? 0;

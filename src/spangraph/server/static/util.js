@@ -48,6 +48,70 @@ export function usageOf(attributes) {
   };
 }
 
+/** The model calls among `nodes` (LLM spans), each counted once where two
+ * instrumentations recorded the same call: spans with the same `gen_ai.response.id`
+ * (the Anthropic SDK's own span and OpenLLMetry's), and a span around another LLM span,
+ * its child or its sibling within its time, that reported the same tokens (LangChain's
+ * span around the OpenAI client's), or that failed with it, neither reporting tokens.
+ * The span kept is the inner one, or the one that reported usage. */
+export function modelCalls(nodes) {
+  const calls = [];
+  for (const n of nodes) if (n.kind === "llm" && n.state !== "unexplored") calls.push(n);
+  const twice = new Set();
+  const byAnswer = new Map();
+  for (const n of calls) {
+    const id = n.attributes ? n.attributes["gen_ai.response.id"] : null;
+    if (typeof id !== "string" || !id) continue;
+    const seen = byAnswer.get(id);
+    if (!seen) byAnswer.set(id, n);
+    else if (reported(seen) || !reported(n)) twice.add(n.span_id);
+    else {
+      twice.add(seen.span_id);
+      byAnswer.set(id, n);
+    }
+  }
+  const byId = new Map(calls.map((n) => [n.span_id, n]));
+  const siblings = new Map();
+  for (const n of calls) {
+    const parent = byId.get(n.parent_span_id);
+    if (parent && sameCall(parent, n)) twice.add(parent.span_id);
+    const list = siblings.get(n.parent_span_id);
+    if (list) list.push(n);
+    else siblings.set(n.parent_span_id, [n]);
+  }
+  for (const list of siblings.values()) {
+    if (list.length < 2) continue;
+    list.sort((a, b) => (a.start_ns ?? 0) - (b.start_ns ?? 0));
+    let open = [];
+    for (const n of list) {
+      open = open.filter((o) => (o.end_ns ?? Infinity) >= (n.start_ns ?? 0));
+      const around = open.find((o) => within(o, n) && sameCall(o, n));
+      if (around) twice.add(around.span_id);
+      open.push(n);
+    }
+  }
+  return twice.size ? calls.filter((n) => !twice.has(n.span_id)) : calls;
+}
+
+function reported(n) {
+  const { input, output } = usageOf(n.attributes || {});
+  return input !== null || output !== null;
+}
+
+function within(outer, inner) {
+  return outer.start_ns != null && inner.start_ns != null && outer.end_ns != null
+    && inner.end_ns != null && outer.start_ns <= inner.start_ns && inner.end_ns <= outer.end_ns;
+}
+
+function sameCall(outer, inner) {
+  const a = usageOf(outer.attributes || {});
+  const b = usageOf(inner.attributes || {});
+  if (a.input === null && a.output === null && b.input === null && b.output === null) {
+    return outer.state === "failed" && inner.state === "failed";
+  }
+  return a.input === b.input && a.output === b.output;
+}
+
 // -- formatting ----------------------------------------------------------------------------
 
 /** A duration in ms as text: "12.5 ms", "1.25 s", "42.0 s", "2 min 0 s", "26 h 3 min 4 s".
@@ -134,10 +198,30 @@ export function durationText(n, soFar = " so far") {
   return "";
 }
 
+const TRACEBACK = "Traceback (most recent call last):";
+
 /** A span's status message as shown: "Type: " and nothing after it (an exception raised
- * without a message, such as a TimeoutError()) is the type alone. "" when it has none. */
+ * without a message, such as a TimeoutError()) is the type alone; a Python traceback in
+ * it (OpenInference's LangChain spans put one after the error) left out, or, when it is
+ * all there is, its last line (the error). "" when it has none. */
 export function statusMessage(n) {
-  return n && n.status_message ? String(n.status_message).replace(/:\s*$/, "") : "";
+  if (!n || !n.status_message) return "";
+  let text = String(n.status_message);
+  const at = text.indexOf(TRACEBACK);
+  if (at > 0) text = text.slice(0, at);
+  else if (at === 0) text = text.split("\n").filter((l) => l.trim()).pop() ?? "";
+  return text.trim().replace(/:\s*$/, "");
+}
+
+/** What a failed span without a status message says of its error in its attributes:
+ * "api_error (HTTP 500)" (`error.type`, `http.response.status_code`, as the Anthropic
+ * SDK's own spans say it); "" when it says nothing. */
+export function errorTypeText(n) {
+  if (!n || n.status !== "ERROR") return "";
+  const a = n.attributes || {};
+  const type = typeof a["error.type"] === "string" ? a["error.type"] : "";
+  const code = Number.isInteger(a["http.response.status_code"]) ? `HTTP ${a["http.response.status_code"]}` : "";
+  return type && code ? `${type} (${code})` : type || code;
 }
 
 /** The first line of `text` that is not blank, at most `max` characters (cut with "…"). */

@@ -4,7 +4,7 @@
 import { config, jaegerHref } from "./api.js";
 import {
   $, bdi, betterState, displayName, durationText, fmtDuration, fmtTime, h, kindBadge, replace,
-  stateBadge, statusMessage, usageOf, valueView,
+  errorTypeText, modelCalls, stateBadge, statusMessage, usageOf, valueView,
 } from "./util.js";
 
 /** An option's name as the graph gives it: text as it is, other values (a bool or a
@@ -111,8 +111,8 @@ function decisionsView(run) {
 function branchesView(run) {
   const byId = new Map(run.rest.branches.map((b) => [b.span_id, { ...b }]));
   const branchNodes = [];
-  // branch_id -> { nodes, failed, tokens }: one pass over the run (tokens: what its LLM
-  // spans reported, as the run header counts them)
+  // branch_id -> { nodes, failed, tokens } (tokens: what its model calls reported, each
+  // call once, as the run header counts them)
   const counts = new Map();
   for (const s of run.nodes.values()) {
     if (s.kind === "branch") branchNodes.push(s);
@@ -121,10 +121,12 @@ function branchesView(run) {
     if (!c) counts.set(s.branch_id, (c = { nodes: 0, failed: 0, tokens: 0 }));
     c.nodes += 1;
     if (s.state === "failed") c.failed += 1;
-    if (s.kind === "llm") {
-      const { input, output } = usageOf(s.attributes);
-      c.tokens += (input ?? 0) + (output ?? 0);
-    }
+  }
+  for (const s of modelCalls(run.nodes.values())) {
+    const c = s.branch_id && counts.get(s.branch_id);
+    if (!c) continue;
+    const { input, output } = usageOf(s.attributes);
+    c.tokens += (input ?? 0) + (output ?? 0);
   }
   for (const n of branchNodes) {
     const count = (n.branch_id && counts.get(n.branch_id)) || { nodes: 0, failed: 0, tokens: 0 };
@@ -218,7 +220,7 @@ function errorMessage(n, events) {
     }
     if (a["error.message"]) return [a["error.type"], a["error.message"]].filter(Boolean).join(": ");
   }
-  return null;
+  return errorTypeText(n) || null;
 }
 
 /** OpenTelemetry's status code of a span, with a plain word for UNSET (the code never
