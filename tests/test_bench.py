@@ -150,3 +150,25 @@ def test_import_time_bench_prints_the_ratio_and_no_heavy_module() -> None:
     assert all(float(ms) > 0 for ms in rows.values())
     assert "loaded by `import spangraph`: none" in done.stdout
     assert run("--runs", "0", timeout=60, script="import_time.py").returncode == 2
+
+
+def test_prune_bench_prints_the_delete_rate_against_the_write_rate() -> None:
+    done = run(
+        "--runs", "40", "--spans", "10", "--batch-spans", "100", timeout=120, script="prune.py"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert re.fullmatch(
+        r"400 spans in 40 runs \(\+80 events\): written in [\d.]+ s, [\d,]+ spans/s "
+        r"\(statements of about 100 spans\)",
+        lines[0],
+    ), lines[0]
+    # the older half goes, in batches of about 100 spans (10 runs each)
+    assert re.fullmatch(
+        r"prune of 200 spans \(20 runs, 200 spans left\): [\d.]+ s, [\d,]+ spans/s: "
+        r"[\d.]+ x the write rate; 2 batches, longest [\d.]+ s \(the first includes the look-up\)",
+        lines[1],
+    ), lines[1]
+    assert lines[2].startswith("a one-span write every 10 ms, while the graph is written: ")
+    assert lines[3].startswith("a one-span write every 10 ms, while runs are pruned: ")
+    assert re.search(r"alone: median [\d.]+ ms, .* \(\d+ writes\)$", lines[4]), lines[4]
