@@ -327,6 +327,18 @@ class PrivateServers:
             server.stop()
 
 
+def move(server: EmbeddedServer, first: ServerInfo) -> ServerInfo:
+    """Start the stopped ``server`` again while another program holds its port: it comes
+    back on another one. The other program lets the port go afterwards."""
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", first.port))
+        squatter.listen()
+        second = server.ensure_running()
+    assert second.port != first.port
+    return second
+
+
 def await_redis(proc: subprocess.Popen[bytes], port: int, timeout: float = 30) -> bool:
     """Wait for the redis-server ``proc`` to answer on 127.0.0.1:``port``: True, or
     False if it exited first (its port taken meanwhile, say); AssertionError if it

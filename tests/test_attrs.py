@@ -414,3 +414,24 @@ def test_another_instrumentations_long_messages_stay_json_in_the_graph_and_live(
     live = [json.loads(f[b"data"]) for _, f in redis_client.xrange(stream_key(run.workflow_id))]
     ended = next(m for m in live if m["type"] == "span.ended" and m["kind"] == "llm")
     assert json.loads(ended["attributes"]["gen_ai.output.messages"]) == json.loads(stored)
+
+
+def test_deeply_nested_json_is_cut_inside() -> None:
+    """450 lists deep: the walk for the longest string recursed twice a level and gave
+    up (RecursionError), and the value was cut at its end, no longer JSON."""
+    value: Any = "x" * 10_000
+    for _ in range(450):
+        value = [value]
+    cut = truncate_text(json.dumps(value))
+    inner = json.loads(cut)
+    for _ in range(450):
+        [inner] = inner
+    assert inner.startswith("x" * 100) and inner.endswith(" chars]")
+
+
+def test_a_map_of_over_1_mib_is_cut_at_its_end() -> None:
+    """Cutting inside reads the value again: past 1 MiB of JSON, it is cut at its end."""
+    value = {"messages": _messages(2 * 2**20)}
+    assert clean_value(value) == truncate(json.dumps(value, ensure_ascii=False))
+    small = {"messages": _messages(40_000)}
+    assert json.loads(clean_value(small))["messages"][0]["parts"][1] == TOOL_CALL

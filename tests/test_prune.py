@@ -431,3 +431,35 @@ def test_cli_on_the_embedded_server_rewrites_its_append_only_file(
     assert cli_main(["prune", "--older-than", "1d", "--project", project, "--home", home]) == 0
     assert "append-only" not in capsys.readouterr().out
     client.close()
+
+
+def test_a_run_of_several_projects_goes_whole_or_not_at_all(sg: spangraph.Spangraph) -> None:
+    """Services sharing a run's ids (``propagate=True``) each keep their own project: a
+    project's old spans of a run that went on in another project were deleted with
+    ``project_id``, leaving the live run without them (and the other project's old
+    fragment behind, the other way round)."""
+    shared = f"shared-{uuid.uuid4().hex[:8]}"
+    now = time.time_ns()
+    day = 86_400 * 10**9
+
+    def span(span_id: str, project: str, start: int, end: int | None) -> tuple[str, dict[str, Any]]:
+        return (
+            "CREATE (:Span {span_id: $id, workflow_id: $w, project_id: $p, start_ns: $s, "
+            "end_ns: $e, state: CASE WHEN $e IS NULL THEN 'running' ELSE 'completed' END})",
+            {"id": span_id, "w": shared, "p": project, "s": start, "e": end},
+        )
+
+    sg.store.execute_many(  # type: ignore[attr-defined]
+        [
+            span("root", "agent", now - 40 * day, None),  # the run: still going
+            span("tool-call", "tools", now - 35 * day, now - 35 * day + 1),
+            span("late-step", "agent", now - 60 * 10**9, now - 59 * 10**9),
+        ]
+    )
+    for project in ("tools", "agent", None):
+        result = _prune.prune(sg.store, older_than_s=30 * 86_400, project_id=project)
+        assert result.runs == [] and _spans(sg.store, shared) == 3
+    # once all of it is old, a project's prune takes the whole run
+    result = _prune.prune(sg.store, older_than_s=0, project_id="tools", now_ns=now + 1)
+    assert [(r.workflow_id, r.spans, r.project_id) for r in result.runs] == [(shared, 3, "tools")]
+    assert _spans(sg.store, shared) == 0

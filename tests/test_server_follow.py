@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,22 +22,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from websockets.asyncio.client import ClientConnection, connect
 
 import spangraph
+from conftest import move
 from spangraph.config import Settings
-from spangraph.embedded import EmbeddedServer, ServerInfo
+from spangraph.embedded import EmbeddedServer
 from spangraph.processors.live import seq_key
 from spangraph.server import create_app
-
-
-def move(server: EmbeddedServer, first: ServerInfo) -> ServerInfo:
-    """Start the stopped ``server`` again while another program holds its port: it comes
-    back on another one. The other program lets the port go afterwards."""
-    with socket.socket() as squatter:
-        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        squatter.bind(("127.0.0.1", first.port))
-        squatter.listen()
-        second = server.ensure_running()
-    assert second.port != first.port
-    return second
 
 
 def open_ws(serve: Any, path: str) -> Any:

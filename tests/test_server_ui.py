@@ -3248,14 +3248,18 @@ def test_a_call_two_instrumentations_recorded_counts_once(
                 "gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 10}),
             call("chat b", 41_000_000, 5, **{
                 "gen_ai.usage.input_tokens": 200, "gen_ai.usage.output_tokens": 20}),
+            # the same prompt sent three times at once by one instrumentation: three calls
+            *(call("chat same", 60_000_000 + i, 9 - i, **{
+                "gen_ai.usage.input_tokens": 50, "gen_ai.usage.output_tokens": 1})
+              for i in range(3)),
         ],
     )  # fmt: skip
     with serving(graph_url, embedded_server, tmp_path) as base:
         open_run(page, base, workflow_id)
         expect(page.locator("#run-meta")).to_contain_text(
-            "4 model calls, 399 tokens (344 in, 55 out)"
+            "7 model calls, 552 tokens (494 in, 58 out)"
         )
-        expect(page.locator("#run-meta")).to_contain_text("8 spans")
+        expect(page.locator("#run-meta")).to_contain_text("11 spans")
 
 
 @needs_chromium

@@ -90,15 +90,20 @@ def cut_json(value: Any, limit: int = MAX_VALUE_CHARS) -> str | None:
 
 
 def _longest(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return max((_longest(v) for v in value.values()), default=0)
-    if isinstance(value, list | tuple):
-        return max((_longest(v) for v in value), default=0)
-    if value is None or isinstance(value, bool | int | float):
-        return 0
-    return len(safe_str(value))
+    """The length of the longest string in ``value`` (keys aside), walked without
+    recursion (JSON may nest deeper than Python's recursion limit allows twice over)."""
+    longest, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            longest = max(longest, len(item))
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif not (item is None or isinstance(item, bool | int | float)):
+            longest = max(longest, len(safe_str(item)))
+    return longest
 
 
 def _capped(value: Any, cap: int) -> Any:
@@ -170,7 +175,9 @@ def _text(value: Any) -> str:
     """JSON for ``value`` when it has one, else its (truncated) ``str``."""
     try:
         text = json.dumps(value, default=str, ensure_ascii=False)
-        if len(text) > MAX_VALUE_CHARS and isinstance(value, Mapping | list | tuple):
+        if MAX_VALUE_CHARS < len(text) <= MAX_JSON_CUT_CHARS and isinstance(
+            value, Mapping | list | tuple
+        ):
             text = cut_json(value) or text  # cut inside: still JSON
         return encodable(truncate(text))
     except Exception:  # unserializable keys, circular data, a __str__ that raises

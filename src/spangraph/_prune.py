@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,6 @@ MAX_AGE_S: Final = 100 * 365 * 86_400
 RUNS_BEFORE: Final = (
     "MATCH (s:Span)\n"
     "WHERE s.workflow_id IS NOT NULL\n"
-    "  AND ($project_id IS NULL OR coalesce(s.project_id, $project_id) = $project_id)\n"
     "WITH s.workflow_id AS workflow_id,\n"
     "     max(coalesce(s.end_ns, s.start_ns)) AS last_ns, count(s) AS spans,\n"
     "     max(s.project_id) AS project_id\n"
@@ -38,13 +38,27 @@ RUNS_BEFORE: Final = (
     "ORDER BY last_ns, workflow_id\n"
     "LIMIT $limit"
 )
-"""Runs (by ``workflow_id``) whose last activity is before ``$before_ns``, oldest first.
-A span without a project (a parent's placeholder) counts in any project's run."""
+"""Runs (by ``workflow_id``) whose last activity is before ``$before_ns``, oldest first."""
+
+PROJECT_RUNS_BEFORE: Final = (
+    "MATCH (p:Span {project_id: $project_id})\n"
+    "WHERE p.workflow_id IS NOT NULL\n"
+    "WITH DISTINCT p.workflow_id AS workflow_id\n"
+    "MATCH (s:Span {workflow_id: workflow_id})\n"
+    "WITH workflow_id,\n"
+    "     max(coalesce(s.end_ns, s.start_ns)) AS last_ns, count(s) AS spans\n"
+    "WHERE last_ns < $before_ns\n"
+    "RETURN workflow_id, last_ns, spans, $project_id AS project_id\n"
+    "ORDER BY last_ns, workflow_id\n"
+    "LIMIT $limit"
+)
+"""The same, of the runs with a span of ``$project_id``: the whole run counts (a run
+whose ids several services share, each with its own project, goes whole or not at
+all)."""
 
 DELETE_RUNS: Final = (
     "UNWIND $workflow_ids AS workflow_id\n"
     "MATCH (s:Span {workflow_id: workflow_id})\n"
-    "WHERE $project_id IS NULL OR coalesce(s.project_id, $project_id) = $project_id\n"
     "WITH workflow_id, max(coalesce(s.end_ns, s.start_ns)) AS last_ns, collect(s) AS spans\n"
     "WHERE last_ns < $before_ns\n"
     "UNWIND spans AS s\n"
@@ -59,7 +73,6 @@ still before ``$before_ns`` (a run that went on since it was found is kept)."""
 REMAINING: Final = (
     "UNWIND $workflow_ids AS workflow_id\n"
     "MATCH (s:Span {workflow_id: workflow_id})\n"
-    "WHERE $project_id IS NULL OR coalesce(s.project_id, $project_id) = $project_id\n"
     "RETURN DISTINCT workflow_id"
 )
 """Which of ``$workflow_ids`` still have spans (went on since they were found)."""
@@ -74,7 +87,12 @@ MAX_BATCH_SPANS: Final = 1_000_000
 
 def statements() -> dict[str, str]:
     """The statements of pruning, by name (linted with Neo4j's linter in the tests)."""
-    return {"runs_before": RUNS_BEFORE, "delete_runs": DELETE_RUNS, "remaining": REMAINING}
+    return {
+        "runs_before": RUNS_BEFORE,
+        "project_runs_before": PROJECT_RUNS_BEFORE,
+        "delete_runs": DELETE_RUNS,
+        "remaining": REMAINING,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +143,12 @@ def prune(
     batch_spans: int = 5_000,
     now_ns: int | None = None,
     on_batch: Callable[[list[PrunedRun]], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> PruneResult:
     """Delete every run whose last activity is more than ``older_than_s`` seconds ago
-    (of ``project_id`` only, when given), with its events; ``dry_run`` finds them and
-    deletes nothing. ``on_batch`` is called with each batch once it is deleted."""
+    (with ``project_id``: every such run with a span of that project, whole), with its
+    events; ``dry_run`` finds them and deletes nothing. ``on_batch`` is called with each
+    batch once it is deleted; once ``stop`` is set, no further batch is deleted."""
     if (
         not isinstance(older_than_s, int | float)
         or isinstance(older_than_s, bool)
@@ -147,12 +167,15 @@ def prune(
         )
     before_ns = (time.time_ns() if now_ns is None else now_ns) - int(older_than_s * 1e9)
     result = PruneResult(before_ns=before_ns, dry_run=dry_run)
-    params: dict[str, Any] = {"project_id": project_id, "before_ns": before_ns}
+    params: dict[str, Any] = {"before_ns": before_ns}
+    find = RUNS_BEFORE
+    if project_id is not None:
+        find, params["project_id"] = PROJECT_RUNS_BEFORE, project_id
     execute_many = getattr(store, "execute_many", None)
     if not dry_run and execute_many is None:
         raise TypeError(f"{type(store).__name__} cannot delete (it has no execute_many)")
-    while True:
-        rows = store.query(RUNS_BEFORE, {**params, "limit": _ALL if dry_run else _SCAN})
+    while not (stop is not None and stop.is_set()):
+        rows = store.query(find, {**params, "limit": _ALL if dry_run else _SCAN})
         found = [_run(row) for row in rows]
         if dry_run:
             result.runs = found
@@ -160,12 +183,11 @@ def prune(
         assert execute_many is not None  # (checked above)
         deleted_now = 0
         for batch in _batches(found, batch_spans):
+            if stop is not None and stop.is_set():
+                return result
             ids = [run.workflow_id for run in batch]
-            execute_many([(DELETE_RUNS, {**params, "workflow_ids": ids})])
-            left = {
-                row["workflow_id"]
-                for row in store.query(REMAINING, {"project_id": project_id, "workflow_ids": ids})
-            }
+            execute_many([(DELETE_RUNS, {"before_ns": before_ns, "workflow_ids": ids})])
+            left = {row["workflow_id"] for row in store.query(REMAINING, {"workflow_ids": ids})}
             deleted = [run for run in batch if run.workflow_id not in left]
             result.runs += deleted
             result.kept += len(batch) - len(deleted)
@@ -174,6 +196,7 @@ def prune(
                 on_batch(deleted)
         if len(found) < _SCAN or not deleted_now:
             return result
+    return result
 
 
 def _run(row: dict[str, Any]) -> PrunedRun:

@@ -340,12 +340,20 @@ def create_app(
         if retention_s is not None:
             from .retention import keep_within
 
-            compact_url = (
-                server.redis_url if server is not None and settings.graph_is_embedded else None
-            )
-            retaining = asyncio.create_task(
-                keep_within(store, retention_s, redis_url=redis_url, embedded_redis_url=compact_url)
-            )
+            def where() -> tuple[str | None, str | None]:
+                """The live Redis and the embedded graph's server as they are now (the
+                embedded server may have moved; one on the old port may be another's)."""
+                info = embedded.status() if embedded is not None else None
+                if not settings.live_enabled:
+                    live = None
+                elif settings.redis_is_embedded:
+                    live = info.redis_url if info is not None else None
+                else:
+                    live = settings.redis_url
+                graph = info.redis_url if info is not None and settings.graph_is_embedded else None
+                return live, graph
+
+            retaining = asyncio.create_task(keep_within(store, retention_s, where=where))
         try:
             yield
         finally:

@@ -50,10 +50,12 @@ export function usageOf(attributes) {
 
 /** The model calls among `nodes` (LLM spans), each counted once where two
  * instrumentations recorded the same call: spans with the same `gen_ai.response.id`
- * (the Anthropic SDK's own span and OpenLLMetry's), and a span around another LLM span,
- * its child or its sibling within its time, that reported the same tokens (LangChain's
- * span around the OpenAI client's), or that failed with it, neither reporting tokens.
- * The span kept is the inner one, or the one that reported usage. */
+ * (the Anthropic SDK's own span and OpenLLMetry's), and a span of another name around
+ * another LLM span, its child or its sibling within its time, that reported the same
+ * tokens (LangChain's span around the OpenAI client's), or that failed with it, neither
+ * reporting tokens; never two with different answer ids. Calls of one name made at once
+ * (the same prompt sent five times) stay five. The span kept is the inner one, or the
+ * one that reported usage. */
 export function modelCalls(nodes) {
   const calls = [];
   for (const n of nodes) if (n.kind === "llm" && n.state !== "unexplored") calls.push(n);
@@ -104,6 +106,9 @@ function within(outer, inner) {
 }
 
 function sameCall(outer, inner) {
+  if (outer.name === inner.name) return false; // one instrumentation's calls made at once
+  const answer = (n) => (n.attributes ? n.attributes["gen_ai.response.id"] : null) || null;
+  if (answer(outer) && answer(inner) && answer(outer) !== answer(inner)) return false;
   const a = usageOf(outer.attributes || {});
   const b = usageOf(inner.attributes || {});
   if (a.input === null && a.output === null && b.input === null && b.output === null) {
