@@ -3305,3 +3305,71 @@ def test_an_error_said_only_in_attributes_or_before_a_traceback(
         expect(page.locator("#detail .error-box")).to_have_text(
             "Error: OpenAIAPIError('Error code: 500 - The server had an error')"
         )
+
+
+@needs_chromium
+def test_a_model_call_s_node_says_its_model_tokens_and_finish(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A model call's node listed its attributes only, under each library's own names:
+    it says which model answered, the tokens and why the answer ended, whichever
+    conventions the span follows."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"facts-{uuid.uuid4().hex[:8]}"
+    root = uuid.uuid4().hex[:16]
+    calls = {
+        "anthropic.messages.create": {  # the Anthropic SDK's own span
+            "gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic",
+            "gen_ai.request.model": "claude-sonnet-4-5",
+            "gen_ai.response.model": "claude-sonnet-4-5-20250929",
+            "gen_ai.usage.input_tokens": 1219, "gen_ai.usage.output_tokens": 6,
+            "gen_ai.usage.cache_read.input_tokens": 1200,
+            "anthropic.message.stop_reason": "tool_use",
+        },
+        "ChatOpenAI": {  # OpenInference
+            "openinference.span.kind": "LLM", "llm.provider": "openai",
+            "llm.model_name": "gpt-4o-mini-2024-07-18", "llm.token_count.prompt": 19,
+            "llm.token_count.completion": 9,
+        },
+        "chat gpt-4o": {  # OpenTelemetry's GenAI conventions
+            "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": "gpt-4o", "gen_ai.response.finish_reasons": ["stop", "length"],
+        },
+    }  # fmt: skip
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "agent", "workflow"),
+            *(
+                _span(workflow_id, uuid.uuid4().hex[:16], name, "llm", parent=root,
+                      start=1000 * (i + 1), attributes=attributes)
+                for i, (name, attributes) in enumerate(calls.items())
+            ),
+        ],
+    )  # fmt: skip
+    expected = {
+        "anthropic.messages.create": {
+            "Model": "claude-sonnet-4-5-20250929",
+            "Provider": "anthropic",
+            "Tokens": "1,219 in, 6 out, 1,200 of the input from the cache",
+            "Finish": "tool_use",
+        },
+        "ChatOpenAI": {"Model": "gpt-4o-mini-2024-07-18", "Provider": "openai",
+                       "Tokens": "19 in, 9 out"},
+        "chat gpt-4o": {"Model": "gpt-4o", "Provider": "openai", "Finish": "stop, length"},
+    }  # fmt: skip
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, workflow_id)
+        for name, facts in expected.items():
+            node(page, name).locator(":scope > .row > .node-btn").click()
+            expect(page.locator("#detail-title")).to_have_text(name)
+            for label in ("Model", "Provider", "Tokens", "Finish"):
+                fact = page.locator(f'#detail dd[data-fact="{label}"]')
+                if label in facts:
+                    expect(fact).to_have_text(facts[label])
+                else:
+                    expect(fact).to_have_count(0)
+        node(page, "agent").locator(":scope > .row > .node-btn").click()
+        expect(page.locator("#detail-title")).to_have_text("agent")
+        expect(page.locator('#detail dd[data-fact="Model"]')).to_have_count(0)

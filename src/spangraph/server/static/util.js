@@ -48,6 +48,40 @@ export function usageOf(attributes) {
   };
 }
 
+/** What a model call's span says of the call, whichever conventions it follows
+ * (OpenTelemetry's GenAI, OpenInference's, the Anthropic SDK's own): `[label, text]`
+ * pairs for Model, Provider, Tokens and Finish, those it has. `events`: the span's,
+ * where spangraph's own `llm.complete` gives the finish reason. */
+export function modelFacts(n, events = []) {
+  const a = n.attributes || {};
+  const text = (...keys) => {
+    for (const key of keys) if (typeof a[key] === "string" && a[key]) return a[key];
+    return null;
+  };
+  const out = [];
+  const model = text("gen_ai.response.model", "gen_ai.request.model", "llm.model_name");
+  if (model) out.push(["Model", model]);
+  const provider = text("gen_ai.provider.name", "llm.provider", "gen_ai.system");
+  if (provider) out.push(["Provider", provider]);
+  const { input, output } = usageOf(a);
+  if (input !== null || output !== null) {
+    const parts = [`${(input ?? 0).toLocaleString()} in`, `${(output ?? 0).toLocaleString()} out`];
+    const cached = a["gen_ai.usage.cache_read.input_tokens"] ?? a["llm.token_count.prompt_details.cache_read"];
+    if (Number.isFinite(cached) && cached > 0) parts.push(`${cached.toLocaleString()} of the input from the cache`);
+    out.push(["Tokens", parts.join(", ")]);
+  }
+  let finish = a["gen_ai.response.finish_reasons"];
+  if (Array.isArray(finish)) finish = finish.filter((r) => typeof r === "string" && r).join(", ");
+  if (typeof finish !== "string" || !finish) finish = text("anthropic.message.stop_reason", "llm.finish_reason");
+  if (!finish) {
+    const done = events.find((e) => e.name === "llm.complete");
+    const reason = done && done.attributes ? done.attributes.finish_reason : null;
+    finish = typeof reason === "string" && reason ? reason : null;
+  }
+  if (finish) out.push(["Finish", finish]);
+  return out;
+}
+
 /** The model calls among `nodes` (LLM spans), each counted once where two
  * instrumentations recorded the same call: spans with the same `gen_ai.response.id`
  * (the Anthropic SDK's own span and OpenLLMetry's), and a span of another name around

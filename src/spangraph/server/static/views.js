@@ -4,7 +4,7 @@
 import { config, jaegerHref } from "./api.js";
 import {
   $, bdi, betterState, displayName, durationText, fmtDuration, fmtTime, h, kindBadge, replace,
-  errorTypeText, modelCalls, stateBadge, statusMessage, usageOf, valueView,
+  errorTypeText, modelCalls, modelFacts, stateBadge, statusMessage, usageOf, valueView,
 } from "./util.js";
 
 /** An option's name as the graph gives it: text as it is, other values (a bool or a
@@ -269,6 +269,7 @@ export function renderDetail(run, select) {
     ["Started", fmtTime(n.start_ns)],
     ["Ended", fmtTime(n.end_ns)],
     ["Status", statusText(n.status)],
+    ...(n.kind === "llm" ? modelFacts(n, events) : []),
     ["Span id", n.span_id],
     ["Parent", n.parent_span_id],
     ["Trace id", n.trace_id],
