@@ -1448,3 +1448,69 @@ def test_an_ainvoke_closed_while_it_waits_ends_cancelled() -> None:
         coroutine.close()
     [span] = cap.find("waits")
     assert (span.attributes or {})[sc.STATE] == "cancelled"
+
+
+def reviewed() -> Any:
+    """draft -> publish -> END, with a checkpointer and a static breakpoint before publish."""
+    builder = StateGraph(Trail)
+    builder.add_node("draft", _node("draft"))
+    builder.add_node("publish", _node("publish"))
+    builder.add_edge(START, "draft")
+    builder.add_edge("draft", "publish")
+    builder.add_edge("publish", END)
+    return builder.compile(
+        checkpointer=InMemorySaver(), interrupt_before=["publish"], name="reviewed"
+    )
+
+
+@pytest.mark.parametrize("how", ["invoke", "stream", "ainvoke"])
+def test_a_static_breakpoint_pauses_the_run_and_going_on_links_to_it(
+    instrumented: LangGraphInstrumentor, how: str
+) -> None:
+    """A graph compiled with ``interrupt_before`` stopped there and its run read as
+    finished (``workflow.completed``, nothing marked), and the run that went on
+    (``invoke(None, config)``) was not linked to it."""
+    graph = reviewed()
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with testing.capture() as cap:
+        run_graph(graph, how, {"path": []}, config=config)
+        run_graph(graph, how, None, config=config)
+    stopped, went_on = cap.find("reviewed")
+    assert lifecycle(stopped) == [sc.WORKFLOW_STARTED, sc.WORKFLOW_PAUSED]
+    assert event_of(stopped, sc.WORKFLOW_PAUSED) == {
+        "reason": "breakpoint", "node": "publish", "nodes": ("publish",), "breakpoint": "before"
+    }  # fmt: skip
+    assert attr(stopped, sc.LANGGRAPH_INTERRUPTED) is True
+    assert attr(stopped, sc.LANGGRAPH_BREAKPOINT) == "before"
+    assert attr(stopped, sc.LANGGRAPH_NEXT) == ("publish",)
+    assert attr(stopped, sc.STATE) == sc.STATE_COMPLETED
+    assert lifecycle(went_on) == [sc.WORKFLOW_STARTED, sc.WORKFLOW_RESUMED, sc.WORKFLOW_COMPLETED]
+    assert event_of(went_on, sc.WORKFLOW_RESUMED) == {}  # no value: it just goes on
+    assert links_of(went_on) == [(sc.LINK_RESUMED_FROM, stopped.context.span_id)]
+    assert attr(went_on, sc.LANGGRAPH_INTERRUPTED) is None
+    assert [s.name for s in cap.find(kind=sc.KIND_STEP)] == ["draft", "publish"]
+
+
+def test_a_breakpoint_after_a_node_given_to_the_call(instrumented: LangGraphInstrumentor) -> None:
+    builder = StateGraph(Trail)
+    builder.add_node("draft", _node("draft"))
+    builder.add_node("publish", _node("publish"))
+    builder.add_edge(START, "draft")
+    builder.add_edge("draft", "publish")
+    builder.add_edge("publish", END)
+    graph = builder.compile(checkpointer=InMemorySaver(), name="after")
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with testing.capture() as cap:
+        graph.invoke({"path": []}, config, interrupt_after=["draft"])
+        with spangraph.workflow("ticket"):  # inside a run of the caller's: its step says so
+            graph.invoke({"path": []}, {"configurable": {"thread_id": uuid.uuid4().hex}},
+                         interrupt_after=["draft"])  # fmt: skip
+        graph.invoke({"path": []}, {"configurable": {"thread_id": uuid.uuid4().hex}})
+    stopped, step, whole = cap.find("after")
+    assert event_of(stopped, sc.WORKFLOW_PAUSED)["breakpoint"] == "after"
+    assert attr(stopped, sc.LANGGRAPH_NEXT) == ("publish",)
+    assert kind(step) == sc.KIND_STEP and attr(step, sc.LANGGRAPH_BREAKPOINT) == "after"
+    assert event_of(step, "langgraph.interrupt")["nodes"] == ("publish",)
+    # a run with no breakpoint of its own, of a graph compiled without any: not paused
+    assert lifecycle(whole) == [sc.WORKFLOW_STARTED, sc.WORKFLOW_COMPLETED]
+    assert attr(whole, sc.LANGGRAPH_INTERRUPTED) is None

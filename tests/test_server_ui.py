@@ -3373,3 +3373,34 @@ def test_a_model_call_s_node_says_its_model_tokens_and_finish(
         node(page, "agent").locator(":scope > .row > .node-btn").click()
         expect(page.locator("#detail-title")).to_have_text("agent")
         expect(page.locator('#detail dd[data-fact="Model"]')).to_have_count(0)
+
+
+@needs_chromium
+def test_a_run_stopped_at_a_breakpoint_says_it_waits_to_go_on(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A LangGraph run stopped at a static breakpoint said nothing of it (no node asked:
+    it read "waiting for an answer: interrupted")."""
+    from playwright.sync_api import expect
+
+    stops = {
+        "before": "waiting to go on: stopped at a breakpoint before publish",
+        "after": "waiting to go on: stopped at a breakpoint (next: publish, notify)",
+    }
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        for when, text in stops.items():
+            workflow_id = f"bp-{when}-{uuid.uuid4().hex[:8]}"
+            root = uuid.uuid4().hex[:16]
+            next_nodes = ["publish"] if when == "before" else ["publish", "notify"]
+            _write_spans(
+                graph_url,
+                [
+                    _span(workflow_id, root, "reviewed", "workflow", attributes={
+                        "langgraph.interrupted": True, "langgraph.breakpoint": when,
+                        "langgraph.next": next_nodes}),
+                    _span(workflow_id, uuid.uuid4().hex[:16], "draft", parent=root, start=1000),
+                ],
+            )  # fmt: skip
+            open_run(page, base, workflow_id)
+            expect(page.locator("#run-meta")).to_contain_text(text)
+            expect(page.locator("#run-meta")).not_to_contain_text("waiting for an answer")

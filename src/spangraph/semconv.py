@@ -311,8 +311,14 @@ OPENAI_RESPONSE_SYSTEM_FINGERPRINT: Final = "openai.response.system_fingerprint"
 
 LANGGRAPH_INTERRUPTED: Final = "langgraph.interrupted"
 """``true`` on a LangGraph node's step that called ``interrupt()``, and on the run that
-stopped there to wait for an answer (it ends ``completed``, its last lifecycle event
-``workflow.paused``)."""
+stopped there (or at a static breakpoint) to wait for an answer (it ends ``completed``,
+its last lifecycle event ``workflow.paused``)."""
+LANGGRAPH_BREAKPOINT: Final = "langgraph.breakpoint"
+"""``before`` or ``after``: the LangGraph run stopped at a static breakpoint
+(``interrupt_before`` / ``interrupt_after``), before the nodes due next or after the
+node that ran."""
+LANGGRAPH_NEXT: Final = "langgraph.next"
+"""The nodes due next when a LangGraph run stopped at a static breakpoint."""
 
 # --- other instrumentations' span kinds (read by the mapping, never written) ----------
 

@@ -56,6 +56,8 @@ _RUN: Final = otel_context.create_key("spangraph-langgraph-run")
 GRAPH_NAME: Final = "langgraph.graph.name"
 THREAD_ID: Final = "langgraph.thread_id"
 INTERRUPTED: Final = sc.LANGGRAPH_INTERRUPTED
+BREAKPOINT: Final = sc.LANGGRAPH_BREAKPOINT
+NEXT: Final = sc.LANGGRAPH_NEXT
 INTERRUPT_EVENT: Final = "langgraph.interrupt"
 """Event of a graph run that is a step of the caller's run: ``interrupt()`` stopped it."""
 RESUME_EVENT: Final = "langgraph.resume"
@@ -114,6 +116,9 @@ class _PausedThreads:
 
 paused_threads = _PausedThreads(MAX_PAUSED_THREADS)
 
+NO_VALUE: Final = object()
+"""The "resume value" of a run that goes on from a static breakpoint (input ``None``)."""
+
 _interrupts_lock = threading.Lock()
 
 
@@ -121,7 +126,7 @@ class RunState:
     """The span of one instrumented invocation (a workflow, or a step of the caller's
     run), shared with its node steps: the interrupts they stopped at."""
 
-    __slots__ = ("frame", "ids", "nodes", "thread", "values")
+    __slots__ = ("breakpoint", "frame", "ids", "nodes", "thread", "values")
 
     def __init__(self, thread: CheckpointThread | None) -> None:
         self.frame: _Frame | None = None
@@ -129,6 +134,10 @@ class RunState:
         self.nodes: list[str] = []
         self.ids: list[str] = []
         self.values: list[str] = []
+        self.breakpoint: Callable[[], tuple[str, list[str]] | None] | None = None
+        """Where the run stopped at a static breakpoint (``interrupt_before`` /
+        ``interrupt_after``): ("before" | "after", the nodes due next), read from the
+        checkpoint once it ended; None when it can have none."""
 
     def interrupted(self, node: str, exc: BaseException) -> None:
         """Note that ``node`` stopped at an interrupt (``exc``: its ``GraphInterrupt``),
@@ -151,11 +160,12 @@ class RunState:
                 self.nodes.append(node)
 
     def resumed(self, value: Any) -> None:
-        """Record that the run resumes an interrupt with ``value``."""
+        """Record that the run resumes an interrupt with ``value`` (``NO_VALUE``: goes on
+        from a static breakpoint, with no value)."""
         if self.frame is None:
             return
         handle = self.frame.handle
-        said = {"value": as_text(value)} if _capturing_content() else {}
+        said = {"value": as_text(value)} if _capturing_content() and value is not NO_VALUE else {}
         try:
             if isinstance(handle, WorkflowRun):
                 handle.resumed(**said)
@@ -169,17 +179,28 @@ class RunState:
         records the pause as its last lifecycle event, and is remembered for the run
         that resumes it."""
         try:
-            paused = bool(self.nodes) and clean_exit(exc)
-            if paused:
-                handle.span.set_attribute(INTERRUPTED, True)
+            clean = clean_exit(exc)
+            attrs: dict[str, Any] | None = None
+            reason = "interrupt"
+            if clean and self.nodes:
                 attrs = {
                     "node": self.nodes[0],
                     "nodes": list(self.nodes),
                     "values": list(self.values) or None,
                     "interrupt_ids": list(self.ids) or None,
                 }
+            elif clean and self.breakpoint is not None:
+                stopped = self.breakpoint()
+                if stopped is not None:
+                    when, due = stopped
+                    reason = "breakpoint"
+                    attrs = {"node": due[0], "nodes": due, "breakpoint": when}
+                    handle.span.set_attributes({BREAKPOINT: when, NEXT: due})
+            paused = attrs is not None
+            if attrs is not None:
+                handle.span.set_attribute(INTERRUPTED, True)
                 if isinstance(handle, WorkflowRun) and self.frame is not None:
-                    handle.paused(reason="interrupt", **attrs)
+                    handle.paused(reason=reason, **attrs)
                     self.frame.lifecycle = False  # paused, not completed: no more events
                 else:  # the caller's run goes on: its step says what stopped the graph
                     handle.event(INTERRUPT_EVENT, **attrs)
@@ -248,9 +269,44 @@ def _thread(instance: Any, config: dict[str, Any]) -> CheckpointThread | None:
         return None
 
 
+def _input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs.get("input")
+
+
+def _breakpoints(
+    instance: Any, config: dict[str, Any], kwargs: dict[str, Any]
+) -> Callable[[], tuple[str, list[str]] | None] | None:
+    """For a graph with static breakpoints (compiled or given to this call), a function
+    that tells, once the run ended, whether it stopped at one: ("before" | "after", the
+    nodes due next, from the thread's latest checkpoint); None without breakpoints."""
+    before = kwargs.get("interrupt_before") or getattr(instance, "interrupt_before_nodes", None)
+    after = kwargs.get("interrupt_after") or getattr(instance, "interrupt_after_nodes", None)
+    if not before and not after:
+        return None
+    configurable = config.get("configurable") or {}
+    latest = {  # the thread's latest checkpoint, not the one this run started from
+        "configurable": {
+            key: configurable[key]
+            for key in ("thread_id", "checkpoint_ns", _CHECKPOINTER_KEY)
+            if key in configurable
+        }
+    }
+
+    def read() -> tuple[str, list[str]] | None:
+        due = [str(node) for node in instance.get_state(latest).next]
+        if not due:
+            return None  # ran to its end
+        stopped_before = before == "*" or (
+            isinstance(before, list | tuple | set | frozenset) and any(n in before for n in due)
+        )
+        return ("before" if stopped_before else "after"), due
+
+    return read
+
+
 def _resume_value(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
     """Whether the input is a ``Command(resume=...)``, and its value."""
-    value = args[0] if args else kwargs.get("input")
+    value = _input(args, kwargs)
     try:
         from langgraph.types import Command
     except ImportError:
@@ -275,9 +331,12 @@ def _open(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Fram
         run = RunState(_thread(instance, config))
         resuming, resume = _resume_value(args, kwargs)
         links: tuple[Link, ...] = ()
-        if resuming and run.thread is not None:
+        if run.thread is not None:
+            run.breakpoint = _breakpoints(instance, config, kwargs)
             paused = paused_threads.find(run.thread)
-            if paused is not None:
+            if paused is not None and not resuming and _input(args, kwargs) is None:
+                resuming, resume = True, NO_VALUE  # on from a static breakpoint
+            if resuming and paused is not None:
                 links = (link_to(paused, sc.LINK_RESUMED_FROM),)
         if current_run() is None:
             # A LangGraph thread groups the runs of one conversation or of one run that

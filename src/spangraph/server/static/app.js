@@ -1298,8 +1298,15 @@ function renderHeader(run) {
   if (totals.calls) parts.push(usageText(totals));
   const failure = root.state === "failed" ? failureText(run, root) : [];
   if (failure.length) parts.push(failure);
-  // a LangGraph run that stopped at an interrupt(): it ended, and waits for an answer
-  if (root.attributes["langgraph.interrupted"] === true) {
+  // a LangGraph run that stopped at an interrupt(): it ended, and waits for an answer;
+  // at a static breakpoint (interrupt_before / interrupt_after): it waits to go on
+  const breakpoint = root.attributes["langgraph.breakpoint"];
+  if (root.attributes["langgraph.interrupted"] === true && typeof breakpoint === "string") {
+    const next = root.attributes["langgraph.next"];
+    const due = Array.isArray(next) ? next.filter((n) => typeof n === "string").join(", ") : "";
+    parts.push(breakpoint === "before" && due ? `waiting to go on: stopped at a breakpoint before ${due}`
+      : `waiting to go on: stopped at a breakpoint${due ? ` (next: ${due})` : ""}`);
+  } else if (root.attributes["langgraph.interrupted"] === true) {
     // the node that asked: an interrupted step with no interrupted step under it (a
     // subgraph's node marks the node around it too)
     const marked = [...run.nodes.values()].filter(
