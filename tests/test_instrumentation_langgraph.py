@@ -27,8 +27,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from wrapt import FunctionWrapper
 
 import spangraph
+from spangraph import queries, testing
 from spangraph import semconv as sc
-from spangraph import testing
 from spangraph.instrumentation.langgraph import LangGraphInstrumentor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1514,3 +1514,34 @@ def test_a_breakpoint_after_a_node_given_to_the_call(instrumented: LangGraphInst
     # a run with no breakpoint of its own, of a graph compiled without any: not paused
     assert lifecycle(whole) == [sc.WORKFLOW_STARTED, sc.WORKFLOW_COMPLETED]
     assert attr(whole, sc.LANGGRAPH_INTERRUPTED) is None
+
+
+def test_a_route_to_several_nodes_marks_each_chosen(
+    instrumented: LangGraphInstrumentor, sg: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A conditional edge that sent the run on to two nodes at once had no chosen option
+    in ``query decisions`` (both read as unexplored)."""
+
+    def both(state: Trail) -> list[str]:
+        return ["search", "draft"]
+
+    builder = StateGraph(Trail)
+    for name in ("plan", "search", "draft", "answer"):
+        builder.add_node(name, _node(name))
+    builder.add_edge(START, "plan")
+    builder.add_conditional_edges("plan", both, ["search", "draft", "answer"])
+    for name in ("search", "draft", "answer"):
+        builder.add_edge(name, END)
+    builder.compile(name="fan").invoke({"path": []})
+    assert spangraph.flush(10)
+    [run] = queries.workflows(sg.store, name="fan")
+    [decision] = queries.decisions(sg.store, run["workflow_id"])
+    assert decision["chosen"] is None
+    assert {o["name"]: o["chosen"] for o in decision["options"]} == {
+        "search": True, "draft": True, "answer": False
+    }  # fmt: skip
+    from spangraph._cli_query import _decision_rows
+
+    [row] = _decision_rows([decision])
+    assert row["chosen"] == "search, draft"
+    assert row["options"] == "search*, draft*, answer (unexplored)"

@@ -3404,3 +3404,32 @@ def test_a_run_stopped_at_a_breakpoint_says_it_waits_to_go_on(
             open_run(page, base, workflow_id)
             expect(page.locator("#run-meta")).to_contain_text(text)
             expect(page.locator("#run-meta")).not_to_contain_text("waiting for an answer")
+
+
+@needs_chromium
+def test_a_route_to_several_nodes_shows_each_chosen(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A LangGraph route that sent the run on to two nodes at once showed no option
+    chosen (both "not explored", as a node that runs after a route is no option span)."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"fan-{uuid.uuid4().hex[:8]}"
+    root, route = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "fan", "workflow"),
+            _span(workflow_id, route, "route", "decision", parent=root, start=1000, attributes={
+                "spangraph.decision.options": ["search", "draft", "answer"],
+                "langgraph.destinations": ["search", "draft"]}),
+            _span(workflow_id, uuid.uuid4().hex[:16], "search", parent=root, start=2000),
+            _span(workflow_id, uuid.uuid4().hex[:16], "draft", parent=root, start=2001),
+        ],
+    )  # fmt: skip
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, workflow_id)
+        for option, chosen in (("search", "true"), ("draft", "true"), ("answer", "false")):
+            expect(page.locator(f'#decisions .option[data-option="{option}"]')).to_have_attribute(
+                "data-chosen", chosen
+            )

@@ -76,7 +76,10 @@ def _decision_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "decision": r["name"],
             "state": r.get("state"),
             "options": ", ".join(label(o) for o in r["options"]),
-            "chosen": r["chosen"],
+            # (a route that chose several nodes at once: all of them)
+            "chosen": r["chosen"]
+            or ", ".join(o["name"] for o in r["options"] if o["chosen"])
+            or None,
             "reason": r["reason"],
             "score": r["score"],
             "span_id": r["span_id"],

@@ -574,9 +574,19 @@ def _decision_options(
     ]
 
 
+def _routed(attrs: dict[str, Any]) -> set[str]:
+    """The nodes a LangGraph route sent the run on to all at once (``langgraph.destinations``
+    of a route that chose several: each of them is chosen, and no one ``chosen``)."""
+    routed = attrs.get("langgraph.destinations")
+    if not isinstance(routed, list | tuple):
+        return set()
+    return {as_stored(option_text(name)) for name in routed if name is not None}
+
+
 def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
     """Every decision of a run with all its options (explored or not), the chosen one,
-    the reason and the score, in time order.
+    the reason and the score, in time order. A LangGraph route that sent the run on to
+    several nodes at once has no one ``chosen``: each of those options is marked chosen.
 
     Values other programs set are made to fit: ``chosen`` and option names that are not
     text are given as their JSON text (``7`` -> ``"7"``, ``["a"]`` -> ``'["a"]'``), and
@@ -601,8 +611,9 @@ def decisions(store: GraphStore, workflow_id: str) -> list[dict[str, Any]]:
         chosen = min(names) if names else _text(attrs.get("spangraph.decision.chosen"))
         if chosen is not None:
             chosen = as_stored(chosen)
+        routed = set() if chosen is not None else _routed(attrs)
         for option in options:
-            option["chosen"] = option["name"] == chosen
+            option["chosen"] = option["name"] == chosen or option["name"] in routed
         out.append(
             {
                 "span_id": _text(row["span_id"]),

@@ -104,7 +104,12 @@ function decisionsView(run) {
     }
   }
   const out = [...byId.values()];
-  for (const d of out) for (const o of d.options) o.chosen = d.chosen != null && o.name === d.chosen;
+  for (const d of out) {
+    // a LangGraph route that sent the run on to several nodes at once: each is chosen
+    const routed = d.chosen == null ? run.nodes.get(d.span_id)?.attributes["langgraph.destinations"] : null;
+    const several = new Set(Array.isArray(routed) ? routed.map(optionText) : []);
+    for (const o of d.options) o.chosen = d.chosen != null ? o.name === d.chosen : several.has(o.name);
+  }
   return out.sort((a, b) => (a.start_ns ?? Infinity) - (b.start_ns ?? Infinity));
 }
 
