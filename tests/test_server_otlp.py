@@ -2008,3 +2008,40 @@ def test_the_receivers_answers_are_declared_in_openapi(http: httpx.Client) -> No
     error while ingesting was not)."""
     declared = http.get("/openapi.json").json()["paths"]["/v1/traces"]["post"]["responses"]
     assert {"200", "400", "408", "413", "415", "500", "503"} <= set(declared)
+
+
+def test_json_int_values_no_int64_holds_are_doubles_not_a_refused_batch(
+    running: Running, http: httpx.Client
+) -> None:
+    """OpenTelemetry JS's JSON exporter writes every integral Number as ``intValue``:
+    ``2**63`` (``9223372036854776000``) and ``1e21`` made protobuf refuse the whole
+    request (400), and every span of the batch was lost (the exporter does not send it
+    again). They are the doubles they are; an array's empty item stays, as null."""
+    trace_id = uuid.uuid4().hex
+    spans = [
+        {
+            "traceId": trace_id, "spanId": f"{i:016x}", "name": f"span-{i}",
+            "startTimeUnixNano": str(time.time_ns()), "endTimeUnixNano": str(time.time_ns()),
+            "attributes": attributes,
+        }
+        for i, attributes in enumerate([
+            [{"key": "ok", "value": {"intValue": 7}}],
+            [
+                {"key": "int64_big", "value": {"intValue": 2**63}},
+                {"key": "big_float_int", "value": {"intValue": 1e21}},
+                {"key": "half", "value": {"intValue": 2.5}},
+                {"key": "as_text", "value": {"intValue": "-9223372036854775808"}},
+                {"key": "sparse", "value": {"arrayValue": {"values": [
+                    {"stringValue": "a"}, {}, {"stringValue": "c"}]}}},
+            ],
+        ], start=1)
+    ]  # fmt: skip
+    body = json.dumps(json_spans(*spans)).replace("9223372036854775808,", "9223372036854776000,")
+    r = http.post("/v1/traces", content=body, headers=JSON_CT)
+    assert (r.status_code, r.json()) == (200, {}), r.text
+    nodes = wait_for_nodes(running, trace_id, {"span-1", "span-2"})
+    assert json.loads(nodes["span-1"]["attributes"])["ok"] == 7
+    attrs = json.loads(nodes["span-2"]["attributes"])
+    assert attrs["int64_big"] == 9.223372036854776e18 and attrs["big_float_int"] == 1e21
+    assert attrs["half"] == 2.5 and attrs["as_text"] == -(2**63)
+    assert attrs["sparse"] == ["a", None, "c"]

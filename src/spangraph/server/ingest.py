@@ -18,6 +18,7 @@ import binascii
 import contextlib
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -407,14 +408,67 @@ def decode_json(body: bytes, max_spans: int | None = None) -> Any:
         return request
     except Exception as exc:  # ParseError, RecursionError, ... : all mean a bad body
         error = exc
-    # "\ud800" escapes are valid JSON but not text protobuf takes: each as U+FFFD.
+    # "\ud800" escapes are valid JSON but not text protobuf takes: each as U+FFFD; an
+    # intValue past int64, or not whole (OpenTelemetry JS writes every integral Number
+    # as one: 2**63, 1e21), as the doubleValue it is.
     request = _request_type()()
     try:
-        json_format.ParseDict(mended_value(document), request, ignore_unknown_fields=True)
+        json_format.ParseDict(
+            _int_values_mended(mended_value(document)), request, ignore_unknown_fields=True
+        )
         return request
     except Exception:
         pass
     raise BadRequest(f"body is not a valid OTLP/JSON ExportTraceServiceRequest: {error}") from None
+
+
+_INT64: Final = (-(2**63), 2**63 - 1)
+
+
+def _int_values_mended(document: Any) -> Any:
+    """``document`` with each ``intValue`` that no int64 holds (a whole number past its
+    range, a fraction, a number in exponent form) given as ``doubleValue``: protobuf
+    refuses it, and with it the whole request (every span of the batch, which an
+    exporter does not send again after a 400). Changed in place; returned."""
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in ("intValue", "int_value"):
+                if key in item and not _int64(item[key]):
+                    number = _number(item.pop(key))
+                    if number is not None:
+                        item["doubleValue"] = number
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
+    return document
+
+
+def _int64(value: Any) -> bool:
+    """Whether protobuf takes ``value`` as an int64 of JSON (a whole number in range, as a
+    number or a string of digits)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return _INT64[0] <= value <= _INT64[1]
+    if isinstance(value, str):
+        try:
+            return _INT64[0] <= int(value) <= _INT64[1]
+        except ValueError:
+            return False
+    return False
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float (``None`` when it is no number: left out)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _json_counts(document: dict[str, Any]) -> tuple[int, int]:
@@ -515,9 +569,8 @@ def _any_value(value: Any, depth: int = 0) -> Any:
         return base64.b64encode(value.bytes_value).decode("ascii")
     if depth >= _MAX_DEPTH:
         return None
-    if which == "array_value":
-        items = [_any_value(v, depth + 1) for v in value.array_value.values]
-        return tuple(v for v in items if v is not None)
+    if which == "array_value":  # an empty item stays, as null: the others keep their places
+        return tuple(_any_value(v, depth + 1) for v in value.array_value.values)
     if which == "kvlist_value":
         out = {}
         for kv in value.kvlist_value.values:
