@@ -325,6 +325,15 @@ def test_project_id_default_and_attribute(provider: TracerProvider) -> None:
         ({sc.KIND: "span", "openinference.span.kind": "LLM"}, "span"),
         ({sc.KIND: "span", sc.GEN_AI_OPERATION_NAME: "invoke_workflow"}, "span"),
         ({}, "span"),
+        # the Vercel AI SDK (OpenTelemetry JS), as it sends them: no gen_ai.operation.name
+        ({"ai.operationId": "ai.generateText.doGenerate", "gen_ai.system": "openai.chat"}, "llm"),
+        ({"ai.operationId": "ai.streamText.doStream"}, "llm"),
+        ({"ai.operationId": "ai.streamObject.doStream"}, "llm"),
+        ({"ai.operationId": "ai.embedMany.doEmbed"}, "llm"),
+        ({"ai.operationId": "ai.toolCall", "ai.toolCall.name": "get_weather"}, "tool"),
+        ({"ai.operationId": "ai.generateText"}, "step"),
+        ({"ai.operationId": "ai.generateObject"}, "step"),
+        ({"ai.operationId": "ai.somethingNew"}, "span"),
     ],
 )
 def test_kind_of(attributes: dict[str, str], kind: str) -> None:

@@ -79,6 +79,24 @@ LLM_REQUEST_KINDS: Final = {
 """Kind of a span by OpenLLMetry's ``llm.request.type`` on model calls."""
 
 
+_AI_CALLS: Final = (
+    ("generateText", "doGenerate"),
+    ("streamText", "doStream"),
+    ("generateObject", "doGenerate"),
+    ("streamObject", "doStream"),
+    ("embed", "doEmbed"),
+    ("embedMany", "doEmbed"),
+)
+VERCEL_AI_KINDS: Final = {
+    **{f"ai.{call}.{provider}": sc.KIND_LLM for call, provider in _AI_CALLS},
+    **{f"ai.{call}": sc.KIND_STEP for call, _ in _AI_CALLS},
+    "ai.toolCall": sc.KIND_TOOL,
+}
+"""Kind of a span by the Vercel AI SDK's ``ai.operationId``: the call to the provider's
+model is the model call (``llm``), the SDK's call around it (which may make several, with
+tool calls between) a ``step``."""
+
+
 def _any_case(table: Mapping[str, str]) -> dict[str, str]:
     return {**{k.lower(): v for k, v in table.items()}, **{k.upper(): v for k, v in table.items()}}
 
@@ -88,6 +106,7 @@ _FOREIGN_KINDS: Final = (
     (sc.OPENINFERENCE_SPAN_KIND, _any_case(OPENINFERENCE_KINDS)),
     (sc.TRACELOOP_SPAN_KIND, _any_case(TRACELOOP_KINDS)),
     (sc.LLM_REQUEST_TYPE, _any_case(LLM_REQUEST_KINDS)),
+    (sc.AI_OPERATION_ID, VERCEL_AI_KINDS),
 )
 """(attribute key, value -> kind) in the order :func:`kind_of` consults them."""
 
@@ -335,8 +354,9 @@ def bounded_text(text: Any) -> Any:
 
 def kind_of(attributes: Mapping[str, Any]) -> str:
     """The spangraph kind of a span: its ``spangraph.kind``; else the first of
-    ``gen_ai.operation.name``, ``openinference.span.kind``, ``traceloop.span.kind`` and
-    ``llm.request.type`` whose value names a kind; else ``span`` (no label).
+    ``gen_ai.operation.name``, ``openinference.span.kind``, ``traceloop.span.kind``,
+    ``llm.request.type`` and ``ai.operationId`` whose value names a kind; else ``span``
+    (no label).
 
     Runs on the worker for every span: a handful of dict look-ups, no string work."""
     kind = attributes.get(sc.KIND)

@@ -331,6 +331,10 @@ spangraph kind of a span that has no ``spangraph.kind``."""
 LLM_REQUEST_TYPE: Final = "llm.request.type"
 """OpenLLMetry's request type on model calls (``chat``, ``completion``, ``embedding`` …):
 makes the span an ``llm`` span."""
+AI_OPERATION_ID: Final = "ai.operationId"
+"""The Vercel AI SDK's operation (``ai.generateText.doGenerate`` …, ``ai.toolCall``): gives
+its spans a kind (its provider calls ``llm``, its tool calls ``tool``, the calls around
+them ``step``)."""
 OPENINFERENCE_TOKEN_COUNT_PROMPT: Final = "llm.token_count.prompt"
 """OpenInference's prompt tokens of a model call: counted as its input tokens where
 ``gen_ai.usage.input_tokens`` is not set (run and branch totals)."""
