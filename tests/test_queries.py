@@ -7,11 +7,13 @@ import time
 import uuid
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
 
 import spangraph
 from spangraph import _diff, queries
+from spangraph import semconv as sc
 
 
 def flush() -> None:
@@ -415,3 +417,63 @@ def test_what_an_id_names(sg: spangraph.Spangraph) -> None:
     assert queries.decision_names(store, "route") == ["Route"]
     assert queries.decision_names(store, "Route") == ["Route"]
     assert queries.decision_names(store, "nope") == []
+
+
+def test_an_agent_framework_s_run_without_a_workflow_is_listed(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    """An agent framework that records its own spans (pydantic-ai's ``invoke_agent``,
+    OpenInference's ``AGENT``), run without ``spangraph.workflow`` around it, made runs
+    no list showed: its root agent span is a run (its id: the trace id). An agent inside
+    a run is not one of its own."""
+    tracer = provider.get_tracer("framework")
+    project = {sc.PROJECT_ID: sg.settings.project}
+    with (
+        tracer.start_as_current_span(
+            "invoke_agent weather_agent",
+            attributes={"gen_ai.operation.name": "invoke_agent", **project},
+        ) as root,
+        tracer.start_as_current_span(
+            "chat gpt-4o-mini", attributes={"gen_ai.operation.name": "chat", **project}
+        ),
+    ):
+        pass
+    time.sleep(0.002)
+    with (
+        spangraph.workflow("wrapped") as run,
+        tracer.start_as_current_span(
+            "weather_agent.run", attributes={"openinference.span.kind": "AGENT", **project}
+        ),
+    ):
+        pass
+    time.sleep(0.002)
+    with tracer.start_as_current_span(
+        "Agent workflow", attributes={"openinference.span.kind": "AGENT", **project}
+    ):
+        failing = trace.get_current_span()
+        failing.set_status(StatusCode.ERROR, "boom")
+    flush()
+    listed = queries.workflows(sg.store, project_id=sg.settings.project)
+    assert [(r["name"], r["kind"], r["state"]) for r in listed] == [
+        ("Agent workflow", "agent", "failed"),
+        ("wrapped", "workflow", "completed"),
+        ("invoke_agent weather_agent", "agent", "completed"),
+    ]
+    trace_id = format(root.get_span_context().trace_id, "032x")
+    assert listed[2]["workflow_id"] == trace_id  # the tree of that id is the run
+    assert [n.span["name"] for n in queries.tree(sg.store, trace_id)] == [
+        "invoke_agent weather_agent"
+    ]
+    assert run.workflow_id == listed[1]["workflow_id"]
+    # the filters hold for them too; the limit counts them
+    assert [
+        r["name"]
+        for r in queries.workflows(sg.store, state="failed", project_id=sg.settings.project)
+    ] == ["Agent workflow"]
+    assert [
+        r["name"]
+        for r in queries.workflows(
+            sg.store, name_contains="WEATHER", project_id=sg.settings.project
+        )
+    ] == ["invoke_agent weather_agent"]
+    assert len(queries.workflows(sg.store, limit=2, project_id=sg.settings.project)) == 2

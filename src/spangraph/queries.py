@@ -73,6 +73,17 @@ LIST_WORKFLOWS: Final = (
     "LIMIT $limit"
 )
 
+ROOT_AGENTS: Final = (
+    RUN_FILTERS.replace("MATCH (s:Workflow)\n", "MATCH (s:Agent)\n", 1)
+    + "  AND s.parent_span_id IS NULL\n"
+    f"RETURN s.span_id AS {_SPAN_FIELDS}\n"
+    "ORDER BY s.start_ns DESC\n"
+    "LIMIT $limit"
+)
+"""Agent spans at the root of their trace: the runs of an agent framework that records
+its own spans (``invoke_agent``, OpenInference's ``AGENT``) started without a spangraph
+``workflow`` around them. They are runs too (their id: the trace id)."""
+
 PATH_HOPS: Final = 16
 """Ancestors one ``path_to_root`` statement reads (more are read by further statements)."""
 
@@ -105,6 +116,7 @@ def statements() -> dict[str, str]:
         "workflow_spans": WORKFLOW_SPANS,
         "child_runs": CHILD_RUNS,
         "list_workflows": LIST_WORKFLOWS,
+        "root_agents": ROOT_AGENTS,
         "path_to_root": PATH_TO_ROOT,
         "workflow_events": WORKFLOW_EVENTS,
         **_MORE_STATEMENTS,
@@ -278,8 +290,10 @@ def workflows(
     limit: int = 50,
     name_contains: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Runs (workflow spans), newest first, filtered by project, state, name (whole, or
-    ``name_contains``: a part of it, in any case) and start.
+    """Runs (workflow spans, and agent spans at the root of their trace: an agent
+    framework's run without a spangraph ``workflow`` around it), newest first, filtered
+    by project, state, name (whole, or ``name_contains``: a part of it, in any case) and
+    start.
 
     .. code-block:: cypher
 
@@ -315,6 +329,11 @@ def workflows(
     rows = store.query(LIST_WORKFLOWS, params)
     if len(rows) < limit:  # too few: fewer runs, or the newest were mostly nested ones
         rows = store.query(LIST_WORKFLOWS, {**params, "scan": _SCAN_ALL})
+    agents = store.query(ROOT_AGENTS, params)
+    if agents:  # newest first, both lists already so: the first `limit` of them merged
+        rows = sorted([*rows, *agents], key=lambda r: _whole(r.get("start_ns")) or 0, reverse=True)[
+            :limit
+        ]
     return [_decode(r) for r in rows]
 
 
