@@ -1493,3 +1493,26 @@ def test_query_cypher_says_it_runs_read_only_statements(
 
     monkeypatch.setattr("spangraph.stores.open_store", lambda settings: ReadAccessNeo4j())
     assert query("cypher", "CREATE (:Note)") == Result(2, "", said)
+
+
+def test_print_tree_says_which_tool_a_tool_span_called() -> None:
+    """smolagents names every tool span ``SimpleTool``, LlamaIndex ``FunctionTool.acall``,
+    the Vercel AI SDK ``ai.toolCall``: the tree said which class, not which tool."""
+    from spangraph._tree_text import print_tree
+    from spangraph.queries import TreeNode
+
+    root = TreeNode({"kind": "workflow", "name": "agent", "state": "completed", "workflow_id": "w"})
+    for name, attributes in [
+        ("SimpleTool", {"tool.name": "get_weather"}),  # OpenInference
+        ("ai.toolCall", {"ai.toolCall.name": "search"}),  # the Vercel AI SDK
+        ("execute_tool lookup", {"gen_ai.tool.name": "lookup"}),  # its name says it
+        ("plain-tool", {}),
+    ]:
+        root.children.append(
+            TreeNode({"kind": "tool", "name": name, "state": "completed", "attributes": attributes})
+        )
+    lines: list[str] = []
+    print_tree([root], lines.append)
+    assert lines[1].endswith("  calls get_weather") and "SimpleTool" in lines[1]
+    assert lines[2].endswith("  calls search")
+    assert "calls" not in lines[3] and "calls" not in lines[4]

@@ -3433,3 +3433,53 @@ def test_a_route_to_several_nodes_shows_each_chosen(
             expect(page.locator(f'#decisions .option[data-option="{option}"]')).to_have_attribute(
                 "data-chosen", chosen
             )
+
+
+@needs_chromium
+def test_agent_framework_runs_read_as_what_they_did(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """From agent frameworks' own spans: a tool span named after its class (smolagents'
+    ``SimpleTool``) did not say which tool; a tool that failed with its error only in an
+    event (pydantic-ai) left "failed at …" with no error, though its agent said it; an
+    error whose first line ends with ":" (smolagents) hid its cause; the OpenAI Agents
+    SDK's model calls (``llm.system``) had no provider; calls that all reported no usage
+    were not said to."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"frame-{uuid.uuid4().hex[:8]}"
+    root, agent, tool = (uuid.uuid4().hex[:16] for _ in range(3))
+    said = "ValueError: weather service exploded for Boom"
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "agent-run", "workflow", state="failed", status_message=said),
+            _span(workflow_id, agent, "invoke_agent weather_agent", "agent", parent=root,
+                  start=1000, state="failed", status_message=said),
+            _span(workflow_id, uuid.uuid4().hex[:16], "response", "llm", parent=agent,
+                  start=2000, attributes={"llm.system": "openai", "llm.model_name": "gpt-4o"}),
+            _span(workflow_id, tool, "SimpleTool", "tool", parent=agent, start=3000,
+                  state="failed", attributes={"tool.name": "get_weather"}),
+        ],
+    )  # fmt: skip
+    cause = "AgentGenerationError: Error while generating output:\nError code: 500 - busy"
+    second = _flat_run(graph_url, "smol", [])
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, workflow_id)
+        meta = page.locator("#run-meta")
+        expect(meta).to_contain_text(f"failed at get_weather (SimpleTool): {said}")
+        expect(meta).to_contain_text("1 model call, 1 without usage")
+        expect(node(page, "SimpleTool").locator(":scope > .row .name")).to_have_text(
+            "get_weather (SimpleTool)"
+        )
+        node(page, "SimpleTool").locator(":scope > .row > .node-btn").click()
+        expect(page.locator('#detail dd[data-fact="Tool"]')).to_have_text("get_weather")
+        node(page, "response").locator(":scope > .row > .node-btn").click()
+        expect(page.locator('#detail dd[data-fact="Provider"]')).to_have_text("openai")
+        # a run whose own error's first line ends with ":"
+        _write_spans(graph_url, [_span(second, uuid.uuid4().hex[:16], "smol-failed", "workflow",
+                                       state="failed", status_message=cause)])  # fmt: skip
+        open_run(page, base, second)
+        expect(page.locator("#run-meta")).to_contain_text(
+            "failed: AgentGenerationError: Error while generating output: Error code: 500 - busy"
+        )

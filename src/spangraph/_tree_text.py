@@ -16,6 +16,7 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
     column narrows as the indent grows, down to one character: below 20 levels the
     columns no longer line up), then the attempt of a step that may be retried
     (``attempt 2/4``), the tokens a model call reported (``1,200 in / 34 out tokens``),
+    the tool a tool span called when its name does not say it (``calls get_weather``),
     ``interrupted`` on a LangGraph node or run that stopped to ask a person, and the run of
     a workflow started inside (``(run <workflow_id>)``)."""
     for root in roots:
@@ -25,7 +26,7 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
             width = max(1, 40 - 2 * depth)
             kind = printable(str(span.get("kind", "?")))
             state = printable(str(span.get("state", "?")))
-            notes = [_attempt(span), _tokens(span), interrupted(span)]
+            notes = [_attempt(span), _tokens(span), _tool(span), interrupted(span)]
             own = span.get("workflow_id")  # a workflow started inside: a run of its own
             if depth and own and own != run:
                 notes.append(f"(run {printable(str(own))})")
@@ -33,6 +34,24 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
                 f"  {'  ' * depth}{kind:<9} {printable(node.name):<{width}} "
                 f"{state:<10} {_took(span)}" + "".join(f"  {n}" for n in notes if n)
             )
+
+
+_TOOL_NAMES = ("gen_ai.tool.name", "tool.name", "ai.toolCall.name")
+"""Where a tool span says which tool it called: OpenTelemetry GenAI, OpenInference, the
+Vercel AI SDK."""
+
+
+def _tool(span: dict[str, Any]) -> str | None:
+    """``calls get_weather``: the tool a tool span called, when its name does not say it
+    (smolagents' ``SimpleTool``, LlamaIndex's ``FunctionTool.acall``)."""
+    if span.get("kind") != "tool":
+        return None
+    attributes = span.get("attributes") or {}
+    for key in _TOOL_NAMES:
+        name = attributes.get(key)
+        if isinstance(name, str) and name:
+            return None if name in str(span.get("name") or "") else f"calls {printable(name)}"
+    return None
 
 
 def _took(span: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@
 import { api, askToken, config, currentToken, jaegerHref, parseJson } from "./api.js";
 import {
   $, TERMINAL, bdi, betterState, classPart, displayName, durationText, firstLine, fmtDuration,
-  errorTypeText, fmtTime, h, modelCalls, stateBadge, statusMessage, usageOf,
+  errorTypeText, fmtTime, h, modelCalls, shownName, stateBadge, statusMessage, usageOf,
 } from "./util.js";
 import { renderDetail as renderDetailView, renderInsights as renderInsightsView } from "./views.js";
 
@@ -725,7 +725,9 @@ function renderNode(run, id) {
   li.classList.toggle("unexplored", state === "unexplored");
   const btn = li.querySelector(":scope > .row > .node-btn");
   const nameEl = btn.querySelector(".name");
-  const name = displayName(n.name); // an empty name reads "(unnamed)", as in the runs list
+  // an empty name reads "(unnamed)", as in the runs list; a tool span named after its
+  // library's class says which tool it called: "get_weather (SimpleTool)"
+  const name = shownName(n);
   nameEl.textContent = name;
   nameEl.title = name; // the full name, when the row cuts it
   const kind = btn.querySelector(".kind");
@@ -767,7 +769,7 @@ function drawLabel(run, n, li) {
   else badge.removeAttribute("title");
   const state = n.state || "unknown";
   const took = n.state !== "running" ? fmtDuration(n.duration_ms) : "";
-  const label = `${n.kind || "span"} ${displayName(n.name)}${number ? `, attempt ${number}${of ? ` of ${of}` : ""}` : ""}, ${state}`
+  const label = `${n.kind || "span"} ${shownName(n)}${number ? `, attempt ${number}${of ? ` of ${of}` : ""}` : ""}, ${state}`
     + `${retried ? ", retried" : ""}${took ? `, ${took}` : ""}`;
   btn.setAttribute("aria-label", label);
   li.setAttribute("aria-label", label); // the tree item's name (not its children's text)
@@ -1336,16 +1338,30 @@ function failureText(run, root) {
     return own ? ["failed: ", error(own)] : [];
   }
   const { number } = attemptInfo(run, origin);
-  const said = statusMessage(origin) || errorTypeText(origin);
+  const said = statusMessage(origin) || errorTypeText(origin) || carried(run, origin);
   const out = nodeButton("failed at ", origin);
   if (number) out.push(` (attempt ${number})`);
   if (said) out.push(": ", error(said));
   return out;
 }
 
+/** The error of the nearest failed span above `node` that says one: a span that failed
+ * without a message (pydantic-ai's tool span: its error is in an `exception` event, which
+ * the tree does not load) failed the spans above it with its error. "" when none says. */
+function carried(run, node) {
+  const seen = new Set();
+  for (let at = run.nodes.get(node.parent_span_id); at && !seen.has(at.span_id); at = run.nodes.get(at.parent_span_id)) {
+    seen.add(at.span_id);
+    if (at.state !== "failed") return "";
+    const said = statusMessage(at);
+    if (said) return said;
+  }
+  return "";
+}
+
 /** "`text`<node's name>" with the name a button that selects the node. */
 function nodeButton(text, node) {
-  const where = displayName(node.name);
+  const where = shownName(node);
   return [text, h("button", {
     type: "button", class: "link", title: where, "aria-label": `${text}${where}: show it`,
     on: { click: () => selectNode(node.span_id) },
@@ -1395,7 +1411,7 @@ function usageText(totals) {
     totals.running ? `${totals.running.toLocaleString()} running` : "",
     missing ? `${missing.toLocaleString()} without usage` : "",
   ].filter(Boolean).join(", ");
-  if (!totals.counted) return totals.running ? `${calls}, ${apart}` : calls;
+  if (!totals.counted) return apart ? `${calls}, ${apart}` : calls;
   const sum = totals.input + totals.output;
   return `${calls}, ${sum.toLocaleString()} tokens (${totals.input.toLocaleString()} in, `
     + `${totals.output.toLocaleString()} out${apart ? `; ${apart}` : ""})`;

@@ -61,7 +61,7 @@ export function modelFacts(n, events = []) {
   const out = [];
   const model = text("gen_ai.response.model", "gen_ai.request.model", "llm.model_name");
   if (model) out.push(["Model", model]);
-  const provider = text("gen_ai.provider.name", "llm.provider", "gen_ai.system");
+  const provider = text("gen_ai.provider.name", "llm.provider", "gen_ai.system", "llm.system");
   if (provider) out.push(["Provider", provider]);
   const { input, output } = usageOf(a);
   if (input !== null || output !== null) {
@@ -209,6 +209,14 @@ export function displayName(name) {
   return name === null || name === undefined || name === "" ? "(unnamed)" : String(name);
 }
 
+/** A node's name as the tree, the header and the node panel show it: `displayName`, and
+ * for a tool span named after its library's class, the tool it called first:
+ * "get_weather (SimpleTool)" (see `toolName`). */
+export function shownName(n) {
+  const tool = toolName(n);
+  return tool ? `${tool} (${displayName(n.name)})` : displayName(n.name);
+}
+
 export function stateBadge(state) {
   const s = state || "unknown";
   return h("span", { class: `badge state state-${classPart(s)}`, dataset: { state: s }, text: s });
@@ -263,9 +271,26 @@ export function errorTypeText(n) {
   return type && code ? `${type} (${code})` : type || code;
 }
 
-/** The first line of `text` that is not blank, at most `max` characters (cut with "…"). */
+/** The first line of `text` that is not blank, at most `max` characters (cut with "…");
+ * a first line that ends with ":" goes on with the next one ("AgentGenerationError:
+ * Error while generating output:" says nothing without the cause after it). */
 export function firstLine(text, max = 120) {
-  const line = [...(String(text).split("\n").find((l) => l.trim()) ?? "").trim()];
+  const lines = String(text).split("\n").map((l) => l.trim()).filter(Boolean);
+  const first = lines.length > 1 && lines[0].endsWith(":") ? `${lines[0]} ${lines[1]}` : lines[0] ?? "";
+  const line = [...first];
   return line.length > max ? `${line.slice(0, max - 1).join("")}…` : line.join("");
 }
 
+/** The tool a tool span called, when its name does not say it (smolagents' `SimpleTool`,
+ * LlamaIndex's `FunctionTool.acall`, the Vercel AI SDK's `ai.toolCall`): OpenTelemetry's
+ * `gen_ai.tool.name`, OpenInference's `tool.name` or the Vercel AI SDK's
+ * `ai.toolCall.name`; null when there is none or the span's name holds it. */
+export function toolName(n) {
+  if (!n || n.kind !== "tool") return null;
+  const a = n.attributes || {};
+  for (const key of ["gen_ai.tool.name", "tool.name", "ai.toolCall.name"]) {
+    const name = a[key];
+    if (typeof name === "string" && name) return String(n.name ?? "").includes(name) ? null : name;
+  }
+  return null;
+}

@@ -4,7 +4,7 @@
 import { config, jaegerHref } from "./api.js";
 import {
   $, bdi, betterState, displayName, durationText, fmtDuration, fmtTime, h, kindBadge, replace,
-  errorTypeText, modelCalls, modelFacts, stateBadge, statusMessage, usageOf, valueView,
+  errorTypeText, modelCalls, modelFacts, shownName, stateBadge, statusMessage, toolName, usageOf, valueView,
 } from "./util.js";
 
 /** An option's name as the graph gives it: text as it is, other values (a bool or a
@@ -266,7 +266,7 @@ export function renderDetail(run, select) {
   const t0 = n.start_ns;
   const error = n.state === "failed" || n.status === "ERROR" ? errorMessage(n, events) : null;
   const href = jaegerHref(n);
-  const name = displayName(n.name); // an empty name reads "(unnamed)", as in the tree
+  const name = shownName(n); // an empty name reads "(unnamed)", as in the tree
   $("detail-title").textContent = name;
   $("detail-title").title = name; // the whole name, where it is cut
   const facts = [
@@ -275,6 +275,7 @@ export function renderDetail(run, select) {
     ["Ended", fmtTime(n.end_ns)],
     ["Status", statusText(n.status)],
     ...(n.kind === "llm" ? modelFacts(n, events) : []),
+    ["Tool", toolName(n)],
     ["Span id", n.span_id],
     ["Parent", n.parent_span_id],
     ["Trace id", n.trace_id],
