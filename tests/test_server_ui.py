@@ -3483,3 +3483,33 @@ def test_agent_framework_runs_read_as_what_they_did(
         expect(page.locator("#run-meta")).to_contain_text(
             "failed: AgentGenerationError: Error while generating output: Error code: 500 - busy"
         )
+
+
+@needs_chromium
+def test_a_failure_under_a_span_never_ended_is_where_the_run_failed(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """openinference-smolagents never ends its agent span when the model call fails: the
+    header stopped at the run ("failed: …", the run's own code) instead of the call."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"stuck-{uuid.uuid4().hex[:8]}"
+    root, agent, step = (uuid.uuid4().hex[:16] for _ in range(3))
+    error = "InternalServerError: Error code: 500 - busy"
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "agent-run", "workflow", state="failed",
+                  status_message="AgentGenerationError: Error while generating output:"),
+            _span(workflow_id, agent, "weather_agent.run", "agent", parent=root, start=1000,
+                  state="running"),
+            _span(workflow_id, step, "Step 1", parent=agent, start=2000, state="running"),
+            _span(workflow_id, uuid.uuid4().hex[:16], "OpenAIModel.generate", "llm",
+                  parent=step, start=3000, state="failed", status_message=error),
+        ],
+    )  # fmt: skip
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator("#run-meta")).to_contain_text(
+            f"failed at OpenAIModel.generate: {error}"
+        )

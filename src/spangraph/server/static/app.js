@@ -1417,6 +1417,20 @@ function usageText(totals) {
     + `${totals.output.toLocaleString()} out${apart ? `; ${apart}` : ""})`;
 }
 
+/** Whether a span under `node` failed (`kids`: the children of each span id). */
+function failedBelow(kids, node) {
+  const stack = [...(kids.get(node.span_id) || [])];
+  const seen = new Set();
+  while (stack.length) {
+    const n = stack.pop();
+    if (seen.has(n.span_id)) continue;
+    seen.add(n.span_id);
+    if (n.state === "failed") return true;
+    stack.push(...(kids.get(n.span_id) || []));
+  }
+  return false;
+}
+
 /** Where a failed run failed: down from its top span, each time to the failed child whose
  * failure ended its parent, to a span with no such child. That child has the parent's own
  * error (the same status message: the exception went through unchanged), else it is the
@@ -1440,7 +1454,15 @@ function failureOrigin(run, root) {
     seen.add(at.span_id);
     const children = kids.get(at.span_id) || [];
     const failed = children.filter((n) => n.state === "failed");
-    if (!failed.length) break;
+    if (!failed.length) {
+      // a child still running under the failed run: its instrumentation never ended it
+      // (openinference-smolagents' agent span, when its model call failed): look through
+      // it to the failure under it
+      const stuck = children.find((n) => n.state === "running" && failedBelow(kids, n));
+      if (!stuck) break;
+      at = stuck;
+      continue;
+    }
     const same = failed.filter((n) => sameError(at, n));
     const next = same.length ? latest(same) : latest(failed);
     if (!same.length) {
