@@ -1436,7 +1436,10 @@ def test_query_tree_marks_the_attempts_of_a_retried_step(query: Callable[..., Re
     lines = [line.rstrip() for line in tree.out.splitlines()]
     fetches = [line for line in lines if " fetch " in line]
     assert len(fetches) == 2
-    assert re.search(r"step\s+fetch\s+failed\s+[\d.]+ ms  attempt 1/3$", fetches[0])
+    assert re.search(
+        r"step\s+fetch\s+failed\s+[\d.]+ ms  attempt 1/3  — ConnectionError: 503 from docs-api$",
+        fetches[0],
+    )
     assert re.search(r"step\s+fetch\s+completed\s+[\d.]+ ms  attempt 2/3$", fetches[1])
     [once] = [line for line in lines if " once " in line]
     assert once.endswith(" ms")  # a step without retries: no attempt
@@ -1516,3 +1519,38 @@ def test_print_tree_says_which_tool_a_tool_span_called() -> None:
     assert lines[1].endswith("  calls get_weather") and "SimpleTool" in lines[1]
     assert lines[2].endswith("  calls search")
     assert "calls" not in lines[3] and "calls" not in lines[4]
+
+
+def test_print_tree_says_a_failure_where_it_arose() -> None:
+    """`query tree` said `failed` and never what failed."""
+    from spangraph._tree_text import print_tree
+    from spangraph.queries import TreeNode
+
+    said = "ValueError: weather service exploded for Boom"
+
+    def failed(name: str, message: str | None, **more: Any) -> TreeNode:
+        return TreeNode({"kind": "step", "name": name, "state": "failed",
+                         "status_message": message, **more})  # fmt: skip
+
+    root = failed("agent", said, workflow_id="w", kind="workflow")
+    call = failed("call", said)
+    call.children.append(failed("inner", said))
+    root.children += [
+        call,
+        failed("cut", "AgentGenerationError: Error while generating output:\n500 - busy"),
+        failed("quiet", None),
+        failed("long", "E: " + "x" * 300),
+        TreeNode({"kind": "step", "name": "fine", "state": "completed", "status_message": "ok"}),
+    ]
+    lines: list[str] = []
+    print_tree([root], lines.append)
+    errors = [line.partition(" — ")[2] for line in lines]
+    assert errors == [
+        "",  # the run and `call` fail with `inner`'s error: said once, where it arose
+        "",
+        said,
+        "AgentGenerationError: Error while generating output: 500 - busy",
+        "",
+        "E: " + "x" * 94 + "...",
+        "",
+    ]

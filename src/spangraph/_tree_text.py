@@ -17,6 +17,7 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
     columns no longer line up), then the attempt of a step that may be retried
     (``attempt 2/4``), the tokens a model call reported (``1,200 in / 34 out tokens``),
     the tool a tool span called when its name does not say it (``calls get_weather``),
+    the first line of a failed span's error where it arose (``— ValueError: boom``),
     ``interrupted`` on a LangGraph node or run that stopped to ask a person, and the run of
     a workflow started inside (``(run <workflow_id>)``)."""
     for root in roots:
@@ -26,7 +27,7 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
             width = max(1, 40 - 2 * depth)
             kind = printable(str(span.get("kind", "?")))
             state = printable(str(span.get("state", "?")))
-            notes = [_attempt(span), _tokens(span), _tool(span), interrupted(span)]
+            notes = [_attempt(span), _tokens(span), _tool(span), interrupted(span), _error(node)]
             own = span.get("workflow_id")  # a workflow started inside: a run of its own
             if depth and own and own != run:
                 notes.append(f"(run {printable(str(own))})")
@@ -34,6 +35,29 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
                 f"  {'  ' * depth}{kind:<9} {printable(node.name):<{width}} "
                 f"{state:<10} {_took(span)}" + "".join(f"  {n}" for n in notes if n)
             )
+
+
+_ERROR_CHARS = 100
+"""The most of an error a tree line shows (``--json`` has it whole)."""
+
+
+def _error(node: queries.TreeNode) -> str | None:
+    """The first line of a failed span's error, on the span where it arose: not on a
+    span whose failed child says the same (the error going up the tree once)."""
+    span = node.span
+    message = span.get("status_message")
+    if span.get("state") != sc.STATE_FAILED or not isinstance(message, str) or not message.strip():
+        return None
+    if any(
+        child.span.get("state") == sc.STATE_FAILED and child.span.get("status_message") == message
+        for child in node.children
+    ):
+        return None
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = f"{lines[0]} {lines[1]}" if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+    if len(text) > _ERROR_CHARS:
+        text = text[: _ERROR_CHARS - 3] + "..."
+    return f"— {printable(text)}"
 
 
 _TOOL_NAMES = ("gen_ai.tool.name", "tool.name", "ai.toolCall.name")
