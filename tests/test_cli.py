@@ -1510,6 +1510,7 @@ def test_print_tree_says_which_tool_a_tool_span_called() -> None:
         ("ai.toolCall", {"ai.toolCall.name": "search"}),  # the Vercel AI SDK
         ("execute_tool lookup", {"gen_ai.tool.name": "lookup"}),  # its name says it
         ("plain-tool", {}),
+        ("FunctionTool.acall", {"tool.name": "call"}),  # in a word of the name: not said
     ]:
         root.children.append(
             TreeNode({"kind": "tool", "name": name, "state": "completed", "attributes": attributes})
@@ -1519,6 +1520,7 @@ def test_print_tree_says_which_tool_a_tool_span_called() -> None:
     assert lines[1].endswith("  calls get_weather") and "SimpleTool" in lines[1]
     assert lines[2].endswith("  calls search")
     assert "calls" not in lines[3] and "calls" not in lines[4]
+    assert lines[5].endswith("  calls call")
 
 
 def test_print_tree_says_a_failure_where_it_arose() -> None:
@@ -1535,11 +1537,14 @@ def test_print_tree_says_a_failure_where_it_arose() -> None:
     root = failed("agent", said, workflow_id="w", kind="workflow")
     call = failed("call", said)
     call.children.append(failed("inner", said))
+    slow = failed("slow", "TimeoutError: step 'fetch' exceeded its timeout of 0.05 s")
+    slow.children.append(failed("fetch", "TimeoutError: exceeded its timeout of 0.05 s"))
     root.children += [
         call,
         failed("cut", "AgentGenerationError: Error while generating output:\n500 - busy"),
         failed("quiet", None),
         failed("long", "E: " + "x" * 300),
+        slow,  # a step's timeout, which the span above names with it: said once, on the step
         TreeNode({"kind": "step", "name": "fine", "state": "completed", "status_message": "ok"}),
     ]
     lines: list[str] = []
@@ -1552,5 +1557,7 @@ def test_print_tree_says_a_failure_where_it_arose() -> None:
         "AgentGenerationError: Error while generating output: 500 - busy",
         "",
         "E: " + "x" * 94 + "...",
+        "",
+        "TimeoutError: exceeded its timeout of 0.05 s",
         "",
     ]

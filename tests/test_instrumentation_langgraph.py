@@ -1545,3 +1545,91 @@ def test_a_route_to_several_nodes_marks_each_chosen(
     [row] = _decision_rows([decision])
     assert row["chosen"] == "search, draft"
     assert row["options"] == "search*, draft*, answer (unexplored)"
+
+
+class _AsyncOnlySaver(InMemorySaver):
+    """A checkpointer whose synchronous reads are refused, as ``AsyncSqliteSaver`` refuses
+    them on its own event loop."""
+
+    def get_tuple(self, config: Any) -> Any:
+        raise RuntimeError("use the async API")
+
+    async def aget_tuple(self, config: Any) -> Any:
+        return InMemorySaver.get_tuple(self, config)
+
+
+def _reviewed(saver: Any) -> Any:
+    builder = StateGraph(Trail)
+    builder.add_node("draft", _node("draft"))
+    builder.add_node("publish", _node("publish"))
+    builder.add_edge(START, "draft")
+    builder.add_edge("draft", "publish")
+    builder.add_edge("publish", END)
+    return builder.compile(checkpointer=saver, interrupt_before=["publish"], name="reviewed")
+
+
+def test_a_breakpoint_with_an_async_checkpointer(instrumented: LangGraphInstrumentor) -> None:
+    """The pause was read with the checkpointer's synchronous API, which an async one
+    refuses (or, bridged to its loop, blocks it): ``ainvoke`` reads it with
+    ``aget_state``; ``astream`` records no pause, and nothing breaks."""
+    graph = _reviewed(_AsyncOnlySaver())
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+
+    async def both() -> None:
+        await graph.ainvoke({"path": []}, config)
+        await graph.ainvoke(None, config)
+        other = {"configurable": {"thread_id": uuid.uuid4().hex}}
+        assert [c async for c in graph.astream({"path": []}, other)]
+
+    with testing.capture() as cap:
+        asyncio.run(both())
+    stopped, went_on, streamed = cap.find("reviewed")
+    assert event_of(stopped, sc.WORKFLOW_PAUSED)["breakpoint"] == "before"
+    assert links_of(went_on) == [(sc.LINK_RESUMED_FROM, stopped.context.span_id)]
+    assert lifecycle(streamed) == [sc.WORKFLOW_STARTED, sc.WORKFLOW_COMPLETED]
+
+
+def test_a_stream_left_early_is_no_breakpoint(instrumented: LangGraphInstrumentor) -> None:
+    """A consumer that stopped reading after the first chunk: the run read as stopped at a
+    breakpoint (``after``, next ``review``) it never reached."""
+    builder = StateGraph(Trail)
+    for name in ("a", "b", "c"):
+        builder.add_node(name, _node(name))
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "b")
+    builder.add_edge("b", "c")
+    builder.add_edge("c", END)
+    graph = builder.compile(checkpointer=InMemorySaver(), interrupt_after=["c"], name="left")
+    with testing.capture() as cap:
+        stream = graph.stream({"path": []}, {"configurable": {"thread_id": uuid.uuid4().hex}})
+        next(iter(stream))
+        stream.close()
+    [run] = cap.find("left")
+    assert attr(run, sc.LANGGRAPH_INTERRUPTED) is None
+    assert attr(run, sc.LANGGRAPH_BREAKPOINT) is None
+    assert sc.WORKFLOW_PAUSED not in lifecycle(run)
+
+
+def test_a_subgraph_s_breakpoint_is_no_question(instrumented: LangGraphInstrumentor) -> None:
+    """A subgraph stopped at its own static breakpoint: the run read as waiting for an
+    answer to an ``interrupt()`` nobody asked."""
+    inner = StateGraph(Trail)
+    inner.add_node("check", _node("check"))
+    inner.add_node("fix", _node("fix"))
+    inner.add_edge(START, "check")
+    inner.add_edge("check", "fix")
+    inner.add_edge("fix", END)
+    sub = inner.compile(interrupt_before=["fix"], checkpointer=True)
+    outer = StateGraph(Trail)
+    outer.add_node("review", sub)
+    outer.add_edge(START, "review")
+    outer.add_edge("review", END)
+    graph = outer.compile(checkpointer=InMemorySaver(), name="outer")
+    with testing.capture() as cap:
+        graph.invoke({"path": []}, {"configurable": {"thread_id": uuid.uuid4().hex}})
+    [run] = cap.find("outer")
+    paused = event_of(run, sc.WORKFLOW_PAUSED)
+    assert (paused["reason"], paused["breakpoint"], paused["nodes"]) == (
+        "breakpoint", "subgraph", ("review",)
+    )  # fmt: skip
+    assert attr(run, sc.LANGGRAPH_BREAKPOINT) == "subgraph"

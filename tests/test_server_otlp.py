@@ -2031,6 +2031,8 @@ def test_json_int_values_no_int64_holds_are_doubles_not_a_refused_batch(
                 {"key": "big_float_int", "value": {"intValue": 1e21}},
                 {"key": "half", "value": {"intValue": 2.5}},
                 {"key": "as_text", "value": {"intValue": "-9223372036854775808"}},
+                {"key": "spaced", "value": {"intValue": " 12"}},  # not protobuf's grammar
+                {"key": "whole", "value": {"intValue": 5.0}},  # an int, as when alone
                 {"key": "sparse", "value": {"arrayValue": {"values": [
                     {"stringValue": "a"}, {}, {"stringValue": "c"}]}}},
             ],
@@ -2044,4 +2046,5 @@ def test_json_int_values_no_int64_holds_are_doubles_not_a_refused_batch(
     attrs = json.loads(nodes["span-2"]["attributes"])
     assert attrs["int64_big"] == 9.223372036854776e18 and attrs["big_float_int"] == 1e21
     assert attrs["half"] == 2.5 and attrs["as_text"] == -(2**63)
+    assert attrs["spaced"] == 12 and attrs["whole"] == 5 and isinstance(attrs["whole"], int)
     assert attrs["sparse"] == ["a", None, "c"]

@@ -3508,8 +3508,25 @@ def test_a_failure_under_a_span_never_ended_is_where_the_run_failed(
                   parent=step, start=3000, state="failed", status_message=error),
         ],
     )  # fmt: skip
+    # a tool under a span never ended, failed with no message: the run's error is its
+    other = f"stuck2-{uuid.uuid4().hex[:8]}"
+    top, agent2 = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+    _write_spans(
+        graph_url,
+        [
+            _span(other, top, "run-2", "workflow", state="failed",
+                  status_message="ValueError: tool exploded"),
+            _span(other, agent2, "agent.run", "agent", parent=top, start=1000, state="running"),
+            _span(other, uuid.uuid4().hex[:16], "FunctionTool.acall", "tool", parent=agent2,
+                  start=2000, state="failed", attributes={"tool.name": "call"}),
+        ],
+    )  # fmt: skip
     with serving(graph_url, embedded_server, tmp_path) as base:
         open_run(page, base, workflow_id)
         expect(page.locator("#run-meta")).to_contain_text(
             f"failed at OpenAIModel.generate: {error}"
+        )
+        open_run(page, base, other)
+        expect(page.locator("#run-meta")).to_contain_text(
+            "failed at call (FunctionTool.acall): ValueError: tool exploded"
         )

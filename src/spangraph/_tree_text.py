@@ -3,6 +3,7 @@ demo)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +50,7 @@ def _error(node: queries.TreeNode) -> str | None:
     if span.get("state") != sc.STATE_FAILED or not isinstance(message, str) or not message.strip():
         return None
     if any(
-        child.span.get("state") == sc.STATE_FAILED and child.span.get("status_message") == message
+        child.span.get("state") == sc.STATE_FAILED and _same_error(message, child.span)
         for child in node.children
     ):
         return None
@@ -58,6 +59,30 @@ def _error(node: queries.TreeNode) -> str | None:
     if len(text) > _ERROR_CHARS:
         text = text[: _ERROR_CHARS - 3] + "..."
     return f"— {printable(text)}"
+
+
+_TIMEOUT = re.compile(r"TimeoutError: (exceeded its timeout of \S+ s)")
+
+
+def _same_error(message: str, child: dict[str, Any]) -> bool:
+    """Whether ``child``'s error is ``message``, gone up unchanged: the same text, or a
+    step's timeout (``TimeoutError: exceeded its timeout of 0.5 s``) that the span above
+    names (``TimeoutError: step 'fetch' exceeded its timeout of 0.5 s``), as the web UI
+    tells them."""
+    said = child.get("status_message")
+    if not isinstance(said, str):
+        return False
+    if said == message:
+        return True
+    fired = _TIMEOUT.fullmatch(said)
+    name = child.get("name")
+    return (
+        fired is not None
+        and message.startswith("TimeoutError: ")
+        and message.endswith(f" {fired[1]}")
+        and isinstance(name, str)
+        and name in message
+    )
 
 
 _TOOL_NAMES = ("gen_ai.tool.name", "tool.name", "ai.toolCall.name")
@@ -74,7 +99,10 @@ def _tool(span: dict[str, Any]) -> str | None:
     for key in _TOOL_NAMES:
         name = attributes.get(key)
         if isinstance(name, str) and name:
-            return None if name in str(span.get("name") or "") else f"calls {printable(name)}"
+            said = re.search(
+                rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", str(span.get("name") or "")
+            )
+            return None if said else f"calls {printable(name)}"
     return None
 
 

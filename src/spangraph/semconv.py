@@ -316,7 +316,7 @@ its last lifecycle event ``workflow.paused``)."""
 LANGGRAPH_BREAKPOINT: Final = "langgraph.breakpoint"
 """``before`` or ``after``: the LangGraph run stopped at a static breakpoint
 (``interrupt_before`` / ``interrupt_after``), before the nodes due next or after the
-node that ran."""
+node that ran; ``subgraph``: a subgraph its node ran stopped at one of its own."""
 LANGGRAPH_NEXT: Final = "langgraph.next"
 """The nodes due next when a LangGraph run stopped at a static breakpoint."""
 

@@ -23,7 +23,7 @@ import logging
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -126,7 +126,9 @@ class RunState:
     """The span of one instrumented invocation (a workflow, or a step of the caller's
     run), shared with its node steps: the interrupts they stopped at."""
 
-    __slots__ = ("breakpoint", "frame", "ids", "nodes", "thread", "values")
+    __slots__ = (
+        "asked", "breakpoints", "frame", "ids", "nodes", "stopped", "thread", "values", "whole"
+    )  # fmt: skip
 
     def __init__(self, thread: CheckpointThread | None) -> None:
         self.frame: _Frame | None = None
@@ -134,10 +136,16 @@ class RunState:
         self.nodes: list[str] = []
         self.ids: list[str] = []
         self.values: list[str] = []
-        self.breakpoint: Callable[[], tuple[str, list[str]] | None] | None = None
-        """Where the run stopped at a static breakpoint (``interrupt_before`` /
-        ``interrupt_after``): ("before" | "after", the nodes due next), read from the
-        checkpoint once it ended; None when it can have none."""
+        self.asked = False
+        """An ``interrupt()`` asked (a ``GraphInterrupt`` with its ``Interrupt`` values);
+        a node stopped by a subgraph's static breakpoint asks nothing."""
+        self.breakpoints: Breakpoints | None = None
+        """The static breakpoints the run may stop at; None when it has none."""
+        self.stopped: Any = UNREAD
+        """Where it stopped at one, read (``ainvoke``) before the span ends: ("before" |
+        "after", the nodes due next), or None; ``UNREAD``: not read yet."""
+        self.whole = True
+        """The run went as far as LangGraph took it: not a stream its consumer left."""
 
     def interrupted(self, node: str, exc: BaseException) -> None:
         """Note that ``node`` stopped at an interrupt (``exc``: its ``GraphInterrupt``),
@@ -156,6 +164,8 @@ class RunState:
                     self.ids.append(str(interrupt_id))
                 if _capturing_content():  # what was asked: content (the GenAI switch)
                     self.values.append(as_text(interrupt.value))
+            if found:
+                self.asked = True
             if (new or not found) and node not in self.nodes:
                 self.nodes.append(node)
 
@@ -182,15 +192,24 @@ class RunState:
             clean = clean_exit(exc)
             attrs: dict[str, Any] | None = None
             reason = "interrupt"
-            if clean and self.nodes:
+            if clean and self.nodes and not self.asked:
+                # a subgraph stopped at one of its static breakpoints: the node running
+                # it stopped, asking nothing
+                reason = "breakpoint"
+                attrs = {"node": self.nodes[0], "nodes": list(self.nodes), "breakpoint": "subgraph"}
+                handle.span.set_attributes({BREAKPOINT: "subgraph", NEXT: list(self.nodes)})
+            elif clean and self.nodes:
                 attrs = {
                     "node": self.nodes[0],
                     "nodes": list(self.nodes),
                     "values": list(self.values) or None,
                     "interrupt_ids": list(self.ids) or None,
                 }
-            elif clean and self.breakpoint is not None:
-                stopped = self.breakpoint()
+            elif clean and exc is None and self.whole and self.breakpoints is not None:
+                # (not a stream its consumer left: that ends the span cleanly too)
+                stopped = self.stopped
+                if stopped is UNREAD:
+                    stopped = self.breakpoints.read() if not _loop_running() else None
                 if stopped is not None:
                     when, due = stopped
                     reason = "breakpoint"
@@ -273,12 +292,58 @@ def _input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0] if args else kwargs.get("input")
 
 
+UNREAD: Final = object()
+"""``RunState.stopped`` before the checkpoint was read."""
+
+
+def _loop_running() -> bool:
+    """Whether this thread runs an event loop: a checkpointer's synchronous read there
+    may be refused, or block the loop (an async checkpointer's bridge to it)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class Breakpoints:
+    """The static breakpoints (``interrupt_before`` / ``interrupt_after``, compiled or
+    given to the call) of one run, and how to tell whether it stopped at one: the nodes
+    due next in the thread's latest checkpoint, read once the run ended."""
+
+    __slots__ = ("after", "before", "instance", "latest")
+
+    def __init__(self, instance: Any, latest: dict[str, Any], before: Any, after: Any) -> None:
+        self.instance = instance
+        self.latest = latest
+        self.before = before
+        self.after = after
+
+    def read(self) -> tuple[str, list[str]] | None:
+        """With the checkpointer's synchronous read (never on a running event loop)."""
+        return self._stopped(self.instance.get_state(self.latest).next)
+
+    async def aread(self) -> tuple[str, list[str]] | None:
+        """With its asynchronous read (``ainvoke``)."""
+        return self._stopped((await self.instance.aget_state(self.latest)).next)
+
+    def _stopped(self, next_nodes: Any) -> tuple[str, list[str]] | None:
+        due = [str(node) for node in next_nodes or ()]
+        if not due:
+            return None  # ran to its end
+        before = self.before
+        stopped_before = before == "*" or (
+            isinstance(before, list | tuple | set | frozenset) and any(n in before for n in due)
+        )
+        return ("before" if stopped_before else "after"), due
+
+
 def _breakpoints(
     instance: Any, config: dict[str, Any], kwargs: dict[str, Any]
-) -> Callable[[], tuple[str, list[str]] | None] | None:
-    """For a graph with static breakpoints (compiled or given to this call), a function
-    that tells, once the run ended, whether it stopped at one: ("before" | "after", the
-    nodes due next, from the thread's latest checkpoint); None without breakpoints."""
+) -> Breakpoints | None:
+    """The run's static breakpoints; None without any."""
     before = kwargs.get("interrupt_before") or getattr(instance, "interrupt_before_nodes", None)
     after = kwargs.get("interrupt_after") or getattr(instance, "interrupt_after_nodes", None)
     if not before and not after:
@@ -291,17 +356,21 @@ def _breakpoints(
             if key in configurable
         }
     }
+    return Breakpoints(instance, latest, before, after)
 
-    def read() -> tuple[str, list[str]] | None:
-        due = [str(node) for node in instance.get_state(latest).next]
-        if not due:
-            return None  # ran to its end
-        stopped_before = before == "*" or (
-            isinstance(before, list | tuple | set | frozenset) and any(n in before for n in due)
-        )
-        return ("before" if stopped_before else "after"), due
 
-    return read
+async def _then_read_breakpoints(awaitable: Any) -> Any:
+    """``await awaitable`` (an ``ainvoke``), then, in its span, read with the
+    checkpointer's asynchronous API whether the run stopped at a static breakpoint."""
+    result = await awaitable
+    run = current_run_state()
+    if run is not None and run.breakpoints is not None:
+        try:
+            run.stopped = await run.breakpoints.aread()
+        except Exception:
+            run.stopped = None
+            _log.debug("spangraph: could not read a LangGraph checkpoint", exc_info=True)
+    return result
 
 
 def _resume_value(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
@@ -332,7 +401,7 @@ def _open(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Fram
         resuming, resume = _resume_value(args, kwargs)
         links: tuple[Link, ...] = ()
         if run.thread is not None:
-            run.breakpoint = _breakpoints(instance, config, kwargs)
+            run.breakpoints = _breakpoints(instance, config, kwargs)
             paused = paused_threads.find(run.thread)
             if paused is not None and not resuming and _input(args, kwargs) is None:
                 resuming, resume = True, NO_VALUE  # on from a static breakpoint
@@ -374,13 +443,28 @@ def wrap_invoke(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: A
 
 
 def wrap_ainvoke(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-    return await_in_frame(lambda: _open(instance, args, kwargs), lambda: wrapped(*args, **kwargs))
+    return await_in_frame(
+        lambda: _open(instance, args, kwargs),
+        lambda: _then_read_breakpoints(wrapped(*args, **kwargs)),
+    )
+
+
+def _to_its_end(chunks: Iterator[Any]) -> Iterator[Any]:
+    """``chunks`` (a ``stream()``), noting in the run whether it was read to its end."""
+    run = current_run_state()
+    if run is not None:
+        run.whole = False
+    yield from chunks
+    if run is not None:
+        run.whole = True
 
 
 def wrap_stream(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
     if inside_own_span():  # invoke() streaming, or a subgraph: the caller's span is current
         return wrapped(*args, **kwargs)
-    return traced_generator(lambda: _open(instance, args, kwargs), lambda: wrapped(*args, **kwargs))
+    return traced_generator(
+        lambda: _open(instance, args, kwargs), lambda: _to_its_end(wrapped(*args, **kwargs))
+    )
 
 
 def wrap_astream(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:

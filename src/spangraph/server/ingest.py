@@ -423,6 +423,7 @@ def decode_json(body: bytes, max_spans: int | None = None) -> Any:
 
 
 _INT64: Final = (-(2**63), 2**63 - 1)
+_DIGITS: Final = re.compile(r"-?[0-9]+")
 
 
 def _int_values_mended(document: Any) -> Any:
@@ -437,7 +438,9 @@ def _int_values_mended(document: Any) -> Any:
             for key in ("intValue", "int_value"):
                 if key in item and not _int64(item[key]):
                     number = _number(item.pop(key))
-                    if number is not None:
+                    if number is not None and number.is_integer() and _int64(int(number)):
+                        item[key] = int(number)  # 5.0: the 5 protobuf takes alone
+                    elif number is not None:
                         item["doubleValue"] = number
             stack.extend(v for v in item.values() if isinstance(v, dict | list))
         elif isinstance(item, list):
@@ -452,11 +455,8 @@ def _int64(value: Any) -> bool:
         return False
     if isinstance(value, int):
         return _INT64[0] <= value <= _INT64[1]
-    if isinstance(value, str):
-        try:
-            return _INT64[0] <= int(value) <= _INT64[1]
-        except ValueError:
-            return False
+    if isinstance(value, str):  # protobuf's grammar: ASCII digits, a minus sign first
+        return _DIGITS.fullmatch(value) is not None and _INT64[0] <= int(value) <= _INT64[1]
     return False
 
 

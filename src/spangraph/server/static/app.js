@@ -1352,6 +1352,7 @@ function carried(run, node) {
   const seen = new Set();
   for (let at = run.nodes.get(node.parent_span_id); at && !seen.has(at.span_id); at = run.nodes.get(at.parent_span_id)) {
     seen.add(at.span_id);
+    if (at.state === "running") continue; // never ended (see failureOrigin): looked through
     if (at.state !== "failed") return "";
     const said = statusMessage(at);
     if (said) return said;
@@ -1417,18 +1418,17 @@ function usageText(totals) {
     + `${totals.output.toLocaleString()} out${apart ? `; ${apart}` : ""})`;
 }
 
-/** Whether a span under `node` failed (`kids`: the children of each span id). */
-function failedBelow(kids, node) {
-  const stack = [...(kids.get(node.span_id) || [])];
-  const seen = new Set();
-  while (stack.length) {
-    const n = stack.pop();
-    if (seen.has(n.span_id)) continue;
-    seen.add(n.span_id);
-    if (n.state === "failed") return true;
-    stack.push(...(kids.get(n.span_id) || []));
+/** The ids of the spans with a failed span under them: up from each failed span, once
+ * each (linear in the run's size, however deep). */
+function failedAbove(run) {
+  const marked = new Set();
+  for (const n of run.nodes.values()) {
+    if (n.state !== "failed") continue;
+    for (let up = n.parent_span_id; up && !marked.has(up); up = run.nodes.get(up)?.parent_span_id) {
+      marked.add(up);
+    }
   }
-  return false;
+  return marked;
 }
 
 /** Where a failed run failed: down from its top span, each time to the failed child whose
@@ -1449,6 +1449,7 @@ function failureOrigin(run, root) {
   const ended = (n) => n.end_ns ?? -Infinity;
   const latest = (list) => list.reduce((a, b) => (ended(b) >= ended(a) ? b : a));
   const seen = new Set();
+  let above = null; // failedAbove(run), when first needed
   let at = root;
   while (!seen.has(at.span_id)) {
     seen.add(at.span_id);
@@ -1458,7 +1459,8 @@ function failureOrigin(run, root) {
       // a child still running under the failed run: its instrumentation never ended it
       // (openinference-smolagents' agent span, when its model call failed): look through
       // it to the failure under it
-      const stuck = children.find((n) => n.state === "running" && failedBelow(kids, n));
+      above ??= failedAbove(run);
+      const stuck = children.find((n) => n.state === "running" && above.has(n.span_id));
       if (!stuck) break;
       at = stuck;
       continue;

@@ -209,6 +209,16 @@ export function displayName(name) {
   return name === null || name === undefined || name === "" ? "(unnamed)" : String(name);
 }
 
+/** Whether `name` is in `text` as a word of its own (not "run" in "running"). */
+function namedIn(text, name) {
+  for (let at = text.indexOf(name); at !== -1; at = text.indexOf(name, at + 1)) {
+    const before = at ? text[at - 1] : "";
+    const after = text[at + name.length] ?? "";
+    if (!/[A-Za-z0-9_]/.test(before) && !/[A-Za-z0-9_]/.test(after)) return true;
+  }
+  return false;
+}
+
 /** A node's name as the tree, the header and the node panel show it: `displayName`, and
  * for a tool span named after its library's class, the tool it called first:
  * "get_weather (SimpleTool)" (see `toolName`). */
@@ -290,7 +300,7 @@ export function toolName(n) {
   const a = n.attributes || {};
   for (const key of ["gen_ai.tool.name", "tool.name", "ai.toolCall.name"]) {
     const name = a[key];
-    if (typeof name === "string" && name) return String(n.name ?? "").includes(name) ? null : name;
+    if (typeof name === "string" && name) return namedIn(String(n.name ?? ""), name) ? null : name;
   }
   return null;
 }
