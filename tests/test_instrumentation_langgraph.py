@@ -1450,16 +1450,21 @@ def test_an_ainvoke_closed_while_it_waits_ends_cancelled() -> None:
     assert (span.attributes or {})[sc.STATE] == "cancelled"
 
 
-def reviewed() -> Any:
-    """draft -> publish -> END, with a checkpointer and a static breakpoint before publish."""
+def draft_publish(**compiled: Any) -> Any:
+    """draft -> publish -> END, compiled with ``compiled`` (a checkpointer, breakpoints)."""
     builder = StateGraph(Trail)
     builder.add_node("draft", _node("draft"))
     builder.add_node("publish", _node("publish"))
     builder.add_edge(START, "draft")
     builder.add_edge("draft", "publish")
     builder.add_edge("publish", END)
-    return builder.compile(
-        checkpointer=InMemorySaver(), interrupt_before=["publish"], name="reviewed"
+    return builder.compile(**compiled)
+
+
+def reviewed(saver: Any = None) -> Any:
+    """draft -> publish with a checkpointer and a static breakpoint before publish."""
+    return draft_publish(
+        checkpointer=saver or InMemorySaver(), interrupt_before=["publish"], name="reviewed"
     )
 
 
@@ -1492,13 +1497,7 @@ def test_a_static_breakpoint_pauses_the_run_and_going_on_links_to_it(
 
 
 def test_a_breakpoint_after_a_node_given_to_the_call(instrumented: LangGraphInstrumentor) -> None:
-    builder = StateGraph(Trail)
-    builder.add_node("draft", _node("draft"))
-    builder.add_node("publish", _node("publish"))
-    builder.add_edge(START, "draft")
-    builder.add_edge("draft", "publish")
-    builder.add_edge("publish", END)
-    graph = builder.compile(checkpointer=InMemorySaver(), name="after")
+    graph = draft_publish(checkpointer=InMemorySaver(), name="after")
     config = {"configurable": {"thread_id": uuid.uuid4().hex}}
     with testing.capture() as cap:
         graph.invoke({"path": []}, config, interrupt_after=["draft"])
@@ -1558,21 +1557,11 @@ class _AsyncOnlySaver(InMemorySaver):
         return InMemorySaver.get_tuple(self, config)
 
 
-def _reviewed(saver: Any) -> Any:
-    builder = StateGraph(Trail)
-    builder.add_node("draft", _node("draft"))
-    builder.add_node("publish", _node("publish"))
-    builder.add_edge(START, "draft")
-    builder.add_edge("draft", "publish")
-    builder.add_edge("publish", END)
-    return builder.compile(checkpointer=saver, interrupt_before=["publish"], name="reviewed")
-
-
 def test_a_breakpoint_with_an_async_checkpointer(instrumented: LangGraphInstrumentor) -> None:
     """The pause was read with the checkpointer's synchronous API, which an async one
     refuses (or, bridged to its loop, blocks it): ``ainvoke`` reads it with
     ``aget_state``; ``astream`` records no pause, and nothing breaks."""
-    graph = _reviewed(_AsyncOnlySaver())
+    graph = reviewed(_AsyncOnlySaver())
     config = {"configurable": {"thread_id": uuid.uuid4().hex}}
 
     async def both() -> None:
