@@ -197,7 +197,9 @@ def test_foreign_child_inherits_run_ids_via_lineage(
     assert props["kind"] == "span"
     assert props["workflow_id"] == "wf-9"
     assert props["execution_id"] == "ex-9"
-    assert props["project_id"] == "default-project"
+    # the project of the spangraph spans above it (a service's own default, over OTLP,
+    # may differ), not the mapper's default
+    assert props["project_id"] == one(cap, "w").attributes[sc.PROJECT_ID]
     assert props["parent_span_id"] == hex16(one(cap, "GET /"))
     assert props["state"] == "completed"
 
@@ -687,6 +689,7 @@ def test_spans_waiting_on_a_parent_are_adopted_when_it_arrives() -> None:
     assert lineage.resolve("llm", "step", trace_id, {})[0] == trace_id
     assert lineage.adopted == []
     step_ids = {sc.WORKFLOW_ID: "wf", sc.EXECUTION_ID: "ex", sc.BRANCH_ID: "b-1"}
+    step_ids[sc.PROJECT_ID] = "shop"
     assert lineage.resolve("step", "root", trace_id, step_ids) == ("wf", "ex", "b-1")
     rows = {row["span_id"]: row for row in lineage.adopted}
     assert rows == {
@@ -696,6 +699,7 @@ def test_spans_waiting_on_a_parent_are_adopted_when_it_arrives() -> None:
             "workflow_id": "wf",
             "execution_id": "ex",
             "branch_id": "b-1",
+            "project_id": "shop",  # the step's: they had none of their own
         },
         "http": {
             "span_id": "http",
@@ -703,6 +707,7 @@ def test_spans_waiting_on_a_parent_are_adopted_when_it_arrives() -> None:
             "workflow_id": "wf",
             "execution_id": "ex",
             "branch_id": "b-1",
+            "project_id": "shop",  # the step's: they had none of their own
         },
         "tool": {
             "span_id": "tool",
@@ -710,13 +715,15 @@ def test_spans_waiting_on_a_parent_are_adopted_when_it_arrives() -> None:
             "workflow_id": "wf",
             "execution_id": "ex",
             "branch_id": "b-own",  # its own branch stays
+            "project_id": "shop",  # the step's: they had none of their own
         },
     }
     # the remembered entries moved too: a late grandchild inherits without waiting
     lineage.adopted.clear()
     assert lineage.resolve("late", "http", trace_id, {}) == ("wf", "ex", "b-1")
     assert lineage.adopted == []
-    assert lineage.entry("http") == ("wf", "ex", "b-1")
+    assert lineage.entry("http") == ("wf", "ex", "b-1", "shop")
+    assert lineage.project("late") == "shop"
 
 
 def test_a_span_with_a_run_of_its_own_is_not_adopted() -> None:
@@ -729,7 +736,7 @@ def test_a_span_with_a_run_of_its_own_is_not_adopted() -> None:
     assert lineage.adopted == []
     lineage.resolve("root", None, t, {sc.WORKFLOW_ID: "wf"})
     assert [row["span_id"] for row in lineage.adopted] == ["p", "foreign"]
-    assert lineage.entry("own") == ("wf-own", None, None)
+    assert lineage.entry("own") == ("wf-own", None, None, None)
 
 
 def test_waiting_spans_are_bounded_and_only_kept_when_asked() -> None:
@@ -746,7 +753,7 @@ def test_waiting_spans_are_bounded_and_only_kept_when_asked() -> None:
     plain.resolve("kid", "parent", t, {})
     plain.resolve("parent", None, t, {sc.WORKFLOW_ID: "wf"})
     assert plain.adopted == [] and plain._waiting_on == {} and plain._waiting == {}
-    assert plain.entry("kid") == (None, None, None)
+    assert plain.entry("kid") == (None, None, None, None)
 
 
 def test_spans_under_a_root_without_a_run_do_not_wait() -> None:

@@ -2048,3 +2048,42 @@ def test_json_int_values_no_int64_holds_are_doubles_not_a_refused_batch(
     assert attrs["half"] == 2.5 and attrs["as_text"] == -(2**63)
     assert attrs["spaced"] == 12 and attrs["whole"] == 5 and isinstance(attrs["whole"], int)
     assert attrs["sparse"] == ["a", None, "c"]
+
+
+@pytest.mark.parametrize("children_first", [False, True])
+def test_a_span_without_a_project_takes_its_parent_s(
+    running: Running, http: httpx.Client, children_first: bool
+) -> None:
+    """A root with ``spangraph.project.id`` and a child with none (another language's
+    instrumentation, an OpenTelemetry library under a spangraph step): the child took
+    the service's default project, so the run's spans were in two projects. Sent after
+    its parent, or before it (then corrected when the parent comes)."""
+    trace_id = uuid.uuid4().hex
+    now = time.time_ns()
+
+    def span(span_id: str, name: str, parent: str | None, **attrs: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "traceId": trace_id, "spanId": span_id, "name": name,
+            "startTimeUnixNano": str(now), "endTimeUnixNano": str(now + 1000),
+            "attributes": [{"key": k, "value": {"stringValue": v}} for k, v in attrs.items()],
+        }  # fmt: skip
+        if parent:
+            out["parentSpanId"] = parent
+        return out
+
+    root = span("00000000000000a1", "js-run", None, **{
+        "spangraph.kind": "workflow", "spangraph.workflow.id": f"js-{trace_id[:8]}",
+        "spangraph.project.id": "polyglot"})  # fmt: skip
+    step = span("00000000000000a2", "plan", "00000000000000a1", **{"spangraph.kind": "step"})
+    own = span("00000000000000a3", "own", "00000000000000a2", **{"spangraph.project.id": "x"})
+    batches = [[step, own], [root]] if children_first else [[root, step, own]]
+    for spans in batches:
+        r = http.post("/v1/traces", content=json.dumps(json_spans(*spans)), headers=JSON_CT)
+        assert r.status_code == 200, r.text
+    wait_for(
+        lambda: (
+            {(n["name"], n["project_id"]) for n in nodes_of(running.store, trace_id).values()}
+            == {("js-run", "polyglot"), ("plan", "polyglot"), ("own", "x")}
+        ),
+        what="the projects",
+    )

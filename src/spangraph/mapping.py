@@ -436,6 +436,11 @@ def _id_text(value: Any) -> str | None:
     return None
 
 
+_Entry = tuple[str | None, str | None, str | None, Any]
+"""What :class:`Lineage` remembers of a span: (workflow id, execution id, branch id,
+project id)."""
+
+
 class Lineage:
     """Remembers the run ids of recent spans so that spans from other instrumentations
     (which carry no ``spangraph.*`` attributes) inherit them from their parent.
@@ -462,7 +467,7 @@ class Lineage:
         # an OrderedDict: it drops its oldest entry in constant time, where a dict's
         # first key is found by walking past every entry deleted before it (once full,
         # each span cost a walk of thousands of entries)
-        self._ids: OrderedDict[str, tuple[str | None, str | None, str | None]] = OrderedDict()
+        self._ids: OrderedDict[str, _Entry] = OrderedDict()
         self.max_entries = max_entries
         # waiting span id -> the parent it waits on (the oldest first), and the index the
         # other way round: parent span id -> the spans waiting on it
@@ -481,8 +486,9 @@ class Lineage:
         workflow_id = _id_text(attributes.get(sc.WORKFLOW_ID))
         execution_id = _id_text(attributes.get(sc.EXECUTION_ID))
         branch_id = _id_text(attributes.get(sc.BRANCH_ID))
+        project = attributes.get(sc.PROJECT_ID) or None
         inherited = None
-        if parent_id is not None and (not workflow_id or branch_id is None):
+        if parent_id is not None and (not workflow_id or branch_id is None or not project):
             inherited = self._ids.get(parent_id)
             if inherited is not None:
                 if not workflow_id:
@@ -491,11 +497,13 @@ class Lineage:
                 # another run is a run of its own, in no branch
                 if branch_id is None and workflow_id == inherited[0]:
                     branch_id = inherited[2]
+                if not project:
+                    project = inherited[3]
         ids = self._ids
         if span_id not in ids:
             if len(ids) >= self.max_entries:
                 ids.popitem(last=False)
-            entry = ids[span_id] = (workflow_id, execution_id, branch_id)
+            entry = ids[span_id] = (workflow_id, execution_id, branch_id, project)
             if self._adoptions:
                 if not workflow_id:
                     # a parent not seen yet may come with a run; one seen without a run
@@ -536,9 +544,7 @@ class Lineage:
                 if grandkids:
                     stack.append(grandkids)
 
-    def _adopt(
-        self, span_id: str, entry: tuple[str | None, str | None, str | None], trace_id: str
-    ) -> None:
+    def _adopt(self, span_id: str, entry: _Entry, trace_id: str) -> None:
         """Give the spans waiting on ``span_id`` (and on them, ...) the ids of ``entry``."""
         waiting_on, waiting, ids, adopted = self._waiting_on, self._waiting, self._ids, self.adopted
         stack = [(waiting.pop(span_id), entry)]
@@ -549,7 +555,9 @@ class Lineage:
                 old = ids.get(kid)
                 if old is None or old[0]:  # forgotten, or ids of its own since
                     continue
-                new = ids[kid] = (parent[0], old[1] or parent[1], old[2] or parent[2])
+                new = ids[kid] = (
+                    parent[0], old[1] or parent[1], old[2] or parent[2], old[3] or parent[3]
+                )  # fmt: skip
                 adopted.append(
                     {
                         "span_id": kid,
@@ -557,13 +565,21 @@ class Lineage:
                         "workflow_id": str(new[0]),
                         "execution_id": new[1],
                         "branch_id": new[2],
+                        # its project, when it had none of its own (it took the default)
+                        "project_id": None if old[3] else new[3],
                     }
                 )
                 grandkids = waiting.pop(kid, None)
                 if grandkids:
                     stack.append((grandkids, new))
 
-    def entry(self, span_id: str | None) -> tuple[str | None, str | None, str | None] | None:
+    def project(self, span_id: str) -> Any:
+        """The project :meth:`resolve` found for ``span_id``: its own, else its nearest
+        ancestor's (``spangraph.project.id``); ``None`` when none had one."""
+        entry = self._ids.get(span_id)
+        return entry[3] if entry is not None else None
+
+    def entry(self, span_id: str | None) -> _Entry | None:
         """What :meth:`resolve` remembered for ``span_id`` (the same object until it is
         forgotten), or ``None``."""
         return self._ids.get(span_id) if span_id is not None else None
@@ -620,7 +636,13 @@ class SpanMapper:
             "workflow_id": workflow_id,
             "execution_id": execution_id,
             "branch_id": branch_id,
-            "project_id": str(attributes.get(sc.PROJECT_ID) or self.default_project),
+            # its own project, else its parent's (a span of another instrumentation under
+            # a spangraph span, received over OTLP by a service whose default differs)
+            "project_id": str(
+                attributes.get(sc.PROJECT_ID)
+                or self.lineage.project(span_id)
+                or self.default_project
+            ),
             "kind": kind_of(attributes),
             "name": bounded_text(span.name),
             "service": service,

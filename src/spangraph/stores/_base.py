@@ -25,7 +25,8 @@ class WriteBatch:
     adopted: list[Row] = field(default_factory=list)
     """Spans written earlier under their trace id as run, now given their parent's run
     ids (``mapping.Lineage``): ``{span_id, trace_id, workflow_id, execution_id,
-    branch_id}``."""
+    branch_id, project_id}`` (``project_id``: the parent's, for a span that had none of
+    its own, else None)."""
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.starts.values()) + sum(len(r) for r in self.ends.values())
