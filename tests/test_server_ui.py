@@ -3530,3 +3530,34 @@ def test_a_failure_under_a_span_never_ended_is_where_the_run_failed(
         expect(page.locator("#run-meta")).to_contain_text(
             "failed at call (FunctionTool.acall): ValueError: tool exploded"
         )
+
+
+@needs_chromium
+def test_a_run_whose_top_span_has_not_arrived_says_so(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Over OTLP a run's children come before its top span: the header read as the first
+    child (`plan · completed`), though another had failed and the run went on."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"headless-{uuid.uuid4().hex[:8]}"
+    root = uuid.uuid4().hex[:16]
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, uuid.uuid4().hex[:16], "plan", parent=root, start=1000),
+            _span(workflow_id, uuid.uuid4().hex[:16], "summarize", parent=root, start=2000,
+                  state="failed", status_message="RuntimeError: no summary"),
+        ],
+    )  # fmt: skip
+    with serving(graph_url, embedded_server, tmp_path) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator("#run-state")).to_have_text("failed")
+        expect(page.locator("#run-meta")).to_contain_text("its top span not received (yet)")
+        # the top span arrives
+        _write_spans(graph_url, [_span(workflow_id, root, "js-run", "workflow", start=0)])
+        open_run(page, base, _simple_run(graph_url))
+        open_run(page, base, workflow_id)
+        expect(page.locator("#run-title")).to_have_text("js-run")
+        expect(page.locator("#run-state")).to_have_text("completed")
+        expect(page.locator("#run-meta")).not_to_contain_text("not received")

@@ -407,6 +407,19 @@ function rootNode(run) {
   return best;
 }
 
+/** The state of a run whose top span has not arrived: running while any of its
+ * top-most spans runs, else failed when one failed, else as they ended. */
+function headlessState(run) {
+  let state = null;
+  for (const n of run.nodes.values()) {
+    if (n.name === null || !n.parent_span_id || run.nodes.has(n.parent_span_id)) continue;
+    if (n.state === "running") return "running";
+    if (n.state === "failed") state = "failed";
+    else if (state === null) state = n.state;
+  }
+  return state;
+}
+
 /** Whether the run is over: it has top spans and every one of them has ended. */
 function runEnded(run) {
   const { roots } = runRoots(run);
@@ -1289,7 +1302,10 @@ function renderHeader(run) {
   const name = displayName(root.name);
   if (title.textContent !== name) title.textContent = name;
   if (title.title !== name) title.title = name; // the full name, when cut
-  $("run-state").replaceChildren(stateBadge(root.state));
+  // no top span yet (over OTLP its children come first): the run is as its top-most
+  // spans are together, not as the first of them
+  const headless = root.parent_span_id && !isTop(run, root) && !run.nodes.has(root.parent_span_id);
+  $("run-state").replaceChildren(stateBadge(headless ? headlessState(run) : root.state));
   // the run id in a <bdi>: a right-to-left override in it cannot reorder the rest
   const parts = [["workflow ", bdi(run.id)]];
   if (root.start_ns) parts.push(`started ${fmtTime(root.start_ns)}`);
@@ -1297,6 +1313,7 @@ function renderHeader(run) {
   if (d) parts.push(d);
   const totals = runTotals(run);
   parts.push(`${totals.spans} spans`);
+  if (headless) parts.push("its top span not received (yet)");
   if (totals.calls) parts.push(usageText(totals));
   const failure = root.state === "failed" ? failureText(run, root) : [];
   if (failure.length) parts.push(failure);
