@@ -65,7 +65,10 @@ export function modelFacts(n, events = []) {
   if (provider) out.push(["Provider", provider]);
   const { input, output } = usageOf(a);
   if (input !== null || output !== null) {
-    const parts = [`${(input ?? 0).toLocaleString()} in`, `${(output ?? 0).toLocaleString()} out`];
+    const parts = [ // what it reported: an unknown count is not 0
+      input === null ? null : `${input.toLocaleString()} in`,
+      output === null ? null : `${output.toLocaleString()} out`,
+    ].filter(Boolean);
     const cached = a["gen_ai.usage.cache_read.input_tokens"] ?? a["llm.token_count.prompt_details.cache_read"];
     if (Number.isFinite(cached) && cached > 0) parts.push(`${cached.toLocaleString()} of the input from the cache`);
     out.push(["Tokens", parts.join(", ")]);
