@@ -20,12 +20,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .queries import MAX_AGE_S, MAX_LIMIT, _check_age, _check_limit
 from .stores._base import GraphStore
 
 _log = logging.getLogger("spangraph")
-
-MAX_AGE_S: Final = 100 * 365 * 86_400
-"""The largest age (100 years)."""
 
 RUNS_BEFORE: Final = (
     "MATCH (s:Span)\n"
@@ -82,7 +80,7 @@ _SCAN: Final = 10_000
 _ALL: Final = 2**31 - 1
 """``$limit`` for every run (a dry run's one look-up; FalkorDB takes 2**32 as 0)."""
 
-MAX_BATCH_SPANS: Final = 1_000_000
+MAX_BATCH_SPANS: Final = MAX_LIMIT
 
 
 def statements() -> dict[str, str]:
@@ -149,22 +147,8 @@ def prune(
     (with ``project_id``: every such run with a span of that project, whole), with its
     events; ``dry_run`` finds them and deletes nothing. ``on_batch`` is called with each
     batch once it is deleted; once ``stop`` is set, no further batch is deleted."""
-    if (
-        not isinstance(older_than_s, int | float)
-        or isinstance(older_than_s, bool)
-        or not 0 <= older_than_s <= MAX_AGE_S  # NaN fails too
-    ):
-        raise ValueError(
-            f"older_than_s must be a number of seconds from 0 to 100 years, got {older_than_s!r}"
-        )
-    if (
-        not isinstance(batch_spans, int)
-        or isinstance(batch_spans, bool)
-        or not 1 <= batch_spans <= MAX_BATCH_SPANS
-    ):
-        raise ValueError(
-            f"batch_spans must be a whole number from 1 to {MAX_BATCH_SPANS}, got {batch_spans!r}"
-        )
+    _check_age(older_than_s)
+    _check_limit(batch_spans, "batch_spans")
     before_ns = (time.time_ns() if now_ns is None else now_ns) - int(older_than_s * 1e9)
     result = PruneResult(before_ns=before_ns, dry_run=dry_run)
     params: dict[str, Any] = {"before_ns": before_ns}
@@ -226,6 +210,15 @@ def parse_age(text: str) -> float:
     if not (math.isfinite(seconds) and seconds <= MAX_AGE_S):
         raise ValueError(f"must be {AGE_TEXT}, got {text!r}")
     return seconds
+
+
+def parse_retention(text: str) -> float:
+    """Seconds of a retention age (``serve --retention``, ``SPANGRAPH_RETENTION``): an
+    age as :func:`parse_age` reads it, more than 0; ``ValueError`` saying why not."""
+    age = parse_age(text)
+    if age <= 0:
+        raise ValueError(f"must be more than 0 (it would delete runs as they end), got {text!r}")
+    return age
 
 
 def forget_live(redis_url: str, workflow_ids: Sequence[str]) -> int:

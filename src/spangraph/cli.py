@@ -289,14 +289,12 @@ def _check_serve_settings() -> None:
 
 def _retention(text: str) -> str:
     """``serve --retention``: an age over 0, passed on as written."""
-    from ._prune import AGE_TEXT, parse_age
+    from ._prune import parse_retention
 
     try:
-        ok = parse_age(text) > 0
-    except ValueError:
-        ok = False
-    if not ok:
-        raise argparse.ArgumentTypeError(f"must be {AGE_TEXT}, more than 0, got {text!r}")
+        parse_retention(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

@@ -486,7 +486,8 @@ class Lineage:
         workflow_id = _id_text(attributes.get(sc.WORKFLOW_ID))
         execution_id = _id_text(attributes.get(sc.EXECUTION_ID))
         branch_id = _id_text(attributes.get(sc.BRANCH_ID))
-        project = attributes.get(sc.PROJECT_ID) or None
+        project = attributes.get(sc.PROJECT_ID)
+        project = str(project) if project else None
         inherited = None
         if parent_id is not None and (not workflow_id or branch_id is None or not project):
             inherited = self._ids.get(parent_id)

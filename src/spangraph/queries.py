@@ -275,9 +275,22 @@ MAX_AGE_S: Final = 100 * 365 * 86_400
 _INT64_MAX = 2**63 - 1
 
 
-def _check_limit(limit: object) -> None:
+def _check_limit(limit: object, name: str = "limit") -> None:
+    """ValueError unless ``limit`` is a whole number from 1 to ``MAX_LIMIT``."""
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
-        raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT}, got {limit!r}")
+        raise ValueError(f"{name} must be a whole number from 1 to {MAX_LIMIT}, got {limit!r}")
+
+
+def _check_age(older_than_s: object) -> None:
+    """ValueError unless ``older_than_s`` is a number of seconds from 0 to ``MAX_AGE_S``."""
+    if (
+        not isinstance(older_than_s, int | float)
+        or isinstance(older_than_s, bool)
+        or not 0 <= older_than_s <= MAX_AGE_S  # NaN fails too
+    ):
+        raise ValueError(
+            f"older_than_s must be a number of seconds from 0 to {MAX_AGE_S}, got {older_than_s!r}"
+        )
 
 
 def workflows(
@@ -922,14 +935,7 @@ def abandoned(
           AND ($project_id IS NULL OR s.project_id = $project_id)
         RETURN s.span_id AS span_id, ... ORDER BY s.start_ns LIMIT $limit
     """
-    if (
-        not isinstance(older_than_s, int | float)
-        or isinstance(older_than_s, bool)
-        or not 0 <= older_than_s <= MAX_AGE_S  # NaN fails too
-    ):
-        raise ValueError(
-            f"older_than_s must be a number of seconds from 0 to {MAX_AGE_S}, got {older_than_s!r}"
-        )
+    _check_age(older_than_s)
     _check_limit(limit)
     now = time.time_ns() if now_ns is None else now_ns
     params = {

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from starlette.concurrency import run_in_threadpool
 
-from .._prune import PruneResult, compact_at, forget_live, parse_age, prune
+from .._prune import PruneResult, compact_at, forget_live, parse_retention, prune
 from ..exceptions import ConfigurationError
 from ..mapping import iso_time
 
@@ -36,14 +36,9 @@ def retention_from_env() -> float | None:
     if not text:
         return None
     try:
-        age = parse_age(text)
+        return parse_retention(text)
     except ValueError as exc:
         raise ConfigurationError(ENV_RETENTION, str(exc)) from None
-    if age <= 0:
-        raise ConfigurationError(
-            ENV_RETENTION, f"must be more than 0 (it would delete runs as they end), got {text!r}"
-        )
-    return age
 
 
 def every_s(age_s: float) -> float:
