@@ -1450,15 +1450,20 @@ def test_an_ainvoke_closed_while_it_waits_ends_cancelled() -> None:
     assert (span.attributes or {})[sc.STATE] == "cancelled"
 
 
-def draft_publish(**compiled: Any) -> Any:
-    """draft -> publish -> END, compiled with ``compiled`` (a checkpointer, breakpoints)."""
+def chain(*names: str, **compiled: Any) -> Any:
+    """START -> each of ``names`` in turn -> END, compiled with ``compiled`` (a
+    checkpointer, breakpoints, a name)."""
     builder = StateGraph(Trail)
-    builder.add_node("draft", _node("draft"))
-    builder.add_node("publish", _node("publish"))
-    builder.add_edge(START, "draft")
-    builder.add_edge("draft", "publish")
-    builder.add_edge("publish", END)
+    for name in names:
+        builder.add_node(name, _node(name))
+    for a, b in itertools.pairwise([START, *names, END]):
+        builder.add_edge(a, b)
     return builder.compile(**compiled)
+
+
+def draft_publish(**compiled: Any) -> Any:
+    """draft -> publish -> END, compiled with ``compiled``."""
+    return chain("draft", "publish", **compiled)
 
 
 def reviewed(saver: Any = None) -> Any:
@@ -1581,14 +1586,7 @@ def test_a_breakpoint_with_an_async_checkpointer(instrumented: LangGraphInstrume
 def test_a_stream_left_early_is_no_breakpoint(instrumented: LangGraphInstrumentor) -> None:
     """A consumer that stopped reading after the first chunk: the run read as stopped at a
     breakpoint (``after``, next ``review``) it never reached."""
-    builder = StateGraph(Trail)
-    for name in ("a", "b", "c"):
-        builder.add_node(name, _node(name))
-    builder.add_edge(START, "a")
-    builder.add_edge("a", "b")
-    builder.add_edge("b", "c")
-    builder.add_edge("c", END)
-    graph = builder.compile(checkpointer=InMemorySaver(), interrupt_after=["c"], name="left")
+    graph = chain("a", "b", "c", checkpointer=InMemorySaver(), interrupt_after=["c"], name="left")
     with testing.capture() as cap:
         stream = graph.stream({"path": []}, {"configurable": {"thread_id": uuid.uuid4().hex}})
         next(iter(stream))
@@ -1602,13 +1600,7 @@ def test_a_stream_left_early_is_no_breakpoint(instrumented: LangGraphInstrumento
 def test_a_subgraph_s_breakpoint_is_no_question(instrumented: LangGraphInstrumentor) -> None:
     """A subgraph stopped at its own static breakpoint: the run read as waiting for an
     answer to an ``interrupt()`` nobody asked."""
-    inner = StateGraph(Trail)
-    inner.add_node("check", _node("check"))
-    inner.add_node("fix", _node("fix"))
-    inner.add_edge(START, "check")
-    inner.add_edge("check", "fix")
-    inner.add_edge("fix", END)
-    sub = inner.compile(interrupt_before=["fix"], checkpointer=True)
+    sub = chain("check", "fix", interrupt_before=["fix"], checkpointer=True)
     outer = StateGraph(Trail)
     outer.add_node("review", sub)
     outer.add_edge(START, "review")
