@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -348,6 +349,56 @@ def test_children_sent_before_their_parent_join_its_run(running: Running) -> Non
     in_run = {span["name"] for span in queries.workflow_spans(running.store, workflow_id)}
     assert names - {"other-run"} <= in_run
     assert queries.workflow_spans(running.store, trace_id) == []
+
+
+def test_the_trace_id_of_a_run_whose_top_span_came_last_names_the_run(
+    running: Running, http: httpx.Client, redis_client: redis.Redis
+) -> None:
+    """Children sent before the span that carries the run's ids were published live on
+    their trace's stream. Once the run's span arrives they are the run's: the trace id's
+    tree and replay answer 404 naming the run (not the trace's old messages, which the
+    run's replay has), and so does a span id."""
+    provider = client_provider(running, batch=False)  # one request per span, as it ends
+    tracer = provider.get_tracer("other-instrumentation")
+    workflow_id = f"wf-late/{uuid.uuid4().hex[:8]}"  # a caller's id, with a slash
+    run = {"spangraph.workflow.id": workflow_id, "spangraph.kind": "workflow"}
+    with (
+        tracer.start_as_current_span("run", attributes=run) as root,
+        tracer.start_as_current_span("fetch") as child,
+    ):
+        child.add_event("retry.scheduled", {"attempt": 1})
+    provider.shutdown()
+    trace_id = format(root.get_span_context().trace_id, "032x")
+    span_id = format(child.get_span_context().span_id, "016x")
+    wait_for_nodes(running, trace_id, {"run", "fetch"})
+    running.flush()
+    assert nodes_of(running.store, trace_id)["fetch"]["workflow_id"] == workflow_id
+    # the child's live messages went to the trace's stream, before the run had its id
+    wait_for(lambda: redis_client.exists(f"spangraph:stream:{trace_id}"), "the trace's stream")
+
+    for path, kind in (
+        (f"/api/workflows/{trace_id}/events", "trace"),
+        (f"/api/workflows/{trace_id}/tree", "trace"),
+        (f"/api/workflows/{span_id}/tree", "span"),
+        (f"/api/workflows/{span_id}/events", "span"),
+    ):
+        answer = http.get(path)
+        assert answer.status_code == 404, (path, answer.text)
+        assert answer.headers["X-Spangraph-Run"] == "wf-late%2F" + workflow_id[8:], path
+        assert answer.headers["X-Spangraph-Id-Kind"] == kind, path
+        assert repr(workflow_id) in answer.json()["detail"], path
+    # the run's own replay has the child, its event included
+    replay = http.get(f"/api/workflows/{quote(workflow_id, safe='')}/events")
+    assert replay.status_code == 200
+    assert [m["type"] for m in replay.json() if m["name"] == "fetch"] == [
+        "span.started",
+        "retry.scheduled",
+        "span.ended",
+    ]
+    # an id that names nothing stays an empty replay and a plain 404 tree
+    assert http.get("/api/workflows/no-such-run/events").json() == []
+    unknown = http.get("/api/workflows/no-such-run/tree")
+    assert unknown.status_code == 404 and "X-Spangraph-Run" not in unknown.headers
 
 
 # -- the official exporter --------------------------------------------------------------------

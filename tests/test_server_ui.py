@@ -53,6 +53,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi import FastAPI, WebSocket
@@ -1511,6 +1512,40 @@ def test_run_without_a_workflow_span(
         expect(page.locator("#run-title")).to_have_text("plain-done")
         expect(page.locator("#run-state .state")).to_have_text("completed")
         expect(page.locator("#conn")).to_have_attribute("data-transport", "done")
+
+
+@needs_chromium
+def test_a_trace_or_span_id_opens_its_run(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A run traced over OTLP goes by its trace id until its top span arrives, and by
+    the workflow's id after: a page opened at the trace id waited for ever ("Waiting for
+    the run's first spans"). It now opens the run the id belongs to; a span id opens
+    the run at that span."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"jobs/late-{uuid.uuid4().hex[:8]}"
+    trace_id = uuid.uuid4().hex
+    root, child = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "late-run", "workflow", trace_id=trace_id),
+            _span(workflow_id, child, "late-child", parent=root, start=1000, trace_id=trace_id),
+        ],
+    )
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, trace_id)
+        expect(page.locator("#run-title")).to_have_text("late-run")
+        expect(page.locator("#tree li.tree-item")).to_have_count(2)
+        assert page.evaluate("location.hash") == "#run=" + quote(workflow_id, safe="")
+        open_run(page, base, child)
+        expect(page.locator("#detail-title")).to_have_text("late-child")
+        assert page.evaluate("decodeURIComponent(location.hash)") == (
+            f"#run={workflow_id}&node={child}"
+        )
+        expect(page.locator("#tree-empty")).to_be_hidden()
 
 
 @needs_chromium

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import TypeAdapter
@@ -123,14 +124,52 @@ def list_workflows(
 @router.get(
     "/workflows/{workflow_id:id}/tree",
     response_model=list[TreeNode],
-    responses={404: error("no run with this workflow id")},
+    responses={
+        404: error(
+            "no run with this workflow id (when it is the id of a span, trace or branch "
+            "of a run: headers X-Spangraph-Run and X-Spangraph-Id-Kind name it)"
+        )
+    },
 )
 def workflow_tree(workflow_id: str, settings: SettingsDep, store: StoreDep) -> Response:
     """A run as a forest (normally one root: the workflow span). 404 for an unknown run."""
     roots = queries.tree(store, workflow_id)
     if not roots:
-        raise HTTPException(404, detail=f"no run with workflow_id {workflow_id!r}")
+        raise _no_run(store, workflow_id)
     return Response(_forest_json(settings, roots), media_type="application/json")
+
+
+def _no_run(store: Any, workflow_id: str) -> HTTPException:
+    """The 404 for an id no span has as its run id (naming the run it belongs to, when it
+    does: :func:`_run_named`)."""
+    return _run_named(store, workflow_id) or HTTPException(
+        404, detail=f"no run with workflow_id {workflow_id!r}"
+    )
+
+
+def _run_named(store: Any, workflow_id: str) -> HTTPException | None:
+    """The 404 for an id no span has as its run id but that is the id of a span, a trace
+    or a branch of a run (:func:`queries.run_of`), or ``None``. Its detail names the run
+    and the headers ``X-Spangraph-Run`` (the run's workflow id, percent-encoded as a
+    URL path segment is, since a caller's id may hold any text) and
+    ``X-Spangraph-Id-Kind`` (``span``, ``trace`` or ``branch``) say which, so that a
+    client can open it: a run traced over OTLP goes by its trace id until its top span
+    arrives, and by the workflow's id after."""
+    try:
+        found = queries.run_of(store, workflow_id)
+    except StoreError:
+        return None
+    if found is None:
+        return None
+    kind, row = found
+    run = row.get("workflow_id")
+    if not isinstance(run, str) or run == workflow_id:
+        return None
+    return HTTPException(
+        404,
+        detail=f"no run with workflow_id {workflow_id!r}: it is the id of a {kind} of run {run!r}",
+        headers={"X-Spangraph-Run": quote(run, safe=""), "X-Spangraph-Id-Kind": kind},
+    )
 
 
 @router.get(
@@ -239,7 +278,11 @@ def workflow_monitors(
                     "schema": {"type": "string", "enum": ["stream", "graph"]},
                 }
             }
-        }
+        },
+        404: error(
+            "the id is no run's but that of a span, trace or branch of a run: headers "
+            "X-Spangraph-Run and X-Spangraph-Id-Kind name it (an unknown id: `[]`)"
+        ),
     },
 )
 async def workflow_events(workflow_id: str, request: Request, store: StoreDep) -> Response:
@@ -291,11 +334,19 @@ def _stream_body(store: Any, workflow_id: str, texts: list[str]) -> bytes | None
             "replay of %r: the graph did not answer, serving the stream: %s", workflow_id, exc
         )
         spans = spans_ended = set()
+    if not spans and (moved := _run_named(store, workflow_id)) is not None:
+        # the stream of a trace whose spans now have the run id of the workflow above
+        # them (it arrived after them): that run's replay has them
+        raise moved
     if not (spans <= started and spans_ended <= ended):
         return None
     return ("[" + ",".join(texts) + "]").encode()
 
 
 def _graph_body(store: Any, workflow_id: str) -> bytes:
-    """The replay rebuilt from the graph (:func:`queries.replay`), as JSON."""
-    return _MESSAGES.dump_json(_MESSAGES.validate_python(queries.replay(store, workflow_id)))
+    """The replay rebuilt from the graph (:func:`queries.replay`), as JSON; a 404 naming
+    the run when there is none and the id is one of a span, trace or branch of a run."""
+    messages = queries.replay(store, workflow_id)
+    if not messages and (moved := _run_named(store, workflow_id)) is not None:
+        raise moved
+    return _MESSAGES.dump_json(_MESSAGES.validate_python(messages))

@@ -6,9 +6,16 @@ import { $ } from "./util.js";
 const TOKEN_KEY = "spangraph.token";
 
 export class ApiError extends Error {
-  constructor(status, detail) {
+  constructor(status, detail, res) {
     super(`${status}: ${detail}`);
     this.status = status;
+    // a 404 for an id that is a span's, trace's or branch's of a run names that run
+    const run = res?.headers.get("X-Spangraph-Run");
+    this.run = null;
+    if (run) {
+      try { this.run = decodeURIComponent(run); } catch { /* not percent-encoded: left out */ }
+    }
+    this.idKind = res?.headers.get("X-Spangraph-Id-Kind") ?? null;
   }
 }
 
@@ -61,7 +68,8 @@ export async function api(path) {
     if (!res.ok) {
       let detail = res.statusText;
       try { detail = (await res.json()).detail ?? detail; } catch { /* not JSON */ }
-      throw new ApiError(res.status, typeof detail === "string" ? detail : JSON.stringify(detail));
+      throw new ApiError(
+        res.status, typeof detail === "string" ? detail : JSON.stringify(detail), res);
     }
     return parseJson(await res.text());
   }

@@ -324,6 +324,15 @@ async function refreshRunOnce(run) {
     }
     // a hint from an earlier read ("waiting", "could not load") is out of date now
     if (run.nodes.size) $("tree-empty").hidden = true;
+  } else if (tree.reason?.status === 404 && tree.reason.run && tree.reason.run !== run.id) {
+    // the id of a span, trace or branch of a run, not a run's: open that run (at the
+    // span). A run traced over OTLP goes by its trace id until its top span arrives.
+    const node = tree.reason.idKind === "span" ? run.id.toLowerCase() : null;
+    const hash = `run=${encodeURIComponent(tree.reason.run)}` +
+      (node ? `&node=${encodeURIComponent(node)}` : "");
+    history.replaceState(null, "", `#${hash}`);
+    openRun(tree.reason.run, node);
+    return;
   } else if (tree.reason?.status === 404) {
     if (!run.nodes.size) {
       showTreeHint(
