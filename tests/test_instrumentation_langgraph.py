@@ -1473,7 +1473,7 @@ def reviewed(saver: Any = None) -> Any:
     )
 
 
-@pytest.mark.parametrize("how", ["invoke", "stream", "ainvoke"])
+@pytest.mark.parametrize("how", HOWS)
 def test_a_static_breakpoint_pauses_the_run_and_going_on_links_to_it(
     instrumented: LangGraphInstrumentor, how: str
 ) -> None:
@@ -1564,8 +1564,8 @@ class _AsyncOnlySaver(InMemorySaver):
 
 def test_a_breakpoint_with_an_async_checkpointer(instrumented: LangGraphInstrumentor) -> None:
     """The pause was read with the checkpointer's synchronous API, which an async one
-    refuses (or, bridged to its loop, blocks it): ``ainvoke`` reads it with
-    ``aget_state``; ``astream`` records no pause, and nothing breaks."""
+    refuses (or, bridged to its loop, blocks it): ``ainvoke`` and ``astream`` read it
+    with ``aget_state``."""
     graph = reviewed(_AsyncOnlySaver())
     config = {"configurable": {"thread_id": uuid.uuid4().hex}}
 
@@ -1580,7 +1580,28 @@ def test_a_breakpoint_with_an_async_checkpointer(instrumented: LangGraphInstrume
     stopped, went_on, streamed = cap.find("reviewed")
     assert event_of(stopped, sc.WORKFLOW_PAUSED)["breakpoint"] == "before"
     assert links_of(went_on) == [(sc.LINK_RESUMED_FROM, stopped.context.span_id)]
-    assert lifecycle(streamed) == [sc.WORKFLOW_STARTED, sc.WORKFLOW_COMPLETED]
+    assert event_of(streamed, sc.WORKFLOW_PAUSED)["breakpoint"] == "before"
+    assert attr(streamed, sc.LANGGRAPH_NEXT) == ("publish",)
+
+
+def test_an_async_stream_left_early_is_no_breakpoint(
+    instrumented: LangGraphInstrumentor,
+) -> None:
+    """An ``astream`` its consumer left after the first chunk: no pause (its static
+    breakpoint comes after ``c``, never reached), nothing read after it."""
+    graph = chain("a", "b", "c", checkpointer=InMemorySaver(), interrupt_after=["c"], name="left")
+
+    async def leave() -> None:
+        stream = graph.astream({"path": []}, {"configurable": {"thread_id": uuid.uuid4().hex}})
+        await anext(stream)
+        await stream.aclose()  # type: ignore[attr-defined]
+
+    with testing.capture() as cap:
+        asyncio.run(leave())
+    [run] = cap.find("left")
+    assert attr(run, sc.LANGGRAPH_INTERRUPTED) is None
+    assert lifecycle(run) == [sc.WORKFLOW_STARTED, sc.WORKFLOW_COMPLETED]
+    assert [s.name for s in cap.find(kind=sc.KIND_STEP)] == ["a"]
 
 
 def test_a_stream_left_early_is_no_breakpoint(instrumented: LangGraphInstrumentor) -> None:

@@ -23,7 +23,7 @@ import logging
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -363,14 +363,19 @@ async def _then_read_breakpoints(awaitable: Any) -> Any:
     """``await awaitable`` (an ``ainvoke``), then, in its span, read with the
     checkpointer's asynchronous API whether the run stopped at a static breakpoint."""
     result = await awaitable
-    run = current_run_state()
+    await _aread_breakpoints(current_run_state())
+    return result
+
+
+async def _aread_breakpoints(run: RunState | None) -> None:
+    """Read, with the checkpointer's asynchronous API, whether ``run`` stopped at one of
+    its static breakpoints (when it has any)."""
     if run is not None and run.breakpoints is not None:
         try:
             run.stopped = await run.breakpoints.aread()
         except Exception:
             run.stopped = None
             _log.debug("spangraph: could not read a LangGraph checkpoint", exc_info=True)
-    return result
 
 
 def _resume_value(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
@@ -467,9 +472,31 @@ def wrap_stream(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: A
     )
 
 
+async def _to_its_end_async(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``chunks`` (an ``astream()``), noting in the run whether it was read to its end,
+    and then, in its span, whether it stopped at a static breakpoint (read with the
+    checkpointer's asynchronous API, as after an ``ainvoke``)."""
+    run = current_run_state()
+    if run is not None:
+        run.whole = False
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        # a consumer that leaves early closes this generator: close LangGraph's too, at
+        # once, as handing it on whole did (not whenever it is collected)
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
+    await _aread_breakpoints(run)
+    if run is not None:
+        run.whole = True
+
+
 def wrap_astream(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
     if inside_own_span():
         return wrapped(*args, **kwargs)
     return traced_async_generator(
-        lambda: _open(instance, args, kwargs), lambda: wrapped(*args, **kwargs)
+        lambda: _open(instance, args, kwargs),
+        lambda: _to_its_end_async(wrapped(*args, **kwargs)),
     )
