@@ -93,6 +93,7 @@ def main() -> int:
             _fill(store, args.runs)
             params = {
                 "project_id": None, "state": None, "name": None, "name_contains": None,
+                "execution_id": None,
                 "since_ns": None, "limit": args.limit,
             }  # fmt: skip
             for label, name in (("every run", None), ("one name in 50", "agent-7")):

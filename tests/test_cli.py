@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import spangraph
+from spangraph import queries
 from spangraph.cli import main as cli_main
 from spangraph.embedded import EmbeddedServer, ServerInfo
 
@@ -649,6 +650,36 @@ def test_demo_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) 
         cli(home, "down")
     assert b"live events" in b"".join(lines)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+@pytest.mark.usefixtures("cli_graph")
+def test_query_workflows_of_one_execution(
+    sg: spangraph.Spangraph, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The runs of one logical execution (a run resumed in another trace, a LangGraph
+    thread's turns): `--execution ID`, newest first; any other run left out."""
+    job = f"job/{uuid.uuid4().hex[:8]}"
+    with spangraph.workflow("ingest", execution_id=job) as first:
+        first.paused(reason="waiting for rows")
+    with spangraph.workflow("ingest", execution_id=job, resumed_from=first.ref) as second:
+        pass
+    with spangraph.workflow("ingest") as alone:
+        pass
+    assert spangraph.flush(10)
+    found = queries.workflows(sg.store, execution_id=job)
+    assert [w["workflow_id"] for w in found] == [second.workflow_id, first.workflow_id]
+    assert {w["execution_id"] for w in found} == {job}
+    # a run given no execution id is an execution of its own, by its workflow id
+    [own] = queries.workflows(sg.store, execution_id=alone.workflow_id)
+    assert own["workflow_id"] == alone.workflow_id
+    assert queries.workflows(sg.store, execution_id="no-such-execution") == []
+    assert cli_main(["query", "workflows", "--execution", job, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [w["workflow_id"] for w in listed] == [second.workflow_id, first.workflow_id]
+    assert cli_main(["query", "workflows", "--execution", job]) == 0
+    table = capsys.readouterr().out
+    assert first.workflow_id in table and second.workflow_id in table
+    assert alone.workflow_id not in table
 
 
 @pytest.mark.usefixtures("cli_graph")

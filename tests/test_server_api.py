@@ -175,6 +175,35 @@ def test_workflows_list_and_filters(client: TestClient, run_ids: dict[str, str])
         assert client.get("/api/workflows", params={"since_ns": since}).status_code == 422
 
 
+def test_workflows_of_one_execution(client: TestClient) -> None:
+    """``execution_id``: the runs of one logical execution (a LangGraph thread's turns, a
+    run resumed in another trace), newest first; the id is a parameter, never Cypher."""
+    thread = 'thread "7") OR true //'
+    _post_spans(
+        client,
+        [
+            {
+                "id": 0xA00 + i,
+                "name": f"turn-{i}",
+                "start": i,
+                "attrs": {
+                    "spangraph.kind": "workflow",
+                    "spangraph.workflow.id": f"turn-{i}",
+                    "spangraph.execution.id": thread if i != 1 else "another",
+                },
+            }
+            for i in range(3)
+        ],
+    )
+    answer = client.get("/api/workflows", params={"execution_id": thread})
+    assert answer.status_code == 200, answer.text
+    assert [r["workflow_id"] for r in answer.json()] == ["turn-2", "turn-0"]
+    assert [r["execution_id"] for r in answer.json()] == [thread, thread]
+    assert client.get("/api/workflows", params={"execution_id": "none"}).json() == []
+    # empty: no filter
+    assert len(client.get("/api/workflows", params={"execution_id": ""}).json()) >= 3
+
+
 def test_workflows_filtered_by_a_part_of_the_name(client: TestClient) -> None:
     """``name_contains``: runs whose name holds the text, in any case, found among every
     run (the filter applies before ``limit``); the text is a parameter, never Cypher."""

@@ -757,7 +757,7 @@ def _write_spans(graph_url: str, spans: list[dict[str, Any]]) -> None:
     the graph worker leaves them. Each span: ``span_id``, ``name``, ``kind``,
     ``workflow_id``, ``start_ns``; optional ``parent``, ``state``, ``attributes``,
     ``duration_ms`` (else 1 ms), ``status`` (else ERROR when failed, else OK),
-    ``status_message``, ``trace_id``."""
+    ``status_message``, ``trace_id``, ``execution_id``."""
     batch = WriteBatch()
     for span in spans:
         props: dict[str, Any] = {
@@ -772,6 +772,8 @@ def _write_spans(graph_url: str, spans: list[dict[str, Any]]) -> None:
         }
         if span.get("parent"):
             props["parent_span_id"] = span["parent"]
+        if span.get("execution_id"):
+            props["execution_id"] = span["execution_id"]
         if props["state"] != "running":
             props["duration_ms"] = span.get("duration_ms", 1.0)
             props["end_ns"] = span["start_ns"] + round(props["duration_ms"] * 1e6)
@@ -1546,6 +1548,48 @@ def test_a_trace_or_span_id_opens_its_run(
             f"#run={workflow_id}&node={child}"
         )
         expect(page.locator("#tree-empty")).to_be_hidden()
+
+
+@needs_chromium
+def test_the_runs_of_the_execution_are_listed_in_the_header(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A run resumed in another trace (a LangGraph thread's next turn, a job resumed after
+    a crash) had nothing in the UI leading to the run before it or after it: the header
+    lists the runs of its execution, oldest first, each other one a link."""
+    from playwright.sync_api import expect
+
+    thread = f"thread-{uuid.uuid4().hex[:8]}"
+    ids = [f"turn-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+    _write_spans(
+        graph_url,
+        [
+            _span(ids[0], uuid.uuid4().hex[:16], "chat", "workflow", start=0,
+                  execution_id=thread, attributes={"langgraph.interrupted": True}),
+            _span(ids[1], uuid.uuid4().hex[:16], "chat", "workflow", start=1000,
+                  execution_id=thread, state="failed", status_message="boom"),
+            _span(ids[2], uuid.uuid4().hex[:16], "chat", "workflow", start=2000,
+                  execution_id=thread),
+            _span("alone-" + ids[0], uuid.uuid4().hex[:16], "alone", "workflow"),
+        ],
+    )  # fmt: skip
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, ids[1])
+        nav = page.locator("#run-execution")
+        expect(nav).to_be_visible()
+        expect(nav).to_have_text(
+            f"Execution {thread} (3 runs): chat, completed (waiting) → this run: chat, failed"
+            " → chat, completed"
+        )
+        expect(nav.locator("[aria-current=page]")).to_have_attribute("title", ids[1])
+        nav.get_by_role("link").last.click()
+        expect(page.locator("#run-meta")).to_contain_text(ids[2])
+        expect(nav.locator("[aria-current=page]")).to_have_attribute("title", ids[2])
+        # a run alone in its execution (its own id): no such line
+        open_run(page, base, "alone-" + ids[0])
+        expect(page.locator("#run-title")).to_have_text("alone")
+        expect(nav).to_be_hidden()
 
 
 @needs_chromium

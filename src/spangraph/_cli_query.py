@@ -99,7 +99,12 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         args.id = _as_stored(args.id, _known_run(store))
     if what == "workflows":
         rows = queries.workflows(
-            store, project_id=args.project, state=args.state, name=args.name, limit=args.limit
+            store,
+            project_id=args.project,
+            state=args.state,
+            name=args.name,
+            limit=args.limit,
+            execution_id=args.execution,
         )
         settings = Settings.from_env(home=args.home)
         for r in rows:
@@ -511,6 +516,12 @@ def add_query_parsers(q: argparse.ArgumentParser, common: argparse.ArgumentParse
         help="only this state",
     )
     w.add_argument("--name", help="only this workflow name")
+    w.add_argument(
+        "--execution",
+        metavar="ID",
+        help="only the runs of this execution (execution_id: a run resumed after a crash, "
+        "a LangGraph thread's turns)",
+    )
     w.add_argument("--limit", type=count, default=50, help="at most this many (default 50)")
     add("tree", "one run as a tree", ("id", "workflow id"))
     add("path", "the path from a span to its root", ("id", "span id"))

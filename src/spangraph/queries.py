@@ -55,6 +55,7 @@ RUN_FILTERS: Final = (
     "  AND ($name IS NULL OR s.name = $name)\n"
     "  AND ($name_contains IS NULL OR toLower(s.name) CONTAINS toLower($name_contains))\n"
     "  AND ($since_ns IS NULL OR s.start_ns >= $since_ns)\n"
+    "  AND ($execution_id IS NULL OR s.execution_id = $execution_id)\n"
 )
 """The workflow spans :data:`LIST_WORKFLOWS` reads (``bench/run_list.py``'s baseline too)."""
 
@@ -302,11 +303,13 @@ def workflows(
     since_ns: int | None = None,
     limit: int = 50,
     name_contains: str | None = None,
+    execution_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Runs (workflow spans, and agent spans at the root of their trace: an agent
     framework's run without a spangraph ``workflow`` around it), newest first, filtered
-    by project, state, name (whole, or ``name_contains``: a part of it, in any case) and
-    start.
+    by project, state, name (whole, or ``name_contains``: a part of it, in any case),
+    start and execution (``execution_id``: the runs of one logical execution, such as a
+    run resumed after a crash or a LangGraph thread's turns).
 
     .. code-block:: cypher
 
@@ -315,6 +318,7 @@ def workflows(
           AND ($state IS NULL OR s.state = $state) AND ($name IS NULL OR s.name = $name)
           AND ($name_contains IS NULL OR toLower(s.name) CONTAINS toLower($name_contains))
           AND ($since_ns IS NULL OR s.start_ns >= $since_ns)
+          AND ($execution_id IS NULL OR s.execution_id = $execution_id)
         WITH s ORDER BY s.start_ns DESC LIMIT $scan
         OPTIONAL MATCH (p:Span {span_id: s.parent_span_id})
         WITH s, p WHERE p IS NULL OR p.start_ns IS NULL OR p.workflow_id IS NULL
@@ -336,6 +340,7 @@ def workflows(
         "name": name,
         "name_contains": name_contains or None,
         "since_ns": since_ns,
+        "execution_id": execution_id or None,
         "limit": limit,
         "scan": _SCAN_PER_RUN * limit,
     }

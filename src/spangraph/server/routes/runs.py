@@ -106,9 +106,11 @@ def list_workflows(
     name_contains: str | None = None,
     since_ns: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    execution_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Runs (workflow spans), newest first, filtered by project, state, name (whole, or
-    ``name_contains``: a part of it, in any case), start."""
+    ``name_contains``: a part of it, in any case), start, execution (``execution_id``:
+    the runs of one logical execution, such as a LangGraph thread's)."""
     rows = queries.workflows(
         store,
         project_id=project_id,
@@ -117,6 +119,7 @@ def list_workflows(
         since_ns=since_ns,
         limit=limit,
         name_contains=name_contains or None,
+        execution_id=execution_id or None,
     )
     return [_node(settings, r) for r in rows]
 

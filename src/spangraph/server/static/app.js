@@ -188,6 +188,8 @@ function newRun(id) {
     closed: false,
     finished: false,
     rest: { decisions: [], branches: [], monitors: [] },
+    execution: null, // the runs of the run's execution, oldest first (see readExecution)
+    executionRead: 0, // when they were last asked for (performance.now())
     insightsKey: "",
     selected: null,
     detail: null, // REST answer for the selected node
@@ -236,6 +238,7 @@ function showNoRun() {
   title.removeAttribute("title");
   $("run-state").replaceChildren();
   $("run-meta").textContent = NO_RUN_META;
+  $("run-execution").hidden = true;
   $("run-jaeger").hidden = true;
   $("tree-root").replaceChildren();
   $("tree-empty").hidden = true;
@@ -259,6 +262,7 @@ async function openRun(id, nodeId) {
   $("run-title").removeAttribute("title");
   $("run-state").replaceChildren();
   $("run-meta").replaceChildren(bdi(id));
+  $("run-execution").hidden = true;
   $("run-jaeger").hidden = true;
   $("tree-empty").hidden = true;
   renderDetail();
@@ -349,6 +353,52 @@ async function refreshRunOnce(run) {
   scheduleRender(run);
   if (run.selected) loadDetail(run, run.selected);
   followChildRuns(run);
+  readExecution(run);
+}
+
+const EXECUTION_EVERY_MS = 15000;
+
+/** The runs of the open run's execution (its `execution_id`, when it is not the run's
+ * own id: a run resumed after a crash or a pause, a LangGraph thread's turns), read
+ * with the run and at most every 15 s while it is read again. */
+async function readExecution(run) {
+  const root = rootNode(run);
+  const executionId = root?.execution_id;
+  if (!executionId || executionId === run.id) return;
+  const now = performance.now();
+  if (run.execution && now - run.executionRead < EXECUTION_EVERY_MS) return;
+  run.executionRead = now;
+  try {
+    const runs = await api(`/api/workflows?execution_id=${encodeURIComponent(executionId)}&limit=50`);
+    if (run.closed) return;
+    run.execution = { id: executionId, runs: [...runs].reverse() };
+    scheduleRender(run);
+  } catch (err) {
+    console.warn("spangraph: the runs of the execution", err);
+  }
+}
+
+/** "Execution <id>: plan, completed (waiting) → this run → …", each other run a link
+ * (shown when the execution has more than this run). */
+function renderExecution(run) {
+  const nav = $("run-execution");
+  const runs = run.execution?.runs ?? [];
+  if (runs.length < 2) {
+    nav.hidden = true;
+    return;
+  }
+  const items = runs.map((r) => {
+    const id = runId(r);
+    const waiting = r.attributes?.["langgraph.interrupted"] === true ? " (waiting)" : "";
+    const text = `${displayName(r.name)}, ${r.state || "unknown"}${waiting}`;
+    if (id === run.id) return h("strong", { "aria-current": "page", title: id, text: `this run: ${text}` });
+    return h("a", { href: `#run=${encodeURIComponent(id)}`, title: id, text });
+  });
+  nav.replaceChildren(
+    `Execution `, bdi(run.execution.id), ` (${runs.length} runs${runs.length >= 50 ? ", the newest 50" : ""}): `,
+    ...items.flatMap((el, i) => (i ? [" → ", el] : [el])),
+  );
+  nav.hidden = false;
 }
 
 /** A workflow started inside this run is a run of its own, shown here as a leaf: its
@@ -1345,6 +1395,7 @@ function renderHeader(run) {
     parts.push(asking ? nodeButton("waiting for an answer: interrupted at ", asking) : "waiting for an answer: interrupted");
   }
   $("run-meta").replaceChildren(...parts.flatMap((p, i) => (i ? [" · ", p] : [p])).flat());
+  renderExecution(run);
   const href = jaegerHref(root);
   const link = $("run-jaeger");
   link.hidden = !href;
