@@ -342,6 +342,42 @@ def test_kind_of(attributes: dict[str, str], kind: str) -> None:
     assert kind_of(attributes) == kind
 
 
+def test_a_root_step_of_another_instrumentation_is_its_run_s_workflow(
+    provider: TracerProvider,
+) -> None:
+    """The top span of a trace that another instrumentation marks as a step (a LangChain
+    or LlamaIndex chain, OpenLLMetry's task, the Vercel AI SDK's generateText) heads a
+    run no list showed: it is the run's workflow span. Below a parent, such a span stays
+    a step, and so does spangraph's own step at the top (its kind is given)."""
+    tracer = provider.get_tracer("framework")
+    mapper = SpanMapper("p")
+    tops = {
+        "OpenInference chain": {"openinference.span.kind": "CHAIN"},
+        "OpenLLMetry task": {"traceloop.span.kind": "task"},
+        "Vercel AI SDK": {"ai.operationId": "ai.generateText"},
+        "spangraph step": {sc.KIND: "step"},
+        "agent": {"openinference.span.kind": "AGENT"},
+        "plain": {},
+    }
+    seen = {}
+    for name, attributes in tops.items():
+        with tracer.start_as_current_span(name, attributes=attributes) as top:
+            inner = tracer.start_span(
+                "inner chain", attributes={"openinference.span.kind": "CHAIN"}
+            )
+            inner.end()
+        seen[name] = mapper.node_props(top, ended=True)  # type: ignore[arg-type]
+        assert mapper.node_props(inner, ended=True)[0] == "Step", name  # type: ignore[arg-type]
+    assert {name: (label, props["kind"]) for name, (label, props) in seen.items()} == {
+        "OpenInference chain": ("Workflow", "workflow"),
+        "OpenLLMetry task": ("Workflow", "workflow"),
+        "Vercel AI SDK": ("Workflow", "workflow"),
+        "spangraph step": ("Step", "step"),
+        "agent": ("Agent", "agent"),
+        "plain": (None, "span"),
+    }
+
+
 def test_kind_from_gen_ai_on_real_span(provider: TracerProvider) -> None:
     span = provider.get_tracer("openai").start_span(
         "chat gpt-4o", attributes={sc.GEN_AI_OPERATION_NAME: "chat"}

@@ -452,8 +452,29 @@ def test_an_agent_framework_s_run_without_a_workflow_is_listed(
     ):
         failing = trace.get_current_span()
         failing.set_status(StatusCode.ERROR, "boom")
+    time.sleep(0.002)
+    # a LangChain or LlamaIndex run: its top span a chain (a step below a parent)
+    with (
+        tracer.start_as_current_span(
+            "AgentWorkflow.run", attributes={"openinference.span.kind": "CHAIN", **project}
+        ) as chain,
+        tracer.start_as_current_span(
+            "FunctionAgent.take_step",
+            attributes={"openinference.span.kind": "CHAIN", **project},
+        ),
+    ):
+        pass
     flush()
     listed = queries.workflows(sg.store, project_id=sg.settings.project)
+    chain_run = format(chain.get_span_context().trace_id, "032x")
+    assert (listed[0]["name"], listed[0]["kind"], listed[0]["workflow_id"]) == (
+        "AgentWorkflow.run", "workflow", chain_run
+    )  # fmt: skip
+    assert [(n.name, n.span["kind"]) for _, n in queries.tree(sg.store, chain_run)[0].walk()] == [
+        ("AgentWorkflow.run", "workflow"),
+        ("FunctionAgent.take_step", "step"),
+    ]
+    listed = listed[1:]
     assert [(r["name"], r["kind"], r["state"]) for r in listed] == [
         ("Agent workflow", "agent", "failed"),
         ("wrapped", "workflow", "completed"),

@@ -630,6 +630,12 @@ class SpanMapper:
             span_id, parent_id, trace_id, attributes
         )
         service, env = self.resources.service_env(span)
+        kind = kind_of(attributes)
+        if kind == sc.KIND_STEP and parent is None and attributes.get(sc.KIND) != sc.KIND_STEP:
+            # the top span of another instrumentation's trace that it marks as a step (a
+            # LangChain or LlamaIndex chain, OpenLLMetry's task, the Vercel AI SDK's
+            # generateText): the run's workflow span, so that the run is listed
+            kind = sc.KIND_WORKFLOW
         return {
             "span_id": span_id,
             "trace_id": trace_id,
@@ -644,7 +650,7 @@ class SpanMapper:
                 or self.lineage.project(span_id)
                 or self.default_project
             ),
-            "kind": kind_of(attributes),
+            "kind": kind,
             "name": bounded_text(span.name),
             "service": service,
             "env": env,
