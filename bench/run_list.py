@@ -43,6 +43,7 @@ def _fill(store: FalkorDBStore, runs: int) -> None:
             "span_id": uuid.uuid4().hex[:16],
             "trace_id": uuid.uuid4().hex,
             "workflow_id": f"run-{i}",
+            "execution_id": f"thread-{i // 4}",  # four runs a thread (a conversation's turns)
             "name": f"agent-{i % 50}",
             "kind": "workflow",
             "state": "completed",
@@ -96,12 +97,15 @@ def main() -> int:
                 "execution_id": None,
                 "since_ns": None, "limit": args.limit,
             }  # fmt: skip
-            for label, name in (("every run", None), ("one name in 50", "agent-7")):
-                base = _best(
-                    lambda n=name: store.query(BASELINE, {**params, "name": n}), args.repeat
-                )
+            cases = (
+                ("every run", {}),
+                ("one name in 50", {"name": "agent-7"}),
+                ("one execution (4 runs)", {"execution_id": "thread-7"}),
+            )
+            for label, given in cases:
+                base = _best(lambda g=given: store.query(BASELINE, {**params, **g}), args.repeat)
                 ours = _best(
-                    lambda n=name: queries.workflows(store, limit=args.limit, name=n), args.repeat
+                    lambda g=given: queries.workflows(store, limit=args.limit, **g), args.repeat
                 )
                 print(
                     f"{args.runs} runs, {label}, {args.limit} a page: run list {ours[0] * 1000:.1f} ms "

@@ -85,6 +85,22 @@ ROOT_AGENTS: Final = (
 its own spans (``invoke_agent``, OpenInference's ``AGENT``) started without a spangraph
 ``workflow`` around them. They are runs too (their id: the trace id)."""
 
+
+def _of_execution(statement: str, label: str) -> str:
+    """``statement`` (a run list's) reading the spans of one execution by the index on
+    ``execution_id`` rather than every span of its label."""
+    found = f"MATCH (s:{label})\nWHERE "
+    if found not in statement:
+        raise AssertionError(f"no {found!r} in the statement")
+    return statement.replace(
+        found, f"MATCH (s:Span {{execution_id: $execution_id}})\nWHERE s:{label} AND ", 1
+    )
+
+
+EXECUTION_WORKFLOWS: Final = _of_execution(LIST_WORKFLOWS, "Workflow")
+EXECUTION_ROOT_AGENTS: Final = _of_execution(ROOT_AGENTS, "Agent")
+"""The run list of one execution (``workflows(execution_id=...)``)."""
+
 PATH_HOPS: Final = 16
 """Ancestors one ``path_to_root`` statement reads (more are read by further statements)."""
 
@@ -118,6 +134,8 @@ def statements() -> dict[str, str]:
         "child_runs": CHILD_RUNS,
         "list_workflows": LIST_WORKFLOWS,
         "root_agents": ROOT_AGENTS,
+        "execution_workflows": EXECUTION_WORKFLOWS,
+        "execution_root_agents": EXECUTION_ROOT_AGENTS,
         "path_to_root": PATH_TO_ROOT,
         "workflow_events": WORKFLOW_EVENTS,
         **_MORE_STATEMENTS,
@@ -344,10 +362,13 @@ def workflows(
         "limit": limit,
         "scan": _SCAN_PER_RUN * limit,
     }
-    rows = store.query(LIST_WORKFLOWS, params)
+    listed, agents_of = LIST_WORKFLOWS, ROOT_AGENTS
+    if execution_id:  # by the index on execution_id
+        listed, agents_of = EXECUTION_WORKFLOWS, EXECUTION_ROOT_AGENTS
+    rows = store.query(listed, params)
     if len(rows) < limit:  # too few: fewer runs, or the newest were mostly nested ones
-        rows = store.query(LIST_WORKFLOWS, {**params, "scan": _SCAN_ALL})
-    agents = store.query(ROOT_AGENTS, params)
+        rows = store.query(listed, {**params, "scan": _SCAN_ALL})
+    agents = store.query(agents_of, params)
     if agents:  # newest first, both lists already so: the first `limit` of them merged
         rows = sorted([*rows, *agents], key=lambda r: _whole(r.get("start_ns")) or 0, reverse=True)[
             :limit
