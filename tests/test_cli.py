@@ -1592,3 +1592,43 @@ def test_print_tree_says_a_failure_where_it_arose() -> None:
         "TimeoutError: exceeded its timeout of 0.05 s",
         "",
     ]
+
+
+def test_print_tree_says_an_error_type_and_a_typed_error_once() -> None:
+    """A failed span with no message but an ``error.type`` (the MCP SDK's tool spans, an
+    Anthropic call's HTTP status) read as a bare ``failed``; an error whose message a step
+    wrote with its type before it (``MidStreamFallbackError: litellm.Mid...``) and the
+    call under it without was said twice."""
+    from spangraph._tree_text import print_tree
+    from spangraph.queries import TreeNode
+
+    def failed(name: str, message: str | None, **attributes: Any) -> TreeNode:
+        return TreeNode({"kind": "step", "name": name, "state": "failed",
+                         "status_message": message, "attributes": attributes})  # fmt: skip
+
+    root = TreeNode({"kind": "workflow", "name": "agent", "state": "completed", "workflow_id": "w"})
+    tool = failed("tools/call explode", None, **{"error.type": "tool_error"})
+    api = failed("chat", None, **{"error.type": "api_error", "http.response.status_code": 500})
+    around = failed("around", None, **{"error.type": "api_error", "http.response.status_code": 500})
+    around.children.append(failed("inner call", None, **{"error.type": "api_error",
+                                                         "http.response.status_code": 500}))  # fmt: skip
+    step = failed("answer", "MidStreamFallbackError: litellm.MidStreamFallbackError: cut off")
+    step.children.append(failed("completion", "litellm.MidStreamFallbackError: cut off"))
+    other = failed("other", "ValueError: not the same")
+    other.children.append(failed("under", "KeyError: 'x'"))
+    root.children += [tool, api, around, step, other, failed("bare", None)]
+    lines: list[str] = []
+    print_tree([root], lines.append)
+    errors = [line.partition(" — ")[2] for line in lines]
+    assert errors == [
+        "",
+        "Error: tool_error",
+        "Error: api_error (HTTP 500)",
+        "",  # the same type as the call under it: said once, where it arose
+        "Error: api_error (HTTP 500)",
+        "",
+        "litellm.MidStreamFallbackError: cut off",
+        "ValueError: not the same",  # a different error: said on each
+        "KeyError: 'x'",
+        "",
+    ]

@@ -317,7 +317,12 @@ def test_project_id_default_and_attribute(provider: TracerProvider) -> None:
         ({sc.GEN_AI_OPERATION_NAME: "embeddings"}, "llm"),
         ({sc.GEN_AI_OPERATION_NAME: "execute_tool"}, "tool"),
         ({sc.GEN_AI_OPERATION_NAME: "invoke_agent"}, "agent"),
-        ({sc.GEN_AI_OPERATION_NAME: "create_agent"}, "agent"),
+        # an agent being made (AutoGen makes each in a trace of its own): no run
+        ({sc.GEN_AI_OPERATION_NAME: "create_agent"}, "span"),
+        # Strands Agents: a Swarm's or Graph's run, an agent's turn
+        ({sc.GEN_AI_OPERATION_NAME: "invoke_swarm"}, "workflow"),
+        ({sc.GEN_AI_OPERATION_NAME: "invoke_graph"}, "workflow"),
+        ({sc.GEN_AI_OPERATION_NAME: "execute_event_loop_cycle"}, "step"),
         ({sc.GEN_AI_OPERATION_NAME: "invoke_workflow"}, "workflow"),
         ({sc.GEN_AI_OPERATION_NAME: "something_new"}, "span"),
         ({sc.KIND: "tool", sc.GEN_AI_OPERATION_NAME: "chat"}, "tool"),

@@ -195,10 +195,26 @@ def test_workflows_of_one_execution(client: TestClient) -> None:
             for i in range(3)
         ],
     )
+    # an agent framework's run (a root agent span, its run id the trace id) in the thread
+    _post_spans(
+        client,
+        [
+            {
+                "id": 0xA10,
+                "name": "invoke_agent helper",
+                "start": 10,
+                "attrs": {
+                    "gen_ai.operation.name": "invoke_agent",
+                    "spangraph.execution.id": thread,
+                },
+            }
+        ],
+    )
     answer = client.get("/api/workflows", params={"execution_id": thread})
     assert answer.status_code == 200, answer.text
-    assert [r["workflow_id"] for r in answer.json()] == ["turn-2", "turn-0"]
-    assert [r["execution_id"] for r in answer.json()] == [thread, thread]
+    assert [r["name"] for r in answer.json()] == ["invoke_agent helper", "turn-2", "turn-0"]
+    assert [r["workflow_id"] for r in answer.json()][1:] == ["turn-2", "turn-0"]
+    assert [r["execution_id"] for r in answer.json()] == [thread, thread, thread]
     assert client.get("/api/workflows", params={"execution_id": "none"}).json() == []
     # empty: no filter
     assert len(client.get("/api/workflows", params={"execution_id": ""}).json()) >= 3

@@ -1606,7 +1606,8 @@ def test_right_to_left_override_stays_in_the_run_id(
     with serve(app) as base:
         open_run(page, base, workflow_id)
         expect(page.locator("#run-title")).to_have_text("rtl-run")
-        expect(page.locator("#run-meta")).to_contain_text("1 spans")
+        expect(page.locator("#run-meta")).to_contain_text("1 span")
+        expect(page.locator("#run-meta")).not_to_contain_text("1 spans")  # one: singular
         lefts = page.evaluate(
             """(words) => {
               const meta = document.getElementById("run-meta");
@@ -1624,7 +1625,7 @@ def test_right_to_left_override_stays_in_the_run_id(
               }
               return words.map((w) => at[w]);
             }""",
-            ["workflow", "rtl-", "started", "spans"],
+            ["workflow", "rtl-", "started", "span"],
         )
     assert None not in lefts, lefts
     assert lefts == sorted(lefts), lefts  # left to right, in the order written
@@ -1992,6 +1993,39 @@ def test_a_failed_run_says_where_it_failed(
         expect(buttons.nth(1)).to_have_attribute(
             "aria-label", re_full(r"step fetch, attempt 2 of 2, completed, .+")
         )
+
+
+@needs_chromium
+def test_a_failure_its_step_wrote_with_its_type_is_where_it_arose(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """A model call failed with ``litellm.MidStreamFallbackError: cut off`` and its step
+    with the same error, its type written before it; a span after the call ended later:
+    the header said the run failed at the step, not at the call where it arose."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"typed-{uuid.uuid4().hex[:8]}"
+    said = "litellm.MidStreamFallbackError: cut off"
+    typed = f"MidStreamFallbackError: {said}"
+    root, step = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "agent", "workflow", state="failed", status_message=typed,
+                  duration_ms=50.0),
+            _span(workflow_id, step, "answer", parent=root, start=1000, state="failed",
+                  status_message=typed, duration_ms=40.0),
+            _span(workflow_id, uuid.uuid4().hex[:16], "completion", "llm", parent=step,
+                  start=2000, state="failed", status_message=said, duration_ms=10.0),
+            _span(workflow_id, uuid.uuid4().hex[:16], "log-usage", parent=step, start=3000,
+                  duration_ms=30.0),
+        ],
+    )  # fmt: skip
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator("#run-meta button.link")).to_have_text("completion")
+        expect(page.locator("#run-meta")).to_contain_text("failed at completion")
 
 
 @needs_chromium

@@ -46,9 +46,19 @@ def _error(node: queries.TreeNode) -> str | None:
     """The first line of a failed span's error, on the span where it arose: not on a
     span whose failed child says the same (the error going up the tree once)."""
     span = node.span
-    message = span.get("status_message")
-    if span.get("state") != sc.STATE_FAILED or not isinstance(message, str) or not message.strip():
+    if span.get("state") != sc.STATE_FAILED:
         return None
+    message = span.get("status_message")
+    if not isinstance(message, str) or not message.strip():
+        # no message: the type of error an instrumentation recorded (`error.type`, with
+        # the HTTP status), as the web UI says it, where it arose
+        message = _error_type(span)
+        if message is None or any(
+            child.span.get("state") == sc.STATE_FAILED and _error_type(child.span) == message
+            for child in node.children
+        ):
+            return None
+        return f"— Error: {printable(message[:_ERROR_CHARS])}"
     if any(
         child.span.get("state") == sc.STATE_FAILED and _same_error(message, child.span)
         for child in node.children
@@ -61,18 +71,39 @@ def _error(node: queries.TreeNode) -> str | None:
     return f"— {printable(text)}"
 
 
+def _error_type(span: dict[str, Any]) -> str | None:
+    """``api_error (HTTP 500)``: a failed span's ``error.type`` and HTTP status, when it
+    has either, else ``None``."""
+    attributes = span.get("attributes")
+    if not isinstance(attributes, dict):
+        return None
+    kind = attributes.get("error.type")
+    code = attributes.get("http.response.status_code")
+    kind = kind if isinstance(kind, str) and kind.strip() else None
+    code = f"HTTP {code}" if isinstance(code, int) and not isinstance(code, bool) else None
+    if kind and code:
+        return f"{kind} ({code})"
+    return kind or code
+
+
 _TIMEOUT = re.compile(r"TimeoutError: (exceeded its timeout of \S+ s)")
+_TYPE = re.compile(r"[A-Za-z_][\w.]*")
 
 
 def _same_error(message: str, child: dict[str, Any]) -> bool:
-    """Whether ``child``'s error is ``message``, gone up unchanged: the same text, or a
-    step's timeout (``TimeoutError: exceeded its timeout of 0.5 s``) that the span above
+    """Whether ``child``'s error is ``message``, gone up unchanged: the same text, the
+    same text after an exception type (``Type: text``), or a step's timeout (``TimeoutError: exceeded its timeout of 0.5 s``) that the span above
     names (``TimeoutError: step 'fetch' exceeded its timeout of 0.5 s``), as the web UI
     tells them."""
     said = child.get("status_message")
     if not isinstance(said, str):
         return False
     if said == message:
+        return True
+    # the same error with its type before it (`MidStreamFallbackError: litellm.Mid...`,
+    # where the child's instrumentation wrote the message alone)
+    kind, sep, rest = message.partition(": ")
+    if sep and rest == said and _TYPE.fullmatch(kind):
         return True
     fired = _TIMEOUT.fullmatch(said)
     name = child.get("name")

@@ -38,9 +38,14 @@ PROMOTED: Final = frozenset(
 
 GEN_AI_KINDS: Final = {
     "invoke_workflow": sc.KIND_WORKFLOW,
+    # Strands Agents' multi-agent runs (a Swarm, a Graph of agents)
+    "invoke_swarm": sc.KIND_WORKFLOW,
+    "invoke_graph": sc.KIND_WORKFLOW,
     "invoke_agent": sc.KIND_AGENT,
-    "create_agent": sc.KIND_AGENT,
+    # (``create_agent``, an agent being made, e.g. when AutoGen builds one: no run of its
+    # own, nor an agent at work in one; a plain span)
     "execute_tool": sc.KIND_TOOL,
+    "execute_event_loop_cycle": sc.KIND_STEP,  # Strands Agents: one model turn and its tools
     "chat": sc.KIND_LLM,
     "text_completion": sc.KIND_LLM,
     "generate_content": sc.KIND_LLM,

@@ -1371,7 +1371,7 @@ function renderHeader(run) {
   const d = durationText(root);
   if (d) parts.push(d);
   const totals = runTotals(run);
-  parts.push(`${totals.spans} spans`);
+  parts.push(`${totals.spans} span${totals.spans === 1 ? "" : "s"}`);
   if (headless) parts.push("its top span not received (yet)");
   if (totals.calls) parts.push(usageText(totals));
   const failure = root.state === "failed" ? failureText(run, root) : [];
@@ -1447,13 +1447,17 @@ function nodeButton(text, node) {
 }
 
 /** Whether `child`'s error is `parent`'s, gone through unchanged: the same status
- * message, or a timeout the child's own (`TimeoutError: exceeded its timeout of 0.5 s`)
+ * message, the same after an exception type (`Type: message`), or a timeout the child's own (`TimeoutError: exceeded its timeout of 0.5 s`)
  * that the parent names (`TimeoutError: step 'fetch' exceeded its timeout of 0.5 s`). */
 function sameError(parent, child) {
   const p = parent.status_message;
   const c = child.status_message;
   if (!p || !c) return false;
   if (p === c) return true;
+  // the same error with its type before it ("MidStreamFallbackError: litellm.Mid…",
+  // where the child's instrumentation wrote the message alone)
+  const typed = /^([A-Za-z_][\w.]*): ([\s\S]*)$/.exec(p);
+  if (typed !== null && typed[2] === c) return true;
   const fired = /^TimeoutError: (exceeded its timeout of \S+ s)$/.exec(c);
   return fired !== null && p.startsWith("TimeoutError: ") && p.endsWith(` ${fired[1]}`)
     && child.name !== null && p.includes(child.name);
