@@ -2103,6 +2103,50 @@ def test_the_header_totals_the_run_s_model_calls_and_tokens(
 
 
 @needs_chromium
+def test_a_model_call_named_without_its_model_says_it(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """Strands names every model call ``chat``, LangChain ``ChatOpenAI``: the tree showed
+    rows of ``chat`` and the model only in the node panel. The row says the model after
+    the name when the name does not hold it."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"models-{uuid.uuid4().hex[:8]}"
+    root = uuid.uuid4().hex[:16]
+    calls = [
+        ("chat", {"gen_ai.request.model": "m-large", "gen_ai.response.model": "m-large-0613"}),
+        ("ChatOpenAI", {"llm.model_name": "gpt-4o"}),
+        ("chat m-small", {"gen_ai.request.model": "m-small"}),  # its name says it
+        (
+            "chat gpt-4o",
+            {"gen_ai.response.model": "gpt-4o-2024-08-06", "gen_ai.request.model": "gpt-4o"},
+        ),
+        ("plain-call", {}),
+    ]
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "agent", "workflow"),
+            *(
+                _span(workflow_id, uuid.uuid4().hex[:16], name, "llm", parent=root,
+                      start=1000 * (i + 1), attributes=attributes)
+                for i, (name, attributes) in enumerate(calls)
+            ),
+            _span(workflow_id, uuid.uuid4().hex[:16], "chat", parent=root, start=9000,
+                  attributes={"gen_ai.request.model": "m-large"}),  # a step: no model
+        ],
+    )  # fmt: skip
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        names = page.locator("#tree li.tree-item > .row .name")
+        expect(names).to_have_text(
+            ["agent", "chat (m-large)", "ChatOpenAI (gpt-4o)", "chat m-small", "chat gpt-4o",
+             "plain-call", "chat"]
+        )  # fmt: skip
+
+
+@needs_chromium
 def test_a_run_stopped_at_an_interrupt_says_it_waits(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:
@@ -3471,11 +3515,17 @@ def test_a_model_call_s_node_says_its_model_tokens_and_finish(
                        "Tokens": "19 in"},  # no output count: not "0 out"
         "chat gpt-4o": {"Model": "gpt-4o", "Provider": "openai", "Finish": "stop, length"},
     }  # fmt: skip
+    # a call whose name does not say its model is shown with it
+    titles = {
+        "anthropic.messages.create": "anthropic.messages.create (claude-sonnet-4-5)",
+        "ChatOpenAI": "ChatOpenAI (gpt-4o-mini-2024-07-18)",
+        "chat gpt-4o": "chat gpt-4o",
+    }
     with serving(graph_url, embedded_server, tmp_path) as base:
         open_run(page, base, workflow_id)
         for name, facts in expected.items():
             node(page, name).locator(":scope > .row > .node-btn").click()
-            expect(page.locator("#detail-title")).to_have_text(name)
+            expect(page.locator("#detail-title")).to_have_text(titles[name])
             for label in ("Model", "Provider", "Tokens", "Finish"):
                 fact = page.locator(f'#detail dd[data-fact="{label}"]')
                 if label in facts:

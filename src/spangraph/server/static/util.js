@@ -224,10 +224,28 @@ function namedIn(text, name) {
 
 /** A node's name as the tree, the header and the node panel show it: `displayName`, and
  * for a tool span named after its library's class, the tool it called first:
- * "get_weather (SimpleTool)" (see `toolName`). */
+ * "get_weather (SimpleTool)" (see `toolName`); for a model call whose name does not
+ * say its model, the model after it: "chat (gpt-4o-mini)" (see `modelName`). */
 export function shownName(n) {
   const tool = toolName(n);
-  return tool ? `${tool} (${displayName(n.name)})` : displayName(n.name);
+  if (tool) return `${tool} (${displayName(n.name)})`;
+  const model = modelName(n);
+  return model ? `${displayName(n.name)} (${model})` : displayName(n.name);
+}
+
+/** The model a model call asked for, when its span's name does not say it (Strands'
+ * `chat`, LangChain's `ChatOpenAI`): OpenTelemetry's `gen_ai.request.model`,
+ * OpenInference's `llm.model_name`, the model that answered (`gen_ai.response.model`) or
+ * the Vercel AI SDK's `ai.model.id`; null when there is none or the name holds it. */
+export function modelName(n) {
+  if (!n || n.kind !== "llm") return null;
+  const a = n.attributes || {};
+  const name = String(n.name ?? "");
+  const found = ["gen_ai.request.model", "llm.model_name", "gen_ai.response.model", "ai.model.id"]
+    .map((key) => a[key])
+    .filter((model) => typeof model === "string" && model);
+  if (!found.length || found.some((model) => namedIn(name, model))) return null;
+  return found[0];
 }
 
 export function stateBadge(state) {
