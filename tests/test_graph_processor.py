@@ -203,6 +203,34 @@ def test_failed_and_cancelled_states(sg: spangraph.Spangraph) -> None:
     assert "RuntimeError: the run failed" in failed_wf["status_message"]
 
 
+def test_a_run_that_resumed_without_saying_which_is_linked(sg: spangraph.Spangraph) -> None:
+    """``run.resumed()`` without ``resumed_from=`` (a LangGraph thread resumed in another
+    process): linked to the run of its execution that started last before it, when that
+    run paused; not to an earlier one, nor to a run that did not pause."""
+    job = f"job-{uuid.uuid4().hex[:8]}"
+    with spangraph.workflow("ingest", execution_id=job) as early:
+        early.paused(reason="waiting")
+    with spangraph.workflow("ingest", execution_id=job) as first:
+        first.paused(reason="waiting for rows")
+    with spangraph.workflow("ingest", execution_id=job) as second:
+        second.resumed()
+    with spangraph.workflow("ingest", execution_id=job) as third:  # after a run that ended
+        third.resumed()
+    with spangraph.workflow("ingest", execution_id=f"{job}-other") as alone:
+        alone.resumed()  # nothing before it in its execution
+    with spangraph.workflow("ingest", execution_id=job, resumed_from=first.ref) as told:
+        told.resumed()  # it said which run: that link only
+    flush()
+    edges = sg.store.query(
+        "MATCH (a:Workflow)-[:RESUMED_FROM]->(b:Workflow) WHERE a.execution_id STARTS WITH $job "
+        "RETURN a.span_id AS a, b.span_id AS b",
+        {"job": job},
+    )
+    assert sorted((r["a"], r["b"]) for r in edges) == sorted(
+        [(second.span_id, first.span_id), (told.span_id, first.span_id)]
+    )
+
+
 def test_retry_attempts_are_linked(sg: spangraph.Spangraph) -> None:
     calls = {"n": 0}
 

@@ -1261,6 +1261,45 @@ def test_resumed_run_is_linked_in_the_graph(instrumented: LangGraphInstrumentor,
     assert sc.WORKFLOW_COMPLETED not in paused["events"]
 
 
+def test_a_run_resumed_in_another_process_is_linked_in_the_graph(
+    instrumented: LangGraphInstrumentor, sg: Any
+) -> None:
+    """A thread paused in one process (a web request) and resumed in another (the next
+    request, another worker) had no ``RESUMED_FROM`` edge: the instrumentor remembers
+    paused runs in memory. The graph writer links a run that resumed without saying
+    which run to the run of its thread that started last before it, when that paused."""
+    from spangraph.instrumentation._langgraph_runs import paused_threads
+
+    graph = approval()
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    graph.invoke({"path": []}, config)  # pauses at its interrupt
+    assert spangraph.flush(10)
+    paused_threads.clear()  # what another process knows of it: nothing
+    graph.invoke(Command(resume="yes"), config)
+    assert spangraph.flush(10)
+    other = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    graph.invoke({"path": []}, other)  # another thread, paused: nothing to do with it
+    assert spangraph.flush(10)
+    rows = sg.store.query(
+        "MATCH (a:Workflow)-[:RESUMED_FROM]->(b:Workflow) "
+        "RETURN a.execution_id AS ea, b.execution_id AS eb, a.start_ns > b.start_ns AS later",
+        {},
+    )
+    thread = config["configurable"]["thread_id"]
+    assert rows == [{"ea": thread, "eb": thread, "later": True}]
+    # linked in the same process: the link the instrumentor made, and no second edge
+    paused_threads.clear()
+    again = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    graph.invoke({"path": []}, again)
+    graph.invoke(Command(resume="no"), again)
+    assert spangraph.flush(10)
+    [count] = sg.store.query(
+        "MATCH (a:Workflow {execution_id: $t})-[r:RESUMED_FROM]->(:Workflow) RETURN count(r) AS n",
+        {"t": again["configurable"]["thread_id"]},
+    )
+    assert count["n"] == 1
+
+
 def test_paused_threads_kept_are_bounded() -> None:
     from opentelemetry.trace import SpanContext
 

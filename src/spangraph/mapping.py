@@ -766,6 +766,25 @@ class SpanMapper:
         return nodes, edges
 
     @staticmethod
+    def resume_row(
+        span: ReadableSpan | RecordSpan, props: Mapping[str, Any], span_id: str
+    ) -> dict[str, Any] | None:
+        """For an ended workflow span that recorded ``workflow.resumed`` without a
+        ``resumed_from`` link (a LangGraph thread resumed in another process than the one
+        it paused in): a row to link it to the run before it in its execution, else
+        ``None``."""
+        execution_id = props.get("execution_id")
+        start = props.get("start_ns")
+        if props.get("kind") != sc.KIND_WORKFLOW or not execution_id or start is None:
+            return None
+        if not any(event.name == sc.WORKFLOW_RESUMED for event in span.events):
+            return None
+        for link in span.links:
+            if (link.attributes or {}).get(sc.LINK_TYPE) == sc.LINK_RESUMED_FROM:
+                return None
+        return {"span_id": span_id, "execution_id": execution_id, "start_ns": start}
+
+    @staticmethod
     def link_rows(
         span: ReadableSpan | RecordSpan, span_id: str
     ) -> list[tuple[str, dict[str, Any]]]:

@@ -225,6 +225,11 @@ class GraphSpanProcessor(QueueingSpanProcessor):
                         mapper.event_rows(span, span_id) if _has_any(span, "events") else ()
                     )
                     span_links = mapper.link_rows(span, span_id) if _has_any(span, "links") else ()
+                    resume = (
+                        mapper.resume_row(span, props, span_id)
+                        if label == "Workflow" and _has_any(span, "events")
+                        else None
+                    )
                     options, edges = (
                         mapper.option_rows(span, props, span_id)
                         if label == "Decision"
@@ -238,6 +243,8 @@ class GraphSpanProcessor(QueueingSpanProcessor):
                     )
                     continue
                 events.extend(span_events)
+                if resume is not None:
+                    batch.resumes.append(resume)
                 for link_type, link_row in span_links:
                     links.setdefault(link_type, []).append(link_row)
                 if options:

@@ -27,6 +27,9 @@ class WriteBatch:
     ids (``mapping.Lineage``): ``{span_id, trace_id, workflow_id, execution_id,
     branch_id, project_id}`` (``project_id``: the parent's, for a span that had none of
     its own, else None)."""
+    resumes: list[Row] = field(default_factory=list)
+    """Workflow spans that resumed without saying which run (``{span_id, execution_id,
+    start_ns}``): linked to the run before them in their execution, when it paused."""
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.starts.values()) + sum(len(r) for r in self.ends.values())
@@ -74,7 +77,7 @@ class WriteBatch:
                 for row in rows:
                     half = getattr(halves[0 if in_first(row) else 1], name)
                     half.setdefault(key, []).append(row)
-        for name in ("parents", "events"):
+        for name in ("parents", "events", "resumes"):
             for row in getattr(self, name):
                 getattr(halves[0 if in_first(row) else 1], name).append(row)
         for i, row in enumerate(self.adopted):
@@ -96,6 +99,8 @@ class WriteBatch:
             out.append((cypher.merge_links(rel), {"rows": rows}))
         if self.adopted:
             out.append((cypher.ADOPT_SPANS, {"rows": self.adopted}))
+        if self.resumes:  # after the events: a run resumed in this batch may be the one
+            out.append((cypher.LINK_RESUMES, {"rows": self.resumes}))
         return out
 
 

@@ -176,6 +176,25 @@ do the unexplored options of a decision among them. A node that has a run of its
 now is left as it is."""
 
 
+LINK_RESUMES: Final = (
+    "UNWIND $rows AS row\n"
+    "MATCH (r:Span {span_id: row.span_id})\n"
+    "MATCH (p:Span {execution_id: row.execution_id})\n"
+    "WHERE p:Workflow AND p.span_id <> row.span_id AND p.start_ns < row.start_ns\n"
+    "WITH r, row, max(p.start_ns) AS last\n"
+    "MATCH (before:Span {execution_id: row.execution_id})\n"
+    "WHERE before:Workflow AND before.start_ns = last\n"
+    "MATCH (before)-[:HAS_EVENT]->(e:Event)\n"
+    "WHERE e.name = 'workflow.paused'\n"
+    "WITH DISTINCT r, before\n"
+    "MERGE (r)-[:RESUMED_FROM]->(before)"
+)
+"""Rows ``{span_id, execution_id, start_ns}``: a workflow span that records
+``workflow.resumed`` without a ``resumed_from`` link (a LangGraph thread resumed in
+another process than the one it paused in) gets a ``RESUMED_FROM`` edge to the run of its
+execution that started last before it, when that run paused."""
+
+
 @cache
 def merge_links(link_type: str) -> str:
     """Rows ``{span_id, target_span_id}`` for one link type (or ``option_of``):
@@ -204,6 +223,7 @@ def write_statements() -> dict[str, str]:
     out["merge_parent_edges"] = MERGE_PARENT_EDGES
     out["merge_events"] = MERGE_EVENTS
     out["adopt_spans"] = ADOPT_SPANS
+    out["link_resumes"] = LINK_RESUMES
     for link_type in EDGE_RELATIONSHIPS:
         out[f"merge_links[{link_type}]"] = merge_links(link_type)
     return out
