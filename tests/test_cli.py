@@ -680,6 +680,12 @@ def test_query_workflows_of_one_execution(
     table = capsys.readouterr().out
     assert first.workflow_id in table and second.workflow_id in table
     assert alone.workflow_id not in table
+    # the tree of each says where it is in its execution; a run alone in its own, nothing
+    assert cli_main(["query", "tree", second.workflow_id or ""]) == 0
+    said = f"execution {job}: run 2 of 2 (spangraph query workflows --execution {job})"
+    assert said in capsys.readouterr().out.splitlines()
+    assert cli_main(["query", "tree", alone.workflow_id or ""]) == 0
+    assert "execution" not in capsys.readouterr().out
 
 
 @pytest.mark.usefixtures("cli_graph")

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from . import queries
 from . import semconv as sc
@@ -136,6 +137,9 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             link = Settings.from_env(home=args.home).jaeger_link(roots[0].span.get("trace_id"))
             if link is not None:  # (no trace id: spans another program wrote)
                 print(printable(f"open in Jaeger: {link}"))  # the trace id is span data
+            said = _execution_line(store, args.id, roots[0].span.get("execution_id"))
+            if said is not None:
+                print(printable(said))
             print_tree(roots, print)
             return 0
     elif what == "path":
@@ -283,6 +287,30 @@ def _started(start_ns: Any, now_ns: int) -> dict[str, str | None]:
     parts = [(days, "d"), (hours, "h"), (rest // 60, "m")]
     age = " ".join([f"{n}{unit}" for n, unit in parts if n][:2]) or f"{rest}s"
     return {"started": iso_time(start_ns)[:19] + "Z", "age": age}
+
+
+def _execution_line(store: Any, workflow_id: str, execution_id: Any) -> str | None:
+    """``execution thread-7: run 2 of 3 (spangraph query workflows --execution thread-7)``
+    for a run that is one of several of its execution (a LangGraph thread's turns, a run
+    resumed in another trace), else ``None``."""
+    if not isinstance(execution_id, str) or not execution_id or execution_id == workflow_id:
+        return None
+    runs = queries.workflows(store, execution_id=execution_id, limit=_EXECUTION_RUNS)
+    if len(runs) < 2:
+        return None
+    ids = [r.get("workflow_id") for r in reversed(runs)]  # oldest first
+    if len(ids) == _EXECUTION_RUNS:  # (the newest of more: no place to count from)
+        where = f"one of {_EXECUTION_RUNS} runs or more"
+    elif workflow_id in ids:
+        where = f"run {ids.index(workflow_id) + 1} of {len(ids)}"
+    else:
+        where = f"{len(ids)} runs"
+    ask = f"spangraph query workflows --execution {shlex.quote(execution_id)}"
+    return f"execution {execution_id}: {where} ({ask})"
+
+
+_EXECUTION_RUNS: Final = 1000
+"""The runs of an execution ``query tree`` counts (the newest)."""
 
 
 def _state_of(run: dict[str, Any]) -> Any:
