@@ -1643,6 +1643,32 @@ def test_an_async_stream_left_early_is_no_breakpoint(
     assert [s.name for s in cap.find(kind=sc.KIND_STEP)] == ["a"]
 
 
+def test_an_async_stream_kept_open_when_the_loop_ends_is_closed_once(
+    instrumented: LangGraphInstrumentor,
+) -> None:
+    """An ``astream`` read to its first chunk and kept (a reference held) while
+    ``asyncio.run`` ends: the loop's ``shutdown_asyncgens()`` closed LangGraph's stream at
+    the same time as spangraph's generator around it did ("aclose(): asynchronous
+    generator is already running", reported by asyncio, the run often ``failed``)."""
+    graph = chain("a", "b", "c", checkpointer=InMemorySaver(), interrupt_after=["c"], name="kept")
+    reported: list[dict[str, Any]] = []
+    kept: list[Any] = []
+
+    async def read_one() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: reported.append(ctx))
+        stream = graph.astream({"path": []}, {"configurable": {"thread_id": uuid.uuid4().hex}})
+        kept.append(stream)
+        await anext(stream)
+
+    with testing.capture() as cap:
+        for _ in range(8):
+            asyncio.run(read_one())
+    assert [ctx.get("message") for ctx in reported] == []
+    runs = cap.find("kept")
+    assert len(runs) == 8
+    assert {attr(run, sc.STATE) for run in runs} == {sc.STATE_COMPLETED}
+
+
 def test_a_stream_left_early_is_no_breakpoint(instrumented: LangGraphInstrumentor) -> None:
     """A consumer that stopped reading after the first chunk: the run read as stopped at a
     breakpoint (``after``, next ``review``) it never reached."""

@@ -42,7 +42,13 @@ from .._spans import (
     current_run,
     link_to,
 )
-from .._wrappers import await_in_frame, call_in_frame, traced_async_generator, traced_generator
+from .._wrappers import (
+    _first_asend,
+    await_in_frame,
+    call_in_frame,
+    traced_async_generator,
+    traced_generator,
+)
 from ..genai import _capturing as _capturing_content
 
 _log = logging.getLogger("spangraph.instrumentation.langgraph")
@@ -480,13 +486,27 @@ async def _to_its_end_async(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
     if run is not None:
         run.whole = False
     try:
-        async for chunk in chunks:
+        # the first step with the loop's firstiter hook off, as traced generators take
+        # theirs (see _wrappers._first_asend): this generator, which the loop knows,
+        # closes LangGraph's; known to the loop too, it would be closed by the loop's
+        # shutdown_asyncgens() at the same time ("aclose(): asynchronous generator is
+        # already running")
+        step = _first_asend(chunks) if hasattr(chunks, "asend") else chunks.__anext__()
+        while True:
+            try:
+                chunk = await step
+            except StopAsyncIteration:
+                break
             yield chunk
+            step = chunks.__anext__()
     finally:
         # a consumer that leaves early closes this generator: close LangGraph's too, at
-        # once, as handing it on whole did (not whenever it is collected)
+        # once, as handing it on whole did (not whenever it is collected), unless it is
+        # running (what closes this one stopped it mid-step)
         close = getattr(chunks, "aclose", None)
-        if close is not None:
+        if close is not None and not (
+            getattr(chunks, "ag_running", False) or getattr(chunks, "ag_await", None) is not None
+        ):
             await close()
     await _aread_breakpoints(run)
     if run is not None:
