@@ -319,9 +319,9 @@ def test_project_id_default_and_attribute(provider: TracerProvider) -> None:
         ({sc.GEN_AI_OPERATION_NAME: "invoke_agent"}, "agent"),
         # an agent being made (AutoGen makes each in a trace of its own): no run
         ({sc.GEN_AI_OPERATION_NAME: "create_agent"}, "span"),
-        # Strands Agents: a Swarm's or Graph's run, an agent's turn
-        ({sc.GEN_AI_OPERATION_NAME: "invoke_swarm"}, "workflow"),
-        ({sc.GEN_AI_OPERATION_NAME: "invoke_graph"}, "workflow"),
+        # Strands Agents: a Swarm or a Graph of agents at work, an agent's turn
+        ({sc.GEN_AI_OPERATION_NAME: "invoke_swarm"}, "agent"),
+        ({sc.GEN_AI_OPERATION_NAME: "invoke_graph"}, "agent"),
         ({sc.GEN_AI_OPERATION_NAME: "execute_event_loop_cycle"}, "step"),
         ({sc.GEN_AI_OPERATION_NAME: "invoke_workflow"}, "workflow"),
         ({sc.GEN_AI_OPERATION_NAME: "something_new"}, "span"),
@@ -363,6 +363,12 @@ def test_a_root_step_of_another_instrumentation_is_its_run_s_workflow(
         "spangraph step": {sc.KIND: "step"},
         "agent": {"openinference.span.kind": "AGENT"},
         "plain": {},
+        # a lone retrieval, embedding or rerank is no run (a loop of them would fill
+        # the run list)
+        "retriever": {"openinference.span.kind": "RETRIEVER"},
+        "embedding": {"ai.operationId": "ai.embedMany"},
+        "rerank": {"llm.request.type": "rerank"},
+        "odd kind on a chain": {sc.KIND: "Step", "openinference.span.kind": "CHAIN"},
     }
     seen = {}
     for name, attributes in tops.items():
@@ -380,6 +386,10 @@ def test_a_root_step_of_another_instrumentation_is_its_run_s_workflow(
         "spangraph step": ("Step", "step"),
         "agent": ("Agent", "agent"),
         "plain": (None, "span"),
+        "retriever": ("Step", "step"),
+        "embedding": ("Step", "step"),
+        "rerank": ("Step", "step"),
+        "odd kind on a chain": ("Step", "step"),
     }
 
 

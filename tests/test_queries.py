@@ -400,19 +400,24 @@ def test_what_an_id_names(sg: spangraph.Spangraph) -> None:
     assert not queries.run_exists(store, "no-such-run")
     assert not queries.run_exists(store, outer.workflow_id.upper())
     trace_id = queries.node(store, outer.span_id)["trace_id"]
+    parent = queries.node(store, step.span_id)["parent_span_id"]
+    assert parent is not None
     assert queries.run_of(store, step.span_id) == (
         "span",
-        {"workflow_id": outer.workflow_id, "name": "s", "kind": "step"},
+        {"workflow_id": outer.workflow_id, "name": "s", "kind": "step", "parent_span_id": parent},
     )
     # a trace holds the sub-agent's run too: the run that started first, the outer one
+    # (its top span: no parent)
     assert queries.run_of(store, trace_id) == (
         "trace",
-        {"workflow_id": outer.workflow_id, "name": "outer", "kind": "workflow"},
-    )
+        {"workflow_id": outer.workflow_id, "name": "outer", "kind": "workflow",
+         "parent_span_id": None},
+    )  # fmt: skip
     assert queries.run_of(store, branch.branch_id) == (
         "branch",
-        {"workflow_id": outer.workflow_id, "name": "b", "kind": "branch"},
-    )
+        {"workflow_id": outer.workflow_id, "name": "b", "kind": "branch",
+         "parent_span_id": outer.span_id},
+    )  # fmt: skip
     assert queries.run_of(store, "no-such-id") is None
     assert queries.decision_names(store, "route") == ["Route"]
     assert queries.decision_names(store, "Route") == ["Route"]

@@ -220,6 +220,52 @@ def test_workflows_of_one_execution(client: TestClient) -> None:
     assert len(client.get("/api/workflows", params={"execution_id": ""}).json()) >= 3
 
 
+def test_a_trace_id_names_a_run_only_by_the_trace_s_top_span(client: TestClient) -> None:
+    """A run started inside a trace's own run (its id the trace id: a LangChain chain at
+    the root) can arrive first, over OTLP: the trace id then named that inner run, and the
+    page left for it while the trace's run was on its way. Only the trace's top span
+    names its run; span ids in capitals name theirs too."""
+    trace = os.urandom(16)
+    trace_id = trace.hex()
+    inner = {"spangraph.kind": "workflow", "spangraph.workflow.id": f"inner-{trace_id[:6]}"}
+    _post_spans(client, [{"id": 0xB01, "name": "inner", "parent": 0xB00, "start": 5,
+                          "attrs": inner}], trace)  # fmt: skip
+    early = client.get(f"/api/workflows/{trace_id}/tree")
+    assert early.status_code == 404 and "X-Spangraph-Run" not in early.headers
+    assert client.get(f"/api/workflows/{trace_id}/events").json() == []
+    by_span = client.get(f"/api/workflows/{_sid(0xB01).hex().upper()}/tree")
+    assert by_span.status_code == 404
+    assert by_span.headers["X-Spangraph-Run"] == inner["spangraph.workflow.id"]
+    assert by_span.headers["X-Spangraph-Id-Kind"] == "span"
+    # the trace's own run arrives: its top span, a chain
+    _post_spans(client, [{"id": 0xB00, "name": "RunnableSequence", "start": 0,
+                          "attrs": {"openinference.span.kind": "CHAIN"}}], trace)  # fmt: skip
+    tree = client.get(f"/api/workflows/{trace_id}/tree")
+    assert tree.status_code == 200, tree.text
+    assert [n["name"] for n in tree.json()] == ["RunnableSequence"]
+
+
+def test_a_replay_whose_graph_does_not_answer_asks_it_once() -> None:
+    """A replay served from the stream while the graph did not answer asked the graph a
+    second time (which run the id names) before serving it: twice the graph's time
+    limit before a live run's stream was served."""
+    from spangraph.exceptions import StoreError
+    from spangraph.server.routes.runs import _stream_body
+
+    class Down:
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def query(self, statement: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+            self.asked += 1
+            raise StoreError("stopped at its time limit")
+
+    store = Down()
+    message = '{"type": "span.started", "span_id": "aa", "seq": 1}'
+    assert _stream_body(store, "run-1", [message]) == f"[{message}]".encode()
+    assert store.asked == 1
+
+
 def test_workflows_filtered_by_a_part_of_the_name(client: TestClient) -> None:
     """``name_contains``: runs whose name holds the text, in any case, found among every
     run (the filter applies before ``limit``); the text is a parameter, never Cypher."""
@@ -489,14 +535,17 @@ def _sid(n: int) -> bytes:
     return n.to_bytes(8, "big")
 
 
-def _post_spans(client: TestClient, spans: list[dict[str, Any]]) -> None:
+def _post_spans(
+    client: TestClient, spans: list[dict[str, Any]], trace_id: bytes | None = None
+) -> None:
     """POST ``spans`` to /v1/traces as OTLP protobuf and wait until they are written.
-    Each span: ``id``, ``name``, optional ``parent``, ``start`` (ns offset), ``attrs``."""
+    Each span: ``id``, ``name``, optional ``parent``, ``start`` (ns offset), ``attrs``;
+    all in one trace (``trace_id``, else a new one)."""
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
     resource_spans.resource.attributes.add(key="service.name").value.string_value = "other"
     scope = resource_spans.scope_spans.add()
-    trace_id = os.urandom(16)
+    trace_id = trace_id or os.urandom(16)
     for span in spans:
         pb = scope.spans.add(trace_id=trace_id, span_id=_sid(span["id"]), name=span["name"])
         if "parent" in span:

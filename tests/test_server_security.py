@@ -159,7 +159,12 @@ def test_a_page_of_another_origin_can_read_the_replay_source(settings: Settings)
         answer = client.get("/api/workflows/no-such-run/events", headers={"Origin": origin})
         assert answer.status_code == 200 and answer.headers["x-spangraph-replay"]
         exposed = answer.headers["access-control-expose-headers"].lower().split(", ")
-        assert {"x-spangraph-replay", "retry-after"} <= set(exposed)
+        assert {
+            "x-spangraph-replay",
+            "retry-after",
+            "x-spangraph-run",
+            "x-spangraph-id-kind",
+        } <= set(exposed)
 
 
 def test_every_route_with_data_needs_the_token(settings: Settings) -> None:

@@ -1548,6 +1548,13 @@ def test_a_trace_or_span_id_opens_its_run(
             f"#run={workflow_id}&node={child}"
         )
         expect(page.locator("#tree-empty")).to_be_hidden()
+        # a link the page made while the run went by its trace id keeps its node
+        page.goto(f"{base}/")
+        page.evaluate(f"location.hash = 'run={trace_id}&node={child}'")
+        expect(page.locator("#detail-title")).to_have_text("late-child")
+        assert page.evaluate("decodeURIComponent(location.hash)") == (
+            f"#run={workflow_id}&node={child}"
+        )
 
 
 @needs_chromium
@@ -1586,10 +1593,66 @@ def test_the_runs_of_the_execution_are_listed_in_the_header(
         nav.get_by_role("link").last.click()
         expect(page.locator("#run-meta")).to_contain_text(ids[2])
         expect(nav.locator("[aria-current=page]")).to_have_attribute("title", ids[2])
+        # a run older than the newest 50 of its execution: said so, first
+        long_thread = f"long-{uuid.uuid4().hex[:8]}"
+        turns = [f"{long_thread}-{i:02}" for i in range(52)]
+        _write_spans(
+            graph_url,
+            [
+                _span(turn, uuid.uuid4().hex[:16], "turn", "workflow", start=i * 1000,
+                      execution_id=long_thread)
+                for i, turn in enumerate(turns)
+            ],
+        )  # fmt: skip
+        open_run(page, base, turns[0])
+        expect(nav).to_contain_text(
+            f"Execution {long_thread} (the newest 50 runs): this run → … → turn, completed"
+        )
+        expect(nav.get_by_role("link")).to_have_count(50)
         # a run alone in its execution (its own id): no such line
         open_run(page, base, "alone-" + ids[0])
         expect(page.locator("#run-title")).to_have_text("alone")
         expect(nav).to_be_hidden()
+
+
+@needs_chromium
+def test_a_failing_read_of_the_execution_s_runs_is_not_repeated_at_each_refresh(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """While ``/api/workflows?execution_id=`` failed, the page asked again at every read
+    of the run (every 2 s while polling): at most every 15 s, answered or not."""
+    from playwright.sync_api import expect
+
+    thread = f"thread-{uuid.uuid4().hex[:8]}"
+    run_id = f"turn-{uuid.uuid4().hex[:6]}"
+    _write_spans(
+        graph_url,
+        [
+            _span(run_id, uuid.uuid4().hex[:16], "chat", "workflow", execution_id=thread,
+                  state="running"),
+            _span(f"turn-x-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:16], "chat", "workflow",
+                  start=10, execution_id=thread),
+        ],
+    )  # fmt: skip
+    asked: list[float] = []
+    trees: list[str] = []
+
+    def fail(route: Any) -> None:
+        asked.append(time.monotonic())
+        route.fulfill(status=503, body='{"detail":"busy"}', content_type="application/json")
+
+    page.route("**/api/workflows?execution_id=*", fail)
+    page.on("request", lambda r: trees.append(r.url) if r.url.endswith("/tree") else None)
+    # no Redis: the page reads the running run from the graph every 2 s
+    app = create_app(_settings(graph_url, "redis://127.0.0.1:1", tmp_path))
+    with serve(app) as base:
+        open_run(page, base, run_id)
+        expect(page.locator("#tree li.tree-item")).to_have_count(1)
+        deadline = time.monotonic() + 15
+        while len(trees) < 4 and time.monotonic() < deadline:
+            page.wait_for_timeout(250)
+    assert len(trees) >= 4, trees  # read again and again
+    assert len(asked) == 1, asked
 
 
 @needs_chromium

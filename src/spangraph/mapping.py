@@ -38,10 +38,12 @@ PROMOTED: Final = frozenset(
 
 GEN_AI_KINDS: Final = {
     "invoke_workflow": sc.KIND_WORKFLOW,
-    # Strands Agents' multi-agent runs (a Swarm, a Graph of agents)
-    "invoke_swarm": sc.KIND_WORKFLOW,
-    "invoke_graph": sc.KIND_WORKFLOW,
     "invoke_agent": sc.KIND_AGENT,
+    # Strands Agents' multi-agent systems at work (a Swarm, a Graph of agents): agents
+    # of agents, listed as runs at the root of their trace as an agent is (a Swarm in a
+    # Graph's node is no run of its own)
+    "invoke_swarm": sc.KIND_AGENT,
+    "invoke_graph": sc.KIND_AGENT,
     # (``create_agent``, an agent being made, e.g. when AutoGen builds one: no run of its
     # own, nor an agent at work in one; a plain span)
     "execute_tool": sc.KIND_TOOL,
@@ -377,6 +379,25 @@ def kind_of(attributes: Mapping[str, Any]) -> str:
     return sc.KIND_SPAN
 
 
+_RUNS_AT_ROOT: Final = (
+    (sc.OPENINFERENCE_SPAN_KIND, frozenset({"CHAIN", "chain"})),
+    (sc.TRACELOOP_SPAN_KIND, frozenset({"task", "TASK"})),
+    (sc.AI_OPERATION_ID, frozenset(f"ai.{call}" for call, _ in _AI_CALLS[:4])),
+)
+"""The step kinds of other instrumentations that head a run at the root of a trace:
+chains of work (a chain, a task, a text or object generated with tool calls between),
+not a lone retrieval, rerank, evaluation, prompt or embedding."""
+
+
+def _heads_a_run(attributes: Mapping[str, Any]) -> bool:
+    """Whether a span at the root of its trace that :func:`kind_of` makes a ``step`` from
+    another instrumentation's attributes heads its run (see :data:`_RUNS_AT_ROOT`);
+    spangraph's own step (its kind given) never does."""
+    if attributes.get(sc.KIND) is not None:
+        return False
+    return any(attributes.get(key) in values for key, values in _RUNS_AT_ROOT)
+
+
 def label_of(kind: str) -> str | None:
     return sc.KIND_LABELS.get(kind)
 
@@ -636,10 +657,10 @@ class SpanMapper:
         )
         service, env = self.resources.service_env(span)
         kind = kind_of(attributes)
-        if kind == sc.KIND_STEP and parent is None and attributes.get(sc.KIND) != sc.KIND_STEP:
-            # the top span of another instrumentation's trace that it marks as a step (a
-            # LangChain or LlamaIndex chain, OpenLLMetry's task, the Vercel AI SDK's
-            # generateText): the run's workflow span, so that the run is listed
+        if kind == sc.KIND_STEP and parent is None and _heads_a_run(attributes):
+            # the top span of another instrumentation's trace that it marks as a chain of
+            # work (a LangChain or LlamaIndex chain, OpenLLMetry's task, the Vercel AI
+            # SDK's generateText): the run's workflow span, so that the run is listed
             kind = sc.KIND_WORKFLOW
         return {
             "span_id": span_id,

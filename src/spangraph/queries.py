@@ -1075,7 +1075,8 @@ RUN_OF: Final = {
     kind: (
         f"MATCH (s:Span {{{key}: $id}})\n"
         "WHERE s.workflow_id IS NOT NULL AND s.name IS NOT NULL\n"
-        "RETURN s.workflow_id AS workflow_id, s.name AS name, s.kind AS kind\n"
+        "RETURN s.workflow_id AS workflow_id, s.name AS name, s.kind AS kind,\n"
+        "       s.parent_span_id AS parent_span_id\n"
         "ORDER BY s.start_ns\n"
         "LIMIT 1"
     )
@@ -1114,14 +1115,16 @@ def run_exists(store: GraphStore, workflow_id: str) -> bool:
 
 def run_of(store: GraphStore, some_id: str) -> tuple[str, dict[str, Any]] | None:
     """What ``some_id`` names when it is not a run's id but the id of a span, a trace or
-    a branch: ``("span" | "trace" | "branch", {workflow_id, name, kind})`` of the first
-    span it names (tried in that order, one index look-up each), or ``None``.
+    a branch: ``("span" | "trace" | "branch", {workflow_id, name, kind,
+    parent_span_id})`` of the first span it names (tried in that order, one index
+    look-up each), or ``None``.
 
     .. code-block:: cypher
 
         MATCH (s:Span {span_id: $id})  // then {trace_id: $id}, then {branch_id: $id}
         WHERE s.workflow_id IS NOT NULL AND s.name IS NOT NULL
-        RETURN s.workflow_id AS workflow_id, s.name AS name, s.kind AS kind
+        RETURN s.workflow_id AS workflow_id, s.name AS name, s.kind AS kind,
+               s.parent_span_id AS parent_span_id
         ORDER BY s.start_ns LIMIT 1
     """
     for kind, statement in RUN_OF.items():

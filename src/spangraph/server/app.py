@@ -421,8 +421,14 @@ def create_app(
                 "tracestate",
             ],
             # what a page may read of an answer beyond the CORS-safelisted headers: the
-            # replay's source (whether its seq go on live) and the OTLP 503's wait
-            expose_headers=["X-Spangraph-Replay", "Retry-After"],
+            # replay's source (whether its seq go on live), the OTLP 503's wait, and the
+            # run a 404 names (the id was one of its span, trace or branch ids)
+            expose_headers=[
+                "X-Spangraph-Replay",
+                "Retry-After",
+                "X-Spangraph-Run",
+                "X-Spangraph-Id-Kind",
+            ],
         )
     if allowed_hosts and "*" not in allowed_hosts:
         from starlette.middleware.trustedhost import TrustedHostMiddleware

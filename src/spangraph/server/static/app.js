@@ -252,6 +252,7 @@ function showNoRun() {
 async function openRun(id, nodeId) {
   closeRun();
   const run = (current = newRun(id));
+  run.linkedNode = nodeId ?? null; // the node the address named (kept if the id leads on)
   for (const li of runItems.values()) {
     const b = li.firstElementChild;
     if (li.dataset.workflowId === id) b.setAttribute("aria-current", "true");
@@ -331,7 +332,7 @@ async function refreshRunOnce(run) {
   } else if (tree.reason?.status === 404 && tree.reason.run && tree.reason.run !== run.id) {
     // the id of a span, trace or branch of a run, not a run's: open that run (at the
     // span). A run traced over OTLP goes by its trace id until its top span arrives.
-    const node = tree.reason.idKind === "span" ? run.id.toLowerCase() : null;
+    const node = tree.reason.idKind === "span" ? run.id.toLowerCase() : run.linkedNode;
     const hash = `run=${encodeURIComponent(tree.reason.run)}` +
       (node ? `&node=${encodeURIComponent(node)}` : "");
     history.replaceState(null, "", `#${hash}`);
@@ -366,7 +367,8 @@ async function readExecution(run) {
   const executionId = root?.execution_id;
   if (!executionId || executionId === run.id) return;
   const now = performance.now();
-  if (run.execution && now - run.executionRead < EXECUTION_EVERY_MS) return;
+  // at most every 15 s, whether the last read answered or not (or is still under way)
+  if (run.executionRead && now - run.executionRead < EXECUTION_EVERY_MS) return;
   run.executionRead = now;
   try {
     const runs = await api(`/api/workflows?execution_id=${encodeURIComponent(executionId)}&limit=50`);
@@ -394,8 +396,12 @@ function renderExecution(run) {
     if (id === run.id) return h("strong", { "aria-current": "page", title: id, text: `this run: ${text}` });
     return h("a", { href: `#run=${encodeURIComponent(id)}`, title: id, text });
   });
+  if (!runs.some((r) => runId(r) === run.id)) {
+    // an older run than the newest 50 of its execution
+    items.unshift(h("strong", { "aria-current": "page", title: run.id, text: "this run" }), "…");
+  }
   nav.replaceChildren(
-    `Execution `, bdi(run.execution.id), ` (${runs.length} runs${runs.length >= 50 ? ", the newest 50" : ""}): `,
+    `Execution `, bdi(run.execution.id), ` (${runs.length >= 50 ? "the newest 50 runs" : `${runs.length} runs`}): `,
     ...items.flatMap((el, i) => (i ? [" → ", el] : [el])),
   );
   nav.hidden = false;
