@@ -1600,6 +1600,23 @@ def test_print_tree_says_a_failure_where_it_arose() -> None:
     ]
 
 
+def test_an_error_s_first_line_for_tables_and_trees() -> None:
+    """`query workflows` printed a failed run's whole message, a JavaScript stack or a
+    Python traceback included, over many lines; `query tree` printed `— [` for an error
+    that is JSON over several lines (OpenInference's LangGraph.js interrupt)."""
+    from spangraph._cli_query import _error_of
+    from spangraph._tree_text import first_line
+
+    js = "500 upstream failed\n\nError: 500 upstream failed\n    at fetch (file:1:2)"
+    assert _error_of({"state": "failed", "status_message": js}) == "500 upstream failed"
+    assert _error_of({"state": "completed", "status_message": js}) is None
+    assert _error_of({"state": "failed", "status_message": " \n "}) is None
+    interrupt = '[\n  {\n    "value": "approve?",\n    "when": "during"\n  }\n]'
+    assert first_line(interrupt) == '[ { "value": "approve?", "when": "during" } ]'
+    assert first_line("E: " + "x" * 300) == "E: " + "x" * 94 + "..."
+    assert first_line("Failed:\n  cause here\nmore") == "Failed: cause here"
+
+
 def test_print_tree_says_an_error_type_and_a_typed_error_once() -> None:
     """A failed span with no message but an ``error.type`` (the MCP SDK's tool spans, an
     Anthropic call's HTTP status) read as a bare ``failed``; an error whose message a step

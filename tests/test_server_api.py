@@ -245,6 +245,33 @@ def test_a_trace_id_names_a_run_only_by_the_trace_s_top_span(client: TestClient)
     assert [n["name"] for n in tree.json()] == ["RunnableSequence"]
 
 
+def test_a_run_whose_top_span_is_missing_is_listed_once(client: TestClient) -> None:
+    """Workflow spans of a run named after its trace whose top span had not arrived (or
+    never would: Traceloop JS does not end its workflow span when the function throws)
+    each read as a top one: the run was listed once for each, and they took the places
+    of other runs."""
+    older = os.urandom(16)
+    _post_spans(client, [{"id": 0xD00, "name": "older-run", "start": 0,
+                          "attrs": {"traceloop.span.kind": "workflow"}}], older)  # fmt: skip
+    headless = os.urandom(16)
+    _post_spans(
+        client,
+        [
+            {"id": 0xD10 + i, "name": f"workflow Runnable{i}", "parent": 0xD0F,
+             "start": 1000 + i, "attrs": {"traceloop.span.kind": "workflow"}}
+            for i in range(3)
+        ],
+        headless,
+    )  # fmt: skip
+    rows = client.get("/api/workflows", params={"limit": 2}).json()
+    assert [(r["workflow_id"], r["name"]) for r in rows] == [
+        (headless.hex(), "workflow Runnable0"),  # its earliest workflow span
+        (older.hex(), "older-run"),
+    ]
+    every = client.get("/api/workflows").json()
+    assert [r["workflow_id"] for r in every].count(headless.hex()) == 1
+
+
 def test_a_replay_whose_graph_does_not_answer_asks_it_once() -> None:
     """A replay served from the stream while the graph did not answer asked the graph a
     second time (which run the id names) before serving it: twice the graph's time

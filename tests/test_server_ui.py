@@ -1656,6 +1656,51 @@ def test_a_failing_read_of_the_execution_s_runs_is_not_repeated_at_each_refresh(
 
 
 @needs_chromium
+def test_errors_and_calls_other_instrumentations_write(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """From JavaScript agents over OTLP: a JavaScript stack after the message filled the
+    error box; an error that is JSON over several lines read as "["; a model call that
+    Traceloop JS's LangChain and OpenAI instrumentations both recorded, under one name,
+    counted twice."""
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        page.goto(base + "/")
+        seen = page.evaluate(
+            """async () => {
+              const { statusMessage, firstLine, modelCalls } = await import("/static/util.js");
+              const js = "500 upstream failed\\n\\nError: 500 upstream failed\\n    at fetch (f.js:1:2)";
+              const call = (id, name, start, end, attrs) => ({
+                span_id: id, parent_span_id: "p", kind: "llm", name, state: "completed",
+                start_ns: start, end_ns: end,
+                attributes: { "gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 5, ...attrs },
+              });
+              const count = (...nodes) => modelCalls(nodes).length;
+              return {
+                stack: statusMessage({ status_message: js }),
+                alone: statusMessage({ status_message: "TypeError: x is undefined\\n    at f (f.js:1:2)" }),
+                json: firstLine('[\\n  {\\n    "value": "approve?"\\n  }\\n]'),
+                // LangChain's span around OpenAI's, one name, only OpenAI's with an answer id
+                twice: count(call("a", "chat m", 0, 100, {}),
+                             call("b", "chat m", 10, 90, { "gen_ai.response.id": "r1" })),
+                // one instrumentation's calls made at once: each with an id, or none
+                parallel: count(call("a", "chat m", 0, 100, { "gen_ai.response.id": "r1" }),
+                                call("b", "chat m", 10, 90, { "gen_ai.response.id": "r2" })),
+                parallelNoIds: count(call("a", "chat m", 0, 100, {}), call("b", "chat m", 10, 90, {})),
+              };
+            }"""
+        )
+    assert seen == {
+        "stack": "500 upstream failed",
+        "alone": "TypeError: x is undefined",
+        "json": '[ { "value": "approve?" } ]',
+        "twice": 1,
+        "parallel": 2,
+        "parallelNoIds": 2,
+    }
+
+
+@needs_chromium
 def test_right_to_left_override_stays_in_the_run_id(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:

@@ -17,7 +17,7 @@ from . import semconv as sc
 from ._cli_stream import FROM_GRAPH, live_events, with_live
 from ._cli_values import count, json_value, param, seconds
 from ._terminal import printable
-from ._tree_text import interrupted, print_tree
+from ._tree_text import first_line, interrupted, print_tree
 from .config import ENV_HOME, Settings, graph_url_setting, redact_url
 from .exceptions import ConfigurationError, StoreError, StoreUnavailableError
 from .mapping import _finite
@@ -321,11 +321,12 @@ def _state_of(run: dict[str, Any]) -> Any:
 
 
 def _error_of(run: dict[str, Any]) -> str | None:
-    """A failed run's status message (``Type: message``), else ``None``."""
+    """The first line of a failed run's status message (``Type: message``: not the stack
+    or traceback some instrumentations write after it), else ``None``."""
     if run.get("state") != sc.STATE_FAILED:
         return None
     message = run.get("status_message")
-    return message if isinstance(message, str) and message else None
+    return first_line(message) or None if isinstance(message, str) else None
 
 
 def divergence_text(first: dict[str, Any] | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from . import queries
 from . import semconv as sc
@@ -64,11 +64,26 @@ def _error(node: queries.TreeNode) -> str | None:
         for child in node.children
     ):
         return None
+    return f"— {printable(first_line(message))}"
+
+
+_OPENING: Final = re.compile(r"[\[{(]+")
+
+
+def first_line(message: str, limit: int = _ERROR_CHARS) -> str:
+    """The first line of an error message that is not blank, at most ``limit``
+    characters (cut with ``...``): with the next one when it ends with ``:`` (``Error
+    while generating output:`` says nothing without its cause), and the whole message on
+    one line when it is JSON written over several (``[``, ``{`` first)."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return ""
     text = f"{lines[0]} {lines[1]}" if len(lines) > 1 and lines[0].endswith(":") else lines[0]
-    if len(text) > _ERROR_CHARS:
-        text = text[: _ERROR_CHARS - 3] + "..."
-    return f"— {printable(text)}"
+    if _OPENING.fullmatch(text):
+        text = " ".join(lines)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
 
 
 def _error_type(span: dict[str, Any]) -> str | None:

@@ -368,12 +368,45 @@ def workflows(
     rows = store.query(listed, params)
     if len(rows) < limit:  # too few: fewer runs, or the newest were mostly nested ones
         rows = store.query(listed, {**params, "scan": _SCAN_ALL})
+    kept = _one_row_per_trace_run(rows)
+    if len(kept) < len(rows) and len(rows) == limit:  # repeats took places: read on
+        more = store.query(listed, {**params, "scan": _SCAN_ALL, "limit": _SCAN_PER_RUN * limit})
+        kept = _one_row_per_trace_run(more)
+    rows = kept[:limit]
     agents = store.query(agents_of, params)
     if agents:  # newest first, both lists already so: the first `limit` of them merged
         rows = sorted([*rows, *agents], key=lambda r: _whole(r.get("start_ns")) or 0, reverse=True)[
             :limit
         ]
     return [_decode(r) for r in rows]
+
+
+def _one_row_per_trace_run(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` (workflow spans, newest first) with one row for a run named after its
+    trace (spans without run ids of their own): its earliest workflow span, in its place.
+    While the trace's top span has not arrived (or never will: an exporter that did not
+    end it), each workflow span under it reads as a top one, and the run was listed once
+    for each."""
+
+    def by_trace(row: dict[str, Any]) -> Any:
+        trace_id = row.get("trace_id")
+        return trace_id if trace_id is not None and row.get("workflow_id") == trace_id else None
+
+    earliest: dict[Any, dict[str, Any]] = {}
+    repeated = False
+    for row in rows:
+        trace_id = by_trace(row)
+        if trace_id is None:
+            continue
+        known = earliest.get(trace_id)
+        if known is not None:
+            repeated = True
+            if (_whole(row.get("start_ns")) or 0) > (_whole(known.get("start_ns")) or 0):
+                continue
+        earliest[trace_id] = row
+    if not repeated:
+        return rows
+    return [row for row in rows if (t := by_trace(row)) is None or earliest[t] is row]
 
 
 _SCAN_PER_RUN: Final = 4

@@ -143,8 +143,11 @@ function within(outer, inner) {
 }
 
 function sameCall(outer, inner) {
-  if (outer.name === inner.name) return false; // one instrumentation's calls made at once
   const answer = (n) => (n.attributes ? n.attributes["gen_ai.response.id"] : null) || null;
+  // one instrumentation's calls made at once have one name, and each an answer id or
+  // none; a call another instrumentation names alike has an id where this one has none
+  // (Traceloop JS: LangChain's `chat gpt-4o-mini` around OpenAI's)
+  if (outer.name === inner.name && Boolean(answer(outer)) === Boolean(answer(inner))) return false;
   if (answer(outer) && answer(inner) && answer(outer) !== answer(inner)) return false;
   const a = usageOf(outer.attributes || {});
   const b = usageOf(inner.attributes || {});
@@ -288,6 +291,17 @@ export function statusMessage(n) {
   const at = text.indexOf(TRACEBACK);
   if (at > 0) text = text.slice(0, at);
   else if (at === 0) text = text.split("\n").filter((l) => l.trim()).pop() ?? "";
+  const frame = text.search(/\n[ \t]+at \S/);
+  if (frame > 0) {
+    // a JavaScript stack after the message (OpenInference's LangChain.js: "message\n\n
+    // Error: message\n    at …"): left out, and the error line that repeats the message
+    const lines = text.slice(0, frame).split("\n");
+    const last = lines.at(-1).trim();
+    if (lines.length > 1 && /^[A-Za-z_$][\w$.]*: /.test(last) && lines.slice(0, -1).some((l) => l.trim())) {
+      lines.pop();
+    }
+    text = lines.join("\n");
+  }
   return text.trim().replace(/:\s*$/, "");
 }
 
@@ -307,7 +321,9 @@ export function errorTypeText(n) {
  * Error while generating output:" says nothing without the cause after it). */
 export function firstLine(text, max = 120) {
   const lines = String(text).split("\n").map((l) => l.trim()).filter(Boolean);
-  const first = lines.length > 1 && lines[0].endsWith(":") ? `${lines[0]} ${lines[1]}` : lines[0] ?? "";
+  let first = lines.length > 1 && lines[0].endsWith(":") ? `${lines[0]} ${lines[1]}` : lines[0] ?? "";
+  // a message that is JSON written over several lines ("[", "{" first): all of it, on one
+  if (/^[[{(]+$/.test(first)) first = lines.join(" ");
   const line = [...first];
   return line.length > max ? `${line.slice(0, max - 1).join("")}…` : line.join("");
 }
