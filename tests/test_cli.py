@@ -1617,6 +1617,32 @@ def test_an_error_s_first_line_for_tables_and_trees() -> None:
     assert first_line("Failed:\n  cause here\nmore") == "Failed: cause here"
 
 
+def test_print_tree_says_an_error_once_without_the_traceback_after_it() -> None:
+    """OpenInference's LangChain instrumentation appends a Python traceback to each
+    failed span's status message (without a line break): `query tree` printed the error
+    with it, on every span the error went through (each traceback differs)."""
+    from spangraph._cli_query import _error_of
+    from spangraph._tree_text import print_tree
+    from spangraph.queries import TreeNode
+
+    said = "OpenAIAPIError('Error code: 500 - boom')"
+
+    def failed(name: str, frames: int) -> TreeNode:
+        trace = "Traceback (most recent call last):\n" + '  File "/app/x.py", line 1\n' * frames
+        return TreeNode({"kind": "step", "name": name, "state": "failed",
+                         "status_message": said + trace})  # fmt: skip
+
+    root = failed("AgentExecutor", 3)
+    root.span.update(kind="agent", workflow_id="t")
+    sequence = failed("RunnableSequence", 2)
+    sequence.children.append(failed("ChatOpenAI", 1))
+    root.children.append(sequence)
+    lines: list[str] = []
+    print_tree([root], lines.append)
+    assert [line.partition(" — ")[2] for line in lines] == ["", "", said]
+    assert _error_of(root.span) == said
+
+
 def test_print_tree_says_an_error_type_and_a_typed_error_once() -> None:
     """A failed span with no message but an ``error.type`` (the MCP SDK's tool spans, an
     Anthropic call's HTTP status) read as a bare ``failed``; an error whose message a step

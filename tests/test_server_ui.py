@@ -2137,6 +2137,42 @@ def test_a_failure_its_step_wrote_with_its_type_is_where_it_arose(
 
 
 @needs_chromium
+def test_a_failure_with_each_span_s_own_traceback_is_where_it_arose(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """OpenInference's LangChain instrumentation appends each span's own traceback to the
+    same error: with a span after the call that ended later, the header stopped at the
+    agent, the messages differing."""
+    from playwright.sync_api import expect
+
+    workflow_id = f"tb-{uuid.uuid4().hex[:8]}"
+    said = "OpenAIAPIError('Error code: 500 - boom')"
+
+    def trace(frames: int) -> str:
+        return said + "Traceback (most recent call last):\n" + '  File "x.py", line 1\n' * frames
+
+    root, seq = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+    _write_spans(
+        graph_url,
+        [
+            _span(workflow_id, root, "AgentExecutor", "workflow", state="failed",
+                  status_message=trace(3), duration_ms=50.0),
+            _span(workflow_id, seq, "RunnableSequence", parent=root, start=1000, state="failed",
+                  status_message=trace(2), duration_ms=40.0),
+            _span(workflow_id, uuid.uuid4().hex[:16], "ChatOpenAI", "llm", parent=seq,
+                  start=2000, state="failed", status_message=trace(1), duration_ms=10.0),
+            _span(workflow_id, uuid.uuid4().hex[:16], "parser", parent=seq, start=3000,
+                  duration_ms=30.0),
+        ],
+    )  # fmt: skip
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, workflow_id)
+        expect(page.locator("#run-meta button.link")).to_have_text("ChatOpenAI")
+        expect(page.locator("#run-meta")).to_contain_text(f"failed at ChatOpenAI: {said}")
+
+
+@needs_chromium
 def test_a_link_to_a_node_opens_with_the_node_in_sight(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:

@@ -68,14 +68,42 @@ def _error(node: queries.TreeNode) -> str | None:
 
 
 _OPENING: Final = re.compile(r"[\[{(]+")
+_TRACEBACK: Final = "Traceback (most recent call last):"
+_JS_FRAME: Final = re.compile(r"\n[ \t]+at \S")
+_TYPED_LINE: Final = re.compile(r"[A-Za-z_$][\w$.]*: .*")
+
+
+def without_stack(message: str) -> str:
+    """An error message without the Python traceback (OpenInference's LangChain spans
+    append one, with or without a line break before it) or the JavaScript stack after
+    it (and the ``Error: message`` line before such a stack that repeats the message);
+    a message that is only a traceback: its last line, the error. As the web UI shows
+    it."""
+    at = message.find(_TRACEBACK)
+    if at > 0:
+        message = message[:at]
+    elif at == 0:
+        lines = [line for line in message.splitlines() if line.strip()]
+        message = lines[-1] if lines else ""
+    frame = _JS_FRAME.search(message)
+    if frame is not None and frame.start() > 0:
+        lines = message[: frame.start()].split("\n")
+        if (
+            len(lines) > 1
+            and _TYPED_LINE.fullmatch(lines[-1].strip())
+            and any(line.strip() for line in lines[:-1])
+        ):
+            lines.pop()
+        message = "\n".join(lines)
+    return message.strip()
 
 
 def first_line(message: str, limit: int = _ERROR_CHARS) -> str:
-    """The first line of an error message that is not blank, at most ``limit``
-    characters (cut with ``...``): with the next one when it ends with ``:`` (``Error
+    """The first line of an error message that is not blank (its stack left out: see
+    :func:`without_stack`), at most ``limit`` characters (cut with ``...``): with the next one when it ends with ``:`` (``Error
     while generating output:`` says nothing without its cause), and the whole message on
     one line when it is JSON written over several (``[``, ``{`` first)."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    lines = [line.strip() for line in without_stack(message).splitlines() if line.strip()]
     if not lines:
         return ""
     text = f"{lines[0]} {lines[1]}" if len(lines) > 1 and lines[0].endswith(":") else lines[0]
@@ -106,13 +134,17 @@ _TYPE = re.compile(r"[A-Za-z_][\w.]*")
 
 
 def _same_error(message: str, child: dict[str, Any]) -> bool:
-    """Whether ``child``'s error is ``message``, gone up unchanged: the same text, the
-    same text after an exception type (``Type: text``), or a step's timeout (``TimeoutError: exceeded its timeout of 0.5 s``) that the span above
+    """Whether ``child``'s error is ``message``, gone up unchanged: the same text (a
+    stack after it aside), the same text after an exception type (``Type: text``), or a
+    step's timeout (``TimeoutError: exceeded its timeout of 0.5 s``) that the span above
     names (``TimeoutError: step 'fetch' exceeded its timeout of 0.5 s``), as the web UI
     tells them."""
     said = child.get("status_message")
     if not isinstance(said, str):
         return False
+    if said == message:
+        return True
+    message, said = without_stack(message), without_stack(said)  # each span's differs
     if said == message:
         return True
     # the same error with its type before it (`MidStreamFallbackError: litellm.Mid...`,

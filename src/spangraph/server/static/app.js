@@ -1456,8 +1456,9 @@ function nodeButton(text, node) {
  * message, the same after an exception type (`Type: message`), or a timeout the child's own (`TimeoutError: exceeded its timeout of 0.5 s`)
  * that the parent names (`TimeoutError: step 'fetch' exceeded its timeout of 0.5 s`). */
 function sameError(parent, child) {
-  const p = parent.status_message;
-  const c = child.status_message;
+  // (a stack after the message aside: OpenInference's LangChain writes each span's own)
+  const p = statusMessage(parent);
+  const c = statusMessage(child);
   if (!p || !c) return false;
   if (p === c) return true;
   // the same error with its type before it ("MidStreamFallbackError: litellm.Mid…",
