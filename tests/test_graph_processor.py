@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
 import re
@@ -229,6 +230,31 @@ def test_a_run_that_resumed_without_saying_which_is_linked(sg: spangraph.Spangra
     assert sorted((r["a"], r["b"]) for r in edges) == sorted(
         [(second.span_id, first.span_id), (told.span_id, first.span_id)]
     )
+
+
+def test_a_run_resumed_before_the_paused_one_was_written_is_linked(
+    sg: spangraph.Spangraph,
+) -> None:
+    """A resume written before the run it resumes (its process wrote first: a fast
+    approver in another process) was never linked: the paused run's write links it."""
+    job = f"job-{uuid.uuid4().hex[:8]}"
+
+    def resume() -> Any:
+        with spangraph.workflow("ingest", execution_id=job) as run:
+            run.resumed()
+        return run
+
+    with spangraph.workflow("ingest", execution_id=job) as first:
+        first.paused(reason="waiting for approval")
+        second = contextvars.Context().run(resume)  # a run of its own, not inside
+        flush()  # the resumed run is written; the paused one still runs
+        query = (
+            "MATCH (a:Workflow {execution_id: $job})-[:RESUMED_FROM]->(b:Workflow) "
+            "RETURN a.span_id AS a, b.span_id AS b"
+        )
+        assert sg.store.query(query, {"job": job}) == []
+    flush()
+    assert sg.store.query(query, {"job": job}) == [{"a": second.span_id, "b": first.span_id}]
 
 
 def test_retry_attempts_are_linked(sg: spangraph.Spangraph) -> None:

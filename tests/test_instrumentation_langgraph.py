@@ -1300,6 +1300,41 @@ def test_a_run_resumed_in_another_process_is_linked_in_the_graph(
     assert count["n"] == 1
 
 
+def test_going_on_from_a_breakpoint_in_another_process_is_a_resume(
+    instrumented: LangGraphInstrumentor, sg: Any
+) -> None:
+    """``invoke(None, config)`` in another process than the one whose run stopped at a
+    static breakpoint recorded no ``workflow.resumed`` (the instrumentor knew of the
+    pause only in memory), so nothing linked it either."""
+    from spangraph.instrumentation._langgraph_runs import paused_threads
+
+    graph = reviewed()
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    graph.invoke({"path": []}, config)  # stops before publish
+    assert spangraph.flush(10)
+    paused_threads.clear()  # another process
+    graph.invoke(None, config)
+    assert spangraph.flush(10)
+    thread = config["configurable"]["thread_id"]
+    rows = sg.store.query(
+        "MATCH (w:Workflow {execution_id: $t})-[:HAS_EVENT]->(e:Event) "
+        "WITH w, e ORDER BY w.start_ns, e.seq "
+        "RETURN w.span_id AS run, w.start_ns AS start, collect(e.name) AS events "
+        "ORDER BY start",
+        {"t": thread},
+    )
+    stopped, went_on = rows
+    assert stopped["start"] < went_on["start"]
+    assert sc.WORKFLOW_PAUSED in stopped["events"]
+    assert sc.WORKFLOW_RESUMED in went_on["events"]
+    edges = sg.store.query(
+        "MATCH (a:Workflow {execution_id: $t})-[:RESUMED_FROM]->(b) "
+        "RETURN a.span_id AS a, b.span_id AS b",
+        {"t": thread},
+    )
+    assert edges == [{"a": went_on["run"], "b": stopped["run"]}]
+
+
 def test_paused_threads_kept_are_bounded() -> None:
     from opentelemetry.trace import SpanContext
 

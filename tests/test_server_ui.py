@@ -1586,13 +1586,19 @@ def test_the_runs_of_the_execution_are_listed_in_the_header(
         nav = page.locator("#run-execution")
         expect(nav).to_be_visible()
         expect(nav).to_have_text(
-            f"Execution {thread} (3 runs): chat, completed (waiting) → this run: chat, failed"
+            f"Execution {thread} (3 runs): chat, completed (paused) → this run: chat, failed"
             " → chat, completed"
         )
         expect(nav.locator("[aria-current=page]")).to_have_attribute("title", ids[1])
         nav.get_by_role("link").last.click()
         expect(page.locator("#run-meta")).to_contain_text(ids[2])
         expect(nav.locator("[aria-current=page]")).to_have_attribute("title", ids[2])
+        # the run that stopped at an interrupt no longer waits: its thread went on
+        nav.get_by_role("link").first.click()
+        expect(page.locator("#run-meta")).to_contain_text(
+            "interrupted; the thread went on in a later run"
+        )
+        expect(page.locator("#run-meta")).not_to_contain_text("waiting")
         # a run older than the newest 50 of its execution: said so, first
         long_thread = f"long-{uuid.uuid4().hex[:8]}"
         turns = [f"{long_thread}-{i:02}" for i in range(52)]
@@ -2501,6 +2507,24 @@ def test_options_never_explored_have_no_jaeger_link(
         expect(facts).to_have_text(["Parent"])
         tried.locator(":scope > .row > .node-btn").click()
         expect(page.locator("#detail a.jaeger")).to_have_count(1)
+    # a route chosen without a span of its own (a LangGraph route's node) is chosen, not
+    # crossed out as the options never explored are
+    configure_sdk(graph_url, embedded_server, tmp_path)
+    try:
+        with (
+            spangraph.workflow("routed-run") as routed,
+            spangraph.decision("route", options=["search", "answer"]) as choice,
+        ):
+            choice.choose("answer")
+        assert spangraph.flush(10)
+    finally:
+        spangraph.shutdown()
+    with serve(app) as base:
+        open_run(page, base, routed.workflow_id or "")
+        chosen = page.locator('#decisions .option[data-option="answer"] .option-name')
+        other = page.locator('#decisions .option[data-option="search"] .option-name')
+        expect(chosen).to_have_css("text-decoration-line", "none")
+        expect(other).to_have_css("text-decoration-line", "line-through")
 
 
 @needs_chromium

@@ -787,23 +787,26 @@ class SpanMapper:
         return nodes, edges
 
     @staticmethod
-    def resume_row(
+    def pause_rows(
         span: ReadableSpan | RecordSpan, props: Mapping[str, Any], span_id: str
-    ) -> dict[str, Any] | None:
-        """For an ended workflow span that recorded ``workflow.resumed`` without a
-        ``resumed_from`` link (a LangGraph thread resumed in another process than the one
-        it paused in): a row to link it to the run before it in its execution, else
-        ``None``."""
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """For an ended workflow span: (a row to link it to the run before it in its
+        execution, when it recorded ``workflow.resumed`` without a ``resumed_from`` link,
+        as a LangGraph thread resumed in another process than the one it paused in does;
+        a row to link the run after it to it, when it recorded ``workflow.paused``)."""
         execution_id = props.get("execution_id")
         start = props.get("start_ns")
         if props.get("kind") != sc.KIND_WORKFLOW or not execution_id or start is None:
-            return None
-        if not any(event.name == sc.WORKFLOW_RESUMED for event in span.events):
-            return None
+            return None, None
+        names = {event.name for event in span.events}
+        row = {"span_id": span_id, "execution_id": execution_id, "start_ns": start}
+        paused = row if sc.WORKFLOW_PAUSED in names else None
+        if sc.WORKFLOW_RESUMED not in names:
+            return None, paused
         for link in span.links:
             if (link.attributes or {}).get(sc.LINK_TYPE) == sc.LINK_RESUMED_FROM:
-                return None
-        return {"span_id": span_id, "execution_id": execution_id, "start_ns": start}
+                return None, paused
+        return row, paused
 
     @staticmethod
     def link_rows(

@@ -414,8 +414,10 @@ def _open(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Fram
         if run.thread is not None:
             run.breakpoints = _breakpoints(instance, config, kwargs)
             paused = paused_threads.find(run.thread)
-            if paused is not None and not resuming and _input(args, kwargs) is None:
-                resuming, resume = True, NO_VALUE  # on from a static breakpoint
+            if not resuming and _input(args, kwargs) is None:
+                # on from the thread's checkpoint (a static breakpoint), also when it
+                # stopped in another process (the graph writer links it to that run)
+                resuming, resume = True, NO_VALUE
             if resuming and paused is not None:
                 links = (link_to(paused, sc.LINK_RESUMED_FROM),)
         if current_run() is None:

@@ -225,10 +225,10 @@ class GraphSpanProcessor(QueueingSpanProcessor):
                         mapper.event_rows(span, span_id) if _has_any(span, "events") else ()
                     )
                     span_links = mapper.link_rows(span, span_id) if _has_any(span, "links") else ()
-                    resume = (
-                        mapper.resume_row(span, props, span_id)
+                    resume, pause = (
+                        mapper.pause_rows(span, props, span_id)
                         if label == "Workflow" and _has_any(span, "events")
-                        else None
+                        else (None, None)
                     )
                     options, edges = (
                         mapper.option_rows(span, props, span_id)
@@ -245,6 +245,8 @@ class GraphSpanProcessor(QueueingSpanProcessor):
                 events.extend(span_events)
                 if resume is not None:
                     batch.resumes.append(resume)
+                if pause is not None:
+                    batch.pauses.append(pause)
                 for link_type, link_row in span_links:
                     links.setdefault(link_type, []).append(link_row)
                 if options:

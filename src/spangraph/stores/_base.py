@@ -30,6 +30,10 @@ class WriteBatch:
     resumes: list[Row] = field(default_factory=list)
     """Workflow spans that resumed without saying which run (``{span_id, execution_id,
     start_ns}``): linked to the run before them in their execution, when it paused."""
+    pauses: list[Row] = field(default_factory=list)
+    """Workflow spans that paused (``{span_id, execution_id, start_ns}``): the run after
+    them in their execution, when it resumed without saying which run, is linked to
+    them (it may have been written first)."""
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.starts.values()) + sum(len(r) for r in self.ends.values())
@@ -77,7 +81,7 @@ class WriteBatch:
                 for row in rows:
                     half = getattr(halves[0 if in_first(row) else 1], name)
                     half.setdefault(key, []).append(row)
-        for name in ("parents", "events", "resumes"):
+        for name in ("parents", "events", "resumes", "pauses"):
             for row in getattr(self, name):
                 getattr(halves[0 if in_first(row) else 1], name).append(row)
         for i, row in enumerate(self.adopted):
@@ -101,6 +105,8 @@ class WriteBatch:
             out.append((cypher.ADOPT_SPANS, {"rows": self.adopted}))
         if self.resumes:  # after the events: a run resumed in this batch may be the one
             out.append((cypher.LINK_RESUMES, {"rows": self.resumes}))
+        if self.pauses:
+            out.append((cypher.LINK_PAUSES, {"rows": self.pauses}))
         return out
 
 

@@ -194,6 +194,28 @@ LINK_RESUMES: Final = (
 another process than the one it paused in) gets a ``RESUMED_FROM`` edge to the run of its
 execution that started last before it, when that run paused."""
 
+LINK_PAUSES: Final = (
+    "UNWIND $rows AS row\n"
+    "MATCH (p:Span {span_id: row.span_id})\n"
+    "MATCH (n:Span {execution_id: row.execution_id})\n"
+    "WHERE n:Workflow AND n.start_ns > row.start_ns\n"
+    "WITH p, row, min(n.start_ns) AS next\n"
+    "MATCH (r:Span {execution_id: row.execution_id})\n"
+    "WHERE r:Workflow AND r.start_ns = next\n"
+    "MATCH (r)-[:HAS_EVENT]->(e:Event)\n"
+    "WHERE e.name = 'workflow.resumed'\n"
+    "OPTIONAL MATCH (r)-[linked:RESUMED_FROM]->()\n"
+    "WITH p, r, linked\n"
+    "WHERE linked IS NULL\n"
+    "WITH DISTINCT p, r\n"
+    "MERGE (r)-[:RESUMED_FROM]->(p)"
+)
+"""Rows ``{span_id, execution_id, start_ns}``: a workflow span that records
+``workflow.paused``, written after the run that resumed it (its process wrote first):
+the run of its execution that started next after it, when that one records
+``workflow.resumed`` and links to no run, gets its ``RESUMED_FROM`` edge to it (what
+:data:`LINK_RESUMES` does when the paused run was written first)."""
+
 
 @cache
 def merge_links(link_type: str) -> str:
@@ -224,6 +246,7 @@ def write_statements() -> dict[str, str]:
     out["merge_events"] = MERGE_EVENTS
     out["adopt_spans"] = ADOPT_SPANS
     out["link_resumes"] = LINK_RESUMES
+    out["link_pauses"] = LINK_PAUSES
     for link_type in EDGE_RELATIONSHIPS:
         out[f"merge_links[{link_type}]"] = merge_links(link_type)
     return out

@@ -389,9 +389,11 @@ function renderExecution(run) {
     nav.hidden = true;
     return;
   }
-  const items = runs.map((r) => {
+  const items = runs.map((r, i) => {
     const id = runId(r);
-    const waiting = r.attributes?.["langgraph.interrupted"] === true ? " (waiting)" : "";
+    // stopped at an interrupt or a breakpoint: waiting, unless a later run went on
+    const stopped = r.attributes?.["langgraph.interrupted"] === true;
+    const waiting = stopped ? (i === runs.length - 1 ? " (waiting)" : " (paused)") : "";
     const text = `${displayName(r.name)}, ${r.state || "unknown"}${waiting}`;
     if (id === run.id) return h("strong", { "aria-current": "page", title: id, text: `this run: ${text}` });
     return h("a", { href: `#run=${encodeURIComponent(id)}`, title: id, text });
@@ -1385,11 +1387,17 @@ function renderHeader(run) {
   // a LangGraph run that stopped at an interrupt(): it ended, and waits for an answer;
   // at a static breakpoint (interrupt_before / interrupt_after): it waits to go on
   const breakpoint = root.attributes["langgraph.breakpoint"];
+  // a run of its thread (execution) started after this one: the thread went on, so this
+  // run no longer waits (it was answered, or went on, maybe in another process)
+  const wentOn = (run.execution?.runs ?? []).some((r) => runId(r) !== run.id
+    && typeof r.start_ns === "number" && typeof root.start_ns === "number" && r.start_ns > root.start_ns);
+  const after = wentOn ? "; the thread went on in a later run" : "";
   if (root.attributes["langgraph.interrupted"] === true && typeof breakpoint === "string") {
     const next = root.attributes["langgraph.next"];
     const due = Array.isArray(next) ? next.filter((n) => typeof n === "string").join(", ") : "";
-    parts.push(breakpoint === "before" && due ? `waiting to go on: stopped at a breakpoint before ${due}`
-      : `waiting to go on: stopped at a breakpoint${due ? ` (next: ${due})` : ""}`);
+    const stopped = breakpoint === "before" && due ? `stopped at a breakpoint before ${due}`
+      : `stopped at a breakpoint${due ? ` (next: ${due})` : ""}`;
+    parts.push(wentOn ? `${stopped}${after}` : `waiting to go on: ${stopped}`);
   } else if (root.attributes["langgraph.interrupted"] === true) {
     // the node that asked: an interrupted step with no interrupted step under it (a
     // subgraph's node marks the node around it too)
@@ -1398,7 +1406,9 @@ function renderHeader(run) {
     );
     const around = new Set(marked.map((n) => n.parent_span_id));
     const asking = marked.find((n) => !around.has(n.span_id));
-    parts.push(asking ? nodeButton("waiting for an answer: interrupted at ", asking) : "waiting for an answer: interrupted");
+    const said = wentOn ? "interrupted" : "waiting for an answer: interrupted";
+    if (asking) parts.push([...nodeButton(`${said} at `, asking), after]);
+    else parts.push(`${said}${after}`);
   }
   $("run-meta").replaceChildren(...parts.flatMap((p, i) => (i ? [" · ", p] : [p])).flat());
   renderExecution(run);
