@@ -323,6 +323,11 @@ def test_project_id_default_and_attribute(provider: TracerProvider) -> None:
         ({sc.GEN_AI_OPERATION_NAME: "invoke_swarm"}, "agent"),
         ({sc.GEN_AI_OPERATION_NAME: "invoke_graph"}, "agent"),
         ({sc.GEN_AI_OPERATION_NAME: "execute_event_loop_cycle"}, "step"),
+        # Mastra: the model's work for an agent, one turn, a workflow's step, a chunk
+        ({sc.GEN_AI_OPERATION_NAME: "model_generation"}, "step"),
+        ({sc.GEN_AI_OPERATION_NAME: "agent_step"}, "step"),
+        ({sc.GEN_AI_OPERATION_NAME: "workflow_step"}, "step"),
+        ({sc.GEN_AI_OPERATION_NAME: "model_chunk"}, "span"),
         ({sc.GEN_AI_OPERATION_NAME: "invoke_workflow"}, "workflow"),
         ({sc.GEN_AI_OPERATION_NAME: "something_new"}, "span"),
         ({sc.KIND: "tool", sc.GEN_AI_OPERATION_NAME: "chat"}, "tool"),

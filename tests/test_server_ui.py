@@ -3660,6 +3660,10 @@ def test_a_model_call_s_node_says_its_model_tokens_and_finish(
             "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
             "gen_ai.request.model": "gpt-4o", "gen_ai.response.finish_reasons": ["stop", "length"],
         },
+        "chat gpt-4o-mini": {  # Mastra: the list as JSON text
+            "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.response.finish_reasons": '["tool-calls"]',
+        },
     }  # fmt: skip
     _write_spans(
         graph_url,
@@ -3682,12 +3686,14 @@ def test_a_model_call_s_node_says_its_model_tokens_and_finish(
         "ChatOpenAI": {"Model": "gpt-4o-mini-2024-07-18", "Provider": "openai",
                        "Tokens": "19 in"},  # no output count: not "0 out"
         "chat gpt-4o": {"Model": "gpt-4o", "Provider": "openai", "Finish": "stop, length"},
+        "chat gpt-4o-mini": {"Model": "gpt-4o-mini", "Finish": "tool-calls"},
     }  # fmt: skip
     # a call whose name does not say its model is shown with it
     titles = {
         "anthropic.messages.create": "anthropic.messages.create (claude-sonnet-4-5)",
         "ChatOpenAI": "ChatOpenAI (gpt-4o-mini-2024-07-18)",
         "chat gpt-4o": "chat gpt-4o",
+        "chat gpt-4o-mini": "chat gpt-4o-mini",
     }
     with serving(graph_url, embedded_server, tmp_path) as base:
         open_run(page, base, workflow_id)

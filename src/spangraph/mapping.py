@@ -48,6 +48,11 @@ GEN_AI_KINDS: Final = {
     # own, nor an agent at work in one; a plain span)
     "execute_tool": sc.KIND_TOOL,
     "execute_event_loop_cycle": sc.KIND_STEP,  # Strands Agents: one model turn and its tools
+    # Mastra's own names: the model's work for an agent (its turns, each a `chat`), one
+    # turn, a workflow's step (a streamed chunk, `model_chunk`: a plain span)
+    "model_generation": sc.KIND_STEP,
+    "agent_step": sc.KIND_STEP,
+    "workflow_step": sc.KIND_STEP,
     "chat": sc.KIND_LLM,
     "text_completion": sc.KIND_LLM,
     "generate_content": sc.KIND_LLM,

@@ -74,6 +74,10 @@ export function modelFacts(n, events = []) {
     out.push(["Tokens", parts.join(", ")]);
   }
   let finish = a["gen_ai.response.finish_reasons"];
+  if (typeof finish === "string" && finish.startsWith("[")) {
+    // Mastra writes the list as JSON text: `["stop"]`
+    try { finish = JSON.parse(finish); } catch { /* not JSON: shown as it is */ }
+  }
   if (Array.isArray(finish)) finish = finish.filter((r) => typeof r === "string" && r).join(", ");
   if (typeof finish !== "string" || !finish) finish = text("anthropic.message.stop_reason", "llm.finish_reason");
   if (!finish) {
