@@ -2109,28 +2109,50 @@ def test_a_failed_run_says_where_it_failed(
         )
 
 
+_SAID = "litellm.MidStreamFallbackError: cut off"
+_RAISED = "OpenAIAPIError('Error code: 500 - boom')"
+
+
+def _with_traceback(frames: int) -> str:
+    return _RAISED + "Traceback (most recent call last):\n" + '  File "x.py", line 1\n' * frames
+
+
 @needs_chromium
-def test_a_failure_its_step_wrote_with_its_type_is_where_it_arose(
-    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+@pytest.mark.parametrize(
+    ("messages", "said"),
+    [
+        # a step wrote the call's error with its type before it (LiteLLM's mid-stream
+        # failure under OpenInference)
+        ((f"MidStreamFallbackError: {_SAID}",) * 2 + (_SAID,), _SAID),
+        # OpenInference's LangChain appends each span's own traceback to the same error
+        ((_with_traceback(3), _with_traceback(2), _with_traceback(1)), _RAISED),
+    ],
+    ids=["typed", "traceback"],
+)
+def test_a_failure_written_differently_above_is_where_it_arose(
+    page: Any,
+    embedded_server: Any,
+    graph_url: str,
+    tmp_path: Path,
+    messages: tuple[str, str, str],
+    said: str,
 ) -> None:
-    """A model call failed with ``litellm.MidStreamFallbackError: cut off`` and its step
-    with the same error, its type written before it; a span after the call ended later:
-    the header said the run failed at the step, not at the call where it arose."""
+    """The same error written otherwise by the spans above the call where it arose (its
+    type before it, or a traceback of each span's own after it), with a span after the
+    call that ended later: the header said the run failed at the step, not at the call."""
     from playwright.sync_api import expect
 
-    workflow_id = f"typed-{uuid.uuid4().hex[:8]}"
-    said = "litellm.MidStreamFallbackError: cut off"
-    typed = f"MidStreamFallbackError: {said}"
+    workflow_id = f"differently-{uuid.uuid4().hex[:8]}"
     root, step = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
     _write_spans(
         graph_url,
         [
-            _span(workflow_id, root, "agent", "workflow", state="failed", status_message=typed,
-                  duration_ms=50.0),
+            _span(workflow_id, root, "agent", "workflow", state="failed",
+                  status_message=messages[0], duration_ms=50.0),
             _span(workflow_id, step, "answer", parent=root, start=1000, state="failed",
-                  status_message=typed, duration_ms=40.0),
+                  status_message=messages[1], duration_ms=40.0),
             _span(workflow_id, uuid.uuid4().hex[:16], "completion", "llm", parent=step,
-                  start=2000, state="failed", status_message=said, duration_ms=10.0),
+                  start=2000, state="failed", status_message=messages[2], duration_ms=10.0),
             _span(workflow_id, uuid.uuid4().hex[:16], "log-usage", parent=step, start=3000,
                   duration_ms=30.0),
         ],
@@ -2139,43 +2161,7 @@ def test_a_failure_its_step_wrote_with_its_type_is_where_it_arose(
     with serve(app) as base:
         open_run(page, base, workflow_id)
         expect(page.locator("#run-meta button.link")).to_have_text("completion")
-        expect(page.locator("#run-meta")).to_contain_text("failed at completion")
-
-
-@needs_chromium
-def test_a_failure_with_each_span_s_own_traceback_is_where_it_arose(
-    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
-) -> None:
-    """OpenInference's LangChain instrumentation appends each span's own traceback to the
-    same error: with a span after the call that ended later, the header stopped at the
-    agent, the messages differing."""
-    from playwright.sync_api import expect
-
-    workflow_id = f"tb-{uuid.uuid4().hex[:8]}"
-    said = "OpenAIAPIError('Error code: 500 - boom')"
-
-    def trace(frames: int) -> str:
-        return said + "Traceback (most recent call last):\n" + '  File "x.py", line 1\n' * frames
-
-    root, seq = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
-    _write_spans(
-        graph_url,
-        [
-            _span(workflow_id, root, "AgentExecutor", "workflow", state="failed",
-                  status_message=trace(3), duration_ms=50.0),
-            _span(workflow_id, seq, "RunnableSequence", parent=root, start=1000, state="failed",
-                  status_message=trace(2), duration_ms=40.0),
-            _span(workflow_id, uuid.uuid4().hex[:16], "ChatOpenAI", "llm", parent=seq,
-                  start=2000, state="failed", status_message=trace(1), duration_ms=10.0),
-            _span(workflow_id, uuid.uuid4().hex[:16], "parser", parent=seq, start=3000,
-                  duration_ms=30.0),
-        ],
-    )  # fmt: skip
-    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
-    with serve(app) as base:
-        open_run(page, base, workflow_id)
-        expect(page.locator("#run-meta button.link")).to_have_text("ChatOpenAI")
-        expect(page.locator("#run-meta")).to_contain_text(f"failed at ChatOpenAI: {said}")
+        expect(page.locator("#run-meta")).to_contain_text(f"failed at completion: {said}")
 
 
 @needs_chromium
