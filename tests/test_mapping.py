@@ -426,6 +426,27 @@ def test_state_of_prefers_attribute(provider: TracerProvider) -> None:
     assert state_of(span, {}) == "failed"
 
 
+def test_a_langgraph_interrupt_ended_as_an_error_is_no_failure(provider: TracerProvider) -> None:
+    """OpenInference's LangChain.js ends a LangGraph node that called ``interrupt()`` with
+    an error status (its ``GraphInterrupt``): the node read as failed in a run that waits
+    for an answer. Another exception still fails its span."""
+    tracer = provider.get_tracer("openinference")
+
+    def ended(exception_type: str) -> Any:
+        span = tracer.start_span("approve", attributes={"openinference.span.kind": "CHAIN"})
+        span.add_event("exception", {"exception.type": exception_type, "exception.message": "[{}]"})
+        span.set_status(Status(StatusCode.ERROR, '[\n  {\n    "value": "ok?"\n  }\n]'))
+        span.end()
+        return span
+
+    for interrupt in ("GraphInterrupt", "langgraph.errors.GraphInterrupt", "NodeInterrupt"):
+        assert state_of(ended(interrupt), {}) == "completed", interrupt
+    assert state_of(ended("ValueError"), {}) == "failed"
+    # in the graph too, where the record of the span is mapped
+    _, props = SpanMapper("p").node_props(ended("GraphInterrupt"), ended=True)
+    assert props["state"] == "completed" and props["status"] == "ERROR"
+
+
 # -- resources --------------------------------------------------------------------------
 
 

@@ -411,7 +411,29 @@ def state_of(span: ReadableSpan | RecordSpan, attributes: Mapping[str, Any]) -> 
     state = attributes.get(sc.STATE)
     if state in (sc.STATE_COMPLETED, sc.STATE_FAILED, sc.STATE_CANCELLED):
         return str(state)
-    return sc.STATE_FAILED if span.status.status_code is StatusCode.ERROR else sc.STATE_COMPLETED
+    if span.status.status_code is not StatusCode.ERROR or _interrupted(span):
+        return sc.STATE_COMPLETED
+    return sc.STATE_FAILED
+
+
+_INTERRUPTS: Final = frozenset(
+    {"GraphInterrupt", "NodeInterrupt", "langgraph.errors.GraphInterrupt",
+     "langgraph.errors.NodeInterrupt"}
+)  # fmt: skip
+"""LangGraph's interrupts: how a graph stops to wait for an answer, no failure."""
+
+
+def _interrupted(span: ReadableSpan | RecordSpan) -> bool:
+    """Whether a span another instrumentation ended with an error status did so for a
+    LangGraph interrupt (its ``exception`` event's type), as OpenInference's
+    LangChain.js does: the node stopped to wait for an answer, it did not fail."""
+    for event in span.events:
+        if (
+            event.name == "exception"
+            and (event.attributes or {}).get("exception.type") in _INTERRUPTS
+        ):
+            return True
+    return False
 
 
 class Resources:
