@@ -328,6 +328,17 @@ def test_project_id_default_and_attribute(provider: TracerProvider) -> None:
         ({sc.GEN_AI_OPERATION_NAME: "agent_step"}, "step"),
         ({sc.GEN_AI_OPERATION_NAME: "workflow_step"}, "step"),
         ({sc.GEN_AI_OPERATION_NAME: "model_chunk"}, "span"),
+        # Haystack's own tracer (opentelemetry-haystack), by the attributes it sets
+        ({"haystack.agent.max_steps": 10, "haystack.agent.tools": "[]"}, "agent"),
+        ({"haystack.agent.step": 2}, "step"),
+        ({"haystack.tool.name": "get_weather", "haystack.tool.description": "x"}, "tool"),
+        ({"haystack.pipeline.max_runs_per_component": 100}, "step"),
+        (
+            {"haystack.component.type": "OpenAIChatGenerator", "haystack.component.name": "llm"},
+            "llm",
+        ),
+        ({"haystack.component.type": "ChatPromptBuilder"}, "step"),
+        ({"haystack.agent.step": 2, "openinference.span.kind": "LLM"}, "llm"),
         ({sc.GEN_AI_OPERATION_NAME: "invoke_workflow"}, "workflow"),
         ({sc.GEN_AI_OPERATION_NAME: "something_new"}, "span"),
         ({sc.KIND: "tool", sc.GEN_AI_OPERATION_NAME: "chat"}, "tool"),
@@ -424,6 +435,34 @@ def test_state_of_prefers_attribute(provider: TracerProvider) -> None:
     assert state_of(span, span.attributes) == "cancelled"
     assert state_of(span, {sc.STATE: "weird"}) == "failed"
     assert state_of(span, {}) == "failed"
+
+
+def test_haystack_s_own_spans(provider: TracerProvider) -> None:
+    """Haystack's own tracer writes no GenAI, OpenInference or OpenLLMetry kind: its run
+    was not listed, every span plain, its model calls not counted, and a tool call that
+    raised (``haystack.tool.error``, its status OK) read as completed."""
+    tracer = provider.get_tracer("haystack")
+    mapper = SpanMapper("p")
+    with tracer.start_as_current_span(
+        "haystack.pipeline.run", attributes={"haystack.pipeline.max_runs_per_component": 100}
+    ) as pipeline:
+        with tracer.start_as_current_span("haystack.agent.step.llm") as llm:
+            pass
+        with tracer.start_as_current_span(
+            "haystack.agent.step.tool",
+            attributes={"haystack.tool.name": "get_weather", "haystack.tool.error": True},
+        ) as tool:
+            pass
+    seen = {
+        name: (props["kind"], props["state"])
+        for name, span in (("pipeline", pipeline), ("llm", llm), ("tool", tool))
+        for _, props in [mapper.node_props(span, ended=True)]  # type: ignore[arg-type]
+    }
+    assert seen == {
+        "pipeline": ("workflow", "completed"),  # at the root: the run
+        "llm": ("llm", "completed"),
+        "tool": ("tool", "failed"),
+    }
 
 
 def test_a_langgraph_interrupt_ended_as_an_error_is_no_failure(provider: TracerProvider) -> None:

@@ -367,8 +367,8 @@ def bounded_text(text: Any) -> Any:
 def kind_of(attributes: Mapping[str, Any]) -> str:
     """The spangraph kind of a span: its ``spangraph.kind``; else the first of
     ``gen_ai.operation.name``, ``openinference.span.kind``, ``traceloop.span.kind``,
-    ``llm.request.type`` and ``ai.operationId`` whose value names a kind; else ``span``
-    (no label).
+    ``llm.request.type`` and ``ai.operationId`` whose value names a kind; else the kind
+    Haystack's own attributes say (:data:`_HAYSTACK_KINDS`); else ``span`` (no label).
 
     Runs on the worker for every span: a handful of dict look-ups, no string work."""
     kind = attributes.get(sc.KIND)
@@ -381,7 +381,30 @@ def kind_of(attributes: Mapping[str, Any]) -> str:
             found = table.get(value)
             if found is not None:
                 return found
+    for key, found in _HAYSTACK_KINDS:
+        if key in attributes:
+            return found
+    component = get(HAYSTACK_COMPONENT_TYPE)
+    if component is not None and type(component) is str:
+        return sc.KIND_LLM if component.endswith("Generator") else sc.KIND_STEP
     return sc.KIND_SPAN
+
+
+_NAMED_KINDS: Final = {"haystack.agent.step.llm": sc.KIND_LLM}
+"""Kinds of spans whose attributes say none (Haystack's agent's model call carries only
+its messages, and those only with content tracing on), by their name."""
+
+HAYSTACK_COMPONENT_TYPE: Final = "haystack.component.type"
+_HAYSTACK_KINDS: Final = (
+    ("haystack.agent.max_steps", sc.KIND_AGENT),  # haystack.agent.run
+    ("haystack.agent.step", sc.KIND_STEP),  # one turn: its model call and tool calls
+    ("haystack.tool.name", sc.KIND_TOOL),  # haystack.agent.step.tool
+    ("haystack.pipeline.max_runs_per_component", sc.KIND_STEP),  # haystack.pipeline.run
+)
+"""Kinds of Haystack's own spans (its OpenTelemetry tracer, ``opentelemetry-haystack``),
+by an attribute each kind of span has (their names say it too, but kinds are read from
+attributes alone); a component (``haystack.component.type``) is a model call when it is
+a generator (``OpenAIChatGenerator``), else a step."""
 
 
 _RUNS_AT_ROOT: Final = (
@@ -389,6 +412,7 @@ _RUNS_AT_ROOT: Final = (
     (sc.TRACELOOP_SPAN_KIND, frozenset({"task", "TASK"})),
     (sc.AI_OPERATION_ID, frozenset(f"ai.{call}" for call, _ in _AI_CALLS[:4])),
 )
+_PIPELINE_AT_ROOT: Final = "haystack.pipeline.max_runs_per_component"
 """The step kinds of other instrumentations that head a run at the root of a trace:
 chains of work (a chain, a task, a text or object generated with tool calls between),
 not a lone retrieval, rerank, evaluation, prompt or embedding."""
@@ -400,6 +424,8 @@ def _heads_a_run(attributes: Mapping[str, Any]) -> bool:
     spangraph's own step (its kind given) never does."""
     if attributes.get(sc.KIND) is not None:
         return False
+    if _PIPELINE_AT_ROOT in attributes:  # a Haystack pipeline
+        return True
     return any(attributes.get(key) in values for key, values in _RUNS_AT_ROOT)
 
 
@@ -411,6 +437,8 @@ def state_of(span: ReadableSpan | RecordSpan, attributes: Mapping[str, Any]) -> 
     state = attributes.get(sc.STATE)
     if state in (sc.STATE_COMPLETED, sc.STATE_FAILED, sc.STATE_CANCELLED):
         return str(state)
+    if attributes.get("haystack.tool.error") is True:
+        return sc.STATE_FAILED  # Haystack's tool call that raised (its status stays OK)
     if span.status.status_code is not StatusCode.ERROR or _interrupted(span):
         return sc.STATE_COMPLETED
     return sc.STATE_FAILED
@@ -684,6 +712,8 @@ class SpanMapper:
         )
         service, env = self.resources.service_env(span)
         kind = kind_of(attributes)
+        if kind == sc.KIND_SPAN:
+            kind = _NAMED_KINDS.get(span.name, kind)
         if kind == sc.KIND_STEP and parent is None and _heads_a_run(attributes):
             # the top span of another instrumentation's trace that it marks as a chain of
             # work (a LangChain or LlamaIndex chain, OpenLLMetry's task, the Vercel AI
