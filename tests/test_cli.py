@@ -1615,6 +1615,16 @@ def test_an_error_s_first_line_for_tables_and_trees() -> None:
     assert first_line(interrupt) == '[ { "value": "approve?", "when": "during" } ]'
     assert first_line("E: " + "x" * 300) == "E: " + "x" * 94 + "..."
     assert first_line("Failed:\n  cause here\nmore") == "Failed: cause here"
+    # prose that goes on with "at" is no stack; a cause after the message stays
+    assert first_line("Invalid request:\n  at least one message is required") == (
+        "Invalid request: at least one message is required"
+    )
+    cause = "Tool 'search' failed:\nTypeError: fetch failed\n    at fetch (f.js:1:2)"
+    assert first_line(cause) == "Tool 'search' failed: TypeError: fetch failed"
+    assert first_line("\nTraceback (most recent call last):\n  File 'x'\nValueError: boom") == (
+        "ValueError: boom"
+    )
+    assert first_line("boom\n    at /app/x.js:10:5") == "boom"
 
 
 def test_print_tree_says_an_error_once_without_the_traceback_after_it() -> None:

@@ -257,6 +257,116 @@ def test_a_run_resumed_before_the_paused_one_was_written_is_linked(
     assert sg.store.query(query, {"job": job}) == [{"a": second.span_id, "b": first.span_id}]
 
 
+# -- runs resumed in another process: RESUMED_FROM whichever is written first ------------
+
+
+class _Ended(SpanProcessor):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:  # type: ignore[override]
+        self.spans.append(span)
+
+
+def _run(
+    tracer: Any,
+    job: str,
+    name: str,
+    *,
+    paused: bool = False,
+    resumed: bool = False,
+    inner: bool = False,
+    project: str = "p",
+) -> ReadableSpan:
+    """A run's workflow span, as a process exporting it would send it (``inner``: with
+    another instrumentation's workflow span inside it, which takes the run's ids)."""
+    attrs = {
+        "spangraph.kind": "workflow",
+        "spangraph.execution.id": job,
+        "spangraph.workflow.id": uuid.uuid4().hex,
+        "spangraph.project.id": project,
+    }
+    with tracer.start_as_current_span(name, attributes=attrs) as span:
+        if resumed:
+            span.add_event("workflow.resumed")
+        if inner:
+            with tracer.start_as_current_span(
+                f"{name}-inner", attributes={"traceloop.span.kind": "workflow"}
+            ):
+                pass
+        if paused:
+            span.add_event("workflow.paused")
+    return span  # type: ignore[return-value]
+
+
+def _written(store: Any, *runs: list[ReadableSpan]) -> None:
+    """Each list of spans written by a writer of its own, one after the other."""
+    for spans in runs:
+        writer = GraphSpanProcessor(store, project="p")
+        try:
+            for span in spans:
+                writer.on_end(span)
+            assert writer.force_flush(10)
+        finally:
+            writer.shutdown()
+
+
+def _resumed_from(store: Any, job: str) -> set[tuple[str, str]]:
+    rows = store.query(
+        "MATCH (a:Span {execution_id: $j})-[:RESUMED_FROM]->(b:Span) "
+        "RETURN a.name AS a, b.name AS b",
+        {"j": job},
+    )
+    return {(r["a"], r["b"]) for r in rows}
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (0, 2, 1), (2, 1, 0), (1, 2, 0)])
+def test_a_thread_that_paused_twice_is_a_chain_whatever_the_order_of_writes(
+    store: Any, order: tuple[int, int, int]
+) -> None:
+    """A thread paused, resumed and paused again, resumed: written out of order (each
+    run by its own process), the third run was linked to the first when the second came
+    last, and the second's write did not mend it."""
+    provider = TracerProvider()
+    tracer = provider.get_tracer("t")
+    job = f"job-{uuid.uuid4().hex[:8]}"
+    runs = [
+        _run(tracer, job, "r1", paused=True),
+        _run(tracer, job, "r2", resumed=True, paused=True),
+        _run(tracer, job, "r3", resumed=True),
+    ]
+    _written(store, *([runs[i]] for i in order))
+    assert _resumed_from(store, job) == {("r2", "r1"), ("r3", "r2")}
+
+
+@pytest.mark.parametrize("resumed_first", [False, True])
+def test_workflow_spans_inside_runs_are_not_runs_to_link(store: Any, resumed_first: bool) -> None:
+    """Another instrumentation's workflow span inside a run takes its execution id: it
+    was taken for the run before (or after) the resumed one, and nothing was linked."""
+    ended = _Ended()
+    provider = TracerProvider()
+    provider.add_span_processor(ended)
+    tracer = provider.get_tracer("t")
+    job = f"job-{uuid.uuid4().hex[:8]}"
+    first = _run(tracer, job, "r1", paused=True, inner=True)
+    second = _run(tracer, job, "r2", resumed=True, inner=True)
+    inner = {s.name: s for s in ended.spans}
+    writes = [[inner["r1-inner"], first], [inner["r2-inner"], second]]
+    _written(store, *(reversed(writes) if resumed_first else writes))
+    assert _resumed_from(store, job) == {("r2", "r1")}
+
+
+def test_threads_of_two_projects_are_not_linked(store: Any) -> None:
+    """Two programs whose LangGraph threads are both "1": a resume in one was linked to a
+    pause in the other."""
+    tracer = TracerProvider().get_tracer("t")
+    thread = f"1-{uuid.uuid4().hex[:6]}"  # the same in both programs
+    paused = _run(tracer, thread, "a-run", paused=True, project="app-a")
+    resumed = _run(tracer, thread, "b-run", resumed=True, project="app-b")
+    _written(store, [resumed], [paused])
+    assert _resumed_from(store, thread) == set()
+
+
 def test_retry_attempts_are_linked(sg: spangraph.Spangraph) -> None:
     calls = {"n": 0}
 

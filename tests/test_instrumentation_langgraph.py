@@ -4,6 +4,7 @@ memory (and, for the docs example, written to the embedded graph store)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import operator
 import os
@@ -1333,6 +1334,25 @@ def test_going_on_from_a_breakpoint_in_another_process_is_a_resume(
         {"t": thread},
     )
     assert edges == [{"a": went_on["run"], "b": stopped["run"]}]
+
+
+def test_invoke_none_without_a_breakpoint_is_no_resume(instrumented: LangGraphInstrumentor) -> None:
+    """``invoke(None)`` on a thread of a graph without static breakpoints (a fresh
+    thread, which LangGraph refuses) or from an earlier checkpoint (time travel) went on
+    from no pause: it read as resumed."""
+    graph = draft_publish(checkpointer=InMemorySaver(), name="plain")
+    fresh = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    done = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with testing.capture() as cap:
+        with contextlib.suppress(Exception):  # EmptyInputError
+            graph.invoke(None, fresh)
+        graph.invoke({"path": []}, done)
+        past = next(h for h in graph.get_state_history(done) if h.next == ("publish",))
+        graph.invoke(None, past.config)  # a replay from an earlier checkpoint
+    runs = cap.find("plain")
+    assert len(runs) == 3
+    for run in runs:
+        assert sc.WORKFLOW_RESUMED not in lifecycle(run)
 
 
 def test_paused_threads_kept_are_bounded() -> None:

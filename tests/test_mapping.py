@@ -481,6 +481,13 @@ def test_a_langgraph_interrupt_ended_as_an_error_is_no_failure(provider: TracerP
     for interrupt in ("GraphInterrupt", "langgraph.errors.GraphInterrupt", "NodeInterrupt"):
         assert state_of(ended(interrupt), {}) == "completed", interrupt
     assert state_of(ended("ValueError"), {}) == "failed"
+    # an interrupt, then a failure: the failure ended it
+    span = tracer.start_span("approve")
+    span.add_event("exception", {"exception.type": "GraphInterrupt"})
+    span.add_event("exception", {"exception.type": "ValueError"})
+    span.set_status(Status(StatusCode.ERROR, "ValueError: boom"))
+    span.end()
+    assert state_of(span, {}) == "failed"
     # in the graph too, where the record of the span is mapped
     _, props = SpanMapper("p").node_props(ended("GraphInterrupt"), ended=True)
     assert props["state"] == "completed" and props["status"] == "ERROR"

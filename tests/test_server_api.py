@@ -259,12 +259,15 @@ def test_a_run_whose_top_span_is_missing_is_listed_once(client: TestClient) -> N
         [
             {"id": 0xD10 + i, "name": f"workflow Runnable{i}", "parent": 0xD0F,
              "start": 1000 + i, "attrs": {"traceloop.span.kind": "workflow"}}
-            for i in range(3)
+            for i in range(12)
         ],
         headless,
     )  # fmt: skip
-    rows = client.get("/api/workflows", params={"limit": 2}).json()
-    assert [(r["workflow_id"], r["name"]) for r in rows] == [
+    for limit in (1, 2, 3):  # as many runs as asked, each once
+        rows = client.get("/api/workflows", params={"limit": limit}).json()
+        assert [r["workflow_id"] for r in rows][:2] == [headless.hex(), older.hex()][:limit]
+    rows = client.get("/api/workflows").json()
+    assert [(r["workflow_id"], r["name"]) for r in rows][:2] == [
         (headless.hex(), "workflow Runnable0"),  # its earliest workflow span
         (older.hex(), "older-run"),
     ]

@@ -1685,6 +1685,9 @@ def test_errors_and_calls_other_instrumentations_write(
               return {
                 stack: statusMessage({ status_message: js }),
                 alone: statusMessage({ status_message: "TypeError: x is undefined\\n    at f (f.js:1:2)" }),
+                prose: statusMessage({ status_message: "Invalid request:\\n  at least one message is required" }),
+                cause: statusMessage({ status_message: "Tool failed:\\nTypeError: fetch failed\\n    at f (f.js:1:2)" }),
+                onlyTraceback: statusMessage({ status_message: "\\nTraceback (most recent call last):\\n  File 'x'\\nValueError: boom" }),
                 json: firstLine('[\\n  {\\n    "value": "approve?"\\n  }\\n]'),
                 // LangChain's span around OpenAI's, one name, only OpenAI's with an answer id
                 twice: count(call("a", "chat m", 0, 100, {}),
@@ -1693,16 +1696,30 @@ def test_errors_and_calls_other_instrumentations_write(
                 parallel: count(call("a", "chat m", 0, 100, { "gen_ai.response.id": "r1" }),
                                 call("b", "chat m", 10, 90, { "gen_ai.response.id": "r2" })),
                 parallelNoIds: count(call("a", "chat m", 0, 100, {}), call("b", "chat m", 10, 90, {})),
+                // Haystack's agent's model call (no tokens, no id) around the OpenAI call
+                silentAround: count(
+                  { ...call("h", "haystack.agent.step.llm", 0, 100, {}), attributes: {} },
+                  { ...call("o", "chat gpt-4o", 10, 90, {}), parent_span_id: "h" }),
+                // ... but around two calls (retries): three
+                silentAroundTwo: count(
+                  { ...call("h", "haystack.agent.step.llm", 0, 100, {}), attributes: {} },
+                  { ...call("o", "chat gpt-4o", 10, 40, {}), parent_span_id: "h" },
+                  { ...call("p", "chat gpt-4o", 50, 90, {}), parent_span_id: "h" }),
               };
             }"""
         )
     assert seen == {
         "stack": "500 upstream failed",
         "alone": "TypeError: x is undefined",
+        "prose": "Invalid request:\n  at least one message is required",
+        "cause": "Tool failed:\nTypeError: fetch failed",
+        "onlyTraceback": "ValueError: boom",
         "json": '[ { "value": "approve?" } ]',
         "twice": 1,
         "parallel": 2,
         "parallelNoIds": 2,
+        "silentAround": 1,
+        "silentAroundTwo": 3,
     }
 
 

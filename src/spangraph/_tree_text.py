@@ -69,8 +69,12 @@ def _error(node: queries.TreeNode) -> str | None:
 
 _OPENING: Final = re.compile(r"[\[{(]+")
 _TRACEBACK: Final = "Traceback (most recent call last):"
-_JS_FRAME: Final = re.compile(r"\n[ \t]+at \S")
-_TYPED_LINE: Final = re.compile(r"[A-Za-z_$][\w$.]*: .*")
+_JS_FRAME: Final = re.compile(
+    r"\n[ \t]+at (?:[^\n]* \([^\n]*:\d+(?::\d+)?\)|\S+:\d+(?::\d+)?)[ \t]*(?:\n|$)"
+)
+"""A JavaScript stack's first frame: ``at name (file:line:col)`` or ``at file:line:col``
+(not prose that goes on with "at" on a line of its own)."""
+_TYPED_LINE: Final = re.compile(r"[A-Za-z_$][\w$.]*: (.*)")
 
 
 def without_stack(message: str) -> str:
@@ -80,19 +84,18 @@ def without_stack(message: str) -> str:
     a message that is only a traceback: its last line, the error. As the web UI shows
     it."""
     at = message.find(_TRACEBACK)
-    if at > 0:
+    if at >= 0 and message[:at].strip():
         message = message[:at]
-    elif at == 0:
+    elif at >= 0:
         lines = [line for line in message.splitlines() if line.strip()]
         message = lines[-1] if lines else ""
     frame = _JS_FRAME.search(message)
     if frame is not None and frame.start() > 0:
         lines = message[: frame.start()].split("\n")
-        if (
-            len(lines) > 1
-            and _TYPED_LINE.fullmatch(lines[-1].strip())
-            and any(line.strip() for line in lines[:-1])
-        ):
+        first = next((line.strip() for line in lines if line.strip()), "")
+        typed = _TYPED_LINE.fullmatch(lines[-1].strip())
+        # the stack's own "Error: message" line, when it repeats the message above it
+        if len(lines) > 1 and typed is not None and typed[1] == first:
             lines.pop()
         message = "\n".join(lines)
     return message.strip()

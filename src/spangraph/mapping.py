@@ -455,12 +455,9 @@ def _interrupted(span: ReadableSpan | RecordSpan) -> bool:
     """Whether a span another instrumentation ended with an error status did so for a
     LangGraph interrupt (its ``exception`` event's type), as OpenInference's
     LangChain.js does: the node stopped to wait for an answer, it did not fail."""
-    for event in span.events:
-        if (
-            event.name == "exception"
-            and (event.attributes or {}).get("exception.type") in _INTERRUPTS
-        ):
-            return True
+    for event in reversed(span.events):  # the last exception recorded is what ended it
+        if event.name == "exception":
+            return (event.attributes or {}).get("exception.type") in _INTERRUPTS
     return False
 
 
@@ -674,6 +671,8 @@ COMMON_ATTRIBUTES: Final = (
     sc.PROJECT_ID,
     sc.KIND,
     *(key for key, _ in _FOREIGN_KINDS),
+    *(key for key, _ in _HAYSTACK_KINDS),
+    HAYSTACK_COMPONENT_TYPE,
 )
 """Every attribute :meth:`SpanMapper.common` reads (:func:`kind_of` included): what it
 returns for a span changes only with these, the span's name and the lineage entries of
@@ -856,7 +855,13 @@ class SpanMapper:
         if props.get("kind") != sc.KIND_WORKFLOW or not execution_id or start is None:
             return None, None
         names = {event.name for event in span.events}
-        row = {"span_id": span_id, "execution_id": execution_id, "start_ns": start}
+        row = {
+            "span_id": span_id,
+            "execution_id": execution_id,
+            "start_ns": start,
+            "workflow_id": props.get("workflow_id"),
+            "project_id": props.get("project_id"),
+        }
         paused = row if sc.WORKFLOW_PAUSED in names else None
         if sc.WORKFLOW_RESUMED not in names:
             return None, paused

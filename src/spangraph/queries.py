@@ -369,9 +369,11 @@ def workflows(
     if len(rows) < limit:  # too few: fewer runs, or the newest were mostly nested ones
         rows = store.query(listed, {**params, "scan": _SCAN_ALL})
     kept = _one_row_per_trace_run(rows)
-    if len(kept) < len(rows) and len(rows) == limit:  # repeats took places: read on
-        more = store.query(listed, {**params, "scan": _SCAN_ALL, "limit": _SCAN_PER_RUN * limit})
-        kept = _one_row_per_trace_run(more)
+    read = limit
+    while len(kept) < limit and len(rows) == read:  # repeats took places: read on
+        read *= _SCAN_PER_RUN
+        rows = store.query(listed, {**params, "scan": _SCAN_ALL, "limit": read})
+        kept = _one_row_per_trace_run(rows)
     rows = kept[:limit]
     agents = store.query(agents_of, params)
     if agents:  # newest first, both lists already so: the first `limit` of them merged

@@ -414,9 +414,20 @@ def _open(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Fram
         if run.thread is not None:
             run.breakpoints = _breakpoints(instance, config, kwargs)
             paused = paused_threads.find(run.thread)
-            if not resuming and _input(args, kwargs) is None:
-                # on from the thread's checkpoint (a static breakpoint), also when it
-                # stopped in another process (the graph writer links it to that run)
+            if (
+                not resuming
+                and _input(args, kwargs) is None
+                and (
+                    paused is not None
+                    or (
+                        run.breakpoints is not None
+                        and "checkpoint_id" not in (config.get("configurable") or {})
+                    )
+                )
+            ):
+                # on from a static breakpoint: one this process saw stop, or one the graph
+                # has (it may have stopped in another process: the graph writer links it
+                # to that run), not a replay from an earlier checkpoint (time travel)
                 resuming, resume = True, NO_VALUE
             if resuming and paused is not None:
                 links = (link_to(paused, sc.LINK_RESUMED_FROM),)

@@ -180,41 +180,56 @@ LINK_RESUMES: Final = (
     "UNWIND $rows AS row\n"
     "MATCH (r:Span {span_id: row.span_id})\n"
     "MATCH (p:Span {execution_id: row.execution_id})\n"
-    "WHERE p:Workflow AND p.span_id <> row.span_id AND p.start_ns < row.start_ns\n"
+    "WHERE p:Workflow AND p.workflow_id <> row.workflow_id AND p.start_ns < row.start_ns\n"
+    "  AND p.project_id = row.project_id\n"
     "WITH r, row, max(p.start_ns) AS last\n"
-    "MATCH (before:Span {execution_id: row.execution_id})\n"
-    "WHERE before:Workflow AND before.start_ns = last\n"
-    "MATCH (before)-[:HAS_EVENT]->(e:Event)\n"
+    "MATCH (q:Span {execution_id: row.execution_id})\n"
+    "WHERE q:Workflow AND q.start_ns = last AND q.workflow_id <> row.workflow_id\n"
+    "WITH DISTINCT r, row, q.workflow_id AS previous\n"
+    "MATCH (t:Span {workflow_id: previous})\n"
+    "WHERE t:Workflow AND t.execution_id = row.execution_id\n"
+    "WITH r, row, previous, min(t.start_ns) AS top\n"
+    "MATCH (b:Span {workflow_id: previous})\n"
+    "WHERE b:Workflow AND b.execution_id = row.execution_id AND b.start_ns = top\n"
+    "MATCH (b)-[:HAS_EVENT]->(e:Event)\n"
     "WHERE e.name = 'workflow.paused'\n"
-    "WITH DISTINCT r, before\n"
-    "MERGE (r)-[:RESUMED_FROM]->(before)"
+    "WITH DISTINCT r, b\n"
+    "MERGE (r)-[x:RESUMED_FROM]->(b)\n"
+    "ON CREATE SET x.inferred = true"
 )
-"""Rows ``{span_id, execution_id, start_ns}``: a workflow span that records
-``workflow.resumed`` without a ``resumed_from`` link (a LangGraph thread resumed in
-another process than the one it paused in) gets a ``RESUMED_FROM`` edge to the run of its
-execution that started last before it, when that run paused."""
+"""Rows ``{span_id, execution_id, start_ns, workflow_id, project_id}``: a workflow span
+that records ``workflow.resumed`` without a ``resumed_from`` link (a LangGraph thread
+resumed in another process than the one it paused in) gets a ``RESUMED_FROM`` edge
+(marked ``inferred``) to the top workflow span of the run of its execution (and
+project) that started last before it, when that span paused. Workflow spans of other
+instrumentations inside a run belong to that run: they are not runs of their own."""
 
 LINK_PAUSES: Final = (
     "UNWIND $rows AS row\n"
     "MATCH (p:Span {span_id: row.span_id})\n"
     "MATCH (n:Span {execution_id: row.execution_id})\n"
-    "WHERE n:Workflow AND n.start_ns > row.start_ns\n"
+    "WHERE n:Workflow AND n.workflow_id <> row.workflow_id AND n.start_ns > row.start_ns\n"
+    "  AND n.project_id = row.project_id\n"
     "WITH p, row, min(n.start_ns) AS next\n"
     "MATCH (r:Span {execution_id: row.execution_id})\n"
-    "WHERE r:Workflow AND r.start_ns = next\n"
+    "WHERE r:Workflow AND r.start_ns = next AND r.workflow_id <> row.workflow_id\n"
     "MATCH (r)-[:HAS_EVENT]->(e:Event)\n"
     "WHERE e.name = 'workflow.resumed'\n"
-    "OPTIONAL MATCH (r)-[linked:RESUMED_FROM]->()\n"
-    "WITH p, r, linked\n"
-    "WHERE linked IS NULL\n"
-    "WITH DISTINCT p, r\n"
-    "MERGE (r)-[:RESUMED_FROM]->(p)"
+    "WITH DISTINCT p, r, row\n"
+    "OPTIONAL MATCH (r)-[old:RESUMED_FROM]->(o:Span)\n"
+    "WITH p, r, row, collect(old) AS links, collect(o.start_ns) AS starts\n"
+    "WHERE all(x IN links WHERE x.inferred = true)\n"
+    "  AND all(s IN starts WHERE s < row.start_ns)\n"
+    "FOREACH (x IN links | DELETE x)\n"
+    "MERGE (r)-[y:RESUMED_FROM]->(p)\n"
+    "ON CREATE SET y.inferred = true"
 )
-"""Rows ``{span_id, execution_id, start_ns}``: a workflow span that records
-``workflow.paused``, written after the run that resumed it (its process wrote first):
-the run of its execution that started next after it, when that one records
-``workflow.resumed`` and links to no run, gets its ``RESUMED_FROM`` edge to it (what
-:data:`LINK_RESUMES` does when the paused run was written first)."""
+"""Rows ``{span_id, execution_id, start_ns, workflow_id, project_id}``: a workflow span
+that records ``workflow.paused``. The run of its execution (and project) that started
+next after it, when its top span records ``workflow.resumed``, is linked to it: it may
+have been written first (its process wrote first), unlinked, or linked by
+:data:`LINK_RESUMES` to an older run while this one was not written yet (a thread that
+paused twice): that inferred edge is replaced; a link the program made is kept."""
 
 
 @cache

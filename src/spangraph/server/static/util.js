@@ -94,9 +94,10 @@ export function modelFacts(n, events = []) {
  * (the Anthropic SDK's own span and OpenLLMetry's), and a span of another name around
  * another LLM span, its child or its sibling within its time, that reported the same
  * tokens (LangChain's span around the OpenAI client's), or that failed with it, neither
- * reporting tokens; never two with different answer ids. Calls of one name made at once
- * (the same prompt sent five times) stay five. The span kept is the inner one, or the
- * one that reported usage. */
+ * reporting tokens, or that says nothing of the call (no tokens, no answer id) and has
+ * it as its only LLM child; never two with different answer ids. Calls of one name made
+ * at once (the same prompt sent five times) stay five. The span kept is the inner one,
+ * or the one that reported usage. */
 export function modelCalls(nodes) {
   const calls = [];
   for (const n of nodes) if (n.kind === "llm" && n.state !== "unexplored") calls.push(n);
@@ -114,10 +115,17 @@ export function modelCalls(nodes) {
     }
   }
   const byId = new Map(calls.map((n) => [n.span_id, n]));
+  const kids = new Map(); // LLM span -> how many LLM spans are its children
+  for (const n of calls) {
+    if (byId.has(n.parent_span_id)) kids.set(n.parent_span_id, (kids.get(n.parent_span_id) ?? 0) + 1);
+  }
   const siblings = new Map();
   for (const n of calls) {
     const parent = byId.get(n.parent_span_id);
-    if (parent && sameCall(parent, n)) twice.add(parent.span_id);
+    // (or a span that says nothing of the call, no tokens, no answer id, around this one
+    // call alone: Haystack's agent's model call around an OpenAI instrumentation's)
+    const silent = parent && kids.get(parent.span_id) === 1 && !reported(parent) && !answerOf(parent);
+    if (parent && (silent || sameCall(parent, n))) twice.add(parent.span_id);
     const list = siblings.get(n.parent_span_id);
     if (list) list.push(n);
     else siblings.set(n.parent_span_id, [n]);
@@ -146,8 +154,12 @@ function within(outer, inner) {
     && inner.end_ns != null && outer.start_ns <= inner.start_ns && inner.end_ns <= outer.end_ns;
 }
 
+function answerOf(n) {
+  return (n.attributes ? n.attributes["gen_ai.response.id"] : null) || null;
+}
+
 function sameCall(outer, inner) {
-  const answer = (n) => (n.attributes ? n.attributes["gen_ai.response.id"] : null) || null;
+  const answer = answerOf;
   // one instrumentation's calls made at once have one name, and each an answer id or
   // none; a call another instrumentation names alike has an id where this one has none
   // (Traceloop JS: LangChain's `chat gpt-4o-mini` around OpenAI's)
@@ -293,17 +305,17 @@ export function statusMessage(n) {
   if (!n || !n.status_message) return "";
   let text = String(n.status_message);
   const at = text.indexOf(TRACEBACK);
-  if (at > 0) text = text.slice(0, at);
-  else if (at === 0) text = text.split("\n").filter((l) => l.trim()).pop() ?? "";
-  const frame = text.search(/\n[ \t]+at \S/);
+  if (at >= 0 && text.slice(0, at).trim()) text = text.slice(0, at);
+  else if (at >= 0) text = text.split("\n").filter((l) => l.trim()).pop() ?? "";
+  // a JavaScript stack's first frame: "at name (file:line:col)" or "at file:line:col"
+  const frame = text.search(/\n[ \t]+at (?:[^\n]* \([^\n]*:\d+(?::\d+)?\)|\S+:\d+(?::\d+)?)[ \t]*(?:\n|$)/);
   if (frame > 0) {
-    // a JavaScript stack after the message (OpenInference's LangChain.js: "message\n\n
-    // Error: message\n    at …"): left out, and the error line that repeats the message
+    // left out (OpenInference's LangChain.js: "message\n\nError: message\n    at …"),
+    // and its "Error: message" line when it repeats the message above it
     const lines = text.slice(0, frame).split("\n");
-    const last = lines.at(-1).trim();
-    if (lines.length > 1 && /^[A-Za-z_$][\w$.]*: /.test(last) && lines.slice(0, -1).some((l) => l.trim())) {
-      lines.pop();
-    }
+    const first = lines.find((l) => l.trim())?.trim() ?? "";
+    const typed = /^[A-Za-z_$][\w$.]*: (.*)$/.exec(lines.at(-1).trim());
+    if (lines.length > 1 && typed !== null && typed[1] === first) lines.pop();
     text = lines.join("\n");
   }
   return text.trim().replace(/:\s*$/, "");
