@@ -1150,7 +1150,7 @@ def test_the_schema_is_loaded_from_the_snapshot_not_replayed(home: Path, opened_
     store = FalkorDBStore.from_url(info.graph_url)
     try:  # the snapshot has them
         indexed = store.query("CALL db.indexes() YIELD label RETURN collect(label) AS labels")
-        assert sorted(indexed[0]["labels"]) == ["Event", "Span"]
+        assert sorted(indexed[0]["labels"]) == ["Event", "Span", "Workflow"]
         constraints = store.query("CALL db.constraints() YIELD label RETURN count(*) AS n")
         assert constraints == [{"n": 1}]
     finally:

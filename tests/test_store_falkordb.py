@@ -108,8 +108,11 @@ def test_ensure_schema_is_idempotent(graph_url: str) -> None:
         second.ensure_schema()  # the indexes and the constraint exist already: no error
         rows = first.query("CALL db.indexes() YIELD label, properties RETURN label, properties")
         indexed = {(row["label"], prop) for row in rows for prop in row["properties"]}
-        assert {("Span", "span_id"), ("Span", "workflow_id"), ("Event", "span_id")} <= indexed
-        assert len(DDL) == 6
+        assert {
+            ("Span", "span_id"), ("Span", "workflow_id"), ("Workflow", "execution_id"),
+            ("Event", "span_id"),
+        } <= indexed  # fmt: skip
+        assert len(DDL) == 7
         # the unique constraint on span_id exists: a second node with the same id is refused
         first.execute_many([("CREATE (:Span {span_id: 'dup'})", {})])
         with pytest.raises(StoreError) as err:

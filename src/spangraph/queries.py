@@ -87,14 +87,17 @@ its own spans (``invoke_agent``, OpenInference's ``AGENT``) started without a sp
 
 
 def _of_execution(statement: str, label: str) -> str:
-    """``statement`` (a run list's) reading the spans of one execution by the index on
-    ``execution_id`` rather than every span of its label."""
+    """``statement`` (a run list's) reading the spans of one execution by an index on
+    ``execution_id`` (the workflow spans' own, else every span's) rather than every span
+    of its label."""
     found = f"MATCH (s:{label})\nWHERE "
     if found not in statement:
         raise AssertionError(f"no {found!r} in the statement")
-    return statement.replace(
-        found, f"MATCH (s:Span {{execution_id: $execution_id}})\nWHERE s:{label} AND ", 1
-    )
+    if label == "Workflow":
+        by_index = "MATCH (s:Workflow {execution_id: $execution_id})\nWHERE "
+    else:
+        by_index = f"MATCH (s:Span {{execution_id: $execution_id}})\nWHERE s:{label} AND "
+    return statement.replace(found, by_index, 1)
 
 
 EXECUTION_WORKFLOWS: Final = _of_execution(LIST_WORKFLOWS, "Workflow")

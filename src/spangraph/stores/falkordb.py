@@ -37,6 +37,9 @@ DDL: Final = (
     "CREATE INDEX FOR (s:Span) ON (s.trace_id)",
     "CREATE INDEX FOR (s:Span) ON (s.branch_id)",
     "CREATE INDEX FOR (s:Span) ON (s.execution_id)",
+    # the runs of one execution (the run list's, the inferred RESUMED_FROM edges'), not
+    # every span of it
+    "CREATE INDEX FOR (s:Workflow) ON (s.execution_id)",
     "CREATE INDEX FOR (e:Event) ON (e.span_id)",
 )
 """FalkorDB index statements (FalkorDB's dialect; not sent to Neo4j)."""

@@ -28,6 +28,8 @@ DDL: Final = (
     "CREATE INDEX spangraph_span_trace_id IF NOT EXISTS FOR (s:Span) ON (s.trace_id)",
     "CREATE INDEX spangraph_span_branch_id IF NOT EXISTS FOR (s:Span) ON (s.branch_id)",
     "CREATE INDEX spangraph_span_execution_id IF NOT EXISTS FOR (s:Span) ON (s.execution_id)",
+    "CREATE INDEX spangraph_workflow_execution_id IF NOT EXISTS "
+    "FOR (s:Workflow) ON (s.execution_id)",
     # MERGE alone keeps (span_id, seq) unique only without concurrent writers (several
     # `spangraph serve` replicas on one database): a uniqueness constraint, which needs
     # the index of earlier versions gone (one on the same properties)
