@@ -683,7 +683,10 @@ def test_query_workflows_of_one_execution(
     # the tree of each says where it is in its execution; a run alone in its own, nothing
     assert cli_main(["query", "tree", second.workflow_id or ""]) == 0
     said = f"execution {job}: run 2 of 2 (spangraph query workflows --execution {job})"
-    assert said in capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()
+    assert said in lines
+    assert f"resumed from run {first.workflow_id}" in lines  # its RESUMED_FROM edge
+    assert queries.resumed_runs(sg.store, first.span_id) == []
     assert cli_main(["query", "tree", alone.workflow_id or ""]) == 0
     assert "execution" not in capsys.readouterr().out
 

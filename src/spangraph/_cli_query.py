@@ -140,6 +140,10 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             said = _execution_line(store, args.id, roots[0].span.get("execution_id"))
             if said is not None:
                 print(printable(said))
+            top = roots[0].span.get("span_id")
+            resumed = queries.resumed_runs(store, top) if isinstance(top, str) else []
+            if resumed:
+                print(printable(f"resumed from run {', '.join(resumed)}"))
             print_tree(roots, print)
             return 0
     elif what == "path":

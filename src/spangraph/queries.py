@@ -1172,6 +1172,29 @@ def run_of(store: GraphStore, some_id: str) -> tuple[str, dict[str, Any]] | None
     return None
 
 
+RESUMED_RUNS: Final = (
+    "MATCH (s:Span {span_id: $span_id})-[:RESUMED_FROM]->(p:Span)\n"
+    "WHERE p.workflow_id IS NOT NULL\n"
+    "RETURN DISTINCT p.workflow_id AS workflow_id"
+)
+_MORE_STATEMENTS["resumed_runs"] = RESUMED_RUNS
+
+
+def resumed_runs(store: GraphStore, span_id: str) -> list[str]:
+    """The runs (workflow ids) the span resumed: the targets of its ``RESUMED_FROM``
+    edges, the program's or inferred by the graph writer (a LangGraph thread resumed in
+    another process).
+
+    .. code-block:: cypher
+
+        MATCH (s:Span {span_id: $span_id})-[:RESUMED_FROM]->(p:Span)
+        WHERE p.workflow_id IS NOT NULL
+        RETURN DISTINCT p.workflow_id AS workflow_id
+    """
+    rows = store.query(RESUMED_RUNS, {"span_id": span_id})
+    return sorted(text for row in rows if (text := _text(row.get("workflow_id"))) is not None)
+
+
 def decision_names(store: GraphStore, name: str) -> list[str]:
     """The names of decisions that are ``name`` but for upper and lower case (``name``
     itself among them when a decision has it), at most five, in order.
