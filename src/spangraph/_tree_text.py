@@ -133,7 +133,6 @@ def _error_type(span: dict[str, Any]) -> str | None:
 
 
 _TIMEOUT = re.compile(r"TimeoutError: (exceeded its timeout of \S+ s)")
-_TYPE = re.compile(r"[A-Za-z_][\w.]*")
 
 
 def _same_error(message: str, child: dict[str, Any]) -> bool:
@@ -152,8 +151,8 @@ def _same_error(message: str, child: dict[str, Any]) -> bool:
         return True
     # the same error with its type before it (`MidStreamFallbackError: litellm.Mid...`,
     # where the child's instrumentation wrote the message alone)
-    kind, sep, rest = message.partition(": ")
-    if sep and rest == said and _TYPE.fullmatch(kind):
+    typed = _TYPED_LINE.fullmatch(message)
+    if typed is not None and typed[1] == said:
         return True
     fired = _TIMEOUT.fullmatch(said)
     name = child.get("name")

@@ -399,7 +399,7 @@ _HAYSTACK_KINDS: Final = (
     ("haystack.agent.max_steps", sc.KIND_AGENT),  # haystack.agent.run
     ("haystack.agent.step", sc.KIND_STEP),  # one turn: its model call and tool calls
     ("haystack.tool.name", sc.KIND_TOOL),  # haystack.agent.step.tool
-    ("haystack.pipeline.max_runs_per_component", sc.KIND_STEP),  # haystack.pipeline.run
+    (_HAYSTACK_PIPELINE := "haystack.pipeline.max_runs_per_component", sc.KIND_STEP),
 )
 """Kinds of Haystack's own spans (its OpenTelemetry tracer, ``opentelemetry-haystack``),
 by an attribute each kind of span has (their names say it too, but kinds are read from
@@ -412,7 +412,6 @@ _RUNS_AT_ROOT: Final = (
     (sc.TRACELOOP_SPAN_KIND, frozenset({"task", "TASK"})),
     (sc.AI_OPERATION_ID, frozenset(f"ai.{call}" for call, _ in _AI_CALLS[:4])),
 )
-_PIPELINE_AT_ROOT: Final = "haystack.pipeline.max_runs_per_component"
 """The step kinds of other instrumentations that head a run at the root of a trace:
 chains of work (a chain, a task, a text or object generated with tool calls between),
 not a lone retrieval, rerank, evaluation, prompt or embedding."""
@@ -424,7 +423,7 @@ def _heads_a_run(attributes: Mapping[str, Any]) -> bool:
     spangraph's own step (its kind given) never does."""
     if attributes.get(sc.KIND) is not None:
         return False
-    if _PIPELINE_AT_ROOT in attributes:  # a Haystack pipeline
+    if _HAYSTACK_PIPELINE in attributes:  # a Haystack pipeline (haystack.pipeline.run)
         return True
     return any(attributes.get(key) in values for key, values in _RUNS_AT_ROOT)
 

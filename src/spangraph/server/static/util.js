@@ -159,12 +159,12 @@ function answerOf(n) {
 }
 
 function sameCall(outer, inner) {
-  const answer = answerOf;
   // one instrumentation's calls made at once have one name, and each an answer id or
   // none; a call another instrumentation names alike has an id where this one has none
   // (Traceloop JS: LangChain's `chat gpt-4o-mini` around OpenAI's)
-  if (outer.name === inner.name && Boolean(answer(outer)) === Boolean(answer(inner))) return false;
-  if (answer(outer) && answer(inner) && answer(outer) !== answer(inner)) return false;
+  const [idA, idB] = [answerOf(outer), answerOf(inner)];
+  if (outer.name === inner.name && Boolean(idA) === Boolean(idB)) return false;
+  if (idA && idB && idA !== idB) return false;
   const a = usageOf(outer.attributes || {});
   const b = usageOf(inner.attributes || {});
   if (a.input === null && a.output === null && b.input === null && b.output === null) {
