@@ -828,6 +828,41 @@ async def test_a_runs_counter_that_went_back_is_followed_after_a_reconnect(
     assert seqs(got) == list(range(1, last + 1))
 
 
+@pytest.mark.parametrize("kind", ["workflows", "projects"])
+async def test_messages_read_before_the_connection_dropped_go_out_before_its_error(
+    serve, sdk, r, kind: str
+) -> None:
+    """Messages the hub had read but not yet sent (held for the batch window) when its
+    connection dropped go out before the ``error``, in the old numbering. Before, they
+    went out after ``resumed``: as new messages of a run whose counter went back, and the
+    run's real new messages were then dropped as repeats of them."""
+    live = serve(reconnect_min=0.1, reconnect_max=0.2, batch_window=3.0)
+    project, wid = sdk(), new_id()
+    path = (
+        f"/api/stream/workflows/{wid}" if kind == "workflows" else f"/api/stream/projects/{project}"
+    )
+    async with live.ws(path) as ws:
+        await subscribed(ws)
+        with spangraph.workflow("w", workflow_id=wid):
+            await asyncio.to_thread(spangraph.flush, 10)
+            first = seqs(await events_until(ws, wid, 1))  # out at once, the rest wait
+            emit(3, when="before")
+            before = await flush_and_last(r, wid)
+            r.delete(stream_key(wid), seq_key(wid))  # as a Redis that lost its data
+            r.client_kill_filter(_type="pubsub")  # within the batch window
+            order: list[Any] = []
+            while "resumed" not in order:
+                order += [m.get("seq", m["type"]) for m in await frame(ws)
+                          if m.get("workflow_id") in (wid, None)]  # fmt: skip
+            emit(2, when="after")
+            last = await flush_and_last(r, wid)
+            got = await events_until(ws, wid, last)
+    cut = order.index("error")
+    assert first + order[:cut] == list(range(1, before + 1)) and cut > 0
+    assert order[-1] == "resumed" and not any(isinstance(x, int) for x in order[cut:])
+    assert [(m["seq"], m["attributes"]["when"]) for m in got] == [(1, "after"), (2, "after")]
+
+
 @pytest.mark.slow
 async def test_redis_restart_clients_get_an_error_then_everything(
     serve, sdk, private_servers

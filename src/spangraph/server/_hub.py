@@ -354,6 +354,10 @@ class StreamHub:
                 if not isinstance(exc, _ERRORS):
                     _log.exception("live: the hub's reader failed; reconnecting")
                 self._pubsub = None
+                # what was read before the connection dropped goes out before its error:
+                # held past the refill, it went out in a run's old numbering after the
+                # `resumed` of a Redis that lost its data (and the new messages as repeats)
+                self._flush()
                 failures += 1
                 if failures == 1:
                     self._stats["outages"] += 1
