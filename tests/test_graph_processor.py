@@ -306,7 +306,7 @@ def _written(store: Any, *runs: list[ReadableSpan]) -> None:
         try:
             for span in spans:
                 writer.on_end(span)
-            assert writer.force_flush(10)
+            assert writer.force_flush(10_000)
         finally:
             writer.shutdown()
 
