@@ -718,6 +718,51 @@ def test_query_workflows_says_why_a_run_failed(capsys: pytest.CaptureFixture[str
     assert " completed (interrupted) " in row
 
 
+@pytest.mark.usefixtures("cli_graph")
+def test_an_error_recorded_only_as_an_exception_is_said(
+    sg: spangraph.Spangraph, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A span that failed with no status message, its error only in its `exception`
+    event (OpenLLMetry's google-genai calls, ``record_exception`` + ``Status(ERROR)``):
+    `query tree` and `query workflows` printed a bare `failed`. Now its last recorded
+    exception, once, where it arose."""
+    from opentelemetry import trace
+    from opentelemetry.trace import Status, StatusCode
+
+    tracer = sg.tracer_provider.get_tracer("genai-like")
+    name = f"exc-{uuid.uuid4().hex[:8]}"
+
+    def call(span_name: str, *errors: Exception) -> trace.Span:
+        span = tracer.start_span(span_name, attributes={"gen_ai.operation.name": "chat"})
+        for error in errors:
+            span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR))
+        return span
+
+    with spangraph.workflow(name) as run, spangraph.step("ask"):
+        call("generate_content m", TimeoutError("first try"), ValueError("500 INTERNAL")).end()
+    # a run of another instrumentation whose top span failed the same way
+    top = tracer.start_span(name, attributes={"gen_ai.operation.name": "invoke_agent"})
+    with trace.use_span(top, end_on_exit=False):
+        call("chat m", KeyError("gone")).end()
+    top.record_exception(KeyError("gone"))
+    top.set_status(Status(StatusCode.ERROR))
+    top.end()
+    assert spangraph.flush(10)
+    assert cli_main(["query", "tree", run.workflow_id or ""]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    [llm] = [line for line in lines if "generate_content m" in line]
+    assert llm.endswith("— ValueError: 500 INTERNAL")  # the last one recorded
+    assert not any("first try" in line for line in lines)
+    top_id = format(top.get_span_context().trace_id, "032x")
+    assert cli_main(["query", "tree", top_id]) == 0
+    errors = [line.partition(" — ")[2] for line in capsys.readouterr().out.splitlines()]
+    assert errors[-2:] == ["", "KeyError: 'gone'"]  # said where it arose, not above
+    assert cli_main(["query", "workflows", "--name", name]) == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if top_id in line]
+    assert " failed " in row and "KeyError: 'gone'" in row
+
+
 def test_query_workflows_refuses_an_unknown_state(tmp_path: Path) -> None:
     result = cli(tmp_path, "query", "workflows", "--state", "bogus", timeout=30)
     assert result.code == 2 and "invalid choice: 'bogus'" in result.err

@@ -1705,6 +1705,28 @@ def test_errors_and_calls_other_instrumentations_write(
                   { ...call("h", "haystack.agent.step.llm", 0, 100, {}), attributes: {} },
                   { ...call("o", "chat gpt-4o", 10, 40, {}), parent_span_id: "h" },
                   { ...call("p", "chat gpt-4o", 50, 90, {}), parent_span_id: "h" }),
+                // the Anthropic SDK's own span and OpenLLMetry's around it, one answer id
+                // on both: each made the other a repeat (none counted)
+                sameIdAround: count(call("o", "anthropic.chat", 0, 100, { "gen_ai.response.id": "m1" }),
+                                    call("s", "anthropic.messages.create", 10, 90, { "gen_ai.response.id": "m1" })),
+                // ... and openlit's as the SDK span's parent
+                sameIdParent: count(call("o", "chat claude", 0, 100, { "gen_ai.response.id": "m1" }),
+                                    { ...call("s", "anthropic.messages.create", 10, 90, { "gen_ai.response.id": "m1" }),
+                                      parent_span_id: "o" }),
+                // a stream left early: OpenInference's span with the output so far, the
+                // SDK's own under it alone with the input only: one call, the fuller kept
+                partly: modelCalls([
+                  { ...call("i", "messages.create", 0, 100, {}), attributes: {
+                      "llm.token_count.prompt": 25, "llm.token_count.completion": 1 } },
+                  { ...call("s", "anthropic.messages.create", 10, 90, {}), parent_span_id: "i",
+                    attributes: { "gen_ai.usage.input_tokens": 25, "gen_ai.response.id": "m2" } },
+                ]).map((n) => n.span_id),
+                // ... but counts that disagree are two calls
+                partlyNot: count(
+                  { ...call("i", "messages.create", 0, 100, {}), attributes: {
+                      "llm.token_count.prompt": 25, "llm.token_count.completion": 1 } },
+                  { ...call("s", "anthropic.messages.create", 10, 90, {}), parent_span_id: "i",
+                    attributes: { "gen_ai.usage.input_tokens": 30 } }),
               };
             }"""
         )
@@ -1720,6 +1742,10 @@ def test_errors_and_calls_other_instrumentations_write(
         "parallelNoIds": 2,
         "silentAround": 1,
         "silentAroundTwo": 3,
+        "sameIdAround": 1,
+        "sameIdParent": 1,
+        "partly": ["i"],
+        "partlyNot": 2,
     }
 
 

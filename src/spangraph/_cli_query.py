@@ -17,7 +17,7 @@ from . import semconv as sc
 from ._cli_stream import FROM_GRAPH, live_events, with_live
 from ._cli_values import count, json_value, param, seconds
 from ._terminal import printable
-from ._tree_text import first_line, interrupted, print_tree
+from ._tree_text import EXCEPTION, error_text, first_line, interrupted, print_tree, unsaid
 from .config import ENV_HOME, Settings, graph_url_setting, redact_url
 from .exceptions import ConfigurationError, StoreError, StoreUnavailableError
 from .mapping import _finite
@@ -113,8 +113,22 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
         if not args.json:  # when it started as a time and an age, as `abandoned` shows
             keep = ("workflow_id", "name", "state", "duration_ms")
             now = time.time_ns()
-            # why a run failed (its top span's status message), when one did
+            # why a run failed (its top span's status message, else its recorded
+            # exception), when one did
             failed = any(r.get("state") == sc.STATE_FAILED for r in rows)
+            texts = queries.exception_texts(
+                store,
+                [
+                    r["span_id"]
+                    for r in rows
+                    if r.get("state") == sc.STATE_FAILED
+                    and isinstance(r.get("span_id"), str)
+                    and error_text(r) is None
+                ],
+            )
+            for r in rows:
+                if r.get("span_id") in texts:
+                    r[EXCEPTION] = texts[r["span_id"]]
             rows = [
                 {
                     **{k: r.get(k) for k in keep},
@@ -144,6 +158,11 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             resumed = queries.resumed_runs(store, top) if isinstance(top, str) else []
             if resumed:
                 print(printable(f"resumed from run {', '.join(resumed)}"))
+            # a failed span without a status message: its recorded exception, if any
+            texts = queries.exception_texts(store, unsaid(roots))
+            for _, node in (pair for root in roots for pair in root.walk()):
+                if node.span.get("span_id") in texts:
+                    node.span[EXCEPTION] = texts[node.span["span_id"]]
             print_tree(roots, print)
             return 0
     elif what == "path":
@@ -329,8 +348,8 @@ def _error_of(run: dict[str, Any]) -> str | None:
     or traceback some instrumentations write after it), else ``None``."""
     if run.get("state") != sc.STATE_FAILED:
         return None
-    message = run.get("status_message")
-    return first_line(message) or None if isinstance(message, str) else None
+    message = error_text(run)
+    return first_line(message) or None if message is not None else None
 
 
 def divergence_text(first: dict[str, Any] | None) -> str:

@@ -48,8 +48,8 @@ def _error(node: queries.TreeNode) -> str | None:
     span = node.span
     if span.get("state") != sc.STATE_FAILED:
         return None
-    message = span.get("status_message")
-    if not isinstance(message, str) or not message.strip():
+    message = error_text(span)
+    if message is None:
         # no message: the type of error an instrumentation recorded (`error.type`, with
         # the HTTP status), as the web UI says it, where it arose
         message = _error_type(span)
@@ -65,6 +65,34 @@ def _error(node: queries.TreeNode) -> str | None:
     ):
         return None
     return f"— {printable(first_line(message))}"
+
+
+EXCEPTION: Final = "exception"
+"""Key of a tree span's last recorded exception (``Type: message``) that the caller of
+:func:`print_tree` adds where a failed span has no status message
+(:func:`spangraph.queries.exception_texts`)."""
+
+
+def error_text(span: dict[str, Any]) -> str | None:
+    """What a span says of its error: its status message, else its last recorded
+    exception (:data:`EXCEPTION`), else ``None``."""
+    for message in (span.get("status_message"), span.get(EXCEPTION)):
+        if isinstance(message, str) and message.strip():
+            return message
+    return None
+
+
+def unsaid(roots: list[queries.TreeNode]) -> list[str]:
+    """The ids of the failed spans of a tree that have no status message: those whose
+    recorded exceptions :func:`print_tree` can use."""
+    return [
+        node.span["span_id"]
+        for root in roots
+        for _, node in root.walk()
+        if node.span.get("state") == sc.STATE_FAILED
+        and isinstance(node.span.get("span_id"), str)
+        and error_text(node.span) is None
+    ]
 
 
 _OPENING: Final = re.compile(r"[\[{(]+")
@@ -141,20 +169,20 @@ def _same_error(message: str, child: dict[str, Any]) -> bool:
     step's timeout (``TimeoutError: exceeded its timeout of 0.5 s``) that the span above
     names (``TimeoutError: step 'fetch' exceeded its timeout of 0.5 s``), as the web UI
     tells them."""
-    said = child.get("status_message")
-    if not isinstance(said, str):
+    told = error_text(child)
+    if told is None:
         return False
-    if said == message:
+    if told == message:
         return True
-    message, said = without_stack(message), without_stack(said)  # each span's differs
-    if said == message:
+    message, told = without_stack(message), without_stack(told)  # each span's differs
+    if told == message:
         return True
     # the same error with its type before it (`MidStreamFallbackError: litellm.Mid...`,
     # where the child's instrumentation wrote the message alone)
     typed = _TYPED_LINE.fullmatch(message)
-    if typed is not None and typed[1] == said:
+    if typed is not None and typed[1] == told:
         return True
-    fired = _TIMEOUT.fullmatch(said)
+    fired = _TIMEOUT.fullmatch(told)
     name = child.get("name")
     return (
         fired is not None

@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -1193,6 +1193,43 @@ def resumed_runs(store: GraphStore, span_id: str) -> list[str]:
     """
     rows = store.query(RESUMED_RUNS, {"span_id": span_id})
     return sorted(text for row in rows if (text := _text(row.get("workflow_id"))) is not None)
+
+
+EXCEPTIONS: Final = (
+    "UNWIND $span_ids AS id\n"
+    "MATCH (s:Span {span_id: id})-[:HAS_EVENT]->(e:Event)\n"
+    "WHERE e.name = 'exception'\n"
+    "RETURN s.span_id AS span_id, e.seq AS seq, e.attributes AS attributes\n"
+    "ORDER BY span_id, seq"
+)
+_MORE_STATEMENTS["exceptions"] = EXCEPTIONS
+
+
+def exception_texts(store: GraphStore, span_ids: Sequence[str]) -> dict[str, str]:
+    """Each span's last recorded exception as ``Type: message`` (the ``exception`` event
+    OpenTelemetry's ``record_exception`` writes), by span id; spans without one are left
+    out. What the tree says of a span that failed without a status message (several
+    instrumentations record the error only so), as the web UI does.
+
+    .. code-block:: cypher
+
+        UNWIND $span_ids AS id
+        MATCH (s:Span {span_id: id})-[:HAS_EVENT]->(e:Event)
+        WHERE e.name = 'exception'
+        RETURN s.span_id AS span_id, e.seq AS seq, e.attributes AS attributes
+        ORDER BY span_id, seq
+    """
+    if not span_ids:
+        return {}
+    found: dict[str, str] = {}
+    for row in store.query(EXCEPTIONS, {"span_ids": list(span_ids)}):
+        row = _decode(row)
+        attributes, span_id = row["attributes"], row.get("span_id")
+        said = [attributes.get(k) for k in ("exception.type", "exception.message")]
+        text = ": ".join(t for t in said if isinstance(t, str) and t.strip())
+        if text and isinstance(span_id, str):
+            found[span_id] = text  # the last one of the span's, in order
+    return found
 
 
 def decision_names(store: GraphStore, name: str) -> list[str]:

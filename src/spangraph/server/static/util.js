@@ -114,6 +114,9 @@ export function modelCalls(nodes) {
       byAnswer.set(id, n);
     }
   }
+  // the span a call is counted by: itself, or the one with its answer id counted instead
+  // (a span around it with that id too is then that one, not one more of the call)
+  const counted = (n) => (twice.has(n.span_id) && answerOf(n) ? byAnswer.get(answerOf(n)) : n);
   const byId = new Map(calls.map((n) => [n.span_id, n]));
   const kids = new Map(); // LLM span -> how many LLM spans are its children
   for (const n of calls) {
@@ -122,10 +125,19 @@ export function modelCalls(nodes) {
   const siblings = new Map();
   for (const n of calls) {
     const parent = byId.get(n.parent_span_id);
-    // (or a span that says nothing of the call, no tokens, no answer id, around this one
-    // call alone: Haystack's agent's model call around an OpenAI instrumentation's)
-    const silent = parent && kids.get(parent.span_id) === 1 && !reported(parent) && !answerOf(parent);
-    if (parent && (silent || sameCall(parent, n))) twice.add(parent.span_id);
+    if (parent && counted(n) !== parent) {
+      const only = kids.get(parent.span_id) === 1;
+      // (or a span that says nothing of the call, no tokens, no answer id, around this
+      // one call alone: Haystack's agent's model call around an OpenAI instrumentation's;
+      // or around it alone, counts that agree where both say one: a stream left early,
+      // OpenInference's span with the output so far, the SDK's own with the input only)
+      const silent = only && !reported(parent) && !answerOf(parent);
+      if (silent || sameCall(parent, n, only)) {
+        // the one that says less of the call goes
+        const less = !silent && fields(n) < fields(parent) && !twice.has(n.span_id);
+        twice.add(less ? n.span_id : parent.span_id);
+      }
+    }
     const list = siblings.get(n.parent_span_id);
     if (list) list.push(n);
     else siblings.set(n.parent_span_id, [n]);
@@ -136,7 +148,7 @@ export function modelCalls(nodes) {
     let open = [];
     for (const n of list) {
       open = open.filter((o) => (o.end_ns ?? Infinity) >= (n.start_ns ?? 0));
-      const around = open.find((o) => within(o, n) && sameCall(o, n));
+      const around = open.find((o) => within(o, n) && sameCall(o, n) && counted(n) !== o);
       if (around) twice.add(around.span_id);
       open.push(n);
     }
@@ -158,7 +170,12 @@ function answerOf(n) {
   return (n.attributes ? n.attributes["gen_ai.response.id"] : null) || null;
 }
 
-function sameCall(outer, inner) {
+function fields(n) {
+  const { input, output } = usageOf(n.attributes || {});
+  return (input !== null) + (output !== null);
+}
+
+function sameCall(outer, inner, partly = false) {
   // one instrumentation's calls made at once have one name, and each an answer id or
   // none; a call another instrumentation names alike has an id where this one has none
   // (Traceloop JS: LangChain's `chat gpt-4o-mini` around OpenAI's)
@@ -170,7 +187,10 @@ function sameCall(outer, inner) {
   if (a.input === null && a.output === null && b.input === null && b.output === null) {
     return outer.state === "failed" && inner.state === "failed";
   }
-  return a.input === b.input && a.output === b.output;
+  if (!partly) return a.input === b.input && a.output === b.output;
+  // `partly`: the counts both say agree, and they say one at least
+  const both = [[a.input, b.input], [a.output, b.output]].filter(([x, y]) => x !== null && y !== null);
+  return both.length > 0 && both.every(([x, y]) => x === y);
 }
 
 // -- formatting ----------------------------------------------------------------------------

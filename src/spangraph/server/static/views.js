@@ -218,7 +218,7 @@ export function renderInsights(run, select) {
 function errorMessage(n, events) {
   const status = statusMessage(n);
   if (status) return status;
-  for (const e of events) {
+  for (const e of [...events].reverse()) { // the last error recorded: the one it ended with
     const a = e.attributes || {};
     if (e.name === "exception" && (a["exception.message"] || a["exception.type"])) {
       return [a["exception.type"], a["exception.message"]].filter(Boolean).join(": ");
