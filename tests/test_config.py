@@ -439,6 +439,110 @@ def test_bad_otel_bsp_variable_is_named_and_nothing_is_set(
     )
 
 
+_OTHER_SDKS = """
+import logging, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import spangraph
+
+logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+kw = dict(graph_url=sys.argv[1], redis_url=sys.argv[2], home=sys.argv[3])
+exported = InMemorySpanExporter()
+
+
+class Unhashable(TracerProvider):  # as Logfire's provider, a dataclass
+    __hash__ = None
+
+
+class WithDefault(TracerProvider):  # as Phoenix's, from phoenix.otel.register()
+    def __init__(self):
+        super().__init__()
+        self.default = SimpleSpanProcessor(exported)
+        super().add_span_processor(self.default)
+
+    def add_span_processor(self, processor, replace_default_processor=True):
+        if replace_default_processor and self.default is not None:
+            multi = self._active_span_processor
+            multi._span_processors = tuple(
+                p for p in multi._span_processors if p is not self.default
+            )
+            self.default = None
+        super().add_span_processor(processor)
+
+
+class Dropping(TracerProvider):  # one that drops what it had, whatever it is told
+    dropping = False
+
+    def add_span_processor(self, processor):
+        if self.dropping:
+            self._active_span_processor._span_processors = ()
+            self.dropping = False
+        super().add_span_processor(processor)
+
+
+case = sys.argv[4]
+if case == "refused":
+    spangraph.configure(**kw)
+    trace.set_tracer_provider(TracerProvider())  # a library set up after configure()
+else:
+    provider = {"unhashable": Unhashable, "default": WithDefault, "dropping": Dropping}[case]()
+    if case == "dropping":
+        provider.add_span_processor(SimpleSpanProcessor(exported))
+        provider.dropping = True
+    trace.set_tracer_provider(provider)
+    spangraph.configure(**kw)
+    print("processors", sorted(type(p).__name__ for p in provider._active_span_processor._span_processors))
+with spangraph.workflow("w") as run:
+    pass
+spangraph.flush(10)
+print("exported", [s.name for s in exported.get_finished_spans()])
+from spangraph import queries
+print("graph", [n.name for n in queries.tree(spangraph.configure(**kw).store, run.workflow_id)])
+spangraph.shutdown()
+"""
+
+
+@pytest.mark.parametrize("case", ["unhashable", "default", "dropping", "refused"])
+def test_configure_after_other_observability_sdks(
+    embedded_server: Any, graph_url: str, tmp_path: Path, case: str
+) -> None:
+    """Other libraries' providers (found with Logfire, Phoenix): an unhashable global
+    provider made configure() raise TypeError; Phoenix's ``add_span_processor`` dropped
+    its exporter (its default processor) when spangraph's was added, silently; a provider
+    set after configure() made the global one is refused by OpenTelemetry, and its spans
+    reach nothing spangraph sees: now said, naming the library that set it."""
+    out = subprocess.run(
+        [
+            sys.executable, "-c", _OTHER_SDKS, graph_url, embedded_server.redis_url,
+            str(tmp_path), case,
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "graph ['w']"  # in the graph, in every case
+    ours = ["GraphSpanProcessor", "LiveEventProcessor"]
+    if case == "unhashable":
+        assert lines[0] == f"processors {ours}"
+    elif case == "default":  # the exporter kept, and it gets the run
+        assert lines[0] == f"processors {sorted([*ours, 'SimpleSpanProcessor'])}"
+        assert lines[1] == "exported ['w']"
+        assert "removed" not in out.stderr
+    elif case == "dropping":  # dropped all the same: said
+        assert lines[1] == "exported []"
+        assert "(Dropping) removed SimpleSpanProcessor from it" in out.stderr
+    else:
+        assert "Overriding of current TracerProvider is not allowed" in out.stderr
+        assert (
+            "spangraph: __main__ set a TracerProvider of its own after spangraph.configure()"
+            in out.stderr
+        )
+    if case != "refused":
+        assert "set a TracerProvider of its own" not in out.stderr
+
+
 @pytest.mark.parametrize(
     ("setting", "url"),
     [(ENV_GRAPH_URL, "falkordb://[::1/g"), (ENV_REDIS_URL, "redis://[::1/0")],

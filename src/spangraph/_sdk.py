@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import math
 import os
@@ -12,6 +13,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from opentelemetry import context as otel_context
@@ -319,7 +321,8 @@ def _provider(
         # it gets the OTLP export again, as the earlier configuration's went with it
         # (an SDK TracerProvider, or one like it: only add_span_processor and get_tracer
         # are called on it)
-        return cast(TracerProvider, existing), existing in _made_providers
+        # (by identity: a provider may be unhashable, as Logfire's, a dataclass)
+        return cast(TracerProvider, existing), any(p is existing for p in _made_providers)
     attrs = {"service.name": service_name} if service_name else {}
     provider = TracerProvider(resource=Resource.create(attrs))
     _made_providers.add(provider)
@@ -328,6 +331,87 @@ def _provider(
 
 _made_providers: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
 """The TracerProviders configure() made (and set as the global one)."""
+
+
+def _processors_of(provider: Any) -> tuple[Any, ...]:
+    """The processors of an SDK TracerProvider (its private list, when it is there)."""
+    found = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", None)
+    return found if isinstance(found, tuple) else ()
+
+
+def _attach(provider: TracerProvider, processor: SpanProcessor) -> None:
+    """Add ``processor`` to ``provider``, keeping the processors it has: a provider whose
+    ``add_span_processor`` replaces its default processor unless told not to (Phoenix's,
+    from ``phoenix.otel.register()``: its exporter) is told not to; one that dropped a
+    processor all the same gets a warning naming it."""
+    before = _processors_of(provider)
+    add = provider.add_span_processor
+    try:
+        keeps = "replace_default_processor" in inspect.signature(add).parameters
+    except (TypeError, ValueError):  # a callable without a signature to read
+        keeps = False
+    if keeps:
+        add(processor, replace_default_processor=False)  # type: ignore[call-arg]
+    else:
+        add(processor)
+    after = _processors_of(provider)
+    gone = [p for p in before if not any(p is q for q in after)]
+    if gone:
+        _log.warning(
+            "spangraph: adding its span processor to the TracerProvider (%s) removed %s "
+            "from it: the spans no longer reach what it exported to. Add it again after "
+            "spangraph.configure(), or pass configure(tracer_provider=...) a provider "
+            "that keeps its processors",
+            type(provider).__qualname__,
+            ", ".join(type(p).__qualname__ for p in gone),
+        )
+
+
+class _RefusedProviderWatch(logging.Filter):
+    """On OpenTelemetry's ``opentelemetry.trace`` logger: notices it refusing another
+    library's TracerProvider while the global one is a provider :func:`configure` made,
+    and says what that means (the message is let through as it is)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != _REFUSED or not any(
+            p is trace.get_tracer_provider() for p in _made_providers
+        ):
+            return True
+        caller = _caller_outside(("opentelemetry", "logging", "spangraph"))
+        _log.warning(
+            "spangraph: %s set a TracerProvider of its own after spangraph.configure() "
+            "made the global one, and OpenTelemetry refused it: spans from that "
+            "provider's tracers do not reach spangraph, spans from spangraph's do not "
+            "reach that provider's exporters, and runs lose children on both sides. Call "
+            "spangraph.configure() after that setup (spangraph then adds to its "
+            "provider), or pass configure(tracer_provider=...)",
+            caller or "a library",
+        )
+        return True
+
+
+_REFUSED: Final = "Overriding of current TracerProvider is not allowed"
+"""What OpenTelemetry logs when a TracerProvider is set after another was."""
+_watch_installed = False
+
+
+def _watch_for_refused_providers() -> None:
+    global _watch_installed
+    if not _watch_installed:
+        _watch_installed = True
+        logging.getLogger("opentelemetry.trace").addFilter(_RefusedProviderWatch())
+
+
+def _caller_outside(packages: tuple[str, ...]) -> str | None:
+    """The module of the innermost frame on this thread's stack that is not in one of
+    ``packages``."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__")
+        if isinstance(module, str) and module.partition(".")[0] not in packages:
+            return module
+        frame = frame.f_back
+    return None
 
 
 def _otlp_processor() -> SpanProcessor | None:
@@ -570,7 +654,9 @@ def configure(
             instance.run_processor = RunBaggageProcessor()
             _check_propagators()
         for processor in instance.attached:
-            provider.add_span_processor(processor)
+            _attach(provider, processor)
+        if owns:
+            _watch_for_refused_providers()
         _state.propagate = settings.propagate
         _state.tracer = provider.get_tracer(_state.INSTRUMENTATION_NAME, __version__)
         _state.project = settings.project
