@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import contextlib
 import itertools
+import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -161,6 +168,67 @@ def test_sdk_spawn_pool_example_runs(tmp_path: Path) -> None:
     out, counted = _run_example(example, tmp_path, check)
     assert out.strip() == str([n * 2 for n in range(10)])
     assert counted.strip() == "10"
+
+
+def test_sdk_lifespan_example_runs(tmp_path: Path) -> None:
+    """docs/sdk.md's lifespan example for uvicorn, as written, served by ``uvicorn
+    --workers 2`` and stopped with SIGTERM (its workers then end by the signal, without
+    exit handlers): the run of the request in hand when the stop came is written, ended
+    (without the lifespan's shutdown it stayed `running`)."""
+    [example] = [b for b in _blocks(DOCS / "sdk.md", "python") if "lifespan" in b]
+    app = textwrap.dedent(example) + textwrap.dedent(
+        """
+        import time
+
+        @app.get("/")
+        def slow() -> str:
+            with spangraph.workflow("request") as run:
+                time.sleep(1.0)
+            return run.workflow_id
+        """
+    )
+    (tmp_path / "served.py").write_text(app)
+    env = {**os.environ, "SPANGRAPH_HOME": str(tmp_path / "home")}
+    for name in ("SPANGRAPH_GRAPH_URL", "NEO4J_URI", "SPANGRAPH_REDIS_URL", "SPANGRAPH_OFFLOAD"):
+        env.pop(name, None)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "served:app", "--port", str(port), "--workers", "2", "--log-level",
+         "warning"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # up once it answers (its startup ran configure())
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/nothing-here", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, "no startup"
+                time.sleep(0.1)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(httpx.get, f"http://127.0.0.1:{port}/", timeout=30)
+            time.sleep(0.3)  # the request is in hand
+            server.send_signal(signal.SIGTERM)
+            workflow_id = answer.result().json()
+        server.communicate(timeout=30)
+    finally:
+        server.kill()
+    check = _ON_STORE + (
+        f"print(json.dumps([(n.name, n.span['state']) for n in queries.tree(s, {workflow_id!r})]))"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert json.loads(out.stdout) == [["request", "completed"]], out.stderr
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "spangraph.cli", "down"], env=env, capture_output=True,
+            timeout=60, check=False,
+        )  # fmt: skip
 
 
 def _graph_model_queries() -> list[str]:

@@ -178,6 +178,35 @@ def test_what_multiprocessing_children_trace_is_written(
     )
 
 
+@pytest.mark.parametrize(
+    "modes", [["inherit"], ["inherit", "offload"], ["pool"], ["initializer"], ["pool", "offload"]]
+)
+def test_what_billiard_children_trace_is_written(
+    store: FalkorDBStore, graph_url: str, modes: list[str]
+) -> None:
+    """billiard (Celery's process pool) ends its processes with ``os._exit`` and runs
+    multiprocessing's exit function there without importing ``multiprocessing.util``
+    first: what they traced was lost, uncounted (a Celery worker with
+    ``--max-tasks-per-child 1`` wrote 6 runs of 20), also when each configured itself
+    (``worker_process_init``)."""
+    project = f"bil-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "billiard_children.py"), graph_url, project, *modes],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = store.query(
+        "MATCH (s:Span) WHERE s.project_id = $p RETURN s.name AS name, s.state AS state",
+        {"p": project},
+    )
+    assert sorted((r["name"], r["state"]) for r in rows) == sorted(
+        [(f"child-{i}", "completed") for i in range(3)]
+        + [(f"child-{i}-step", "completed") for i in range(3)]
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["threads", "offload"])
 def test_killed_process_leaves_running_nodes(

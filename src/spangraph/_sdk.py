@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import importlib
 import inspect
 import logging
 import math
@@ -246,11 +247,26 @@ def _new_lock_after_fork() -> None:
     # does not have, and its shutdown at exit would wait for ever
     global _lock
     _lock = threading.RLock()
-    util = sys.modules.get("multiprocessing.util")
-    if util is not None and _current is not None:
-        # a process multiprocessing forks clears its finalizers first, then runs these
-        util.register_after_fork(_MULTIPROCESSING, _shut_down_with_multiprocessing)
-        util.register_after_fork(_POOL_WORKERS, _pool_workers_start_afresh)
+    if _current is not None:
+        # a process multiprocessing (or billiard) forks clears its finalizers first, then
+        # runs these
+        for util in _process_utils():
+            util.register_after_fork(_MULTIPROCESSING, _shut_down_with_multiprocessing)
+            util.register_after_fork(_POOL_WORKERS, _pool_workers_start_afresh)
+
+
+def _process_utils() -> list[Any]:
+    """The ``util`` modules loaded of the libraries that start processes and run their
+    finalizers when those end (with ``os._exit``, so not ``atexit``): multiprocessing's,
+    and billiard's (Celery's process pool) where it keeps registries of its own (billiard
+    4 shares multiprocessing's)."""
+    found: list[Any] = []
+    for name in ("multiprocessing.util", "billiard.util"):
+        util = sys.modules.get(name)
+        registry = getattr(util, "_finalizer_registry", None)
+        if registry is not None and all(registry is not u._finalizer_registry for u in found):
+            found.append(util)
+    return found
 
 
 class _Token:
@@ -269,12 +285,49 @@ def _shut_down_with_multiprocessing(_: object = None) -> None:
     methods) with ``os._exit`` after its own exit function: ``atexit`` never runs there,
     so what such a process traced would be lost; its finalizers do run."""
     global _finalizer_pid
-    util = sys.modules.get("multiprocessing.util")
-    if util is None or _finalizer_pid == os.getpid():
+    utils = _process_utils()
+    if not utils or _finalizer_pid == os.getpid():
         return
     _finalizer_pid = os.getpid()
-    # last (after the pools' and the program's own finalizers), with the default limits
-    util.Finalize(None, shutdown, exitpriority=-100)
+    for util in utils:
+        # last (after the pools' and the program's own finalizers), with the default
+        # limits (a second call does nothing)
+        util.Finalize(None, shutdown, exitpriority=-100)
+
+
+def _shut_down_with_celery_pool_processes() -> None:
+    """When Celery is loaded: shut down when one of its pool's processes ends (its
+    ``worker_process_shutdown`` signal). billiard's pool ends a worker process with
+    ``os._exit`` from inside it, running neither ``atexit`` nor any finalizer: only that
+    signal (e.g. after ``--max-tasks-per-child``)."""
+    if "celery" not in sys.modules:
+        return
+    try:
+        signals = importlib.import_module("celery.signals")
+    except Exception:  # a Celery that cannot be imported whole: nothing to hook
+        return
+    shutdown_signal = getattr(signals, "worker_process_shutdown", None)
+    if shutdown_signal is not None:
+        # (a strong reference, by a fixed uid: connected once however often configured)
+        shutdown_signal.connect(_celery_process_ends, weak=False, dispatch_uid=_CELERY_UID)
+
+
+_CELERY_UID: Final = "spangraph.shutdown"
+
+
+def _celery_process_ends(**_: Any) -> None:
+    shutdown()
+
+
+def _started_by_a_process_library() -> bool:
+    """Whether multiprocessing or billiard started this process (a ``Process``, a pool's
+    worker, a Celery worker's child)."""
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None and process.parent_process() is not None:
+        return True
+    billiard = sys.modules.get("billiard.process")
+    current = getattr(billiard, "current_process", None)
+    return current is not None and getattr(current(), "_parent_pid", None) is not None
 
 
 def _pool_workers_start_afresh(_: object = None) -> None:
@@ -666,9 +719,14 @@ def configure(
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
-        process = sys.modules.get("multiprocessing.process")
-        if process is not None and process.parent_process() is not None:
+        # loaded now, if it is not, so that a process forked later finds its finalizers
+        # to run at exit: billiard (Celery's pool) forks and bootstraps with it without
+        # importing it first
+        import multiprocessing.util  # noqa: F401
+
+        if _started_by_a_process_library():
             _shut_down_with_multiprocessing()  # configured in a process it started
+        _shut_down_with_celery_pool_processes()
         _current = instance
         return instance
 
