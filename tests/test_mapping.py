@@ -465,6 +465,52 @@ def test_haystack_s_own_spans(provider: TracerProvider) -> None:
     }
 
 
+def test_langfuse_s_observations(provider: TracerProvider) -> None:
+    """Langfuse (its ``@observe`` and integrations) writes only its own observation
+    type: every span was plain, its generations not counted, its runs not listed; the
+    tree printed no tokens (they are JSON in ``usage_details``)."""
+    from spangraph._tree_text import print_tree
+    from spangraph.queries import TreeNode
+
+    tracer = provider.get_tracer("langfuse-sdk")
+    mapper = SpanMapper("p")
+    usage = '{"completion_tokens": 7, "prompt_tokens": 11, "total_tokens": 18}'
+    with tracer.start_as_current_span(
+        "lf-agent", attributes={"langfuse.observation.type": "span"}
+    ) as top:
+        with tracer.start_as_current_span(
+            "get_weather", attributes={"langfuse.observation.type": "tool"}
+        ) as tool:
+            pass
+        with tracer.start_as_current_span(
+            "OpenAI-generation",
+            attributes={
+                "langfuse.observation.type": "generation",
+                "langfuse.observation.model.name": "gpt-4o-mini",
+                "langfuse.observation.usage_details": usage,
+            },
+        ) as generation:
+            pass
+        with tracer.start_as_current_span(
+            "note", attributes={"langfuse.observation.type": "event"}
+        ) as event:
+            pass
+    spans = (("top", top), ("tool", tool), ("generation", generation), ("event", event))
+    seen = {
+        name: mapper.node_props(span, ended=True)[1]["kind"]  # type: ignore[arg-type]
+        for name, span in spans
+    }
+    assert seen == {"top": "workflow", "tool": "tool", "generation": "llm", "event": "span"}
+    lines: list[str] = []
+    llm = {"kind": "llm", "name": "OpenAI-generation", "state": "completed",
+           "attributes": dict(generation.attributes or {})}  # fmt: skip
+    print_tree([TreeNode(llm)], lines.append)
+    assert lines[0].endswith("11 in / 7 out tokens")
+    llm["attributes"]["langfuse.observation.usage_details"] = '{"input": 3, "output": 2}'
+    print_tree([TreeNode(llm)], lines.append)
+    assert lines[1].endswith("3 in / 2 out tokens")
+
+
 def test_a_langgraph_interrupt_ended_as_an_error_is_no_failure(provider: TracerProvider) -> None:
     """OpenInference's LangChain.js ends a LangGraph node that called ``interrupt()`` with
     an error status (its ``GraphInterrupt``): the node read as failed in a run that waits

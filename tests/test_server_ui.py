@@ -1674,7 +1674,7 @@ def test_errors_and_calls_other_instrumentations_write(
         page.goto(base + "/")
         seen = page.evaluate(
             """async () => {
-              const { statusMessage, firstLine, modelCalls } = await import("/static/util.js");
+              const { statusMessage, firstLine, modelCalls, usageOf } = await import("/static/util.js");
               const js = "500 upstream failed\\n\\nError: 500 upstream failed\\n    at fetch (f.js:1:2)";
               const call = (id, name, start, end, attrs) => ({
                 span_id: id, parent_span_id: "p", kind: "llm", name, state: "completed",
@@ -1721,6 +1721,10 @@ def test_errors_and_calls_other_instrumentations_write(
                   { ...call("s", "anthropic.messages.create", 10, 90, {}), parent_span_id: "i",
                     attributes: { "gen_ai.usage.input_tokens": 25, "gen_ai.response.id": "m2" } },
                 ]).map((n) => n.span_id),
+                // Langfuse's generation: its usage details, JSON
+                langfuse: usageOf({ "langfuse.observation.usage_details":
+                  '{"completion_tokens": 7, "prompt_tokens": 11, "total_tokens": 18}' }),
+                langfuseOwn: usageOf({ "langfuse.observation.usage_details": '{"input": 3, "output": 2}' }),
                 // ... but counts that disagree are two calls
                 partlyNot: count(
                   { ...call("i", "messages.create", 0, 100, {}), attributes: {
@@ -1746,6 +1750,8 @@ def test_errors_and_calls_other_instrumentations_write(
         "sameIdParent": 1,
         "partly": ["i"],
         "partlyNot": 2,
+        "langfuse": {"input": 11, "output": 7},
+        "langfuseOwn": {"input": 3, "output": 2},
     }
 
 

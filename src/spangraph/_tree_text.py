@@ -3,6 +3,7 @@ demo)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any, Final
@@ -259,6 +260,28 @@ other instrumentations sent)."""
 def _count(attributes: dict[str, Any], keys: tuple[str, ...]) -> int | None:
     for key in keys:
         value = attributes.get(key)
+        if type(value) is int:
+            return value
+    return _langfuse_count(attributes, keys is _OUTPUT_KEYS)
+
+
+_LANGFUSE_KEYS = (("input", "prompt_tokens", "input_tokens"),
+                  ("output", "completion_tokens", "output_tokens"))  # fmt: skip
+"""Where Langfuse's usage details (JSON) hold the input and the output tokens: its own
+names, or those of the provider's answer it was given."""
+
+
+def _langfuse_count(attributes: dict[str, Any], output: bool) -> int | None:
+    """A count from Langfuse's ``langfuse.observation.usage_details``, else ``None``."""
+    text = attributes.get(sc.LANGFUSE_USAGE_DETAILS)
+    if not isinstance(text, str) or not text.startswith("{"):
+        return None
+    try:
+        details = json.loads(text)
+    except ValueError:
+        return None
+    for key in _LANGFUSE_KEYS[output]:
+        value = details.get(key) if isinstance(details, dict) else None
         if type(value) is int:
             return value
     return None

@@ -109,6 +109,20 @@ model is the model call (``llm``), the SDK's call around it (which may make seve
 tool calls between) a ``step``."""
 
 
+LANGFUSE_KINDS: Final = {
+    "generation": sc.KIND_LLM,
+    "embedding": sc.KIND_LLM,
+    "agent": sc.KIND_AGENT,
+    "tool": sc.KIND_TOOL,
+    "chain": sc.KIND_STEP,
+    "retriever": sc.KIND_STEP,
+    "evaluator": sc.KIND_STEP,
+    "guardrail": sc.KIND_STEP,
+    "span": sc.KIND_STEP,
+}
+"""Kind of a span by Langfuse's ``langfuse.observation.type`` (``event``: none)."""
+
+
 def _any_case(table: Mapping[str, str]) -> dict[str, str]:
     return {**{k.lower(): v for k, v in table.items()}, **{k.upper(): v for k, v in table.items()}}
 
@@ -119,6 +133,7 @@ _FOREIGN_KINDS: Final = (
     (sc.TRACELOOP_SPAN_KIND, _any_case(TRACELOOP_KINDS)),
     (sc.LLM_REQUEST_TYPE, _any_case(LLM_REQUEST_KINDS)),
     (sc.AI_OPERATION_ID, VERCEL_AI_KINDS),
+    (sc.LANGFUSE_OBSERVATION_TYPE, LANGFUSE_KINDS),
 )
 """(attribute key, value -> kind) in the order :func:`kind_of` consults them."""
 
@@ -367,7 +382,8 @@ def bounded_text(text: Any) -> Any:
 def kind_of(attributes: Mapping[str, Any]) -> str:
     """The spangraph kind of a span: its ``spangraph.kind``; else the first of
     ``gen_ai.operation.name``, ``openinference.span.kind``, ``traceloop.span.kind``,
-    ``llm.request.type`` and ``ai.operationId`` whose value names a kind; else the kind
+    ``llm.request.type``, ``ai.operationId`` and ``langfuse.observation.type`` whose value
+    names a kind; else the kind
     Haystack's own attributes say (:data:`_HAYSTACK_KINDS`); else ``span`` (no label).
 
     Runs on the worker for every span: a handful of dict look-ups, no string work."""
@@ -411,6 +427,8 @@ _RUNS_AT_ROOT: Final = (
     (sc.OPENINFERENCE_SPAN_KIND, frozenset({"CHAIN", "chain"})),
     (sc.TRACELOOP_SPAN_KIND, frozenset({"task", "TASK"})),
     (sc.AI_OPERATION_ID, frozenset(f"ai.{call}" for call, _ in _AI_CALLS[:4])),
+    # Langfuse's `@observe` function (a `span`) or chain: the trace Langfuse shows
+    (sc.LANGFUSE_OBSERVATION_TYPE, frozenset({"span", "chain"})),
 )
 """The step kinds of other instrumentations that head a run at the root of a trace:
 chains of work (a chain, a task, a text or object generated with tool calls between),

@@ -335,6 +335,16 @@ AI_OPERATION_ID: Final = "ai.operationId"
 """The Vercel AI SDK's operation (``ai.generateText.doGenerate`` …, ``ai.toolCall``): gives
 its spans a kind (its provider calls ``llm``, its tool calls ``tool``, the calls around
 them ``step``)."""
+LANGFUSE_OBSERVATION_TYPE: Final = "langfuse.observation.type"
+"""Langfuse's observation type (``generation``, ``tool``, ``agent``, ``chain``, ``span`` …):
+sets the spangraph kind of a span that has no ``spangraph.kind`` (a ``span`` or ``chain``
+at the root of a trace, an ``@observe`` function, heads a run)."""
+LANGFUSE_USAGE_DETAILS: Final = "langfuse.observation.usage_details"
+"""Langfuse's token counts of a generation, as JSON (``{"prompt_tokens": 11, …}`` or
+``{"input": 11, "output": 7}``): counted where the GenAI and OpenInference keys are not
+set."""
+LANGFUSE_MODEL_NAME: Final = "langfuse.observation.model.name"
+"""Langfuse's model of a generation: shown where ``gen_ai.request.model`` is not set."""
 OPENINFERENCE_TOKEN_COUNT_PROMPT: Final = "llm.token_count.prompt"
 """OpenInference's prompt tokens of a model call: counted as its input tokens where
 ``gen_ai.usage.input_tokens`` is not set (run and branch totals)."""

@@ -38,14 +38,25 @@ export function replace(el, ...children) {
  * OpenTelemetry's `gen_ai.usage.*`, else OpenInference's `llm.token_count.*` (spans other
  * instrumentations sent). */
 export function usageOf(attributes) {
-  const first = (keys) => {
-    for (const key of keys) if (Number.isFinite(attributes[key])) return attributes[key];
+  const first = (keys, from = attributes) => {
+    for (const key of keys) if (Number.isFinite(from[key])) return from[key];
     return null;
   };
-  return {
+  const usage = {
     input: first(["gen_ai.usage.input_tokens", "llm.token_count.prompt"]),
     output: first(["gen_ai.usage.output_tokens", "llm.token_count.completion"]),
   };
+  // Langfuse's generations: JSON, in its names or those of the provider's answer
+  const details = attributes["langfuse.observation.usage_details"];
+  if ((usage.input === null || usage.output === null) && typeof details === "string" && details.startsWith("{")) {
+    let parsed = null;
+    try { parsed = JSON.parse(details); } catch { /* not JSON: no counts */ }
+    if (parsed && typeof parsed === "object") {
+      usage.input ??= first(["input", "prompt_tokens", "input_tokens"], parsed);
+      usage.output ??= first(["output", "completion_tokens", "output_tokens"], parsed);
+    }
+  }
+  return usage;
 }
 
 /** What a model call's span says of the call, whichever conventions it follows
@@ -59,7 +70,8 @@ export function modelFacts(n, events = []) {
     return null;
   };
   const out = [];
-  const model = text("gen_ai.response.model", "gen_ai.request.model", "llm.model_name");
+  const model = text("gen_ai.response.model", "gen_ai.request.model", "llm.model_name",
+    "langfuse.observation.model.name");
   if (model) out.push(["Model", model]);
   const provider = text("gen_ai.provider.name", "llm.provider", "gen_ai.system", "llm.system");
   if (provider) out.push(["Provider", provider]);
@@ -280,7 +292,8 @@ export function modelName(n) {
   if (!n || n.kind !== "llm") return null;
   const a = n.attributes || {};
   const name = String(n.name ?? "");
-  const found = ["gen_ai.request.model", "llm.model_name", "gen_ai.response.model", "ai.model.id"]
+  const found = ["gen_ai.request.model", "llm.model_name", "gen_ai.response.model", "ai.model.id",
+    "langfuse.observation.model.name"]
     .map((key) => a[key])
     .filter((model) => typeof model === "string" && model);
   if (!found.length || found.some((model) => namedIn(name, model))) return null;
