@@ -1701,6 +1701,29 @@ def test_print_tree_says_an_error_once_without_the_traceback_after_it() -> None:
     assert _error_of(root.span) == said
 
 
+def test_print_tree_shows_logfire_s_message_for_a_templated_name() -> None:
+    """Logfire names its spans by a message template and writes the message in
+    ``logfire.msg``: the tree printed the template (`{request_data[model]!r}`)."""
+    from spangraph._tree_text import print_tree
+    from spangraph.queries import TreeNode
+
+    def span(name: str, **attributes: Any) -> TreeNode:
+        return TreeNode({"kind": "llm", "name": name, "state": "completed",
+                         "attributes": attributes})  # fmt: skip
+
+    root = span("Chat Completion with {request_data[model]!r}",
+                **{"logfire.msg": "Chat Completion with 'gpt-4o-mini'"})  # fmt: skip
+    root.children.append(span("plain {braces}"))  # no message: its name
+    root.children.append(span("chat", **{"logfire.msg": "not a template"}))  # its name
+    lines: list[str] = []
+    print_tree([root], lines.append)
+    assert [line.split()[1:4] for line in lines] == [
+        ["Chat", "Completion", "with"], ["plain", "{braces}", "completed"],
+        ["chat", "completed", "…"],
+    ]  # fmt: skip
+    assert "'gpt-4o-mini'" in lines[0] and "{" not in lines[0]
+
+
 def test_print_tree_says_an_error_type_and_a_typed_error_once() -> None:
     """A failed span with no message but an ``error.type`` (the MCP SDK's tool spans, an
     Anthropic call's HTTP status) read as a bare ``failed``; an error whose message a step

@@ -1674,7 +1674,7 @@ def test_errors_and_calls_other_instrumentations_write(
         page.goto(base + "/")
         seen = page.evaluate(
             """async () => {
-              const { statusMessage, firstLine, modelCalls, usageOf } = await import("/static/util.js");
+              const { statusMessage, firstLine, modelCalls, usageOf, shownName } = await import("/static/util.js");
               const js = "500 upstream failed\\n\\nError: 500 upstream failed\\n    at fetch (f.js:1:2)";
               const call = (id, name, start, end, attrs) => ({
                 span_id: id, parent_span_id: "p", kind: "llm", name, state: "completed",
@@ -1725,6 +1725,9 @@ def test_errors_and_calls_other_instrumentations_write(
                 langfuse: usageOf({ "langfuse.observation.usage_details":
                   '{"completion_tokens": 7, "prompt_tokens": 11, "total_tokens": 18}' }),
                 langfuseOwn: usageOf({ "langfuse.observation.usage_details": '{"input": 3, "output": 2}' }),
+                // Logfire's span named by a message template: its message
+                logfire: shownName({ kind: "llm", name: "Chat Completion with {request_data[model]!r}",
+                  attributes: { "logfire.msg": "Chat Completion with 'gpt-4o-mini'" } }),
                 // ... but counts that disagree are two calls
                 partlyNot: count(
                   { ...call("i", "messages.create", 0, 100, {}), attributes: {
@@ -1752,6 +1755,7 @@ def test_errors_and_calls_other_instrumentations_write(
         "partlyNot": 2,
         "langfuse": {"input": 11, "output": 7},
         "langfuseOwn": {"input": 3, "output": 2},
+        "logfire": "Chat Completion with 'gpt-4o-mini'",
     }
 
 

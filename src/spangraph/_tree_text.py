@@ -34,9 +34,19 @@ def print_tree(roots: list[queries.TreeNode], out: Callable[[str], None]) -> Non
             if depth and own and own != run:
                 notes.append(f"(run {printable(str(own))})")
             out(
-                f"  {'  ' * depth}{kind:<9} {printable(node.name):<{width}} "
+                f"  {'  ' * depth}{kind:<9} {printable(shown_name(span)):<{width}} "
                 f"{state:<10} {_took(span)}" + "".join(f"  {n}" for n in notes if n)
             )
+
+
+def shown_name(span: dict[str, Any]) -> str:
+    """A span's name as the tree shows it: for a span Logfire named by a message template
+    (``Chat Completion with {request_data[model]!r}``), its message (``logfire.msg``), as
+    the web UI shows it."""
+    name = str(span.get("name"))
+    attributes = span.get("attributes")
+    message = attributes.get("logfire.msg") if isinstance(attributes, dict) else None
+    return message if isinstance(message, str) and message and "{" in name else name
 
 
 _ERROR_CHARS = 100

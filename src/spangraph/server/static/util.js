@@ -278,10 +278,19 @@ function namedIn(text, name) {
  * "get_weather (SimpleTool)" (see `toolName`); for a model call whose name does not
  * say its model, the model after it: "chat (gpt-4o-mini)" (see `modelName`). */
 export function shownName(n) {
+  const name = formattedName(n) ?? displayName(n.name);
   const tool = toolName(n);
-  if (tool) return `${tool} (${displayName(n.name)})`;
+  if (tool) return `${tool} (${name})`;
   const model = modelName(n);
-  return model ? `${displayName(n.name)} (${model})` : displayName(n.name);
+  return model ? `${name} (${model})` : name;
+}
+
+/** Logfire names its spans by a message template (`Chat Completion with
+ * {request_data[model]!r}`) and writes the message in `logfire.msg`: that, for such a
+ * span; else null. */
+function formattedName(n) {
+  const msg = n.attributes ? n.attributes["logfire.msg"] : null;
+  return typeof msg === "string" && msg && String(n.name ?? "").includes("{") ? msg : null;
 }
 
 /** The model a model call asked for, when its span's name does not say it (Strands'
