@@ -509,6 +509,10 @@ def test_langfuse_s_observations(provider: TracerProvider) -> None:
     llm["attributes"]["langfuse.observation.usage_details"] = '{"input": 3, "output": 2}'
     print_tree([TreeNode(llm)], lines.append)
     assert lines[1].endswith("3 in / 2 out tokens")
+    # JSON nested thousands deep (a value cut at 8 192 characters): no tokens, no error
+    llm["attributes"]["langfuse.observation.usage_details"] = '{"input": ' + "[" * 4000
+    print_tree([TreeNode(llm)], lines.append)
+    assert lines[2].split()[-2:] == ["completed", "…"]
 
 
 def test_a_langgraph_interrupt_ended_as_an_error_is_no_failure(provider: TracerProvider) -> None:

@@ -179,7 +179,8 @@ def test_what_multiprocessing_children_trace_is_written(
 
 
 @pytest.mark.parametrize(
-    "modes", [["inherit"], ["inherit", "offload"], ["pool"], ["initializer"], ["pool", "offload"]]
+    "modes",
+    [["inherit"], ["inherit", "offload"], ["own"], ["pool"], ["initializer"], ["pool", "offload"]],
 )
 def test_what_billiard_children_trace_is_written(
     store: FalkorDBStore, graph_url: str, modes: list[str]

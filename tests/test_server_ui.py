@@ -1675,6 +1675,9 @@ def test_errors_and_calls_other_instrumentations_write(
         seen = page.evaluate(
             """async () => {
               const { statusMessage, firstLine, modelCalls, usageOf, shownName } = await import("/static/util.js");
+              const { errorMessage } = await import("/static/views.js");
+              const exception = (type, message) =>
+                ({ name: "exception", attributes: { "exception.type": type, "exception.message": message } });
               const js = "500 upstream failed\\n\\nError: 500 upstream failed\\n    at fetch (f.js:1:2)";
               const call = (id, name, start, end, attrs) => ({
                 span_id: id, parent_span_id: "p", kind: "llm", name, state: "completed",
@@ -1725,9 +1728,27 @@ def test_errors_and_calls_other_instrumentations_write(
                 langfuse: usageOf({ "langfuse.observation.usage_details":
                   '{"completion_tokens": 7, "prompt_tokens": 11, "total_tokens": 18}' }),
                 langfuseOwn: usageOf({ "langfuse.observation.usage_details": '{"input": 3, "output": 2}' }),
-                // Logfire's span named by a message template: its message
+                // Logfire's span named by a message template: its message (which says
+                // the model: not again after it)
                 logfire: shownName({ kind: "llm", name: "Chat Completion with {request_data[model]!r}",
-                  attributes: { "logfire.msg": "Chat Completion with 'gpt-4o-mini'" } }),
+                  attributes: { "logfire.msg": "Chat Completion with 'gpt-4o-mini'",
+                                "gen_ai.request.model": "gpt-4o-mini" } }),
+                // a span failed without a message: its last recorded exception that says
+                // something, as `query tree` gives it
+                lastException: errorMessage({}, [exception("E1", "first"), exception("E2", "second")]),
+                blankLast: errorMessage({}, [exception("E1", "first"), exception(" ", " ")]),
+                notText: errorMessage({}, [exception(5, "boom")]),
+                // one call recorded three times, nested, in every order of the nodes:
+                // counted once, by a span that says the most of it
+                chain: (() => {
+                  const at = (id, parent, start, end, attributes) => ({ ...call(id, "c" + id, start, end, {}),
+                    parent_span_id: parent, attributes });
+                  const a = at("a", "p", 0, 100, { "llm.token_count.prompt": 25, "llm.token_count.completion": 1 });
+                  const s = at("s", "a", 10, 90, { "gen_ai.usage.input_tokens": 25 });
+                  const u = at("u", "s", 20, 80, { "gen_ai.usage.input_tokens": 25 });
+                  return [[a, s, u], [u, s, a], [s, a, u], [s, u, a]]
+                    .map((order) => modelCalls(order).map((n) => n.span_id).join(""));
+                })(),
                 // ... but counts that disagree are two calls
                 partlyNot: count(
                   { ...call("i", "messages.create", 0, 100, {}), attributes: {
@@ -1756,6 +1777,10 @@ def test_errors_and_calls_other_instrumentations_write(
         "langfuse": {"input": 11, "output": 7},
         "langfuseOwn": {"input": 3, "output": 2},
         "logfire": "Chat Completion with 'gpt-4o-mini'",
+        "chain": ["a", "a", "a", "a"],
+        "lastException": "E2: second",
+        "blankLast": "E1: first",
+        "notText": "boom",
     }
 
 

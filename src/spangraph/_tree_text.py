@@ -284,13 +284,14 @@ names, or those of the provider's answer it was given."""
 def _langfuse_count(attributes: dict[str, Any], output: bool) -> int | None:
     """A count from Langfuse's ``langfuse.observation.usage_details``, else ``None``."""
     text = attributes.get(sc.LANGFUSE_USAGE_DETAILS)
-    if not isinstance(text, str) or not text.startswith("{"):
+    names = _LANGFUSE_KEYS[output]
+    if not isinstance(text, str) or not text.startswith("{") or all(k not in text for k in names):
         return None
     try:
         details = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (JSON nested thousands deep)
         return None
-    for key in _LANGFUSE_KEYS[output]:
+    for key in names:
         value = details.get(key) if isinstance(details, dict) else None
         if type(value) is int:
             return value

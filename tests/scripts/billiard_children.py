@@ -5,9 +5,10 @@ billiard ends the processes it forks with ``os._exit`` after its own exit functi
 (billiard 4) bootstraps them with multiprocessing's after-fork and exit functions without
 importing ``multiprocessing.util`` first. What they traced must be written all the same.
 
-Usage: python billiard_children.py GRAPH_URL PROJECT (inherit|pool|initializer) [offload]
+Usage: python billiard_children.py GRAPH_URL PROJECT (inherit|own|pool|initializer)
+[offload]
 ``inherit``: the parent configures spangraph, three ``billiard.Process`` children
-inherit it. ``pool``: the same with a ``billiard.Pool`` of two workers, a task each
+inherit it; ``own``: the parent traces nothing, each child configures itself. ``pool``: the same with a ``billiard.Pool`` of two workers, a task each
 (``maxtasksperchild=1``, as ``celery worker --max-tasks-per-child 1``). ``initializer``:
 the parent traces nothing; each pool worker configures itself when it starts (as in
 Celery's ``worker_process_init``). The pools are made as Celery's prefork pool makes
@@ -28,6 +29,11 @@ def _configure(graph_url: str, project: str, offload: bool) -> None:
     spangraph.configure(graph_url=graph_url, redis_url="off", project=project, offload=offload)
 
 
+def configured_work(i: int, graph_url: str, project: str, offload: bool) -> int:
+    _configure(graph_url, project, offload)
+    return work(i)
+
+
 def work(i: int) -> int:
     with spangraph.workflow(f"child-{i}"), spangraph.step(f"child-{i}-step"):
         pass
@@ -37,10 +43,16 @@ def work(i: int) -> int:
 def main() -> None:
     graph_url, project, mode = sys.argv[1:4]
     offload = "offload" in sys.argv[4:]
-    if mode == "inherit":
+    if mode in ("inherit", "own"):
         assert "multiprocessing.util" not in sys.modules  # billiard alone does not load it
-        _configure(graph_url, project, offload)
-        children = [billiard.Process(target=work, args=(i,)) for i in range(3)]
+        if mode == "inherit":
+            _configure(graph_url, project, offload)
+            children = [billiard.Process(target=work, args=(i,)) for i in range(3)]
+        else:
+            children = [
+                billiard.Process(target=configured_work, args=(i, graph_url, project, offload))
+                for i in range(3)
+            ]
         for child in children:
             child.start()
         for child in children:

@@ -113,22 +113,29 @@ export function modelFacts(n, events = []) {
 export function modelCalls(nodes) {
   const calls = [];
   for (const n of nodes) if (n.kind === "llm" && n.state !== "unexplored") calls.push(n);
-  const twice = new Set();
+  // the spans of one call (two instrumentations record it, or a layer around the call
+  // records it again) are grouped, and a group counts once, whatever the order of nodes
+  const up = new Map(calls.map((n) => [n.span_id, n.span_id]));
+  const find = (id) => {
+    while (up.get(id) !== id) {
+      up.set(id, up.get(up.get(id)));
+      id = up.get(id);
+    }
+    return id;
+  };
+  let joined = false;
+  const join = (a, b) => {
+    up.set(find(a.span_id), find(b.span_id));
+    joined = true;
+  };
   const byAnswer = new Map();
   for (const n of calls) {
-    const id = n.attributes ? n.attributes["gen_ai.response.id"] : null;
-    if (typeof id !== "string" || !id) continue;
+    const id = answerOf(n);
+    if (typeof id !== "string") continue;
     const seen = byAnswer.get(id);
-    if (!seen) byAnswer.set(id, n);
-    else if (reported(seen) || !reported(n)) twice.add(n.span_id);
-    else {
-      twice.add(seen.span_id);
-      byAnswer.set(id, n);
-    }
+    if (seen) join(seen, n);
+    else byAnswer.set(id, n);
   }
-  // the span a call is counted by: itself, or the one with its answer id counted instead
-  // (a span around it with that id too is then that one, not one more of the call)
-  const counted = (n) => (twice.has(n.span_id) && answerOf(n) ? byAnswer.get(answerOf(n)) : n);
   const byId = new Map(calls.map((n) => [n.span_id, n]));
   const kids = new Map(); // LLM span -> how many LLM spans are its children
   for (const n of calls) {
@@ -137,18 +144,14 @@ export function modelCalls(nodes) {
   const siblings = new Map();
   for (const n of calls) {
     const parent = byId.get(n.parent_span_id);
-    if (parent && counted(n) !== parent) {
+    if (parent) {
       const only = kids.get(parent.span_id) === 1;
       // (or a span that says nothing of the call, no tokens, no answer id, around this
       // one call alone: Haystack's agent's model call around an OpenAI instrumentation's;
       // or around it alone, counts that agree where both say one: a stream left early,
       // OpenInference's span with the output so far, the SDK's own with the input only)
       const silent = only && !reported(parent) && !answerOf(parent);
-      if (silent || sameCall(parent, n, only)) {
-        // the one that says less of the call goes
-        const less = !silent && fields(n) < fields(parent) && !twice.has(n.span_id);
-        twice.add(less ? n.span_id : parent.span_id);
-      }
+      if (silent || sameCall(parent, n, only)) join(parent, n);
     }
     const list = siblings.get(n.parent_span_id);
     if (list) list.push(n);
@@ -160,12 +163,24 @@ export function modelCalls(nodes) {
     let open = [];
     for (const n of list) {
       open = open.filter((o) => (o.end_ns ?? Infinity) >= (n.start_ns ?? 0));
-      const around = open.find((o) => within(o, n) && sameCall(o, n) && counted(n) !== o);
-      if (around) twice.add(around.span_id);
+      const around = open.find((o) => within(o, n) && sameCall(o, n));
+      if (around) join(around, n);
       open.push(n);
     }
   }
-  return twice.size ? calls.filter((n) => !twice.has(n.span_id)) : calls;
+  if (!joined) return calls;
+  // each group by the span that says the most of the call (then the innermost: the one
+  // that started last)
+  const best = new Map();
+  for (const n of calls) {
+    const root = find(n.span_id);
+    const kept = best.get(root);
+    if (!kept || fields(n) > fields(kept) || (fields(n) === fields(kept) && (n.start_ns ?? 0) > (kept.start_ns ?? 0))) {
+      best.set(root, n);
+    }
+  }
+  const keep = new Set([...best.values()].map((n) => n.span_id));
+  return calls.filter((n) => keep.has(n.span_id));
 }
 
 function reported(n) {
@@ -281,7 +296,7 @@ export function shownName(n) {
   const name = formattedName(n) ?? displayName(n.name);
   const tool = toolName(n);
   if (tool) return `${tool} (${name})`;
-  const model = modelName(n);
+  const model = modelName(n, name);
   return model ? `${name} (${model})` : name;
 }
 
@@ -297,10 +312,9 @@ function formattedName(n) {
  * `chat`, LangChain's `ChatOpenAI`): OpenTelemetry's `gen_ai.request.model`,
  * OpenInference's `llm.model_name`, the model that answered (`gen_ai.response.model`) or
  * the Vercel AI SDK's `ai.model.id`; null when there is none or the name holds it. */
-export function modelName(n) {
+export function modelName(n, name = String(n?.name ?? "")) {
   if (!n || n.kind !== "llm") return null;
   const a = n.attributes || {};
-  const name = String(n.name ?? "");
   const found = ["gen_ai.request.model", "llm.model_name", "gen_ai.response.model", "ai.model.id",
     "langfuse.observation.model.name"]
     .map((key) => a[key])

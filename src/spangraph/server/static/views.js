@@ -215,15 +215,21 @@ export function renderInsights(run, select) {
 }
 
 
-function errorMessage(n, events) {
+export function errorMessage(n, events) {
   const status = statusMessage(n);
   if (status) return status;
-  for (const e of [...events].reverse()) { // the last error recorded: the one it ended with
+  // the last exception recorded, the one it ended with (as `query tree` says it: its
+  // type and message where they are text), else an event's `error.message`
+  const said = (...texts) => texts.filter((t) => typeof t === "string" && t.trim()).join(": ");
+  const reversed = [...events].reverse();
+  for (const e of reversed) {
     const a = e.attributes || {};
-    if (e.name === "exception" && (a["exception.message"] || a["exception.type"])) {
-      return [a["exception.type"], a["exception.message"]].filter(Boolean).join(": ");
-    }
-    if (a["error.message"]) return [a["error.type"], a["error.message"]].filter(Boolean).join(": ");
+    const text = e.name === "exception" ? said(a["exception.type"], a["exception.message"]) : "";
+    if (text) return text;
+  }
+  for (const e of reversed) {
+    const a = e.attributes || {};
+    if (said(a["error.message"])) return said(a["error.type"], a["error.message"]);
   }
   return errorTypeText(n) || null;
 }
