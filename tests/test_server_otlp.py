@@ -144,7 +144,9 @@ def nodes_of(store: FalkorDBStore, trace_id: str) -> dict[str, dict[str, Any]]:
     rows = store.query(
         "MATCH (s:Span {trace_id: $t}) RETURN s AS s, labels(s) AS labels", {"t": trace_id}
     )
-    return {r["s"]["name"]: {**r["s"], "_labels": sorted(r["labels"])} for r in rows}
+    # (not a parent's placeholder, written by a child that arrived first: no name yet)
+    return {r["s"]["name"]: {**r["s"], "_labels": sorted(r["labels"])} for r in rows
+            if "name" in r["s"]}  # fmt: skip
 
 
 def edges_of(store: FalkorDBStore, rel: str, trace_id: str) -> set[tuple[str, str]]:
