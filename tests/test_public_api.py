@@ -451,3 +451,48 @@ def test_cancellation_is_asyncio_s_once_asyncio_runs() -> None:
     assert not is_cancellation(ValueError())
     made = cancelled_error("closed")
     assert isinstance(made, asyncio.CancelledError) and str(made) == "closed"
+
+
+def test_decorators_leave_their_frames_out_of_tracebacks() -> None:
+    """An error raised in a decorated function (of each flavour) went through spangraph's
+    wrapper frames, which IPython and pytest showed with their source in every
+    traceback; they are marked ``__tracebackhide__`` as those tools expect."""
+    import asyncio
+
+    @spangraph.step
+    def plain() -> None:
+        raise ValueError("plain")
+
+    @spangraph.step
+    async def coro() -> None:
+        raise ValueError("coro")
+
+    @spangraph.step
+    def gen() -> Any:
+        yield 1
+        raise ValueError("gen")
+
+    @spangraph.step
+    async def agen() -> Any:
+        yield 1
+        raise ValueError("agen")
+
+    async def drain() -> None:
+        async for _ in agen():
+            pass
+
+    runs = {
+        "plain": plain,
+        "coro": lambda: asyncio.run(coro()),
+        "gen": lambda: list(gen()),
+        "agen": lambda: asyncio.run(drain()),
+    }
+    for name, run in runs.items():
+        with pytest.raises(ValueError, match=name) as info:
+            run()
+        ours = [
+            entry.frame.f_locals.get("__tracebackhide__")
+            for entry in info.traceback
+            if entry.frame.code.path.name == "_wrappers.py"
+        ]
+        assert ours and all(hidden is True for hidden in ours), (name, ours)

@@ -138,6 +138,7 @@ def _wrap_sync(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # IPython and pytest leave this frame out of tracebacks
         previous: _Frame | None = None
         attempt = 1
         while True:
@@ -254,6 +255,7 @@ def _wrap_async(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         previous: _Frame | None = None
         attempt = 1
         while True:
@@ -312,6 +314,7 @@ def _wrap_gen(opts: _Options, fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         return (
             yield from traced_generator(
                 lambda: _Frame(opts, name, _attempt_number(opts, 1), opts.links),
@@ -343,6 +346,7 @@ def traced_generator(
     ``throw()`` and ``close()`` the generator's own context is attached: the span's at
     first, then as the generator left it at its last ``yield`` (a block it holds open
     across a yield stays current when it resumes); the consumer's is back after each."""
+    __tracebackhide__ = True
     frame = open_frame()
     gen = _made(frame, make)
     if frame is None:
@@ -399,6 +403,7 @@ def _traced_async_generator_function(
     as ``yield from`` would."""
 
     async def traced(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        __tracebackhide__ = True
         frame = open_frame()
         agen: Any = _made(frame, lambda: fn(*args, **kwargs))
         to_send: Any = None
