@@ -75,6 +75,31 @@ def test_the_token_never_reaches_the_access_log(served: Any) -> None:
     assert TOKEN not in text
 
 
+def test_a_token_with_quotes_or_semicolons_is_hidden_whole() -> None:
+    """The token rule admits `'`, `;` and `"`; the query parser reads a value up to the
+    next `&`, but the log filter stopped at those: the rest of the token was logged."""
+    import logging
+
+    from spangraph.server.app import _RedactToken
+
+    token = "abc'DEF;GHI%22JKL\"MNO"
+    redact = _RedactToken()
+    lines = [
+        ('%s - "WebSocket %s" [accepted]', ("1.2.3.4:5", f"/api/stream/projects/p?token={token}")),
+        ('%s - "%s %s HTTP/%s" %d',
+         ("1.2.3.4:5", "GET", f"/api/stream/workflows/x/sse?token={token}&x=1", "1.1", 200)),
+    ]  # fmt: skip
+    said = []
+    for msg, args in lines:
+        record = logging.LogRecord("uvicorn.access", logging.INFO, "f", 1, msg, args, None)
+        assert redact.filter(record)
+        said.append(record.getMessage())
+    assert said == [
+        '1.2.3.4:5 - "WebSocket /api/stream/projects/p?token=***" [accepted]',
+        '1.2.3.4:5 - "GET /api/stream/workflows/x/sse?token=***&x=1 HTTP/1.1" 200',
+    ]
+
+
 def test_rejected_requests_cannot_write_terminal_escapes_into_the_log(served: Any) -> None:
     """The rejection warnings logged the decoded path: ESC, BEL and BS from anyone who
     can reach the port went to the operator's terminal as they were."""

@@ -173,7 +173,6 @@ class _RedactToken(logging.Filter):
     the query of WebSockets and server-sent events). A parameter's name is compared as
     the query parser reads it, percent-decoded: ``?t%6Fken=`` is a token too."""
 
-    _PARAM = re.compile(r"([?&;])([^=&;#\s\"']*)=([^&;#\s\"']*)")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str) and "=" in record.msg:
@@ -187,12 +186,23 @@ class _RedactToken(logging.Filter):
         return True
 
     def _redact(self, text: str) -> str:
-        return self._PARAM.sub(_hide_token, text) if "=" in text else text
+        if "=" not in text:
+            return text
+        out: list[str] = []
+        at = 0
+        for found in _PARAM_NAME.finditer(text):
+            if found.start() < at or unquote_plus(found[2]).strip().lower() != "token":
+                continue  # (inside a value hidden already, or not the token)
+            # its value runs to the next `&` (or `#`, or the end), as the query parser
+            # reads it: `;`, `'` and `"` are in it (a token may hold them)
+            end = _VALUE_END.search(text, found.end())
+            out += (text[at : found.end()], "***")
+            at = end.start() if end else len(text)
+        return "".join(out) + text[at:] if out else text
 
 
-def _hide_token(found: re.Match[str]) -> str:
-    sep, name, _ = found.groups()
-    return f"{sep}{name}=***" if unquote_plus(name).strip().lower() == "token" else found[0]
+_PARAM_NAME: Final = re.compile(r"([?&;])([^=&;#\s\"']*)=")
+_VALUE_END: Final = re.compile(r"[&#\s]")
 
 
 _SERVER_LOGGERS = ("uvicorn.access", "uvicorn.error")
