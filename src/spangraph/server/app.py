@@ -173,7 +173,6 @@ class _RedactToken(logging.Filter):
     the query of WebSockets and server-sent events). A parameter's name is compared as
     the query parser reads it, percent-decoded: ``?t%6Fken=`` is a token too."""
 
-
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str) and "=" in record.msg:
             record.msg = self._redact(record.msg)

@@ -695,6 +695,7 @@ class Decoded:
     dropped_links: int = 0
     cut_events: int = 0
     cut_links: int = 0
+    cut_attributes: int = 0
     warning: str | None = None
     """What was left out of spans that were kept (events or links over the limits)."""
     adjusted_ends: int = 0
@@ -712,15 +713,20 @@ class Decoded:
 
 
 def to_spans(
-    request: Any, *, max_events: int | None = None, max_links: int | None = None
+    request: Any,
+    *,
+    max_events: int | None = None,
+    max_links: int | None = None,
+    max_attributes: int | None = None,
 ) -> Decoded:
     """SDK ``ReadableSpan`` objects of an ``ExportTraceServiceRequest``.
 
     Spans whose ids are invalid (wrong length, all zero) or whose timestamps do not fit a
     signed 64-bit integer are left out and counted; links with invalid ids are left out
     of their span. A span keeps its last ``max_events`` events and its last
-    ``max_links`` links (the SDK's span limits, as the Python SDK keeps them), the rest
-    is counted. A span whose end
+    ``max_links`` links (the SDK's span limits, as the Python SDK keeps them), and its
+    first ``max_attributes`` attributes and spangraph's own after them; the rest is
+    counted. A span whose end
     time is missing (0) or before its start time ends at its start (duration 0) and is
     counted: the start is kept as the time the work began, and no stored span has a
     negative duration. A span whose span_id an earlier span of the request has is left
@@ -748,8 +754,9 @@ def to_spans(
             for pb in ss.spans:
                 try:
                     span, dropped = _span(
-                        pb, resource, instrumentation_scope, max_events, max_links, out
-                    )
+                        pb, resource, instrumentation_scope, max_events, max_links, out,
+                        max_attributes,
+                    )  # fmt: skip
                 except InvalidSpan as exc:
                     out.rejected += 1
                     if out.error is None:
@@ -772,6 +779,9 @@ def to_spans(
     return out
 
 
+_OWN_PREFIX: Final = "spangraph."
+
+
 def _span(
     pb: Any,
     resource: Resource,
@@ -779,6 +789,7 @@ def _span(
     max_events: int | None = None,
     max_links: int | None = None,
     out: Decoded | None = None,
+    max_attributes: int | None = None,
 ) -> tuple[ReadableSpan, int]:
     trace_id, span_id = _ids(pb.trace_id, pb.span_id, "")
     flags = pb.flags
@@ -821,8 +832,15 @@ def _span(
                 "stored as ending at its start (duration 0)"
             )
         end = start
-    pb_events, pb_links = pb.events, pb.links
-    cut_events = cut_links = 0
+    pb_events, pb_links, pb_attributes = pb.events, pb.links, pb.attributes
+    cut_events = cut_links = cut_attributes = 0
+    if max_attributes is not None and len(pb_attributes) > max_attributes:
+        # (a span of 250 000 attributes made every run list that held it 4 MB); the ones
+        # that carry the run's ids and kind are kept wherever they are
+        pb_attributes = [*pb_attributes[:max_attributes], *(
+            kv for kv in pb_attributes[max_attributes:] if kv.key.startswith(_OWN_PREFIX)
+        )]  # fmt: skip
+        cut_attributes = len(pb.attributes) - len(pb_attributes)
     if max_events is not None and len(pb_events) > max_events:
         cut_events = len(pb_events) - max_events
         pb_events = pb_events[cut_events:] if max_events else ()
@@ -863,7 +881,7 @@ def _span(
         context=SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace_flags),
         parent=parent,
         resource=resource,
-        attributes=_span_attributes(pb.attributes),
+        attributes=_span_attributes(pb_attributes),
         events=events,
         links=links,
         kind=_SPAN_KINDS.get(pb.kind, SpanKind.INTERNAL),
@@ -876,9 +894,10 @@ def _span(
         out.adjusted_ends += adjusted
         if out.end_warning is None:
             out.end_warning = warning
-    if out is not None and (cut_events or cut_links):
+    if out is not None and (cut_events or cut_links or cut_attributes):
         out.cut_events += cut_events
         out.cut_links += cut_links
+        out.cut_attributes += cut_attributes
         if out.warning is None:
             out.warning = f"span {pb.name[:200]!r}: " + (
                 f"kept its last {max_events} of {len(pb.events)} events "
@@ -886,6 +905,9 @@ def _span(
                 if cut_events
                 else f"kept its last {max_links} of {len(pb.links)} links "
                 "(OTEL_SPAN_LINK_COUNT_LIMIT)"
+                if cut_links
+                else f"kept {len(pb_attributes)} of its {len(pb.attributes)} attributes: "
+                f"the first {max_attributes} and spangraph's (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT)"
             )
     return span, dropped
 
@@ -1027,12 +1049,15 @@ class OTLPIngest:
         self.max_body_bytes = max_body_bytes
         self.max_queue_size = max_queue_size
         self.max_spans_per_request = max_queue_size // 2
-        limits = SpanLimits()  # OTEL_SPAN_EVENT_COUNT_LIMIT, OTEL_SPAN_LINK_COUNT_LIMIT
+        limits = SpanLimits()  # OTEL_SPAN_EVENT_COUNT_LIMIT, OTEL_SPAN_LINK_COUNT_LIMIT, …
         self.max_events: int | None = limits.max_events
         """Events a span keeps (its last ones), as the SDK's span limits: each event is a
         graph node and a live message, and a span with 400 000 of them (5 MB) made one
         graph write too long for the store's timeout."""
         self.max_links: int | None = limits.max_links
+        self.max_attributes: int | None = limits.max_span_attributes
+        """Attributes a span keeps (its first ones, and spangraph's own): a span with
+        250 000 of them made every run list that held it megabytes."""
         project = getattr(settings, "project", None) or "default"
         self.graph = GraphSpanProcessor(
             store,
@@ -1063,6 +1088,7 @@ class OTLPIngest:
             "links_dropped": 0,
             "events_over_limit": 0,
             "links_over_limit": 0,
+            "attributes_over_limit": 0,
             "end_times_adjusted": 0,
             "requests_overloaded": 0,
         }
@@ -1081,13 +1107,20 @@ class OTLPIngest:
         else:
             request = decode_protobuf(raw)
             _check_size(*_pb_counts(request, limit), limit)
-        decoded = to_spans(request, max_events=self.max_events, max_links=self.max_links)
+        decoded = to_spans(
+            request,
+            max_events=self.max_events,
+            max_links=self.max_links,
+            max_attributes=self.max_attributes,
+        )
         if decoded.warning:
             warn.warning(
                 "cut-spans",
-                "OTLP: cut %d event(s) and %d link(s) over the span limits; first: %s",
+                "OTLP: cut %d event(s), %d link(s) and %d attribute(s) over the span "
+                "limits; first: %s",
                 decoded.cut_events,
                 decoded.cut_links,
+                decoded.cut_attributes,
                 decoded.warning,
             )
         if decoded.end_warning:
@@ -1113,6 +1146,7 @@ class OTLPIngest:
             self._counters["links_dropped"] += decoded.dropped_links
             self._counters["events_over_limit"] += decoded.cut_events
             self._counters["links_over_limit"] += decoded.cut_links
+            self._counters["attributes_over_limit"] += decoded.cut_attributes
             self._counters["end_times_adjusted"] += decoded.adjusted_ends
         return ExportResult(accepted, decoded.rejected, decoded.error, decoded.warnings)
 
