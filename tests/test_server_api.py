@@ -357,6 +357,35 @@ def test_tree_node_and_path(client: TestClient, run_ids: dict[str, str]) -> None
     assert client.get(f"/api/nodes/{upper}/path").json() == path
 
 
+def test_whole_run_reads_take_turns(
+    client: TestClient, run_ids: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's tree, replay and a span's path are built whole in memory: ten readers of a
+    large run at once took the service to 1.8 GB. At most four are served at once; one
+    that waits too long for its turn is answered 503 with Retry-After, and the other
+    routes answer meanwhile."""
+    import asyncio
+
+    from spangraph.server import deps
+
+    monkeypatch.setattr(deps, "HEAVY_READ_WAIT", 0.2)
+    wid = run_ids["workflow_id"]
+    [root] = client.get(f"/api/workflows/{wid}/tree").json()
+    assert deps.HEAVY_READS == 4
+    assert isinstance(client.app.state.heavy_reads, asyncio.Semaphore)  # type: ignore[attr-defined]
+    client.app.state.heavy_reads = asyncio.Semaphore(0)  # type: ignore[attr-defined]  # all taken
+    for path in (f"/api/workflows/{wid}/tree", f"/api/workflows/{wid}/events",
+                 f"/api/nodes/{root['span_id']}/path"):  # fmt: skip
+        busy = client.get(path)
+        assert busy.status_code == 503, path
+        assert busy.headers["retry-after"] == "2" and "busy" in busy.json()["detail"]
+    assert client.get(f"/api/workflows/{wid}/decisions").status_code == 200
+    assert client.get("/api/workflows").status_code == 200
+    client.app.state.heavy_reads = asyncio.Semaphore(1)  # type: ignore[attr-defined]  # a turn
+    assert client.get(f"/api/workflows/{wid}/tree").status_code == 200
+    assert client.get(f"/api/workflows/{wid}/tree").status_code == 200  # and given back
+
+
 def test_decisions_branches_monitors_events(client: TestClient, run_ids: dict[str, str]) -> None:
     wid = run_ids["workflow_id"]
     [decision] = client.get(f"/api/workflows/{wid}/decisions").json()

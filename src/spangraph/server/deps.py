@@ -4,9 +4,11 @@ queries stuck on the graph store would hold up every request (the OTLP receiver'
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Final
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -32,6 +34,35 @@ async def get_redis(request: Request) -> Any:
     """The app's ``redis.asyncio.Redis`` client (the live-stream hub's, which follows the
     embedded server to another port), or ``None`` when live events are off."""
     return request.app.state.hub.client
+
+
+HEAVY_READS: Final = 4
+"""Runs read whole at once (a tree, a replay, a span's path): each is built in memory, tens
+of megabytes for a run of 60 000 spans."""
+HEAVY_READ_WAIT: Final = 10.0
+"""Seconds a whole-run read waits for its turn before the answer is 503."""
+
+
+async def heavy_read(request: Request) -> AsyncIterator[None]:
+    """A turn among the :data:`HEAVY_READS` whole-run reads served at once: one more
+    waits up to :data:`HEAVY_READ_WAIT` seconds, then is answered 503 with
+    ``Retry-After`` (ten readers of a large run took the service's memory to 1.8 GB and
+    its health checks to 503)."""
+    turns: asyncio.Semaphore | None = getattr(request.app.state, "heavy_reads", None)
+    if turns is None:
+        turns = request.app.state.heavy_reads = asyncio.Semaphore(HEAVY_READS)
+    try:
+        await asyncio.wait_for(turns.acquire(), HEAVY_READ_WAIT)
+    except TimeoutError:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"busy: {HEAVY_READS} runs are being read whole; try again",
+            headers={"Retry-After": "2"},
+        ) from None
+    try:
+        yield
+    finally:
+        turns.release()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -12,7 +12,7 @@ import logging
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
@@ -20,7 +20,7 @@ from ... import queries
 from ... import semconv as sc
 from ...exceptions import StoreError
 from .. import _convertors  # noqa: F401  (the "id" path convertor of the routes)
-from ..deps import SettingsDep, StoreDep, jaeger_url
+from ..deps import SettingsDep, StoreDep, heavy_read, jaeger_url
 from ..models import (
     Branch,
     BranchSummary,
@@ -127,6 +127,7 @@ def list_workflows(
 @router.get(
     "/workflows/{workflow_id:id}/tree",
     response_model=list[TreeNode],
+    dependencies=[Depends(heavy_read)],
     responses={
         404: error(
             "no run with this workflow id (when it is the id of a span, trace or branch "
@@ -198,6 +199,7 @@ def get_node(span_id: str, settings: SettingsDep, store: StoreDep) -> dict[str, 
 @router.get(
     "/nodes/{span_id}/path",
     response_model=list[PathStep],
+    dependencies=[Depends(heavy_read)],
     responses={404: error("no span with this id")},
 )
 def node_path(span_id: str, settings: SettingsDep, store: StoreDep) -> list[dict[str, Any]]:
@@ -279,6 +281,7 @@ def workflow_monitors(
 @router.get(
     "/workflows/{workflow_id:id}/events",
     response_model=list[LiveMessage],
+    dependencies=[Depends(heavy_read)],
     responses={
         200: {
             "headers": {
