@@ -1662,6 +1662,34 @@ def test_a_failing_read_of_the_execution_s_runs_is_not_repeated_at_each_refresh(
 
 
 @needs_chromium
+def test_a_run_the_service_is_too_busy_to_read_is_read_again(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """The service reads a few runs whole at once and answers another reader 503 with
+    Retry-After: a finished run opened then stayed "Could not load the run" for good."""
+    from playwright.sync_api import expect
+
+    run_id = f"busy-{uuid.uuid4().hex[:6]}"
+    _write_spans(graph_url, [_span(run_id, uuid.uuid4().hex[:16], "done", "workflow")])
+    trees: list[str] = []
+
+    def busy_once(route: Any) -> None:
+        trees.append(route.request.url)
+        if len(trees) == 1:
+            route.fulfill(status=503, headers={"Retry-After": "2"}, content_type="application/json",
+                          body='{"detail":"busy: 4 runs are being read whole; try again"}')  # fmt: skip
+        else:
+            route.continue_()
+
+    page.route("**/tree", busy_once)
+    app = create_app(_settings(graph_url, embedded_server.redis_url, tmp_path))
+    with serve(app) as base:
+        open_run(page, base, run_id)
+        expect(page.locator("#tree li.tree-item")).to_have_count(1, timeout=15_000)
+    assert len(trees) >= 2
+
+
+@needs_chromium
 def test_errors_and_calls_other_instrumentations_write(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
 ) -> None:

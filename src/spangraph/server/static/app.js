@@ -345,6 +345,12 @@ async function refreshRunOnce(run) {
           "waits here too)",
       );
     }
+  } else if (tree.reason?.status === 503) {
+    // the service reads a few runs whole at once: this one's turn comes
+    if (!run.nodes.size) showTreeHint("The service is busy reading other runs; trying again…");
+    setTimeout(() => {
+      if (!run.closed) refreshRun(run);
+    }, BUSY_RETRY_MS);
   } else {
     showTreeHint(`Could not load the run: ${tree.reason?.message}`);
   }
@@ -358,6 +364,7 @@ async function refreshRunOnce(run) {
 }
 
 const EXECUTION_EVERY_MS = 15000;
+const BUSY_RETRY_MS = 2000; // the service's Retry-After for a run read whole
 
 /** The runs of the open run's execution (its `execution_id`, when it is not the run's
  * own id: a run resumed after a crash or a pause, a LangGraph thread's turns), read
