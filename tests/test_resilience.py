@@ -159,10 +159,15 @@ def test_what_multiprocessing_children_trace_is_written(
     normally). spangraph now shuts down with multiprocessing's own exit function."""
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"no {method} start method here")
-    project = f"mp-{uuid.uuid4().hex[:8]}"
-    script = str(SCRIPTS / "multiprocessing_children.py")
+    _three_children_written(store, "multiprocessing_children.py", graph_url, method, *modes)
+
+
+def _three_children_written(store: FalkorDBStore, script: str, graph_url: str, *args: str) -> None:
+    """Run ``tests/scripts/<script> GRAPH_URL PROJECT *args`` (three children, each a
+    workflow with a step), then check that all six spans were written, completed."""
+    project = f"kids-{uuid.uuid4().hex[:8]}"
     done = subprocess.run(
-        [sys.executable, script, graph_url, project, method, *modes],
+        [sys.executable, str(SCRIPTS / script), graph_url, project, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -190,22 +195,7 @@ def test_what_billiard_children_trace_is_written(
     first: what they traced was lost, uncounted (a Celery worker with
     ``--max-tasks-per-child 1`` wrote 6 runs of 20), also when each configured itself
     (``worker_process_init``)."""
-    project = f"bil-{uuid.uuid4().hex[:8]}"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "billiard_children.py"), graph_url, project, *modes],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    rows = store.query(
-        "MATCH (s:Span) WHERE s.project_id = $p RETURN s.name AS name, s.state AS state",
-        {"p": project},
-    )
-    assert sorted((r["name"], r["state"]) for r in rows) == sorted(
-        [(f"child-{i}", "completed") for i in range(3)]
-        + [(f"child-{i}-step", "completed") for i in range(3)]
-    )
+    _three_children_written(store, "billiard_children.py", graph_url, *modes)
 
 
 @pytest.mark.slow

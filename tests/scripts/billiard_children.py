@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 
 import billiard
+from _children import run_all  # (this directory: the script's)
 
 import spangraph
 
@@ -53,12 +54,7 @@ def main() -> None:
                 billiard.Process(target=configured_work, args=(i, graph_url, project, offload))
                 for i in range(3)
             ]
-        for child in children:
-            child.start()
-        for child in children:
-            child.join(60)
-        codes = [child.exitcode for child in children]
-        assert codes == [0, 0, 0], codes
+        run_all(children)
         return
     from billiard.pool import Pool  # what Celery's prefork pool makes
     from celery.concurrency.prefork import process_destructor

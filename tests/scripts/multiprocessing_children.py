@@ -16,6 +16,8 @@ import concurrent.futures
 import multiprocessing
 import sys
 
+from _children import run_all  # (this directory: the script's)
+
 import spangraph
 
 
@@ -43,13 +45,7 @@ def main() -> None:
             done = [f.result() for f in [executor.submit(work, *a) for a in args]]
         assert done == [0, 1, 2], done
     else:
-        children = [context.Process(target=work, args=a) for a in args]
-        for child in children:
-            child.start()
-        for child in children:
-            child.join(60)
-        codes = [child.exitcode for child in children]
-        assert codes == [0, 0, 0], codes
+        run_all([context.Process(target=work, args=a) for a in args])
 
 
 if __name__ == "__main__":
