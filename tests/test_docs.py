@@ -124,10 +124,22 @@ _ON_STORE = (
 
 def test_readme_usage_example_runs(tmp_path: Path) -> None:
     """The README's Python example, as written, on the embedded default."""
-    [example] = [b for b in _blocks(ROOT / "README.md", "python") if "configure()" in b]
+    [example] = [
+        b for b in _blocks(ROOT / "README.md", "python") if "configure()" in b and "research" in b
+    ]
     check = "print(json.dumps([(w['name'], w['state']) for w in queries.workflows(s)]))"
     _, out = _run_example(example, tmp_path, _ON_STORE + check)
     assert '["research", "completed"]' in out
+
+
+def test_readme_decision_example_runs(tmp_path: Path) -> None:
+    """The README's decision example, as written (it needed an import and a run around
+    it to run at all)."""
+    [example] = [b for b in _blocks(ROOT / "README.md", "python") if "spangraph.decision" in b]
+    check = "print(json.dumps(queries.decisions(s, queries.workflows(s)[0]['workflow_id'])))"
+    _, out = _run_example(example, tmp_path, _ON_STORE + check)
+    [decision] = json.loads(out)
+    assert decision["chosen"] == "search" and decision["reason"] == "needs sources"
 
 
 def test_query_library_example_runs(tmp_path: Path) -> None:
