@@ -146,6 +146,30 @@ def test_health_reports_a_store_that_is_down(
         assert "503" in declared_statuses(client, "/api/workflows")
 
 
+def test_health_says_a_store_that_does_not_answer_did_not(
+    embedded_server: ServerInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that takes the connection but never answers: the graph's health said
+    `TimeoutError: ` and nothing more."""
+    import socket
+
+    from spangraph.server.routes import health
+
+    monkeypatch.setattr(health, "ANSWER_WITHIN", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        settings = Settings.from_env(
+            graph_url=f"falkordb://127.0.0.1:{silent.getsockname()[1]}/g",
+            redis_url=embedded_server.redis_url,
+            home=str(tmp_path),
+        )
+        with TestClient(create_app(settings)) as client:
+            graph = client.get("/api/health/graph")
+    assert graph.status_code == 503
+    assert graph.json()["detail"] == "no answer within 0.5 s"
+
+
 def test_health_reports_redis_that_is_down(
     graph_url: str, closed_port: int, tmp_path: Path
 ) -> None:

@@ -16,12 +16,23 @@ router = APIRouter(prefix="/api/health", tags=["health"])
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {503: {"model": Health}}
 
+ANSWER_WITHIN = 5.0
+"""Seconds a store or Redis has to answer a health check's ping."""
+
+
+def _why(exc: BaseException) -> str:
+    """A failed check's detail: the error, or that nothing answered in time (the
+    timeout's own text is empty)."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return f"no answer within {ANSWER_WITHIN:g} s"
+    return f"{type(exc).__name__}: {exc}"
+
 
 async def _graph(store: Any) -> Health:
     try:
-        await asyncio.wait_for(run_in_threadpool(store.ping), timeout=5)
+        await asyncio.wait_for(run_in_threadpool(store.ping), timeout=ANSWER_WITHIN)
     except Exception as exc:
-        return Health(status="error", component="graph", detail=f"{type(exc).__name__}: {exc}")
+        return Health(status="error", component="graph", detail=_why(exc))
     return Health(status="ok", component="graph", detail=getattr(store, "url", None))
 
 
@@ -29,9 +40,9 @@ async def _redis(client: Any) -> Health:
     if client is None:
         return Health(status="ok", component="redis", detail="live events are off")
     try:
-        await asyncio.wait_for(client.ping(), timeout=5)
+        await asyncio.wait_for(client.ping(), timeout=ANSWER_WITHIN)
     except Exception as exc:
-        return Health(status="error", component="redis", detail=f"{type(exc).__name__}: {exc}")
+        return Health(status="error", component="redis", detail=_why(exc))
     return Health(status="ok", component="redis")
 
 
