@@ -126,16 +126,20 @@ def test_health_routes(client: TestClient) -> None:
         assert answer.status_code == 200 and answer.json()["status"] == "ok", path
 
 
+def _on_port(port: int, embedded_server: ServerInfo, tmp_path: Path) -> Settings:
+    """The service's settings with its graph store at ``port`` on this host."""
+    return Settings.from_env(
+        graph_url=f"falkordb://127.0.0.1:{port}/g",
+        redis_url=embedded_server.redis_url,
+        home=str(tmp_path),
+    )
+
+
 def test_health_reports_a_store_that_is_down(
     embedded_server: ServerInfo, closed_port: int, tmp_path: Path
 ) -> None:
     """The service starts while its store is down and says so: 503 with the error."""
-    settings = Settings.from_env(
-        graph_url=f"falkordb://127.0.0.1:{closed_port}/g",
-        redis_url=embedded_server.redis_url,
-        home=str(tmp_path),
-    )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(_on_port(closed_port, embedded_server, tmp_path))) as client:
         graph = client.get("/api/health/graph")
         assert graph.status_code == 503
         assert graph.json()["status"] == "error" and graph.json()["detail"]
@@ -159,11 +163,7 @@ def test_health_says_a_store_that_does_not_answer_did_not(
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        settings = Settings.from_env(
-            graph_url=f"falkordb://127.0.0.1:{silent.getsockname()[1]}/g",
-            redis_url=embedded_server.redis_url,
-            home=str(tmp_path),
-        )
+        settings = _on_port(silent.getsockname()[1], embedded_server, tmp_path)
         with TestClient(create_app(settings)) as client:
             graph = client.get("/api/health/graph")
     assert graph.status_code == 503

@@ -17,7 +17,7 @@ from . import semconv as sc
 from ._cli_stream import FROM_GRAPH, live_events, with_live
 from ._cli_values import count, json_value, param, seconds
 from ._terminal import printable
-from ._tree_text import EXCEPTION, error_text, first_line, interrupted, print_tree, unsaid
+from ._tree_text import EXCEPTION, error_text, first_line, interrupted, print_tree
 from .config import ENV_HOME, Settings, graph_url_setting, redact_url
 from .exceptions import ConfigurationError, StoreError, StoreUnavailableError
 from .mapping import _finite
@@ -116,19 +116,7 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             # why a run failed (its top span's status message, else its recorded
             # exception), when one did
             failed = any(r.get("state") == sc.STATE_FAILED for r in rows)
-            texts = queries.exception_texts(
-                store,
-                [
-                    r["span_id"]
-                    for r in rows
-                    if r.get("state") == sc.STATE_FAILED
-                    and isinstance(r.get("span_id"), str)
-                    and error_text(r) is None
-                ],
-            )
-            for r in rows:
-                if r.get("span_id") in texts:
-                    r[EXCEPTION] = texts[r["span_id"]]
+            _with_exceptions(store, rows)
             rows = [
                 {
                     **{k: r.get(k) for k in keep},
@@ -158,11 +146,7 @@ def _run_query(args: argparse.Namespace, store: Any) -> int:
             resumed = queries.resumed_runs(store, top) if isinstance(top, str) else []
             if resumed:
                 print(printable(f"resumed from run {', '.join(resumed)}"))
-            # a failed span without a status message: its recorded exception, if any
-            texts = queries.exception_texts(store, unsaid(roots))
-            for _, node in (pair for root in roots for pair in root.walk()):
-                if node.span.get("span_id") in texts:
-                    node.span[EXCEPTION] = texts[node.span["span_id"]]
+            _with_exceptions(store, [node.span for root in roots for _, node in root.walk()])
             print_tree(roots, print)
             return 0
     elif what == "path":
@@ -343,9 +327,29 @@ def _state_of(run: dict[str, Any]) -> Any:
     return f"{run.get('state')} ({marked})" if marked else run.get("state")
 
 
+def _with_exceptions(store: Any, spans: list[dict[str, Any]]) -> None:
+    """Give each failed span of ``spans`` that has no status message its last recorded
+    exception, when it has one (:data:`EXCEPTION`: what the tree and the run list say
+    of its error), in one query."""
+    texts = queries.exception_texts(
+        store,
+        [
+            s["span_id"]
+            for s in spans
+            if s.get("state") == sc.STATE_FAILED
+            and isinstance(s.get("span_id"), str)
+            and error_text(s) is None
+        ],
+    )
+    for s in spans:
+        if s.get("span_id") in texts:
+            s[EXCEPTION] = texts[s["span_id"]]
+
+
 def _error_of(run: dict[str, Any]) -> str | None:
-    """The first line of a failed run's status message (``Type: message``: not the stack
-    or traceback some instrumentations write after it), else ``None``."""
+    """The first line of a failed run's status message, else of its recorded exception
+    (``Type: message``: not the stack or traceback some instrumentations write after it),
+    else ``None``."""
     if run.get("state") != sc.STATE_FAILED:
         return None
     message = error_text(run)

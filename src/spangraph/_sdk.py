@@ -247,26 +247,12 @@ def _new_lock_after_fork() -> None:
     # does not have, and its shutdown at exit would wait for ever
     global _lock
     _lock = threading.RLock()
-    if _current is not None:
-        # a process multiprocessing (or billiard) forks clears its finalizers first, then
-        # runs these
-        for util in _process_utils():
-            util.register_after_fork(_MULTIPROCESSING, _shut_down_with_multiprocessing)
-            util.register_after_fork(_POOL_WORKERS, _pool_workers_start_afresh)
-
-
-def _process_utils() -> list[Any]:
-    """The ``util`` modules loaded of the libraries that start processes and run their
-    finalizers when those end (with ``os._exit``, so not ``atexit``): multiprocessing's,
-    and billiard's (Celery's process pool) where it keeps registries of its own (billiard
-    4 shares multiprocessing's)."""
-    found: list[Any] = []
-    for name in ("multiprocessing.util", "billiard.util"):
-        util = sys.modules.get(name)
-        registry = getattr(util, "_finalizer_registry", None)
-        if registry is not None and all(registry is not u._finalizer_registry for u in found):
-            found.append(util)
-    return found
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and _current is not None:
+        # a process multiprocessing forks clears its finalizers first, then runs these
+        # (billiard, Celery's fork of it, runs multiprocessing's: billiard 4 shares them)
+        util.register_after_fork(_MULTIPROCESSING, _shut_down_with_multiprocessing)
+        util.register_after_fork(_POOL_WORKERS, _pool_workers_start_afresh)
 
 
 class _Token:
@@ -285,14 +271,12 @@ def _shut_down_with_multiprocessing(_: object = None) -> None:
     methods) with ``os._exit`` after its own exit function: ``atexit`` never runs there,
     so what such a process traced would be lost; its finalizers do run."""
     global _finalizer_pid
-    utils = _process_utils()
-    if not utils or _finalizer_pid == os.getpid():
+    util = sys.modules.get("multiprocessing.util")
+    if util is None or _finalizer_pid == os.getpid():
         return
     _finalizer_pid = os.getpid()
-    for util in utils:
-        # last (after the pools' and the program's own finalizers), with the default
-        # limits (a second call does nothing)
-        util.Finalize(None, shutdown, exitpriority=-100)
+    # last (after the pools' and the program's own finalizers), with the default limits
+    util.Finalize(None, shutdown, exitpriority=-100)
 
 
 def _shut_down_with_celery_pool_processes() -> None:

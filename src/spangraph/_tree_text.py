@@ -93,19 +93,6 @@ def error_text(span: dict[str, Any]) -> str | None:
     return None
 
 
-def unsaid(roots: list[queries.TreeNode]) -> list[str]:
-    """The ids of the failed spans of a tree that have no status message: those whose
-    recorded exceptions :func:`print_tree` can use."""
-    return [
-        node.span["span_id"]
-        for root in roots
-        for _, node in root.walk()
-        if node.span.get("state") == sc.STATE_FAILED
-        and isinstance(node.span.get("span_id"), str)
-        and error_text(node.span) is None
-    ]
-
-
 _OPENING: Final = re.compile(r"[\[{(]+")
 _TRACEBACK: Final = "Traceback (most recent call last):"
 _JS_FRAME: Final = re.compile(

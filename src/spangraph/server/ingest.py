@@ -697,7 +697,8 @@ class Decoded:
     cut_links: int = 0
     cut_attributes: int = 0
     warning: str | None = None
-    """What was left out of spans that were kept (events or links over the limits)."""
+    """What was left out of spans that were kept (events, links or attributes over the
+    limits)."""
     adjusted_ends: int = 0
     end_warning: str | None = None
     """The first span whose start or end time was missing, or whose end was before its

@@ -108,8 +108,9 @@ export function modelFacts(n, events = []) {
  * tokens (LangChain's span around the OpenAI client's), or that failed with it, neither
  * reporting tokens, or that says nothing of the call (no tokens, no answer id) and has
  * it as its only LLM child; never two with different answer ids. Calls of one name made
- * at once (the same prompt sent five times) stay five. The span kept is the inner one,
- * or the one that reported usage. */
+ * at once (the same prompt sent five times) stay five. The spans of one call are grouped
+ * (whatever the order of nodes), and the one kept is the one that reports the most of its
+ * usage, then the innermost. */
 export function modelCalls(nodes) {
   const calls = [];
   for (const n of nodes) if (n.kind === "llm" && n.state !== "unexplored") calls.push(n);
