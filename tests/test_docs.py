@@ -170,6 +170,15 @@ def test_sdk_shutdown_example_runs(tmp_path: Path) -> None:
     assert stats["live"]["sent"] > 0 and stats["live"]["dropped"] == 0
 
 
+def test_sdk_open_at_exit_example_runs(tmp_path: Path) -> None:
+    """docs/sdk.md's example of a daemon thread's run open at exit, as written: it is
+    written ``cancelled``, not left ``running``."""
+    [example] = [b for b in _blocks(DOCS / "sdk.md", "python") if "daemon=True" in b]
+    check = "print(json.dumps([(w['name'], w['state']) for w in queries.workflows(s)]))"
+    _, out = _run_example(example, tmp_path, _ON_STORE + check)
+    assert json.loads(out) == [["watch_forever", "cancelled"]]
+
+
 def test_sdk_spawn_pool_example_runs(tmp_path: Path) -> None:
     """docs/sdk.md's pool example, as written: the spawned workers' spans are written."""
     [example] = [b for b in _blocks(DOCS / "sdk.md", "python") if "initializer=" in b]

@@ -1773,3 +1773,45 @@ def test_a_timeout_that_fired_is_recorded_whatever_error_comes_out(
     names = [e.name for e in slow.events]
     assert names[:3] == ["step.started", "timeout.set", "timeout.exceeded"]
     assert names[-1] == "step.failed"
+
+
+def test_spans_open_at_exit_are_ended_newest_first_and_never_twice(cap: SpanCapture) -> None:
+    """What spangraph's exit hook does (``_spans.end_open_spans``), with the owner of the
+    blocks still running: the step ends before its workflow, both ``cancelled`` by
+    ProgramExited; when the owner's blocks exit later, nothing is ended again or
+    raised."""
+    import threading
+
+    from spangraph import _spans
+    from spangraph.exceptions import ProgramExited
+
+    entered, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def owner() -> None:
+        try:
+            with spangraph.workflow("open-at-exit"), spangraph.step("inside"):
+                entered.set()
+                release.wait(10)
+        except BaseException as exc:  # pragma: no cover - the failure asserted below
+            errors.append(exc)
+
+    thread = threading.Thread(target=owner)
+    thread.start()
+    assert entered.wait(10)
+    with spangraph.workflow("done-before"):
+        pass
+    assert _spans.end_open_spans() == 2
+    assert [s.name for s in cap.spans] == ["done-before", "inside", "open-at-exit"]
+    step, run = cap.spans[1:]
+    assert attrs(step)[sc.STATE] == attrs(run)[sc.STATE] == sc.STATE_CANCELLED
+    assert names(run) == [sc.WORKFLOW_STARTED, sc.WORKFLOW_CANCELLED]
+    assert event(run, sc.WORKFLOW_CANCELLED)[sc.ERROR_TYPE] == (
+        "spangraph.exceptions.ProgramExited"
+    )
+    assert issubclass(ProgramExited, BaseException) and not issubclass(ProgramExited, Exception)
+    release.set()
+    thread.join(10)
+    assert errors == []
+    assert len(cap.spans) == 3  # the owner's exits ended nothing again
+    assert _spans.end_open_spans() == 0

@@ -252,6 +252,48 @@ def test_sigterm_as_documented_ends_the_run_cancelled_and_written(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "modes", [[], ["offload"], ["child"], ["offload", "child"]],
+    ids=["threads", "offload", "child", "offload-child"],
+)  # fmt: skip
+def test_spans_open_at_a_normal_exit_end_cancelled(
+    store: FalkorDBStore, graph_url: str, modes: list[str]
+) -> None:
+    """A program that exits while spangraph's blocks are open (a daemon thread's, a task
+    never finished, a generator never closed), in the main process or in one started by
+    multiprocessing: each span is ended ``cancelled`` at exit, the workflows with a
+    ``workflow.cancelled`` event saying the program exited, and written."""
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "open_at_exit.py"), graph_url, project, *modes],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = store.query(
+        "MATCH (s:Span {project_id: $p}) MATCH (w:Workflow {workflow_id: s.workflow_id}) "
+        "RETURN w.name AS run, s.name AS name, s.state AS state, "
+        "s.end_ns IS NOT NULL AS ended ORDER BY run, s.start_ns",
+        {"p": project},
+    )
+    assert [(r["run"], r["name"], r["state"], r["ended"]) for r in rows] == [
+        ("in-a-daemon-thread", "in-a-daemon-thread", "cancelled", True),
+        ("in-a-daemon-thread", "blocked", "cancelled", True),
+        ("in-a-generator", "in-a-generator", "cancelled", True),
+        ("in-a-task", "in-a-task", "cancelled", True),
+    ]
+    events = store.query(
+        "MATCH (w:Workflow {project_id: $p})-[:HAS_EVENT]->(e:Event "
+        "{name: 'workflow.cancelled'}) RETURN w.name AS run, e.attributes AS attributes "
+        "ORDER BY run",
+        {"p": project},
+    )
+    assert [(e["run"], json.loads(e["attributes"])["error.type"]) for e in events] == [
+        (name, "spangraph.exceptions.ProgramExited")
+        for name in ("in-a-daemon-thread", "in-a-generator", "in-a-task")
+    ]
+
+
+@pytest.mark.slow
 def test_full_queue_drops_counts_and_warns(
     private_servers,
     tmp_path: Path,

@@ -23,7 +23,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from . import _state
+from . import _spans, _state
 from ._ids import MAX_ID_CHARS
 from ._otlp import exporter_class
 from ._propagation import RunBaggageProcessor
@@ -276,7 +276,7 @@ def _shut_down_with_multiprocessing(_: object = None) -> None:
         return
     _finalizer_pid = os.getpid()
     # last (after the pools' and the program's own finalizers), with the default limits
-    util.Finalize(None, shutdown, exitpriority=-100)
+    util.Finalize(None, _at_exit, exitpriority=-100)
 
 
 def _shut_down_with_celery_pool_processes() -> None:
@@ -300,6 +300,13 @@ _CELERY_UID: Final = "spangraph.shutdown"
 
 
 def _celery_process_ends(**_: Any) -> None:
+    _at_exit()
+
+
+def _at_exit() -> None:
+    """The process ends: end the spans of spangraph's blocks still open, which nothing
+    else would end (a daemon thread's, a task never finished), then shut down."""
+    _spans.end_open_spans()
     shutdown()
 
 
@@ -701,7 +708,7 @@ def configure(
         if testing is not None:  # captures open: they go on (with a warning)
             testing._configured(provider)
         if not _atexit_registered:
-            atexit.register(shutdown)
+            atexit.register(_at_exit)
             _atexit_registered = True
         # loaded now, if it is not, so that a process forked later finds its finalizers
         # to run at exit: billiard (Celery's pool) forks and bootstraps with it without

@@ -42,6 +42,35 @@ _process_generation = 0
 def _next_generation_after_fork() -> None:
     global _process_generation
     _process_generation += 1
+    _open.clear()  # the parent's: it ends them
+
+
+_open: dict[_Frame, None] = {}
+"""The spans of spangraph's blocks open in this process, in the order they started (a
+dict as an ordered set: adding and removing one are atomic under the GIL)."""
+
+
+def end_open_spans() -> int:
+    """End every span of spangraph's blocks still open, newest first (a child before its
+    parent), as cancelled by :class:`~spangraph.exceptions.ProgramExited`; how many.
+    For the program's exit, where nothing else would end them (a daemon thread's, a
+    task never finished); never raises an ``Exception``."""
+    from .exceptions import ProgramExited
+
+    try:
+        frames = list(_open)
+    except RuntimeError:  # changed by another thread meanwhile: once more
+        frames = list(_open)
+    ended = 0
+    for frame in reversed(frames):
+        try:
+            if frame.handle.span.is_recording():
+                frame.finish(ProgramExited("the program exited while this span was open"))
+                ended += 1
+        except Exception:
+            _log.warning("spangraph: could not end a span open at exit", exc_info=True)
+        _open.pop(frame, None)
+    return ended
 
 
 if hasattr(os, "register_at_fork"):
@@ -606,6 +635,7 @@ class _Frame:
             self.finish(exc)
             raise
         self.on_finish = opts.on_finish
+        _open[self] = None
 
     def attach(self) -> None:
         self.token = otel_context.attach(self.ctx)
@@ -632,6 +662,7 @@ class _Frame:
     def finish(self, exc: BaseException | None, *, timed_out: float | None = None) -> None:
         """End the span with the outcome ``exc``; never raises an ``Exception`` (what fails
         while recording the outcome is logged and the span is ended all the same)."""
+        _open.pop(self, None)
         if self.generation != _process_generation:
             return  # started by the process this one was forked from: that one ends it
         span = self.handle.span

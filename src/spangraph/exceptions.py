@@ -10,6 +10,8 @@ The tree::
     ├── LiveUnavailableError        the Redis for live events cannot be reached (transient)
     └── EmbeddedServerError         the embedded FalkorDB/Redis server cannot start or stop
 
+    ProgramExited                   never raised: the outcome of a span left open at exit
+
 Span processors never raise any of these into user code: they count, log and retry.
 They reach users only from explicit calls such as :func:`spangraph.configure`,
 the query library and the CLI.
@@ -17,10 +19,13 @@ the query library and the CLI.
 
 from __future__ import annotations
 
+from ._aio import CancelledError
+
 __all__ = [
     "ConfigurationError",
     "EmbeddedServerError",
     "LiveUnavailableError",
+    "ProgramExited",
     "SpangraphError",
     "StoreError",
     "StoreTimeoutError",
@@ -61,3 +66,13 @@ class LiveUnavailableError(SpangraphError):
 
 class EmbeddedServerError(SpangraphError):
     """The embedded FalkorDB/Redis server could not be started, found or stopped."""
+
+
+class ProgramExited(CancelledError):
+    """Never raised: the outcome spangraph records for a span of its own (a workflow, a
+    step, any block or decorated function) still open when the program exits, which
+    would otherwise never end: one held by a daemon thread, a task never finished, a
+    generator never closed. At exit, before its processors flush, spangraph ends each
+    such span, newest first, as ``cancelled`` (a workflow's ``workflow.cancelled`` event
+    gives ``error.type`` ``spangraph.exceptions.ProgramExited``). A process killed
+    (SIGKILL, ``os._exit``) runs no exit code: its spans stay ``running``."""
