@@ -744,3 +744,88 @@ def test_a_workflow_a_sampler_dropped_after_configure_is_not_taken_for_no_setup(
     assert not run.span.is_recording()
     assert not [r for r in caplog.records if "not recorded" in r.getMessage()]
     assert _state.unconfigured_warned  # looked at once, not at every workflow
+
+
+def test_a_class_is_refused_by_the_decorators_naming_it() -> None:
+    """A decorated class became a function (``isinstance(x, Job)`` then raised far from
+    the decorator): refused where it is decorated."""
+
+    class Job:
+        pass
+
+    for decorate in (spangraph.workflow, spangraph.step, spangraph.step("named")):
+        with pytest.raises(TypeError, match=r"not the class .*Job: decorate its methods"):
+            decorate(Job)
+
+
+def test_a_function_and_its_options_in_one_call(cap: SpanCapture) -> None:
+    """``step(fn, retries=)``, ``workflow(fn, workflow_id=)`` and ``name=`` as a keyword:
+    as the type checkers are told (tests/typing_samples/public_api.py)."""
+    calls = []
+
+    def flaky(item: str) -> str:
+        calls.append(item)
+        if len(calls) == 1:
+            raise OSError("once")
+        return item
+
+    retried = spangraph.step(flaky, retries=1, backoff=0, name="price")
+    run = spangraph.workflow(lambda: retried("apple"), name="pricing", workflow_id="job-9")
+    assert run() == "apple"
+    [workflow] = cap.find("pricing")
+    assert workflow.attributes[sc.WORKFLOW_ID] == "job-9"
+    assert [s.attributes[sc.STATE] for s in cap.find("price")] == ["failed", "completed"]
+
+
+def test_messages_of_misplaced_options_name_the_code() -> None:
+    def numbers() -> Iterator[int]:
+        yield 1
+
+    with pytest.raises(TypeError, match=r"generator function \(.*numbers\)"):
+        spangraph.step(retries=2)(numbers)
+    with pytest.raises(TypeError, match=r"step\('fetch'\)"), spangraph.step("fetch", retries=2):
+        pass
+    with pytest.raises(TypeError, match=r"workflow\('w'\)"), spangraph.workflow("w", timeout=1):
+        pass
+
+
+def test_a_handle_used_after_its_block_records_nothing_and_says_so_once(
+    cap: SpanCapture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """set(), event(), paused() … after the block ended recorded nothing, and only
+    OpenTelemetry's anonymous 'Setting attribute on ended span.' said anything: now one
+    warning a handle, naming the call and the span."""
+    with spangraph.workflow("late") as run, spangraph.llm("m") as call:
+        pass
+    with spangraph.tool("t") as tool_call:
+        pass
+    with caplog.at_level("WARNING", logger="spangraph"):
+        run.set(late=1)
+        run.event("late-event")
+        run.paused("too late")
+        call.token("x")
+        call.usage(input_tokens=3)
+        call.complete("done")
+        tool_call.respond("r")
+    said = [r.getMessage() for r in caplog.records if r.name == "spangraph"]
+    assert said == [
+        "spangraph: set() on workflow 'late' after it ended records nothing: call it inside "
+        "its block (this warning is given once a span)",
+        "spangraph: token() on llm 'chat m' after it ended records nothing: call it inside "
+        "its block (this warning is given once a span)",
+        "spangraph: respond() on tool 'execute_tool t' after it ended records nothing: call "
+        "it inside its block (this warning is given once a span)",
+    ]
+    workflow = one(cap, "late")
+    assert "late" not in workflow.attributes
+    assert [e.name for e in workflow.events] == [sc.WORKFLOW_STARTED, sc.WORKFLOW_COMPLETED]
+    assert sc.GEN_AI_USAGE_INPUT_TOKENS not in one(cap, "chat m").attributes
+    assert [e.name for e in one(cap, "chat m").events] == []
+    assert call.tokens == 0
+    # a span that never recorded (tracing off) has not "ended": no warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spangraph"):
+        from spangraph.instrument import Handle
+
+        Handle(NonRecordingSpan(SpanContext(1, 2, False)), "step", None, 1).set(a=1)
+    assert not [r for r in caplog.records if r.name == "spangraph"]

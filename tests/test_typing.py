@@ -63,6 +63,8 @@ def test_mistakes_in_user_code_are_reported(mypy, tmp_path):
                     decision.choose(1)
                 with spangraph.llm("gpt-4o") as call:
                     call.usage(input_tokens="many")
+                from spangraph.instrumentation.openai import OpenAIInstrumentor
+                OpenAIInstrumentor().instrument(captur_content=False)
             """
         )
     )
@@ -74,6 +76,7 @@ def test_mistakes_in_user_code_are_reported(mypy, tmp_path):
         ("11", "call-overload"),  # retries is a number
         ("13", "arg-type"),  # an option is named by text
         ("15", "arg-type"),  # token counts are numbers
+        ("17", "call-arg"),  # a misspelt instrument() option
     }, result.stdout
 
 

@@ -72,12 +72,15 @@ class Spangraph:
     run_processor: RunBaggageProcessor | None = None
     metrics: Any = None
     """The ``MetricsRegistration`` of ``configure(metrics=True)``: undone by shutdown()."""
-    _closer: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+    _closer: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
     """The pid and thread whose shutdown() of this configuration began."""
-    _closed: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    _closed: threading.Event = field(
+        default_factory=threading.Event, init=False, repr=False, compare=False
+    )
 
     @property
     def processors(self) -> list[GraphSpanProcessor | LiveEventProcessor | OffloadSpanProcessor]:
+        """spangraph's own processors of this configuration: graph and live, or offload."""
         return [
             p
             for p in (self.graph_processor, self.live_processor, self.offload_processor)
@@ -605,14 +608,20 @@ def configure(
     offload: bool | None = None,
     propagate: bool | None = None,
 ) -> Spangraph:
-    """Add spangraph's processors to the OpenTelemetry TracerProvider and return them.
+    """Add spangraph's processors to the OpenTelemetry TracerProvider; the
+    :class:`Spangraph` made (its settings, store, processors, ``stats()``).
 
     With no arguments: the embedded store (started if needed) for both the graph and live
-    events, the project from ``SPANGRAPH_PROJECT``. Every keyword overrides its
-    environment variable (see ``spangraph.config``). The user's own TracerProvider is used
-    when one is set; otherwise one is created and set globally (with the standard OTLP
-    exporter too when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set). Calling it again replaces
-    the previous configuration. ``metrics=True`` reports the processors' health (queue
+    events, the project from ``SPANGRAPH_PROJECT``. Every setting keyword (``graph_url``,
+    ``redis_url``, ``home``, ``project``, ``jaeger_url``, ``api_token``, ``neo4j_*``,
+    ``offload``, ``propagate``) overrides its environment variable (see
+    ``spangraph.config``). The user's own TracerProvider is used when one is set (or
+    ``tracer_provider=``); otherwise one is created and set globally, for
+    ``service_name`` (else ``OTEL_SERVICE_NAME``), with the standard OTLP exporter too
+    when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set. ``graph=False`` or ``live=False`` leaves
+    out the graph or the live processor; ``instrument_threads`` carries the context into
+    ``threading.Thread`` and executors; ``max_queue_size`` bounds each processor's
+    queue. Calling it again replaces the previous configuration. ``metrics=True`` reports the processors' health (queue
     depth, items sent and dropped, retries, send latency) as OpenTelemetry metrics through
     the global MeterProvider. ``offload=True`` (or ``SPANGRAPH_OFFLOAD=1``) maps and writes
     spans in a spangraph agent process instead of on threads of this one: the least

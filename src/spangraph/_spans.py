@@ -384,9 +384,22 @@ def _record_exception(span: Span, exc: BaseException, now: int) -> None:
 
 
 class Handle:
-    """A running span of spangraph's (what ``with step(...) as s`` gives)."""
+    """A running span of spangraph's (what ``with step(...) as s`` gives).
 
-    __slots__ = ("_t0", "attempt", "kind", "run", "span")
+    Its methods record on the span while its block runs; called after the block ended,
+    they record nothing, and the first such call of a handle is logged as a warning
+    naming the span."""
+
+    __slots__ = ("_t0", "_warned", "attempt", "kind", "run", "span")
+
+    span: Span
+    """The OpenTelemetry span."""
+    kind: str
+    """Its ``spangraph.kind``: ``workflow``, ``step``, ``decision``, ``llm`` …"""
+    run: RunIds | None
+    """The ids of the run it belongs to (``None`` outside any workflow)."""
+    attempt: int | None
+    """A step's attempt number (1 for the first), else ``None``."""
 
     def __init__(self, span: Span, kind: str, run: RunIds | None, attempt: int | None) -> None:
         self.span = span
@@ -394,30 +407,53 @@ class Handle:
         self.run = run
         self.attempt = attempt
         self._t0 = time.perf_counter()
+        self._warned = False
 
     @property
     def workflow_id(self) -> str | None:
+        """The run's ``workflow_id`` (``None`` outside any workflow)."""
         return (self.run.workflow_id or None) if self.run else None
 
     @property
     def execution_id(self) -> str | None:
+        """The run's ``execution_id`` (its ``workflow_id`` unless one was given)."""
         return (self.run.execution_id or None) if self.run else None
 
     @property
     def name(self) -> str:
+        """The span's name."""
         return str(getattr(self.span, "name", ""))
 
     @property
     def branch_id(self) -> str | None:
+        """The id of the branch it runs in, if any."""
         return self.run.branch_id if self.run else None
 
     @property
     def span_id(self) -> str:
+        """The span's id, 16 lower-case hex digits."""
         return format(self.span.get_span_context().span_id, "016x")
 
     @property
     def trace_id(self) -> str:
+        """The span's trace id, 32 lower-case hex digits."""
         return format(self.span.get_span_context().trace_id, "032x")
+
+    def _ended(self, call: str) -> bool:
+        """Whether the span has ended, so that ``call`` records nothing (warned once a
+        handle). A span that never recorded (tracing off, sampled out) has not ended."""
+        if getattr(self.span, "end_time", None) is None:
+            return False
+        if not self._warned:
+            self._warned = True
+            _log.warning(
+                "spangraph: %s() on %s %r after it ended records nothing: call it inside "
+                "its block (this warning is given once a span)",
+                call,
+                self.kind,
+                self.name[:200],
+            )
+        return True
 
     @property
     def ref(self) -> str:
@@ -428,13 +464,15 @@ class Handle:
     def event(self, name: str, /, **attributes: Any) -> None:
         """Add an event to this span (also sent live at once)."""
         _check_event_name(name)
-        _add_event(self.span, name, attributes)
+        if not self._ended("event"):
+            _add_event(self.span, name, attributes)
 
     def set(self, **attributes: Any) -> None:
         """Set attributes on this span (values of any type; see the docs); the
         ``spangraph.*`` keys the SDK sets itself are refused."""
         _check_attributes(attributes, "set()")
-        self.span.set_attributes(clean(attributes))
+        if not self._ended("set"):
+            self.span.set_attributes(clean(attributes))
 
     def _elapsed_ms(self) -> float:
         return round((time.perf_counter() - self._t0) * 1000, 3)
@@ -446,16 +484,20 @@ class WorkflowRun(Handle):
     __slots__ = ()
 
     def queued(self, **attributes: Any) -> None:
-        """Record ``workflow.queued``."""
-        _add_event(self.span, sc.WORKFLOW_QUEUED, attributes)
+        """Record ``workflow.queued``, with ``attributes`` on the event."""
+        if not self._ended("queued"):
+            _add_event(self.span, sc.WORKFLOW_QUEUED, attributes)
 
     def paused(self, reason: str | None = None, **attributes: Any) -> None:
-        """Record ``workflow.paused`` (e.g. waiting for a person)."""
-        _add_event(self.span, sc.WORKFLOW_PAUSED, {"reason": reason, **attributes})
+        """Record ``workflow.paused`` (e.g. waiting for a person), with ``reason`` and
+        ``attributes`` on the event."""
+        if not self._ended("paused"):
+            _add_event(self.span, sc.WORKFLOW_PAUSED, {"reason": reason, **attributes})
 
     def resumed(self, **attributes: Any) -> None:
-        """Record ``workflow.resumed``."""
-        _add_event(self.span, sc.WORKFLOW_RESUMED, attributes)
+        """Record ``workflow.resumed``, with ``attributes`` on the event."""
+        if not self._ended("resumed"):
+            _add_event(self.span, sc.WORKFLOW_RESUMED, attributes)
 
 
 def _default_name(fn: Any) -> str:

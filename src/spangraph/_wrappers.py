@@ -41,10 +41,11 @@ def _no_retry_timeout(opts: _Options, what: str, *, allow_timeout: bool) -> None
     a = "an" if what[:1] in "aeiou" else "a"
     if opts.retries:
         raise TypeError(
-            f"retries= cannot be used on {a} {what} function: it cannot be re-run safely"
+            f"retries= cannot be used on {a} {what} function ({opts.name}): it cannot be "
+            "re-run safely"
         )
     if opts.timeout is not None and not allow_timeout:
-        raise TypeError(f"timeout= cannot be used on {a} {what} function")
+        raise TypeError(f"timeout= cannot be used on {a} {what} function ({opts.name})")
 
 
 def _retry_link(previous: _Frame | None) -> tuple[Link, ...]:

@@ -20,7 +20,7 @@ import os
 import threading
 from collections.abc import Sequence
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]  # (its module opts out of type checking)
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
@@ -142,6 +142,10 @@ class SpangraphConfigurator(_OTelSDKConfigurator):
     (an exporter named in ``OTEL_TRACES_EXPORTER`` that is not installed, say), the error
     is logged and spangraph's processors are added all the same, so the program is still
     traced into the graph and the instrumentors still load."""
+
+    if TYPE_CHECKING:  # the base class's __new__ is untyped
+
+        def __new__(cls) -> SpangraphConfigurator: ...
 
     def _configure(self, **kwargs: Any) -> None:
         try:

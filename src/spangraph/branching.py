@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, SupportsFloat
+
+from opentelemetry.trace import Span, SpanContext
 
 from . import semconv as sc
 from ._attrs import MAX_VALUE_CHARS, as_text, encodable
@@ -76,7 +78,9 @@ class Decision(Handle):
             )
         )
 
-    def choose(self, option: str, *, reason: object = None, score: float | None = None) -> None:
+    def choose(
+        self, option: str, *, reason: object = None, score: SupportsFloat | None = None
+    ) -> None:
         """Record the chosen option. ``reason`` is text (another value, e.g. a model's
         structured verdict, is recorded as its JSON text); ``score`` a finite number.
         Choosing again replaces the choice (option, reason and score); the decision span
@@ -202,7 +206,11 @@ def branch(
 
 
 def monitor(
-    target: Any, /, name: str | None = None, *, attributes: Mapping[str, Any] | None = None
+    target: Handle | Span | SpanContext | str,
+    /,
+    name: str | None = None,
+    *,
+    attributes: Mapping[str, Any] | None = None,
 ) -> Scope[Handle]:
     """A ``monitor`` span that watches ``target`` — a branch, any spangraph handle, an
     OTel span or SpanContext, or a ``handle.ref`` string — through a span link of type

@@ -93,6 +93,9 @@ class LLMCall(Handle):
 
     __slots__ = ("_capture", "_completed", "_parts", "tokens")
 
+    tokens: int
+    """How many tokens (or chunks) :meth:`token` streamed so far."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._parts: list[str] = []
@@ -104,6 +107,8 @@ class LLMCall(Handle):
         """Stream one token (or chunk) to live subscribers; kept to build the message.
         Anything else than a str is sent as its ``str``. With content capture off, the
         ``token`` event carries its ``index`` only."""
+        if self._ended("token"):
+            return
         index = self.tokens
         self.tokens += 1
         if not self._capture:
@@ -121,7 +126,8 @@ class LLMCall(Handle):
             attrs[sc.GEN_AI_USAGE_INPUT_TOKENS] = _token_count(input_tokens, "input_tokens")
         if output_tokens is not None:
             attrs[sc.GEN_AI_USAGE_OUTPUT_TOKENS] = _token_count(output_tokens, "output_tokens")
-        self.span.set_attributes(attrs)
+        if not self._ended("usage"):
+            self.span.set_attributes(attrs)
 
     def complete(
         self, message: str | None = None, *, finish_reason: str | None = None, **attributes: Any
@@ -129,7 +135,7 @@ class LLMCall(Handle):
         """Record the complete message once (``llm.complete``); without ``message``, the
         streamed tokens joined. Called for you at the end when tokens were streamed.
         With content capture off, the event has no ``message``."""
-        if self._completed:
+        if self._completed or self._ended("complete"):
             return
         self._completed = True
         text: Any = None
@@ -204,6 +210,8 @@ class ToolCall(Handle):
     def respond(self, result: Any, **attributes: Any) -> None:
         """Record the tool's answer (``tool.response``); with content capture off, the
         event has no ``result``."""
+        if self._ended("respond"):
+            return
         self._responded = True
         recorded = {"result": clean_value(result)} if _capturing() else {}
         _add_event(self.span, sc.TOOL_RESPONSE, {**recorded, **attributes})

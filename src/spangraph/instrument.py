@@ -17,10 +17,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Final, Generic, TypeVar, overload
+from typing import Any, Final, Generic, TypedDict, TypeVar, Unpack, overload
 
 from opentelemetry import trace
-from opentelemetry.trace import Span
+from opentelemetry.trace import Span, SpanContext
 
 from . import _aio
 from . import semconv as sc
@@ -70,12 +70,13 @@ class Scope(Generic[H]):
             )
         if opts.retries:
             raise TypeError(
-                f"retries= needs {opts.kind} to decorate a function (a block cannot re-run)"
+                f"retries= needs {opts.kind} to decorate a function (a block cannot re-run): "
+                f"{opts.kind}({opts.name!r})"
             )
         if opts.timeout is not None and not is_async:
             raise TypeError(
                 "timeout= works with 'async with' and async functions only: "
-                "sync code cannot be interrupted safely"
+                f"sync code cannot be interrupted safely: {opts.kind}({opts.name!r})"
             )
 
     def __enter__(self) -> H:
@@ -147,8 +148,15 @@ class Scope(Generic[H]):
     # -- decorator ------------------------------------------------------------------------
 
     def __call__(self, fn: F) -> F:
+        """Decorate ``fn`` (a function, method, ``functools.partial`` or callable object;
+        sync, async, generator or async generator): each call runs in a span of its own."""
         if isinstance(fn, staticmethod | classmethod):  # @step above @staticmethod
             return type(fn)(self(fn.__func__))
+        if isinstance(fn, type):  # the class would become a function (isinstance fails)
+            raise TypeError(
+                f"{self._opts.kind}() decorates a function, not the class "
+                f"{_default_name(fn)}: decorate its methods"
+            )
         if not callable(fn):
             raise TypeError(f"{self._opts.kind}() decorates a function, got {fn!r}")
         opts = self._opts if self._opts.name else replace(self._opts, name=_default_name(fn))
@@ -281,26 +289,45 @@ def _exception_classes(retry_on: object) -> tuple[type[BaseException], ...]:
     return classes
 
 
+class WorkflowOptions(TypedDict, total=False):
+    """The options of :func:`workflow` besides its name (for type checkers)."""
+
+    workflow_id: str | None
+    execution_id: str | None
+    resumed_from: Handle | Span | SpanContext | str | None
+    timeout: float | None
+    attributes: Mapping[str, Any] | None
+
+
+class StepOptions(TypedDict, total=False):
+    """The options of :func:`step` besides its name (for type checkers)."""
+
+    retries: int
+    backoff: float
+    backoff_max: float
+    retry_on: type[BaseException] | tuple[type[BaseException], ...]
+    timeout: float | None
+    retry_of: Handle | Span | SpanContext | str | None
+    attributes: Mapping[str, Any] | None
+
+
 @overload
-def workflow(fn: F, /) -> F: ...
+def workflow(fn: F, /, *, name: str | None = None, **options: Unpack[WorkflowOptions]) -> F: ...
 @overload
 def workflow(
-    name: str | None = None,
-    /,
-    *,
-    workflow_id: str | None = None,
-    execution_id: str | None = None,
-    resumed_from: Any = None,
-    timeout: float | None = None,
-    attributes: Mapping[str, Any] | None = None,
+    name: str | None = None, /, **options: Unpack[WorkflowOptions]
 ) -> Scope[WorkflowRun]: ...
+@overload
+def workflow(*, name: str | None, **options: Unpack[WorkflowOptions]) -> Scope[WorkflowRun]: ...
 def workflow(name_or_fn: Any = None, /, **kwargs: Any) -> Any:
     """A workflow run: the root of a run's tree, with a new ``workflow_id`` (UUIDv7) unless
     one is given, inherited by every span inside it.
 
-    Use as ``@workflow``, ``@workflow("name")``, ``with workflow("name") as run:`` or
-    ``async with``. Records ``workflow.started`` and ``workflow.completed | failed |
-    cancelled``; ``run.queued()``, ``run.paused()`` and ``run.resumed()`` record the rest.
+    Use as ``@workflow``, ``@workflow("name")`` (or ``name=``), ``workflow(fn, **options)``,
+    ``with workflow("name") as run:`` or ``async with``. Records ``workflow.started`` and
+    ``workflow.completed | failed | cancelled``; ``run.queued()``, ``run.paused()`` and
+    ``run.resumed()`` record the rest. ``timeout=`` (async only) works as on
+    :func:`step`; ``attributes=`` are set on the span at its start.
     ``execution_id`` groups several runs (traces) into one logical execution;
     ``resumed_from`` (a handle or its ``ref``) links this run to the one it resumes
     (``resumed_from``, a ``RESUMED_FROM`` edge), e.g. after a crash or a long pause.
@@ -314,23 +341,15 @@ def workflow(name_or_fn: Any = None, /, **kwargs: Any) -> Any:
 
 
 @overload
-def step(fn: F, /) -> F: ...
+def step(fn: F, /, *, name: str | None = None, **options: Unpack[StepOptions]) -> F: ...
 @overload
-def step(
-    name: str | None = None,
-    /,
-    *,
-    retries: int = 0,
-    backoff: float = 0.1,
-    backoff_max: float = 30.0,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-    timeout: float | None = None,
-    retry_of: Any = None,
-    attributes: Mapping[str, Any] | None = None,
-) -> Scope[Handle]: ...
+def step(name: str | None = None, /, **options: Unpack[StepOptions]) -> Scope[Handle]: ...
+@overload
+def step(*, name: str | None, **options: Unpack[StepOptions]) -> Scope[Handle]: ...
 def step(name_or_fn: Any = None, /, **kwargs: Any) -> Any:
-    """One step of a workflow. Use as ``@step``, ``@step("name", retries=3)``,
-    ``with step("name") as s:`` or ``async with``.
+    """One step of a workflow. Use as ``@step``, ``@step("name", retries=3)`` (or
+    ``name=``), ``step(fn, **options)``, ``with step("name") as s:`` or ``async with``;
+    ``attributes=`` are set on the span at its start.
 
     ``retries=N`` (decorator only) re-runs a failing call up to N more times, each
     attempt its own span linked to the previous one (``retry_of``), waiting

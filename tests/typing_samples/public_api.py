@@ -5,12 +5,13 @@ named). Type-checked only, never run."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from decimal import Decimal
 from typing import Any, assert_type
 
 import spangraph
-from spangraph._spans import Handle, WorkflowRun
 from spangraph.branching import Branch, Decision
 from spangraph.genai import LLMCall, ToolCall
+from spangraph.instrument import Handle, WorkflowRun
 
 
 @spangraph.workflow
@@ -53,6 +54,13 @@ def _lookup_price(item: str) -> float:
 
 
 priced = spangraph.tool(_lookup_price, attributes={"team": "pricing"})
+retried_price = spangraph.step(_lookup_price, retries=2)  # a function and options at once
+run_price = spangraph.workflow(_lookup_price, name="pricing", workflow_id="job-2")
+
+
+@spangraph.step(name="by-keyword", retries=1)
+def by_keyword(n: int) -> str:
+    return str(n)
 
 
 class Agent:
@@ -77,6 +85,9 @@ def decorated() -> None:
     assert_type(stream(3), AsyncIterator[int])
     assert_type(search("q"), dict[str, int])
     assert_type(priced("apple"), float)
+    assert_type(retried_price("apple"), float)
+    assert_type(run_price("apple"), float)
+    assert_type(by_keyword(1), str)
     looking = lookup("q")
     _ = assert_type(looking, Coroutine[Any, Any, int])
     looking.close()
@@ -102,10 +113,15 @@ async def blocks() -> None:
         with decision.option("a") as option:
             assert_type(option, Handle)
         decision.choose("a", reason="cheaper", score=0.9)
+        decision.choose("b", score=Decimal("0.75"))  # any real number
     with spangraph.branch("b") as branch:
         assert_type(branch, Branch)
         with spangraph.monitor(branch) as watcher:
             assert_type(watcher, Handle)
+        with spangraph.monitor(branch.ref, "by-ref"):
+            pass
+    with spangraph.workflow(name="keyword-named", resumed_from=run.ref) as again:
+        assert_type(again, WorkflowRun)
     with spangraph.llm("gpt-4o", provider="openai") as call:
         assert_type(call, LLMCall)
         call.token("Hel")
@@ -120,6 +136,10 @@ async def blocks() -> None:
 
 
 def setup() -> None:
+    from spangraph.instrumentation.openai import OpenAIInstrumentor
+
+    OpenAIInstrumentor().instrument(capture_content=False)
+    OpenAIInstrumentor().uninstrument()
     assert_type(spangraph.configure(project="p", offload=True), spangraph.Spangraph)
     assert_type(spangraph.flush(timeout=5.0), bool)
     spangraph.shutdown()

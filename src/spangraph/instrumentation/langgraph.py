@@ -39,15 +39,18 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]  # (its module opts out of type checking)
 
-from . import _langgraph_decisions as decisions
-from . import _langgraph_runs as runs
-from . import _langgraph_tasks as tasks
+from . import _langgraph_decisions as _decisions
+from . import _langgraph_runs as _runs
+from . import _langgraph_tasks as _tasks
 from ._wrapping import unwrap_ours
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["LangGraphInstrumentor"]
 
@@ -65,18 +68,18 @@ _BRANCH = ("langgraph.graph._branch", "BranchSpec")
 # (where: (module, class — or "" for the module itself); attribute; wrapper), as laid
 # out in LangGraph 0.6 to 1.2.
 _PATCHES: tuple[tuple[tuple[str, str], str, Wrapper], ...] = (
-    (_PREGEL, "invoke", runs.wrap_invoke),
-    (_PREGEL, "ainvoke", runs.wrap_ainvoke),
-    (_PREGEL, "stream", runs.wrap_stream),
-    (_PREGEL, "astream", runs.wrap_astream),
-    (_RUNNER, "tick", tasks.wrap_tick),
-    (_RUNNER, "atick", tasks.wrap_atick),
-    (_RUNNER_MODULE, "run_with_retry", tasks.wrap_run_with_retry),
-    (_RUNNER_MODULE, "arun_with_retry", tasks.wrap_arun_with_retry),
-    (_CALLABLE, "invoke", decisions.wrap_callable_invoke),
-    (_CALLABLE, "ainvoke", decisions.wrap_callable_ainvoke),
-    (_BRANCH, "_finish", decisions.wrap_branch_finish),
-    (_RETRY_MODULE, "_arun_with_timeout", tasks.wrap_arun_with_timeout),
+    (_PREGEL, "invoke", _runs.wrap_invoke),
+    (_PREGEL, "ainvoke", _runs.wrap_ainvoke),
+    (_PREGEL, "stream", _runs.wrap_stream),
+    (_PREGEL, "astream", _runs.wrap_astream),
+    (_RUNNER, "tick", _tasks.wrap_tick),
+    (_RUNNER, "atick", _tasks.wrap_atick),
+    (_RUNNER_MODULE, "run_with_retry", _tasks.wrap_run_with_retry),
+    (_RUNNER_MODULE, "arun_with_retry", _tasks.wrap_arun_with_retry),
+    (_CALLABLE, "invoke", _decisions.wrap_callable_invoke),
+    (_CALLABLE, "ainvoke", _decisions.wrap_callable_ainvoke),
+    (_BRANCH, "_finish", _decisions.wrap_branch_finish),
+    (_RETRY_MODULE, "_arun_with_timeout", _tasks.wrap_arun_with_timeout),
 )
 _OPTIONAL = {"_arun_with_timeout"}
 """Patches of what only some versions have (node timeouts: LangGraph 1.2)."""
@@ -96,6 +99,21 @@ class LangGraphInstrumentor(BaseInstrumentor):
 
     _applied: list[tuple[Any, str, Wrapper]] = []
 
+    if TYPE_CHECKING:  # BaseInstrumentor's module opts out of type checking: typed here
+
+        def instrument(
+            self,
+            *,
+            tracer_provider: TracerProvider | None = None,
+            skip_dep_check: bool = False,
+            raise_exception_on_conflict: bool = False,
+        ) -> None:
+            """Patch LangGraph (once a process; again after :meth:`uninstrument`);
+            ``tracer_provider`` is ignored: its spans use spangraph's tracer."""
+
+        def uninstrument(self) -> None:
+            """Undo :meth:`instrument`."""
+
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("langgraph >= 0.6",)
 
@@ -110,7 +128,7 @@ class LangGraphInstrumentor(BaseInstrumentor):
                 "tracer_provider= is ignored"
             )
         branch_spec = _resolve(*_BRANCH)
-        decisions.set_branch_types((branch_spec,) if isinstance(branch_spec, type) else ())
+        _decisions.set_branch_types((branch_spec,) if isinstance(branch_spec, type) else ())
         applied: list[tuple[Any, str, Wrapper]] = []
         missing: list[str] = []
         for (module, owner), attr, wrapper in _PATCHES:
@@ -133,6 +151,6 @@ class LangGraphInstrumentor(BaseInstrumentor):
         for target, attr, wrapper in reversed(type(self)._applied):
             unwrap_ours(target, attr, wrapper)
         type(self)._applied = []
-        decisions.set_branch_types(())
-        tasks.reset()
-        runs.paused_threads.clear()
+        _decisions.set_branch_types(())
+        _tasks.reset()
+        _runs.paused_threads.clear()

@@ -34,14 +34,14 @@ import importlib
 import logging
 from collections.abc import Callable, Collection
 from contextvars import ContextVar
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]  # (its module opts out of type checking)
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import Tracer, TracerProvider
 
 from .._version import __version__
 from ..genai import CAPTURE_CONTENT_ENV as CAPTURE_CONTENT_ENV  # the switch llm() reads too
@@ -233,6 +233,21 @@ class OpenAIInstrumentor(BaseInstrumentor):
     answer's text out (default: ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``,
     on when unset). ``uninstrument()`` restores the SDK's methods.
     """
+
+    if TYPE_CHECKING:  # BaseInstrumentor's module opts out of type checking: typed here
+
+        def instrument(
+            self,
+            *,
+            tracer_provider: TracerProvider | None = None,
+            capture_content: bool | None = None,
+            skip_dep_check: bool = False,
+            raise_exception_on_conflict: bool = False,
+        ) -> None:
+            """Patch the OpenAI SDK (once a process; again after :meth:`uninstrument`)."""
+
+        def uninstrument(self) -> None:
+            """Undo :meth:`instrument`."""
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments

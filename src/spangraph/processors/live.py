@@ -220,7 +220,7 @@ class RedisPublisher:
     are read in order."""
 
     def __init__(self, client: redis.Redis) -> None:
-        self.client = client
+        self.client: redis.Redis = client
         # The batch being sent and its calls, kept until it went out: a batch retried after
         # a dropped connection is sent as the same calls, which Redis runs at most once.
         self._unsent: tuple[list[Message], list[tuple[Any, ...]]] | None = None
