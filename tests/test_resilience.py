@@ -4,11 +4,13 @@ blocks or sees an exception; what cannot be kept is counted and logged."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +112,113 @@ def test_store_outage_and_recovery(
     assert sg.stats()["graph"]["dropped"] == 0
     # the graph written before the outage survived the restart (append-only file)
     assert len(queries.workflows(store, project_id=sg.settings.project)) == 8
+
+
+@contextlib.contextmanager
+def _refusing_writes(client: redis.Redis, why: str) -> Iterator[None]:
+    """The server refuses writes while inside: ``disk``, its snapshot cannot be saved
+    (``MISCONF``, as on a full disk: PING is refused too); ``memory``, it is at its
+    ``maxmemory`` with ``noeviction`` (``OOM``)."""
+    if why == "disk":
+        data = Path(client.config_get("dir")["dir"])
+        dump = data / client.config_get("dbfilename")["dbfilename"]
+        dump.unlink(missing_ok=True)
+        (dump / "in-the-way").mkdir(parents=True)  # the snapshot cannot take its place
+        client.config_set("save", "3600 1")
+        client.bgsave()
+        deadline = time.monotonic() + 10
+        while client.info("persistence")["rdb_last_bgsave_status"] != "err":
+            assert time.monotonic() < deadline, "the snapshot did not fail"
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            shutil.rmtree(dump)
+            client.bgsave()
+            while client.info("persistence")["rdb_last_bgsave_status"] != "ok":
+                time.sleep(0.05)
+    else:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", "1")
+        try:
+            yield
+        finally:
+            client.config_set("maxmemory", "0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("why", ["disk", "memory"])
+def test_a_store_that_cannot_take_writes_for_now_is_retried_not_dropped(
+    private_servers,
+    configured: Callable[..., spangraph.Spangraph],
+    caplog: pytest.LogCaptureFixture,
+    why: str,
+) -> None:
+    """A full disk (MISCONF) or memory at its limit (OOM) is a state the server leaves by
+    itself: before, each batch it refused was dropped as rejected, with a traceback in
+    the program's log each time (hundreds a second), and runs were left open in the
+    graph. Now the graph worker retries with backoff, as for a server that went away, and
+    writes everything once the server takes writes again."""
+    _, info = private_servers.start()
+    sg = configured(graph_url=info.graph_url, redis_url=info.redis_url)
+    before = run_workflow("before")
+    assert spangraph.flush(10)
+    client = redis.Redis(port=info.port)
+    try:
+        with caplog.at_level(logging.WARNING, logger="spangraph"), _refusing_writes(client, why):
+            during = [timed_run(f"during-{i}") for i in range(5)]
+            deadline = time.monotonic() + 10
+            while sg.stats()["graph"]["retries"] == 0:
+                assert time.monotonic() < deadline, sg.stats()
+                time.sleep(0.02)
+        assert sg.graph_processor is not None
+        assert sg.graph_processor.force_flush(30_000)
+    finally:
+        client.close()
+    assert sg.stats()["graph"]["dropped"] == 0, sg.stats()
+    store = sg.store
+    assert isinstance(store, FalkorDBStore)
+    for workflow_id in [before, *during]:
+        assert span_states(store, workflow_id) == ["completed"] * 3, workflow_id
+    said = [r.getMessage() for r in caplog.records if r.name == "spangraph"]
+    assert not [m for m in said if "rejected" in m], said
+    assert any("cannot take writes now" in m for m in said), said
+
+
+def test_an_embedded_server_on_a_full_disk_is_named_by_its_home_and_still_read(
+    tmp_path: Path, configured: Callable[..., spangraph.Spangraph]
+) -> None:
+    """A full disk makes Redis refuse even PING (MISCONF): configure() named
+    SPANGRAPH_GRAPH_URL, which nobody set, and the CLI could not read the runs already
+    written. configure() now names SPANGRAPH_HOME and the server's log; reading works."""
+    from spangraph.embedded import EmbeddedServer
+
+    home = tmp_path / "home"
+    sg = configured(home=str(home))
+    written = run_workflow("before-the-disk-filled")
+    assert spangraph.flush(10)
+    info = EmbeddedServer(home).status()
+    assert info is not None
+    client = redis.Redis(port=info.port)
+    try:
+        with _refusing_writes(client, "disk"):
+            with pytest.raises(spangraph.exceptions.ConfigurationError) as refused:
+                spangraph.configure(
+                    tracer_provider=TracerProvider(), home=str(home), project="again"
+                )
+            assert refused.value.setting == "SPANGRAPH_HOME"
+            assert "MISCONF" in str(refused.value) and "server.log" in str(refused.value)
+            env = {**os.environ, "SPANGRAPH_HOME": str(home)}
+            env.pop("SPANGRAPH_GRAPH_URL", None)
+            listed = subprocess.run(
+                [sys.executable, "-m", "spangraph.cli", "query", "workflows", "--json",
+                 "--project", sg.settings.project],
+                capture_output=True, text=True, env=env, timeout=60,
+            )  # fmt: skip
+            assert listed.returncode == 0, listed.stderr
+            assert [w["workflow_id"] for w in json.loads(listed.stdout)] == [written]
+    finally:
+        client.close()
 
 
 def _run_and_signal(graph_url: str, project: str, sig: int, *modes: str) -> dict:
@@ -489,7 +598,7 @@ def _back_on_another_port(server: Any, port: int) -> Any:
 
 
 @pytest.mark.parametrize("offload", [False, True], ids=["in-process", "offload"])
-@pytest.mark.parametrize("taker", ["a-program", "another-home"])
+@pytest.mark.parametrize("taker", ["a-program", "a-web-server", "another-home"])
 def test_embedded_server_back_on_another_port_is_followed(
     tmp_path: Path, configured: Callable[..., spangraph.Spangraph], offload: bool, taker: str
 ) -> None:
@@ -498,13 +607,18 @@ def test_embedded_server_back_on_another_port_is_followed(
     When what took the port is another home's embedded server (its own last port, as its
     server.json said), nothing goes there: before, running programs wrote into that
     home's graph and Redis and said all was written (its connections answered, so
-    nothing looked for where their own server had gone)."""
+    nothing looked for where their own server had gone). When it is a program that
+    speaks no Redis and stays there (a web server), its answer to the connection's
+    handshake was an error no retry followed: every batch was dropped as rejected."""
+    import http.server
+
     from spangraph.embedded import EmbeddedServer
 
     home, other_home = tmp_path / "home", tmp_path / "other"
     project = f"moved-{uuid.uuid4().hex[:8]}"
     configured(home=str(home), project=project, offload=offload)
     server, other = EmbeddedServer(home), EmbeddedServer(other_home)
+    web: http.server.ThreadingHTTPServer | None = None
     try:
         first = server.status()
         assert first is not None
@@ -514,6 +628,13 @@ def test_embedded_server_back_on_another_port_is_followed(
         assert server.stop()
         if taker == "a-program":
             second = _back_on_another_port(server, first.port)
+        elif taker == "a-web-server":
+            web = http.server.ThreadingHTTPServer(
+                ("127.0.0.1", first.port), http.server.BaseHTTPRequestHandler
+            )
+            threading.Thread(target=web.serve_forever, daemon=True).start()
+            second = server.ensure_running()
+            assert second.port != first.port
         else:
             other_home.mkdir()
             (other_home / "server.json").write_text(json.dumps({"port": first.port}))
@@ -555,6 +676,9 @@ def test_embedded_server_back_on_another_port_is_followed(
         spangraph.shutdown()
         server.stop()
         other.stop()
+        if web is not None:
+            web.shutdown()
+            web.server_close()
 
 
 SHUTDOWN_GRACE_S = 6.0

@@ -309,6 +309,45 @@ def test_non_transient_error_drops_batch_and_continues(
     assert any("rejected" in r.getMessage() for r in caplog.records)
 
 
+def test_rejected_batches_are_logged_at_most_every_10_s_with_a_count(
+    make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One bad write repeated (a server refusing every batch) logged a traceback a batch:
+    hundreds a second. Now one every 10 s, saying how many were not logged."""
+    w, sink = make(schedule_delay=0.01)
+    sink.fail_with = [ValueError(f"rejected {i}") for i in range(4)]
+    with caplog.at_level(logging.WARNING, logger="spangraph"):
+        for i in range(3):
+            w.put(i)
+            assert w.flush(5) is False
+        w._last_reject_log -= 10.0  # 10 s later
+        w.put(3)
+        assert w.flush(5) is False
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        "spangraph test: a batch of 1 was rejected; dropped",
+        "spangraph test: a batch of 1 was rejected; dropped (2 more batch(es) rejected since "
+        "the last report)",
+    ]
+    assert all(r.exc_info is not None for r in errors)  # with the traceback
+    assert w.failed == 4 and w.dropped == 4
+
+
+def test_a_flush_cuts_a_retry_backoff_short(make: Any) -> None:
+    """A flush (shutdown's too) waiting for a batch in a retry's backoff: the destination
+    is tried again at once, not after the backoff (which could outlast the flush's
+    deadline though the destination was back)."""
+    w, sink = make(schedule_delay=0.01, retry_initial=30.0, retry_max=30.0)
+    sink.fail_with = [Transient("down")]
+    w.put("held")
+    deadline = time.monotonic() + 5
+    while w.retries == 0:  # failed once: now in a 30 s backoff
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert w.flush(5) is True
+    assert sink.items == ["held"]
+
+
 def test_prepare_error_drops_items_and_continues(make: Any) -> None:
     def bad_prepare(items: list[Any]) -> tuple[list[Any], int]:
         if "poison" in items:

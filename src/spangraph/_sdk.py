@@ -30,6 +30,7 @@ from ._propagation import RunBaggageProcessor
 from ._version import __version__
 from .config import (
     DEFAULT_PROJECT,
+    ENV_HOME,
     ENV_REDIS_URL,
     Settings,
     graph_url_setting,
@@ -529,24 +530,28 @@ def _open_store(settings: Settings, *, embedded: bool = False) -> GraphStore:
     server of ``settings.home`` (errors name SPANGRAPH_HOME, not a URL nobody set)."""
     url = redact_url(settings.graph_url)
     setting = graph_url_setting(settings.graph_url)  # (NEO4J_URI: the variable set)
+
+    def unusable(exc: Exception) -> ConfigurationError:
+        if embedded and isinstance(exc, StoreError):  # e.g. MISCONF: its disk is full
+            return ConfigurationError(
+                ENV_HOME,
+                f"its embedded server ({url}) cannot be used: {exc} (its log: "
+                f"{_embedded(settings.home).log_file})",
+            )
+        return ConfigurationError(setting, f"cannot use {url}: {exc}")
+
     try:
         store = open_store(settings, embedded=embedded)
     except ConfigurationError:
         raise  # it names the setting already, with the password hidden
     except (StoreError, ValueError, TypeError) as exc:  # the client refused the URL
-        raise ConfigurationError(setting, f"cannot use {url}: {exc}") from None
+        raise unusable(exc) from None
     try:
         store.ping()
         store.ensure_schema()
     except StoreError as exc:
         store.close()
-        if embedded:  # e.g. MISCONF: its disk is full
-            raise ConfigurationError(
-                "SPANGRAPH_HOME",
-                f"its embedded server ({url}) cannot be used: {exc} (its log: "
-                f"{_embedded(settings.home).log_file})",
-            ) from None
-        raise ConfigurationError(setting, f"cannot use {url}: {exc}") from None
+        raise unusable(exc) from None
     return store
 
 

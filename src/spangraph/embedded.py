@@ -480,7 +480,11 @@ class EmbeddedServer:
         verify = self._verifier()
 
         def check(connection: Any) -> None:
-            connection.on_connect()  # (what redis-py does when no function is given)
+            try:
+                connection.on_connect()  # (what redis-py does when no function is given)
+            except Exception as exc:
+                verify(exc, connection)  # raises (a program that speaks no Redis took the port)
+                raise
             try:
                 connection.send_command("CONFIG", "GET", "dir")
                 # the raw bytes, as the file system has them (a client that decodes
@@ -498,7 +502,11 @@ class EmbeddedServer:
         verify = self._verifier()
 
         async def check(connection: Any) -> None:
-            await connection.on_connect()
+            try:
+                await connection.on_connect()
+            except Exception as exc:
+                verify(exc, connection)  # raises
+                raise
             try:
                 await connection.send_command("CONFIG", "GET", "dir")
                 reply: Any = await connection.read_response(disable_decoding=True)
@@ -516,9 +524,10 @@ class EmbeddedServer:
         def verify(reply: Any, connection: Any) -> None:
             if isinstance(reply, redis.ResponseError):  # CONFIG refused: not this home's
                 served: str | None = f"(unknown: {reply})"
-            elif isinstance(reply, redis.RedisError):
+            elif isinstance(reply, redis.ConnectionError | redis.TimeoutError):
                 raise reply
-            elif isinstance(reply, Exception):  # anything else is the connection's too
+            elif isinstance(reply, Exception):  # a reply no Redis sends, or anything else:
+                # not this home's server (the writer retries, and follows it if it moved)
                 raise redis.ConnectionError(f"cannot tell which server this is: {reply}") from reply
             else:
                 served = _dir_of(reply)

@@ -66,6 +66,10 @@ them into it."""
 _JOIN_GRACE: Final = 0.1
 """Seconds shutdown waits for a worker thread past its deadline."""
 
+_RETRY_WHILE_FLUSHING: Final = 0.25
+"""Seconds at most between two attempts at an unavailable destination while a flush (or
+shutdown's) waits for what the worker holds."""
+
 _SPLIT_AFTER: Final = 2
 """``split_on`` errors of one payload (the destination answering otherwise) before it is
 sent in parts."""
@@ -193,6 +197,8 @@ class BatchWorker(Generic[T, P]):
         self._logged_dropped = 0  # ``dropped`` as of the last warning about drops
         self._untold_loss = False
         self._outage_logged = False
+        self._last_reject_log = -10.0
+        self._rejects_untold = 0
         self._init_thread()
         _WORKERS.add(self)  # re-initialised in a forked child (one hook for all workers)
 
@@ -204,6 +210,8 @@ class BatchWorker(Generic[T, P]):
         self._staged_markers: list[_FlushMarker] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # set by a flush asked for, and by shutdown: cuts a retry's backoff short
+        self._hurry = threading.Event()
         self._idle = False
         self._lingering = False
         self._flush_pending = 0
@@ -399,6 +407,7 @@ class BatchWorker(Generic[T, P]):
             self._flush_pending += 1
             self._queue.append(marker)
         self._wake.set()
+        self._hurry.set()
 
         def wait(timeout: float | None) -> bool:
             if marker.done.wait(timeout):
@@ -420,6 +429,7 @@ class BatchWorker(Generic[T, P]):
         self._closed = True
         self._stop.set()
         self._wake.set()
+        self._hurry.set()
         # a short grace past the deadline: a worker woken from its backoff by the stop
         # counts its batch as dropped in a few milliseconds; one stuck on a store that
         # does not answer is a daemon thread, left to its timeout
@@ -731,14 +741,20 @@ class BatchWorker(Generic[T, P]):
                         "spangraph %s: unavailable (%s); retrying with backoff", self.name, exc
                     )
                 self.retries += 1
-                self._stop.wait(delay)
+                # a flush waiting (shutdown's too) cuts the backoff short: the destination
+                # is tried again within _RETRY_WHILE_FLUSHING, so what it holds is sent as
+                # soon as the destination is back, not after a backoff past the deadline
+                if self._flush_pending:
+                    self._stop.wait(min(delay, _RETRY_WHILE_FLUSHING))
+                else:
+                    self._hurry.clear()
+                    if not self._flush_pending:  # (not asked for between check and clear)
+                        self._hurry.wait(delay)
                 delay = min(delay * 2, self._retry_max)
                 continue
-            except Exception:
+            except Exception as exc:
                 self._count_failed()
-                _log.exception(
-                    "spangraph %s: a batch of %d was rejected; dropped", self.name, count
-                )
+                self._log_rejected(count, exc)
                 self._count_drop(count, "rejected")
                 return
             if self._outage_logged:
@@ -753,6 +769,25 @@ class BatchWorker(Generic[T, P]):
                 except Exception:
                     _log.debug("spangraph %s: the on_sent hook failed", self.name, exc_info=True)
             return
+
+    def _log_rejected(self, count: int, exc: Exception) -> None:
+        """Log a batch the destination rejected, with its traceback: at most once every
+        10 s, saying how many more were rejected in between (one bad write repeated
+        would otherwise fill the program's log)."""
+        now = time.monotonic()
+        if now - self._last_reject_log < 10.0:
+            self._rejects_untold += 1
+            return
+        untold, self._rejects_untold = self._rejects_untold, 0
+        self._last_reject_log = now
+        more = f" ({untold} more batch(es) rejected since the last report)" if untold else ""
+        _log.error(
+            "spangraph %s: a batch of %d was rejected; dropped%s",
+            self.name,
+            count,
+            more,
+            exc_info=exc,
+        )
 
     def _answers(self) -> bool:
         responsive = self._responsive

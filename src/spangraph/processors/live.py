@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Final
 from opentelemetry.sdk.trace import SpanLimits
 
 from .. import semconv as sc
+from .._redis_replies import is_passing
 from .._utf8 import mended
+from ..exceptions import LiveUnavailableError
 from ..mapping import (
     COMMON_ATTRIBUTES,
     LIVE_ONLY_EVENTS,
@@ -295,6 +297,8 @@ class RedisPublisher:
                 if isinstance(result, Exception) and not isinstance(
                     result, redis.exceptions.NoScriptError
                 ):
+                    if is_passing(result):  # a full disk, maxmemory: retried, not dropped
+                        raise LiveUnavailableError(f"Redis cannot take writes now: {result}")
                     raise result
             if not missing:
                 self._unsent = None
@@ -402,7 +406,7 @@ class LiveEventProcessor(QueueingSpanProcessor):
             "live",
             self._prepare,
             publisher.publish,
-            transient=(redis.ConnectionError, redis.TimeoutError, OSError),
+            transient=(redis.ConnectionError, redis.TimeoutError, OSError, LiveUnavailableError),
             max_queue_size=max_queue_size,
             max_batch_size=min(max_batch_size, max_queue_size),  # a batch fits the queue
             schedule_delay=0.05,

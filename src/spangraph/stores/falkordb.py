@@ -18,6 +18,7 @@ from falkordb.path import Path
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .._redis_replies import is_passing, is_unknown_command
 from .._utf8 import REPLACEMENT, utf8
 from ..config import DEFAULT_FALKORDB_GRAPH, redact_url
 from ..exceptions import (
@@ -312,12 +313,29 @@ class FalkorDBStore:
     def _probe(self, port: int) -> None:
         """PING ``port`` once, within the connect timeout (at most 5 s): a server that
         accepts connections but never answers is found out in that time, not in the
-        longer ``socket_timeout`` that queries get."""
+        longer ``socket_timeout`` that queries get. A server that cannot take writes for
+        now (a full disk: Redis then refuses PING too) answers: it can be read."""
         client = self._probe_client(port)
         try:
             client.ping()
+        except redis.ResponseError as exc:
+            if not is_passing(exc):
+                raise
         finally:
             client.close()
+
+    def _refused(self, exc: redis.ResponseError, what: str) -> StoreError:
+        """The error an error reply to a write or a PING is raised as: unavailable, and so
+        retried, when the server cannot take writes for now (a full disk, memory at its
+        limit, a load) or is not a FalkorDB (a Redis without the graph module, where the
+        embedded server was); else ``what`` was rejected."""
+        if is_passing(exc):
+            return StoreUnavailableError(f"FalkorDB at {self.url} cannot take writes now: {exc}")
+        if is_unknown_command(exc):
+            return StoreUnavailableError(
+                f"the server at {self.url} is not a FalkorDB (no graph module): {exc}"
+            )
+        return StoreError(f"{what}: {exc}")
 
     def _probe_client(self, port: int) -> redis.Redis:
         """A client that connects as the FalkorDB client does (RESP2; TLS without the
@@ -385,10 +403,15 @@ class FalkorDBStore:
     # -- GraphStore ---------------------------------------------------------------------
 
     def ping(self) -> None:
+        """Whether the server answers: one that cannot take writes for now (a full disk:
+        Redis refuses PING too) answers, and can be read."""
         try:
             self._db.connection.ping()
         except _TRANSIENT as exc:
             raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
+        except redis.ResponseError as exc:
+            if not is_passing(exc):
+                raise self._refused(exc, f"FalkorDB at {self.url} refused a PING") from exc
 
     def ensure_schema(self) -> None:
         if self._schema_ready:
@@ -427,7 +450,7 @@ class FalkorDBStore:
         except _TRANSIENT as exc:
             raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
         except redis.ResponseError as exc:
-            raise StoreError(f"FalkorDB rejected the schema: {exc}") from exc
+            raise self._refused(exc, "FalkorDB rejected the schema") from exc
         self._schema_ready = True
 
     def _await_constraints(self, conn: redis.Redis, timeout: float = 5.0) -> None:
@@ -535,7 +558,7 @@ class FalkorDBStore:
                 raise StoreError(f"FalkorDB sent a reply that cannot be read: {exc}") from exc
             raise
         if rejected is not None:
-            raise StoreError(f"FalkorDB rejected a write: {rejected}") from rejected
+            raise self._refused(rejected, "FalkorDB rejected a write") from rejected
 
     def _send(self, encoded: EncodedWrite) -> None:
         if not self._schema_ready:
