@@ -86,12 +86,16 @@ def cancelled_error(message: str) -> BaseException:
 
 def is_cancellation(exc: BaseException | None) -> TypeGuard[BaseException]:
     """Whether ``exc`` cancels the code rather than failing it: asyncio's
-    ``CancelledError`` (or this module's), ``KeyboardInterrupt``, or trio's
-    ``Cancelled``."""
+    ``CancelledError`` (or this module's), ``KeyboardInterrupt``, trio's ``Cancelled``,
+    or greenlet's ``GreenletExit`` (a greenlet killed: gevent's ``kill()``, eventlet's)."""
     if isinstance(exc, KeyboardInterrupt | CancelledError):
         return True
     asyncio = sys.modules.get("asyncio")
     if asyncio is not None and isinstance(exc, asyncio.CancelledError):
         return True
     trio = sys.modules.get("trio")
-    return trio is not None and isinstance(exc, trio.Cancelled)
+    if trio is not None and isinstance(exc, trio.Cancelled):
+        return True
+    greenlet = sys.modules.get("greenlet")
+    exit_type = getattr(greenlet, "GreenletExit", None)
+    return isinstance(exit_type, type) and isinstance(exc, exit_type)

@@ -150,7 +150,7 @@ STATE_FAILED: Final = "failed"
 """The span ended with an error."""
 STATE_CANCELLED: Final = "cancelled"
 """The span was cancelled (``asyncio.CancelledError``, ``KeyboardInterrupt``,
-``trio.Cancelled``), or was still open when the program exited
+``trio.Cancelled``, ``GreenletExit``), or was still open when the program exited
 (``spangraph.exceptions.ProgramExited``: a daemon thread's, a task never finished)."""
 STATE_UNEXPLORED: Final = "unexplored"
 """An option node that was offered at a decision but never explored (no span of its own)."""

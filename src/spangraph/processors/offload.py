@@ -74,11 +74,20 @@ class AgentGone(OSError):
     """The agent process is not there to take what is sent."""
 
 
-class _Agent(subprocess.Popen[bytes]):
-    """An agent process, with what was sent to it and what it acknowledged."""
+class _Agent:
+    """An agent process, with what was sent to it and what it acknowledged.
+
+    Its ``subprocess.Popen`` is made from the class ``subprocess`` has when the agent
+    starts, not when spangraph was imported: gevent's, where gevent patched subprocess
+    after that (the standard class then fails to start anything). gevent's pipes do not
+    block: they are read and written through ``select`` (:func:`_read_some`,
+    :func:`_write_all`), which gevent makes cooperative where it patched select."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        self.process: subprocess.Popen[bytes] = subprocess.Popen(*args, **kwargs)
+        self.pid = self.process.pid
+        self.stdin = self.process.stdin
+        self.stdout = self.process.stdout
         self.write_lock = threading.Lock()
         """Held while a frame is written: its stdin is closed only between frames (a
         file descriptor closed under a write would be reused by the program's next
@@ -93,6 +102,38 @@ class _Agent(subprocess.Popen[bytes]):
         self.reader: threading.Thread | None = None
         self.stats: dict[str, Any] = {}
         """Its processors' counters (``graph``, ``live``), as its last answer gave them."""
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+def _read_some(fd: int, size: int) -> bytes:
+    """``os.read``; on a pipe that does not block (gevent's), after waiting for data."""
+    while True:
+        try:
+            return os.read(fd, size)
+        except BlockingIOError:
+            select.select([fd], [], [])
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data``; to a pipe that does not block (gevent's), as it drains."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [])
 
 
 class _Ack:
@@ -421,10 +462,7 @@ class OffloadSpanProcessor(SpanProcessor):
                 agent.marks[token] = base + position + 1  # the flush record and all before
             agent.sent = base + count
             try:
-                view = memoryview(frame)
-                fd = agent.stdin.fileno()
-                while view:
-                    view = view[os.write(fd, view) :]
+                _write_all(agent.stdin.fileno(), frame)
             except (OSError, ValueError) as exc:  # ValueError: the pipe is closed
                 agent.sent = base  # not taken: the frame goes to the next agent
                 for token, _ in tokens:
@@ -517,7 +555,7 @@ class OffloadSpanProcessor(SpanProcessor):
                     ack.event.set()
                     self._untold(ack)  # after: a waiter gives up before it looks
             try:
-                data = os.read(fd, 65_536)
+                data = _read_some(fd, 65_536)
             except OSError:
                 data = b""
             if not data:
