@@ -278,6 +278,44 @@ def test_an_agent_stopped_at_shutdown_is_counted(off: spangraph.Spangraph) -> No
     assert processor.stats()["dropped"] >= 100  # before: 1 (a flush record)
 
 
+def test_drops_while_the_agent_does_not_read_are_told_at_once(
+    provider: TracerProvider,
+    graph_url: str,
+    embedded_server: ServerInfo,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The agent stopped (a busy machine, a debugger): the worker waited in its write to
+    the full pipe, and the records the buffer dropped meanwhile were logged only at
+    shutdown (never, in a program killed before it). The worker now tells of them while
+    it waits."""
+    sg = configure_offload(provider, graph_url, embedded_server, tmp_path, max_queue_size=512)
+    try:
+        agent = agent_of(sg)
+        os.kill(agent.pid, signal.SIGSTOP)
+        try:
+            with caplog.at_level(logging.WARNING, logger="spangraph"):
+                tracer = provider.get_tracer("t")
+                deadline = time.monotonic() + 30
+                told: list[str] = []
+                while not told:
+                    assert time.monotonic() < deadline, "no drop was told"
+                    for _ in range(2_000):
+                        with tracer.start_as_current_span("s"):
+                            pass
+                    time.sleep(0.2)
+                    told = [
+                        r.getMessage()
+                        for r in caplog.records
+                        if r.getMessage().startswith("spangraph offload: dropped")
+                    ]
+            assert sg.stats()["offload"]["dropped"] > 0
+        finally:
+            os.kill(agent.pid, signal.SIGCONT)
+    finally:
+        spangraph.shutdown()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_fork_while_an_agent_starts_does_not_keep_it_alive(off: spangraph.Spangraph) -> None:
     """A child forked while the worker waited for a new agent to be ready kept that

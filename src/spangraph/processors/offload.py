@@ -66,6 +66,8 @@ _LINGER: Final = 0.002
 _IDLE_WAIT: Final = 0.5
 """Seconds the idle worker sleeps between checks (a new record wakes it at once)."""
 _SUPPRESS_KEY: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY
+_WRITE_WAIT: Final = 1.0
+"""Seconds between two looks at the drops while the agent's pipe stays full."""
 _AGENT_NICENESS: Final = 10
 """How much lower than the traced program the agent process runs (``os.nice``)."""
 
@@ -126,14 +128,17 @@ def _read_some(fd: int, size: int) -> bytes:
             select.select([fd], [], [])
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data``; to a pipe that does not block (gevent's), as it drains."""
+def _write_all(fd: int, data: bytes, waiting: Callable[[], None] | None = None) -> None:
+    """Write all of ``data`` to a pipe that does not block, as it drains; ``waiting`` is
+    called every :data:`_WRITE_WAIT` seconds that the pipe stays full (an agent that does
+    not read: stopped, or busy)."""
     view = memoryview(data)
     while view:
         try:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
-            select.select([], [fd], [])
+            if not select.select([], [fd], [], _WRITE_WAIT)[1] and waiting is not None:
+                waiting()
 
 
 class _Ack:
@@ -462,7 +467,9 @@ class OffloadSpanProcessor(SpanProcessor):
                 agent.marks[token] = base + position + 1  # the flush record and all before
             agent.sent = base + count
             try:
-                _write_all(agent.stdin.fileno(), frame)
+                # while the agent does not read, what the buffer drops meanwhile is told
+                # (this thread is the one that tells it)
+                _write_all(agent.stdin.fileno(), frame, self._log_drops)
             except (OSError, ValueError) as exc:  # ValueError: the pipe is closed
                 agent.sent = base  # not taken: the frame goes to the next agent
                 for token, _ in tokens:
@@ -496,6 +503,10 @@ class OffloadSpanProcessor(SpanProcessor):
             process_group=0,
         )
         _above_stdio(agent)
+        assert agent.stdin is not None
+        # written as it drains (_write_all): a write to an agent that does not read
+        # (stopped, busy) waits in select, where the worker still tells of drops
+        os.set_blocking(agent.stdin.fileno(), False)
         assert agent.stdout is not None
         self._starting = agent
         try:
