@@ -348,6 +348,22 @@ def test_a_flush_cuts_a_retry_backoff_short(make: Any) -> None:
     assert sink.items == ["held"]
 
 
+def test_a_flush_given_up_on_no_longer_hurries_the_retries(make: Any) -> None:
+    """A flush that timed out against a destination still down: the retries go back to
+    their backoff (they went on every 0.25 s for as long as the outage lasted)."""
+
+    def down(payload: list[Any]) -> None:
+        raise Transient("down")
+
+    w, _ = make(sink=down, schedule_delay=0.01, retry_initial=0.05, retry_max=5.0)
+    w.put("held")
+    assert w.flush(1.0) is False  # given up on: the destination is still down
+    before = w.retries
+    time.sleep(2.0)
+    # backing off from at least 0.8 s (doubling to 5 s): two more at most, not eight
+    assert w.retries - before <= 2, w.retries - before
+
+
 def test_prepare_error_drops_items_and_continues(make: Any) -> None:
     def bad_prepare(items: list[Any]) -> tuple[list[Any], int]:
         if "poison" in items:

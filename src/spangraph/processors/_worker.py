@@ -744,11 +744,11 @@ class BatchWorker(Generic[T, P]):
                 # a flush waiting (shutdown's too) cuts the backoff short: the destination
                 # is tried again within _RETRY_WHILE_FLUSHING, so what it holds is sent as
                 # soon as the destination is back, not after a backoff past the deadline
-                if self._flush_pending:
+                if self._flush_waited():
                     self._stop.wait(min(delay, _RETRY_WHILE_FLUSHING))
                 else:
                     self._hurry.clear()
-                    if not self._flush_pending:  # (not asked for between check and clear)
+                    if not self._flush_waited():  # (not asked for between check and clear)
                         self._hurry.wait(delay)
                 delay = min(delay * 2, self._retry_max)
                 continue
@@ -769,6 +769,12 @@ class BatchWorker(Generic[T, P]):
                 except Exception:
                     _log.debug("spangraph %s: the on_sent hook failed", self.name, exc_info=True)
             return
+
+    def _flush_waited(self) -> bool:
+        """Whether a flush (shutdown's too) is waited for now: one whose waiter gave up
+        no longer cuts the backoff short (an outage would be tried every 0.25 s on)."""
+        with self._drop_lock:
+            return any(not marker.given_up for marker in self._pending)
 
     def _log_rejected(self, count: int, exc: Exception) -> None:
         """Log a batch the destination rejected, with its traceback: at most once every
