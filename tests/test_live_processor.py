@@ -241,6 +241,36 @@ def test_events_are_delivered_while_the_workflow_runs(
     assert [m["type"] for m in after].count("progress") == 1
 
 
+def test_an_event_is_queued_as_a_copy_of_its_span_not_the_span(
+    sg: spangraph.Spangraph, listen: Callable[..., Listener], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event's queue item held the span itself until the worker mapped it: in a burst
+    the backlog kept thousands of spans alive into the collector's old generations (a
+    step then paused up to 0.45 s in a collection). It holds a copy of the span as it
+    was at the event, and the message is the same."""
+    processor = sg.live_processor
+    assert processor is not None
+    queued: list[tuple[Any, ...]] = []
+    put = processor._put
+
+    def spy(item: tuple[Any, ...]) -> bool:
+        queued.append(item)
+        return put(item)
+
+    monkeypatch.setattr(processor, "_put", spy)
+    workflow_id = f"wf-{uuid.uuid4()}"
+    listener = listen(workflow_channel(workflow_id))
+    with spangraph.workflow("wf-copied", workflow_id=workflow_id), spangraph.step("s") as s:
+        s.set(phase="two")  # after its start: the event is mapped as the span is now
+        spangraph.event("progress", pct=50)
+    events = [item for item in queued if len(item) > 3 and item[3] == "progress"]
+    assert len(events) == 1 and type(events[0][1]) is tuple, events
+    messages = listener.until(workflow_ended)
+    [progress] = [m for m in messages if m["type"] == "progress"]
+    assert progress["attributes"] == {"pct": 50}
+    assert progress["kind"] == "step" and progress["workflow_id"] == workflow_id
+
+
 def test_times_out_of_range_are_streamed_as_stored(
     sg: spangraph.Spangraph, provider: TracerProvider, listen: Callable[..., Listener]
 ) -> None:

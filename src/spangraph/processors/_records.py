@@ -232,6 +232,20 @@ def copy_record(what: int, span: Any, known: dict[int, Any]) -> tuple[Any, ...] 
     last = _last
     if last[0] is span and last[1] == what and last[2] is known:
         return last[3]
+    record = _copied(what, span, known)
+    if record is not None:
+        _last = (span, what, known, record)
+    return record
+
+
+def snapshot(span: Any, known: dict[int, Any]) -> tuple[Any, ...] | None:
+    """A START record of the open ``span`` as it is now (its name and attributes at this
+    moment: what an event of it is mapped with), never one copied before; ``None`` as
+    for :func:`copy_record`. Never raises."""
+    return _copied(START, span, known)
+
+
+def _copied(what: int, span: Any, known: dict[int, Any]) -> tuple[Any, ...] | None:
     try:
         record = (start_record if what == START else end_record)(span, known)
     except Exception:
@@ -241,7 +255,6 @@ def copy_record(what: int, span: Any, known: dict[int, Any]) -> tuple[Any, ...] 
             return None
     if record[-1] not in known:  # more Resources than MAX_RESOURCES: not readable back
         return None
-    _last = (span, what, known, record)
     return record
 
 

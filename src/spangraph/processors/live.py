@@ -29,7 +29,7 @@ from ..mapping import (
     live_message_parts,
     state_of,
 )
-from ._records import RESOURCES, copy_record, rebuild
+from ._records import RESOURCES, copy_record, rebuild, snapshot
 from ._worker import BatchWorker, QueueingSpanProcessor, ends_a_run
 
 if TYPE_CHECKING:  # redis is imported when a publisher is made: `import spangraph` stays light
@@ -465,9 +465,19 @@ class LiveEventProcessor(QueueingSpanProcessor):
     def _on_event(
         self, span: Any, name: str, attributes: Mapping[str, Any], time_ns: int, *kept: int | None
     ) -> None:
-        # (kept: how many events the span keeps, when the span cannot say: a rebuilt one)
+        # (kept: how many events the span keeps, when the span cannot say: a rebuilt one,
+        # in the offload agent, which holds light spans of its own)
         try:
-            self._put((_EVENT, span, time_ns, name, attributes, *kept))
+            if kept:
+                self._put((_EVENT, span, time_ns, name, attributes, *kept))
+                return
+            # the span as it is now, copied: not the span itself, which a queue would
+            # hold (a burst's backlog of spans kept the garbage collector busy)
+            record = snapshot(span, self._known)
+            self._put(
+                (_EVENT, span if record is None else record, time_ns, name, attributes,
+                 events_kept(span))
+            )  # fmt: skip
         except Exception:  # pragma: no cover - never raise into user code
             pass
 
@@ -534,13 +544,14 @@ class LiveEventProcessor(QueueingSpanProcessor):
                 items[i] = (_END, span, *item[2:])
         # the attributes a span had when it started, for its span.started message when its
         # end is here too (the end's are its final ones: a state, a decision's choice)
+        # (an event's record: the span as it was at the event)
         at_start: dict[int, dict[str, Any]] = {}
         for i, item in enumerate(items):
-            if item[0] == _START and type(item[1]) is tuple:
+            if item[0] != _END and type(item[1]) is tuple:
                 record = item[1]
                 try:
                     final = ending.get(record[2])
-                    if final is not None:
+                    if final is not None and item[0] == _START:
                         at_start[i] = dict(record[_START_ATTRIBUTES] or ())
                     span = final or rebuild(record, known)
                 except Exception:
@@ -548,7 +559,7 @@ class LiveEventProcessor(QueueingSpanProcessor):
                     items[i] = _SKIP
                     skipped += 1
                     continue
-                items[i] = (_START, span, *item[2:])
+                items[i] = (item[0], span, *item[2:])
         in_batch: dict[int, tuple[dict[str, Any], Mapped]] = {}
         for i, item in enumerate(items):
             what, span, time_ns = item[0], item[1], item[2]
