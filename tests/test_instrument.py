@@ -1815,3 +1815,30 @@ def test_spans_open_at_exit_are_ended_newest_first_and_never_twice(cap: SpanCapt
     assert errors == []
     assert len(cap.spans) == 3  # the owner's exits ended nothing again
     assert _spans.end_open_spans() == 0
+
+
+def test_a_dropped_task_of_a_step_with_a_timeout_is_collected_and_ends(
+    cap: SpanCapture,
+) -> None:
+    """The record of open spans kept for the exit held each block: a task dropped while
+    it waited, whose step's timeout holds the task, lived (unended) until the exit."""
+    import gc
+
+    from spangraph import _spans
+
+    @spangraph.step(timeout=60)
+    async def waits() -> None:
+        await asyncio.sleep(100)
+
+    async def start() -> None:
+        for _ in range(20):
+            asyncio.get_running_loop().create_task(waits())
+        await asyncio.sleep(0.05)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(start())
+    assert len(_spans._open) >= 20
+    del loop
+    gc.collect()
+    assert [s.name for s in cap.spans].count("waits") == 20  # ended by their close
+    assert not [f for f in list(_spans._open) if f.handle.name == "waits"]

@@ -278,6 +278,33 @@ def test_an_agent_stopped_at_shutdown_is_counted(off: spangraph.Spangraph) -> No
     assert processor.stats()["dropped"] >= 100  # before: 1 (a flush record)
 
 
+def test_an_agent_on_descriptors_numbered_past_1024_is_used(
+    provider: TracerProvider, graph_url: str, embedded_server: ServerInfo, tmp_path: Any
+) -> None:
+    """A program with more than 1 024 files open got the pipes to the agent numbered
+    past what ``select.select`` takes: configure(offload=True) raised ValueError."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1_200:
+        pytest.skip(f"needs 1 200 open files (the limit is {soft})")
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1_100)]
+    try:
+        sg = configure_offload(provider, graph_url, embedded_server, tmp_path)
+        try:
+            agent = agent_of(sg)
+            assert agent.stdin.fileno() >= 1_024 and agent.stdout.fileno() >= 1_024
+            with spangraph.workflow("past-1024"):
+                pass
+            assert spangraph.flush(20)
+            assert "past-1024" in run_names(sg)
+        finally:
+            spangraph.shutdown()
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 def test_drops_while_the_agent_does_not_read_are_told_at_once(
     provider: TracerProvider,
     graph_url: str,

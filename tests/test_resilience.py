@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 import spangraph
 from spangraph import queries
+from spangraph.exceptions import StoreUnavailableError
 from spangraph.processors.live import workflow_channel
 from spangraph.stores import FalkorDBStore
 
@@ -217,6 +218,13 @@ def test_an_embedded_server_on_a_full_disk_is_named_by_its_home_and_still_read(
             )  # fmt: skip
             assert listed.returncode == 0, listed.stderr
             assert [w["workflow_id"] for w in json.loads(listed.stdout)] == [written]
+            # what `serve`'s /api/health/graph asks: not healthy (writes are refused)
+            store = FalkorDBStore.from_url(info.graph_url)
+            try:
+                with pytest.raises(StoreUnavailableError, match="MISCONF"):
+                    store.ping()
+            finally:
+                store.close()
     finally:
         client.close()
 
@@ -371,7 +379,9 @@ def test_spans_open_at_a_normal_exit_end_cancelled(
     """A program that exits while spangraph's blocks are open (a daemon thread's, a task
     never finished, a generator never closed), in the main process or in one started by
     multiprocessing: each span is ended ``cancelled`` at exit, the workflows with a
-    ``workflow.cancelled`` event saying the program exited, and written."""
+    ``workflow.cancelled`` event saying the program exited, and written. A thread that
+    is not a daemon is waited for first, as Python does (multiprocessing runs its
+    finalizers before that: its run was ended ``cancelled`` while it worked)."""
     project = f"p-{uuid.uuid4().hex[:8]}"
     done = subprocess.run(
         [sys.executable, str(SCRIPTS / "open_at_exit.py"), graph_url, project, *modes],
@@ -389,6 +399,7 @@ def test_spans_open_at_a_normal_exit_end_cancelled(
         ("in-a-daemon-thread", "blocked", "cancelled", True),
         ("in-a-generator", "in-a-generator", "cancelled", True),
         ("in-a-task", "in-a-task", "cancelled", True),
+        ("still-working", "still-working", "completed", True),
     ]
     events = store.query(
         "MATCH (w:Workflow {project_id: $p})-[:HAS_EVENT]->(e:Event "

@@ -541,8 +541,10 @@ def open_graph(settings: Settings) -> Any:
     try:
         store.ping()
     except StoreUnavailableError as exc:
-        store.close()
-        raise _unusable(settings, exc) from None
+        if not getattr(store, "cannot_write_now", lambda _: False)(exc):
+            store.close()
+            raise _unusable(settings, exc) from None
+        # (it answers but cannot take writes for now, a full disk: it can be read)
     except BaseException:
         store.close()
         raise

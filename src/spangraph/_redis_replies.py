@@ -36,6 +36,10 @@ def is_passing(exc: BaseException) -> bool:
 
 
 def is_unknown_command(exc: BaseException) -> bool:
-    """Whether the error reply ``exc`` says the server does not know the command: a
-    Redis without the module that a FalkorDB has, where a FalkorDB was."""
-    return "unknown command" in str(exc).lower()
+    """Whether the error reply ``exc`` is Redis's own ``ERR unknown command ...``: a Redis
+    without the module that a FalkorDB has, where a FalkorDB was. (Not any reply that
+    says those words: FalkorDB quotes a statement it refuses, values included.)"""
+    text = str(exc)
+    if text.startswith("ERR "):  # a client that left the code in the text
+        text = text[4:]
+    return error_code(exc) in ("ERR", "") and text.startswith("unknown command ")

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
@@ -45,9 +46,11 @@ def _next_generation_after_fork() -> None:
     _open.clear()  # the parent's: it ends them
 
 
-_open: dict[_Frame, None] = {}
-"""The spans of spangraph's blocks open in this process, in the order they started (a
-dict as an ordered set: adding and removing one are atomic under the GIL)."""
+_open: weakref.WeakKeyDictionary[_Frame, None] = weakref.WeakKeyDictionary()
+"""The spans of spangraph's blocks open in this process, in the order they started. Weak:
+a block nothing holds any more (a task dropped while it waited, its step's timeout and
+the task holding each other) is the collector's, which closes its code and so ends its
+span; kept here, it would live, unended, until the exit."""
 
 
 def end_open_spans() -> int:
@@ -57,10 +60,13 @@ def end_open_spans() -> int:
     task never finished); never raises an ``Exception``."""
     from .exceptions import ProgramExited
 
-    try:
-        frames = list(_open)
-    except RuntimeError:  # changed by another thread meanwhile: once more
-        frames = list(_open)
+    frames: list[_Frame] = []
+    for _ in range(3):
+        try:
+            frames = list(_open)
+            break
+        except RuntimeError:  # changed by another thread meanwhile: again
+            continue
     ended = 0
     for frame in reversed(frames):
         try:
@@ -601,8 +607,8 @@ class _Frame:
     """One open span of a scope: started, attached or not, then finished once."""
 
     __slots__ = (
-        "ctx", "generation", "handle", "kind", "lifecycle", "on_finish", "timeout",
-        "timeout_cm", "token",
+        "__weakref__", "ctx", "generation", "handle", "kind", "lifecycle", "on_finish",
+        "timeout", "timeout_cm", "token",
     )  # fmt: skip
 
     def __init__(self, opts: _Options, name: str, attempt: int | None, links: tuple[Link, ...]):

@@ -2,7 +2,7 @@
 daemon thread (blocked for good), a workflow in an asyncio task never finished (its loop
 left unclosed), a workflow in a generator never closed (held by a global). spangraph's
 exit hook ends them ``cancelled`` (``spangraph.exceptions.ProgramExited``) before it
-flushes.
+flushes; a thread that is not a daemon, still working, is waited for (its run completes).
 
 Usage: python open_at_exit.py GRAPH_URL PROJECT [offload] [child]
 With ``child``, all of it happens in a process started by multiprocessing (fork), which
@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import sys
 import threading
+import time
 
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -37,6 +38,12 @@ def leave_spans_open() -> dict[str, str]:
 
     threading.Thread(target=blocked, daemon=True).start()
     started.wait(10)
+
+    def still_working() -> None:  # not a daemon: the exit waits for it, its run completes
+        with spangraph.workflow("still-working"):
+            time.sleep(0.5)
+
+    threading.Thread(target=still_working).start()
 
     loop = asyncio.new_event_loop()
 

@@ -468,6 +468,13 @@ class BatchWorker(Generic[T, P]):
         # flushes waiting on other threads: done, and False (not everything was sent)
         self._release(markers, lost=True)
         self._log_untold_drops(last=True)  # the last word: what the rate limit kept quiet
+        if self._rejects_untold:
+            _log.error(
+                "spangraph %s: %d more batch(es) rejected since the last report; dropped",
+                self.name,
+                self._rejects_untold,
+            )
+            self._rejects_untold = 0
         return flushed
 
     # -- worker thread --------------------------------------------------------------------
@@ -748,7 +755,8 @@ class BatchWorker(Generic[T, P]):
                     self._stop.wait(min(delay, _RETRY_WHILE_FLUSHING))
                 else:
                     self._hurry.clear()
-                    if not self._flush_waited():  # (not asked for between check and clear)
+                    # (not asked for, nor stopped, between the check and the clear)
+                    if not self._flush_waited() and not self._stop.is_set():
                         self._hurry.wait(delay)
                 delay = min(delay * 2, self._retry_max)
                 continue

@@ -119,13 +119,27 @@ class _Agent:
         self.process.kill()
 
 
+def _ready(fd: int, write: bool, timeout: float | None) -> bool:
+    """Whether ``fd`` can be written (or read: data, or its end) within ``timeout``
+    seconds (``None``: wait). ``poll`` where ``select`` has it (``select.select`` refuses a
+    descriptor numbered 1 024 or more), looked up now: gevent's where it patched select;
+    eventlet removes ``poll``, and ``select.select`` is used there."""
+    poll = getattr(select, "poll", None)
+    if poll is not None:
+        poller = poll()
+        poller.register(fd, select.POLLOUT if write else select.POLLIN)
+        return bool(poller.poll(None if timeout is None else timeout * 1000))
+    readable, writable, _ = select.select([] if write else [fd], [fd] if write else [], [], timeout)
+    return bool(readable or writable)
+
+
 def _read_some(fd: int, size: int) -> bytes:
     """``os.read``; on a pipe that does not block (gevent's), after waiting for data."""
     while True:
         try:
             return os.read(fd, size)
         except BlockingIOError:
-            select.select([fd], [], [])
+            _ready(fd, False, None)
 
 
 def _write_all(fd: int, data: bytes, waiting: Callable[[], None] | None = None) -> None:
@@ -137,7 +151,7 @@ def _write_all(fd: int, data: bytes, waiting: Callable[[], None] | None = None) 
         try:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
-            if not select.select([], [fd], [], _WRITE_WAIT)[1] and waiting is not None:
+            if not _ready(fd, True, _WRITE_WAIT) and waiting is not None:
                 waiting()
 
 
@@ -876,9 +890,12 @@ def _read_line(fd: int, timeout: float) -> tuple[str, bytes]:
     deadline = time.monotonic() + timeout
     while b"\n" not in data:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not _ready(fd, False, left):
             return "", b""
-        chunk = os.read(fd, 4096)
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:  # (a pipe that does not block, woken for nothing)
+            continue
         if not chunk:  # the process ended
             break
         data += chunk

@@ -324,6 +324,13 @@ class FalkorDBStore:
         finally:
             client.close()
 
+    @staticmethod
+    def cannot_write_now(exc: BaseException) -> bool:
+        """Whether ``exc`` (from :meth:`ping`) says the server answers but cannot take
+        writes for now (a full disk, memory at its limit): readers may go on."""
+        cause = exc.__cause__
+        return isinstance(exc, StoreUnavailableError) and cause is not None and is_passing(cause)
+
     def _refused(self, exc: redis.ResponseError, what: str) -> StoreError:
         """The error an error reply to a write or a PING is raised as: unavailable, and so
         retried, when the server cannot take writes for now (a full disk, memory at its
@@ -403,15 +410,16 @@ class FalkorDBStore:
     # -- GraphStore ---------------------------------------------------------------------
 
     def ping(self) -> None:
-        """Whether the server answers: one that cannot take writes for now (a full disk:
-        Redis refuses PING too) answers, and can be read."""
+        """Raise :class:`StoreUnavailableError` unless the server answers and takes
+        writes: one that cannot for now (a full disk: Redis then refuses PING, so that
+        health checks notice) raises it too, its cause the reply (see
+        :func:`cannot_write_now`: it can still be read)."""
         try:
             self._db.connection.ping()
         except _TRANSIENT as exc:
             raise StoreUnavailableError(f"FalkorDB at {self.url} is unreachable: {exc}") from exc
         except redis.ResponseError as exc:
-            if not is_passing(exc):
-                raise self._refused(exc, f"FalkorDB at {self.url} refused a PING") from exc
+            raise self._refused(exc, f"FalkorDB at {self.url} refused a PING") from exc
 
     def ensure_schema(self) -> None:
         if self._schema_ready:
