@@ -125,6 +125,7 @@ def _refusing_writes(client: redis.Redis, why: str) -> Iterator[None]:
         dump = data / client.config_get("dbfilename")["dbfilename"]
         dump.unlink(missing_ok=True)
         (dump / "in-the-way").mkdir(parents=True)  # the snapshot cannot take its place
+        save = client.config_get("save")["save"]
         client.config_set("save", "3600 1")
         client.bgsave()
         deadline = time.monotonic() + 10
@@ -138,6 +139,7 @@ def _refusing_writes(client: redis.Redis, why: str) -> Iterator[None]:
             client.bgsave()
             while client.info("persistence")["rdb_last_bgsave_status"] != "ok":
                 time.sleep(0.05)
+            client.config_set("save", save)  # (else its stop saves, and waits on that)
     else:
         client.config_set("maxmemory-policy", "noeviction")
         client.config_set("maxmemory", "1")
@@ -227,6 +229,8 @@ def test_an_embedded_server_on_a_full_disk_is_named_by_its_home_and_still_read(
                 store.close()
     finally:
         client.close()
+        spangraph.shutdown()
+        EmbeddedServer(home).stop()
 
 
 def _run_and_signal(graph_url: str, project: str, sig: int, *modes: str) -> dict:
