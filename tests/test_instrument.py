@@ -1777,9 +1777,9 @@ def test_a_timeout_that_fired_is_recorded_whatever_error_comes_out(
 
 def test_spans_open_at_exit_are_ended_newest_first_and_never_twice(cap: SpanCapture) -> None:
     """What spangraph's exit hook does (``_spans.end_open_spans``), with the owner of the
-    blocks still running: the step ends before its workflow, both ``cancelled`` by
-    ProgramExited; when the owner's blocks exit later, nothing is ended again or
-    raised."""
+    blocks (a daemon thread) still running: the step ends before its workflow, both
+    ``cancelled`` by ProgramExited; when the owner's blocks exit later, nothing is ended
+    again or raised. A thread that is not a daemon and still works keeps its blocks."""
     import threading
 
     from spangraph import _spans
@@ -1796,9 +1796,18 @@ def test_spans_open_at_exit_are_ended_newest_first_and_never_twice(cap: SpanCapt
         except BaseException as exc:  # pragma: no cover - the failure asserted below
             errors.append(exc)
 
-    thread = threading.Thread(target=owner)
+    working = threading.Event()
+
+    def worker() -> None:  # not a daemon, still working: its block is its own to end
+        with spangraph.workflow("still-working"):
+            working.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=owner, daemon=True)
     thread.start()
-    assert entered.wait(10)
+    other = threading.Thread(target=worker)
+    other.start()
+    assert entered.wait(10) and working.wait(10)
     with spangraph.workflow("done-before"):
         pass
     assert _spans.end_open_spans() == 2
@@ -1812,8 +1821,13 @@ def test_spans_open_at_exit_are_ended_newest_first_and_never_twice(cap: SpanCapt
     assert issubclass(ProgramExited, BaseException) and not issubclass(ProgramExited, Exception)
     release.set()
     thread.join(10)
+    other.join(10)
     assert errors == []
-    assert len(cap.spans) == 3  # the owner's exits ended nothing again
+    # the owner's exits ended nothing again; the worker's run ended as its code did
+    assert [s.name for s in cap.spans] == [
+        "done-before", "inside", "open-at-exit", "still-working",
+    ]  # fmt: skip
+    assert attrs(cap.spans[3])[sc.STATE] == sc.STATE_COMPLETED
     assert _spans.end_open_spans() == 0
 
 

@@ -383,9 +383,9 @@ def test_spans_open_at_a_normal_exit_end_cancelled(
     """A program that exits while spangraph's blocks are open (a daemon thread's, a task
     never finished, a generator never closed), in the main process or in one started by
     multiprocessing: each span is ended ``cancelled`` at exit, the workflows with a
-    ``workflow.cancelled`` event saying the program exited, and written. A thread that
-    is not a daemon is waited for first, as Python does (multiprocessing runs its
-    finalizers before that: its run was ended ``cancelled`` while it worked)."""
+    ``workflow.cancelled`` event saying the program exited, and written. A span of a
+    thread that is not a daemon and still works is never ended so (in a child it was
+    ended ``cancelled`` while it worked)."""
     project = f"p-{uuid.uuid4().hex[:8]}"
     done = subprocess.run(
         [sys.executable, str(SCRIPTS / "open_at_exit.py"), graph_url, project, *modes],
@@ -398,12 +398,17 @@ def test_spans_open_at_a_normal_exit_end_cancelled(
         "s.end_ns IS NOT NULL AS ended ORDER BY run, s.start_ns",
         {"p": project},
     )
+    # a thread that is not a daemon is its own: waited for before exit handlers by Python
+    # (its run completes); in a child, multiprocessing's finalizers (spangraph's exit
+    # among them) run before it is waited for, and its run is left to it: its end comes
+    # after spangraph's shutdown, and the run stays `running`, as a killed one would
+    working = ("running", False) if "child" in modes else ("completed", True)
     assert [(r["run"], r["name"], r["state"], r["ended"]) for r in rows] == [
         ("in-a-daemon-thread", "in-a-daemon-thread", "cancelled", True),
         ("in-a-daemon-thread", "blocked", "cancelled", True),
         ("in-a-generator", "in-a-generator", "cancelled", True),
         ("in-a-task", "in-a-task", "cancelled", True),
-        ("still-working", "still-working", "completed", True),
+        ("still-working", "still-working", *working),
     ]
     events = store.query(
         "MATCH (w:Workflow {project_id: $p})-[:HAS_EVENT]->(e:Event "
@@ -415,6 +420,40 @@ def test_spans_open_at_a_normal_exit_end_cancelled(
         (name, "spangraph.exceptions.ProgramExited")
         for name in ("in-a-daemon-thread", "in-a-generator", "in-a-task")
     ]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_child_with_idle_executor_threads_exits(
+    graph_url: str, method: str, tmp_path: Path
+) -> None:
+    """A process multiprocessing started, whose code left a ThreadPoolExecutor's threads
+    idle: its exit hung for ever when spangraph's finalizer waited for them (they end
+    only when Python's own thread shutdown, after the finalizers, tells them to)."""
+    code = f"""
+import concurrent.futures, multiprocessing, sys
+from opentelemetry.sdk.trace import TracerProvider
+import spangraph
+
+POOL = None
+
+def work():
+    global POOL
+    spangraph.configure(tracer_provider=TracerProvider(), graph_url={graph_url!r},
+                        redis_url="off", project="idle-executor")
+    POOL = concurrent.futures.ThreadPoolExecutor(2)
+    with spangraph.workflow("with-an-executor"):
+        POOL.submit(sum, [1, 2]).result()
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context({method!r}).Process(target=work)
+    child.start()
+    child.join(30)
+    sys.exit(0 if child.exitcode == 0 else 1)
+"""
+    script = tmp_path / "idle_executor.py"  # (spawn imports the main module from a file)
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.slow

@@ -280,7 +280,7 @@ def _shut_down_with_multiprocessing(_: object = None) -> None:
         return
     _finalizer_pid = os.getpid()
     # last (after the pools' and the program's own finalizers), with the default limits
-    util.Finalize(None, _at_process_exit, exitpriority=-100)
+    util.Finalize(None, _at_exit, exitpriority=-100)
 
 
 def _shut_down_with_celery_pool_processes() -> None:
@@ -312,18 +312,6 @@ def _at_exit() -> None:
     else would end (a daemon thread's, a task never finished), then shut down."""
     _spans.end_open_spans()
     shutdown()
-
-
-def _at_process_exit() -> None:
-    """:func:`_at_exit` in a process multiprocessing started, after the threads that are
-    not daemons end: multiprocessing runs its finalizers (this one last) before it waits
-    for them, which Python does before its exit handlers; their spans are theirs to end,
-    and to be written."""
-    me = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is not me and not thread.daemon:
-            thread.join()
-    _at_exit()
 
 
 def _started_by_a_process_library() -> bool:

@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 import weakref
@@ -46,8 +47,9 @@ def _next_generation_after_fork() -> None:
     _open.clear()  # the parent's: it ends them
 
 
-_open: weakref.WeakKeyDictionary[_Frame, None] = weakref.WeakKeyDictionary()
-"""The spans of spangraph's blocks open in this process, in the order they started. Weak:
+_open: weakref.WeakKeyDictionary[_Frame, threading.Thread] = weakref.WeakKeyDictionary()
+"""The spans of spangraph's blocks open in this process, in the order they started, with
+the thread each started on. Weak:
 a block nothing holds any more (a task dropped while it waited, its step's timeout and
 the task holding each other) is the collector's, which closes its code and so ends its
 span; kept here, it would live, unended, until the exit."""
@@ -57,18 +59,26 @@ def end_open_spans() -> int:
     """End every span of spangraph's blocks still open, newest first (a child before its
     parent), as cancelled by :class:`~spangraph.exceptions.ProgramExited`; how many.
     For the program's exit, where nothing else would end them (a daemon thread's, a
-    task never finished); never raises an ``Exception``."""
+    task never finished); never raises an ``Exception``.
+
+    A span started on a thread that is not a daemon and still runs (another than this
+    one) is that thread's to end: Python waits for such threads before its exit
+    handlers, but multiprocessing runs its finalizers before it waits for them (and
+    cannot be made to wait earlier: idle executor threads end only after)."""
     from .exceptions import ProgramExited
 
-    frames: list[_Frame] = []
+    frames: list[tuple[_Frame, threading.Thread]] = []
     for _ in range(3):
         try:
-            frames = list(_open)
+            frames = list(_open.items())
             break
         except RuntimeError:  # changed by another thread meanwhile: again
             continue
+    me = threading.current_thread()
     ended = 0
-    for frame in reversed(frames):
+    for frame, thread in reversed(frames):
+        if thread is not me and not thread.daemon and thread.is_alive():
+            continue
         try:
             if frame.handle.span.is_recording():
                 frame.finish(ProgramExited("the program exited while this span was open"))
@@ -683,7 +693,7 @@ class _Frame:
             self.finish(exc)
             raise
         self.on_finish = opts.on_finish
-        _open[self] = None
+        _open[self] = threading.current_thread()
 
     def attach(self) -> None:
         self.token = otel_context.attach(self.ctx)
