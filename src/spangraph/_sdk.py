@@ -626,9 +626,9 @@ def configure(
     when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set. ``graph=False`` or ``live=False`` leaves
     out the graph or the live processor; ``instrument_threads`` carries the context into
     ``threading.Thread`` and executors; ``max_queue_size`` bounds each processor's
-    queue. Calling it again replaces the previous configuration. ``metrics=True`` reports the processors' health (queue
-    depth, items sent and dropped, retries, send latency) as OpenTelemetry metrics through
-    the global MeterProvider. ``offload=True`` (or ``SPANGRAPH_OFFLOAD=1``) maps and writes
+    queue. Calling it again replaces the previous configuration. ``metrics=True`` reports
+    the processors' health (queue depth, items sent and dropped, retries, send latency)
+    as OpenTelemetry metrics through the global MeterProvider. ``offload=True`` (or ``SPANGRAPH_OFFLOAD=1``) maps and writes
     spans in a spangraph agent process instead of on threads of this one: the least
     overhead for programs that make spans in hot loops (``docs/performance.md``); the
     health metrics then cover this process's side only. ``propagate=True`` (or

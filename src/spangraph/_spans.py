@@ -49,10 +49,10 @@ def _next_generation_after_fork() -> None:
 
 _open: weakref.WeakKeyDictionary[_Frame, threading.Thread] = weakref.WeakKeyDictionary()
 """The spans of spangraph's blocks open in this process, in the order they started, with
-the thread each started on. Weak:
-a block nothing holds any more (a task dropped while it waited, its step's timeout and
-the task holding each other) is the collector's, which closes its code and so ends its
-span; kept here, it would live, unended, until the exit."""
+the thread each started on. Weak: a block nothing holds any more (a task dropped while
+it waited, its step's timeout and the task holding each other) is the collector's,
+which closes its code and so ends its span; kept here, it would live, unended, until
+the exit."""
 
 
 def end_open_spans() -> int:
