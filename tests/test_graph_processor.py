@@ -1106,3 +1106,36 @@ def test_a_runs_end_is_written_when_the_queue_is_full(private_servers: Any) -> N
         assert steps["n"] < 300  # the burst was cut
     finally:
         store.close()
+
+
+def test_a_kind_set_just_after_the_start_is_written_while_the_span_runs(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    # Traceloop's @workflow/@task and OpenLLMetry's LangChain handler start a span with no
+    # attributes and name its kind with set_attribute right after: a run so made is a
+    # labelled, listed run while it runs (and after a crash), not only once it ends
+    tracer = provider.get_tracer("traceloop.tracer")
+    root = tracer.start_span("research.workflow")
+    root.set_attribute("traceloop.span.kind", "workflow")
+    root.set_attribute("traceloop.entity.name", "research")
+    with (
+        trace.use_span(root, end_on_exit=True),
+        tracer.start_as_current_span("search.task") as task,
+    ):
+        task.set_attribute("traceloop.span.kind", "task")
+        flush()
+        rows = sg.store.query(
+            "MATCH (s:Span) WHERE s.trace_id = $trace "
+            "RETURN s.name AS name, s.kind AS kind, s.state AS state, labels(s) AS labels",
+            {"trace": f"{root.get_span_context().trace_id:032x}"},
+        )
+        seen = {row["name"]: row for row in rows}
+        assert seen["research.workflow"]["kind"] == "workflow"
+        assert sorted(seen["research.workflow"]["labels"]) == ["Span", "Workflow"]
+        assert seen["research.workflow"]["state"] == "running"
+        assert seen["search.task"]["kind"] == "step"
+        assert "Step" in seen["search.task"]["labels"]
+        listed = queries.workflows(sg.store, name="research.workflow")
+        assert [run["state"] for run in listed] == ["running"]
+    flush()
+    assert sg.stats()["graph"]["dropped"] == 0

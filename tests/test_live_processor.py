@@ -394,6 +394,24 @@ def test_span_started_carries_the_attributes_at_the_start(
     assert started["route"]["spangraph.decision.options"] == ["a", "b"]
 
 
+def test_a_kind_set_just_after_the_start_is_in_span_started(
+    sg: spangraph.Spangraph, provider: TracerProvider, listen: Callable[..., Listener]
+) -> None:
+    """Traceloop's decorators start a span with no attributes and name its kind just
+    after: its ``span.started``, sent while it runs, says the kind."""
+    listener = listen(project_channel(sg.settings.project))
+    tracer = provider.get_tracer("traceloop.tracer")
+    span = tracer.start_span("research.workflow")
+    span.set_attribute("traceloop.span.kind", "workflow")
+    (started,) = listener.until(lambda m: m["type"] == "span.started")
+    assert started["kind"] == "workflow"
+    assert started["attributes"]["traceloop.span.kind"] == "workflow"
+    assert started["workflow_id"] == f"{span.get_span_context().trace_id:032x}"
+    span.end()
+    ended = listener.until(lambda m: m["type"] == "span.ended")[-1]
+    assert ended["kind"] == "workflow"
+
+
 def test_events_added_by_other_code_go_out_at_span_end_once(
     sg: spangraph.Spangraph, listen: Callable[..., Listener]
 ) -> None:

@@ -114,6 +114,30 @@ def test_offloaded_run_is_written_and_streamed(
     assert stats["live"]["dropped"] == 0 and stats["live"]["sent"] == len(messages)
 
 
+def test_a_kind_set_just_after_the_start_reaches_the_agent(
+    off: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    # (a START record of a span with no attributes holds a weak reference to it, which
+    # the worker reads before the records leave for the agent)
+    span = provider.get_tracer("traceloop.tracer").start_span("research.workflow")
+    span.set_attribute("traceloop.span.kind", "workflow")
+    assert spangraph.flush(10)
+    assert off.store is not None
+    rows = off.store.query(
+        "MATCH (s:Span {span_id: $id}) RETURN s.kind AS kind, s.state AS state, "
+        "labels(s) AS labels, s.attributes AS attributes",
+        {"id": f"{span.get_span_context().span_id:016x}"},
+    )
+    assert [(r["kind"], r["state"], sorted(r["labels"])) for r in rows] == [
+        ("workflow", "running", ["Span", "Workflow"])
+    ]
+    assert json.loads(rows[0]["attributes"]) == {"traceloop.span.kind": "workflow"}
+    span.end()
+    assert spangraph.flush(10)
+    assert run_names(off) == {"research.workflow": "completed"}
+    assert off.stats()["offload"]["dropped"] == 0
+
+
 def test_a_killed_agent_is_replaced_and_the_program_never_notices(
     off: spangraph.Spangraph,
 ) -> None:

@@ -3,6 +3,7 @@ Python, give the same records."""
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import marshal
 import os
@@ -115,9 +116,39 @@ def test_python_records_are_the_documented_tuples() -> None:
     assert next(r for r in ends if r[5] == "empty")[11] is None
     remote_child = next(r for r in ends if r[5] == "remote child")
     assert remote_child[1:5] == (0x1234, remote_child[2], 0x5678, True)
-    # one entry per Resource, and the records are what marshal takes
+    # a span with no attributes when it started: a weak reference, read when mapped
+    empty_start = next(r for r in starts if r[5] == "empty")
+    assert type(empty_start[8]) is weakref.ref
+    assert _records.attributes_of_start(empty_start[8]) is None
+    # one entry per Resource, and the records, their attributes read, are what marshal takes
     assert len(known) == 2 and {r[14] for r in ends} == set(known)
-    assert marshal.loads(marshal.dumps(starts + ends)) == starts + ends
+    plain = _records.read_starts(starts)
+    assert plain[starts.index(empty_start)][8] is None
+    assert marshal.loads(marshal.dumps(plain + ends)) == plain + ends
+
+
+def test_attributes_set_just_after_the_start_are_read_from_the_span_while_it_lives() -> None:
+    known: dict[int, Any] = {}
+    tracer = TracerProvider().get_tracer("t")
+    span = tracer.start_span("research.workflow")
+    copies = [_records.py_start_record(span, known)]
+    if _speedups is not None:
+        copies.append(_speedups.start_record(span, known))
+    span.set_attribute("traceloop.span.kind", "workflow")
+    for record in copies:
+        assert _records.attributes_of_start(record[8]) == {"traceloop.span.kind": "workflow"}
+        assert _records.rebuild(record, known).attributes == {"traceloop.span.kind": "workflow"}
+        assert _records.read_starts([record])[0][8] == {"traceloop.span.kind": "workflow"}
+    # an event's copy is the span as at the event: none then is none
+    bare = tracer.start_span("bare")
+    assert _records.snapshot(bare, known)[8] is None
+    span.end()
+    bare.end()
+    del span, bare
+    gc.collect()
+    for record in copies:  # the span is gone: its start had no attributes
+        assert _records.attributes_of_start(record[8]) is None
+        assert _records.rebuild(record, known).attributes == {}
 
 
 @needs_c
@@ -601,7 +632,17 @@ def test_c_hot_path_queues_what_the_python_one_does() -> None:
 
     def comparable(items: list[Any]) -> list[Any]:
         # ids, times and resource keys differ from run to run: kinds, names, attributes
-        return [(i[0], i[1][0], i[1][5], i[1][8] if i[0] == 0 else i[1][11], len(i)) for i in items]
+        # (a start's attributes read as the worker reads them: "b" had none, its span is gone)
+        return [
+            (
+                i[0],
+                i[1][0],
+                i[1][5],
+                _records.attributes_of_start(i[1][8]) if i[0] == 0 else i[1][11],
+                len(i),
+            )
+            for i in items
+        ]
 
     assert comparable(queued["graph"]) == comparable(py_queued["graph"])
     assert comparable(queued["live"]) == comparable(py_queued["live"])

@@ -245,12 +245,34 @@ error:
     return NULL;
 }
 
+/* A START record; a span that has no attributes yet gets, in their place, a weak
+ * reference to itself (out of the collector's sight: it has no callback), so that the
+ * worker reads the attributes it has by then: instrumentations that set them just after
+ * the start (Traceloop's decorators, OpenLLMetry's LangChain handler) name the span's
+ * kind that way (_records.attributes_of_start). A span that cannot be referred to weakly
+ * keeps None. */
 static PyObject *
 start_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *record = new_record(args, nargs, "start_record", 0, 10, 8);
-    if (record != NULL)
-        untrack(record);
+    if (record == NULL)
+        return NULL;
+    untrack(record);
+    if (PyTuple_GET_ITEM(record, 8) == Py_None) {
+        PyObject *ref = PyWeakref_NewRef(args[0], NULL);
+        if (ref == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                Py_DECREF(record);
+                return NULL; /* KeyboardInterrupt and the like go on */
+            }
+            PyErr_Clear();
+        }
+        else {
+            untrack(ref);
+            PyTuple_SET_ITEM(record, 8, ref);
+            Py_DECREF(Py_None); /* the item it replaces */
+        }
+    }
     return record;
 }
 

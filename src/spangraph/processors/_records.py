@@ -11,7 +11,9 @@ gathers the records for the worker to write (C, or :class:`PyRecordBuffer`).
 Records (first item: what they are):
 
 * START ``(0, trace_id, span_id, parent_id or 0, parent_is_remote, name, kind,
-  start_time, attributes or None, resource_key)``
+  start_time, attributes, resource_key)``: the attributes are a copy, or, for a span
+  that had none when it started, a weak reference to the span (None where it takes
+  none), read by the worker (:func:`attributes_of_start`)
 * END ``(1, ...same head..., end_time, status_code, status_description, attributes or
   None, [(name, timestamp, attributes)] or None, [(trace_id, span_id, attributes)] or
   None, resource_key)``
@@ -22,6 +24,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
+from weakref import ReferenceType
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -84,7 +87,44 @@ def _head(span: Any, known: dict[int, Any]) -> tuple[tuple[Any, ...], Any, int]:
 def py_start_record(span: Any, known: dict[int, Any]) -> tuple[Any, ...]:
     """The START record of ``span`` (any ReadableSpan)."""
     head, attributes, key = _head(span, known)
-    return (START, *head, _copy(attributes), key)
+    copied: dict[str, Any] | ReferenceType[Any] | None = _copy(attributes)
+    if copied is None:
+        try:
+            copied = ReferenceType(span)  # see attributes_of_start
+        except TypeError:
+            pass
+    return (START, *head, copied, key)
+
+
+def attributes_of_start(value: Any) -> dict[str, Any] | None:
+    """The attributes of a START record (its item 8): a copy of the span's as it started;
+    for a span that had none then, the record holds a weak reference to the span instead,
+    and this reads the attributes it has now, if it is still there: those set just after
+    the start (Traceloop's decorators and OpenLLMetry's LangChain handler name a span's
+    kind so), which the worker reads milliseconds later. Never raises."""
+    if type(value) is not ReferenceType:
+        return value
+    span = value()
+    if span is None:
+        return None
+    try:
+        return _copy(getattr(span, "_attributes", None) or span.attributes)
+    except Exception:
+        return None
+
+
+def _read_start(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``record`` with its attributes read (:func:`attributes_of_start`) if it is a START
+    record that holds a weak reference, else ``record`` itself."""
+    if record[0] == START and len(record) == 10 and type(record[8]) is ReferenceType:
+        return (*record[:8], attributes_of_start(record[8]), record[9])
+    return record
+
+
+def read_starts(records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``records`` with the attributes of each START record that holds a weak reference
+    read now: what can leave the process (``marshal`` takes no reference)."""
+    return [_read_start(record) for record in records]
 
 
 def py_end_record(span: Any, known: dict[int, Any]) -> tuple[Any, ...]:
@@ -193,7 +233,7 @@ def rebuild(record: tuple[Any, ...], resources: Mapping[int, Any]) -> RecordSpan
     if record[0] == START:
         span.end_time = None
         span.status = _STATUSES[0]
-        span._attributes = record[8] or {}
+        span._attributes = attributes_of_start(record[8]) or {}
         span.events = span.links = ()
         span.resource = resources.get(record[9]) or _NO_RESOURCE
         return span
@@ -242,7 +282,10 @@ def snapshot(span: Any, known: dict[int, Any]) -> tuple[Any, ...] | None:
     """A START record of the open ``span`` as it is now (its name and attributes at this
     moment: what an event of it is mapped with), never one copied before; ``None`` as
     for :func:`copy_record`. Never raises."""
-    return _copied(START, span, known)
+    record = _copied(START, span, known)
+    if record is not None and type(record[8]) is ReferenceType:
+        record = (*record[:8], None, record[9])  # no attributes at this moment
+    return record
 
 
 def _copied(what: int, span: Any, known: dict[int, Any]) -> tuple[Any, ...] | None:

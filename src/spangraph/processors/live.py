@@ -29,7 +29,7 @@ from ..mapping import (
     live_message_parts,
     state_of,
 )
-from ._records import RESOURCES, copy_record, rebuild, snapshot
+from ._records import RESOURCES, attributes_of_start, copy_record, rebuild, snapshot
 from ._worker import BatchWorker, QueueingSpanProcessor, ends_a_run
 
 if TYPE_CHECKING:  # redis is imported when a publisher is made: `import spangraph` stays light
@@ -552,7 +552,7 @@ class LiveEventProcessor(QueueingSpanProcessor):
                 try:
                     final = ending.get(record[2])
                     if final is not None and item[0] == _START:
-                        at_start[i] = dict(record[_START_ATTRIBUTES] or ())
+                        at_start[i] = dict(attributes_of_start(record[_START_ATTRIBUTES]) or ())
                     span = final or rebuild(record, known)
                 except Exception:
                     _log.exception("spangraph live: could not read a span record; skipped")

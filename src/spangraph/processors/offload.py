@@ -50,7 +50,15 @@ from ..config import url_on_port
 from ..exceptions import ConfigurationError
 from ..mapping import COMMON_ATTRIBUTES
 from . import live as _live
-from ._records import END, START, RecordBuffer, py_end_record, py_start_record, rebuild
+from ._records import (
+    END,
+    START,
+    RecordBuffer,
+    py_end_record,
+    py_start_record,
+    read_starts,
+    rebuild,
+)
 
 _log = logging.getLogger("spangraph")
 
@@ -910,6 +918,11 @@ def _marshal(records: list[tuple[Any, ...]]) -> tuple[bytes, int]:
     """``marshal`` of ``records``, and how many of them were left out: a record with a
     value marshal does not take is made plain (str) first; one that cannot be (its str()
     raises), left out."""
+    try:
+        return marshal.dumps(records), 0
+    except ValueError:
+        pass
+    records = read_starts(records)  # START records that hold a weak reference to a span
     try:
         return marshal.dumps(records), 0
     except ValueError:
