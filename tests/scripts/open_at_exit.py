@@ -6,7 +6,7 @@ flushes; a thread that is not a daemon, still working, is waited for (its run co
 
 Usage: python open_at_exit.py GRAPH_URL PROJECT [offload] [child]
 With ``child``, all of it happens in a process started by multiprocessing (fork), which
-ends with ``os._exit`` after its finalizers (no ``atexit``).
+ends with ``os._exit`` after its finalizers (before Python 3.13 without ``atexit``).
 Prints one line before exiting: ``OPEN {"thread": WORKFLOW_ID, "task": WORKFLOW_ID}``.
 """
 
