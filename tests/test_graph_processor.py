@@ -1108,14 +1108,16 @@ def test_a_runs_end_is_written_when_the_queue_is_full(private_servers: Any) -> N
         store.close()
 
 
+@pytest.mark.parametrize("at_start", [{}, {"traceloop.workflow.name": "research"}])
 def test_a_kind_set_just_after_the_start_is_written_while_the_span_runs(
-    sg: spangraph.Spangraph, provider: TracerProvider
+    sg: spangraph.Spangraph, provider: TracerProvider, at_start: dict[str, Any]
 ) -> None:
     # Traceloop's @workflow/@task and OpenLLMetry's LangChain handler start a span with no
-    # attributes and name its kind with set_attribute right after: a run so made is a
-    # labelled, listed run while it runs (and after a crash), not only once it ends
+    # attributes (or, Traceloop's processor first, the workflow's name) and name its kind
+    # with set_attribute right after: a run so made is a labelled, listed run while it
+    # runs (and after a crash), not only once it ends
     tracer = provider.get_tracer("traceloop.tracer")
-    root = tracer.start_span("research.workflow")
+    root = tracer.start_span("research.workflow", attributes=at_start)
     root.set_attribute("traceloop.span.kind", "workflow")
     root.set_attribute("traceloop.entity.name", "research")
     with (

@@ -394,14 +394,19 @@ def test_span_started_carries_the_attributes_at_the_start(
     assert started["route"]["spangraph.decision.options"] == ["a", "b"]
 
 
+@pytest.mark.parametrize("at_start", [{}, {"traceloop.workflow.name": "research"}])
 def test_a_kind_set_just_after_the_start_is_in_span_started(
-    sg: spangraph.Spangraph, provider: TracerProvider, listen: Callable[..., Listener]
+    sg: spangraph.Spangraph,
+    provider: TracerProvider,
+    listen: Callable[..., Listener],
+    at_start: dict[str, Any],
 ) -> None:
-    """Traceloop's decorators start a span with no attributes and name its kind just
-    after: its ``span.started``, sent while it runs, says the kind."""
+    """Traceloop's decorators start a span with no attributes (or, Traceloop's processor
+    first, the workflow's name) and name its kind just after: its ``span.started``, sent
+    while it runs, says the kind."""
     listener = listen(project_channel(sg.settings.project))
     tracer = provider.get_tracer("traceloop.tracer")
-    span = tracer.start_span("research.workflow")
+    span = tracer.start_span("research.workflow", attributes=at_start)
     span.set_attribute("traceloop.span.kind", "workflow")
     (started,) = listener.until(lambda m: m["type"] == "span.started")
     assert started["kind"] == "workflow"

@@ -114,12 +114,14 @@ def test_offloaded_run_is_written_and_streamed(
     assert stats["live"]["dropped"] == 0 and stats["live"]["sent"] == len(messages)
 
 
+@pytest.mark.parametrize("at_start", [{}, {"traceloop.workflow.name": "research"}])
 def test_a_kind_set_just_after_the_start_reaches_the_agent(
-    off: spangraph.Spangraph, provider: TracerProvider
+    off: spangraph.Spangraph, provider: TracerProvider, at_start: dict[str, Any]
 ) -> None:
-    # (a START record of a span with no attributes holds a weak reference to it, which
+    # (a START record of a span not spangraph's own holds a weak reference to it, which
     # the worker reads before the records leave for the agent)
-    span = provider.get_tracer("traceloop.tracer").start_span("research.workflow")
+    tracer = provider.get_tracer("traceloop.tracer")
+    span = tracer.start_span("research.workflow", attributes=at_start)
     span.set_attribute("traceloop.span.kind", "workflow")
     assert spangraph.flush(10)
     assert off.store is not None
@@ -131,7 +133,7 @@ def test_a_kind_set_just_after_the_start_reaches_the_agent(
     assert [(r["kind"], r["state"], sorted(r["labels"])) for r in rows] == [
         ("workflow", "running", ["Span", "Workflow"])
     ]
-    assert json.loads(rows[0]["attributes"]) == {"traceloop.span.kind": "workflow"}
+    assert json.loads(rows[0]["attributes"]) == {**at_start, "traceloop.span.kind": "workflow"}
     span.end()
     assert spangraph.flush(10)
     assert run_names(off) == {"research.workflow": "completed"}

@@ -96,9 +96,12 @@ def test_python_records_are_the_documented_tuples() -> None:
     child = next(r for r in ends if r[5] == "child ünïcode")
     root = next(r for r in ends if r[5] == "root")
     assert child_start[0] == _records.START and len(child_start) == 10
-    # copied in on_start: the attributes as they were then
-    assert "late" not in recorder.at_start["child ünïcode"][8]
-    assert child_start[8]["late"]  # copied later: as they are now
+    # copied in on_start: the attributes as they were then, and (not spangraph's own
+    # span) a weak reference to the span, for the attributes set just after the start
+    at_start, ref = recorder.at_start["child ünïcode"][8]
+    assert "late" not in at_start and ref() is not None and ref().name == "child ünïcode"
+    assert child_start[8][0]["late"]  # copied later: as they are now
+    assert _records.attributes_of_start(child_start[8]) == child_start[8][0]  # (it ended)
     assert child[0] == _records.END and len(child) == 15
     assert child[1] == root[1] and child[3] == root[2] and child[4] is False
     assert root[3] == 0 and root[6] == SpanKind.SERVER.value
@@ -127,28 +130,48 @@ def test_python_records_are_the_documented_tuples() -> None:
     assert marshal.loads(marshal.dumps(plain + ends)) == plain + ends
 
 
-def test_attributes_set_just_after_the_start_are_read_from_the_span_while_it_lives() -> None:
+@pytest.mark.parametrize("at_start", [{}, {"traceloop.workflow.name": "research"}])
+def test_attributes_set_just_after_the_start_are_read_from_the_span_while_it_runs(
+    at_start: dict[str, Any],
+) -> None:
+    # (Traceloop's decorators: no attributes at the start, or, with Traceloop's own
+    # processor before spangraph's, the workflow's name; the kind just after)
     known: dict[int, Any] = {}
     tracer = TracerProvider().get_tracer("t")
-    span = tracer.start_span("research.workflow")
+    span = tracer.start_span("research.workflow", attributes=at_start)
     copies = [_records.py_start_record(span, known)]
     if _speedups is not None:
         copies.append(_speedups.start_record(span, known))
     span.set_attribute("traceloop.span.kind", "workflow")
+    now = {**at_start, "traceloop.span.kind": "workflow"}
     for record in copies:
-        assert _records.attributes_of_start(record[8]) == {"traceloop.span.kind": "workflow"}
-        assert _records.rebuild(record, known).attributes == {"traceloop.span.kind": "workflow"}
-        assert _records.read_starts([record])[0][8] == {"traceloop.span.kind": "workflow"}
-    # an event's copy is the span as at the event: none then is none
-    bare = tracer.start_span("bare")
-    assert _records.snapshot(bare, known)[8] is None
+        assert _records.attributes_of_start(record[8]) == now
+        assert _records.rebuild(record, known).attributes == now
+        assert _records.read_starts([record])[0][8] == now
+    # an event's copy is the span as at the event
+    assert _records.snapshot(span, known)[8] == now
+    assert _records.snapshot(tracer.start_span("bare"), known)[8] is None
+    span.set_attribute("output.value", "set before the end")
     span.end()
-    bare.end()
-    del span, bare
+    for record in copies:  # ended: its end has the final attributes, its start the copy
+        assert _records.attributes_of_start(record[8]) == (at_start or None)
+    del span
     gc.collect()
-    for record in copies:  # the span is gone: its start had no attributes
-        assert _records.attributes_of_start(record[8]) is None
-        assert _records.rebuild(record, known).attributes == {}
+    for record in copies:  # gone: the copy
+        assert _records.attributes_of_start(record[8]) == (at_start or None)
+        assert _records.rebuild(record, known).attributes == at_start
+
+
+def test_a_start_record_of_spangraphs_own_span_is_its_copy_alone() -> None:
+    known: dict[int, Any] = {}
+    span = TracerProvider().get_tracer("t").start_span("s", attributes={"spangraph.kind": "step"})
+    records = [_records.py_start_record(span, known)]
+    if _speedups is not None:
+        records.append(_speedups.start_record(span, known))
+    span.set_attribute("spangraph.state", "completed")
+    for record in records:
+        assert record[8] == {"spangraph.kind": "step"}
+        assert _records.attributes_of_start(record[8]) == {"spangraph.kind": "step"}
 
 
 @needs_c

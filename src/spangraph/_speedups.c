@@ -245,12 +245,16 @@ error:
     return NULL;
 }
 
-/* A START record; a span that has no attributes yet gets, in their place, a weak
- * reference to itself (out of the collector's sight: it has no callback), so that the
- * worker reads the attributes it has by then: instrumentations that set them just after
- * the start (Traceloop's decorators, OpenLLMetry's LangChain handler) name the span's
- * kind that way (_records.attributes_of_start). A span that cannot be referred to weakly
- * keeps None. */
+static PyObject *s_sg_kind; /* "spangraph.kind" (set at init, below) */
+
+/* A START record. A span that does not name its spangraph kind when it starts (any
+ * span but spangraph's own) also gets a weak reference to itself (out of the collector's
+ * sight, as what holds it: it has no callback), so that the worker can read the
+ * attributes it has by then: instrumentations that set them just after the start
+ * (Traceloop's decorators, OpenLLMetry's LangChain handler) name the span's kind so
+ * (_records.attributes_of_start). Item 8 is then ``(copy, ref)``, or ``ref`` alone
+ * where there was nothing to copy. A span that cannot be referred to weakly keeps its
+ * copy alone. */
 static PyObject *
 start_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -258,21 +262,37 @@ start_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (record == NULL)
         return NULL;
     untrack(record);
-    if (PyTuple_GET_ITEM(record, 8) == Py_None) {
-        PyObject *ref = PyWeakref_NewRef(args[0], NULL);
-        if (ref == NULL) {
-            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-                Py_DECREF(record);
-                return NULL; /* KeyboardInterrupt and the like go on */
-            }
-            PyErr_Clear();
-        }
-        else {
-            untrack(ref);
-            PyTuple_SET_ITEM(record, 8, ref);
-            Py_DECREF(Py_None); /* the item it replaces */
-        }
+    PyObject *copy = PyTuple_GET_ITEM(record, 8);
+    if (copy != Py_None) {
+        PyObject *kind = PyDict_GetItemWithError(copy, s_sg_kind); /* borrowed */
+        if (kind != NULL)
+            return record; /* spangraph's own span: its kind is given */
+        if (PyErr_Occurred())
+            goto no_reference;
     }
+    PyObject *ref = PyWeakref_NewRef(args[0], NULL);
+    if (ref == NULL)
+        goto no_reference;
+    untrack(ref);
+    if (copy == Py_None) {
+        PyTuple_SET_ITEM(record, 8, ref);
+        Py_DECREF(copy);
+        return record;
+    }
+    PyObject *pair = PyTuple_Pack(2, copy, ref);
+    Py_DECREF(ref);
+    if (pair == NULL)
+        goto no_reference;
+    untrack(pair);
+    PyTuple_SET_ITEM(record, 8, pair);
+    Py_DECREF(copy);
+    return record;
+no_reference:
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        Py_DECREF(record);
+        return NULL; /* KeyboardInterrupt and the like go on */
+    }
+    PyErr_Clear();
     return record;
 }
 
@@ -439,8 +459,6 @@ typedef struct {
 
 /* Records past max_records a full buffer still takes: ends of runs (_records.RESERVE). */
 #define RESERVE 1024
-
-static PyObject *s_sg_kind;
 
 /* Whether ``record`` is the END record of a root span or of a workflow span (the end of
  * a run: _records.ends_a_run). Never raises. */

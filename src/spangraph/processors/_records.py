@@ -11,9 +11,9 @@ gathers the records for the worker to write (C, or :class:`PyRecordBuffer`).
 Records (first item: what they are):
 
 * START ``(0, trace_id, span_id, parent_id or 0, parent_is_remote, name, kind,
-  start_time, attributes, resource_key)``: the attributes are a copy, or, for a span
-  that had none when it started, a weak reference to the span (None where it takes
-  none), read by the worker (:func:`attributes_of_start`)
+  start_time, attributes, resource_key)``: the attributes are a copy (None when empty),
+  and for a span that is not spangraph's own, ``(copy, weak reference to the span)``
+  (the reference alone when empty), read by the worker (:func:`attributes_of_start`)
 * END ``(1, ...same head..., end_time, status_code, status_description, attributes or
   None, [(name, timestamp, attributes)] or None, [(trace_id, span_id, attributes)] or
   None, resource_key)``
@@ -87,44 +87,60 @@ def _head(span: Any, known: dict[int, Any]) -> tuple[tuple[Any, ...], Any, int]:
 def py_start_record(span: Any, known: dict[int, Any]) -> tuple[Any, ...]:
     """The START record of ``span`` (any ReadableSpan)."""
     head, attributes, key = _head(span, known)
-    copied: dict[str, Any] | ReferenceType[Any] | None = _copy(attributes)
-    if copied is None:
+    copied: Any = _copy(attributes)
+    if copied is None or _SG_KIND not in copied:  # see attributes_of_start
         try:
-            copied = ReferenceType(span)  # see attributes_of_start
+            ref = ReferenceType(span)
         except TypeError:
             pass
+        else:
+            copied = ref if copied is None else (copied, ref)
     return (START, *head, copied, key)
 
 
+_SG_KIND: Final = "spangraph.kind"
+
+
 def attributes_of_start(value: Any) -> dict[str, Any] | None:
-    """The attributes of a START record (its item 8): a copy of the span's as it started;
-    for a span that had none then, the record holds a weak reference to the span instead,
-    and this reads the attributes it has now, if it is still there: those set just after
-    the start (Traceloop's decorators and OpenLLMetry's LangChain handler name a span's
-    kind so), which the worker reads milliseconds later. Never raises."""
-    if type(value) is not ReferenceType:
+    """The attributes of a START record (its item 8). spangraph's own spans name their
+    kind when they start: a copy of the attributes then. Any other span's record also
+    holds a weak reference to the span, ``(copy, ref)`` (``ref`` alone when it had none):
+    while the span is still there and has not ended, this reads the attributes it has
+    now, those set just after the start included (Traceloop's decorators and
+    OpenLLMetry's LangChain handler name a span's kind so), which the worker reads
+    milliseconds later; else the copy. Never raises."""
+    kind = type(value)
+    if kind is tuple:
+        copied, ref = value
+    elif kind is ReferenceType:
+        copied, ref = None, value
+    else:
         return value
-    span = value()
+    span = ref()
     if span is None:
-        return None
+        return copied
     try:
-        return _copy(getattr(span, "_attributes", None) or span.attributes)
+        if span.end_time is not None:  # its end is on its way, with its final attributes
+            return copied
+        inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+        return _copy(inner if type(inner) is dict else span.attributes)
     except Exception:
-        return None
-
-
-def _read_start(record: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``record`` with its attributes read (:func:`attributes_of_start`) if it is a START
-    record that holds a weak reference, else ``record`` itself."""
-    if record[0] == START and len(record) == 10 and type(record[8]) is ReferenceType:
-        return (*record[:8], attributes_of_start(record[8]), record[9])
-    return record
+        return copied
 
 
 def read_starts(records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """``records`` with the attributes of each START record that holds a weak reference
-    read now: what can leave the process (``marshal`` takes no reference)."""
-    return [_read_start(record) for record in records]
+    """``records`` with the attributes of each START record read now
+    (:func:`attributes_of_start`): what can leave the process (``marshal`` takes no
+    reference)."""
+    return [
+        (*record[:8], attributes_of_start(record[8]), record[9])
+        if record[0] == START and len(record) == 10 and type(record[8]) in _READ_LATER
+        else record
+        for record in records
+    ]
+
+
+_READ_LATER: Final = (tuple, ReferenceType)
 
 
 def py_end_record(span: Any, known: dict[int, Any]) -> tuple[Any, ...]:
@@ -283,8 +299,9 @@ def snapshot(span: Any, known: dict[int, Any]) -> tuple[Any, ...] | None:
     moment: what an event of it is mapped with), never one copied before; ``None`` as
     for :func:`copy_record`. Never raises."""
     record = _copied(START, span, known)
-    if record is not None and type(record[8]) is ReferenceType:
-        record = (*record[:8], None, record[9])  # no attributes at this moment
+    if record is not None and type(record[8]) in _READ_LATER:  # (its copy is of now)
+        copied = record[8][0] if type(record[8]) is tuple else None
+        record = (*record[:8], copied, record[9])
     return record
 
 

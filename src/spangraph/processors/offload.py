@@ -918,11 +918,7 @@ def _marshal(records: list[tuple[Any, ...]]) -> tuple[bytes, int]:
     """``marshal`` of ``records``, and how many of them were left out: a record with a
     value marshal does not take is made plain (str) first; one that cannot be (its str()
     raises), left out."""
-    try:
-        return marshal.dumps(records), 0
-    except ValueError:
-        pass
-    records = read_starts(records)  # START records that hold a weak reference to a span
+    records = read_starts(records)  # (START records hold weak references to spans)
     try:
         return marshal.dumps(records), 0
     except ValueError:
