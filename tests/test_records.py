@@ -1021,3 +1021,34 @@ def test_a_full_buffer_still_takes_the_ends_of_runs(buffer_class: Any) -> None:
         buffer.end(wf)
     assert len(buffer) == 2 + _records.RESERVE
     assert buffer.dropped == 2 + _records.RESERVE + 1
+
+
+@needs_c
+def test_read_starts_in_c_reads_what_the_python_one_does() -> None:
+    known: dict[int, Any] = {}
+    tracer = TracerProvider().get_tracer("t")
+    still_open = tracer.start_span("open", attributes={"a": 1})
+    gone = tracer.start_span("gone")
+    own = tracer.start_span("own", attributes={"spangraph.kind": "step"})
+    records = [_speedups.start_record(span, known) for span in (still_open, gone, own)]
+    gone.end()
+    records += [_speedups.end_record(gone, known), (2, 7)]  # (an END, a flush of offload)
+    del gone
+    gc.collect()
+    still_open.set_attribute("traceloop.span.kind", "workflow")
+    assert _speedups.read_starts(records, _records.attributes_of_start) == (
+        _records.py_read_starts(records)
+    )
+    out = _records.read_starts(records)
+    assert out[0][8] == {"a": 1, "traceloop.span.kind": "workflow"}
+    assert out[1][8] is None and out[2][8] == {"spangraph.kind": "step"}
+    assert out[3] is records[3] and out[4] is records[4]
+    assert marshal.loads(marshal.dumps(out)) == out
+
+    def broken(value: Any) -> Any:
+        raise RuntimeError("cannot read")
+
+    with pytest.raises(RuntimeError):  # (attributes_of_start never raises)
+        _speedups.read_starts(records, broken)
+    with pytest.raises(TypeError):
+        _speedups.read_starts(tuple(records), _records.attributes_of_start)

@@ -296,6 +296,82 @@ no_reference:
     return record;
 }
 
+/* The span ``ref`` refers to (a new reference), or NULL when it is gone. */
+static PyObject *
+referent(PyObject *ref)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *span = NULL;
+    if (PyWeakref_GetRef(ref, &span) < 0)
+        PyErr_Clear();
+    return span;
+#else
+    PyObject *span = PyWeakref_GetObject(ref); /* borrowed */
+    return span == Py_None ? NULL : Py_NewRef(span);
+#endif
+}
+
+/* read_starts(records, read) -> _records.read_starts(records): each START record whose
+ * item 8 holds a weak reference as the record with its attributes read: the copy
+ * where the span is gone, else read(item 8) (_records.attributes_of_start). */
+static PyObject *
+read_starts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "read_starts(records: list, read)");
+        return NULL;
+    }
+    PyObject *records = args[0], *read = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(records);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        PyObject *value = NULL, *copy = NULL, *ref = NULL;
+        if (PyTuple_CheckExact(record) && PyTuple_GET_SIZE(record) == 10) {
+            PyObject *what = PyTuple_GET_ITEM(record, 0);
+            if (PyLong_CheckExact(what) && PyLong_AsLong(what) == 0) {
+                value = PyTuple_GET_ITEM(record, 8);
+                if (PyTuple_CheckExact(value) && PyTuple_GET_SIZE(value) == 2) {
+                    copy = PyTuple_GET_ITEM(value, 0);
+                    ref = PyTuple_GET_ITEM(value, 1);
+                }
+                else {
+                    copy = Py_None;
+                    ref = value;
+                }
+            }
+        }
+        if (ref == NULL || !PyWeakref_CheckRefExact(ref)) {
+            PyList_SET_ITEM(out, i, Py_NewRef(record));
+            continue;
+        }
+        PyObject *span = referent(ref), *attributes;
+        if (span == NULL) {
+            attributes = Py_NewRef(copy);
+        }
+        else {
+            Py_DECREF(span);
+            attributes = PyObject_CallOneArg(read, value);
+            if (attributes == NULL)
+                goto error;
+        }
+        PyObject *item = PyTuple_New(10);
+        if (item == NULL) {
+            Py_DECREF(attributes);
+            goto error;
+        }
+        for (Py_ssize_t j = 0; j < 10; j++)
+            PyTuple_SET_ITEM(item, j, j == 8 ? attributes : Py_NewRef(PyTuple_GET_ITEM(record, j)));
+        PyList_SET_ITEM(out, i, item);
+    }
+    return out;
+error:
+    Py_DECREF(out); /* items not yet set are NULL: list dealloc skips them */
+    return NULL;
+}
+
 /* items 0 and 1 of an event's triple: name, timestamp */
 static int
 fill_event(PyObject *item, PyObject *event)
@@ -963,6 +1039,8 @@ static PyMethodDef methods[] = {
      "start_record(span, known) -> the START record of an SDK span."},
     {"end_record", (PyCFunction)(void (*)(void))end_record, METH_FASTCALL,
      "end_record(span, known) -> the END record of an ended SDK span."},
+    {"read_starts", (PyCFunction)(void (*)(void))read_starts, METH_FASTCALL,
+     "read_starts(records, read) -> the records, START ones with their attributes read."},
     {"cypher_literal", (PyCFunction)(void (*)(void))cypher_literal, METH_FASTCALL,
      "cypher_literal(value, fallback) -> value as a CYPHER parameter literal, UTF-8."},
     {"json_text", (PyCFunction)json_text, METH_O,

@@ -131,7 +131,14 @@ def attributes_of_start(value: Any) -> dict[str, Any] | None:
 def read_starts(records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """``records`` with the attributes of each START record read now
     (:func:`attributes_of_start`): what can leave the process (``marshal`` takes no
-    reference)."""
+    reference). In C where the extension was built (``_c_read_starts``)."""
+    if _c_read_starts is not None:
+        return _c_read_starts(records, attributes_of_start)
+    return py_read_starts(records)
+
+
+def py_read_starts(records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """:func:`read_starts` in Python."""
     return [
         (*record[:8], attributes_of_start(record[8]), record[9])
         if record[0] == START and len(record) == 10 and type(record[8]) in _READ_LATER
@@ -402,12 +409,15 @@ start_record: Callable[[Any, dict[int, Any]], tuple[Any, ...]]
 end_record: Callable[[Any, dict[int, Any]], tuple[Any, ...]]
 RecordBuffer: type[Any]
 RecordQueue: type[Any] | None
+_c_read_starts: Callable[..., list[tuple[Any, ...]]] | None
 try:
     from .._speedups import RecordBuffer, RecordQueue, end_record, start_record
+    from .._speedups import read_starts as _c_read_starts
 except ImportError:  # not built (no C compiler at install): the same records, in Python
     start_record, end_record = py_start_record, py_end_record
     RecordBuffer = PyRecordBuffer
     RecordQueue = None  # the processors' on_start/on_end stay Python methods
+    _c_read_starts = None
 
 SPEEDUPS: Final = start_record is not py_start_record
 """Whether the C versions are in use."""
