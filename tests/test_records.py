@@ -1030,11 +1030,15 @@ def test_read_starts_in_c_reads_what_the_python_one_does() -> None:
     still_open = tracer.start_span("open", attributes={"a": 1})
     gone = tracer.start_span("gone")
     own = tracer.start_span("own", attributes={"spangraph.kind": "step"})
-    records = [_speedups.start_record(span, known) for span in (still_open, gone, own)]
+    ended = tracer.start_span("ended", attributes={"b": 2})
+    records = [_speedups.start_record(span, known) for span in (still_open, gone, own, ended)]
     gone.end()
     records += [_speedups.end_record(gone, known), (2, 7)]  # (an END, a flush of offload)
+    ended.end()  # (still there: its copy)
+    gone_ref = weakref.ref(gone)
     del gone
     gc.collect()
+    assert gone_ref() is None
     still_open.set_attribute("traceloop.span.kind", "workflow")
     assert _speedups.read_starts(records, _records.attributes_of_start) == (
         _records.py_read_starts(records)
@@ -1042,7 +1046,8 @@ def test_read_starts_in_c_reads_what_the_python_one_does() -> None:
     out = _records.read_starts(records)
     assert out[0][8] == {"a": 1, "traceloop.span.kind": "workflow"}
     assert out[1][8] is None and out[2][8] == {"spangraph.kind": "step"}
-    assert out[3] is records[3] and out[4] is records[4]
+    assert out[3][8] == {"b": 2}
+    assert out[4] is records[4] and out[5] is records[5]
     assert marshal.loads(marshal.dumps(out)) == out
 
     def broken(value: Any) -> Any:

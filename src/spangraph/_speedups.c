@@ -313,7 +313,8 @@ referent(PyObject *ref)
 
 /* read_starts(records, read) -> _records.read_starts(records): each START record whose
  * item 8 holds a weak reference as the record with its attributes read: the copy
- * where the span is gone, else read(item 8) (_records.attributes_of_start). */
+ * where the span is gone or has ended, else read(item 8) (_records.attributes_of_start,
+ * which reads an open span's attributes). */
 static PyObject *
 read_starts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -348,11 +349,22 @@ read_starts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             continue;
         }
         PyObject *span = referent(ref), *attributes;
-        if (span == NULL) {
+        int ended = 1; /* gone, or its end on its way: the copy */
+        if (span != NULL) {
+            PyObject *end = PyObject_GetAttr(span, s_end_time); /* an SDK span's */
+            Py_DECREF(span);
+            if (end == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_Exception))
+                    goto error;
+                PyErr_Clear();
+            }
+            ended = end != NULL && end != Py_None;
+            Py_XDECREF(end);
+        }
+        if (ended) {
             attributes = Py_NewRef(copy);
         }
         else {
-            Py_DECREF(span);
             attributes = PyObject_CallOneArg(read, value);
             if (attributes == NULL)
                 goto error;
