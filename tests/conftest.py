@@ -70,6 +70,21 @@ def provider() -> Iterator[TracerProvider]:
     tp.shutdown()
 
 
+AT_TRACELOOP_START: list[dict[str, Any]] = [{}, {"traceloop.workflow.name": "research"}]
+"""The attributes of a span Traceloop's decorators make, as it starts: none, or, where
+Traceloop's own processor came before spangraph's, the workflow's name."""
+
+
+def traceloop_workflow(provider: TracerProvider, at_start: dict[str, Any]) -> Any:
+    """A span as Traceloop's ``@workflow`` makes it: started with ``at_start``, its kind
+    set just after (OpenLLMetry's LangChain handler does the same)."""
+    span = provider.get_tracer("traceloop.tracer").start_span(
+        "research.workflow", attributes=at_start
+    )
+    span.set_attribute("traceloop.span.kind", "workflow")
+    return span
+
+
 @contextlib.contextmanager
 def held_by_a_thread(lock: Any) -> Iterator[None]:
     """``lock`` held by another thread for the block, as a fork inside it finds it (the

@@ -21,7 +21,14 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import Link
 
 import spangraph
-from conftest import ForkedChild, exit_code_of, held_by_a_thread, paused_burst
+from conftest import (
+    AT_TRACELOOP_START,
+    ForkedChild,
+    exit_code_of,
+    held_by_a_thread,
+    paused_burst,
+    traceloop_workflow,
+)
 from spangraph import queries
 from spangraph.exceptions import StoreTimeoutError, StoreUnavailableError
 from spangraph.processors import GraphSpanProcessor
@@ -1108,18 +1115,15 @@ def test_a_runs_end_is_written_when_the_queue_is_full(private_servers: Any) -> N
         store.close()
 
 
-@pytest.mark.parametrize("at_start", [{}, {"traceloop.workflow.name": "research"}])
+@pytest.mark.parametrize("at_start", AT_TRACELOOP_START)
 def test_a_kind_set_just_after_the_start_is_written_while_the_span_runs(
     sg: spangraph.Spangraph, provider: TracerProvider, at_start: dict[str, Any]
 ) -> None:
-    # Traceloop's @workflow/@task and OpenLLMetry's LangChain handler start a span with no
-    # attributes (or, Traceloop's processor first, the workflow's name) and name its kind
-    # with set_attribute right after: a run so made is a labelled, listed run while it
-    # runs (and after a crash), not only once it ends
+    # Traceloop's @workflow/@task and OpenLLMetry's LangChain handler name a span's kind
+    # with set_attribute right after its start: a run so made is a labelled, listed run
+    # while it runs (and after a crash), not only once it ends
+    root = traceloop_workflow(provider, at_start)
     tracer = provider.get_tracer("traceloop.tracer")
-    root = tracer.start_span("research.workflow", attributes=at_start)
-    root.set_attribute("traceloop.span.kind", "workflow")
-    root.set_attribute("traceloop.entity.name", "research")
     with (
         trace.use_span(root, end_on_exit=True),
         tracer.start_as_current_span("search.task") as task,

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 import spangraph
-from conftest import configure_on, paused_burst
+from conftest import AT_TRACELOOP_START, configure_on, paused_burst, traceloop_workflow
 from spangraph.embedded import ServerInfo
 from spangraph.processors import LiveEventProcessor, RedisPublisher
 from spangraph.processors import live as live_module
@@ -394,7 +394,7 @@ def test_span_started_carries_the_attributes_at_the_start(
     assert started["route"]["spangraph.decision.options"] == ["a", "b"]
 
 
-@pytest.mark.parametrize("at_start", [{}, {"traceloop.workflow.name": "research"}])
+@pytest.mark.parametrize("at_start", AT_TRACELOOP_START)
 def test_a_kind_set_just_after_the_start_is_in_span_started(
     sg: spangraph.Spangraph,
     provider: TracerProvider,
@@ -405,9 +405,7 @@ def test_a_kind_set_just_after_the_start_is_in_span_started(
     first, the workflow's name) and name its kind just after: its ``span.started``, sent
     while it runs, says the kind."""
     listener = listen(project_channel(sg.settings.project))
-    tracer = provider.get_tracer("traceloop.tracer")
-    span = tracer.start_span("research.workflow", attributes=at_start)
-    span.set_attribute("traceloop.span.kind", "workflow")
+    span = traceloop_workflow(provider, at_start)
     (started,) = listener.until(lambda m: m["type"] == "span.started")
     assert started["kind"] == "workflow"
     assert started["attributes"]["traceloop.span.kind"] == "workflow"

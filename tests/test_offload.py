@@ -22,7 +22,13 @@ import redis
 from opentelemetry.sdk.trace import TracerProvider
 
 import spangraph
-from conftest import configure_on, exit_code_of, held_by_a_thread
+from conftest import (
+    AT_TRACELOOP_START,
+    configure_on,
+    exit_code_of,
+    held_by_a_thread,
+    traceloop_workflow,
+)
 from spangraph import queries
 from spangraph.config import Settings
 from spangraph.embedded import ServerInfo
@@ -114,15 +120,13 @@ def test_offloaded_run_is_written_and_streamed(
     assert stats["live"]["dropped"] == 0 and stats["live"]["sent"] == len(messages)
 
 
-@pytest.mark.parametrize("at_start", [{}, {"traceloop.workflow.name": "research"}])
+@pytest.mark.parametrize("at_start", AT_TRACELOOP_START)
 def test_a_kind_set_just_after_the_start_reaches_the_agent(
     off: spangraph.Spangraph, provider: TracerProvider, at_start: dict[str, Any]
 ) -> None:
     # (a START record of a span not spangraph's own holds a weak reference to it, which
     # the worker reads before the records leave for the agent)
-    tracer = provider.get_tracer("traceloop.tracer")
-    span = tracer.start_span("research.workflow", attributes=at_start)
-    span.set_attribute("traceloop.span.kind", "workflow")
+    span = traceloop_workflow(provider, at_start)
     assert spangraph.flush(10)
     assert off.store is not None
     rows = off.store.query(
