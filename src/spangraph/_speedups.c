@@ -332,7 +332,10 @@ read_starts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyObject *value = NULL, *copy = NULL, *ref = NULL;
         if (PyTuple_CheckExact(record) && PyTuple_GET_SIZE(record) == 10) {
             PyObject *what = PyTuple_GET_ITEM(record, 0);
-            if (PyLong_CheckExact(what) && PyLong_AsLong(what) == 0) {
+            long kind = PyLong_CheckExact(what) ? PyLong_AsLong(what) : -1;
+            if (kind == -1 && PyErr_Occurred())
+                PyErr_Clear(); /* (no record of spangraph's) */
+            if (kind == 0) {
                 value = PyTuple_GET_ITEM(record, 8);
                 if (PyTuple_CheckExact(value) && PyTuple_GET_SIZE(value) == 2) {
                     copy = PyTuple_GET_ITEM(value, 0);

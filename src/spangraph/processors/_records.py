@@ -133,7 +133,9 @@ def read_starts(records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     (:func:`attributes_of_start`): what can leave the process (``marshal`` takes no
     reference). In C where the extension was built (``_c_read_starts``)."""
     if _c_read_starts is not None:
-        return _c_read_starts(records, attributes_of_start)
+        return _c_read_starts(
+            records if type(records) is list else list(records), attributes_of_start
+        )
     return py_read_starts(records)
 
 
