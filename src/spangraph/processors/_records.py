@@ -414,11 +414,13 @@ RecordQueue: type[Any] | None
 _c_read_starts: Callable[..., list[tuple[Any, ...]]] | None
 try:
     from .._speedups import RecordBuffer, RecordQueue, end_record, start_record
-    from .._speedups import read_starts as _c_read_starts
 except ImportError:  # not built (no C compiler at install): the same records, in Python
     start_record, end_record = py_start_record, py_end_record
     RecordBuffer = PyRecordBuffer
     RecordQueue = None  # the processors' on_start/on_end stay Python methods
+try:
+    from .._speedups import read_starts as _c_read_starts
+except ImportError:  # (an extension built from older sources keeps its other parts)
     _c_read_starts = None
 
 SPEEDUPS: Final = start_record is not py_start_record
