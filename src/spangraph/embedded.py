@@ -365,7 +365,7 @@ class EmbeddedServer:
         answer_timeout: float = 10.0,
         load_timeout: float = 600.0,
     ) -> None:
-        self.home = _home_path(home)
+        self.home: Path = _home_path(home)
         self.start_timeout = start_timeout
         self.load_timeout = load_timeout
         """Seconds a server may take to load its data (its append-only file) when it

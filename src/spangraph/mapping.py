@@ -12,7 +12,7 @@ import logging
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -563,7 +563,7 @@ class Lineage:
         # first key is found by walking past every entry deleted before it (once full,
         # each span cost a walk of thousands of entries)
         self._ids: OrderedDict[str, _Entry] = OrderedDict()
-        self.max_entries = max_entries
+        self.max_entries: int = max_entries
         # waiting span id -> the parent it waits on (the oldest first), and the index the
         # other way round: parent span id -> the spans waiting on it
         self._adoptions = adoptions
@@ -710,9 +710,9 @@ class SpanMapper:
     __slots__ = ("default_project", "lineage", "resources")
 
     def __init__(self, default_project: str, *, adoptions: bool = False) -> None:
-        self.default_project = default_project
-        self.lineage = Lineage(adoptions=adoptions)
-        self.resources = Resources()
+        self.default_project: str = default_project
+        self.lineage: Lineage = Lineage(adoptions=adoptions)
+        self.resources: Resources = Resources()
 
     def common(
         self, span: ReadableSpan | RecordSpan, attributes: Mapping[str, Any]
@@ -1021,6 +1021,7 @@ def _py_live_message(
     return head, tail
 
 
+live_message: Callable[..., tuple[str, str]]
 try:
     from ._speedups import live_message as _c_live_message
     from ._speedups import live_setup as _live_setup

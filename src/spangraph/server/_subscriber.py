@@ -76,10 +76,12 @@ class Batch:
         heartbeat: bool = False,
         born: float | None = None,
     ) -> None:
-        self.msgs = msgs
-        self.seqs = seqs
-        self.heartbeat = heartbeat
-        self.born = time.monotonic() if born is None else born  # arrival of the first message
+        self.msgs: list[str] = msgs
+        self.seqs: list[int] | None = seqs
+        self.heartbeat: bool = heartbeat
+        self.born: float = (
+            time.monotonic() if born is None else born
+        )  # arrival of the first message
         self._ws: list[str] | None = None
         self._sse: bytes | None = None
 
@@ -168,17 +170,17 @@ class Subscriber:
         workflow_id: str | None = None,
         last_sent: int | None = None,
     ) -> None:
-        self.channel = channel
-        self.workflow_id = workflow_id
-        self.last_sent = last_sent
-        self.max_queue = max_queue
+        self.channel: str = channel
+        self.workflow_id: str | None = workflow_id
+        self.last_sent: int | None = last_sent
+        self.max_queue: int = max_queue
         self.close_code: int | None = None
-        self.close_reason = ""
-        self.gone = asyncio.Event()
+        self.close_reason: str = ""
+        self.gone: asyncio.Event = asyncio.Event()
         # nothing queued since the hub's last heartbeat tick: not so for a new client,
         # which was just sent `subscribed` (its heartbeat was up to a tick early)
-        self.idle = False
-        self.quiet = 0  # ticks in a row without anything queued
+        self.idle: bool = False
+        self.quiet: int = 0  # ticks in a row without anything queued
         self._queue: list[Batch] = []
         self._pending = 0
         # What take() waits on: a bare future of the loop. An asyncio.Event costs more per

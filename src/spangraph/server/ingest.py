@@ -118,7 +118,7 @@ class RateLimitedLog:
         self._log.warning(msg, *args)
 
 
-warn = RateLimitedLog(_log)
+warn: RateLimitedLog = RateLimitedLog(_log)
 """The receiver's warnings about refused requests and rejected spans."""
 
 
@@ -958,16 +958,16 @@ class DecodeSlots:
         if waiting < 0:
             raise ValueError("max_waiting_decodes must not be negative")
         self._semaphore = asyncio.Semaphore(concurrent)
-        self.limiter = anyio.CapacityLimiter(concurrent)
+        self.limiter: anyio.CapacityLimiter = anyio.CapacityLimiter(concurrent)
         """Threads the decodes run in: their own, so that queries stuck on the graph store
         (in the thread pool every plain route shares) do not hold up the receiver."""
-        self.max_waiting = waiting
-        self.waiting = 0
+        self.max_waiting: int = waiting
+        self.waiting: int = 0
         """Requests waiting for a turn now."""
-        self.refused = 0
+        self.refused: int = 0
         """Requests refused because too many were waiting, or too many bytes were held."""
-        self.max_buffered = max_buffered
-        self.buffered = 0
+        self.max_buffered: int = max_buffered
+        self.buffered: int = 0
         """Bytes of request bodies held now: being received, waiting or decoding."""
 
     def hold(self, size: int) -> None:
@@ -1041,15 +1041,15 @@ class OTLPIngest:
         max_waiting_decodes: int = MAX_WAITING_DECODES,
     ) -> None:
         self.settings = settings
-        self.decode_slots = DecodeSlots(
+        self.decode_slots: DecodeSlots = DecodeSlots(
             max_concurrent_decodes,
             max_waiting_decodes,
             (max_concurrent_decodes + max_waiting_decodes) * max_body_bytes,
         )
         """Taken by the router while it runs :meth:`handle` (on the event loop's side)."""
-        self.max_body_bytes = max_body_bytes
-        self.max_queue_size = max_queue_size
-        self.max_spans_per_request = max_queue_size // 2
+        self.max_body_bytes: int = max_body_bytes
+        self.max_queue_size: int = max_queue_size
+        self.max_spans_per_request: int = max_queue_size // 2
         limits = SpanLimits()  # OTEL_SPAN_EVENT_COUNT_LIMIT, OTEL_SPAN_LINK_COUNT_LIMIT, …
         self.max_events: int | None = limits.max_events
         """Events a span keeps (its last ones), as the SDK's span limits: each event is a
@@ -1060,7 +1060,7 @@ class OTLPIngest:
         """Attributes a span keeps (its first ones, and spangraph's own): a span with
         250 000 of them made every run list that held it megabytes."""
         project = getattr(settings, "project", None) or "default"
-        self.graph = GraphSpanProcessor(
+        self.graph: GraphSpanProcessor = GraphSpanProcessor(
             store,
             project=project,
             max_queue_size=max_queue_size,

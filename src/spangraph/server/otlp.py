@@ -46,7 +46,7 @@ from .ingest import (
 
 _log = logging.getLogger("spangraph.server.otlp")
 
-router = APIRouter(tags=["otlp"])
+router: APIRouter = APIRouter(tags=["otlp"])
 
 CONTENT_TYPES: Final = {
     "application/x-protobuf": PROTOBUF,

@@ -108,7 +108,7 @@ _MAX_IGNORED: Final = 10
 (reading them, ignored, held up every other client)."""
 _UNAVAILABLE = (LiveUnavailableError, RedisError, OSError, TimeoutError)
 
-router = APIRouter(prefix="/api/stream", tags=["live"])
+router: APIRouter = APIRouter(prefix="/api/stream", tags=["live"])
 
 
 def _presented_token(headers: Any, query: Any) -> str | None:

@@ -18,7 +18,7 @@ from .._version import __version__
 from .deps import SettingsDep, require_token
 from .models import AUTH_ERRORS
 
-router = APIRouter(tags=["ui"])
+router: APIRouter = APIRouter(tags=["ui"])
 
 
 class UIConfig(BaseModel):

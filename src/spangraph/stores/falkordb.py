@@ -298,7 +298,7 @@ class FalkorDBStore:
         self._writer_generation = 0
 
     def _connect(self, port: int) -> FalkorDB:
-        self.url = f"falkordb://{self._host}:{port}/{self.graph_name}"
+        self.url: str = f"falkordb://{self._host}:{port}/{self.graph_name}"
         try:
             self._probe(port)
             # the client asks the server for its mode (sentinel, cluster) right here

@@ -151,7 +151,7 @@ class Neo4jStore:
             ) from None
         self._neo4j = neo4j
         self.name = "neo4j"
-        self.url = redact_url(uri)  # for messages: never the password
+        self.url: str = redact_url(uri)  # for messages: never the password
         self.database = database
         self._ping_timeout = ping_timeout
         self._write_timeout = write_timeout

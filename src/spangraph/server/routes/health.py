@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from ..deps import RedisDep, StoreDep
 from ..models import Health, HealthAll
 
-router = APIRouter(prefix="/api/health", tags=["health"])
+router: APIRouter = APIRouter(prefix="/api/health", tags=["health"])
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {503: {"model": Health}}
 

@@ -34,7 +34,7 @@ from ..models import (
     error,
 )
 
-router = APIRouter(prefix="/api", tags=["runs"])
+router: APIRouter = APIRouter(prefix="/api", tags=["runs"])
 
 _STATES = f"^({'|'.join(sc.RUN_STATES)})$"
 _MESSAGES: TypeAdapter[list[LiveMessage]] = TypeAdapter(list[LiveMessage])
