@@ -1057,3 +1057,31 @@ def test_read_starts_in_c_reads_what_the_python_one_does() -> None:
         _speedups.read_starts(records, broken)
     with pytest.raises(TypeError):
         _speedups.read_starts(tuple(records), _records.attributes_of_start)
+
+
+@needs_c
+def test_read_starts_in_c_holds_what_it_reads_while_python_code_runs() -> None:
+    # read() is Python code: it can change the list, or find the list being built
+    known: dict[int, Any] = {}
+    tracer = TracerProvider().get_tracer("t")
+    spans = [tracer.start_span(f"s{i}", attributes={"i": i}) for i in range(3)]
+    records = [_speedups.start_record(span, known) for span in spans]
+
+    def clears(value: Any) -> Any:
+        records.clear()
+        gc.collect()
+        return _records.attributes_of_start(value)
+
+    out = _speedups.read_starts(records, clears)
+    assert [r[8] for r in out] == [{"i": 0}, {"i": 1}, {"i": 2}]
+
+    records = [_speedups.start_record(span, known) for span in spans]
+
+    def walks(value: Any) -> Any:
+        for seen in gc.get_objects():
+            if type(seen) is list:
+                list(seen)  # (an item not yet set would crash this)
+        return _records.attributes_of_start(value)
+
+    assert len(_speedups.read_starts(records, walks)) == 3
+    assert gc.is_tracked(_speedups.read_starts(records, _records.attributes_of_start))

@@ -322,13 +322,22 @@ read_starts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "read_starts(records: list, read)");
         return NULL;
     }
-    PyObject *records = args[0], *read = args[1];
-    Py_ssize_t n = PyList_GET_SIZE(records);
-    PyObject *out = PyList_New(n);
-    if (out == NULL)
+    /* the records as they are now: ``read`` runs Python code, which could change the
+     * list (and let go of a record read from it) */
+    PyObject *records = PyList_AsTuple(args[0]), *read = args[1];
+    if (records == NULL)
         return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(records);
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        Py_DECREF(records);
+        return NULL;
+    }
+    /* out of the collector's sight while items are still NULL: Python code run below
+     * (``read``, a property) could find it there (gc.get_objects()) */
+    untrack(out);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *record = PyList_GET_ITEM(records, i);
+        PyObject *record = PyTuple_GET_ITEM(records, i);
         PyObject *value = NULL, *copy = NULL, *ref = NULL;
         if (PyTuple_CheckExact(record) && PyTuple_GET_SIZE(record) == 10) {
             PyObject *what = PyTuple_GET_ITEM(record, 0);
@@ -381,8 +390,11 @@ read_starts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyTuple_SET_ITEM(item, j, j == 8 ? attributes : Py_NewRef(PyTuple_GET_ITEM(record, j)));
         PyList_SET_ITEM(out, i, item);
     }
+    Py_DECREF(records);
+    PyObject_GC_Track(out);
     return out;
 error:
+    Py_DECREF(records);
     Py_DECREF(out); /* items not yet set are NULL: list dealloc skips them */
     return NULL;
 }
