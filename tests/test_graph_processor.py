@@ -1145,3 +1145,28 @@ def test_a_kind_set_just_after_the_start_is_written_while_the_span_runs(
         assert [run["state"] for run in listed] == ["running"]
     flush()
     assert sg.stats()["graph"]["dropped"] == 0
+
+
+def test_a_span_whose_kind_changes_after_its_start_was_written_keeps_one_label(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    # a step by its Traceloop kind when its start is written, a model call by the GenAI
+    # kind set later (which ranks higher): the node ends :LLM alone, not :Step:LLM
+    with spangraph.workflow("wf-relabel"):  # (at a trace's root, a task heads a run)
+        task = {"traceloop.span.kind": "task"}
+        span = provider.get_tracer("t").start_span("call", attributes=task)
+    flush()
+
+    def node() -> dict[str, Any]:
+        (row,) = sg.store.query(
+            "MATCH (s:Span {span_id: $id}) RETURN s.kind AS kind, labels(s) AS labels",
+            {"id": f"{span.get_span_context().span_id:016x}"},
+        )
+        return {"kind": row["kind"], "labels": sorted(row["labels"])}
+
+    assert node() == {"kind": "step", "labels": ["Span", "Step"]}
+    span.set_attribute("gen_ai.operation.name", "chat")
+    span.end()
+    flush()
+    assert node() == {"kind": "llm", "labels": ["LLM", "Span"]}
+    assert sg.stats()["graph"]["dropped"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -18,6 +19,9 @@ _log = logging.getLogger("spangraph")
 
 _START = START
 _END = END
+
+_MAX_START_LABELS: Final = 65_536
+"""Spans whose start label the graph worker remembers until their end (open spans)."""
 
 
 def _attributes_view(span: Any) -> Mapping[str, Any]:
@@ -70,6 +74,9 @@ class GraphSpanProcessor(QueueingSpanProcessor):
     ) -> None:
         self.store = store
         self._mapper = SpanMapper(project, adoptions=True)
+        # span id -> the kind label its start was written with, until its end (mapping
+        # thread only; the least recently written goes past the bound)
+        self._start_labels: OrderedDict[str, str] = OrderedDict()
         self._known: dict[int, Any] = RESOURCES  # resource key -> Resource (see _records)
         # a store that can encode a batch apart from sending it (FalkorDB) gets that work
         # done by the preparing thread, so that the sending one only sends
@@ -162,6 +169,7 @@ class GraphSpanProcessor(QueueingSpanProcessor):
             batch.links,
         )
         mapper = self._mapper
+        start_labels = self._start_labels
         resolve = mapper.lineage.resolve
         node_props = mapper.node_props
         for what, item in items:
@@ -205,6 +213,15 @@ class GraphSpanProcessor(QueueingSpanProcessor):
                 skipped += 1
                 continue
             span_id = props.pop("span_id")
+            if is_end:
+                started_as = start_labels.pop(span_id, None)
+                if started_as is not None and started_as != label:
+                    # its kind changed after its start was written: one kind label
+                    batch.relabels.setdefault(started_as, []).append({"span_id": span_id})
+            elif label is not None:
+                if len(start_labels) >= _MAX_START_LABELS and span_id not in start_labels:
+                    start_labels.popitem(last=False)
+                start_labels[span_id] = label
             rows = (ends if is_end else starts).get(label)
             if rows is None:
                 rows = (ends if is_end else starts)[label] = []

@@ -30,6 +30,9 @@ class WriteBatch:
     resumes: list[Row] = field(default_factory=list)
     """Workflow spans that resumed without saying which run (``{span_id, execution_id,
     start_ns}``): linked to the run before them in their execution, when it paused."""
+    relabels: dict[str, list[Row]] = field(default_factory=dict)
+    """Spans (``{span_id}``) whose start was written with the kind label of the key and
+    whose end, in this batch, names another: that label goes after the end rows."""
     pauses: list[Row] = field(default_factory=list)
     """Workflow spans that paused (``{span_id, execution_id, start_ns}``): the run after
     them in their execution, when it resumed without saying which run, is linked to
@@ -76,7 +79,7 @@ class WriteBatch:
             return option_of.get(span_id, span_id) in first
 
         halves = (WriteBatch(), WriteBatch())
-        for name in ("starts", "ends", "links"):
+        for name in ("starts", "ends", "links", "relabels"):
             for key, rows in getattr(self, name).items():
                 for row in rows:
                     half = getattr(halves[0 if in_first(row) else 1], name)
@@ -92,11 +95,14 @@ class WriteBatch:
         return halves
 
     def event_and_link_statements(self) -> list[tuple[str, dict[str, Any]]]:
-        """The statements of :meth:`statements` that write events and links, and correct
-        adopted spans' run ids (the last: after the rows of those spans)."""
+        """The statements of :meth:`statements` that remove a start's kind label the end
+        replaced, write events and links, and correct adopted spans' run ids (the last:
+        after the rows of those spans)."""
         from . import cypher
 
-        out: list[tuple[str, dict[str, Any]]] = []
+        out: list[tuple[str, dict[str, Any]]] = [
+            (cypher.remove_label(label), {"rows": rows}) for label, rows in self.relabels.items()
+        ]  # (after the span rows, which set the end's label)
         if self.events:
             out.append((cypher.MERGE_EVENTS, {"rows": self.events}))
         for rel, rows in self.links.items():

@@ -248,6 +248,17 @@ def merge_links(link_type: str) -> str:
     )
 
 
+@cache
+def remove_label(label: str) -> str:
+    """Rows ``{span_id}``: spans whose start was written with the kind label ``label``
+    and whose end names another kind (an instrumentation that set a second kind
+    attribute later): the start's label goes, so that a node keeps one kind label.
+    Written after the end rows, which set the end's label."""
+    if label not in LABELS:
+        raise ValueError(f"unknown label {label!r}")
+    return f"UNWIND $rows AS row\nMATCH (s:Span {{span_id: row.span_id}})\nREMOVE s:{label}"
+
+
 def write_statements() -> dict[str, str]:
     """Every write statement, by a descriptive name."""
     out: dict[str, str] = {}
@@ -257,6 +268,8 @@ def write_statements() -> dict[str, str]:
         out[f"falkordb_upsert_started[{label}]"] = falkordb_upsert(label, False)
         out[f"falkordb_upsert_ended[{label}]"] = falkordb_upsert(label, True)
         out[f"falkordb_upsert_started_and_ended[{label}]"] = falkordb_upsert(label, None)
+        if label is not None:
+            out[f"remove_label[{label}]"] = remove_label(label)
     out["merge_parent_edges"] = MERGE_PARENT_EDGES
     out["merge_events"] = MERGE_EVENTS
     out["adopt_spans"] = ADOPT_SPANS
