@@ -628,10 +628,11 @@ def configure(
     ``threading.Thread`` and executors; ``max_queue_size`` bounds each processor's
     queue. Calling it again replaces the previous configuration. ``metrics=True`` reports
     the processors' health (queue depth, items sent and dropped, retries, send latency)
-    as OpenTelemetry metrics through the global MeterProvider. ``offload=True`` (or ``SPANGRAPH_OFFLOAD=1``) maps and writes
-    spans in a spangraph agent process instead of on threads of this one: the least
-    overhead for programs that make spans in hot loops (``docs/performance.md``); the
-    health metrics then cover this process's side only. ``propagate=True`` (or
+    as OpenTelemetry metrics through the global MeterProvider. ``offload=True`` (or
+    ``SPANGRAPH_OFFLOAD=1``) maps and writes spans in a spangraph agent process instead
+    of on threads of this one: the least overhead for programs that make spans in hot
+    loops (``docs/performance.md``); the health metrics then cover this process's side
+    only. ``propagate=True`` (or
     ``SPANGRAPH_PROPAGATE=1``) carries the run's ids to other services in W3C Baggage and
     joins runs whose ids arrive that way (docs/sdk.md, "Runs across services"). Raises
     :class:`~spangraph.exceptions.ConfigurationError`, naming the setting, for invalid

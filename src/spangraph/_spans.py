@@ -63,8 +63,9 @@ def end_open_spans() -> int:
 
     A span started on a thread that is not a daemon and still runs (another than this
     one) is that thread's to end: Python waits for such threads before its exit
-    handlers, but multiprocessing runs its finalizers before it waits for them (and
-    cannot be made to wait earlier: idle executor threads end only after)."""
+    handlers, but before Python 3.13 a process multiprocessing started runs its
+    finalizers before it waits for them (and cannot be made to wait earlier: idle
+    executor threads end only after)."""
     from .exceptions import ProgramExited
 
     frames: list[tuple[_Frame, threading.Thread]] = []
