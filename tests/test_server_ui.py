@@ -1919,6 +1919,114 @@ def test_durations_and_multi_line_errors(
         assert error.evaluate("e => e.innerText") == "Error: line one\nline two"
 
 
+_BARS = """rows => rows.map((row) => {
+  const bar = row.querySelector(".bar");
+  const track = bar.getBoundingClientRect();
+  const fill = bar.firstElementChild.getBoundingClientRect();
+  return {
+    name: row.parentElement.dataset.name,
+    shown: getComputedStyle(bar).display !== "none",
+    track: [track.left, track.right],
+    from: (fill.left - track.left) / track.width,
+    to: (fill.right - track.left) / track.width,
+  };
+})"""
+
+
+@needs_chromium
+def test_rows_draw_when_their_spans_ran(
+    page: Any, embedded_server: Any, graph_url: str, tmp_path: Path
+) -> None:
+    """In a tree 640 px wide or more, each row has a bar of when its span ran within the
+    run, on a track at the same place in every row: steps that ran side by side overlap;
+    a running span's bar reaches now. Narrower (1280 px window) the names keep the room."""
+    from playwright.sync_api import expect
+
+    ms = 10**6
+    t0 = time.time_ns() - 2000 * ms
+    done, going = f"bars-{uuid.uuid4().hex[:8]}", f"bars-{uuid.uuid4().hex[:8]}"
+    root, live_root = "a1" * 8, "f6" * 8
+
+    def at(workflow_id: str, span_id: str, name: str, start: int, **extra: Any) -> Any:
+        return _span(workflow_id, span_id, name, start_ns=t0 + start * ms, **extra)
+
+    _write_spans(
+        graph_url,
+        [
+            at(done, root, "bars-run", 0, kind="workflow", duration_ms=100.0),
+            at(done, "b2" * 8, "first", 0, parent=root, duration_ms=50.0),
+            at(done, "c3" * 8, "beside", 10, parent=root, duration_ms=50.0),
+            at(done, "d4" * 8, "after", 60, parent=root, duration_ms=40.0, state="failed"),
+            at(going, live_root, "still-going", 0, kind="workflow", state="running"),
+            at(going, "e5" * 8, "early", 0, parent=live_root, duration_ms=500.0),
+        ],
+    )
+    deep = f"bars-{uuid.uuid4().hex[:8]}"
+    chain = [uuid.uuid4().hex[:16] for _ in range(24)]
+    _write_spans(
+        graph_url,
+        [
+            at(deep, span_id, f"level-{i:02}", i, parent=chain[i - 1] if i else None)
+            | ({"kind": "workflow", "duration_ms": 30.0} if not i else {})
+            for i, span_id in enumerate(chain)
+        ],
+    )
+    app = create_app(_settings(graph_url, "off", tmp_path))
+    with serve(app) as base:
+        page.set_viewport_size({"width": 1600, "height": 900})
+        open_run(page, base, done)
+        expect(state_of(page, "after")).to_have_text("failed")
+        bars = {b["name"]: b for b in page.eval_on_selector_all("#tree .row", _BARS)}
+        assert set(bars) == {"bars-run", "first", "beside", "after"}
+        assert all(b["shown"] for b in bars.values()), bars
+        assert len({round(b["track"][0]) for b in bars.values()}) == 1, bars  # lined up
+        expected = {"bars-run": (0, 1), "first": (0, 0.5), "beside": (0.1, 0.6), "after": (0.6, 1)}
+        for name, (start, end) in expected.items():
+            assert bars[name]["from"] == pytest.approx(start, abs=0.03), bars[name]
+            assert bars[name]["to"] == pytest.approx(end, abs=0.03), bars[name]
+        color = "e => getComputedStyle(e).backgroundColor"
+        fill = lambda name: node(page, name).locator(":scope > .row .bar-fill")  # noqa: E731
+        assert fill("after").evaluate(color) != fill("first").evaluate(color)
+
+        open_run(page, base, going)
+        expect(state_of(page, "still-going")).to_have_text("running")
+        expect(state_of(page, "early")).to_have_text("completed")
+        bars = {b["name"]: b for b in page.eval_on_selector_all("#tree .row", _BARS)}
+        # the run has gone on for 2 s and more: the first 500 ms are a quarter at most,
+        # and the running span's bar reaches the end of the track (now)
+        assert bars["still-going"]["from"] == pytest.approx(0, abs=0.03)
+        assert bars["still-going"]["to"] == pytest.approx(1, abs=0.03)
+        assert bars["early"]["to"] < 0.26, bars
+        page.wait_for_timeout(1500)  # a tick or more: the run's track grows with the time
+        later = page.eval_on_selector_all("#tree .row", _BARS)
+        assert {b["name"]: b["to"] for b in later}["early"] < bars["early"]["to"] - 0.02
+        # it ends, 2.5 s after its start: the track is its time again, not up to now
+        _write_spans(
+            graph_url, [at(going, live_root, "still-going", 0, kind="workflow", duration_ms=2500.0)]
+        )
+        expect(state_of(page, "still-going")).to_have_text("completed")
+        page.wait_for_timeout(1200)  # (the next tick)
+        ended = {b["name"]: b for b in page.eval_on_selector_all("#tree .row", _BARS)}
+        assert ended["early"]["to"] == pytest.approx(0.2, abs=0.03), ended
+        assert ended["still-going"]["to"] == pytest.approx(1, abs=0.03), ended
+
+        # a tree deeper than the panel is wide scrolls sideways: the bars still line up
+        open_run(page, base, deep)
+        expect(page.locator("#tree li.tree-item")).to_have_count(24)
+        bars = page.eval_on_selector_all("#tree .row", _BARS)
+        assert [b["name"] for b in bars] == [f"level-{i:02}" for i in range(24)]
+        assert len({round(b["track"][0]) for b in bars}) == 1, bars
+        assert bars[23]["from"] == pytest.approx(23 / 30, abs=0.03), bars[23]
+        assert page.evaluate("document.getElementById('tree').scrollWidth") > page.evaluate(
+            "document.getElementById('tree').clientWidth"
+        )
+
+        page.set_viewport_size({"width": 1280, "height": 800})
+        open_run(page, base, done)
+        expect(state_of(page, "after")).to_have_text("failed")
+        assert not any(b["shown"] for b in page.eval_on_selector_all("#tree .row", _BARS))
+
+
 @needs_chromium
 def test_big_integer_attributes_keep_their_digits(
     page: Any, embedded_server: Any, graph_url: str, tmp_path: Path

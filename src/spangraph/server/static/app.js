@@ -199,6 +199,11 @@ function newRun(id) {
     attemptOf: new Map(), // span_id -> [key, attempt number] it is counted under
     relabel: new Set(), // span_ids whose row's attempt or "retried" may have changed
     tabStop: null, // the tree's one item in the Tab order (see setTabStop)
+    epoch: null, // ms: the first start the page saw, the zero of the rows' bars (drawBar)
+    lo: null, // ms from the epoch: the earliest start and latest end of its spans
+    hi: null,
+    liveHi: null, // ms from the epoch: now, while a span runs (see drawBar)
+    shownExtent: [null, null], // the extent the tree's bars are drawn on
     frame: 0,
   };
 }
@@ -240,13 +245,21 @@ function showNoRun() {
   $("run-meta").textContent = NO_RUN_META;
   $("run-execution").hidden = true;
   $("run-jaeger").hidden = true;
-  $("tree-root").replaceChildren();
+  clearTree();
   $("tree-empty").hidden = true;
   $("decisions").replaceChildren(h("p", { class: "hint", text: "none" }));
   $("branches").replaceChildren(h("li", { class: "hint", text: "none" }));
   $("monitors").replaceChildren(h("li", { class: "hint", text: "none" }));
   renderDetail();
   setTransport("idle", "no run open");
+}
+
+/** Empty the tree, and its track's extent with it (see showExtent). */
+function clearTree() {
+  const tree = $("tree-root");
+  tree.replaceChildren();
+  tree.style.removeProperty("--lo");
+  tree.style.removeProperty("--span");
 }
 
 async function openRun(id, nodeId) {
@@ -258,7 +271,7 @@ async function openRun(id, nodeId) {
     if (li.dataset.workflowId === id) b.setAttribute("aria-current", "true");
     else b.removeAttribute("aria-current");
   }
-  $("tree-root").replaceChildren();
+  clearTree();
   $("run-title").textContent = "Loading…";
   $("run-title").removeAttribute("title");
   $("run-state").replaceChildren();
@@ -825,6 +838,7 @@ function renderNode(run, id) {
   badgeEl.dataset.state = state;
   badgeEl.textContent = state;
   btn.querySelector(".dur").textContent = durationText(n, "");
+  drawBar(run, n, btn.querySelector(".bar"));
   trackAttempt(run, n);
   drawLabel(run, n, li);
   li.setAttribute("aria-selected", String(run.selected === id));
@@ -839,6 +853,52 @@ function renderNode(run, id) {
     n.flash = null;
   }
   placeNode(run, n, li);
+}
+
+// -- the rows' time bars ----------------------------------------------------------------------
+// Each row draws when its span ran within the run: a bar from its start to its end (to
+// now while it runs) on a track as wide in every row, so that spans that ran side by side
+// (parallel steps, branches, a monitor beside what it watches) overlap, and a retry's
+// wait or a slow step stands out. A bar holds its own times only (CSS variables --s and
+// --e, in ms from the first start the page saw); the run's extent (--lo, --span) is set
+// once, on the tree: a span that widens the run moves every bar without touching a row.
+
+/** Draw `n`'s bar (hidden while its start is unknown, and for an option never run). */
+function drawBar(run, n, bar) {
+  const start = n.state !== "unexplored" && typeof n.start_ns === "number" ? n.start_ns / 1e6 : null;
+  if (start === null) {
+    bar.hidden = true;
+    return;
+  }
+  if (run.epoch === null) run.epoch = start;
+  const s = start - run.epoch;
+  const running = n.state === "running";
+  let e = s;
+  if (running) e = Date.now() - run.epoch;
+  else if (typeof n.end_ns === "number") e = n.end_ns / 1e6 - run.epoch;
+  else if (typeof n.duration_ms === "number") e = s + n.duration_ms;
+  e = Math.max(e, s); // (a running span of a server whose clock is ahead of this one's)
+  bar.style.setProperty("--s", s.toFixed(3));
+  bar.style.setProperty("--e", e.toFixed(3));
+  bar.hidden = false;
+  run.lo = run.lo === null ? s : Math.min(run.lo, s);
+  // now, for a running span, only until the next tick (which reads them all again): a
+  // run that ended keeps the track of its spans' own times
+  if (running) run.liveHi = Math.max(run.liveHi ?? e, e);
+  const end = running ? s : e;
+  run.hi = run.hi === null ? end : Math.max(run.hi, end);
+  showExtent(run);
+}
+
+/** Set the run's extent, the track every bar is drawn on, on the tree (when it moved). */
+function showExtent(run) {
+  if (run.lo === null) return;
+  const hi = Math.max(run.hi, run.liveHi ?? -Infinity);
+  if (run.lo === run.shownExtent[0] && hi === run.shownExtent[1]) return;
+  run.shownExtent = [run.lo, hi];
+  const tree = $("tree-root");
+  tree.style.setProperty("--lo", run.lo.toFixed(3));
+  tree.style.setProperty("--span", Math.max(hi - run.lo, 0.001).toFixed(3));
 }
 
 /** A row's attempt ("attempt 2"), whether it is a failure retried, and its label. */
@@ -948,6 +1008,7 @@ function createItem(run, n) {
     type: "button", class: "node-btn", tabindex: "-1", on: { click: (ev) => pickNode(id, ev) },
   }, h("span", { class: "badge kind" }), h("span", { class: "name" }),
     h("span", { class: "badge state" }), h("span", { class: "attempt" }), h("span", { class: "dur" }),
+    h("span", { class: "bar", "aria-hidden": "true", hidden: true }, h("span", { class: "bar-fill" })),
     h("span", { class: "last-event", "aria-hidden": "true" }));
   const link = h("a", {
     class: "jaeger", target: "_blank", rel: "noopener", title: "Open this span in Jaeger", tabindex: "-1",
@@ -1648,11 +1709,15 @@ function scheduleDetail(run) {
 function tick() {
   const run = current;
   if (!run || document.hidden) return;
+  run.liveHi = null; // the running spans' bars below say it again
   for (const n of run.nodes.values()) {
     if (n.state !== "running") continue;
-    const dur = run.items.get(n.span_id)?.querySelector(":scope > .row .dur");
-    if (dur) dur.textContent = durationText(n, "");
+    const btn = run.items.get(n.span_id)?.querySelector(":scope > .row > .node-btn");
+    if (!btn) continue;
+    btn.querySelector(".dur").textContent = durationText(n, "");
+    drawBar(run, n, btn.querySelector(".bar"));
   }
+  showExtent(run);
   renderHeader(run);
   const n = run.selected ? run.nodes.get(run.selected) : null;
   const dd = document.querySelector("#detail dd[data-fact=Duration]");
