@@ -9,6 +9,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,10 @@ def test_openllmetry_request_type(value: str, kind: str) -> None:
         ({TL: 3}, "span"),
         ({"http.request.method": "GET", "url.full": "http://x"}, "span"),
         ({}, "span"),
+        # Logfire: its spans keep their kind; a log record (no length) is a plain span
+        ({OP: "chat", "logfire.span_type": "span"}, "llm"),
+        ({OP: "chat", "logfire.span_type": "log"}, "span"),
+        ({"logfire.span_type": "log", "logfire.msg": "hello"}, "span"),
     ],
 )
 def test_precedence(attributes: dict[str, Any], kind: str) -> None:
@@ -250,6 +256,141 @@ def test_foreign_spans_inside_a_spangraph_workflow(
         "RunnableSequence": ("step", ["Span", "Step"]),
         "ChatAnthropic": ("llm", ["LLM", "Span"]),
     }
+
+
+_LOGFIRE_REQUEST = {
+    OP: "chat",
+    "gen_ai.system": "openai",
+    "gen_ai.request.model": "gpt-4o-mini",
+    "gen_ai.input.messages": '[{"role":"user","parts":[{"type":"text","content":"Say hi"}]}]',
+    "request_data": '{"model":"gpt-4o-mini"}',
+    "logfire.span_type": "span",
+    "logfire.msg": "Chat Completion with 'gpt-4o-mini'",
+    "logfire.tags": ("LLM",),
+}
+
+
+def _logfire_request(tracer: Any, **request: Any) -> Any:
+    """The span Logfire's OpenAI integration (logfire 5.6) writes for a streamed call:
+    ended as soon as the stream is returned, without the answer."""
+    attributes = {**_LOGFIRE_REQUEST, **request}
+    call = tracer.start_span("Chat Completion with {request_data[model]!r}", attributes=attributes)
+    call.end()
+    return call
+
+
+def _logfire_record(tracer: Any, call: Any, answer: str, tokens: tuple[int, int]) -> Any:
+    """The log record (a span of no length) Logfire writes beside ``call`` when its
+    stream ends: the request's attributes and the answer."""
+    now = time.time_ns() + 50_000_000  # the stream ends 50 ms later
+    log = tracer.start_span(
+        "streaming response from {request_data[model]!r} took {duration:.2f}s",
+        start_time=now,
+        attributes={
+            **call.attributes,
+            "gen_ai.response.id": f"chatcmpl-{uuid.uuid4().hex[:8]}",
+            "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+            "gen_ai.response.finish_reasons": '["stop"]',
+            "gen_ai.usage.input_tokens": tokens[0],
+            "gen_ai.usage.output_tokens": tokens[1],
+            "gen_ai.output.messages": json.dumps([{"role": "assistant", "content": answer}]),
+            "logfire.span_type": "log",
+            "logfire.level_num": 9,
+            "duration": 0.05,
+        },
+    )
+    log.end(end_time=now)
+    return log
+
+
+def _nodes_of(sg: spangraph.Spangraph, workflow_id: str) -> dict[str, dict[str, Any]]:
+    assert sg.store is not None
+    rows = sg.store.query(
+        "MATCH (s:Span {workflow_id: $wf}) RETURN s AS s, labels(s) AS labels",
+        {"wf": workflow_id},
+    )
+    return {r["s"]["span_id"]: {**r["s"], "_labels": sorted(r["labels"])} for r in rows}
+
+
+def test_a_logfire_stream_is_one_model_call_with_its_answer(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    """Logfire's streamed call: its request span is the :LLM node and gets the answer,
+    usage, ids and end of the log record written when the stream ended; the record is a
+    plain span. Two calls whose records come in the other order each get their own."""
+    tracer = provider.get_tracer("logfire.openai")
+    with spangraph.workflow("streams") as run:
+        call = _logfire_request(tracer)
+        log = _logfire_record(tracer, call, "Hello there", (11, 5))
+        # two streams read side by side, the second ending first
+        b = _logfire_request(tracer, **{"gen_ai.input.messages": '[{"role":"user","content":"B"}]'})
+        c = _logfire_request(tracer, **{"gen_ai.input.messages": '[{"role":"user","content":"C"}]'})
+        c_log = _logfire_record(tracer, c, "C!", (7, 3))
+        b_log = _logfire_record(tracer, b, "B!", (2, 1))
+    assert spangraph.flush(10)
+    nodes = _nodes_of(sg, run.workflow_id)
+    span_id = lambda s: format(s.get_span_context().span_id, "016x")  # noqa: E731
+    # three calls, three :LLM nodes (the records made them six)
+    llm = {i for i, n in nodes.items() if "LLM" in n["_labels"]}
+    assert llm == {span_id(call), span_id(b), span_id(c)}
+    request = nodes[span_id(call)]
+    kept = json.loads(request["attributes"])
+    assert (kept["gen_ai.usage.input_tokens"], kept["gen_ai.usage.output_tokens"]) == (11, 5)
+    assert kept["gen_ai.response.id"] == log.attributes["gen_ai.response.id"]
+    assert "Hello there" in kept["gen_ai.output.messages"]
+    assert kept["gen_ai.request.model"] == "gpt-4o-mini"  # its own attributes kept
+    assert request["end_ns"] == log.end_time  # the call lasted until its stream ended
+    assert request["duration_ms"] == pytest.approx((log.end_time - call.start_time) / 1e6, abs=0.01)
+    assert request["state"] == "completed"
+    for record in (log, b_log, c_log):
+        assert (nodes[span_id(record)]["kind"], nodes[span_id(record)]["_labels"]) == (
+            "span",
+            ["Span"],
+        )
+    for request_span, tokens in ((b, (2, 1)), (c, (7, 3))):
+        got = json.loads(nodes[span_id(request_span)]["attributes"])
+        assert (got["gen_ai.usage.input_tokens"], got["gen_ai.usage.output_tokens"]) == tokens
+
+
+def test_a_logfire_stream_that_failed_fails_its_call(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    """A stream that broke off: Logfire's record is an error log; the call's node fails
+    with it. A Logfire call answered at once, and any other span, are left as they are."""
+    tracer = provider.get_tracer("logfire.openai")
+    with spangraph.workflow("broken-stream") as run:
+        call = tracer.start_span(
+            "Chat Completion with {request_data[model]!r}", attributes=_LOGFIRE_REQUEST
+        )
+        call.end()
+        log = tracer.start_span(
+            "streaming response from {request_data[model]!r} took {duration:.2f}s",
+            attributes={**_LOGFIRE_REQUEST, "logfire.span_type": "log", "error.type": "APIError"},
+        )
+        log.set_status(trace.Status(trace.StatusCode.ERROR, "APIError: boom mid-stream"))
+        log.end(end_time=log.start_time)
+        answered = tracer.start_span(
+            "Chat Completion with {request_data[model]!r}",
+            attributes={
+                **_LOGFIRE_REQUEST,
+                "gen_ai.response.id": "chatcmpl-x",
+                "gen_ai.usage.input_tokens": 4,
+            },
+        )
+        answered.end()
+    assert spangraph.flush(10)
+    nodes = _nodes_of(sg, run.workflow_id)
+    span_id = lambda s: format(s.get_span_context().span_id, "016x")  # noqa: E731
+    failed = nodes[span_id(call)]
+    assert (failed["state"], failed["status"]) == ("failed", "ERROR")
+    assert failed["status_message"] == "APIError: boom mid-stream"
+    assert json.loads(failed["attributes"])["error.type"] == "APIError"
+    kept = nodes[span_id(answered)]
+    assert (kept["state"], json.loads(kept["attributes"])["gen_ai.usage.input_tokens"]) == (
+        "completed",
+        4,
+    )
+    assert sorted(n["kind"] for n in nodes.values()) == ["llm", "llm", "span", "workflow"]
 
 
 # -- the docs' example --------------------------------------------------------------------

@@ -383,7 +383,8 @@ def kind_of(attributes: Mapping[str, Any]) -> str:
     """The spangraph kind of a span: its ``spangraph.kind``; else the first of
     ``gen_ai.operation.name``, ``openinference.span.kind``, ``traceloop.span.kind``,
     ``llm.request.type``, ``ai.operationId`` and ``langfuse.observation.type`` whose value
-    names a kind; else the kind
+    names a kind (but for a Logfire log record, ``logfire.span_type`` ``log``: a moment,
+    no call); else the kind
     Haystack's own attributes say (:data:`_HAYSTACK_KINDS`); else ``span`` (no label).
 
     Runs on the worker for every span: a handful of dict look-ups, no string work."""
@@ -396,6 +397,11 @@ def kind_of(attributes: Mapping[str, Any]) -> str:
         if value is not None and type(value) is str:
             found = table.get(value)
             if found is not None:
+                if get(LOGFIRE_SPAN_TYPE) == "log":
+                    # a Logfire log record (a moment, no length): the one its LLM
+                    # integrations write when a stream ends repeats its request span's
+                    # gen_ai.* keys (see processors/_streams.py): no second model call
+                    return sc.KIND_SPAN
                 return found
     for key, found in _HAYSTACK_KINDS:
         if key in attributes:
@@ -405,6 +411,9 @@ def kind_of(attributes: Mapping[str, Any]) -> str:
         return sc.KIND_LLM if component.endswith("Generator") else sc.KIND_STEP
     return sc.KIND_SPAN
 
+
+LOGFIRE_SPAN_TYPE: Final = "logfire.span_type"
+"""What a Logfire record is: ``span``, or ``log`` (a span of no length: a log line)."""
 
 _NAMED_KINDS: Final = {"haystack.agent.step.llm": sc.KIND_LLM}
 """Kinds of spans whose attributes say none (Haystack's agent's model call carries only
@@ -690,6 +699,7 @@ COMMON_ATTRIBUTES: Final = (
     *(key for key, _ in _FOREIGN_KINDS),
     *(key for key, _ in _HAYSTACK_KINDS),
     HAYSTACK_COMPONENT_TYPE,
+    LOGFIRE_SPAN_TYPE,
 )
 """Every attribute :meth:`SpanMapper.common` reads (:func:`kind_of` included): what it
 returns for a span changes only with these, the span's name and the lineage entries of

@@ -10,9 +10,10 @@ from typing import Any, Final
 from opentelemetry.sdk.util import BoundedList
 
 from ..exceptions import StoreTimeoutError, StoreUnavailableError
-from ..mapping import SpanMapper, hex_span_id, hex_trace_id
+from ..mapping import LOGFIRE_SPAN_TYPE, SpanMapper, hex_span_id, hex_trace_id
 from ..stores._base import GraphStore, WriteBatch
 from ._records import RESOURCES, rebuild
+from ._streams import StreamedCalls
 from ._worker import END, START, BatchWorker, QueueingSpanProcessor, ends_a_run
 
 _log = logging.getLogger("spangraph")
@@ -77,6 +78,8 @@ class GraphSpanProcessor(QueueingSpanProcessor):
         # span id -> the kind label its start was written with, until its end (mapping
         # thread only; the least recently written goes past the bound)
         self._start_labels: OrderedDict[str, str] = OrderedDict()
+        # Logfire's streamed model calls waiting for their stream's answer (mapping thread)
+        self._streamed = StreamedCalls()
         self._known: dict[int, Any] = RESOURCES  # resource key -> Resource (see _records)
         # a store that can encode a batch apart from sending it (FalkorDB) gets that work
         # done by the preparing thread, so that the sending one only sends
@@ -170,6 +173,7 @@ class GraphSpanProcessor(QueueingSpanProcessor):
         )
         mapper = self._mapper
         start_labels = self._start_labels
+        streamed = self._streamed
         resolve = mapper.lineage.resolve
         node_props = mapper.node_props
         for what, item in items:
@@ -226,6 +230,14 @@ class GraphSpanProcessor(QueueingSpanProcessor):
             if rows is None:
                 rows = (ends if is_end else starts)[label] = []
             rows.append({"span_id": span_id, "props": props})
+            if is_end and (label is None or label == "LLM"):
+                attributes = getattr(span, "_attributes", None)
+                if type(attributes) is not dict:
+                    attributes = span.attributes or {}
+                if LOGFIRE_SPAN_TYPE in attributes:  # Logfire's: a stream's request or record
+                    answer = streamed.ended(attributes, span_id, label, props)
+                    if answer is not None:  # the stream's answer, for its request's node
+                        ends.setdefault("LLM", []).append(answer)
             parent_id = props.get("parent_span_id")
             if parent_id:
                 parents.append(
