@@ -1987,6 +1987,9 @@ def test_rows_draw_when_their_spans_ran(
         color = "e => getComputedStyle(e).backgroundColor"
         fill = lambda name: node(page, name).locator(":scope > .row .bar-fill")  # noqa: E731
         assert fill("after").evaluate(color) != fill("first").evaluate(color)
+        bar = node(page, "beside").locator(":scope > .row .bar")
+        bar.hover()
+        expect(bar).to_have_attribute("title", "started at +10.0 ms, ran 50.0 ms")
 
         open_run(page, base, going)
         expect(state_of(page, "still-going")).to_have_text("running")

@@ -890,6 +890,16 @@ function drawBar(run, n, bar) {
   showExtent(run);
 }
 
+/** What a bar says when hovered: when its span started within the run, and for how
+ * long it ran ("started at +12.3 ms, ran 40.7 ms"; "running for 2.10 s"). */
+function barTitle(run, n) {
+  if (!n || run.lo === null || typeof n.start_ns !== "number") return "";
+  const at = n.start_ns / 1e6 - run.epoch - run.lo;
+  const took = durationText(n, "");
+  const ran = n.state === "running" ? `running for ${took}` : took ? `ran ${took}` : "";
+  return [`started at +${fmtDuration(Math.max(at, 0))}`, ran].filter(Boolean).join(", ");
+}
+
 /** Set the run's extent, the track every bar is drawn on, on the tree (when it moved). */
 function showExtent(run) {
   if (run.lo === null) return;
@@ -1008,7 +1018,10 @@ function createItem(run, n) {
     type: "button", class: "node-btn", tabindex: "-1", on: { click: (ev) => pickNode(id, ev) },
   }, h("span", { class: "badge kind" }), h("span", { class: "name" }),
     h("span", { class: "badge state" }), h("span", { class: "attempt" }), h("span", { class: "dur" }),
-    h("span", { class: "bar", "aria-hidden": "true", hidden: true }, h("span", { class: "bar-fill" })),
+    h("span", {
+      class: "bar", "aria-hidden": "true", hidden: true,
+      on: { mouseenter: (ev) => { ev.currentTarget.title = barTitle(run, run.nodes.get(id)); } },
+    }, h("span", { class: "bar-fill" })),
     h("span", { class: "last-event", "aria-hidden": "true" }));
   const link = h("a", {
     class: "jaeger", target: "_blank", rel: "noopener", title: "Open this span in Jaeger", tabindex: "-1",
