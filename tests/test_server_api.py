@@ -534,7 +534,16 @@ def test_openapi_declares_what_routes_read_themselves(client: TestClient) -> Non
     are read and written by the routes themselves: described all the same."""
     paths = client.get("/openapi.json").json()["paths"]
     sse = paths["/api/stream/workflows/{workflow_id}/sse"]["get"]
-    assert {"since", "token", "last-event-id"} <= {p["name"] for p in sse["parameters"]}
+    params = {p["name"].lower(): p for p in sse["parameters"]}
+    assert {"since", "token", "last-event-id"} <= set(params)
+    # what the route accepts (anything else: its 400), that it wants the token, and the
+    # bodies of its errors
+    assert params["since"]["schema"]["maximum"] == 2**63 - 1
+    assert params["last-event-id"]["schema"]["pattern"] == "^[0-9]{0,19}$"
+    assert sse["security"] == [{"HTTPBearer": []}]
+    for status in ("400", "401", "404", "503"):
+        schema = sse["responses"][status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorDetail"}, status
     replay = paths["/api/workflows/{workflow_id}/events"]["get"]["responses"]["200"]
     assert replay["headers"]["X-Spangraph-Replay"]["schema"]["enum"] == ["stream", "graph"]
 

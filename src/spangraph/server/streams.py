@@ -59,11 +59,10 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 from fastapi import (
     APIRouter,
-    Header,
     HTTPException,
     Request,
     Response,
@@ -81,6 +80,7 @@ from . import _convertors  # noqa: F401  (the "id" path convertor of the routes)
 from ._hub import StreamHub
 from ._subscriber import Batch, Subscriber, control, frames_of, sse_event, sse_of
 from .deps import token_ok
+from .models import error
 
 __all__ = ["StreamHub", "router"]
 
@@ -356,20 +356,30 @@ class _LiveEventSource(EventSourceResponse):
     response_class=Response,  # not EventSourceResponse: FastAPI would expect a generator
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "the run's messages"},
-        400: {"description": "Last-Event-ID (or since) is not a whole number"},
-        401: {"description": "missing or wrong token"},
-        404: {"description": "no workflow id in the path"},
-        503: {"description": "live events are off, or Redis is unreachable"},
+        400: error("Last-Event-ID (or since) is not a whole number from 0 to 2^63 - 1"),
+        401: error("missing or wrong token"),
+        404: error("no workflow id in the path"),
+        503: error("live events are off, or Redis is unreachable"),
     },
-    # read by the route itself (checked also when Last-Event-ID wins): declared here
+    # read by the route itself (checked also when Last-Event-ID wins, answering 400 as
+    # documented): declared here
     openapi_extra={
+        "security": [{"HTTPBearer": []}],  # (or ?token=, below)
         "parameters": [
             {
                 "name": "since",
                 "in": "query",
                 "required": False,
                 "description": "resume after this seq (Last-Event-ID wins over it)",
-                "schema": {"type": "integer", "minimum": 0},
+                "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
+            },
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "description": "resume after this seq (browsers send the last id they "
+                f"saw when they reconnect): a whole number from 0 to {MAX_SEQ}",
+                "schema": {"type": "string", "pattern": "^[0-9]{0,19}$"},
             },
             {
                 "name": "token",
@@ -378,13 +388,12 @@ class _LiveEventSource(EventSourceResponse):
                 "description": "the API token, for clients that cannot send the header",
                 "schema": {"type": "string"},
             },
-        ]
+        ],
     },
 )
 async def stream_workflow_sse(
     workflow_id: str,
     request: Request,
-    last_event_id: Annotated[str | None, Header()] = None,
 ) -> _LiveEventSource:
     """Every message of one run as server-sent events; resumes after ``Last-Event-ID``
     (or ``?since=``) from the run's stream, then live. ``?token=`` is accepted as well
@@ -401,7 +410,7 @@ async def stream_workflow_sse(
         raise HTTPException(404, detail=_NO_ID)
     try:
         asked = _query_since(request.query_params)  # checked also when the header wins
-        since = _since(last_event_id, "Last-Event-ID")
+        since = _since(request.headers.get("last-event-id"), "Last-Event-ID")
         if since is None:
             since = asked
     except ValueError as exc:
