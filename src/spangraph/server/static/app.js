@@ -900,11 +900,18 @@ function barTitle(run, n) {
   return [`started at +${fmtDuration(Math.max(at, 0))}`, ran].filter(Boolean).join(", ");
 }
 
-/** Set the run's extent, the track every bar is drawn on, on the tree (when it moved). */
+/** Set the run's extent, the track every bar is drawn on, on the tree (when it moved).
+ * While a span runs, the track reaches a quarter past what is needed (a second at
+ * least) and moves on only when that is used up: a change of it restyles every row, so a live run of thousands
+ * of spans, each starting later than the last, does not pay that at every frame. Once
+ * none runs, it is the spans' own times. */
 function showExtent(run) {
   if (run.lo === null) return;
-  const hi = Math.max(run.hi, run.liveHi ?? -Infinity);
-  if (run.lo === run.shownExtent[0] && hi === run.shownExtent[1]) return;
+  const need = Math.max(run.hi, run.liveHi ?? -Infinity);
+  const [shownLo, shownHi] = run.shownExtent;
+  const live = run.liveHi !== null;
+  if (run.lo === shownLo && (live ? need <= shownHi : need === shownHi)) return;
+  const hi = live ? need + Math.max((need - run.lo) / 4, 1000) : need;
   run.shownExtent = [run.lo, hi];
   const tree = $("tree-root");
   tree.style.setProperty("--lo", run.lo.toFixed(3));
