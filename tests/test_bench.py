@@ -172,3 +172,40 @@ def test_prune_bench_prints_the_delete_rate_against_the_write_rate() -> None:
     assert lines[2].startswith("a one-span write every 10 ms, while the graph is written: ")
     assert lines[3].startswith("a one-span write every 10 ms, while runs are pruned: ")
     assert re.search(r"alone: median [\d.]+ ms, .* \(\d+ writes\)$", lines[4]), lines[4]
+
+
+@pytest.mark.timeout(300)
+def test_competitors_bench_measures_each_setup_against_bare() -> None:
+    """bench/competitors.py, tiny: bare, the plain OTLP exporter and spangraph in its own
+    processes, alternating; every span of the OTLP setup reached the local sink, and an
+    SDK that is not installed is skipped with how to install it."""
+    import importlib.util
+
+    setups = ["bare", "otlp", "spangraph"]
+    missing = next(
+        (
+            name
+            for name, module in (("logfire", "logfire"), ("langfuse", "langfuse"))
+            if importlib.util.find_spec(module) is None
+        ),
+        None,
+    )
+    done = run(
+        "--setups",
+        ",".join([*setups, *([missing] if missing else [])]),
+        "--spans", "200", "--rounds", "2", "--agent-spans", "5", "--agent-rounds", "1",
+        timeout=240,
+        script="competitors.py",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    tight = done.stdout.split("3. agent-like")[0]
+    rows = {
+        m.group(1): m.groups()[1:]
+        for m in re.finditer(r"^(\w+) +[\d.]+ +([\d.]+) .* (\d+) +\d+$", tight, re.M)
+    }
+    assert set(setups) <= set(rows), done.stdout
+    assert rows["bare"][0] == "1.00"
+    assert rows["otlp"][1] == "201"  # the root and its 200 children, every one exported
+    assert "spangraph dropped spans per setup: {'spangraph': 0}" in done.stdout
+    if missing:
+        assert f"skipped {missing}: not installed (pip install {missing})" in done.stdout
