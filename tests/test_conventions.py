@@ -352,6 +352,28 @@ def test_a_logfire_stream_is_one_model_call_with_its_answer(
         assert (got["gen_ai.usage.input_tokens"], got["gen_ai.usage.output_tokens"]) == tokens
 
 
+def test_a_logfire_stream_started_with_no_span_open(
+    sg: spangraph.Spangraph, provider: TracerProvider
+) -> None:
+    """With no span open, Logfire writes the record in a trace of its own: the call's
+    node (a run of its own trace) still gets the answer."""
+    tracer = provider.get_tracer("logfire.openai")
+    call = _logfire_request(tracer, **{"gen_ai.input.messages": '[{"content":"alone"}]'})
+    log = _logfire_record(tracer, call, "Alone", (3, 2))
+    assert log.get_span_context().trace_id != call.get_span_context().trace_id
+    assert spangraph.flush(10)
+    assert sg.store is not None
+    span_id = lambda s: format(s.get_span_context().span_id, "016x")  # noqa: E731
+    rows = sg.store.query(
+        "MATCH (s:Span) WHERE s.span_id IN $ids RETURN s AS s",
+        {"ids": [span_id(call), span_id(log)]},
+    )
+    nodes = {r["s"]["span_id"]: r["s"] for r in rows}
+    kept = json.loads(nodes[span_id(call)]["attributes"])
+    assert (kept["gen_ai.usage.input_tokens"], kept["gen_ai.usage.output_tokens"]) == (3, 2)
+    assert nodes[span_id(call)]["kind"] == "llm" and nodes[span_id(log)]["kind"] == "span"
+
+
 def test_a_logfire_stream_that_failed_fails_its_call(
     sg: spangraph.Spangraph, provider: TracerProvider
 ) -> None:

@@ -24,32 +24,50 @@ MAX_WAITING: Final = 1024
 """Most request spans waiting for their stream's record (the oldest goes first)."""
 
 _RESULTS: Final = ("gen_ai.response.", "gen_ai.usage.")
-_RESULT_KEYS: Final = frozenset({"gen_ai.output.messages", "error.type", "operation.cost"})
+_RESULT_KEYS: Final = frozenset(
+    {"gen_ai.output.messages", "error.type", "operation.cost", "response_data"}
+)
 _ANSWERED: Final = ("gen_ai.response.id", "gen_ai.usage.input_tokens", "gen_ai.output.messages")
+_REQUEST_DATA: Final = "request_data"
+"""Set on the spans of both of Logfire's LLM integrations (the request's parameters)."""
+_ASKED: Final = (
+    sc.GEN_AI_OPERATION_NAME,
+    "gen_ai.system",
+    "gen_ai.provider.name",
+    "gen_ai.input.messages",
+    "gen_ai.system_instructions",
+    _REQUEST_DATA,
+)
 
 
 def _call_key(attributes: Mapping[str, Any], props: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What a request span and its stream's record share: trace, parent, model, input."""
-    given = attributes.get("gen_ai.input.messages", attributes.get("request_data"))
-    return (
-        props.get("trace_id"),
-        props.get("parent_span_id"),
-        str(attributes.get("gen_ai.request.model")),
-        given if type(given) is str else repr(given),
+    """What a request span and its stream's record share: the request's attributes
+    (the record repeats them all) and, under a span, the parent and its trace (a call
+    made with no span open has its record in a trace of its own). Its request part as a
+    hash: the input is not kept."""
+    asked = tuple(
+        (key, value if type(value) is str else repr(value))
+        for key, value in sorted(attributes.items())
+        if key in _ASKED or key.startswith("gen_ai.request.")
     )
+    parent = props.get("parent_span_id")
+    return (props.get("trace_id") if parent else None, parent, hash(asked))
 
 
 class StreamedCalls:
     """The graph worker's memory of Logfire's model-call spans that ended without an
     answer (a stream's request), until the record of their stream comes.
 
-    Calls with the same trace, parent, model and input are paired oldest first."""
+    Calls with the same parent and request (model, input, parameters) are paired oldest
+    first."""
 
     __slots__ = ("_order", "_waiting")
 
     def __init__(self) -> None:
-        # call key -> (span id, start ns, attributes) of its requests, oldest first
-        self._waiting: dict[tuple[Any, ...], deque[tuple[str, int, Mapping[str, Any]]]] = {}
+        # call key -> (span id, end row props, attributes) of its requests, oldest first
+        self._waiting: dict[
+            tuple[Any, ...], deque[tuple[str, dict[str, Any], Mapping[str, Any]]]
+        ] = {}
         self._order: OrderedDict[str, tuple[Any, ...]] = OrderedDict()  # span id -> key
 
     def __len__(self) -> int:
@@ -71,6 +89,7 @@ class StreamedCalls:
         if span_type == "span":
             if (
                 label == "LLM"
+                and _REQUEST_DATA in attributes  # (not another library's, through Logfire's)
                 and props.get("status") != "ERROR"
                 and not any(key in attributes for key in _ANSWERED)
             ):
@@ -82,7 +101,7 @@ class StreamedCalls:
         waiting = self._waiting.get(key)
         if not waiting:
             return None
-        request_id, start_ns, request = waiting.popleft()
+        request_id, request_props, request = waiting.popleft()
         if not waiting:
             del self._waiting[key]
         del self._order[request_id]
@@ -90,9 +109,12 @@ class StreamedCalls:
         for k, v in attributes.items():
             if k.startswith(_RESULTS) or k in _RESULT_KEYS:
                 merged[k] = v
-        row: dict[str, Any] = {"attributes": to_json(merged)}
+        # the request's whole end row again, with the answer: the node it makes is whole
+        # also where the request's own row never reached the store
+        row: dict[str, Any] = {**request_props, "attributes": to_json(merged)}
+        start_ns = request_props.get("start_ns")
         end = props.get("end_ns")
-        if type(end) is int and end >= start_ns:
+        if type(end) is int and type(start_ns) is int and end >= start_ns:
             row["end_ns"] = end
             row["duration_ms"] = round((end - start_ns) / 1e6, 3)
         if props.get("status") == "ERROR":
@@ -117,8 +139,5 @@ class StreamedCalls:
             queue.popleft()  # (the oldest of its key too)
             if not queue:
                 del self._waiting[oldest_key]
-        start = props.get("start_ns")
-        self._waiting.setdefault(key, deque()).append(
-            (span_id, start if type(start) is int else 0, attributes)
-        )
+        self._waiting.setdefault(key, deque()).append((span_id, dict(props), attributes))
         self._order[span_id] = key

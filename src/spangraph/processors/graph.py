@@ -235,7 +235,11 @@ class GraphSpanProcessor(QueueingSpanProcessor):
                 if type(attributes) is not dict:
                     attributes = span.attributes or {}
                 if LOGFIRE_SPAN_TYPE in attributes:  # Logfire's: a stream's request or record
-                    answer = streamed.ended(attributes, span_id, label, props)
+                    try:
+                        answer = streamed.ended(attributes, span_id, label, props)
+                    except Exception:  # (this span's node is written as it is)
+                        _log.exception("spangraph graph: could not pair Logfire's %r", span.name)
+                        answer = None
                     if answer is not None:  # the stream's answer, for its request's node
                         ends.setdefault("LLM", []).append(answer)
             parent_id = props.get("parent_span_id")
