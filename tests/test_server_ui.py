@@ -1945,7 +1945,8 @@ def test_rows_draw_when_their_spans_ran(
     ms = 10**6
     t0 = time.time_ns() - 2000 * ms
     done, going = f"bars-{uuid.uuid4().hex[:8]}", f"bars-{uuid.uuid4().hex[:8]}"
-    root, live_root = "a1" * 8, "f6" * 8
+    root, live_root, stuck_root = "a1" * 8, "f6" * 8, "c9" * 8
+    stuck = f"bars-{uuid.uuid4().hex[:8]}"
 
     def at(workflow_id: str, span_id: str, name: str, start: int, **extra: Any) -> Any:
         return _span(workflow_id, span_id, name, start_ns=t0 + start * ms, **extra)
@@ -1959,6 +1960,10 @@ def test_rows_draw_when_their_spans_ran(
             at(done, "d4" * 8, "after", 60, parent=root, duration_ms=40.0, state="failed"),
             at(going, live_root, "still-going", 0, kind="workflow", state="running"),
             at(going, "e5" * 8, "early", 0, parent=live_root, duration_ms=500.0),
+            # a finished run with a span its instrumentation never ended
+            at(stuck, stuck_root, "stuck-run", 0, kind="workflow", duration_ms=100.0),
+            at(stuck, "a7" * 8, "never-ended", 10, parent=stuck_root, state="running"),
+            at(stuck, "b8" * 8, "ended", 0, parent=stuck_root, duration_ms=50.0),
         ],
     )
     deep = f"bars-{uuid.uuid4().hex[:8]}"
@@ -2013,6 +2018,16 @@ def test_rows_draw_when_their_spans_ran(
         assert ended["early"]["to"] == pytest.approx(0.2, abs=0.03), ended
         assert ended["still-going"]["to"] == pytest.approx(1, abs=0.03), ended
 
+        # a run that ended: a span never ended runs to the run's end, not on to now
+        open_run(page, base, stuck)
+        expect(page.locator("#conn")).to_contain_text("finished")
+        page.wait_for_timeout(1200)  # (the next tick)
+        ended = {b["name"]: b for b in page.eval_on_selector_all("#tree .row", _BARS)}
+        assert ended["stuck-run"]["to"] == pytest.approx(1, abs=0.03), ended
+        assert ended["ended"]["to"] == pytest.approx(0.5, abs=0.03), ended
+        assert ended["never-ended"]["from"] == pytest.approx(0.1, abs=0.03), ended
+        assert ended["never-ended"]["to"] == pytest.approx(1, abs=0.03), ended
+
         # a tree deeper than the panel is wide scrolls sideways: the bars still line up
         open_run(page, base, deep)
         expect(page.locator("#tree li.tree-item")).to_have_count(24)
@@ -2064,9 +2079,21 @@ def test_a_live_run_does_not_move_every_bar_at_each_message(
                 page.wait_for_timeout(20)  # (each its own frame)
             expect(page.locator("#tree li.tree-item")).to_have_count(61)
             changes = page.evaluate("window.extentChanges")
+            # an event's name, shown in its row for a moment, leaves the bars in line
+            conn.send(
+                msg("guardrail.checked_everything_here", f"{59:016x}", root, "step", "step-59")
+            )
+            expect(node(page, "step-59").locator(".last-event")).to_have_text(
+                "guardrail.checked_everything_here"
+            )
+            bars = {b["name"]: b for b in page.eval_on_selector_all("#tree .row", _BARS)}
         finally:
             conn.close()
     assert changes <= 5, changes
+    # every bar inside the track, the last step's (started now) too
+    assert all(b["from"] >= -0.01 and b["to"] <= 1.01 for b in bars.values()), bars
+    assert bars["step-59"]["from"] < 1
+    assert len({round(b["track"][0]) for b in bars.values()}) == 1, bars
 
 
 @needs_chromium

@@ -872,9 +872,12 @@ function drawBar(run, n, bar) {
   }
   if (run.epoch === null) run.epoch = start;
   const s = start - run.epoch;
-  const running = n.state === "running";
+  // a span still running in a run that has finished (one its instrumentation never
+  // ended) runs to the run's end, not on to now
+  const running = n.state === "running" && !run.finished;
   let e = s;
   if (running) e = Date.now() - run.epoch;
+  else if (n.state === "running") e = run.hi ?? s;
   else if (typeof n.end_ns === "number") e = n.end_ns / 1e6 - run.epoch;
   else if (typeof n.duration_ms === "number") e = s + n.duration_ms;
   e = Math.max(e, s); // (a running span of a server whose clock is ahead of this one's)
@@ -1024,12 +1027,14 @@ function createItem(run, n) {
   const btn = h("button", {
     type: "button", class: "node-btn", tabindex: "-1", on: { click: (ev) => pickNode(id, ev) },
   }, h("span", { class: "badge kind" }), h("span", { class: "name" }),
-    h("span", { class: "badge state" }), h("span", { class: "attempt" }), h("span", { class: "dur" }),
+    h("span", { class: "badge state" }), h("span", { class: "attempt" }),
+    // (before the duration: its text takes the room left of it, not the bars' column)
+    h("span", { class: "last-event", "aria-hidden": "true" }),
+    h("span", { class: "dur" }),
     h("span", {
       class: "bar", "aria-hidden": "true", hidden: true,
       on: { mouseenter: (ev) => { ev.currentTarget.title = barTitle(run, run.nodes.get(id)); } },
-    }, h("span", { class: "bar-fill" })),
-    h("span", { class: "last-event", "aria-hidden": "true" }));
+    }, h("span", { class: "bar-fill" })));
   const link = h("a", {
     class: "jaeger", target: "_blank", rel: "noopener", title: "Open this span in Jaeger", tabindex: "-1",
   }, "Jaeger ↗");
