@@ -379,7 +379,7 @@ class _LiveEventSource(EventSourceResponse):
                 "required": False,
                 "description": "resume after this seq (browsers send the last id they "
                 f"saw when they reconnect): a whole number from 0 to {MAX_SEQ}",
-                "schema": {"type": "string", "pattern": "^[0-9]{0,19}$"},
+                "schema": {"type": "string", "pattern": "^0*[0-9]{0,19}$"},
             },
             {
                 "name": "token",
