@@ -1995,6 +1995,11 @@ def test_rows_draw_when_their_spans_ran(
         bar = node(page, "beside").locator(":scope > .row .bar")
         bar.hover()
         expect(bar).to_have_attribute("title", "started at +10.0 ms, ran 50.0 ms")
+        # and the node panel says it too (to the keyboard as well)
+        node(page, "beside").locator(":scope > .row > .node-btn").click()
+        expect(page.locator('#detail dd[data-fact="Started"]')).to_contain_text(
+            "(+10.0 ms into the run)"
+        )
 
         open_run(page, base, going)
         expect(state_of(page, "still-going")).to_have_text("running")

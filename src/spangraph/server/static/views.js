@@ -254,6 +254,12 @@ function joined(texts) {
  * own in any trace, no service ran it), only an option its decision offered. */
 const NEVER_RAN = new Set(["Parent", "Branch"]);
 
+/** When a span started: its time, and how far into the run ("… (+10.0 ms into the run)"). */
+function startedText(n, into) {
+  const at = fmtTime(n.start_ns);
+  return at && into !== null && into > 0 ? `${at} (+${fmtDuration(into)} into the run)` : at;
+}
+
 export function renderDetail(run, select) {
   const box = $("detail");
   const n = run && run.selected ? run.nodes.get(run.selected) : null;
@@ -266,7 +272,10 @@ export function renderDetail(run, select) {
   }
   const stored = run.detail && run.detail.span_id === n.span_id ? run.detail.events || [] : [];
   const events = stored.length ? stored : n.liveEvents;
-  const key = JSON.stringify([n, events, config.jaeger_url]);
+  // how far into the run it started (the start of the run's bars' track, see app.js)
+  const into = typeof n.start_ns === "number" && run.lo != null && run.epoch != null
+    ? n.start_ns / 1e6 - run.epoch - run.lo : null;
+  const key = JSON.stringify([n, events, config.jaeger_url, into]);
   if (key === box.dataset.key) return;
   box.dataset.key = key;
   const t0 = n.start_ns;
@@ -277,7 +286,7 @@ export function renderDetail(run, select) {
   $("detail-title").title = name; // the whole name, where it is cut
   const facts = [
     ["Duration", durationText(n) || "—"],
-    ["Started", fmtTime(n.start_ns)],
+    ["Started", startedText(n, into)],
     ["Ended", fmtTime(n.end_ns)],
     ["Status", statusText(n.status)],
     ...(n.kind === "llm" ? modelFacts(n, events) : []),
