@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -532,3 +534,64 @@ def test_no_langgraph_no_word_about_it(env: dict[str, str], tmp_path: Path) -> N
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == f"ran {hidden / 'langgraph.py'}"  # hidden indeed
         assert "LangGraph" not in proc.stderr, proc.stderr
+
+
+class _FakeEntryPoint:
+    """An ``opentelemetry_instrumentor`` entry point, as the zero-code setup hands it
+    to the distro."""
+
+    def __init__(self, name: str, target: Any) -> None:
+        self.name = name
+        self._target = target
+
+    def load(self) -> Any:
+        return self._target
+
+
+def _instrumentor(library: str) -> Any:
+    from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+    class Instrumentor(BaseInstrumentor):
+        def instrumentation_dependencies(self) -> list[str]:
+            return [f"{library} >= 1.0"]
+
+        def _instrument(self, **kwargs: Any) -> None:
+            pass
+
+        def _uninstrument(self, **kwargs: Any) -> None:
+            pass
+
+    return Instrumentor
+
+
+def test_distro_warns_when_two_instrumentors_instrument_one_library(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Zero-code setups load every instrumentor installed: two of one library record each
+    call twice. The distro says so, naming both entry points and how to turn one off;
+    instrumentors of other libraries, or one that did not instrument, say nothing."""
+    from spangraph.autoconfigure import SpangraphDistro
+
+    distro = SpangraphDistro()
+    first, second = _instrumentor("openai"), _instrumentor("OpenAI")  # (one name)
+    other = _instrumentor("langgraph")
+    with caplog.at_level(logging.WARNING, logger="spangraph"):
+        distro.load_instrumentor(_FakeEntryPoint("openai", first), skip_dep_check=True)
+        distro.load_instrumentor(_FakeEntryPoint("spangraph_langgraph", other), skip_dep_check=True)
+        assert not [r for r in caplog.records if r.name == "spangraph"]
+        distro.load_instrumentor(_FakeEntryPoint("spangraph_openai", second), skip_dep_check=True)
+    assert [r.getMessage() for r in caplog.records if r.name == "spangraph"] == [
+        "spangraph: openai is instrumented twice, by the instrumentors 'openai' and "
+        "'spangraph_openai': each of its calls will be recorded twice (two spans); turn "
+        "one off, e.g. OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=spangraph_openai"
+    ]
+    for instrumentor in (first, second, other):
+        instrumentor().uninstrument()
+    # an instrumentor that did not instrument (its library missing): not counted
+    caplog.clear()
+    distro = SpangraphDistro()
+    missing = _instrumentor("not-installed-anywhere")
+    with caplog.at_level(logging.WARNING, logger="spangraph"):
+        distro.load_instrumentor(_FakeEntryPoint("a", missing))  # (dependency check on)
+        distro.load_instrumentor(_FakeEntryPoint("b", _instrumentor("not-installed-anywhere")))
+    assert not [r for r in caplog.records if r.name == "spangraph"]

@@ -109,7 +109,44 @@ class SpangraphDistro(BaseDistro):
     """``OTEL_PYTHON_DISTRO=spangraph``: OTLP export only when an OTLP endpoint is set
     (otherwise no exporter errors on every batch) and its exporter is installed, over
     OTLP/HTTP unless ``OTEL_EXPORTER_OTLP_PROTOCOL`` says ``grpc``; metrics and logs off
-    by default. A traces exporter chosen in ``OTEL_TRACES_EXPORTER`` is left as it is."""
+    by default. A traces exporter chosen in ``OTEL_TRACES_EXPORTER`` is left as it is.
+
+    Zero-code setups load every instrumentor installed: a library that two of them
+    instrument (spangraph's OpenAI instrumentor beside OpenLLMetry's or OpenInference's,
+    two LangChain instrumentations) has every call recorded twice. The distro logs a
+    warning naming both entry points when it happens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._instrumented: dict[str, str] = {}  # library -> the entry point that did it
+
+    def load_instrumentor(self, entry_point: Any, **kwargs: Any) -> None:
+        instrumentor = entry_point.load()()
+        instrumentor.instrument(**kwargs)
+        try:
+            self._note(entry_point, instrumentor)
+        except Exception:  # (a warning's worth: never the program's setup)
+            _log.debug("spangraph: could not read %s's libraries", entry_point.name)
+
+    def _note(self, entry_point: Any, instrumentor: Any) -> None:
+        if not getattr(instrumentor, "is_instrumented_by_opentelemetry", False):
+            return  # (its library is not installed, or it refused)
+        from packaging.requirements import Requirement
+        from packaging.utils import canonicalize_name
+
+        for requirement in instrumentor.instrumentation_dependencies():
+            library = canonicalize_name(Requirement(requirement).name)
+            first = self._instrumented.setdefault(library, entry_point.name)
+            if first != entry_point.name:
+                _log.warning(
+                    "spangraph: %s is instrumented twice, by the instrumentors %r and %r: "
+                    "each of its calls will be recorded twice (two spans); turn one off, "
+                    "e.g. OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=%s",
+                    library,
+                    first,
+                    entry_point.name,
+                    entry_point.name,
+                )
 
     def _configure(self, **kwargs: Any) -> None:
         has_endpoint = bool(
