@@ -76,7 +76,7 @@ from collections.abc import Callable
 from typing import Any
 
 import overhead  # bench/overhead.py: the setups, the workload, the helpers
-from overhead import GC_CLOCK, loadavg, machine, med, server_cpu_s
+from overhead import loadavg, machine, med, server_cpu_s
 
 from spangraph.embedded import EmbeddedServer, ServerInfo
 
@@ -277,44 +277,6 @@ def build(name: str, info: ServerInfo, sink: str, sink_pid: int) -> Any:
     raise ValueError(name)
 
 
-def measure(setup: Any, n: int, server_pid: int, tag: str, work: Callable[..., None]) -> dict:
-    """One timed round, as overhead.timed_round: loop timed alone, drain outside it."""
-    import gc
-
-    setup.drain()
-    if setup.store is not None:  # same graph size every round, schema ready before the clock
-        setup.store.delete_all()
-        setup.store.ensure_schema()
-    dropped0 = setup.dropped()
-    exported0 = setup.exporter.exported if hasattr(setup, "exporter") else 0
-    gc.collect()
-    srv0 = setup.other_cpu_s(server_pid)
-    c0 = time.process_time()
-    th0 = time.thread_time()
-    gc0 = GC_CLOCK.seconds
-    t0 = time.perf_counter()
-    work(setup.provider, n, tag)
-    t1 = time.perf_counter()
-    th1 = time.thread_time()
-    gc1 = GC_CLOCK.seconds
-    setup.drain()
-    t2 = time.perf_counter()
-    c2 = time.process_time()
-    srv2 = setup.other_cpu_s(server_pid)
-    spans = n + 1
-    bsp_lost = spans - (setup.exporter.exported - exported0) if hasattr(setup, "exporter") else 0
-    return {
-        "loop_us": (t1 - t0) / spans * 1e6,
-        "main_cpu_us": (th1 - th0) / spans * 1e6,
-        "main_gc_us": (gc1 - gc0) / spans * 1e6,
-        "drain_us": (t2 - t0) / spans * 1e6,
-        "proc_cpu_us": (c2 - c0) / spans * 1e6,
-        "other_cpu_us": (srv2 - srv0) / spans * 1e6,
-        "dropped": setup.dropped() - dropped0,
-        "bsp_lost": bsp_lost,
-    }
-
-
 def worker_main(
     name: str, conn: Any, port: int, server_pid: int, sink: str, sink_pid: int, bsp_queue: int
 ) -> None:
@@ -341,7 +303,7 @@ def worker_main(
         if msg is None:
             break
         kind, n, tag = msg
-        res = measure(setup, n, server_pid, tag, works[kind])
+        res = overhead.measure_round(setup, n, server_pid, tag, works[kind])
         res["sink"] = sink_stats(sink)
         conn.send(res)
     if hasattr(setup, "offload") and hasattr(setup, "graph"):  # overhead.Setup

@@ -367,13 +367,17 @@ class GCClock:
 GC_CLOCK = GCClock()
 
 
-def timed_round(setup: Setup, n: int, server_pid: int, tag: str, work: Any = workload) -> None:
+def measure_round(setup: Any, n: int, server_pid: int, tag: str, work: Any = workload) -> dict:
+    """One timed round of ``work`` on ``setup``: the loop timed alone, the drain outside
+    it, as per-span figures (also ``bench/competitors.py``'s, whose setups may have no
+    counting exporter)."""
     setup.drain()
     if setup.store is not None:  # same graph size every round, schema ready before the clock
         setup.store.delete_all()
         setup.store.ensure_schema()
     dropped0 = setup.dropped()
-    exported0 = setup.exporter.exported
+    counted = hasattr(setup, "exporter")
+    exported0 = setup.exporter.exported if counted else 0
     gc.collect()
     srv0 = setup.other_cpu_s(server_pid)
     c0 = time.process_time()
@@ -389,20 +393,33 @@ def timed_round(setup: Setup, n: int, server_pid: int, tag: str, work: Any = wor
     c2 = time.process_time()
     srv2 = setup.other_cpu_s(server_pid)
     spans = n + 1
-    lost = setup.dropped() - dropped0
-    bsp_lost = spans - (setup.exporter.exported - exported0)
+    return {
+        "loop_us": (t1 - t0) / spans * 1e6,
+        "main_cpu_us": (th1 - th0) / spans * 1e6,
+        "main_gc_us": (gc1 - gc0) / spans * 1e6,
+        "drain_us": (t2 - t0) / spans * 1e6,
+        "proc_cpu_us": (c2 - c0) / spans * 1e6,
+        "other_cpu_us": (srv2 - srv0) / spans * 1e6,
+        "dropped": setup.dropped() - dropped0,
+        "bsp_lost": spans - (setup.exporter.exported - exported0) if counted else 0,
+    }
+
+
+def timed_round(setup: Setup, n: int, server_pid: int, tag: str, work: Any = workload) -> None:
+    got = measure_round(setup, n, server_pid, tag, work)
+    lost, bsp_lost = got["dropped"], got["bsp_lost"]
     if lost or bsp_lost:
         setup.invalid_rounds += 1
         print(
             f"  ! {setup.name}: {lost} dropped by spangraph, {bsp_lost} by the BSP; round not counted"
         )
         return
-    setup.loop_us.append((t1 - t0) / spans * 1e6)
-    setup.main_cpu_us.append((th1 - th0) / spans * 1e6)
-    setup.main_gc_us.append((gc1 - gc0) / spans * 1e6)
-    setup.drain_us.append((t2 - t0) / spans * 1e6)
-    setup.proc_cpu_us.append((c2 - c0) / spans * 1e6)
-    setup.server_cpu_us.append((srv2 - srv0) / spans * 1e6)
+    setup.loop_us.append(got["loop_us"])
+    setup.main_cpu_us.append(got["main_cpu_us"])
+    setup.main_gc_us.append(got["main_gc_us"])
+    setup.drain_us.append(got["drain_us"])
+    setup.proc_cpu_us.append(got["proc_cpu_us"])
+    setup.server_cpu_us.append(got["other_cpu_us"])
 
 
 def part1(info: ServerInfo, n: int, rounds: int) -> dict[str, Setup]:
