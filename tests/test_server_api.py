@@ -546,6 +546,15 @@ def test_openapi_declares_what_routes_read_themselves(client: TestClient) -> Non
         assert schema == {"$ref": "#/components/schemas/ErrorDetail"}, status
     replay = paths["/api/workflows/{workflow_id}/events"]["get"]["responses"]["200"]
     assert replay["headers"]["X-Spangraph-Replay"]["schema"]["enum"] == ["stream", "graph"]
+    # a 404 for an id that names a run says which (tree, replay); a whole-run read's 503
+    # may be the service being busy, with Retry-After
+    for path in ("/api/workflows/{workflow_id}/tree", "/api/workflows/{workflow_id}/events"):
+        answers = paths[path]["get"]["responses"]
+        named = answers["404"]["headers"]
+        assert named["X-Spangraph-Id-Kind"]["schema"]["enum"] == ["span", "trace", "branch"]
+        assert "X-Spangraph-Run" in named
+        assert "Retry-After" in answers["503"]["headers"]
+    assert "Retry-After" in paths["/api/nodes/{span_id}/path"]["get"]["responses"]["503"]["headers"]
 
 
 def test_nothing_connects_at_import_or_create(closed_port: int, tmp_path: Path) -> None:

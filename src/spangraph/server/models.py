@@ -13,9 +13,41 @@ class ErrorDetail(BaseModel):
     detail: str
 
 
-def error(description: str) -> dict[str, Any]:
-    """An entry of a route's ``responses=``: an :class:`ErrorDetail` with ``description``."""
-    return {"model": ErrorDetail, "description": description}
+def error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An entry of a route's ``responses=``: an :class:`ErrorDetail` with ``description``
+    (and the ``headers`` the answer carries)."""
+    entry: dict[str, Any] = {"model": ErrorDetail, "description": description}
+    if headers:
+        entry["headers"] = headers
+    return entry
+
+
+RUN_NAMED: dict[str, Any] = {
+    "X-Spangraph-Run": {
+        "description": "the workflow id of the run the id belongs to (percent-encoded), "
+        "when it is the id of a span, trace or branch of a run",
+        "schema": {"type": "string"},
+    },
+    "X-Spangraph-Id-Kind": {
+        "description": "what the id is, then",
+        "schema": {"type": "string", "enum": ["span", "trace", "branch"]},
+    },
+}
+"""Headers of a 404 for an id that is no run's but names one (the tree, the replay)."""
+
+BUSY: dict[int | str, dict[str, Any]] = {
+    503: error(
+        "the graph store is unavailable, or the service is busy reading other runs whole "
+        "(retry after Retry-After seconds)",
+        {
+            "Retry-After": {
+                "description": "seconds to wait (when busy)",
+                "schema": {"type": "integer"},
+            }
+        },
+    )
+}
+"""The 503 of a route that reads a run whole (``deps.heavy_read``)."""
 
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {

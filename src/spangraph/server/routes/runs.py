@@ -22,6 +22,8 @@ from ...exceptions import StoreError
 from .. import _convertors  # noqa: F401  (the "id" path convertor of the routes)
 from ..deps import SettingsDep, StoreDep, heavy_read, jaeger_url
 from ..models import (
+    BUSY,
+    RUN_NAMED,
     Branch,
     BranchSummary,
     Decision,
@@ -131,8 +133,10 @@ def list_workflows(
     responses={
         404: error(
             "no run with this workflow id (when it is the id of a span, trace or branch "
-            "of a run: headers X-Spangraph-Run and X-Spangraph-Id-Kind name it)"
-        )
+            "of a run: headers X-Spangraph-Run and X-Spangraph-Id-Kind name it)",
+            RUN_NAMED,
+        ),
+        **BUSY,
     },
 )
 def workflow_tree(workflow_id: str, settings: SettingsDep, store: StoreDep) -> Response:
@@ -200,7 +204,7 @@ def get_node(span_id: str, settings: SettingsDep, store: StoreDep) -> dict[str, 
     "/nodes/{span_id}/path",
     response_model=list[PathStep],
     dependencies=[Depends(heavy_read)],
-    responses={404: error("no span with this id")},
+    responses={404: error("no span with this id"), **BUSY},
 )
 def node_path(span_id: str, settings: SettingsDep, store: StoreDep) -> list[dict[str, Any]]:
     """The spans from the root of the span's tree down to it. 404 for an unknown span."""
@@ -294,8 +298,10 @@ def workflow_monitors(
         },
         404: error(
             "the id is no run's but that of a span, trace or branch of a run: headers "
-            "X-Spangraph-Run and X-Spangraph-Id-Kind name it (an unknown id: `[]`)"
+            "X-Spangraph-Run and X-Spangraph-Id-Kind name it (an unknown id: `[]`)",
+            RUN_NAMED,
         ),
+        **BUSY,
     },
 )
 async def workflow_events(workflow_id: str, request: Request, store: StoreDep) -> Response:
