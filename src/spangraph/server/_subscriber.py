@@ -79,9 +79,8 @@ class Batch:
         self.msgs: list[str] = msgs
         self.seqs: list[int] | None = seqs
         self.heartbeat: bool = heartbeat
-        self.born: float = (
-            time.monotonic() if born is None else born
-        )  # arrival of the first message
+        # when the first message arrived
+        self.born: float = time.monotonic() if born is None else born
         self._ws: list[str] | None = None
         self._sse: bytes | None = None
 
