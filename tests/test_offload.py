@@ -1246,3 +1246,54 @@ def test_each_frame_is_one_marshalled_list_the_agent_reads_at_once() -> None:
     assert offload._records_of(frame) == records
     assert offload._records_of(frame[:-3]) == []  # a cut frame is lost, not misread
     assert offload._records_of(marshal.dumps((offload._START, 1, 2))) == []
+
+
+def test_the_agent_queues_a_frames_records_at_once_as_one_by_one() -> None:
+    """The agent hands a frame's START and END records in a row to each processor at
+    once (``_queue_records``: one ``put_many``): the same items, in the same order, as
+    ``_queue_record`` one by one; none, and no drop counted, once shut down."""
+    from spangraph.processors.graph import GraphSpanProcessor
+    from spangraph.processors.live import LiveEventProcessor
+
+    class Store:
+        def write(self, batch: Any) -> None:
+            pass
+
+        def ping(self) -> None:
+            pass
+
+    class Publisher:
+        def publish(self, messages: Any) -> None:
+            pass
+
+    provider = TracerProvider()
+    copies: list[Any] = []
+    capture = GraphSpanProcessor(Store())
+    capture._put = copies.append  # type: ignore[method-assign]
+    provider.add_span_processor(capture)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("wf"), tracer.start_as_current_span("step"):
+        pass
+    records = [item[1] for item in copies]
+    assert [r[0] for r in records] == [offload._START, offload._START, offload._END, offload._END]
+
+    for processor in (GraphSpanProcessor(Store()), LiveEventProcessor(Publisher())):
+        one_by_one: list[Any] = []
+        put = processor._put
+        processor._put = one_by_one.append  # type: ignore[method-assign]
+        for record in records:
+            processor._queue_record(record[0], record)
+        processor._put = put  # type: ignore[method-assign]
+        at_once: list[list[Any]] = []
+        put_many = processor._worker.put_many
+        processor._worker.put_many = at_once.append  # type: ignore[method-assign]
+        processor._queue_records(records)
+        assert at_once == [one_by_one]
+        processor._worker.put_many = put_many  # type: ignore[method-assign]
+        processor._queue_records(records)
+        assert processor.force_flush(5_000)
+        assert processor.stats()["sent"] > 0
+        processor.shutdown()
+        before = processor.stats()
+        processor._queue_records(records)
+        assert processor.stats() == before  # ignored, as on_start/on_end are then

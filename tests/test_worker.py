@@ -189,6 +189,38 @@ def test_queue_full_drops_and_counts(make: Any, caplog: pytest.LogCaptureFixture
     assert sink.items == accepted
 
 
+def test_put_many_queues_in_order_and_drops_what_does_not_fit_as_put_would(
+    make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``put_many`` (the offload agent's records of a frame): one extend when they all
+    fit; otherwise item by item, the first ones queued and the rest dropped and counted,
+    as that many ``put`` calls; after shutdown, each dropped and counted."""
+    w, sink = make(max_batch_size=7, schedule_delay=0.01)
+    w.put_many(list(range(50)))
+    w.put_many([])
+    w.put_many(list(range(50, 100)))
+    assert w.flush(5)
+    assert sink.items == list(range(100))
+    assert w.stats()["dropped"] == 0
+
+    w, sink = make(max_queue_size=8, max_batch_size=1, schedule_delay=0.01, eager=True)
+    sink.gate = threading.Event()
+    assert w.put(0)
+    assert sink.entered.wait(5)  # the worker holds item 0 in send
+    accepted = [0, *stall(w)]
+    room = 8 - w.qsize()
+    with caplog.at_level(logging.WARNING, logger="spangraph"):
+        w.put_many(list(range(100, 100 + room + 3)))
+    assert w.dropped == 3
+    assert any("queue full" in r.getMessage() for r in caplog.records)
+    sink.gate.set()
+    assert w.flush(5) is False  # done, but three were dropped
+    assert sink.items == [*accepted, *range(100, 100 + room)]
+    assert w.shutdown(timeout=5)
+    w.put_many([1, 2])
+    assert w.dropped == 5
+
+
 def full(make: Any) -> tuple[BatchWorker[Any, Any], Sink]:
     """A worker whose send is blocked and whose queue (of one) is full."""
     w, sink = make(max_queue_size=1, max_batch_size=1, schedule_delay=0.01, eager=True)

@@ -279,6 +279,23 @@ class BatchWorker(Generic[T, P]):
             self._wake.set()
         return True
 
+    def put_many(self, items: list[T]) -> None:
+        """Queue ``items`` in their order, as many :meth:`put` calls would (one deque
+        extend where they all fit). Never blocks."""
+        q = self._queue
+        if self._closed or len(q) + len(items) > self._max_queue:
+            for item in items:  # each counted or kept as put() would
+                self.put(item)
+            return
+        q.extend(items)
+        if self._idle:
+            if self._eager or len(q) >= self._max_batch:
+                self._idle = False
+                self._wake.set()
+        elif self._lingering and len(q) >= self._max_batch:
+            self._lingering = False
+            self._wake.set()
+
     def _kept_when_full(self, item: T, queued: int) -> bool:
         keep = self._keep_when_full
         if keep is None or queued >= self._max_queue + _RESERVE:
@@ -905,4 +922,20 @@ class QueueingSpanProcessor(SpanProcessor):
     def _queue_record(self, what: int, record: tuple[Any, ...]) -> None:
         """Queue a START or END record as ``on_start``/``on_end`` do (the offload agent
         hands its records over here)."""
-        self._put((what, record))
+        self._put(self._item(what, record))
+
+    def _queue_records(self, records: list[tuple[Any, ...]]) -> None:
+        """Queue START and END records (their first field says which), in their order, as
+        :meth:`_queue_record` would one by one (the offload agent's, a frame's at once)."""
+        items = [self._item(record[0], record) for record in records]
+        worker = getattr(self, "_worker", None)
+        if worker is not None and self._put == worker.put:  # (not shut down)
+            worker.put_many(items)
+        else:
+            for item in items:
+                self._put(item)
+
+    @staticmethod
+    def _item(what: int, record: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The queue item of a START or END record."""
+        return (what, record)

@@ -457,10 +457,9 @@ class LiveEventProcessor(QueueingSpanProcessor):
             with contextlib.suppress(Exception):
                 self._worker._count_drop(1, "a span that could not be read")
 
-    def _queue_record(self, what: int, record: tuple[Any, ...]) -> None:
-        """Queue a START or END record as ``on_start``/``on_end`` do (the offload agent
-        hands its records over here)."""
-        self._put((what, record, (record[7] or time.time_ns()) if what == _START else record[8]))
+    @staticmethod
+    def _item(what: int, record: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (what, record, (record[7] or time.time_ns()) if what == _START else record[8])
 
     def _on_event(
         self, span: Any, name: str, attributes: Mapping[str, Any], time_ns: int, *kept: int | None
