@@ -234,6 +234,7 @@ class Setup:
     drain_us: list[float] = field(default_factory=list)
     proc_cpu_us: list[float] = field(default_factory=list)
     server_cpu_us: list[float] = field(default_factory=list)
+    agent_cpu_us: list[float] = field(default_factory=list)
     invalid_rounds: int = 0
 
     def dropped(self) -> int:
@@ -248,11 +249,12 @@ class Setup:
 
     def other_cpu_s(self, server_pid: int) -> float:
         """CPU time of the embedded server, and of the agent process for ``offload``."""
-        total = server_cpu_s(server_pid)
+        return server_cpu_s(server_pid) + self.agent_cpu_s()
+
+    def agent_cpu_s(self) -> float:
+        """CPU time of the agent process (``offload``; 0 for the other setups)."""
         agent = self.offload._agent if self.offload is not None else None
-        if agent is not None:
-            total += server_cpu_s(agent.pid)
-        return total
+        return server_cpu_s(agent.pid) if agent is not None else 0.0
 
     def close(self) -> None:
         """Shut the provider down, empty and close the graph, close the live publisher."""
@@ -380,6 +382,8 @@ def measure_round(setup: Any, n: int, server_pid: int, tag: str, work: Any = wor
     exported0 = setup.exporter.exported if counted else 0
     gc.collect()
     srv0 = setup.other_cpu_s(server_pid)
+    agent_cpu_s = getattr(setup, "agent_cpu_s", lambda: 0.0)
+    ag0 = agent_cpu_s()
     c0 = time.process_time()
     th0 = time.thread_time()
     gc0 = GC_CLOCK.seconds
@@ -392,6 +396,7 @@ def measure_round(setup: Any, n: int, server_pid: int, tag: str, work: Any = wor
     t2 = time.perf_counter()
     c2 = time.process_time()
     srv2 = setup.other_cpu_s(server_pid)
+    ag2 = agent_cpu_s()
     spans = n + 1
     return {
         "loop_us": (t1 - t0) / spans * 1e6,
@@ -400,6 +405,7 @@ def measure_round(setup: Any, n: int, server_pid: int, tag: str, work: Any = wor
         "drain_us": (t2 - t0) / spans * 1e6,
         "proc_cpu_us": (c2 - c0) / spans * 1e6,
         "other_cpu_us": (srv2 - srv0) / spans * 1e6,
+        "agent_cpu_us": (ag2 - ag0) / spans * 1e6,
         "dropped": setup.dropped() - dropped0,
         "bsp_lost": spans - (setup.exporter.exported - exported0) if counted else 0,
     }
@@ -420,6 +426,7 @@ def timed_round(setup: Setup, n: int, server_pid: int, tag: str, work: Any = wor
     setup.drain_us.append(got["drain_us"])
     setup.proc_cpu_us.append(got["proc_cpu_us"])
     setup.server_cpu_us.append(got["other_cpu_us"])
+    setup.agent_cpu_us.append(got["agent_cpu_us"])
 
 
 def part1(info: ServerInfo, n: int, rounds: int) -> dict[str, Setup]:
@@ -673,11 +680,12 @@ def report(
         "               whole CPU bill in the user's process, wherever it is paid.\n"
         "server CPU     CPU time of the embedded redis-server + FalkorDB process meanwhile,\n"
         "               and for offload of the agent process too (other processes, but on\n"
-        "               this 2-core box they compete for the cores)."
+        "               this 2-core box they compete for the cores).\n"
+        "of which agent the agent process's part of it (offload)."
     )
     print("\n## Results\n")
     valid = all(s.invalid_rounds == 0 for s in setups.values())
-    hdr = f"{'setup':8} {'loop us':>8} {'ratio':>6} {'main CPU':>9} {'ratio':>6} {'main GC':>8} {'loop+drain':>10} {'ratio':>6} {'proc CPU':>9} {'ratio':>6} {'server CPU':>10}"
+    hdr = f"{'setup':8} {'loop us':>8} {'ratio':>6} {'main CPU':>9} {'ratio':>6} {'main GC':>8} {'loop+drain':>10} {'ratio':>6} {'proc CPU':>9} {'ratio':>6} {'server CPU':>10} {'of which agent':>14}"
     print("1. tight loop of empty spans (worst case)")
     print(hdr)
     for name in CONFIGS:
@@ -687,6 +695,7 @@ def report(
             f" {ratio(name, 'main_cpu_us'):6.2f} {med(s.main_gc_us):8.2f}"
             f" {med(s.drain_us):10.2f} {ratio(name, 'drain_us'):6.2f} {med(s.proc_cpu_us):9.2f}"
             f" {ratio(name, 'proc_cpu_us'):6.2f} {med(s.server_cpu_us):10.2f}"
+            f" {med(s.agent_cpu_us):14.2f}"
         )
     print("3. agent-like workload (~1 ms I/O wait and 3 events a step)")
     print(hdr)
@@ -697,7 +706,7 @@ def report(
             f" {med(s.main_cpu_us):9.2f} {ratio(name, 'main_cpu_us', agent):6.2f}"
             f" {med(s.main_gc_us):8.2f} {med(s.drain_us):10.2f} {ratio(name, 'drain_us', agent):6.2f}"
             f" {med(s.proc_cpu_us):9.2f} {ratio(name, 'proc_cpu_us', agent):6.2f}"
-            f" {med(s.server_cpu_us):10.2f}"
+            f" {med(s.server_cpu_us):10.2f} {med(s.agent_cpu_us):14.2f}"
         )
     agent_ratio = ratio("full", "loop_us", agent)
     agent_extra = med(agent["full"].loop_us) - med(agent["bare"].loop_us)
