@@ -406,6 +406,27 @@ def test_common_reads_only_the_listed_attributes(provider: TracerProvider) -> No
     assert len(set(COMMON_ATTRIBUTES)) == len(COMMON_ATTRIBUTES)
 
 
+def test_kind_of_a_span_without_any_kind_key_is_span_at_once() -> None:
+    """``kind_of`` answers ``span`` for a dict that has none of ``_KIND_KEYS`` without
+    reading the keys one by one: the keys it reads past ``spangraph.kind`` must all be
+    in that set, and the fast answer the same as the full one on random attributes."""
+    recording = _Recording({"other": 1})  # (the slow path: not a plain dict)
+    assert mapping.kind_of(recording) == sc.KIND_SPAN
+    assert recording.read - {sc.KIND, mapping.LOGFIRE_SPAN_TYPE} <= mapping._KIND_KEYS
+    assert recording.read >= mapping._KIND_KEYS
+
+    rng = random.Random(7)
+    values = ["zzz", "chat", "LLM", "tool", "task", "ai.generateText", "generation", "x"]
+    values += [v for _, table in mapping._FOREIGN_KINDS for v in list(table)[:3]]
+    keys = [*COMMON_ATTRIBUTES, "other", "gen_ai.system", "logfire.span_type"]
+    for _ in range(3000):
+        attributes = {
+            rng.choice(keys): rng.choice([*values, "log", 1, None])
+            for _ in range(rng.randrange(0, 4))
+        }
+        assert mapping.kind_of(attributes) == mapping.kind_of(_Recording(attributes)), attributes
+
+
 # -- the live worker: a span's mapping kept from its start to its end ---------------------------
 
 

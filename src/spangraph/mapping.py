@@ -391,6 +391,8 @@ def kind_of(attributes: Mapping[str, Any]) -> str:
     kind = attributes.get(sc.KIND)
     if kind is not None and (kind in sc.KIND_LABELS or kind == sc.KIND_SPAN):
         return str(kind)  # (``span`` too: a plain span, whatever else it says)
+    if type(attributes) is dict and attributes.keys().isdisjoint(_KIND_KEYS):
+        return sc.KIND_SPAN  # (most spans of other code: one look-up of each key, in C)
     get = attributes.get
     for key, table in _FOREIGN_KINDS:
         value = get(key)
@@ -430,6 +432,16 @@ _HAYSTACK_KINDS: Final = (
 by an attribute each kind of span has (their names say it too, but kinds are read from
 attributes alone); a component (``haystack.component.type``) is a model call when it is
 a generator (``OpenAIChatGenerator``), else a step."""
+
+_KIND_KEYS: Final = frozenset(
+    (
+        *(key for key, _ in _FOREIGN_KINDS),
+        *(key for key, _ in _HAYSTACK_KINDS),
+        HAYSTACK_COMPONENT_TYPE,
+    )
+)
+"""Every key :func:`kind_of` reads past ``spangraph.kind``: a span with none of them is a
+plain span."""
 
 
 _RUNS_AT_ROOT: Final = (
