@@ -346,7 +346,9 @@ def agent_workload(provider: TracerProvider, n: int, tag: str) -> None:
 
 
 class GCClock:
-    """Time the cyclic garbage collector spends on the calling (main) thread."""
+    """CPU time the cyclic garbage collector spends on the calling (main) thread (thread
+    CPU time, not wall time: a callback may lose the GIL to another thread before it
+    reads the clock, and the wait would be counted as collecting)."""
 
     def __init__(self) -> None:
         import threading
@@ -361,9 +363,9 @@ class GCClock:
         if self.get_ident() != self.main:
             return
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = time.thread_time()
         else:
-            self.seconds += time.perf_counter() - self._started
+            self.seconds += time.thread_time() - self._started
 
 
 GC_CLOCK = GCClock()
@@ -429,7 +431,7 @@ def timed_round(setup: Setup, n: int, server_pid: int, tag: str, work: Any = wor
     setup.agent_cpu_us.append(got["agent_cpu_us"])
 
 
-def part1(info: ServerInfo, n: int, rounds: int) -> dict[str, Setup]:
+def part1(info: ServerInfo, n: int, rounds: int, freeze: bool = False) -> dict[str, Setup]:
     print(f"\n## 1. Overhead per span: {rounds} rounds x {n} spans per setup\n")
     setups = {name: make_setup(name, info) for name in CONFIGS}
     try:
@@ -442,6 +444,7 @@ def part1(info: ServerInfo, n: int, rounds: int) -> dict[str, Setup]:
                     f"  (warm-up: the BatchSpanProcessor of {s.name} dropped"
                     f" {warm + 1 - s.exporter.exported} spans)"
                 )
+        frozen(freeze)
         for r in range(rounds):
             order = CONFIGS[r % len(CONFIGS) :] + CONFIGS[: r % len(CONFIGS)]
             for name in order:
@@ -452,6 +455,7 @@ def part1(info: ServerInfo, n: int, rounds: int) -> dict[str, Setup]:
             )
             print(f"round {r + 1}/{rounds} loop us/span: {line}")
     finally:
+        gc.unfreeze()
         for s in setups.values():
             s.close()
     for s in setups.values():
@@ -461,7 +465,7 @@ def part1(info: ServerInfo, n: int, rounds: int) -> dict[str, Setup]:
     return setups
 
 
-def part3(info: ServerInfo, n: int, rounds: int) -> dict[str, Setup]:
+def part3(info: ServerInfo, n: int, rounds: int, freeze: bool = False) -> dict[str, Setup]:
     print(
         f"\n## 3. Agent-like workload: {rounds} rounds x {n} steps of ~1 ms I/O wait"
         " and 3 events per setup\n"
@@ -472,6 +476,7 @@ def part3(info: ServerInfo, n: int, rounds: int) -> dict[str, Setup]:
         for s in setups.values():  # warm-up
             agent_workload(s.provider, min(200, n), "warmup")
             s.drain()
+        frozen(freeze)
         for r in range(rounds):
             order = names if r % 2 == 0 else names[::-1]
             for name in order:
@@ -482,9 +487,20 @@ def part3(info: ServerInfo, n: int, rounds: int) -> dict[str, Setup]:
             )
             print(f"round {r + 1}/{rounds} loop us/span: {line}")
     finally:
+        gc.unfreeze()
         for s in setups.values():
             s.close()
     return setups
+
+
+def frozen(freeze: bool) -> None:
+    """With ``--freeze``: what every setup made so far (imports, clients, providers) goes
+    to the collector's permanent generation, as a program that calls ``gc.freeze()``
+    after its start-up has it, so that full collections no longer traverse it."""
+    if freeze:
+        gc.collect()
+        gc.freeze()
+        print(f"(gc.freeze(): {gc.get_freeze_count()} objects left out of collections)")
 
 
 # -- part 2: graph ingest -----------------------------------------------------------------
@@ -756,7 +772,8 @@ def report(
         f"Machine: {m['cpus']} CPUs, {m['cpu']}, Python {m['python']}"
         f" (load average {loadavg()} at the end). Command:"
         f" `python bench/overhead.py{' --quick' if args.quick else ''}"
-        f"{f' --spans {args.spans}' if args.spans_given else ''}`;"
+        f"{f' --spans {args.spans}' if args.spans_given else ''}"
+        f"{' --freeze' if args.freeze else ''}`;"
         f" {args.rounds} rounds x {args.spans} spans (overhead),"
         f" {args.agent_rounds} rounds x {args.agent_spans} steps (agent-like),"
         f" {ingest['spans']} spans in workflows of {args.per_workflow} (ingest)."
@@ -852,6 +869,11 @@ def main(argv: list[str] | None = None) -> int:
         help="rounds of the agent-like workload (default 5; 3 with --quick)",
     )
     ap.add_argument("--quick", action="store_true", help="small run (< 20 s)")
+    ap.add_argument(
+        "--freeze",
+        action="store_true",
+        help="gc.freeze() after the setups are made and warmed up (parts 1 and 3, every setup)",
+    )
     args = ap.parse_args(argv)
     args.spans_given = args.spans is not None
     if args.spans is None:
@@ -878,8 +900,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embedded server pid {info.pid} on port {info.port}; load average {loadavg()}")
         print(f"spangraph imported from {os.path.dirname(spangraph.__file__)}")
         try:
-            setups = part1(info, args.spans, args.rounds)
-            agent = part3(info, args.agent_spans, args.agent_rounds)
+            setups = part1(info, args.spans, args.rounds, args.freeze)
+            agent = part3(info, args.agent_spans, args.agent_rounds, args.freeze)
             ingest = part2(info, args.ingest_spans, args.per_workflow, args.ingest_rounds)
             code = report(setups, ingest, agent, args)
         finally:
