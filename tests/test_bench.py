@@ -209,3 +209,28 @@ def test_competitors_bench_measures_each_setup_against_bare() -> None:
     assert "spangraph dropped spans per setup: {'spangraph': 0}" in done.stdout
     if missing:
         assert f"skipped {missing}: not installed (pip install {missing})" in done.stdout
+
+
+@pytest.mark.timeout(300)
+def test_overhead_bench_freezes_the_heap_when_asked_and_reports_the_agent_apart() -> None:
+    """``bench/overhead.py --freeze``: ``gc.freeze()`` once the setups of parts 1 and 3
+    are warmed up, said in the output and in the command it prints; the agent's CPU in a
+    column of its own, zero for the setups without an agent."""
+    done = run(
+        "--freeze",
+        "--spans", "300", "--rounds", "1",
+        "--agent-spans", "20", "--agent-rounds", "1",
+        "--ingest-spans", "400", "--ingest-rounds", "1",
+        timeout=240,
+        script="overhead.py",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    frozen = re.findall(
+        r"^\(gc\.freeze\(\): (\d+) objects left out of collections\)$", done.stdout, re.M
+    )
+    assert len(frozen) == 2 and all(int(n) > 1000 for n in frozen)
+    assert "Command: `python bench/overhead.py --spans 300 --freeze`" in done.stdout
+    header = re.search(r"^setup .* server CPU of which agent$", done.stdout, re.M)
+    assert header is not None
+    rows = re.findall(r"^(bare|full|graph|live|handoff) .* ([\d.]+)$", done.stdout, re.M)
+    assert rows and all(float(agent) == 0.0 for _, agent in rows)
