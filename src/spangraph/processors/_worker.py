@@ -16,6 +16,7 @@ the GIL released), in the same order, one batch in flight and one ready behind i
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import queue
@@ -287,14 +288,9 @@ class BatchWorker(Generic[T, P]):
             for item in items:  # each counted or kept as put() would
                 self.put(item)
             return
-        q.extend(items)
-        if self._idle:
-            if self._eager or len(q) >= self._max_batch:
-                self._idle = False
-                self._wake.set()
-        elif self._lingering and len(q) >= self._max_batch:
-            self._lingering = False
-            self._wake.set()
+        if items:
+            q.extend(itertools.islice(items, len(items) - 1))
+            self.put(items[-1])  # (and the worker woken as put() wakes it)
 
     def _kept_when_full(self, item: T, queued: int) -> bool:
         keep = self._keep_when_full
