@@ -1297,3 +1297,28 @@ def test_the_agent_queues_a_frames_records_at_once_as_one_by_one() -> None:
         before = processor.stats()
         processor._queue_records(records)
         assert processor.stats() == before  # ignored, as on_start/on_end are then
+
+
+def test_a_record_the_agent_cannot_queue_is_skipped_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A record a processor cannot take (too short to hold its time, here) is skipped
+    and logged; the others handed over with it are queued one by one, not lost with
+    it."""
+    from spangraph.processors.live import LiveEventProcessor
+
+    class Publisher:
+        def publish(self, messages: Any) -> None:
+            pass
+
+    live = LiveEventProcessor(Publisher())
+    queued: list[Any] = []
+    live._put = queued.append  # type: ignore[method-assign]
+    good_start = (offload._START, 1, 2, 0, False, "s", 0, 10, None, 0)
+    good_end = (offload._END, 1, 2, 0, False, "s", 0, 10, 20, 0, None, {}, None, None, 0)
+    bad = (offload._END, 1, 3)
+    with caplog.at_level(logging.ERROR, logger="spangraph"):
+        offload._hand_over([live], [good_start, bad, good_end])
+    assert queued == [(offload._START, good_start, 10), (offload._END, good_end, 20)]
+    assert any("could not process a record" in r.getMessage() for r in caplog.records)
+    live.shutdown()

@@ -12,9 +12,10 @@ would. Mapping, JSON and the store and Redis protocols run there, off this proce
 GIL: what a traced program pays per span is close to the copy alone (see
 ``docs/performance.md``).
 
-Frames on the agent's stdin: a 4-byte little-endian length, then ``marshal``-ed objects
-one after another: Resource records announced first, then a list of records (tuples
-whose first item says what they are, see ``_START`` ...). Lines
+Frames on the agent's stdin: a 4-byte little-endian length, then one ``marshal``-ed list
+of records (tuples whose first item says what they are, see ``_START`` ...); Resources
+are announced in a frame of RESOURCE records of their own, before the first frame whose
+records name them. Lines
 on its stdout: ``ready``, ``error <message>``, ``flushed <token> <stats JSON>`` (with
 ``"ok": false`` when something before the flush was dropped).
 """
@@ -449,9 +450,10 @@ class OffloadSpanProcessor(SpanProcessor):
         return marshal.dumps(records)
 
     def _send(self, data: bytes, count: int, tokens: list[tuple[int, int]]) -> None:
-        """Write one frame of ``data`` (``count`` marshalled records, flushes ``tokens``
-        among them at their positions) to the agent, starting one when there is none (or
-        it died)."""
+        """Write a frame of ``data`` (``count`` marshalled records, flushes ``tokens``
+        among them at their positions) to the agent, after a frame announcing the
+        Resources it does not know yet, starting an agent when there is none (or it
+        died)."""
         agent = self._agent
         if agent is None or agent.poll() is not None:
             with self._agent_lock:
@@ -947,14 +949,22 @@ def _records_of(body: bytes) -> list[tuple[Any, ...]]:
 
 
 def _hand_over(processors: list[Any], records: list[tuple[Any, ...]]) -> None:
-    """Queue START and END ``records`` on each of the agent's processors."""
+    """Queue START and END ``records`` on each of the agent's processors: at once, or,
+    where one of them cannot be queued (``_queue_records`` queues nothing then), one by
+    one, so that only that record is skipped (logged)."""
     for p in processors:
         try:
             p._queue_records(records)
+            continue
         except Exception:
-            logging.getLogger("spangraph").exception(
-                "spangraph agent: could not queue %d record(s); skipped", len(records)
-            )
+            pass
+        for r in records:
+            try:
+                p._queue_record(r[0], r)
+            except Exception:
+                logging.getLogger("spangraph").exception(
+                    "spangraph agent: could not process a record; skipped"
+                )
 
 
 def agent_main() -> int:  # pragma: no cover - runs in the agent process (tested through it)
