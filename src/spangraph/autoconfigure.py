@@ -121,10 +121,9 @@ class SpangraphDistro(BaseDistro):
         self._instrumented: dict[str, str] = {}  # library -> the entry point that did it
 
     def load_instrumentor(self, entry_point: Any, **kwargs: Any) -> None:
-        instrumentor = entry_point.load()()
-        instrumentor.instrument(**kwargs)
-        try:
-            self._note(entry_point, instrumentor)
+        super().load_instrumentor(entry_point, **kwargs)
+        try:  # (an instrumentor is a singleton: this is the one just loaded)
+            self._note(entry_point, entry_point.load()())
         except Exception:  # (a warning's worth: never the program's setup)
             _log.debug("spangraph: could not read %s's libraries", entry_point.name)
 

@@ -891,6 +891,7 @@ class QueueingSpanProcessor(SpanProcessor):
 
     _put: Callable[[Any], bool]
     _known: dict[int, Any]
+    _worker: BatchWorker[Any, Any]
     _ITEMS_WITH_TIME = False
     """Items ``(what, record, time)``, the span's start or end time (see live.py)."""
 
@@ -924,9 +925,8 @@ class QueueingSpanProcessor(SpanProcessor):
         """Queue START and END records (their first field says which), in their order, as
         :meth:`_queue_record` would one by one (the offload agent's, a frame's at once)."""
         items = [self._item(record[0], record) for record in records]
-        worker = getattr(self, "_worker", None)
-        if worker is not None and self._put == worker.put:  # (not shut down)
-            worker.put_many(items)
+        if self._put == self._worker.put:  # (not shut down)
+            self._worker.put_many(items)
         else:
             for item in items:
                 self._put(item)

@@ -442,17 +442,12 @@ class LiveEventProcessor(QueueingSpanProcessor):
     def _queue_span(self, what: int, span: Any) -> None:
         try:
             record = copy_record(what, span, self._known)
-            if what == _START:
-                start = span.start_time if record is None else record[7]
-                self._put((what, span if record is None else record, start or time.time_ns()))
+            if record is not None:
+                self._put(self._item(what, record))
+            elif what == _START:  # the span itself, where no copy could read it
+                self._put((what, span, span.start_time or time.time_ns()))
             else:
-                self._put(
-                    (
-                        what,
-                        span if record is None else record,
-                        span.end_time if record is None else record[8],
-                    )
-                )
+                self._put((what, span, span.end_time))
         except Exception:  # never raise into user code: a span that cannot be read
             with contextlib.suppress(Exception):
                 self._worker._count_drop(1, "a span that could not be read")
